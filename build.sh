@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# NuSEC build driver: installs the Debian packages it needs, builds, tests.
+#   ./build.sh            deps + release build into build/
+#   ./build.sh test       deps + ASan/UBSan build into build-test/ + every test
+#   ./build.sh fuzz [--seconds N]   libFuzzer targets (clang), bounded run
+#   ./build.sh demo|bench not yet implemented (issue #6): exits 3
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+# Everything the build, the tests and the local stack need, from Debian 12.
+PACKAGES=(
+    build-essential cmake pkg-config git
+    libwolfssl-dev libssl-dev openssl
+    libmosquitto-dev mosquitto mosquitto-dev mosquitto-clients
+    libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+    libsqlite3-dev sqlite3 libcunit1-dev
+    softhsm2 libsofthsm2 p11-kit libp11-kit-dev
+)
+FUZZ_PACKAGES=(clang libclang-rt-14-dev)
+
+say() { printf 'build.sh: %s\n' "$*" >&2; }
+
+usage() {
+    cat <<'USAGE'
+usage: ./build.sh [COMMAND] [OPTIONS]
+
+Commands:
+  (none)            install missing Debian packages, build into build/
+  test              build with AddressSanitizer + UBSan into build-test/ and run
+                    every test (unit, integration, security); prints a summary
+  fuzz [--seconds N]  build the libFuzzer targets with clang into build-fuzz/
+                    and run each for N seconds (default 30)
+  demo              full production on a local stack (not implemented yet)
+  bench             benchmarks (not implemented yet)
+  deps              only install the missing Debian packages
+  -h, --help        this text
+
+Exit codes: 0 success, 1 build or test failure, 2 missing packages and not
+root (the command to run is printed), 3 command not implemented yet.
+USAGE
+}
+
+missing_packages() {
+    local p status
+    for p in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [[ "$status" == "install ok installed" ]] || printf '%s\n' "$p"
+    done
+}
+
+ensure_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages "$@")
+    ((${#missing[@]} == 0)) && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        say "missing Debian packages: ${missing[*]}"
+        say "run as root: apt-get update && apt-get install -y ${missing[*]}"
+        exit 2
+    fi
+    say "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+configure_and_build() {
+    local dir=$1
+    shift
+    local werror=OFF
+    [[ -n "${CI:-}" ]] && werror=ON
+    cmake -S "$ROOT" -B "$ROOT/$dir" -DNUSEC_WERROR="$werror" "$@" >/dev/null
+    cmake --build "$ROOT/$dir" -j "$JOBS"
+}
+
+cmd_build() {
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    say "built: build/bin/"
+}
+
+cmd_test() {
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build-test -DCMAKE_BUILD_TYPE=Debug -DNUSEC_SANITIZE=ON
+    local log="$ROOT/build-test/ctest.log" rc=0
+    (cd "$ROOT/build-test" &&
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ctest --output-on-failure --timeout 300 -j "$JOBS") 2>&1 | tee "$log" || rc=$?
+    local passed failed
+    passed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$log" || true)
+    failed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .*(Failed|Exception|Timeout|Not Run)' "$log" || true)
+    echo "tests: $passed passed, $failed failed"
+    ((rc == 0 && failed == 0)) || exit 1
+}
+
+cmd_fuzz() {
+    local seconds=30
+    while (($#)); do
+        case $1 in
+        --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
+        *) say "fuzz: unknown option $1"; exit 1 ;;
+        esac
+    done
+    ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
+    CC=clang configure_and_build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DNUSEC_FUZZ=ON
+    local t corpus
+    for t in "$ROOT"/build-fuzz/bin/fuzz_*; do
+        corpus="$ROOT/build-fuzz/corpus/$(basename "$t")"
+        mkdir -p "$corpus"
+        say "fuzzing $(basename "$t") for ${seconds}s"
+        "$t" -max_total_time="$seconds" -max_len=65536 "$corpus" "$ROOT/tests/fuzz/seeds/$(basename "$t")" 2>&1 | tail -n 3
+    done
+}
+
+main() {
+    local cmd=${1:-build}
+    (($#)) && shift
+    case $cmd in
+    build) cmd_build ;;
+    deps) ensure_packages "${PACKAGES[@]}" ;;
+    test) cmd_test ;;
+    fuzz) cmd_fuzz "$@" ;;
+    demo | bench)
+        say "'$cmd' is not implemented yet (issue #6); nothing was run"
+        exit 3
+        ;;
+    -h | --help | help) usage ;;
+    *) usage >&2; exit 1 ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,73 @@
+#include "nu_log.h"
+#include "nu_err.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct {
+    pthread_mutex_t lock;
+    const char *program;
+    enum nu_log_level level;
+    FILE *out;
+} nu__log = {PTHREAD_MUTEX_INITIALIZER, "nusec", NU_LOG_INFO, NULL};
+
+static const char *const nu__level_names[] = {"debug", "info", "warn", "error", "off"};
+
+void nu_log_init(const char *program, enum nu_log_level level, FILE *out)
+{
+    pthread_mutex_lock(&nu__log.lock);
+    nu__log.program = program ? program : "nusec";
+    nu__log.level = level;
+    nu__log.out = out;
+    pthread_mutex_unlock(&nu__log.lock);
+}
+
+int nu_log_level_parse(const char *text, enum nu_log_level *out_level)
+{
+    if (!text || !out_level)
+        return NU_ERR_INVALID_ARG;
+    for (int i = NU_LOG_DEBUG; i <= NU_LOG_OFF; i++) {
+        if (strcmp(text, nu__level_names[i]) == 0) {
+            *out_level = (enum nu_log_level)i;
+            return NU_OK;
+        }
+    }
+    return NU_ERR_INVALID_ARG;
+}
+
+enum nu_log_level nu_log_get_level(void)
+{
+    return nu__log.level;
+}
+
+void nu_log(enum nu_log_level level, const char *fmt, ...)
+{
+    if (level < nu__log.level || level >= NU_LOG_OFF)
+        return;
+
+    char stamp[32];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(stamp + n, sizeof(stamp) - n, ".%03ldZ", (long)(tv.tv_usec / 1000));
+
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+
+    /* One fprintf per line so concurrent threads never interleave a line. */
+    pthread_mutex_lock(&nu__log.lock);
+    FILE *out = nu__log.out ? nu__log.out : stderr;
+    fprintf(out, "%s %s[%ld] %s: %s\n", stamp, nu__log.program, (long)getpid(),
+            nu__level_names[level], text);
+    fflush(out);
+    pthread_mutex_unlock(&nu__log.lock);
+}
