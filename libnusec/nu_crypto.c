@@ -191,18 +191,34 @@ void nu_sha256_abort(struct nu_sha256_ctx *ctx)
 
 /* --------------------------------------------------------- public key points */
 
-/* Import an untrusted 65-byte point into an initialised ecc_key and validate it
- * (uncompressed form only, on the curve, not the identity). */
+/* Field prime p of P-256, big-endian: affine coordinates must be below it. */
+static const uint8_t crypto__p256_p[32] = {
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+/*
+ * Import an untrusted 65-byte point into an initialised ecc_key and validate
+ * it: uncompressed form, coordinates in [0, p-1], not the identity, on the
+ * curve. That is SP 800-56A's partial validation, which is complete for P-256
+ * (cofactor 1, so every curve point is in the prime-order group). We avoid
+ * wc_ecc_check_key() here on purpose: its extra n*Q multiplication is
+ * redundant for P-256, and a second use of a fresh point makes this wolfSSL's
+ * FP_ECC cache build a lookup table for it (~6 ms), which made every ECDH
+ * with a new ephemeral key 100 times slower.
+ */
 static int pub__import(const uint8_t pub[NU_P256_PUB_LEN], ecc_key *key)
 {
-    if (pub[0] != 0x04)
+    if (pub[0] != 0x04 || memcmp(pub + 1, crypto__p256_p, 32) >= 0 ||
+        memcmp(pub + 33, crypto__p256_p, 32) >= 0)
         return NU_ERR_DECODE;
     int wc = wc_ecc_import_x963_ex(pub, NU_P256_PUB_LEN, key, ECC_SECP256R1);
     if (wc != 0)
         return crypto__err(wc, NU_ERR_DECODE, "import point");
-    wc = wc_ecc_check_key(key);
+    if (wc_ecc_point_is_at_infinity(&key->pubkey))
+        return NU_ERR_DECODE;
+    wc = wc_ecc_point_is_on_curve(&key->pubkey, key->idx);
     if (wc != 0)
-        return crypto__err(wc, NU_ERR_DECODE, "check point");
+        return crypto__err(wc, NU_ERR_DECODE, "point not on curve");
     return NU_OK;
 }
 
