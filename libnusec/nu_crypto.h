@@ -148,8 +148,9 @@ int nu_ecdh_p256(struct nu_p256_key *key, const uint8_t peer_pub[NU_P256_PUB_LEN
 
 /* ------------------------------------------------------ P-256 public keys */
 
-/* NU_OK when pub is a valid uncompressed P-256 point (0x04 prefix, on the
- * curve, not the identity, correct order). Errors: INVALID_ARG, DECODE. */
+/* NU_OK when pub is a valid uncompressed P-256 point: 0x04 prefix,
+ * coordinates below p, not the identity, on the curve (complete validation
+ * for P-256, whose cofactor is 1). Errors: INVALID_ARG, DECODE. */
 int nu_p256_pub_check(const uint8_t pub[NU_P256_PUB_LEN]);
 
 /*
