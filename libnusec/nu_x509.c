@@ -31,6 +31,7 @@
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/random.h>
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,6 +303,79 @@ static int x509__bc_critical(uint8_t *buf, size_t *body_len, size_t cap)
     return o == total ? NU_OK : NU_ERR_INTERNAL;
 }
 
+/* ------------------------------------------------------ subjectAltName */
+
+static int x509__dns_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > NU_X509_DNS_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Append one GeneralName (context tag, value) to out[*o..cap). */
+static int x509__put_general_name(uint8_t *out, size_t *o, size_t cap, uint8_t tag,
+                                  const void *value, size_t len)
+{
+    if (*o + 4 + len > cap)
+        return NU_ERR_INVALID_ARG;
+    out[(*o)++] = tag;
+    if (len < 0x80) {
+        out[(*o)++] = (uint8_t)len;
+    } else {
+        out[(*o)++] = 0x81;
+        out[(*o)++] = (uint8_t)len;
+    }
+    memcpy(out + *o, value, len);
+    *o += len;
+    return NU_OK;
+}
+
+/*
+ * GeneralNames SEQUENCE into cert->altNames (wolfSSL wraps it into the
+ * extension): dNSName [2] IA5String, iPAddress [7] OCTET STRING.
+ */
+static int x509__san(Cert *cert, const struct nu_x509_issue_req *req)
+{
+    uint8_t names[NU_X509_SAN_MAX * 2 * (NU_X509_DNS_NAME_MAX + 4)];
+    size_t o = 0;
+    int rc = NU_OK;
+    if (req->n_san_dns == 0 && req->n_san_ip == 0)
+        return NU_OK;
+    if (req->n_san_dns > NU_X509_SAN_MAX || req->n_san_ip > NU_X509_SAN_MAX ||
+        (req->n_san_dns && !req->san_dns) || (req->n_san_ip && !req->san_ip))
+        return NU_ERR_INVALID_ARG;
+    for (size_t i = 0; rc == NU_OK && i < req->n_san_dns; i++) {
+        const char *d = req->san_dns[i];
+        rc = x509__dns_ok(d) ? x509__put_general_name(names, &o, sizeof(names), 0x82, d, strlen(d))
+                             : NU_ERR_INVALID_ARG;
+    }
+    for (size_t i = 0; rc == NU_OK && i < req->n_san_ip; i++) {
+        uint8_t ip[16];
+        const char *a = req->san_ip[i];
+        if (a && inet_pton(AF_INET, a, ip) == 1)
+            rc = x509__put_general_name(names, &o, sizeof(names), 0x87, ip, 4);
+        else if (a && inet_pton(AF_INET6, a, ip) == 1)
+            rc = x509__put_general_name(names, &o, sizeof(names), 0x87, ip, 16);
+        else
+            rc = NU_ERR_INVALID_ARG;
+    }
+    if (rc != NU_OK)
+        return rc;
+    if (x509__hdr_len(o) + o > sizeof(cert->altNames))
+        return NU_ERR_INVALID_ARG;
+    size_t hdr = x509__put_hdr(cert->altNames, 0x30, o);
+    memcpy(cert->altNames + hdr, names, o);
+    cert->altNamesSz = (int)(hdr + o);
+    return NU_OK;
+}
+
 /*
  * Sign the body buf[0..body_len) with the signer and complete it in place
  * into a certificate / CSR (buf has cap bytes). The result is verified with
@@ -507,7 +581,7 @@ static int x509__fill(Cert *cert, const struct nu_x509_issue_req *req)
         cert->extKeyUsage |= EXTKEYUSE_SERVER_AUTH;
     if (req->ext_key_usage & NU_X509_EKU_CLIENT_AUTH)
         cert->extKeyUsage |= EXTKEYUSE_CLIENT_AUTH;
-    return NU_OK;
+    return x509__san(cert, req);
 }
 
 /* Issuer name and key identifiers: from the issuer certificate, or ours. */

@@ -36,6 +36,8 @@
 #define NU_X509_SERIAL_LEN 16     /* serials we issue: 16 bytes, positive, random */
 #define NU_X509_SERIAL_HEX_MAX 41 /* 20-byte serials (RFC 5280 max) as hex + NUL */
 #define NU_X509_CHAIN_MAX 8       /* intermediates nu_x509_verify_chain() accepts */
+#define NU_X509_SAN_MAX 8         /* subjectAltName entries of each kind */
+#define NU_X509_DNS_NAME_MAX 253
 
 /* keyUsage bits (the extension is always critical). */
 enum nu_x509_key_usage {
@@ -63,13 +65,21 @@ struct nu_x509_issue_req {
     int path_len;                 /* CA only: pathLenConstraint, < 0 = none */
     unsigned key_usage;           /* NU_X509_KU_* bits, at least one */
     unsigned ext_key_usage;       /* NU_X509_EKU_* bits, 0 = none */
+    /* subjectAltName (non-critical), for server certificates that TLS clients
+     * check by host name: DNS names ([A-Za-z0-9.-], e.g. "localhost") and IP
+     * literals (IPv4 or IPv6, e.g. "127.0.0.1", "::1"). NULL/0 = none. */
+    const char *const *san_dns;
+    size_t n_san_dns;
+    const char *const *san_ip;
+    size_t n_san_ip;
 };
 
 /*
  * Issue a certificate: X.509 v3, 16-byte random positive serial, the subject
  * and validity of `req`, basicConstraints (critical; CA:FALSE for leaves),
  * keyUsage (critical), extendedKeyUsage (if asked), subjectKeyIdentifier,
- * authorityKeyIdentifier, signed ecdsa-with-SHA256 by issuer_key.
+ * authorityKeyIdentifier, subjectAltName (if asked), signed ecdsa-with-SHA256
+ * by issuer_key.
  *
  * issuer_der NULL makes a self-signed root: req->pub must be issuer_key->pub.
  * Otherwise issuer_der[issuer_len] is the issuer's certificate: it must be a
@@ -77,10 +87,10 @@ struct nu_x509_issue_req {
  * wrong key, which would yield a certificate nobody can verify).
  *
  * On success *out_der (malloc, caller frees) holds *out_len bytes.
- * Errors: INVALID_ARG (missing field, bad name, bad times, bad usage, key not
- * the issuer's), DECODE (subject key is not a P-256 point), BAD_CERT (issuer
- * certificate malformed or not a CA), NOMEM, CRYPTO, and whatever the
- * signer returns (e.g. HSM, PERMISSION).
+ * Errors: INVALID_ARG (missing field, bad name, bad times, bad usage, bad or
+ * too many SAN entries, key not the issuer's), DECODE (subject key is not a P-256 point), BAD_CERT
+ * (issuer certificate malformed or not a CA), NOMEM, CRYPTO, and whatever the signer returns (e.g.
+ * HSM, PERMISSION).
  */
 int nu_x509_issue(const struct nu_x509_issue_req *req, const struct nu_signer *issuer_key,
                   const uint8_t *issuer_der, size_t issuer_len, uint8_t **out_der, size_t *out_len);

@@ -166,6 +166,8 @@ static void test_hierarchy_openssl_verifies(void)
     size_t leaf_len = 0;
     struct nu_x509_issue_req r =
         leaf_req("broker", "broker", k->signer.pub, NU_X509_EKU_SERVER_AUTH);
+    const char *dns[] = {"localhost", "broker.nusec.test"}, *ips[] = {"127.0.0.1", "::1"};
+    r.san_dns = dns, r.n_san_dns = 2, r.san_ip = ips, r.n_san_ip = 2;
     uint8_t *leaf = issue_leaf(&r, &leaf_len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(leaf);
     write_pem("root.pem", root_der, root_len, NU_X509_PEM_CERT);
@@ -185,6 +187,19 @@ static void test_hierarchy_openssl_verifies(void)
                     0);
     CU_ASSERT_NOT_EQUAL(nu_test_sh("cd '%s' && openssl verify -purpose sslclient -CAfile root.pem "
                                    "-untrusted inter.pem leaf.pem >/dev/null 2>&1",
+                                   tmp),
+                        0);
+    /* TLS clients check the broker by name or address: the SAN answers. */
+    CU_ASSERT_EQUAL(
+        nu_test_sh("cd '%s' && openssl verify -verify_hostname localhost -CAfile "
+                   "root.pem -untrusted inter.pem leaf.pem >/dev/null && openssl verify "
+                   "-verify_ip 127.0.0.1 -CAfile root.pem -untrusted inter.pem leaf.pem "
+                   ">/dev/null && openssl verify -verify_ip ::1 -CAfile root.pem "
+                   "-untrusted inter.pem leaf.pem >/dev/null",
+                   tmp),
+        0);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("cd '%s' && openssl verify -verify_hostname evil.example "
+                                   "-CAfile root.pem -untrusted inter.pem leaf.pem >/dev/null 2>&1",
                                    tmp),
                         0);
     /* Without the intermediate the leaf does not chain. */
@@ -539,6 +554,17 @@ static void test_issue_refuses_bad_requests(void)
     REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
     r = ok, r.pub[10] ^= 1; /* not a point on the curve */
     REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_DECODE);
+    const char *bad_dns[] = {"bad name"}, *bad_ip[] = {"300.1.1.1"}, *nul[] = {NULL};
+    r = ok, r.san_dns = bad_dns, r.n_san_dns = 1;
+    REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
+    r = ok, r.san_ip = bad_ip, r.n_san_ip = 1;
+    REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
+    r = ok, r.san_ip = nul, r.n_san_ip = 1;
+    REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
+    r = ok, r.san_dns = NULL, r.n_san_dns = 2;
+    REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
+    r = ok, r.san_dns = bad_dns, r.n_san_dns = NU_X509_SAN_MAX + 1;
+    REFUSED(r, fleet, fleet_der, fleet_len, NU_ERR_INVALID_ARG);
     uint8_t junk[100] = {0x30, 0x62};
     REFUSED(ok, fleet, junk, sizeof(junk), NU_ERR_BAD_CERT);
     /* The limit of 63 characters itself is fine. */
