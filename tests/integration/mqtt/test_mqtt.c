@@ -526,6 +526,34 @@ static void test_connect_nothing_listening(void)
     CU_ASSERT(ms < 1000);
 }
 
+static void test_connect_timeout_silent_peer(void)
+{
+    /* A TCP listener that never answers the TLS handshake (never accepts):
+     * the connect must end by its own timeout, and again on a retry. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    CU_ASSERT_FATAL(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+                    listen(fd, 4) == 0 && getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    struct nu_mqtt_opts o;
+    struct paths p;
+    opts_for(&o, &p, "alpha", "alpha-silent");
+    o.port = ntohs(a.sin_port);
+    struct nu_mqtt *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_create(&o, &m), NU_OK);
+    for (int i = 0; i < 2; i++) {
+        uint64_t t0 = nu_mono_ms();
+        CU_ASSERT_EQUAL(nu_mqtt_connect(m, 400), NU_ERR_TIMEOUT);
+        uint64_t ms = nu_mono_ms() - t0;
+        CU_ASSERT(ms >= 395 && ms < 1000);
+        CU_ASSERT_FALSE(nu_mqtt_is_connected(m));
+    }
+    uint64_t t0 = nu_mono_ms();
+    nu_mqtt_destroy(m); /* joins the abandoned attempt: quick */
+    CU_ASSERT(nu_mono_ms() - t0 < 1000);
+    close(fd);
+}
+
 /* ---- publish / subscribe --------------------------------------------------- */
 
 static void test_pubsub_qos1_roundtrip(void)
@@ -635,6 +663,20 @@ static void test_acl_denied_subscribe(void)
     inbox_fini(&in);
 }
 
+struct ov_job {
+    struct nu_mqtt *m;
+    int n;
+    int ok;
+};
+
+static void *ov_main(void *arg)
+{
+    struct ov_job *j = arg;
+    for (int i = 0; i < j->n; i++)
+        j->ok += nu_mqtt_publish(j->m, "t/ov/x", "x", 1, 1, 0) == NU_OK;
+    return NULL;
+}
+
 static void test_overlapping_subscriptions(void)
 {
     struct inbox wide;
@@ -654,16 +696,70 @@ static void test_overlapping_subscriptions(void)
     CU_ASSERT_EQUAL(inbox_wait(&narrow, 2, 0), 1);
     CU_ASSERT_STRING_EQUAL(narrow.msgs[0].topic, "t/ov/x");
 
-    /* After unsubscribe returns, the handler is not called again. */
+    /* Unsubscribe while messages keep coming: after it returns the handler
+     * is not called again, and copies the broker sent for the removed
+     * subscription are not handed to the other handler as duplicates. */
+    struct ov_job job = {.m = a, .n = 60};
+    pthread_t t;
+    pthread_create(&t, NULL, ov_main, &job);
+    inbox_wait(&narrow, 5, 3000);
     CU_ASSERT_EQUAL(nu_mqtt_unsubscribe(b, "t/ov/x"), NU_OK);
-    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/ov/x", "3", 1, 1, 0), NU_OK);
-    CU_ASSERT_EQUAL(inbox_wait(&wide, 3, 3000), 3);
+    int narrow_at = inbox_wait(&narrow, 0, 0);
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(job.ok, job.n);
+    CU_ASSERT_EQUAL(inbox_wait(&wide, 2 + job.n, 3000), 2 + job.n);
     usleep(200000);
-    CU_ASSERT_EQUAL(inbox_wait(&narrow, 2, 0), 1);
+    CU_ASSERT_EQUAL(inbox_wait(&wide, 0, 0), 2 + job.n);
+    CU_ASSERT_EQUAL(inbox_wait(&narrow, 0, 0), narrow_at);
     nu_mqtt_destroy(a);
     nu_mqtt_destroy(b);
     inbox_fini(&wide);
     inbox_fini(&narrow);
+}
+
+struct pub_thread {
+    pthread_t t;
+    struct nu_mqtt *m;
+    int n;
+    int ok;
+};
+
+static void *pub_many_main(void *arg)
+{
+    struct pub_thread *pt = arg;
+    for (int i = 0; i < pt->n; i++)
+        pt->ok += nu_mqtt_publish(pt->m, "t/many", "m", 1, 1, 0) == NU_OK;
+    return NULL;
+}
+
+static void test_publish_concurrent_acks(void)
+{
+    /* Many threads publishing QoS 1 on one session: each call gets its own
+     * PUBACK, including when the PUBACK beats the caller's bookkeeping. */
+    struct inbox in;
+    inbox_init(&in);
+    struct nu_mqtt *a = client_up("alpha", "alpha-many");
+    struct nu_mqtt *b = client_up("beta", "beta-many");
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/many", 1, inbox_handler, &in), NU_OK);
+    struct pub_thread th[8];
+    uint64_t t0 = nu_mono_ms();
+    for (int i = 0; i < 8; i++) {
+        th[i] = (struct pub_thread){.m = a, .n = 100};
+        pthread_create(&th[i].t, NULL, pub_many_main, &th[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i].t, NULL);
+        ok += th[i].ok;
+    }
+    uint64_t ms = nu_mono_ms() - t0;
+    CU_ASSERT_EQUAL(ok, 800);
+    CU_ASSERT_EQUAL(inbox_wait(&in, 800, 5000), 800);
+    printf("\n    800 QoS 1 publishes from 8 threads, each confirmed: %llu ms\n",
+           (unsigned long long)ms);
+    nu_mqtt_destroy(a);
+    nu_mqtt_destroy(b);
+    inbox_fini(&in);
 }
 
 /* ---- request / response ------------------------------------------------- */
@@ -968,6 +1064,139 @@ static void test_request_without_responder(void)
     nu_mqtt_destroy(a);
 }
 
+struct waiter_job {
+    struct nu_mqtt *m;
+    int rc;
+    uint64_t ms;
+};
+
+static void *request_main(void *arg)
+{
+    struct waiter_job *j = arg;
+    uint8_t *resp = NULL;
+    size_t len = 0;
+    uint64_t t0 = nu_mono_ms();
+    j->rc = nu_mqtt_request(j->m, "t/slow2", "q", 1, 5000, &resp, &len);
+    j->ms = nu_mono_ms() - t0;
+    free(resp);
+    return NULL;
+}
+
+static void test_disconnect_wakes_waiters(void)
+{
+    struct silent s = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    struct nu_mqtt *a = client_up("alpha", "alpha-dw");
+    struct nu_mqtt *b = client_up("beta", "beta-dw");
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/slow2", 1, silent_handler, &s), NU_OK);
+    struct waiter_job j = {.m = a, .rc = -1};
+    pthread_t t;
+    pthread_create(&t, NULL, request_main, &j);
+    uint64_t end = deadline_in(3000);
+    for (int n = 0; n == 0 && nu_mono_ms() < end; usleep(5000)) {
+        pthread_mutex_lock(&s.lock);
+        n = s.n;
+        pthread_mutex_unlock(&s.lock);
+    }
+    CU_ASSERT_EQUAL(nu_mqtt_disconnect(a), NU_OK);
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(j.rc, NU_ERR_CONNECTION);
+    CU_ASSERT(j.ms < 2000); /* not the 5 s request timeout */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/x", "x", 1, 1, 0), NU_ERR_STATE);
+    nu_mqtt_destroy(a);
+    nu_mqtt_destroy(b);
+}
+
+/* What a handler may do on the network thread. */
+struct handler_probe {
+    pthread_mutex_t lock;
+    int calls;
+    int request_rc;
+    int disconnect_rc;
+    int publish_rc;
+    int subscribe_rc;
+    struct inbox *inbox;
+};
+
+static void probe_handler(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    struct handler_probe *hp = ud;
+    (void)msg;
+    uint8_t *resp = NULL;
+    size_t len = 0;
+    int req = nu_mqtt_request(m, "t/probe/req", "x", 1, 100, &resp, &len);
+    int disc = nu_mqtt_disconnect(m);
+    int pub = nu_mqtt_publish(m, "t/probe/out", "from-handler", 12, 1, 0);
+    int sub = nu_mqtt_subscribe(m, "t/probe/late", 1, inbox_handler, hp->inbox);
+    pthread_mutex_lock(&hp->lock);
+    hp->calls++;
+    hp->request_rc = req;
+    hp->disconnect_rc = disc;
+    hp->publish_rc = pub;
+    hp->subscribe_rc = sub;
+    pthread_mutex_unlock(&hp->lock);
+}
+
+static void test_handler_restrictions(void)
+{
+    struct inbox out;
+    struct inbox late;
+    inbox_init(&out);
+    inbox_init(&late);
+    struct handler_probe hp = {.lock = PTHREAD_MUTEX_INITIALIZER, .inbox = &late};
+    struct nu_mqtt *a = client_up("alpha", "alpha-hr");
+    struct nu_mqtt *b = client_up("beta", "beta-hr");
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(a, "t/probe/out", 1, inbox_handler, &out), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/probe/in", 1, probe_handler, &hp), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/probe/in", "go", 2, 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(inbox_wait(&out, 1, 3000), 1); /* the handler's publish went out */
+    pthread_mutex_lock(&hp.lock);
+    CU_ASSERT_EQUAL(hp.calls, 1);
+    CU_ASSERT_EQUAL(hp.request_rc, NU_ERR_STATE);    /* would wait for itself */
+    CU_ASSERT_EQUAL(hp.disconnect_rc, NU_ERR_STATE); /* would join itself */
+    CU_ASSERT_EQUAL(hp.publish_rc, NU_OK);
+    CU_ASSERT_EQUAL(hp.subscribe_rc, NU_OK);
+    pthread_mutex_unlock(&hp.lock);
+    CU_ASSERT_TRUE(nu_mqtt_is_connected(b));
+    /* The subscription made inside the handler works. */
+    uint64_t end = deadline_in(3000);
+    while (inbox_wait(&late, 1, 100) == 0 && nu_mono_ms() < end)
+        nu_mqtt_publish(a, "t/probe/late", "l", 1, 1, 0);
+    CU_ASSERT_TRUE(inbox_wait(&late, 1, 0) >= 1);
+    nu_mqtt_destroy(a);
+    nu_mqtt_destroy(b);
+    inbox_fini(&out);
+    inbox_fini(&late);
+}
+
+static void test_shared_subscription(void)
+{
+    struct inbox in1;
+    struct inbox in2;
+    inbox_init(&in1);
+    inbox_init(&in2);
+    struct nu_mqtt *a = client_up("alpha", "alpha-sh");
+    struct nu_mqtt *w1 = client_up("beta", "beta-sh1");
+    struct nu_mqtt *w2 = client_up("beta", "beta-sh2");
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(w1, "$share/workers/t/sh/+", 1, inbox_handler, &in1), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(w2, "$share/workers/t/sh/+", 1, inbox_handler, &in2), NU_OK);
+    for (int i = 0; i < 20; i++)
+        CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/sh/job", "j", 1, 1, 0), NU_OK);
+    uint64_t end = deadline_in(3000);
+    while (inbox_wait(&in1, 0, 0) + inbox_wait(&in2, 0, 0) < 20 && nu_mono_ms() < end)
+        usleep(10000);
+    usleep(100000);
+    int n1 = inbox_wait(&in1, 0, 0);
+    int n2 = inbox_wait(&in2, 0, 0);
+    printf("\n    shared subscription: %d + %d of 20\n", n1, n2);
+    CU_ASSERT_EQUAL(n1 + n2, 20); /* each job handled exactly once */
+    CU_ASSERT(n1 > 0 && n2 > 0);
+    nu_mqtt_destroy(a);
+    nu_mqtt_destroy(w1);
+    nu_mqtt_destroy(w2);
+    inbox_fini(&in1);
+    inbox_fini(&in2);
+}
+
 /* ---- sessions, will, limits ------------------------------------------------ */
 
 static void test_persistent_session(void)
@@ -1231,15 +1460,20 @@ static const struct nu_test_case broker_cases[] = {
     {"connect_without_client_cert", test_connect_without_client_cert},
     {"connect_refused_by_broker", test_connect_refused_by_broker},
     {"connect_nothing_listening", test_connect_nothing_listening},
+    {"connect_timeout_silent_peer", test_connect_timeout_silent_peer},
     {"pubsub_qos1_roundtrip", test_pubsub_qos1_roundtrip},
     {"api_rejects_bad_arguments", test_api_rejects_bad_arguments},
     {"acl_denied_publish", test_acl_denied_publish},
     {"acl_denied_subscribe", test_acl_denied_subscribe},
     {"overlapping_subscriptions", test_overlapping_subscriptions},
+    {"publish_concurrent_acks", test_publish_concurrent_acks},
     {"request_reply", test_request_reply},
     {"request_concurrent", test_request_concurrent},
     {"request_timeout_and_late_reply", test_request_timeout_and_late_reply},
     {"request_without_responder", test_request_without_responder},
+    {"disconnect_wakes_waiters", test_disconnect_wakes_waiters},
+    {"handler_restrictions", test_handler_restrictions},
+    {"shared_subscription", test_shared_subscription},
     {"persistent_session", test_persistent_session},
     {"last_will", test_last_will},
     {"oversize_dropped", test_oversize_dropped},
