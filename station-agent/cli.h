@@ -1,0 +1,46 @@
+/*
+ * cli — the shared frame of the `nusec` command: subcommand table, common
+ * options, messages and exit codes.
+ *
+ * Exit codes (documented in `nusec --help` and the README):
+ *   0  success
+ *   1  the operation failed (the message says why, with the error name)
+ *   2  usage error (unknown command or option, missing argument)
+ *   3  refused: would overwrite existing state (use --force where offered)
+ */
+#ifndef CLI_H
+#define CLI_H
+
+#include <stdio.h>
+
+enum cli_exit {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_FAIL = 1,
+    CLI_EXIT_USAGE = 2,
+    CLI_EXIT_REFUSED = 3,
+};
+
+/* A subcommand: `nusec GROUP NAME [options]`. `run` gets argv from NAME on. */
+struct cli_command {
+    const char *group;
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+};
+
+/* Print "nusec: <message>" to stderr. */
+void cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Print "nusec: <what>: <error text> (<ERROR_NAME>)" and map to an exit code. */
+int cli_fail(const char *what, int nu_code);
+
+/*
+ * Resolve the state directory from --dir or NUSEC_HOME; prints an error and
+ * returns NULL when neither is set.
+ */
+const char *cli_state_dir(const char *opt_dir);
+
+/* Commands implemented by each file, terminated by a zeroed entry. */
+extern const struct cli_command cli_pki_commands[];
+
+#endif

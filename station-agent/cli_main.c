@@ -1,0 +1,89 @@
+/* nusec — the operator CLI shared by the OEM and the CM. */
+#include "cli.h"
+
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct cli_command *const cli__tables[] = {
+    cli_pki_commands,
+    NULL,
+};
+
+void cli_errorf(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("nusec: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_fail(const char *what, int nu_code)
+{
+    cli_errorf("%s: %s (%s)", what, nu_err_str(nu_code), nu_err_name(nu_code));
+    return nu_code == NU_ERR_EXISTS ? CLI_EXIT_REFUSED : CLI_EXIT_FAIL;
+}
+
+const char *cli_state_dir(const char *opt_dir)
+{
+    const char *dir = nu_state_dir(opt_dir);
+    if (!dir)
+        cli_errorf("no state directory: pass --dir DIR or set NUSEC_HOME");
+    return dir;
+}
+
+static void cli__usage(FILE *out)
+{
+    fputs("usage: nusec COMMAND SUBCOMMAND [OPTIONS]\n"
+          "\n"
+          "The NuSEC operator tool, for the OEM and the contract manufacturer.\n"
+          "Every subcommand takes --dir DIR (default: $NUSEC_HOME) and --help.\n"
+          "\n"
+          "Commands:\n",
+          out);
+    for (const struct cli_command *const *t = cli__tables; *t; t++) {
+        for (const struct cli_command *c = *t; c->group; c++)
+            fprintf(out, "  %-5s %-10s %s\n", c->group, c->name, c->summary);
+    }
+    fputs("\n"
+          "Exit status:\n"
+          "  0  success\n"
+          "  1  the operation failed (the message names the error)\n"
+          "  2  usage error\n"
+          "  3  refused: would overwrite existing state (see --force)\n",
+          out);
+}
+
+int main(int argc, char **argv)
+{
+    nu_log_init("nusec", NU_LOG_WARN, NULL);
+    if (argc < 2) {
+        cli__usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        cli__usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    int group_known = 0;
+    for (const struct cli_command *const *t = cli__tables; *t; t++) {
+        for (const struct cli_command *c = *t; c->group; c++) {
+            if (strcmp(c->group, argv[1]) != 0)
+                continue;
+            group_known = 1;
+            if (argc >= 3 && strcmp(c->name, argv[2]) == 0)
+                return c->run(argc - 2, argv + 2);
+        }
+    }
+    if (group_known)
+        cli_errorf("'%s' needs a subcommand; see 'nusec --help'", argv[1]);
+    else
+        cli_errorf("unknown command '%s'; see 'nusec --help'", argv[1]);
+    return CLI_EXIT_USAGE;
+}
