@@ -644,7 +644,10 @@ static void mqtt__on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     pthread_mutex_unlock(&m->lock);
 
     if (was_connected && !stop) {
-        nu_warn("mqtt %s: connection lost: %s", m->client_id, mosquitto_strerror(rc));
+        /* rc is a libmosquitto error, or the reason code of the broker's
+         * DISCONNECT (>= 0x80, e.g. 0x8E: another client took over our id). */
+        nu_warn("mqtt %s: connection lost: %s", m->client_id,
+                rc >= 0x80 ? mosquitto_reason_string(rc) : mosquitto_strerror(rc));
         if (m->on_connection)
             m->on_connection(m, 0, m->userdata);
     }

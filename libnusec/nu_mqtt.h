@@ -163,8 +163,8 @@ void nu_mqtt_destroy(struct nu_mqtt *m);
  * timeout_ms (0: op timeout) for the broker's CONNACK. On NU_OK the session
  * keeps itself connected until nu_mqtt_disconnect: lost connections are
  * re-established with backoff, subscriptions restored if the broker lost the
- * session. On any error nothing keeps running in the background (a timed-out
- * attempt is abandoned) and the call may be repeated.
+ * session. On any error the session does not retry by itself (a timed-out
+ * attempt is abandoned and ends on its own) and the call may be repeated.
  * Errors: CONNECTION (refused, unreachable, TLS failure, broker unavailable),
  * NOT_AUTHORIZED (CONNACK: not authorized, bad credentials, banned, client id
  * rejected), TIMEOUT, STATE (already connected or connecting, or called from

@@ -1234,6 +1234,20 @@ static void test_persistent_session(void)
     inbox_fini(&in);
 }
 
+static void test_session_takeover_recovers(void)
+{
+    /* A second connection with the same client id takes the session over;
+     * the first one is disconnected by the broker and, once the usurper is
+     * gone, reconnects by itself. */
+    struct nu_mqtt *first = client_up("alpha", "alpha-dup");
+    struct nu_mqtt *second = client_up("alpha", "alpha-dup");
+    CU_ASSERT_TRUE(wait_connected(first, 0, 3000));
+    nu_mqtt_destroy(second);
+    CU_ASSERT_TRUE(wait_connected(first, 1, 5000));
+    CU_ASSERT_EQUAL(nu_mqtt_publish(first, "t/dup", "x", 1, 1, 0), NU_OK);
+    nu_mqtt_destroy(first);
+}
+
 static int will_child(int argc, char **argv)
 {
     if (argc != 9)
@@ -1475,6 +1489,7 @@ static const struct nu_test_case broker_cases[] = {
     {"handler_restrictions", test_handler_restrictions},
     {"shared_subscription", test_shared_subscription},
     {"persistent_session", test_persistent_session},
+    {"session_takeover_recovers", test_session_takeover_recovers},
     {"last_will", test_last_will},
     {"oversize_dropped", test_oversize_dropped},
     {"broker_restart", test_broker_restart},
