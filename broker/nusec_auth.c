@@ -1,0 +1,715 @@
+/*
+ * nusec_auth — Mosquitto 2.0 plugin (API v5): mTLS identity, revocation and
+ * the NuSEC topic ACL. Policy lives in acl.c; this file is the glue to the
+ * broker: certificate reading (OpenSSL, because mosquitto_client_certificate()
+ * returns an OpenSSL X509 *), list files, events, logging. It links neither
+ * wolfSSL nor libnusec.
+ *
+ * Facts about Mosquitto 2.0.11 this relies on (checked on the broker, see
+ * broker/README.md): with `use_identity_as_username true` the broker never
+ * calls MOSQ_EVT_BASIC_AUTH, so the listener runs with it false and this
+ * plugin sets the username to the CN itself; the ACL event carries no MQTT 5
+ * properties (MOSQ_EVT_MESSAGE does); SUBSCRIBE checks see "$share/g/filter"
+ * verbatim while READ checks see the delivered topic; MOSQ_EVT_TICK runs
+ * about ten times a second; MOSQ_EVT_RELOAD (SIGHUP) does not re-init plugins.
+ *
+ * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
+ * plugin_opt_issuer_file (both optional).
+ */
+#include "acl.h"
+#include "nu_err.h"
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NUSEC_EXPORT __attribute__((visibility("default")))
+
+/* A revocation list or ownership table is text; anything bigger is an error. */
+#define AUTH__FILE_MAX (16u * 1024u * 1024u)
+/* Kicks and polling from MOSQ_EVT_TICK at most this often. */
+#define AUTH__TICK_MS 200
+
+_Static_assert(NUSEC_ACCESS_READ == MOSQ_ACL_READ, "access values");
+_Static_assert(NUSEC_ACCESS_WRITE == MOSQ_ACL_WRITE, "access values");
+_Static_assert(NUSEC_ACCESS_SUBSCRIBE == MOSQ_ACL_SUBSCRIBE, "access values");
+
+enum auth__fstate { AUTH__UNKNOWN, AUTH__OK, AUTH__MISSING, AUTH__BAD };
+
+/* What stat() says about a list file; a change of any field means "reload". */
+struct auth__stamp {
+    int err; /* 0 or the errno of stat() */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+struct auth__file {
+    const char *option; /* for log lines */
+    char *path;         /* NULL: not configured */
+    bool have_stamp;
+    struct auth__stamp stamp;
+    enum auth__fstate state;
+    struct nusec_acl_set *set; /* NULL = empty */
+};
+
+struct nusec_auth {
+    mosquitto_plugin_id_t *pid;
+    struct auth__file revoked;
+    struct auth__file owners;
+    char *issuer_path;
+    STACK_OF(X509) * issuers;    /* NULL: no issuer pinning */
+    struct nusec_acl_set *roles; /* CN -> role at its last accepted connect */
+    struct nusec_acl_set *kick;  /* newly revoked identities, kicked at next tick */
+    struct timespec last_tick;
+};
+
+/* The plugin's state: the one static the conventions allow, passed as userdata. */
+static struct nusec_auth auth__state;
+
+struct auth__ident {
+    char id[NUSEC_ACL_ID_MAX + 1];
+    enum nusec_role role;
+};
+
+/* Text for an NU_ERR_* code, from the shared table (header only, no libnusec link). */
+static const char *auth__err_name(int code)
+{
+    switch (code) {
+#define AUTH__ERR_CASE(name, value, text)                                                          \
+    case value:                                                                                    \
+        return text;
+        NU_ERR_MAP(AUTH__ERR_CASE)
+#undef AUTH__ERR_CASE
+    default:
+        return "unknown error";
+    }
+}
+
+/* ---- list files --------------------------------------------------------- */
+
+static void auth__stamp_of(const struct stat *st, int err, struct auth__stamp *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->err = err;
+    if (err)
+        return;
+    out->dev = st->st_dev;
+    out->ino = st->st_ino;
+    out->size = st->st_size;
+    out->mtime = st->st_mtim;
+}
+
+static bool auth__stamp_eq(const struct auth__stamp *a, const struct auth__stamp *b)
+{
+    return a->err == b->err && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+/* Read a regular file of at most AUTH__FILE_MAX bytes; *out_stamp from the open fd. */
+static int auth__read(const char *path, char **out_buf, size_t *out_len,
+                      struct auth__stamp *out_stamp)
+{
+    char *buf = NULL;
+    struct stat st;
+    int rc = NU_ERR_IO;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = errno == ENOENT ? NU_ERR_NOT_FOUND : errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+        goto out;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        goto out;
+    rc = NU_ERR_TOO_LARGE;
+    if ((unsigned long long)st.st_size > AUTH__FILE_MAX)
+        goto out;
+    rc = NU_ERR_NOMEM;
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf)
+        goto out;
+    size_t len = 0;
+    rc = NU_ERR_IO;
+    while (len < (size_t)st.st_size) {
+        ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out; /* shrank while reading: the next stat sees the change */
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    auth__stamp_of(&st, 0, out_stamp);
+    *out_buf = buf;
+    *out_len = len;
+    buf = NULL;
+    rc = NU_OK;
+out:
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Newly revoked identities (in `now`, not in `before`) join the kick set. */
+static void auth__queue_kicks(struct nusec_auth *st, const struct nusec_acl_set *before,
+                              const struct nusec_acl_set *now)
+{
+    for (size_t i = 0; i < nusec_acl_set_count(now); i++) {
+        const char *id = nusec_acl_set_key(now, i);
+        if (nusec_acl_set_get(before, id, NULL))
+            continue;
+        if (!st->kick && nusec_acl_set_new(&st->kick) != NU_OK)
+            return;
+        if (nusec_acl_set_put(st->kick, id, 1) != NU_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: out of memory queueing kick of %s", id);
+    }
+}
+
+/* Apply a new state and set to `f`, logging transitions (not every check). */
+static void auth__file_apply(struct nusec_auth *st, struct auth__file *f, enum auth__fstate state,
+                             struct nusec_acl_set *set, const char *detail)
+{
+    bool revoked = f == &st->revoked;
+    if (state == AUTH__OK) {
+        if (revoked)
+            auth__queue_kicks(st, f->set, set);
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: loaded %s (%zu entries)", f->path,
+                             nusec_acl_set_count(set));
+    } else if (state == AUTH__MISSING && f->state != AUTH__MISSING) {
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "nusec_auth: %s %s does not exist: %s", f->option,
+                             f->path,
+                             revoked ? "no identity is revoked" : "no station owns any programmer");
+    } else if (state == AUTH__BAD) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: %s %s unusable (%s): %s", f->option,
+                             f->path, detail,
+                             revoked ? "refusing every client" : "no station owns any programmer");
+    }
+    f->state = state;
+    if (state == AUTH__BAD && revoked) {
+        nusec_acl_set_free(set); /* keep the last good list to diff against later */
+        return;
+    }
+    nusec_acl_set_free(f->set);
+    f->set = set;
+}
+
+/* Reload `f` if stat() says it changed (or `force`). Cheap when unchanged. */
+static void auth__file_refresh(struct nusec_auth *st, struct auth__file *f, bool force)
+{
+    if (!f->path)
+        return;
+    struct stat sb;
+    struct auth__stamp now;
+    auth__stamp_of(&sb, stat(f->path, &sb) == 0 ? 0 : errno, &now);
+    if (!force && f->have_stamp && auth__stamp_eq(&now, &f->stamp))
+        return;
+    f->stamp = now;
+    f->have_stamp = true;
+    if (now.err == ENOENT) {
+        auth__file_apply(st, f, AUTH__MISSING, NULL, NULL);
+        return;
+    }
+    char *buf = NULL, detail[64];
+    size_t len = 0, line = 0;
+    struct nusec_acl_set *set = NULL;
+    int rc = auth__read(f->path, &buf, &len, &f->stamp);
+    if (rc == NU_OK)
+        rc = f == &st->revoked ? nusec_acl_revoked_parse(buf, len, &set, &line)
+                               : nusec_acl_owners_parse(buf, len, &set, &line);
+    free(buf);
+    if (rc == NU_ERR_NOT_FOUND) {
+        auth__file_apply(st, f, AUTH__MISSING, NULL, NULL);
+    } else if (rc != NU_OK) {
+        if (line)
+            snprintf(detail, sizeof(detail), "%s at line %zu", auth__err_name(rc), line);
+        else
+            snprintf(detail, sizeof(detail), "%s", auth__err_name(rc));
+        auth__file_apply(st, f, AUTH__BAD, NULL, detail);
+    } else {
+        auth__file_apply(st, f, AUTH__OK, set, NULL);
+    }
+}
+
+/* ---- certificates ---------------------------------------------------------- */
+
+static void auth__issuers_free(STACK_OF(X509) * issuers)
+{
+    if (issuers)
+        sk_X509_pop_free(issuers, X509_free);
+}
+
+/* Load every certificate of a PEM file. Errors: IO, DECODE (none found), NOMEM. */
+static int auth__issuers_load(const char *path, STACK_OF(X509) * *out_issuers)
+{
+    STACK_OF(X509) *issuers = NULL;
+    X509 *cert = NULL;
+    int rc = NU_ERR_IO;
+    FILE *fp = fopen(path, "re");
+    if (!fp)
+        goto out;
+    rc = NU_ERR_NOMEM;
+    issuers = sk_X509_new_null();
+    if (!issuers)
+        goto out;
+    while ((cert = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL) {
+        if (!sk_X509_push(issuers, cert))
+            goto out;
+        cert = NULL;
+    }
+    ERR_clear_error(); /* the read loop ends on a "no start line" error */
+    rc = NU_ERR_DECODE;
+    if (sk_X509_num(issuers) == 0)
+        goto out;
+    *out_issuers = issuers;
+    issuers = NULL;
+    rc = NU_OK;
+out:
+    X509_free(cert);
+    auth__issuers_free(issuers);
+    if (fp)
+        fclose(fp);
+    return rc;
+}
+
+/* Pinning: the client certificate must be issued and signed by one of the issuers. */
+static bool auth__issuer_ok(const struct nusec_auth *st, X509 *cert)
+{
+    if (!st->issuers)
+        return true;
+    for (int i = 0; i < sk_X509_num(st->issuers); i++) {
+        X509 *ca = sk_X509_value(st->issuers, i);
+        EVP_PKEY *key = X509_get0_pubkey(ca);
+        if (X509_check_issued(ca, cert) == X509_V_OK && key && X509_verify(cert, key) == 1)
+            return true;
+    }
+    ERR_clear_error();
+    return false;
+}
+
+/*
+ * CN and OU of the subject: exactly one of each, CN a valid identity, OU a
+ * known role. On failure *out_why says which rule (static text).
+ */
+static bool auth__cert_ident(X509 *cert, struct auth__ident *out, const char **out_why)
+{
+    X509_NAME *name = X509_get_subject_name(cert);
+    int cns = 0, ous = 0;
+    memset(out, 0, sizeof(*out));
+    *out_why = "certificate has no subject";
+    if (!name)
+        return false;
+    for (int i = 0; i < X509_NAME_entry_count(name); i++) {
+        X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
+        int nid = OBJ_obj2nid(X509_NAME_ENTRY_get_object(e));
+        ASN1_STRING *d = X509_NAME_ENTRY_get_data(e);
+        const char *p = (const char *)ASN1_STRING_get0_data(d);
+        int len = ASN1_STRING_length(d);
+        if (nid == NID_commonName) {
+            if (++cns == 1 && len > 0 && nusec_acl_identity_valid(p, (size_t)len))
+                memcpy(out->id, p, (size_t)len);
+        } else if (nid == NID_organizationalUnitName) {
+            if (++ous == 1 && len > 0)
+                out->role = nusec_acl_role_parse(p, (size_t)len);
+        }
+    }
+    if (cns != 1) {
+        *out_why = cns ? "certificate has several CNs" : "certificate has no CN";
+        return false;
+    }
+    if (!out->id[0]) {
+        *out_why = "certificate CN is not [A-Za-z0-9._-]{1,64}";
+        return false;
+    }
+    if (ous != 1) {
+        *out_why = ous ? "certificate has several OUs" : "certificate has no OU (role)";
+        return false;
+    }
+    if (out->role == NUSEC_ROLE_NONE) {
+        *out_why = "certificate OU is not a NuSEC role";
+        return false;
+    }
+    return true;
+}
+
+/* ---- who is asking ---------------------------------------------------------- */
+
+/*
+ * Identity and role of a client for an ACL or message decision. Only
+ * identities this plugin accepted at CONNECT are known (so a listener
+ * misconfigured with use_identity_as_username, which bypasses
+ * BASIC_AUTH, authorizes nothing). A connected client's role is read from
+ * its certificate; an offline one (queued QoS 1 delivery to a persistent
+ * session, retained-source checks) uses the role of its last connect.
+ */
+static bool auth__subject(const struct nusec_auth *st, struct mosquitto *client,
+                          struct auth__ident *out)
+{
+    const char *user = mosquitto_client_username(client);
+    int role = NUSEC_ROLE_NONE;
+    if (!user || !nusec_acl_set_get(st->roles, user, &role))
+        return false;
+    snprintf(out->id, sizeof(out->id), "%s", user);
+    out->role = (enum nusec_role)role;
+    X509 *cert = mosquitto_client_certificate(client);
+    if (!cert)
+        return true;
+    struct auth__ident now;
+    const char *why;
+    bool ok = auth__cert_ident(cert, &now, &why) && strcmp(now.id, user) == 0;
+    X509_free(cert);
+    out->role = now.role;
+    return ok;
+}
+
+static bool auth__revoked(const struct nusec_auth *st, const char *id)
+{
+    return st->revoked.state == AUTH__BAD || nusec_acl_set_get(st->revoked.set, id, NULL);
+}
+
+/* ---- events ------------------------------------------------------------------ */
+
+static void auth__refresh_all(struct nusec_auth *st, bool force)
+{
+    auth__file_refresh(st, &st->revoked, force);
+    auth__file_refresh(st, &st->owners, force);
+}
+
+/* Disconnect clients of newly revoked identities. Only from TICK/RELOAD: never
+ * inside a client's own packet handling, where freeing it would be unsafe. */
+static void auth__do_kicks(struct nusec_auth *st)
+{
+    for (size_t i = 0; i < nusec_acl_set_count(st->kick); i++) {
+        const char *id = nusec_acl_set_key(st->kick, i);
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: identity %s revoked: disconnecting it",
+                             id);
+        mosquitto_kick_client_by_username(id, false);
+    }
+    nusec_acl_set_free(st->kick);
+    st->kick = NULL;
+}
+
+static int auth__refuse(struct mosquitto *client, const char *cid, const char *id, const char *why)
+{
+    char safe_cid[128];
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "nusec_auth: refused connection from %s, client id '%s', identity %s: %s",
+                         mosquitto_client_address(client),
+                         nusec_acl_log_safe(cid, safe_cid, sizeof(safe_cid)), id ? id : "-", why);
+    return MOSQ_ERR_AUTH;
+}
+
+static int auth__on_basic_auth(int event, void *event_data, void *userdata)
+{
+    struct nusec_auth *st = userdata;
+    struct mosquitto_evt_basic_auth *ed = event_data;
+    const char *cid = mosquitto_client_id(ed->client);
+    struct auth__ident who;
+    const char *why = NULL;
+
+    auth__refresh_all(st, false);
+    X509 *cert = mosquitto_client_certificate(ed->client);
+    if (!cert)
+        return auth__refuse(ed->client, cid, NULL, "no client certificate");
+    bool ok = auth__cert_ident(cert, &who, &why);
+    if (ok && !auth__issuer_ok(st, cert)) {
+        ok = false;
+        why = "certificate not issued by the configured issuer";
+    }
+    X509_free(cert);
+    if (!ok)
+        return auth__refuse(ed->client, cid, who.id[0] ? who.id : NULL, why);
+    if (st->revoked.state == AUTH__BAD)
+        return auth__refuse(ed->client, cid, who.id, "revocation list unusable (fail closed)");
+    if (auth__revoked(st, who.id))
+        return auth__refuse(ed->client, cid, who.id, "identity revoked");
+    if (!nusec_acl_client_id_ok(who.id, cid))
+        return auth__refuse(ed->client, cid, who.id, "client id must be CN or CN:suffix");
+    if (ed->username && strcmp(ed->username, who.id) != 0)
+        return auth__refuse(ed->client, cid, who.id, "username differs from certificate CN");
+    int prev = NUSEC_ROLE_NONE;
+    if (nusec_acl_set_get(st->roles, who.id, &prev) && prev != (int)who.role)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "nusec_auth: identity %s changed role %s -> %s",
+                             who.id, nusec_acl_role_name((enum nusec_role)prev),
+                             nusec_acl_role_name(who.role));
+    if (nusec_acl_set_put(st->roles, who.id, (int)who.role) != NU_OK ||
+        mosquitto_set_username(ed->client, who.id) != MOSQ_ERR_SUCCESS)
+        return auth__refuse(ed->client, cid, who.id, "out of memory");
+    mosquitto_log_printf(MOSQ_LOG_INFO, "nusec_auth: %s (%s) authenticated", who.id,
+                         nusec_acl_role_name(who.role));
+    return MOSQ_ERR_SUCCESS;
+}
+
+static const char *auth__access_name(int access)
+{
+    switch (access) {
+    case MOSQ_ACL_READ:
+        return "read";
+    case MOSQ_ACL_WRITE:
+        return "write";
+    case MOSQ_ACL_SUBSCRIBE:
+        return "subscribe";
+    default:
+        return "unknown";
+    }
+}
+
+static int auth__deny(struct mosquitto *client, const struct auth__ident *who, int access,
+                      const char *topic, const char *why)
+{
+    char safe_topic[256], safe_user[80];
+    mosquitto_log_printf(
+        MOSQ_LOG_NOTICE, "nusec_auth: denied %s '%s' for %s (%s): %s", auth__access_name(access),
+        nusec_acl_log_safe(topic, safe_topic, sizeof(safe_topic)),
+        who ? who->id
+            : nusec_acl_log_safe(mosquitto_client_username(client), safe_user, sizeof(safe_user)),
+        who ? nusec_acl_role_name(who->role) : "unknown", why);
+    return MOSQ_ERR_ACL_DENIED;
+}
+
+static int auth__on_acl_check(int event, void *event_data, void *userdata)
+{
+    struct nusec_auth *st = userdata;
+    struct mosquitto_evt_acl_check *ed = event_data;
+    struct auth__ident who;
+
+    if (ed->access == MOSQ_ACL_UNSUBSCRIBE)
+        return MOSQ_ERR_SUCCESS; /* leaving a subscription never leaks anything */
+    auth__refresh_all(st, false);
+    if (!auth__subject(st, ed->client, &who))
+        return auth__deny(ed->client, NULL, ed->access, ed->topic,
+                          "client not authenticated by nusec_auth");
+    if (auth__revoked(st, who.id))
+        return auth__deny(ed->client, &who, ed->access, ed->topic, "identity revoked");
+    struct nusec_acl_subject subject = {who.id, who.role, st->owners.set};
+    if (!nusec_acl_check(&subject, ed->access, ed->topic, ed->retain))
+        return auth__deny(ed->client, &who, ed->access, ed->topic,
+                          ed->retain && ed->access == MOSQ_ACL_WRITE ? "not allowed (retained)"
+                                                                     : "not allowed");
+    return MOSQ_ERR_SUCCESS;
+}
+
+/* MQTT 5 properties reach plugins only here (the ACL event has none in 2.0). */
+static int auth__on_message(int event, void *event_data, void *userdata)
+{
+    struct nusec_auth *st = userdata;
+    struct mosquitto_evt_message *ed = event_data;
+    struct auth__ident who;
+    char *response_topic = NULL;
+    int rc = MOSQ_ERR_SUCCESS;
+
+    if (!ed->client)
+        return MOSQ_ERR_SUCCESS; /* published by a plugin: the broker's own */
+    if (!mosquitto_property_read_string(ed->properties, MQTT_PROP_RESPONSE_TOPIC, &response_topic,
+                                        false))
+        return MOSQ_ERR_SUCCESS;
+    if (!auth__subject(st, ed->client, &who)) {
+        rc = auth__deny(ed->client, NULL, MOSQ_ACL_WRITE, ed->topic, "client not authenticated");
+        goto out;
+    }
+    struct nusec_acl_subject subject = {who.id, who.role, st->owners.set};
+    if (!nusec_acl_response_topic_ok(&subject, response_topic)) {
+        char safe[256];
+        mosquitto_log_printf(
+            MOSQ_LOG_NOTICE,
+            "nusec_auth: denied response topic '%s' for %s (%s): not readable by it",
+            nusec_acl_log_safe(response_topic, safe, sizeof(safe)), who.id,
+            nusec_acl_role_name(who.role));
+        rc = MOSQ_ERR_ACL_DENIED;
+    }
+out:
+    mosquitto_free(response_topic);
+    return rc;
+}
+
+static long auth__ms_since(const struct timespec *then, const struct timespec *now)
+{
+    return (long)(now->tv_sec - then->tv_sec) * 1000L + (now->tv_nsec - then->tv_nsec) / 1000000L;
+}
+
+static int auth__on_tick(int event, void *event_data, void *userdata)
+{
+    struct nusec_auth *st = userdata;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (auth__ms_since(&st->last_tick, &now) < AUTH__TICK_MS)
+        return MOSQ_ERR_SUCCESS;
+    st->last_tick = now;
+    auth__refresh_all(st, false);
+    auth__do_kicks(st);
+    return MOSQ_ERR_SUCCESS;
+}
+
+static void auth__issuers_reload(struct nusec_auth *st)
+{
+    STACK_OF(X509) *issuers = NULL;
+    if (!st->issuer_path)
+        return;
+    int rc = auth__issuers_load(st->issuer_path, &issuers);
+    if (rc != NU_OK) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: keeping previous issuers: %s: %s",
+                             st->issuer_path, auth__err_name(rc));
+        return;
+    }
+    auth__issuers_free(st->issuers);
+    st->issuers = issuers;
+}
+
+static int auth__on_reload(int event, void *event_data, void *userdata)
+{
+    struct nusec_auth *st = userdata;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: reloading lists");
+    auth__issuers_reload(st);
+    auth__refresh_all(st, true);
+    auth__do_kicks(st);
+    return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- plugin entry points ---------------------------------------------------- */
+
+static const struct {
+    int event;
+    MOSQ_FUNC_generic_callback cb;
+} auth__events[] = {
+    {MOSQ_EVT_BASIC_AUTH, auth__on_basic_auth}, {MOSQ_EVT_ACL_CHECK, auth__on_acl_check},
+    {MOSQ_EVT_MESSAGE, auth__on_message},       {MOSQ_EVT_TICK, auth__on_tick},
+    {MOSQ_EVT_RELOAD, auth__on_reload},
+};
+#define AUTH__N_EVENTS (sizeof(auth__events) / sizeof(auth__events[0]))
+
+static void auth__unregister(mosquitto_plugin_id_t *pid)
+{
+    for (size_t i = 0; i < AUTH__N_EVENTS; i++)
+        mosquitto_callback_unregister(pid, auth__events[i].event, auth__events[i].cb, NULL);
+}
+
+static void auth__state_free(struct nusec_auth *st)
+{
+    free(st->revoked.path);
+    free(st->owners.path);
+    free(st->issuer_path);
+    nusec_acl_set_free(st->revoked.set);
+    nusec_acl_set_free(st->owners.set);
+    nusec_acl_set_free(st->roles);
+    nusec_acl_set_free(st->kick);
+    auth__issuers_free(st->issuers);
+    memset(st, 0, sizeof(*st));
+}
+
+static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts, int count)
+{
+    for (int i = 0; i < count; i++) {
+        char **dst = NULL;
+        if (strcmp(opts[i].key, "revoked_file") == 0)
+            dst = &st->revoked.path;
+        else if (strcmp(opts[i].key, "owners_file") == 0)
+            dst = &st->owners.path;
+        else if (strcmp(opts[i].key, "issuer_file") == 0)
+            dst = &st->issuer_path;
+        if (!dst) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: unknown option plugin_opt_%s",
+                                 opts[i].key);
+            return MOSQ_ERR_INVAL;
+        }
+        free(*dst);
+        *dst = opts[i].value && opts[i].value[0] ? strdup(opts[i].value) : NULL;
+        if (!*dst) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: empty plugin_opt_%s", opts[i].key);
+            return MOSQ_ERR_INVAL;
+        }
+    }
+    if (!st->revoked.path) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_revoked_file is required");
+        return MOSQ_ERR_INVAL;
+    }
+    if (!st->owners.path)
+        mosquitto_log_printf(
+            MOSQ_LOG_WARNING,
+            "nusec_auth: no plugin_opt_owners_file: no station owns any programmer");
+    return MOSQ_ERR_SUCCESS;
+}
+
+NUSEC_EXPORT int mosquitto_plugin_version(int supported_version_count,
+                                          const int *supported_versions)
+{
+    for (int i = 0; i < supported_version_count; i++) {
+        if (supported_versions[i] == 5)
+            return 5;
+    }
+    return -1;
+}
+
+NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+                                       struct mosquitto_opt *options, int option_count)
+{
+    struct nusec_auth *st = &auth__state;
+    int rc;
+
+    auth__state_free(st);
+    st->pid = identifier;
+    st->revoked.option = "plugin_opt_revoked_file";
+    st->owners.option = "plugin_opt_owners_file";
+    rc = auth__options(st, options, option_count);
+    if (rc != MOSQ_ERR_SUCCESS)
+        goto out;
+    rc = MOSQ_ERR_NOMEM;
+    if (nusec_acl_set_new(&st->roles) != NU_OK)
+        goto out;
+    if (st->issuer_path) {
+        int err = auth__issuers_load(st->issuer_path, &st->issuers);
+        rc = MOSQ_ERR_INVAL;
+        if (err != NU_OK) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_issuer_file %s: %s",
+                                 st->issuer_path, auth__err_name(err));
+            goto out;
+        }
+    }
+    auth__refresh_all(st, true);
+    for (size_t i = 0; i < AUTH__N_EVENTS; i++) {
+        rc = mosquitto_callback_register(identifier, auth__events[i].event, auth__events[i].cb,
+                                         NULL, st);
+        if (rc != MOSQ_ERR_SUCCESS) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: cannot register event %d: %s",
+                                 auth__events[i].event, mosquitto_strerror(rc));
+            goto out;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &st->last_tick);
+    *userdata = st;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: ready (revoked %s, owners %s, issuer %s)",
+                         st->revoked.path, st->owners.path ? st->owners.path : "-",
+                         st->issuer_path ? st->issuer_path : "-");
+    rc = MOSQ_ERR_SUCCESS;
+out:
+    if (rc != MOSQ_ERR_SUCCESS) {
+        auth__unregister(identifier);
+        auth__state_free(st);
+    }
+    return rc;
+}
+
+NUSEC_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options,
+                                          int option_count)
+{
+    struct nusec_auth *st = userdata;
+    if (!st)
+        return MOSQ_ERR_SUCCESS;
+    auth__unregister(st->pid);
+    auth__state_free(st);
+    return MOSQ_ERR_SUCCESS;
+}
