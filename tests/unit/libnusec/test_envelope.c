@@ -4,6 +4,7 @@
 #include "nu_test.h"
 #include "nu_util.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1394,6 +1395,69 @@ static void test_decode_budget(void)
     wb_free(&list);
 }
 
+/* ---- interoperability with the reference protobuf implementation ----------- */
+
+/* The fuzz seeds are made by `protoc --encode` from text: all must decode. */
+static void test_protoc_encoded_seeds_decode(void)
+{
+    const char *dir = NUSEC_SOURCE_DIR "/tests/fuzz/seeds/fuzz_envelope";
+    DIR *d = opendir(dir);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    unsigned n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[512];
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        const char *detail = NULL;
+        Nusec__V1__Envelope *env = NULL;
+        CU_ASSERT_EQUAL_FATAL(nu_path_fmt(path, sizeof(path), "%s/%s", dir, de->d_name), NU_OK);
+        CU_ASSERT_EQUAL_FATAL(nu_file_read(path, NU_ENVELOPE_MAX, &buf, &len), NU_OK);
+        int rc = nu_envelope_unpack(buf, len, &env, &detail);
+        if (rc != NU_OK)
+            fprintf(stderr, "%s: %s (%s)\n", de->d_name, nu_err_name(rc), detail);
+        CU_ASSERT_EQUAL(rc, NU_OK);
+        if (env)
+            check_accepted_roundtrips(env);
+        nu_envelope_free(env);
+        free(buf);
+        n++;
+    }
+    closedir(d);
+    CU_ASSERT(n >= 8);
+}
+
+/* What we pack, `protoc --decode` reads (the monitor path in ARCHITECTURE.md). */
+static void test_packed_envelope_decodes_with_protoc(void)
+{
+    char dir[256], path[512], out[512];
+    CU_ASSERT_EQUAL_FATAL(nu_test_tmpdir("envelope", dir, sizeof(dir)), 0);
+    uint8_t csr[3] = {0x30, 0x01, 0x00}, uid[2] = {0xca, 0xfe};
+    Nusec__V1__CertificateRequest req = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    req.job_id = "job-77";
+    req.device_uid = (ProtobufCBinaryData){2, uid};
+    req.csr_der = (ProtobufCBinaryData){3, csr};
+    req.socket = 6;
+    struct nu_envelope_frame f;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_frame_init(&f, sender, &req.base), NU_OK);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_pack(&f.env, &buf, &len, NULL), NU_OK);
+    nu_path_fmt(path, sizeof(path), "%s/msg.bin", dir);
+    nu_path_fmt(out, sizeof(out), "%s/msg.txt", dir);
+    CU_ASSERT_EQUAL_FATAL(nu_file_write_atomic(path, buf, len, 0600), NU_OK);
+    free(buf);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("protoc --decode=nusec.v1.Envelope -I %s/proto %s/proto/nusec/v1/*.proto"
+                   " < %s > %s && grep -q 'job_id: \"job-77\"' %s && grep -q "
+                   "'sender_id: \"station-7.cm_a\"' %s && grep -q 'socket: 6' %s",
+                   NUSEC_SOURCE_DIR, NUSEC_SOURCE_DIR, path, out, out, out, out),
+        0);
+    nu_test_rmtree(dir);
+}
+
 int main(void)
 {
     static const struct nu_test_case roundtrip_cases[] = {
@@ -1425,6 +1489,8 @@ int main(void)
         {"huge length prefixes", test_decode_huge_length_prefixes},
         {"deep nesting refused fast", test_decode_deep_nesting_is_refused_fast},
         {"decoder memory budget", test_decode_budget},
+        {"protoc-encoded seeds decode", test_protoc_encoded_seeds_decode},
+        {"protoc --decode reads what we pack", test_packed_envelope_decodes_with_protoc},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {
