@@ -358,6 +358,7 @@ int main(void)
         {"load from a file", test_load_from_file},
         {NULL, NULL},
     };
-    static const struct nu_test_suite suites[] = {{"nu_config", setup, teardown, cases}, {NULL}};
+    static const struct nu_test_suite suites[] = {{"nu_config", setup, teardown, cases},
+                                                  {NULL, NULL, NULL, NULL}};
     return nu_test_run("test_config", suites);
 }

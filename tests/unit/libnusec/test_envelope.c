@@ -1496,7 +1496,7 @@ int main(void)
     static const struct nu_test_suite suites[] = {
         {"envelope", setup, teardown, roundtrip_cases},
         {"decoder", setup, teardown, decoder_cases},
-        {NULL},
+        {NULL, NULL, NULL, NULL},
     };
     return nu_test_run("test_envelope", suites);
 }
