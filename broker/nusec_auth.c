@@ -494,6 +494,9 @@ static int auth__on_acl_check(int event, void *event_data, void *userdata)
     if (!auth__subject(st, ed->client, &who))
         return auth__deny(ed->client, NULL, ed->access, ed->topic,
                           "client not authenticated by nusec_auth");
+    if (st->revoked.state == AUTH__BAD)
+        return auth__deny(ed->client, &who, ed->access, ed->topic,
+                          "revocation list unusable (fail closed)");
     if (auth__revoked(st, who.id))
         return auth__deny(ed->client, &who, ed->access, ed->topic, "identity revoked");
     struct nusec_acl_subject subject = {who.id, who.role, st->owners.set};
