@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#if __has_include(<sys/prctl.h>)
+#include <sys/prctl.h>
+#endif
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,6 +170,9 @@ int bf_broker_start(struct bf_broker *b, const char *conf, int port, const char 
     if (pid < 0)
         return -1;
     if (pid == 0) {
+#ifdef PR_SET_PDEATHSIG
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a crashed test leaves no broker behind */
+#endif
         int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
