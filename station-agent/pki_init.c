@@ -301,11 +301,15 @@ static int pki__make_tls_identities(struct pki__run *r)
 /* Fill broker/mosquitto.conf.in; the broker runs as the owner of the key files. */
 static int pki__write_broker_conf(struct pki__run *r)
 {
-    enum { N = 12 };
+    /* Clients must chain to the Fleet CA (ISSUER_FILE); the Root in CAFILE is
+     * only OpenSSL's anchor. The revocation list is the plugin's; a Fleet CA
+     * CRL (CRL_LINE) is left to the revocation work of the cloud agent. */
+    enum { N = 13 };
     static const enum nu_path_kind kinds[N] = {
         NU_PATH_BROKER,      NU_PATH_CHAIN,          NU_PATH_BROKER_CERT,  NU_PATH_BROKER_KEY,
         NU_PATH_BROKER_DATA, NU_PATH_BROKER_LOG,     NU_PATH_BROKER_REVOKED, NU_PATH_BROKER_OWNERS,
         NU_PATH_BROKER_CRL,  NU_PATH_BROKER_ENDPOINT, NU_PATH_RUN,         NU_PATH_BROKER_CONF,
+        NU_PATH_FLEET_CA,
     };
     char paths[N][PATH_MAX], port_text[16], pid_file[PATH_MAX + 16], endpoint[300];
     for (int i = 0; i < N; i++) {
@@ -323,11 +327,12 @@ static int pki__write_broker_conf(struct pki__run *r)
     struct passwd *pw = getpwuid(geteuid());
     const char *plugin = r->opts->plugin ? r->opts->plugin : NUSEC_AUTH_PLUGIN_PATH;
     const char *const vars[] = {
-        "HOST", r->opts->host,     "PORT", port_text,      "CAFILE", paths[1],
-        "CERTFILE", paths[2],      "KEYFILE", paths[3],    "PERSISTENCE_DIR", paths[4],
-        "LOG", paths[5],           "REVOKED_FILE", paths[6], "OWNERS_FILE", paths[7],
-        "PLUGIN", plugin,          "PID_FILE", pid_file,   "USER", pw ? pw->pw_name : "root",
-        "DIR", r->opts->dir,       NULL,
+        "HOST", r->opts->host,      "PORT", port_text,        "CAFILE", paths[1],
+        "CERTFILE", paths[2],       "KEYFILE", paths[3],      "DIR", paths[4],
+        "LOG", paths[5],            "REVOKED_FILE", paths[6], "OWNERS_FILE", paths[7],
+        "ISSUER_FILE", paths[12],   "CRL_LINE", "",           "PLUGIN", plugin,
+        "PID_FILE", pid_file,       "USER", pw ? pw->pw_name : "root",
+        NULL,
     };
     char *conf = NULL;
     if ((rc = pki_fill_template(nusec_broker_conf_template, vars, &conf)))
