@@ -303,6 +303,9 @@ static void test_unknown_key_detection(void)
     static const char *const wild[] = {"programmer.*", NULL};
     CU_ASSERT_EQUAL(nu_config_check_keys(c2, wild, NULL, NULL, 0), NU_ERR_CONFIG);
     nu_config_destroy(c2);
+    c2 = parse_ok("programmer. = 1\n"); /* the prefix alone names no setting */
+    CU_ASSERT_EQUAL(nu_config_check_keys(c2, wild, NULL, NULL, 0), NU_ERR_CONFIG);
+    nu_config_destroy(c2);
     c2 = parse_ok("programmers.x = 1\n");
     CU_ASSERT_EQUAL(nu_config_check_keys(c2, wild, NULL, NULL, 0), NU_ERR_CONFIG);
     nu_config_destroy(c2);
