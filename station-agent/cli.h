@@ -42,5 +42,11 @@ const char *cli_state_dir(const char *opt_dir);
 
 /* Commands implemented by each file, terminated by a zeroed entry. */
 extern const struct cli_command cli_pki_commands[];
+extern const struct cli_command cli_programmer_commands[];
+extern const struct cli_command cli_device_commands[];
+extern const struct cli_command cli_firmware_commands[];
+extern const struct cli_command cli_job_commands[];
+extern const struct cli_command cli_package_commands[];
+extern const struct cli_command cli_audit_commands[];
 
 #endif

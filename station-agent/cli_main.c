@@ -10,8 +10,8 @@
 #include <string.h>
 
 static const struct cli_command *const cli__tables[] = {
-    cli_pki_commands,
-    NULL,
+    cli_pki_commands,     cli_programmer_commands, cli_firmware_commands, cli_job_commands,
+    cli_package_commands, cli_device_commands,     cli_audit_commands,      NULL,
 };
 
 void cli_errorf(const char *fmt, ...)

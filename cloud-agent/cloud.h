@@ -1,0 +1,134 @@
+/*
+ * cloud — internals of nusec-cloud shared by the daemon frame and the
+ * operation handlers (cloud_enroll.c, cloud_cert.c, cloud_firmware.c,
+ * cloud_job.c). Not a public API: only this program includes it.
+ *
+ * The frame (cloud_server.c) takes requests from the shared subscription
+ * $share/cloud/nusec/v1/cloud/req/+/+, checks them (topic shape, envelope
+ * limits, header sender == topic identity, response topic inside the
+ * requester's reply tree, the requester's role allowed for the op), and hands
+ * each to a worker thread. A handler answers with cloud_reply() or returns an
+ * NU_ERR_* code (plus call->detail), which the frame sends as a typed Error
+ * and audits. Every worker has its own ledger connection; the HSM handle is
+ * shared (nu_hsm is thread-safe).
+ */
+#ifndef CLOUD_H
+#define CLOUD_H
+
+#include "ledger.h"
+#include "nu_envelope.h"
+#include "nu_hsm.h"
+#include "nu_mqtt.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CLOUD_ID_MAX 64
+#define CLOUD_OP_MAX 32
+#define CLOUD_DETAIL_MAX 256
+#define CLOUD_ROLE_IDS_MAX 16
+
+/* Who a requester is; ops name the roles they accept. */
+enum cloud_role {
+    CLOUD_ROLE_NONE = 0,
+    CLOUD_ROLE_OEM = 1u << 0,
+    CLOUD_ROLE_STATION = 1u << 1,
+    CLOUD_ROLE_PROGRAMMER = 1u << 2,
+};
+
+struct cloud_config {
+    unsigned workers;        /* request worker threads */
+    unsigned queue_max;      /* requests waiting for a worker; beyond: BUSY */
+    unsigned chunk_size;     /* firmware chunk bytes */
+    unsigned instance;       /* client id "cloud:N", so agents can share one certificate */
+    char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
+    size_t n_oem_ids;
+    char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
+    size_t n_station_ids;
+};
+
+/* HSM keys and the CA certificates the cloud signs under. */
+struct cloud_keys {
+    struct nu_hsm_key *device_ca;
+    struct nu_hsm_key *fleet_ca;
+    struct nu_hsm_key *package;
+    struct nu_hsm_key *secure_boot;
+    uint8_t *root_der, *fleet_der, *device_der;
+    size_t root_len, fleet_len, device_len;
+};
+
+struct cloud_queue;
+
+struct cloud {
+    const char *dir;
+    char id[CLOUD_ID_MAX + 1]; /* our certificate CN */
+    struct cloud_config cfg;
+    struct nu_hsm *hsm;
+    struct cloud_keys keys;
+    struct nu_mqtt *mqtt;
+    struct nu_envelope_sender *sender;
+    struct cloud_queue *queue;
+    char ledger_path[4096];
+    volatile int stopping;
+};
+
+/* One request being served by a worker. */
+struct cloud_call {
+    struct cloud *cloud;
+    struct cloud_ledger *ledger; /* the worker's connection */
+    const char *requester;       /* certificate CN of the sender */
+    enum cloud_role role;
+    const char *op;
+    const Nusec__V1__Envelope *req;
+    const struct nu_mqtt_msg *msg; /* for the reply's topic and correlation */
+    int replied;
+    char detail[CLOUD_DETAIL_MAX]; /* why, when the handler returns an error */
+};
+
+/* An operation: `nusec/v1/cloud/req/{id}/{name}`. */
+struct cloud_op {
+    const char *name;
+    unsigned roles;   /* enum cloud_role bits allowed to call it */
+    int body_case;    /* the Envelope body it expects */
+    int (*handle)(struct cloud_call *call);
+};
+
+/* An event the cloud records: `nusec/v1/events/{role}/{id}/{kind}`. */
+struct cloud_event_op {
+    const char *kind;
+    const char *role; /* topic role level it is accepted from */
+    int (*handle)(struct cloud_call *call);
+};
+
+/* Tables of each handler file, terminated by a zeroed entry. */
+extern const struct cloud_op cloud_enroll_ops[];
+extern const struct cloud_op cloud_cert_ops[];
+extern const struct cloud_op cloud_firmware_ops[];
+extern const struct cloud_op cloud_job_ops[];
+extern const struct cloud_event_op cloud_cert_events[];
+
+/* Send `body` as the answer to call (once). Errors: those of packing/publishing. */
+int cloud_reply(struct cloud_call *call, ProtobufCMessage *body);
+
+/* Set call->detail with printf formatting and return `code` (for `return cloud_fail(...)`). */
+int cloud_fail(struct cloud_call *call, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Publish `body` wrapped in an envelope on `topic` (QoS 1). */
+int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body, int retain);
+
+/* Publish an Event on nusec/v1/events/cloud/{id}/{kind}. */
+int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event);
+
+/* Frame lifecycle (cloud_server.c). */
+int cloud_start(struct cloud *cloud);
+void cloud_stop(struct cloud *cloud);
+
+/* Configuration: defaults, then DIR/cloud/cloud.conf if it exists. */
+int cloud_config_load(const char *dir, const char *path, struct cloud_config *out_cfg);
+
+/* Open the HSM keys and CA certificates of DIR. */
+int cloud_keys_open(struct cloud *cloud);
+void cloud_keys_close(struct cloud_keys *keys);
+
+#endif

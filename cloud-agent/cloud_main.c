@@ -1,0 +1,141 @@
+/* nusec-cloud — the OEM cloud agent. */
+#include "cloud.h"
+
+#include "nu_client.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_paths.h"
+#include "nu_pki.h"
+#include "nu_util.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char cloud__usage[] =
+    "usage: nusec-cloud [--dir DIR] [--config FILE] [--log-level LEVEL] [--log FILE]\n"
+    "\n"
+    "The OEM cloud agent: owns the HSM keys and the ledger, answers requests on\n"
+    "$share/cloud/nusec/v1/cloud/req/+/+ and records device reports. Several agents\n"
+    "may run on one state directory (set `instance` in their configurations).\n"
+    "\n"
+    "  --dir DIR          state directory (default: $NUSEC_HOME)\n"
+    "  --config FILE      configuration (default: DIR/cloud/cloud.conf if present)\n"
+    "  --log-level LEVEL  debug, info, warn, error (default info)\n"
+    "  --log FILE         append the log to FILE instead of stderr\n"
+    "  -h, --help         this text\n"
+    "\n"
+    "Configuration keys (key = value): workers (4), queue_max (4096), chunk_size\n"
+    "(16384), instance (1), oem_ids (oem), station_ids (station), log_level.\n"
+    "\n"
+    "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
+    "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
+
+static int cloud__wait_for_signal(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    sigwait(&set, &sig);
+    return sig;
+}
+
+static int cloud__run(struct cloud *cloud)
+{
+    char client_id[CLOUD_ID_MAX + 16];
+    int rc = cloud_keys_open(cloud);
+    if (!rc) {
+        int n = snprintf(cloud->ledger_path, sizeof(cloud->ledger_path), "%s/cloud/ledger.db",
+                         cloud->dir);
+        rc = (n < 0 || (size_t)n >= sizeof(cloud->ledger_path)) ? NU_ERR_TOO_LARGE : NU_OK;
+    }
+    /* Create the ledger (schema) before any worker races to. */
+    struct cloud_ledger *ledger = NULL;
+    if (!rc && !(rc = cloud_ledger_open(cloud->ledger_path, &ledger)))
+        cloud_ledger_close(ledger);
+    if (!rc)
+        rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
+    snprintf(client_id, sizeof(client_id), "%s:%u", cloud->id, cloud->cfg.instance);
+    struct nu_client_opts co = {
+        .dir = cloud->dir, .identity = cloud->id, .client_id = client_id, .clean_start = 0};
+    if (!rc)
+        rc = nu_client_connect(&co, &cloud->mqtt);
+    if (!rc)
+        rc = cloud_start(cloud);
+    if (rc) {
+        nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
+        return rc;
+    }
+    nu_info("serving requests as %s (%u workers)", client_id, cloud->cfg.workers);
+    int sig = cloud__wait_for_signal();
+    nu_info("signal %d: draining and stopping", sig);
+    return NU_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"dir", required_argument, NULL, 'd'},   {"config", required_argument, NULL, 'c'},
+        {"log-level", required_argument, NULL, 'l'}, {"log", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    const char *dir_opt = NULL, *config = NULL, *log_path = NULL;
+    enum nu_log_level level = NU_LOG_INFO;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd': dir_opt = optarg; break;
+        case 'c': config = optarg; break;
+        case 'L': log_path = optarg; break;
+        case 'l':
+            if (nu_log_level_parse(optarg, &level)) {
+                fprintf(stderr, "nusec-cloud: bad --log-level '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': fputs(cloud__usage, stdout); return 0;
+        default: fputs(cloud__usage, stderr); return 2;
+        }
+    }
+    const char *dir = nu_state_dir(dir_opt);
+    if (!dir || optind < argc) {
+        fputs("nusec-cloud: need --dir DIR (or NUSEC_HOME) and no other arguments\n", stderr);
+        return 2;
+    }
+    FILE *log = log_path ? fopen(log_path, "a") : NULL;
+    if (log_path && !log) {
+        fprintf(stderr, "nusec-cloud: cannot open log %s\n", log_path);
+        return 1;
+    }
+    nu_log_init("nusec-cloud", level, log);
+
+    /* Signals are taken by sigwait in the main thread; every thread inherits the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct cloud cloud = {.dir = dir};
+    snprintf(cloud.id, sizeof(cloud.id), "%s", NU_ROLE_CLOUD);
+    int rc = cloud_config_load(dir, config, &cloud.cfg);
+    if (!rc)
+        rc = cloud__run(&cloud);
+    cloud_stop(&cloud);
+    if (cloud.mqtt) {
+        nu_mqtt_disconnect(cloud.mqtt);
+        nu_mqtt_destroy(cloud.mqtt);
+    }
+    nu_envelope_sender_destroy(cloud.sender);
+    cloud_keys_close(&cloud.keys);
+    nu_hsm_close(cloud.hsm);
+    if (log)
+        fclose(log);
+    return rc ? 1 : 0;
+}

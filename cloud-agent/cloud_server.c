@@ -1,0 +1,425 @@
+/* nusec-cloud frame: subscription, request checks, worker pool, replies. */
+#include "cloud.h"
+
+#include "nu_client.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_util.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLOUD__REQ_FILTER "$share/cloud/nusec/v1/cloud/req/+/+"
+#define CLOUD__EVENT_FILTER "nusec/v1/events/+/+/+"
+#define CLOUD__REQ_PREFIX "nusec/v1/cloud/req/"
+#define CLOUD__EVENT_PREFIX "nusec/v1/events/"
+
+/* A message copied off the network thread, waiting for a worker. */
+struct cloud__item {
+    struct cloud__item *next;
+    int is_event;
+    char topic[256];
+    char *response_topic;
+    uint8_t *correlation;
+    size_t correlation_len;
+    uint8_t *payload;
+    size_t len;
+};
+
+struct cloud_queue {
+    pthread_mutex_t lock;
+    pthread_cond_t ready;
+    struct cloud__item *head, *tail;
+    unsigned depth;
+    int closing;
+    pthread_t *threads;
+    unsigned n_threads;
+};
+
+static const struct cloud_op *const cloud__op_tables[] = {
+    cloud_enroll_ops, cloud_cert_ops, cloud_firmware_ops, cloud_job_ops, NULL};
+
+static void cloud__item_free(struct cloud__item *it)
+{
+    if (!it)
+        return;
+    free(it->response_topic);
+    free(it->correlation);
+    free(it->payload);
+    free(it);
+}
+
+int cloud_fail(struct cloud_call *call, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call->detail, sizeof(call->detail), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static int cloud__pack(struct cloud *cloud, ProtobufCMessage *body,
+                       const Nusec__V1__Envelope *request, uint8_t **out, size_t *out_len)
+{
+    struct nu_envelope_frame frame;
+    const char *why = NULL;
+    int rc = nu_envelope_frame_init(&frame, cloud->sender, body);
+    if (!rc && request)
+        rc = nu_envelope_frame_reply_to(&frame, request);
+    if (!rc)
+        rc = nu_envelope_pack(&frame.env, out, out_len, &why);
+    if (rc)
+        nu_error("cannot pack %s: %s%s%s", body->descriptor->short_name, nu_err_str(rc),
+                 why ? ": " : "", why ? why : "");
+    return rc;
+}
+
+int cloud_reply(struct cloud_call *call, ProtobufCMessage *body)
+{
+    if (call->replied)
+        return NU_ERR_STATE;
+    uint8_t *out = NULL;
+    size_t len = 0;
+    int rc = cloud__pack(call->cloud, body, call->req, &out, &len);
+    if (!rc)
+        rc = nu_mqtt_reply(call->cloud->mqtt, call->msg, out, len);
+    free(out);
+    call->replied = 1;
+    return rc;
+}
+
+int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body, int retain)
+{
+    uint8_t *out = NULL;
+    size_t len = 0;
+    int rc = cloud__pack(cloud, body, NULL, &out, &len);
+    if (!rc)
+        rc = nu_mqtt_publish(cloud->mqtt, topic, out, len, 1, retain);
+    free(out);
+    return rc;
+}
+
+int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event)
+{
+    char topic[256];
+    int rc = nu_path_fmt(topic, sizeof(topic), "nusec/v1/events/cloud/%s/%s", cloud->id,
+                         event->kind);
+    return rc ? rc : cloud_publish(cloud, topic, &event->base, 0);
+}
+
+/* Error answer + audit record: every refusal leaves a trace. */
+static void cloud__refuse(struct cloud_call *call, int code)
+{
+    Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
+    err.code = (Nusec__V1__ErrorCode)code;
+    err.detail = call->detail[0] ? call->detail : (char *)nu_err_str(code);
+    err.op = (char *)call->op;
+    nu_info("refused %s from %s: %s (%s)", call->op, call->requester, nu_err_name(code),
+            err.detail);
+    if (!call->replied && call->msg->response_topic)
+        cloud_reply(call, &err.base);
+    if (call->ledger) {
+        char payload[CLOUD_DETAIL_MAX + 96];
+        snprintf(payload, sizeof(payload), "{\"op\":\"%s\",\"code\":\"%s\"}", call->op,
+                 nu_err_name(code));
+        struct cloud_ledger_event ev = {
+            .kind = "request.refused",
+            .actor = call->requester,
+            .job_id = "",
+            .payload = payload,
+            .payload_len = strlen(payload),
+        };
+        cloud_ledger_audit_append(call->ledger, &ev, NULL);
+    }
+}
+
+static int cloud__id_listed(const char ids[][CLOUD_ID_MAX + 1], size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ids[i], id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Role from configuration (oem, station) or the ledger (enrolled programmers). */
+static int cloud__role_of(struct cloud_call *call, enum cloud_role *out)
+{
+    const struct cloud_config *cfg = &call->cloud->cfg;
+    if (cloud__id_listed(cfg->oem_ids, cfg->n_oem_ids, call->requester)) {
+        *out = CLOUD_ROLE_OEM;
+        return NU_OK;
+    }
+    if (cloud__id_listed(cfg->station_ids, cfg->n_station_ids, call->requester)) {
+        *out = CLOUD_ROLE_STATION;
+        return NU_OK;
+    }
+    struct cloud_ledger_programmer p;
+    int rc = cloud_ledger_programmer_get(call->ledger, call->requester, &p);
+    if (rc == NU_ERR_NOT_FOUND) {
+        *out = CLOUD_ROLE_NONE;
+        return NU_OK;
+    }
+    if (rc)
+        return rc;
+    if (p.state != CLOUD_LEDGER_PROGRAMMER_ENROLLED)
+        return cloud_fail(call, NU_ERR_REVOKED, "programmer %s is revoked", call->requester);
+    *out = CLOUD_ROLE_PROGRAMMER;
+    return NU_OK;
+}
+
+static const struct cloud_op *cloud__find_op(const char *name)
+{
+    for (const struct cloud_op *const *t = cloud__op_tables; *t; t++) {
+        for (const struct cloud_op *op = *t; op->name; op++) {
+            if (strcmp(op->name, name) == 0)
+                return op;
+        }
+    }
+    return NULL;
+}
+
+/* Split "PREFIX{a}/{b}" into a and b, each one non-empty level. */
+static int cloud__split2(const char *rest, char *a, size_t acap, char *b, size_t bcap)
+{
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest || !slash[1] || strchr(slash + 1, '/'))
+        return NU_ERR_DECODE;
+    size_t alen = (size_t)(slash - rest);
+    if (alen >= acap || strlen(slash + 1) >= bcap)
+        return NU_ERR_TOO_LARGE;
+    memcpy(a, rest, alen);
+    a[alen] = 0;
+    strcpy(b, slash + 1);
+    return NU_OK;
+}
+
+static void cloud__serve_request(struct cloud *cloud, struct cloud_ledger *ledger,
+                                 struct cloud__item *it, const struct nu_mqtt_msg *msg)
+{
+    char requester[CLOUD_ID_MAX + 1], op_name[CLOUD_OP_MAX + 1], prefix[CLOUD_ID_MAX + 32];
+    struct cloud_call call = {.cloud = cloud, .ledger = ledger, .msg = msg,
+                              .requester = requester, .op = op_name};
+    Nusec__V1__Envelope *req = NULL;
+    const char *why = NULL;
+    if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), requester, sizeof(requester),
+                      op_name, sizeof(op_name))) {
+        nu_warn("dropped request on malformed topic");
+        return;
+    }
+    /* Answers go only into the requester's own reply tree (the broker checks
+     * too); anything else is dropped unanswered. */
+    snprintf(prefix, sizeof(prefix), "nusec/v1/reply/%s/", requester);
+    if (!it->response_topic || strncmp(it->response_topic, prefix, strlen(prefix)) != 0) {
+        call.msg = &(struct nu_mqtt_msg){.topic = msg->topic};
+        cloud__refuse(&call, cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "bad response topic"));
+        return;
+    }
+    int rc = nu_envelope_unpack(it->payload, it->len, &req, &why);
+    if (rc) {
+        cloud__refuse(&call, cloud_fail(&call, rc, "%s", why ? why : "malformed envelope"));
+        return;
+    }
+    call.req = req;
+    const struct cloud_op *op = cloud__find_op(op_name);
+    if (strcmp(req->header->sender_id, requester) != 0)
+        rc = cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "sender id differs from identity");
+    else if (!op)
+        rc = cloud_fail(&call, NU_ERR_NOT_SUPPORTED, "unknown operation");
+    else if ((int)req->body_case != op->body_case)
+        rc = cloud_fail(&call, NU_ERR_INVALID_ARG, "body %s does not fit %s",
+                        nu_envelope_body_name(req), op_name);
+    else if (!(rc = cloud__role_of(&call, &call.role)) && !(call.role & op->roles))
+        rc = cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "%s may not call %s", requester, op_name);
+    if (!rc)
+        rc = op->handle(&call);
+    if (rc)
+        cloud__refuse(&call, rc);
+    else if (!call.replied)
+        nu_error("%s answered nothing", op_name);
+    nu_envelope_free(req);
+}
+
+static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
+                               struct cloud__item *it, const struct nu_mqtt_msg *msg)
+{
+    char role[CLOUD_ID_MAX + 1], rest[2 * CLOUD_ID_MAX + 2], sender[CLOUD_ID_MAX + 1],
+        kind[CLOUD_OP_MAX + 1];
+    const char *after = it->topic + strlen(CLOUD__EVENT_PREFIX);
+    const char *slash = strchr(after, '/');
+    if (!slash || (size_t)(slash - after) > CLOUD_ID_MAX || strlen(slash + 1) >= sizeof(rest))
+        return;
+    memcpy(role, after, (size_t)(slash - after));
+    role[slash - after] = 0;
+    strcpy(rest, slash + 1);
+    if (cloud__split2(rest, sender, sizeof(sender), kind, sizeof(kind)))
+        return;
+    for (const struct cloud_event_op *e = cloud_cert_events; e->kind; e++) {
+        if (strcmp(e->kind, kind) != 0 || strcmp(e->role, role) != 0)
+            continue;
+        Nusec__V1__Envelope *env = NULL;
+        if (nu_envelope_unpack(it->payload, it->len, &env, NULL) ||
+            env->body_case != NUSEC__V1__ENVELOPE__BODY_EVENT ||
+            strcmp(env->header->sender_id, sender) != 0) {
+            nu_warn("dropped malformed %s event from %s", kind, sender);
+        } else {
+            struct cloud_call call = {.cloud = cloud, .ledger = ledger, .msg = msg,
+                                      .requester = sender, .op = kind, .req = env};
+            int rc = e->handle(&call);
+            if (rc)
+                nu_warn("event %s from %s not recorded: %s (%s)", kind, sender,
+                        nu_err_name(rc), call.detail);
+        }
+        nu_envelope_free(env);
+        return;
+    }
+}
+
+static void *cloud__worker(void *arg)
+{
+    struct cloud *cloud = arg;
+    struct cloud_queue *q = cloud->queue;
+    struct cloud_ledger *ledger = NULL;
+    int rc = cloud_ledger_open(cloud->ledger_path, &ledger);
+    if (rc) {
+        nu_error("worker cannot open the ledger: %s", nu_err_str(rc));
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        while (!q->head && !q->closing)
+            pthread_cond_wait(&q->ready, &q->lock);
+        struct cloud__item *it = q->head;
+        if (it) {
+            q->head = it->next;
+            if (!q->head)
+                q->tail = NULL;
+            q->depth--;
+        }
+        pthread_mutex_unlock(&q->lock);
+        if (!it)
+            break; /* closing and drained */
+        struct nu_mqtt_msg msg = {
+            .topic = it->topic,
+            .payload = it->payload,
+            .len = it->len,
+            .qos = 1,
+            .response_topic = it->response_topic,
+            .correlation = it->correlation,
+            .correlation_len = it->correlation_len,
+        };
+        if (it->is_event)
+            cloud__serve_event(cloud, ledger, it, &msg);
+        else
+            cloud__serve_request(cloud, ledger, it, &msg);
+        cloud__item_free(it);
+    }
+    cloud_ledger_close(ledger);
+    return NULL;
+}
+
+static void *cloud__dup(const void *p, size_t len)
+{
+    if (!p)
+        return NULL;
+    void *d = malloc(len + 1);
+    if (d) {
+        memcpy(d, p, len);
+        ((char *)d)[len] = 0;
+    }
+    return d;
+}
+
+/* Network thread: copy and queue; never block here. */
+static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    struct cloud *cloud = ud;
+    struct cloud_queue *q = cloud->queue;
+    struct cloud__item *it = calloc(1, sizeof(*it));
+    if (!it || strlen(msg->topic) >= sizeof(it->topic))
+        goto drop;
+    strcpy(it->topic, msg->topic);
+    it->is_event = strncmp(msg->topic, CLOUD__EVENT_PREFIX, strlen(CLOUD__EVENT_PREFIX)) == 0;
+    it->payload = cloud__dup(msg->payload, msg->len);
+    it->len = msg->len;
+    if (msg->response_topic)
+        it->response_topic = cloud__dup(msg->response_topic, strlen(msg->response_topic));
+    if (msg->correlation) {
+        it->correlation = cloud__dup(msg->correlation, msg->correlation_len);
+        it->correlation_len = msg->correlation_len;
+    }
+    if ((msg->len && !it->payload) || (msg->response_topic && !it->response_topic))
+        goto drop;
+    pthread_mutex_lock(&q->lock);
+    if (q->depth >= cloud->cfg.queue_max && !it->is_event) {
+        pthread_mutex_unlock(&q->lock);
+        nu_warn("request queue full (%u): refusing %s", q->depth, msg->topic);
+        /* Overload answers BUSY at once rather than timing the client out. */
+        Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
+        err.code = NUSEC__V1__ERROR_CODE__ERROR_CODE_BUSY;
+        err.detail = "cloud overloaded, retry";
+        uint8_t *out = NULL;
+        size_t len = 0;
+        if (msg->response_topic && !cloud__pack(cloud, &err.base, NULL, &out, &len))
+            nu_mqtt_reply(m, msg, out, len);
+        free(out);
+        goto drop;
+    }
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    q->depth++;
+    pthread_cond_signal(&q->ready);
+    pthread_mutex_unlock(&q->lock);
+    return;
+drop:
+    cloud__item_free(it);
+}
+
+int cloud_start(struct cloud *cloud)
+{
+    struct cloud_queue *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NU_ERR_NOMEM;
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->ready, NULL);
+    cloud->queue = q;
+    q->threads = calloc(cloud->cfg.workers, sizeof(pthread_t));
+    if (!q->threads)
+        return NU_ERR_NOMEM;
+    for (unsigned i = 0; i < cloud->cfg.workers; i++) {
+        if (pthread_create(&q->threads[i], NULL, cloud__worker, cloud) != 0)
+            return NU_ERR_INTERNAL;
+        q->n_threads++;
+    }
+    int rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__REQ_FILTER, 1, cloud__on_message, cloud);
+    if (!rc)
+        rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__EVENT_FILTER, 1, cloud__on_message, cloud);
+    return rc;
+}
+
+void cloud_stop(struct cloud *cloud)
+{
+    struct cloud_queue *q = cloud->queue;
+    if (!q)
+        return;
+    /* Stop taking work, finish what is queued, then let the workers go. */
+    nu_mqtt_unsubscribe(cloud->mqtt, CLOUD__REQ_FILTER);
+    nu_mqtt_unsubscribe(cloud->mqtt, CLOUD__EVENT_FILTER);
+    pthread_mutex_lock(&q->lock);
+    q->closing = 1;
+    pthread_cond_broadcast(&q->ready);
+    pthread_mutex_unlock(&q->lock);
+    for (unsigned i = 0; i < q->n_threads; i++)
+        pthread_join(q->threads[i], NULL);
+    free(q->threads);
+    pthread_mutex_destroy(&q->lock);
+    pthread_cond_destroy(&q->ready);
+    free(q);
+    cloud->queue = NULL;
+}

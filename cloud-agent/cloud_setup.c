@@ -1,0 +1,147 @@
+/* nusec-cloud configuration and HSM keys. */
+#include "cloud.h"
+
+#include "nu_config.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_paths.h"
+#include "nu_pki.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const cloud__config_keys[] = {
+    "workers", "queue_max", "chunk_size", "instance", "oem_ids", "station_ids", "log_level", NULL,
+};
+
+/* "a, b,c" -> ids[]; each a valid identity. */
+static int cloud__parse_ids(const char *text, char ids[][CLOUD_ID_MAX + 1], size_t *out_n)
+{
+    size_t n = 0;
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t len = strcspn(p, " ,");
+        if (!len)
+            break;
+        if (n == CLOUD_ROLE_IDS_MAX || len > CLOUD_ID_MAX)
+            return NU_ERR_CONFIG;
+        memcpy(ids[n], p, len);
+        ids[n][len] = 0;
+        if (nu_envelope_id_check(ids[n]))
+            return NU_ERR_CONFIG;
+        n++;
+        p += len;
+    }
+    *out_n = n;
+    return NU_OK;
+}
+
+int cloud_config_load(const char *dir, const char *path, struct cloud_config *out)
+{
+    char default_path[PATH_MAX], err[256] = "";
+    struct nu_config *cfg = NULL;
+    int64_t v;
+    *out = (struct cloud_config){0};
+    if (!path) {
+        int rc = nu_path_fmt(default_path, sizeof(default_path), "%s/cloud/cloud.conf", dir);
+        if (rc)
+            return rc;
+        path = nu_path_exists(default_path) ? default_path : NULL;
+    }
+    {
+        /* No file: an empty configuration, so every key takes its default. */
+        int rc = path ? nu_config_load(path, &cfg, err, sizeof(err))
+                      : nu_config_parse_buffer("defaults", "", 0, &cfg, err, sizeof(err));
+        if (!rc) {
+            const char *bad = NULL;
+            rc = nu_config_check_keys(cfg, cloud__config_keys, &bad, err, sizeof(err));
+        }
+        if (rc) {
+            nu_error("%s", err);
+            nu_config_destroy(cfg);
+            return NU_ERR_CONFIG;
+        }
+    }
+    int rc = NU_OK;
+#define CLOUD__INT(key, def, min, max, field)                                                      \
+    if (!rc && !(rc = nu_config_get_int(cfg, key, def, min, max, &v, err, sizeof(err))))           \
+        out->field = (unsigned)v;
+    CLOUD__INT("workers", 4, 1, 64, workers)
+    CLOUD__INT("queue_max", 4096, 16, 1000000, queue_max)
+    CLOUD__INT("chunk_size", 16384, 1024, 16384, chunk_size)
+    CLOUD__INT("instance", 1, 1, 9999, instance)
+#undef CLOUD__INT
+    if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids,
+                                &out->n_oem_ids))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "oem_ids: not a list of identities");
+    if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"),
+                                out->station_ids, &out->n_station_ids))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
+    if (rc)
+        nu_error("configuration: %s", err);
+    nu_config_destroy(cfg);
+    return rc ? NU_ERR_CONFIG : NU_OK;
+}
+
+static int cloud__read_cert(const char *dir, enum nu_path_kind kind, uint8_t **der, size_t *len)
+{
+    char path[PATH_MAX];
+    uint8_t *pem = NULL;
+    size_t pem_len = 0;
+    int rc = nu_paths_get(dir, kind, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, NU_X509_PEM_MAX, &pem, &pem_len);
+    if (!rc)
+        rc = nu_x509_pem_to_der((char *)pem, pem_len, NU_X509_PEM_CERT, der, len, NULL);
+    if (rc)
+        nu_error("cannot read %s: %s", path, nu_err_str(rc));
+    free(pem);
+    return rc;
+}
+
+int cloud_keys_open(struct cloud *cloud)
+{
+    struct cloud_keys *k = &cloud->keys;
+    int rc = nu_pki_open_hsm(cloud->dir, cloud->cfg.workers, &cloud->hsm);
+    if (rc) {
+        nu_error("cannot open the HSM of %s: %s", cloud->dir, nu_err_str(rc));
+        return rc;
+    }
+    const struct {
+        const char *label;
+        struct nu_hsm_key **key;
+    } keys[] = {
+        {NU_PKI_KEY_DEVICE_CA, &k->device_ca},
+        {NU_PKI_KEY_FLEET_CA, &k->fleet_ca},
+        {NU_PKI_KEY_PACKAGE, &k->package},
+        {NU_PKI_KEY_SECURE_BOOT, &k->secure_boot},
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if ((rc = nu_hsm_key_open(cloud->hsm, keys[i].label, keys[i].key))) {
+            nu_error("HSM key '%s': %s", keys[i].label, nu_err_str(rc));
+            return rc;
+        }
+    }
+    if ((rc = cloud__read_cert(cloud->dir, NU_PATH_ROOT_CA, &k->root_der, &k->root_len)) ||
+        (rc = cloud__read_cert(cloud->dir, NU_PATH_FLEET_CA, &k->fleet_der, &k->fleet_len)) ||
+        (rc = cloud__read_cert(cloud->dir, NU_PATH_DEVICE_CA, &k->device_der, &k->device_len)))
+        return rc;
+    return NU_OK;
+}
+
+void cloud_keys_close(struct cloud_keys *k)
+{
+    nu_hsm_key_close(k->device_ca);
+    nu_hsm_key_close(k->fleet_ca);
+    nu_hsm_key_close(k->package);
+    nu_hsm_key_close(k->secure_boot);
+    free(k->root_der);
+    free(k->fleet_der);
+    free(k->device_der);
+    *k = (struct cloud_keys){0};
+}

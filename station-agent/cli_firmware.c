@@ -1,0 +1,6 @@
+/* nusec firmware ... */
+#include "cli.h"
+
+const struct cli_command cli_firmware_commands[] = {
+    {NULL, NULL, NULL, NULL},
+};
