@@ -1,0 +1,410 @@
+/* pg_core: state, envelopes, requests, status, station commands. */
+#include "pg_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { BOX_EMPTY = 0, BOX_BUSY = 1, BOX_FULL = 2 };
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+void pg__log(const struct pg_core *c, enum pg_log_level level, const char *fmt, ...)
+{
+    const struct pg_hal *h = c->hal;
+    if (!h || !h->log || !h->log->write)
+        return;
+    char line[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    h->log->write(h->log_ctx, level, line);
+}
+
+void pg__zero(void *p, size_t n)
+{
+    volatile uint8_t *v = p;
+    while (n--)
+        *v++ = 0;
+}
+
+int pg__ct_eq(const void *a, const void *b, size_t n)
+{
+    const uint8_t *x = a, *y = b;
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= (uint8_t)(x[i] ^ y[i]);
+    return d == 0;
+}
+
+void pg__hex(const uint8_t *buf, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[buf[i] >> 4];
+        out[2 * i + 1] = digits[buf[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+void pg__be32(uint8_t out[4], uint32_t v)
+{
+    out[0] = (uint8_t)(v >> 24);
+    out[1] = (uint8_t)(v >> 16);
+    out[2] = (uint8_t)(v >> 8);
+    out[3] = (uint8_t)v;
+}
+
+int pg__sha256(const struct pg_core *c, const void *a, size_t alen, const void *b, size_t blen,
+               const void *d, size_t dlen, uint8_t out[32])
+{
+    struct pg_sha256 s;
+    int rc = pg_sha256_init(c->hal, &s);
+    if (rc == NU_OK && a)
+        rc = pg_sha256_update(c->hal, &s, a, alen);
+    if (rc == NU_OK && b)
+        rc = pg_sha256_update(c->hal, &s, b, blen);
+    if (rc == NU_OK && d)
+        rc = pg_sha256_update(c->hal, &s, d, dlen);
+    if (rc == NU_OK)
+        rc = pg_sha256_final(c->hal, &s, out);
+    pg__zero(&s, sizeof(s));
+    return rc;
+}
+
+int pg__transient(int rc)
+{
+    return rc == NU_ERR_TIMEOUT || rc == NU_ERR_CONNECTION || rc == NU_ERR_NOT_FOUND ||
+           rc == NU_ERR_MQTT;
+}
+
+int pg__ks_ecdh_package(void *core, const uint8_t peer[PG_P256_PUB_LEN], uint8_t out[32])
+{
+    const struct pg_core *c = core;
+    return pg_ks_ecdh(c->hal, PG_KEY_PACKAGE, peer, out);
+}
+
+int pg__ks_sign_identity(void *core, const uint8_t digest[32], uint8_t *sig, size_t *sig_len)
+{
+    const struct pg_core *c = core;
+    return pg_ks_sign(c->hal, PG_KEY_IDENTITY, digest, sig, sig_len);
+}
+
+int pg__flash_image_read(void *core, uint32_t off, uint8_t *buf, size_t len)
+{
+    const struct pg_core *c = core;
+    return pg_flash_read(c->hal, PG_FLASH_IMAGE, off, buf, len);
+}
+
+/* ---- envelopes and requests ------------------------------------------------------ */
+
+int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_t cap,
+                  const char *sender, const uint8_t *idem, size_t idem_len)
+{
+    uint8_t mid[PG_MSG_MESSAGE_ID_LEN];
+    int rc = pg_rng_fill(c->hal, mid, sizeof(mid));
+    if (rc != NU_OK)
+        return rc == NU_ERR_NOT_SUPPORTED ? rc : NU_ERR_CRYPTO;
+    struct pg_msg_hdr_out h = {
+        .message_id = mid,
+        .sender_id = sender ? sender : c->id,
+        .sent_at_ms = pg_now_ms(c->hal),
+        .sequence = c->seq_base + atomic_fetch_add(&c->seq, 1u),
+        .idempotency_key = idem,
+        .idempotency_key_len = idem_len,
+    };
+    pg_pb_writer_init(w, buf, cap);
+    pg_msg_put_header(w, &h);
+    return w->err;
+}
+
+int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
+                size_t len, uint8_t *resp, size_t cap, size_t *out_len)
+{
+    char topic[PG_TOPIC_MAX];
+    int n = snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/%s", sender ? sender : c->id, op);
+    if (n < 0 || (size_t)n >= sizeof(topic))
+        return NU_ERR_TOO_LARGE;
+    uint32_t delay = c->retry_delay_ms;
+    int rc = NU_ERR_INTERNAL;
+    for (unsigned attempt = 0; attempt <= c->retries; attempt++) {
+        if (attempt) {
+            pg__log(c, PG_LOG_WARN, "%s: %s, retry %u", op, nu_err_name(rc), attempt);
+            pg_sleep_ms(c->hal, delay);
+            delay *= 2;
+        }
+        rc = pg_tp_request(c->hal, topic, req, len, c->timeout_ms, resp, cap, out_len);
+        if (!pg__transient(rc))
+            break;
+    }
+    return rc;
+}
+
+int pg__publish_event(struct pg_core *c, const char *kind, const uint8_t *env, size_t len)
+{
+    char topic[PG_TOPIC_MAX];
+    int n = snprintf(topic, sizeof(topic), "nusec/v1/events/programmer/%s/%s", c->id, kind);
+    if (n < 0 || (size_t)n >= sizeof(topic))
+        return NU_ERR_TOO_LARGE;
+    return pg_tp_publish(c->hal, topic, env, len, 1, 0);
+}
+
+/* ---- init -------------------------------------------------------------------------- */
+
+int pg__pins_load(struct pg_core *c)
+{
+    uint8_t pin[PG_P256_PUB_LEN];
+    size_t len = 0;
+    c->enrolled = 0;
+    int rc = pg_ks_blob_get(c->hal, PG_BLOB_PIN_PACKAGE, pin, sizeof(pin), &len);
+    if (rc == NU_OK && len == sizeof(pin)) {
+        memcpy(c->pin_package, pin, sizeof(pin));
+        rc = pg_ks_blob_get(c->hal, PG_BLOB_PIN_ROTPK, pin, sizeof(pin), &len);
+    }
+    if (rc == NU_OK && len == sizeof(pin)) {
+        memcpy(c->pin_rotpk, pin, sizeof(pin));
+        uint8_t cert[8];
+        rc = pg_ks_blob_get(c->hal, PG_BLOB_IDENTITY_CERT, cert, sizeof(cert), &len);
+        c->enrolled = rc == NU_OK || rc == NU_ERR_TOO_LARGE;
+    }
+    if (rc == NU_OK && !c->enrolled)
+        rc = NU_ERR_DECODE; /* a pin of the wrong size: damaged store */
+    return rc == NU_ERR_NOT_FOUND || rc == NU_ERR_TOO_LARGE || c->enrolled ? NU_OK : rc;
+}
+
+int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_config *cfg)
+{
+    if (!c || !hal || !cfg || !cfg->programmer_id || hal->version != PG_HAL_VERSION)
+        return NU_ERR_INVALID_ARG;
+    struct pg_bytes id = {(const uint8_t *)cfg->programmer_id, strlen(cfg->programmer_id)};
+    if (!pg_msg_id_ok(id) || cfg->n_sockets < 1 || cfg->n_sockets > PG_MAX_SOCKETS)
+        return NU_ERR_INVALID_ARG;
+    memset(c, 0, sizeof(*c));
+    c->hal = hal;
+    memcpy(c->id, id.p, id.len);
+    c->n_sockets = cfg->n_sockets;
+    c->timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 10000;
+    c->retries = cfg->retries ? cfg->retries : 3;
+    c->retry_delay_ms = cfg->retry_delay_ms ? cfg->retry_delay_ms : 200;
+    c->fw_version = cfg->firmware_version;
+    /* Sequences keep growing across restarts (same rule as nu_envelope). */
+    c->seq_base = pg_now_ms(hal) * 1000u;
+    int rc = pg__pins_load(c);
+    if (rc != NU_OK)
+        return rc;
+    if (c->enrolled)
+        pg__package_reload(c);
+    return NU_OK;
+}
+
+void pg_core_deinit(struct pg_core *c)
+{
+    if (c)
+        pg__zero(c, sizeof(*c));
+}
+
+int pg_core_enrolled(const struct pg_core *c)
+{
+    return c && c->enrolled;
+}
+
+const char *pg_core_job_id(const struct pg_core *c)
+{
+    return c && c->job.loaded ? c->job.job_id : NULL;
+}
+
+int pg_core_identity_cert(struct pg_core *c, uint8_t *buf, size_t cap, size_t *out_len)
+{
+    return pg_ks_blob_get(c->hal, PG_BLOB_IDENTITY_CERT, buf, cap, out_len);
+}
+
+/* ---- stop / counts ----------------------------------------------------------------- */
+
+void pg_core_stop(struct pg_core *c, enum pg_stop reason)
+{
+    int none = PG_STOP_NONE;
+    atomic_compare_exchange_strong(&c->stop, &none, (int)reason);
+}
+
+void pg_core_counts(const struct pg_core *c, uint32_t *out_done, uint32_t *out_failed)
+{
+    uint32_t d = 0, f = 0;
+    for (unsigned i = 0; i < c->n_sockets; i++) {
+        d += atomic_load(&((struct pg_core *)c)->sock[i].done);
+        f += atomic_load(&((struct pg_core *)c)->sock[i].failed);
+    }
+    if (out_done)
+        *out_done = d;
+    if (out_failed)
+        *out_failed = f;
+}
+
+/* ---- status ---------------------------------------------------------------------------- */
+
+int pg_core_topic_status(const struct pg_core *c, char *topic, size_t cap)
+{
+    int n = snprintf(topic, cap, "nusec/v1/prog/%s/status", c->id);
+    return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+}
+
+int pg_core_status_encode(struct pg_core *c, enum pg_prog_state state, uint8_t *buf, size_t cap,
+                          size_t *out_len)
+{
+    struct pg_msg_sock_out socks[PG_MAX_SOCKETS];
+    for (unsigned i = 0; i < c->n_sockets; i++) {
+        socks[i].socket = i;
+        socks[i].done = atomic_load(&c->sock[i].done);
+        socks[i].failed = atomic_load(&c->sock[i].failed);
+        socks[i].state = atomic_load(&c->sock[i].busy) ? "busy" : "idle";
+    }
+    uint32_t counter = 0;
+    if (c->job.loaded && pg_ks_counter_read(c->hal, c->job.job_id, &counter) != NU_OK)
+        counter = 0;
+    if (state == 0)
+        state = atomic_load(&c->producing) ? PG_PROG_PRODUCING : PG_PROG_IDLE;
+    struct pg_msg_status_out s = {
+        .programmer_id = c->id,
+        .state = state,
+        .job_id = c->job.loaded ? c->job.job_id : NULL,
+        .limit = c->job.loaded ? c->job.limit : 0,
+        .counter = counter,
+        .sockets = socks,
+        .n_sockets = c->n_sockets,
+        .firmware_version = c->fw_version,
+    };
+    struct pg_pb_writer w;
+    int rc = pg__env_start(c, &w, buf, cap, NULL, NULL, 0);
+    if (rc != NU_OK)
+        return rc;
+    pg_msg_put_status(&w, &s);
+    if (w.err)
+        return w.err;
+    *out_len = w.len;
+    return NU_OK;
+}
+
+static int core__status_send(struct pg_core *c, enum pg_prog_state state, uint8_t *buf, size_t cap)
+{
+    char topic[PG_TOPIC_MAX];
+    size_t len = 0;
+    int rc = pg_core_topic_status(c, topic, sizeof(topic));
+    if (rc == NU_OK)
+        rc = pg_core_status_encode(c, state, buf, cap, &len);
+    if (rc == NU_OK)
+        rc = pg_tp_publish(c->hal, topic, buf, len, 1, 1);
+    if (rc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "status publish: %s", nu_err_name(rc));
+    return rc;
+}
+
+int pg_core_status_publish(struct pg_core *c, enum pg_prog_state state)
+{
+    atomic_store(&c->last_status_ms, (unsigned)pg_mono_ms(c->hal));
+    return core__status_send(c, state, c->ctl_buf, sizeof(c->ctl_buf));
+}
+
+void pg__status_maybe(struct pg_core *c, uint8_t *buf, size_t cap)
+{
+    unsigned now = (unsigned)pg_mono_ms(c->hal);
+    unsigned last = atomic_load(&c->last_status_ms);
+    if (now - last < 1000u)
+        return;
+    /* One worker wins the slot; the others skip. */
+    if (!atomic_compare_exchange_strong(&c->last_status_ms, &last, now))
+        return;
+    core__status_send(c, 0, buf, cap);
+}
+
+/* ---- station commands ---------------------------------------------------------------- */
+
+int pg_core_subscribe(struct pg_core *c)
+{
+    char topic[PG_TOPIC_MAX];
+    int n = snprintf(topic, sizeof(topic), "nusec/v1/prog/%s/cmd", c->id);
+    if (n < 0 || (size_t)n >= sizeof(topic))
+        return NU_ERR_TOO_LARGE;
+    return pg_tp_subscribe(c->hal, topic, pg_core_on_message, c);
+}
+
+static void core__queue_package(struct pg_core *c, struct pg_bytes body)
+{
+    struct pg_msg_delivery d;
+    int rc = pg_msg_delivery_decode(body, &d);
+    if (rc == NU_OK && (d.sealed_package.len == 0 || d.sealed_package.len > PG_PACKAGE_MAX))
+        rc = NU_ERR_TOO_LARGE;
+    int empty = BOX_EMPTY;
+    if (rc == NU_OK && !atomic_compare_exchange_strong(&c->pkg_box_state, &empty, BOX_BUSY))
+        rc = NU_ERR_BUSY;
+    if (rc != NU_OK) {
+        pg__log(c, PG_LOG_WARN, "package delivery dropped: %s", nu_err_name(rc));
+        return;
+    }
+    memcpy(c->pkg_box, d.sealed_package.p, d.sealed_package.len);
+    c->pkg_box_len = d.sealed_package.len;
+    atomic_store(&c->pkg_box_state, BOX_FULL);
+}
+
+static void core__queue_command(struct pg_core *c, struct pg_bytes body)
+{
+    struct pg_msg_command cmd;
+    int rc = pg_msg_command_decode(body, &cmd);
+    if (rc == NU_OK && cmd.action != PG_ACTION_START && cmd.action != PG_ACTION_STOP)
+        rc = NU_ERR_NOT_SUPPORTED;
+    if (rc == NU_OK && cmd.job_id.len && !pg_msg_id_ok(cmd.job_id))
+        rc = NU_ERR_DECODE;
+    if (rc != NU_OK) {
+        pg__log(c, PG_LOG_WARN, "production command dropped: %s", nu_err_name(rc));
+        return;
+    }
+    if (cmd.action == PG_ACTION_STOP)
+        pg_core_stop(c, PG_STOP_COMMAND); /* at once, not after the queue */
+    int s = atomic_exchange(&c->cmd_box_state, BOX_BUSY);
+    if (s == BOX_BUSY)
+        return; /* another thread is writing: the newer command wins there */
+    c->cmd_action = cmd.action;
+    c->cmd_job[0] = '\0';
+    if (cmd.job_id.len)
+        pg_msg_id_copy(cmd.job_id, c->cmd_job);
+    atomic_store(&c->cmd_box_state, BOX_FULL);
+}
+
+void pg_core_on_message(void *core, const char *topic, const uint8_t *payload, size_t len)
+{
+    struct pg_core *c = core;
+    struct pg_msg_env env;
+    int rc = pg_msg_env_decode(payload, len, &env);
+    if (rc != NU_OK) {
+        pg__log(c, PG_LOG_WARN, "message on %s dropped: %s", topic, nu_err_name(rc));
+        return;
+    }
+    if (env.body_num == PG_BODY_PACKAGE_DELIVERY)
+        core__queue_package(c, env.body);
+    else if (env.body_num == PG_BODY_PRODUCTION_COMMAND)
+        core__queue_command(c, env.body);
+    else
+        pg__log(c, PG_LOG_WARN, "message on %s dropped: unexpected body %u", topic,
+                (unsigned)env.body_num);
+}
+
+int pg_core_poll(struct pg_core *c, int *out_action)
+{
+    int rc = NU_OK;
+    *out_action = 0;
+    if (atomic_load(&c->pkg_box_state) == BOX_FULL) {
+        rc = pg_core_package_load(c, c->pkg_box, c->pkg_box_len);
+        pg__log(c, rc ? PG_LOG_WARN : PG_LOG_INFO, "package from station: %s", nu_err_name(rc));
+        pg__zero(c->pkg_box, c->pkg_box_len);
+        atomic_store(&c->pkg_box_state, BOX_EMPTY);
+    }
+    if (atomic_load(&c->cmd_box_state) == BOX_FULL) {
+        int action = (int)c->cmd_action;
+        int match = !c->cmd_job[0] || (c->job.loaded && !strcmp(c->cmd_job, c->job.job_id));
+        atomic_store(&c->cmd_box_state, BOX_EMPTY);
+        if (action == PG_ACTION_START && !match)
+            pg__log(c, PG_LOG_WARN, "START for job %s ignored: not the current job", c->cmd_job);
+        else
+            *out_action = action;
+    }
+    return rc;
+}

@@ -1,0 +1,81 @@
+/*
+ * pg_int.h — internals shared by the core's files (pg_core.c, pg_package.c,
+ * pg_firmware.c, pg_produce.c, pg_enroll.c). Not for ports.
+ */
+#ifndef PG_INT_H
+#define PG_INT_H
+
+#include "pg_core.h"
+#include "pg_msg.h"
+#include "pg_pb.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* KeyStore blob names. */
+#define PG_BLOB_IDENTITY_CERT "identity.crt"
+#define PG_BLOB_IDENTITY_CHAIN "identity.chain"
+#define PG_BLOB_PIN_PACKAGE "pin.package"
+#define PG_BLOB_PIN_ROTPK "pin.rotpk"
+#define PG_BLOB_JOB_PREFIX "job."
+
+#define PG_TOPIC_MAX 160
+
+void pg__log(const struct pg_core *c, enum pg_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Zero memory so the compiler cannot drop it. */
+void pg__zero(void *p, size_t n);
+/* Constant time: 1 when equal. */
+int pg__ct_eq(const void *a, const void *b, size_t n);
+/* Lower-case hex of buf[len] into out[2*len+1]. */
+void pg__hex(const uint8_t *buf, size_t len, char *out);
+void pg__be32(uint8_t out[4], uint32_t v);
+
+/* SHA-256 of up to three parts (NULL parts skipped). */
+int pg__sha256(const struct pg_core *c, const void *a, size_t alen, const void *b, size_t blen,
+               const void *d, size_t dlen, uint8_t out[32]);
+
+/* Writer over buf[cap] with the envelope header of a new message from
+ * `sender` (NULL: the programmer id). idem may be NULL. Then write the body;
+ * check w->err at the end. */
+int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_t cap,
+                  const char *sender, const uint8_t *idem, size_t idem_len);
+
+/* Request `op` as `sender` (topic nusec/v1/cloud/req/{sender}/{op}); retries
+ * transient failures (TIMEOUT, CONNECTION, NOT_FOUND, MQTT) with backoff. */
+int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
+                size_t len, uint8_t *resp, size_t cap, size_t *out_len);
+
+/* Publish an envelope on nusec/v1/events/programmer/{id}/{kind}, QoS 1. */
+int pg__publish_event(struct pg_core *c, const char *kind, const uint8_t *env, size_t len);
+
+/* Throttled status publish from workers (at most once per second). */
+void pg__status_maybe(struct pg_core *c, uint8_t *buf, size_t cap);
+
+/* 1 when the error means a transient transport problem. */
+int pg__transient(int rc);
+
+/* KeyStore job record ("job.<id>"). */
+struct pg__job_record {
+    int closed;
+    uint8_t package_id[16];
+    uint64_t created_at_ms;
+};
+int pg__job_record_get(struct pg_core *c, const char *job_id, struct pg__job_record *out);
+int pg__job_record_put(struct pg_core *c, const char *job_id, const struct pg__job_record *r);
+
+/* The image cache reader for crypto image_verify. */
+int pg__flash_image_read(void *core, uint32_t off, uint8_t *buf, size_t len);
+
+/* KeyStore adapters for crypto ops. */
+int pg__ks_ecdh_package(void *core, const uint8_t peer[PG_P256_PUB_LEN], uint8_t out[32]);
+int pg__ks_sign_identity(void *core, const uint8_t digest[32], uint8_t *sig, size_t *sig_len);
+
+/* Load the pins from the KeyStore into c (enrolled flag). */
+int pg__pins_load(struct pg_core *c);
+
+/* Reload the package kept in flash (at init). */
+void pg__package_reload(struct pg_core *c);
+
+#endif

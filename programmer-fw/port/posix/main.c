@@ -1,0 +1,458 @@
+/*
+ * nusec-programmer — the NuLink3 programmer firmware, POSIX port: the
+ * portable core (programmer-fw/core) over a file KeyStore sealed under a
+ * per-programmer HUK, file flash, MQTT (nu_mqtt) and simulated targets.
+ */
+#include "pg_core.h"
+#include "pp_flash.h"
+#include "pp_keystore.h"
+#include "pp_port.h"
+#include "tsim.h"
+
+#include "nu_crypto.h"
+#include "nu_log.h"
+#include "nu_mqtt.h"
+#include "nu_paths.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/ecc.h>
+
+#define PROG "nusec-programmer"
+#define PROG_VERSION "0.1.0"
+
+enum { EXIT_USAGE = 2 };
+
+static const char usage_text[] =
+    "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
+    "                        [--flash-us-per-kib T] [--package FILE] [--enroll TOKEN]\n"
+    "                        [--log-level L] [--help]\n"
+    "\n"
+    "The NuLink3 programmer (POSIX port). Provisions simulated target MCUs on N\n"
+    "sockets from the sealed production package of its station.\n"
+    "\n"
+    "  --dir DIR             state directory (or $NUSEC_HOME)\n"
+    "  --name ID             programmer id = its certificate CN\n"
+    "  --enroll TOKEN        enroll: make the identity and package keys in the\n"
+    "                        KeyStore, send the CSR through the station identity\n"
+    "                        (DIR/pki/clients/station.*), store the certificate and\n"
+    "                        the pinned keys, exit\n"
+    "  --sockets N           target sockets, 1..%d (default 4)\n"
+    "  --devices N           blank chips in the simulated tray DIR/targets (default 0)\n"
+    "  --flash-us-per-kib T  simulated target flash time (default 0)\n"
+    "  --package FILE        load this .nspkg, produce until the tray is empty or the\n"
+    "                        limit is reached, exit; without it: wait for the\n"
+    "                        station's package and START on nusec/v1/prog/ID/cmd\n"
+    "  --log-level L         debug, info (default), warn, error\n"
+    "  --help                this text\n"
+    "\n"
+    "Files: DIR/programmers/ID/{huk,keystore.bin} (sealed KeyStore),\n"
+    "DIR/programmers/ID/flash/ (firmware cache), DIR/programmers/ID/identity.crt.\n"
+    "\n"
+    "Exit status: 0 done, 1 failure (see the log), 2 usage.\n";
+
+struct app {
+    const char *dir;
+    const char *name;
+    const char *enroll_token;
+    const char *package;
+    unsigned sockets;
+    unsigned devices;
+    unsigned flash_us;
+    char pdir[PATH_MAX];
+
+    struct pp_ks *ks;
+    struct pp_flash *flash;
+    struct tsim_feeder *feeder;
+    struct pp_target *target;
+    struct nu_mqtt *mqtt;
+    struct pp_transport *tp;
+    struct pg_hal hal;
+    struct pg_core *core;
+};
+
+static volatile sig_atomic_t app_signalled;
+
+static void app__on_signal(int sig)
+{
+    (void)sig;
+    app_signalled = 1;
+}
+
+/* ---- arguments ------------------------------------------------------------------ */
+
+static int app__uint(const char *text, unsigned max, unsigned *out)
+{
+    char *end = NULL;
+    unsigned long v = strtoul(text, &end, 10);
+    if (!*text || *end || v > max)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int app__args(struct app *a, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"name", required_argument, NULL, 'n'},
+        {"sockets", required_argument, NULL, 's'},
+        {"devices", required_argument, NULL, 'D'},
+        {"flash-us-per-kib", required_argument, NULL, 'f'},
+        {"package", required_argument, NULL, 'p'},
+        {"enroll", required_argument, NULL, 'e'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    enum nu_log_level level = NU_LOG_INFO;
+    a->sockets = 4;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'd':
+            a->dir = optarg;
+            break;
+        case 'n':
+            a->name = optarg;
+            break;
+        case 's':
+            bad = app__uint(optarg, PG_MAX_SOCKETS, &a->sockets) || !a->sockets;
+            break;
+        case 'D':
+            bad = app__uint(optarg, 10000000, &a->devices);
+            break;
+        case 'f':
+            bad = app__uint(optarg, 10000000, &a->flash_us);
+            break;
+        case 'p':
+            a->package = optarg;
+            break;
+        case 'e':
+            a->enroll_token = optarg;
+            break;
+        case 'l':
+            bad = nu_log_level_parse(optarg, &level) != NU_OK;
+            break;
+        case 'h':
+            printf(usage_text, PG_MAX_SOCKETS);
+            exit(0);
+        default:
+            bad = 1;
+        }
+        if (bad) {
+            if (c != '?')
+                fprintf(stderr, PROG ": invalid option value: %s\n", optarg ? optarg : "");
+            fprintf(stderr, usage_text, PG_MAX_SOCKETS);
+            return -1;
+        }
+    }
+    nu_log_init(PROG, level, NULL);
+    a->dir = nu_state_dir(a->dir);
+    if (optind != argc || !a->dir || !a->name) {
+        fprintf(stderr, PROG ": --dir (or NUSEC_HOME) and --name are required\n");
+        fprintf(stderr, usage_text, PG_MAX_SOCKETS);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- setup ------------------------------------------------------------------------ */
+
+static int app__open_local(struct app *a, int create)
+{
+    char path[PATH_MAX];
+    int rc = nu_path_fmt(a->pdir, sizeof(a->pdir), "%s/programmers/%s", a->dir, a->name);
+    if (rc == NU_OK)
+        rc = pp_ks_open(a->pdir, a->name, create, &a->ks);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(path, sizeof(path), "%s/flash", a->pdir);
+    if (rc == NU_OK)
+        rc = pp_flash_open(path, &a->flash);
+    if (rc != NU_OK)
+        return rc;
+    a->hal = (struct pg_hal){
+        .version = PG_HAL_VERSION,
+        .ks = &pp_ks_ops,
+        .ks_ctx = a->ks,
+        .flash = &pp_flash_ops,
+        .flash_ctx = a->flash,
+        .cry = &pp_crypto_ops,
+        .clk = &pp_clock_ops,
+        .rng = &pp_rng_ops,
+        .log = &pp_log_ops,
+    };
+    a->core = calloc(1, sizeof(*a->core));
+    if (!a->core)
+        return NU_ERR_NOMEM;
+    struct pg_config cfg = {
+        .programmer_id = a->name,
+        .n_sockets = a->sockets,
+        .firmware_version = PROG_VERSION,
+    };
+    return pg_core_init(a->core, &a->hal, &cfg);
+}
+
+/* SHA-256 of the running binary: what the boot manifest signs (enrollment reports it). */
+static int app__self_hash(uint8_t out[32])
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = nu_file_read("/proc/self/exe", NU_FILE_MAX, &buf, &len);
+    if (rc == NU_OK)
+        rc = nu_sha256(buf, len, out);
+    free(buf);
+    return rc;
+}
+
+static int app__mqtt(struct app *a, const struct nu_mqtt_opts *base)
+{
+    char endpoint_path[PATH_MAX], ca[PATH_MAX], host[256];
+    uint8_t *ep = NULL;
+    size_t ep_len = 0;
+    struct nu_mqtt_opts o = *base;
+    int rc = nu_paths_get(a->dir, NU_PATH_BROKER_ENDPOINT, endpoint_path, sizeof(endpoint_path));
+    if (rc == NU_OK)
+        rc = nu_paths_get(a->dir, NU_PATH_CHAIN, ca, sizeof(ca));
+    if (rc == NU_OK)
+        rc = nu_file_read(endpoint_path, 1024, &ep, &ep_len);
+    if (rc == NU_OK)
+        rc = nu_mqtt_endpoint_parse((const char *)ep, host, sizeof(host), &o.port);
+    free(ep);
+    if (rc != NU_OK) {
+        nu_error("broker endpoint %s: %s", endpoint_path, nu_err_str(rc));
+        return rc;
+    }
+    o.host = host;
+    o.ca_file = ca;
+    rc = nu_mqtt_create(&o, &a->mqtt);
+    if (rc == NU_OK)
+        rc = nu_mqtt_connect(a->mqtt, 0);
+    if (rc == NU_OK)
+        rc = pp_transport_create(a->mqtt, &a->tp);
+    if (rc != NU_OK) {
+        nu_error("broker: %s", nu_err_str(rc));
+        return rc;
+    }
+    a->hal.tp = &pp_transport_ops;
+    a->hal.tp_ctx = a->tp;
+    return NU_OK;
+}
+
+/* ---- enrollment -------------------------------------------------------------------- */
+
+static int app__enroll(struct app *a)
+{
+    char cert[PATH_MAX], key[PATH_MAX], client_id[128];
+    uint8_t self[32];
+    int rc = nu_paths_client_cert(a->dir, "station", cert, sizeof(cert));
+    if (rc == NU_OK)
+        rc = nu_paths_client_key(a->dir, "station", key, sizeof(key));
+    if (rc == NU_OK)
+        rc = nu_path_fmt(client_id, sizeof(client_id), "station:enroll-%s", a->name);
+    if (rc == NU_OK)
+        rc = app__self_hash(self);
+    if (rc != NU_OK)
+        return rc;
+    /* The station's identity relays: a separate, clean session of it. */
+    struct nu_mqtt_opts o = {
+        .cert_file = cert,
+        .key_file = key,
+        .client_id = client_id,
+        .clean_start = 1,
+    };
+    if ((rc = app__mqtt(a, &o)) != NU_OK)
+        return rc;
+    rc = pg_core_enroll(a->core, "station", a->enroll_token, self);
+    if (rc == NU_OK)
+        fprintf(stderr, PROG ": %s enrolled\n", a->name);
+    else
+        fprintf(stderr, PROG ": enrollment of %s failed: %s\n", a->name, nu_err_str(rc));
+    return rc;
+}
+
+/* ---- production -------------------------------------------------------------------- */
+
+struct app__worker {
+    struct app *a;
+    unsigned sock;
+    pthread_t tid;
+};
+
+static void *app__worker_main(void *arg)
+{
+    struct app__worker *w = arg;
+    struct pg_result r;
+    while (pg_socket_run(w->a->core, w->sock, &r) == NU_OK) {
+        if (app_signalled)
+            pg_core_stop(w->a->core, PG_STOP_COMMAND);
+    }
+    wc_ecc_fp_free(); /* wolfSSL's per-thread ECC cache (nu_x509.h) */
+    return NULL;
+}
+
+static int app__produce(struct app *a)
+{
+    static const char *const reasons[] = {"none",          "tray empty",      "stopped",
+                                          "limit reached", "quota exhausted", "job not active",
+                                          "error"};
+    int rc = pg_core_firmware_fetch(a->core);
+    if (rc == NU_OK)
+        rc = pg_core_production_begin(a->core);
+    if (rc != NU_OK) {
+        nu_error("production not started: %s", nu_err_str(rc));
+        pg_core_status_publish(a->core, PG_PROG_IDLE);
+        return rc;
+    }
+    struct app__worker w[PG_MAX_SOCKETS];
+    uint64_t t0 = nu_mono_ms();
+    unsigned started = 0;
+    for (unsigned i = 0; i < a->sockets; i++) {
+        w[i] = (struct app__worker){.a = a, .sock = i};
+        if (pthread_create(&w[i].tid, NULL, app__worker_main, &w[i]) != 0)
+            break;
+        started++;
+    }
+    if (started < a->sockets)
+        pg_core_stop(a->core, PG_STOP_ERROR);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(w[i].tid, NULL);
+    enum pg_stop why = pg_core_production_end(a->core);
+    uint32_t done = 0, failed = 0;
+    pg_core_counts(a->core, &done, &failed);
+    double s = (double)(nu_mono_ms() - t0) / 1000.0;
+    nu_info("production ended (%s): %u provisioned, %u failed in %.2f s (%.1f devices/s)",
+            reasons[why], done, failed, s, s > 0 ? done / s : 0.0);
+    return why == PG_STOP_ERROR ? NU_ERR_INTERNAL : NU_OK;
+}
+
+static int app__package_file(struct app *a)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = nu_file_read(a->package, PG_PACKAGE_MAX, &buf, &len);
+    if (rc == NU_OK)
+        rc = pg_core_package_load(a->core, buf, len);
+    free(buf);
+    if (rc != NU_OK)
+        nu_error("package %s refused: %s", a->package, nu_err_str(rc));
+    return rc;
+}
+
+static int app__run(struct app *a)
+{
+    char cert_path[PATH_MAX], topic[160], targets[PATH_MAX];
+    uint8_t der[NU_X509_CERT_MAX], will[512];
+    char pem_key[NU_P256_PRIV_PEM_MAX];
+    char *pem = NULL;
+    size_t der_len = 0, pem_len = 0, key_len = 0, will_len = 0;
+    if (!pg_core_enrolled(a->core)) {
+        nu_error("%s is not enrolled (run with --enroll TOKEN first)", a->name);
+        return NU_ERR_STATE;
+    }
+    /* The certificate is public: a file. The key goes to TLS in memory only. */
+    int rc = pg_core_identity_cert(a->core, der, sizeof(der), &der_len);
+    if (rc == NU_OK)
+        rc = nu_x509_der_to_pem(der, der_len, NU_X509_PEM_CERT, &pem, &pem_len);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(cert_path, sizeof(cert_path), "%s/identity.crt", a->pdir);
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(cert_path, pem, pem_len, 0644);
+    free(pem);
+    if (rc == NU_OK)
+        rc = pp_ks_identity_pem_for_tls(a->ks, pem_key, sizeof(pem_key), &key_len);
+    if (rc == NU_OK)
+        rc = pg_core_topic_status(a->core, topic, sizeof(topic));
+    if (rc == NU_OK)
+        rc = pg_core_status_encode(a->core, PG_PROG_OFFLINE, will, sizeof(will), &will_len);
+    if (rc == NU_OK) {
+        struct nu_mqtt_opts o = {
+            .cert_file = cert_path,
+            .key_pem = pem_key,
+            .key_pem_len = key_len,
+            .client_id = a->name,
+            .will = {.topic = topic, .payload = will, .len = will_len, .qos = 1, .retain = 1},
+        };
+        rc = app__mqtt(a, &o);
+    }
+    nu_zero(pem_key, sizeof(pem_key));
+    if (rc == NU_OK)
+        rc = nu_paths_get(a->dir, NU_PATH_TARGETS, targets, sizeof(targets));
+    struct tsim_opts topts = {.flash_us_per_kib = a->flash_us};
+    if (rc == NU_OK)
+        rc = tsim_feeder_create(targets, a->devices, &topts, &a->feeder);
+    if (rc == NU_OK)
+        rc = pp_target_create(a->feeder, a->sockets, &a->target);
+    if (rc != NU_OK)
+        return rc;
+    a->hal.tgt = &pp_target_ops;
+    a->hal.tgt_ctx = a->target;
+    pg_core_subscribe(a->core);
+    pg_core_status_publish(a->core, PG_PROG_IDLE);
+
+    if (a->package) {
+        rc = app__package_file(a);
+        if (rc == NU_OK)
+            rc = app__produce(a);
+    } else {
+        nu_info("%s waiting for the station on nusec/v1/prog/%s/cmd", a->name, a->name);
+        while (!app_signalled) {
+            int action = 0;
+            pg_core_poll(a->core, &action);
+            if (action == PG_ACTION_START)
+                app__produce(a);
+            usleep(100 * 1000);
+        }
+        rc = NU_OK;
+    }
+    /* A clean disconnect drops the will: say OFFLINE ourselves. */
+    pg_core_status_publish(a->core, PG_PROG_OFFLINE);
+    return rc;
+}
+
+static void app__close(struct app *a)
+{
+    nu_mqtt_destroy(a->mqtt);
+    pp_transport_destroy(a->tp);
+    pp_target_destroy(a->target);
+    tsim_feeder_destroy(a->feeder);
+    if (a->core) {
+        pg_core_deinit(a->core);
+        free(a->core);
+    }
+    pp_flash_close(a->flash);
+    pp_ks_close(a->ks);
+}
+
+int main(int argc, char **argv)
+{
+    struct app a;
+    memset(&a, 0, sizeof(a));
+    if (app__args(&a, argc, argv) != 0)
+        return EXIT_USAGE;
+    struct sigaction sa = {.sa_handler = app__on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = app__open_local(&a, a.enroll_token != NULL);
+    if (rc == NU_ERR_NOT_FOUND && !a.enroll_token)
+        nu_error("no KeyStore for %s in %s: enroll it first (--enroll TOKEN)", a.name, a.dir);
+    else if (rc != NU_OK)
+        nu_error("KeyStore of %s: %s", a.name, nu_err_str(rc));
+    if (rc == NU_OK)
+        rc = a.enroll_token ? app__enroll(&a) : app__run(&a);
+    app__close(&a);
+    wc_ecc_fp_free();
+    return rc == NU_OK ? 0 : 1;
+}

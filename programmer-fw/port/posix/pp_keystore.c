@@ -1,0 +1,503 @@
+/* pp_keystore: file KeyStore sealed under the HUK (see pp_keystore.h for the format). */
+#include "pp_keystore.h"
+
+#include "nu_crypto.h"
+#include "nu_log.h"
+#include "nu_util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define KS__MAGIC "NKS1"
+#define KS__INFO "nusec/v1 keystore"
+#define KS__SALT_LEN 32
+#define KS__HDR_LEN (4 + KS__SALT_LEN + NU_GCM_NONCE_LEN)
+#define KS__NAME_MAX 80
+#define KS__REC_MAX 4096 /* records in one store */
+
+enum ks__type { KS__KEY = 1, KS__COUNTER = 2, KS__BLOB = 3 };
+
+static const char *const ks__key_names[2] = {"identity", "package"};
+
+struct ks__rec {
+    uint8_t type;
+    char name[KS__NAME_MAX + 1];
+    uint8_t *data;
+    size_t len;
+};
+
+struct pp_ks {
+    pthread_mutex_t lock;
+    char path[PATH_MAX];
+    char name[65];
+    uint8_t huk[PP_KS_HUK_LEN];
+    struct nu_p256_key *keys[2];
+    struct ks__rec *recs;
+    size_t n, cap;
+};
+
+/* ---- records ------------------------------------------------------------------ */
+
+static struct ks__rec *ks__find(struct pp_ks *ks, uint8_t type, const char *name)
+{
+    for (size_t i = 0; i < ks->n; i++) {
+        if (ks->recs[i].type == type && !strcmp(ks->recs[i].name, name))
+            return &ks->recs[i];
+    }
+    return NULL;
+}
+
+static void ks__rec_free(struct ks__rec *r)
+{
+    if (r->data) {
+        nu_zero(r->data, r->len);
+        free(r->data);
+    }
+    r->data = NULL;
+    r->len = 0;
+}
+
+/* Set (or, with len 0, delete) a record. */
+static int ks__set(struct pp_ks *ks, uint8_t type, const char *name, const uint8_t *data,
+                   size_t len)
+{
+    if (!name || !*name || strlen(name) > KS__NAME_MAX)
+        return NU_ERR_INVALID_ARG;
+    struct ks__rec *r = ks__find(ks, type, name);
+    if (len == 0) {
+        if (r) {
+            ks__rec_free(r);
+            *r = ks->recs[--ks->n];
+        }
+        return NU_OK;
+    }
+    uint8_t *copy = malloc(len);
+    if (!copy)
+        return NU_ERR_NOMEM;
+    memcpy(copy, data, len);
+    if (!r) {
+        if (ks->n == ks->cap) {
+            size_t cap = ks->cap ? ks->cap * 2 : 16;
+            struct ks__rec *nr = cap <= KS__REC_MAX ? realloc(ks->recs, cap * sizeof(*nr)) : NULL;
+            if (!nr) {
+                free(copy);
+                return cap <= KS__REC_MAX ? NU_ERR_NOMEM : NU_ERR_TOO_LARGE;
+            }
+            ks->recs = nr;
+            ks->cap = cap;
+        }
+        r = &ks->recs[ks->n++];
+        memset(r, 0, sizeof(*r));
+        r->type = type;
+        strcpy(r->name, name);
+    }
+    ks__rec_free(r);
+    r->data = copy;
+    r->len = len;
+    return NU_OK;
+}
+
+/* ---- sealing ------------------------------------------------------------------ */
+
+static int ks__kek(const struct pp_ks *ks, const uint8_t salt[KS__SALT_LEN], uint8_t out[32])
+{
+    return nu_hkdf_sha256(ks->huk, sizeof(ks->huk), salt, KS__SALT_LEN, (const uint8_t *)KS__INFO,
+                          strlen(KS__INFO), out, 32);
+}
+
+static size_t ks__aad(const struct pp_ks *ks, uint8_t *aad)
+{
+    size_t n = strlen(ks->name);
+    memcpy(aad, KS__MAGIC, 4);
+    memcpy(aad + 4, ks->name, n);
+    return 4 + n;
+}
+
+static size_t ks__plain_size(const struct pp_ks *ks)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < ks->n; i++)
+        total += 2 + strlen(ks->recs[i].name) + 4 + ks->recs[i].len;
+    return total;
+}
+
+static void ks__put_rec(uint8_t **p, uint8_t type, const char *name, const uint8_t *d, size_t len)
+{
+    size_t nl = strlen(name);
+    *(*p)++ = type;
+    *(*p)++ = (uint8_t)nl;
+    memcpy(*p, name, nl);
+    *p += nl;
+    for (int i = 3; i >= 0; i--)
+        *(*p)++ = (uint8_t)(len >> (8 * i));
+    memcpy(*p, d, len);
+    *p += len;
+}
+
+/* Serialize, seal, write atomically. Called with the lock held. */
+static int ks__save(struct pp_ks *ks)
+{
+    char pem[2][NU_P256_PRIV_PEM_MAX];
+    size_t pem_len[2] = {0, 0}, total = ks__plain_size(ks);
+    uint8_t kek[32], aad[4 + 64], *file = NULL;
+    int rc = NU_OK;
+    for (int k = 0; k < 2 && rc == NU_OK; k++) {
+        if (ks->keys[k]) {
+            rc = nu_p256_key_to_pem(ks->keys[k], pem[k], sizeof(pem[k]), &pem_len[k]);
+            total += 2 + strlen(ks__key_names[k]) + 4 + pem_len[k];
+        }
+    }
+    size_t file_len = KS__HDR_LEN + total + NU_GCM_TAG_LEN;
+    if (rc == NU_OK && file_len > PP_KS_FILE_MAX)
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK && !(file = malloc(file_len)))
+        rc = NU_ERR_NOMEM;
+    if (rc != NU_OK)
+        goto out;
+    uint8_t *p = file + KS__HDR_LEN;
+    for (int k = 0; k < 2; k++) {
+        if (ks->keys[k])
+            ks__put_rec(&p, KS__KEY, ks__key_names[k], (const uint8_t *)pem[k], pem_len[k]);
+    }
+    for (size_t i = 0; i < ks->n; i++)
+        ks__put_rec(&p, ks->recs[i].type, ks->recs[i].name, ks->recs[i].data, ks->recs[i].len);
+    memcpy(file, KS__MAGIC, 4);
+    rc = nu_random(file + 4, KS__SALT_LEN + NU_GCM_NONCE_LEN);
+    if (rc == NU_OK)
+        rc = ks__kek(ks, file + 4, kek);
+    if (rc == NU_OK)
+        rc = nu_aes256gcm_encrypt(kek, file + 4 + KS__SALT_LEN, aad, ks__aad(ks, aad),
+                                  file + KS__HDR_LEN, total, file + KS__HDR_LEN,
+                                  file + KS__HDR_LEN + total);
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(ks->path, file, file_len, 0600);
+out:
+    nu_zero(pem, sizeof(pem));
+    nu_zero(kek, sizeof(kek));
+    if (file) {
+        nu_zero(file, file_len);
+        free(file);
+    }
+    return rc;
+}
+
+static int ks__load_key(struct pp_ks *ks, const char *name, const uint8_t *d, size_t len)
+{
+    for (int k = 0; k < 2; k++) {
+        if (!strcmp(name, ks__key_names[k])) {
+            if (ks->keys[k])
+                return NU_ERR_DECODE;
+            return nu_p256_key_from_pem((const char *)d, len, &ks->keys[k]) ? NU_ERR_DECODE : NU_OK;
+        }
+    }
+    return NU_ERR_DECODE;
+}
+
+static int ks__parse(struct pp_ks *ks, const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len;
+    while (p < end) {
+        if (end - p < 2)
+            return NU_ERR_DECODE;
+        uint8_t type = p[0], nl = p[1];
+        p += 2;
+        if (nl == 0 || nl > KS__NAME_MAX || (size_t)(end - p) < (size_t)nl + 4)
+            return NU_ERR_DECODE;
+        char name[KS__NAME_MAX + 1];
+        memcpy(name, p, nl);
+        name[nl] = '\0';
+        p += nl;
+        size_t dl = ((size_t)p[0] << 24) | ((size_t)p[1] << 16) | ((size_t)p[2] << 8) | p[3];
+        p += 4;
+        if (dl == 0 || (size_t)(end - p) < dl)
+            return NU_ERR_DECODE;
+        int rc;
+        if (type == KS__KEY)
+            rc = ks__load_key(ks, name, p, dl);
+        else if ((type == KS__COUNTER && dl == 4) || type == KS__BLOB)
+            rc = ks__find(ks, type, name) ? NU_ERR_DECODE : ks__set(ks, type, name, p, dl);
+        else
+            rc = NU_ERR_DECODE;
+        if (rc != NU_OK)
+            return rc;
+        p += dl;
+    }
+    return NU_OK;
+}
+
+static int ks__load(struct pp_ks *ks)
+{
+    uint8_t *file = NULL, kek[32], aad[4 + 64];
+    size_t len = 0;
+    int rc = nu_file_read(ks->path, PP_KS_FILE_MAX, &file, &len);
+    if (rc == NU_ERR_NOT_FOUND)
+        return NU_OK; /* empty store */
+    if (rc != NU_OK)
+        return rc;
+    if (len < KS__HDR_LEN + NU_GCM_TAG_LEN || memcmp(file, KS__MAGIC, 4) != 0) {
+        rc = NU_ERR_TAMPERED;
+        goto out;
+    }
+    size_t body = len - KS__HDR_LEN - NU_GCM_TAG_LEN;
+    rc = ks__kek(ks, file + 4, kek);
+    if (rc == NU_OK)
+        rc = nu_aes256gcm_decrypt(kek, file + 4 + KS__SALT_LEN, aad, ks__aad(ks, aad),
+                                  file + KS__HDR_LEN, body, file + KS__HDR_LEN,
+                                  file + KS__HDR_LEN + body);
+    if (rc == NU_OK)
+        rc = ks__parse(ks, file + KS__HDR_LEN, body);
+out:
+    nu_zero(kek, sizeof(kek));
+    nu_zero(file, len);
+    free(file);
+    return rc;
+}
+
+/* ---- open / close -------------------------------------------------------------- */
+
+static int ks__huk(struct pp_ks *ks, const char *pdir, int create)
+{
+    char path[PATH_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    struct stat st;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/huk", pdir);
+    if (rc != NU_OK)
+        return rc;
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT || !create)
+            return NU_ERR_NOT_FOUND;
+        if (nu_path_exists(ks->path)) {
+            nu_error("keystore %s exists but its HUK is gone: refusing to re-key", ks->path);
+            return NU_ERR_NOT_FOUND;
+        }
+        if ((rc = nu_random(ks->huk, sizeof(ks->huk))) != NU_OK)
+            return rc;
+        return nu_file_write_new(path, ks->huk, sizeof(ks->huk), 0600);
+    }
+    if (st.st_mode & 077) {
+        nu_error("%s is readable by others (mode %o): refused", path,
+                 (unsigned)(st.st_mode & 0777));
+        return NU_ERR_PERMISSION;
+    }
+    rc = nu_file_read(path, PP_KS_HUK_LEN, &buf, &len);
+    if (rc == NU_OK && len != PP_KS_HUK_LEN)
+        rc = NU_ERR_DECODE;
+    if (rc == NU_OK)
+        memcpy(ks->huk, buf, PP_KS_HUK_LEN);
+    if (buf) {
+        nu_zero(buf, len);
+        free(buf);
+    }
+    return rc == NU_ERR_TOO_LARGE ? NU_ERR_DECODE : rc;
+}
+
+int pp_ks_open(const char *pdir, const char *name, int create, struct pp_ks **out_ks)
+{
+    if (!pdir || !name || !out_ks || strlen(name) > 64)
+        return NU_ERR_INVALID_ARG;
+    *out_ks = NULL;
+    struct pp_ks *ks = calloc(1, sizeof(*ks));
+    if (!ks)
+        return NU_ERR_NOMEM;
+    pthread_mutex_init(&ks->lock, NULL);
+    strcpy(ks->name, name);
+    int rc = nu_path_fmt(ks->path, sizeof(ks->path), "%s/keystore.bin", pdir);
+    if (rc == NU_OK && create)
+        rc = nu_mkdirs(pdir, 0700);
+    if (rc == NU_OK)
+        rc = ks__huk(ks, pdir, create);
+    if (rc == NU_OK)
+        rc = ks__load(ks);
+    if (rc != NU_OK) {
+        nu_error("keystore %s: %s", ks->path, nu_err_str(rc));
+        pp_ks_close(ks);
+        return rc;
+    }
+    *out_ks = ks;
+    return NU_OK;
+}
+
+void pp_ks_close(struct pp_ks *ks)
+{
+    if (!ks)
+        return;
+    for (size_t i = 0; i < ks->n; i++)
+        ks__rec_free(&ks->recs[i]);
+    free(ks->recs);
+    nu_p256_key_destroy(ks->keys[0]);
+    nu_p256_key_destroy(ks->keys[1]);
+    pthread_mutex_destroy(&ks->lock);
+    nu_zero(ks, sizeof(*ks));
+    free(ks);
+}
+
+const char *pp_ks_path(const struct pp_ks *ks)
+{
+    return ks ? ks->path : NULL;
+}
+
+/* ---- ops ----------------------------------------------------------------------- */
+
+static int ks__keys_generate(void *ctx)
+{
+    struct pp_ks *ks = ctx;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks->keys[0] || ks->keys[1] ? NU_ERR_EXISTS : NU_OK;
+    if (rc == NU_OK)
+        rc = nu_p256_key_generate(&ks->keys[0]);
+    if (rc == NU_OK)
+        rc = nu_p256_key_generate(&ks->keys[1]);
+    if (rc == NU_OK)
+        rc = ks__save(ks);
+    if (rc != NU_OK && rc != NU_ERR_EXISTS) {
+        for (int k = 0; k < 2; k++) {
+            nu_p256_key_destroy(ks->keys[k]);
+            ks->keys[k] = NULL;
+        }
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+static int ks__pubkey(void *ctx, enum pg_key key, uint8_t out[PG_P256_PUB_LEN])
+{
+    struct pp_ks *ks = ctx;
+    if (key != PG_KEY_IDENTITY && key != PG_KEY_PACKAGE)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks->keys[key] ? nu_p256_key_pub(ks->keys[key], out) : NU_ERR_NOT_FOUND;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+/* Key usage is enforced here: the identity key signs, the package key only agrees. */
+static int ks__sign(void *ctx, enum pg_key key, const uint8_t digest[32], uint8_t *sig,
+                    size_t *sig_len)
+{
+    struct pp_ks *ks = ctx;
+    if (key != PG_KEY_IDENTITY)
+        return NU_ERR_PERMISSION;
+    pthread_mutex_lock(&ks->lock);
+    int rc =
+        ks->keys[0] ? nu_p256_key_sign_digest(ks->keys[0], digest, sig, sig_len) : NU_ERR_NOT_FOUND;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+static int ks__ecdh(void *ctx, enum pg_key key, const uint8_t peer[PG_P256_PUB_LEN],
+                    uint8_t out[32])
+{
+    struct pp_ks *ks = ctx;
+    if (key != PG_KEY_PACKAGE)
+        return NU_ERR_PERMISSION;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks->keys[1] ? nu_ecdh_p256(ks->keys[1], peer, out) : NU_ERR_NOT_FOUND;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+static uint32_t ks__rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static int ks__counter_read(void *ctx, const char *job, uint32_t *out)
+{
+    struct pp_ks *ks = ctx;
+    pthread_mutex_lock(&ks->lock);
+    const struct ks__rec *r = ks__find(ks, KS__COUNTER, job ? job : "");
+    *out = r ? ks__rd32(r->data) : 0;
+    pthread_mutex_unlock(&ks->lock);
+    return NU_OK;
+}
+
+static int ks__counter_inc(void *ctx, const char *job, uint32_t limit, uint32_t *out)
+{
+    struct pp_ks *ks = ctx;
+    pthread_mutex_lock(&ks->lock);
+    const struct ks__rec *r = ks__find(ks, KS__COUNTER, job ? job : "");
+    uint32_t old = r ? ks__rd32(r->data) : 0;
+    uint8_t b[4];
+    int rc = old >= limit ? NU_ERR_LIMIT : NU_OK;
+    if (rc == NU_OK) {
+        uint32_t v = old + 1;
+        b[0] = (uint8_t)(v >> 24), b[1] = (uint8_t)(v >> 16), b[2] = (uint8_t)(v >> 8);
+        b[3] = (uint8_t)v;
+        rc = ks__set(ks, KS__COUNTER, job, b, 4);
+    }
+    if (rc == NU_OK && (rc = ks__save(ks)) != NU_OK) {
+        /* Not durable: not counted (the caller does not proceed). */
+        b[0] = (uint8_t)(old >> 24), b[1] = (uint8_t)(old >> 16), b[2] = (uint8_t)(old >> 8);
+        b[3] = (uint8_t)old;
+        ks__set(ks, KS__COUNTER, job, b, old ? 4 : 0);
+    }
+    if (rc == NU_OK)
+        *out = old + 1;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+static int ks__blob_get(void *ctx, const char *name, uint8_t *buf, size_t cap, size_t *out_len)
+{
+    struct pp_ks *ks = ctx;
+    pthread_mutex_lock(&ks->lock);
+    const struct ks__rec *r = ks__find(ks, KS__BLOB, name ? name : "");
+    int rc = !r ? NU_ERR_NOT_FOUND : r->len > cap ? NU_ERR_TOO_LARGE : NU_OK;
+    if (rc == NU_OK) {
+        memcpy(buf, r->data, r->len);
+        *out_len = r->len;
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+static int ks__blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
+{
+    struct pp_ks *ks = ctx;
+    if (len && !data)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    /* Keep the old value to put back if the write fails: memory never runs
+     * ahead of the file. */
+    const struct ks__rec *r = ks__find(ks, KS__BLOB, name ? name : "");
+    uint8_t *old = NULL;
+    size_t old_len = r ? r->len : 0;
+    int rc = r && !(old = malloc(old_len)) ? NU_ERR_NOMEM : NU_OK;
+    if (rc == NU_OK && r)
+        memcpy(old, r->data, old_len);
+    if (rc == NU_OK)
+        rc = ks__set(ks, KS__BLOB, name, data, len);
+    if (rc == NU_OK && (rc = ks__save(ks)) != NU_OK)
+        ks__set(ks, KS__BLOB, name, old, old_len);
+    if (old) {
+        nu_zero(old, old_len);
+        free(old);
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+const struct pg_keystore_ops pp_ks_ops = {
+    .version = PG_HAL_VERSION,
+    .keys_generate = ks__keys_generate,
+    .pubkey = ks__pubkey,
+    .sign_digest = ks__sign,
+    .ecdh = ks__ecdh,
+    .counter_read = ks__counter_read,
+    .counter_increment = ks__counter_inc,
+    .blob_get = ks__blob_get,
+    .blob_put = ks__blob_put,
+};
+
+int pp_ks_identity_pem_for_tls(struct pp_ks *ks, char *out, size_t cap, size_t *out_len)
+{
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks->keys[0] ? nu_p256_key_to_pem(ks->keys[0], out, cap, out_len) : NU_ERR_NOT_FOUND;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}

@@ -1,0 +1,48 @@
+/*
+ * pp_port — the POSIX port of the programmer core: the HAL tables that are
+ * plain library calls (crypto through libnusec, clock, RNG, log), the target
+ * link over the target simulator, and the MQTT transport. The KeyStore and
+ * flash have their own headers (pp_keystore.h, pp_flash.h).
+ */
+#ifndef PP_PORT_H
+#define PP_PORT_H
+
+#include "hal.h"
+
+#include <stdint.h>
+
+struct nu_mqtt;
+struct tsim_feeder;
+struct tsim_opts;
+
+/* Crypto over libnusec (nu_crypto, nu_seal, nu_x509, nu_mcuboot); ctx unused. */
+extern const struct pg_crypto_ops pp_crypto_ops;
+/* nu_time_ms / nu_mono_ms / nanosleep; ctx unused. */
+extern const struct pg_clock_ops pp_clock_ops;
+/* nu_random; ctx unused. */
+extern const struct pg_rng_ops pp_rng_ops;
+/* nu_log; ctx unused. */
+extern const struct pg_log_ops pp_log_ops;
+
+/* ---- target link over tsim ---------------------------------------------------- */
+
+struct pp_target;
+
+/*
+ * Target link for n_sockets sockets fed from `feeder` (borrowed; the tray
+ * shared by all sockets). Errors: INVALID_ARG, NOMEM.
+ */
+int pp_target_create(struct tsim_feeder *feeder, unsigned n_sockets, struct pp_target **out_t);
+void pp_target_destroy(struct pp_target *t);
+extern const struct pg_target_ops pp_target_ops;
+
+/* ---- transport over nu_mqtt ---------------------------------------------------- */
+
+struct pp_transport;
+
+/* Transport on a session (borrowed; created and connected by the caller). */
+int pp_transport_create(struct nu_mqtt *m, struct pp_transport **out_t);
+void pp_transport_destroy(struct pp_transport *t);
+extern const struct pg_transport_ops pp_transport_ops;
+
+#endif
