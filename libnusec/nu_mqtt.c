@@ -16,13 +16,17 @@
  *     mosquitto_publish_v5/subscribe_v5 return, the network thread can see
  *     the PUBACK/SUBACK first. Such early acks are parked in m->early while
  *     m->unregistered > 0 and picked up by the waiting thread.
+ *   - key_pem goes through a sealed memfd because libmosquitto only takes key
+ *     file paths and re-reads them on every reconnect.
  */
+#define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
 #include "nu_mqtt.h"
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <pthread.h>
@@ -31,10 +35,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MQTT__REPLY_FMT "nusec/v1/reply/%s/r"
+#define MQTT__REPLY_SUFFIX_FMT "nusec/v1/reply/%.*s/%s/r"
 #define MQTT__PACKET_HEADROOM 8192u /* topic + properties above max_payload */
 #define MQTT__PACKET_MAX 268435455u /* largest MQTT packet */
 #define MQTT__SUB_ID_MAX 268435455u /* largest subscription identifier */
@@ -99,6 +105,8 @@ struct nu_mqtt {
     char *host;
     char *client_id;
     char *reply_topic;
+    int key_fd;        /* memfd holding key_pem, -1 if none */
+    char key_path[40]; /* /proc/self/fd/N */
     int port;
     int keepalive_s;
     unsigned backoff_min_ms;
@@ -271,17 +279,24 @@ static int mqtt__refused(const struct nu_mqtt *m, const char *what, const char *
     return mqtt__map_reason(reason);
 }
 
+/* "{id}" or "{id}:{suffix}", both parts non-empty from [A-Za-z0-9._-]. */
 static int mqtt__client_id_ok(const char *id)
 {
-    size_t n = 0;
+    size_t n = 0, part = 0, colons = 0;
     for (const char *p = id; *p; p++, n++) {
         char c = *p;
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                  c == '.' || c == '_' || c == '-';
+        if (c == ':' && part > 0 && colons == 0) {
+            colons++;
+            part = 0;
+            continue;
+        }
         if (!ok || n >= NU_MQTT_CLIENT_ID_MAX)
             return 0;
+        part++;
     }
-    return n > 0;
+    return part > 0;
 }
 
 /* Readable PEM file: NOT_FOUND / PERMISSION / INVALID_ARG with the path logged. */
@@ -968,7 +983,11 @@ static int mqtt__opts_check(const struct nu_mqtt_opts *o)
         return NU_ERR_INVALID_ARG;
     if (o->keepalive_s != 0 && (o->keepalive_s < 5 || o->keepalive_s > 65535))
         return NU_ERR_INVALID_ARG;
-    if (!o->cert_file != !o->key_file)
+    if (o->key_file && o->key_pem)
+        return NU_ERR_INVALID_ARG;
+    if (o->key_pem && (o->key_pem_len == 0 || o->key_pem_len > NU_MQTT_KEY_PEM_MAX))
+        return NU_ERR_INVALID_ARG;
+    if (!o->cert_file != !(o->key_file || o->key_pem))
         return NU_ERR_INVALID_ARG;
     size_t max = o->max_payload ? o->max_payload : NU_MQTT_DEFAULT_MAX_PAYLOAD;
     if (max > MQTT__PACKET_MAX - MQTT__PACKET_HEADROOM)
@@ -1015,11 +1034,16 @@ static int mqtt__config(struct nu_mqtt *m, const struct nu_mqtt_opts *o)
 
     m->host = strdup(o->host);
     m->client_id = strdup(o->client_id);
-    size_t n = strlen(MQTT__REPLY_FMT) + strlen(o->client_id);
+    size_t n = strlen(MQTT__REPLY_SUFFIX_FMT) + strlen(o->client_id);
     m->reply_topic = malloc(n);
     if (!m->host || !m->client_id || !m->reply_topic)
         return NU_ERR_NOMEM;
-    snprintf(m->reply_topic, n, MQTT__REPLY_FMT, o->client_id);
+    const char *colon = strchr(o->client_id, ':');
+    if (colon)
+        snprintf(m->reply_topic, n, MQTT__REPLY_SUFFIX_FMT, (int)(colon - o->client_id),
+                 o->client_id, colon + 1);
+    else
+        snprintf(m->reply_topic, n, MQTT__REPLY_FMT, o->client_id);
 
     uint32_t expiry = o->session_expiry_s;
     if (!o->clean_start && expiry == 0)
@@ -1043,7 +1067,8 @@ static int mqtt__mosq_setup(struct nu_mqtt *m, const struct nu_mqtt_opts *o)
     if (rc == MOSQ_ERR_SUCCESS)
         rc = mosquitto_threaded_set(mosq, true); /* our own network thread */
     if (rc == MOSQ_ERR_SUCCESS)
-        rc = mosquitto_tls_set(mosq, o->ca_file, NULL, o->cert_file, o->key_file, NULL);
+        rc = mosquitto_tls_set(mosq, o->ca_file, NULL, o->cert_file,
+                               o->key_pem ? m->key_path : o->key_file, NULL);
     if (rc == MOSQ_ERR_SUCCESS && o->will.topic)
         rc = mosquitto_will_set_v5(mosq, o->will.topic, (int)o->will.len, o->will.payload,
                                    o->will.qos, o->will.retain != 0, NULL);
@@ -1059,6 +1084,32 @@ static int mqtt__mosq_setup(struct nu_mqtt *m, const struct nu_mqtt_opts *o)
     return NU_OK;
 }
 
+/* key_pem into a sealed memfd: readable by path, never on a file system. */
+static int mqtt__key_memfd(struct nu_mqtt *m, const char *pem, size_t len)
+{
+    int fd = memfd_create("nu_mqtt_key", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        nu_warn("mqtt: memfd_create: %s", strerror(errno));
+        return NU_ERR_IO;
+    }
+    m->key_fd = fd;
+    size_t put = 0;
+    while (put < len) {
+        ssize_t n = write(fd, pem + put, len - put);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return NU_ERR_IO;
+        put += (size_t)n;
+    }
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+        nu_warn("mqtt: sealing the key memfd: %s", strerror(errno));
+        return NU_ERR_IO;
+    }
+    snprintf(m->key_path, sizeof(m->key_path), "/proc/self/fd/%d", fd);
+    return NU_OK;
+}
+
 int nu_mqtt_create(const struct nu_mqtt_opts *opts, struct nu_mqtt **out_m)
 {
     if (!opts || !out_m)
@@ -1071,9 +1122,12 @@ int nu_mqtt_create(const struct nu_mqtt_opts *opts, struct nu_mqtt **out_m)
     struct nu_mqtt *m = calloc(1, sizeof(*m));
     if (!m)
         return NU_ERR_NOMEM;
+    m->key_fd = -1;
     pthread_mutex_init(&m->lock, NULL);
     mqtt__cond_init(&m->cond);
     rc = mqtt__config(m, opts);
+    if (rc == NU_OK && opts->key_pem)
+        rc = mqtt__key_memfd(m, opts->key_pem, opts->key_pem_len);
     if (rc != NU_OK)
         goto out;
 
@@ -1105,6 +1159,8 @@ void nu_mqtt_destroy(struct nu_mqtt *m)
         m->subs = s->next;
         mqtt__sub_free(s);
     }
+    if (m->key_fd >= 0)
+        close(m->key_fd);
     free(m->reply_topic);
     free(m->client_id);
     free(m->host);

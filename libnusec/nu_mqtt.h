@@ -60,6 +60,9 @@
 /* Longest client id accepted (it becomes a topic level, see nu_mqtt_create). */
 #define NU_MQTT_CLIENT_ID_MAX 128
 
+/* Largest in-memory key PEM (nu_mqtt_opts.key_pem). */
+#define NU_MQTT_KEY_PEM_MAX (16u * 1024u)
+
 struct nu_mqtt;
 
 /* Last will: published by the broker when the session ends without a clean
@@ -81,11 +84,24 @@ struct nu_mqtt_opts {
     const char *host;      /* broker host name or IP literal */
     int port;              /* 1..65535 */
     const char *ca_file;   /* PEM: CAs that may sign the broker certificate */
-    const char *cert_file; /* PEM: client certificate (chain); NULL with key_file NULL: none */
+    const char *cert_file; /* PEM: client certificate (chain); NULL with no key: none */
     const char *key_file;  /* PEM: its private key (unencrypted, 0600) */
+    /* Instead of key_file: the private key as PEM text in memory (key_pem_len
+     * bytes, 1..NU_MQTT_KEY_PEM_MAX, need not be NUL-terminated), for keys
+     * that must never be written to a file system (a KeyStore's). It is
+     * copied into an anonymous memory file (memfd, sealed against any change)
+     * that libmosquitto reads as /proc/self/fd/N at every (re)connect; the
+     * descriptor lives as long as the session. Anyone able to read this
+     * process's memory or descriptors (same uid, ptrace) can read it, exactly
+     * as for the key inside the TLS library. Set key_file or key_pem, not both. */
+    const char *key_pem;
+    size_t key_pem_len;
     /* MQTT client id, normally the certificate CN. Also names the reply topic
      * nusec/v1/reply/{client_id}/r, so: 1..NU_MQTT_CLIENT_ID_MAX characters
-     * from [A-Za-z0-9._-]. */
+     * from [A-Za-z0-9._-]. A second session of the same identity may use
+     * "{id}:{suffix}" (the broker's rule, so sessions never take each other
+     * over), both parts from that set; its reply topic is then
+     * nusec/v1/reply/{id}/{suffix}/r. */
     const char *client_id;
     int clean_start; /* 0 (default): resume the broker-side session */
     /* Session Expiry Interval sent on CONNECT. With clean_start == 0, 0 means
@@ -145,8 +161,9 @@ int nu_mqtt_endpoint_parse(const char *text, char *out_host, size_t host_cap, in
  * PEM files are readable, and sets the last will.
  * On success *out_m is a session the caller frees with nu_mqtt_destroy().
  * Errors: INVALID_ARG (bad option: host, port, client id, will, keepalive,
- * cert without key), NOT_FOUND / PERMISSION (a PEM file), NOMEM, MQTT
- * (libmosquitto refused the setup; the reason is logged).
+ * cert without key, both key_file and key_pem, key_pem size), NOT_FOUND /
+ * PERMISSION (a PEM file), IO (memfd for key_pem), NOMEM, MQTT (libmosquitto
+ * refused the setup; the reason is logged).
  */
 int nu_mqtt_create(const struct nu_mqtt_opts *opts, struct nu_mqtt **out_m);
 
