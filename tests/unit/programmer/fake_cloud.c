@@ -1,0 +1,538 @@
+/* fake_cloud: see fake_cloud.h. Test code: plain, assert-free, returns NU_ERR_*. */
+#include "fake_cloud.h"
+
+#include "nu_crypto.h"
+#include "nu_envelope.h"
+#include "nu_mcuboot.h"
+#include "nu_seal.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- PKI --------------------------------------------------------------------- */
+
+static int fc__issue(struct nu_p256_key *issuer_key, const uint8_t *issuer_der, size_t issuer_len,
+                     const char *cn, const char *ou, const uint8_t pub[65], int is_ca,
+                     uint8_t **out, size_t *out_len)
+{
+    struct nu_signer s;
+    int64_t now = (int64_t)(nu_time_ms() / 1000);
+    struct nu_x509_issue_req req = {
+        .cn = cn,
+        .ou = ou,
+        .o = "NuSEC",
+        .not_before = now - 3600,
+        .not_after = now + 86400 * 365,
+        .is_ca = is_ca,
+        .path_len = is_ca && issuer_der ? 0 : -1, /* the root: unconstrained */
+        .key_usage =
+            is_ca ? NU_X509_KU_KEY_CERT_SIGN | NU_X509_KU_CRL_SIGN : NU_X509_KU_DIGITAL_SIGNATURE,
+        .ext_key_usage = is_ca ? 0 : NU_X509_EKU_CLIENT_AUTH,
+    };
+    memcpy(req.pub, pub, 65);
+    int rc = nu_p256_key_signer(issuer_key, &s);
+    if (rc == NU_OK)
+        rc = nu_x509_issue(&req, &s, issuer_der, issuer_len, out, out_len);
+    return rc;
+}
+
+static int fc__ca(struct nu_p256_key **key, struct nu_p256_key *issuer_key,
+                  const uint8_t *issuer_der, size_t issuer_len, const char *cn, uint8_t **der,
+                  size_t *len)
+{
+    uint8_t pub[65];
+    int rc = nu_p256_key_generate(key);
+    if (rc == NU_OK)
+        rc = nu_p256_key_pub(*key, pub);
+    if (rc == NU_OK)
+        rc = fc__issue(issuer_key ? issuer_key : *key, issuer_der, issuer_len, cn, NULL, pub, 1,
+                       der, len);
+    return rc;
+}
+
+static int fc__sign_image(struct fake_cloud *fc, struct nu_p256_key *key, size_t payload_len)
+{
+    uint8_t *payload = malloc(payload_len);
+    struct nu_signer s;
+    struct nu_mcuboot_version v = {1, 2, 3, 4};
+    int rc = payload ? nu_random(payload, payload_len) : NU_ERR_NOMEM;
+    if (rc == NU_OK)
+        rc = nu_p256_key_signer(key, &s);
+    free(fc->image);
+    fc->image = NULL;
+    if (rc == NU_OK)
+        rc = nu_mcuboot_sign(payload, payload_len, &v, 1, 0, &s, &fc->image, &fc->image_len);
+    if (rc == NU_OK)
+        rc = nu_sha256(fc->image, fc->image_len, fc->image_digest);
+    free(payload);
+    return rc;
+}
+
+int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint32_t chunk_size)
+{
+    memset(fc, 0, sizeof(*fc));
+    pthread_mutex_init(&fc->lock, NULL);
+    snprintf(fc->job_id, sizeof(fc->job_id), "%s", job_id);
+    snprintf(fc->enroll_token, sizeof(fc->enroll_token), "enroll-token-0123456789");
+    fc->chunk_size = chunk_size;
+    fc->tamper_chunk_once = fc->tamper_chunk_always = fc->swap_chunk = -1;
+    fc->chunks_fail_after = -1;
+    int rc = fc__ca(&fc->root_key, NULL, NULL, 0, "Test Root", &fc->root_der, &fc->root_len);
+    if (rc == NU_OK)
+        rc = fc__ca(&fc->fleet_key, fc->root_key, fc->root_der, fc->root_len, "Test Fleet CA",
+                    &fc->fleet_der, &fc->fleet_len);
+    if (rc == NU_OK)
+        rc = fc__ca(&fc->devca_key, fc->root_key, fc->root_der, fc->root_len, "Test Device CA",
+                    &fc->devca_der, &fc->devca_len);
+    if (rc == NU_OK)
+        rc = nu_p256_key_generate(&fc->package_key);
+    if (rc == NU_OK)
+        rc = nu_p256_key_generate(&fc->sb_key);
+    if (rc == NU_OK)
+        rc = nu_p256_key_pub(fc->sb_key, fc->rotpk);
+    if (rc == NU_OK)
+        rc = nu_mcuboot_rotpk_hash(fc->rotpk, fc->rotpk_hash);
+    if (rc == NU_OK)
+        rc = nu_random(fc->token, sizeof(fc->token));
+    if (rc == NU_OK)
+        rc = nu_random(fc->fw_key, sizeof(fc->fw_key));
+    if (rc == NU_OK)
+        rc = fc__sign_image(fc, fc->sb_key, payload_len);
+    return rc;
+}
+
+int fc_use_foreign_image(struct fake_cloud *fc)
+{
+    struct nu_p256_key *k = NULL;
+    size_t payload = fc->image_len - 32 - 200;
+    int rc = nu_p256_key_generate(&k);
+    if (rc == NU_OK)
+        rc = fc__sign_image(fc, k, payload > 0 ? payload : 1024);
+    nu_p256_key_destroy(k);
+    return rc;
+}
+
+void fc_free(struct fake_cloud *fc)
+{
+    nu_p256_key_destroy(fc->root_key);
+    nu_p256_key_destroy(fc->fleet_key);
+    nu_p256_key_destroy(fc->devca_key);
+    nu_p256_key_destroy(fc->package_key);
+    nu_p256_key_destroy(fc->sb_key);
+    free(fc->root_der);
+    free(fc->fleet_der);
+    free(fc->devca_der);
+    free(fc->image);
+    for (size_t i = 0; i < fc->n_idem; i++)
+        free(fc->idem[i].cert);
+    pthread_mutex_destroy(&fc->lock);
+    memset(fc, 0, sizeof(*fc));
+}
+
+/* ---- packages ------------------------------------------------------------------- */
+
+static int fc__pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    *out = malloc(*len ? *len : 1);
+    if (!*out)
+        return NU_ERR_NOMEM;
+    protobuf_c_message_pack(m, *out);
+    return NU_OK;
+}
+
+int fc_make_package(struct fake_cloud *fc, const struct fc_pkg_opts *o, uint8_t **out,
+                    size_t *out_len)
+{
+    Nusec__V1__PackageSummary sum = NUSEC__V1__PACKAGE_SUMMARY__INIT;
+    Nusec__V1__PackageSecrets sec = NUSEC__V1__PACKAGE_SECRETS__INIT;
+    Nusec__V1__SealedPackage sp = NUSEC__V1__SEALED_PACKAGE__INIT;
+    ProtobufCBinaryData chain[2] = {{fc->devca_len, fc->devca_der}, {fc->root_len, fc->root_der}};
+    uint8_t *sum_buf = NULL, *sec_buf = NULL, *box = NULL, digest[32], sig[NU_P256_SIG_MAX];
+    size_t sum_len = 0, sec_len = 0, box_len = 0, sig_len = sizeof(sig);
+    struct nu_sha256_ctx h;
+
+    sum.job_id = fc->job_id;
+    sum.programmer_id = (char *)o->programmer_id;
+    sum.limit = o->limit;
+    sum.expires_at_ms = o->expires_at_ms;
+    sum.created_at_ms = o->created_at_ms;
+    sum.firmware = "app-1.2.3";
+    sum.format = o->format ? o->format : 1;
+    sum.package_id.data = (uint8_t *)o->package_id;
+    sum.package_id.len = 16;
+    sec.job_id = (char *)(o->secrets_job_id ? o->secrets_job_id : fc->job_id);
+    sec.limit = o->limit;
+    sec.firmware_token.data = fc->token;
+    sec.firmware_token.len = sizeof(fc->token);
+    sec.firmware_key.data = fc->fw_key;
+    sec.firmware_key.len = 32;
+    sec.rotpk_hash.data = fc->rotpk_hash;
+    sec.rotpk_hash.len = 32;
+    sec.n_device_chain_der = 2;
+    sec.device_chain_der = chain;
+    sec.expires_at_ms = o->expires_at_ms;
+    sec.firmware_digest.data = fc->image_digest;
+    sec.firmware_digest.len = 32;
+    sec.firmware_size = (uint32_t)fc->image_len;
+
+    int rc = fc__pack(&sum.base, &sum_buf, &sum_len);
+    if (rc == NU_OK)
+        rc = fc__pack(&sec.base, &sec_buf, &sec_len);
+    if (rc == NU_OK)
+        rc = nu_seal(o->recipient_pub, sum_buf, sum_len, sec_buf, sec_len, &box, &box_len);
+    if (rc == NU_OK)
+        rc = nu_sha256_init(&h);
+    if (rc == NU_OK)
+        rc = nu_sha256_update(&h, sum_buf, sum_len);
+    if (rc == NU_OK)
+        rc = nu_sha256_update(&h, box, box_len);
+    if (rc == NU_OK)
+        rc = nu_sha256_final(&h, digest);
+    if (rc == NU_OK)
+        rc = nu_p256_key_sign_digest(o->sign_with ? o->sign_with : fc->package_key, digest, sig,
+                                     &sig_len);
+    if (rc == NU_OK) {
+        sp.summary.data = sum_buf;
+        sp.summary.len = sum_len;
+        sp.sealed.data = box;
+        sp.sealed.len = box_len;
+        sp.signature.data = sig;
+        sp.signature.len = sig_len;
+        rc = fc__pack(&sp.base, out, out_len);
+    }
+    free(sum_buf);
+    free(sec_buf);
+    free(box);
+    return rc;
+}
+
+/* ---- answers ---------------------------------------------------------------------- */
+
+static struct nu_envelope_sender *fc__cloud_sender;
+static pthread_once_t fc__once = PTHREAD_ONCE_INIT;
+
+static void fc__sender_init(void)
+{
+    nu_envelope_sender_create("cloud", NU_ENVELOPE_SEQ_FROM_CLOCK, &fc__cloud_sender);
+}
+
+static int fc__answer(const Nusec__V1__Envelope *req, ProtobufCMessage *body, uint8_t *resp,
+                      size_t cap, size_t *out_len)
+{
+    struct nu_envelope_frame f;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    pthread_once(&fc__once, fc__sender_init);
+    int rc = nu_envelope_frame_init(&f, fc__cloud_sender, body);
+    if (rc == NU_OK)
+        rc = nu_envelope_frame_reply_to(&f, req);
+    if (rc == NU_OK)
+        rc = nu_envelope_pack(&f.env, &buf, &len, NULL);
+    if (rc == NU_OK && len > cap)
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK) {
+        memcpy(resp, buf, len);
+        *out_len = len;
+    }
+    free(buf);
+    return rc;
+}
+
+static int fc__error(const Nusec__V1__Envelope *req, int code, const char *op, uint8_t *resp,
+                     size_t cap, size_t *out_len)
+{
+    Nusec__V1__Error e = NUSEC__V1__ERROR__INIT;
+    e.code = (Nusec__V1__ErrorCode)code;
+    e.op = (char *)op;
+    e.detail = "refused by the fake cloud";
+    return fc__answer(req, &e.base, resp, cap, out_len);
+}
+
+int fc_station_envelope(ProtobufCMessage *body, uint8_t **out, size_t *out_len)
+{
+    static struct nu_envelope_sender *st;
+    struct nu_envelope_frame f;
+    if (!st && nu_envelope_sender_create("station", 1, &st) != NU_OK)
+        return NU_ERR_NOMEM;
+    int rc = nu_envelope_frame_init(&f, st, body);
+    return rc ? rc : nu_envelope_pack(&f.env, out, out_len, NULL);
+}
+
+static int fc__enroll(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                      size_t cap, size_t *out_len)
+{
+    const Nusec__V1__EnrollRequest *er = req->enroll_request;
+    struct nu_x509_csr_info info;
+    uint8_t *cert = NULL, other[65];
+    size_t cert_len = 0;
+    if (strcmp(er->token, fc->enroll_token) != 0)
+        return fc__error(req, NU_ERR_TOKEN, "enroll", resp, cap, out_len);
+    int rc = nu_x509_csr_parse_verify(er->csr_der.data, er->csr_der.len, &info);
+    if (rc != NU_OK || strcmp(info.cn, er->programmer_id) || strcmp(info.ou, "programmer") ||
+        er->package_pubkey.len != 65)
+        return fc__error(req, NU_ERR_BAD_CSR, "enroll", resp, cap, out_len);
+    memcpy(fc->enrolled_pkg_pub, er->package_pubkey.data, 65);
+    if (fc->enroll_wrong_key) {
+        struct nu_p256_key *k = NULL;
+        nu_p256_key_generate(&k);
+        nu_p256_key_pub(k, other);
+        nu_p256_key_destroy(k);
+    }
+    rc = fc__issue(fc->fleet_key, fc->fleet_der, fc->fleet_len, info.cn, "programmer",
+                   fc->enroll_wrong_key ? other : info.pub, 0, &cert, &cert_len);
+    if (rc != NU_OK)
+        return rc;
+    char pkg_pem[NU_P256_PUB_PEM_MAX], rot_pem[NU_P256_PUB_PEM_MAX];
+    size_t pl = 0, rl = 0;
+    uint8_t pkg_pub[65];
+    nu_p256_key_pub(fc->package_key, pkg_pub);
+    nu_p256_pub_to_pem(pkg_pub, pkg_pem, sizeof(pkg_pem), &pl);
+    nu_p256_pub_to_pem(fc->rotpk, rot_pem, sizeof(rot_pem), &rl);
+    ProtobufCBinaryData chain[2] = {{fc->fleet_len, fc->fleet_der}, {fc->root_len, fc->root_der}};
+    Nusec__V1__EnrollResponse r = NUSEC__V1__ENROLL_RESPONSE__INIT;
+    r.programmer_id = er->programmer_id;
+    r.certificate_der.data = cert;
+    r.certificate_der.len = cert_len;
+    r.n_chain_der = 2;
+    r.chain_der = chain;
+    /* Raw point for one pin and PEM for the other: the programmer takes both. */
+    r.package_signing_pubkey.data = pkg_pub;
+    r.package_signing_pubkey.len = 65;
+    r.rotpk.data = (uint8_t *)rot_pem;
+    r.rotpk.len = rl;
+    rc = fc__answer(req, &r.base, resp, cap, out_len);
+    free(cert);
+    return rc;
+}
+
+static int fc__manifest(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                        size_t cap, size_t *out_len)
+{
+    const Nusec__V1__FirmwareManifestRequest *m = req->firmware_manifest_request;
+    fc->manifest_requests++;
+    if (strcmp(m->job_id, fc->job_id) || m->token.len != sizeof(fc->token) ||
+        memcmp(m->token.data, fc->token, sizeof(fc->token)))
+        return fc__error(req, NU_ERR_TOKEN, "firmware.manifest", resp, cap, out_len);
+    Nusec__V1__FirmwareManifest r = NUSEC__V1__FIRMWARE_MANIFEST__INIT;
+    r.job_id = fc->job_id;
+    r.image_name = "app-1.2.3";
+    r.size = (uint32_t)fc->image_len;
+    r.chunk_size = fc->chunk_size;
+    r.chunk_count = (uint32_t)((fc->image_len + fc->chunk_size - 1) / fc->chunk_size);
+    r.image_digest.data = fc->image_digest;
+    r.image_digest.len = 32;
+    return fc__answer(req, &r.base, resp, cap, out_len);
+}
+
+static int fc__chunk(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                     size_t cap, size_t *out_len)
+{
+    const Nusec__V1__FirmwareChunkRequest *q = req->firmware_chunk_request;
+    fc->chunk_requests++;
+    if (fc->chunks_fail_after >= 0 && fc->chunks_served >= (unsigned)fc->chunks_fail_after)
+        return NU_ERR_CONNECTION;
+    uint32_t count = (uint32_t)((fc->image_len + fc->chunk_size - 1) / fc->chunk_size);
+    if (strcmp(q->job_id, fc->job_id) || q->token.len != sizeof(fc->token) ||
+        memcmp(q->token.data, fc->token, sizeof(fc->token)) || q->index >= count)
+        return fc__error(req, NU_ERR_TOKEN, "firmware.chunk", resp, cap, out_len);
+    uint32_t idx = q->index;
+    if ((int)idx == fc->swap_chunk && idx + 1 < count) {
+        fc->swap_chunk = -1;
+        idx++;
+    }
+    uint32_t off = idx * fc->chunk_size;
+    size_t n = fc->image_len - off < fc->chunk_size ? fc->image_len - off : fc->chunk_size;
+    uint8_t nonce[12] = {0}, aad[80], *ct = malloc(n + 16);
+    size_t jl = strlen(fc->job_id);
+    if (!ct)
+        return NU_ERR_NOMEM;
+    nonce[8] = (uint8_t)(idx >> 24), nonce[9] = (uint8_t)(idx >> 16);
+    nonce[10] = (uint8_t)(idx >> 8), nonce[11] = (uint8_t)idx;
+    memcpy(aad, fc->job_id, jl);
+    memcpy(aad + jl, nonce + 8, 4);
+    int rc = nu_aes256gcm_encrypt(fc->fw_key, nonce, aad, jl + 4, fc->image + off, n, ct, ct + n);
+    if ((int)q->index == fc->tamper_chunk_always ||
+        ((int)q->index == fc->tamper_chunk_once && (fc->tamper_chunk_once = -1, 1)))
+        ct[n / 2] ^= 0x01;
+    Nusec__V1__FirmwareChunk r = NUSEC__V1__FIRMWARE_CHUNK__INIT;
+    r.job_id = fc->job_id;
+    r.index = idx;
+    r.offset = off;
+    r.nonce.data = nonce;
+    r.nonce.len = 12;
+    r.ciphertext.data = ct;
+    r.ciphertext.len = n + 16;
+    if (rc == NU_OK)
+        rc = fc__answer(req, &r.base, resp, cap, out_len);
+    if (rc == NU_OK)
+        fc->chunks_served++;
+    free(ct);
+    return rc;
+}
+
+static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                    size_t cap, size_t *out_len)
+{
+    const Nusec__V1__CertificateRequest *q = req->certificate_request;
+    const ProtobufCBinaryData *idem = &req->header->idempotency_key;
+    struct nu_x509_csr_info info;
+    uint8_t *cert = NULL;
+    size_t cert_len = 0;
+    fc->cert_requests++;
+    if (fc->cert_unreachable)
+        return NU_ERR_CONNECTION;
+    if (idem->len != 16 || strcmp(q->job_id, fc->job_id))
+        return fc__error(req, NU_ERR_INVALID_ARG, "cert.request", resp, cap, out_len);
+    for (size_t i = 0; i < fc->n_idem; i++) {
+        if (!memcmp(fc->idem[i].key, idem->data, 16)) {
+            cert = fc->idem[i].cert;
+            cert_len = fc->idem[i].len;
+        }
+    }
+    int fresh = cert == NULL;
+    if (fresh) {
+        if (fc->quota && fc->issued >= fc->quota) {
+            Nusec__V1__Error e = NUSEC__V1__ERROR__INIT;
+            Nusec__V1__CertificateRefused ref = NUSEC__V1__CERTIFICATE_REFUSED__INIT;
+            e.code = NUSEC__V1__ERROR_CODE__ERROR_CODE_QUOTA_EXHAUSTED;
+            e.detail = "quota exhausted";
+            ref.job_id = fc->job_id;
+            ref.device_uid = q->device_uid;
+            ref.error = &e;
+            return fc__answer(req, &ref.base, resp, cap, out_len);
+        }
+        int rc = nu_x509_csr_parse_verify(q->csr_der.data, q->csr_der.len, &info);
+        if (rc != NU_OK)
+            return fc__error(req, NU_ERR_BAD_CSR, "cert.request", resp, cap, out_len);
+        rc = fc__issue(fc->devca_key, fc->devca_der, fc->devca_len, info.cn, "device", info.pub, 0,
+                       &cert, &cert_len);
+        if (rc != NU_OK || fc->n_idem == FC_MAX_IDEM) {
+            free(cert);
+            return rc ? rc : NU_ERR_NOMEM;
+        }
+        memcpy(fc->idem[fc->n_idem].key, idem->data, 16);
+        fc->idem[fc->n_idem].cert = cert;
+        fc->idem[fc->n_idem++].len = cert_len;
+        fc->issued++;
+    }
+    if (fc->drop_cert_replies > 0) {
+        fc->drop_cert_replies--;
+        return NU_ERR_TIMEOUT; /* issued, but the answer is lost */
+    }
+    struct nu_x509_cert_info ci;
+    nu_x509_cert_info(cert, cert_len, &ci);
+    Nusec__V1__CertificateIssued r = NUSEC__V1__CERTIFICATE_ISSUED__INIT;
+    r.job_id = fc->job_id;
+    r.device_uid = q->device_uid;
+    r.certificate_der.data = cert;
+    r.certificate_der.len = cert_len;
+    r.serial = ci.serial_hex;
+    r.issued = fc->issued;
+    r.quota = fc->quota;
+    return fc__answer(req, &r.base, resp, cap, out_len);
+}
+
+/* ---- transport ops ------------------------------------------------------------------ */
+
+static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t len,
+                       uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len)
+{
+    (void)timeout_ms;
+    struct fake_cloud *fc = ctx;
+    Nusec__V1__Envelope *env = NULL;
+    const char *op = strrchr(topic, '/');
+    int rc = nu_envelope_unpack(p, len, &env, NULL);
+    pthread_mutex_lock(&fc->lock);
+    if (rc != NU_OK) {
+        fc->bad_messages++;
+        rc = NU_ERR_DECODE;
+    } else if (strncmp(topic, "nusec/v1/cloud/req/", 19) || !op) {
+        rc = NU_ERR_NOT_FOUND;
+    } else if (!strcmp(op, "/enroll") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST) {
+        rc = fc__enroll(fc, env, resp, cap, out_len);
+    } else if (!strcmp(op, "/firmware.manifest") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_FIRMWARE_MANIFEST_REQUEST) {
+        rc = fc__manifest(fc, env, resp, cap, out_len);
+    } else if (!strcmp(op, "/firmware.chunk") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_FIRMWARE_CHUNK_REQUEST) {
+        rc = fc__chunk(fc, env, resp, cap, out_len);
+    } else if (!strcmp(op, "/cert.request") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST) {
+        rc = fc__cert(fc, env, resp, cap, out_len);
+    } else {
+        fc->bad_messages++;
+        rc = NU_ERR_NOT_FOUND;
+    }
+    pthread_mutex_unlock(&fc->lock);
+    nu_envelope_free(env);
+    return rc;
+}
+
+static int fc__publish(void *ctx, const char *topic, const uint8_t *p, size_t len, int qos,
+                       int retain)
+{
+    (void)qos;
+    struct fake_cloud *fc = ctx;
+    Nusec__V1__Envelope *env = NULL;
+    int rc = nu_envelope_unpack(p, len, &env, NULL);
+    pthread_mutex_lock(&fc->lock);
+    if (rc != NU_OK) {
+        fc->bad_messages++;
+    } else if (env->body_case == NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_STATUS && retain &&
+               strstr(topic, "/status")) {
+        fc->status_msgs++;
+    } else if (env->body_case == NUSEC__V1__ENVELOPE__BODY_EVENT &&
+               env->event->data_case == NUSEC__V1__EVENT__DATA_DEVICE &&
+               !strcmp(strrchr(topic, '/') + 1, env->event->kind) && fc->n_events < FC_MAX_EVENTS) {
+        struct fc_event *e = &fc->events[fc->n_events++];
+        const Nusec__V1__DeviceReport *d = env->event->device;
+        snprintf(e->kind, sizeof(e->kind), "%s", env->event->kind);
+        e->code = (int)d->error;
+        e->uid_len = d->device_uid.len < 16 ? d->device_uid.len : 16;
+        if (e->uid_len)
+            memcpy(e->uid, d->device_uid.data, e->uid_len);
+        snprintf(e->serial, sizeof(e->serial), "%s", d->serial);
+        if (!strcmp(e->kind, "device.provisioned"))
+            fc->provisioned++;
+        else
+            fc->failed++;
+    } else {
+        fc->bad_messages++;
+    }
+    pthread_mutex_unlock(&fc->lock);
+    nu_envelope_free(env);
+    return rc == NU_OK ? NU_OK : NU_ERR_DECODE;
+}
+
+static int fc__subscribe(void *ctx, const char *filter, pg_msg_cb cb, void *cb_ctx)
+{
+    (void)filter;
+    struct fake_cloud *fc = ctx;
+    fc->cmd_cb = cb;
+    fc->cmd_ctx = cb_ctx;
+    return NU_OK;
+}
+
+const struct pg_transport_ops fc_transport_ops = {
+    .version = PG_HAL_VERSION,
+    .publish = fc__publish,
+    .request = fc__request,
+    .subscribe = fc__subscribe,
+};
+
+unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fc->lock);
+    for (size_t i = 0; i < fc->n_events; i++) {
+        if (!strcmp(fc->events[i].kind, kind) && (code < 0 || fc->events[i].code == code))
+            n++;
+    }
+    pthread_mutex_unlock(&fc->lock);
+    return n;
+}

@@ -1,0 +1,114 @@
+/*
+ * fake_cloud — an in-process stand-in for the cloud agent, behind the
+ * programmer core's transport HAL, for unit tests.
+ *
+ * It decodes every message the core sends with libnusec's nu_envelope_unpack
+ * (protobuf-c), so the core's own encoder is checked against the real
+ * protocol on every call, and answers with nu_envelope_pack. It holds a
+ * software PKI (root, fleet CA, device CA, package key, secure-boot key), a
+ * signed MCUboot image encrypted per proto/README.md, a quota with
+ * idempotency keys, and knobs to misbehave.
+ */
+#ifndef FAKE_CLOUD_H
+#define FAKE_CLOUD_H
+
+#include "hal.h"
+#include "nusec/v1/envelope.pb-c.h"
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct nu_p256_key;
+
+#define FC_MAX_IDEM 256
+#define FC_MAX_EVENTS 512
+
+struct fc_event {
+    char kind[40];
+    int code;
+    uint8_t uid[16];
+    size_t uid_len;
+    char serial[41];
+};
+
+struct fake_cloud {
+    pthread_mutex_t lock;
+    /* PKI */
+    struct nu_p256_key *root_key, *fleet_key, *devca_key, *package_key, *sb_key;
+    uint8_t *root_der, *fleet_der, *devca_der;
+    size_t root_len, fleet_len, devca_len;
+    uint8_t rotpk[65], rotpk_hash[32];
+    /* enrollment */
+    char enroll_token[64];
+    uint8_t enrolled_pkg_pub[65];
+    int enroll_wrong_key; /* certify a different key than the CSR's */
+    /* job and firmware */
+    char job_id[65];
+    uint8_t token[16];
+    uint8_t fw_key[32];
+    uint8_t *image;
+    size_t image_len;
+    uint8_t image_digest[32];
+    uint32_t chunk_size;
+    /* quota */
+    uint32_t quota; /* 0 = unlimited */
+    uint32_t issued;
+    struct {
+        uint8_t key[16];
+        uint8_t *cert;
+        size_t len;
+    } idem[FC_MAX_IDEM];
+    size_t n_idem;
+    /* knobs */
+    int tamper_chunk_once;   /* chunk index tampered on its first fetch, -1 none */
+    int tamper_chunk_always; /* chunk index always tampered, -1 none */
+    int swap_chunk;          /* answer chunk i+1 when asked for this index, -1 none */
+    int chunks_fail_after;   /* CONNECTION for chunk requests after this many served, -1 never */
+    int drop_cert_replies;   /* this many cert.request answers are "lost" (TIMEOUT) */
+    int cert_unreachable;    /* cert.request always CONNECTION */
+    /* observations */
+    unsigned manifest_requests, chunk_requests, cert_requests, chunks_served;
+    unsigned provisioned, failed, status_msgs;
+    struct fc_event events[FC_MAX_EVENTS];
+    size_t n_events;
+    int bad_messages; /* envelopes from the core that nu_envelope_unpack refused */
+    pg_msg_cb cmd_cb;
+    void *cmd_ctx;
+};
+
+/* Make the PKI, a signed image of image_len payload bytes, job `job_id`. */
+int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint32_t chunk_size);
+void fc_free(struct fake_cloud *fc);
+
+/* Re-sign the served image with another key (same KEYHASH lie is impossible:
+ * the image is simply not the OEM's). The package digest follows the image,
+ * so only the signature check can catch it. */
+int fc_use_foreign_image(struct fake_cloud *fc);
+
+struct fc_pkg_opts {
+    const char *programmer_id;
+    const uint8_t *recipient_pub; /* package key of the programmer (65) */
+    uint32_t limit;
+    uint64_t expires_at_ms;
+    uint64_t created_at_ms;
+    uint8_t package_id[16];
+    uint32_t format;               /* 0 = 1 */
+    const char *secrets_job_id;    /* NULL = the job */
+    struct nu_p256_key *sign_with; /* NULL = the package key */
+};
+
+/* A sealed package (serialized SealedPackage), malloc'd. */
+int fc_make_package(struct fake_cloud *fc, const struct fc_pkg_opts *o, uint8_t **out,
+                    size_t *out_len);
+
+/* The transport HAL (ctx = struct fake_cloud). */
+extern const struct pg_transport_ops fc_transport_ops;
+
+/* An envelope from the station with `body` (protobuf-c message), malloc'd. */
+int fc_station_envelope(ProtobufCMessage *body, uint8_t **out, size_t *out_len);
+
+/* Events of `kind` with error `code` (code < 0: any). */
+unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code);
+
+#endif
