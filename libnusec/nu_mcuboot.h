@@ -33,7 +33,7 @@
  * ih_hdr_size >= 32; the protected area exists, its total equals
  * ih_protect_tlv_size and it holds exactly one SEC_CNT (len 4); the unprotected
  * area holds exactly one SHA256 (len 32), one KEYHASH (len 32) and one
- * ECDSA_SIG (1..72 bytes, after the KEYHASH as MCUboot requires) and nothing
+ * ECDSA_SIG (8..72 bytes, after the KEYHASH as MCUboot requires) and nothing
  * else; every TLV lies inside its area and the areas are consumed exactly; the
  * image ends where the unprotected area ends (no trailing bytes); encrypted
  * images (flags 0x4/0x8) are refused. The image digest must equal SHA256, the
