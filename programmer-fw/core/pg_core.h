@@ -49,8 +49,8 @@
 #define PG_CHAIN_MAX 4      /* certificates in that chain */
 #define PG_CHUNK_MAX 16384  /* firmware chunk plaintext (proto/README.md) */
 #define PG_DL_RESP_MAX (PG_CHUNK_MAX + 1024)
-#define PG_SOCK_REQ_MAX 1536  /* cert.request / events / flash copy buffer */
-#define PG_SOCK_RESP_MAX 3072 /* CSR scratch, then the cert.request answer */
+#define PG_SOCK_REQ_MAX 1024  /* cert.request, events, status; flash copy buffer */
+#define PG_SOCK_RESP_MAX 2048 /* CSR scratch, then the answer (device cert <= ~1.8 KiB) */
 #define PG_COPY_MAX 1024      /* bytes per target flash write */
 #define PG_PACKAGE_FORMAT 1u  /* PackageSummary.format this core reads */
 
