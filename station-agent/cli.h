@@ -48,5 +48,8 @@ extern const struct cli_command cli_firmware_commands[];
 extern const struct cli_command cli_job_commands[];
 extern const struct cli_command cli_package_commands[];
 extern const struct cli_command cli_audit_commands[];
+extern const struct cli_command cli_production_commands[];
+extern const struct cli_command cli_stack_commands[];
+extern const struct cli_command cli_monitor_commands[];
 
 #endif

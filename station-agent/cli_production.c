@@ -1,0 +1,6 @@
+/* nusec production ... */
+#include "cli.h"
+
+const struct cli_command cli_production_commands[] = {
+    {NULL, NULL, NULL, NULL},
+};
