@@ -3,6 +3,8 @@
 
 #include "nu_crypto.h"
 #include "nu_envelope.h"
+#include "nu_hsm.h"
+#include "nu_pki.h"
 #include "nu_mcuboot.h"
 #include "nu_seal.h"
 #include "nu_util.h"
@@ -14,11 +16,10 @@
 
 /* ---- PKI --------------------------------------------------------------------- */
 
-static int fc__issue(struct nu_p256_key *issuer_key, const uint8_t *issuer_der, size_t issuer_len,
+static int fc__issue(const struct nu_signer *s, const uint8_t *issuer_der, size_t issuer_len,
                      const char *cn, const char *ou, const uint8_t pub[65], int is_ca,
                      uint8_t **out, size_t *out_len)
 {
-    struct nu_signer s;
     int64_t now = (int64_t)(nu_time_ms() / 1000);
     struct nu_x509_issue_req req = {
         .cn = cn,
@@ -33,10 +34,7 @@ static int fc__issue(struct nu_p256_key *issuer_key, const uint8_t *issuer_der, 
         .ext_key_usage = is_ca ? 0 : NU_X509_EKU_CLIENT_AUTH,
     };
     memcpy(req.pub, pub, 65);
-    int rc = nu_p256_key_signer(issuer_key, &s);
-    if (rc == NU_OK)
-        rc = nu_x509_issue(&req, &s, issuer_der, issuer_len, out, out_len);
-    return rc;
+    return nu_x509_issue(&req, s, issuer_der, issuer_len, out, out_len);
 }
 
 static int fc__ca(struct nu_p256_key **key, struct nu_p256_key *issuer_key,
@@ -44,34 +42,33 @@ static int fc__ca(struct nu_p256_key **key, struct nu_p256_key *issuer_key,
                   size_t *len)
 {
     uint8_t pub[65];
+    struct nu_signer s;
     int rc = nu_p256_key_generate(key);
     if (rc == NU_OK)
         rc = nu_p256_key_pub(*key, pub);
     if (rc == NU_OK)
-        rc = fc__issue(issuer_key ? issuer_key : *key, issuer_der, issuer_len, cn, NULL, pub, 1,
-                       der, len);
+        rc = nu_p256_key_signer(issuer_key ? issuer_key : *key, &s);
+    if (rc == NU_OK)
+        rc = fc__issue(&s, issuer_der, issuer_len, cn, NULL, pub, 1, der, len);
     return rc;
 }
 
-static int fc__sign_image(struct fake_cloud *fc, struct nu_p256_key *key, size_t payload_len)
+static int fc__sign_image(struct fake_cloud *fc, const struct nu_signer *s, size_t payload_len)
 {
     uint8_t *payload = malloc(payload_len);
-    struct nu_signer s;
     struct nu_mcuboot_version v = {1, 2, 3, 4};
     int rc = payload ? nu_random(payload, payload_len) : NU_ERR_NOMEM;
-    if (rc == NU_OK)
-        rc = nu_p256_key_signer(key, &s);
     free(fc->image);
     fc->image = NULL;
     if (rc == NU_OK)
-        rc = nu_mcuboot_sign(payload, payload_len, &v, 1, 0, &s, &fc->image, &fc->image_len);
+        rc = nu_mcuboot_sign(payload, payload_len, &v, 1, 0, s, &fc->image, &fc->image_len);
     if (rc == NU_OK)
         rc = nu_sha256(fc->image, fc->image_len, fc->image_digest);
     free(payload);
     return rc;
 }
 
-int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint32_t chunk_size)
+static void fc__base(struct fake_cloud *fc, const char *job_id, uint32_t chunk_size)
 {
     memset(fc, 0, sizeof(*fc));
     pthread_mutex_init(&fc->lock, NULL);
@@ -80,6 +77,25 @@ int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint3
     fc->chunk_size = chunk_size;
     fc->tamper_chunk_once = fc->tamper_chunk_always = fc->swap_chunk = -1;
     fc->chunks_fail_after = -1;
+}
+
+/* ROTPK, token, firmware key and the signed image, once the signers are set. */
+static int fc__finish(struct fake_cloud *fc, size_t payload_len)
+{
+    memcpy(fc->rotpk, fc->sb_s.pub, 65);
+    int rc = nu_mcuboot_rotpk_hash(fc->rotpk, fc->rotpk_hash);
+    if (rc == NU_OK)
+        rc = nu_random(fc->token, sizeof(fc->token));
+    if (rc == NU_OK)
+        rc = nu_random(fc->fw_key, sizeof(fc->fw_key));
+    if (rc == NU_OK)
+        rc = fc__sign_image(fc, &fc->sb_s, payload_len);
+    return rc;
+}
+
+int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint32_t chunk_size)
+{
+    fc__base(fc, job_id, chunk_size);
     int rc = fc__ca(&fc->root_key, NULL, NULL, 0, "Test Root", &fc->root_der, &fc->root_len);
     if (rc == NU_OK)
         rc = fc__ca(&fc->fleet_key, fc->root_key, fc->root_der, fc->root_len, "Test Fleet CA",
@@ -92,25 +108,62 @@ int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint3
     if (rc == NU_OK)
         rc = nu_p256_key_generate(&fc->sb_key);
     if (rc == NU_OK)
-        rc = nu_p256_key_pub(fc->sb_key, fc->rotpk);
+        rc = nu_p256_key_signer(fc->fleet_key, &fc->fleet_s);
     if (rc == NU_OK)
-        rc = nu_mcuboot_rotpk_hash(fc->rotpk, fc->rotpk_hash);
+        rc = nu_p256_key_signer(fc->devca_key, &fc->devca_s);
     if (rc == NU_OK)
-        rc = nu_random(fc->token, sizeof(fc->token));
+        rc = nu_p256_key_signer(fc->package_key, &fc->package_s);
     if (rc == NU_OK)
-        rc = nu_random(fc->fw_key, sizeof(fc->fw_key));
+        rc = nu_p256_key_signer(fc->sb_key, &fc->sb_s);
+    return rc == NU_OK ? fc__finish(fc, payload_len) : rc;
+}
+
+static int fc__load_der(const char *dir, const char *rel, uint8_t **out, size_t *len)
+{
+    char path[600];
+    uint8_t *pem = NULL;
+    size_t pem_len = 0;
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    int rc = nu_file_read(path, 65536, &pem, &pem_len);
     if (rc == NU_OK)
-        rc = fc__sign_image(fc, fc->sb_key, payload_len);
+        rc = nu_x509_pem_to_der((char *)pem, pem_len, NU_X509_PEM_CERT, out, len, NULL);
+    free(pem);
     return rc;
+}
+
+int fc_init_hsm(struct fake_cloud *fc, const char *dir, const char *job_id, size_t payload_len,
+                uint32_t chunk_size)
+{
+    static const char *const labels[4] = {NU_PKI_KEY_FLEET_CA, NU_PKI_KEY_DEVICE_CA,
+                                          NU_PKI_KEY_PACKAGE, NU_PKI_KEY_SECURE_BOOT};
+    fc__base(fc, job_id, chunk_size);
+    int rc = nu_pki_open_hsm(dir, 4, &fc->hsm);
+    for (int i = 0; i < 4 && rc == NU_OK; i++)
+        rc = nu_hsm_key_open(fc->hsm, labels[i], &fc->hsm_keys[i]);
+    if (rc != NU_OK)
+        return rc;
+    fc->fleet_s = *nu_hsm_key_signer(fc->hsm_keys[0]);
+    fc->devca_s = *nu_hsm_key_signer(fc->hsm_keys[1]);
+    fc->package_s = *nu_hsm_key_signer(fc->hsm_keys[2]);
+    fc->sb_s = *nu_hsm_key_signer(fc->hsm_keys[3]);
+    rc = fc__load_der(dir, "pki/root-ca.pem", &fc->root_der, &fc->root_len);
+    if (rc == NU_OK)
+        rc = fc__load_der(dir, "pki/fleet-ca.pem", &fc->fleet_der, &fc->fleet_len);
+    if (rc == NU_OK)
+        rc = fc__load_der(dir, "pki/device-ca.pem", &fc->devca_der, &fc->devca_len);
+    return rc == NU_OK ? fc__finish(fc, payload_len) : rc;
 }
 
 int fc_use_foreign_image(struct fake_cloud *fc)
 {
     struct nu_p256_key *k = NULL;
+    struct nu_signer s;
     size_t payload = fc->image_len - 32 - 200;
     int rc = nu_p256_key_generate(&k);
     if (rc == NU_OK)
-        rc = fc__sign_image(fc, k, payload > 0 ? payload : 1024);
+        rc = nu_p256_key_signer(k, &s);
+    if (rc == NU_OK)
+        rc = fc__sign_image(fc, &s, payload > 0 ? payload : 1024);
     nu_p256_key_destroy(k);
     return rc;
 }
@@ -128,6 +181,9 @@ void fc_free(struct fake_cloud *fc)
     free(fc->image);
     for (size_t i = 0; i < fc->n_idem; i++)
         free(fc->idem[i].cert);
+    for (int i = 0; i < 4; i++)
+        nu_hsm_key_close(fc->hsm_keys[i]);
+    nu_hsm_close(fc->hsm);
     pthread_mutex_destroy(&fc->lock);
     memset(fc, 0, sizeof(*fc));
 }
@@ -192,9 +248,10 @@ int fc_make_package(struct fake_cloud *fc, const struct fc_pkg_opts *o, uint8_t 
         rc = nu_sha256_update(&h, box, box_len);
     if (rc == NU_OK)
         rc = nu_sha256_final(&h, digest);
-    if (rc == NU_OK)
-        rc = nu_p256_key_sign_digest(o->sign_with ? o->sign_with : fc->package_key, digest, sig,
-                                     &sig_len);
+    if (rc == NU_OK && o->sign_with)
+        rc = nu_p256_key_sign_digest(o->sign_with, digest, sig, &sig_len);
+    else if (rc == NU_OK)
+        rc = fc->package_s.sign_digest(fc->package_s.ctx, digest, sig, &sig_len);
     if (rc == NU_OK) {
         sp.summary.data = sum_buf;
         sp.summary.len = sum_len;
@@ -276,20 +333,24 @@ static int fc__enroll(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uin
         er->package_pubkey.len != 65)
         return fc__error(req, NU_ERR_BAD_CSR, "enroll", resp, cap, out_len);
     memcpy(fc->enrolled_pkg_pub, er->package_pubkey.data, 65);
+    if (fc->n_enrolled < 8) {
+        snprintf(fc->enrolled_id[fc->n_enrolled], 65, "%s", er->programmer_id);
+        memcpy(fc->enrolled_pub[fc->n_enrolled++], er->package_pubkey.data, 65);
+    }
     if (fc->enroll_wrong_key) {
         struct nu_p256_key *k = NULL;
         nu_p256_key_generate(&k);
         nu_p256_key_pub(k, other);
         nu_p256_key_destroy(k);
     }
-    rc = fc__issue(fc->fleet_key, fc->fleet_der, fc->fleet_len, info.cn, "programmer",
+    rc = fc__issue(&fc->fleet_s, fc->fleet_der, fc->fleet_len, info.cn, "programmer",
                    fc->enroll_wrong_key ? other : info.pub, 0, &cert, &cert_len);
     if (rc != NU_OK)
         return rc;
     char pkg_pem[NU_P256_PUB_PEM_MAX], rot_pem[NU_P256_PUB_PEM_MAX];
     size_t pl = 0, rl = 0;
     uint8_t pkg_pub[65];
-    nu_p256_key_pub(fc->package_key, pkg_pub);
+    memcpy(pkg_pub, fc->package_s.pub, 65);
     nu_p256_pub_to_pem(pkg_pub, pkg_pem, sizeof(pkg_pem), &pl);
     nu_p256_pub_to_pem(fc->rotpk, rot_pem, sizeof(rot_pem), &rl);
     ProtobufCBinaryData chain[2] = {{fc->fleet_len, fc->fleet_der}, {fc->root_len, fc->root_der}};
@@ -408,7 +469,7 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
         int rc = nu_x509_csr_parse_verify(q->csr_der.data, q->csr_der.len, &info);
         if (rc != NU_OK)
             return fc__error(req, NU_ERR_BAD_CSR, "cert.request", resp, cap, out_len);
-        rc = fc__issue(fc->devca_key, fc->devca_der, fc->devca_len, info.cn, "device", info.pub, 0,
+        rc = fc__issue(&fc->devca_s, fc->devca_der, fc->devca_len, info.cn, "device", info.pub, 0,
                        &cert, &cert_len);
         if (rc != NU_OK || fc->n_idem == FC_MAX_IDEM) {
             free(cert);
@@ -535,4 +596,16 @@ unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code)
     }
     pthread_mutex_unlock(&fc->lock);
     return n;
+}
+
+const uint8_t *fc_enrolled_pub(struct fake_cloud *fc, const char *programmer_id)
+{
+    const uint8_t *pub = NULL;
+    pthread_mutex_lock(&fc->lock);
+    for (size_t i = 0; i < fc->n_enrolled; i++) {
+        if (!strcmp(fc->enrolled_id[i], programmer_id))
+            pub = fc->enrolled_pub[i];
+    }
+    pthread_mutex_unlock(&fc->lock);
+    return pub;
 }

@@ -13,6 +13,7 @@
 #define FAKE_CLOUD_H
 
 #include "hal.h"
+#include "nu_signer.h"
 #include "nusec/v1/envelope.pb-c.h"
 
 #include <pthread.h>
@@ -20,6 +21,8 @@
 #include <stdint.h>
 
 struct nu_p256_key;
+struct nu_hsm;
+struct nu_hsm_key;
 
 #define FC_MAX_IDEM 256
 #define FC_MAX_EVENTS 512
@@ -34,14 +37,21 @@ struct fc_event {
 
 struct fake_cloud {
     pthread_mutex_t lock;
-    /* PKI */
+    /* PKI: software keys (fc_init) or the keys of a real state directory's
+     * HSM (fc_init_hsm); everything signs through the signers. */
     struct nu_p256_key *root_key, *fleet_key, *devca_key, *package_key, *sb_key;
+    struct nu_signer fleet_s, devca_s, package_s, sb_s;
+    struct nu_hsm *hsm;
+    struct nu_hsm_key *hsm_keys[4];
     uint8_t *root_der, *fleet_der, *devca_der;
     size_t root_len, fleet_len, devca_len;
     uint8_t rotpk[65], rotpk_hash[32];
     /* enrollment */
     char enroll_token[64];
-    uint8_t enrolled_pkg_pub[65];
+    uint8_t enrolled_pkg_pub[65]; /* of the last programmer enrolled */
+    char enrolled_id[8][65];
+    uint8_t enrolled_pub[8][65];
+    size_t n_enrolled;
     int enroll_wrong_key; /* certify a different key than the CSR's */
     /* job and firmware */
     char job_id[65];
@@ -79,6 +89,11 @@ struct fake_cloud {
 
 /* Make the PKI, a signed image of image_len payload bytes, job `job_id`. */
 int fc_init(struct fake_cloud *fc, const char *job_id, size_t payload_len, uint32_t chunk_size);
+
+/* The same with the PKI that `nusec pki init` made in state directory `dir`
+ * (CA certificates from DIR/pki, keys in its SoftHSM2 token). */
+int fc_init_hsm(struct fake_cloud *fc, const char *dir, const char *job_id, size_t payload_len,
+                uint32_t chunk_size);
 void fc_free(struct fake_cloud *fc);
 
 /* Re-sign the served image with another key (same KEYHASH lie is impossible:
@@ -107,6 +122,9 @@ extern const struct pg_transport_ops fc_transport_ops;
 
 /* An envelope from the station with `body` (protobuf-c message), malloc'd. */
 int fc_station_envelope(ProtobufCMessage *body, uint8_t **out, size_t *out_len);
+
+/* Package public key an enrolled programmer sent, or NULL. */
+const uint8_t *fc_enrolled_pub(struct fake_cloud *fc, const char *programmer_id);
 
 /* Events of `kind` with error `code` (code < 0: any). */
 unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code);

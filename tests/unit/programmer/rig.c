@@ -164,19 +164,20 @@ enum pg_stop rig_produce(struct rig *r, int *out_rc)
 }
 
 /* The chip's certificate verifies to the device CA and certifies its key and UID. */
-static int rig__chip_ok(struct rig *r, const char *name, struct tsim *t)
+static int rig__chip_ok(const char *targets, const struct fake_cloud *fc, const char *name,
+                        struct tsim *t)
 {
     char path[1024];
     uint8_t *pem = NULL, *der = NULL, pub[65];
     size_t pem_len = 0, der_len = 0;
     struct nu_x509_cert_info info;
-    struct nu_x509_der mid = {r->fc.devca_der, r->fc.devca_len};
-    snprintf(path, sizeof(path), "%s/%s/cert.pem", r->targets, name);
+    struct nu_x509_der mid = {fc->devca_der, fc->devca_len};
+    snprintf(path, sizeof(path), "%s/%s/cert.pem", targets, name);
     int rc = nu_file_read(path, 65536, &pem, &pem_len);
     if (rc == NU_OK)
         rc = nu_x509_pem_to_der((char *)pem, pem_len, NU_X509_PEM_CERT, &der, &der_len, NULL);
     if (rc == NU_OK)
-        rc = nu_x509_verify_chain(der, der_len, &mid, 1, r->fc.root_der, r->fc.root_len);
+        rc = nu_x509_verify_chain(der, der_len, &mid, 1, fc->root_der, fc->root_len);
     if (rc == NU_OK)
         rc = nu_x509_cert_info(der, der_len, &info);
     if (rc == NU_OK)
@@ -190,8 +191,13 @@ static int rig__chip_ok(struct rig *r, const char *name, struct tsim *t)
 
 int rig_census(struct rig *r, struct rig_census *out)
 {
+    return rig_census_dir(r->targets, &r->fc, out);
+}
+
+int rig_census_dir(const char *targets, const struct fake_cloud *fc, struct rig_census *out)
+{
     memset(out, 0, sizeof(*out));
-    DIR *d = opendir(r->targets);
+    DIR *d = opendir(targets);
     if (!d)
         return NU_OK;
     struct dirent *e;
@@ -202,13 +208,13 @@ int rig_census(struct rig *r, struct rig_census *out)
         enum tsim_state st;
         if (strlen(e->d_name) != 32 || nu_hex_decode(e->d_name, uid, sizeof(uid), &n) != NU_OK)
             continue;
-        if (tsim_open(r->targets, uid, NULL, &t) != NU_OK)
+        if (tsim_open(targets, uid, NULL, &t) != NU_OK)
             continue;
         out->chips++;
         if (tsim_get_state(t, &st) == NU_OK) {
             out->locked += st == TSIM_LOCKED;
             out->blank += st == TSIM_BLANK;
-            if (st == TSIM_LOCKED && rig__chip_ok(r, e->d_name, t) == NU_OK)
+            if (st == TSIM_LOCKED && rig__chip_ok(targets, fc, e->d_name, t) == NU_OK)
                 out->verified++;
         }
         tsim_destroy(t);

@@ -59,5 +59,7 @@ struct rig_census {
     unsigned chips, locked, verified, blank;
 };
 int rig_census(struct rig *r, struct rig_census *out);
+/* The same for any targets folder and the fake cloud's CAs. */
+int rig_census_dir(const char *targets, const struct fake_cloud *fc, struct rig_census *out);
 
 #endif

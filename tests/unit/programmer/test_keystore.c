@@ -4,7 +4,7 @@
  * private key byte in any file outside the sealed KeyStore and the chips'
  * secret/ folders.
  */
-#define _GNU_SOURCE /* nftw FTW_PHYS */
+#include "leakscan.h"
 #include "rig.h"
 
 #include "nu_crypto.h"
@@ -12,13 +12,11 @@
 #include "nu_util.h"
 #include "pp_keystore.h"
 
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/coding.h>
+#include <unistd.h>
 
 static char tmp[256];
 static char pdir[512];
@@ -190,134 +188,12 @@ static void test_wrong_or_exposed_huk_refused(void)
 
 /* ---- no private key outside the KeyStore ------------------------------------------ */
 
-#define MAX_NEEDLES 256
-
-struct needle {
-    uint8_t bytes[128];
-    size_t len;
-};
-
-static struct needle needles[MAX_NEEDLES];
-static size_t n_needles;
-static const char *skip_a, *skip_b;
-static unsigned leaks, scanned;
-
-static void add_needle(const void *p, size_t len)
-{
-    if (n_needles < MAX_NEEDLES && len <= sizeof(needles[0].bytes)) {
-        memcpy(needles[n_needles].bytes, p, len);
-        needles[n_needles++].len = len;
-    }
-}
-
-/* The secret scalar of a SEC1 PEM key, as raw, hex (both cases), and the
- * PEM's base64 lines themselves. */
-static void add_key_pem(const char *pem, size_t len)
-{
-    char body[1024];
-    size_t bl = 0;
-    const char *p = pem, *end = pem + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (ll && p[0] != '-') {
-            if (ll >= 40)
-                add_needle(p, ll);
-            if (bl + ll < sizeof(body)) {
-                memcpy(body + bl, p, ll);
-                bl += ll;
-            }
-        }
-        p += ll + 1;
-    }
-    uint8_t der[512];
-    word32 dl = sizeof(der);
-    CU_ASSERT_EQUAL_FATAL(Base64_Decode((const byte *)body, (word32)bl, der, &dl), 0);
-    /* ECPrivateKey: 30 77 02 01 01 04 20 <d> */
-    CU_ASSERT_EQUAL_FATAL(der[5], 0x04);
-    CU_ASSERT_EQUAL_FATAL(der[6], 0x20);
-    char hex[65];
-    add_needle(der + 7, 32);
-    nu_hex_encode(der + 7, 32, hex, sizeof(hex));
-    add_needle(hex, 64);
-    for (int i = 0; i < 64; i++)
-        hex[i] = (char)(hex[i] >= 'a' ? hex[i] - 32 : hex[i]);
-    add_needle(hex, 64);
-}
-
-/* Open keystore.bin by its documented format, as an auditor with the HUK would. */
-static void add_keystore_keys(struct rig *r)
-{
-    char path[700];
-    uint8_t *file = NULL, *huk = NULL, kek[32], aad[80];
-    size_t len = 0, hl = 0;
-    snprintf(path, sizeof(path), "%s/keystore.bin", r->pdir);
-    CU_ASSERT_EQUAL_FATAL(nu_file_read(path, 1 << 20, &file, &len), NU_OK);
-    snprintf(path, sizeof(path), "%s/huk", r->pdir);
-    CU_ASSERT_EQUAL_FATAL(nu_file_read(path, 64, &huk, &hl), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(
-        nu_hkdf_sha256(huk, hl, file + 4, 32, (const uint8_t *)"nusec/v1 keystore", 17, kek, 32),
-        NU_OK);
-    size_t nl = strlen(r->name), body = len - 48 - 16;
-    memcpy(aad, "NKS1", 4);
-    memcpy(aad + 4, r->name, nl);
-    CU_ASSERT_EQUAL_FATAL(nu_aes256gcm_decrypt(kek, file + 36, aad, 4 + nl, file + 48, body,
-                                               file + 48, file + 48 + body),
-                          NU_OK);
-    unsigned keys = 0;
-    for (uint8_t *p = file + 48, *end = file + 48 + body; p < end;) {
-        uint8_t type = p[0], n = p[1];
-        size_t dl = ((size_t)p[2 + n] << 24) | ((size_t)p[3 + n] << 16) | ((size_t)p[4 + n] << 8) |
-                    p[5 + n];
-        if (type == 1) {
-            add_key_pem((const char *)p + 6 + n, dl);
-            keys++;
-        }
-        p += 6 + n + dl;
-    }
-    CU_ASSERT_EQUAL(keys, 2);
-    free(file);
-    free(huk);
-}
-
-static int add_device_key(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st, (void)f;
-    if (flag == FTW_F && strstr(path, "/secret/key.pem")) {
-        uint8_t *pem = NULL;
-        size_t len = 0;
-        if (nu_file_read(path, 4096, &pem, &len) == NU_OK)
-            add_key_pem((const char *)pem, len);
-        free(pem);
-    }
-    return 0;
-}
-
-static int scan_file(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st, (void)f;
-    if (flag != FTW_F || strstr(path, skip_a) || strstr(path, skip_b))
-        return 0;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (nu_file_read(path, NU_FILE_MAX, &buf, &len) != NU_OK)
-        return 0;
-    scanned++;
-    for (size_t i = 0; i < n_needles; i++) {
-        if (len >= needles[i].len && memmem(buf, len, needles[i].bytes, needles[i].len)) {
-            fprintf(stderr, "private key material in %s\n", path);
-            leaks++;
-        }
-    }
-    free(buf);
-    return 0;
-}
-
 static void test_no_private_key_outside_keystore(void)
 {
     struct rig r;
     uint8_t *pkg = NULL;
     size_t len = 0;
+    unsigned scanned = 0;
     CU_ASSERT_EQUAL_FATAL(rig_setup(&r, "prog-leak", 2), NU_OK);
     CU_ASSERT_EQUAL_FATAL(rig_enroll(&r), NU_OK);
     CU_ASSERT_EQUAL_FATAL(rig_package(&r, 10, &pkg, &len), NU_OK);
@@ -326,24 +202,17 @@ static void test_no_private_key_outside_keystore(void)
     CU_ASSERT_EQUAL_FATAL(rig_tray(&r, 4, 0, 0), NU_OK);
     CU_ASSERT_EQUAL(rig_produce(&r, NULL), PG_STOP_TRAY_EMPTY);
 
-    n_needles = 0;
-    leaks = scanned = 0;
-    add_keystore_keys(&r);
-    CU_ASSERT_EQUAL(nftw(r.dir, add_device_key, 16, FTW_PHYS), 0);
-    CU_ASSERT(n_needles >= 6 * 4); /* 2 programmer + 4 device keys, 4+ needles each */
-    skip_a = "/keystore.bin";
-    skip_b = "/secret/";
-    CU_ASSERT_EQUAL(nftw(r.dir, scan_file, 16, FTW_PHYS), 0);
+    ls_reset();
+    CU_ASSERT_EQUAL(ls_add_keystore(r.pdir, r.name), 2); /* identity + package key */
+    CU_ASSERT_EQUAL(ls_add_device_keys(r.dir), 4);
+    CU_ASSERT(ls_needles() >= 6 * 4);
+    CU_ASSERT_EQUAL(ls_scan(r.dir, &scanned), 0);
     CU_ASSERT(scanned >= 4 * 3 + 3); /* chips' state/cert/image/pubkey, flash files */
-    CU_ASSERT_EQUAL(leaks, 0);
 
-    /* The scanner does find a key where one is: plant one and look again. */
-    char planted[700];
-    snprintf(planted, sizeof(planted), "%s/planted.bin", r.dir);
-    CU_ASSERT_EQUAL(nu_file_write_atomic(planted, needles[0].bytes, needles[0].len, 0600), NU_OK);
-    leaks = 0;
-    nftw(r.dir, scan_file, 16, FTW_PHYS);
-    CU_ASSERT(leaks >= 1);
+    /* The scanner does find a key where one is: plant a PEM line and look again. */
+    CU_ASSERT_EQUAL(
+        nu_test_sh("cat %s/targets/*/secret/key.pem | head -3 > %s/planted.txt", r.dir, r.dir), 0);
+    CU_ASSERT(ls_scan(r.dir, NULL) >= 1);
     rig_teardown(&r);
 }
 
