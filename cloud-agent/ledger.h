@@ -1,0 +1,621 @@
+/*
+ * ledger — the cloud agent's ledger: jobs and quota, programmers and their
+ * enrollment tokens, device certificates, the idempotency cache and the
+ * audit hash chain (ARCHITECTURE.md, "Audit store").
+ *
+ * This is the ONE module through which the cloud agent reaches its database;
+ * request handling sees only these functions and structs, never SQL, so a
+ * second backend (PostgreSQL protocol, for many nodes) can replace this file
+ * without touching it. The SQLite backend below is the embedded default.
+ *
+ * STORAGE (SQLite). One file (DIR/cloud/ledger.db), WAL mode,
+ * synchronous=FULL (a committed transaction survives power loss),
+ * foreign_keys=ON, a busy timeout. Several cloud agents in separate processes
+ * may open the same file: every write is one `BEGIN IMMEDIATE` transaction,
+ * so writers queue on SQLite's write lock and each decision (quota, the
+ * idempotency cache, the chain head) is taken under that lock. The schema
+ * version is PRAGMA user_version (CLOUD_LEDGER_SCHEMA_VERSION) and the file is
+ * marked with PRAGMA application_id = CLOUD_LEDGER_APPLICATION_ID.
+ *
+ * TABLES other programs and auditors read (column names are a contract):
+ *   jobs(job_id TEXT PK, firmware, quota, issued, refused,
+ *        status IN ('active','paused','closed','exhausted'), created_at_ms,
+ *        expires_at_ms (0 = no expiry), subject_template, created_by, updated_at_ms)
+ *   job_allocations(job_id, programmer_id, quota_limit, issued, PK(job_id, programmer_id))
+ *   programmers(programmer_id PK, state IN ('enrolled','revoked'), cert_serial,
+ *        cert_pem, package_pubkey BLOB (65-byte point), enrolled_at_ms,
+ *        revoked_at_ms, revoke_reason)
+ *   enroll_tokens(token_hash BLOB PK = SHA-256(token), programmer_id,
+ *        created_at_ms, expires_at_ms, used_at_ms) — never the token itself
+ *   certificates(serial TEXT PK (lower-case hex), job_id, device_uid BLOB,
+ *        pubkey_hash BLOB (SHA-256 of the device public key, as the caller
+ *        computes it), pem TEXT, programmer_id (the issuing programmer),
+ *        idempotency_key BLOB, issued_at_ms,
+ *        state IN ('issued','provisioned','failed','revoked'), state_at_ms,
+ *        detail, revoked_at_ms, revoke_reason, UNIQUE(job_id, device_uid))
+ *   requests(idempotency_key BLOB, requester, op, request_hash BLOB,
+ *        response BLOB, code INT (nu_err value), created_at_ms, serial,
+ *        PK(requester, idempotency_key)) — the idempotency cache
+ *   audit_events(seq INTEGER PK, ts, kind, actor, job_id ('' = none), payload,
+ *        prev_hash BLOB, hash BLOB) — the append-only hash chain
+ *   audit_head(id = 1, seq, hash) — the chain head, written with every event,
+ *        so that cutting the chain's tail is visible too
+ * Triggers refuse DELETE on audit_events, certificates, jobs and programmers,
+ * any UPDATE of audit_events, and any UPDATE of a certificate's issued
+ * identity (serial, job, UID, key hash, PEM, programmer, key, time). They are
+ * defense in depth only: cloud_ledger_verify() detects edits made with them
+ * dropped. Private keys and plaintext tokens are never stored.
+ *
+ * AUDIT CHAIN — canonical row encoding (what an auditor re-implements):
+ *
+ *   row  = u64be(seq) || u64be(ts)
+ *          || u32be(len(kind))    || kind
+ *          || u32be(len(actor))   || actor
+ *          || u32be(len(job_id))  || job_id
+ *          || u32be(len(payload)) || payload
+ *   hash = SHA-256(prev_hash || row)
+ *
+ * u64be/u32be are unsigned big-endian integers of 8/4 bytes; strings are the
+ * exact UTF-8 bytes stored in the TEXT column (no terminator, no
+ * normalisation); job_id is '' (length 0) for events without a job. seq
+ * starts at 1 and grows by exactly 1; prev_hash of seq 1 is 32 zero bytes and
+ * prev_hash of seq n is hash of seq n-1. Stored text is always valid UTF-8
+ * without NUL, so any SQLite client (Python's sqlite3) reads it back
+ * byte-exact. Event 1 is 'ledger.created' with payload {"schema":1}.
+ * In Python:
+ *   h = sha256(prev + struct.pack(">QQ", seq, ts) + b"".join(
+ *         struct.pack(">I", len(b)) + b for b in (kind, actor, job_id, payload))).digest()
+ *
+ * EVENTS the ledger writes itself (kinds reserved: cloud_ledger_audit_append
+ * refuses them). Payloads are compact JSON (no spaces, keys in this order,
+ * hex lower-case, strings JSON-escaped):
+ *   ledger.created     {"schema":N}
+ *   job.created        {"firmware":F,"quota":N,"expires_at_ms":N,"subject_template":S,
+ *                       "allocations":[{"programmer":P,"limit":N},...]}
+ *   job.paused|job.resumed|job.closed  {"from":STATUS,"to":STATUS}
+ *   job.exhausted      {"issued":N,"quota":N}
+ *   programmer.enrolled {"programmer":P,"serial":S,"previous_serial":S}  ("" if first)
+ *   programmer.revoked {"programmer":P,"reason":S}
+ *   enroll.token.added {"programmer":P,"token_id":H,"expires_at_ms":N}
+ *   enroll.token.used  {"programmer":P,"token_id":H}
+ *   enroll.refused     {"programmer":P,"code":NAME}
+ *   cert.issued        {"serial":S,"device_uid":H,"pubkey_hash":H,"programmer":P,
+ *                       "idempotency_key":H,"pem_sha256":H}
+ *                      with ts = the certificate's issued_at_ms and job_id its job:
+ *                      everything in it derives from the certificate row, which
+ *                      is how verify pairs certificates and events one to one.
+ *   cert.resent        {"serial":S,"device_uid":H,"programmer":P,"idempotency_key":H}
+ *   cert.refused       {"device_uid":H,"programmer":P,"idempotency_key":H,"code":NAME}
+ *   cert.provisioned|cert.failed  {"serial":S,"device_uid":H,"reporter":P,"detail":S}
+ *   cert.revoked       {"serial":S,"device_uid":H,"reason":S}
+ * (token_id = the first 8 bytes of the token hash in hex; NAME = nu_err_name()).
+ *
+ * ISSUANCE decision (cloud_ledger_issue), inside one BEGIN IMMEDIATE:
+ *   1. idempotency cache, key (requester, idempotency key):
+ *      same op and request hash -> the stored answer (out->replayed = 1; no new
+ *      row, no quota, no event). A stored REFUSAL is replayed only for
+ *      refusal_ttl_ms (default 10 min, the redelivery window): after that the
+ *      request is decided afresh, because the cert idempotency key is derived
+ *      from (job, UID) and a refusal such as "job paused" must not brand the
+ *      device for ever. Successes replay for ever.
+ *      Different op or hash -> IDEMPOTENCY_CONFLICT (audited, not stored).
+ *   2. checks, first failure wins:
+ *      programmer unknown -> NOT_AUTHORIZED; revoked -> REVOKED;
+ *      job unknown -> NOT_FOUND;
+ *      RESEND: the job already has a certificate for this UID with the SAME
+ *        public-key hash, not revoked, and the requester holds an allocation
+ *        in the job -> that certificate is answered again (out->resent = 1,
+ *        code OK): no signing, no quota, event cert.resent, stored under the
+ *        new key. Decided this way because the usual cause is a reply lost
+ *        before the device moved to another socket or programmer (a new
+ *        requester, hence a new cache key); refusing would strand a device
+ *        that holds a valid certificate, and answering costs nothing: the
+ *        certificate is public and the CSR already proved the key.
+ *      job paused or closed -> JOB_NOT_ACTIVE; exhausted -> QUOTA_EXHAUSTED;
+ *      expires_at_ms != 0 and now_ms >= expires_at_ms -> EXPIRED;
+ *      requester has no allocation in the job -> NOT_AUTHORIZED;
+ *      allocation or job quota used up -> QUOTA_EXHAUSTED;
+ *      UID already certified in this job (another key, or revoked) -> DUPLICATE_DEVICE.
+ *   3. sign callback (builds + HSM-signs the certificate and the reply bytes),
+ *      still inside the transaction: a crash before COMMIT leaves no trace
+ *      and nothing was sent.
+ *   4. certificate row, jobs.issued and allocation issued + 1 (the job turns
+ *      'exhausted' at quota, event job.exhausted), requests row, cert.issued
+ *      event; COMMIT.
+ * A refusal (2) is committed too: jobs.refused + 1 when the job exists, a
+ * cert.refused event, and a requests row (code, no response bytes: the
+ * caller rebuilds a refusal from the code). A callback or database error
+ * rolls everything back: no row, no event, the same key may be retried.
+ *
+ * Every mutation writes its audit event in the same transaction. Inputs are
+ * untrusted: ids are 1..64 chars of [A-Za-z0-9._-] (nu_envelope_id_check),
+ * binary fields and texts are bounded (limits below), text must be UTF-8; a
+ * bad input is INVALID_ARG or TOO_LARGE and changes nothing. All SQL uses
+ * bound parameters.
+ *
+ * THREADS: a struct cloud_ledger is used by one thread at a time (it caches
+ * prepared statements); open one per thread or per process. Visitor callbacks
+ * run inside a read transaction and must not call back into the same ledger.
+ *
+ * Time is always passed in (now_ms, Unix milliseconds), so the ledger is
+ * deterministic under test; the caller uses nu_time_ms().
+ */
+#ifndef CLOUD_LEDGER_H
+#define CLOUD_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CLOUD_LEDGER_SCHEMA_VERSION 1
+#define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
+
+#define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
+#define CLOUD_LEDGER_SERIAL_MAX 64      /* hex characters */
+#define CLOUD_LEDGER_UID_MAX 64         /* device UID bytes */
+#define CLOUD_LEDGER_KEY_MAX 64         /* idempotency key bytes */
+#define CLOUD_LEDGER_HASH_LEN 32        /* SHA-256 */
+#define CLOUD_LEDGER_PEM_MAX 8192       /* certificate PEM characters */
+#define CLOUD_LEDGER_RESPONSE_MAX 16384 /* stored reply bytes */
+#define CLOUD_LEDGER_PAYLOAD_MAX 4096   /* audit payload of cloud_ledger_audit_append */
+#define CLOUD_LEDGER_KIND_MAX 64        /* audit kind, [a-z0-9._-] */
+#define CLOUD_LEDGER_TEXT_MAX 256       /* subject template, reasons, details */
+#define CLOUD_LEDGER_ALLOC_MAX 256      /* allocations per job */
+#define CLOUD_LEDGER_TOKEN_MIN 16       /* enrollment token bytes */
+#define CLOUD_LEDGER_TOKEN_MAX 64
+#define CLOUD_LEDGER_PUBKEY_LEN 65 /* uncompressed P-256 point */
+#define CLOUD_LEDGER_BATCH_MAX 256 /* requests per cloud_ledger_issue_batch */
+#define CLOUD_LEDGER_BUSY_TIMEOUT_MS 10000
+#define CLOUD_LEDGER_REFUSAL_TTL_MS (10u * 60u * 1000u)
+
+/* The op name issuance uses in the requests table. */
+#define CLOUD_LEDGER_OP_CERT "cert.request"
+
+struct cloud_ledger; /* opaque */
+
+/* ----------------------------------------------------------------- open */
+
+/*
+ * Open (creating if needed, mode 0600) the ledger at `path`: WAL,
+ * synchronous=FULL, foreign keys, busy timeout, schema created or migrated
+ * to CLOUD_LEDGER_SCHEMA_VERSION in one BEGIN IMMEDIATE (safe when several
+ * processes open a fresh file at once). *out_ledger is released with
+ * cloud_ledger_close().
+ * Errors: INVALID_ARG, NOMEM, IO (cannot create/open), BUSY (locked beyond
+ * the busy timeout), NOT_SUPPORTED (written by a newer schema version),
+ * CONFIG (the file is some other SQLite database), DB.
+ */
+int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger);
+
+/* Close and free (finalizes statements). NULL is a no-op. */
+void cloud_ledger_close(struct cloud_ledger *ledger);
+
+/* How long a write waits for another process's lock (default
+ * CLOUD_LEDGER_BUSY_TIMEOUT_MS). Errors: INVALID_ARG. */
+int cloud_ledger_set_busy_timeout(struct cloud_ledger *ledger, unsigned ms);
+
+/* How long a stored issuance refusal is replayed (default
+ * CLOUD_LEDGER_REFUSAL_TTL_MS; 0 = refusals are never replayed). */
+void cloud_ledger_set_refusal_ttl(struct cloud_ledger *ledger, uint64_t ms);
+
+/* ----------------------------------------------------------------- jobs */
+
+/* Values mirror nusec.v1.JobStatus. */
+enum cloud_ledger_job_status {
+    CLOUD_LEDGER_JOB_ACTIVE = 1,
+    CLOUD_LEDGER_JOB_PAUSED = 2,
+    CLOUD_LEDGER_JOB_CLOSED = 3,
+    CLOUD_LEDGER_JOB_EXHAUSTED = 4,
+};
+
+/* Values mirror nusec.v1.JobAction. */
+enum cloud_ledger_job_action {
+    CLOUD_LEDGER_JOB_PAUSE = 1,  /* active -> paused */
+    CLOUD_LEDGER_JOB_RESUME = 2, /* paused -> active */
+    CLOUD_LEDGER_JOB_CLOSE = 3,  /* active | paused | exhausted -> closed (final) */
+};
+
+/* One programmer's share of a job. `issued` is ignored on input. */
+struct cloud_ledger_alloc {
+    char programmer_id[CLOUD_LEDGER_ID_MAX + 1];
+    uint32_t limit;
+    uint32_t issued;
+};
+
+struct cloud_ledger_job {
+    char job_id[CLOUD_LEDGER_ID_MAX + 1];
+    char firmware[CLOUD_LEDGER_ID_MAX + 1];
+    char subject_template[CLOUD_LEDGER_TEXT_MAX + 1];
+    char created_by[CLOUD_LEDGER_ID_MAX + 1];
+    enum cloud_ledger_job_status status;
+    uint32_t quota;
+    uint32_t issued;
+    uint32_t refused;
+    uint64_t created_at_ms;
+    uint64_t expires_at_ms; /* 0 = no expiry */
+};
+
+/* Input of cloud_ledger_job_create; all pointers borrowed for the call. */
+struct cloud_ledger_job_spec {
+    const char *job_id;                     /* chosen by the caller: derive it from the request's
+                                               idempotency key and a redelivered create is EXISTS */
+    const char *firmware;                   /* image name, an id (e.g. app-1.2.3) */
+    const char *subject_template;           /* NULL or UTF-8 text <= CLOUD_LEDGER_TEXT_MAX */
+    uint32_t quota;                         /* >= 1 */
+    uint64_t expires_at_ms;                 /* 0 = none, else > now_ms */
+    const struct cloud_ledger_alloc *alloc; /* 1..CLOUD_LEDGER_ALLOC_MAX, distinct, limit >= 1 */
+    size_t n_alloc;
+    const char *actor; /* who asks (OEM identity) */
+    uint64_t now_ms;
+};
+
+/*
+ * Create a job and its allocations (event job.created), status active.
+ * Every allocated programmer must be enrolled.
+ * Errors: INVALID_ARG (bad field, duplicate programmer, sum of limits > quota),
+ * TOO_LARGE, EXISTS (job id taken), NOT_FOUND (unknown programmer),
+ * REVOKED (revoked programmer), BUSY, DB, IO.
+ */
+int cloud_ledger_job_create(struct cloud_ledger *ledger, const struct cloud_ledger_job_spec *spec);
+
+/*
+ * Read one job into *out_job, and up to alloc_cap allocations (ordered by
+ * programmer id) into out_alloc; *out_n_alloc gets the job's allocation
+ * count (which may exceed alloc_cap). out_alloc/out_n_alloc may be NULL.
+ * Errors: INVALID_ARG, NOT_FOUND, DB.
+ */
+int cloud_ledger_job_get(struct cloud_ledger *ledger, const char *job_id,
+                         struct cloud_ledger_job *out_job, struct cloud_ledger_alloc *out_alloc,
+                         size_t alloc_cap, size_t *out_n_alloc);
+
+/* Called once per job with its allocations (borrowed for the call). A
+ * non-zero return stops the walk and is returned by cloud_ledger_job_list. */
+typedef int (*cloud_ledger_job_visit_fn)(void *ctx, const struct cloud_ledger_job *job,
+                                         const struct cloud_ledger_alloc *alloc, size_t n_alloc);
+
+/* Every job, ordered by job id. Errors: INVALID_ARG, NOMEM, DB, or the visitor's value. */
+int cloud_ledger_job_list(struct cloud_ledger *ledger, cloud_ledger_job_visit_fn visit, void *ctx);
+
+/*
+ * Pause, resume or close a job (event job.paused/resumed/closed). The job's
+ * new state goes to *out_job when not NULL.
+ * Errors: INVALID_ARG, NOT_FOUND, STATE (transition not allowed, including a
+ * no-op such as pausing a paused job), BUSY, DB.
+ */
+int cloud_ledger_job_control(struct cloud_ledger *ledger, const char *job_id,
+                             enum cloud_ledger_job_action action, const char *actor,
+                             uint64_t now_ms, struct cloud_ledger_job *out_job);
+
+/* ----------------------------------------------------------- programmers */
+
+enum cloud_ledger_programmer_state {
+    CLOUD_LEDGER_PROGRAMMER_ENROLLED = 1,
+    CLOUD_LEDGER_PROGRAMMER_REVOKED = 2,
+};
+
+struct cloud_ledger_programmer {
+    char programmer_id[CLOUD_LEDGER_ID_MAX + 1];
+    enum cloud_ledger_programmer_state state;
+    char cert_serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+    char cert_pem[CLOUD_LEDGER_PEM_MAX + 1];
+    uint8_t package_pubkey[CLOUD_LEDGER_PUBKEY_LEN];
+    uint64_t enrolled_at_ms;
+    uint64_t revoked_at_ms; /* 0 while enrolled */
+    char revoke_reason[CLOUD_LEDGER_TEXT_MAX + 1];
+};
+
+/* An enrollment's result, borrowed for the call. */
+struct cloud_ledger_enrollment {
+    const char *programmer_id;
+    const char *cert_serial;       /* identity certificate serial, lower-case hex */
+    const char *cert_pem;          /* identity certificate, PEM, <= CLOUD_LEDGER_PEM_MAX */
+    const uint8_t *package_pubkey; /* CLOUD_LEDGER_PUBKEY_LEN bytes, a valid P-256 point */
+    const char *actor;             /* who relayed the enrollment */
+    uint64_t now_ms;
+};
+
+/*
+ * Record a programmer as enrolled (insert, or re-enrollment replacing its
+ * certificate and package key; event programmer.enrolled). A revoked id stays
+ * revoked: revocation is final for an id (its old serials stay on the CRL).
+ * Errors: INVALID_ARG, TOO_LARGE, REVOKED, BUSY, DB.
+ */
+int cloud_ledger_programmer_upsert(struct cloud_ledger *ledger,
+                                   const struct cloud_ledger_enrollment *enrollment);
+
+/* Errors: INVALID_ARG, NOT_FOUND, DB. */
+int cloud_ledger_programmer_get(struct cloud_ledger *ledger, const char *programmer_id,
+                                struct cloud_ledger_programmer *out_programmer);
+
+typedef int (*cloud_ledger_programmer_visit_fn)(void *ctx,
+                                                const struct cloud_ledger_programmer *programmer);
+
+/* Every programmer by id. Errors: INVALID_ARG, DB, or the visitor's value. */
+int cloud_ledger_programmer_list(struct cloud_ledger *ledger,
+                                 cloud_ledger_programmer_visit_fn visit, void *ctx);
+
+/*
+ * Revoke a programmer (event programmer.revoked); its unused enrollment
+ * tokens stop working. Issuance then answers REVOKED.
+ * Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, STATE (already revoked), BUSY, DB.
+ */
+int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *programmer_id,
+                                   const char *reason, const char *actor, uint64_t now_ms);
+
+/*
+ * Store SHA-256(token) as a one-time enrollment token for programmer_id
+ * (event enroll.token.added). The token itself is not stored.
+ * Errors: INVALID_ARG (token length outside TOKEN_MIN..TOKEN_MAX, expiry not
+ * after now), EXISTS, REVOKED (programmer revoked), BUSY, DB.
+ */
+int cloud_ledger_token_add(struct cloud_ledger *ledger, const uint8_t *token, size_t token_len,
+                           const char *programmer_id, uint64_t expires_at_ms, const char *actor,
+                           uint64_t now_ms);
+
+/*
+ * Would this token enroll programmer_id now? Read-only (for the check before
+ * the identity certificate is signed; cloud_ledger_enroll re-checks).
+ * Errors: INVALID_ARG, TOKEN (unknown, used, expired, or bound to another
+ * programmer), REVOKED, DB.
+ */
+int cloud_ledger_token_check(struct cloud_ledger *ledger, const uint8_t *token, size_t token_len,
+                             const char *programmer_id, uint64_t now_ms);
+
+/*
+ * Use the token once (event enroll.token.used). A refusal is audited
+ * (enroll.refused) and changes nothing else.
+ * Errors: as cloud_ledger_token_check, plus BUSY.
+ */
+int cloud_ledger_token_consume(struct cloud_ledger *ledger, const uint8_t *token, size_t token_len,
+                               const char *programmer_id, const char *actor, uint64_t now_ms);
+
+/*
+ * Enrollment in one transaction: consume the token bound to
+ * enrollment->programmer_id, then cloud_ledger_programmer_upsert. Either both
+ * happen or neither (a refusal is audited as enroll.refused).
+ * Errors: as cloud_ledger_token_consume and cloud_ledger_programmer_upsert.
+ */
+int cloud_ledger_enroll(struct cloud_ledger *ledger, const uint8_t *token, size_t token_len,
+                        const struct cloud_ledger_enrollment *enrollment);
+
+/* ------------------------------------------------------------- issuance */
+
+/* One certificate request, already parsed and checked by the caller (the
+ * CSR's signature verified). Pointers are borrowed for the call. */
+struct cloud_ledger_issue_req {
+    const char *requester;          /* programmer id = the sender's certificate CN */
+    const uint8_t *idempotency_key; /* 1..CLOUD_LEDGER_KEY_MAX bytes */
+    size_t idempotency_key_len;
+    /* SHA-256 of the caller's canonical request. It must cover everything
+     * that makes the request (job id, UID, device public key) but not the
+     * CSR's ECDSA signature bytes, which differ on every regeneration. */
+    uint8_t request_hash[CLOUD_LEDGER_HASH_LEN];
+    const char *job_id;
+    const uint8_t *device_uid; /* 1..CLOUD_LEDGER_UID_MAX bytes */
+    size_t device_uid_len;
+    uint8_t pubkey_hash[CLOUD_LEDGER_HASH_LEN]; /* SHA-256 of the device public key */
+    uint64_t now_ms;
+    void *user; /* the caller's, handed back to the sign callback (e.g. the parsed CSR) */
+};
+
+/* What the sign callback is asked for (borrowed for the call). */
+struct cloud_ledger_sign_info {
+    int resend;         /* 1: the certificate exists (serial, pem below): do NOT sign,
+                           only build the reply bytes; 0: build and sign a new one */
+    const char *serial; /* resend only */
+    const char *pem;    /* resend only */
+    const char *firmware;
+    const char *subject_template;
+    uint32_t quota;
+    uint32_t issued; /* the job's issued count once this commits */
+};
+
+/* Where the sign callback writes. The buffers are the ledger's. */
+struct cloud_ledger_sign_out {
+    char serial[CLOUD_LEDGER_SERIAL_MAX + 1]; /* new only: lower-case hex, NUL-terminated */
+    char pem[CLOUD_LEDGER_PEM_MAX + 1];       /* new only: certificate PEM, NUL-terminated */
+    uint8_t *response;                        /* reply bytes go here: at most response_cap */
+    size_t response_cap;                      /* CLOUD_LEDGER_RESPONSE_MAX */
+    size_t response_len;                      /* set by the callback */
+};
+
+/*
+ * The caller's certificate maker. Called inside the write transaction, once
+ * per request that is about to be issued (or resent). Return NU_OK to go on,
+ * or an NU_ERR_* code to abandon this request: everything it would have done
+ * is rolled back and the code is its outcome. Must not call the ledger.
+ * Output the ledger rejects (serial not lower-case hex, PEM empty or not
+ * ASCII, response_len > cap) is abandoned the same way with INTERNAL.
+ */
+typedef int (*cloud_ledger_sign_fn)(void *sign_ctx, const struct cloud_ledger_issue_req *req,
+                                    const struct cloud_ledger_sign_info *info,
+                                    struct cloud_ledger_sign_out *out);
+
+struct cloud_ledger_issue_result {
+    int code;     /* NU_OK (issued, resent or replayed success) or why not */
+    int replayed; /* 1: answered from the idempotency cache; nothing changed */
+    int resent;   /* 1: the device's existing certificate was answered again */
+    char serial[CLOUD_LEDGER_SERIAL_MAX + 1]; /* when code is NU_OK */
+    uint32_t issued; /* the job's counters after the request (0 if no such job) */
+    uint32_t quota;
+    uint8_t response[CLOUD_LEDGER_RESPONSE_MAX]; /* reply bytes (empty for refusals) */
+    size_t response_len;
+};
+
+/*
+ * Decide and record one certificate request (see ISSUANCE above); *out holds
+ * the outcome. Returns out->code, or when nothing could be recorded: BUSY, DB,
+ * IO (also in out->code).
+ * Refusals: NOT_AUTHORIZED, REVOKED, NOT_FOUND, JOB_NOT_ACTIVE, EXPIRED,
+ * QUOTA_EXHAUSTED, DUPLICATE_DEVICE, IDEMPOTENCY_CONFLICT. Bad input:
+ * INVALID_ARG, TOO_LARGE (nothing recorded). The sign callback's own error
+ * codes are passed through (nothing recorded).
+ */
+int cloud_ledger_issue(struct cloud_ledger *ledger, const struct cloud_ledger_issue_req *req,
+                       cloud_ledger_sign_fn sign, void *sign_ctx,
+                       struct cloud_ledger_issue_result *out);
+
+/*
+ * Group commit: decide n (1..CLOUD_LEDGER_BATCH_MAX) requests in ONE write
+ * transaction and one fsync. Each request behaves exactly as
+ * cloud_ledger_issue in order (a later request sees the earlier ones, e.g.
+ * the same key twice -> the second is a replay) and gets its own outcome in
+ * out[i]; a request abandoned by its callback is rolled back alone (a
+ * SAVEPOINT per request). Returns NU_OK when the batch committed (read each
+ * out[i].code), else BUSY/DB/IO/INVALID_ARG and nothing was recorded (every
+ * out[i].code says so; when n is 0 or over the maximum, out is not written).
+ * Replies may be sent only after this returns.
+ */
+int cloud_ledger_issue_batch(struct cloud_ledger *ledger, const struct cloud_ledger_issue_req *reqs,
+                             size_t n, cloud_ledger_sign_fn sign, void *sign_ctx,
+                             struct cloud_ledger_issue_result *out);
+
+/* --------------------------------------------------------- certificates */
+
+enum cloud_ledger_cert_state {
+    CLOUD_LEDGER_CERT_ISSUED = 1,
+    CLOUD_LEDGER_CERT_PROVISIONED = 2,
+    CLOUD_LEDGER_CERT_FAILED = 3,
+    CLOUD_LEDGER_CERT_REVOKED = 4,
+};
+
+struct cloud_ledger_cert {
+    char serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+    char job_id[CLOUD_LEDGER_ID_MAX + 1];
+    uint8_t device_uid[CLOUD_LEDGER_UID_MAX];
+    size_t device_uid_len;
+    uint8_t pubkey_hash[CLOUD_LEDGER_HASH_LEN];
+    char programmer_id[CLOUD_LEDGER_ID_MAX + 1];
+    uint8_t idempotency_key[CLOUD_LEDGER_KEY_MAX];
+    size_t idempotency_key_len;
+    char pem[CLOUD_LEDGER_PEM_MAX + 1];
+    enum cloud_ledger_cert_state state;
+    uint64_t issued_at_ms;
+    uint64_t state_at_ms; /* last report or revocation; 0 if none */
+    char detail[CLOUD_LEDGER_TEXT_MAX + 1];
+    uint64_t revoked_at_ms;
+    char revoke_reason[CLOUD_LEDGER_TEXT_MAX + 1];
+};
+
+/* Names a certificate: by serial when serial is not NULL, else by job + UID. */
+struct cloud_ledger_cert_ref {
+    const char *serial;
+    const char *job_id;
+    const uint8_t *device_uid;
+    size_t device_uid_len;
+};
+
+/* Errors: INVALID_ARG, NOT_FOUND, DB. */
+int cloud_ledger_cert_get(struct cloud_ledger *ledger, const struct cloud_ledger_cert_ref *ref,
+                          struct cloud_ledger_cert *out_cert);
+
+typedef int (*cloud_ledger_cert_visit_fn)(void *ctx, const struct cloud_ledger_cert *cert);
+
+/*
+ * Certificates of a job (job_id not NULL), of a UID in every job (uid not
+ * NULL), or both; ordered by issue time. Errors: INVALID_ARG (neither given,
+ * or bad), NOMEM, DB, or the visitor's value.
+ */
+int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, const uint8_t *uid,
+                           size_t uid_len, cloud_ledger_cert_visit_fn visit, void *ctx);
+
+/*
+ * A programmer's device report: the certificate is now provisioned or
+ * failed (event cert.provisioned / cert.failed). The reporter must hold an
+ * allocation in the certificate's job. Allowed: issued -> provisioned|failed,
+ * failed -> provisioned|failed; a repeated provisioned report is NU_OK and
+ * records nothing (QoS 1 redelivery).
+ * Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, NOT_AUTHORIZED, STATE (revoked,
+ * or provisioned -> failed), BUSY, DB.
+ */
+int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_ledger_cert_ref *ref,
+                             int provisioned, const char *detail, const char *reporter,
+                             uint64_t now_ms);
+
+/*
+ * Revoke a device certificate (event cert.revoked). Quota is not returned.
+ * Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, STATE (already revoked), BUSY, DB.
+ */
+int cloud_ledger_cert_revoke(struct cloud_ledger *ledger, const struct cloud_ledger_cert_ref *ref,
+                             const char *reason, const char *actor, uint64_t now_ms);
+
+/* ---------------------------------------------------------------- audit */
+
+struct cloud_ledger_event {
+    uint64_t seq; /* output */
+    uint64_t ts_ms;
+    const char *kind;    /* 1..CLOUD_LEDGER_KIND_MAX of [a-z0-9._-], not a reserved kind */
+    const char *actor;   /* an id */
+    const char *job_id;  /* NULL or "" = none, else an id */
+    const char *payload; /* UTF-8 without NUL, payload_len <= CLOUD_LEDGER_PAYLOAD_MAX */
+    size_t payload_len;
+    uint8_t prev_hash[CLOUD_LEDGER_HASH_LEN]; /* output */
+    uint8_t hash[CLOUD_LEDGER_HASH_LEN];      /* output */
+};
+
+/*
+ * Append an event the cloud received (e.g. a programmer's device.provisioned)
+ * to the chain, in its own transaction; its seq goes to *out_seq (may be NULL).
+ * Errors: INVALID_ARG (bad kind/actor/job, reserved kind, bad UTF-8),
+ * TOO_LARGE, BUSY, DB.
+ */
+int cloud_ledger_audit_append(struct cloud_ledger *ledger, const struct cloud_ledger_event *event,
+                              uint64_t *out_seq);
+
+typedef int (*cloud_ledger_event_visit_fn)(void *ctx, const struct cloud_ledger_event *event);
+
+/* Events with seq >= from_seq in order (strings borrowed for the call).
+ * Errors: INVALID_ARG, DB, or the visitor's value. */
+int cloud_ledger_audit_list(struct cloud_ledger *ledger, uint64_t from_seq,
+                            cloud_ledger_event_visit_fn visit, void *ctx);
+
+/* The chain head: last seq and its hash. Errors: INVALID_ARG, DB. */
+int cloud_ledger_audit_head(struct cloud_ledger *ledger, uint64_t *out_seq,
+                            uint8_t out_hash[CLOUD_LEDGER_HASH_LEN]);
+
+/*
+ * The canonical hash of one event (the formula above), for tools and tests:
+ * out = SHA-256(prev_hash || row). Errors: INVALID_ARG, CRYPTO.
+ */
+int cloud_ledger_event_hash(const uint8_t prev_hash[CLOUD_LEDGER_HASH_LEN], uint64_t seq,
+                            uint64_t ts, const char *kind, size_t kind_len, const char *actor,
+                            size_t actor_len, const char *job_id, size_t job_id_len,
+                            const char *payload, size_t payload_len,
+                            uint8_t out[CLOUD_LEDGER_HASH_LEN]);
+
+/* --------------------------------------------------------------- verify */
+
+struct cloud_ledger_verify_report {
+    uint64_t events;       /* audit rows walked */
+    uint64_t certificates; /* certificate rows checked */
+    uint64_t jobs;         /* job rows checked */
+    /* First audit seq that fails: a wrong hash or link, a bad field, or for
+     * a gap the first missing seq; 0 when the chain is sound. */
+    uint64_t first_bad_seq;
+    int chain_ok;            /* hashes, links, seq 1..n contiguous, audit_head = last row */
+    int certs_ok;            /* certificates and cert.issued events pair one to one */
+    int counts_ok;           /* per job: issued == #certificates == sum of allocations'
+                                issued, <= quota; per allocation: issued == its certificates */
+    int schema_ok;           /* version and the protective triggers are in place */
+    unsigned problems;       /* number of findings */
+    char first_problem[256]; /* the first finding, as text */
+};
+
+/*
+ * Check the whole ledger in one read transaction: walk the chain recomputing
+ * every hash, check seq contiguity and the head, pair every certificate with
+ * its cert.issued event (and every such event with its certificate), and the
+ * quota counters. Fills *out_report either way.
+ * Returns NU_OK when everything holds, TAMPERED when something does not,
+ * INVALID_ARG, NOMEM, CRYPTO or DB when the check could not run.
+ */
+int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_report *out_report);
+
+/*
+ * cloud_ledger_verify on a file opened read-only (never creates or migrates
+ * it), for `nusec audit verify`.
+ * Errors: as cloud_ledger_verify, plus NOT_FOUND (no such file),
+ * NOT_SUPPORTED (other schema version), CONFIG (not a ledger), IO.
+ */
+int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report);
+
+#endif
