@@ -173,9 +173,28 @@ int pg__pins_load(struct pg_core *c)
     return rc == NU_ERR_NOT_FOUND || rc == NU_ERR_TOO_LARGE || c->enrolled ? NU_OK : rc;
 }
 
+/* Every table present must speak a HAL version this core knows (a later
+ * version only appends ops, so an older table is fine). */
+static int core__hal_ok(const struct pg_hal *h)
+{
+    const uint32_t v[] = {
+        h->ks ? h->ks->version : 1,   h->flash ? h->flash->version : 1,
+        h->tp ? h->tp->version : 1,   h->tgt ? h->tgt->version : 1,
+        h->cry ? h->cry->version : 1, h->clk ? h->clk->version : 1,
+        h->rng ? h->rng->version : 1, h->log ? h->log->version : 1,
+    };
+    if (h->version != PG_HAL_VERSION)
+        return 0;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        if (v[i] == 0 || v[i] > PG_HAL_VERSION)
+            return 0;
+    }
+    return 1;
+}
+
 int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_config *cfg)
 {
-    if (!c || !hal || !cfg || !cfg->programmer_id || hal->version != PG_HAL_VERSION)
+    if (!c || !hal || !cfg || !cfg->programmer_id || !core__hal_ok(hal))
         return NU_ERR_INVALID_ARG;
     struct pg_bytes id = {(const uint8_t *)cfg->programmer_id, strlen(cfg->programmer_id)};
     if (!pg_msg_id_ok(id) || cfg->n_sockets < 1 || cfg->n_sockets > PG_MAX_SOCKETS)
