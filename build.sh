@@ -79,6 +79,9 @@ cmd_build() {
     ensure_packages "${PACKAGES[@]}"
     configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
     say "built: build/bin/"
+    # The programmer core must also build for the NuLink3 (Cortex-M33); this
+    # prints its flash/RAM figures when arm-none-eabi-gcc is installed.
+    "$ROOT/programmer-fw/cross/check.sh" "$ROOT/build-m33"
 }
 
 cmd_test() {
