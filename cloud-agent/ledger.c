@@ -2826,6 +2826,12 @@ static void ledger__finding(struct ledger_verify *v, int *flag, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* Findings quote rows an attacker may have written: no control bytes
+     * reach a terminal or a log line. */
+    for (char *p = text; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
     *flag = 0;
     if (v->r->problems++ == 0)
         snprintf(v->r->first_problem, sizeof(v->r->first_problem), "%s", text);

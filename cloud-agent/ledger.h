@@ -61,7 +61,11 @@
  * starts at 1 and grows by exactly 1; prev_hash of seq 1 is 32 zero bytes and
  * prev_hash of seq n is hash of seq n-1. Stored text is always valid UTF-8
  * without NUL, so any SQLite client (Python's sqlite3) reads it back
- * byte-exact. Event 1 is 'ledger.created' with payload {"schema":1}.
+ * byte-exact. Event 1 is 'ledger.created' (actor "ledger", payload
+ * {"schema":1}, ts = wall clock at creation).
+ * LIMIT: whoever can write the file can also rewrite the whole chain from
+ * some seq onward, head included; only an anchor kept elsewhere catches that
+ * (publish cloud_ledger_audit_head() regularly, e.g. in a signed event).
  * In Python:
  *   h = sha256(prev + struct.pack(">QQ", seq, ts) + b"".join(
  *         struct.pack(">I", len(b)) + b for b in (kind, actor, job_id, payload))).digest()
@@ -98,7 +102,8 @@
  *      request is decided afresh, because the cert idempotency key is derived
  *      from (job, UID) and a refusal such as "job paused" must not brand the
  *      device for ever. Successes replay for ever.
- *      Different op or hash -> IDEMPOTENCY_CONFLICT (audited, not stored).
+ *      Different op or hash -> IDEMPOTENCY_CONFLICT: a refusal (below) that
+ *      is not stored, the key's entry being taken; each attempt is audited.
  *   2. checks, first failure wins:
  *      programmer unknown -> NOT_AUTHORIZED; revoked -> REVOKED;
  *      job unknown -> NOT_FOUND;
@@ -137,7 +142,8 @@
  * prepared statements); open one per thread or per process. Visitor callbacks
  * run inside a read transaction and must not call back into the same ledger.
  *
- * Time is always passed in (now_ms, Unix milliseconds), so the ledger is
+ * Time is always passed in (now_ms, Unix milliseconds; the one exception is
+ * ledger.created), so the ledger is
  * deterministic under test; the caller uses nu_time_ms().
  */
 #ifndef CLOUD_LEDGER_H

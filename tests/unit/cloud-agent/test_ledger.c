@@ -382,6 +382,7 @@ static void test_reopen_keeps_everything(void)
     struct cloud_ledger_issue_result res;
     struct cloud_ledger_cert c;
     struct cloud_ledger_cert_ref ref = {0};
+    struct cloud_ledger_verify_report r;
     uint8_t h1[32], h2[32];
     uint64_t seq1, seq2;
 
@@ -389,6 +390,10 @@ static void test_reopen_keeps_everything(void)
     mkreq(&t, "prog-1", "job-1", 1, 1, T0);
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_audit_head(l, &seq1, h1), NU_OK);
+    /* A read-only verifier sees what is still only in the WAL. */
+    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_OK);
+    CU_ASSERT_EQUAL(r.certificates, 1);
+    CU_ASSERT_EQUAL(r.events, seq1);
     cloud_ledger_close(l);
 
     CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l), NU_OK);
@@ -1761,6 +1766,24 @@ static void test_tamper_certificate_forged(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(r.first_problem, "dead"));
 }
 
+static void test_tamper_finding_is_sanitized(void)
+{
+    char path[512], serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+    struct cloud_ledger_verify_report r;
+
+    tamper_fixture(path, sizeof(path), serial);
+    CU_ASSERT_EQUAL(tamper(path,
+                           "INSERT INTO certificates (serial, job_id, device_uid,"
+                           " pubkey_hash, pem, programmer_id, idempotency_key,"
+                           " issued_at_ms, state) VALUES ('ab' || char(27) || '[2J',"
+                           " 'job-1', x'0102', zeroblob(32), 'pem', 'prog-1', x'00', 1,"
+                           " 'issued')",
+                           &r),
+                    NU_ERR_TAMPERED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.first_problem, "ab?[2J"));
+    CU_ASSERT_PTR_NULL(strchr(r.first_problem, 27));
+}
+
 static void test_tamper_certificate_edited(void)
 {
     char path[512], serial[CLOUD_LEDGER_SERIAL_MAX + 1], sql[256];
@@ -2057,6 +2080,7 @@ static const struct nu_test_case tamper_cases[] = {
     {"audit tail cut", test_tamper_audit_tail_cut},
     {"certificate deleted", test_tamper_certificate_deleted},
     {"certificate forged", test_tamper_certificate_forged},
+    {"findings never carry control bytes", test_tamper_finding_is_sanitized},
     {"certificate key hash edited", test_tamper_certificate_edited},
     {"jobs.issued edited", test_tamper_jobs_issued},
     {"triggers dropped", test_tamper_triggers_dropped},
