@@ -61,6 +61,7 @@ int main(void)
         {"values are unique", test_values_are_unique},
         {NULL, NULL},
     };
-    static const struct nu_test_suite suites[] = {{"nu_err", NULL, NULL, cases}, {NULL}};
+    static const struct nu_test_suite suites[] = {{"nu_err", NULL, NULL, cases},
+                                                  {NULL, NULL, NULL, NULL}};
     return nu_test_run("test_err", suites);
 }

@@ -138,6 +138,7 @@ int main(void)
         {"random and constant-time compare", test_random_and_ct_compare},
         {NULL, NULL},
     };
-    static const struct nu_test_suite suites[] = {{"nu_util", setup, teardown, cases}, {NULL}};
+    static const struct nu_test_suite suites[] = {{"nu_util", setup, teardown, cases},
+                                                  {NULL, NULL, NULL, NULL}};
     return nu_test_run("test_util", suites);
 }
