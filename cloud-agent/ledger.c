@@ -13,6 +13,7 @@
 #include "nu_log.h"
 #include "nu_util.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -918,9 +919,15 @@ static int ledger__migrate(struct cloud_ledger *l)
 
 /* Create the file 0600 ourselves: SQLite would use the umask, and the WAL
  * and shm files copy the main file's mode. */
+/* Create the file 0600 if it is new; never open an existing one here: POSIX
+ * locks belong to the process, so closing ANY descriptor of the file drops
+ * the locks of this process's other connections (SQLite then lets another
+ * process delete the WAL under them). O_EXCL leaves no descriptor to close. */
 static int ledger__create_file(const char *path)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 && errno == EEXIST)
+        return NU_OK;
     if (fd < 0) {
         nu_error("ledger: cannot create %s", path);
         return NU_ERR_IO;

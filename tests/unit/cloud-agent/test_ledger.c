@@ -476,6 +476,45 @@ static void test_concurrent_first_open(void)
     }
 }
 
+/* Another program (the sqlite3 shell: a separate process with its own
+ * SQLite) counts programmer `id`, opening and closing the file. -1 on error. */
+static long long outside_count(const char *path, const char *id)
+{
+    char cmd[1024];
+    long long n = -1;
+    snprintf(cmd, sizeof(cmd),
+             "sqlite3 '%s' \"SELECT count(*) FROM programmers WHERE programmer_id='%s'\"", path,
+             id);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    if (fscanf(p, "%lld", &n) != 1)
+        n = -1;
+    pclose(p);
+    return n;
+}
+
+/* A process that opens the ledger a second time (every cloud worker does)
+ * must keep its first connection's locks: POSIX locks belong to the process
+ * and die with ANY close() of the file. Lost, another process closing its
+ * connection believes it is the last one, checkpoints and deletes the WAL
+ * under us, and our later commits go to an unlinked file nobody else sees. */
+static void test_second_open_keeps_locks(void)
+{
+    char path[512];
+    struct cloud_ledger *l1 = open_fresh(path, sizeof(path)), *l2 = NULL;
+    CU_ASSERT_EQUAL(enroll(l1, "prog-1"), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l2), NU_OK);
+    CU_ASSERT_EQUAL(outside_count(path, "prog-1"), 1); /* it closes: "the last one"? */
+    CU_ASSERT_EQUAL(enroll(l1, "prog-2"), NU_OK);
+    CU_ASSERT_EQUAL(outside_count(path, "prog-2"), 1);
+    CU_ASSERT_EQUAL(enroll(l2, "prog-3"), NU_OK);
+    CU_ASSERT_EQUAL(outside_count(path, "prog-3"), 1);
+    cloud_ledger_close(l2);
+    cloud_ledger_close(l1);
+    CU_ASSERT_EQUAL(outside_count(path, "prog-3"), 1);
+}
+
 /* ------------------------------------------------------------------ jobs */
 
 struct joblist {
@@ -2029,6 +2068,7 @@ static const struct nu_test_case schema_cases[] = {
     {"reopen keeps everything", test_reopen_keeps_everything},
     {"triggers refuse edits", test_triggers_refuse_edits},
     {"concurrent first open creates once", test_concurrent_first_open},
+    {"a second open keeps the first one's locks", test_second_open_keeps_locks},
     {NULL, NULL},
 };
 
