@@ -82,6 +82,8 @@ struct cloud_call {
     const Nusec__V1__Envelope *req;
     const struct nu_mqtt_msg *msg; /* for the reply's topic and correlation */
     int replied;
+    int audited; /* the handler's refusal is already in the audit chain (the
+                    ledger records its own refusals): the frame adds none */
     char detail[CLOUD_DETAIL_MAX]; /* why, when the handler returns an error */
 };
 
@@ -123,6 +125,22 @@ int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event);
 /* Frame lifecycle (cloud_server.c). */
 int cloud_start(struct cloud *cloud);
 void cloud_stop(struct cloud *cloud);
+
+/*
+ * Make DIR/broker/revoked list every programmer the ledger holds as revoked
+ * (adds the missing lines, keeps the others; atomic rewrite under a lock
+ * file, so agents sharing DIR never lose each other's lines). The broker
+ * plugin reloads the file and disconnects the newly revoked (cloud_enroll.c).
+ * Errors: IO, PERMISSION, NOMEM, TOO_LARGE, DB.
+ */
+int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
+ * Publish the retained JobState of `job_id` (as the ledger holds it now) on
+ * nusec/v1/jobs/{job_id} (cloud_cert.c; usable by every handler).
+ * Errors: those of cloud_ledger_job_get and cloud_publish.
+ */
+int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, const char *job_id);
 
 /* Configuration: defaults, then DIR/cloud/cloud.conf if it exists. */
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out_cfg);

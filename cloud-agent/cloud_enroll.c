@@ -1,6 +1,535 @@
-/* nusec-cloud: enroll operations. */
+/*
+ * nusec-cloud: programmer identities — enrollment tokens, enrollment (the
+ * identity certificate signed by the Fleet CA in the HSM), listing and
+ * revocation (ledger + the broker's revocation list).
+ *
+ * Tokens: 32 random bytes, sent to the OEM once as 64 lower-case hex
+ * characters; the ledger keeps only SHA-256 of the bytes. Never logged.
+ */
 #include "cloud.h"
 
+#include "nu_crypto.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_paths.h"
+#include "nu_pki.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ENROLL__TOKEN_LEN 32
+#define ENROLL__TTL_DEFAULT_S (24u * 3600u)
+#define ENROLL__TTL_MAX_S (30u * 24u * 3600u)
+/* Identity certificates: 3 years, never beyond the Fleet CA; backdated an
+ * hour so a programmer whose clock lags a little still accepts it. */
+#define ENROLL__CERT_LIFE_S (3LL * 365 * 24 * 3600)
+#define ENROLL__BACKDATE_S 3600
+/* Largest broker list file we rewrite (the plugin's own bound is similar). */
+#define ENROLL__LIST_MAX (1024u * 1024u)
+
+/* Names that are roles: a programmer called "oem" would confuse every reader. */
+static const char *const enroll__reserved[] = {
+    NU_ROLE_CLOUD, NU_ROLE_STATION, NU_ROLE_MONITOR,
+    NU_ROLE_OEM,   NU_ROLE_BROKER,  NU_ROLE_PROGRAMMER,
+    NULL,
+};
+
+/* ------------------------------------------------------ broker list files */
+
+/* A line's tokens joined by one space, for comparing lines written by hand. */
+static size_t enroll__norm(const char *line, size_t len, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < cap;) {
+        while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+            i++;
+        if (i >= len || line[i] == '#')
+            break;
+        if (n)
+            out[n++] = ' ';
+        while (i < len && n + 1 < cap && line[i] != ' ' && line[i] != '\t' && line[i] != '\r')
+            out[n++] = line[i++];
+    }
+    out[n] = 0;
+    return n;
+}
+
+/* owners lines "station programmer": is `norm` about `programmer`? */
+static int enroll__owner_of(const char *norm, const char *programmer)
+{
+    const char *sp = strchr(norm, ' ');
+    return sp && strcmp(sp + 1, programmer) == 0;
+}
+
+struct enroll__edit {
+    const char *drop_owner_of; /* owners: drop every line of this programmer */
+    const char *const *add;    /* lines to have (normalised form) */
+    size_t n_add;
+};
+
+static int enroll__apply(const uint8_t *old, size_t old_len, const struct enroll__edit *e,
+                         char *out, size_t cap, size_t *out_len, int *out_changed)
+{
+    char norm[2 * CLOUD_ID_MAX + 8];
+    unsigned char *have = calloc(e->n_add ? e->n_add : 1, 1);
+    size_t n = 0;
+    int changed = 0;
+    if (!have)
+        return NU_ERR_NOMEM;
+    for (size_t pos = 0; pos < old_len;) {
+        const uint8_t *nl = memchr(old + pos, '\n', old_len - pos);
+        size_t end = nl ? (size_t)(nl - old) : old_len;
+        size_t len = end - pos;
+        enroll__norm((const char *)old + pos, len, norm, sizeof(norm));
+        int keep = !(e->drop_owner_of && norm[0] && enroll__owner_of(norm, e->drop_owner_of));
+        for (size_t i = 0; i < e->n_add; i++) {
+            if (norm[0] && strcmp(norm, e->add[i]) == 0) {
+                keep = !have[i]; /* a repeated line goes */
+                have[i] = 1;
+            }
+        }
+        if (keep && n + len + 1 <= cap) {
+            memcpy(out + n, old + pos, len);
+            n += len;
+            out[n++] = '\n';
+        } else {
+            changed = 1;
+        }
+        pos = end + 1;
+    }
+    for (size_t i = 0; i < e->n_add; i++) {
+        size_t len = strlen(e->add[i]);
+        if (have[i])
+            continue;
+        if (n + len + 1 > cap) {
+            free(have);
+            return NU_ERR_TOO_LARGE;
+        }
+        memcpy(out + n, e->add[i], len);
+        n += len;
+        out[n++] = '\n';
+        changed = 1;
+    }
+    free(have);
+    *out_len = n;
+    *out_changed = changed;
+    return NU_OK;
+}
+
+/*
+ * Rewrite DIR/broker/<kind> atomically under an exclusive lock on a side
+ * file, so two agents (or two workers) never lose each other's lines. The
+ * plugin reads the file after every change: only well-formed lines may go in.
+ */
+static int enroll__list_edit(const char *dir, enum nu_path_kind kind, const struct enroll__edit *e)
+{
+    char path[PATH_MAX], lock[PATH_MAX + 8];
+    uint8_t *old = NULL;
+    size_t old_len = 0, new_len = 0;
+    char *buf = NULL;
+    int changed = 0, fd = -1;
+    mode_t mode = 0644;
+    struct stat st;
+    int rc = nu_paths_get(dir, kind, path, sizeof(path));
+    if (!rc)
+        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
+    if (rc)
+        return rc;
+    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0) {
+        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+        goto out;
+    }
+    rc = nu_file_read(path, ENROLL__LIST_MAX, &old, &old_len);
+    if (rc == NU_ERR_NOT_FOUND)
+        rc = NU_OK;
+    if (!rc && stat(path, &st) == 0)
+        mode = st.st_mode & 0777;
+    size_t cap = old_len + 1 + e->n_add * (2 * CLOUD_ID_MAX + 2);
+    if (!rc && !(buf = malloc(cap)))
+        rc = NU_ERR_NOMEM;
+    if (!rc)
+        rc = enroll__apply(old, old_len, e, buf, cap, &new_len, &changed);
+    if (!rc && changed)
+        rc = nu_file_write_atomic(path, buf, new_len, mode);
+out:
+    if (fd >= 0)
+        close(fd); /* releases the lock */
+    free(buf);
+    free(old);
+    if (rc)
+        nu_error("cannot update %s: %s", path, nu_err_str(rc));
+    return rc;
+}
+
+struct enroll__ids {
+    char (*ids)[CLOUD_ID_MAX + 1];
+    size_t n, cap;
+};
+
+static int enroll__collect_revoked(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    struct enroll__ids *s = ctx;
+    if (p->state != CLOUD_LEDGER_PROGRAMMER_REVOKED)
+        return NU_OK;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 16;
+        void *grown = realloc(s->ids, cap * sizeof(*s->ids));
+        if (!grown)
+            return NU_ERR_NOMEM;
+        s->ids = grown;
+        s->cap = cap;
+    }
+    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", p->programmer_id);
+    return NU_OK;
+}
+
+int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger)
+{
+    struct enroll__ids s = {0};
+    const char **add = NULL;
+    int rc = cloud_ledger_programmer_list(ledger, enroll__collect_revoked, &s);
+    if (!rc && s.n && !(add = calloc(s.n, sizeof(*add))))
+        rc = NU_ERR_NOMEM;
+    for (size_t i = 0; !rc && i < s.n; i++)
+        add[i] = s.ids[i];
+    if (!rc && s.n) {
+        struct enroll__edit e = {.add = add, .n_add = s.n};
+        rc = enroll__list_edit(cloud->dir, NU_PATH_BROKER_REVOKED, &e);
+    }
+    free(add);
+    free(s.ids);
+    return rc;
+}
+
+/* The station that relayed an enrollment owns the programmer from now on. */
+static void enroll__set_owner(struct cloud *cloud, const char *station, const char *programmer)
+{
+    char line[2 * CLOUD_ID_MAX + 2];
+    snprintf(line, sizeof(line), "%s %s", station, programmer);
+    const char *add[] = {line};
+    struct enroll__edit e = {.drop_owner_of = programmer, .add = add, .n_add = 1};
+    if (enroll__list_edit(cloud->dir, NU_PATH_BROKER_OWNERS, &e))
+        nu_warn("%s enrolled, but the broker does not know that %s owns it", programmer, station);
+}
+
+/* ------------------------------------------------------------ checks */
+
+/* A new programmer id: an identity that is no role and no configured id. */
+static int enroll__id_allowed(struct cloud_call *call, const char *id)
+{
+    const struct cloud_config *cfg = &call->cloud->cfg;
+    if (nu_envelope_id_check(id))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "programmer id is not an identity");
+    for (const char *const *r = enroll__reserved; *r; r++) {
+        if (strcmp(*r, id) == 0)
+            return cloud_fail(call, NU_ERR_INVALID_ARG, "'%s' is a role name", id);
+    }
+    for (size_t i = 0; i < cfg->n_oem_ids; i++) {
+        if (strcmp(cfg->oem_ids[i], id) == 0)
+            return cloud_fail(call, NU_ERR_EXISTS, "'%s' is an oem identity", id);
+    }
+    for (size_t i = 0; i < cfg->n_station_ids; i++) {
+        if (strcmp(cfg->station_ids[i], id) == 0)
+            return cloud_fail(call, NU_ERR_EXISTS, "'%s' is a station identity", id);
+    }
+    if (strcmp(call->cloud->id, id) == 0)
+        return cloud_fail(call, NU_ERR_EXISTS, "'%s' is the cloud's identity", id);
+    return NU_OK;
+}
+
+/* Hex token text -> bytes; anything else is simply not a token. */
+static int enroll__token_decode(struct cloud_call *call, const char *text, uint8_t *out,
+                                size_t *out_len)
+{
+    size_t n = text ? strlen(text) : 0;
+    if (n < 2 * CLOUD_LEDGER_TOKEN_MIN || n > 2 * CLOUD_LEDGER_TOKEN_MAX ||
+        nu_hex_decode(text, out, CLOUD_LEDGER_TOKEN_MAX, out_len))
+        return cloud_fail(call, NU_ERR_TOKEN, "malformed enrollment token");
+    return NU_OK;
+}
+
+/* The ledger's refusals are audited by the ledger itself. */
+static int enroll__ledger_refusal(struct cloud_call *call, int rc, const char *what)
+{
+    if (rc == NU_ERR_TOKEN || rc == NU_ERR_REVOKED)
+        call->audited = 1;
+    return cloud_fail(call, rc, "%s", what);
+}
+
+/* ------------------------------------------------------------ enroll.token */
+
+static int enroll__token(struct cloud_call *call)
+{
+    const Nusec__V1__EnrollTokenRequest *r = call->req->enroll_token_request;
+    uint8_t token[ENROLL__TOKEN_LEN];
+    char hex[2 * ENROLL__TOKEN_LEN + 1];
+    uint32_t ttl = r->ttl_s ? r->ttl_s : ENROLL__TTL_DEFAULT_S;
+    if (ttl > ENROLL__TTL_MAX_S)
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "ttl over %u s", ENROLL__TTL_MAX_S);
+    int rc = enroll__id_allowed(call, r->programmer_id);
+    if (rc)
+        return rc;
+    uint64_t now = nu_time_ms(), expires = now + (uint64_t)ttl * 1000u;
+    rc = nu_random(token, sizeof(token));
+    if (!rc)
+        rc = cloud_ledger_token_add(call->ledger, token, sizeof(token), r->programmer_id, expires,
+                                    call->requester, now);
+    if (!rc)
+        rc = nu_hex_encode(token, sizeof(token), hex, sizeof(hex));
+    if (rc == NU_ERR_REVOKED)
+        rc = cloud_fail(call, rc, "programmer %s is revoked; its id cannot enroll again",
+                        r->programmer_id);
+    if (!rc) {
+        Nusec__V1__EnrollTokenResponse resp = NUSEC__V1__ENROLL_TOKEN_RESPONSE__INIT;
+        resp.programmer_id = r->programmer_id;
+        resp.token = hex;
+        resp.expires_at_ms = expires;
+        rc = cloud_reply(call, &resp.base);
+        nu_info("enrollment token for %s issued to %s, expires in %u s", r->programmer_id,
+                call->requester, ttl);
+    }
+    nu_zero(token, sizeof(token));
+    nu_zero(hex, sizeof(hex));
+    return rc;
+}
+
+/* ------------------------------------------------------------ enroll */
+
+/* What the checks of an EnrollRequest produce. */
+struct enroll__req {
+    uint8_t token[CLOUD_LEDGER_TOKEN_MAX];
+    size_t token_len;
+    struct nu_x509_csr_info csr;
+};
+
+static int enroll__check(struct cloud_call *call, const Nusec__V1__EnrollRequest *r,
+                         struct enroll__req *e)
+{
+    int rc = enroll__id_allowed(call, r->programmer_id);
+    if (rc)
+        return rc;
+    /* A programmer may renew only itself; a station relays for anyone. */
+    if (call->role == CLOUD_ROLE_PROGRAMMER && strcmp(r->programmer_id, call->requester) != 0)
+        return cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "a programmer enrolls only itself");
+    if ((rc = enroll__token_decode(call, r->token, e->token, &e->token_len)))
+        return rc;
+    if (r->package_pubkey.len != NU_P256_PUB_LEN || nu_p256_pub_check(r->package_pubkey.data))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "package_pubkey is not a P-256 point");
+    if (nu_x509_csr_parse_verify(r->csr_der.data, r->csr_der.len, &e->csr))
+        return cloud_fail(call, NU_ERR_BAD_CSR, "CSR malformed or its signature is wrong");
+    if (strcmp(e->csr.cn, r->programmer_id) != 0 || strcmp(e->csr.ou, NU_ROLE_PROGRAMMER) != 0)
+        return cloud_fail(call, NU_ERR_BAD_CSR, "CSR subject must be CN=%s, OU=programmer",
+                          r->programmer_id);
+    return NU_OK;
+}
+
+/* Identity certificate for the CSR's key, signed by the Fleet CA in the HSM. */
+static int enroll__issue(struct cloud *cloud, const char *id, const struct nu_x509_csr_info *csr,
+                         uint64_t now_ms, uint8_t **out_der, size_t *out_len)
+{
+    struct nu_x509_cert_info ca;
+    int rc = nu_x509_cert_info(cloud->keys.fleet_der, cloud->keys.fleet_len, &ca);
+    if (rc)
+        return rc;
+    int64_t now = (int64_t)(now_ms / 1000);
+    struct nu_x509_issue_req req = {
+        .cn = id,
+        .ou = NU_ROLE_PROGRAMMER,
+        .o = NU_PKI_ORGANIZATION,
+        .not_before = now - ENROLL__BACKDATE_S,
+        .not_after = now + ENROLL__CERT_LIFE_S,
+        .key_usage = NU_X509_KU_DIGITAL_SIGNATURE,
+        .ext_key_usage = NU_X509_EKU_CLIENT_AUTH,
+    };
+    if (req.not_after > ca.not_after)
+        req.not_after = ca.not_after;
+    memcpy(req.pub, csr->pub, sizeof(req.pub));
+    return nu_x509_issue(&req, nu_hsm_key_signer(cloud->keys.fleet_ca), cloud->keys.fleet_der,
+                         cloud->keys.fleet_len, out_der, out_len);
+}
+
+static int enroll__answer(struct cloud_call *call, const char *id, const uint8_t *der,
+                          size_t der_len)
+{
+    const struct cloud_keys *k = &call->cloud->keys;
+    Nusec__V1__EnrollResponse resp = NUSEC__V1__ENROLL_RESPONSE__INIT;
+    ProtobufCBinaryData chain[2] = {
+        {k->fleet_len, k->fleet_der},
+        {k->root_len, k->root_der},
+    };
+    resp.programmer_id = (char *)id;
+    resp.certificate_der.data = (uint8_t *)der;
+    resp.certificate_der.len = der_len;
+    resp.n_chain_der = 2;
+    resp.chain_der = chain;
+    resp.package_signing_pubkey.data = (uint8_t *)nu_hsm_key_signer(k->package)->pub;
+    resp.package_signing_pubkey.len = NU_P256_PUB_LEN;
+    resp.rotpk.data = (uint8_t *)nu_hsm_key_signer(k->secure_boot)->pub;
+    resp.rotpk.len = NU_P256_PUB_LEN;
+    return cloud_reply(call, &resp.base);
+}
+
+static void enroll__event(struct cloud *cloud, const char *kind, const char *id, const char *why)
+{
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    ev.kind = (char *)kind;
+    ev.detail = (char *)(why ? why : id);
+    if (cloud_publish_event(cloud, &ev))
+        nu_warn("event %s for %s not published", kind, id);
+}
+
+static int enroll__enroll(struct cloud_call *call)
+{
+    const Nusec__V1__EnrollRequest *r = call->req->enroll_request;
+    struct enroll__req e;
+    struct nu_x509_cert_info info;
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    char *pem = NULL;
+    size_t pem_len = 0;
+    uint64_t now = nu_time_ms();
+    int rc = enroll__check(call, r, &e);
+    if (rc)
+        goto out;
+    /* Checked before signing so a wrong token costs no HSM work; the ledger
+     * checks again, atomically with recording the programmer. */
+    rc = cloud_ledger_token_check(call->ledger, e.token, e.token_len, r->programmer_id, now);
+    if (rc) {
+        rc = cloud_fail(call, rc,
+                        rc == NU_ERR_REVOKED ? "programmer is revoked"
+                                             : "token unknown, used, expired or "
+                                               "bound to another programmer");
+        goto out;
+    }
+    rc = enroll__issue(call->cloud, r->programmer_id, &e.csr, now, &der, &der_len);
+    if (!rc)
+        rc = nu_x509_der_to_pem(der, der_len, NU_X509_PEM_CERT, &pem, &pem_len);
+    if (!rc)
+        rc = nu_x509_cert_info(der, der_len, &info);
+    if (rc) {
+        rc = cloud_fail(call, rc, "cannot issue the identity certificate");
+        goto out;
+    }
+    struct cloud_ledger_enrollment en = {
+        .programmer_id = r->programmer_id,
+        .cert_serial = info.serial_hex,
+        .cert_pem = pem,
+        .package_pubkey = r->package_pubkey.data,
+        .actor = call->requester,
+        .now_ms = now,
+    };
+    rc = cloud_ledger_enroll(call->ledger, e.token, e.token_len, &en);
+    if (rc) {
+        rc = enroll__ledger_refusal(call, rc, "enrollment not recorded");
+        goto out;
+    }
+    nu_info("programmer %s enrolled through %s (serial %s)", r->programmer_id, call->requester,
+            info.serial_hex);
+    if (call->role == CLOUD_ROLE_STATION)
+        enroll__set_owner(call->cloud, call->requester, r->programmer_id);
+    rc = enroll__answer(call, r->programmer_id, der, der_len);
+    enroll__event(call->cloud, "programmer.enrolled", r->programmer_id, NULL);
+out:
+    nu_zero(&e, sizeof(e));
+    free(pem);
+    free(der);
+    return rc;
+}
+
+/* ------------------------------------------------------------ list, revoke */
+
+struct enroll__list {
+    Nusec__V1__ProgrammerInfo *items;
+    Nusec__V1__ProgrammerInfo **ptrs;
+    char (*strings)[2][CLOUD_LEDGER_SERIAL_MAX + 1];
+    size_t n, cap;
+};
+
+static int enroll__list_visit(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    struct enroll__list *l = ctx;
+    if (l->n == l->cap)
+        return NU_ERR_LIMIT;
+    Nusec__V1__ProgrammerInfo *it = &l->items[l->n];
+    nusec__v1__programmer_info__init(it);
+    snprintf(l->strings[l->n][0], sizeof(l->strings[0][0]), "%s", p->programmer_id);
+    snprintf(l->strings[l->n][1], sizeof(l->strings[0][1]), "%s", p->cert_serial);
+    it->programmer_id = l->strings[l->n][0];
+    it->certificate_serial = l->strings[l->n][1];
+    it->state = p->state == CLOUD_LEDGER_PROGRAMMER_ENROLLED ? "enrolled" : "revoked";
+    it->enrolled_at_ms = p->enrolled_at_ms;
+    l->ptrs[l->n] = it;
+    l->n++;
+    return NU_OK;
+}
+
+static int enroll__programmer_list(struct cloud_call *call)
+{
+    struct enroll__list l = {.cap = NU_ENVELOPE_LIST_MAX};
+    l.items = calloc(l.cap, sizeof(*l.items));
+    l.ptrs = calloc(l.cap, sizeof(*l.ptrs));
+    l.strings = calloc(l.cap, sizeof(*l.strings));
+    int rc = (l.items && l.ptrs && l.strings) ? NU_OK : NU_ERR_NOMEM;
+    if (!rc)
+        rc = cloud_ledger_programmer_list(call->ledger, enroll__list_visit, &l);
+    if (rc == NU_ERR_LIMIT) {
+        /* The answer has no room for more; the oldest ids come first. */
+        nu_warn("programmer.list: more than %zu programmers, answer truncated", l.cap);
+        rc = NU_OK;
+    }
+    if (!rc) {
+        Nusec__V1__ProgrammerList resp = NUSEC__V1__PROGRAMMER_LIST__INIT;
+        resp.n_programmers = l.n;
+        resp.programmers = l.ptrs;
+        rc = cloud_reply(call, &resp.base);
+    }
+    free(l.strings);
+    free(l.ptrs);
+    free(l.items);
+    return rc;
+}
+
+static int enroll__programmer_revoke(struct cloud_call *call)
+{
+    const Nusec__V1__ProgrammerRevokeRequest *r = call->req->programmer_revoke_request;
+    const char *reason = r->reason && r->reason[0] ? r->reason : "unspecified";
+    if (nu_envelope_id_check(r->programmer_id))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "programmer id is not an identity");
+    int rc = cloud_ledger_programmer_revoke(call->ledger, r->programmer_id, reason, call->requester,
+                                            nu_time_ms());
+    if (rc && rc != NU_ERR_STATE)
+        return cloud_fail(
+            call, rc, rc == NU_ERR_NOT_FOUND ? "no such programmer" : "revocation not recorded");
+    /* Also on STATE (already revoked): a retry repairs a list write that failed. */
+    int sync = cloud_revoked_sync(call->cloud, call->ledger);
+    if (rc)
+        return cloud_fail(call, rc, "programmer %s is already revoked", r->programmer_id);
+    nu_info("programmer %s revoked by %s", r->programmer_id, call->requester);
+    enroll__event(call->cloud, "programmer.revoked", r->programmer_id, NULL);
+    if (sync)
+        return cloud_fail(call, sync,
+                          "revoked in the ledger, but the broker's list was not written; retry");
+    Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
+    ack.detail = "revoked";
+    return cloud_reply(call, &ack.base);
+}
+
 const struct cloud_op cloud_enroll_ops[] = {
+    {"enroll.token", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_REQUEST, enroll__token},
+    {"enroll", CLOUD_ROLE_STATION | CLOUD_ROLE_PROGRAMMER, NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST,
+     enroll__enroll},
+    {"programmer.list", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST_REQUEST,
+     enroll__programmer_list},
+    {"programmer.revoke", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_REVOKE_REQUEST,
+     enroll__programmer_revoke},
     {NULL, 0, 0, NULL},
 };

@@ -56,8 +56,14 @@ static int cloud__run(struct cloud *cloud)
     }
     /* Create the ledger (schema) before any worker races to. */
     struct cloud_ledger *ledger = NULL;
-    if (!rc && !(rc = cloud_ledger_open(cloud->ledger_path, &ledger)))
+    if (!rc && !(rc = cloud_ledger_open(cloud->ledger_path, &ledger))) {
+        /* A crash between a revocation's commit and the broker list rewrite
+         * is repaired here; a failure only delays it, so it does not stop us. */
+        int sync = cloud_revoked_sync(cloud, ledger);
+        if (sync)
+            nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
         cloud_ledger_close(ledger);
+    }
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
     snprintf(client_id, sizeof(client_id), "%s:%u", cloud->id, cloud->cfg.instance);

@@ -121,7 +121,7 @@ static void cloud__refuse(struct cloud_call *call, int code)
             err.detail);
     if (!call->replied && call->msg->response_topic)
         cloud_reply(call, &err.base);
-    if (call->ledger) {
+    if (call->ledger && !call->audited) {
         char payload[CLOUD_DETAIL_MAX + 96];
         snprintf(payload, sizeof(payload), "{\"op\":\"%s\",\"code\":\"%s\"}", call->op,
                  nu_err_name(code));

@@ -1,6 +1,259 @@
-/* nusec device ... */
+/* nusec device list|revoke — device certificates, through the cloud (as oem). */
 #include "cli.h"
+#include "cli_cloud.h"
+
+#include "nu_err.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CLI__UID_MAX 64
+
+static const char cli__list_usage[] =
+    "usage: nusec device list (--job JOB | --uid HEX | both) [--json] [--certs DIR]\n"
+    "                         [--dir DIR]\n"
+    "\n"
+    "List the device certificates of a job, of a device UID in every job, or of\n"
+    "one UID in one job: UID (hex), job, serial, state (issued, provisioned,\n"
+    "failed, revoked) and issue time (UTC). At most 1024 devices per answer.\n"
+    "\n"
+    "  --job JOB     the job's certificates\n"
+    "  --uid HEX     the certificates of this device UID (hex, up to 64 bytes)\n"
+    "  --json        a JSON array, one object per certificate:\n"
+    "                {\"uid\",\"job\",\"serial\",\"state\",\"issued_at_ms\"}\n"
+    "  --certs DIR   also write each certificate to DIR/JOB-UID.pem\n"
+    "  --dir DIR     state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help    this text\n"
+    "\n"
+    "Exit status: 0 done, 1 failed, 2 usage error.\n";
+
+static const char cli__revoke_usage[] =
+    "usage: nusec device revoke UID --job JOB [--reason TEXT] [--dir DIR]\n"
+    "\n"
+    "Revoke the certificate that job JOB issued to the device with UID (hex).\n"
+    "The quota it used is not returned. The revocation is in the ledger and the\n"
+    "audit trail (a signed device CRL is not published yet).\n"
+    "\n"
+    "  --job JOB      the job that issued the certificate (required)\n"
+    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
+    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help     this text\n"
+    "\n"
+    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"
+    "revoked), 2 usage error.\n";
+
+struct cli__opts {
+    const char *dir;
+    const char *job;
+    const char *uid;
+    const char *reason;
+    const char *certs;
+    int json;
+};
+
+/* 0 = parsed, -1 = help printed, else the exit code of a usage error. */
+static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts *o)
+{
+    static const struct option longopts[] = {
+        {"dir", required_argument, NULL, 'd'},   {"job", required_argument, NULL, 'j'},
+        {"uid", required_argument, NULL, 'u'},   {"reason", required_argument, NULL, 'r'},
+        {"certs", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            o->dir = optarg;
+            break;
+        case 'j':
+            o->job = optarg;
+            break;
+        case 'u':
+            o->uid = optarg;
+            break;
+        case 'r':
+            o->reason = optarg;
+            break;
+        case 'c':
+            o->certs = optarg;
+            break;
+        case 'J':
+            o->json = 1;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return -1;
+        default:
+            fputs(usage, stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
+static int cli__uid(const char *what, const char *hex, uint8_t *out, size_t *out_len)
+{
+    if (nu_hex_decode(hex, out, CLI__UID_MAX, out_len) || *out_len == 0) {
+        cli_errorf("%s: '%s' is not a device UID (hex, 1..64 bytes)", what, hex);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int cli__job(const char *what, const char *job)
+{
+    if (job && nu_envelope_id_check(job)) {
+        cli_errorf("%s: '%s' is not a job id", what, job);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static void cli__utc(uint64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, cap, "-");
+}
+
+static int cli__export(const char *dir, const Nusec__V1__DeviceCertificate *d, const char *uid)
+{
+    char path[PATH_MAX];
+    char *pem = NULL;
+    size_t len = 0;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/%s-%s.pem", dir, d->job_id, uid);
+    if (!rc)
+        rc = d->certificate_der.len
+                 ? nu_x509_der_to_pem(d->certificate_der.data, d->certificate_der.len,
+                                      NU_X509_PEM_CERT, &pem, &len)
+                 : NU_ERR_TOO_LARGE;
+    if (!rc)
+        rc = nu_file_write_atomic(path, pem, len, 0644);
+    free(pem);
+    if (rc)
+        cli_errorf("device list: cannot write %s: %s (%s)", path, nu_err_str(rc), nu_err_name(rc));
+    return rc;
+}
+
+static int cli__print(const Nusec__V1__DeviceList *l, const struct cli__opts *o)
+{
+    int failed = 0;
+    /* uid is hex, job and serial identifiers, state a fixed word: nothing to escape. */
+    if (o->json)
+        printf("[");
+    else
+        printf("%-32s %-20s %-32s %-11s %s\n", "UID", "JOB", "SERIAL", "STATE", "ISSUED");
+    for (size_t i = 0; i < l->n_devices; i++) {
+        const Nusec__V1__DeviceCertificate *d = l->devices[i];
+        char uid[2 * CLI__UID_MAX + 1] = "", when[32];
+        nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
+        cli__utc(d->issued_at_ms, when, sizeof(when));
+        if (o->json)
+            printf("%s\n{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
+                   "\"issued_at_ms\":%llu}",
+                   i ? "," : "", uid, d->job_id, d->serial, d->state,
+                   (unsigned long long)d->issued_at_ms);
+        else
+            printf("%-32s %-20s %-32s %-11s %s\n", uid, d->job_id, d->serial, d->state, when);
+        if (o->certs && cli__export(o->certs, d, uid))
+            failed = 1;
+    }
+    if (o->json)
+        printf("%s]\n", l->n_devices ? "\n" : "");
+    if (l->n_devices >= 1024)
+        cli_errorf("device list: the answer holds at most 1024 devices; narrow with --uid");
+    return failed;
+}
+
+static int cli__list(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    uint8_t uid[CLI__UID_MAX];
+    size_t uid_len = 0;
+    int rc = cli__parse(argc, argv, cli__list_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind < argc || o.reason || (!o.job && !o.uid)) {
+        cli_errorf("device list: need --job JOB and/or --uid HEX (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    if ((rc = cli__job("device list", o.job)) ||
+        (o.uid && (rc = cli__uid("device list", o.uid, uid, &uid_len))))
+        return rc;
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    if (o.certs && nu_mkdirs(o.certs, 0755)) {
+        cli_errorf("device list: cannot create %s", o.certs);
+        return CLI_EXIT_FAIL;
+    }
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__DeviceListRequest req = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.job_id = (char *)(o.job ? o.job : "");
+    req.device_uid.data = uid;
+    req.device_uid.len = uid_len;
+    rc = cli_cloud_call(&cc, "device.list", &req.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
+                        &reply);
+    if (!rc)
+        rc = cli__print(reply->device_list, &o);
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+static int cli__revoke(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    uint8_t uid[CLI__UID_MAX];
+    size_t uid_len = 0;
+    int rc = cli__parse(argc, argv, cli__revoke_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind != argc - 1 || !o.job || o.uid || o.certs || o.json) {
+        cli_errorf("device revoke: need UID and --job JOB (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    if ((rc = cli__job("device revoke", o.job)) ||
+        (rc = cli__uid("device revoke", argv[optind], uid, &uid_len)))
+        return rc;
+    if (o.reason && strlen(o.reason) > 256) {
+        cli_errorf("device revoke: --reason is limited to 256 bytes");
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.job_id = (char *)o.job;
+    req.device_uid.data = uid;
+    req.device_uid.len = uid_len;
+    req.reason = (char *)(o.reason ? o.reason : "");
+    rc = cli_cloud_call(&cc, "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    if (!rc)
+        printf("device %s of job %s revoked\n", argv[optind], o.job);
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
 
 const struct cli_command cli_device_commands[] = {
+    {"device", "list", "list (and export) device certificates by job or UID", cli__list},
+    {"device", "revoke", "revoke a device certificate", cli__revoke},
     {NULL, NULL, NULL, NULL},
 };

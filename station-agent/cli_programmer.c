@@ -1,6 +1,259 @@
-/* nusec programmer ... */
+/* nusec programmer token|list|revoke — programmer identities, through the cloud (as oem). */
 #include "cli.h"
+#include "cli_cloud.h"
+
+#include "nu_err.h"
+#include "nu_util.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define CLI__TTL_MAX_S (30u * 24u * 3600u)
+
+static const char cli__token_usage[] =
+    "usage: nusec programmer token --name ID [--ttl DURATION] [--json] [--dir DIR]\n"
+    "\n"
+    "Ask the cloud for a one-time enrollment token bound to programmer ID. The\n"
+    "token is printed once, on stdout; the cloud keeps only its hash. Give it to\n"
+    "the programmer's enrollment (nusec-programmer --enroll TOKEN), which the\n"
+    "station relays.\n"
+    "\n"
+    "  --name ID        programmer identity: 1..64 of [A-Za-z0-9._-], not a role\n"
+    "                   name (cloud station monitor oem broker programmer)\n"
+    "  --ttl DURATION   how long the token is valid: 90s, 15m, 12h, 30d or seconds\n"
+    "                   (default 24h, at most 30d)\n"
+    "  --json           print {\"programmer\",\"token\",\"expires_at_ms\"}\n"
+    "  --dir DIR        state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help       this text\n"
+    "\n"
+    "Exit status: 0 done, 1 refused or failed (the error is named), 2 usage error.\n";
+
+static const char cli__list_usage[] =
+    "usage: nusec programmer list [--json] [--dir DIR]\n"
+    "\n"
+    "List the enrolled and revoked programmers the cloud knows: id, state,\n"
+    "enrollment time (UTC) and identity certificate serial.\n"
+    "\n"
+    "  --json      a JSON array, one object per programmer:\n"
+    "              {\"id\",\"state\",\"enrolled_at_ms\",\"serial\"}\n"
+    "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help  this text\n"
+    "\n"
+    "Exit status: 0 done, 1 failed, 2 usage error.\n";
+
+static const char cli__revoke_usage[] =
+    "usage: nusec programmer revoke ID [--reason TEXT] [--dir DIR]\n"
+    "\n"
+    "Revoke programmer ID for good: the cloud records it in the ledger, adds it\n"
+    "to the broker's revocation list (DIR/broker/revoked; the broker disconnects\n"
+    "it within about 200 ms) and refuses it from then on. Its id can never\n"
+    "enroll again.\n"
+    "\n"
+    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
+    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help     this text\n"
+    "\n"
+    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"
+    "revoked), 2 usage error.\n";
+
+/* Shared option parsing of the three subcommands. */
+struct cli__opts {
+    const char *dir;
+    const char *name;
+    const char *ttl;
+    const char *reason;
+    int json;
+};
+
+/* 0 = parsed, else the exit code (help printed, or a usage error). */
+static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts *o)
+{
+    static const struct option longopts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"name", required_argument, NULL, 'n'},
+        {"ttl", required_argument, NULL, 't'},
+        {"reason", required_argument, NULL, 'r'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            o->dir = optarg;
+            break;
+        case 'n':
+            o->name = optarg;
+            break;
+        case 't':
+            o->ttl = optarg;
+            break;
+        case 'r':
+            o->reason = optarg;
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return -1;
+        default:
+            fputs(usage, stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
+static void cli__utc(uint64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, cap, "-");
+}
+
+static int cli__token(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    uint64_t ttl = 0;
+    int rc = cli__parse(argc, argv, cli__token_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (!o.name || optind < argc) {
+        cli_errorf("programmer token: need --name ID and no other argument");
+        return CLI_EXIT_USAGE;
+    }
+    if (nu_envelope_id_check(o.name)) {
+        cli_errorf("programmer token: '%s' is not an identity ([A-Za-z0-9._-], 1..64)", o.name);
+        return CLI_EXIT_USAGE;
+    }
+    if (o.ttl && (nu_duration_parse(o.ttl, &ttl) || ttl == 0 || ttl > CLI__TTL_MAX_S)) {
+        cli_errorf("programmer token: --ttl wants a duration up to 30d, not '%s'", o.ttl);
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    struct cli_cloud cc;
+    if ((rc = cli_cloud_open(dir, "oem", &cc)))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.programmer_id = (char *)o.name;
+    req.ttl_s = (uint32_t)ttl;
+    rc = cli_cloud_call(&cc, "enroll.token", &req.base,
+                        NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
+    if (!rc) {
+        const Nusec__V1__EnrollTokenResponse *t = reply->enroll_token_response;
+        char until[32];
+        cli__utc(t->expires_at_ms, until, sizeof(until));
+        if (o.json)
+            printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n",
+                   t->programmer_id, t->token, (unsigned long long)t->expires_at_ms);
+        else
+            printf("%s\n", t->token);
+        fflush(stdout);
+        fprintf(stderr, "nusec: enrollment token for %s, valid until %s; it is shown only once\n",
+                t->programmer_id, until);
+    }
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+static int cli__list(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    int rc = cli__parse(argc, argv, cli__list_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind < argc || o.name || o.ttl || o.reason) {
+        cli_errorf("programmer list: takes only --json and --dir");
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__ProgrammerListRequest req = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    rc = cli_cloud_call(&cc, "programmer.list", &req.base,
+                        NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST, &reply);
+    if (!rc) {
+        const Nusec__V1__ProgrammerList *l = reply->programmer_list;
+        /* Ids, states and serials are identifiers or hex: nothing to escape. */
+        if (o.json)
+            printf("[");
+        else
+            printf("%-24s %-9s %-21s %s\n", "ID", "STATE", "ENROLLED", "SERIAL");
+        for (size_t i = 0; i < l->n_programmers; i++) {
+            const Nusec__V1__ProgrammerInfo *p = l->programmers[i];
+            char when[32];
+            cli__utc(p->enrolled_at_ms, when, sizeof(when));
+            if (o.json)
+                printf("%s\n{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
+                       "\"serial\":\"%s\"}",
+                       i ? "," : "", p->programmer_id, p->state,
+                       (unsigned long long)p->enrolled_at_ms, p->certificate_serial);
+            else
+                printf("%-24s %-9s %-21s %s\n", p->programmer_id, p->state, when,
+                       p->certificate_serial);
+        }
+        if (o.json)
+            printf("%s]\n", l->n_programmers ? "\n" : "");
+    }
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+static int cli__revoke(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    int rc = cli__parse(argc, argv, cli__revoke_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind != argc - 1 || o.name || o.ttl || o.json) {
+        cli_errorf("programmer revoke: need exactly one programmer ID (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    const char *id = argv[optind];
+    if (nu_envelope_id_check(id)) {
+        cli_errorf("programmer revoke: '%s' is not an identity", id);
+        return CLI_EXIT_USAGE;
+    }
+    if (o.reason && strlen(o.reason) > 256) {
+        cli_errorf("programmer revoke: --reason is limited to 256 bytes");
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__ProgrammerRevokeRequest req = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.programmer_id = (char *)id;
+    req.reason = (char *)(o.reason ? o.reason : "");
+    rc = cli_cloud_call(&cc, "programmer.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    if (!rc)
+        printf("programmer %s revoked\n", id);
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
 
 const struct cli_command cli_programmer_commands[] = {
+    {"programmer", "token", "mint a one-time enrollment token for a programmer", cli__token},
+    {"programmer", "list", "list enrolled and revoked programmers", cli__list},
+    {"programmer", "revoke", "revoke a programmer (broker and cloud refuse it)", cli__revoke},
     {NULL, NULL, NULL, NULL},
 };

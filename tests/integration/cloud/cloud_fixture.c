@@ -1,0 +1,332 @@
+/* cloud_fixture — see cloud_fixture.h. */
+#include "cloud_fixture.h"
+
+#include "ledger.h"
+#include "nu_client.h"
+#include "nu_err.h"
+#include "nu_test.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void cf__sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int cf_client_open(const struct cf *f, const char *identity, const char *cert, const char *key,
+                   struct cf_client *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct nu_client_opts o = {
+        .dir = f->dir, .identity = identity, .cert_file = cert, .key_file = key, .clean_start = 1};
+    int rc = nu_envelope_sender_create(identity, NU_ENVELOPE_SEQ_FROM_CLOCK, &out->sender);
+    if (!rc)
+        rc = nu_client_connect(&o, &out->m);
+    if (rc)
+        cf_client_close(out);
+    return rc;
+}
+
+void cf_client_close(struct cf_client *c)
+{
+    if (c->m) {
+        nu_mqtt_disconnect(c->m);
+        nu_mqtt_destroy(c->m);
+    }
+    nu_envelope_sender_destroy(c->sender);
+    memset(c, 0, sizeof(*c));
+}
+
+int cf_call(struct cf_client *c, const char *op, ProtobufCMessage *body, const uint8_t *idem,
+            size_t idem_len, Nusec__V1__Envelope **out_reply, char *detail, size_t cap)
+{
+    char scratch[256];
+    if (!detail) {
+        detail = scratch;
+        cap = sizeof(scratch);
+    }
+    return nu_client_request(c->m, c->sender, op, body, idem, idem_len, CF_TIMEOUT_MS, out_reply,
+                             detail, cap);
+}
+
+/* ------------------------------------------------------------ processes */
+
+int cf_cloud_start(struct cf *f)
+{
+    char bin[CF_PATH_MAX];
+    snprintf(bin, sizeof(bin), "%s/bin/nusec-cloud", NUSEC_BINARY_DIR);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a crashed test leaves no agent behind */
+        execl(bin, "nusec-cloud", "--dir", f->dir, "--log", f->log, (char *)NULL);
+        _exit(127);
+    }
+    f->cloud_pid = pid;
+    struct cf_client oem;
+    if (cf_client_open(f, "oem", NULL, NULL, &oem))
+        return -1;
+    int rc = -1;
+    for (int i = 0; i < 200 && rc; i++) {
+        Nusec__V1__ProgrammerListRequest body = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+        Nusec__V1__Envelope *reply = NULL;
+        rc = nu_client_request(oem.m, oem.sender, "programmer.list", &body.base, NULL, 0, 1000,
+                               &reply, NULL, 0);
+        nu_envelope_free(reply);
+        if (rc) {
+            if (waitpid(pid, NULL, WNOHANG) == pid) {
+                f->cloud_pid = 0;
+                break;
+            }
+            cf__sleep_ms(50);
+        }
+    }
+    cf_client_close(&oem);
+    if (rc) {
+        fprintf(stderr, "nusec-cloud did not answer; log:\n");
+        nu_test_sh("tail -n 20 %s >&2", f->log);
+    }
+    return rc ? -1 : 0;
+}
+
+int cf_cloud_stop(struct cf *f)
+{
+    if (!f->cloud_pid)
+        return -1;
+    int status = 0, rc = -1;
+    kill(f->cloud_pid, SIGTERM);
+    for (int i = 0; i < 400; i++) {
+        pid_t w = waitpid(f->cloud_pid, &status, WNOHANG);
+        if (w == f->cloud_pid) {
+            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            break;
+        }
+        cf__sleep_ms(50);
+    }
+    if (rc == -1 && waitpid(f->cloud_pid, &status, WNOHANG) == 0) {
+        kill(f->cloud_pid, SIGKILL);
+        waitpid(f->cloud_pid, &status, 0);
+    }
+    f->cloud_pid = 0;
+    return rc;
+}
+
+int cf_setup(struct cf *f, const char *tag)
+{
+    char conf[CF_PATH_MAX + 32], blog[CF_PATH_MAX + 32], ep[CF_PATH_MAX + 32];
+    uint8_t *text = NULL;
+    size_t len = 0;
+    int port = 0;
+    memset(f, 0, sizeof(*f));
+    if (nu_test_tmpdir(tag, f->tmp, sizeof(f->tmp)))
+        return -1;
+    snprintf(f->dir, sizeof(f->dir), "%s/state", f->tmp);
+    snprintf(f->ledger, sizeof(f->ledger), "%s/cloud/ledger.db", f->dir);
+    snprintf(f->log, sizeof(f->log), "%s/logs/cloud.log", f->dir);
+    if (nu_test_sh("%s/bin/nusec pki init --dir %s >/dev/null", NUSEC_BINARY_DIR, f->dir))
+        return -1;
+    snprintf(conf, sizeof(conf), "%s/broker/mosquitto.conf", f->dir);
+    snprintf(blog, sizeof(blog), "%s/broker/mosquitto.log", f->dir);
+    snprintf(ep, sizeof(ep), "%s/broker/endpoint", f->dir);
+    if (nu_file_read(ep, 64, &text, &len) || sscanf((char *)text, "127.0.0.1:%d", &port) != 1) {
+        free(text);
+        return -1;
+    }
+    free(text);
+    if (bf_broker_start(&f->broker, conf, port, blog))
+        return -1;
+    return cf_cloud_start(f);
+}
+
+void cf_teardown(struct cf *f)
+{
+    if (f->cloud_pid)
+        cf_cloud_stop(f);
+    bf_broker_stop(&f->broker);
+    if (!getenv("CF_KEEP"))
+        nu_test_rmtree(f->tmp);
+}
+
+/* ------------------------------------------------------------ enrollment */
+
+int cf_token(struct cf_client *oem, const char *programmer_id, unsigned ttl_s, char *out,
+             size_t cap)
+{
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.programmer_id = (char *)programmer_id;
+    req.ttl_s = ttl_s;
+    int rc = cf_call(oem, "enroll.token", &req.base, NULL, 0, &reply, NULL, 0);
+    if (!rc && reply->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE)
+        rc = NU_ERR_DECODE;
+    if (!rc)
+        snprintf(out, cap, "%s", reply->enroll_token_response->token);
+    nu_envelope_free(reply);
+    return rc;
+}
+
+int cf_enroll_raw(struct cf_client *relay, const char *id, const char *token,
+                  struct nu_p256_key *identity, const char *cn, const char *ou,
+                  const uint8_t *pkg_pub, Nusec__V1__Envelope **out_reply)
+{
+    struct nu_signer s;
+    uint8_t *csr = NULL;
+    size_t csr_len = 0;
+    int rc = nu_p256_key_signer(identity, &s);
+    if (!rc)
+        rc = nu_x509_csr_make(&s, cn, ou, "NuSEC", &csr, &csr_len);
+    if (rc)
+        return rc;
+    Nusec__V1__EnrollRequest req = NUSEC__V1__ENROLL_REQUEST__INIT;
+    req.programmer_id = (char *)id;
+    req.token = (char *)token;
+    req.csr_der.data = csr;
+    req.csr_der.len = csr_len;
+    req.package_pubkey.data = (uint8_t *)pkg_pub;
+    req.package_pubkey.len = NU_P256_PUB_LEN;
+    rc = cf_call(relay, "enroll", &req.base, NULL, 0, out_reply, NULL, 0);
+    if (!rc && (*out_reply)->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_RESPONSE) {
+        nu_envelope_free(*out_reply);
+        *out_reply = NULL;
+        rc = NU_ERR_DECODE;
+    }
+    free(csr);
+    return rc;
+}
+
+int cf_write_cert_pem(const char *path, const uint8_t *der, size_t len)
+{
+    char *pem = NULL;
+    size_t pem_len = 0;
+    int rc = nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, &pem, &pem_len);
+    if (!rc)
+        rc = nu_file_write_atomic(path, pem, pem_len, 0644);
+    free(pem);
+    return rc;
+}
+
+int cf_programmer_make(const struct cf *f, struct cf_client *oem, struct cf_client *station,
+                       const char *id, struct cf_programmer *out)
+{
+    char token[160];
+    uint8_t pkg_pub[NU_P256_PUB_LEN];
+    Nusec__V1__Envelope *reply = NULL;
+    memset(out, 0, sizeof(*out));
+    snprintf(out->id, sizeof(out->id), "%s", id);
+    snprintf(out->cert, sizeof(out->cert), "%s/%s.crt", f->tmp, id);
+    snprintf(out->key, sizeof(out->key), "%s/%s.key", f->tmp, id);
+    int rc = nu_p256_key_generate(&out->identity);
+    if (!rc)
+        rc = nu_p256_key_generate(&out->package);
+    if (!rc)
+        rc = nu_p256_key_pub(out->package, pkg_pub);
+    if (!rc)
+        rc = cf_token(oem, id, 0, token, sizeof(token));
+    if (!rc)
+        rc = cf_enroll_raw(station, id, token, out->identity, id, "programmer", pkg_pub, &reply);
+    if (!rc)
+        rc = cf_write_cert_pem(out->cert, reply->enroll_response->certificate_der.data,
+                               reply->enroll_response->certificate_der.len);
+    if (!rc)
+        rc = nu_p256_key_save_pem(out->identity, out->key);
+    nu_envelope_free(reply);
+    return rc;
+}
+
+void cf_programmer_free(struct cf_programmer *p)
+{
+    nu_p256_key_destroy(p->identity);
+    nu_p256_key_destroy(p->package);
+    p->identity = p->package = NULL;
+}
+
+/* ------------------------------------------------------------ jobs, devices */
+
+int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
+                  const uint32_t *limits, size_t n)
+{
+    struct cloud_ledger *l = NULL;
+    struct cloud_ledger_alloc *alloc = calloc(n ? n : 1, sizeof(*alloc));
+    int rc = alloc ? cloud_ledger_open(f->ledger, &l) : NU_ERR_NOMEM;
+    for (size_t i = 0; !rc && i < n; i++) {
+        snprintf(alloc[i].programmer_id, sizeof(alloc[i].programmer_id), "%s", progs[i]);
+        alloc[i].limit = limits[i];
+    }
+    struct cloud_ledger_job_spec spec = {
+        .job_id = job,
+        .firmware = "app-1.0.0",
+        .quota = quota,
+        .alloc = alloc,
+        .n_alloc = n,
+        .actor = "oem",
+        .now_ms = nu_time_ms(),
+    };
+    if (!rc)
+        rc = cloud_ledger_job_create(l, &spec);
+    cloud_ledger_close(l);
+    free(alloc);
+    return rc;
+}
+
+int cf_device_csr(struct nu_p256_key **out_key, uint8_t **out_csr, size_t *out_len)
+{
+    struct nu_signer s;
+    int rc = nu_p256_key_generate(out_key);
+    if (!rc)
+        rc = nu_p256_key_signer(*out_key, &s);
+    if (!rc)
+        rc = nu_x509_csr_make(&s, "device", NULL, NULL, out_csr, out_len);
+    return rc;
+}
+
+void cf_cert_key(const char *job, const uint8_t *uid, size_t uid_len, uint8_t out[16])
+{
+    static const char domain[] = "nusec/v1 cert";
+    uint8_t buf[256], digest[32];
+    size_t n = 0;
+    memcpy(buf, domain, sizeof(domain) - 1);
+    n += sizeof(domain) - 1;
+    memcpy(buf + n, job, strlen(job));
+    n += strlen(job);
+    memcpy(buf + n, uid, uid_len);
+    n += uid_len;
+    nu_sha256(buf, n, digest);
+    memcpy(out, digest, 16);
+}
+
+int cf_cert_request(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
+                    const uint8_t *csr, size_t csr_len, const uint8_t *key, size_t key_len,
+                    Nusec__V1__Envelope **out_reply)
+{
+    uint8_t k[16];
+    if (!key) {
+        cf_cert_key(job, uid, uid_len, k);
+        key = k;
+        key_len = sizeof(k);
+    }
+    Nusec__V1__CertificateRequest req = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    req.job_id = (char *)job;
+    req.device_uid.data = (uint8_t *)uid;
+    req.device_uid.len = uid_len;
+    req.csr_der.data = (uint8_t *)csr;
+    req.csr_der.len = csr_len;
+    int rc = cf_call(c, "cert.request", &req.base, key, key_len, out_reply, NULL, 0);
+    if (!rc && (*out_reply)->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_ISSUED) {
+        nu_envelope_free(*out_reply);
+        *out_reply = NULL;
+        rc = NU_ERR_DECODE;
+    }
+    return rc;
+}

@@ -1,0 +1,816 @@
+/*
+ * nusec-cloud identity and certificate operations on the real stack: `nusec
+ * pki init`, mosquitto + nusec_auth, the nusec-cloud binary with SoftHSM2,
+ * SQLite. What the tests look at is what users and attackers see: answers on
+ * the bus, certificates checked with the openssl command line, the ledger
+ * file, the broker's lists, the CLI's output and exit status.
+ *
+ * The cases run in order on one stack (each builds on the state before).
+ */
+#include "cloud_fixture.h"
+
+#include "ledger.h"
+#include "nu_err.h"
+#include "nu_test.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct cf F;
+static struct cf_client oem, station;
+static struct cf_programmer p1, p2;
+static struct cf_client c1, c2; /* p1, p2 on the bus */
+static char p1_token_used[160];
+
+static const uint8_t UID1[] = {0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80};
+static const uint8_t UID2[] = {0xaa, 0xbb, 0xcc, 0x01};
+static const uint8_t UID3[] = {0xaa, 0xbb, 0xcc, 0x02};
+static const uint8_t UID4[] = {0xaa, 0xbb, 0xcc, 0x03};
+static struct nu_p256_key *dev1;
+static uint8_t *csr1;
+static size_t csr1_len;
+static char serial1[80];
+static uint8_t *der1;
+static size_t der1_len;
+
+static int setup(void)
+{
+    if (cf_setup(&F, "cloud"))
+        return -1;
+    if (cf_client_open(&F, "oem", NULL, NULL, &oem) ||
+        cf_client_open(&F, "station", NULL, NULL, &station))
+        return -1;
+    return cf_device_csr(&dev1, &csr1, &csr1_len) ? -1 : 0;
+}
+
+static int teardown(void)
+{
+    cf_client_close(&c1);
+    cf_client_close(&c2);
+    cf_client_close(&oem);
+    cf_client_close(&station);
+    cf_programmer_free(&p1);
+    cf_programmer_free(&p2);
+    nu_p256_key_destroy(dev1);
+    free(csr1);
+    free(der1);
+    cf_teardown(&F);
+    return 0;
+}
+
+static struct cloud_ledger *ledger_open(void)
+{
+    struct cloud_ledger *l = NULL;
+    CU_ASSERT_EQUAL(cloud_ledger_open(F.ledger, &l), NU_OK);
+    return l;
+}
+
+static int job_counts(const char *job, uint32_t *issued, uint32_t *quota)
+{
+    struct cloud_ledger *l = ledger_open();
+    struct cloud_ledger_job j;
+    int rc = l ? cloud_ledger_job_get(l, job, &j, NULL, 0, NULL) : NU_ERR_DB;
+    cloud_ledger_close(l);
+    *issued = rc ? 0 : j.issued;
+    *quota = rc ? 0 : j.quota;
+    return rc;
+}
+
+/* openssl verify of DER `der` against DIR/pki/<chain>. 0 = verified. */
+static int openssl_verify(const uint8_t *der, size_t len, const char *chain)
+{
+    char path[CF_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/check.pem", F.tmp);
+    if (cf_write_cert_pem(path, der, len))
+        return -1;
+    return nu_test_sh("openssl verify -CAfile %s/pki/%s %s >/dev/null", F.dir, chain, path);
+}
+
+/* ------------------------------------------------------------ enrollment */
+
+static void test_enroll_through_station(void)
+{
+    char token[160];
+    uint8_t pkg[NU_P256_PUB_LEN];
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&p1.identity), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&p1.package), NU_OK);
+    nu_p256_key_pub(p1.package, pkg);
+    snprintf(p1.id, sizeof(p1.id), "prog-1");
+    snprintf(p1.cert, sizeof(p1.cert), "%s/prog-1.crt", F.tmp);
+    snprintf(p1.key, sizeof(p1.key), "%s/prog-1.key", F.tmp);
+
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-1", 3600, token, sizeof(token)), NU_OK);
+    CU_ASSERT_EQUAL(strlen(token), 64);
+    CU_ASSERT_EQUAL_FATAL(
+        cf_enroll_raw(&station, "prog-1", token, p1.identity, "prog-1", "programmer", pkg, &r),
+        NU_OK);
+    const Nusec__V1__EnrollResponse *er = r->enroll_response;
+    struct nu_x509_cert_info info;
+    uint8_t id_pub[NU_P256_PUB_LEN], *rotpk = NULL, *pkgkey = NULL;
+    size_t n = 0;
+    nu_p256_key_pub(p1.identity, id_pub);
+    CU_ASSERT_EQUAL(nu_x509_cert_info(er->certificate_der.data, er->certificate_der.len, &info),
+                    NU_OK);
+    CU_ASSERT_STRING_EQUAL(info.cn, "prog-1");
+    CU_ASSERT_STRING_EQUAL(info.ou, "programmer");
+    CU_ASSERT_STRING_EQUAL(info.o, "NuSEC");
+    CU_ASSERT_STRING_EQUAL(info.issuer_cn, "NuSEC Fleet CA");
+    CU_ASSERT_EQUAL(memcmp(info.pub, id_pub, sizeof(id_pub)), 0);
+    CU_ASSERT_EQUAL(er->n_chain_der, 2);
+    /* openssl, independently: the identity chains to the Root through the Fleet CA */
+    CU_ASSERT_EQUAL(openssl_verify(er->certificate_der.data, er->certificate_der.len, "chain.pem"),
+                    0);
+    CU_ASSERT_EQUAL(
+        openssl_verify(er->certificate_der.data, er->certificate_der.len, "device-chain.pem") == 0,
+        0);
+    /* pins: the package key and the secure-boot key of this PKI */
+    char path[CF_PATH_MAX + 32];
+    uint8_t *pem = NULL;
+    snprintf(path, sizeof(path), "%s/pki/package-key.pem", F.dir);
+    CU_ASSERT_EQUAL(nu_file_read(path, 16384, &pem, &n), NU_OK);
+    pkgkey = malloc(NU_P256_PUB_LEN);
+    CU_ASSERT_EQUAL(nu_p256_pub_from_pem((char *)pem, n, pkgkey), NU_OK);
+    free(pem);
+    CU_ASSERT_EQUAL(er->package_signing_pubkey.len, NU_P256_PUB_LEN);
+    CU_ASSERT_EQUAL(memcmp(er->package_signing_pubkey.data, pkgkey, NU_P256_PUB_LEN), 0);
+    snprintf(path, sizeof(path), "%s/firmware/rotpk.pem", F.dir);
+    pem = NULL;
+    CU_ASSERT_EQUAL(nu_file_read(path, 16384, &pem, &n), NU_OK);
+    rotpk = malloc(NU_P256_PUB_LEN);
+    CU_ASSERT_EQUAL(nu_p256_pub_from_pem((char *)pem, n, rotpk), NU_OK);
+    free(pem);
+    CU_ASSERT_EQUAL(er->rotpk.len, NU_P256_PUB_LEN);
+    CU_ASSERT_EQUAL(memcmp(er->rotpk.data, rotpk, NU_P256_PUB_LEN), 0);
+    free(rotpk);
+    free(pkgkey);
+    CU_ASSERT_EQUAL(cf_write_cert_pem(p1.cert, er->certificate_der.data, er->certificate_der.len),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_save_pem(p1.identity, p1.key), NU_OK);
+    nu_envelope_free(r);
+    snprintf(p1_token_used, sizeof(p1_token_used), "%s", token);
+
+    /* the ledger has it, the broker knows the station owns it */
+    struct cloud_ledger *l = ledger_open();
+    struct cloud_ledger_programmer p;
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_OK);
+    CU_ASSERT_EQUAL(p.state, CLOUD_LEDGER_PROGRAMMER_ENROLLED);
+    CU_ASSERT_STRING_EQUAL(p.cert_serial, info.serial_hex);
+    CU_ASSERT_EQUAL(memcmp(p.package_pubkey, pkg, sizeof(pkg)), 0);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'station prog-1' %s/broker/owners", F.dir), 0);
+    /* the token was never written to the log */
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("grep -q %s %s", token, F.log), 0);
+}
+
+static void test_token_is_one_time(void)
+{
+    uint8_t pkg[NU_P256_PUB_LEN];
+    Nusec__V1__Envelope *r = NULL;
+    nu_p256_key_pub(p1.package, pkg);
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-1", p1_token_used, p1.identity, "prog-1",
+                                  "programmer", pkg, &r),
+                    NU_ERR_TOKEN);
+    CU_ASSERT_PTR_NULL(r);
+}
+
+static void test_token_bound_to_its_programmer(void)
+{
+    char token[160];
+    uint8_t pkg[NU_P256_PUB_LEN];
+    struct nu_p256_key *k = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    nu_p256_key_pub(p1.package, pkg);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-x", 0, token, sizeof(token)), NU_OK);
+    /* another id with prog-x's token */
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-y", token, k, "prog-y", "programmer", pkg, &r),
+                    NU_ERR_TOKEN);
+    /* the CSR must name the programmer, with OU programmer */
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-x", token, k, "prog-y", "programmer", pkg, &r),
+                    NU_ERR_BAD_CSR);
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-x", token, k, "prog-x", "oem", pkg, &r),
+                    NU_ERR_BAD_CSR);
+    /* the package key must be a point */
+    uint8_t bad[NU_P256_PUB_LEN];
+    memcpy(bad, pkg, sizeof(bad));
+    bad[64] ^= 1;
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-x", token, k, "prog-x", "programmer", bad, &r),
+                    NU_ERR_INVALID_ARG);
+    /* a garbage token */
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-x", "zz", k, "prog-x", "programmer", pkg, &r),
+                    NU_ERR_TOKEN);
+    /* none of that used the token up */
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-x", token, k, "prog-x", "programmer", pkg, &r),
+                    NU_OK);
+    nu_envelope_free(r);
+    nu_p256_key_destroy(k);
+}
+
+static void test_token_refuses_role_names_and_others(void)
+{
+    char token[160];
+    static const char *const names[] = {"oem",     "station", "cloud",
+                                        "monitor", "broker",  "programmer"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        CU_ASSERT_NOT_EQUAL(cf_token(&oem, names[i], 0, token, sizeof(token)), NU_OK);
+    /* ttl over 30 days */
+    CU_ASSERT_EQUAL(cf_token(&oem, "prog-z", 31u * 86400u, token, sizeof(token)),
+                    NU_ERR_INVALID_ARG);
+    /* only the oem mints tokens; the station may not */
+    CU_ASSERT_EQUAL(cf_token(&station, "prog-z", 0, token, sizeof(token)), NU_ERR_NOT_AUTHORIZED);
+}
+
+static void test_programmer_list(void)
+{
+    Nusec__V1__ProgrammerListRequest req = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_call(&oem, "programmer.list", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(r->body_case, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST);
+    CU_ASSERT_EQUAL(r->programmer_list->n_programmers, 2);
+    int seen = 0;
+    for (size_t i = 0; i < r->programmer_list->n_programmers; i++) {
+        const Nusec__V1__ProgrammerInfo *p = r->programmer_list->programmers[i];
+        if (!strcmp(p->programmer_id, "prog-1")) {
+            seen = 1;
+            CU_ASSERT_STRING_EQUAL(p->state, "enrolled");
+            CU_ASSERT_EQUAL(strlen(p->certificate_serial), 32);
+        }
+    }
+    CU_ASSERT(seen);
+    nu_envelope_free(r);
+    /* a station cannot list */
+    CU_ASSERT_EQUAL(cf_call(&station, "programmer.list", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_NOT_AUTHORIZED);
+}
+
+/* ------------------------------------------------------------ issuance */
+
+static void test_issue_device_certificate(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    const char *progs[] = {"prog-1"};
+    const uint32_t limits[] = {3};
+    uint32_t issued = 0, quota = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "prog-1", p1.cert, p1.key, &c1), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_job_create(&F, "job-a", 3, progs, limits, 1), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r), NU_OK);
+    const Nusec__V1__CertificateIssued *ci = r->certificate_issued;
+    struct nu_x509_cert_info info;
+    uint8_t pub[NU_P256_PUB_LEN];
+    nu_p256_key_pub(dev1, pub);
+    CU_ASSERT_EQUAL(nu_x509_cert_info(ci->certificate_der.data, ci->certificate_der.len, &info),
+                    NU_OK);
+    CU_ASSERT_STRING_EQUAL(info.cn, "1020304050607080");
+    CU_ASSERT_STRING_EQUAL(info.ou, "device");
+    CU_ASSERT_STRING_EQUAL(info.o, "NuSEC");
+    CU_ASSERT_STRING_EQUAL(info.issuer_cn, "NuSEC Device CA");
+    CU_ASSERT_FALSE(info.is_ca);
+    CU_ASSERT_EQUAL(memcmp(info.pub, pub, sizeof(pub)), 0);
+    CU_ASSERT_STRING_EQUAL(info.serial_hex, ci->serial);
+    CU_ASSERT_EQUAL(ci->issued, 1);
+    CU_ASSERT_EQUAL(ci->quota, 3);
+    CU_ASSERT_EQUAL(
+        openssl_verify(ci->certificate_der.data, ci->certificate_der.len, "device-chain.pem"), 0);
+    /* not a fleet identity */
+    CU_ASSERT_NOT_EQUAL(
+        openssl_verify(ci->certificate_der.data, ci->certificate_der.len, "chain.pem"), 0);
+    snprintf(serial1, sizeof(serial1), "%s", ci->serial);
+    der1 = malloc(ci->certificate_der.len);
+    memcpy(der1, ci->certificate_der.data, ci->certificate_der.len);
+    der1_len = ci->certificate_der.len;
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(job_counts("job-a", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 1);
+}
+
+static void test_same_key_same_certificate(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    uint32_t issued = 0, quota = 0;
+    /* redelivery of the very same request */
+    CU_ASSERT_EQUAL_FATAL(
+        cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r), NU_OK);
+    CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, serial1);
+    CU_ASSERT_EQUAL(r->certificate_issued->certificate_der.len, der1_len);
+    CU_ASSERT_EQUAL(memcmp(r->certificate_issued->certificate_der.data, der1, der1_len), 0);
+    nu_envelope_free(r);
+    /* a regenerated CSR of the same key (new signature bytes): still the same answer */
+    struct nu_signer s;
+    uint8_t *csr = NULL;
+    size_t len = 0;
+    nu_p256_key_signer(dev1, &s);
+    CU_ASSERT_EQUAL_FATAL(nu_x509_csr_make(&s, "again", NULL, NULL, &csr, &len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr, len, NULL, 0, &r),
+                          NU_OK);
+    CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, serial1);
+    nu_envelope_free(r);
+    free(csr);
+    /* the same key for another device key: conflict */
+    struct nu_p256_key *other = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&other, &csr, &len), NU_OK);
+    CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr, len, NULL, 0, &r),
+                    NU_ERR_IDEMPOTENCY_CONFLICT);
+    /* a fresh key for the same UID with another device key: the UID is taken */
+    uint8_t fresh[16] = {1, 2, 3};
+    CU_ASSERT_EQUAL(
+        cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr, len, fresh, sizeof(fresh), &r),
+        NU_ERR_DUPLICATE_DEVICE);
+    free(csr);
+    nu_p256_key_destroy(other);
+    CU_ASSERT_EQUAL(job_counts("job-a", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 1);
+}
+
+static void test_idempotency_key_required(void)
+{
+    /* built by hand: nu_client always adds a key */
+    Nusec__V1__CertificateRequest req = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    req.job_id = "job-a";
+    req.device_uid.data = (uint8_t *)UID2;
+    req.device_uid.len = sizeof(UID2);
+    req.csr_der.data = csr1;
+    req.csr_der.len = csr1_len;
+    struct nu_envelope_frame fr;
+    uint8_t *out = NULL, *ans = NULL;
+    size_t len = 0, ans_len = 0;
+    Nusec__V1__Envelope *reply = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_frame_init(&fr, c1.sender, &req.base), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_pack(&fr.env, &out, &len, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_request(c1.m, "nusec/v1/cloud/req/prog-1/cert.request", out, len,
+                                          CF_TIMEOUT_MS, &ans, &ans_len),
+                          NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(ans, ans_len, &reply, NULL), NU_OK);
+    CU_ASSERT_EQUAL(reply->body_case, NUSEC__V1__ENVELOPE__BODY_ERROR);
+    if (reply->body_case == NUSEC__V1__ENVELOPE__BODY_ERROR)
+        CU_ASSERT_EQUAL(reply->error->code, NU_ERR_INVALID_ARG);
+    nu_envelope_free(reply);
+    free(ans);
+    free(out);
+}
+
+static void test_bad_csrs_are_typed_errors(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    uint32_t issued = 0, quota = 0;
+    uint8_t garbage[64];
+    memset(garbage, 0x30, sizeof(garbage));
+    CU_ASSERT_EQUAL(
+        cf_cert_request(&c1, "job-a", UID2, sizeof(UID2), garbage, sizeof(garbage), NULL, 0, &r),
+        NU_ERR_BAD_CSR);
+    /* a good CSR with one signature bit flipped */
+    uint8_t *bad = malloc(csr1_len);
+    memcpy(bad, csr1, csr1_len);
+    bad[csr1_len - 3] ^= 0x01;
+    CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", UID2, sizeof(UID2), bad, csr1_len, NULL, 0, &r),
+                    NU_ERR_BAD_CSR);
+    /* truncated */
+    CU_ASSERT_EQUAL(
+        cf_cert_request(&c1, "job-a", UID2, sizeof(UID2), csr1, csr1_len / 2, NULL, 0, &r),
+        NU_ERR_BAD_CSR);
+    free(bad);
+    /* RSA and P-384 CSRs made by openssl */
+    static const char *const algs[] = {"-newkey rsa:2048",
+                                       "-newkey ec -pkeyopt ec_paramgen_curve:P-384"};
+    for (int i = 0; i < 2; i++) {
+        char path[CF_PATH_MAX + 32];
+        uint8_t *der = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof(path), "%s/other.csr", F.tmp);
+        CU_ASSERT_EQUAL_FATAL(nu_test_sh("openssl req -new %s -nodes -keyout %s/other.key "
+                                         "-subj /CN=dev -outform DER -out %s 2>/dev/null",
+                                         algs[i], F.tmp, path),
+                              0);
+        CU_ASSERT_EQUAL_FATAL(nu_file_read(path, 8192, &der, &len), NU_OK);
+        CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", UID2, sizeof(UID2), der, len, NULL, 0, &r),
+                        NU_ERR_BAD_CSR);
+        free(der);
+    }
+    CU_ASSERT_EQUAL(job_counts("job-a", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 1);
+}
+
+static void test_quota_exhausted(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    const uint8_t *uids[] = {UID2, UID3};
+    uint32_t issued = 0, quota = 0;
+    for (int i = 0; i < 2; i++) {
+        struct nu_p256_key *k = NULL;
+        uint8_t *csr = NULL;
+        size_t len = 0;
+        CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
+        CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", uids[i], 4, csr, len, NULL, 0, &r), NU_OK);
+        if (r)
+            CU_ASSERT_EQUAL(r->certificate_issued->issued, (uint32_t)i + 2);
+        nu_envelope_free(r);
+        r = NULL;
+        free(csr);
+        nu_p256_key_destroy(k);
+    }
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
+    CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", UID4, sizeof(UID4), csr, len, NULL, 0, &r),
+                    NU_ERR_QUOTA_EXHAUSTED);
+    free(csr);
+    nu_p256_key_destroy(k);
+    CU_ASSERT_EQUAL(job_counts("job-a", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 3);
+    CU_ASSERT_EQUAL(quota, 3);
+    /* an already issued device is still answered (its certificate, no quota) */
+    CU_ASSERT_EQUAL(cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r),
+                    NU_OK);
+    if (r)
+        CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, serial1);
+    nu_envelope_free(r);
+}
+
+static void test_unassigned_programmer_and_unknown_job(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_programmer_make(&F, &oem, &station, "prog-2", &p2), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "prog-2", p2.cert, p2.key, &c2), NU_OK);
+    const char *progs[] = {"prog-1"};
+    const uint32_t limits[] = {2};
+    uint32_t issued = 0, quota = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_job_create(&F, "job-b", 2, progs, limits, 1), NU_OK);
+    CU_ASSERT_EQUAL(cf_cert_request(&c2, "job-b", UID4, sizeof(UID4), csr1, csr1_len, NULL, 0, &r),
+                    NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(job_counts("job-b", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 0);
+    CU_ASSERT_EQUAL(
+        cf_cert_request(&c2, "no-such-job", UID4, sizeof(UID4), csr1, csr1_len, NULL, 0, &r),
+        NU_ERR_NOT_FOUND);
+    /* a programmer cannot run OEM operations */
+    Nusec__V1__ProgrammerListRequest req = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+    CU_ASSERT_EQUAL(cf_call(&c2, "programmer.list", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_NOT_AUTHORIZED);
+}
+
+/* Wait for the ledger to show `want` for the job's UID1 certificate. */
+static int wait_cert_state(const uint8_t *uid, size_t uid_len, enum cloud_ledger_cert_state want)
+{
+    struct cloud_ledger_cert *c = malloc(sizeof(*c));
+    struct cloud_ledger_cert_ref ref = {
+        .job_id = "job-a", .device_uid = uid, .device_uid_len = uid_len};
+    int state = 0;
+    for (int i = 0; i < 100 && state != (int)want; i++) {
+        struct cloud_ledger *l = ledger_open();
+        if (l && !cloud_ledger_cert_get(l, &ref, c))
+            state = (int)c->state;
+        cloud_ledger_close(l);
+        if (state != (int)want)
+            usleep(30000);
+    }
+    free(c);
+    return state;
+}
+
+static int publish_report(struct cf_client *c, const char *id, const char *kind, const uint8_t *uid,
+                          size_t uid_len)
+{
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    Nusec__V1__DeviceReport rep = NUSEC__V1__DEVICE_REPORT__INIT;
+    rep.job_id = "job-a";
+    rep.device_uid.data = (uint8_t *)uid;
+    rep.device_uid.len = uid_len;
+    rep.outcome = strcmp(kind, "device.provisioned") == 0
+                      ? NUSEC__V1__DEVICE_OUTCOME__DEVICE_OUTCOME_PROVISIONED
+                      : NUSEC__V1__DEVICE_OUTCOME__DEVICE_OUTCOME_FAILED;
+    rep.detail = "socket 0";
+    ev.kind = (char *)kind;
+    ev.job_id = "job-a";
+    ev.data_case = NUSEC__V1__EVENT__DATA_DEVICE;
+    ev.device = &rep;
+    struct nu_envelope_frame fr;
+    uint8_t *out = NULL;
+    size_t len = 0;
+    char topic[256];
+    snprintf(topic, sizeof(topic), "nusec/v1/events/programmer/%s/%s", id, kind);
+    int rc = nu_envelope_frame_init(&fr, c->sender, &ev.base);
+    if (!rc)
+        rc = nu_envelope_pack(&fr.env, &out, &len, NULL);
+    if (!rc)
+        rc = nu_mqtt_publish(c->m, topic, out, len, 1, 0);
+    free(out);
+    return rc;
+}
+
+static void test_device_reports(void)
+{
+    /* prog-2 did not issue UID2's certificate: its report is ignored */
+    CU_ASSERT_EQUAL(publish_report(&c2, "prog-2", "device.failed", UID2, sizeof(UID2)), NU_OK);
+    CU_ASSERT_EQUAL(publish_report(&c1, "prog-1", "device.provisioned", UID1, sizeof(UID1)), NU_OK);
+    CU_ASSERT_EQUAL(wait_cert_state(UID1, sizeof(UID1), CLOUD_LEDGER_CERT_PROVISIONED),
+                    CLOUD_LEDGER_CERT_PROVISIONED);
+    CU_ASSERT_EQUAL(publish_report(&c1, "prog-1", "device.failed", UID3, sizeof(UID3)), NU_OK);
+    CU_ASSERT_EQUAL(wait_cert_state(UID3, sizeof(UID3), CLOUD_LEDGER_CERT_FAILED),
+                    CLOUD_LEDGER_CERT_FAILED);
+    /* by then prog-2's earlier report was processed too, and changed nothing */
+    CU_ASSERT_EQUAL(wait_cert_state(UID2, sizeof(UID2), CLOUD_LEDGER_CERT_ISSUED),
+                    CLOUD_LEDGER_CERT_ISSUED);
+}
+
+static void test_device_list_and_revoke(void)
+{
+    Nusec__V1__DeviceListRequest req = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *r = NULL;
+    req.job_id = "job-a";
+    CU_ASSERT_EQUAL_FATAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(r->body_case, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST);
+    CU_ASSERT_EQUAL(r->device_list->n_devices, 3);
+    for (size_t i = 0; i < r->device_list->n_devices; i++) {
+        const Nusec__V1__DeviceCertificate *d = r->device_list->devices[i];
+        CU_ASSERT(d->certificate_der.len > 0);
+        if (d->device_uid.len == sizeof(UID1) && !memcmp(d->device_uid.data, UID1, sizeof(UID1))) {
+            CU_ASSERT_STRING_EQUAL(d->state, "provisioned");
+            CU_ASSERT_STRING_EQUAL(d->serial, serial1);
+        }
+    }
+    nu_envelope_free(r);
+    /* by UID across jobs */
+    req.job_id = "";
+    req.device_uid.data = (uint8_t *)UID2;
+    req.device_uid.len = sizeof(UID2);
+    CU_ASSERT_EQUAL_FATAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    CU_ASSERT_EQUAL(r->device_list->n_devices, 1);
+    nu_envelope_free(r);
+    /* neither: refused */
+    req.device_uid.len = 0;
+    CU_ASSERT_EQUAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_INVALID_ARG);
+
+    Nusec__V1__DeviceRevokeRequest rv = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
+    rv.job_id = "job-a";
+    rv.device_uid.data = (uint8_t *)UID3;
+    rv.device_uid.len = sizeof(UID3);
+    rv.reason = "key compromise";
+    CU_ASSERT_EQUAL(cf_call(&oem, "device.revoke", &rv.base, NULL, 0, &r, NULL, 0), NU_OK);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(wait_cert_state(UID3, sizeof(UID3), CLOUD_LEDGER_CERT_REVOKED),
+                    CLOUD_LEDGER_CERT_REVOKED);
+    CU_ASSERT_EQUAL(cf_call(&oem, "device.revoke", &rv.base, NULL, 0, &r, NULL, 0), NU_ERR_STATE);
+    rv.job_id = "job-zz";
+    CU_ASSERT_EQUAL(cf_call(&oem, "device.revoke", &rv.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_NOT_FOUND);
+}
+
+struct inbox {
+    pthread_mutex_t lock;
+    uint8_t *last;
+    size_t len;
+};
+
+static void on_job(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    (void)m;
+    struct inbox *in = ud;
+    pthread_mutex_lock(&in->lock);
+    free(in->last);
+    in->last = malloc(msg->len ? msg->len : 1);
+    memcpy(in->last, msg->payload, msg->len);
+    in->len = msg->len;
+    pthread_mutex_unlock(&in->lock);
+}
+
+static void test_retained_job_state(void)
+{
+    struct cf_client mon;
+    struct inbox in = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "monitor", NULL, NULL, &mon), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(mon.m, "nusec/v1/jobs/job-a", 1, on_job, &in), NU_OK);
+    for (int i = 0; i < 100; i++) {
+        pthread_mutex_lock(&in.lock);
+        size_t n = in.len;
+        pthread_mutex_unlock(&in.lock);
+        if (n)
+            break;
+        usleep(20000);
+    }
+    cf_client_close(&mon);
+    Nusec__V1__Envelope *env = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(in.last, in.len, &env, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(env->body_case, NUSEC__V1__ENVELOPE__BODY_JOB_STATE);
+    const Nusec__V1__JobState *st = env->job_state;
+    CU_ASSERT_STRING_EQUAL(st->job_id, "job-a");
+    CU_ASSERT_EQUAL(st->issued, 3);
+    CU_ASSERT_EQUAL(st->quota, 3);
+    CU_ASSERT_EQUAL(st->status, NUSEC__V1__JOB_STATUS__JOB_STATUS_EXHAUSTED);
+    CU_ASSERT_EQUAL(st->n_allocations, 1);
+    CU_ASSERT_EQUAL(st->n_issued_per_programmer, 1);
+    if (st->n_issued_per_programmer)
+        CU_ASSERT_EQUAL(st->issued_per_programmer[0], 3);
+    nu_envelope_free(env);
+    free(in.last);
+}
+
+/* ------------------------------------------------------------ concurrency */
+
+#define CONC_PROGS 8
+#define CONC_LIMIT 3
+#define CONC_TRIES 5
+
+struct conc {
+    struct cf_client c;
+    char id[16];
+    int ok, exhausted, other;
+};
+
+static void *conc_run(void *arg)
+{
+    struct conc *w = arg;
+    for (int i = 0; i < CONC_TRIES; i++) {
+        struct nu_p256_key *k = NULL;
+        uint8_t *csr = NULL, uid[8] = {0xc0, (uint8_t)w->id[2], (uint8_t)i};
+        size_t len = 0;
+        Nusec__V1__Envelope *r = NULL;
+        int rc = cf_device_csr(&k, &csr, &len);
+        if (!rc)
+            rc = cf_cert_request(&w->c, "job-c", uid, sizeof(uid), csr, len, NULL, 0, &r);
+        if (rc == NU_OK)
+            w->ok++;
+        else if (rc == NU_ERR_QUOTA_EXHAUSTED)
+            w->exhausted++;
+        else
+            w->other++;
+        nu_envelope_free(r);
+        free(csr);
+        nu_p256_key_destroy(k);
+    }
+    return NULL;
+}
+
+static void test_concurrent_programmers_never_overshoot(void)
+{
+    static struct conc w[CONC_PROGS];
+    struct cf_programmer p[CONC_PROGS];
+    const char *ids[CONC_PROGS];
+    uint32_t limits[CONC_PROGS];
+    pthread_t t[CONC_PROGS];
+    for (int i = 0; i < CONC_PROGS; i++) {
+        snprintf(w[i].id, sizeof(w[i].id), "c-%c", 'a' + i);
+        ids[i] = w[i].id;
+        limits[i] = CONC_LIMIT;
+        CU_ASSERT_EQUAL_FATAL(cf_programmer_make(&F, &oem, &station, w[i].id, &p[i]), NU_OK);
+        CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, w[i].id, p[i].cert, p[i].key, &w[i].c), NU_OK);
+    }
+    CU_ASSERT_EQUAL_FATAL(
+        cf_job_create(&F, "job-c", CONC_PROGS * CONC_LIMIT, ids, limits, CONC_PROGS), NU_OK);
+    for (int i = 0; i < CONC_PROGS; i++)
+        pthread_create(&t[i], NULL, conc_run, &w[i]);
+    int ok = 0;
+    for (int i = 0; i < CONC_PROGS; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(w[i].ok, CONC_LIMIT);
+        CU_ASSERT_EQUAL(w[i].exhausted, CONC_TRIES - CONC_LIMIT);
+        CU_ASSERT_EQUAL(w[i].other, 0);
+        ok += w[i].ok;
+        cf_client_close(&w[i].c);
+        cf_programmer_free(&p[i]);
+    }
+    uint32_t issued = 0, quota = 0;
+    CU_ASSERT_EQUAL(job_counts("job-c", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, (uint32_t)ok);
+    CU_ASSERT_EQUAL(issued, quota);
+}
+
+/* ------------------------------------------------------------ restart, revoke */
+
+static void test_restart_answers_the_same(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0); /* SIGTERM: clean exit (and no leak under ASan) */
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r), NU_OK);
+    CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, serial1);
+    CU_ASSERT_EQUAL(memcmp(r->certificate_issued->certificate_der.data, der1, der1_len), 0);
+    nu_envelope_free(r);
+}
+
+static void test_revoked_programmer_is_refused(void)
+{
+    Nusec__V1__ProgrammerRevokeRequest rv = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
+    Nusec__V1__Envelope *r = NULL;
+    rv.programmer_id = "prog-1";
+    rv.reason = "stolen";
+    CU_ASSERT_EQUAL(cf_call(&oem, "programmer.revoke", &rv.base, NULL, 0, &r, NULL, 0), NU_OK);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-1 %s/broker/revoked", F.dir), 0);
+    /* the next request fails: kicked by the broker, or refused by the cloud */
+    int rc = cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r);
+    CU_ASSERT(rc == NU_ERR_REVOKED || rc == NU_ERR_NOT_AUTHORIZED || rc == NU_ERR_CONNECTION ||
+              rc == NU_ERR_STATE || rc == NU_ERR_TIMEOUT);
+    nu_envelope_free(r);
+    for (int i = 0; i < 100 && nu_mqtt_is_connected(c1.m); i++)
+        usleep(20000);
+    CU_ASSERT_FALSE(nu_mqtt_is_connected(c1.m));
+    /* and it cannot come back: no reconnect, no new token, no second revoke */
+    struct cf_client again;
+    CU_ASSERT_EQUAL(cf_client_open(&F, "prog-1", p1.cert, p1.key, &again), NU_ERR_NOT_AUTHORIZED);
+    char token[160];
+    CU_ASSERT_EQUAL(cf_token(&oem, "prog-1", 0, token, sizeof(token)), NU_ERR_REVOKED);
+    CU_ASSERT_EQUAL(cf_call(&oem, "programmer.revoke", &rv.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_STATE);
+    /* the others are unaffected */
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-2 %s/broker/revoked", F.dir) == 0, 0);
+    CU_ASSERT(nu_mqtt_is_connected(c2.m));
+}
+
+/* ------------------------------------------------------------ CLI, audit */
+
+static void test_cli(void)
+{
+    const char *nusec = NUSEC_BINARY_DIR "/bin/nusec";
+    char out[CF_PATH_MAX + 32];
+    snprintf(out, sizeof(out), "%s/cli.out", F.tmp);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s programmer token --dir %s --name prog-9 --ttl 2h > %s", nusec, F.dir, out),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -Eqx '[0-9a-f]{64}' %s", out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s programmer list --dir %s --json > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"id\":\"prog-1\",\"state\":\"revoked\"' %s", out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q '^1020304050607080 .*provisioned' %s", out), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s device list --dir %s --uid aabbcc01 --json > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"uid\":\"aabbcc01\"' %s", out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke aabbcc01 --dir %s --job job-a --reason rma "
+                               ">/dev/null",
+                               nusec, F.dir),
+                    0);
+    /* refusals: exit 1 and the error name on stderr */
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s device revoke aabbcc01 --dir %s --job job-a 2> %s", nusec, F.dir, out), 1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q STATE %s", out), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s programmer revoke prog-2 --dir %s --reason test >/dev/null", nusec, F.dir),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-2 %s/broker/revoked", F.dir), 0);
+    /* usage errors: 2 */
+    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke aabbcc01 --dir %s 2>/dev/null", nusec, F.dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s programmer token --dir %s 2>/dev/null", nusec, F.dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --uid xyz 2>/dev/null", nusec, F.dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s programmer list --help >/dev/null", nusec), 0);
+}
+
+static void test_audit_verify_detects_edits(void)
+{
+    const char *nusec = NUSEC_BINARY_DIR "/bin/nusec";
+    char out[CF_PATH_MAX + 32];
+    snprintf(out, sizeof(out), "%s/audit.out", F.tmp);
+    CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s audit verify --dir %s > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'chain *ok' %s", out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s audit verify --dir %s --json > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"ok\":true' %s", out), 0);
+    /* an edit made with the sqlite3 shell, protective triggers dropped first */
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("sqlite3 %s \"SELECT 'DROP TRIGGER ' || name || ';' FROM sqlite_master "
+                   "WHERE type='trigger'\" | sqlite3 %s && sqlite3 %s \"UPDATE audit_events SET "
+                   "actor='mallory' WHERE kind='cert.issued' AND seq=(SELECT MIN(seq) FROM "
+                   "audit_events WHERE kind='cert.issued')\"",
+                   F.ledger, F.ledger, F.ledger),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s audit verify --dir %s > %s 2>&1", nusec, F.dir, out), 1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'first bad seq' %s", out), 0);
+    /* a missing ledger is a failure too, not a pass */
+    CU_ASSERT_EQUAL(nu_test_sh("%s audit verify --dir %s/nothing 2>/dev/null", nusec, F.tmp), 1);
+}
+
+int main(void)
+{
+    static const struct nu_test_case cases[] = {
+        {"token + enroll through the station", test_enroll_through_station},
+        {"an enrollment token is one-time", test_token_is_one_time},
+        {"a token enrolls only its programmer, with a right CSR",
+         test_token_bound_to_its_programmer},
+        {"tokens: role names, ttl, oem only", test_token_refuses_role_names_and_others},
+        {"programmer.list", test_programmer_list},
+        {"issue a device certificate", test_issue_device_certificate},
+        {"same idempotency key, same certificate", test_same_key_same_certificate},
+        {"cert.request needs an idempotency key", test_idempotency_key_required},
+        {"bad CSRs are typed errors", test_bad_csrs_are_typed_errors},
+        {"quota exhausted", test_quota_exhausted},
+        {"unassigned programmer, unknown job", test_unassigned_programmer_and_unknown_job},
+        {"device reports", test_device_reports},
+        {"device.list and device.revoke", test_device_list_and_revoke},
+        {"retained job state", test_retained_job_state},
+        {"8 concurrent programmers never overshoot", test_concurrent_programmers_never_overshoot},
+        {"a restart answers the same certificate", test_restart_answers_the_same},
+        {"a revoked programmer is refused", test_revoked_programmer_is_refused},
+        {"CLI: programmer, device", test_cli},
+        {"audit verify detects an edit", test_audit_verify_detects_edits},
+        {NULL, NULL},
+    };
+    static const struct nu_test_suite suites[] = {{"cloud stack", setup, teardown, cases}, {NULL}};
+    return nu_test_run("test_cloud", suites);
+}
