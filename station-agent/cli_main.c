@@ -50,7 +50,7 @@ static void cli__usage(FILE *out)
           out);
     for (const struct cli_command *const *t = cli__tables; *t; t++) {
         for (const struct cli_command *c = *t; c->group; c++)
-            fprintf(out, "  %-5s %-10s %s\n", c->group, c->name, c->summary);
+            fprintf(out, "  %-10s %-8s %s\n", c->group, c->name, c->summary);
     }
     fputs("\n"
           "Exit status:\n"
@@ -78,6 +78,9 @@ int main(int argc, char **argv)
             if (strcmp(c->group, argv[1]) != 0)
                 continue;
             group_known = 1;
+            /* A command named "" is the whole group: `nusec monitor [options]`. */
+            if (c->name[0] == '\0')
+                return c->run(argc - 1, argv + 1);
             if (argc >= 3 && strcmp(c->name, argv[2]) == 0)
                 return c->run(argc - 2, argv + 2);
         }

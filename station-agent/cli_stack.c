@@ -1,6 +1,854 @@
-/* nusec stack ... */
+/* nusec stack up|down|status — the whole local stack on loopback. */
 #include "cli.h"
+#include "cli_cloud.h"
+#include "pki_init.h"
+
+#include "station_daemon.h"
+#include "station_db.h"
+#include "station_event.h"
+#include "station_owners.h"
+#include "station_proc.h"
+
+#include "nu_client.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_mqtt.h"
+#include "nu_paths.h"
+#include "nu_util.h"
+
+#include <dirent.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef NUSEC_MOSQUITTO_BIN
+#define NUSEC_MOSQUITTO_BIN "/usr/sbin/mosquitto"
+#endif
+
+#define STACK__PROG_MAX 64
+#define STACK__GRACE_MS 5000u
+#define STACK__TOKEN_TTL_S 600u
+#define STACK__STATION "station"
+
+static const char cli__up_usage[] =
+    "usage: nusec stack up [--dir DIR] [--programmers P] [--sockets S] [--devices N]\n"
+    "                      [--flash-us-per-kib T] [--timeout S]\n"
+    "\n"
+    "Start the whole local stack on loopback, each service as a daemon with its pid\n"
+    "in DIR/run/NAME.pid and its output in DIR/logs/NAME.log:\n"
+    "  1. the PKI, SoftHSM2 token and broker configuration (`nusec pki init`) if\n"
+    "     DIR/pki does not exist;\n"
+    "  2. broker: mosquitto with DIR/broker/mosquitto.conf (nusec_auth plugin);\n"
+    "  3. cloud: nusec-cloud; 4. station: nusec-station;\n"
+    "  5. programmers prog-1..prog-P: each not yet enrolled gets a one-time token\n"
+    "     (enroll.token as oem), the line \"station prog-N\" in DIR/broker/owners,\n"
+    "     and enrolls (nusec-programmer --enroll); then it runs with S sockets and\n"
+    "     its share of the N simulated blank targets (under DIR/targets).\n"
+    "Each service must become healthy before the next starts (broker port open,\n"
+    "cloud answering, station connected, programmer status ONLINE). Services\n"
+    "already running are kept. If anything fails, everything is stopped again.\n"
+    "\n"
+    "  --dir DIR               state directory (default: $NUSEC_HOME)\n"
+    "  --programmers P         0..64 (default 2)\n"
+    "  --sockets S             target sockets per programmer (default 4)\n"
+    "  --devices N             blank targets in all, split across programmers (default 0)\n"
+    "  --flash-us-per-kib T    simulated flash time (default 0)\n"
+    "  --timeout S             per service health wait (default 30)\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "Programs are taken from $NUSEC_BIN_DIR, else the folder of this nusec; the\n"
+    "broker from $NUSEC_MOSQUITTO, else " NUSEC_MOSQUITTO_BIN ".\n"
+    "Exit status: 0 up, 1 failed (stopped again; see the log tail printed),\n"
+    "2 usage error.\n";
+
+static const char cli__down_usage[] =
+    "usage: nusec stack down [--dir DIR]\n"
+    "\n"
+    "Stop the local stack in reverse order (programmers, station, cloud, broker):\n"
+    "SIGTERM, up to 5 s, then SIGKILL; remove the pid files. A pid whose process is\n"
+    "not the expected program (recycled pid) is never signalled.\n"
+    "\n"
+    "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help  this text\n"
+    "\n"
+    "Exit status: 0 stopped (or nothing was running), 1 a process would not die,\n"
+    "2 usage error.\n";
+
+static const char cli__status_usage[] =
+    "usage: nusec stack status [--dir DIR] [--json]\n"
+    "\n"
+    "Each service of the local stack: pid, alive or dead, and for programmers the\n"
+    "status they retain on the bus (state, job, counter / limit).\n"
+    "\n"
+    "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
+    "  --json      one JSON object per service and line\n"
+    "  -h, --help  this text\n"
+    "\n"
+    "Exit status: 0 every service alive, 1 a service is dead or no stack runs,\n"
+    "2 usage error.\n";
+
+/* The statuses programmers retain, collected through a monitor session. */
+struct stack__seen {
+    struct station_status s;
+    uint64_t received_ms;
+};
+
+struct stack {
+    const char *dir;
+    char bin[PATH_MAX];
+    char run[PATH_MAX];
+    char logs[PATH_MAX];
+    unsigned programmers, sockets, devices, flash_us, timeout_s;
+    int json;
+    struct cli_cloud oem;
+    struct nu_mqtt *mon;
+    pthread_mutex_t lock;
+    struct stack__seen seen[STACK__PROG_MAX * 2];
+    size_t n_seen;
+};
+
+/* A service of the stack: pid file name and the program it must be. */
+struct stack__svc {
+    char name[NU_ENVELOPE_ID_MAX + 1];
+    const char *program;
+};
+
+static volatile sig_atomic_t stack__interrupted;
+
+static void stack__on_signal(int sig)
+{
+    (void)sig;
+    stack__interrupted = 1;
+}
+
+static void stack__sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+static int stack__uint(const char *opt, const char *text, unsigned max, unsigned *out)
+{
+    char *end = NULL;
+    unsigned long v = strtoul(text, &end, 10);
+    if (!*text || *end || text[0] == '-' || v > max) {
+        cli_errorf("stack: %s wants 0..%u, not '%s'", opt, max, text);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int stack__parse(int argc, char **argv, const char *usage, int up, int json, struct stack *s)
+{
+    static const struct option longopts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"programmers", required_argument, NULL, 'P'},
+        {"sockets", required_argument, NULL, 'S'},
+        {"devices", required_argument, NULL, 'N'},
+        {"flash-us-per-kib", required_argument, NULL, 'T'},
+        {"timeout", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *dir = NULL;
+    int c, bad = 0;
+    s->programmers = 2;
+    s->sockets = 4;
+    s->timeout_s = 30;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        if (c == 'h') {
+            fputs(usage, stdout);
+            return -1;
+        }
+        if (c == 'd') {
+            dir = optarg;
+            continue;
+        }
+        if (c == 'j' && json) {
+            s->json = 1;
+            continue;
+        }
+        if (!up || c == '?' || c == 'j') {
+            fputs(usage, stderr);
+            return CLI_EXIT_USAGE;
+        }
+        switch (c) {
+        case 'P':
+            bad = stack__uint("--programmers", optarg, STACK__PROG_MAX, &s->programmers);
+            break;
+        case 'S':
+            bad = stack__uint("--sockets", optarg, 64, &s->sockets) || !s->sockets;
+            break;
+        case 'N':
+            bad = stack__uint("--devices", optarg, 10000000, &s->devices);
+            break;
+        case 'T':
+            bad = stack__uint("--flash-us-per-kib", optarg, 10000000, &s->flash_us);
+            break;
+        case 't':
+            bad = stack__uint("--timeout", optarg, 3600, &s->timeout_s) || !s->timeout_s;
+            break;
+        default:
+            bad = 1;
+        }
+        if (bad)
+            return CLI_EXIT_USAGE;
+    }
+    if (optind < argc) {
+        cli_errorf("stack: unexpected argument '%s'", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (!(s->dir = cli_state_dir(dir)))
+        return CLI_EXIT_USAGE;
+    int rc = nu_paths_get(s->dir, NU_PATH_RUN, s->run, sizeof(s->run));
+    if (rc == NU_OK)
+        rc = nu_paths_get(s->dir, NU_PATH_LOGS, s->logs, sizeof(s->logs));
+    if (rc != NU_OK)
+        return cli_fail("stack", rc);
+    return CLI_EXIT_OK;
+}
+
+static int stack__file(const struct stack *s, const char *folder, const char *name, const char *ext,
+                       char *out, size_t cap)
+{
+    (void)s;
+    return nu_path_fmt(out, cap, "%s/%s%s", folder, name, ext);
+}
+
+/* ---- the monitor session (programmer statuses) ------------------------------------------ */
+
+static void stack__on_status(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    struct stack *s = ud;
+    struct station_status st;
+    if (station_status_decode(msg->topic, msg->payload, msg->len, &st, NULL) != NU_OK)
+        return;
+    pthread_mutex_lock(&s->lock);
+    size_t i = 0;
+    while (i < s->n_seen && strcmp(s->seen[i].s.programmer_id, st.programmer_id) != 0)
+        i++;
+    if (i < sizeof(s->seen) / sizeof(s->seen[0])) {
+        s->seen[i].s = st;
+        s->seen[i].received_ms = nu_time_ms();
+        if (i == s->n_seen)
+            s->n_seen++;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int stack__mon_open(struct stack *s)
+{
+    char client_id[64];
+    if (s->mon)
+        return NU_OK;
+    snprintf(client_id, sizeof(client_id), "monitor:stack-%ld", (long)getpid());
+    struct nu_client_opts o = {
+        .dir = s->dir, .identity = "monitor", .client_id = client_id, .clean_start = 1};
+    int rc = nu_client_connect(&o, &s->mon);
+    if (rc == NU_OK)
+        rc = nu_mqtt_subscribe(s->mon, "nusec/v1/prog/+/status", 1, stack__on_status, s);
+    if (rc != NU_OK) {
+        nu_mqtt_destroy(s->mon);
+        s->mon = NULL;
+    }
+    return rc;
+}
+
+/* The last status of `name`; 0 if none was received. */
+static int stack__seen_get(struct stack *s, const char *name, struct stack__seen *out)
+{
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->n_seen && !found; i++) {
+        if (strcmp(s->seen[i].s.programmer_id, name) == 0) {
+            *out = s->seen[i];
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+static void stack__close(struct stack *s)
+{
+    if (s->mon) {
+        nu_mqtt_unsubscribe(s->mon, "nusec/v1/prog/+/status");
+        nu_mqtt_disconnect(s->mon);
+        nu_mqtt_destroy(s->mon);
+        s->mon = NULL;
+    }
+    if (s->oem.mqtt)
+        cli_cloud_close(&s->oem);
+}
+
+/* ---- health checks ---------------------------------------------------------------------- */
+
+struct stack__health {
+    struct stack *s;
+    pid_t pid;
+    uint64_t spawned_ms; /* wall clock */
+    const char *name;
+};
+
+static int stack__endpoint(const char *dir, char *host, size_t cap, int *port)
+{
+    char path[PATH_MAX];
+    uint8_t *text = NULL;
+    size_t len = 0;
+    int rc = nu_paths_get(dir, NU_PATH_BROKER_ENDPOINT, path, sizeof(path));
+    if (rc == NU_OK)
+        rc = nu_file_read(path, 512, &text, &len);
+    if (rc == NU_OK)
+        rc = nu_mqtt_endpoint_parse((const char *)text, host, cap, port);
+    free(text);
+    return rc;
+}
+
+static int stack__broker_ok(struct stack__health *h)
+{
+    char host[256];
+    int port = 0;
+    return stack__endpoint(h->s->dir, host, sizeof(host), &port) == NU_OK &&
+           station_tcp_probe(host, port, 300);
+}
+
+static int stack__oem_open(struct stack *s)
+{
+    if (s->oem.mqtt)
+        return NU_OK;
+    /* Its own client id: the operator's `nusec` commands as oem are not taken over. */
+    struct nu_client_opts o = {
+        .dir = s->dir, .identity = "oem", .client_id = "oem:stack", .clean_start = 1};
+    int rc = nu_envelope_sender_create("oem", NU_ENVELOPE_SEQ_FROM_CLOCK, &s->oem.sender);
+    if (rc == NU_OK)
+        rc = nu_client_connect(&o, &s->oem.mqtt);
+    if (rc != NU_OK)
+        cli_cloud_close(&s->oem);
+    return rc;
+}
+
+/* Any typed answer from a cloud agent means it serves; silence does not. */
+static int stack__cloud_ok(struct stack__health *h)
+{
+    char detail[256] = "";
+    Nusec__V1__Envelope *reply = NULL;
+    Nusec__V1__ProgrammerListRequest req = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+    if (stack__oem_open(h->s) != NU_OK)
+        return 0;
+    int rc = nu_client_request(h->s->oem.mqtt, h->s->oem.sender, "programmer.list", &req.base, NULL,
+                               0, 2000, &reply, detail, sizeof(detail));
+    nu_envelope_free(reply);
+    if (rc == NU_OK || detail[0])
+        return 1;
+    return rc != NU_ERR_NOT_FOUND && rc != NU_ERR_TIMEOUT && rc != NU_ERR_CONNECTION &&
+           rc != NU_ERR_STATE && rc != NU_ERR_MQTT;
+}
+
+static int stack__station_ok(struct stack__health *h)
+{
+    pid_t pid = 0;
+    char ready[32];
+    struct station_db *db = NULL;
+    if (!station_daemon_running(h->s->dir, &pid) || pid != h->pid)
+        return 0;
+    int ok = station_db_open_dir(h->s->dir, &db) == NU_OK &&
+             station_db_meta_get(db, "ready_pid", ready, sizeof(ready)) == NU_OK &&
+             atol(ready) == (long)h->pid;
+    station_db_close(db);
+    return ok;
+}
+
+static int stack__programmer_ok(struct stack__health *h)
+{
+    struct stack__seen seen;
+    if (stack__mon_open(h->s) != NU_OK || !stack__seen_get(h->s, h->name, &seen))
+        return 0;
+    /* A fresh ONLINE status: not the retained one of an earlier run. */
+    return seen.s.state != NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_OFFLINE &&
+           seen.s.state != 0 && seen.s.sent_at_ms + 2000u >= h->spawned_ms;
+}
+
+/*
+ * Wait until ok(h) or the timeout; fail at once when the process died.
+ * Returns NU_OK, TIMEOUT, STATE (it exited) or INTERNAL (interrupted).
+ */
+static int stack__wait_healthy(struct stack__health *h, int (*ok)(struct stack__health *))
+{
+    uint64_t deadline = nu_mono_ms() + (uint64_t)h->s->timeout_s * 1000u;
+    for (;;) {
+        if (stack__interrupted)
+            return NU_ERR_INTERNAL;
+        if (!station_proc_alive(h->pid))
+            return NU_ERR_STATE;
+        if (ok(h))
+            return NU_OK;
+        if (nu_mono_ms() >= deadline)
+            return NU_ERR_TIMEOUT;
+        stack__sleep_ms(100);
+    }
+}
+
+/* ---- starting one service ------------------------------------------------------------------ */
+
+/* pid of a running `program` recorded in DIR/run/NAME.pid, else 0. */
+static pid_t stack__running(const struct stack *s, const char *name, const char *program)
+{
+    char path[PATH_MAX];
+    pid_t pid = 0;
+    if (stack__file(s, s->run, name, ".pid", path, sizeof(path)) != NU_OK ||
+        station_pidfile_read(path, &pid) != NU_OK)
+        return 0;
+    return station_proc_alive(pid) && station_proc_is(pid, program) ? pid : 0;
+}
+
+static void stack__explain(const struct stack *s, const char *name, int rc)
+{
+    char log[PATH_MAX];
+    if (rc == NU_ERR_STATE)
+        cli_errorf("stack up: %s exited during start-up", name);
+    else if (rc == NU_ERR_TIMEOUT)
+        cli_errorf("stack up: %s not healthy after %u s", name, s->timeout_s);
+    else if (rc == NU_ERR_INTERNAL)
+        cli_errorf("stack up: interrupted while starting %s", name);
+    else
+        cli_errorf("stack up: %s: %s (%s)", name, nu_err_str(rc), nu_err_name(rc));
+    if (stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK)
+        station_log_tail(log, 12);
+}
+
+/*
+ * Start `name` (unless it already runs) and wait for ok(). *out_pid set.
+ * Returns NU_OK or the failure (already explained on stderr).
+ */
+static int stack__start(struct stack *s, const char *name, const char *program, char *const argv[],
+                        int (*ok)(struct stack__health *), pid_t *out_pid, int quiet)
+{
+    char pidfile[PATH_MAX], log[PATH_MAX];
+    struct stack__health h = {.s = s, .name = name};
+    int rc = stack__file(s, s->run, name, ".pid", pidfile, sizeof(pidfile));
+    if (rc == NU_OK)
+        rc = stack__file(s, s->logs, name, ".log", log, sizeof(log));
+    if (rc != NU_OK)
+        return rc;
+    if ((h.pid = stack__running(s, name, program)) != 0) {
+        printf("%-10s already running (pid %ld)\n", name, (long)h.pid);
+        h.spawned_ms = 0;
+    } else {
+        h.spawned_ms = nu_time_ms();
+        rc = station_proc_spawn(argv, log, &h.pid);
+        if (rc == NU_OK)
+            rc = station_pidfile_write(pidfile, h.pid);
+        if (rc != NU_OK) {
+            stack__explain(s, name, rc);
+            return rc;
+        }
+    }
+    *out_pid = h.pid;
+    rc = stack__wait_healthy(&h, ok);
+    if (rc != NU_OK) {
+        if (!quiet)
+            stack__explain(s, name, rc);
+        return rc;
+    }
+    printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
+    fflush(stdout);
+    return NU_OK;
+}
+
+static int stack__prog_path(const struct stack *s, const char *program, char *out, size_t cap)
+{
+    int rc = nu_path_fmt(out, cap, "%s/%s", s->bin, program);
+    if (rc == NU_OK && access(out, X_OK) != 0) {
+        cli_errorf("stack up: %s not found or not executable (set NUSEC_BIN_DIR)", out);
+        rc = NU_ERR_NOT_FOUND;
+    }
+    return rc;
+}
+
+static int stack__up_broker(struct stack *s)
+{
+    char conf[PATH_MAX];
+    pid_t pid;
+    const char *bin = getenv("NUSEC_MOSQUITTO");
+    int rc = nu_paths_get(s->dir, NU_PATH_BROKER_CONF, conf, sizeof(conf));
+    if (rc != NU_OK)
+        return rc;
+    char *argv[] = {(char *)(bin && *bin ? bin : NUSEC_MOSQUITTO_BIN), "-c", conf, NULL};
+    return stack__start(s, "broker", "mosquitto", argv, stack__broker_ok, &pid, 0);
+}
+
+static int stack__up_cloud(struct stack *s)
+{
+    char exe[PATH_MAX];
+    pid_t pid;
+    int rc = stack__prog_path(s, "nusec-cloud", exe, sizeof(exe));
+    char *argv[] = {exe, "--dir", (char *)s->dir, NULL};
+    return rc ? rc : stack__start(s, "cloud", "nusec-cloud", argv, stack__cloud_ok, &pid, 0);
+}
+
+static int stack__up_station(struct stack *s)
+{
+    char exe[PATH_MAX];
+    pid_t pid;
+    int rc = stack__prog_path(s, "nusec-station", exe, sizeof(exe));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, NULL};
+    return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
+}
+
+/* ---- programmers ------------------------------------------------------------------------- */
+
+static int stack__token(struct stack *s, const char *name, char *out, size_t cap)
+{
+    Nusec__V1__Envelope *reply = NULL;
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    req.programmer_id = (char *)name;
+    req.ttl_s = STACK__TOKEN_TTL_S;
+    int rc = stack__oem_open(s);
+    if (rc == NU_OK)
+        rc = cli_cloud_call(&s->oem, "enroll.token", &req.base,
+                            NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
+    if (rc == NU_OK && (!reply->enroll_token_response->token ||
+                        strlen(reply->enroll_token_response->token) >= cap))
+        rc = NU_ERR_DECODE;
+    if (rc == NU_OK)
+        strcpy(out, reply->enroll_token_response->token);
+    if (reply) {
+        if (reply->enroll_token_response && reply->enroll_token_response->token)
+            nu_zero(reply->enroll_token_response->token,
+                    strlen(reply->enroll_token_response->token));
+        nu_envelope_free(reply);
+    }
+    return rc;
+}
+
+static int stack__enroll(struct stack *s, const char *name, const char *exe)
+{
+    char token[NU_ENVELOPE_TOKEN_MAX + 1], log[PATH_MAX];
+    pid_t pid = 0;
+    int status = 0;
+    /* The station relays the enrollment and commands the programmer afterwards. */
+    int rc = station_owners_add(s->dir, STACK__STATION, name);
+    if (rc == NU_OK)
+        rc = stack__token(s, name, token, sizeof(token));
+    if (rc == NU_OK)
+        rc = stack__file(s, s->logs, name, ".log", log, sizeof(log));
+    if (rc == NU_OK) {
+        /* The programmer's interface takes the one-time token as an argument. */
+        char *argv[] = {(char *)exe,  "--dir",    (char *)s->dir, "--name",
+                        (char *)name, "--enroll", token,          NULL};
+        rc = station_proc_spawn(argv, log, &pid);
+    }
+    nu_zero(token, sizeof(token));
+    if (rc == NU_OK)
+        rc = station_proc_wait_child(pid, s->timeout_s * 1000u, &status);
+    if (rc == NU_ERR_TIMEOUT)
+        station_proc_stop(pid, 1000);
+    if (rc == NU_OK && status != 0)
+        rc = NU_ERR_STATE;
+    if (rc == NU_OK) {
+        printf("%-10s enrolled (through the station identity)\n", name);
+        return NU_OK;
+    }
+    cli_errorf("stack up: enrollment of %s failed: %s", name,
+               rc == NU_ERR_STATE ? "nusec-programmer --enroll failed" : nu_err_name(rc));
+    if (stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK)
+        station_log_tail(log, 12);
+    return rc == NU_ERR_STATE ? NU_ERR_STATE : rc;
+}
+
+static int stack__enrolled(const struct stack *s, const char *name)
+{
+    char path[PATH_MAX];
+    return nu_path_fmt(path, sizeof(path), "%s/programmers/%s/keystore.bin", s->dir, name) ==
+               NU_OK &&
+           nu_path_exists(path);
+}
+
+static int stack__up_programmer(struct stack *s, unsigned index)
+{
+    char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16], log[PATH_MAX];
+    pid_t pid = 0;
+    unsigned share = s->devices / s->programmers + (index < s->devices % s->programmers);
+    snprintf(name, sizeof(name), "prog-%u", index + 1);
+    snprintf(sockets, sizeof(sockets), "%u", s->sockets);
+    snprintf(devices, sizeof(devices), "%u", share);
+    snprintf(flash, sizeof(flash), "%u", s->flash_us);
+    int rc = stack__prog_path(s, "nusec-programmer", exe, sizeof(exe));
+    if (rc == NU_OK && !stack__running(s, name, "nusec-programmer") && !stack__enrolled(s, name))
+        rc = stack__enroll(s, name, exe);
+    if (rc == NU_OK)
+        rc = station_owners_add(s->dir, STACK__STATION, name);
+    if (rc != NU_OK)
+        return rc;
+    char *argv[] = {exe,         "--dir", (char *)s->dir, "--name", name,
+                    "--sockets", sockets, "--devices",    devices,  "--flash-us-per-kib",
+                    flash,       NULL};
+    rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
+    /* A KeyStore left by an interrupted enrollment: enroll again, once. */
+    if (rc == NU_ERR_STATE && stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK &&
+        station_log_contains(log, "is not enrolled")) {
+        rc = stack__enroll(s, name, exe);
+        if (rc == NU_OK)
+            rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
+    }
+    if (rc != NU_OK)
+        stack__explain(s, name, rc);
+    return rc;
+}
+
+/* ---- down ------------------------------------------------------------------------------- */
+
+static int stack__svc_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct stack__svc *)a)->name, ((const struct stack__svc *)b)->name);
+}
+
+/*
+ * The services with a pid file, in start order: broker, cloud, station, then
+ * programmers (prog-*) by name. Returns how many were found (<= cap).
+ */
+static size_t stack__services(const struct stack *s, struct stack__svc *out, size_t cap)
+{
+    static const struct stack__svc fixed[] = {
+        {"broker", "mosquitto"}, {"cloud", "nusec-cloud"}, {"station", "nusec-station"}};
+    size_t n = 0;
+    char path[PATH_MAX];
+    for (size_t i = 0; i < 3 && n < cap; i++) {
+        if (stack__file(s, s->run, fixed[i].name, ".pid", path, sizeof(path)) == NU_OK &&
+            nu_path_exists(path))
+            out[n++] = fixed[i];
+    }
+    size_t first_prog = n;
+    DIR *d = opendir(s->run);
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < cap) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "prog-", 5) != 0 || len < 5 || len - 4 > NU_ENVELOPE_ID_MAX ||
+            strcmp(e->d_name + len - 4, ".pid") != 0)
+            continue;
+        snprintf(out[n].name, sizeof(out[n].name), "%.*s", (int)(len - 4), e->d_name);
+        out[n++].program = "nusec-programmer";
+    }
+    if (d)
+        closedir(d);
+    qsort(out + first_prog, n - first_prog, sizeof(*out), stack__svc_cmp);
+    return n;
+}
+
+/* SIGTERM a group at once, wait for all, SIGKILL the stragglers. Returns failures. */
+static int stack__stop_group(const struct stack *s, const struct stack__svc *svc, size_t n)
+{
+    pid_t pids[STACK__PROG_MAX + 8];
+    char path[PATH_MAX];
+    int failures = 0;
+    for (size_t i = 0; i < n; i++) {
+        pids[i] = 0;
+        if (stack__file(s, s->run, svc[i].name, ".pid", path, sizeof(path)) != NU_OK ||
+            station_pidfile_read(path, &pids[i]) != NU_OK)
+            continue;
+        if (!station_proc_alive(pids[i]) || !station_proc_is(pids[i], svc[i].program)) {
+            printf("%-10s was not running\n", svc[i].name);
+            pids[i] = 0;
+            unlink(path);
+            continue;
+        }
+        kill(pids[i], SIGTERM);
+    }
+    uint64_t deadline = nu_mono_ms() + STACK__GRACE_MS;
+    for (size_t i = 0; i < n; i++) {
+        if (!pids[i])
+            continue;
+        while (station_proc_alive(pids[i]) && nu_mono_ms() < deadline)
+            stack__sleep_ms(50);
+        int how = station_proc_stop(pids[i], 0);
+        if (how < 0) {
+            cli_errorf("stack down: %s (pid %ld) would not die", svc[i].name, (long)pids[i]);
+            failures++;
+            continue;
+        }
+        printf("%-10s stopped (pid %ld%s)\n", svc[i].name, (long)pids[i], how ? ", killed" : "");
+        if (stack__file(s, s->run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+            unlink(path);
+    }
+    return failures;
+}
+
+static int stack__down_all(const struct stack *s)
+{
+    struct stack__svc svc[STACK__PROG_MAX + 8];
+    size_t n = stack__services(s, svc, sizeof(svc) / sizeof(svc[0]));
+    size_t fixed = 0;
+    while (fixed < n && strncmp(svc[fixed].name, "prog-", 5) != 0)
+        fixed++;
+    if (!n) {
+        printf("no stack running in %s\n", s->dir);
+        return 0;
+    }
+    int failures = stack__stop_group(s, svc + fixed, n - fixed);
+    for (size_t i = fixed; i-- > 0;)
+        failures += stack__stop_group(s, &svc[i], 1);
+    return failures;
+}
+
+/* ---- commands -------------------------------------------------------------------------------- */
+
+static int stack__prepare(struct stack *s)
+{
+    char pki[PATH_MAX];
+    int rc = nu_paths_get(s->dir, NU_PATH_PKI, pki, sizeof(pki));
+    if (rc == NU_OK && !nu_path_exists(pki)) {
+        struct pki_init_opts o = {.dir = s->dir, .host = "127.0.0.1"};
+        if ((rc = pki_init_run(&o)) == NU_ERR_EXISTS)
+            cli_errorf("stack up: %s has a broker or HSM folder but no pki/: move it away or "
+                       "run `nusec pki init --force`",
+                       s->dir);
+        else if (rc != NU_OK)
+            cli_fail("stack up: pki init", rc);
+        else
+            printf("%-10s created in %s (nusec pki init)\n", "pki", s->dir);
+    }
+    if (rc == NU_OK)
+        rc = nu_paths_create_layout(s->dir);
+    if (rc == NU_OK && (rc = station_bin_dir(s->bin, sizeof(s->bin))) != NU_OK)
+        cli_errorf("stack up: cannot find the folder of the NuSEC programs (set NUSEC_BIN_DIR)");
+    return rc;
+}
+
+static int cli__stack_up(int argc, char **argv)
+{
+    struct stack s;
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_init(&s.lock, NULL);
+    int rc = stack__parse(argc, argv, cli__up_usage, 1, 0, &s);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if ((rc = stack__prepare(&s)) != NU_OK)
+        return CLI_EXIT_FAIL;
+    /* Health polls expect refusals while services come up: keep the log to errors. */
+    nu_log_init("nusec", NU_LOG_ERROR, NULL);
+    struct sigaction sa = {.sa_handler = stack__on_signal}, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    rc = stack__up_broker(&s);
+    if (rc == NU_OK)
+        rc = stack__up_cloud(&s);
+    if (rc == NU_OK)
+        rc = stack__up_station(&s);
+    for (unsigned i = 0; rc == NU_OK && i < s.programmers; i++)
+        rc = stack__up_programmer(&s, i);
+    stack__close(&s);
+    if (rc != NU_OK) {
+        cli_errorf("stack up failed: stopping what runs in %s", s.dir);
+        stack__down_all(&s);
+    } else {
+        printf("stack up in %s (stop it with: nusec stack down --dir %s)\n", s.dir, s.dir);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    pthread_mutex_destroy(&s.lock);
+    return rc == NU_OK ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
+
+static int cli__stack_down(int argc, char **argv)
+{
+    struct stack s;
+    memset(&s, 0, sizeof(s));
+    int rc = stack__parse(argc, argv, cli__down_usage, 0, 0, &s);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    return stack__down_all(&s) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+static void stack__status_line(struct stack *s, const struct stack__svc *svc, pid_t pid, int alive,
+                               const struct stack__seen *seen)
+{
+    char detail[400] = "", esc[1200];
+    if (seen) {
+        snprintf(detail, sizeof(detail), "%s job=%s %" PRIu32 "/%" PRIu32 " sockets=%" PRIu32,
+                 station_prog_state_name(seen->s.state), seen->s.job_id[0] ? seen->s.job_id : "-",
+                 seen->s.counter, seen->s.limit, seen->s.sockets);
+    } else if (!strcmp(svc->name, "broker")) {
+        char host[256];
+        int port = 0;
+        if (stack__endpoint(s->dir, host, sizeof(host), &port) == NU_OK)
+            snprintf(detail, sizeof(detail), "%s:%d%s", host, port,
+                     alive && !station_tcp_probe(host, port, 300) ? " (not listening)" : "");
+    }
+    if (s->json) {
+        printf("{\"service\":\"%s\",\"pid\":%ld,\"alive\":%s", svc->name, (long)pid,
+               alive ? "true" : "false");
+        if (seen) {
+            station_json_escape(station_prog_state_name(seen->s.state), esc, sizeof(esc));
+            printf(",\"state\":%s", esc);
+            station_json_escape(seen->s.job_id, esc, sizeof(esc));
+            printf(",\"job\":%s,\"counter\":%" PRIu32 ",\"limit\":%" PRIu32, esc, seen->s.counter,
+                   seen->s.limit);
+        }
+        station_json_escape(detail, esc, sizeof(esc));
+        printf(",\"detail\":%s}\n", esc);
+    } else {
+        char pidtext[16];
+        snprintf(pidtext, sizeof(pidtext), "%ld", (long)pid);
+        printf("%-10s %-8s %-6s %s\n", svc->name, pid ? pidtext : "-", alive ? "alive" : "dead",
+               detail);
+    }
+}
+
+static int cli__stack_status(int argc, char **argv)
+{
+    struct stack s;
+    struct stack__svc svc[STACK__PROG_MAX + 8];
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_init(&s.lock, NULL);
+    int rc = stack__parse(argc, argv, cli__status_usage, 0, 1, &s);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    size_t n = stack__services(&s, svc, sizeof(svc) / sizeof(svc[0]));
+    if (!n) {
+        printf("no stack in %s (start one with: nusec stack up --dir %s)\n", s.dir, s.dir);
+        return CLI_EXIT_FAIL;
+    }
+    int all_alive = 1;
+    pid_t broker = stack__running(&s, "broker", "mosquitto");
+    /* Retained statuses arrive right after the subscription is granted. */
+    if (broker && stack__mon_open(&s) == NU_OK)
+        stack__sleep_ms(500);
+    if (!s.json)
+        printf("%-10s %-8s %-6s %s\n", "SERVICE", "PID", "STATE", "DETAIL");
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        pid_t pid = 0;
+        struct stack__seen seen;
+        if (stack__file(&s, s.run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+            station_pidfile_read(path, &pid);
+        int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
+        all_alive = all_alive && alive;
+        int have =
+            !strcmp(svc[i].program, "nusec-programmer") && stack__seen_get(&s, svc[i].name, &seen);
+        stack__status_line(&s, &svc[i], pid, alive, have ? &seen : NULL);
+    }
+    stack__close(&s);
+    pthread_mutex_destroy(&s.lock);
+    return all_alive ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
 
 const struct cli_command cli_stack_commands[] = {
+    {"stack", "up", "start PKI, broker, cloud, station and programmers on loopback", cli__stack_up},
+    {"stack", "down", "stop the local stack", cli__stack_down},
+    {"stack", "status", "each service of the local stack: pid, alive, programmer status",
+     cli__stack_status},
     {NULL, NULL, NULL, NULL},
 };

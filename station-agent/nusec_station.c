@@ -1,0 +1,143 @@
+/* nusec-station — the contract manufacturer's station daemon. */
+#include "station_daemon.h"
+
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_util.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char station__usage[] =
+    "usage: nusec-station [--dir DIR] [--name ID] [--poll-ms N] [--log-level LEVEL]\n"
+    "                     [--log FILE]\n"
+    "\n"
+    "The station daemon of the contract manufacturer: delivers the imported\n"
+    "production packages to the programmers the station owns when the operator\n"
+    "starts a job, watches their status, and journals every event of the bus in\n"
+    "DIR/station/station.db.\n"
+    "\n"
+    "  --dir DIR          state directory (default: $NUSEC_HOME)\n"
+    "  --name ID          station identity: DIR/pki/clients/ID.{crt,key}, MQTT client id\n"
+    "                     (default: station)\n"
+    "  --poll-ms N        how often station.db is checked for the operator's\n"
+    "                     commands, 20..5000 (default 200)\n"
+    "  --log-level LEVEL  debug, info, warn, error (default info)\n"
+    "  --log FILE         append the log to FILE instead of stderr\n"
+    "  -h, --help         this text\n"
+    "\n"
+    "Control: `nusec production start|stop --job J` write the job's state into\n"
+    "station.db; the daemon notices within --poll-ms (PRAGMA data_version). One\n"
+    "daemon per state directory (lock DIR/station/station.lock).\n"
+    "\n"
+    "SIGTERM or SIGINT: journal what was received, disconnect, exit 0.\n"
+    "Exit status: 0 clean stop, 1 could not start (or lost its identity), 2 usage error.\n";
+
+static volatile sig_atomic_t station__stop;
+
+static void station__on_signal(int sig)
+{
+    (void)sig;
+    station__stop = 1;
+}
+
+static int station__args(int argc, char **argv, struct station_opts *o, enum nu_log_level *level,
+                         const char **log_file)
+{
+    static const struct option longopts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"name", required_argument, NULL, 'n'},
+        {"poll-ms", required_argument, NULL, 'p'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"log", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *dir = NULL;
+    char *end = NULL;
+    unsigned long v;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            dir = optarg;
+            break;
+        case 'n':
+            o->name = optarg;
+            break;
+        case 'p':
+            v = strtoul(optarg, &end, 10);
+            if (!*optarg || *end || v < 20 || v > 5000) {
+                fprintf(stderr, "nusec-station: --poll-ms wants 20..5000, not '%s'\n", optarg);
+                return 2;
+            }
+            o->poll_ms = (unsigned)v;
+            break;
+        case 'l':
+            if (nu_log_level_parse(optarg, level) != NU_OK) {
+                fprintf(stderr, "nusec-station: unknown log level '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'L':
+            *log_file = optarg;
+            break;
+        case 'h':
+            fputs(station__usage, stdout);
+            return -1;
+        default:
+            fputs(station__usage, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nusec-station: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!(o->dir = nu_state_dir(dir))) {
+        fprintf(stderr, "nusec-station: no state directory: pass --dir DIR or set NUSEC_HOME\n");
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct station_opts opts = {0};
+    enum nu_log_level level = NU_LOG_INFO;
+    const char *log_file = NULL;
+    FILE *log = NULL;
+    int rc = station__args(argc, argv, &opts, &level, &log_file);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if (log_file && !(log = fopen(log_file, "a"))) {
+        fprintf(stderr, "nusec-station: cannot open log %s\n", log_file);
+        return 1;
+    }
+    if (log)
+        setvbuf(log, NULL, _IOLBF, 0);
+    nu_log_init("nusec-station", level, log);
+    struct sigaction sa = {.sa_handler = station__on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct station *st = NULL;
+    rc = station_create(&opts, &st);
+    if (rc == NU_ERR_BUSY)
+        nu_error("another nusec-station runs on %s", opts.dir);
+    else if (rc)
+        nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
+    if (rc == NU_OK)
+        rc = station_run(st, &station__stop);
+    station_destroy(st);
+    if (log) {
+        nu_log_init("nusec-station", level, NULL);
+        fclose(log);
+    }
+    return rc == NU_OK ? 0 : 1;
+}

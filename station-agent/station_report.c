@@ -1,0 +1,249 @@
+#include "station_report.h"
+
+#include "station_daemon.h"
+#include "station_event.h"
+#include "station_progress.h"
+
+#include "nu_err.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct report__build {
+    struct station_report *r;
+    struct station_db *db;
+    size_t cap_jobs;
+    int rc;
+};
+
+/* Rate: sliding window while running; whole-run average once finished. */
+static void report__rate(struct station_db *db, const char *job, const char *prog, int finished,
+                         uint64_t now, uint32_t limit, double *out_rate, int64_t *out_eta,
+                         struct station_counts *c)
+{
+    uint64_t since = now > STATION_RATE_WINDOW_MS ? now - STATION_RATE_WINDOW_MS : 0;
+    if (station_db_counts(db, job, prog, since, c) != NU_OK)
+        memset(c, 0, sizeof(*c));
+    if (finished) {
+        *out_rate = c->last_ms > c->first_ms
+                        ? station_rate_per_min(c->done, c->first_ms, c->last_ms, UINT64_MAX)
+                        : 0.0;
+        *out_eta = 0;
+        return;
+    }
+    *out_rate = station_rate_per_min(c->done_recent, c->first_ms, now, STATION_RATE_WINDOW_MS);
+    *out_eta = station_eta_s(c->done, limit, *out_rate);
+}
+
+static int report__prog_cb(void *ctx, const struct station_package *p)
+{
+    struct report__build *b = ctx;
+    struct station_report_job *j = &b->r->jobs[b->r->n_jobs - 1];
+    struct station_report_prog *grown = realloc(j->progs, (j->n_progs + 1) * sizeof(*grown));
+    struct station_programmer seen;
+    struct station_counts c;
+    if (!grown)
+        return NU_ERR_NOMEM;
+    j->progs = grown;
+    struct station_report_prog *rp = &j->progs[j->n_progs++];
+    memset(rp, 0, sizeof(*rp));
+    snprintf(rp->programmer_id, sizeof(rp->programmer_id), "%s", p->programmer_id);
+    if (station_db_programmer_get(b->db, p->programmer_id, &seen) == NU_OK) {
+        snprintf(rp->state, sizeof(rp->state), "%s", seen.state);
+        if (!strcmp(seen.job_id, p->job_id))
+            rp->counter = seen.counter;
+    } else {
+        snprintf(rp->state, sizeof(rp->state), "unknown");
+    }
+    rp->limit = p->limit;
+    rp->finished = p->finished || j->job.state == STATION_JOB_DONE;
+    rp->delivered_at_ms = p->delivered_at_ms;
+    snprintf(rp->error, sizeof(rp->error), "%s", p->last_error);
+    report__rate(b->db, p->job_id, p->programmer_id, rp->finished, b->r->now_ms, p->limit,
+                 &rp->per_min, &rp->eta_s, &c);
+    rp->done = c.done;
+    rp->failed = c.failed;
+    j->limit += p->limit;
+    j->done += c.done;
+    j->failed += c.failed;
+    return NU_OK;
+}
+
+static int report__job_cb(void *ctx, const struct station_job *job)
+{
+    struct report__build *b = ctx;
+    struct station_report *r = b->r;
+    struct station_counts c;
+    if (r->n_jobs == b->cap_jobs) {
+        size_t cap = b->cap_jobs ? 2 * b->cap_jobs : 8;
+        struct station_report_job *grown = realloc(r->jobs, cap * sizeof(*grown));
+        if (!grown)
+            return NU_ERR_NOMEM;
+        r->jobs = grown;
+        b->cap_jobs = cap;
+    }
+    struct station_report_job *j = &r->jobs[r->n_jobs++];
+    memset(j, 0, sizeof(*j));
+    j->job = *job;
+    int rc = station_db_packages(b->db, job->job_id, report__prog_cb, b);
+    if (rc != NU_OK)
+        return rc;
+    report__rate(b->db, job->job_id, NULL, job->state == STATION_JOB_DONE, r->now_ms, j->limit,
+                 &j->per_min, &j->eta_s, &c);
+    return NU_OK;
+}
+
+int station_report_build(const char *dir, struct station_db *db, const char *job_id,
+                         uint64_t now_ms, struct station_report **out)
+{
+    struct station_job one;
+    if (!db || !out)
+        return NU_ERR_INVALID_ARG;
+    *out = NULL;
+    struct station_report *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NU_ERR_NOMEM;
+    r->now_ms = now_ms;
+    r->daemon_running = dir ? station_daemon_running(dir, &r->daemon_pid) : 0;
+    struct report__build b = {.r = r, .db = db};
+    int rc = job_id ? station_db_job_get(db, job_id, &one) : NU_OK;
+    if (rc == NU_OK)
+        rc = job_id ? report__job_cb(&b, &one) : station_db_jobs(db, report__job_cb, &b);
+    if (rc != NU_OK) {
+        station_report_free(r);
+        return rc;
+    }
+    *out = r;
+    return NU_OK;
+}
+
+void station_report_free(struct station_report *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->n_jobs; i++)
+        free(r->jobs[i].progs);
+    free(r->jobs);
+    free(r);
+}
+
+int station_report_settled(const struct station_report *r)
+{
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        if (r->jobs[i].job.state == STATION_JOB_STARTED)
+            return 0;
+    }
+    return 1;
+}
+
+int station_report_failed(const struct station_report *r)
+{
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const struct station_report_job *j = &r->jobs[i];
+        if (j->failed)
+            return 1;
+        for (size_t k = 0; k < j->n_progs; k++) {
+            if (j->progs[k].error[0])
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- JSON ------------------------------------------------------------------------------ */
+
+static void report__jstr(FILE *out, const char *key, const char *value, int comma)
+{
+    char esc[4 * STATION_DB_ERROR_MAX];
+    if (station_json_escape(value, esc, sizeof(esc)) != NU_OK)
+        snprintf(esc, sizeof(esc), "\"\"");
+    fprintf(out, "%s\"%s\":%s", comma ? "," : "", key, esc);
+}
+
+static void report__jnums(FILE *out, uint32_t limit, uint32_t done, uint32_t failed, double per_min,
+                          int64_t eta)
+{
+    fprintf(out,
+            ",\"limit\":%" PRIu32 ",\"done\":%" PRIu32 ",\"failed\":%" PRIu32
+            ",\"percent\":%u,\"devices_per_min\":%.1f,\"eta_s\":",
+            limit, done, failed, station_percent(done, limit), per_min);
+    if (eta < 0)
+        fputs("null", out);
+    else
+        fprintf(out, "%" PRId64, eta);
+}
+
+void station_report_json(const struct station_report *r, FILE *out)
+{
+    fprintf(out, "{\"now_ms\":%" PRIu64 ",\"daemon\":%s,\"jobs\":[", r->now_ms,
+            r->daemon_running ? "true" : "false");
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const struct station_report_job *j = &r->jobs[i];
+        fputs(i ? ",{" : "{", out);
+        report__jstr(out, "job", j->job.job_id, 0);
+        report__jstr(out, "state", station_job_state_name(j->job.state), 1);
+        report__jstr(out, "firmware", j->job.firmware, 1);
+        report__jnums(out, j->limit, j->done, j->failed, j->per_min, j->eta_s);
+        fputs(",\"programmers\":[", out);
+        for (size_t k = 0; k < j->n_progs; k++) {
+            const struct station_report_prog *p = &j->progs[k];
+            fputs(k ? ",{" : "{", out);
+            report__jstr(out, "programmer", p->programmer_id, 0);
+            report__jstr(out, "state", p->state, 1);
+            report__jnums(out, p->limit, p->done, p->failed, p->per_min, p->eta_s);
+            fprintf(out, ",\"counter\":%" PRIu32 ",\"finished\":%s,\"delivered_at_ms\":%" PRIu64,
+                    p->counter, p->finished ? "true" : "false", p->delivered_at_ms);
+            report__jstr(out, "error", p->error, 1);
+            fputs("}", out);
+        }
+        fputs("]}", out);
+    }
+    fputs("]}\n", out);
+}
+
+/* ---- text -------------------------------------------------------------------------------- */
+
+static void report__line(FILE *out, const char *indent, const char *name, const char *state,
+                         unsigned width, uint32_t limit, uint32_t done, uint32_t failed,
+                         double per_min, int64_t eta)
+{
+    char bar[256], left[32];
+    station_bar(done, limit, width, bar, sizeof(bar));
+    station_duration(eta, left, sizeof(left));
+    fprintf(out,
+            "%s%-*s %-9s %s %6" PRIu32 "/%-6" PRIu32 " %3u%%  %7.1f/min  failed %-4" PRIu32
+            " ETA %s",
+            indent, indent[0] ? 14 : 16, name, state, bar, done, limit,
+            station_percent(done, limit), per_min, failed, left);
+}
+
+int station_report_text(const struct station_report *r, unsigned bar_width, FILE *out)
+{
+    int lines = 0;
+    if (!r->daemon_running) {
+        fputs("warning: nusec-station is not running: nothing is delivered until it starts\n", out);
+        lines++;
+    }
+    if (!r->n_jobs) {
+        fputs("no job (import packages with `nusec package import FILE...`)\n", out);
+        return lines + 1;
+    }
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const struct station_report_job *j = &r->jobs[i];
+        report__line(out, "", j->job.job_id, station_job_state_name(j->job.state), bar_width,
+                     j->limit, j->done, j->failed, j->per_min, j->eta_s);
+        fputc('\n', out);
+        lines++;
+        for (size_t k = 0; k < j->n_progs; k++) {
+            const struct station_report_prog *p = &j->progs[k];
+            report__line(out, "  ", p->programmer_id, p->state, bar_width, p->limit, p->done,
+                         p->failed, p->per_min, p->eta_s);
+            if (p->error[0])
+                fprintf(out, "  ! %s", p->error);
+            fputc('\n', out);
+            lines++;
+        }
+    }
+    return lines;
+}
