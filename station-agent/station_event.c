@@ -273,8 +273,8 @@ int station_json_escape(const char *in, char *out, size_t cap)
         return NU_ERR_INVALID_ARG;
     size_t n = 0;
     const unsigned char *s = (const unsigned char *)in;
-    /* Worst case per input byte: 6 output bytes; plus the quotes and the NUL. */
     char tmp[8];
+/* Room for the piece, the closing quote and the NUL. */
 #define EV__PUT(str, l)                                                                            \
     do {                                                                                           \
         if (n + (l) + 2 > cap)                                                                     \
@@ -282,7 +282,9 @@ int station_json_escape(const char *in, char *out, size_t cap)
         memcpy(out + n, (str), (l));                                                               \
         n += (l);                                                                                  \
     } while (0)
-    EV__PUT("\"", 1);
+    if (cap < 3)
+        goto too_large;
+    out[n++] = '"';
     while (*s) {
         size_t l = ev__utf8_len(s);
         if (l == 0) {
@@ -307,8 +309,8 @@ int station_json_escape(const char *in, char *out, size_t cap)
             s += l;
         }
     }
-    EV__PUT("\"", 1);
 #undef EV__PUT
+    out[n++] = '"';
     out[n] = '\0';
     return NU_OK;
 too_large:

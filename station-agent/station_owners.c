@@ -100,7 +100,8 @@ int station_owners_add(const char *dir, const char *station, const char *program
         goto out;
     if (stat(path, &st) == 0)
         mode = st.st_mode & 0777;
-    size_t cap = old_len + strlen(station) + strlen(programmer) + 3;
+    /* a newline before, the space, the newline and snprintf's NUL */
+    size_t cap = old_len + strlen(station) + strlen(programmer) + 4;
     if (!(buf = malloc(cap))) {
         rc = NU_ERR_NOMEM;
         goto out;
