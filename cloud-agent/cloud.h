@@ -20,6 +20,7 @@
 #include "nu_hsm.h"
 #include "nu_mqtt.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,7 @@ struct cloud_config {
     unsigned queue_max;      /* requests waiting for a worker; beyond: BUSY */
     unsigned chunk_size;     /* firmware chunk bytes */
     unsigned instance;       /* client id "cloud:N", so agents can share one certificate */
+    unsigned batch_max;      /* requests one worker serves in one group commit; 1 = no batching */
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
@@ -69,6 +71,10 @@ struct cloud {
     struct nu_envelope_sender *sender;
     struct cloud_queue *queue;
     char ledger_path[4096];
+    /* Taken around issuance transactions, so this agent's workers queue on a
+     * mutex (woken at once) instead of SQLite's sleeping busy handler; other
+     * agents on the same file still meet at SQLite's write lock. */
+    pthread_mutex_t issue_lock;
     volatile int stopping;
 };
 
@@ -102,12 +108,26 @@ struct cloud_event_op {
     int (*handle)(struct cloud_call *call);
 };
 
+/*
+ * An operation whose calls a worker may serve several at once (group commit):
+ * the frame takes up to `max` consecutive queued requests of that op, checks
+ * each as for `handle`, and gives those that passed to `handle_batch` in one
+ * go; out_rc[i] is calls[i]'s outcome (as `handle` would return it). The op
+ * is still listed in an op table (its role and body checks, one-call use).
+ */
+struct cloud_batch_op {
+    const char *name;
+    unsigned max;
+    void (*handle_batch)(struct cloud_call *const *calls, size_t n, int *out_rc);
+};
+
 /* Tables of each handler file, terminated by a zeroed entry. */
 extern const struct cloud_op cloud_enroll_ops[];
 extern const struct cloud_op cloud_cert_ops[];
 extern const struct cloud_op cloud_firmware_ops[];
 extern const struct cloud_op cloud_job_ops[];
 extern const struct cloud_event_op cloud_cert_events[];
+extern const struct cloud_batch_op cloud_cert_batch_ops[];
 
 /* Send `body` as the answer to call (once). Errors: those of packing/publishing. */
 int cloud_reply(struct cloud_call *call, ProtobufCMessage *body);

@@ -434,10 +434,14 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
             reqs[k++] = ones[i].req;
         }
     }
-    if (k == 1)
-        cloud_ledger_issue(ledger, &reqs[0], cert__sign, &signer, &res[0]);
-    else if (k > 1)
-        cloud_ledger_issue_batch(ledger, reqs, k, cert__sign, &signer, res);
+    if (k) {
+        pthread_mutex_lock(&cloud->issue_lock);
+        if (k == 1)
+            cloud_ledger_issue(ledger, &reqs[0], cert__sign, &signer, &res[0]);
+        else
+            cloud_ledger_issue_batch(ledger, reqs, k, cert__sign, &signer, res);
+        pthread_mutex_unlock(&cloud->issue_lock);
+    }
     for (size_t j = 0; j < k; j++)
         out_rc[ready[j] - ones] = cert__finish(ready[j], &res[j]);
     if (k)
@@ -694,6 +698,11 @@ const struct cloud_op cloud_cert_ops[] = {
     {"device.revoke", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_DEVICE_REVOKE_REQUEST,
      cert__device_revoke},
     {NULL, 0, 0, NULL},
+};
+
+const struct cloud_batch_op cloud_cert_batch_ops[] = {
+    {"cert.request", CERT__BATCH_MAX, cert__serve},
+    {NULL, 0, NULL},
 };
 
 const struct cloud_event_op cloud_cert_events[] = {

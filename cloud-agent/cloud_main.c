@@ -29,7 +29,8 @@ static const char cloud__usage[] =
     "  -h, --help         this text\n"
     "\n"
     "Configuration keys (key = value): workers (4), queue_max (4096), chunk_size\n"
-    "(16384), instance (1), oem_ids (oem), station_ids (station), log_level.\n"
+    "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
+    "1 = one transaction each), oem_ids (oem), station_ids (station), log_level.\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";

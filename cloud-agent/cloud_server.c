@@ -197,50 +197,142 @@ static int cloud__split2(const char *rest, char *a, size_t acap, char *b, size_t
     return NU_OK;
 }
 
-static void cloud__serve_request(struct cloud *cloud, struct cloud_ledger *ledger,
-                                 struct cloud__item *it, const struct nu_mqtt_msg *msg)
+/* One request on its way through the frame (the call points into it). */
+struct cloud__slot {
+    char requester[CLOUD_ID_MAX + 1];
+    char op_name[CLOUD_OP_MAX + 1];
+    struct nu_mqtt_msg msg;
+    struct cloud_call call;
+    const struct cloud_op *op;
+    Nusec__V1__Envelope *req;
+};
+
+static void cloud__msg_of(const struct cloud__item *it, struct nu_mqtt_msg *msg)
 {
-    char requester[CLOUD_ID_MAX + 1], op_name[CLOUD_OP_MAX + 1], prefix[CLOUD_ID_MAX + 32];
-    struct cloud_call call = {.cloud = cloud, .ledger = ledger, .msg = msg,
-                              .requester = requester, .op = op_name};
-    Nusec__V1__Envelope *req = NULL;
+    *msg = (struct nu_mqtt_msg){
+        .topic = it->topic,
+        .payload = it->payload,
+        .len = it->len,
+        .qos = 1,
+        .response_topic = it->response_topic,
+        .correlation = it->correlation,
+        .correlation_len = it->correlation_len,
+    };
+}
+
+/* The frame's checks. 1: ready for the handler; 0: refused (answered) or dropped. */
+static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
+                               const struct cloud__item *it, struct cloud__slot *s)
+{
+    char prefix[CLOUD_ID_MAX + 32];
     const char *why = NULL;
-    if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), requester, sizeof(requester),
-                      op_name, sizeof(op_name))) {
+    cloud__msg_of(it, &s->msg);
+    s->call = (struct cloud_call){.cloud = cloud, .ledger = ledger, .msg = &s->msg,
+                                  .requester = s->requester, .op = s->op_name};
+    struct cloud_call *call = &s->call;
+    if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), s->requester, sizeof(s->requester),
+                      s->op_name, sizeof(s->op_name))) {
         nu_warn("dropped request on malformed topic");
-        return;
+        return 0;
     }
     /* Answers go only into the requester's own reply tree (the broker checks
      * too); anything else is dropped unanswered. */
-    snprintf(prefix, sizeof(prefix), "nusec/v1/reply/%s/", requester);
+    snprintf(prefix, sizeof(prefix), "nusec/v1/reply/%s/", s->requester);
     if (!it->response_topic || strncmp(it->response_topic, prefix, strlen(prefix)) != 0) {
-        call.msg = &(struct nu_mqtt_msg){.topic = msg->topic};
-        cloud__refuse(&call, cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "bad response topic"));
-        return;
+        s->msg.response_topic = NULL;
+        cloud__refuse(call, cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "bad response topic"));
+        return 0;
     }
-    int rc = nu_envelope_unpack(it->payload, it->len, &req, &why);
+    int rc = nu_envelope_unpack(it->payload, it->len, &s->req, &why);
     if (rc) {
-        cloud__refuse(&call, cloud_fail(&call, rc, "%s", why ? why : "malformed envelope"));
-        return;
+        cloud__refuse(call, cloud_fail(call, rc, "%s", why ? why : "malformed envelope"));
+        return 0;
     }
-    call.req = req;
-    const struct cloud_op *op = cloud__find_op(op_name);
-    if (strcmp(req->header->sender_id, requester) != 0)
-        rc = cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "sender id differs from identity");
-    else if (!op)
-        rc = cloud_fail(&call, NU_ERR_NOT_SUPPORTED, "unknown operation");
-    else if ((int)req->body_case != op->body_case)
-        rc = cloud_fail(&call, NU_ERR_INVALID_ARG, "body %s does not fit %s",
-                        nu_envelope_body_name(req), op_name);
-    else if (!(rc = cloud__role_of(&call, &call.role)) && !(call.role & op->roles))
-        rc = cloud_fail(&call, NU_ERR_NOT_AUTHORIZED, "%s may not call %s", requester, op_name);
-    if (!rc)
-        rc = op->handle(&call);
+    call->req = s->req;
+    s->op = cloud__find_op(s->op_name);
+    if (strcmp(s->req->header->sender_id, s->requester) != 0)
+        rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "sender id differs from identity");
+    else if (!s->op)
+        rc = cloud_fail(call, NU_ERR_NOT_SUPPORTED, "unknown operation");
+    else if ((int)s->req->body_case != s->op->body_case)
+        rc = cloud_fail(call, NU_ERR_INVALID_ARG, "body %s does not fit %s",
+                        nu_envelope_body_name(s->req), s->op_name);
+    else if (!(rc = cloud__role_of(call, &call->role)) && !(call->role & s->op->roles))
+        rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "%s may not call %s", s->requester,
+                        s->op_name);
+    if (rc) {
+        cloud__refuse(call, rc);
+        nu_envelope_free(s->req);
+        s->req = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+static void cloud__request_close(struct cloud__slot *s, int rc)
+{
     if (rc)
-        cloud__refuse(&call, rc);
-    else if (!call.replied)
-        nu_error("%s answered nothing", op_name);
-    nu_envelope_free(req);
+        cloud__refuse(&s->call, rc);
+    else if (!s->call.replied)
+        nu_error("%s answered nothing", s->op_name);
+    nu_envelope_free(s->req);
+    s->req = NULL;
+}
+
+/* The batch op a request topic names, if any. */
+static const struct cloud_batch_op *cloud__batch_of(const char *topic)
+{
+    const char *op = strrchr(topic, '/');
+    for (const struct cloud_batch_op *b = cloud_cert_batch_ops; op && b->name; b++) {
+        if (strcmp(b->name, op + 1) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+/*
+ * Serve n queued requests (n > 1 only for one batch op): each is checked,
+ * those that pass go to the op's handler one by one, or all at once to its
+ * batch handler (group commit); then each is answered or refused.
+ */
+static void cloud__serve_requests(struct cloud *cloud, struct cloud_ledger *ledger,
+                                  struct cloud__item *const *items, size_t n)
+{
+    struct cloud__slot one, *slots = n == 1 ? &one : calloc(n, sizeof(*slots));
+    struct cloud_call **ready = n == 1 ? NULL : calloc(n, sizeof(*ready));
+    struct cloud__slot **owner = n == 1 ? NULL : calloc(n, sizeof(*owner));
+    int *rcs = n == 1 ? NULL : calloc(n, sizeof(*rcs));
+    const struct cloud_batch_op *b = n == 1 ? NULL : cloud__batch_of(items[0]->topic);
+    size_t k = 0;
+    if (n > 1 && (!slots || !ready || !owner || !rcs || !b)) {
+        /* no memory for the batch: one at a time */
+        for (size_t i = 0; i < n; i++)
+            cloud__serve_requests(cloud, ledger, &items[i], 1);
+        goto out;
+    }
+    memset(slots, 0, n * sizeof(*slots));
+    for (size_t i = 0; i < n; i++) {
+        struct cloud__slot *s = &slots[i];
+        if (!cloud__request_open(cloud, ledger, items[i], s))
+            continue;
+        if (b && strcmp(s->op->name, b->name) == 0) {
+            owner[k] = s;
+            ready[k++] = &s->call;
+        } else {
+            cloud__request_close(s, s->op->handle(&s->call));
+        }
+    }
+    if (k) {
+        b->handle_batch(ready, k, rcs);
+        for (size_t j = 0; j < k; j++)
+            cloud__request_close(owner[j], rcs[j]);
+    }
+out:
+    free(rcs);
+    free(owner);
+    free(ready);
+    if (slots != &one)
+        free(slots);
 }
 
 static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
@@ -278,44 +370,59 @@ static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
     }
 }
 
+/* Most requests one worker takes off the queue at once (a batch op's max applies). */
+#define CLOUD__TAKE_MAX 64
+
+/* Take the head, and after it the following requests of the same batch op. */
+static size_t cloud__take(struct cloud_queue *q, unsigned batch_max, struct cloud__item **out)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&q->lock);
+    while (!q->head && !q->closing)
+        pthread_cond_wait(&q->ready, &q->lock);
+    const struct cloud_batch_op *b = NULL;
+    while (q->head && n < CLOUD__TAKE_MAX) {
+        struct cloud__item *it = q->head;
+        if (n == 0)
+            b = it->is_event ? NULL : cloud__batch_of(it->topic);
+        else if (!b || n >= b->max || n >= batch_max || it->is_event ||
+                 cloud__batch_of(it->topic) != b)
+            break;
+        q->head = it->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->depth--;
+        it->next = NULL;
+        out[n++] = it;
+        if (!b)
+            break;
+    }
+    pthread_mutex_unlock(&q->lock);
+    return n; /* 0: closing and drained */
+}
+
 static void *cloud__worker(void *arg)
 {
     struct cloud *cloud = arg;
     struct cloud_queue *q = cloud->queue;
     struct cloud_ledger *ledger = NULL;
+    struct cloud__item *items[CLOUD__TAKE_MAX];
     int rc = cloud_ledger_open(cloud->ledger_path, &ledger);
     if (rc) {
         nu_error("worker cannot open the ledger: %s", nu_err_str(rc));
         return NULL;
     }
-    for (;;) {
-        pthread_mutex_lock(&q->lock);
-        while (!q->head && !q->closing)
-            pthread_cond_wait(&q->ready, &q->lock);
-        struct cloud__item *it = q->head;
-        if (it) {
-            q->head = it->next;
-            if (!q->head)
-                q->tail = NULL;
-            q->depth--;
+    size_t n;
+    while ((n = cloud__take(q, cloud->cfg.batch_max, items)) > 0) {
+        if (items[0]->is_event) {
+            struct nu_mqtt_msg msg;
+            cloud__msg_of(items[0], &msg);
+            cloud__serve_event(cloud, ledger, items[0], &msg);
+        } else {
+            cloud__serve_requests(cloud, ledger, items, n);
         }
-        pthread_mutex_unlock(&q->lock);
-        if (!it)
-            break; /* closing and drained */
-        struct nu_mqtt_msg msg = {
-            .topic = it->topic,
-            .payload = it->payload,
-            .len = it->len,
-            .qos = 1,
-            .response_topic = it->response_topic,
-            .correlation = it->correlation,
-            .correlation_len = it->correlation_len,
-        };
-        if (it->is_event)
-            cloud__serve_event(cloud, ledger, it, &msg);
-        else
-            cloud__serve_request(cloud, ledger, it, &msg);
-        cloud__item_free(it);
+        for (size_t i = 0; i < n; i++)
+            cloud__item_free(items[i]);
     }
     cloud_ledger_close(ledger);
     return NULL;
@@ -388,6 +495,7 @@ int cloud_start(struct cloud *cloud)
         return NU_ERR_NOMEM;
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->ready, NULL);
+    pthread_mutex_init(&cloud->issue_lock, NULL);
     cloud->queue = q;
     q->threads = calloc(cloud->cfg.workers, sizeof(pthread_t));
     if (!q->threads)
@@ -420,6 +528,7 @@ void cloud_stop(struct cloud *cloud)
     free(q->threads);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->ready);
+    pthread_mutex_destroy(&cloud->issue_lock);
     free(q);
     cloud->queue = NULL;
 }

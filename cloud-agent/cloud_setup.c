@@ -14,7 +14,8 @@
 #include <string.h>
 
 static const char *const cloud__config_keys[] = {
-    "workers", "queue_max", "chunk_size", "instance", "oem_ids", "station_ids", "log_level", NULL,
+    "workers", "queue_max", "chunk_size", "instance", "batch_max", "oem_ids", "station_ids",
+    "log_level", NULL,
 };
 
 /* "a, b,c" -> ids[]; each a valid identity. */
@@ -75,6 +76,7 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("queue_max", 4096, 16, 1000000, queue_max)
     CLOUD__INT("chunk_size", 16384, 1024, 16384, chunk_size)
     CLOUD__INT("instance", 1, 1, 9999, instance)
+    CLOUD__INT("batch_max", 32, 1, 256, batch_max)
 #undef CLOUD__INT
     if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids,
                                 &out->n_oem_ids))

@@ -56,8 +56,8 @@ int cf_call(struct cf_client *c, const char *op, ProtobufCMessage *body, const u
         detail = scratch;
         cap = sizeof(scratch);
     }
-    return nu_client_request(c->m, c->sender, op, body, idem, idem_len, CF_TIMEOUT_MS, out_reply,
-                             detail, cap);
+    return nu_client_request(c->m, c->sender, op, body, idem, idem_len,
+                             c->timeout_ms ? c->timeout_ms : CF_TIMEOUT_MS, out_reply, detail, cap);
 }
 
 /* ------------------------------------------------------------ processes */
@@ -75,14 +75,20 @@ int cf_cloud_start(struct cf *f)
         _exit(127);
     }
     f->cloud_pid = pid;
-    struct cf_client oem;
-    if (cf_client_open(f, "oem", NULL, NULL, &oem))
+    /* A session of its own ("oem:probe"), so the tests' oem client is not taken over. */
+    struct cf_client oem = {0};
+    struct nu_client_opts o = {
+        .dir = f->dir, .identity = "oem", .client_id = "oem:probe", .clean_start = 1};
+    if (nu_envelope_sender_create("oem", NU_ENVELOPE_SEQ_FROM_CLOCK, &oem.sender) ||
+        nu_client_connect(&o, &oem.m)) {
+        cf_client_close(&oem);
         return -1;
+    }
     int rc = -1;
     for (int i = 0; i < 200 && rc; i++) {
         Nusec__V1__ProgrammerListRequest body = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
         Nusec__V1__Envelope *reply = NULL;
-        rc = nu_client_request(oem.m, oem.sender, "programmer.list", &body.base, NULL, 0, 1000,
+        rc = nu_client_request(oem.m, oem.sender, "programmer.list", &body.base, NULL, 0, 300,
                                &reply, NULL, 0);
         nu_envelope_free(reply);
         if (rc) {
@@ -121,6 +127,15 @@ int cf_cloud_stop(struct cf *f)
     }
     f->cloud_pid = 0;
     return rc;
+}
+
+void cf_cloud_kill(struct cf *f)
+{
+    if (!f->cloud_pid)
+        return;
+    kill(f->cloud_pid, SIGKILL);
+    waitpid(f->cloud_pid, NULL, 0);
+    f->cloud_pid = 0;
 }
 
 int cf_setup(struct cf *f, const char *tag)
@@ -254,8 +269,9 @@ void cf_programmer_free(struct cf_programmer *p)
 
 /* ------------------------------------------------------------ jobs, devices */
 
-int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
-                  const uint32_t *limits, size_t n)
+int cf_job_create_ex(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
+                     const uint32_t *limits, size_t n, uint64_t expires_at_ms,
+                     const char *subject_template)
 {
     struct cloud_ledger *l = NULL;
     struct cloud_ledger_alloc *alloc = calloc(n ? n : 1, sizeof(*alloc));
@@ -267,7 +283,9 @@ int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const cha
     struct cloud_ledger_job_spec spec = {
         .job_id = job,
         .firmware = "app-1.0.0",
+        .subject_template = subject_template,
         .quota = quota,
+        .expires_at_ms = expires_at_ms,
         .alloc = alloc,
         .n_alloc = n,
         .actor = "oem",
@@ -277,6 +295,23 @@ int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const cha
         rc = cloud_ledger_job_create(l, &spec);
     cloud_ledger_close(l);
     free(alloc);
+    return rc;
+}
+
+int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
+                  const uint32_t *limits, size_t n)
+{
+    return cf_job_create_ex(f, job, quota, progs, limits, n, 0, NULL);
+}
+
+int cf_job_control(const struct cf *f, const char *job, int action)
+{
+    struct cloud_ledger *l = NULL;
+    int rc = cloud_ledger_open(f->ledger, &l);
+    if (!rc)
+        rc = cloud_ledger_job_control(l, job, (enum cloud_ledger_job_action)action, "oem",
+                                      nu_time_ms(), NULL);
+    cloud_ledger_close(l);
     return rc;
 }
 

@@ -40,11 +40,14 @@ int cf_cloud_start(struct cf *f);
 /* SIGTERM, wait up to 20 s (then SIGKILL). Returns the exit status, or -1
  * if it did not exit by itself or died of a signal. */
 int cf_cloud_stop(struct cf *f);
+/* SIGKILL (a crash at any point) and reap. */
+void cf_cloud_kill(struct cf *f);
 
 /* A bus client: a role identity of DIR (cert NULL) or given cert/key files. */
 struct cf_client {
     struct nu_mqtt *m;
     struct nu_envelope_sender *sender;
+    unsigned timeout_ms; /* per request; 0 = CF_TIMEOUT_MS */
 };
 
 int cf_client_open(const struct cf *f, const char *identity, const char *cert, const char *key,
@@ -87,6 +90,14 @@ void cf_programmer_free(struct cf_programmer *p);
  * WAL): allocations progs[i] with limits[i]. */
 int cf_job_create(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
                   const uint32_t *limits, size_t n);
+
+/* The same with an expiry (Unix ms, 0 = none) and a subject template (NULL = none). */
+int cf_job_create_ex(const struct cf *f, const char *job, uint32_t quota, const char *const *progs,
+                     const uint32_t *limits, size_t n, uint64_t expires_at_ms,
+                     const char *subject_template);
+
+/* Pause (1), resume (2) or close (3) a job in the ledger file. */
+int cf_job_control(const struct cf *f, const char *job, int action);
 
 /* A device: fresh software key and its CSR (DER, malloc). */
 int cf_device_csr(struct nu_p256_key **out_key, uint8_t **out_csr, size_t *out_len);

@@ -222,6 +222,17 @@ static void test_token_refuses_role_names_and_others(void)
     /* ttl over 30 days */
     CU_ASSERT_EQUAL(cf_token(&oem, "prog-z", 31u * 86400u, token, sizeof(token)),
                     NU_ERR_INVALID_ARG);
+    /* an expired token */
+    uint8_t pkg[NU_P256_PUB_LEN];
+    struct nu_p256_key *k = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    nu_p256_key_pub(p1.package, pkg);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-e", 1, token, sizeof(token)), NU_OK);
+    usleep(1100 * 1000);
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-e", token, k, "prog-e", "programmer", pkg, &r),
+                    NU_ERR_TOKEN);
+    nu_p256_key_destroy(k);
     /* only the oem mints tokens; the station may not */
     CU_ASSERT_EQUAL(cf_token(&station, "prog-z", 0, token, sizeof(token)), NU_ERR_NOT_AUTHORIZED);
 }
@@ -455,6 +466,72 @@ static void test_unassigned_programmer_and_unknown_job(void)
                     NU_ERR_NOT_AUTHORIZED);
 }
 
+/* A fresh device's CSR, requested by c for job; returns the code (CN into cn). */
+static int request_new(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
+                       char *cn, size_t cap)
+{
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL;
+    size_t len = 0;
+    Nusec__V1__Envelope *r = NULL;
+    int rc = cf_device_csr(&k, &csr, &len);
+    if (!rc)
+        rc = cf_cert_request(c, job, uid, uid_len, csr, len, NULL, 0, &r);
+    if (!rc && cn) {
+        struct nu_x509_cert_info info;
+        rc = nu_x509_cert_info(r->certificate_issued->certificate_der.data,
+                               r->certificate_issued->certificate_der.len, &info);
+        snprintf(cn, cap, "%s", info.cn);
+    }
+    nu_envelope_free(r);
+    free(csr);
+    nu_p256_key_destroy(k);
+    return rc;
+}
+
+static void test_paused_expired_and_templates(void)
+{
+    static const uint8_t u5[] = {0xaa, 0xbb, 0xcc, 0x05}, u6[] = {0xaa, 0xbb, 0xcc, 0x06};
+    static const uint8_t long_uid[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    const char *progs[] = {"prog-1"};
+    const uint32_t limits[] = {2};
+    uint32_t issued = 0, quota = 0;
+    char cn[80];
+    /* paused: refused, typed; resumed: issued */
+    CU_ASSERT_EQUAL(cf_job_control(&F, "job-b", 1), NU_OK);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-b", u5, sizeof(u5), NULL, 0), NU_ERR_JOB_NOT_ACTIVE);
+    CU_ASSERT_EQUAL(cf_job_control(&F, "job-b", 2), NU_OK);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-b", u6, sizeof(u6), NULL, 0), NU_OK);
+    CU_ASSERT_EQUAL(job_counts("job-b", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 1);
+    /* expired */
+    CU_ASSERT_EQUAL_FATAL(
+        cf_job_create_ex(&F, "job-e", 2, progs, limits, 1, nu_time_ms() + 300, NULL), NU_OK);
+    usleep(400 * 1000);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-e", u5, sizeof(u5), NULL, 0), NU_ERR_EXPIRED);
+    CU_ASSERT_EQUAL(job_counts("job-e", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 0);
+    /* subject template */
+    CU_ASSERT_EQUAL_FATAL(cf_job_create_ex(&F, "job-t", 2, progs, limits, 1, 0, "dev-{UID}.{job}"),
+                          NU_OK);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-t", u5, sizeof(u5), cn, sizeof(cn)), NU_OK);
+    CU_ASSERT_STRING_EQUAL(cn, "dev-AABBCC05.job-t");
+    /* a CN that cannot fit (3 x 32 hex) and an unknown placeholder: refused, nothing counted */
+    CU_ASSERT_EQUAL_FATAL(cf_job_create_ex(&F, "job-u", 2, progs, limits, 1, 0, "{uid}{uid}{uid}"),
+                          NU_OK);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-u", long_uid, sizeof(long_uid), NULL, 0),
+                    NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL_FATAL(cf_job_create_ex(&F, "job-v", 2, progs, limits, 1, 0, "{serial}"), NU_OK);
+    CU_ASSERT_EQUAL(request_new(&c1, "job-v", u5, sizeof(u5), NULL, 0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(job_counts("job-u", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 0);
+    CU_ASSERT_EQUAL(job_counts("job-v", &issued, &quota), NU_OK);
+    CU_ASSERT_EQUAL(issued, 0);
+    /* the default CN is the UID in hex, even for a 16-byte UID */
+    CU_ASSERT_EQUAL(request_new(&c1, "job-t", long_uid, sizeof(long_uid), cn, sizeof(cn)), NU_OK);
+    CU_ASSERT_STRING_EQUAL(cn, "dev-0102030405060708090A0B0C0D0E0F10.job-t");
+}
+
 /* Wait for the ledger to show `want` for the job's UID1 certificate. */
 static int wait_cert_state(const uint8_t *uid, size_t uid_len, enum cloud_ledger_cert_state want)
 {
@@ -682,6 +759,90 @@ static void test_concurrent_programmers_never_overshoot(void)
     CU_ASSERT_EQUAL(issued, quota);
 }
 
+/* ------------------------------------------------------------ crash */
+
+#define KILL_ROUNDS 3
+#define KILL_DEVS 10
+
+struct killer {
+    struct cf_client *c;
+    const char *job;
+    uint8_t uid[KILL_DEVS][6];
+    uint8_t *csr[KILL_DEVS];
+    size_t len[KILL_DEVS];
+    char serial[KILL_DEVS][80]; /* answered before the crash, "" if not */
+};
+
+static void *kill_run(void *arg)
+{
+    struct killer *k = arg;
+    for (int i = 0; i < KILL_DEVS; i++) {
+        Nusec__V1__Envelope *r = NULL;
+        int rc = cf_cert_request(k->c, k->job, k->uid[i], sizeof(k->uid[i]), k->csr[i], k->len[i],
+                                 NULL, 0, &r);
+        if (!rc)
+            snprintf(k->serial[i], sizeof(k->serial[i]), "%s", r->certificate_issued->serial);
+        nu_envelope_free(r);
+        if (rc)
+            break; /* the cloud is gone; retried after the restart */
+    }
+    return NULL;
+}
+
+/* kill -9 while two programmers are being served, restart, retry everything:
+ * every device gets one certificate (the one it may already have seen), the
+ * counts match, the chain verifies. */
+static void test_kill9_leaves_a_consistent_ledger(void)
+{
+    static struct killer k[2];
+    struct cf_client *clients[2] = {&c1, &c2};
+    const char *progs[] = {"prog-1", "prog-2"};
+    const uint32_t limits[] = {KILL_ROUNDS * KILL_DEVS, KILL_ROUNDS * KILL_DEVS};
+    CU_ASSERT_EQUAL_FATAL(cf_job_create(&F, "job-k", 2 * KILL_ROUNDS * KILL_DEVS, progs, limits, 2),
+                          NU_OK);
+    for (int round = 0; round < KILL_ROUNDS; round++) {
+        pthread_t t[2];
+        for (int w = 0; w < 2; w++) {
+            memset(k[w].serial, 0, sizeof(k[w].serial));
+            k[w].c = clients[w];
+            k[w].job = "job-k";
+            clients[w]->timeout_ms = 700;
+            for (int i = 0; i < KILL_DEVS; i++) {
+                struct nu_p256_key *key = NULL;
+                uint8_t uid[6] = {0x4b, (uint8_t)round, (uint8_t)w, (uint8_t)i};
+                memcpy(k[w].uid[i], uid, sizeof(uid));
+                CU_ASSERT_EQUAL_FATAL(cf_device_csr(&key, &k[w].csr[i], &k[w].len[i]), NU_OK);
+                nu_p256_key_destroy(key);
+            }
+            pthread_create(&t[w], NULL, kill_run, &k[w]);
+        }
+        usleep((useconds_t)(40000 + 60000 * round));
+        cf_cloud_kill(&F);
+        for (int w = 0; w < 2; w++)
+            pthread_join(t[w], NULL);
+        CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+        for (int w = 0; w < 2; w++) {
+            clients[w]->timeout_ms = 0;
+            for (int i = 0; i < KILL_DEVS; i++) {
+                Nusec__V1__Envelope *r = NULL;
+                CU_ASSERT_EQUAL(cf_cert_request(clients[w], "job-k", k[w].uid[i],
+                                                sizeof(k[w].uid[i]), k[w].csr[i], k[w].len[i], NULL,
+                                                0, &r),
+                                NU_OK);
+                if (r && k[w].serial[i][0])
+                    CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, k[w].serial[i]);
+                nu_envelope_free(r);
+                free(k[w].csr[i]);
+            }
+        }
+        uint32_t issued = 0, quota = 0;
+        CU_ASSERT_EQUAL(job_counts("job-k", &issued, &quota), NU_OK);
+        CU_ASSERT_EQUAL(issued, (uint32_t)((round + 1) * 2 * KILL_DEVS));
+        struct cloud_ledger_verify_report rep;
+        CU_ASSERT_EQUAL(cloud_ledger_verify_path(F.ledger, &rep), NU_OK);
+    }
+}
+
 /* ------------------------------------------------------------ restart, revoke */
 
 static void test_restart_answers_the_same(void)
@@ -732,6 +893,9 @@ static void test_cli(void)
     const char *nusec = NUSEC_BINARY_DIR "/bin/nusec";
     char out[CF_PATH_MAX + 32];
     snprintf(out, sizeof(out), "%s/cli.out", F.tmp);
+    /* The CLI connects with client id "oem": our own oem session would be
+     * taken over (and take it back) at every command. */
+    cf_client_close(&oem);
     CU_ASSERT_EQUAL(
         nu_test_sh("%s programmer token --dir %s --name prog-9 --ttl 2h > %s", nusec, F.dir, out),
         0);
@@ -801,10 +965,12 @@ int main(void)
         {"bad CSRs are typed errors", test_bad_csrs_are_typed_errors},
         {"quota exhausted", test_quota_exhausted},
         {"unassigned programmer, unknown job", test_unassigned_programmer_and_unknown_job},
+        {"paused and expired jobs, subject templates", test_paused_expired_and_templates},
         {"device reports", test_device_reports},
         {"device.list and device.revoke", test_device_list_and_revoke},
         {"retained job state", test_retained_job_state},
         {"8 concurrent programmers never overshoot", test_concurrent_programmers_never_overshoot},
+        {"kill -9 while issuing leaves a consistent ledger", test_kill9_leaves_a_consistent_ledger},
         {"a restart answers the same certificate", test_restart_answers_the_same},
         {"a revoked programmer is refused", test_revoked_programmer_is_refused},
         {"CLI: programmer, device", test_cli},
