@@ -468,6 +468,114 @@ static void test_unassigned_programmer_and_unknown_job(void)
 
 /* A fresh device's CSR, requested by c for job; returns the code (CN into cn). */
 static int request_new(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
+                       char *cn, size_t cap);
+
+static void test_programmer_renews_only_itself(void)
+{
+    char token[160];
+    uint8_t pkg[NU_P256_PUB_LEN];
+    struct nu_p256_key *k = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    struct cloud_ledger_programmer before, after;
+    struct cloud_ledger *l = ledger_open();
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_programmer_get(l, "prog-2", &before), NU_OK);
+    nu_p256_key_pub(p2.package, pkg);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    /* prog-2 renews its own identity (new key), over its current connection */
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-2", 0, token, sizeof(token)), NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r), NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-2", &after), NU_OK);
+    CU_ASSERT_STRING_NOT_EQUAL(after.cert_serial, before.cert_serial);
+    /* ... but cannot enroll anyone else, even with that one's token */
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-q", 0, token, sizeof(token)), NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-q", token, k, "prog-q", "programmer", pkg, &r),
+                    NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-q", &after), NU_ERR_NOT_FOUND);
+    cloud_ledger_close(l);
+    nu_p256_key_destroy(k);
+}
+
+static void test_malformed_enrollments(void)
+{
+    char token[160];
+    uint8_t pkg[NU_P256_PUB_LEN];
+    Nusec__V1__Envelope *r = NULL;
+    nu_p256_key_pub(p1.package, pkg);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-m", 0, token, sizeof(token)), NU_OK);
+    Nusec__V1__EnrollRequest req = NUSEC__V1__ENROLL_REQUEST__INIT;
+    req.programmer_id = "prog-m";
+    req.token = token;
+    req.package_pubkey.data = pkg;
+    req.package_pubkey.len = sizeof(pkg);
+    /* no CSR, no token: the envelope rules refuse them before they leave
+     * (INVALID_ARG), or the cloud does (its own code) */
+    int rc = cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0);
+    CU_ASSERT(rc == NU_ERR_BAD_CSR || rc == NU_ERR_INVALID_ARG);
+    /* a device CSR (no OU) */
+    req.csr_der.data = csr1;
+    req.csr_der.len = csr1_len;
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0), NU_ERR_BAD_CSR);
+    /* a package key of the wrong length */
+    req.package_pubkey.len = 33;
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_INVALID_ARG);
+    /* no token */
+    req.package_pubkey.len = sizeof(pkg);
+    req.token = "";
+    rc = cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0);
+    CU_ASSERT(rc == NU_ERR_TOKEN || rc == NU_ERR_INVALID_ARG);
+    struct nu_p256_key *k = NULL;
+    struct nu_signer sg;
+    uint8_t *csr = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    nu_p256_key_signer(k, &sg);
+    CU_ASSERT_EQUAL_FATAL(nu_x509_csr_make(&sg, "prog-m", "programmer", "NuSEC", &csr, &len),
+                          NU_OK);
+    req.csr_der.data = csr;
+    req.csr_der.len = len;
+    /* a token of the right form that was never minted */
+    req.token = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0), NU_ERR_TOKEN);
+    /* and the real one still works after all that */
+    req.token = token;
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    free(csr);
+    nu_p256_key_destroy(k);
+    /* the wrong body for the op */
+    Nusec__V1__ProgrammerListRequest other = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &other.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_INVALID_ARG);
+    /* an unknown op */
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll.now", &other.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_NOT_SUPPORTED);
+}
+
+/* The cloud refuses a revoked programmer by itself, before the broker knows. */
+static void test_cloud_refuses_revoked_before_the_broker(void)
+{
+    struct cf_programmer p3;
+    struct cf_client c3;
+    struct cloud_ledger *l = ledger_open();
+    CU_ASSERT_EQUAL_FATAL(cf_programmer_make(&F, &oem, &station, "prog-3", &p3), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "prog-3", p3.cert, p3.key, &c3), NU_OK);
+    /* revoked in the ledger only: DIR/broker/revoked does not name it yet */
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_revoke(l, "prog-3", "test", "oem", nu_time_ms()),
+                    NU_OK);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL(request_new(&c3, "job-b", UID4, sizeof(UID4), NULL, 0), NU_ERR_REVOKED);
+    CU_ASSERT(nu_mqtt_is_connected(c3.m));
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("grep -qx prog-3 %s/broker/revoked", F.dir), 0);
+    cf_client_close(&c3);
+    cf_programmer_free(&p3);
+}
+
+/* A fresh device's CSR, requested by c for job; returns the code (CN into cn). */
+static int request_new(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
                        char *cn, size_t cap)
 {
     struct nu_p256_key *k = NULL;
@@ -850,6 +958,8 @@ static void test_restart_answers_the_same(void)
     Nusec__V1__Envelope *r = NULL;
     CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0); /* SIGTERM: clean exit (and no leak under ASan) */
     CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    /* start-up repaired the broker's list from the ledger (prog-3) */
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-3 %s/broker/revoked", F.dir), 0);
     CU_ASSERT_EQUAL_FATAL(
         cf_cert_request(&c1, "job-a", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r), NU_OK);
     CU_ASSERT_STRING_EQUAL(r->certificate_issued->serial, serial1);
@@ -904,6 +1014,14 @@ static void test_cli(void)
     CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"id\":\"prog-1\",\"state\":\"revoked\"' %s", out), 0);
     CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a > %s", nusec, F.dir, out), 0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -q '^1020304050607080 .*provisioned' %s", out), 0);
+    /* export: the PEM files verify against the device chain */
+    CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a --certs %s/export >/dev/null",
+                               nusec, F.dir, F.tmp),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("openssl verify -CAfile %s/pki/device-chain.pem "
+                               "%s/export/job-a-1020304050607080.pem >/dev/null",
+                               F.dir, F.tmp),
+                    0);
     CU_ASSERT_EQUAL(
         nu_test_sh("%s device list --dir %s --uid aabbcc01 --json > %s", nusec, F.dir, out), 0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"uid\":\"aabbcc01\"' %s", out), 0);
@@ -965,6 +1083,10 @@ int main(void)
         {"bad CSRs are typed errors", test_bad_csrs_are_typed_errors},
         {"quota exhausted", test_quota_exhausted},
         {"unassigned programmer, unknown job", test_unassigned_programmer_and_unknown_job},
+        {"a programmer renews only itself", test_programmer_renews_only_itself},
+        {"malformed enrollments are typed errors", test_malformed_enrollments},
+        {"the cloud refuses a revoked programmer itself",
+         test_cloud_refuses_revoked_before_the_broker},
         {"paused and expired jobs, subject templates", test_paused_expired_and_templates},
         {"device reports", test_device_reports},
         {"device.list and device.revoke", test_device_list_and_revoke},
