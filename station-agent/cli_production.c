@@ -39,9 +39,9 @@ static const char cli__start_usage[] =
     "  -h, --help    this text\n"
     "\n"
     "Exit status: 0 started (with --wait: done, no device failed), 1 failed (no such\n"
-    "job; with --wait: a device failed, a package could not be delivered, the job\n"
-    "was stopped, or --timeout), 2 usage error, 130 interrupted by Ctrl-C\n"
-    "(production goes on).\n";
+    "job; with --wait: a device failed, a package could not be delivered or\n"
+    "started on any programmer still at work, the job was stopped, or --timeout),\n"
+    "2 usage error, 130 interrupted by Ctrl-C (production goes on).\n";
 
 static const char cli__stop_usage[] =
     "usage: nusec production stop --job JOB [--dir DIR]\n"
@@ -194,7 +194,7 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
     uint64_t start = nu_mono_ms(), last_plain = 0;
-    int lines = 0, rc = NU_OK, settled = 0, timed_out = 0;
+    int lines = 0, rc = NU_OK, settled = 0, timed_out = 0, stuck = 0;
     struct station_report *r = NULL;
     while (!cli__interrupted) {
         station_report_free(r);
@@ -202,19 +202,20 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
         if ((rc = station_report_build(o->dir, db, o->job, nu_time_ms(), &r)) != NU_OK)
             break;
         settled = station_report_settled(r);
+        stuck = !settled && o->wait && station_report_stuck(r);
         uint64_t now = nu_mono_ms();
         timed_out = timeout_s && now - start >= (uint64_t)timeout_s * 1000u;
         if (tty) {
             if (lines)
                 printf("\033[%dA\033[J", lines); /* back to our first line, clear below */
             lines = station_report_text(r, CLI__BAR_WIDTH, stdout);
-        } else if (settled || timed_out || !last_plain ||
+        } else if (settled || timed_out || stuck || !last_plain ||
                    now - last_plain >= (uint64_t)o->interval_s * 1000u) {
             last_plain = now ? now : 1;
             station_report_text(r, CLI__BAR_WIDTH, stdout);
         }
         fflush(stdout);
-        if (settled || timed_out)
+        if (settled || timed_out || stuck)
             break;
         cli__sleep_ms(tty ? 250 : 200);
     }
@@ -235,6 +236,11 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
     }
     if (timed_out) {
         cli_errorf("production: still running after %u s (it goes on)", timeout_s);
+        return CLI_EXIT_FAIL;
+    }
+    if (stuck) {
+        cli_errorf("production: no programmer of the job can go on (see the errors above); "
+                   "nusec-station keeps retrying");
         return CLI_EXIT_FAIL;
     }
     return (o->wait && !done) || failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;

@@ -476,7 +476,7 @@ static void st__pkg_finish(struct station *st, struct st__pkg *p, const char *er
     int rc = station_db_package_finished(st->db, p->row.package_id, 1);
     if (rc == NU_OK && error) {
         snprintf(p->row.last_error, sizeof(p->row.last_error), "%s", error);
-        rc = station_db_package_delivered(st->db, p->row.package_id, 0, error);
+        rc = station_db_package_error(st->db, p->row.package_id, error);
     }
     if (rc != NU_OK)
         nu_error("cannot record that %s/%s finished", p->row.job_id, p->row.programmer_id);
@@ -538,6 +538,12 @@ static void st__status_effects(struct station *st, const struct st__prog *p, int
     struct st__job *job = pkg ? st__job_get(st, pkg->row.job_id) : NULL;
     if (!pkg || !job || job->row.state != STATION_JOB_STARTED)
         return;
+    if (p->state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING &&
+        pkg->row.last_error[0]) {
+        /* It is at work: whatever went wrong before is over. */
+        pkg->row.last_error[0] = '\0';
+        station_db_package_error(st->db, pkg->row.package_id, "");
+    }
     if (p->limit && p->counter >= p->limit) {
         st__pkg_finish(st, pkg, NULL);
     } else if (p->state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_IDLE &&
@@ -676,7 +682,7 @@ static void st__delivered(struct station *st, struct st__pkg *p, const struct st
     p->sent_ms = now;
     p->idle_noted = 0;
     p->row.last_error[0] = '\0';
-    if (station_db_package_delivered(st->db, p->row.package_id, now, NULL) != NU_OK)
+    if (station_db_package_delivered(st->db, p->row.package_id, now) != NU_OK)
         nu_error("delivery of %s/%s not recorded", p->row.job_id, p->row.programmer_id);
     nu_info("package %s delivered to %s, START sent", p->row.job_id, p->row.programmer_id);
     st__note(st, "package.delivered", p->row.job_id, 0, p->row.programmer_id, NULL);
@@ -689,7 +695,7 @@ static void st__refused(struct station *st, struct st__pkg *p, int rc, const cha
     if (strcmp(p->row.last_error, why) == 0)
         return; /* said already */
     snprintf(p->row.last_error, sizeof(p->row.last_error), "%s", why);
-    station_db_package_delivered(st->db, p->row.package_id, now, why);
+    station_db_package_error(st->db, p->row.package_id, why);
     nu_error("%s/%s: %s (retrying every %u s)", p->row.job_id, p->row.programmer_id, why,
              STATION_RETRY_MS / 1000u);
     st__note(st, "delivery.refused", p->row.job_id, rc, why, NULL);
@@ -726,7 +732,7 @@ static void st__maybe_start(struct station *st, const struct st__job *j, struct 
             snprintf(why, sizeof(why), "%s still idle %u s after START (see its log)",
                      p->row.programmer_id, STATION_START_GRACE_MS / 1000u);
             snprintf(p->row.last_error, sizeof(p->row.last_error), "%s", why);
-            station_db_package_delivered(st->db, p->row.package_id, now, why);
+            station_db_package_error(st->db, p->row.package_id, why);
             nu_warn("%s/%s: %s", p->row.job_id, p->row.programmer_id, why);
         }
         return;

@@ -417,22 +417,27 @@ int station_db_packages(struct station_db *db, const char *job_id, station_db_pa
 }
 
 int station_db_package_delivered(struct station_db *db, const uint8_t package_id[16],
-                                 uint64_t now_ms, const char *error)
+                                 uint64_t now_ms)
 {
     sqlite3_stmt *st = NULL;
-    int rc = db__prep(db,
-                      error ? "UPDATE packages SET last_error = ?2 WHERE package_id = ?1"
-                            : "UPDATE packages SET delivered_at_ms = ?3, last_error = ''"
-                              " WHERE package_id = ?1",
-                      &st);
+    int rc = db__prep(
+        db, "UPDATE packages SET delivered_at_ms = ?, last_error = '' WHERE package_id = ?", &st);
     if (rc != NU_OK)
         return rc;
-    sqlite3_bind_blob(st, 1, package_id, 16, SQLITE_STATIC);
-    if (error)
-        sqlite3_bind_text(st, 2, error, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)now_ms);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)now_ms);
+    sqlite3_bind_blob(st, 2, package_id, 16, SQLITE_STATIC);
     return db__done(db, st, "package delivered");
+}
+
+int station_db_package_error(struct station_db *db, const uint8_t package_id[16], const char *error)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = db__prep(db, "UPDATE packages SET last_error = ? WHERE package_id = ?", &st);
+    if (rc != NU_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, error ? error : "", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, package_id, 16, SQLITE_STATIC);
+    return db__done(db, st, "package error");
 }
 
 int station_db_package_finished(struct station_db *db, const uint8_t package_id[16], int finished)

@@ -142,9 +142,12 @@ typedef int (*station_db_package_cb)(void *ctx, const struct station_package *p)
 int station_db_packages(struct station_db *db, const char *job_id, station_db_package_cb cb,
                         void *ctx);
 
-/* Daemon bookkeeping of one package. error NULL clears last_error. */
+/* Daemon bookkeeping of one package: delivered (clears last_error) at now_ms; the
+ * last problem ("" clears it); finished or not. */
 int station_db_package_delivered(struct station_db *db, const uint8_t package_id[16],
-                                 uint64_t now_ms, const char *error);
+                                 uint64_t now_ms);
+int station_db_package_error(struct station_db *db, const uint8_t package_id[16],
+                             const char *error);
 int station_db_package_finished(struct station_db *db, const uint8_t package_id[16], int finished);
 
 /* Errors: NOT_FOUND. */

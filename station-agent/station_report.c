@@ -137,6 +137,25 @@ int station_report_settled(const struct station_report *r)
     return 1;
 }
 
+int station_report_stuck(const struct station_report *r)
+{
+    int stuck = 0;
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const struct station_report_job *j = &r->jobs[i];
+        if (j->job.state != STATION_JOB_STARTED)
+            continue;
+        size_t open = 0, blocked = 0;
+        for (size_t k = 0; k < j->n_progs; k++) {
+            open += !j->progs[k].finished;
+            blocked += !j->progs[k].finished && j->progs[k].error[0];
+        }
+        if (open && blocked < open)
+            return 0;
+        stuck = stuck || (open && blocked == open);
+    }
+    return stuck;
+}
+
 int station_report_failed(const struct station_report *r)
 {
     for (size_t i = 0; i < r->n_jobs; i++) {

@@ -56,6 +56,13 @@ void station_report_free(struct station_report *r);
 /* 1 when every job of the report is past running (done, stopped, or imported only). */
 int station_report_settled(const struct station_report *r);
 
+/*
+ * 1 when a running job can make no progress by itself: every package of it
+ * that is not finished carries an error (not owned, refused, programmer idle
+ * after START). The daemon keeps trying; a follower should stop waiting.
+ */
+int station_report_stuck(const struct station_report *r);
+
 /* 1 when any job of the report had a device failure or a package error. */
 int station_report_failed(const struct station_report *r);
 

@@ -717,6 +717,12 @@ static void test_station_cannot_command_a_programmer_it_does_not_own(void)
                                  10),
                     0);
     CU_ASSERT_EQUAL(fake_mark(&prog_b), 0);
+    /* Following a job nothing can move does not hang. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " production start --job J2 --wait --timeout 20 --dir %s"
+                                     " > %s/stuck.txt 2>&1",
+                               dir, tmp),
+                    1);
+    CU_ASSERT_TRUE(contains("stuck.txt", "no programmer of the job can go on"));
 }
 
 static void test_failed_stack_up_leaves_nothing_running(void)
