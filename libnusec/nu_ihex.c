@@ -42,27 +42,11 @@ struct ihex__state {
     int eof;
 };
 
-static int ihex__nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* digits[2*nb] -> out[nb]; DECODE on a non-hex character. */
 static int ihex__unhex(const char *digits, size_t nb, uint8_t *out)
 {
-    for (size_t i = 0; i < nb; i++) {
-        int hi = ihex__nibble(digits[2 * i]), lo = ihex__nibble(digits[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return NU_ERR_DECODE;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return NU_OK;
+    size_t got = 0;
+    return nu_hex_decode_n(digits, 2 * nb, out, nb, &got);
 }
 
 static int ihex__push(struct ihex__state *st, uint64_t addr, const char *hex, uint8_t n,

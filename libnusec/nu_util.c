@@ -252,23 +252,29 @@ static int nu__hex_nibble(char c)
     return -1;
 }
 
-int nu_hex_decode(const char *hex, uint8_t *out, size_t cap, size_t *out_len)
+int nu_hex_decode_n(const char *hex, size_t n_digits, uint8_t *out, size_t cap, size_t *out_len)
 {
     if (!hex || !out || !out_len)
         return NU_ERR_INVALID_ARG;
-    size_t n = strlen(hex);
-    if (n % 2)
+    if (n_digits % 2)
         return NU_ERR_DECODE;
-    if (n / 2 > cap)
+    if (n_digits / 2 > cap)
         return NU_ERR_TOO_LARGE;
-    for (size_t i = 0; i < n / 2; i++) {
+    for (size_t i = 0; i < n_digits / 2; i++) {
         int hi = nu__hex_nibble(hex[2 * i]), lo = nu__hex_nibble(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return NU_ERR_DECODE;
         out[i] = (uint8_t)(hi << 4 | lo);
     }
-    *out_len = n / 2;
+    *out_len = n_digits / 2;
     return NU_OK;
+}
+
+int nu_hex_decode(const char *hex, uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (!hex)
+        return NU_ERR_INVALID_ARG;
+    return nu_hex_decode_n(hex, strlen(hex), out, cap, out_len);
 }
 
 uint64_t nu_time_ms(void)

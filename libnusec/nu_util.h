@@ -53,6 +53,9 @@ int nu_hex_encode(const uint8_t *buf, size_t len, char *out, size_t cap);
 /* Decode hex text (even length, [0-9a-fA-F]) into out[cap]. DECODE or TOO_LARGE. */
 int nu_hex_decode(const char *hex, uint8_t *out, size_t cap, size_t *out_len);
 
+/* Same for exactly `n_digits` characters of `hex` (need not be NUL-terminated). */
+int nu_hex_decode_n(const char *hex, size_t n_digits, uint8_t *out, size_t cap, size_t *out_len);
+
 /* Wall clock, Unix milliseconds. */
 uint64_t nu_time_ms(void);
 
