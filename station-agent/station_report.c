@@ -17,19 +17,22 @@ struct report__build {
     int rc;
 };
 
-/* Rate: sliding window while running; whole-run average once finished. */
-static void report__rate(struct station_db *db, const char *job, const char *prog, int finished,
-                         uint64_t now, uint32_t limit, double *out_rate, int64_t *out_eta,
-                         struct station_counts *c)
+/*
+ * Rate: a sliding window while running; otherwise the whole run's average,
+ * and no time left (0 when finished, unknown when stopped or not started).
+ */
+static void report__rate(struct station_db *db, const char *job, const char *prog, int running,
+                         int finished, uint64_t now, uint32_t limit, double *out_rate,
+                         int64_t *out_eta, struct station_counts *c)
 {
     uint64_t since = now > STATION_RATE_WINDOW_MS ? now - STATION_RATE_WINDOW_MS : 0;
     if (station_db_counts(db, job, prog, since, c) != NU_OK)
         memset(c, 0, sizeof(*c));
-    if (finished) {
+    if (!running || finished) {
         *out_rate = c->last_ms > c->first_ms
                         ? station_rate_per_min(c->done, c->first_ms, c->last_ms, UINT64_MAX)
                         : 0.0;
-        *out_eta = 0;
+        *out_eta = finished ? 0 : -1;
         return;
     }
     *out_rate = station_rate_per_min(c->done_recent, c->first_ms, now, STATION_RATE_WINDOW_MS);
@@ -60,8 +63,8 @@ static int report__prog_cb(void *ctx, const struct station_package *p)
     rp->finished = p->finished || j->job.state == STATION_JOB_DONE;
     rp->delivered_at_ms = p->delivered_at_ms;
     snprintf(rp->error, sizeof(rp->error), "%s", p->last_error);
-    report__rate(b->db, p->job_id, p->programmer_id, rp->finished, b->r->now_ms, p->limit,
-                 &rp->per_min, &rp->eta_s, &c);
+    report__rate(b->db, p->job_id, p->programmer_id, j->job.state == STATION_JOB_STARTED,
+                 rp->finished, b->r->now_ms, p->limit, &rp->per_min, &rp->eta_s, &c);
     rp->done = c.done;
     rp->failed = c.failed;
     j->limit += p->limit;
@@ -89,8 +92,8 @@ static int report__job_cb(void *ctx, const struct station_job *job)
     int rc = station_db_packages(b->db, job->job_id, report__prog_cb, b);
     if (rc != NU_OK)
         return rc;
-    report__rate(b->db, job->job_id, NULL, job->state == STATION_JOB_DONE, r->now_ms, j->limit,
-                 &j->per_min, &j->eta_s, &c);
+    report__rate(b->db, job->job_id, NULL, job->state == STATION_JOB_STARTED,
+                 job->state == STATION_JOB_DONE, r->now_ms, j->limit, &j->per_min, &j->eta_s, &c);
     return NU_OK;
 }
 
