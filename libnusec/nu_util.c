@@ -321,6 +321,25 @@ int nu_memeq_ct(const void *a, const void *b, size_t len)
     return diff != 0;
 }
 
+int nu_parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *out_value)
+{
+    if (!text || !*text || !out_value)
+        return NU_ERR_INVALID_ARG;
+    uint64_t v = 0;
+    for (const char *p = text; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return NU_ERR_INVALID_ARG;
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return NU_ERR_TOO_LARGE;
+        v = v * 10 + d;
+    }
+    if (v < min || v > max)
+        return NU_ERR_TOO_LARGE;
+    *out_value = v;
+    return NU_OK;
+}
+
 int nu_duration_parse(const char *text, uint64_t *out_seconds)
 {
     if (!text || !*text || !out_seconds)

@@ -71,6 +71,12 @@ void nu_zero(void *buf, size_t len);
 /* Constant-time comparison; 0 when equal. */
 int nu_memeq_ct(const void *a, const void *b, size_t len);
 
+/*
+ * Parse a decimal unsigned number made of digits only (no sign, no spaces),
+ * within [min, max]. Errors: INVALID_ARG (not a number), TOO_LARGE (out of range).
+ */
+int nu_parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *out_value);
+
 /* Parse a duration like "90s", "15m", "12h", "30d" (bare number = seconds). */
 int nu_duration_parse(const char *text, uint64_t *out_seconds);
 

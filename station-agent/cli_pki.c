@@ -3,6 +3,7 @@
 #include "pki_init.h"
 
 #include "nu_err.h"
+#include "nu_util.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -35,9 +36,8 @@ static const char cli__pki_init_usage[] =
 
 static int cli__parse_uint(const char *text, unsigned max, unsigned *out)
 {
-    char *end = NULL;
-    unsigned long v = strtoul(text, &end, 10);
-    if (!*text || *end || text[0] == '-' || v > max)
+    uint64_t v = 0;
+    if (nu_parse_uint(text, 0, max, &v))
         return -1;
     *out = (unsigned)v;
     return 0;

@@ -92,9 +92,8 @@ static void app__on_signal(int sig)
 
 static int app__uint(const char *text, unsigned max, unsigned *out)
 {
-    char *end = NULL;
-    unsigned long v = strtoul(text, &end, 10);
-    if (!*text || *end || v > max)
+    uint64_t v = 0;
+    if (nu_parse_uint(text, 0, max, &v))
         return -1;
     *out = (unsigned)v;
     return 0;

@@ -114,6 +114,22 @@ static void test_duration(void)
     CU_ASSERT_EQUAL(nu_duration_parse("999999999999999999d", &s), NU_ERR_TOO_LARGE);
 }
 
+static void test_parse_uint(void)
+{
+    uint64_t v = 0;
+    CU_ASSERT_EQUAL(nu_parse_uint("42", 1, 100, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 42);
+    CU_ASSERT_EQUAL(nu_parse_uint("0", 1, 100, &v), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(nu_parse_uint("101", 1, 100, &v), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(nu_parse_uint("-1", 0, 100, &v), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nu_parse_uint(" 1", 0, 100, &v), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nu_parse_uint("1x", 0, 100, &v), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nu_parse_uint("", 0, 100, &v), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nu_parse_uint("18446744073709551616", 0, UINT64_MAX, &v), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(nu_parse_uint("18446744073709551615", 0, UINT64_MAX, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, UINT64_MAX);
+}
+
 static void test_random_and_ct_compare(void)
 {
     uint8_t a[32] = {0}, b[32] = {0};
@@ -136,6 +152,7 @@ int main(void)
         {"hex", test_hex},
         {"duration", test_duration},
         {"random and constant-time compare", test_random_and_ct_compare},
+        {"parse_uint is strict", test_parse_uint},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {{"nu_util", setup, teardown, cases},
