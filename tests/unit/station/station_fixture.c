@@ -24,7 +24,9 @@ static int sf__pack(const ProtobufCMessage *m, uint8_t **out, size_t *out_len)
 int sf_package(const struct sf_pkg_opts *o, const struct nu_signer *signer,
                const uint8_t recipient_pub[NU_P256_PUB_LEN], uint8_t **out, size_t *out_len)
 {
-    uint8_t id[16], key[32] = {1}, hash[32] = {2}, digest[32], sig[NU_P256_SIG_MAX];
+    uint8_t id[16], key[32] = {1}, hash[32] = {2}, fw[32] = {3}, chain[100] = {0x30}, digest[32],
+                    sig[NU_P256_SIG_MAX];
+    ProtobufCBinaryData chain_der = {sizeof(chain), chain};
     uint8_t *summary = NULL, *secrets = NULL, *box = NULL;
     size_t summary_len = 0, secrets_len = 0, box_len = 0, sig_len = sizeof(sig);
     uint64_t now = nu_time_ms();
@@ -53,6 +55,12 @@ int sf_package(const struct sf_pkg_opts *o, const struct nu_signer *signer,
     sec.rotpk_hash.data = hash;
     sec.rotpk_hash.len = sizeof(hash);
     sec.expires_at_ms = s.expires_at_ms;
+    /* Shapes a programmer checks when it loads a package (values are not a real job's). */
+    sec.firmware_digest.data = fw;
+    sec.firmware_digest.len = sizeof(fw);
+    sec.firmware_size = 1024;
+    sec.n_device_chain_der = 1;
+    sec.device_chain_der = &chain_der;
     int rc = sf__pack(&s.base, &summary, &summary_len);
     if (rc == NU_OK)
         rc = sf__pack(&sec.base, &secrets, &secrets_len);
