@@ -300,6 +300,13 @@ static void st__event_fill(const struct st__note *n, Nusec__V1__Event *ev,
 static void st__notes_flush(struct station *st)
 {
     char topic[STATION_TOPIC_MAX];
+    if (st->n_notes && !nu_mqtt_is_connected(st->mqtt)) {
+        /* A publish would wait for the broker (up to its timeout) and hold up the
+         * journal; these events only inform monitors. */
+        nu_warn("%zu station events not published: broker unreachable", st->n_notes);
+        st->n_notes = 0;
+        return;
+    }
     for (size_t i = 0; i < st->n_notes; i++) {
         const struct st__note *n = &st->notes[i];
         Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
