@@ -310,7 +310,12 @@ static int cli__list(int argc, char **argv)
         cli_errorf("package list: unexpected argument '%s'", argv[o.first_arg]);
         return CLI_EXIT_USAGE;
     }
-    if ((rc = station_db_open_dir(o.dir, &l.db)) != NU_OK)
+    if ((rc = station_db_open_dir_existing(o.dir, &l.db)) == NU_ERR_NOT_FOUND) {
+        if (!o.json)
+            printf("no package imported (nusec package import FILE...)\n");
+        return CLI_EXIT_OK;
+    }
+    if (rc != NU_OK)
         return cli_fail("package list: station.db", rc);
     l.json = o.json;
     rc = station_db_packages(l.db, NULL, cli__list_one, &l);

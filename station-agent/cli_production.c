@@ -246,6 +246,17 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
     return (o->wait && !done) || failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
+/* station.db of dir, which must exist (a typo in --dir must not create state). */
+static int cli__open_db(const char *dir, struct station_db **db)
+{
+    int rc = station_db_open_dir_existing(dir, db);
+    if (rc == NU_ERR_NOT_FOUND)
+        cli_errorf("production: no station in %s yet (import packages first: nusec package "
+                   "import FILE... --dir %s)",
+                   dir, dir);
+    return rc;
+}
+
 static void cli__warn_no_daemon(const char *dir)
 {
     if (!station_daemon_running(dir, NULL))
@@ -286,8 +297,9 @@ static int cli__start(int argc, char **argv)
         rc = cli__prod_only(&o, 1, 0, 0, 1, cli__start_usage);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if ((rc = station_db_open_dir(o.dir, &db)) != NU_OK)
-        return cli_fail("production start: station.db", rc);
+    if ((rc = cli__open_db(o.dir, &db)) != NU_OK)
+        return rc == NU_ERR_NOT_FOUND ? CLI_EXIT_FAIL
+                                      : cli_fail("production start: station.db", rc);
     rc = cli__command(&o, db, STATION_JOB_STARTED);
     if (rc == CLI_EXIT_OK && o.wait)
         rc = cli__follow(&o, db, isatty(STDOUT_FILENO), o.timeout_s);
@@ -304,8 +316,8 @@ static int cli__stop(int argc, char **argv)
         rc = cli__prod_only(&o, 0, 0, 0, 1, cli__stop_usage);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if ((rc = station_db_open_dir(o.dir, &db)) != NU_OK)
-        return cli_fail("production stop: station.db", rc);
+    if ((rc = cli__open_db(o.dir, &db)) != NU_OK)
+        return rc == NU_ERR_NOT_FOUND ? CLI_EXIT_FAIL : cli_fail("production stop: station.db", rc);
     rc = cli__command(&o, db, STATION_JOB_STOPPED);
     station_db_close(db);
     return rc;
@@ -321,8 +333,9 @@ static int cli__status(int argc, char **argv)
         rc = cli__prod_only(&o, 0, 1, 1, 0, cli__status_usage);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if ((rc = station_db_open_dir(o.dir, &db)) != NU_OK)
-        return cli_fail("production status: station.db", rc);
+    if ((rc = cli__open_db(o.dir, &db)) != NU_OK)
+        return rc == NU_ERR_NOT_FOUND ? CLI_EXIT_FAIL
+                                      : cli_fail("production status: station.db", rc);
     int tty = isatty(STDOUT_FILENO);
     if (!o.json && ((tty && !o.once) || (!tty && o.watch))) {
         rc = cli__follow(&o, db, tty, 0);

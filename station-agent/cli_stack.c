@@ -363,7 +363,7 @@ static int stack__station_ok(struct stack__health *h)
     struct station_db *db = NULL;
     if (!station_daemon_running(h->s->dir, &pid) || pid != h->pid)
         return 0;
-    int ok = station_db_open_dir(h->s->dir, &db) == NU_OK &&
+    int ok = station_db_open_dir_existing(h->s->dir, &db) == NU_OK &&
              station_db_meta_get(db, "ready_pid", ready, sizeof(ready)) == NU_OK &&
              atol(ready) == (long)h->pid;
     station_db_close(db);

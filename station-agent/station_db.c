@@ -204,6 +204,19 @@ int station_db_open_dir(const char *dir, struct station_db **out_db)
     return rc;
 }
 
+int station_db_open_dir_existing(const char *dir, struct station_db **out_db)
+{
+    char path[PATH_MAX];
+    int rc = nu_paths_get(dir, NU_PATH_STATION, path, sizeof(path));
+    if (rc == NU_OK)
+        rc = nu_path_fmt(path + strlen(path), sizeof(path) - strlen(path), "/station.db");
+    if (rc == NU_OK && !nu_path_exists(path))
+        rc = NU_ERR_NOT_FOUND;
+    if (rc == NU_OK)
+        rc = station_db_open(path, out_db);
+    return rc;
+}
+
 void station_db_close(struct station_db *db)
 {
     if (!db)

@@ -98,6 +98,9 @@ int station_db_open(const char *path, struct station_db **out_db);
 /* DIR/station/station.db (the folder is created). Errors: as above, TOO_LARGE, IO. */
 int station_db_open_dir(const char *dir, struct station_db **out_db);
 
+/* The same, for readers: NOT_FOUND when DIR has no station.db yet (nothing created). */
+int station_db_open_dir_existing(const char *dir, struct station_db **out_db);
+
 /* Close; NULL is a no-op. */
 void station_db_close(struct station_db *db);
 
