@@ -615,35 +615,64 @@ static int cert__device_list(struct cloud_call *call)
 
 /* ------------------------------------------------------------ device.revoke */
 
+/* The one job that certified a UID, when the OEM did not name it. */
+struct cert__only_job {
+    char job[CLOUD_LEDGER_ID_MAX + 1];
+    unsigned n;
+};
+
+static int cert__only_job_visit(void *ctx, const struct cloud_ledger_cert *c)
+{
+    struct cert__only_job *o = ctx;
+    if (o->n++ == 0)
+        snprintf(o->job, sizeof(o->job), "%s", c->job_id);
+    return NU_OK;
+}
+
 static int cert__device_revoke(struct cloud_call *call)
 {
     const Nusec__V1__DeviceRevokeRequest *r = call->req->device_revoke_request;
     const char *reason = r->reason && r->reason[0] ? r->reason : "unspecified";
-    if (nu_envelope_id_check(r->job_id))
-        return cloud_fail(call, NU_ERR_INVALID_ARG, "a job id is required");
+    struct cert__only_job only = {.n = 0};
+    const char *job = r->job_id && r->job_id[0] ? r->job_id : NULL;
+    if (job && nu_envelope_id_check(job))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "job id is not an identifier");
     if (r->device_uid.len == 0 || r->device_uid.len > CLOUD_LEDGER_UID_MAX)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "device UID must be 1..%d bytes",
                           CLOUD_LEDGER_UID_MAX);
+    /* No job named: the UID's only certificate (a UID may be in several jobs). */
+    if (!job) {
+        int rc = cloud_ledger_cert_list(call->ledger, NULL, r->device_uid.data, r->device_uid.len,
+                                        cert__only_job_visit, &only);
+        if (rc)
+            return cloud_fail(call, rc, "cannot look the UID up");
+        if (only.n == 0)
+            return cloud_fail(call, NU_ERR_NOT_FOUND, "no certificate for this UID");
+        if (only.n > 1)
+            return cloud_fail(call, NU_ERR_INVALID_ARG,
+                              "this UID has certificates in %u jobs: name the job", only.n);
+        job = only.job;
+    }
     struct cloud_ledger_cert_ref ref = {
-        .job_id = r->job_id,
+        .job_id = job,
         .device_uid = r->device_uid.data,
         .device_uid_len = r->device_uid.len,
     };
     int rc = cloud_ledger_cert_revoke(call->ledger, &ref, reason, call->requester, nu_time_ms());
     if (rc == NU_ERR_NOT_FOUND)
-        return cloud_fail(call, rc, "no certificate for this UID in job %s", r->job_id);
+        return cloud_fail(call, rc, "no certificate for this UID in job %s", job);
     if (rc == NU_ERR_STATE)
         return cloud_fail(call, rc, "already revoked");
     if (rc)
         return cloud_fail(call, rc, "revocation not recorded");
     Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
     ev.kind = "device.revoked";
-    ev.job_id = r->job_id;
+    ev.job_id = (char *)job;
     ev.detail = (char *)reason;
     if (cloud_publish_event(call->cloud, &ev))
         nu_warn("event device.revoked not published");
     Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
-    ack.detail = "revoked";
+    ack.detail = (char *)job; /* which certificate went: the job that issued it */
     return cloud_reply(call, &ack.base);
 }
 

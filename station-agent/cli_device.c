@@ -34,13 +34,14 @@ static const char cli__list_usage[] =
     "Exit status: 0 done, 1 failed, 2 usage error.\n";
 
 static const char cli__revoke_usage[] =
-    "usage: nusec device revoke UID --job JOB [--reason TEXT] [--dir DIR]\n"
+    "usage: nusec device revoke UID [--job JOB] [--reason TEXT] [--dir DIR]\n"
     "\n"
-    "Revoke the certificate that job JOB issued to the device with UID (hex).\n"
-    "The quota it used is not returned. The revocation is in the ledger and the\n"
-    "audit trail (a signed device CRL is not published yet).\n"
+    "Revoke the certificate of the device with UID (hex): the one job JOB issued,\n"
+    "or without --job the UID's only certificate (refused when the UID is in\n"
+    "several jobs). The quota it used is not returned. The revocation is in the\n"
+    "ledger and the audit trail (a signed device CRL is not published yet).\n"
     "\n"
-    "  --job JOB      the job that issued the certificate (required)\n"
+    "  --job JOB      the job that issued the certificate\n"
     "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
     "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
     "  -h, --help     this text\n"
@@ -221,8 +222,8 @@ static int cli__revoke(int argc, char **argv)
     int rc = cli__parse(argc, argv, cli__revoke_usage, &o);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if (optind != argc - 1 || !o.job || o.uid || o.certs || o.json) {
-        cli_errorf("device revoke: need UID and --job JOB (see --help)");
+    if (optind != argc - 1 || o.uid || o.certs || o.json) {
+        cli_errorf("device revoke: need one device UID (see --help)");
         return CLI_EXIT_USAGE;
     }
     if ((rc = cli__job("device revoke", o.job)) ||
@@ -240,13 +241,13 @@ static int cli__revoke(int argc, char **argv)
         return CLI_EXIT_FAIL;
     Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
-    req.job_id = (char *)o.job;
+    req.job_id = (char *)(o.job ? o.job : "");
     req.device_uid.data = uid;
     req.device_uid.len = uid_len;
     req.reason = (char *)(o.reason ? o.reason : "");
     rc = cli_cloud_call(&cc, "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
     if (!rc)
-        printf("device %s of job %s revoked\n", argv[optind], o.job);
+        printf("device %s of job %s revoked\n", argv[optind], o.job ? o.job : reply->ack->detail);
     nu_envelope_free(reply);
     cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;

@@ -1037,8 +1037,12 @@ static void test_cli(void)
         nu_test_sh("%s programmer revoke prog-2 --dir %s --reason test >/dev/null", nusec, F.dir),
         0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-2 %s/broker/revoked", F.dir), 0);
+    /* without --job: the UID's only certificate */
+    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke aabbcc06 --dir %s > %s", nusec, F.dir, out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'of job job-b revoked' %s", out), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke 00ff00ff --dir %s 2>/dev/null", nusec, F.dir), 1);
     /* usage errors: 2 */
-    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke aabbcc01 --dir %s 2>/dev/null", nusec, F.dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s device revoke --dir %s 2>/dev/null", nusec, F.dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s programmer token --dir %s 2>/dev/null", nusec, F.dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --uid xyz 2>/dev/null", nusec, F.dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s programmer list --help >/dev/null", nusec), 0);
