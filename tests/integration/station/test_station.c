@@ -738,6 +738,15 @@ static void test_station_cannot_command_a_programmer_it_does_not_own(void)
                                dir, tmp),
                     1);
     CU_ASSERT_TRUE(contains("stuck.txt", "no programmer of the job can go on"));
+    /* Ctrl-C while following leaves the job running and says how to stop it. */
+    CU_ASSERT_EQUAL(nu_test_sh("(" NUSEC " production status --watch --interval 1 --job J2"
+                               " --dir %s > %s/int.txt 2>&1 & p=$!; sleep 1; kill -INT $p;"
+                               " wait $p; echo $? > %s/int.rc)",
+                               dir, tmp, tmp),
+                    0);
+    CU_ASSERT_TRUE(contains("int.rc", "130"));
+    CU_ASSERT_TRUE(contains("int.txt", "production goes on; stop it with: nusec production stop"));
+    CU_ASSERT_EQUAL(status_until("J2", "r[\"jobs\"][0][\"state\"]==\"started\"", 2), 0);
 }
 
 static void test_failed_stack_up_leaves_nothing_running(void)
