@@ -107,6 +107,7 @@ struct station {
     size_t n_progs, cap_progs;
     uint64_t data_version;
     int counts_dirty;
+    uint64_t counts_at_ms; /* last journal count check (at most one a second) */
     struct st__note notes[ST__NOTES_MAX];
     size_t n_notes;
 };
@@ -816,6 +817,11 @@ static void st__act_started(struct station *st, struct st__job *j, uint64_t now)
 static void st__act(struct station *st)
 {
     uint64_t now = nu_time_ms();
+    /* Counting the journal costs a query per package: once a second is plenty
+     * (the programmers' own counters finish packages at once). */
+    int counts_due = st->counts_dirty && now - st->counts_at_ms >= 1000u;
+    int dirty = st->counts_dirty;
+    st->counts_dirty = counts_due;
     for (size_t i = 0; i < st->n_jobs; i++) {
         struct st__job *j = &st->jobs[i];
         if (j->row.state == STATION_JOB_STARTED) {
@@ -832,7 +838,9 @@ static void st__act(struct station *st)
             }
         }
     }
-    st->counts_dirty = 0;
+    if (counts_due)
+        st->counts_at_ms = now;
+    st->counts_dirty = dirty && !counts_due;
 }
 
 /* ---- connection ----------------------------------------------------------------------------- */

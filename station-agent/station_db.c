@@ -8,6 +8,7 @@
 #include "nu_util.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 struct station_db {
     sqlite3 *h;
+    sqlite3_stmt *journal_ins; /* the hot statement, prepared once */
 };
 
 static const char db__schema[] =
@@ -63,7 +65,9 @@ static const char db__schema[] =
     " detail TEXT NOT NULL DEFAULT '',"
     " envelope BLOB NOT NULL,"
     " UNIQUE(sender, sender_seq));"
-    "CREATE INDEX IF NOT EXISTS journal_job ON journal(job_id, kind, sender);"
+    /* Covers the progress counts (station_db_counts) without touching the rows. */
+    "CREATE INDEX IF NOT EXISTS journal_counts"
+    " ON journal(job_id, kind, role, sender, device_uid, received_at_ms);"
     "CREATE TABLE IF NOT EXISTS programmers("
     " programmer_id TEXT PRIMARY KEY,"
     " state TEXT NOT NULL,"
@@ -221,6 +225,7 @@ void station_db_close(struct station_db *db)
 {
     if (!db)
         return;
+    sqlite3_finalize(db->journal_ins);
     sqlite3_close_v2(db->h);
     free(db);
 }
@@ -596,19 +601,21 @@ int station_db_journal_add(struct station_db *db, const struct station_event *ev
                            const uint8_t *envelope, size_t len, uint64_t received_ms,
                            int *out_added)
 {
-    sqlite3_stmt *st = NULL;
     if (out_added)
         *out_added = 0;
-    if (!db || !ev || (!envelope && len))
+    if (!db || !ev || (!envelope && len) || len > INT32_MAX)
         return NU_ERR_INVALID_ARG;
-    int rc = db__prep(db,
-                      "INSERT OR IGNORE INTO journal(received_at_ms, topic, role, sender,"
-                      " sender_seq, sent_at_ms, kind, job_id, device_uid, socket, outcome,"
-                      " serial, error, detail, envelope)"
-                      " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      &st);
+    int rc = db->journal_ins
+                 ? NU_OK
+                 : db__prep(db,
+                            "INSERT OR IGNORE INTO journal(received_at_ms, topic, role, sender,"
+                            " sender_seq, sent_at_ms, kind, job_id, device_uid, socket, outcome,"
+                            " serial, error, detail, envelope)"
+                            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            &db->journal_ins);
     if (rc != NU_OK)
         return rc;
+    sqlite3_stmt *st = db->journal_ins;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)received_ms);
     sqlite3_bind_text(st, 2, ev->topic, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, ev->role, -1, SQLITE_STATIC);
@@ -621,14 +628,19 @@ int station_db_journal_add(struct station_db *db, const struct station_event *ev
     sqlite3_bind_text(st, 9, ev->device_uid, -1, SQLITE_STATIC);
     if (ev->has_device)
         sqlite3_bind_int64(st, 10, ev->socket);
+    else
+        sqlite3_bind_null(st, 10);
     sqlite3_bind_text(st, 11, ev->outcome ? ev->outcome : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 12, ev->serial, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 13, ev->error ? nu_err_name(ev->error) : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 14, ev->detail, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 15, envelope ? (const void *)envelope : "", (int)len, SQLITE_STATIC);
-    rc = db__done(db, st, "journal add");
+    int src = sqlite3_step(st);
+    rc = src == SQLITE_DONE ? NU_OK : db__fail(db, src, "journal add");
     if (rc == NU_OK && out_added)
         *out_added = sqlite3_changes(db->h) > 0;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return rc;
 }
 

@@ -19,6 +19,7 @@
  *        role, sender, sender_seq, sent_at_ms, kind, job_id, device_uid
  *        (hex), socket, outcome, serial, error, detail, envelope BLOB,
  *        UNIQUE(sender, sender_seq))   -- QoS 1 duplicates are dropped
+ *        index journal_counts(job_id, kind, role, sender, device_uid, received_at_ms)
  *   programmers(programmer_id PRIMARY KEY, state, job_id, unit_limit,
  *        counter, sockets, firmware_version, status_seq, status_sent_ms,
  *        seen_at_ms, online_since_ms, envelope BLOB)
