@@ -709,6 +709,27 @@ static void st__refused(struct station *st, struct st__pkg *p, int rc, const cha
     st__note(st, "delivery.refused", p->row.job_id, rc, why, NULL);
 }
 
+/*
+ * Another running job's package went to this programmer in its current
+ * online epoch and is not finished: one job at a time per programmer (a
+ * programmer holds one package; a second delivery would be dropped).
+ */
+static int st__prog_taken(struct station *st, const struct st__pkg *p, const struct st__prog *prog)
+{
+    for (size_t i = 0; i < st->n_pkgs; i++) {
+        const struct st__pkg *o = &st->pkgs[i];
+        const struct st__job *oj;
+        /* A package that could not start (it carries an error) holds nothing. */
+        if (o == p || o->row.finished || !o->sent || o->sent_epoch != prog->epoch ||
+            o->row.last_error[0] || strcmp(o->row.programmer_id, p->row.programmer_id) != 0)
+            continue;
+        oj = st__job_get(st, o->row.job_id);
+        if (oj && oj->row.state == STATION_JOB_STARTED && o->sent_gen == oj->row.generation)
+            return 1;
+    }
+    return 0;
+}
+
 static void st__maybe_start(struct station *st, const struct st__job *j, struct st__pkg *p,
                             uint64_t now)
 {
@@ -733,6 +754,8 @@ static void st__maybe_start(struct station *st, const struct st__job *j, struct 
         return;
     }
     if (prog->state != NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_IDLE)
+        return;
+    if (!current && st__prog_taken(st, p, prog))
         return;
     if (current) {
         if (!p->idle_noted && now - p->sent_ms > STATION_START_GRACE_MS) {

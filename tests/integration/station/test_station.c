@@ -706,6 +706,38 @@ static void test_wait_follows_a_job_to_done(void)
                     0);
 }
 
+static void test_two_jobs_on_one_programmer_run_one_after_the_other(void)
+{
+    char path[512];
+    CU_ASSERT_EQUAL_FATAL(make_pkg("J4", "prog-a", 1, "j4.nspkg", path, sizeof(path)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh(NUSEC " package import %s --dir %s > /dev/null", path, dir),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(make_pkg("J5", "prog-a", 1, "j5.nspkg", path, sizeof(path)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh(NUSEC " package import %s --dir %s > /dev/null", path, dir),
+                          0);
+    size_t mark = fake_mark(&prog_a);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " production start --job J4 --dir %s > /dev/null 2>&1 && " NUSEC
+                               " production start --job J5 --dir %s > /dev/null 2>&1",
+                               dir, dir),
+                    0);
+    CU_ASSERT_TRUE_FATAL(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J4", 5000) >= 0);
+    usleep(600000); /* three daemon polls: J5 must wait for prog-a */
+    CU_ASSERT_EQUAL(fake_find(&prog_a, mark, BODY_COMMAND, START, "J5"), -1);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J4", 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(fake_device(&prog_a, "J4", 21, 1, NULL, NULL), NU_OK);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J4", 1, 1), NU_OK);
+    CU_ASSERT_TRUE(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J5", 5000) >= 0);
+    CU_ASSERT_EQUAL(status_until("J4", "r[\"jobs\"][0][\"state\"]==\"done\"", 5), 0);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J5", 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J5", 1, 0), NU_OK); /* tray empty */
+    CU_ASSERT_EQUAL(status_until("J5",
+                                 "r[\"jobs\"][0][\"state\"]==\"done\" and "
+                                 "r[\"jobs\"][0][\"done\"]==0",
+                                 5),
+                    0);
+}
+
 static void test_station_cannot_command_a_programmer_it_does_not_own(void)
 {
     /* Directly: the station identity publishing to prog-b's command topic. */
@@ -876,6 +908,8 @@ int main(int argc, char **argv)
          test_station_restart_resumes_and_loses_nothing},
         {"STOP reaches a producing programmer", test_stop_reaches_a_producing_programmer},
         {"--wait follows a job to done", test_wait_follows_a_job_to_done},
+        {"two jobs on one programmer run one after the other",
+         test_two_jobs_on_one_programmer_run_one_after_the_other},
         {"no command to a programmer the station does not own",
          test_station_cannot_command_a_programmer_it_does_not_own},
         {"a failed stack up leaves nothing running", test_failed_stack_up_leaves_nothing_running},
