@@ -19,6 +19,9 @@
  *     work is left — which covers the station's own restart too, since the
  *     retained status is the first thing it sees. Idempotent on the
  *     programmer (same package id).
+ *     One job at a time per programmer: a package for it waits while another
+ *     running job's package, delivered in the same online epoch, is not
+ *     finished (a programmer holds one package; it would drop a second).
  *   - job stopped, programmer PRODUCING that job: STOP.
  *   - a package is finished when its programmer reports PRODUCING -> IDLE on
  *     that job, when its counter or the journal reaches the limit, or when
