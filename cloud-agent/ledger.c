@@ -131,14 +131,67 @@ static const char *const ledger__migrations[] = {
     " BEGIN SELECT RAISE(ABORT, 'jobs are never deleted'); END;"
     "CREATE TRIGGER programmers_no_delete BEFORE DELETE ON programmers"
     " BEGIN SELECT RAISE(ABORT, 'programmers are never deleted'); END;",
+    /* 1 -> 2: firmware delivery. Signed images, each job's firmware key and
+     * its sealed packages with the hashes of their firmware tokens. Nothing
+     * here changes once written. */
+    "CREATE TABLE firmware_images ("
+    " name TEXT PRIMARY KEY NOT NULL CHECK (typeof(name) = 'text'),"
+    " image_digest BLOB NOT NULL CHECK (typeof(image_digest) = 'blob'"
+    "  AND length(image_digest) = 32),"
+    " image_size INTEGER NOT NULL CHECK (typeof(image_size) = 'integer' AND image_size >= 1),"
+    " security_counter INTEGER NOT NULL CHECK (security_counter >= 0),"
+    " request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),"
+    " signed_by TEXT NOT NULL,"
+    " signed_at_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE job_keys ("
+    " job_id TEXT PRIMARY KEY NOT NULL REFERENCES jobs (job_id),"
+    " firmware_key BLOB NOT NULL CHECK (typeof(firmware_key) = 'blob'"
+    "  AND length(firmware_key) = 32),"
+    " image_digest BLOB NOT NULL CHECK (typeof(image_digest) = 'blob'"
+    "  AND length(image_digest) = 32),"
+    " image_size INTEGER NOT NULL CHECK (typeof(image_size) = 'integer' AND image_size >= 1),"
+    " request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),"
+    " created_at_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE job_packages ("
+    " job_id TEXT NOT NULL,"
+    " programmer_id TEXT NOT NULL,"
+    " position INTEGER NOT NULL CHECK (typeof(position) = 'integer' AND position >= 0),"
+    " token_hash BLOB NOT NULL CHECK (typeof(token_hash) = 'blob' AND length(token_hash) = 32),"
+    " package BLOB NOT NULL CHECK (typeof(package) = 'blob'"
+    "  AND length(package) BETWEEN 1 AND 65536),"
+    " PRIMARY KEY (job_id, programmer_id),"
+    " UNIQUE (job_id, position),"
+    " FOREIGN KEY (job_id, programmer_id) REFERENCES job_allocations (job_id, programmer_id))"
+    " WITHOUT ROWID;"
+    "CREATE TRIGGER firmware_images_fixed BEFORE UPDATE ON firmware_images"
+    " BEGIN SELECT RAISE(ABORT, 'a signed image record does not change'); END;"
+    "CREATE TRIGGER firmware_images_no_delete BEFORE DELETE ON firmware_images"
+    " BEGIN SELECT RAISE(ABORT, 'signed image records are never deleted'); END;"
+    "CREATE TRIGGER job_keys_fixed BEFORE UPDATE ON job_keys"
+    " BEGIN SELECT RAISE(ABORT, 'a job key does not change'); END;"
+    "CREATE TRIGGER job_keys_no_delete BEFORE DELETE ON job_keys"
+    " BEGIN SELECT RAISE(ABORT, 'job keys are never deleted'); END;"
+    "CREATE TRIGGER job_packages_fixed BEFORE UPDATE ON job_packages"
+    " BEGIN SELECT RAISE(ABORT, 'a sealed package does not change'); END;"
+    "CREATE TRIGGER job_packages_no_delete BEFORE DELETE ON job_packages"
+    " BEGIN SELECT RAISE(ABORT, 'sealed packages are never deleted'); END;",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))
 _Static_assert(LEDGER_N_MIGRATIONS == CLOUD_LEDGER_SCHEMA_VERSION, "one migration per version");
 
-static const char *const ledger__triggers[] = {
-    "audit_events_no_update", "audit_events_no_delete", "audit_events_seq", "audit_head_no_delete",
-    "certificates_no_delete", "certificates_fixed",     "jobs_no_delete",   "programmers_no_delete",
+/* The protective triggers and the schema version that brought each. */
+static const struct {
+    const char *name;
+    int since;
+} ledger__triggers[] = {
+    {"audit_events_no_update", 1}, {"audit_events_no_delete", 1},
+    {"audit_events_seq", 1},       {"audit_head_no_delete", 1},
+    {"certificates_no_delete", 1}, {"certificates_fixed", 1},
+    {"jobs_no_delete", 1},         {"programmers_no_delete", 1},
+    {"firmware_images_fixed", 2},  {"firmware_images_no_delete", 2},
+    {"job_keys_fixed", 2},         {"job_keys_no_delete", 2},
+    {"job_packages_fixed", 2},     {"job_packages_no_delete", 2},
 };
 
 /* Kinds only the ledger writes; verify trusts cert.issued events. */
@@ -147,7 +200,7 @@ static const char *const ledger__reserved_kinds[] = {
     "job.closed",         "job.exhausted",     "programmer.enrolled", "programmer.revoked",
     "enroll.token.added", "enroll.token.used", "enroll.refused",      "cert.issued",
     "cert.resent",        "cert.refused",      "cert.provisioned",    "cert.failed",
-    "cert.revoked",
+    "cert.revoked",       "ledger.migrated",   "firmware.signed",     "job.packages",
 };
 
 /* --------------------------------------------------------------- statements */
@@ -232,7 +285,21 @@ static const char *const ledger__reserved_kinds[] = {
     X(CERT_STATE, "UPDATE certificates SET state = ?2, state_at_ms = ?3, detail = ?4"              \
                   " WHERE serial = ?1")                                                            \
     X(CERT_REVOKE, "UPDATE certificates SET state = 'revoked', state_at_ms = ?2,"                  \
-                   " revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1")
+                   " revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1")                    \
+    X(FW_INSERT, "INSERT INTO firmware_images (name, image_digest, image_size,"                    \
+                 " security_counter, request_hash, signed_by, signed_at_ms)"                       \
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")                                           \
+    X(FW_GET, "SELECT name, image_digest, image_size, security_counter, request_hash,"             \
+              " signed_by, signed_at_ms FROM firmware_images WHERE name = ?1")                     \
+    X(KEYS_INSERT, "INSERT INTO job_keys (job_id, firmware_key, image_digest, image_size,"         \
+                   " request_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                \
+    X(KEYS_GET, "SELECT firmware_key, image_digest, image_size, request_hash FROM job_keys"        \
+                " WHERE job_id = ?1")                                                              \
+    X(PKG_INSERT, "INSERT INTO job_packages (job_id, programmer_id, position, token_hash,"         \
+                  " package) VALUES (?1, ?2, ?3, ?4, ?5)")                                         \
+    X(PKG_TOKEN, "SELECT token_hash FROM job_packages WHERE job_id = ?1 AND programmer_id = ?2")   \
+    X(PKG_LIST, "SELECT programmer_id, package FROM job_packages WHERE job_id = ?1"                \
+                " ORDER BY position")
 
 enum ledger_stmt {
 #define LEDGER__ENUM(name, sql) ST_##name,
@@ -905,6 +972,15 @@ static int ledger__migrate(struct cloud_ledger *l)
         lj_u64(&j, "schema", CLOUD_LEDGER_SCHEMA_VERSION);
         lj_raw(&j, "}", 1);
         rc = ledger__append_json(l, &j, nu_time_ms(), "ledger.created", LEDGER_ACTOR_SELF, "");
+    } else if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION) {
+        /* An upgrade is a change of what the file holds: it is in the chain. */
+        struct ledger_json j;
+        lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+        lj_raw(&j, "{", 1);
+        lj_u64(&j, "from", (uint64_t)version);
+        lj_u64(&j, "to", CLOUD_LEDGER_SCHEMA_VERSION);
+        lj_raw(&j, "}", 1);
+        rc = ledger__append_json(l, &j, nu_time_ms(), "ledger.migrated", LEDGER_ACTOR_SELF, "");
     }
     if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION) {
         snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d",
@@ -1358,6 +1434,21 @@ struct ledger_visit {
 
 /* ------------------------------------------------------------------- jobs */
 
+static void ledger__token_id(struct ledger_json *j, const uint8_t hash[NU_SHA256_LEN]);
+
+static int ledger__secrets_check(const struct cloud_ledger_job_secrets *x, size_t n)
+{
+    if (!x->packages || x->image_size == 0)
+        return NU_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++) {
+        if (!x->packages[i].package || x->packages[i].package_len == 0)
+            return NU_ERR_INVALID_ARG;
+        if (x->packages[i].package_len > CLOUD_LEDGER_PACKAGE_MAX)
+            return NU_ERR_TOO_LARGE;
+    }
+    return NU_OK;
+}
+
 static int ledger__job_spec_check(const struct cloud_ledger_job_spec *s)
 {
     uint64_t sum = 0;
@@ -1390,6 +1481,8 @@ static int ledger__job_spec_check(const struct cloud_ledger_job_spec *s)
     }
     if (rc == NU_OK && sum > s->quota)
         rc = NU_ERR_INVALID_ARG;
+    if (rc == NU_OK && s->secrets)
+        rc = ledger__secrets_check(s->secrets, s->n_alloc);
     return rc;
 }
 
@@ -1414,6 +1507,56 @@ static int ledger__job_created_event(struct cloud_ledger *l, const struct cloud_
     }
     lj_raw(&j, "]}", 2);
     return ledger__append_json(l, &j, s->now_ms, "job.created", s->actor, s->job_id);
+}
+
+/* Firmware key, packages and their event, inside job_create's transaction. */
+static int ledger__job_secrets_put(struct cloud_ledger *l, const struct cloud_ledger_job_spec *s)
+{
+    const struct cloud_ledger_job_secrets *x = s->secrets;
+    uint8_t pkg_hash[NU_SHA256_LEN];
+    struct ledger_json j;
+    sqlite3_stmt *st = NULL;
+    int rc = ledger__stmt(l, ST_KEYS_INSERT, &st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, s->job_id);
+    ledger__bind_blob(st, 2, x->firmware_key, sizeof(x->firmware_key));
+    ledger__bind_blob(st, 3, x->image_digest, sizeof(x->image_digest));
+    ledger__bind_u64(st, 4, x->image_size);
+    ledger__bind_blob(st, 5, x->request_hash, sizeof(x->request_hash));
+    ledger__bind_u64(st, 6, s->now_ms);
+    rc = ledger__run(l, st, "job keys insert");
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_hex(&j, "image_digest", x->image_digest, sizeof(x->image_digest));
+    lj_u64(&j, "image_size", x->image_size);
+    lj_key(&j, "packages");
+    lj_raw(&j, "[", 1);
+    for (size_t i = 0; rc == NU_OK && i < s->n_alloc; i++) {
+        const struct cloud_ledger_job_package *p = &x->packages[i];
+        rc = ledger__stmt(l, ST_PKG_INSERT, &st);
+        if (rc != NU_OK)
+            break;
+        ledger__bind_text(st, 1, s->job_id);
+        ledger__bind_text(st, 2, s->alloc[i].programmer_id);
+        ledger__bind_u64(st, 3, i);
+        ledger__bind_blob(st, 4, p->token_hash, sizeof(p->token_hash));
+        ledger__bind_blob(st, 5, p->package, p->package_len);
+        rc = ledger__run(l, st, "package insert");
+        if (rc == NU_OK)
+            rc = nu_sha256(p->package, p->package_len, pkg_hash);
+        lj_key(&j, NULL);
+        lj_raw(&j, "{", 1);
+        lj_str(&j, "programmer", s->alloc[i].programmer_id);
+        ledger__token_id(&j, p->token_hash);
+        lj_hex(&j, "package_sha256", pkg_hash, sizeof(pkg_hash));
+        lj_raw(&j, "}", 1);
+    }
+    lj_raw(&j, "]}", 2);
+    if (rc == NU_OK)
+        rc = ledger__append_json(l, &j, s->now_ms, "job.packages", s->actor, s->job_id);
+    return rc;
 }
 
 int cloud_ledger_job_create(struct cloud_ledger *ledger, const struct cloud_ledger_job_spec *spec)
@@ -1454,6 +1597,8 @@ int cloud_ledger_job_create(struct cloud_ledger *ledger, const struct cloud_ledg
     }
     if (rc == NU_OK)
         rc = ledger__job_created_event(ledger, spec);
+    if (rc == NU_OK && spec->secrets)
+        rc = ledger__job_secrets_put(ledger, spec);
     if (rc == NU_OK)
         rc = ledger__commit(ledger);
 out:
@@ -1595,6 +1740,233 @@ int cloud_ledger_job_control(struct cloud_ledger *ledger, const char *job_id,
     }
 out:
     ledger__rollback(ledger);
+    return rc;
+}
+
+/* -------------------------------------------------------- firmware delivery */
+
+static int ledger__keys_read(struct cloud_ledger *l, const char *job_id,
+                             struct cloud_ledger_job_keys *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = ledger__stmt(l, ST_KEYS_GET, &st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, job_id);
+    rc = ledger__step_one(l, st, "job keys get");
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__col_fixed(st, 0, out->firmware_key, sizeof(out->firmware_key));
+    if (rc == NU_OK)
+        rc = ledger__col_fixed(st, 1, out->image_digest, sizeof(out->image_digest));
+    out->image_size = ledger__col_u32(st, 2);
+    if (rc == NU_OK)
+        rc = ledger__col_fixed(st, 3, out->request_hash, sizeof(out->request_hash));
+    ledger__reset(st);
+    if (rc != NU_OK)
+        nu_zero(out, sizeof(*out));
+    return rc;
+}
+
+int cloud_ledger_job_keys_get(struct cloud_ledger *ledger, const char *job_id,
+                              struct cloud_ledger_job_keys *out_keys)
+{
+    int rc;
+
+    if (!ledger || !out_keys)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(job_id);
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__begin(ledger, 0);
+    if (rc == NU_OK)
+        rc = ledger__keys_read(ledger, job_id, out_keys);
+    ledger__rollback(ledger);
+    return rc;
+}
+
+/* The stored token hash of (job, programmer) into out: NU_OK, NOT_FOUND, DB. */
+static int ledger__token_hash_read(struct cloud_ledger *l, const char *job_id,
+                                   const char *programmer_id, uint8_t out[NU_SHA256_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    int rc = ledger__stmt(l, ST_PKG_TOKEN, &st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, job_id);
+    ledger__bind_text(st, 2, programmer_id);
+    rc = ledger__step_one(l, st, "package token get");
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__col_fixed(st, 0, out, NU_SHA256_LEN);
+    ledger__reset(st);
+    return rc;
+}
+
+int cloud_ledger_firmware_access(struct cloud_ledger *ledger, const char *job_id,
+                                 const char *programmer_id, const uint8_t *token, size_t token_len,
+                                 struct cloud_ledger_job *out_job,
+                                 struct cloud_ledger_job_keys *out_keys)
+{
+    uint8_t given[NU_SHA256_LEN], stored[NU_SHA256_LEN];
+    struct cloud_ledger_job job;
+    int rc;
+
+    if (!ledger || !token || token_len == 0 || !out_job || !out_keys)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(job_id);
+    if (rc == NU_OK)
+        rc = ledger__id_check(programmer_id);
+    if (rc != NU_OK)
+        return rc;
+    if (token_len > CLOUD_LEDGER_FW_TOKEN_MAX)
+        return NU_ERR_TOKEN;
+    rc = nu_sha256(token, token_len, given);
+    if (rc == NU_OK)
+        rc = ledger__begin(ledger, 0);
+    if (rc == NU_OK)
+        rc = ledger__job_read(ledger, job_id, &job);
+    if (rc == NU_OK) {
+        rc = ledger__token_hash_read(ledger, job_id, programmer_id, stored);
+        if (rc == NU_ERR_NOT_FOUND)
+            rc = NU_ERR_NOT_AUTHORIZED;
+    }
+    /* Compare hashes in constant time: the hash of a guess says nothing
+     * useful, but the compare should not either. */
+    if (rc == NU_OK && nu_memeq_ct(given, stored, sizeof(given)) != 0)
+        rc = NU_ERR_TOKEN;
+    if (rc == NU_OK)
+        rc = ledger__keys_read(ledger, job_id, out_keys);
+    ledger__rollback(ledger);
+    if (rc == NU_OK)
+        *out_job = job;
+    nu_zero(given, sizeof(given));
+    nu_zero(stored, sizeof(stored));
+    return rc;
+}
+
+int cloud_ledger_job_packages(struct cloud_ledger *ledger, const char *job_id,
+                              cloud_ledger_package_visit_fn visit, void *ctx)
+{
+    char prog[CLOUD_LEDGER_ID_MAX + 1];
+    sqlite3_stmt *st = NULL;
+    int step = SQLITE_DONE;
+    int rc;
+
+    if (!ledger || !visit)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(job_id);
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__begin(ledger, 0);
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_PKG_LIST, &st);
+    if (rc != NU_OK)
+        goto out;
+    ledger__bind_text(st, 1, job_id);
+    while (rc == NU_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *b = sqlite3_column_blob(st, 1);
+        int n = sqlite3_column_bytes(st, 1);
+        rc = ledger__col_str(st, 0, prog, sizeof(prog));
+        if (rc == NU_OK && (!b || n <= 0 || (size_t)n > CLOUD_LEDGER_PACKAGE_MAX))
+            rc = NU_ERR_DB;
+        if (rc == NU_OK)
+            rc = visit(ctx, prog, b, (size_t)n);
+    }
+    if (rc == NU_OK && step != SQLITE_DONE)
+        rc = ledger__dberr(ledger->db, step, "package list");
+    ledger__reset(st);
+out:
+    ledger__rollback(ledger);
+    return rc;
+}
+
+static int ledger__firmware_check(const struct cloud_ledger_firmware *fw)
+{
+    int rc;
+
+    if (!fw || fw->image_size == 0 || !ledger__time_ok(fw->signed_at_ms) ||
+        !memchr(fw->name, '\0', sizeof(fw->name)) ||
+        !memchr(fw->signed_by, '\0', sizeof(fw->signed_by)))
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(fw->name);
+    if (rc == NU_OK)
+        rc = ledger__id_check(fw->signed_by);
+    return rc;
+}
+
+int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_ledger_firmware *fw)
+{
+    struct ledger_json j;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!ledger)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__firmware_check(fw);
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__begin(ledger, 1);
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_FW_INSERT, &st);
+    if (rc != NU_OK)
+        goto out;
+    ledger__bind_text(st, 1, fw->name);
+    ledger__bind_blob(st, 2, fw->image_digest, sizeof(fw->image_digest));
+    ledger__bind_u64(st, 3, fw->image_size);
+    ledger__bind_u64(st, 4, fw->security_counter);
+    ledger__bind_blob(st, 5, fw->request_hash, sizeof(fw->request_hash));
+    ledger__bind_text(st, 6, fw->signed_by);
+    ledger__bind_u64(st, 7, fw->signed_at_ms);
+    rc = ledger__run(ledger, st, "firmware insert");
+    if (rc != NU_OK)
+        goto out;
+    lj_init(&j, ledger->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "name", fw->name);
+    lj_hex(&j, "digest", fw->image_digest, sizeof(fw->image_digest));
+    lj_u64(&j, "size", fw->image_size);
+    lj_u64(&j, "security_counter", fw->security_counter);
+    lj_raw(&j, "}", 1);
+    rc = ledger__append_json(ledger, &j, fw->signed_at_ms, "firmware.signed", fw->signed_by, "");
+    if (rc == NU_OK)
+        rc = ledger__commit(ledger);
+out:
+    ledger__rollback(ledger);
+    return rc;
+}
+
+int cloud_ledger_firmware_get(struct cloud_ledger *ledger, const char *name,
+                              struct cloud_ledger_firmware *out_fw)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!ledger || !out_fw)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(name);
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_FW_GET, &st);
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, name);
+    rc = ledger__step_one(ledger, st, "firmware get");
+    if (rc != NU_OK)
+        return rc;
+    memset(out_fw, 0, sizeof(*out_fw));
+    rc = ledger__col_str(st, 0, out_fw->name, sizeof(out_fw->name));
+    if (rc == NU_OK)
+        rc = ledger__col_fixed(st, 1, out_fw->image_digest, sizeof(out_fw->image_digest));
+    out_fw->image_size = ledger__col_u32(st, 2);
+    out_fw->security_counter = ledger__col_u32(st, 3);
+    if (rc == NU_OK)
+        rc = ledger__col_fixed(st, 4, out_fw->request_hash, sizeof(out_fw->request_hash));
+    if (rc == NU_OK)
+        rc = ledger__col_str(st, 5, out_fw->signed_by, sizeof(out_fw->signed_by));
+    out_fw->signed_at_ms = ledger__col_u64(st, 6);
+    ledger__reset(st);
     return rc;
 }
 
@@ -3167,15 +3539,19 @@ static int ledger__verify_schema(struct ledger_verify *v)
 
     if (rc != NU_OK)
         return rc;
-    if (version != CLOUD_LEDGER_SCHEMA_VERSION)
-        ledger__finding(v, &v->r->schema_ok, "schema version %lld, expected %d", (long long)version,
-                        CLOUD_LEDGER_SCHEMA_VERSION);
+    /* An older file (not yet opened by this version, so not migrated) is
+     * checked against what its own version promises. */
+    if (version < 1 || version > CLOUD_LEDGER_SCHEMA_VERSION)
+        ledger__finding(v, &v->r->schema_ok, "schema version %lld, expected 1..%d",
+                        (long long)version, CLOUD_LEDGER_SCHEMA_VERSION);
     rc = sqlite3_prepare_v2(
         v->db, "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1", -1, &st, NULL);
     if (rc != SQLITE_OK)
         return ledger__dberr(v->db, rc, "verify schema");
     for (size_t i = 0; i < sizeof(ledger__triggers) / sizeof(ledger__triggers[0]); i++) {
-        sqlite3_bind_text(st, 1, ledger__triggers[i], -1, SQLITE_STATIC);
+        if (ledger__triggers[i].since > version)
+            continue;
+        sqlite3_bind_text(st, 1, ledger__triggers[i].name, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
             rc = ledger__dberr(v->db, rc, "verify schema");
@@ -3183,7 +3559,7 @@ static int ledger__verify_schema(struct ledger_verify *v)
             return rc;
         }
         if (rc == SQLITE_DONE)
-            ledger__finding(v, &v->r->schema_ok, "trigger %s is missing", ledger__triggers[i]);
+            ledger__finding(v, &v->r->schema_ok, "trigger %s is missing", ledger__triggers[i].name);
         sqlite3_reset(st);
     }
     sqlite3_finalize(st);
@@ -3243,8 +3619,8 @@ int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report
     rc = ledger__configure(db, 0);
     if (rc == NU_OK)
         rc = ledger__identify(db, &version);
-    if (rc == NU_OK && version != CLOUD_LEDGER_SCHEMA_VERSION)
-        rc = version == 0 ? NU_ERR_CONFIG : NU_ERR_NOT_SUPPORTED;
+    if (rc == NU_OK && version == 0)
+        rc = NU_ERR_CONFIG; /* identify already refused newer versions */
     if (rc == NU_OK)
         rc = ledger__verify_db(db, out_report);
 out:

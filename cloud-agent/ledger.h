@@ -40,7 +40,23 @@
  *        prev_hash BLOB, hash BLOB) — the append-only hash chain
  *   audit_head(id = 1, seq, hash) — the chain head, written with every event,
  *        so that cutting the chain's tail is visible too
+ * Since schema 2 (firmware delivery):
+ *   firmware_images(name TEXT PK (NAME-X.Y.Z), image_digest BLOB (SHA-256 of
+ *        the signed image file), image_size, security_counter, request_hash,
+ *        signed_by, signed_at_ms) — one row per image the HSM signed
+ *   job_keys(job_id PK -> jobs, firmware_key BLOB (32 bytes, AES-256),
+ *        image_digest, image_size (of the job's image when it was created),
+ *        request_hash (of the job.create request), created_at_ms)
+ *   job_packages(job_id, programmer_id -> job_allocations, position (order
+ *        of the create request), token_hash BLOB = SHA-256(firmware token),
+ *        package BLOB (the .nspkg bytes, sealed to the programmer),
+ *        PK(job_id, programmer_id)) — never the token itself
+ *   The firmware key is stored as is: it protects the image in transit,
+ *   and the plaintext image lies next to the ledger in DIR/firmware, so
+ *   wrapping it with another key kept on the same host would add nothing
+ *   (the PKCS#11 interface here signs only). Tokens are stored hashed.
  * Triggers refuse DELETE on audit_events, certificates, jobs and programmers,
+ * any UPDATE or DELETE of firmware_images, job_keys and job_packages,
  * any UPDATE of audit_events, and any UPDATE of a certificate's issued
  * identity (serial, job, UID, key hash, PEM, programmer, key, time). They are
  * defense in depth only: cloud_ledger_verify() detects edits made with them
@@ -62,7 +78,7 @@
  * prev_hash of seq n is hash of seq n-1. Stored text is always valid UTF-8
  * without NUL, so any SQLite client (Python's sqlite3) reads it back
  * byte-exact. Event 1 is 'ledger.created' (actor "ledger", payload
- * {"schema":1}, ts = wall clock at creation).
+ * {"schema":N} with N the version that created it, ts = wall clock at creation).
  * LIMIT: whoever can write the file can also rewrite the whole chain from
  * some seq onward, head included; only an anchor kept elsewhere catches that
  * (publish cloud_ledger_audit_head() regularly, e.g. in a signed event).
@@ -92,6 +108,12 @@
  *   cert.refused       {"device_uid":H,"programmer":P,"idempotency_key":H,"code":NAME}
  *   cert.provisioned|cert.failed  {"serial":S,"device_uid":H,"reporter":P,"detail":S}
  *   cert.revoked       {"serial":S,"device_uid":H,"reason":S}
+ *   ledger.migrated    {"from":N,"to":N}  (an older file opened by a newer program)
+ *   firmware.signed    {"name":F,"digest":H,"size":N,"security_counter":N}
+ *                      (digest = SHA-256 of the whole signed image file)
+ *   job.packages       {"image_digest":H,"image_size":N,"packages":[{"programmer":P,
+ *                       "token_id":H,"package_sha256":H},...]}  — written with
+ *                      job.created when the job carries firmware secrets
  * (token_id = the first 8 bytes of the token hash in hex; NAME = nu_err_name()).
  *
  * ISSUANCE decision (cloud_ledger_issue), inside one BEGIN IMMEDIATE:
@@ -152,7 +174,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 1
+#define CLOUD_LEDGER_SCHEMA_VERSION 2
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
@@ -172,6 +194,9 @@
 #define CLOUD_LEDGER_BATCH_MAX 256 /* requests per cloud_ledger_issue_batch */
 #define CLOUD_LEDGER_BUSY_TIMEOUT_MS 10000
 #define CLOUD_LEDGER_REFUSAL_TTL_MS (10u * 60u * 1000u)
+#define CLOUD_LEDGER_FW_KEY_LEN 32     /* AES-256 firmware key of a job */
+#define CLOUD_LEDGER_FW_TOKEN_MAX 256  /* firmware download token bytes */
+#define CLOUD_LEDGER_PACKAGE_MAX 65536 /* one sealed package (SealedPackage bytes) */
 
 /* The op name issuance uses in the requests table. */
 #define CLOUD_LEDGER_OP_CERT "cert.request"
@@ -240,6 +265,22 @@ struct cloud_ledger_job {
     uint64_t expires_at_ms; /* 0 = no expiry */
 };
 
+/* One allocation's sealed package and the hash of its firmware token. */
+struct cloud_ledger_job_package {
+    uint8_t token_hash[CLOUD_LEDGER_HASH_LEN]; /* SHA-256 of the firmware token */
+    const uint8_t *package;                    /* serialized SealedPackage, borrowed */
+    size_t package_len;                        /* 1..CLOUD_LEDGER_PACKAGE_MAX */
+};
+
+/* What firmware delivery needs, stored with the job (cloud_ledger_job_create). */
+struct cloud_ledger_job_secrets {
+    uint8_t firmware_key[CLOUD_LEDGER_FW_KEY_LEN];
+    uint8_t image_digest[CLOUD_LEDGER_HASH_LEN];     /* SHA-256 of the signed image file */
+    uint32_t image_size;                             /* >= 1 */
+    uint8_t request_hash[CLOUD_LEDGER_HASH_LEN];     /* of the create request, to tell replays */
+    const struct cloud_ledger_job_package *packages; /* spec->n_alloc, in spec->alloc order */
+};
+
 /* Input of cloud_ledger_job_create; all pointers borrowed for the call. */
 struct cloud_ledger_job_spec {
     const char *job_id;                     /* chosen by the caller: derive it from the request's
@@ -252,11 +293,16 @@ struct cloud_ledger_job_spec {
     size_t n_alloc;
     const char *actor; /* who asks (OEM identity) */
     uint64_t now_ms;
+    /* NULL: a job without firmware delivery; else stored with the job in the
+     * same transaction (schema 2). Last member, so older initialisers work. */
+    const struct cloud_ledger_job_secrets *secrets;
 };
 
 /*
  * Create a job and its allocations (event job.created), status active.
- * Every allocated programmer must be enrolled.
+ * Every allocated programmer must be enrolled. With spec->secrets, the
+ * firmware key, the token hashes and the packages are stored in the same
+ * transaction (event job.packages): either all of it exists or none.
  * Errors: INVALID_ARG (bad field, duplicate programmer, sum of limits > quota),
  * TOO_LARGE, EXISTS (job id taken), NOT_FOUND (unknown programmer),
  * REVOKED (revoked programmer), BUSY, DB, IO.
@@ -290,6 +336,71 @@ int cloud_ledger_job_list(struct cloud_ledger *ledger, cloud_ledger_job_visit_fn
 int cloud_ledger_job_control(struct cloud_ledger *ledger, const char *job_id,
                              enum cloud_ledger_job_action action, const char *actor,
                              uint64_t now_ms, struct cloud_ledger_job *out_job);
+
+/* ------------------------------------------- firmware delivery (schema 2) */
+
+/* A job's firmware secrets as stored. Holds a key: the caller wipes it (nu_zero). */
+struct cloud_ledger_job_keys {
+    uint8_t firmware_key[CLOUD_LEDGER_FW_KEY_LEN];
+    uint8_t image_digest[CLOUD_LEDGER_HASH_LEN];
+    uint32_t image_size;
+    uint8_t request_hash[CLOUD_LEDGER_HASH_LEN];
+};
+
+/*
+ * The firmware secrets of job_id into *out_keys.
+ * Errors: INVALID_ARG, NOT_FOUND (no such job, or a job created without
+ * secrets), DB.
+ */
+int cloud_ledger_job_keys_get(struct cloud_ledger *ledger, const char *job_id,
+                              struct cloud_ledger_job_keys *out_keys);
+
+/*
+ * May `programmer_id` download the firmware of `job_id` with `token`?
+ * Read-only, one snapshot: the job exists, the programmer holds a package
+ * in it, and SHA-256(token) equals the stored hash (constant-time compare).
+ * The job's status is not judged here (the caller's policy): *out_job gets
+ * the job row and *out_keys its secrets (the caller wipes them), both only
+ * on NU_OK. Refusals change nothing and are not audited here.
+ * Errors: INVALID_ARG (NULL, empty token), NOT_FOUND (no such job),
+ * NOT_AUTHORIZED (no package for this programmer in the job), TOKEN (wrong
+ * token, or longer than CLOUD_LEDGER_FW_TOKEN_MAX), DB.
+ */
+int cloud_ledger_firmware_access(struct cloud_ledger *ledger, const char *job_id,
+                                 const char *programmer_id, const uint8_t *token, size_t token_len,
+                                 struct cloud_ledger_job *out_job,
+                                 struct cloud_ledger_job_keys *out_keys);
+
+/* Called per package in creation order (bytes borrowed for the call). */
+typedef int (*cloud_ledger_package_visit_fn)(void *ctx, const char *programmer_id,
+                                             const uint8_t *package, size_t package_len);
+
+/* The sealed packages of a job, in the order of its create request.
+ * Errors: INVALID_ARG, DB, or the visitor's value (none: NU_OK, no call). */
+int cloud_ledger_job_packages(struct cloud_ledger *ledger, const char *job_id,
+                              cloud_ledger_package_visit_fn visit, void *ctx);
+
+/* A signed firmware image as the ledger records it (in and out). */
+struct cloud_ledger_firmware {
+    char name[CLOUD_LEDGER_ID_MAX + 1];          /* NAME-X.Y.Z, an id */
+    uint8_t image_digest[CLOUD_LEDGER_HASH_LEN]; /* SHA-256 of the whole image file */
+    uint32_t image_size;                         /* >= 1 */
+    uint32_t security_counter;
+    uint8_t request_hash[CLOUD_LEDGER_HASH_LEN]; /* names the sign request, to tell replays */
+    char signed_by[CLOUD_LEDGER_ID_MAX + 1];     /* who asked (an id) */
+    uint64_t signed_at_ms;
+};
+
+/*
+ * Record a signed image (event firmware.signed, ts = signed_at_ms, actor =
+ * signed_by). A name is recorded once: a signed version is immutable.
+ * Errors: INVALID_ARG, TOO_LARGE, EXISTS, BUSY, DB.
+ */
+int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_ledger_firmware *fw);
+
+/* Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, DB. */
+int cloud_ledger_firmware_get(struct cloud_ledger *ledger, const char *name,
+                              struct cloud_ledger_firmware *out_fw);
 
 /* ----------------------------------------------------------- programmers */
 
@@ -618,9 +729,10 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
 
 /*
  * cloud_ledger_verify on a file opened read-only (never creates or migrates
- * it), for `nusec audit verify`.
+ * it), for `nusec audit verify`. An older schema version (1..current) is
+ * checked against what that version holds.
  * Errors: as cloud_ledger_verify, plus NOT_FOUND (no such file),
- * NOT_SUPPORTED (other schema version), CONFIG (not a ledger), IO.
+ * NOT_SUPPORTED (newer schema version), CONFIG (not a ledger), IO.
  */
 int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report);
 
