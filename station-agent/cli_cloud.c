@@ -4,12 +4,19 @@
 #include "nu_client.h"
 #include "nu_err.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_cloud_open(const char *dir, const char *identity, struct cli_cloud *out)
 {
     memset(out, 0, sizeof(*out));
-    struct nu_client_opts o = {.dir = dir, .identity = identity, .clean_start = 1};
+    /* A session of its own ("oem:cli-PID"), so two commands, or a command and
+     * a daemon of the same identity, never take over each other's session. */
+    char client_id[96];
+    snprintf(client_id, sizeof(client_id), "%s:cli-%ld", identity, (long)getpid());
+    struct nu_client_opts o = {
+        .dir = dir, .identity = identity, .client_id = client_id, .clean_start = 1};
     int rc = nu_envelope_sender_create(identity, NU_ENVELOPE_SEQ_FROM_CLOCK, &out->sender);
     if (!rc)
         rc = nu_client_connect(&o, &out->mqtt);
