@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,6 +185,34 @@ static void cli__sleep_ms(unsigned ms)
 }
 
 /*
+ * The report cut to the terminal's width, so that every line takes exactly
+ * one row and moving the cursor up by the line count lands on the first.
+ */
+static int cli__draw(const struct station_report *r)
+{
+    struct winsize ws;
+    char *text = NULL;
+    size_t len = 0;
+    int cols = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col - 1 : 200;
+    /* About 80 columns are text; the bar takes what is left, within 8..24. */
+    unsigned bar = cols > 88 ? (unsigned)cols - 80 : 8;
+    bar = bar > CLI__BAR_WIDTH ? CLI__BAR_WIDTH : bar;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem)
+        return station_report_text(r, bar, stdout);
+    int lines = station_report_text(r, bar, mem);
+    fclose(mem);
+    for (char *line = text; line && *line;) {
+        char *nl = strchr(line, '\n');
+        int n = nl ? (int)(nl - line) : (int)strlen(line);
+        printf("%.*s\n", n < cols ? n : cols, line);
+        line = nl ? nl + 1 : NULL;
+    }
+    free(text);
+    return lines;
+}
+
+/*
  * Show progress until no job shown is running (or interrupted / timed out).
  * tty: redraw in place; else plain lines every interval. Returns the exit code.
  */
@@ -208,7 +237,7 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
         if (tty) {
             if (lines)
                 printf("\033[%dA\033[J", lines); /* back to our first line, clear below */
-            lines = station_report_text(r, CLI__BAR_WIDTH, stdout);
+            lines = cli__draw(r);
         } else if (settled || timed_out || stuck || !last_plain ||
                    now - last_plain >= (uint64_t)o->interval_s * 1000u) {
             last_plain = now ? now : 1;

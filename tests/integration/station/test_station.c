@@ -407,6 +407,8 @@ static int setup(void)
     if (nu_test_tmpdir("station", tmp, sizeof(tmp)))
         return -1;
     snprintf(dir, sizeof(dir), "%s/state", tmp);
+    if (getenv("NUSEC_KEEP_TMP"))
+        fprintf(stderr, "integration_station: keeping %s\n", tmp);
     if (nu_test_sh(NUSEC " stack up --dir %s --programmers 0 > %s/up.txt 2>&1", dir, tmp)) {
         nu_test_sh("cat %s/up.txt", tmp);
         return -1;
