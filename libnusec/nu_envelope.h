@@ -71,8 +71,17 @@
 
 #include "nusec/v1/envelope.pb-c.h"
 
-/* Largest encoded envelope accepted or produced. Firmware chunks are <= 16 KiB. */
-#define NU_ENVELOPE_MAX (256u * 1024u)
+/*
+ * Largest firmware payload a FirmwareSignRequest carries (and so, plus the
+ * MCUboot header and TLVs, the FirmwareSignResponse image): 4 MiB. These two
+ * bytes fields are the only ones bounded by the whole envelope; every other
+ * field keeps its own tight limit below.
+ */
+#define NU_ENVELOPE_FIRMWARE_MAX (4u * 1024u * 1024u)
+/* Largest encoded envelope accepted or produced: a firmware image plus room
+ * for the header and the other fields. NU_MQTT_DEFAULT_MAX_PAYLOAD and the
+ * broker's message_size_limit (broker/mosquitto.conf.in) equal it. */
+#define NU_ENVELOPE_MAX (NU_ENVELOPE_FIRMWARE_MAX + 64u * 1024u)
 /* Header.protocol of this build. */
 #define NU_ENVELOPE_PROTOCOL 1u
 /* Header.message_id length (random bytes). */
@@ -99,6 +108,8 @@
 #define NU_ENVELOPE_CHUNK_MAX (16384u + 16u)
 /* One sealed production package. */
 #define NU_ENVELOPE_PACKAGE_MAX (64u * 1024u)
+/* A device CRL (DER). */
+#define NU_ENVELOPE_CRL_MAX (256u * 1024u)
 /* Count caps of repeated fields. */
 #define NU_ENVELOPE_LIST_MAX 1024u  /* devices, jobs, programmers, images */
 #define NU_ENVELOPE_ALLOC_MAX 256u  /* programmer allocations (and packages) per job */

@@ -46,7 +46,8 @@
 #include <stdint.h>
 
 /* Defaults applied when the corresponding option is 0. */
-#define NU_MQTT_DEFAULT_MAX_PAYLOAD (256u * 1024u)
+/* = NU_ENVELOPE_MAX (4 MiB firmware + 64 KiB): a signed firmware image fits one message. */
+#define NU_MQTT_DEFAULT_MAX_PAYLOAD (4u * 1024u * 1024u + 64u * 1024u)
 #define NU_MQTT_DEFAULT_KEEPALIVE_S 30
 #define NU_MQTT_DEFAULT_SESSION_EXPIRY_S 86400u /* only when clean_start == 0 */
 #define NU_MQTT_DEFAULT_BACKOFF_MIN_MS 500u

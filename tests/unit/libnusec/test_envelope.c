@@ -774,7 +774,9 @@ static void test_decode_empty_null_and_oversize(void)
     CU_ASSERT_EQUAL(unpack_wb(&w, NULL), NU_OK);
     struct wb pad = {0};
     uint8_t *zeros = calloc(1, NU_ENVELOPE_MAX);
-    wb_put(&pad, zeros, NU_ENVELOPE_MAX - w.len - 4);
+    /* Under the target by more than the field's tag and length varint; the
+     * loop below pads to exactly one byte over. */
+    wb_put(&pad, zeros, NU_ENVELOPE_MAX - w.len - 8);
     wb_bytes(&w, 1000, pad.buf, pad.len); /* unknown field */
     while (w.len < NU_ENVELOPE_MAX + 1)
         wb_put(&w, "", 1);
@@ -1296,8 +1298,8 @@ static double elapsed_ms(const struct timespec *a)
 }
 
 /*
- * Nest length-delimited records as deep as NU_ENVELOPE_MAX allows (~50000
- * levels) along field numbers the schema uses for messages (event > 12 >
+ * Nest length-delimited records as deep as NU_ENVELOPE_MAX allows (up to the
+ * 70000 levels of the lens[] table) along field numbers the schema uses for messages (event > 12 >
  * 12 ...). The schema has no recursion, so the decoder descends at most 4
  * levels and treats the rest as an unknown field's bytes: refused fast, no
  * stack exhaustion.
