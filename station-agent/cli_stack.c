@@ -407,7 +407,7 @@ static pid_t stack__running(const struct stack *s, const char *name, const char 
 {
     char path[PATH_MAX];
     pid_t pid = 0;
-    if (stack__file(s, s->run, name, ".pid", path, sizeof(path)) != NU_OK ||
+    if (stack__file(s->run, name, ".pid", path, sizeof(path)) != NU_OK ||
         station_pidfile_read(path, &pid) != NU_OK)
         return 0;
     return station_proc_alive(pid) && station_proc_is(pid, program) ? pid : 0;
@@ -424,7 +424,7 @@ static void stack__explain(const struct stack *s, const char *name, int rc)
         cli_errorf("stack up: interrupted while starting %s", name);
     else
         cli_errorf("stack up: %s: %s (%s)", name, nu_err_str(rc), nu_err_name(rc));
-    if (stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK)
+    if (stack__file(s->logs, name, ".log", log, sizeof(log)) == NU_OK)
         station_log_tail(log, 12);
 }
 
@@ -437,9 +437,9 @@ static int stack__start(struct stack *s, const char *name, const char *program, 
 {
     char pidfile[PATH_MAX], log[PATH_MAX];
     struct stack__health h = {.s = s, .name = name};
-    int rc = stack__file(s, s->run, name, ".pid", pidfile, sizeof(pidfile));
+    int rc = stack__file(s->run, name, ".pid", pidfile, sizeof(pidfile));
     if (rc == NU_OK)
-        rc = stack__file(s, s->logs, name, ".log", log, sizeof(log));
+        rc = stack__file(s->logs, name, ".log", log, sizeof(log));
     if (rc != NU_OK)
         return rc;
     if ((h.pid = stack__running(s, name, program)) != 0) {
@@ -543,7 +543,7 @@ static int stack__enroll(struct stack *s, const char *name, const char *exe)
     if (rc == NU_OK)
         rc = stack__token(s, name, token, sizeof(token));
     if (rc == NU_OK)
-        rc = stack__file(s, s->logs, name, ".log", log, sizeof(log));
+        rc = stack__file(s->logs, name, ".log", log, sizeof(log));
     if (rc == NU_OK) {
         /* The programmer's interface takes the one-time token as an argument. */
         char *argv[] = {(char *)exe,  "--dir",    (char *)s->dir, "--name",
@@ -563,7 +563,7 @@ static int stack__enroll(struct stack *s, const char *name, const char *exe)
     }
     cli_errorf("stack up: enrollment of %s failed: %s", name,
                rc == NU_ERR_STATE ? "nusec-programmer --enroll failed" : nu_err_name(rc));
-    if (stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK)
+    if (stack__file(s->logs, name, ".log", log, sizeof(log)) == NU_OK)
         station_log_tail(log, 12);
     return rc == NU_ERR_STATE ? NU_ERR_STATE : rc;
 }
@@ -597,7 +597,7 @@ static int stack__up_programmer(struct stack *s, unsigned index)
                     flash,       NULL};
     rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
     /* A KeyStore left by an interrupted enrollment: enroll again, once. */
-    if (rc == NU_ERR_STATE && stack__file(s, s->logs, name, ".log", log, sizeof(log)) == NU_OK &&
+    if (rc == NU_ERR_STATE && stack__file(s->logs, name, ".log", log, sizeof(log)) == NU_OK &&
         station_log_contains(log, "is not enrolled")) {
         rc = stack__enroll(s, name, exe);
         if (rc == NU_OK)
@@ -626,7 +626,7 @@ static size_t stack__services(const struct stack *s, struct stack__svc *out, siz
     size_t n = 0;
     char path[PATH_MAX];
     for (size_t i = 0; i < 3 && n < cap; i++) {
-        if (stack__file(s, s->run, fixed[i].name, ".pid", path, sizeof(path)) == NU_OK &&
+        if (stack__file(s->run, fixed[i].name, ".pid", path, sizeof(path)) == NU_OK &&
             nu_path_exists(path))
             out[n++] = fixed[i];
     }
@@ -655,7 +655,7 @@ static int stack__stop_group(const struct stack *s, const struct stack__svc *svc
     int failures = 0;
     for (size_t i = 0; i < n; i++) {
         pids[i] = 0;
-        if (stack__file(s, s->run, svc[i].name, ".pid", path, sizeof(path)) != NU_OK ||
+        if (stack__file(s->run, svc[i].name, ".pid", path, sizeof(path)) != NU_OK ||
             station_pidfile_read(path, &pids[i]) != NU_OK)
             continue;
         if (!station_proc_alive(pids[i]) || !station_proc_is(pids[i], svc[i].program)) {
@@ -679,7 +679,7 @@ static int stack__stop_group(const struct stack *s, const struct stack__svc *svc
             continue;
         }
         printf("%-10s stopped (pid %ld%s)\n", svc[i].name, (long)pids[i], how ? ", killed" : "");
-        if (stack__file(s, s->run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+        if (stack__file(s->run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
             unlink(path);
     }
     return failures;
@@ -832,7 +832,7 @@ static int cli__stack_status(int argc, char **argv)
         char path[PATH_MAX];
         pid_t pid = 0;
         struct stack__seen seen;
-        if (stack__file(&s, s.run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+        if (stack__file(s.run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
             station_pidfile_read(path, &pid);
         int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
         all_alive = all_alive && alive;
