@@ -220,10 +220,9 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
     return CLI_EXIT_OK;
 }
 
-static int stack__file(const struct stack *s, const char *folder, const char *name, const char *ext,
-                       char *out, size_t cap)
+/* FOLDER/NAME.EXT, e.g. DIR/run/prog-1.pid. */
+static int stack__file(const char *folder, const char *name, const char *ext, char *out, size_t cap)
 {
-    (void)s;
     return nu_path_fmt(out, cap, "%s/%s%s", folder, name, ext);
 }
 
