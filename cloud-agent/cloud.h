@@ -60,6 +60,7 @@ struct cloud_keys {
 };
 
 struct cloud_queue;
+struct cloud_fw_cache;
 
 struct cloud {
     const char *dir;
@@ -75,6 +76,7 @@ struct cloud {
      * mutex (woken at once) instead of SQLite's sleeping busy handler; other
      * agents on the same file still meet at SQLite's write lock. */
     pthread_mutex_t issue_lock;
+    struct cloud_fw_cache *fw_cache; /* firmware images served from memory (cloud_firmware.c) */
     volatile int stopping;
 };
 
@@ -161,6 +163,11 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
  * Errors: those of cloud_ledger_job_get and cloud_publish.
  */
 int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, const char *job_id);
+
+/* The firmware module's state (cloud_firmware.c): start before cloud_start,
+ * stop after cloud_stop (NULL-safe, idempotent). Errors: NOMEM. */
+int cloud_firmware_start(struct cloud *cloud);
+void cloud_firmware_stop(struct cloud *cloud);
 
 /* Configuration: defaults, then DIR/cloud/cloud.conf if it exists. */
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out_cfg);

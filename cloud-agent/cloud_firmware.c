@@ -1,6 +1,755 @@
-/* nusec-cloud: firmware operations. */
-#include "cloud.h"
+/*
+ * nusec-cloud: firmware — signing in the HSM (firmware.sign), the list of
+ * signed images (firmware.list), and end-to-end encrypted delivery to the
+ * programmers of a job (firmware.manifest, firmware.chunk).
+ *
+ * SIGNING. NAME-X.Y.Z is signed once: the image goes to
+ * DIR/firmware/NAME-X.Y.Z.img (created exclusively, 0644) and the ledger
+ * records its digest (event firmware.signed) — a signed version is
+ * immutable, a second request for it is EXISTS. The one exception is a
+ * redelivery of the very request that signed it (same requester,
+ * idempotency key and content): it gets the stored image back, so QoS 1
+ * redelivery never turns a success into a refusal.
+ *
+ * DELIVERY (proto/README.md "Firmware chunks"). Every request is authorized
+ * afresh against the ledger: the job exists, the requester holds a package
+ * in it, SHA-256(token) equals the stored hash (constant-time compare), and
+ * the job is active or paused (paused only stops issuance; a programmer may
+ * still prepare). Closed or exhausted jobs answer JOB_NOT_ACTIVE, expired
+ * ones EXPIRED. Chunk i of the image is AES-256-GCM under the job's key with
+ * nonce = 8 zero bytes || u32be(i) and AAD = job id || u32be(i).
+ * Images are served from memory: read once per job (checked against the
+ * digest the job was created with), evicted least recently used, dropped
+ * when the job closes. Keys and tokens are never logged.
+ */
+#include "cloud_firmware.h"
+
+#include "nu_crypto.h"
+#include "nu_err.h"
+#include "nu_log.h"
+#include "nu_mcuboot.h"
+#include "nu_paths.h"
+#include "nu_util.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The largest image we sign or read back: a NU_ENVELOPE_FIRMWARE_MAX payload
+ * with the MCUboot header and TLV trailer. */
+#define FW__IMAGE_MAX (NU_ENVELOPE_FIRMWARE_MAX + NU_MCUBOOT_HDR_SIZE + NU_MCUBOOT_TLV_AREA_MAX)
+#define FW__CHUNK_MAX 16384u /* proto/README.md */
+#define FW__CACHE_ENTRIES 16
+#define FW__CACHE_BYTES (64u * 1024u * 1024u)
+
+_Static_assert(NU_MQTT_DEFAULT_MAX_PAYLOAD >= NU_ENVELOPE_MAX,
+               "a whole envelope must fit one MQTT message");
+_Static_assert(FW__IMAGE_MAX + 1024u <= NU_ENVELOPE_MAX, "a signed image fits its answer");
+_Static_assert(FW__CHUNK_MAX + NU_GCM_TAG_LEN <= NU_ENVELOPE_CHUNK_MAX, "chunk field limit");
+
+/* ------------------------------------------------------------ image cache */
+
+struct fw__entry {
+    struct fw__entry *next;
+    char job_id[CLOUD_ID_MAX + 1];
+    uint8_t *img;
+    size_t len;
+    uint8_t digest[NU_SHA256_LEN];
+    uint64_t used; /* LRU tick */
+    unsigned refs; /* requests reading img right now */
+    int dead;      /* unlinked while in use: the last reader frees it */
+};
+
+struct cloud_fw_cache {
+    pthread_mutex_t lock;
+    pthread_mutex_t sign_lock; /* one signature + exclusive write at a time */
+    struct fw__entry *head;
+    size_t n, bytes;
+    uint64_t tick;
+};
+
+static void fw__entry_free(struct fw__entry *e)
+{
+    if (!e)
+        return;
+    free(e->img);
+    free(e);
+}
+
+int cloud_firmware_start(struct cloud *cloud)
+{
+    struct cloud_fw_cache *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NU_ERR_NOMEM;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->sign_lock, NULL);
+    cloud->fw_cache = c;
+    return NU_OK;
+}
+
+void cloud_firmware_stop(struct cloud *cloud)
+{
+    struct cloud_fw_cache *c = cloud ? cloud->fw_cache : NULL;
+    if (!c)
+        return;
+    /* Workers are stopped: nothing holds a reference any more. */
+    for (struct fw__entry *e = c->head, *next; e; e = next) {
+        next = e->next;
+        fw__entry_free(e);
+    }
+    pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->sign_lock);
+    free(c);
+    cloud->fw_cache = NULL;
+}
+
+/* Unlink e (lock held); free it now or when its last reader is done. */
+static void fw__unlink(struct cloud_fw_cache *c, struct fw__entry *e)
+{
+    for (struct fw__entry **pp = &c->head; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    }
+    c->n--;
+    c->bytes -= e->len;
+    if (e->refs)
+        e->dead = 1;
+    else
+        fw__entry_free(e);
+}
+
+/* Evict the least recently used idle entries until within bounds (lock held). */
+static void fw__evict(struct cloud_fw_cache *c)
+{
+    while (c->n > FW__CACHE_ENTRIES || c->bytes > FW__CACHE_BYTES) {
+        struct fw__entry *lru = NULL;
+        for (struct fw__entry *e = c->head; e; e = e->next) {
+            if (!e->refs && (!lru || e->used < lru->used))
+                lru = e;
+        }
+        if (!lru)
+            return; /* everything is being read: over the bound for a moment */
+        fw__unlink(c, lru);
+    }
+}
+
+static struct fw__entry *fw__find(struct cloud_fw_cache *c, const char *job_id)
+{
+    for (struct fw__entry *e = c->head; e; e = e->next) {
+        if (strcmp(e->job_id, job_id) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* The cached image of job_id with this digest, referenced; NULL if none. */
+static struct fw__entry *fw__get(struct cloud_fw_cache *c, const char *job_id,
+                                 const uint8_t digest[NU_SHA256_LEN])
+{
+    pthread_mutex_lock(&c->lock);
+    struct fw__entry *e = fw__find(c, job_id);
+    if (e && memcmp(e->digest, digest, NU_SHA256_LEN) != 0) {
+        fw__unlink(c, e);
+        e = NULL;
+    }
+    if (e) {
+        e->refs++;
+        e->used = ++c->tick;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
+static void fw__release(struct cloud_fw_cache *c, struct fw__entry *e)
+{
+    pthread_mutex_lock(&c->lock);
+    if (--e->refs == 0 && e->dead)
+        fw__entry_free(e);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Insert (taking img); returns the entry for job_id, referenced when `ref`.
+ * A concurrent insert for the same job wins and ours is freed. */
+static struct fw__entry *fw__put(struct cloud_fw_cache *c, const char *job_id, uint8_t *img,
+                                 size_t len, const uint8_t digest[NU_SHA256_LEN], int ref)
+{
+    struct fw__entry *e = calloc(1, sizeof(*e));
+    if (!e || strlen(job_id) > CLOUD_ID_MAX) {
+        free(e);
+        free(img);
+        return NULL;
+    }
+    strcpy(e->job_id, job_id);
+    e->img = img;
+    e->len = len;
+    memcpy(e->digest, digest, NU_SHA256_LEN);
+    pthread_mutex_lock(&c->lock);
+    struct fw__entry *old = fw__find(c, job_id);
+    if (old && memcmp(old->digest, digest, NU_SHA256_LEN) == 0) {
+        fw__entry_free(e);
+        e = old;
+    } else {
+        if (old)
+            fw__unlink(c, old);
+        e->next = c->head;
+        c->head = e;
+        c->n++;
+        c->bytes += len;
+    }
+    e->used = ++c->tick;
+    if (ref)
+        e->refs++;
+    fw__evict(c);
+    pthread_mutex_unlock(&c->lock);
+    return e;
+}
+
+void cloud_firmware_cache_put(struct cloud *cloud, const char *job_id, uint8_t *img, size_t len,
+                              const uint8_t digest[NU_SHA256_LEN])
+{
+    if (!cloud->fw_cache) {
+        free(img);
+        return;
+    }
+    fw__put(cloud->fw_cache, job_id, img, len, digest, 0);
+}
+
+void cloud_firmware_cache_drop(struct cloud *cloud, const char *job_id)
+{
+    struct cloud_fw_cache *c = cloud->fw_cache;
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->lock);
+    struct fw__entry *e = fw__find(c, job_id);
+    if (e)
+        fw__unlink(c, e);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* ------------------------------------------------------------ image files */
+
+static int fw__image_path(const struct cloud *cloud, const char *name, char *out, size_t cap)
+{
+    char dir[PATH_MAX];
+    int rc = nu_paths_get(cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
+    return rc ? rc : nu_path_fmt(out, cap, "%s/%s.img", dir, name);
+}
+
+/* Verify img as ours (secure-boot key) and hash the whole file. */
+static int fw__image_check(const struct cloud *cloud, const uint8_t *img, size_t len,
+                           struct nu_mcuboot_info *out_info, uint8_t out_digest[NU_SHA256_LEN])
+{
+    const struct nu_signer *sb = nu_hsm_key_signer(cloud->keys.secure_boot);
+    uint8_t rotpk_hash[NU_SHA256_LEN];
+    int rc = nu_mcuboot_rotpk_hash(sb->pub, rotpk_hash);
+    if (!rc)
+        rc = nu_mcuboot_verify(img, len, sb->pub, rotpk_hash, out_info);
+    if (!rc)
+        rc = nu_sha256(img, len, out_digest);
+    return rc;
+}
+
+int cloud_firmware_image_load(struct cloud *cloud, struct cloud_ledger *ledger, const char *name,
+                              uint8_t **out_img, size_t *out_len, uint8_t out_digest[NU_SHA256_LEN])
+{
+    char path[PATH_MAX];
+    struct cloud_ledger_firmware rec;
+    struct nu_mcuboot_info info;
+    uint8_t *img = NULL;
+    size_t len = 0;
+    *out_img = NULL;
+    int rc = nu_envelope_id_check(name);
+    if (!rc)
+        rc = cloud_ledger_firmware_get(ledger, name, &rec);
+    if (!rc)
+        rc = fw__image_path(cloud, name, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, FW__IMAGE_MAX, &img, &len);
+    if (!rc) {
+        rc = fw__image_check(cloud, img, len, &info, out_digest);
+        if (rc && rc != NU_ERR_NOMEM && rc != NU_ERR_CRYPTO)
+            rc = NU_ERR_BAD_FIRMWARE;
+    }
+    if (!rc && (len != rec.image_size || memcmp(out_digest, rec.image_digest, NU_SHA256_LEN)))
+        rc = NU_ERR_BAD_FIRMWARE; /* replaced on disk since it was signed */
+    if (rc == NU_ERR_BAD_FIRMWARE)
+        nu_warn("firmware %s on disk does not match its signature record: not used", name);
+    if (rc) {
+        free(img);
+        return rc;
+    }
+    *out_img = img;
+    *out_len = len;
+    return NU_OK;
+}
+
+/* DIR/firmware/rotpk.pem holds the secure-boot public key (rewritten only if different). */
+static int fw__rotpk_write(const struct cloud *cloud, const char *pem, size_t pem_len)
+{
+    char path[PATH_MAX];
+    uint8_t *old = NULL;
+    size_t old_len = 0;
+    int rc = nu_paths_get(cloud->dir, NU_PATH_ROTPK, path, sizeof(path));
+    if (rc)
+        return rc;
+    if (!nu_file_read(path, NU_P256_PUB_PEM_MAX, &old, &old_len) && old_len == pem_len &&
+        memcmp(old, pem, pem_len) == 0)
+        rc = NU_OK;
+    else
+        rc = nu_file_write_atomic(path, pem, pem_len, 0644);
+    free(old);
+    return rc;
+}
+
+/* ------------------------------------------------------------ firmware.sign */
+
+/* What names a sign request: who, its idempotency key and its content. */
+static int fw__sign_request_hash(const struct cloud_call *call,
+                                 const Nusec__V1__FirmwareSignRequest *r,
+                                 uint8_t out[NU_SHA256_LEN])
+{
+    const Nusec__V1__Header *h = call->req->header;
+    uint8_t payload_hash[NU_SHA256_LEN], counter[4];
+    struct nu_sha256_ctx ctx;
+    counter[0] = (uint8_t)(r->security_counter >> 24);
+    counter[1] = (uint8_t)(r->security_counter >> 16);
+    counter[2] = (uint8_t)(r->security_counter >> 8);
+    counter[3] = (uint8_t)r->security_counter;
+    int rc = nu_sha256(r->payload.data, r->payload.len, payload_hash);
+    if (!rc)
+        rc = nu_sha256_init(&ctx);
+    if (rc)
+        return rc;
+    /* NUL separators: ids and versions never contain one. */
+    static const char tag[] = "nusec/v1 firmware.sign";
+    const struct {
+        const void *p;
+        size_t n;
+    } parts[] = {
+        {tag, sizeof(tag)},
+        {call->requester, strlen(call->requester) + 1},
+        {h->idempotency_key.data, h->idempotency_key.len},
+        {r->name, strlen(r->name) + 1},
+        {r->version, strlen(r->version) + 1},
+        {counter, sizeof(counter)},
+        {payload_hash, sizeof(payload_hash)},
+    };
+    for (size_t i = 0; !rc && i < sizeof(parts) / sizeof(parts[0]); i++)
+        rc = nu_sha256_update(&ctx, parts[i].p, parts[i].n);
+    if (!rc)
+        return nu_sha256_final(&ctx, out);
+    nu_sha256_abort(&ctx);
+    return rc;
+}
+
+/* The parts of one signing, owned here and freed by fw__signing_free. */
+struct fw__signing {
+    char name[CLOUD_ID_MAX + 1];
+    char path[PATH_MAX];
+    char rotpk_pem[NU_P256_PUB_PEM_MAX];
+    size_t rotpk_len;
+    uint8_t request_hash[NU_SHA256_LEN];
+    uint8_t digest[NU_SHA256_LEN];
+    uint8_t *img;
+    size_t len;
+};
+
+static int fw__sign_reply(struct cloud_call *call, struct fw__signing *s)
+{
+    Nusec__V1__FirmwareSignResponse resp = NUSEC__V1__FIRMWARE_SIGN_RESPONSE__INIT;
+    resp.image_name = s->name;
+    resp.image.data = s->img;
+    resp.image.len = s->len;
+    resp.rotpk_pem.data = (uint8_t *)s->rotpk_pem;
+    resp.rotpk_pem.len = s->rotpk_len;
+    resp.image_digest.data = s->digest;
+    resp.image_digest.len = sizeof(s->digest);
+    return cloud_reply(call, &resp.base);
+}
+
+/* The same request again (QoS 1 redelivery): answer the stored image. */
+static int fw__sign_replay(struct cloud_call *call, struct fw__signing *s,
+                           const struct cloud_ledger_firmware *rec)
+{
+    struct nu_mcuboot_info info;
+    int rc = nu_file_read(s->path, FW__IMAGE_MAX, &s->img, &s->len);
+    if (!rc)
+        rc = fw__image_check(call->cloud, s->img, s->len, &info, s->digest);
+    if (!rc && (s->len != rec->image_size || memcmp(s->digest, rec->image_digest, NU_SHA256_LEN)))
+        rc = NU_ERR_BAD_FIRMWARE;
+    if (rc)
+        return cloud_fail(call, rc == NU_ERR_NOT_FOUND ? NU_ERR_STATE : rc,
+                          "%s is recorded as signed but its file is missing or changed", s->name);
+    nu_info("firmware.sign %s: redelivered request, stored image answered", s->name);
+    return fw__sign_reply(call, s);
+}
+
+/* Check the request, and decide: new signature, replay, or EXISTS. */
+static int fw__sign_prepare(struct cloud_call *call, const Nusec__V1__FirmwareSignRequest *r,
+                            struct nu_mcuboot_version *ver, struct fw__signing *s, int *out_replay)
+{
+    struct cloud_ledger_firmware rec;
+    *out_replay = 0;
+    if (nu_mcuboot_version_parse(r->version, ver) || strchr(r->version, '+'))
+        return cloud_fail(call, NU_ERR_INVALID_ARG,
+                          "version must be X.Y.Z (X,Y <= 255, Z <= 65535)");
+    if (nu_path_fmt(s->name, sizeof(s->name), "%s-%s", r->name, r->version) ||
+        nu_envelope_id_check(s->name))
+        return cloud_fail(call, NU_ERR_TOO_LARGE, "image name NAME-X.Y.Z over %d characters",
+                          CLOUD_ID_MAX);
+    if (r->payload.len == 0 || r->payload.len > NU_ENVELOPE_FIRMWARE_MAX)
+        return cloud_fail(call, NU_ERR_TOO_LARGE, "payload is %zu bytes, 1..%u accepted",
+                          r->payload.len, NU_ENVELOPE_FIRMWARE_MAX);
+    if (!call->req->header->idempotency_key.len)
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "firmware.sign needs an idempotency key");
+    int rc = fw__sign_request_hash(call, r, s->request_hash);
+    if (!rc)
+        rc = fw__image_path(call->cloud, s->name, s->path, sizeof(s->path));
+    if (rc)
+        return rc;
+    rc = cloud_ledger_firmware_get(call->ledger, s->name, &rec);
+    if (!rc && memcmp(rec.request_hash, s->request_hash, NU_SHA256_LEN) == 0) {
+        *out_replay = 1;
+        return fw__sign_replay(call, s, &rec);
+    }
+    if (!rc)
+        return cloud_fail(call, NU_ERR_EXISTS, "%s is already signed: a version is immutable",
+                          s->name);
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc;
+    if (nu_path_exists(s->path))
+        return cloud_fail(call, NU_ERR_EXISTS, "%s.img exists in the firmware folder", s->name);
+    return NU_OK;
+}
+
+/* Sign, write the file exclusively, record it; undo the file if the record fails. */
+static int fw__sign_commit(struct cloud_call *call, const Nusec__V1__FirmwareSignRequest *r,
+                           const struct nu_mcuboot_version *ver, struct fw__signing *s)
+{
+    struct cloud *cloud = call->cloud;
+    const struct nu_signer *sb = nu_hsm_key_signer(cloud->keys.secure_boot);
+    char dir[PATH_MAX];
+    struct cloud_ledger_firmware rec;
+    int rc = nu_mcuboot_sign(r->payload.data, r->payload.len, ver, r->security_counter, 0, sb,
+                             &s->img, &s->len);
+    if (rc)
+        return cloud_fail(call, rc, "signing in the HSM failed");
+    rc = nu_sha256(s->img, s->len, s->digest);
+    if (!rc)
+        rc = nu_paths_get(cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
+    if (!rc)
+        rc = nu_mkdirs(dir, 0755);
+    if (!rc)
+        rc = nu_file_write_new(s->path, s->img, s->len, 0644);
+    if (rc == NU_ERR_EXISTS)
+        return cloud_fail(call, rc, "%s.img appeared meanwhile", s->name);
+    if (rc)
+        return cloud_fail(call, rc, "cannot write %s.img", s->name);
+    memset(&rec, 0, sizeof(rec));
+    strcpy(rec.name, s->name);
+    memcpy(rec.image_digest, s->digest, NU_SHA256_LEN);
+    rec.image_size = (uint32_t)s->len;
+    rec.security_counter = r->security_counter;
+    memcpy(rec.request_hash, s->request_hash, NU_SHA256_LEN);
+    snprintf(rec.signed_by, sizeof(rec.signed_by), "%s", call->requester);
+    rec.signed_at_ms = nu_time_ms();
+    rc = cloud_ledger_firmware_add(call->ledger, &rec);
+    if (rc) {
+        /* No record, no image: the name stays free for a retry. */
+        unlink(s->path);
+        return cloud_fail(call, rc, "cannot record the signature");
+    }
+    return NU_OK;
+}
+
+static int fw__sign(struct cloud_call *call)
+{
+    const Nusec__V1__FirmwareSignRequest *r = call->req->firmware_sign_request;
+    struct cloud *cloud = call->cloud;
+    struct nu_mcuboot_version ver;
+    struct fw__signing *s = calloc(1, sizeof(*s));
+    int replay = 0;
+    if (!s)
+        return NU_ERR_NOMEM;
+    int rc = nu_p256_pub_to_pem(nu_hsm_key_signer(cloud->keys.secure_boot)->pub, s->rotpk_pem,
+                                sizeof(s->rotpk_pem), &s->rotpk_len);
+    /* Decide and act under one lock: two deliveries of one request in two
+     * workers must not both sign (nu_file_write_new's temporary file is per
+     * process). Agents in other processes are kept apart by the exclusive
+     * write and the ledger's unique name. */
+    pthread_mutex_lock(&cloud->fw_cache->sign_lock);
+    if (!rc)
+        rc = fw__sign_prepare(call, r, &ver, s, &replay);
+    if (!rc && !replay)
+        rc = fw__sign_commit(call, r, &ver, s);
+    pthread_mutex_unlock(&cloud->fw_cache->sign_lock);
+    if (!rc && !replay) {
+        int w = fw__rotpk_write(cloud, s->rotpk_pem, s->rotpk_len);
+        if (w)
+            nu_warn("cannot update rotpk.pem: %s", nu_err_str(w));
+        nu_info("firmware %s signed for %s (%zu bytes)", s->name, call->requester, s->len);
+        Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+        ev.kind = "firmware.signed";
+        ev.detail = s->name;
+        cloud_publish_event(cloud, &ev);
+        rc = fw__sign_reply(call, s);
+    }
+    free(s->img);
+    free(s);
+    return rc;
+}
+
+/* ------------------------------------------------------------ firmware.list */
+
+struct fw__list {
+    Nusec__V1__FirmwareInfo *info;
+    Nusec__V1__FirmwareInfo **ptrs;
+    char (*names)[CLOUD_ID_MAX + 1];
+    uint8_t (*digests)[NU_SHA256_LEN];
+    size_t n;
+};
+
+static int fw__name_cmp(const void *a, const void *b)
+{
+    const Nusec__V1__FirmwareInfo *const *x = a, *const *y = b;
+    return strcmp((*x)->image_name, (*y)->image_name);
+}
+
+/* One DIR/firmware entry: a valid image of ours becomes an entry. */
+static void fw__list_one(struct cloud_call *call, const char *dir, const char *file,
+                         struct fw__list *l)
+{
+    size_t flen = strlen(file);
+    char path[PATH_MAX], *name = l->names[l->n];
+    struct cloud_ledger_firmware rec;
+    struct nu_mcuboot_info info;
+    struct stat st;
+    uint8_t *img = NULL;
+    size_t len = 0;
+    if (flen <= 4 || flen - 4 > CLOUD_ID_MAX || strcmp(file + flen - 4, ".img") != 0)
+        return;
+    memcpy(name, file, flen - 4);
+    name[flen - 4] = 0;
+    if (nu_envelope_id_check(name) || nu_path_fmt(path, sizeof(path), "%s/%s", dir, file) ||
+        lstat(path, &st) || !S_ISREG(st.st_mode))
+        return;
+    int rc = nu_file_read(path, FW__IMAGE_MAX, &img, &len);
+    if (!rc)
+        rc = fw__image_check(call->cloud, img, len, &info, l->digests[l->n]);
+    free(img);
+    if (rc) {
+        nu_warn("firmware.list: %s is not a valid image of ours (%s): left out", file,
+                nu_err_name(rc));
+        return;
+    }
+    Nusec__V1__FirmwareInfo *fi = &l->info[l->n];
+    nusec__v1__firmware_info__init(fi);
+    fi->image_name = name;
+    fi->size = (uint32_t)len;
+    fi->image_digest.data = l->digests[l->n];
+    fi->image_digest.len = NU_SHA256_LEN;
+    fi->signed_at_ms = cloud_ledger_firmware_get(call->ledger, name, &rec) == NU_OK
+                           ? rec.signed_at_ms
+                           : (uint64_t)st.st_mtime * 1000u;
+    l->ptrs[l->n] = fi;
+    l->n++;
+}
+
+static int fw__list_images(struct cloud_call *call)
+{
+    char dir[PATH_MAX];
+    struct fw__list l = {0};
+    Nusec__V1__FirmwareList out = NUSEC__V1__FIRMWARE_LIST__INIT;
+    size_t cap = NU_ENVELOPE_LIST_MAX;
+    int rc = nu_paths_get(call->cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
+    if (rc)
+        return rc;
+    l.info = calloc(cap, sizeof(*l.info));
+    l.ptrs = calloc(cap, sizeof(*l.ptrs));
+    l.names = calloc(cap, sizeof(*l.names));
+    l.digests = calloc(cap, sizeof(*l.digests));
+    if (!l.info || !l.ptrs || !l.names || !l.digests) {
+        rc = NU_ERR_NOMEM;
+        goto out;
+    }
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        while (l.n < cap && (de = readdir(d)) != NULL)
+            fw__list_one(call, dir, de->d_name, &l);
+        closedir(d);
+    }
+    qsort(l.ptrs, l.n, sizeof(*l.ptrs), fw__name_cmp);
+    out.images = l.ptrs;
+    out.n_images = l.n;
+    rc = cloud_reply(call, &out.base);
+out:
+    free(l.digests);
+    free(l.names);
+    free(l.ptrs);
+    free(l.info);
+    return rc;
+}
+
+/* ------------------------------------------------------------ delivery */
+
+/* A programmer's authorization for one request, and the image to serve. */
+struct fw__grant {
+    struct cloud_ledger_job job;
+    struct cloud_ledger_job_keys keys;
+    struct fw__entry *image; /* referenced; fw__grant_end releases it */
+};
+
+static void fw__grant_end(struct cloud *cloud, struct fw__grant *g)
+{
+    if (g->image)
+        fw__release(cloud->fw_cache, g->image);
+    nu_zero(&g->keys, sizeof(g->keys));
+    g->image = NULL;
+}
+
+/* The cached image of the job, or read once and cached. */
+static int fw__grant_image(struct cloud_call *call, struct fw__grant *g)
+{
+    struct cloud_fw_cache *c = call->cloud->fw_cache;
+    uint8_t digest[NU_SHA256_LEN], *img = NULL;
+    size_t len = 0;
+    g->image = fw__get(c, g->job.job_id, g->keys.image_digest);
+    if (g->image)
+        return NU_OK;
+    int rc =
+        cloud_firmware_image_load(call->cloud, call->ledger, g->job.firmware, &img, &len, digest);
+    if (!rc && (len != g->keys.image_size || memcmp(digest, g->keys.image_digest, NU_SHA256_LEN)))
+        rc = NU_ERR_BAD_FIRMWARE;
+    if (rc) {
+        free(img);
+        return cloud_fail(call, rc, "the image of job %s is not available as it was packaged",
+                          g->job.job_id);
+    }
+    g->image = fw__put(c, g->job.job_id, img, len, digest, 1);
+    return g->image ? NU_OK : NU_ERR_NOMEM;
+}
+
+static int fw__grant(struct cloud_call *call, const char *job_id, const ProtobufCBinaryData *token,
+                     struct fw__grant *g)
+{
+    memset(g, 0, sizeof(*g));
+    int rc = cloud_ledger_firmware_access(call->ledger, job_id, call->requester, token->data,
+                                          token->len, &g->job, &g->keys);
+    switch (rc) {
+    case NU_OK:
+        break;
+    case NU_ERR_NOT_FOUND:
+        return cloud_fail(call, rc, "no job %s", job_id);
+    case NU_ERR_NOT_AUTHORIZED:
+        return cloud_fail(call, rc, "%s has no package in job %s", call->requester, job_id);
+    case NU_ERR_TOKEN:
+        return cloud_fail(call, rc, "firmware token refused for job %s", job_id);
+    default:
+        return rc;
+    }
+    if (g->job.status != CLOUD_LEDGER_JOB_ACTIVE && g->job.status != CLOUD_LEDGER_JOB_PAUSED)
+        rc = cloud_fail(call, NU_ERR_JOB_NOT_ACTIVE, "job %s is %s", job_id,
+                        g->job.status == CLOUD_LEDGER_JOB_CLOSED ? "closed" : "exhausted");
+    else if (g->job.expires_at_ms && nu_time_ms() >= g->job.expires_at_ms)
+        rc = cloud_fail(call, NU_ERR_EXPIRED, "job %s has expired", job_id);
+    else
+        rc = fw__grant_image(call, g);
+    if (rc)
+        fw__grant_end(call->cloud, g);
+    return rc;
+}
+
+static uint32_t fw__chunk_size(const struct cloud *cloud)
+{
+    unsigned cs = cloud->cfg.chunk_size;
+    return cs && cs <= FW__CHUNK_MAX ? cs : FW__CHUNK_MAX;
+}
+
+static int fw__manifest(struct cloud_call *call)
+{
+    const Nusec__V1__FirmwareManifestRequest *r = call->req->firmware_manifest_request;
+    struct fw__grant g;
+    int rc = fw__grant(call, r->job_id, &r->token, &g);
+    if (rc)
+        return rc;
+    uint32_t cs = fw__chunk_size(call->cloud);
+    Nusec__V1__FirmwareManifest m = NUSEC__V1__FIRMWARE_MANIFEST__INIT;
+    m.job_id = g.job.job_id;
+    m.image_name = g.job.firmware;
+    m.size = (uint32_t)g.image->len;
+    m.chunk_size = cs;
+    m.chunk_count = (uint32_t)((g.image->len + cs - 1) / cs);
+    m.image_digest.data = g.image->digest;
+    m.image_digest.len = NU_SHA256_LEN;
+    rc = cloud_reply(call, &m.base);
+    fw__grant_end(call->cloud, &g);
+    return rc;
+}
+
+static void fw__be32(uint8_t out[4], uint32_t v)
+{
+    out[0] = (uint8_t)(v >> 24);
+    out[1] = (uint8_t)(v >> 16);
+    out[2] = (uint8_t)(v >> 8);
+    out[3] = (uint8_t)v;
+}
+
+static int fw__chunk(struct cloud_call *call)
+{
+    const Nusec__V1__FirmwareChunkRequest *r = call->req->firmware_chunk_request;
+    uint8_t nonce[NU_GCM_NONCE_LEN] = {0}, aad[CLOUD_ID_MAX + 4], *ct = NULL;
+    struct fw__grant g;
+    int rc = fw__grant(call, r->job_id, &r->token, &g);
+    if (rc)
+        return rc;
+    uint32_t cs = fw__chunk_size(call->cloud);
+    size_t count = (g.image->len + cs - 1) / cs;
+    if (r->index >= count) {
+        rc =
+            cloud_fail(call, NU_ERR_INVALID_ARG, "chunk %u of %zu does not exist", r->index, count);
+        goto out;
+    }
+    size_t off = (size_t)r->index * cs;
+    size_t n = g.image->len - off < cs ? g.image->len - off : cs;
+    size_t jl = strlen(g.job.job_id);
+    fw__be32(nonce + 8, r->index);
+    memcpy(aad, g.job.job_id, jl);
+    fw__be32(aad + jl, r->index);
+    ct = malloc(n + NU_GCM_TAG_LEN);
+    rc = ct ? nu_aes256gcm_encrypt(g.keys.firmware_key, nonce, aad, jl + 4, g.image->img + off, n,
+                                   ct, ct + n)
+            : NU_ERR_NOMEM;
+    if (rc)
+        goto out;
+    Nusec__V1__FirmwareChunk ch = NUSEC__V1__FIRMWARE_CHUNK__INIT;
+    ch.job_id = g.job.job_id;
+    ch.index = r->index;
+    ch.offset = (uint32_t)off;
+    ch.nonce.data = nonce;
+    ch.nonce.len = sizeof(nonce);
+    ch.ciphertext.data = ct;
+    ch.ciphertext.len = n + NU_GCM_TAG_LEN;
+    rc = cloud_reply(call, &ch.base);
+out:
+    free(ct);
+    fw__grant_end(call->cloud, &g);
+    return rc;
+}
 
 const struct cloud_op cloud_firmware_ops[] = {
+    {"firmware.sign", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_FIRMWARE_SIGN_REQUEST, fw__sign},
+    {"firmware.list", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_FIRMWARE_LIST_REQUEST,
+     fw__list_images},
+    {"firmware.manifest", CLOUD_ROLE_PROGRAMMER,
+     NUSEC__V1__ENVELOPE__BODY_FIRMWARE_MANIFEST_REQUEST, fw__manifest},
+    {"firmware.chunk", CLOUD_ROLE_PROGRAMMER, NUSEC__V1__ENVELOPE__BODY_FIRMWARE_CHUNK_REQUEST,
+     fw__chunk},
     {NULL, 0, 0, NULL},
 };

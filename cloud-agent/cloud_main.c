@@ -73,6 +73,8 @@ static int cloud__run(struct cloud *cloud)
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)
+        rc = cloud_firmware_start(cloud);
+    if (!rc)
         rc = cloud_start(cloud);
     if (rc) {
         nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
@@ -135,6 +137,7 @@ int main(int argc, char **argv)
     if (!rc)
         rc = cloud__run(&cloud);
     cloud_stop(&cloud);
+    cloud_firmware_stop(&cloud);
     if (cloud.mqtt) {
         nu_mqtt_disconnect(cloud.mqtt);
         nu_mqtt_destroy(cloud.mqtt);
