@@ -226,9 +226,23 @@ void station_report_json(const struct station_report *r, FILE *out)
 
 /* ---- text -------------------------------------------------------------------------------- */
 
-static void report__line(FILE *out, const char *indent, const char *name, const char *state,
-                         unsigned width, uint32_t limit, uint32_t done, uint32_t failed,
-                         double per_min, int64_t eta)
+/* Width of the name column: the longest job id, or programmer id + indent, at least 16. */
+static int report__name_width(const struct station_report *r)
+{
+    size_t w = 16;
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        const struct station_report_job *j = &r->jobs[i];
+        w = strlen(j->job.job_id) > w ? strlen(j->job.job_id) : w;
+        for (size_t k = 0; k < j->n_progs; k++)
+            w = strlen(j->progs[k].programmer_id) + 2 > w ? strlen(j->progs[k].programmer_id) + 2
+                                                          : w;
+    }
+    return (int)w;
+}
+
+static void report__line(FILE *out, int name_width, const char *indent, const char *name,
+                         const char *state, unsigned width, uint32_t limit, uint32_t done,
+                         uint32_t failed, double per_min, int64_t eta)
 {
     char bar[256], left[32];
     station_bar(done, limit, width, bar, sizeof(bar));
@@ -236,13 +250,13 @@ static void report__line(FILE *out, const char *indent, const char *name, const 
     fprintf(out,
             "%s%-*s %-9s %s %6" PRIu32 "/%-6" PRIu32 " %3u%%  %7.1f/min  failed %-4" PRIu32
             " ETA %s",
-            indent, indent[0] ? 14 : 16, name, state, bar, done, limit,
+            indent, name_width - (int)strlen(indent), name, state, bar, done, limit,
             station_percent(done, limit), per_min, failed, left);
 }
 
 int station_report_text(const struct station_report *r, unsigned bar_width, FILE *out)
 {
-    int lines = 0;
+    int lines = 0, name_width = report__name_width(r);
     if (!r->daemon_running) {
         fputs("warning: nusec-station is not running: nothing is delivered until it starts\n", out);
         lines++;
@@ -253,14 +267,14 @@ int station_report_text(const struct station_report *r, unsigned bar_width, FILE
     }
     for (size_t i = 0; i < r->n_jobs; i++) {
         const struct station_report_job *j = &r->jobs[i];
-        report__line(out, "", j->job.job_id, station_job_state_name(j->job.state), bar_width,
-                     j->limit, j->done, j->failed, j->per_min, j->eta_s);
+        report__line(out, name_width, "", j->job.job_id, station_job_state_name(j->job.state),
+                     bar_width, j->limit, j->done, j->failed, j->per_min, j->eta_s);
         fputc('\n', out);
         lines++;
         for (size_t k = 0; k < j->n_progs; k++) {
             const struct station_report_prog *p = &j->progs[k];
-            report__line(out, "  ", p->programmer_id, p->state, bar_width, p->limit, p->done,
-                         p->failed, p->per_min, p->eta_s);
+            report__line(out, name_width, "  ", p->programmer_id, p->state, bar_width, p->limit,
+                         p->done, p->failed, p->per_min, p->eta_s);
             if (p->error[0])
                 fprintf(out, "  ! %s", p->error);
             fputc('\n', out);
