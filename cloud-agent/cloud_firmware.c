@@ -18,9 +18,13 @@
  * still prepare). Closed or exhausted jobs answer JOB_NOT_ACTIVE, expired
  * ones EXPIRED. Chunk i of the image is AES-256-GCM under the job's key with
  * nonce = 8 zero bytes || u32be(i) and AAD = job id || u32be(i).
- * Images are served from memory: read once per job (checked against the
- * digest the job was created with), evicted least recently used, dropped
- * when the job closes. Keys and tokens are never logged.
+ * That ciphertext depends only on the job (key, id) and the image, so each
+ * job's image is encrypted once, when it is first needed (read from
+ * DIR/firmware and checked against the digest the job was created with),
+ * and chunks are served from that memory: no AES per request, however many
+ * programmers download, and the cloud keeps ciphertext, not the image.
+ * Entries are evicted least recently used and dropped when the job closes.
+ * Keys and tokens are never logged.
  */
 #include "cloud_firmware.h"
 
@@ -53,15 +57,32 @@ _Static_assert(FW__CHUNK_MAX + NU_GCM_TAG_LEN <= NU_ENVELOPE_CHUNK_MAX, "chunk f
 
 /* ------------------------------------------------------------ image cache */
 
+static uint32_t fw__chunk_size(const struct cloud *cloud)
+{
+    unsigned cs = cloud->cfg.chunk_size;
+    return cs && cs <= FW__CHUNK_MAX ? cs : FW__CHUNK_MAX;
+}
+
+static void fw__be32(uint8_t out[4], uint32_t v)
+{
+    out[0] = (uint8_t)(v >> 24);
+    out[1] = (uint8_t)(v >> 16);
+    out[2] = (uint8_t)(v >> 8);
+    out[3] = (uint8_t)v;
+}
+
 struct fw__entry {
     struct fw__entry *next;
     char job_id[CLOUD_ID_MAX + 1];
-    uint8_t *img;
-    size_t len;
-    uint8_t digest[NU_SHA256_LEN];
-    uint64_t used; /* LRU tick */
-    unsigned refs; /* requests reading img right now */
-    int dead;      /* unlinked while in use: the last reader frees it */
+    uint8_t *ct; /* chunk i at i * (cs + tag): ciphertext || tag */
+    size_t ct_len;
+    size_t len;                    /* plaintext image bytes */
+    uint32_t cs;                   /* chunk size it was cut with */
+    uint32_t count;                /* chunks */
+    uint8_t digest[NU_SHA256_LEN]; /* of the plaintext image */
+    uint64_t used;                 /* LRU tick */
+    unsigned refs;                 /* requests reading img right now */
+    int dead;                      /* unlinked while in use: the last reader frees it */
 };
 
 struct cloud_fw_cache {
@@ -76,7 +97,7 @@ static void fw__entry_free(struct fw__entry *e)
 {
     if (!e)
         return;
-    free(e->img);
+    free(e->ct);
     free(e);
 }
 
@@ -117,7 +138,7 @@ static void fw__unlink(struct cloud_fw_cache *c, struct fw__entry *e)
         }
     }
     c->n--;
-    c->bytes -= e->len;
+    c->bytes -= e->ct_len;
     if (e->refs)
         e->dead = 1;
     else
@@ -174,24 +195,57 @@ static void fw__release(struct cloud_fw_cache *c, struct fw__entry *e)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Insert (taking img); returns the entry for job_id, referenced when `ref`.
- * A concurrent insert for the same job wins and ours is freed. */
-static struct fw__entry *fw__put(struct cloud_fw_cache *c, const char *job_id, uint8_t *img,
-                                 size_t len, const uint8_t digest[NU_SHA256_LEN], int ref)
+/* Encrypt every chunk of img once (the layout of struct fw__entry). */
+static int fw__seal_chunks(struct fw__entry *e, const uint8_t *img,
+                           const uint8_t key[CLOUD_LEDGER_FW_KEY_LEN])
+{
+    uint8_t nonce[NU_GCM_NONCE_LEN] = {0}, aad[CLOUD_ID_MAX + 4];
+    size_t jl = strlen(e->job_id), stride = (size_t)e->cs + NU_GCM_TAG_LEN;
+    e->count = (uint32_t)((e->len + e->cs - 1) / e->cs);
+    e->ct_len = (size_t)e->count * stride;
+    e->ct = malloc(e->ct_len);
+    if (!e->ct)
+        return NU_ERR_NOMEM;
+    memcpy(aad, e->job_id, jl);
+    int rc = NU_OK;
+    for (uint32_t i = 0; !rc && i < e->count; i++) {
+        size_t off = (size_t)i * e->cs, n = e->len - off < e->cs ? e->len - off : e->cs;
+        uint8_t *out = e->ct + (size_t)i * stride;
+        fw__be32(nonce + 8, i);
+        fw__be32(aad + jl, i);
+        rc = nu_aes256gcm_encrypt(key, nonce, aad, jl + 4, img + off, n, out, out + n);
+    }
+    return rc;
+}
+
+/* A new entry for job_id from img[len] (not kept). NULL on failure. */
+static struct fw__entry *fw__entry_new(const char *job_id, const uint8_t *img, size_t len,
+                                       const uint8_t digest[NU_SHA256_LEN],
+                                       const uint8_t key[CLOUD_LEDGER_FW_KEY_LEN], uint32_t cs)
 {
     struct fw__entry *e = calloc(1, sizeof(*e));
-    if (!e || strlen(job_id) > CLOUD_ID_MAX) {
+    if (!e || strlen(job_id) > CLOUD_ID_MAX || len == 0 || len > UINT32_MAX) {
         free(e);
-        free(img);
         return NULL;
     }
     strcpy(e->job_id, job_id);
-    e->img = img;
     e->len = len;
+    e->cs = cs;
     memcpy(e->digest, digest, NU_SHA256_LEN);
+    if (fw__seal_chunks(e, img, key)) {
+        fw__entry_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+/* Insert e; returns the entry for its job, referenced when `ref`. A
+ * concurrent insert of the same image for the job wins and e is freed. */
+static struct fw__entry *fw__put(struct cloud_fw_cache *c, struct fw__entry *e, int ref)
+{
     pthread_mutex_lock(&c->lock);
-    struct fw__entry *old = fw__find(c, job_id);
-    if (old && memcmp(old->digest, digest, NU_SHA256_LEN) == 0) {
+    struct fw__entry *old = fw__find(c, e->job_id);
+    if (old && memcmp(old->digest, e->digest, NU_SHA256_LEN) == 0 && old->cs == e->cs) {
         fw__entry_free(e);
         e = old;
     } else {
@@ -200,7 +254,7 @@ static struct fw__entry *fw__put(struct cloud_fw_cache *c, const char *job_id, u
         e->next = c->head;
         c->head = e;
         c->n++;
-        c->bytes += len;
+        c->bytes += e->ct_len;
     }
     e->used = ++c->tick;
     if (ref)
@@ -210,14 +264,15 @@ static struct fw__entry *fw__put(struct cloud_fw_cache *c, const char *job_id, u
     return e;
 }
 
-void cloud_firmware_cache_put(struct cloud *cloud, const char *job_id, uint8_t *img, size_t len,
-                              const uint8_t digest[NU_SHA256_LEN])
+void cloud_firmware_cache_put(struct cloud *cloud, const char *job_id, const uint8_t *img,
+                              size_t len, const uint8_t digest[NU_SHA256_LEN],
+                              const uint8_t key[CLOUD_LEDGER_FW_KEY_LEN])
 {
-    if (!cloud->fw_cache) {
-        free(img);
+    if (!cloud->fw_cache)
         return;
-    }
-    fw__put(cloud->fw_cache, job_id, img, len, digest, 0);
+    struct fw__entry *e = fw__entry_new(job_id, img, len, digest, key, fw__chunk_size(cloud));
+    if (e)
+        fw__put(cloud->fw_cache, e, 0);
 }
 
 void cloud_firmware_cache_drop(struct cloud *cloud, const char *job_id)
@@ -614,15 +669,18 @@ static void fw__grant_end(struct cloud *cloud, struct fw__grant *g)
     g->image = NULL;
 }
 
-/* The cached image of the job, or read once and cached. */
+/* The job's sealed chunks from the cache, or read, checked, sealed and cached. */
 static int fw__grant_image(struct cloud_call *call, struct fw__grant *g)
 {
     struct cloud_fw_cache *c = call->cloud->fw_cache;
     uint8_t digest[NU_SHA256_LEN], *img = NULL;
     size_t len = 0;
     g->image = fw__get(c, g->job.job_id, g->keys.image_digest);
-    if (g->image)
+    if (g->image && g->image->cs == fw__chunk_size(call->cloud))
         return NU_OK;
+    if (g->image)
+        fw__release(c, g->image);
+    g->image = NULL;
     int rc =
         cloud_firmware_image_load(call->cloud, call->ledger, g->job.firmware, &img, &len, digest);
     if (!rc && (len != g->keys.image_size || memcmp(digest, g->keys.image_digest, NU_SHA256_LEN)))
@@ -632,7 +690,10 @@ static int fw__grant_image(struct cloud_call *call, struct fw__grant *g)
         return cloud_fail(call, rc, "the image of job %s is not available as it was packaged",
                           g->job.job_id);
     }
-    g->image = fw__put(c, g->job.job_id, img, len, digest, 1);
+    struct fw__entry *e = fw__entry_new(g->job.job_id, img, len, digest, g->keys.firmware_key,
+                                        fw__chunk_size(call->cloud));
+    free(img);
+    g->image = e ? fw__put(c, e, 1) : NULL;
     return g->image ? NU_OK : NU_ERR_NOMEM;
 }
 
@@ -666,12 +727,6 @@ static int fw__grant(struct cloud_call *call, const char *job_id, const Protobuf
     return rc;
 }
 
-static uint32_t fw__chunk_size(const struct cloud *cloud)
-{
-    unsigned cs = cloud->cfg.chunk_size;
-    return cs && cs <= FW__CHUNK_MAX ? cs : FW__CHUNK_MAX;
-}
-
 static int fw__manifest(struct cloud_call *call)
 {
     const Nusec__V1__FirmwareManifestRequest *r = call->req->firmware_manifest_request;
@@ -679,13 +734,12 @@ static int fw__manifest(struct cloud_call *call)
     int rc = fw__grant(call, r->job_id, &r->token, &g);
     if (rc)
         return rc;
-    uint32_t cs = fw__chunk_size(call->cloud);
     Nusec__V1__FirmwareManifest m = NUSEC__V1__FIRMWARE_MANIFEST__INIT;
     m.job_id = g.job.job_id;
     m.image_name = g.job.firmware;
     m.size = (uint32_t)g.image->len;
-    m.chunk_size = cs;
-    m.chunk_count = (uint32_t)((g.image->len + cs - 1) / cs);
+    m.chunk_size = g.image->cs;
+    m.chunk_count = g.image->count;
     m.image_digest.data = g.image->digest;
     m.image_digest.len = NU_SHA256_LEN;
     rc = cloud_reply(call, &m.base);
@@ -693,52 +747,34 @@ static int fw__manifest(struct cloud_call *call)
     return rc;
 }
 
-static void fw__be32(uint8_t out[4], uint32_t v)
-{
-    out[0] = (uint8_t)(v >> 24);
-    out[1] = (uint8_t)(v >> 16);
-    out[2] = (uint8_t)(v >> 8);
-    out[3] = (uint8_t)v;
-}
-
 static int fw__chunk(struct cloud_call *call)
 {
     const Nusec__V1__FirmwareChunkRequest *r = call->req->firmware_chunk_request;
-    uint8_t nonce[NU_GCM_NONCE_LEN] = {0}, aad[CLOUD_ID_MAX + 4], *ct = NULL;
+    uint8_t nonce[NU_GCM_NONCE_LEN] = {0};
     struct fw__grant g;
     int rc = fw__grant(call, r->job_id, &r->token, &g);
     if (rc)
         return rc;
-    uint32_t cs = fw__chunk_size(call->cloud);
-    size_t count = (g.image->len + cs - 1) / cs;
-    if (r->index >= count) {
-        rc =
-            cloud_fail(call, NU_ERR_INVALID_ARG, "chunk %u of %zu does not exist", r->index, count);
+    const struct fw__entry *e = g.image;
+    if (r->index >= e->count) {
+        rc = cloud_fail(call, NU_ERR_INVALID_ARG, "chunk %u of %u does not exist", r->index,
+                        e->count);
         goto out;
     }
-    size_t off = (size_t)r->index * cs;
-    size_t n = g.image->len - off < cs ? g.image->len - off : cs;
-    size_t jl = strlen(g.job.job_id);
+    size_t off = (size_t)r->index * e->cs;
+    size_t n = e->len - off < e->cs ? e->len - off : e->cs;
     fw__be32(nonce + 8, r->index);
-    memcpy(aad, g.job.job_id, jl);
-    fw__be32(aad + jl, r->index);
-    ct = malloc(n + NU_GCM_TAG_LEN);
-    rc = ct ? nu_aes256gcm_encrypt(g.keys.firmware_key, nonce, aad, jl + 4, g.image->img + off, n,
-                                   ct, ct + n)
-            : NU_ERR_NOMEM;
-    if (rc)
-        goto out;
     Nusec__V1__FirmwareChunk ch = NUSEC__V1__FIRMWARE_CHUNK__INIT;
     ch.job_id = g.job.job_id;
     ch.index = r->index;
     ch.offset = (uint32_t)off;
     ch.nonce.data = nonce;
     ch.nonce.len = sizeof(nonce);
-    ch.ciphertext.data = ct;
+    /* Sealed once for the job (fw__seal_chunks): read-only while referenced. */
+    ch.ciphertext.data = e->ct + (size_t)r->index * ((size_t)e->cs + NU_GCM_TAG_LEN);
     ch.ciphertext.len = n + NU_GCM_TAG_LEN;
     rc = cloud_reply(call, &ch.base);
 out:
-    free(ct);
     fw__grant_end(call->cloud, &g);
     return rc;
 }

@@ -30,10 +30,13 @@ int cloud_firmware_image_load(struct cloud *cloud, struct cloud_ledger *ledger, 
                               uint8_t **out_img, size_t *out_len,
                               uint8_t out_digest[NU_SHA256_LEN]);
 
-/* Hand img[len] (malloc'd; the cache owns it from now on, even on failure)
- * to the cache as the image of job_id. */
-void cloud_firmware_cache_put(struct cloud *cloud, const char *job_id, uint8_t *img, size_t len,
-                              const uint8_t digest[NU_SHA256_LEN]);
+/* Cache img[len] (not kept: its chunks are encrypted under the job's key
+ * `key` now, and only that ciphertext stays) as the image of job_id, so the
+ * first download does not wait for it. Best effort: on failure the first
+ * request loads it. */
+void cloud_firmware_cache_put(struct cloud *cloud, const char *job_id, const uint8_t *img,
+                              size_t len, const uint8_t digest[NU_SHA256_LEN],
+                              const uint8_t key[CLOUD_LEDGER_FW_KEY_LEN]);
 
 /* Forget the cached image of job_id (job closed); in-flight readers finish first. */
 void cloud_firmware_cache_drop(struct cloud *cloud, const char *job_id);

@@ -506,8 +506,7 @@ static int job__create(struct cloud_call *call)
     nu_info("job %s created by %s: %s, quota %u, %zu programmer(s)", p->job_id, call->requester,
             r->firmware, r->quota, p->n);
     rc = job__reply_created(call, p);
-    cloud_firmware_cache_put(call->cloud, p->job_id, p->image, p->image_len, p->digest);
-    p->image = NULL;
+    cloud_firmware_cache_put(call->cloud, p->job_id, p->image, p->image_len, p->digest, p->fw_key);
 out:
     job__plan_free(p);
     return rc;
