@@ -812,7 +812,7 @@ static int setup_real(void)
 {
     /* A second stack, with one enrolled nusec-programmer. */
     snprintf(dir, sizeof(dir), "%s/real", tmp);
-    if (nu_test_sh(NUSEC " stack up --dir %s --programmers 1 --sockets 1 --devices 2"
+    if (nu_test_sh(NUSEC " stack up --dir %s --programmers 2 --sockets 2 --devices 8"
                          " > %s/up-real.txt 2>&1",
                    dir, tmp)) {
         nu_test_sh("cat %s/up-real.txt", tmp);
@@ -875,8 +875,84 @@ static void test_real_programmer_accepts_the_delivered_package(void)
     }
     CU_ASSERT_STRING_EQUAL(p.job_id, "J9");
     CU_ASSERT_EQUAL(p.limit, 2);
+    /* Its token is not one the cloud issued: nothing to produce. Free prog-1. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " production stop --job J9 --dir %s > /dev/null", dir), 0);
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack status --dir %s > %s/ss-real.txt 2>&1", dir, tmp), 0);
     CU_ASSERT_TRUE(contains("ss-real.txt", "prog-1"));
+}
+
+/* The real thing: OEM signs and creates a job, CM imports and runs it to the end. */
+static void test_real_production_matches_the_ledger(void)
+{
+    char job[128] = "";
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("head -c 32768 /dev/urandom > %s/app.bin && " NUSEC
+                   " firmware sign --in %s/app.bin --name app --version 1.0.0 --dir %s"
+                   " > %s/sign.txt 2>&1 && " NUSEC " job create --firmware app-1.0.0 --quota 8"
+                   " --programmer prog-1 --programmer prog-2 --expires 1h --out %s/pk --dir %s"
+                   " 2> %s/create.err | tail -n 1 > %s/job.txt",
+                   tmp, tmp, dir, tmp, tmp, dir, tmp, tmp),
+        0);
+    char *t = slurp("job.txt");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    sscanf(t, "%127s", job);
+    free(t);
+    CU_ASSERT_TRUE_FATAL(strncmp(job, "job-", 4) == 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh(NUSEC " package import %s/pk/*.nspkg --dir %s > /dev/null", tmp, dir), 0);
+    /* 8 devices: 8 device.provisioned from the programmers (and more events besides). */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " monitor --dir %s --job %s --json --timeout 60"
+                                     " > %s/real.jsonl 2> %s/real.err & echo $! > %s/real.pid",
+                               dir, job, tmp, tmp, tmp),
+                    0);
+    for (int i = 0; i < 100 && nu_test_sh("grep -q listening %s/real.err 2>/dev/null", tmp); i++)
+        usleep(50000);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " production start --job %s --wait --timeout 60 --dir %s"
+                                     " > %s/real-wait.txt 2>&1",
+                               job, dir, tmp),
+                    0);
+    CU_ASSERT_TRUE(contains("real-wait.txt", "done"));
+    char cond[256];
+    snprintf(cond, sizeof(cond),
+             "r[\"jobs\"][0][\"state\"]==\"done\" and r[\"jobs\"][0][\"done\"]==8 and "
+             "r[\"jobs\"][0][\"failed\"]==0");
+    CU_ASSERT_EQUAL(status_until(job, cond, 5), 0);
+    /* What the station and the monitor saw is what the ledger holds. */
+    usleep(500000);
+    char *mon = slurp("real.pid");
+    pid_t mon_pid = mon ? (pid_t)atol(mon) : 0;
+    free(mon);
+    if (mon_pid > 0)
+        kill(mon_pid, SIGTERM); /* ours, by its pid */
+    CU_ASSERT_EQUAL(
+        nu_test_sh("n=$(sqlite3 %s/cloud/ledger.db \"SELECT COUNT(*) FROM certificates WHERE"
+                   " job_id='%s'\") && test \"$n\" -eq 8 && python3 -c 'import json,sys; "
+                   "e=[json.loads(l) for l in open(sys.argv[1])]; "
+                   "p=[x for x in e if x[\"kind\"]==\"device.provisioned\"]; "
+                   "assert len(p)==int(sys.argv[2]), (len(p), sys.argv[2]); "
+                   "assert len(set(x[\"device_uid\"] for x in p))==len(p); "
+                   "assert all(x.get(\"serial\") and x[\"role\"]==\"programmer\" for x in p)'"
+                   " %s/real.jsonl $n",
+                   dir, job, tmp),
+        0);
+}
+
+static void test_killed_programmer_rejoins(void)
+{
+    pid_t p1 = pidfile("prog-1");
+    CU_ASSERT_TRUE_FATAL(p1 > 0);
+    kill(p1, SIGKILL);
+    CU_ASSERT_EQUAL(wait_prog_state("prog-1", "offline", 5000), 0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack status --dir %s > %s/ss2.txt 2>&1", dir, tmp), 1);
+    CU_ASSERT_TRUE(contains("ss2.txt", "dead"));
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack up --dir %s --programmers 2 --sockets 2"
+                                     " > %s/up-again.txt 2>&1",
+                               dir, tmp),
+                    0);
+    CU_ASSERT_TRUE(contains("up-again.txt", "prog-2     already running"));
+    CU_ASSERT_EQUAL(wait_prog_state("prog-1", "idle", 5000), 0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack status --dir %s > %s/ss3.txt 2>&1", dir, tmp), 0);
+    real_prog_pid = pidfile("prog-1");
 }
 
 static void test_stack_down_stops_the_programmer(void)
@@ -920,6 +996,8 @@ int main(int argc, char **argv)
     static const struct nu_test_case real_cases[] = {
         {"a real programmer accepts the delivered package",
          test_real_programmer_accepts_the_delivered_package},
+        {"a real production matches the ledger", test_real_production_matches_the_ledger},
+        {"a killed programmer rejoins", test_killed_programmer_rejoins},
         {"stack down stops the programmer", test_stack_down_stops_the_programmer},
         {NULL, NULL},
     };
