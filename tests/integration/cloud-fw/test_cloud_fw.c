@@ -304,6 +304,32 @@ static void test_firmware_list(void)
     CU_ASSERT_EQUAL(nu_test_sh("%s/nusec firmware list --dir %s | grep -q junk", BIN, F.dir), 1);
 }
 
+static void test_cli_help_and_usage(void)
+{
+    static const char *const cmds[] = {"firmware sign", "firmware list", "job create", "job list",
+                                       "job show",      "job pause",     "job resume", "job close"};
+    CU_ASSERT_FATAL(F_ok);
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        CU_ASSERT_EQUAL(
+            nu_test_sh("%s/nusec %s --help | grep -q '^usage: nusec %.3s'", BIN, cmds[i], cmds[i]),
+            0);
+        CU_ASSERT_EQUAL(
+            nu_test_sh("%s/nusec %s --dir %s --bogus 2>/dev/null >/dev/null", BIN, cmds[i], F.dir),
+            2);
+    }
+    CU_ASSERT_EQUAL(nu_test_sh("%s/nusec firmware sign --dir %s --in x --name a --version 1.2 "
+                               "2>/dev/null",
+                               BIN, F.dir),
+                    2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/nusec job create --dir %s --firmware app-1.0.0 --quota 0 "
+                               "--programmer p --out x 2>/dev/null",
+                               BIN, F.dir),
+                    2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/nusec job show 'bad id' --dir %s 2>/dev/null", BIN, F.dir), 2);
+    /* Without a state directory: a usage error, not a crash. */
+    CU_ASSERT_EQUAL(nu_test_sh("env -u NUSEC_HOME %s/nusec job list 2>/dev/null", BIN), 2);
+}
+
 /* ------------------------------------------------------------ jobs */
 
 static int read_pkg_file(const char *dir, const char *job, const char *prog, uint8_t **out,
@@ -483,6 +509,53 @@ static int create_raw(const char *fw, uint32_t quota, const char *const *progs,
     req.n_allocations = n;
     *out = NULL;
     return cf_call(&OEM, "job.create", &req.base, key, key ? 16 : 0, out, NULL, 0);
+}
+
+/* job.create with n allocations in caller storage (for large n). */
+static int create_raw_n(const char *fw, uint32_t quota, const char *const *progs,
+                        const uint32_t *limits, size_t n, const uint8_t *key,
+                        Nusec__V1__ProgrammerAllocation *a, Nusec__V1__ProgrammerAllocation **pa,
+                        Nusec__V1__Envelope **out)
+{
+    Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
+    for (size_t i = 0; i < n; i++) {
+        nusec__v1__programmer_allocation__init(&a[i]);
+        a[i].programmer_id = (char *)progs[i];
+        a[i].limit = limits[i];
+        pa[i] = &a[i];
+    }
+    req.firmware = (char *)fw;
+    req.quota = quota;
+    req.allocations = pa;
+    req.n_allocations = n;
+    *out = NULL;
+    return cf_call(&OEM, "job.create", &req.base, key, key ? 16 : 0, out, NULL, 0);
+}
+
+/* The firmware token of a package, opened with p's package key. */
+static int package_token(const ProtobufCBinaryData *pkg, const struct cf_programmer *p,
+                         uint8_t *out, size_t *out_len)
+{
+    struct nu_seal_recipient rcp;
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    Nusec__V1__SealedPackage *sp = nusec__v1__sealed_package__unpack(NULL, pkg->len, pkg->data);
+    int rc = sp ? nu_seal_recipient_from_key(p->package, &rcp) : NU_ERR_DECODE;
+    if (!rc)
+        rc = nu_seal_open(&rcp, sp->summary.data, sp->summary.len, sp->sealed.data, sp->sealed.len,
+                          &plain, &plain_len);
+    Nusec__V1__PackageSecrets *sec =
+        rc ? NULL : nusec__v1__package_secrets__unpack(NULL, plain_len, plain);
+    if (!rc && (!sec || sec->firmware_token.len > 64))
+        rc = NU_ERR_DECODE;
+    if (!rc) {
+        memcpy(out, sec->firmware_token.data, sec->firmware_token.len);
+        *out_len = sec->firmware_token.len;
+    }
+    nusec__v1__package_secrets__free_unpacked(sec, NULL);
+    nu_seal_free(plain, plain_len);
+    nusec__v1__sealed_package__free_unpacked(sp, NULL);
+    return rc;
 }
 
 static void test_job_create_idempotent_and_refusals(void)
@@ -866,6 +939,160 @@ static void test_pause_resume_close(void)
     cf_client_close(&c);
 }
 
+/* ------------------------------------------------------------ limits */
+
+static void test_sign_size_bounds(void)
+{
+    uint8_t *p = calloc(1, NU_ENVELOPE_FIRMWARE_MAX + 1);
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_FATAL(F_ok && p);
+    /* The largest payload signs; its image travels in one answer. */
+    double t0 = now_s();
+    CU_ASSERT_EQUAL(sign_raw("max", "1.0.0", p, NU_ENVELOPE_FIRMWARE_MAX, NULL, &r), NU_OK);
+    if (r)
+        CU_ASSERT(r->firmware_sign_response->image.len > NU_ENVELOPE_FIRMWARE_MAX);
+    printf("\n    firmware.sign of %u bytes: %.0f ms", NU_ENVELOPE_FIRMWARE_MAX,
+           (now_s() - t0) * 1e3);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(sign_raw("max", "1.0.1", p, NU_ENVELOPE_FIRMWARE_MAX + 1, NULL, &r),
+                    NU_ERR_TOO_LARGE);
+    free(p);
+}
+
+/* A programmer written straight into the ledger (no bus enrollment), with
+ * the package key `pub`: cheap, for many-programmer jobs. */
+static int ledger_programmer(struct cloud_ledger *l, const char *id, const uint8_t *pub)
+{
+    static const char pem[] = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    struct cloud_ledger_enrollment e = {id, "01", pem, pub, "oem", nu_time_ms()};
+    return cloud_ledger_programmer_upsert(l, &e);
+}
+
+static void test_job_256_programmers(void)
+{
+    enum { N = 256 };
+    static char ids[N + 1][16];
+    static const char *progs[N + 1];
+    static uint32_t limits[N + 1];
+    static Nusec__V1__ProgrammerAllocation a[N + 1], *pa[N + 1];
+    struct cloud_ledger *l = NULL;
+    uint8_t pub[65];
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_FATAL(F_ok);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_pub(OUTSIDER.package, pub), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(F.ledger, &l), NU_OK);
+    for (int i = 0; i <= N; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "many-%03d", i);
+        progs[i] = ids[i];
+        CU_ASSERT_EQUAL_FATAL(ledger_programmer(l, ids[i], pub), NU_OK);
+    }
+    cloud_ledger_close(l);
+    double t0 = now_s();
+    CU_ASSERT_EQUAL_FATAL(create_raw_n("boot-2.1.7", 1000, progs, limits, N, NULL, a, pa, &r),
+                          NU_OK);
+    double dt = now_s() - t0;
+    const Nusec__V1__JobCreateResponse *jr = r->job_create_response;
+    size_t total = 0, biggest = 0;
+    CU_ASSERT_EQUAL(jr->n_packages, N);
+    CU_ASSERT_EQUAL(jr->job->n_allocations, N);
+    for (size_t i = 0; i < jr->n_packages; i++) {
+        total += jr->packages[i].len;
+        biggest = jr->packages[i].len > biggest ? jr->packages[i].len : biggest;
+    }
+    CU_ASSERT(biggest < 8192);
+    /* 1000 over 256: 3 each, the 232 left to the first. */
+    CU_ASSERT_EQUAL(jr->job->allocations[0]->limit + 255u * 3u, 1000u);
+    printf("\n    job.create with %d programmers: %.0f ms, %zu bytes of packages (largest %zu)", N,
+           dt * 1e3, total, biggest);
+    nu_envelope_free(r);
+    /* One more is over the cap: refused before it leaves the client. */
+    CU_ASSERT_EQUAL(create_raw_n("boot-2.1.7", 1000, progs, limits, N + 1, NULL, a, pa, &r),
+                    NU_ERR_TOO_LARGE);
+}
+
+static void test_job_expiry_and_station_view(void)
+{
+    Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
+    Nusec__V1__ProgrammerAllocation a = NUSEC__V1__PROGRAMMER_ALLOCATION__INIT, *pa = &a;
+    Nusec__V1__Envelope *r = NULL, *m = NULL;
+    struct cf_client c;
+    uint8_t token[64];
+    size_t tlen = 0;
+    CU_ASSERT_FATAL(F_ok);
+    a.programmer_id = "prog-1";
+    a.limit = 1;
+    req.firmware = "boot-2.1.7";
+    req.quota = 1;
+    req.allocations = &pa;
+    req.n_allocations = 1;
+    req.expires_at_ms = nu_time_ms() + 1500;
+    CU_ASSERT_EQUAL_FATAL(cf_call(&OEM, "job.create", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    char job[80];
+    snprintf(job, sizeof(job), "%s", r->job_create_response->job->job_id);
+    CU_ASSERT_EQUAL_FATAL(
+        package_token(&r->job_create_response->packages[0], &PROGS[0], token, &tlen), NU_OK);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, PROGS[0].id, PROGS[0].cert, PROGS[0].key, &c), NU_OK);
+    CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_OK);
+    nu_envelope_free(m);
+    /* A station sees the job list (state, not secrets). */
+    Nusec__V1__JobListRequest lr = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    lr.job_id = job;
+    CU_ASSERT_EQUAL(cf_call(&STATION, "job.list", &lr.base, NULL, 0, &r, NULL, 0), NU_OK);
+    if (r)
+        CU_ASSERT(r->job_list->n_jobs == 1 &&
+                  r->job_list->jobs[0]->status == NUSEC__V1__JOB_STATUS__JOB_STATUS_ACTIVE);
+    nu_envelope_free(r);
+    usleep(1700 * 1000);
+    CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_ERR_EXPIRED);
+    CU_ASSERT_EQUAL(chunk(&c, job, token, tlen, 0, &m), NU_ERR_EXPIRED);
+    CU_ASSERT_EQUAL(cf_call(&STATION, "job.list", &lr.base, NULL, 0, &r, NULL, 0), NU_OK);
+    if (r)
+        CU_ASSERT(r->job_list->n_jobs == 1 &&
+                  r->job_list->jobs[0]->status == NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED);
+    nu_envelope_free(r);
+    /* A past expiry is refused at creation. */
+    req.expires_at_ms = nu_time_ms() - 1;
+    CU_ASSERT_EQUAL(cf_call(&OEM, "job.create", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_INVALID_ARG);
+    cf_client_close(&c);
+}
+
+static void test_restart_and_swapped_image(void)
+{
+    static const char *const p1[] = {"prog-1"};
+    static const uint32_t l1[] = {2};
+    Nusec__V1__Envelope *r = NULL, *m = NULL;
+    struct cf_client c;
+    uint8_t token[64], *redo = NULL;
+    size_t tlen = 0, redo_len = 0;
+    char job[80], path[512];
+    CU_ASSERT_FATAL(F_ok);
+    CU_ASSERT_EQUAL_FATAL(create_raw("boot-2.1.7", 2, p1, l1, 1, NULL, &r), NU_OK);
+    snprintf(job, sizeof(job), "%s", r->job_create_response->job->job_id);
+    CU_ASSERT_EQUAL_FATAL(
+        package_token(&r->job_create_response->packages[0], &PROGS[0], token, &tlen), NU_OK);
+    nu_envelope_free(r);
+    /* After a restart (empty cache) the image is read again: still served. */
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, PROGS[0].id, PROGS[0].cert, PROGS[0].key, &c), NU_OK);
+    CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_OK);
+    nu_envelope_free(m);
+    /* Another valid image of ours put in its place on disk is not served. */
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL_FATAL(img_read("redo-1.0.0", &redo, &redo_len), NU_OK);
+    snprintf(path, sizeof(path), "%s/firmware/boot-2.1.7.img", F.dir);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, redo, redo_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_ERR_BAD_FIRMWARE);
+    CU_ASSERT_EQUAL(chunk(&c, job, token, tlen, 0, &m), NU_ERR_BAD_FIRMWARE);
+    /* Nor packaged into a new job. */
+    CU_ASSERT_EQUAL(create_raw("boot-2.1.7", 2, p1, l1, 1, NULL, &r), NU_ERR_BAD_FIRMWARE);
+    free(redo);
+    cf_client_close(&c);
+}
+
 static void test_audit_trail(void)
 {
     struct cloud_ledger_verify_report rep;
@@ -894,12 +1121,17 @@ static const struct nu_test_case cases[] = {
     {"sign an Intel HEX file", test_sign_intel_hex},
     {"a signed version is immutable; redelivery answers", test_sign_version_immutable},
     {"firmware list", test_firmware_list},
+    {"CLI: --help everywhere, usage errors", test_cli_help_and_usage},
     {"job create: split, signed and sealed packages", test_job_create_packages},
     {"job create: idempotent, refusals", test_job_create_idempotent_and_refusals},
     {"manifest and all chunks decrypt to the image", test_delivery_end_to_end},
     {"delivery refusals and chunk binding", test_delivery_refusals},
     {"chunk serving throughput (printed)", test_throughput},
     {"pause, resume, close: retained state, chunks refused", test_pause_resume_close},
+    {"firmware.sign size bounds (4 MiB)", test_sign_size_bounds},
+    {"a job of 256 programmers in one answer", test_job_256_programmers},
+    {"expired job refused; stations list jobs", test_job_expiry_and_station_view},
+    {"restart; an image swapped on disk is refused", test_restart_and_swapped_image},
     {"audit trail and clean stop", test_audit_trail},
     {NULL, NULL},
 };
