@@ -3,7 +3,8 @@
 #   ./build.sh            deps + release build into build/
 #   ./build.sh test       deps + ASan/UBSan build into build-test/ + every test
 #   ./build.sh fuzz [--seconds N]   libFuzzer targets (clang), bounded run
-#   ./build.sh demo|bench not yet implemented (issue #6): exits 3
+#   ./build.sh demo [options]   a whole production on the local stack
+#   ./build.sh bench            not yet implemented (issue #6): exits 3
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +34,14 @@ Commands:
                     every test (unit, integration, security); prints a summary
   fuzz [--seconds N]  build the libFuzzer targets with clang into build-fuzz/
                     and run each for N seconds (default 30)
-  demo              full production on a local stack (not implemented yet)
+  demo [--dir DIR] [--devices N] [--quota Q] [--programmers P] [--sockets S]
+       [--flash-us-per-kib T]
+                    build, then run a whole production on the local stack:
+                    stack up, sign firmware, create the job, import the
+                    packages, produce, print a summary, audit, stack down.
+                    Defaults: DIR ./demo-state (replaced on each run, kept
+                    afterwards), 32 devices, quota = devices, 2 programmers,
+                    4 sockets, 0 us/KiB simulated flash time
   bench             benchmarks (not implemented yet)
   deps              only install the missing Debian packages
   -h, --help        this text
@@ -118,6 +126,21 @@ cmd_fuzz() {
     done
 }
 
+cmd_demo() {
+    local dir="$ROOT/demo-state" args=()
+    while (($#)); do
+        case $1 in
+        --dir) dir=${2:?--dir needs a value}; shift 2 ;;
+        --devices | --quota | --programmers | --sockets | --flash-us-per-kib)
+            args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        *) say "demo: unknown option $1 (see ./build.sh --help)"; exit 1 ;;
+        esac
+    done
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "$ROOT/tests/e2e/demo_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" "${args[@]}"
+}
+
 main() {
     local cmd=${1:-build}
     (($#)) && shift
@@ -126,7 +149,8 @@ main() {
     deps) ensure_packages "${PACKAGES[@]}" ;;
     test) cmd_test ;;
     fuzz) cmd_fuzz "$@" ;;
-    demo | bench)
+    demo) cmd_demo "$@" ;;
+    bench)
         say "'$cmd' is not implemented yet (issue #6); nothing was run"
         exit 3
         ;;
