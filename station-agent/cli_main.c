@@ -85,7 +85,9 @@ int main(int argc, char **argv)
                 return c->run(argc - 2, argv + 2);
         }
     }
-    if (group_known)
+    if (group_known && argc >= 3)
+        cli_errorf("'%s' has no subcommand '%s'; see 'nusec --help'", argv[1], argv[2]);
+    else if (group_known)
         cli_errorf("'%s' needs a subcommand; see 'nusec --help'", argv[1]);
     else
         cli_errorf("unknown command '%s'; see 'nusec --help'", argv[1]);
