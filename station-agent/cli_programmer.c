@@ -4,8 +4,11 @@
 
 #include "nu_err.h"
 #include "nu_util.h"
+#include "station_owners.h"
+#include "station_proc.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -117,6 +120,40 @@ static void cli__utc(uint64_t ms, char *out, size_t cap)
         snprintf(out, cap, "-");
 }
 
+/* Ask the cloud (as oem) for a one-time enrollment token; prints errors. */
+static int cli__mint_token_ttl(const char *dir, const char *name, uint32_t ttl_s, char *out,
+                               size_t cap, uint64_t *out_expires)
+{
+    struct cli_cloud cc;
+    int rc = cli_cloud_open(dir, "oem", &cc);
+    if (rc)
+        return rc;
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.programmer_id = (char *)name;
+    req.ttl_s = ttl_s;
+    rc = cli_cloud_call(&cc, "enroll.token", &req.base,
+                        NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
+    if (!rc) {
+        const Nusec__V1__EnrollTokenResponse *t = reply->enroll_token_response;
+        rc = nu_path_fmt(out, cap, "%s", t->token ? t->token : "");
+        if (!rc && !out[0])
+            rc = NU_ERR_DECODE;
+        if (out_expires)
+            *out_expires = t->expires_at_ms;
+        if (t->token)
+            nu_zero(t->token, strlen(t->token));
+    }
+    nu_envelope_free(reply);
+    cli_cloud_close(&cc);
+    return rc;
+}
+
+static int cli__mint_token(const char *dir, const char *name, char *out, size_t cap)
+{
+    return cli__mint_token_ttl(dir, name, 0, out, cap, NULL);
+}
+
 static int cli__token(int argc, char **argv)
 {
     struct cli__opts o = {0};
@@ -139,31 +176,21 @@ static int cli__token(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if ((rc = cli_cloud_open(dir, "oem", &cc)))
+    char token[NU_ENVELOPE_TOKEN_MAX + 1], until[32];
+    uint64_t expires = 0;
+    if ((rc = cli__mint_token_ttl(dir, o.name, (uint32_t)ttl, token, sizeof(token), &expires)))
         return CLI_EXIT_FAIL;
-    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
-    Nusec__V1__Envelope *reply = NULL;
-    req.programmer_id = (char *)o.name;
-    req.ttl_s = (uint32_t)ttl;
-    rc = cli_cloud_call(&cc, "enroll.token", &req.base,
-                        NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
-    if (!rc) {
-        const Nusec__V1__EnrollTokenResponse *t = reply->enroll_token_response;
-        char until[32];
-        cli__utc(t->expires_at_ms, until, sizeof(until));
-        if (o.json)
-            printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n",
-                   t->programmer_id, t->token, (unsigned long long)t->expires_at_ms);
-        else
-            printf("%s\n", t->token);
-        fflush(stdout);
-        fprintf(stderr, "nusec: enrollment token for %s, valid until %s; it is shown only once\n",
-                t->programmer_id, until);
-    }
-    nu_envelope_free(reply);
-    cli_cloud_close(&cc);
-    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    cli__utc(expires, until, sizeof(until));
+    if (o.json)
+        printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n", o.name,
+               token, (unsigned long long)expires);
+    else
+        printf("%s\n", token);
+    fflush(stdout);
+    nu_zero(token, sizeof(token));
+    fprintf(stderr, "nusec: enrollment token for %s, valid until %s; it is shown only once\n",
+            o.name, until);
+    return CLI_EXIT_OK;
 }
 
 static int cli__list(int argc, char **argv)
@@ -251,8 +278,81 @@ static int cli__revoke(int argc, char **argv)
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
+static const char cli__enroll_usage[] =
+    "usage: nusec programmer enroll --name ID [--token TOKEN] [--station ID] [--dir DIR]\n"
+    "\n"
+    "Enroll the programmer ID of this station: its KeyStore makes its identity and\n"
+    "package keys, the station relays its CSR with the one-time TOKEN to the cloud,\n"
+    "and the programmer keeps the identity certificate it gets back\n"
+    "(nusec-programmer --enroll). Without --token, a token is minted first with the\n"
+    "oem certificate of DIR (OEM and CM on one machine, as in the local stack).\n"
+    "The station (default \"station\") becomes the programmer's owner on the broker.\n"
+    "\n"
+    "Exit status: 0 enrolled, 1 failed (see DIR/logs/ID-enroll.log), 2 usage error.\n";
+
+static int cli__enroll(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"name", required_argument, NULL, 'n'},    {"token", required_argument, NULL, 't'},
+        {"station", required_argument, NULL, 's'}, {"dir", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    };
+    const char *name = NULL, *token_opt = NULL, *station = "station", *dir_opt = NULL, *dir;
+    char token[NU_ENVELOPE_TOKEN_MAX + 1] = "", bin[PATH_MAX], exe[PATH_MAX], log[PATH_MAX];
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'n': name = optarg; break;
+        case 't': token_opt = optarg; break;
+        case 's': station = optarg; break;
+        case 'd': dir_opt = optarg; break;
+        case 'h': fputs(cli__enroll_usage, stdout); return CLI_EXIT_OK;
+        default: fputs(cli__enroll_usage, stderr); return CLI_EXIT_USAGE;
+        }
+    }
+    if (!name || optind < argc || nu_envelope_id_check(name) || nu_envelope_id_check(station)) {
+        cli_errorf("programmer enroll: need --name ID (an identity); see --help");
+        return CLI_EXIT_USAGE;
+    }
+    if (!(dir = cli_state_dir(dir_opt)))
+        return CLI_EXIT_USAGE;
+    int rc = station_bin_dir(bin, sizeof(bin));
+    if (!rc)
+        rc = nu_path_fmt(exe, sizeof(exe), "%s/nusec-programmer", bin);
+    if (!rc)
+        rc = nu_path_fmt(log, sizeof(log), "%s/logs/%s-enroll.log", dir, name);
+    if (!rc)
+        rc = station_owners_add(dir, station, name);
+    if (!rc && token_opt)
+        rc = nu_path_fmt(token, sizeof(token), "%s", token_opt);
+    else if (!rc)
+        rc = cli__mint_token(dir, name, token, sizeof(token));
+    pid_t pid = 0;
+    int status = 0;
+    if (!rc) {
+        char *args[] = {exe, "--dir", (char *)dir, "--name", (char *)name, "--enroll", token,
+                        NULL};
+        rc = station_proc_spawn(args, log, &pid);
+    }
+    nu_zero(token, sizeof(token));
+    if (!rc && (rc = station_proc_wait_child(pid, 60000, &status)) == NU_ERR_TIMEOUT)
+        station_proc_stop(pid, 1000);
+    if (!rc && status != 0) {
+        cli_errorf("programmer enroll: nusec-programmer --enroll failed; its log:");
+        station_log_tail(log, 12);
+        return CLI_EXIT_FAIL;
+    }
+    if (rc)
+        return cli_fail("programmer enroll", rc);
+    printf("%s enrolled (relayed by %s)\n", name, station);
+    return CLI_EXIT_OK;
+}
+
 const struct cli_command cli_programmer_commands[] = {
     {"programmer", "token", "mint a one-time enrollment token for a programmer", cli__token},
+    {"programmer", "enroll", "enroll a programmer of this station (KeyStore keys, CSR, certificate)",
+     cli__enroll},
     {"programmer", "list", "list enrolled and revoked programmers", cli__list},
     {"programmer", "revoke", "revoke a programmer (broker and cloud refuse it)", cli__revoke},
     {NULL, NULL, NULL, NULL},

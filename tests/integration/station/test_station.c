@@ -955,6 +955,23 @@ static void test_killed_programmer_rejoins(void)
     real_prog_pid = pidfile("prog-1");
 }
 
+static void test_programmer_enroll_command(void)
+{
+    /* Minted token: enrolled, owned by the station, listed by the cloud. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-9 > %s/enroll.txt 2>&1",
+                               dir, tmp), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'station prog-9' %s/broker/owners", dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 .*enrolled'", dir),
+                    0);
+    /* A forged token: refused, and nothing is enrolled. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-10 --token %064d"
+                                     " > %s/enroll-bad.txt 2>&1",
+                               dir, 0, tmp),
+                    1);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-10 '", dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s 2>/dev/null", dir), 2);
+}
+
 static void test_stack_down_stops_the_programmer(void)
 {
     CU_ASSERT_TRUE_FATAL(real_prog_pid > 0);
@@ -998,6 +1015,7 @@ int main(int argc, char **argv)
          test_real_programmer_accepts_the_delivered_package},
         {"a real production matches the ledger", test_real_production_matches_the_ledger},
         {"a killed programmer rejoins", test_killed_programmer_rejoins},
+        {"nusec programmer enroll", test_programmer_enroll_command},
         {"stack down stops the programmer", test_stack_down_stops_the_programmer},
         {NULL, NULL},
     };
