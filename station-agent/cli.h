@@ -51,5 +51,6 @@ extern const struct cli_command cli_audit_commands[];
 extern const struct cli_command cli_production_commands[];
 extern const struct cli_command cli_stack_commands[];
 extern const struct cli_command cli_monitor_commands[];
+extern const struct cli_command cli_report_commands[];
 
 #endif

@@ -934,7 +934,13 @@ static void test_real_production_matches_the_ledger(void)
                    "assert all(x.get(\"serial\") and x[\"role\"]==\"programmer\" for x in p)'"
                    " %s/real.jsonl $n",
                    dir, job, tmp),
-        0);
+        0);    /* The OEM's report says the same as the ledger: 8 issued, 8 reported provisioned. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " report --job %s --json --dir %s | python3 -c 'import json,sys;"
+                               " r=json.load(sys.stdin); assert r[\"issued\"]==8 and"
+                               " r[\"provisioned\"]==8 and r[\"failed\"]==0 and"
+                               " sum(p[\"issued\"] for p in r[\"programmers\"])==8, r'",
+                               job, dir),
+                    0);
 }
 
 static void test_killed_programmer_rejoins(void)

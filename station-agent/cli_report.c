@@ -1,0 +1,141 @@
+/*
+ * nusec report: the OEM's production report of a job, from the cloud: the
+ * job's counters and allocations, and what became of each certificate
+ * (issued only, provisioned, failed, revoked) as the programmers reported it.
+ */
+#include "cli.h"
+#include "cli_cloud.h"
+
+#include "nu_err.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char cli__report_usage[] =
+    "usage: nusec report --job JOB [--json] [--dir DIR]\n"
+    "\n"
+    "The production report of JOB, as the cloud's ledger has it: quota, issued,\n"
+    "refused, the limit and issued count of each programmer, and how many devices\n"
+    "were reported provisioned or failed, or were revoked. Talks to the cloud with\n"
+    "the oem certificate of DIR.\n"
+    "\n"
+    "Exit status: 0 report printed, 1 failed (unknown job, no cloud), 2 usage error.\n";
+
+struct cli__outcomes {
+    unsigned issued, provisioned, failed, revoked, listed;
+};
+
+static void cli__count(const Nusec__V1__DeviceList *l, struct cli__outcomes *o)
+{
+    for (size_t i = 0; i < l->n_devices; i++) {
+        const char *st = l->devices[i]->state ? l->devices[i]->state : "";
+        o->listed++;
+        if (!strcmp(st, "provisioned"))
+            o->provisioned++;
+        else if (!strcmp(st, "failed"))
+            o->failed++;
+        else if (!strcmp(st, "revoked"))
+            o->revoked++;
+        else
+            o->issued++;
+    }
+}
+
+/* "active", "exhausted"... from the wire enum's own names. */
+static const char *cli__status(Nusec__V1__JobStatus status)
+{
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&nusec__v1__job_status__descriptor, (int)status);
+    return v ? v->name + strlen("JOB_STATUS_") : "unknown";
+}
+
+static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__outcomes *o,
+                              int json)
+{
+    char status[32];
+    snprintf(status, sizeof(status), "%s", cli__status(j->status));
+    for (char *p = status; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    if (json) {
+        printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"quota\":%u,\"issued\":%u,"
+               "\"refused\":%u,\"provisioned\":%u,\"failed\":%u,\"revoked\":%u,"
+               "\"not_reported\":%u,\"programmers\":[",
+               j->job_id, j->firmware ? j->firmware : "", status, j->quota, j->issued,
+               j->refused, o->provisioned, o->failed, o->revoked, o->issued);
+        for (size_t i = 0; i < j->n_allocations; i++)
+            printf("%s{\"programmer\":\"%s\",\"limit\":%u,\"issued\":%u}", i ? "," : "",
+                   j->allocations[i]->programmer_id, j->allocations[i]->limit,
+                   i < j->n_issued_per_programmer ? j->issued_per_programmer[i] : 0);
+        printf("]}\n");
+        return;
+    }
+    printf("%-14s %s (%s)\n%-14s %s\n", "job", j->job_id, status, "firmware",
+           j->firmware ? j->firmware : "");
+    printf("%-14s %u\n%-14s %u\n%-14s %u\n", "quota", j->quota, "issued", j->issued, "refused",
+           j->refused);
+    printf("%-14s %u\n%-14s %u\n%-14s %u\n%-14s %u\n", "provisioned", o->provisioned, "failed",
+           o->failed, "revoked", o->revoked, "not reported", o->issued);
+    for (size_t i = 0; i < j->n_allocations; i++)
+        printf("  %-20s limit %-6u issued %u\n", j->allocations[i]->programmer_id,
+               j->allocations[i]->limit,
+               i < j->n_issued_per_programmer ? j->issued_per_programmer[i] : 0);
+    if (o->listed >= NU_ENVELOPE_LIST_MAX)
+        printf("(device outcomes counted over the first %u certificates)\n", o->listed);
+}
+
+static int cli__report(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"job", required_argument, NULL, 'j'}, {"json", no_argument, NULL, 'J'},
+        {"dir", required_argument, NULL, 'd'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *job = NULL, *dir_opt = NULL, *dir;
+    int json = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'j': job = optarg; break;
+        case 'J': json = 1; break;
+        case 'd': dir_opt = optarg; break;
+        case 'h': fputs(cli__report_usage, stdout); return CLI_EXIT_OK;
+        default: fputs(cli__report_usage, stderr); return CLI_EXIT_USAGE;
+        }
+    }
+    if (!job || optind < argc || nu_envelope_id_check(job)) {
+        cli_errorf("report: need --job JOB; see --help");
+        return CLI_EXIT_USAGE;
+    }
+    if (!(dir = cli_state_dir(dir_opt)))
+        return CLI_EXIT_USAGE;
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
+        return CLI_EXIT_FAIL;
+    Nusec__V1__JobListRequest jr = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    Nusec__V1__DeviceListRequest dr = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *jobs = NULL, *devices = NULL;
+    struct cli__outcomes o = {0};
+    jr.job_id = (char *)job;
+    dr.job_id = (char *)job;
+    int rc = cli_cloud_call(&cc, "job.list", &jr.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST, &jobs);
+    if (!rc && (jobs->job_list->n_jobs != 1 || strcmp(jobs->job_list->jobs[0]->job_id, job)))
+        rc = cli_fail("report", NU_ERR_NOT_FOUND);
+    if (!rc)
+        rc = cli_cloud_call(&cc, "device.list", &dr.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
+                            &devices);
+    if (!rc) {
+        cli__count(devices->device_list, &o);
+        cli__report_print(jobs->job_list->jobs[0], &o, json);
+    }
+    nu_envelope_free(devices);
+    nu_envelope_free(jobs);
+    cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+const struct cli_command cli_report_commands[] = {
+    {"report", "", "production report of a job: counters, programmers, device outcomes",
+     cli__report},
+    {NULL, NULL, NULL, NULL},
+};
