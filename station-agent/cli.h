@@ -11,6 +11,7 @@
 #ifndef CLI_H
 #define CLI_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 enum cli_exit {
@@ -39,6 +40,9 @@ int cli_fail(const char *what, int nu_code);
  * returns NULL when neither is set.
  */
 const char *cli_state_dir(const char *opt_dir);
+
+/* Unix milliseconds as "YYYY-MM-DDTHH:MM:SSZ" into out[cap]; "-" for 0. */
+void cli_utc(uint64_t ms, char *out, size_t cap);
 
 /* Commands implemented by each file, terminated by a zeroed entry. */
 extern const struct cli_command cli_pki_commands[];

@@ -118,13 +118,6 @@ static int cli__job(const char *what, const char *job)
     return 0;
 }
 
-static void cli__utc(uint64_t ms, char *out, size_t cap)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(out, cap, "-");
-}
 
 static int cli__export(const char *dir, const Nusec__V1__DeviceCertificate *d, const char *uid)
 {
@@ -157,7 +150,7 @@ static int cli__print(const Nusec__V1__DeviceList *l, const struct cli__opts *o)
         const Nusec__V1__DeviceCertificate *d = l->devices[i];
         char uid[2 * CLI__UID_MAX + 1] = "", when[32];
         nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
-        cli__utc(d->issued_at_ms, when, sizeof(when));
+        cli_utc(d->issued_at_ms, when, sizeof(when));
         if (o->json)
             printf("%s\n{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
                    "\"issued_at_ms\":%llu}",

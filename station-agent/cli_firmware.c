@@ -324,13 +324,6 @@ static int cli__sign(int argc, char **argv)
     return exit_code;
 }
 
-static void cli__utc(uint64_t ms, char *out, size_t cap)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(out, cap, "-");
-}
 
 static int cli__list(int argc, char **argv)
 {
@@ -363,7 +356,7 @@ static int cli__list(int argc, char **argv)
             const Nusec__V1__FirmwareInfo *f = l->images[i];
             char hex[2 * NU_ENVELOPE_DIGEST_MAX + 1] = "", when[32];
             nu_hex_encode(f->image_digest.data, f->image_digest.len, hex, sizeof(hex));
-            cli__utc(f->signed_at_ms, when, sizeof(when));
+            cli_utc(f->signed_at_ms, when, sizeof(when));
             if (o.json)
                 printf("%s\n{\"image\":\"%s\",\"size\":%u,\"signed_at_ms\":%llu,\"digest\":\"%s\"}",
                        i ? "," : "", f->image_name, f->size, (unsigned long long)f->signed_at_ms,

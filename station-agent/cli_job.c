@@ -187,13 +187,6 @@ static const char *cli__status_name(Nusec__V1__JobStatus s)
     }
 }
 
-static void cli__utc(uint64_t ms, char *out, size_t cap)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(out, cap, "-");
-}
 
 /* Job ids, firmware and programmer ids are identifiers: nothing to escape. */
 static void cli__job_json(const Nusec__V1__JobState *j)
@@ -213,8 +206,8 @@ static void cli__job_json(const Nusec__V1__JobState *j)
 static void cli__job_text(const Nusec__V1__JobState *j)
 {
     char created[32], expires[32];
-    cli__utc(j->created_at_ms, created, sizeof(created));
-    cli__utc(j->expires_at_ms, expires, sizeof(expires));
+    cli_utc(j->created_at_ms, created, sizeof(created));
+    cli_utc(j->expires_at_ms, expires, sizeof(expires));
     printf("job       %s\nstatus    %s\nfirmware  %s\nissued    %u of %u (%u refused)\n"
            "created   %s\nexpires   %s\n",
            j->job_id, cli__status_name(j->status), j->firmware, j->issued, j->quota, j->refused,
@@ -436,7 +429,7 @@ static int cli__list(int argc, char **argv)
             continue;
         }
         snprintf(counts, sizeof(counts), "%u/%u", j->issued, j->quota);
-        cli__utc(j->expires_at_ms, expires, sizeof(expires));
+        cli_utc(j->expires_at_ms, expires, sizeof(expires));
         printf("%-24s %-9s %21s %-32s %s\n", j->job_id, cli__status_name(j->status), counts,
                j->firmware, expires);
     }

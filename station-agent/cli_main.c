@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static const struct cli_command *const cli__tables[] = {
     cli_pki_commands,     cli_programmer_commands, cli_firmware_commands, cli_job_commands,
@@ -37,6 +38,14 @@ const char *cli_state_dir(const char *opt_dir)
     if (!dir)
         cli_errorf("no state directory: pass --dir DIR or set NUSEC_HOME");
     return dir;
+}
+
+void cli_utc(uint64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, cap, "-");
 }
 
 static void cli__usage(FILE *out)

@@ -112,13 +112,6 @@ static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts
     return 0;
 }
 
-static void cli__utc(uint64_t ms, char *out, size_t cap)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!ms || !gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(out, cap, "-");
-}
 
 /* Ask the cloud (as oem) for a one-time enrollment token; prints errors. */
 static int cli__mint_token_ttl(const char *dir, const char *name, uint32_t ttl_s, char *out,
@@ -180,7 +173,7 @@ static int cli__token(int argc, char **argv)
     uint64_t expires = 0;
     if ((rc = cli__mint_token_ttl(dir, o.name, (uint32_t)ttl, token, sizeof(token), &expires)))
         return CLI_EXIT_FAIL;
-    cli__utc(expires, until, sizeof(until));
+    cli_utc(expires, until, sizeof(until));
     if (o.json)
         printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n", o.name,
                token, (unsigned long long)expires);
@@ -223,7 +216,7 @@ static int cli__list(int argc, char **argv)
         for (size_t i = 0; i < l->n_programmers; i++) {
             const Nusec__V1__ProgrammerInfo *p = l->programmers[i];
             char when[32];
-            cli__utc(p->enrolled_at_ms, when, sizeof(when));
+            cli_utc(p->enrolled_at_ms, when, sizeof(when));
             if (o.json)
                 printf("%s\n{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
                        "\"serial\":\"%s\"}",
