@@ -126,6 +126,7 @@ static void cloud__refuse(struct cloud_call *call, int code)
         snprintf(payload, sizeof(payload), "{\"op\":\"%s\",\"code\":\"%s\"}", call->op,
                  nu_err_name(code));
         struct cloud_ledger_event ev = {
+            .ts_ms = nu_time_ms(),
             .kind = "request.refused",
             .actor = call->requester,
             .job_id = "",

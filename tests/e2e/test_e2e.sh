@@ -118,6 +118,8 @@ events_decode() {
 }
 check "events captured with mosquitto_sub decode with protoc" events_decode
 
+check "every audit event is time-stamped" \
+    test "$(sqlite3 "$DIR/cloud/ledger.db" 'select count(*) from audit_events where ts <= 0')" -eq 0
 check "nusec audit verify passes" "$BIN/nusec" audit verify --dir "$DIR"
 tamper() {
     sqlite3 "$DIR/cloud/ledger.db" "
