@@ -42,7 +42,10 @@ Commands:
                     Defaults: DIR ./demo-state (replaced on each run, kept
                     afterwards), 32 devices, quota = devices, 2 programmers,
                     4 sockets, 0 us/KiB simulated flash time
-  bench             benchmarks (not implemented yet)
+  bench             build release, then measure on this machine in one run
+                    (crypto ceiling, end to end on the local stack, cert
+                    latency, peak RSS) and write bench/results.json.
+                    BENCH_DEVICES (default 2000) sets the e2e device count
   deps              only install the missing Debian packages
   -h, --help        this text
 
@@ -141,6 +144,13 @@ cmd_demo() {
     "$ROOT/tests/e2e/demo_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" "${args[@]}"
 }
 
+cmd_bench() {
+    (($#)) && { say "bench: no options (use BENCH_DEVICES=N)"; exit 1; }
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "$ROOT/bench/run.sh" --bin "$ROOT/build/bin" --out "$ROOT/bench/results.json"
+}
+
 main() {
     local cmd=${1:-build}
     (($#)) && shift
@@ -150,10 +160,7 @@ main() {
     test) cmd_test ;;
     fuzz) cmd_fuzz "$@" ;;
     demo) cmd_demo "$@" ;;
-    bench)
-        say "'$cmd' is not implemented yet (issue #6); nothing was run"
-        exit 3
-        ;;
+    bench) cmd_bench "$@" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 1 ;;
     esac
