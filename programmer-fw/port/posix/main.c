@@ -11,6 +11,7 @@
 
 #include "nu_crypto.h"
 #include "nu_log.h"
+#include "nu_mcuboot.h"
 #include "nu_mqtt.h"
 #include "nu_paths.h"
 #include "nu_util.h"
@@ -30,11 +31,17 @@
 #define PROG "nusec-programmer"
 #define PROG_VERSION "0.1.0"
 
-enum { EXIT_USAGE = 2 };
+enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3 };
+
+/* The KeyStore blob where enrollment pins the OEM secure-boot key (core/pg_int.h). */
+#define APP_BLOB_PIN_ROTPK "pin.rotpk"
+/* A boot manifest is a 32-byte payload plus header and TLVs: far below this. */
+#define APP_MANIFEST_MAX 4096u
 
 static const char usage_text[] =
     "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
     "                        [--flash-us-per-kib T] [--package FILE] [--enroll TOKEN]\n"
+    "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help]\n"
     "\n"
     "The NuLink3 programmer (POSIX port). Provisions simulated target MCUs on N\n"
@@ -52,19 +59,32 @@ static const char usage_text[] =
     "  --package FILE        load this .nspkg, produce until the tray is empty or the\n"
     "                        limit is reached, exit; without it: wait for the\n"
     "                        station's package and START on nusec/v1/prog/ID/cmd\n"
+    "  --boot-manifest FILE  secure boot: the MCUboot image whose payload is the\n"
+    "                        SHA-256 of this binary, signed with the OEM secure-boot\n"
+    "                        key (default DIR/programmers/boot-manifest.img)\n"
+    "  --require-secure-boot refuse to run without a boot manifest (otherwise the\n"
+    "                        check is enforced only when the manifest exists)\n"
     "  --log-level L         debug, info (default), warn, error\n"
     "  --help                this text\n"
     "\n"
     "Files: DIR/programmers/ID/{huk,keystore.bin} (sealed KeyStore),\n"
     "DIR/programmers/ID/flash/ (firmware cache), DIR/programmers/ID/identity.crt.\n"
     "\n"
-    "Exit status: 0 done, 1 failure (see the log), 2 usage.\n";
+    "Secure boot: before it connects, an enrolled programmer verifies the boot\n"
+    "manifest against the ROTPK pinned in its KeyStore at enrollment and checks\n"
+    "that its payload is SHA-256 of /proc/self/exe. Enrollment runs before a ROTPK\n"
+    "is pinned, so --enroll itself is not checked.\n"
+    "\n"
+    "Exit status: 0 done, 1 failure (see the log), 2 usage, 3 secure boot refused.\n";
 
 struct app {
     const char *dir;
     const char *name;
     const char *enroll_token;
     const char *package;
+    const char *boot_manifest;
+    int require_secure_boot;
+    int secure_boot_refused;
     unsigned sockets;
     unsigned devices;
     unsigned flash_us;
@@ -110,6 +130,8 @@ static int app__args(struct app *a, int argc, char **argv)
         {"package", required_argument, NULL, 'p'},
         {"enroll", required_argument, NULL, 'e'},
         {"log-level", required_argument, NULL, 'l'},
+        {"boot-manifest", required_argument, NULL, 'b'},
+        {"require-secure-boot", no_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -139,6 +161,12 @@ static int app__args(struct app *a, int argc, char **argv)
             break;
         case 'e':
             a->enroll_token = optarg;
+            break;
+        case 'b':
+            a->boot_manifest = optarg;
+            break;
+        case 'r':
+            a->require_secure_boot = 1;
             break;
         case 'l':
             bad = nu_log_level_parse(optarg, &level) != NU_OK;
@@ -211,6 +239,72 @@ static int app__self_hash(uint8_t out[32])
     if (rc == NU_OK)
         rc = nu_sha256(buf, len, out);
     free(buf);
+    return rc;
+}
+
+/* ---- secure boot ------------------------------------------------------------------- */
+
+/* img[len] must be an MCUboot image by the pinned ROTPK whose payload is self[32]. */
+static int app__manifest_check(struct app *a, const uint8_t *img, size_t len,
+                               const uint8_t self[32])
+{
+    uint8_t pub[NU_P256_PUB_LEN], rotpk_hash[NU_SHA256_LEN];
+    size_t pub_len = 0;
+    struct nu_mcuboot_info info;
+    int rc = pg_ks_blob_get(&a->hal, APP_BLOB_PIN_ROTPK, pub, sizeof(pub), &pub_len);
+    if (rc == NU_OK && pub_len != sizeof(pub))
+        rc = NU_ERR_DECODE;
+    if (rc != NU_OK) {
+        nu_error("secure boot: no ROTPK pinned in the KeyStore: %s", nu_err_str(rc));
+        return rc;
+    }
+    rc = nu_mcuboot_rotpk_hash(pub, rotpk_hash);
+    if (rc == NU_OK)
+        rc = nu_mcuboot_verify(img, len, pub, rotpk_hash, &info);
+    if (rc != NU_OK) {
+        nu_error("secure boot: boot manifest does not verify with the pinned ROTPK: %s",
+                 nu_err_str(rc));
+        return rc;
+    }
+    /* Verified: payload_off + payload_len lies inside img. */
+    if (info.payload_len != NU_SHA256_LEN ||
+        nu_memeq_ct(img + info.payload_off, self, NU_SHA256_LEN) != 0) {
+        nu_error("secure boot: this binary is not the one the boot manifest signs");
+        return NU_ERR_BAD_FIRMWARE;
+    }
+    return NU_OK;
+}
+
+/*
+ * The boot step: enforced when the manifest exists, was named or is required.
+ * Runs after the KeyStore is open and enrolled (the ROTPK is pinned then), before
+ * any connection. Errors: BAD_FIRMWARE, BAD_SIGNATURE, DECODE, NOT_FOUND, ...
+ */
+static int app__secure_boot(struct app *a)
+{
+    char path[PATH_MAX];
+    uint8_t self[32], *img = NULL;
+    size_t len = 0;
+    int rc = NU_OK;
+    if (a->boot_manifest)
+        rc = nu_path_fmt(path, sizeof(path), "%s", a->boot_manifest);
+    else
+        rc = nu_path_fmt(path, sizeof(path), "%s/programmers/boot-manifest.img", a->dir);
+    if (rc == NU_OK)
+        rc = nu_file_read(path, APP_MANIFEST_MAX, &img, &len);
+    if (rc == NU_ERR_NOT_FOUND && !a->boot_manifest && !a->require_secure_boot) {
+        nu_warn("secure boot not enforced: no boot manifest %s", path);
+        return NU_OK;
+    }
+    if (rc != NU_OK)
+        nu_error("secure boot: boot manifest %s: %s", path, nu_err_str(rc));
+    if (rc == NU_OK)
+        rc = app__self_hash(self);
+    if (rc == NU_OK)
+        rc = app__manifest_check(a, img, len, self);
+    free(img);
+    if (rc == NU_OK)
+        nu_info("secure boot: binary verified against %s", path);
     return rc;
 }
 
@@ -359,6 +453,12 @@ static int app__run(struct app *a)
         nu_error("%s is not enrolled (run with --enroll TOKEN first)", a->name);
         return NU_ERR_STATE;
     }
+    int sb = app__secure_boot(a);
+    if (sb != NU_OK) {
+        fprintf(stderr, PROG ": secure boot refused to run %s: %s\n", a->name, nu_err_str(sb));
+        a->secure_boot_refused = 1;
+        return sb;
+    }
     /* The certificate is public: a file. The key goes to TLS in memory only. */
     int rc = pg_core_identity_cert(a->core, der, sizeof(der), &der_len);
     if (rc == NU_OK)
@@ -453,5 +553,7 @@ int main(int argc, char **argv)
         rc = a.enroll_token ? app__enroll(&a) : app__run(&a);
     app__close(&a);
     wc_ecc_fp_free();
+    if (a.secure_boot_refused)
+        return EXIT_SECURE_BOOT;
     return rc == NU_OK ? 0 : 1;
 }
