@@ -38,11 +38,11 @@ enum cloud_role {
 };
 
 struct cloud_config {
-    unsigned workers;        /* request worker threads */
-    unsigned queue_max;      /* requests waiting for a worker; beyond: BUSY */
-    unsigned chunk_size;     /* firmware chunk bytes */
-    unsigned instance;       /* client id "cloud:N", so agents can share one certificate */
-    unsigned batch_max;      /* requests one worker serves in one group commit; 1 = no batching */
+    unsigned workers;    /* request worker threads */
+    unsigned queue_max;  /* requests waiting for a worker; beyond: BUSY */
+    unsigned chunk_size; /* firmware chunk bytes */
+    unsigned instance;   /* client id "cloud:N", so agents can share one certificate */
+    unsigned batch_max;  /* requests one worker serves in one group commit; 1 = no batching */
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
@@ -90,16 +90,16 @@ struct cloud_call {
     const Nusec__V1__Envelope *req;
     const struct nu_mqtt_msg *msg; /* for the reply's topic and correlation */
     int replied;
-    int audited; /* the handler's refusal is already in the audit chain (the
-                    ledger records its own refusals): the frame adds none */
+    int audited;                   /* the handler's refusal is already in the audit chain (the
+                                      ledger records its own refusals): the frame adds none */
     char detail[CLOUD_DETAIL_MAX]; /* why, when the handler returns an error */
 };
 
 /* An operation: `nusec/v1/cloud/req/{id}/{name}`. */
 struct cloud_op {
     const char *name;
-    unsigned roles;   /* enum cloud_role bits allowed to call it */
-    int body_case;    /* the Envelope body it expects */
+    unsigned roles; /* enum cloud_role bits allowed to call it */
+    int body_case;  /* the Envelope body it expects */
     int (*handle)(struct cloud_call *call);
 };
 

@@ -89,26 +89,39 @@ static int cloud__run(struct cloud *cloud)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},   {"config", required_argument, NULL, 'c'},
-        {"log-level", required_argument, NULL, 'l'}, {"log", required_argument, NULL, 'L'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"dir", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"log", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *dir_opt = NULL, *config = NULL, *log_path = NULL;
     enum nu_log_level level = NU_LOG_INFO;
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': dir_opt = optarg; break;
-        case 'c': config = optarg; break;
-        case 'L': log_path = optarg; break;
+        case 'd':
+            dir_opt = optarg;
+            break;
+        case 'c':
+            config = optarg;
+            break;
+        case 'L':
+            log_path = optarg;
+            break;
         case 'l':
             if (nu_log_level_parse(optarg, &level)) {
                 fprintf(stderr, "nusec-cloud: bad --log-level '%s'\n", optarg);
                 return 2;
             }
             break;
-        case 'h': fputs(cloud__usage, stdout); return 0;
-        default: fputs(cloud__usage, stderr); return 2;
+        case 'h':
+            fputs(cloud__usage, stdout);
+            return 0;
+        default:
+            fputs(cloud__usage, stderr);
+            return 2;
         }
     }
     const char *dir = nu_state_dir(dir_opt);

@@ -39,8 +39,8 @@ struct cloud_queue {
     unsigned n_threads;
 };
 
-static const struct cloud_op *const cloud__op_tables[] = {
-    cloud_enroll_ops, cloud_cert_ops, cloud_firmware_ops, cloud_job_ops, NULL};
+static const struct cloud_op *const cloud__op_tables[] = {cloud_enroll_ops, cloud_cert_ops,
+                                                          cloud_firmware_ops, cloud_job_ops, NULL};
 
 static void cloud__item_free(struct cloud__item *it)
 {
@@ -105,8 +105,8 @@ int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body
 int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event)
 {
     char topic[256];
-    int rc = nu_path_fmt(topic, sizeof(topic), "nusec/v1/events/cloud/%s/%s", cloud->id,
-                         event->kind);
+    int rc =
+        nu_path_fmt(topic, sizeof(topic), "nusec/v1/events/cloud/%s/%s", cloud->id, event->kind);
     return rc ? rc : cloud_publish(cloud, topic, &event->base, 0);
 }
 
@@ -228,8 +228,11 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
     char prefix[CLOUD_ID_MAX + 32];
     const char *why = NULL;
     cloud__msg_of(it, &s->msg);
-    s->call = (struct cloud_call){.cloud = cloud, .ledger = ledger, .msg = &s->msg,
-                                  .requester = s->requester, .op = s->op_name};
+    s->call = (struct cloud_call){.cloud = cloud,
+                                  .ledger = ledger,
+                                  .msg = &s->msg,
+                                  .requester = s->requester,
+                                  .op = s->op_name};
     struct cloud_call *call = &s->call;
     if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), s->requester, sizeof(s->requester),
                       s->op_name, sizeof(s->op_name))) {
@@ -259,8 +262,8 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
         rc = cloud_fail(call, NU_ERR_INVALID_ARG, "body %s does not fit %s",
                         nu_envelope_body_name(s->req), s->op_name);
     else if (!(rc = cloud__role_of(call, &call->role)) && !(call->role & s->op->roles))
-        rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "%s may not call %s", s->requester,
-                        s->op_name);
+        rc =
+            cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "%s may not call %s", s->requester, s->op_name);
     if (rc) {
         cloud__refuse(call, rc);
         nu_envelope_free(s->req);
@@ -359,12 +362,16 @@ static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
             strcmp(env->header->sender_id, sender) != 0) {
             nu_warn("dropped malformed %s event from %s", kind, sender);
         } else {
-            struct cloud_call call = {.cloud = cloud, .ledger = ledger, .msg = msg,
-                                      .requester = sender, .op = kind, .req = env};
+            struct cloud_call call = {.cloud = cloud,
+                                      .ledger = ledger,
+                                      .msg = msg,
+                                      .requester = sender,
+                                      .op = kind,
+                                      .req = env};
             int rc = e->handle(&call);
             if (rc)
-                nu_warn("event %s from %s not recorded: %s (%s)", kind, sender,
-                        nu_err_name(rc), call.detail);
+                nu_warn("event %s from %s not recorded: %s (%s)", kind, sender, nu_err_name(rc),
+                        call.detail);
         }
         nu_envelope_free(env);
         return;

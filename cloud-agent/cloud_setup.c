@@ -14,8 +14,8 @@
 #include <string.h>
 
 static const char *const cloud__config_keys[] = {
-    "workers", "queue_max", "chunk_size", "instance", "batch_max", "oem_ids", "station_ids",
-    "log_level", NULL,
+    "workers", "queue_max",   "chunk_size", "instance", "batch_max",
+    "oem_ids", "station_ids", "log_level",  NULL,
 };
 
 /* "a, b,c" -> ids[]; each a valid identity. */
@@ -78,11 +78,11 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("instance", 1, 1, 9999, instance)
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
 #undef CLOUD__INT
-    if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids,
-                                &out->n_oem_ids))
+    if (!rc &&
+        cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "oem_ids: not a list of identities");
-    if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"),
-                                out->station_ids, &out->n_station_ids))
+    if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"), out->station_ids,
+                                &out->n_station_ids))
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
     if (rc)
         nu_error("configuration: %s", err);

@@ -11,45 +11,45 @@
 #define NU_ERR_H
 
 /* X(name, value, text) */
-#define NU_ERR_MAP(X)                                                                    \
-    X(OK, 0, "success")                                                                  \
-    X(INVALID_ARG, 1, "invalid argument")                                                \
-    X(NOMEM, 2, "out of memory")                                                         \
-    X(IO, 3, "input/output error")                                                       \
-    X(NOT_FOUND, 4, "not found")                                                         \
-    X(EXISTS, 5, "already exists")                                                       \
-    X(PERMISSION, 6, "permission denied")                                                \
-    X(TIMEOUT, 7, "timed out")                                                           \
-    X(NOT_SUPPORTED, 8, "not supported")                                                 \
-    X(DECODE, 9, "malformed input")                                                      \
-    X(TOO_LARGE, 10, "input exceeds a size limit")                                       \
-    X(CRYPTO, 11, "cryptographic operation failed")                                      \
-    X(BAD_SIGNATURE, 12, "signature does not verify")                                    \
-    X(HSM, 13, "HSM (PKCS#11) error")                                                    \
-    X(MQTT, 14, "MQTT error")                                                            \
-    X(CONFIG, 15, "configuration error")                                                 \
-    X(DB, 16, "database error")                                                          \
-    X(BAD_CSR, 17, "certificate signing request rejected")                               \
-    X(BAD_CERT, 18, "certificate rejected")                                              \
-    X(NOT_AUTHORIZED, 19, "not authorized")                                              \
-    X(QUOTA_EXHAUSTED, 20, "production quota exhausted")                                 \
-    X(JOB_NOT_ACTIVE, 21, "job not active")                                              \
-    X(EXPIRED, 22, "expired")                                                            \
-    X(DUPLICATE_DEVICE, 23, "device already certified with another key")                 \
-    X(REVOKED, 24, "identity revoked")                                                   \
-    X(IDEMPOTENCY_CONFLICT, 25, "idempotency key reused with a different request")       \
-    X(TAMPERED, 26, "integrity check failed")                                            \
-    X(REPLAY, 27, "replayed or stale message")                                           \
-    X(WRONG_PROGRAMMER, 28, "sealed for another programmer")                             \
-    X(STATE, 29, "operation not valid in the current state")                             \
-    X(CONNECTION, 30, "connection failed or lost")                                       \
-    X(INTERNAL, 31, "internal error")                                                    \
-    X(TARGET, 32, "target link error")                                                   \
-    X(NOT_BLANK, 33, "target is not blank")                                              \
-    X(BOOT_FAILED, 34, "target secure boot failed")                                      \
-    X(BUSY, 35, "busy")                                                                  \
-    X(BAD_FIRMWARE, 36, "firmware image rejected")                                       \
-    X(TOKEN, 37, "invalid or expired token")                                             \
+#define NU_ERR_MAP(X)                                                                              \
+    X(OK, 0, "success")                                                                            \
+    X(INVALID_ARG, 1, "invalid argument")                                                          \
+    X(NOMEM, 2, "out of memory")                                                                   \
+    X(IO, 3, "input/output error")                                                                 \
+    X(NOT_FOUND, 4, "not found")                                                                   \
+    X(EXISTS, 5, "already exists")                                                                 \
+    X(PERMISSION, 6, "permission denied")                                                          \
+    X(TIMEOUT, 7, "timed out")                                                                     \
+    X(NOT_SUPPORTED, 8, "not supported")                                                           \
+    X(DECODE, 9, "malformed input")                                                                \
+    X(TOO_LARGE, 10, "input exceeds a size limit")                                                 \
+    X(CRYPTO, 11, "cryptographic operation failed")                                                \
+    X(BAD_SIGNATURE, 12, "signature does not verify")                                              \
+    X(HSM, 13, "HSM (PKCS#11) error")                                                              \
+    X(MQTT, 14, "MQTT error")                                                                      \
+    X(CONFIG, 15, "configuration error")                                                           \
+    X(DB, 16, "database error")                                                                    \
+    X(BAD_CSR, 17, "certificate signing request rejected")                                         \
+    X(BAD_CERT, 18, "certificate rejected")                                                        \
+    X(NOT_AUTHORIZED, 19, "not authorized")                                                        \
+    X(QUOTA_EXHAUSTED, 20, "production quota exhausted")                                           \
+    X(JOB_NOT_ACTIVE, 21, "job not active")                                                        \
+    X(EXPIRED, 22, "expired")                                                                      \
+    X(DUPLICATE_DEVICE, 23, "device already certified with another key")                           \
+    X(REVOKED, 24, "identity revoked")                                                             \
+    X(IDEMPOTENCY_CONFLICT, 25, "idempotency key reused with a different request")                 \
+    X(TAMPERED, 26, "integrity check failed")                                                      \
+    X(REPLAY, 27, "replayed or stale message")                                                     \
+    X(WRONG_PROGRAMMER, 28, "sealed for another programmer")                                       \
+    X(STATE, 29, "operation not valid in the current state")                                       \
+    X(CONNECTION, 30, "connection failed or lost")                                                 \
+    X(INTERNAL, 31, "internal error")                                                              \
+    X(TARGET, 32, "target link error")                                                             \
+    X(NOT_BLANK, 33, "target is not blank")                                                        \
+    X(BOOT_FAILED, 34, "target secure boot failed")                                                \
+    X(BUSY, 35, "busy")                                                                            \
+    X(BAD_FIRMWARE, 36, "firmware image rejected")                                                 \
+    X(TOKEN, 37, "invalid or expired token")                                                       \
     X(LIMIT, 38, "production limit reached")
 
 enum nu_err {

@@ -30,8 +30,7 @@ int nu_log_level_parse(const char *text, enum nu_log_level *out_level);
 
 enum nu_log_level nu_log_get_level(void);
 
-void nu_log(enum nu_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void nu_log(enum nu_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define nu_debug(...) nu_log(NU_LOG_DEBUG, __VA_ARGS__)
 #define nu_info(...) nu_log(NU_LOG_INFO, __VA_ARGS__)

@@ -83,10 +83,10 @@ int nu_paths_create_layout(const char *dir)
         enum nu_path_kind kind;
         mode_t mode;
     } folders[] = {
-        {NU_PATH_PKI, 0755},      {NU_PATH_PKI_CLIENTS, 0700}, {NU_PATH_HSM, 0700},
-        {NU_PATH_HSM_TOKENS, 0700}, {NU_PATH_BROKER, 0755},   {NU_PATH_BROKER_DATA, 0700},
-        {NU_PATH_CLOUD, 0700},    {NU_PATH_FIRMWARE, 0755},    {NU_PATH_STATION, 0700},
-        {NU_PATH_PROGRAMMERS, 0755}, {NU_PATH_TARGETS, 0755},  {NU_PATH_RUN, 0755},
+        {NU_PATH_PKI, 0755},         {NU_PATH_PKI_CLIENTS, 0700}, {NU_PATH_HSM, 0700},
+        {NU_PATH_HSM_TOKENS, 0700},  {NU_PATH_BROKER, 0755},      {NU_PATH_BROKER_DATA, 0700},
+        {NU_PATH_CLOUD, 0700},       {NU_PATH_FIRMWARE, 0755},    {NU_PATH_STATION, 0700},
+        {NU_PATH_PROGRAMMERS, 0755}, {NU_PATH_TARGETS, 0755},     {NU_PATH_RUN, 0755},
         {NU_PATH_LOGS, 0755},
     };
     char path[4096];

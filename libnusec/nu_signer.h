@@ -8,11 +8,12 @@
 #define NU_SIGNER_H
 #include <stddef.h>
 #include <stdint.h>
-#define NU_P256_PUB_LEN 65     /* uncompressed point 04||X||Y */
-#define NU_P256_SIG_MAX 72     /* DER ECDSA-Sig-Value, max */
+#define NU_P256_PUB_LEN 65 /* uncompressed point 04||X||Y */
+#define NU_P256_SIG_MAX 72 /* DER ECDSA-Sig-Value, max */
 struct nu_signer {
     void *ctx;
-    /* Sign a 32-byte digest; write a DER ECDSA signature into sig[*sig_len] (in: capacity, out: length). Returns NU_OK or NU_ERR_*. */
+    /* Sign a 32-byte digest; write a DER ECDSA signature into sig[*sig_len] (in: capacity, out:
+     * length). Returns NU_OK or NU_ERR_*. */
     int (*sign_digest)(void *ctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len);
     uint8_t pub[NU_P256_PUB_LEN]; /* public key of the signing key */
 };

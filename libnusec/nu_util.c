@@ -116,8 +116,7 @@ static int nu__fsync_parent(const char *path)
     return rc;
 }
 
-static int nu__write_file(const char *path, const void *buf, size_t len, mode_t mode,
-                          int exclusive)
+static int nu__write_file(const char *path, const void *buf, size_t len, mode_t mode, int exclusive)
 {
     if (!path || (!buf && len))
         return NU_ERR_INVALID_ARG;
@@ -354,11 +353,20 @@ int nu_duration_parse(const char *text, uint64_t *out_seconds)
         if (end[1])
             return NU_ERR_INVALID_ARG;
         switch (*end) {
-        case 's': mult = 1; break;
-        case 'm': mult = 60; break;
-        case 'h': mult = 3600; break;
-        case 'd': mult = 86400; break;
-        default: return NU_ERR_INVALID_ARG;
+        case 's':
+            mult = 1;
+            break;
+        case 'm':
+            mult = 60;
+            break;
+        case 'h':
+            mult = 3600;
+            break;
+        case 'd':
+            mult = 86400;
+            break;
+        default:
+            return NU_ERR_INVALID_ARG;
         }
     }
     if (v > UINT64_MAX / mult)

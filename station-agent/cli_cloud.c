@@ -21,8 +21,8 @@ int cli_cloud_open(const char *dir, const char *identity, struct cli_cloud *out)
     if (!rc)
         rc = nu_client_connect(&o, &out->mqtt);
     if (rc) {
-        cli_errorf("cannot reach the broker of %s as '%s': %s (%s)", dir, identity,
-                   nu_err_str(rc), nu_err_name(rc));
+        cli_errorf("cannot reach the broker of %s as '%s': %s (%s)", dir, identity, nu_err_str(rc),
+                   nu_err_name(rc));
         cli_cloud_close(out);
     }
     return rc;

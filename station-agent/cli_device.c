@@ -118,7 +118,6 @@ static int cli__job(const char *what, const char *job)
     return 0;
 }
 
-
 static int cli__export(const char *dir, const Nusec__V1__DeviceCertificate *d, const char *uid)
 {
     char path[PATH_MAX];

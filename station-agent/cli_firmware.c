@@ -324,7 +324,6 @@ static int cli__sign(int argc, char **argv)
     return exit_code;
 }
 
-
 static int cli__list(int argc, char **argv)
 {
     struct cli__fw_opts o = {0};

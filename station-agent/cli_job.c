@@ -187,7 +187,6 @@ static const char *cli__status_name(Nusec__V1__JobStatus s)
     }
 }
 
-
 /* Job ids, firmware and programmer ids are identifiers: nothing to escape. */
 static void cli__job_json(const Nusec__V1__JobState *j)
 {

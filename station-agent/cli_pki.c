@@ -63,11 +63,21 @@ static int cli__pki_init(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': dir_opt = optarg; break;
-        case 'f': opts.force = 1; break;
-        case 'H': opts.host = optarg; break;
-        case 'm': opts.module = optarg; break;
-        case 'P': opts.plugin = optarg; break;
+        case 'd':
+            dir_opt = optarg;
+            break;
+        case 'f':
+            opts.force = 1;
+            break;
+        case 'H':
+            opts.host = optarg;
+            break;
+        case 'm':
+            opts.module = optarg;
+            break;
+        case 'P':
+            opts.plugin = optarg;
+            break;
         case 'p':
             if (cli__parse_uint(optarg, 65535, &value) || value == 0) {
                 cli_errorf("pki init: --port wants 1..65535, not '%s'", optarg);
@@ -82,8 +92,12 @@ static int cli__pki_init(int argc, char **argv)
             }
             opts.validity_days = value;
             break;
-        case 'h': fputs(cli__pki_init_usage, stdout); return CLI_EXIT_OK;
-        default: fputs(cli__pki_init_usage, stderr); return CLI_EXIT_USAGE;
+        case 'h':
+            fputs(cli__pki_init_usage, stdout);
+            return CLI_EXIT_OK;
+        default:
+            fputs(cli__pki_init_usage, stderr);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind < argc) {
@@ -95,8 +109,9 @@ static int cli__pki_init(int argc, char **argv)
 
     int rc = pki_init_run(&opts);
     if (rc == NU_ERR_EXISTS) {
-        cli_errorf("pki init: %s already holds a PKI; nothing changed (use --force to move it aside)",
-                   opts.dir);
+        cli_errorf(
+            "pki init: %s already holds a PKI; nothing changed (use --force to move it aside)",
+            opts.dir);
         return CLI_EXIT_REFUSED;
     }
     if (rc)

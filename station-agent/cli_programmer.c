@@ -112,7 +112,6 @@ static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts
     return 0;
 }
 
-
 /* Ask the cloud (as oem) for a one-time enrollment token; prints errors. */
 static int cli__mint_token_ttl(const char *dir, const char *name, uint32_t ttl_s, char *out,
                                size_t cap, uint64_t *out_expires)
@@ -175,8 +174,8 @@ static int cli__token(int argc, char **argv)
         return CLI_EXIT_FAIL;
     cli_utc(expires, until, sizeof(until));
     if (o.json)
-        printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n", o.name,
-               token, (unsigned long long)expires);
+        printf("{\"programmer\":\"%s\",\"token\":\"%s\",\"expires_at_ms\":%llu}\n", o.name, token,
+               (unsigned long long)expires);
     else
         printf("%s\n", token);
     fflush(stdout);
@@ -296,12 +295,24 @@ static int cli__enroll(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'n': name = optarg; break;
-        case 't': token_opt = optarg; break;
-        case 's': station = optarg; break;
-        case 'd': dir_opt = optarg; break;
-        case 'h': fputs(cli__enroll_usage, stdout); return CLI_EXIT_OK;
-        default: fputs(cli__enroll_usage, stderr); return CLI_EXIT_USAGE;
+        case 'n':
+            name = optarg;
+            break;
+        case 't':
+            token_opt = optarg;
+            break;
+        case 's':
+            station = optarg;
+            break;
+        case 'd':
+            dir_opt = optarg;
+            break;
+        case 'h':
+            fputs(cli__enroll_usage, stdout);
+            return CLI_EXIT_OK;
+        default:
+            fputs(cli__enroll_usage, stderr);
+            return CLI_EXIT_USAGE;
         }
     }
     if (!name || optind < argc || nu_envelope_id_check(name) || nu_envelope_id_check(station)) {
@@ -324,8 +335,7 @@ static int cli__enroll(int argc, char **argv)
     pid_t pid = 0;
     int status = 0;
     if (!rc) {
-        char *args[] = {exe, "--dir", (char *)dir, "--name", (char *)name, "--enroll", token,
-                        NULL};
+        char *args[] = {exe, "--dir", (char *)dir, "--name", (char *)name, "--enroll", token, NULL};
         rc = station_proc_spawn(args, log, &pid);
     }
     nu_zero(token, sizeof(token));
@@ -344,8 +354,8 @@ static int cli__enroll(int argc, char **argv)
 
 const struct cli_command cli_programmer_commands[] = {
     {"programmer", "token", "mint a one-time enrollment token for a programmer", cli__token},
-    {"programmer", "enroll", "enroll a programmer of this station (KeyStore keys, CSR, certificate)",
-     cli__enroll},
+    {"programmer", "enroll",
+     "enroll a programmer of this station (KeyStore keys, CSR, certificate)", cli__enroll},
     {"programmer", "list", "list enrolled and revoked programmers", cli__list},
     {"programmer", "revoke", "revoke a programmer (broker and cloud refuse it)", cli__revoke},
     {NULL, NULL, NULL, NULL},

@@ -50,8 +50,7 @@ static const char *cli__status(Nusec__V1__JobStatus status)
     return v ? v->name + strlen("JOB_STATUS_") : "unknown";
 }
 
-static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__outcomes *o,
-                              int json)
+static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__outcomes *o, int json)
 {
     char status[32];
     snprintf(status, sizeof(status), "%s", cli__status(j->status));
@@ -61,8 +60,8 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
         printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"quota\":%u,\"issued\":%u,"
                "\"refused\":%u,\"provisioned\":%u,\"failed\":%u,\"revoked\":%u,"
                "\"not_reported\":%u,\"programmers\":[",
-               j->job_id, j->firmware ? j->firmware : "", status, j->quota, j->issued,
-               j->refused, o->provisioned, o->failed, o->revoked, o->issued);
+               j->job_id, j->firmware ? j->firmware : "", status, j->quota, j->issued, j->refused,
+               o->provisioned, o->failed, o->revoked, o->issued);
         for (size_t i = 0; i < j->n_allocations; i++)
             printf("%s{\"programmer\":\"%s\",\"limit\":%u,\"issued\":%u}", i ? "," : "",
                    j->allocations[i]->programmer_id, j->allocations[i]->limit,
@@ -87,8 +86,10 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
 static int cli__report(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"job", required_argument, NULL, 'j'}, {"json", no_argument, NULL, 'J'},
-        {"dir", required_argument, NULL, 'd'}, {"help", no_argument, NULL, 'h'},
+        {"job", required_argument, NULL, 'j'},
+        {"json", no_argument, NULL, 'J'},
+        {"dir", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *job = NULL, *dir_opt = NULL, *dir;
@@ -96,11 +97,21 @@ static int cli__report(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'j': job = optarg; break;
-        case 'J': json = 1; break;
-        case 'd': dir_opt = optarg; break;
-        case 'h': fputs(cli__report_usage, stdout); return CLI_EXIT_OK;
-        default: fputs(cli__report_usage, stderr); return CLI_EXIT_USAGE;
+        case 'j':
+            job = optarg;
+            break;
+        case 'J':
+            json = 1;
+            break;
+        case 'd':
+            dir_opt = optarg;
+            break;
+        case 'h':
+            fputs(cli__report_usage, stdout);
+            return CLI_EXIT_OK;
+        default:
+            fputs(cli__report_usage, stderr);
+            return CLI_EXIT_USAGE;
         }
     }
     if (!job || optind < argc || nu_envelope_id_check(job)) {

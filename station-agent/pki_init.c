@@ -24,7 +24,8 @@
 #endif
 
 #define PKI__DAY 86400
-#define PKI__DEFAULT_DAYS 825 /* CA/B Forum's old leaf limit: long enough for a line, not forever */
+#define PKI__DEFAULT_DAYS 825 /* CA/B Forum's old leaf limit: long enough for a line, not forever  \
+                               */
 #define PKI__PIN_BYTES 16
 
 /* A CA we hold while issuing below it. */
@@ -214,8 +215,8 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
     if (!rc)
         rc = nu_p256_key_pub(key, req.pub);
     if (!rc)
-        rc = nu_x509_issue(&req, nu_hsm_key_signer(r->fleet.key), r->fleet.der, r->fleet.len,
-                           &der, &len);
+        rc = nu_x509_issue(&req, nu_hsm_key_signer(r->fleet.key), r->fleet.der, r->fleet.len, &der,
+                           &len);
     if (!rc)
         rc = nu_p256_key_save_pem(key, key_path);
     if (!rc)
@@ -238,8 +239,9 @@ static int pki__make_cas(struct pki__run *r)
     const struct {
         enum nu_path_kind kind;
         const struct pki__ca *ca;
-    } singles[] = {
-        {NU_PATH_ROOT_CA, &r->root}, {NU_PATH_FLEET_CA, &r->fleet}, {NU_PATH_DEVICE_CA, &r->device}};
+    } singles[] = {{NU_PATH_ROOT_CA, &r->root},
+                   {NU_PATH_FLEET_CA, &r->fleet},
+                   {NU_PATH_DEVICE_CA, &r->device}};
     for (size_t i = 0; i < 3 && !rc; i++) {
         rc = pki__path(r, singles[i].kind, path, sizeof(path));
         if (!rc)
@@ -306,9 +308,10 @@ static int pki__write_broker_conf(struct pki__run *r)
      * CRL (CRL_LINE) is left to the revocation work of the cloud agent. */
     enum { N = 13 };
     static const enum nu_path_kind kinds[N] = {
-        NU_PATH_BROKER,      NU_PATH_CHAIN,          NU_PATH_BROKER_CERT,  NU_PATH_BROKER_KEY,
-        NU_PATH_BROKER_DATA, NU_PATH_BROKER_LOG,     NU_PATH_BROKER_REVOKED, NU_PATH_BROKER_OWNERS,
-        NU_PATH_BROKER_CRL,  NU_PATH_BROKER_ENDPOINT, NU_PATH_RUN,         NU_PATH_BROKER_CONF,
+        NU_PATH_BROKER,          NU_PATH_CHAIN,         NU_PATH_BROKER_CERT,
+        NU_PATH_BROKER_KEY,      NU_PATH_BROKER_DATA,   NU_PATH_BROKER_LOG,
+        NU_PATH_BROKER_REVOKED,  NU_PATH_BROKER_OWNERS, NU_PATH_BROKER_CRL,
+        NU_PATH_BROKER_ENDPOINT, NU_PATH_RUN,           NU_PATH_BROKER_CONF,
         NU_PATH_FLEET_CA,
     };
     char paths[N][PATH_MAX], port_text[16], pid_file[PATH_MAX + 16], endpoint[300];
@@ -327,11 +330,20 @@ static int pki__write_broker_conf(struct pki__run *r)
     struct passwd *pw = getpwuid(geteuid());
     const char *plugin = r->opts->plugin ? r->opts->plugin : NUSEC_AUTH_PLUGIN_PATH;
     const char *const vars[] = {
-        "HOST", r->opts->host,      "PORT", port_text,        "CAFILE", paths[1],
-        "CERTFILE", paths[2],       "KEYFILE", paths[3],      "DIR", paths[4],
-        "LOG", paths[5],            "REVOKED_FILE", paths[6], "OWNERS_FILE", paths[7],
-        "ISSUER_FILE", paths[12],   "CRL_LINE", "",           "PLUGIN", plugin,
-        "PID_FILE", pid_file,       "USER", pw ? pw->pw_name : "root",
+        "HOST",         r->opts->host,
+        "PORT",         port_text,
+        "CAFILE",       paths[1],
+        "CERTFILE",     paths[2],
+        "KEYFILE",      paths[3],
+        "DIR",          paths[4],
+        "LOG",          paths[5],
+        "REVOKED_FILE", paths[6],
+        "OWNERS_FILE",  paths[7],
+        "ISSUER_FILE",  paths[12],
+        "CRL_LINE",     "",
+        "PLUGIN",       plugin,
+        "PID_FILE",     pid_file,
+        "USER",         pw ? pw->pw_name : "root",
         NULL,
     };
     char *conf = NULL;

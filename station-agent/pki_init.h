@@ -13,13 +13,13 @@
 #define PKI_INIT_H
 
 struct pki_init_opts {
-    const char *dir;          /* state directory (required) */
-    int force;                /* move an existing PKI aside instead of refusing */
-    const char *host;         /* broker listen address; default 127.0.0.1 */
-    int port;                 /* broker port; 0 = pick a free one */
-    const char *module;       /* PKCS#11 module; NULL = SoftHSM2 in DIR/hsm */
-    const char *plugin;       /* nusec_auth plugin path; NULL = the built one */
-    unsigned validity_days;   /* leaf certificates; CAs get 10x; 0 = 825 */
+    const char *dir;        /* state directory (required) */
+    int force;              /* move an existing PKI aside instead of refusing */
+    const char *host;       /* broker listen address; default 127.0.0.1 */
+    int port;               /* broker port; 0 = pick a free one */
+    const char *module;     /* PKCS#11 module; NULL = SoftHSM2 in DIR/hsm */
+    const char *plugin;     /* nusec_auth plugin path; NULL = the built one */
+    unsigned validity_days; /* leaf certificates; CAs get 10x; 0 = 825 */
 };
 
 /*

@@ -74,8 +74,8 @@ static void test_foreign_pki_is_refused(void)
     char cert[400], key[400];
     snprintf(cert, sizeof(cert), "%s/pki/clients/oem.crt", foreign);
     snprintf(key, sizeof(key), "%s/pki/clients/oem.key", foreign);
-    struct nu_client_opts o = {.dir = dir, .identity = "oem", .cert_file = cert, .key_file = key,
-                               .clean_start = 1};
+    struct nu_client_opts o = {
+        .dir = dir, .identity = "oem", .cert_file = cert, .key_file = key, .clean_start = 1};
     struct nu_mqtt *m = NULL;
     CU_ASSERT_EQUAL(nu_client_connect(&o, &m), NU_ERR_CONNECTION);
     CU_ASSERT_PTR_NULL(m);
@@ -123,9 +123,9 @@ static void test_monitor_reads_events_and_cannot_request(void)
     /* A monitor publishes nothing but its own events; and cannot pose as the cloud. */
     CU_ASSERT_EQUAL(nu_mqtt_publish(monitor, "nusec/v1/cloud/req/monitor/job.list", "x", 1, 1, 0),
                     NU_ERR_NOT_AUTHORIZED);
-    CU_ASSERT_EQUAL(nu_mqtt_publish(monitor, "nusec/v1/events/cloud/cloud/job.created", "x", 1, 1,
-                                    0),
-                    NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(
+        nu_mqtt_publish(monitor, "nusec/v1/events/cloud/cloud/job.created", "x", 1, 1, 0),
+        NU_ERR_NOT_AUTHORIZED);
     CU_ASSERT_EQUAL(nu_mqtt_subscribe(monitor, "nusec/v1/reply/#", 1, on_event, &in),
                     NU_ERR_NOT_AUTHORIZED);
     nu_mqtt_destroy(monitor);
@@ -145,8 +145,7 @@ static void on_request(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *u
     uint8_t *out = NULL;
     size_t len = 0;
     if (!nu_envelope_frame_init(&frame, sender, &ack.base) &&
-        !nu_envelope_frame_reply_to(&frame, req) &&
-        !nu_envelope_pack(&frame.env, &out, &len, NULL))
+        !nu_envelope_frame_reply_to(&frame, req) && !nu_envelope_pack(&frame.env, &out, &len, NULL))
         nu_mqtt_reply(m, msg, out, len);
     free(out);
     nu_envelope_free(req);

@@ -48,10 +48,11 @@ static mode_t mode_of(const char *rel)
 static void test_layout_and_secret_file_modes(void)
 {
     static const char *const files[] = {
-        "pki/root-ca.pem", "pki/fleet-ca.pem", "pki/device-ca.pem", "pki/chain.pem",
-        "pki/device-chain.pem", "pki/broker.crt", "pki/broker.key", "hsm/softhsm2.conf",
-        "hsm/pin", "broker/mosquitto.conf", "broker/endpoint", "firmware/rotpk.pem",
-        "pki/package-key.pem", "pki/clients/cloud.crt", "pki/clients/oem.key",
+        "pki/root-ca.pem",       "pki/fleet-ca.pem",      "pki/device-ca.pem",
+        "pki/chain.pem",         "pki/device-chain.pem",  "pki/broker.crt",
+        "pki/broker.key",        "hsm/softhsm2.conf",     "hsm/pin",
+        "broker/mosquitto.conf", "broker/endpoint",       "firmware/rotpk.pem",
+        "pki/package-key.pem",   "pki/clients/cloud.crt", "pki/clients/oem.key",
     };
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         char path[512];
@@ -71,27 +72,41 @@ static void test_certificates_verify_with_openssl(void)
     const char *s = dir;
     CU_ASSERT_EQUAL(nu_test_sh("openssl verify -CAfile %s/state/pki/root-ca.pem "
                                "-untrusted %s/state/pki/fleet-ca.pem %s/state/pki/broker.crt",
-                               s, s, s), 0);
+                               s, s, s),
+                    0);
     CU_ASSERT_EQUAL(nu_test_sh("openssl verify -CAfile %s/state/pki/root-ca.pem "
-                               "%s/state/pki/device-ca.pem", s, s), 0);
+                               "%s/state/pki/device-ca.pem",
+                               s, s),
+                    0);
     static const char *const roles[] = {"cloud", "station", "monitor", "oem"};
     for (int i = 0; i < 4; i++) {
-        CU_ASSERT_EQUAL(nu_test_sh("openssl verify -purpose sslclient -CAfile %s/state/pki/chain.pem "
-                                   "%s/state/pki/clients/%s.crt", s, s, roles[i]), 0);
+        CU_ASSERT_EQUAL(
+            nu_test_sh("openssl verify -purpose sslclient -CAfile %s/state/pki/chain.pem "
+                       "%s/state/pki/clients/%s.crt",
+                       s, s, roles[i]),
+            0);
         /* role in OU, identity in CN */
         CU_ASSERT_EQUAL(nu_test_sh("openssl x509 -noout -subject -nameopt multiline "
                                    "-in %s/state/pki/clients/%s.crt | grep -q "
-                                   "'organizationalUnitName *= %s'", s, roles[i], roles[i]), 0);
+                                   "'organizationalUnitName *= %s'",
+                                   s, roles[i], roles[i]),
+                        0);
         /* the key file belongs to the certificate */
-        CU_ASSERT_EQUAL(nu_test_sh("test \"$(openssl x509 -noout -pubkey -in %s/state/pki/clients/%s.crt)\" = "
-                                   "\"$(openssl pkey -pubout -in %s/state/pki/clients/%s.key)\"",
-                                   s, roles[i], s, roles[i]), 0);
+        CU_ASSERT_EQUAL(
+            nu_test_sh("test \"$(openssl x509 -noout -pubkey -in %s/state/pki/clients/%s.crt)\" = "
+                       "\"$(openssl pkey -pubout -in %s/state/pki/clients/%s.key)\"",
+                       s, roles[i], s, roles[i]),
+            0);
     }
     /* The broker is checked by host name; the device CA must not vouch for TLS peers. */
     CU_ASSERT_EQUAL(nu_test_sh("openssl verify -verify_ip 127.0.0.1 -CAfile %s/state/pki/chain.pem "
-                               "%s/state/pki/broker.crt", s, s), 0);
+                               "%s/state/pki/broker.crt",
+                               s, s),
+                    0);
     CU_ASSERT_NOT_EQUAL(nu_test_sh("openssl verify -CAfile %s/state/pki/device-chain.pem "
-                                   "%s/state/pki/clients/cloud.crt 2>/dev/null", s, s), 0);
+                                   "%s/state/pki/clients/cloud.crt 2>/dev/null",
+                                   s, s),
+                        0);
 }
 
 static void test_endpoint_names_a_loopback_port(void)
@@ -106,8 +121,9 @@ static void test_endpoint_names_a_loopback_port(void)
     CU_ASSERT(port > 0 && port < 65536);
     free(text);
     /* the config is the one the endpoint names */
-    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"^listener %d 127.0.0.1\" %s/state/broker/mosquitto.conf",
-                               port, dir), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("grep -q \"^listener %d 127.0.0.1\" %s/state/broker/mosquitto.conf", port, dir),
+        0);
 }
 
 static void test_hsm_keys_are_non_extractable(void)
@@ -133,8 +149,10 @@ static void test_hsm_keys_are_non_extractable(void)
 static void test_no_private_key_of_the_hsm_on_disk(void)
 {
     /* Only the TLS keys (broker + 4 roles) may exist as PEM private keys. */
-    CU_ASSERT_EQUAL(nu_test_sh("test $(grep -rl 'PRIVATE KEY' %s/state --exclude-dir=tokens | wc -l) -eq 5",
-                               dir), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("test $(grep -rl 'PRIVATE KEY' %s/state --exclude-dir=tokens | wc -l) -eq 5",
+                   dir),
+        0);
 }
 
 static void test_second_run_refuses_and_changes_nothing(void)
@@ -151,7 +169,8 @@ static void test_force_moves_the_old_pki_aside(void)
     /* The old root is kept, the new one differs. */
     CU_ASSERT_EQUAL(nu_test_sh("ls -d %s/state/pki.old-* >/dev/null && "
                                "! cmp -s %s/state/pki/root-ca.pem %s/state/pki.old-*/root-ca.pem",
-                               dir, dir, dir), 0);
+                               dir, dir, dir),
+                    0);
 }
 
 static void test_usage_errors(void)

@@ -934,8 +934,9 @@ static void test_real_production_matches_the_ledger(void)
                    "assert all(x.get(\"serial\") and x[\"role\"]==\"programmer\" for x in p)'"
                    " %s/real.jsonl $n",
                    dir, job, tmp),
-        0);    /* The OEM's report says the same as the ledger: 8 issued, 8 reported provisioned. */
-    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " report --job %s --json --dir %s | python3 -c 'import json,sys;"
+        0); /* The OEM's report says the same as the ledger: 8 issued, 8 reported provisioned. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " report --job %s --json --dir %s | python3 -c 'import json,sys;"
                                " r=json.load(sys.stdin); assert r[\"issued\"]==8 and"
                                " r[\"provisioned\"]==8 and r[\"failed\"]==0 and"
                                " sum(p[\"issued\"] for p in r[\"programmers\"])==8, r'",
@@ -964,17 +965,20 @@ static void test_killed_programmer_rejoins(void)
 static void test_programmer_enroll_command(void)
 {
     /* Minted token: enrolled, owned by the station, listed by the cloud. */
-    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-9 > %s/enroll.txt 2>&1",
-                               dir, tmp), 0);
-    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'station prog-9' %s/broker/owners", dir), 0);
-    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 .*enrolled'", dir),
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " programmer enroll --dir %s --name prog-9 > %s/enroll.txt 2>&1",
+                               dir, tmp),
                     0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'station prog-9' %s/broker/owners", dir), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 .*enrolled'", dir), 0);
     /* A forged token: refused, and nothing is enrolled. */
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-10 --token %064d"
                                      " > %s/enroll-bad.txt 2>&1",
                                dir, 0, tmp),
                     1);
-    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-10 '", dir), 0);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-10 '", dir),
+                        0);
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s 2>/dev/null", dir), 2);
 }
 

@@ -9,9 +9,9 @@
 
 static void test_every_code_is_mirrored_on_the_wire(void)
 {
-#define CHECK_MIRROR(name, code, text)                                                            \
+#define CHECK_MIRROR(name, code, text)                                                             \
     do {                                                                                           \
-        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value_by_name(               \
+        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value_by_name(                \
             &nusec__v1__error_code__descriptor, "ERROR_CODE_" #name);                              \
         CU_ASSERT_PTR_NOT_NULL_FATAL(v);                                                           \
         CU_ASSERT_EQUAL(v->value, code);                                                           \
