@@ -18,7 +18,7 @@ PACKAGES=(
     libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     libsqlite3-dev sqlite3 libcunit1-dev
     softhsm2 libsofthsm2 p11-kit libp11-kit-dev
-    python3 python3-cryptography
+    python3 python3-cryptography xxd
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 

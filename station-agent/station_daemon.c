@@ -656,7 +656,10 @@ static int st__deliver(struct station *st, const struct st__pkg *p, char *why, s
     if (rc == NU_OK && memcmp(info.package_id, p->row.package_id, 16) != 0)
         rc = NU_ERR_TAMPERED;
     if (rc != NU_OK) {
-        snprintf(why, cap, "%s: package file %s: %s", nu_err_name(rc), p->row.file, nu_err_str(rc));
+        /* A long path is cut: the message is for the operator, not parsed. */
+        if (snprintf(why, cap, "%s: package file %s: %s", nu_err_name(rc), p->row.file,
+                     nu_err_str(rc)) < 0)
+            why[0] = 0;
         free(buf);
         return rc;
     }
@@ -670,14 +673,18 @@ static int st__deliver(struct station *st, const struct st__pkg *p, char *why, s
         rc = st__command(st, p->row.programmer_id, p->row.job_id,
                          NUSEC__V1__PRODUCTION_ACTION__PRODUCTION_ACTION_START);
     free(buf);
+    /* Messages for the operator; cutting a long one is fine. */
+    int n = 0;
     if (rc == NU_ERR_NOT_AUTHORIZED)
-        snprintf(why, cap,
-                 "NOT_AUTHORIZED: the broker refused: station %s does not own %s "
-                 "(DIR/broker/owners)",
-                 st->name, p->row.programmer_id);
+        n = snprintf(why, cap,
+                     "NOT_AUTHORIZED: the broker refused: station %s does not own %s "
+                     "(DIR/broker/owners)",
+                     st->name, p->row.programmer_id);
     else if (rc != NU_OK)
-        snprintf(why, cap, "%s: delivery to %s: %s", nu_err_name(rc), p->row.programmer_id,
-                 nu_err_str(rc));
+        n = snprintf(why, cap, "%s: delivery to %s: %s", nu_err_name(rc), p->row.programmer_id,
+                     nu_err_str(rc));
+    if (n < 0)
+        why[0] = 0;
     return rc;
 }
 
