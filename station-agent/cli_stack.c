@@ -10,6 +10,7 @@
 #include "station_proc.h"
 
 #include "nu_client.h"
+#include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_mqtt.h"
@@ -508,6 +509,58 @@ static int stack__up_station(struct stack *s)
 
 /* ---- programmers ------------------------------------------------------------------------- */
 
+/*
+ * The programmers' boot manifest: the OEM signs the SHA-256 of the
+ * nusec-programmer binary in the HSM (firmware.sign; an MCUboot image whose
+ * payload is the hash), and the programmer refuses to run when its own
+ * binary does not match (secure boot, checked against the ROTPK pinned in its
+ * KeyStore). One image per binary: its name carries the hash, so a rebuilt
+ * binary gets a new manifest and an unchanged one reuses the signed image.
+ */
+static int stack__boot_manifest(struct stack *s)
+{
+    char exe[PATH_MAX], name[64], image[PATH_MAX], manifest[PATH_MAX], hex[17];
+    uint8_t *bin = NULL, *img = NULL, digest[32];
+    size_t bin_len = 0, img_len = 0;
+    Nusec__V1__Envelope *reply = NULL;
+    int rc = stack__prog_path(s, "nusec-programmer", exe, sizeof(exe));
+    if (!rc)
+        rc = nu_file_read(exe, 256u * 1024u * 1024u, &bin, &bin_len);
+    if (!rc)
+        rc = nu_sha256(bin, bin_len, digest);
+    free(bin);
+    if (!rc)
+        rc = nu_hex_encode(digest, 8, hex, sizeof(hex));
+    if (!rc)
+        rc = nu_path_fmt(name, sizeof(name), "nusec-programmer-%s", hex);
+    if (!rc)
+        rc = nu_path_fmt(image, sizeof(image), "%s/firmware/%s-1.0.0.img", s->dir, name);
+    if (!rc)
+        rc = nu_path_fmt(manifest, sizeof(manifest), "%s/programmers/boot-manifest.img", s->dir);
+    if (!rc && nu_path_exists(image)) {
+        rc = nu_file_read(image, NU_ENVELOPE_MAX, &img, &img_len);
+    } else if (!rc && !(rc = stack__oem_open(s))) {
+        Nusec__V1__FirmwareSignRequest req = NUSEC__V1__FIRMWARE_SIGN_REQUEST__INIT;
+        req.name = name;
+        req.version = "1.0.0";
+        req.payload = (ProtobufCBinaryData){sizeof(digest), digest};
+        rc = cli_cloud_call(&s->oem, "firmware.sign", &req.base,
+                            NUSEC__V1__ENVELOPE__BODY_FIRMWARE_SIGN_RESPONSE, &reply);
+    }
+    if (!rc && reply)
+        rc = nu_file_write_atomic(manifest, reply->firmware_sign_response->image.data,
+                                  reply->firmware_sign_response->image.len, 0644);
+    else if (!rc)
+        rc = nu_file_write_atomic(manifest, img, img_len, 0644);
+    nu_envelope_free(reply);
+    free(img);
+    if (!rc)
+        printf("%-10s boot manifest %s (signed in the HSM)\n", "secureboot", name);
+    else
+        cli_errorf("stack up: programmer boot manifest: %s", nu_err_name(rc));
+    return rc;
+}
+
 static int stack__token(struct stack *s, const char *name, char *out, size_t cap)
 {
     Nusec__V1__Envelope *reply = NULL;
@@ -746,6 +799,8 @@ static int cli__stack_up(int argc, char **argv)
         rc = stack__up_cloud(&s);
     if (rc == NU_OK)
         rc = stack__up_station(&s);
+    if (rc == NU_OK && s.programmers)
+        rc = stack__boot_manifest(&s);
     for (unsigned i = 0; rc == NU_OK && i < s.programmers; i++)
         rc = stack__up_programmer(&s, i);
     stack__close(&s);
