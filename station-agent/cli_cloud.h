@@ -34,4 +34,11 @@ void cli_cloud_close(struct cli_cloud *c);
 int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
                    Nusec__V1__Envelope **out_reply);
 
+/*
+ * Write a device certificate from a DeviceList answer to DIR/JOB-UIDHEX.pem
+ * (0644, replaced if present). Prints the reason on failure.
+ * Errors: TOO_LARGE (the answer carried no certificate bytes), IO, ...
+ */
+int cli_device_cert_export(const char *dir, const Nusec__V1__DeviceCertificate *d);
+
 #endif

@@ -118,12 +118,14 @@ static int cli__job(const char *what, const char *job)
     return 0;
 }
 
-static int cli__export(const char *dir, const Nusec__V1__DeviceCertificate *d, const char *uid)
+int cli_device_cert_export(const char *dir, const Nusec__V1__DeviceCertificate *d)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], uid[2 * NU_ENVELOPE_UID_MAX + 1];
     char *pem = NULL;
     size_t len = 0;
-    int rc = nu_path_fmt(path, sizeof(path), "%s/%s-%s.pem", dir, d->job_id, uid);
+    int rc = nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
+    if (!rc)
+        rc = nu_path_fmt(path, sizeof(path), "%s/%s-%s.pem", dir, d->job_id, uid);
     if (!rc)
         rc = d->certificate_der.len
                  ? nu_x509_der_to_pem(d->certificate_der.data, d->certificate_der.len,
@@ -133,7 +135,8 @@ static int cli__export(const char *dir, const Nusec__V1__DeviceCertificate *d, c
         rc = nu_file_write_atomic(path, pem, len, 0644);
     free(pem);
     if (rc)
-        cli_errorf("device list: cannot write %s: %s (%s)", path, nu_err_str(rc), nu_err_name(rc));
+        cli_errorf("cannot export the certificate of %s to %s: %s (%s)", uid, dir,
+                   nu_err_str(rc), nu_err_name(rc));
     return rc;
 }
 
@@ -157,7 +160,7 @@ static int cli__print(const Nusec__V1__DeviceList *l, const struct cli__opts *o)
                    (unsigned long long)d->issued_at_ms);
         else
             printf("%-32s %-20s %-32s %-11s %s\n", uid, d->job_id, d->serial, d->state, when);
-        if (o->certs && cli__export(o->certs, d, uid))
+        if (o->certs && cli_device_cert_export(o->certs, d))
             failed = 1;
     }
     if (o->json)

@@ -7,18 +7,20 @@
 #include "cli_cloud.h"
 
 #include "nu_err.h"
+#include "nu_util.h"
 
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 static const char cli__report_usage[] =
-    "usage: nusec report --job JOB [--json] [--dir DIR]\n"
+    "usage: nusec report --job JOB [--json] [--certs OUTDIR] [--dir DIR]\n"
     "\n"
     "The production report of JOB, as the cloud's ledger has it: quota, issued,\n"
     "refused, the limit and issued count of each programmer, and how many devices\n"
     "were reported provisioned or failed, or were revoked. Talks to the cloud with\n"
-    "the oem certificate of DIR.\n"
+    "the oem certificate of DIR. --certs also writes each device certificate to\n"
+    "OUTDIR/JOB-UID.pem.\n"
     "\n"
     "Exit status: 0 report printed, 1 failed (unknown job, no cloud), 2 usage error.\n";
 
@@ -88,11 +90,12 @@ static int cli__report(int argc, char **argv)
     static const struct option longopts[] = {
         {"job", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, 'J'},
+        {"certs", required_argument, NULL, 'c'},
         {"dir", required_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *job = NULL, *dir_opt = NULL, *dir;
+    const char *job = NULL, *dir_opt = NULL, *certs = NULL, *dir;
     int json = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -102,6 +105,9 @@ static int cli__report(int argc, char **argv)
             break;
         case 'J':
             json = 1;
+            break;
+        case 'c':
+            certs = optarg;
             break;
         case 'd':
             dir_opt = optarg;
@@ -135,6 +141,10 @@ static int cli__report(int argc, char **argv)
     if (!rc)
         rc = cli_cloud_call(&cc, "device.list", &dr.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
                             &devices);
+    if (!rc && certs && nu_mkdirs(certs, 0755))
+        rc = cli_fail("report: --certs", NU_ERR_IO);
+    for (size_t i = 0; !rc && certs && i < devices->device_list->n_devices; i++)
+        rc = cli_device_cert_export(certs, devices->device_list->devices[i]) ? CLI_EXIT_FAIL : 0;
     if (!rc) {
         cli__count(devices->device_list, &o);
         cli__report_print(jobs->job_list->jobs[0], &o, json);

@@ -934,7 +934,15 @@ static void test_real_production_matches_the_ledger(void)
                    "assert all(x.get(\"serial\") and x[\"role\"]==\"programmer\" for x in p)'"
                    " %s/real.jsonl $n",
                    dir, job, tmp),
-        0); /* The OEM's report says the same as the ledger: 8 issued, 8 reported provisioned. */
+        0);
+    /* The report exports the job's certificates, each verifying against the device CA. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " report --job %s --certs %s/certs --dir %s > /dev/null &&"
+                                     " test $(ls %s/certs/*.pem | wc -l) -eq 8 &&"
+                                     " for f in %s/certs/*.pem; do openssl verify -CAfile"
+                                     " %s/pki/device-chain.pem $f > /dev/null || exit 1; done",
+                               job, tmp, dir, tmp, tmp, dir),
+                    0);
+    /* The OEM's report says the same as the ledger: 8 issued, 8 reported provisioned. */
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC
                                " report --job %s --json --dir %s | python3 -c 'import json,sys;"
                                " r=json.load(sys.stdin); assert r[\"issued\"]==8 and"
