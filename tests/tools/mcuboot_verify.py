@@ -12,19 +12,23 @@ the key's DER SubjectPublicKeyInfo (and equals --rotpk-hash when given), and
 whose ECDSA_SIG TLV verifies with the key. Otherwise prints the reason and
 exits 1 (2 for usage errors).
 
+The cryptography is the openssl command line's, not ours and not a Python
+library's: `openssl pkey` gives the key's DER (KEYHASH), `openssl dgst
+-sha256 -verify` checks the ECDSA signature over header + payload +
+protected TLVs, exactly the bytes MCUboot's bootutil hashes.
+
 Strictness matches NuSEC's images: the protected area holds exactly one
 SEC_CNT; the unprotected area exactly SHA256, KEYHASH, ECDSA_SIG (KEYHASH
 before the signature) and nothing else; no bytes after the TLVs.
-Needs Python 3 and python3-cryptography.
+Needs Python 3 (standard library only) and the openssl command.
 """
 import argparse
 import hashlib
+import os
 import struct
+import subprocess
 import sys
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+import tempfile
 
 IMAGE_MAGIC = 0x96F3B83D
 HEADER_LEN = 32
@@ -105,23 +109,47 @@ def parse(img):
     }
 
 
-def verify(img, key, want_rotpk_hash):
+def openssl(*args, data=None):
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=False)
+
+
+def key_der(key_path):
+    """DER SubjectPublicKeyInfo of a P-256 PEM public key, via openssl."""
+    text = openssl("pkey", "-pubin", "-in", key_path, "-noout", "-text")
+    if text.returncode != 0:
+        raise Refused("key is not a PEM public key")
+    if b"prime256v1" not in text.stdout and b"P-256" not in text.stdout:
+        raise Refused("key is not an ECDSA P-256 public key")
+    der = openssl("pkey", "-pubin", "-in", key_path, "-outform", "DER")
+    if der.returncode != 0 or not der.stdout:
+        raise Refused("key cannot be exported as DER")
+    return der.stdout
+
+
+def signature_ok(key_path, signed, sig):
+    """openssl dgst -sha256 -verify: ECDSA over SHA-256 of the signed bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path, sig_path = os.path.join(tmp, "signed"), os.path.join(tmp, "sig")
+        with open(data_path, "wb") as f:
+            f.write(signed)
+        with open(sig_path, "wb") as f:
+            f.write(sig)
+        r = openssl("dgst", "-sha256", "-verify", key_path, "-signature", sig_path, data_path)
+    return r.returncode == 0 and b"Verified OK" in r.stdout
+
+
+def verify(img, key_path, want_rotpk_hash):
     info = parse(img)
     digest = hashlib.sha256(info["hashed"]).digest()
     if digest != info["sha256"]:
         raise Refused("image hash does not match the SHA256 TLV")
-    spki = key.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    rotpk_hash = hashlib.sha256(spki).digest()
+    rotpk_hash = hashlib.sha256(key_der(key_path)).digest()
     if want_rotpk_hash is not None and want_rotpk_hash != rotpk_hash:
         raise Refused("key does not match --rotpk-hash")
     if info["keyhash"] != rotpk_hash:
         raise Refused("KEYHASH TLV is not the hash of this key")
-    try:
-        utils.decode_dss_signature(info["sig"])  # exact DER, no padding
-        key.verify(info["sig"], digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    except (InvalidSignature, ValueError):
-        raise Refused("signature does not verify")
+    if not signature_ok(key_path, info["hashed"], info["sig"]):
+        raise Refused("signature does not verify (openssl dgst -verify)")
     return info
 
 
@@ -133,18 +161,11 @@ def main():
     ap.add_argument("image")
     args = ap.parse_args()
     try:
-        with open(args.key, "rb") as f:
-            key = serialization.load_pem_public_key(f.read())
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise Refused("key is not an ECDSA P-256 public key")
         want = bytes.fromhex(args.rotpk_hash) if args.rotpk_hash else None
         with open(args.image, "rb") as f:
             img = f.read()
-        info = verify(img, key, want)
-    except Refused as e:
-        print(f"REFUSED: {e}")
-        return 1
-    except (OSError, ValueError) as e:
+        info = verify(img, args.key, want)
+    except (Refused, OSError, ValueError) as e:
         print(f"REFUSED: {e}")
         return 1
     if args.verbose:

@@ -5,8 +5,10 @@
  *
  * What a user or an attacker sees: `nusec firmware sign` of a 1 MiB binary
  * and of an Intel HEX file gives images that an independent verifier
- * (tests/tools/mcuboot_verify.py) and nu_mcuboot accept, and refuse with one
- * byte changed; a signed version cannot be signed again; `nusec job create`
+ * (tests/tools/mcuboot_verify.py: the MCUboot layout parsed as MCUboot
+ * documents it, the ECDSA signature checked by the openssl command line
+ * against rotpk.pem) and nu_mcuboot accept, and refuse with one byte changed
+ * (also when the attacker rewrites the SHA256 TLV to match); a signed version cannot be signed again; `nusec job create`
  * writes packages whose signature verifies with DIR/pki/package-key.pem and
  * whose secrets open only with the programmer's package key; the programmer
  * downloads and decrypts exactly the image; wrong tokens, foreign
@@ -146,6 +148,45 @@ static int sign_raw(const char *name, const char *version, const uint8_t *p, siz
 
 /* ------------------------------------------------------------ signing */
 
+/* An attacker who changes the payload and writes the matching SHA256 TLV:
+ * only the ECDSA signature can catch that, so this is the case that proves
+ * the openssl command line (in the verifier) checks it. Returns 0 when both
+ * verifiers refuse. Header layout from MCUboot's bootutil/image.h:
+ * ih_hdr_size u16 @8, ih_protect_tlv_size u16 @10, ih_img_size u32 @12. */
+static int resealed_hash_refused(const uint8_t pub[NU_P256_PUB_LEN], const uint8_t hash[32])
+{
+    char bad[512];
+    uint8_t digest[32], resealed[32];
+    size_t hdr = (size_t)IMG[8] | (size_t)IMG[9] << 8;
+    size_t prot = (size_t)IMG[10] | (size_t)IMG[11] << 8;
+    size_t body = (size_t)IMG[12] | (size_t)IMG[13] << 8 | (size_t)IMG[14] << 16 |
+                  (size_t)IMG[15] << 24;
+    size_t hashed = hdr + body + prot;
+    uint8_t *copy = malloc(IMG_LEN);
+    int rc = -1;
+    if (!copy || hashed >= IMG_LEN || nu_sha256(IMG, hashed, digest) != NU_OK)
+        goto out;
+    memcpy(copy, IMG, IMG_LEN);
+    uint8_t *tlv = memmem(copy + hashed, IMG_LEN - hashed, digest, 32);
+    if (!tlv)
+        goto out;
+    copy[hdr + 77] ^= 0x80;
+    if (nu_sha256(copy, hashed, resealed) != NU_OK)
+        goto out;
+    memcpy(tlv, resealed, 32);
+    snprintf(bad, sizeof(bad), "%s/resealed.img", F.tmp);
+    if (write_file(bad, copy, IMG_LEN) != NU_OK)
+        goto out;
+    int ours = nu_mcuboot_verify(copy, IMG_LEN, pub, hash, NULL);
+    int theirs = nu_test_sh("python3 %s/tests/tools/mcuboot_verify.py --key %s/firmware/rotpk.pem "
+                            "%s | grep -q 'signature does not verify'",
+                            NUSEC_SOURCE_DIR, F.dir, bad);
+    rc = ours == NU_ERR_BAD_SIGNATURE && theirs == 0 ? 0 : -1;
+out:
+    free(copy);
+    return rc;
+}
+
 static void test_sign_1mib_bin(void)
 {
     char in[512], path[512];
@@ -187,6 +228,7 @@ static void test_sign_1mib_bin(void)
         CU_ASSERT_NOT_EQUAL(py_verify(bad), 0);
         free(copy);
     }
+    CU_ASSERT_EQUAL(resealed_hash_refused(pub, hash), 0);
     /* The ledger recorded it (event firmware.signed, digest of the file). */
     struct cloud_ledger *l = NULL;
     struct cloud_ledger_firmware rec;
