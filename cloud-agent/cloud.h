@@ -43,6 +43,7 @@ struct cloud_config {
     unsigned chunk_size; /* firmware chunk bytes */
     unsigned instance;   /* client id "cloud:N", so agents can share one certificate */
     unsigned batch_max;  /* requests one worker serves in one group commit; 1 = no batching */
+    unsigned checkpoint_interval_s; /* signed audit checkpoints; 0 = only at start, stop, close */
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
@@ -55,6 +56,7 @@ struct cloud_keys {
     struct nu_hsm_key *fleet_ca;
     struct nu_hsm_key *package;
     struct nu_hsm_key *secure_boot;
+    struct nu_hsm_key *audit; /* NULL in a state directory made before audit keys existed */
     uint8_t *root_der, *fleet_der, *device_der;
     size_t root_len, fleet_len, device_len;
 };
@@ -168,6 +170,15 @@ int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, co
  * stop after cloud_stop (NULL-safe, idempotent). Errors: NOMEM. */
 int cloud_firmware_start(struct cloud *cloud);
 void cloud_firmware_stop(struct cloud *cloud);
+
+/*
+ * Sign the audit chain's head in the HSM: an `audit.checkpoint` event
+ * (audit_checkpoint.h), also published as an event so that copies exist
+ * outside the ledger. Nothing when the last event already is one or the
+ * state directory has no audit key. `why` goes to the log (cloud_audit.c).
+ * Errors: those of cloud_ledger_checkpoint and the HSM.
+ */
+int cloud_checkpoint(struct cloud *cloud, struct cloud_ledger *ledger, const char *why);
 
 /* Configuration: defaults, then DIR/cloud/cloud.conf if it exists. */
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out_cfg);

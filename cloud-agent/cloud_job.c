@@ -588,8 +588,10 @@ static int job__control(struct cloud_call *call)
         rc = job__state_read(call->ledger, r->job_id, &s);
     if (rc)
         return rc;
-    if (changed && action == CLOUD_LEDGER_JOB_CLOSE)
+    if (changed && action == CLOUD_LEDGER_JOB_CLOSE) {
         cloud_firmware_cache_drop(call->cloud, r->job_id);
+        (void)cloud_checkpoint(call->cloud, call->ledger, "job close"); /* logs its failure */
+    }
     rc = cloud_reply(call, &s->st.base);
     if (changed) {
         nu_info("job %s: %s by %s", r->job_id, kinds[action], call->requester);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char cloud__usage[] =
@@ -30,20 +31,32 @@ static const char cloud__usage[] =
     "\n"
     "Configuration keys (key = value): workers (4), queue_max (4096), chunk_size\n"
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
-    "1 = one transaction each), oem_ids (oem), station_ids (station), log_level.\n"
+    "1 = one transaction each), checkpoint_interval_s (300: the audit chain's head\n"
+    "is signed in the HSM this often, and at start, stop and job close; 0 = only\n"
+    "then), oem_ids (oem), station_ids (station), log_level.\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
 
-static int cloud__wait_for_signal(void)
+/* Wait for SIGTERM/SIGINT; meanwhile sign the audit chain every interval. */
+static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    int sig = 0;
-    sigwait(&set, &sig);
-    return sig;
+    uint64_t interval_ms = (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
+    uint64_t next = nu_mono_ms() + interval_ms;
+    for (;;) {
+        struct timespec tick = {.tv_sec = 1};
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig > 0)
+            return sig;
+        if (interval_ms && nu_mono_ms() >= next) {
+            (void)cloud_checkpoint(cloud, ledger, "periodic");
+            next = nu_mono_ms() + interval_ms;
+        }
+    }
 }
 
 static int cloud__run(struct cloud *cloud)
@@ -55,7 +68,8 @@ static int cloud__run(struct cloud *cloud)
                          cloud->dir);
         rc = (n < 0 || (size_t)n >= sizeof(cloud->ledger_path)) ? NU_ERR_TOO_LARGE : NU_OK;
     }
-    /* Create the ledger (schema) before any worker races to. */
+    /* Create the ledger (schema) before any worker races to; this
+     * connection stays for the main thread's own work (checkpoints). */
     struct cloud_ledger *ledger = NULL;
     if (!rc && !(rc = cloud_ledger_open(cloud->ledger_path, &ledger))) {
         /* A crash between a revocation's commit and the broker list rewrite
@@ -63,7 +77,6 @@ static int cloud__run(struct cloud *cloud)
         int sync = cloud_revoked_sync(cloud, ledger);
         if (sync)
             nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
-        cloud_ledger_close(ledger);
     }
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
@@ -78,11 +91,17 @@ static int cloud__run(struct cloud *cloud)
         rc = cloud_start(cloud);
     if (rc) {
         nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
+        cloud_ledger_close(ledger);
         return rc;
     }
     nu_info("serving requests as %s (%u workers)", client_id, cloud->cfg.workers);
-    int sig = cloud__wait_for_signal();
+    /* Whatever a crash left unsigned (e.g. a job closed just before it). */
+    (void)cloud_checkpoint(cloud, ledger, "start");
+    int sig = cloud__serve_until_signal(cloud, ledger);
     nu_info("signal %d: draining and stopping", sig);
+    cloud_stop(cloud);
+    (void)cloud_checkpoint(cloud, ledger, "stop");
+    cloud_ledger_close(ledger);
     return NU_OK;
 }
 

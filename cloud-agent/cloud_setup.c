@@ -14,8 +14,10 @@
 #include <string.h>
 
 static const char *const cloud__config_keys[] = {
-    "workers", "queue_max",   "chunk_size", "instance", "batch_max",
-    "oem_ids", "station_ids", "log_level",  NULL,
+    "workers",     "queue_max", "chunk_size",
+    "instance",    "batch_max", "oem_ids",
+    "station_ids", "log_level", "checkpoint_interval_s",
+    NULL,
 };
 
 /* "a, b,c" -> ids[]; each a valid identity. */
@@ -77,6 +79,7 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("chunk_size", 16384, 1024, 16384, chunk_size)
     CLOUD__INT("instance", 1, 1, 9999, instance)
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
+    CLOUD__INT("checkpoint_interval_s", 300, 0, 86400, checkpoint_interval_s)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))
@@ -129,6 +132,18 @@ int cloud_keys_open(struct cloud *cloud)
             return rc;
         }
     }
+    /* Older state directories have no audit key: they run, unsigned. */
+    rc = nu_hsm_key_open(cloud->hsm, NU_PKI_KEY_AUDIT, &k->audit);
+    if (rc == NU_ERR_NOT_FOUND) {
+        nu_warn("no HSM key '%s': audit checkpoints are not signed (a state directory "
+                "made by `nusec pki init` before audit keys existed)",
+                NU_PKI_KEY_AUDIT);
+        rc = NU_OK;
+    }
+    if (rc) {
+        nu_error("HSM key '%s': %s", NU_PKI_KEY_AUDIT, nu_err_str(rc));
+        return rc;
+    }
     if ((rc = cloud__read_cert(cloud->dir, NU_PATH_ROOT_CA, &k->root_der, &k->root_len)) ||
         (rc = cloud__read_cert(cloud->dir, NU_PATH_FLEET_CA, &k->fleet_der, &k->fleet_len)) ||
         (rc = cloud__read_cert(cloud->dir, NU_PATH_DEVICE_CA, &k->device_der, &k->device_len)))
@@ -142,6 +157,7 @@ void cloud_keys_close(struct cloud_keys *k)
     nu_hsm_key_close(k->fleet_ca);
     nu_hsm_key_close(k->package);
     nu_hsm_key_close(k->secure_boot);
+    nu_hsm_key_close(k->audit);
     free(k->root_der);
     free(k->fleet_der);
     free(k->device_der);

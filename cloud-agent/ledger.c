@@ -201,6 +201,7 @@ static const char *const ledger__reserved_kinds[] = {
     "enroll.token.added", "enroll.token.used", "enroll.refused",      "cert.issued",
     "cert.resent",        "cert.refused",      "cert.provisioned",    "cert.failed",
     "cert.revoked",       "ledger.migrated",   "firmware.signed",     "job.packages",
+    "audit.checkpoint",
 };
 
 /* --------------------------------------------------------------- statements */
@@ -224,6 +225,8 @@ static const char *const ledger__reserved_kinds[] = {
     X(SP_RELEASE, "RELEASE ledger_req")                                                            \
     X(SP_ROLLBACK, "ROLLBACK TO ledger_req")                                                       \
     X(HEAD_GET, "SELECT seq, hash FROM audit_head WHERE id = 1")                                   \
+    X(HEAD_KIND, "SELECT h.seq, h.hash, e.kind FROM audit_head h"                                  \
+                 " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1")                           \
     X(HEAD_SET, "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")                          \
     X(EV_INSERT, "INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload, prev_hash,"     \
                  " hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
@@ -3174,6 +3177,56 @@ int cloud_ledger_audit_head(struct cloud_ledger *ledger, uint64_t *out_seq,
     return rc;
 }
 
+/* ------------------------------------------------------------ checkpoints */
+
+#define LEDGER__CHECKPOINT_KIND "audit.checkpoint"
+
+int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const char *actor,
+                            cloud_ledger_checkpoint_fn make, void *ctx, uint64_t *out_seq)
+{
+    char payload[CLOUD_LEDGER_PAYLOAD_MAX + 1];
+    uint8_t head[CLOUD_LEDGER_HASH_LEN];
+    sqlite3_stmt *st = NULL;
+    uint64_t head_seq = 0, seq = 0;
+    size_t len = 0;
+    int rc, sealed = 0;
+
+    if (!ledger || !make || !ledger__time_ok(now_ms))
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(actor);
+    if (rc == NU_OK)
+        rc = ledger__begin(ledger, 1);
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_HEAD_KIND, &st);
+    if (rc == NU_OK)
+        rc = ledger__step_one(ledger, st, "audit head");
+    if (rc == NU_ERR_NOT_FOUND)
+        rc = NU_ERR_DB; /* a ledger always has its first event */
+    if (rc != NU_OK)
+        goto out;
+    head_seq = ledger__col_u64(st, 0);
+    rc = ledger__col_fixed(st, 1, head, sizeof(head));
+    sealed = strcmp(ledger__col_cstr(st, 2), LEDGER__CHECKPOINT_KIND) == 0;
+    ledger__reset(st);
+    if (rc != NU_OK || sealed)
+        goto out;
+    rc = make(ctx, head_seq, head, payload, sizeof(payload), &len);
+    if (rc == NU_OK && len > CLOUD_LEDGER_PAYLOAD_MAX)
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK && !ledger__utf8_ok((const uint8_t *)payload, len, 1))
+        rc = NU_ERR_INVALID_ARG;
+    if (rc == NU_OK)
+        rc = ledger__append(ledger, now_ms, LEDGER__CHECKPOINT_KIND, actor, NULL, payload, len,
+                            &seq);
+    if (rc == NU_OK)
+        rc = ledger__commit(ledger);
+out:
+    ledger__rollback(ledger);
+    if (out_seq)
+        *out_seq = rc == NU_OK ? seq : 0;
+    return rc;
+}
+
 /* ----------------------------------------------------------------- verify */
 
 /* A certificate or a cert.issued event, reduced to what pairs them. */
@@ -3190,6 +3243,7 @@ struct ledger_pairs {
 struct ledger_verify {
     sqlite3 *db;
     struct cloud_ledger_verify_report *r;
+    const struct cloud_ledger_verify_opts *opts;
     struct ledger_pairs events; /* cert.issued events */
     struct ledger_pairs certs;
 };
@@ -3273,6 +3327,30 @@ static int ledger__is_hash(sqlite3_stmt *st, int i)
            sqlite3_column_bytes(st, i) == CLOUD_LEDGER_HASH_LEN;
 }
 
+/* A checkpoint row signs the head before it: seq - 1 and the row's prev_hash. */
+static void ledger__verify_checkpoint(struct ledger_verify *v, uint64_t seq, const uint8_t *prev,
+                                      const char *payload, size_t len)
+{
+    struct cloud_ledger_verify_report *r = v->r;
+    r->checkpoints++;
+    r->last_checkpoint_seq = seq;
+    r->last_checkpoint_head_seq = seq - 1;
+    memcpy(r->last_checkpoint_head, prev, CLOUD_LEDGER_HASH_LEN);
+    if (!v->opts || !v->opts->check_checkpoint)
+        return;
+    int rc = v->opts->check_checkpoint(v->opts->ctx, seq - 1, prev, payload, len);
+    if (rc != NU_OK) {
+        if (!r->first_bad_seq)
+            r->first_bad_seq = seq;
+        ledger__finding(
+            v, &r->checkpoints_ok, "audit seq %llu: checkpoint %s", (unsigned long long)seq,
+            rc == NU_ERR_TAMPERED        ? "signs another head: the events before it were "
+                                           "rewritten"
+            : rc == NU_ERR_BAD_SIGNATURE ? "signature does not verify with the audit key"
+                                         : "is malformed");
+    }
+}
+
 /* Check one audit row against the running chain state. */
 static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint64_t *expect,
                                 uint8_t prev[NU_SHA256_LEN])
@@ -3324,6 +3402,9 @@ static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint6
         ledger__finding(v, &r->chain_ok, "audit seq %llu: hash mismatch (row edited)",
                         (unsigned long long)seq);
     }
+    if (fl[0] == sizeof(LEDGER__CHECKPOINT_KIND) - 1 &&
+        memcmp(f[0], LEDGER__CHECKPOINT_KIND, fl[0]) == 0)
+        ledger__verify_checkpoint(v, seq, sqlite3_column_blob(st, 6), f[3], fl[3]);
     memcpy(prev, sqlite3_column_blob(st, 7), NU_SHA256_LEN);
     if (fl[0] == 11 && memcmp(f[0], "cert.issued", 11) == 0) {
         rc = ledger__pair_digest(f[2], fl[2], ts, f[3], fl[3], hash);
@@ -3567,13 +3648,15 @@ static int ledger__verify_schema(struct ledger_verify *v)
 }
 
 /* Verify over a raw connection (not inside a transaction). */
-static int ledger__verify_db(sqlite3 *db, struct cloud_ledger_verify_report *r)
+static int ledger__verify_db(sqlite3 *db, const struct cloud_ledger_verify_opts *opts,
+                             struct cloud_ledger_verify_report *r)
 {
-    struct ledger_verify v = {.db = db, .r = r};
+    struct ledger_verify v = {.db = db, .r = r, .opts = opts};
     int rc;
 
     memset(r, 0, sizeof(*r));
-    r->chain_ok = r->certs_ok = r->counts_ok = r->schema_ok = 1;
+    r->chain_ok = r->certs_ok = r->counts_ok = r->schema_ok = r->checkpoints_ok = 1;
+    r->checkpoints_checked = opts && opts->check_checkpoint;
     /* One read transaction: a consistent snapshot while other agents write. */
     rc = ledger__exec_sql(db, "BEGIN");
     if (rc != NU_OK)
@@ -3597,10 +3680,16 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
 {
     if (!ledger || !out_report)
         return NU_ERR_INVALID_ARG;
-    return ledger__verify_db(ledger->db, out_report);
+    return ledger__verify_db(ledger->db, NULL, out_report);
 }
 
 int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report)
+{
+    return cloud_ledger_verify_path_opts(path, NULL, out_report);
+}
+
+int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,
+                                  struct cloud_ledger_verify_report *out_report)
 {
     sqlite3 *db = NULL;
     int64_t version = 0;
@@ -3622,7 +3711,7 @@ int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report
     if (rc == NU_OK && version == 0)
         rc = NU_ERR_CONFIG; /* identify already refused newer versions */
     if (rc == NU_OK)
-        rc = ledger__verify_db(db, out_report);
+        rc = ledger__verify_db(db, opts, out_report);
 out:
     sqlite3_close(db);
     return rc;

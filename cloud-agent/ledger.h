@@ -80,8 +80,10 @@
  * byte-exact. Event 1 is 'ledger.created' (actor "ledger", payload
  * {"schema":N} with N the version that created it, ts = wall clock at creation).
  * LIMIT: whoever can write the file can also rewrite the whole chain from
- * some seq onward, head included; only an anchor kept elsewhere catches that
- * (publish cloud_ledger_audit_head() regularly, e.g. in a signed event).
+ * some seq onward, head included; the chain alone cannot catch that. Signed
+ * checkpoints (cloud_ledger_checkpoint) can: a rewrite at or before one
+ * breaks its signature, and dropping the checkpoints of a rewritten stretch
+ * shows against a checkpoint the auditor kept (the cloud publishes them).
  * In Python:
  *   h = sha256(prev + struct.pack(">QQ", seq, ts) + b"".join(
  *         struct.pack(">I", len(b)) + b for b in (kind, actor, job_id, payload))).digest()
@@ -111,6 +113,9 @@
  *   ledger.migrated    {"from":N,"to":N}  (an older file opened by a newer program)
  *   firmware.signed    {"name":F,"digest":H,"size":N,"security_counter":N}
  *                      (digest = SHA-256 of the whole signed image file)
+ *   audit.checkpoint   {"seq":N,"head":H,"key":H,"sig":H}: the HSM's signature over
+ *                      the chain head just before it (audit_checkpoint.h has the
+ *                      format); written by cloud_ledger_checkpoint only
  *   job.packages       {"image_digest":H,"image_size":N,"packages":[{"programmer":P,
  *                       "token_id":H,"package_sha256":H},...]}  — written with
  *                      job.created when the job carries firmware secrets
@@ -699,7 +704,43 @@ int cloud_ledger_event_hash(const uint8_t prev_hash[CLOUD_LEDGER_HASH_LEN], uint
                             const char *payload, size_t payload_len,
                             uint8_t out[CLOUD_LEDGER_HASH_LEN]);
 
+/* ----------------------------------------------------------- checkpoints */
+
+/*
+ * Make the payload of a checkpoint of the chain head (head_seq, head) into
+ * payload[cap]; NU_OK or an error that aborts the checkpoint.
+ */
+typedef int (*cloud_ledger_checkpoint_fn)(void *ctx, uint64_t head_seq,
+                                          const uint8_t head[CLOUD_LEDGER_HASH_LEN], char *payload,
+                                          size_t cap, size_t *out_len);
+
+/*
+ * Append an `audit.checkpoint` event whose payload `make` computes from the
+ * chain head (the signing happens inside the write transaction, so no event
+ * can slip between the head that is signed and the checkpoint row). When the
+ * last event already is a checkpoint nothing is written and *out_seq = 0;
+ * else *out_seq = the new event's seq (out_seq may be NULL).
+ * Errors: INVALID_ARG, TOO_LARGE/INVALID_ARG (payload > CLOUD_LEDGER_PAYLOAD_MAX
+ * or not UTF-8), BUSY, DB, or make's error (nothing written).
+ */
+int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const char *actor,
+                            cloud_ledger_checkpoint_fn make, void *ctx, uint64_t *out_seq);
+
 /* --------------------------------------------------------------- verify */
+
+/*
+ * Check one checkpoint row during verify: head_seq/head are what the row
+ * must sign (its seq - 1 and its prev_hash). NU_OK when it holds; any error
+ * is a finding (the row seq is reported), not an abort.
+ */
+typedef int (*cloud_ledger_checkpoint_check_fn)(void *ctx, uint64_t head_seq,
+                                                const uint8_t head[CLOUD_LEDGER_HASH_LEN],
+                                                const char *payload, size_t len);
+
+struct cloud_ledger_verify_opts {
+    cloud_ledger_checkpoint_check_fn check_checkpoint; /* NULL: counted, not checked */
+    void *ctx;
+};
 
 struct cloud_ledger_verify_report {
     uint64_t events;       /* audit rows walked */
@@ -708,13 +749,19 @@ struct cloud_ledger_verify_report {
     /* First audit seq that fails: a wrong hash or link, a bad field, or for
      * a gap the first missing seq; 0 when the chain is sound. */
     uint64_t first_bad_seq;
-    int chain_ok;            /* hashes, links, seq 1..n contiguous, audit_head = last row */
-    int certs_ok;            /* certificates and cert.issued events pair one to one */
-    int counts_ok;           /* per job: issued == #certificates == sum of allocations'
-                                issued, <= quota; per allocation: issued == its certificates */
-    int schema_ok;           /* version and the protective triggers are in place */
-    unsigned problems;       /* number of findings */
-    char first_problem[256]; /* the first finding, as text */
+    int chain_ok;                 /* hashes, links, seq 1..n contiguous, audit_head = last row */
+    int certs_ok;                 /* certificates and cert.issued events pair one to one */
+    int counts_ok;                /* per job: issued == #certificates == sum of allocations'
+                                     issued, <= quota; per allocation: issued == its certificates */
+    int schema_ok;                /* version and the protective triggers are in place */
+    int checkpoints_ok;           /* every checkpoint passed check_checkpoint (1 when unchecked) */
+    int checkpoints_checked;      /* a check_checkpoint was given */
+    uint64_t checkpoints;         /* audit.checkpoint rows */
+    uint64_t last_checkpoint_seq; /* row seq of the last one, 0 = none */
+    uint64_t last_checkpoint_head_seq;                   /* the seq it signs (row seq - 1) */
+    uint8_t last_checkpoint_head[CLOUD_LEDGER_HASH_LEN]; /* the head it signs */
+    unsigned problems;                                   /* number of findings */
+    char first_problem[256];                             /* the first finding, as text */
 };
 
 /*
@@ -735,5 +782,9 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
  * NOT_SUPPORTED (newer schema version), CONFIG (not a ledger), IO.
  */
 int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report);
+
+/* cloud_ledger_verify_path with options (opts may be NULL). */
+int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,
+                                  struct cloud_ledger_verify_report *out_report);
 
 #endif

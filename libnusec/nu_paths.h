@@ -21,6 +21,8 @@ enum nu_path_kind {
     NU_PATH_CHAIN,           /* DIR/pki/chain.pem: Fleet CA + Root (TLS trust) */
     NU_PATH_DEVICE_CHAIN,    /* DIR/pki/device-chain.pem: Device CA + Root */
     NU_PATH_PACKAGE_PUB,     /* DIR/pki/package-key.pem: package signing public key */
+    NU_PATH_AUDIT_PUB,       /* DIR/pki/audit-key.pem: audit checkpoint public key */
+    NU_PATH_DEVICE_CRL,      /* DIR/pki/device-crl.pem: the Device CA's CRL */
     NU_PATH_BROKER_CERT,     /* DIR/pki/broker.crt */
     NU_PATH_BROKER_KEY,      /* DIR/pki/broker.key */
     NU_PATH_HSM,             /* DIR/hsm */

@@ -16,6 +16,7 @@
 #define NU_PKI_KEY_DEVICE_CA "device-ca"
 #define NU_PKI_KEY_SECURE_BOOT "secure-boot"
 #define NU_PKI_KEY_PACKAGE "package"
+#define NU_PKI_KEY_AUDIT "audit" /* signs the audit chain's checkpoints */
 
 /* Roles: the OU of a client certificate; the broker's ACL is keyed on them. */
 #define NU_ROLE_CLOUD "cloud"

@@ -1,17 +1,22 @@
 /* nusec audit verify — check the cloud's ledger file directly (no cloud needed). */
 #include "cli.h"
 
+#include "audit_checkpoint.h"
 #include "ledger.h"
+#include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_paths.h"
+#include "nu_util.h"
 
 #include <getopt.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char cli__verify_usage[] =
-    "usage: nusec audit verify [--json] [--dir DIR]\n"
+    "usage: nusec audit verify [--json] [--key FILE] [--checkpoint SEQ:HEAD] [--dir DIR]\n"
     "\n"
     "Check DIR/cloud/ledger.db, opened read-only: recompute the audit hash chain\n"
     "(seq contiguous, every hash and link, the stored chain head), pair every\n"
@@ -20,12 +25,82 @@ static const char cli__verify_usage[] =
     "and its protective triggers are in place. Any edit made behind the cloud's\n"
     "back (sqlite3 UPDATE/DELETE, a cut tail) shows. Works while the cloud runs.\n"
     "\n"
-    "  --json      one JSON object instead of the text report\n"
-    "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
-    "  -h, --help  this text\n"
+    "The cloud signs the chain head in its HSM (audit.checkpoint events:\n"
+    "periodically, at start and stop, at job close). Each checkpoint's signature is\n"
+    "checked with the audit public key: an edit before a checkpoint fails it even\n"
+    "when every later hash was recomputed. To catch a wholesale rewrite, keep the\n"
+    "last checkpoint printed here (or published on nusec/v1/events/cloud/+/\n"
+    "audit.checkpoint) and give it to a later run as --checkpoint.\n"
+    "\n"
+    "  --json               one JSON object instead of the text report\n"
+    "  --key FILE           audit public key (default: DIR/pki/audit-key.pem; an\n"
+    "                       auditor should use a copy of their own)\n"
+    "  --checkpoint SEQ:HEAD  the ledger must still hold a valid checkpoint of head\n"
+    "                       HEAD (64 hex) at seq SEQ\n"
+    "  --dir DIR            state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help           this text\n"
     "\n"
     "Exit status: 0 the ledger is intact, 1 a check failed (the first bad seq and\n"
     "the first finding are printed) or the ledger could not be read, 2 usage error.\n";
+
+/* What the checkpoint check needs: the key, and the anchor to look for. */
+struct cli__anchor {
+    uint8_t pub[NU_P256_PUB_LEN];
+    int have_anchor, anchor_seen;
+    uint64_t seq;
+    uint8_t head[32];
+};
+
+static int cli__check_checkpoint(void *ctx, uint64_t head_seq, const uint8_t head[32],
+                                 const char *payload, size_t len)
+{
+    struct cli__anchor *a = ctx;
+    int rc = audit_checkpoint_check(a->pub, head_seq, head, payload, len);
+    if (rc == NU_OK && a->have_anchor && head_seq == a->seq && !memcmp(head, a->head, 32))
+        a->anchor_seen = 1;
+    return rc;
+}
+
+/* "SEQ:HEAD" -> anchor. */
+static int cli__parse_anchor(const char *text, struct cli__anchor *a)
+{
+    const char *colon = strchr(text, ':');
+    char seq[24];
+    size_t n = 0;
+    if (!colon || (size_t)(colon - text) >= sizeof(seq))
+        return NU_ERR_INVALID_ARG;
+    memcpy(seq, text, (size_t)(colon - text));
+    seq[colon - text] = '\0';
+    if (nu_parse_uint(seq, 1, UINT64_MAX, &a->seq) != NU_OK || strlen(colon + 1) != 64 ||
+        nu_hex_decode(colon + 1, a->head, 32, &n) != NU_OK || n != 32)
+        return NU_ERR_INVALID_ARG;
+    a->have_anchor = 1;
+    return NU_OK;
+}
+
+/* The key to check checkpoints with: --key, else DIR/pki/audit-key.pem if present.
+ * *out_have = 0 when there is none (checkpoints are then only counted). */
+static int cli__load_key(const char *dir, const char *key_opt, struct cli__anchor *a, int *out_have)
+{
+    char path[PATH_MAX];
+    uint8_t *pem = NULL;
+    size_t len = 0;
+    int rc = key_opt ? nu_path_fmt(path, sizeof(path), "%s", key_opt)
+                     : nu_paths_get(dir, NU_PATH_AUDIT_PUB, path, sizeof(path));
+    *out_have = 0;
+    if (rc)
+        return rc;
+    if (!key_opt && !nu_path_exists(path))
+        return NU_OK;
+    rc = nu_file_read(path, 4096, &pem, &len);
+    if (!rc)
+        rc = nu_p256_pub_from_pem((const char *)pem, len, a->pub);
+    free(pem);
+    if (rc)
+        cli_errorf("audit verify: audit key %s", path);
+    *out_have = rc == NU_OK;
+    return rc;
+}
 
 static const char *cli__ok(int ok)
 {
@@ -46,6 +121,11 @@ static void cli__json_str(const char *s)
     }
 }
 
+static const char *cli__checked(const struct cloud_ledger_verify_report *r)
+{
+    return !r->checkpoints_checked ? "not checked (no audit key)" : cli__ok(r->checkpoints_ok);
+}
+
 static void cli__print_text(const char *path, const struct cloud_ledger_verify_report *r, int ok)
 {
     printf("ledger        %s\n", path);
@@ -56,6 +136,14 @@ static void cli__print_text(const char *path, const struct cloud_ledger_verify_r
     printf("cert events   %s\n", cli__ok(r->certs_ok));
     printf("counts        %s\n", cli__ok(r->counts_ok));
     printf("schema        %s\n", cli__ok(r->schema_ok));
+    printf("checkpoints   %s, %llu", cli__checked(r), (unsigned long long)r->checkpoints);
+    if (r->checkpoints) {
+        char head[65];
+        nu_hex_encode(r->last_checkpoint_head, 32, head, sizeof(head));
+        printf(", last --checkpoint %llu:%s", (unsigned long long)r->last_checkpoint_head_seq,
+               head);
+    }
+    printf("\n");
     if (r->first_bad_seq)
         printf("first bad seq %llu\n", (unsigned long long)r->first_bad_seq);
     if (r->problems)
@@ -65,16 +153,23 @@ static void cli__print_text(const char *path, const struct cloud_ledger_verify_r
 
 static void cli__print_json(const char *path, const struct cloud_ledger_verify_report *r, int ok)
 {
+    char head[65] = "";
+    if (r->checkpoints)
+        nu_hex_encode(r->last_checkpoint_head, 32, head, sizeof(head));
     printf("{\"ledger\":\"");
     cli__json_str(path);
     printf("\",\"ok\":%s,\"events\":%llu,\"certificates\":%llu,\"jobs\":%llu,"
            "\"chain_ok\":%s,\"certs_ok\":%s,\"counts_ok\":%s,\"schema_ok\":%s,"
+           "\"checkpoints\":%llu,\"checkpoints_checked\":%s,\"checkpoints_ok\":%s,"
+           "\"last_checkpoint\":\"%llu:%s\","
            "\"first_bad_seq\":%llu,\"problems\":%u,\"first_problem\":\"",
            ok ? "true" : "false", (unsigned long long)r->events,
            (unsigned long long)r->certificates, (unsigned long long)r->jobs,
            r->chain_ok ? "true" : "false", r->certs_ok ? "true" : "false",
            r->counts_ok ? "true" : "false", r->schema_ok ? "true" : "false",
-           (unsigned long long)r->first_bad_seq, r->problems);
+           (unsigned long long)r->checkpoints, r->checkpoints_checked ? "true" : "false",
+           r->checkpoints_ok ? "true" : "false", (unsigned long long)r->last_checkpoint_head_seq,
+           head, (unsigned long long)r->first_bad_seq, r->problems);
     cli__json_str(r->first_problem);
     printf("\"}\n");
 }
@@ -82,12 +177,12 @@ static void cli__print_json(const char *path, const struct cloud_ledger_verify_r
 static int cli__verify(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"dir", required_argument, NULL, 'd'}, {"json", no_argument, NULL, 'j'},
+        {"key", required_argument, NULL, 'k'}, {"checkpoint", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
     };
-    const char *dir_opt = NULL;
+    const char *dir_opt = NULL, *key_opt = NULL;
+    struct cli__anchor anchor = {0};
     int json = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -97,6 +192,16 @@ static int cli__verify(int argc, char **argv)
             break;
         case 'j':
             json = 1;
+            break;
+        case 'k':
+            key_opt = optarg;
+            break;
+        case 'c':
+            if (cli__parse_anchor(optarg, &anchor) != NU_OK) {
+                cli_errorf("audit verify: --checkpoint wants SEQ:HEAD (64 hex digits), not '%s'",
+                           optarg);
+                return CLI_EXIT_USAGE;
+            }
             break;
         case 'h':
             fputs(cli__verify_usage, stdout);
@@ -115,10 +220,29 @@ static int cli__verify(int argc, char **argv)
         return CLI_EXIT_USAGE;
     char path[PATH_MAX];
     struct cloud_ledger_verify_report report;
+    struct cloud_ledger_verify_opts opts = {.check_checkpoint = cli__check_checkpoint,
+                                            .ctx = &anchor};
+    int have_key = 0;
     memset(&report, 0, sizeof(report));
-    int rc = nu_paths_get(dir, NU_PATH_LEDGER, path, sizeof(path));
+    int rc = cli__load_key(dir, key_opt, &anchor, &have_key);
+    if (rc)
+        return cli_fail("audit verify", rc);
+    if (!have_key && anchor.have_anchor) {
+        cli_errorf("audit verify: --checkpoint needs the audit key (--key FILE)");
+        return CLI_EXIT_USAGE;
+    }
+    rc = nu_paths_get(dir, NU_PATH_LEDGER, path, sizeof(path));
     if (!rc)
-        rc = cloud_ledger_verify_path(path, &report);
+        rc = cloud_ledger_verify_path_opts(path, have_key ? &opts : NULL, &report);
+    if (rc == NU_OK && anchor.have_anchor && !anchor.anchor_seen) {
+        /* The report's own finding list is closed: this one is the CLI's. */
+        rc = NU_ERR_TAMPERED;
+        report.checkpoints_ok = 0;
+        report.problems++;
+        snprintf(report.first_problem, sizeof(report.first_problem),
+                 "no valid checkpoint of seq %llu with that head: the chain was rewritten",
+                 (unsigned long long)anchor.seq);
+    }
     if (rc && rc != NU_ERR_TAMPERED) {
         cli_errorf("audit verify: %s", path);
         return cli_fail("audit verify", rc);

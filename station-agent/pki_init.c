@@ -256,15 +256,17 @@ static int pki__make_cas(struct pki__run *r)
     return rc;
 }
 
-/* Secure-boot and package keys: only their public halves leave the HSM. */
+/* Secure-boot, package and audit keys: only their public halves leave the HSM. */
 static int pki__make_signing_keys(struct pki__run *r)
 {
     const struct {
         const char *label;
         enum nu_path_kind pub_path;
-    } keys[] = {{NU_PKI_KEY_SECURE_BOOT, NU_PATH_ROTPK}, {NU_PKI_KEY_PACKAGE, NU_PATH_PACKAGE_PUB}};
+    } keys[] = {{NU_PKI_KEY_SECURE_BOOT, NU_PATH_ROTPK},
+                {NU_PKI_KEY_PACKAGE, NU_PATH_PACKAGE_PUB},
+                {NU_PKI_KEY_AUDIT, NU_PATH_AUDIT_PUB}};
     char path[PATH_MAX], pem[512];
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         uint8_t pub[NU_P256_PUB_LEN];
         size_t pem_len = 0;
         int rc = nu_hsm_keygen_p256(r->hsm, keys[i].label, pub);

@@ -8,13 +8,12 @@
  * (tests/tools/mcuboot_verify.py: the MCUboot layout parsed as MCUboot
  * documents it, the ECDSA signature checked by the openssl command line
  * against rotpk.pem) and nu_mcuboot accept, and refuse with one byte changed
- * (also when the attacker rewrites the SHA256 TLV to match); a signed version cannot be signed again; `nusec job create`
- * writes packages whose signature verifies with DIR/pki/package-key.pem and
- * whose secrets open only with the programmer's package key; the programmer
- * downloads and decrypts exactly the image; wrong tokens, foreign
- * programmers, out-of-range chunks, moved chunks and closed jobs are refused;
- * pause/close are published retained. Chunk serving throughput to 1 and 8
- * programmers is printed next to the raw AES-256-GCM speed.
+ * (also when the attacker rewrites the SHA256 TLV to match); a signed version cannot be signed
+ * again; `nusec job create` writes packages whose signature verifies with DIR/pki/package-key.pem
+ * and whose secrets open only with the programmer's package key; the programmer downloads and
+ * decrypts exactly the image; wrong tokens, foreign programmers, out-of-range chunks, moved chunks
+ * and closed jobs are refused; pause/close are published retained. Chunk serving throughput to 1
+ * and 8 programmers is printed next to the raw AES-256-GCM speed.
  */
 #define _GNU_SOURCE /* memmem */
 #include "cloud_fixture.h"
@@ -159,8 +158,8 @@ static int resealed_hash_refused(const uint8_t pub[NU_P256_PUB_LEN], const uint8
     uint8_t digest[32], resealed[32];
     size_t hdr = (size_t)IMG[8] | (size_t)IMG[9] << 8;
     size_t prot = (size_t)IMG[10] | (size_t)IMG[11] << 8;
-    size_t body = (size_t)IMG[12] | (size_t)IMG[13] << 8 | (size_t)IMG[14] << 16 |
-                  (size_t)IMG[15] << 24;
+    size_t body =
+        (size_t)IMG[12] | (size_t)IMG[13] << 8 | (size_t)IMG[14] << 16 | (size_t)IMG[15] << 24;
     size_t hashed = hdr + body + prot;
     uint8_t *copy = malloc(IMG_LEN);
     int rc = -1;
@@ -973,6 +972,15 @@ static void test_pause_resume_close(void)
                                BIN, JOB, F.dir),
                     0);
     CU_ASSERT_TRUE(watch_state(NUSEC__V1__JOB_STATUS__JOB_STATUS_CLOSED, &retained));
+    /* The close is sealed: the next event is a checkpoint signed in the HSM,
+     * answered before the operator hears the job is closed. */
+    CU_ASSERT_EQUAL(nu_test_sh("test \"$(sqlite3 %s \"select kind from audit_events where seq = "
+                               "1 + (select seq from audit_events where kind = 'job.closed' "
+                               "and job_id = '%s')\")\" = audit.checkpoint",
+                               F.ledger, JOB),
+                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s/nusec audit verify --dir %s | grep -q '^checkpoints *ok, '", BIN, F.dir), 0);
     CU_ASSERT_EQUAL(chunk(&c, JOB, TOKENS[2], TOKEN_LEN[2], 0, &r), NU_ERR_JOB_NOT_ACTIVE);
     CU_ASSERT_EQUAL(manifest(&c, JOB, TOKENS[2], TOKEN_LEN[2], &r), NU_ERR_JOB_NOT_ACTIVE);
     CU_ASSERT_EQUAL(nu_test_sh("%s/nusec job resume %s --dir %s 2>/dev/null", BIN, JOB, F.dir), 1);

@@ -953,11 +953,51 @@ static void test_kill9_leaves_a_consistent_ledger(void)
 
 /* ------------------------------------------------------------ restart, revoke */
 
+/* The last audit event is a checkpoint after seq `after` (within ~5 s). */
+static int checkpoint_after(long long after)
+{
+    return nu_test_sh("for i in $(seq 50); do "
+                      "last=$(sqlite3 %s 'select seq || \" \" || kind from audit_events "
+                      "order by seq desc limit 1'); "
+                      "[ \"${last#* }\" = audit.checkpoint ] && [ \"${last%% *}\" -gt %lld ] "
+                      "&& exit 0; sleep 0.1; done; exit 1",
+                      F.ledger, after);
+}
+
+static long long last_seq(void)
+{
+    char out[CF_PATH_MAX + 32];
+    long long seq = -1;
+    snprintf(out, sizeof(out), "%s/seq.out", F.tmp);
+    if (nu_test_sh("sqlite3 %s 'select max(seq) from audit_events' > %s", F.ledger, out) == 0) {
+        FILE *f = fopen(out, "r");
+        if (f && fscanf(f, "%lld", &seq) != 1)
+            seq = -1;
+        if (f)
+            fclose(f);
+    }
+    return seq;
+}
+
 static void test_restart_answers_the_same(void)
 {
     Nusec__V1__Envelope *r = NULL;
     CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0); /* SIGTERM: clean exit (and no leak under ASan) */
+    /* A clean stop signs what it leaves. */
+    CU_ASSERT_EQUAL(checkpoint_after(0), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("echo 'checkpoint_interval_s = 1' > %s/cloud/cloud.conf", F.dir), 0);
     CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    nu_test_sh("rm -f %s/cloud/cloud.conf", F.dir); /* read at start: later restarts default */
+    /* Anything new (here an audited refusal) is signed within the interval. */
+    long long before = last_seq();
+    CU_ASSERT(before > 0);
+    CU_ASSERT_EQUAL(
+        cf_cert_request(&c1, "job-nosuch", UID1, sizeof(UID1), csr1, csr1_len, NULL, 0, &r),
+        NU_ERR_NOT_FOUND);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL(checkpoint_after(before + 1), 0);
     /* start-up repaired the broker's list from the ledger (prog-3) */
     CU_ASSERT_EQUAL(nu_test_sh("grep -qx prog-3 %s/broker/revoked", F.dir), 0);
     CU_ASSERT_EQUAL_FATAL(
