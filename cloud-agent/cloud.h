@@ -79,6 +79,10 @@ struct cloud {
      * agents on the same file still meet at SQLite's write lock. */
     pthread_mutex_t issue_lock;
     struct cloud_fw_cache *fw_cache; /* firmware images served from memory (cloud_firmware.c) */
+    pthread_mutex_t crl_lock;        /* device CRL: one build at a time (cloud_devcrl.c) */
+    uint64_t crl_at_ms;              /* when the last device CRL was issued */
+    uint64_t crl_tried_at_ms;        /* when the last attempt was made */
+    int crl_dirty;                   /* the last attempt failed: the tick retries */
     volatile int stopping;
 };
 
@@ -179,6 +183,19 @@ void cloud_firmware_stop(struct cloud *cloud);
  * Errors: those of cloud_ledger_checkpoint and the HSM.
  */
 int cloud_checkpoint(struct cloud *cloud, struct cloud_ledger *ledger, const char *why);
+
+/*
+ * Issue the device CRL now from the ledger's revoked certificates: signed by
+ * the Device CA in the HSM, written to DIR/pki/device-crl.pem and published
+ * retained on nusec/v1/crl/device (DeviceCrl). On failure the next
+ * cloud_device_crl_refresh retries. `why` goes to the log (cloud_devcrl.c).
+ * Errors: those of the ledger, cloud_crl_build, the file write and publish.
+ */
+int cloud_device_crl_update(struct cloud *cloud, struct cloud_ledger *ledger, const char *why);
+
+/* cloud_device_crl_update when the last one failed or is half-way to its
+ * nextUpdate (a week); for the maintenance tick. */
+int cloud_device_crl_refresh(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /* Configuration: defaults, then DIR/cloud/cloud.conf if it exists. */
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out_cfg);

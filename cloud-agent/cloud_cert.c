@@ -665,6 +665,8 @@ static int cert__device_revoke(struct cloud_call *call)
         return cloud_fail(call, rc, "already revoked");
     if (rc)
         return cloud_fail(call, rc, "revocation not recorded");
+    /* Recorded: a CRL failure is logged and retried by the tick, not a refusal. */
+    (void)cloud_device_crl_update(call->cloud, call->ledger, "device revoked");
     Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
     ev.kind = "device.revoked";
     ev.job_id = (char *)job;

@@ -56,6 +56,7 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
             (void)cloud_checkpoint(cloud, ledger, "periodic");
             next = nu_mono_ms() + interval_ms;
         }
+        (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
     }
 }
 
@@ -95,8 +96,10 @@ static int cloud__run(struct cloud *cloud)
         return rc;
     }
     nu_info("serving requests as %s (%u workers)", client_id, cloud->cfg.workers);
-    /* Whatever a crash left unsigned (e.g. a job closed just before it). */
+    /* Whatever a crash left unsigned (e.g. a job closed just before it), and
+     * a fresh device CRL (a revocation may have been recorded just before). */
     (void)cloud_checkpoint(cloud, ledger, "start");
+    (void)cloud_device_crl_update(cloud, ledger, "start");
     int sig = cloud__serve_until_signal(cloud, ledger);
     nu_info("signal %d: draining and stopping", sig);
     cloud_stop(cloud);
@@ -163,7 +166,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct cloud cloud = {.dir = dir};
+    struct cloud cloud = {.dir = dir, .crl_lock = PTHREAD_MUTEX_INITIALIZER};
     snprintf(cloud.id, sizeof(cloud.id), "%s", NU_ROLE_CLOUD);
     int rc = cloud_config_load(dir, config, &cloud.cfg);
     if (!rc)

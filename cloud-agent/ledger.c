@@ -283,6 +283,8 @@ static const char *const ledger__reserved_kinds[] = {
                        " WHERE job_id = ?1 AND device_uid = ?2")                                   \
     X(CERT_LIST_JOB, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE job_id = ?1"             \
                      " ORDER BY issued_at_ms, serial")                                             \
+    X(CERT_LIST_REVOKED, "SELECT " LEDGER_CERT_COLS " FROM certificates"                           \
+                         " WHERE state = 'revoked' ORDER BY revoked_at_ms, serial")                \
     X(CERT_LIST_UID, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE device_uid = ?1"         \
                      " ORDER BY issued_at_ms, serial")                                             \
     X(CERT_STATE, "UPDATE certificates SET state = ?2, state_at_ms = ?3, detail = ?4"              \
@@ -2919,6 +2921,25 @@ int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, cons
         ledger__bind_blob(st, 1, uid, uid_len);
     rc = ledger__walk(ledger, st, ledger__cert_row_v, ledger->cert, ledger__cert_visit_v, &lv);
 out:
+    ledger__rollback(ledger);
+    return rc;
+}
+
+int cloud_ledger_cert_list_revoked(struct cloud_ledger *ledger, cloud_ledger_cert_visit_fn visit,
+                                   void *ctx)
+{
+    struct ledger_visit lv = {(void *)visit, ctx};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!ledger || !visit)
+        return NU_ERR_INVALID_ARG;
+    /* Revocations are rare and the CRL is rebuilt only then: a scan is fine. */
+    rc = ledger__begin(ledger, 0);
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_CERT_LIST_REVOKED, &st);
+    if (rc == NU_OK)
+        rc = ledger__walk(ledger, st, ledger__cert_row_v, ledger->cert, ledger__cert_visit_v, &lv);
     ledger__rollback(ledger);
     return rc;
 }

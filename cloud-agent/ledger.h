@@ -641,6 +641,14 @@ int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, cons
                            size_t uid_len, cloud_ledger_cert_visit_fn visit, void *ctx);
 
 /*
+ * Every revoked device certificate (for the device CRL), ordered by
+ * revocation time, in one snapshot.
+ * Errors: INVALID_ARG, NOMEM, DB, or the visitor's value.
+ */
+int cloud_ledger_cert_list_revoked(struct cloud_ledger *ledger, cloud_ledger_cert_visit_fn visit,
+                                   void *ctx);
+
+/*
  * A programmer's device report: the certificate is now provisioned or
  * failed (event cert.provisioned / cert.failed). The reporter must hold an
  * allocation in the certificate's job. Allowed: issued -> provisioned|failed,

@@ -797,6 +797,83 @@ static void test_retained_job_state(void)
     free(in.last);
 }
 
+/* The device certificate of `uid` in job-a, written as PEM to `path`. */
+static int device_cert_pem(const uint8_t *uid, size_t uid_len, const char *path)
+{
+    Nusec__V1__DeviceListRequest req = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
+    Nusec__V1__Envelope *r = NULL;
+    req.job_id = "job-a";
+    req.device_uid = (ProtobufCBinaryData){uid_len, (uint8_t *)uid};
+    int rc = cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0);
+    if (rc == NU_OK && r->device_list->n_devices != 1)
+        rc = NU_ERR_NOT_FOUND;
+    if (rc == NU_OK)
+        rc = cf_write_cert_pem(path, r->device_list->devices[0]->certificate_der.data,
+                               r->device_list->devices[0]->certificate_der.len);
+    nu_envelope_free(r);
+    return rc;
+}
+
+/* After device.revoke (UID3): a CRL signed by the Device CA in the HSM, in
+ * DIR/pki/device-crl.pem and retained on nusec/v1/crl/device, that openssl
+ * verifies and that revokes exactly that device. */
+static void test_device_crl(void)
+{
+    char revoked[CF_PATH_MAX + 32], good[CF_PATH_MAX + 32], der_path[CF_PATH_MAX + 32];
+    struct cf_client mon;
+    struct inbox in = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    snprintf(revoked, sizeof(revoked), "%s/revoked.pem", F.tmp);
+    snprintf(good, sizeof(good), "%s/good.pem", F.tmp);
+    snprintf(der_path, sizeof(der_path), "%s/crl.der", F.tmp);
+    CU_ASSERT_EQUAL_FATAL(device_cert_pem(UID3, sizeof(UID3), revoked), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(device_cert_pem(UID1, sizeof(UID1), good), NU_OK);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("openssl crl -in %s/pki/device-crl.pem -CAfile %s/pki/device-chain.pem "
+                   "-noout 2>&1 | grep -q 'verify OK'",
+                   F.dir, F.dir),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("openssl verify -crl_check -CRLfile %s/pki/device-crl.pem -CAfile "
+                               "%s/pki/device-chain.pem %s 2>&1 | grep -q 'certificate revoked'",
+                               F.dir, F.dir, revoked),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("openssl verify -crl_check -CRLfile %s/pki/device-crl.pem -CAfile "
+                               "%s/pki/device-chain.pem %s >/dev/null 2>&1",
+                               F.dir, F.dir, good),
+                    0);
+    /* "key compromise" names a CRLReason: the entry carries it. */
+    CU_ASSERT_EQUAL(nu_test_sh("openssl crl -in %s/pki/device-crl.pem -noout -text | "
+                               "grep -q 'Key Compromise'",
+                               F.dir),
+                    0);
+    /* The same CRL, retained for programmers and OEM tools on the bus. */
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "oem", NULL, NULL, &mon), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(mon.m, "nusec/v1/crl/device", 1, on_job, &in), NU_OK);
+    for (int i = 0; i < 100; i++) {
+        pthread_mutex_lock(&in.lock);
+        size_t n = in.len;
+        pthread_mutex_unlock(&in.lock);
+        if (n)
+            break;
+        usleep(20000);
+    }
+    cf_client_close(&mon);
+    Nusec__V1__Envelope *env = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(in.last, in.len, &env, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(env->body_case, NUSEC__V1__ENVELOPE__BODY_DEVICE_CRL);
+    CU_ASSERT(env->device_crl->this_update_ms > 0);
+    CU_ASSERT_EQUAL(nu_file_write_atomic(der_path, env->device_crl->crl_der.data,
+                                         env->device_crl->crl_der.len, 0644),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_test_sh("openssl crl -inform DER -in %s -CAfile %s/pki/device-chain.pem "
+                               "-noout 2>&1 | grep -q 'verify OK' && "
+                               "test \"$(openssl crl -inform DER -in %s -noout -text | "
+                               "grep -c 'Serial Number')\" = 1",
+                               der_path, F.dir, der_path),
+                    0);
+    nu_envelope_free(env);
+    free(in.last);
+}
+
 /* ------------------------------------------------------------ concurrency */
 
 #define CONC_PROGS 8
@@ -1135,6 +1212,7 @@ int main(void)
         {"device reports", test_device_reports},
         {"device.list and device.revoke", test_device_list_and_revoke},
         {"retained job state", test_retained_job_state},
+        {"device CRL: signed, retained, revokes the device", test_device_crl},
         {"8 concurrent programmers never overshoot", test_concurrent_programmers_never_overshoot},
         {"kill -9 while issuing leaves a consistent ledger", test_kill9_leaves_a_consistent_ledger},
         {"a restart answers the same certificate", test_restart_answers_the_same},

@@ -1460,6 +1460,12 @@ static void test_cert_report_list_revoke(void)
     CU_ASSERT_EQUAL(cloud_ledger_cert_revoke(l, &by_uid, "again", "oem-1", T0 + 71), NU_ERR_STATE);
     CU_ASSERT_EQUAL(cloud_ledger_cert_report(l, &by_uid, 1, NULL, "prog-1", T0 + 72), NU_ERR_STATE);
     CU_ASSERT_EQUAL(events(l, "cert.revoked").count, 1);
+    /* What the device CRL is built from: exactly the revoked one. */
+    cs.n = 0;
+    CU_ASSERT_EQUAL(cloud_ledger_cert_list_revoked(l, cert_visit, &cs), NU_OK);
+    CU_ASSERT_EQUAL(cs.n, 1);
+    CU_ASSERT_STRING_EQUAL(cs.first, c.serial);
+    CU_ASSERT_EQUAL(cloud_ledger_cert_list_revoked(l, NULL, &cs), NU_ERR_INVALID_ARG);
     CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 3); /* quota is not given back */
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
