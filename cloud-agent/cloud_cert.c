@@ -38,6 +38,8 @@
 #include "nu_util.h"
 #include "nu_x509.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -527,6 +529,7 @@ struct cert__list {
     struct cert__dev *devs;
     Nusec__V1__DeviceCertificate **ptrs;
     size_t n, cap, bytes;
+    int more; /* a page ended before the list did */
 };
 
 static const char *cert__state_name(enum cloud_ledger_cert_state s)
@@ -548,10 +551,25 @@ static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
 {
     struct cert__list *l = ctx;
     size_t fixed = strlen(c->job_id) + strlen(c->serial) + c->device_uid_len + 48;
-    if (l->n == l->cap || l->bytes + fixed > CERT__LIST_BUDGET)
-        return NU_ERR_LIMIT;
     struct cert__dev *d = &l->devs[l->n];
+    uint8_t *der = NULL;
     size_t der_len = 0;
+    if (l->n == l->cap || l->bytes + fixed > CERT__LIST_BUDGET) {
+        l->more = 1;
+        return NU_ERR_LIMIT;
+    }
+    /* Every listed device carries its certificate: the page ends before one
+     * that does not fit, and the next page starts with it. */
+    int rc = nu_x509_pem_to_der(c->pem, strlen(c->pem), NU_X509_PEM_CERT, &der, &der_len, NULL);
+    if (rc != NU_OK) {
+        nu_error("device.list: certificate %s in the ledger does not parse", c->serial);
+        return rc;
+    }
+    if (l->bytes + fixed + der_len > CERT__LIST_BUDGET) {
+        free(der);
+        l->more = 1;
+        return NU_ERR_LIMIT;
+    }
     nusec__v1__device_certificate__init(&d->msg);
     snprintf(d->job, sizeof(d->job), "%s", c->job_id);
     snprintf(d->serial, sizeof(d->serial), "%s", c->serial);
@@ -562,16 +580,33 @@ static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
     d->msg.device_uid.len = c->device_uid_len;
     d->msg.state = (char *)cert__state_name(c->state);
     d->msg.issued_at_ms = c->issued_at_ms;
-    /* The certificate itself while the answer has room; the rest is listed
-     * without it (export those by UID). */
-    if (!nu_x509_pem_to_der(c->pem, strlen(c->pem), NU_X509_PEM_CERT, &d->der, &der_len, NULL) &&
-        l->bytes + fixed + der_len <= CERT__LIST_BUDGET) {
-        d->msg.certificate_der.data = d->der;
-        d->msg.certificate_der.len = der_len;
-        l->bytes += der_len;
-    }
-    l->bytes += fixed;
+    d->der = der;
+    d->msg.certificate_der.data = der;
+    d->msg.certificate_der.len = der_len;
+    l->bytes += fixed + der_len;
     l->ptrs[l->n++] = &d->msg;
+    return NU_OK;
+}
+
+/* page_after / next_page: "ISSUED_AT_MS:SERIAL", opaque to clients. */
+static int cert__cursor_parse(const char *text, struct cloud_ledger_cert_cursor *out)
+{
+    const char *colon = strchr(text, ':');
+    char ms[24];
+    size_t serial_len = colon ? strlen(colon + 1) : 0;
+    if (!colon || colon == text || (size_t)(colon - text) >= sizeof(ms) || serial_len == 0 ||
+        serial_len >= sizeof(out->serial))
+        return NU_ERR_INVALID_ARG;
+    memcpy(ms, text, (size_t)(colon - text));
+    ms[colon - text] = '\0';
+    if (nu_parse_uint(ms, 0, INT64_MAX, &out->issued_at_ms) != NU_OK)
+        return NU_ERR_INVALID_ARG;
+    memcpy(out->serial, colon + 1, serial_len + 1);
+    for (size_t i = 0; i < serial_len; i++) {
+        char ch = out->serial[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
+            return NU_ERR_INVALID_ARG;
+    }
     return NU_OK;
 }
 
@@ -587,21 +622,31 @@ static int cert__device_list(struct cloud_call *call)
     if (r->device_uid.len > CLOUD_LEDGER_UID_MAX)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "device UID over %d bytes",
                           CLOUD_LEDGER_UID_MAX);
+    struct cloud_ledger_cert_cursor after;
+    int paged = r->page_after && r->page_after[0];
+    if (paged && cert__cursor_parse(r->page_after, &after) != NU_OK)
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "page_after is not a page cursor");
     struct cert__list l = {.cap = NU_ENVELOPE_LIST_MAX};
+    char next[24 + CLOUD_LEDGER_SERIAL_MAX + 1] = "";
+    if (r->page_size && r->page_size < l.cap)
+        l.cap = r->page_size;
     l.devs = calloc(l.cap, sizeof(*l.devs));
     l.ptrs = calloc(l.cap, sizeof(*l.ptrs));
     int rc = (l.devs && l.ptrs) ? NU_OK : NU_ERR_NOMEM;
     if (!rc)
-        rc =
-            cloud_ledger_cert_list(call->ledger, job, uid, r->device_uid.len, cert__list_visit, &l);
-    if (rc == NU_ERR_LIMIT) {
-        nu_warn("device.list: answer truncated at %zu devices", l.n);
+        rc = cloud_ledger_cert_list_after(call->ledger, job, uid, r->device_uid.len,
+                                          paged ? &after : NULL, cert__list_visit, &l);
+    if (rc == NU_ERR_LIMIT && l.more && l.n) {
+        const Nusec__V1__DeviceCertificate *last = l.ptrs[l.n - 1];
+        snprintf(next, sizeof(next), "%llu:%s", (unsigned long long)last->issued_at_ms,
+                 last->serial);
         rc = NU_OK;
     }
     if (!rc) {
         Nusec__V1__DeviceList resp = NUSEC__V1__DEVICE_LIST__INIT;
         resp.n_devices = l.n;
         resp.devices = l.ptrs;
+        resp.next_page = next;
         rc = cloud_reply(call, &resp.base);
     } else {
         rc = cloud_fail(call, rc, "cannot list the devices");

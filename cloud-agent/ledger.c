@@ -282,10 +282,12 @@ static const char *const ledger__reserved_kinds[] = {
     X(CERT_BY_JOB_UID, "SELECT " LEDGER_CERT_COLS " FROM certificates"                             \
                        " WHERE job_id = ?1 AND device_uid = ?2")                                   \
     X(CERT_LIST_JOB, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE job_id = ?1"             \
+                     " AND (issued_at_ms > ?2 OR (issued_at_ms = ?2 AND serial > ?3))"             \
                      " ORDER BY issued_at_ms, serial")                                             \
     X(CERT_LIST_REVOKED, "SELECT " LEDGER_CERT_COLS " FROM certificates"                           \
                          " WHERE state = 'revoked' ORDER BY revoked_at_ms, serial")                \
     X(CERT_LIST_UID, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE device_uid = ?1"         \
+                     " AND (issued_at_ms > ?2 OR (issued_at_ms = ?2 AND serial > ?3))"             \
                      " ORDER BY issued_at_ms, serial")                                             \
     X(CERT_STATE, "UPDATE certificates SET state = ?2, state_at_ms = ?3, detail = ?4"              \
                   " WHERE serial = ?1")                                                            \
@@ -2892,19 +2894,32 @@ static int ledger__cert_visit_v(void *v, const void *item)
 int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, const uint8_t *uid,
                            size_t uid_len, cloud_ledger_cert_visit_fn visit, void *ctx)
 {
+    return cloud_ledger_cert_list_after(ledger, job_id, uid, uid_len, NULL, visit, ctx);
+}
+
+int cloud_ledger_cert_list_after(struct cloud_ledger *ledger, const char *job_id,
+                                 const uint8_t *uid, size_t uid_len,
+                                 const struct cloud_ledger_cert_cursor *after,
+                                 cloud_ledger_cert_visit_fn visit, void *ctx)
+{
     struct ledger_visit lv = {(void *)visit, ctx};
     sqlite3_stmt *st = NULL;
     int rc;
 
     if (!ledger || !visit || (!job_id && !uid) || (uid && uid_len == 0))
         return NU_ERR_INVALID_ARG;
+    if (after && (!ledger__time_ok(after->issued_at_ms) ||
+                  strnlen(after->serial, sizeof(after->serial)) == sizeof(after->serial)))
+        return NU_ERR_INVALID_ARG;
     if (uid && uid_len > CLOUD_LEDGER_UID_MAX)
         return NU_ERR_TOO_LARGE;
     if (job_id && (rc = ledger__id_check(job_id)) != NU_OK)
         return rc;
     if (job_id && uid) {
-        /* At most one per (job, UID). */
+        /* At most one per (job, UID): one page. */
         struct cloud_ledger_cert_ref ref = {NULL, job_id, uid, uid_len};
+        if (after)
+            return NU_OK;
         rc = ledger__cert_find(ledger, &ref, ledger->cert);
         if (rc == NU_ERR_NOT_FOUND)
             return NU_OK;
@@ -2919,6 +2934,9 @@ int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, cons
         ledger__bind_text(st, 1, job_id);
     else
         ledger__bind_blob(st, 1, uid, uid_len);
+    /* No cursor: before every row (issue times are >= 0). */
+    sqlite3_bind_int64(st, 2, after ? (sqlite3_int64)after->issued_at_ms : -1);
+    ledger__bind_text(st, 3, after ? after->serial : "");
     rc = ledger__walk(ledger, st, ledger__cert_row_v, ledger->cert, ledger__cert_visit_v, &lv);
 out:
     ledger__rollback(ledger);

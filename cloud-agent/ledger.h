@@ -640,6 +640,24 @@ typedef int (*cloud_ledger_cert_visit_fn)(void *ctx, const struct cloud_ledger_c
 int cloud_ledger_cert_list(struct cloud_ledger *ledger, const char *job_id, const uint8_t *uid,
                            size_t uid_len, cloud_ledger_cert_visit_fn visit, void *ctx);
 
+/* A position in that order: the last certificate of a page. */
+struct cloud_ledger_cert_cursor {
+    uint64_t issued_at_ms;
+    char serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+};
+
+/*
+ * cloud_ledger_cert_list from just after `after` (NULL = from the start), for
+ * paging: the visitor stops a page by returning an error of its choice
+ * (e.g. LIMIT), which is returned, and the caller resumes after the last
+ * certificate it kept. Errors: as cloud_ledger_cert_list; INVALID_ARG for a
+ * bad cursor.
+ */
+int cloud_ledger_cert_list_after(struct cloud_ledger *ledger, const char *job_id,
+                                 const uint8_t *uid, size_t uid_len,
+                                 const struct cloud_ledger_cert_cursor *after,
+                                 cloud_ledger_cert_visit_fn visit, void *ctx);
+
 /*
  * Every revoked device certificate (for the device CRL), ordered by
  * revocation time, in one snapshot.

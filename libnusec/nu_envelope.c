@@ -180,7 +180,9 @@ static const struct nu__rule nu__rules[] = {
     NU__TEXT(DeviceRevokeRequest, device_revoke_request, reason, NU__TXT),
     NU__ID(DeviceListRequest, device_list_request, job_id, 0),
     NU__BYTES(DeviceListRequest, device_list_request, device_uid, 0, NU__UID),
+    NU__TEXT(DeviceListRequest, device_list_request, page_after, 96), /* "ms:serial" cursor */
     NU__COUNT(DeviceList, device_list, devices, NU_ENVELOPE_LIST_MAX),
+    NU__TEXT(DeviceList, device_list, next_page, 96),
     NU__ID(DeviceCertificate, device_certificate, job_id, 1),
     NU__BYTES(DeviceCertificate, device_certificate, device_uid, 1, NU__UID),
     NU__ID(DeviceCertificate, device_certificate, serial, 0),

@@ -57,3 +57,38 @@ int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, 
                    detail);
     return rc;
 }
+
+int cli_device_list_all(struct cli_cloud *c, const char *job, const uint8_t *uid, size_t uid_len,
+                        uint32_t page_size, cli_device_visit_fn visit, void *ctx, size_t *out_count)
+{
+    Nusec__V1__DeviceListRequest req = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
+    char after[128] = "";
+    size_t count = 0;
+    int rc = NU_OK;
+    req.job_id = (char *)(job ? job : "");
+    req.device_uid.data = (uint8_t *)uid;
+    req.device_uid.len = uid_len;
+    req.page_size = page_size;
+    do {
+        Nusec__V1__Envelope *reply = NULL;
+        req.page_after = after;
+        rc = cli_cloud_call(c, "device.list", &req.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
+                            &reply);
+        const Nusec__V1__DeviceList *l = rc ? NULL : reply->device_list;
+        for (size_t i = 0; l && !rc && i < l->n_devices; i++)
+            rc = visit(ctx, l->devices[i], count++);
+        const char *next = l && l->next_page ? l->next_page : "";
+        /* A cursor that does not move, or an empty page that says "more",
+         * would loop for ever: a broken answer, not a long list. */
+        if (!rc && *next &&
+            (!l->n_devices || !strcmp(next, after) || strlen(next) >= sizeof(after))) {
+            cli_errorf("device.list: the cloud's answer pages in a loop");
+            rc = NU_ERR_DECODE;
+        }
+        snprintf(after, sizeof(after), "%s", rc ? "" : next);
+        nu_envelope_free(reply);
+    } while (!rc && after[0]);
+    if (out_count)
+        *out_count = count;
+    return rc;
+}

@@ -34,6 +34,21 @@ void cli_cloud_close(struct cli_cloud *c);
 int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
                    Nusec__V1__Envelope **out_reply);
 
+/* One device of a listing; index counts across pages from 0. */
+typedef int (*cli_device_visit_fn)(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index);
+
+/*
+ * Every device certificate of a job and/or a UID (job NULL/"" or uid_len 0
+ * for "any"), fetched page by page with device.list (page_size devices per
+ * request, 0 = the cloud's maximum); visit is called for
+ * each in issue order and may stop the walk by returning non-zero (that
+ * value is returned). *out_count (may be NULL) is the number visited.
+ * Errors: those of cli_cloud_call, DECODE (the cloud's paging went wrong).
+ */
+int cli_device_list_all(struct cli_cloud *c, const char *job, const uint8_t *uid, size_t uid_len,
+                        uint32_t page_size, cli_device_visit_fn visit, void *ctx,
+                        size_t *out_count);
+
 /*
  * Write a device certificate from a DeviceList answer to DIR/JOB-UIDHEX.pem
  * (0644, replaced if present). Prints the reason on failure.

@@ -17,17 +17,19 @@
 
 static const char cli__list_usage[] =
     "usage: nusec device list (--job JOB | --uid HEX | both) [--json] [--certs DIR]\n"
-    "                         [--dir DIR]\n"
+    "                         [--page-size N] [--dir DIR]\n"
     "\n"
     "List the device certificates of a job, of a device UID in every job, or of\n"
     "one UID in one job: UID (hex), job, serial, state (issued, provisioned,\n"
-    "failed, revoked) and issue time (UTC). At most 1024 devices per answer.\n"
+    "failed, revoked) and issue time (UTC), in issue order. Long lists come from\n"
+    "the cloud page by page; all of them are printed.\n"
     "\n"
     "  --job JOB     the job's certificates\n"
     "  --uid HEX     the certificates of this device UID (hex, up to 64 bytes)\n"
     "  --json        a JSON array, one object per certificate:\n"
     "                {\"uid\",\"job\",\"serial\",\"state\",\"issued_at_ms\"}\n"
     "  --certs DIR   also write each certificate to DIR/JOB-UID.pem\n"
+    "  --page-size N devices per request to the cloud (default: as many as fit)\n"
     "  --dir DIR     state directory (default: $NUSEC_HOME)\n"
     "  -h, --help    this text\n"
     "\n"
@@ -39,7 +41,11 @@ static const char cli__revoke_usage[] =
     "Revoke the certificate of the device with UID (hex): the one job JOB issued,\n"
     "or without --job the UID's only certificate (refused when the UID is in\n"
     "several jobs). The quota it used is not returned. The revocation is in the\n"
-    "ledger and the audit trail (a signed device CRL is not published yet).\n"
+    "ledger and the audit trail, and the cloud re-issues the device CRL (signed by\n"
+    "the Device CA in the HSM: DIR/pki/device-crl.pem, retained on\n"
+    "nusec/v1/crl/device). A reason that names an RFC 5280 CRLReason\n"
+    "(key-compromise, superseded, cessation-of-operation, affiliation-changed,\n"
+    "privilege-withdrawn) is carried in the CRL entry.\n"
     "\n"
     "  --job JOB      the job that issued the certificate\n"
     "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
@@ -56,16 +62,22 @@ struct cli__opts {
     const char *reason;
     const char *certs;
     int json;
+    uint32_t page_size; /* 0 = the cloud's maximum */
 };
 
 /* 0 = parsed, -1 = help printed, else the exit code of a usage error. */
 static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts *o)
 {
     static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},   {"job", required_argument, NULL, 'j'},
-        {"uid", required_argument, NULL, 'u'},   {"reason", required_argument, NULL, 'r'},
-        {"certs", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"dir", required_argument, NULL, 'd'},
+        {"job", required_argument, NULL, 'j'},
+        {"uid", required_argument, NULL, 'u'},
+        {"reason", required_argument, NULL, 'r'},
+        {"certs", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'J'},
+        {"page-size", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     optind = 1;
@@ -89,6 +101,15 @@ static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts
         case 'J':
             o->json = 1;
             break;
+        case 'p': {
+            uint64_t n = 0;
+            if (nu_parse_uint(optarg, 1, 100000, &n) != NU_OK) {
+                cli_errorf("--page-size wants 1..100000, not '%s'", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            o->page_size = (uint32_t)n;
+            break;
+        }
         case 'h':
             fputs(usage, stdout);
             return -1;
@@ -135,39 +156,27 @@ int cli_device_cert_export(const char *dir, const Nusec__V1__DeviceCertificate *
         rc = nu_file_write_atomic(path, pem, len, 0644);
     free(pem);
     if (rc)
-        cli_errorf("cannot export the certificate of %s to %s: %s (%s)", uid, dir,
-                   nu_err_str(rc), nu_err_name(rc));
+        cli_errorf("cannot export the certificate of %s to %s: %s (%s)", uid, dir, nu_err_str(rc),
+                   nu_err_name(rc));
     return rc;
 }
 
-static int cli__print(const Nusec__V1__DeviceList *l, const struct cli__opts *o)
+/* One row of `device list` (text or JSON), and its export with --certs. */
+static int cli__print_one(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index)
 {
-    int failed = 0;
+    const struct cli__opts *o = ctx;
+    char uid[2 * CLI__UID_MAX + 1] = "", when[32];
+    nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
+    cli_utc(d->issued_at_ms, when, sizeof(when));
     /* uid is hex, job and serial identifiers, state a fixed word: nothing to escape. */
     if (o->json)
-        printf("[");
+        printf("%s\n{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
+               "\"issued_at_ms\":%llu}",
+               index ? "," : "", uid, d->job_id, d->serial, d->state,
+               (unsigned long long)d->issued_at_ms);
     else
-        printf("%-32s %-20s %-32s %-11s %s\n", "UID", "JOB", "SERIAL", "STATE", "ISSUED");
-    for (size_t i = 0; i < l->n_devices; i++) {
-        const Nusec__V1__DeviceCertificate *d = l->devices[i];
-        char uid[2 * CLI__UID_MAX + 1] = "", when[32];
-        nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
-        cli_utc(d->issued_at_ms, when, sizeof(when));
-        if (o->json)
-            printf("%s\n{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
-                   "\"issued_at_ms\":%llu}",
-                   i ? "," : "", uid, d->job_id, d->serial, d->state,
-                   (unsigned long long)d->issued_at_ms);
-        else
-            printf("%-32s %-20s %-32s %-11s %s\n", uid, d->job_id, d->serial, d->state, when);
-        if (o->certs && cli_device_cert_export(o->certs, d))
-            failed = 1;
-    }
-    if (o->json)
-        printf("%s]\n", l->n_devices ? "\n" : "");
-    if (l->n_devices >= 1024)
-        cli_errorf("device list: the answer holds at most 1024 devices; narrow with --uid");
-    return failed;
+        printf("%-32s %-20s %-32s %-11s %s\n", uid, d->job_id, d->serial, d->state, when);
+    return o->certs ? cli_device_cert_export(o->certs, d) : 0;
 }
 
 static int cli__list(int argc, char **argv)
@@ -195,16 +204,14 @@ static int cli__list(int argc, char **argv)
     struct cli_cloud cc;
     if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
-    Nusec__V1__DeviceListRequest req = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
-    Nusec__V1__Envelope *reply = NULL;
-    req.job_id = (char *)(o.job ? o.job : "");
-    req.device_uid.data = uid;
-    req.device_uid.len = uid_len;
-    rc = cli_cloud_call(&cc, "device.list", &req.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
-                        &reply);
-    if (!rc)
-        rc = cli__print(reply->device_list, &o);
-    nu_envelope_free(reply);
+    size_t n = 0;
+    if (o.json)
+        printf("[");
+    else
+        printf("%-32s %-20s %-32s %-11s %s\n", "UID", "JOB", "SERIAL", "STATE", "ISSUED");
+    rc = cli_device_list_all(&cc, o.job, uid, uid_len, o.page_size, cli__print_one, &o, &n);
+    if (o.json)
+        printf("%s]\n", n ? "\n" : "");
     cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }

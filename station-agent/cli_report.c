@@ -28,20 +28,27 @@ struct cli__outcomes {
     unsigned issued, provisioned, failed, revoked, listed;
 };
 
-static void cli__count(const Nusec__V1__DeviceList *l, struct cli__outcomes *o)
+struct cli__tally {
+    struct cli__outcomes o;
+    const char *certs; /* export folder, or NULL */
+};
+
+/* Count one device's outcome (and export its certificate with --certs). */
+static int cli__count(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index)
 {
-    for (size_t i = 0; i < l->n_devices; i++) {
-        const char *st = l->devices[i]->state ? l->devices[i]->state : "";
-        o->listed++;
-        if (!strcmp(st, "provisioned"))
-            o->provisioned++;
-        else if (!strcmp(st, "failed"))
-            o->failed++;
-        else if (!strcmp(st, "revoked"))
-            o->revoked++;
-        else
-            o->issued++;
-    }
+    struct cli__tally *t = ctx;
+    const char *st = d->state ? d->state : "";
+    (void)index;
+    t->o.listed++;
+    if (!strcmp(st, "provisioned"))
+        t->o.provisioned++;
+    else if (!strcmp(st, "failed"))
+        t->o.failed++;
+    else if (!strcmp(st, "revoked"))
+        t->o.revoked++;
+    else
+        t->o.issued++;
+    return t->certs ? cli_device_cert_export(t->certs, d) : 0;
 }
 
 /* "active", "exhausted"... from the wire enum's own names. */
@@ -88,12 +95,9 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
 static int cli__report(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"job", required_argument, NULL, 'j'},
-        {"json", no_argument, NULL, 'J'},
-        {"certs", required_argument, NULL, 'c'},
-        {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"job", required_argument, NULL, 'j'},   {"json", no_argument, NULL, 'J'},
+        {"certs", required_argument, NULL, 'c'}, {"dir", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
     const char *job = NULL, *dir_opt = NULL, *certs = NULL, *dir;
     int json = 0, c;
@@ -130,26 +134,18 @@ static int cli__report(int argc, char **argv)
     if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
     Nusec__V1__JobListRequest jr = NUSEC__V1__JOB_LIST_REQUEST__INIT;
-    Nusec__V1__DeviceListRequest dr = NUSEC__V1__DEVICE_LIST_REQUEST__INIT;
-    Nusec__V1__Envelope *jobs = NULL, *devices = NULL;
-    struct cli__outcomes o = {0};
+    Nusec__V1__Envelope *jobs = NULL;
+    struct cli__tally t = {.certs = certs};
     jr.job_id = (char *)job;
-    dr.job_id = (char *)job;
     int rc = cli_cloud_call(&cc, "job.list", &jr.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST, &jobs);
     if (!rc && (jobs->job_list->n_jobs != 1 || strcmp(jobs->job_list->jobs[0]->job_id, job)))
         rc = cli_fail("report", NU_ERR_NOT_FOUND);
-    if (!rc)
-        rc = cli_cloud_call(&cc, "device.list", &dr.base, NUSEC__V1__ENVELOPE__BODY_DEVICE_LIST,
-                            &devices);
     if (!rc && certs && nu_mkdirs(certs, 0755))
         rc = cli_fail("report: --certs", NU_ERR_IO);
-    for (size_t i = 0; !rc && certs && i < devices->device_list->n_devices; i++)
-        rc = cli_device_cert_export(certs, devices->device_list->devices[i]) ? CLI_EXIT_FAIL : 0;
-    if (!rc) {
-        cli__count(devices->device_list, &o);
-        cli__report_print(jobs->job_list->jobs[0], &o, json);
-    }
-    nu_envelope_free(devices);
+    if (!rc)
+        rc = cli_device_list_all(&cc, job, NULL, 0, 0, cli__count, &t, NULL) ? CLI_EXIT_FAIL : 0;
+    if (!rc)
+        cli__report_print(jobs->job_list->jobs[0], &t.o, json);
     nu_envelope_free(jobs);
     cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;

@@ -732,6 +732,28 @@ static void test_device_list_and_revoke(void)
     req.device_uid.len = 0;
     CU_ASSERT_EQUAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0),
                     NU_ERR_INVALID_ARG);
+    /* Pages of one: every device once, then no next page; a forged cursor is refused. */
+    char after[128] = "", seen[3][CLOUD_LEDGER_SERIAL_MAX + 1] = {{0}};
+    size_t pages = 0;
+    req.job_id = "job-a";
+    req.page_size = 1;
+    do {
+        req.page_after = after;
+        CU_ASSERT_EQUAL_FATAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+        CU_ASSERT_EQUAL(r->device_list->n_devices, 1);
+        if (pages < 3 && r->device_list->n_devices == 1)
+            snprintf(seen[pages], sizeof(seen[pages]), "%s", r->device_list->devices[0]->serial);
+        snprintf(after, sizeof(after), "%s", r->device_list->next_page);
+        nu_envelope_free(r);
+        pages++;
+    } while (after[0] && pages < 10);
+    CU_ASSERT_EQUAL(pages, 3);
+    CU_ASSERT(strcmp(seen[0], seen[1]) && strcmp(seen[1], seen[2]) && strcmp(seen[0], seen[2]));
+    req.page_after = "not-a-cursor";
+    CU_ASSERT_EQUAL(cf_call(&oem, "device.list", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_INVALID_ARG);
+    req.page_after = "";
+    req.page_size = 0;
 
     Nusec__V1__DeviceRevokeRequest rv = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     rv.job_id = "job-a";
@@ -1131,6 +1153,14 @@ static void test_cli(void)
     CU_ASSERT_EQUAL(nu_test_sh("grep -q '\"id\":\"prog-1\",\"state\":\"revoked\"' %s", out), 0);
     CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a > %s", nusec, F.dir, out), 0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -q '^1020304050607080 .*provisioned' %s", out), 0);
+    /* Paged (one device per answer here): the same list, in the same order. */
+    CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a --page-size 1 > %s.paged && "
+                               "cmp -s %s %s.paged && test $(wc -l < %s) -ge 4",
+                               nusec, F.dir, out, out, out, out),
+                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s device list --dir %s --job job-a --page-size 0 2>/dev/null", nusec, F.dir),
+        2);
     /* export: the PEM files verify against the device chain */
     CU_ASSERT_EQUAL(nu_test_sh("%s device list --dir %s --job job-a --certs %s/export >/dev/null",
                                nusec, F.dir, F.tmp),
