@@ -890,9 +890,14 @@ static void *lifo_main(void *arg)
             char out[80];
             int len =
                 snprintf(out, sizeof(out), "re:%.*s", (int)l->q[l->n].len, l->q[l->n].payload);
-            struct nu_mqtt_msg req = {.response_topic = l->q[l->n].rt,
-                                      .correlation = l->q[l->n].corr,
-                                      .correlation_len = l->q[l->n].corr_len};
+            /* A copy: the handler reuses the slot as soon as the lock is let go. */
+            char rt[sizeof(l->q[0].rt)];
+            uint8_t corr[sizeof(l->q[0].corr)];
+            size_t corr_len = l->q[l->n].corr_len;
+            memcpy(rt, l->q[l->n].rt, sizeof(rt));
+            memcpy(corr, l->q[l->n].corr, corr_len);
+            struct nu_mqtt_msg req = {
+                .response_topic = rt, .correlation = corr, .correlation_len = corr_len};
             pthread_mutex_unlock(&l->lock);
             int rc = nu_mqtt_reply(l->m, &req, out, (size_t)len);
             pthread_mutex_lock(&l->lock);
