@@ -1439,6 +1439,21 @@ struct ledger_visit {
     void *ctx;
 };
 
+/* A whole listing of statement `id` (no parameters) in one read transaction. */
+static int ledger__list_all(struct cloud_ledger *l, enum ledger_stmt id,
+                            int (*row)(sqlite3_stmt *, void *), void *item,
+                            int (*visit)(void *, const void *), void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = ledger__begin(l, 0);
+    if (rc == NU_OK)
+        rc = ledger__stmt(l, id, &st);
+    if (rc == NU_OK)
+        rc = ledger__walk(l, st, row, item, visit, ctx);
+    ledger__rollback(l);
+    return rc;
+}
+
 /* ------------------------------------------------------------------- jobs */
 
 static void ledger__token_id(struct ledger_json *j, const uint8_t hash[NU_SHA256_LEN]);
@@ -2092,18 +2107,11 @@ int cloud_ledger_programmer_list(struct cloud_ledger *ledger,
                                  cloud_ledger_programmer_visit_fn visit, void *ctx)
 {
     struct ledger_visit lv = {(void *)visit, ctx};
-    sqlite3_stmt *st = NULL;
-    int rc;
 
     if (!ledger || !visit)
         return NU_ERR_INVALID_ARG;
-    rc = ledger__begin(ledger, 0);
-    if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_PROG_LIST, &st);
-    if (rc == NU_OK)
-        rc = ledger__walk(ledger, st, ledger__prog_row_v, ledger->prog, ledger__prog_visit_v, &lv);
-    ledger__rollback(ledger);
-    return rc;
+    return ledger__list_all(ledger, ST_PROG_LIST, ledger__prog_row_v, ledger->prog,
+                            ledger__prog_visit_v, &lv);
 }
 
 int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *programmer_id,
@@ -2947,19 +2955,12 @@ int cloud_ledger_cert_list_revoked(struct cloud_ledger *ledger, cloud_ledger_cer
                                    void *ctx)
 {
     struct ledger_visit lv = {(void *)visit, ctx};
-    sqlite3_stmt *st = NULL;
-    int rc;
 
     if (!ledger || !visit)
         return NU_ERR_INVALID_ARG;
     /* Revocations are rare and the CRL is rebuilt only then: a scan is fine. */
-    rc = ledger__begin(ledger, 0);
-    if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_CERT_LIST_REVOKED, &st);
-    if (rc == NU_OK)
-        rc = ledger__walk(ledger, st, ledger__cert_row_v, ledger->cert, ledger__cert_visit_v, &lv);
-    ledger__rollback(ledger);
-    return rc;
+    return ledger__list_all(ledger, ST_CERT_LIST_REVOKED, ledger__cert_row_v, ledger->cert,
+                            ledger__cert_visit_v, &lv);
 }
 
 static int ledger__cert_event(struct cloud_ledger *l, const struct cloud_ledger_cert *c,

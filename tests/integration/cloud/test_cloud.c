@@ -788,13 +788,16 @@ static void on_job(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     pthread_mutex_unlock(&in->lock);
 }
 
-static void test_retained_job_state(void)
+/* The retained message of `topic` as `identity` reads it (within ~2 s), unpacked. */
+static int read_retained(const char *identity, const char *topic, Nusec__V1__Envelope **out)
 {
     struct cf_client mon;
     struct inbox in = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "monitor", NULL, NULL, &mon), NU_OK);
-    CU_ASSERT_EQUAL(nu_mqtt_subscribe(mon.m, "nusec/v1/jobs/job-a", 1, on_job, &in), NU_OK);
-    for (int i = 0; i < 100; i++) {
+    int rc = cf_client_open(&F, identity, NULL, NULL, &mon);
+    if (rc != NU_OK)
+        return rc;
+    rc = nu_mqtt_subscribe(mon.m, topic, 1, on_job, &in);
+    for (int i = 0; rc == NU_OK && i < 100; i++) {
         pthread_mutex_lock(&in.lock);
         size_t n = in.len;
         pthread_mutex_unlock(&in.lock);
@@ -803,8 +806,16 @@ static void test_retained_job_state(void)
         usleep(20000);
     }
     cf_client_close(&mon);
+    if (rc == NU_OK)
+        rc = in.len ? nu_envelope_unpack(in.last, in.len, out, NULL) : NU_ERR_TIMEOUT;
+    free(in.last);
+    return rc;
+}
+
+static void test_retained_job_state(void)
+{
     Nusec__V1__Envelope *env = NULL;
-    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(in.last, in.len, &env, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(read_retained("monitor", "nusec/v1/jobs/job-a", &env), NU_OK);
     CU_ASSERT_EQUAL_FATAL(env->body_case, NUSEC__V1__ENVELOPE__BODY_JOB_STATE);
     const Nusec__V1__JobState *st = env->job_state;
     CU_ASSERT_STRING_EQUAL(st->job_id, "job-a");
@@ -816,7 +827,6 @@ static void test_retained_job_state(void)
     if (st->n_issued_per_programmer)
         CU_ASSERT_EQUAL(st->issued_per_programmer[0], 3);
     nu_envelope_free(env);
-    free(in.last);
 }
 
 /* The device certificate of `uid` in job-a, written as PEM to `path`. */
@@ -842,8 +852,6 @@ static int device_cert_pem(const uint8_t *uid, size_t uid_len, const char *path)
 static void test_device_crl(void)
 {
     char revoked[CF_PATH_MAX + 32], good[CF_PATH_MAX + 32], der_path[CF_PATH_MAX + 32];
-    struct cf_client mon;
-    struct inbox in = {.lock = PTHREAD_MUTEX_INITIALIZER};
     snprintf(revoked, sizeof(revoked), "%s/revoked.pem", F.tmp);
     snprintf(good, sizeof(good), "%s/good.pem", F.tmp);
     snprintf(der_path, sizeof(der_path), "%s/crl.der", F.tmp);
@@ -868,19 +876,8 @@ static void test_device_crl(void)
                                F.dir),
                     0);
     /* The same CRL, retained for programmers and OEM tools on the bus. */
-    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "oem", NULL, NULL, &mon), NU_OK);
-    CU_ASSERT_EQUAL(nu_mqtt_subscribe(mon.m, "nusec/v1/crl/device", 1, on_job, &in), NU_OK);
-    for (int i = 0; i < 100; i++) {
-        pthread_mutex_lock(&in.lock);
-        size_t n = in.len;
-        pthread_mutex_unlock(&in.lock);
-        if (n)
-            break;
-        usleep(20000);
-    }
-    cf_client_close(&mon);
     Nusec__V1__Envelope *env = NULL;
-    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(in.last, in.len, &env, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(read_retained("oem", "nusec/v1/crl/device", &env), NU_OK);
     CU_ASSERT_EQUAL_FATAL(env->body_case, NUSEC__V1__ENVELOPE__BODY_DEVICE_CRL);
     CU_ASSERT(env->device_crl->this_update_ms > 0);
     CU_ASSERT_EQUAL(nu_file_write_atomic(der_path, env->device_crl->crl_der.data,
@@ -893,7 +890,6 @@ static void test_device_crl(void)
                                der_path, F.dir, der_path),
                     0);
     nu_envelope_free(env);
-    free(in.last);
 }
 
 /* ------------------------------------------------------------ concurrency */
