@@ -1,5 +1,6 @@
 /* nusec audit verify — check the cloud's ledger file directly (no cloud needed). */
 #include "cli.h"
+#include "cli_opts.h"
 
 #include "audit_checkpoint.h"
 #include "ledger.h"
@@ -176,40 +177,22 @@ static void cli__print_json(const char *path, const struct cloud_ledger_verify_r
 
 static int cli__verify(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'}, {"json", no_argument, NULL, 'j'},
-        {"key", required_argument, NULL, 'k'}, {"checkpoint", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
-    };
-    const char *dir_opt = NULL, *key_opt = NULL;
+    const char *dir_opt = NULL, *key_opt = NULL, *anchor_opt = NULL;
     struct cli__anchor anchor = {0};
-    int json = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            dir_opt = optarg;
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'k':
-            key_opt = optarg;
-            break;
-        case 'c':
-            if (cli__parse_anchor(optarg, &anchor) != NU_OK) {
-                cli_errorf("audit verify: --checkpoint wants SEQ:HEAD (64 hex digits), not '%s'",
-                           optarg);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case 'h':
-            fputs(cli__verify_usage, stdout);
-            return CLI_EXIT_OK;
-        default:
-            fputs(cli__verify_usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
+    int json = 0;
+    const struct cli_opt options[] = {
+        CLI_OPT_STR("dir", &dir_opt),
+        CLI_OPT_BOOL("json", &json),
+        CLI_OPT_STR("key", &key_opt),
+        CLI_OPT_STR("checkpoint", &anchor_opt),
+    };
+    int prc = cli_opts_parse(argc, argv, cli__verify_usage, options, CLI_OPTS_N(options));
+    if (prc)
+        return prc < 0 ? CLI_EXIT_OK : prc;
+    if (anchor_opt && cli__parse_anchor(anchor_opt, &anchor) != NU_OK) {
+        cli_errorf("audit verify: --checkpoint wants SEQ:HEAD (64 hex digits), not '%s'",
+                   anchor_opt);
+        return CLI_EXIT_USAGE;
     }
     if (optind < argc) {
         cli_errorf("audit verify: unexpected argument '%s'", argv[optind]);

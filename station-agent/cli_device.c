@@ -1,6 +1,7 @@
 /* nusec device list|revoke — device certificates, through the cloud (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
+#include "cli_opts.h"
 
 #include "nu_err.h"
 #include "nu_util.h"
@@ -62,63 +63,22 @@ struct cli__opts {
     const char *reason;
     const char *certs;
     int json;
-    uint32_t page_size; /* 0 = the cloud's maximum */
+    unsigned page_size; /* 0 = the cloud's maximum */
 };
 
 /* 0 = parsed, -1 = help printed, else the exit code of a usage error. */
 static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"job", required_argument, NULL, 'j'},
-        {"uid", required_argument, NULL, 'u'},
-        {"reason", required_argument, NULL, 'r'},
-        {"certs", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'J'},
-        {"page-size", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),
+        CLI_OPT_STR("job", &o->job),
+        CLI_OPT_STR("uid", &o->uid),
+        CLI_OPT_STR("reason", &o->reason),
+        CLI_OPT_STR("certs", &o->certs),
+        CLI_OPT_BOOL("json", &o->json),
+        CLI_OPT_NUM("page-size", &o->page_size, 1, 100000),
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'j':
-            o->job = optarg;
-            break;
-        case 'u':
-            o->uid = optarg;
-            break;
-        case 'r':
-            o->reason = optarg;
-            break;
-        case 'c':
-            o->certs = optarg;
-            break;
-        case 'J':
-            o->json = 1;
-            break;
-        case 'p': {
-            uint64_t n = 0;
-            if (nu_parse_uint(optarg, 1, 100000, &n) != NU_OK) {
-                cli_errorf("--page-size wants 1..100000, not '%s'", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            o->page_size = (uint32_t)n;
-            break;
-        }
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    return 0;
+    return cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
 }
 
 static int cli__uid(const char *what, const char *hex, uint8_t *out, size_t *out_len)

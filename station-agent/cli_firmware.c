@@ -1,6 +1,7 @@
 /* nusec firmware sign|list — MCUboot images signed in the cloud's HSM (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
+#include "cli_opts.h"
 
 #include "nu_crypto.h"
 #include "nu_err.h"
@@ -66,47 +67,15 @@ struct cli__fw_opts {
 /* 0 = parsed, -1 = help printed, else the exit code of a usage error. */
 static int cli__fw_parse(int argc, char **argv, const char *usage, struct cli__fw_opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"in", required_argument, NULL, 'i'},
-        {"name", required_argument, NULL, 'n'},
-        {"version", required_argument, NULL, 'v'},
-        {"security-counter", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),
+        CLI_OPT_STR("in", &o->in),
+        CLI_OPT_STR("name", &o->name),
+        CLI_OPT_STR("version", &o->version),
+        CLI_OPT_STR("security-counter", &o->counter),
+        CLI_OPT_BOOL("json", &o->json),
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'i':
-            o->in = optarg;
-            break;
-        case 'n':
-            o->name = optarg;
-            break;
-        case 'v':
-            o->version = optarg;
-            break;
-        case 'c':
-            o->counter = optarg;
-            break;
-        case 'j':
-            o->json = 1;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    return 0;
+    return cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
 }
 
 static int cli__is_hex_name(const char *path)

@@ -1,6 +1,7 @@
 /* nusec job create|list|show|pause|resume|close — production jobs, through the cloud (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
+#include "cli_opts.h"
 
 #include "nu_client.h"
 #include "nu_err.h"
@@ -106,54 +107,20 @@ struct cli__job_opts {
 /* 0 = parsed, -1 = help printed, else the exit code of a usage error. */
 static int cli__job_parse(int argc, char **argv, const char *usage, struct cli__job_opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},     {"firmware", required_argument, NULL, 'f'},
-        {"quota", required_argument, NULL, 'q'},   {"programmer", required_argument, NULL, 'p'},
-        {"out", required_argument, NULL, 'o'},     {"expires", required_argument, NULL, 'e'},
-        {"subject", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    struct cli_opt_list progs = {o->programmers, 0};
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),
+        CLI_OPT_STR("firmware", &o->firmware),
+        CLI_OPT_STR("quota", &o->quota),
+        CLI_OPT_ALL("programmer", &progs, CLI__PROGRAMMERS_MAX),
+        CLI_OPT_STR("out", &o->out),
+        CLI_OPT_STR("expires", &o->expires),
+        CLI_OPT_STR("subject", &o->subject),
+        CLI_OPT_BOOL("json", &o->json),
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'f':
-            o->firmware = optarg;
-            break;
-        case 'q':
-            o->quota = optarg;
-            break;
-        case 'o':
-            o->out = optarg;
-            break;
-        case 'e':
-            o->expires = optarg;
-            break;
-        case 's':
-            o->subject = optarg;
-            break;
-        case 'j':
-            o->json = 1;
-            break;
-        case 'p':
-            if (o->n_programmers == CLI__PROGRAMMERS_MAX) {
-                cli_errorf("job: at most %u programmers per job", CLI__PROGRAMMERS_MAX);
-                return CLI_EXIT_USAGE;
-            }
-            o->programmers[o->n_programmers++] = optarg;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    return 0;
+    int rc = cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
+    o->n_programmers = progs.n;
+    return rc;
 }
 
 /* A decimal u32 >= min. */

@@ -1,5 +1,6 @@
 /* nusec monitor */
 #include "cli.h"
+#include "cli_opts.h"
 
 #include "station_event.h"
 
@@ -102,51 +103,19 @@ static void cli__mon_on_event(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
 static int cli__mon_parse(int argc, char **argv, struct cli__mon *mon, const char **dir,
                           const char **identity, unsigned *timeout_s)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},     {"job", required_argument, NULL, 'j'},
-        {"json", no_argument, NULL, 'J'},          {"count", required_argument, NULL, 'c'},
-        {"timeout", required_argument, NULL, 't'}, {"identity", required_argument, NULL, 'i'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    unsigned count = 0;
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", dir),
+        CLI_OPT_STR("job", &mon->job),
+        CLI_OPT_BOOL("json", &mon->json),
+        CLI_OPT_NUM("count", &count, 1, 100000000),
+        CLI_OPT_NUM("timeout", timeout_s, 1, 100000000),
+        CLI_OPT_STR("identity", identity),
     };
-    int c;
-    char *end = NULL;
-    unsigned long v;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            *dir = optarg;
-            break;
-        case 'j':
-            mon->job = optarg;
-            break;
-        case 'J':
-            mon->json = 1;
-            break;
-        case 'i':
-            *identity = optarg;
-            break;
-        case 'c':
-        case 't':
-            v = strtoul(optarg, &end, 10);
-            if (!*optarg || *end || optarg[0] == '-' || v < 1 || v > 100000000ul) {
-                cli_errorf("monitor: --%s wants a positive number, not '%s'",
-                           c == 'c' ? "count" : "timeout", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            if (c == 'c')
-                mon->count = v;
-            else
-                *timeout_s = (unsigned)v;
-            break;
-        case 'h':
-            fputs(cli__monitor_usage, stdout);
-            return -1;
-        default:
-            fputs(cli__monitor_usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    int rc = cli_opts_parse(argc, argv, cli__monitor_usage, opts, CLI_OPTS_N(opts));
+    if (rc)
+        return rc;
+    mon->count = count;
     if (optind < argc) {
         cli_errorf("monitor: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;

@@ -1,5 +1,6 @@
 /* nusec package inspect|import|list */
 #include "cli.h"
+#include "cli_opts.h"
 
 #include "station_db.h"
 #include "station_event.h"
@@ -68,35 +69,14 @@ struct cli__pkg_opts {
 static int cli__pkg_parse(int argc, char **argv, const char *usage, int allow_json,
                           struct cli__pkg_opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),
+        CLI_OPT_BOOL("json", &o->json), /* last: left out where it means nothing */
     };
-    int c;
     memset(o, 0, sizeof(*o));
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'j':
-            if (!allow_json) {
-                fputs(usage, stderr);
-                return CLI_EXIT_USAGE;
-            }
-            o->json = 1;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    int rc = cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts) - !allow_json);
+    if (rc)
+        return rc;
     o->first_arg = optind;
     if (!(o->dir = cli_state_dir(o->dir)))
         return CLI_EXIT_USAGE;

@@ -1,5 +1,6 @@
 /* nusec pki init */
 #include "cli.h"
+#include "cli_opts.h"
 #include "pki_init.h"
 
 #include "nu_err.h"
@@ -34,72 +35,25 @@ static const char cli__pki_init_usage[] =
     "\n"
     "Exit status: 0 done, 1 failed, 2 usage error, 3 a PKI exists (see --force).\n";
 
-static int cli__parse_uint(const char *text, unsigned max, unsigned *out)
-{
-    uint64_t v = 0;
-    if (nu_parse_uint(text, 0, max, &v))
-        return -1;
-    *out = (unsigned)v;
-    return 0;
-}
-
 static int cli__pki_init(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"force", no_argument, NULL, 'f'},
-        {"host", required_argument, NULL, 'H'},
-        {"port", required_argument, NULL, 'p'},
-        {"pkcs11-module", required_argument, NULL, 'm'},
-        {"plugin", required_argument, NULL, 'P'},
-        {"validity-days", required_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     struct pki_init_opts opts = {.host = "127.0.0.1"};
     const char *dir_opt = NULL;
-    unsigned value;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            dir_opt = optarg;
-            break;
-        case 'f':
-            opts.force = 1;
-            break;
-        case 'H':
-            opts.host = optarg;
-            break;
-        case 'm':
-            opts.module = optarg;
-            break;
-        case 'P':
-            opts.plugin = optarg;
-            break;
-        case 'p':
-            if (cli__parse_uint(optarg, 65535, &value) || value == 0) {
-                cli_errorf("pki init: --port wants 1..65535, not '%s'", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            opts.port = (int)value;
-            break;
-        case 'v':
-            if (cli__parse_uint(optarg, 36500, &value) || value == 0) {
-                cli_errorf("pki init: --validity-days wants 1..36500, not '%s'", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            opts.validity_days = value;
-            break;
-        case 'h':
-            fputs(cli__pki_init_usage, stdout);
-            return CLI_EXIT_OK;
-        default:
-            fputs(cli__pki_init_usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    unsigned port = 0, validity_days = 0;
+    const struct cli_opt options[] = {
+        CLI_OPT_STR("dir", &dir_opt),
+        CLI_OPT_BOOL("force", &opts.force),
+        CLI_OPT_STR("host", &opts.host),
+        CLI_OPT_NUM("port", &port, 1, 65535),
+        CLI_OPT_STR("pkcs11-module", &opts.module),
+        CLI_OPT_STR("plugin", &opts.plugin),
+        CLI_OPT_NUM("validity-days", &validity_days, 1, 36500),
+    };
+    int prc = cli_opts_parse(argc, argv, cli__pki_init_usage, options, CLI_OPTS_N(options));
+    if (prc)
+        return prc < 0 ? CLI_EXIT_OK : prc;
+    opts.port = (int)port;
+    opts.validity_days = validity_days;
     if (optind < argc) {
         cli_errorf("pki init: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;

@@ -1,5 +1,6 @@
 /* nusec production start|stop|status */
 #include "cli.h"
+#include "cli_opts.h"
 
 #include "station_daemon.h"
 #include "station_db.h"
@@ -94,67 +95,23 @@ static void cli__on_sigint(int sig)
     cli__interrupted = 1;
 }
 
-static int cli__seconds(const char *opt, const char *text, unsigned *out)
-{
-    char *end = NULL;
-    unsigned long v = strtoul(text, &end, 10);
-    if (!*text || *end || text[0] == '-' || v < 1 || v > 86400) {
-        cli_errorf("production: %s wants 1..86400 seconds, not '%s'", opt, text);
-        return -1;
-    }
-    *out = (unsigned)v;
-    return 0;
-}
-
 static int cli__prod_parse(int argc, char **argv, const char *usage, struct cli__prod_opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},      {"job", required_argument, NULL, 'j'},
-        {"wait", no_argument, NULL, 'w'},           {"json", no_argument, NULL, 'J'},
-        {"once", no_argument, NULL, 'o'},           {"watch", no_argument, NULL, 'W'},
-        {"interval", required_argument, NULL, 'i'}, {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
-    };
-    int c;
     memset(o, 0, sizeof(*o));
     o->interval_s = 5;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'j':
-            o->job = optarg;
-            break;
-        case 'w':
-            o->wait = 1;
-            break;
-        case 'J':
-            o->json = 1;
-            break;
-        case 'o':
-            o->once = 1;
-            break;
-        case 'W':
-            o->watch = 1;
-            break;
-        case 'i':
-            if (cli__seconds("--interval", optarg, &o->interval_s))
-                return CLI_EXIT_USAGE;
-            break;
-        case 't':
-            if (cli__seconds("--timeout", optarg, &o->timeout_s))
-                return CLI_EXIT_USAGE;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),
+        CLI_OPT_STR("job", &o->job),
+        CLI_OPT_BOOL("wait", &o->wait),
+        CLI_OPT_BOOL("json", &o->json),
+        CLI_OPT_BOOL("once", &o->once),
+        CLI_OPT_BOOL("watch", &o->watch),
+        CLI_OPT_NUM("interval", &o->interval_s, 1, 86400),
+        CLI_OPT_NUM("timeout", &o->timeout_s, 1, 86400),
+    };
+    int rc = cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
+    if (rc)
+        return rc;
     if (optind < argc) {
         cli_errorf("production: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;

@@ -1,6 +1,7 @@
 /* nusec programmer token|list|revoke — programmer identities, through the cloud (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
+#include "cli_opts.h"
 
 #include "nu_err.h"
 #include "nu_util.h"
@@ -73,43 +74,12 @@ struct cli__opts {
 /* 0 = parsed, else the exit code (help printed, or a usage error). */
 static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts *o)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"name", required_argument, NULL, 'n'},
-        {"ttl", required_argument, NULL, 't'},
-        {"reason", required_argument, NULL, 'r'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("dir", &o->dir),    CLI_OPT_STR("name", &o->name),
+        CLI_OPT_STR("ttl", &o->ttl),    CLI_OPT_STR("reason", &o->reason),
+        CLI_OPT_BOOL("json", &o->json),
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            o->dir = optarg;
-            break;
-        case 'n':
-            o->name = optarg;
-            break;
-        case 't':
-            o->ttl = optarg;
-            break;
-        case 'r':
-            o->reason = optarg;
-            break;
-        case 'j':
-            o->json = 1;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    return 0;
+    return cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
 }
 
 /* Ask the cloud (as oem) for a one-time enrollment token; prints errors. */

@@ -4,6 +4,7 @@
  * (issued only, provisioned, failed, revoked) as the programmers reported it.
  */
 #include "cli.h"
+#include "cli_opts.h"
 #include "cli_cloud.h"
 
 #include "nu_err.h"
@@ -88,42 +89,21 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
         printf("  %-20s limit %-6u issued %u\n", j->allocations[i]->programmer_id,
                j->allocations[i]->limit,
                i < j->n_issued_per_programmer ? j->issued_per_programmer[i] : 0);
-    if (o->listed >= NU_ENVELOPE_LIST_MAX)
-        printf("(device outcomes counted over the first %u certificates)\n", o->listed);
 }
 
 static int cli__report(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"job", required_argument, NULL, 'j'},   {"json", no_argument, NULL, 'J'},
-        {"certs", required_argument, NULL, 'c'}, {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
-    };
     const char *job = NULL, *dir_opt = NULL, *certs = NULL, *dir;
-    int json = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            job = optarg;
-            break;
-        case 'J':
-            json = 1;
-            break;
-        case 'c':
-            certs = optarg;
-            break;
-        case 'd':
-            dir_opt = optarg;
-            break;
-        case 'h':
-            fputs(cli__report_usage, stdout);
-            return CLI_EXIT_OK;
-        default:
-            fputs(cli__report_usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    int json = 0;
+    const struct cli_opt opts[] = {
+        CLI_OPT_STR("job", &job),
+        CLI_OPT_BOOL("json", &json),
+        CLI_OPT_STR("certs", &certs),
+        CLI_OPT_STR("dir", &dir_opt),
+    };
+    int prc = cli_opts_parse(argc, argv, cli__report_usage, opts, CLI_OPTS_N(opts));
+    if (prc)
+        return prc < 0 ? CLI_EXIT_OK : prc;
     if (!job || optind < argc || nu_envelope_id_check(job)) {
         cli_errorf("report: need --job JOB; see --help");
         return CLI_EXIT_USAGE;

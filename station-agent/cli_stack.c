@@ -1,6 +1,7 @@
 /* nusec stack up|down|status — the whole local stack on loopback. */
 #include "cli.h"
 #include "cli_cloud.h"
+#include "cli_opts.h"
 #include "pki_init.h"
 
 #include "station_daemon.h"
@@ -137,83 +138,35 @@ static void stack__sleep_ms(unsigned ms)
 
 /* ---- options ------------------------------------------------------------------------------ */
 
-static int stack__uint(const char *opt, const char *text, unsigned max, unsigned *out)
-{
-    char *end = NULL;
-    unsigned long v = strtoul(text, &end, 10);
-    if (!*text || *end || text[0] == '-' || v > max) {
-        cli_errorf("stack: %s wants 0..%u, not '%s'", opt, max, text);
-        return -1;
-    }
-    *out = (unsigned)v;
-    return 0;
-}
-
 static int stack__parse(int argc, char **argv, const char *usage, int up, int json, struct stack *s)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"programmers", required_argument, NULL, 'P'},
-        {"sockets", required_argument, NULL, 'S'},
-        {"devices", required_argument, NULL, 'N'},
-        {"flash-us-per-kib", required_argument, NULL, 'T'},
-        {"timeout", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     const char *dir = NULL;
-    int c, bad = 0;
+    struct cli_opt opts[7];
+    size_t n = 0;
     s->programmers = 2;
     s->sockets = 4;
     s->timeout_s = 30;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(usage, stdout);
-            return -1;
-        }
-        if (c == 'd') {
-            dir = optarg;
-            continue;
-        }
-        if (c == 'j' && json) {
-            s->json = 1;
-            continue;
-        }
-        if (!up || c == '?' || c == 'j') {
-            fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-        switch (c) {
-        case 'P':
-            bad = stack__uint("--programmers", optarg, STACK__PROG_MAX, &s->programmers);
-            break;
-        case 'S':
-            bad = stack__uint("--sockets", optarg, 64, &s->sockets) || !s->sockets;
-            break;
-        case 'N':
-            bad = stack__uint("--devices", optarg, 10000000, &s->devices);
-            break;
-        case 'T':
-            bad = stack__uint("--flash-us-per-kib", optarg, 10000000, &s->flash_us);
-            break;
-        case 't':
-            bad = stack__uint("--timeout", optarg, 3600, &s->timeout_s) || !s->timeout_s;
-            break;
-        default:
-            bad = 1;
-        }
-        if (bad)
-            return CLI_EXIT_USAGE;
+    /* dir everywhere; json where the subcommand prints state; sizes for up. */
+    opts[n++] = (struct cli_opt)CLI_OPT_STR("dir", &dir);
+    if (json)
+        opts[n++] = (struct cli_opt)CLI_OPT_BOOL("json", &s->json);
+    if (up) {
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("programmers", &s->programmers, 0, STACK__PROG_MAX);
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("sockets", &s->sockets, 1, 64);
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("devices", &s->devices, 0, 10000000);
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("flash-us-per-kib", &s->flash_us, 0, 10000000);
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("timeout", &s->timeout_s, 1, 3600);
     }
+    int rc = cli_opts_parse(argc, argv, usage, opts, n);
+    if (rc)
+        return rc;
     if (optind < argc) {
         cli_errorf("stack: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;
     }
     if (!(s->dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
-    int rc = nu_paths_get(s->dir, NU_PATH_RUN, s->run, sizeof(s->run));
+    rc = nu_paths_get(s->dir, NU_PATH_RUN, s->run, sizeof(s->run));
     if (rc == NU_OK)
         rc = nu_paths_get(s->dir, NU_PATH_LOGS, s->logs, sizeof(s->logs));
     if (rc != NU_OK)
