@@ -5,10 +5,22 @@
  * verify + certificate signed in the HSM), measured in the same run.
  *
  *   cloud_bench_cert [SEQUENTIAL] [CLIENTS] [PER_CLIENT]   (defaults 200 8 100)
+ *   cloud_bench_cert --paced [CLIENTS] [PER_CLIENT] [SECONDS]  (defaults 8 100 10)
  *
  * Not a test (not in CTest): it prints figures. Every request is a new device
  * (fresh key and CSR, made before the clock starts); each is checked to be
  * answered with a certificate.
+ *
+ * --paced: latency at half the saturating rate, on the cloud's own
+ * configuration (no restart). First the saturating rate: CLIENTS programmers
+ * send PER_CLIENT requests each, back to back (after a short warm-up). Then an
+ * OPEN-LOOP schedule at half that rate for about SECONDS: request i is due at
+ * t0 + i / rate whatever happened before; the CLIENTS programmers take the
+ * requests in order as they become free, wait for the due time and send.
+ * Latency is measured from the DUE time to the answer, so a request that had
+ * to wait for a free client (or a late sender) counts that wait: no
+ * coordinated omission. The latency from the actual send is printed too.
+ * Prints `name value unit` lines.
  */
 #include "cloud_fixture.h"
 
@@ -19,6 +31,7 @@
 #include "nu_x509.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,11 +225,183 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------ paced */
+
+struct paced {
+    struct worker *w; /* CLIENTS connected programmers */
+    const char *job;
+    struct dev *devs; /* one per request */
+    size_t count;
+    double rate; /* requests per second */
+    uint64_t t0_us;
+    atomic_size_t next;
+    uint64_t *lat_due_us, *lat_send_us;
+    atomic_size_t failed;
+};
+
+struct paced_client {
+    struct paced *p;
+    size_t i;
+};
+
+static void sleep_until_us(uint64_t t)
+{
+    uint64_t now = now_us();
+    if (t <= now)
+        return;
+    struct timespec ts = {(time_t)((t - now) / 1000000u), (long)((t - now) % 1000000u) * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+static void *paced_run(void *arg)
+{
+    struct paced_client *pc = arg;
+    struct paced *p = pc->p;
+    struct worker *w = &p->w[pc->i];
+    for (;;) {
+        size_t i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->count)
+            break;
+        uint64_t due = p->t0_us + (uint64_t)((double)i * 1e6 / p->rate);
+        sleep_until_us(due);
+        Nusec__V1__Envelope *r = NULL;
+        uint64_t sent = now_us();
+        int rc = cf_cert_request(&w->c, p->job, p->devs[i].uid, sizeof(p->devs[i].uid),
+                                 p->devs[i].csr, p->devs[i].len, NULL, 0, &r);
+        uint64_t done = now_us();
+        p->lat_due_us[i] = done - due;
+        p->lat_send_us[i] = done - sent;
+        if (rc && atomic_fetch_add(&p->failed, 1) == 0)
+            fprintf(stderr, "bench: paced request failed: %s\n", nu_err_name(rc));
+        nu_envelope_free(r);
+    }
+    return NULL;
+}
+
+static double pct_ms(uint64_t *v, size_t n, double q)
+{
+    qsort(v, n, sizeof(*v), cmp_u64);
+    size_t k = (size_t)(q * (double)n);
+    return (double)v[k < n ? k : n - 1] / 1000.0;
+}
+
+/* Saturating rate with nw clients x per (closed loop, after a warm-up). */
+static double saturate(struct worker *w, size_t nw, size_t per, const char *job, struct dev *devs,
+                       size_t warm)
+{
+    pthread_t t[64];
+    size_t total = nw * per, failed = 0;
+    for (size_t i = 0; i < nw; i++) {
+        w[i].job = job;
+        w[i].failed = 0;
+        w[i].devs = devs + i * warm;
+        w[i].n = warm;
+        pthread_create(&t[i], NULL, run, &w[i]);
+    }
+    for (size_t i = 0; i < nw; i++)
+        pthread_join(t[i], NULL);
+    devs += nw * warm;
+    uint64_t t0 = now_us();
+    for (size_t i = 0; i < nw; i++) {
+        w[i].devs = devs + i * per;
+        w[i].n = per;
+        pthread_create(&t[i], NULL, run, &w[i]);
+    }
+    for (size_t i = 0; i < nw; i++)
+        pthread_join(t[i], NULL);
+    double secs = (double)(now_us() - t0) / 1e6;
+    for (size_t i = 0; i < nw; i++) {
+        failed += w[i].failed;
+        w[i].devs = NULL;
+    }
+    return failed ? -1.0 : (double)total / secs;
+}
+
+static int paced_measure(struct cf *f, struct worker *w, size_t nw, size_t per, double seconds,
+                         const char *const *ids)
+{
+    enum { WARM = 5, PACED_MAX = 20000 };
+    const char *job = "bench-paced";
+    struct paced p = {.w = w, .job = job};
+    size_t sat_n = nw * (WARM + per);
+    uint32_t limits[64];
+    int rc = 1;
+    /* Enough quota for any split of the paced requests between the clients. */
+    for (size_t i = 0; i < nw; i++)
+        limits[i] = (uint32_t)(WARM + per + PACED_MAX);
+    struct dev *sat = calloc(sat_n, sizeof(*sat));
+    for (size_t i = 0; i < nw; i++) {
+        w[i].lat_us = calloc(WARM + per, sizeof(uint64_t));
+        if (!w[i].lat_us)
+            goto out;
+    }
+    if (!sat || make_devs(sat, sat_n, 0xa0) ||
+        cf_job_create(f, job, (uint32_t)(nw * (WARM + per + PACED_MAX)), ids, limits, nw))
+        goto out;
+    double sat_rate = saturate(w, nw, per, job, sat, WARM);
+    if (sat_rate <= 0)
+        goto out;
+    p.rate = sat_rate / 2.0;
+    p.count = (size_t)(p.rate * seconds);
+    p.count = p.count < 200 ? 200 : p.count > PACED_MAX ? PACED_MAX : p.count;
+    p.devs = calloc(p.count, sizeof(*p.devs));
+    p.lat_due_us = calloc(p.count, sizeof(uint64_t));
+    p.lat_send_us = calloc(p.count, sizeof(uint64_t));
+    if (!p.devs || !p.lat_due_us || !p.lat_send_us || make_devs(p.devs, p.count, 0xb0))
+        goto out;
+    {
+        pthread_t t[64];
+        struct paced_client pc[64];
+        atomic_init(&p.next, 0);
+        atomic_init(&p.failed, 0);
+        p.t0_us = now_us() + 100000u;
+        for (size_t i = 0; i < nw; i++) {
+            pc[i] = (struct paced_client){&p, i};
+            pthread_create(&t[i], NULL, paced_run, &pc[i]);
+        }
+        for (size_t i = 0; i < nw; i++)
+            pthread_join(t[i], NULL);
+    }
+    double span = (double)(now_us() - p.t0_us) / 1e6;
+    size_t failed = atomic_load(&p.failed);
+    printf("cert_saturated_per_s %.1f certs/s\n", sat_rate);
+    printf("cert_paced_target_per_s %.1f certs/s\n", p.rate);
+    printf("cert_paced_achieved_per_s %.1f certs/s\n", (double)p.count / span);
+    printf("cert_paced_requests %zu requests\n", p.count);
+    printf("cert_paced_failed %zu requests\n", failed);
+    printf("cert_latency_p50_ms %.2f ms\n", pct_ms(p.lat_due_us, p.count, 0.50));
+    printf("cert_latency_p99_ms %.2f ms\n", pct_ms(p.lat_due_us, p.count, 0.99));
+    printf("cert_latency_max_ms %.2f ms\n", pct_ms(p.lat_due_us, p.count, 1.0));
+    printf("cert_latency_send_p50_ms %.2f ms\n", pct_ms(p.lat_send_us, p.count, 0.50));
+    printf("cert_latency_send_p99_ms %.2f ms\n", pct_ms(p.lat_send_us, p.count, 0.99));
+    rc = failed ? 1 : 0;
+out:
+    for (size_t i = 0; i < sat_n && sat; i++)
+        free(sat[i].csr);
+    for (size_t i = 0; i < p.count && p.devs; i++)
+        free(p.devs[i].csr);
+    for (size_t i = 0; i < nw; i++) {
+        free(w[i].lat_us);
+        w[i].lat_us = NULL;
+    }
+    free(sat);
+    free(p.devs);
+    free(p.lat_due_us);
+    free(p.lat_send_us);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    size_t seq = argc > 1 ? strtoul(argv[1], NULL, 10) : 200;
-    size_t nw = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
-    size_t per = argc > 3 ? strtoul(argv[3], NULL, 10) : 100;
+    int paced = argc > 1 && strcmp(argv[1], "--paced") == 0;
+    if (paced) {
+        argv++;
+        argc--;
+    }
+    size_t seq = paced ? 1 : argc > 1 ? strtoul(argv[1], NULL, 10) : 200;
+    size_t nw = argc > (paced ? 1 : 2) ? strtoul(argv[paced ? 1 : 2], NULL, 10) : 8;
+    size_t per = argc > (paced ? 2 : 3) ? strtoul(argv[paced ? 2 : 3], NULL, 10) : 100;
+    double seconds = paced && argc > 3 ? strtod(argv[3], NULL) : 10.0;
     static struct cf f;
     struct cf_client oem, station;
     struct cf_programmer p[64];
@@ -224,7 +409,7 @@ int main(int argc, char **argv)
     const char *ids[64];
     char names[64][16];
     int rc = 1;
-    if (!seq || !nw || nw > 64 || !per)
+    if (!seq || !nw || nw > 64 || !per || !(seconds > 0 && seconds <= 120))
         return 2;
     memset(w, 0, sizeof(w));
     memset(p, 0, sizeof(p));
@@ -240,13 +425,18 @@ int main(int argc, char **argv)
             cf_client_open(&f, names[i], p[i].cert, p[i].key, &w[i].c))
             goto out;
     }
-    printf("stack: mosquitto mTLS + nusec-cloud (%s, 4 workers) + SQLite WAL FULL + SoftHSM2\n",
+    fprintf(paced ? stderr : stdout,
+            "stack: mosquitto mTLS + nusec-cloud (%s, 4 workers) + SQLite WAL FULL + SoftHSM2\n",
 #ifdef NDEBUG
-           "release"
+            "release"
 #else
-           "debug build"
+            "debug build"
 #endif
     );
+    if (paced) {
+        rc = paced_measure(&f, w, nw, per, seconds, ids);
+        goto out;
+    }
     {
         struct dev *d = calloc(seq, sizeof(*d));
         if (d && !make_devs(d, seq, 0xff))
@@ -267,6 +457,6 @@ out:
     if (f.cloud_pid && cf_cloud_stop(&f) != 0)
         rc = 1;
     cf_teardown(&f);
-    printf("%s\n", rc ? "bench: FAILED" : "bench: ok");
+    fprintf(paced ? stderr : stdout, "%s\n", rc ? "bench: FAILED" : "bench: ok");
     return rc;
 }
