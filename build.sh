@@ -4,7 +4,7 @@
 #   ./build.sh test       deps + ASan/UBSan build into build-test/ + every test
 #   ./build.sh fuzz [--seconds N]   libFuzzer targets (clang), bounded run
 #   ./build.sh demo [options]   a whole production on the local stack
-#   ./build.sh bench            not yet implemented (issue #6): exits 3
+#   ./build.sh bench            optimised build, then bench/run.sh: figures of one run -> bench/results.json
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
