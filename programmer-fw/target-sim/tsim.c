@@ -7,6 +7,7 @@
  * command that changes the chip works on a copy of the nv state and adopts
  * it only once the state file holds it, so a failed write changes nothing.
  */
+#define _GNU_SOURCE /* renameat2(RENAME_EXCHANGE), where the C library has it */
 #include "tsim.h"
 
 #include "nu_crypto.h"
@@ -31,6 +32,7 @@
 #define TSIM__UID_HEX_LEN (2 * TSIM_UID_LEN)
 #define TSIM__STATE_MAX 4096u /* the state file is a few hundred bytes */
 #define TSIM__ATTEST_LABEL "nusec/v1 attest"
+#define TSIM__SHADOW ".state.next" /* the state file's other half (tsim__write_state) */
 
 enum tsim__boot { TSIM__BOOT_NONE = 0, TSIM__BOOT_OK = 1, TSIM__BOOT_FAILED = 2 };
 
@@ -56,6 +58,7 @@ struct tsim {
     struct tsim__nv nv;
     struct nu_p256_key *key; /* the device key, NULL until keyed */
     uint64_t flash_len;      /* bytes programmed in image.bin */
+    int flash_fd;            /* image.bin, open while chunks are being flashed; -1 */
     int bad_cell_set;        /* TSIM_FAULT_FLASH_CORRUPT: the weak cell's address */
     uint64_t bad_cell;
 };
@@ -134,16 +137,101 @@ static int tsim__format(const struct tsim *t, const struct tsim__nv *nv, char *o
     return NU_OK;
 }
 
-/* Write nv as the state file of the chip folder `dir` (atomically). */
+static int tsim__errno(int e)
+{
+    if (e == EEXIST || e == ENOTEMPTY)
+        return NU_ERR_EXISTS;
+    if (e == EACCES || e == EPERM)
+        return NU_ERR_PERMISSION;
+    if (e == ENOENT)
+        return NU_ERR_NOT_FOUND;
+    return NU_ERR_IO;
+}
+
+static int tsim__pwrite_all(int fd, const uint8_t *data, size_t len, uint64_t off)
+{
+    while (len) {
+        ssize_t n = pwrite(fd, data, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return NU_ERR_IO;
+        data += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return NU_OK;
+}
+
+static int tsim__fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return tsim__errno(errno);
+    int rc = fsync(fd) == 0 ? NU_OK : NU_ERR_IO;
+    close(fd);
+    return rc;
+}
+
+/* Rewrite the shadow file with text and make its bytes durable. */
+static int tsim__write_shadow(const char *path, const char *text, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0 && fchmod(fd, 0644) != 0) { /* the umask is not the contract */
+            close(fd);
+            return NU_ERR_IO;
+        }
+    }
+    if (fd < 0)
+        return tsim__errno(errno);
+    int rc = tsim__pwrite_all(fd, (const uint8_t *)text, len, 0);
+    if (!rc && fdatasync(fd) != 0)
+        rc = NU_ERR_IO;
+    if (close(fd) != 0 && !rc)
+        rc = NU_ERR_IO;
+    return rc;
+}
+
+/* Swap the names of the shadow and the state file in one step; a plain rename
+ * when there is no state file yet or the filesystem cannot exchange. */
+static int tsim__swap(const char *shadow, const char *state)
+{
+#ifdef RENAME_EXCHANGE
+    if (renameat2(AT_FDCWD, shadow, AT_FDCWD, state, RENAME_EXCHANGE) == 0)
+        return NU_OK;
+    if (errno != ENOENT && errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return tsim__errno(errno);
+#endif
+    return rename(shadow, state) == 0 ? NU_OK : tsim__errno(errno);
+}
+
+/*
+ * Write nv as the state file of the chip folder `dir`, atomically and
+ * durably, like an EEPROM emulation's two pages: the new text goes to the
+ * shadow file (which holds the state before the last commit), its bytes are
+ * made durable, then one rename(RENAME_EXCHANGE) makes it `state` and the
+ * folder is synced. A crash at any point leaves `state` whole (old or new).
+ * Unlike a fresh temporary file per commit, this creates and deletes no inode:
+ * on ext4 without a journal, every recently deleted inode makes each later
+ * file creation scan past it, which cost more CPU than the chip's crypto.
+ */
 static int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__nv *nv)
 {
-    char path[PATH_MAX], text[1024];
+    char state[PATH_MAX], shadow[PATH_MAX], text[1024];
     size_t len = 0;
-    int rc = nu_path_fmt(path, sizeof(path), "%s/state", dir);
+    int rc = nu_path_fmt(state, sizeof(state), "%s/state", dir);
+    if (!rc)
+        rc = nu_path_fmt(shadow, sizeof(shadow), "%s/" TSIM__SHADOW, dir);
     if (!rc)
         rc = tsim__format(t, nv, text, sizeof(text), &len);
     if (!rc)
-        rc = nu_file_write_atomic(path, text, len, 0644);
+        rc = tsim__write_shadow(shadow, text, len);
+    if (!rc)
+        rc = tsim__swap(shadow, state);
+    if (!rc)
+        rc = tsim__fsync_dir(dir);
     if (rc)
         nu_warn("tsim %s: state not saved: %s", t->uid_hex, nu_err_name(rc));
     return rc;
@@ -306,6 +394,7 @@ static int tsim__alloc(const char *targets_dir, const uint8_t uid[TSIM_UID_LEN],
     if (!t)
         return NU_ERR_NOMEM;
     memcpy(t->uid, uid, TSIM_UID_LEN);
+    t->flash_fd = -1;
     if (opts)
         t->opts = *opts;
     int rc = nu_hex_encode(uid, TSIM_UID_LEN, t->uid_hex, sizeof(t->uid_hex));
@@ -319,35 +408,16 @@ static int tsim__alloc(const char *targets_dir, const uint8_t uid[TSIM_UID_LEN],
     return NU_OK;
 }
 
-static int tsim__errno(int e)
-{
-    if (e == EEXIST || e == ENOTEMPTY)
-        return NU_ERR_EXISTS;
-    if (e == EACCES || e == EPERM)
-        return NU_ERR_PERMISSION;
-    if (e == ENOENT)
-        return NU_ERR_NOT_FOUND;
-    return NU_ERR_IO;
-}
-
 static void tsim__rmdir_new(const char *tmp)
 {
     char path[PATH_MAX];
     if (nu_path_fmt(path, sizeof(path), "%s/state", tmp) == NU_OK)
         unlink(path);
+    if (nu_path_fmt(path, sizeof(path), "%s/" TSIM__SHADOW, tmp) == NU_OK)
+        unlink(path);
     if (nu_path_fmt(path, sizeof(path), "%s/secret", tmp) == NU_OK)
         rmdir(path);
     rmdir(tmp);
-}
-
-static int tsim__fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return tsim__errno(errno);
-    int rc = fsync(fd) == 0 ? NU_OK : NU_ERR_IO;
-    close(fd);
-    return rc;
 }
 
 /*
@@ -491,10 +561,19 @@ int tsim_open(const char *targets_dir, const uint8_t uid[TSIM_UID_LEN],
     return NU_OK;
 }
 
+/* Done flashing (for now): the next chunk reopens image.bin. */
+static void tsim__flash_close(struct tsim *t)
+{
+    if (t->flash_fd >= 0)
+        close(t->flash_fd);
+    t->flash_fd = -1;
+}
+
 void tsim_destroy(struct tsim *t)
 {
     if (!t)
         return;
+    tsim__flash_close(t);
     nu_p256_key_destroy(t->key);
     nu_zero(t, sizeof(*t));
     free(t);
@@ -747,21 +826,6 @@ static int tsim__commit_if_changed(struct tsim *t, const struct tsim__nv *nv)
     return tsim__commit(t, nv);
 }
 
-static int tsim__pwrite_all(int fd, const uint8_t *data, size_t len, uint64_t off)
-{
-    while (len) {
-        ssize_t n = pwrite(fd, data, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return NU_ERR_IO;
-        data += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return NU_OK;
-}
-
 /* TSIM_FAULT_FLASH_CORRUPT: the weak cell, if in this chunk, keeps a flipped bit. */
 static int tsim__corrupt(struct tsim *t, int fd, uint64_t off, const uint8_t *data, size_t len)
 {
@@ -785,24 +849,29 @@ static void tsim__sleep_us(uint64_t us)
         ;
 }
 
-/* Program data at off in image.bin; off 0 erases the flash first. */
+/* Program data at off in image.bin; off 0 erases the flash first. The file
+ * stays open for the next chunk: an image is flashed in hundreds of them. */
 static int tsim__program(struct tsim *t, uint64_t off, const uint8_t *data, size_t len)
 {
-    char path[PATH_MAX];
-    int rc = tsim__file(t, "image.bin", path, sizeof(path));
-    if (rc)
-        return rc;
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (off == 0 ? O_TRUNC : 0);
-    int fd = open(path, flags, 0644);
-    if (fd < 0)
-        return tsim__errno(errno);
+    if (off == 0)
+        tsim__flash_close(t);
+    if (t->flash_fd < 0) {
+        char path[PATH_MAX];
+        int rc = tsim__file(t, "image.bin", path, sizeof(path));
+        if (rc)
+            return rc;
+        int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (off == 0 ? O_TRUNC : 0);
+        t->flash_fd = open(path, flags, 0644);
+        if (t->flash_fd < 0)
+            return tsim__errno(errno);
+    }
     if (off == 0)
         t->flash_len = 0; /* erased, whatever happens next */
-    rc = tsim__pwrite_all(fd, data, len, off);
+    int rc = tsim__pwrite_all(t->flash_fd, data, len, off);
     if (!rc)
-        rc = tsim__corrupt(t, fd, off, data, len);
-    if (close(fd) != 0 && !rc)
-        rc = NU_ERR_IO;
+        rc = tsim__corrupt(t, t->flash_fd, off, data, len);
+    if (rc)
+        tsim__flash_close(t);
     if (!rc && off + len > t->flash_len)
         t->flash_len = off + len;
     return rc;
@@ -868,18 +937,23 @@ int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
 
 /* ------------------------------------------------------------ secure boot */
 
-/* fsync image.bin (a reset must not boot what a power cut would lose) and read it. */
+/* Make image.bin durable (a reset must not boot what a power cut would lose)
+ * and read it. */
 static int tsim__read_flash(struct tsim *t, uint8_t **out_img, size_t *out_len)
 {
     char path[PATH_MAX];
     int rc = tsim__file(t, "image.bin", path, sizeof(path));
     if (rc)
         return rc;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = t->flash_fd;
+    t->flash_fd = -1;
+    if (fd < 0)
+        fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return tsim__errno(errno);
-    rc = fsync(fd) == 0 ? NU_OK : NU_ERR_IO;
-    close(fd);
+    rc = fdatasync(fd) == 0 ? NU_OK : NU_ERR_IO;
+    if (close(fd) != 0 && !rc)
+        rc = NU_ERR_IO;
     if (!rc)
         rc = nu_file_read(path, TSIM_IMAGE_MAX, out_img, out_len);
     return rc;

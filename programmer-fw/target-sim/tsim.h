@@ -28,14 +28,19 @@
  * disagrees). Unknown keys are ignored, so lines may be added later. The
  * chip does not know its certificate serial: read it from cert.pem.
  *
- * Persistence: every state change is committed by rewriting `state` with
- * nu_file_write_atomic(). Files a change makes valid are written before the
- * state that refers to them (key.pem before keyed); a change that invalidates
- * the last boot is committed before the data is written. So a chip reopened
- * with tsim_open() after a crash of the programmer is always in a state it
- * could have been in: writes in flight are lost or half done (like a real
- * flash), never accepted as booted. Flash data goes to image.bin with plain
- * positioned writes (a programmed flash page), fsync'ed at reset.
+ * Persistence: every state change is committed by rewriting `state`
+ * atomically and durably. Like an EEPROM emulation's two pages, the new text
+ * goes to the hidden file .state.next (the state before the last commit),
+ * is fdatasync'ed, and rename(RENAME_EXCHANGE) swaps the two names in one
+ * step before the folder is fsync'ed: `state` is always whole, and a commit
+ * creates no new inode (a plain rename when the filesystem cannot exchange).
+ * Files a change makes valid are written before the state that refers to them
+ * (key.pem before keyed); a change that invalidates the last boot is
+ * committed before the data is written. So a chip reopened with tsim_open()
+ * after a crash of the programmer is always in a state it could have been in:
+ * writes in flight are lost or half done (like a real flash), never accepted
+ * as booted. Flash data goes to image.bin with plain positioned writes (a
+ * programmed flash page), fdatasync'ed at reset.
  *
  * Life of a chip: BLANK -> OTP written (ROTPK hash, once) -> KEYED (key pair +
  * CSR) -> PROGRAMMED (firmware + boot key + certificate) -> reset: secure

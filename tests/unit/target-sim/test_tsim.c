@@ -635,6 +635,41 @@ static void test_crash_mid_flash(void)
     tsim_destroy(t);
 }
 
+static ino_t inode_of(const struct tsim *t, const char *name)
+{
+    char path[1024];
+    struct stat st;
+    CU_ASSERT_EQUAL(nu_path_fmt(path, sizeof(path), "%s/%s", tsim_path(t), name), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(lstat(path, &st), 0);
+    return st.st_ino;
+}
+
+/* A commit swaps `state` with its shadow: the whole life of a chip uses the
+ * same two inodes (no file is created or deleted per commit), the shadow
+ * holds the state before the last commit, and it never stands in for a
+ * damaged `state`. */
+static void test_commits_swap_two_files(void)
+{
+    uint8_t uid[TSIM_UID_LEN];
+    struct tsim *t = new_chip(0, uid), *t2 = NULL;
+    drive(t, ST_OTP);
+    ino_t a = inode_of(t, "state"), b = inode_of(t, ".state.next");
+    CU_ASSERT_NOT_EQUAL(a, b);
+    drive(t, ST_LOCKED);
+    ino_t c = inode_of(t, "state"), d = inode_of(t, ".state.next");
+    CU_ASSERT_TRUE((c == a && d == b) || (c == b && d == a));
+    CU_ASSERT_TRUE(state_has(t, "state=locked"));
+    size_t len = 0;
+    char *shadow = read_chip_file(t, ".state.next", &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(shadow);
+    CU_ASSERT_PTR_NOT_NULL(strstr(shadow, "state=booted\n"));
+    free(shadow);
+    write_chip_file(t, "state", "state=locked\n", 13);
+    CU_ASSERT_EQUAL(tsim_open(targets, uid, NULL, &t2), NU_ERR_DECODE);
+    CU_ASSERT_PTR_NULL(t2);
+    tsim_destroy(t);
+}
+
 static void test_open_and_create_errors(void)
 {
     uint8_t uid[TSIM_UID_LEN], unknown[TSIM_UID_LEN];
@@ -1139,6 +1174,7 @@ int main(void)
     static const struct nu_test_case persist[] = {
         {"reopen keeps every state", test_reopen_keeps_state},
         {"programmer crash mid-flash: reopened chip not bootable", test_crash_mid_flash},
+        {"commits swap state with its shadow, no new files", test_commits_swap_two_files},
         {"open/create errors, damaged state refused", test_open_and_create_errors},
         {"private key 0600 and nowhere else", test_private_key_confined},
         {"untrusted inputs bounded", test_untrusted_inputs},
