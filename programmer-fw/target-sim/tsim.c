@@ -56,6 +56,7 @@ struct tsim {
     char uid_hex[TSIM__UID_HEX_LEN + 1];
     struct tsim_opts opts;
     struct tsim__nv nv;
+    int rooted;              /* the folder is durable in targets/ (after a first commit) */
     struct nu_p256_key *key; /* the device key, NULL until keyed */
     uint64_t flash_len;      /* bytes programmed in image.bin */
     int flash_fd;            /* image.bin, open while chunks are being flashed; -1 */
@@ -174,7 +175,7 @@ static int tsim__fsync_dir(const char *dir)
 }
 
 /* Rewrite the shadow file with text and make its bytes durable. */
-static int tsim__write_shadow(const char *path, const char *text, size_t len)
+static int tsim__write_shadow(const char *path, const char *text, size_t len, int durable)
 {
     int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
@@ -187,7 +188,7 @@ static int tsim__write_shadow(const char *path, const char *text, size_t len)
     if (fd < 0)
         return tsim__errno(errno);
     int rc = tsim__pwrite_all(fd, (const uint8_t *)text, len, 0);
-    if (!rc && fdatasync(fd) != 0)
+    if (!rc && durable && fdatasync(fd) != 0)
         rc = NU_ERR_IO;
     if (close(fd) != 0 && !rc)
         rc = NU_ERR_IO;
@@ -208,8 +209,8 @@ static int tsim__swap(const char *shadow, const char *state)
 }
 
 /*
- * Write nv as the state file of the chip folder `dir`, atomically and
- * durably, like an EEPROM emulation's two pages: the new text goes to the
+ * Write nv as the state file of the chip folder `dir`, atomically (and, if
+ * `durable`, durably), like an EEPROM emulation's two pages: the new text goes to the
  * shadow file (which holds the state before the last commit), its bytes are
  * made durable, then one rename(RENAME_EXCHANGE) makes it `state` and the
  * folder is synced. A crash at any point leaves `state` whole (old or new).
@@ -217,7 +218,8 @@ static int tsim__swap(const char *shadow, const char *state)
  * on ext4 without a journal, every recently deleted inode makes each later
  * file creation scan past it, which cost more CPU than the chip's crypto.
  */
-static int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__nv *nv)
+static int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__nv *nv,
+                             int durable)
 {
     char state[PATH_MAX], shadow[PATH_MAX], text[1024];
     size_t len = 0;
@@ -227,23 +229,89 @@ static int tsim__write_state(const struct tsim *t, const char *dir, const struct
     if (!rc)
         rc = tsim__format(t, nv, text, sizeof(text), &len);
     if (!rc)
-        rc = tsim__write_shadow(shadow, text, len);
+        rc = tsim__write_shadow(shadow, text, len, durable);
     if (!rc)
         rc = tsim__swap(shadow, state);
-    if (!rc)
+    if (!rc && durable)
         rc = tsim__fsync_dir(dir);
     if (rc)
         nu_warn("tsim %s: state not saved: %s", t->uid_hex, nu_err_name(rc));
     return rc;
 }
 
-/* Commit nv: the state file is rewritten, then t adopts nv. */
+/*
+ * Write the chip file `name` through a temporary file (whole or not at all)
+ * with its bytes durable. Its name becomes durable with the caller's next
+ * sync of the folder (the commit that follows): one sync less per file.
+ */
+static int tsim__put_file(const struct tsim *t, const char *name, const void *buf, size_t len,
+                          mode_t mode)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    int rc = nu_path_fmt(path, sizeof(path), "%s/%s", t->dir, name);
+    if (!rc)
+        rc = nu_path_fmt(tmp, sizeof(tmp), "%s/%s.tmp", t->dir, name);
+    if (rc)
+        return rc;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return tsim__errno(errno);
+    rc = fchmod(fd, mode) == 0 ? NU_OK : NU_ERR_IO;
+    if (!rc)
+        rc = tsim__pwrite_all(fd, buf, len, 0);
+    if (!rc && fdatasync(fd) != 0)
+        rc = NU_ERR_IO;
+    if (close(fd) != 0 && !rc)
+        rc = NU_ERR_IO;
+    if (!rc && rename(tmp, path) != 0)
+        rc = tsim__errno(errno);
+    if (rc)
+        unlink(tmp);
+    return rc;
+}
+
+static int tsim__nv_eq(const struct tsim__nv *a, const struct tsim__nv *b)
+{
+    return a->otp_set == b->otp_set && !memcmp(a->otp_hash, b->otp_hash, sizeof(a->otp_hash)) &&
+           a->otp_counter == b->otp_counter && a->keyed == b->keyed &&
+           !memcmp(a->pub, b->pub, sizeof(a->pub)) && a->boot_key_set == b->boot_key_set &&
+           !memcmp(a->boot_key, b->boot_key, sizeof(a->boot_key)) &&
+           a->programmed == b->programmed && a->boot == b->boot && a->locked == b->locked;
+}
+
+/* The chip folder's parent (targets/) into out. */
+static int tsim__parent(const struct tsim *t, char *out, size_t cap)
+{
+    const char *slash = strrchr(t->dir, '/');
+    if (!slash)
+        return nu_path_fmt(out, cap, ".");
+    return nu_path_fmt(out, cap, "%.*s", (int)(slash > t->dir ? slash - t->dir : 1), t->dir);
+}
+
+/*
+ * Commit nv: the state file holds it durably, then t adopts it. A new chip's
+ * folder becomes durable here, with its first commit: a blank chip holds
+ * nothing to lose, so tsim_create does not sync.
+ */
 static int tsim__commit(struct tsim *t, const struct tsim__nv *nv)
 {
-    int rc = tsim__write_state(t, t->dir, nv);
+    char parent[PATH_MAX];
+    int rc = tsim__write_state(t, t->dir, nv, 1);
+    if (!rc && !t->rooted) {
+        rc = tsim__parent(t, parent, sizeof(parent));
+        if (!rc)
+            rc = tsim__fsync_dir(parent);
+        t->rooted = rc == NU_OK;
+    }
     if (!rc)
         t->nv = *nv;
     return rc;
+}
+
+/* Commit nv when it differs: flash chunks after the first cost no state write. */
+static int tsim__commit_if_changed(struct tsim *t, const struct tsim__nv *nv)
+{
+    return tsim__nv_eq(nv, &t->nv) ? NU_OK : tsim__commit(t, nv);
 }
 
 /* Parsed lines of a state file; each key at most once. */
@@ -423,7 +491,8 @@ static void tsim__rmdir_new(const char *tmp)
 /*
  * Build the blank chip in targets_dir/.new-UID-RANDOM, then rename it to its
  * UID: rename refuses a non-empty target, so two creators of one UID cannot
- * both win and a crash never leaves a chip folder without its state.
+ * both win and a crash never leaves a chip folder without its state. Nothing
+ * is synced: the first commit makes the folder durable (tsim__commit).
  */
 static int tsim__make_folder(struct tsim *t, const char *targets_dir)
 {
@@ -446,14 +515,14 @@ static int tsim__make_folder(struct tsim *t, const char *targets_dir)
         rc = tsim__errno(errno);
         goto fail;
     }
-    rc = tsim__write_state(t, tmp, &t->nv); /* t->nv is blank (calloc) */
+    rc = tsim__write_state(t, tmp, &t->nv, 0); /* t->nv is blank (calloc) */
     if (rc)
         goto fail;
     if (rename(tmp, t->dir) != 0) {
         rc = tsim__errno(errno);
         goto fail;
     }
-    return tsim__fsync_dir(targets_dir);
+    return NU_OK;
 fail:
     tsim__rmdir_new(tmp);
     return rc;
@@ -548,6 +617,7 @@ int tsim_open(const char *targets_dir, const uint8_t uid[TSIM_UID_LEN],
         rc = NU_ERR_DECODE; /* oversized or NUL bytes inside */
     if (!rc)
         rc = tsim__parse(t, (char *)text, &t->nv);
+    t->rooted = 1;
     if (!rc && t->nv.keyed)
         rc = tsim__load_key(t);
     if (!rc)
@@ -720,8 +790,9 @@ static int tsim__answer_csr(struct tsim *t, struct nu_p256_key *key, const char 
 
 /*
  * Generate the device key into *out_key and write secret/key.pem (0600) and
- * pubkey.pem; nv gets the public key. The caller commits nv: until then the
- * files are orphans that a retry overwrites.
+ * pubkey.pem; nv gets the public key. The caller commits nv (which also makes
+ * pubkey.pem's name durable): until then the files are orphans that a retry
+ * overwrites.
  */
 static int tsim__generate_key(struct tsim *t, struct tsim__nv *nv, struct nu_p256_key **out_key)
 {
@@ -738,9 +809,7 @@ static int tsim__generate_key(struct tsim *t, struct tsim__nv *nv, struct nu_p25
     if (!rc)
         rc = nu_p256_pub_to_pem(nv->pub, pem, sizeof(pem), &pem_len);
     if (!rc)
-        rc = tsim__file(t, "pubkey.pem", path, sizeof(path));
-    if (!rc)
-        rc = nu_file_write_atomic(path, pem, pem_len, 0644);
+        rc = tsim__put_file(t, "pubkey.pem", pem, pem_len, 0644);
     if (rc) {
         nu_p256_key_destroy(key);
         return rc;
@@ -816,14 +885,6 @@ static int tsim__begin_write(const struct tsim *t, struct tsim__nv *nv)
     nv->programmed = 1;
     nv->boot = TSIM__BOOT_NONE;
     return NU_OK;
-}
-
-/* Commit nv only when it differs: chunks after the first cost no state write. */
-static int tsim__commit_if_changed(struct tsim *t, const struct tsim__nv *nv)
-{
-    if (memcmp(nv, &t->nv, sizeof(*nv)) == 0)
-        return NU_OK;
-    return tsim__commit(t, nv);
 }
 
 /* TSIM_FAULT_FLASH_CORRUPT: the weak cell, if in this chunk, keeps a flipped bit. */
@@ -922,15 +983,15 @@ int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
         return rc;
     if (len > TSIM_CERT_MAX)
         return NU_ERR_TOO_LARGE;
-    char path[PATH_MAX], *pem = NULL;
+    char *pem = NULL;
     size_t pem_len = 0;
-    rc = tsim__file(t, "cert.pem", path, sizeof(path));
-    if (!rc)
-        rc = nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, &pem, &pem_len);
+    rc = nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, &pem, &pem_len);
     if (!rc)
         rc = tsim__commit_if_changed(t, &nv);
     if (!rc)
-        rc = nu_file_write_atomic(path, pem, pem_len, 0644);
+        rc = tsim__put_file(t, "cert.pem", pem, pem_len, 0644);
+    if (!rc)
+        rc = tsim__fsync_dir(t->dir); /* cert.pem's name */
     free(pem);
     return rc;
 }

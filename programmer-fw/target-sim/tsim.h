@@ -35,12 +35,14 @@
  * step before the folder is fsync'ed: `state` is always whole, and a commit
  * creates no new inode (a plain rename when the filesystem cannot exchange).
  * Files a change makes valid are written before the state that refers to them
- * (key.pem before keyed); a change that invalidates the last boot is
- * committed before the data is written. So a chip reopened with tsim_open()
- * after a crash of the programmer is always in a state it could have been in:
- * writes in flight are lost or half done (like a real flash), never accepted
- * as booted. Flash data goes to image.bin with plain positioned writes (a
- * programmed flash page), fdatasync'ed at reset.
+ * (key.pem before keyed; their bytes synced, their names with the folder's
+ * sync); a change that invalidates the last boot is committed before the data
+ * is written. A new chip's folder becomes durable with its first commit (the
+ * OTP write): a power cut before that may lose the blank chip or leave a
+ * folder tsim_open() refuses, never a chip that claims more than blank. So a chip reopened with
+ * tsim_open() after a crash of the programmer is always in a state it could have been in: writes in
+ * flight are lost or half done (like a real flash), never accepted as booted. Flash data goes to
+ * image.bin with plain positioned writes (a programmed flash page), fdatasync'ed at reset.
  *
  * Life of a chip: BLANK -> OTP written (ROTPK hash, once) -> KEYED (key pair +
  * CSR) -> PROGRAMMED (firmware + boot key + certificate) -> reset: secure
@@ -119,7 +121,9 @@ struct tsim;
 
 /* Create a blank chip with `uid` under targets_dir (created if missing).
  * opts may be NULL (no faults, instant flash). The folder appears atomically
- * (built aside, then renamed), so a crash never leaves a half-made chip.
+ * (built aside, then renamed), so a crash of the programmer never leaves a
+ * half-made chip; nothing is synced until the chip's first commit (see
+ * Persistence above).
  * *out_t is freed with tsim_destroy().
  * Errors: INVALID_ARG, EXISTS (that UID exists), TOO_LARGE (path), IO,
  * PERMISSION, CRYPTO/NOMEM (TSIM_FAULT_NOT_BLANK's key). */
