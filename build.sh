@@ -45,7 +45,7 @@ Commands:
   bench             build release, then measure on this machine in one run
                     (crypto ceiling, end to end on the local stack, cert
                     latency, peak RSS) and write bench/results.json.
-                    BENCH_DEVICES (default 2000) sets the e2e device count
+                    BENCH_DEVICES (default 10000) sets the e2e device count
   deps              only install the missing Debian packages
   -h, --help        this text
 

@@ -1056,7 +1056,10 @@ static int ledger__configure(sqlite3 *db, int write)
         return NU_OK;
     rc = ledger__wal_on(db);
     if (rc == NU_OK)
-        rc = ledger__exec_sql(db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON");
+        rc = ledger__exec_sql(db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+                                  /* 16 MiB instead of 2: at a million certificates the
+                                   * bench measured ~10% more issuance (64 MiB: no more) */
+                                  " PRAGMA cache_size = -16384");
     if (rc == NU_OK)
         rc = ledger__pragma_int(db, "PRAGMA synchronous", &v);
     if (rc == NU_OK && v != 2) /* FULL */
