@@ -100,7 +100,8 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
     struct pg_sock_work *w = d->w;
     uint8_t idem[32];
     d->r->step = "counter";
-    /* Count first: a crash after this wastes a unit, never creates one. */
+    /* Count first: a crash after this wastes units (this one, and on the
+     * POSIX port the rest of the KeyStore's reservation), never creates one. */
     int rc = pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &d->counter);
     if (rc != NU_OK)
         return rc;

@@ -17,6 +17,12 @@
  * records). The file is rewritten atomically (temp + fsync + rename) on every
  * change, before the change is reported done: a crash leaves the old or the
  * new store, never a torn one, and a counter never goes back by itself.
+ * A counter's record holds the units reserved: limit/64 of them (1 below a
+ * limit of 128, at most 16) are written at once, before the first is handed
+ * out, so a unit is always durable before use while the store is written once
+ * per reservation, not per device. After a power cut the whole reservation
+ * counts as spent (at most 1/64 of the limit wasted; never more than the
+ * limit); pp_ks_close() and any other write give the unused units back.
  *
  * What the stand-in cannot do: a file cannot be monotonic. Someone who
  * copies keystore.bin aside and puts it back later rolls the counters back;
@@ -54,7 +60,8 @@ struct pp_ks;
  */
 int pp_ks_open(const char *pdir, const char *name, int create, struct pp_ks **out_ks);
 
-/* Wipe and free (NULL is a no-op). */
+/* Give unused reserved counter units back (one write, if any), wipe and free
+ * (NULL is a no-op). */
 void pp_ks_close(struct pp_ks *ks);
 
 /* The ops table; ctx is the struct pp_ks. */

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char tmp[256];
@@ -65,6 +66,99 @@ static void test_counters_persist_and_stop_at_limit(void)
     CU_ASSERT_EQUAL(pp_ks_ops.counter_read(ks, "job-none", &v), NU_OK);
     CU_ASSERT_EQUAL(v, 0);
     pp_ks_close(ks);
+}
+
+/* A child increments `n` times under `limit` and dies without closing: a
+ * power cut, as far as the KeyStore file is concerned. */
+static void increment_then_die(const char *job, unsigned n, uint32_t limit)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    CU_ASSERT_TRUE_FATAL(pid >= 0);
+    if (pid == 0) {
+        struct pp_ks *ks = NULL;
+        uint32_t v = 0, start = 0;
+        if (pp_ks_open(pdir, "p1", 0, &ks) != NU_OK ||
+            pp_ks_ops.counter_read(ks, job, &start) != NU_OK)
+            _exit(1);
+        for (unsigned i = 1; i <= n; i++) {
+            if (pp_ks_ops.counter_increment(ks, job, limit, &v) != NU_OK || v != start + i)
+                _exit(2);
+        }
+        _exit(0); /* no pp_ks_close: nothing more reaches the file */
+    }
+    int status = 0;
+    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static uint32_t read_counter(const char *job)
+{
+    struct pp_ks *ks = NULL;
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL_FATAL(pp_ks_open(pdir, "p1", 0, &ks), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(ks, job, &v), NU_OK);
+    pp_ks_close(ks);
+    return v;
+}
+
+static ino_t keystore_inode(void)
+{
+    char path[600];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/keystore.bin", pdir);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+    return st.st_ino;
+}
+
+/*
+ * Units are reserved limit/64 at a time (at most 16) with one durable write:
+ * the units in between cost no KeyStore write. A power cut spends the rest of
+ * the reservation, never more, and the count never passes the limit; a clean
+ * close gives the rest back.
+ */
+static void test_counter_reservation(void)
+{
+    fresh();
+    struct pp_ks *ks = NULL;
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL_FATAL(pp_ks_open(pdir, "p1", 1, &ks), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_increment(ks, "job-r", 6400, &v), NU_OK); /* reserves 16 */
+    ino_t ino = keystore_inode();
+    for (uint32_t i = 2; i <= 16; i++) {
+        CU_ASSERT_EQUAL(pp_ks_ops.counter_increment(ks, "job-r", 6400, &v), NU_OK);
+        CU_ASSERT_EQUAL(v, i);
+    }
+    CU_ASSERT_EQUAL(keystore_inode(), ino); /* no write for units 2..16 */
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_increment(ks, "job-r", 6400, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 17);
+    CU_ASSERT_NOT_EQUAL(keystore_inode(), ino); /* the next reservation is written first */
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(ks, "job-r", &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 17);
+    pp_ks_close(ks);
+    CU_ASSERT_EQUAL(read_counter("job-r"), 17); /* clean close: exact */
+
+    /* Power cut after 20 more (37): the reservation made at 33 (up to 49)
+     * counts as spent. */
+    increment_then_die("job-r", 20, 6400);
+    CU_ASSERT_EQUAL(read_counter("job-r"), 49);
+
+    /* Near the limit (200: 3 at a time) a reservation stops at the limit, and
+     * a power cut can waste units but never exceed it. */
+    increment_then_die("job-r", 197 - 49, 200); /* up to 197; reserved up to 199 */
+    v = read_counter("job-r");
+    CU_ASSERT_TRUE(v >= 197 && v < 200);
+    CU_ASSERT_EQUAL_FATAL(pp_ks_open(pdir, "p1", 0, &ks), NU_OK);
+    uint32_t last = v, got = 0;
+    while (pp_ks_ops.counter_increment(ks, "job-r", 200, &got) == NU_OK)
+        CU_ASSERT_EQUAL(got, ++last);
+    CU_ASSERT_EQUAL(last, 200);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_increment(ks, "job-r", 200, &got), NU_ERR_LIMIT);
+    pp_ks_close(ks);
+    CU_ASSERT_EQUAL(read_counter("job-r"), 200);
+    /* Limits below 128 reserve one unit at a time: exact across a power cut. */
+    increment_then_die("job-s", 5, 100);
+    CU_ASSERT_EQUAL(read_counter("job-s"), 5);
 }
 
 static void test_blobs_and_key_usage(void)
@@ -218,6 +312,7 @@ static void test_no_private_key_outside_keystore(void)
 
 static const struct nu_test_case cases[] = {
     {"counters persist and stop at the limit", test_counters_persist_and_stop_at_limit},
+    {"counter units reserved in blocks, never past the limit", test_counter_reservation},
     {"blobs and key usage", test_blobs_and_key_usage},
     {"tampered keystore refused", test_tampered_store_refused},
     {"wrong, exposed or missing HUK refused", test_wrong_or_exposed_huk_refused},
