@@ -76,6 +76,12 @@ static int tsim__fault(const struct tsim *t, unsigned fault)
     return (t->opts.faults & fault) != 0;
 }
 
+/* Whether commits are synced to disk (see tsim_opts.no_sync). */
+static int tsim__durable(const struct tsim *t)
+{
+    return !t->opts.no_sync;
+}
+
 /* Every link command starts here: a dead or flaky chip answers nothing. */
 static int tsim__link(const struct tsim *t)
 {
@@ -259,7 +265,7 @@ static int tsim__put_file(const struct tsim *t, const char *name, const void *bu
     rc = fchmod(fd, mode) == 0 ? NU_OK : NU_ERR_IO;
     if (!rc)
         rc = tsim__pwrite_all(fd, buf, len, 0);
-    if (!rc && fdatasync(fd) != 0)
+    if (!rc && tsim__durable(t) && fdatasync(fd) != 0)
         rc = NU_ERR_IO;
     if (close(fd) != 0 && !rc)
         rc = NU_ERR_IO;
@@ -296,8 +302,8 @@ static int tsim__parent(const struct tsim *t, char *out, size_t cap)
 static int tsim__commit(struct tsim *t, const struct tsim__nv *nv)
 {
     char parent[PATH_MAX];
-    int rc = tsim__write_state(t, t->dir, nv, 1);
-    if (!rc && !t->rooted) {
+    int rc = tsim__write_state(t, t->dir, nv, tsim__durable(t));
+    if (!rc && !t->rooted && tsim__durable(t)) {
         rc = tsim__parent(t, parent, sizeof(parent));
         if (!rc)
             rc = tsim__fsync_dir(parent);
@@ -797,15 +803,20 @@ static int tsim__answer_csr(struct tsim *t, struct nu_p256_key *key, const char 
 static int tsim__generate_key(struct tsim *t, struct tsim__nv *nv, struct nu_p256_key **out_key)
 {
     struct nu_p256_key *key = NULL;
-    char path[PATH_MAX], pem[NU_P256_PUB_PEM_MAX];
+    char path[PATH_MAX], pem[NU_P256_PRIV_PEM_MAX];
     size_t pem_len = 0;
     int rc = nu_p256_key_generate(&key);
     if (!rc)
         rc = nu_p256_key_pub(key, nv->pub);
     if (!rc)
-        rc = tsim__file(t, "secret/key.pem", path, sizeof(path));
+        rc = nu_p256_key_to_pem(key, pem, sizeof(pem), &pem_len);
     if (!rc)
-        rc = nu_p256_key_save_pem(key, path);
+        rc = tsim__put_file(t, "secret/key.pem", pem, pem_len, 0600);
+    nu_zero(pem, sizeof(pem));
+    if (!rc)
+        rc = tsim__file(t, "secret", path, sizeof(path));
+    if (!rc && tsim__durable(t))
+        rc = tsim__fsync_dir(path); /* key.pem's name, before any state names it */
     if (!rc)
         rc = nu_p256_pub_to_pem(nv->pub, pem, sizeof(pem), &pem_len);
     if (!rc)
@@ -990,7 +1001,7 @@ int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
         rc = tsim__commit_if_changed(t, &nv);
     if (!rc)
         rc = tsim__put_file(t, "cert.pem", pem, pem_len, 0644);
-    if (!rc)
+    if (!rc && tsim__durable(t))
         rc = tsim__fsync_dir(t->dir); /* cert.pem's name */
     free(pem);
     return rc;
@@ -1012,7 +1023,7 @@ static int tsim__read_flash(struct tsim *t, uint8_t **out_img, size_t *out_len)
         fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return tsim__errno(errno);
-    rc = fdatasync(fd) == 0 ? NU_OK : NU_ERR_IO;
+    rc = !tsim__durable(t) || fdatasync(fd) == 0 ? NU_OK : NU_ERR_IO;
     if (close(fd) != 0 && !rc)
         rc = NU_ERR_IO;
     if (!rc)

@@ -115,6 +115,11 @@ enum tsim_fault {
 struct tsim_opts {
     uint32_t flash_us_per_kib; /* simulated programming time, 0 = instant */
     unsigned faults;           /* enum tsim_fault bits */
+    int no_sync;               /* 1: never fsync/fdatasync. Writes, their order and
+                                  the atomic swaps are the same, so a chip survives a
+                                  crash of the programmer as before, but not a power
+                                  cut of the host (a real chip's NVM costs its
+                                  programmer no disk flush: for benchmarks). */
 };
 
 struct tsim;

@@ -40,7 +40,8 @@ enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3 };
 
 static const char usage_text[] =
     "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
-    "                        [--flash-us-per-kib T] [--package FILE] [--enroll TOKEN]\n"
+    "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
+    "                        [--package FILE] [--enroll TOKEN]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help]\n"
     "\n"
@@ -56,6 +57,12 @@ static const char usage_text[] =
     "  --sockets N           target sockets, 1..%d (default 4)\n"
     "  --devices N           blank chips in the simulated tray DIR/targets (default 0)\n"
     "  --flash-us-per-kib T  simulated target flash time (default 0)\n"
+    "  --target-sync MODE    full (default): every simulated chip's commit is\n"
+    "                        synced to disk and survives a power cut of this host;\n"
+    "                        none: no disk syncs, chips survive a crash of this\n"
+    "                        program only (benchmarks: a real chip's NVM costs its\n"
+    "                        programmer no disk flush). Default from\n"
+    "                        $NUSEC_TARGET_SYNC when set\n"
     "  --package FILE        load this .nspkg, produce until the tray is empty or the\n"
     "                        limit is reached, exit; without it: wait for the\n"
     "                        station's package and START on nusec/v1/prog/ID/cmd\n"
@@ -88,6 +95,7 @@ struct app {
     unsigned sockets;
     unsigned devices;
     unsigned flash_us;
+    int target_no_sync;
     char pdir[PATH_MAX];
 
     struct pp_ks *ks;
@@ -127,6 +135,7 @@ static int app__args(struct app *a, int argc, char **argv)
         {"sockets", required_argument, NULL, 's'},
         {"devices", required_argument, NULL, 'D'},
         {"flash-us-per-kib", required_argument, NULL, 'f'},
+        {"target-sync", required_argument, NULL, 'S'},
         {"package", required_argument, NULL, 'p'},
         {"enroll", required_argument, NULL, 'e'},
         {"log-level", required_argument, NULL, 'l'},
@@ -137,6 +146,7 @@ static int app__args(struct app *a, int argc, char **argv)
     };
     enum nu_log_level level = NU_LOG_INFO;
     a->sockets = 4;
+    const char *sync = getenv("NUSEC_TARGET_SYNC");
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -155,6 +165,9 @@ static int app__args(struct app *a, int argc, char **argv)
             break;
         case 'f':
             bad = app__uint(optarg, 10000000, &a->flash_us);
+            break;
+        case 'S':
+            sync = optarg;
             break;
         case 'p':
             a->package = optarg;
@@ -185,6 +198,12 @@ static int app__args(struct app *a, int argc, char **argv)
         }
     }
     nu_log_init(PROG, level, NULL);
+    if (sync && *sync && strcmp(sync, "full") != 0 && strcmp(sync, "none") != 0) {
+        fprintf(stderr, PROG ": --target-sync (or NUSEC_TARGET_SYNC) must be full or none\n");
+        fprintf(stderr, usage_text, PG_MAX_SOCKETS);
+        return -1;
+    }
+    a->target_no_sync = sync && strcmp(sync, "none") == 0;
     a->dir = nu_state_dir(a->dir);
     if (optind != argc || !a->dir || !a->name) {
         fprintf(stderr, PROG ": --dir (or NUSEC_HOME) and --name are required\n");
@@ -487,7 +506,9 @@ static int app__run(struct app *a)
     nu_zero(pem_key, sizeof(pem_key));
     if (rc == NU_OK)
         rc = nu_paths_get(a->dir, NU_PATH_TARGETS, targets, sizeof(targets));
-    struct tsim_opts topts = {.flash_us_per_kib = a->flash_us};
+    struct tsim_opts topts = {.flash_us_per_kib = a->flash_us, .no_sync = a->target_no_sync};
+    if (a->target_no_sync)
+        nu_info("simulated targets: no disk syncs (they survive a crash of this program only)");
     if (rc == NU_OK)
         rc = tsim_feeder_create(targets, a->devices, &topts, &a->feeder);
     if (rc == NU_OK)

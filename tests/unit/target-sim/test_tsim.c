@@ -635,6 +635,51 @@ static void test_crash_mid_flash(void)
     tsim_destroy(t);
 }
 
+/* no_sync (benchmarks) drops the disk syncs only: a chip still survives a
+ * crash of the programmer in a state it could have been in, never booted
+ * over half an image, and every file it shows stays whole. */
+static void test_no_sync_survives_programmer_crash(void)
+{
+    uint8_t uid[TSIM_UID_LEN];
+    struct tsim_opts o = {.no_sync = 1};
+    struct tsim *t = NULL;
+    next_uid(uid);
+    CU_ASSERT_EQUAL_FATAL(tsim_create(targets, uid, &o, &t), NU_OK);
+    drive(t, ST_BOOTED);
+    CU_ASSERT_TRUE(attest_verifies(t, uid));
+    tsim_destroy(t);
+    t = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    CU_ASSERT_TRUE_FATAL(pid >= 0);
+    if (pid == 0) {
+        struct tsim *c = NULL;
+        if (tsim_open(targets, uid, &o, &c) != NU_OK ||
+            tsim_flash_write(c, 0, img_other, CHUNK) != NU_OK)
+            _exit(1);
+        _exit(0); /* crash */
+    }
+    int status = 0;
+    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT_EQUAL_FATAL(tsim_open(targets, uid, &o, &t), NU_OK);
+    CU_ASSERT_EQUAL(state_of(t), TSIM_PROGRAMMED);
+    CU_ASSERT_TRUE(state_has(t, "boot=none"));
+    CU_ASSERT_EQUAL(tsim_lock(t), NU_ERR_STATE);
+    CU_ASSERT_EQUAL(flash_image(t, img, img_len), NU_OK);
+    CU_ASSERT_EQUAL(tsim_reset(t), NU_OK);
+    CU_ASSERT_EQUAL(tsim_lock(t), NU_OK);
+    reopen(&t, uid);
+    CU_ASSERT_EQUAL(state_of(t), TSIM_LOCKED);
+    CU_ASSERT_TRUE(attest_verifies(t, uid)); /* key.pem whole, the same key */
+    size_t len = 0;
+    char *cert = read_chip_file(t, "cert.pem", &len);
+    CU_ASSERT_PTR_NOT_NULL(cert);
+    CU_ASSERT_PTR_NOT_NULL(cert ? strstr(cert, "-----END CERTIFICATE-----") : NULL);
+    free(cert);
+    tsim_destroy(t);
+}
+
 static ino_t inode_of(const struct tsim *t, const char *name)
 {
     char path[1024];
@@ -1175,6 +1220,8 @@ int main(void)
         {"reopen keeps every state", test_reopen_keeps_state},
         {"programmer crash mid-flash: reopened chip not bootable", test_crash_mid_flash},
         {"commits swap state with its shadow, no new files", test_commits_swap_two_files},
+        {"no_sync: a programmer crash still leaves a consistent chip",
+         test_no_sync_survives_programmer_crash},
         {"open/create errors, damaged state refused", test_open_and_create_errors},
         {"private key 0600 and nowhere else", test_private_key_confined},
         {"untrusted inputs bounded", test_untrusted_inputs},
