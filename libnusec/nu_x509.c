@@ -32,6 +32,7 @@
 #include <wolfssl/wolfcrypt/random.h>
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -898,11 +899,30 @@ static int x509__cm_status(int wc, const char *what)
     }
 }
 
+/*
+ * wolfSSL_Init() once per process. wolfSSL_CertManagerLoadCABuffer makes a
+ * temporary WOLFSSL_CTX, and wolfSSL_CTX_new calls wolfSSL_Init() while the
+ * library's reference count is 0; in 5.5.4 that check and the init of its
+ * count mutex are not atomic, so the first chain checks of several threads at
+ * once (a programmer's sockets starting) could fail with -1. Initialised here
+ * first, the count is never 0 again (nothing calls wolfSSL_Cleanup).
+ */
+static pthread_once_t x509__ssl_once = PTHREAD_ONCE_INIT;
+static int x509__ssl_status;
+
+static void x509__ssl_init_once(void)
+{
+    x509__ssl_status = wolfSSL_Init();
+}
+
 /* Verify the ordered path with a certificate manager, root first, each CA
  * trusted only after it verified itself. */
 static int x509__cm_verify(struct x509__node *leaf, struct x509__node **path, size_t n,
                            struct x509__node *root)
 {
+    if (pthread_once(&x509__ssl_once, x509__ssl_init_once) != 0 ||
+        x509__ssl_status != WOLFSSL_SUCCESS)
+        return NU_ERR_CRYPTO;
     WOLFSSL_CERT_MANAGER *cm = wolfSSL_CertManagerNew();
     if (!cm)
         return NU_ERR_NOMEM;
