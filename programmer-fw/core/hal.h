@@ -77,7 +77,10 @@ struct pg_keystore_ops {
     int (*counter_read)(void *ctx, const char *job_id, uint32_t *out_value);
     /* Atomically: if counter < limit, counter += 1, made durable, and
      * *out_value = the new value; else NU_ERR_LIMIT and nothing changes.
-     * It never goes down, across power loss. */
+     * It never goes down, across power loss. A port may make several units
+     * durable at once (a reservation): after a power loss the counter then
+     * comes back at the reservation, higher than the units used, never lower
+     * and never past the limit. */
     int (*counter_increment)(void *ctx, const char *job_id, uint32_t limit, uint32_t *out_value);
     /* Sealed storage of small named blobs (certificate, pinned keys, job
      * records). get: NOT_FOUND if absent, TOO_LARGE if cap is short.
