@@ -38,7 +38,9 @@ static const char cloud__usage[] =
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
 
-/* Wait for SIGTERM/SIGINT; meanwhile sign the audit chain every interval. */
+/* Wait for SIGTERM/SIGINT; meanwhile the maintenance the request path must
+ * not pay for: WAL checkpoints (workers do none), audit checkpoints every
+ * interval, the device CRL when due. */
 static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger)
 {
     sigset_t set;
@@ -48,10 +50,13 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
     uint64_t interval_ms = (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
     uint64_t next = nu_mono_ms() + interval_ms;
     for (;;) {
-        struct timespec tick = {.tv_sec = 1};
+        struct timespec tick = {.tv_nsec = 250 * 1000 * 1000};
         int sig = sigtimedwait(&set, NULL, &tick);
         if (sig > 0)
             return sig;
+        int wal = cloud_ledger_wal_checkpoint(ledger);
+        if (wal != NU_OK && wal != NU_ERR_BUSY)
+            nu_warn("WAL checkpoint: %s", nu_err_str(wal));
         if (interval_ms && nu_mono_ms() >= next) {
             (void)cloud_checkpoint(cloud, ledger, "periodic");
             next = nu_mono_ms() + interval_ms;

@@ -416,8 +416,12 @@ static void *cloud__worker(void *arg)
     struct cloud_ledger *ledger = NULL;
     struct cloud__item *items[CLOUD__TAKE_MAX];
     int rc = cloud_ledger_open(cloud->ledger_path, &ledger);
+    /* WAL checkpoints run on the main thread's tick, not inside a request's commit. */
+    if (!rc)
+        rc = cloud_ledger_wal_autocheckpoint(ledger, 0);
     if (rc) {
         nu_error("worker cannot open the ledger: %s", nu_err_str(rc));
+        cloud_ledger_close(ledger);
         return NULL;
     }
     size_t n;

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -3218,6 +3219,24 @@ int cloud_ledger_audit_head(struct cloud_ledger *ledger, uint64_t *out_seq,
     rc = ledger__col_fixed(st, 1, out_hash, CLOUD_LEDGER_HASH_LEN);
     ledger__reset(st);
     return rc;
+}
+
+/* -------------------------------------------------------------------- WAL */
+
+int cloud_ledger_wal_autocheckpoint(struct cloud_ledger *ledger, unsigned pages)
+{
+    if (!ledger || pages > INT_MAX)
+        return NU_ERR_INVALID_ARG;
+    int rc = sqlite3_wal_autocheckpoint(ledger->db, (int)pages);
+    return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal autocheckpoint");
+}
+
+int cloud_ledger_wal_checkpoint(struct cloud_ledger *ledger)
+{
+    if (!ledger)
+        return NU_ERR_INVALID_ARG;
+    int rc = sqlite3_wal_checkpoint_v2(ledger->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal checkpoint");
 }
 
 /* ------------------------------------------------------------ checkpoints */

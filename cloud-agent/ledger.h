@@ -752,6 +752,24 @@ typedef int (*cloud_ledger_checkpoint_fn)(void *ctx, uint64_t head_seq,
 int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const char *actor,
                             cloud_ledger_checkpoint_fn make, void *ctx, uint64_t *out_seq);
 
+/* ------------------------------------------------------------------- WAL */
+
+/*
+ * Whether commits on this connection also checkpoint the WAL into the main
+ * file once it holds `pages` pages (SQLite's default, 1000) or never (0).
+ * A checkpoint inside a commit makes that one request wait for it: a server
+ * turns it off on its request connections and calls cloud_ledger_wal_checkpoint
+ * from elsewhere. Errors: INVALID_ARG, DB.
+ */
+int cloud_ledger_wal_autocheckpoint(struct cloud_ledger *ledger, unsigned pages);
+
+/*
+ * Copy what the WAL holds into the main file without waiting for anyone
+ * (SQLite's PASSIVE checkpoint: writers and readers go on). Errors:
+ * INVALID_ARG, BUSY (another checkpoint runs), DB.
+ */
+int cloud_ledger_wal_checkpoint(struct cloud_ledger *ledger);
+
 /* --------------------------------------------------------------- verify */
 
 /*

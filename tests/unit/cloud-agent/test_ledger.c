@@ -515,6 +515,38 @@ static void test_second_open_keeps_locks(void)
     CU_ASSERT_EQUAL(outside_count(path, "prog-3"), 1);
 }
 
+/* Workers commit without checkpointing; the main thread's tick copies the
+ * WAL into the file: until then the main file does not grow, after it it
+ * holds the rows (and a reader still sees everything either way). */
+static void test_wal_checkpoint_off_the_commit_path(void)
+{
+    char path[512];
+    struct stat before, after;
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(l), NU_OK); /* start from a flushed file */
+    CU_ASSERT_EQUAL(cloud_ledger_wal_autocheckpoint(l, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &before), 0);
+    char payload[2048];
+    memset(payload, 'x', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = '\0';
+    struct cloud_ledger_event ev = {.ts_ms = T0,
+                                    .kind = "test.bulk",
+                                    .actor = "tester",
+                                    .payload = payload,
+                                    .payload_len = strlen(payload)};
+    for (int i = 0; i < 2500; i++) /* ~5 MB: past the default 1000-page autocheckpoint */
+        CU_ASSERT_EQUAL_FATAL(cloud_ledger_audit_append(l, &ev, NULL), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &after), 0);
+    CU_ASSERT_EQUAL(after.st_size, before.st_size);
+    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(l), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &after), 0);
+    CU_ASSERT(after.st_size > before.st_size + 4 * 1024 * 1024);
+    CU_ASSERT_TRUE(verify_ok(l));
+    CU_ASSERT_EQUAL(cloud_ledger_wal_autocheckpoint(NULL, 0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(NULL), NU_ERR_INVALID_ARG);
+    cloud_ledger_close(l);
+}
+
 /* ------------------------------------------------------------------ jobs */
 
 struct joblist {
@@ -2441,6 +2473,7 @@ static const struct nu_test_case schema_cases[] = {
     {"triggers refuse edits", test_triggers_refuse_edits},
     {"concurrent first open creates once", test_concurrent_first_open},
     {"a second open keeps the first one's locks", test_second_open_keeps_locks},
+    {"WAL checkpoints can leave the commit path", test_wal_checkpoint_off_the_commit_path},
     {NULL, NULL},
 };
 
