@@ -851,6 +851,7 @@ out:
     key->hsm = hsm;
     key->signer.ctx = key;
     key->signer.sign_digest = hsm__signer_cb;
+    key->signer.self_verified = 1; /* hsm__sign verifies before it returns */
     *out_key = key;
     return NU_OK;
 }

@@ -16,5 +16,10 @@ struct nu_signer {
      * length). Returns NU_OK or NU_ERR_*. */
     int (*sign_digest)(void *ctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len);
     uint8_t pub[NU_P256_PUB_LEN]; /* public key of the signing key */
+    /* Set by a provider whose sign_digest already verified every signature
+     * it returns against pub (the HSM does, for SoftHSM2 #901): consumers
+     * that must never use an unverified signature skip their own check.
+     * 0 (the zero-initialised default) = the consumer verifies. */
+    int self_verified;
 };
 #endif
