@@ -76,23 +76,6 @@ static double fd_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* CPU seconds (user + system) a process has used so far, from /proc. */
-static double fd_cpu_s(pid_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long ut = 0, st = 0;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 /* The chunk's nonce (index in the last 4 bytes) and AAD (job || u32be index):
  * what the cloud encrypts with and what the programmer checks. */
 static size_t fd_nonce_aad(const char *job, uint32_t index, uint8_t nonce[NU_GCM_NONCE_LEN],
@@ -357,7 +340,7 @@ static int fd_measure(struct fd *d, int rounds)
     if (rc || cs == 0)
         return rc ? rc : NU_ERR_BAD_FIRMWARE;
     c_before = fd_crypto(d, cs);
-    double cloud0 = fd_cpu_s(d->f.cloud_pid), broker0 = fd_cpu_s(d->f.broker.pid);
+    double cloud0 = cf_cpu_s(d->f.cloud_pid), broker0 = cf_cpu_s(d->f.broker.pid);
     for (int r = 0; r < rounds; r++) {
         rate[r] = fd_round(d, d->n);
         fprintf(stderr, "bench_fw_delivery: round %d (%s): %d programmers, %.1f MB/s\n", r + 1,
@@ -366,8 +349,8 @@ static int fd_measure(struct fd *d, int rounds)
             return NU_ERR_BAD_FIRMWARE;
     }
     double mib = (double)d->img_len * d->n * rounds / (1024.0 * 1024.0);
-    double cloud_ms = (fd_cpu_s(d->f.cloud_pid) - cloud0) * 1e3 / mib;
-    double broker_ms = (fd_cpu_s(d->f.broker.pid) - broker0) * 1e3 / mib;
+    double cloud_ms = (cf_cpu_s(d->f.cloud_pid) - cloud0) * 1e3 / mib;
+    double broker_ms = (cf_cpu_s(d->f.broker.pid) - broker0) * 1e3 / mib;
     one = fd_round(d, 1);
     c_after = fd_crypto(d, cs);
     if (one < 0 || c_before < 0 || c_after < 0)

@@ -848,33 +848,16 @@ static double fetch_rate(int n)
     return (double)total / (now_s() - t0) / 1e6;
 }
 
-/* CPU seconds (user + system) a process has used so far, from /proc. */
-static double cpu_s(pid_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long ut = 0, st = 0;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 static void test_throughput(void)
 {
     uint8_t key[32], nonce[12] = {0}, tag[16], *out = malloc(16384);
     CU_ASSERT_FATAL(F_ok && JOB[0] && out);
     fetch_rate(1); /* warm the cache and the connections' paths */
     double one = fetch_rate(1);
-    double c0 = cpu_s(F.cloud_pid), b0 = cpu_s(F.broker.pid);
+    double c0 = cf_cpu_s(F.cloud_pid), b0 = cf_cpu_s(F.broker.pid);
     double eight = fetch_rate(N_PROGS);
-    double cloud_ms = (cpu_s(F.cloud_pid) - c0) * 1e3 / N_PROGS,
-           broker_ms = (cpu_s(F.broker.pid) - b0) * 1e3 / N_PROGS;
+    double cloud_ms = (cf_cpu_s(F.cloud_pid) - c0) * 1e3 / N_PROGS,
+           broker_ms = (cf_cpu_s(F.broker.pid) - b0) * 1e3 / N_PROGS;
     /* Raw AES-256-GCM over the same 1 MiB in 16 KiB chunks, same process. */
     nu_random(key, sizeof(key));
     int reps = 0;

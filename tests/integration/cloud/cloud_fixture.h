@@ -102,6 +102,9 @@ int cf_job_control(const struct cf *f, const char *job, int action);
 /* A device: fresh software key and its CSR (DER, malloc). */
 int cf_device_csr(struct nu_p256_key **out_key, uint8_t **out_csr, size_t *out_len);
 
+/* CPU seconds (user + system) process `pid` has used so far, from /proc; 0 if unknown. */
+double cf_cpu_s(pid_t pid);
+
 /* The cert.request idempotency key of proto/README.md (16 bytes). */
 void cf_cert_key(const char *job, const uint8_t *uid, size_t uid_len, uint8_t out[16]);
 
