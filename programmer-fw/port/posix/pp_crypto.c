@@ -15,6 +15,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
 _Static_assert(sizeof(struct nu_sha256_ctx) <= sizeof(struct pg_sha256),
@@ -101,12 +102,45 @@ static int cry__csr_make(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t p
     return rc;
 }
 
+struct cry__csr_job {
+    const uint8_t *der;
+    size_t len;
+    struct nu_x509_csr_info info;
+    int rc;
+};
+
+static void *cry__csr_verify_main(void *arg)
+{
+    struct cry__csr_job *j = arg;
+    j->rc = nu_x509_csr_parse_verify(j->der, j->len, &j->info);
+    return NULL;
+}
+
+/*
+ * The device key is verified twice on a socket's thread (this CSR check and
+ * the attestation), and wolfSSL's per-thread fixed-point cache builds a
+ * lookup table (~4-5 ms here) for any key a thread uses twice: a table that
+ * is never used again, since every device has a new key. The CSR signature is
+ * therefore checked on a short-lived thread of its own (its cache starts and
+ * ends empty; ~0.1 ms to start); the socket thread then sees the key once.
+ */
+static int cry__csr_parse_verify(const uint8_t *der, size_t len, struct nu_x509_csr_info *out)
+{
+    struct cry__csr_job j = {.der = der, .len = len, .rc = NU_ERR_INTERNAL};
+    pthread_t t;
+    if (pthread_create(&t, NULL, cry__csr_verify_main, &j) != 0)
+        return nu_x509_csr_parse_verify(der, len, out); /* no thread: same answer, slower */
+    pthread_join(t, NULL);
+    *out = j.info;
+    return j.rc;
+}
+
 static int cry__csr_check(void *ctx, const uint8_t *der, size_t len, const char *cn,
                           uint8_t out_pub[65])
 {
     (void)ctx;
     struct nu_x509_csr_info info;
-    int rc = nu_x509_csr_parse_verify(der, len, &info);
+    int rc = cry__csr_parse_verify(der, len, &info);
     if (rc == NU_OK && strcmp(info.cn, cn) != 0)
         rc = NU_ERR_BAD_CSR;
     if (rc == NU_OK)
