@@ -599,6 +599,29 @@ static void test_reopen_keeps_state(void)
     tsim_destroy(t);
 }
 
+/* A programmer process that opens chip `uid` and dies (no tsim_destroy, nothing
+ * flushed by us) after writing `chunks` chunks of another image over it.
+ * Returns 1 when that child ran as planned. */
+static int crash_while_flashing(const uint8_t uid[TSIM_UID_LEN], const struct tsim_opts *o,
+                                int chunks)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return 0;
+    if (pid == 0) {
+        struct tsim *c = NULL;
+        if (tsim_open(targets, uid, o, &c) != NU_OK)
+            _exit(1);
+        for (int i = 0; i < chunks; i++)
+            if (tsim_flash_write(c, (uint32_t)i * CHUNK, img_other + i * CHUNK, CHUNK) != NU_OK)
+                _exit(1);
+        _exit(0); /* crash */
+    }
+    int status = 0;
+    return waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 /* The programmer dies (no tsim_destroy) in the middle of reflashing a booted
  * chip: reopened, the chip is not BOOTED any more and cannot be locked until
  * a full image boots again. */
@@ -609,20 +632,7 @@ static void test_crash_mid_flash(void)
     drive(t, ST_BOOTED);
     tsim_destroy(t);
     t = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    CU_ASSERT_TRUE_FATAL(pid >= 0);
-    if (pid == 0) {
-        struct tsim *c = NULL;
-        if (tsim_open(targets, uid, NULL, &c) != NU_OK ||
-            tsim_flash_write(c, 0, img_other, CHUNK) != NU_OK ||
-            tsim_flash_write(c, CHUNK, img_other + CHUNK, CHUNK) != NU_OK)
-            _exit(1);
-        _exit(0); /* crash: no destroy, nothing flushed by us */
-    }
-    int status = 0;
-    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
-    CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT_TRUE(crash_while_flashing(uid, NULL, 2));
     CU_ASSERT_EQUAL_FATAL(tsim_open(targets, uid, NULL, &t), NU_OK);
     CU_ASSERT_EQUAL(state_of(t), TSIM_PROGRAMMED);
     CU_ASSERT_TRUE(state_has(t, "boot=none"));
@@ -649,19 +659,7 @@ static void test_no_sync_survives_programmer_crash(void)
     CU_ASSERT_TRUE(attest_verifies(t, uid));
     tsim_destroy(t);
     t = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    CU_ASSERT_TRUE_FATAL(pid >= 0);
-    if (pid == 0) {
-        struct tsim *c = NULL;
-        if (tsim_open(targets, uid, &o, &c) != NU_OK ||
-            tsim_flash_write(c, 0, img_other, CHUNK) != NU_OK)
-            _exit(1);
-        _exit(0); /* crash */
-    }
-    int status = 0;
-    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
-    CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT_TRUE(crash_while_flashing(uid, &o, 1));
     CU_ASSERT_EQUAL_FATAL(tsim_open(targets, uid, &o, &t), NU_OK);
     CU_ASSERT_EQUAL(state_of(t), TSIM_PROGRAMMED);
     CU_ASSERT_TRUE(state_has(t, "boot=none"));
