@@ -1276,16 +1276,24 @@ static int ledger__step_one(struct cloud_ledger *l, sqlite3_stmt *st, const char
     return rc;
 }
 
+/* Step statement `id` (one text parameter, `key`) to its one row: NU_OK with
+ * *out_st on the row (caller resets), NOT_FOUND, or a database error. */
+static int ledger__row_by_key(struct cloud_ledger *l, enum ledger_stmt id, const char *key,
+                              const char *what, sqlite3_stmt **out_st)
+{
+    int rc = ledger__stmt(l, id, out_st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(*out_st, 1, key);
+    return ledger__step_one(l, *out_st, what);
+}
+
 static int ledger__job_read(struct cloud_ledger *l, const char *job_id,
                             struct cloud_ledger_job *out)
 {
     sqlite3_stmt *st = NULL;
-    int rc = ledger__stmt(l, ST_JOB_GET, &st);
-
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_text(st, 1, job_id);
-    rc = ledger__step_one(l, st, "job get");
+    int rc = ledger__row_by_key(l, ST_JOB_GET, job_id, "job get", &st);
     if (rc != NU_OK)
         return rc;
     rc = ledger__job_row(st, out);
@@ -1300,12 +1308,7 @@ static int ledger__prog_state(struct cloud_ledger *l, const char *programmer_id,
 {
     sqlite3_stmt *st = NULL;
     const unsigned char *state;
-    int rc = ledger__stmt(l, ST_PROG_STATE, &st);
-
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_text(st, 1, programmer_id);
-    rc = ledger__step_one(l, st, "programmer state");
+    int rc = ledger__row_by_key(l, ST_PROG_STATE, programmer_id, "programmer state", &st);
     if (rc != NU_OK)
         return rc;
     state = sqlite3_column_text(st, 0);
@@ -1775,12 +1778,7 @@ static int ledger__keys_read(struct cloud_ledger *l, const char *job_id,
                              struct cloud_ledger_job_keys *out)
 {
     sqlite3_stmt *st = NULL;
-    int rc = ledger__stmt(l, ST_KEYS_GET, &st);
-
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_text(st, 1, job_id);
-    rc = ledger__step_one(l, st, "job keys get");
+    int rc = ledger__row_by_key(l, ST_KEYS_GET, job_id, "job keys get", &st);
     if (rc != NU_OK)
         return rc;
     rc = ledger__col_fixed(st, 0, out->firmware_key, sizeof(out->firmware_key));
@@ -1974,11 +1972,7 @@ int cloud_ledger_firmware_get(struct cloud_ledger *ledger, const char *name,
         return NU_ERR_INVALID_ARG;
     rc = ledger__id_check(name);
     if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_FW_GET, &st);
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_text(st, 1, name);
-    rc = ledger__step_one(ledger, st, "firmware get");
+        rc = ledger__row_by_key(ledger, ST_FW_GET, name, "firmware get", &st);
     if (rc != NU_OK)
         return rc;
     memset(out_fw, 0, sizeof(*out_fw));
@@ -2084,11 +2078,7 @@ int cloud_ledger_programmer_get(struct cloud_ledger *ledger, const char *program
         return NU_ERR_INVALID_ARG;
     rc = ledger__id_check(programmer_id);
     if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_PROG_GET, &st);
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_text(st, 1, programmer_id);
-    rc = ledger__step_one(ledger, st, "programmer get");
+        rc = ledger__row_by_key(ledger, ST_PROG_GET, programmer_id, "programmer get", &st);
     if (rc != NU_OK)
         return rc;
     rc = ledger__prog_row(st, out_programmer);
