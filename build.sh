@@ -42,6 +42,11 @@ Commands:
                     Defaults: DIR ./demo-state (replaced on each run, kept
                     afterwards), 32 devices, quota = devices, 2 programmers,
                     4 sockets, 0 us/KiB simulated flash time
+  chaos [OPTIONS]   build release, then the fault run tests/chaos/chaos.sh
+                    (production of 2000 devices while the cloud, broker,
+                    programmer and station are killed and the ledger's disk
+                    fills); prints name/value lines, exits 1 on a violated goal.
+                    Options are chaos.sh's (--help lists them)
   bench             build release, then measure on this machine in one run
                     (crypto ceiling, end to end on the local stack, cert
                     latency, peak RSS) and write bench/results.json.
@@ -144,6 +149,12 @@ cmd_demo() {
     "$ROOT/tests/e2e/demo_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" "${args[@]}"
 }
 
+cmd_chaos() {
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "$ROOT/tests/chaos/chaos.sh" --bin "$ROOT/build/bin" --dir "$ROOT/build/chaos-state" "$@"
+}
+
 cmd_bench() {
     (($#)) && { say "bench: no options (use BENCH_DEVICES=N)"; exit 1; }
     ensure_packages "${PACKAGES[@]}"
@@ -161,6 +172,7 @@ main() {
     fuzz) cmd_fuzz "$@" ;;
     demo) cmd_demo "$@" ;;
     bench) cmd_bench "$@" ;;
+    chaos) cmd_chaos "$@" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 1 ;;
     esac

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# NuSEC's own fault run: a production on the local stack while a driver kills
+# and restarts its parts, then an outside check of what the faults cost.
+#
+# usage: chaos.sh --bin DIR --dir DIR [--devices N] [--quota Q] [--programmers P]
+#                 [--sockets S] [--seed N] [--cloud-kills K] [--broker-restarts R]
+#                 [--programmer-kills K] [--station-kills K] [--disk-full-s S]
+#                 [--timeout S]
+#
+# Faults are placed at certificate counts drawn from --seed (so a run can be
+# repeated); each fault restarts what it stopped with `nusec stack up`, as an
+# operator's supervisor would. Afterwards it prints `name value` lines and
+# exits 1 on any violated goal:
+#   overshoot 0, lost_* 0, duplicate_serials 0, chips_unfinished 0,
+#   audit_verify ok, resume_max_s <= 10, units_wasted <= bound.
+# Disk full needs root (a small tmpfs under DIR/cloud); elsewhere it is skipped
+# and says so.
+set -uo pipefail
+
+BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
+BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900
+while (($#)); do
+    case $1 in
+    --bin) BIN=$2 ;;
+    --dir) DIR=$2 ;;
+    --devices) DEVICES=$2 ;;
+    --quota) QUOTA=$2 ;;
+    --programmers) PROGRAMMERS=$2 ;;
+    --sockets) SOCKETS=$2 ;;
+    --seed) SEED=$2 ;;
+    --cloud-kills) CLOUD_KILLS=$2 ;;
+    --broker-restarts) BROKER_RESTARTS=$2 ;;
+    --programmer-kills) PROG_KILLS=$2 ;;
+    --station-kills) STATION_KILLS=$2 ;;
+    --disk-full-s) DISK_FULL_S=$2 ;;
+    --timeout) TIMEOUT=$2 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "chaos: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift 2
+done
+[[ -n "$BIN" && -n "$DIR" ]] || { echo "chaos: need --bin and --dir" >&2; exit 2; }
+QUOTA=${QUOTA:-$((DEVICES * 9 / 10))}
+
+nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
+say() { printf 'chaos: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+ledger() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
+issued() { ledger "select count(*) from certificates" || echo 0; }
+STACK_ARGS=(--programmers "$PROGRAMMERS" --sockets "$SOCKETS" --devices "$DEVICES")
+
+mounted=
+wait_pid=
+cleanup() {
+    [[ -n "$wait_pid" ]] && kill "$wait_pid" 2>/dev/null
+    nusec stack down >/dev/null 2>&1
+    [[ -n "$mounted" ]] && umount "$DIR/cloud" 2>/dev/null
+}
+trap cleanup EXIT
+
+# ---- the stack, with the ledger on a small file system we can fill ----------------------
+rm -rf "$DIR" && mkdir -p "$DIR"
+nusec pki init >/dev/null || { say "pki init failed"; exit 1; }
+if ((DISK_FULL_S > 0)) && [[ $(id -u) -eq 0 ]]; then
+    mv "$DIR/cloud" "$DIR/cloud.init" && mkdir "$DIR/cloud"
+    if mount -t tmpfs -o size=96m nusec-chaos "$DIR/cloud" 2>/dev/null; then
+        mounted=1
+    else
+        DISK_FULL_S=0
+    fi
+    cp -a "$DIR/cloud.init/." "$DIR/cloud/" && rm -rf "$DIR/cloud.init"
+else
+    DISK_FULL_S=0
+fi
+nusec stack up "${STACK_ARGS[@]}" >/dev/null || { say "stack up failed"; exit 1; }
+head -c 65536 /dev/urandom >"$DIR/app.bin"
+nusec firmware sign --in "$DIR/app.bin" --name chaos-app --version 1.0.0 >/dev/null || exit 1
+progs=()
+for ((i = 1; i <= PROGRAMMERS; i++)); do progs+=(--programmer "prog-$i"); done
+mkdir -p "$DIR/packages"
+job=$(nusec job create --firmware chaos-app-1.0.0 --quota "$QUOTA" "${progs[@]}" \
+    --expires 2h --out "$DIR/packages" | tail -n 1)
+nusec package import "$DIR"/packages/*.nspkg >/dev/null || exit 1
+nusec production start --job "$job" --wait >"$DIR/logs/production.log" 2>&1 &
+wait_pid=$!
+say "job $job: quota $QUOTA, $DEVICES devices, $PROGRAMMERS x $SOCKETS sockets, seed $SEED"
+
+# ---- the fault schedule: kinds placed at seeded certificate counts ----------------------
+RANDOM=$SEED
+faults=()
+add() { for ((k = 0; k < $2; k++)); do faults+=("$((QUOTA * 5 / 100 + RANDOM % (QUOTA * 80 / 100 + 1))) $1"); done; }
+add cloud "$CLOUD_KILLS"
+add broker "$BROKER_RESTARTS"
+add programmer "$PROG_KILLS"
+add station "$STATION_KILLS"
+((DISK_FULL_S > 0)) && add diskfull 1
+mapfile -t faults < <(printf '%s\n' "${faults[@]}" | sort -n)
+
+pid_of() { cat "$DIR/run/$1.pid" 2>/dev/null; }
+restart() { nusec stack up "${STACK_ARGS[@]}" >>"$DIR/logs/chaos-restart.log" 2>&1; }
+broker_n=0
+apply() {
+    case $1 in
+    cloud) kill -9 "$(pid_of cloud)" 2>/dev/null; sleep 0.2; restart ;;
+    broker)
+        # Alternate SIGTERM and SIGKILL: a clean stop and a crash.
+        if ((broker_n++ % 2)); then kill -9 "$(pid_of broker)"; else kill -TERM "$(pid_of broker)"; fi
+        sleep 1; restart ;;
+    programmer) kill -9 "$(pid_of prog-1)" 2>/dev/null; sleep 0.5; restart ;;
+    station) kill -9 "$(pid_of station)" 2>/dev/null; sleep 0.5; restart ;;
+    diskfull)
+        dd if=/dev/zero of="$DIR/cloud/filler" bs=1M 2>/dev/null
+        sleep "$DISK_FULL_S"
+        rm -f "$DIR/cloud/filler" ;;
+    esac
+}
+
+start=$(now)
+resume_all=()
+resume_max=0
+stalled=0
+for f in "${faults[@]}"; do
+    at=${f% *} kind=${f#* }
+    while (($(issued) < at)); do
+        sleep 0.2
+        kill -0 "$wait_pid" 2>/dev/null || break
+        (($(elapsed "$start" "$(now)" | cut -d. -f1) > TIMEOUT)) && break 2
+    done
+    kill -0 "$wait_pid" 2>/dev/null || break
+    before=$(issued)
+    apply "$kind"
+    t_end=$(now)
+    # Resume: the next certificate after the fault ended (the restart returned).
+    while (($(issued) <= before)); do
+        sleep 0.1
+        if (($(elapsed "$t_end" "$(now)" | cut -d. -f1) > 60)); then stalled=$((stalled + 1)); break; fi
+    done
+    r=$(elapsed "$t_end" "$(now)")
+    resume_all+=("$kind:$r")
+    resume_max=$(awk -v a="$resume_max" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
+    say "fault $kind at $before certificates, resumed after ${r}s"
+done
+
+# ---- the line must finish by itself ----------------------------------------------------
+rc_wait=0
+deadline=$(($(date +%s) + TIMEOUT))
+while kill -0 "$wait_pid" 2>/dev/null && (($(date +%s) < deadline)); do sleep 0.5; done
+if kill -0 "$wait_pid" 2>/dev/null; then
+    say "production did not finish within ${TIMEOUT}s"
+    kill "$wait_pid"
+    rc_wait=124
+else
+    wait "$wait_pid"
+    rc_wait=$?
+fi
+wait_pid=
+secs=$(elapsed "$start" "$(now)")
+sleep 2 # let the last device reports reach the ledger
+
+# ---- outside checks ----------------------------------------------------------------------
+certs=$(issued)
+overshoot=$((certs > QUOTA ? certs - QUOTA : 0))
+dups=$(ledger "select count(*) - count(distinct serial) from certificates")
+lost_certs=0 lost_reports=0 unfinished=0 locked=0 blank=0
+declare -A serial_known=()
+while read -r s; do serial_known[$s]=1; done < <(ledger "select upper(serial) from certificates")
+declare -A provisioned=()
+while read -r u; do provisioned[$u]=1; done < <(ledger "select lower(hex(device_uid)) from certificates where state = 'provisioned'")
+for t in "$DIR"/targets/*/; do
+    st=$(sed -n 's/^state=//p' "$t/state" 2>/dev/null)
+    uid=$(basename "$t")
+    case $st in
+    blank | '') blank=$((blank + 1)) ;;
+    locked)
+        locked=$((locked + 1))
+        s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
+        [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost_certs=$((lost_certs + 1))
+        [[ -n "${provisioned[$uid]:-}" ]] || lost_reports=$((lost_reports + 1)) ;;
+    *) unfinished=$((unfinished + 1)); say "unfinished chip $uid: $st" ;;
+    esac
+done
+counters=$(nusec production status --job "$job" --json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["counter"] for j in d["jobs"] for p in j["programmers"]))' 2>/dev/null || echo -1)
+wasted=$((counters >= 0 ? counters - certs : -1))
+bound=$((PROG_KILLS * SOCKETS * (1 + 16)))
+audit=ok
+nusec audit verify >/dev/null 2>&1 || audit=FAILED
+expected=$((QUOTA < DEVICES ? QUOTA : DEVICES))
+
+printf '%s %s\n' job "$job" devices "$DEVICES" quota "$QUOTA" seed "$SEED" \
+    faults "${#faults[@]}" seconds "$secs" certificates "$certs" locked "$locked" blank "$blank" \
+    overshoot "$overshoot" duplicate_serials "$dups" lost_certificates "$lost_certs" \
+    lost_device_reports "$lost_reports" chips_unfinished "$unfinished" \
+    units_wasted "$wasted" units_wasted_bound "$bound" stalled_faults "$stalled" \
+    resume_max_s "$resume_max" audit_verify "$audit" production_exit "$rc_wait"
+printf 'resume_s %s\n' "${resume_all[*]}"
+
+bad=()
+((overshoot == 0)) || bad+=(overshoot)
+((dups == 0)) || bad+=(duplicate_serials)
+((lost_certs == 0)) || bad+=(lost_certificates)
+((lost_reports == 0)) || bad+=(lost_device_reports)
+((unfinished == 0)) || bad+=(chips_unfinished)
+((stalled == 0)) || bad+=(stalled)
+((locked == expected)) || bad+=("completed:$locked/$expected")
+[[ $audit == ok ]] || bad+=(audit_verify)
+awk -v r="$resume_max" 'BEGIN { exit !(r <= 10) }' || bad+=(resume_max_s)
+((wasted >= 0 && wasted <= bound)) || bad+=(units_wasted)
+if ((${#bad[@]})); then
+    printf 'chaos: FAILED: %s\n' "${bad[*]}"
+    exit 1
+fi
+echo "chaos: OK"
