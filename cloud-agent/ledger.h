@@ -1,7 +1,7 @@
 /*
  * ledger — the cloud agent's ledger: jobs and quota, programmers and their
  * enrollment tokens, device certificates, the idempotency cache and the
- * audit hash chain (ARCHITECTURE.md, "Audit store").
+ * audit hash chain (docs/ARCHITECTURE.md, "The ledger contract").
  *
  * This is the ONE module through which the cloud agent reaches its database;
  * request handling sees only these functions and structs, never SQL, so a

@@ -1,5 +1,5 @@
 /*
- * nu_paths — the state directory layout of ARCHITECTURE.md, in one place.
+ * nu_paths — the state directory layout of docs/ARCHITECTURE.md, in one place.
  *
  * Every program takes --dir DIR (or NUSEC_HOME) and finds its files through
  * these functions, so the layout users and scripts rely on cannot drift

@@ -1,7 +1,7 @@
 /*
  * nu_seal — public-key sealing to one recipient (ECDH P-256 + HKDF-SHA256 +
  * AES-256-GCM), the box that carries a production package's secrets to one
- * programmer's KeyStore package-decryption key (ARCHITECTURE.md).
+ * programmer's KeyStore package-decryption key (docs/ARCHITECTURE.md).
  *
  * WIRE FORMAT (version 1) — a serialized nusec.v1.SealedBox (proto/nusec/v1/job.proto):
  *
