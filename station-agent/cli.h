@@ -56,5 +56,6 @@ extern const struct cli_command cli_production_commands[];
 extern const struct cli_command cli_stack_commands[];
 extern const struct cli_command cli_monitor_commands[];
 extern const struct cli_command cli_report_commands[];
+extern const struct cli_command cli_dashboard_commands[];
 
 #endif

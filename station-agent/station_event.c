@@ -92,7 +92,7 @@ static const char *ev__outcome_name(int outcome)
     }
 }
 
-static const char *ev__job_status_name(int status)
+const char *station_job_status_name(int status)
 {
     switch (status) {
     case NUSEC__V1__JOB_STATUS__JOB_STATUS_ACTIVE:
@@ -148,7 +148,7 @@ static void ev__data(struct station_event *out, const Nusec__V1__Event *e)
             ev__copy(out->job_id, sizeof(out->job_id), e->programmer->job_id);
     } else if (e->data_case == NUSEC__V1__EVENT__DATA_JOB && e->job) {
         out->has_job = 1;
-        out->job_status = ev__job_status_name(e->job->status);
+        out->job_status = station_job_status_name(e->job->status);
         out->job_quota = e->job->quota;
         out->job_issued = e->job->issued;
         out->job_refused = e->job->refused;

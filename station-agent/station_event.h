@@ -83,6 +83,10 @@ int station_status_decode(const char *topic, const uint8_t *payload, size_t len,
 /* "offline", "idle", "producing", "error", "unknown" (static). */
 const char *station_prog_state_name(int state);
 
+/* A Nusec__V1__JobStatus as "active", "paused", "closed", "exhausted",
+ * "expired" or "unspecified" (static). */
+const char *station_job_status_name(int status);
+
 /*
  * `in` as a JSON string literal, quotes included, into out[cap]. Quote,
  * backslash and control characters are escaped; invalid UTF-8 bytes become
