@@ -73,7 +73,7 @@ static void cli__dash_on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *ms
 static int cli__dash_parse(int argc, char **argv, struct cli__dash_opts *o)
 {
     const struct cli_opt opts[] = {
-        CLI_OPT_STR("dir", &o->dir),         CLI_OPT_STR("listen", &o->listen),
+        CLI_OPT_STR("dir", &o->dir),           CLI_OPT_STR("listen", &o->listen),
         CLI_OPT_STR("identity", &o->identity), CLI_OPT_STR("tls-cert", &o->tls_cert),
         CLI_OPT_STR("tls-key", &o->tls_key),
     };
@@ -175,8 +175,8 @@ static int cli__dash_serve(const struct cli__dash_opts *o, struct dash_model *mo
     struct nu_client_opts co = {
         .dir = o->dir, .identity = o->identity, .client_id = client_id, .clean_start = 1};
     if (rc == NU_OK && (rc = nu_client_connect(&co, &m)) != NU_OK)
-        cli_errorf("dashboard: cannot reach the broker of %s as '%s': %s (%s)", o->dir,
-                   o->identity, nu_err_str(rc), nu_err_name(rc));
+        cli_errorf("dashboard: cannot reach the broker of %s as '%s': %s (%s)", o->dir, o->identity,
+                   nu_err_str(rc), nu_err_name(rc));
     for (size_t i = 0; rc == NU_OK && i < CLI__DASH_FILTERS; i++)
         rc = nu_mqtt_subscribe(m, cli__dash_filters[i], 1, cli__dash_on_message, model);
     struct dash_http_opts ho = {

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,7 +53,9 @@ static const char cli__up_usage[] =
     "  5. programmers prog-1..prog-P: each not yet enrolled gets a one-time token\n"
     "     (enroll.token as oem), the line \"station prog-N\" in DIR/broker/owners,\n"
     "     and enrolls (nusec-programmer --enroll); then it runs with S sockets and\n"
-    "     its share of the N simulated blank targets (under DIR/targets).\n"
+    "     its share of the N simulated blank targets (under DIR/targets);\n"
+    "  6. dashboard: the live web view (`nusec dashboard`) on a free loopback\n"
+    "     port; its URL with the access token is printed and in DIR/run/dashboard.url.\n"
     "Each service must become healthy before the next starts (broker port open,\n"
     "cloud answering, station connected, programmer status ONLINE). Services\n"
     "already running are kept. If anything fails, everything is stopped again.\n"
@@ -460,6 +463,40 @@ static int stack__up_station(struct stack *s)
     return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
 }
 
+/* The dashboard is up once it has written a fresh DIR/run/dashboard.url. */
+static int stack__dashboard_ok(struct stack__health *h)
+{
+    char url[PATH_MAX];
+    struct stat st;
+    if (stack__file(h->s->run, "dashboard", ".url", url, sizeof(url)) != NU_OK ||
+        stat(url, &st) != 0)
+        return 0;
+    uint64_t mtime_ms = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
+    return mtime_ms + 1000u >= h->spawned_ms;
+}
+
+/* The live web view on a free loopback port; its URL (with the token) is printed. */
+static int stack__up_dashboard(struct stack *s)
+{
+    char exe[PATH_MAX], url_file[PATH_MAX];
+    pid_t pid;
+    uint8_t *url = NULL;
+    size_t len = 0;
+    int rc = stack__prog_path(s, "nusec", exe, sizeof(exe));
+    if (rc == NU_OK)
+        rc = stack__file(s->run, "dashboard", ".url", url_file, sizeof(url_file));
+    if (rc != NU_OK)
+        return rc;
+    if (!stack__running(s, "dashboard", "nusec"))
+        unlink(url_file);
+    char *argv[] = {exe, "dashboard", "--dir", (char *)s->dir, "--listen", "127.0.0.1:0", NULL};
+    rc = stack__start(s, "dashboard", "nusec", argv, stack__dashboard_ok, &pid, 0);
+    if (rc == NU_OK && nu_file_read(url_file, 512, &url, &len) == NU_OK)
+        printf("%-10s %.*s", "web view", (int)len, (const char *)url);
+    free(url);
+    return rc;
+}
+
 /* ---- programmers ------------------------------------------------------------------------- */
 
 /*
@@ -626,11 +663,13 @@ static int stack__svc_cmp(const void *a, const void *b)
  */
 static size_t stack__services(const struct stack *s, struct stack__svc *out, size_t cap)
 {
-    static const struct stack__svc fixed[] = {
-        {"broker", "mosquitto"}, {"cloud", "nusec-cloud"}, {"station", "nusec-station"}};
+    static const struct stack__svc fixed[] = {{"broker", "mosquitto"},
+                                              {"cloud", "nusec-cloud"},
+                                              {"station", "nusec-station"},
+                                              {"dashboard", "nusec"}};
     size_t n = 0;
     char path[PATH_MAX];
-    for (size_t i = 0; i < 3 && n < cap; i++) {
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]) && n < cap; i++) {
         if (stack__file(s->run, fixed[i].name, ".pid", path, sizeof(path)) == NU_OK &&
             nu_path_exists(path))
             out[n++] = fixed[i];
@@ -756,6 +795,8 @@ static int cli__stack_up(int argc, char **argv)
         rc = stack__boot_manifest(&s);
     for (unsigned i = 0; rc == NU_OK && i < s.programmers; i++)
         rc = stack__up_programmer(&s, i);
+    if (rc == NU_OK)
+        rc = stack__up_dashboard(&s);
     stack__close(&s);
     if (rc != NU_OK) {
         cli_errorf("stack up failed: stopping what runs in %s", s.dir);

@@ -145,9 +145,8 @@ static enum MHD_Result dash__events(struct dash_http *h, struct MHD_Connection *
     if (!s)
         return MHD_NO;
     s->http = h;
-    struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, dash__stream_read, s,
-                                          dash__stream_free);
+    struct MHD_Response *r = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, 16384, dash__stream_read, s, dash__stream_free);
     if (!r) {
         free(s);
         return MHD_NO;
@@ -168,8 +167,8 @@ static enum MHD_Result dash__state(struct dash_http *h, struct MHD_Connection *c
 }
 
 static enum MHD_Result dash__route(void *cls, struct MHD_Connection *c, const char *url,
-                                   const char *method, const char *version,
-                                   const char *upload_data, size_t *upload_size, void **con_cls)
+                                   const char *method, const char *version, const char *upload_data,
+                                   size_t *upload_size, void **con_cls)
 {
     (void)version;
     (void)upload_data;
@@ -227,16 +226,15 @@ int dash_http_start(const struct dash_http_opts *opts, struct dash_model *model,
     /* The logger first: libmicrohttpd logs options it parses before it to stderr. */
     if (opts->tls_cert)
         h->daemon = MHD_start_daemon(
-            flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log,
-            NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
+            flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log, NULL,
+            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
             (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_HTTPS_MEM_CERT, opts->tls_cert,
             MHD_OPTION_HTTPS_MEM_KEY, opts->tls_key, MHD_OPTION_END);
     else
-        h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, dash__route, h,
-                                     MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log, NULL,
-                                     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                     MHD_OPTION_CONNECTION_LIMIT,
-                                     (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_END);
+        h->daemon = MHD_start_daemon(
+            flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log, NULL,
+            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
+            (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_END);
     if (!h->daemon) {
         free(h->token);
         free(h);

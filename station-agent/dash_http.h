@@ -23,11 +23,11 @@
 struct dash_http;
 
 struct dash_http_opts {
-    const char *host;      /* IPv4 address to listen on, e.g. "127.0.0.1" */
-    uint16_t port;         /* 0 = any free port (see dash_http_port) */
-    const char *token;     /* access token, required, >= 16 characters */
-    const char *tls_cert;  /* PEM certificate (chain) text, or NULL for plain HTTP */
-    const char *tls_key;   /* PEM private key text, with tls_cert */
+    const char *host;     /* IPv4 address to listen on, e.g. "127.0.0.1" */
+    uint16_t port;        /* 0 = any free port (see dash_http_port) */
+    const char *token;    /* access token, required, >= 16 characters */
+    const char *tls_cert; /* PEM certificate (chain) text, or NULL for plain HTTP */
+    const char *tls_key;  /* PEM private key text, with tls_cert */
 };
 
 /*

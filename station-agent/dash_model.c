@@ -115,8 +115,14 @@ static void *dash__slot(void *table, size_t *n, size_t cap, size_t size, const c
     return base + at * size;
 }
 
-static uint64_t dash__job_touched(const void *p) { return ((const struct dash__job *)p)->touched_ms; }
-static uint64_t dash__prog_seen(const void *p) { return ((const struct dash__prog *)p)->last_seen_ms; }
+static uint64_t dash__job_touched(const void *p)
+{
+    return ((const struct dash__job *)p)->touched_ms;
+}
+static uint64_t dash__prog_seen(const void *p)
+{
+    return ((const struct dash__prog *)p)->last_seen_ms;
+}
 static uint64_t dash__reason_touched(const void *p)
 {
     return ((const struct dash__reason *)p)->touched_ms;
@@ -134,8 +140,8 @@ static struct dash__job *dash__job(struct dash_model *m, const char *id, uint64_
 
 static struct dash__prog *dash__prog(struct dash_model *m, const char *id)
 {
-    struct dash__prog *p = dash__slot(m->progs, &m->n_progs, DASH_MODEL_PROGRAMMERS_MAX,
-                                      sizeof(*p), id, DASH__ID_MAX, dash__prog_seen);
+    struct dash__prog *p = dash__slot(m->progs, &m->n_progs, DASH_MODEL_PROGRAMMERS_MAX, sizeof(*p),
+                                      id, DASH__ID_MAX, dash__prog_seen);
     if (!p->state)
         p->state = "unknown";
     return p;
@@ -174,8 +180,7 @@ static double dash__job_rate(const struct dash__job *j, uint64_t now_ms)
     return (double)(newest->issued - oldest->issued) * 60000.0 / (double)(now_ms - oldest->ms);
 }
 
-static int dash__feed_job(struct dash_model *m, const uint8_t *payload, size_t len,
-                          uint64_t now_ms)
+static int dash__feed_job(struct dash_model *m, const uint8_t *payload, size_t len, uint64_t now_ms)
 {
     Nusec__V1__Envelope *env = NULL;
     int rc = nu_envelope_unpack(payload, len, &env, NULL);
@@ -210,8 +215,7 @@ static int dash__feed_job(struct dash_model *m, const uint8_t *payload, size_t l
     return NU_OK;
 }
 
-static void dash__feed_status(struct dash_model *m, const struct station_status *s,
-                              uint64_t now_ms)
+static void dash__feed_status(struct dash_model *m, const struct station_status *s, uint64_t now_ms)
 {
     struct dash__prog *p = dash__prog(m, s->programmer_id);
     p->state = station_prog_state_name(s->state);
@@ -273,8 +277,8 @@ static void dash__feed_event(struct dash_model *m, const struct station_event *e
     }
 }
 
-int dash_model_feed(struct dash_model *model, const char *topic, const uint8_t *payload,
-                    size_t len, uint64_t now_ms)
+int dash_model_feed(struct dash_model *model, const char *topic, const uint8_t *payload, size_t len,
+                    uint64_t now_ms)
 {
     if (!model || !topic || (!payload && len))
         return NU_ERR_INVALID_ARG;
@@ -400,8 +404,8 @@ static cJSON *dash__rest_json(const struct dash_model *m, cJSON *root, uint64_t 
     for (uint64_t k = 0; minutes && k < DASH_MODEL_MINUTES; k++) {
         uint64_t minute = current - (DASH_MODEL_MINUTES - 1) + k;
         size_t b = (size_t)(minute % DASH_MODEL_MINUTES);
-        cJSON_AddItemToArray(minutes,
-                             cJSON_CreateNumber(m->minute_tag[b] == minute ? m->minute_count[b] : 0));
+        cJSON_AddItemToArray(
+            minutes, cJSON_CreateNumber(m->minute_tag[b] == minute ? m->minute_count[b] : 0));
     }
     cJSON *recent = cJSON_AddArrayToObject(root, "recent");
     for (size_t k = 0; recent && k < m->n_recent; k++) {

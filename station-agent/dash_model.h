@@ -40,8 +40,8 @@ void dash_model_destroy(struct dash_model *model);
  * the three above are ignored. Errors: the decoders' (INVALID_ARG, DECODE,
  * TOO_LARGE, NOT_SUPPORTED); the model is unchanged on error.
  */
-int dash_model_feed(struct dash_model *model, const char *topic, const uint8_t *payload,
-                    size_t len, uint64_t now_ms);
+int dash_model_feed(struct dash_model *model, const char *topic, const uint8_t *payload, size_t len,
+                    uint64_t now_ms);
 
 /* The last change, as a counter (changes when anything shown changed). */
 uint64_t dash_model_version(struct dash_model *model);
