@@ -471,7 +471,8 @@ static int stack__dashboard_ok(struct stack__health *h)
     if (stack__file(h->s->run, "dashboard", ".url", url, sizeof(url)) != NU_OK ||
         stat(url, &st) != 0)
         return 0;
-    uint64_t mtime_ms = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
+    uint64_t mtime_ms =
+        (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
     return mtime_ms + 1000u >= h->spawned_ms;
 }
 
