@@ -20,6 +20,7 @@ PACKAGES=(
     softhsm2 libsofthsm2 p11-kit libp11-kit-dev
     python3 python3-cryptography xxd
     libmicrohttpd-dev libcjson-dev chromium python3-websocket
+    dpkg-dev lintian systemd adduser
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
@@ -43,6 +44,8 @@ Commands:
                     Defaults: DIR ./demo-state (replaced on each run, kept
                     afterwards), 32 devices, quota = devices, 2 programmers,
                     4 sockets, 0 us/KiB simulated flash time
+  package           build the Debian packages (nusec-cloud, nusec-station,
+                    nusec-broker-plugin, nusec) into build-pkg/packages/
   chaos [OPTIONS]   build release, then the fault run tests/chaos/chaos.sh
                     (production of 2000 devices while the cloud, broker,
                     programmer and station are killed and the ledger's disk
@@ -150,6 +153,11 @@ cmd_demo() {
     "$ROOT/tests/e2e/demo_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" "${args[@]}"
 }
 
+cmd_package() {
+    ensure_packages "${PACKAGES[@]}"
+    "$ROOT/tests/integration/packaging/package.sh" "$ROOT" "$ROOT/build-pkg"
+}
+
 cmd_chaos() {
     ensure_packages "${PACKAGES[@]}"
     configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -174,6 +182,7 @@ main() {
     demo) cmd_demo "$@" ;;
     bench) cmd_bench "$@" ;;
     chaos) cmd_chaos "$@" ;;
+    package) cmd_package ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 1 ;;
     esac
