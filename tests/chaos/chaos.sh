@@ -6,6 +6,7 @@
 #                 [--sockets S] [--seed N] [--cloud-kills K] [--broker-restarts R]
 #                 [--programmer-kills K] [--station-kills K] [--disk-full-s S]
 #                 [--timeout S]
+#        chaos.sh --bin DIR --dir DIR --soak SECONDS [--programmers P] [--sockets S]
 #
 # Faults are placed at certificate counts drawn from --seed (so a run can be
 # repeated); each fault restarts what it stopped with `nusec stack up`, as an
@@ -13,12 +14,17 @@
 # exits 1 on any violated goal:
 #   overshoot 0, lost_* 0, duplicate_serials 0, chips_unfinished 0,
 #   audit_verify ok, resume_max_s <= 10, units_wasted <= bound.
+# --soak runs the line at full speed for SECONDS with no fault, samples the
+# resident memory of every process every 10 s, prints the series and fails if
+# any grew by more than a quarter between the first and the last third; with
+# a sanitizer build (--bin build-test/bin) it also fails on any LeakSanitizer
+# report in the logs at shutdown.
 # Disk full needs root (a small tmpfs under DIR/cloud); elsewhere it is skipped
 # and says so.
 set -uo pipefail
 
 BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
-BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900
+BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900 SOAK=0
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -34,12 +40,17 @@ while (($#)); do
     --station-kills) STATION_KILLS=$2 ;;
     --disk-full-s) DISK_FULL_S=$2 ;;
     --timeout) TIMEOUT=$2 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --soak) SOAK=$2 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "chaos: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
 done
 [[ -n "$BIN" && -n "$DIR" ]] || { echo "chaos: need --bin and --dir" >&2; exit 2; }
+if ((SOAK > 0)); then
+    DEVICES=1000000 QUOTA=1000000 CLOUD_KILLS=0 BROKER_RESTARTS=0 PROG_KILLS=0 STATION_KILLS=0
+    DISK_FULL_S=0
+fi
 QUOTA=${QUOTA:-$((DEVICES * 9 / 10))}
 
 nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
@@ -85,6 +96,47 @@ nusec package import "$DIR"/packages/*.nspkg >/dev/null || exit 1
 nusec production start --job "$job" --wait >"$DIR/logs/production.log" 2>&1 &
 wait_pid=$!
 say "job $job: quota $QUOTA, $DEVICES devices, $PROGRAMMERS x $SOCKETS sockets, seed $SEED"
+
+# ---- soak: full speed, no fault, memory sampled -----------------------------------------
+rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+soak() {
+    local names=(broker cloud station) samples=$((SOAK / 10)) i n bad=0
+    for ((i = 1; i <= PROGRAMMERS; i++)); do names+=("prog-$i"); done
+    declare -A series=()
+    local c0
+    c0=$(issued)
+    for ((k = 0; k < samples; k++)); do
+        sleep 10
+        for n in "${names[@]}"; do series[$n]+="$(rss_kb "$(cat "$DIR/run/$n.pid")") "; done
+    done
+    local c1
+    c1=$(issued)
+    printf 'soak_seconds %s\nsoak_certificates %s\nsoak_devices_per_s %s\n' "$SOAK" "$((c1 - c0))" \
+        "$(awk -v n="$((c1 - c0))" -v s="$SOAK" 'BEGIN { printf "%.1f", n / s }')"
+    for n in "${names[@]}"; do
+        read -ra v <<<"${series[$n]}"
+        local third=$((${#v[@]} / 3)) verdict
+        ((third > 0)) || third=1
+        verdict=$(printf '%s\n' "${v[@]}" | awk -v t="$third" -v n="${#v[@]}" '
+            NR <= t { a += $1 } NR > n - t { b += $1 }
+            END { a /= t; b /= t; printf "%s %.0f %.0f", (b <= a * 1.25 + 4096) ? "flat" : "GROWING", a, b }')
+        printf 'rss_kb_%s %s (first third %s, last third %s): %s\n' "$n" "${verdict%% *}" \
+            "$(cut -d' ' -f2 <<<"$verdict")" "$(cut -d' ' -f3 <<<"$verdict")" "${series[$n]}"
+        [[ $verdict == flat* ]] || bad=1
+    done
+    nusec production stop --job "$job" >/dev/null 2>&1
+    kill "$wait_pid" 2>/dev/null
+    wait_pid=
+    nusec stack down >/dev/null 2>&1
+    local leaks
+    leaks=$(grep -l 'LeakSanitizer' "$DIR"/logs/*.log 2>/dev/null | xargs -r -n1 basename | tr '\n' ' ')
+    printf 'leak_reports %s\n' "${leaks:-none}"
+    [[ -z "$leaks" ]] || bad=1
+    if ((bad)); then echo "chaos: soak FAILED"; exit 1; fi
+    echo "chaos: soak OK"
+    exit 0
+}
+((SOAK > 0)) && soak
 
 # ---- the fault schedule: kinds placed at seeded certificate counts ----------------------
 RANDOM=$SEED
