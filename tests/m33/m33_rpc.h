@@ -91,4 +91,9 @@ int m33_link_recv(void *p, size_t len);
 /* Serve CALL `op` (fields in `in`); put the answer's fields in `out`; return its status. */
 int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out);
 
+/* Host only: one tests/vectors/seal vector (the 9 fields recipient_pub,
+ * ephemeral_pub, shared_secret, hkdf_key, nonce, aad, plaintext, ciphertext,
+ * box) checked on the target; *out_step = 0, or the check that failed. */
+int m33_host_seal_vector(const uint8_t *const fields[9], const size_t lens[9], uint32_t *out_step);
+
 #endif

@@ -14,6 +14,8 @@
 #include <string.h>
 
 static struct pg_core t__core;
+
+int m33_seal_vector(const struct pg_hal *hal, struct rpc_msg *in, struct rpc_msg *out);
 static int t__exit = -1;
 static unsigned t__base; /* rpc depth while the workers run */
 
@@ -745,6 +747,7 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     case OP_CB_READ:
     case OP_CB_MSG: return t__callback(op, in, out);
     case OP_T_REPORT: t__report(out); return NU_OK;
+    case OP_T_VECTORS: return m33_seal_vector(&t__hal, in, out);
     case OP_T_EXIT: t__exit = (int)rpc_get_u32(in); return NU_OK;
     default: return NU_ERR_NOT_SUPPORTED;
     }
