@@ -27,7 +27,9 @@ size_t m33_control_size(void);
  * transport, flash, KeyStore, sleep).
  */
 #define SCHED_MAX 8
+#ifndef SCHED_STACK
 #define SCHED_STACK 8192
+#endif
 void sched_run(unsigned n, void (*fn)(unsigned));
 void sched_yield(void);
 int sched_in_task(void);
