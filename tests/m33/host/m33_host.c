@@ -15,11 +15,15 @@
  * through semihosting; a fault, a stack overflow or a link error there makes
  * the runner fail whatever CUnit counted. Test-only.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP */
+#endif
 #include "m33_rpc.h"
 #include "pg_core.h"
 #include "rig.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -83,6 +87,8 @@ int m33_link_recv(void *p, size_t len)
 }
 
 static void h__finish(void);
+static struct rpc_msg *h__begin(uint32_t op);
+static void h__end(void);
 
 /* Start qemu with the image in a fresh folder holding the two FIFOs. */
 static void h__start(void)
@@ -196,13 +202,13 @@ static uint32_t h__slots[4];
 
 static void h__cb_msg(void *cb_ctx, const char *topic, const uint8_t *payload, size_t len)
 {
-    struct rpc_msg *m = rpc_begin(OP_CB_MSG), *r;
+    struct rpc_msg *m = h__begin(OP_CB_MSG), *r;
     rpc_put_u32(m, *(const uint32_t *)cb_ctx);
     rpc_put_u32(m, 0);
     rpc_put_str(m, topic);
     rpc_put_bytes(m, payload, len);
     rpc_call(m, &r);
-    rpc_done();
+    h__end();
 }
 
 /* ---- the HAL ops the image forwards ---------------------------------------------------- */
@@ -568,22 +574,37 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
 
 /* ---- the core's API, forwarded to the image ---------------------------------------------- */
 
+/* One call at a time on the link: a test that calls the core from several
+ * host threads is serialized here (recursive: callbacks nest on one thread). */
+static pthread_mutex_t h__lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
+static struct rpc_msg *h__begin(uint32_t op)
+{
+    pthread_mutex_lock(&h__lock);
+    h__start();
+    return rpc_begin(op);
+}
+
+static void h__end(void)
+{
+    rpc_done();
+    pthread_mutex_unlock(&h__lock);
+}
+
 static int h__call0(uint32_t op)
 {
     struct rpc_msg *m, *r;
-    h__start();
-    m = rpc_begin(op);
+    m = h__begin(op);
     int rc = rpc_call(m, &r);
-    rpc_done();
+    h__end();
     return rc;
 }
 
 int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_config *cfg)
 {
     (void)c;
-    h__start();
+    struct rpc_msg *m = h__begin(OP_C_INIT), *r;
     h__hal = hal;
-    struct rpc_msg *m = rpc_begin(OP_C_INIT), *r;
     rpc_put_str(m, cfg->programmer_id);
     rpc_put_u32(m, cfg->n_sockets);
     rpc_put_u32(m, cfg->request_timeout_ms);
@@ -591,7 +612,7 @@ int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_co
     rpc_put_u32(m, cfg->retry_delay_ms);
     rpc_put_str(m, cfg->firmware_version);
     int rc = rpc_call(m, &r);
-    rpc_done();
+    h__end();
     return rc;
 }
 
@@ -611,24 +632,22 @@ int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
                    const uint8_t *fw_hash)
 {
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_ENROLL), *r;
+    struct rpc_msg *m = h__begin(OP_C_ENROLL), *r;
     rpc_put_str(m, relay_id);
     rpc_put_str(m, token);
     rpc_put_bytes(m, fw_hash, fw_hash ? 32 : 0);
     int rc = rpc_call(m, &r);
-    rpc_done();
+    h__end();
     return rc;
 }
 
 int pg_core_package_load(struct pg_core *c, const uint8_t *pkg, size_t len)
 {
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_PACKAGE_LOAD), *r;
+    struct rpc_msg *m = h__begin(OP_C_PACKAGE_LOAD), *r;
     rpc_put_bytes(m, pkg, len);
     int rc = rpc_call(m, &r);
-    rpc_done();
+    h__end();
     return rc;
 }
 
@@ -636,13 +655,12 @@ const char *pg_core_job_id(const struct pg_core *c)
 {
     static char job[PG_ID_MAX + 1];
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_JOB_ID), *r;
+    struct rpc_msg *m = h__begin(OP_C_JOB_ID), *r;
     rpc_call(m, &r);
     const char *s = rpc_get_str(r);
     if (s)
         snprintf(job, sizeof(job), "%s", s);
-    rpc_done();
+    h__end();
     return s ? job : NULL;
 }
 
@@ -669,8 +687,7 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     static char step[8][64];
     static unsigned next;
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_SOCKET_RUN), *r;
+    struct rpc_msg *m = h__begin(OP_C_SOCKET_RUN), *r;
     rpc_put_u32(m, sock);
     int rc = rpc_call(m, &r);
     memset(out, 0, sizeof(*out));
@@ -684,7 +701,7 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
         out->step = slot;
     }
     snprintf(out->serial, sizeof(out->serial), "%s", serial ? serial : "");
-    rpc_done();
+    h__end();
     return rc;
 }
 
@@ -697,11 +714,10 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
 void pg_core_counts(const struct pg_core *c, uint32_t *out_done, uint32_t *out_failed)
 {
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_COUNTS), *r;
+    struct rpc_msg *m = h__begin(OP_C_COUNTS), *r;
     rpc_call(m, &r);
     uint32_t d = rpc_get_u32(r), f = rpc_get_u32(r);
-    rpc_done();
+    h__end();
     if (out_done)
         *out_done = d;
     if (out_failed)
@@ -717,13 +733,88 @@ int pg_core_subscribe(struct pg_core *c)
 int pg_core_poll(struct pg_core *c, int *out_action)
 {
     (void)c;
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_C_POLL), *r;
+    struct rpc_msg *m = h__begin(OP_C_POLL), *r;
     int rc = rpc_call(m, &r);
     uint32_t a = rpc_get_u32(r);
-    rpc_done();
+    h__end();
     if (out_action)
         *out_action = (int)a;
+    return rc;
+}
+
+/* The rest of pg_core.h, so that no host build of the core is ever linked
+ * in beside these (a test using them runs them on the M33 too). */
+int pg_core_identity_cert(struct pg_core *c, uint8_t *buf, size_t cap, size_t *out_len)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_IDENTITY_CERT), *r;
+    rpc_put_u32(m, (uint32_t)cap);
+    int rc = rpc_call(m, &r);
+    size_t n = 0;
+    uint32_t len = rpc_get_u32(r);
+    if (rpc_get_into(r, buf, cap, &n) != 0)
+        rc = NU_ERR_TOO_LARGE;
+    if (out_len)
+        *out_len = len;
+    h__end();
+    return rc;
+}
+
+void pg_core_stop(struct pg_core *c, enum pg_stop reason)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_STOP), *r;
+    rpc_put_u32(m, (uint32_t)reason);
+    rpc_call(m, &r);
+    h__end();
+}
+
+void pg_core_on_message(void *core, const char *topic, const uint8_t *payload, size_t len)
+{
+    (void)core;
+    struct rpc_msg *m = h__begin(OP_C_ON_MESSAGE), *r;
+    rpc_put_str(m, topic);
+    rpc_put_bytes(m, payload, len);
+    rpc_call(m, &r);
+    h__end();
+}
+
+int pg_core_status_publish(struct pg_core *c, enum pg_prog_state state)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_STATUS_PUBLISH), *r;
+    rpc_put_u32(m, (uint32_t)state);
+    int rc = rpc_call(m, &r);
+    h__end();
+    return rc;
+}
+
+int pg_core_status_encode(struct pg_core *c, enum pg_prog_state state, uint8_t *buf, size_t cap,
+                          size_t *out_len)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_STATUS_ENCODE), *r;
+    rpc_put_u32(m, (uint32_t)state);
+    rpc_put_u32(m, (uint32_t)cap);
+    int rc = rpc_call(m, &r);
+    size_t n = 0;
+    if (rpc_get_into(r, buf, cap, &n) != 0)
+        rc = NU_ERR_TOO_LARGE;
+    if (out_len)
+        *out_len = n;
+    h__end();
+    return rc;
+}
+
+int pg_core_topic_status(const struct pg_core *c, char *topic, size_t cap)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_TOPIC_STATUS), *r;
+    rpc_put_u32(m, (uint32_t)cap);
+    int rc = rpc_call(m, &r);
+    if (rpc_get_into(r, topic, cap, NULL) != 0)
+        rc = NU_ERR_TOO_LARGE;
+    h__end();
     return rc;
 }
 
@@ -738,10 +829,10 @@ enum pg_stop rig_produce(struct rig *r, int *out_rc)
         *out_rc = rc;
     if (rc != NU_OK)
         return PG_STOP_NONE;
-    struct rpc_msg *m = rpc_begin(OP_C_RUN_WORKERS), *rx;
+    struct rpc_msg *m = h__begin(OP_C_RUN_WORKERS), *rx;
     rpc_put_u32(m, r->sockets);
     rpc_call(m, &rx);
-    rpc_done();
+    h__end();
     return pg_core_production_end(r->core);
 }
 
@@ -749,7 +840,7 @@ enum pg_stop rig_produce(struct rig *r, int *out_rc)
 
 static void h__finish(void)
 {
-    struct rpc_msg *m = rpc_begin(OP_T_REPORT), *r;
+    struct rpc_msg *m = h__begin(OP_T_REPORT), *r;
     rpc_call(m, &r);
     uint32_t core_size = rpc_get_u32(r), ctl_peak = rpc_get_u32(r), ctl_size = rpc_get_u32(r);
     uint32_t stack_size = rpc_get_u32(r), n = rpc_get_u32(r), peak = 0, peaks[16] = {0};
@@ -758,11 +849,11 @@ static void h__finish(void)
         peak = peaks[i] > peak ? peaks[i] : peak;
     }
     uint32_t switches = rpc_get_u32(r);
-    rpc_done();
-    m = rpc_begin(OP_T_EXIT);
+    h__end();
+    m = h__begin(OP_T_EXIT);
     rpc_put_u32(m, 0);
     rpc_call(m, &r);
-    rpc_done();
+    h__end();
     int st = 0;
     waitpid(h__qemu, &st, 0);
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
@@ -807,12 +898,11 @@ static void h__finish(void)
 
 int m33_host_seal_vector(const uint8_t *const fields[9], const size_t lens[9], uint32_t *out_step)
 {
-    h__start();
-    struct rpc_msg *m = rpc_begin(OP_T_VECTORS), *r;
+    struct rpc_msg *m = h__begin(OP_T_VECTORS), *r;
     for (int i = 0; i < 9; i++)
         rpc_put_bytes(m, fields[i], lens[i]);
     int rc = rpc_call(m, &r);
     *out_step = rpc_get_u32(r);
-    rpc_done();
+    h__end();
     return rc;
 }

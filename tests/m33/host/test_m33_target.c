@@ -13,6 +13,8 @@
 #include "nu_util.h"
 #include "pp_keystore.h"
 
+#include "nu_envelope.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,36 @@ static void test_eight_sockets(void)
     uint32_t v = 0;
     CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, R.fc.job_id, &v), NU_OK);
     CU_ASSERT_EQUAL(v, 24);
+    rig_teardown(&R);
+}
+
+/* The API calls test_core.c does not make, forwarded to the M33 as well. */
+static void test_rest_of_api(void)
+{
+    CU_ASSERT_EQUAL_FATAL(rig_setup(&R, "prog-m33-api", 1), NU_OK);
+    uint8_t buf[4096];
+    size_t len = 0;
+    CU_ASSERT_EQUAL(pg_core_identity_cert(R.core, buf, sizeof(buf), &len), NU_ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL_FATAL(rig_enroll(&R), NU_OK);
+    CU_ASSERT_EQUAL(pg_core_identity_cert(R.core, buf, sizeof(buf), &len), NU_OK);
+    CU_ASSERT(len > 100 && buf[0] == 0x30); /* a DER certificate */
+    char topic[128];
+    CU_ASSERT_EQUAL(pg_core_topic_status(R.core, topic, sizeof(topic)), NU_OK);
+    CU_ASSERT_STRING_EQUAL(topic, "nusec/v1/prog/prog-m33-api/status");
+    CU_ASSERT_EQUAL(pg_core_topic_status(R.core, topic, 8), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(pg_core_status_encode(R.core, PG_PROG_OFFLINE, buf, sizeof(buf), &len), NU_OK);
+    Nusec__V1__Envelope *env = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_unpack(buf, len, &env, NULL), NU_OK);
+    CU_ASSERT_EQUAL(env->body_case, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_STATUS);
+    nu_envelope_free(env);
+    unsigned before = R.fc.status_msgs;
+    CU_ASSERT_EQUAL(pg_core_status_publish(R.core, PG_PROG_IDLE), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.status_msgs, before + 1);
+    pg_core_on_message(R.core, "nusec/v1/prog/prog-m33-api/cmd", (const uint8_t *)"\x0a\xff", 2);
+    int action = -1;
+    CU_ASSERT_EQUAL(pg_core_poll(R.core, &action), NU_OK); /* garbage was dropped */
+    CU_ASSERT_EQUAL(action, 0);
+    pg_core_stop(R.core, PG_STOP_COMMAND);
     rig_teardown(&R);
 }
 
@@ -112,6 +144,7 @@ int main(void)
     static const struct nu_test_case cases[] = {
         {"8 sockets, 24 chips on the M33's scheduler", test_eight_sockets},
         {"tests/vectors/seal: codec and crypto HAL from the M33", test_seal_vectors},
+        {"the rest of pg_core.h on the M33", test_rest_of_api},
         {NULL, NULL},
     };
     const struct nu_test_suite suites[] = {

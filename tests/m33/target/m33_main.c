@@ -703,6 +703,42 @@ static int t__callback(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     return rc;
 }
 
+/* The rest of pg_core.h (m33_host.c forwards all of it). */
+static int t__api_rest(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
+{
+    static uint8_t buf[PG_PACKAGE_MAX];
+    uint32_t a = rpc_get_u32(in), cap;
+    size_t n = 0;
+    int rc = NU_OK;
+    switch (op) {
+    case OP_C_IDENTITY_CERT:
+        rc = pg_core_identity_cert(&t__core, buf, a < sizeof(buf) ? a : sizeof(buf), &n);
+        rpc_put_u32(out, (uint32_t)n);
+        rpc_put_bytes(out, buf, rc == NU_OK ? n : 0);
+        return rc;
+    case OP_C_STOP: pg_core_stop(&t__core, (enum pg_stop)a); return NU_OK;
+    case OP_C_ON_MESSAGE: {
+        in->pos -= 4; /* no leading u32: topic, payload */
+        const char *topic = rpc_get_str(in);
+        const uint8_t *p = rpc_get_bytes(in, &n);
+        pg_core_on_message(&t__core, topic ? topic : "", p, n);
+        return NU_OK;
+    }
+    case OP_C_STATUS_PUBLISH: return pg_core_status_publish(&t__core, (enum pg_prog_state)a);
+    case OP_C_STATUS_ENCODE:
+        cap = rpc_get_u32(in);
+        rc = pg_core_status_encode(&t__core, (enum pg_prog_state)a, buf,
+                                   cap < sizeof(buf) ? cap : sizeof(buf), &n);
+        rpc_put_bytes(out, buf, rc == NU_OK ? n : 0);
+        return rc;
+    case OP_C_TOPIC_STATUS:
+        rc = pg_core_topic_status(&t__core, (char *)buf, a < sizeof(buf) ? a : sizeof(buf));
+        rpc_put_bytes(out, buf, rc == NU_OK ? strlen((char *)buf) + 1 : 0);
+        return rc;
+    }
+    return NU_ERR_NOT_SUPPORTED;
+}
+
 int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
 {
     int rc = NU_OK, action = 0;
@@ -742,6 +778,12 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         t__base = rpc_depth();
         sched_run(rpc_get_u32(in), t__worker);
         return NU_OK;
+    case OP_C_IDENTITY_CERT:
+    case OP_C_STOP:
+    case OP_C_ON_MESSAGE:
+    case OP_C_STATUS_PUBLISH:
+    case OP_C_STATUS_ENCODE:
+    case OP_C_TOPIC_STATUS: return t__api_rest(op, in, out);
     case OP_CB_ECDH:
     case OP_CB_SIGN:
     case OP_CB_READ:
