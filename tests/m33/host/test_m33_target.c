@@ -4,7 +4,9 @@
  *  - a production on all 8 sockets a NuLink3 drives, so that each of the 8
  *    worker stacks is measured (painted, read back at exit);
  *  - tests/vectors/seal/ through the core's codec and the crypto HAL calls
- *    made from the M33's memory, at odd addresses (m33_vectors.c).
+ *    made from the M33's memory, at odd addresses (m33_vectors.c);
+ *  - the pg_core.h functions test_core.c does not call, so every forwarded
+ *    call is exercised.
  */
 #include "m33_rpc.h"
 #include "rig.h"
