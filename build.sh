@@ -21,6 +21,7 @@ PACKAGES=(
     python3 python3-cryptography xxd
     libmicrohttpd-dev libcjson-dev chromium python3-websocket
     dpkg-dev lintian systemd adduser
+    gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
@@ -99,8 +100,8 @@ cmd_build() {
     ensure_packages "${PACKAGES[@]}"
     configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
     say "built: build/bin/"
-    # The programmer core must also build for the NuLink3 (Cortex-M33); this
-    # prints its flash/RAM figures when arm-none-eabi-gcc is installed.
+    # The programmer core must also build for the NuLink3 (Cortex-M33),
+    # warnings as errors; this prints its flash/RAM figures.
     "$ROOT/programmer-fw/cross/check.sh" "$ROOT/build-m33"
 }
 
@@ -112,6 +113,10 @@ cmd_test() {
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         ctest --output-on-failure --timeout 300 -j "$JOBS") 2>&1 | tee "$log" || rc=$?
+    # Cortex-M33 cross build of the core (-Werror), with the stacks the m33
+    # tests just measured on the emulated chip and the RAM total from them.
+    "$ROOT/programmer-fw/cross/check.sh" "$ROOT/build-test/m33-cross" "$ROOT/build-test/tests/m33" ||
+        { say "Cortex-M33 cross build failed"; rc=1; }
     local passed failed
     passed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$log" || true)
     failed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .*(Failed|Exception|Timeout|Not Run)' "$log" || true)

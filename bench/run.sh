@@ -201,6 +201,26 @@ else
 fi
 rm -f "$WORK"/ledger/*.db "$WORK"/ledger/*.db-wal "$WORK"/ledger/*.db-shm # up to ~2.5 GB
 
+# --- 7. programmer core on the Cortex-M33 (issue 11) ------------------------------
+# Flash from the cross build; stacks measured on the emulated M33 (qemu
+# mps2-an505) by the m33 test runners (painted stacks read back), RAM total
+# for 8 sockets from those measured figures.
+echo "== programmer core on the Cortex-M33: cross build + m33 runners under qemu"
+M33_FIGS=(m33_core_flash_bytes m33_image_flash_bytes m33_stack_measured_worker_bytes
+    m33_stack_measured_control_bytes m33_ram_measured_total_bytes)
+mkdir -p "$WORK/m33"
+m33_ok=1
+for t in programmer_test_core_m33 programmer_test_m33_target; do
+    M33_REPORT="$WORK/m33/m33_report_$t.txt" timeout 900 "$BIN/$t" >"$WORK/m33/$t.log" 2>&1 || m33_ok=0
+done
+if ((m33_ok)) && "$ROOT/programmer-fw/cross/check.sh" "$WORK/m33/cross" "$WORK/m33" >"$WORK/m33/check.log" 2>&1; then
+    while read -r n v u; do emit "$n" "$v" "$u"; done <"$WORK/m33/cross/figures.txt"
+    note "m33_*: programmer core for the NuLink3 (Cortex-M33, arm-none-eabi-gcc -Os, 8 sockets). Flash = code of the core (m33_core_flash_bytes) and of an image with the newlib-nano parts it uses (HAL left out). Stacks: static = stack.py over GCC call graphs (core only; HAL ops and libc not counted); measured = deepest painted word after test_core.c and an 8-socket production ran on qemu mps2-an505 (includes the test link's forwarding HAL and newlib's vsnprintf). m33_ram_measured_total_bytes = data + bss (struct pg_core) + measured control stack + 8 x measured worker stack; goal 65536 (64 KiB). The HAL's own RAM (transport/TLS, crypto engine) is not in it."
+else
+    nulls "${M33_FIGS[@]}"
+    note "m33: the runners or the cross build failed (see $WORK/m33/*.log)"
+fi
+
 BENCH_S=$(($(date +%s) - BENCH_T0))
 emit bench_seconds "$BENCH_S" s
 
