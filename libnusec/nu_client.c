@@ -66,6 +66,7 @@ int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
         .key_file = key,
         .client_id = opts->client_id ? opts->client_id : opts->identity,
         .clean_start = opts->clean_start,
+        .session_expiry_s = opts->session_expiry_s,
         .will = opts->will,
         .on_connection = opts->on_connection,
         .userdata = opts->userdata,

@@ -29,6 +29,10 @@ struct nu_client_opts {
     const char *key_file;  /* overrides DIR/pki/clients/IDENTITY.key */
     const char *client_id; /* MQTT client id; NULL = identity (the CN) */
     int clean_start;       /* 1 for short-lived tools, 0 for daemons */
+    /* Session Expiry Interval (nu_mqtt_opts.session_expiry_s): 0 = nu_mqtt's
+     * default (a day for persistent sessions). Cloud agents use a short one,
+     * see cloud-agent's session_expiry_s. */
+    uint32_t session_expiry_s;
     struct nu_mqtt_will will;
     void (*on_connection)(struct nu_mqtt *m, int connected, void *userdata);
     void *userdata;
