@@ -486,12 +486,15 @@ static void auth__identities_load(struct nusec_auth *st)
         rc = nusec_acl_identities_parse(buf, len, &set, &line);
     free(buf);
     if (rc != NU_OK) {
+        char where[32] = "";
+        if (line)
+            snprintf(where, sizeof(where), " at line %zu", line);
         snprintf(bad, sizeof(bad), "%s.bad", st->ids_path);
         bool moved = rename(st->ids_path, bad) == 0;
         mosquitto_log_printf(MOSQ_LOG_ERR,
-                             "nusec_auth: identities file %s unusable (%s at line %zu): no "
-                             "identity known until it connects again (fail closed)%s%s",
-                             st->ids_path, auth__err_name(rc), line, moved ? "; moved to " : "",
+                             "nusec_auth: identities file %s unusable (%s%s): no identity known "
+                             "until it connects again (fail closed)%s%s",
+                             st->ids_path, auth__err_name(rc), where, moved ? "; moved to " : "",
                              moved ? bad : "");
         return;
     }
