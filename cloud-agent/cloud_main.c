@@ -94,7 +94,9 @@ static int cloud__run(struct cloud *cloud)
                                 .identity = cloud->id,
                                 .client_id = client_id,
                                 .clean_start = 0,
-                                .session_expiry_s = cloud->cfg.session_expiry_s};
+                                .session_expiry_s = cloud->cfg.session_expiry_s,
+                                /* started during a broker restart: wait for it */
+                                .connect_wait_ms = 60000};
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)

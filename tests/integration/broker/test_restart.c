@@ -19,6 +19,7 @@
  * the first to arrive.
  */
 #include "broker_fixture.h"
+#include "nu_client.h"
 #include "nu_err.h"
 #include "nu_mqtt.h"
 #include "nu_test.h"
@@ -462,11 +463,78 @@ static void test_offline_queue_across_restart(void)
     backoff_max_ms = 0;
 }
 
+/* ---- a daemon started while the broker is down ------------------------------------- */
+
+struct connect_job {
+    char state[700];
+    char cert[700], key[700];
+    unsigned wait_ms;
+    int rc;
+    uint64_t ms;
+    struct nu_mqtt *m;
+};
+
+static void *connect_main(void *arg)
+{
+    struct connect_job *j = arg;
+    struct nu_client_opts o = {.dir = j->state,
+                               .identity = "cloud1",
+                               .cert_file = j->cert,
+                               .key_file = j->key,
+                               .client_id = "cloud1:late",
+                               .clean_start = 1,
+                               .connect_wait_ms = j->wait_ms};
+    uint64_t t0 = nu_mono_ms();
+    j->rc = nu_client_connect(&o, &j->m);
+    j->ms = nu_mono_ms() - t0;
+    return NULL;
+}
+
+static void test_client_waits_for_the_broker(void)
+{
+    /* A NuSEC state folder with just what nu_client_connect reads. */
+    struct connect_job j = {.rc = -1};
+    char path[800], ca[600], text[64];
+    nu_path_fmt(j.state, sizeof(j.state), "%s/state", tmp);
+    nu_path_fmt(path, sizeof(path), "%s/broker", j.state);
+    nu_mkdirs(path, 0700);
+    nu_path_fmt(path, sizeof(path), "%s/pki", j.state);
+    nu_mkdirs(path, 0700);
+    nu_path_fmt(path, sizeof(path), "%s/broker/endpoint", j.state);
+    snprintf(text, sizeof(text), "127.0.0.1:%d\n", port);
+    CU_ASSERT_EQUAL_FATAL(put_file(path, text), NU_OK);
+    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", pki);
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh("cp '%s' '%s/pki/chain.pem'", ca, j.state), 0);
+    nu_path_fmt(j.cert, sizeof(j.cert), "%s/cloud1.pem", pki);
+    nu_path_fmt(j.key, sizeof(j.key), "%s/cloud1.key", pki);
+
+    broker_down(SIGTERM);
+    /* No wait: one attempt, refused at once. */
+    connect_main(&j);
+    CU_ASSERT_EQUAL(j.rc, NU_ERR_CONNECTION);
+    CU_ASSERT_PTR_NULL(j.m);
+    /* With a wait: connected once the broker is back. */
+    j.wait_ms = 20000;
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, connect_main, &j), 0);
+    usleep(1500000);
+    int up = broker_up();
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL_FATAL(up, 0);
+    printf("\n    nu_client_connect returned %s after %llu ms (broker down for the first 1.5 s)\n",
+           nu_err_name(j.rc), (unsigned long long)j.ms);
+    CU_ASSERT_EQUAL(j.rc, NU_OK);
+    CU_ASSERT_TRUE(j.ms >= 1500 && j.ms < 20000);
+    CU_ASSERT_TRUE(j.m && nu_mqtt_is_connected(j.m));
+    nu_mqtt_destroy(j.m);
+}
+
 static const struct nu_test_case cases[] = {
     {"$share, persistent and clean subscribers resume after SIGTERM/SIGKILL",
      test_share_resumes_after_restart},
     {"offline session queue across restarts; unknown, revoked, corrupt denied",
      test_offline_queue_across_restart},
+    {"nu_client_connect waits for a broker that is starting", test_client_waits_for_the_broker},
     {NULL, NULL},
 };
 
