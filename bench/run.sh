@@ -138,6 +138,26 @@ for role in cloud broker; do
 done
 f=$(ls "$DIR"/run/*prog*.pid 2>/dev/null | head -n 1 || true)
 emit peak_rss_programmer_kib "$( [[ -n "$f" ]] && rss_of "$f" || echo null)" KiB
+# --- 3b. broker restart: seconds until the cloud answers again, nobody helping --
+# SIGTERM (the broker saves its sessions, so the cloud resumes a session that
+# lost its $share subscription), start it again, then time OEM requests.
+resume=null
+bpid=$(cat "$DIR/run/broker.pid" 2>/dev/null || true)
+if [[ -n "$bpid" ]] && kill -TERM "$bpid" 2>/dev/null; then
+    while kill -0 "$bpid" 2>/dev/null; do sleep 0.05; done
+    "${NUSEC_MOSQUITTO:-/usr/sbin/mosquitto}" -c "$DIR/broker/mosquitto.conf" >>"$WORK/broker-restart.log" 2>&1 &
+    echo $! >"$DIR/run/broker.pid"
+    r0=$(date +%s.%N)
+    for ((i = 0; i < 300; i++)); do
+        if nusec job list >/dev/null 2>&1; then
+            resume=$(awk -v a="$r0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+            break
+        fi
+        sleep 0.1
+    done
+fi
+emit broker_restart_resume_s "$resume" s
+note "broker_restart_resume_s = from starting mosquitto again after a SIGTERM to the first answered 'nusec job list' (an OEM request served by the cloud), nobody restarting the cloud"
 nusec stack down >/dev/null 2>&1 || true
 trap - EXIT
 rm -rf "$DIR/targets" # the simulated targets' flash: ~100 KiB a device, not needed after

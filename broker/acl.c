@@ -376,6 +376,11 @@ const char *nusec_acl_set_key(const struct nusec_acl_set *set, size_t i)
     return set && i < set->n ? set->v[i].key : NULL;
 }
 
+int nusec_acl_set_value(const struct nusec_acl_set *set, size_t i)
+{
+    return set && i < set->n ? set->v[i].value : 0;
+}
+
 /* ---- list files ----------------------------------------------------------- */
 
 /* Up to `max` whitespace-separated tokens of one line (comment cut off). */
@@ -480,6 +485,138 @@ bool nusec_acl_owns(const struct nusec_acl_set *owners, const char *station, con
     if (snprintf(key, sizeof(key), "%s %s", station, programmer) >= (int)sizeof(key))
         return false;
     return nusec_acl_set_get(owners, key, NULL);
+}
+
+/* ---- identities file ------------------------------------------------------ */
+
+/* Where a line of the identities file stands: header, entries or trailer. */
+enum acl__ident_part { ACL__IDENT_HEADER, ACL__IDENT_BODY, ACL__IDENT_DONE };
+
+/* "end N" with N a plain decimal count; *out_n gets N. */
+static bool acl__ident_trailer(const struct acl__tokens *t, size_t *out_n)
+{
+    if (t->n != 2 || !acl__level_is(&t->tok[0], "end") || t->tok[1].len > 9)
+        return false;
+    size_t n = 0;
+    for (size_t i = 0; i < t->tok[1].len; i++) {
+        char c = t->tok[1].p[i];
+        if (c < '0' || c > '9')
+            return false;
+        n = n * 10 + (size_t)(c - '0');
+    }
+    *out_n = n;
+    return true;
+}
+
+/* One non-blank line; NU_OK, or the error of the whole file. */
+static int acl__ident_line(const struct acl__tokens *t, enum acl__ident_part *part,
+                           struct nusec_acl_set *set)
+{
+    size_t count = 0;
+    if (*part == ACL__IDENT_HEADER) {
+        /* NUSEC_ACL_IDENTITIES_HEADER, as two tokens */
+        if (t->n != 2 || !acl__level_is(&t->tok[0], "nusec-identities") ||
+            !acl__level_is(&t->tok[1], "1"))
+            return NU_ERR_DECODE;
+        *part = ACL__IDENT_BODY;
+        return NU_OK;
+    }
+    if (*part == ACL__IDENT_DONE)
+        return NU_ERR_DECODE; /* nothing may follow the trailer */
+    if (acl__ident_trailer(t, &count)) {
+        *part = ACL__IDENT_DONE;
+        return count == nusec_acl_set_count(set) ? NU_OK : NU_ERR_DECODE;
+    }
+    if (t->n != 2 || !nusec_acl_identity_valid(t->tok[0].p, t->tok[0].len))
+        return NU_ERR_DECODE;
+    enum nusec_role role = nusec_acl_role_parse(t->tok[1].p, t->tok[1].len);
+    if (role == NUSEC_ROLE_NONE)
+        return NU_ERR_DECODE;
+    char id[NUSEC_ACL_ID_MAX + 1];
+    memcpy(id, t->tok[0].p, t->tok[0].len);
+    id[t->tok[0].len] = '\0';
+    if (nusec_acl_set_get(set, id, NULL))
+        return NU_ERR_DECODE; /* listed twice: not a file the plugin wrote */
+    if (nusec_acl_set_count(set) >= NUSEC_ACL_IDENTITIES_MAX)
+        return NU_ERR_TOO_LARGE;
+    return nusec_acl_set_put(set, id, (int)role);
+}
+
+int nusec_acl_identities_parse(const char *text, size_t len, struct nusec_acl_set **out_set,
+                               size_t *out_line)
+{
+    struct nusec_acl_set *set = NULL;
+    enum acl__ident_part part = ACL__IDENT_HEADER;
+    size_t line_no = 0;
+    int rc = NU_ERR_INVALID_ARG;
+    if (!out_set || (!text && len))
+        goto out;
+    *out_set = NULL;
+    if ((rc = nusec_acl_set_new(&set)) != NU_OK)
+        goto out;
+    for (size_t pos = 0; pos < len;) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - text) : len;
+        line_no++;
+        rc = NU_ERR_TOO_LARGE;
+        if (end - pos > ACL__LINE_MAX)
+            goto out;
+        rc = NU_ERR_DECODE;
+        if (memchr(text + pos, '\0', end - pos))
+            goto out;
+        struct acl__tokens t;
+        acl__tokenize(text + pos, end - pos, &t);
+        if (t.n != 0 && (rc = acl__ident_line(&t, &part, set)) != NU_OK)
+            goto out;
+        pos = end + 1;
+    }
+    rc = NU_ERR_DECODE;
+    if (part != ACL__IDENT_DONE) {
+        line_no = 0; /* no trailer: truncated (or empty) */
+        goto out;
+    }
+    *out_set = set;
+    set = NULL;
+    line_no = 0;
+    rc = NU_OK;
+out:
+    if (out_line)
+        *out_line = rc == NU_OK ? 0 : line_no;
+    nusec_acl_set_free(set);
+    return rc;
+}
+
+int nusec_acl_identities_format(const struct nusec_acl_set *set, char **out_text,
+                                size_t *out_len)
+{
+    if (!set || !out_text || !out_len)
+        return NU_ERR_INVALID_ARG;
+    size_t n = nusec_acl_set_count(set);
+    if (n > NUSEC_ACL_IDENTITIES_MAX)
+        return NU_ERR_TOO_LARGE;
+    /* header + comment + per entry "id role\n" (<= 64 + 1 + 10 + 1) + "end N\n" */
+    static const char head[] = NUSEC_ACL_IDENTITIES_HEADER "\n"
+                               "# identity role: the role at its last accepted CONNECT "
+                               "(written by nusec_auth)\n";
+    size_t cap = sizeof(head) + n * (NUSEC_ACL_ID_MAX + 16) + 32;
+    char *text = malloc(cap);
+    if (!text)
+        return NU_ERR_NOMEM;
+    size_t off = (size_t)snprintf(text, cap, "%s", head);
+    for (size_t i = 0; i < n; i++) {
+        const char *id = nusec_acl_set_key(set, i);
+        enum nusec_role role = (enum nusec_role)nusec_acl_set_value(set, i);
+        if (!nusec_acl_identity_valid(id, strlen(id)) || role <= NUSEC_ROLE_NONE ||
+            role > NUSEC_ROLE_PROGRAMMER) {
+            free(text);
+            return NU_ERR_INVALID_ARG;
+        }
+        off += (size_t)snprintf(text + off, cap - off, "%s %s\n", id, nusec_acl_role_name(role));
+    }
+    off += (size_t)snprintf(text + off, cap - off, "end %zu\n", n);
+    *out_text = text;
+    *out_len = off;
+    return NU_OK;
 }
 
 static size_t acl__esc_len(unsigned char c)

@@ -106,6 +106,9 @@ size_t nusec_acl_set_count(const struct nusec_acl_set *set);
 /* Key number `i` in sort order (borrowed; NULL when out of range). */
 const char *nusec_acl_set_key(const struct nusec_acl_set *set, size_t i);
 
+/* Value of key number `i` in sort order (0 when out of range). */
+int nusec_acl_set_value(const struct nusec_acl_set *set, size_t i);
+
 /*
  * Parse a revocation list: one identity per line, '#' starts a comment,
  * blank lines and surrounding spaces/tabs/CR ignored. Any other line that is
@@ -130,6 +133,48 @@ int nusec_acl_owners_parse(const char *text, size_t len, struct nusec_acl_set **
 /* 1 when `owners` (may be NULL) says `station` owns `programmer`. */
 bool nusec_acl_owns(const struct nusec_acl_set *owners, const char *station,
                     const char *programmer);
+
+/*
+ * The identities file: the role each identity had at its last accepted
+ * CONNECT, kept by the plugin across broker restarts so that deliveries to
+ * offline persistent sessions are decided by that role (see
+ * broker/README.md). Text, written whole by the plugin:
+ *
+ *   nusec-identities 1          first line, exactly
+ *   cloud1 cloud                "identity role", one per identity
+ *   progA programmer
+ *   end 2                       last line: the number of entries
+ *
+ * '#' comments and blank lines are ignored. The file is machine-written,
+ * so anything else fails the whole file: a missing or wrong header, a line
+ * that is not "identity role" with a valid identity and a NuSEC role, an
+ * identity listed twice (even with the same role), a missing trailer or a
+ * count that differs (a truncated file), anything after the trailer, a NUL.
+ * The caller then treats the file as empty (fail closed).
+ */
+#define NUSEC_ACL_IDENTITIES_HEADER "nusec-identities 1"
+/* Most identities a file may hold (a line is at most ~80 bytes). */
+#define NUSEC_ACL_IDENTITIES_MAX 200000u
+
+/*
+ * Parse an identities file. On success *out_set maps identity -> role
+ * (enum nusec_role values; caller frees). On error *out_line is the 1-based
+ * line at fault (0 when the file as a whole is: missing trailer).
+ * Errors: DECODE, TOO_LARGE (line over 1 KiB, more than
+ * NUSEC_ACL_IDENTITIES_MAX entries), NOMEM, INVALID_ARG.
+ */
+int nusec_acl_identities_parse(const char *text, size_t len, struct nusec_acl_set **out_set,
+                               size_t *out_line);
+
+/*
+ * Format `set` (identity -> role; entries with an invalid identity or role
+ * are an error, never written) as an identities file. On success *out_text
+ * is a malloc()ed NUL-terminated text of *out_len bytes (caller frees) that
+ * nusec_acl_identities_parse() reads back as the same set.
+ * Errors: INVALID_ARG (bad entry, NULL), TOO_LARGE, NOMEM.
+ */
+int nusec_acl_identities_format(const struct nusec_acl_set *set, char **out_text,
+                                size_t *out_len);
 
 /*
  * Copy untrusted text for a log line: printable ASCII kept, everything

@@ -14,7 +14,7 @@
  * about ten times a second; MOSQ_EVT_RELOAD (SIGHUP) does not re-init plugins.
  *
  * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
- * plugin_opt_issuer_file (both optional).
+ * plugin_opt_issuer_file, plugin_opt_identities_file (all optional).
  */
 #include "acl.h"
 #include "nu_err.h"
@@ -31,6 +31,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@
 #define AUTH__FILE_MAX (16u * 1024u * 1024u)
 /* Kicks and polling from MOSQ_EVT_TICK at most this often. */
 #define AUTH__TICK_MS 200
+/* A failed write of the identities file is retried from the tick this often. */
+#define AUTH__IDS_RETRY_MS 5000
 
 _Static_assert(NUSEC_ACCESS_READ == MOSQ_ACL_READ, "access values");
 _Static_assert(NUSEC_ACCESS_WRITE == MOSQ_ACL_WRITE, "access values");
@@ -75,9 +78,14 @@ struct nusec_auth {
     struct auth__file owners;
     char *issuer_path;
     STACK_OF(X509) * issuers;    /* NULL: no issuer pinning */
-    struct nusec_acl_set *roles; /* CN -> role at its last accepted connect */
+    struct nusec_acl_set *roles; /* CN -> role at its last accepted connect (any run) */
+    struct nusec_acl_set *live;  /* CNs accepted at CONNECT in this broker run */
     struct nusec_acl_set *kick;  /* newly revoked identities, kicked at next tick */
     struct timespec last_tick;
+    char *ids_path;             /* identities file (roles across restarts); NULL: none */
+    bool ids_dirty;             /* roles changed and not yet written */
+    bool ids_failing;           /* the last write failed (logged once) */
+    struct timespec ids_last_try;
 };
 
 /* The plugin's state: the one static the conventions allow, passed as userdata. */
@@ -100,6 +108,11 @@ static const char *auth__err_name(int code)
     default:
         return "unknown error";
     }
+}
+
+static long auth__ms_since(const struct timespec *then, const struct timespec *now)
+{
+    return (long)(now->tv_sec - then->tv_sec) * 1000L + (now->tv_nsec - then->tv_nsec) / 1000000L;
 }
 
 /* ---- list files --------------------------------------------------------- */
@@ -347,15 +360,168 @@ static bool auth__cert_ident(X509 *cert, struct auth__ident *out, const char **o
     return true;
 }
 
+/* ---- identities file: roles across broker restarts ----------------------------- */
+
+/*
+ * Mosquitto keeps persistent sessions and their queues across a restart, and
+ * checks READ access for deliveries to them while their clients are offline.
+ * A plugin that knew roles only from this run's CONNECTs denied those (issue
+ * 10: certificate replies and device events dropped after every restart). So
+ * the role of every accepted identity is written to plugin_opt_identities_file
+ * when it is first seen or changes, and read back at init. Identities never
+ * seen, and revoked ones (checked first), are still denied.
+ */
+
+/* Write `len` bytes to `path` atomically and durably: tmp, fsync, rename, fsync dir. */
+static int auth__write_atomic(const char *path, const char *text, size_t len)
+{
+    char tmp[PATH_MAX], dir[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+        return NU_ERR_TOO_LARGE;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+    int rc = NU_ERR_IO;
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, text + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        off += (size_t)n;
+    }
+    if (fsync(fd) != 0)
+        goto out;
+    if (close(fd) != 0) {
+        fd = -1;
+        goto out;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0)
+        goto out;
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { /* the rename itself must survive a power cut */
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return NU_OK;
+out:
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+/* Write the roles now; on failure keep them dirty for the tick to retry. */
+static void auth__identities_save(struct nusec_auth *st)
+{
+    char *text = NULL;
+    size_t len = 0;
+    clock_gettime(CLOCK_MONOTONIC, &st->ids_last_try);
+    int rc = nusec_acl_identities_format(st->roles, &text, &len);
+    if (rc == NU_OK)
+        rc = auth__write_atomic(st->ids_path, text, len);
+    free(text);
+    if (rc == NU_OK) {
+        if (st->ids_failing)
+            mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: identities file %s written again",
+                                 st->ids_path);
+        st->ids_dirty = st->ids_failing = false;
+        return;
+    }
+    if (!st->ids_failing)
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "nusec_auth: cannot write identities file %s: %s (retrying; after a "
+                             "restart, offline sessions of new identities get nothing until they "
+                             "reconnect)",
+                             st->ids_path, auth__err_name(rc));
+    st->ids_dirty = st->ids_failing = true;
+}
+
+/* Remember `id`'s role; written at once when new or changed. NOMEM only. */
+static int auth__identity_remember(struct nusec_auth *st, const char *id, enum nusec_role role)
+{
+    int prev = NUSEC_ROLE_NONE;
+    bool known = nusec_acl_set_get(st->roles, id, &prev);
+    if (known && prev != (int)role)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "nusec_auth: identity %s changed role %s -> %s", id,
+                             nusec_acl_role_name((enum nusec_role)prev), nusec_acl_role_name(role));
+    if (nusec_acl_set_put(st->live, id, 1) != NU_OK)
+        return NU_ERR_NOMEM;
+    if (known && prev == (int)role)
+        return NU_OK;
+    if (nusec_acl_set_put(st->roles, id, (int)role) != NU_OK)
+        return NU_ERR_NOMEM;
+    if (st->ids_path)
+        auth__identities_save(st);
+    return NU_OK;
+}
+
+/*
+ * Read the identities file into st->roles at init. Missing: nothing known
+ * yet. Unusable (corrupt, truncated, oversize, unreadable): logged, moved
+ * aside to PATH.bad for inspection, and nothing known (fail closed: offline
+ * sessions get deliveries again once their identity reconnects). Never fatal.
+ */
+static void auth__identities_load(struct nusec_auth *st)
+{
+    char *buf = NULL, bad[PATH_MAX];
+    size_t len = 0, line = 0;
+    struct auth__stamp stamp;
+    struct nusec_acl_set *set = NULL;
+    if (!st->ids_path)
+        return;
+    int rc = auth__read(st->ids_path, &buf, &len, &stamp);
+    if (rc == NU_ERR_NOT_FOUND) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "nusec_auth: no identities file %s yet: roles are learnt at CONNECT",
+                             st->ids_path);
+        return;
+    }
+    if (rc == NU_OK)
+        rc = nusec_acl_identities_parse(buf, len, &set, &line);
+    free(buf);
+    if (rc != NU_OK) {
+        char where[32] = "";
+        if (line)
+            snprintf(where, sizeof(where), " at line %zu", line);
+        snprintf(bad, sizeof(bad), "%s.bad", st->ids_path);
+        bool moved = rename(st->ids_path, bad) == 0;
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "nusec_auth: identities file %s unusable (%s%s): no identity known "
+                             "until it connects again (fail closed)%s%s",
+                             st->ids_path, auth__err_name(rc), where, moved ? "; moved to " : "",
+                             moved ? bad : "");
+        return;
+    }
+    nusec_acl_set_free(st->roles);
+    st->roles = set;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: loaded %s (%zu identities)", st->ids_path,
+                         nusec_acl_set_count(set));
+}
+
+/* From the tick: retry a failed write. */
+static void auth__identities_retry(struct nusec_auth *st, const struct timespec *now)
+{
+    if (st->ids_dirty && st->ids_path &&
+        auth__ms_since(&st->ids_last_try, now) >= AUTH__IDS_RETRY_MS)
+        auth__identities_save(st);
+}
+
 /* ---- who is asking ---------------------------------------------------------- */
 
 /*
- * Identity and role of a client for an ACL or message decision. Only
- * identities this plugin accepted at CONNECT are known (so a listener
- * misconfigured with use_identity_as_username, which bypasses
- * BASIC_AUTH, authorizes nothing). A connected client's role is read from
- * its certificate; an offline one (queued QoS 1 delivery to a persistent
- * session, retained-source checks) uses the role of its last connect.
+ * Identity and role of a client for an ACL or message decision. A connected
+ * client must have been accepted at CONNECT by this plugin in this broker run
+ * (so a listener misconfigured with use_identity_as_username, which bypasses
+ * BASIC_AUTH, authorizes nothing), and its role is read from its
+ * certificate. An offline one (queued QoS 1 delivery to a persistent
+ * session, retained-source checks) uses the role of its last accepted
+ * connect, in this run or, through the identities file, an earlier one.
  */
 static bool auth__subject(const struct nusec_auth *st, struct mosquitto *client,
                           struct auth__ident *out)
@@ -369,6 +535,10 @@ static bool auth__subject(const struct nusec_auth *st, struct mosquitto *client,
     X509 *cert = mosquitto_client_certificate(client);
     if (!cert)
         return true;
+    if (!nusec_acl_set_get(st->live, user, NULL)) {
+        X509_free(cert);
+        return false;
+    }
     struct auth__ident now;
     const char *why;
     bool ok = auth__cert_ident(cert, &now, &why) && strcmp(now.id, user) == 0;
@@ -442,12 +612,7 @@ static int auth__on_basic_auth(int event, void *event_data, void *userdata)
         return auth__refuse(ed->client, cid, who.id, "client id must be CN or CN:suffix");
     if (ed->username && strcmp(ed->username, who.id) != 0)
         return auth__refuse(ed->client, cid, who.id, "username differs from certificate CN");
-    int prev = NUSEC_ROLE_NONE;
-    if (nusec_acl_set_get(st->roles, who.id, &prev) && prev != (int)who.role)
-        mosquitto_log_printf(MOSQ_LOG_WARNING, "nusec_auth: identity %s changed role %s -> %s",
-                             who.id, nusec_acl_role_name((enum nusec_role)prev),
-                             nusec_acl_role_name(who.role));
-    if (nusec_acl_set_put(st->roles, who.id, (int)who.role) != NU_OK ||
+    if (auth__identity_remember(st, who.id, who.role) != NU_OK ||
         mosquitto_set_username(ed->client, who.id) != MOSQ_ERR_SUCCESS)
         return auth__refuse(ed->client, cid, who.id, "out of memory");
     mosquitto_log_printf(MOSQ_LOG_INFO, "nusec_auth: %s (%s) authenticated", who.id,
@@ -540,11 +705,6 @@ out:
     return rc;
 }
 
-static long auth__ms_since(const struct timespec *then, const struct timespec *now)
-{
-    return (long)(now->tv_sec - then->tv_sec) * 1000L + (now->tv_nsec - then->tv_nsec) / 1000000L;
-}
-
 static int auth__on_tick(int event, void *event_data, void *userdata)
 {
     struct nusec_auth *st = userdata;
@@ -555,6 +715,7 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
     st->last_tick = now;
     auth__refresh_all(st, false);
     auth__do_kicks(st);
+    auth__identities_retry(st, &now);
     return MOSQ_ERR_SUCCESS;
 }
 
@@ -606,6 +767,8 @@ static void auth__state_free(struct nusec_auth *st)
     free(st->revoked.path);
     free(st->owners.path);
     free(st->issuer_path);
+    free(st->ids_path);
+    nusec_acl_set_free(st->live);
     nusec_acl_set_free(st->revoked.set);
     nusec_acl_set_free(st->owners.set);
     nusec_acl_set_free(st->roles);
@@ -624,6 +787,8 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
             dst = &st->owners.path;
         else if (strcmp(opts[i].key, "issuer_file") == 0)
             dst = &st->issuer_path;
+        else if (strcmp(opts[i].key, "identities_file") == 0)
+            dst = &st->ids_path;
         if (!dst) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: unknown option plugin_opt_%s",
                                  opts[i].key);
@@ -644,6 +809,10 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
         mosquitto_log_printf(
             MOSQ_LOG_WARNING,
             "nusec_auth: no plugin_opt_owners_file: no station owns any programmer");
+    if (!st->ids_path)
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "nusec_auth: no plugin_opt_identities_file: after a restart, offline "
+                             "sessions get nothing until their identity reconnects");
     return MOSQ_ERR_SUCCESS;
 }
 
@@ -671,8 +840,9 @@ NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     if (rc != MOSQ_ERR_SUCCESS)
         goto out;
     rc = MOSQ_ERR_NOMEM;
-    if (nusec_acl_set_new(&st->roles) != NU_OK)
+    if (nusec_acl_set_new(&st->roles) != NU_OK || nusec_acl_set_new(&st->live) != NU_OK)
         goto out;
+    auth__identities_load(st);
     if (st->issuer_path) {
         int err = auth__issuers_load(st->issuer_path, &st->issuers);
         rc = MOSQ_ERR_INVAL;
@@ -694,9 +864,10 @@ NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     }
     clock_gettime(CLOCK_MONOTONIC, &st->last_tick);
     *userdata = st;
-    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: ready (revoked %s, owners %s, issuer %s)",
-                         st->revoked.path, st->owners.path ? st->owners.path : "-",
-                         st->issuer_path ? st->issuer_path : "-");
+    mosquitto_log_printf(
+        MOSQ_LOG_NOTICE, "nusec_auth: ready (revoked %s, owners %s, issuer %s, identities %s)",
+        st->revoked.path, st->owners.path ? st->owners.path : "-",
+        st->issuer_path ? st->issuer_path : "-", st->ids_path ? st->ids_path : "-");
     rc = MOSQ_ERR_SUCCESS;
 out:
     if (rc != MOSQ_ERR_SUCCESS) {

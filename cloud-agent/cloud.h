@@ -44,6 +44,7 @@ struct cloud_config {
     unsigned instance;   /* client id "cloud:N", so agents can share one certificate */
     unsigned batch_max;  /* requests one worker serves in one group commit; 1 = no batching */
     unsigned checkpoint_interval_s; /* signed audit checkpoints; 0 = only at start, stop, close */
+    unsigned session_expiry_s;      /* MQTT session expiry: short, see cloud_main.c usage */
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];

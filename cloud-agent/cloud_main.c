@@ -33,7 +33,10 @@ static const char cloud__usage[] =
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
     "1 = one transaction each), checkpoint_interval_s (300: the audit chain's head\n"
     "is signed in the HSM this often, and at start, stop and job close; 0 = only\n"
-    "then), oem_ids (oem), station_ids (station), log_level.\n"
+    "then), oem_ids (oem), station_ids (station), log_level, session_expiry_s (90,\n"
+    "10..86400: how long the broker keeps this agent's MQTT session, and queues\n"
+    "its share of $share requests, after it dies; short so a dead agent does not\n"
+    "swallow requests for long, long enough to resume after a quick restart).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
@@ -87,8 +90,13 @@ static int cloud__run(struct cloud *cloud)
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
     snprintf(client_id, sizeof(client_id), "%s:%u", cloud->id, cloud->cfg.instance);
-    struct nu_client_opts co = {
-        .dir = cloud->dir, .identity = cloud->id, .client_id = client_id, .clean_start = 0};
+    struct nu_client_opts co = {.dir = cloud->dir,
+                                .identity = cloud->id,
+                                .client_id = client_id,
+                                .clean_start = 0,
+                                .session_expiry_s = cloud->cfg.session_expiry_s,
+                                /* started during a broker restart: wait for it */
+                                .connect_wait_ms = 60000};
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)

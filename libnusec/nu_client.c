@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NU__IDEM_LEN 16
 
@@ -33,6 +34,35 @@ static int nu__read_endpoint(const char *dir, char *host, size_t cap, int *port)
     }
     free(text);
     return rc;
+}
+
+/* A jittered pause of 1/2..1 x `ms`, so clients started together spread out. */
+static void nu__pause(unsigned ms)
+{
+    uint32_t r = 0;
+    if (ms >= 2 && nu_random(&r, sizeof(r)) == NU_OK)
+        ms = ms / 2 + r % (ms / 2 + 1);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* nu_mqtt_connect, tried again while the broker is unreachable, for up to wait_ms. */
+static int nu__connect_retry(struct nu_mqtt *m, const char *who, unsigned wait_ms)
+{
+    uint64_t end = nu_mono_ms() + wait_ms;
+    unsigned delay = 250;
+    for (unsigned attempt = 0;; attempt++) {
+        int rc = nu_mqtt_connect(m, NU_CLIENT_CONNECT_TIMEOUT_MS);
+        uint64_t now = nu_mono_ms();
+        if ((rc != NU_ERR_CONNECTION && rc != NU_ERR_TIMEOUT) || now >= end)
+            return rc;
+        if (attempt == 0)
+            nu_warn("%s: broker not reachable (%s); retrying for up to %u s", who, nu_err_name(rc),
+                    wait_ms / 1000);
+        nu__pause(delay < end - now ? delay : (unsigned)(end - now));
+        delay = delay >= 2500 ? 5000 : delay * 2;
+    }
 }
 
 int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
@@ -66,6 +96,7 @@ int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
         .key_file = key,
         .client_id = opts->client_id ? opts->client_id : opts->identity,
         .clean_start = opts->clean_start,
+        .session_expiry_s = opts->session_expiry_s,
         .will = opts->will,
         .on_connection = opts->on_connection,
         .userdata = opts->userdata,
@@ -73,7 +104,7 @@ int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
     struct nu_mqtt *m = NULL;
     rc = nu_mqtt_create(&mo, &m);
     if (!rc)
-        rc = nu_mqtt_connect(m, NU_CLIENT_CONNECT_TIMEOUT_MS);
+        rc = nu__connect_retry(m, mo.client_id, opts->connect_wait_ms);
     if (rc) {
         nu_mqtt_destroy(m);
         return rc;

@@ -29,13 +29,22 @@ struct nu_client_opts {
     const char *key_file;  /* overrides DIR/pki/clients/IDENTITY.key */
     const char *client_id; /* MQTT client id; NULL = identity (the CN) */
     int clean_start;       /* 1 for short-lived tools, 0 for daemons */
+    /* Session Expiry Interval (nu_mqtt_opts.session_expiry_s): 0 = nu_mqtt's
+     * default (a day for persistent sessions). Cloud agents use a short one,
+     * see cloud-agent's session_expiry_s. */
+    uint32_t session_expiry_s;
+    /* A daemon started while the broker is down or restarting: keep trying
+     * (CONNECTION / TIMEOUT only, backoff 250 ms doubling to 5 s, jittered)
+     * for up to this long before giving up. 0: one attempt. */
+    unsigned connect_wait_ms;
     struct nu_mqtt_will will;
     void (*on_connection)(struct nu_mqtt *m, int connected, void *userdata);
     void *userdata;
 };
 
 /*
- * Create and connect a session. *out_m is destroyed with nu_mqtt_destroy().
+ * Create and connect a session (retried up to opts->connect_wait_ms while the
+ * broker is unreachable). *out_m is destroyed with nu_mqtt_destroy().
  * Errors: NOT_FOUND (no endpoint / certificate file: run `nusec pki init`),
  * CONFIG (endpoint malformed), and nu_mqtt_connect's errors (CONNECTION,
  * NOT_AUTHORIZED, TIMEOUT).

@@ -578,29 +578,39 @@ static void mqtt__dispatch_quiesce(struct nu_mqtt *m)
         pthread_cond_wait(&m->cond, &m->lock);
 }
 
-/* SUBSCRIBE with our subscription identifier (no lock needed). */
-static int mqtt__send_subscribe(struct nu_mqtt *m, const char *filter, int qos, uint32_t id,
-                                int *out_mid)
+/* SUBSCRIBE with our subscription identifier (no lock needed). `options`
+ * adds MQTT 5 subscription options (retain handling) to the QoS. */
+static int mqtt__send_subscribe(struct nu_mqtt *m, const char *filter, int qos, int options,
+                                uint32_t id, int *out_mid)
 {
     mosquitto_property *props = NULL;
     int rc = mosquitto_property_add_varint(&props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, id);
     if (rc == MOSQ_ERR_SUCCESS)
-        rc = mosquitto_subscribe_v5(m->mosq, out_mid, filter, qos, 0, props);
+        rc = mosquitto_subscribe_v5(m->mosq, out_mid, filter, qos, options, props);
     mosquitto_property_free_all(&props);
     return rc;
 }
 
 /* ---- libmosquitto callbacks (network thread) ------------------------------ */
 
+/*
+ * Send every filter again after each accepted CONNACK, even when the broker
+ * says it resumed our session: Mosquitto 2.0.11 restores plain subscriptions
+ * from its persistence after a restart but not `$share/...` ones, and still
+ * reports "session present", so a cloud agent trusting that flag never got a
+ * request again. Subscribing to a filter the session already holds just
+ * replaces it. A filter this process already had granted in a resumed
+ * session asks for retained messages only if the broker had lost it
+ * (retain handling 1), so a reconnect does not replay retained state that
+ * was already delivered; the first SUBSCRIBE of a filter keeps handling 0.
+ */
 static void mqtt__resubscribe(struct nu_mqtt *m, int session_present)
 {
     for (struct mqtt__sub *s = m->subs; s; s = s->next) {
-        if (!session_present)
-            s->acked = 0;
-        if (s->acked)
-            continue;
+        int options = session_present && s->acked ? MQTT_SUB_OPT_SEND_RETAIN_NEW : 0;
+        s->acked = 0;
         int mid = 0;
-        int rc = mqtt__send_subscribe(m, s->filter, s->qos, s->id, &mid);
+        int rc = mqtt__send_subscribe(m, s->filter, s->qos, options, s->id, &mid);
         if (rc != MOSQ_ERR_SUCCESS) {
             mqtt__fail(m, "re-subscribe", rc);
             continue;
@@ -1316,7 +1326,7 @@ static int mqtt__subscribe(struct nu_mqtt *m, const char *filter, int qos, nu_mq
     pthread_mutex_unlock(&m->lock);
 
     int mid = 0;
-    int mrc = mqtt__send_subscribe(m, filter, qos, id, &mid);
+    int mrc = mqtt__send_subscribe(m, filter, qos, 0, id, &mid);
 
     pthread_mutex_lock(&m->lock);
     int rc = NU_OK;

@@ -6,7 +6,9 @@
  *     the identity the broker sees and `client_id` names the session;
  *   - a persistent session by default (clean start off, session expiry set on
  *     CONNECT), automatic reconnection with exponential backoff and jitter,
- *     and re-subscription when the broker lost the session;
+ *     and every subscription sent again after every CONNACK (a broker
+ *     that says it resumed the session may still have lost some: Mosquitto
+ *     2.0.11 drops `$share/...` subscriptions across a restart);
  *   - QoS 1 publish that waits for the broker's PUBACK, so the caller learns
  *     whether the broker accepted the message;
  *   - request/response with MQTT 5 response topic + correlation data, many
@@ -180,9 +182,10 @@ void nu_mqtt_destroy(struct nu_mqtt *m);
  * Start the network thread, connect (TCP + TLS + CONNECT) and wait up to
  * timeout_ms (0: op timeout) for the broker's CONNACK. On NU_OK the session
  * keeps itself connected until nu_mqtt_disconnect: lost connections are
- * re-established with backoff, subscriptions restored if the broker lost the
- * session. On any error the session does not retry by itself (a timed-out
- * attempt is abandoned and ends on its own) and the call may be repeated.
+ * re-established with backoff, and every subscription is sent again on each
+ * CONNACK, resumed session or not. On any error the session does not retry
+ * by itself (a timed-out attempt is abandoned and ends on its own) and the
+ * call may be repeated.
  * Errors: CONNECTION (refused, unreachable, TLS failure, broker unavailable),
  * NOT_AUTHORIZED (CONNACK: not authorized, bad credentials, banned, client id
  * rejected), TIMEOUT, STATE (already connected or connecting, or called from

@@ -1465,6 +1465,59 @@ static void test_broker_restart(void)
     inbox_fini(&in);
 }
 
+/*
+ * The broker restarts WITH its persistence and resumes beta's session
+ * ("session present"). nu_mqtt subscribes every filter again on every
+ * CONNACK: both filters deliver again, and the plain one does not replay the
+ * retained message it already had (retain handling 1 for a filter granted
+ * before; with 0 this test fails). This plain configuration keeps the
+ * `$share` subscription across the restart; the NuSEC one (nusec_auth) loses
+ * it, which tests/integration/broker/test_restart.c shows.
+ */
+static void test_broker_restart_resumed_session(void)
+{
+    struct inbox plain, shared;
+    inbox_init(&plain);
+    inbox_init(&shared);
+    struct nu_mqtt *a = client_up("alpha", "alpha-rr2");
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/rr/ret", "kept", 4, 1, 1), NU_OK);
+    struct nu_mqtt *b = client_new("beta", "beta-rr2", 0);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/rr/+", 1, inbox_handler, &plain), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "$share/g/t/rrs/+", 1, inbox_handler, &shared), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_connect(b, 5000), NU_OK);
+    CU_ASSERT_EQUAL(inbox_wait(&plain, 1, 3000), 1); /* the retained one, once */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/rrs/x", "s1", 2, 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(inbox_wait(&shared, 1, 3000), 1);
+
+    broker_stop(); /* SIGTERM: the broker saves beta's session */
+    CU_ASSERT_TRUE(wait_connected(b, 0, 3000));
+    CU_ASSERT_EQUAL_FATAL(broker_start(), 0);
+    CU_ASSERT_TRUE(wait_connected(a, 1, 5000));
+    CU_ASSERT_TRUE(wait_connected(b, 1, 5000));
+
+    /* $share: publish until one arrives (the SUBSCRIBE may be in flight);
+     * without re-subscribing, every publish gets "no matching subscribers". */
+    uint64_t end = deadline_in(5000);
+    int got = 0;
+    while (!got && nu_mono_ms() < end) {
+        CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/rrs/x", "s2", 2, 1, 0), NU_OK);
+        got = inbox_wait(&shared, 2, 200) >= 2;
+    }
+    CU_ASSERT_TRUE(got);
+    /* Plain: the next message is the fresh one, not a replay of "kept". */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/rr/fresh", "f", 1, 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(inbox_wait(&plain, 2, 3000), 2);
+    pthread_mutex_lock(&plain.lock);
+    CU_ASSERT_STRING_EQUAL(plain.msgs[1].topic, "t/rr/fresh");
+    pthread_mutex_unlock(&plain.lock);
+    /* Clear the retained message for the other tests. */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/rr/ret", "", 0, 1, 1), NU_OK);
+    nu_mqtt_destroy(b);
+    nu_mqtt_destroy(a);
+    inbox_fini(&plain);
+    inbox_fini(&shared);
+}
+
 /* ---- runner -------------------------------------------------------------- */
 
 static const struct nu_test_case endpoint_cases[] = {
@@ -1499,6 +1552,7 @@ static const struct nu_test_case broker_cases[] = {
     {"last_will", test_last_will},
     {"oversize_dropped", test_oversize_dropped},
     {"broker_restart", test_broker_restart},
+    {"broker_restart_resumed_session", test_broker_restart_resumed_session},
     {NULL, NULL},
 };
 

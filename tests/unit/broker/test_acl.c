@@ -444,6 +444,147 @@ static void test_log_safe(void)
     CU_ASSERT_TRUE(strlen(out) < sizeof(out));
 }
 
+/* ---- identities file (the plugin's identity -> role memory) ------------------- */
+
+#define IDS_HEAD NUSEC_ACL_IDENTITIES_HEADER "\n"
+
+/* Parse `text`; returns the code, the bad line into *line, frees the set. */
+static int ids_parse(const char *text, size_t *line)
+{
+    struct nusec_acl_set *set = NULL;
+    int rc = nusec_acl_identities_parse(text, strlen(text), &set, line);
+    CU_ASSERT_TRUE(rc == NU_OK ? set != NULL : set == NULL);
+    nusec_acl_set_free(set);
+    return rc;
+}
+
+static void test_identities_roundtrip(void)
+{
+    struct nusec_acl_set *set = NULL, *back = NULL;
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_set_new(&set), NU_OK);
+    CU_ASSERT_EQUAL(nusec_acl_set_put(set, "progA", NUSEC_ROLE_PROGRAMMER), NU_OK);
+    CU_ASSERT_EQUAL(nusec_acl_set_put(set, "cloud1", NUSEC_ROLE_CLOUD), NU_OK);
+    CU_ASSERT_EQUAL(nusec_acl_set_put(set, "st-1.a_b", NUSEC_ROLE_STATION), NU_OK);
+    char *text = NULL;
+    size_t len = 0, line = 99;
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_identities_format(set, &text, &len), NU_OK);
+    CU_ASSERT_EQUAL(strlen(text), len);
+    CU_ASSERT_EQUAL(strncmp(text, IDS_HEAD, strlen(IDS_HEAD)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nprogA programmer\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nend 3\n"));
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_identities_parse(text, len, &back, &line), NU_OK);
+    CU_ASSERT_EQUAL(line, 0);
+    CU_ASSERT_EQUAL(nusec_acl_set_count(back), 3);
+    int role = 0;
+    CU_ASSERT_TRUE(nusec_acl_set_get(back, "progA", &role));
+    CU_ASSERT_EQUAL(role, NUSEC_ROLE_PROGRAMMER);
+    CU_ASSERT_TRUE(nusec_acl_set_get(back, "cloud1", &role));
+    CU_ASSERT_EQUAL(role, NUSEC_ROLE_CLOUD);
+    CU_ASSERT_TRUE(nusec_acl_set_get(back, "st-1.a_b", &role));
+    CU_ASSERT_EQUAL(role, NUSEC_ROLE_STATION);
+    CU_ASSERT_FALSE(nusec_acl_set_get(back, "progB", NULL));
+    free(text);
+    nusec_acl_set_free(back);
+
+    /* The empty set is a valid file too; a bad entry is never written. */
+    struct nusec_acl_set *empty = NULL;
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_set_new(&empty), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_identities_format(empty, &text, &len), NU_OK);
+    CU_ASSERT_EQUAL(ids_parse(text, &line), NU_OK);
+    free(text);
+    CU_ASSERT_EQUAL(nusec_acl_set_put(empty, "x", NUSEC_ROLE_NONE), NU_OK);
+    text = NULL;
+    CU_ASSERT_EQUAL(nusec_acl_identities_format(empty, &text, &len), NU_ERR_INVALID_ARG);
+    CU_ASSERT_PTR_NULL(text);
+    CU_ASSERT_EQUAL(nusec_acl_set_put(set, "bad id", NUSEC_ROLE_CLOUD), NU_OK);
+    CU_ASSERT_EQUAL(nusec_acl_identities_format(set, &text, &len), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nusec_acl_identities_format(NULL, &text, &len), NU_ERR_INVALID_ARG);
+    nusec_acl_set_free(empty);
+    nusec_acl_set_free(set);
+
+    /* Comments, blank lines, CR/LF and spacing are tolerated. */
+    CU_ASSERT_EQUAL(ids_parse(IDS_HEAD "# c\n\n  progA\tprogrammer  # x\r\nend 1\r\n\n", &line),
+                    NU_OK);
+}
+
+static void test_identities_reject(void)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        size_t line;
+    } bad[] = {
+        {"", NU_ERR_DECODE, 0},                                   /* empty: no header */
+        {"progA programmer\nend 1\n", NU_ERR_DECODE, 1},          /* no header */
+        {"nusec-identities 2\nend 0\n", NU_ERR_DECODE, 1},        /* other version */
+        {IDS_HEAD "progA programmer\n", NU_ERR_DECODE, 0},        /* truncated: no trailer */
+        {IDS_HEAD "progA programmer\nprogB progr", NU_ERR_DECODE, 3}, /* cut mid-line */
+        {IDS_HEAD "progA programmer\nend 2\n", NU_ERR_DECODE, 3}, /* cut at a line end */
+        {IDS_HEAD "progA programmer\nen", NU_ERR_DECODE, 3},      /* cut in the trailer */
+        {IDS_HEAD "progA programmer\nend 1\nprogB cloud\n", NU_ERR_DECODE, 4}, /* after end */
+        {IDS_HEAD "end 0\nend 0\n", NU_ERR_DECODE, 3},
+        {IDS_HEAD "progA programmer\nprogA programmer\nend 2\n", NU_ERR_DECODE, 3}, /* dup */
+        {IDS_HEAD "progA programmer\nprogA cloud\nend 2\n", NU_ERR_DECODE, 3},      /* dup */
+        {IDS_HEAD "progA\nend 1\n", NU_ERR_DECODE, 2},
+        {IDS_HEAD "progA programmer extra\nend 1\n", NU_ERR_DECODE, 2},
+        {IDS_HEAD "progA admin\nend 1\n", NU_ERR_DECODE, 2},
+        {IDS_HEAD "progA Programmer\nend 1\n", NU_ERR_DECODE, 2},
+        {IDS_HEAD "prog/A programmer\nend 1\n", NU_ERR_DECODE, 2},
+        {IDS_HEAD "progA programmer\nend x\n", NU_ERR_DECODE, 3},
+        {IDS_HEAD "progA programmer\nend -1\n", NU_ERR_DECODE, 3},
+        {IDS_HEAD "progA programmer\nend 1 2\n", NU_ERR_DECODE, 3},
+        {IDS_HEAD "progA programmer\nend 0000000001\n", NU_ERR_DECODE, 3}, /* > 9 digits */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t line = 99;
+        int rc = ids_parse(bad[i].text, &line);
+        if (rc != bad[i].rc || line != bad[i].line)
+            fprintf(stderr, "identities case %zu: rc %d line %zu\n", i, rc, line);
+        CU_ASSERT_EQUAL(rc, bad[i].rc);
+        CU_ASSERT_EQUAL(line, bad[i].line);
+    }
+
+    /* A NUL inside: decode error at that line. */
+    static const char nul[] = IDS_HEAD "prog\0A programmer\nend 1\n";
+    struct nusec_acl_set *set = NULL;
+    size_t line = 0;
+    CU_ASSERT_EQUAL(nusec_acl_identities_parse(nul, sizeof(nul) - 1, &set, &line), NU_ERR_DECODE);
+    CU_ASSERT_EQUAL(line, 2);
+    CU_ASSERT_PTR_NULL(set);
+    CU_ASSERT_EQUAL(nusec_acl_identities_parse(NULL, 1, &set, &line), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(nusec_acl_identities_parse("", 0, NULL, &line), NU_ERR_INVALID_ARG);
+}
+
+static void test_identities_oversize(void)
+{
+    /* A line over 1 KiB. */
+    size_t n = 2048;
+    char *text = malloc(strlen(IDS_HEAD) + n + 16);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    strcpy(text, IDS_HEAD);
+    memset(text + strlen(IDS_HEAD), 'a', n);
+    strcpy(text + strlen(IDS_HEAD) + n, "\nend 0\n");
+    size_t line = 0;
+    CU_ASSERT_EQUAL(ids_parse(text, &line), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(line, 2);
+    free(text);
+
+    /* More entries than NUSEC_ACL_IDENTITIES_MAX: refused while reading
+     * (the plugin's file-size cap stops far larger files before parsing). */
+    size_t count = NUSEC_ACL_IDENTITIES_MAX + 1, cap = count * 24 + 64, off = 0;
+    text = malloc(cap);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    off += (size_t)snprintf(text + off, cap - off, "%s", IDS_HEAD);
+    for (size_t i = 0; i < count; i++)
+        off += (size_t)snprintf(text + off, cap - off, "p%07zu monitor\n", i);
+    off += (size_t)snprintf(text + off, cap - off, "end %zu\n", count);
+    struct nusec_acl_set *set = NULL;
+    CU_ASSERT_EQUAL(nusec_acl_identities_parse(text, off, &set, &line), NU_ERR_TOO_LARGE);
+    CU_ASSERT_EQUAL(line, NUSEC_ACL_IDENTITIES_MAX + 2);
+    CU_ASSERT_PTR_NULL(set);
+    free(text);
+}
+
 static const struct nu_test_case acl_cases[] = {
     {"topic table (allowed and denied per role)", test_acl_table},
     {"null, oversize and deep topics", test_acl_null_and_oversize},
@@ -456,6 +597,9 @@ static const struct nu_test_case acl_cases[] = {
     {"ownership table", test_owners_parse},
     {"set keeps order and replaces values", test_set_order_and_replace},
     {"log text is escaped and bounded", test_log_safe},
+    {"identities file: written and read back", test_identities_roundtrip},
+    {"identities file: corrupt, truncated, duplicate refused whole", test_identities_reject},
+    {"identities file: oversize line and entry count", test_identities_oversize},
     {NULL, NULL},
 };
 
