@@ -83,7 +83,10 @@ static int hsm__ckr(const char *what, CK_RV rv)
 
 static int hsm__module_load(const char *path, const char *init_args, struct hsm__module *m)
 {
-    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: a module stays mapped after its last handle closes. Some
+     * do not survive a reload in one process (global state in their TSS or
+     * crypto libraries), and a leak report needs their symbols at exit. */
+    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!m->dl) {
         nu_error("hsm: cannot load PKCS#11 module %s: %s", path, dlerror());
         return NU_ERR_CONFIG;
@@ -1078,6 +1081,10 @@ int nu_hsm_key_open(struct nu_hsm *hsm, const char *label, struct nu_hsm_key **o
     /* Object handles of token objects hold for the whole application, so the
      * handle found here is valid on every session of the pool. */
     rc = hsm__lookup_key(hsm, s, label, &key->priv, key->signer.pub, &rv);
+    /* Checked at every open, not only at generation: some modules (tpm2-pkcs11
+     * 1.9.0) let a PIN holder clear CKA_SENSITIVE afterwards. */
+    if (rc == NU_OK)
+        rc = hsm__refuse_weak(hsm, s, key->priv, label, &rv);
     hsm__give_back(hsm, idx, rv);
 out:
     if (rc != NU_OK) {

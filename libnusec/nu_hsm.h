@@ -196,7 +196,9 @@ int nu_hsm_key_check(struct nu_hsm *hsm, const char *label);
 int nu_hsm_key_destroy(struct nu_hsm *hsm, const char *label);
 
 /*
- * Open private key `label` for signing. *out_key is freed with
+ * Open private key `label` for signing. A key the token does not report as
+ * protected (nu_hsm_key_attrs_refusal) is refused with HSM: some modules let
+ * a PIN holder clear CKA_SENSITIVE after generation. *out_key is freed with
  * nu_hsm_key_close() before the hsm is closed.
  * Errors: INVALID_ARG, NOT_FOUND, NOMEM, HSM.
  */
