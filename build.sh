@@ -19,6 +19,8 @@ PACKAGES=(
     libsqlite3-dev sqlite3 libcunit1-dev
     softhsm2 libsofthsm2 p11-kit libp11-kit-dev
     python3 python3-cryptography xxd
+    swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
+    tpm2-tools dbus opensc
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
