@@ -248,8 +248,7 @@ static int hsm__slot_matches(const struct nu_hsm_opts *o, CK_SLOT_ID id, const C
     return memcmp(ti->label, want, sizeof(want)) == 0;
 }
 
-static int hsm__scan_slots(CK_FUNCTION_LIST *f, const struct nu_hsm_opts *o,
-                           struct hsm__slots *out)
+static int hsm__scan_slots(CK_FUNCTION_LIST *f, const struct nu_hsm_opts *o, struct hsm__slots *out)
 {
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0;
@@ -675,8 +674,8 @@ int nu_hsm_token_query(const struct nu_hsm_opts *opts, struct nu_hsm_token_info 
     return rc;
 }
 
-int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin,
-                           const char *user_pin, unsigned long *out_slot)
+int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin, const char *user_pin,
+                           unsigned long *out_slot)
 {
     struct hsm__module *m = NULL;
     struct hsm__slots slots;
@@ -912,10 +911,14 @@ static int hsm__attrs(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
     enum { N = 8 };
     CK_BBOOL v[N] = {0};
     CK_ATTRIBUTE tmpl[N] = {
-        {CKA_TOKEN, &v[0], 1},         {CKA_PRIVATE, &v[1], 1},
-        {CKA_SENSITIVE, &v[2], 1},     {CKA_EXTRACTABLE, &v[3], 1},
-        {CKA_ALWAYS_SENSITIVE, &v[4], 1}, {CKA_NEVER_EXTRACTABLE, &v[5], 1},
-        {CKA_SIGN, &v[6], 1},          {CKA_LOCAL, &v[7], 1},
+        {CKA_TOKEN, &v[0], 1},
+        {CKA_PRIVATE, &v[1], 1},
+        {CKA_SENSITIVE, &v[2], 1},
+        {CKA_EXTRACTABLE, &v[3], 1},
+        {CKA_ALWAYS_SENSITIVE, &v[4], 1},
+        {CKA_NEVER_EXTRACTABLE, &v[5], 1},
+        {CKA_SIGN, &v[6], 1},
+        {CKA_LOCAL, &v[7], 1},
     };
     memset(out, 0, sizeof(*out));
     CK_RV rv = hsm->f->C_GetAttributeValue(s, priv, tmpl, N);
@@ -924,9 +927,14 @@ static int hsm__attrs(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
     *out_rv = rv;
     if (rv != CKR_OK)
         return hsm__ckr("C_GetAttributeValue(flags)", rv);
-    int *dst[N] = {&out->token,           &out->private_,          &out->sensitive,
-                   &out->extractable,     &out->always_sensitive,  &out->never_extractable,
-                   &out->sign,            &out->local};
+    int *dst[N] = {&out->token,
+                   &out->private_,
+                   &out->sensitive,
+                   &out->extractable,
+                   &out->always_sensitive,
+                   &out->never_extractable,
+                   &out->sign,
+                   &out->local};
     for (int i = 0; i < N; i++)
         *dst[i] = tmpl[i].ulValueLen == 1 && v[i] == CK_TRUE;
     /* An unknown CKA_EXTRACTABLE is not "not extractable". */

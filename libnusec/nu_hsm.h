@@ -55,11 +55,11 @@ struct nu_hsm_opts {
 
 /* What a token says about itself (C_GetTokenInfo), for checks before use. */
 struct nu_hsm_token_info {
-    unsigned long slot;                        /* CK_SLOT_ID */
-    char label[NU_HSM_TOKEN_LABEL_MAX + 1];    /* trailing blanks removed */
-    int initialized;                           /* CKF_TOKEN_INITIALIZED */
-    int user_pin_initialized;                  /* CKF_USER_PIN_INITIALIZED */
-    unsigned long min_pin_len, max_pin_len;    /* ulMinPinLen / ulMaxPinLen */
+    unsigned long slot;                     /* CK_SLOT_ID */
+    char label[NU_HSM_TOKEN_LABEL_MAX + 1]; /* trailing blanks removed */
+    int initialized;                        /* CKF_TOKEN_INITIALIZED */
+    int user_pin_initialized;               /* CKF_USER_PIN_INITIALIZED */
+    unsigned long min_pin_len, max_pin_len; /* ulMinPinLen / ulMaxPinLen */
 };
 
 /*
@@ -115,8 +115,8 @@ int nu_hsm_init_token(const char *module, const char *label, const char *so_pin,
  * opts->token_label; the PINs are checked against the free slot's PIN length
  * range first (CONFIG when they do not fit). The slot used goes to
  * *out_slot (may be NULL). */
-int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin,
-                           const char *user_pin, unsigned long *out_slot);
+int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin, const char *user_pin,
+                           unsigned long *out_slot);
 
 /*
  * Open the token labelled opts->token_label (or in slot opts->slot): load the

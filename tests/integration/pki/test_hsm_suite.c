@@ -30,9 +30,9 @@ static char tmp[256], dir[PATH_MAX];
 static struct nu_hsm *hsm;          /* the real module, open for the whole suite */
 static struct nu_pki_hsm_conf conf; /* how DIR opens it */
 
-static const char *const labels[] = {NU_PKI_KEY_ROOT_CA,     NU_PKI_KEY_FLEET_CA,
-                                     NU_PKI_KEY_DEVICE_CA,   NU_PKI_KEY_SECURE_BOOT,
-                                     NU_PKI_KEY_PACKAGE,     NU_PKI_KEY_AUDIT};
+static const char *const labels[] = {NU_PKI_KEY_ROOT_CA,   NU_PKI_KEY_FLEET_CA,
+                                     NU_PKI_KEY_DEVICE_CA, NU_PKI_KEY_SECURE_BOOT,
+                                     NU_PKI_KEY_PACKAGE,   NU_PKI_KEY_AUDIT};
 #define N_LABELS (sizeof(labels) / sizeof(labels[0]))
 
 static int setup(void)
@@ -253,8 +253,7 @@ static void test_keygen_then_destroy(void)
 int main(void)
 {
     static const struct nu_test_case cases[] = {
-        {"every private key is sensitive, never extractable, local",
-         test_every_key_is_protected},
+        {"every private key is sensitive, never extractable, local", test_every_key_is_protected},
         {"a raw PKCS#11 caller with the PIN cannot extract", test_raw_caller_cannot_extract},
         {"every key signs and verifies", test_every_key_signs_and_verifies},
         {"a bad token signature is never used", test_bad_signature_is_never_used},

@@ -254,9 +254,8 @@ static void test_existing_keys_refused_unless_adopted(void)
     CU_ASSERT_EQUAL(init_on("oem", "oem-line-1", "s-oem2", "--adopt-keys"), 0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -c '^adopting key' %s/s-oem2.out | grep -qx 6", dir), 0);
     /* The same keys: the same secure-boot public key. */
-    CU_ASSERT_EQUAL(nu_test_sh("cmp -s %s/s-oem/firmware/rotpk.pem %s/s-oem2/firmware/rotpk.pem",
-                               dir, dir),
-                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("cmp -s %s/s-oem/firmware/rotpk.pem %s/s-oem2/firmware/rotpk.pem", dir, dir), 0);
     CU_ASSERT_EQUAL(private_keys_in("oem", "oem-line-1"), 6);
 }
 
@@ -273,9 +272,8 @@ static void test_failed_init_leaves_nothing(void)
                     0);
     CU_ASSERT_EQUAL(nu_test_sh("test -s %s/s-bad/pki-init.failed", dir), 0);
     /* stack up does not quietly build a SoftHSM2 PKI instead. */
-    CU_ASSERT_NOT_EQUAL(nu_test_sh("%s stack up --dir %s/s-bad --programmers 0 2>%s/s-bad.up",
-                                   nusec, dir, dir),
-                        0);
+    CU_ASSERT_NOT_EQUAL(
+        nu_test_sh("%s stack up --dir %s/s-bad --programmers 0 2>%s/s-bad.up", nusec, dir, dir), 0);
     CU_ASSERT_EQUAL(nu_test_sh("grep -q 'last `nusec pki init`.*failed' %s/s-bad.up && "
                                "test ! -e %s/s-bad/pki",
                                dir, dir),
@@ -296,9 +294,8 @@ static void test_pin_checks(void)
                                dir, dir),
                     0);
     /* A PIN file others can read is a leaked PIN. */
-    CU_ASSERT_EQUAL_FATAL(nu_test_sh("printf line-pin-1 > %s/oem4.pin && chmod 644 %s/oem4.pin",
-                                     dir, dir),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("printf line-pin-1 > %s/oem4.pin && chmod 644 %s/oem4.pin", dir, dir), 0);
     CU_ASSERT_EQUAL(init_on("oem4", "oem-line-4", "s-pin", ""), 1);
     CU_ASSERT_EQUAL(private_keys_in("oem4", "oem-line-4"), 0);
 }
