@@ -22,6 +22,8 @@ PACKAGES=(
     libmicrohttpd-dev libcjson-dev chromium python3-websocket
     dpkg-dev lintian systemd adduser
     gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+    swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
+    tpm2-tools dbus opensc
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # NuSEC benchmark, ONE run on this machine (issue #6). Used by `./build.sh bench`.
+# Section 7 (issue #17): HSM-signed certificates per second on SoftHSM2 and a
+# TPM 2.0 token in the same run (BENCH_HSM_SECONDS, default 5).
 #
 # usage: bench/run.sh --bin DIR [--out FILE] [--work DIR]
 # env:   BENCH_DEVICES (e2e devices, default 10000), BENCH_PROGRAMMERS (2),
@@ -241,6 +243,37 @@ else
     note "m33: the runners or the cross build failed (see $WORK/m33/*.log)"
 fi
 
+# --- 8. HSM-signed certificates per second: SoftHSM2 and a TPM 2.0, same run ----------
+HSM_SECONDS=${BENCH_HSM_SECONDS:-5}
+echo "== HSM: device certificates signed by the Device CA key, ${HSM_SECONDS}s each, SoftHSM2 then TPM 2.0 (swtpm + tpm2-abrmd + tpm2-pkcs11)"
+if run_bench "$WORK/hsm-soft" "$BIN/bench_hsm_certs" "$WORK/pki-state" 2 "$HSM_SECONDS" hsm_softhsm; then
+    emit_all "$WORK/hsm-soft"
+else
+    nulls hsm_softhsm_certs_per_s hsm_softhsm_sign_ms
+fi
+tpm_rate=
+# shellcheck source=../tests/integration/pki/tpm_token.sh
+if source "$ROOT/tests/integration/pki/tpm_token.sh" &&
+    tpm_token_up "$WORK/tpm" bench-tpm bench-so-pin bench-user-pin >"$WORK/tpm-setup.log" 2>&1; then
+    printf 'bench-user-pin' >"$WORK/tpm/pin" && chmod 600 "$WORK/tpm/pin"
+    if "$BIN/nusec" pki init --dir "$WORK/tpm-state" --pkcs11-module "$TPM_MODULE"         --token-label bench-tpm --pin-file "$WORK/tpm/pin"         --module-env "TPM2_PKCS11_TCTI=$TPM_TCTI" --module-env "TPM2_PKCS11_STORE=$TPM_STORE"         --module-env "DBUS_SESSION_BUS_ADDRESS=$DBUS_SESSION_BUS_ADDRESS"         >"$WORK/tpm-init.log" 2>&1 &&
+        run_bench "$WORK/hsm-tpm" "$BIN/bench_hsm_certs" "$WORK/tpm-state" 2 "$HSM_SECONDS" hsm_tpm; then
+        emit_all "$WORK/hsm-tpm"
+        tpm_rate=$(fig "$WORK/hsm-tpm" hsm_tpm_certs_per_s)
+    else
+        nulls hsm_tpm_certs_per_s hsm_tpm_sign_ms
+        note "hsm tpm: pki init or bench_hsm_certs failed on the TPM (see $WORK/tpm-init.log, $WORK/hsm-tpm.log)"
+    fi
+    tpm_token_down "$WORK/tpm"
+    unset DBUS_SESSION_BUS_ADDRESS TPM2TOOLS_TCTI
+else
+    nulls hsm_tpm_certs_per_s hsm_tpm_sign_ms
+    note "hsm tpm: no TPM token (swtpm / tpm2-abrmd / tpm2_ptool, see $WORK/tpm-setup.log)"
+fi
+tpms=$(awk -v r="${tpm_rate:-0}" 'BEGIN { if (r > 0) { n = 2000 / r; printf "%d", (n == int(n)) ? n : int(n) + 1 } else print "null" }')
+emit hsm_tpms_for_2000_per_s "$tpms" TPMs
+note "hsm_*_certs_per_s: device certificates (X.509 built, ecdsa-with-SHA256 by the Device CA key in the HSM, every signature verified before use) per second, 2 threads sharing 2 sessions as the cloud's workers do, ${HSM_SECONDS}s each, the same run. SoftHSM2 signs in this process's CPU; the TPM is swtpm (a software TPM, so its figure is the TPM 2.0 command path through tpm2-abrmd and tpm2-pkcs11, not a TPM chip's speed) and tpm2-abrmd serialises commands. hsm_tpms_for_2000_per_s = ceil(2000 / hsm_tpm_certs_per_s): TPMs, each with its own PKI token and Device CA key (a TPM key cannot be shared), behind as many cloud agents, to sign 2,000 devices/s."
+
 BENCH_S=$(($(date +%s) - BENCH_T0))
 emit bench_seconds "$BENCH_S" s
 
@@ -277,3 +310,6 @@ printf '  %-30s %s\n' "crypto ceiling" "$ceiling devices/s ($CORES cores)" \
     "fw delivery / crypto" "${fw_ratio:-null} (goal >= 0.1)" \
     "$lname" "${lscale:-null} (goal >= 0.9)" \
     "results" "$OUT"
+printf '  %-30s %s\n' "HSM-signed certs, SoftHSM2" "$(fig "$WORK/hsm-soft" hsm_softhsm_certs_per_s 2>/dev/null || echo null) certs/s" \
+    "HSM-signed certs, TPM 2.0" "${tpm_rate:-null} certs/s" \
+    "TPMs for 2,000 devices/s" "$tpms"

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -80,9 +81,12 @@ static int hsm__ckr(const char *what, CK_RV rv)
     }
 }
 
-static int hsm__module_load(const char *path, struct hsm__module *m)
+static int hsm__module_load(const char *path, const char *init_args, struct hsm__module *m)
 {
-    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: a module stays mapped after its last handle closes. Some
+     * do not survive a reload in one process (global state in their TSS or
+     * crypto libraries), and a leak report needs their symbols at exit. */
+    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!m->dl) {
         nu_error("hsm: cannot load PKCS#11 module %s: %s", path, dlerror());
         return NU_ERR_CONFIG;
@@ -96,6 +100,9 @@ static int hsm__module_load(const char *path, struct hsm__module *m)
     /* Let the module use OS threads' locking: the pool calls it from several threads. */
     CK_C_INITIALIZE_ARGS args = {0};
     args.flags = CKF_OS_LOCKING_OK;
+    /* Some modules read their configuration from here (NSS softokn answers
+     * CKR_ARGUMENTS_BAD without it); the others ignore it. */
+    args.pReserved = (void *)init_args;
     CK_RV rv = m->f->C_Initialize(&args);
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         m->owns_init = 0; /* someone else in this process initialised it: not ours to finalise */
@@ -108,7 +115,7 @@ static int hsm__module_load(const char *path, struct hsm__module *m)
     return NU_OK;
 }
 
-static int hsm__module_get(const char *path, struct hsm__module **out)
+static int hsm__module_get(const char *path, const char *init_args, struct hsm__module **out)
 {
     char real[PATH_MAX];
     *out = NULL;
@@ -133,7 +140,7 @@ static int hsm__module_get(const char *path, struct hsm__module **out)
         goto out;
     }
     memcpy(m->path, real, sizeof(real));
-    rc = hsm__module_load(real, m);
+    rc = hsm__module_load(real, init_args, m);
     if (rc != NU_OK) {
         free(m);
         m = NULL;
@@ -187,24 +194,65 @@ static int hsm__pin_ok(const char *pin)
     return n > 0 && n <= NU_HSM_PIN_MAX;
 }
 
+/* A token is named by label or by slot; a label must fit the 32-byte field. */
+static int hsm__names_token(const struct nu_hsm_opts *o)
+{
+    return o->use_slot || hsm__token_label_ok(o->token_label);
+}
+
+static const char *hsm__token_name(const struct nu_hsm_opts *o, char *buf, size_t cap)
+{
+    if (o->use_slot)
+        snprintf(buf, cap, "in slot %lu", o->slot);
+    else
+        snprintf(buf, cap, "labelled '%s'", o->token_label ? o->token_label : "");
+    return buf;
+}
+
+static void hsm__info_from(CK_SLOT_ID slot, const CK_TOKEN_INFO *ti, struct nu_hsm_token_info *out)
+{
+    size_t n = sizeof(ti->label);
+    memset(out, 0, sizeof(*out));
+    out->slot = (unsigned long)slot;
+    while (n > 0 && (ti->label[n - 1] == ' ' || ti->label[n - 1] == '\0'))
+        n--;
+    memcpy(out->label, ti->label, n);
+    out->initialized = (ti->flags & CKF_TOKEN_INITIALIZED) != 0;
+    out->user_pin_initialized = (ti->flags & CKF_USER_PIN_INITIALIZED) != 0;
+    out->min_pin_len = (unsigned long)ti->ulMinPinLen;
+    out->max_pin_len = (unsigned long)ti->ulMaxPinLen;
+}
+
 /*
- * Slot of the initialised token labelled `label` (*out_found = 1), and the
- * first slot whose token is not initialised yet (*out_free, *out_has_free).
+ * Slot of the initialised token the options name, by label or by slot id
+ * (found, slot, info), and the first slot whose token is not initialised yet
+ * (has_free, free_slot, free_info).
  */
 struct hsm__slots {
     int found;
     CK_SLOT_ID slot;
+    CK_TOKEN_INFO info;
     int has_free;
     CK_SLOT_ID free_slot;
+    CK_TOKEN_INFO free_info;
 };
 
-static int hsm__scan_slots(CK_FUNCTION_LIST *f, const char *label, struct hsm__slots *out)
+static int hsm__slot_matches(const struct nu_hsm_opts *o, CK_SLOT_ID id, const CK_TOKEN_INFO *ti)
 {
     CK_UTF8CHAR want[NU_HSM_TOKEN_LABEL_MAX];
+    if (o->use_slot)
+        return id == (CK_SLOT_ID)o->slot;
+    if (!o->token_label)
+        return 0;
+    hsm__pad_label(o->token_label, want);
+    return memcmp(ti->label, want, sizeof(want)) == 0;
+}
+
+static int hsm__scan_slots(CK_FUNCTION_LIST *f, const struct nu_hsm_opts *o, struct hsm__slots *out)
+{
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0;
     memset(out, 0, sizeof(*out));
-    hsm__pad_label(label, want);
     int rc = hsm__ckr("C_GetSlotList", f->C_GetSlotList(CK_TRUE, NULL, &n));
     if (rc != NU_OK || n == 0)
         goto out;
@@ -222,10 +270,12 @@ static int hsm__scan_slots(CK_FUNCTION_LIST *f, const char *label, struct hsm__s
             if (!out->has_free) {
                 out->has_free = 1;
                 out->free_slot = slots[i];
+                out->free_info = ti;
             }
-        } else if (!out->found && memcmp(ti.label, want, sizeof(want)) == 0) {
+        } else if (!out->found && hsm__slot_matches(o, slots[i], &ti)) {
             out->found = 1;
             out->slot = slots[i];
+            out->info = ti;
         }
     }
 out:
@@ -582,18 +632,63 @@ int nu_hsm_softhsm_write_conf(const char *dir, char *out_path, size_t cap)
     return rc;
 }
 
-int nu_hsm_init_token(const char *module, const char *label, const char *so_pin,
-                      const char *user_pin)
+int nu_hsm_pin_len_check(const struct nu_hsm_token_info *info, size_t len)
+{
+    if (!info)
+        return NU_ERR_INVALID_ARG;
+    /* 0 or CK_UNAVAILABLE_INFORMATION as a maximum means "no stated limit". */
+    unsigned long max = info->max_pin_len;
+    int no_max = max == 0 || max == (unsigned long)CK_UNAVAILABLE_INFORMATION;
+    if (len < info->min_pin_len || (!no_max && len > max)) {
+        nu_error("hsm: token '%s' accepts PINs of %lu to %lu characters, not %zu", info->label,
+                 info->min_pin_len, max, len);
+        return NU_ERR_CONFIG;
+    }
+    return NU_OK;
+}
+
+int nu_hsm_token_query(const struct nu_hsm_opts *opts, struct nu_hsm_token_info *out_info)
 {
     struct hsm__module *m = NULL;
     struct hsm__slots slots;
-    CK_UTF8CHAR padded[NU_HSM_TOKEN_LABEL_MAX];
-    if (!hsm__token_label_ok(label) || !hsm__pin_ok(so_pin) || !hsm__pin_ok(user_pin))
+    char name[64];
+    if (!opts || !out_info || (opts->token_label && !hsm__token_label_ok(opts->token_label)))
         return NU_ERR_INVALID_ARG;
-    int rc = hsm__module_get(module, &m);
+    int want_free = !opts->use_slot && !opts->token_label;
+    int rc = hsm__module_get(opts->module, opts->init_args, &m);
     if (rc != NU_OK)
         return rc;
-    rc = hsm__scan_slots(m->f, label, &slots);
+    rc = hsm__scan_slots(m->f, opts, &slots);
+    if (rc == NU_OK && want_free && !slots.has_free) {
+        nu_error("hsm: no free slot to initialise a token in");
+        rc = NU_ERR_NOT_FOUND;
+    } else if (rc == NU_OK && !want_free && !slots.found) {
+        nu_error("hsm: no initialised token %s", hsm__token_name(opts, name, sizeof(name)));
+        rc = NU_ERR_NOT_FOUND;
+    }
+    if (rc == NU_OK && want_free)
+        hsm__info_from(slots.free_slot, &slots.free_info, out_info);
+    else if (rc == NU_OK)
+        hsm__info_from(slots.slot, &slots.info, out_info);
+    hsm__module_put(m);
+    return rc;
+}
+
+int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin, const char *user_pin,
+                           unsigned long *out_slot)
+{
+    struct hsm__module *m = NULL;
+    struct hsm__slots slots;
+    struct nu_hsm_token_info info;
+    CK_UTF8CHAR padded[NU_HSM_TOKEN_LABEL_MAX];
+    if (!opts || opts->use_slot || !hsm__token_label_ok(opts->token_label) ||
+        !hsm__pin_ok(so_pin) || !hsm__pin_ok(user_pin))
+        return NU_ERR_INVALID_ARG;
+    const char *label = opts->token_label;
+    int rc = hsm__module_get(opts->module, opts->init_args, &m);
+    if (rc != NU_OK)
+        return rc;
+    rc = hsm__scan_slots(m->f, opts, &slots);
     if (rc != NU_OK)
         goto out;
     if (slots.found) {
@@ -606,16 +701,30 @@ int nu_hsm_init_token(const char *module, const char *label, const char *so_pin,
         rc = NU_ERR_NOT_FOUND;
         goto out;
     }
+    hsm__info_from(slots.free_slot, &slots.free_info, &info);
+    if ((rc = nu_hsm_pin_len_check(&info, strlen(so_pin))) ||
+        (rc = nu_hsm_pin_len_check(&info, strlen(user_pin))))
+        goto out;
     hsm__pad_label(label, padded);
     rc = hsm__ckr("C_InitToken", m->f->C_InitToken(slots.free_slot, (CK_UTF8CHAR *)so_pin,
                                                    (CK_ULONG)strlen(so_pin), padded));
     if (rc == NU_OK)
         rc = hsm__init_user_pin(m->f, slots.free_slot, so_pin, user_pin);
-    if (rc == NU_OK)
-        nu_info("hsm: token '%s' initialised", label);
+    if (rc == NU_OK) {
+        nu_info("hsm: token '%s' initialised in slot %lu", label, (unsigned long)slots.free_slot);
+        if (out_slot)
+            *out_slot = (unsigned long)slots.free_slot;
+    }
 out:
     hsm__module_put(m);
     return rc;
+}
+
+int nu_hsm_init_token(const char *module, const char *label, const char *so_pin,
+                      const char *user_pin)
+{
+    struct nu_hsm_opts o = {.module = module, .token_label = label};
+    return nu_hsm_init_token_opts(&o, so_pin, user_pin, NULL);
 }
 
 static int hsm__open_sessions(struct nu_hsm *hsm, unsigned n)
@@ -635,27 +744,33 @@ int nu_hsm_open(const struct nu_hsm_opts *opts, struct nu_hsm **out_hsm)
     if (!out_hsm)
         return NU_ERR_INVALID_ARG;
     *out_hsm = NULL;
-    if (!opts || !hsm__token_label_ok(opts->token_label) || !hsm__pin_ok(opts->pin) ||
+    if (!opts || !hsm__names_token(opts) || !hsm__pin_ok(opts->pin) ||
         opts->sessions > NU_HSM_SESSIONS_MAX)
         return NU_ERR_INVALID_ARG;
+    struct nu_hsm_token_info info;
+    char name[64];
     struct nu_hsm *hsm = calloc(1, sizeof(*hsm));
     if (!hsm)
         return NU_ERR_NOMEM;
     pthread_mutex_init(&hsm->lock, NULL);
     pthread_cond_init(&hsm->freed, NULL);
     memcpy(hsm->pin, opts->pin, strlen(opts->pin) + 1);
-    int rc = hsm__module_get(opts->module, &hsm->mod);
+    int rc = hsm__module_get(opts->module, opts->init_args, &hsm->mod);
     if (rc != NU_OK)
         goto out;
     hsm->f = hsm->mod->f;
-    rc = hsm__scan_slots(hsm->f, opts->token_label, &slots);
+    rc = hsm__scan_slots(hsm->f, opts, &slots);
     if (rc == NU_OK && !slots.found) {
-        nu_error("hsm: no token labelled '%s'", opts->token_label);
+        nu_error("hsm: no token %s", hsm__token_name(opts, name, sizeof(name)));
         rc = NU_ERR_NOT_FOUND;
     }
     if (rc != NU_OK)
         goto out;
     hsm->slot = slots.slot;
+    /* Say "wrong length" before the token counts a failed login against us. */
+    hsm__info_from(slots.slot, &slots.info, &info);
+    if ((rc = nu_hsm_pin_len_check(&info, strlen(opts->pin))))
+        goto out;
     rc = hsm__open_sessions(hsm, opts->sessions ? opts->sessions : NU_HSM_SESSIONS_DEFAULT);
 out:
     if (rc != NU_OK) {
@@ -681,16 +796,23 @@ void nu_hsm_close(struct nu_hsm *hsm)
     free(hsm);
 }
 
+static int hsm__refuse_weak(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+                            const char *label, CK_RV *out_rv);
+
 static int hsm__generate(struct nu_hsm *hsm, CK_SESSION_HANDLE s, const char *label,
                          CK_OBJECT_HANDLE *out_pub, CK_OBJECT_HANDLE *out_priv, CK_RV *out_rv)
 {
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ULONG llen = (CK_ULONG)strlen(label);
     CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    /* Only what NuSEC needs. The public key's usage is left to the token
+     * (we verify with its point in software, never with C_Verify), and the
+     * private key says nothing about DECRYPT / UNWRAP (meaningless for ECDSA):
+     * TPM 2.0 has one flag for sign and decrypt, and tpm2-pkcs11 refuses
+     * VERIFY=TRUE with DECRYPT=FALSE ("attr mismatch", CKR_GENERAL_ERROR).
+     * What the token made is checked afterwards (nu_hsm_keygen_p256). */
     CK_ATTRIBUTE pub[] = {
         {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_PRIVATE, &no, sizeof(no)},
-        {CKA_VERIFY, &yes, sizeof(yes)},
         {CKA_EC_PARAMS, (void *)hsm__p256_params, sizeof(hsm__p256_params)},
         {CKA_LABEL, (void *)label, llen},
         {CKA_ID, (void *)label, llen},
@@ -699,7 +821,6 @@ static int hsm__generate(struct nu_hsm *hsm, CK_SESSION_HANDLE s, const char *la
         {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
         {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
         {CKA_SIGN, &yes, sizeof(yes)},      {CKA_DERIVE, &no, sizeof(no)},
-        {CKA_DECRYPT, &no, sizeof(no)},     {CKA_UNWRAP, &no, sizeof(no)},
         {CKA_LABEL, (void *)label, llen},   {CKA_ID, (void *)label, llen},
     };
     *out_rv = hsm->f->C_GenerateKeyPair(s, &mech, pub, sizeof(pub) / sizeof(pub[0]), priv,
@@ -730,6 +851,8 @@ int nu_hsm_keygen_p256(struct nu_hsm *hsm, const char *label, uint8_t out_pub[NU
         rc = hsm__generate(hsm, s, label, &pub, &priv, &rv);
     if (rc == NU_OK)
         rc = hsm__read_pub(hsm->f, s, pub, point, &rv);
+    if (rc == NU_OK)
+        rc = hsm__refuse_weak(hsm, s, priv, label, &rv);
     if (rc != NU_OK && priv != CK_INVALID_HANDLE) {
         /* Do not leave half a key pair behind under a label nothing can use. */
         hsm->f->C_DestroyObject(s, priv);
@@ -777,6 +900,94 @@ static void hsm__probe_value(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_
     nu_zero(value, sizeof(value));
 }
 
+/*
+ * Protection attributes of private key object `priv`. A module that does not
+ * know one of them (CKR_ATTRIBUTE_TYPE_INVALID) leaves it unknown, which
+ * counts as "not set": such a key is refused, not trusted.
+ */
+static int hsm__attrs(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+                      struct nu_hsm_key_attrs *out, CK_RV *out_rv)
+{
+    enum { N = 8 };
+    CK_BBOOL v[N] = {0};
+    CK_ATTRIBUTE tmpl[N] = {
+        {CKA_TOKEN, &v[0], 1},
+        {CKA_PRIVATE, &v[1], 1},
+        {CKA_SENSITIVE, &v[2], 1},
+        {CKA_EXTRACTABLE, &v[3], 1},
+        {CKA_ALWAYS_SENSITIVE, &v[4], 1},
+        {CKA_NEVER_EXTRACTABLE, &v[5], 1},
+        {CKA_SIGN, &v[6], 1},
+        {CKA_LOCAL, &v[7], 1},
+    };
+    memset(out, 0, sizeof(*out));
+    CK_RV rv = hsm->f->C_GetAttributeValue(s, priv, tmpl, N);
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE)
+        rv = CKR_OK;
+    *out_rv = rv;
+    if (rv != CKR_OK)
+        return hsm__ckr("C_GetAttributeValue(flags)", rv);
+    int *dst[N] = {&out->token,
+                   &out->private_,
+                   &out->sensitive,
+                   &out->extractable,
+                   &out->always_sensitive,
+                   &out->never_extractable,
+                   &out->sign,
+                   &out->local};
+    for (int i = 0; i < N; i++)
+        *dst[i] = tmpl[i].ulValueLen == 1 && v[i] == CK_TRUE;
+    /* An unknown CKA_EXTRACTABLE is not "not extractable". */
+    if (tmpl[3].ulValueLen != 1)
+        out->extractable = 1;
+    hsm__probe_value(hsm, s, priv, out);
+    return NU_OK;
+}
+
+const char *nu_hsm_key_attrs_refusal(const struct nu_hsm_key_attrs *a)
+{
+    if (!a)
+        return "no attributes";
+    if (!a->token)
+        return "CKA_TOKEN";
+    if (!a->private_)
+        return "CKA_PRIVATE";
+    if (!a->sensitive)
+        return "CKA_SENSITIVE";
+    if (a->extractable)
+        return "CKA_EXTRACTABLE";
+    if (!a->always_sensitive)
+        return "CKA_ALWAYS_SENSITIVE";
+    if (!a->never_extractable)
+        return "CKA_NEVER_EXTRACTABLE";
+    if (!a->local)
+        return "CKA_LOCAL";
+    if (!a->sign)
+        return "CKA_SIGN";
+    if (a->value_readable)
+        return "CKA_VALUE (readable)";
+    return NULL;
+}
+
+/* Refuse a private key the token did not protect as asked, naming why. */
+static int hsm__refuse_weak(struct nu_hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+                            const char *label, CK_RV *out_rv)
+{
+    struct nu_hsm_key_attrs a;
+    int rc = hsm__attrs(hsm, s, priv, &a, out_rv);
+    if (rc != NU_OK)
+        return rc;
+    const char *why = nu_hsm_key_attrs_refusal(&a);
+    if (why) {
+        nu_error("hsm: key '%s' refused: the token reports %s %s", label, why,
+                 strcmp(why, "CKA_EXTRACTABLE") == 0 || strncmp(why, "CKA_VALUE", 9) == 0
+                     ? "set"
+                     : "not set");
+        return NU_ERR_HSM;
+    }
+    return NU_OK;
+}
+
 int nu_hsm_key_attr_check(struct nu_hsm *hsm, const char *label, struct nu_hsm_key_attrs *out_attrs)
 {
     if (!hsm || !hsm__key_label_ok(label) || !out_attrs)
@@ -786,35 +997,71 @@ int nu_hsm_key_attr_check(struct nu_hsm *hsm, const char *label, struct nu_hsm_k
     CK_SESSION_HANDLE s;
     CK_OBJECT_HANDLE priv;
     CK_RV rv = CKR_OK;
-    CK_BBOOL v[7] = {0};
-    CK_ATTRIBUTE tmpl[7] = {
-        {CKA_TOKEN, &v[0], 1},
-        {CKA_PRIVATE, &v[1], 1},
-        {CKA_SENSITIVE, &v[2], 1},
-        {CKA_EXTRACTABLE, &v[3], 1},
-        {CKA_ALWAYS_SENSITIVE, &v[4], 1},
-        {CKA_NEVER_EXTRACTABLE, &v[5], 1},
-        {CKA_SIGN, &v[6], 1},
-    };
     int rc = hsm__borrow(hsm, &idx, &s);
     if (rc != NU_OK)
         return rc;
     rc = hsm__find_one(hsm->f, s, CKO_PRIVATE_KEY, label, &priv, &rv);
-    if (rc == NU_OK) {
-        rv = hsm->f->C_GetAttributeValue(s, priv, tmpl, 7);
-        rc = hsm__ckr("C_GetAttributeValue(flags)", rv);
+    if (rc == NU_OK)
+        rc = hsm__attrs(hsm, s, priv, out_attrs, &rv);
+    hsm__give_back(hsm, idx, rv);
+    return rc;
+}
+
+int nu_hsm_key_check(struct nu_hsm *hsm, const char *label)
+{
+    struct nu_hsm_key_attrs a;
+    struct nu_hsm_key *key = NULL;
+    uint8_t digest[32], sig[NU_P256_SIG_MAX];
+    size_t sig_len = sizeof(sig);
+    int rc = nu_hsm_key_attr_check(hsm, label, &a);
+    if (rc != NU_OK)
+        return rc;
+    const char *why = nu_hsm_key_attrs_refusal(&a);
+    if (why) {
+        nu_error("hsm: existing key '%s' refused: %s is not as NuSEC requires "
+                 "(sensitive, never extractable, generated in the token)",
+                 label, why);
+        return NU_ERR_HSM;
     }
-    if (rc == NU_OK) {
-        out_attrs->token = v[0] == CK_TRUE;
-        out_attrs->private_ = v[1] == CK_TRUE;
-        out_attrs->sensitive = v[2] == CK_TRUE;
-        out_attrs->extractable = v[3] == CK_TRUE;
-        out_attrs->always_sensitive = v[4] == CK_TRUE;
-        out_attrs->never_extractable = v[5] == CK_TRUE;
-        out_attrs->sign = v[6] == CK_TRUE;
-        hsm__probe_value(hsm, s, priv, out_attrs);
+    /* P-256 and a public key object (hsm__lookup_key), then one signature
+     * that the public key verifies (nu_hsm_key_sign_digest checks it). */
+    if ((rc = nu_hsm_key_open(hsm, label, &key)) != NU_OK)
+        return rc;
+    if ((rc = nu_random(digest, sizeof(digest))) == NU_OK)
+        rc = nu_hsm_key_sign_digest(key, digest, sig, &sig_len);
+    if (rc == NU_OK)
+        rc = nu_p256_verify(nu_hsm_key_signer(key)->pub, digest, sig, sig_len);
+    if (rc != NU_OK)
+        nu_error("hsm: existing key '%s' refused: its test signature failed (%s)", label,
+                 nu_err_name(rc));
+    nu_hsm_key_close(key);
+    return rc;
+}
+
+int nu_hsm_key_destroy(struct nu_hsm *hsm, const char *label)
+{
+    if (!hsm || !hsm__key_label_ok(label))
+        return NU_ERR_INVALID_ARG;
+    unsigned idx;
+    CK_SESSION_HANDLE s;
+    CK_RV rv = CKR_OK;
+    int rc = hsm__borrow(hsm, &idx, &s);
+    if (rc != NU_OK)
+        return rc;
+    /* Each pass destroys at most one object: a key pair is two, and a bounded
+     * loop stops on a token that will not let go. */
+    for (int pass = 0; pass < 8 && rc == NU_OK; pass++) {
+        CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+        CK_ULONG count = 0;
+        rv = hsm__find(hsm->f, s, NULL, label, &obj, &count);
+        if ((rc = hsm__ckr("C_FindObjects", rv)) != NU_OK || count == 0)
+            break;
+        rv = hsm->f->C_DestroyObject(s, obj);
+        rc = hsm__ckr("C_DestroyObject", rv);
     }
     hsm__give_back(hsm, idx, rv);
+    if (rc == NU_OK)
+        nu_info("hsm: key '%s' destroyed", label);
     return rc;
 }
 
@@ -842,6 +1089,10 @@ int nu_hsm_key_open(struct nu_hsm *hsm, const char *label, struct nu_hsm_key **o
     /* Object handles of token objects hold for the whole application, so the
      * handle found here is valid on every session of the pool. */
     rc = hsm__lookup_key(hsm, s, label, &key->priv, key->signer.pub, &rv);
+    /* Checked at every open, not only at generation: some modules (tpm2-pkcs11
+     * 1.9.0) let a PIN holder clear CKA_SENSITIVE afterwards. */
+    if (rc == NU_OK)
+        rc = hsm__refuse_weak(hsm, s, key->priv, label, &rv);
     hsm__give_back(hsm, idx, rv);
 out:
     if (rc != NU_OK) {

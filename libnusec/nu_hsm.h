@@ -42,10 +42,38 @@ struct nu_hsm_key; /* a P-256 private key in the token, usable as a nu_signer */
 
 struct nu_hsm_opts {
     const char *module;      /* PKCS#11 module path; NULL = nu_hsm_default_module() */
-    const char *token_label; /* label of the token to use (required) */
+    const char *token_label; /* label of the token to use (this or use_slot) */
+    int use_slot;            /* 1: the token in slot `slot`, whatever its label */
+    unsigned long slot;      /* CK_SLOT_ID, with use_slot */
     const char *pin;         /* user PIN (required); copied, wiped on close */
     unsigned sessions;       /* session pool size; 0 = NU_HSM_SESSIONS_DEFAULT */
+    /* C_Initialize's pReserved string, for modules that need one (NSS softokn:
+     * "configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db'");
+     * NULL = none. Only the first open of a module in a process passes it. */
+    const char *init_args;
 };
+
+/* What a token says about itself (C_GetTokenInfo), for checks before use. */
+struct nu_hsm_token_info {
+    unsigned long slot;                     /* CK_SLOT_ID */
+    char label[NU_HSM_TOKEN_LABEL_MAX + 1]; /* trailing blanks removed */
+    int initialized;                        /* CKF_TOKEN_INITIALIZED */
+    int user_pin_initialized;               /* CKF_USER_PIN_INITIALIZED */
+    unsigned long min_pin_len, max_pin_len; /* ulMinPinLen / ulMaxPinLen */
+};
+
+/*
+ * Describe a token without logging in: the one opts->token_label or
+ * opts->slot names or, when neither is given, the first slot holding no
+ * initialised token (where nu_hsm_init_token() would create one). opts->pin
+ * is not used.
+ * Errors: INVALID_ARG, NOT_FOUND (module, token, free slot), CONFIG, HSM.
+ */
+int nu_hsm_token_query(const struct nu_hsm_opts *opts, struct nu_hsm_token_info *out_info);
+
+/* NU_OK if a PIN of `len` bytes fits the token's range, else NU_ERR_CONFIG
+ * with a message that gives the range (modules differ: 4-8, 0-128, 4-255). */
+int nu_hsm_pin_len_check(const struct nu_hsm_token_info *info, size_t len);
 
 /* The PKCS#11 module built in as default (SoftHSM2 on Debian). Not owned. */
 const char *nu_hsm_default_module(void);
@@ -83,8 +111,16 @@ int nu_hsm_softhsm_write_conf(const char *dir, char *out_path, size_t cap);
 int nu_hsm_init_token(const char *module, const char *label, const char *so_pin,
                       const char *user_pin);
 
+/* nu_hsm_init_token() on opts->module with opts->init_args and label
+ * opts->token_label; the PINs are checked against the free slot's PIN length
+ * range first (CONFIG when they do not fit). The slot used goes to
+ * *out_slot (may be NULL). */
+int nu_hsm_init_token_opts(const struct nu_hsm_opts *opts, const char *so_pin, const char *user_pin,
+                           unsigned long *out_slot);
+
 /*
- * Open the token labelled opts->token_label: load the module, find the slot,
+ * Open the token labelled opts->token_label (or in slot opts->slot): load the
+ * module, find the slot, check the PIN length against the token's range,
  * open the session pool and log in as user. *out_hsm is freed with
  * nu_hsm_close().
  * Errors: INVALID_ARG, NOT_FOUND (module file or token missing), CONFIG (not a
@@ -98,12 +134,17 @@ void nu_hsm_close(struct nu_hsm *hsm);
 
 /*
  * Generate an ECDSA P-256 key pair in the token (CKM_EC_KEY_PAIR_GEN on
- * prime256v1). The private key is CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
- * not CKA_EXTRACTABLE, CKA_SIGN only; the public key CKA_TOKEN, CKA_VERIFY.
- * Both carry CKA_LABEL = CKA_ID = label. The public point (04||X||Y) goes to
- * out_pub (may be NULL).
+ * prime256v1). The template asks only for what NuSEC needs, so that any
+ * conforming module accepts it: the private key CKA_TOKEN, CKA_PRIVATE,
+ * CKA_SENSITIVE, CKA_EXTRACTABLE false, CKA_SIGN, CKA_DERIVE false; the public
+ * key CKA_TOKEN and the curve. (No CKA_VERIFY / CKA_DECRYPT: TPM 2.0 has one
+ * flag for both, and tpm2-pkcs11 refuses the pair.) Both carry CKA_LABEL =
+ * CKA_ID = label. The token's answer is then checked with
+ * nu_hsm_key_attr_check(): a private key that is not sensitive,
+ * never-extractable and local is destroyed and refused, and the log names
+ * the attribute. The public point (04||X||Y) goes to out_pub (may be NULL).
  * Errors: INVALID_ARG (label empty, > NU_HSM_KEY_LABEL_MAX or not printable),
- * EXISTS (an object with this label exists), HSM.
+ * EXISTS (an object with this label exists), HSM (including a refused key).
  */
 int nu_hsm_keygen_p256(struct nu_hsm *hsm, const char *label, uint8_t out_pub[NU_P256_PUB_LEN]);
 
@@ -120,6 +161,7 @@ struct nu_hsm_key_attrs {
     int always_sensitive;    /* CKA_ALWAYS_SENSITIVE */
     int never_extractable;   /* CKA_NEVER_EXTRACTABLE */
     int sign;                /* CKA_SIGN */
+    int local;               /* CKA_LOCAL: generated inside the token */
     int value_readable;      /* 1 if C_GetAttributeValue(CKA_VALUE) returned bytes */
     unsigned long value_ckr; /* the CKR of that attempt (CKR_ATTRIBUTE_SENSITIVE expected) */
 };
@@ -134,8 +176,29 @@ struct nu_hsm_key_attrs {
 int nu_hsm_key_attr_check(struct nu_hsm *hsm, const char *label,
                           struct nu_hsm_key_attrs *out_attrs);
 
+/* The name of the first protection a key lacks ("CKA_SENSITIVE",
+ * "CKA_NEVER_EXTRACTABLE", "CKA_LOCAL", ...), or NULL when it has them all:
+ * persistent, private, sensitive (always), not extractable (never), local,
+ * can sign, value unreadable. Static string. */
+const char *nu_hsm_key_attrs_refusal(const struct nu_hsm_key_attrs *attrs);
+
 /*
- * Open private key `label` for signing. *out_key is freed with
+ * Check a key found in the token before NuSEC uses it (adopting an OEM's
+ * key): protection attributes as nu_hsm_key_attrs_refusal() wants, a P-256
+ * public key object with the same label, and a test signature over a random
+ * digest that verifies with that public key. The reason of a refusal is
+ * logged. Errors: INVALID_ARG, NOT_FOUND, HSM (refused), BAD_SIGNATURE.
+ */
+int nu_hsm_key_check(struct nu_hsm *hsm, const char *label);
+
+/* Destroy the private and public key objects labelled `label` (both may be
+ * absent). Used to undo a failed initialisation. Errors: INVALID_ARG, HSM. */
+int nu_hsm_key_destroy(struct nu_hsm *hsm, const char *label);
+
+/*
+ * Open private key `label` for signing. A key the token does not report as
+ * protected (nu_hsm_key_attrs_refusal) is refused with HSM: some modules let
+ * a PIN holder clear CKA_SENSITIVE after generation. *out_key is freed with
  * nu_hsm_key_close() before the hsm is closed.
  * Errors: INVALID_ARG, NOT_FOUND, NOMEM, HSM.
  */

@@ -47,7 +47,8 @@ static const char cli__up_usage[] =
     "Start the whole local stack on loopback, each service as a daemon with its pid\n"
     "in DIR/run/NAME.pid and its output in DIR/logs/NAME.log:\n"
     "  1. the PKI, SoftHSM2 token and broker configuration (`nusec pki init`) if\n"
-    "     DIR/pki does not exist;\n"
+    "     DIR/pki does not exist (refused while DIR/pki-init.failed records a\n"
+    "     failed pki init: the PKI meant for DIR may be another HSM's);\n"
     "  2. broker: mosquitto with DIR/broker/mosquitto.conf (nusec_auth plugin);\n"
     "  3. cloud: nusec-cloud; 4. station: nusec-station;\n"
     "  5. programmers prog-1..prog-P: each not yet enrolled gets a one-time token\n"
@@ -753,16 +754,18 @@ static int stack__prepare(struct stack *s)
 {
     char pki[PATH_MAX];
     int rc = nu_paths_get(s->dir, NU_PATH_PKI, pki, sizeof(pki));
-    if (rc == NU_OK && !nu_path_exists(pki)) {
+    char why[256];
+    if (rc == NU_OK && !nu_path_exists(pki) && pki_init_failed(s->dir, why, sizeof(why))) {
+        /* Never build a SoftHSM2 PKI where the OEM's own HSM failed to initialise. */
+        cli_errorf("stack up: the last `nusec pki init` in %s failed (%s; see "
+                   "%s/pki-init.failed): run it again, or delete that file to let stack up "
+                   "create a SoftHSM2 PKI",
+                   s->dir, why, s->dir);
+        rc = NU_ERR_CONFIG;
+    } else if (rc == NU_OK && !nu_path_exists(pki)) {
         struct pki_init_opts o = {.dir = s->dir, .host = "127.0.0.1"};
-        if ((rc = pki_init_run(&o)) == NU_ERR_EXISTS)
-            cli_errorf("stack up: %s has a broker or HSM folder but no pki/: move it away or "
-                       "run `nusec pki init --force`",
-                       s->dir);
-        else if (rc != NU_OK)
-            cli_fail("stack up: pki init", rc);
-        else
-            printf("%-10s created in %s (nusec pki init)\n", "pki", s->dir);
+        if ((rc = pki_init_run(&o)) == NU_OK) /* pki_init_run tells why it did not */
+            printf("%-10s created in %s (nusec pki init, SoftHSM2)\n", "pki", s->dir);
     }
     if (rc == NU_OK)
         rc = nu_paths_create_layout(s->dir);

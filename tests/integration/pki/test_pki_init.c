@@ -173,12 +173,165 @@ static void test_force_moves_the_old_pki_aside(void)
                     0);
 }
 
+static void test_default_token_label_is_per_pki(void)
+{
+    /* The SoftHSM2 default records itself like any other module. */
+    CU_ASSERT_EQUAL(nu_test_sh("grep -Eq '^token-label = nusec-[0-9a-f]{8}$' "
+                               "%s/state/hsm/pkcs11.conf && grep -q '^env SOFTHSM2_CONF = ' "
+                               "%s/state/hsm/pkcs11.conf",
+                               dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(mode_of("hsm/pkcs11.conf"), 0600);
+}
+
+/* An HSM administrator's token: SoftHSM2 in its own folder, made with its own tool. */
+static void admin_token(const char *name, const char *label)
+{
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("mkdir -p %s/%s/tokens && printf 'directories.tokendir = %s/%s/tokens\n"
+                   "objectstore.backend = file\nlog.level = ERROR\n' > %s/%s/softhsm2.conf && "
+                   "SOFTHSM2_CONF=%s/%s/softhsm2.conf softhsm2-util --init-token --free "
+                   "--label %s --so-pin admin-so-pin --pin line-pin-1 >/dev/null && "
+                   "printf line-pin-1 > %s/%s.pin && chmod 600 %s/%s.pin",
+                   dir, name, dir, name, dir, name, dir, name, label, dir, name, dir, name),
+        0);
+}
+
+/* pki init against an existing token; returns the exit status. */
+static int init_on(const char *name, const char *label, const char *state, const char *extra)
+{
+    return nu_test_sh("%s pki init --dir %s/%s --token-label %s --pin-file %s/%s.pin "
+                      "--module-env SOFTHSM2_CONF=%s/%s/softhsm2.conf %s >%s/%s.out 2>&1",
+                      nusec, dir, state, label, dir, name, dir, name, extra, dir, state);
+}
+
+static int private_keys_in(const char *name, const char *label)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "SOFTHSM2_CONF=%s/%s/softhsm2.conf pkcs11-tool --module %s --token-label %s "
+             "--login --pin line-pin-1 -O --type privkey 2>/dev/null | grep -c '^Private Key'",
+             dir, name, nu_hsm_default_module(), label);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+static void test_existing_token_is_used_as_is(void)
+{
+    admin_token("oem", "oem-line-1");
+    CU_ASSERT_EQUAL_FATAL(init_on("oem", "oem-line-1", "s-oem", ""), 0);
+    /* No C_InitToken: no SO PIN, no PIN copy; the PIN file is referenced. */
+    CU_ASSERT_EQUAL(nu_test_sh("test ! -e %s/s-oem/hsm/so-pin -a ! -e %s/s-oem/hsm/pin", dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q '^pin-file = .*/oem.pin$' %s/s-oem/hsm/pkcs11.conf && "
+                               "grep -q '^token-label = oem-line-1$' %s/s-oem/hsm/pkcs11.conf",
+                               dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(private_keys_in("oem", "oem-line-1"), 6);
+    /* Another program opens it from DIR alone, whatever this process's SOFTHSM2_CONF. */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/s-oem", dir);
+    struct nu_hsm *hsm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_pki_open_hsm(path, 1, &hsm), NU_OK);
+    CU_ASSERT_EQUAL(nu_hsm_key_check(hsm, NU_PKI_KEY_DEVICE_CA), NU_OK);
+    nu_hsm_close(hsm);
+}
+
+static void test_existing_keys_refused_unless_adopted(void)
+{
+    CU_ASSERT_EQUAL(init_on("oem", "oem-line-1", "s-oem2", ""), 3);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'already holds keys labelled root-ca, fleet-ca' "
+                               "%s/s-oem2.out && test ! -e %s/s-oem2/pki",
+                               dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(private_keys_in("oem", "oem-line-1"), 6);
+    CU_ASSERT_EQUAL(init_on("oem", "oem-line-1", "s-oem2", "--adopt-keys"), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -c '^adopting key' %s/s-oem2.out | grep -qx 6", dir), 0);
+    /* The same keys: the same secure-boot public key. */
+    CU_ASSERT_EQUAL(
+        nu_test_sh("cmp -s %s/s-oem/firmware/rotpk.pem %s/s-oem2/firmware/rotpk.pem", dir, dir), 0);
+    CU_ASSERT_EQUAL(private_keys_in("oem", "oem-line-1"), 6);
+}
+
+static void test_failed_init_leaves_nothing(void)
+{
+    admin_token("oem3", "oem-line-3");
+    /* Fails after the keys were made (the broker host is not an address). */
+    CU_ASSERT_EQUAL(init_on("oem3", "oem-line-3", "s-bad", "--host not-an-ip"), 1);
+    CU_ASSERT_EQUAL(private_keys_in("oem3", "oem-line-3"), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -c '^destroyed key' %s/s-bad.out | grep -qx 6", dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("test ! -e %s/s-bad/pki -a ! -e %s/s-bad/hsm -a ! -e "
+                               "%s/s-bad/broker -a ! -e %s/s-bad/firmware/rotpk.pem",
+                               dir, dir, dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("test -s %s/s-bad/pki-init.failed", dir), 0);
+    /* stack up does not quietly build a SoftHSM2 PKI instead. */
+    CU_ASSERT_NOT_EQUAL(
+        nu_test_sh("%s stack up --dir %s/s-bad --programmers 0 2>%s/s-bad.up", nusec, dir, dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'last `nusec pki init`.*failed' %s/s-bad.up && "
+                               "test ! -e %s/s-bad/pki",
+                               dir, dir),
+                    0);
+    /* A good run afterwards clears the mark. */
+    CU_ASSERT_EQUAL(init_on("oem3", "oem-line-3", "s-bad", ""), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("test ! -e %s/s-bad/pki-init.failed", dir), 0);
+}
+
+static void test_pin_checks(void)
+{
+    admin_token("oem4", "oem-line-4");
+    /* Shorter than the token's ulMinPinLen (SoftHSM2: 4): said, nothing changed. */
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh("printf abc > %s/oem4.pin", dir), 0);
+    CU_ASSERT_EQUAL(init_on("oem4", "oem-line-4", "s-pin", ""), 1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'accepts PINs of 4 to 255 characters, not 3' %s/s-pin.out "
+                               "&& grep -q 'nothing changed' %s/s-pin.out",
+                               dir, dir),
+                    0);
+    /* A PIN file others can read is a leaked PIN. */
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("printf line-pin-1 > %s/oem4.pin && chmod 644 %s/oem4.pin", dir, dir), 0);
+    CU_ASSERT_EQUAL(init_on("oem4", "oem-line-4", "s-pin", ""), 1);
+    CU_ASSERT_EQUAL(private_keys_in("oem4", "oem-line-4"), 0);
+}
+
+static void test_failed_force_puts_the_old_pki_back(void)
+{
+    CU_ASSERT_EQUAL(nu_test_sh("sha256sum %s/state/pki/root-ca.pem %s/state/firmware/rotpk.pem "
+                               "> %s/force.sum",
+                               dir, dir, dir),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s pki init --dir %s/state --force --host not-an-ip "
+                               ">%s/force.out 2>&1",
+                               nusec, dir, dir),
+                    1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'restored .*/state/pki (from --force)' %s/force.out", dir),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("sha256sum -c --quiet %s/force.sum", dir), 0);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("ls -d %s/state/pki.old-* 2>/dev/null", dir), 0);
+    /* ... and the restored PKI still opens. */
+    char path[512];
+    state(path, sizeof(path), "");
+    struct nu_hsm *hsm = NULL;
+    CU_ASSERT_EQUAL(nu_pki_open_hsm(path, 1, &hsm), NU_OK);
+    nu_hsm_close(hsm);
+}
+
 static void test_usage_errors(void)
 {
     CU_ASSERT_EQUAL(nu_test_sh("%s pki init --dir %s/x --port 0 2>/dev/null", nusec, dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s pki init --dir %s/x --bogus 2>/dev/null", nusec, dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("env -u NUSEC_HOME %s pki init 2>/dev/null", nusec), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s pki init --help | grep -q 'usage: nusec pki init'", nusec), 0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s pki init --dir %s/x --token-label a --slot 1 2>/dev/null", nusec, dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s pki init --dir %s/x --slot x1 2>/dev/null", nusec, dir), 2);
+    CU_ASSERT_EQUAL(nu_test_sh("%s pki init --dir %s/x --adopt-keys 2>/dev/null", nusec, dir), 2);
     CU_ASSERT_EQUAL(nu_test_sh("%s nosuch 2>/dev/null", nusec), 2);
 }
 
@@ -191,7 +344,13 @@ int main(void)
         {"HSM keys are non-extractable", test_hsm_keys_are_non_extractable},
         {"no HSM private key on disk", test_no_private_key_of_the_hsm_on_disk},
         {"second run refuses and changes nothing", test_second_run_refuses_and_changes_nothing},
+        {"default token label is per PKI", test_default_token_label_is_per_pki},
+        {"a failed --force puts the old PKI back", test_failed_force_puts_the_old_pki_back},
         {"--force moves the old PKI aside", test_force_moves_the_old_pki_aside},
+        {"an existing token is used as is", test_existing_token_is_used_as_is},
+        {"existing keys refused unless adopted", test_existing_keys_refused_unless_adopted},
+        {"a failed init leaves nothing", test_failed_init_leaves_nothing},
+        {"PIN length range and PIN file mode", test_pin_checks},
         {"usage errors", test_usage_errors},
         {NULL, NULL},
     };
