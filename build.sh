@@ -24,6 +24,7 @@ PACKAGES=(
     gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
     swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     tpm2-tools dbus opensc
+    libpq-dev postgresql python3-psycopg2
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
