@@ -202,6 +202,18 @@ uint64_t ledger_store_changes(const struct ledger_store_stmt *st)
     return st->store->ops->changes(st);
 }
 
+void ledger_store_finalize(struct ledger_store_stmt *st)
+{
+    if (!st)
+        return;
+    for (struct ledger_store_stmt **pp = &st->store->stmts; *pp; pp = &(*pp)->next)
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    st->store->ops->finalize(st);
+}
+
 void ledger_store_reset(struct ledger_store_stmt *st)
 {
     if (st)
@@ -211,6 +223,11 @@ void ledger_store_reset(struct ledger_store_stmt *st)
 int ledger_store_col_is_null(struct ledger_store_stmt *st, int i)
 {
     return st->store->ops->col_is_null(st, i);
+}
+
+enum ledger_store_type ledger_store_col_type(struct ledger_store_stmt *st, int i)
+{
+    return st->store->ops->col_type(st, i);
 }
 
 int64_t ledger_store_col_i64(struct ledger_store_stmt *st, int i)

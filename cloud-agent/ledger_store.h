@@ -128,14 +128,39 @@ int ledger_store_step(struct ledger_store_stmt *st, int *out_row);
 /* Rows the last INSERT/UPDATE/DELETE of this statement changed. */
 uint64_t ledger_store_changes(const struct ledger_store_stmt *st);
 
+/* Finalize one statement now (else the store does at close). NULL: no-op. */
+void ledger_store_finalize(struct ledger_store_stmt *st);
+
 /* Forget results and bindings; the statement can run again. */
 void ledger_store_reset(struct ledger_store_stmt *st);
 
+/* The storage class of a value (SQLite's dynamic type; on PostgreSQL the
+ * column's declared type). */
+enum ledger_store_type {
+    LEDGER_STORE_NULL = 0,
+    LEDGER_STORE_INTEGER = 1,
+    LEDGER_STORE_TEXT = 2,
+    LEDGER_STORE_BLOB = 3,
+    LEDGER_STORE_OTHER = 4,
+};
+
 /* Column accessors (0-based) on the current row. */
+enum ledger_store_type ledger_store_col_type(struct ledger_store_stmt *st, int i);
 int ledger_store_col_is_null(struct ledger_store_stmt *st, int i);
 int64_t ledger_store_col_i64(struct ledger_store_stmt *st, int i);
-/* Text: bytes + length (not NUL-terminated on PostgreSQL); NULL -> (NULL, 0). */
+/* Text and blobs: bytes + length, NUL-terminated after the length on both
+ * engines (libpq terminates every value); SQL NULL -> (NULL, 0). */
 const char *ledger_store_col_text(struct ledger_store_stmt *st, int i, size_t *out_len);
 const void *ledger_store_col_blob(struct ledger_store_stmt *st, int i, size_t *out_len);
+
+/*
+ * The SQLite backend around a handle the caller opened and configured (the
+ * ledger identifies and migrates the file with SQLite's pragmas first); the
+ * store takes ownership and closes it. ledger_store_sqlite_db() hands it
+ * back for SQLite-only duties (WAL checkpoints); NULL on PostgreSQL.
+ * Both are declared with void * so this header needs no sqlite3.h.
+ */
+int ledger_store_sqlite_wrap(void *sqlite3_db, struct ledger_store **out_store);
+void *ledger_store_sqlite_db(struct ledger_store *store);
 
 #endif

@@ -31,6 +31,7 @@ struct ledger_store_ops {
     uint64_t (*changes)(const struct ledger_store_stmt *st);
     void (*reset)(struct ledger_store_stmt *st);
     int (*col_is_null)(struct ledger_store_stmt *st, int i);
+    enum ledger_store_type (*col_type)(struct ledger_store_stmt *st, int i);
     int64_t (*col_i64)(struct ledger_store_stmt *st, int i);
     const void *(*col_bytes)(struct ledger_store_stmt *st, int i, int text, size_t *out_len);
 };

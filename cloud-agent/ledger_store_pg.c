@@ -468,6 +468,23 @@ static int lsp__col_is_null(struct ledger_store_stmt *bst, int i)
     return !lsp__col_ok(st, i) || PQgetisnull(st->res, st->row, i);
 }
 
+static enum ledger_store_type lsp__col_type(struct ledger_store_stmt *bst, int i)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    if (lsp__col_is_null(bst, i))
+        return LEDGER_STORE_NULL;
+    switch (PQftype(st->res, i)) {
+    case LSP_INT8OID:
+    case LSP_INT4OID:
+    case LSP_INT2OID: return LEDGER_STORE_INTEGER;
+    case LSP_BYTEAOID: return LEDGER_STORE_BLOB;
+    case 25:   /* text */
+    case 1043: /* varchar */
+        return LEDGER_STORE_TEXT;
+    default: return LEDGER_STORE_OTHER;
+    }
+}
+
 static int64_t lsp__col_i64(struct ledger_store_stmt *bst, int i)
 {
     struct lsp_stmt *st = (struct lsp_stmt *)bst;
@@ -530,6 +547,7 @@ const struct ledger_store_ops ledger_store_pg_ops = {
     .changes = lsp__changes,
     .reset = lsp__reset,
     .col_is_null = lsp__col_is_null,
+    .col_type = lsp__col_type,
     .col_i64 = lsp__col_i64,
     .col_bytes = lsp__col_bytes,
 };

@@ -226,6 +226,17 @@ static int lss__col_is_null(struct ledger_store_stmt *bst, int i)
     return sqlite3_column_type(((struct lss_stmt *)bst)->st, i) == SQLITE_NULL;
 }
 
+static enum ledger_store_type lss__col_type(struct ledger_store_stmt *bst, int i)
+{
+    switch (sqlite3_column_type(((struct lss_stmt *)bst)->st, i)) {
+    case SQLITE_NULL: return LEDGER_STORE_NULL;
+    case SQLITE_INTEGER: return LEDGER_STORE_INTEGER;
+    case SQLITE_TEXT: return LEDGER_STORE_TEXT;
+    case SQLITE_BLOB: return LEDGER_STORE_BLOB;
+    default: return LEDGER_STORE_OTHER;
+    }
+}
+
 static int64_t lss__col_i64(struct ledger_store_stmt *bst, int i)
 {
     return sqlite3_column_int64(((struct lss_stmt *)bst)->st, i);
@@ -238,6 +249,26 @@ static const void *lss__col_bytes(struct ledger_store_stmt *bst, int i, int text
     int n = sqlite3_column_bytes(st, i);
     *out_len = p && n > 0 ? (size_t)n : 0;
     return p;
+}
+
+int ledger_store_sqlite_wrap(void *sqlite3_db, struct ledger_store **out_store)
+{
+    struct lss_store *s;
+    if (!sqlite3_db || !out_store)
+        return NU_ERR_INVALID_ARG;
+    if (!(s = calloc(1, sizeof *s)))
+        return NU_ERR_NOMEM;
+    s->base.ops = &ledger_store_sqlite_ops;
+    s->db = sqlite3_db;
+    *out_store = &s->base;
+    return NU_OK;
+}
+
+void *ledger_store_sqlite_db(struct ledger_store *store)
+{
+    if (!store || store->ops != &ledger_store_sqlite_ops)
+        return NULL;
+    return lss__db(store);
 }
 
 const struct ledger_store_ops ledger_store_sqlite_ops = {
@@ -259,6 +290,7 @@ const struct ledger_store_ops ledger_store_sqlite_ops = {
     .changes = lss__changes,
     .reset = lss__reset,
     .col_is_null = lss__col_is_null,
+    .col_type = lss__col_type,
     .col_i64 = lss__col_i64,
     .col_bytes = lss__col_bytes,
 };
