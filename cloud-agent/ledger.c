@@ -252,7 +252,7 @@ static const char *const ledger__reserved_kinds[] = {
                    " ON CONFLICT (programmer_id) DO UPDATE SET cert_serial ="                      \
                    " excluded.cert_serial, cert_pem = excluded.cert_pem, package_pubkey ="         \
                    " excluded.package_pubkey, enrolled_at_ms = excluded.enrolled_at_ms"            \
-                   " WHERE state = 'enrolled'")                                                    \
+                   "  WHERE programmers.state = 'enrolled'")                                             \
     X(PROG_REVOKE, "UPDATE programmers SET state = 'revoked', revoked_at_ms = ?2,"                 \
                    " revoke_reason = ?3 WHERE programmer_id = ?1 AND state = 'enrolled'")          \
     X(TOKEN_ADD, "INSERT INTO enroll_tokens (token_hash, programmer_id, created_at_ms,"            \
