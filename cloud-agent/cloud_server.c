@@ -3,6 +3,7 @@
 
 #include "nu_client.h"
 #include "nu_err.h"
+#include "nu_json.h"
 #include "nu_log.h"
 #include "nu_util.h"
 
@@ -16,12 +17,16 @@
 #define CLOUD__EVENT_FILTER "nusec/v1/events/+/+/+"
 #define CLOUD__REQ_PREFIX "nusec/v1/cloud/req/"
 #define CLOUD__EVENT_PREFIX "nusec/v1/events/"
+/* Longest topic the frame copies; an op level may be almost all of it. */
+#define CLOUD__TOPIC_MAX 256
+/* The refusal payload: the op escaped (up to 6 bytes per byte) plus the code. */
+#define CLOUD__AUDIT_PAYLOAD_MAX (6 * CLOUD__TOPIC_MAX + 96)
 
 /* A message copied off the network thread, waiting for a worker. */
 struct cloud__item {
     struct cloud__item *next;
     int is_event;
-    char topic[256];
+    char topic[CLOUD__TOPIC_MAX];
     char *response_topic;
     uint8_t *correlation;
     size_t correlation_len;
@@ -116,15 +121,24 @@ static void cloud__refuse(struct cloud_call *call, int code)
     Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
     err.code = (Nusec__V1__ErrorCode)code;
     err.detail = call->detail[0] ? call->detail : (char *)nu_err_str(code);
-    err.op = (char *)call->op;
+    /* Error.op is an identifier on the wire: an op name the broker let through
+     * but that is not one (`job"list`, `jöb.list`, 40 characters) is left out,
+     * so the refusal still packs and the client gets its typed answer. */
+    err.op = nu_envelope_id_check(call->op) == NU_OK ? (char *)call->op : "";
     nu_info("refused %s from %s: %s (%s)", call->op, call->requester, nu_err_name(code),
             err.detail);
     if (!call->replied && call->msg->response_topic)
         cloud_reply(call, &err.base);
     if (call->ledger && !call->audited) {
-        char payload[CLOUD_DETAIL_MAX + 96];
-        snprintf(payload, sizeof(payload), "{\"op\":\"%s\",\"code\":\"%s\"}", call->op,
-                 nu_err_name(code));
+        char payload[CLOUD__AUDIT_PAYLOAD_MAX];
+        struct nu_json j;
+        nu_json_init(&j, payload, sizeof(payload));
+        nu_json_raw(&j, "{", 1);
+        nu_json_str(&j, "op", call->op); /* from the topic: escaped, never trusted */
+        nu_json_str(&j, "code", nu_err_name(code));
+        nu_json_raw(&j, "}", 1);
+        if (!nu_json_ok(&j)) /* cannot happen (the topic is bounded): never half a payload */
+            return;
         struct cloud_ledger_event ev = {
             .ts_ms = nu_time_ms(),
             .kind = "request.refused",
@@ -201,7 +215,9 @@ static int cloud__split2(const char *rest, char *a, size_t acap, char *b, size_t
 /* One request on its way through the frame (the call points into it). */
 struct cloud__slot {
     char requester[CLOUD_ID_MAX + 1];
-    char op_name[CLOUD_OP_MAX + 1];
+    /* The op level as sent, whatever its length: an unknown name is answered
+     * NOT_SUPPORTED and audited, not dropped (CLOUD_OP_MAX bounds known ones). */
+    char op_name[CLOUD__TOPIC_MAX];
     struct nu_mqtt_msg msg;
     struct cloud_call call;
     const struct cloud_op *op;
