@@ -2666,6 +2666,10 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
         return prog; /* REVOKED */
     if (!d->job_found)
         return NU_ERR_NOT_FOUND;
+    /* Authorization before any state: a programmer with no allocation must
+     * not learn whether the job is exhausted, paused or expired. */
+    if (!d->have_alloc)
+        return NU_ERR_NOT_AUTHORIZED;
     if (d->have_cert && d->have_alloc && c->state != CLOUD_LEDGER_CERT_REVOKED &&
         memcmp(c->pubkey_hash, req->pubkey_hash, CLOUD_LEDGER_HASH_LEN) == 0) {
         *resend = 1;
@@ -2677,8 +2681,6 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
         return NU_ERR_JOB_NOT_ACTIVE;
     if (d->job.expires_at_ms && req->now_ms >= d->job.expires_at_ms)
         return NU_ERR_EXPIRED;
-    if (!d->have_alloc)
-        return NU_ERR_NOT_AUTHORIZED;
     if (d->alloc_issued >= d->alloc_limit || d->job.issued >= d->job.quota)
         return NU_ERR_QUOTA_EXHAUSTED;
     if (d->have_cert)
