@@ -33,7 +33,13 @@ static const char cloud__usage[] =
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
     "1 = one transaction each), checkpoint_interval_s (300: the audit chain's head\n"
     "is signed in the HSM this often, and at start, stop and job close; 0 = only\n"
-    "then), oem_ids (oem), station_ids (station), log_level.\n"
+    "then), oem_ids (oem), station_ids (station), log_level, payload_max (65536:\n"
+    "bytes any request may carry; more is refused TOO_LARGE before decoding),\n"
+    "firmware_payload_max (4259840: firmware.sign, OEM identities only),\n"
+    "queue_bytes_max (100663296) and identity_bytes_max (16777216: bytes held by\n"
+    "queued messages in all and per identity; beyond, BUSY), refusal_audit_burst\n"
+    "(20) and refusal_audit_window_ms (10000: refusals per identity and code\n"
+    "audited one by one per window; beyond, counted into one row).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
@@ -62,6 +68,7 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
             next = nu_mono_ms() + interval_ms;
         }
         (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
+        cloud_refusals_flush(cloud, ledger, 0);
     }
 }
 
@@ -107,7 +114,7 @@ static int cloud__run(struct cloud *cloud)
     (void)cloud_device_crl_update(cloud, ledger, "start");
     int sig = cloud__serve_until_signal(cloud, ledger);
     nu_info("signal %d: draining and stopping", sig);
-    cloud_stop(cloud);
+    cloud_stop(cloud, ledger);
     (void)cloud_checkpoint(cloud, ledger, "stop");
     cloud_ledger_close(ledger);
     return NU_OK;
@@ -176,7 +183,7 @@ int main(int argc, char **argv)
     int rc = cloud_config_load(dir, config, &cloud.cfg);
     if (!rc)
         rc = cloud__run(&cloud);
-    cloud_stop(&cloud);
+    cloud_stop(&cloud, NULL);
     cloud_firmware_stop(&cloud);
     if (cloud.mqtt) {
         nu_mqtt_disconnect(cloud.mqtt);
