@@ -625,7 +625,10 @@ static int cloud__admit(struct cloud *cloud, struct cloud__item *it)
     pthread_mutex_lock(&q->lock);
     struct cloud__owner *o = cloud__owner_find(q, it->owner);
     size_t held = o ? o->bytes : 0;
-    if (q->depth >= cfg->queue_max || q->bytes + it->cost > cfg->queue_bytes_max ||
+    /* Events count in bytes like requests; the request count (queue_max)
+     * stays the requests' own bound, as before. */
+    if ((q->depth >= cfg->queue_max && !it->is_event) ||
+        q->bytes + it->cost > cfg->queue_bytes_max ||
         held + it->cost > cfg->identity_bytes_max)
         goto out;
     if (!o) {
