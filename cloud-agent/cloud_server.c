@@ -403,6 +403,10 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
         cloud__refuse(call, cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "bad response topic"));
         return 0;
     }
+    if (it->refuse == NU_ERR_NOT_SUPPORTED) {
+        cloud__refuse(call, cloud_fail(call, it->refuse, "unknown operation (name too long)"));
+        return 0;
+    }
     if (it->refuse) {
         cloud__refuse(call, cloud_fail(call, it->refuse,
                                        "payload of %zu bytes over the limit of %s for %s",
@@ -710,12 +714,22 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
     struct cloud *cloud = ud;
     struct cloud_queue *q = cloud->queue;
     struct cloud__item *it = calloc(1, sizeof(*it));
-    if (!it || strlen(msg->topic) >= sizeof(it->topic))
+    if (!it)
         goto drop;
-    strcpy(it->topic, msg->topic);
     it->is_event = strncmp(msg->topic, CLOUD__EVENT_PREFIX, strlen(CLOUD__EVENT_PREFIX)) == 0;
+    if (strlen(msg->topic) >= sizeof(it->topic)) {
+        /* Only an op level can make a request topic this long (the identity
+         * is at most 64): answered NOT_SUPPORTED with the name cut, never
+         * dropped unanswered. */
+        if (it->is_event)
+            goto drop;
+        it->refuse = NU_ERR_NOT_SUPPORTED;
+    }
+    snprintf(it->topic, sizeof(it->topic), "%s", msg->topic);
     cloud__owner_of(it->topic, it->is_event, it->owner);
-    if (msg->len > cloud__payload_limit(cloud, it)) {
+    if (it->refuse) {
+        it->refused_len = msg->len;
+    } else if (msg->len > cloud__payload_limit(cloud, it)) {
         if (it->is_event) {
             nu_debug("dropped an event of %zu bytes from %s", msg->len, it->owner);
             goto drop;

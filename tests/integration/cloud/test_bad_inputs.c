@@ -315,6 +315,16 @@ OP_CASE(op_200_chars, "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj
                       "jjjjjjjjjjjjjjjjjj")
 OP_CASE(op_unknown, "job.delete")
 
+/* Longer than any topic the cloud keeps: answered with the name cut. */
+static void op_400_chars(void)
+{
+    char op[401];
+    memset(op, 'k', sizeof(op) - 1);
+    op[sizeof(op) - 1] = 0;
+    case_begin();
+    case_end(station_op(op), NU_ERR_NOT_SUPPORTED, "station");
+}
+
 /* The injection: the row must still be strict JSON, its op the string sent. */
 static void json_injection(const char *op)
 {
@@ -802,6 +812,7 @@ int main(void)
         {"op name with a 4-byte character", op_emoji},
         {"op name of 33 characters", op_33_chars},
         {"op name of 200 characters", op_200_chars},
+        {"op name of 400 characters (past the cloud's topic buffer)", op_400_chars},
         {"unknown op name", op_unknown},
         {"JSON injection in the op: no forged key", op_json_injection},
         {"JSON injection: trailing backslash", op_json_backslash},
