@@ -45,6 +45,16 @@ struct cloud_config {
     unsigned batch_max;  /* requests one worker serves in one group commit; 1 = no batching */
     unsigned checkpoint_interval_s; /* signed audit checkpoints; 0 = only at start, stop, close */
     unsigned session_expiry_s;      /* MQTT session expiry: short, see cloud_main.c usage */
+    /* Memory is bounded in bytes (a request count let 4 MiB garbage payloads
+     * take the cloud to 1.5 GB): every message is sized before it is copied. */
+    unsigned payload_max;          /* bytes any request or event may carry, before decoding */
+    unsigned firmware_payload_max; /* firmware.sign, and only from an OEM identity */
+    unsigned queue_bytes_max;      /* bytes held by messages queued or in service; beyond: BUSY */
+    unsigned identity_bytes_max;   /* the same for one identity */
+    /* Refusals per (identity, code) audited one by one in a window; beyond,
+     * counted and written as one `request.refused` row with the count. */
+    unsigned refusal_audit_burst;
+    unsigned refusal_audit_window_ms;
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
@@ -151,9 +161,17 @@ int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body
 /* Publish an Event on nusec/v1/events/cloud/{id}/{kind}. */
 int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event);
 
-/* Frame lifecycle (cloud_server.c). */
+/* Frame lifecycle (cloud_server.c). cloud_stop drains the queue, then writes
+ * the refusal counts not yet in the audit chain with `ledger` (NULL: none). */
 int cloud_start(struct cloud *cloud);
-void cloud_stop(struct cloud *cloud);
+void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
+ * Write the coalesced refusals whose window has passed (all = every pending
+ * count) as `request.refused` rows {"code","count","coalesced":1}; for the
+ * main thread's tick (cloud_server.c). Failures are logged.
+ */
+void cloud_refusals_flush(struct cloud *cloud, struct cloud_ledger *ledger, int all);
 
 /*
  * Make DIR/broker/revoked list every programmer the ledger holds as revoked

@@ -36,7 +36,13 @@ static const char cloud__usage[] =
     "then), oem_ids (oem), station_ids (station), log_level, session_expiry_s (90,\n"
     "10..86400: how long the broker keeps this agent's MQTT session, and queues\n"
     "its share of $share requests, after it dies; short so a dead agent does not\n"
-    "swallow requests for long, long enough to resume after a quick restart).\n"
+    "swallow requests for long, long enough to resume after a quick restart),\n"
+    "payload_max (65536: bytes any request may carry; more is refused TOO_LARGE\n"
+    "before decoding), firmware_payload_max (4259840: firmware.sign, OEM identities\n"
+    "only), queue_bytes_max (100663296) and identity_bytes_max (16777216: bytes\n"
+    "held by queued messages in all and per identity; beyond, BUSY),\n"
+    "refusal_audit_burst (20) and refusal_audit_window_ms (10000: refusals per\n"
+    "identity and code audited one by one per window; beyond, counted into one row).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
@@ -65,6 +71,7 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
             next = nu_mono_ms() + interval_ms;
         }
         (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
+        cloud_refusals_flush(cloud, ledger, 0);
     }
 }
 
@@ -115,7 +122,7 @@ static int cloud__run(struct cloud *cloud)
     (void)cloud_device_crl_update(cloud, ledger, "start");
     int sig = cloud__serve_until_signal(cloud, ledger);
     nu_info("signal %d: draining and stopping", sig);
-    cloud_stop(cloud);
+    cloud_stop(cloud, ledger);
     (void)cloud_checkpoint(cloud, ledger, "stop");
     cloud_ledger_close(ledger);
     return NU_OK;
@@ -184,7 +191,7 @@ int main(int argc, char **argv)
     int rc = cloud_config_load(dir, config, &cloud.cfg);
     if (!rc)
         rc = cloud__run(&cloud);
-    cloud_stop(&cloud);
+    cloud_stop(&cloud, NULL);
     cloud_firmware_stop(&cloud);
     if (cloud.mqtt) {
         nu_mqtt_disconnect(cloud.mqtt);

@@ -17,7 +17,9 @@ static const char *const cloud__config_keys[] = {
     "workers",     "queue_max", "chunk_size",
     "instance",    "batch_max", "oem_ids",
     "station_ids", "log_level", "checkpoint_interval_s",
-    "session_expiry_s", NULL,
+    "session_expiry_s", "payload_max", "firmware_payload_max", "queue_bytes_max",
+    "identity_bytes_max", "refusal_audit_burst", "refusal_audit_window_ms",
+    NULL,
 };
 
 /* "a, b,c" -> ids[]; each a valid identity. */
@@ -81,6 +83,17 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
     CLOUD__INT("checkpoint_interval_s", 300, 0, 86400, checkpoint_interval_s)
     CLOUD__INT("session_expiry_s", 90, 10, 86400, session_expiry_s)
+    CLOUD__INT("payload_max", 64 * 1024, 4096, NU_ENVELOPE_MAX, payload_max)
+    CLOUD__INT("firmware_payload_max", NU_ENVELOPE_MAX, 64 * 1024, NU_ENVELOPE_MAX,
+               firmware_payload_max)
+    /* Room for at least two firmware.sign requests, so one OEM upload never
+     * meets BUSY on an otherwise idle cloud. */
+    CLOUD__INT("queue_bytes_max", 96 * 1024 * 1024, 2 * NU_ENVELOPE_MAX + 65536,
+               1024 * 1024 * 1024, queue_bytes_max)
+    CLOUD__INT("identity_bytes_max", 16 * 1024 * 1024, 2 * NU_ENVELOPE_MAX + 65536,
+               1024 * 1024 * 1024, identity_bytes_max)
+    CLOUD__INT("refusal_audit_burst", 20, 1, 1000000, refusal_audit_burst)
+    CLOUD__INT("refusal_audit_window_ms", 10000, 100, 3600 * 1000, refusal_audit_window_ms)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))

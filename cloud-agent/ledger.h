@@ -821,6 +821,8 @@ struct cloud_ledger_verify_report {
     int counts_ok;                /* per job: issued == #certificates == sum of allocations'
                                      issued, <= quota; per allocation: issued == its certificates */
     int schema_ok;                /* version and the protective triggers are in place */
+    int payloads_ok;              /* every payload is one strict JSON object, no key twice
+                                     (nu_json_check: how a forged key would show) */
     int checkpoints_ok;           /* every checkpoint passed check_checkpoint (1 when unchecked) */
     int checkpoints_checked;      /* a check_checkpoint was given */
     uint64_t checkpoints;         /* audit.checkpoint rows */
