@@ -513,6 +513,8 @@ static int app__run(struct app *a)
         rc = tsim_feeder_create(targets, a->devices, &topts, &a->feeder);
     if (rc == NU_OK)
         rc = pp_target_create(a->feeder, a->sockets, &a->target);
+    if (rc == NU_OK) /* chips a crash or a stop left in the sockets are finished first */
+        rc = pp_target_restore(a->target, a->pdir, targets);
     if (rc != NU_OK)
         return rc;
     a->hal.tgt = &pp_target_ops;
