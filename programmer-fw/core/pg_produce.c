@@ -362,6 +362,9 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
     rc = prod__exchange(d, "cert.request", wr.len, prod__cert_verdict, out_resp_len);
     if (rc != NU_OK && !d->interrupted)
         prod__cloud_verdict(c, rc);
+    /* A paused job comes back: the chip waits in its socket, like a stop. */
+    if (rc == NU_ERR_JOB_NOT_ACTIVE)
+        d->interrupted = 1;
     return rc;
 }
 

@@ -490,6 +490,8 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     fc->cert_requests++;
     if (fc->cert_unreachable)
         return fc__trouble(fc, NU_ERR_CONNECTION);
+    if (fc->cert_paused)
+        return fc__error(req, NU_ERR_JOB_NOT_ACTIVE, "cert.request", resp, cap, out_len);
     if (fc->cert_transient > 0) {
         static const int codes[] = {NU_ERR_NOT_FOUND, NU_ERR_TIMEOUT, -NU_ERR_DB,
                                     -NU_ERR_BUSY,     -NU_ERR_IO,     -NU_ERR_HSM};

@@ -81,6 +81,7 @@ struct fake_cloud {
      * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
      * Error DB, BUSY, IO, HSM; nothing is decided or issued for them. */
     int cert_transient;
+    int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
     int report_unreachable;  /* device.report always CONNECTION */
     int report_transient;    /* the next n device.report answers are Error BUSY */
     unsigned stop_after;     /* after this many failed cert/report tries, the station

@@ -233,6 +233,27 @@ static void test_keyed_chip_resumed_after_crash(void)
     rig_teardown(&R);
 }
 
+/* Item 5: a paused job stops the line; the chip waits in its socket with its
+ * unit and is finished when production starts again. */
+static void test_paused_job_keeps_the_chip(void)
+{
+    RIG_UP("prog-pause", 1);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    R.fc.cert_paused = 1;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_JOB);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    CU_ASSERT_EQUAL(tsim_feeder_remaining(R.feeder), 2);
+    R.fc.cert_paused = 0;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 3);
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), 3); /* the held unit was used */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 3);
+    rig_teardown(&R);
+}
+
 /* Item 4: each report is confirmed by the cloud, kept until then, and
  * recorded once. */
 static void test_reports_confirmed_and_journaled(void)
@@ -652,6 +673,7 @@ static const struct nu_test_case liveness_cases[] = {
     {"limit reached: the chips not started stay blank", test_limit_leaves_chips_blank},
     {"a locked chip with its certificate is recognised as done", test_locked_chip_recognised},
     {"a keyed chip is resumed after a crash (same certificate)", test_keyed_chip_resumed_after_crash},
+    {"a paused job keeps the chip for later", test_paused_job_keeps_the_chip},
     {"device reports confirmed, journaled across a restart, recorded once", test_reports_confirmed_and_journaled},
     {NULL, NULL},
 };
