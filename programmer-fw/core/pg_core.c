@@ -273,6 +273,7 @@ int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_co
     c->fw_version = cfg->firmware_version;
     /* Sequences keep growing across restarts (same rule as nu_envelope). */
     c->seq_base = pg_now_ms(hal) * 1000u;
+    atomic_store(&c->journal_pending, 1);
     int rc = pg__pins_load(c);
     if (rc != NU_OK)
         return rc;

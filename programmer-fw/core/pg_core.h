@@ -184,6 +184,7 @@ struct pg_core {
     struct pg_units units;
     atomic_uint holds;        /* cloud answers waited out (transient), this run */
     atomic_uint reports_sent; /* device reports the cloud confirmed, this run */
+    atomic_int journal_pending; /* the flash journal may hold unconfirmed reports */
 
     /* Station commands, filled by pg_core_on_message (any thread), taken by
      * pg_core_poll (control thread). */
@@ -315,6 +316,16 @@ void pg_core_counts(const struct pg_core *c, uint32_t *out_done, uint32_t *out_f
 /* Units taken from the KeyStore counter and not spent (spare, or held by a
  * chip left in its socket): the next run uses them. */
 uint32_t pg_core_units_kept(const struct pg_core *c);
+
+/*
+ * Control thread, while not producing: send the device reports an earlier
+ * run left unconfirmed in the flash journal (one try each; a report the
+ * cloud acknowledges or refuses for good leaves the journal). Cheap when
+ * nothing is pending: call it from the idle loop.
+ * Returns NU_OK (nothing left), TIMEOUT (the cloud did not answer: call
+ * again later), BUSY (production runs: the sockets send their own).
+ */
+int pg_core_journal_flush(struct pg_core *c);
 
 /* Subscribe to nusec/v1/prog/{id}/cmd (station commands). */
 int pg_core_subscribe(struct pg_core *c);

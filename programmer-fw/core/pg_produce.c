@@ -30,6 +30,7 @@ struct prod__dev {
     int sent;        /* cert.request left: the unit is spent */
     int untouched;   /* no unit could be reserved: the chip was not written */
     int interrupted; /* production stopped while the cloud was away */
+    int once;        /* one try only (control thread: never hold) */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -224,6 +225,10 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
                 pg__log(c, PG_LOG_INFO, "socket %u: %s answered after %u tries: %s", d->s, op,
                         k + 1, nu_err_name(rc));
             atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
+            return rc;
+        }
+        if (d->once) {
+            d->interrupted = 1;
             return rc;
         }
         atomic_fetch_add(&c->holds, 1u);
@@ -567,14 +572,15 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
     return rc;
 }
 
-/* A report an earlier run left unconfirmed in journal slot `slot`. */
-static void prod__journal_replay(struct prod__dev *d, unsigned slot)
+/* A report an earlier run left unconfirmed in journal slot `slot`. Returns
+ * 1 when it is still there (the cloud did not answer). */
+static int prod__journal_replay(struct prod__dev *d, unsigned slot)
 {
     struct pg_core *c = d->c;
     uint8_t hdr[6];
     int rc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT, hdr, sizeof(hdr));
     if (rc != NU_OK || memcmp(hdr, "NRJ1", 4) != 0)
-        return;
+        return 0;
     size_t len = (size_t)hdr[4] << 8 | hdr[5];
     if (len == 0 || len > PG_JOURNAL_SLOT - 6u || len > sizeof(d->w->req))
         rc = NU_ERR_DECODE;
@@ -583,11 +589,31 @@ static void prod__journal_replay(struct prod__dev *d, unsigned slot)
     if (rc != NU_OK) {
         pg__log(c, PG_LOG_WARN, "journal slot %u unreadable: %s", slot, nu_err_name(rc));
         prod__journal_clear(c, slot);
-        return;
+        return 0;
     }
     snprintf(d->w->uid_hex, sizeof(d->w->uid_hex), "(journal %u)", slot);
     pg__log(c, PG_LOG_INFO, "socket %u: report of an earlier run sent again", d->s);
+    d->interrupted = 0;
     prod__report_confirm(d, slot, len);
+    return d->interrupted;
+}
+
+int pg_core_journal_flush(struct pg_core *c)
+{
+    if (atomic_load(&c->producing))
+        return NU_ERR_BUSY;
+    if (!atomic_load(&c->journal_pending))
+        return NU_OK;
+    struct pg_result scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    /* Not producing, not downloading (control thread): socket 0's buffers are free. */
+    struct prod__dev d = {.c = c, .s = 0, .w = &c->work.sock[0], .r = &scratch, .once = 1};
+    int left = 0;
+    for (unsigned slot = 0; slot < PG_MAX_SOCKETS; slot++)
+        left += prod__journal_replay(&d, slot);
+    pg__zero(d.w, sizeof(*d.w));
+    atomic_store(&c->journal_pending, left != 0);
+    return left ? NU_ERR_TIMEOUT : NU_OK;
 }
 
 /*
@@ -769,6 +795,10 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
     prod__units_save(c);
     int kept = c->units.spare || c->units.n_held;
+    pg__log(c, PG_LOG_INFO,
+            "production of job %s ends: counter %u of %u, %u unit(s) kept, %u cloud wait(s)",
+            c->job.job_id, (unsigned)counter, (unsigned)c->job.limit,
+            (unsigned)(c->units.spare + c->units.n_held), atomic_load(&c->holds));
     int finished = (rc == NU_OK && counter >= c->job.limit && !kept) || stop == PG_STOP_QUOTA;
     if (finished && c->job.loaded) {
         struct pg__job_record rec;

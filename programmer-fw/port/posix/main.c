@@ -528,11 +528,13 @@ static int app__run(struct app *a)
             rc = app__produce(a);
     } else {
         nu_info("%s waiting for the station on nusec/v1/prog/%s/cmd", a->name, a->name);
-        while (!app_signalled) {
+        for (unsigned tick = 0; !app_signalled; tick++) {
             int action = 0;
             pg_core_poll(a->core, &action);
             if (action == PG_ACTION_START)
                 app__produce(a);
+            else if (tick % 30 == 0) /* reports a crash left unconfirmed, every 3 s */
+                pg_core_journal_flush(a->core);
             usleep(100 * 1000);
         }
         rc = NU_OK;

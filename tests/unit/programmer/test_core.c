@@ -276,9 +276,14 @@ static void test_reports_confirmed_and_journaled(void)
     CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 4);
     CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 5);
     rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    /* Idle, the cloud still away: one try, the report stays. */
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_ERR_TIMEOUT);
     R.fc.report_unreachable = 0;
     R.fc.stop_after = 0;
-    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    /* Idle, the cloud back: sent without waiting for the next production. */
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 5);
     CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
     CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 5);
     CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 0), 0);
