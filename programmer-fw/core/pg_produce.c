@@ -559,8 +559,10 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
     struct pg_core *c = d->c;
     size_t resp_len = 0;
     int rc = prod__exchange(d, "device.report", len, prod__ack_verdict, &resp_len);
-    if (d->interrupted)
-        return rc; /* stays in the journal for the next run */
+    if (d->interrupted) {
+        atomic_store(&c->journal_pending, 1); /* the idle loop sends it */
+        return rc;                            /* stays in the journal */
+    }
     if (rc == NU_OK)
         atomic_fetch_add(&c->reports_sent, 1u);
     else
