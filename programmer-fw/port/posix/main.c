@@ -413,12 +413,42 @@ static void *app__worker_main(void *arg)
     return NULL;
 }
 
+/* Trouble on the cloud's side or on the bus: the same download may work later. */
+static int app__transient(int rc)
+{
+    return rc == NU_ERR_TIMEOUT || rc == NU_ERR_CONNECTION || rc == NU_ERR_NOT_FOUND ||
+           rc == NU_ERR_MQTT || rc == NU_ERR_BUSY || rc == NU_ERR_IO || rc == NU_ERR_DB ||
+           rc == NU_ERR_HSM;
+}
+
+/* The firmware download waits for a cloud in trouble (it resumes where it
+ * stopped) instead of giving up the START; a STOP or a signal ends the wait. */
+static int app__firmware(struct app *a)
+{
+    unsigned delay_ms = 250;
+    for (;;) {
+        int rc = pg_core_firmware_fetch(a->core);
+        if (!app__transient(rc) || app_signalled)
+            return rc;
+        nu_warn("firmware download: %s; waiting for the cloud (%u ms)", nu_err_name(rc),
+                delay_ms);
+        for (unsigned waited = 0; waited < delay_ms; waited += 100) {
+            int action = 0;
+            pg_core_poll(a->core, &action);
+            if (action == PG_ACTION_STOP || app_signalled)
+                return rc;
+            usleep(100 * 1000);
+        }
+        delay_ms = delay_ms * 2 < 4000 ? delay_ms * 2 : 4000;
+    }
+}
+
 static int app__produce(struct app *a)
 {
     static const char *const reasons[] = {"none",          "tray empty",      "stopped",
                                           "limit reached", "quota exhausted", "job not active",
                                           "error"};
-    int rc = pg_core_firmware_fetch(a->core);
+    int rc = app__firmware(a);
     if (rc == NU_OK)
         rc = pg_core_production_begin(a->core);
     if (rc != NU_OK) {
