@@ -413,12 +413,13 @@ static void *app__worker_main(void *arg)
     return NULL;
 }
 
-/* Trouble on the cloud's side or on the bus: the same download may work later. */
+/* Trouble on the cloud's side or on the bus: the same download may work later.
+ * Not NOT_FOUND: here it cannot be told from the cloud's "no such job" (the
+ * core already retries "no subscriber" a few times). */
 static int app__transient(int rc)
 {
-    return rc == NU_ERR_TIMEOUT || rc == NU_ERR_CONNECTION || rc == NU_ERR_NOT_FOUND ||
-           rc == NU_ERR_MQTT || rc == NU_ERR_BUSY || rc == NU_ERR_IO || rc == NU_ERR_DB ||
-           rc == NU_ERR_HSM;
+    return rc == NU_ERR_TIMEOUT || rc == NU_ERR_CONNECTION || rc == NU_ERR_MQTT ||
+           rc == NU_ERR_BUSY || rc == NU_ERR_IO || rc == NU_ERR_DB || rc == NU_ERR_HSM;
 }
 
 /* The firmware download waits for a cloud in trouble (it resumes where it
@@ -432,6 +433,8 @@ static int app__firmware(struct app *a)
             return rc;
         nu_warn("firmware download: %s; waiting for the cloud (%u ms)", nu_err_name(rc),
                 delay_ms);
+        if (delay_ms == 250) /* the station sees the job while we wait */
+            pg_core_status_publish(a->core, PG_PROG_IDLE);
         for (unsigned waited = 0; waited < delay_ms; waited += 100) {
             int action = 0;
             pg_core_poll(a->core, &action);

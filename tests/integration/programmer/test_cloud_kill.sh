@@ -37,8 +37,8 @@ mkdir -p "$DIR"
 now_ms() { date +%s%3N; }
 q() { sqlite3 "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
 
-# ~1.3 s of simulated flash per chip, so that the kills land mid-production.
-nusec stack up --programmers 2 --sockets 4 --devices $DEVICES --flash-us-per-kib 20000 \
+# ~4 s of simulated flash per chip, so that the kills land mid-production.
+nusec stack up --programmers 2 --sockets 4 --devices $DEVICES --flash-us-per-kib 60000 \
     >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
 head -c 65536 /dev/urandom >"$TMP/app.bin"
 nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
