@@ -725,7 +725,8 @@ static int cert__device_revoke(struct cloud_call *call)
 
 /* ------------------------------------------------------------ device reports */
 
-static int cert__report(struct cloud_call *call)
+/* Record a programmer's device report (an event, or the body of device.report). */
+static int cert__record_report(struct cloud_call *call, int provisioned)
 {
     const Nusec__V1__Event *ev = call->req->event;
     const Nusec__V1__DeviceReport *rep =
@@ -760,10 +761,35 @@ static int cert__report(struct cloud_call *call)
     snprintf(detail, sizeof(detail), "%s",
              rep->detail && rep->detail[0] ? rep->detail : (ev->detail ? ev->detail : ""));
     nu_envelope_text_sanitize(detail); /* the cut may split a UTF-8 sequence */
-    int provisioned = strcmp(call->op, "device.provisioned") == 0;
     rc = cloud_ledger_cert_report(call->ledger, &ref, provisioned, detail, call->requester,
                                   nu_time_ms());
     return rc ? cloud_fail(call, rc, "report not recorded") : NU_OK;
+}
+
+/* The event: recorded once (redelivery is not recorded again), nothing answered. */
+static int cert__report(struct cloud_call *call)
+{
+    return cert__record_report(call, strcmp(call->op, "device.provisioned") == 0);
+}
+
+/*
+ * device.report: the same DeviceReport event as a request, answered with an
+ * Ack once it is in the ledger, so the programmer can drop it from its
+ * journal. The programmer sends it again after any fault (same idempotency
+ * key); the ledger records it once (cloud_ledger_cert_report).
+ */
+static int cert__device_report(struct cloud_call *call)
+{
+    const Nusec__V1__Event *ev = call->req->event;
+    int provisioned = ev->kind && strcmp(ev->kind, "device.provisioned") == 0;
+    if (!provisioned && (!ev->kind || strcmp(ev->kind, "device.failed") != 0))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "not a device report");
+    int rc = cert__record_report(call, provisioned);
+    if (rc)
+        return rc;
+    Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
+    ack.detail = provisioned ? "provisioned recorded" : "failed recorded";
+    return cloud_reply(call, &ack.base);
 }
 
 const struct cloud_op cloud_cert_ops[] = {
@@ -773,6 +799,7 @@ const struct cloud_op cloud_cert_ops[] = {
      cert__device_list},
     {"device.revoke", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_DEVICE_REVOKE_REQUEST,
      cert__device_revoke},
+    {"device.report", CLOUD_ROLE_PROGRAMMER, NUSEC__V1__ENVELOPE__BODY_EVENT, cert__device_report},
     {NULL, 0, 0, NULL},
 };
 

@@ -2945,6 +2945,9 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
     }
     if (rc == NU_OK)
         rc = ledger__report_transition(c->state, provisioned);
+    if (rc == NU_OK && c->state == CLOUD_LEDGER_CERT_FAILED && !provisioned &&
+        strcmp(c->detail, detail) == 0)
+        rc = NU_ERR_EXISTS; /* the same failure again (device.report resent) */
     if (rc == NU_ERR_EXISTS) {
         rc = NU_OK; /* redelivered report: already recorded */
         goto out;

@@ -670,8 +670,9 @@ int cloud_ledger_cert_list_revoked(struct cloud_ledger *ledger, cloud_ledger_cer
  * A programmer's device report: the certificate is now provisioned or
  * failed (event cert.provisioned / cert.failed). The reporter must hold an
  * allocation in the certificate's job. Allowed: issued -> provisioned|failed,
- * failed -> provisioned|failed; a repeated provisioned report is NU_OK and
- * records nothing (QoS 1 redelivery).
+ * failed -> provisioned|failed; a repeated provisioned report, or a failed
+ * report with the detail already recorded, is NU_OK and records nothing (QoS 1
+ * redelivery, device.report resent until confirmed).
  * Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, NOT_AUTHORIZED, STATE (revoked,
  * or provisioned -> failed), BUSY, DB.
  */
