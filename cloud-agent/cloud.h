@@ -48,6 +48,11 @@ struct cloud_config {
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_station_ids;
+    /* Attested enrollment (cloud_enroll.c): the pinned programmer vendor CA
+     * certificate (PEM file; default DIR/pki/vendor-ca.pem) and, if set, the
+     * allow-list of vendor serials (file, one per line). */
+    char vendor_ca[4096];
+    char programmer_serials[4096];
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */

@@ -441,7 +441,7 @@ static void test_enrollment(void)
 {
     CU_ASSERT_EQUAL_FATAL(rig_setup(&R, "prog-enroll", 1), NU_OK);
     CU_ASSERT(!pg_core_enrolled(R.core));
-    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "wrong-token", NULL), NU_ERR_TOKEN);
+    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "wrong-token", NULL, NULL, 0), NU_ERR_TOKEN);
     CU_ASSERT(!pg_core_enrolled(R.core));
     R.fc.enroll_wrong_key = 1;
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_ERR_BAD_CERT);
@@ -450,7 +450,7 @@ static void test_enrollment(void)
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_OK);
     CU_ASSERT(pg_core_enrolled(R.core));
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_ERR_EXISTS);
-    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "bad token with spaces", NULL),
+    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "bad token with spaces", NULL, NULL, 0),
                     NU_ERR_INVALID_ARG);
     /* The identity survives a restart, and the keys are the same. */
     uint8_t pub1[65], pub2[65];
