@@ -53,6 +53,7 @@ struct cloud_config {
      * allow-list of vendor serials (file, one per line). */
     char vendor_ca[4096];
     char programmer_serials[4096];
+    unsigned challenge_ttl_s; /* an enrollment challenge is usable this long, once */
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */

@@ -36,8 +36,6 @@
 #define ENROLL__BACKDATE_S 3600
 /* Largest broker list file we rewrite (the plugin's own bound is similar). */
 #define ENROLL__LIST_MAX (1024u * 1024u)
-/* An enrollment challenge is good for this long, once. */
-#define ENROLL__NONCE_TTL_MS (120u * 1000u)
 /* A boot manifest: header + 32-byte payload + TLVs. */
 #define ENROLL__MANIFEST_MAX 4096u
 
@@ -581,7 +579,7 @@ static int enroll__challenge(struct cloud_call *call)
     const Nusec__V1__EnrollChallengeRequest *r = call->req->enroll_challenge_request;
     uint8_t token[CLOUD_LEDGER_TOKEN_MAX], nonce[NU_ATTEST_NONCE_LEN];
     size_t token_len = 0;
-    uint64_t now = nu_time_ms();
+    uint64_t now = nu_time_ms(), ttl_ms = (uint64_t)call->cloud->cfg.challenge_ttl_s * 1000u;
     int rc = enroll__id_allowed(call, r->programmer_id);
     if (!rc && call->role == CLOUD_ROLE_PROGRAMMER && strcmp(r->programmer_id, call->requester))
         rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "a programmer enrolls only itself");
@@ -595,12 +593,12 @@ static int enroll__challenge(struct cloud_call *call)
                                                "programmer");
     if (!rc && (rc = nu_random(nonce, sizeof(nonce))) == NU_OK)
         rc = cloud_ledger_nonce_add(call->ledger, nonce, r->programmer_id,
-                                    now + ENROLL__NONCE_TTL_MS, now);
+                                    now + ttl_ms, now);
     if (!rc) {
         Nusec__V1__EnrollChallenge resp = NUSEC__V1__ENROLL_CHALLENGE__INIT;
         resp.programmer_id = r->programmer_id;
         resp.nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
-        resp.expires_at_ms = now + ENROLL__NONCE_TTL_MS;
+        resp.expires_at_ms = now + ttl_ms;
         rc = cloud_reply(call, &resp.base);
     }
     nu_zero(token, sizeof(token));

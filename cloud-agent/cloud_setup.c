@@ -17,7 +17,7 @@ static const char *const cloud__config_keys[] = {
     "workers",     "queue_max", "chunk_size",
     "instance",    "batch_max", "oem_ids",
     "station_ids", "log_level", "checkpoint_interval_s",
-    "vendor_ca",   "programmer_serials",
+    "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
     NULL,
 };
 
@@ -96,6 +96,7 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("instance", 1, 1, 9999, instance)
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
     CLOUD__INT("checkpoint_interval_s", 300, 0, 86400, checkpoint_interval_s)
+    CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))

@@ -32,7 +32,7 @@
 #define PROG "nusec-programmer"
 #define PROG_VERSION "0.1.0"
 
-enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3 };
+enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3, EXIT_EXISTS = 4 };
 
 /* The KeyStore blob where enrollment pins the OEM secure-boot key (core/pg_int.h). */
 #define APP_BLOB_PIN_ROTPK "pin.rotpk"
@@ -95,7 +95,8 @@ static const char usage_text[] =
     "that its payload is SHA-256 of /proc/self/exe. Enrollment runs before a ROTPK\n"
     "is pinned, so --enroll itself is not checked.\n"
     "\n"
-    "Exit status: 0 done, 1 failure (see the log), 2 usage, 3 secure boot refused.\n";
+    "Exit status: 0 done, 1 failure (see the log), 2 usage, 3 secure boot refused,\n"
+    "4 --factory-init on a programmer that is factory-initialised already.\n";
 
 struct app {
     const char *dir;
@@ -697,5 +698,7 @@ int main(int argc, char **argv)
     wc_ecc_fp_free();
     if (a.secure_boot_refused)
         return EXIT_SECURE_BOOT;
+    if (a.factory_init && rc == NU_ERR_EXISTS)
+        return EXIT_EXISTS;
     return rc == NU_OK ? 0 : 1;
 }
