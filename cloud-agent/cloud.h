@@ -170,6 +170,17 @@ void cloud_stop(struct cloud *cloud);
 int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
+ * Rewrite DIR/broker/serials from the ledger: "programmer_id serial" for
+ * every enrolled programmer, its current identity certificate. The broker
+ * plugin refuses a programmer certificate with another serial and
+ * disconnects an identity whose serial changed, so a re-enrolled
+ * programmer's previous certificate stops working at once (broker/pins.h).
+ * Atomic rewrite under the same kind of lock file as the other lists.
+ * Errors: IO, PERMISSION, NOMEM, DB.
+ */
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on
  * nusec/v1/jobs/{job_id} (cloud_cert.c; usable by every handler).
  * Errors: those of cloud_ledger_job_get and cloud_publish.

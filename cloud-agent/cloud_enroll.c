@@ -214,6 +214,62 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger)
     return rc;
 }
 
+/* Lines "id serial" of the enrolled programmers, appended to a buffer. */
+struct enroll__pins {
+    char *buf;
+    size_t len, cap;
+    int err;
+};
+
+static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    struct enroll__pins *s = ctx;
+    size_t need = strlen(p->programmer_id) + strlen(p->cert_serial) + 2;
+    if (p->state != CLOUD_LEDGER_PROGRAMMER_ENROLLED || !p->cert_serial[0])
+        return NU_OK;
+    if (s->len + need + 1 > s->cap) {
+        size_t cap = 2 * (s->cap + need) + 256;
+        char *grown = realloc(s->buf, cap);
+        if (!grown)
+            return NU_ERR_NOMEM;
+        s->buf = grown, s->cap = cap;
+    }
+    s->len += (size_t)snprintf(s->buf + s->len, s->cap - s->len, "%s %s\n", p->programmer_id,
+                               p->cert_serial);
+    return NU_OK;
+}
+
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
+{
+    static const char head[] = "# written by nusec-cloud: current identity certificate serials\n";
+    char path[PATH_MAX], lock[PATH_MAX + 8];
+    struct enroll__pins s = {0};
+    int fd = -1;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/broker/serials", cloud->dir);
+    if (!rc)
+        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
+    if (!rc && !(s.buf = malloc(s.cap = sizeof(head) + 256)))
+        rc = NU_ERR_NOMEM;
+    if (rc)
+        return rc;
+    memcpy(s.buf, head, sizeof(head) - 1);
+    s.len = sizeof(head) - 1;
+    /* Under the lock, the ledger is read after any other writer's commit. */
+    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0)
+        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+    if (!rc)
+        rc = cloud_ledger_programmer_list(ledger, enroll__collect_pin, &s);
+    if (!rc)
+        rc = nu_file_write_atomic(path, s.buf, s.len, 0644);
+    if (fd >= 0)
+        close(fd);
+    free(s.buf);
+    if (rc)
+        nu_error("cannot update %s: %s", path, nu_err_str(rc));
+    return rc;
+}
+
 /* The station that relayed an enrollment owns the programmer from now on. */
 static void enroll__set_owner(struct cloud *cloud, const char *station, const char *programmer)
 {
@@ -561,6 +617,12 @@ static int enroll__enroll(struct cloud_call *call)
             call->requester, info.serial_hex, e.att.vendor_serial);
     if (call->role == CLOUD_ROLE_STATION)
         enroll__set_owner(call->cloud, call->requester, r->programmer_id);
+    /* Before the answer: the new certificate is the only one the broker
+     * accepts for this identity from now on, and the old one is kicked. */
+    if (cloud_serials_sync(call->cloud, call->ledger))
+        nu_warn("%s enrolled, but the broker's serial list is stale: its previous certificate "
+                "may connect until the next enrollment or restart",
+                r->programmer_id);
     rc = enroll__answer(call, r->programmer_id, der, der_len);
     enroll__event(call->cloud, "programmer.enrolled", r->programmer_id, NULL);
 out:

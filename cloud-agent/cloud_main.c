@@ -83,6 +83,8 @@ static int cloud__run(struct cloud *cloud)
         int sync = cloud_revoked_sync(cloud, ledger);
         if (sync)
             nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
+        if ((sync = cloud_serials_sync(cloud, ledger)) != NU_OK)
+            nu_warn("cannot update the broker's identity serial list: %s", nu_err_str(sync));
     }
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
