@@ -483,11 +483,35 @@ static void test_programmer_renews_only_itself(void)
     CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
     /* prog-2 renews its own identity (new key), over its current connection */
     CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-2", 0, token, sizeof(token)), NU_OK);
-    CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r), NU_OK);
-    nu_envelope_free(r);
-    r = NULL;
+    CU_ASSERT_EQUAL_FATAL(
+        cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r), NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-2", &after), NU_OK);
     CU_ASSERT_STRING_NOT_EQUAL(after.cert_serial, before.cert_serial);
+    /* The previous certificate stops working at once: the broker pins the
+     * new serial (DIR/broker/serials), kicks the old session, refuses it. */
+    char old_crt[CF_PATH_MAX + 16], old_key[CF_PATH_MAX + 16];
+    snprintf(old_crt, sizeof(old_crt), "%s/prog-2-old.crt", F.tmp);
+    snprintf(old_key, sizeof(old_key), "%s/prog-2-old.key", F.tmp);
+    CU_ASSERT_EQUAL(nu_test_sh("cp %s %s && cp %s %s", p2.cert, old_crt, p2.key, old_key), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'prog-2 %s' %s/broker/serials", after.cert_serial, F.dir),
+                    0);
+    int gone = 0;
+    for (int t = 0; t < 100 && !gone; t++, usleep(20 * 1000))
+        gone = !nu_mqtt_is_connected(c2.m);
+    CU_ASSERT_TRUE(gone);
+    cf_client_close(&c2);
+    struct cf_client stale;
+    CU_ASSERT_NOT_EQUAL(cf_client_open(&F, "prog-2", old_crt, old_key, &stale), NU_OK);
+    cf_client_close(&stale);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'prog-2.*re-enrolled' %s/broker/mosquitto.log", F.dir), 0);
+    /* The new one works. */
+    CU_ASSERT_EQUAL(cf_write_cert_pem(p2.cert, r->enroll_response->certificate_der.data,
+                                      r->enroll_response->certificate_der.len),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_save_pem(k, p2.key), NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "prog-2", p2.cert, p2.key, &c2), NU_OK);
     /* ... but cannot enroll anyone else, even with that one's token */
     CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-q", 0, token, sizeof(token)), NU_OK);
     CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-q", token, k, "prog-q", "programmer", pkg, &r),
