@@ -19,7 +19,19 @@
 #include <wolfssl/options.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
+static int rig__setup(struct rig *r, const char *name, unsigned sockets, int factory);
+
 int rig_setup(struct rig *r, const char *name, unsigned sockets)
+{
+    return rig__setup(r, name, sockets, 1);
+}
+
+int rig_setup_unfactoried(struct rig *r, const char *name, unsigned sockets)
+{
+    return rig__setup(r, name, sockets, 0);
+}
+
+static int rig__setup(struct rig *r, const char *name, unsigned sockets, int factory)
 {
     memset(r, 0, sizeof(*r));
     r->name = name;
@@ -31,7 +43,7 @@ int rig_setup(struct rig *r, const char *name, unsigned sockets)
     int rc = fc_init(&r->fc, "job-1", 40 * 1024, 8192);
     if (rc == NU_OK)
         rc = rig_open(r);
-    return rc == NU_OK ? rig_factory(r) : rc;
+    return rc == NU_OK && factory ? rig_factory(r) : rc;
 }
 
 /* The programmer factory's step (nusec-programmer --factory-init): an
