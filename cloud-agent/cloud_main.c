@@ -33,7 +33,10 @@ static const char cloud__usage[] =
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
     "1 = one transaction each), checkpoint_interval_s (300: the audit chain's head\n"
     "is signed in the HSM this often, and at start, stop and job close; 0 = only\n"
-    "then), oem_ids (oem), station_ids (station), log_level.\n"
+    "then), oem_ids (oem), station_ids (station), log_level, vendor_ca\n"
+    "(DIR/pki/vendor-ca.pem: the programmer vendor CA pinned for attested\n"
+    "enrollment), programmer_serials (allow-list file of vendor serials; none),\n"
+    "enroll_challenge_ttl_s (120).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
