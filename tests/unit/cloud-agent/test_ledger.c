@@ -899,6 +899,58 @@ static void test_enroll_is_atomic(void)
     cloud_ledger_close(l);
 }
 
+/* The challenge nonce: bound to one programmer, single-use, expiring; used up
+ * with the token in the enrollment's transaction; the attestation recorded. */
+static void test_enroll_nonce_and_attestation(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    static const char meas[] = "c10df17801000000000000000000000000000000000000000000000000000000";
+    uint8_t nonce[32], other[32];
+    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "oem-1",
+                                        T0 + 10,  "NL3-0123456789ab", meas, nonce};
+    struct cloud_ledger_programmer p;
+    uint64_t seq;
+
+    memset(nonce, 0x42, sizeof(nonce));
+    memset(other, 0x43, sizeof(other));
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, nonce, "prog-1", T0 + 100, T0), NU_OK);
+    CU_ASSERT_NOT_EQUAL(cloud_ledger_nonce_add(l, nonce, "prog-1", T0 + 100, T0), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, other, "prog-2", T0 + 100, T0), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, other, "prog-2", T0, T0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 10), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-2", T0 + 10), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 100), NU_ERR_NONCE_EXPIRED);
+    CU_ASSERT_EQUAL(
+        cloud_ledger_token_add(l, TOKEN, sizeof(TOKEN), "prog-1", T0 + 1000, "oem-1", T0), NU_OK);
+    /* another programmer's nonce: refused, audited, nothing used up */
+    e.nonce = other;
+    seq = head_seq(l);
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_EQUAL(head_seq(l), seq + 1); /* enroll.refused */
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_ERR_NOT_FOUND);
+    /* expired */
+    e.nonce = nonce;
+    e.now_ms = T0 + 100;
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_ERR_NONCE_EXPIRED);
+    /* in time: enrolled, the attestation recorded, nonce and token used */
+    e.now_ms = T0 + 10;
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_OK);
+    CU_ASSERT_STRING_EQUAL(p.vendor_serial, "NL3-0123456789ab");
+    CU_ASSERT_STRING_EQUAL(p.firmware_measurement, meas);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 11), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_STRING_EQUAL(events(l, "programmer.enrolled").last_payload,
+                           "{\"programmer\":\"prog-1\",\"serial\":\"abcd\",\"previous_serial\":\"\","
+                           "\"vendor_serial\":\"NL3-0123456789ab\",\"firmware_measurement\":\"c10df178"
+                           "01000000000000000000000000000000000000000000000000000000\"}");
+    /* a measurement that is not 64 hex characters is not recorded */
+    e.firmware_measurement = "abc";
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_upsert(l, &e), NU_ERR_INVALID_ARG);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
 /* --------------------------------------------------------------- issuance */
 
 static void hex(const uint8_t *b, size_t n, char *out)
@@ -2493,6 +2545,7 @@ static const struct nu_test_case prog_cases[] = {
     {"programmer upsert, get, list, revoke", test_programmer_lifecycle},
     {"tokens are one-time, expire, stored hashed", test_tokens_one_time},
     {"enroll is atomic", test_enroll_is_atomic},
+    {"enroll: challenge nonce and attestation record", test_enroll_nonce_and_attestation},
     {NULL, NULL},
 };
 
