@@ -444,8 +444,10 @@ static void auth__pins_refresh(struct nusec_auth *st, bool force)
     free(buf);
     f->bad = rc != NU_OK && rc != NU_ERR_NOT_FOUND;
     if (f->bad) {
-        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: %s unusable (%s, line %zu): refusing every "
-                             "programmer", f->path, auth__err_name(rc), line);
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "nusec_auth: %s unusable (%s, line %zu): refusing every "
+                             "programmer",
+                             f->path, auth__err_name(rc), line);
         return; /* keep the last good pins to diff against later */
     }
     nusec_pins_changed(f->pins, pins, auth__pins_kick, st);

@@ -67,7 +67,8 @@ static int pins__line(struct nusec_pins *p, const char *s, size_t len)
     if (nt == 0)
         return NU_OK;
     struct pins__entry e;
-    if (nt != 2 || !nusec_acl_identity_valid(tok[0], tl[0]) || !pins__canon(tok[1], tl[1], e.serial))
+    if (nt != 2 || !nusec_acl_identity_valid(tok[0], tl[0]) ||
+        !pins__canon(tok[1], tl[1], e.serial))
         return NU_ERR_DECODE;
     memcpy(e.id, tok[0], tl[0]);
     e.id[tl[0]] = 0;

@@ -470,7 +470,8 @@ static int enroll__attested(struct cloud_call *call, const Nusec__V1__EnrollRequ
     if (!e->att.keys_generated_in_keystore || !e->att.keys_non_exportable)
         return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "keys not attested as KeyStore-born");
     if (nu_memeq_ct(e->att.identity_pub, e->csr.pub, NU_P256_PUB_LEN) != 0)
-        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "CSR key is not the attested identity key");
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED,
+                          "CSR key is not the attested identity key");
     if (nu_memeq_ct(e->att.package_pub, r->package_pubkey.data, NU_P256_PUB_LEN) != 0)
         return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "package key is not the attested one");
     if (!enroll__serial_allowed(call, e->att.vendor_serial))
@@ -481,8 +482,9 @@ static int enroll__attested(struct cloud_call *call, const Nusec__V1__EnrollRequ
                           "measured programmer firmware is not one the OEM signed");
     rc = cloud_ledger_nonce_check(call->ledger, e->att.nonce, r->programmer_id, now);
     if (rc == NU_ERR_NONCE_REPLAYED || rc == NU_ERR_NONCE_EXPIRED)
-        return cloud_fail(call, rc, rc == NU_ERR_NONCE_EXPIRED ? "challenge expired"
-                                                               : "challenge unknown or used");
+        return cloud_fail(call, rc,
+                          rc == NU_ERR_NONCE_EXPIRED ? "challenge expired"
+                                                     : "challenge unknown or used");
     if (rc)
         return cloud_fail(call, rc, "challenge not checked");
     return nu_hex_encode(e->att.measurement, NU_SHA256_LEN, e->measurement_hex,
@@ -654,8 +656,7 @@ static int enroll__challenge(struct cloud_call *call)
                                              : "token unknown, used, expired or bound to another "
                                                "programmer");
     if (!rc && (rc = nu_random(nonce, sizeof(nonce))) == NU_OK)
-        rc = cloud_ledger_nonce_add(call->ledger, nonce, r->programmer_id,
-                                    now + ttl_ms, now);
+        rc = cloud_ledger_nonce_add(call->ledger, nonce, r->programmer_id, now + ttl_ms, now);
     if (!rc) {
         Nusec__V1__EnrollChallenge resp = NUSEC__V1__ENROLL_CHALLENGE__INIT;
         resp.programmer_id = r->programmer_id;

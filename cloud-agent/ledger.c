@@ -2038,8 +2038,7 @@ static int ledger__enrollment_check(const struct cloud_ledger_enrollment *e, siz
     if (nu_p256_pub_check(e->package_pubkey) != NU_OK)
         return NU_ERR_INVALID_ARG;
     if ((e->vendor_serial && ledger__id_check(e->vendor_serial) != NU_OK) ||
-        (e->firmware_measurement &&
-         strlen(e->firmware_measurement) != 2 * CLOUD_LEDGER_HASH_LEN))
+        (e->firmware_measurement && strlen(e->firmware_measurement) != 2 * CLOUD_LEDGER_HASH_LEN))
         return NU_ERR_INVALID_ARG;
     return NU_OK;
 }

@@ -429,7 +429,7 @@ struct cloud_ledger_programmer {
     uint64_t enrolled_at_ms;
     uint64_t revoked_at_ms; /* 0 while enrolled */
     char revoke_reason[CLOUD_LEDGER_TEXT_MAX + 1];
-    char vendor_serial[CLOUD_LEDGER_ID_MAX + 1];                /* attested; "" before v3 */
+    char vendor_serial[CLOUD_LEDGER_ID_MAX + 1];              /* attested; "" before v3 */
     char firmware_measurement[2 * CLOUD_LEDGER_HASH_LEN + 1]; /* hex; "" before v3 */
 };
 

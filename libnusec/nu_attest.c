@@ -126,9 +126,9 @@ int nu_attest_digest(const uint8_t *stmt, size_t len, uint8_t out[32])
     return rc;
 }
 
-int nu_attest_verify(const uint8_t *ca_der, size_t ca_len, const uint8_t *cert_der,
-                     size_t cert_len, const uint8_t *stmt, size_t stmt_len, const uint8_t *sig,
-                     size_t sig_len, struct nu_attest_claims *out)
+int nu_attest_verify(const uint8_t *ca_der, size_t ca_len, const uint8_t *cert_der, size_t cert_len,
+                     const uint8_t *stmt, size_t stmt_len, const uint8_t *sig, size_t sig_len,
+                     struct nu_attest_claims *out)
 {
     struct nu_x509_cert_info info;
     uint8_t digest[32];

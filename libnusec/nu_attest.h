@@ -80,9 +80,9 @@ int nu_attest_digest(const uint8_t *stmt, size_t len, uint8_t out[32]);
  * dates, serial differs from the certificate), ATTESTATION_SIGNATURE, DECODE,
  * TOO_LARGE, INVALID_ARG, NOMEM.
  */
-int nu_attest_verify(const uint8_t *ca_der, size_t ca_len, const uint8_t *cert_der,
-                     size_t cert_len, const uint8_t *stmt, size_t stmt_len, const uint8_t *sig,
-                     size_t sig_len, struct nu_attest_claims *out);
+int nu_attest_verify(const uint8_t *ca_der, size_t ca_len, const uint8_t *cert_der, size_t cert_len,
+                     const uint8_t *stmt, size_t stmt_len, const uint8_t *sig, size_t sig_len,
+                     struct nu_attest_claims *out);
 
 /*
  * Create a stand-in programmer vendor CA in vdir (made 0700): a P-256 key

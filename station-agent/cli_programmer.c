@@ -271,9 +271,12 @@ static const char cli__enroll_usage[] =
 static int cli__enroll(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"name", required_argument, NULL, 'n'},    {"token", required_argument, NULL, 't'},
-        {"station", required_argument, NULL, 's'}, {"dir", required_argument, NULL, 'd'},
-        {"relay", required_argument, NULL, 'r'},   {"help", no_argument, NULL, 'h'},
+        {"name", required_argument, NULL, 'n'},
+        {"token", required_argument, NULL, 't'},
+        {"station", required_argument, NULL, 's'},
+        {"dir", required_argument, NULL, 'd'},
+        {"relay", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *name = NULL, *token_opt = NULL, *station = "station", *dir_opt = NULL, *dir;
@@ -328,8 +331,8 @@ static int cli__enroll(int argc, char **argv)
     pid_t pid = 0;
     int status = 0;
     if (!rc) {
-        char *args[] = {exe,      "--dir", (char *)dir,   "--name", (char *)name,
-                        "--enroll", token,   "--relay", (char *)relay, NULL};
+        char *args[] = {exe,        "--dir", (char *)dir, "--name",      (char *)name,
+                        "--enroll", token,   "--relay",   (char *)relay, NULL};
         rc = station_proc_spawn(args, log, &pid);
     }
     nu_zero(token, sizeof(token));

@@ -594,9 +594,8 @@ static int stack__factory(struct stack *s, const char *name, const char *exe)
     int status = 0;
     int rc = stack__vendor_ca(s, vdir, sizeof(vdir));
     if (rc == NU_OK) {
-        char *argv[] = {(char *)exe,  "--dir",          (char *)s->dir, "--name",
-                        (char *)name, "--factory-init", "--vendor-ca",  vdir,
-                        NULL};
+        char *argv[] = {(char *)exe,      "--dir",       (char *)s->dir, "--name", (char *)name,
+                        "--factory-init", "--vendor-ca", vdir,           NULL};
         rc = stack__prog_run(s, name, argv, &status);
     }
     if (rc == NU_OK && status != 0 && status != 4)

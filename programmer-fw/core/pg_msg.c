@@ -256,8 +256,7 @@ MSG__DECODER(pg_msg_cert_refused_decode, struct pg_msg_cert_refused, msg__cert_r
 MSG__DECODER(pg_msg_manifest_decode, struct pg_msg_manifest, msg__manifest)
 MSG__DECODER(pg_msg_chunk_decode, struct pg_msg_chunk, msg__chunk)
 MSG__DECODER(pg_msg_enroll_resp_decode, struct pg_msg_enroll_resp, msg__enroll_resp)
-MSG__DECODER(pg_msg_enroll_challenge_decode, struct pg_msg_enroll_challenge,
-             msg__enroll_challenge)
+MSG__DECODER(pg_msg_enroll_challenge_decode, struct pg_msg_enroll_challenge, msg__enroll_challenge)
 MSG__DECODER(pg_msg_delivery_decode, struct pg_msg_delivery, msg__delivery)
 MSG__DECODER(pg_msg_command_decode, struct pg_msg_command, msg__command)
 MSG__DECODER(pg_msg_sealed_pkg_decode, struct pg_msg_sealed_pkg, msg__sealed_pkg)

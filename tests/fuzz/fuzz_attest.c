@@ -26,8 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = nu_attest_decode(data, size, &c);
     if (rc != NU_OK && rc != NU_ERR_DECODE && rc != NU_ERR_TOO_LARGE)
         abort();
-    if (rc == NU_OK && (nu_attest_encode(&c, again, sizeof(again), &len) != NU_OK ||
-                        len != size || memcmp(again, data, size) != 0))
+    if (rc == NU_OK && (nu_attest_encode(&c, again, sizeof(again), &len) != NU_OK || len != size ||
+                        memcmp(again, data, size) != 0))
         abort();
     /* The first 72 bytes as a signature over the rest, with the statement's
      * own bytes standing in for the certificate: never OK. */

@@ -691,7 +691,7 @@ int main(int argc, char **argv)
     if (rc == NU_OK && (rc = app__self_hash(self)) == NU_OK)
         rc = pp_ks_set_measurement(a.ks, self);
     if (rc == NU_OK)
-        rc = a.factory_init ? app__factory_init(&a)
+        rc = a.factory_init   ? app__factory_init(&a)
              : a.enroll_token ? app__enroll(&a)
                               : app__run(&a);
     app__close(&a);

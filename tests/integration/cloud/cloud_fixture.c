@@ -249,8 +249,8 @@ static int cf__attest_setup(struct cf *f)
     free(cf__att.cert), free(cf__att.other_cert), free(cf__att.manifest);
     nu_p256_key_destroy(cf__att.key), nu_p256_key_destroy(cf__att.other_key);
     memset(&cf__att, 0, sizeof(cf__att));
-    int rc = cf__vendor_device(vdir, &cf__att.key, cf__att.serial, &cf__att.cert,
-                               &cf__att.cert_len);
+    int rc =
+        cf__vendor_device(vdir, &cf__att.key, cf__att.serial, &cf__att.cert, &cf__att.cert_len);
     if (!rc)
         rc = cf__vendor_device(other, &cf__att.other_key, other_serial, &cf__att.other_cert,
                                &cf__att.other_cert_len);
@@ -320,8 +320,8 @@ static int cf__statement(const char *id, struct nu_p256_key *identity, const uin
     if (!rc)
         rc = nu_attest_digest(stmt, *stmt_len, digest);
     if (!rc)
-        rc = nu_p256_key_sign_digest(a && a->other_vendor ? cf__att.other_key : cf__att.key,
-                                     digest, sig, sig_len);
+        rc = nu_p256_key_sign_digest(a && a->other_vendor ? cf__att.other_key : cf__att.key, digest,
+                                     sig, sig_len);
     if (!rc && a && a->bad_signature)
         sig[*sig_len - 1] ^= 0x01;
     return rc;
@@ -336,8 +336,7 @@ int cf_enroll_raw(struct cf_client *relay, const char *id, const char *token,
 
 int cf_enroll_attested(struct cf_client *relay, const char *id, const char *token,
                        struct nu_p256_key *identity, const char *cn, const char *ou,
-                       const uint8_t *pkg_pub, struct cf_attest *a,
-                       Nusec__V1__Envelope **out_reply)
+                       const uint8_t *pkg_pub, struct cf_attest *a, Nusec__V1__Envelope **out_reply)
 {
     struct nu_signer s;
     uint8_t *csr = NULL, nonce[32], stmt[NU_ATTEST_STMT_MAX], sig[NU_P256_SIG_MAX];
@@ -368,10 +367,9 @@ int cf_enroll_attested(struct cf_client *relay, const char *id, const char *toke
     if (!none) {
         req.attestation_statement = (ProtobufCBinaryData){stmt_len, stmt};
         req.attestation_signature = (ProtobufCBinaryData){sig_len, sig};
-        req.attestation_cert_der = a && a->other_vendor
-                                       ? (ProtobufCBinaryData){cf__att.other_cert_len,
-                                                               cf__att.other_cert}
-                                       : (ProtobufCBinaryData){cf__att.cert_len, cf__att.cert};
+        req.attestation_cert_der =
+            a && a->other_vendor ? (ProtobufCBinaryData){cf__att.other_cert_len, cf__att.other_cert}
+                                 : (ProtobufCBinaryData){cf__att.cert_len, cf__att.cert};
         if (!(a && a->no_manifest))
             req.boot_manifest = (ProtobufCBinaryData){cf__att.manifest_len, cf__att.manifest};
     }

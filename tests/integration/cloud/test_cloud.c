@@ -483,8 +483,8 @@ static void test_programmer_renews_only_itself(void)
     CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
     /* prog-2 renews its own identity (new key), over its current connection */
     CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-2", 0, token, sizeof(token)), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(
-        cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r),
+                          NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-2", &after), NU_OK);
     CU_ASSERT_STRING_NOT_EQUAL(after.cert_serial, before.cert_serial);
     /* The previous certificate stops working at once: the broker pins the
@@ -686,10 +686,9 @@ static void test_attested_enrollment_refusals(void)
     /* After all that, the genuine programmer enrolls with the same token... */
     struct cf_attest genuine = {0};
     CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
-    CU_ASSERT_EQUAL(
-        cf_enroll_attested(&station, "prog-att", token, k, "prog-att", "programmer", pkg, &genuine,
-                           &r),
-        NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_attested(&station, "prog-att", token, k, "prog-att", "programmer",
+                                       pkg, &genuine, &r),
+                    NU_OK);
     nu_envelope_free(r);
     r = NULL;
     /* ... and the ledger records what its KeyStore attested. */
@@ -755,10 +754,9 @@ static void test_challenge_expiry_restart_and_serial_allow_list(void)
     cloud_restart_with(conf);
     CU_ASSERT_EQUAL(station.m != NULL, 1);
     struct cf_attest carried = {.nonce = nonce};
-    CU_ASSERT_EQUAL(
-        cf_enroll_attested(&station, "prog-rst", token, k, "prog-rst", "programmer", pkg, &carried,
-                           &r),
-        NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_attested(&station, "prog-rst", token, k, "prog-rst", "programmer",
+                                       pkg, &carried, &r),
+                    NU_OK);
     nu_envelope_free(r);
     r = NULL;
     /* An expired challenge (ttl 1 s). */

@@ -978,8 +978,7 @@ static void test_programmer_enroll_command(void)
                                " programmer enroll --dir %s --name prog-9 > %s/enroll0.txt 2>&1",
                                dir, tmp),
                     1);
-    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 '", dir),
-                        0);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 '", dir), 0);
     /* The vendor's factory step (stack up made the stand-in vendor CA in DIR/vendor). */
     CU_ASSERT_EQUAL(nu_test_sh(PROGRAMMER " --dir %s --name prog-9 --factory-init --vendor-ca "
                                           "%s/vendor > %s/serial9.txt",
@@ -1007,11 +1006,11 @@ static void test_programmer_enroll_command(void)
                                      " > %s/enroll8.txt 2>&1",
                                dir, tmp),
                     0);
-    CU_ASSERT_EQUAL(
-        nu_test_sh(NUSEC " programmer list --dir %s --json | grep -q '\"id\":\"prog-8\".*"
-                         "\"vendor_serial\":\"NL3-'",
-                   dir),
-        0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " programmer list --dir %s --json | grep -q '\"id\":\"prog-8\".*"
+                               "\"vendor_serial\":\"NL3-'",
+                               dir),
+                    0);
     /* A forged token: refused, and nothing is enrolled. */
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-10 --token %064d"
                                      " > %s/enroll-bad.txt 2>&1",

@@ -42,11 +42,11 @@ static void test_pins_reject_whole_file(void)
         const char *text;
         size_t line;
     } bad[] = {
-        {"prog-1\n", 1},                    /* no serial */
-        {"prog-1 01 02\n", 1},              /* extra token */
-        {"ok 01\nprog/1 01\n", 2},          /* not an identity */
-        {"prog-1 0x01\n", 1},               /* not hex */
-        {"prog-1 01\nprog-1 02\n", 2},      /* listed twice */
+        {"prog-1\n", 1},               /* no serial */
+        {"prog-1 01 02\n", 1},         /* extra token */
+        {"ok 01\nprog/1 01\n", 2},     /* not an identity */
+        {"prog-1 0x01\n", 1},          /* not hex */
+        {"prog-1 01\nprog-1 02\n", 2}, /* listed twice */
         {"prog-1 "
          "00000000000000000000000000000000000000000000000000000000000000001\n",
          1}, /* 65 digits */

@@ -105,7 +105,8 @@ static void sql_text(const char *path, const char *sql, char *out, size_t cap)
 
 static int enroll(struct cloud_ledger *l, const char *id)
 {
-    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1", T0, NULL, NULL, NULL};
+    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1",
+                                        T0, NULL,     NULL,     NULL};
     return cloud_ledger_programmer_upsert(l, &e);
 }
 
@@ -726,7 +727,8 @@ static void test_programmer_lifecycle(void)
     char path[512];
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
     struct cloud_ledger_programmer p;
-    struct cloud_ledger_enrollment e = {"prog-1", "1234abcd", PEM_TEXT, pkg_pub, "station-1", T0, NULL, NULL, NULL};
+    struct cloud_ledger_enrollment e = {"prog-1", "1234abcd", PEM_TEXT, pkg_pub, "station-1",
+                                        T0,       NULL,       NULL,     NULL};
     uint8_t bad_pub[CLOUD_LEDGER_PUBKEY_LEN] = {0x04};
     unsigned n = 0;
     struct evscan ev;
@@ -878,7 +880,8 @@ static void test_enroll_is_atomic(void)
 {
     char path[512];
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
-    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "station-1", T0, NULL, NULL, NULL};
+    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "station-1",
+                                        T0,       NULL,   NULL,     NULL};
     struct cloud_ledger_programmer p;
     uint64_t seq;
 
@@ -907,8 +910,8 @@ static void test_enroll_nonce_and_attestation(void)
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
     static const char meas[] = "c10df17801000000000000000000000000000000000000000000000000000000";
     uint8_t nonce[32], other[32];
-    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "oem-1",
-                                        T0 + 10,  "NL3-0123456789ab", meas, nonce};
+    struct cloud_ledger_enrollment e = {
+        "prog-1", "abcd", PEM_TEXT, pkg_pub, "oem-1", T0 + 10, "NL3-0123456789ab", meas, nonce};
     struct cloud_ledger_programmer p;
     uint64_t seq;
 
@@ -940,10 +943,11 @@ static void test_enroll_nonce_and_attestation(void)
     CU_ASSERT_STRING_EQUAL(p.vendor_serial, "NL3-0123456789ab");
     CU_ASSERT_STRING_EQUAL(p.firmware_measurement, meas);
     CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 11), NU_ERR_NONCE_REPLAYED);
-    CU_ASSERT_STRING_EQUAL(events(l, "programmer.enrolled").last_payload,
-                           "{\"programmer\":\"prog-1\",\"serial\":\"abcd\",\"previous_serial\":\"\","
-                           "\"vendor_serial\":\"NL3-0123456789ab\",\"firmware_measurement\":\"c10df178"
-                           "01000000000000000000000000000000000000000000000000000000\"}");
+    CU_ASSERT_STRING_EQUAL(
+        events(l, "programmer.enrolled").last_payload,
+        "{\"programmer\":\"prog-1\",\"serial\":\"abcd\",\"previous_serial\":\"\","
+        "\"vendor_serial\":\"NL3-0123456789ab\",\"firmware_measurement\":\"c10df178"
+        "01000000000000000000000000000000000000000000000000000000\"}");
     /* a measurement that is not 64 hex characters is not recorded */
     e.firmware_measurement = "abc";
     CU_ASSERT_EQUAL(cloud_ledger_programmer_upsert(l, &e), NU_ERR_INVALID_ARG);
