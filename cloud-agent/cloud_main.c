@@ -42,7 +42,10 @@ static const char cloud__usage[] =
     "only), queue_bytes_max (100663296) and identity_bytes_max (16777216: bytes\n"
     "held by queued messages in all and per identity; beyond, BUSY),\n"
     "refusal_audit_burst (20) and refusal_audit_window_ms (10000: refusals per\n"
-    "identity and code audited one by one per window; beyond, counted into one row).\n"
+    "identity and code audited one by one per window; beyond, counted into one row),\n"
+    "vendor_ca (DIR/pki/vendor-ca.pem: the programmer vendor CA pinned for attested\n"
+    "enrollment), programmer_serials (allow-list file of vendor serials; none),\n"
+    "enroll_challenge_ttl_s (120).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
@@ -93,6 +96,8 @@ static int cloud__run(struct cloud *cloud)
         int sync = cloud_revoked_sync(cloud, ledger);
         if (sync)
             nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
+        if ((sync = cloud_serials_sync(cloud, ledger)) != NU_OK)
+            nu_warn("cannot update the broker's identity serial list: %s", nu_err_str(sync));
     }
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
