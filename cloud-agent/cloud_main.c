@@ -7,6 +7,7 @@
 #include "nu_paths.h"
 #include "nu_pki.h"
 #include "nu_util.h"
+#include "nu_version.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -28,6 +29,7 @@ static const char cloud__usage[] =
     "  --log-level LEVEL  debug, info, warn, error (default info)\n"
     "  --log FILE         append the log to FILE instead of stderr\n"
     "  -h, --help         this text\n"
+    "  --version          the version and git revision it was built from\n"
     "\n"
     "Configuration keys (key = value): workers (4), queue_max (4096), chunk_size\n"
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
@@ -121,6 +123,7 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, 'l'},
         {"log", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     const char *dir_opt = NULL, *config = NULL, *log_path = NULL;
@@ -145,6 +148,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             fputs(cloud__usage, stdout);
+            return 0;
+        case 'V':
+            nu_version_print(stdout, "nusec-cloud");
             return 0;
         default:
             fputs(cloud__usage, stderr);

@@ -4,6 +4,7 @@
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_util.h"
+#include "nu_version.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,7 +54,8 @@ static void cli__usage(FILE *out)
     fputs("usage: nusec COMMAND SUBCOMMAND [OPTIONS]\n"
           "\n"
           "The NuSEC operator tool, for the OEM and the contract manufacturer.\n"
-          "Every subcommand takes --dir DIR (default: $NUSEC_HOME) and --help.\n"
+          "Every subcommand takes --dir DIR (default: $NUSEC_HOME) and --help;\n"
+          "`nusec --version` prints the version and the git revision it was built from.\n"
           "\n"
           "Commands:\n",
           out);
@@ -79,6 +81,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         cli__usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        nu_version_print(stdout, "nusec");
         return CLI_EXIT_OK;
     }
     int group_known = 0;

@@ -4,6 +4,7 @@
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_util.h"
+#include "nu_version.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -28,6 +29,7 @@ static const char station__usage[] =
     "  --log-level LEVEL  debug, info, warn, error (default info)\n"
     "  --log FILE         append the log to FILE instead of stderr\n"
     "  -h, --help         this text\n"
+    "  --version          the version and git revision it was built from\n"
     "\n"
     "Control: `nusec production start|stop --job J` write the job's state into\n"
     "station.db; the daemon notices within --poll-ms (PRAGMA data_version). One\n"
@@ -54,6 +56,7 @@ static int station__args(int argc, char **argv, struct station_opts *o, enum nu_
         {"log-level", required_argument, NULL, 'l'},
         {"log", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     const char *dir = NULL;
@@ -87,6 +90,9 @@ static int station__args(int argc, char **argv, struct station_opts *o, enum nu_
             break;
         case 'h':
             fputs(station__usage, stdout);
+            return -1;
+        case 'V':
+            nu_version_print(stdout, "nusec-station");
             return -1;
         default:
             fputs(station__usage, stderr);

@@ -15,6 +15,7 @@
 #include "nu_mqtt.h"
 #include "nu_paths.h"
 #include "nu_util.h"
+#include "nu_version.h"
 #include "nu_x509.h"
 
 #include <getopt.h>
@@ -43,7 +44,7 @@ static const char usage_text[] =
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
     "                        [--package FILE] [--enroll TOKEN]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
-    "                        [--log-level L] [--help]\n"
+    "                        [--log-level L] [--help] [--version]\n"
     "\n"
     "The NuLink3 programmer (POSIX port). Provisions simulated target MCUs on N\n"
     "sockets from the sealed production package of its station.\n"
@@ -73,6 +74,7 @@ static const char usage_text[] =
     "                        check is enforced only when the manifest exists)\n"
     "  --log-level L         debug, info (default), warn, error\n"
     "  --help                this text\n"
+    "  --version             the version and git revision it was built from\n"
     "\n"
     "Files: DIR/programmers/ID/{huk,keystore.bin} (sealed KeyStore),\n"
     "DIR/programmers/ID/flash/ (firmware cache), DIR/programmers/ID/identity.crt.\n"
@@ -142,6 +144,7 @@ static int app__args(struct app *a, int argc, char **argv)
         {"boot-manifest", required_argument, NULL, 'b'},
         {"require-secure-boot", no_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     enum nu_log_level level = NU_LOG_INFO;
@@ -186,6 +189,9 @@ static int app__args(struct app *a, int argc, char **argv)
             break;
         case 'h':
             printf(usage_text, PG_MAX_SOCKETS);
+            exit(0);
+        case 'V':
+            nu_version_print(stdout, PROG);
             exit(0);
         default:
             bad = 1;
