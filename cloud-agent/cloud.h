@@ -48,6 +48,7 @@ struct cloud_config {
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_station_ids;
+    int log_level; /* enum nu_log_level of `log_level`; -1 when the key is absent */
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */

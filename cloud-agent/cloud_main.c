@@ -26,7 +26,8 @@ static const char cloud__usage[] =
     "\n"
     "  --dir DIR          state directory (default: $NUSEC_HOME)\n"
     "  --config FILE      configuration (default: DIR/cloud/cloud.conf if present)\n"
-    "  --log-level LEVEL  debug, info, warn, error (default info)\n"
+    "  --log-level LEVEL  debug, info, warn, error (default: the configuration's\n"
+    "                     log_level, else info)\n"
     "  --log FILE         append the log to FILE instead of stderr\n"
     "  -h, --help         this text\n"
     "  --version          the version and git revision it was built from\n"
@@ -38,36 +39,92 @@ static const char cloud__usage[] =
     "then), oem_ids (oem), station_ids (station), log_level.\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
+    "SIGHUP: reopen the --log file (after logrotate moved it), reload the\n"
+    "configuration's log_level and checkpoint_interval_s (other keys at the next\n"
+    "start), rewrite the broker's revocation list; requests go on being served.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
 
-/* Wait for SIGTERM/SIGINT; meanwhile the maintenance the request path must
- * not pay for: WAL checkpoints (workers do none), audit checkpoints every
- * interval, the device CRL when due. */
-static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger)
+/* What main was told, for a reload. */
+struct cloud__args {
+    const char *config;   /* --config, or NULL for DIR/cloud/cloud.conf */
+    const char *log_path; /* --log, or NULL for stderr */
+    int level_given;      /* --log-level wins over the configuration's log_level */
+};
+
+/* The keys a reload cannot apply to a running agent (workers, queue, ids...). */
+static int cloud__needs_restart(const struct cloud_config *a, const struct cloud_config *b)
+{
+    return a->workers != b->workers || a->queue_max != b->queue_max ||
+           a->chunk_size != b->chunk_size || a->instance != b->instance ||
+           a->batch_max != b->batch_max || a->n_oem_ids != b->n_oem_ids ||
+           a->n_station_ids != b->n_station_ids ||
+           memcmp(a->oem_ids, b->oem_ids, sizeof(a->oem_ids)) != 0 ||
+           memcmp(a->station_ids, b->station_ids, sizeof(a->station_ids)) != 0;
+}
+
+/*
+ * SIGHUP (logrotate's postrotate): reopen the log file, read the
+ * configuration again and apply what a running agent can take (log_level,
+ * checkpoint_interval_s), rewrite the broker's revocation list from the
+ * ledger. Never stops the agent: a bad file is reported and ignored.
+ */
+static void cloud__reload(struct cloud *cloud, struct cloud_ledger *ledger,
+                          const struct cloud__args *a)
+{
+    int rc = nu_log_reopen();
+    if (rc)
+        nu_warn("SIGHUP: cannot reopen the log %s: %s (logging on to the old file)",
+                a->log_path ? a->log_path : "-", nu_err_str(rc));
+    struct cloud_config cfg;
+    rc = cloud_config_load(cloud->dir, a->config, &cfg);
+    if (rc) {
+        nu_warn("SIGHUP: configuration not reloaded (see the error above): running on as before");
+    } else {
+        if (!a->level_given)
+            nu_log_set_level(cfg.log_level >= 0 ? (enum nu_log_level)cfg.log_level : NU_LOG_INFO);
+        cloud->cfg.checkpoint_interval_s = cfg.checkpoint_interval_s;
+        if (cloud__needs_restart(&cloud->cfg, &cfg))
+            nu_warn("SIGHUP: workers, queue_max, chunk_size, instance, batch_max, oem_ids and "
+                    "station_ids changes take effect at the next start");
+    }
+    if ((rc = cloud_revoked_sync(cloud, ledger)))
+        nu_warn("cannot update the broker's revocation list: %s", nu_err_str(rc));
+    nu_info("SIGHUP: log reopened, configuration reloaded");
+}
+
+/* Wait for SIGTERM/SIGINT (SIGHUP reloads); meanwhile the maintenance the
+ * request path must not pay for: WAL checkpoints (workers do none), audit
+ * checkpoints every interval, the device CRL when due. */
+static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger,
+                                     const struct cloud__args *a)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    uint64_t interval_ms = (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
-    uint64_t next = nu_mono_ms() + interval_ms;
+    sigaddset(&set, SIGHUP);
+    uint64_t next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
     for (;;) {
         struct timespec tick = {.tv_nsec = 250 * 1000 * 1000};
         int sig = sigtimedwait(&set, NULL, &tick);
-        if (sig > 0)
+        if (sig == SIGHUP) {
+            cloud__reload(cloud, ledger, a);
+            next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
+        } else if (sig > 0) {
             return sig;
+        }
         int wal = cloud_ledger_wal_checkpoint(ledger);
         if (wal != NU_OK && wal != NU_ERR_BUSY)
             nu_warn("WAL checkpoint: %s", nu_err_str(wal));
-        if (interval_ms && nu_mono_ms() >= next) {
+        if (cloud->cfg.checkpoint_interval_s && nu_mono_ms() >= next) {
             (void)cloud_checkpoint(cloud, ledger, "periodic");
-            next = nu_mono_ms() + interval_ms;
+            next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
         }
         (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
     }
 }
 
-static int cloud__run(struct cloud *cloud)
+static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
 {
     char client_id[CLOUD_ID_MAX + 16];
     int rc = cloud_keys_open(cloud);
@@ -107,7 +164,7 @@ static int cloud__run(struct cloud *cloud)
      * a fresh device CRL (a revocation may have been recorded just before). */
     (void)cloud_checkpoint(cloud, ledger, "start");
     (void)cloud_device_crl_update(cloud, ledger, "start");
-    int sig = cloud__serve_until_signal(cloud, ledger);
+    int sig = cloud__serve_until_signal(cloud, ledger, a);
     nu_info("signal %d: draining and stopping", sig);
     cloud_stop(cloud);
     (void)cloud_checkpoint(cloud, ledger, "stop");
@@ -126,7 +183,8 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    const char *dir_opt = NULL, *config = NULL, *log_path = NULL;
+    const char *dir_opt = NULL;
+    struct cloud__args a = {0};
     enum nu_log_level level = NU_LOG_INFO;
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -135,16 +193,17 @@ int main(int argc, char **argv)
             dir_opt = optarg;
             break;
         case 'c':
-            config = optarg;
+            a.config = optarg;
             break;
         case 'L':
-            log_path = optarg;
+            a.log_path = optarg;
             break;
         case 'l':
             if (nu_log_level_parse(optarg, &level)) {
                 fprintf(stderr, "nusec-cloud: bad --log-level '%s'\n", optarg);
                 return 2;
             }
+            a.level_given = 1;
             break;
         case 'h':
             fputs(cloud__usage, stdout);
@@ -162,26 +221,28 @@ int main(int argc, char **argv)
         fputs("nusec-cloud: need --dir DIR (or NUSEC_HOME) and no other arguments\n", stderr);
         return 2;
     }
-    FILE *log = log_path ? fopen(log_path, "a") : NULL;
-    if (log_path && !log) {
-        fprintf(stderr, "nusec-cloud: cannot open log %s\n", log_path);
+    nu_log_init("nusec-cloud", level, NULL);
+    if (a.log_path && nu_log_open(a.log_path) != NU_OK) {
+        fprintf(stderr, "nusec-cloud: cannot open log %s\n", a.log_path);
         return 1;
     }
-    nu_log_init("nusec-cloud", level, log);
 
     /* Signals are taken by sigwait in the main thread; every thread inherits the mask. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     struct cloud cloud = {.dir = dir, .crl_lock = PTHREAD_MUTEX_INITIALIZER};
     snprintf(cloud.id, sizeof(cloud.id), "%s", NU_ROLE_CLOUD);
-    int rc = cloud_config_load(dir, config, &cloud.cfg);
+    int rc = cloud_config_load(dir, a.config, &cloud.cfg);
+    if (!rc && !a.level_given && cloud.cfg.log_level >= 0)
+        nu_log_set_level((enum nu_log_level)cloud.cfg.log_level);
     if (!rc)
-        rc = cloud__run(&cloud);
+        rc = cloud__run(&cloud, &a);
     cloud_stop(&cloud);
     cloud_firmware_stop(&cloud);
     if (cloud.mqtt) {
@@ -191,7 +252,6 @@ int main(int argc, char **argv)
     nu_envelope_sender_destroy(cloud.sender);
     cloud_keys_close(&cloud.keys);
     nu_hsm_close(cloud.hsm);
-    if (log)
-        fclose(log);
+    nu_log_close();
     return rc ? 1 : 0;
 }

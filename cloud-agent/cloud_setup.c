@@ -87,6 +87,13 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"), out->station_ids,
                                 &out->n_station_ids))
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
+    out->log_level = -1;
+    const char *level = nu_config_get_str(cfg, "log_level", NULL);
+    enum nu_log_level lv;
+    if (!rc && level && nu_log_level_parse(level, &lv))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "log_level: debug, info, warn or error");
+    else if (!rc && level)
+        out->log_level = (int)lv;
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

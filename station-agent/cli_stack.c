@@ -444,19 +444,23 @@ static int stack__up_broker(struct stack *s)
 
 static int stack__up_cloud(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-cloud", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, NULL};
+    if (!rc) /* --log as well as stderr: SIGHUP (logrotate) reopens it */
+        rc = stack__file(s->logs, "cloud", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--log", log, NULL};
     return rc ? rc : stack__start(s, "cloud", "nusec-cloud", argv, stack__cloud_ok, &pid, 0);
 }
 
 static int stack__up_station(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-station", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, NULL};
+    if (!rc)
+        rc = stack__file(s->logs, "station", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, "--log", log, NULL};
     return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
 }
 

@@ -7,6 +7,7 @@
 #include "nu_version.h"
 
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ static const char station__usage[] =
     "daemon per state directory (lock DIR/station/station.lock).\n"
     "\n"
     "SIGTERM or SIGINT: journal what was received, disconnect, exit 0.\n"
+    "SIGHUP: reopen the --log file (after logrotate moved it); nothing else stops.\n"
     "Exit status: 0 clean stop, 1 could not start (or lost its identity), 2 usage error.\n";
 
 static volatile sig_atomic_t station__stop;
@@ -44,6 +46,49 @@ static void station__on_signal(int sig)
 {
     (void)sig;
     station__stop = 1;
+}
+
+/* SIGHUP is taken by this thread only (every other thread blocks it), so the
+ * log is reopened outside a signal handler. */
+struct station__hup {
+    pthread_t thread;
+    sigset_t set;
+    volatile int quit;
+};
+
+static void *station__hup_main(void *arg)
+{
+    struct station__hup *h = arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&h->set, &sig) != 0 || h->quit)
+            return NULL;
+        int rc = nu_log_reopen();
+        if (rc)
+            nu_warn("SIGHUP: cannot reopen the log: %s (logging on to the old file)",
+                    nu_err_str(rc));
+        else
+            nu_info("SIGHUP: log reopened");
+    }
+}
+
+/* Block SIGHUP here (and so in every thread created later) and start its thread. */
+static int station__hup_start(struct station__hup *h)
+{
+    sigemptyset(&h->set);
+    sigaddset(&h->set, SIGHUP);
+    h->quit = 0;
+    if (pthread_sigmask(SIG_BLOCK, &h->set, NULL) != 0 ||
+        pthread_create(&h->thread, NULL, station__hup_main, h) != 0)
+        return NU_ERR_INTERNAL;
+    return NU_OK;
+}
+
+static void station__hup_stop(struct station__hup *h)
+{
+    h->quit = 1;
+    pthread_kill(h->thread, SIGHUP);
+    pthread_join(h->thread, NULL);
 }
 
 static int station__args(int argc, char **argv, struct station_opts *o, enum nu_log_level *level,
@@ -115,17 +160,20 @@ int main(int argc, char **argv)
     struct station_opts opts = {0};
     enum nu_log_level level = NU_LOG_INFO;
     const char *log_file = NULL;
-    FILE *log = NULL;
+    struct station__hup hup;
     int rc = station__args(argc, argv, &opts, &level, &log_file);
     if (rc)
         return rc < 0 ? 0 : rc;
-    if (log_file && !(log = fopen(log_file, "a"))) {
+    nu_log_init("nusec-station", level, NULL);
+    if (log_file && nu_log_open(log_file) != NU_OK) {
         fprintf(stderr, "nusec-station: cannot open log %s\n", log_file);
         return 1;
     }
-    if (log)
-        setvbuf(log, NULL, _IOLBF, 0);
-    nu_log_init("nusec-station", level, log);
+    if (station__hup_start(&hup) != NU_OK) {
+        fprintf(stderr, "nusec-station: cannot start the SIGHUP thread\n");
+        nu_log_close();
+        return 1;
+    }
     struct sigaction sa = {.sa_handler = station__on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -141,9 +189,7 @@ int main(int argc, char **argv)
     if (rc == NU_OK)
         rc = station_run(st, &station__stop);
     station_destroy(st);
-    if (log) {
-        nu_log_init("nusec-station", level, NULL);
-        fclose(log);
-    }
+    station__hup_stop(&hup);
+    nu_log_close();
     return rc == NU_OK ? 0 : 1;
 }
