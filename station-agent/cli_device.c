@@ -164,6 +164,14 @@ static int cli__list(int argc, char **argv)
     struct cli_cloud cc;
     if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
+    /* An unknown job is an error, not an empty table. */
+    Nusec__V1__Envelope *job = NULL;
+    rc = o.job ? cli_cloud_job_get(&cc, o.job, &job) : NU_OK;
+    nu_envelope_free(job);
+    if (rc) {
+        cli_cloud_close(&cc);
+        return CLI_EXIT_FAIL;
+    }
     size_t n = 0;
     if (o.json)
         printf("[");
@@ -198,20 +206,17 @@ static int cli__revoke(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.job_id = (char *)(o.job ? o.job : "");
     req.device_uid.data = uid;
     req.device_uid.len = uid_len;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_call(&cc, "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    rc = cli_cloud_request(dir, "oem", "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK,
+                           &reply);
     if (!rc)
         printf("device %s of job %s revoked\n", argv[optind], o.job ? o.job : reply->ack->detail);
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 

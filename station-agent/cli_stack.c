@@ -415,7 +415,8 @@ static int stack__start(struct stack *s, const char *name, const char *program, 
             stack__explain(s, name, rc);
         return rc;
     }
-    printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
+    if (h.spawned_ms) /* one line per service: "already running" said it */
+        printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
     fflush(stdout);
     return NU_OK;
 }

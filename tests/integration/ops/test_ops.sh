@@ -3,7 +3,11 @@
 # - every program answers --version with the revision it was built from;
 # - SIGHUP (a logrotate postrotate) reopens the log files of nusec-cloud and
 #   nusec-station, which keep serving: a production runs after it; SIGTERM
-#   still drains (stack down stops them without killing).
+#   still drains (stack down stops them without killing);
+# - the CLI's edges: `nusec GROUP` and `nusec GROUP --help` list the
+#   subcommands, unknown jobs are named as such (exit 1), `job list` is in
+#   creation order, a second `stack up` says "already running" only, and
+#   `--out DIR/` makes no double slash.
 #
 # usage: test_ops.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
@@ -83,6 +87,58 @@ produce() {
 job=
 check "a production runs after SIGHUP (4 devices issued)" produce
 check "the new cloud log has the production's lines" grep -q "job $job created" "$DIR/logs/cloud.log"
+
+# --- CLI edges ------------------------------------------------------------------------------
+groups=$("$BIN/nusec" --help | awk '/^Commands:/ { f = 1; next } /^$/ { f = 0 } f { print $1 }' |
+    sort -u)
+group_help_ok() { # every group answers --help (exit 0); one with subcommands lists them alone too
+    local g out sub
+    for g in $groups; do
+        out=$("$BIN/nusec" "$g" --help 2>&1) || { echo "  nusec $g --help failed: $out"; return 1; }
+        [[ "$out" == "usage: nusec $g SUBCOMMAND"* ]] || continue # monitor, report: one command
+        for sub in $("$BIN/nusec" --help | awk -v g="$g" '$1 == g { print $2 }'); do
+            grep -q "^  $sub " <<<"$out" || { echo "  nusec $g --help lacks $sub"; return 1; }
+        done
+        [[ $("$BIN/nusec" "$g" 2>&1) == "$out" ]] || { echo "  nusec $g alone differs"; return 1; }
+    done
+}
+check "nusec GROUP and GROUP --help list the subcommands, exit 0 ($(echo $groups))" group_help_ok
+fails_saying() { # fails_saying TEXT COMMAND...: exit 1 and TEXT on stderr
+    local text=$1 out rc
+    shift
+    out=$("$@" 2>&1 >/dev/null)
+    rc=$?
+    [[ $rc -eq 1 && "$out" == *"$text"* ]] || { echo "  exit $rc: $out"; return 1; }
+}
+check "job show of an unknown job: exit 1, 'does not exist'" \
+    fails_saying "job job-0000000000000000 does not exist" nusec job show job-0000000000000000
+check "device list --job of an unknown job: exit 1, not an empty table" \
+    fails_saying "job job-0000000000000000 does not exist" \
+    nusec device list --job job-0000000000000000
+check "report of an unknown job: exit 1, 'does not exist'" \
+    fails_saying "job job-0000000000000000 does not exist" nusec report --job job-0000000000000000
+for i in 1 2 3; do
+    nusec job create --firmware ops-app-1.0.0 --quota 1 --programmer prog-1 \
+        --out "$DIR/more/" >/dev/null 2>>"$TMP/create.err"
+done
+cat "$TMP/create.err"
+check "job create --out DIR/ writes DIR/job-... (no double slash)" \
+    eval '! grep -q "//" "$TMP/create.err" && grep -q "wrote $DIR/more/job-" "$TMP/create.err"'
+job_order() {
+    [[ $(nusec job list | awk 'NR > 1 { print $1 }') == \
+        $(sqlite3 "$DIR/cloud/ledger.db" "select job_id from jobs order by created_at_ms, job_id") ]]
+}
+check "job list is in creation order" job_order
+nusec stack up --programmers 1 --sockets 2 --devices 4 >"$TMP/up2.txt" 2>&1
+cat "$TMP/up2.txt"
+once_each() {
+    local svc
+    for svc in broker cloud station prog-1; do
+        [[ $(grep -c "^$svc " "$TMP/up2.txt") == 1 ]] || return 1
+        grep -q "^$svc  *already running" "$TMP/up2.txt" || return 1
+    done
+}
+check "a second stack up says 'already running', once per service" once_each
 
 # --- SIGTERM still drains ------------------------------------------------------------------
 nusec stack down >"$TMP/down.txt" 2>&1
