@@ -19,6 +19,7 @@ PACKAGES=(
     libsqlite3-dev sqlite3 libcunit1-dev
     softhsm2 libsofthsm2 p11-kit libp11-kit-dev
     python3 python3-cryptography xxd
+    libmicrohttpd-dev prometheus
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 

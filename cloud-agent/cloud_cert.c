@@ -59,6 +59,7 @@ struct cert__one {
     struct nu_x509_csr_info csr;
     struct cloud_ledger_issue_req req;
     int sign_rc; /* the sign callback's own failure (nothing recorded) */
+    uint64_t sign_us; /* time in the HSM signature (metrics) */
 };
 
 struct cert__signer {
@@ -232,7 +233,10 @@ static int cert__sign(void *ctx, const struct cloud_ledger_issue_req *req,
                    req->job_id);
         goto out;
     }
+    uint64_t t0 = nu_metrics_now_us();
     rc = cert__issue(s, one, cn, &der, &der_len);
+    one->sign_us = nu_metrics_now_us() - t0;
+    nu_metric_observe_us(s->cloud->metrics.hsm_sign_s, one->sign_us, NULL);
     if (!rc)
         rc = nu_x509_der_to_pem(der, der_len, NU_X509_PEM_CERT, &pem, &pem_len);
     if (!rc)
@@ -438,14 +442,24 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
     }
     if (k) {
         pthread_mutex_lock(&cloud->issue_lock);
+        uint64_t t0 = nu_metrics_now_us(), signing = 0;
         if (k == 1)
             cloud_ledger_issue(ledger, &reqs[0], cert__sign, &signer, &res[0]);
         else
             cloud_ledger_issue_batch(ledger, reqs, k, cert__sign, &signer, res);
+        /* The ledger's own share: the transaction less the signatures made inside it. */
+        for (size_t j = 0; j < k; j++)
+            signing += ready[j]->sign_us;
+        uint64_t spent = nu_metrics_now_us() - t0;
+        nu_metric_observe_us(cloud->metrics.ledger_commit_s, spent > signing ? spent - signing : 0,
+                             NULL);
         pthread_mutex_unlock(&cloud->issue_lock);
     }
-    for (size_t j = 0; j < k; j++)
+    for (size_t j = 0; j < k; j++) {
         out_rc[ready[j] - ones] = cert__finish(ready[j], &res[j]);
+        if (cert__is_new(&res[j]))
+            nu_metric_add(cloud->metrics.issued, 1, (const char *[]){ready[j]->req.job_id});
+    }
     if (k)
         cert__publish(cloud, ledger, ready, res, k);
     free(res);

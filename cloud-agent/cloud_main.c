@@ -36,7 +36,9 @@ static const char cloud__usage[] =
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
     "1 = one transaction each), checkpoint_interval_s (300: the audit chain's head\n"
     "is signed in the HSM this often, and at start, stop and job close; 0 = only\n"
-    "then), oem_ids (oem), station_ids (station), log_level.\n"
+    "then), oem_ids (oem), station_ids (station), log_level, metrics_listen\n"
+    "(127.0.0.1:0: Prometheus /metrics on loopback, a free port, its URL in\n"
+    "DIR/run/cloud.metrics; HOST:PORT to choose; off).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "SIGHUP: reopen the --log file (after logrotate moved it), reload the\n"
@@ -124,6 +126,97 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
     }
 }
 
+/* on_connection (network thread): connected state and reconnects for /metrics. */
+static void cloud__on_connection(struct nu_mqtt *m, int connected, void *ud)
+{
+    struct cloud_metrics *cm = &((struct cloud *)ud)->metrics;
+    (void)m;
+    if (!connected)
+        __atomic_store_n(&cm->mqtt_lost, 1, __ATOMIC_RELAXED);
+    else if (__atomic_exchange_n(&cm->mqtt_lost, 0, __ATOMIC_RELAXED))
+        nu_metric_add(cm->mqtt_reconnects, 1, NULL);
+    nu_metric_set(cm->mqtt_connected, connected ? 1 : 0, NULL);
+}
+
+/* The families of struct cloud_metrics, and the agent's version as a label. */
+static int cloud__metrics_declare(struct cloud_metrics *cm)
+{
+    struct nu_metric *info = NULL;
+    int rc = nu_metrics_new(&cm->reg);
+#define CLOUD__M(kind, field, name, help, labels)                                                  \
+    if (!rc)                                                                                       \
+        rc = nu_metrics_##kind(cm->reg, name, help, labels, &cm->field);
+    CLOUD__M(counter, issued, "nusec_cloud_certificates_issued_total",
+             "Device certificates issued (new ones, not replays), by job.", "job")
+    CLOUD__M(counter, refused, "nusec_cloud_certificates_refused_total",
+             "cert.request refusals, by job and error code.", "job,code")
+    CLOUD__M(histogram, request_s, "nusec_cloud_request_duration_seconds",
+             "Requests from receipt to answer (queue wait included), by operation.", "op")
+    CLOUD__M(histogram, hsm_sign_s, "nusec_cloud_hsm_sign_duration_seconds",
+             "One device certificate built and signed by the Device CA key in the HSM.", NULL)
+    CLOUD__M(histogram, ledger_commit_s, "nusec_cloud_ledger_commit_duration_seconds",
+             "One issuance transaction of the ledger (group commit), HSM signing excluded.", NULL)
+    CLOUD__M(gauge, queue_depth, "nusec_cloud_queue_depth", "Requests waiting for a worker.",
+             NULL)
+    CLOUD__M(gauge, workers_busy, "nusec_cloud_workers_busy", "Workers serving a request now.",
+             NULL)
+    CLOUD__M(counter, mqtt_reconnects, "nusec_cloud_mqtt_reconnects_total",
+             "Connections to the broker made again after one was lost.", NULL)
+    CLOUD__M(gauge, mqtt_connected, "nusec_cloud_mqtt_connected",
+             "1 while connected to the broker.", NULL)
+#undef CLOUD__M
+    if (!rc)
+        rc = nu_metrics_gauge(cm->reg, "nusec_build_info",
+                              "The program's version and git revision (value 1).",
+                              "program,version,revision", &info);
+    nu_metric_set(info, 1,
+                  (const char *[]){"nusec-cloud", nu_version(), nu_version_revision()});
+    return rc;
+}
+
+/*
+ * Metrics on (cfg.metrics_listen, not "off"): declare, listen, and write the
+ * URL to DIR/run/cloud.metrics (cloud-N.metrics for instance N > 1), where
+ * `nusec stack up` finds it. Errors: those of nu_metrics_* and the file write.
+ */
+static int cloud__metrics_start(struct cloud *cloud, struct nu_metrics_http **out_http,
+                                char *url_file, size_t cap)
+{
+    char run[4096], url[128];
+    uint16_t port = 0;
+    if (nu_metrics_listen_off(cloud->cfg.metrics_listen))
+        return NU_OK;
+    int rc = cloud__metrics_declare(&cloud->metrics);
+    if (!rc)
+        rc = nu_metrics_http_start(cloud->metrics.reg, cloud->cfg.metrics_listen, out_http, &port);
+    if (rc) {
+        nu_error("metrics: cannot serve on %s: %s", cloud->cfg.metrics_listen, nu_err_str(rc));
+        return rc;
+    }
+    /* The URL names the address as configured, with the port bound. */
+    const char *colon = strrchr(cloud->cfg.metrics_listen, ':');
+    snprintf(url, sizeof(url), "http://%.*s:%u/metrics",
+             (int)(colon - cloud->cfg.metrics_listen), cloud->cfg.metrics_listen, port);
+    if (cloud->cfg.instance == 1)
+        rc = nu_path_fmt(url_file, cap, "%s/run/cloud.metrics", cloud->dir);
+    else
+        rc = nu_path_fmt(url_file, cap, "%s/run/cloud-%u.metrics", cloud->dir,
+                         cloud->cfg.instance);
+    if (!rc)
+        rc = nu_path_fmt(run, sizeof(run), "%s/run", cloud->dir);
+    if (!rc)
+        rc = nu_mkdirs(run, 0755);
+    char line[160];
+    int n = snprintf(line, sizeof(line), "%s\n", url);
+    if (!rc)
+        rc = nu_file_write_atomic(url_file, line, (size_t)n, 0644);
+    if (rc)
+        nu_error("metrics: cannot write %s: %s", url_file, nu_err_str(rc));
+    else
+        nu_info("metrics on %s", url);
+    return rc;
+}
+
 static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
 {
     char client_id[CLOUD_ID_MAX + 16];
@@ -146,8 +239,12 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
     snprintf(client_id, sizeof(client_id), "%s:%u", cloud->id, cloud->cfg.instance);
-    struct nu_client_opts co = {
-        .dir = cloud->dir, .identity = cloud->id, .client_id = client_id, .clean_start = 0};
+    struct nu_client_opts co = {.dir = cloud->dir,
+                                .identity = cloud->id,
+                                .client_id = client_id,
+                                .clean_start = 0,
+                                .on_connection = cloud__on_connection,
+                                .userdata = cloud};
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)
@@ -237,10 +334,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct cloud cloud = {.dir = dir, .crl_lock = PTHREAD_MUTEX_INITIALIZER};
+    struct nu_metrics_http *http = NULL;
+    char url_file[4096] = "";
     snprintf(cloud.id, sizeof(cloud.id), "%s", NU_ROLE_CLOUD);
     int rc = cloud_config_load(dir, a.config, &cloud.cfg);
     if (!rc && !a.level_given && cloud.cfg.log_level >= 0)
         nu_log_set_level((enum nu_log_level)cloud.cfg.log_level);
+    if (!rc)
+        rc = cloud__metrics_start(&cloud, &http, url_file, sizeof(url_file));
     if (!rc)
         rc = cloud__run(&cloud, &a);
     cloud_stop(&cloud);
@@ -252,6 +353,10 @@ int main(int argc, char **argv)
     nu_envelope_sender_destroy(cloud.sender);
     cloud_keys_close(&cloud.keys);
     nu_hsm_close(cloud.hsm);
+    nu_metrics_http_stop(http);
+    if (http && url_file[0])
+        unlink(url_file);
+    nu_metrics_free(cloud.metrics.reg);
     nu_log_close();
     return rc ? 1 : 0;
 }

@@ -17,6 +17,7 @@ static const char *const cloud__config_keys[] = {
     "workers",     "queue_max", "chunk_size",
     "instance",    "batch_max", "oem_ids",
     "station_ids", "log_level", "checkpoint_interval_s",
+    "metrics_listen",
     NULL,
 };
 
@@ -94,6 +95,11 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "log_level: debug, info, warn or error");
     else if (!rc && level)
         out->log_level = (int)lv;
+    const char *metrics = nu_config_get_str(cfg, "metrics_listen", "127.0.0.1:0");
+    if (!rc && strlen(metrics) >= sizeof(out->metrics_listen))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "metrics_listen: too long");
+    else if (!rc)
+        snprintf(out->metrics_listen, sizeof(out->metrics_listen), "%s", metrics);
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

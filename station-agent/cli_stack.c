@@ -736,6 +736,38 @@ static int stack__prepare(struct stack *s)
     return rc;
 }
 
+/*
+ * The /metrics URLs the services wrote (DIR/run/NAME.metrics): printed, and
+ * written one per line to DIR/run/metrics.urls for scrapers and scripts.
+ * A service with metrics off has no file and no line.
+ */
+static int stack__metrics_urls(const struct stack *s)
+{
+    static const char *const names[] = {"cloud", "station"};
+    char path[PATH_MAX], all[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        uint8_t *text = NULL;
+        size_t len = 0;
+        if (stack__file(s->run, names[i], ".metrics", path, sizeof(path)) != NU_OK ||
+            nu_file_read(path, 512, &text, &len) != NU_OK)
+            continue;
+        size_t line = strcspn((const char *)text, "\n");
+        if (line && line < len && used + line + 1 < sizeof(all)) {
+            printf("%-10s metrics %.*s\n", names[i], (int)line, (const char *)text);
+            memcpy(all + used, text, line + 1);
+            used += line + 1;
+        }
+        free(text);
+    }
+    int rc = stack__file(s->run, "metrics", ".urls", path, sizeof(path));
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(path, all, used, 0644);
+    if (rc != NU_OK)
+        cli_errorf("stack up: cannot write %s: %s", path, nu_err_str(rc));
+    return rc;
+}
+
 static int cli__stack_up(int argc, char **argv)
 {
     struct stack s;
@@ -762,6 +794,8 @@ static int cli__stack_up(int argc, char **argv)
     for (unsigned i = 0; rc == NU_OK && i < s.programmers; i++)
         rc = stack__up_programmer(&s, i);
     stack__close(&s);
+    if (rc == NU_OK)
+        rc = stack__metrics_urls(&s);
     if (rc != NU_OK) {
         cli_errorf("stack up failed: stopping what runs in %s", s.dir);
         stack__down_all(&s);

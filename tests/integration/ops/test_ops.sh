@@ -7,7 +7,10 @@
 # - the CLI's edges: `nusec GROUP` and `nusec GROUP --help` list the
 #   subcommands, unknown jobs are named as such (exit 1), `job list` is in
 #   creation order, a second `stack up` says "already running" only, and
-#   `--out DIR/` makes no double slash.
+#   `--out DIR/` makes no double slash;
+# - /metrics: stack up prints the URLs and writes DIR/run/metrics.urls; a
+#   real scrape after a production passes `promtool check metrics` and its
+#   counts equal the ledger's.
 #
 # usage: test_ops.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
@@ -88,6 +91,34 @@ job=
 check "a production runs after SIGHUP (4 devices issued)" produce
 check "the new cloud log has the production's lines" grep -q "job $job created" "$DIR/logs/cloud.log"
 
+# --- /metrics ---------------------------------------------------------------------------
+scrape() { # scrape URL OUT
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1" >"$2"
+}
+cloud_url=$(grep -o 'http://[^ ]*' <<<"$(grep '^cloud  *metrics ' "$TMP/up.txt")")
+check "stack up prints the cloud's metrics URL, on loopback" \
+    eval '[[ "$cloud_url" == http://127.0.0.1:*/metrics ]]'
+check "DIR/run/metrics.urls lists it" grep -qx "$cloud_url" "$DIR/run/metrics.urls"
+scrape "$cloud_url" "$TMP/cloud.prom"
+check "promtool check metrics passes on the cloud's scrape" promtool check metrics <"$TMP/cloud.prom"
+metric() { # metric FILE NAME{labels}: its value
+    awk -v k="$2" '$1 == k { print $2 }' "$1"
+}
+check "issued_total of the job equals the ledger's issued count" eval \
+    '[[ $(metric "$TMP/cloud.prom" "nusec_cloud_certificates_issued_total{job=\"$job\"}") == 4 ]]'
+check "cert.request latency histogram counted each request" eval \
+    '(( $(metric "$TMP/cloud.prom" "nusec_cloud_request_duration_seconds_count{op=\"cert.request\"}") >= 4 ))'
+check "HSM sign and ledger commit histograms have observations" eval \
+    '(( $(metric "$TMP/cloud.prom" nusec_cloud_hsm_sign_duration_seconds_count) >= 4 &&
+        $(metric "$TMP/cloud.prom" nusec_cloud_ledger_commit_duration_seconds_count) >= 1 ))'
+check "queue depth, busy workers, MQTT state are exported" eval \
+    '[[ -n $(metric "$TMP/cloud.prom" nusec_cloud_queue_depth) &&
+        -n $(metric "$TMP/cloud.prom" nusec_cloud_workers_busy) &&
+        $(metric "$TMP/cloud.prom" nusec_cloud_mqtt_connected) == 1 &&
+        $(metric "$TMP/cloud.prom" nusec_cloud_mqtt_reconnects_total) == 0 ]]'
+not_found() { ! scrape "${cloud_url%/metrics}/secret" /dev/null 2>/dev/null; }
+check "the listener serves /metrics only" not_found
+
 # --- CLI edges ------------------------------------------------------------------------------
 groups=$("$BIN/nusec" --help | awk '/^Commands:/ { f = 1; next } /^$/ { f = 0 } f { print $1 }' |
     sort -u)
@@ -134,7 +165,7 @@ cat "$TMP/up2.txt"
 once_each() {
     local svc
     for svc in broker cloud station prog-1; do
-        [[ $(grep -c "^$svc " "$TMP/up2.txt") == 1 ]] || return 1
+        [[ $(grep -Ec "^$svc +(up|already running)" "$TMP/up2.txt") == 1 ]] || return 1
         grep -q "^$svc  *already running" "$TMP/up2.txt" || return 1
     done
 }
