@@ -44,6 +44,9 @@ struct nu_metrics {
     pthread_mutex_t lock; /* the family list */
     struct nu_metric *families, *tail;
     uint64_t dropped; /* updates of label sets beyond NU_METRICS_SERIES_MAX */
+    void (*on_render)(void *ctx);
+    void *on_render_ctx;
+    pthread_mutex_t render_lock; /* one render (and its hook) at a time */
 };
 
 int nu_metrics_new(struct nu_metrics **out)
@@ -52,6 +55,7 @@ int nu_metrics_new(struct nu_metrics **out)
     if (!m)
         return NU_ERR_NOMEM;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->render_lock, NULL);
     *out = m;
     return NU_OK;
 }
@@ -86,6 +90,7 @@ void nu_metrics_free(struct nu_metrics *m)
         nu__family_free(f);
     }
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->render_lock);
     free(m);
 }
 
@@ -317,13 +322,26 @@ static void nu__render_family(FILE *o, struct nu_metric *f)
     pthread_mutex_unlock(&f->lock);
 }
 
+void nu_metrics_on_render(struct nu_metrics *m, void (*fn)(void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&m->render_lock);
+    m->on_render = fn;
+    m->on_render_ctx = ctx;
+    pthread_mutex_unlock(&m->render_lock);
+}
+
 int nu_metrics_render(struct nu_metrics *m, char **out, size_t *out_len)
 {
     char *buf = NULL;
     size_t len = 0;
+    pthread_mutex_lock(&m->render_lock);
+    if (m->on_render)
+        m->on_render(m->on_render_ctx);
     FILE *o = open_memstream(&buf, &len);
-    if (!o)
+    if (!o) {
+        pthread_mutex_unlock(&m->render_lock);
         return NU_ERR_NOMEM;
+    }
     pthread_mutex_lock(&m->lock);
     for (struct nu_metric *f = m->families; f; f = f->next)
         nu__render_family(o, f);
@@ -335,6 +353,7 @@ int nu_metrics_render(struct nu_metrics *m, char **out, size_t *out_len)
             "nusec_metrics_series_dropped_total %llu\n",
             NU_METRICS_SERIES_MAX,
             (unsigned long long)__atomic_load_n(&m->dropped, __ATOMIC_RELAXED));
+    pthread_mutex_unlock(&m->render_lock);
     if (fclose(o) != 0 || !buf) {
         free(buf);
         return NU_ERR_NOMEM;

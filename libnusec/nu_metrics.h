@@ -60,6 +60,13 @@ void nu_metric_gauge_add(struct nu_metric *f, int64_t delta, const char *const *
 void nu_metric_observe_us(struct nu_metric *f, uint64_t us, const char *const *values);
 
 /*
+ * Call fn(ctx) at the start of every nu_metrics_render (on the listener's
+ * thread), so gauges read from elsewhere (a database) are fresh at each
+ * scrape. One hook per registry; NULL fn removes it.
+ */
+void nu_metrics_on_render(struct nu_metrics *m, void (*fn)(void *ctx), void *ctx);
+
+/*
  * The registry in the Prometheus text exposition format 0.0.4.
  * *out (free()) is NUL-terminated, *out_len without the NUL.
  * Errors: NOMEM.

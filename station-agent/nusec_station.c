@@ -1,8 +1,10 @@
 /* nusec-station — the contract manufacturer's station daemon. */
 #include "station_daemon.h"
+#include "station_metrics.h"
 
 #include "nu_err.h"
 #include "nu_log.h"
+#include "nu_metrics.h"
 #include "nu_util.h"
 #include "nu_version.h"
 
@@ -15,7 +17,7 @@
 
 static const char station__usage[] =
     "usage: nusec-station [--dir DIR] [--name ID] [--poll-ms N] [--log-level LEVEL]\n"
-    "                     [--log FILE]\n"
+    "                     [--log FILE] [--metrics-listen ADDR]\n"
     "\n"
     "The station daemon of the contract manufacturer: delivers the imported\n"
     "production packages to the programmers the station owns when the operator\n"
@@ -29,6 +31,9 @@ static const char station__usage[] =
     "                     commands, 20..5000 (default 200)\n"
     "  --log-level LEVEL  debug, info, warn, error (default info)\n"
     "  --log FILE         append the log to FILE instead of stderr\n"
+    "  --metrics-listen ADDR  Prometheus /metrics on HOST:PORT (IPv4 or [IPv6]; port\n"
+    "                     0 = a free one; its URL in DIR/run/station.metrics), or off\n"
+    "                     (default 127.0.0.1:0: loopback only)\n"
     "  -h, --help         this text\n"
     "  --version          the version and git revision it was built from\n"
     "\n"
@@ -92,7 +97,7 @@ static void station__hup_stop(struct station__hup *h)
 }
 
 static int station__args(int argc, char **argv, struct station_opts *o, enum nu_log_level *level,
-                         const char **log_file)
+                         const char **log_file, const char **metrics)
 {
     static const struct option longopts[] = {
         {"dir", required_argument, NULL, 'd'},
@@ -100,6 +105,7 @@ static int station__args(int argc, char **argv, struct station_opts *o, enum nu_
         {"poll-ms", required_argument, NULL, 'p'},
         {"log-level", required_argument, NULL, 'l'},
         {"log", required_argument, NULL, 'L'},
+        {"metrics-listen", required_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -133,6 +139,9 @@ static int station__args(int argc, char **argv, struct station_opts *o, enum nu_
         case 'L':
             *log_file = optarg;
             break;
+        case 'M':
+            *metrics = optarg;
+            break;
         case 'h':
             fputs(station__usage, stdout);
             return -1;
@@ -159,9 +168,10 @@ int main(int argc, char **argv)
 {
     struct station_opts opts = {0};
     enum nu_log_level level = NU_LOG_INFO;
-    const char *log_file = NULL;
+    const char *log_file = NULL, *metrics_listen = "127.0.0.1:0";
     struct station__hup hup;
-    int rc = station__args(argc, argv, &opts, &level, &log_file);
+    struct station_metrics *metrics = NULL;
+    int rc = station__args(argc, argv, &opts, &level, &log_file, &metrics_listen);
     if (rc)
         return rc < 0 ? 0 : rc;
     nu_log_init("nusec-station", level, NULL);
@@ -186,8 +196,11 @@ int main(int argc, char **argv)
         nu_error("another nusec-station runs on %s", opts.dir);
     else if (rc)
         nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
+    if (rc == NU_OK && !nu_metrics_listen_off(metrics_listen))
+        rc = station_metrics_start(opts.dir, metrics_listen, &metrics);
     if (rc == NU_OK)
         rc = station_run(st, &station__stop);
+    station_metrics_stop(metrics);
     station_destroy(st);
     station__hup_stop(&hup);
     nu_log_close();

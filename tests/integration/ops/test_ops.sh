@@ -119,6 +119,19 @@ check "queue depth, busy workers, MQTT state are exported" eval \
 not_found() { ! scrape "${cloud_url%/metrics}/secret" /dev/null 2>/dev/null; }
 check "the listener serves /metrics only" not_found
 
+station_url=$(grep -o 'http://[^ ]*' <<<"$(grep '^station  *metrics ' "$TMP/up.txt")")
+check "stack up prints the station's metrics URL, on loopback; metrics.urls has both" \
+    eval '[[ "$station_url" == http://127.0.0.1:*/metrics ]] &&
+          [[ $(cat "$DIR/run/metrics.urls") == "$cloud_url"$'"'"'\n'"'"'"$station_url" ]]'
+scrape "$station_url" "$TMP/station.prom"
+check "promtool check metrics passes on the station's scrape" \
+    promtool check metrics <"$TMP/station.prom"
+check "station: prog-1 provisioned 4 of its limit 4, online, heard from lately" eval \
+    '[[ $(metric "$TMP/station.prom" "nusec_station_devices_provisioned{job=\"$job\",programmer=\"prog-1\"}") == 4 &&
+        $(metric "$TMP/station.prom" "nusec_station_devices_limit{job=\"$job\",programmer=\"prog-1\"}") == 4 &&
+        $(metric "$TMP/station.prom" "nusec_station_programmer_online{programmer=\"prog-1\"}") == 1 &&
+        $(metric "$TMP/station.prom" "nusec_station_programmer_last_event_age_seconds{programmer=\"prog-1\"}") -lt 120 ]]'
+
 # --- CLI edges ------------------------------------------------------------------------------
 groups=$("$BIN/nusec" --help | awk '/^Commands:/ { f = 1; next } /^$/ { f = 0 } f { print $1 }' |
     sort -u)
@@ -170,6 +183,14 @@ once_each() {
     done
 }
 check "a second stack up says 'already running', once per service" once_each
+
+# A programmer that stops shows as offline in the station's metrics.
+kill "$(cat "$DIR/run/prog-1.pid")"
+offline() {
+    scrape "$station_url" "$TMP/station2.prom" &&
+        [[ $(metric "$TMP/station2.prom" "nusec_station_programmer_online{programmer=\"prog-1\"}") == 0 ]]
+}
+check "station metrics show a stopped programmer offline" wait_for 20 offline
 
 # --- SIGTERM still drains ------------------------------------------------------------------
 nusec stack down >"$TMP/down.txt" 2>&1
