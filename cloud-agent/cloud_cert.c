@@ -535,6 +535,7 @@ struct cert__dev {
     Nusec__V1__DeviceCertificate msg;
     char job[CLOUD_LEDGER_ID_MAX + 1];
     char serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+    char programmer[CLOUD_LEDGER_ID_MAX + 1];
     uint8_t uid[CLOUD_LEDGER_UID_MAX];
     uint8_t *der;
 };
@@ -564,7 +565,8 @@ static const char *cert__state_name(enum cloud_ledger_cert_state s)
 static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
 {
     struct cert__list *l = ctx;
-    size_t fixed = strlen(c->job_id) + strlen(c->serial) + c->device_uid_len + 48;
+    size_t fixed = strlen(c->job_id) + strlen(c->serial) + strlen(c->programmer_id) +
+                   c->device_uid_len + 52;
     struct cert__dev *d = &l->devs[l->n];
     uint8_t *der = NULL;
     size_t der_len = 0;
@@ -594,6 +596,8 @@ static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
     d->msg.device_uid.len = c->device_uid_len;
     d->msg.state = (char *)cert__state_name(c->state);
     d->msg.issued_at_ms = c->issued_at_ms;
+    snprintf(d->programmer, sizeof(d->programmer), "%s", c->programmer_id);
+    d->msg.programmer_id = d->programmer;
     d->der = der;
     d->msg.certificate_der.data = der;
     d->msg.certificate_der.len = der_len;

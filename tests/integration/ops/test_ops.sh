@@ -10,7 +10,9 @@
 #   `--out DIR/` makes no double slash;
 # - /metrics: stack up prints the URLs and writes DIR/run/metrics.urls; a
 #   real scrape after a production passes `promtool check metrics` and its
-#   counts equal the ledger's.
+#   counts equal the ledger's;
+# - `device export` (jsonl, csv): one record per device, whose certificate is
+#   the one on the chip and verifies with the exported chain (openssl).
 #
 # usage: test_ops.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
@@ -52,6 +54,13 @@ check "one version string for every program" same_version
 
 # --- SIGHUP: logs reopened, services keep serving ---------------------------------------
 nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
+fails_saying() { # fails_saying TEXT COMMAND...: exit 1 and TEXT on stderr
+    local text=$1 out rc
+    shift
+    out=$("$@" 2>&1 >/dev/null)
+    rc=$?
+    [[ $rc -eq 1 && "$out" == *"$text"* ]] || { echo "  exit $rc: $out"; return 1; }
+}
 wait_for() { # wait_for SECONDS COMMAND...: poll until it succeeds
     local end=$((SECONDS + $1))
     shift
@@ -132,6 +141,31 @@ check "station: prog-1 provisioned 4 of its limit 4, online, heard from lately" 
         $(metric "$TMP/station.prom" "nusec_station_programmer_online{programmer=\"prog-1\"}") == 1 &&
         $(metric "$TMP/station.prom" "nusec_station_programmer_last_event_age_seconds{programmer=\"prog-1\"}") -lt 120 ]]'
 
+# --- device export ----------------------------------------------------------------------
+nusec device export --job "$job" --out "$TMP/devices.jsonl" 2>/dev/null
+nusec device export --job "$job" --format csv --state provisioned >"$TMP/devices.csv" 2>/dev/null
+export_ok() { # every record: on the chip, verifies with its chain, names prog-1 and the job
+    python3 - "$TMP/devices.jsonl" "$TMP/devices.csv" "$DIR" "$job" <<'PY' || return 1
+import csv, json, subprocess, sys, tempfile
+jsonl, csvf, d, job = sys.argv[1:]
+recs = [json.loads(l) for l in open(jsonl)]
+rows = list(csv.DictReader(open(csvf, newline="")))
+assert len(recs) == 4 and len(rows) == 4, (len(recs), len(rows))
+for r, c in zip(recs, rows):
+    assert r["job"] == job and r["programmer"] == "prog-1" and r["state"] == "provisioned", r
+    assert c["certificate_pem"] == r["certificate_pem"] and c["uid"] == r["uid"], c
+    assert open(f"{d}/targets/{r['uid']}/cert.pem").read().strip() == r["certificate_pem"].strip()
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca, \
+         tempfile.NamedTemporaryFile("w", suffix=".pem") as cert:
+        ca.write(r["chain_pem"]); ca.flush(); cert.write(r["certificate_pem"]); cert.flush()
+        subprocess.run(["openssl", "verify", "-CAfile", ca.name, cert.name], check=True,
+                       stdout=subprocess.DEVNULL)
+PY
+}
+check "device export: 4 records (jsonl and csv), each the chip's certificate, verifying" export_ok
+check "device export of an unknown job: exit 1" \
+    fails_saying "does not exist" nusec device export --job job-0000000000000000
+
 # --- CLI edges ------------------------------------------------------------------------------
 groups=$("$BIN/nusec" --help | awk '/^Commands:/ { f = 1; next } /^$/ { f = 0 } f { print $1 }' |
     sort -u)
@@ -147,13 +181,6 @@ group_help_ok() { # every group answers --help (exit 0); one with subcommands li
     done
 }
 check "nusec GROUP and GROUP --help list the subcommands, exit 0 ($(echo $groups))" group_help_ok
-fails_saying() { # fails_saying TEXT COMMAND...: exit 1 and TEXT on stderr
-    local text=$1 out rc
-    shift
-    out=$("$@" 2>&1 >/dev/null)
-    rc=$?
-    [[ $rc -eq 1 && "$out" == *"$text"* ]] || { echo "  exit $rc: $out"; return 1; }
-}
 check "job show of an unknown job: exit 1, 'does not exist'" \
     fails_saying "job job-0000000000000000 does not exist" nusec job show job-0000000000000000
 check "device list --job of an unknown job: exit 1, not an empty table" \
