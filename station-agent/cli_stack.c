@@ -709,6 +709,9 @@ static int stack__down_all(const struct stack *s)
     int failures = stack__stop_group(s, svc + fixed, n - fixed);
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
+    char urls[PATH_MAX]; /* no stale URLs once the services are gone */
+    if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
+        unlink(urls);
     return failures;
 }
 

@@ -125,6 +125,28 @@ check "queue depth, busy workers, MQTT state are exported" eval \
         -n $(metric "$TMP/cloud.prom" nusec_cloud_workers_busy) &&
         $(metric "$TMP/cloud.prom" nusec_cloud_mqtt_connected) == 1 &&
         $(metric "$TMP/cloud.prom" nusec_cloud_mqtt_reconnects_total) == 0 ]]'
+# A cert.request the cloud must refuse (the oem role may not ask for device
+# certificates), sent as an outsider would: protoc + mosquitto_pub.
+refused_counted() {
+    local ep now
+    ep=$(cat "$DIR/broker/endpoint") now=$(date +%s%3N)
+    printf 'header { message_id: "0123456789abcdef" sender_id: "oem" sent_at_ms: %s sequence: 1
+            protocol: 1 idempotency_key: "0123456789abcdef" }
+            certificate_request { job_id: "%s" device_uid: "\001\002" csr_der: "0000" }' \
+        "$now" "$job" |
+        protoc --encode=nusec.v1.Envelope -I "$SRC/proto" "$SRC/proto/nusec/v1/envelope.proto" \
+            >"$TMP/req.bin" || return 1
+    mosquitto_pub -V mqttv5 -h "${ep%:*}" -p "${ep##*:}" --cafile "$DIR/pki/chain.pem" \
+        --cert "$DIR/pki/clients/oem.crt" --key "$DIR/pki/clients/oem.key" -i oem:probe -q 1 \
+        -t nusec/v1/cloud/req/oem/cert.request \
+        -D publish response-topic nusec/v1/reply/oem/probe/r -f "$TMP/req.bin" || return 1
+    probe() {
+        scrape "$cloud_url" "$TMP/cloud2.prom" && [[ $(metric "$TMP/cloud2.prom" \
+            "nusec_cloud_certificates_refused_total{job=\"$job\",code=\"NOT_AUTHORIZED\"}") == 1 ]]
+    }
+    wait_for 10 probe
+}
+check "a refused cert.request is counted by job and code" refused_counted
 not_found() { ! scrape "${cloud_url%/metrics}/secret" /dev/null 2>/dev/null; }
 check "the listener serves /metrics only" not_found
 
@@ -225,6 +247,9 @@ cat "$TMP/down.txt"
 check "stack down stops the cloud on SIGTERM without killing it" \
     grep -Eq '^cloud +stopped \(pid [0-9]+\)$' "$TMP/down.txt"
 check "the cloud drained on SIGTERM" grep -q "draining and stopping" "$DIR/logs/cloud.log"
+check "no metrics URL is left once the stack is down" \
+    eval '[[ ! -e "$DIR/run/metrics.urls" && ! -e "$DIR/run/cloud.metrics" && ! -e "$DIR/run/station.metrics" ]]'
+
 
 echo "integration_ops: $passed passed, $failed failed"
 ((failed == 0))
