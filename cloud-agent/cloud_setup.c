@@ -20,6 +20,7 @@ static const char *const cloud__config_keys[] = {
     "session_expiry_s", "payload_max", "firmware_payload_max", "queue_bytes_max",
     "identity_bytes_max", "refusal_audit_burst", "refusal_audit_window_ms",
     "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
+    "metrics_listen",
     NULL,
 };
 
@@ -120,6 +121,18 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
     if (!rc)
         rc = cloud__attest_config(cfg, dir, out, err, sizeof(err));
+    out->log_level = -1;
+    const char *level = nu_config_get_str(cfg, "log_level", NULL);
+    enum nu_log_level lv;
+    if (!rc && level && nu_log_level_parse(level, &lv))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "log_level: debug, info, warn or error");
+    else if (!rc && level)
+        out->log_level = (int)lv;
+    const char *metrics = nu_config_get_str(cfg, "metrics_listen", "127.0.0.1:0");
+    if (!rc && strlen(metrics) >= sizeof(out->metrics_listen))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "metrics_listen: too long");
+    else if (!rc)
+        snprintf(out->metrics_listen, sizeof(out->metrics_listen), "%s", metrics);
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

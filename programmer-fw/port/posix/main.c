@@ -16,6 +16,7 @@
 #include "nu_mqtt.h"
 #include "nu_paths.h"
 #include "nu_util.h"
+#include "nu_version.h"
 #include "nu_x509.h"
 
 #include <getopt.h>
@@ -44,7 +45,7 @@ static const char usage_text[] =
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
     "                        [--package FILE] [--enroll TOKEN] [--relay oem|station]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
-    "                        [--log-level L] [--help]\n"
+    "                        [--log-level L] [--help] [--version]\n"
     "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR\n"
     "       " PROG " --vendor-ca-init VDIR\n"
     "\n"
@@ -86,6 +87,7 @@ static const char usage_text[] =
     "                        check is enforced only when the manifest exists)\n"
     "  --log-level L         debug, info (default), warn, error\n"
     "  --help                this text\n"
+    "  --version             the version and git revision it was built from\n"
     "\n"
     "Files: DIR/programmers/ID/{huk,keystore.bin} (sealed KeyStore),\n"
     "DIR/programmers/ID/flash/ (firmware cache), DIR/programmers/ID/identity.crt.\n"
@@ -164,6 +166,7 @@ static int app__args(struct app *a, int argc, char **argv)
         {"vendor-ca", required_argument, NULL, 'V'},
         {"vendor-ca-init", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     enum nu_log_level level = NU_LOG_INFO;
@@ -221,6 +224,9 @@ static int app__args(struct app *a, int argc, char **argv)
             break;
         case 'h':
             printf(usage_text, PG_MAX_SOCKETS);
+            exit(0);
+        case 'V':
+            nu_version_print(stdout, PROG);
             exit(0);
         default:
             bad = 1;
