@@ -18,6 +18,7 @@
 #include "ledger.h"
 #include "nu_envelope.h"
 #include "nu_hsm.h"
+#include "nu_metrics.h"
 #include "nu_mqtt.h"
 
 #include <pthread.h>
@@ -59,6 +60,33 @@ struct cloud_config {
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_station_ids;
+    /* Attested enrollment (cloud_enroll.c): the pinned programmer vendor CA
+     * certificate (PEM file; default DIR/pki/vendor-ca.pem) and, if set, the
+     * allow-list of vendor serials (file, one per line). */
+    char vendor_ca[4096];
+    char programmer_serials[4096];
+    unsigned challenge_ttl_s; /* an enrollment challenge is usable this long, once */
+    int log_level; /* enum nu_log_level of `log_level`; -1 when the key is absent */
+    char metrics_listen[64]; /* /metrics address "HOST:PORT", or "off" */
+};
+
+/*
+ * Prometheus metrics of this agent (declared by cloud_main.c; served on
+ * cfg.metrics_listen). Families are NULL when metrics are off: the
+ * nu_metric_* updates accept NULL, so call sites need no checks.
+ */
+struct cloud_metrics {
+    struct nu_metrics *reg;
+    struct nu_metric *issued;          /* counter {job} */
+    struct nu_metric *refused;         /* counter {job,code}: cert.request refusals */
+    struct nu_metric *request_s;       /* histogram {op}: received -> answered */
+    struct nu_metric *hsm_sign_s;      /* histogram: one device certificate signed */
+    struct nu_metric *ledger_commit_s; /* histogram: issuance transaction, signing excluded */
+    struct nu_metric *queue_depth;     /* gauge */
+    struct nu_metric *workers_busy;    /* gauge */
+    struct nu_metric *mqtt_reconnects; /* counter */
+    struct nu_metric *mqtt_connected;  /* gauge */
+    int mqtt_lost;                     /* the connection was lost: the next one is a reconnect */
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */
@@ -95,6 +123,7 @@ struct cloud {
     uint64_t crl_tried_at_ms;        /* when the last attempt was made */
     int crl_dirty;                   /* the last attempt failed: the tick retries */
     volatile int stopping;
+    struct cloud_metrics metrics;
 };
 
 /* One request being served by a worker. */
@@ -181,6 +210,17 @@ void cloud_refusals_flush(struct cloud *cloud, struct cloud_ledger *ledger, int 
  * Errors: IO, PERMISSION, NOMEM, TOO_LARGE, DB.
  */
 int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
+ * Rewrite DIR/broker/serials from the ledger: "programmer_id serial" for
+ * every enrolled programmer, its current identity certificate. The broker
+ * plugin refuses a programmer certificate with another serial and
+ * disconnects an identity whose serial changed, so a re-enrolled
+ * programmer's previous certificate stops working at once (broker/pins.h).
+ * Atomic rewrite under the same kind of lock file as the other lists.
+ * Errors: IO, PERMISSION, NOMEM, DB.
+ */
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on

@@ -36,6 +36,7 @@ struct cloud__item {
     size_t correlation_len;
     uint8_t *payload;
     size_t len;
+    uint64_t received_us; /* for the request latency metric */
 };
 
 /* Bytes one identity holds in the queue (entries exist while > 0). */
@@ -64,6 +65,7 @@ struct cloud_queue {
     size_t bytes; /* held by items queued or in service */
     struct cloud__owner *owners;
     size_t n_owners, cap_owners;
+    struct nu_metric *depth_metric; /* the queue_depth gauge (NULL: metrics off) */
     int closing;
     pthread_t *threads;
     unsigned n_threads;
@@ -283,6 +285,15 @@ static void cloud__refuse(struct cloud_call *call, int code)
     err.op = nu_envelope_id_check(call->op) == NU_OK ? (char *)call->op : "";
     nu_info("refused %s from %s: %s (%s)", call->op, call->requester, nu_err_name(code),
             err.detail);
+    if (!strcmp(call->op, "cert.request")) {
+        /* The job label only when it is one (bounded, no outside text). */
+        const char *job = call->req && call->req->body_case ==
+                                           NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
+                                  !nu_envelope_id_check(call->req->certificate_request->job_id)
+                              ? call->req->certificate_request->job_id
+                              : "-";
+        nu_metric_add(call->cloud->metrics.refused, 1, (const char *[]){job, nu_err_name(code)});
+    }
     if (!call->replied && call->msg->response_topic)
         cloud_reply(call, &err.base);
     uint64_t earlier = 0;
@@ -362,6 +373,7 @@ struct cloud__slot {
     struct cloud_call call;
     const struct cloud_op *op;
     Nusec__V1__Envelope *req;
+    uint64_t received_us;
 };
 
 static void cloud__msg_of(const struct cloud__item *it, struct nu_mqtt_msg *msg)
@@ -390,6 +402,7 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
                                   .requester = s->requester,
                                   .op = s->op_name};
     struct cloud_call *call = &s->call;
+    s->received_us = it->received_us;
     if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), s->requester, sizeof(s->requester),
                       s->op_name, sizeof(s->op_name))) {
         nu_warn("dropped request on malformed topic");
@@ -445,6 +458,8 @@ static void cloud__request_close(struct cloud__slot *s, int rc)
         cloud__refuse(&s->call, rc);
     else if (!s->call.replied)
         nu_error("%s answered nothing", s->op_name);
+    nu_metric_observe_us(s->call.cloud->metrics.request_s, nu_metrics_now_us() - s->received_us,
+                         (const char *[]){s->op->name});
     nu_envelope_free(s->req);
     s->req = NULL;
 }
@@ -567,6 +582,7 @@ static size_t cloud__take(struct cloud_queue *q, unsigned batch_max, struct clou
             q->tail = NULL;
         q->depth--;
         it->next = NULL;
+        nu_metric_set(q->depth_metric, q->depth, NULL);
         out[n++] = it;
         if (!b)
             break;
@@ -592,6 +608,7 @@ static void *cloud__worker(void *arg)
     }
     size_t n;
     while ((n = cloud__take(q, cloud->cfg.batch_max, items)) > 0) {
+        nu_metric_gauge_add(cloud->metrics.workers_busy, 1, NULL);
         if (items[0]->is_event) {
             struct nu_mqtt_msg msg;
             cloud__msg_of(items[0], &msg);
@@ -603,6 +620,7 @@ static void *cloud__worker(void *arg)
             cloud__release(q, items[i]);
             cloud__item_free(items[i]);
         }
+        nu_metric_gauge_add(cloud->metrics.workers_busy, -1, NULL);
     }
     cloud_ledger_close(ledger);
     return NULL;
@@ -716,6 +734,7 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
     struct cloud__item *it = calloc(1, sizeof(*it));
     if (!it)
         goto drop;
+    it->received_us = nu_metrics_now_us();
     it->is_event = strncmp(msg->topic, CLOUD__EVENT_PREFIX, strlen(CLOUD__EVENT_PREFIX)) == 0;
     if (strlen(msg->topic) >= sizeof(it->topic)) {
         /* Only an op level can make a request topic this long (the identity
@@ -768,6 +787,7 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
     else
         q->head = it;
     q->tail = it;
+    nu_metric_set(q->depth_metric, q->depth, NULL);
     pthread_cond_signal(&q->ready);
     pthread_mutex_unlock(&q->lock);
     return;
@@ -789,6 +809,7 @@ int cloud_start(struct cloud *cloud)
     pthread_cond_init(&q->ready, NULL);
     pthread_mutex_init(&q->rlock, NULL);
     pthread_mutex_init(&cloud->issue_lock, NULL);
+    q->depth_metric = cloud->metrics.queue_depth;
     cloud->queue = q;
     q->threads = calloc(cloud->cfg.workers, sizeof(pthread_t));
     if (!q->threads)

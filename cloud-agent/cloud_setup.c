@@ -19,6 +19,8 @@ static const char *const cloud__config_keys[] = {
     "station_ids", "log_level", "checkpoint_interval_s",
     "session_expiry_s", "payload_max", "firmware_payload_max", "queue_bytes_max",
     "identity_bytes_max", "refusal_audit_burst", "refusal_audit_window_ms",
+    "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
+    "metrics_listen",
     NULL,
 };
 
@@ -44,6 +46,21 @@ static int cloud__parse_ids(const char *text, char ids[][CLOUD_ID_MAX + 1], size
     }
     *out_n = n;
     return NU_OK;
+}
+
+/* vendor_ca (default DIR/pki/vendor-ca.pem) and programmer_serials (none). */
+static int cloud__attest_config(const struct nu_config *cfg, const char *dir,
+                                struct cloud_config *out, char *err, size_t err_cap)
+{
+    const char *ca = nu_config_get_str(cfg, "vendor_ca", NULL);
+    const char *serials = nu_config_get_str(cfg, "programmer_serials", "");
+    int rc = ca ? nu_path_fmt(out->vendor_ca, sizeof(out->vendor_ca), "%s", ca)
+                : nu_path_fmt(out->vendor_ca, sizeof(out->vendor_ca), "%s/pki/vendor-ca.pem", dir);
+    if (!rc)
+        rc = nu_path_fmt(out->programmer_serials, sizeof(out->programmer_serials), "%s", serials);
+    if (rc)
+        snprintf(err, err_cap, "vendor_ca / programmer_serials: path too long");
+    return rc ? NU_ERR_CONFIG : NU_OK;
 }
 
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out)
@@ -94,6 +111,7 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
                1024 * 1024 * 1024, identity_bytes_max)
     CLOUD__INT("refusal_audit_burst", 20, 1, 1000000, refusal_audit_burst)
     CLOUD__INT("refusal_audit_window_ms", 10000, 100, 3600 * 1000, refusal_audit_window_ms)
+    CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))
@@ -101,6 +119,20 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"), out->station_ids,
                                 &out->n_station_ids))
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
+    if (!rc)
+        rc = cloud__attest_config(cfg, dir, out, err, sizeof(err));
+    out->log_level = -1;
+    const char *level = nu_config_get_str(cfg, "log_level", NULL);
+    enum nu_log_level lv;
+    if (!rc && level && nu_log_level_parse(level, &lv))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "log_level: debug, info, warn or error");
+    else if (!rc && level)
+        out->log_level = (int)lv;
+    const char *metrics = nu_config_get_str(cfg, "metrics_listen", "127.0.0.1:0");
+    if (!rc && strlen(metrics) >= sizeof(out->metrics_listen))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "metrics_listen: too long");
+    else if (!rc)
+        snprintf(out->metrics_listen, sizeof(out->metrics_listen), "%s", metrics);
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

@@ -159,6 +159,15 @@ const char *const ledger_schema_pg_migrations[] = {
     " FOR EACH ROW EXECUTE FUNCTION nusec_pkg_fixed();"
     "CREATE TRIGGER job_packages_no_delete BEFORE DELETE ON job_packages"
     " FOR EACH ROW EXECUTE FUNCTION nusec_pkg_no_delete();",
+    /* 2 -> 3: attested enrollment (see the SQLite migration). */
+    "ALTER TABLE programmers ADD COLUMN vendor_serial TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE programmers ADD COLUMN firmware_measurement TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE enroll_nonces ("
+    " nonce BYTEA PRIMARY KEY CHECK (length(nonce) = 32),"
+    " programmer_id TEXT NOT NULL,"
+    " created_at_ms BIGINT NOT NULL,"
+    " expires_at_ms BIGINT NOT NULL,"
+    " used_at_ms BIGINT);",
 };
 
 const unsigned ledger_schema_pg_count =

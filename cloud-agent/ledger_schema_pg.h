@@ -27,7 +27,8 @@ extern const unsigned ledger_schema_pg_count;
     "GRANT UPDATE (issued, refused, status, updated_at_ms) ON jobs TO %1$s;"                       \
     "GRANT UPDATE (issued) ON job_allocations TO %1$s;"                                            \
     "GRANT UPDATE (cert_serial, cert_pem, package_pubkey, enrolled_at_ms, state, revoked_at_ms,"   \
-    " revoke_reason) ON programmers TO %1$s;"                                                      \
+    " revoke_reason, vendor_serial, firmware_measurement) ON programmers TO %1$s;"                 \
+    "GRANT UPDATE (used_at_ms), DELETE ON enroll_nonces TO %1$s;"                                  \
     "GRANT UPDATE (used_at_ms) ON enroll_tokens TO %1$s;"                                          \
     "GRANT UPDATE (state, state_at_ms, detail, revoked_at_ms, revoke_reason) ON certificates"      \
     " TO %1$s;"                                                                                    \

@@ -10,6 +10,7 @@
 #include "station_owners.h"
 #include "station_proc.h"
 
+#include "nu_attest.h"
 #include "nu_client.h"
 #include "nu_crypto.h"
 #include "nu_err.h"
@@ -51,10 +52,13 @@ static const char cli__up_usage[] =
     "     failed pki init: the PKI meant for DIR may be another HSM's);\n"
     "  2. broker: mosquitto with DIR/broker/mosquitto.conf (nusec_auth plugin);\n"
     "  3. cloud: nusec-cloud; 4. station: nusec-station;\n"
-    "  5. programmers prog-1..prog-P: each not yet enrolled gets a one-time token\n"
-    "     (enroll.token as oem), the line \"station prog-N\" in DIR/broker/owners,\n"
-    "     and enrolls (nusec-programmer --enroll); then it runs with S sockets and\n"
-    "     its share of the N simulated blank targets (under DIR/targets);\n"
+    "  5. programmers prog-1..prog-P: each not yet enrolled is made by the stand-in\n"
+    "     programmer vendor (CA in DIR/vendor, created if absent, its certificate\n"
+    "     pinned as DIR/pki/vendor-ca.pem; nusec-programmer --factory-init), gets a\n"
+    "     one-time token (enroll.token as oem), the line \"station prog-N\" in\n"
+    "     DIR/broker/owners, and enrolls at the OEM with the KeyStore's attestation\n"
+    "     (nusec-programmer --enroll); then it runs with S sockets and its share of\n"
+    "     the N simulated blank targets (under DIR/targets);\n"
     "  6. dashboard: the live web view (`nusec dashboard`) on a free loopback\n"
     "     port; its URL with the access token is printed and in DIR/run/dashboard.url.\n"
     "Each service must become healthy before the next starts (broker port open,\n"
@@ -419,7 +423,8 @@ static int stack__start(struct stack *s, const char *name, const char *program, 
             stack__explain(s, name, rc);
         return rc;
     }
-    printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
+    if (h.spawned_ms) /* one line per service: "already running" said it */
+        printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
     fflush(stdout);
     return NU_OK;
 }
@@ -448,19 +453,23 @@ static int stack__up_broker(struct stack *s)
 
 static int stack__up_cloud(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-cloud", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, NULL};
+    if (!rc) /* --log as well as stderr: SIGHUP (logrotate) reopens it */
+        rc = stack__file(s->logs, "cloud", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--log", log, NULL};
     return rc ? rc : stack__start(s, "cloud", "nusec-cloud", argv, stack__cloud_ok, &pid, 0);
 }
 
 static int stack__up_station(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-station", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, NULL};
+    if (!rc)
+        rc = stack__file(s->logs, "station", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, "--log", log, NULL};
     return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
 }
 
@@ -577,13 +586,78 @@ static int stack__token(struct stack *s, const char *name, char *out, size_t cap
     return rc;
 }
 
+/*
+ * The stand-in programmer vendor: its CA lives in DIR/vendor (the OEM's
+ * cloud never reads that folder); the OEM pins its certificate as
+ * DIR/pki/vendor-ca.pem (cloud.conf vendor_ca, by default). Both are made
+ * once; an existing pin is never replaced.
+ */
+static int stack__vendor_ca(struct stack *s, char *vdir, size_t cap)
+{
+    char pin[PATH_MAX], src[PATH_MAX];
+    uint8_t *pem = NULL;
+    size_t len = 0;
+    int rc = nu_path_fmt(vdir, cap, "%s/vendor", s->dir);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(pin, sizeof(pin), "%s/pki/vendor-ca.pem", s->dir);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(src, sizeof(src), "%s/" NU_ATTEST_VENDOR_CERT, vdir);
+    if (rc == NU_OK && !nu_path_exists(src))
+        rc = nu_attest_vendor_ca_init(vdir);
+    if (rc == NU_OK && !nu_path_exists(pin)) {
+        rc = nu_file_read(src, 64u * 1024u, &pem, &len);
+        if (rc == NU_OK)
+            rc = nu_file_write_atomic(pin, pem, len, 0644);
+        free(pem);
+    }
+    if (rc != NU_OK)
+        cli_errorf("stack up: programmer vendor CA: %s", nu_err_name(rc));
+    return rc;
+}
+
+/* Run nusec-programmer with argv to the end; its exit status in *out_status. */
+static int stack__prog_run(struct stack *s, const char *name, char *const argv[], int *out_status)
+{
+    char log[PATH_MAX];
+    pid_t pid = 0;
+    int rc = stack__file(s->logs, name, ".log", log, sizeof(log));
+    if (rc == NU_OK)
+        rc = station_proc_spawn(argv, log, &pid);
+    if (rc == NU_OK)
+        rc = station_proc_wait_child(pid, s->timeout_s * 1000u, out_status);
+    if (rc == NU_ERR_TIMEOUT)
+        station_proc_stop(pid, 1000);
+    return rc;
+}
+
+/* The programmer factory: attestation key in the KeyStore, vendor certificate.
+ * Exit 4 = factory-initialised already, which is fine. */
+static int stack__factory(struct stack *s, const char *name, const char *exe)
+{
+    char vdir[PATH_MAX];
+    int status = 0;
+    int rc = stack__vendor_ca(s, vdir, sizeof(vdir));
+    if (rc == NU_OK) {
+        char *argv[] = {(char *)exe,      "--dir",       (char *)s->dir, "--name", (char *)name,
+                        "--factory-init", "--vendor-ca", vdir,           NULL};
+        rc = stack__prog_run(s, name, argv, &status);
+    }
+    if (rc == NU_OK && status != 0 && status != 4)
+        rc = NU_ERR_STATE;
+    if (rc != NU_OK)
+        cli_errorf("stack up: factory init of %s failed: %s", name, nu_err_name(rc));
+    return rc;
+}
+
 static int stack__enroll(struct stack *s, const char *name, const char *exe)
 {
     char token[NU_ENVELOPE_TOKEN_MAX + 1], log[PATH_MAX];
     pid_t pid = 0;
     int status = 0;
-    /* The station relays the enrollment and commands the programmer afterwards. */
+    /* Enrolled at the OEM; the station commands the programmer afterwards. */
     int rc = station_owners_add(s->dir, STACK__STATION, name);
+    if (rc == NU_OK)
+        rc = stack__factory(s, name, exe);
     if (rc == NU_OK)
         rc = stack__token(s, name, token, sizeof(token));
     if (rc == NU_OK)
@@ -602,7 +676,7 @@ static int stack__enroll(struct stack *s, const char *name, const char *exe)
     if (rc == NU_OK && status != 0)
         rc = NU_ERR_STATE;
     if (rc == NU_OK) {
-        printf("%-10s enrolled (through the station identity)\n", name);
+        printf("%-10s enrolled (at the OEM, attested by its KeyStore)\n", name);
         return NU_OK;
     }
     cli_errorf("stack up: enrollment of %s failed: %s", name,
@@ -745,6 +819,9 @@ static int stack__down_all(const struct stack *s)
     int failures = stack__stop_group(s, svc + fixed, n - fixed);
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
+    char urls[PATH_MAX]; /* no stale URLs once the services are gone */
+    if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
+        unlink(urls);
     return failures;
 }
 
@@ -771,6 +848,38 @@ static int stack__prepare(struct stack *s)
         rc = nu_paths_create_layout(s->dir);
     if (rc == NU_OK && (rc = station_bin_dir(s->bin, sizeof(s->bin))) != NU_OK)
         cli_errorf("stack up: cannot find the folder of the NuSEC programs (set NUSEC_BIN_DIR)");
+    return rc;
+}
+
+/*
+ * The /metrics URLs the services wrote (DIR/run/NAME.metrics): printed, and
+ * written one per line to DIR/run/metrics.urls for scrapers and scripts.
+ * A service with metrics off has no file and no line.
+ */
+static int stack__metrics_urls(const struct stack *s)
+{
+    static const char *const names[] = {"cloud", "station"};
+    char path[PATH_MAX], all[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        uint8_t *text = NULL;
+        size_t len = 0;
+        if (stack__file(s->run, names[i], ".metrics", path, sizeof(path)) != NU_OK ||
+            nu_file_read(path, 512, &text, &len) != NU_OK)
+            continue;
+        size_t line = strcspn((const char *)text, "\n");
+        if (line && line < len && used + line + 1 < sizeof(all)) {
+            printf("%-10s metrics %.*s\n", names[i], (int)line, (const char *)text);
+            memcpy(all + used, text, line + 1);
+            used += line + 1;
+        }
+        free(text);
+    }
+    int rc = stack__file(s->run, "metrics", ".urls", path, sizeof(path));
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(path, all, used, 0644);
+    if (rc != NU_OK)
+        cli_errorf("stack up: cannot write %s: %s", path, nu_err_str(rc));
     return rc;
 }
 
@@ -802,6 +911,8 @@ static int cli__stack_up(int argc, char **argv)
     if (rc == NU_OK)
         rc = stack__up_dashboard(&s);
     stack__close(&s);
+    if (rc == NU_OK)
+        rc = stack__metrics_urls(&s);
     if (rc != NU_OK) {
         cli_errorf("stack up failed: stopping what runs in %s", s.dir);
         stack__down_all(&s);

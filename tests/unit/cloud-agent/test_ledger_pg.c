@@ -87,7 +87,7 @@ static struct cloud_ledger *agent(const char *uri)
 
 static int enroll(struct cloud_ledger *l, const char *id)
 {
-    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1", T0};
+    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1", T0, NULL, NULL, NULL};
     return cloud_ledger_programmer_upsert(l, &e);
 }
 
