@@ -100,7 +100,9 @@ static int lsp__exec(struct ledger_store *bs, const char *sql)
     struct lsp_store *s = lsp__s(bs);
     PGresult *res = PQexec(s->conn, sql);
     ExecStatusType st = PQresultStatus(res);
-    int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? NU_OK : lsp__err(s, res, sql);
+    int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK
+                 ? NU_OK
+                 : lsp__err(s, res, strlen(sql) > 80 ? "schema statement" : sql);
     PQclear(res);
     return rc;
 }
