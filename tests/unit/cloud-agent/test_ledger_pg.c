@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -334,6 +336,112 @@ static void test_quota_race(void)
     CU_ASSERT_TRUE(verify_ok(uri));
 }
 
+/* A signer that kills its own process at its `kill_at`-th call: an agent
+ * dying mid-batch, inside the transaction, after the HSM signed some. */
+struct killer {
+    unsigned next;
+    unsigned calls;
+    unsigned kill_at;
+};
+
+static int kill_sign(void *ctx, const struct cloud_ledger_issue_req *req,
+                     const struct cloud_ledger_sign_info *info, struct cloud_ledger_sign_out *out)
+{
+    struct killer *k = ctx;
+    if (k->kill_at && ++k->calls == k->kill_at)
+        raise(SIGKILL);
+    return sign(&k->next, req, info, out);
+}
+
+#define KILL_ROUNDS 6
+#define KILL_BATCH 8
+
+/* Every round a fresh agent process commits one batch (acknowledged: its
+ * serials go to shared memory) and dies in the middle of the next. In the
+ * end: every acknowledged certificate is there, nothing of a killed batch
+ * is, the killed batches' keys then issue afresh (not replays), nothing twice,
+ * the chain verifies. */
+static void test_sigkill_mid_batch(void)
+{
+    char uri[1100];
+    struct cloud_ledger *l;
+    struct cloud_ledger_alloc a = alloc_of("prog-1", 1000);
+    char(*acked)[CLOUD_LEDGER_SERIAL_MAX + 1] =
+        mmap(NULL, KILL_ROUNDS * KILL_BATCH * (CLOUD_LEDGER_SERIAL_MAX + 1),
+             PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    struct cloud_ledger_issue_result *res = calloc(KILL_BATCH, sizeof *res);
+    struct treq t[KILL_BATCH];
+    struct cloud_ledger_issue_req r[KILL_BATCH];
+    struct cloud_ledger_job job;
+    unsigned acks = 0;
+
+    CU_ASSERT_FATAL(acked != MAP_FAILED && res);
+    fresh_db("lpg_kill", uri, sizeof uri);
+    l = agent(uri);
+    CU_ASSERT_EQUAL_FATAL(enroll(l, "prog-1"), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(mk_job(l, "job-1", 1000, &a, 1), NU_OK);
+    cloud_ledger_close(l);
+    for (unsigned round = 0; round < KILL_ROUNDS; round++) {
+        pid_t pid = fork();
+        CU_ASSERT_FATAL(pid >= 0);
+        if (pid == 0) {
+            struct killer k = {0};
+            struct cloud_ledger *cl = NULL;
+            if (cloud_ledger_connect(uri, pwfile, 0, &cl) != NU_OK)
+                _exit(2);
+            for (int half = 0; half < 2; half++) {
+                for (unsigned i = 0; i < KILL_BATCH; i++) {
+                    mkreq(&t[i], "prog-1", "job-1", 1000 * round + 100 * (unsigned)half + i, T0);
+                    r[i] = t[i].r;
+                }
+                k.calls = 0;
+                k.kill_at = half ? 1 + round % KILL_BATCH : 0;
+                if (cloud_ledger_issue_batch(cl, r, KILL_BATCH, kill_sign, &k, res) != NU_OK)
+                    _exit(3);
+                for (unsigned i = 0; i < KILL_BATCH; i++)
+                    if (res[i].code == NU_OK)
+                        snprintf(acked[round * KILL_BATCH + i], CLOUD_LEDGER_SERIAL_MAX + 1, "%s",
+                                 res[i].serial);
+            }
+            _exit(4); /* not reached: the second batch kills us */
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        CU_ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    }
+    l = agent(uri);
+    for (unsigned i = 0; i < KILL_ROUNDS * KILL_BATCH; i++) {
+        struct cloud_ledger_cert c;
+        struct cloud_ledger_cert_ref ref = {acked[i], NULL, NULL, 0};
+        CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &ref, &c), NU_OK);
+        acks += acked[i][0] != 0;
+    }
+    CU_ASSERT_EQUAL(acks, KILL_ROUNDS * KILL_BATCH);
+    memset(&job, 0, sizeof job);
+    CU_ASSERT_EQUAL(cloud_ledger_job_get(l, "job-1", &job, NULL, 0, NULL), NU_OK);
+    CU_ASSERT_EQUAL(job.issued, acks); /* nothing of a killed batch */
+    /* The killed batches' devices: issued now, fresh, each once (one
+     * signer for all rounds: its serials must not repeat). */
+    struct killer k = {0};
+    for (unsigned round = 0; round < KILL_ROUNDS; round++) {
+        for (unsigned i = 0; i < KILL_BATCH; i++) {
+            mkreq(&t[i], "prog-1", "job-1", 1000 * round + 100 + i, T0);
+            r[i] = t[i].r;
+        }
+        CU_ASSERT_EQUAL(cloud_ledger_issue_batch(l, r, KILL_BATCH, kill_sign, &k, res), NU_OK);
+        for (unsigned i = 0; i < KILL_BATCH; i++) {
+            CU_ASSERT_EQUAL(res[i].code, NU_OK);
+            CU_ASSERT_FALSE(res[i].replayed);
+        }
+    }
+    CU_ASSERT_EQUAL(cloud_ledger_job_get(l, "job-1", &job, NULL, 0, NULL), NU_OK);
+    CU_ASSERT_EQUAL(job.issued, 2 * KILL_ROUNDS * KILL_BATCH);
+    cloud_ledger_close(l);
+    free(res);
+    munmap(acked, KILL_ROUNDS * KILL_BATCH * (CLOUD_LEDGER_SERIAL_MAX + 1));
+    CU_ASSERT_TRUE(verify_ok(uri));
+}
+
 /* The auditor of ledger.h, in Python with psycopg2, on the PostgreSQL rows. */
 static const char PY_AUDITOR_PG[] =
     "import hashlib, json, struct, sys, psycopg2\n"
@@ -385,6 +493,7 @@ static const struct nu_test_case pg_cases[] = {
     {"issue, replay, refusals, verify", test_issue_replay_verify},
     {"agent role cannot rewrite history", test_least_privilege},
     {"quota exact with agents racing in batches", test_quota_race},
+    {"agent SIGKILLed mid-batch in a loop: nothing lost, nothing twice", test_sigkill_mid_batch},
     {"independent Python auditor (psycopg2) agrees", test_python_auditor_pg},
     {NULL, NULL},
 };
