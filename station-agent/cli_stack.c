@@ -836,6 +836,8 @@ static int stack__down_all(const struct stack *s)
     char urls[PATH_MAX]; /* no stale URLs once the services are gone */
     if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
         unlink(urls);
+    if (!failures && stack__file(s->run, "dashboard", ".url", urls, sizeof(urls)) == NU_OK)
+        unlink(urls);
     return failures;
 }
 
