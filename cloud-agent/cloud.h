@@ -231,7 +231,7 @@ int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on
- * nusec/v1/jobs/{job_id} (cloud_cert.c; usable by every handler).
+ * nusec/v1/jobs/{job_id} (cloud_job.c; usable by every handler).
  * Errors: those of cloud_ledger_job_get and cloud_publish.
  */
 int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, const char *job_id);

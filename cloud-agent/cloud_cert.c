@@ -475,60 +475,6 @@ static int cert__request(struct cloud_call *call)
     return rc;
 }
 
-/* ------------------------------------------------------------ job state */
-
-static Nusec__V1__JobStatus cert__job_status(const struct cloud_ledger_job *job, uint64_t now)
-{
-    if (job->status == CLOUD_LEDGER_JOB_ACTIVE && job->expires_at_ms && now >= job->expires_at_ms)
-        return NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED;
-    return (Nusec__V1__JobStatus)job->status;
-}
-
-int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, const char *job_id)
-{
-    struct cloud_ledger_job job;
-    struct cloud_ledger_alloc *alloc = calloc(CLOUD_LEDGER_ALLOC_MAX, sizeof(*alloc));
-    Nusec__V1__ProgrammerAllocation *pa = calloc(CLOUD_LEDGER_ALLOC_MAX, sizeof(*pa));
-    Nusec__V1__ProgrammerAllocation **pp = calloc(CLOUD_LEDGER_ALLOC_MAX, sizeof(*pp));
-    uint32_t *issued = calloc(CLOUD_LEDGER_ALLOC_MAX, sizeof(*issued));
-    char topic[256];
-    size_t n = 0;
-    int rc = (alloc && pa && pp && issued) ? NU_OK : NU_ERR_NOMEM;
-    if (!rc)
-        rc = cloud_ledger_job_get(ledger, job_id, &job, alloc, CLOUD_LEDGER_ALLOC_MAX, &n);
-    if (!rc)
-        rc = nu_path_fmt(topic, sizeof(topic), "nusec/v1/jobs/%s", job_id);
-    if (!rc) {
-        Nusec__V1__JobState st = NUSEC__V1__JOB_STATE__INIT;
-        n = n > CLOUD_LEDGER_ALLOC_MAX ? CLOUD_LEDGER_ALLOC_MAX : n;
-        for (size_t i = 0; i < n; i++) {
-            nusec__v1__programmer_allocation__init(&pa[i]);
-            pa[i].programmer_id = alloc[i].programmer_id;
-            pa[i].limit = alloc[i].limit;
-            pp[i] = &pa[i];
-            issued[i] = alloc[i].issued;
-        }
-        st.job_id = job.job_id;
-        st.status = cert__job_status(&job, nu_time_ms());
-        st.quota = job.quota;
-        st.issued = job.issued;
-        st.refused = job.refused;
-        st.firmware = job.firmware;
-        st.created_at_ms = job.created_at_ms;
-        st.expires_at_ms = job.expires_at_ms;
-        st.n_allocations = n;
-        st.allocations = pp;
-        st.n_issued_per_programmer = n;
-        st.issued_per_programmer = issued;
-        rc = cloud_publish(cloud, topic, &st.base, 1);
-    }
-    free(issued);
-    free(pp);
-    free(pa);
-    free(alloc);
-    return rc;
-}
-
 /* ------------------------------------------------------------ device.list */
 
 struct cert__dev {

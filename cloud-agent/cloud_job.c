@@ -62,7 +62,6 @@ struct job__state {
 
 static Nusec__V1__JobStatus job__status(const struct cloud_ledger_job *job, uint64_t now)
 {
-    /* The same reading as the retained state cloud_publish_job_state sends. */
     if (job->status == CLOUD_LEDGER_JOB_ACTIVE && job->expires_at_ms && now >= job->expires_at_ms)
         return NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED;
     return (Nusec__V1__JobStatus)job->status;
@@ -123,6 +122,19 @@ static int job__state_read(struct cloud_ledger *ledger, const char *job_id, stru
         rc = *out ? NU_OK : NU_ERR_NOMEM;
     }
     free(alloc);
+    return rc;
+}
+
+int cloud_publish_job_state(struct cloud *cloud, struct cloud_ledger *ledger, const char *job_id)
+{
+    struct job__state *s = NULL;
+    char topic[256];
+    int rc = job__state_read(ledger, job_id, &s);
+    if (!rc)
+        rc = nu_path_fmt(topic, sizeof(topic), "nusec/v1/jobs/%s", job_id);
+    if (!rc)
+        rc = cloud_publish(cloud, topic, &s->st.base, 1);
+    free(s);
     return rc;
 }
 

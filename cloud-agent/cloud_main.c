@@ -4,12 +4,12 @@
 #include "nu_client.h"
 #include "nu_err.h"
 #include "nu_log.h"
+#include "nu_opts.h"
 #include "nu_paths.h"
 #include "nu_pki.h"
 #include "nu_util.h"
 #include "nu_version.h"
 
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,47 +309,23 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"log", required_argument, NULL, 'L'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
-    };
     const char *dir_opt = NULL;
     struct cloud__args a = {0};
-    enum nu_log_level level = NU_LOG_INFO;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            dir_opt = optarg;
-            break;
-        case 'c':
-            a.config = optarg;
-            break;
-        case 'L':
-            a.log_path = optarg;
-            break;
-        case 'l':
-            if (nu_log_level_parse(optarg, &level)) {
-                fprintf(stderr, "nusec-cloud: bad --log-level '%s'\n", optarg);
-                return 2;
-            }
-            a.level_given = 1;
-            break;
-        case 'h':
-            fputs(cloud__usage, stdout);
-            return 0;
-        case 'V':
-            nu_version_print(stdout, "nusec-cloud");
-            return 0;
-        default:
-            fputs(cloud__usage, stderr);
-            return 2;
-        }
+    enum nu_log_level level = NU_LOG_INFO, unset = (enum nu_log_level)(NU_LOG_OFF + 1);
+    enum nu_log_level given = unset;
+    const struct nu_opt opts[] = {
+        NU_OPT_STR("dir", &dir_opt),
+        NU_OPT_STR("config", &a.config),
+        NU_OPT_LOG("log-level", &given),
+        NU_OPT_STR("log", &a.log_path),
+    };
+    const struct nu_opts_cmd cmd = {"nusec-cloud", cloud__usage, NU_OPTS_VERSION, NULL, NULL};
+    int prc = nu_opts_parse(&cmd, argc, argv, opts, NU_OPTS_N(opts));
+    if (prc)
+        return prc < 0 ? 0 : prc;
+    if (given != unset) {
+        level = given;
+        a.level_given = 1;
     }
     const char *dir = nu_state_dir(dir_opt);
     if (!dir || optind < argc) {

@@ -5,15 +5,16 @@
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_metrics.h"
+#include "nu_opts.h"
 #include "nu_util.h"
 #include "nu_version.h"
 
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char station__usage[] =
     "usage: nusec-station [--dir DIR] [--name ID] [--poll-ms N] [--log-level LEVEL]\n"
@@ -99,60 +100,19 @@ static void station__hup_stop(struct station__hup *h)
 static int station__args(int argc, char **argv, struct station_opts *o, enum nu_log_level *level,
                          const char **log_file, const char **metrics)
 {
-    static const struct option longopts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"name", required_argument, NULL, 'n'},
-        {"poll-ms", required_argument, NULL, 'p'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"log", required_argument, NULL, 'L'},
-        {"metrics-listen", required_argument, NULL, 'M'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
-    };
     const char *dir = NULL;
-    char *end = NULL;
-    unsigned long v;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            dir = optarg;
-            break;
-        case 'n':
-            o->name = optarg;
-            break;
-        case 'p':
-            v = strtoul(optarg, &end, 10);
-            if (!*optarg || *end || v < 20 || v > 5000) {
-                fprintf(stderr, "nusec-station: --poll-ms wants 20..5000, not '%s'\n", optarg);
-                return 2;
-            }
-            o->poll_ms = (unsigned)v;
-            break;
-        case 'l':
-            if (nu_log_level_parse(optarg, level) != NU_OK) {
-                fprintf(stderr, "nusec-station: unknown log level '%s'\n", optarg);
-                return 2;
-            }
-            break;
-        case 'L':
-            *log_file = optarg;
-            break;
-        case 'M':
-            *metrics = optarg;
-            break;
-        case 'h':
-            fputs(station__usage, stdout);
-            return -1;
-        case 'V':
-            nu_version_print(stdout, "nusec-station");
-            return -1;
-        default:
-            fputs(station__usage, stderr);
-            return 2;
-        }
-    }
+    const struct nu_opt opts[] = {
+        NU_OPT_STR("dir", &dir),
+        NU_OPT_STR("name", &o->name),
+        NU_OPT_NUM("poll-ms", &o->poll_ms, 20, 5000),
+        NU_OPT_LOG("log-level", level),
+        NU_OPT_STR("log", log_file),
+        NU_OPT_STR("metrics-listen", metrics),
+    };
+    const struct nu_opts_cmd cmd = {"nusec-station", station__usage, NU_OPTS_VERSION, NULL, NULL};
+    int rc = nu_opts_parse(&cmd, argc, argv, opts, NU_OPTS_N(opts));
+    if (rc)
+        return rc;
     if (optind < argc) {
         fprintf(stderr, "nusec-station: unexpected argument '%s'\n", argv[optind]);
         return 2;

@@ -1,6 +1,11 @@
 /*
- * pg_int.h — internals shared by the core's files (pg_core.c, pg_package.c,
- * pg_firmware.c, pg_produce.c, pg_enroll.c). Not for ports.
+ * pg_int.h — internals shared by the core's files. Not for ports. The files
+ * form a stack, each calling only those below it:
+ *   pg_produce.c, pg_enroll.c, pg_firmware.c
+ *   pg_core.c     (state, envelopes, requests, status, station commands)
+ *   pg_package.c  (sealed packages, job records)
+ *   pg_util.c     (log, zero, ct_eq, hex, be32, sha256, KeyStore/flash adapters)
+ *   pg_msg.c, pg_pb.c, the HAL
  */
 #ifndef PG_INT_H
 #define PG_INT_H

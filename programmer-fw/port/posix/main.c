@@ -14,12 +14,12 @@
 #include "nu_log.h"
 #include "nu_mcuboot.h"
 #include "nu_mqtt.h"
+#include "nu_opts.h"
 #include "nu_paths.h"
 #include "nu_util.h"
 #include "nu_version.h"
 #include "nu_x509.h"
 
-#include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -138,110 +138,44 @@ static void app__on_signal(int sig)
 
 /* ---- arguments ------------------------------------------------------------------ */
 
-static int app__uint(const char *text, unsigned max, unsigned *out)
-{
-    uint64_t v = 0;
-    if (nu_parse_uint(text, 0, max, &v))
-        return -1;
-    *out = (unsigned)v;
-    return 0;
-}
-
+/* 0: parsed; 1: --help or --version printed (exit 0); -1: usage error, printed. */
 static int app__args(struct app *a, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"dir", required_argument, NULL, 'd'},
-        {"name", required_argument, NULL, 'n'},
-        {"sockets", required_argument, NULL, 's'},
-        {"devices", required_argument, NULL, 'D'},
-        {"flash-us-per-kib", required_argument, NULL, 'f'},
-        {"target-sync", required_argument, NULL, 'S'},
-        {"package", required_argument, NULL, 'p'},
-        {"enroll", required_argument, NULL, 'e'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"boot-manifest", required_argument, NULL, 'b'},
-        {"require-secure-boot", no_argument, NULL, 'r'},
-        {"relay", required_argument, NULL, 'R'},
-        {"factory-init", no_argument, NULL, 'F'},
-        {"vendor-ca", required_argument, NULL, 'V'},
-        {"vendor-ca-init", required_argument, NULL, 'I'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'v'},
-        {NULL, 0, NULL, 0},
-    };
+    char usage[sizeof(usage_text) + 16];
+    snprintf(usage, sizeof(usage), usage_text, PG_MAX_SOCKETS);
     enum nu_log_level level = NU_LOG_INFO;
-    a->sockets = 4;
     const char *sync = getenv("NUSEC_TARGET_SYNC");
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'd':
-            a->dir = optarg;
-            break;
-        case 'n':
-            a->name = optarg;
-            break;
-        case 's':
-            bad = app__uint(optarg, PG_MAX_SOCKETS, &a->sockets) || !a->sockets;
-            break;
-        case 'D':
-            bad = app__uint(optarg, 10000000, &a->devices);
-            break;
-        case 'f':
-            bad = app__uint(optarg, 10000000, &a->flash_us);
-            break;
-        case 'S':
-            sync = optarg;
-            break;
-        case 'p':
-            a->package = optarg;
-            break;
-        case 'e':
-            a->enroll_token = optarg;
-            break;
-        case 'b':
-            a->boot_manifest = optarg;
-            break;
-        case 'r':
-            a->require_secure_boot = 1;
-            break;
-        case 'R':
-            a->relay = optarg;
-            bad = strcmp(optarg, "oem") != 0 && strcmp(optarg, "station") != 0;
-            break;
-        case 'F':
-            a->factory_init = 1;
-            break;
-        case 'V':
-            a->vendor_ca = optarg;
-            break;
-        case 'I':
-            a->vendor_ca_init = optarg;
-            break;
-        case 'l':
-            bad = nu_log_level_parse(optarg, &level) != NU_OK;
-            break;
-        case 'h':
-            printf(usage_text, PG_MAX_SOCKETS);
-            exit(0);
-        case 'v':
-            nu_version_print(stdout, PROG);
-            exit(0);
-        default:
-            bad = 1;
-        }
-        if (bad) {
-            if (c != '?')
-                fprintf(stderr, PROG ": invalid option value: %s\n", optarg ? optarg : "");
-            fprintf(stderr, usage_text, PG_MAX_SOCKETS);
-            return -1;
-        }
+    a->sockets = 4;
+    const struct nu_opt opts[] = {
+        NU_OPT_STR("dir", &a->dir),
+        NU_OPT_STR("name", &a->name),
+        NU_OPT_NUM("sockets", &a->sockets, 1, PG_MAX_SOCKETS),
+        NU_OPT_NUM("devices", &a->devices, 0, 10000000),
+        NU_OPT_NUM("flash-us-per-kib", &a->flash_us, 0, 10000000),
+        NU_OPT_STR("target-sync", &sync),
+        NU_OPT_STR("package", &a->package),
+        NU_OPT_STR("enroll", &a->enroll_token),
+        NU_OPT_LOG("log-level", &level),
+        NU_OPT_STR("boot-manifest", &a->boot_manifest),
+        NU_OPT_BOOL("require-secure-boot", &a->require_secure_boot),
+        NU_OPT_STR("relay", &a->relay),
+        NU_OPT_BOOL("factory-init", &a->factory_init),
+        NU_OPT_STR("vendor-ca", &a->vendor_ca),
+        NU_OPT_STR("vendor-ca-init", &a->vendor_ca_init),
+    };
+    const struct nu_opts_cmd cmd = {PROG, usage, NU_OPTS_VERSION, NULL, NULL};
+    int rc = nu_opts_parse(&cmd, argc, argv, opts, NU_OPTS_N(opts));
+    if (rc)
+        return rc < 0 ? 1 : -1;
+    if (a->relay && strcmp(a->relay, "oem") != 0 && strcmp(a->relay, "station") != 0) {
+        fprintf(stderr, PROG ": invalid option value: %s\n", a->relay);
+        fputs(usage, stderr);
+        return -1;
     }
     nu_log_init(PROG, level, NULL);
     if (sync && *sync && strcmp(sync, "full") != 0 && strcmp(sync, "none") != 0) {
         fprintf(stderr, PROG ": --target-sync (or NUSEC_TARGET_SYNC) must be full or none\n");
-        fprintf(stderr, usage_text, PG_MAX_SOCKETS);
+        fputs(usage, stderr);
         return -1;
     }
     a->target_no_sync = sync && strcmp(sync, "none") == 0;
@@ -254,7 +188,7 @@ static int app__args(struct app *a, int argc, char **argv)
     a->dir = nu_state_dir(a->dir);
     if (optind != argc || !a->dir || !a->name) {
         fprintf(stderr, PROG ": --dir (or NUSEC_HOME) and --name are required\n");
-        fprintf(stderr, usage_text, PG_MAX_SOCKETS);
+        fputs(usage, stderr);
         return -1;
     }
     return 0;
@@ -711,8 +645,9 @@ int main(int argc, char **argv)
 {
     struct app a;
     memset(&a, 0, sizeof(a));
-    if (app__args(&a, argc, argv) != 0)
-        return EXIT_USAGE;
+    int arc = app__args(&a, argc, argv);
+    if (arc)
+        return arc < 0 ? EXIT_USAGE : 0;
     struct sigaction sa = {.sa_handler = app__on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);

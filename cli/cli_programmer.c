@@ -88,16 +88,12 @@ static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts
 static int cli__mint_token_ttl(const char *dir, const char *name, uint32_t ttl_s, char *out,
                                size_t cap, uint64_t *out_expires)
 {
-    struct cli_cloud cc;
-    int rc = cli_cloud_open(dir, "oem", &cc);
-    if (rc)
-        return rc;
     Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.programmer_id = (char *)name;
     req.ttl_s = ttl_s;
-    rc = cli_cloud_call(&cc, "enroll.token", &req.base,
-                        NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
+    int rc = cli_cloud_request(dir, "oem", "enroll.token", &req.base,
+                               NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_RESPONSE, &reply);
     if (!rc) {
         const Nusec__V1__EnrollTokenResponse *t = reply->enroll_token_response;
         rc = nu_path_fmt(out, cap, "%s", t->token ? t->token : "");
@@ -109,7 +105,6 @@ static int cli__mint_token_ttl(const char *dir, const char *name, uint32_t ttl_s
             nu_zero(t->token, strlen(t->token));
     }
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc;
 }
 
@@ -170,13 +165,10 @@ static int cli__list(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__ProgrammerListRequest req = NUSEC__V1__PROGRAMMER_LIST_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
-    rc = cli_cloud_call(&cc, "programmer.list", &req.base,
-                        NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST, &reply);
+    rc = cli_cloud_request(dir, "oem", "programmer.list", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST, &reply);
     if (!rc) {
         const Nusec__V1__ProgrammerList *l = reply->programmer_list;
         /* Ids, states and serials are identifiers or hex: nothing to escape. */
@@ -208,7 +200,6 @@ static int cli__list(int argc, char **argv)
             printf("%s]\n", l->n_programmers ? "\n" : "");
     }
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
@@ -234,18 +225,15 @@ static int cli__revoke(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__ProgrammerRevokeRequest req = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.programmer_id = (char *)id;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_call(&cc, "programmer.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    rc = cli_cloud_request(dir, "oem", "programmer.revoke", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
     if (!rc)
         printf("programmer %s revoked\n", id);
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
