@@ -17,6 +17,7 @@
  * plugin_opt_issuer_file, plugin_opt_identities_file (all optional).
  */
 #include "acl.h"
+#include "pins.h"
 #include "nu_err.h"
 
 #include <mosquitto.h>
@@ -24,6 +25,7 @@
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
 
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -81,6 +83,7 @@ struct nusec_auth {
     struct nusec_acl_set *roles; /* CN -> role at its last accepted connect (any run) */
     struct nusec_acl_set *live;  /* CNs accepted at CONNECT in this broker run */
     struct nusec_acl_set *kick;  /* newly revoked identities, kicked at next tick */
+    struct auth__pinfile *pins;  /* DIR/broker/serials: current identity serials (pins.h) */
     struct timespec last_tick;
     char *ids_path;             /* identities file (roles across restarts); NULL: none */
     bool ids_dirty;             /* roles changed and not yet written */
@@ -554,10 +557,114 @@ static bool auth__revoked(const struct nusec_auth *st, const char *id)
 
 /* ---- events ------------------------------------------------------------------ */
 
+static void auth__pins_refresh(struct nusec_auth *st, bool force);
+
 static void auth__refresh_all(struct nusec_auth *st, bool force)
 {
     auth__file_refresh(st, &st->revoked, force);
     auth__file_refresh(st, &st->owners, force);
+    auth__pins_refresh(st, force);
+}
+
+/* ---- identity certificate pins (re-enrollment) -------------------------------- */
+
+/*
+ * The serial list sits next to the revocation list (DIR/broker/serials; the
+ * cloud writes it). Missing = no pins (a broker without a cloud yet);
+ * present but unusable = every programmer refused (fail closed). An identity
+ * whose pin changed is disconnected at the next tick, and its certificate
+ * must carry the pinned serial at CONNECT.
+ */
+struct auth__pinfile {
+    char *path;
+    bool have_stamp, bad;
+    struct auth__stamp stamp;
+    struct nusec_pins *pins;
+};
+
+static void auth__pins_kick(void *ctx, const char *id)
+{
+    struct nusec_auth *st = ctx;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: %s re-enrolled: its old certificate goes",
+                         id);
+    if ((st->kick || nusec_acl_set_new(&st->kick) == NU_OK) &&
+        nusec_acl_set_put(st->kick, id, 1) == NU_OK)
+        return;
+    mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: out of memory queueing kick of %s", id);
+}
+
+static void auth__pins_refresh(struct nusec_auth *st, bool force)
+{
+    struct auth__pinfile *f = st->pins;
+    struct stat sb;
+    struct auth__stamp now;
+    if (!f || !f->path)
+        return;
+    auth__stamp_of(&sb, stat(f->path, &sb) == 0 ? 0 : errno, &now);
+    if (!force && f->have_stamp && auth__stamp_eq(&now, &f->stamp))
+        return;
+    f->stamp = now;
+    f->have_stamp = true;
+    char *buf = NULL;
+    size_t len = 0, line = 0;
+    struct nusec_pins *pins = NULL;
+    int rc = now.err == ENOENT ? NU_ERR_NOT_FOUND : auth__read(f->path, &buf, &len, &f->stamp);
+    if (rc == NU_OK)
+        rc = nusec_pins_parse(buf, len, &pins, &line);
+    free(buf);
+    f->bad = rc != NU_OK && rc != NU_ERR_NOT_FOUND;
+    if (f->bad) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "nusec_auth: %s unusable (%s, line %zu): refusing every "
+                             "programmer",
+                             f->path, auth__err_name(rc), line);
+        return; /* keep the last good pins to diff against later */
+    }
+    nusec_pins_changed(f->pins, pins, auth__pins_kick, st);
+    nusec_pins_free(f->pins);
+    f->pins = pins;
+}
+
+/* NULL when `cert` may act as programmer `who`, else why not. */
+static const char *auth__pins_why(const struct nusec_auth *st, X509 *cert,
+                                  const struct auth__ident *who)
+{
+    const struct auth__pinfile *f = st->pins;
+    if (!f || who->role != NUSEC_ROLE_PROGRAMMER)
+        return NULL;
+    if (f->bad)
+        return "identity serial list unusable (fail closed)";
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    bool ok = hex && nusec_pins_allow(f->pins, who->id, hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    return ok ? NULL : "not the identity's current certificate (re-enrolled)";
+}
+
+/* The serial list's path: "serials" in the folder of the revocation list. */
+static int auth__pins_init(struct nusec_auth *st)
+{
+    const char *slash = strrchr(st->revoked.path, '/');
+    size_t dir = slash ? (size_t)(slash - st->revoked.path) + 1 : 0;
+    st->pins = calloc(1, sizeof(*st->pins));
+    if (st->pins)
+        st->pins->path = malloc(dir + sizeof("serials"));
+    if (!st->pins || !st->pins->path)
+        return MOSQ_ERR_NOMEM;
+    memcpy(st->pins->path, st->revoked.path, dir);
+    memcpy(st->pins->path + dir, "serials", sizeof("serials"));
+    return MOSQ_ERR_SUCCESS;
+}
+
+static void auth__pins_free(struct nusec_auth *st)
+{
+    if (!st->pins)
+        return;
+    nusec_pins_free(st->pins->pins);
+    free(st->pins->path);
+    free(st->pins);
+    st->pins = NULL;
 }
 
 /* Disconnect clients of newly revoked identities. Only from TICK/RELOAD: never
@@ -601,6 +708,8 @@ static int auth__on_basic_auth(int event, void *event_data, void *userdata)
         ok = false;
         why = "certificate not issued by the configured issuer";
     }
+    if (ok && (why = auth__pins_why(st, cert, &who)) != NULL)
+        ok = false;
     X509_free(cert);
     if (!ok)
         return auth__refuse(ed->client, cid, who.id[0] ? who.id : NULL, why);
@@ -773,6 +882,7 @@ static void auth__state_free(struct nusec_auth *st)
     nusec_acl_set_free(st->owners.set);
     nusec_acl_set_free(st->roles);
     nusec_acl_set_free(st->kick);
+    auth__pins_free(st);
     auth__issuers_free(st->issuers);
     memset(st, 0, sizeof(*st));
 }
@@ -837,6 +947,8 @@ NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     st->revoked.option = "plugin_opt_revoked_file";
     st->owners.option = "plugin_opt_owners_file";
     rc = auth__options(st, options, option_count);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = auth__pins_init(st);
     if (rc != MOSQ_ERR_SUCCESS)
         goto out;
     rc = MOSQ_ERR_NOMEM;

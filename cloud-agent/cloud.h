@@ -49,6 +49,12 @@ struct cloud_config {
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_station_ids;
+    /* Attested enrollment (cloud_enroll.c): the pinned programmer vendor CA
+     * certificate (PEM file; default DIR/pki/vendor-ca.pem) and, if set, the
+     * allow-list of vendor serials (file, one per line). */
+    char vendor_ca[4096];
+    char programmer_serials[4096];
+    unsigned challenge_ttl_s; /* an enrollment challenge is usable this long, once */
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */
@@ -163,6 +169,17 @@ void cloud_stop(struct cloud *cloud);
  * Errors: IO, PERMISSION, NOMEM, TOO_LARGE, DB.
  */
 int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
+ * Rewrite DIR/broker/serials from the ledger: "programmer_id serial" for
+ * every enrolled programmer, its current identity certificate. The broker
+ * plugin refuses a programmer certificate with another serial and
+ * disconnects an identity whose serial changed, so a re-enrolled
+ * programmer's previous certificate stops working at once (broker/pins.h).
+ * Atomic rewrite under the same kind of lock file as the other lists.
+ * Errors: IO, PERMISSION, NOMEM, DB.
+ */
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on

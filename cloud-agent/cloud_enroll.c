@@ -8,7 +8,9 @@
  */
 #include "cloud.h"
 
+#include "nu_attest.h"
 #include "nu_crypto.h"
+#include "nu_mcuboot.h"
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_paths.h"
@@ -34,6 +36,8 @@
 #define ENROLL__BACKDATE_S 3600
 /* Largest broker list file we rewrite (the plugin's own bound is similar). */
 #define ENROLL__LIST_MAX (1024u * 1024u)
+/* A boot manifest: header + 32-byte payload + TLVs. */
+#define ENROLL__MANIFEST_MAX 4096u
 
 /* Names that are roles: a programmer called "oem" would confuse every reader. */
 static const char *const enroll__reserved[] = {
@@ -210,6 +214,62 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger)
     return rc;
 }
 
+/* Lines "id serial" of the enrolled programmers, appended to a buffer. */
+struct enroll__pins {
+    char *buf;
+    size_t len, cap;
+    int err;
+};
+
+static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    struct enroll__pins *s = ctx;
+    size_t need = strlen(p->programmer_id) + strlen(p->cert_serial) + 2;
+    if (p->state != CLOUD_LEDGER_PROGRAMMER_ENROLLED || !p->cert_serial[0])
+        return NU_OK;
+    if (s->len + need + 1 > s->cap) {
+        size_t cap = 2 * (s->cap + need) + 256;
+        char *grown = realloc(s->buf, cap);
+        if (!grown)
+            return NU_ERR_NOMEM;
+        s->buf = grown, s->cap = cap;
+    }
+    s->len += (size_t)snprintf(s->buf + s->len, s->cap - s->len, "%s %s\n", p->programmer_id,
+                               p->cert_serial);
+    return NU_OK;
+}
+
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
+{
+    static const char head[] = "# written by nusec-cloud: current identity certificate serials\n";
+    char path[PATH_MAX], lock[PATH_MAX + 8];
+    struct enroll__pins s = {0};
+    int fd = -1;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/broker/serials", cloud->dir);
+    if (!rc)
+        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
+    if (!rc && !(s.buf = malloc(s.cap = sizeof(head) + 256)))
+        rc = NU_ERR_NOMEM;
+    if (rc)
+        return rc;
+    memcpy(s.buf, head, sizeof(head) - 1);
+    s.len = sizeof(head) - 1;
+    /* Under the lock, the ledger is read after any other writer's commit. */
+    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0)
+        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+    if (!rc)
+        rc = cloud_ledger_programmer_list(ledger, enroll__collect_pin, &s);
+    if (!rc)
+        rc = nu_file_write_atomic(path, s.buf, s.len, 0644);
+    if (fd >= 0)
+        close(fd);
+    free(s.buf);
+    if (rc)
+        nu_error("cannot update %s: %s", path, nu_err_str(rc));
+    return rc;
+}
+
 /* The station that relayed an enrollment owns the programmer from now on. */
 static void enroll__set_owner(struct cloud *cloud, const char *station, const char *programmer)
 {
@@ -260,7 +320,8 @@ static int enroll__token_decode(struct cloud_call *call, const char *text, uint8
 /* The ledger's refusals are audited by the ledger itself. */
 static int enroll__ledger_refusal(struct cloud_call *call, int rc, const char *what)
 {
-    if (rc == NU_ERR_TOKEN || rc == NU_ERR_REVOKED)
+    if (rc == NU_ERR_TOKEN || rc == NU_ERR_REVOKED || rc == NU_ERR_NONCE_REPLAYED ||
+        rc == NU_ERR_NONCE_EXPIRED)
         call->audited = 1;
     return cloud_fail(call, rc, "%s", what);
 }
@@ -309,7 +370,126 @@ struct enroll__req {
     uint8_t token[CLOUD_LEDGER_TOKEN_MAX];
     size_t token_len;
     struct nu_x509_csr_info csr;
+    struct nu_attest_claims att;
+    char measurement_hex[2 * NU_SHA256_LEN + 1];
 };
+
+/* ------------------------------------------------------------ attestation */
+
+/* The pinned programmer vendor CA (configuration vendor_ca), DER. */
+static int enroll__vendor_ca(struct cloud_call *call, uint8_t **out_der, size_t *out_len)
+{
+    const char *path = call->cloud->cfg.vendor_ca;
+    uint8_t *pem = NULL;
+    size_t pem_len = 0;
+    int rc = nu_file_read(path, NU_X509_PEM_MAX, &pem, &pem_len);
+    if (!rc)
+        rc = nu_x509_pem_to_der((const char *)pem, pem_len, NU_X509_PEM_CERT, out_der, out_len,
+                                NULL);
+    free(pem);
+    if (rc)
+        nu_error("enroll: no usable programmer vendor CA at %s (%s): every enrollment is refused",
+                 path, nu_err_str(rc));
+    return rc;
+}
+
+/* Is `serial` on the configured allow-list (a file, one serial per line)?
+ * No list configured = any serial; a list that cannot be read = none. */
+static int enroll__serial_allowed(struct cloud_call *call, const char *serial)
+{
+    const char *path = call->cloud->cfg.programmer_serials;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int found = 0;
+    if (!path[0])
+        return 1;
+    if (nu_file_read(path, ENROLL__LIST_MAX, &buf, &len) != NU_OK) {
+        nu_error("enroll: programmer_serials %s unreadable: no serial is allowed", path);
+        return 0;
+    }
+    for (size_t pos = 0; pos < len && !found;) {
+        const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - buf) : len;
+        char norm[CLOUD_ID_MAX + 2];
+        enroll__norm((const char *)buf + pos, end - pos, norm, sizeof(norm));
+        found = norm[0] && strcmp(norm, serial) == 0;
+        pos = end + 1;
+    }
+    free(buf);
+    return found;
+}
+
+/* The measurement must be what an OEM-signed boot manifest approves: an
+ * MCUboot image under the OEM's secure-boot key (the same check the
+ * programmer's secure boot makes) whose 32-byte payload is the measurement. */
+static int enroll__measurement_ok(struct cloud_call *call, const ProtobufCBinaryData *manifest,
+                                  const uint8_t measurement[NU_SHA256_LEN])
+{
+    const uint8_t *rotpk = nu_hsm_key_signer(call->cloud->keys.secure_boot)->pub;
+    uint8_t rotpk_hash[NU_SHA256_LEN];
+    struct nu_mcuboot_info info;
+    if (!manifest->len || manifest->len > ENROLL__MANIFEST_MAX)
+        return 0;
+    if (nu_mcuboot_rotpk_hash(rotpk, rotpk_hash) ||
+        nu_mcuboot_verify(manifest->data, manifest->len, rotpk, rotpk_hash, &info))
+        return 0;
+    return info.payload_len == NU_SHA256_LEN &&
+           nu_memeq_ct(manifest->data + info.payload_off, measurement, NU_SHA256_LEN) == 0;
+}
+
+/*
+ * The KeyStore's attestation: certified by the pinned vendor CA, signed,
+ * about this programmer and the keys of this request, from allowed hardware
+ * running approved firmware. The nonce is checked by the ledger (read-only
+ * here, used up with the token when the enrollment is recorded).
+ */
+static int enroll__attested(struct cloud_call *call, const Nusec__V1__EnrollRequest *r,
+                            struct enroll__req *e, uint64_t now)
+{
+    uint8_t *ca = NULL;
+    size_t ca_len = 0;
+    if (!r->attestation_statement.len || !r->attestation_signature.len ||
+        !r->attestation_cert_der.len)
+        return cloud_fail(call, NU_ERR_ATTESTATION_MISSING,
+                          "no KeyStore attestation: keys not proven to live in a programmer");
+    if (enroll__vendor_ca(call, &ca, &ca_len))
+        return cloud_fail(call, NU_ERR_ATTESTATION_UNTRUSTED, "no programmer vendor CA pinned");
+    int rc = nu_attest_verify(ca, ca_len, r->attestation_cert_der.data, r->attestation_cert_der.len,
+                              r->attestation_statement.data, r->attestation_statement.len,
+                              r->attestation_signature.data, r->attestation_signature.len, &e->att);
+    free(ca);
+    if (rc == NU_ERR_ATTESTATION_UNTRUSTED)
+        return cloud_fail(call, rc, "attestation certificate not from the pinned vendor CA");
+    if (rc == NU_ERR_ATTESTATION_SIGNATURE)
+        return cloud_fail(call, rc, "attestation statement signature does not verify");
+    if (rc)
+        return cloud_fail(call, rc == NU_ERR_ATTESTATION_MISSING ? rc : NU_ERR_DECODE,
+                          "attestation statement malformed");
+    if (strcmp(e->att.programmer_id, r->programmer_id) != 0)
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "attestation is for another programmer");
+    if (!e->att.keys_generated_in_keystore || !e->att.keys_non_exportable)
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "keys not attested as KeyStore-born");
+    if (nu_memeq_ct(e->att.identity_pub, e->csr.pub, NU_P256_PUB_LEN) != 0)
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED,
+                          "CSR key is not the attested identity key");
+    if (nu_memeq_ct(e->att.package_pub, r->package_pubkey.data, NU_P256_PUB_LEN) != 0)
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "package key is not the attested one");
+    if (!enroll__serial_allowed(call, e->att.vendor_serial))
+        return cloud_fail(call, NU_ERR_SERIAL_NOT_ALLOWED, "programmer %s not on the allow-list",
+                          e->att.vendor_serial);
+    if (!enroll__measurement_ok(call, &r->boot_manifest, e->att.measurement))
+        return cloud_fail(call, NU_ERR_MEASUREMENT,
+                          "measured programmer firmware is not one the OEM signed");
+    rc = cloud_ledger_nonce_check(call->ledger, e->att.nonce, r->programmer_id, now);
+    if (rc == NU_ERR_NONCE_REPLAYED || rc == NU_ERR_NONCE_EXPIRED)
+        return cloud_fail(call, rc,
+                          rc == NU_ERR_NONCE_EXPIRED ? "challenge expired"
+                                                     : "challenge unknown or used");
+    if (rc)
+        return cloud_fail(call, rc, "challenge not checked");
+    return nu_hex_encode(e->att.measurement, NU_SHA256_LEN, e->measurement_hex,
+                         sizeof(e->measurement_hex));
+}
 
 static int enroll__check(struct cloud_call *call, const Nusec__V1__EnrollRequest *r,
                          struct enroll__req *e)
@@ -329,7 +509,7 @@ static int enroll__check(struct cloud_call *call, const Nusec__V1__EnrollRequest
     if (strcmp(e->csr.cn, r->programmer_id) != 0 || strcmp(e->csr.ou, NU_ROLE_PROGRAMMER) != 0)
         return cloud_fail(call, NU_ERR_BAD_CSR, "CSR subject must be CN=%s, OU=programmer",
                           r->programmer_id);
-    return NU_OK;
+    return enroll__attested(call, r, e, nu_time_ms());
 }
 
 /* Identity certificate for the CSR's key, signed by the Fleet CA in the HSM. */
@@ -426,16 +606,25 @@ static int enroll__enroll(struct cloud_call *call)
         .package_pubkey = r->package_pubkey.data,
         .actor = call->requester,
         .now_ms = now,
+        .vendor_serial = e.att.vendor_serial,
+        .firmware_measurement = e.measurement_hex,
+        .nonce = e.att.nonce,
     };
     rc = cloud_ledger_enroll(call->ledger, e.token, e.token_len, &en);
     if (rc) {
         rc = enroll__ledger_refusal(call, rc, "enrollment not recorded");
         goto out;
     }
-    nu_info("programmer %s enrolled through %s (serial %s)", r->programmer_id, call->requester,
-            info.serial_hex);
+    nu_info("programmer %s enrolled through %s (serial %s, vendor serial %s)", r->programmer_id,
+            call->requester, info.serial_hex, e.att.vendor_serial);
     if (call->role == CLOUD_ROLE_STATION)
         enroll__set_owner(call->cloud, call->requester, r->programmer_id);
+    /* Before the answer: the new certificate is the only one the broker
+     * accepts for this identity from now on, and the old one is kicked. */
+    if (cloud_serials_sync(call->cloud, call->ledger))
+        nu_warn("%s enrolled, but the broker's serial list is stale: its previous certificate "
+                "may connect until the next enrollment or restart",
+                r->programmer_id);
     rc = enroll__answer(call, r->programmer_id, der, der_len);
     enroll__event(call->cloud, "programmer.enrolled", r->programmer_id, NULL);
 out:
@@ -445,12 +634,46 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------ enroll.challenge */
+
+/* Step 1 of an attested enrollment: only a valid token gets a nonce, so the
+ * ledger's challenge table grows only with the OEM's tokens. */
+static int enroll__challenge(struct cloud_call *call)
+{
+    const Nusec__V1__EnrollChallengeRequest *r = call->req->enroll_challenge_request;
+    uint8_t token[CLOUD_LEDGER_TOKEN_MAX], nonce[NU_ATTEST_NONCE_LEN];
+    size_t token_len = 0;
+    uint64_t now = nu_time_ms(), ttl_ms = (uint64_t)call->cloud->cfg.challenge_ttl_s * 1000u;
+    int rc = enroll__id_allowed(call, r->programmer_id);
+    if (!rc && call->role == CLOUD_ROLE_PROGRAMMER && strcmp(r->programmer_id, call->requester))
+        rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "a programmer enrolls only itself");
+    if (!rc)
+        rc = enroll__token_decode(call, r->token, token, &token_len);
+    if (!rc && (rc = cloud_ledger_token_check(call->ledger, token, token_len, r->programmer_id,
+                                              now)) != NU_OK)
+        rc = cloud_fail(call, rc,
+                        rc == NU_ERR_REVOKED ? "programmer is revoked"
+                                             : "token unknown, used, expired or bound to another "
+                                               "programmer");
+    if (!rc && (rc = nu_random(nonce, sizeof(nonce))) == NU_OK)
+        rc = cloud_ledger_nonce_add(call->ledger, nonce, r->programmer_id, now + ttl_ms, now);
+    if (!rc) {
+        Nusec__V1__EnrollChallenge resp = NUSEC__V1__ENROLL_CHALLENGE__INIT;
+        resp.programmer_id = r->programmer_id;
+        resp.nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
+        resp.expires_at_ms = now + ttl_ms;
+        rc = cloud_reply(call, &resp.base);
+    }
+    nu_zero(token, sizeof(token));
+    return rc;
+}
+
 /* ------------------------------------------------------------ list, revoke */
 
 struct enroll__list {
     Nusec__V1__ProgrammerInfo *items;
     Nusec__V1__ProgrammerInfo **ptrs;
-    char (*strings)[2][CLOUD_LEDGER_SERIAL_MAX + 1];
+    char (*strings)[4][2 * CLOUD_LEDGER_HASH_LEN + 1];
     size_t n, cap;
 };
 
@@ -465,6 +688,10 @@ static int enroll__list_visit(void *ctx, const struct cloud_ledger_programmer *p
     snprintf(l->strings[l->n][1], sizeof(l->strings[0][1]), "%s", p->cert_serial);
     it->programmer_id = l->strings[l->n][0];
     it->certificate_serial = l->strings[l->n][1];
+    snprintf(l->strings[l->n][2], sizeof(l->strings[0][2]), "%s", p->vendor_serial);
+    snprintf(l->strings[l->n][3], sizeof(l->strings[0][3]), "%s", p->firmware_measurement);
+    it->vendor_serial = l->strings[l->n][2];
+    it->firmware_measurement = l->strings[l->n][3];
     it->state = p->state == CLOUD_LEDGER_PROGRAMMER_ENROLLED ? "enrolled" : "revoked";
     it->enrolled_at_ms = p->enrolled_at_ms;
     l->ptrs[l->n] = it;
@@ -525,8 +752,12 @@ static int enroll__programmer_revoke(struct cloud_call *call)
 
 const struct cloud_op cloud_enroll_ops[] = {
     {"enroll.token", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_ENROLL_TOKEN_REQUEST, enroll__token},
-    {"enroll", CLOUD_ROLE_STATION | CLOUD_ROLE_PROGRAMMER, NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST,
-     enroll__enroll},
+    /* The OEM relays by default (before the programmer ships); a station
+     * relays at the CM; a programmer may renew itself. All are attested. */
+    {"enroll.challenge", CLOUD_ROLE_OEM | CLOUD_ROLE_STATION | CLOUD_ROLE_PROGRAMMER,
+     NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST, enroll__challenge},
+    {"enroll", CLOUD_ROLE_OEM | CLOUD_ROLE_STATION | CLOUD_ROLE_PROGRAMMER,
+     NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST, enroll__enroll},
     {"programmer.list", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_LIST_REQUEST,
      enroll__programmer_list},
     {"programmer.revoke", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_REVOKE_REQUEST,

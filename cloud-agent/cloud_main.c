@@ -36,7 +36,10 @@ static const char cloud__usage[] =
     "then), oem_ids (oem), station_ids (station), log_level, session_expiry_s (90,\n"
     "10..86400: how long the broker keeps this agent's MQTT session, and queues\n"
     "its share of $share requests, after it dies; short so a dead agent does not\n"
-    "swallow requests for long, long enough to resume after a quick restart).\n"
+    "swallow requests for long, long enough to resume after a quick restart), vendor_ca\n"
+    "(DIR/pki/vendor-ca.pem: the programmer vendor CA pinned for attested\n"
+    "enrollment), programmer_serials (allow-list file of vendor serials; none),\n"
+    "enroll_challenge_ttl_s (120).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
@@ -86,6 +89,8 @@ static int cloud__run(struct cloud *cloud)
         int sync = cloud_revoked_sync(cloud, ledger);
         if (sync)
             nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
+        if ((sync = cloud_serials_sync(cloud, ledger)) != NU_OK)
+            nu_warn("cannot update the broker's identity serial list: %s", nu_err_str(sync));
     }
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);

@@ -17,7 +17,9 @@ static const char *const cloud__config_keys[] = {
     "workers",     "queue_max", "chunk_size",
     "instance",    "batch_max", "oem_ids",
     "station_ids", "log_level", "checkpoint_interval_s",
-    "session_expiry_s", NULL,
+    "session_expiry_s",
+    "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
+    NULL,
 };
 
 /* "a, b,c" -> ids[]; each a valid identity. */
@@ -42,6 +44,21 @@ static int cloud__parse_ids(const char *text, char ids[][CLOUD_ID_MAX + 1], size
     }
     *out_n = n;
     return NU_OK;
+}
+
+/* vendor_ca (default DIR/pki/vendor-ca.pem) and programmer_serials (none). */
+static int cloud__attest_config(const struct nu_config *cfg, const char *dir,
+                                struct cloud_config *out, char *err, size_t err_cap)
+{
+    const char *ca = nu_config_get_str(cfg, "vendor_ca", NULL);
+    const char *serials = nu_config_get_str(cfg, "programmer_serials", "");
+    int rc = ca ? nu_path_fmt(out->vendor_ca, sizeof(out->vendor_ca), "%s", ca)
+                : nu_path_fmt(out->vendor_ca, sizeof(out->vendor_ca), "%s/pki/vendor-ca.pem", dir);
+    if (!rc)
+        rc = nu_path_fmt(out->programmer_serials, sizeof(out->programmer_serials), "%s", serials);
+    if (rc)
+        snprintf(err, err_cap, "vendor_ca / programmer_serials: path too long");
+    return rc ? NU_ERR_CONFIG : NU_OK;
 }
 
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out)
@@ -81,6 +98,7 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
     CLOUD__INT("checkpoint_interval_s", 300, 0, 86400, checkpoint_interval_s)
     CLOUD__INT("session_expiry_s", 90, 10, 86400, session_expiry_s)
+    CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))
@@ -88,6 +106,8 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     if (!rc && cloud__parse_ids(nu_config_get_str(cfg, "station_ids", "station"), out->station_ids,
                                 &out->n_station_ids))
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
+    if (!rc)
+        rc = cloud__attest_config(cfg, dir, out, err, sizeof(err));
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

@@ -176,6 +176,19 @@ static const char *const ledger__migrations[] = {
     " BEGIN SELECT RAISE(ABORT, 'a sealed package does not change'); END;"
     "CREATE TRIGGER job_packages_no_delete BEFORE DELETE ON job_packages"
     " BEGIN SELECT RAISE(ABORT, 'sealed packages are never deleted'); END;",
+    /* 2 -> 3: attested enrollment. What each programmer's KeyStore attested
+     * (vendor serial, firmware measurement; '' for programmers enrolled
+     * before) and the single-use enrollment challenges. Challenges live here,
+     * not in memory, so they survive a restart and work when several agents
+     * share the file (the challenge and the enroll may reach different ones). */
+    "ALTER TABLE programmers ADD COLUMN vendor_serial TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE programmers ADD COLUMN firmware_measurement TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE enroll_nonces ("
+    " nonce BLOB PRIMARY KEY NOT NULL CHECK (typeof(nonce) = 'blob' AND length(nonce) = 32),"
+    " programmer_id TEXT NOT NULL,"
+    " created_at_ms INTEGER NOT NULL,"
+    " expires_at_ms INTEGER NOT NULL,"
+    " used_at_ms INTEGER) WITHOUT ROWID;",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))
@@ -215,7 +228,7 @@ static const char *const ledger__reserved_kinds[] = {
     "created_at_ms, expires_at_ms"
 #define LEDGER_PROG_COLS                                                                           \
     "programmer_id, state, cert_serial, cert_pem, package_pubkey, enrolled_at_ms, "                \
-    "revoked_at_ms, revoke_reason"
+    "revoked_at_ms, revoke_reason, vendor_serial, firmware_measurement"
 
 #define LEDGER_SQL(X)                                                                              \
     X(BEGIN_W, "BEGIN IMMEDIATE")                                                                  \
@@ -245,11 +258,21 @@ static const char *const ledger__reserved_kinds[] = {
     X(PROG_GET, "SELECT " LEDGER_PROG_COLS " FROM programmers WHERE programmer_id = ?1")           \
     X(PROG_LIST, "SELECT " LEDGER_PROG_COLS " FROM programmers ORDER BY programmer_id")            \
     X(PROG_UPSERT, "INSERT INTO programmers (programmer_id, state, cert_serial, cert_pem,"         \
-                   " package_pubkey, enrolled_at_ms) VALUES (?1, 'enrolled', ?2, ?3, ?4, ?5)"      \
+                   " package_pubkey, enrolled_at_ms, vendor_serial, firmware_measurement)"         \
+                   " VALUES (?1, 'enrolled', ?2, ?3, ?4, ?5, ?6, ?7)"                              \
                    " ON CONFLICT (programmer_id) DO UPDATE SET cert_serial ="                      \
                    " excluded.cert_serial, cert_pem = excluded.cert_pem, package_pubkey ="         \
-                   " excluded.package_pubkey, enrolled_at_ms = excluded.enrolled_at_ms"            \
+                   " excluded.package_pubkey, enrolled_at_ms = excluded.enrolled_at_ms,"           \
+                   " vendor_serial = excluded.vendor_serial,"                                      \
+                   " firmware_measurement = excluded.firmware_measurement"                         \
                    " WHERE state = 'enrolled'")                                                    \
+    X(NONCE_ADD, "INSERT INTO enroll_nonces (nonce, programmer_id, created_at_ms, expires_at_ms)"  \
+                 " VALUES (?1, ?2, ?3, ?4)")                                                       \
+    X(NONCE_PURGE, "DELETE FROM enroll_nonces WHERE expires_at_ms < ?1")                           \
+    X(NONCE_GET, "SELECT programmer_id, expires_at_ms, used_at_ms FROM enroll_nonces"              \
+                 " WHERE nonce = ?1")                                                              \
+    X(NONCE_USE, "UPDATE enroll_nonces SET used_at_ms = ?2 WHERE nonce = ?1"                       \
+                 " AND used_at_ms IS NULL")                                                        \
     X(PROG_REVOKE, "UPDATE programmers SET state = 'revoked', revoked_at_ms = ?2,"                 \
                    " revoke_reason = ?3 WHERE programmer_id = ?1 AND state = 'enrolled'")          \
     X(TOKEN_ADD, "INSERT INTO enroll_tokens (token_hash, programmer_id, created_at_ms,"            \
@@ -1227,6 +1250,10 @@ static int ledger__prog_row(sqlite3_stmt *st, struct cloud_ledger_programmer *p)
     p->revoked_at_ms = ledger__col_u64(st, 6);
     if (rc == NU_OK)
         rc = ledger__col_str(st, 7, p->revoke_reason, sizeof(p->revoke_reason));
+    if (rc == NU_OK)
+        rc = ledger__col_str(st, 8, p->vendor_serial, sizeof(p->vendor_serial));
+    if (rc == NU_OK)
+        rc = ledger__col_str(st, 9, p->firmware_measurement, sizeof(p->firmware_measurement));
     return rc;
 }
 
@@ -2010,6 +2037,9 @@ static int ledger__enrollment_check(const struct cloud_ledger_enrollment *e, siz
     /* The key every package for this programmer will be sealed to. */
     if (nu_p256_pub_check(e->package_pubkey) != NU_OK)
         return NU_ERR_INVALID_ARG;
+    if ((e->vendor_serial && ledger__id_check(e->vendor_serial) != NU_OK) ||
+        (e->firmware_measurement && strlen(e->firmware_measurement) != 2 * CLOUD_LEDGER_HASH_LEN))
+        return NU_ERR_INVALID_ARG;
     return NU_OK;
 }
 
@@ -2036,6 +2066,8 @@ static int ledger__upsert_in_txn(struct cloud_ledger *l, const struct cloud_ledg
     sqlite3_bind_text(st, 3, e->cert_pem, (int)pem_len, SQLITE_STATIC);
     ledger__bind_blob(st, 4, e->package_pubkey, CLOUD_LEDGER_PUBKEY_LEN);
     ledger__bind_u64(st, 5, e->now_ms);
+    ledger__bind_text(st, 6, e->vendor_serial ? e->vendor_serial : "");
+    ledger__bind_text(st, 7, e->firmware_measurement ? e->firmware_measurement : "");
     rc = ledger__run(l, st, "programmer upsert");
     if (rc != NU_OK)
         return rc;
@@ -2044,6 +2076,10 @@ static int ledger__upsert_in_txn(struct cloud_ledger *l, const struct cloud_ledg
     lj_str(&j, "programmer", e->programmer_id);
     lj_str(&j, "serial", e->cert_serial);
     lj_str(&j, "previous_serial", previous);
+    if (e->vendor_serial && e->vendor_serial[0]) {
+        lj_str(&j, "vendor_serial", e->vendor_serial);
+        lj_str(&j, "firmware_measurement", e->firmware_measurement ? e->firmware_measurement : "");
+    }
     lj_raw(&j, "}", 1);
     return ledger__append_json(l, &j, e->now_ms, "programmer.enrolled", e->actor, "");
 }
@@ -2292,6 +2328,108 @@ int cloud_ledger_token_check(struct cloud_ledger *ledger, const uint8_t *token, 
     return rc;
 }
 
+/* ------------------------------------------------------ enrollment nonces */
+
+/* Is the challenge nonce usable by programmer_id at now? Read inside the
+ * caller's transaction. NU_OK, NONCE_REPLAYED (unknown, used, or another
+ * programmer's), NONCE_EXPIRED, or a DB error. */
+static int ledger__nonce_decide(struct cloud_ledger *l, const uint8_t nonce[32],
+                                const char *programmer_id, uint64_t now_ms)
+{
+    char bound[CLOUD_LEDGER_ID_MAX + 1];
+    sqlite3_stmt *st = NULL;
+    uint64_t expires;
+    int used;
+    int rc = ledger__stmt(l, ST_NONCE_GET, &st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_blob(st, 1, nonce, CLOUD_LEDGER_NONCE_LEN);
+    rc = ledger__step_one(l, st, "nonce get");
+    if (rc == NU_ERR_NOT_FOUND)
+        return NU_ERR_NONCE_REPLAYED;
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__col_str(st, 0, bound, sizeof(bound));
+    expires = ledger__col_u64(st, 1);
+    used = sqlite3_column_type(st, 2) != SQLITE_NULL;
+    ledger__reset(st);
+    if (rc != NU_OK)
+        return rc;
+    if (used || strcmp(bound, programmer_id) != 0)
+        return NU_ERR_NONCE_REPLAYED;
+    return now_ms >= expires ? NU_ERR_NONCE_EXPIRED : NU_OK;
+}
+
+/* Decide, then mark used, inside the caller's write transaction. */
+static int ledger__nonce_use(struct cloud_ledger *l, const uint8_t nonce[32],
+                             const char *programmer_id, uint64_t now_ms)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = ledger__nonce_decide(l, nonce, programmer_id, now_ms);
+
+    if (rc == NU_OK)
+        rc = ledger__stmt(l, ST_NONCE_USE, &st);
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_blob(st, 1, nonce, CLOUD_LEDGER_NONCE_LEN);
+    ledger__bind_u64(st, 2, now_ms);
+    rc = ledger__run(l, st, "nonce use");
+    if (rc == NU_OK && sqlite3_changes(l->db) != 1)
+        rc = NU_ERR_INTERNAL; /* decided unused under the same write lock */
+    return rc;
+}
+
+int cloud_ledger_nonce_add(struct cloud_ledger *ledger, const uint8_t nonce[32],
+                           const char *programmer_id, uint64_t expires_at_ms, uint64_t now_ms)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!ledger || !nonce || !ledger__time_ok(now_ms) || expires_at_ms <= now_ms)
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(programmer_id);
+    if (rc == NU_OK)
+        rc = ledger__begin(ledger, 1);
+    /* Challenges expired for a day are of no use to anyone: they go. */
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_NONCE_PURGE, &st);
+    if (rc == NU_OK) {
+        ledger__bind_u64(st, 1, now_ms > 86400000u ? now_ms - 86400000u : 0);
+        rc = ledger__run(ledger, st, "nonce purge");
+    }
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_NONCE_ADD, &st);
+    if (rc != NU_OK)
+        goto out;
+    ledger__bind_blob(st, 1, nonce, CLOUD_LEDGER_NONCE_LEN);
+    ledger__bind_text(st, 2, programmer_id);
+    ledger__bind_u64(st, 3, now_ms);
+    ledger__bind_u64(st, 4, expires_at_ms);
+    rc = ledger__run(ledger, st, "nonce add");
+    if (rc == NU_OK)
+        rc = ledger__commit(ledger);
+out:
+    ledger__rollback(ledger);
+    return rc;
+}
+
+int cloud_ledger_nonce_check(struct cloud_ledger *ledger, const uint8_t nonce[32],
+                             const char *programmer_id, uint64_t now_ms)
+{
+    int rc;
+
+    if (!ledger || !nonce || !ledger__time_ok(now_ms))
+        return NU_ERR_INVALID_ARG;
+    rc = ledger__id_check(programmer_id);
+    if (rc == NU_OK)
+        rc = ledger__begin(ledger, 0);
+    if (rc == NU_OK)
+        rc = ledger__nonce_decide(ledger, nonce, programmer_id, now_ms);
+    ledger__rollback(ledger);
+    return rc;
+}
+
 /* Consume (and, when e is not NULL, enroll) in one transaction. */
 static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t token_len,
                            const char *programmer_id, const char *actor, uint64_t now_ms,
@@ -2313,6 +2451,16 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
         ledger__token_refused(l, programmer_id, actor, now_ms, refusal);
         rc = refusal;
         goto out;
+    }
+    if (rc == NU_OK && e && e->nonce) {
+        rc = ledger__nonce_use(l, e->nonce, programmer_id, now_ms);
+        if (rc == NU_ERR_NONCE_REPLAYED || rc == NU_ERR_NONCE_EXPIRED) {
+            int refusal = rc;
+            ledger__rollback(l);
+            ledger__token_refused(l, programmer_id, actor, now_ms, refusal);
+            rc = refusal;
+            goto out;
+        }
     }
     if (rc == NU_OK)
         rc = ledger__stmt(l, ST_TOKEN_USE, &st);

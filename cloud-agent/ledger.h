@@ -25,8 +25,12 @@
  *   programmers(programmer_id PK, state IN ('enrolled','revoked'), cert_serial,
  *        cert_pem, package_pubkey BLOB (65-byte point), enrolled_at_ms,
  *        revoked_at_ms, revoke_reason)
+ *        vendor_serial, firmware_measurement (hex; both attested at enrollment,
+ *        '' for programmers enrolled before schema 3)
  *   enroll_tokens(token_hash BLOB PK = SHA-256(token), programmer_id,
  *        created_at_ms, expires_at_ms, used_at_ms) — never the token itself
+ *   enroll_nonces(nonce BLOB PK (32 bytes), programmer_id, created_at_ms,
+ *        expires_at_ms, used_at_ms) — single-use enrollment challenges
  *   certificates(serial TEXT PK (lower-case hex), job_id, device_uid BLOB,
  *        pubkey_hash BLOB (SHA-256 of the device public key, as the caller
  *        computes it), pem TEXT, programmer_id (the issuing programmer),
@@ -97,6 +101,7 @@
  *   job.paused|job.resumed|job.closed  {"from":STATUS,"to":STATUS}
  *   job.exhausted      {"issued":N,"quota":N}
  *   programmer.enrolled {"programmer":P,"serial":S,"previous_serial":S}  ("" if first)
+ *                       + "vendor_serial":V,"firmware_measurement":H when attested
  *   programmer.revoked {"programmer":P,"reason":S}
  *   enroll.token.added {"programmer":P,"token_id":H,"expires_at_ms":N}
  *   enroll.token.used  {"programmer":P,"token_id":H}
@@ -179,7 +184,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 2
+#define CLOUD_LEDGER_SCHEMA_VERSION 3
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
@@ -196,6 +201,7 @@
 #define CLOUD_LEDGER_TOKEN_MIN 16       /* enrollment token bytes */
 #define CLOUD_LEDGER_TOKEN_MAX 64
 #define CLOUD_LEDGER_PUBKEY_LEN 65 /* uncompressed P-256 point */
+#define CLOUD_LEDGER_NONCE_LEN 32  /* enrollment challenge */
 #define CLOUD_LEDGER_BATCH_MAX 256 /* requests per cloud_ledger_issue_batch */
 #define CLOUD_LEDGER_BUSY_TIMEOUT_MS 10000
 #define CLOUD_LEDGER_REFUSAL_TTL_MS (10u * 60u * 1000u)
@@ -423,6 +429,8 @@ struct cloud_ledger_programmer {
     uint64_t enrolled_at_ms;
     uint64_t revoked_at_ms; /* 0 while enrolled */
     char revoke_reason[CLOUD_LEDGER_TEXT_MAX + 1];
+    char vendor_serial[CLOUD_LEDGER_ID_MAX + 1];              /* attested; "" before v3 */
+    char firmware_measurement[2 * CLOUD_LEDGER_HASH_LEN + 1]; /* hex; "" before v3 */
 };
 
 /* An enrollment's result, borrowed for the call. */
@@ -433,7 +441,30 @@ struct cloud_ledger_enrollment {
     const uint8_t *package_pubkey; /* CLOUD_LEDGER_PUBKEY_LEN bytes, a valid P-256 point */
     const char *actor;             /* who relayed the enrollment */
     uint64_t now_ms;
+    /* Attested enrollment (NULL = not recorded / no challenge): the vendor
+     * serial (an id), the firmware measurement (64 hex characters) and the
+     * challenge nonce (CLOUD_LEDGER_NONCE_LEN bytes), which cloud_ledger_enroll
+     * uses up in the same transaction as the token. */
+    const char *vendor_serial;
+    const char *firmware_measurement;
+    const uint8_t *nonce;
 };
+
+/*
+ * Store a fresh enrollment challenge nonce bound to programmer_id, usable
+ * once until expires_at_ms (challenges expired for over a day are purged).
+ * Errors: INVALID_ARG, BUSY, DB (a duplicate nonce).
+ */
+int cloud_ledger_nonce_add(struct cloud_ledger *ledger, const uint8_t nonce[32],
+                           const char *programmer_id, uint64_t expires_at_ms, uint64_t now_ms);
+
+/*
+ * Could programmer_id use this nonce now? Read-only (cloud_ledger_enroll
+ * re-checks and uses it up). Errors: INVALID_ARG, NONCE_REPLAYED (unknown,
+ * used, or bound to another programmer), NONCE_EXPIRED, DB.
+ */
+int cloud_ledger_nonce_check(struct cloud_ledger *ledger, const uint8_t nonce[32],
+                             const char *programmer_id, uint64_t now_ms);
 
 /*
  * Record a programmer as enrolled (insert, or re-enrollment replacing its
@@ -494,6 +525,8 @@ int cloud_ledger_token_consume(struct cloud_ledger *ledger, const uint8_t *token
  * Enrollment in one transaction: consume the token bound to
  * enrollment->programmer_id, then cloud_ledger_programmer_upsert. Either both
  * happen or neither (a refusal is audited as enroll.refused).
+ * With enrollment->nonce, the challenge is used up in the same transaction
+ * (refused: NONCE_REPLAYED, NONCE_EXPIRED, audited as enroll.refused).
  * Errors: as cloud_ledger_token_consume and cloud_ledger_programmer_upsert.
  */
 int cloud_ledger_enroll(struct cloud_ledger *ledger, const uint8_t *token, size_t token_len,

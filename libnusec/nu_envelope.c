@@ -118,6 +118,14 @@ static const struct nu__rule nu__rules[] = {
     NU__BYTES(EnrollRequest, enroll_request, csr_der, 1, NU_ENVELOPE_CSR_MAX),
     NU__BYTES(EnrollRequest, enroll_request, package_pubkey, 65, 65), /* uncompressed P-256 */
     NU__BYTES(EnrollRequest, enroll_request, firmware_hash, 0, NU__DIG),
+    NU__BYTES(EnrollRequest, enroll_request, attestation_statement, 0, 1024),
+    NU__BYTES(EnrollRequest, enroll_request, attestation_signature, 0, 72),
+    NU__BYTES(EnrollRequest, enroll_request, attestation_cert_der, 0, NU_ENVELOPE_CERT_MAX),
+    NU__BYTES(EnrollRequest, enroll_request, boot_manifest, 0, 4096),
+    NU__ID(EnrollChallengeRequest, enroll_challenge_request, programmer_id, 1),
+    NU__TOKEN(EnrollChallengeRequest, enroll_challenge_request, token),
+    NU__ID(EnrollChallenge, enroll_challenge, programmer_id, 1),
+    NU__BYTES(EnrollChallenge, enroll_challenge, nonce, 32, 32),
     NU__ID(EnrollResponse, enroll_response, programmer_id, 1),
     NU__BYTES(EnrollResponse, enroll_response, certificate_der, 1, NU_ENVELOPE_CERT_MAX),
     NU__BYTES_N(EnrollResponse, enroll_response, chain_der, 1, NU_ENVELOPE_CERT_MAX,
@@ -130,6 +138,8 @@ static const struct nu__rule nu__rules[] = {
     NU__ID(ProgrammerInfo, programmer_info, programmer_id, 1),
     NU__ID(ProgrammerInfo, programmer_info, state, 0),
     NU__ID(ProgrammerInfo, programmer_info, certificate_serial, 0),
+    NU__ID(ProgrammerInfo, programmer_info, vendor_serial, 0),
+    NU__ID(ProgrammerInfo, programmer_info, firmware_measurement, 0),
 
     NU__ID(JobCreateRequest, job_create_request, firmware, 1),
     NU__COUNT(JobCreateRequest, job_create_request, allocations, NU_ENVELOPE_ALLOC_MAX),

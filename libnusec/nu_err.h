@@ -50,7 +50,15 @@
     X(BUSY, 35, "busy")                                                                            \
     X(BAD_FIRMWARE, 36, "firmware image rejected")                                                 \
     X(TOKEN, 37, "invalid or expired token")                                                       \
-    X(LIMIT, 38, "production limit reached")
+    X(LIMIT, 38, "production limit reached")                                                       \
+    X(ATTESTATION_MISSING, 39, "enrollment without a KeyStore attestation")                        \
+    X(ATTESTATION_UNTRUSTED, 40, "attestation key not certified by the pinned vendor CA")          \
+    X(ATTESTATION_SIGNATURE, 41, "attestation statement signature does not verify")                \
+    X(NONCE_REPLAYED, 42, "enrollment challenge unknown or already used")                          \
+    X(NONCE_EXPIRED, 43, "enrollment challenge expired")                                           \
+    X(MEASUREMENT, 44, "programmer firmware not approved by the OEM")                              \
+    X(SERIAL_NOT_ALLOWED, 45, "programmer serial not on the allow-list")                           \
+    X(KEY_NOT_ATTESTED, 46, "key not the one the KeyStore attested")
 
 enum nu_err {
 #define NU__ERR_ENUM(name, value, text) NU_ERR_##name = value,

@@ -21,8 +21,8 @@ static const char cli__token_usage[] =
     "\n"
     "Ask the cloud for a one-time enrollment token bound to programmer ID. The\n"
     "token is printed once, on stdout; the cloud keeps only its hash. Give it to\n"
-    "the programmer's enrollment (nusec-programmer --enroll TOKEN), which the\n"
-    "station relays.\n"
+    "the programmer's enrollment (nusec programmer enroll, or nusec-programmer\n"
+    "--enroll TOKEN), which the OEM relays by default (--relay station at the CM).\n"
     "\n"
     "  --name ID        programmer identity: 1..64 of [A-Za-z0-9._-], not a role\n"
     "                   name (cloud station monitor oem broker programmer)\n"
@@ -38,10 +38,12 @@ static const char cli__list_usage[] =
     "usage: nusec programmer list [--json] [--dir DIR]\n"
     "\n"
     "List the enrolled and revoked programmers the cloud knows: id, state,\n"
-    "enrollment time (UTC) and identity certificate serial.\n"
+    "enrollment time (UTC), identity certificate serial, and what its KeyStore\n"
+    "attested at enrollment: the vendor serial and the measurement (SHA-256) of\n"
+    "the programmer firmware (\"-\" for programmers enrolled before attestation).\n"
     "\n"
-    "  --json      a JSON array, one object per programmer:\n"
-    "              {\"id\",\"state\",\"enrolled_at_ms\",\"serial\"}\n"
+    "  --json      a JSON array, one object per programmer: {\"id\",\"state\",\n"
+    "              \"enrolled_at_ms\",\"serial\",\"vendor_serial\",\"measurement\"}\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
     "  -h, --help  this text\n"
     "\n"
@@ -181,19 +183,26 @@ static int cli__list(int argc, char **argv)
         if (o.json)
             printf("[");
         else
-            printf("%-24s %-9s %-21s %s\n", "ID", "STATE", "ENROLLED", "SERIAL");
+            printf("%-24s %-9s %-21s %-33s %-17s %s\n", "ID", "STATE", "ENROLLED", "SERIAL",
+                   "VENDOR SERIAL", "MEASUREMENT");
         for (size_t i = 0; i < l->n_programmers; i++) {
             const Nusec__V1__ProgrammerInfo *p = l->programmers[i];
+            const char *vs = p->vendor_serial && p->vendor_serial[0] ? p->vendor_serial : "-";
+            const char *ms = p->firmware_measurement && p->firmware_measurement[0]
+                                 ? p->firmware_measurement
+                                 : "-";
             char when[32];
             cli_utc(p->enrolled_at_ms, when, sizeof(when));
             if (o.json)
                 printf("%s\n{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
-                       "\"serial\":\"%s\"}",
+                       "\"serial\":\"%s\",\"vendor_serial\":\"%s\",\"measurement\":\"%s\"}",
                        i ? "," : "", p->programmer_id, p->state,
-                       (unsigned long long)p->enrolled_at_ms, p->certificate_serial);
+                       (unsigned long long)p->enrolled_at_ms, p->certificate_serial,
+                       p->vendor_serial ? p->vendor_serial : "",
+                       p->firmware_measurement ? p->firmware_measurement : "");
             else
-                printf("%-24s %-9s %-21s %s\n", p->programmer_id, p->state, when,
-                       p->certificate_serial);
+                printf("%-24s %-9s %-21s %-33s %-17s %s\n", p->programmer_id, p->state, when,
+                       p->certificate_serial, vs, ms);
         }
         if (o.json)
             printf("%s]\n", l->n_programmers ? "\n" : "");
@@ -241,25 +250,37 @@ static int cli__revoke(int argc, char **argv)
 }
 
 static const char cli__enroll_usage[] =
-    "usage: nusec programmer enroll --name ID [--token TOKEN] [--station ID] [--dir DIR]\n"
+    "usage: nusec programmer enroll --name ID [--token TOKEN] [--station ID]\n"
+    "                               [--relay oem|station] [--dir DIR]\n"
     "\n"
-    "Enroll the programmer ID of this station: its KeyStore makes its identity and\n"
-    "package keys, the station relays its CSR with the one-time TOKEN to the cloud,\n"
-    "and the programmer keeps the identity certificate it gets back\n"
-    "(nusec-programmer --enroll). Without --token, a token is minted first with the\n"
-    "oem certificate of DIR (OEM and CM on one machine, as in the local stack).\n"
-    "The station (default \"station\") becomes the programmer's owner on the broker.\n"
+    "Enroll programmer ID before it ships: its KeyStore makes its identity and\n"
+    "package keys, the cloud gives a one-time challenge, and the KeyStore's vendor\n"
+    "attestation (keys born in it, measured firmware, vendor serial, challenge) goes\n"
+    "with the CSR and the one-time TOKEN; the programmer keeps the identity\n"
+    "certificate it gets back (nusec-programmer --enroll). The programmer must be\n"
+    "factory-initialised (nusec-programmer --factory-init) and run firmware whose\n"
+    "boot manifest the OEM signed (DIR/programmers/boot-manifest.img).\n"
+    "By default the OEM relays (the oem certificate of DIR: no token travels to the\n"
+    "CM); --relay station relays at the CM with the station certificate, under the\n"
+    "same attestation. Without --token, a token is minted first with the oem\n"
+    "certificate of DIR. The station (default \"station\") becomes the\n"
+    "programmer's owner on the broker.\n"
     "\n"
     "Exit status: 0 enrolled, 1 failed (see DIR/logs/ID-enroll.log), 2 usage error.\n";
 
 static int cli__enroll(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"name", required_argument, NULL, 'n'},    {"token", required_argument, NULL, 't'},
-        {"station", required_argument, NULL, 's'}, {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"name", required_argument, NULL, 'n'},
+        {"token", required_argument, NULL, 't'},
+        {"station", required_argument, NULL, 's'},
+        {"dir", required_argument, NULL, 'd'},
+        {"relay", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *name = NULL, *token_opt = NULL, *station = "station", *dir_opt = NULL, *dir;
+    const char *relay = "oem";
     char token[NU_ENVELOPE_TOKEN_MAX + 1] = "", bin[PATH_MAX], exe[PATH_MAX], log[PATH_MAX];
     int c;
     optind = 1;
@@ -277,6 +298,9 @@ static int cli__enroll(int argc, char **argv)
         case 'd':
             dir_opt = optarg;
             break;
+        case 'r':
+            relay = optarg;
+            break;
         case 'h':
             fputs(cli__enroll_usage, stdout);
             return CLI_EXIT_OK;
@@ -285,8 +309,10 @@ static int cli__enroll(int argc, char **argv)
             return CLI_EXIT_USAGE;
         }
     }
-    if (!name || optind < argc || nu_envelope_id_check(name) || nu_envelope_id_check(station)) {
-        cli_errorf("programmer enroll: need --name ID (an identity); see --help");
+    if (!name || optind < argc || nu_envelope_id_check(name) || nu_envelope_id_check(station) ||
+        (strcmp(relay, "oem") != 0 && strcmp(relay, "station") != 0)) {
+        cli_errorf("programmer enroll: need --name ID (an identity), --relay oem|station; see "
+                   "--help");
         return CLI_EXIT_USAGE;
     }
     if (!(dir = cli_state_dir(dir_opt)))
@@ -305,7 +331,8 @@ static int cli__enroll(int argc, char **argv)
     pid_t pid = 0;
     int status = 0;
     if (!rc) {
-        char *args[] = {exe, "--dir", (char *)dir, "--name", (char *)name, "--enroll", token, NULL};
+        char *args[] = {exe,        "--dir", (char *)dir, "--name",      (char *)name,
+                        "--enroll", token,   "--relay",   (char *)relay, NULL};
         rc = station_proc_spawn(args, log, &pid);
     }
     nu_zero(token, sizeof(token));
@@ -318,7 +345,7 @@ static int cli__enroll(int argc, char **argv)
     }
     if (rc)
         return cli_fail("programmer enroll", rc);
-    printf("%s enrolled (relayed by %s)\n", name, station);
+    printf("%s enrolled (attested, relayed by %s; owned by %s)\n", name, relay, station);
     return CLI_EXIT_OK;
 }
 

@@ -10,6 +10,7 @@
 #include "station_owners.h"
 #include "station_proc.h"
 
+#include "nu_attest.h"
 #include "nu_client.h"
 #include "nu_crypto.h"
 #include "nu_err.h"
@@ -51,10 +52,13 @@ static const char cli__up_usage[] =
     "     failed pki init: the PKI meant for DIR may be another HSM's);\n"
     "  2. broker: mosquitto with DIR/broker/mosquitto.conf (nusec_auth plugin);\n"
     "  3. cloud: nusec-cloud; 4. station: nusec-station;\n"
-    "  5. programmers prog-1..prog-P: each not yet enrolled gets a one-time token\n"
-    "     (enroll.token as oem), the line \"station prog-N\" in DIR/broker/owners,\n"
-    "     and enrolls (nusec-programmer --enroll); then it runs with S sockets and\n"
-    "     its share of the N simulated blank targets (under DIR/targets);\n"
+    "  5. programmers prog-1..prog-P: each not yet enrolled is made by the stand-in\n"
+    "     programmer vendor (CA in DIR/vendor, created if absent, its certificate\n"
+    "     pinned as DIR/pki/vendor-ca.pem; nusec-programmer --factory-init), gets a\n"
+    "     one-time token (enroll.token as oem), the line \"station prog-N\" in\n"
+    "     DIR/broker/owners, and enrolls at the OEM with the KeyStore's attestation\n"
+    "     (nusec-programmer --enroll); then it runs with S sockets and its share of\n"
+    "     the N simulated blank targets (under DIR/targets);\n"
     "  6. dashboard: the live web view (`nusec dashboard`) on a free loopback\n"
     "     port; its URL with the access token is printed and in DIR/run/dashboard.url.\n"
     "Each service must become healthy before the next starts (broker port open,\n"
@@ -577,13 +581,78 @@ static int stack__token(struct stack *s, const char *name, char *out, size_t cap
     return rc;
 }
 
+/*
+ * The stand-in programmer vendor: its CA lives in DIR/vendor (the OEM's
+ * cloud never reads that folder); the OEM pins its certificate as
+ * DIR/pki/vendor-ca.pem (cloud.conf vendor_ca, by default). Both are made
+ * once; an existing pin is never replaced.
+ */
+static int stack__vendor_ca(struct stack *s, char *vdir, size_t cap)
+{
+    char pin[PATH_MAX], src[PATH_MAX];
+    uint8_t *pem = NULL;
+    size_t len = 0;
+    int rc = nu_path_fmt(vdir, cap, "%s/vendor", s->dir);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(pin, sizeof(pin), "%s/pki/vendor-ca.pem", s->dir);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(src, sizeof(src), "%s/" NU_ATTEST_VENDOR_CERT, vdir);
+    if (rc == NU_OK && !nu_path_exists(src))
+        rc = nu_attest_vendor_ca_init(vdir);
+    if (rc == NU_OK && !nu_path_exists(pin)) {
+        rc = nu_file_read(src, 64u * 1024u, &pem, &len);
+        if (rc == NU_OK)
+            rc = nu_file_write_atomic(pin, pem, len, 0644);
+        free(pem);
+    }
+    if (rc != NU_OK)
+        cli_errorf("stack up: programmer vendor CA: %s", nu_err_name(rc));
+    return rc;
+}
+
+/* Run nusec-programmer with argv to the end; its exit status in *out_status. */
+static int stack__prog_run(struct stack *s, const char *name, char *const argv[], int *out_status)
+{
+    char log[PATH_MAX];
+    pid_t pid = 0;
+    int rc = stack__file(s->logs, name, ".log", log, sizeof(log));
+    if (rc == NU_OK)
+        rc = station_proc_spawn(argv, log, &pid);
+    if (rc == NU_OK)
+        rc = station_proc_wait_child(pid, s->timeout_s * 1000u, out_status);
+    if (rc == NU_ERR_TIMEOUT)
+        station_proc_stop(pid, 1000);
+    return rc;
+}
+
+/* The programmer factory: attestation key in the KeyStore, vendor certificate.
+ * Exit 4 = factory-initialised already, which is fine. */
+static int stack__factory(struct stack *s, const char *name, const char *exe)
+{
+    char vdir[PATH_MAX];
+    int status = 0;
+    int rc = stack__vendor_ca(s, vdir, sizeof(vdir));
+    if (rc == NU_OK) {
+        char *argv[] = {(char *)exe,      "--dir",       (char *)s->dir, "--name", (char *)name,
+                        "--factory-init", "--vendor-ca", vdir,           NULL};
+        rc = stack__prog_run(s, name, argv, &status);
+    }
+    if (rc == NU_OK && status != 0 && status != 4)
+        rc = NU_ERR_STATE;
+    if (rc != NU_OK)
+        cli_errorf("stack up: factory init of %s failed: %s", name, nu_err_name(rc));
+    return rc;
+}
+
 static int stack__enroll(struct stack *s, const char *name, const char *exe)
 {
     char token[NU_ENVELOPE_TOKEN_MAX + 1], log[PATH_MAX];
     pid_t pid = 0;
     int status = 0;
-    /* The station relays the enrollment and commands the programmer afterwards. */
+    /* Enrolled at the OEM; the station commands the programmer afterwards. */
     int rc = station_owners_add(s->dir, STACK__STATION, name);
+    if (rc == NU_OK)
+        rc = stack__factory(s, name, exe);
     if (rc == NU_OK)
         rc = stack__token(s, name, token, sizeof(token));
     if (rc == NU_OK)
@@ -602,7 +671,7 @@ static int stack__enroll(struct stack *s, const char *name, const char *exe)
     if (rc == NU_OK && status != 0)
         rc = NU_ERR_STATE;
     if (rc == NU_OK) {
-        printf("%-10s enrolled (through the station identity)\n", name);
+        printf("%-10s enrolled (at the OEM, attested by its KeyStore)\n", name);
         return NU_OK;
     }
     cli_errorf("stack up: enrollment of %s failed: %s", name,

@@ -59,6 +59,19 @@ enum pg_key {
     PG_KEY_PACKAGE = 1,  /* package decryption; ECDH only */
 };
 
+/* What a KeyStore attestation produces (caller-allocated). */
+#define PG_ATTEST_NONCE_LEN 32
+#define PG_ATTEST_STMT_MAX 512
+#define PG_ATTEST_CERT_MAX 1024
+struct pg_attestation {
+    uint8_t stmt[PG_ATTEST_STMT_MAX]; /* serialized nusec.v1.AttestationStatement */
+    size_t stmt_len;
+    uint8_t sig[PG_SIG_MAX]; /* DER ECDSA, attestation key (libnusec nu_attest.h) */
+    size_t sig_len;
+    uint8_t cert[PG_ATTEST_CERT_MAX]; /* attestation key certificate, vendor CA, DER */
+    size_t cert_len;
+};
+
 struct pg_keystore_ops {
     uint32_t version;
     /* Make both key pairs inside the KeyStore. EXISTS if they exist already. */
@@ -87,6 +100,15 @@ struct pg_keystore_ops {
      * put: durable before it returns; len 0 deletes. */
     int (*blob_get)(void *ctx, const char *name, uint8_t *buf, size_t cap, size_t *out_len);
     int (*blob_put)(void *ctx, const char *name, const uint8_t *data, size_t len);
+    /* Attestation, by the KeyStore itself: it builds the statement from what
+     * it holds (its identity and package public keys, generated inside and not
+     * exportable; the firmware measurement its secure boot recorded; its
+     * vendor serial; the programmer id) plus `nonce`, and signs it with the
+     * vendor attestation key provisioned at manufacturing, which signs
+     * nothing else. NOT_FOUND before keys_generate or without a vendor key
+     * (programmer not factory-initialised); STATE without a measurement.
+     * Appended: a KeyStore that cannot attest leaves it NULL (NOT_SUPPORTED). */
+    int (*attest)(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN], struct pg_attestation *out);
 };
 
 /* ----------------------------------------------------------------- flash */
@@ -307,6 +329,11 @@ static inline int pg_ks_blob_get(const struct pg_hal *h, const char *name, uint8
                                  size_t *out_len)
 {
     return PG__HAL_CALL(h, ks, blob_get, name, buf, cap, out_len);
+}
+static inline int pg_ks_attest(const struct pg_hal *h, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
+                               struct pg_attestation *out)
+{
+    return PG__HAL_CALL(h, ks, attest, nonce, out);
 }
 static inline int pg_ks_blob_put(const struct pg_hal *h, const char *name, const uint8_t *data,
                                  size_t len)

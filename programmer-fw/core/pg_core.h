@@ -122,8 +122,9 @@ struct pg_dl_work {
 
 struct pg_enroll_work {
     uint8_t csr[1024];
-    uint8_t req[2048];
+    uint8_t req[4096]; /* CSR + attestation + boot manifest */
     uint8_t resp[12288];
+    struct pg_attestation att;
 };
 
 struct pg_sock_state {
@@ -199,13 +200,20 @@ int pg_core_enrolled(const struct pg_core *c);
  * programmer itself), check the answer (certificate for our identity key
  * with CN = id, verifying to the returned chain) and store certificate,
  * chain and pinned keys in the KeyStore. fw_hash: SHA-256 of the booted
- * programmer binary, or NULL.
+ * programmer binary, or NULL (informational: the cloud trusts the KeyStore's
+ * measurement only).
+ * Attested: first `enroll.challenge` (same token, same relay) for a fresh
+ * nonce, then the KeyStore's attestation over it (hal.h, attest) goes with
+ * the CSR, and so does `manifest` (the OEM-signed boot manifest the
+ * programmer runs under, manifest_len bytes; NULL if none), by which the
+ * cloud tells the attested measurement is approved.
  * Errors: EXISTS (already enrolled), INVALID_ARG, TOKEN / NOT_AUTHORIZED /
- * ... (the cloud's refusal), BAD_CERT, DECODE, TIMEOUT, CONNECTION, KeyStore
+ * ATTESTATION_* / NONCE_* / MEASUREMENT / ... (the cloud's refusal), BAD_CERT,
+ * DECODE, TIMEOUT, CONNECTION, KeyStore (NOT_FOUND: not factory-initialised)
  * and crypto errors.
  */
 int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
-                   const uint8_t *fw_hash);
+                   const uint8_t *fw_hash, const uint8_t *manifest, size_t manifest_len);
 
 /*
  * The identity certificate (DER) from the KeyStore into buf[cap].

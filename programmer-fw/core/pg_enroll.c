@@ -18,9 +18,43 @@ static int enroll__token_ok(const char *t)
     return 1;
 }
 
-static int enroll__request(struct pg_core *c, const char *relay, const char *token,
-                           const uint8_t *fw_hash, const uint8_t id_pub[65], size_t *out_len)
+/* Step 1: a fresh single-use nonce from the cloud, bound to our id and token. */
+static int enroll__challenge(struct pg_core *c, const char *relay, const char *token,
+                             uint8_t nonce[PG_ATTEST_NONCE_LEN])
 {
+    struct pg_enroll_work *e = &c->work.enroll;
+    struct pg_pb_writer w;
+    struct pg_msg_env env;
+    struct pg_msg_enroll_challenge ch;
+    size_t len = 0;
+    int rc = pg__env_start(c, &w, e->req, sizeof(e->req), relay, NULL, 0);
+    if (rc != NU_OK)
+        return rc;
+    pg_msg_put_enroll_challenge_req(&w, c->id, token);
+    if (w.err)
+        return w.err;
+    rc = pg__request(c, relay, "enroll.challenge", e->req, w.len, e->resp, sizeof(e->resp), &len);
+    if (rc == NU_OK)
+        rc = pg_msg_reply_decode(e->resp, len, PG_BODY_ENROLL_CHALLENGE, &env, NULL);
+    if (rc == NU_OK)
+        rc = pg_msg_enroll_challenge_decode(env.body, &ch);
+    if (rc == NU_OK && (!pg_msg_eq(ch.programmer_id, c->id) || ch.nonce.len != PG_ATTEST_NONCE_LEN))
+        rc = NU_ERR_DECODE;
+    if (rc == NU_OK)
+        memcpy(nonce, ch.nonce.p, PG_ATTEST_NONCE_LEN);
+    return rc;
+}
+
+struct enroll__in {
+    const char *relay, *token;
+    const uint8_t *fw_hash, *manifest;
+    size_t manifest_len;
+};
+
+static int enroll__request(struct pg_core *c, const struct enroll__in *in, const uint8_t id_pub[65],
+                           size_t *out_len)
+{
+    const char *relay = in->relay;
     struct pg_enroll_work *e = &c->work.enroll;
     uint8_t pkg_pub[PG_P256_PUB_LEN];
     size_t csr_len = 0;
@@ -35,11 +69,14 @@ static int enroll__request(struct pg_core *c, const char *relay, const char *tok
         return rc;
     struct pg_msg_enroll_req_out req = {
         .programmer_id = c->id,
-        .token = token,
+        .token = in->token,
         .csr = e->csr,
         .csr_len = csr_len,
         .package_pubkey = pkg_pub,
-        .firmware_hash = fw_hash,
+        .firmware_hash = in->fw_hash,
+        .attestation = &e->att,
+        .boot_manifest = in->manifest,
+        .boot_manifest_len = in->manifest ? in->manifest_len : 0,
     };
     pg_msg_put_enroll_req(&w, &req);
     if (w.err)
@@ -72,7 +109,7 @@ static int enroll__check(struct pg_core *c, const struct pg_msg_enroll_resp *r,
 }
 
 int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
-                   const uint8_t *fw_hash)
+                   const uint8_t *fw_hash, const uint8_t *manifest, size_t manifest_len)
 {
     if (!c || !enroll__token_ok(token))
         return NU_ERR_INVALID_ARG;
@@ -84,9 +121,11 @@ int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
         return NU_ERR_BUSY;
     struct pg_enroll_work *e = &c->work.enroll;
     uint8_t id_pub[PG_P256_PUB_LEN], pin_pkg[PG_P256_PUB_LEN], pin_rotpk[PG_P256_PUB_LEN];
+    uint8_t nonce[PG_ATTEST_NONCE_LEN];
     struct pg_msg_env env;
     struct pg_msg_enroll_resp r;
     size_t len = 0;
+    const struct enroll__in in = {relay_id, token, fw_hash, manifest, manifest_len};
     /* Keys from an interrupted enrollment are reused: the CSR is new each time. */
     int rc = pg_ks_keys_generate(c->hal);
     if (rc == NU_ERR_EXISTS)
@@ -94,7 +133,13 @@ int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
     if (rc == NU_OK)
         rc = pg_ks_pubkey(c->hal, PG_KEY_IDENTITY, id_pub);
     if (rc == NU_OK)
-        rc = enroll__request(c, relay_id, token, fw_hash, id_pub, &len);
+        rc = enroll__challenge(c, relay_id, token, nonce);
+    /* The KeyStore builds and signs the statement itself: the core only
+     * chooses which nonce it covers. */
+    if (rc == NU_OK)
+        rc = pg_ks_attest(c->hal, nonce, &e->att);
+    if (rc == NU_OK)
+        rc = enroll__request(c, &in, id_pub, &len);
     if (rc == NU_OK)
         rc = pg_msg_reply_decode(e->resp, len, PG_BODY_ENROLL_RESPONSE, &env, NULL);
     if (rc == NU_OK)

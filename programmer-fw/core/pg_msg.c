@@ -138,7 +138,7 @@ int pg_msg_error_decode(struct pg_bytes b, struct pg_msg_error *out)
 /* A remote code we act on; unknown or "OK" errors become INTERNAL. */
 static int msg__remote_code(uint32_t code)
 {
-    return code > NU_OK && code <= NU_ERR_LIMIT ? (int)code : NU_ERR_INTERNAL;
+    return code > NU_OK && code <= NU_ERR_KEY_NOT_ATTESTED ? (int)code : NU_ERR_INTERNAL;
 }
 
 int pg_msg_reply_decode(const uint8_t *buf, size_t len, enum pg_body want, struct pg_msg_env *env,
@@ -199,6 +199,12 @@ static const struct pg_pb_desc msg__enroll_resp[] = {
     B(5, struct pg_msg_enroll_resp, rotpk, MSG__PUB),
 };
 
+static const struct pg_pb_desc msg__enroll_challenge[] = {
+    B(1, struct pg_msg_enroll_challenge, programmer_id, MSG__ID),
+    B(2, struct pg_msg_enroll_challenge, nonce, MSG__KEY),
+    U64(3, struct pg_msg_enroll_challenge, expires_at_ms),
+};
+
 static const struct pg_pb_desc msg__delivery[] = {
     B(1, struct pg_msg_delivery, sealed_package, MSG__PACKAGE),
 };
@@ -250,6 +256,7 @@ MSG__DECODER(pg_msg_cert_refused_decode, struct pg_msg_cert_refused, msg__cert_r
 MSG__DECODER(pg_msg_manifest_decode, struct pg_msg_manifest, msg__manifest)
 MSG__DECODER(pg_msg_chunk_decode, struct pg_msg_chunk, msg__chunk)
 MSG__DECODER(pg_msg_enroll_resp_decode, struct pg_msg_enroll_resp, msg__enroll_resp)
+MSG__DECODER(pg_msg_enroll_challenge_decode, struct pg_msg_enroll_challenge, msg__enroll_challenge)
 MSG__DECODER(pg_msg_delivery_decode, struct pg_msg_delivery, msg__delivery)
 MSG__DECODER(pg_msg_command_decode, struct pg_msg_command, msg__command)
 MSG__DECODER(pg_msg_sealed_pkg_decode, struct pg_msg_sealed_pkg, msg__sealed_pkg)
@@ -309,6 +316,21 @@ void pg_msg_put_enroll_req(struct pg_pb_writer *w, const struct pg_msg_enroll_re
     pg_pb_put_bytes(w, 3, r->csr, r->csr_len);
     pg_pb_put_bytes(w, 4, r->package_pubkey, r->package_pubkey ? 65 : 0);
     pg_pb_put_bytes(w, 5, r->firmware_hash, r->firmware_hash ? 32 : 0);
+    if (r->attestation) {
+        pg_pb_put_bytes(w, 6, r->attestation->stmt, r->attestation->stmt_len);
+        pg_pb_put_bytes(w, 7, r->attestation->sig, r->attestation->sig_len);
+        pg_pb_put_bytes(w, 8, r->attestation->cert, r->attestation->cert_len);
+    }
+    pg_pb_put_bytes(w, 9, r->boot_manifest, r->boot_manifest_len);
+    pg_pb_end(w, m);
+}
+
+void pg_msg_put_enroll_challenge_req(struct pg_pb_writer *w, const char *programmer_id,
+                                     const char *token)
+{
+    size_t m = pg_pb_begin(w, PG_BODY_ENROLL_CHALLENGE_REQUEST);
+    pg_pb_put_str(w, 1, programmer_id);
+    pg_pb_put_str(w, 2, token);
     pg_pb_end(w, m);
 }
 

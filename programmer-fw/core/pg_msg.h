@@ -10,6 +10,7 @@
 #ifndef PG_MSG_H
 #define PG_MSG_H
 
+#include "hal.h"
 #include "pg_pb.h"
 
 #include <stddef.h>
@@ -28,6 +29,8 @@ enum pg_body {
     PG_BODY_EVENT = 12,
     PG_BODY_ENROLL_REQUEST = 22,
     PG_BODY_ENROLL_RESPONSE = 23,
+    PG_BODY_ENROLL_CHALLENGE_REQUEST = 27,
+    PG_BODY_ENROLL_CHALLENGE = 28,
     PG_BODY_MANIFEST_REQUEST = 42,
     PG_BODY_MANIFEST = 43,
     PG_BODY_CHUNK_REQUEST = 44,
@@ -94,6 +97,11 @@ struct pg_msg_enroll_resp {
     size_t n_chain;
 };
 
+struct pg_msg_enroll_challenge {
+    struct pg_bytes programmer_id, nonce;
+    uint64_t expires_at_ms;
+};
+
 struct pg_msg_delivery {
     struct pg_bytes sealed_package;
 };
@@ -142,6 +150,7 @@ int pg_msg_cert_refused_decode(struct pg_bytes b, struct pg_msg_cert_refused *ou
 int pg_msg_manifest_decode(struct pg_bytes b, struct pg_msg_manifest *out);
 int pg_msg_chunk_decode(struct pg_bytes b, struct pg_msg_chunk *out);
 int pg_msg_enroll_resp_decode(struct pg_bytes b, struct pg_msg_enroll_resp *out);
+int pg_msg_enroll_challenge_decode(struct pg_bytes b, struct pg_msg_enroll_challenge *out);
 int pg_msg_delivery_decode(struct pg_bytes b, struct pg_msg_delivery *out);
 int pg_msg_command_decode(struct pg_bytes b, struct pg_msg_command *out);
 int pg_msg_sealed_pkg_decode(struct pg_bytes b, struct pg_msg_sealed_pkg *out);
@@ -192,8 +201,13 @@ struct pg_msg_enroll_req_out {
     size_t csr_len;
     const uint8_t *package_pubkey; /* 65 bytes */
     const uint8_t *firmware_hash;  /* NULL or 32 bytes */
+    const struct pg_attestation *attestation; /* NULL: none (the cloud refuses) */
+    const uint8_t *boot_manifest;             /* NULL or boot_manifest_len bytes */
+    size_t boot_manifest_len;
 };
 void pg_msg_put_enroll_req(struct pg_pb_writer *w, const struct pg_msg_enroll_req_out *r);
+void pg_msg_put_enroll_challenge_req(struct pg_pb_writer *w, const char *programmer_id,
+                                     const char *token);
 
 struct pg_msg_report_out {
     const char *job_id;

@@ -22,7 +22,7 @@ int main(void)
         return 1;
     pg_core_subscribe(&core);
     if (!pg_core_enrolled(&core))
-        pg_core_enroll(&core, NULL, "token", NULL);
+        pg_core_enroll(&core, NULL, "token", NULL, NULL, 0);
     pg_core_poll(&core, &action);
     pg_core_firmware_fetch(&core);
     if (pg_core_production_begin(&core) == NU_OK) {

@@ -9,6 +9,7 @@
 #include "pp_port.h"
 #include "tsim.h"
 
+#include "nu_attest.h"
 #include "nu_crypto.h"
 #include "nu_log.h"
 #include "nu_mcuboot.h"
@@ -31,7 +32,7 @@
 #define PROG "nusec-programmer"
 #define PROG_VERSION "0.1.0"
 
-enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3 };
+enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3, EXIT_EXISTS = 4 };
 
 /* The KeyStore blob where enrollment pins the OEM secure-boot key (core/pg_int.h). */
 #define APP_BLOB_PIN_ROTPK "pin.rotpk"
@@ -41,9 +42,11 @@ enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3 };
 static const char usage_text[] =
     "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
-    "                        [--package FILE] [--enroll TOKEN]\n"
+    "                        [--package FILE] [--enroll TOKEN] [--relay oem|station]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help]\n"
+    "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR\n"
+    "       " PROG " --vendor-ca-init VDIR\n"
     "\n"
     "The NuLink3 programmer (POSIX port). Provisions simulated target MCUs on N\n"
     "sockets from the sealed production package of its station.\n"
@@ -51,9 +54,19 @@ static const char usage_text[] =
     "  --dir DIR             state directory (or $NUSEC_HOME)\n"
     "  --name ID             programmer id = its certificate CN\n"
     "  --enroll TOKEN        enroll: make the identity and package keys in the\n"
-    "                        KeyStore, send the CSR through the station identity\n"
-    "                        (DIR/pki/clients/station.*), store the certificate and\n"
+    "                        KeyStore, ask the cloud for a challenge, send the CSR\n"
+    "                        with the KeyStore's attestation and the boot manifest\n"
+    "                        through the relay identity, store the certificate and\n"
     "                        the pinned keys, exit\n"
+    "  --relay ID            who relays the enrollment: oem (default: at the OEM,\n"
+    "                        before the programmer ships; DIR/pki/clients/oem.*) or\n"
+    "                        station (at the CM, explicitly; DIR/pki/clients/station.*)\n"
+    "  --factory-init        programmer factory: make the vendor attestation key in\n"
+    "                        the KeyStore (never exported) and store its certificate\n"
+    "                        from the vendor CA of --vendor-ca VDIR; prints the\n"
+    "                        vendor serial, exit\n"
+    "  --vendor-ca-init VDIR create a stand-in programmer vendor CA in VDIR\n"
+    "                        (vendor-ca.key, vendor-ca.pem), exit\n"
     "  --sockets N           target sockets, 1..%d (default 4)\n"
     "  --devices N           blank chips in the simulated tray DIR/targets (default 0)\n"
     "  --flash-us-per-kib T  simulated target flash time (default 0)\n"
@@ -82,12 +95,17 @@ static const char usage_text[] =
     "that its payload is SHA-256 of /proc/self/exe. Enrollment runs before a ROTPK\n"
     "is pinned, so --enroll itself is not checked.\n"
     "\n"
-    "Exit status: 0 done, 1 failure (see the log), 2 usage, 3 secure boot refused.\n";
+    "Exit status: 0 done, 1 failure (see the log), 2 usage, 3 secure boot refused,\n"
+    "4 --factory-init on a programmer that is factory-initialised already.\n";
 
 struct app {
     const char *dir;
     const char *name;
     const char *enroll_token;
+    const char *relay;
+    const char *vendor_ca;
+    const char *vendor_ca_init;
+    int factory_init;
     const char *package;
     const char *boot_manifest;
     int require_secure_boot;
@@ -141,6 +159,10 @@ static int app__args(struct app *a, int argc, char **argv)
         {"log-level", required_argument, NULL, 'l'},
         {"boot-manifest", required_argument, NULL, 'b'},
         {"require-secure-boot", no_argument, NULL, 'r'},
+        {"relay", required_argument, NULL, 'R'},
+        {"factory-init", no_argument, NULL, 'F'},
+        {"vendor-ca", required_argument, NULL, 'V'},
+        {"vendor-ca-init", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -181,6 +203,19 @@ static int app__args(struct app *a, int argc, char **argv)
         case 'r':
             a->require_secure_boot = 1;
             break;
+        case 'R':
+            a->relay = optarg;
+            bad = strcmp(optarg, "oem") != 0 && strcmp(optarg, "station") != 0;
+            break;
+        case 'F':
+            a->factory_init = 1;
+            break;
+        case 'V':
+            a->vendor_ca = optarg;
+            break;
+        case 'I':
+            a->vendor_ca_init = optarg;
+            break;
         case 'l':
             bad = nu_log_level_parse(optarg, &level) != NU_OK;
             break;
@@ -204,6 +239,12 @@ static int app__args(struct app *a, int argc, char **argv)
         return -1;
     }
     a->target_no_sync = sync && strcmp(sync, "none") == 0;
+    if (a->vendor_ca_init && optind == argc)
+        return 0; /* needs nothing else */
+    if (a->factory_init && (!a->vendor_ca || a->enroll_token)) {
+        fprintf(stderr, PROG ": --factory-init needs --vendor-ca VDIR (and no --enroll)\n");
+        return -1;
+    }
     a->dir = nu_state_dir(a->dir);
     if (optind != argc || !a->dir || !a->name) {
         fprintf(stderr, PROG ": --dir (or NUSEC_HOME) and --name are required\n");
@@ -363,33 +404,102 @@ static int app__mqtt(struct app *a, const struct nu_mqtt_opts *base)
 
 /* ---- enrollment -------------------------------------------------------------------- */
 
+/* The boot manifest (optional here: without one the cloud refuses with
+ * MEASUREMENT, which says more than a local error). */
+static int app__manifest_read(struct app *a, uint8_t **out, size_t *out_len)
+{
+    char path[PATH_MAX];
+    int rc = a->boot_manifest
+                 ? nu_path_fmt(path, sizeof(path), "%s", a->boot_manifest)
+                 : nu_path_fmt(path, sizeof(path), "%s/programmers/boot-manifest.img", a->dir);
+    if (rc == NU_OK)
+        rc = nu_file_read(path, APP_MANIFEST_MAX, out, out_len);
+    if (rc == NU_ERR_NOT_FOUND && !a->boot_manifest) {
+        nu_warn("no boot manifest %s: the cloud will not approve this firmware", path);
+        *out = NULL;
+        *out_len = 0;
+        return NU_OK;
+    }
+    if (rc != NU_OK)
+        nu_error("boot manifest %s: %s", path, nu_err_str(rc));
+    return rc;
+}
+
 static int app__enroll(struct app *a)
 {
     char cert[PATH_MAX], key[PATH_MAX], client_id[128];
-    uint8_t self[32];
-    int rc = nu_paths_client_cert(a->dir, "station", cert, sizeof(cert));
+    uint8_t self[32], *manifest = NULL;
+    size_t manifest_len = 0;
+    const char *relay = a->relay ? a->relay : "oem";
+    int rc = nu_paths_client_cert(a->dir, relay, cert, sizeof(cert));
     if (rc == NU_OK)
-        rc = nu_paths_client_key(a->dir, "station", key, sizeof(key));
+        rc = nu_paths_client_key(a->dir, relay, key, sizeof(key));
     if (rc == NU_OK)
-        rc = nu_path_fmt(client_id, sizeof(client_id), "station:enroll-%s", a->name);
+        rc = nu_path_fmt(client_id, sizeof(client_id), "%s:enroll-%s", relay, a->name);
     if (rc == NU_OK)
         rc = app__self_hash(self);
+    if (rc == NU_OK)
+        rc = app__manifest_read(a, &manifest, &manifest_len);
     if (rc != NU_OK)
         return rc;
-    /* The station's identity relays: a separate, clean session of it. */
+    /* The relay's identity: a separate, clean session of it. */
     struct nu_mqtt_opts o = {
         .cert_file = cert,
         .key_file = key,
         .client_id = client_id,
         .clean_start = 1,
     };
-    if ((rc = app__mqtt(a, &o)) != NU_OK)
+    if ((rc = app__mqtt(a, &o)) != NU_OK) {
+        free(manifest);
         return rc;
-    rc = pg_core_enroll(a->core, "station", a->enroll_token, self);
+    }
+    rc = pg_core_enroll(a->core, relay, a->enroll_token, self, manifest, manifest_len);
+    free(manifest);
     if (rc == NU_OK)
         fprintf(stderr, PROG ": %s enrolled\n", a->name);
     else
         fprintf(stderr, PROG ": enrollment of %s failed: %s\n", a->name, nu_err_str(rc));
+    return rc;
+}
+
+/* ---- programmer factory ------------------------------------------------------------ */
+
+/*
+ * What the programmer vendor's factory does once per programmer: the
+ * attestation key is made inside the KeyStore, its public half certified by
+ * the vendor CA (here a stand-in directory the OEM does not hold), and the
+ * certificate and vendor serial stored back in the KeyStore. The certificate
+ * (public) is also written to DIR/programmers/ID/attestation.crt.
+ */
+static int app__factory_init(struct app *a)
+{
+    char serial[NU_ATTEST_SERIAL_MAX + 1], path[PATH_MAX];
+    uint8_t pub[NU_P256_PUB_LEN], *der = NULL;
+    char *pem = NULL;
+    size_t der_len = 0, pem_len = 0;
+    int rc = pp_ks_attest_key_create(a->ks, pub);
+    if (rc == NU_ERR_EXISTS && pp_ks_attest_serial(a->ks, serial, sizeof(serial)) == NU_OK) {
+        fprintf(stderr, PROG ": %s is factory-initialised already (serial %s)\n", a->name, serial);
+        return NU_ERR_EXISTS;
+    }
+    if (rc == NU_ERR_EXISTS)
+        rc = NU_OK; /* an interrupted factory step: certify the key we have */
+    if (rc == NU_OK)
+        rc = nu_attest_vendor_issue(a->vendor_ca, pub, serial, &der, &der_len);
+    if (rc == NU_OK)
+        rc = pp_ks_attest_cert_set(a->ks, serial, der, der_len);
+    if (rc == NU_OK)
+        rc = nu_x509_der_to_pem(der, der_len, NU_X509_PEM_CERT, &pem, &pem_len);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(path, sizeof(path), "%s/attestation.crt", a->pdir);
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(path, pem, pem_len, 0644);
+    free(pem);
+    free(der);
+    if (rc == NU_OK)
+        printf("%s\n", serial);
+    else
+        fprintf(stderr, PROG ": factory init of %s failed: %s\n", a->name, nu_err_str(rc));
     return rc;
 }
 
@@ -565,16 +675,30 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int rc = app__open_local(&a, a.enroll_token != NULL);
+    if (a.vendor_ca_init) {
+        int vrc = nu_attest_vendor_ca_init(a.vendor_ca_init);
+        if (vrc != NU_OK)
+            fprintf(stderr, PROG ": vendor CA in %s: %s\n", a.vendor_ca_init, nu_err_str(vrc));
+        return vrc == NU_OK ? 0 : 1;
+    }
+    int rc = app__open_local(&a, a.enroll_token != NULL || a.factory_init);
     if (rc == NU_ERR_NOT_FOUND && !a.enroll_token)
         nu_error("no KeyStore for %s in %s: enroll it first (--enroll TOKEN)", a.name, a.dir);
     else if (rc != NU_OK)
         nu_error("KeyStore of %s: %s", a.name, nu_err_str(rc));
+    /* The boot stage's measurement register: what runs is what is attested. */
+    uint8_t self[32];
+    if (rc == NU_OK && (rc = app__self_hash(self)) == NU_OK)
+        rc = pp_ks_set_measurement(a.ks, self);
     if (rc == NU_OK)
-        rc = a.enroll_token ? app__enroll(&a) : app__run(&a);
+        rc = a.factory_init   ? app__factory_init(&a)
+             : a.enroll_token ? app__enroll(&a)
+                              : app__run(&a);
     app__close(&a);
     wc_ecc_fp_free();
     if (a.secure_boot_refused)
         return EXIT_SECURE_BOOT;
+    if (a.factory_init && rc == NU_ERR_EXISTS)
+        return EXIT_EXISTS;
     return rc == NU_OK ? 0 : 1;
 }

@@ -1,6 +1,7 @@
 /* pp_keystore: file KeyStore sealed under the HUK (see pp_keystore.h for the format). */
 #include "pp_keystore.h"
 
+#include "nu_attest.h"
 #include "nu_crypto.h"
 #include "nu_log.h"
 #include "nu_util.h"
@@ -23,9 +24,16 @@
 #define KS__RESERVE_DIV 64u
 #define KS__RESERVE_MAX 16u
 
-enum ks__type { KS__KEY = 1, KS__COUNTER = 2, KS__BLOB = 3 };
+/* KS__FACTORY records are written once by the programmer factory (vendor
+ * attestation certificate and serial); no HAL op reads or writes them. */
+enum ks__type { KS__KEY = 1, KS__COUNTER = 2, KS__BLOB = 3, KS__FACTORY = 4 };
 
-static const char *const ks__key_names[2] = {"identity", "package"};
+/* keys[KS__ATTEST] is the vendor attestation key: it signs statements only. */
+#define KS__NKEYS 3
+#define KS__ATTEST 2
+static const char *const ks__key_names[KS__NKEYS] = {"identity", "package", "attest"};
+#define KS__FACTORY_CERT "attest.cert"
+#define KS__FACTORY_SERIAL "attest.serial"
 
 struct ks__rec {
     uint8_t type;
@@ -40,9 +48,13 @@ struct pp_ks {
     char path[PATH_MAX];
     char name[65];
     uint8_t huk[PP_KS_HUK_LEN];
-    struct nu_p256_key *keys[2];
+    struct nu_p256_key *keys[KS__NKEYS];
     struct ks__rec *recs;
     size_t n, cap;
+    /* The measurement secure boot recorded (pp_ks_set_measurement), in memory
+     * only: a boot ROM register, set once per run. */
+    uint8_t measurement[32];
+    int measured;
 };
 
 /* ---- records ------------------------------------------------------------------ */
@@ -172,11 +184,11 @@ static void ks__put_rec(uint8_t **p, uint8_t type, const char *name, const uint8
 /* Serialize, seal, write atomically. Called with the lock held. */
 static int ks__save(struct pp_ks *ks)
 {
-    char pem[2][NU_P256_PRIV_PEM_MAX];
-    size_t pem_len[2] = {0, 0}, total = ks__plain_size(ks);
+    char pem[KS__NKEYS][NU_P256_PRIV_PEM_MAX];
+    size_t pem_len[KS__NKEYS] = {0, 0, 0}, total = ks__plain_size(ks);
     uint8_t kek[32], aad[4 + 64], *file = NULL;
     int rc = NU_OK;
-    for (int k = 0; k < 2 && rc == NU_OK; k++) {
+    for (int k = 0; k < KS__NKEYS && rc == NU_OK; k++) {
         if (ks->keys[k]) {
             rc = nu_p256_key_to_pem(ks->keys[k], pem[k], sizeof(pem[k]), &pem_len[k]);
             total += 2 + strlen(ks__key_names[k]) + 4 + pem_len[k];
@@ -190,7 +202,7 @@ static int ks__save(struct pp_ks *ks)
     if (rc != NU_OK)
         goto out;
     uint8_t *p = file + KS__HDR_LEN;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < KS__NKEYS; k++) {
         if (ks->keys[k])
             ks__put_rec(&p, KS__KEY, ks__key_names[k], (const uint8_t *)pem[k], pem_len[k]);
     }
@@ -218,7 +230,7 @@ out:
 
 static int ks__load_key(struct pp_ks *ks, const char *name, const uint8_t *d, size_t len)
 {
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < KS__NKEYS; k++) {
         if (!strcmp(name, ks__key_names[k])) {
             if (ks->keys[k])
                 return NU_ERR_DECODE;
@@ -249,7 +261,7 @@ static int ks__parse(struct pp_ks *ks, const uint8_t *p, size_t len)
         int rc;
         if (type == KS__KEY)
             rc = ks__load_key(ks, name, p, dl);
-        else if ((type == KS__COUNTER && dl == 4) || type == KS__BLOB)
+        else if ((type == KS__COUNTER && dl == 4) || type == KS__BLOB || type == KS__FACTORY)
             rc = ks__find(ks, type, name) ? NU_ERR_DECODE : ks__set(ks, type, name, p, dl);
         else
             rc = NU_ERR_DECODE;
@@ -365,8 +377,8 @@ void pp_ks_close(struct pp_ks *ks)
     for (size_t i = 0; i < ks->n; i++)
         ks__rec_free(&ks->recs[i]);
     free(ks->recs);
-    nu_p256_key_destroy(ks->keys[0]);
-    nu_p256_key_destroy(ks->keys[1]);
+    for (int k = 0; k < KS__NKEYS; k++)
+        nu_p256_key_destroy(ks->keys[k]);
     pthread_mutex_destroy(&ks->lock);
     nu_zero(ks, sizeof(*ks));
     free(ks);
@@ -541,6 +553,134 @@ static int ks__blob_put(void *ctx, const char *name, const uint8_t *data, size_t
     return rc;
 }
 
+/* ---- attestation --------------------------------------------------------------- */
+
+/* The statement is built here from what the store holds, never from the
+ * caller's claims: the core can ask for a signature over a nonce, nothing
+ * else. Called with the lock held. */
+static int ks__attest_locked(struct pp_ks *ks, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
+                             struct pg_attestation *out)
+{
+    struct nu_attest_claims c;
+    uint8_t digest[32];
+    const struct ks__rec *cert = ks__find(ks, KS__FACTORY, KS__FACTORY_CERT);
+    const struct ks__rec *serial = ks__find(ks, KS__FACTORY, KS__FACTORY_SERIAL);
+    if (!ks->keys[0] || !ks->keys[1] || !ks->keys[KS__ATTEST] || !cert || !serial ||
+        serial->len > NU_ATTEST_SERIAL_MAX)
+        return NU_ERR_NOT_FOUND;
+    if (!ks->measured)
+        return NU_ERR_STATE;
+    if (cert->len > sizeof(out->cert))
+        return NU_ERR_TOO_LARGE;
+    memset(&c, 0, sizeof(c));
+    int rc = nu_p256_key_pub(ks->keys[0], c.identity_pub);
+    if (rc == NU_OK)
+        rc = nu_p256_key_pub(ks->keys[1], c.package_pub);
+    if (rc != NU_OK)
+        return rc;
+    /* Both keys were made by ks__keys_generate and no op exports them (the
+     * TLS copy of the identity key stays in this process: pp_keystore.h). */
+    c.keys_generated_in_keystore = 1;
+    c.keys_non_exportable = 1;
+    memcpy(c.measurement, ks->measurement, sizeof(c.measurement));
+    memcpy(c.vendor_serial, serial->data, serial->len);
+    memcpy(c.nonce, nonce, sizeof(c.nonce));
+    snprintf(c.programmer_id, sizeof(c.programmer_id), "%s", ks->name);
+    rc = nu_attest_encode(&c, out->stmt, sizeof(out->stmt), &out->stmt_len);
+    if (rc == NU_OK)
+        rc = nu_attest_digest(out->stmt, out->stmt_len, digest);
+    out->sig_len = sizeof(out->sig);
+    if (rc == NU_OK)
+        rc = nu_p256_key_sign_digest(ks->keys[KS__ATTEST], digest, out->sig, &out->sig_len);
+    if (rc == NU_OK) {
+        memcpy(out->cert, cert->data, cert->len);
+        out->cert_len = cert->len;
+    }
+    return rc;
+}
+
+static int ks__attest(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
+                      struct pg_attestation *out)
+{
+    struct pp_ks *ks = ctx;
+    if (!nonce || !out)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks__attest_locked(ks, nonce, out);
+    pthread_mutex_unlock(&ks->lock);
+    if (rc != NU_OK)
+        memset(out, 0, sizeof(*out));
+    return rc;
+}
+
+int pp_ks_set_measurement(struct pp_ks *ks, const uint8_t measurement[32])
+{
+    if (!ks || !measurement)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    int rc = NU_OK;
+    if (ks->measured && memcmp(ks->measurement, measurement, 32) != 0)
+        rc = NU_ERR_STATE;
+    else
+        memcpy(ks->measurement, measurement, 32), ks->measured = 1;
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+int pp_ks_attest_key_create(struct pp_ks *ks, uint8_t out_pub[PG_P256_PUB_LEN])
+{
+    if (!ks || !out_pub)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks->keys[KS__ATTEST] ? NU_ERR_EXISTS : nu_p256_key_generate(&ks->keys[KS__ATTEST]);
+    if (rc == NU_OK && (rc = ks__save(ks)) != NU_OK) {
+        nu_p256_key_destroy(ks->keys[KS__ATTEST]);
+        ks->keys[KS__ATTEST] = NULL;
+    }
+    if (ks->keys[KS__ATTEST] && (rc == NU_OK || rc == NU_ERR_EXISTS)) {
+        int prc = nu_p256_key_pub(ks->keys[KS__ATTEST], out_pub);
+        rc = prc ? prc : rc;
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+int pp_ks_attest_cert_set(struct pp_ks *ks, const char *serial, const uint8_t *der, size_t len)
+{
+    if (!ks || !serial || !*serial || strlen(serial) > NU_ATTEST_SERIAL_MAX || !der || !len ||
+        len > PG_ATTEST_CERT_MAX)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    int rc = ks__find(ks, KS__FACTORY, KS__FACTORY_CERT) ? NU_ERR_EXISTS : NU_OK;
+    if (rc == NU_OK && !ks->keys[KS__ATTEST])
+        rc = NU_ERR_NOT_FOUND;
+    if (rc == NU_OK)
+        rc = ks__set(ks, KS__FACTORY, KS__FACTORY_SERIAL, (const uint8_t *)serial, strlen(serial));
+    if (rc == NU_OK)
+        rc = ks__set(ks, KS__FACTORY, KS__FACTORY_CERT, der, len);
+    if (rc == NU_OK && (rc = ks__save(ks)) != NU_OK) {
+        ks__set(ks, KS__FACTORY, KS__FACTORY_SERIAL, NULL, 0);
+        ks__set(ks, KS__FACTORY, KS__FACTORY_CERT, NULL, 0);
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
+int pp_ks_attest_serial(struct pp_ks *ks, char *out, size_t cap)
+{
+    if (!ks || !out || !cap)
+        return NU_ERR_INVALID_ARG;
+    pthread_mutex_lock(&ks->lock);
+    const struct ks__rec *r = ks__find(ks, KS__FACTORY, KS__FACTORY_SERIAL);
+    int rc = !r ? NU_ERR_NOT_FOUND : r->len >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+    if (rc == NU_OK) {
+        memcpy(out, r->data, r->len);
+        out[r->len] = 0;
+    }
+    pthread_mutex_unlock(&ks->lock);
+    return rc;
+}
+
 const struct pg_keystore_ops pp_ks_ops = {
     .version = PG_HAL_VERSION,
     .keys_generate = ks__keys_generate,
@@ -551,6 +691,7 @@ const struct pg_keystore_ops pp_ks_ops = {
     .counter_increment = ks__counter_inc,
     .blob_get = ks__blob_get,
     .blob_put = ks__blob_put,
+    .attest = ks__attest,
 };
 
 int pp_ks_identity_pem_for_tls(struct pp_ks *ks, char *out, size_t cap, size_t *out_len)

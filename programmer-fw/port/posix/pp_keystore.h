@@ -12,7 +12,9 @@
  *                 K = HKDF-SHA256(IKM = HUK, salt, info = "nusec/v1 keystore"),
  *                 AAD = "NKS1" || NAME; a fresh salt and nonce on every write, so
  *                 no (key, nonce) pair is ever reused.
- * Records: the identity and package private scalars, the production counters
+ * Records: the identity and package private scalars, the vendor attestation
+ * key and its certificate and serial (written once by the programmer factory,
+ * --factory-init; see README "Threat model"), the production counters
  * (per job) and the sealed blobs (identity certificate, pinned keys, job
  * records). The file is rewritten atomically (temp + fsync + rename) on every
  * change, before the change is reported done: a crash leaves the old or the
@@ -75,6 +77,32 @@ extern const struct pg_keystore_ops pp_ks_ops;
  * caller wipes out with nu_zero. Errors: NOT_FOUND, TOO_LARGE, CRYPTO.
  */
 int pp_ks_identity_pem_for_tls(struct pp_ks *ks, char *out, size_t cap, size_t *out_len);
+
+/*
+ * Programmer factory (nusec-programmer --factory-init): make the vendor
+ * attestation key inside the KeyStore (never exported; it signs attestation
+ * statements only) and give its public key in out_pub. EXISTS (and out_pub)
+ * when it exists already. Errors: INVALID_ARG, CRYPTO, IO, TOO_LARGE.
+ */
+int pp_ks_attest_key_create(struct pp_ks *ks, uint8_t out_pub[PG_P256_PUB_LEN]);
+
+/*
+ * Store the attestation key's certificate (DER, from the vendor CA) and the
+ * vendor serial it names, once. Errors: INVALID_ARG, EXISTS (already set),
+ * NOT_FOUND (no attestation key), IO.
+ */
+int pp_ks_attest_cert_set(struct pp_ks *ks, const char *serial, const uint8_t *der, size_t len);
+
+/* The vendor serial into out[cap]. Errors: INVALID_ARG, NOT_FOUND, TOO_LARGE. */
+int pp_ks_attest_serial(struct pp_ks *ks, char *out, size_t cap);
+
+/*
+ * What the boot stage measured: SHA-256 of the programmer binary it started
+ * (on a NuLink3, the boot ROM writes this register; here main() does, before
+ * the core runs). Set once per run: a different value later is STATE. The
+ * attest op refuses (STATE) until it is set.
+ */
+int pp_ks_set_measurement(struct pp_ks *ks, const uint8_t measurement[32]);
 
 /* Path of keystore.bin (for tests and messages). */
 const char *pp_ks_path(const struct pp_ks *ks);

@@ -997,7 +997,7 @@ static void test_sign_size_bounds(void)
 static int ledger_programmer(struct cloud_ledger *l, const char *id, const uint8_t *pub)
 {
     static const char pem[] = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
-    struct cloud_ledger_enrollment e = {id, "01", pem, pub, "oem", nu_time_ms()};
+    struct cloud_ledger_enrollment e = {id, "01", pem, pub, "oem", nu_time_ms(), NULL, NULL, NULL};
     return cloud_ledger_programmer_upsert(l, &e);
 }
 

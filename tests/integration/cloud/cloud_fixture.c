@@ -1,5 +1,6 @@
 /* cloud_fixture — see cloud_fixture.h. */
 #include "cloud_fixture.h"
+#include "nu_attest.h"
 
 #include "ledger.h"
 #include "nu_client.h"
@@ -138,6 +139,8 @@ void cf_cloud_kill(struct cf *f)
     f->cloud_pid = 0;
 }
 
+static int cf__attest_setup(struct cf *f);
+
 int cf_setup(struct cf *f, const char *tag)
 {
     char conf[CF_PATH_MAX + 32], blog[CF_PATH_MAX + 32], ep[CF_PATH_MAX + 32];
@@ -162,7 +165,12 @@ int cf_setup(struct cf *f, const char *tag)
     free(text);
     if (bf_broker_start(&f->broker, conf, port, blog))
         return -1;
-    return cf_cloud_start(f);
+    if (cf_cloud_start(f))
+        return -1;
+    int rc = cf__attest_setup(f);
+    if (rc)
+        fprintf(stderr, "cloud fixture: attested programmer setup: %s\n", nu_err_name(rc));
+    return rc ? -1 : 0;
 }
 
 void cf_teardown(struct cf *f)
@@ -192,18 +200,163 @@ int cf_token(struct cf_client *oem, const char *programmer_id, unsigned ttl_s, c
     return rc;
 }
 
+/*
+ * The genuine programmer the fixture plays: a software stand-in for a
+ * factory-initialised KeyStore (attestation key certified by the vendor CA
+ * in TMP/vendor, pinned as DIR/pki/vendor-ca.pem) running firmware whose
+ * boot manifest the OEM signed (firmware.sign of CF_MEASUREMENT). One per
+ * test process: the fixture runs one stack at a time.
+ */
+static struct {
+    struct nu_p256_key *key, *other_key;
+    uint8_t *cert, *other_cert, *manifest;
+    size_t cert_len, other_cert_len, manifest_len;
+    char serial[NU_ATTEST_SERIAL_MAX + 1];
+} cf__att;
+
+static const uint8_t CF__MEASUREMENT[32] = {0xc1, 0x0d, 0xf1, 0x78, 0x01};
+
+const char *cf_vendor_serial(void)
+{
+    return cf__att.serial;
+}
+
+/* An attestation key certified by the vendor CA of vdir (made if absent). */
+static int cf__vendor_device(const char *vdir, struct nu_p256_key **key, char *serial,
+                             uint8_t **cert, size_t *cert_len)
+{
+    uint8_t pub[NU_P256_PUB_LEN];
+    int rc = nu_path_exists(vdir) ? NU_OK : nu_attest_vendor_ca_init(vdir);
+    if (!rc)
+        rc = nu_p256_key_generate(key);
+    if (!rc)
+        rc = nu_p256_key_pub(*key, pub);
+    return rc ? rc : nu_attest_vendor_issue(vdir, pub, serial, cert, cert_len);
+}
+
+static int cf__attest_setup(struct cf *f)
+{
+    char vdir[CF_PATH_MAX], other[CF_PATH_MAX], src[CF_PATH_MAX + 32], pin[CF_PATH_MAX];
+    char other_serial[NU_ATTEST_SERIAL_MAX + 1];
+    uint8_t *pem = NULL;
+    size_t len = 0;
+    struct cf_client oem;
+    Nusec__V1__Envelope *reply = NULL;
+    snprintf(vdir, sizeof(vdir), "%s/vendor", f->tmp);
+    snprintf(other, sizeof(other), "%s/vendor-other", f->tmp);
+    snprintf(src, sizeof(src), "%s/" NU_ATTEST_VENDOR_CERT, vdir);
+    snprintf(pin, sizeof(pin), "%s/pki/vendor-ca.pem", f->dir);
+    free(cf__att.cert), free(cf__att.other_cert), free(cf__att.manifest);
+    nu_p256_key_destroy(cf__att.key), nu_p256_key_destroy(cf__att.other_key);
+    memset(&cf__att, 0, sizeof(cf__att));
+    int rc =
+        cf__vendor_device(vdir, &cf__att.key, cf__att.serial, &cf__att.cert, &cf__att.cert_len);
+    if (!rc)
+        rc = cf__vendor_device(other, &cf__att.other_key, other_serial, &cf__att.other_cert,
+                               &cf__att.other_cert_len);
+    if (!rc)
+        rc = nu_file_read(src, 65536, &pem, &len);
+    if (!rc)
+        rc = nu_file_write_atomic(pin, pem, len, 0644);
+    free(pem);
+    if (!rc)
+        rc = cf_client_open(f, "oem", NULL, NULL, &oem);
+    if (rc)
+        return rc;
+    Nusec__V1__FirmwareSignRequest req = NUSEC__V1__FIRMWARE_SIGN_REQUEST__INIT;
+    req.name = "cf-programmer-fw";
+    req.version = "1.0.0";
+    req.payload = (ProtobufCBinaryData){sizeof(CF__MEASUREMENT), (uint8_t *)CF__MEASUREMENT};
+    rc = cf_call(&oem, "firmware.sign", &req.base, NULL, 0, &reply, NULL, 0);
+    if (!rc && reply->body_case != NUSEC__V1__ENVELOPE__BODY_FIRMWARE_SIGN_RESPONSE)
+        rc = NU_ERR_DECODE;
+    if (!rc && !(cf__att.manifest = malloc(reply->firmware_sign_response->image.len)))
+        rc = NU_ERR_NOMEM;
+    if (!rc) {
+        cf__att.manifest_len = reply->firmware_sign_response->image.len;
+        memcpy(cf__att.manifest, reply->firmware_sign_response->image.data, cf__att.manifest_len);
+    }
+    nu_envelope_free(reply);
+    cf_client_close(&oem);
+    return rc;
+}
+
+int cf_challenge(struct cf_client *relay, const char *id, const char *token, uint8_t nonce[32])
+{
+    Nusec__V1__EnrollChallengeRequest req = NUSEC__V1__ENROLL_CHALLENGE_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.programmer_id = (char *)id;
+    req.token = (char *)token;
+    int rc = cf_call(relay, "enroll.challenge", &req.base, NULL, 0, &reply, NULL, 0);
+    if (!rc && (reply->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE ||
+                reply->enroll_challenge->nonce.len != 32))
+        rc = NU_ERR_DECODE;
+    if (!rc)
+        memcpy(nonce, reply->enroll_challenge->nonce.data, 32);
+    nu_envelope_free(reply);
+    return rc;
+}
+
+/* What the KeyStore would sign, with the test's faults. */
+static int cf__statement(const char *id, struct nu_p256_key *identity, const uint8_t *pkg_pub,
+                         const struct cf_attest *a, const uint8_t nonce[32], uint8_t *stmt,
+                         size_t *stmt_len, uint8_t *sig, size_t *sig_len)
+{
+    struct nu_attest_claims c;
+    uint8_t digest[32];
+    memset(&c, 0, sizeof(c));
+    int rc = nu_p256_key_pub(identity, c.identity_pub);
+    if (rc)
+        return rc;
+    if (a && a->identity_pub)
+        memcpy(c.identity_pub, a->identity_pub, NU_P256_PUB_LEN);
+    memcpy(c.package_pub, pkg_pub, NU_P256_PUB_LEN);
+    c.keys_generated_in_keystore = c.keys_non_exportable = 1;
+    memcpy(c.measurement, a && a->measurement ? a->measurement : CF__MEASUREMENT, 32);
+    snprintf(c.vendor_serial, sizeof(c.vendor_serial), "%s", cf__att.serial);
+    memcpy(c.nonce, nonce, 32);
+    snprintf(c.programmer_id, sizeof(c.programmer_id), "%s", id);
+    rc = nu_attest_encode(&c, stmt, NU_ATTEST_STMT_MAX, stmt_len);
+    if (!rc)
+        rc = nu_attest_digest(stmt, *stmt_len, digest);
+    if (!rc)
+        rc = nu_p256_key_sign_digest(a && a->other_vendor ? cf__att.other_key : cf__att.key, digest,
+                                     sig, sig_len);
+    if (!rc && a && a->bad_signature)
+        sig[*sig_len - 1] ^= 0x01;
+    return rc;
+}
+
 int cf_enroll_raw(struct cf_client *relay, const char *id, const char *token,
                   struct nu_p256_key *identity, const char *cn, const char *ou,
                   const uint8_t *pkg_pub, Nusec__V1__Envelope **out_reply)
 {
+    return cf_enroll_attested(relay, id, token, identity, cn, ou, pkg_pub, NULL, out_reply);
+}
+
+int cf_enroll_attested(struct cf_client *relay, const char *id, const char *token,
+                       struct nu_p256_key *identity, const char *cn, const char *ou,
+                       const uint8_t *pkg_pub, struct cf_attest *a, Nusec__V1__Envelope **out_reply)
+{
     struct nu_signer s;
-    uint8_t *csr = NULL;
-    size_t csr_len = 0;
+    uint8_t *csr = NULL, nonce[32], stmt[NU_ATTEST_STMT_MAX], sig[NU_P256_SIG_MAX];
+    size_t csr_len = 0, stmt_len = 0, sig_len = sizeof(sig);
+    int none = a && a->none;
     int rc = nu_p256_key_signer(identity, &s);
     if (!rc)
         rc = nu_x509_csr_make(&s, cn, ou, "NuSEC", &csr, &csr_len);
-    if (rc)
+    if (!rc && !none && a && a->nonce)
+        memcpy(nonce, a->nonce, 32);
+    else if (!rc && !none)
+        rc = cf_challenge(relay, id, token, nonce);
+    if (!rc && !none)
+        rc = cf__statement(id, identity, pkg_pub, a, nonce, stmt, &stmt_len, sig, &sig_len);
+    if (!rc && a && !none)
+        memcpy(a->used_nonce, nonce, 32);
+    if (rc) {
+        free(csr);
         return rc;
+    }
     Nusec__V1__EnrollRequest req = NUSEC__V1__ENROLL_REQUEST__INIT;
     req.programmer_id = (char *)id;
     req.token = (char *)token;
@@ -211,6 +364,15 @@ int cf_enroll_raw(struct cf_client *relay, const char *id, const char *token,
     req.csr_der.len = csr_len;
     req.package_pubkey.data = (uint8_t *)pkg_pub;
     req.package_pubkey.len = NU_P256_PUB_LEN;
+    if (!none) {
+        req.attestation_statement = (ProtobufCBinaryData){stmt_len, stmt};
+        req.attestation_signature = (ProtobufCBinaryData){sig_len, sig};
+        req.attestation_cert_der =
+            a && a->other_vendor ? (ProtobufCBinaryData){cf__att.other_cert_len, cf__att.other_cert}
+                                 : (ProtobufCBinaryData){cf__att.cert_len, cf__att.cert};
+        if (!(a && a->no_manifest))
+            req.boot_manifest = (ProtobufCBinaryData){cf__att.manifest_len, cf__att.manifest};
+    }
     rc = cf_call(relay, "enroll", &req.base, NULL, 0, out_reply, NULL, 0);
     if (!rc && (*out_reply)->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_RESPONSE) {
         nu_envelope_free(*out_reply);

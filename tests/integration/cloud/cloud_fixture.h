@@ -81,6 +81,33 @@ int cf_enroll_raw(struct cf_client *relay, const char *id, const char *token,
                   struct nu_p256_key *identity, const char *cn, const char *ou,
                   const uint8_t *pkg_pub, Nusec__V1__Envelope **out_reply);
 
+/*
+ * The attested enrollment cf_enroll_raw performs, as a genuine programmer
+ * (enroll.challenge, then a statement signed by a vendor-certified
+ * attestation key, with the boot manifest the OEM signed in cf_setup), with
+ * faults a test asks for. a NULL = genuine.
+ */
+struct cf_attest {
+    int none;                    /* no attestation at all: a CSR made by a script */
+    int other_vendor;            /* attestation key certified by another vendor CA */
+    int bad_signature;           /* the statement's signature corrupted */
+    int no_manifest;             /* no boot manifest */
+    const uint8_t *nonce;        /* cover this nonce instead of asking for a challenge */
+    const uint8_t *identity_pub; /* attest this identity key, not the CSR's */
+    const uint8_t *measurement;  /* attest this measurement, not the approved one */
+    uint8_t used_nonce[32];      /* out: the nonce the statement covered */
+};
+int cf_enroll_attested(struct cf_client *relay, const char *id, const char *token,
+                       struct nu_p256_key *identity, const char *cn, const char *ou,
+                       const uint8_t *pkg_pub, struct cf_attest *a,
+                       Nusec__V1__Envelope **out_reply);
+
+/* enroll.challenge for id with token: the nonce. */
+int cf_challenge(struct cf_client *relay, const char *id, const char *token, uint8_t nonce[32]);
+
+/* The vendor serial of the fixture's genuine programmer KeyStore. */
+const char *cf_vendor_serial(void);
+
 /* token (oem) + enroll (station) + files. Free with cf_programmer_free. */
 int cf_programmer_make(const struct cf *f, struct cf_client *oem, struct cf_client *station,
                        const char *id, struct cf_programmer *out);

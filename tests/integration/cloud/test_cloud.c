@@ -483,11 +483,35 @@ static void test_programmer_renews_only_itself(void)
     CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
     /* prog-2 renews its own identity (new key), over its current connection */
     CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-2", 0, token, sizeof(token)), NU_OK);
-    CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r), NU_OK);
-    nu_envelope_free(r);
-    r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_enroll_raw(&c2, "prog-2", token, k, "prog-2", "programmer", pkg, &r),
+                          NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-2", &after), NU_OK);
     CU_ASSERT_STRING_NOT_EQUAL(after.cert_serial, before.cert_serial);
+    /* The previous certificate stops working at once: the broker pins the
+     * new serial (DIR/broker/serials), kicks the old session, refuses it. */
+    char old_crt[CF_PATH_MAX + 16], old_key[CF_PATH_MAX + 16];
+    snprintf(old_crt, sizeof(old_crt), "%s/prog-2-old.crt", F.tmp);
+    snprintf(old_key, sizeof(old_key), "%s/prog-2-old.key", F.tmp);
+    CU_ASSERT_EQUAL(nu_test_sh("cp %s %s && cp %s %s", p2.cert, old_crt, p2.key, old_key), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'prog-2 %s' %s/broker/serials", after.cert_serial, F.dir),
+                    0);
+    int gone = 0;
+    for (int t = 0; t < 100 && !gone; t++, usleep(20 * 1000))
+        gone = !nu_mqtt_is_connected(c2.m);
+    CU_ASSERT_TRUE(gone);
+    cf_client_close(&c2);
+    struct cf_client stale;
+    CU_ASSERT_NOT_EQUAL(cf_client_open(&F, "prog-2", old_crt, old_key, &stale), NU_OK);
+    cf_client_close(&stale);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'prog-2.*re-enrolled' %s/broker/mosquitto.log", F.dir), 0);
+    /* The new one works. */
+    CU_ASSERT_EQUAL(cf_write_cert_pem(p2.cert, r->enroll_response->certificate_der.data,
+                                      r->enroll_response->certificate_der.len),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_save_pem(k, p2.key), NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "prog-2", p2.cert, p2.key, &c2), NU_OK);
     /* ... but cannot enroll anyone else, even with that one's token */
     CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-q", 0, token, sizeof(token)), NU_OK);
     CU_ASSERT_EQUAL(cf_enroll_raw(&c2, "prog-q", token, k, "prog-q", "programmer", pkg, &r),
@@ -538,10 +562,15 @@ static void test_malformed_enrollments(void)
     req.csr_der.len = len;
     /* a token of the right form that was never minted */
     req.token = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0), NU_ERR_TOKEN);
-    /* and the real one still works after all that */
+    int tok = cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0);
+    CU_ASSERT(tok == NU_ERR_TOKEN || tok == NU_ERR_ATTESTATION_MISSING);
+    /* the real token with a CSR made outside any KeyStore: refused */
     req.token = token;
-    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0), NU_OK);
+    CU_ASSERT_EQUAL(cf_call(&station, "enroll", &req.base, NULL, 0, &r, NULL, 0),
+                    NU_ERR_ATTESTATION_MISSING);
+    /* and the real one still works after all that, attested */
+    CU_ASSERT_EQUAL(cf_enroll_raw(&station, "prog-m", token, k, "prog-m", "programmer", pkg, &r),
+                    NU_OK);
     nu_envelope_free(r);
     r = NULL;
     free(csr);
@@ -553,6 +582,196 @@ static void test_malformed_enrollments(void)
     /* an unknown op */
     CU_ASSERT_EQUAL(cf_call(&station, "enroll.now", &other.base, NULL, 0, &r, NULL, 0),
                     NU_ERR_NOT_SUPPORTED);
+}
+
+/* ------------------------------------------------------------ attested enrollment */
+
+/* A number the sqlite3 shell prints for `sql` on the ledger; -1 on failure. */
+static long sql_count(const char *sql)
+{
+    char cmd[1024];
+    long n = -1;
+    snprintf(cmd, sizeof(cmd), "sqlite3 %s \"%s\"", F.ledger, sql);
+    FILE *p = popen(cmd, "r");
+    if (p && fscanf(p, "%ld", &n) != 1)
+        n = -1;
+    if (p)
+        pclose(p);
+    return n;
+}
+
+/* request.refused events of `enroll` with code NAME. */
+static long refused(const char *code)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM audit_events WHERE kind IN ('request.refused','enroll.refused')"
+             " AND payload LIKE '%%\\\"code\\\":\\\"%s\\\"%%'",
+             code);
+    return sql_count(sql);
+}
+
+struct att_case {
+    const char *why;
+    struct cf_attest a;
+    int want;
+};
+
+/*
+ * Each refusal: its typed error, its audit event, and nothing recorded (no
+ * programmer row, the token still unused: a genuine enrollment with it
+ * works afterwards).
+ */
+static void attest_refused(const char *id, const char *token, struct cf_attest *a, int want)
+{
+    uint8_t pkg[NU_P256_PUB_LEN];
+    struct nu_p256_key *k = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    char sql[256];
+    long before = refused(nu_err_name(want));
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    nu_p256_key_pub(p1.package, pkg);
+    int rc = cf_enroll_attested(&station, id, token, k, id, "programmer", pkg, a, &r);
+    if (rc != want)
+        fprintf(stderr, "\n    %s: got %s, want %s\n", id, nu_err_name(rc), nu_err_name(want));
+    CU_ASSERT_EQUAL(rc, want);
+    CU_ASSERT_PTR_NULL(r);
+    nu_envelope_free(r);
+    /* The audit row is written right after the answer is sent: wait for it. */
+    long now = refused(nu_err_name(want));
+    for (int t = 0; t < 100 && now < before + 1; t++, usleep(20 * 1000))
+        now = refused(nu_err_name(want));
+    CU_ASSERT_EQUAL(now, before + 1);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM programmers WHERE programmer_id = '%s'", id);
+    CU_ASSERT_EQUAL(sql_count(sql), 0);
+    nu_p256_key_destroy(k);
+}
+
+static void test_attested_enrollment_refusals(void)
+{
+    char token[160], sql[256];
+    uint8_t pkg[NU_P256_PUB_LEN], other_pub[NU_P256_PUB_LEN], nonce[32], wrong[32];
+    struct nu_p256_key *k = NULL, *other = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&other), NU_OK);
+    nu_p256_key_pub(other, other_pub);
+    nu_p256_key_pub(p1.package, pkg);
+    memset(wrong, 0x5a, sizeof(wrong));
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-att", 0, token, sizeof(token)), NU_OK);
+
+    /* The attack of issue 9: a valid token, a CSR made by a script, no KeyStore. */
+    struct cf_attest script = {.none = 1};
+    attest_refused("prog-att", token, &script, NU_ERR_ATTESTATION_MISSING);
+    struct cf_attest vendor = {.other_vendor = 1};
+    attest_refused("prog-att", token, &vendor, NU_ERR_ATTESTATION_UNTRUSTED);
+    struct cf_attest badsig = {.bad_signature = 1};
+    attest_refused("prog-att", token, &badsig, NU_ERR_ATTESTATION_SIGNATURE);
+    struct cf_attest key = {.identity_pub = other_pub};
+    attest_refused("prog-att", token, &key, NU_ERR_KEY_NOT_ATTESTED);
+    struct cf_attest meas = {.measurement = wrong};
+    attest_refused("prog-att", token, &meas, NU_ERR_MEASUREMENT);
+    struct cf_attest nomanifest = {.no_manifest = 1};
+    attest_refused("prog-att", token, &nomanifest, NU_ERR_MEASUREMENT);
+    struct cf_attest unknown = {.nonce = wrong};
+    attest_refused("prog-att", token, &unknown, NU_ERR_NONCE_REPLAYED);
+    /* a challenge bound to another programmer */
+    char token_b[160];
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-attb", 0, token_b, sizeof(token_b)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_challenge(&station, "prog-attb", token_b, nonce), NU_OK);
+    struct cf_attest theirs = {.nonce = nonce};
+    attest_refused("prog-att", token, &theirs, NU_ERR_NONCE_REPLAYED);
+    /* no challenge without a valid token */
+    CU_ASSERT_EQUAL(cf_challenge(&station, "prog-att", token_b, nonce), NU_ERR_TOKEN);
+
+    /* After all that, the genuine programmer enrolls with the same token... */
+    struct cf_attest genuine = {0};
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_attested(&station, "prog-att", token, k, "prog-att", "programmer",
+                                       pkg, &genuine, &r),
+                    NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    /* ... and the ledger records what its KeyStore attested. */
+    struct cloud_ledger *l = ledger_open();
+    struct cloud_ledger_programmer p;
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-att", &p), NU_OK);
+    CU_ASSERT_STRING_EQUAL(p.vendor_serial, cf_vendor_serial());
+    CU_ASSERT_STRING_EQUAL(p.firmware_measurement,
+                           "c10df17801000000000000000000000000000000000000000000000000000000");
+    cloud_ledger_close(l);
+    /* The nonce is single-use: replayed with a fresh token, refused. */
+    char token2[160];
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-att", 0, token2, sizeof(token2)), NU_OK);
+    struct cf_attest replay = {.nonce = genuine.used_nonce};
+    long serials = sql_count("SELECT count(*) FROM programmers");
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM programmers WHERE programmer_id = 'prog-att' AND cert_serial = "
+             "'%s'",
+             p.cert_serial);
+    uint8_t pkg2[NU_P256_PUB_LEN];
+    nu_p256_key_pub(p1.package, pkg2);
+    CU_ASSERT_EQUAL(cf_enroll_attested(&station, "prog-att", token2, other, "prog-att",
+                                       "programmer", pkg2, &replay, &r),
+                    NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_EQUAL(sql_count(sql), 1); /* the enrolled identity is unchanged */
+    CU_ASSERT_EQUAL(sql_count("SELECT count(*) FROM programmers"), serials);
+    nu_p256_key_destroy(k);
+    nu_p256_key_destroy(other);
+}
+
+/* Configuration the cloud reads at start: restart it with `conf` (NULL = none). */
+static void cloud_restart_with(const char *conf)
+{
+    char path[CF_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/cloud/cloud.conf", F.dir);
+    CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0);
+    if (conf) {
+        CU_ASSERT_EQUAL(nu_file_write_atomic(path, conf, strlen(conf), 0644), NU_OK);
+    } else {
+        unlink(path);
+    }
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+}
+
+static void test_challenge_expiry_restart_and_serial_allow_list(void)
+{
+    char token[160], token_e[160], token_s[160], conf[CF_PATH_MAX * 2 + 128];
+    char list[CF_PATH_MAX + 32], line[80];
+    uint8_t pkg[NU_P256_PUB_LEN], nonce[32];
+    struct nu_p256_key *k = NULL;
+    Nusec__V1__Envelope *r = NULL;
+    nu_p256_key_pub(p1.package, pkg);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-rst", 0, token, sizeof(token)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-exp", 0, token_e, sizeof(token_e)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-ser", 0, token_s, sizeof(token_s)), NU_OK);
+    /* A challenge taken before a restart is still good after it (the ledger keeps it). */
+    CU_ASSERT_EQUAL_FATAL(cf_challenge(&station, "prog-rst", token, nonce), NU_OK);
+    snprintf(list, sizeof(list), "%s/serials.txt", F.tmp);
+    snprintf(line, sizeof(line), "# bought\n%s\n", cf_vendor_serial());
+    CU_ASSERT_EQUAL(nu_file_write_atomic(list, line, strlen(line), 0644), NU_OK);
+    snprintf(conf, sizeof(conf), "enroll_challenge_ttl_s = 1\nprogrammer_serials = %s\n", list);
+    cloud_restart_with(conf);
+    CU_ASSERT_EQUAL(station.m != NULL, 1);
+    struct cf_attest carried = {.nonce = nonce};
+    CU_ASSERT_EQUAL(cf_enroll_attested(&station, "prog-rst", token, k, "prog-rst", "programmer",
+                                       pkg, &carried, &r),
+                    NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    /* An expired challenge (ttl 1 s). */
+    CU_ASSERT_EQUAL_FATAL(cf_challenge(&station, "prog-exp", token_e, nonce), NU_OK);
+    usleep(1300 * 1000);
+    struct cf_attest late = {.nonce = nonce};
+    attest_refused("prog-exp", token_e, &late, NU_ERR_NONCE_EXPIRED);
+    /* A serial the OEM did not buy. */
+    CU_ASSERT_EQUAL(nu_file_write_atomic(list, "NL3-000000000000\n", 17, 0644), NU_OK);
+    attest_refused("prog-ser", token_s, NULL, NU_ERR_SERIAL_NOT_ALLOWED);
+    /* An unreadable list allows nobody (fail closed). */
+    unlink(list);
+    attest_refused("prog-ser", token_s, NULL, NU_ERR_SERIAL_NOT_ALLOWED);
+    cloud_restart_with(NULL);
+    nu_p256_key_destroy(k);
 }
 
 /* The cloud refuses a revoked programmer by itself, before the broker knows. */
@@ -1232,6 +1451,10 @@ int main(void)
         {"unassigned programmer, unknown job", test_unassigned_programmer_and_unknown_job},
         {"a programmer renews only itself", test_programmer_renews_only_itself},
         {"malformed enrollments are typed errors", test_malformed_enrollments},
+        {"attested enrollment: every forgery refused, audited, not recorded",
+         test_attested_enrollment_refusals},
+        {"challenges: expiry, restart; the serial allow-list",
+         test_challenge_expiry_restart_and_serial_allow_list},
         {"the cloud refuses a revoked programmer itself",
          test_cloud_refuses_revoked_before_the_broker},
         {"paused and expired jobs, subject templates", test_paused_expired_and_templates},

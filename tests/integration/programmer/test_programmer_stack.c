@@ -8,7 +8,8 @@
  * bus as the `cloud` identity (shared subscription), until the cloud agent's
  * own handlers for enroll / firmware.* / cert.request are in.
  *
- * Checks: enrollment relayed by the station identity; two programmers x 4
+ * Checks: factory init (vendor CA, attestation key), attested enrollment
+ * relayed by the station identity and by the OEM's; two programmers x 4
  * sockets provision 32 chips concurrently, every certificate verifying to the
  * device CA with the chip's key, every chip locked after secure boot and
  * attestation, one device.provisioned event each seen by a monitor; no
@@ -177,12 +178,31 @@ static int state_i1(void)
 
 static void test_enroll_through_station_relay(void)
 {
+    /* The programmer vendor's factory: its CA outside the OEM's state. */
+    CU_ASSERT_EQUAL(nu_test_sh("%s --vendor-ca-init %s/vendor", bin, tmp), 0);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("%s --vendor-ca-init %s/vendor 2>/dev/null", bin, tmp), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i1 --factory-init --vendor-ca %s/vendor "
+                               "> %s/i1.serial",
+                               bin, dir, tmp, tmp),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -qE '^NL3-[0-9a-f]{12}$' %s/i1.serial", tmp), 0);
+    /* Once only: exit 4, the serial stays. */
+    CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i1 --factory-init --vendor-ca %s/vendor "
+                               "2>/dev/null; test $? = 4",
+                               bin, dir, tmp),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i2 --factory-init --vendor-ca %s/vendor "
+                               ">/dev/null",
+                               bin, dir, tmp),
+                    0);
     CU_ASSERT_NOT_EQUAL(nu_test_sh("%s --dir %s --name prog-i1 --enroll not-the-token "
-                                   "--log-level error",
+                                   "--relay station --log-level error",
                                    bin, dir),
                         0);
-    CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i1 --enroll %s --log-level warn", bin, dir,
-                               fc.enroll_token),
+    /* At the CM (explicit station relay) and at the OEM (the default). */
+    CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i1 --enroll %s --relay station "
+                               "--log-level warn",
+                               bin, dir, fc.enroll_token),
                     0);
     CU_ASSERT_EQUAL(nu_test_sh("%s --dir %s --name prog-i2 --enroll %s --log-level warn", bin, dir,
                                fc.enroll_token),
@@ -237,9 +257,9 @@ static void test_no_private_key_outside_keystores(void)
     unsigned scanned = 0;
     ls_reset();
     snprintf(pdir, sizeof(pdir), "%s/programmers/prog-i1", dir);
-    CU_ASSERT_EQUAL(ls_add_keystore(pdir, "prog-i1"), 2);
+    CU_ASSERT_EQUAL(ls_add_keystore(pdir, "prog-i1"), 3); /* identity, package, attestation */
     snprintf(pdir, sizeof(pdir), "%s/programmers/prog-i2", dir);
-    CU_ASSERT_EQUAL(ls_add_keystore(pdir, "prog-i2"), 2);
+    CU_ASSERT_EQUAL(ls_add_keystore(pdir, "prog-i2"), 3);
     CU_ASSERT_EQUAL(ls_add_device_keys(dir), 32);
     CU_ASSERT_EQUAL(ls_scan(tmp, &scanned), 0); /* logs, broker data, flash, chips... */
     CU_ASSERT(scanned > 32 * 4);

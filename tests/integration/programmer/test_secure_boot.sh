@@ -69,6 +69,23 @@ check "modified binary: refused with exit 3 (rc=$rc)" test "$rc" -eq 3
 check "modified binary: BAD_FIRMWARE" grep -q "refused to run prog-1: firmware image rejected" \
     "$TMP/run.log"
 
+# Attested enrollment with that modified binary: its KeyStore measures what
+# runs, the measurement is not what the OEM's manifest signs, the cloud refuses.
+"$TMP/nusec-programmer-mod" --dir "$DIR" --name prog-mod --factory-init \
+    --vendor-ca "$DIR/vendor" >/dev/null 2>"$TMP/factory.log"
+check "factory init of prog-mod" test $? -eq 0
+TOKEN=$(nusec programmer token --name prog-mod 2>/dev/null)
+"$TMP/nusec-programmer-mod" --dir "$DIR" --name prog-mod --enroll "$TOKEN" >"$TMP/mod-enroll.log" 2>&1
+check "modified binary: enrollment refused" test $? -ne 0
+check "modified binary: MEASUREMENT" grep -q "programmer firmware not approved by the OEM" \
+    "$TMP/mod-enroll.log"
+check "modified binary: not enrolled" bash -c "! '$BIN/nusec' programmer list --dir '$DIR' | grep -q '^prog-mod '"
+check "modified binary: refusal audited" bash -c "sqlite3 '$DIR/cloud/ledger.db' \"select payload from audit_events where kind='request.refused'\" | grep -q MEASUREMENT"
+# The genuine binary with the same token enrolls (the refusal used nothing up).
+"$BIN/nusec-programmer" --dir "$DIR" --name prog-mod --enroll "$TOKEN" >"$TMP/gen-enroll.log" 2>&1
+check "genuine binary: same KeyStore, same token: enrolled" test $? -eq 0
+check "programmer list: vendor serial and measurement" bash -c "'$BIN/nusec' programmer list --dir '$DIR' | grep '^prog-mod ' | grep -q \"NL3-.* \$(cat '$TMP/self.sha256' | xxd -p -c 64)\""
+
 # A manifest by another key (well-formed MCUboot, fresh P-256 key), once with its
 # own KEYHASH and once claiming the OEM's KEYHASH.
 python3 - "$TMP/self.sha256" "$MANIFEST" "$TMP" <<'PY'

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #define NUSEC NUSEC_BINARY_DIR "/bin/nusec"
+#define PROGRAMMER NUSEC_BINARY_DIR "/bin/nusec-programmer"
 #define IDLE NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_IDLE
 #define PRODUCING NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING
 #define OFFLINE NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_OFFLINE
@@ -972,7 +973,23 @@ static void test_killed_programmer_rejoins(void)
 
 static void test_programmer_enroll_command(void)
 {
-    /* Minted token: enrolled, owned by the station, listed by the cloud. */
+    /* Not factory-initialised (no attestation key in its KeyStore): refused. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " programmer enroll --dir %s --name prog-9 > %s/enroll0.txt 2>&1",
+                               dir, tmp),
+                    1);
+    CU_ASSERT_NOT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 '", dir), 0);
+    /* The vendor's factory step (stack up made the stand-in vendor CA in DIR/vendor). */
+    CU_ASSERT_EQUAL(nu_test_sh(PROGRAMMER " --dir %s --name prog-9 --factory-init --vendor-ca "
+                                          "%s/vendor > %s/serial9.txt",
+                               dir, dir, tmp),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh(PROGRAMMER " --dir %s --name prog-8 --factory-init --vendor-ca "
+                                          "%s/vendor > /dev/null",
+                               dir, dir),
+                    0);
+    /* Minted token, at the OEM (the default): enrolled, owned by the station,
+     * listed by the cloud with the vendor serial its KeyStore attested. */
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC
                                " programmer enroll --dir %s --name prog-9 > %s/enroll.txt 2>&1",
                                dir, tmp),
@@ -980,6 +997,20 @@ static void test_programmer_enroll_command(void)
     CU_ASSERT_EQUAL(nu_test_sh("grep -qx 'station prog-9' %s/broker/owners", dir), 0);
     CU_ASSERT_EQUAL(
         nu_test_sh(NUSEC " programmer list --dir %s | grep -q '^prog-9 .*enrolled'", dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer list --dir %s | grep '^prog-9 ' | grep -qF "
+                                     "\"$(cat %s/serial9.txt)\"",
+                               dir, tmp),
+                    0);
+    /* Relayed at the CM, explicitly: the same attestation. */
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-8 --relay station"
+                                     " > %s/enroll8.txt 2>&1",
+                               dir, tmp),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC
+                               " programmer list --dir %s --json | grep -q '\"id\":\"prog-8\".*"
+                               "\"vendor_serial\":\"NL3-'",
+                               dir),
+                    0);
     /* A forged token: refused, and nothing is enrolled. */
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " programmer enroll --dir %s --name prog-10 --token %064d"
                                      " > %s/enroll-bad.txt 2>&1",

@@ -105,7 +105,8 @@ static void sql_text(const char *path, const char *sql, char *out, size_t cap)
 
 static int enroll(struct cloud_ledger *l, const char *id)
 {
-    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1", T0};
+    struct cloud_ledger_enrollment e = {id, "0a0b0c", PEM_TEXT, pkg_pub, "station-1",
+                                        T0, NULL,     NULL,     NULL};
     return cloud_ledger_programmer_upsert(l, &e);
 }
 
@@ -726,7 +727,8 @@ static void test_programmer_lifecycle(void)
     char path[512];
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
     struct cloud_ledger_programmer p;
-    struct cloud_ledger_enrollment e = {"prog-1", "1234abcd", PEM_TEXT, pkg_pub, "station-1", T0};
+    struct cloud_ledger_enrollment e = {"prog-1", "1234abcd", PEM_TEXT, pkg_pub, "station-1",
+                                        T0,       NULL,       NULL,     NULL};
     uint8_t bad_pub[CLOUD_LEDGER_PUBKEY_LEN] = {0x04};
     unsigned n = 0;
     struct evscan ev;
@@ -878,7 +880,8 @@ static void test_enroll_is_atomic(void)
 {
     char path[512];
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
-    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "station-1", T0};
+    struct cloud_ledger_enrollment e = {"prog-1", "abcd", PEM_TEXT, pkg_pub, "station-1",
+                                        T0,       NULL,   NULL,     NULL};
     struct cloud_ledger_programmer p;
     uint64_t seq;
 
@@ -895,6 +898,59 @@ static void test_enroll_is_atomic(void)
     CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_ERR_TOKEN);
     CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_OK);
     CU_ASSERT_STRING_EQUAL(p.cert_serial, "abcd"); /* unchanged */
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
+/* The challenge nonce: bound to one programmer, single-use, expiring; used up
+ * with the token in the enrollment's transaction; the attestation recorded. */
+static void test_enroll_nonce_and_attestation(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    static const char meas[] = "c10df17801000000000000000000000000000000000000000000000000000000";
+    uint8_t nonce[32], other[32];
+    struct cloud_ledger_enrollment e = {
+        "prog-1", "abcd", PEM_TEXT, pkg_pub, "oem-1", T0 + 10, "NL3-0123456789ab", meas, nonce};
+    struct cloud_ledger_programmer p;
+    uint64_t seq;
+
+    memset(nonce, 0x42, sizeof(nonce));
+    memset(other, 0x43, sizeof(other));
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, nonce, "prog-1", T0 + 100, T0), NU_OK);
+    CU_ASSERT_NOT_EQUAL(cloud_ledger_nonce_add(l, nonce, "prog-1", T0 + 100, T0), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, other, "prog-2", T0 + 100, T0), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_add(l, other, "prog-2", T0, T0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 10), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-2", T0 + 10), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 100), NU_ERR_NONCE_EXPIRED);
+    CU_ASSERT_EQUAL(
+        cloud_ledger_token_add(l, TOKEN, sizeof(TOKEN), "prog-1", T0 + 1000, "oem-1", T0), NU_OK);
+    /* another programmer's nonce: refused, audited, nothing used up */
+    e.nonce = other;
+    seq = head_seq(l);
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_EQUAL(head_seq(l), seq + 1); /* enroll.refused */
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_ERR_NOT_FOUND);
+    /* expired */
+    e.nonce = nonce;
+    e.now_ms = T0 + 100;
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_ERR_NONCE_EXPIRED);
+    /* in time: enrolled, the attestation recorded, nonce and token used */
+    e.now_ms = T0 + 10;
+    CU_ASSERT_EQUAL(cloud_ledger_enroll(l, TOKEN, sizeof(TOKEN), &e), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-1", &p), NU_OK);
+    CU_ASSERT_STRING_EQUAL(p.vendor_serial, "NL3-0123456789ab");
+    CU_ASSERT_STRING_EQUAL(p.firmware_measurement, meas);
+    CU_ASSERT_EQUAL(cloud_ledger_nonce_check(l, nonce, "prog-1", T0 + 11), NU_ERR_NONCE_REPLAYED);
+    CU_ASSERT_STRING_EQUAL(
+        events(l, "programmer.enrolled").last_payload,
+        "{\"programmer\":\"prog-1\",\"serial\":\"abcd\",\"previous_serial\":\"\","
+        "\"vendor_serial\":\"NL3-0123456789ab\",\"firmware_measurement\":\"c10df178"
+        "01000000000000000000000000000000000000000000000000000000\"}");
+    /* a measurement that is not 64 hex characters is not recorded */
+    e.firmware_measurement = "abc";
+    CU_ASSERT_EQUAL(cloud_ledger_programmer_upsert(l, &e), NU_ERR_INVALID_ARG);
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
 }
@@ -2182,10 +2238,13 @@ static void test_fw_schema_v2(void)
         {"job_keys", "job_id", "firmware_key", "image_digest", "image_size", "request_hash",
          "created_at_ms", NULL},
         {"job_packages", "job_id", "programmer_id", "position", "token_hash", "package", NULL},
+        {"programmers", "vendor_serial", "firmware_measurement", NULL},
+        {"enroll_nonces", "nonce", "programmer_id", "created_at_ms", "expires_at_ms", "used_at_ms",
+         NULL},
     };
 
-    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 2);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 2);
+    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 3);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 3);
     for (size_t t = 0; t < sizeof(cols) / sizeof(cols[0]); t++) {
         for (size_t c = 1; cols[t][c]; c++) {
             char sql[256];
@@ -2195,15 +2254,17 @@ static void test_fw_schema_v2(void)
             CU_ASSERT_EQUAL(sql_int(path, sql), 1);
         }
     }
-    /* A fresh file is created at once at version 2: no migration event. */
+    /* A fresh file is created at once at version 3: no migration event. */
     CU_ASSERT_EQUAL(events(l, "ledger.migrated").count, 0);
-    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":2}");
+    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":3}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
 }
 
-/* Turn a version-2 file back into what version 1 wrote. */
+/* Turn a version-3 file back into what version 1 wrote. */
 static const char *const DOWNGRADE_TO_V1 =
+    "DROP TABLE enroll_nonces; ALTER TABLE programmers DROP COLUMN vendor_serial;"
+    "ALTER TABLE programmers DROP COLUMN firmware_measurement;"
     "DROP TRIGGER firmware_images_fixed; DROP TRIGGER firmware_images_no_delete;"
     "DROP TRIGGER job_keys_fixed; DROP TRIGGER job_keys_no_delete;"
     "DROP TRIGGER job_packages_fixed; DROP TRIGGER job_packages_no_delete;"
@@ -2228,13 +2289,13 @@ static void test_fw_migrate_from_v1(void)
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 1); /* read-only: not migrated */
 
     CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l), NU_OK);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 2);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 3);
     CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM job_keys"), 0);
     CU_ASSERT_EQUAL(job_of(l, "job-1").quota, 10); /* data kept */
     struct evscan ev = events(l, "ledger.migrated");
     CU_ASSERT_EQUAL(ev.count, 1);
     CU_ASSERT_EQUAL(ev.last_seq, seq + 1);
-    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":2}");
+    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":3}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
     /* Opening again migrates nothing. */
@@ -2488,6 +2549,7 @@ static const struct nu_test_case prog_cases[] = {
     {"programmer upsert, get, list, revoke", test_programmer_lifecycle},
     {"tokens are one-time, expire, stored hashed", test_tokens_one_time},
     {"enroll is atomic", test_enroll_is_atomic},
+    {"enroll: challenge nonce and attestation record", test_enroll_nonce_and_attestation},
     {NULL, NULL},
 };
 

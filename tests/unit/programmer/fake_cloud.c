@@ -1,6 +1,8 @@
 /* fake_cloud: see fake_cloud.h. Test code: plain, assert-free, returns NU_ERR_*. */
 #include "fake_cloud.h"
 
+#include "nu_attest.h"
+
 #include "nu_crypto.h"
 #include "nu_envelope.h"
 #include "nu_hsm.h"
@@ -319,6 +321,43 @@ int fc_station_envelope(ProtobufCMessage *body, uint8_t **out, size_t *out_len)
     return rc ? rc : nu_envelope_pack(&f.env, out, out_len, NULL);
 }
 
+/* enroll.challenge: a fresh nonce the next enroll's attestation must cover. */
+static int fc__challenge(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                         size_t cap, size_t *out_len)
+{
+    const Nusec__V1__EnrollChallengeRequest *cr = req->enroll_challenge_request;
+    if (strcmp(cr->token, fc->enroll_token) != 0)
+        return fc__error(req, NU_ERR_TOKEN, "enroll.challenge", resp, cap, out_len);
+    int rc = nu_random(fc->nonce, sizeof(fc->nonce));
+    if (rc != NU_OK)
+        return rc;
+    fc->nonce_live = 1;
+    Nusec__V1__EnrollChallenge r = NUSEC__V1__ENROLL_CHALLENGE__INIT;
+    r.programmer_id = cr->programmer_id;
+    r.nonce = (ProtobufCBinaryData){sizeof(fc->nonce), fc->nonce};
+    return fc__answer(req, &r.base, resp, cap, out_len);
+}
+
+/* The fake checks the statement's content (nonce once, keys); the chain to
+ * the vendor CA is the real cloud's job (tests/integration). */
+static int fc__attested(struct fake_cloud *fc, const Nusec__V1__EnrollRequest *er,
+                        const uint8_t csr_pub[65])
+{
+    struct nu_attest_claims c;
+    if (!er->attestation_statement.len || !er->attestation_signature.len ||
+        !er->attestation_cert_der.len)
+        return NU_ERR_ATTESTATION_MISSING;
+    if (nu_attest_decode(er->attestation_statement.data, er->attestation_statement.len, &c))
+        return NU_ERR_DECODE;
+    if (!fc->nonce_live || memcmp(c.nonce, fc->nonce, sizeof(fc->nonce)) != 0)
+        return NU_ERR_NONCE_REPLAYED;
+    fc->nonce_live = 0;
+    if (memcmp(c.identity_pub, csr_pub, 65) != 0 ||
+        memcmp(c.package_pub, er->package_pubkey.data, 65) != 0)
+        return NU_ERR_KEY_NOT_ATTESTED;
+    return NU_OK;
+}
+
 static int fc__enroll(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
                       size_t cap, size_t *out_len)
 {
@@ -332,6 +371,8 @@ static int fc__enroll(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uin
     if (rc != NU_OK || strcmp(info.cn, er->programmer_id) || strcmp(info.ou, "programmer") ||
         er->package_pubkey.len != 65)
         return fc__error(req, NU_ERR_BAD_CSR, "enroll", resp, cap, out_len);
+    if ((rc = fc__attested(fc, er, info.pub)) != NU_OK)
+        return fc__error(req, rc, "enroll", resp, cap, out_len);
     memcpy(fc->enrolled_pkg_pub, er->package_pubkey.data, 65);
     if (fc->n_enrolled < 8) {
         snprintf(fc->enrolled_id[fc->n_enrolled], 65, "%s", er->programmer_id);
@@ -513,6 +554,9 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_DECODE;
     } else if (strncmp(topic, "nusec/v1/cloud/req/", 19) || !op) {
         rc = NU_ERR_NOT_FOUND;
+    } else if (!strcmp(op, "/enroll.challenge") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST) {
+        rc = fc__challenge(fc, env, resp, cap, out_len);
     } else if (!strcmp(op, "/enroll") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST) {
         rc = fc__enroll(fc, env, resp, cap, out_len);

@@ -53,6 +53,8 @@ struct fake_cloud {
     uint8_t enrolled_pub[8][65];
     size_t n_enrolled;
     int enroll_wrong_key; /* certify a different key than the CSR's */
+    uint8_t nonce[32];    /* the last enroll.challenge, usable once */
+    int nonce_live;
     /* job and firmware */
     char job_id[65];
     uint8_t token[16];

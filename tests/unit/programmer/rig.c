@@ -1,6 +1,7 @@
 /* rig: see rig.h. */
 #include "rig.h"
 
+#include "nu_attest.h"
 #include "nu_crypto.h"
 #include "nu_test.h"
 #include "nu_util.h"
@@ -18,7 +19,19 @@
 #include <wolfssl/options.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
+static int rig__setup(struct rig *r, const char *name, unsigned sockets, int factory);
+
 int rig_setup(struct rig *r, const char *name, unsigned sockets)
+{
+    return rig__setup(r, name, sockets, 1);
+}
+
+int rig_setup_unfactoried(struct rig *r, const char *name, unsigned sockets)
+{
+    return rig__setup(r, name, sockets, 0);
+}
+
+static int rig__setup(struct rig *r, const char *name, unsigned sockets, int factory)
 {
     memset(r, 0, sizeof(*r));
     r->name = name;
@@ -28,14 +41,38 @@ int rig_setup(struct rig *r, const char *name, unsigned sockets)
     snprintf(r->pdir, sizeof(r->pdir), "%s/programmers/%s", r->dir, name);
     snprintf(r->targets, sizeof(r->targets), "%s/targets", r->dir);
     int rc = fc_init(&r->fc, "job-1", 40 * 1024, 8192);
-    return rc ? rc : rig_open(r);
+    if (rc == NU_OK)
+        rc = rig_open(r);
+    return rc == NU_OK && factory ? rig_factory(r) : rc;
+}
+
+/* The programmer factory's step (nusec-programmer --factory-init): an
+ * attestation key in the KeyStore, certified by a vendor CA in DIR/vendor. */
+int rig_factory(struct rig *r)
+{
+    char vdir[600], serial[NU_ATTEST_SERIAL_MAX + 1];
+    uint8_t pub[65], *der = NULL;
+    size_t len = 0;
+    snprintf(vdir, sizeof(vdir), "%s/vendor", r->dir);
+    int rc = nu_path_exists(vdir) ? NU_OK : nu_attest_vendor_ca_init(vdir);
+    if (rc == NU_OK)
+        rc = pp_ks_attest_key_create(r->ks, pub);
+    if (rc == NU_OK)
+        rc = nu_attest_vendor_issue(vdir, pub, serial, &der, &len);
+    if (rc == NU_OK)
+        rc = pp_ks_attest_cert_set(r->ks, serial, der, len);
+    free(der);
+    return rc;
 }
 
 int rig_open(struct rig *r)
 {
     char flash[600];
     snprintf(flash, sizeof(flash), "%s/flash", r->pdir);
+    static const uint8_t measured[32] = {0x4d, 0x65, 0x61, 0x73}; /* "Meas", the boot stage's */
     int rc = pp_ks_open(r->pdir, r->name, 1, &r->ks);
+    if (rc == NU_OK)
+        rc = pp_ks_set_measurement(r->ks, measured);
     if (rc == NU_OK)
         rc = pp_flash_open(flash, &r->flash);
     if (rc != NU_OK)
@@ -112,7 +149,7 @@ int rig_tray(struct rig *r, unsigned devices, unsigned faults, unsigned every)
 
 int rig_enroll(struct rig *r)
 {
-    return pg_core_enroll(r->core, "station", r->fc.enroll_token, NULL);
+    return pg_core_enroll(r->core, "station", r->fc.enroll_token, NULL, NULL, 0);
 }
 
 int rig_package(struct rig *r, uint32_t limit, uint8_t **out, size_t *out_len)

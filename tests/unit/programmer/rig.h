@@ -46,6 +46,10 @@ void rig_crash(struct rig *r);
 int rig_tray(struct rig *r, unsigned devices, unsigned faults, unsigned every);
 
 int rig_enroll(struct rig *r);
+/* Like rig_setup, without the factory step (no attestation key). */
+int rig_setup_unfactoried(struct rig *r, const char *name, unsigned sockets);
+/* Factory-initialise the KeyStore (attestation key + vendor certificate). */
+int rig_factory(struct rig *r);
 
 /* A package for this programmer: limit, expiring in 1 h, created now. */
 int rig_package(struct rig *r, uint32_t limit, uint8_t **out, size_t *out_len);

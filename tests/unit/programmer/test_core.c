@@ -437,11 +437,33 @@ static void test_package_needs_enrollment(void)
 
 /* ---- enrollment ----------------------------------------------------------------------- */
 
+/* A KeyStore without a vendor attestation key cannot enroll: the cloud
+ * never sees a request without an attestation from the core. */
+static void test_enrollment_needs_the_factory_step(void)
+{
+    CU_ASSERT_EQUAL_FATAL(rig_setup_unfactoried(&R, "prog-bare", 1), NU_OK);
+    CU_ASSERT_EQUAL(rig_enroll(&R), NU_ERR_NOT_FOUND);
+    CU_ASSERT(!pg_core_enrolled(R.core));
+    CU_ASSERT_EQUAL(R.fc.n_enrolled, 0);
+    /* The factory step afterwards, and it enrolls. */
+    CU_ASSERT_EQUAL(rig_factory(&R), NU_OK);
+    CU_ASSERT_EQUAL(rig_enroll(&R), NU_OK);
+    CU_ASSERT(pg_core_enrolled(R.core));
+    /* Factory keys are made once. */
+    uint8_t pub[65];
+    CU_ASSERT_EQUAL(pp_ks_attest_key_create(R.ks, pub), NU_ERR_EXISTS);
+    CU_ASSERT_EQUAL(pp_ks_attest_cert_set(R.ks, "NL3-x", pub, sizeof(pub)), NU_ERR_EXISTS);
+    /* The measurement register is written once per boot. */
+    uint8_t other[32] = {1};
+    CU_ASSERT_EQUAL(pp_ks_set_measurement(R.ks, other), NU_ERR_STATE);
+    rig_teardown(&R);
+}
+
 static void test_enrollment(void)
 {
     CU_ASSERT_EQUAL_FATAL(rig_setup(&R, "prog-enroll", 1), NU_OK);
     CU_ASSERT(!pg_core_enrolled(R.core));
-    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "wrong-token", NULL), NU_ERR_TOKEN);
+    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "wrong-token", NULL, NULL, 0), NU_ERR_TOKEN);
     CU_ASSERT(!pg_core_enrolled(R.core));
     R.fc.enroll_wrong_key = 1;
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_ERR_BAD_CERT);
@@ -450,7 +472,7 @@ static void test_enrollment(void)
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_OK);
     CU_ASSERT(pg_core_enrolled(R.core));
     CU_ASSERT_EQUAL(rig_enroll(&R), NU_ERR_EXISTS);
-    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "bad token with spaces", NULL),
+    CU_ASSERT_EQUAL(pg_core_enroll(R.core, "station", "bad token with spaces", NULL, NULL, 0),
                     NU_ERR_INVALID_ARG);
     /* The identity survives a restart, and the keys are the same. */
     uint8_t pub1[65], pub2[65];
@@ -551,6 +573,7 @@ static const struct nu_test_case package_cases[] = {
     {"refusals are typed and change nothing", test_package_refusals_are_typed},
     {"the same package again is accepted", test_same_package_again_is_accepted},
     {"no package before enrollment", test_package_needs_enrollment},
+    {"enrollment needs the factory step (attestation key)", test_enrollment_needs_the_factory_step},
     {"enrollment", test_enrollment},
     {NULL, NULL},
 };
