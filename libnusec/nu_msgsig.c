@@ -81,9 +81,9 @@ struct msgsig__slot {
 struct nu_msgsig_replay {
     pthread_mutex_t lock;
     uint64_t window_ms;
-    size_t cap;   /* live ids allowed */
-    size_t n;     /* slots */
-    size_t used;  /* slots ever filled since the last sweep (live or expired) */
+    size_t cap;  /* live ids allowed */
+    size_t n;    /* slots */
+    size_t used; /* slots ever filled since the last sweep (live or expired) */
     struct msgsig__slot *slots;
 };
 

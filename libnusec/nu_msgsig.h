@@ -79,8 +79,8 @@ void nu_msgsig_replay_free(struct nu_msgsig_replay *r);
  * Admit a message: NU_OK (and the id is remembered) when sent_at_ms is
  * within the window of now_ms and the id was not seen inside the window.
  * Errors: INVALID_ARG (NULL, id_len != NU_MSGSIG_ID_LEN), REPLAY (id seen
- * inside the window, or sent_at_ms outside it: "replayed or stale"), BUSY (the cache holds `cap` live ids: refused
- * rather than forgetting one that could then be replayed).
+ * inside the window, or sent_at_ms outside it: "replayed or stale"), BUSY (the cache holds `cap`
+ * live ids: refused rather than forgetting one that could then be replayed).
  */
 int nu_msgsig_replay_check(struct nu_msgsig_replay *r, const uint8_t *id, size_t id_len,
                            uint64_t sent_at_ms, uint64_t now_ms);
