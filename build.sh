@@ -20,7 +20,7 @@ PACKAGES=(
     softhsm2 libsofthsm2 p11-kit libp11-kit-dev
     python3 python3-cryptography xxd
     libmicrohttpd-dev libcjson-dev chromium python3-websocket
-    dpkg-dev lintian systemd adduser
+    prometheus dpkg-dev lintian systemd adduser
     gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
     swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     tpm2-tools dbus opensc

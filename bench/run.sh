@@ -9,11 +9,13 @@
 #        BENCH_LEDGER_ROWS (large ledger, default 1000000), BENCH_LEDGER_BUDGET
 #        (seconds the large prefill's inserts may take, default 45: with its
 #        commit and fsync the prefill stays near one minute), BENCH_FW_ROUNDS (5),
-#        BENCH_CERT_SECONDS (length of the paced latency run, default 10)
+#        BENCH_CERT_SECONDS (length of the paced latency run, default 10),
+#        BENCH_FLOOD_SECONDS (each flood run, default 25)
 # Sections: crypto ceiling (in-process), end to end on the local stack, peak
 # RSS, certificate latency at half the saturating rate (cloud_bench_cert
 # --paced), firmware delivery to 8 programmers (bench_fw_delivery), ledger
-# scaling (bench_ledger_scaling). Prints `name value unit` lines and writes the
+# scaling (bench_ledger_scaling), the cloud's memory and a programmer's latency
+# under a garbage flood from one identity (cloud_bench_flood). Prints `name value unit` lines and writes the
 # same figures as JSON to FILE (default bench/results.json); a figure that
 # could not be measured is null, with a note saying why.
 set -euo pipefail
@@ -274,6 +276,22 @@ tpms=$(awk -v r="${tpm_rate:-0}" 'BEGIN { if (r > 0) { n = 2000 / r; printf "%d"
 emit hsm_tpms_for_2000_per_s "$tpms" TPMs
 note "hsm_*_certs_per_s: device certificates (X.509 built, ecdsa-with-SHA256 by the Device CA key in the HSM, every signature verified before use) per second, 2 threads sharing 2 sessions as the cloud's workers do, ${HSM_SECONDS}s each, the same run. SoftHSM2 signs in this process's CPU; the TPM is swtpm (a software TPM, so its figure is the TPM 2.0 command path through tpm2-abrmd and tpm2-pkcs11, not a TPM chip's speed) and tpm2-abrmd serialises commands. hsm_tpms_for_2000_per_s = ceil(2000 / hsm_tpm_certs_per_s): TPMs, each with its own PKI token and Device CA key (a TPM key cannot be shared), behind as many cloud agents, to sign 2,000 devices/s."
 
+# --- 9. a flood of maximum-size garbage from one identity (issue 9) ------------------
+FLOOD_SECONDS=${BENCH_FLOOD_SECONDS:-25}
+[[ "$FLOOD_SECONDS" =~ ^[1-9][0-9]*$ ]] && ((FLOOD_SECONDS <= 600)) || { echo "bench: BENCH_FLOOD_SECONDS 1..600" >&2; exit 2; }
+echo "== flood: cloud_bench_flood, ${FLOOD_SECONDS}s each: no flood, station (256 KiB to job.list + 4 MiB refused at the broker), oem (4 MiB to firmware.sign)"
+for mode in "0 station" "8 station" "8 oem"; do
+    read -r threads who <<<"$mode"
+    base="$WORK/flood-$threads-$who"
+    if run_bench "$base" "$BIN/cloud_bench_flood" "$FLOOD_SECONDS" $threads $who; then
+        emit_all "$base"
+    else
+        emit_all "$base" 2>/dev/null || true
+        note "flood ($threads threads as $who): cloud_bench_flood failed or the cloud's VmHWM went over the bound (see $base.log)"
+    fi
+done
+note "flood: ONE identity's FLOOD_THREADS (8) threads send garbage as requests back to back for ${FLOOD_SECONDS}s (station: the largest payload its role may publish, 256 KiB, to job.list, answered TOO_LARGE before decoding, plus one thread sending 4 MiB that the broker refuses; oem, the only role allowed 4 MiB: firmware.sign, DECODE or BUSY). Meanwhile one programmer sends a cert.request for a new device every 50 ms, one at a time (latency from send to answer). *_cloud_rss_peak_kib samples VmRSS every 50 ms; *_cloud_vmhwm_kib is the kernel's high-water mark; the documented bound is *_cloud_rss_bound_kib (256 MiB), the bench fails a mode whose VmHWM exceeds it. noflood_* is the same measurement without a flood, on the machine as loaded as it was. Cloud defaults: payload_max 64 KiB, identity_bytes_max 16 MiB, queue_bytes_max 96 MiB."
+
 BENCH_S=$(($(date +%s) - BENCH_T0))
 emit bench_seconds "$BENCH_S" s
 
@@ -309,6 +327,8 @@ printf '  %-30s %s\n' "crypto ceiling" "$ceiling devices/s ($CORES cores)" \
     "fw delivery, 8 programmers" "${fw:-null} MB/s (crypto alone ${fw_crypto:-null} MB/s on one core)" \
     "fw delivery / crypto" "${fw_ratio:-null} (goal >= 0.1)" \
     "$lname" "${lscale:-null} (goal >= 0.9)" \
+    "flood: cloud VmHWM station/oem" "$(fig "$WORK/flood-8-station" flood_cloud_vmhwm_kib 2>/dev/null || echo null) / $(fig "$WORK/flood-8-oem" flood_oem_cloud_vmhwm_kib 2>/dev/null || echo null) KiB (bound 262144)" \
+    "flood: cert p99 none/station/oem" "$(fig "$WORK/flood-0-station" noflood_cert_p99_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-station" flood_cert_p99_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-oem" flood_oem_cert_p99_ms 2>/dev/null || echo null) ms (goal p99 < 100 ms)" \
     "results" "$OUT"
 printf '  %-30s %s\n' "HSM-signed certs, SoftHSM2" "$(fig "$WORK/hsm-soft" hsm_softhsm_certs_per_s 2>/dev/null || echo null) certs/s" \
     "HSM-signed certs, TPM 2.0" "${tpm_rate:-null} certs/s" \

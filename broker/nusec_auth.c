@@ -781,6 +781,18 @@ static int auth__on_acl_check(int event, void *event_data, void *userdata)
     return MOSQ_ERR_SUCCESS;
 }
 
+/* message_size_limit is one number for every client, and only the OEM
+ * (firmware.sign) and the cloud need NU_ENVELOPE_MAX: every other role's
+ * publish is refused here beyond this many bytes (a sealed package is at most
+ * 64 KiB). The cloud bounds each op again, per identity, before decoding. */
+#define AUTH__SMALL_PAYLOAD_MAX (256u * 1024u)
+
+static bool auth__size_ok(const struct auth__ident *who, uint32_t len)
+{
+    return len <= AUTH__SMALL_PAYLOAD_MAX || who->role == NUSEC_ROLE_OEM ||
+           who->role == NUSEC_ROLE_CLOUD;
+}
+
 /* MQTT 5 properties reach plugins only here (the ACL event has none in 2.0). */
 static int auth__on_message(int event, void *event_data, void *userdata)
 {
@@ -792,6 +804,9 @@ static int auth__on_message(int event, void *event_data, void *userdata)
 
     if (!ed->client)
         return MOSQ_ERR_SUCCESS; /* published by a plugin: the broker's own */
+    if (auth__subject(st, ed->client, &who) && !auth__size_ok(&who, ed->payloadlen))
+        return auth__deny(ed->client, &who, MOSQ_ACL_WRITE, ed->topic,
+                          "payload over its role's size limit");
     if (!mosquitto_property_read_string(ed->properties, MQTT_PROP_RESPONSE_TOPIC, &response_topic,
                                         false))
         return MOSQ_ERR_SUCCESS;

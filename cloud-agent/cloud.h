@@ -18,6 +18,7 @@
 #include "ledger.h"
 #include "nu_envelope.h"
 #include "nu_hsm.h"
+#include "nu_metrics.h"
 #include "nu_mqtt.h"
 
 #include <pthread.h>
@@ -45,6 +46,16 @@ struct cloud_config {
     unsigned batch_max;  /* requests one worker serves in one group commit; 1 = no batching */
     unsigned checkpoint_interval_s; /* signed audit checkpoints; 0 = only at start, stop, close */
     unsigned session_expiry_s;      /* MQTT session expiry: short, see cloud_main.c usage */
+    /* Memory is bounded in bytes (a request count let 4 MiB garbage payloads
+     * take the cloud to 1.5 GB): every message is sized before it is copied. */
+    unsigned payload_max;          /* bytes any request or event may carry, before decoding */
+    unsigned firmware_payload_max; /* firmware.sign, and only from an OEM identity */
+    unsigned queue_bytes_max;      /* bytes held by messages queued or in service; beyond: BUSY */
+    unsigned identity_bytes_max;   /* the same for one identity */
+    /* Refusals per (identity, code) audited one by one in a window; beyond,
+     * counted and written as one `request.refused` row with the count. */
+    unsigned refusal_audit_burst;
+    unsigned refusal_audit_window_ms;
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
@@ -55,6 +66,27 @@ struct cloud_config {
     char vendor_ca[4096];
     char programmer_serials[4096];
     unsigned challenge_ttl_s; /* an enrollment challenge is usable this long, once */
+    int log_level; /* enum nu_log_level of `log_level`; -1 when the key is absent */
+    char metrics_listen[64]; /* /metrics address "HOST:PORT", or "off" */
+};
+
+/*
+ * Prometheus metrics of this agent (declared by cloud_main.c; served on
+ * cfg.metrics_listen). Families are NULL when metrics are off: the
+ * nu_metric_* updates accept NULL, so call sites need no checks.
+ */
+struct cloud_metrics {
+    struct nu_metrics *reg;
+    struct nu_metric *issued;          /* counter {job} */
+    struct nu_metric *refused;         /* counter {job,code}: cert.request refusals */
+    struct nu_metric *request_s;       /* histogram {op}: received -> answered */
+    struct nu_metric *hsm_sign_s;      /* histogram: one device certificate signed */
+    struct nu_metric *ledger_commit_s; /* histogram: issuance transaction, signing excluded */
+    struct nu_metric *queue_depth;     /* gauge */
+    struct nu_metric *workers_busy;    /* gauge */
+    struct nu_metric *mqtt_reconnects; /* counter */
+    struct nu_metric *mqtt_connected;  /* gauge */
+    int mqtt_lost;                     /* the connection was lost: the next one is a reconnect */
 };
 
 /* HSM keys and the CA certificates the cloud signs under. */
@@ -91,6 +123,7 @@ struct cloud {
     uint64_t crl_tried_at_ms;        /* when the last attempt was made */
     int crl_dirty;                   /* the last attempt failed: the tick retries */
     volatile int stopping;
+    struct cloud_metrics metrics;
 };
 
 /* One request being served by a worker. */
@@ -157,9 +190,17 @@ int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body
 /* Publish an Event on nusec/v1/events/cloud/{id}/{kind}. */
 int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event);
 
-/* Frame lifecycle (cloud_server.c). */
+/* Frame lifecycle (cloud_server.c). cloud_stop drains the queue, then writes
+ * the refusal counts not yet in the audit chain with `ledger` (NULL: none). */
 int cloud_start(struct cloud *cloud);
-void cloud_stop(struct cloud *cloud);
+void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
+ * Write the coalesced refusals whose window has passed (all = every pending
+ * count) as `request.refused` rows {"code","count","coalesced":1}; for the
+ * main thread's tick (cloud_server.c). Failures are logged.
+ */
+void cloud_refusals_flush(struct cloud *cloud, struct cloud_ledger *ledger, int all);
 
 /*
  * Make DIR/broker/revoked list every programmer the ledger holds as revoked

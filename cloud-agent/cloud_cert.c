@@ -59,6 +59,7 @@ struct cert__one {
     struct nu_x509_csr_info csr;
     struct cloud_ledger_issue_req req;
     int sign_rc; /* the sign callback's own failure (nothing recorded) */
+    uint64_t sign_us; /* time in the HSM signature (metrics) */
 };
 
 struct cert__signer {
@@ -232,7 +233,10 @@ static int cert__sign(void *ctx, const struct cloud_ledger_issue_req *req,
                    req->job_id);
         goto out;
     }
+    uint64_t t0 = nu_metrics_now_us();
     rc = cert__issue(s, one, cn, &der, &der_len);
+    one->sign_us = nu_metrics_now_us() - t0;
+    nu_metric_observe_us(s->cloud->metrics.hsm_sign_s, one->sign_us, NULL);
     if (!rc)
         rc = nu_x509_der_to_pem(der, der_len, NU_X509_PEM_CERT, &pem, &pem_len);
     if (!rc)
@@ -438,14 +442,24 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
     }
     if (k) {
         pthread_mutex_lock(&cloud->issue_lock);
+        uint64_t t0 = nu_metrics_now_us(), signing = 0;
         if (k == 1)
             cloud_ledger_issue(ledger, &reqs[0], cert__sign, &signer, &res[0]);
         else
             cloud_ledger_issue_batch(ledger, reqs, k, cert__sign, &signer, res);
+        /* The ledger's own share: the transaction less the signatures made inside it. */
+        for (size_t j = 0; j < k; j++)
+            signing += ready[j]->sign_us;
+        uint64_t spent = nu_metrics_now_us() - t0;
+        nu_metric_observe_us(cloud->metrics.ledger_commit_s, spent > signing ? spent - signing : 0,
+                             NULL);
         pthread_mutex_unlock(&cloud->issue_lock);
     }
-    for (size_t j = 0; j < k; j++)
+    for (size_t j = 0; j < k; j++) {
         out_rc[ready[j] - ones] = cert__finish(ready[j], &res[j]);
+        if (cert__is_new(&res[j]))
+            nu_metric_add(cloud->metrics.issued, 1, (const char *[]){ready[j]->req.job_id});
+    }
     if (k)
         cert__publish(cloud, ledger, ready, res, k);
     free(res);
@@ -521,6 +535,7 @@ struct cert__dev {
     Nusec__V1__DeviceCertificate msg;
     char job[CLOUD_LEDGER_ID_MAX + 1];
     char serial[CLOUD_LEDGER_SERIAL_MAX + 1];
+    char programmer[CLOUD_LEDGER_ID_MAX + 1];
     uint8_t uid[CLOUD_LEDGER_UID_MAX];
     uint8_t *der;
 };
@@ -550,7 +565,8 @@ static const char *cert__state_name(enum cloud_ledger_cert_state s)
 static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
 {
     struct cert__list *l = ctx;
-    size_t fixed = strlen(c->job_id) + strlen(c->serial) + c->device_uid_len + 48;
+    size_t fixed = strlen(c->job_id) + strlen(c->serial) + strlen(c->programmer_id) +
+                   c->device_uid_len + 52;
     struct cert__dev *d = &l->devs[l->n];
     uint8_t *der = NULL;
     size_t der_len = 0;
@@ -580,6 +596,8 @@ static int cert__list_visit(void *ctx, const struct cloud_ledger_cert *c)
     d->msg.device_uid.len = c->device_uid_len;
     d->msg.state = (char *)cert__state_name(c->state);
     d->msg.issued_at_ms = c->issued_at_ms;
+    snprintf(d->programmer, sizeof(d->programmer), "%s", c->programmer_id);
+    d->msg.programmer_id = d->programmer;
     d->der = der;
     d->msg.certificate_der.data = der;
     d->msg.certificate_der.len = der_len;
@@ -725,7 +743,8 @@ static int cert__device_revoke(struct cloud_call *call)
 
 /* ------------------------------------------------------------ device reports */
 
-static int cert__report(struct cloud_call *call)
+/* Record a programmer's device report (an event, or the body of device.report). */
+static int cert__record_report(struct cloud_call *call, int provisioned)
 {
     const Nusec__V1__Event *ev = call->req->event;
     const Nusec__V1__DeviceReport *rep =
@@ -760,10 +779,35 @@ static int cert__report(struct cloud_call *call)
     snprintf(detail, sizeof(detail), "%s",
              rep->detail && rep->detail[0] ? rep->detail : (ev->detail ? ev->detail : ""));
     nu_envelope_text_sanitize(detail); /* the cut may split a UTF-8 sequence */
-    int provisioned = strcmp(call->op, "device.provisioned") == 0;
     rc = cloud_ledger_cert_report(call->ledger, &ref, provisioned, detail, call->requester,
                                   nu_time_ms());
     return rc ? cloud_fail(call, rc, "report not recorded") : NU_OK;
+}
+
+/* The event: recorded once (redelivery is not recorded again), nothing answered. */
+static int cert__report(struct cloud_call *call)
+{
+    return cert__record_report(call, strcmp(call->op, "device.provisioned") == 0);
+}
+
+/*
+ * device.report: the same DeviceReport event as a request, answered with an
+ * Ack once it is in the ledger, so the programmer can drop it from its
+ * journal. The programmer sends it again after any fault (same idempotency
+ * key); the ledger records it once (cloud_ledger_cert_report).
+ */
+static int cert__device_report(struct cloud_call *call)
+{
+    const Nusec__V1__Event *ev = call->req->event;
+    int provisioned = ev->kind && strcmp(ev->kind, "device.provisioned") == 0;
+    if (!provisioned && (!ev->kind || strcmp(ev->kind, "device.failed") != 0))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "not a device report");
+    int rc = cert__record_report(call, provisioned);
+    if (rc)
+        return rc;
+    Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
+    ack.detail = provisioned ? "provisioned recorded" : "failed recorded";
+    return cloud_reply(call, &ack.base);
 }
 
 const struct cloud_op cloud_cert_ops[] = {
@@ -773,6 +817,7 @@ const struct cloud_op cloud_cert_ops[] = {
      cert__device_list},
     {"device.revoke", CLOUD_ROLE_OEM, NUSEC__V1__ENVELOPE__BODY_DEVICE_REVOKE_REQUEST,
      cert__device_revoke},
+    {"device.report", CLOUD_ROLE_PROGRAMMER, NUSEC__V1__ENVELOPE__BODY_EVENT, cert__device_report},
     {NULL, 0, 0, NULL},
 };
 

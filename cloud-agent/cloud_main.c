@@ -7,6 +7,7 @@
 #include "nu_paths.h"
 #include "nu_pki.h"
 #include "nu_util.h"
+#include "nu_version.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -25,9 +26,11 @@ static const char cloud__usage[] =
     "\n"
     "  --dir DIR          state directory (default: $NUSEC_HOME)\n"
     "  --config FILE      configuration (default: DIR/cloud/cloud.conf if present)\n"
-    "  --log-level LEVEL  debug, info, warn, error (default info)\n"
+    "  --log-level LEVEL  debug, info, warn, error (default: the configuration's\n"
+    "                     log_level, else info)\n"
     "  --log FILE         append the log to FILE instead of stderr\n"
     "  -h, --help         this text\n"
+    "  --version          the version and git revision it was built from\n"
     "\n"
     "Configuration keys (key = value): workers (4), queue_max (4096), chunk_size\n"
     "(16384), instance (1), batch_max (32: cert.requests one worker commits at once;\n"
@@ -36,42 +39,198 @@ static const char cloud__usage[] =
     "then), oem_ids (oem), station_ids (station), log_level, session_expiry_s (90,\n"
     "10..86400: how long the broker keeps this agent's MQTT session, and queues\n"
     "its share of $share requests, after it dies; short so a dead agent does not\n"
-    "swallow requests for long, long enough to resume after a quick restart), vendor_ca\n"
-    "(DIR/pki/vendor-ca.pem: the programmer vendor CA pinned for attested\n"
+    "swallow requests for long, long enough to resume after a quick restart),\n"
+    "payload_max (65536: bytes any request may carry; more is refused TOO_LARGE\n"
+    "before decoding), firmware_payload_max (4259840: firmware.sign, OEM identities\n"
+    "only), queue_bytes_max (100663296) and identity_bytes_max (16777216: bytes\n"
+    "held by queued messages in all and per identity; beyond, BUSY),\n"
+    "refusal_audit_burst (20) and refusal_audit_window_ms (10000: refusals per\n"
+    "identity and code audited one by one per window; beyond, counted into one row),\n"
+    "vendor_ca (DIR/pki/vendor-ca.pem: the programmer vendor CA pinned for attested\n"
     "enrollment), programmer_serials (allow-list file of vendor serials; none),\n"
-    "enroll_challenge_ttl_s (120).\n"
+    "enroll_challenge_ttl_s (120), metrics_listen (127.0.0.1:0: Prometheus /metrics\n"
+    "on loopback, a free port, its URL in DIR/run/cloud.metrics; HOST:PORT to\n"
+    "choose; off).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
+    "SIGHUP: reopen the --log file (after logrotate moved it), reload the\n"
+    "configuration's log_level and checkpoint_interval_s (other keys at the next\n"
+    "start), rewrite the broker's revocation list; requests go on being served.\n"
     "Exit status: 0 clean stop, 1 could not start, 2 usage error.\n";
 
-/* Wait for SIGTERM/SIGINT; meanwhile the maintenance the request path must
- * not pay for: WAL checkpoints (workers do none), audit checkpoints every
- * interval, the device CRL when due. */
-static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger)
+/* What main was told, for a reload. */
+struct cloud__args {
+    const char *config;   /* --config, or NULL for DIR/cloud/cloud.conf */
+    const char *log_path; /* --log, or NULL for stderr */
+    int level_given;      /* --log-level wins over the configuration's log_level */
+};
+
+/* The keys a reload cannot apply to a running agent (workers, queue, ids...). */
+static int cloud__needs_restart(const struct cloud_config *a, const struct cloud_config *b)
+{
+    return a->workers != b->workers || a->queue_max != b->queue_max ||
+           a->chunk_size != b->chunk_size || a->instance != b->instance ||
+           a->batch_max != b->batch_max || a->n_oem_ids != b->n_oem_ids ||
+           a->n_station_ids != b->n_station_ids ||
+           memcmp(a->oem_ids, b->oem_ids, sizeof(a->oem_ids)) != 0 ||
+           memcmp(a->station_ids, b->station_ids, sizeof(a->station_ids)) != 0;
+}
+
+/*
+ * SIGHUP (logrotate's postrotate): reopen the log file, read the
+ * configuration again and apply what a running agent can take (log_level,
+ * checkpoint_interval_s), rewrite the broker's revocation list from the
+ * ledger. Never stops the agent: a bad file is reported and ignored.
+ */
+static void cloud__reload(struct cloud *cloud, struct cloud_ledger *ledger,
+                          const struct cloud__args *a)
+{
+    int rc = nu_log_reopen();
+    if (rc)
+        nu_warn("SIGHUP: cannot reopen the log %s: %s (logging on to the old file)",
+                a->log_path ? a->log_path : "-", nu_err_str(rc));
+    struct cloud_config cfg;
+    rc = cloud_config_load(cloud->dir, a->config, &cfg);
+    if (rc) {
+        nu_warn("SIGHUP: configuration not reloaded (see the error above): running on as before");
+    } else {
+        if (!a->level_given)
+            nu_log_set_level(cfg.log_level >= 0 ? (enum nu_log_level)cfg.log_level : NU_LOG_INFO);
+        cloud->cfg.checkpoint_interval_s = cfg.checkpoint_interval_s;
+        if (cloud__needs_restart(&cloud->cfg, &cfg))
+            nu_warn("SIGHUP: workers, queue_max, chunk_size, instance, batch_max, oem_ids and "
+                    "station_ids changes take effect at the next start");
+    }
+    if ((rc = cloud_revoked_sync(cloud, ledger)))
+        nu_warn("cannot update the broker's revocation list: %s", nu_err_str(rc));
+    nu_info("SIGHUP: log reopened, configuration reloaded");
+}
+
+/* Wait for SIGTERM/SIGINT (SIGHUP reloads); meanwhile the maintenance the
+ * request path must not pay for: WAL checkpoints (workers do none), audit
+ * checkpoints every interval, the device CRL when due. */
+static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger,
+                                     const struct cloud__args *a)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    uint64_t interval_ms = (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
-    uint64_t next = nu_mono_ms() + interval_ms;
+    sigaddset(&set, SIGHUP);
+    uint64_t next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
     for (;;) {
         struct timespec tick = {.tv_nsec = 250 * 1000 * 1000};
         int sig = sigtimedwait(&set, NULL, &tick);
-        if (sig > 0)
+        if (sig == SIGHUP) {
+            cloud__reload(cloud, ledger, a);
+            next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
+        } else if (sig > 0) {
             return sig;
+        }
         int wal = cloud_ledger_wal_checkpoint(ledger);
         if (wal != NU_OK && wal != NU_ERR_BUSY)
             nu_warn("WAL checkpoint: %s", nu_err_str(wal));
-        if (interval_ms && nu_mono_ms() >= next) {
+        if (cloud->cfg.checkpoint_interval_s && nu_mono_ms() >= next) {
             (void)cloud_checkpoint(cloud, ledger, "periodic");
-            next = nu_mono_ms() + interval_ms;
+            next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
         }
         (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
+        cloud_refusals_flush(cloud, ledger, 0);
     }
 }
 
-static int cloud__run(struct cloud *cloud)
+/* on_connection (network thread): connected state and reconnects for /metrics. */
+static void cloud__on_connection(struct nu_mqtt *m, int connected, void *ud)
+{
+    struct cloud_metrics *cm = &((struct cloud *)ud)->metrics;
+    (void)m;
+    if (!connected)
+        __atomic_store_n(&cm->mqtt_lost, 1, __ATOMIC_RELAXED);
+    else if (__atomic_exchange_n(&cm->mqtt_lost, 0, __ATOMIC_RELAXED))
+        nu_metric_add(cm->mqtt_reconnects, 1, NULL);
+    nu_metric_set(cm->mqtt_connected, connected ? 1 : 0, NULL);
+}
+
+/* The families of struct cloud_metrics, and the agent's version as a label. */
+static int cloud__metrics_declare(struct cloud_metrics *cm)
+{
+    struct nu_metric *info = NULL;
+    int rc = nu_metrics_new(&cm->reg);
+#define CLOUD__M(kind, field, name, help, labels)                                                  \
+    if (!rc)                                                                                       \
+        rc = nu_metrics_##kind(cm->reg, name, help, labels, &cm->field);
+    CLOUD__M(counter, issued, "nusec_cloud_certificates_issued_total",
+             "Device certificates issued (new ones, not replays), by job.", "job")
+    CLOUD__M(counter, refused, "nusec_cloud_certificates_refused_total",
+             "cert.request refusals, by job and error code.", "job,code")
+    CLOUD__M(histogram, request_s, "nusec_cloud_request_duration_seconds",
+             "Requests from receipt to answer (queue wait included), by operation.", "op")
+    CLOUD__M(histogram, hsm_sign_s, "nusec_cloud_hsm_sign_duration_seconds",
+             "One device certificate built and signed by the Device CA key in the HSM.", NULL)
+    CLOUD__M(histogram, ledger_commit_s, "nusec_cloud_ledger_commit_duration_seconds",
+             "One issuance transaction of the ledger (group commit), HSM signing excluded.", NULL)
+    CLOUD__M(gauge, queue_depth, "nusec_cloud_queue_depth", "Requests waiting for a worker.",
+             NULL)
+    CLOUD__M(gauge, workers_busy, "nusec_cloud_workers_busy", "Workers serving a request now.",
+             NULL)
+    CLOUD__M(counter, mqtt_reconnects, "nusec_cloud_mqtt_reconnects_total",
+             "Connections to the broker made again after one was lost.", NULL)
+    CLOUD__M(gauge, mqtt_connected, "nusec_cloud_mqtt_connected",
+             "1 while connected to the broker.", NULL)
+#undef CLOUD__M
+    if (!rc)
+        rc = nu_metrics_gauge(cm->reg, "nusec_build_info",
+                              "The program's version and git revision (value 1).",
+                              "program,version,revision", &info);
+    nu_metric_set(info, 1,
+                  (const char *[]){"nusec-cloud", nu_version(), nu_version_revision()});
+    return rc;
+}
+
+/*
+ * Metrics on (cfg.metrics_listen, not "off"): declare, listen, and write the
+ * URL to DIR/run/cloud.metrics (cloud-N.metrics for instance N > 1), where
+ * `nusec stack up` finds it. Errors: those of nu_metrics_* and the file write.
+ */
+static int cloud__metrics_start(struct cloud *cloud, struct nu_metrics_http **out_http,
+                                char *url_file, size_t cap)
+{
+    char run[4096], url[128];
+    uint16_t port = 0;
+    if (nu_metrics_listen_off(cloud->cfg.metrics_listen))
+        return NU_OK;
+    int rc = cloud__metrics_declare(&cloud->metrics);
+    if (!rc)
+        rc = nu_metrics_http_start(cloud->metrics.reg, cloud->cfg.metrics_listen, out_http, &port);
+    if (rc) {
+        nu_error("metrics: cannot serve on %s: %s", cloud->cfg.metrics_listen, nu_err_str(rc));
+        return rc;
+    }
+    /* The URL names the address as configured, with the port bound. */
+    const char *colon = strrchr(cloud->cfg.metrics_listen, ':');
+    snprintf(url, sizeof(url), "http://%.*s:%u/metrics",
+             (int)(colon - cloud->cfg.metrics_listen), cloud->cfg.metrics_listen, port);
+    if (cloud->cfg.instance == 1)
+        rc = nu_path_fmt(url_file, cap, "%s/run/cloud.metrics", cloud->dir);
+    else
+        rc = nu_path_fmt(url_file, cap, "%s/run/cloud-%u.metrics", cloud->dir,
+                         cloud->cfg.instance);
+    if (!rc)
+        rc = nu_path_fmt(run, sizeof(run), "%s/run", cloud->dir);
+    if (!rc)
+        rc = nu_mkdirs(run, 0755);
+    char line[160];
+    int n = snprintf(line, sizeof(line), "%s\n", url);
+    if (!rc)
+        rc = nu_file_write_atomic(url_file, line, (size_t)n, 0644);
+    if (rc)
+        nu_error("metrics: cannot write %s: %s", url_file, nu_err_str(rc));
+    else
+        nu_info("metrics on %s", url);
+    return rc;
+}
+
+static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
 {
     char client_id[CLOUD_ID_MAX + 16];
     int rc = cloud_keys_open(cloud);
@@ -101,7 +260,9 @@ static int cloud__run(struct cloud *cloud)
                                 .clean_start = 0,
                                 .session_expiry_s = cloud->cfg.session_expiry_s,
                                 /* started during a broker restart: wait for it */
-                                .connect_wait_ms = 60000};
+                                .connect_wait_ms = 60000,
+                                .on_connection = cloud__on_connection,
+                                .userdata = cloud};
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)
@@ -118,9 +279,9 @@ static int cloud__run(struct cloud *cloud)
      * a fresh device CRL (a revocation may have been recorded just before). */
     (void)cloud_checkpoint(cloud, ledger, "start");
     (void)cloud_device_crl_update(cloud, ledger, "start");
-    int sig = cloud__serve_until_signal(cloud, ledger);
+    int sig = cloud__serve_until_signal(cloud, ledger, a);
     nu_info("signal %d: draining and stopping", sig);
-    cloud_stop(cloud);
+    cloud_stop(cloud, ledger);
     (void)cloud_checkpoint(cloud, ledger, "stop");
     cloud_ledger_close(ledger);
     return NU_OK;
@@ -134,9 +295,11 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, 'l'},
         {"log", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    const char *dir_opt = NULL, *config = NULL, *log_path = NULL;
+    const char *dir_opt = NULL;
+    struct cloud__args a = {0};
     enum nu_log_level level = NU_LOG_INFO;
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -145,19 +308,23 @@ int main(int argc, char **argv)
             dir_opt = optarg;
             break;
         case 'c':
-            config = optarg;
+            a.config = optarg;
             break;
         case 'L':
-            log_path = optarg;
+            a.log_path = optarg;
             break;
         case 'l':
             if (nu_log_level_parse(optarg, &level)) {
                 fprintf(stderr, "nusec-cloud: bad --log-level '%s'\n", optarg);
                 return 2;
             }
+            a.level_given = 1;
             break;
         case 'h':
             fputs(cloud__usage, stdout);
+            return 0;
+        case 'V':
+            nu_version_print(stdout, "nusec-cloud");
             return 0;
         default:
             fputs(cloud__usage, stderr);
@@ -169,27 +336,33 @@ int main(int argc, char **argv)
         fputs("nusec-cloud: need --dir DIR (or NUSEC_HOME) and no other arguments\n", stderr);
         return 2;
     }
-    FILE *log = log_path ? fopen(log_path, "a") : NULL;
-    if (log_path && !log) {
-        fprintf(stderr, "nusec-cloud: cannot open log %s\n", log_path);
+    nu_log_init("nusec-cloud", level, NULL);
+    if (a.log_path && nu_log_open(a.log_path) != NU_OK) {
+        fprintf(stderr, "nusec-cloud: cannot open log %s\n", a.log_path);
         return 1;
     }
-    nu_log_init("nusec-cloud", level, log);
 
     /* Signals are taken by sigwait in the main thread; every thread inherits the mask. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     struct cloud cloud = {.dir = dir, .crl_lock = PTHREAD_MUTEX_INITIALIZER};
+    struct nu_metrics_http *http = NULL;
+    char url_file[4096] = "";
     snprintf(cloud.id, sizeof(cloud.id), "%s", NU_ROLE_CLOUD);
-    int rc = cloud_config_load(dir, config, &cloud.cfg);
+    int rc = cloud_config_load(dir, a.config, &cloud.cfg);
+    if (!rc && !a.level_given && cloud.cfg.log_level >= 0)
+        nu_log_set_level((enum nu_log_level)cloud.cfg.log_level);
     if (!rc)
-        rc = cloud__run(&cloud);
-    cloud_stop(&cloud);
+        rc = cloud__metrics_start(&cloud, &http, url_file, sizeof(url_file));
+    if (!rc)
+        rc = cloud__run(&cloud, &a);
+    cloud_stop(&cloud, NULL);
     cloud_firmware_stop(&cloud);
     if (cloud.mqtt) {
         nu_mqtt_disconnect(cloud.mqtt);
@@ -198,7 +371,10 @@ int main(int argc, char **argv)
     nu_envelope_sender_destroy(cloud.sender);
     cloud_keys_close(&cloud.keys);
     nu_hsm_close(cloud.hsm);
-    if (log)
-        fclose(log);
+    nu_metrics_http_stop(http);
+    if (http && url_file[0])
+        unlink(url_file);
+    nu_metrics_free(cloud.metrics.reg);
+    nu_log_close();
     return rc ? 1 : 0;
 }

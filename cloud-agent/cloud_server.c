@@ -3,6 +3,7 @@
 
 #include "nu_client.h"
 #include "nu_err.h"
+#include "nu_json.h"
 #include "nu_log.h"
 #include "nu_util.h"
 
@@ -16,27 +17,62 @@
 #define CLOUD__EVENT_FILTER "nusec/v1/events/+/+/+"
 #define CLOUD__REQ_PREFIX "nusec/v1/cloud/req/"
 #define CLOUD__EVENT_PREFIX "nusec/v1/events/"
+/* Longest topic the frame copies; an op level may be almost all of it. */
+#define CLOUD__TOPIC_MAX 256
+/* The refusal payload: the op escaped (up to 6 bytes per byte) plus the code. */
+#define CLOUD__AUDIT_PAYLOAD_MAX (6 * CLOUD__TOPIC_MAX + 96)
 
 /* A message copied off the network thread, waiting for a worker. */
 struct cloud__item {
     struct cloud__item *next;
     int is_event;
-    char topic[256];
+    char topic[CLOUD__TOPIC_MAX];
+    char owner[CLOUD_ID_MAX + 1]; /* the identity its bytes are counted against */
+    size_t cost;                  /* bytes counted (struct + copies) until it is freed */
+    int refuse;                   /* refused before decoding (TOO_LARGE): no payload kept */
+    size_t refused_len;           /* the payload size that was refused */
     char *response_topic;
     uint8_t *correlation;
     size_t correlation_len;
     uint8_t *payload;
     size_t len;
+    uint64_t received_us; /* for the request latency metric */
 };
+
+/* Bytes one identity holds in the queue (entries exist while > 0). */
+struct cloud__owner {
+    char id[CLOUD_ID_MAX + 1];
+    size_t bytes;
+};
+
+/* Refusals of one (identity, code) in the current window. */
+struct cloud__refusal {
+    char id[CLOUD_ID_MAX + 1];
+    int code;
+    uint64_t window_ms;  /* nu_mono_ms() at the window's start */
+    unsigned audited;    /* audited one by one in this window */
+    uint64_t suppressed; /* counted, not yet in the audit chain */
+};
+
+/* Distinct (identity, code) pairs tracked; beyond, counts go to a catch-all. */
+#define CLOUD__REFUSALS_MAX 256
 
 struct cloud_queue {
     pthread_mutex_t lock;
     pthread_cond_t ready;
     struct cloud__item *head, *tail;
     unsigned depth;
+    size_t bytes; /* held by items queued or in service */
+    struct cloud__owner *owners;
+    size_t n_owners, cap_owners;
+    struct nu_metric *depth_metric; /* the queue_depth gauge (NULL: metrics off) */
     int closing;
     pthread_t *threads;
     unsigned n_threads;
+    pthread_mutex_t rlock; /* the refusal table */
+    struct cloud__refusal refusals[CLOUD__REFUSALS_MAX];
+    size_t n_refusals;
+    uint64_t overflow_refusals; /* counted when the table was full */
 };
 
 static const struct cloud_op *const cloud__op_tables[] = {cloud_enroll_ops, cloud_cert_ops,
@@ -50,6 +86,29 @@ static void cloud__item_free(struct cloud__item *it)
     free(it->correlation);
     free(it->payload);
     free(it);
+}
+
+static struct cloud__owner *cloud__owner_find(struct cloud_queue *q, const char *id)
+{
+    for (size_t i = 0; i < q->n_owners; i++) {
+        if (strcmp(q->owners[i].id, id) == 0)
+            return &q->owners[i];
+    }
+    return NULL;
+}
+
+/* Give back what cloud__admit reserved, once the item is served (or dropped). */
+static void cloud__release(struct cloud_queue *q, struct cloud__item *it)
+{
+    if (!it || !it->cost)
+        return;
+    pthread_mutex_lock(&q->lock);
+    struct cloud__owner *o = cloud__owner_find(q, it->owner);
+    if (o && (o->bytes -= it->cost) == 0)
+        *o = q->owners[--q->n_owners];
+    q->bytes -= it->cost;
+    pthread_mutex_unlock(&q->lock);
+    it->cost = 0;
 }
 
 int cloud_fail(struct cloud_call *call, int code, const char *fmt, ...)
@@ -111,30 +170,136 @@ int cloud_publish_event(struct cloud *cloud, Nusec__V1__Event *event)
 }
 
 /* Error answer + audit record: every refusal leaves a trace. */
+/*
+ * Coalescing: 1 when this refusal of (id, code) is to be audited on its own
+ * (*out_earlier = refusals of the previous window that were only counted),
+ * 0 when it is only counted. A flood thus adds at most `burst` rows per
+ * window and identity and code, plus one summary row.
+ */
+static int cloud__refusal_admit(struct cloud *cloud, const char *id, int code, int count_only,
+                                uint64_t *out_earlier)
+{
+    struct cloud_queue *q = cloud->queue;
+    uint64_t now = nu_mono_ms();
+    int audit = 0;
+    struct cloud__refusal *r = NULL;
+    *out_earlier = 0;
+    pthread_mutex_lock(&q->rlock);
+    for (size_t i = 0; i < q->n_refusals && !r; i++) {
+        if (q->refusals[i].code == code && strcmp(q->refusals[i].id, id) == 0)
+            r = &q->refusals[i];
+    }
+    if (!r && q->n_refusals < CLOUD__REFUSALS_MAX && strlen(id) <= CLOUD_ID_MAX) {
+        r = &q->refusals[q->n_refusals++];
+        *r = (struct cloud__refusal){.code = code, .window_ms = now};
+        strcpy(r->id, id);
+    }
+    if (!r) {
+        q->overflow_refusals++;
+    } else {
+        if (now - r->window_ms >= cloud->cfg.refusal_audit_window_ms) {
+            *out_earlier = r->suppressed;
+            r->suppressed = 0;
+            r->audited = 0;
+            r->window_ms = now;
+        }
+        if (!count_only && r->audited < cloud->cfg.refusal_audit_burst) {
+            r->audited++;
+            audit = 1;
+        } else {
+            r->suppressed++;
+        }
+    }
+    pthread_mutex_unlock(&q->rlock);
+    return audit;
+}
+
+static void cloud__refusal_row(struct cloud_ledger *ledger, const char *actor, const char *op,
+                               int code, uint64_t count, int coalesced)
+{
+    char payload[CLOUD__AUDIT_PAYLOAD_MAX];
+    struct nu_json j;
+    nu_json_init(&j, payload, sizeof(payload));
+    nu_json_raw(&j, "{", 1);
+    if (op)
+        nu_json_str(&j, "op", op); /* from the topic: escaped, never trusted */
+    nu_json_str(&j, "code", nu_err_name(code));
+    if (coalesced)
+        nu_json_u64(&j, "count", count);
+    else if (count)
+        nu_json_u64(&j, "earlier_unaudited", count);
+    nu_json_raw(&j, "}", 1);
+    if (!nu_json_ok(&j)) /* cannot happen (the topic is bounded): never half a payload */
+        return;
+    struct cloud_ledger_event ev = {
+        .ts_ms = nu_time_ms(),
+        .kind = "request.refused",
+        .actor = actor,
+        .job_id = "",
+        .payload = payload,
+        .payload_len = j.len,
+    };
+    int rc = cloud_ledger_audit_append(ledger, &ev, NULL);
+    if (rc)
+        nu_warn("refusal of %s not audited: %s", actor, nu_err_str(rc));
+}
+
+void cloud_refusals_flush(struct cloud *cloud, struct cloud_ledger *ledger, int all)
+{
+    struct cloud_queue *q = cloud->queue;
+    struct cloud__refusal due[CLOUD__REFUSALS_MAX];
+    size_t n = 0;
+    uint64_t overflow, now = nu_mono_ms();
+    if (!q || !ledger)
+        return;
+    pthread_mutex_lock(&q->rlock);
+    for (size_t i = 0; i < q->n_refusals;) {
+        struct cloud__refusal *r = &q->refusals[i];
+        if (!all && now - r->window_ms < cloud->cfg.refusal_audit_window_ms) {
+            i++;
+            continue;
+        }
+        if (r->suppressed)
+            due[n++] = *r;
+        q->refusals[i] = q->refusals[--q->n_refusals]; /* window over: forget it */
+    }
+    overflow = q->overflow_refusals;
+    q->overflow_refusals = 0;
+    pthread_mutex_unlock(&q->rlock);
+    for (size_t i = 0; i < n; i++)
+        cloud__refusal_row(ledger, due[i].id, NULL, due[i].code, due[i].suppressed, 1);
+    if (overflow) /* too many distinct refusers at once: one row for them all */
+        cloud__refusal_row(ledger, cloud->id, "*", NU_ERR_BUSY, overflow, 1);
+}
+
 static void cloud__refuse(struct cloud_call *call, int code)
 {
     Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
+    /* The detail may quote the op level: make it valid free text to pack. */
+    nu_envelope_text_sanitize(call->detail);
     err.code = (Nusec__V1__ErrorCode)code;
     err.detail = call->detail[0] ? call->detail : (char *)nu_err_str(code);
-    err.op = (char *)call->op;
+    /* Error.op is an identifier on the wire: an op name the broker let through
+     * but that is not one (`job"list`, `jöb.list`, 40 characters) is left out,
+     * so the refusal still packs and the client gets its typed answer. */
+    err.op = nu_envelope_id_check(call->op) == NU_OK ? (char *)call->op : "";
     nu_info("refused %s from %s: %s (%s)", call->op, call->requester, nu_err_name(code),
             err.detail);
+    if (!strcmp(call->op, "cert.request")) {
+        /* The job label only when it is one (bounded, no outside text). */
+        const char *job = call->req && call->req->body_case ==
+                                           NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
+                                  !nu_envelope_id_check(call->req->certificate_request->job_id)
+                              ? call->req->certificate_request->job_id
+                              : "-";
+        nu_metric_add(call->cloud->metrics.refused, 1, (const char *[]){job, nu_err_name(code)});
+    }
     if (!call->replied && call->msg->response_topic)
         cloud_reply(call, &err.base);
-    if (call->ledger && !call->audited) {
-        char payload[CLOUD_DETAIL_MAX + 96];
-        snprintf(payload, sizeof(payload), "{\"op\":\"%s\",\"code\":\"%s\"}", call->op,
-                 nu_err_name(code));
-        struct cloud_ledger_event ev = {
-            .ts_ms = nu_time_ms(),
-            .kind = "request.refused",
-            .actor = call->requester,
-            .job_id = "",
-            .payload = payload,
-            .payload_len = strlen(payload),
-        };
-        cloud_ledger_audit_append(call->ledger, &ev, NULL);
-    }
+    uint64_t earlier = 0;
+    if (call->ledger && !call->audited &&
+        cloud__refusal_admit(call->cloud, call->requester, code, 0, &earlier))
+        cloud__refusal_row(call->ledger, call->requester, call->op, code, earlier, 0);
 }
 
 static int cloud__id_listed(const char ids[][CLOUD_ID_MAX + 1], size_t n, const char *id)
@@ -201,11 +366,14 @@ static int cloud__split2(const char *rest, char *a, size_t acap, char *b, size_t
 /* One request on its way through the frame (the call points into it). */
 struct cloud__slot {
     char requester[CLOUD_ID_MAX + 1];
-    char op_name[CLOUD_OP_MAX + 1];
+    /* The op level as sent, whatever its length: an unknown name is answered
+     * NOT_SUPPORTED and audited, not dropped (CLOUD_OP_MAX bounds known ones). */
+    char op_name[CLOUD__TOPIC_MAX];
     struct nu_mqtt_msg msg;
     struct cloud_call call;
     const struct cloud_op *op;
     Nusec__V1__Envelope *req;
+    uint64_t received_us;
 };
 
 static void cloud__msg_of(const struct cloud__item *it, struct nu_mqtt_msg *msg)
@@ -234,6 +402,7 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
                                   .requester = s->requester,
                                   .op = s->op_name};
     struct cloud_call *call = &s->call;
+    s->received_us = it->received_us;
     if (cloud__split2(it->topic + strlen(CLOUD__REQ_PREFIX), s->requester, sizeof(s->requester),
                       s->op_name, sizeof(s->op_name))) {
         nu_warn("dropped request on malformed topic");
@@ -245,6 +414,16 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
     if (!it->response_topic || strncmp(it->response_topic, prefix, strlen(prefix)) != 0) {
         s->msg.response_topic = NULL;
         cloud__refuse(call, cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "bad response topic"));
+        return 0;
+    }
+    if (it->refuse == NU_ERR_NOT_SUPPORTED) {
+        cloud__refuse(call, cloud_fail(call, it->refuse, "unknown operation (name too long)"));
+        return 0;
+    }
+    if (it->refuse) {
+        cloud__refuse(call, cloud_fail(call, it->refuse,
+                                       "payload of %zu bytes over the limit of %s for %s",
+                                       it->refused_len, s->op_name, s->requester));
         return 0;
     }
     int rc = nu_envelope_unpack(it->payload, it->len, &s->req, &why);
@@ -279,6 +458,8 @@ static void cloud__request_close(struct cloud__slot *s, int rc)
         cloud__refuse(&s->call, rc);
     else if (!s->call.replied)
         nu_error("%s answered nothing", s->op_name);
+    nu_metric_observe_us(s->call.cloud->metrics.request_s, nu_metrics_now_us() - s->received_us,
+                         (const char *[]){s->op->name});
     nu_envelope_free(s->req);
     s->req = NULL;
 }
@@ -401,6 +582,7 @@ static size_t cloud__take(struct cloud_queue *q, unsigned batch_max, struct clou
             q->tail = NULL;
         q->depth--;
         it->next = NULL;
+        nu_metric_set(q->depth_metric, q->depth, NULL);
         out[n++] = it;
         if (!b)
             break;
@@ -426,6 +608,7 @@ static void *cloud__worker(void *arg)
     }
     size_t n;
     while ((n = cloud__take(q, cloud->cfg.batch_max, items)) > 0) {
+        nu_metric_gauge_add(cloud->metrics.workers_busy, 1, NULL);
         if (items[0]->is_event) {
             struct nu_mqtt_msg msg;
             cloud__msg_of(items[0], &msg);
@@ -433,8 +616,11 @@ static void *cloud__worker(void *arg)
         } else {
             cloud__serve_requests(cloud, ledger, items, n);
         }
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
+            cloud__release(q, items[i]);
             cloud__item_free(items[i]);
+        }
+        nu_metric_gauge_add(cloud->metrics.workers_busy, -1, NULL);
     }
     cloud_ledger_close(ledger);
     return NULL;
@@ -452,50 +638,164 @@ static void *cloud__dup(const void *p, size_t len)
     return d;
 }
 
-/* Network thread: copy and queue; never block here. */
+/* Reserve the item's place (depth, bytes in all and for its owner); 0 = over a bound. */
+static int cloud__admit(struct cloud *cloud, struct cloud__item *it)
+{
+    struct cloud_queue *q = cloud->queue;
+    const struct cloud_config *cfg = &cloud->cfg;
+    int ok = 0;
+    pthread_mutex_lock(&q->lock);
+    struct cloud__owner *o = cloud__owner_find(q, it->owner);
+    size_t held = o ? o->bytes : 0;
+    /* Events count in bytes like requests; the request count (queue_max)
+     * stays the requests' own bound, as before. */
+    if ((q->depth >= cfg->queue_max && !it->is_event) ||
+        q->bytes + it->cost > cfg->queue_bytes_max ||
+        held + it->cost > cfg->identity_bytes_max)
+        goto out;
+    if (!o) {
+        if (q->n_owners == q->cap_owners) {
+            size_t cap = q->cap_owners ? 2 * q->cap_owners : 16;
+            struct cloud__owner *grown = realloc(q->owners, cap * sizeof(*grown));
+            if (!grown)
+                goto out;
+            q->owners = grown;
+            q->cap_owners = cap;
+        }
+        o = &q->owners[q->n_owners++];
+        strcpy(o->id, it->owner);
+        o->bytes = 0;
+    }
+    o->bytes += it->cost;
+    q->bytes += it->cost;
+    q->depth++;
+    ok = 1;
+out:
+    pthread_mutex_unlock(&q->lock);
+    return ok;
+}
+
+/* The identity a topic speaks for: req/{id}/op or events/{role}/{id}/kind. */
+static void cloud__owner_of(const char *topic, int is_event, char out[CLOUD_ID_MAX + 1])
+{
+    const char *p = topic + strlen(is_event ? CLOUD__EVENT_PREFIX : CLOUD__REQ_PREFIX);
+    if (is_event && (p = strchr(p, '/')) != NULL)
+        p++;
+    size_t n = p ? strcspn(p, "/") : 0;
+    if (!p || n == 0 || n > CLOUD_ID_MAX) {
+        strcpy(out, "?"); /* the frame drops such a topic; its bytes still count */
+        return;
+    }
+    memcpy(out, p, n);
+    out[n] = 0;
+}
+
+/* The most a message on this topic may carry: firmware.sign from an OEM
+ * identity gets the firmware limit, everything else the small one. */
+static size_t cloud__payload_limit(const struct cloud *cloud, const struct cloud__item *it)
+{
+    const struct cloud_config *cfg = &cloud->cfg;
+    const char *op = strrchr(it->topic, '/');
+    if (!it->is_event && op && strcmp(op + 1, "firmware.sign") == 0 &&
+        cloud__id_listed(cfg->oem_ids, cfg->n_oem_ids, it->owner))
+        return cfg->firmware_payload_max;
+    return cfg->payload_max;
+}
+
+/* Overload: BUSY at once rather than timing the client out; counted for the audit. */
+static void cloud__busy(struct cloud *cloud, struct nu_mqtt *m, const struct nu_mqtt_msg *msg,
+                        const struct cloud__item *it)
+{
+    uint64_t earlier;
+    (void)cloud__refusal_admit(cloud, it->owner, NU_ERR_BUSY, 1, &earlier);
+    nu_debug("queue bounds reached: BUSY for %s", it->owner);
+    if (it->is_event || !msg->response_topic)
+        return; /* an event cannot be answered: the sender's QoS 1 retry is lost too */
+    Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
+    err.code = NUSEC__V1__ERROR_CODE__ERROR_CODE_BUSY;
+    err.detail = "cloud overloaded, retry";
+    uint8_t *out = NULL;
+    size_t len = 0;
+    if (!cloud__pack(cloud, &err.base, NULL, &out, &len))
+        nu_mqtt_reply(m, msg, out, len);
+    free(out);
+}
+
+/*
+ * Network thread: size, bound, copy and queue; never block here. The payload
+ * is sized before anything is copied: over its op's limit it is not kept at
+ * all (a worker answers TOO_LARGE); the bytes an item holds count against
+ * the queue's bounds until a worker has served it.
+ */
 static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
 {
     struct cloud *cloud = ud;
     struct cloud_queue *q = cloud->queue;
     struct cloud__item *it = calloc(1, sizeof(*it));
-    if (!it || strlen(msg->topic) >= sizeof(it->topic))
+    if (!it)
         goto drop;
-    strcpy(it->topic, msg->topic);
+    it->received_us = nu_metrics_now_us();
     it->is_event = strncmp(msg->topic, CLOUD__EVENT_PREFIX, strlen(CLOUD__EVENT_PREFIX)) == 0;
-    it->payload = cloud__dup(msg->payload, msg->len);
-    it->len = msg->len;
-    if (msg->response_topic)
-        it->response_topic = cloud__dup(msg->response_topic, strlen(msg->response_topic));
+    if (strlen(msg->topic) >= sizeof(it->topic)) {
+        /* Only an op level can make a request topic this long (the identity
+         * is at most 64): answered NOT_SUPPORTED with the name cut, never
+         * dropped unanswered. */
+        if (it->is_event)
+            goto drop;
+        it->refuse = NU_ERR_NOT_SUPPORTED;
+    }
+    snprintf(it->topic, sizeof(it->topic), "%s", msg->topic);
+    cloud__owner_of(it->topic, it->is_event, it->owner);
+    if (it->refuse) {
+        it->refused_len = msg->len;
+    } else if (msg->len > cloud__payload_limit(cloud, it)) {
+        if (it->is_event) {
+            nu_debug("dropped an event of %zu bytes from %s", msg->len, it->owner);
+            goto drop;
+        }
+        it->refuse = NU_ERR_TOO_LARGE;
+        it->refused_len = msg->len;
+    }
+    size_t payload_len = it->refuse ? 0 : msg->len;
+    /* A response topic longer than any reply topic is not copied: the frame
+     * then refuses the request as having a bad response topic. */
+    size_t rt_len = msg->response_topic ? strlen(msg->response_topic) : 0;
+    if (rt_len >= CLOUD__TOPIC_MAX)
+        rt_len = 0;
+    it->cost = sizeof(*it) + payload_len + rt_len + msg->correlation_len;
+    if (!cloud__admit(cloud, it)) {
+        it->cost = 0;
+        cloud__busy(cloud, m, msg, it);
+        goto drop;
+    }
+    if (payload_len) {
+        it->payload = cloud__dup(msg->payload, payload_len);
+        it->len = payload_len;
+    }
+    if (rt_len)
+        it->response_topic = cloud__dup(msg->response_topic, rt_len);
     if (msg->correlation) {
         it->correlation = cloud__dup(msg->correlation, msg->correlation_len);
         it->correlation_len = msg->correlation_len;
     }
-    if ((msg->len && !it->payload) || (msg->response_topic && !it->response_topic))
-        goto drop;
+    if ((payload_len && !it->payload) || (rt_len && !it->response_topic) ||
+        (msg->correlation && !it->correlation))
+        goto unreserve;
     pthread_mutex_lock(&q->lock);
-    if (q->depth >= cloud->cfg.queue_max && !it->is_event) {
-        pthread_mutex_unlock(&q->lock);
-        nu_warn("request queue full (%u): refusing %s", q->depth, msg->topic);
-        /* Overload answers BUSY at once rather than timing the client out. */
-        Nusec__V1__Error err = NUSEC__V1__ERROR__INIT;
-        err.code = NUSEC__V1__ERROR_CODE__ERROR_CODE_BUSY;
-        err.detail = "cloud overloaded, retry";
-        uint8_t *out = NULL;
-        size_t len = 0;
-        if (msg->response_topic && !cloud__pack(cloud, &err.base, NULL, &out, &len))
-            nu_mqtt_reply(m, msg, out, len);
-        free(out);
-        goto drop;
-    }
     if (q->tail)
         q->tail->next = it;
     else
         q->head = it;
     q->tail = it;
-    q->depth++;
+    nu_metric_set(q->depth_metric, q->depth, NULL);
     pthread_cond_signal(&q->ready);
     pthread_mutex_unlock(&q->lock);
     return;
+unreserve:
+    pthread_mutex_lock(&q->lock);
+    q->depth--;
+    pthread_mutex_unlock(&q->lock);
+    cloud__release(q, it);
 drop:
     cloud__item_free(it);
 }
@@ -507,7 +807,9 @@ int cloud_start(struct cloud *cloud)
         return NU_ERR_NOMEM;
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->ready, NULL);
+    pthread_mutex_init(&q->rlock, NULL);
     pthread_mutex_init(&cloud->issue_lock, NULL);
+    q->depth_metric = cloud->metrics.queue_depth;
     cloud->queue = q;
     q->threads = calloc(cloud->cfg.workers, sizeof(pthread_t));
     if (!q->threads)
@@ -523,7 +825,7 @@ int cloud_start(struct cloud *cloud)
     return rc;
 }
 
-void cloud_stop(struct cloud *cloud)
+void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger)
 {
     struct cloud_queue *q = cloud->queue;
     if (!q)
@@ -538,6 +840,9 @@ void cloud_stop(struct cloud *cloud)
     for (unsigned i = 0; i < q->n_threads; i++)
         pthread_join(q->threads[i], NULL);
     free(q->threads);
+    cloud_refusals_flush(cloud, ledger, 1);
+    free(q->owners);
+    pthread_mutex_destroy(&q->rlock);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->ready);
     pthread_mutex_destroy(&cloud->issue_lock);

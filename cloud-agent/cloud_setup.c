@@ -17,8 +17,10 @@ static const char *const cloud__config_keys[] = {
     "workers",     "queue_max", "chunk_size",
     "instance",    "batch_max", "oem_ids",
     "station_ids", "log_level", "checkpoint_interval_s",
-    "session_expiry_s",
+    "session_expiry_s", "payload_max", "firmware_payload_max", "queue_bytes_max",
+    "identity_bytes_max", "refusal_audit_burst", "refusal_audit_window_ms",
     "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
+    "metrics_listen",
     NULL,
 };
 
@@ -98,6 +100,17 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("batch_max", 32, 1, 256, batch_max)
     CLOUD__INT("checkpoint_interval_s", 300, 0, 86400, checkpoint_interval_s)
     CLOUD__INT("session_expiry_s", 90, 10, 86400, session_expiry_s)
+    CLOUD__INT("payload_max", 64 * 1024, 4096, NU_ENVELOPE_MAX, payload_max)
+    CLOUD__INT("firmware_payload_max", NU_ENVELOPE_MAX, 64 * 1024, NU_ENVELOPE_MAX,
+               firmware_payload_max)
+    /* Room for at least two firmware.sign requests, so one OEM upload never
+     * meets BUSY on an otherwise idle cloud. */
+    CLOUD__INT("queue_bytes_max", 96 * 1024 * 1024, 2 * NU_ENVELOPE_MAX + 65536,
+               1024 * 1024 * 1024, queue_bytes_max)
+    CLOUD__INT("identity_bytes_max", 16 * 1024 * 1024, 2 * NU_ENVELOPE_MAX + 65536,
+               1024 * 1024 * 1024, identity_bytes_max)
+    CLOUD__INT("refusal_audit_burst", 20, 1, 1000000, refusal_audit_burst)
+    CLOUD__INT("refusal_audit_window_ms", 10000, 100, 3600 * 1000, refusal_audit_window_ms)
     CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
 #undef CLOUD__INT
     if (!rc &&
@@ -108,6 +121,18 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "station_ids: not a list of identities");
     if (!rc)
         rc = cloud__attest_config(cfg, dir, out, err, sizeof(err));
+    out->log_level = -1;
+    const char *level = nu_config_get_str(cfg, "log_level", NULL);
+    enum nu_log_level lv;
+    if (!rc && level && nu_log_level_parse(level, &lv))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "log_level: debug, info, warn or error");
+    else if (!rc && level)
+        out->log_level = (int)lv;
+    const char *metrics = nu_config_get_str(cfg, "metrics_listen", "127.0.0.1:0");
+    if (!rc && strlen(metrics) >= sizeof(out->metrics_listen))
+        rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "metrics_listen: too long");
+    else if (!rc)
+        snprintf(out->metrics_listen, sizeof(out->metrics_listen), "%s", metrics);
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

@@ -10,6 +10,7 @@
 #include "nu_crypto.h"
 #include "nu_envelope.h"
 #include "nu_err.h"
+#include "nu_json.h"
 #include "nu_log.h"
 #include "nu_util.h"
 
@@ -677,90 +678,16 @@ static int ledger__kind_check(const char *kind)
 
 /* -------------------------------------------------------------------- JSON */
 
-/* Compact JSON into a fixed buffer; overflow is sticky and checked once. */
-struct ledger_json {
-    char *buf;
-    size_t cap;
-    size_t len;
-    int overflow;
-};
-
-static void lj_init(struct ledger_json *j, char *buf, size_t cap)
-{
-    j->buf = buf;
-    j->cap = cap;
-    j->len = 0;
-    j->overflow = 0;
-    buf[0] = '\0';
-}
-
-static void lj_raw(struct ledger_json *j, const char *s, size_t n)
-{
-    if (j->overflow || n >= j->cap - j->len) {
-        j->overflow = 1;
-        return;
-    }
-    memcpy(j->buf + j->len, s, n);
-    j->len += n;
-    j->buf[j->len] = '\0';
-}
-
-static void lj_puts(struct ledger_json *j, const char *s)
-{
-    lj_raw(j, s, strlen(s));
-}
-
-/* `"key":` preceded by a comma unless first in its object/array. */
-static void lj_key(struct ledger_json *j, const char *key)
-{
-    if (j->len > 0 && j->buf[j->len - 1] != '{' && j->buf[j->len - 1] != '[')
-        lj_raw(j, ",", 1);
-    if (key) {
-        lj_raw(j, "\"", 1);
-        lj_puts(j, key);
-        lj_raw(j, "\":", 2);
-    }
-}
-
-/* JSON string: '"' and '\' escaped, control bytes as \u00XX, UTF-8 as is. */
-static void lj_str(struct ledger_json *j, const char *key, const char *s)
-{
-    lj_key(j, key);
-    lj_raw(j, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        char esc[8];
-        if (*p == '"' || *p == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)*p;
-            lj_raw(j, esc, 2);
-        } else if (*p < 0x20 || *p == 0x7f) {
-            snprintf(esc, sizeof(esc), "\\u%04x", *p);
-            lj_raw(j, esc, 6);
-        } else {
-            lj_raw(j, (const char *)p, 1);
-        }
-    }
-    lj_raw(j, "\"", 1);
-}
-
-static void lj_hex(struct ledger_json *j, const char *key, const uint8_t *b, size_t n)
-{
-    char hex[2 * 64 + 1];
-
-    if (n > 64 || nu_hex_encode(b, n, hex, sizeof(hex)) != NU_OK) {
-        j->overflow = 1;
-        return;
-    }
-    lj_str(j, key, hex);
-}
-
-static void lj_u64(struct ledger_json *j, const char *key, uint64_t v)
-{
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
-    lj_key(j, key);
-    lj_raw(j, num, (size_t)n);
-}
+/* Every audit payload goes through libnusec's one escaping writer (nu_json.h);
+ * the short lj_ names are kept so the payload builders below read as before. */
+#define ledger_json nu_json
+#define lj_init nu_json_init
+#define lj_raw nu_json_raw
+#define lj_puts nu_json_puts
+#define lj_key nu_json_key
+#define lj_str nu_json_str
+#define lj_hex nu_json_hex
+#define lj_u64 nu_json_u64
 
 /* ------------------------------------------------------------ audit chain */
 
@@ -2887,6 +2814,10 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
         return prog; /* REVOKED */
     if (!d->job_found)
         return NU_ERR_NOT_FOUND;
+    /* Authorization before any state: a programmer with no allocation must
+     * not learn whether the job is exhausted, paused or expired. */
+    if (!d->have_alloc)
+        return NU_ERR_NOT_AUTHORIZED;
     if (d->have_cert && d->have_alloc && c->state != CLOUD_LEDGER_CERT_REVOKED &&
         memcmp(c->pubkey_hash, req->pubkey_hash, CLOUD_LEDGER_HASH_LEN) == 0) {
         *resend = 1;
@@ -2898,8 +2829,6 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
         return NU_ERR_JOB_NOT_ACTIVE;
     if (d->job.expires_at_ms && req->now_ms >= d->job.expires_at_ms)
         return NU_ERR_EXPIRED;
-    if (!d->have_alloc)
-        return NU_ERR_NOT_AUTHORIZED;
     if (d->alloc_issued >= d->alloc_limit || d->job.issued >= d->job.quota)
         return NU_ERR_QUOTA_EXHAUSTED;
     if (d->have_cert)
@@ -3164,6 +3093,9 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
     }
     if (rc == NU_OK)
         rc = ledger__report_transition(c->state, provisioned);
+    if (rc == NU_OK && c->state == CLOUD_LEDGER_CERT_FAILED && !provisioned &&
+        strcmp(c->detail, detail) == 0)
+        rc = NU_ERR_EXISTS; /* the same failure again (device.report resent) */
     if (rc == NU_ERR_EXISTS) {
         rc = NU_OK; /* redelivered report: already recorded */
         goto out;
@@ -3551,6 +3483,20 @@ static void ledger__verify_checkpoint(struct ledger_verify *v, uint64_t seq, con
     }
 }
 
+/* Every payload parses as one strict JSON object with no repeated key: an
+ * injected `"code":"OK"` or a cut escape shows even with a sound chain. */
+static void ledger__verify_payload(struct ledger_verify *v, uint64_t seq, const char *payload,
+                                   size_t len)
+{
+    const char *why = NULL;
+    if (nu_json_check(payload, len, &why) == NU_OK)
+        return;
+    if (!v->r->first_bad_seq)
+        v->r->first_bad_seq = seq;
+    ledger__finding(v, &v->r->payloads_ok, "audit seq %llu: payload is not strict JSON (%s)",
+                    (unsigned long long)seq, why ? why : "?");
+}
+
 /* Check one audit row against the running chain state. */
 static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint64_t *expect,
                                 uint8_t prev[NU_SHA256_LEN])
@@ -3602,6 +3548,7 @@ static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint6
         ledger__finding(v, &r->chain_ok, "audit seq %llu: hash mismatch (row edited)",
                         (unsigned long long)seq);
     }
+    ledger__verify_payload(v, seq, f[3], fl[3]);
     if (fl[0] == sizeof(LEDGER__CHECKPOINT_KIND) - 1 &&
         memcmp(f[0], LEDGER__CHECKPOINT_KIND, fl[0]) == 0)
         ledger__verify_checkpoint(v, seq, sqlite3_column_blob(st, 6), f[3], fl[3]);
@@ -3856,6 +3803,7 @@ static int ledger__verify_db(sqlite3 *db, const struct cloud_ledger_verify_opts 
 
     memset(r, 0, sizeof(*r));
     r->chain_ok = r->certs_ok = r->counts_ok = r->schema_ok = r->checkpoints_ok = 1;
+    r->payloads_ok = 1;
     r->checkpoints_checked = opts && opts->check_checkpoint;
     /* One read transaction: a consistent snapshot while other agents write. */
     rc = ledger__exec_sql(db, "BEGIN");

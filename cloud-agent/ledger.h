@@ -703,8 +703,9 @@ int cloud_ledger_cert_list_revoked(struct cloud_ledger *ledger, cloud_ledger_cer
  * A programmer's device report: the certificate is now provisioned or
  * failed (event cert.provisioned / cert.failed). The reporter must hold an
  * allocation in the certificate's job. Allowed: issued -> provisioned|failed,
- * failed -> provisioned|failed; a repeated provisioned report is NU_OK and
- * records nothing (QoS 1 redelivery).
+ * failed -> provisioned|failed; a repeated provisioned report, or a failed
+ * report with the detail already recorded, is NU_OK and records nothing (QoS 1
+ * redelivery, device.report resent until confirmed).
  * Errors: INVALID_ARG, TOO_LARGE, NOT_FOUND, NOT_AUTHORIZED, STATE (revoked,
  * or provisioned -> failed), BUSY, DB.
  */
@@ -831,6 +832,8 @@ struct cloud_ledger_verify_report {
     int counts_ok;                /* per job: issued == #certificates == sum of allocations'
                                      issued, <= quota; per allocation: issued == its certificates */
     int schema_ok;                /* version and the protective triggers are in place */
+    int payloads_ok;              /* every payload is one strict JSON object, no key twice
+                                     (nu_json_check: how a forged key would show) */
     int checkpoints_ok;           /* every checkpoint passed check_checkpoint (1 when unchecked) */
     int checkpoints_checked;      /* a check_checkpoint was given */
     uint64_t checkpoints;         /* audit.checkpoint rows */

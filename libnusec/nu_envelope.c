@@ -198,6 +198,7 @@ static const struct nu__rule nu__rules[] = {
     NU__ID(DeviceCertificate, device_certificate, serial, 0),
     NU__BYTES(DeviceCertificate, device_certificate, certificate_der, 0, NU_ENVELOPE_CERT_MAX),
     NU__ID(DeviceCertificate, device_certificate, state, 0),
+    NU__ID(DeviceCertificate, device_certificate, programmer_id, 0),
     NU__BYTES(DeviceCrl, device_crl, crl_der, 1, NU_ENVELOPE_CRL_MAX),
     NU__ID(DeviceReport, device_report, job_id, 1),
     NU__BYTES(DeviceReport, device_report, device_uid, 0, NU__UID),

@@ -11,9 +11,11 @@
 static struct {
     pthread_mutex_t lock;
     const char *program;
-    enum nu_log_level level;
+    int level; /* enum nu_log_level; read without the lock (atomic) */
     FILE *out;
-} nu__log = {PTHREAD_MUTEX_INITIALIZER, "nusec", NU_LOG_INFO, NULL};
+    FILE *owned;     /* out, when nu_log_open opened it */
+    char path[4096]; /* of owned, for nu_log_reopen */
+} nu__log = {PTHREAD_MUTEX_INITIALIZER, "nusec", NU_LOG_INFO, NULL, NULL, ""};
 
 static const char *const nu__level_names[] = {"debug", "info", "warn", "error", "off"};
 
@@ -21,8 +23,8 @@ void nu_log_init(const char *program, enum nu_log_level level, FILE *out)
 {
     pthread_mutex_lock(&nu__log.lock);
     nu__log.program = program ? program : "nusec";
-    nu__log.level = level;
-    nu__log.out = out;
+    __atomic_store_n(&nu__log.level, (int)level, __ATOMIC_RELAXED);
+    nu__log.out = out ? out : nu__log.owned;
     pthread_mutex_unlock(&nu__log.lock);
 }
 
@@ -41,12 +43,64 @@ int nu_log_level_parse(const char *text, enum nu_log_level *out_level)
 
 enum nu_log_level nu_log_get_level(void)
 {
-    return nu__log.level;
+    return (enum nu_log_level)__atomic_load_n(&nu__log.level, __ATOMIC_RELAXED);
+}
+
+void nu_log_set_level(enum nu_log_level level)
+{
+    __atomic_store_n(&nu__log.level, (int)level, __ATOMIC_RELAXED);
+}
+
+/* Swap the owned file for a new open of `path` (lock held). */
+static int nu__log_swap(const char *path)
+{
+    FILE *f = fopen(path, "ae");
+    if (!f)
+        return NU_ERR_IO;
+    setvbuf(f, NULL, _IOLBF, 0);
+    if (nu__log.owned)
+        fclose(nu__log.owned);
+    nu__log.owned = nu__log.out = f;
+    return NU_OK;
+}
+
+int nu_log_open(const char *path)
+{
+    if (!path || !*path)
+        return NU_ERR_INVALID_ARG;
+    if (strlen(path) >= sizeof(nu__log.path))
+        return NU_ERR_TOO_LARGE;
+    pthread_mutex_lock(&nu__log.lock);
+    int rc = nu__log_swap(path);
+    if (rc == NU_OK)
+        strcpy(nu__log.path, path);
+    pthread_mutex_unlock(&nu__log.lock);
+    return rc;
+}
+
+int nu_log_reopen(void)
+{
+    pthread_mutex_lock(&nu__log.lock);
+    int rc = nu__log.owned && nu__log.out == nu__log.owned ? nu__log_swap(nu__log.path) : NU_OK;
+    pthread_mutex_unlock(&nu__log.lock);
+    return rc;
+}
+
+void nu_log_close(void)
+{
+    pthread_mutex_lock(&nu__log.lock);
+    if (nu__log.out == nu__log.owned)
+        nu__log.out = NULL;
+    if (nu__log.owned)
+        fclose(nu__log.owned);
+    nu__log.owned = NULL;
+    nu__log.path[0] = '\0';
+    pthread_mutex_unlock(&nu__log.lock);
 }
 
 void nu_log(enum nu_log_level level, const char *fmt, ...)
 {
-    if (level < nu__log.level || level >= NU_LOG_OFF)
+    if ((int)level < __atomic_load_n(&nu__log.level, __ATOMIC_RELAXED) || level >= NU_LOG_OFF)
         return;
 
     char stamp[32];

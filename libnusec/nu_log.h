@@ -22,13 +22,36 @@ enum nu_log_level {
     NU_LOG_OFF = 4,
 };
 
-/* Set program name and minimum level; `out` NULL means stderr. Not owned. */
+/* Set program name and minimum level; `out` NULL means stderr (or the file of
+ * nu_log_open, when one is open). `out` is not owned. */
 void nu_log_init(const char *program, enum nu_log_level level, FILE *out);
 
 /* Parse "debug|info|warn|error|off"; returns NU_OK or NU_ERR_INVALID_ARG. */
 int nu_log_level_parse(const char *text, enum nu_log_level *out_level);
 
 enum nu_log_level nu_log_get_level(void);
+
+/* Change the minimum level (e.g. on a configuration reload); any thread. */
+void nu_log_set_level(enum nu_log_level level);
+
+/*
+ * Log to the file at `path` from now on (appended, created 0644); the logger
+ * owns the file and remembers the path for nu_log_reopen. Replaces the
+ * destination nu_log_init gave. Errors: INVALID_ARG, TOO_LARGE (path),
+ * IO (cannot open; the previous destination stays).
+ */
+int nu_log_open(const char *path);
+
+/*
+ * Open the path of nu_log_open again, e.g. on SIGHUP after logrotate moved
+ * the file aside: the next line goes to a new file at that path. NU_OK and
+ * nothing to do when the log is not a file of nu_log_open.
+ * Errors: IO (cannot open; logging goes on to the old file).
+ */
+int nu_log_reopen(void);
+
+/* Close the file of nu_log_open; the log goes to stderr again. */
+void nu_log_close(void);
 
 void nu_log(enum nu_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -23,7 +23,9 @@ static const char cli__verify_usage[] =
     "(seq contiguous, every hash and link, the stored chain head), pair every\n"
     "certificate with its cert.issued event and back, check each job's issued\n"
     "count against its certificates, allocations and quota, and that the schema\n"
-    "and its protective triggers are in place. Any edit made behind the cloud's\n"
+    "and its protective triggers are in place, and that every event payload is\n"
+    "one strict JSON object with no key given twice (a forged key shows). Any\n"
+    "edit made behind the cloud's\n"
     "back (sqlite3 UPDATE/DELETE, a cut tail) shows. Works while the cloud runs.\n"
     "\n"
     "The cloud signs the chain head in its HSM (audit.checkpoint events:\n"
@@ -137,6 +139,7 @@ static void cli__print_text(const char *path, const struct cloud_ledger_verify_r
     printf("cert events   %s\n", cli__ok(r->certs_ok));
     printf("counts        %s\n", cli__ok(r->counts_ok));
     printf("schema        %s\n", cli__ok(r->schema_ok));
+    printf("payloads      %s\n", cli__ok(r->payloads_ok));
     printf("checkpoints   %s, %llu", cli__checked(r), (unsigned long long)r->checkpoints);
     if (r->checkpoints) {
         char head[65];
@@ -160,7 +163,7 @@ static void cli__print_json(const char *path, const struct cloud_ledger_verify_r
     printf("{\"ledger\":\"");
     cli__json_str(path);
     printf("\",\"ok\":%s,\"events\":%llu,\"certificates\":%llu,\"jobs\":%llu,"
-           "\"chain_ok\":%s,\"certs_ok\":%s,\"counts_ok\":%s,\"schema_ok\":%s,"
+           "\"chain_ok\":%s,\"certs_ok\":%s,\"counts_ok\":%s,\"schema_ok\":%s,\"payloads_ok\":%s,"
            "\"checkpoints\":%llu,\"checkpoints_checked\":%s,\"checkpoints_ok\":%s,"
            "\"last_checkpoint\":\"%llu:%s\","
            "\"first_bad_seq\":%llu,\"problems\":%u,\"first_problem\":\"",
@@ -168,6 +171,7 @@ static void cli__print_json(const char *path, const struct cloud_ledger_verify_r
            (unsigned long long)r->certificates, (unsigned long long)r->jobs,
            r->chain_ok ? "true" : "false", r->certs_ok ? "true" : "false",
            r->counts_ok ? "true" : "false", r->schema_ok ? "true" : "false",
+           r->payloads_ok ? "true" : "false",
            (unsigned long long)r->checkpoints, r->checkpoints_checked ? "true" : "false",
            r->checkpoints_ok ? "true" : "false", (unsigned long long)r->last_checkpoint_head_seq,
            head, (unsigned long long)r->first_bad_seq, r->problems);

@@ -38,8 +38,9 @@ void cli_cloud_close(struct cli_cloud *c)
     memset(c, 0, sizeof(*c));
 }
 
-int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
-                   Nusec__V1__Envelope **out_reply)
+/* cli_cloud_call; an error answer with code `quiet` is returned unprinted. */
+static int cli__call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
+                     Nusec__V1__Envelope **out_reply, int quiet)
 {
     char detail[256];
     int rc = nu_client_request(c->mqtt, c->sender, op, body, NULL, 0, CLI_CLOUD_TIMEOUT_MS,
@@ -50,11 +51,50 @@ int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, 
         rc = NU_ERR_DECODE;
         snprintf(detail, sizeof(detail), "unexpected answer");
     }
+    /* NOT_FOUND without a detail is the broker's "no matching subscribers". */
     if (rc == NU_ERR_NOT_FOUND && !detail[0])
         snprintf(detail, sizeof(detail), "no cloud agent is running (start nusec-cloud)");
+    else if (rc && rc == quiet)
+        return rc;
     if (rc)
         cli_errorf("%s: %s (%s)%s%s", op, nu_err_str(rc), nu_err_name(rc), detail[0] ? ": " : "",
                    detail);
+    return rc;
+}
+
+int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
+                   Nusec__V1__Envelope **out_reply)
+{
+    return cli__call(c, op, body, expect, out_reply, NU_OK);
+}
+
+int cli_cloud_request(const char *dir, const char *identity, const char *op,
+                      ProtobufCMessage *body, int expect, Nusec__V1__Envelope **out_reply)
+{
+    struct cli_cloud cc;
+    *out_reply = NULL;
+    int rc = cli_cloud_open(dir, identity, &cc);
+    if (!rc)
+        rc = cli_cloud_call(&cc, op, body, expect, out_reply);
+    cli_cloud_close(&cc);
+    return rc;
+}
+
+int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope **out_reply)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    req.job_id = (char *)job;
+    int rc = cli__call(c, "job.list", &req.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST, out_reply,
+                       NU_ERR_NOT_FOUND);
+    if (!rc && ((*out_reply)->job_list->n_jobs != 1 ||
+                strcmp((*out_reply)->job_list->jobs[0]->job_id, job) != 0)) {
+        nu_envelope_free(*out_reply);
+        *out_reply = NULL;
+        cli_errorf("job.list: the cloud answered another job than %s", job);
+        return NU_ERR_DECODE;
+    }
+    if (rc == NU_ERR_NOT_FOUND)
+        cli_errorf("job %s does not exist (see 'nusec job list')", job);
     return rc;
 }
 

@@ -34,6 +34,23 @@ void cli_cloud_close(struct cli_cloud *c);
 int cli_cloud_call(struct cli_cloud *c, const char *op, ProtobufCMessage *body, int expect,
                    Nusec__V1__Envelope **out_reply);
 
+/*
+ * One request on a session of its own: cli_cloud_open, cli_cloud_call,
+ * cli_cloud_close (for commands that ask the cloud one thing). On NU_OK
+ * *out_reply (nu_envelope_free) is the answer; otherwise NULL, and the
+ * reason was printed. Errors: those of cli_cloud_open and cli_cloud_call.
+ */
+int cli_cloud_request(const char *dir, const char *identity, const char *op,
+                      ProtobufCMessage *body, int expect, Nusec__V1__Envelope **out_reply);
+
+/*
+ * The state of one job (job.list for `job`): on NU_OK *out_reply
+ * (nu_envelope_free) holds exactly that job in job_list->jobs[0]. A job the
+ * cloud does not know prints "nusec: job JOB does not exist" and returns
+ * NOT_FOUND. Errors: NOT_FOUND, DECODE, those of cli_cloud_call.
+ */
+int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope **out_reply);
+
 /* One device of a listing; index counts across pages from 0. */
 typedef int (*cli_device_visit_fn)(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index);
 

@@ -1,9 +1,10 @@
-/* nusec device list|revoke — device certificates, through the cloud (as oem). */
+/* nusec device list|export|revoke — device certificates, through the cloud (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
 #include "cli_opts.h"
 
 #include "nu_err.h"
+#include "nu_paths.h"
 #include "nu_util.h"
 #include "nu_x509.h"
 
@@ -36,6 +37,28 @@ static const char cli__list_usage[] =
     "\n"
     "Exit status: 0 done, 1 failed, 2 usage error.\n";
 
+static const char cli__export_usage[] =
+    "usage: nusec device export --job JOB [--format jsonl|csv] [--state STATE]\n"
+    "                           [--out FILE] [--dir DIR]\n"
+    "\n"
+    "The device manifest of a job, for registering its devices with an IoT cloud:\n"
+    "one record per device certificate, in issue order, with the device UID (hex),\n"
+    "the certificate serial, job, programmer, state (issued, provisioned, failed,\n"
+    "revoked), issue time (UTC and Unix ms), the certificate (PEM) and its chain\n"
+    "(Device CA + Root, PEM, from DIR/pki/device-chain.pem).\n"
+    "\n"
+    "  --format jsonl  one JSON object per line (default): {\"uid\",\"serial\",\"job\",\n"
+    "                  \"programmer\",\"state\",\"issued_at\",\"issued_at_ms\",\n"
+    "                  \"certificate_pem\",\"chain_pem\"}\n"
+    "  --format csv    RFC 4180: a header line, then the same fields in that order\n"
+    "                  (PEM fields quoted, with their line breaks)\n"
+    "  --state STATE   only the devices in this state (e.g. provisioned)\n"
+    "  --out FILE      write to FILE (replaced) instead of stdout\n"
+    "  --dir DIR       state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help      this text\n"
+    "\n"
+    "Exit status: 0 done, 1 failed (e.g. the job does not exist), 2 usage error.\n";
+
 static const char cli__revoke_usage[] =
     "usage: nusec device revoke UID [--job JOB] [--reason TEXT] [--dir DIR]\n"
     "\n"
@@ -62,6 +85,7 @@ struct cli__opts {
     const char *uid;
     const char *reason;
     const char *certs;
+    const char *format, *state, *out; /* export */
     int json;
     unsigned page_size; /* 0 = the cloud's maximum */
 };
@@ -77,6 +101,9 @@ static int cli__parse(int argc, char **argv, const char *usage, struct cli__opts
         CLI_OPT_STR("certs", &o->certs),
         CLI_OPT_BOOL("json", &o->json),
         CLI_OPT_NUM("page-size", &o->page_size, 1, 100000),
+        CLI_OPT_STR("format", &o->format),
+        CLI_OPT_STR("state", &o->state),
+        CLI_OPT_STR("out", &o->out),
     };
     return cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
 }
@@ -164,6 +191,14 @@ static int cli__list(int argc, char **argv)
     struct cli_cloud cc;
     if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
+    /* An unknown job is an error, not an empty table. */
+    Nusec__V1__Envelope *job = NULL;
+    rc = o.job ? cli_cloud_job_get(&cc, o.job, &job) : NU_OK;
+    nu_envelope_free(job);
+    if (rc) {
+        cli_cloud_close(&cc);
+        return CLI_EXIT_FAIL;
+    }
     size_t n = 0;
     if (o.json)
         printf("[");
@@ -173,6 +208,152 @@ static int cli__list(int argc, char **argv)
     if (o.json)
         printf("%s]\n", n ? "\n" : "");
     cli_cloud_close(&cc);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------ export */
+
+struct cli__export {
+    FILE *out;
+    int csv;
+    const char *state; /* NULL: every state */
+    const char *chain; /* PEM */
+    size_t n;
+};
+
+/* A JSON string; PEM and identifiers only need \n, but any text is escaped. */
+static void cli__json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* An RFC 4180 field: quoted, quotes doubled. */
+static void cli__csv_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static int cli__export_one(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index)
+{
+    struct cli__export *x = ctx;
+    char uid[2 * CLI__UID_MAX + 1] = "", when[32];
+    char *pem = NULL;
+    size_t pem_len = 0;
+    (void)index;
+    if (x->state && strcmp(x->state, d->state) != 0)
+        return 0;
+    int rc = d->certificate_der.len ? nu_x509_der_to_pem(d->certificate_der.data,
+                                                         d->certificate_der.len, NU_X509_PEM_CERT,
+                                                         &pem, &pem_len)
+                                    : NU_ERR_DECODE;
+    if (rc)
+        return cli_fail("device export: a certificate of the answer", rc);
+    nu_hex_encode(d->device_uid.data, d->device_uid.len, uid, sizeof(uid));
+    cli_utc(d->issued_at_ms, when, sizeof(when));
+    const char *prog = d->programmer_id ? d->programmer_id : "";
+    if (x->csv) {
+        fprintf(x->out, "%s,%s,%s,%s,%s,%s,%llu,", uid, d->serial, d->job_id, prog, d->state,
+                when, (unsigned long long)d->issued_at_ms);
+        cli__csv_str(x->out, pem);
+        fputc(',', x->out);
+        cli__csv_str(x->out, x->chain);
+        fputs("\r\n", x->out);
+    } else {
+        fprintf(x->out, "{\"uid\":\"%s\",\"serial\":", uid);
+        cli__json_str(x->out, d->serial);
+        fputs(",\"job\":", x->out);
+        cli__json_str(x->out, d->job_id);
+        fputs(",\"programmer\":", x->out);
+        cli__json_str(x->out, prog);
+        fputs(",\"state\":", x->out);
+        cli__json_str(x->out, d->state);
+        fprintf(x->out, ",\"issued_at\":\"%s\",\"issued_at_ms\":%llu,\"certificate_pem\":", when,
+                (unsigned long long)d->issued_at_ms);
+        cli__json_str(x->out, pem);
+        fputs(",\"chain_pem\":", x->out);
+        cli__json_str(x->out, x->chain);
+        fputs("}\n", x->out);
+    }
+    free(pem);
+    x->n++;
+    return 0;
+}
+
+/* The checks of `device export`; 0 or the exit code. */
+static int cli__export_args(const struct cli__opts *o, int argc, struct cli__export *x)
+{
+    if (optind < argc || !o->job || o->uid || o->reason || o->certs || o->json) {
+        cli_errorf("device export: need --job JOB (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->format && strcmp(o->format, "jsonl") != 0 && strcmp(o->format, "csv") != 0) {
+        cli_errorf("device export: --format is jsonl or csv, not '%s'", o->format);
+        return CLI_EXIT_USAGE;
+    }
+    x->csv = o->format && !strcmp(o->format, "csv");
+    x->state = o->state;
+    return cli__job("device export", o->job);
+}
+
+static int cli__export(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    struct cli__export x = {.out = stdout};
+    char chain_path[PATH_MAX];
+    uint8_t *chain = NULL;
+    size_t chain_len = 0;
+    struct cli_cloud cc = {0};
+    Nusec__V1__Envelope *job = NULL;
+    int rc = cli__parse(argc, argv, cli__export_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if ((rc = cli__export_args(&o, argc, &x)))
+        return rc;
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    rc = nu_paths_get(dir, NU_PATH_DEVICE_CHAIN, chain_path, sizeof(chain_path));
+    if (!rc && (rc = nu_file_read(chain_path, 65536, &chain, &chain_len)) != NU_OK)
+        cli_errorf("device export: cannot read %s", chain_path);
+    if (!rc && !(rc = cli_cloud_open(dir, "oem", &cc)))
+        rc = cli_cloud_job_get(&cc, o.job, &job); /* an unknown job is an error */
+    if (!rc && o.out && !(x.out = fopen(o.out, "w"))) {
+        cli_errorf("device export: cannot write %s", o.out);
+        rc = NU_ERR_IO;
+    }
+    x.chain = (const char *)chain; /* nu_file_read NUL-terminates */
+    if (!rc && x.csv)
+        fputs("uid,serial,job,programmer,state,issued_at,issued_at_ms,certificate_pem,"
+              "chain_pem\r\n",
+              x.out);
+    if (!rc)
+        rc = cli_device_list_all(&cc, o.job, NULL, 0, o.page_size, cli__export_one, &x, NULL);
+    if (x.out && x.out != stdout && fclose(x.out) != 0 && !rc)
+        rc = cli_fail("device export: writing the file", NU_ERR_IO);
+    else if (!rc)
+        fprintf(stderr, "nusec: exported %zu device(s) of %s%s%s\n", x.n, o.job,
+                o.out ? " to " : "", o.out ? o.out : "");
+    nu_envelope_free(job);
+    cli_cloud_close(&cc);
+    free(chain);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
@@ -198,25 +379,23 @@ static int cli__revoke(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.job_id = (char *)(o.job ? o.job : "");
     req.device_uid.data = uid;
     req.device_uid.len = uid_len;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_call(&cc, "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    rc = cli_cloud_request(dir, "oem", "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK,
+                           &reply);
     if (!rc)
         printf("device %s of job %s revoked\n", argv[optind], o.job ? o.job : reply->ack->detail);
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
 const struct cli_command cli_device_commands[] = {
     {"device", "list", "list (and export) device certificates by job or UID", cli__list},
+    {"device", "export", "device manifest of a job (jsonl or csv) for an IoT cloud", cli__export},
     {"device", "revoke", "revoke a device certificate", cli__revoke},
     {NULL, NULL, NULL, NULL},
 };

@@ -268,19 +268,14 @@ static int cli__sign(int argc, char **argv)
     size_t len = 0;
     if (cli__payload_load(o.in, &payload, &len))
         return CLI_EXIT_FAIL;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc)) {
-        free(payload);
-        return CLI_EXIT_FAIL;
-    }
     Nusec__V1__FirmwareSignRequest req = NUSEC__V1__FIRMWARE_SIGN_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.name = (char *)o.name;
     req.version = (char *)o.version;
     req.security_counter = counter;
     req.payload = (ProtobufCBinaryData){len, payload};
-    rc = cli_cloud_call(&cc, "firmware.sign", &req.base,
-                        NUSEC__V1__ENVELOPE__BODY_FIRMWARE_SIGN_RESPONSE, &reply);
+    rc = cli_cloud_request(dir, "oem", "firmware.sign", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_FIRMWARE_SIGN_RESPONSE, &reply);
     int exit_code = rc == NU_ERR_EXISTS ? CLI_EXIT_REFUSED : CLI_EXIT_FAIL;
     if (!rc) {
         const Nusec__V1__FirmwareSignResponse *r = reply->firmware_sign_response;
@@ -288,7 +283,6 @@ static int cli__sign(int argc, char **argv)
         exit_code = rc ? cli_fail("the cloud's answer", rc) : cli__sign_save(dir, r, o.json);
     }
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     free(payload);
     return exit_code;
 }
@@ -306,13 +300,10 @@ static int cli__list(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__FirmwareListRequest req = NUSEC__V1__FIRMWARE_LIST_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
-    rc = cli_cloud_call(&cc, "firmware.list", &req.base, NUSEC__V1__ENVELOPE__BODY_FIRMWARE_LIST,
-                        &reply);
+    rc = cli_cloud_request(dir, "oem", "firmware.list", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_FIRMWARE_LIST, &reply);
     if (!rc) {
         const Nusec__V1__FirmwareList *l = reply->firmware_list;
         /* Names are identifiers and digests hex: nothing to escape. */
@@ -336,7 +327,6 @@ static int cli__list(int argc, char **argv)
             printf("%s]\n", l->n_images ? "\n" : "");
     }
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 

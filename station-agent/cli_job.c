@@ -288,6 +288,10 @@ static int cli__create_save(const char *out_dir, const Nusec__V1__JobCreateRespo
     int exit_code = CLI_EXIT_OK, rc = nu_mkdirs(out_dir, 0755);
     if (rc)
         return cli_fail(out_dir, rc);
+    /* "--out packages/" names packages/job-..., not packages//job-... */
+    int dir_len = (int)strlen(out_dir);
+    while (dir_len > 1 && out_dir[dir_len - 1] == '/')
+        dir_len--;
     if (json)
         printf("{\"job\":\"%s\",\"packages\":[", r->job->job_id);
     else
@@ -295,7 +299,8 @@ static int cli__create_save(const char *out_dir, const Nusec__V1__JobCreateRespo
     for (size_t i = 0; i < r->n_packages; i++) {
         rc = cli__package_programmer(&r->packages[i], r->job->job_id, prog, sizeof(prog));
         if (!rc)
-            rc = nu_path_fmt(path, sizeof(path), "%s/%s-%s.nspkg", out_dir, r->job->job_id, prog);
+            rc = nu_path_fmt(path, sizeof(path), "%.*s/%s-%s.nspkg", dir_len, out_dir,
+                             r->job->job_id, prog);
         if (!rc)
             rc = nu_file_write_new(path, r->packages[i].data, r->packages[i].len, 0644);
         if (rc) {
@@ -350,16 +355,14 @@ static int cli__create(int argc, char **argv)
 
 /* ------------------------------------------------------------ list, show */
 
-static int cli__jobs(const char *dir, const char *job_id, Nusec__V1__Envelope **out)
+/* Oldest first; equal times by id, so the order is stable. */
+static int cli__by_creation(const void *a, const void *b)
 {
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return NU_ERR_CONNECTION;
-    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
-    req.job_id = (char *)(job_id ? job_id : "");
-    int rc = cli_cloud_call(&cc, "job.list", &req.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST, out);
-    cli_cloud_close(&cc);
-    return rc;
+    const Nusec__V1__JobState *x = *(const Nusec__V1__JobState *const *)a;
+    const Nusec__V1__JobState *y = *(const Nusec__V1__JobState *const *)b;
+    if (x->created_at_ms != y->created_at_ms)
+        return x->created_at_ms < y->created_at_ms ? -1 : 1;
+    return strcmp(x->job_id, y->job_id);
 }
 
 static int cli__list(int argc, char **argv)
@@ -377,10 +380,15 @@ static int cli__list(int argc, char **argv)
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
-    if (cli__jobs(dir, NULL, &reply))
+    req.job_id = "";
+    if (cli_cloud_request(dir, "oem", "job.list", &req.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST,
+                          &reply))
         return CLI_EXIT_FAIL;
     const Nusec__V1__JobList *l = reply->job_list;
+    if (l->n_jobs > 1)
+        qsort(l->jobs, l->n_jobs, sizeof(l->jobs[0]), cli__by_creation);
     if (o.json)
         printf("[");
     else
@@ -437,18 +445,19 @@ static int cli__show(int argc, char **argv)
     if (!dir)
         return CLI_EXIT_USAGE;
     Nusec__V1__Envelope *reply = NULL;
-    if (cli__jobs(dir, job, &reply))
+    struct cli_cloud cc;
+    if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
-    const Nusec__V1__JobList *l = reply->job_list;
-    rc = l->n_jobs == 1 && !strcmp(l->jobs[0]->job_id, job) ? NU_OK : NU_ERR_DECODE;
+    rc = cli_cloud_job_get(&cc, job, &reply);
+    cli_cloud_close(&cc);
     if (!rc && o.json) {
-        cli__job_json(l->jobs[0]);
+        cli__job_json(reply->job_list->jobs[0]);
         printf("\n");
     } else if (!rc) {
-        cli__job_text(l->jobs[0]);
+        cli__job_text(reply->job_list->jobs[0]);
     }
     nu_envelope_free(reply);
-    return rc ? cli_fail("job.list", rc) : CLI_EXIT_OK;
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 
 /* ------------------------------------------------------------ control */
@@ -465,14 +474,12 @@ static int cli__control(int argc, char **argv, Nusec__V1__JobAction action, cons
     const char *dir = cli_state_dir(o.dir);
     if (!dir)
         return CLI_EXIT_USAGE;
-    struct cli_cloud cc;
-    if (cli_cloud_open(dir, "oem", &cc))
-        return CLI_EXIT_FAIL;
     Nusec__V1__JobControlRequest req = NUSEC__V1__JOB_CONTROL_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.job_id = (char *)job;
     req.action = action;
-    rc = cli_cloud_call(&cc, "job.control", &req.base, NUSEC__V1__ENVELOPE__BODY_JOB_STATE, &reply);
+    rc = cli_cloud_request(dir, "oem", "job.control", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_JOB_STATE, &reply);
     if (!rc && o.json) {
         cli__job_json(reply->job_state);
         printf("\n");
@@ -480,7 +487,6 @@ static int cli__control(int argc, char **argv, Nusec__V1__JobAction action, cons
         printf("job %s %s (now %s)\n", job, done, cli__status_name(reply->job_state->status));
     }
     nu_envelope_free(reply);
-    cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
 

@@ -4,6 +4,7 @@
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_util.h"
+#include "nu_version.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,7 +55,8 @@ static void cli__usage(FILE *out)
     fputs("usage: nusec COMMAND SUBCOMMAND [OPTIONS]\n"
           "\n"
           "The NuSEC operator tool, for the OEM and the contract manufacturer.\n"
-          "Every subcommand takes --dir DIR (default: $NUSEC_HOME) and --help.\n"
+          "Every subcommand takes --dir DIR (default: $NUSEC_HOME) and --help;\n"
+          "`nusec --version` prints the version and the git revision it was built from.\n"
           "\n"
           "Commands:\n",
           out);
@@ -71,6 +73,24 @@ static void cli__usage(FILE *out)
           out);
 }
 
+/* `nusec GROUP`, `nusec GROUP --help`: the group's subcommands. */
+static void cli__group_usage(const char *group)
+{
+    printf("usage: nusec %s SUBCOMMAND [OPTIONS]\n\nSubcommands:\n", group);
+    for (const struct cli_command *const *t = cli__tables; *t; t++) {
+        for (const struct cli_command *c = *t; c->group; c++) {
+            if (strcmp(c->group, group) == 0)
+                printf("  %-10s %s\n", c->name, c->summary);
+        }
+    }
+    printf("\nEach takes --dir DIR and --help: 'nusec %s SUBCOMMAND --help'.\n", group);
+}
+
+static int cli__is_help(const char *arg)
+{
+    return !strcmp(arg, "-h") || !strcmp(arg, "--help") || !strcmp(arg, "help");
+}
+
 int main(int argc, char **argv)
 {
     nu_log_init("nusec", NU_LOG_WARN, NULL);
@@ -78,8 +98,12 @@ int main(int argc, char **argv)
         cli__usage(stderr);
         return CLI_EXIT_USAGE;
     }
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    if (cli__is_help(argv[1])) {
         cli__usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        nu_version_print(stdout, "nusec");
         return CLI_EXIT_OK;
     }
     int group_known = 0;
@@ -95,10 +119,13 @@ int main(int argc, char **argv)
                 return c->run(argc - 2, argv + 2);
         }
     }
-    if (group_known && argc >= 3)
-        cli_errorf("'%s' has no subcommand '%s'; see 'nusec --help'", argv[1], argv[2]);
-    else if (group_known)
-        cli_errorf("'%s' needs a subcommand; see 'nusec --help'", argv[1]);
+    if (group_known && (argc == 2 || cli__is_help(argv[2]))) {
+        cli__group_usage(argv[1]);
+        return CLI_EXIT_OK;
+    }
+    if (group_known)
+        cli_errorf("'%s' has no subcommand '%s'; see 'nusec %s --help'", argv[1], argv[2],
+                   argv[1]);
     else
         cli_errorf("unknown command '%s'; see 'nusec --help'", argv[1]);
     return CLI_EXIT_USAGE;

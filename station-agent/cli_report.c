@@ -113,13 +113,9 @@ static int cli__report(int argc, char **argv)
     struct cli_cloud cc;
     if (cli_cloud_open(dir, "oem", &cc))
         return CLI_EXIT_FAIL;
-    Nusec__V1__JobListRequest jr = NUSEC__V1__JOB_LIST_REQUEST__INIT;
     Nusec__V1__Envelope *jobs = NULL;
     struct cli__tally t = {.certs = certs};
-    jr.job_id = (char *)job;
-    int rc = cli_cloud_call(&cc, "job.list", &jr.base, NUSEC__V1__ENVELOPE__BODY_JOB_LIST, &jobs);
-    if (!rc && (jobs->job_list->n_jobs != 1 || strcmp(jobs->job_list->jobs[0]->job_id, job)))
-        rc = cli_fail("report", NU_ERR_NOT_FOUND);
+    int rc = cli_cloud_job_get(&cc, job, &jobs);
     if (!rc && certs && nu_mkdirs(certs, 0755))
         rc = cli_fail("report: --certs", NU_ERR_IO);
     if (!rc)

@@ -423,7 +423,8 @@ static int stack__start(struct stack *s, const char *name, const char *program, 
             stack__explain(s, name, rc);
         return rc;
     }
-    printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
+    if (h.spawned_ms) /* one line per service: "already running" said it */
+        printf("%-10s up (pid %ld, log %s)\n", name, (long)h.pid, log);
     fflush(stdout);
     return NU_OK;
 }
@@ -452,19 +453,23 @@ static int stack__up_broker(struct stack *s)
 
 static int stack__up_cloud(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-cloud", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, NULL};
+    if (!rc) /* --log as well as stderr: SIGHUP (logrotate) reopens it */
+        rc = stack__file(s->logs, "cloud", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--log", log, NULL};
     return rc ? rc : stack__start(s, "cloud", "nusec-cloud", argv, stack__cloud_ok, &pid, 0);
 }
 
 static int stack__up_station(struct stack *s)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], log[PATH_MAX] = "";
     pid_t pid;
     int rc = stack__prog_path(s, "nusec-station", exe, sizeof(exe));
-    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, NULL};
+    if (!rc)
+        rc = stack__file(s->logs, "station", ".log", log, sizeof(log));
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, "--log", log, NULL};
     return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
 }
 
@@ -814,6 +819,9 @@ static int stack__down_all(const struct stack *s)
     int failures = stack__stop_group(s, svc + fixed, n - fixed);
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
+    char urls[PATH_MAX]; /* no stale URLs once the services are gone */
+    if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
+        unlink(urls);
     return failures;
 }
 
@@ -840,6 +848,38 @@ static int stack__prepare(struct stack *s)
         rc = nu_paths_create_layout(s->dir);
     if (rc == NU_OK && (rc = station_bin_dir(s->bin, sizeof(s->bin))) != NU_OK)
         cli_errorf("stack up: cannot find the folder of the NuSEC programs (set NUSEC_BIN_DIR)");
+    return rc;
+}
+
+/*
+ * The /metrics URLs the services wrote (DIR/run/NAME.metrics): printed, and
+ * written one per line to DIR/run/metrics.urls for scrapers and scripts.
+ * A service with metrics off has no file and no line.
+ */
+static int stack__metrics_urls(const struct stack *s)
+{
+    static const char *const names[] = {"cloud", "station"};
+    char path[PATH_MAX], all[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        uint8_t *text = NULL;
+        size_t len = 0;
+        if (stack__file(s->run, names[i], ".metrics", path, sizeof(path)) != NU_OK ||
+            nu_file_read(path, 512, &text, &len) != NU_OK)
+            continue;
+        size_t line = strcspn((const char *)text, "\n");
+        if (line && line < len && used + line + 1 < sizeof(all)) {
+            printf("%-10s metrics %.*s\n", names[i], (int)line, (const char *)text);
+            memcpy(all + used, text, line + 1);
+            used += line + 1;
+        }
+        free(text);
+    }
+    int rc = stack__file(s->run, "metrics", ".urls", path, sizeof(path));
+    if (rc == NU_OK)
+        rc = nu_file_write_atomic(path, all, used, 0644);
+    if (rc != NU_OK)
+        cli_errorf("stack up: cannot write %s: %s", path, nu_err_str(rc));
     return rc;
 }
 
@@ -871,6 +911,8 @@ static int cli__stack_up(int argc, char **argv)
     if (rc == NU_OK)
         rc = stack__up_dashboard(&s);
     stack__close(&s);
+    if (rc == NU_OK)
+        rc = stack__metrics_urls(&s);
     if (rc != NU_OK) {
         cli_errorf("stack up failed: stopping what runs in %s", s.dir);
         stack__down_all(&s);

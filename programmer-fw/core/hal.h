@@ -45,7 +45,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PG_HAL_VERSION 1u
+/* 2: target ops state, otp_read_rotpk_hash, csr, read_cert appended (resume of
+ * interrupted chips). A version-1 target table still works: the core then
+ * cannot resume and treats every used chip as not blank. */
+#define PG_HAL_VERSION 2u
 
 #define PG_P256_PUB_LEN 65 /* uncompressed point 04||X||Y */
 #define PG_SIG_MAX 72      /* DER ECDSA signature, P-256 */
@@ -118,7 +121,11 @@ enum pg_flash_area {
     PG_FLASH_IMAGE = 0,   /* firmware cache: the plaintext MCUboot image */
     PG_FLASH_META = 1,    /* download progress record */
     PG_FLASH_PACKAGE = 2, /* the current sealed package (sealed: no secret in clear) */
+    PG_FLASH_JOURNAL = 3, /* device reports not yet confirmed by the cloud: one slot of
+                             PG_JOURNAL_SLOT bytes per socket, rewritten whole (a NOR
+                             port keeps it as a record log, like META). No secret. */
 };
+#define PG_JOURNAL_SLOT 1024u
 
 struct pg_flash_ops {
     uint32_t version;
@@ -153,6 +160,17 @@ struct pg_transport_ops {
 
 /* ---------------------------------------------------------------- target */
 
+/* Life of a chip as its link reports it (target op `state`). */
+enum pg_chip_state {
+    PG_CHIP_BLANK = 0,
+    PG_CHIP_OTP_WRITTEN = 1, /* ROTPK hash in OTP, no key yet */
+    PG_CHIP_KEYED = 2,       /* device key on chip */
+    PG_CHIP_PROGRAMMED = 3,  /* flash / boot key / certificate written, not booted */
+    PG_CHIP_BOOTED = 4,
+    PG_CHIP_BOOT_FAILED = 5,
+    PG_CHIP_LOCKED = 6,
+};
+
 struct pg_target_ops {
     uint32_t version;
     /* Bring the next chip into `sock` (handler / tray). NOT_FOUND: no more chips. */
@@ -176,6 +194,15 @@ struct pg_target_ops {
     int (*attest)(void *ctx, unsigned sock, const uint8_t nonce[32], uint8_t *out_sig, size_t cap,
                   size_t *out_len);
     int (*lock)(void *ctx, unsigned sock);
+    /* ---- version 2: resuming a chip an earlier run left half done ---- */
+    int (*state)(void *ctx, unsigned sock, enum pg_chip_state *out_state);
+    /* NOT_FOUND while the OTP is blank. */
+    int (*otp_read_rotpk_hash)(void *ctx, unsigned sock, uint8_t out_hash[32]);
+    /* A fresh CSR (CN = cn) for the key the chip already holds; STATE if none. */
+    int (*csr)(void *ctx, unsigned sock, const char *cn, uint8_t *out_csr, size_t cap,
+               size_t *out_len);
+    /* The certificate the chip holds (DER); NOT_FOUND if none. */
+    int (*read_cert)(void *ctx, unsigned sock, uint8_t *out_der, size_t cap, size_t *out_len);
 };
 
 /* ---------------------------------------------------------------- crypto */
@@ -433,6 +460,30 @@ static inline int pg_tgt_attest(const struct pg_hal *h, unsigned s, const uint8_
 static inline int pg_tgt_lock(const struct pg_hal *h, unsigned s)
 {
     return PG__HAL_CALL(h, tgt, lock, s);
+}
+
+/* Version-2 target ops: NOT_SUPPORTED from an older table (shorter struct). */
+#define PG__TGT_V2(h) ((h) && (h)->tgt && (h)->tgt->version >= 2u)
+static inline int pg_tgt_state(const struct pg_hal *h, unsigned s, enum pg_chip_state *out)
+{
+    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, state, s, out) : NU_ERR_NOT_SUPPORTED;
+}
+static inline int pg_tgt_otp_read(const struct pg_hal *h, unsigned s, uint8_t out[32])
+{
+    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, otp_read_rotpk_hash, s, out)
+                         : NU_ERR_NOT_SUPPORTED;
+}
+static inline int pg_tgt_csr(const struct pg_hal *h, unsigned s, const char *cn, uint8_t *csr,
+                             size_t cap, size_t *out_len)
+{
+    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, csr, s, cn, csr, cap, out_len)
+                         : NU_ERR_NOT_SUPPORTED;
+}
+static inline int pg_tgt_read_cert(const struct pg_hal *h, unsigned s, uint8_t *der, size_t cap,
+                                   size_t *out_len)
+{
+    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, read_cert, s, der, cap, out_len)
+                         : NU_ERR_NOT_SUPPORTED;
 }
 
 static inline int pg_sha256_init(const struct pg_hal *h, struct pg_sha256 *s)

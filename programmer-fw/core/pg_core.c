@@ -119,15 +119,21 @@ int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_
     return w->err;
 }
 
+static int core__req_topic(const struct pg_core *c, const char *sender, const char *op,
+                           char *topic, size_t cap)
+{
+    int n = snprintf(topic, cap, "nusec/v1/cloud/req/%s/%s", sender ? sender : c->id, op);
+    return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+}
+
 int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
                 size_t len, uint8_t *resp, size_t cap, size_t *out_len)
 {
     char topic[PG_TOPIC_MAX];
-    int n = snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/%s", sender ? sender : c->id, op);
-    if (n < 0 || (size_t)n >= sizeof(topic))
-        return NU_ERR_TOO_LARGE;
+    int rc = core__req_topic(c, sender, op, topic, sizeof(topic));
+    if (rc != NU_OK)
+        return rc;
     uint32_t delay = c->retry_delay_ms;
-    int rc = NU_ERR_INTERNAL;
     for (unsigned attempt = 0; attempt <= c->retries; attempt++) {
         if (attempt) {
             pg__log(c, PG_LOG_WARN, "%s: %s, retry %u", op, nu_err_name(rc), attempt);
@@ -139,6 +145,64 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
             break;
     }
     return rc;
+}
+
+int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_t len,
+                    unsigned attempt, uint8_t *resp, size_t cap, size_t *out_len)
+{
+    char topic[PG_TOPIC_MAX];
+    int rc = core__req_topic(c, NULL, op, topic, sizeof(topic));
+    if (rc != NU_OK)
+        return rc;
+    /* A request lost in a cloud crash is sent again after PG_FIRST_TIMEOUT_MS,
+     * not after the full timeout; the timeout doubles from there, so a slow
+     * but alive cloud is not flooded. */
+    uint32_t tmo = c->timeout_ms;
+    if (attempt < 8 && (PG_FIRST_TIMEOUT_MS << attempt) < tmo)
+        tmo = PG_FIRST_TIMEOUT_MS << attempt;
+    return pg_tp_request(c->hal, topic, req, len, tmo, resp, cap, out_len);
+}
+
+int pg__cloud_transient(int rc)
+{
+    switch (rc) {
+    case NU_ERR_TIMEOUT:
+    case NU_ERR_CONNECTION:
+    case NU_ERR_MQTT:
+    case NU_ERR_BUSY:
+    case NU_ERR_IO:
+    case NU_ERR_DB:
+    case NU_ERR_HSM:
+    case NU_ERR_NOMEM:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int pg__hold_wait(struct pg_core *c, uint32_t *delay)
+{
+    uint32_t cap = c->retry_delay_ms * 32u < PG_HOLD_CAP_MS ? c->retry_delay_ms * 32u
+                                                            : PG_HOLD_CAP_MS;
+    uint32_t d = *delay < cap ? *delay : cap;
+    uint16_t r = 0;
+    /* Jitter: programmers that lost the cloud together do not come back together. */
+    if (pg_rng_fill(c->hal, &r, sizeof(r)) != NU_OK)
+        r = 0;
+    uint32_t wait = d / 2u + (uint32_t)r % (d / 2u + 1u);
+    *delay = d * 2u < cap ? d * 2u : cap;
+    while (wait) {
+        if (atomic_load(&c->stop) != PG_STOP_NONE)
+            return NU_ERR_STATE;
+        if (pg_now_ms(c->hal) >= c->job.expires_at_ms) {
+            pg_core_stop(c, PG_STOP_JOB);
+            return NU_ERR_EXPIRED;
+        }
+        uint32_t step = wait < 100u ? wait : 100u;
+        pg_sleep_ms(c->hal, step);
+        wait -= step;
+    }
+    return atomic_load(&c->stop) != PG_STOP_NONE ? NU_ERR_STATE : NU_OK;
 }
 
 int pg__publish_event(struct pg_core *c, const char *kind, const uint8_t *env, size_t len)
@@ -209,6 +273,7 @@ int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_co
     c->fw_version = cfg->firmware_version;
     /* Sequences keep growing across restarts (same rule as nu_envelope). */
     c->seq_base = pg_now_ms(hal) * 1000u;
+    atomic_store(&c->journal_pending, 1);
     int rc = pg__pins_load(c);
     if (rc != NU_OK)
         return rc;
@@ -275,7 +340,10 @@ int pg_core_status_encode(struct pg_core *c, enum pg_prog_state state, uint8_t *
         socks[i].socket = i;
         socks[i].done = atomic_load(&c->sock[i].done);
         socks[i].failed = atomic_load(&c->sock[i].failed);
-        socks[i].state = atomic_load(&c->sock[i].busy) ? "busy" : "idle";
+        int ph = atomic_load(&c->sock[i].busy);
+        socks[i].state = ph == PG_SOCK_WAIT_CLOUD ? "waiting-cloud"
+                         : ph == PG_SOCK_BUSY     ? "busy"
+                                                  : "idle";
     }
     uint32_t counter = 0;
     if (c->job.loaded && pg_ks_counter_read(c->hal, c->job.job_id, &counter) != NU_OK)
@@ -321,6 +389,12 @@ int pg_core_status_publish(struct pg_core *c, enum pg_prog_state state)
 {
     atomic_store(&c->last_status_ms, (unsigned)pg_mono_ms(c->hal));
     return core__status_send(c, state, c->ctl_buf, sizeof(c->ctl_buf));
+}
+
+void pg__status_now(struct pg_core *c, uint8_t *buf, size_t cap)
+{
+    atomic_store(&c->last_status_ms, (unsigned)pg_mono_ms(c->hal));
+    core__status_send(c, 0, buf, cap);
 }
 
 void pg__status_maybe(struct pg_core *c, uint8_t *buf, size_t cap)

@@ -53,6 +53,9 @@
 #define PG_SOCK_RESP_MAX 2048 /* CSR scratch, then the answer (device cert <= ~1.8 KiB) */
 #define PG_COPY_MAX 1024      /* bytes per target flash write */
 #define PG_PACKAGE_FORMAT 1u  /* PackageSummary.format this core reads */
+#define PG_HELD_MAX PG_MAX_SOCKETS /* chips kept with their unit across a stop */
+#define PG_HOLD_CAP_MS 4000u       /* longest pause between two tries while holding */
+#define PG_FIRST_TIMEOUT_MS 2500u  /* first try's timeout of a repeatable request */
 
 /* Why production stopped (pg_core_production_end). */
 enum pg_stop {
@@ -70,7 +73,8 @@ struct pg_config {
     unsigned n_sockets;           /* 1..PG_MAX_SOCKETS */
     uint32_t request_timeout_ms;  /* 0: 10000 */
     unsigned retries;             /* transient request failures retried; 0: 3 */
-    uint32_t retry_delay_ms;      /* first backoff delay, doubles; 0: 200 */
+    uint32_t retry_delay_ms;      /* first backoff delay, doubles (+ jitter) up to
+                                     min(PG_HOLD_CAP_MS, 32 x this); 0: 200 */
     const char *firmware_version; /* programmer firmware version for status, may be NULL */
 };
 
@@ -79,6 +83,10 @@ struct pg_result {
     uint8_t uid[PG_UID_MAX];
     size_t uid_len;
     int provisioned;  /* 1: LOCKED with a verified certificate, attested */
+    int resumed;      /* the chip was left half done by an earlier run */
+    int already_done; /* LOCKED with a valid certificate when inserted: no unit used */
+    int held;         /* production stopped while the cloud was away: the chip
+                         stays in the socket with its unit, for the next run */
     int error;        /* NU_ERR_* when failed */
     const char *step; /* static: where it failed */
     char serial[41];
@@ -127,10 +135,28 @@ struct pg_enroll_work {
     struct pg_attestation att;
 };
 
+/* What a socket is doing (status "state" words: idle, busy, waiting-cloud). */
+enum pg_sock_phase { PG_SOCK_IDLE = 0, PG_SOCK_BUSY = 1, PG_SOCK_WAIT_CLOUD = 2 };
+
 struct pg_sock_state {
     atomic_uint done;
     atomic_uint failed;
-    atomic_int busy;
+    atomic_int busy;        /* enum pg_sock_phase */
+    atomic_int journal_due; /* its journal slot may hold a report of an earlier run */
+};
+
+/* Production units taken from the KeyStore counter but not spent on a
+ * certificate request: `spare` ones (the chip failed before asking the cloud)
+ * go to the next chip; `held` ones belong to the chip of that UID, stopped
+ * while the cloud was away. Kept in the KeyStore between runs (blob
+ * "units.<job>"), taken out of it at production start: a crash loses them
+ * (wastes units), never lets one be used twice. Guarded by `lock`. */
+struct pg_units {
+    atomic_flag lock;
+    uint32_t spare;
+    unsigned n_held;
+    uint8_t held_len[PG_HELD_MAX];
+    uint8_t held_uid[PG_HELD_MAX][PG_UID_MAX];
 };
 
 struct pg_core {
@@ -156,6 +182,10 @@ struct pg_core {
     int fw_ready; /* verified image of job in PG_FLASH_IMAGE */
 
     struct pg_sock_state sock[PG_MAX_SOCKETS];
+    struct pg_units units;
+    atomic_uint holds;        /* cloud answers waited out (transient), this run */
+    atomic_uint reports_sent; /* device reports the cloud confirmed, this run */
+    atomic_int journal_pending; /* the flash journal may hold unconfirmed reports */
 
     /* Station commands, filled by pg_core_on_message (any thread), taken by
      * pg_core_poll (control thread). */
@@ -290,6 +320,20 @@ enum pg_stop pg_core_production_end(struct pg_core *c);
 
 /* Production counts so far (all sockets). */
 void pg_core_counts(const struct pg_core *c, uint32_t *out_done, uint32_t *out_failed);
+
+/* Units taken from the KeyStore counter and not spent (spare, or held by a
+ * chip left in its socket): the next run uses them. */
+uint32_t pg_core_units_kept(const struct pg_core *c);
+
+/*
+ * Control thread, while not producing: send the device reports an earlier
+ * run left unconfirmed in the flash journal (one try each; a report the
+ * cloud acknowledges or refuses for good leaves the journal). Cheap when
+ * nothing is pending: call it from the idle loop.
+ * Returns NU_OK (nothing left), TIMEOUT (the cloud did not answer: call
+ * again later), BUSY (production runs: the sockets send their own).
+ */
+int pg_core_journal_flush(struct pg_core *c);
 
 /* Subscribe to nusec/v1/prog/{id}/cmd (station commands). */
 int pg_core_subscribe(struct pg_core *c);

@@ -18,6 +18,7 @@
 #define PG_BLOB_PIN_PACKAGE "pin.package"
 #define PG_BLOB_PIN_ROTPK "pin.rotpk"
 #define PG_BLOB_JOB_PREFIX "job."
+#define PG_BLOB_UNITS_PREFIX "units."
 
 #define PG_TOPIC_MAX 160
 
@@ -46,6 +47,24 @@ int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_
  * transient failures (TIMEOUT, CONNECTION, NOT_FOUND, MQTT) with backoff. */
 int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
                 size_t len, uint8_t *resp, size_t cap, size_t *out_len);
+
+/* One try of a request that may be repeated with the same bytes (same
+ * idempotency key): timeout PG_FIRST_TIMEOUT_MS doubling per `attempt`, up
+ * to the configured timeout. */
+int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_t len,
+                    unsigned attempt, uint8_t *resp, size_t cap, size_t *out_len);
+
+/* 1 when a cloud's answer (or a transport error) may change if asked again:
+ * the cloud or its bus is in trouble, nothing was decided. */
+int pg__cloud_transient(int rc);
+
+/* The pause before the next try while holding a chip: *delay with jitter
+ * (half to all of it), then *delay doubles up to the cap. Wakes early and
+ * answers STATE when production is stopped, EXPIRED when the job expires. */
+int pg__hold_wait(struct pg_core *c, uint32_t *delay);
+
+/* Publish the status now (a socket starts waiting for the cloud). */
+void pg__status_now(struct pg_core *c, uint8_t *buf, size_t cap);
 
 /* Publish an envelope on nusec/v1/events/programmer/{id}/{kind}, QoS 1. */
 int pg__publish_event(struct pg_core *c, const char *kind, const uint8_t *env, size_t len);

@@ -1,10 +1,12 @@
 /* pg_produce: one chip in one socket, from blank to locked (ARCHITECTURE.md "Production flow"). */
 #include "pg_int.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define PROD__CERT_DOMAIN "nusec/v1 cert"
 #define PROD__ATTEST_DOMAIN "nusec/v1 attest"
+#define PROD__REPORT_DOMAIN "nusec/v1 report"
 #define PROD__IDEM_LEN 16
 /* Link commands that fail with TARGET are tried this many times in all: a
  * flaky contact is retried, a dead chip fails the device. Every command is
@@ -24,7 +26,11 @@ struct prod__dev {
     unsigned s;
     struct pg_sock_work *w;
     struct pg_result *r;
-    uint32_t counter;
+    int unit;        /* a production unit is reserved for this chip */
+    int sent;        /* cert.request left: the unit is spent */
+    int untouched;   /* no unit could be reserved: the chip was not written */
+    int interrupted; /* production stopped while the cloud was away */
+    int once;        /* one try only (control thread: never hold) */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -51,7 +57,200 @@ static void prod__cloud_verdict(struct pg_core *c, int rc)
         pg_core_stop(c, PG_STOP_JOB);
 }
 
-static int prod__identify(struct prod__dev *d)
+/* ---- production units ---------------------------------------------------------- */
+
+static void prod__lock(struct pg_core *c)
+{
+    while (atomic_flag_test_and_set_explicit(&c->units.lock, memory_order_acquire)) {
+    }
+}
+
+static void prod__unlock(struct pg_core *c)
+{
+    atomic_flag_clear_explicit(&c->units.lock, memory_order_release);
+}
+
+/* The chip's own held unit, else a spare one, else a new one from the
+ * KeyStore counter (LIMIT when none is left). */
+static int prod__unit_take(struct prod__dev *d)
+{
+    struct pg_core *c = d->c;
+    struct pg_units *u = &c->units;
+    int own = 0, spare = 0;
+    prod__lock(c);
+    for (unsigned i = 0; i < u->n_held && !own; i++) {
+        if (u->held_len[i] == d->w->uid_len && !memcmp(u->held_uid[i], d->w->uid, d->w->uid_len)) {
+            own = 1;
+            u->n_held--;
+            u->held_len[i] = u->held_len[u->n_held];
+            memcpy(u->held_uid[i], u->held_uid[u->n_held], PG_UID_MAX);
+        }
+    }
+    if (!own && u->spare) {
+        u->spare--;
+        spare = 1;
+    }
+    prod__unlock(c);
+    uint32_t counter = 0;
+    int rc = own || spare ? NU_OK : pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &counter);
+    d->unit = rc == NU_OK;
+    return rc;
+}
+
+/* A unit no certificate request used goes to the next chip. */
+static void prod__unit_spare(struct pg_core *c)
+{
+    prod__lock(c);
+    c->units.spare++;
+    prod__unlock(c);
+}
+
+/* The chip stays in its socket with its unit until a later run. */
+static void prod__unit_hold(struct prod__dev *d)
+{
+    struct pg_core *c = d->c;
+    struct pg_units *u = &c->units;
+    int kept = 0;
+    prod__lock(c);
+    if (u->n_held < PG_HELD_MAX) {
+        u->held_len[u->n_held] = (uint8_t)d->w->uid_len;
+        memcpy(u->held_uid[u->n_held++], d->w->uid, d->w->uid_len);
+        kept = 1;
+    }
+    prod__unlock(c);
+    if (!kept)
+        pg__log(c, PG_LOG_WARN, "socket %u: no room to keep the unit of %s: one unit wasted",
+                d->s, d->w->uid_hex);
+}
+
+uint32_t pg_core_units_kept(const struct pg_core *c)
+{
+    struct pg_core *m = (struct pg_core *)c; /* the lock only */
+    prod__lock(m);
+    uint32_t n = c->units.spare + c->units.n_held;
+    prod__unlock(m);
+    return n;
+}
+
+/* Blob "units.<job>": spare (be32) || n || n x (len || uid). */
+static int prod__units_name(const struct pg_core *c, char *name, size_t cap)
+{
+    int n = snprintf(name, cap, "%s%s", PG_BLOB_UNITS_PREFIX, c->job.job_id);
+    return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+}
+
+/* Take the units an earlier run kept out of the KeyStore into RAM (the blob
+ * is deleted first: a crash from here on wastes them, never reuses them). */
+static int prod__units_load(struct pg_core *c)
+{
+    uint8_t b[5 + PG_HELD_MAX * (1 + PG_UID_MAX)];
+    char name[PG_ID_MAX + 16];
+    size_t len = 0;
+    struct pg_units *u = &c->units;
+    u->spare = 0;
+    u->n_held = 0;
+    int rc = prod__units_name(c, name, sizeof(name));
+    if (rc == NU_OK)
+        rc = pg_ks_blob_get(c->hal, name, b, sizeof(b), &len);
+    if (rc == NU_ERR_NOT_FOUND)
+        return NU_OK;
+    if (rc == NU_OK)
+        rc = pg_ks_blob_put(c->hal, name, NULL, 0);
+    if (rc != NU_OK || len < 5)
+        return rc;
+    u->spare = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+    for (size_t off = 5, i = 0; i < b[4] && off < len && u->n_held < PG_HELD_MAX; i++) {
+        size_t n = b[off];
+        if (n == 0 || n > PG_UID_MAX || off + 1 + n > len)
+            break;
+        u->held_len[u->n_held] = (uint8_t)n;
+        memcpy(u->held_uid[u->n_held++], b + off + 1, n);
+        off += 1 + n;
+    }
+    pg__log(c, PG_LOG_INFO, "job %s: %u spare unit(s) and %u held chip(s) from the last run",
+            c->job.job_id, (unsigned)u->spare, u->n_held);
+    return NU_OK;
+}
+
+static void prod__units_save(struct pg_core *c)
+{
+    uint8_t b[5 + PG_HELD_MAX * (1 + PG_UID_MAX)];
+    char name[PG_ID_MAX + 16];
+    struct pg_units *u = &c->units;
+    if (!u->spare && !u->n_held)
+        return;
+    size_t len = 5;
+    pg__be32(b, u->spare);
+    b[4] = (uint8_t)u->n_held;
+    for (unsigned i = 0; i < u->n_held; i++) {
+        b[len] = u->held_len[i];
+        memcpy(b + len + 1, u->held_uid[i], u->held_len[i]);
+        len += 1u + u->held_len[i];
+    }
+    int rc = prod__units_name(c, name, sizeof(name));
+    if (rc == NU_OK)
+        rc = pg_ks_blob_put(c->hal, name, b, len);
+    if (rc != NU_OK)
+        pg__log(c, PG_LOG_ERROR, "job %s: %u unused unit(s) not kept: %s", c->job.job_id,
+                (unsigned)(u->spare + u->n_held), nu_err_name(rc));
+}
+
+/* ---- talking to the cloud ----------------------------------------------------------- */
+
+typedef int (*prod__verdict_fn)(struct prod__dev *d, size_t resp_len);
+
+/*
+ * Send w->req[len] as `op` until the cloud answers for good. Transport
+ * trouble and the cloud's own trouble (pg__cloud_transient) hold the chip
+ * in its socket: the same bytes (same idempotency key) go again after a
+ * backoff with jitter, for as long as it takes. Only a stop of production
+ * or the job's expiry ends the wait (d->interrupted). `verdict` turns an
+ * answer into NU_OK or the cloud's error code.
+ */
+static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod__verdict_fn verdict,
+                          size_t *out_len)
+{
+    struct pg_core *c = d->c;
+    struct pg_sock_work *w = d->w;
+    uint32_t delay = c->retry_delay_ms;
+    for (unsigned k = 0;; k++) {
+        int rc = pg__request_try(c, op, w->req, len, k, w->resp, sizeof(w->resp), out_len);
+        int transient = pg__transient(rc) || rc == NU_ERR_BUSY;
+        if (rc == NU_OK) {
+            rc = verdict(d, *out_len);
+            transient = pg__cloud_transient(rc);
+        }
+        if (!transient) {
+            if (k)
+                pg__log(c, PG_LOG_INFO, "socket %u: %s answered after %u tries: %s", d->s, op,
+                        k + 1, nu_err_name(rc));
+            atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
+            return rc;
+        }
+        if (d->once) {
+            d->interrupted = 1;
+            return rc;
+        }
+        atomic_fetch_add(&c->holds, 1u);
+        if (k == 0 || k % 16 == 0)
+            pg__log(c, PG_LOG_WARN, "socket %u: %s: %s; chip %s held, waiting for the cloud",
+                    d->s, op, nu_err_name(rc), w->uid_hex);
+        if (k == 0) {
+            atomic_store(&c->sock[d->s].busy, PG_SOCK_WAIT_CLOUD);
+            pg__status_now(c, w->resp, sizeof(w->resp));
+        }
+        int wrc = pg__hold_wait(c, &delay);
+        if (wrc != NU_OK) {
+            d->interrupted = 1;
+            atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
+            return wrc == NU_ERR_EXPIRED ? wrc : rc;
+        }
+    }
+}
+
+/* ---- one chip --------------------------------------------------------------------- */
+
+static int prod__identify(struct prod__dev *d, enum pg_chip_state *out_state)
 {
     struct pg_sock_work *w = d->w;
     const struct pg_hal *h = d->c->hal;
@@ -66,32 +265,73 @@ static int prod__identify(struct prod__dev *d)
     d->r->uid_len = w->uid_len;
     pg__hex(w->uid, w->uid_len, w->uid_hex);
     d->r->step = "blank";
-    PROD__LINK(rc, pg_tgt_blank_check(h, d->s));
-    if (rc != NU_OK)
+    PROD__LINK(rc, pg_tgt_state(h, d->s, out_state));
+    if (rc == NU_ERR_NOT_SUPPORTED) { /* an older link: blank or nothing */
+        *out_state = PG_CHIP_BLANK;
+        PROD__LINK(rc, pg_tgt_blank_check(h, d->s));
+    }
+    if (rc != NU_OK || *out_state == PG_CHIP_BLANK)
         return rc;
-    d->r->step = "otp";
-    PROD__LINK(rc, pg_tgt_otp_rotpk(h, d->s, d->c->job.rotpk_hash));
-    return rc;
+    /* Used already: ours to finish only if its OTP names this job's ROTPK. */
+    uint8_t otp[32];
+    PROD__LINK(rc, pg_tgt_otp_read(h, d->s, otp));
+    if (rc == NU_ERR_TARGET)
+        return rc;
+    if (rc != NU_OK || !pg__ct_eq(otp, d->c->job.rotpk_hash, sizeof(otp)))
+        return NU_ERR_NOT_BLANK;
+    d->r->resumed = 1;
+    return NU_OK;
 }
 
-/* Key pair on chip; the CSR must be for the key the chip says it holds. */
-static int prod__keygen(struct prod__dev *d, size_t *out_csr_len)
+/* The CSR must be for the key the chip says it holds. */
+static int prod__csr_check(struct prod__dev *d, size_t csr_len)
 {
     struct pg_sock_work *w = d->w;
-    const struct pg_hal *h = d->c->hal;
     uint8_t csr_pub[PG_P256_PUB_LEN];
-    d->r->step = "keygen";
-    int rc;
-    PROD__LINK(rc, pg_tgt_keygen_csr(h, d->s, w->uid_hex, w->resp, sizeof(w->resp), out_csr_len));
+    d->r->step = "csr";
+    int rc = pg_csr_check(d->c->hal, w->resp, csr_len, w->uid_hex, csr_pub);
     if (rc != NU_OK)
         return rc;
-    d->r->step = "csr";
-    if ((rc = pg_csr_check(h, w->resp, *out_csr_len, w->uid_hex, csr_pub)) != NU_OK)
-        return rc;
-    PROD__LINK(rc, pg_tgt_read_pubkey(h, d->s, w->pub));
+    PROD__LINK(rc, pg_tgt_read_pubkey(d->c->hal, d->s, w->pub));
     if (rc != NU_OK)
         return rc;
     return pg__ct_eq(csr_pub, w->pub, sizeof(csr_pub)) ? NU_OK : NU_ERR_BAD_CSR;
+}
+
+/* OTP ROTPK hash and the on-chip key (or, on a chip an earlier run keyed, a
+ * fresh CSR for the key it holds: same key, same idempotency key, so the
+ * cloud answers the certificate it may have issued already). */
+static int prod__keygen(struct prod__dev *d, enum pg_chip_state st, size_t *out_csr_len)
+{
+    struct pg_sock_work *w = d->w;
+    const struct pg_hal *h = d->c->hal;
+    int rc = NU_OK;
+    if (st >= PG_CHIP_KEYED) {
+        d->r->step = "csr";
+        PROD__LINK(rc, pg_tgt_csr(h, d->s, w->uid_hex, w->resp, sizeof(w->resp), out_csr_len));
+        return rc == NU_OK ? prod__csr_check(d, *out_csr_len) : rc;
+    }
+    d->r->step = "otp";
+    PROD__LINK(rc, pg_tgt_otp_rotpk(h, d->s, d->c->job.rotpk_hash));
+    if (rc != NU_OK)
+        return rc;
+    d->r->step = "keygen";
+    PROD__LINK(rc, pg_tgt_keygen_csr(h, d->s, w->uid_hex, w->resp, sizeof(w->resp), out_csr_len));
+    return rc == NU_OK ? prod__csr_check(d, *out_csr_len) : rc;
+}
+
+static int prod__cert_verdict(struct prod__dev *d, size_t resp_len)
+{
+    struct pg_msg_env env;
+    struct pg_msg_error err;
+    int rc = pg_msg_reply_decode(d->w->resp, resp_len, PG_BODY_CERT_ISSUED, &env, &err);
+    if (rc == NU_ERR_DECODE && env.body_num == PG_BODY_CERT_REFUSED) {
+        struct pg_msg_cert_refused ref;
+        rc = pg_msg_cert_refused_decode(env.body, &ref);
+        if (rc == NU_OK && (rc = pg_msg_error_decode(ref.error, &err)) == NU_OK)
+            rc = err.code > NU_OK && err.code <= NU_ERR_LIMIT ? (int)err.code : NU_ERR_INTERNAL;
+    }
+    return rc;
 }
 
 static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_resp_len)
@@ -99,20 +339,17 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
     uint8_t idem[32];
-    d->r->step = "counter";
-    /* Count first: a crash after this wastes units (this one, and on the
-     * POSIX port the rest of the KeyStore's reservation), never creates one. */
-    int rc = pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &d->counter);
-    if (rc != NU_OK)
-        return rc;
     d->r->step = "cert.request";
-    rc = pg__sha256(c, PROD__CERT_DOMAIN, strlen(PROD__CERT_DOMAIN), c->job.job_id,
-                    strlen(c->job.job_id), w->uid, w->uid_len, idem);
+    int rc = pg__sha256(c, PROD__CERT_DOMAIN, strlen(PROD__CERT_DOMAIN), c->job.job_id,
+                        strlen(c->job.job_id), w->uid, w->uid_len, idem);
     struct pg_pb_writer wr;
     if (rc == NU_OK)
         rc = pg__env_start(c, &wr, w->req, sizeof(w->req), NULL, idem, PROD__IDEM_LEN);
     if (rc != NU_OK)
         return rc;
+    uint32_t counter = 0;
+    if (pg_ks_counter_read(c->hal, c->job.job_id, &counter) != NU_OK)
+        counter = 0;
     struct pg_msg_cert_req_out req = {
         .job_id = c->job.job_id,
         .uid = w->uid,
@@ -120,14 +357,61 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
         .csr = w->resp,
         .csr_len = csr_len,
         .socket = d->s,
-        .counter = d->counter,
+        .counter = counter,
     };
     pg_msg_put_cert_req(&wr, &req);
     if (wr.err)
         return wr.err;
-    /* Same bytes on every retry: same idempotency key, same counter. */
-    return pg__request(c, NULL, "cert.request", w->req, wr.len, w->resp, sizeof(w->resp),
-                       out_resp_len);
+    /* From here the unit is spent, whatever happens: the cloud may issue. */
+    d->sent = 1;
+    rc = prod__exchange(d, "cert.request", wr.len, prod__cert_verdict, out_resp_len);
+    if (rc != NU_OK && !d->interrupted)
+        prod__cloud_verdict(c, rc);
+    /* A paused job comes back: the chip waits in its socket, like a stop. */
+    if (rc == NU_ERR_JOB_NOT_ACTIVE)
+        d->interrupted = 1;
+    return rc;
+}
+
+/* Certificate (in w->resp[len], checked by prod__cert_verdict) against the
+ * package's chain and the chip's key. */
+static int prod__cert_facts(struct prod__dev *d, const uint8_t *der, size_t len)
+{
+    struct pg_core *c = d->c;
+    int rc = pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
+    if (rc != NU_OK)
+        return rc;
+    if (!pg__ct_eq(d->facts.pub, d->w->pub, sizeof(d->w->pub)))
+        return NU_ERR_BAD_CERT; /* a certificate for another key */
+    d->cert = der;
+    d->cert_len = len;
+    memcpy(d->r->serial, d->facts.serial_hex, sizeof(d->r->serial));
+    d->r->serial[sizeof(d->r->serial) - 1] = '\0';
+    return NU_OK;
+}
+
+/* A locked chip is done if it holds a valid certificate of this job's CA for
+ * its own key and UID: recognised, not counted again, never written. */
+static int prod__already_done(struct prod__dev *d)
+{
+    struct pg_sock_work *w = d->w;
+    const struct pg_hal *h = d->c->hal;
+    size_t len = 0;
+    int rc;
+    d->r->step = "done-check";
+    PROD__LINK(rc, pg_tgt_read_pubkey(h, d->s, w->pub));
+    if (rc == NU_OK)
+        PROD__LINK(rc, pg_tgt_read_cert(h, d->s, w->resp, sizeof(w->resp), &len));
+    if (rc == NU_OK)
+        rc = prod__cert_facts(d, w->resp, len);
+    if (rc == NU_OK && strcmp(d->facts.cn, w->uid_hex) != 0)
+        rc = NU_ERR_BAD_CERT;
+    if (rc == NU_ERR_TARGET)
+        return rc;
+    if (rc != NU_OK)
+        return NU_ERR_NOT_BLANK;
+    d->r->already_done = 1;
+    return NU_OK;
 }
 
 static int prod__check_cert(struct prod__dev *d, size_t resp_len)
@@ -135,36 +419,17 @@ static int prod__check_cert(struct prod__dev *d, size_t resp_len)
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
     struct pg_msg_env env;
-    struct pg_msg_error err;
-    int rc = pg_msg_reply_decode(w->resp, resp_len, PG_BODY_CERT_ISSUED, &env, &err);
-    if (rc == NU_ERR_DECODE && env.body_num == PG_BODY_CERT_REFUSED) {
-        struct pg_msg_cert_refused ref;
-        rc = pg_msg_cert_refused_decode(env.body, &ref);
-        if (rc == NU_OK && (rc = pg_msg_error_decode(ref.error, &err)) == NU_OK)
-            rc = err.code > NU_OK && err.code <= NU_ERR_LIMIT ? (int)err.code : NU_ERR_INTERNAL;
-    }
-    if (rc != NU_OK) {
-        prod__cloud_verdict(c, rc);
-        return rc;
-    }
     d->r->step = "cert";
+    int rc = pg_msg_reply_decode(w->resp, resp_len, PG_BODY_CERT_ISSUED, &env, NULL);
     struct pg_msg_cert_issued ci;
-    if ((rc = pg_msg_cert_issued_decode(env.body, &ci)) != NU_OK)
+    if (rc == NU_OK)
+        rc = pg_msg_cert_issued_decode(env.body, &ci);
+    if (rc != NU_OK)
         return rc;
     if (!pg_msg_eq(ci.job_id, c->job.job_id) || ci.device_uid.len != w->uid_len ||
         memcmp(ci.device_uid.p, w->uid, w->uid_len) != 0 || ci.certificate.len == 0)
         return NU_ERR_BAD_CERT;
-    rc = pg_cert_check(c->hal, ci.certificate.p, ci.certificate.len, c->job.chain_der,
-                       c->job.n_chain, &d->facts);
-    if (rc != NU_OK)
-        return rc;
-    if (!pg__ct_eq(d->facts.pub, w->pub, sizeof(w->pub)))
-        return NU_ERR_BAD_CERT; /* a certificate for another key */
-    d->cert = ci.certificate.p;
-    d->cert_len = ci.certificate.len;
-    memcpy(d->r->serial, d->facts.serial_hex, sizeof(d->r->serial));
-    d->r->serial[sizeof(d->r->serial) - 1] = '\0';
-    return NU_OK;
+    return prod__cert_facts(d, ci.certificate.p, ci.certificate.len);
 }
 
 /* Firmware from the cache, hashed on the way: what the target gets is what
@@ -234,13 +499,24 @@ static int prod__boot_attest(struct prod__dev *d)
 static int prod__device(struct prod__dev *d)
 {
     size_t csr_len = 0, resp_len = 0;
-    int rc = prod__identify(d);
+    enum pg_chip_state st = PG_CHIP_BLANK;
+    int rc = prod__identify(d, &st);
+    if (rc != NU_OK)
+        return rc;
+    if (st == PG_CHIP_LOCKED)
+        return prod__already_done(d);
+    /* A unit before anything is written to the chip: at the end of the job
+     * the chip goes back untouched, still blank. */
+    d->r->step = "counter";
+    rc = prod__unit_take(d);
+    if (rc == NU_ERR_LIMIT) {
+        pg_core_stop(d->c, PG_STOP_LIMIT);
+        d->untouched = 1;
+    }
     if (rc == NU_OK)
-        rc = prod__keygen(d, &csr_len);
+        rc = prod__keygen(d, st, &csr_len);
     if (rc == NU_OK)
         rc = prod__request_cert(d, csr_len, &resp_len);
-    if (rc == NU_ERR_LIMIT)
-        pg_core_stop(d->c, PG_STOP_LIMIT);
     if (rc == NU_OK)
         rc = prod__check_cert(d, resp_len);
     if (rc == NU_OK)
@@ -250,30 +526,191 @@ static int prod__device(struct prod__dev *d)
     return rc;
 }
 
+/* ---- device reports ----------------------------------------------------------------- */
+
+static int prod__ack_verdict(struct prod__dev *d, size_t resp_len)
+{
+    struct pg_msg_env env;
+    return pg_msg_reply_decode(d->w->resp, resp_len, PG_BODY_ACK, &env, NULL);
+}
+
+/* Journal slot of socket s: "NRJ1" || len (be16) || report envelope. */
+static int prod__journal_put(struct pg_core *c, unsigned s, const uint8_t *env, size_t len)
+{
+    uint8_t hdr[6] = {'N', 'R', 'J', '1', (uint8_t)(len >> 8), (uint8_t)len};
+    if (len > PG_JOURNAL_SLOT - sizeof(hdr))
+        return NU_ERR_TOO_LARGE;
+    int rc = pg_flash_write(c->hal, PG_FLASH_JOURNAL, s * PG_JOURNAL_SLOT + 6u, env, len);
+    /* The header last: a slot is valid only once its bytes are in. */
+    return rc == NU_OK ? pg_flash_write(c->hal, PG_FLASH_JOURNAL, s * PG_JOURNAL_SLOT, hdr, 6)
+                       : rc;
+}
+
+static int prod__journal_clear(struct pg_core *c, unsigned s)
+{
+    static const uint8_t none[6] = {0};
+    return pg_flash_write(c->hal, PG_FLASH_JOURNAL, s * PG_JOURNAL_SLOT, none, sizeof(none));
+}
+
+/* The report in w->req[len] to the cloud, until it is recorded (or refused
+ * for good: a report the cloud cannot use is not kept forever). */
+static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
+{
+    struct pg_core *c = d->c;
+    size_t resp_len = 0;
+    int rc = prod__exchange(d, "device.report", len, prod__ack_verdict, &resp_len);
+    if (d->interrupted) {
+        atomic_store(&c->journal_pending, 1); /* the idle loop sends it */
+        return rc;                            /* stays in the journal */
+    }
+    if (rc == NU_OK)
+        atomic_fetch_add(&c->reports_sent, 1u);
+    else
+        pg__log(c, PG_LOG_WARN, "socket %u: report of %s refused: %s", d->s, d->w->uid_hex,
+                nu_err_name(rc));
+    int crc = prod__journal_clear(c, slot);
+    if (crc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "journal slot %u not cleared: %s", slot, nu_err_name(crc));
+    return rc;
+}
+
+/* A report an earlier run left unconfirmed in journal slot `slot`. Returns
+ * 1 when it is still there (the cloud did not answer). */
+static int prod__journal_replay(struct prod__dev *d, unsigned slot)
+{
+    struct pg_core *c = d->c;
+    uint8_t hdr[6];
+    int rc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT, hdr, sizeof(hdr));
+    if (rc != NU_OK || memcmp(hdr, "NRJ1", 4) != 0)
+        return 0;
+    size_t len = (size_t)hdr[4] << 8 | hdr[5];
+    if (len == 0 || len > PG_JOURNAL_SLOT - 6u || len > sizeof(d->w->req))
+        rc = NU_ERR_DECODE;
+    else
+        rc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT + 6u, d->w->req, len);
+    if (rc != NU_OK) {
+        pg__log(c, PG_LOG_WARN, "journal slot %u unreadable: %s", slot, nu_err_name(rc));
+        prod__journal_clear(c, slot);
+        return 0;
+    }
+    snprintf(d->w->uid_hex, sizeof(d->w->uid_hex), "(journal %u)", slot);
+    pg__log(c, PG_LOG_INFO, "socket %u: report of an earlier run sent again", d->s);
+    d->interrupted = 0;
+    prod__report_confirm(d, slot, len);
+    return d->interrupted;
+}
+
+int pg_core_journal_flush(struct pg_core *c)
+{
+    if (atomic_load(&c->producing))
+        return NU_ERR_BUSY;
+    if (!atomic_load(&c->journal_pending))
+        return NU_OK;
+    struct pg_result scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    /* Not producing, not downloading (control thread): socket 0's buffers are free. */
+    struct prod__dev d = {.c = c, .s = 0, .w = &c->work.sock[0], .r = &scratch, .once = 1};
+    int left = 0;
+    for (unsigned slot = 0; slot < PG_MAX_SOCKETS; slot++)
+        left += prod__journal_replay(&d, slot);
+    pg__zero(d.w, sizeof(*d.w));
+    atomic_store(&c->journal_pending, left != 0);
+    return left ? NU_ERR_TIMEOUT : NU_OK;
+}
+
+/*
+ * device.provisioned / device.failed: an event for monitors and the station,
+ * and, for a chip the cloud was asked about, a confirmed report: kept in the
+ * journal (flash) until the cloud answers that it recorded it. The report's
+ * idempotency key is SHA-256("nusec/v1 report" || job || UID || outcome)[:16]:
+ * the cloud records it once however often it comes.
+ */
 static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 {
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
     const char *kind = rc == NU_OK ? "device.provisioned" : "device.failed";
+    uint8_t idem[32], outcome = rc == NU_OK ? PG_OUTCOME_PROVISIONED : PG_OUTCOME_FAILED;
     struct pg_msg_report_out rep = {
         .job_id = c->job.job_id,
         .uid = d->r->uid,
         .uid_len = d->r->uid_len,
         .socket = d->s,
-        .outcome = rc == NU_OK ? PG_OUTCOME_PROVISIONED : PG_OUTCOME_FAILED,
+        .outcome = outcome,
         .serial = d->r->serial[0] ? d->r->serial : NULL,
         .error = rc,
         .detail = rc == NU_OK ? NULL : d->r->step,
         .duration_ms = duration_ms,
     };
     struct pg_pb_writer wr;
-    int prc = pg__env_start(c, &wr, w->req, sizeof(w->req), NULL, NULL, 0);
+    int prc = pg__sha256(c, PROD__REPORT_DOMAIN, strlen(PROD__REPORT_DOMAIN), c->job.job_id,
+                         strlen(c->job.job_id) + 1u, NULL, 0, idem);
+    if (prc == NU_OK)
+        prc = pg__sha256(c, idem, 32, d->r->uid, d->r->uid_len, &outcome, 1, idem);
+    if (prc == NU_OK)
+        prc = pg__env_start(c, &wr, w->req, sizeof(w->req), NULL, idem, PROD__IDEM_LEN);
     if (prc == NU_OK) {
         pg_msg_put_device_event(&wr, kind, &rep);
-        prc = wr.err ? wr.err : pg__publish_event(c, kind, w->req, wr.len);
+        prc = wr.err;
     }
+    int confirm = prc == NU_OK && (d->sent || d->r->already_done);
+    if (confirm && (prc = prod__journal_put(c, d->s, w->req, wr.len)) != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(prc));
+    if (prc == NU_OK && !d->r->already_done)
+        prc = pg__publish_event(c, kind, w->req, wr.len);
     if (prc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: %s event not sent: %s", d->s, kind, nu_err_name(prc));
+    if (confirm)
+        prod__report_confirm(d, d->s, wr.len);
+}
+
+/* What a worker does after its chip (good, bad, or held). */
+static void prod__finish(struct prod__dev *d, int rc, uint64_t t0)
+{
+    struct pg_core *c = d->c;
+    unsigned sock = d->s;
+    struct pg_result *out = d->r;
+    if (d->unit && !d->sent)
+        prod__unit_spare(c); /* no request left: the unit was not used */
+    if (d->interrupted && d->sent && rc != NU_ERR_EXPIRED) {
+        /* Stopped while the cloud was away: the chip stays in the socket
+         * with its unit; the next run finishes it (same key, same request). */
+        prod__unit_hold(d);
+        out->held = 1;
+        pg__log(c, PG_LOG_INFO, "socket %u: chip %s kept in the socket for the next run", sock,
+                d->w->uid_hex);
+        return;
+    }
+    out->provisioned = rc == NU_OK;
+    out->error = rc;
+    if (rc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: device failed at %s: %s", sock, out->step,
+                nu_err_name(rc));
+    else if (out->already_done)
+        pg__log(c, PG_LOG_INFO, "socket %u: chip %s was provisioned already", sock,
+                d->w->uid_hex);
+    d->interrupted = 0;
+    prod__report(d, rc, (uint32_t)(pg_mono_ms(c->hal) - t0));
+    int rrc = pg_tgt_remove(c->hal, sock);
+    if (rrc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: remove: %s", sock, nu_err_name(rrc));
+    if (!out->already_done)
+        atomic_fetch_add(rc == NU_OK ? &c->sock[sock].done : &c->sock[sock].failed, 1u);
+}
+
+/* Reports an earlier run left in the journal: socket s's slot, and socket
+ * 0 also takes the slots of sockets this run does not have. */
+static void prod__journal_due(struct pg_core *c, unsigned sock)
+{
+    if (!atomic_exchange(&c->sock[sock].journal_due, 0))
+        return;
+    struct pg_result scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    struct prod__dev d = {.c = c, .s = sock, .w = &c->work.sock[sock], .r = &scratch};
+    prod__journal_replay(&d, sock);
+    for (unsigned slot = c->n_sockets; sock == 0 && slot < PG_MAX_SOCKETS; slot++)
+        prod__journal_replay(&d, slot);
+    pg__zero(d.w, sizeof(*d.w));
 }
 
 int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
@@ -283,12 +720,16 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     memset(out, 0, sizeof(*out));
     if (!atomic_load(&c->producing))
         return NU_ERR_STATE;
+    prod__journal_due(c, sock);
     int stop = atomic_load(&c->stop);
     if (stop != PG_STOP_NONE)
         return prod__stop_code(stop);
     uint32_t counter = 0;
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
-    if (rc != NU_OK || counter >= c->job.limit) {
+    prod__lock(c);
+    int kept = c->units.spare || c->units.n_held;
+    prod__unlock(c);
+    if (rc != NU_OK || (counter >= c->job.limit && !kept)) {
         pg_core_stop(c, rc == NU_OK ? PG_STOP_LIMIT : PG_STOP_ERROR);
         return rc == NU_OK ? NU_ERR_LIMIT : rc;
     }
@@ -300,23 +741,21 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
         return rc; /* NOT_FOUND: tray empty */
 
     struct prod__dev d = {.c = c, .s = sock, .w = &c->work.sock[sock], .r = out};
-    atomic_store(&c->sock[sock].busy, 1);
+    atomic_store(&c->sock[sock].busy, PG_SOCK_BUSY);
     uint64_t t0 = pg_mono_ms(c->hal);
     rc = prod__device(&d);
-    out->provisioned = rc == NU_OK;
-    out->error = rc;
-    if (rc != NU_OK)
-        pg__log(c, PG_LOG_WARN, "socket %u: device failed at %s: %s", sock, out->step,
-                nu_err_name(rc));
-    prod__report(&d, rc, (uint32_t)(pg_mono_ms(c->hal) - t0));
-    int rrc = pg_tgt_remove(c->hal, sock);
-    if (rrc != NU_OK)
-        pg__log(c, PG_LOG_WARN, "socket %u: remove: %s", sock, nu_err_name(rrc));
-    atomic_fetch_add(rc == NU_OK ? &c->sock[sock].done : &c->sock[sock].failed, 1u);
-    atomic_store(&c->sock[sock].busy, 0);
+    if (d.untouched) {
+        /* Nothing left to produce with: the chip goes back as it came. */
+        pg_tgt_remove(c->hal, sock);
+        atomic_store(&c->sock[sock].busy, PG_SOCK_IDLE);
+        pg__zero(d.w, sizeof(*d.w));
+        return NU_ERR_LIMIT;
+    }
+    prod__finish(&d, rc, t0);
+    atomic_store(&c->sock[sock].busy, PG_SOCK_IDLE);
     pg__zero(d.w, sizeof(*d.w));
     pg__status_maybe(c, d.w->req, sizeof(d.w->req));
-    return NU_OK;
+    return out->held ? NU_ERR_STATE : NU_OK;
 }
 
 int pg_core_production_begin(struct pg_core *c)
@@ -331,9 +770,15 @@ int pg_core_production_begin(struct pg_core *c)
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
     if (rc != NU_OK)
         return rc;
-    if (counter >= c->job.limit)
+    if ((rc = prod__units_load(c)) != NU_OK)
+        return rc;
+    if (counter >= c->job.limit && !c->units.spare && !c->units.n_held)
         return NU_ERR_LIMIT;
     atomic_store(&c->stop, PG_STOP_NONE);
+    atomic_store(&c->holds, 0u);
+    atomic_store(&c->reports_sent, 0u);
+    for (unsigned i = 0; i < c->n_sockets; i++)
+        atomic_store(&c->sock[i].journal_due, 1);
     /* The socket buffers now own the union (the download is over). */
     memset(&c->work, 0, sizeof(c->work));
     atomic_store(&c->producing, 1);
@@ -350,7 +795,13 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
         stop = PG_STOP_TRAY_EMPTY;
     uint32_t counter = 0;
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
-    int finished = (rc == NU_OK && counter >= c->job.limit) || stop == PG_STOP_QUOTA;
+    prod__units_save(c);
+    int kept = c->units.spare || c->units.n_held;
+    pg__log(c, PG_LOG_INFO,
+            "production of job %s ends: counter %u of %u, %u unit(s) kept, %u cloud wait(s)",
+            c->job.job_id, (unsigned)counter, (unsigned)c->job.limit,
+            (unsigned)(c->units.spare + c->units.n_held), atomic_load(&c->holds));
+    int finished = (rc == NU_OK && counter >= c->job.limit && !kept) || stop == PG_STOP_QUOTA;
     if (finished && c->job.loaded) {
         struct pg__job_record rec;
         rc = pg__job_record_get(c, c->job.job_id, &rec);

@@ -1012,6 +1012,32 @@ int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
     return rc;
 }
 
+int tsim_read_cert(const struct tsim *t, uint8_t *out_der, size_t cap, size_t *out_len)
+{
+    if (!t || !out_der || !out_len)
+        return NU_ERR_INVALID_ARG;
+    int rc = tsim__link(t);
+    if (rc)
+        return rc;
+    char path[PATH_MAX];
+    uint8_t *pem = NULL, *der = NULL;
+    size_t pem_len = 0, der_len = 0;
+    rc = tsim__file(t, "cert.pem", path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, 4 * TSIM_CERT_MAX, &pem, &pem_len);
+    if (!rc)
+        rc = nu_x509_pem_to_der((char *)pem, pem_len, NU_X509_PEM_CERT, &der, &der_len, NULL);
+    if (!rc && der_len > cap)
+        rc = NU_ERR_TOO_LARGE;
+    if (!rc) {
+        memcpy(out_der, der, der_len);
+        *out_len = der_len;
+    }
+    free(pem);
+    free(der);
+    return rc == NU_ERR_IO && access(path, F_OK) != 0 ? NU_ERR_NOT_FOUND : rc;
+}
+
 /* ------------------------------------------------------------ secure boot */
 
 /* Make image.bin durable (a reset must not boot what a power cut would lose)

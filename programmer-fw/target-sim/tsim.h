@@ -203,6 +203,11 @@ int tsim_flash_write(struct tsim *t, uint32_t offset, const uint8_t *data, size_
 int tsim_write_boot_key(struct tsim *t, const uint8_t pub[65]);
 int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len);
 
+/* The certificate in the chip's certificate slot (DER into out_der[cap]).
+ * Errors: INVALID_ARG, NOT_FOUND (none written), TOO_LARGE (cap), DECODE,
+ * TARGET, IO. */
+int tsim_read_cert(const struct tsim *t, uint8_t *out_der, size_t cap, size_t *out_len);
+
 /* Reset: the chip's secure boot runs. NU_OK and state BOOTED if the image
  * verifies against the OTP hash; NU_ERR_BOOT_FAILED (state BOOT_FAILED)
  * otherwise: no image, no boot key, boot key hash != OTP hash, image

@@ -16,6 +16,7 @@
 #include "nu_mqtt.h"
 #include "nu_paths.h"
 #include "nu_util.h"
+#include "nu_version.h"
 #include "nu_x509.h"
 
 #include <getopt.h>
@@ -44,7 +45,7 @@ static const char usage_text[] =
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
     "                        [--package FILE] [--enroll TOKEN] [--relay oem|station]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
-    "                        [--log-level L] [--help]\n"
+    "                        [--log-level L] [--help] [--version]\n"
     "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR\n"
     "       " PROG " --vendor-ca-init VDIR\n"
     "\n"
@@ -86,6 +87,7 @@ static const char usage_text[] =
     "                        check is enforced only when the manifest exists)\n"
     "  --log-level L         debug, info (default), warn, error\n"
     "  --help                this text\n"
+    "  --version             the version and git revision it was built from\n"
     "\n"
     "Files: DIR/programmers/ID/{huk,keystore.bin} (sealed KeyStore),\n"
     "DIR/programmers/ID/flash/ (firmware cache), DIR/programmers/ID/identity.crt.\n"
@@ -164,6 +166,7 @@ static int app__args(struct app *a, int argc, char **argv)
         {"vendor-ca", required_argument, NULL, 'V'},
         {"vendor-ca-init", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     enum nu_log_level level = NU_LOG_INFO;
@@ -221,6 +224,9 @@ static int app__args(struct app *a, int argc, char **argv)
             break;
         case 'h':
             printf(usage_text, PG_MAX_SOCKETS);
+            exit(0);
+        case 'V':
+            nu_version_print(stdout, PROG);
             exit(0);
         default:
             bad = 1;
@@ -546,12 +552,45 @@ static void *app__worker_main(void *arg)
     return NULL;
 }
 
+/* Trouble on the cloud's side or on the bus: the same download may work later.
+ * Not NOT_FOUND: here it cannot be told from the cloud's "no such job" (the
+ * core already retries "no subscriber" a few times). */
+static int app__transient(int rc)
+{
+    return rc == NU_ERR_TIMEOUT || rc == NU_ERR_CONNECTION || rc == NU_ERR_MQTT ||
+           rc == NU_ERR_BUSY || rc == NU_ERR_IO || rc == NU_ERR_DB || rc == NU_ERR_HSM;
+}
+
+/* The firmware download waits for a cloud in trouble (it resumes where it
+ * stopped) instead of giving up the START; a STOP or a signal ends the wait. */
+static int app__firmware(struct app *a)
+{
+    unsigned delay_ms = 250;
+    for (;;) {
+        int rc = pg_core_firmware_fetch(a->core);
+        if (!app__transient(rc) || app_signalled)
+            return rc;
+        nu_warn("firmware download: %s; waiting for the cloud (%u ms)", nu_err_name(rc),
+                delay_ms);
+        if (delay_ms == 250) /* the station sees the job while we wait */
+            pg_core_status_publish(a->core, PG_PROG_IDLE);
+        for (unsigned waited = 0; waited < delay_ms; waited += 100) {
+            int action = 0;
+            pg_core_poll(a->core, &action);
+            if (action == PG_ACTION_STOP || app_signalled)
+                return rc;
+            usleep(100 * 1000);
+        }
+        delay_ms = delay_ms * 2 < 4000 ? delay_ms * 2 : 4000;
+    }
+}
+
 static int app__produce(struct app *a)
 {
     static const char *const reasons[] = {"none",          "tray empty",      "stopped",
                                           "limit reached", "quota exhausted", "job not active",
                                           "error"};
-    int rc = pg_core_firmware_fetch(a->core);
+    int rc = app__firmware(a);
     if (rc == NU_OK)
         rc = pg_core_production_begin(a->core);
     if (rc != NU_OK) {
@@ -646,6 +685,8 @@ static int app__run(struct app *a)
         rc = tsim_feeder_create(targets, a->devices, &topts, &a->feeder);
     if (rc == NU_OK)
         rc = pp_target_create(a->feeder, a->sockets, &a->target);
+    if (rc == NU_OK) /* chips a crash or a stop left in the sockets are finished first */
+        rc = pp_target_restore(a->target, a->pdir, targets);
     if (rc != NU_OK)
         return rc;
     a->hal.tgt = &pp_target_ops;
@@ -659,11 +700,13 @@ static int app__run(struct app *a)
             rc = app__produce(a);
     } else {
         nu_info("%s waiting for the station on nusec/v1/prog/%s/cmd", a->name, a->name);
-        while (!app_signalled) {
+        for (unsigned tick = 0; !app_signalled; tick++) {
             int action = 0;
             pg_core_poll(a->core, &action);
             if (action == PG_ACTION_START)
                 app__produce(a);
+            else if (tick % 30 == 0) /* reports a crash left unconfirmed, every 3 s */
+                pg_core_journal_flush(a->core);
             usleep(100 * 1000);
         }
         rc = NU_OK;

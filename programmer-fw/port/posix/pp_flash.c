@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FLASH__AREAS 3
+#define FLASH__AREAS 4
 
 static const struct {
     const char *file;
@@ -21,6 +21,7 @@ static const struct {
     [PG_FLASH_IMAGE] = {"image.bin", PP_FLASH_IMAGE_SIZE},
     [PG_FLASH_META] = {"meta.bin", PP_FLASH_META_SIZE},
     [PG_FLASH_PACKAGE] = {"package.bin", PP_FLASH_PACKAGE_SIZE},
+    [PG_FLASH_JOURNAL] = {"journal.bin", PP_FLASH_JOURNAL_SIZE},
 };
 
 struct pp_flash {

@@ -1,6 +1,7 @@
 /*
  * pp_flash — the POSIX port's flash: one file per area in
- * DIR/programmers/NAME/flash/ (image.bin, meta.bin, package.bin). Reads past
+ * DIR/programmers/NAME/flash/ (image.bin, meta.bin, package.bin,
+ * journal.bin). Reads past
  * the written end return 0xff like erased NOR flash; erase truncates; every
  * write is fsync'ed before it returns, so the download progress record is
  * never ahead of the image bytes it describes.
@@ -18,6 +19,7 @@
 #define PP_FLASH_IMAGE_SIZE (4u * 1024u * 1024u)
 #define PP_FLASH_META_SIZE 4096u
 #define PP_FLASH_PACKAGE_SIZE (16u * 1024u)
+#define PP_FLASH_JOURNAL_SIZE (PG_JOURNAL_SLOT * 8u) /* 8 sockets */
 
 struct pp_flash;
 

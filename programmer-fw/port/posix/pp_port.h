@@ -36,6 +36,20 @@ int pp_target_create(struct tsim_feeder *feeder, unsigned n_sockets, struct pp_t
 void pp_target_destroy(struct pp_target *t);
 extern const struct pg_target_ops pp_target_ops;
 
+/*
+ * Remember which chip is in which socket in state_dir/socket.N (the UID in
+ * hex, written at insert, removed at remove), and put back the chips a crash
+ * or a stop left there: like a real socket, a chip stays in it until it is
+ * taken out, so the next run finishes it. targets_dir is the simulator's.
+ * Errors: TOO_LARGE (paths), IO.
+ */
+int pp_target_restore(struct pp_target *t, const char *state_dir, const char *targets_dir);
+
+/* Put chip `uid` of targets_dir into socket `sock` (replacing nothing: STATE
+ * if the socket holds a chip). Errors: NOT_FOUND, DECODE, IO, STATE. */
+int pp_target_load(struct pp_target *t, unsigned sock, const char *targets_dir,
+                   const uint8_t uid[16]);
+
 /* ---- transport over nu_mqtt ---------------------------------------------------- */
 
 struct pp_transport;

@@ -629,11 +629,9 @@ int pg_core_enrolled(const struct pg_core *c)
 }
 
 int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
-                   const uint8_t *fw_hash, const uint8_t *manifest, size_t manifest_len)
+                   const uint8_t *fw_hash)
 {
     (void)c;
-    (void)manifest; /* not forwarded yet: the target's KeyStore cannot attest over the link */
-    (void)manifest_len;
     struct rpc_msg *m = h__begin(OP_C_ENROLL), *r;
     rpc_put_str(m, relay_id);
     rpc_put_str(m, token);

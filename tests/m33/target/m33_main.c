@@ -157,7 +157,6 @@ static int ks_blob_put(void *ctx, const char *name, const uint8_t *data, size_t 
 static const struct pg_keystore_ops t_ks = {
     PG_HAL_VERSION, ks_keys_generate, ks_pubkey, ks_sign, ks_ecdh,
     ks_counter_read, ks_counter_inc, ks_blob_get, ks_blob_put,
-    NULL, /* attest: not forwarded over the RPC link (NOT_SUPPORTED) */
 };
 
 /* ---- flash -------------------------------------------------------------------- */
@@ -752,7 +751,7 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         const char *relay = rpc_get_str(in), *token = rpc_get_str(in);
         size_t n = 0;
         const uint8_t *h = rpc_get_bytes(in, &n);
-        return pg_core_enroll(&t__core, relay, token, n == 32 ? h : NULL, NULL, 0);
+        return pg_core_enroll(&t__core, relay, token, n == 32 ? h : NULL);
     }
     case OP_C_PACKAGE_LOAD: {
         size_t n = 0;

@@ -530,6 +530,8 @@ static void test_wal_checkpoint_off_the_commit_path(void)
     char payload[2048];
     memset(payload, 'x', sizeof(payload) - 1);
     payload[sizeof(payload) - 1] = '\0';
+    memcpy(payload, "{\"x\":\"", 6); /* a JSON object: verify checks payloads */
+    memcpy(payload + sizeof(payload) - 3, "\"}", 2);
     struct cloud_ledger_event ev = {.ts_ms = T0,
                                     .kind = "test.bulk",
                                     .actor = "tester",
@@ -1572,6 +1574,8 @@ static void test_audit_append_limits(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(big);
     memset(big, 'x', CLOUD_LEDGER_PAYLOAD_MAX + 1);
+    memcpy(big, "{\"x\":\"", 6); /* a JSON object of the largest size: verify checks it */
+    memcpy(big + CLOUD_LEDGER_PAYLOAD_MAX - 2, "\"}", 2);
     ev.ts_ms = T0;
     ev.kind = "device.provisioned";
     ev.actor = "prog-1";

@@ -476,6 +476,50 @@ static int fc__chunk(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint
     return rc;
 }
 
+/* A failed try; after stop_after of them the station says STOP (through the
+ * command callback, as the real bus would deliver it). */
+static int fc__trouble(struct fake_cloud *fc, int rc)
+{
+    fc->failed_tries++;
+    if (fc->stop_after && fc->failed_tries == fc->stop_after && fc->cmd_cb) {
+        Nusec__V1__ProductionCommand cmd = NUSEC__V1__PRODUCTION_COMMAND__INIT;
+        uint8_t *env = NULL;
+        size_t len = 0;
+        cmd.action = NUSEC__V1__PRODUCTION_ACTION__PRODUCTION_ACTION_STOP;
+        if (fc_station_envelope(&cmd.base, &env, &len) == NU_OK)
+            fc->cmd_cb(fc->cmd_ctx, "nusec/v1/prog/x/cmd", env, len);
+        free(env);
+    }
+    return rc;
+}
+
+/* device.report: recorded once per idempotency key, answered with an Ack. */
+static int fc__report(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                      size_t cap, size_t *out_len)
+{
+    const ProtobufCBinaryData *idem = &req->header->idempotency_key;
+    fc->report_requests++;
+    if (fc->report_unreachable)
+        return fc__trouble(fc, NU_ERR_CONNECTION);
+    if (fc->report_transient > 0) {
+        fc->report_transient--;
+        fc__trouble(fc, 0);
+        return fc__error(req, NU_ERR_BUSY, "device.report", resp, cap, out_len);
+    }
+    if (idem->len != 16 || req->event->data_case != NUSEC__V1__EVENT__DATA_DEVICE)
+        return fc__error(req, NU_ERR_INVALID_ARG, "device.report", resp, cap, out_len);
+    int seen = 0;
+    for (unsigned i = 0; i < fc->reports_recorded && !seen; i++)
+        seen = !memcmp(fc->report_keys[i], idem->data, 16);
+    if (!seen && fc->reports_recorded < FC_MAX_IDEM) {
+        memcpy(fc->report_keys[fc->reports_recorded], idem->data, 16);
+        fc->report_provisioned[fc->reports_recorded++] =
+            !strcmp(req->event->kind, "device.provisioned");
+    }
+    Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
+    return fc__answer(req, &ack.base, resp, cap, out_len);
+}
+
 static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
                     size_t cap, size_t *out_len)
 {
@@ -486,7 +530,18 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     size_t cert_len = 0;
     fc->cert_requests++;
     if (fc->cert_unreachable)
-        return NU_ERR_CONNECTION;
+        return fc__trouble(fc, NU_ERR_CONNECTION);
+    if (fc->cert_paused)
+        return fc__error(req, NU_ERR_JOB_NOT_ACTIVE, "cert.request", resp, cap, out_len);
+    if (fc->cert_transient > 0) {
+        static const int codes[] = {NU_ERR_NOT_FOUND, NU_ERR_TIMEOUT, -NU_ERR_DB,
+                                    -NU_ERR_BUSY,     -NU_ERR_IO,     -NU_ERR_HSM};
+        int code = codes[(unsigned)fc->cert_transient-- % 6u];
+        if (code > 0)
+            return fc__trouble(fc, code);
+        fc__trouble(fc, 0);
+        return fc__error(req, -code, "cert.request", resp, cap, out_len);
+    }
     if (idem->len != 16 || strcmp(q->job_id, fc->job_id))
         return fc__error(req, NU_ERR_INVALID_ARG, "cert.request", resp, cap, out_len);
     for (size_t i = 0; i < fc->n_idem; i++) {
@@ -523,7 +578,7 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     }
     if (fc->drop_cert_replies > 0) {
         fc->drop_cert_replies--;
-        return NU_ERR_TIMEOUT; /* issued, but the answer is lost */
+        return fc__trouble(fc, NU_ERR_TIMEOUT); /* issued, but the answer is lost */
     }
     struct nu_x509_cert_info ci;
     nu_x509_cert_info(cert, cert_len, &ci);
@@ -569,6 +624,8 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
     } else if (!strcmp(op, "/cert.request") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST) {
         rc = fc__cert(fc, env, resp, cap, out_len);
+    } else if (!strcmp(op, "/device.report") && env->body_case == NUSEC__V1__ENVELOPE__BODY_EVENT) {
+        rc = fc__report(fc, env, resp, cap, out_len);
     } else {
         fc->bad_messages++;
         rc = NU_ERR_NOT_FOUND;
@@ -591,6 +648,12 @@ static int fc__publish(void *ctx, const char *topic, const uint8_t *p, size_t le
     } else if (env->body_case == NUSEC__V1__ENVELOPE__BODY_PROGRAMMER_STATUS && retain &&
                strstr(topic, "/status")) {
         fc->status_msgs++;
+        for (size_t i = 0; i < env->programmer_status->n_sockets; i++) {
+            if (!strcmp(env->programmer_status->sockets[i]->state, "waiting-cloud")) {
+                fc->waiting_status++;
+                break;
+            }
+        }
     } else if (env->body_case == NUSEC__V1__ENVELOPE__BODY_EVENT &&
                env->event->data_case == NUSEC__V1__EVENT__DATA_DEVICE &&
                !strcmp(strrchr(topic, '/') + 1, env->event->kind) && fc->n_events < FC_MAX_EVENTS) {
@@ -652,4 +715,14 @@ const uint8_t *fc_enrolled_pub(struct fake_cloud *fc, const char *programmer_id)
     }
     pthread_mutex_unlock(&fc->lock);
     return pub;
+}
+
+unsigned fc_count_reports(struct fake_cloud *fc, int provisioned)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fc->lock);
+    for (unsigned i = 0; i < fc->reports_recorded; i++)
+        n += fc->report_provisioned[i] == provisioned;
+    pthread_mutex_unlock(&fc->lock);
+    return n;
 }

@@ -79,9 +79,24 @@ struct fake_cloud {
     int chunks_fail_after;   /* CONNECTION for chunk requests after this many served, -1 never */
     int drop_cert_replies;   /* this many cert.request answers are "lost" (TIMEOUT) */
     int cert_unreachable;    /* cert.request always CONNECTION */
+    /* cert.request: the next n answers are transient trouble, in turn the
+     * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
+     * Error DB, BUSY, IO, HSM; nothing is decided or issued for them. */
+    int cert_transient;
+    int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
+    int report_unreachable;  /* device.report always CONNECTION */
+    int report_transient;    /* the next n device.report answers are Error BUSY */
+    unsigned stop_after;     /* after this many failed cert/report tries, the station
+                                sends STOP (0: never) */
     /* observations */
     unsigned manifest_requests, chunk_requests, cert_requests, chunks_served;
     unsigned provisioned, failed, status_msgs;
+    unsigned failed_tries;     /* transient / unreachable answers given */
+    unsigned report_requests;  /* device.report requests received */
+    unsigned reports_recorded; /* distinct reports (by idempotency key) recorded */
+    uint8_t report_keys[FC_MAX_IDEM][16];
+    int report_provisioned[FC_MAX_IDEM];
+    unsigned waiting_status;   /* status messages with a socket "waiting-cloud" */
     struct fc_event events[FC_MAX_EVENTS];
     size_t n_events;
     int bad_messages; /* envelopes from the core that nu_envelope_unpack refused */
@@ -127,6 +142,9 @@ int fc_station_envelope(ProtobufCMessage *body, uint8_t **out, size_t *out_len);
 
 /* Package public key an enrolled programmer sent, or NULL. */
 const uint8_t *fc_enrolled_pub(struct fake_cloud *fc, const char *programmer_id);
+
+/* Distinct device reports recorded with outcome provisioned (1) or failed (0). */
+unsigned fc_count_reports(struct fake_cloud *fc, int provisioned);
 
 /* Events of `kind` with error `code` (code < 0: any). */
 unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code);

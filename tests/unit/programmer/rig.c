@@ -100,7 +100,10 @@ int rig_open(struct rig *r)
         .retry_delay_ms = 1,
     };
     r->core = calloc(1, sizeof(*r->core));
-    return r->core ? pg_core_init(r->core, &r->hal, &cfg) : NU_ERR_NOMEM;
+    rc = r->core ? pg_core_init(r->core, &r->hal, &cfg) : NU_ERR_NOMEM;
+    if (rc == NU_OK) /* station commands (the fake cloud's STOP knob) reach the core */
+        rc = pg_core_subscribe(r->core);
+    return rc;
 }
 
 static void rig__close_tray(struct rig *r)

@@ -11,6 +11,7 @@
 #include "nu_util.h"
 #include "pp_flash.h"
 #include "pp_keystore.h"
+#include "pp_port.h"
 #include "tsim.h"
 
 #include <stdio.h>
@@ -107,29 +108,185 @@ static void test_crash_wastes_never_creates(void)
 {
     RIG_UP("prog-crash", 1);
     load_package(6);
-    /* The cloud is unreachable: the counter is taken, the request never lands. */
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 10, 0, 0), NU_OK);
+    R.fc.quota = 0;
+    /* First chip provisioned, then a power cut during the second one, right
+     * after its request: the KeyStore reservation is lost with the process. */
     R.fc.cert_unreachable = 1;
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 1, 0, 0), NU_OK);
+    R.fc.stop_after = 2; /* the station stops production meanwhile */
     rig_produce(&R, NULL);
-    CU_ASSERT_EQUAL(counter(), 1);
     CU_ASSERT_EQUAL(R.fc.issued, 0);
-    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", NU_ERR_CONNECTION), 1);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0); /* held, not failed */
     unsigned chunks = R.fc.chunk_requests;
 
-    /* Power cut; restart from what is on disk only. */
     rig_crash(&R);
     R.fc.cert_unreachable = 0;
+    R.fc.stop_after = 0;
     CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
     CU_ASSERT_STRING_EQUAL(pg_core_job_id(R.core), "job-1"); /* package reloaded from flash */
     CU_ASSERT_EQUAL(counter(), 1);                           /* persisted */
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 10, 0, 0), NU_OK);
     CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_LIMIT);
     CU_ASSERT_EQUAL(R.fc.chunk_requests, chunks); /* image came from the flash cache */
     CU_ASSERT_EQUAL(counter(), 6);
-    CU_ASSERT_EQUAL(R.fc.issued, 5); /* one unit wasted, none created */
+    CU_ASSERT_EQUAL(R.fc.issued, 6); /* the held chip used its own unit: none wasted */
     struct rig_census c;
     rig_census(&R, &c);
-    CU_ASSERT_EQUAL(c.verified, 5);
+    CU_ASSERT_EQUAL(c.verified, 6);
+    CU_ASSERT_EQUAL(c.chips, c.locked + c.blank); /* no chip left keyed */
+    rig_teardown(&R);
+}
+
+/* Item 2 of issue 10: the cloud in trouble holds the chip, costs nothing. */
+static void test_transient_cloud_errors_hold_the_chip(void)
+{
+    RIG_UP("prog-hold", 2);
+    load_package(10);
+    R.fc.cert_transient = 13; /* no subscriber, timeout, DB, BUSY, IO, HSM, ... */
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(R.fc.failed_tries, 13);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 4);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), 4); /* one unit per chip */
+    CU_ASSERT_EQUAL(R.fc.issued, 4);
+    CU_ASSERT(R.fc.waiting_status >= 1); /* the station saw "waiting-cloud" */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 4);
+    rig_teardown(&R);
+}
+
+/* Item 5: at the end of the job, the chips not started stay blank. */
+static void test_limit_leaves_chips_blank(void)
+{
+    RIG_UP("prog-blank", 4);
+    load_package(6);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 16, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_LIMIT);
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 6);
+    CU_ASSERT_EQUAL(c.chips, c.locked + c.blank); /* nothing burned: OTP, key, flash */
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    CU_ASSERT_EQUAL(counter(), 6);
+    uint32_t done = 0, failed = 0;
+    pg_core_counts(R.core, &done, &failed);
+    CU_ASSERT_EQUAL(done, 6);
+    CU_ASSERT_EQUAL(failed, 0);
+    rig_teardown(&R);
+}
+
+/* Item 5: a locked chip with its certificate is done, not produced again. */
+static void test_locked_chip_recognised(void)
+{
+    RIG_UP("prog-locked", 1);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 1, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    struct fc_event e = R.fc.events[0];
+    /* The same chip comes back in the socket. */
+    CU_ASSERT_EQUAL_FATAL(pp_target_load(R.tgt, 0, R.targets, e.uid), NU_OK);
+    unsigned before = R.fc.cert_requests;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(R.fc.cert_requests, before);
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), 1);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 1); /* reported once, however often */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 1);
+    rig_teardown(&R);
+}
+
+/* Item 5: a chip keyed by a run that crashed (no unit kept) is finished by
+ * the next run: same key, and the cloud answers the certificate it issued. */
+static void test_keyed_chip_resumed_after_crash(void)
+{
+    RIG_UP("prog-resume", 1);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 1, 0, 0), NU_OK);
+    /* Issued, the answer lost, and production stopped before it comes. */
+    R.fc.drop_cert_replies = 100;
+    R.fc.stop_after = 1;
+    rig_produce(&R, NULL);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.locked, 0);
+    /* A power cut loses the unit kept for the chip (as a crash before the
+     * stop would have): the chip is still in its socket, keyed. */
+    rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    char units[128];
+    snprintf(units, sizeof(units), "units.%s", R.fc.job_id);
+    CU_ASSERT_EQUAL(pp_ks_ops.blob_put(R.ks, units, NULL, 0), NU_OK);
+    R.fc.drop_cert_replies = 0;
+    R.fc.stop_after = 0;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(R.fc.issued, 1); /* the same certificate, answered again */
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 1);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 1);
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), 2); /* the crash cost one unit */
+    rig_teardown(&R);
+}
+
+/* Item 5: a paused job stops the line; the chip waits in its socket with its
+ * unit and is finished when production starts again. */
+static void test_paused_job_keeps_the_chip(void)
+{
+    RIG_UP("prog-pause", 1);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    R.fc.cert_paused = 1;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_JOB);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    CU_ASSERT_EQUAL(tsim_feeder_remaining(R.feeder), 2);
+    R.fc.cert_paused = 0;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 3);
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), 3); /* the held unit was used */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 3);
+    rig_teardown(&R);
+}
+
+/* Item 4: each report is confirmed by the cloud, kept until then, and
+ * recorded once. */
+static void test_reports_confirmed_and_journaled(void)
+{
+    RIG_UP("prog-report", 2);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    R.fc.report_transient = 5;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 4);
+    CU_ASSERT(R.fc.report_requests >= 9);
+
+    /* The cloud goes away after the chip is locked; production is stopped;
+     * the programmer restarts: the report is still sent, once. */
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 1, 0, 0), NU_OK);
+    R.fc.report_unreachable = 1;
+    R.fc.failed_tries = 0;
+    R.fc.stop_after = 2;
+    rig_produce(&R, NULL);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 4);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 5);
+    rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    /* Idle, the cloud still away: one try, the report stays. */
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_ERR_TIMEOUT);
+    R.fc.report_unreachable = 0;
+    R.fc.stop_after = 0;
+    /* Idle, the cloud back: sent without waiting for the next production. */
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 5);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 5);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 0), 0);
     rig_teardown(&R);
 }
 
@@ -174,7 +331,9 @@ static void fault_case(unsigned fault, int want_code, int counts_unit)
     rig_census(&R, &c);
     CU_ASSERT_EQUAL(c.locked, 3); /* a hostile chip is never locked as good */
     CU_ASSERT_EQUAL(c.verified, 3);
-    CU_ASSERT_EQUAL(counter(), counts_unit ? 6 : 3);
+    /* A chip that failed before the cloud was asked gives its unit to the next. */
+    CU_ASSERT_EQUAL(counter() - pg_core_units_kept(R.core), counts_unit ? 6 : 3);
+    CU_ASSERT_EQUAL(R.fc.issued, counts_unit ? 6 : 3);
     rig_teardown(&R);
 }
 
@@ -536,6 +695,16 @@ static void test_station_commands(void)
     rig_teardown(&R);
 }
 
+static const struct nu_test_case liveness_cases[] = {
+    {"transient cloud errors hold the chip, one unit each", test_transient_cloud_errors_hold_the_chip},
+    {"limit reached: the chips not started stay blank", test_limit_leaves_chips_blank},
+    {"a locked chip with its certificate is recognised as done", test_locked_chip_recognised},
+    {"a keyed chip is resumed after a crash (same certificate)", test_keyed_chip_resumed_after_crash},
+    {"a paused job keeps the chip for later", test_paused_job_keeps_the_chip},
+    {"device reports confirmed, journaled across a restart, recorded once", test_reports_confirmed_and_journaled},
+    {NULL, NULL},
+};
+
 static const struct nu_test_case production_cases[] = {
     {"full production, 12 chips on 4 sockets", test_full_production},
     {"KeyStore counter never exceeds the package limit", test_counter_never_exceeds_limit},
@@ -582,6 +751,7 @@ int main(void)
 {
     const struct nu_test_suite suites[] = {
         {"production", NULL, NULL, production_cases},
+        {"liveness", NULL, NULL, liveness_cases},
         {"targets", NULL, NULL, target_cases},
         {"firmware", NULL, NULL, firmware_cases},
         {"packages", NULL, NULL, package_cases},

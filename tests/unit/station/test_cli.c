@@ -88,8 +88,12 @@ static void test_usage_errors(void)
             fprintf(stderr, "'nusec %s' exited %d, not 2\n", bad[i], rc);
         CU_ASSERT_EQUAL(rc, 2);
     }
-    CU_ASSERT_EQUAL(run("production"), 2);
-    CU_ASSERT_TRUE(out_has("needs a subcommand"));
+    /* A group alone lists its subcommands; an unknown subcommand is a usage error. */
+    CU_ASSERT_EQUAL(run("production"), 0);
+    CU_ASSERT_TRUE(out_has("usage: nusec production SUBCOMMAND"));
+    CU_ASSERT_TRUE(out_has("  status "));
+    CU_ASSERT_EQUAL(run("production nosuch"), 2);
+    CU_ASSERT_TRUE(out_has("has no subcommand"));
 }
 
 static void test_readers_never_create_state(void)

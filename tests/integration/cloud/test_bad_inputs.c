@@ -1,0 +1,869 @@
+/*
+ * The bad-input catalogue: every input an attacker on the bus can send that
+ * the system must refuse, one named case each, on the real stack (mosquitto +
+ * nusec_auth, the nusec-cloud binary with SoftHSM2, SQLite).
+ *
+ * Every case asserts the same three things:
+ *   1. the typed error the sender gets (an Error body with its code; for the
+ *      broker's own refusals, the PUBACK's code);
+ *   2. the audit event: a new row in the ledger's chain by the sender with
+ *      that code (for the broker's refusals, its log line), and every new
+ *      payload is strict JSON with no key twice;
+ *   3. no state change: jobs (quota, issued, status), allocations,
+ *      certificates, programmers, tokens, firmware and packages are as before.
+ * The last cases check the whole ledger with `nusec audit verify` and the
+ * independent Python auditor. The count of cases is printed.
+ */
+#include "cloud_fixture.h"
+
+#include "ledger.h"
+#include "nu_err.h"
+#include "nu_json.h"
+#include "nu_test.h"
+#include "nu_util.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Refusals per (identity, code) audited one by one in this catalogue's
+ * configuration; the flood case sends more than that. */
+#define BURST 60
+
+static struct cf F;
+static struct cf_client oem, station, c1, c2;
+static struct cf_programmer p1, p2;
+static struct nu_p256_key *dev_key;
+static uint8_t *dev_csr;
+static size_t dev_csr_len;
+static const uint8_t UID_OK[] = {0xca, 0x7a, 0x10, 0x01};
+static const uint8_t UID_NEW[] = {0xca, 0x7a, 0x10, 0x02};
+static uint64_t expired_at_ms;
+
+/* ---------------------------------------------------------------- state */
+
+static int snap_row(void *ctx, int n, char **v, char **col)
+{
+    (void)col;
+    char **s = ctx;
+    for (int i = 0; i < n; i++) {
+        size_t have = *s ? strlen(*s) : 0, add = (v[i] ? strlen(v[i]) : 4) + 2;
+        char *grown = realloc(*s, have + add + 1);
+        if (!grown)
+            return 1;
+        snprintf(grown + have, add + 1, "%s%c", v[i] ? v[i] : "NULL", i + 1 == n ? '\n' : '|');
+        *s = grown;
+    }
+    return 0;
+}
+
+/* Everything a refusal must not change, as text (audit rows and the refusal
+ * counters excluded: a refusal is supposed to add to those). */
+static char *state_snapshot(void)
+{
+    static const char sql[] =
+        "SELECT job_id, quota, issued, status, expires_at_ms FROM jobs ORDER BY job_id;"
+        "SELECT * FROM job_allocations ORDER BY 1, 2;"
+        "SELECT job_id, hex(device_uid), serial, state FROM certificates ORDER BY serial;"
+        "SELECT programmer_id, state, cert_serial FROM programmers ORDER BY 1;"
+        "SELECT hex(token_hash), programmer_id, used_at_ms FROM enroll_tokens ORDER BY 1;"
+        "SELECT name FROM firmware_images ORDER BY 1;"
+        "SELECT count(*) FROM job_keys; SELECT count(*) FROM job_packages;";
+    sqlite3 *db = NULL;
+    char *s = strdup("");
+    if (sqlite3_open_v2(F.ledger, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, sql, snap_row, &s, NULL) != SQLITE_OK) {
+        free(s);
+        s = strdup(sqlite3_errmsg(db));
+    }
+    sqlite3_close(db);
+    return s;
+}
+
+static uint64_t audit_head(void)
+{
+    struct cloud_ledger *l = NULL;
+    uint64_t seq = 0;
+    uint8_t h[CLOUD_LEDGER_HASH_LEN];
+    if (cloud_ledger_open(F.ledger, &l) == NU_OK)
+        (void)cloud_ledger_audit_head(l, &seq, h);
+    cloud_ledger_close(l);
+    return seq;
+}
+
+struct audit_scan {
+    const char *actor;
+    char want[64]; /* "code":"NAME" */
+    unsigned matched, rows, bad_json;
+    uint64_t count_sum; /* "count" of coalesced rows */
+};
+
+static int audit_visit(void *ctx, const struct cloud_ledger_event *ev)
+{
+    struct audit_scan *a = ctx;
+    a->rows++;
+    if (nu_json_check(ev->payload, ev->payload_len, NULL) != NU_OK)
+        a->bad_json++;
+    if (strcmp(ev->actor, a->actor) == 0 && strstr(ev->payload, a->want)) {
+        a->matched++;
+        const char *c = strstr(ev->payload, "\"count\":");
+        if (c)
+            a->count_sum += strtoull(c + 8, NULL, 10);
+    }
+    return 0;
+}
+
+/* Rows after `after` by `actor` with `code`; waits up to 5 s for the first. */
+static struct audit_scan audit_after(uint64_t after, const char *actor, int code, int wait)
+{
+    struct audit_scan a = {.actor = actor};
+    snprintf(a.want, sizeof(a.want), "\"code\":\"%s\"", nu_err_name(code));
+    for (int i = 0; i < (wait ? 50 : 1); i++) {
+        struct cloud_ledger *l = NULL;
+        struct audit_scan s = a;
+        if (cloud_ledger_open(F.ledger, &l) == NU_OK)
+            (void)cloud_ledger_audit_list(l, after + 1, audit_visit, &s);
+        cloud_ledger_close(l);
+        if (s.matched || i == 49 || !wait)
+            return s;
+        usleep(100 * 1000);
+    }
+    return a;
+}
+
+/* ------------------------------------------------------------ the frame */
+
+static uint64_t case_seq;
+static char *case_state;
+static unsigned cases_run;
+
+static void case_begin(void)
+{
+    free(case_state);
+    case_state = state_snapshot();
+    case_seq = audit_head();
+}
+
+/* The three assertions of every case. */
+static void case_end(int got, int want, const char *actor)
+{
+    cases_run++;
+    if (got != want)
+        printf("\n    got %s, want %s ", nu_err_name(got), nu_err_name(want));
+    CU_ASSERT_EQUAL(got, want);
+    struct audit_scan a = audit_after(case_seq, actor, want, 1);
+    if (!a.matched)
+        printf("\n    no audit row by %s with %s ", actor, a.want);
+    CU_ASSERT(a.matched >= 1);
+    CU_ASSERT_EQUAL(a.bad_json, 0);
+    char *now = state_snapshot();
+    CU_ASSERT_STRING_EQUAL(now, case_state);
+    free(now);
+}
+
+/* A request with any op level and any payload; the answer's code. */
+static int raw(struct cf_client *c, const char *id, const char *op, const void *payload,
+               size_t len)
+{
+    char topic[1024];
+    uint8_t *ans = NULL;
+    size_t ans_len = 0;
+    Nusec__V1__Envelope *reply = NULL;
+    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/%s", id, op);
+    int rc = nu_mqtt_request(c->m, topic, payload, len, 5000, &ans, &ans_len);
+    if (rc == NU_OK)
+        rc = nu_envelope_unpack(ans, ans_len, &reply, NULL);
+    if (rc == NU_OK)
+        rc = reply->body_case == NUSEC__V1__ENVELOPE__BODY_ERROR ? (int)reply->error->code : NU_OK;
+    nu_envelope_free(reply);
+    free(ans);
+    return rc;
+}
+
+/* A valid envelope from `sender` with `body` (free()). */
+static uint8_t *envelope(struct nu_envelope_sender *sender, ProtobufCMessage *body, size_t *len)
+{
+    struct nu_envelope_frame fr;
+    uint8_t *out = NULL, key[16] = {1, 2, 3};
+    if (nu_envelope_frame_init(&fr, sender, body) ||
+        nu_envelope_frame_set_idempotency_key(&fr, key, sizeof(key)) ||
+        nu_envelope_pack(&fr.env, &out, len, NULL))
+        return NULL;
+    return out;
+}
+
+/* op level `op` with a well-formed job.list body, as station. */
+static int station_op(const char *op)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    int rc = env ? raw(&station, "station", op, env, len) : NU_ERR_NOMEM;
+    free(env);
+    return rc;
+}
+
+static int call(struct cf_client *c, const char *op, ProtobufCMessage *body)
+{
+    Nusec__V1__Envelope *r = NULL;
+    int rc = cf_call(c, op, body, NULL, 0, &r, NULL, 0);
+    nu_envelope_free(r);
+    return rc;
+}
+
+static int cert_req(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
+                    const uint8_t *csr, size_t csr_len)
+{
+    Nusec__V1__Envelope *r = NULL;
+    int rc = cf_cert_request(c, job, uid, uid_len, csr, csr_len, NULL, 0, &r);
+    nu_envelope_free(r);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static int write_conf(void)
+{
+    char path[CF_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/cloud/cloud.conf", F.dir);
+    FILE *fp = fopen(path, "a");
+    if (!fp)
+        return -1;
+    fprintf(fp, "\nrefusal_audit_burst = %d\nrefusal_audit_window_ms = 3600000\n", BURST);
+    return fclose(fp);
+}
+
+static int setup(void)
+{
+    const char *progs[] = {"cat-p1"};
+    const uint32_t limits[] = {1};
+    const uint32_t many[] = {5};
+    Nusec__V1__Envelope *r = NULL;
+    if (cf_setup(&F, "catalogue") || write_conf() || cf_cloud_stop(&F) != 0 ||
+        cf_cloud_start(&F))
+        return -1;
+    if (cf_client_open(&F, "oem", NULL, NULL, &oem) ||
+        cf_client_open(&F, "station", NULL, NULL, &station) ||
+        cf_programmer_make(&F, &oem, &station, "cat-p1", &p1) ||
+        cf_programmer_make(&F, &oem, &station, "cat-p2", &p2) ||
+        cf_client_open(&F, "cat-p1", p1.cert, p1.key, &c1) ||
+        cf_client_open(&F, "cat-p2", p2.cert, p2.key, &c2) ||
+        cf_device_csr(&dev_key, &dev_csr, &dev_csr_len))
+        return -1;
+    /* active (p1: 5), full (p1 used its 1), paused, expired; p2 is in none */
+    /* expires during the setup's own requests (a past expiry is refused) */
+    expired_at_ms = nu_time_ms() + 1500;
+    if (cf_job_create(&F, "cat-active", 5, progs, many, 1) ||
+        cf_job_create(&F, "cat-full", 1, progs, limits, 1) ||
+        cf_job_create(&F, "cat-paused", 5, progs, many, 1) ||
+        cf_job_create_ex(&F, "cat-expired", 5, progs, many, 1, expired_at_ms, NULL) ||
+        cf_job_control(&F, "cat-paused", 1)) {
+        printf("catalogue setup: cannot create the jobs\n");
+        return -1;
+    }
+    int rc = cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL,
+                             0, &r);
+    nu_envelope_free(r);
+    r = NULL;
+    if (!rc)
+        rc = cf_cert_request(&c1, "cat-full", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL,
+                             0, &r);
+    nu_envelope_free(r);
+    if (rc)
+        printf("catalogue setup: cert.request %s\n", nu_err_name(rc));
+    while (!rc && nu_time_ms() <= expired_at_ms)
+        usleep(100 * 1000);
+    return rc ? -1 : 0;
+}
+
+static int teardown(void)
+{
+    printf("\nbad-input catalogue: %u cases\n", cases_run);
+    free(case_state);
+    cf_client_close(&c1);
+    cf_client_close(&c2);
+    cf_client_close(&oem);
+    cf_client_close(&station);
+    cf_programmer_free(&p1);
+    cf_programmer_free(&p2);
+    nu_p256_key_destroy(dev_key);
+    free(dev_csr);
+    cf_teardown(&F);
+    return 0;
+}
+
+/* ------------------------------------------------- op names and payloads */
+
+#define OP_CASE(fn, op)                                                                            \
+    static void fn(void)                                                                           \
+    {                                                                                              \
+        case_begin();                                                                              \
+        case_end(station_op(op), NU_ERR_NOT_SUPPORTED, "station");                                 \
+    }
+OP_CASE(op_quote, "job\"list")
+OP_CASE(op_space, "job list")
+OP_CASE(op_umlaut, "j\xc3\xb6" "b.list")
+OP_CASE(op_dollar, "job$list")
+OP_CASE(op_backslash, "job\\list")
+OP_CASE(op_tilde_percent, "job~%list")
+OP_CASE(op_emoji, "job\xf0\x9f\x92\xa3list")
+OP_CASE(op_33_chars, "job.list.job.list.job.list.job.li")
+OP_CASE(op_200_chars, "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+                      "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+                      "jjjjjjjjjjjjjjjjjj")
+OP_CASE(op_unknown, "job.delete")
+
+/* Longer than any topic the cloud keeps: answered with the name cut. */
+static void op_400_chars(void)
+{
+    char op[401];
+    memset(op, 'k', sizeof(op) - 1);
+    op[sizeof(op) - 1] = 0;
+    case_begin();
+    case_end(station_op(op), NU_ERR_NOT_SUPPORTED, "station");
+}
+
+/* The injection: the row must still be strict JSON, its op the string sent. */
+static void json_injection(const char *op)
+{
+    case_begin();
+    case_end(station_op(op), NU_ERR_NOT_SUPPORTED, "station");
+    struct audit_scan a = audit_after(case_seq, "station", NU_ERR_NOT_SUPPORTED, 0);
+    CU_ASSERT_EQUAL(a.bad_json, 0);
+    CU_ASSERT_EQUAL(audit_after(case_seq, "station", NU_ERR_OK, 0).matched, 0); /* no "code":"OK" */
+}
+static void op_json_injection(void)
+{
+    json_injection("x\",\"code\":\"OK");
+}
+static void op_json_backslash(void)
+{
+    json_injection("x\\");
+}
+static void op_json_brace(void)
+{
+    json_injection("x\"}{\"op\":\"y");
+}
+
+static void garbage(size_t len, int want, struct cf_client *c, const char *id, const char *op)
+{
+    uint8_t *junk = malloc(len ? len : 1);
+    for (size_t i = 0; i < len; i++)
+        junk[i] = (uint8_t)(i * 131u + 7u);
+    case_begin();
+    case_end(raw(c, id, op, junk, len), want, id);
+    free(junk);
+}
+static void payload_garbage(void)
+{
+    garbage(1024, NU_ERR_DECODE, &station, "station", "job.list");
+}
+static void payload_empty(void)
+{
+    garbage(0, NU_ERR_DECODE, &station, "station", "job.list");
+}
+static void payload_truncated(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    req.job_id = "cat-active";
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len - 3), NU_ERR_DECODE, "station");
+    free(env);
+}
+
+/* Over each op's limit, under the broker's role limit: refused before decoding. */
+static void oversize_job_list(void)
+{
+    garbage(200 * 1024, NU_ERR_TOO_LARGE, &station, "station", "job.list");
+}
+static void oversize_cert_request(void)
+{
+    garbage(100 * 1024, NU_ERR_TOO_LARGE, &c1, "cat-p1", "cert.request");
+}
+static void oversize_enroll(void)
+{
+    garbage(70 * 1024, NU_ERR_TOO_LARGE, &station, "station", "enroll");
+}
+static void oversize_firmware_sign_not_oem(void)
+{
+    garbage(250 * 1024, NU_ERR_TOO_LARGE, &station, "station", "firmware.sign");
+}
+static void oversize_unknown_op(void)
+{
+    garbage(100 * 1024, NU_ERR_TOO_LARGE, &c2, "cat-p2", "no.such.op");
+}
+
+/* Over the broker's 256 KiB for a non-OEM role: refused at the broker. */
+static void oversize_at_broker(void)
+{
+    size_t len = 1024 * 1024;
+    uint8_t *junk = calloc(1, len);
+    case_begin();
+    int rc = nu_mqtt_publish(station.m, "nusec/v1/cloud/req/station/job.list", junk, len, 1, 0);
+    cases_run++;
+    CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log",
+                               F.dir),
+                    0);
+    CU_ASSERT_EQUAL(audit_head(), case_seq); /* it never reached the cloud */
+    char *now = state_snapshot();
+    CU_ASSERT_STRING_EQUAL(now, case_state);
+    free(now);
+    free(junk);
+}
+
+/* -------------------------------------------------------------- framing */
+
+static void sender_differs(void)
+{
+    struct nu_envelope_sender *liar = NULL;
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_sender_create("oem", 1, &liar), NU_OK);
+    uint8_t *env = envelope(liar, &req.base, &len);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_NOT_AUTHORIZED, "station");
+    free(env);
+    nu_envelope_sender_destroy(liar);
+}
+
+/* No response topic at all: nothing to answer on, but audited. */
+static void no_response_topic(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    case_begin();
+    int rc = nu_mqtt_publish(station.m, "nusec/v1/cloud/req/station/job.list", env, len, 1, 0);
+    CU_ASSERT_EQUAL(rc, NU_OK);
+    case_end(NU_ERR_NOT_AUTHORIZED, NU_ERR_NOT_AUTHORIZED, "station"); /* no answer possible */
+    free(env);
+}
+
+static void body_does_not_fit_op(void)
+{
+    Nusec__V1__CertificateRequest req = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    req.job_id = "cat-active";
+    req.device_uid.data = (uint8_t *)UID_NEW;
+    req.device_uid.len = sizeof(UID_NEW);
+    req.csr_der.data = dev_csr;
+    req.csr_der.len = dev_csr_len;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_INVALID_ARG, "station");
+    free(env);
+}
+
+/* ---------------------------------------------------------------- roles */
+
+static void role_station_job_create(void)
+{
+    Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
+    req.firmware = "fw-1.0.0";
+    req.quota = 10;
+    case_begin();
+    case_end(call(&station, "job.create", &req.base), NU_ERR_NOT_AUTHORIZED, "station");
+}
+static void role_programmer_device_revoke(void)
+{
+    Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
+    req.job_id = "cat-active";
+    req.device_uid.data = (uint8_t *)UID_OK;
+    req.device_uid.len = sizeof(UID_OK);
+    case_begin();
+    case_end(call(&c1, "device.revoke", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+}
+static void role_programmer_enroll_token(void)
+{
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    req.programmer_id = "cat-p9";
+    req.ttl_s = 60;
+    case_begin();
+    case_end(call(&c2, "enroll.token", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p2");
+}
+static void role_station_cert_request(void)
+{
+    case_begin();
+    case_end(cert_req(&station, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "station");
+}
+static void role_oem_cert_request(void)
+{
+    case_begin();
+    case_end(cert_req(&oem, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "oem");
+}
+static void role_station_firmware_sign(void)
+{
+    Nusec__V1__FirmwareSignRequest req = NUSEC__V1__FIRMWARE_SIGN_REQUEST__INIT;
+    uint8_t img[64] = {0};
+    req.name = "evil";
+    req.version = "1.0.0";
+    req.payload.data = img;
+    req.payload.len = sizeof(img);
+    case_begin();
+    case_end(call(&station, "firmware.sign", &req.base), NU_ERR_NOT_AUTHORIZED, "station");
+}
+static void role_programmer_job_list(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    case_begin();
+    case_end(call(&c1, "job.list", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+}
+
+/* ------------------------------------------------------------- issuance */
+
+static void job_unknown(void)
+{
+    case_begin();
+    case_end(cert_req(&c1, "cat-nothing", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_FOUND, "cat-p1");
+}
+static void no_allocation(void)
+{
+    case_begin();
+    case_end(cert_req(&c2, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "cat-p2");
+}
+/* Authorization first: p2 must not learn that these jobs are full or paused. */
+static void no_allocation_in_exhausted_job(void)
+{
+    case_begin();
+    case_end(cert_req(&c2, "cat-full", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "cat-p2");
+}
+static void no_allocation_in_paused_job(void)
+{
+    case_begin();
+    case_end(cert_req(&c2, "cat-paused", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "cat-p2");
+}
+static void no_allocation_in_expired_job(void)
+{
+    case_begin();
+    case_end(cert_req(&c2, "cat-expired", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_NOT_AUTHORIZED, "cat-p2");
+}
+static void job_paused(void)
+{
+    case_begin();
+    case_end(cert_req(&c1, "cat-paused", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_JOB_NOT_ACTIVE, "cat-p1");
+}
+static void job_expired(void)
+{
+    case_begin();
+    case_end(cert_req(&c1, "cat-expired", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_EXPIRED, "cat-p1");
+}
+static void job_exhausted(void)
+{
+    case_begin();
+    case_end(cert_req(&c1, "cat-full", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_QUOTA_EXHAUSTED, "cat-p1");
+}
+
+/* The idempotency key of UID_OK's issued request, with another device's CSR. */
+static void idempotency_key_replayed_other_csr(void)
+{
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
+    case_begin();
+    case_end(cert_req(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len),
+             NU_ERR_IDEMPOTENCY_CONFLICT, "cat-p1");
+    free(csr);
+    nu_p256_key_destroy(k);
+}
+
+/* Same device, another key, another idempotency key: one device, one key. */
+static void duplicate_device_other_key(void)
+{
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL, key[16] = {9, 9, 9};
+    size_t len = 0;
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
+    case_begin();
+    case_end(cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len, key, sizeof(key),
+                             &r),
+             NU_ERR_DUPLICATE_DEVICE, "cat-p1");
+    nu_envelope_free(r);
+    free(csr);
+    nu_p256_key_destroy(k);
+}
+
+/* A CSR whose signature was not made by its key. */
+static void csr_for_wrong_key(void)
+{
+    uint8_t *bad = malloc(dev_csr_len);
+    memcpy(bad, dev_csr, dev_csr_len);
+    bad[dev_csr_len - 3] ^= 0x01;
+    case_begin();
+    case_end(cert_req(&c1, "cat-active", UID_NEW, sizeof(UID_NEW), bad, dev_csr_len),
+             NU_ERR_BAD_CSR, "cat-p1");
+    free(bad);
+}
+static void csr_garbage(void)
+{
+    uint8_t junk[64];
+    memset(junk, 0x30, sizeof(junk));
+    case_begin();
+    case_end(cert_req(&c1, "cat-active", UID_NEW, sizeof(UID_NEW), junk, sizeof(junk)),
+             NU_ERR_BAD_CSR, "cat-p1");
+}
+static void csr_truncated(void)
+{
+    case_begin();
+    case_end(cert_req(&c1, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len / 2),
+             NU_ERR_BAD_CSR, "cat-p1");
+}
+static void cert_request_without_idempotency_key(void)
+{
+    Nusec__V1__CertificateRequest req = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    req.job_id = "cat-active";
+    req.device_uid.data = (uint8_t *)UID_NEW;
+    req.device_uid.len = sizeof(UID_NEW);
+    req.csr_der.data = dev_csr;
+    req.csr_der.len = dev_csr_len;
+    struct nu_envelope_frame fr;
+    uint8_t *out = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_frame_init(&fr, c1.sender, &req.base), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_pack(&fr.env, &out, &len, NULL), NU_OK);
+    case_begin();
+    case_end(raw(&c1, "cat-p1", "cert.request", out, len), NU_ERR_INVALID_ARG, "cat-p1");
+    free(out);
+}
+
+/* ------------------------------------------------ enrollment, OEM, firmware */
+
+static void enroll_bad_token(void)
+{
+    struct nu_p256_key *id = NULL, *pkg = NULL;
+    uint8_t pub[65];
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&id), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&pkg), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_pub(pkg, pub), NU_OK);
+    case_begin();
+    int rc = cf_enroll_raw(&station, "cat-p9", "00112233445566778899aabbccddeeff", id, "cat-p9",
+                           "programmer", pub, &r);
+    case_end(rc, NU_ERR_TOKEN, "station");
+    nu_envelope_free(r);
+    nu_p256_key_destroy(id);
+    nu_p256_key_destroy(pkg);
+}
+static void token_for_role_name(void)
+{
+    Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
+    req.programmer_id = "station";
+    req.ttl_s = 60;
+    case_begin();
+    case_end(call(&oem, "enroll.token", &req.base), NU_ERR_INVALID_ARG, "oem");
+}
+static void job_control_unknown_job(void)
+{
+    Nusec__V1__JobControlRequest req = NUSEC__V1__JOB_CONTROL_REQUEST__INIT;
+    req.job_id = "cat-nothing";
+    req.action = NUSEC__V1__JOB_ACTION__JOB_ACTION_PAUSE;
+    case_begin();
+    case_end(call(&oem, "job.control", &req.base), NU_ERR_NOT_FOUND, "oem");
+}
+static void job_create_zero_quota(void)
+{
+    Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
+    req.firmware = "fw-1.0.0";
+    req.quota = 0;
+    case_begin();
+    case_end(call(&oem, "job.create", &req.base), NU_ERR_INVALID_ARG, "oem");
+}
+static void device_revoke_unknown(void)
+{
+    Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
+    req.job_id = "cat-active";
+    req.device_uid.data = (uint8_t *)UID_NEW;
+    req.device_uid.len = sizeof(UID_NEW);
+    case_begin();
+    case_end(call(&oem, "device.revoke", &req.base), NU_ERR_NOT_FOUND, "oem");
+}
+static void programmer_revoke_unknown(void)
+{
+    Nusec__V1__ProgrammerRevokeRequest req = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
+    req.programmer_id = "cat-nobody";
+    case_begin();
+    case_end(call(&oem, "programmer.revoke", &req.base), NU_ERR_NOT_FOUND, "oem");
+}
+static void firmware_manifest_bad_token(void)
+{
+    Nusec__V1__FirmwareManifestRequest req = NUSEC__V1__FIRMWARE_MANIFEST_REQUEST__INIT;
+    uint8_t tok[32] = {0};
+    req.job_id = "cat-active";
+    req.token.data = tok;
+    req.token.len = sizeof(tok);
+    case_begin();
+    case_end(call(&c1, "firmware.manifest", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+}
+static void firmware_chunk_unknown_job(void)
+{
+    Nusec__V1__FirmwareChunkRequest req = NUSEC__V1__FIRMWARE_CHUNK_REQUEST__INIT;
+    uint8_t tok[32] = {0};
+    req.job_id = "cat-nothing";
+    req.token.data = tok;
+    req.token.len = sizeof(tok);
+    case_begin();
+    case_end(call(&c1, "firmware.chunk", &req.base), NU_ERR_NOT_FOUND, "cat-p1");
+}
+
+/* ----------------------------------------------------- bounded refusals */
+
+/* 4 x BURST garbage requests from one identity: each answered, at most BURST
+ * rows in the window, the rest counted into one row (written at the stop). */
+static void refusal_flood_is_coalesced(void)
+{
+    enum { N = 4 * BURST };
+    uint8_t junk[512];
+    memset(junk, 0xee, sizeof(junk));
+    case_begin();
+    int answered = 0;
+    for (int i = 0; i < N; i++)
+        answered += raw(&c2, "cat-p2", "job.list", junk, sizeof(junk)) == NU_ERR_DECODE;
+    cases_run++;
+    CU_ASSERT_EQUAL(answered, N);
+    struct audit_scan a = audit_after(case_seq, "cat-p2", NU_ERR_DECODE, 1);
+    CU_ASSERT(a.matched >= 1 && a.matched <= BURST);
+    CU_ASSERT(a.rows <= BURST + 2);
+    CU_ASSERT_EQUAL(cf_cloud_stop(&F), 0); /* flushes the counts */
+    a = audit_after(case_seq, "cat-p2", NU_ERR_DECODE, 0);
+    CU_ASSERT_EQUAL(a.count_sum + (a.matched - 1), (uint64_t)N);
+    CU_ASSERT_EQUAL(a.bad_json, 0);
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    char *now = state_snapshot();
+    CU_ASSERT_STRING_EQUAL(now, case_state);
+    free(now);
+}
+
+/* --------------------------------------------------------------- audit */
+
+static void auditors_pass(void)
+{
+    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null", NUSEC_BINARY_DIR,
+                               F.dir),
+                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("python3 %s/tests/tools/audit_verify.py %s", NUSEC_SOURCE_DIR, F.ledger), 0);
+}
+
+static int last_refusal_visit(void *ctx, const struct cloud_ledger_event *ev)
+{
+    if (strcmp(ev->kind, "request.refused") == 0)
+        *(uint64_t *)ctx = ev->seq;
+    return 0;
+}
+
+static uint64_t last_refusal_seq(void)
+{
+    struct cloud_ledger *l = NULL;
+    uint64_t seq = 0;
+    if (cloud_ledger_open(F.ledger, &l) == NU_OK)
+        (void)cloud_ledger_audit_list(l, 1, last_refusal_visit, &seq);
+    cloud_ledger_close(l);
+    return seq;
+}
+
+/* An injected duplicate key, written behind the cloud's back with the hash
+ * chain recomputed: both auditors must refuse the ledger. */
+static void auditors_refuse_a_duplicate_key(void)
+{
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("python3 %s/tests/tools/ledger_rewrite.py %s --from-seq %llu "
+                   "--replace '\"code\":' '\"code\":\"OK\",\"code\":' >/dev/null",
+                   NUSEC_SOURCE_DIR, F.ledger, (unsigned long long)last_refusal_seq()),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null 2>&1",
+                               NUSEC_BINARY_DIR, F.dir),
+                    1);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s 2>/dev/null | grep -q "
+                               "'payloads *FAILED'",
+                               NUSEC_BINARY_DIR, F.dir),
+                    0);
+    CU_ASSERT_EQUAL(nu_test_sh("python3 %s/tests/tools/audit_verify.py %s | grep -q 'duplicate key'",
+                               NUSEC_SOURCE_DIR, F.ledger),
+                    0);
+}
+
+int main(void)
+{
+    static const struct nu_test_case cases[] = {
+        {"op name with a quote: NOT_SUPPORTED", op_quote},
+        {"op name with a space", op_space},
+        {"op name with non-ASCII", op_umlaut},
+        {"op name with a dollar", op_dollar},
+        {"op name with a backslash", op_backslash},
+        {"op name with ~ and %", op_tilde_percent},
+        {"op name with a 4-byte character", op_emoji},
+        {"op name of 33 characters", op_33_chars},
+        {"op name of 200 characters", op_200_chars},
+        {"op name of 400 characters (past the cloud's topic buffer)", op_400_chars},
+        {"unknown op name", op_unknown},
+        {"JSON injection in the op: no forged key", op_json_injection},
+        {"JSON injection: trailing backslash", op_json_backslash},
+        {"JSON injection: closing brace", op_json_brace},
+        {"garbage payload", payload_garbage},
+        {"empty payload", payload_empty},
+        {"truncated envelope", payload_truncated},
+        {"oversize job.list (200 KiB)", oversize_job_list},
+        {"oversize cert.request (100 KiB)", oversize_cert_request},
+        {"oversize enroll (70 KiB)", oversize_enroll},
+        {"oversize firmware.sign from a non-OEM", oversize_firmware_sign_not_oem},
+        {"oversize to an unknown op", oversize_unknown_op},
+        {"1 MiB from a station: refused at the broker", oversize_at_broker},
+        {"header sender differs from the identity", sender_differs},
+        {"no response topic", no_response_topic},
+        {"body does not fit the op", body_does_not_fit_op},
+        {"station may not job.create", role_station_job_create},
+        {"programmer may not device.revoke", role_programmer_device_revoke},
+        {"programmer may not enroll.token", role_programmer_enroll_token},
+        {"station may not cert.request", role_station_cert_request},
+        {"oem may not cert.request", role_oem_cert_request},
+        {"station may not firmware.sign", role_station_firmware_sign},
+        {"programmer may not job.list", role_programmer_job_list},
+        {"unknown job", job_unknown},
+        {"no allocation", no_allocation},
+        {"no allocation in an exhausted job: NOT_AUTHORIZED first", no_allocation_in_exhausted_job},
+        {"no allocation in a paused job: NOT_AUTHORIZED first", no_allocation_in_paused_job},
+        {"no allocation in an expired job: NOT_AUTHORIZED first", no_allocation_in_expired_job},
+        {"paused job", job_paused},
+        {"expired job", job_expired},
+        {"exhausted job", job_exhausted},
+        {"idempotency key replayed with another CSR", idempotency_key_replayed_other_csr},
+        {"same device, another key", duplicate_device_other_key},
+        {"CSR signature not by its key", csr_for_wrong_key},
+        {"CSR garbage", csr_garbage},
+        {"CSR truncated", csr_truncated},
+        {"cert.request without idempotency key", cert_request_without_idempotency_key},
+        {"enroll with a wrong token", enroll_bad_token},
+        {"enroll.token for a role name", token_for_role_name},
+        {"job.control of an unknown job", job_control_unknown_job},
+        {"job.create with quota 0", job_create_zero_quota},
+        {"device.revoke of an unknown device", device_revoke_unknown},
+        {"programmer.revoke of an unknown programmer", programmer_revoke_unknown},
+        {"firmware.manifest with a wrong token", firmware_manifest_bad_token},
+        {"firmware.chunk of an unknown job", firmware_chunk_unknown_job},
+        {"a refusal flood is coalesced in the audit", refusal_flood_is_coalesced},
+        {"nusec audit verify and the Python auditor pass", auditors_pass},
+        {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
+        {NULL, NULL},
+    };
+    static const struct nu_test_suite suites[] = {
+        {"bad-input catalogue", setup, teardown, cases}, {NULL, NULL, NULL, NULL}};
+    return nu_test_run("test_bad_inputs", suites);
+}
