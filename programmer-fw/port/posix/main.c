@@ -166,7 +166,7 @@ static int app__args(struct app *a, int argc, char **argv)
         {"vendor-ca", required_argument, NULL, 'V'},
         {"vendor-ca-init", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     enum nu_log_level level = NU_LOG_INFO;
@@ -225,7 +225,7 @@ static int app__args(struct app *a, int argc, char **argv)
         case 'h':
             printf(usage_text, PG_MAX_SOCKETS);
             exit(0);
-        case 'V':
+        case 'v':
             nu_version_print(stdout, PROG);
             exit(0);
         default:

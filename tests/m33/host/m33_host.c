@@ -228,6 +228,18 @@ static int h__ks(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     switch (op) {
     case OP_KS_KEYS_GENERATE:
         return ks->keys_generate ? ks->keys_generate(CTX(ks)) : rc;
+    case OP_KS_ATTEST: {
+        /* The statement, signature and certificate go back as three fields. */
+        static struct pg_attestation att;
+        const uint8_t *nonce = rpc_get_bytes(in, &n);
+        memset(&att, 0, sizeof(att));
+        if (ks->attest && n == PG_ATTEST_NONCE_LEN)
+            rc = ks->attest(CTX(ks), nonce, &att);
+        rpc_put_bytes(out, att.stmt, rc == NU_OK ? att.stmt_len : 0);
+        rpc_put_bytes(out, att.sig, rc == NU_OK ? att.sig_len : 0);
+        rpc_put_bytes(out, att.cert, rc == NU_OK ? att.cert_len : 0);
+        return rc;
+    }
     case OP_KS_PUBKEY: {
         uint32_t key = rpc_get_u32(in);
         if (ks->pubkey)
@@ -361,11 +373,23 @@ static int h__tgt(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     if (!t)
         return rc;
     switch (op) {
-    case OP_TG_INSERT: return t->insert ? t->insert(ctx, s) : rc;
-    case OP_TG_REMOVE: return t->remove ? t->remove(ctx, s) : rc;
-    case OP_TG_BLANK: return t->blank_check ? t->blank_check(ctx, s) : rc;
-    case OP_TG_RESET: return t->reset ? t->reset(ctx, s) : rc;
-    case OP_TG_LOCK: return t->lock ? t->lock(ctx, s) : rc;
+    case OP_TG_INSERT:
+        return t->insert ? t->insert(ctx, s) : rc;
+    case OP_TG_REMOVE:
+        return t->remove ? t->remove(ctx, s) : rc;
+    case OP_TG_BLANK:
+        return t->blank_check ? t->blank_check(ctx, s) : rc;
+    case OP_TG_RESET:
+        return t->reset ? t->reset(ctx, s) : rc;
+    case OP_TG_LOCK:
+        return t->lock ? t->lock(ctx, s) : rc;
+    case OP_TG_STATE: {
+        enum pg_chip_state st = PG_CHIP_BLANK;
+        if (t->state)
+            rc = t->state(ctx, s, &st);
+        rpc_put_u32(out, (uint32_t)st);
+        return rc;
+    }
     case OP_TG_FLASH_WRITE: {
         uint32_t off = rpc_get_u32(in);
         const uint8_t *d = rpc_get_bytes(in, &n);
@@ -374,10 +398,12 @@ static int h__tgt(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     }
     const uint8_t *p = rpc_get_bytes(in, &n);
     switch (op) {
-    case OP_TG_OTP: return t->otp_write_rotpk_hash && n == 32 ? t->otp_write_rotpk_hash(ctx, s, p) : rc;
+    case OP_TG_OTP:
+        return t->otp_write_rotpk_hash && n == 32 ? t->otp_write_rotpk_hash(ctx, s, p) : rc;
     case OP_TG_BOOT_KEY:
         return t->write_boot_key && n == PG_P256_PUB_LEN ? t->write_boot_key(ctx, s, p) : rc;
-    case OP_TG_WRITE_CERT: return t->write_cert ? t->write_cert(ctx, s, p, n) : rc;
+    case OP_TG_WRITE_CERT:
+        return t->write_cert ? t->write_cert(ctx, s, p, n) : rc;
     }
     size_t cap = rpc_get_u32(in);
     if (cap > sizeof(buf))
@@ -390,6 +416,12 @@ static int h__tgt(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         rc = t->read_pubkey(ctx, s, buf);
     else if (op == OP_TG_ATTEST && t->attest && n == 32)
         rc = t->attest(ctx, s, p, buf, cap, &len);
+    else if (op == OP_TG_OTP_READ && t->otp_read_rotpk_hash && (len = 32))
+        rc = t->otp_read_rotpk_hash(ctx, s, buf);
+    else if (op == OP_TG_CSR && t->csr && p && p[n - 1] == 0)
+        rc = t->csr(ctx, s, (const char *)p, buf, cap, &len);
+    else if (op == OP_TG_READ_CERT && t->read_cert)
+        rc = t->read_cert(ctx, s, buf, cap, &len);
     rpc_put_bytes(out, buf, rc == NU_OK ? len : 0);
     return rc;
 }
@@ -429,7 +461,8 @@ static int h__cry_buf(uint32_t op, struct rpc_msg *in, struct rpc_msg *out, uint
     case OP_CR_VERIFY: {
         const uint8_t *pub = rpc_get_bytes(in, &a), *dg = rpc_get_bytes(in, &b);
         const uint8_t *sig = rpc_get_bytes(in, &d);
-        return c->p256_verify && a == 65 && b == 32 ? c->p256_verify(CTX(cry), pub, dg, sig, d) : rc;
+        return c->p256_verify && a == 65 && b == 32 ? c->p256_verify(CTX(cry), pub, dg, sig, d)
+                                                    : rc;
     }
     case OP_CR_GCM_DECRYPT: {
         const uint8_t *key = rpc_get_bytes(in, &a), *nonce = rpc_get_bytes(in, &b);
@@ -557,13 +590,13 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
 {
     if (!h__hal)
         return NU_ERR_STATE;
-    if (op <= OP_KS_BLOB_PUT)
+    if (op <= OP_KS_ATTEST)
         return h__ks(op, in, out);
     if (op <= OP_FL_ERASE)
         return h__flash(op, in, out);
     if (op <= OP_TP_SUBSCRIBE)
         return h__tp(op, in, out);
-    if (op <= OP_TG_LOCK)
+    if (op <= OP_TG_READ_CERT)
         return h__tgt(op, in, out);
     if (op <= OP_CR_IMAGE_VERIFY)
         return h__cry(op, in, out);
@@ -629,13 +662,14 @@ int pg_core_enrolled(const struct pg_core *c)
 }
 
 int pg_core_enroll(struct pg_core *c, const char *relay_id, const char *token,
-                   const uint8_t *fw_hash)
+                   const uint8_t *fw_hash, const uint8_t *manifest, size_t manifest_len)
 {
     (void)c;
     struct rpc_msg *m = h__begin(OP_C_ENROLL), *r;
     rpc_put_str(m, relay_id);
     rpc_put_str(m, token);
     rpc_put_bytes(m, fw_hash, fw_hash ? 32 : 0);
+    rpc_put_bytes(m, manifest, manifest ? manifest_len : 0);
     int rc = rpc_call(m, &r);
     h__end();
     return rc;
@@ -693,6 +727,9 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     memset(out, 0, sizeof(*out));
     rpc_get_into(r, out->uid, sizeof(out->uid), &out->uid_len);
     out->provisioned = (int)rpc_get_u32(r);
+    out->resumed = (int)rpc_get_u32(r);
+    out->already_done = (int)rpc_get_u32(r);
+    out->held = (int)rpc_get_u32(r);
     out->error = (int)rpc_get_u32(r);
     const char *st = rpc_get_str(r), *serial = rpc_get_str(r);
     if (st) { /* the core's step names are static strings: keep copies alive */
@@ -758,6 +795,21 @@ int pg_core_identity_cert(struct pg_core *c, uint8_t *buf, size_t cap, size_t *o
         *out_len = len;
     h__end();
     return rc;
+}
+
+int pg_core_journal_flush(struct pg_core *c)
+{
+    (void)c;
+    return h__call0(OP_C_JOURNAL_FLUSH);
+}
+
+uint32_t pg_core_units_kept(const struct pg_core *c)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_UNITS_KEPT), *r;
+    uint32_t units = rpc_call(m, &r) == NU_OK ? rpc_get_u32(r) : 0;
+    h__end();
+    return units;
 }
 
 void pg_core_stop(struct pg_core *c, enum pg_stop reason)
@@ -866,11 +918,11 @@ static void h__finish(void)
     /* `name value unit` lines (bench/run.sh reads them from M33_REPORT). */
     char lines[1024];
     snprintf(lines, sizeof(lines),
-                       "m33_pg_core_struct_bytes %u B\n"
-                       "m33_control_stack_peak_bytes %u B\n"
-                       "m33_worker_stack_peak_bytes %u B\n"
-                       "m33_task_switches %u switches\n",
-                       core_size, ctl_peak, peak, switches);
+             "m33_pg_core_struct_bytes %u B\n"
+             "m33_control_stack_peak_bytes %u B\n"
+             "m33_worker_stack_peak_bytes %u B\n"
+             "m33_task_switches %u switches\n",
+             core_size, ctl_peak, peak, switches);
     fputs(lines, stdout);
     printf("m33: worker stacks (of %u B each):", stack_size);
     for (uint32_t i = 0; i < n && i < 16; i++)

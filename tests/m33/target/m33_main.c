@@ -87,8 +87,7 @@ static int ks_sign(void *ctx, enum pg_key key, const uint8_t digest[32], uint8_t
     return rc;
 }
 
-static int ks_ecdh(void *ctx, enum pg_key key, const uint8_t peer[PG_P256_PUB_LEN],
-                   uint8_t out[32])
+static int ks_ecdh(void *ctx, enum pg_key key, const uint8_t peer[PG_P256_PUB_LEN], uint8_t out[32])
 {
     (void)ctx;
     t__yield();
@@ -154,9 +153,25 @@ static int ks_blob_put(void *ctx, const char *name, const uint8_t *data, size_t 
     return rc;
 }
 
+static int ks_attest(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
+                     struct pg_attestation *out)
+{
+    (void)ctx;
+    t__yield();
+    struct rpc_msg *m = rpc_begin(OP_KS_ATTEST), *r;
+    rpc_put_bytes(m, nonce, PG_ATTEST_NONCE_LEN);
+    int rc = t__go(m, &r);
+    if (rc == NU_OK && (rpc_get_into(r, out->stmt, sizeof(out->stmt), &out->stmt_len) != 0 ||
+                        rpc_get_into(r, out->sig, sizeof(out->sig), &out->sig_len) != 0 ||
+                        rpc_get_into(r, out->cert, sizeof(out->cert), &out->cert_len) != 0))
+        rc = NU_ERR_TOO_LARGE;
+    rpc_done();
+    return rc;
+}
+
 static const struct pg_keystore_ops t_ks = {
-    PG_HAL_VERSION, ks_keys_generate, ks_pubkey, ks_sign, ks_ecdh,
-    ks_counter_read, ks_counter_inc, ks_blob_get, ks_blob_put,
+    PG_HAL_VERSION,  ks_keys_generate, ks_pubkey,   ks_sign,     ks_ecdh,
+    ks_counter_read, ks_counter_inc,   ks_blob_get, ks_blob_put, ks_attest,
 };
 
 /* ---- flash -------------------------------------------------------------------- */
@@ -279,11 +294,31 @@ static int tg_sock(uint32_t op, unsigned sock)
     return t__simple(op, sock);
 }
 
-static int tg_insert(void *ctx, unsigned s) { (void)ctx; return tg_sock(OP_TG_INSERT, s); }
-static int tg_remove(void *ctx, unsigned s) { (void)ctx; return tg_sock(OP_TG_REMOVE, s); }
-static int tg_blank(void *ctx, unsigned s) { (void)ctx; return tg_sock(OP_TG_BLANK, s); }
-static int tg_reset(void *ctx, unsigned s) { (void)ctx; return tg_sock(OP_TG_RESET, s); }
-static int tg_lock(void *ctx, unsigned s) { (void)ctx; return tg_sock(OP_TG_LOCK, s); }
+static int tg_insert(void *ctx, unsigned s)
+{
+    (void)ctx;
+    return tg_sock(OP_TG_INSERT, s);
+}
+static int tg_remove(void *ctx, unsigned s)
+{
+    (void)ctx;
+    return tg_sock(OP_TG_REMOVE, s);
+}
+static int tg_blank(void *ctx, unsigned s)
+{
+    (void)ctx;
+    return tg_sock(OP_TG_BLANK, s);
+}
+static int tg_reset(void *ctx, unsigned s)
+{
+    (void)ctx;
+    return tg_sock(OP_TG_RESET, s);
+}
+static int tg_lock(void *ctx, unsigned s)
+{
+    (void)ctx;
+    return tg_sock(OP_TG_LOCK, s);
+}
 
 /* sock + one bytes field in, status out */
 static int tg_put(uint32_t op, unsigned sock, const void *p, size_t len)
@@ -369,9 +404,40 @@ static int tg_attest(void *ctx, unsigned s, const uint8_t nonce[32], uint8_t *si
     return tg_get(OP_TG_ATTEST, s, nonce, 32, sig, cap, out_len);
 }
 
+static int tg_state(void *ctx, unsigned s, enum pg_chip_state *out_state)
+{
+    (void)ctx;
+    t__yield();
+    struct rpc_msg *m = rpc_begin(OP_TG_STATE), *r;
+    rpc_put_u32(m, s);
+    int rc = t__go(m, &r);
+    *out_state = (enum pg_chip_state)rpc_get_u32(r);
+    rpc_done();
+    return rc;
+}
+
+static int tg_otp_read(void *ctx, unsigned s, uint8_t out[32])
+{
+    (void)ctx;
+    return tg_get(OP_TG_OTP_READ, s, NULL, 0, out, 32, NULL);
+}
+
+static int tg_csr(void *ctx, unsigned s, const char *cn, uint8_t *out, size_t cap, size_t *out_len)
+{
+    (void)ctx;
+    return tg_get(OP_TG_CSR, s, cn, strlen(cn) + 1, out, cap, out_len);
+}
+
+static int tg_read_cert(void *ctx, unsigned s, uint8_t *out, size_t cap, size_t *out_len)
+{
+    (void)ctx;
+    return tg_get(OP_TG_READ_CERT, s, NULL, 0, out, cap, out_len);
+}
+
 static const struct pg_target_ops t_tgt = {
-    PG_HAL_VERSION, tg_insert, tg_remove, tg_read_uid, tg_blank, tg_otp, tg_keygen_csr,
-    tg_read_pub, tg_flash_write, tg_boot_key, tg_write_cert, tg_reset, tg_attest, tg_lock,
+    PG_HAL_VERSION, tg_insert,   tg_remove,      tg_read_uid, tg_blank,      tg_otp,
+    tg_keygen_csr,  tg_read_pub, tg_flash_write, tg_boot_key, tg_write_cert, tg_reset,
+    tg_attest,      tg_lock,     tg_state,       tg_otp_read, tg_csr,        tg_read_cert,
 };
 
 /* ---- crypto (on the host: wolfCrypt through the POSIX port) ------------------------ */
@@ -533,8 +599,8 @@ static int cr_image_verify(void *ctx, pg_read_fn read, void *rctx, uint32_t size
 }
 
 static const struct pg_crypto_ops t_cry = {
-    PG_HAL_VERSION, cr_sha_init, cr_sha_update, cr_sha_final, cr_verify, cr_gcm, cr_seal_open,
-    cr_csr_make, cr_csr_check, cr_cert_check, cr_pubkey_parse, cr_image_verify,
+    PG_HAL_VERSION, cr_sha_init, cr_sha_update, cr_sha_final,  cr_verify,       cr_gcm,
+    cr_seal_open,   cr_csr_make, cr_csr_check,  cr_cert_check, cr_pubkey_parse, cr_image_verify,
 };
 
 /* ---- clock, rng, log ------------------------------------------------------------------ */
@@ -641,6 +707,9 @@ static int t__socket_run(struct rpc_msg *in, struct rpc_msg *out)
     int rc = pg_socket_run(&t__core, rpc_get_u32(in), &res);
     rpc_put_bytes(out, res.uid, res.uid_len);
     rpc_put_u32(out, (uint32_t)res.provisioned);
+    rpc_put_u32(out, (uint32_t)res.resumed);
+    rpc_put_u32(out, (uint32_t)res.already_done);
+    rpc_put_u32(out, (uint32_t)res.held);
     rpc_put_u32(out, (uint32_t)res.error);
     rpc_put_str(out, res.step);
     rpc_put_str(out, res.serial);
@@ -716,7 +785,9 @@ static int t__api_rest(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         rpc_put_u32(out, (uint32_t)n);
         rpc_put_bytes(out, buf, rc == NU_OK ? n : 0);
         return rc;
-    case OP_C_STOP: pg_core_stop(&t__core, (enum pg_stop)a); return NU_OK;
+    case OP_C_STOP:
+        pg_core_stop(&t__core, (enum pg_stop)a);
+        return NU_OK;
     case OP_C_ON_MESSAGE: {
         in->pos -= 4; /* no leading u32: topic, payload */
         const char *topic = rpc_get_str(in);
@@ -724,7 +795,8 @@ static int t__api_rest(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         pg_core_on_message(&t__core, topic ? topic : "", p, n);
         return NU_OK;
     }
-    case OP_C_STATUS_PUBLISH: return pg_core_status_publish(&t__core, (enum pg_prog_state)a);
+    case OP_C_STATUS_PUBLISH:
+        return pg_core_status_publish(&t__core, (enum pg_prog_state)a);
     case OP_C_STATUS_ENCODE:
         cap = rpc_get_u32(in);
         rc = pg_core_status_encode(&t__core, (enum pg_prog_state)a, buf,
@@ -744,32 +816,52 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     int rc = NU_OK, action = 0;
     uint32_t a = 0, b = 0;
     switch (op) {
-    case OP_C_INIT: return t__init(in);
-    case OP_C_DEINIT: pg_core_deinit(&t__core); return NU_OK;
-    case OP_C_ENROLLED: return pg_core_enrolled(&t__core);
+    case OP_C_INIT:
+        return t__init(in);
+    case OP_C_DEINIT:
+        pg_core_deinit(&t__core);
+        return NU_OK;
+    case OP_C_ENROLLED:
+        return pg_core_enrolled(&t__core);
+    case OP_C_JOURNAL_FLUSH:
+        return pg_core_journal_flush(&t__core);
+    case OP_C_UNITS_KEPT:
+        rpc_put_u32(out, pg_core_units_kept(&t__core));
+        return NU_OK;
     case OP_C_ENROLL: {
         const char *relay = rpc_get_str(in), *token = rpc_get_str(in);
         size_t n = 0;
         const uint8_t *h = rpc_get_bytes(in, &n);
-        return pg_core_enroll(&t__core, relay, token, n == 32 ? h : NULL);
+        size_t mlen = 0;
+        const uint8_t *manifest = rpc_get_bytes(in, &mlen);
+        return pg_core_enroll(&t__core, relay, token, n == 32 ? h : NULL, mlen ? manifest : NULL,
+                              mlen);
     }
     case OP_C_PACKAGE_LOAD: {
         size_t n = 0;
         const uint8_t *p = rpc_get_bytes(in, &n);
         return pg_core_package_load(&t__core, p, n);
     }
-    case OP_C_JOB_ID: rpc_put_str(out, pg_core_job_id(&t__core)); return NU_OK;
-    case OP_C_FW_FETCH: return pg_core_firmware_fetch(&t__core);
-    case OP_C_FW_READY: return pg_core_firmware_ready(&t__core);
-    case OP_C_PROD_BEGIN: return pg_core_production_begin(&t__core);
-    case OP_C_SOCKET_RUN: return t__socket_run(in, out);
-    case OP_C_PROD_END: return (int)pg_core_production_end(&t__core);
+    case OP_C_JOB_ID:
+        rpc_put_str(out, pg_core_job_id(&t__core));
+        return NU_OK;
+    case OP_C_FW_FETCH:
+        return pg_core_firmware_fetch(&t__core);
+    case OP_C_FW_READY:
+        return pg_core_firmware_ready(&t__core);
+    case OP_C_PROD_BEGIN:
+        return pg_core_production_begin(&t__core);
+    case OP_C_SOCKET_RUN:
+        return t__socket_run(in, out);
+    case OP_C_PROD_END:
+        return (int)pg_core_production_end(&t__core);
     case OP_C_COUNTS:
         pg_core_counts(&t__core, &a, &b);
         rpc_put_u32(out, a);
         rpc_put_u32(out, b);
         return NU_OK;
-    case OP_C_SUBSCRIBE: return pg_core_subscribe(&t__core);
+    case OP_C_SUBSCRIBE:
+        return pg_core_subscribe(&t__core);
     case OP_C_POLL:
         rc = pg_core_poll(&t__core, &action);
         rpc_put_u32(out, (uint32_t)action);
@@ -783,15 +875,23 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     case OP_C_ON_MESSAGE:
     case OP_C_STATUS_PUBLISH:
     case OP_C_STATUS_ENCODE:
-    case OP_C_TOPIC_STATUS: return t__api_rest(op, in, out);
+    case OP_C_TOPIC_STATUS:
+        return t__api_rest(op, in, out);
     case OP_CB_ECDH:
     case OP_CB_SIGN:
     case OP_CB_READ:
-    case OP_CB_MSG: return t__callback(op, in, out);
-    case OP_T_REPORT: t__report(out); return NU_OK;
-    case OP_T_VECTORS: return m33_seal_vector(&t__hal, in, out);
-    case OP_T_EXIT: t__exit = (int)rpc_get_u32(in); return NU_OK;
-    default: return NU_ERR_NOT_SUPPORTED;
+    case OP_CB_MSG:
+        return t__callback(op, in, out);
+    case OP_T_REPORT:
+        t__report(out);
+        return NU_OK;
+    case OP_T_VECTORS:
+        return m33_seal_vector(&t__hal, in, out);
+    case OP_T_EXIT:
+        t__exit = (int)rpc_get_u32(in);
+        return NU_OK;
+    default:
+        return NU_ERR_NOT_SUPPORTED;
     }
 }
 
