@@ -19,6 +19,7 @@
 #include "ledger.h"
 #include "nu_err.h"
 #include "nu_json.h"
+#include "nu_msgsig.h"
 #include "nu_test.h"
 #include "nu_util.h"
 
@@ -164,8 +165,7 @@ static void case_end(int got, int want, const char *actor)
 }
 
 /* A request with any op level and any payload; the answer's code. */
-static int raw(struct cf_client *c, const char *id, const char *op, const void *payload,
-               size_t len)
+static int raw(struct cf_client *c, const char *id, const char *op, const void *payload, size_t len)
 {
     char topic[1024];
     uint8_t *ans = NULL;
@@ -241,8 +241,7 @@ static int setup(void)
     const uint32_t limits[] = {1};
     const uint32_t many[] = {5};
     Nusec__V1__Envelope *r = NULL;
-    if (cf_setup(&F, "catalogue") || write_conf() || cf_cloud_stop(&F) != 0 ||
-        cf_cloud_start(&F))
+    if (cf_setup(&F, "catalogue") || write_conf() || cf_cloud_stop(&F) != 0 || cf_cloud_start(&F))
         return -1;
     if (cf_client_open(&F, "oem", NULL, NULL, &oem) ||
         cf_client_open(&F, "station", NULL, NULL, &station) ||
@@ -268,8 +267,8 @@ static int setup(void)
     nu_envelope_free(r);
     r = NULL;
     if (!rc)
-        rc = cf_cert_request(&c1, "cat-full", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL,
-                             0, &r);
+        rc = cf_cert_request(&c1, "cat-full", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL, 0,
+                             &r);
     nu_envelope_free(r);
     if (rc)
         printf("catalogue setup: cert.request %s\n", nu_err_name(rc));
@@ -304,15 +303,18 @@ static int teardown(void)
     }
 OP_CASE(op_quote, "job\"list")
 OP_CASE(op_space, "job list")
-OP_CASE(op_umlaut, "j\xc3\xb6" "b.list")
+OP_CASE(op_umlaut, "j\xc3\xb6"
+                   "b.list")
 OP_CASE(op_dollar, "job$list")
 OP_CASE(op_backslash, "job\\list")
 OP_CASE(op_tilde_percent, "job~%list")
 OP_CASE(op_emoji, "job\xf0\x9f\x92\xa3list")
 OP_CASE(op_33_chars, "job.list.job.list.job.list.job.li")
-OP_CASE(op_200_chars, "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
-                      "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
-                      "jjjjjjjjjjjjjjjjjj")
+OP_CASE(
+    op_200_chars,
+    "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+    "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+    "jjjjjjjjjjjjjjjjjj")
 OP_CASE(op_unknown, "job.delete")
 
 /* Longer than any topic the cloud keeps: answered with the name cut. */
@@ -406,9 +408,9 @@ static void oversize_at_broker(void)
     int rc = nu_mqtt_publish(station.m, "nusec/v1/cloud/req/station/job.list", junk, len, 1, 0);
     cases_run++;
     CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
-    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log",
-                               F.dir),
-                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log", F.dir),
+        0);
     CU_ASSERT_EQUAL(audit_head(), case_seq); /* it never reached the cloud */
     char *now = state_snapshot();
     CU_ASSERT_STRING_EQUAL(now, case_state);
@@ -592,9 +594,9 @@ static void duplicate_device_other_key(void)
     Nusec__V1__Envelope *r = NULL;
     CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
     case_begin();
-    case_end(cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len, key, sizeof(key),
-                             &r),
-             NU_ERR_DUPLICATE_DEVICE, "cat-p1");
+    case_end(
+        cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len, key, sizeof(key), &r),
+        NU_ERR_DUPLICATE_DEVICE, "cat-p1");
     nu_envelope_free(r);
     free(csr);
     nu_p256_key_destroy(k);
@@ -754,9 +756,8 @@ static void refusal_flood_is_coalesced(void)
 
 static void auditors_pass(void)
 {
-    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null", NUSEC_BINARY_DIR,
-                               F.dir),
-                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null", NUSEC_BINARY_DIR, F.dir), 0);
     CU_ASSERT_EQUAL(
         nu_test_sh("python3 %s/tests/tools/audit_verify.py %s", NUSEC_SOURCE_DIR, F.ledger), 0);
 }
@@ -783,21 +784,150 @@ static uint64_t last_refusal_seq(void)
 static void auditors_refuse_a_duplicate_key(void)
 {
     CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
-    CU_ASSERT_EQUAL_FATAL(
-        nu_test_sh("python3 %s/tests/tools/ledger_rewrite.py %s --from-seq %llu "
-                   "--replace '\"code\":' '\"code\":\"OK\",\"code\":' >/dev/null",
-                   NUSEC_SOURCE_DIR, F.ledger, (unsigned long long)last_refusal_seq()),
-        0);
-    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null 2>&1",
-                               NUSEC_BINARY_DIR, F.dir),
-                    1);
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh("python3 %s/tests/tools/ledger_rewrite.py %s --from-seq %llu "
+                                     "--replace '\"code\":' '\"code\":\"OK\",\"code\":' >/dev/null",
+                                     NUSEC_SOURCE_DIR, F.ledger,
+                                     (unsigned long long)last_refusal_seq()),
+                          0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null 2>&1", NUSEC_BINARY_DIR, F.dir),
+        1);
     CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s 2>/dev/null | grep -q "
                                "'payloads *FAILED'",
                                NUSEC_BINARY_DIR, F.dir),
                     0);
-    CU_ASSERT_EQUAL(nu_test_sh("python3 %s/tests/tools/audit_verify.py %s | grep -q 'duplicate key'",
-                               NUSEC_SOURCE_DIR, F.ledger),
-                    0);
+    CU_ASSERT_EQUAL(
+        nu_test_sh("python3 %s/tests/tools/audit_verify.py %s | grep -q 'duplicate key'",
+                   NUSEC_SOURCE_DIR, F.ledger),
+        0);
+}
+
+/* ---------------------------------------- end-to-end signatures (issue 14) */
+
+/* A second session as cat-p1 (as a hostile site broker would inject: the
+ * broker's TLS identity is right, the signature is not the programmer's). */
+static struct cf_client as_p1(void)
+{
+    struct cf_client x = {0};
+    CU_ASSERT_EQUAL(cf_client_open(&F, "cat-p1", p1.cert, p1.key, &x), NU_OK);
+    return x;
+}
+
+static void sig_unsigned(void)
+{
+    struct cf_client x = as_p1();
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_set_signer(x.m, NULL), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+}
+
+static void sig_cm_held_key(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+}
+
+/* A signer that answers one fixed signature, whatever it is asked to sign:
+ * a genuine signature lifted off the wire and put on other bytes. */
+struct fixed_sig {
+    uint8_t sig[NU_P256_SIG_MAX];
+    size_t len;
+};
+
+static int fixed_sign(void *ctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len)
+{
+    const struct fixed_sig *f = ctx;
+    (void)digest;
+    memcpy(sig, f->sig, f->len);
+    *sig_len = f->len;
+    return NU_OK;
+}
+
+static void sig_replayed_with_new_csr(void)
+{
+    /* The genuine request: cat-p1's key over its topic and bytes. */
+    Nusec__V1__CertificateRequest cr = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    cr.job_id = "cat-active";
+    cr.device_uid = (ProtobufCBinaryData){sizeof(UID_NEW), (uint8_t *)UID_NEW};
+    cr.csr_der = (ProtobufCBinaryData){dev_csr_len, dev_csr};
+    size_t len = 0;
+    uint8_t *env = envelope(c1.sender, &cr.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    uint8_t d[32];
+    struct fixed_sig f = {.len = sizeof(f.sig)};
+    CU_ASSERT_EQUAL(nu_msgsig_digest("nusec/v1/cloud/req/cat-p1/cert.request", env, len, d), NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_sign_digest(p1.identity, d, f.sig, &f.len), NU_OK);
+    free(env);
+    /* Replayed by the site with another CSR (a key the CM holds). */
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL;
+    size_t csr_len = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &csr_len), NU_OK);
+    struct cf_client x = as_p1();
+    struct nu_signer s = {.ctx = &f, .sign_digest = fixed_sign};
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_set_signer(x.m, &s), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), csr, csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+    nu_p256_key_destroy(k);
+    free(csr);
+}
+
+static void sig_replayed_same_bytes(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    CU_ASSERT_EQUAL(raw(&station, "station", "job.list", env, len), NU_OK);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_REPLAY, "station");
+    free(env);
+}
+
+static void sig_stale(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    struct nu_envelope_frame fr;
+    uint8_t *env = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_frame_init(&fr, station.sender, &req.base), NU_OK);
+    fr.header.sent_at_ms = nu_time_ms() - 301 * 1000; /* sig_window_s = 300 */
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_pack(&fr.env, &env, &len, NULL), NU_OK);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_REPLAY, "station");
+    free(env);
+}
+
+static void sig_forged_device_report(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    ev.kind = "device.provisioned";
+    ev.job_id = "cat-active";
+    size_t len = 0;
+    uint8_t *env = envelope(x.sender, &ev.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    /* An event has no answer: the refusal shows in the audit only. */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(x.m, "nusec/v1/events/programmer/cat-p1/device.provisioned",
+                                    env, len, 1, 0),
+                    NU_OK);
+    case_end(NU_ERR_BAD_SIGNATURE, NU_ERR_BAD_SIGNATURE, "cat-p1");
+    free(env);
+    cf_client_close(&x);
 }
 
 int main(void)
@@ -859,11 +989,17 @@ int main(void)
         {"firmware.manifest with a wrong token", firmware_manifest_bad_token},
         {"firmware.chunk of an unknown job", firmware_chunk_unknown_job},
         {"a refusal flood is coalesced in the audit", refusal_flood_is_coalesced},
+        {"unsigned request (injected at a site broker)", sig_unsigned},
+        {"cert.request signed with a CM-held key", sig_cm_held_key},
+        {"genuine signature replayed with a new CSR", sig_replayed_with_new_csr},
+        {"genuine signed request replayed as is", sig_replayed_same_bytes},
+        {"signed request older than the window", sig_stale},
+        {"forged device report", sig_forged_device_report},
         {"nusec audit verify and the Python auditor pass", auditors_pass},
         {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
         {NULL, NULL},
     };
-    static const struct nu_test_suite suites[] = {
-        {"bad-input catalogue", setup, teardown, cases}, {NULL, NULL, NULL, NULL}};
+    static const struct nu_test_suite suites[] = {{"bad-input catalogue", setup, teardown, cases},
+                                                  {NULL, NULL, NULL, NULL}};
     return nu_test_run("test_bad_inputs", suites);
 }
