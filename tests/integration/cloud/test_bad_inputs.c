@@ -165,7 +165,8 @@ static void case_end(int got, int want, const char *actor)
 }
 
 /* A request with any op level and any payload; the answer's code. */
-static int raw(struct cf_client *c, const char *id, const char *op, const void *payload, size_t len)
+static int raw(struct cf_client *c, const char *id, const char *op, const void *payload,
+               size_t len)
 {
     char topic[1024];
     uint8_t *ans = NULL;
@@ -241,7 +242,8 @@ static int setup(void)
     const uint32_t limits[] = {1};
     const uint32_t many[] = {5};
     Nusec__V1__Envelope *r = NULL;
-    if (cf_setup(&F, "catalogue") || write_conf() || cf_cloud_stop(&F) != 0 || cf_cloud_start(&F))
+    if (cf_setup(&F, "catalogue") || write_conf() || cf_cloud_stop(&F) != 0 ||
+        cf_cloud_start(&F))
         return -1;
     if (cf_client_open(&F, "oem", NULL, NULL, &oem) ||
         cf_client_open(&F, "station", NULL, NULL, &station) ||
@@ -267,8 +269,8 @@ static int setup(void)
     nu_envelope_free(r);
     r = NULL;
     if (!rc)
-        rc = cf_cert_request(&c1, "cat-full", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL, 0,
-                             &r);
+        rc = cf_cert_request(&c1, "cat-full", UID_OK, sizeof(UID_OK), dev_csr, dev_csr_len, NULL,
+                             0, &r);
     nu_envelope_free(r);
     if (rc)
         printf("catalogue setup: cert.request %s\n", nu_err_name(rc));
@@ -303,18 +305,15 @@ static int teardown(void)
     }
 OP_CASE(op_quote, "job\"list")
 OP_CASE(op_space, "job list")
-OP_CASE(op_umlaut, "j\xc3\xb6"
-                   "b.list")
+OP_CASE(op_umlaut, "j\xc3\xb6" "b.list")
 OP_CASE(op_dollar, "job$list")
 OP_CASE(op_backslash, "job\\list")
 OP_CASE(op_tilde_percent, "job~%list")
 OP_CASE(op_emoji, "job\xf0\x9f\x92\xa3list")
 OP_CASE(op_33_chars, "job.list.job.list.job.list.job.li")
-OP_CASE(
-    op_200_chars,
-    "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
-    "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
-    "jjjjjjjjjjjjjjjjjj")
+OP_CASE(op_200_chars, "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+                      "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+                      "jjjjjjjjjjjjjjjjjj")
 OP_CASE(op_unknown, "job.delete")
 
 /* Longer than any topic the cloud keeps: answered with the name cut. */
@@ -408,9 +407,9 @@ static void oversize_at_broker(void)
     int rc = nu_mqtt_publish(station.m, "nusec/v1/cloud/req/station/job.list", junk, len, 1, 0);
     cases_run++;
     CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
-    CU_ASSERT_EQUAL(
-        nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log", F.dir),
-        0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log",
+                               F.dir),
+                    0);
     CU_ASSERT_EQUAL(audit_head(), case_seq); /* it never reached the cloud */
     char *now = state_snapshot();
     CU_ASSERT_STRING_EQUAL(now, case_state);
@@ -594,9 +593,9 @@ static void duplicate_device_other_key(void)
     Nusec__V1__Envelope *r = NULL;
     CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &len), NU_OK);
     case_begin();
-    case_end(
-        cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len, key, sizeof(key), &r),
-        NU_ERR_DUPLICATE_DEVICE, "cat-p1");
+    case_end(cf_cert_request(&c1, "cat-active", UID_OK, sizeof(UID_OK), csr, len, key, sizeof(key),
+                             &r),
+             NU_ERR_DUPLICATE_DEVICE, "cat-p1");
     nu_envelope_free(r);
     free(csr);
     nu_p256_key_destroy(k);
@@ -756,8 +755,9 @@ static void refusal_flood_is_coalesced(void)
 
 static void auditors_pass(void)
 {
-    CU_ASSERT_EQUAL(
-        nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null", NUSEC_BINARY_DIR, F.dir), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null", NUSEC_BINARY_DIR,
+                               F.dir),
+                    0);
     CU_ASSERT_EQUAL(
         nu_test_sh("python3 %s/tests/tools/audit_verify.py %s", NUSEC_SOURCE_DIR, F.ledger), 0);
 }
@@ -784,22 +784,21 @@ static uint64_t last_refusal_seq(void)
 static void auditors_refuse_a_duplicate_key(void)
 {
     CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
-    CU_ASSERT_EQUAL_FATAL(nu_test_sh("python3 %s/tests/tools/ledger_rewrite.py %s --from-seq %llu "
-                                     "--replace '\"code\":' '\"code\":\"OK\",\"code\":' >/dev/null",
-                                     NUSEC_SOURCE_DIR, F.ledger,
-                                     (unsigned long long)last_refusal_seq()),
-                          0);
-    CU_ASSERT_EQUAL(
-        nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null 2>&1", NUSEC_BINARY_DIR, F.dir),
-        1);
+    CU_ASSERT_EQUAL_FATAL(
+        nu_test_sh("python3 %s/tests/tools/ledger_rewrite.py %s --from-seq %llu "
+                   "--replace '\"code\":' '\"code\":\"OK\",\"code\":' >/dev/null",
+                   NUSEC_SOURCE_DIR, F.ledger, (unsigned long long)last_refusal_seq()),
+        0);
+    CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s >/dev/null 2>&1",
+                               NUSEC_BINARY_DIR, F.dir),
+                    1);
     CU_ASSERT_EQUAL(nu_test_sh("%s/bin/nusec audit verify --dir %s 2>/dev/null | grep -q "
                                "'payloads *FAILED'",
                                NUSEC_BINARY_DIR, F.dir),
                     0);
-    CU_ASSERT_EQUAL(
-        nu_test_sh("python3 %s/tests/tools/audit_verify.py %s | grep -q 'duplicate key'",
-                   NUSEC_SOURCE_DIR, F.ledger),
-        0);
+    CU_ASSERT_EQUAL(nu_test_sh("python3 %s/tests/tools/audit_verify.py %s | grep -q 'duplicate key'",
+                               NUSEC_SOURCE_DIR, F.ledger),
+                    0);
 }
 
 /* ---------------------------------------- end-to-end signatures (issue 14) */
@@ -999,7 +998,7 @@ int main(void)
         {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
         {NULL, NULL},
     };
-    static const struct nu_test_suite suites[] = {{"bad-input catalogue", setup, teardown, cases},
-                                                  {NULL, NULL, NULL, NULL}};
+    static const struct nu_test_suite suites[] = {
+        {"bad-input catalogue", setup, teardown, cases}, {NULL, NULL, NULL, NULL}};
     return nu_test_run("test_bad_inputs", suites);
 }
