@@ -25,6 +25,11 @@ int cloud_msgsig_start(struct cloud *cloud, struct nu_msgsig_replay **out);
 
 /*
  * Check one message. env is the decoded envelope (its header is used).
+ * fresh = 0 skips the window and replay check (the signature still must
+ * verify): for device reports only, which the ledger records once by their
+ * idempotency key, and which a programmer re-sends verbatim from its flash
+ * journal after a crash or an outage of any length, so a window would lose
+ * them while a replay can change nothing.
  * Returns NU_OK; BAD_SIGNATURE (unsigned, malformed, another key, another
  * topic or bytes); REVOKED (sender revoked); NOT_AUTHORIZED (sender not
  * enrolled); REPLAY (stale or replayed);
@@ -33,6 +38,6 @@ int cloud_msgsig_start(struct cloud *cloud, struct nu_msgsig_replay **out);
 int cloud_msgsig_check(struct cloud *cloud, struct nu_msgsig_replay *replay,
                        struct cloud_ledger *ledger, const char *sender, const char *topic,
                        const uint8_t *payload, size_t len, const char *sig,
-                       const Nusec__V1__Envelope *env, char *detail, size_t cap);
+                       const Nusec__V1__Envelope *env, int fresh, char *detail, size_t cap);
 
 #endif

@@ -929,6 +929,24 @@ static void sig_forged_device_report(void)
     cf_client_close(&x);
 }
 
+static void sig_forged_device_report_request(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    ev.kind = "device.provisioned";
+    ev.job_id = "cat-active";
+    size_t len = 0;
+    uint8_t *env = envelope(x.sender, &ev.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    case_end(raw(&x, "cat-p1", "device.report", env, len), NU_ERR_BAD_SIGNATURE, "cat-p1");
+    free(env);
+    cf_client_close(&x);
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -994,6 +1012,7 @@ int main(void)
         {"genuine signed request replayed as is", sig_replayed_same_bytes},
         {"signed request older than the window", sig_stale},
         {"forged device report", sig_forged_device_report},
+        {"forged device.report request", sig_forged_device_report_request},
         {"nusec audit verify and the Python auditor pass", auditors_pass},
         {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
         {NULL, NULL},
