@@ -24,6 +24,7 @@ PACKAGES=(
     gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
     swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     tpm2-tools dbus opensc
+    libpq-dev postgresql python3-psycopg2
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
@@ -36,9 +37,13 @@ usage: ./build.sh [COMMAND] [OPTIONS]
 Commands:
   (none)            install missing Debian packages, build into build/
   test              build with AddressSanitizer + UBSan into build-test/ and run
-                    every test (unit, integration, security); prints a summary
+                    every test (unit, integration, security); prints a summary;
+                    then builds the fuzz targets (clang, build-fuzz/) and runs
+                    each for 5 s over its seeds (a crash fails the run)
   fuzz [--seconds N]  build the libFuzzer targets with clang into build-fuzz/
-                    and run each for N seconds (default 30)
+                    and run each for N seconds (default 30), one after the
+                    other, corpus kept in build-fuzz/corpus/; prints the
+                    executions per target
   demo [--dir DIR] [--devices N] [--quota Q] [--programmers P] [--sockets S]
        [--flash-us-per-kib T]
                     build, then run a whole production on the local stack:
@@ -108,7 +113,7 @@ cmd_build() {
 }
 
 cmd_test() {
-    ensure_packages "${PACKAGES[@]}"
+    ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
     configure_and_build build-test -DCMAKE_BUILD_TYPE=Debug -DNUSEC_SANITIZE=ON
     local log="$ROOT/build-test/ctest.log" rc=0
     (cd "$ROOT/build-test" &&
@@ -123,7 +128,45 @@ cmd_test() {
     passed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .* Passed' "$log" || true)
     failed=$(grep -cE '^ *[0-9]+/[0-9]+ Test +#[0-9]+: .*(Failed|Exception|Timeout|Not Run)' "$log" || true)
     echo "tests: $passed passed, $failed failed"
-    ((rc == 0 && failed == 0)) || exit 1
+    # Fuzz smoke: every libFuzzer target 5 s over its seeds; a crash fails.
+    local frc=0
+    fuzz_build && fuzz_run 5 smoke || frc=$?
+    ((rc == 0 && failed == 0 && frc == 0)) || exit 1
+}
+
+# The libFuzzer targets (clang, ASan + UBSan) into build-fuzz/, and only them.
+fuzz_build() {
+    local werror=OFF
+    [[ -n "${CI:-}" ]] && werror=ON
+    CC=clang cmake -S "$ROOT" -B "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DNUSEC_FUZZ=ON \
+        -DNUSEC_WERROR="$werror" >/dev/null
+    cmake --build "$ROOT/build-fuzz" --target nusec_fuzz -j "$JOBS"
+}
+
+# fuzz_run SECONDS KIND: each target in turn (one core) over its seeds and
+# build-fuzz/KIND/<target> (a smoke run starts that corpus afresh); prints
+# executions per target; returns 1 if any target crashed (the input is kept
+# in build-fuzz/crashes/).
+fuzz_run() {
+    local seconds=$1 kind=$2 t name corpus log failed=0
+    mkdir -p "$ROOT/build-fuzz/crashes"
+    for t in "$ROOT"/build-fuzz/bin/fuzz_*; do
+        name=$(basename "$t")
+        corpus="$ROOT/build-fuzz/$kind/$name"
+        log="$ROOT/build-fuzz/$kind/$name.log"
+        [[ "$kind" == smoke ]] && rm -rf "$corpus"
+        mkdir -p "$corpus"
+        if "$t" -max_total_time="$seconds" -max_len=65536 -timeout=30 \
+            -artifact_prefix="$ROOT/build-fuzz/crashes/$name-" \
+            "$corpus" "$ROOT/tests/fuzz/seeds/$name" >"$log" 2>&1; then
+            say "fuzz $name: $(grep -oE 'Done [0-9]+ runs' "$log" | tail -n 1 | cut -d' ' -f2) executions in ${seconds}s, corpus $(find "$corpus" -type f | wc -l)"
+        else
+            say "fuzz $name: FAILED (log $log)"
+            grep -E 'ERROR|SUMMARY|fuzz_.*\.c: |Test unit written' "$log" | head -n 8 >&2
+            failed=1
+        fi
+    done
+    return "$failed"
 }
 
 cmd_fuzz() {
@@ -135,14 +178,8 @@ cmd_fuzz() {
         esac
     done
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
-    CC=clang configure_and_build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DNUSEC_FUZZ=ON
-    local t corpus
-    for t in "$ROOT"/build-fuzz/bin/fuzz_*; do
-        corpus="$ROOT/build-fuzz/corpus/$(basename "$t")"
-        mkdir -p "$corpus"
-        say "fuzzing $(basename "$t") for ${seconds}s"
-        "$t" -max_total_time="$seconds" -max_len=65536 "$corpus" "$ROOT/tests/fuzz/seeds/$(basename "$t")" 2>&1 | tail -n 3
-    done
+    fuzz_build
+    fuzz_run "$seconds" corpus || exit 1
 }
 
 cmd_demo() {

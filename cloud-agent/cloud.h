@@ -60,6 +60,13 @@ struct cloud_config {
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_station_ids;
+    /* The ledger (docs/ledger.md): "sqlite" (DIR/cloud/ledger.db) or a libpq
+     * URI; the PostgreSQL password only from ledger_password_file (0600) or
+     * PGPASSFILE; ledger_migrate = 1 lets this agent create/migrate the schema
+     * (it then needs the owner role). */
+    char ledger[1024];
+    char ledger_password_file[1024];
+    int ledger_migrate;
     /* Attested enrollment (cloud_enroll.c): the pinned programmer vendor CA
      * certificate (PEM file; default DIR/pki/vendor-ca.pem) and, if set, the
      * allow-list of vendor serials (file, one per line). */
@@ -116,7 +123,7 @@ struct cloud {
     struct nu_mqtt *mqtt;
     struct nu_envelope_sender *sender;
     struct cloud_queue *queue;
-    char ledger_path[4096];
+    char ledger_path[4096]; /* the ledger's target: a file path or a libpq URI */
     /* Taken around issuance transactions, so this agent's workers queue on a
      * mutex (woken at once) instead of SQLite's sleeping busy handler; other
      * agents on the same file still meet at SQLite's write lock. */

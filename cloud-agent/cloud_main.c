@@ -232,19 +232,39 @@ static int cloud__metrics_start(struct cloud *cloud, struct nu_metrics_http **ou
     return rc;
 }
 
+/* The main thread's ledger connection. An unreachable database is retried
+ * with backoff (a PostgreSQL failover, a server still starting); anything
+ * else (credentials, schema) is final and its message names the problem. */
+static int cloud__ledger_connect(struct cloud *cloud, struct cloud_ledger **out)
+{
+    unsigned delay_ms = 500;
+    for (int attempt = 1;; attempt++) {
+        int rc = cloud_ledger_connect(cloud->ledger_path, cloud->cfg.ledger_password_file,
+                                      cloud->cfg.ledger_migrate, out);
+        if (rc != NU_ERR_CONNECTION || attempt >= 12)
+            return rc;
+        nu_warn("ledger unreachable (attempt %d): retrying in %u ms", attempt, delay_ms);
+        usleep(delay_ms * 1000u);
+        delay_ms = delay_ms * 2 > 30000 ? 30000 : delay_ms * 2;
+    }
+}
+
 static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
 {
     char client_id[CLOUD_ID_MAX + 16];
     int rc = cloud_keys_open(cloud);
     if (!rc) {
-        int n = snprintf(cloud->ledger_path, sizeof(cloud->ledger_path), "%s/cloud/ledger.db",
-                         cloud->dir);
+        int pg = strcmp(cloud->cfg.ledger, "sqlite") != 0;
+        int n = pg ? snprintf(cloud->ledger_path, sizeof(cloud->ledger_path), "%s",
+                              cloud->cfg.ledger)
+                   : snprintf(cloud->ledger_path, sizeof(cloud->ledger_path),
+                              "%s/cloud/ledger.db", cloud->dir);
         rc = (n < 0 || (size_t)n >= sizeof(cloud->ledger_path)) ? NU_ERR_TOO_LARGE : NU_OK;
     }
     /* Create the ledger (schema) before any worker races to; this
      * connection stays for the main thread's own work (checkpoints). */
     struct cloud_ledger *ledger = NULL;
-    if (!rc && !(rc = cloud_ledger_open(cloud->ledger_path, &ledger))) {
+    if (!rc && !(rc = cloud__ledger_connect(cloud, &ledger))) {
         /* A crash between a revocation's commit and the broker list rewrite
          * is repaired here; a failure only delays it, so it does not stop us. */
         int sync = cloud_revoked_sync(cloud, ledger);

@@ -619,7 +619,7 @@ static void *cloud__worker(void *arg)
     struct cloud_queue *q = cloud->queue;
     struct cloud_ledger *ledger = NULL;
     struct cloud__item *items[CLOUD__TAKE_MAX];
-    int rc = cloud_ledger_open(cloud->ledger_path, &ledger);
+    int rc = cloud_ledger_connect(cloud->ledger_path, cloud->cfg.ledger_password_file, 0, &ledger);
     /* WAL checkpoints run on the main thread's tick, not inside a request's commit. */
     if (!rc)
         rc = cloud_ledger_wal_autocheckpoint(ledger, 0);

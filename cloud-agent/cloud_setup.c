@@ -21,6 +21,7 @@ static const char *const cloud__config_keys[] = {
     "identity_bytes_max", "refusal_audit_burst", "refusal_audit_window_ms",
     "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
     "metrics_listen",
+    "ledger",      "ledger_password_file", "ledger_migrate",
     "sig_window_s", "sig_replay_max",
     NULL,
 };
@@ -62,6 +63,31 @@ static int cloud__attest_config(const struct nu_config *cfg, const char *dir,
     if (rc)
         snprintf(err, err_cap, "vendor_ca / programmer_serials: path too long");
     return rc ? NU_ERR_CONFIG : NU_OK;
+}
+
+/* ledger = sqlite | postgresql://...; never a password in cloud.conf. */
+static int cloud__ledger_config(const struct nu_config *cfg, struct cloud_config *out, char *err,
+                                size_t cap)
+{
+    const char *ledger = nu_config_get_str(cfg, "ledger", "sqlite");
+    const char *pw = nu_config_get_str(cfg, "ledger_password_file", "");
+    int migrate = 0;
+
+    if (strcmp(ledger, "sqlite") != 0 && strncmp(ledger, "postgresql://", 13) != 0 &&
+        strncmp(ledger, "postgres://", 11) != 0) {
+        snprintf(err, cap, "ledger: 'sqlite' or a postgresql:// URI, not '%s'", ledger);
+        return NU_ERR_CONFIG;
+    }
+    if (strlen(ledger) >= sizeof(out->ledger) || strlen(pw) >= sizeof(out->ledger_password_file)) {
+        snprintf(err, cap, "ledger: value too long");
+        return NU_ERR_CONFIG;
+    }
+    if (nu_config_get_bool(cfg, "ledger_migrate", 0, &migrate, err, cap))
+        return NU_ERR_CONFIG;
+    snprintf(out->ledger, sizeof(out->ledger), "%s", ledger);
+    snprintf(out->ledger_password_file, sizeof(out->ledger_password_file), "%s", pw);
+    out->ledger_migrate = migrate;
+    return NU_OK;
 }
 
 int cloud_config_load(const char *dir, const char *path, struct cloud_config *out)
@@ -136,6 +162,8 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
         rc = NU_ERR_CONFIG, snprintf(err, sizeof(err), "metrics_listen: too long");
     else if (!rc)
         snprintf(out->metrics_listen, sizeof(out->metrics_listen), "%s", metrics);
+    if (!rc)
+        rc = cloud__ledger_config(cfg, out, err, sizeof(err));
     if (rc)
         nu_error("configuration: %s", err);
     nu_config_destroy(cfg);

@@ -6,6 +6,8 @@
  * section per table family, issuance, and verify.
  */
 #include "ledger.h"
+#include "ledger_schema_pg.h"
+#include "ledger_store.h"
 
 #include "nu_crypto.h"
 #include "nu_envelope.h"
@@ -240,6 +242,7 @@ static const char *const ledger__reserved_kinds[] = {
     X(SP_RELEASE, "RELEASE ledger_req")                                                            \
     X(SP_ROLLBACK, "ROLLBACK TO ledger_req")                                                       \
     X(HEAD_GET, "SELECT seq, hash FROM audit_head WHERE id = 1")                                   \
+    X(HEAD_READ, "SELECT seq, hash FROM audit_head WHERE id = 1")                                  \
     X(HEAD_KIND, "SELECT h.seq, h.hash, e.kind FROM audit_head h"                                  \
                  " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1")                           \
     X(HEAD_SET, "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")                          \
@@ -266,7 +269,7 @@ static const char *const ledger__reserved_kinds[] = {
                    " excluded.package_pubkey, enrolled_at_ms = excluded.enrolled_at_ms,"           \
                    " vendor_serial = excluded.vendor_serial,"                                      \
                    " firmware_measurement = excluded.firmware_measurement"                         \
-                   " WHERE state = 'enrolled'")                                                    \
+                   " WHERE programmers.state = 'enrolled'")                                        \
     X(NONCE_ADD, "INSERT INTO enroll_nonces (nonce, programmer_id, created_at_ms, expires_at_ms)"  \
                  " VALUES (?1, ?2, ?3, ?4)")                                                       \
     X(NONCE_PURGE, "DELETE FROM enroll_nonces WHERE expires_at_ms < ?1")                           \
@@ -291,6 +294,7 @@ static const char *const ledger__reserved_kinds[] = {
     X(JOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >="          \
                   " quota THEN 'exhausted' ELSE status END, updated_at_ms = ?2"                    \
                   " WHERE job_id = ?1 AND status = 'active' AND issued < quota")                   \
+    X(JOB_LOCK, "SELECT job_id FROM jobs WHERE job_id = ?1")                                      \
     X(JOB_REFUSED, "UPDATE jobs SET refused = refused + 1 WHERE job_id = ?1")                      \
     X(ALLOC_GET, "SELECT quota_limit, issued FROM job_allocations"                                 \
                  " WHERE job_id = ?1 AND programmer_id = ?2")                                      \
@@ -346,9 +350,26 @@ static const char *const ledger__sql[ST__COUNT] = {
 #undef LEDGER__TEXT
 };
 
+/*
+ * PostgreSQL's text where it differs (NULL = the same). Reads that decide
+ * under a write lock take row locks there, since READ COMMITTED writers do
+ * not queue on one file lock: the job and allocation rows FOR UPDATE (in that
+ * order, jobs sorted in a batch), the chain head last, so seq order is
+ * commit order.
+ */
+static const char *ledger__sql_pg[ST__COUNT] = {
+    [ST_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    [ST_HEAD_KIND] = "SELECT h.seq, h.hash, e.kind FROM audit_head h"
+                     " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1 FOR UPDATE OF h",
+    [ST_JOB_LOCK] = "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE",
+    [ST_ALLOC_GET] = "SELECT quota_limit, issued FROM job_allocations"
+                     " WHERE job_id = ?1 AND programmer_id = ?2 FOR UPDATE",
+};
+
 struct cloud_ledger {
-    sqlite3 *db;
-    sqlite3_stmt *st[ST__COUNT]; /* prepared on first use, kept until close */
+    struct ledger_store *store;          /* the connection, either backend */
+    sqlite3 *db;                         /* the same connection on SQLite, else NULL */
+    struct ledger_store_stmt *st[ST__COUNT]; /* prepared on first use, kept until close */
     uint64_t refusal_ttl_ms;
     /* Scratch owned by the handle, so the request path does not allocate. */
     struct cloud_ledger_sign_out *sign_out;
@@ -360,7 +381,8 @@ struct cloud_ledger {
 
 /* ------------------------------------------------------------ SQLite glue */
 
-/* Map an SQLite result at the boundary and log the original. */
+/* Map an SQLite result at the boundary and log the original (open and
+ * schema only: statements go through ledger_store, which maps its own). */
 static int ledger__dberr(sqlite3 *db, int rc, const char *what)
 {
     int ext = db ? sqlite3_extended_errcode(db) : rc;
@@ -389,112 +411,169 @@ static int ledger__dberr(sqlite3 *db, int rc, const char *what)
     }
 }
 
-static int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id, sqlite3_stmt **out_st)
+static int ledger__is_pg(const struct cloud_ledger *l)
+{
+    return ledger_store_kind(l->store) == LEDGER_STORE_POSTGRESQL;
+}
+
+static int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
+                        struct ledger_store_stmt **out_st)
 {
     *out_st = NULL;
     if (!l->st[id]) {
-        int rc = sqlite3_prepare_v3(l->db, ledger__sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                    &l->st[id], NULL);
-        if (rc != SQLITE_OK)
-            return ledger__dberr(l->db, rc, "prepare");
+        const char *sql = ledger__is_pg(l) && ledger__sql_pg[id] ? ledger__sql_pg[id]
+                                                                 : ledger__sql[id];
+        int rc = ledger_store_prepare(l->store, sql, &l->st[id]);
+        if (rc != NU_OK)
+            return rc;
     }
     *out_st = l->st[id];
     return NU_OK;
 }
 
-static void ledger__reset(sqlite3_stmt *st)
+static void ledger__reset(struct ledger_store_stmt *st)
 {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    ledger_store_reset(st);
+}
+
+/* Step: 1 with a row; 0 when done (*rc = NU_OK) or failed (*rc = the error). */
+static int ledger__row(struct ledger_store_stmt *st, int *rc)
+{
+    int row = 0;
+    *rc = ledger_store_step(st, &row);
+    return *rc == NU_OK && row;
 }
 
 /* Step a statement that returns no rows, then reset it. */
-static int ledger__run(struct cloud_ledger *l, sqlite3_stmt *st, const char *what)
+static int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what)
 {
-    int rc = sqlite3_step(st);
-    int ret = rc == SQLITE_DONE ? NU_OK : ledger__dberr(l->db, rc, what);
+    int row = 0;
+    int ret = ledger_store_step(st, &row);
+    (void)l;
+    (void)what;
     ledger__reset(st);
     return ret;
 }
 
-/* Run a parameterless cached statement (BEGIN, COMMIT, SAVEPOINT...). */
+/* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */
 static int ledger__exec(struct cloud_ledger *l, enum ledger_stmt id)
 {
-    sqlite3_stmt *st = NULL;
+    switch (id) {
+    case ST_BEGIN_W: return ledger_store_begin(l->store, 1);
+    case ST_BEGIN_R: return ledger_store_begin(l->store, 0);
+    case ST_COMMIT: return ledger_store_commit(l->store);
+    case ST_ROLLBACK: ledger_store_rollback(l->store); return NU_OK;
+    case ST_SP: return ledger_store_savepoint(l->store, "ledger_req");
+    case ST_SP_RELEASE: return ledger_store_release(l->store, "ledger_req");
+    case ST_SP_ROLLBACK: return ledger_store_rollback_to(l->store, "ledger_req");
+    default: break;
+    }
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, id, &st);
     if (rc != NU_OK)
         return rc;
     return ledger__run(l, st, ledger__sql[id]);
 }
 
-/* Strings we bind are validated and NUL-terminated; SQLITE_STATIC is safe
- * because every statement is reset before its inputs go out of scope. */
-static int ledger__bind_text(sqlite3_stmt *st, int i, const char *s)
+static int ledger__bind_text(struct ledger_store_stmt *st, int i, const char *s)
 {
-    return sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
+    return ledger_store_bind_text(st, i, s ? s : "");
 }
 
-static int ledger__bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n)
+static int ledger__bind_blob(struct ledger_store_stmt *st, int i, const void *p, size_t n)
 {
-    if (!p)
-        return sqlite3_bind_null(st, i);
-    return sqlite3_bind_blob(st, i, n ? p : "", (int)n, SQLITE_STATIC);
+    return ledger_store_bind_blob(st, i, p, n);
 }
 
-static int ledger__bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+/* Text with a length (payloads): bound as text, NUL or not after it. */
+static int ledger__bind_blob_text(struct ledger_store_stmt *st, int i, const char *p, size_t n)
 {
-    return sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+    char *copy = malloc(n + 1);
+    int rc;
+    if (!copy)
+        return NU_ERR_NOMEM;
+    memcpy(copy, p, n);
+    copy[n] = '\0';
+    rc = ledger_store_bind_text(st, i, copy);
+    free(copy);
+    return rc;
 }
 
-static uint64_t ledger__col_u64(sqlite3_stmt *st, int i)
+static int ledger__bind_u64(struct ledger_store_stmt *st, int i, uint64_t v)
 {
-    sqlite3_int64 v = sqlite3_column_int64(st, i);
+    return ledger_store_bind_i64(st, i, (int64_t)v);
+}
+
+static uint64_t ledger__col_u64(struct ledger_store_stmt *st, int i)
+{
+    int64_t v = ledger_store_col_i64(st, i);
     return v < 0 ? 0 : (uint64_t)v;
 }
 
-static uint32_t ledger__col_u32(sqlite3_stmt *st, int i)
+static uint32_t ledger__col_u32(struct ledger_store_stmt *st, int i)
 {
     uint64_t v = ledger__col_u64(st, i);
     return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
+/* The text of a column as a C string (NULL for SQL NULL). */
+static const unsigned char *ledger__col_text(struct ledger_store_stmt *st, int i)
+{
+    size_t n;
+    return (const unsigned char *)ledger_store_col_text(st, i, &n);
+}
+
+static int ledger__col_bytes(struct ledger_store_stmt *st, int i)
+{
+    size_t n;
+    (void)ledger_store_col_blob(st, i, &n);
+    return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+static const void *ledger__col_blobp(struct ledger_store_stmt *st, int i)
+{
+    size_t n;
+    return ledger_store_col_blob(st, i, &n);
+}
+
 /* Copy a TEXT column into out[cap]. A value longer than anything we write
  * means the row was not written by us: DB. NULL reads as "". */
-static int ledger__col_str(sqlite3_stmt *st, int i, char *out, size_t cap)
+static int ledger__col_str(struct ledger_store_stmt *st, int i, char *out, size_t cap)
 {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    int n = sqlite3_column_bytes(st, i);
+    size_t n = 0;
+    const char *t = ledger_store_col_text(st, i, &n);
 
     out[0] = '\0';
     if (!t)
         return NU_OK;
-    if (n < 0 || (size_t)n >= cap) {
-        nu_warn("ledger: column %d holds %d bytes, more than the %zu allowed", i, n, cap - 1);
+    if (n >= cap) {
+        nu_warn("ledger: column %d holds %zu bytes, more than the %zu allowed", i, n, cap - 1);
         return NU_ERR_DB;
     }
-    memcpy(out, t, (size_t)n);
+    memcpy(out, t, n);
     out[n] = '\0';
     return NU_OK;
 }
 
-static int ledger__col_blob(sqlite3_stmt *st, int i, uint8_t *out, size_t cap, size_t *out_len)
+static int ledger__col_blob(struct ledger_store_stmt *st, int i, uint8_t *out, size_t cap,
+                            size_t *out_len)
 {
-    const void *b = sqlite3_column_blob(st, i);
-    int n = sqlite3_column_bytes(st, i);
+    size_t n = 0;
+    const void *b = ledger_store_col_blob(st, i, &n);
 
     *out_len = 0;
-    if (n < 0 || (size_t)n > cap) {
-        nu_warn("ledger: column %d holds %d bytes, more than the %zu allowed", i, n, cap);
+    if (n > cap) {
+        nu_warn("ledger: column %d holds %zu bytes, more than the %zu allowed", i, n, cap);
         return NU_ERR_DB;
     }
     if (b && n)
-        memcpy(out, b, (size_t)n);
-    *out_len = (size_t)n;
+        memcpy(out, b, n);
+    *out_len = n;
     return NU_OK;
 }
 
 /* Exactly `len` bytes, else DB (e.g. a 32-byte hash column). */
-static int ledger__col_fixed(sqlite3_stmt *st, int i, uint8_t *out, size_t len)
+static int ledger__col_fixed(struct ledger_store_stmt *st, int i, uint8_t *out, size_t len)
 {
     size_t n;
     int rc = ledger__col_blob(st, i, out, len, &n);
@@ -515,8 +594,7 @@ static int ledger__begin(struct cloud_ledger *l, int write)
 /* Roll back whatever is open (no-op after a COMMIT). */
 static void ledger__rollback(struct cloud_ledger *l)
 {
-    if (!sqlite3_get_autocommit(l->db))
-        (void)ledger__exec(l, ST_ROLLBACK);
+    ledger_store_rollback(l->store);
 }
 
 static int ledger__commit(struct cloud_ledger *l)
@@ -761,7 +839,7 @@ static int ledger__append(struct cloud_ledger *l, uint64_t ts, const char *kind,
                           const char *job_id, const char *payload, size_t payload_len,
                           uint64_t *out_seq)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     uint8_t prev[CLOUD_LEDGER_HASH_LEN], hash[CLOUD_LEDGER_HASH_LEN];
     uint64_t seq;
     int rc;
@@ -770,9 +848,8 @@ static int ledger__append(struct cloud_ledger *l, uint64_t ts, const char *kind,
     rc = ledger__stmt(l, ST_HEAD_GET, &st);
     if (rc != NU_OK)
         return rc;
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        rc = rc == SQLITE_DONE ? NU_ERR_DB : ledger__dberr(l->db, rc, "audit head");
+    if (!ledger__row(st, &rc)) {
+        rc = rc == NU_OK ? NU_ERR_DB : rc;
         ledger__reset(st);
         return rc;
     }
@@ -795,7 +872,7 @@ static int ledger__append(struct cloud_ledger *l, uint64_t ts, const char *kind,
     ledger__bind_text(st, 3, kind);
     ledger__bind_text(st, 4, actor);
     ledger__bind_text(st, 5, job_id);
-    sqlite3_bind_text(st, 6, payload, (int)payload_len, SQLITE_STATIC);
+    ledger__bind_blob_text(st, 6, payload, payload_len);
     ledger__bind_blob(st, 7, prev, sizeof(prev));
     ledger__bind_blob(st, 8, hash, sizeof(hash));
     rc = ledger__run(l, st, "audit insert");
@@ -908,20 +985,71 @@ static int ledger__identify(sqlite3 *db, int64_t *out_version)
     return NU_OK;
 }
 
-/* Bring the schema to our version under the write lock, so two processes
- * opening a fresh file do not both create it. */
+/* One integer from a parameterless query on a store (1 row), else DB. */
+static int ledger__store_int(struct ledger_store *store, const char *sql, int64_t *out)
+{
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger_store_prepare(store, sql, &st);
+    if (rc == NU_OK && ledger__row(st, &rc))
+        *out = ledger_store_col_i64(st, 0);
+    else if (rc == NU_OK)
+        rc = NU_ERR_DB;
+    ledger_store_finalize(st);
+    return rc;
+}
+
+/*
+ * PostgreSQL's ledger_identify: version 0 when the database has no ledger
+ * yet. Errors: CONFIG (ledger_meta of some other program), NOT_SUPPORTED
+ * (newer schema), CONNECTION, DB.
+ */
+static int ledger__pg_identify(struct ledger_store *store, int64_t *out_version)
+{
+    int64_t exists = 0, app = 0, version = 0;
+    int rc = ledger__store_int(store, "SELECT count(*) FROM pg_class c JOIN pg_namespace n"
+                                      " ON n.oid = c.relnamespace WHERE n.nspname = 'public'"
+                                      " AND c.relname = 'ledger_meta'",
+                               &exists);
+    if (rc == NU_OK && exists)
+        rc = ledger__store_int(store, "SELECT application_id FROM ledger_meta WHERE id = 1", &app);
+    if (rc == NU_OK && exists)
+        rc = ledger__store_int(store, "SELECT version FROM ledger_meta WHERE id = 1", &version);
+    if (rc != NU_OK)
+        return rc;
+    if (exists && app != CLOUD_LEDGER_APPLICATION_ID) {
+        nu_error("ledger: this PostgreSQL database holds some other ledger_meta"
+                 " (application_id %lld)", (long long)app);
+        return NU_ERR_CONFIG;
+    }
+    if (version > CLOUD_LEDGER_SCHEMA_VERSION || version < 0) {
+        nu_error("ledger: the database's schema version %lld is newer than this program's %d;"
+                 " upgrade the agent", (long long)version, CLOUD_LEDGER_SCHEMA_VERSION);
+        return NU_ERR_NOT_SUPPORTED;
+    }
+    *out_version = version;
+    return NU_OK;
+}
+
+/* Bring the schema to our version under the write lock (SQLite) or an
+ * advisory lock (PostgreSQL), so two processes do not both create it. */
 static int ledger__migrate(struct cloud_ledger *l)
 {
+    int pg = ledger__is_pg(l);
     int64_t version = 0;
     char sql[128];
     int rc = ledger__begin(l, 1);
 
-    if (rc != NU_OK)
+    if (rc == NU_OK && pg)
+        rc = ledger_store_xact_lock(l->store, 0, "schema", 6);
+    if (rc != NU_OK) {
+        ledger__rollback(l);
         return rc;
-    rc = ledger__identify(l->db, &version);
+    }
+    rc = pg ? ledger__pg_identify(l->store, &version) : ledger__identify(l->db, &version);
     for (int64_t v = version; rc == NU_OK && v < CLOUD_LEDGER_SCHEMA_VERSION; v++) {
         nu_info("ledger: migrating schema %lld -> %lld", (long long)v, (long long)v + 1);
-        rc = ledger__exec_sql(l->db, ledger__migrations[v]);
+        rc = pg ? ledger_store_exec(l->store, ledger_schema_pg_migrations[v])
+                : ledger__exec_sql(l->db, ledger__migrations[v]);
     }
     if (rc == NU_OK && version == 0) {
         struct ledger_json j;
@@ -940,7 +1068,13 @@ static int ledger__migrate(struct cloud_ledger *l)
         lj_raw(&j, "}", 1);
         rc = ledger__append_json(l, &j, nu_time_ms(), "ledger.migrated", LEDGER_ACTOR_SELF, "");
     }
-    if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION) {
+    if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION && pg) {
+        snprintf(sql, sizeof(sql), "INSERT INTO ledger_meta (id, application_id, version)"
+                 " VALUES (1, %d, %d) ON CONFLICT (id) DO UPDATE SET version = %d",
+                 CLOUD_LEDGER_APPLICATION_ID, CLOUD_LEDGER_SCHEMA_VERSION,
+                 CLOUD_LEDGER_SCHEMA_VERSION);
+        rc = ledger_store_exec(l->store, sql);
+    } else if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION) {
         snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d",
                  CLOUD_LEDGER_APPLICATION_ID, CLOUD_LEDGER_SCHEMA_VERSION);
         rc = ledger__exec_sql(l->db, sql);
@@ -1034,6 +1168,91 @@ static int ledger__alloc_scratch(struct cloud_ledger *l)
     return NU_OK;
 }
 
+static int ledger__new(struct cloud_ledger **out)
+{
+    struct cloud_ledger *l = calloc(1, sizeof(*l));
+    int rc;
+
+    *out = NULL;
+    if (!l)
+        return NU_ERR_NOMEM;
+    l->refusal_ttl_ms = CLOUD_LEDGER_REFUSAL_TTL_MS;
+    rc = ledger__alloc_scratch(l);
+    if (rc != NU_OK) {
+        cloud_ledger_close(l);
+        return rc;
+    }
+    *out = l;
+    return NU_OK;
+}
+
+/*
+ * PostgreSQL: connect, then the schema must be ours and current; an agent
+ * does not create nor migrate it unless `migrate` (the owner runs
+ * `nusec ledger init|migrate`).
+ */
+static int ledger__pg_open(const char *uri, const char *password_file, int migrate,
+                           struct cloud_ledger **out_ledger)
+{
+    struct cloud_ledger *l = NULL;
+    int64_t version = 0;
+    int rc = ledger__new(&l);
+
+    if (rc == NU_OK)
+        rc = ledger_store_open(uri, password_file, &l->store);
+    if (rc == NU_OK)
+        rc = ledger__pg_identify(l->store, &version);
+    if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION) {
+        if (migrate) {
+            rc = ledger__migrate(l);
+        } else {
+            nu_error("ledger: the PostgreSQL database has %s (schema %lld, this agent needs %d):"
+                     " run `nusec ledger %s --ledger URI` as the owner role",
+                     version ? "an older ledger" : "no ledger", (long long)version,
+                     CLOUD_LEDGER_SCHEMA_VERSION, version ? "migrate" : "init");
+            rc = NU_ERR_CONFIG;
+        }
+    }
+    if (rc != NU_OK) {
+        cloud_ledger_close(l);
+        return rc;
+    }
+    *out_ledger = l;
+    return NU_OK;
+}
+
+int cloud_ledger_connect(const char *target, const char *password_file, int migrate,
+                         struct cloud_ledger **out_ledger)
+{
+    if (!target || !*target || !out_ledger)
+        return NU_ERR_INVALID_ARG;
+    *out_ledger = NULL;
+    if (ledger_store_target_is_pg(target))
+        return ledger__pg_open(target, password_file, migrate, out_ledger);
+    if (!strncmp(target, "sqlite:", 7))
+        target += 7;
+    return cloud_ledger_open(target, out_ledger);
+}
+
+int cloud_ledger_init(const char *target, const char *password_file, const char *agent_role)
+{
+    struct cloud_ledger *l = NULL;
+    char sql[4096], quoted[2 * CLOUD_LEDGER_ID_MAX + 3];
+    int rc;
+
+    if (agent_role && ledger__id_check(agent_role) != NU_OK)
+        return NU_ERR_INVALID_ARG;
+    rc = cloud_ledger_connect(target, password_file, 1, &l);
+    if (rc == NU_OK && agent_role && ledger__is_pg(l)) {
+        /* An id is [A-Za-z0-9._-]: quoting it as an identifier is enough. */
+        snprintf(quoted, sizeof quoted, "\"%s\"", agent_role);
+        snprintf(sql, sizeof sql, LEDGER_SCHEMA_PG_GRANTS, quoted);
+        rc = ledger_store_exec(l->store, sql);
+    }
+    cloud_ledger_close(l);
+    return rc;
+}
+
 int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger)
 {
     struct cloud_ledger *l = NULL;
@@ -1043,16 +1262,14 @@ int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger)
     if (!path || !*path || !out_ledger)
         return NU_ERR_INVALID_ARG;
     *out_ledger = NULL;
+    if (ledger_store_target_is_pg(path))
+        return ledger__pg_open(path, NULL, 0, out_ledger);
     rc = ledger__create_file(path);
     if (rc != NU_OK)
         return rc;
-    l = calloc(1, sizeof(*l));
-    if (!l)
-        return NU_ERR_NOMEM;
-    l->refusal_ttl_ms = CLOUD_LEDGER_REFUSAL_TTL_MS;
-    rc = ledger__alloc_scratch(l);
+    rc = ledger__new(&l);
     if (rc != NU_OK)
-        goto out;
+        return rc;
     rc = sqlite3_open_v2(path, &l->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
     if (rc != SQLITE_OK) {
@@ -1064,6 +1281,8 @@ int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger)
     rc = ledger__identify(l->db, &version);
     if (rc == NU_OK)
         rc = ledger__configure(l->db, 1);
+    if (rc == NU_OK)
+        rc = ledger_store_sqlite_wrap(l->db, &l->store); /* it closes the handle now */
     if (rc == NU_OK && version < CLOUD_LEDGER_SCHEMA_VERSION)
         rc = ledger__migrate(l);
 out:
@@ -1079,9 +1298,9 @@ void cloud_ledger_close(struct cloud_ledger *ledger)
 {
     if (!ledger)
         return;
-    for (int i = 0; i < ST__COUNT; i++)
-        sqlite3_finalize(ledger->st[i]);
-    if (ledger->db)
+    if (ledger->store)
+        ledger_store_close(ledger->store); /* its statements, and the SQLite handle */
+    else if (ledger->db)
         sqlite3_close(ledger->db);
     free(ledger->payload);
     free(ledger->alloc);
@@ -1095,7 +1314,8 @@ int cloud_ledger_set_busy_timeout(struct cloud_ledger *ledger, unsigned ms)
 {
     if (!ledger || ms > INT32_MAX)
         return NU_ERR_INVALID_ARG;
-    sqlite3_busy_timeout(ledger->db, (int)ms);
+    if (ledger->db) /* PostgreSQL: row locks wait until the holder commits */
+        sqlite3_busy_timeout(ledger->db, (int)ms);
     return NU_OK;
 }
 
@@ -1131,7 +1351,7 @@ static int ledger__name_index(const char *const *names, int n, const unsigned ch
     return 0;
 }
 
-static int ledger__job_row(sqlite3_stmt *st, struct cloud_ledger_job *job)
+static int ledger__job_row(struct ledger_store_stmt *st, struct cloud_ledger_job *job)
 {
     int rc;
 
@@ -1144,7 +1364,7 @@ static int ledger__job_row(sqlite3_stmt *st, struct cloud_ledger_job *job)
     if (rc == NU_OK)
         rc = ledger__col_str(st, 3, job->created_by, sizeof(job->created_by));
     job->status = (enum cloud_ledger_job_status)ledger__name_index(ledger__job_status_names, 5,
-                                                                   sqlite3_column_text(st, 4));
+                                                                   ledger__col_text(st, 4));
     job->quota = ledger__col_u32(st, 5);
     job->issued = ledger__col_u32(st, 6);
     job->refused = ledger__col_u32(st, 7);
@@ -1155,7 +1375,7 @@ static int ledger__job_row(sqlite3_stmt *st, struct cloud_ledger_job *job)
     return rc;
 }
 
-static int ledger__prog_row(sqlite3_stmt *st, struct cloud_ledger_programmer *p)
+static int ledger__prog_row(struct ledger_store_stmt *st, struct cloud_ledger_programmer *p)
 {
     size_t n = 0;
     const unsigned char *state;
@@ -1163,7 +1383,7 @@ static int ledger__prog_row(sqlite3_stmt *st, struct cloud_ledger_programmer *p)
 
     memset(p, 0, sizeof(*p));
     rc = ledger__col_str(st, 0, p->programmer_id, sizeof(p->programmer_id));
-    state = sqlite3_column_text(st, 1);
+    state = ledger__col_text(st, 1);
     p->state = state && strcmp((const char *)state, "revoked") == 0
                    ? CLOUD_LEDGER_PROGRAMMER_REVOKED
                    : CLOUD_LEDGER_PROGRAMMER_ENROLLED;
@@ -1184,7 +1404,7 @@ static int ledger__prog_row(sqlite3_stmt *st, struct cloud_ledger_programmer *p)
     return rc;
 }
 
-static int ledger__cert_row(sqlite3_stmt *st, struct cloud_ledger_cert *c)
+static int ledger__cert_row(struct ledger_store_stmt *st, struct cloud_ledger_cert *c)
 {
     int rc;
 
@@ -1204,7 +1424,7 @@ static int ledger__cert_row(sqlite3_stmt *st, struct cloud_ledger_cert *c)
     if (rc == NU_OK)
         rc = ledger__col_str(st, 6, c->pem, sizeof(c->pem));
     c->state = (enum cloud_ledger_cert_state)ledger__name_index(ledger__cert_state_names, 5,
-                                                                sqlite3_column_text(st, 7));
+                                                                ledger__col_text(st, 7));
     c->issued_at_ms = ledger__col_u64(st, 8);
     c->state_at_ms = ledger__col_u64(st, 9);
     if (rc == NU_OK)
@@ -1219,13 +1439,15 @@ static int ledger__cert_row(sqlite3_stmt *st, struct cloud_ledger_cert *c)
 
 /* Run a one-row lookup: NU_OK with the row ready (caller resets),
  * NOT_FOUND (statement already reset), or a database error. */
-static int ledger__step_one(struct cloud_ledger *l, sqlite3_stmt *st, const char *what)
+static int ledger__step_one(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what)
 {
-    int rc = sqlite3_step(st);
+    int rc;
 
-    if (rc == SQLITE_ROW)
+    (void)l;
+    (void)what;
+    if (ledger__row(st, &rc))
         return NU_OK;
-    rc = rc == SQLITE_DONE ? NU_ERR_NOT_FOUND : ledger__dberr(l->db, rc, what);
+    rc = rc == NU_OK ? NU_ERR_NOT_FOUND : rc;
     ledger__reset(st);
     return rc;
 }
@@ -1233,7 +1455,7 @@ static int ledger__step_one(struct cloud_ledger *l, sqlite3_stmt *st, const char
 /* Step statement `id` (one text parameter, `key`) to its one row: NU_OK with
  * *out_st on the row (caller resets), NOT_FOUND, or a database error. */
 static int ledger__row_by_key(struct cloud_ledger *l, enum ledger_stmt id, const char *key,
-                              const char *what, sqlite3_stmt **out_st)
+                              const char *what, struct ledger_store_stmt **out_st)
 {
     int rc = ledger__stmt(l, id, out_st);
 
@@ -1246,7 +1468,7 @@ static int ledger__row_by_key(struct cloud_ledger *l, enum ledger_stmt id, const
 static int ledger__job_read(struct cloud_ledger *l, const char *job_id,
                             struct cloud_ledger_job *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__row_by_key(l, ST_JOB_GET, job_id, "job get", &st);
     if (rc != NU_OK)
         return rc;
@@ -1260,12 +1482,12 @@ static int ledger__job_read(struct cloud_ledger *l, const char *job_id,
 static int ledger__prog_state(struct cloud_ledger *l, const char *programmer_id,
                               char out_serial[CLOUD_LEDGER_SERIAL_MAX + 1])
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     const unsigned char *state;
     int rc = ledger__row_by_key(l, ST_PROG_STATE, programmer_id, "programmer state", &st);
     if (rc != NU_OK)
         return rc;
-    state = sqlite3_column_text(st, 0);
+    state = ledger__col_text(st, 0);
     if (out_serial)
         rc = ledger__col_str(st, 1, out_serial, CLOUD_LEDGER_SERIAL_MAX + 1);
     if (rc == NU_OK && !(state && strcmp((const char *)state, "enrolled") == 0))
@@ -1278,7 +1500,7 @@ static int ledger__prog_state(struct cloud_ledger *l, const char *programmer_id,
 static int ledger__alloc_read(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
                               uint32_t *out_limit, uint32_t *out_issued)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_ALLOC_GET, &st);
 
     if (rc != NU_OK)
@@ -1298,14 +1520,14 @@ static int ledger__alloc_read(struct cloud_ledger *l, const char *job_id, const 
 static int ledger__alloc_list(struct cloud_ledger *l, const char *job_id,
                               struct cloud_ledger_alloc *out, size_t cap, size_t *out_n)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     size_t n = 0;
     int rc = ledger__stmt(l, ST_ALLOC_LIST, &st);
 
     if (rc != NU_OK)
         return rc;
     ledger__bind_text(st, 1, job_id);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while (ledger__row(st, &rc)) {
         if (n < cap) {
             memset(&out[n], 0, sizeof(out[n]));
             if (ledger__col_str(st, 0, out[n].programmer_id, sizeof(out[n].programmer_id)) !=
@@ -1318,7 +1540,6 @@ static int ledger__alloc_list(struct cloud_ledger *l, const char *job_id,
         }
         n++;
     }
-    rc = rc == SQLITE_DONE ? NU_OK : ledger__dberr(l->db, rc, "allocation list");
     ledger__reset(st);
     if (out_n)
         *out_n = n;
@@ -1330,7 +1551,7 @@ static int ledger__cert_find(struct cloud_ledger *l, const struct cloud_ledger_c
                              struct cloud_ledger_cert *out)
 {
     char serial[CLOUD_LEDGER_SERIAL_MAX + 1];
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (ref->serial) {
@@ -1375,20 +1596,20 @@ static int ledger__cert_ref_check(const struct cloud_ledger_cert_ref *ref)
 
 /* Walk a cached statement's rows: decode each with `row` into `item` and
  * hand it to `visit`. Returns NU_OK, a DB error, or the visitor's value. */
-static int ledger__walk(struct cloud_ledger *l, sqlite3_stmt *st,
-                        int (*row)(sqlite3_stmt *, void *), void *item,
+static int ledger__walk(struct cloud_ledger *l, struct ledger_store_stmt *st,
+                        int (*row)(struct ledger_store_stmt *, void *), void *item,
                         int (*visit)(void *, const void *), void *ctx)
 {
     int rc;
 
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    (void)l;
+    while (ledger__row(st, &rc)) {
         rc = row(st, item);
         if (rc == NU_OK)
             rc = visit(ctx, item);
         if (rc != NU_OK)
             goto out;
     }
-    rc = rc == SQLITE_DONE ? NU_OK : ledger__dberr(l->db, rc, "list");
 out:
     ledger__reset(st);
     return rc;
@@ -1402,10 +1623,10 @@ struct ledger_visit {
 
 /* A whole listing of statement `id` (no parameters) in one read transaction. */
 static int ledger__list_all(struct cloud_ledger *l, enum ledger_stmt id,
-                            int (*row)(sqlite3_stmt *, void *), void *item,
+                            int (*row)(struct ledger_store_stmt *, void *), void *item,
                             int (*visit)(void *, const void *), void *ctx)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__begin(l, 0);
     if (rc == NU_OK)
         rc = ledger__stmt(l, id, &st);
@@ -1498,7 +1719,7 @@ static int ledger__job_secrets_put(struct cloud_ledger *l, const struct cloud_le
     const struct cloud_ledger_job_secrets *x = s->secrets;
     uint8_t pkg_hash[NU_SHA256_LEN];
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_KEYS_INSERT, &st);
 
     if (rc != NU_OK)
@@ -1544,7 +1765,7 @@ static int ledger__job_secrets_put(struct cloud_ledger *l, const struct cloud_le
 
 int cloud_ledger_job_create(struct cloud_ledger *ledger, const struct cloud_ledger_job_spec *spec)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger)
@@ -1619,7 +1840,7 @@ struct ledger_job_item {
     size_t n_alloc;
 };
 
-static int ledger__job_row_v(sqlite3_stmt *st, void *item)
+static int ledger__job_row_v(struct ledger_store_stmt *st, void *item)
 {
     struct ledger_job_item *it = item;
     int rc = ledger__job_row(st, &it->job);
@@ -1642,7 +1863,7 @@ static int ledger__job_visit_v(void *ctx, const void *item)
 int cloud_ledger_job_list(struct cloud_ledger *ledger, cloud_ledger_job_visit_fn visit, void *ctx)
 {
     struct ledger_job_item it = {.l = ledger, .visit = visit, .ctx = ctx};
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !visit)
@@ -1679,7 +1900,7 @@ int cloud_ledger_job_control(struct cloud_ledger *ledger, const char *job_id,
     struct cloud_ledger_job job;
     enum cloud_ledger_job_status next;
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || action < CLOUD_LEDGER_JOB_PAUSE || action > CLOUD_LEDGER_JOB_CLOSE ||
@@ -1731,7 +1952,7 @@ out:
 static int ledger__keys_read(struct cloud_ledger *l, const char *job_id,
                              struct cloud_ledger_job_keys *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__row_by_key(l, ST_KEYS_GET, job_id, "job keys get", &st);
     if (rc != NU_OK)
         return rc;
@@ -1768,7 +1989,7 @@ int cloud_ledger_job_keys_get(struct cloud_ledger *ledger, const char *job_id,
 static int ledger__token_hash_read(struct cloud_ledger *l, const char *job_id,
                                    const char *programmer_id, uint8_t out[NU_SHA256_LEN])
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_PKG_TOKEN, &st);
 
     if (rc != NU_OK)
@@ -1829,8 +2050,8 @@ int cloud_ledger_job_packages(struct cloud_ledger *ledger, const char *job_id,
                               cloud_ledger_package_visit_fn visit, void *ctx)
 {
     char prog[CLOUD_LEDGER_ID_MAX + 1];
-    sqlite3_stmt *st = NULL;
-    int step = SQLITE_DONE;
+    struct ledger_store_stmt *st = NULL;
+    int step = NU_OK;
     int rc;
 
     if (!ledger || !visit)
@@ -1844,17 +2065,17 @@ int cloud_ledger_job_packages(struct cloud_ledger *ledger, const char *job_id,
     if (rc != NU_OK)
         goto out;
     ledger__bind_text(st, 1, job_id);
-    while (rc == NU_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
-        const void *b = sqlite3_column_blob(st, 1);
-        int n = sqlite3_column_bytes(st, 1);
+    while (rc == NU_OK && ledger__row(st, &step)) {
+        const void *b = ledger__col_blobp(st, 1);
+        int n = ledger__col_bytes(st, 1);
         rc = ledger__col_str(st, 0, prog, sizeof(prog));
         if (rc == NU_OK && (!b || n <= 0 || (size_t)n > CLOUD_LEDGER_PACKAGE_MAX))
             rc = NU_ERR_DB;
         if (rc == NU_OK)
             rc = visit(ctx, prog, b, (size_t)n);
     }
-    if (rc == NU_OK && step != SQLITE_DONE)
-        rc = ledger__dberr(ledger->db, step, "package list");
+    if (rc == NU_OK && step != NU_OK)
+        rc = step;
     ledger__reset(st);
 out:
     ledger__rollback(ledger);
@@ -1878,7 +2099,7 @@ static int ledger__firmware_check(const struct cloud_ledger_firmware *fw)
 int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_ledger_firmware *fw)
 {
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger)
@@ -1919,7 +2140,7 @@ out:
 int cloud_ledger_firmware_get(struct cloud_ledger *ledger, const char *name,
                               struct cloud_ledger_firmware *out_fw)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !out_fw)
@@ -1976,7 +2197,7 @@ static int ledger__upsert_in_txn(struct cloud_ledger *l, const struct cloud_ledg
 {
     char previous[CLOUD_LEDGER_SERIAL_MAX + 1] = "";
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__prog_state(l, e->programmer_id, previous);
 
     if (rc == NU_ERR_NOT_FOUND) {
@@ -1990,7 +2211,7 @@ static int ledger__upsert_in_txn(struct cloud_ledger *l, const struct cloud_ledg
         return rc;
     ledger__bind_text(st, 1, e->programmer_id);
     ledger__bind_text(st, 2, e->cert_serial);
-    sqlite3_bind_text(st, 3, e->cert_pem, (int)pem_len, SQLITE_STATIC);
+    ledger_store_bind_text(st, 3, e->cert_pem);
     ledger__bind_blob(st, 4, e->package_pubkey, CLOUD_LEDGER_PUBKEY_LEN);
     ledger__bind_u64(st, 5, e->now_ms);
     ledger__bind_text(st, 6, e->vendor_serial ? e->vendor_serial : "");
@@ -2034,7 +2255,7 @@ int cloud_ledger_programmer_upsert(struct cloud_ledger *ledger,
 int cloud_ledger_programmer_get(struct cloud_ledger *ledger, const char *programmer_id,
                                 struct cloud_ledger_programmer *out_programmer)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !out_programmer)
@@ -2049,7 +2270,7 @@ int cloud_ledger_programmer_get(struct cloud_ledger *ledger, const char *program
     return rc;
 }
 
-static int ledger__prog_row_v(sqlite3_stmt *st, void *item)
+static int ledger__prog_row_v(struct ledger_store_stmt *st, void *item)
 {
     return ledger__prog_row(st, item);
 }
@@ -2075,7 +2296,7 @@ int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *prog
                                    const char *reason, const char *actor, uint64_t now_ms)
 {
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !ledger__time_ok(now_ms))
@@ -2130,7 +2351,7 @@ static int ledger__token_decide(struct cloud_ledger *l, const uint8_t hash[NU_SH
                                 const char *programmer_id, uint64_t now_ms)
 {
     char bound[CLOUD_LEDGER_ID_MAX + 1];
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     uint64_t expires;
     int used;
     int rc = ledger__stmt(l, ST_TOKEN_GET, &st);
@@ -2145,7 +2366,7 @@ static int ledger__token_decide(struct cloud_ledger *l, const uint8_t hash[NU_SH
         return rc;
     rc = ledger__col_str(st, 0, bound, sizeof(bound));
     expires = ledger__col_u64(st, 1);
-    used = sqlite3_column_type(st, 2) != SQLITE_NULL;
+    used = !ledger_store_col_is_null(st, 2);
     ledger__reset(st);
     if (rc != NU_OK)
         return rc;
@@ -2190,7 +2411,7 @@ int cloud_ledger_token_add(struct cloud_ledger *ledger, const uint8_t *token, si
 {
     uint8_t hash[NU_SHA256_LEN];
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !ledger__time_ok(now_ms) || !ledger__time_ok(expires_at_ms) ||
@@ -2264,7 +2485,7 @@ static int ledger__nonce_decide(struct cloud_ledger *l, const uint8_t nonce[32],
                                 const char *programmer_id, uint64_t now_ms)
 {
     char bound[CLOUD_LEDGER_ID_MAX + 1];
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     uint64_t expires;
     int used;
     int rc = ledger__stmt(l, ST_NONCE_GET, &st);
@@ -2279,7 +2500,7 @@ static int ledger__nonce_decide(struct cloud_ledger *l, const uint8_t nonce[32],
         return rc;
     rc = ledger__col_str(st, 0, bound, sizeof(bound));
     expires = ledger__col_u64(st, 1);
-    used = sqlite3_column_type(st, 2) != SQLITE_NULL;
+    used = !ledger_store_col_is_null(st, 2);
     ledger__reset(st);
     if (rc != NU_OK)
         return rc;
@@ -2292,7 +2513,7 @@ static int ledger__nonce_decide(struct cloud_ledger *l, const uint8_t nonce[32],
 static int ledger__nonce_use(struct cloud_ledger *l, const uint8_t nonce[32],
                              const char *programmer_id, uint64_t now_ms)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__nonce_decide(l, nonce, programmer_id, now_ms);
 
     if (rc == NU_OK)
@@ -2302,7 +2523,7 @@ static int ledger__nonce_use(struct cloud_ledger *l, const uint8_t nonce[32],
     ledger__bind_blob(st, 1, nonce, CLOUD_LEDGER_NONCE_LEN);
     ledger__bind_u64(st, 2, now_ms);
     rc = ledger__run(l, st, "nonce use");
-    if (rc == NU_OK && sqlite3_changes(l->db) != 1)
+    if (rc == NU_OK && ledger_store_changes(st) != 1)
         rc = NU_ERR_INTERNAL; /* decided unused under the same write lock */
     return rc;
 }
@@ -2310,7 +2531,7 @@ static int ledger__nonce_use(struct cloud_ledger *l, const uint8_t nonce[32],
 int cloud_ledger_nonce_add(struct cloud_ledger *ledger, const uint8_t nonce[32],
                            const char *programmer_id, uint64_t expires_at_ms, uint64_t now_ms)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !nonce || !ledger__time_ok(now_ms) || expires_at_ms <= now_ms)
@@ -2364,7 +2585,7 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
 {
     uint8_t hash[NU_SHA256_LEN];
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__token_hash(token, token_len, hash);
 
     if (rc != NU_OK)
@@ -2396,7 +2617,7 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
     ledger__bind_blob(st, 1, hash, sizeof(hash));
     ledger__bind_u64(st, 2, now_ms);
     rc = ledger__run(l, st, "token use");
-    if (rc == NU_OK && sqlite3_changes(l->db) != 1)
+    if (rc == NU_OK && ledger_store_changes(st) != 1)
         rc = NU_ERR_INTERNAL; /* decided unused under the same write lock */
     if (rc != NU_OK)
         goto out;
@@ -2489,7 +2710,7 @@ static int ledger__cache_get(struct cloud_ledger *l, const struct cloud_ledger_i
     uint8_t hash[CLOUD_LEDGER_HASH_LEN];
     const unsigned char *op;
     uint64_t created;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_REQ_GET, &st);
 
     memset(c, 0, sizeof(*c));
@@ -2503,9 +2724,9 @@ static int ledger__cache_get(struct cloud_ledger *l, const struct cloud_ledger_i
     if (rc != NU_OK)
         return rc;
     c->found = 1;
-    op = sqlite3_column_text(st, 0);
+    op = ledger__col_text(st, 0);
     rc = ledger__col_fixed(st, 1, hash, sizeof(hash));
-    c->code = sqlite3_column_int(st, 3);
+    c->code = (int)ledger_store_col_i64(st, 3);
     created = ledger__col_u64(st, 4);
     c->same = rc == NU_OK && op && strcmp((const char *)op, CLOUD_LEDGER_OP_CERT) == 0 &&
               memcmp(hash, req->request_hash, sizeof(hash)) == 0;
@@ -2525,7 +2746,7 @@ static int ledger__cache_put(struct cloud_ledger *l, const struct cloud_ledger_i
                              int code, const uint8_t *response, size_t response_len,
                              const char *serial)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_REQ_PUT, &st);
 
     if (rc != NU_OK)
@@ -2535,7 +2756,7 @@ static int ledger__cache_put(struct cloud_ledger *l, const struct cloud_ledger_i
     ledger__bind_text(st, 3, CLOUD_LEDGER_OP_CERT);
     ledger__bind_blob(st, 4, req->request_hash, sizeof(req->request_hash));
     ledger__bind_blob(st, 5, response, response_len);
-    sqlite3_bind_int(st, 6, code);
+    ledger_store_bind_i64(st, 6, code);
     ledger__bind_u64(st, 7, req->now_ms);
     if (serial)
         ledger__bind_text(st, 8, serial);
@@ -2566,7 +2787,7 @@ static int ledger__refuse(struct cloud_ledger *l, const struct cloud_ledger_issu
                           struct cloud_ledger_issue_result *out)
 {
     struct ledger_json j;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = NU_OK;
 
     if (d->job_found) {
@@ -2692,7 +2913,7 @@ static void ledger__cert_issued_json(struct ledger_json *j, const char *serial, 
 
 static int ledger__count_issue(struct cloud_ledger *l, const struct cloud_ledger_issue_req *req)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_JOB_ISSUED, &st);
 
     if (rc != NU_OK)
@@ -2700,7 +2921,7 @@ static int ledger__count_issue(struct cloud_ledger *l, const struct cloud_ledger
     ledger__bind_text(st, 1, req->job_id);
     ledger__bind_u64(st, 2, req->now_ms);
     rc = ledger__run(l, st, "job issued");
-    if (rc == NU_OK && sqlite3_changes(l->db) != 1)
+    if (rc == NU_OK && ledger_store_changes(st) != 1)
         return NU_ERR_INTERNAL; /* checked under the same lock: cannot happen */
     if (rc == NU_OK)
         rc = ledger__stmt(l, ST_ALLOC_ISSUED, &st);
@@ -2709,7 +2930,7 @@ static int ledger__count_issue(struct cloud_ledger *l, const struct cloud_ledger
     ledger__bind_text(st, 1, req->job_id);
     ledger__bind_text(st, 2, req->requester);
     rc = ledger__run(l, st, "allocation issued");
-    if (rc == NU_OK && sqlite3_changes(l->db) != 1)
+    if (rc == NU_OK && ledger_store_changes(st) != 1)
         return NU_ERR_INTERNAL;
     return rc;
 }
@@ -2718,7 +2939,7 @@ static int ledger__insert_cert(struct cloud_ledger *l, const struct cloud_ledger
                                size_t pem_len)
 {
     struct cloud_ledger_sign_out *so = l->sign_out;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc = ledger__stmt(l, ST_CERT_INSERT, &st);
 
     if (rc != NU_OK)
@@ -2727,7 +2948,7 @@ static int ledger__insert_cert(struct cloud_ledger *l, const struct cloud_ledger
     ledger__bind_text(st, 2, req->job_id);
     ledger__bind_blob(st, 3, req->device_uid, req->device_uid_len);
     ledger__bind_blob(st, 4, req->pubkey_hash, sizeof(req->pubkey_hash));
-    sqlite3_bind_text(st, 5, so->pem, (int)pem_len, SQLITE_STATIC);
+    ledger_store_bind_text(st, 5, so->pem);
     ledger__bind_text(st, 6, req->requester);
     ledger__bind_blob(st, 7, req->idempotency_key, req->idempotency_key_len);
     ledger__bind_u64(st, 8, req->now_ms);
@@ -2872,6 +3093,84 @@ static int ledger__issue_one(struct cloud_ledger *l, const struct cloud_ledger_i
     return ledger__issue_new(l, req, &d, sign, sign_ctx, out);
 }
 
+/* Orders for the batch's up-front locks (PostgreSQL). */
+static int ledger__cmp_key(const void *a, const void *b)
+{
+    const struct cloud_ledger_issue_req *x = *(const struct cloud_ledger_issue_req *const *)a;
+    const struct cloud_ledger_issue_req *y = *(const struct cloud_ledger_issue_req *const *)b;
+    int c = strcmp(x->requester, y->requester);
+    size_t n = x->idempotency_key_len < y->idempotency_key_len ? x->idempotency_key_len
+                                                                : y->idempotency_key_len;
+    if (c == 0)
+        c = memcmp(x->idempotency_key, y->idempotency_key, n);
+    if (c == 0)
+        c = (x->idempotency_key_len > n) - (y->idempotency_key_len > n);
+    return c;
+}
+
+static int ledger__cmp_job(const void *a, const void *b)
+{
+    const struct cloud_ledger_issue_req *x = *(const struct cloud_ledger_issue_req *const *)a;
+    const struct cloud_ledger_issue_req *y = *(const struct cloud_ledger_issue_req *const *)b;
+    int c = strcmp(x->job_id, y->job_id);
+    return c ? c : strcmp(x->requester, y->requester);
+}
+
+/* Lock one row with a FOR UPDATE statement (two text keys; absent is fine). */
+static int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,
+                            const char *b)
+{
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__stmt(l, id, &st);
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, a);
+    if (b)
+        ledger__bind_text(st, 2, b);
+    while (ledger__row(st, &rc))
+        ;
+    ledger__reset(st);
+    return rc;
+}
+
+/*
+ * PostgreSQL: take every lock the batch will need before deciding anything,
+ * each kind in one global order, so agents running batches side by side
+ * queue instead of deadlocking: advisory locks on (requester, idempotency
+ * key) sorted by key, then the job rows sorted by job, then the allocation
+ * rows sorted by (job, programmer); the chain head comes last, at the first
+ * event. SQLite: BEGIN IMMEDIATE already holds the one write lock.
+ */
+static int ledger__batch_lock(struct cloud_ledger *l, const struct cloud_ledger_issue_req *reqs,
+                              size_t n, const struct cloud_ledger_issue_result *out)
+{
+    const struct cloud_ledger_issue_req *v[CLOUD_LEDGER_BATCH_MAX];
+    uint8_t key[CLOUD_LEDGER_ID_MAX + 1 + CLOUD_LEDGER_KEY_MAX];
+    size_t m = 0;
+    int rc = NU_OK;
+
+    if (!ledger__is_pg(l))
+        return NU_OK;
+    for (size_t i = 0; i < n; i++)
+        if (out[i].code == -1)
+            v[m++] = &reqs[i];
+    qsort(v, m, sizeof(v[0]), ledger__cmp_key);
+    for (size_t i = 0; rc == NU_OK && i < m; i++) {
+        size_t rl = strlen(v[i]->requester);
+        memcpy(key, v[i]->requester, rl + 1);
+        memcpy(key + rl + 1, v[i]->idempotency_key, v[i]->idempotency_key_len);
+        rc = ledger_store_xact_lock(l->store, 1, key, rl + 1 + v[i]->idempotency_key_len);
+    }
+    qsort(v, m, sizeof(v[0]), ledger__cmp_job);
+    for (size_t i = 0; rc == NU_OK && i < m; i++)
+        if (i == 0 || strcmp(v[i]->job_id, v[i - 1]->job_id) != 0)
+            rc = ledger__lock_row(l, ST_JOB_LOCK, v[i]->job_id, NULL);
+    for (size_t i = 0; rc == NU_OK && i < m; i++)
+        if (i == 0 || ledger__cmp_job(&v[i], &v[i - 1]) != 0)
+            rc = ledger__lock_row(l, ST_ALLOC_GET, v[i]->job_id, v[i]->requester);
+    return rc;
+}
+
 /* Decide every pending request (code -1) under one open transaction. */
 static int ledger__batch_run(struct cloud_ledger *l, const struct cloud_ledger_issue_req *reqs,
                              size_t n, cloud_ledger_sign_fn sign, void *sign_ctx,
@@ -2922,6 +3221,8 @@ int cloud_ledger_issue_batch(struct cloud_ledger *ledger, const struct cloud_led
         return NU_OK;
     rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
+        rc = ledger__batch_lock(ledger, reqs, n, out);
+    if (rc == NU_OK)
         rc = ledger__batch_run(ledger, reqs, n, sign, sign_ctx, out);
     if (rc == NU_OK)
         rc = ledger__commit(ledger);
@@ -2959,7 +3260,7 @@ int cloud_ledger_cert_get(struct cloud_ledger *ledger, const struct cloud_ledger
     return rc;
 }
 
-static int ledger__cert_row_v(sqlite3_stmt *st, void *item)
+static int ledger__cert_row_v(struct ledger_store_stmt *st, void *item)
 {
     return ledger__cert_row(st, item);
 }
@@ -2982,7 +3283,7 @@ int cloud_ledger_cert_list_after(struct cloud_ledger *ledger, const char *job_id
                                  cloud_ledger_cert_visit_fn visit, void *ctx)
 {
     struct ledger_visit lv = {(void *)visit, ctx};
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !visit || (!job_id && !uid) || (uid && uid_len == 0))
@@ -3014,7 +3315,7 @@ int cloud_ledger_cert_list_after(struct cloud_ledger *ledger, const char *job_id
     else
         ledger__bind_blob(st, 1, uid, uid_len);
     /* No cursor: before every row (issue times are >= 0). */
-    sqlite3_bind_int64(st, 2, after ? (sqlite3_int64)after->issued_at_ms : -1);
+    ledger_store_bind_i64(st, 2, after ? (int64_t)after->issued_at_ms : -1);
     ledger__bind_text(st, 3, after ? after->serial : "");
     rc = ledger__walk(ledger, st, ledger__cert_row_v, ledger->cert, ledger__cert_visit_v, &lv);
 out:
@@ -3069,7 +3370,7 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
 {
     struct cloud_ledger_cert *c;
     uint32_t limit, issued;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     enum cloud_ledger_cert_state next;
     int rc;
 
@@ -3086,6 +3387,9 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
     rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
         rc = ledger__cert_find(ledger, ref, c);
+    /* PostgreSQL: the job row before the allocation row, as issuance does. */
+    if (rc == NU_OK && ledger__is_pg(ledger))
+        rc = ledger__lock_row(ledger, ST_JOB_LOCK, c->job_id, NULL);
     if (rc == NU_OK) {
         rc = ledger__alloc_read(ledger, c->job_id, reporter, &limit, &issued);
         if (rc == NU_ERR_NOT_FOUND)
@@ -3124,7 +3428,7 @@ int cloud_ledger_cert_revoke(struct cloud_ledger *ledger, const struct cloud_led
                              const char *reason, const char *actor, uint64_t now_ms)
 {
     struct cloud_ledger_cert *c;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !ledger__time_ok(now_ms))
@@ -3217,13 +3521,13 @@ int cloud_ledger_audit_append(struct cloud_ledger *ledger, const struct cloud_le
     return rc;
 }
 
-static const char *ledger__col_cstr(sqlite3_stmt *st, int i)
+static const char *ledger__col_cstr(struct ledger_store_stmt *st, int i)
 {
-    const unsigned char *t = sqlite3_column_text(st, i);
+    const unsigned char *t = ledger__col_text(st, i);
     return t ? (const char *)t : "";
 }
 
-static int ledger__event_row(sqlite3_stmt *st, void *item)
+static int ledger__event_row(struct ledger_store_stmt *st, void *item)
 {
     struct cloud_ledger_event *ev = item;
     int rc;
@@ -3234,7 +3538,7 @@ static int ledger__event_row(sqlite3_stmt *st, void *item)
     ev->actor = ledger__col_cstr(st, 3);
     ev->job_id = ledger__col_cstr(st, 4);
     ev->payload = ledger__col_cstr(st, 5);
-    ev->payload_len = (size_t)sqlite3_column_bytes(st, 5);
+    ev->payload_len = (size_t)ledger__col_bytes(st, 5);
     rc = ledger__col_fixed(st, 6, ev->prev_hash, sizeof(ev->prev_hash));
     if (rc == NU_OK)
         rc = ledger__col_fixed(st, 7, ev->hash, sizeof(ev->hash));
@@ -3252,7 +3556,7 @@ int cloud_ledger_audit_list(struct cloud_ledger *ledger, uint64_t from_seq,
 {
     struct ledger_visit lv = {(void *)visit, ctx};
     struct cloud_ledger_event ev;
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !visit || !ledger__time_ok(from_seq))
@@ -3272,12 +3576,12 @@ out:
 int cloud_ledger_audit_head(struct cloud_ledger *ledger, uint64_t *out_seq,
                             uint8_t out_hash[CLOUD_LEDGER_HASH_LEN])
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int rc;
 
     if (!ledger || !out_seq || !out_hash)
         return NU_ERR_INVALID_ARG;
-    rc = ledger__stmt(ledger, ST_HEAD_GET, &st);
+    rc = ledger__stmt(ledger, ST_HEAD_READ, &st);
     if (rc != NU_OK)
         return rc;
     rc = ledger__step_one(ledger, st, "audit head");
@@ -3297,6 +3601,8 @@ int cloud_ledger_wal_autocheckpoint(struct cloud_ledger *ledger, unsigned pages)
 {
     if (!ledger || pages > INT_MAX)
         return NU_ERR_INVALID_ARG;
+    if (!ledger->db)
+        return NU_OK; /* PostgreSQL checkpoints by itself */
     int rc = sqlite3_wal_autocheckpoint(ledger->db, (int)pages);
     return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal autocheckpoint");
 }
@@ -3305,6 +3611,8 @@ int cloud_ledger_wal_checkpoint(struct cloud_ledger *ledger)
 {
     if (!ledger)
         return NU_ERR_INVALID_ARG;
+    if (!ledger->db)
+        return NU_OK;
     int rc = sqlite3_wal_checkpoint_v2(ledger->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal checkpoint");
 }
@@ -3318,7 +3626,7 @@ int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const 
 {
     char payload[CLOUD_LEDGER_PAYLOAD_MAX + 1];
     uint8_t head[CLOUD_LEDGER_HASH_LEN];
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     uint64_t head_seq = 0, seq = 0;
     size_t len = 0;
     int rc, sealed = 0;
@@ -3373,7 +3681,8 @@ struct ledger_pairs {
 };
 
 struct ledger_verify {
-    sqlite3 *db;
+    struct ledger_store *store;
+    sqlite3 *db; /* the same connection on SQLite (pragmas), else NULL */
     struct cloud_ledger_verify_report *r;
     const struct cloud_ledger_verify_opts *opts;
     struct ledger_pairs events; /* cert.issued events */
@@ -3448,15 +3757,34 @@ static int ledger__pair_digest(const char *job_id, size_t job_len, uint64_t ts, 
     return rc;
 }
 
-static int ledger__is_text(sqlite3_stmt *st, int i)
+static int ledger__is_text(struct ledger_store_stmt *st, int i)
 {
-    return sqlite3_column_type(st, i) == SQLITE_TEXT;
+    return ledger_store_col_type(st, i) == LEDGER_STORE_TEXT;
 }
 
-static int ledger__is_hash(sqlite3_stmt *st, int i)
+static int ledger__is_hash(struct ledger_store_stmt *st, int i)
 {
-    return sqlite3_column_type(st, i) == SQLITE_BLOB &&
-           sqlite3_column_bytes(st, i) == CLOUD_LEDGER_HASH_LEN;
+    return ledger_store_col_type(st, i) == LEDGER_STORE_BLOB &&
+           ledger__col_bytes(st, i) == CLOUD_LEDGER_HASH_LEN;
+}
+
+/* A one-off statement of verify (finalized by the caller). */
+static int ledger__vprep(struct ledger_verify *v, const char *sql, struct ledger_store_stmt **out)
+{
+    return ledger_store_prepare(v->store, sql, out);
+}
+
+/* count(*) and the like: one integer. */
+static int ledger__vint(struct ledger_verify *v, const char *sql, int64_t *out)
+{
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__vprep(v, sql, &st);
+    if (rc == NU_OK && ledger__row(st, &rc))
+        *out = ledger_store_col_i64(st, 0);
+    else if (rc == NU_OK)
+        rc = NU_ERR_DB;
+    ledger_store_finalize(st);
+    return rc;
 }
 
 /* A checkpoint row signs the head before it: seq - 1 and the row's prev_hash. */
@@ -3498,12 +3826,12 @@ static void ledger__verify_payload(struct ledger_verify *v, uint64_t seq, const 
 }
 
 /* Check one audit row against the running chain state. */
-static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint64_t *expect,
+static int ledger__verify_event(struct ledger_verify *v, struct ledger_store_stmt *st, uint64_t *expect,
                                 uint8_t prev[NU_SHA256_LEN])
 {
     struct cloud_ledger_verify_report *r = v->r;
     /* Types first: reading a value may convert it and void column_type. */
-    int typed = sqlite3_column_type(st, 1) == SQLITE_INTEGER && ledger__is_text(st, 2) &&
+    int typed = ledger_store_col_type(st, 1) == LEDGER_STORE_INTEGER && ledger__is_text(st, 2) &&
                 ledger__is_text(st, 3) && ledger__is_text(st, 4) && ledger__is_text(st, 5) &&
                 ledger__is_hash(st, 6) && ledger__is_hash(st, 7);
     uint64_t seq = ledger__col_u64(st, 0), ts = ledger__col_u64(st, 1);
@@ -3529,20 +3857,20 @@ static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint6
         return NU_OK;
     }
     for (int i = 0; i < 4; i++) {
-        f[i] = (const char *)sqlite3_column_text(st, 2 + i);
-        fl[i] = (size_t)sqlite3_column_bytes(st, 2 + i);
+        f[i] = (const char *)ledger__col_text(st, 2 + i);
+        fl[i] = (size_t)ledger__col_bytes(st, 2 + i);
     }
-    if (memcmp(sqlite3_column_blob(st, 6), prev, NU_SHA256_LEN) != 0) {
+    if (memcmp(ledger__col_blobp(st, 6), prev, NU_SHA256_LEN) != 0) {
         if (!r->first_bad_seq)
             r->first_bad_seq = seq;
         ledger__finding(v, &r->chain_ok, "audit seq %llu: prev_hash does not link to seq %llu",
                         (unsigned long long)seq, (unsigned long long)seq - 1);
     }
-    rc = cloud_ledger_event_hash(sqlite3_column_blob(st, 6), seq, ts, f[0], fl[0], f[1], fl[1],
+    rc = cloud_ledger_event_hash(ledger__col_blobp(st, 6), seq, ts, f[0], fl[0], f[1], fl[1],
                                  f[2], fl[2], f[3], fl[3], hash);
     if (rc != NU_OK)
         return rc;
-    if (memcmp(hash, sqlite3_column_blob(st, 7), NU_SHA256_LEN) != 0) {
+    if (memcmp(hash, ledger__col_blobp(st, 7), NU_SHA256_LEN) != 0) {
         if (!r->first_bad_seq)
             r->first_bad_seq = seq;
         ledger__finding(v, &r->chain_ok, "audit seq %llu: hash mismatch (row edited)",
@@ -3551,8 +3879,8 @@ static int ledger__verify_event(struct ledger_verify *v, sqlite3_stmt *st, uint6
     ledger__verify_payload(v, seq, f[3], fl[3]);
     if (fl[0] == sizeof(LEDGER__CHECKPOINT_KIND) - 1 &&
         memcmp(f[0], LEDGER__CHECKPOINT_KIND, fl[0]) == 0)
-        ledger__verify_checkpoint(v, seq, sqlite3_column_blob(st, 6), f[3], fl[3]);
-    memcpy(prev, sqlite3_column_blob(st, 7), NU_SHA256_LEN);
+        ledger__verify_checkpoint(v, seq, ledger__col_blobp(st, 6), f[3], fl[3]);
+    memcpy(prev, ledger__col_blobp(st, 7), NU_SHA256_LEN);
     if (fl[0] == 11 && memcmp(f[0], "cert.issued", 11) == 0) {
         rc = ledger__pair_digest(f[2], fl[2], ts, f[3], fl[3], hash);
         if (rc == NU_OK)
@@ -3566,33 +3894,35 @@ static int ledger__verify_chain(struct ledger_verify *v)
     struct cloud_ledger_verify_report *r = v->r;
     uint8_t prev[NU_SHA256_LEN] = {0};
     uint64_t expect = 1;
-    sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(v->db,
-                                "SELECT seq, ts, kind, actor, job_id, payload, prev_hash, hash"
-                                " FROM audit_events ORDER BY seq",
-                                -1, &st, NULL);
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__vprep(v,
+                           "SELECT seq, ts, kind, actor, job_id, payload, prev_hash, hash"
+                           " FROM audit_events ORDER BY seq",
+                           &st);
 
-    if (rc != SQLITE_OK)
-        return ledger__dberr(v->db, rc, "verify chain");
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (rc != NU_OK)
+        return rc;
+    while (ledger__row(st, &rc)) {
         rc = ledger__verify_event(v, st, &expect, prev);
         if (rc != NU_OK)
             goto out;
     }
-    rc = rc == SQLITE_DONE ? NU_OK : ledger__dberr(v->db, rc, "verify chain");
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     st = NULL;
     if (rc != NU_OK)
         return rc;
     if (r->events == 0)
         ledger__finding(v, &r->chain_ok, "audit chain is empty (ledger.created missing)");
     /* The head is written with every event: a cut tail shows here. */
-    rc = sqlite3_prepare_v2(v->db, "SELECT seq, hash FROM audit_head WHERE id = 1", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return ledger__dberr(v->db, rc, "verify head");
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW || ledger__col_u64(st, 0) != expect - 1 || !ledger__is_hash(st, 1) ||
-        memcmp(sqlite3_column_blob(st, 1), prev, NU_SHA256_LEN) != 0) {
+    rc = ledger__vprep(v, "SELECT seq, hash FROM audit_head WHERE id = 1", &st);
+    if (rc != NU_OK)
+        return rc;
+    if (!ledger__row(st, &rc)) {
+        if (rc != NU_OK)
+            goto out;
+    }
+    if (ledger_store_col_type(st, 0) == LEDGER_STORE_NULL || ledger__col_u64(st, 0) != expect - 1 || !ledger__is_hash(st, 1) ||
+        memcmp(ledger__col_blobp(st, 1), prev, NU_SHA256_LEN) != 0) {
         if (!r->first_bad_seq)
             r->first_bad_seq = expect;
         ledger__finding(v, &r->chain_ok, "audit head does not match the last event (seq %llu)",
@@ -3600,21 +3930,21 @@ static int ledger__verify_chain(struct ledger_verify *v)
     }
     rc = NU_OK;
 out:
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     return rc;
 }
 
 /* Rebuild each certificate's cert.issued pairing digest. */
-static int ledger__verify_cert_row(struct ledger_verify *v, sqlite3_stmt *st)
+static int ledger__verify_cert_row(struct ledger_verify *v, struct ledger_store_stmt *st)
 {
     char payload[1024];
     struct ledger_json j;
     uint8_t pem_sha[NU_SHA256_LEN], digest[NU_SHA256_LEN];
-    const char *serial = (const char *)sqlite3_column_text(st, 1);
-    const char *job = (const char *)sqlite3_column_text(st, 2);
-    const char *pem = (const char *)sqlite3_column_text(st, 5);
-    const char *prog = (const char *)sqlite3_column_text(st, 6);
-    int uid_len = sqlite3_column_bytes(st, 3), key_len = sqlite3_column_bytes(st, 7);
+    const char *serial = (const char *)ledger__col_text(st, 1);
+    const char *job = (const char *)ledger__col_text(st, 2);
+    const char *pem = (const char *)ledger__col_text(st, 5);
+    const char *prog = (const char *)ledger__col_text(st, 6);
+    int uid_len = ledger__col_bytes(st, 3), key_len = ledger__col_bytes(st, 7);
     int rc;
 
     v->r->certificates++;
@@ -3624,36 +3954,41 @@ static int ledger__verify_cert_row(struct ledger_verify *v, sqlite3_stmt *st)
                         serial ? serial : "(null)");
         return NU_OK;
     }
-    rc = nu_sha256(pem, (size_t)sqlite3_column_bytes(st, 5), pem_sha);
+    rc = nu_sha256(pem, (size_t)ledger__col_bytes(st, 5), pem_sha);
     if (rc != NU_OK)
         return rc;
     lj_init(&j, payload, sizeof(payload));
-    ledger__cert_issued_json(&j, serial, sqlite3_column_blob(st, 3), (size_t)uid_len,
-                             sqlite3_column_blob(st, 4), prog, sqlite3_column_blob(st, 7),
+    ledger__cert_issued_json(&j, serial, ledger__col_blobp(st, 3), (size_t)uid_len,
+                             ledger__col_blobp(st, 4), prog, ledger__col_blobp(st, 7),
                              (size_t)key_len, pem_sha);
     if (j.overflow) {
         ledger__finding(v, &v->r->certs_ok, "certificate %s: malformed row", serial);
         return NU_OK;
     }
-    rc = ledger__pair_digest(job, (size_t)sqlite3_column_bytes(st, 2), ledger__col_u64(st, 8),
+    rc = ledger__pair_digest(job, (size_t)ledger__col_bytes(st, 2), ledger__col_u64(st, 8),
                              j.buf, j.len, digest);
     if (rc == NU_OK)
-        rc = ledger__pair_add(&v->certs, digest, sqlite3_column_int64(st, 0));
+        rc = ledger__pair_add(&v->certs, digest, ledger_store_col_i64(st, 0));
     return rc;
 }
 
 static void ledger__verify_unpaired_cert(struct ledger_verify *v, int64_t rowid)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     char serial[CLOUD_LEDGER_SERIAL_MAX + 1] = "?";
 
-    if (sqlite3_prepare_v2(v->db, "SELECT serial FROM certificates WHERE rowid = ?1", -1, &st,
-                           NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, rowid);
-        if (sqlite3_step(st) == SQLITE_ROW)
+    int rc;
+
+    /* PostgreSQL has no rowid: certificates are numbered by serial there. */
+    if (ledger__vprep(v, v->db ? "SELECT serial FROM certificates WHERE rowid = ?1"
+                               : "SELECT serial FROM (SELECT serial, row_number() OVER"
+                                 " (ORDER BY serial) AS n FROM certificates) x WHERE n = ?1",
+                      &st) == NU_OK) {
+        ledger_store_bind_i64(st, 1, rowid);
+        if (ledger__row(st, &rc))
             (void)ledger__col_str(st, 0, serial, sizeof(serial));
     }
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     ledger__finding(v, &v->r->certs_ok,
                     "certificate %s has no matching cert.issued event (forged or edited)", serial);
 }
@@ -3661,24 +3996,26 @@ static void ledger__verify_unpaired_cert(struct ledger_verify *v, int64_t rowid)
 /* Certificates and cert.issued events must pair one to one (as multisets). */
 static int ledger__verify_certs(struct ledger_verify *v)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     size_t i = 0, k = 0;
-    int rc = sqlite3_prepare_v2(v->db,
-                                "SELECT rowid, serial, job_id, device_uid, pubkey_hash, pem,"
-                                " programmer_id, idempotency_key, issued_at_ms FROM certificates",
-                                -1, &st, NULL);
+    int rc = ledger__vprep(v,
+                           v->db ? "SELECT rowid, serial, job_id, device_uid, pubkey_hash, pem,"
+                                   " programmer_id, idempotency_key, issued_at_ms FROM certificates"
+                                 : "SELECT row_number() OVER (ORDER BY serial), serial, job_id,"
+                                   " device_uid, pubkey_hash, pem, programmer_id, idempotency_key,"
+                                   " issued_at_ms FROM certificates",
+                           &st);
 
-    if (rc != SQLITE_OK)
-        return ledger__dberr(v->db, rc, "verify certificates");
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (rc != NU_OK)
+        return rc;
+    while (ledger__row(st, &rc)) {
         rc = ledger__verify_cert_row(v, st);
         if (rc != NU_OK) {
-            sqlite3_finalize(st);
+            ledger_store_finalize(st);
             return rc;
         }
     }
-    rc = rc == SQLITE_DONE ? NU_OK : ledger__dberr(v->db, rc, "verify certificates");
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     if (rc != NU_OK)
         return rc;
     if (v->events.n)
@@ -3708,23 +4045,31 @@ static int ledger__verify_certs(struct ledger_verify *v)
 static int ledger__verify_query(struct ledger_verify *v, const char *sql, int *flag,
                                 const char *what)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(v->db, sql, -1, &st, NULL);
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__vprep(v, sql, &st);
 
-    if (rc != SQLITE_OK)
-        return ledger__dberr(v->db, rc, what);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    if (rc != NU_OK)
+        return rc;
+    while (ledger__row(st, &rc))
         ledger__finding(v, flag, "%s: %s", what, ledger__col_cstr(st, 0));
-    rc = rc == SQLITE_DONE ? NU_OK : ledger__dberr(v->db, rc, what);
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     return rc;
 }
 
 static int ledger__verify_counts(struct ledger_verify *v)
 {
     int64_t jobs = 0;
+    int pg = v->db == NULL;
     int rc = ledger__verify_query(
         v,
+        pg ? "SELECT format('job %s: issued %s, certificates %s, allocations %s, quota %s',"
+             " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
+             " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates GROUP BY job_id) c"
+             "  ON c.job_id = j.job_id"
+             " LEFT JOIN (SELECT job_id, sum(issued) AS s FROM job_allocations GROUP BY job_id) a"
+             "  ON a.job_id = j.job_id"
+             " WHERE j.issued != coalesce(c.n, 0) OR j.issued != coalesce(a.s, 0)"
+             "  OR j.issued > j.quota" :
         "SELECT printf('job %s: issued %d, certificates %d, allocations %d, quota %d',"
         " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
         " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates GROUP BY job_id) c"
@@ -3738,6 +4083,12 @@ static int ledger__verify_counts(struct ledger_verify *v)
     if (rc == NU_OK)
         rc = ledger__verify_query(
             v,
+            pg ? "SELECT format('job %s, programmer %s: issued %s, certificates %s, limit %s',"
+                 " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
+                 " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
+                 "  FROM certificates GROUP BY job_id, programmer_id) c"
+                 "  ON c.job_id = a.job_id AND c.programmer_id = a.programmer_id"
+                 " WHERE a.issued != coalesce(c.n, 0) OR a.issued > a.quota_limit" :
             "SELECT printf('job %s, programmer %s: issued %d, certificates %d, limit %d',"
             " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
             " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
@@ -3748,22 +4099,27 @@ static int ledger__verify_counts(struct ledger_verify *v)
     if (rc == NU_OK)
         rc = ledger__verify_query(
             v,
+            pg ? "SELECT format('certificate %s: no allocation for %s in job %s', c.serial,"
+                 " c.programmer_id, c.job_id) FROM certificates c WHERE NOT EXISTS (SELECT 1"
+                 " FROM job_allocations a WHERE a.job_id = c.job_id"
+                 " AND a.programmer_id = c.programmer_id)" :
             "SELECT printf('certificate %s: no allocation for %s in job %s', c.serial,"
             " c.programmer_id, c.job_id) FROM certificates c WHERE NOT EXISTS (SELECT 1"
             " FROM job_allocations a WHERE a.job_id = c.job_id"
             " AND a.programmer_id = c.programmer_id)",
             &v->r->counts_ok, "certificate without allocation");
     if (rc == NU_OK)
-        rc = ledger__pragma_int(v->db, "SELECT count(*) FROM jobs", &jobs);
+        rc = ledger__vint(v, "SELECT count(*) FROM jobs", &jobs);
     v->r->jobs = (uint64_t)jobs;
     return rc;
 }
 
 static int ledger__verify_schema(struct ledger_verify *v)
 {
-    sqlite3_stmt *st = NULL;
+    struct ledger_store_stmt *st = NULL;
     int64_t version = 0;
-    int rc = ledger__pragma_int(v->db, "PRAGMA user_version", &version);
+    int rc = v->db ? ledger__pragma_int(v->db, "PRAGMA user_version", &version)
+                   : ledger__vint(v, "SELECT version FROM ledger_meta WHERE id = 1", &version);
 
     if (rc != NU_OK)
         return rc;
@@ -3772,33 +4128,35 @@ static int ledger__verify_schema(struct ledger_verify *v)
     if (version < 1 || version > CLOUD_LEDGER_SCHEMA_VERSION)
         ledger__finding(v, &v->r->schema_ok, "schema version %lld, expected 1..%d",
                         (long long)version, CLOUD_LEDGER_SCHEMA_VERSION);
-    rc = sqlite3_prepare_v2(
-        v->db, "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return ledger__dberr(v->db, rc, "verify schema");
+    rc = ledger__vprep(v, v->db ? "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1"
+                                : "SELECT 1 FROM pg_trigger WHERE tgname = ?1 AND NOT tgisinternal",
+                       &st);
+    if (rc != NU_OK)
+        return rc;
     for (size_t i = 0; i < sizeof(ledger__triggers) / sizeof(ledger__triggers[0]); i++) {
+        int found;
         if (ledger__triggers[i].since > version)
             continue;
-        sqlite3_bind_text(st, 1, ledger__triggers[i].name, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-            rc = ledger__dberr(v->db, rc, "verify schema");
-            sqlite3_finalize(st);
+        ledger_store_bind_text(st, 1, ledger__triggers[i].name);
+        found = ledger__row(st, &rc);
+        ledger_store_reset(st);
+        if (rc != NU_OK) {
+            ledger_store_finalize(st);
             return rc;
         }
-        if (rc == SQLITE_DONE)
+        if (!found)
             ledger__finding(v, &v->r->schema_ok, "trigger %s is missing", ledger__triggers[i].name);
-        sqlite3_reset(st);
     }
-    sqlite3_finalize(st);
+    ledger_store_finalize(st);
     return NU_OK;
 }
 
-/* Verify over a raw connection (not inside a transaction). */
-static int ledger__verify_db(sqlite3 *db, const struct cloud_ledger_verify_opts *opts,
+/* Verify over a connection (not inside a transaction). */
+static int ledger__verify_db(struct ledger_store *store, sqlite3 *db,
+                             const struct cloud_ledger_verify_opts *opts,
                              struct cloud_ledger_verify_report *r)
 {
-    struct ledger_verify v = {.db = db, .r = r, .opts = opts};
+    struct ledger_verify v = {.store = store, .db = db, .r = r, .opts = opts};
     int rc;
 
     memset(r, 0, sizeof(*r));
@@ -3806,7 +4164,7 @@ static int ledger__verify_db(sqlite3 *db, const struct cloud_ledger_verify_opts 
     r->payloads_ok = 1;
     r->checkpoints_checked = opts && opts->check_checkpoint;
     /* One read transaction: a consistent snapshot while other agents write. */
-    rc = ledger__exec_sql(db, "BEGIN");
+    rc = ledger_store_begin(store, 0);
     if (rc != NU_OK)
         return rc;
     rc = ledger__verify_schema(&v);
@@ -3816,7 +4174,7 @@ static int ledger__verify_db(sqlite3 *db, const struct cloud_ledger_verify_opts 
         rc = ledger__verify_certs(&v);
     if (rc == NU_OK)
         rc = ledger__verify_counts(&v);
-    (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    ledger_store_rollback(store);
     free(v.events.v);
     free(v.certs.v);
     if (rc != NU_OK)
@@ -3828,7 +4186,7 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
 {
     if (!ledger || !out_report)
         return NU_ERR_INVALID_ARG;
-    return ledger__verify_db(ledger->db, NULL, out_report);
+    return ledger__verify_db(ledger->store, ledger->db, NULL, out_report);
 }
 
 int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report)
@@ -3839,19 +4197,41 @@ int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report
 int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,
                                   struct cloud_ledger_verify_report *out_report)
 {
+    return cloud_ledger_verify_target(path, NULL, opts, out_report);
+}
+
+int cloud_ledger_verify_target(const char *target, const char *password_file,
+                               const struct cloud_ledger_verify_opts *opts,
+                               struct cloud_ledger_verify_report *out_report)
+{
+    struct ledger_store *store = NULL;
     sqlite3 *db = NULL;
     int64_t version = 0;
     int rc;
 
-    if (!path || !out_report)
+    if (!target || !out_report)
         return NU_ERR_INVALID_ARG;
     memset(out_report, 0, sizeof(*out_report));
-    if (!nu_path_exists(path))
+    if (ledger_store_target_is_pg(target)) {
+        rc = ledger_store_open(target, password_file, &store);
+        if (rc == NU_OK)
+            rc = ledger__pg_identify(store, &version);
+        if (rc == NU_OK && version == 0)
+            rc = NU_ERR_CONFIG;
+        if (rc == NU_OK)
+            rc = ledger__verify_db(store, NULL, opts, out_report);
+        ledger_store_close(store);
+        return rc;
+    }
+    if (!strncmp(target, "sqlite:", 7))
+        target += 7;
+    if (!nu_path_exists(target))
         return NU_ERR_NOT_FOUND;
-    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    rc = sqlite3_open_v2(target, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         rc = ledger__dberr(db, rc, "open for verify");
-        goto out;
+        sqlite3_close(db);
+        return rc;
     }
     rc = ledger__configure(db, 0);
     if (rc == NU_OK)
@@ -3859,8 +4239,12 @@ int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_ve
     if (rc == NU_OK && version == 0)
         rc = NU_ERR_CONFIG; /* identify already refused newer versions */
     if (rc == NU_OK)
-        rc = ledger__verify_db(db, opts, out_report);
-out:
-    sqlite3_close(db);
+        rc = ledger_store_sqlite_wrap(db, &store);
+    if (rc != NU_OK) {
+        sqlite3_close(db);
+        return rc;
+    }
+    rc = ledger__verify_db(store, db, opts, out_report);
+    ledger_store_close(store);
     return rc;
 }

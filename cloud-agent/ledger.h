@@ -228,6 +228,29 @@ struct cloud_ledger; /* opaque */
  */
 int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger);
 
+/*
+ * Open the ledger a target names: a file path (or "sqlite:PATH": as
+ * cloud_ledger_open) or a PostgreSQL libpq URI ("postgresql://..."; multi-host
+ * with target_session_attrs=read-write works). On PostgreSQL the password
+ * comes from `password_file` (a 0600 file; may be NULL) or libpq's
+ * PGPASSFILE, never from the URI (INVALID_ARG). The schema must be ours and
+ * current: when it is absent or older, `migrate` = 1 creates/migrates it (the
+ * owner role), else CONFIG with a message naming `nusec ledger init|migrate`.
+ * Errors: as cloud_ledger_open, plus CONNECTION (unreachable: transient, the
+ * caller retries with backoff), PERMISSION (credentials refused).
+ */
+int cloud_ledger_connect(const char *target, const char *password_file, int migrate,
+                         struct cloud_ledger **out_ledger);
+
+/*
+ * Create or migrate the schema at `target` as its owner (cloud_ledger_connect
+ * with migrate = 1), then on PostgreSQL grant `agent_role` (an id; NULL = no
+ * grants) the agents' least privilege: no UPDATE nor DELETE of audit_events,
+ * no UPDATE of a certificate's issued identity. Idempotent.
+ * Errors: as cloud_ledger_connect.
+ */
+int cloud_ledger_init(const char *target, const char *password_file, const char *agent_role);
+
 /* Close and free (finalizes statements). NULL is a no-op. */
 void cloud_ledger_close(struct cloud_ledger *ledger);
 
@@ -862,6 +885,15 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
  * NOT_SUPPORTED (newer schema version), CONFIG (not a ledger), IO.
  */
 int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report);
+
+/*
+ * cloud_ledger_verify on a target: a file path as cloud_ledger_verify_path,
+ * or a PostgreSQL URI (password as cloud_ledger_connect). opts may be NULL.
+ * Errors: as cloud_ledger_verify_path, plus CONNECTION, PERMISSION.
+ */
+int cloud_ledger_verify_target(const char *target, const char *password_file,
+                               const struct cloud_ledger_verify_opts *opts,
+                               struct cloud_ledger_verify_report *out_report);
 
 /* cloud_ledger_verify_path with options (opts may be NULL). */
 int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,

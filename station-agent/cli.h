@@ -57,5 +57,6 @@ extern const struct cli_command cli_stack_commands[];
 extern const struct cli_command cli_monitor_commands[];
 extern const struct cli_command cli_report_commands[];
 extern const struct cli_command cli_dashboard_commands[];
+extern const struct cli_command cli_ledger_commands[];
 
 #endif

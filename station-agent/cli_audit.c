@@ -18,6 +18,7 @@
 
 static const char cli__verify_usage[] =
     "usage: nusec audit verify [--json] [--key FILE] [--checkpoint SEQ:HEAD] [--dir DIR]\n"
+    "                          [--ledger TARGET [--password-file FILE]]\n"
     "\n"
     "Check DIR/cloud/ledger.db, opened read-only: recompute the audit hash chain\n"
     "(seq contiguous, every hash and link, the stored chain head), pair every\n"
@@ -41,6 +42,10 @@ static const char cli__verify_usage[] =
     "  --checkpoint SEQ:HEAD  the ledger must still hold a valid checkpoint of head\n"
     "                       HEAD (64 hex) at seq SEQ\n"
     "  --dir DIR            state directory (default: $NUSEC_HOME)\n"
+    "  --ledger TARGET      the ledger to check instead of DIR/cloud/ledger.db: a file\n"
+    "                       path or a PostgreSQL URI (postgresql://...), read in one\n"
+    "                       read-only snapshot; then DIR is needed only for the key\n"
+    "  --password-file FILE the PostgreSQL password (a 0600 file; else PGPASSFILE)\n"
     "  -h, --help           this text\n"
     "\n"
     "Exit status: 0 the ledger is intact, 1 a check failed (the first bad seq and\n"
@@ -182,6 +187,7 @@ static void cli__print_json(const char *path, const struct cloud_ledger_verify_r
 static int cli__verify(int argc, char **argv)
 {
     const char *dir_opt = NULL, *key_opt = NULL, *anchor_opt = NULL;
+    const char *ledger_opt = NULL, *pw_opt = NULL;
     struct cli__anchor anchor = {0};
     int json = 0;
     const struct cli_opt options[] = {
@@ -189,6 +195,8 @@ static int cli__verify(int argc, char **argv)
         CLI_OPT_BOOL("json", &json),
         CLI_OPT_STR("key", &key_opt),
         CLI_OPT_STR("checkpoint", &anchor_opt),
+        CLI_OPT_STR("ledger", &ledger_opt),
+        CLI_OPT_STR("password-file", &pw_opt),
     };
     int prc = cli_opts_parse(argc, argv, cli__verify_usage, options, CLI_OPTS_N(options));
     if (prc)
@@ -202,10 +210,11 @@ static int cli__verify(int argc, char **argv)
         cli_errorf("audit verify: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;
     }
-    const char *dir = cli_state_dir(dir_opt);
+    /* With --ledger and --key nothing of a state directory is needed. */
+    const char *dir = ledger_opt && key_opt && !dir_opt ? "." : cli_state_dir(dir_opt);
     if (!dir)
         return CLI_EXIT_USAGE;
-    char path[PATH_MAX];
+    char path[PATH_MAX * 2];
     struct cloud_ledger_verify_report report;
     struct cloud_ledger_verify_opts opts = {.check_checkpoint = cli__check_checkpoint,
                                             .ctx = &anchor};
@@ -218,9 +227,12 @@ static int cli__verify(int argc, char **argv)
         cli_errorf("audit verify: --checkpoint needs the audit key (--key FILE)");
         return CLI_EXIT_USAGE;
     }
-    rc = nu_paths_get(dir, NU_PATH_LEDGER, path, sizeof(path));
+    if (ledger_opt)
+        rc = nu_path_fmt(path, sizeof(path), "%s", ledger_opt);
+    else
+        rc = nu_paths_get(dir, NU_PATH_LEDGER, path, sizeof(path));
     if (!rc)
-        rc = cloud_ledger_verify_path_opts(path, have_key ? &opts : NULL, &report);
+        rc = cloud_ledger_verify_target(path, pw_opt, have_key ? &opts : NULL, &report);
     if (rc == NU_OK && anchor.have_anchor && !anchor.anchor_seen) {
         /* The report's own finding list is closed: this one is the CLI's. */
         rc = NU_ERR_TAMPERED;

@@ -188,6 +188,10 @@ static int cli__dash_serve(const struct cli__dash_opts *o, struct dash_model *mo
         rc = cli__dash_url(o, token, dash_http_port(http), cert != NULL) ? NU_ERR_IO : NU_OK;
     while (rc == NU_OK && !cli__dash_stop)
         usleep(100 * 1000);
+    char url_file[4096]; /* the token dies with this process: no stale URL */
+    if (rc == NU_OK &&
+        nu_path_fmt(url_file, sizeof(url_file), "%s/run/dashboard.url", o->dir) == NU_OK)
+        unlink(url_file);
     dash_http_stop(http);
     for (size_t i = 0; m && i < CLI__DASH_FILTERS; i++)
         nu_mqtt_unsubscribe(m, cli__dash_filters[i]);

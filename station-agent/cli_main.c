@@ -15,6 +15,7 @@ static const struct cli_command *const cli__tables[] = {
     cli_pki_commands,     cli_programmer_commands, cli_firmware_commands, cli_job_commands,
     cli_package_commands, cli_device_commands,     cli_audit_commands,      cli_production_commands,
     cli_stack_commands,   cli_monitor_commands, cli_report_commands,    cli_dashboard_commands,
+    cli_ledger_commands,
     NULL,
 };
 

@@ -20,7 +20,6 @@
 
 /* 128 + SIGINT: Ctrl-C left production running. */
 #define CLI__EXIT_INTERRUPTED 130
-#define CLI__BAR_WIDTH 24
 
 static const char cli__start_usage[] =
     "usage: nusec production start --job JOB [--wait] [--interval S] [--timeout S]\n"
@@ -151,13 +150,10 @@ static int cli__draw(const struct station_report *r)
     char *text = NULL;
     size_t len = 0;
     int cols = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col - 1 : 200;
-    /* About 80 columns are text; the bar takes what is left, within 8..24. */
-    unsigned bar = cols > 88 ? (unsigned)cols - 80 : 8;
-    bar = bar > CLI__BAR_WIDTH ? CLI__BAR_WIDTH : bar;
     FILE *mem = open_memstream(&text, &len);
     if (!mem)
-        return station_report_text(r, bar, stdout);
-    int lines = station_report_text(r, bar, mem);
+        return station_report_text(r, (unsigned)cols, stdout);
+    int lines = station_report_text(r, (unsigned)cols, mem);
     fclose(mem);
     for (char *line = text; line && *line;) {
         char *nl = strchr(line, '\n');
@@ -198,7 +194,7 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
         } else if (settled || timed_out || stuck || !last_plain ||
                    now - last_plain >= (uint64_t)o->interval_s * 1000u) {
             last_plain = now ? now : 1;
-            station_report_text(r, CLI__BAR_WIDTH, stdout);
+            station_report_text(r, 0, stdout);
         }
         fflush(stdout);
         if (settled || timed_out || stuck)
@@ -333,7 +329,7 @@ static int cli__status(int argc, char **argv)
         if (o.json)
             station_report_json(r, stdout);
         else
-            station_report_text(r, CLI__BAR_WIDTH, stdout);
+            station_report_text(r, 0, stdout);
     }
     station_report_free(r);
     station_db_close(db);

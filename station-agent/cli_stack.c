@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "cli_cloud.h"
 #include "cli_opts.h"
+#include "cli_stack_pg.h"
 #include "pki_init.h"
 
 #include "station_daemon.h"
@@ -71,6 +72,12 @@ static const char cli__up_usage[] =
     "  --devices N             blank targets in all, split across programmers (default 0)\n"
     "  --flash-us-per-kib T    simulated flash time (default 0)\n"
     "  --timeout S             per service health wait (default 30)\n"
+    "  --ledger KIND           sqlite (default) or postgresql: a throwaway PostgreSQL 15\n"
+    "                          cluster in DIR/postgres (initdb + pg_ctl as the postgres\n"
+    "                          user, unix socket only), the ledger schema made by its\n"
+    "                          owner role, the cloud on a least-privilege agent role\n"
+    "                          (cloud.conf `ledger = postgresql://...`); stack down\n"
+    "                          stops it\n"
     "  -h, --help              this text\n"
     "\n"
     "Programs are taken from $NUSEC_BIN_DIR, else the folder of this nusec; the\n"
@@ -117,6 +124,7 @@ struct stack {
     char logs[PATH_MAX];
     unsigned programmers, sockets, devices, flash_us, timeout_s;
     int json;
+    const char *ledger; /* --ledger: NULL/sqlite or postgresql */
     struct cli_cloud oem;
     struct nu_mqtt *mon;
     pthread_mutex_t lock;
@@ -149,7 +157,7 @@ static void stack__sleep_ms(unsigned ms)
 static int stack__parse(int argc, char **argv, const char *usage, int up, int json, struct stack *s)
 {
     const char *dir = NULL;
-    struct cli_opt opts[7];
+    struct cli_opt opts[8];
     size_t n = 0;
     s->programmers = 2;
     s->sockets = 4;
@@ -164,6 +172,7 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
         opts[n++] = (struct cli_opt)CLI_OPT_NUM("devices", &s->devices, 0, 10000000);
         opts[n++] = (struct cli_opt)CLI_OPT_NUM("flash-us-per-kib", &s->flash_us, 0, 10000000);
         opts[n++] = (struct cli_opt)CLI_OPT_NUM("timeout", &s->timeout_s, 1, 3600);
+        opts[n++] = (struct cli_opt)CLI_OPT_STR("ledger", &s->ledger);
     }
     int rc = cli_opts_parse(argc, argv, usage, opts, n);
     if (rc)
@@ -174,6 +183,10 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
     }
     if (!(s->dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
+    if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0) {
+        cli_errorf("stack up: --ledger is sqlite or postgresql, not '%s'", s->ledger);
+        return CLI_EXIT_USAGE;
+    }
     rc = nu_paths_get(s->dir, NU_PATH_RUN, s->run, sizeof(s->run));
     if (rc == NU_OK)
         rc = nu_paths_get(s->dir, NU_PATH_LOGS, s->logs, sizeof(s->logs));
@@ -814,13 +827,16 @@ static int stack__down_all(const struct stack *s)
         fixed++;
     if (!n) {
         printf("no stack running in %s\n", s->dir);
-        return 0;
+        return stack_pg_down(s->dir) != NU_OK;
     }
     int failures = stack__stop_group(s, svc + fixed, n - fixed);
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
+    failures += stack_pg_down(s->dir) != NU_OK; /* after the cloud, its client */
     char urls[PATH_MAX]; /* no stale URLs once the services are gone */
     if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
+        unlink(urls);
+    if (!failures && stack__file(s->run, "dashboard", ".url", urls, sizeof(urls)) == NU_OK)
         unlink(urls);
     return failures;
 }
@@ -899,7 +915,9 @@ static int cli__stack_up(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    rc = stack__up_broker(&s);
+    rc = s.ledger && !strcmp(s.ledger, "postgresql") ? stack_pg_up(s.dir) : NU_OK;
+    if (rc == NU_OK)
+        rc = stack__up_broker(&s);
     if (rc == NU_OK)
         rc = stack__up_cloud(&s);
     if (rc == NU_OK)

@@ -240,21 +240,67 @@ static int report__name_width(const struct station_report *r)
     return (int)w;
 }
 
+/* The columns of a line, in the order they are dropped when the line does not fit. */
+enum report__col {
+    REPORT__BAR,
+    REPORT__RATE,
+    REPORT__PERCENT,
+    REPORT__ETA,
+    REPORT__FAILED,
+    REPORT__NCOLS
+};
+
+#define REPORT__BAR_MIN 8u
+#define REPORT__BAR_MAX 24u
+
+/*
+ * One line of at most `cols` characters (0: no limit, widest bar). Columns
+ * are dropped whole, least important first (bar, rate, percent, ETA,
+ * failed), never cut in the middle of a word; name, state and count stay.
+ */
 static void report__line(FILE *out, int name_width, const char *indent, const char *name,
-                         const char *state, unsigned width, uint32_t limit, uint32_t done,
+                         const char *state, unsigned cols, uint32_t limit, uint32_t done,
                          uint32_t failed, double per_min, int64_t eta)
 {
-    char bar[256], left[32];
-    station_bar(done, limit, width, bar, sizeof(bar));
+    char head[160], count[32], part[REPORT__NCOLS][64], left[32], bar[REPORT__BAR_MAX + 4];
     station_duration(eta, left, sizeof(left));
-    fprintf(out,
-            "%s%-*s %-9s %s %6" PRIu32 "/%-6" PRIu32 " %3u%%  %7.1f/min  failed %-4" PRIu32
-            " ETA %s",
-            indent, name_width - (int)strlen(indent), name, state, bar, done, limit,
-            station_percent(done, limit), per_min, failed, left);
+    int hn = snprintf(head, sizeof(head), "%s%-*s %-9s", indent, name_width - (int)strlen(indent),
+                      name, state);
+    int cn = snprintf(count, sizeof(count), " %6" PRIu32 "/%-6" PRIu32, done, limit);
+    snprintf(part[REPORT__PERCENT], sizeof(part[0]), " %3u%%", station_percent(done, limit));
+    snprintf(part[REPORT__RATE], sizeof(part[0]), "  %7.1f/min", per_min);
+    snprintf(part[REPORT__FAILED], sizeof(part[0]), "  failed %-4" PRIu32, failed);
+    snprintf(part[REPORT__ETA], sizeof(part[0]), " ETA %s", left);
+    size_t used = (size_t)(hn > 0 ? hn : 0) + (size_t)(cn > 0 ? cn : 0);
+    for (int c = REPORT__RATE; c < REPORT__NCOLS; c++)
+        used += strlen(part[c]);
+    int keep[REPORT__NCOLS] = {1, 1, 1, 1, 1};
+    unsigned bar_cells = REPORT__BAR_MAX;
+    if (cols) {
+        /* Shrink the bar first, then drop columns until the line fits. */
+        size_t room = cols > used + 1 ? cols - used - 1 : 0; /* " [" ... "]" takes cells + 3 */
+        bar_cells = room >= REPORT__BAR_MAX + 2   ? REPORT__BAR_MAX
+                    : room >= REPORT__BAR_MIN + 2 ? (unsigned)room - 2
+                                                  : 0;
+        keep[REPORT__BAR] = bar_cells > 0;
+        for (int c = REPORT__RATE; c < REPORT__NCOLS && used > cols; c++) {
+            keep[c] = 0;
+            used -= strlen(part[c]);
+        }
+    }
+    bar[0] = '\0';
+    if (keep[REPORT__BAR]) {
+        bar[0] = ' ';
+        station_bar(done, limit, bar_cells, bar + 1, sizeof(bar) - 1);
+    }
+    fprintf(out, "%s%s%s%s%s%s%s", head, bar, count,
+            keep[REPORT__PERCENT] ? part[REPORT__PERCENT] : "",
+            keep[REPORT__RATE] ? part[REPORT__RATE] : "",
+            keep[REPORT__FAILED] ? part[REPORT__FAILED] : "",
+            keep[REPORT__ETA] ? part[REPORT__ETA] : "");
 }
 
-int station_report_text(const struct station_report *r, unsigned bar_width, FILE *out)
+int station_report_text(const struct station_report *r, unsigned cols, FILE *out)
 {
     int lines = 0, name_width = report__name_width(r);
     if (!r->daemon_running) {
@@ -267,14 +313,14 @@ int station_report_text(const struct station_report *r, unsigned bar_width, FILE
     }
     for (size_t i = 0; i < r->n_jobs; i++) {
         const struct station_report_job *j = &r->jobs[i];
-        report__line(out, name_width, "", j->job.job_id, station_job_state_name(j->job.state),
-                     bar_width, j->limit, j->done, j->failed, j->per_min, j->eta_s);
+        report__line(out, name_width, "", j->job.job_id, station_job_state_name(j->job.state), cols,
+                     j->limit, j->done, j->failed, j->per_min, j->eta_s);
         fputc('\n', out);
         lines++;
         for (size_t k = 0; k < j->n_progs; k++) {
             const struct station_report_prog *p = &j->progs[k];
-            report__line(out, name_width, "  ", p->programmer_id, p->state, bar_width, p->limit,
-                         p->done, p->failed, p->per_min, p->eta_s);
+            report__line(out, name_width, "  ", p->programmer_id, p->state, cols, p->limit, p->done,
+                         p->failed, p->per_min, p->eta_s);
             if (p->error[0])
                 fprintf(out, "  ! %s", p->error);
             fputc('\n', out);

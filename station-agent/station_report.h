@@ -70,9 +70,12 @@ int station_report_failed(const struct station_report *r);
 void station_report_json(const struct station_report *r, FILE *out);
 
 /*
- * The text view: one line per job and one per programmer, each with a bar of
- * `bar_width` cells; returns the number of lines written (for redrawing).
+ * The text view: one line per job and one per programmer, each at most
+ * `cols` characters (0: no limit). Columns that do not fit are dropped whole,
+ * least important first: the bar (after shrinking to 8 cells), the rate, the
+ * percentage, the ETA, the failed count; name, state and done/limit stay.
+ * Returns the number of lines written (for redrawing).
  */
-int station_report_text(const struct station_report *r, unsigned bar_width, FILE *out);
+int station_report_text(const struct station_report *r, unsigned cols, FILE *out);
 
 #endif

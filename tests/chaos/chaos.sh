@@ -5,6 +5,7 @@
 # usage: chaos.sh --bin DIR --dir DIR [--devices N] [--quota Q] [--programmers P]
 #                 [--sockets S] [--seed N] [--cloud-kills K] [--broker-restarts R]
 #                 [--programmer-kills K] [--station-kills K] [--disk-full-s S]
+#                 [--outages N] [--outage-s S]
 #                 [--timeout S]
 #        chaos.sh --bin DIR --dir DIR --soak SECONDS [--programmers P] [--sockets S]
 #
@@ -14,6 +15,9 @@
 # exits 1 on any violated goal:
 #   overshoot 0, lost_* 0, duplicate_serials 0, chips_unfinished 0,
 #   audit_verify ok, resume_max_s <= 10, units_wasted <= bound.
+# --outages N stops the broker N times for --outage-s seconds each (default
+# 1 x 20 s): on the single-machine stack that is what a WAN cut is to the
+# factory (the cloud is unreachable), and production must hold and resume.
 # --soak runs the line at full speed for SECONDS with no fault, samples the
 # resident memory of every process every 10 s, prints the series and fails if
 # any grew by more than a quarter between the first and the last third; with
@@ -24,7 +28,7 @@
 set -uo pipefail
 
 BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
-BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900 SOAK=0
+BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900 SOAK=0 OUTAGES=1 OUTAGE_S=20
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -41,6 +45,8 @@ while (($#)); do
     --disk-full-s) DISK_FULL_S=$2 ;;
     --timeout) TIMEOUT=$2 ;;
     --soak) SOAK=$2 ;;
+    --outages) OUTAGES=$2 ;;
+    --outage-s) OUTAGE_S=$2 ;;
     -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "chaos: unknown option $1" >&2; exit 2 ;;
     esac
@@ -49,7 +55,7 @@ done
 [[ -n "$BIN" && -n "$DIR" ]] || { echo "chaos: need --bin and --dir" >&2; exit 2; }
 if ((SOAK > 0)); then
     DEVICES=1000000 QUOTA=1000000 CLOUD_KILLS=0 BROKER_RESTARTS=0 PROG_KILLS=0 STATION_KILLS=0
-    DISK_FULL_S=0
+    DISK_FULL_S=0 OUTAGES=0
 fi
 QUOTA=${QUOTA:-$((DEVICES * 9 / 10))}
 
@@ -147,6 +153,7 @@ add broker "$BROKER_RESTARTS"
 add programmer "$PROG_KILLS"
 add station "$STATION_KILLS"
 ((DISK_FULL_S > 0)) && add diskfull 1
+((OUTAGE_S > 0)) && add outage "$OUTAGES"
 mapfile -t faults < <(printf '%s\n' "${faults[@]}" | sort -n)
 
 pid_of() { cat "$DIR/run/$1.pid" 2>/dev/null; }
@@ -161,6 +168,10 @@ apply() {
         sleep 1; restart ;;
     programmer) kill -9 "$(pid_of prog-1)" 2>/dev/null; sleep 0.5; restart ;;
     station) kill -9 "$(pid_of station)" 2>/dev/null; sleep 0.5; restart ;;
+    outage)
+        kill -TERM "$(pid_of broker)" 2>/dev/null
+        sleep "$OUTAGE_S"
+        restart ;;
     diskfull)
         dd if=/dev/zero of="$DIR/cloud/filler" bs=1M 2>/dev/null
         sleep "$DISK_FULL_S"

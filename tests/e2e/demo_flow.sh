@@ -78,7 +78,9 @@ nusec package import "$DIR"/packages/*.nspkg
 
 step "CM: start production"
 rc=0
+prod_start=$(date +%s.%N)
 nusec production start --job "$job" --wait || rc=$?
+prod_end=$(date +%s.%N)
 
 step "Summary"
 nusec production status --job "$job" || true
@@ -94,14 +96,17 @@ printf '%-28s %s\n' "devices on the line" "$DEVICES"
 printf '%-28s %s\n' "quota" "$QUOTA"
 printf '%-28s %s\n' "devices provisioned" "$provisioned"
 printf '%-28s %s\n' "certificates in the ledger" "$certs"
-printf '%-28s %s\n' "requests refused" "$refused"
 for ((i = 1; i <= PROGRAMMERS; i++)); do
     n=$(sqlite3 "$DIR/cloud/ledger.db" \
         "select count(*) from certificates where job_id='$job' and programmer_id='prog-$i'")
-    printf '%-28s %s\n' "  by prog-$i" "$n"
+    printf '%-28s %s\n' "  issued to prog-$i" "$n"
 done
-printf '%-28s %.1f s\n' "time" "$secs"
-printf '%-28s %s\n' "devices/s" "$(awk -v n="$provisioned" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')"
+printf '%-28s %s\n' "requests refused" "$refused"
+prod_secs=$(awk -v a="$prod_start" -v b="$prod_end" 'BEGIN { printf "%.3f", b - a }')
+printf '%-28s %.1f s (production %.1f s)\n' "time" "$secs" "$prod_secs"
+# The rate of the production itself, as the progress bar shows it: stack
+# start-up, signing and import are not production.
+printf '%-28s %s\n' "devices/s" "$(awk -v n="$provisioned" -v s="$prod_secs" 'BEGIN { printf "%.1f", n / s }')"
 printf '%-28s %s\n' "audit verify" "$audit"
 
 expected=$((QUOTA < DEVICES ? QUOTA : DEVICES))

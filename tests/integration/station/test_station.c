@@ -457,7 +457,7 @@ static void test_stack_status(void)
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack status --dir %s --json | python3 -c 'import json,sys; "
                                      "s=[json.loads(l) for l in sys.stdin]; "
                                      "assert [x[\"service\"] for x in s] == [\"broker\",\"cloud\","
-                                     "\"station\"] and all(x[\"alive\"] for x in s), s'",
+                                     "\"station\",\"dashboard\"] and all(x[\"alive\"] for x in s), s'",
                                dir),
                     0);
 }

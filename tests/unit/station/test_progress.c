@@ -1,8 +1,11 @@
 /* station_progress: devices per minute, ETA, percent, bars, durations. */
 #include "station_progress.h"
+#include "station_report.h"
 
 #include "nu_test.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void test_rate(void)
@@ -74,11 +77,65 @@ static void test_duration(void)
     CU_ASSERT_STRING_EQUAL(out, "1h02m");
 }
 
+/* The live view at a terminal's width: every line fits, columns go whole,
+ * least important first, and failed and ETA outlive the bar and the rate. */
+static void test_report_fits_width(void)
+{
+    struct station_report_prog progs[2] = {
+        {.programmer_id = "prog-1",
+         .state = "producing",
+         .limit = 16,
+         .done = 9,
+         .failed = 123,
+         .per_min = 159.8,
+         .eta_s = 95},
+        {.programmer_id = "prog-2", .state = "offline", .limit = 16, .done = 16, .eta_s = -1},
+    };
+    struct station_report_job job = {.job = {.job_id = "job-0123456789abcdef"},
+                                     .limit = 32,
+                                     .done = 25,
+                                     .failed = 123,
+                                     .per_min = 319.6,
+                                     .eta_s = 21,
+                                     .n_progs = 2,
+                                     .progs = progs};
+    struct station_report r = {.daemon_running = 1, .n_jobs = 1, .jobs = &job};
+    const unsigned widths[] = {60, 80, 120, 0};
+    for (size_t w = 0; w < sizeof(widths) / sizeof(widths[0]); w++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&text, &len);
+        CU_ASSERT_EQUAL(station_report_text(&r, widths[w], mem), 3);
+        fclose(mem);
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            if (widths[w])
+                CU_ASSERT_TRUE(strlen(line) <= widths[w]);
+            CU_ASSERT_PTR_NOT_NULL(strstr(line, "/16") ? line : strstr(line, "/32"));
+            /* a column is whole or absent */
+            char *f = strstr(line, "failed");
+            if (f)
+                CU_ASSERT_TRUE(strncmp(f, "failed 123", 10) == 0 || strncmp(f, "failed 0", 8) == 0);
+            if (widths[w] >= 80) {
+                CU_ASSERT_PTR_NOT_NULL(strstr(line, "failed"));
+                CU_ASSERT_PTR_NOT_NULL(strstr(line, "ETA"));
+            }
+            if (widths[w] == 0 || widths[w] >= 120)
+                CU_ASSERT_PTR_NOT_NULL(strstr(line, "/min"));
+        }
+        free(text);
+    }
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
-        {"rate", test_rate}, {"eta", test_eta},           {"percent", test_percent},
-        {"bar", test_bar},   {"duration", test_duration}, {NULL, NULL},
+        {"rate", test_rate},
+        {"eta", test_eta},
+        {"percent", test_percent},
+        {"bar", test_bar},
+        {"duration", test_duration},
+        {"report fits the width", test_report_fits_width},
+        {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {
         {"station_progress", NULL, NULL, cases},

@@ -1,0 +1,556 @@
+/*
+ * ledger_store_pg — the PostgreSQL backend of ledger_store.h (libpq).
+ *
+ * Transactions are READ COMMITTED for writes (rows are locked by the
+ * statements: FOR UPDATE, conditional UPDATEs, advisory locks) and
+ * REPEATABLE READ READ ONLY for reads (one snapshot). Statements are
+ * prepared lazily on the connection, once per connection generation: after a
+ * lost connection, begin resets it and every statement is prepared again.
+ * Parameters go as text (integers, text) or binary (bytea); results come
+ * back binary, so bytea needs no unescaping.
+ */
+#if NUSEC_HAVE_LIBPQ
+#include <errno.h>
+#include <fcntl.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ledger_store_int.h"
+#include "nu_err.h"
+#include "nu_log.h"
+
+#define LSP_PARAMS_MAX 32
+#define LSP_PASSWORD_MAX 256
+
+/* Type OIDs of pg_type.h (stable since PostgreSQL 7). */
+#define LSP_BOOLOID 16
+#define LSP_INT8OID 20
+#define LSP_INT2OID 21
+#define LSP_INT4OID 23
+#define LSP_BYTEAOID 17
+
+struct lsp_store {
+    struct ledger_store base;
+    PGconn *conn;
+    unsigned gen;   /* bumped on every reconnect: statements re-prepare */
+    unsigned names; /* statement name counter */
+    char err[256];
+};
+
+struct lsp_stmt {
+    struct ledger_store_stmt base;
+    char *sql; /* with $N placeholders */
+    char name[24];
+    unsigned gen; /* the connection generation it was prepared on, 0 = never */
+    int nparams;
+    char *val[LSP_PARAMS_MAX];
+    int len[LSP_PARAMS_MAX];
+    int fmt[LSP_PARAMS_MAX];
+    PGresult *res;
+    int row;    /* the current row, -1 before the first step */
+    int nrows;
+    uint64_t changes;
+};
+
+static struct lsp_store *lsp__s(const struct ledger_store *s)
+{
+    return (struct lsp_store *)s;
+}
+
+static void lsp__msg(struct lsp_store *s, const char *m)
+{
+    snprintf(s->err, sizeof s->err, "%s", m ? m : "");
+    size_t n = strlen(s->err);
+    while (n && (s->err[n - 1] == '\n' || s->err[n - 1] == ' '))
+        s->err[--n] = '\0';
+}
+
+/* Map a failed result (or a dead connection) at the boundary; log it. */
+static int lsp__err(struct lsp_store *s, const PGresult *res, const char *what)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int rc = NU_ERR_DB;
+
+    lsp__msg(s, res ? PQresultErrorMessage(res) : PQerrorMessage(s->conn));
+    if (PQstatus(s->conn) != CONNECTION_OK || !state)
+        rc = NU_ERR_CONNECTION;
+    else if (!strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
+             !strcmp(state, "57P03") || !strcmp(state, "25006"))
+        rc = NU_ERR_CONNECTION; /* gone, shutting down, or now a read-only standby */
+    else if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
+        rc = NU_ERR_BUSY;
+    else if (!strcmp(state, "23505"))
+        rc = NU_ERR_EXISTS;
+    else if (!strcmp(state, "42501") || !strncmp(state, "28", 2))
+        rc = NU_ERR_PERMISSION;
+    else if (!strcmp(state, "53200"))
+        rc = NU_ERR_NOMEM;
+    nu_log(rc == NU_ERR_BUSY ? NU_LOG_DEBUG : NU_LOG_WARN, "ledger store: %s: %s (sqlstate %s)",
+           what, s->err, state ? state : "none");
+    return rc;
+}
+
+/* Run one parameterless command; COMMAND_OK or TUPLES_OK is success. */
+static int lsp__exec(struct ledger_store *bs, const char *sql)
+{
+    struct lsp_store *s = lsp__s(bs);
+    PGresult *res = PQexec(s->conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK
+                 ? NU_OK
+                 : lsp__err(s, res, strlen(sql) > 80 ? "schema statement" : sql);
+    PQclear(res);
+    return rc;
+}
+
+/* The password from a 0600 (or stricter) regular file, first line. */
+static int lsp__read_password(const char *path, char *out, size_t cap)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    ssize_t n;
+
+    if (fd < 0) {
+        nu_error("ledger store: cannot open password file %s: %s", path, strerror(errno));
+        return NU_ERR_IO;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (sb.st_mode & 077)) {
+        nu_error("ledger store: password file %s must be a regular file of mode 0600", path);
+        close(fd);
+        return NU_ERR_PERMISSION;
+    }
+    n = read(fd, out, cap - 1);
+    close(fd);
+    if (n <= 0)
+        return NU_ERR_CONFIG;
+    out[n] = '\0';
+    out[strcspn(out, "\r\n")] = '\0';
+    return out[0] ? NU_OK : NU_ERR_CONFIG;
+}
+
+/* A password written into the URI would sit in cloud.conf: refused. */
+static int lsp__uri_check(const char *uri)
+{
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(uri, &errmsg);
+    int rc = NU_OK;
+
+    if (!opts) {
+        nu_error("ledger store: bad PostgreSQL URI: %s", errmsg ? errmsg : "out of memory");
+        PQfreemem(errmsg);
+        return NU_ERR_INVALID_ARG;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (!strcmp(o->keyword, "password") && o->val && *o->val) {
+            nu_error("ledger store: the URI holds a password; use ledger_password_file or "
+                     "PGPASSFILE (a 0600 file) instead");
+            rc = NU_ERR_INVALID_ARG;
+        }
+    PQconninfoFree(opts);
+    return rc;
+}
+
+static int lsp__connect_err(struct lsp_store *s)
+{
+    const char *m = PQerrorMessage(s->conn);
+    lsp__msg(s, m);
+    if (PQconnectionNeedsPassword(s->conn) || strstr(m, "password authentication failed") ||
+        strstr(m, "no password supplied") || strstr(m, "role \"")) {
+        nu_error("ledger store: PostgreSQL refused the credentials: %s", s->err);
+        return NU_ERR_PERMISSION;
+    }
+    nu_error("ledger store: cannot reach PostgreSQL: %s", s->err);
+    return NU_ERR_CONNECTION;
+}
+
+static void lsp__close(struct ledger_store *bs)
+{
+    struct lsp_store *s = lsp__s(bs);
+    PQfinish(s->conn);
+    free(s);
+}
+
+static int lsp__open(const char *uri, const char *password_file, struct ledger_store **out)
+{
+    char pw[LSP_PASSWORD_MAX];
+    const char *keys[4] = {"dbname", "application_name", NULL, NULL};
+    const char *vals[4] = {uri, "nusec-cloud", NULL, NULL};
+    struct lsp_store *s;
+    int rc = lsp__uri_check(uri);
+
+    if (rc != NU_OK)
+        return rc;
+    if (password_file && *password_file) {
+        if ((rc = lsp__read_password(password_file, pw, sizeof pw)) != NU_OK)
+            return rc;
+        keys[2] = "password";
+        vals[2] = pw;
+    }
+    if (!(s = calloc(1, sizeof *s))) {
+        explicit_bzero(pw, sizeof pw);
+        return NU_ERR_NOMEM;
+    }
+    s->base.ops = &ledger_store_pg_ops;
+    s->gen = 1;
+    s->conn = PQconnectdbParams(keys, vals, 1);
+    explicit_bzero(pw, sizeof pw);
+    if (!s->conn) {
+        free(s);
+        return NU_ERR_NOMEM;
+    }
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+        rc = lsp__connect_err(s);
+        lsp__close(&s->base);
+        return rc;
+    }
+    /* Timestamps are ours (passed in); keep the session's own settings plain. */
+    rc = lsp__exec(&s->base, "SET client_min_messages = warning");
+    if (rc != NU_OK) {
+        lsp__close(&s->base);
+        return rc;
+    }
+    *out = &s->base;
+    return NU_OK;
+}
+
+static const char *lsp__errmsg(const struct ledger_store *bs)
+{
+    return lsp__s(bs)->err;
+}
+
+static int lsp__in_txn(const struct ledger_store *bs)
+{
+    PGTransactionStatusType t = PQtransactionStatus(lsp__s(bs)->conn);
+    return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+}
+
+/* A lost connection is re-established here, between transactions only. */
+static int lsp__ensure(struct lsp_store *s)
+{
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        return NU_OK;
+    PQreset(s->conn);
+    s->gen++;
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        return lsp__connect_err(s);
+    nu_info("ledger store: reconnected to PostgreSQL");
+    return NU_OK;
+}
+
+static int lsp__begin(struct ledger_store *bs, int write)
+{
+    int rc = lsp__ensure(lsp__s(bs));
+    if (rc != NU_OK)
+        return rc;
+    return lsp__exec(bs, write ? "BEGIN ISOLATION LEVEL READ COMMITTED"
+                               : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+}
+
+static void lsp__rollback(struct ledger_store *bs)
+{
+    (void)lsp__exec(bs, "ROLLBACK");
+}
+
+static int lsp__commit(struct ledger_store *bs)
+{
+    struct lsp_store *s = lsp__s(bs);
+    PGresult *res;
+    int rc;
+
+    /* COMMIT of an aborted transaction "succeeds" as ROLLBACK: refuse it. */
+    if (PQtransactionStatus(s->conn) == PQTRANS_INERROR) {
+        lsp__rollback(bs);
+        lsp__msg(s, "commit of a failed transaction");
+        return NU_ERR_DB;
+    }
+    res = PQexec(s->conn, "COMMIT");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = lsp__err(s, res, "COMMIT"); /* CONNECTION: in doubt; the caller sends nothing */
+    else if (strcmp(PQcmdStatus(res), "COMMIT") != 0)
+        rc = NU_ERR_DB;
+    else
+        rc = NU_OK;
+    PQclear(res);
+    return rc;
+}
+
+static int lsp__lock_query(struct lsp_store *s, const char *sql, int64_t id, int *out_bool)
+{
+    char v[24];
+    const char *vals[1] = {v};
+    PGresult *res;
+    int rc = NU_OK;
+
+    snprintf(v, sizeof v, "%lld", (long long)id);
+    res = PQexecParams(s->conn, sql, 1, NULL, vals, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        rc = lsp__err(s, res, sql);
+    else if (out_bool)
+        *out_bool = PQntuples(res) == 1 && !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    return rc;
+}
+
+static int lsp__xact_lock(struct ledger_store *bs, int64_t id)
+{
+    return lsp__lock_query(lsp__s(bs), "SELECT pg_advisory_xact_lock($1::bigint)", id, NULL);
+}
+
+static int lsp__session_lock(struct ledger_store *bs, int64_t id, int *out_held)
+{
+    struct lsp_store *s = lsp__s(bs);
+    int rc = lsp__ensure(s);
+    if (rc != NU_OK)
+        return rc;
+    return lsp__lock_query(s, "SELECT pg_try_advisory_lock($1::bigint)", id, out_held);
+}
+
+/* ?N -> $N outside string literals; returns the highest N or -1. */
+static int lsp__rewrite(const char *in, char *out)
+{
+    int max = 0, quoted = 0;
+    for (; *in; in++) {
+        if (*in == '\'')
+            quoted = !quoted;
+        if (!quoted && *in == '?' && in[1] >= '1' && in[1] <= '9') {
+            int n = (int)strtol(in + 1, NULL, 10);
+            if (n > LSP_PARAMS_MAX)
+                return -1;
+            max = n > max ? n : max;
+            *out++ = '$';
+            continue;
+        }
+        if (!quoted && *in == '?')
+            return -1; /* bare ? is not in our SQL subset */
+        *out++ = *in;
+    }
+    *out = '\0';
+    return max;
+}
+
+static int lsp__prepare(struct ledger_store *bs, const char *sql, struct ledger_store_stmt **out)
+{
+    struct lsp_store *s = lsp__s(bs);
+    struct lsp_stmt *st = calloc(1, sizeof *st);
+
+    if (!st || !(st->sql = malloc(strlen(sql) + 1))) {
+        free(st);
+        return NU_ERR_NOMEM;
+    }
+    st->nparams = lsp__rewrite(sql, st->sql);
+    if (st->nparams < 0) {
+        nu_warn("ledger store: unsupported placeholder in: %s", sql);
+        free(st->sql);
+        free(st);
+        return NU_ERR_INVALID_ARG;
+    }
+    snprintf(st->name, sizeof st->name, "nu%u", ++s->names);
+    st->row = -1;
+    ledger_store__adopt(bs, &st->base);
+    *out = &st->base;
+    return NU_OK;
+}
+
+static void lsp__reset(struct ledger_store_stmt *bst)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    PQclear(st->res);
+    st->res = NULL;
+    st->row = -1;
+    st->nrows = 0;
+    for (int i = 0; i < st->nparams; i++) {
+        free(st->val[i]);
+        st->val[i] = NULL;
+        st->len[i] = 0;
+        st->fmt[i] = 0;
+    }
+}
+
+static void lsp__finalize(struct ledger_store_stmt *bst)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    lsp__reset(bst);
+    free(st->sql);
+    free(st);
+}
+
+static int lsp__bind(struct ledger_store_stmt *bst, int i, enum ledger_store_vtype t, int64_t v,
+                     const void *p, size_t n)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    char num[24];
+
+    if (i < 1 || i > st->nparams)
+        return NU_ERR_INVALID_ARG;
+    if (n > INT32_MAX / 2)
+        return NU_ERR_TOO_LARGE;
+    free(st->val[i - 1]);
+    st->val[i - 1] = NULL;
+    st->len[i - 1] = 0;
+    st->fmt[i - 1] = t == LSV_BLOB;
+    if (t == LSV_NULL)
+        return NU_OK;
+    if (t == LSV_I64) {
+        n = (size_t)snprintf(num, sizeof num, "%lld", (long long)v);
+        p = num;
+    }
+    if (!(st->val[i - 1] = malloc(n + 1)))
+        return NU_ERR_NOMEM;
+    if (n)
+        memcpy(st->val[i - 1], p, n);
+    st->val[i - 1][n] = '\0';
+    st->len[i - 1] = (int)n;
+    return NU_OK;
+}
+
+static int lsp__run(struct lsp_stmt *st)
+{
+    struct lsp_store *s = lsp__s(st->base.store);
+    PGresult *res;
+    ExecStatusType es;
+
+    if (st->gen != s->gen) {
+        res = PQprepare(s->conn, st->name, st->sql, st->nparams, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            int rc = lsp__err(s, res, "prepare");
+            PQclear(res);
+            return rc;
+        }
+        PQclear(res);
+        st->gen = s->gen;
+    }
+    st->res = PQexecPrepared(s->conn, st->name, st->nparams, (const char *const *)st->val,
+                             st->len, st->fmt, 1);
+    es = PQresultStatus(st->res);
+    if (es == PGRES_TUPLES_OK) {
+        st->nrows = PQntuples(st->res);
+        st->changes = strtoull(PQcmdTuples(st->res), NULL, 10);
+        return NU_OK;
+    }
+    if (es == PGRES_COMMAND_OK) {
+        st->nrows = 0;
+        st->changes = strtoull(PQcmdTuples(st->res), NULL, 10);
+        return NU_OK;
+    }
+    return lsp__err(s, st->res, "step");
+}
+
+static int lsp__step(struct ledger_store_stmt *bst, int *out_row)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    if (!st->res) {
+        int rc = lsp__run(st);
+        if (rc != NU_OK)
+            return rc;
+    }
+    if (st->row + 1 < st->nrows) {
+        st->row++;
+        *out_row = 1;
+    }
+    return NU_OK;
+}
+
+static uint64_t lsp__changes(const struct ledger_store_stmt *bst)
+{
+    return ((const struct lsp_stmt *)bst)->changes;
+}
+
+static int lsp__col_ok(struct lsp_stmt *st, int i)
+{
+    return st->res && st->row >= 0 && st->row < st->nrows && i >= 0 && i < PQnfields(st->res);
+}
+
+static int lsp__col_is_null(struct ledger_store_stmt *bst, int i)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    return !lsp__col_ok(st, i) || PQgetisnull(st->res, st->row, i);
+}
+
+static enum ledger_store_type lsp__col_type(struct ledger_store_stmt *bst, int i)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    if (lsp__col_is_null(bst, i))
+        return LEDGER_STORE_NULL;
+    switch (PQftype(st->res, i)) {
+    case LSP_INT8OID:
+    case LSP_INT4OID:
+    case LSP_INT2OID: return LEDGER_STORE_INTEGER;
+    case LSP_BYTEAOID: return LEDGER_STORE_BLOB;
+    case 25:   /* text */
+    case 1043: /* varchar */
+        return LEDGER_STORE_TEXT;
+    default: return LEDGER_STORE_OTHER;
+    }
+}
+
+static int64_t lsp__col_i64(struct ledger_store_stmt *bst, int i)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    const unsigned char *p;
+    int n, len;
+    uint64_t v = 0;
+
+    if (lsp__col_is_null(bst, i))
+        return 0;
+    p = (const unsigned char *)PQgetvalue(st->res, st->row, i);
+    len = PQgetlength(st->res, st->row, i);
+    switch (PQftype(st->res, i)) {
+    case LSP_INT8OID: n = 8; break;
+    case LSP_INT4OID: n = 4; break;
+    case LSP_INT2OID: n = 2; break;
+    case LSP_BOOLOID: n = 1; break;
+    default:
+        nu_warn("ledger store: column %d has type oid %u, not an integer", i,
+                (unsigned)PQftype(st->res, i));
+        return 0;
+    }
+    if (len != n)
+        return 0;
+    for (int k = 0; k < n; k++)
+        v = v << 8 | p[k];
+    if (n == 4)
+        return (int32_t)(uint32_t)v;
+    if (n == 2)
+        return (int16_t)(uint16_t)v;
+    return (int64_t)v;
+}
+
+static const void *lsp__col_bytes(struct ledger_store_stmt *bst, int i, int text, size_t *out_len)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    (void)text;
+    *out_len = 0;
+    if (lsp__col_is_null(bst, i))
+        return NULL;
+    *out_len = (size_t)PQgetlength(st->res, st->row, i);
+    return PQgetvalue(st->res, st->row, i);
+}
+
+const struct ledger_store_ops ledger_store_pg_ops = {
+    .kind = LEDGER_STORE_POSTGRESQL,
+    .open = lsp__open,
+    .close = lsp__close,
+    .errmsg = lsp__errmsg,
+    .exec = lsp__exec,
+    .begin = lsp__begin,
+    .commit = lsp__commit,
+    .rollback = lsp__rollback,
+    .in_txn = lsp__in_txn,
+    .xact_lock = lsp__xact_lock,
+    .session_lock = lsp__session_lock,
+    .prepare = lsp__prepare,
+    .finalize = lsp__finalize,
+    .bind = lsp__bind,
+    .step = lsp__step,
+    .changes = lsp__changes,
+    .reset = lsp__reset,
+    .col_is_null = lsp__col_is_null,
+    .col_type = lsp__col_type,
+    .col_i64 = lsp__col_i64,
+    .col_bytes = lsp__col_bytes,
+};
+#endif /* NUSEC_HAVE_LIBPQ */

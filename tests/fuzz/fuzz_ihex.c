@@ -1,0 +1,89 @@
+/*
+ * fuzz_ihex — libFuzzer target for nu_ihex_parse (Intel HEX from a
+ * firmware build, before `nusec firmware sign`).
+ *
+ * Properties:
+ *   - typed errors only; on error the image is zeroed;
+ *   - an accepted file gives 1..max_span bytes;
+ *   - round trip: the image written back as Intel HEX (04 + 00 records,
+ *     05 when there is an entry point) parses to the same base, bytes and
+ *     entry point.
+ */
+#include "fuzz_common.h"
+#include "nu_ihex.h"
+
+#include <string.h>
+
+#define FUZZ_SPAN (1u << 20)
+
+static size_t fuzz__line(char *out, uint8_t type, uint16_t addr, const uint8_t *d, size_t n)
+{
+    uint8_t sum = (uint8_t)(n + (addr >> 8) + (addr & 0xff) + type);
+    size_t k = (size_t)sprintf(out, ":%02X%04X%02X", (unsigned)n, (unsigned)addr, type);
+    for (size_t i = 0; i < n; i++) {
+        k += (size_t)sprintf(out + k, "%02X", d[i]);
+        sum = (uint8_t)(sum + d[i]);
+    }
+    k += (size_t)sprintf(out + k, "%02X\n", (uint8_t)(0x100 - sum) & 0xff);
+    return k;
+}
+
+static char *fuzz__write(const struct nu_ihex_image *img, size_t *out_len)
+{
+    /* at most 44 characters per data line, one more line per 64 KiB window */
+    size_t cap = (img->len / 16 + img->len / 65536 + 4) * 64 + 128;
+    char *t = malloc(cap), *p = t;
+    uint32_t upper = 0xffffffffu;
+    if (!t)
+        return NULL;
+    for (size_t off = 0; off < img->len;) {
+        uint32_t addr = img->base + (uint32_t)off;
+        size_t n = img->len - off < 16 ? img->len - off : 16;
+        if (n > 0x10000u - (addr & 0xffffu))
+            n = 0x10000u - (addr & 0xffffu);
+        if (addr >> 16 != upper) {
+            upper = addr >> 16;
+            uint8_t v[2] = {(uint8_t)(upper >> 8), (uint8_t)upper};
+            p += fuzz__line(p, 4, 0, v, 2);
+        }
+        p += fuzz__line(p, 0, (uint16_t)addr, img->data + off, n);
+        off += n;
+    }
+    if (img->has_entry) {
+        uint8_t e[4] = {(uint8_t)(img->entry >> 24), (uint8_t)(img->entry >> 16),
+                        (uint8_t)(img->entry >> 8), (uint8_t)img->entry};
+        p += fuzz__line(p, 5, 0, e, 4);
+    }
+    p += fuzz__line(p, 1, 0, NULL, 0);
+    *out_len = (size_t)(p - t);
+    return t;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const int refusals[] = {NU_ERR_TOO_LARGE, NU_ERR_DECODE, NU_ERR_NOT_SUPPORTED, -1};
+    struct nu_ihex_image img, again;
+    size_t line = 0, len = 0;
+    int rc = nu_ihex_parse((const char *)data, size, FUZZ_SPAN, &img, &line);
+    if (rc != NU_OK) {
+        fuzz_expect("ihex_parse", rc, refusals);
+        if (img.data || img.len)
+            FUZZ_DIE("refusal left an image");
+        return 0;
+    }
+    if (!img.data || img.len == 0 || img.len > FUZZ_SPAN ||
+        (uint64_t)img.base + img.len - 1 > 0xffffffffu)
+        FUZZ_DIE("image of %zu bytes at 0x%08x", img.len, (unsigned)img.base);
+    char *text = fuzz__write(&img, &len);
+    if (text) {
+        rc = nu_ihex_parse(text, len, FUZZ_SPAN, &again, &line);
+        if (rc != NU_OK || again.base != img.base || again.len != img.len ||
+            memcmp(again.data, img.data, img.len) != 0 || again.has_entry != img.has_entry ||
+            (img.has_entry && again.entry != img.entry))
+            FUZZ_DIE("round trip: %s at line %zu", nu_err_name(rc), line);
+        nu_ihex_free(&again);
+        free(text);
+    }
+    nu_ihex_free(&img);
+    return 0;
+}
