@@ -17,6 +17,7 @@
 #include "cloud_fixture.h"
 
 #include "ledger.h"
+#include "nu_client.h"
 #include "nu_err.h"
 #include "nu_json.h"
 #include "nu_msgsig.h"
@@ -808,7 +809,16 @@ static void auditors_refuse_a_duplicate_key(void)
 static struct cf_client as_p1(void)
 {
     struct cf_client x = {0};
-    CU_ASSERT_EQUAL(cf_client_open(&F, "cat-p1", p1.cert, p1.key, &x), NU_OK);
+    /* its own client id: the same as c1's would take c1's session over */
+    struct nu_client_opts o = {.dir = F.dir,
+                               .identity = "cat-p1",
+                               .cert_file = p1.cert,
+                               .key_file = p1.key,
+                               .client_id = "cat-p1:site",
+                               .clean_start = 1};
+    CU_ASSERT_EQUAL(nu_envelope_sender_create("cat-p1", NU_ENVELOPE_SEQ_FROM_CLOCK, &x.sender),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_client_connect(&o, &x.m), NU_OK);
     return x;
 }
 
