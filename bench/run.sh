@@ -89,6 +89,12 @@ while read -r n v u; do emit "$n" "$v" "$u"; done <"$WORK/crypto.txt"
 ceiling=$(awk '$1 == "crypto_ceiling_devices_per_s" { print $2 }' "$WORK/crypto.txt")
 note "crypto_ceiling_devices_per_s = nproc ($CORES) x devices / seconds of doing every stage once per device, each stage on a thread of its role (chip, cloud, programmer) so that wolfSSL's per-thread ECC caches behave as in the real system (linear scaling assumed: an upper bound). It leaves out what the real programmer also does: its own CSR check, the certificate chain check, two SHA-256 passes over the image."
 
+# --- 1b. end-to-end message signatures: CPU per device ------------------------
+echo "== message signatures: sign (programmer) and verify (cloud), per message and per device"
+"$BIN/bench_msgsig" "$WORK/pki-state" 2000 >"$WORK/msgsig.txt"
+while read -r n v u; do emit "$n" "$v" "$u"; done <"$WORK/msgsig.txt"
+note "msgsig_*: CPU time (one thread) of the end-to-end signatures (nu_msgsig). Per device: the programmer signs 2 messages (cert.request, device.provisioned); the cloud checks 2 (certificate PEM to key, ECDSA verify, replay window; the ledger read of the certificate not counted) and signs 1 reply."
+
 # --- 2. end to end on the real stack -----------------------------------------
 echo "== e2e: $DEVICES devices, $PROGRAMMERS programmers x $SOCKETS sockets, flash time 0, simulated chips not fsync'd"
 DIR="$WORK/e2e"

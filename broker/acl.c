@@ -16,13 +16,14 @@ static const char *const acl__role_names[] = {
     [NUSEC_ROLE_NONE] = "none",       [NUSEC_ROLE_CLOUD] = "cloud",
     [NUSEC_ROLE_STATION] = "station", [NUSEC_ROLE_MONITOR] = "monitor",
     [NUSEC_ROLE_OEM] = "oem",         [NUSEC_ROLE_PROGRAMMER] = "programmer",
+    [NUSEC_ROLE_SITE] = "site",
 };
 
 enum nusec_role nusec_acl_role_parse(const char *s, size_t len)
 {
     if (!s)
         return NUSEC_ROLE_NONE;
-    for (int r = NUSEC_ROLE_CLOUD; r <= NUSEC_ROLE_PROGRAMMER; r++) {
+    for (int r = NUSEC_ROLE_CLOUD; r <= NUSEC_ROLE_SITE; r++) {
         const char *name = acl__role_names[r];
         if (strlen(name) == len && memcmp(name, s, len) == 0)
             return (enum nusec_role)r;
@@ -32,7 +33,7 @@ enum nusec_role nusec_acl_role_parse(const char *s, size_t len)
 
 const char *nusec_acl_role_name(enum nusec_role role)
 {
-    if (role < NUSEC_ROLE_NONE || role > NUSEC_ROLE_PROGRAMMER)
+    if (role < NUSEC_ROLE_NONE || role > NUSEC_ROLE_SITE)
         return "none";
     return acl__role_names[role];
 }
@@ -161,6 +162,17 @@ static const struct acl__rule acl__rules[] = {
     {ROLE(PROGRAMMER), ACL__WRITE | ACL__RETAIN, "nusec/v1/prog/{id}/status"},
 
     {ROLE(STATION), ACL__WRITE, "nusec/v1/prog/{owned}/cmd"},
+
+    /* A site bridge: its own station's traffic and its programmers'. */
+    {ROLE(SITE), ACL__WRITE, "nusec/v1/cloud/req/{id}/+"},
+    {ROLE(SITE), ACL__RS, "nusec/v1/reply/{id}/#"},
+    {ROLE(SITE), ACL__WRITE, "nusec/v1/events/station/{id}/+"},
+    {ROLE(SITE), ACL__WRITE, "nusec/v1/cloud/req/{owned}/+"},
+    {ROLE(SITE), ACL__RS, "nusec/v1/reply/{owned}/#"},
+    {ROLE(SITE), ACL__WRITE, "nusec/v1/events/programmer/{owned}/+"},
+    {ROLE(SITE), ACL__WRITE | ACL__RETAIN, "nusec/v1/prog/{owned}/status"},
+    {ROLE(SITE), ACL__RS, "nusec/v1/jobs/+"},
+    {ROLE(SITE), ACL__RS, "nusec/v1/crl/device"},
 };
 
 /* Does pattern level `pat` (given as text) cover the single concrete level `l`? */
@@ -249,7 +261,7 @@ bool nusec_acl_check(const struct nusec_acl_subject *subject, int access, const 
         return false;
     if (!nusec_acl_identity_valid(subject->id, strlen(subject->id)))
         return false;
-    if (subject->role <= NUSEC_ROLE_NONE || subject->role > NUSEC_ROLE_PROGRAMMER)
+    if (subject->role <= NUSEC_ROLE_NONE || subject->role > NUSEC_ROLE_SITE)
         return false;
     unsigned roles = 1u << subject->role;
     unsigned need = acl__needed(access, retain);
@@ -607,7 +619,7 @@ int nusec_acl_identities_format(const struct nusec_acl_set *set, char **out_text
         const char *id = nusec_acl_set_key(set, i);
         enum nusec_role role = (enum nusec_role)nusec_acl_set_value(set, i);
         if (!nusec_acl_identity_valid(id, strlen(id)) || role <= NUSEC_ROLE_NONE ||
-            role > NUSEC_ROLE_PROGRAMMER) {
+            role > NUSEC_ROLE_SITE) {
             free(text);
             return NU_ERR_INVALID_ARG;
         }

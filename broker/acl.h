@@ -28,6 +28,13 @@ enum nusec_role {
     NUSEC_ROLE_MONITOR,
     NUSEC_ROLE_OEM,
     NUSEC_ROLE_PROGRAMMER,
+    /* A CM site's bridge (issue 14): CN = the site's name, which is also its
+     * station's CN. At the cloud broker it may carry only the requests,
+     * events and status of the programmers the site owns (the ownership
+     * table, "site programmer" lines decided by the OEM) and its station's,
+     * and read only their replies, job state and the device CRL. Defence in
+     * depth: the cloud's end-to-end signature check is the guarantee. */
+    NUSEC_ROLE_SITE,
 };
 
 /* Access kinds; same values as Mosquitto's MOSQ_ACL_* (checked in nusec_auth.c). */
@@ -49,7 +56,7 @@ struct nusec_acl_subject {
 
 /*
  * Role for the OU text `s` of `len` bytes (exact, case-sensitive:
- * cloud, station, monitor, oem, programmer); NUSEC_ROLE_NONE otherwise.
+ * cloud, station, monitor, oem, programmer, site); NUSEC_ROLE_NONE otherwise.
  */
 enum nusec_role nusec_acl_role_parse(const char *s, size_t len);
 

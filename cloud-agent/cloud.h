@@ -73,6 +73,10 @@ struct cloud_config {
     char vendor_ca[4096];
     char programmer_serials[4096];
     unsigned challenge_ttl_s; /* an enrollment challenge is usable this long, once */
+    /* End-to-end message signatures (cloud_msgsig.h): sent_at_ms must be
+     * within this many seconds of our clock; ids remembered, at most. */
+    unsigned sig_window_s;
+    unsigned sig_replay_max;
     int log_level; /* enum nu_log_level of `log_level`; -1 when the key is absent */
     char metrics_listen[64]; /* /metrics address "HOST:PORT", or "off" */
 };

@@ -1,5 +1,7 @@
 /* nusec-cloud frame: subscription, request checks, worker pool, replies. */
 #include "cloud.h"
+#include "cloud_msgsig.h"
+#include "nu_msgsig.h"
 
 #include "nu_client.h"
 #include "nu_err.h"
@@ -37,6 +39,7 @@ struct cloud__item {
     uint8_t *payload;
     size_t len;
     uint64_t received_us; /* for the request latency metric */
+    char *signature;      /* the sender's nusec-sig property, NULL if none */
 };
 
 /* Bytes one identity holds in the queue (entries exist while > 0). */
@@ -73,6 +76,7 @@ struct cloud_queue {
     struct cloud__refusal refusals[CLOUD__REFUSALS_MAX];
     size_t n_refusals;
     uint64_t overflow_refusals; /* counted when the table was full */
+    struct nu_msgsig_replay *replay; /* end-to-end freshness (cloud_msgsig.h) */
 };
 
 static const struct cloud_op *const cloud__op_tables[] = {cloud_enroll_ops, cloud_cert_ops,
@@ -83,6 +87,7 @@ static void cloud__item_free(struct cloud__item *it)
     if (!it)
         return;
     free(it->response_topic);
+    free(it->signature);
     free(it->correlation);
     free(it->payload);
     free(it);
@@ -386,6 +391,7 @@ static void cloud__msg_of(const struct cloud__item *it, struct nu_mqtt_msg *msg)
         .response_topic = it->response_topic,
         .correlation = it->correlation,
         .correlation_len = it->correlation_len,
+        .signature = it->signature,
     };
 }
 
@@ -435,6 +441,11 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
     s->op = cloud__find_op(s->op_name);
     if (strcmp(s->req->header->sender_id, s->requester) != 0)
         rc = cloud_fail(call, NU_ERR_NOT_AUTHORIZED, "sender id differs from identity");
+    else if ((rc = cloud_msgsig_check(cloud, cloud->queue->replay, ledger, s->requester, it->topic,
+                                      it->payload, it->len, it->signature, s->req,
+                                      strcmp(s->op_name, "device.report") != 0, call->detail,
+                                      sizeof(call->detail))) != NU_OK)
+        ; /* not signed end to end by the requester: refused before any handler */
     else if (!s->op)
         rc = cloud_fail(call, NU_ERR_NOT_SUPPORTED, "unknown operation");
     else if ((int)s->req->body_case != s->op->body_case)
@@ -549,7 +560,18 @@ static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
                                       .requester = sender,
                                       .op = kind,
                                       .req = env};
-            int rc = e->handle(&call);
+            /* A device report moves the ledger's provisioned state: only
+             * the enrolled sender's own signature counts, never the broker's
+             * word. Refused like a request (audited, coalesced), unanswered. */
+            int rc = cloud_msgsig_check(cloud, cloud->queue->replay, ledger, sender, it->topic,
+                                        it->payload, it->len, it->signature, env, 0,
+                                        call.detail, sizeof(call.detail));
+            if (rc) {
+                cloud__refuse(&call, rc);
+                nu_envelope_free(env);
+                return;
+            }
+            rc = e->handle(&call);
             if (rc)
                 nu_warn("event %s from %s not recorded: %s (%s)", kind, sender, nu_err_name(rc),
                         call.detail);
@@ -762,7 +784,7 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
     size_t rt_len = msg->response_topic ? strlen(msg->response_topic) : 0;
     if (rt_len >= CLOUD__TOPIC_MAX)
         rt_len = 0;
-    it->cost = sizeof(*it) + payload_len + rt_len + msg->correlation_len;
+    it->cost = sizeof(*it) + payload_len + rt_len + msg->correlation_len + NU_MSGSIG_VALUE_MAX;
     if (!cloud__admit(cloud, it)) {
         it->cost = 0;
         cloud__busy(cloud, m, msg, it);
@@ -778,8 +800,12 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
         it->correlation = cloud__dup(msg->correlation, msg->correlation_len);
         it->correlation_len = msg->correlation_len;
     }
+    /* The signature: at most a DER ECDSA in hex (longer is as bad as none). */
+    if (msg->signature && strlen(msg->signature) < NU_MSGSIG_VALUE_MAX)
+        it->signature = cloud__dup(msg->signature, strlen(msg->signature) + 1);
     if ((payload_len && !it->payload) || (rt_len && !it->response_topic) ||
-        (msg->correlation && !it->correlation))
+        (msg->correlation && !it->correlation) ||
+        (msg->signature && strlen(msg->signature) < NU_MSGSIG_VALUE_MAX && !it->signature))
         goto unreserve;
     pthread_mutex_lock(&q->lock);
     if (q->tail)
@@ -811,6 +837,9 @@ int cloud_start(struct cloud *cloud)
     pthread_mutex_init(&cloud->issue_lock, NULL);
     q->depth_metric = cloud->metrics.queue_depth;
     cloud->queue = q;
+    int rc = cloud_msgsig_start(cloud, &q->replay);
+    if (rc)
+        return rc;
     q->threads = calloc(cloud->cfg.workers, sizeof(pthread_t));
     if (!q->threads)
         return NU_ERR_NOMEM;
@@ -819,7 +848,7 @@ int cloud_start(struct cloud *cloud)
             return NU_ERR_INTERNAL;
         q->n_threads++;
     }
-    int rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__REQ_FILTER, 1, cloud__on_message, cloud);
+    rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__REQ_FILTER, 1, cloud__on_message, cloud);
     if (!rc)
         rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__EVENT_FILTER, 1, cloud__on_message, cloud);
     return rc;
@@ -842,6 +871,7 @@ void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger)
     free(q->threads);
     cloud_refusals_flush(cloud, ledger, 1);
     free(q->owners);
+    nu_msgsig_replay_free(q->replay);
     pthread_mutex_destroy(&q->rlock);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->ready);

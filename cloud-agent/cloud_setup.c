@@ -22,6 +22,7 @@ static const char *const cloud__config_keys[] = {
     "vendor_ca",   "programmer_serials", "enroll_challenge_ttl_s",
     "metrics_listen",
     "ledger",      "ledger_password_file", "ledger_migrate",
+    "sig_window_s", "sig_replay_max",
     NULL,
 };
 
@@ -138,6 +139,8 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("refusal_audit_burst", 20, 1, 1000000, refusal_audit_burst)
     CLOUD__INT("refusal_audit_window_ms", 10000, 100, 3600 * 1000, refusal_audit_window_ms)
     CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
+    CLOUD__INT("sig_window_s", 300, 1, 86400, sig_window_s)
+    CLOUD__INT("sig_replay_max", 1 << 18, 1024, 1 << 24, sig_replay_max)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))

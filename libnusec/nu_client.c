@@ -1,5 +1,6 @@
 #include "nu_client.h"
 
+#include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_paths.h"
@@ -102,7 +103,17 @@ int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
         .userdata = opts->userdata,
     };
     struct nu_mqtt *m = NULL;
+    struct nu_p256_key *sk = NULL;
     rc = nu_mqtt_create(&mo, &m);
+    /* Everything this identity publishes is signed end to end (nu_msgsig.h):
+     * the cloud does not take a (site) broker's word for who sent it. */
+    if (!rc && !opts->no_sign) {
+        rc = nu_p256_key_load_pem(key, &sk);
+        if (rc)
+            nu_error("cannot load the signing key %s: %s", key, nu_err_str(rc));
+        else
+            rc = nu_mqtt_sign_with_key(m, sk);
+    }
     if (!rc)
         rc = nu__connect_retry(m, mo.client_id, opts->connect_wait_ms);
     if (rc) {

@@ -38,6 +38,9 @@ struct nu_client_opts {
      * for up to this long before giving up. 0: one attempt. */
     unsigned connect_wait_ms;
     struct nu_mqtt_will will;
+    /* 1: publish unsigned (tests that play a forger). Default: every message
+     * is signed with the identity key (nu_msgsig.h). */
+    int no_sign;
     void (*on_connection)(struct nu_mqtt *m, int connected, void *userdata);
     void *userdata;
 };

@@ -21,6 +21,9 @@
  */
 #define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
 #include "nu_mqtt.h"
+
+#include "nu_crypto.h"
+#include "nu_msgsig.h"
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_util.h"
@@ -116,6 +119,8 @@ struct nu_mqtt {
     size_t max_payload;
     void (*on_connection)(struct nu_mqtt *m, int connected, void *userdata);
     void *userdata;
+    struct nu_signer signer;     /* sign_digest NULL: messages go unsigned */
+    struct nu_p256_key *own_key; /* the signer's key when the session owns it */
 
     pthread_mutex_t lock;
     pthread_cond_t cond; /* phase, connect result, reply state, dispatch end, stop */
@@ -780,6 +785,25 @@ static size_t mqtt__route(struct nu_mqtt *m, const char *topic, const uint32_t *
     return n;
 }
 
+/* Heap copy of the first user property named `name`, NULL if none. */
+static char *mqtt__user_prop(const mosquitto_property *props, const char *name)
+{
+    char *k = NULL, *v = NULL;
+    const mosquitto_property *p =
+        mosquitto_property_read_string_pair(props, MQTT_PROP_USER_PROPERTY, &k, &v, false);
+    while (p) {
+        if (k && strcmp(k, name) == 0) {
+            free(k);
+            return v;
+        }
+        free(k);
+        free(v);
+        k = v = NULL;
+        p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &k, &v, true);
+    }
+    return NULL;
+}
+
 static void mqtt__on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *mm,
                              const mosquitto_property *props)
 {
@@ -802,6 +826,7 @@ static void mqtt__on_message(struct mosquitto *mosq, void *obj, const struct mos
     char *response_topic = NULL;
     void *corr = NULL;
     uint16_t corr_len = 0;
+    char *sig = mqtt__user_prop(props, NU_MSGSIG_PROP);
     mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &response_topic, false);
     mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
     struct nu_mqtt_msg msg = {
@@ -813,9 +838,11 @@ static void mqtt__on_message(struct mosquitto *mosq, void *obj, const struct mos
         .response_topic = response_topic,
         .correlation = corr,
         .correlation_len = corr ? corr_len : 0,
+        .signature = sig,
     };
     for (size_t i = 0; i < n; i++)
         t[i].cb(m, &msg, t[i].userdata);
+    free(sig);
     free(response_topic);
     free(corr);
 
@@ -1164,6 +1191,7 @@ void nu_mqtt_destroy(struct nu_mqtt *m)
     nu_mqtt_disconnect(m);
     mosquitto_destroy(m->mosq);
     mosquitto_property_free_all(&m->connect_props);
+    nu_p256_key_destroy(m->own_key);
     while (m->subs) {
         struct mqtt__sub *s = m->subs;
         m->subs = s->next;
@@ -1392,6 +1420,49 @@ static int mqtt__publish_args_ok(const struct nu_mqtt *m, const char *topic, con
     return len > m->max_payload ? NU_ERR_TOO_LARGE : NU_OK;
 }
 
+/* With a signer: append the NU_MSGSIG_PROP user property to *props (which
+ * the caller frees). A message is never sent unsigned by a signing session. */
+static int mqtt__sign(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
+                      mosquitto_property **props)
+{
+    if (!m->signer.sign_digest)
+        return NU_OK;
+    char value[NU_MSGSIG_VALUE_MAX];
+    int rc = nu_msgsig_sign(&m->signer, topic, payload, len, value);
+    if (rc != NU_OK) {
+        nu_error("mqtt %s: cannot sign the message to '%s': %s", m->client_id, topic,
+                 nu_err_str(rc));
+        return rc;
+    }
+    int mrc =
+        mosquitto_property_add_string_pair(props, MQTT_PROP_USER_PROPERTY, NU_MSGSIG_PROP, value);
+    return mrc == MOSQ_ERR_SUCCESS ? NU_OK : mqtt__map_mosq(mrc);
+}
+
+int nu_mqtt_set_signer(struct nu_mqtt *m, const struct nu_signer *signer)
+{
+    if (!m || (signer && !signer->sign_digest))
+        return NU_ERR_INVALID_ARG;
+    if (signer)
+        m->signer = *signer;
+    else
+        memset(&m->signer, 0, sizeof(m->signer));
+    return NU_OK;
+}
+
+int nu_mqtt_sign_with_key(struct nu_mqtt *m, struct nu_p256_key *key)
+{
+    struct nu_signer s;
+    if (!m || !key || nu_p256_key_signer(key, &s) != NU_OK) {
+        nu_p256_key_destroy(key);
+        return NU_ERR_INVALID_ARG;
+    }
+    nu_p256_key_destroy(m->own_key);
+    m->own_key = key;
+    m->signer = s;
+    return NU_OK;
+}
+
 /*
  * Publish and, for QoS 1 from an application thread, wait for the PUBACK
  * until `deadline`. *out_reason gets the PUBACK reason (0 otherwise).
@@ -1446,8 +1517,13 @@ int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, s
     if (rc != NU_OK)
         return rc;
     int reason;
-    return mqtt__publish(m, topic, payload, len, qos, retain, NULL, nu_mono_ms() + m->op_timeout_ms,
-                         &reason);
+    mosquitto_property *props = NULL;
+    rc = mqtt__sign(m, topic, payload, len, &props);
+    if (rc == NU_OK)
+        rc = mqtt__publish(m, topic, payload, len, qos, retain, props,
+                           nu_mono_ms() + m->op_timeout_ms, &reason);
+    mosquitto_property_free_all(&props);
+    return rc;
 }
 
 /* ---- request / reply ------------------------------------------------------- */
@@ -1574,6 +1650,8 @@ int nu_mqtt_request(struct nu_mqtt *m, const char *topic, const void *payload, s
     rc = nu_random(r.corr, sizeof(r.corr));
     if (rc == NU_OK)
         rc = mqtt__request_props(m, r.corr, timeout_ms, &props);
+    if (rc == NU_OK)
+        rc = mqtt__sign(m, topic, payload, len, &props);
     if (rc != NU_OK)
         goto out;
     mqtt__cond_init(&r.cond);
@@ -1623,8 +1701,10 @@ int nu_mqtt_reply(struct nu_mqtt *m, const struct nu_mqtt_msg *req, const void *
             return mqtt__map_mosq(mrc);
     }
     int reason;
-    rc = mqtt__publish(m, req->response_topic, payload, len, 1, 0, props,
-                       nu_mono_ms() + m->op_timeout_ms, &reason);
+    rc = mqtt__sign(m, req->response_topic, payload, len, &props);
+    if (rc == NU_OK)
+        rc = mqtt__publish(m, req->response_topic, payload, len, 1, 0, props,
+                           nu_mono_ms() + m->op_timeout_ms, &reason);
     mosquitto_property_free_all(&props);
     return rc;
 }

@@ -44,6 +44,8 @@
 #ifndef NU_MQTT_H
 #define NU_MQTT_H
 
+#include "nu_signer.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -144,6 +146,9 @@ struct nu_mqtt_msg {
     const char *response_topic;
     const uint8_t *correlation;
     size_t correlation_len;
+    /* Value of the first user property NU_MSGSIG_PROP (nu_msgsig.h), NULL if
+     * none: the sender's end-to-end signature, untrusted until verified. */
+    const char *signature;
 };
 
 typedef void (*nu_mqtt_handler)(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *userdata);
@@ -273,6 +278,24 @@ int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, s
  */
 int nu_mqtt_request(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
                     unsigned timeout_ms, uint8_t **out_resp, size_t *out_len);
+
+/*
+ * Sign everything this session publishes (nu_mqtt_publish, nu_mqtt_request,
+ * nu_mqtt_reply) with `signer`, end to end (nu_msgsig.h): each message gets
+ * the user property NU_MSGSIG_PROP over its topic and payload. The struct is
+ * copied; signer->ctx must outlive the session. Call before nu_mqtt_connect.
+ * NULL stops signing. A failed signature fails the publish (nothing is sent
+ * unsigned). Errors: INVALID_ARG (m NULL, signer without sign_digest).
+ */
+int nu_mqtt_set_signer(struct nu_mqtt *m, const struct nu_signer *signer);
+
+struct nu_p256_key;
+/*
+ * nu_mqtt_set_signer with a software key the session takes over (destroyed
+ * by nu_mqtt_destroy, or here on error): for tools whose identity key is a
+ * file (station, OEM CLI, cloud). Errors: INVALID_ARG.
+ */
+int nu_mqtt_sign_with_key(struct nu_mqtt *m, struct nu_p256_key *key);
 
 /*
  * Answer a request received by a handler: publish `payload` (QoS 1) to

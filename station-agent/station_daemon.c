@@ -6,6 +6,7 @@
 
 #include "nu_envelope.h"
 #include "nu_err.h"
+#include "nu_crypto.h"
 #include "nu_log.h"
 #include "nu_mqtt.h"
 #include "nu_paths.h"
@@ -927,6 +928,19 @@ static int st__will_make(struct station *st)
 }
 
 /* Create the session with its handlers first, so a resumed session's queue is not lost. */
+/* Everything the station publishes is signed end to end with its identity
+ * key (nu_msgsig.h): the cloud does not take the site broker's word for it. */
+static int st__signer(struct station *st, const char *key)
+{
+    struct nu_p256_key *k = NULL;
+    int rc = nu_p256_key_load_pem(key, &k);
+    if (rc != NU_OK) {
+        nu_error("cannot load the signing key %s: %s", key, nu_err_str(rc));
+        return rc;
+    }
+    return nu_mqtt_sign_with_key(st->mqtt, k);
+}
+
 static int st__connect(struct station *st, volatile sig_atomic_t *stop)
 {
     char host[256], ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
@@ -937,6 +951,8 @@ static int st__connect(struct station *st, volatile sig_atomic_t *stop)
         rc = st__mqtt_opts(st, &o, host, sizeof(host), ca, cert, key);
     if (rc == NU_OK)
         rc = nu_mqtt_create(&o, &st->mqtt);
+    if (rc == NU_OK)
+        rc = st__signer(st, key);
     if (rc == NU_OK)
         rc = nu_mqtt_subscribe(st->mqtt, ST__STATUS_FILTER, 1, st__on_status, st);
     if (rc == NU_OK)

@@ -308,6 +308,27 @@ static int app__secure_boot(struct app *a)
     return rc;
 }
 
+/* The identity key signs bus messages through the KeyStore's HAL op: it never
+ * leaves the KeyStore for this (nu_msgsig.h). */
+static int app__sign_ks(void *ctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len)
+{
+    const struct app *a = ctx;
+    return pg_ks_sign(&a->hal, PG_KEY_IDENTITY, digest, sig, sig_len);
+}
+
+/* Every message of the session is signed end to end: with the KeyStore's
+ * identity key, or a relay's (OEM / station) key file. */
+static int app__signer(struct app *a, const struct nu_mqtt_opts *o)
+{
+    if (o->key_pem) {
+        struct nu_signer s = {.ctx = a, .sign_digest = app__sign_ks};
+        return nu_mqtt_set_signer(a->mqtt, &s);
+    }
+    struct nu_p256_key *k = NULL;
+    int rc = nu_p256_key_load_pem(o->key_file, &k);
+    return rc == NU_OK ? nu_mqtt_sign_with_key(a->mqtt, k) : rc;
+}
+
 static int app__mqtt(struct app *a, const struct nu_mqtt_opts *base)
 {
     char endpoint_path[PATH_MAX], ca[PATH_MAX], host[256];
@@ -329,6 +350,8 @@ static int app__mqtt(struct app *a, const struct nu_mqtt_opts *base)
     o.host = host;
     o.ca_file = ca;
     rc = nu_mqtt_create(&o, &a->mqtt);
+    if (rc == NU_OK)
+        rc = app__signer(a, &o);
     if (rc == NU_OK)
         rc = nu_mqtt_connect(a->mqtt, 0);
     if (rc == NU_OK)

@@ -17,8 +17,10 @@
 #include "cloud_fixture.h"
 
 #include "ledger.h"
+#include "nu_client.h"
 #include "nu_err.h"
 #include "nu_json.h"
+#include "nu_msgsig.h"
 #include "nu_test.h"
 #include "nu_util.h"
 
@@ -800,6 +802,161 @@ static void auditors_refuse_a_duplicate_key(void)
                     0);
 }
 
+/* ---------------------------------------- end-to-end signatures (issue 14) */
+
+/* A second session as cat-p1 (as a hostile site broker would inject: the
+ * broker's TLS identity is right, the signature is not the programmer's). */
+static struct cf_client as_p1(void)
+{
+    struct cf_client x = {0};
+    /* its own client id: the same as c1's would take c1's session over */
+    struct nu_client_opts o = {.dir = F.dir,
+                               .identity = "cat-p1",
+                               .cert_file = p1.cert,
+                               .key_file = p1.key,
+                               .client_id = "cat-p1:site",
+                               .clean_start = 1};
+    CU_ASSERT_EQUAL(nu_envelope_sender_create("cat-p1", NU_ENVELOPE_SEQ_FROM_CLOCK, &x.sender),
+                    NU_OK);
+    CU_ASSERT_EQUAL(nu_client_connect(&o, &x.m), NU_OK);
+    return x;
+}
+
+static void sig_unsigned(void)
+{
+    struct cf_client x = as_p1();
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_set_signer(x.m, NULL), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+}
+
+static void sig_cm_held_key(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+}
+
+/* A signer that answers one fixed signature, whatever it is asked to sign:
+ * a genuine signature lifted off the wire and put on other bytes. */
+struct fixed_sig {
+    uint8_t sig[NU_P256_SIG_MAX];
+    size_t len;
+};
+
+static int fixed_sign(void *ctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len)
+{
+    const struct fixed_sig *f = ctx;
+    (void)digest;
+    memcpy(sig, f->sig, f->len);
+    *sig_len = f->len;
+    return NU_OK;
+}
+
+static void sig_replayed_with_new_csr(void)
+{
+    /* The genuine request: cat-p1's key over its topic and bytes. */
+    Nusec__V1__CertificateRequest cr = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    cr.job_id = "cat-active";
+    cr.device_uid = (ProtobufCBinaryData){sizeof(UID_NEW), (uint8_t *)UID_NEW};
+    cr.csr_der = (ProtobufCBinaryData){dev_csr_len, dev_csr};
+    size_t len = 0;
+    uint8_t *env = envelope(c1.sender, &cr.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    uint8_t d[32];
+    struct fixed_sig f = {.len = sizeof(f.sig)};
+    CU_ASSERT_EQUAL(nu_msgsig_digest("nusec/v1/cloud/req/cat-p1/cert.request", env, len, d), NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_sign_digest(p1.identity, d, f.sig, &f.len), NU_OK);
+    free(env);
+    /* Replayed by the site with another CSR (a key the CM holds). */
+    struct nu_p256_key *k = NULL;
+    uint8_t *csr = NULL;
+    size_t csr_len = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&k, &csr, &csr_len), NU_OK);
+    struct cf_client x = as_p1();
+    struct nu_signer s = {.ctx = &f, .sign_digest = fixed_sign};
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_set_signer(x.m, &s), NU_OK);
+    case_begin();
+    case_end(cert_req(&x, "cat-active", UID_NEW, sizeof(UID_NEW), csr, csr_len),
+             NU_ERR_BAD_SIGNATURE, "cat-p1");
+    cf_client_close(&x);
+    nu_p256_key_destroy(k);
+    free(csr);
+}
+
+static void sig_replayed_same_bytes(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    CU_ASSERT_EQUAL(raw(&station, "station", "job.list", env, len), NU_OK);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_REPLAY, "station");
+    free(env);
+}
+
+static void sig_stale(void)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    struct nu_envelope_frame fr;
+    uint8_t *env = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_frame_init(&fr, station.sender, &req.base), NU_OK);
+    fr.header.sent_at_ms = nu_time_ms() - 301 * 1000; /* sig_window_s = 300 */
+    CU_ASSERT_EQUAL_FATAL(nu_envelope_pack(&fr.env, &env, &len, NULL), NU_OK);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", env, len), NU_ERR_REPLAY, "station");
+    free(env);
+}
+
+static void sig_forged_device_report(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    ev.kind = "device.provisioned";
+    ev.job_id = "cat-active";
+    size_t len = 0;
+    uint8_t *env = envelope(x.sender, &ev.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    /* An event has no answer: the refusal shows in the audit only. */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(x.m, "nusec/v1/events/programmer/cat-p1/device.provisioned",
+                                    env, len, 1, 0),
+                    NU_OK);
+    case_end(NU_ERR_BAD_SIGNATURE, NU_ERR_BAD_SIGNATURE, "cat-p1");
+    free(env);
+    cf_client_close(&x);
+}
+
+static void sig_forged_device_report_request(void)
+{
+    struct cf_client x = as_p1();
+    struct nu_p256_key *cm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&cm), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_sign_with_key(x.m, cm), NU_OK);
+    Nusec__V1__Event ev = NUSEC__V1__EVENT__INIT;
+    ev.kind = "device.provisioned";
+    ev.job_id = "cat-active";
+    size_t len = 0;
+    uint8_t *env = envelope(x.sender, &ev.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    case_end(raw(&x, "cat-p1", "device.report", env, len), NU_ERR_BAD_SIGNATURE, "cat-p1");
+    free(env);
+    cf_client_close(&x);
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -859,6 +1016,13 @@ int main(void)
         {"firmware.manifest with a wrong token", firmware_manifest_bad_token},
         {"firmware.chunk of an unknown job", firmware_chunk_unknown_job},
         {"a refusal flood is coalesced in the audit", refusal_flood_is_coalesced},
+        {"unsigned request (injected at a site broker)", sig_unsigned},
+        {"cert.request signed with a CM-held key", sig_cm_held_key},
+        {"genuine signature replayed with a new CSR", sig_replayed_with_new_csr},
+        {"genuine signed request replayed as is", sig_replayed_same_bytes},
+        {"signed request older than the window", sig_stale},
+        {"forged device report", sig_forged_device_report},
+        {"forged device.report request", sig_forged_device_report_request},
         {"nusec audit verify and the Python auditor pass", auditors_pass},
         {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
         {NULL, NULL},

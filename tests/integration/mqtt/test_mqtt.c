@@ -17,6 +17,8 @@
  */
 #include "nu_err.h"
 #include "nu_log.h"
+#include "nu_crypto.h"
+#include "nu_msgsig.h"
 #include "nu_mqtt.h"
 #include "nu_test.h"
 #include "nu_util.h"
@@ -1526,7 +1528,64 @@ static const struct nu_test_case endpoint_cases[] = {
     {NULL, NULL},
 };
 
+/* End-to-end signatures (nu_msgsig): a signing session's publishes and
+ * requests carry the property over topic + payload; an unsigned one none. */
+struct sigbox {
+    pthread_mutex_t lock;
+    int n;
+    int ok; /* signatures that verified against the signer's key */
+    int unsigned_n;
+    uint8_t pub[NU_P256_PUB_LEN];
+};
+
+static void sig_handler(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    struct sigbox *b = ud;
+    int v = nu_msgsig_verify(b->pub, msg->topic, msg->payload, msg->len, msg->signature);
+    pthread_mutex_lock(&b->lock);
+    b->n++;
+    b->ok += v == NU_OK;
+    b->unsigned_n += msg->signature == NULL;
+    pthread_mutex_unlock(&b->lock);
+    if (msg->response_topic)
+        nu_mqtt_reply(m, msg, "ok", 2);
+}
+
+static void test_signed_messages(void)
+{
+    struct sigbox box = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    struct nu_p256_key *k = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k), NU_OK);
+    CU_ASSERT_EQUAL(nu_p256_key_pub(k, box.pub), NU_OK);
+    struct nu_mqtt *a = client_up("alpha", "alpha-sig");
+    struct nu_mqtt *b = client_up("beta", "beta-sig");
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/sig/#", 1, sig_handler, &box), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/sig/plain", "x", 1, 1, 0), NU_OK);
+    CU_ASSERT_EQUAL(nu_mqtt_sign_with_key(a, k), NU_OK); /* a owns k now */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/sig/one", "payload", 7, 1, 0), NU_OK);
+    uint8_t *resp = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL(nu_mqtt_request(a, "t/sig/req", "q", 1, 3000, &resp, &len), NU_OK);
+    free(resp);
+    for (int i = 0; i < 100; i++) {
+        pthread_mutex_lock(&box.lock);
+        int n = box.n;
+        pthread_mutex_unlock(&box.lock);
+        if (n >= 3)
+            break;
+        usleep(20000);
+    }
+    pthread_mutex_lock(&box.lock);
+    CU_ASSERT_EQUAL(box.n, 3);
+    CU_ASSERT_EQUAL(box.unsigned_n, 1);
+    CU_ASSERT_EQUAL(box.ok, 2);
+    pthread_mutex_unlock(&box.lock);
+    nu_mqtt_destroy(a);
+    nu_mqtt_destroy(b);
+}
+
 static const struct nu_test_case broker_cases[] = {
+    {"signed_messages", test_signed_messages},
     {"create_rejects_bad_options", test_create_rejects_bad_options},
     {"connect_good_identity", test_connect_good_identity},
     {"connect_foreign_ca_refused", test_connect_foreign_ca_refused},

@@ -136,9 +136,14 @@ refused_counted() {
         "$now" "$job" |
         protoc --encode=nusec.v1.Envelope -I "$SRC/proto" "$SRC/proto/nusec/v1/envelope.proto" \
             >"$TMP/req.bin" || return 1
+    # Signed end to end as the cloud requires (proto/README.md): ECDSA-P256
+    # over SHA-256("nusec/v1 envelope" 0 topic 0 payload), hex, user property.
+    local topic=nusec/v1/cloud/req/oem/cert.request sig
+    sig=$({ printf 'nusec/v1 envelope\0%s\0' "$topic"; cat "$TMP/req.bin"; } |
+        openssl dgst -sha256 -sign "$DIR/pki/clients/oem.key" | od -An -v -tx1 | tr -d ' \n')
     mosquitto_pub -V mqttv5 -h "${ep%:*}" -p "${ep##*:}" --cafile "$DIR/pki/chain.pem" \
         --cert "$DIR/pki/clients/oem.crt" --key "$DIR/pki/clients/oem.key" -i oem:probe -q 1 \
-        -t nusec/v1/cloud/req/oem/cert.request \
+        -t "$topic" -D publish user-property nusec-sig "$sig" \
         -D publish response-topic nusec/v1/reply/oem/probe/r -f "$TMP/req.bin" || return 1
     probe() {
         scrape "$cloud_url" "$TMP/cloud2.prom" && [[ $(metric "$TMP/cloud2.prom" \

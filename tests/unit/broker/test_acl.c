@@ -262,6 +262,48 @@ static void test_roles(void)
     CU_ASSERT_STRING_EQUAL(nusec_acl_role_name((enum nusec_role)42), "none");
 }
 
+/* The site role (issue 14): a CM site's bridge at the cloud broker. */
+static void test_site_role(void)
+{
+    static const char text[] = "siteA progA\nsiteA progC\nsiteB progB\n";
+    struct nusec_acl_set *own = NULL;
+    CU_ASSERT_EQUAL_FATAL(nusec_acl_owners_parse(text, strlen(text), &own, NULL), NU_OK);
+    struct nusec_acl_subject a = {"siteA", NUSEC_ROLE_SITE, own};
+    CU_ASSERT_EQUAL(nusec_acl_role_parse("site", 4), NUSEC_ROLE_SITE);
+    CU_ASSERT_STRING_EQUAL(nusec_acl_role_name(NUSEC_ROLE_SITE), "site");
+    /* its programmers' requests, events, status; their replies */
+    CU_ASSERT_TRUE(nusec_acl_check(&a, W, "nusec/v1/cloud/req/progA/cert.request", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, W, "nusec/v1/cloud/req/progC/firmware.chunk", false));
+    CU_ASSERT_TRUE(
+        nusec_acl_check(&a, W, "nusec/v1/events/programmer/progA/device.provisioned", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, W, "nusec/v1/prog/progA/status", true));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/reply/progA/#", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, R, "nusec/v1/reply/progA/r", false));
+    CU_ASSERT_TRUE(nusec_acl_response_topic_ok(&a, "nusec/v1/reply/progC/r"));
+    /* its station (same CN as the site) */
+    CU_ASSERT_TRUE(nusec_acl_check(&a, W, "nusec/v1/cloud/req/siteA/job.list", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/reply/siteA/#", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, W, "nusec/v1/events/station/siteA/x", false));
+    /* what every site needs to read */
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/jobs/+", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/crl/device", false));
+    /* another site's programmer, anyone's replies, everything else */
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/cloud/req/progB/cert.request", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/programmer/progB/x", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/progB/#", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/#", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/+/r", false));
+    CU_ASSERT_FALSE(nusec_acl_response_topic_ok(&a, "nusec/v1/reply/progB/r"));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/events/#", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "$share/cloud/nusec/v1/cloud/req/+/+", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/jobs/J1", true));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/crl/device", true));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/prog/progA/cmd", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/cloud/siteA/x", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/programmer/progA/x", true));
+    nusec_acl_set_free(own);
+}
+
 static void test_identities(void)
 {
     char max[NUSEC_ACL_ID_MAX + 2];
@@ -590,6 +632,7 @@ static const struct nu_test_case acl_cases[] = {
     {"null, oversize and deep topics", test_acl_null_and_oversize},
     {"response topic must be readable by the requester", test_response_topic},
     {"roles parse exactly", test_roles},
+    {"site role: its programmers only", test_site_role},
     {"identity charset and length", test_identities},
     {"client id is CN or CN:suffix", test_client_ids},
     {"revocation list parses", test_revoked_parse},
