@@ -290,6 +290,10 @@ void fuzz_pg_setup(struct fuzz_pg *f, size_t payload_len, uint32_t chunk_size,
     int rc = fc_init(&r->fc, "job-1", payload_len, chunk_size);
     if (rc == NU_OK)
         rc = rig_open(r);
+    /* A genuine programmer: attestation key and vendor certificate, as the
+     * factory step makes them, or the cloud refuses to enroll it. */
+    if (rc == NU_OK)
+        rc = rig_factory(r);
     if (rc != NU_OK)
         FUZZ_DIE("rig: %s", nu_err_name(rc));
     r->hal.log = NULL; /* quiet: the core logs every refusal */
