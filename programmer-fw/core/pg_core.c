@@ -28,6 +28,63 @@ int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_
     return w->err;
 }
 
+/* A protobuf varint at buf[*at] (< end); its value, *at moved past it. */
+static int core__varint(const uint8_t *buf, size_t end, size_t *at, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; *at < end && shift < 64; shift += 7) {
+        uint8_t b = buf[(*at)++];
+        v |= (uint64_t)(b & 0x7fu) << shift;
+        if (!(b & 0x80u)) {
+            *out = v;
+            return NU_OK;
+        }
+    }
+    return NU_ERR_DECODE;
+}
+
+int pg__env_restamp(struct pg_core *c, uint8_t *buf, size_t len)
+{
+    size_t at = 0, field_at;
+    uint64_t tag, hlen, v;
+    if (core__varint(buf, len, &at, &tag) != NU_OK || tag != 0x0au ||
+        core__varint(buf, len, &at, &hlen) != NU_OK || hlen > len - at)
+        return NU_ERR_DECODE;
+    size_t end = at + (size_t)hlen;
+    while (at < end) {
+        if (core__varint(buf, end, &at, &tag) != NU_OK)
+            return NU_ERR_DECODE;
+        field_at = at;
+        if ((tag & 7u) == 0) {
+            if (core__varint(buf, end, &at, &v) != NU_OK)
+                return NU_ERR_DECODE;
+            /* sent_at_ms (3): the same width until the year 2109; else left as is. */
+            uint64_t now = pg_now_ms(c->hal), t = now;
+            size_t width = 1;
+            while (t >= 0x80u) {
+                t >>= 7;
+                width++;
+            }
+            if ((tag >> 3) == 3 && width == at - field_at) {
+                for (size_t i = 0; i < width; i++, now >>= 7)
+                    buf[field_at + i] = (uint8_t)((now & 0x7fu) | (i + 1 < width ? 0x80u : 0));
+            }
+        } else if ((tag & 7u) == 2) {
+            if (core__varint(buf, end, &at, &v) != NU_OK || v > end - at)
+                return NU_ERR_DECODE;
+            if ((tag >> 3) == 1 && v == PG_MSG_MESSAGE_ID_LEN) {
+                int rc = pg_rng_fill(c->hal, buf + at, PG_MSG_MESSAGE_ID_LEN);
+                if (rc != NU_OK)
+                    return rc;
+            }
+            at += (size_t)v;
+        } else {
+            return NU_ERR_DECODE; /* the core writes no other wire types in a header */
+        }
+    }
+    return NU_OK;
+}
+
 static int core__req_topic(const struct pg_core *c, const char *sender, const char *op,
                            char *topic, size_t cap)
 {

@@ -56,6 +56,15 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
 /* One try of a request that may be repeated with the same bytes (same
  * idempotency key): timeout PG_FIRST_TIMEOUT_MS doubling per `attempt`, up
  * to the configured timeout. */
+/*
+ * A request about to be sent again: a fresh message id and sent_at in the
+ * envelope's header at buf[0..len), in place (same length), nothing else
+ * changed (the idempotency key stays, so the cloud answers the same). The
+ * cloud refuses a message id it has seen, and one older than its window, so
+ * an exact copy of a request whose answer was lost would be refused REPLAY.
+ * Errors: DECODE (not an envelope this core wrote), the RNG's.
+ */
+int pg__env_restamp(struct pg_core *c, uint8_t *buf, size_t len);
 int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_t len,
                     unsigned attempt, uint8_t *resp, size_t cap, size_t *out_len);
 

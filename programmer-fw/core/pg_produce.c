@@ -214,6 +214,9 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
     struct pg_sock_work *w = d->w;
     uint32_t delay = c->retry_delay_ms;
     for (unsigned k = 0;; k++) {
+        /* A retry is a new message for the same request (same idempotency key). */
+        if (k > 0 && pg__env_restamp(c, w->req, len) != NU_OK)
+            return NU_ERR_INTERNAL;
         int rc = pg__request_try(c, op, w->req, len, k, w->resp, sizeof(w->resp), out_len);
         int transient = pg__transient(rc) || rc == NU_ERR_BUSY;
         if (rc == NU_OK) {
