@@ -85,8 +85,8 @@ int pg__env_restamp(struct pg_core *c, uint8_t *buf, size_t len)
     return NU_OK;
 }
 
-static int core__req_topic(const struct pg_core *c, const char *sender, const char *op,
-                           char *topic, size_t cap)
+static int core__req_topic(const struct pg_core *c, const char *sender, const char *op, char *topic,
+                           size_t cap)
 {
     int n = snprintf(topic, cap, "nusec/v1/cloud/req/%s/%s", sender ? sender : c->id, op);
     return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
@@ -148,8 +148,8 @@ int pg__cloud_transient(int rc)
 
 int pg__hold_wait(struct pg_core *c, uint32_t *delay)
 {
-    uint32_t cap = c->retry_delay_ms * 32u < PG_HOLD_CAP_MS ? c->retry_delay_ms * 32u
-                                                            : PG_HOLD_CAP_MS;
+    uint32_t cap =
+        c->retry_delay_ms * 32u < PG_HOLD_CAP_MS ? c->retry_delay_ms * 32u : PG_HOLD_CAP_MS;
     uint32_t d = *delay < cap ? *delay : cap;
     uint16_t r = 0;
     /* Jitter: programmers that lost the cloud together do not come back together. */
