@@ -3,6 +3,8 @@
 #include "cli_cloud.h"
 #include "cli_opts.h"
 
+#include "station_event.h"
+
 #include "nu_client.h"
 #include "nu_err.h"
 #include "nu_util.h"
@@ -136,30 +138,12 @@ static int cli__u32(const char *text, uint32_t min, uint32_t *out)
     return 0;
 }
 
-static const char *cli__status_name(Nusec__V1__JobStatus s)
-{
-    switch (s) {
-    case NUSEC__V1__JOB_STATUS__JOB_STATUS_ACTIVE:
-        return "active";
-    case NUSEC__V1__JOB_STATUS__JOB_STATUS_PAUSED:
-        return "paused";
-    case NUSEC__V1__JOB_STATUS__JOB_STATUS_CLOSED:
-        return "closed";
-    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXHAUSTED:
-        return "exhausted";
-    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED:
-        return "expired";
-    default:
-        return "unknown";
-    }
-}
-
 /* Job ids, firmware and programmer ids are identifiers: nothing to escape. */
 static void cli__job_json(const Nusec__V1__JobState *j)
 {
     printf("{\"job\":\"%s\",\"status\":\"%s\",\"quota\":%u,\"issued\":%u,\"refused\":%u,"
            "\"firmware\":\"%s\",\"created_at_ms\":%llu,\"expires_at_ms\":%llu,\"programmers\":[",
-           j->job_id, cli__status_name(j->status), j->quota, j->issued, j->refused, j->firmware,
+           j->job_id, station_job_status_name(j->status), j->quota, j->issued, j->refused, j->firmware,
            (unsigned long long)j->created_at_ms, (unsigned long long)j->expires_at_ms);
     for (size_t i = 0; i < j->n_allocations; i++) {
         uint32_t issued = i < j->n_issued_per_programmer ? j->issued_per_programmer[i] : 0;
@@ -176,7 +160,7 @@ static void cli__job_text(const Nusec__V1__JobState *j)
     cli_utc(j->expires_at_ms, expires, sizeof(expires));
     printf("job       %s\nstatus    %s\nfirmware  %s\nissued    %u of %u (%u refused)\n"
            "created   %s\nexpires   %s\n",
-           j->job_id, cli__status_name(j->status), j->firmware, j->issued, j->quota, j->refused,
+           j->job_id, station_job_status_name(j->status), j->firmware, j->issued, j->quota, j->refused,
            created, expires);
     printf("%-32s %10s %10s\n", "PROGRAMMER", "LIMIT", "ISSUED");
     for (size_t i = 0; i < j->n_allocations; i++) {
@@ -404,7 +388,7 @@ static int cli__list(int argc, char **argv)
         }
         snprintf(counts, sizeof(counts), "%u/%u", j->issued, j->quota);
         cli_utc(j->expires_at_ms, expires, sizeof(expires));
-        printf("%-24s %-9s %21s %-32s %s\n", j->job_id, cli__status_name(j->status), counts,
+        printf("%-24s %-9s %21s %-32s %s\n", j->job_id, station_job_status_name(j->status), counts,
                j->firmware, expires);
     }
     if (o.json)
@@ -484,7 +468,7 @@ static int cli__control(int argc, char **argv, Nusec__V1__JobAction action, cons
         cli__job_json(reply->job_state);
         printf("\n");
     } else if (!rc) {
-        printf("job %s %s (now %s)\n", job, done, cli__status_name(reply->job_state->status));
+        printf("job %s %s (now %s)\n", job, done, station_job_status_name(reply->job_state->status));
     }
     nu_envelope_free(reply);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
