@@ -65,8 +65,8 @@ static int stack_pg__initdb(const char *pg, const char *data, const char *run, c
         return NU_ERR_IO;
     (void)mkdir(run, 0700);
     if (geteuid() == 0 && system("id postgres >/dev/null 2>&1") == 0) {
-        snprintf(text, sizeof text, "chown postgres: '%s' '%s'", pg, run);
-        if (system(text) != 0)
+        int n = snprintf(text, sizeof text, "chown postgres: '%s' '%s'", pg, run);
+        if (n < 0 || (size_t)n >= sizeof text || system(text) != 0)
             return NU_ERR_IO;
     }
     snprintf(conf, sizeof conf, "%s/PG_VERSION", data);

@@ -17,8 +17,11 @@ static int pg_fixture__read_env(struct pg_fixture *f, const char *path)
         return -1;
     while (fgets(line, sizeof line, fp)) {
         line[strcspn(line, "\n")] = '\0';
-        if (!strncmp(line, "PGHOST=", 7))
-            snprintf(f->host, sizeof f->host, "%s", line + 7);
+        if (!strncmp(line, "PGHOST=", 7)) {
+            if (strlen(line + 7) >= sizeof f->host)
+                break;
+            memcpy(f->host, line + 7, strlen(line + 7) + 1);
+        }
         else if (!strncmp(line, "PGPORT=", 7))
             f->port = atoi(line + 7);
     }
