@@ -124,10 +124,6 @@ struct cloud {
     struct nu_envelope_sender *sender;
     struct cloud_queue *queue;
     char ledger_path[4096]; /* the ledger's target: a file path or a libpq URI */
-    /* Taken around issuance transactions, so this agent's workers queue on a
-     * mutex (woken at once) instead of SQLite's sleeping busy handler; other
-     * agents on the same file still meet at SQLite's write lock. */
-    pthread_mutex_t issue_lock;
     struct cloud_fw_cache *fw_cache; /* firmware images served from memory (cloud_firmware.c) */
     pthread_mutex_t crl_lock;        /* device CRL: one build at a time (cloud_devcrl.c) */
     uint64_t crl_at_ms;              /* when the last device CRL was issued */

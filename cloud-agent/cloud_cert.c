@@ -441,7 +441,6 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
         }
     }
     if (k) {
-        pthread_mutex_lock(&cloud->issue_lock);
         uint64_t t0 = nu_metrics_now_us(), signing = 0;
         if (k == 1)
             cloud_ledger_issue(ledger, &reqs[0], cert__sign, &signer, &res[0]);
@@ -453,7 +452,6 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
         uint64_t spent = nu_metrics_now_us() - t0;
         nu_metric_observe_us(cloud->metrics.ledger_commit_s, spent > signing ? spent - signing : 0,
                              NULL);
-        pthread_mutex_unlock(&cloud->issue_lock);
     }
     for (size_t j = 0; j < k; j++) {
         out_rc[ready[j] - ones] = cert__finish(ready[j], &res[j]);

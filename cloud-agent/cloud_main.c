@@ -129,9 +129,9 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
         } else if (sig > 0) {
             return sig;
         }
-        int wal = cloud_ledger_wal_checkpoint(ledger);
-        if (wal != NU_OK && wal != NU_ERR_BUSY)
-            nu_warn("WAL checkpoint: %s", nu_err_str(wal));
+        int maint = cloud_ledger_maintain(ledger);
+        if (maint != NU_OK && maint != NU_ERR_BUSY)
+            nu_warn("ledger maintenance: %s", nu_err_str(maint));
         if (cloud->cfg.checkpoint_interval_s && nu_mono_ms() >= next) {
             (void)cloud_checkpoint(cloud, ledger, "periodic");
             next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;

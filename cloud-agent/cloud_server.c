@@ -620,9 +620,9 @@ static void *cloud__worker(void *arg)
     struct cloud_ledger *ledger = NULL;
     struct cloud__item *items[CLOUD__TAKE_MAX];
     int rc = cloud_ledger_connect(cloud->ledger_path, cloud->cfg.ledger_password_file, 0, &ledger);
-    /* WAL checkpoints run on the main thread's tick, not inside a request's commit. */
+    /* Ledger housekeeping runs on the main thread's tick, not inside a request's commit. */
     if (!rc)
-        rc = cloud_ledger_wal_autocheckpoint(ledger, 0);
+        rc = cloud_ledger_set_inline_maintenance(ledger, 0);
     if (rc) {
         nu_error("worker cannot open the ledger: %s", nu_err_str(rc));
         cloud_ledger_close(ledger);
@@ -834,7 +834,6 @@ int cloud_start(struct cloud *cloud)
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->ready, NULL);
     pthread_mutex_init(&q->rlock, NULL);
-    pthread_mutex_init(&cloud->issue_lock, NULL);
     q->depth_metric = cloud->metrics.queue_depth;
     cloud->queue = q;
     int rc = cloud_msgsig_start(cloud, &q->replay);
@@ -875,7 +874,6 @@ void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger)
     pthread_mutex_destroy(&q->rlock);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->ready);
-    pthread_mutex_destroy(&cloud->issue_lock);
     free(q);
     cloud->queue = NULL;
 }

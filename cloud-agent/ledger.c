@@ -415,7 +415,7 @@ static int ledger__create_file(const char *path)
  */
 static int ledger__wal_on(sqlite3 *db)
 {
-    uint64_t deadline = nu_mono_ms() + CLOUD_LEDGER_BUSY_TIMEOUT_MS;
+    uint64_t deadline = nu_mono_ms() + CLOUD_LEDGER_LOCK_TIMEOUT_MS;
     int rc;
 
     for (;;) {
@@ -434,7 +434,7 @@ int ledger__configure(sqlite3 *db, int write)
     int rc;
 
     sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, CLOUD_LEDGER_BUSY_TIMEOUT_MS);
+    sqlite3_busy_timeout(db, CLOUD_LEDGER_LOCK_TIMEOUT_MS);
     /* No writable_schema / journal tricks from SQL; schema code not trusted. */
     sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, &on);
     sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, &off);
@@ -487,6 +487,8 @@ static int ledger__new(struct cloud_ledger **out)
     return NU_OK;
 }
 
+static int ledger__sqlite_open(const char *path, struct cloud_ledger **out_ledger);
+
 /*
  * PostgreSQL: connect, then the schema must be ours and current; an agent
  * does not create nor migrate it unless `migrate` (the owner runs
@@ -532,7 +534,7 @@ int cloud_ledger_connect(const char *target, const char *password_file, int migr
         return ledger__pg_open(target, password_file, migrate, out_ledger);
     if (!strncmp(target, "sqlite:", 7))
         target += 7;
-    return cloud_ledger_open(target, out_ledger);
+    return *target ? ledger__sqlite_open(target, out_ledger) : NU_ERR_INVALID_ARG;
 }
 
 int cloud_ledger_init(const char *target, const char *password_file, const char *agent_role)
@@ -554,18 +556,18 @@ int cloud_ledger_init(const char *target, const char *password_file, const char 
     return rc;
 }
 
-int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger)
+int cloud_ledger_open(const char *target, struct cloud_ledger **out_ledger)
+{
+    return cloud_ledger_connect(target, NULL, 1, out_ledger);
+}
+
+/* SQLite: open (creating it 0600) the file, identify it, WAL, then create or
+ * migrate the schema under the write lock. */
+static int ledger__sqlite_open(const char *path, struct cloud_ledger **out_ledger)
 {
     struct cloud_ledger *l = NULL;
     int64_t version = 0;
-    int rc;
-
-    if (!path || !*path || !out_ledger)
-        return NU_ERR_INVALID_ARG;
-    *out_ledger = NULL;
-    if (ledger_store_target_is_pg(path))
-        return ledger__pg_open(path, NULL, 0, out_ledger);
-    rc = ledger__create_file(path);
+    int rc = ledger__create_file(path);
     if (rc != NU_OK)
         return rc;
     rc = ledger__new(&l);
@@ -578,7 +580,7 @@ int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger)
         goto out;
     }
     /* Identify before switching to WAL, so a foreign file is left as it was. */
-    sqlite3_busy_timeout(l->db, CLOUD_LEDGER_BUSY_TIMEOUT_MS);
+    sqlite3_busy_timeout(l->db, CLOUD_LEDGER_LOCK_TIMEOUT_MS);
     rc = ledger__identify(l->db, &version);
     if (rc == NU_OK)
         rc = ledger__configure(l->db, 1);
@@ -611,13 +613,11 @@ void cloud_ledger_close(struct cloud_ledger *ledger)
     free(ledger);
 }
 
-int cloud_ledger_set_busy_timeout(struct cloud_ledger *ledger, unsigned ms)
+int cloud_ledger_set_lock_timeout(struct cloud_ledger *ledger, unsigned ms)
 {
-    if (!ledger || ms > INT32_MAX)
+    if (!ledger)
         return NU_ERR_INVALID_ARG;
-    if (ledger->db) /* PostgreSQL: row locks wait until the holder commits */
-        sqlite3_busy_timeout(ledger->db, (int)ms);
-    return NU_OK;
+    return ledger_store_set_lock_timeout(ledger->store, ms);
 }
 
 void cloud_ledger_set_refusal_ttl(struct cloud_ledger *ledger, uint64_t ms)
@@ -626,24 +626,18 @@ void cloud_ledger_set_refusal_ttl(struct cloud_ledger *ledger, uint64_t ms)
         ledger->refusal_ttl_ms = ms;
 }
 
-/* -------------------------------------------------------------------- WAL */
+/* ------------------------------------------------------------ maintenance */
 
-int cloud_ledger_wal_autocheckpoint(struct cloud_ledger *ledger, unsigned pages)
-{
-    if (!ledger || pages > INT_MAX)
-        return NU_ERR_INVALID_ARG;
-    if (!ledger->db)
-        return NU_OK; /* PostgreSQL checkpoints by itself */
-    int rc = sqlite3_wal_autocheckpoint(ledger->db, (int)pages);
-    return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal autocheckpoint");
-}
-
-int cloud_ledger_wal_checkpoint(struct cloud_ledger *ledger)
+int cloud_ledger_set_inline_maintenance(struct cloud_ledger *ledger, int on)
 {
     if (!ledger)
         return NU_ERR_INVALID_ARG;
-    if (!ledger->db)
-        return NU_OK;
-    int rc = sqlite3_wal_checkpoint_v2(ledger->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    return rc == SQLITE_OK ? NU_OK : ledger__dberr(ledger->db, rc, "wal checkpoint");
+    return ledger_store_set_inline_maintenance(ledger->store, on);
+}
+
+int cloud_ledger_maintain(struct cloud_ledger *ledger)
+{
+    if (!ledger)
+        return NU_ERR_INVALID_ARG;
+    return ledger_store_maintain(ledger->store);
 }

@@ -203,7 +203,7 @@
 #define CLOUD_LEDGER_PUBKEY_LEN 65 /* uncompressed P-256 point */
 #define CLOUD_LEDGER_NONCE_LEN 32  /* enrollment challenge */
 #define CLOUD_LEDGER_BATCH_MAX 256 /* requests per cloud_ledger_issue_batch */
-#define CLOUD_LEDGER_BUSY_TIMEOUT_MS 10000
+#define CLOUD_LEDGER_LOCK_TIMEOUT_MS 10000
 #define CLOUD_LEDGER_REFUSAL_TTL_MS (10u * 60u * 1000u)
 #define CLOUD_LEDGER_FW_KEY_LEN 32     /* AES-256 firmware key of a job */
 #define CLOUD_LEDGER_FW_TOKEN_MAX 256  /* firmware download token bytes */
@@ -217,20 +217,21 @@ struct cloud_ledger; /* opaque */
 /* ----------------------------------------------------------------- open */
 
 /*
- * Open (creating if needed, mode 0600) the ledger at `path`: WAL,
- * synchronous=FULL, foreign keys, busy timeout, schema created or migrated
- * to CLOUD_LEDGER_SCHEMA_VERSION in one BEGIN IMMEDIATE (safe when several
- * processes open a fresh file at once). *out_ledger is released with
- * cloud_ledger_close().
+ * Open the ledger `target` names, creating or migrating its schema to
+ * CLOUD_LEDGER_SCHEMA_VERSION when needed: cloud_ledger_connect(target, NULL,
+ * 1, ...). The target is backend-neutral: a file path or "sqlite:PATH" (the
+ * file is created mode 0600; several processes may open a fresh one at once,
+ * the schema is made once), or a PostgreSQL libpq URI ("postgresql://...",
+ * which needs the owner role to create the schema; the password from
+ * PGPASSFILE). *out_ledger is released with cloud_ledger_close().
  * Errors: INVALID_ARG, NOMEM, IO (cannot create/open), BUSY (locked beyond
- * the busy timeout), NOT_SUPPORTED (written by a newer schema version),
- * CONFIG (the file is some other SQLite database), DB.
+ * the lock timeout), NOT_SUPPORTED (written by a newer schema version),
+ * CONFIG (some other database), CONNECTION, PERMISSION, DB.
  */
-int cloud_ledger_open(const char *path, struct cloud_ledger **out_ledger);
+int cloud_ledger_open(const char *target, struct cloud_ledger **out_ledger);
 
 /*
- * Open the ledger a target names: a file path (or "sqlite:PATH": as
- * cloud_ledger_open) or a PostgreSQL libpq URI ("postgresql://..."; multi-host
+ * Open the ledger a target names: a file path (or "sqlite:PATH") or a PostgreSQL libpq URI ("postgresql://..."; multi-host
  * with target_session_attrs=read-write works). On PostgreSQL the password
  * comes from `password_file` (a 0600 file; may be NULL) or libpq's
  * PGPASSFILE, never from the URI (INVALID_ARG). The schema must be ours and
@@ -254,9 +255,10 @@ int cloud_ledger_init(const char *target, const char *password_file, const char 
 /* Close and free (finalizes statements). NULL is a no-op. */
 void cloud_ledger_close(struct cloud_ledger *ledger);
 
-/* How long a write waits for another process's lock (default
- * CLOUD_LEDGER_BUSY_TIMEOUT_MS). Errors: INVALID_ARG. */
-int cloud_ledger_set_busy_timeout(struct cloud_ledger *ledger, unsigned ms);
+/* How long a write waits for a lock another connection (thread, process or
+ * host) holds before it answers BUSY (default CLOUD_LEDGER_LOCK_TIMEOUT_MS).
+ * Errors: INVALID_ARG, DB. */
+int cloud_ledger_set_lock_timeout(struct cloud_ledger *ledger, unsigned ms);
 
 /* How long a stored issuance refusal is replayed (default
  * CLOUD_LEDGER_REFUSAL_TTL_MS; 0 = refusals are never replayed). */
@@ -809,23 +811,24 @@ typedef int (*cloud_ledger_checkpoint_fn)(void *ctx, uint64_t head_seq,
 int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const char *actor,
                             cloud_ledger_checkpoint_fn make, void *ctx, uint64_t *out_seq);
 
-/* ------------------------------------------------------------------- WAL */
+/* ----------------------------------------------------------- maintenance */
 
 /*
- * Whether commits on this connection also checkpoint the WAL into the main
- * file once it holds `pages` pages (SQLite's default, 1000) or never (0).
- * A checkpoint inside a commit makes that one request wait for it: a server
- * turns it off on its request connections and calls cloud_ledger_wal_checkpoint
- * from elsewhere. Errors: INVALID_ARG, DB.
+ * Whether this connection's commits may also do the storage's housekeeping
+ * (on, the default) or never (off). Housekeeping inside a commit makes that
+ * one request wait for it (SQLite: checkpointing the WAL into the main file):
+ * a server turns it off on its request connections and calls
+ * cloud_ledger_maintain from elsewhere. A no-op where the database server
+ * does its own (PostgreSQL). Errors: INVALID_ARG, DB.
  */
-int cloud_ledger_wal_autocheckpoint(struct cloud_ledger *ledger, unsigned pages);
+int cloud_ledger_set_inline_maintenance(struct cloud_ledger *ledger, int on);
 
 /*
- * Copy what the WAL holds into the main file without waiting for anyone
- * (SQLite's PASSIVE checkpoint: writers and readers go on). Errors:
- * INVALID_ARG, BUSY (another checkpoint runs), DB.
+ * Do that housekeeping now without waiting for anyone: writers and readers
+ * go on (SQLite: a PASSIVE WAL checkpoint; PostgreSQL: nothing to do).
+ * Errors: INVALID_ARG, BUSY (another one runs), DB.
  */
-int cloud_ledger_wal_checkpoint(struct cloud_ledger *ledger);
+int cloud_ledger_maintain(struct cloud_ledger *ledger);
 
 /* --------------------------------------------------------------- verify */
 
@@ -878,25 +881,17 @@ struct cloud_ledger_verify_report {
 int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_report *out_report);
 
 /*
- * cloud_ledger_verify on a file opened read-only (never creates or migrates
- * it), for `nusec audit verify`. An older schema version (1..current) is
- * checked against what that version holds.
- * Errors: as cloud_ledger_verify, plus NOT_FOUND (no such file),
- * NOT_SUPPORTED (newer schema version), CONFIG (not a ledger), IO.
- */
-int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report);
-
-/*
- * cloud_ledger_verify on a target: a file path as cloud_ledger_verify_path,
- * or a PostgreSQL URI (password as cloud_ledger_connect). opts may be NULL.
- * Errors: as cloud_ledger_verify_path, plus CONNECTION, PERMISSION.
+ * cloud_ledger_verify on a target, for `nusec audit verify`: a file path or
+ * "sqlite:PATH" (opened read-only), or a PostgreSQL URI (password as
+ * cloud_ledger_connect). Never creates nor migrates anything. An older schema
+ * version (1..current) is checked against what that version holds. opts may
+ * be NULL. Errors: as cloud_ledger_verify, plus NOT_FOUND (no such file),
+ * NOT_SUPPORTED (newer schema version), CONFIG (not a ledger, or no ledger
+ * yet), IO, CONNECTION, PERMISSION.
  */
 int cloud_ledger_verify_target(const char *target, const char *password_file,
                                const struct cloud_ledger_verify_opts *opts,
                                struct cloud_ledger_verify_report *out_report);
 
-/* cloud_ledger_verify_path with options (opts may be NULL). */
-int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,
-                                  struct cloud_ledger_verify_report *out_report);
 
 #endif

@@ -865,17 +865,6 @@ int cloud_ledger_verify(struct cloud_ledger *ledger, struct cloud_ledger_verify_
     return ledger__verify_db(ledger->store, ledger->db, NULL, out_report);
 }
 
-int cloud_ledger_verify_path(const char *path, struct cloud_ledger_verify_report *out_report)
-{
-    return cloud_ledger_verify_path_opts(path, NULL, out_report);
-}
-
-int cloud_ledger_verify_path_opts(const char *path, const struct cloud_ledger_verify_opts *opts,
-                                  struct cloud_ledger_verify_report *out_report)
-{
-    return cloud_ledger_verify_target(path, NULL, opts, out_report);
-}
-
 int cloud_ledger_verify_target(const char *target, const char *password_file,
                                const struct cloud_ledger_verify_opts *opts,
                                struct cloud_ledger_verify_report *out_report)

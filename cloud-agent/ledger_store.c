@@ -156,6 +156,34 @@ int ledger_store_session_lock(struct ledger_store *store, int64_t id, int *out_h
     return store->ops->session_lock(store, id, out_held);
 }
 
+int ledger_store_set_lock_timeout(struct ledger_store *store, unsigned ms)
+{
+    char sql[64];
+
+    if (!store || ms > INT32_MAX)
+        return NU_ERR_INVALID_ARG;
+    if (store->ops->set_lock_timeout)
+        return store->ops->set_lock_timeout(store, ms);
+    /* PostgreSQL: a session setting, no backend code needed. */
+    snprintf(sql, sizeof sql, "SET lock_timeout = %u", ms);
+    return store->ops->exec(store, sql);
+}
+
+int ledger_store_maintain(struct ledger_store *store)
+{
+    if (!store)
+        return NU_ERR_INVALID_ARG;
+    return store->ops->maintain ? store->ops->maintain(store) : NU_OK;
+}
+
+int ledger_store_set_inline_maintenance(struct ledger_store *store, int on)
+{
+    if (!store)
+        return NU_ERR_INVALID_ARG;
+    return store->ops->set_inline_maintenance ? store->ops->set_inline_maintenance(store, on)
+                                              : NU_OK;
+}
+
 int ledger_store_prepare(struct ledger_store *store, const char *sql,
                          struct ledger_store_stmt **out_stmt)
 {

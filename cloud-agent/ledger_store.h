@@ -106,6 +106,27 @@ int ledger_store_xact_lock(struct ledger_store *store, uint32_t ns, const void *
  */
 int ledger_store_session_lock(struct ledger_store *store, int64_t id, int *out_held);
 
+/*
+ * How long a write waits for a lock another connection holds before BUSY
+ * (default 10 s). SQLite: its busy timeout, and the same wait at the
+ * process's writer gate. PostgreSQL: lock_timeout for this session (a
+ * reconnect returns to the server's setting). Errors: INVALID_ARG, DB.
+ */
+int ledger_store_set_lock_timeout(struct ledger_store *store, unsigned ms);
+
+/*
+ * Housekeeping best kept off the request path. SQLite: copy the WAL into the
+ * main file without waiting for anyone (a PASSIVE checkpoint; BUSY when
+ * another checkpoint runs). PostgreSQL: NU_OK, the server's checkpointer and
+ * autovacuum do it.
+ */
+int ledger_store_maintain(struct ledger_store *store);
+
+/* Whether commits may do that housekeeping themselves (on: SQLite's default,
+ * a commit checkpoints a WAL past 1000 pages; off: only ledger_store_maintain
+ * does). PostgreSQL: NU_OK. */
+int ledger_store_set_inline_maintenance(struct ledger_store *store, int on);
+
 /* ------------------------------------------------------------ statements */
 
 /* Prepare `sql` (placeholders ?1..?N). The statement belongs to the store. */

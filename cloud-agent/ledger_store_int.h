@@ -34,6 +34,10 @@ struct ledger_store_ops {
     enum ledger_store_type (*col_type)(struct ledger_store_stmt *st, int i);
     int64_t (*col_i64)(struct ledger_store_stmt *st, int i);
     const void *(*col_bytes)(struct ledger_store_stmt *st, int i, int text, size_t *out_len);
+    /* Optional: NULL where the engine has nothing to do (see ledger_store.h). */
+    int (*set_lock_timeout)(struct ledger_store *s, unsigned ms);
+    int (*maintain)(struct ledger_store *s);
+    int (*set_inline_maintenance)(struct ledger_store *s, int on);
 };
 
 /* The first member of every backend's connection struct. */

@@ -3,9 +3,19 @@
  * file, WAL, synchronous=FULL, foreign keys, a busy timeout. Several
  * processes may open the file; a write transaction is BEGIN IMMEDIATE, so
  * writers queue on SQLite's one write lock.
+ *
+ * Within one process, writers first queue on a mutex per file (the writer
+ * gate below): SQLite's busy handler sleeps and polls, so threads of one
+ * agent that met at the write lock would wake late; on the mutex the next one
+ * runs as soon as the holder ends its transaction. Other processes still meet
+ * at SQLite's lock.
  */
+#include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,10 +26,105 @@
 
 #define LSS_BUSY_TIMEOUT_MS 10000
 
+/* One per file this process has open (by device and inode). */
+struct lss_gate {
+    dev_t dev;
+    ino_t ino;
+    unsigned refs;
+    pthread_mutex_t mu;
+    struct lss_gate *next;
+};
+
 struct lss_store {
     struct ledger_store base;
     sqlite3 *db;
+    struct lss_gate *gate; /* NULL when the file has no inode (":memory:") */
+    int gate_held;         /* this connection's write transaction holds it */
+    unsigned lock_ms;      /* how long a writer waits, at the gate and in SQLite */
 };
+
+/*
+ * The gates of the process. Process-wide on purpose: SQLite's own POSIX locks
+ * belong to the process and file, not to a connection, and every connection
+ * of this process to the file must queue on the same gate.
+ */
+static pthread_mutex_t lss__gates_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct lss_gate *lss__gates;
+
+static void lss__gate_attach(struct lss_store *s)
+{
+    const char *path = sqlite3_db_filename(s->db, "main");
+    struct stat sb;
+
+    s->lock_ms = LSS_BUSY_TIMEOUT_MS;
+    if (!path || !*path || stat(path, &sb) != 0)
+        return;
+    pthread_mutex_lock(&lss__gates_mu);
+    struct lss_gate *g = lss__gates;
+    while (g && (g->dev != sb.st_dev || g->ino != sb.st_ino))
+        g = g->next;
+    if (!g && (g = calloc(1, sizeof *g)) != NULL) {
+        g->dev = sb.st_dev;
+        g->ino = sb.st_ino;
+        pthread_mutex_init(&g->mu, NULL);
+        g->next = lss__gates;
+        lss__gates = g;
+    }
+    if (g)
+        g->refs++;
+    s->gate = g; /* no memory: no gate, SQLite's lock still serializes */
+    pthread_mutex_unlock(&lss__gates_mu);
+}
+
+static void lss__gate_detach(struct lss_store *s)
+{
+    if (!s->gate)
+        return;
+    pthread_mutex_lock(&lss__gates_mu);
+    if (--s->gate->refs == 0) {
+        struct lss_gate **pp = &lss__gates;
+        while (*pp != s->gate)
+            pp = &(*pp)->next;
+        *pp = s->gate->next;
+        pthread_mutex_destroy(&s->gate->mu);
+        free(s->gate);
+    }
+    pthread_mutex_unlock(&lss__gates_mu);
+    s->gate = NULL;
+}
+
+/* Wait for the gate at most lock_ms, as SQLite would for its lock: BUSY after. */
+static int lss__gate_take(struct lss_store *s)
+{
+    struct timespec until;
+
+    if (!s->gate || s->gate_held)
+        return NU_OK;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(s->lock_ms / 1000u);
+    until.tv_nsec += (long)(s->lock_ms % 1000u) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    int rc = pthread_mutex_timedlock(&s->gate->mu, &until);
+    if (rc == ETIMEDOUT) {
+        nu_debug("ledger store: another writer of this process held the file %u ms", s->lock_ms);
+        return NU_ERR_BUSY;
+    }
+    if (rc != 0)
+        return NU_ERR_DB;
+    s->gate_held = 1;
+    return NU_OK;
+}
+
+static void lss__gate_drop(struct lss_store *s)
+{
+    if (s->gate_held && sqlite3_get_autocommit(s->db)) {
+        s->gate_held = 0;
+        pthread_mutex_unlock(&s->gate->mu);
+    }
+}
 
 struct lss_stmt {
     struct ledger_store_stmt base;
@@ -69,9 +174,15 @@ static int lss__exec(struct ledger_store *s, const char *sql)
     return rc == SQLITE_OK ? NU_OK : lss__err(lss__db(s), rc, sql);
 }
 
-static void lss__close(struct ledger_store *s)
+static void lss__close(struct ledger_store *bs)
 {
-    sqlite3_close(lss__db(s));
+    struct lss_store *s = (struct lss_store *)bs;
+    if (s->gate_held) {
+        s->gate_held = 0;
+        pthread_mutex_unlock(&s->gate->mu);
+    }
+    lss__gate_detach(s);
+    sqlite3_close(s->db);
     free(s);
 }
 
@@ -100,6 +211,7 @@ static int lss__open(const char *path, const char *password_file, struct ledger_
         return rc;
     }
     sqlite3_busy_timeout(s->db, LSS_BUSY_TIMEOUT_MS);
+    lss__gate_attach(s);
     rc = lss__exec(&s->base, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
                              " PRAGMA foreign_keys=ON;");
     if (rc != NU_OK) {
@@ -115,9 +227,14 @@ static const char *lss__errmsg(const struct ledger_store *s)
     return sqlite3_errmsg(lss__db(s));
 }
 
-static int lss__begin(struct ledger_store *s, int write)
+static int lss__begin(struct ledger_store *bs, int write)
 {
-    return lss__exec(s, write ? "BEGIN IMMEDIATE" : "BEGIN");
+    struct lss_store *s = (struct lss_store *)bs;
+    int rc = write ? lss__gate_take(s) : NU_OK;
+    if (rc == NU_OK)
+        rc = lss__exec(bs, write ? "BEGIN IMMEDIATE" : "BEGIN");
+    lss__gate_drop(s); /* only when no transaction is open (BEGIN failed) */
+    return rc;
 }
 
 static int lss__in_txn(const struct ledger_store *s)
@@ -127,7 +244,9 @@ static int lss__in_txn(const struct ledger_store *s)
 
 static void lss__rollback(struct ledger_store *s)
 {
-    (void)lss__exec(s, "ROLLBACK");
+    if (lss__in_txn(s))
+        (void)lss__exec(s, "ROLLBACK");
+    lss__gate_drop((struct lss_store *)s);
 }
 
 static int lss__commit(struct ledger_store *s)
@@ -135,7 +254,35 @@ static int lss__commit(struct ledger_store *s)
     int rc = lss__exec(s, "COMMIT");
     if (rc != NU_OK && lss__in_txn(s))
         lss__rollback(s);
+    lss__gate_drop((struct lss_store *)s);
     return rc;
+}
+
+/* SQLite's busy timeout and the gate's wait, together. */
+static int lss__set_lock_timeout(struct ledger_store *bs, unsigned ms)
+{
+    struct lss_store *s = (struct lss_store *)bs;
+    if (ms > INT32_MAX)
+        return NU_ERR_INVALID_ARG;
+    sqlite3_busy_timeout(s->db, (int)ms);
+    s->lock_ms = ms;
+    return NU_OK;
+}
+
+/* Copy the WAL into the main file without waiting for anyone (PASSIVE:
+ * writers and readers go on). */
+static int lss__maintain(struct ledger_store *s)
+{
+    int rc = sqlite3_wal_checkpoint_v2(lss__db(s), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return rc == SQLITE_OK ? NU_OK : lss__err(lss__db(s), rc, "wal checkpoint");
+}
+
+/* A commit that fills the WAL past 1000 pages (SQLite's default) checkpoints
+ * it, making that one request wait; off, only lss__maintain does. */
+static int lss__set_inline_maintenance(struct ledger_store *s, int on)
+{
+    int rc = sqlite3_wal_autocheckpoint(lss__db(s), on ? 1000 : 0);
+    return rc == SQLITE_OK ? NU_OK : lss__err(lss__db(s), rc, "wal autocheckpoint");
 }
 
 /* One file, one write lock: BEGIN IMMEDIATE already serializes writers. */
@@ -260,6 +407,7 @@ int ledger_store_sqlite_wrap(void *sqlite3_db, struct ledger_store **out_store)
         return NU_ERR_NOMEM;
     s->base.ops = &ledger_store_sqlite_ops;
     s->db = sqlite3_db;
+    lss__gate_attach(s);
     *out_store = &s->base;
     return NU_OK;
 }
@@ -293,4 +441,7 @@ const struct ledger_store_ops ledger_store_sqlite_ops = {
     .col_type = lss__col_type,
     .col_i64 = lss__col_i64,
     .col_bytes = lss__col_bytes,
+    .set_lock_timeout = lss__set_lock_timeout,
+    .maintain = lss__maintain,
+    .set_inline_maintenance = lss__set_inline_maintenance,
 };

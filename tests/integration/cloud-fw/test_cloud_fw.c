@@ -1130,7 +1130,7 @@ static void test_audit_trail(void)
 {
     struct cloud_ledger_verify_report rep;
     CU_ASSERT_FATAL(F_ok);
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(F.ledger, &rep), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(F.ledger, NULL, NULL, &rep), NU_OK);
     CU_ASSERT_EQUAL(rep.schema_ok, 1);
     /* What happened is in the chain: signatures, the job and its packages, control. */
     CU_ASSERT_EQUAL(nu_test_sh("sqlite3 %s \"SELECT kind FROM audit_events\" | sort | uniq -c | "

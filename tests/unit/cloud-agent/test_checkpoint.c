@@ -155,7 +155,7 @@ static struct cloud_ledger *fresh(char *path, size_t cap)
 static int verify(const char *path, const uint8_t *pub, struct cloud_ledger_verify_report *r)
 {
     struct cloud_ledger_verify_opts o = {.check_checkpoint = check_cb, .ctx = (void *)pub};
-    return cloud_ledger_verify_path_opts(path, pub ? &o : NULL, r);
+    return cloud_ledger_verify_target(path, NULL, pub ? &o : NULL, r);
 }
 
 static void test_ledger_checkpoint_events(void)

@@ -220,7 +220,7 @@ static int tamper(const char *path, const char *sql, struct cloud_ledger_verify_
     sqlite3_close(db);
     free(restore);
 
-    rc = cloud_ledger_verify_path(path, r);
+    rc = cloud_ledger_verify_target(path, NULL, NULL, r);
     CU_ASSERT_EQUAL(cloud_ledger_open(path, &l), NU_OK);
     if (l) {
         CU_ASSERT_EQUAL(cloud_ledger_verify(l, &r2), rc);
@@ -399,7 +399,7 @@ static void test_tamper_triggers_dropped(void)
 
     tamper_fixture(path, sizeof(path), serial);
     CU_ASSERT_EQUAL(sql_exec(path, "DROP TRIGGER certificates_no_delete"), SQLITE_OK);
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_ERR_TAMPERED);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_ERR_TAMPERED);
     CU_ASSERT_EQUAL(r.schema_ok, 0);
     CU_ASSERT_EQUAL(r.chain_ok, 1);
     CU_ASSERT_EQUAL(r.events, 6); /* created, enrolled, job.created, 3 x cert.issued */

@@ -300,7 +300,7 @@ static void test_fw_migrate_from_v1(void)
     CU_ASSERT_EQUAL_FATAL(sql_exec(path, DOWNGRADE_TO_V1), SQLITE_OK);
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 1);
     /* An auditor can check a version-1 file before any cloud upgraded it. */
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_OK);
     CU_ASSERT_EQUAL(r.schema_ok, 1);
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 1); /* read-only: not migrated */
 

@@ -127,7 +127,7 @@ static void test_busy_is_typed_and_harmless(void)
     seq = head_seq(l);
     CU_ASSERT_EQUAL_FATAL(sqlite3_open(path, &other), SQLITE_OK);
     CU_ASSERT_EQUAL_FATAL(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    CU_ASSERT_EQUAL(cloud_ledger_set_busy_timeout(l, 50), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_set_lock_timeout(l, 50), NU_OK);
     mkreq(&t[0], "prog-1", "job-1", 1, 1, T0);
     mkreq(&t[1], "prog-1", "job-1", 2, 1, T0);
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t[0].r, dummy_sign, &s, &res[0]), NU_ERR_BUSY);
@@ -148,6 +148,57 @@ static void test_busy_is_typed_and_harmless(void)
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t[0].r, dummy_sign, &s, &res[0]), NU_OK);
     CU_ASSERT_EQUAL(res[0].replayed, 0);
     CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
+/* A signer that, inside the first connection's write transaction, asks a
+ * second connection of the same process to issue too. */
+struct nested {
+    struct cloud_ledger *other;
+    struct treq t;
+    struct signer outer, inner;
+    int rc;
+};
+
+static int nested_sign(void *ctx, const struct cloud_ledger_issue_req *req,
+                       const struct cloud_ledger_sign_info *info, struct cloud_ledger_sign_out *out)
+{
+    struct nested *n = ctx;
+    struct cloud_ledger_issue_result r;
+    n->rc = cloud_ledger_issue(n->other, &n->t.r, dummy_sign, &n->inner, &r);
+    return dummy_sign(&n->outer, req, info, out);
+}
+
+/* Two connections of one process to one file: while one holds the write
+ * transaction, the other waits at most its lock timeout and answers BUSY
+ * (no self-deadlock at the store's writer gate), and once the first commits
+ * the second writes. */
+static void test_writer_gate_is_bounded(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct cloud_ledger *l2 = NULL;
+    struct cloud_ledger_issue_result res;
+    struct nested n;
+    struct treq t;
+
+    memset(&n, 0, sizeof(n));
+    n.inner.next_serial = 1000; /* serials of its own */
+    std_setup(l, 10, 10);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l2), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_set_lock_timeout(l2, 50), NU_OK);
+    n.other = l2;
+    mkreq(&n.t, "prog-1", "job-1", 2, 1, T0);
+    mkreq(&t, "prog-1", "job-1", 1, 1, T0);
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, nested_sign, &n, &res), NU_OK);
+    CU_ASSERT_EQUAL(n.rc, NU_ERR_BUSY);
+    CU_ASSERT_EQUAL(n.inner.calls, 0);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 1);
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l2, &n.t.r, dummy_sign, &n.inner, &res), NU_OK);
+    CU_ASSERT_EQUAL(res.replayed, 0);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 2);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l2);
     cloud_ledger_close(l);
 }
 
@@ -204,6 +255,7 @@ const struct nu_test_case process_cases[] = {
     {"race: 4 processes, quota 50, 400 devices", test_race_four_processes},
     {"crash inside the transaction", test_crash_inside_transaction},
     {"write lock held elsewhere: BUSY, nothing recorded", test_busy_is_typed_and_harmless},
+    {"two connections of one process: writer wait bounded", test_writer_gate_is_bounded},
     {"issuance rate (printed)", test_bench_issue_rate},
     {NULL, NULL},
 };

@@ -61,7 +61,7 @@ static void test_schema_newer_refused(void)
     l = NULL;
     CU_ASSERT_EQUAL(cloud_ledger_open(path, &l), NU_ERR_NOT_SUPPORTED);
     CU_ASSERT_PTR_NULL(l);
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_ERR_NOT_SUPPORTED);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_ERR_NOT_SUPPORTED);
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 99); /* left alone */
 }
 
@@ -77,9 +77,9 @@ static void test_schema_foreign_file_refused(void)
     CU_ASSERT_PTR_NULL(l);
     sql_text(path, "PRAGMA journal_mode", mode, sizeof(mode));
     CU_ASSERT_STRING_EQUAL(mode, "delete"); /* not converted to WAL */
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_ERR_CONFIG);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_ERR_CONFIG);
     nu_path_fmt(path, sizeof(path), "%s/does-not-exist.db", tmp);
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_ERR_NOT_FOUND);
     CU_ASSERT_FALSE(nu_path_exists(path));
     CU_ASSERT_EQUAL(cloud_ledger_open(NULL, &l), NU_ERR_INVALID_ARG);
 }
@@ -102,7 +102,7 @@ static void test_reopen_keeps_everything(void)
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_audit_head(l, &seq1, h1), NU_OK);
     /* A read-only verifier sees what is still only in the WAL. */
-    CU_ASSERT_EQUAL(cloud_ledger_verify_path(path, &r), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_verify_target(path, NULL, NULL, &r), NU_OK);
     CU_ASSERT_EQUAL(r.certificates, 1);
     CU_ASSERT_EQUAL(r.events, seq1);
     cloud_ledger_close(l);
@@ -226,16 +226,16 @@ static void test_second_open_keeps_locks(void)
     CU_ASSERT_EQUAL(outside_count(path, "prog-3"), 1);
 }
 
-/* Workers commit without checkpointing; the main thread's tick copies the
+/* Workers commit without maintenance; the main thread's tick (maintain) copies the
  * WAL into the file: until then the main file does not grow, after it it
  * holds the rows (and a reader still sees everything either way). */
-static void test_wal_checkpoint_off_the_commit_path(void)
+static void test_maintenance_off_the_commit_path(void)
 {
     char path[512];
     struct stat before, after;
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
-    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(l), NU_OK); /* start from a flushed file */
-    CU_ASSERT_EQUAL(cloud_ledger_wal_autocheckpoint(l, 0), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_maintain(l), NU_OK); /* start from a flushed file */
+    CU_ASSERT_EQUAL(cloud_ledger_set_inline_maintenance(l, 0), NU_OK);
     CU_ASSERT_EQUAL_FATAL(stat(path, &before), 0);
     char payload[2048];
     memset(payload, 'x', sizeof(payload) - 1);
@@ -251,12 +251,12 @@ static void test_wal_checkpoint_off_the_commit_path(void)
         CU_ASSERT_EQUAL_FATAL(cloud_ledger_audit_append(l, &ev, NULL), NU_OK);
     CU_ASSERT_EQUAL_FATAL(stat(path, &after), 0);
     CU_ASSERT_EQUAL(after.st_size, before.st_size);
-    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(l), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_maintain(l), NU_OK);
     CU_ASSERT_EQUAL_FATAL(stat(path, &after), 0);
     CU_ASSERT(after.st_size > before.st_size + 4 * 1024 * 1024);
     CU_ASSERT_TRUE(verify_ok(l));
-    CU_ASSERT_EQUAL(cloud_ledger_wal_autocheckpoint(NULL, 0), NU_ERR_INVALID_ARG);
-    CU_ASSERT_EQUAL(cloud_ledger_wal_checkpoint(NULL), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_set_inline_maintenance(NULL, 0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_maintain(NULL), NU_ERR_INVALID_ARG);
     cloud_ledger_close(l);
 }
 
@@ -268,6 +268,6 @@ const struct nu_test_case schema_cases[] = {
     {"triggers refuse edits", test_triggers_refuse_edits},
     {"concurrent first open creates once", test_concurrent_first_open},
     {"a second open keeps the first one's locks", test_second_open_keeps_locks},
-    {"WAL checkpoints can leave the commit path", test_wal_checkpoint_off_the_commit_path},
+    {"maintenance (WAL checkpoints) can leave the commit path", test_maintenance_off_the_commit_path},
     {NULL, NULL},
 };
