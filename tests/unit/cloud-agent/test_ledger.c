@@ -24,7 +24,34 @@ static const struct nu_test_suite suites[] = {
     {NULL, NULL, NULL, NULL},
 };
 
-int main(void)
+/* The same cases on PostgreSQL (issue 13: the unit suite runs against both
+ * backends); schema, tamper and process cases are about SQLite's file,
+ * PRAGMAs and locks (test_ledger_pg.c covers PostgreSQL's). */
+static const struct nu_test_suite pg_suites[] = {
+    {"ledger jobs (PostgreSQL)", setup, teardown, job_cases},
+    {"ledger programmers (PostgreSQL)", setup, teardown, prog_cases},
+    {"ledger issuance (PostgreSQL)", setup, teardown, issue_cases},
+    {"ledger firmware delivery (PostgreSQL)", setup, teardown, fw_cases},
+    {"ledger devices (PostgreSQL)", setup, teardown, device_cases},
+    {"ledger audit (PostgreSQL)", setup, teardown, audit_cases},
+    {NULL, NULL, NULL, NULL},
+};
+
+/* Usage: cloud_test_ledger [--backend=sqlite|--backend=postgresql] */
+int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--backend=postgresql") == 0) {
+        if (ledger_pg_start() != 0) {
+            fprintf(stderr, "cloud_test_ledger: no PostgreSQL for the tests\n");
+            return 1;
+        }
+        int rc = nu_test_run("cloud_test_ledger --backend=postgresql", pg_suites);
+        ledger_pg_stop();
+        return rc;
+    }
+    if (argc > 1 && strcmp(argv[1], "--backend=sqlite") != 0) {
+        fprintf(stderr, "cloud_test_ledger: usage: cloud_test_ledger [--backend=sqlite|postgresql]\n");
+        return 2;
+    }
     return nu_test_run("cloud_test_ledger", suites);
 }

@@ -57,6 +57,18 @@ struct evscan {
 
 extern char tmp[256];
 
+/* 1 when this run's ledgers live on PostgreSQL (cloud_test_ledger
+ * --backend=postgresql), 0 for SQLite files. */
+extern int ledger_on_pg;
+
+/* Join (or start) the test PostgreSQL and switch open_fresh to it; 0 or -1. */
+int ledger_pg_start(void);
+void ledger_pg_stop(void);
+
+/* In a case that checks what only SQLite has (files, PRAGMAs, its trigger
+ * syntax): 1 on PostgreSQL (the caller returns), after saying so. */
+int sqlite_only(void);
+
 extern uint8_t pkg_pub[CLOUD_LEDGER_PUBKEY_LEN];
 
 extern const char *const PEM_TEXT;

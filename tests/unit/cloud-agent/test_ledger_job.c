@@ -246,6 +246,8 @@ static int access_rc(struct cloud_ledger *l, const char *job, const char *prog, 
 
 static void test_fw_schema_v2(void)
 {
+    if (sqlite_only())
+        return;
     char path[512];
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
     static const char *const cols[][9] = {
@@ -289,6 +291,8 @@ static const char *const DOWNGRADE_TO_V1 =
 
 static void test_fw_migrate_from_v1(void)
 {
+    if (sqlite_only())
+        return;
     char path[512];
     struct cloud_ledger_verify_report r;
     struct cloud_ledger *l = open_fresh(path, sizeof(path));
@@ -352,9 +356,10 @@ static void test_fw_job_secrets(void)
     CU_ASSERT_EQUAL(pl.first[0], 1);
     CU_ASSERT_EQUAL(pl.first[1], 2);
     /* The token itself is nowhere in the file, only its hash. */
-    CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM job_packages WHERE"
-                                  " instr(token_hash, CAST('token-0' AS BLOB)) > 0"),
-                    0);
+    if (!ledger_on_pg)
+        CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM job_packages WHERE"
+                                      " instr(token_hash, CAST('token-0' AS BLOB)) > 0"),
+                        0);
 
     /* Event: digest, size, and per package the token id and package hash. */
     struct evscan ev = events(l, "job.packages");
@@ -460,6 +465,10 @@ static void test_fw_job_secrets_atomic(void)
     CU_ASSERT_EQUAL(cloud_ledger_job_keys_get(l, "job-x", &k), NU_OK);
     CU_ASSERT_EQUAL(k.firmware_key[0], 0x40);
 
+    if (sqlite_only()) { /* the trigger checks below are written in SQLite's SQL */
+        cloud_ledger_close(l);
+        return;
+    }
     /* Stored secrets do not change, and are not deleted (defense in depth). */
     CU_ASSERT_NOT_EQUAL(sql_exec(path, "UPDATE job_keys SET firmware_key = zeroblob(32)"),
                         SQLITE_OK);

@@ -149,6 +149,8 @@ static void test_tokens_one_time(void)
     CU_ASSERT_EQUAL(nu_sha256(TOKEN, sizeof(TOKEN), hash), NU_OK);
     CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM enroll_tokens"), 2);
     cloud_ledger_close(l);
+    if (sqlite_only()) /* the rest reads the file's bytes */
+        return;
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     CU_ASSERT_EQUAL(sqlite3_open(path, &db), SQLITE_OK);
