@@ -145,8 +145,9 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
     rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
         rc = ledger__cert_find(ledger, ref, c);
-    /* PostgreSQL: the job row before the allocation row, as issuance does. */
-    if (rc == NU_OK && ledger__is_pg(ledger))
+    /* Row locks (where writers are not already serialized): the job row
+     * before the allocation row, as issuance does. */
+    if (rc == NU_OK && !ledger_store_serializes_writers(ledger->store))
         rc = ledger__lock_row(ledger, ST_JOB_LOCK, c->job_id, NULL);
     if (rc == NU_OK) {
         rc = ledger__alloc_read(ledger, c->job_id, reporter, &limit, &issued);

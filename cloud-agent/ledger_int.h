@@ -36,6 +36,14 @@
 
 /* --------------------------------------------------------------- statements */
 
+/*
+ * Reads that decide under a write lock end in FOR UPDATE: on PostgreSQL
+ * READ COMMITTED writers do not queue on one file lock, so they take row
+ * locks (the job and allocation rows in that order, jobs sorted in a batch),
+ * the chain head last so seq order is commit order. The SQLite store drops
+ * the clause: BEGIN IMMEDIATE already holds the whole file (ledger_store.h).
+ */
+
 #define LEDGER_CERT_COLS                                                                           \
     "serial, job_id, device_uid, pubkey_hash, programmer_id, idempotency_key, pem, state, "        \
     "issued_at_ms, state_at_ms, detail, revoked_at_ms, revoke_reason"
@@ -54,10 +62,10 @@
     X(SP, "SAVEPOINT ledger_req")                                                                  \
     X(SP_RELEASE, "RELEASE ledger_req")                                                            \
     X(SP_ROLLBACK, "ROLLBACK TO ledger_req")                                                       \
-    X(HEAD_GET, "SELECT seq, hash FROM audit_head WHERE id = 1")                                   \
+    X(HEAD_GET, "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")                        \
     X(HEAD_READ, "SELECT seq, hash FROM audit_head WHERE id = 1")                                  \
     X(HEAD_KIND, "SELECT h.seq, h.hash, e.kind FROM audit_head h"                                  \
-                 " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1")                           \
+                 " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1 FOR UPDATE OF h")           \
     X(HEAD_SET, "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")                          \
     X(EV_INSERT, "INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload, prev_hash,"     \
                  " hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
@@ -107,10 +115,10 @@
     X(JOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >="          \
                   " quota THEN 'exhausted' ELSE status END, updated_at_ms = ?2"                    \
                   " WHERE job_id = ?1 AND status = 'active' AND issued < quota")                   \
-    X(JOB_LOCK, "SELECT job_id FROM jobs WHERE job_id = ?1")                                      \
+    X(JOB_LOCK, "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE")                           \
     X(JOB_REFUSED, "UPDATE jobs SET refused = refused + 1 WHERE job_id = ?1")                      \
     X(ALLOC_GET, "SELECT quota_limit, issued FROM job_allocations"                                 \
-                 " WHERE job_id = ?1 AND programmer_id = ?2")                                      \
+                 " WHERE job_id = ?1 AND programmer_id = ?2 FOR UPDATE")                           \
     X(ALLOC_LIST, "SELECT programmer_id, quota_limit, issued FROM job_allocations"                 \
                   " WHERE job_id = ?1 ORDER BY programmer_id")                                     \
     X(ALLOC_INSERT, "INSERT INTO job_allocations (job_id, programmer_id, quota_limit)"             \

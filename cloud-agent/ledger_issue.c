@@ -486,8 +486,8 @@ static int ledger__batch_lock(struct cloud_ledger *l, const struct cloud_ledger_
     size_t m = 0;
     int rc = NU_OK;
 
-    if (!ledger__is_pg(l))
-        return NU_OK;
+    if (ledger_store_serializes_writers(l->store))
+        return NU_OK; /* one writer at a time already: nothing to order */
     for (size_t i = 0; i < n; i++)
         if (out[i].code == -1)
             v[m++] = &reqs[i];

@@ -156,6 +156,11 @@ int ledger_store_session_lock(struct ledger_store *store, int64_t id, int *out_h
     return store->ops->session_lock(store, id, out_held);
 }
 
+int ledger_store_serializes_writers(const struct ledger_store *store)
+{
+    return store && store->ops->kind == LEDGER_STORE_SQLITE;
+}
+
 int ledger_store_set_lock_timeout(struct ledger_store *store, unsigned ms)
 {
     char sql[64];

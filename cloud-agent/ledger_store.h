@@ -92,6 +92,14 @@ int ledger_store_release(struct ledger_store *store, const char *name);
 int ledger_store_rollback_to(struct ledger_store *store, const char *name);
 
 /*
+ * Whether a write transaction already excludes every other writer (SQLite:
+ * BEGIN IMMEDIATE takes the file's one write lock), so row and key locks
+ * have nothing to add; 0 on PostgreSQL, where writers meet only at the rows
+ * they lock.
+ */
+int ledger_store_serializes_writers(const struct ledger_store *store);
+
+/*
  * Serialize writers of one key until the transaction ends (PostgreSQL
  * pg_advisory_xact_lock on a 64-bit digest of ns || key; SQLite: a no-op,
  * BEGIN IMMEDIATE already serializes every writer). Errors: CONNECTION, BUSY, DB.
@@ -129,7 +137,9 @@ int ledger_store_set_inline_maintenance(struct ledger_store *store, int on);
 
 /* ------------------------------------------------------------ statements */
 
-/* Prepare `sql` (placeholders ?1..?N). The statement belongs to the store. */
+/* Prepare `sql` (placeholders ?1..?N). The statement belongs to the store.
+ * A trailing "FOR UPDATE [OF t]" locks the rows read on PostgreSQL; the
+ * SQLite store drops it (see ledger_store_serializes_writers). */
 int ledger_store_prepare(struct ledger_store *store, const char *sql,
                          struct ledger_store_stmt **out_stmt);
 

@@ -306,7 +306,10 @@ static int lss__prepare(struct ledger_store *s, const char *sql, struct ledger_s
     struct lss_stmt *st = calloc(1, sizeof *st);
     if (!st)
         return NU_ERR_NOMEM;
-    int rc = sqlite3_prepare_v3(lss__db(s), sql, -1, SQLITE_PREPARE_PERSISTENT, &st->st, NULL);
+    /* A trailing row-lock clause is PostgreSQL's; one writer holds the file here. */
+    const char *lock = strstr(sql, " FOR UPDATE");
+    int len = lock && !strchr(lock, ';') ? (int)(lock - sql) : -1;
+    int rc = sqlite3_prepare_v3(lss__db(s), sql, len, SQLITE_PREPARE_PERSISTENT, &st->st, NULL);
     if (rc != SQLITE_OK) {
         free(st);
         return lss__err(lss__db(s), rc, "prepare");

@@ -11,22 +11,6 @@ static const char *const ledger__sql[ST__COUNT] = {
 #undef LEDGER__TEXT
 };
 
-/*
- * PostgreSQL's text where it differs (NULL = the same). Reads that decide
- * under a write lock take row locks there, since READ COMMITTED writers do
- * not queue on one file lock: the job and allocation rows FOR UPDATE (in that
- * order, jobs sorted in a batch), the chain head last, so seq order is
- * commit order.
- */
-static const char *ledger__sql_pg[ST__COUNT] = {
-    [ST_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
-    [ST_HEAD_KIND] = "SELECT h.seq, h.hash, e.kind FROM audit_head h"
-                     " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1 FOR UPDATE OF h",
-    [ST_JOB_LOCK] = "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE",
-    [ST_ALLOC_GET] = "SELECT quota_limit, issued FROM job_allocations"
-                     " WHERE job_id = ?1 AND programmer_id = ?2 FOR UPDATE",
-};
-
 int ledger__is_pg(const struct cloud_ledger *l)
 {
     return ledger_store_kind(l->store) == LEDGER_STORE_POSTGRESQL;
@@ -37,9 +21,7 @@ int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
 {
     *out_st = NULL;
     if (!l->st[id]) {
-        const char *sql = ledger__is_pg(l) && ledger__sql_pg[id] ? ledger__sql_pg[id]
-                                                                 : ledger__sql[id];
-        int rc = ledger_store_prepare(l->store, sql, &l->st[id]);
+        int rc = ledger_store_prepare(l->store, ledger__sql[id], &l->st[id]);
         if (rc != NU_OK)
             return rc;
     }
