@@ -122,6 +122,28 @@ static int ledger__report_transition(enum cloud_ledger_cert_state from, int prov
     return NU_OK;
 }
 
+/*
+ * The start of a change to one certificate: check the reference, who makes
+ * the change and their text, open the write transaction and read the
+ * certificate into ledger->cert. The caller rolls back on any error (a no-op
+ * when no transaction was opened).
+ */
+static int ledger__cert_change_begin(struct cloud_ledger *ledger,
+                                     const struct cloud_ledger_cert_ref *ref, const char *who,
+                                     const char *text)
+{
+    int rc = ledger__cert_ref_check(ref);
+    if (rc == NU_OK)
+        rc = ledger__id_check(who);
+    if (rc == NU_OK)
+        rc = ledger__text_check(text, CLOUD_LEDGER_TEXT_MAX);
+    if (rc == NU_OK)
+        rc = ledger__begin(ledger, 1);
+    if (rc == NU_OK)
+        rc = ledger__cert_find(ledger, ref, ledger->cert);
+    return rc;
+}
+
 int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_ledger_cert_ref *ref,
                              int provisioned, const char *detail, const char *reporter,
                              uint64_t now_ms)
@@ -135,16 +157,7 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
     if (!ledger || !ledger__time_ok(now_ms))
         return NU_ERR_INVALID_ARG;
     c = ledger->cert;
-    rc = ledger__cert_ref_check(ref);
-    if (rc == NU_OK)
-        rc = ledger__id_check(reporter);
-    if (rc == NU_OK)
-        rc = ledger__text_check(detail, CLOUD_LEDGER_TEXT_MAX);
-    if (rc != NU_OK)
-        return rc;
-    rc = ledger__begin(ledger, 1);
-    if (rc == NU_OK)
-        rc = ledger__cert_find(ledger, ref, c);
+    rc = ledger__cert_change_begin(ledger, ref, reporter, detail);
     /* Row locks (where writers are not already serialized): the job row
      * before the allocation row, as issuance does. */
     if (rc == NU_OK && !ledger_store_serializes_writers(ledger->store))
@@ -193,16 +206,7 @@ int cloud_ledger_cert_revoke(struct cloud_ledger *ledger, const struct cloud_led
     if (!ledger || !ledger__time_ok(now_ms))
         return NU_ERR_INVALID_ARG;
     c = ledger->cert;
-    rc = ledger__cert_ref_check(ref);
-    if (rc == NU_OK)
-        rc = ledger__id_check(actor);
-    if (rc == NU_OK)
-        rc = ledger__text_check(reason, CLOUD_LEDGER_TEXT_MAX);
-    if (rc != NU_OK)
-        return rc;
-    rc = ledger__begin(ledger, 1);
-    if (rc == NU_OK)
-        rc = ledger__cert_find(ledger, ref, c);
+    rc = ledger__cert_change_begin(ledger, ref, actor, reason);
     if (rc == NU_OK && c->state == CLOUD_LEDGER_CERT_REVOKED)
         rc = NU_ERR_STATE;
     if (rc == NU_OK)

@@ -184,29 +184,43 @@ static int ledger__token_hash(const uint8_t *token, size_t len, uint8_t out[NU_S
     return nu_sha256(token, len, out);
 }
 
+/* The row of a single-use secret (statement `id`: an enrollment token by its
+ * hash, or a challenge nonce), read inside the caller's transaction: the
+ * programmer it is bound to, its expiry, whether it was used. NU_OK,
+ * NOT_FOUND, or a DB error. */
+static int ledger__single_use_read(struct cloud_ledger *l, enum ledger_stmt id,
+                                   const uint8_t *key, size_t key_len, const char *what,
+                                   char bound[CLOUD_LEDGER_ID_MAX + 1], uint64_t *out_expires,
+                                   int *out_used)
+{
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__stmt(l, id, &st);
+
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_blob(st, 1, key, key_len);
+    rc = ledger__step_one(l, st, what);
+    if (rc != NU_OK)
+        return rc;
+    rc = ledger__col_str(st, 0, bound, CLOUD_LEDGER_ID_MAX + 1);
+    *out_expires = ledger__col_u64(st, 1);
+    *out_used = !ledger_store_col_is_null(st, 2);
+    ledger__reset(st);
+    return rc;
+}
+
 /* Would the token (by hash) enroll programmer_id at now? Read inside the
  * caller's transaction. NU_OK, TOKEN, REVOKED, or a DB error. */
 static int ledger__token_decide(struct cloud_ledger *l, const uint8_t hash[NU_SHA256_LEN],
                                 const char *programmer_id, uint64_t now_ms)
 {
     char bound[CLOUD_LEDGER_ID_MAX + 1];
-    struct ledger_store_stmt *st = NULL;
     uint64_t expires;
     int used;
-    int rc = ledger__stmt(l, ST_TOKEN_GET, &st);
-
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_blob(st, 1, hash, NU_SHA256_LEN);
-    rc = ledger__step_one(l, st, "token get");
+    int rc = ledger__single_use_read(l, ST_TOKEN_GET, hash, NU_SHA256_LEN, "token get", bound,
+                                     &expires, &used);
     if (rc == NU_ERR_NOT_FOUND)
         return NU_ERR_TOKEN;
-    if (rc != NU_OK)
-        return rc;
-    rc = ledger__col_str(st, 0, bound, sizeof(bound));
-    expires = ledger__col_u64(st, 1);
-    used = !ledger_store_col_is_null(st, 2);
-    ledger__reset(st);
     if (rc != NU_OK)
         return rc;
     if (strcmp(bound, programmer_id) != 0 || used || now_ms >= expires)
@@ -324,23 +338,12 @@ static int ledger__nonce_decide(struct cloud_ledger *l, const uint8_t nonce[32],
                                 const char *programmer_id, uint64_t now_ms)
 {
     char bound[CLOUD_LEDGER_ID_MAX + 1];
-    struct ledger_store_stmt *st = NULL;
     uint64_t expires;
     int used;
-    int rc = ledger__stmt(l, ST_NONCE_GET, &st);
-
-    if (rc != NU_OK)
-        return rc;
-    ledger__bind_blob(st, 1, nonce, CLOUD_LEDGER_NONCE_LEN);
-    rc = ledger__step_one(l, st, "nonce get");
+    int rc = ledger__single_use_read(l, ST_NONCE_GET, nonce, CLOUD_LEDGER_NONCE_LEN, "nonce get",
+                                     bound, &expires, &used);
     if (rc == NU_ERR_NOT_FOUND)
         return NU_ERR_NONCE_REPLAYED;
-    if (rc != NU_OK)
-        return rc;
-    rc = ledger__col_str(st, 0, bound, sizeof(bound));
-    expires = ledger__col_u64(st, 1);
-    used = !ledger_store_col_is_null(st, 2);
-    ledger__reset(st);
     if (rc != NU_OK)
         return rc;
     if (used || strcmp(bound, programmer_id) != 0)
