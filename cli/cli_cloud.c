@@ -94,7 +94,7 @@ int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope 
         return NU_ERR_DECODE;
     }
     if (rc == NU_ERR_NOT_FOUND)
-        cli_errorf("job %s does not exist (see 'nusec job list')", job);
+        cli_errorc(rc, "job %s does not exist (see 'nusec job list')", job);
     return rc;
 }
 

@@ -186,7 +186,7 @@ static int cli__list(int argc, char **argv)
             char when[32];
             cli_utc(p->enrolled_at_ms, when, sizeof(when));
             if (o.json)
-                printf("%s\n{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
+                printf("%s{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
                        "\"serial\":\"%s\",\"vendor_serial\":\"%s\",\"measurement\":\"%s\"}",
                        i ? "," : "", p->programmer_id, p->state,
                        (unsigned long long)p->enrolled_at_ms, p->certificate_serial,
@@ -197,7 +197,7 @@ static int cli__list(int argc, char **argv)
                        p->certificate_serial, vs, ms);
         }
         if (o.json)
-            printf("%s]\n", l->n_programmers ? "\n" : "");
+            printf("]\n"); /* one line: docs/cli.md */
     }
     nu_envelope_free(reply);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
