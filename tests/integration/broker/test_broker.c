@@ -247,6 +247,11 @@ static void test_certificate_rules(void)
     CU_ASSERT_NOT_EQUAL(try_connect("rogue", "cloud2"), 0);
     CU_ASSERT_TRUE(bf_log_contains(&broker, "not issued by the configured issuer"));
     CU_ASSERT_TRUE(bf_log_contains(&broker, "certificate has several OUs"));
+    /* One line per refusal: the reason, then the certificate's CN and OU as written. */
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": certificate OU is not a NuSEC role; client id "
+                                            "'badou', certificate CN 'badou' OU 'admin' serial "));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": certificate has no OU (role); client id 'noou', "
+                                            "certificate CN 'noou' OU '-' serial "));
 }
 
 static void test_client_id_rules(void)
@@ -258,6 +263,15 @@ static void test_client_id_rules(void)
     CU_ASSERT_NOT_EQUAL(try_connect("progA", "progA.2"), 0);
     CU_ASSERT_NOT_EQUAL(try_connect("progA", "progA:"), 0);
     CU_ASSERT_NOT_EQUAL(try_connect("progA", ""), 0); /* no broker-assigned ids */
+    /* mosquitto_sub without -i sends no client id: refused by the plugin, whose
+     * log line says why, not mosquitto's "Client <unknown> ... protocol error". */
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("mosquitto_sub -V mqttv5 -h 127.0.0.1 -p %d --cafile "
+                                   "'%s/ca-chain.pem' --cert '%s/progA.pem' --key '%s/progA.key' "
+                                   "-t x -C 1 -W 5 >/dev/null 2>&1",
+                                   broker.port, pki, pki, pki),
+                        0);
+    CU_ASSERT_TRUE(bf_log_contains(&broker, "need -i CN:NAME); client id 'auto-"));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, "certificate CN 'progA' OU 'programmer' serial "));
     /* A username, if sent, must be the CN; enhanced auth is not offered. */
     CU_ASSERT_EQUAL(try_connect_ex("progA", "progA", false, "progA", NULL, NULL), 0);
     CU_ASSERT_NOT_EQUAL(try_connect_ex("progA", "progA", false, "cloud1", NULL, NULL), 0);
@@ -482,6 +496,22 @@ static void test_offline_delivery_to_persistent_session(void)
     bf_client_close(st);
 }
 
+/* A programmer certificate that is not its identity's pinned one (the
+ * programmer re-enrolled since): refused, and the line names the serial. */
+static void test_pinned_serial_refused(void)
+{
+    char serials[600];
+    nu_path_fmt(serials, sizeof(serials), "%.*s/serials",
+                (int)(strrchr(revoked_path, '/') - revoked_path), revoked_path);
+    CU_ASSERT_EQUAL(put_file(serials, "progA 01\n"), NU_OK);
+    CU_ASSERT_EQUAL(try_connect("progA", "progA"), NOT_AUTHORIZED);
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": serial is not the identity's pinned current "
+                                            "certificate (re-enrolled since); client id 'progA', "
+                                            "certificate CN 'progA' OU 'programmer' serial "));
+    CU_ASSERT_EQUAL(unlink(serials), 0);
+    CU_ASSERT_EQUAL(try_connect("progA", "progA"), 0); /* no pin: any Fleet CA certificate */
+}
+
 static void test_revocation_while_running(void)
 {
     struct bf_client *victim = join("revokeme"), *mon = join("mon1");
@@ -496,6 +526,8 @@ static void test_revocation_while_running(void)
            (unsigned long long)(nu_mono_ms() - t0));
     CU_ASSERT_EQUAL(try_connect("revokeme", "revokeme"), NOT_AUTHORIZED);
     CU_ASSERT_TRUE(bf_log_contains(&broker, "identity revokeme revoked: disconnecting it"));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": identity revoked; client id 'revokeme', "
+                                            "certificate CN 'revokeme' OU 'monitor' serial "));
     /* Others are unaffected. */
     CU_ASSERT_TRUE(PUB_OK(
         bf_client_publish(mon, "nusec/v1/events/monitor/mon1/x", "x", false, NULL, NULL, 0)));
@@ -597,6 +629,7 @@ static const struct nu_test_case cases[] = {
     {"$SYS and wildcards over everything unreadable", test_sys_unreadable},
     {"retained status delivered, retained events refused", test_retained_status},
     {"QoS 1 queued for an offline persistent session", test_offline_delivery_to_persistent_session},
+    {"pinned serial mismatch refused, with the reason logged", test_pinned_serial_refused},
     {"revoked while connected: kicked, then refused", test_revocation_while_running},
     {"revocation file missing/unreadable/malformed", test_revocation_file_fail_closed},
     {"SIGHUP reloads the lists", test_reload_signal},
