@@ -73,13 +73,7 @@ static const char cli__revoke_usage[] =
     "(key-compromise, superseded, cessation-of-operation, affiliation-changed,\n"
     "privilege-withdrawn) is carried in the CRL entry.\n"
     "\n"
-    "  --job JOB      the job that issued the certificate\n"
-    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
-    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
-    "  -h, --help     this text\n"
-    "\n"
-    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"
-    "revoked), 2 usage error.\n";
+    "  --job JOB      the job that issued the certificate\n" CLI_REVOKE_USAGE_TAIL;
 
 struct cli__opts {
     const char *dir;
@@ -361,25 +355,17 @@ static int cli__revoke(int argc, char **argv)
     if ((rc = cli__job("device revoke", o.job)) ||
         (rc = cli__uid("device revoke", argv[optind], uid, &uid_len)))
         return rc;
-    if (o.reason && strlen(o.reason) > 256) {
-        cli_errorf("device revoke: --reason is limited to 256 bytes");
-        return CLI_EXIT_USAGE;
-    }
-    const char *dir = cli_state_dir(o.dir);
-    if (!dir)
-        return CLI_EXIT_USAGE;
     Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.job_id = (char *)(o.job ? o.job : "");
     req.device_uid.data = uid;
     req.device_uid.len = uid_len;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_request(dir, "oem", "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK,
-                           &reply);
-    if (!rc)
+    rc = cli_cloud_revoke("device revoke", o.dir, o.reason, "device.revoke", &req.base, &reply);
+    if (rc == CLI_EXIT_OK)
         printf("device %s of job %s revoked\n", argv[optind], o.job ? o.job : reply->ack->detail);
     nu_envelope_free(reply);
-    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    return rc;
 }
 
 const struct cli_command cli_device_commands[] = {
