@@ -13,24 +13,8 @@ set -uo pipefail
 BIN=$1 SRC=$2
 PY=/usr/bin/python3 # Debian's, whatever python3 the PATH has
 CHECK="$PY $SRC/tests/integration/ops/json_check.py"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-json-XXXXXX")
-DIR=$TMP/state
-passed=0 failed=0
+. "$SRC/tests/integration/ops/stack_lib.sh" json
 covered=" "
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
-cleanup() {
-    "$BIN/nusec" stack down --dir "$DIR" >/dev/null 2>&1
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
 nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
 
 # json_ok WANT_RC KIND CMD... [-- KEY...]: run `nusec CMD --json`, expect the
