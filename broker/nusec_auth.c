@@ -15,6 +15,11 @@
  *
  * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
  * plugin_opt_issuer_file, plugin_opt_identities_file (all optional).
+ *
+ * One file of ~1,050 lines on purpose: Mosquitto loads one plugin object,
+ * and every event handler here reads and updates the one struct nusec_auth
+ * (lists, stamps, pins, kicks); the policy that can stand alone already
+ * lives in acl.c (topics, list formats) and pins.c (serial pins).
  */
 #include "acl.h"
 #include "pins.h"

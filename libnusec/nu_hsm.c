@@ -3,7 +3,10 @@
  *
  * Layout: a process-wide registry of loaded modules (hsm__module_*), the
  * session pool of one open token (hsm__borrow / hsm__give_back), object
- * look-ups, then the public functions.
+ * look-ups, then the public functions. Over 1,000 lines on purpose: all of
+ * it works on the module registry and on struct nu_hsm's session pool, which
+ * a split would have to publish in a private header; the file side (PINs,
+ * SoftHSM2 configuration), which needs neither, is nu_hsm_files.c.
  */
 #include "nu_hsm.h"
 
