@@ -67,10 +67,9 @@ void cli_json_finish(int exit_code)
             code = exit_code == CLI_EXIT_USAGE     ? NU_ERR_INVALID_ARG
                    : exit_code == CLI_EXIT_REFUSED ? NU_ERR_EXISTS
                                                    : NU_ERR_INTERNAL;
-        const char *message = cli__json.message[0] ? cli__json.message
-                              : exit_code == CLI_EXIT_USAGE
-                                  ? "usage error (see --help)"
-                                  : nu_err_str(code);
+        const char *message = cli__json.message[0]          ? cli__json.message
+                              : exit_code == CLI_EXIT_USAGE ? "usage error (see --help)"
+                                                            : nu_err_str(code);
         printf("{\"error\":{\"code\":%d,\"name\":\"%s\",\"message\":", code, nu_err_name(code));
         cli_json_fstr(stdout, message);
         fputs("}}\n", stdout);

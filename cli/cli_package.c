@@ -191,8 +191,8 @@ static int cli__inspect(int argc, char **argv)
 static void cli__import_refused(const char *file, int rc, int conflict, const struct station_pkg *p)
 {
     if (rc == NU_ERR_EXISTS && conflict == STATION_IMPORT_SAME_PACKAGE)
-        cli_errorc(rc, "%s: already imported (job %s, programmer %s); nothing changed", file, p->job_id,
-                   p->programmer_id);
+        cli_errorc(rc, "%s: already imported (job %s, programmer %s); nothing changed", file,
+                   p->job_id, p->programmer_id);
     else if (rc == NU_ERR_EXISTS)
         cli_errorc(rc, "%s: refused: job %s already has a package for %s", file, p->job_id,
                    p->programmer_id);
@@ -236,8 +236,8 @@ static int cli__import(int argc, char **argv)
         }
         if (rc == NU_OK) {
             if (!o.json)
-                printf("imported %s: job %s, programmer %s, limit %" PRIu32 "\n", argv[i],
-                       p.job_id, p.programmer_id, p.limit);
+                printf("imported %s: job %s, programmer %s, limit %" PRIu32 "\n", argv[i], p.job_id,
+                       p.programmer_id, p.limit);
             continue;
         }
         cli__import_refused(argv[i], rc, conflict, &p);

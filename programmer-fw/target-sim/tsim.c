@@ -56,12 +56,10 @@ static int tsim__link(const struct tsim *t)
     return NU_OK;
 }
 
-
 static int tsim__file(const struct tsim *t, const char *name, char *out, size_t cap)
 {
     return nu_path_fmt(out, cap, "%s/%s", t->dir, name);
 }
-
 
 /* ------------------------------------------------------------ create / open */
 

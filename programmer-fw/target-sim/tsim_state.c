@@ -148,8 +148,7 @@ static int tsim__swap(const char *shadow, const char *state)
  * on ext4 without a journal, every recently deleted inode makes each later
  * file creation scan past it, which cost more CPU than the chip's crypto.
  */
-int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__nv *nv,
-                             int durable)
+int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__nv *nv, int durable)
 {
     char state[PATH_MAX], shadow[PATH_MAX], text[1024];
     size_t len = 0;
@@ -174,8 +173,7 @@ int tsim__write_state(const struct tsim *t, const char *dir, const struct tsim__
  * with its bytes durable. Its name becomes durable with the caller's next
  * sync of the folder (the commit that follows): one sync less per file.
  */
-int tsim__put_file(const struct tsim *t, const char *name, const void *buf, size_t len,
-                          mode_t mode)
+int tsim__put_file(const struct tsim *t, const char *name, const void *buf, size_t len, mode_t mode)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     int rc = nu_path_fmt(path, sizeof(path), "%s/%s", t->dir, name);
@@ -380,4 +378,3 @@ int tsim__parse(const struct tsim *t, char *text, struct tsim__nv *out)
         *out = nv;
     return rc;
 }
-
