@@ -421,9 +421,18 @@ static void acl__tokenize(const char *line, size_t len, struct acl__tokens *out)
     }
 }
 
-/* Shared driver: `want` tokens per non-blank line, all valid identities, joined by ' '. */
-static int acl__parse_lines(const char *text, size_t len, size_t want,
-                            struct nusec_acl_set **out_set, size_t *out_line)
+/* One non-blank line's tokens: NU_OK, or the error of the whole file. */
+typedef int (*acl__line_fn)(void *ctx, const struct acl__tokens *t, struct nusec_acl_set *set);
+
+/*
+ * The one reader of every list file (revoked, owners, identities): a new
+ * set; each line at most ACL__LINE_MAX bytes and without NUL, split into
+ * tokens; each non-blank line handed to `line`; then `done` (optional) on
+ * the whole file. *out_line: the 1-based line of an error, 0 on success or
+ * when `done` failed (the file as a whole, e.g. truncated).
+ */
+static int acl__parse(const char *text, size_t len, acl__line_fn line, int (*done)(void *ctx),
+                      void *ctx, struct nusec_acl_set **out_set, size_t *out_line)
 {
     struct nusec_acl_set *set = NULL;
     size_t line_no = 0;
@@ -431,8 +440,7 @@ static int acl__parse_lines(const char *text, size_t len, size_t want,
     if (!out_set || (!text && len))
         goto out;
     *out_set = NULL;
-    rc = nusec_acl_set_new(&set);
-    if (rc != NU_OK)
+    if ((rc = nusec_acl_set_new(&set)) != NU_OK)
         goto out;
     for (size_t pos = 0; pos < len;) {
         const char *nl = memchr(text + pos, '\n', len - pos);
@@ -446,35 +454,47 @@ static int acl__parse_lines(const char *text, size_t len, size_t want,
             goto out;
         struct acl__tokens t;
         acl__tokenize(text + pos, end - pos, &t);
-        if (t.n != 0) {
-            if (t.n != want)
-                goto out;
-            char key[2 * NUSEC_ACL_ID_MAX + 2];
-            size_t k = 0;
-            for (size_t i = 0; i < want; i++) {
-                if (!nusec_acl_identity_valid(t.tok[i].p, t.tok[i].len))
-                    goto out;
-                if (i)
-                    key[k++] = ' ';
-                memcpy(key + k, t.tok[i].p, t.tok[i].len);
-                k += t.tok[i].len;
-            }
-            key[k] = '\0';
-            rc = nusec_acl_set_put(set, key, 1);
-            if (rc != NU_OK)
-                goto out;
-        }
+        if (t.n != 0 && (rc = line(ctx, &t, set)) != NU_OK)
+            goto out;
         pos = end + 1;
     }
+    line_no = 0;
+    if (done && (rc = done(ctx)) != NU_OK)
+        goto out;
     *out_set = set;
     set = NULL;
-    line_no = 0;
     rc = NU_OK;
 out:
     if (out_line)
         *out_line = rc == NU_OK ? 0 : line_no;
     nusec_acl_set_free(set);
     return rc;
+}
+
+/* revoked, owners: *(size_t *)ctx tokens per line, all valid identities, joined by ' '. */
+static int acl__ids_line(void *ctx, const struct acl__tokens *t, struct nusec_acl_set *set)
+{
+    size_t want = *(const size_t *)ctx;
+    char key[2 * NUSEC_ACL_ID_MAX + 2];
+    size_t k = 0;
+    if (t->n != want)
+        return NU_ERR_DECODE;
+    for (size_t i = 0; i < want; i++) {
+        if (!nusec_acl_identity_valid(t->tok[i].p, t->tok[i].len))
+            return NU_ERR_DECODE;
+        if (i)
+            key[k++] = ' ';
+        memcpy(key + k, t->tok[i].p, t->tok[i].len);
+        k += t->tok[i].len;
+    }
+    key[k] = '\0';
+    return nusec_acl_set_put(set, key, 1);
+}
+
+static int acl__parse_lines(const char *text, size_t len, size_t want,
+                            struct nusec_acl_set **out_set, size_t *out_line)
+{
+    return acl__parse(text, len, acl__ids_line, NULL, &want, out_set, out_line);
 }
 
 int nusec_acl_revoked_parse(const char *text, size_t len, struct nusec_acl_set **out_set,
@@ -520,10 +540,10 @@ static bool acl__ident_trailer(const struct acl__tokens *t, size_t *out_n)
     return true;
 }
 
-/* One non-blank line; NU_OK, or the error of the whole file. */
-static int acl__ident_line(const struct acl__tokens *t, enum acl__ident_part *part,
-                           struct nusec_acl_set *set)
+/* One non-blank line (ctx: where the file stands); NU_OK, or the error of the whole file. */
+static int acl__ident_line(void *ctx, const struct acl__tokens *t, struct nusec_acl_set *set)
 {
+    enum acl__ident_part *part = ctx;
     size_t count = 0;
     if (*part == ACL__IDENT_HEADER) {
         /* NUSEC_ACL_IDENTITIES_HEADER, as two tokens */
@@ -554,48 +574,17 @@ static int acl__ident_line(const struct acl__tokens *t, enum acl__ident_part *pa
     return nusec_acl_set_put(set, id, (int)role);
 }
 
+/* The whole file: a trailer, or it was truncated (or empty). */
+static int acl__ident_done(void *ctx)
+{
+    return *(const enum acl__ident_part *)ctx == ACL__IDENT_DONE ? NU_OK : NU_ERR_DECODE;
+}
+
 int nusec_acl_identities_parse(const char *text, size_t len, struct nusec_acl_set **out_set,
                                size_t *out_line)
 {
-    struct nusec_acl_set *set = NULL;
     enum acl__ident_part part = ACL__IDENT_HEADER;
-    size_t line_no = 0;
-    int rc = NU_ERR_INVALID_ARG;
-    if (!out_set || (!text && len))
-        goto out;
-    *out_set = NULL;
-    if ((rc = nusec_acl_set_new(&set)) != NU_OK)
-        goto out;
-    for (size_t pos = 0; pos < len;) {
-        const char *nl = memchr(text + pos, '\n', len - pos);
-        size_t end = nl ? (size_t)(nl - text) : len;
-        line_no++;
-        rc = NU_ERR_TOO_LARGE;
-        if (end - pos > ACL__LINE_MAX)
-            goto out;
-        rc = NU_ERR_DECODE;
-        if (memchr(text + pos, '\0', end - pos))
-            goto out;
-        struct acl__tokens t;
-        acl__tokenize(text + pos, end - pos, &t);
-        if (t.n != 0 && (rc = acl__ident_line(&t, &part, set)) != NU_OK)
-            goto out;
-        pos = end + 1;
-    }
-    rc = NU_ERR_DECODE;
-    if (part != ACL__IDENT_DONE) {
-        line_no = 0; /* no trailer: truncated (or empty) */
-        goto out;
-    }
-    *out_set = set;
-    set = NULL;
-    line_no = 0;
-    rc = NU_OK;
-out:
-    if (out_line)
-        *out_line = rc == NU_OK ? 0 : line_no;
-    nusec_acl_set_free(set);
-    return rc;
+    return acl__parse(text, len, acl__ident_line, acl__ident_done, &part, out_set, out_line);
 }
 
 int nusec_acl_identities_format(const struct nusec_acl_set *set, char **out_text,

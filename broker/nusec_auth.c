@@ -15,6 +15,11 @@
  *
  * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
  * plugin_opt_issuer_file, plugin_opt_identities_file (all optional).
+ *
+ * One file of ~1,050 lines on purpose: Mosquitto loads one plugin object,
+ * and every event handler here reads and updates the one struct nusec_auth
+ * (lists, stamps, pins, kicks); the policy that can stand alone already
+ * lives in acl.c (topics, list formats) and pins.c (serial pins).
  */
 #include "acl.h"
 #include "pins.h"
@@ -639,7 +644,8 @@ static const char *auth__pins_why(const struct nusec_auth *st, X509 *cert,
     bool ok = hex && nusec_pins_allow(f->pins, who->id, hex);
     OPENSSL_free(hex);
     BN_free(bn);
-    return ok ? NULL : "not the identity's current certificate (re-enrolled)";
+    return ok ? NULL
+              : "serial is not the identity's pinned current certificate (re-enrolled since)";
 }
 
 /* The serial list's path: "serials" in the folder of the revocation list. */
@@ -681,13 +687,52 @@ static void auth__do_kicks(struct nusec_auth *st)
     st->kick = NULL;
 }
 
-static int auth__refuse(struct mosquitto *client, const char *cid, const char *id, const char *why)
+/* What a refusal line names of the certificate: its first CN and OU as
+ * written (any bytes a client put there, made log-safe) and its serial.
+ * A certificate is public: nothing secret goes to the log. */
+struct auth__certlog {
+    char cn[80];
+    char ou[80];
+    char serial[80];
+};
+
+static void auth__certlog_entry(X509_NAME *name, int nid, char *out, size_t cap)
+{
+    int i = name ? X509_NAME_get_index_by_NID(name, nid, -1) : -1;
+    ASN1_STRING *d = i >= 0 ? X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)) : NULL;
+    char raw[64];
+    int len = d ? ASN1_STRING_length(d) : 0;
+    if (len > (int)sizeof(raw) - 1)
+        len = (int)sizeof(raw) - 1;
+    if (len > 0)
+        memcpy(raw, ASN1_STRING_get0_data(d), (size_t)len);
+    raw[len > 0 ? len : 0] = '\0';
+    nusec_acl_log_safe(d ? raw : "-", out, cap);
+}
+
+static void auth__certlog_of(X509 *cert, struct auth__certlog *out)
+{
+    X509_NAME *name = cert ? X509_get_subject_name(cert) : NULL;
+    auth__certlog_entry(name, NID_commonName, out->cn, sizeof(out->cn));
+    auth__certlog_entry(name, NID_organizationalUnitName, out->ou, sizeof(out->ou));
+    BIGNUM *bn = cert ? ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL) : NULL;
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(out->serial, sizeof(out->serial), "%s", hex ? hex : "-");
+    OPENSSL_free(hex);
+    BN_free(bn);
+}
+
+/* One line per refused CONNECT: the reason first, then who asked. */
+static int auth__refuse(struct mosquitto *client, const char *cid, const struct auth__certlog *c,
+                        const char *why)
 {
     char safe_cid[128];
     mosquitto_log_printf(MOSQ_LOG_NOTICE,
-                         "nusec_auth: refused connection from %s, client id '%s', identity %s: %s",
-                         mosquitto_client_address(client),
-                         nusec_acl_log_safe(cid, safe_cid, sizeof(safe_cid)), id ? id : "-", why);
+                         "nusec_auth: refused connection from %s: %s; client id '%s', "
+                         "certificate CN '%s' OU '%s' serial %s",
+                         mosquitto_client_address(client), why,
+                         nusec_acl_log_safe(cid, safe_cid, sizeof(safe_cid)), c->cn, c->ou,
+                         c->serial);
     return MOSQ_ERR_AUTH;
 }
 
@@ -699,10 +744,13 @@ static int auth__on_basic_auth(int event, void *event_data, void *userdata)
     struct auth__ident who;
     const char *why = NULL;
 
+    struct auth__certlog log;
+
     auth__refresh_all(st, false);
     X509 *cert = mosquitto_client_certificate(ed->client);
+    auth__certlog_of(cert, &log);
     if (!cert)
-        return auth__refuse(ed->client, cid, NULL, "no client certificate");
+        return auth__refuse(ed->client, cid, &log, "no client certificate");
     bool ok = auth__cert_ident(cert, &who, &why);
     if (ok && !auth__issuer_ok(st, cert)) {
         ok = false;
@@ -712,18 +760,22 @@ static int auth__on_basic_auth(int event, void *event_data, void *userdata)
         ok = false;
     X509_free(cert);
     if (!ok)
-        return auth__refuse(ed->client, cid, who.id[0] ? who.id : NULL, why);
+        return auth__refuse(ed->client, cid, &log, why);
     if (st->revoked.state == AUTH__BAD)
-        return auth__refuse(ed->client, cid, who.id, "revocation list unusable (fail closed)");
+        return auth__refuse(ed->client, cid, &log, "revocation list unusable (fail closed)");
     if (auth__revoked(st, who.id))
-        return auth__refuse(ed->client, cid, who.id, "identity revoked");
+        return auth__refuse(ed->client, cid, &log, "identity revoked");
+    /* Without -i, mosquitto_sub/pub send no client id and the broker makes
+     * one up (auto-...): say what to pass. */
     if (!nusec_acl_client_id_ok(who.id, cid))
-        return auth__refuse(ed->client, cid, who.id, "client id must be CN or CN:suffix");
+        return auth__refuse(ed->client, cid, &log,
+                            "client id is not the certificate's CN or CN:suffix (none given? "
+                            "mosquitto_sub/pub need -i CN:NAME)");
     if (ed->username && strcmp(ed->username, who.id) != 0)
-        return auth__refuse(ed->client, cid, who.id, "username differs from certificate CN");
+        return auth__refuse(ed->client, cid, &log, "username differs from certificate CN");
     if (auth__identity_remember(st, who.id, who.role) != NU_OK ||
         mosquitto_set_username(ed->client, who.id) != MOSQ_ERR_SUCCESS)
-        return auth__refuse(ed->client, cid, who.id, "out of memory");
+        return auth__refuse(ed->client, cid, &log, "out of memory");
     mosquitto_log_printf(MOSQ_LOG_INFO, "nusec_auth: %s (%s) authenticated", who.id,
                          nusec_acl_role_name(who.role));
     return MOSQ_ERR_SUCCESS;

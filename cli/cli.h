@@ -32,6 +32,10 @@ struct cli_command {
 /* Print "nusec: <message>" to stderr. */
 void cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* cli_errorf for a failure whose libnusec code is known but not in the text:
+ * `--json` names it in the error line (cli_json.h). */
+void cli_errorc(int nu_code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Print "nusec: <what>: <error text> (<ERROR_NAME>)" and map to an exit code. */
 int cli_fail(const char *what, int nu_code);
 

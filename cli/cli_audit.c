@@ -251,7 +251,7 @@ static int cli__verify(int argc, char **argv)
     else
         cli__print_text(path, &report, rc == NU_OK);
     if (rc)
-        cli_errorf("audit verify: the ledger fails its checks%s%s",
+        cli_errorc(rc, "audit verify: the ledger fails its checks%s%s",
                    report.first_problem[0] ? ": " : "", report.first_problem);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }

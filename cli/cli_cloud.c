@@ -80,6 +80,22 @@ int cli_cloud_request(const char *dir, const char *identity, const char *op,
     return rc;
 }
 
+int cli_cloud_revoke(const char *what, const char *opt_dir, const char *reason, const char *op,
+                     ProtobufCMessage *body, Nusec__V1__Envelope **out_reply)
+{
+    *out_reply = NULL;
+    if (reason && strlen(reason) > 256) {
+        cli_errorf("%s: --reason is limited to 256 bytes", what);
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(opt_dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    return cli_cloud_request(dir, "oem", op, body, NUSEC__V1__ENVELOPE__BODY_ACK, out_reply)
+               ? CLI_EXIT_FAIL
+               : CLI_EXIT_OK;
+}
+
 int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope **out_reply)
 {
     Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
@@ -94,7 +110,7 @@ int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope 
         return NU_ERR_DECODE;
     }
     if (rc == NU_ERR_NOT_FOUND)
-        cli_errorf("job %s does not exist (see 'nusec job list')", job);
+        cli_errorc(rc, "job %s does not exist (see 'nusec job list')", job);
     return rc;
 }
 

@@ -51,6 +51,25 @@ int cli_cloud_request(const char *dir, const char *identity, const char *op,
  */
 int cli_cloud_job_get(struct cli_cloud *c, const char *job, Nusec__V1__Envelope **out_reply);
 
+/* The end of `programmer revoke --help` and `device revoke --help`. */
+#define CLI_REVOKE_USAGE_TAIL                                                                      \
+    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"                            \
+    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"                                    \
+    "  -h, --help     this text\n"                                                                 \
+    "\n"                                                                                           \
+    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"                     \
+    "revoked), 2 usage error.\n"
+
+/*
+ * What `programmer revoke` and `device revoke` share once their arguments
+ * are checked: --reason at most 256 bytes (`what` names the command in the
+ * message), DIR from opt_dir, then `op` with `body` (whose reason field the
+ * caller set) as oem, answered by an ACK. Returns a CLI exit code; on
+ * CLI_EXIT_OK *out_reply holds the ACK (nu_envelope_free), else NULL.
+ */
+int cli_cloud_revoke(const char *what, const char *opt_dir, const char *reason, const char *op,
+                     ProtobufCMessage *body, Nusec__V1__Envelope **out_reply);
+
 /* One device of a listing; index counts across pages from 0. */
 typedef int (*cli_device_visit_fn)(void *ctx, const Nusec__V1__DeviceCertificate *d, size_t index);
 

@@ -1,5 +1,6 @@
 /* nusec device list|export|revoke — device certificates, through the cloud (as oem). */
 #include "cli.h"
+#include "cli_json.h"
 #include "cli_cloud.h"
 #include "cli_opts.h"
 
@@ -38,8 +39,8 @@ static const char cli__list_usage[] =
     "Exit status: 0 done, 1 failed, 2 usage error.\n";
 
 static const char cli__export_usage[] =
-    "usage: nusec device export --job JOB [--format jsonl|csv] [--state STATE]\n"
-    "                           [--out FILE] [--dir DIR]\n"
+    "usage: nusec device export --job JOB [--format jsonl|csv | --json]\n"
+    "                           [--state STATE] [--out FILE] [--dir DIR]\n"
     "\n"
     "The device manifest of a job, for registering its devices with an IoT cloud:\n"
     "one record per device certificate, in issue order, with the device UID (hex),\n"
@@ -50,6 +51,7 @@ static const char cli__export_usage[] =
     "  --format jsonl  one JSON object per line (default): {\"uid\",\"serial\",\"job\",\n"
     "                  \"programmer\",\"state\",\"issued_at\",\"issued_at_ms\",\n"
     "                  \"certificate_pem\",\"chain_pem\"}\n"
+    "  --json          the same as --format jsonl (docs/cli.md)\n"
     "  --format csv    RFC 4180: a header line, then the same fields in that order\n"
     "                  (PEM fields quoted, with their line breaks)\n"
     "  --state STATE   only the devices in this state (e.g. provisioned)\n"
@@ -71,13 +73,7 @@ static const char cli__revoke_usage[] =
     "(key-compromise, superseded, cessation-of-operation, affiliation-changed,\n"
     "privilege-withdrawn) is carried in the CRL entry.\n"
     "\n"
-    "  --job JOB      the job that issued the certificate\n"
-    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
-    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
-    "  -h, --help     this text\n"
-    "\n"
-    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"
-    "revoked), 2 usage error.\n";
+    "  --job JOB      the job that issued the certificate\n" CLI_REVOKE_USAGE_TAIL;
 
 struct cli__opts {
     const char *dir;
@@ -157,7 +153,7 @@ static int cli__print_one(void *ctx, const Nusec__V1__DeviceCertificate *d, size
     cli_utc(d->issued_at_ms, when, sizeof(when));
     /* uid is hex, job and serial identifiers, state a fixed word: nothing to escape. */
     if (o->json)
-        printf("%s\n{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
+        printf("%s{\"uid\":\"%s\",\"job\":\"%s\",\"serial\":\"%s\",\"state\":\"%s\","
                "\"issued_at_ms\":%llu}",
                index ? "," : "", uid, d->job_id, d->serial, d->state,
                (unsigned long long)d->issued_at_ms);
@@ -206,7 +202,7 @@ static int cli__list(int argc, char **argv)
         printf("%-32s %-20s %-32s %-11s %s\n", "UID", "JOB", "SERIAL", "STATE", "ISSUED");
     rc = cli_device_list_all(&cc, o.job, uid, uid_len, o.page_size, cli__print_one, &o, &n);
     if (o.json)
-        printf("%s]\n", n ? "\n" : "");
+        printf("]\n"); /* one line: docs/cli.md */
     cli_cloud_close(&cc);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
@@ -220,24 +216,6 @@ struct cli__export {
     const char *chain; /* PEM */
     size_t n;
 };
-
-/* A JSON string; PEM and identifiers only need \n, but any text is escaped. */
-static void cli__json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", f);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
 
 /* An RFC 4180 field: quoted, quotes doubled. */
 static void cli__csv_str(FILE *f, const char *s)
@@ -278,18 +256,18 @@ static int cli__export_one(void *ctx, const Nusec__V1__DeviceCertificate *d, siz
         fputs("\r\n", x->out);
     } else {
         fprintf(x->out, "{\"uid\":\"%s\",\"serial\":", uid);
-        cli__json_str(x->out, d->serial);
+        cli_json_fstr(x->out, d->serial);
         fputs(",\"job\":", x->out);
-        cli__json_str(x->out, d->job_id);
+        cli_json_fstr(x->out, d->job_id);
         fputs(",\"programmer\":", x->out);
-        cli__json_str(x->out, prog);
+        cli_json_fstr(x->out, prog);
         fputs(",\"state\":", x->out);
-        cli__json_str(x->out, d->state);
+        cli_json_fstr(x->out, d->state);
         fprintf(x->out, ",\"issued_at\":\"%s\",\"issued_at_ms\":%llu,\"certificate_pem\":", when,
                 (unsigned long long)d->issued_at_ms);
-        cli__json_str(x->out, pem);
+        cli_json_fstr(x->out, pem);
         fputs(",\"chain_pem\":", x->out);
-        cli__json_str(x->out, x->chain);
+        cli_json_fstr(x->out, x->chain);
         fputs("}\n", x->out);
     }
     free(pem);
@@ -300,8 +278,13 @@ static int cli__export_one(void *ctx, const Nusec__V1__DeviceCertificate *d, siz
 /* The checks of `device export`; 0 or the exit code. */
 static int cli__export_args(const struct cli__opts *o, int argc, struct cli__export *x)
 {
-    if (optind < argc || !o->job || o->uid || o->reason || o->certs || o->json) {
+    if (optind < argc || !o->job || o->uid || o->reason || o->certs) {
         cli_errorf("device export: need --job JOB (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    /* --json is every command's JSON switch: here it is --format jsonl. */
+    if (o->json && o->format && strcmp(o->format, "jsonl") != 0) {
+        cli_errorf("device export: --json is --format jsonl, not '%s'", o->format);
         return CLI_EXIT_USAGE;
     }
     if (o->format && strcmp(o->format, "jsonl") != 0 && strcmp(o->format, "csv") != 0) {
@@ -372,25 +355,17 @@ static int cli__revoke(int argc, char **argv)
     if ((rc = cli__job("device revoke", o.job)) ||
         (rc = cli__uid("device revoke", argv[optind], uid, &uid_len)))
         return rc;
-    if (o.reason && strlen(o.reason) > 256) {
-        cli_errorf("device revoke: --reason is limited to 256 bytes");
-        return CLI_EXIT_USAGE;
-    }
-    const char *dir = cli_state_dir(o.dir);
-    if (!dir)
-        return CLI_EXIT_USAGE;
     Nusec__V1__DeviceRevokeRequest req = NUSEC__V1__DEVICE_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.job_id = (char *)(o.job ? o.job : "");
     req.device_uid.data = uid;
     req.device_uid.len = uid_len;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_request(dir, "oem", "device.revoke", &req.base, NUSEC__V1__ENVELOPE__BODY_ACK,
-                           &reply);
-    if (!rc)
+    rc = cli_cloud_revoke("device revoke", o.dir, o.reason, "device.revoke", &req.base, &reply);
+    if (rc == CLI_EXIT_OK)
         printf("device %s of job %s revoked\n", argv[optind], o.job ? o.job : reply->ack->detail);
     nu_envelope_free(reply);
-    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    return rc;
 }
 
 const struct cli_command cli_device_commands[] = {

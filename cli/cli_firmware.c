@@ -317,14 +317,14 @@ static int cli__list(int argc, char **argv)
             nu_hex_encode(f->image_digest.data, f->image_digest.len, hex, sizeof(hex));
             cli_utc(f->signed_at_ms, when, sizeof(when));
             if (o.json)
-                printf("%s\n{\"image\":\"%s\",\"size\":%u,\"signed_at_ms\":%llu,\"digest\":\"%s\"}",
+                printf("%s{\"image\":\"%s\",\"size\":%u,\"signed_at_ms\":%llu,\"digest\":\"%s\"}",
                        i ? "," : "", f->image_name, f->size, (unsigned long long)f->signed_at_ms,
                        hex);
             else
                 printf("%-32s %9u %-21s %s\n", f->image_name, f->size, when, hex);
         }
         if (o.json)
-            printf("%s]\n", l->n_images ? "\n" : "");
+            printf("]\n"); /* one line: docs/cli.md */
     }
     nu_envelope_free(reply);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;

@@ -382,7 +382,7 @@ static int cli__list(int argc, char **argv)
         const Nusec__V1__JobState *j = l->jobs[i];
         char counts[32], expires[32];
         if (o.json) {
-            printf("%s\n", i ? "," : "");
+            printf("%s", i ? "," : "");
             cli__job_json(j);
             continue;
         }
@@ -392,7 +392,7 @@ static int cli__list(int argc, char **argv)
                j->firmware, expires);
     }
     if (o.json)
-        printf("%s]\n", l->n_jobs ? "\n" : "");
+        printf("]\n"); /* one line: docs/cli.md */
     nu_envelope_free(reply);
     return CLI_EXIT_OK;
 }

@@ -1,5 +1,6 @@
 /* nusec — the operator CLI shared by the OEM and the CM. */
 #include "cli.h"
+#include "cli_json.h"
 
 #include "nu_err.h"
 #include "nu_log.h"
@@ -19,19 +20,35 @@ static const struct cli_command *const cli__tables[] = {
     NULL,
 };
 
+/* The one way a message reaches stderr; with --json it is also the
+ * candidate for the final error line (cli_json.h). */
+static void cli__message(int nu_code, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    fprintf(stderr, "nusec: %s\n", msg);
+    cli_json_note(nu_code, msg);
+}
+
 void cli_errorf(const char *fmt, ...)
 {
     va_list ap;
-    fputs("nusec: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    cli__message(-1, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+}
+
+void cli_errorc(int nu_code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cli__message(nu_code, fmt, ap);
+    va_end(ap);
 }
 
 int cli_fail(const char *what, int nu_code)
 {
-    cli_errorf("%s: %s (%s)", what, nu_err_str(nu_code), nu_err_name(nu_code));
+    cli_errorc(nu_code, "%s: %s (%s)", what, nu_err_str(nu_code), nu_err_name(nu_code));
     return nu_code == NU_ERR_EXISTS ? CLI_EXIT_REFUSED : CLI_EXIT_FAIL;
 }
 
@@ -92,7 +109,8 @@ static int cli__is_help(const char *arg)
     return !strcmp(arg, "-h") || !strcmp(arg, "--help") || !strcmp(arg, "help");
 }
 
-int main(int argc, char **argv)
+/* Run `nusec GROUP [SUBCOMMAND] ...`; the exit status. */
+static int cli__dispatch(int argc, char **argv)
 {
     nu_log_init("nusec", NU_LOG_WARN, NULL);
     if (argc < 2) {
@@ -130,4 +148,12 @@ int main(int argc, char **argv)
     else
         cli_errorf("unknown command '%s'; see 'nusec --help'", argv[1]);
     return CLI_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    cli_json_init(argc, argv);
+    int rc = cli__dispatch(argc, argv);
+    cli_json_finish(rc);
+    return rc;
 }

@@ -22,7 +22,7 @@
 #define CLI__MONITOR_FILTER "nusec/v1/events/#"
 
 static const char cli__monitor_usage[] =
-    "usage: nusec monitor [--job JOB] [--json] [--count N] [--timeout S]\n"
+    "usage: nusec monitor [--job JOB] [--json] [--count N] [--timeout S] [--idle S]\n"
     "                     [--identity NAME] [--dir DIR]\n"
     "\n"
     "Print every event of the bus (nusec/v1/events/#) as it happens: one readable\n"
@@ -36,6 +36,10 @@ static const char cli__monitor_usage[] =
     "  --json           JSON lines instead of text\n"
     "  --count N        exit after N events printed\n"
     "  --timeout S      exit after S seconds\n"
+    "  --idle S         with --count: give up when no event has come for S seconds\n"
+    "                   (default 60; 0 = wait for ever). Events are not kept: once\n"
+    "                   a production is over the bus is quiet, so a count that\n"
+    "                   cannot be reached ends here instead of waiting for ever\n"
     "  --identity NAME  certificate DIR/pki/clients/NAME.{crt,key} (default monitor)\n"
     "  --dir DIR        state directory (default: $NUSEC_HOME)\n"
     "  -h, --help       this text\n"
@@ -48,7 +52,8 @@ static const char cli__monitor_usage[] =
     "  protoc --decode=nusec.v1.Envelope -I proto proto/nusec/v1/*.proto < event.bin\n"
     "\n"
     "Exit status: 0 done (N events, timeout or Ctrl-C without --count), 1 could not\n"
-    "connect, or --timeout came before --count events, 2 usage error.\n";
+    "connect, or --timeout or --idle came before --count events (TIMEOUT), 2 usage\n"
+    "error. With --json a failure ends stdout with {\"error\":{...}} (docs/cli.md).\n";
 
 struct cli__mon {
     const char *job;
@@ -57,6 +62,7 @@ struct cli__mon {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     unsigned long printed;
+    uint64_t last_ms; /* monotonic time of the start or the last event printed */
 };
 
 static volatile sig_atomic_t cli__mon_stop;
@@ -94,6 +100,7 @@ static void cli__mon_on_event(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
         fputc('\n', stdout);
         fflush(stdout);
         mon->printed++;
+        mon->last_ms = nu_mono_ms();
         if (mon->count && mon->printed >= mon->count)
             pthread_cond_signal(&mon->cond);
     }
@@ -101,7 +108,7 @@ static void cli__mon_on_event(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
 }
 
 static int cli__mon_parse(int argc, char **argv, struct cli__mon *mon, const char **dir,
-                          const char **identity, unsigned *timeout_s)
+                          const char **identity, unsigned *timeout_s, unsigned *idle_s)
 {
     unsigned count = 0;
     const struct cli_opt opts[] = {
@@ -111,11 +118,14 @@ static int cli__mon_parse(int argc, char **argv, struct cli__mon *mon, const cha
         CLI_OPT_NUM("count", &count, 1, 100000000),
         CLI_OPT_NUM("timeout", timeout_s, 1, 100000000),
         CLI_OPT_STR("identity", identity),
+        CLI_OPT_NUM("idle", idle_s, 0, 100000000),
     };
     int rc = cli_opts_parse(argc, argv, cli__monitor_usage, opts, CLI_OPTS_N(opts));
     if (rc)
         return rc;
     mon->count = count;
+    if (!count)
+        *idle_s = 0; /* without --count, only --timeout or Ctrl-C end it */
     if (optind < argc) {
         cli_errorf("monitor: unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;
@@ -125,15 +135,21 @@ static int cli__mon_parse(int argc, char **argv, struct cli__mon *mon, const cha
     return CLI_EXIT_OK;
 }
 
-/* Wait until count reached, timeout or signal. Returns 1 when the count was reached. */
-static int cli__mon_wait(struct cli__mon *mon, unsigned timeout_s)
+/* Wait until count reached, timeout, idle time or signal. Returns 1 when
+ * the count was reached, 2 when the bus was idle too long, else 0. */
+static int cli__mon_wait(struct cli__mon *mon, unsigned timeout_s, unsigned idle_s)
 {
     uint64_t deadline = timeout_s ? nu_mono_ms() + (uint64_t)timeout_s * 1000u : 0;
     int reached = 0;
     pthread_mutex_lock(&mon->lock);
     while (!cli__mon_stop && !(reached = mon->count && mon->printed >= mon->count)) {
-        if (deadline && nu_mono_ms() >= deadline)
+        uint64_t now = nu_mono_ms();
+        if (deadline && now >= deadline)
             break;
+        if (idle_s && now - mon->last_ms >= idle_s * 1000ull) {
+            reached = 2;
+            break;
+        }
         /* Short waits: a signal handler cannot signal the condition. */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -152,10 +168,10 @@ static int cli__monitor(int argc, char **argv)
 {
     struct cli__mon mon = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
     const char *dir = NULL, *identity = "monitor";
-    unsigned timeout_s = 0;
+    unsigned timeout_s = 0, idle_s = 60;
     char client_id[NU_MQTT_CLIENT_ID_MAX + 1];
     struct nu_mqtt *m = NULL;
-    int rc = cli__mon_parse(argc, argv, &mon, &dir, &identity, &timeout_s);
+    int rc = cli__mon_parse(argc, argv, &mon, &dir, &identity, &timeout_s, &idle_s);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
     /* Each monitor its own session, so two of them never take each other over. */
@@ -177,14 +193,24 @@ static int cli__monitor(int argc, char **argv)
         return cli_fail("monitor: subscribe " CLI__MONITOR_FILTER, rc);
     }
     cli_errorf("monitor: listening on " CLI__MONITOR_FILTER " as %s", identity);
-    int reached = cli__mon_wait(&mon, timeout_s);
+    pthread_mutex_lock(&mon.lock);
+    mon.last_ms = nu_mono_ms();
+    pthread_mutex_unlock(&mon.lock);
+    int reached = cli__mon_wait(&mon, timeout_s, idle_s);
     /* Stop the handler before its userdata (on this stack) goes away. */
     nu_mqtt_unsubscribe(m, CLI__MONITOR_FILTER);
     nu_mqtt_disconnect(m);
     nu_mqtt_destroy(m);
-    if (mon.count && !reached && !cli__mon_stop) {
-        cli_errorf("monitor: %lu of %lu events after %u s", mon.printed, mon.count, timeout_s);
-        return CLI_EXIT_FAIL;
+    if (mon.count && reached != 1 && !cli__mon_stop) {
+        char what[160];
+        if (reached == 2)
+            snprintf(what, sizeof(what),
+                     "monitor: %lu of %lu events, then none for %u s (is a production running?)",
+                     mon.printed, mon.count, idle_s);
+        else
+            snprintf(what, sizeof(what), "monitor: %lu of %lu events after %u s", mon.printed,
+                     mon.count, timeout_s);
+        return cli_fail(what, NU_ERR_TIMEOUT);
     }
     return CLI_EXIT_OK;
 }

@@ -1,5 +1,6 @@
 /* nusec package inspect|import|list */
 #include "cli.h"
+#include "cli_json.h"
 #include "cli_opts.h"
 
 #include "station_db.h"
@@ -33,7 +34,7 @@ static const char cli__inspect_usage[] =
     "2 usage error.\n";
 
 static const char cli__import_usage[] =
-    "usage: nusec package import FILE... [--dir DIR]\n"
+    "usage: nusec package import FILE... [--json] [--dir DIR]\n"
     "\n"
     "Admit sealed production packages into the station (DIR/station/station.db,\n"
     "copies under DIR/station/packages/). Each package must be intact, current,\n"
@@ -42,6 +43,8 @@ static const char cli__import_usage[] =
     "`nusec production start --job JOB`.\n"
     "\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
+    "  --json      one JSON array of what was imported: {\"file\",\"job\",\"programmer\",\n"
+    "              \"limit\"}; a refusal ends it with {\"error\":{...}} (docs/cli.md)\n"
     "  -h, --help  this text\n"
     "\n"
     "Exit status: 0 all imported, 1 a package was refused (tampered, expired,\n"
@@ -54,7 +57,9 @@ static const char cli__list_usage[] =
     "List the packages imported into the station, with their job's state.\n"
     "\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
-    "  --json      one JSON object per line instead of a table\n"
+    "  --json      one JSON array of objects {\"package_id\",\"job\",\"programmer\",\n"
+    "              \"limit\",\"expires_at_ms\",\"job_state\",\"delivered_at_ms\",\n"
+    "              \"finished\",\"error\"} on one line (docs/cli.md)\n"
     "  -h, --help  this text\n"
     "\n"
     "Exit status: 0 listed, 1 failed, 2 usage error.\n";
@@ -96,35 +101,26 @@ static const char *cli__verdict(int rc, const struct station_pkg *p)
     return "MALFORMED (not a NuSEC package)";
 }
 
-static void cli__json_str(const char *key, const char *value, int comma)
-{
-    char esc[2048];
-    if (station_json_escape(value, esc, sizeof(esc)) != NU_OK)
-        snprintf(esc, sizeof(esc), "\"\"");
-    printf("%s\"%s\":%s", comma ? "," : "", key, esc);
-}
-
 static void cli__inspect_json(const char *file, int rc, const struct station_pkg *p)
 {
     char id[2 * STATION_PKG_ID_LEN + 1] = "";
     printf("{");
-    cli__json_str("file", file, 0);
+    cli_json_fkv(stdout, "file", file, 1);
     if (p->summary_ok) {
         nu_hex_encode(p->package_id, sizeof(p->package_id), id, sizeof(id));
-        cli__json_str("package_id", id, 1);
-        cli__json_str("job", p->job_id, 1);
-        cli__json_str("programmer", p->programmer_id, 1);
+        cli_json_fkv(stdout, "package_id", id, 0);
+        cli_json_fkv(stdout, "job", p->job_id, 0);
+        cli_json_fkv(stdout, "programmer", p->programmer_id, 0);
         printf(",\"limit\":%" PRIu32, p->limit);
-        cli__json_str("firmware", p->firmware, 1);
+        cli_json_fkv(stdout, "firmware", p->firmware, 0);
         printf(",\"created_at_ms\":%" PRIu64 ",\"expires_at_ms\":%" PRIu64 ",\"format\":%" PRIu32
                ",\"sealed_bytes\":%zu",
                p->created_at_ms, p->expires_at_ms, p->format, p->sealed_len);
     }
     printf(",\"intact\":%s,\"expired\":%s", p->intact ? "true" : "false",
            rc == NU_ERR_EXPIRED ? "true" : "false");
-    cli__json_str("verdict", cli__verdict(rc, p), 1);
-    cli__json_str("error", rc ? nu_err_name(rc) : "", 1);
-    printf("}\n");
+    cli_json_fkv(stdout, "verdict", cli__verdict(rc, p), 0);
+    printf("}\n"); /* the error's name is in the error line that follows (docs/cli.md) */
 }
 
 static void cli__inspect_text(const char *file, int rc, const struct station_pkg *p, uint64_t now)
@@ -184,25 +180,30 @@ static int cli__inspect(int argc, char **argv)
         cli__inspect_json(file, rc, &p);
     else
         cli__inspect_text(file, rc, &p, now);
-    return rc == NU_OK ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+    if (rc != NU_OK) {
+        char what[600];
+        snprintf(what, sizeof(what), "package inspect: %s", file);
+        return cli_fail(what, rc);
+    }
+    return CLI_EXIT_OK;
 }
 
 static void cli__import_refused(const char *file, int rc, int conflict, const struct station_pkg *p)
 {
     if (rc == NU_ERR_EXISTS && conflict == STATION_IMPORT_SAME_PACKAGE)
-        cli_errorf("%s: already imported (job %s, programmer %s); nothing changed", file, p->job_id,
-                   p->programmer_id);
+        cli_errorc(rc, "%s: already imported (job %s, programmer %s); nothing changed", file,
+                   p->job_id, p->programmer_id);
     else if (rc == NU_ERR_EXISTS)
-        cli_errorf("%s: refused: job %s already has a package for %s", file, p->job_id,
+        cli_errorc(rc, "%s: refused: job %s already has a package for %s", file, p->job_id,
                    p->programmer_id);
     else if (rc == NU_ERR_TAMPERED)
-        cli_errorf("%s: refused: TAMPERED: the package key's signature does not match", file);
+        cli_errorc(rc, "%s: refused: TAMPERED: the package key's signature does not match", file);
     else if (rc == NU_ERR_EXPIRED)
-        cli_errorf("%s: refused: EXPIRED: job %s for %s", file, p->job_id, p->programmer_id);
+        cli_errorc(rc, "%s: refused: EXPIRED: job %s for %s", file, p->job_id, p->programmer_id);
     else if (rc == NU_ERR_STATE)
-        cli_errorf("%s: refused: job %s is done", file, p->job_id);
+        cli_errorc(rc, "%s: refused: job %s is done", file, p->job_id);
     else
-        cli_errorf("%s: refused: %s (%s)", file, nu_err_str(rc), nu_err_name(rc));
+        cli_errorc(rc, "%s: refused: %s (%s)", file, nu_err_str(rc), nu_err_name(rc));
 }
 
 static int cli__import(int argc, char **argv)
@@ -211,7 +212,7 @@ static int cli__import(int argc, char **argv)
     struct station_pkg p;
     struct station_db *db = NULL;
     uint8_t pub[NU_P256_PUB_LEN];
-    int rc = cli__pkg_parse(argc, argv, cli__import_usage, 0, &o);
+    int rc = cli__pkg_parse(argc, argv, cli__import_usage, 1, &o);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
     if (o.first_arg >= argc) {
@@ -222,13 +223,21 @@ static int cli__import(int argc, char **argv)
         return cli_fail("package import: package key (DIR/pki/package-key.pem)", rc);
     if ((rc = station_db_open_dir(o.dir, &db)) != NU_OK)
         return cli_fail("package import: station.db", rc);
-    int failed = 0, duplicates = 0;
+    int failed = 0, duplicates = 0, imported = 0;
     for (int i = o.first_arg; i < argc; i++) {
         int conflict = 0;
         rc = station_import(o.dir, db, pub, argv[i], nu_time_ms(), &p, &conflict);
+        if (rc == NU_OK && o.json) { /* the list of what was imported (docs/cli.md) */
+            printf("%s{", imported++ ? "," : "[");
+            cli_json_fkv(stdout, "file", argv[i], 1);
+            cli_json_fkv(stdout, "job", p.job_id, 0);
+            cli_json_fkv(stdout, "programmer", p.programmer_id, 0);
+            printf(",\"limit\":%" PRIu32 "}", p.limit);
+        }
         if (rc == NU_OK) {
-            printf("imported %s: job %s, programmer %s, limit %" PRIu32 "\n", argv[i], p.job_id,
-                   p.programmer_id, p.limit);
+            if (!o.json)
+                printf("imported %s: job %s, programmer %s, limit %" PRIu32 "\n", argv[i], p.job_id,
+                       p.programmer_id, p.limit);
             continue;
         }
         cli__import_refused(argv[i], rc, conflict, &p);
@@ -238,6 +247,8 @@ static int cli__import(int argc, char **argv)
             failed++;
     }
     station_db_close(db);
+    if (o.json)
+        fputs(imported ? "]\n" : "[]\n", stdout);
     return failed ? CLI_EXIT_FAIL : duplicates ? CLI_EXIT_REFUSED : CLI_EXIT_OK;
 }
 
@@ -257,16 +268,16 @@ static int cli__list_one(void *ctx, const struct station_package *p)
     nu_hex_encode(p->package_id, sizeof(p->package_id), id, sizeof(id));
     station_time_iso(p->expires_at_ms, expires, sizeof(expires));
     if (l->json) {
-        printf("{");
-        cli__json_str("package_id", id, 0);
-        cli__json_str("job", p->job_id, 1);
-        cli__json_str("programmer", p->programmer_id, 1);
+        printf("%s{", l->n ? "," : "");
+        cli_json_fkv(stdout, "package_id", id, 1);
+        cli_json_fkv(stdout, "job", p->job_id, 0);
+        cli_json_fkv(stdout, "programmer", p->programmer_id, 0);
         printf(",\"limit\":%" PRIu32 ",\"expires_at_ms\":%" PRIu64, p->limit, p->expires_at_ms);
-        cli__json_str("job_state", station_job_state_name(job.state), 1);
+        cli_json_fkv(stdout, "job_state", station_job_state_name(job.state), 0);
         printf(",\"delivered_at_ms\":%" PRIu64 ",\"finished\":%s", p->delivered_at_ms,
                p->finished ? "true" : "false");
-        cli__json_str("error", p->last_error, 1);
-        printf("}\n");
+        cli_json_fkv(stdout, "error", p->last_error, 0);
+        printf("}");
     } else {
         if (l->n == 0)
             printf("%-20s %-16s %7s  %-8s  %-24s %s\n", "JOB", "PROGRAMMER", "LIMIT", "STATE",
@@ -291,15 +302,18 @@ static int cli__list(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     if ((rc = station_db_open_dir_existing(o.dir, &l.db)) == NU_ERR_NOT_FOUND) {
-        if (!o.json)
-            printf("no package imported (nusec package import FILE...)\n");
+        fputs(o.json ? "[]\n" : "no package imported (nusec package import FILE...)\n", stdout);
         return CLI_EXIT_OK;
     }
     if (rc != NU_OK)
         return cli_fail("package list: station.db", rc);
     l.json = o.json;
+    if (o.json)
+        printf("[");
     rc = station_db_packages(l.db, NULL, cli__list_one, &l);
     station_db_close(l.db);
+    if (o.json)
+        printf("]\n"); /* a list is one array on one line (docs/cli.md) */
     if (rc)
         return cli_fail("package list", rc);
     if (!l.n && !o.json)

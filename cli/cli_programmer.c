@@ -56,13 +56,7 @@ static const char cli__revoke_usage[] =
     "to the broker's revocation list (DIR/broker/revoked; the broker disconnects\n"
     "it within about 200 ms) and refuses it from then on. Its id can never\n"
     "enroll again.\n"
-    "\n"
-    "  --reason TEXT  why (kept in the audit trail; up to 256 bytes)\n"
-    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
-    "  -h, --help     this text\n"
-    "\n"
-    "Exit status: 0 revoked, 1 refused or failed (NOT_FOUND, STATE: already\n"
-    "revoked), 2 usage error.\n";
+    "\n" CLI_REVOKE_USAGE_TAIL;
 
 /* Shared option parsing of the three subcommands. */
 struct cli__opts {
@@ -186,7 +180,7 @@ static int cli__list(int argc, char **argv)
             char when[32];
             cli_utc(p->enrolled_at_ms, when, sizeof(when));
             if (o.json)
-                printf("%s\n{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
+                printf("%s{\"id\":\"%s\",\"state\":\"%s\",\"enrolled_at_ms\":%llu,"
                        "\"serial\":\"%s\",\"vendor_serial\":\"%s\",\"measurement\":\"%s\"}",
                        i ? "," : "", p->programmer_id, p->state,
                        (unsigned long long)p->enrolled_at_ms, p->certificate_serial,
@@ -197,7 +191,7 @@ static int cli__list(int argc, char **argv)
                        p->certificate_serial, vs, ms);
         }
         if (o.json)
-            printf("%s]\n", l->n_programmers ? "\n" : "");
+            printf("]\n"); /* one line: docs/cli.md */
     }
     nu_envelope_free(reply);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
@@ -218,23 +212,16 @@ static int cli__revoke(int argc, char **argv)
         cli_errorf("programmer revoke: '%s' is not an identity", id);
         return CLI_EXIT_USAGE;
     }
-    if (o.reason && strlen(o.reason) > 256) {
-        cli_errorf("programmer revoke: --reason is limited to 256 bytes");
-        return CLI_EXIT_USAGE;
-    }
-    const char *dir = cli_state_dir(o.dir);
-    if (!dir)
-        return CLI_EXIT_USAGE;
     Nusec__V1__ProgrammerRevokeRequest req = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
     Nusec__V1__Envelope *reply = NULL;
     req.programmer_id = (char *)id;
     req.reason = (char *)(o.reason ? o.reason : "");
-    rc = cli_cloud_request(dir, "oem", "programmer.revoke", &req.base,
-                           NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
-    if (!rc)
+    rc = cli_cloud_revoke("programmer revoke", o.dir, o.reason, "programmer.revoke", &req.base,
+                          &reply);
+    if (rc == CLI_EXIT_OK)
         printf("programmer %s revoked\n", id);
     nu_envelope_free(reply);
-    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    return rc;
 }
 
 static const char cli__enroll_usage[] =

@@ -105,7 +105,7 @@ static const char cli__status_usage[] =
     "status they retain on the bus (state, job, counter / limit).\n"
     "\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
-    "  --json      one JSON object per service and line\n"
+    "  --json      one JSON array, an object per service (docs/cli.md)\n"
     "  -h, --help  this text\n"
     "\n"
     "Exit status: 0 every service alive, 1 a service is dead or no stack runs,\n"
@@ -979,7 +979,7 @@ static void stack__status_line(struct stack *s, const struct stack__svc *svc, pi
                    seen->s.limit);
         }
         station_json_escape(detail, esc, sizeof(esc));
-        printf(",\"detail\":%s}\n", esc);
+        printf(",\"detail\":%s}", esc);
     } else {
         char pidtext[16];
         snprintf(pidtext, sizeof(pidtext), "%ld", (long)pid);
@@ -999,7 +999,7 @@ static int cli__stack_status(int argc, char **argv)
         return rc < 0 ? CLI_EXIT_OK : rc;
     size_t n = stack__services(&s, svc, sizeof(svc) / sizeof(svc[0]));
     if (!n) {
-        printf("no stack in %s (start one with: nusec stack up --dir %s)\n", s.dir, s.dir);
+        cli_errorf("no stack in %s (start one with: nusec stack up --dir %s)", s.dir, s.dir);
         return CLI_EXIT_FAIL;
     }
     int all_alive = 1;
@@ -1019,8 +1019,12 @@ static int cli__stack_status(int argc, char **argv)
         all_alive = all_alive && alive;
         int have =
             !strcmp(svc[i].program, "nusec-programmer") && stack__seen_get(&s, svc[i].name, &seen);
+        if (s.json) /* a list: one array on one line (docs/cli.md) */
+            fputs(i ? "," : "[", stdout);
         stack__status_line(&s, &svc[i], pid, alive, have ? &seen : NULL);
     }
+    if (s.json)
+        fputs("]\n", stdout);
     stack__close(&s);
     pthread_mutex_destroy(&s.lock);
     return all_alive ? CLI_EXIT_OK : CLI_EXIT_FAIL;

@@ -3,7 +3,10 @@
  *
  * Layout: a process-wide registry of loaded modules (hsm__module_*), the
  * session pool of one open token (hsm__borrow / hsm__give_back), object
- * look-ups, then the public functions.
+ * look-ups, then the public functions. Over 1,000 lines on purpose: all of
+ * it works on the module registry and on struct nu_hsm's session pool, which
+ * a split would have to publish in a private header; the file side (PINs,
+ * SoftHSM2 configuration), which needs neither, is nu_hsm_files.c.
  */
 #include "nu_hsm.h"
 
@@ -28,10 +31,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#ifndef NUSEC_SOFTHSM_MODULE
-#define NUSEC_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
-#endif
 
 /* DER of the prime256v1 OID: the CKA_EC_PARAMS of every key we make or accept. */
 static const uint8_t hsm__p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
@@ -524,128 +523,6 @@ static int hsm__lookup_key(struct nu_hsm *hsm, CK_SESSION_HANDLE s, const char *
 }
 
 /* ------------------------------------------------------------------ public */
-
-const char *nu_hsm_default_module(void)
-{
-    return NUSEC_SOFTHSM_MODULE;
-}
-
-/* Strip one trailing "\n" or "\r\n" that editors and `echo` add. */
-static size_t hsm__chomp(char *buf, size_t n)
-{
-    if (n > 0 && buf[n - 1] == '\n')
-        n--;
-    if (n > 0 && buf[n - 1] == '\r')
-        n--;
-    buf[n] = '\0';
-    return n;
-}
-
-/*
- * Read the PIN file through one descriptor: the mode and owner checked by
- * fstat are those of the very file read (no stat-then-open race), and
- * O_NOFOLLOW refuses a symlink planted in place of the file. This is why
- * nu_file_read() is not used here.
- */
-static int hsm__pin_file(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return errno == ENOENT ? NU_ERR_NOT_FOUND : NU_ERR_PERMISSION;
-    int rc = NU_OK;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = NU_ERR_IO;
-        goto out;
-    }
-    mode_t mode = st.st_mode & 07777;
-    if ((mode != 0600 && mode != 0400) || st.st_uid != geteuid()) {
-        nu_error("hsm: PIN file %s has mode %04o (uid %u): must be 0600 or 0400 and ours", path,
-                 (unsigned)mode, (unsigned)st.st_uid);
-        rc = NU_ERR_PERMISSION;
-        goto out;
-    }
-    char tmp[NU_HSM_PIN_MAX + 3]; /* PIN, "\r\n", NUL */
-    if ((size_t)st.st_size >= sizeof(tmp)) {
-        rc = NU_ERR_TOO_LARGE;
-        goto out;
-    }
-    ssize_t n = read(fd, tmp, sizeof(tmp) - 1);
-    size_t len = n < 0 ? 0 : hsm__chomp(tmp, (size_t)n);
-    if (n < 0)
-        rc = NU_ERR_IO;
-    else if (len >= cap)
-        rc = NU_ERR_TOO_LARGE;
-    else
-        memcpy(buf, tmp, len + 1);
-    nu_zero(tmp, sizeof(tmp));
-out:
-    close(fd);
-    return rc;
-}
-
-int nu_hsm_pin_load(const char *path, char *buf, size_t cap)
-{
-    if (!buf || cap == 0)
-        return NU_ERR_INVALID_ARG;
-    if (cap > NU_HSM_PIN_MAX + 1)
-        cap = NU_HSM_PIN_MAX + 1;
-    int rc = NU_OK;
-    if (path) {
-        rc = hsm__pin_file(path, buf, cap);
-    } else {
-        const char *env = getenv("NUSEC_HSM_PIN");
-        if (!env)
-            rc = NU_ERR_NOT_FOUND;
-        else if (strlen(env) >= cap)
-            rc = NU_ERR_TOO_LARGE;
-        else
-            memcpy(buf, env, strlen(env) + 1);
-    }
-    if (rc == NU_OK && buf[0] == '\0')
-        rc = NU_ERR_CONFIG;
-    if (rc != NU_OK)
-        nu_zero(buf, cap);
-    return rc;
-}
-
-int nu_hsm_softhsm_write_conf(const char *dir, char *out_path, size_t cap)
-{
-    char tokens[PATH_MAX], text[PATH_MAX + 256];
-    if (!dir || !*dir || !out_path || cap == 0)
-        return NU_ERR_INVALID_ARG;
-    int rc = nu_path_fmt(tokens, sizeof(tokens), "%s/hsm/tokens", dir);
-    if (rc == NU_OK)
-        rc = nu_path_fmt(out_path, cap, "%s/hsm/softhsm2.conf", dir);
-    if (rc == NU_OK)
-        rc = nu_mkdirs(tokens, 0700);
-    if (rc == NU_OK)
-        rc = nu_path_fmt(text, sizeof(text),
-                         "# written by NuSEC: the embedded default HSM\n"
-                         "directories.tokendir = %s\n"
-                         "objectstore.backend = file\n"
-                         "log.level = ERROR\n"
-                         "slots.removable = false\n",
-                         tokens);
-    if (rc == NU_OK)
-        rc = nu_file_write_atomic(out_path, text, strlen(text), 0600);
-    return rc;
-}
-
-int nu_hsm_pin_len_check(const struct nu_hsm_token_info *info, size_t len)
-{
-    if (!info)
-        return NU_ERR_INVALID_ARG;
-    /* 0 or CK_UNAVAILABLE_INFORMATION as a maximum means "no stated limit". */
-    unsigned long max = info->max_pin_len;
-    int no_max = max == 0 || max == (unsigned long)CK_UNAVAILABLE_INFORMATION;
-    if (len < info->min_pin_len || (!no_max && len > max)) {
-        nu_error("hsm: token '%s' accepts PINs of %lu to %lu characters, not %zu", info->label,
-                 info->min_pin_len, max, len);
-        return NU_ERR_CONFIG;
-    }
-    return NU_OK;
-}
 
 int nu_hsm_token_query(const struct nu_hsm_opts *opts, struct nu_hsm_token_info *out_info)
 {

@@ -1,6 +1,10 @@
 /* broker_fixture — see broker_fixture.h. Test code: simple, blocking, bounded waits. */
 #include "broker_fixture.h"
 
+#include "nu_err.h"
+#include "nu_test.h"
+#include "nu_util.h"
+
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
@@ -9,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -527,4 +532,71 @@ void bf_msg_clear(struct bf_msg *m)
     free(m->response_topic);
     free(m->correlation);
     memset(m, 0, sizeof(*m));
+}
+
+/* ---- a suite's PKI, lists and configuration ------------------------------------- */
+
+int bf_suite_init(struct bf_suite *s, const char *name, const char *owners_text)
+{
+    char lists[300];
+    memset(s, 0, sizeof(*s));
+    if (nu_test_tmpdir(name, s->tmp, sizeof(s->tmp)) != 0)
+        return -1;
+    nu_path_fmt(s->pki, sizeof(s->pki), "%s/pki", s->tmp);
+    if (nu_test_sh("'%s' '%s' >'%s/pki.log' 2>&1", BF_PKI_SCRIPT, s->pki, s->tmp) != 0) {
+        fprintf(stderr, "make_pki.sh failed, see %s/pki.log\n", s->tmp);
+        return -1;
+    }
+    nu_path_fmt(lists, sizeof(lists), "%s/lists", s->tmp);
+    nu_mkdirs(lists, 0700);
+    nu_path_fmt(s->revoked, sizeof(s->revoked), "%s/revoked.txt", lists);
+    nu_path_fmt(s->owners, sizeof(s->owners), "%s/owners.txt", lists);
+    const char *revoked = "# revoked identities\n";
+    if (nu_file_write_atomic(s->revoked, revoked, strlen(revoked), 0644) != NU_OK ||
+        nu_file_write_atomic(s->owners, owners_text, strlen(owners_text), 0644) != NU_OK)
+        return -1;
+    return 0;
+}
+
+int bf_suite_conf(const struct bf_suite *s, const char *dir, int port)
+{
+    char conf[700], log[700], pid[700], port_text[16], crl_line[700];
+    char cafile[600], certfile[600], keyfile[600], issuer[600];
+    snprintf(port_text, sizeof(port_text), "%d", port);
+    nu_mkdirs(dir, 0700);
+    nu_path_fmt(conf, sizeof(conf), "%s/mosquitto.conf", dir);
+    nu_path_fmt(log, sizeof(log), "%s/mosquitto.log", dir);
+    nu_path_fmt(pid, sizeof(pid), "%s/mosquitto.pid", dir);
+    nu_path_fmt(cafile, sizeof(cafile), "%s/ca-chain.pem", s->pki);
+    nu_path_fmt(certfile, sizeof(certfile), "%s/server.pem", s->pki);
+    nu_path_fmt(keyfile, sizeof(keyfile), "%s/server.key", s->pki);
+    nu_path_fmt(issuer, sizeof(issuer), "%s/fleet-ca.pem", s->pki);
+    nu_path_fmt(crl_line, sizeof(crl_line), "crlfile %s/crl.pem", s->pki);
+    struct passwd *pw = getpwuid(geteuid());
+    const char *const kv[] = {
+        "USER",         pw ? pw->pw_name : "root",
+        "PORT",         port_text,
+        "HOST",         "127.0.0.1",
+        "CAFILE",       cafile,
+        "CERTFILE",     certfile,
+        "KEYFILE",      keyfile,
+        "CRL_LINE",     crl_line,
+        "PLUGIN",       NUSEC_AUTH_PLUGIN,
+        "REVOKED_FILE", s->revoked,
+        "OWNERS_FILE",  s->owners,
+        "ISSUER_FILE",  issuer,
+        "DIR",          dir,
+        "LOG",          log,
+        "PID_FILE",     pid,
+        NULL,
+    };
+    return bf_fill_template(NUSEC_SOURCE_DIR "/broker/mosquitto.conf.in", conf, kv);
+}
+
+void bf_suite_done(const struct bf_suite *s)
+{
+    if (getenv("NUSEC_KEEP_TMP"))
+        fprintf(stderr, "kept %s\n", s->tmp);
+    else
+        nu_test_rmtree(s->tmp);
 }

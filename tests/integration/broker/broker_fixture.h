@@ -23,6 +23,32 @@ struct bf_broker {
     char log[1024]; /* mosquitto's log file, for diagnostics */
 };
 
+/* The test PKI and the plugin's list files of a broker suite, in one
+ * temporary folder. */
+struct bf_suite {
+    char tmp[256];     /* the suite's folder */
+    char pki[512];     /* make_pki.sh's certificates and keys (ca-chain.pem, NAME.pem, ...) */
+    char revoked[512]; /* plugin_opt_revoked_file: starts as a comment only */
+    char owners[512];  /* plugin_opt_owners_file: starts as owners_text */
+};
+
+/*
+ * A new temporary folder named after `name`, the test PKI in it
+ * (make_pki.sh), and the two list files. Returns 0, or -1 (reason printed).
+ */
+int bf_suite_init(struct bf_suite *s, const char *name, const char *owners_text);
+
+/*
+ * broker/mosquitto.conf.in filled for a broker of suite s in folder `dir`
+ * (made), listening on 127.0.0.1:port: writes DIR/mosquitto.conf, where the
+ * plugin logs to DIR/mosquitto.log and the pid goes to DIR/mosquitto.pid.
+ * Returns 0 or -1.
+ */
+int bf_suite_conf(const struct bf_suite *s, const char *dir, int port);
+
+/* Remove the suite's folder, or keep it (and say so) when NUSEC_KEEP_TMP is set. */
+void bf_suite_done(const struct bf_suite *s);
+
 /* A free TCP port on 127.0.0.1 (bind to port 0). Returns 0 or -1. */
 int bf_free_port(int *out_port);
 

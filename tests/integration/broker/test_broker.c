@@ -14,7 +14,6 @@
 
 #include <mosquitto.h>
 
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +27,7 @@ static bool PUB_OK(int rc)
     return rc >= 0 && rc < 0x80;
 }
 
-static char tmp[256];
-static char pki[512];
-static char revoked_path[512];
-static char owners_path[512];
+static struct bf_suite S; /* S.tmp, S.pki, S.revoked, S.owners */
 static struct bf_broker broker;
 
 /* ---- helpers -------------------------------------------------------------------- */
@@ -43,7 +39,7 @@ static int put_file(const char *path, const char *text)
 
 static void pki_path(char *out, size_t cap, const char *name, const char *ext)
 {
-    nu_path_fmt(out, cap, "%s/%s.%s", pki, name, ext);
+    nu_path_fmt(out, cap, "%s/%s.%s", S.pki, name, ext);
 }
 
 /* Connect with certificate NAME.pem/.key and `client_id`; returns CONNACK code or BF_NO_ANSWER. */
@@ -51,7 +47,7 @@ static int try_connect_ex(const char *cert, const char *client_id, bool persiste
                           const char *username, const char *auth_method, struct bf_client **out)
 {
     char ca[600], crt[600], key[600];
-    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", pki);
+    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", S.pki);
     pki_path(crt, sizeof(crt), cert ? cert : "none", "pem");
     pki_path(key, sizeof(key), cert ? cert : "none", "key");
     struct bf_client_opts o = {
@@ -120,71 +116,30 @@ static bool nothing_more(struct bf_client *c)
 /* ---- suite setup ------------------------------------------------------------------ */
 
 /*
- * Fill broker/mosquitto.conf.in for a broker in tmp/NAME on a free port, apply
- * the sed expression `edit` to the result if not NULL, and start it.
+ * A broker of the suite in its folder NAME on a free port, the sed expression
+ * `edit` applied to its configuration if not NULL, started.
  */
 static int start_broker(const char *name, const char *edit, struct bf_broker *b)
 {
-    char dir[600], conf[700], log[700], pid[700], port[16], crl_line[700], out_log[700];
-    char cafile[600], certfile[600], keyfile[600], issuer[600];
+    char dir[600], conf[700], out_log[700];
     int p = 0;
     if (bf_free_port(&p) != 0)
         return -1;
-    snprintf(port, sizeof(port), "%d", p);
-    nu_path_fmt(dir, sizeof(dir), "%s/%s", tmp, name);
-    nu_mkdirs(dir, 0700);
+    nu_path_fmt(dir, sizeof(dir), "%s/%s", S.tmp, name);
     nu_path_fmt(conf, sizeof(conf), "%s/mosquitto.conf", dir);
-    nu_path_fmt(log, sizeof(log), "%s/mosquitto.log", dir);
-    nu_path_fmt(pid, sizeof(pid), "%s/mosquitto.pid", dir);
     nu_path_fmt(out_log, sizeof(out_log), "%s/stdout.log", dir);
-    nu_path_fmt(cafile, sizeof(cafile), "%s/ca-chain.pem", pki);
-    nu_path_fmt(certfile, sizeof(certfile), "%s/server.pem", pki);
-    nu_path_fmt(keyfile, sizeof(keyfile), "%s/server.key", pki);
-    nu_path_fmt(issuer, sizeof(issuer), "%s/fleet-ca.pem", pki);
-    nu_path_fmt(crl_line, sizeof(crl_line), "crlfile %s/crl.pem", pki);
-    struct passwd *pw = getpwuid(geteuid());
-    const char *const kv[] = {
-        "USER",         pw ? pw->pw_name : "root",
-        "PORT",         port,
-        "HOST",         "127.0.0.1",
-        "CAFILE",       cafile,
-        "CERTFILE",     certfile,
-        "KEYFILE",      keyfile,
-        "CRL_LINE",     crl_line,
-        "PLUGIN",       NUSEC_AUTH_PLUGIN,
-        "REVOKED_FILE", revoked_path,
-        "OWNERS_FILE",  owners_path,
-        "ISSUER_FILE",  issuer,
-        "DIR",          dir,
-        "LOG",          log,
-        "PID_FILE",     pid,
-        NULL,
-    };
-    if (bf_fill_template(NUSEC_SOURCE_DIR "/broker/mosquitto.conf.in", conf, kv) != 0)
+    if (bf_suite_conf(&S, dir, p) != 0)
         return -1;
     if (edit && nu_test_sh("sed -i -e '%s' '%s'", edit, conf) != 0)
         return -1;
     int rc = bf_broker_start(b, conf, p, out_log);
-    snprintf(b->log, sizeof(b->log), "%s", log); /* where the plugin logs */
+    nu_path_fmt(b->log, sizeof(b->log), "%s/mosquitto.log", dir); /* where the plugin logs */
     return rc;
 }
 
 static int setup(void)
 {
-    char lists[600];
-    if (nu_test_tmpdir("broker", tmp, sizeof(tmp)) != 0)
-        return -1;
-    nu_path_fmt(pki, sizeof(pki), "%s/pki", tmp);
-    if (nu_test_sh("'%s' '%s' >'%s/pki.log' 2>&1", BF_PKI_SCRIPT, pki, tmp) != 0) {
-        fprintf(stderr, "make_pki.sh failed, see %s/pki.log\n", tmp);
-        return -1;
-    }
-    nu_path_fmt(lists, sizeof(lists), "%s/lists", tmp);
-    nu_mkdirs(lists, 0700);
-    nu_path_fmt(revoked_path, sizeof(revoked_path), "%s/revoked.txt", lists);
-    nu_path_fmt(owners_path, sizeof(owners_path), "%s/owners.txt", lists);
-    if (put_file(revoked_path, "# revoked identities\n") != NU_OK ||
-        put_file(owners_path, "# station programmer\nst1 progA\n") != NU_OK)
+    if (bf_suite_init(&S, "broker", "# station programmer\nst1 progA\n") != 0)
         return -1;
     return start_broker("broker", NULL, &broker);
 }
@@ -192,10 +147,7 @@ static int setup(void)
 static int teardown(void)
 {
     bf_broker_stop(&broker);
-    if (getenv("NUSEC_KEEP_TMP"))
-        fprintf(stderr, "kept %s\n", tmp);
-    else
-        nu_test_rmtree(tmp);
+    bf_suite_done(&S);
     return 0;
 }
 
@@ -224,7 +176,7 @@ static void test_crl_revoked_cert_refused(void)
     nu_test_sh("openssl s_client -connect 127.0.0.1:%d -CAfile '%s/ca-chain.pem' "                 \
                "-cert '%s/mon1.pem' -key '%s/mon1.key' -verify_return_error " extra                \
                " </dev/null >/dev/null 2>&1",                                                      \
-               broker.port, pki, pki, pki)
+               broker.port, S.pki, S.pki, S.pki)
 
 static void test_tls_versions(void)
 {
@@ -247,6 +199,11 @@ static void test_certificate_rules(void)
     CU_ASSERT_NOT_EQUAL(try_connect("rogue", "cloud2"), 0);
     CU_ASSERT_TRUE(bf_log_contains(&broker, "not issued by the configured issuer"));
     CU_ASSERT_TRUE(bf_log_contains(&broker, "certificate has several OUs"));
+    /* One line per refusal: the reason, then the certificate's CN and OU as written. */
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": certificate OU is not a NuSEC role; client id "
+                                            "'badou', certificate CN 'badou' OU 'admin' serial "));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": certificate has no OU (role); client id 'noou', "
+                                            "certificate CN 'noou' OU '-' serial "));
 }
 
 static void test_client_id_rules(void)
@@ -258,6 +215,15 @@ static void test_client_id_rules(void)
     CU_ASSERT_NOT_EQUAL(try_connect("progA", "progA.2"), 0);
     CU_ASSERT_NOT_EQUAL(try_connect("progA", "progA:"), 0);
     CU_ASSERT_NOT_EQUAL(try_connect("progA", ""), 0); /* no broker-assigned ids */
+    /* mosquitto_sub without -i sends no client id: refused by the plugin, whose
+     * log line says why, not mosquitto's "Client <unknown> ... protocol error". */
+    CU_ASSERT_NOT_EQUAL(nu_test_sh("mosquitto_sub -V mqttv5 -h 127.0.0.1 -p %d --cafile "
+                                   "'%s/ca-chain.pem' --cert '%s/progA.pem' --key '%s/progA.key' "
+                                   "-t x -C 1 -W 5 >/dev/null 2>&1",
+                                   broker.port, S.pki, S.pki, S.pki),
+                        0);
+    CU_ASSERT_TRUE(bf_log_contains(&broker, "need -i CN:NAME); client id 'auto-"));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, "certificate CN 'progA' OU 'programmer' serial "));
     /* A username, if sent, must be the CN; enhanced auth is not offered. */
     CU_ASSERT_EQUAL(try_connect_ex("progA", "progA", false, "progA", NULL, NULL), 0);
     CU_ASSERT_NOT_EQUAL(try_connect_ex("progA", "progA", false, "cloud1", NULL, NULL), 0);
@@ -415,11 +381,11 @@ static void test_station_ownership(void)
     CU_ASSERT_TRUE(next_is(a, "nusec/v1/prog/progA/cmd", "start"));
 
     /* The ownership table is reloaded while running. */
-    CU_ASSERT_EQUAL(put_file(owners_path, "st1 progA\nst1 progB\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.owners, "st1 progA\nst1 progB\n"), NU_OK);
     CU_ASSERT_TRUE(PUB_OK(
         bf_client_publish(st, "nusec/v1/prog/progB/cmd", "now yours", false, NULL, NULL, 0)));
     CU_ASSERT_TRUE(next_is(b, "nusec/v1/prog/progB/cmd", "now yours"));
-    CU_ASSERT_EQUAL(put_file(owners_path, "st1 progA\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.owners, "st1 progA\n"), NU_OK);
     CU_ASSERT_EQUAL(bf_client_publish(st, "nusec/v1/prog/progB/cmd", "gone", false, NULL, NULL, 0),
                     NOT_AUTHORIZED);
     bf_client_close(b);
@@ -482,6 +448,22 @@ static void test_offline_delivery_to_persistent_session(void)
     bf_client_close(st);
 }
 
+/* A programmer certificate that is not its identity's pinned one (the
+ * programmer re-enrolled since): refused, and the line names the serial. */
+static void test_pinned_serial_refused(void)
+{
+    char serials[600];
+    nu_path_fmt(serials, sizeof(serials), "%.*s/serials",
+                (int)(strrchr(S.revoked, '/') - S.revoked), S.revoked);
+    CU_ASSERT_EQUAL(put_file(serials, "progA 01\n"), NU_OK);
+    CU_ASSERT_EQUAL(try_connect("progA", "progA"), NOT_AUTHORIZED);
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": serial is not the identity's pinned current "
+                                            "certificate (re-enrolled since); client id 'progA', "
+                                            "certificate CN 'progA' OU 'programmer' serial "));
+    CU_ASSERT_EQUAL(unlink(serials), 0);
+    CU_ASSERT_EQUAL(try_connect("progA", "progA"), 0); /* no pin: any Fleet CA certificate */
+}
+
 static void test_revocation_while_running(void)
 {
     struct bf_client *victim = join("revokeme"), *mon = join("mon1");
@@ -489,19 +471,21 @@ static void test_revocation_while_running(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(mon);
     CU_ASSERT_EQUAL(bf_client_subscribe(victim, "nusec/v1/events/#"), 1);
 
-    CU_ASSERT_EQUAL(put_file(revoked_path, "# lost laptop\nrevokeme\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "# lost laptop\nrevokeme\n"), NU_OK);
     uint64_t t0 = nu_mono_ms();
     CU_ASSERT_TRUE(bf_client_wait_disconnect(victim, 3000));
     printf("\n  kicked %llu ms after the revocation file changed\n",
            (unsigned long long)(nu_mono_ms() - t0));
     CU_ASSERT_EQUAL(try_connect("revokeme", "revokeme"), NOT_AUTHORIZED);
     CU_ASSERT_TRUE(bf_log_contains(&broker, "identity revokeme revoked: disconnecting it"));
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": identity revoked; client id 'revokeme', "
+                                            "certificate CN 'revokeme' OU 'monitor' serial "));
     /* Others are unaffected. */
     CU_ASSERT_TRUE(PUB_OK(
         bf_client_publish(mon, "nusec/v1/events/monitor/mon1/x", "x", false, NULL, NULL, 0)));
 
     /* Lifting the revocation lets it back in. */
-    CU_ASSERT_EQUAL(put_file(revoked_path, "# nothing\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "# nothing\n"), NU_OK);
     CU_ASSERT_EQUAL(try_connect("revokeme", "revokeme"), 0);
     bf_client_close(mon);
     bf_client_close(victim);
@@ -513,23 +497,23 @@ static void test_revocation_file_fail_closed(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(mon);
 
     /* Missing: empty list (logged). */
-    CU_ASSERT_EQUAL(unlink(revoked_path), 0);
+    CU_ASSERT_EQUAL(unlink(S.revoked), 0);
     CU_ASSERT_EQUAL(try_connect("cloud1", "cloud1"), 0);
 
     /* Unreadable (a folder in its place): nobody gets in, nobody gets anything. */
-    CU_ASSERT_EQUAL(mkdir(revoked_path, 0700), 0);
+    CU_ASSERT_EQUAL(mkdir(S.revoked, 0700), 0);
     CU_ASSERT_EQUAL(try_connect("cloud1", "cloud1"), NOT_AUTHORIZED);
     CU_ASSERT_EQUAL(
         bf_client_publish(mon, "nusec/v1/events/monitor/mon1/x", "x", false, NULL, NULL, 0),
         NOT_AUTHORIZED);
-    CU_ASSERT_EQUAL(rmdir(revoked_path), 0);
+    CU_ASSERT_EQUAL(rmdir(S.revoked), 0);
 
     /* Malformed: the same. */
-    CU_ASSERT_EQUAL(put_file(revoked_path, "progB\nnot an identity\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "progB\nnot an identity\n"), NU_OK);
     CU_ASSERT_EQUAL(try_connect("cloud1", "cloud1"), NOT_AUTHORIZED);
     CU_ASSERT_TRUE(bf_log_contains(&broker, "at line 2"));
 
-    CU_ASSERT_EQUAL(put_file(revoked_path, "# nothing\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "# nothing\n"), NU_OK);
     CU_ASSERT_EQUAL(try_connect("cloud1", "cloud1"), 0);
     CU_ASSERT_TRUE(PUB_OK(
         bf_client_publish(mon, "nusec/v1/events/monitor/mon1/x", "x", false, NULL, NULL, 0)));
@@ -597,6 +581,7 @@ static const struct nu_test_case cases[] = {
     {"$SYS and wildcards over everything unreadable", test_sys_unreadable},
     {"retained status delivered, retained events refused", test_retained_status},
     {"QoS 1 queued for an offline persistent session", test_offline_delivery_to_persistent_session},
+    {"pinned serial mismatch refused, with the reason logged", test_pinned_serial_refused},
     {"revoked while connected: kicked, then refused", test_revocation_while_running},
     {"revocation file missing/unreadable/malformed", test_revocation_file_fail_closed},
     {"SIGHUP reloads the lists", test_reload_signal},

@@ -28,7 +28,6 @@
 #include <mosquitto.h>
 
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +42,8 @@
 /* An identities file the plugin could have written, without progB. */
 #define NUSEC_TEST_IDS "nusec-identities 1\nprogA programmer\nst1 station\nend 2\n"
 
-static char tmp[256], pki[512], dir[600], conf[700], out_log[700], plugin_log[700];
-static char revoked_path[512], owners_path[512], ids_path[700];
+static struct bf_suite S; /* S.tmp, S.pki, S.revoked, S.owners */
+static char dir[600], conf[700], out_log[700], plugin_log[700], ids_path[700];
 static struct bf_broker broker;
 static int port;
 /* Reconnect backoff cap for new clients; 0 = the library default. */
@@ -96,56 +95,16 @@ static void broker_down(int sig)
 
 static int setup(void)
 {
-    char lists[600], cafile[600], certfile[600], keyfile[600], issuer[600], crl_line[700];
-    char pid[700], port_text[16];
-    if (nu_test_tmpdir("broker-restart", tmp, sizeof(tmp)) != 0)
-        return -1;
-    nu_path_fmt(pki, sizeof(pki), "%s/pki", tmp);
-    if (nu_test_sh("'%s' '%s' >'%s/pki.log' 2>&1", BF_PKI_SCRIPT, pki, tmp) != 0) {
-        fprintf(stderr, "make_pki.sh failed, see %s/pki.log\n", tmp);
-        return -1;
-    }
-    nu_path_fmt(lists, sizeof(lists), "%s/lists", tmp);
-    nu_mkdirs(lists, 0700);
-    nu_path_fmt(revoked_path, sizeof(revoked_path), "%s/revoked.txt", lists);
-    nu_path_fmt(owners_path, sizeof(owners_path), "%s/owners.txt", lists);
-    if (put_file(revoked_path, "# revoked identities\n") != NU_OK ||
-        put_file(owners_path, "# station programmer\nst1 progA\nst1 progB\n") != NU_OK)
+    if (bf_suite_init(&S, "broker-restart", "# station programmer\nst1 progA\nst1 progB\n") != 0)
         return -1;
     if (bf_free_port(&port) != 0)
         return -1;
-    snprintf(port_text, sizeof(port_text), "%d", port);
-    nu_path_fmt(dir, sizeof(dir), "%s/broker", tmp);
-    nu_mkdirs(dir, 0700);
+    nu_path_fmt(dir, sizeof(dir), "%s/broker", S.tmp);
     nu_path_fmt(conf, sizeof(conf), "%s/mosquitto.conf", dir);
     nu_path_fmt(plugin_log, sizeof(plugin_log), "%s/mosquitto.log", dir);
-    nu_path_fmt(pid, sizeof(pid), "%s/mosquitto.pid", dir);
     nu_path_fmt(out_log, sizeof(out_log), "%s/stdout.log", dir);
     nu_path_fmt(ids_path, sizeof(ids_path), "%s/identities", dir);
-    nu_path_fmt(cafile, sizeof(cafile), "%s/ca-chain.pem", pki);
-    nu_path_fmt(certfile, sizeof(certfile), "%s/server.pem", pki);
-    nu_path_fmt(keyfile, sizeof(keyfile), "%s/server.key", pki);
-    nu_path_fmt(issuer, sizeof(issuer), "%s/fleet-ca.pem", pki);
-    nu_path_fmt(crl_line, sizeof(crl_line), "crlfile %s/crl.pem", pki);
-    struct passwd *pw = getpwuid(geteuid());
-    const char *const kv[] = {
-        "USER",     pw ? pw->pw_name : "root",
-        "PORT",     port_text,
-        "HOST",     "127.0.0.1",
-        "CAFILE",   cafile,
-        "CERTFILE", certfile,
-        "KEYFILE",  keyfile,
-        "CRL_LINE", crl_line,
-        "PLUGIN",   NUSEC_AUTH_PLUGIN,
-        "REVOKED_FILE", revoked_path,
-        "OWNERS_FILE",  owners_path,
-        "ISSUER_FILE",  issuer,
-        "DIR",      dir,
-        "LOG",      plugin_log,
-        "PID_FILE", pid,
-        NULL,
-    };
-    if (bf_fill_template(NUSEC_SOURCE_DIR "/broker/mosquitto.conf.in", conf, kv) != 0)
+    if (bf_suite_conf(&S, dir, port) != 0)
         return -1;
     return broker_up();
 }
@@ -153,10 +112,7 @@ static int setup(void)
 static int teardown(void)
 {
     bf_broker_stop(&broker);
-    if (getenv("NUSEC_KEEP_TMP"))
-        fprintf(stderr, "kept %s\n", tmp);
-    else
-        nu_test_rmtree(tmp);
+    bf_suite_done(&S);
     return 0;
 }
 
@@ -166,9 +122,9 @@ static struct nu_mqtt *client_new(const char *cert, const char *client_id, int c
                                   uint32_t expiry_s)
 {
     char ca[600], crt[600], key[600];
-    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", pki);
-    nu_path_fmt(crt, sizeof(crt), "%s/%s.pem", pki, cert);
-    nu_path_fmt(key, sizeof(key), "%s/%s.key", pki, cert);
+    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", S.pki);
+    nu_path_fmt(crt, sizeof(crt), "%s/%s.pem", S.pki, cert);
+    nu_path_fmt(key, sizeof(key), "%s/%s.key", S.pki, cert);
     struct nu_mqtt_opts o = {
         .host = "127.0.0.1",
         .port = port,
@@ -426,13 +382,13 @@ static void test_offline_queue_across_restart(void)
 
     /* 3. Revoked while offline: denied although its role is known. */
     struct inbox a4 = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    CU_ASSERT_EQUAL(put_file(revoked_path, "progA\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "progA\n"), NU_OK);
     broker_down(SIGTERM);
     CU_ASSERT_EQUAL_FATAL(broker_up(), 0);
     cmd(st, "progA", "while-revoked");
     CU_ASSERT_TRUE(bf_log_contains(
         &broker, "denied read 'nusec/v1/prog/progA/cmd' for progA (programmer): identity revoked"));
-    CU_ASSERT_EQUAL(put_file(revoked_path, "# none\n"), NU_OK);
+    CU_ASSERT_EQUAL(put_file(S.revoked, "# none\n"), NU_OK);
     a = prog_session("progA", &a4);
     cmd(st, "progA", "after-revoked");
     expect(&a4, 0, "after-revoked");
@@ -495,7 +451,7 @@ static void test_client_waits_for_the_broker(void)
     /* A NuSEC state folder with just what nu_client_connect reads. */
     struct connect_job j = {.rc = -1};
     char path[800], ca[600], text[64];
-    nu_path_fmt(j.state, sizeof(j.state), "%s/state", tmp);
+    nu_path_fmt(j.state, sizeof(j.state), "%s/state", S.tmp);
     nu_path_fmt(path, sizeof(path), "%s/broker", j.state);
     nu_mkdirs(path, 0700);
     nu_path_fmt(path, sizeof(path), "%s/pki", j.state);
@@ -503,10 +459,10 @@ static void test_client_waits_for_the_broker(void)
     nu_path_fmt(path, sizeof(path), "%s/broker/endpoint", j.state);
     snprintf(text, sizeof(text), "127.0.0.1:%d\n", port);
     CU_ASSERT_EQUAL_FATAL(put_file(path, text), NU_OK);
-    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", pki);
+    nu_path_fmt(ca, sizeof(ca), "%s/ca-chain.pem", S.pki);
     CU_ASSERT_EQUAL_FATAL(nu_test_sh("cp '%s' '%s/pki/chain.pem'", ca, j.state), 0);
-    nu_path_fmt(j.cert, sizeof(j.cert), "%s/cloud1.pem", pki);
-    nu_path_fmt(j.key, sizeof(j.key), "%s/cloud1.key", pki);
+    nu_path_fmt(j.cert, sizeof(j.cert), "%s/cloud1.pem", S.pki);
+    nu_path_fmt(j.key, sizeof(j.key), "%s/cloud1.key", S.pki);
 
     broker_down(SIGTERM);
     /* No wait: one attempt, refused at once. */

@@ -215,6 +215,14 @@ static int call(struct cf_client *c, const char *op, ProtobufCMessage *body)
     return rc;
 }
 
+/* One case: `op` with `body` from client c, refused with `code`, audited as `actor`. */
+static void call_case(struct cf_client *c, const char *op, ProtobufCMessage *body, int code,
+                      const char *actor)
+{
+    case_begin();
+    case_end(call(c, op, body), code, actor);
+}
+
 static int cert_req(struct cf_client *c, const char *job, const uint8_t *uid, size_t uid_len,
                     const uint8_t *csr, size_t csr_len)
 {
@@ -295,6 +303,16 @@ static int teardown(void)
     cf_teardown(&F);
     return 0;
 }
+
+/* cert.request for UID_NEW with the good CSR, from CLIENT for JOB: refused
+ * with CODE and audited as ACTOR. */
+#define CERT_CASE(fn, client, job, code, actor)                                                    \
+    static void fn(void)                                                                           \
+    {                                                                                              \
+        case_begin();                                                                              \
+        case_end(cert_req(client, job, UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len), code,      \
+                 actor);                                                                           \
+    }
 
 /* ------------------------------------------------- op names and payloads */
 
@@ -469,8 +487,7 @@ static void role_station_job_create(void)
     Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
     req.firmware = "fw-1.0.0";
     req.quota = 10;
-    case_begin();
-    case_end(call(&station, "job.create", &req.base), NU_ERR_NOT_AUTHORIZED, "station");
+    call_case(&station, "job.create", &req.base, NU_ERR_NOT_AUTHORIZED, "station");
 }
 static void role_programmer_device_revoke(void)
 {
@@ -478,29 +495,17 @@ static void role_programmer_device_revoke(void)
     req.job_id = "cat-active";
     req.device_uid.data = (uint8_t *)UID_OK;
     req.device_uid.len = sizeof(UID_OK);
-    case_begin();
-    case_end(call(&c1, "device.revoke", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+    call_case(&c1, "device.revoke", &req.base, NU_ERR_NOT_AUTHORIZED, "cat-p1");
 }
 static void role_programmer_enroll_token(void)
 {
     Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
     req.programmer_id = "cat-p9";
     req.ttl_s = 60;
-    case_begin();
-    case_end(call(&c2, "enroll.token", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p2");
+    call_case(&c2, "enroll.token", &req.base, NU_ERR_NOT_AUTHORIZED, "cat-p2");
 }
-static void role_station_cert_request(void)
-{
-    case_begin();
-    case_end(cert_req(&station, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "station");
-}
-static void role_oem_cert_request(void)
-{
-    case_begin();
-    case_end(cert_req(&oem, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "oem");
-}
+CERT_CASE(role_station_cert_request, &station, "cat-active", NU_ERR_NOT_AUTHORIZED, "station")
+CERT_CASE(role_oem_cert_request, &oem, "cat-active", NU_ERR_NOT_AUTHORIZED, "oem")
 static void role_station_firmware_sign(void)
 {
     Nusec__V1__FirmwareSignRequest req = NUSEC__V1__FIRMWARE_SIGN_REQUEST__INIT;
@@ -509,67 +514,25 @@ static void role_station_firmware_sign(void)
     req.version = "1.0.0";
     req.payload.data = img;
     req.payload.len = sizeof(img);
-    case_begin();
-    case_end(call(&station, "firmware.sign", &req.base), NU_ERR_NOT_AUTHORIZED, "station");
+    call_case(&station, "firmware.sign", &req.base, NU_ERR_NOT_AUTHORIZED, "station");
 }
 static void role_programmer_job_list(void)
 {
     Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
-    case_begin();
-    case_end(call(&c1, "job.list", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+    call_case(&c1, "job.list", &req.base, NU_ERR_NOT_AUTHORIZED, "cat-p1");
 }
 
 /* ------------------------------------------------------------- issuance */
 
-static void job_unknown(void)
-{
-    case_begin();
-    case_end(cert_req(&c1, "cat-nothing", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_FOUND, "cat-p1");
-}
-static void no_allocation(void)
-{
-    case_begin();
-    case_end(cert_req(&c2, "cat-active", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "cat-p2");
-}
+CERT_CASE(job_unknown, &c1, "cat-nothing", NU_ERR_NOT_FOUND, "cat-p1")
+CERT_CASE(no_allocation, &c2, "cat-active", NU_ERR_NOT_AUTHORIZED, "cat-p2")
 /* Authorization first: p2 must not learn that these jobs are full or paused. */
-static void no_allocation_in_exhausted_job(void)
-{
-    case_begin();
-    case_end(cert_req(&c2, "cat-full", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "cat-p2");
-}
-static void no_allocation_in_paused_job(void)
-{
-    case_begin();
-    case_end(cert_req(&c2, "cat-paused", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "cat-p2");
-}
-static void no_allocation_in_expired_job(void)
-{
-    case_begin();
-    case_end(cert_req(&c2, "cat-expired", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_NOT_AUTHORIZED, "cat-p2");
-}
-static void job_paused(void)
-{
-    case_begin();
-    case_end(cert_req(&c1, "cat-paused", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_JOB_NOT_ACTIVE, "cat-p1");
-}
-static void job_expired(void)
-{
-    case_begin();
-    case_end(cert_req(&c1, "cat-expired", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_EXPIRED, "cat-p1");
-}
-static void job_exhausted(void)
-{
-    case_begin();
-    case_end(cert_req(&c1, "cat-full", UID_NEW, sizeof(UID_NEW), dev_csr, dev_csr_len),
-             NU_ERR_QUOTA_EXHAUSTED, "cat-p1");
-}
+CERT_CASE(no_allocation_in_exhausted_job, &c2, "cat-full", NU_ERR_NOT_AUTHORIZED, "cat-p2")
+CERT_CASE(no_allocation_in_paused_job, &c2, "cat-paused", NU_ERR_NOT_AUTHORIZED, "cat-p2")
+CERT_CASE(no_allocation_in_expired_job, &c2, "cat-expired", NU_ERR_NOT_AUTHORIZED, "cat-p2")
+CERT_CASE(job_paused, &c1, "cat-paused", NU_ERR_JOB_NOT_ACTIVE, "cat-p1")
+CERT_CASE(job_expired, &c1, "cat-expired", NU_ERR_EXPIRED, "cat-p1")
+CERT_CASE(job_exhausted, &c1, "cat-full", NU_ERR_QUOTA_EXHAUSTED, "cat-p1")
 
 /* The idempotency key of UID_OK's issued request, with another device's CSR. */
 static void idempotency_key_replayed_other_csr(void)
@@ -668,24 +631,21 @@ static void token_for_role_name(void)
     Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
     req.programmer_id = "station";
     req.ttl_s = 60;
-    case_begin();
-    case_end(call(&oem, "enroll.token", &req.base), NU_ERR_INVALID_ARG, "oem");
+    call_case(&oem, "enroll.token", &req.base, NU_ERR_INVALID_ARG, "oem");
 }
 static void job_control_unknown_job(void)
 {
     Nusec__V1__JobControlRequest req = NUSEC__V1__JOB_CONTROL_REQUEST__INIT;
     req.job_id = "cat-nothing";
     req.action = NUSEC__V1__JOB_ACTION__JOB_ACTION_PAUSE;
-    case_begin();
-    case_end(call(&oem, "job.control", &req.base), NU_ERR_NOT_FOUND, "oem");
+    call_case(&oem, "job.control", &req.base, NU_ERR_NOT_FOUND, "oem");
 }
 static void job_create_zero_quota(void)
 {
     Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
     req.firmware = "fw-1.0.0";
     req.quota = 0;
-    case_begin();
-    case_end(call(&oem, "job.create", &req.base), NU_ERR_INVALID_ARG, "oem");
+    call_case(&oem, "job.create", &req.base, NU_ERR_INVALID_ARG, "oem");
 }
 static void device_revoke_unknown(void)
 {
@@ -693,15 +653,13 @@ static void device_revoke_unknown(void)
     req.job_id = "cat-active";
     req.device_uid.data = (uint8_t *)UID_NEW;
     req.device_uid.len = sizeof(UID_NEW);
-    case_begin();
-    case_end(call(&oem, "device.revoke", &req.base), NU_ERR_NOT_FOUND, "oem");
+    call_case(&oem, "device.revoke", &req.base, NU_ERR_NOT_FOUND, "oem");
 }
 static void programmer_revoke_unknown(void)
 {
     Nusec__V1__ProgrammerRevokeRequest req = NUSEC__V1__PROGRAMMER_REVOKE_REQUEST__INIT;
     req.programmer_id = "cat-nobody";
-    case_begin();
-    case_end(call(&oem, "programmer.revoke", &req.base), NU_ERR_NOT_FOUND, "oem");
+    call_case(&oem, "programmer.revoke", &req.base, NU_ERR_NOT_FOUND, "oem");
 }
 static void firmware_manifest_bad_token(void)
 {
@@ -710,8 +668,7 @@ static void firmware_manifest_bad_token(void)
     req.job_id = "cat-active";
     req.token.data = tok;
     req.token.len = sizeof(tok);
-    case_begin();
-    case_end(call(&c1, "firmware.manifest", &req.base), NU_ERR_NOT_AUTHORIZED, "cat-p1");
+    call_case(&c1, "firmware.manifest", &req.base, NU_ERR_NOT_AUTHORIZED, "cat-p1");
 }
 static void firmware_chunk_unknown_job(void)
 {
@@ -720,8 +677,7 @@ static void firmware_chunk_unknown_job(void)
     req.job_id = "cat-nothing";
     req.token.data = tok;
     req.token.len = sizeof(tok);
-    case_begin();
-    case_end(call(&c1, "firmware.chunk", &req.base), NU_ERR_NOT_FOUND, "cat-p1");
+    call_case(&c1, "firmware.chunk", &req.base, NU_ERR_NOT_FOUND, "cat-p1");
 }
 
 /* ----------------------------------------------------- bounded refusals */

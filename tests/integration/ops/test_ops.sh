@@ -17,23 +17,7 @@
 # usage: test_ops.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
 BIN=$1 SRC=$2
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-ops-XXXXXX")
-DIR=$TMP/state
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
-cleanup() {
-    "$BIN/nusec" stack down --dir "$DIR" >/dev/null 2>&1
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$SRC/tests/integration/ops/stack_lib.sh" ops
 
 # --- --version ---------------------------------------------------------------------------
 # "PROGRAM X.Y.Z (git REV)": REV is a commit of this repository (plus -dirty),

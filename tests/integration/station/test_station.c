@@ -455,7 +455,7 @@ static void test_stack_status(void)
     CU_ASSERT_TRUE(contains("ss.txt", "broker"));
     CU_ASSERT_TRUE(contains("ss.txt", "station"));
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " stack status --dir %s --json | python3 -c 'import json,sys; "
-                                     "s=[json.loads(l) for l in sys.stdin]; "
+                                     "s=json.load(sys.stdin); "
                                      "assert [x[\"service\"] for x in s] == [\"broker\",\"cloud\","
                                      "\"station\",\"dashboard\"] and all(x[\"alive\"] for x in s), s'",
                                dir),
@@ -492,7 +492,7 @@ static void test_inspect_and_import_refuse_tampered(void)
     CU_ASSERT_TRUE(contains("imp.txt", "TAMPERED"));
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC " package list --dir %s --json > %s/l.txt 2>&1", dir, tmp), 0);
     char *l = slurp("l.txt");
-    CU_ASSERT_TRUE(l && l[0] == '\0'); /* nothing imported */
+    CU_ASSERT_TRUE(l && strcmp(l, "[]\n") == 0); /* nothing imported: an empty list */
     free(l);
     CU_ASSERT_EQUAL(
         nu_test_sh(NUSEC " package import %s --dir %s > %s/imp.txt 2>&1", good, dir, tmp), 0);
@@ -1007,7 +1007,7 @@ static void test_programmer_enroll_command(void)
                                dir, tmp),
                     0);
     CU_ASSERT_EQUAL(nu_test_sh(NUSEC
-                               " programmer list --dir %s --json | grep -q '\"id\":\"prog-8\".*"
+                               " programmer list --dir %s --json | grep -q '\"id\":\"prog-8\"[^}]*"
                                "\"vendor_serial\":\"NL3-'",
                                dir),
                     0);

@@ -76,7 +76,7 @@ static void test_usage_errors(void)
         "package inspect --dir X", /* no FILE */
         "package inspect a b --dir X",
         "package import --dir X", /* no FILE */
-        "package import --json f --dir X",
+        "package import --bogus f --dir X",
         "package list extra --dir X",
         "production start --job J", /* no --dir and no NUSEC_HOME */
     };
