@@ -22,7 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 RELAY=$HERE/../../tools/tcp_relay.py
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-wan-XXXXXX")
 DIR=$TMP/state
-DEVICES=48 QUOTA=40
+DEVICES=56 QUOTA=48
 passed=0 failed=0
 check() { # check NAME COMMAND...
     local name=$1
@@ -140,7 +140,6 @@ cut_at() {
     done
     [[ -n $first ]] || { echo "  no certificate within 60 s of the restore"; return 1; }
     resume+=("$(python3 -c "print(f'{($first - $t_up) / 1000:.1f}')")")
-    status_says_back || { echo "  status still says the cloud is unreachable"; ok=1; }
     return $ok
 }
 # Each cut two certificates after the line resumed from the previous one, so
@@ -167,6 +166,7 @@ done_ok() {
     return 1
 }
 check "line completes: nothing half done, all reported" done_ok
+check "status says the cloud is reachable again" status_says_back
 T1=$(now_ms)
 sleep 2 # the last statuses and events
 
