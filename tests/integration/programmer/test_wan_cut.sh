@@ -192,7 +192,8 @@ done
 check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
 check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
 check "no chip half done" test "$(half_done)" -eq 0
-check "audit verify passes" nusec audit verify >"$TMP/verify.log" 2>&1
+audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
+check "audit verify passes" audit_ok
 counters=$(for f in "$DIR"/logs/prog-*.log; do
     grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
 echo "devices $DEVICES"
