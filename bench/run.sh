@@ -13,7 +13,8 @@
 #        BENCH_FLOOD_SECONDS (each flood run, default 25)
 # Sections: crypto ceiling (in-process), end to end on the local stack, peak
 # RSS, certificate latency at half the saturating rate (cloud_bench_cert
-# --paced), firmware delivery to 8 programmers (bench_fw_delivery), ledger
+# --paced), the offline lease (cloud_bench_lease) and a 60 s WAN cut
+# (test_wan_cut.sh, issue 15), firmware delivery to 8 programmers (bench_fw_delivery), ledger
 # scaling (bench_ledger_scaling), the cloud's memory and a programmer's latency
 # under a garbage flood from one identity (cloud_bench_flood). Prints `name value unit` lines and writes the
 # same figures as JSON to FILE (default bench/results.json); a figure that
@@ -186,6 +187,29 @@ else
     p50= p99= sat=
     nulls "${CERT_FIGS[@]}"
     note "cert latency: cloud_bench_cert --paced failed (see $WORK/cert.log)"
+fi
+
+# --- 4b. offline lease (issue 15): offline issuance vs online, reconciliation ---
+LEASE_FIGS=(lease_offline_issue_per_s lease_online_cert_per_s lease_reconcile_per_s lease_units)
+echo "== offline lease: cloud_bench_lease (512 units)"
+if run_bench "$WORK/lease" "$BIN/cloud_bench_lease" 512; then
+    emit_all "$WORK/lease"
+    note "lease_offline_issue_per_s: device certificates one programmer signs itself under an offline lease (nu_x509_issue with the line-CA key; a software P-256 key stands in for the KeyStore here, fresh device key each, one core); lease_online_cert_per_s: cert.request through the cloud from one programmer back to back in the same run; lease_reconcile_per_s: those offline certificates uploaded in lease.upload requests of 64 and recorded by the cloud (chain checked with OpenSSL at issuance time, one ledger transaction each)."
+else
+    nulls "${LEASE_FIGS[@]}"
+    note "offline lease: cloud_bench_lease failed (see $WORK/lease.log)"
+fi
+
+# --- 4c. WAN cut: the cloud's link cut for 60 s mid-production (issue 15) -------
+echo "== WAN cut: test_wan_cut.sh with a 60 s outage"
+if "$ROOT/tests/integration/programmer/test_wan_cut.sh" "$BIN" 60 >"$WORK/wan.txt" 2>&1; then
+    wan=$(awk '$1 == "resume_seconds_after_restore" { print $NF }' "$WORK/wan.txt")
+    emit wan_resume_after_60s_s "${wan:-null}" s
+    emit wan_resume_after_short_s "$(awk '$1 == "resume_seconds_after_restore" { print $2 }' "$WORK/wan.txt")" s
+    note "wan_resume_*: the cloud agent's TCP link to the broker cut (a relay) mid-production, then restored; seconds from the restore to the next certificate in the ledger (short cut ~5 s, long cut 60 s); test_wan_cut.sh's outside checks passed"
+else
+    nulls wan_resume_after_60s_s wan_resume_after_short_s
+    note "WAN cut: test_wan_cut.sh failed (see $WORK/wan.txt)"
 fi
 
 # --- 5. firmware delivery to 8 programmers at once -----------------------------
@@ -362,6 +386,9 @@ printf '  %-30s %s\n' "crypto ceiling" "$ceiling devices/s ($CORES cores)" \
     "flood: cloud VmHWM station/oem" "$(fig "$WORK/flood-8-station" flood_cloud_vmhwm_kib 2>/dev/null || echo null) / $(fig "$WORK/flood-8-oem" flood_oem_cloud_vmhwm_kib 2>/dev/null || echo null) KiB (bound 262144)" \
     "flood: cert p99 none/station/oem" "$(fig "$WORK/flood-0-station" noflood_cert_p99_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-station" flood_cert_p99_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-oem" flood_oem_cert_p99_ms 2>/dev/null || echo null) ms (goal p99 < 100 ms)" \
     "results" "$OUT"
+printf '  %-30s %s\n' "offline / online issuance" "$(fig "$WORK/lease" lease_offline_issue_per_s 2>/dev/null || echo null) / $(fig "$WORK/lease" lease_online_cert_per_s 2>/dev/null || echo null) certs/s (one programmer)" \
+    "lease reconciliation" "$(fig "$WORK/lease" lease_reconcile_per_s 2>/dev/null || echo null) certs/s uploaded" \
+    "resume after a 60 s WAN cut" "${wan:-null} s"
 printf '  %-30s %s\n' "HSM-signed certs, SoftHSM2" "$(fig "$WORK/hsm-soft" hsm_softhsm_certs_per_s 2>/dev/null || echo null) certs/s" \
     "HSM-signed certs, TPM 2.0" "${tpm_rate:-null} certs/s" \
     "TPMs for 2,000 devices/s" "$tpms"

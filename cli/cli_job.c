@@ -22,7 +22,7 @@
 static const char cli__create_usage[] =
     "usage: nusec job create --firmware NAME-X.Y.Z --quota N --programmer ID[:LIMIT]...\n"
     "                        --out DIR [--expires DURATION] [--subject TEMPLATE]\n"
-    "                        [--json] [--dir DIR]\n"
+    "                        [--offline-lease N --lease-hours H] [--json] [--dir DIR]\n"
     "\n"
     "Ask the cloud to create a production job: N devices of firmware NAME-X.Y.Z\n"
     "(signed with `nusec firmware sign`), made by the listed programmers. The cloud\n"
@@ -43,6 +43,12 @@ static const char cli__create_usage[] =
     "  --expires DURATION     how long the job and its packages are valid: 90s, 15m,\n"
     "                         12h, 30d or seconds (default 30d, at most 10 years)\n"
     "  --subject TEMPLATE     device certificate subject template (up to 256 bytes)\n"
+    "  --offline-lease N      opt in to the offline lease: each programmer may ask for\n"
+    "                         a lease of N devices it certifies itself (line CA in its\n"
+    "                         KeyStore, certified by the Device CA) while the cloud\n"
+    "                         is unreachable; the N units are reserved out of the\n"
+    "                         quota while the lease runs (see docs/threat-model.md)\n"
+    "  --lease-hours H        how long a lease is valid, 1..720 (with --offline-lease)\n"
     "  --json                 print {\"job\",\"packages\":[paths]}\n"
     "  --dir DIR              state directory (default: $NUSEC_HOME)\n"
     "  -h, --help             this text\n"
@@ -101,6 +107,8 @@ struct cli__job_opts {
     const char *out;
     const char *expires;
     const char *subject;
+    const char *offline_lease;
+    const char *lease_hours;
     const char *programmers[CLI__PROGRAMMERS_MAX + 1];
     size_t n_programmers;
     int json;
@@ -118,6 +126,8 @@ static int cli__job_parse(int argc, char **argv, const char *usage, struct cli__
         CLI_OPT_STR("out", &o->out),
         CLI_OPT_STR("expires", &o->expires),
         CLI_OPT_STR("subject", &o->subject),
+        CLI_OPT_STR("offline-lease", &o->offline_lease),
+        CLI_OPT_STR("lease-hours", &o->lease_hours),
         CLI_OPT_BOOL("json", &o->json),
     };
     int rc = cli_opts_parse(argc, argv, usage, opts, CLI_OPTS_N(opts));
@@ -196,6 +206,14 @@ static int cli__create_args(struct cli__job_opts *o, int argc,
     }
     if (o->subject && strlen(o->subject) > 256) {
         cli_errorf("job create: --subject is limited to 256 bytes");
+        return CLI_EXIT_USAGE;
+    }
+    if (!o->offline_lease != !o->lease_hours ||
+        (o->offline_lease && (cli__u32(o->offline_lease, 1, &req->offline_lease) ||
+                              req->offline_lease > req->quota ||
+                              cli__u32(o->lease_hours, 1, &req->lease_hours) ||
+                              req->lease_hours > 720))) {
+        cli_errorf("job create: --offline-lease N (1..quota) goes with --lease-hours H (1..720)");
         return CLI_EXIT_USAGE;
     }
     for (size_t i = 0; i < o->n_programmers; i++) {
@@ -357,7 +375,7 @@ static int cli__list(int argc, char **argv)
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
     if (optind < argc || o.firmware || o.quota || o.out || o.n_programmers || o.expires ||
-        o.subject) {
+        o.subject || o.offline_lease || o.lease_hours) {
         cli_errorf("job list: takes only --json and --dir");
         return CLI_EXIT_USAGE;
     }
@@ -405,7 +423,7 @@ static int cli__one_job(int argc, char **argv, const char *usage, const char *wh
     if (rc)
         return rc < 0 ? -1 : rc;
     if (optind != argc - 1 || o->firmware || o->quota || o->out || o->n_programmers || o->expires ||
-        o->subject) {
+        o->subject || o->offline_lease || o->lease_hours) {
         cli_errorf("job %s: need exactly one JOB (see --help)", what);
         return CLI_EXIT_USAGE;
     }

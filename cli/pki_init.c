@@ -451,11 +451,14 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
 static int pki__make_cas(struct pki__run *r)
 {
     char path[PATH_MAX];
-    int rc = pki__make_ca(r, &r->root, "NuSEC Root CA", NULL, 1);
+    /* Root pathLen 2 and Device CA pathLen 1: room for the programmers'
+     * line CAs of offline leases (Root -> Device CA -> line CA (pathLen 0) ->
+     * device, issue 15); the Fleet CA still issues leaves only. */
+    int rc = pki__make_ca(r, &r->root, "NuSEC Root CA", NULL, 2);
     if (!rc)
         rc = pki__make_ca(r, &r->fleet, "NuSEC Fleet CA", &r->root, 0);
     if (!rc)
-        rc = pki__make_ca(r, &r->device, "NuSEC Device CA", &r->root, 0);
+        rc = pki__make_ca(r, &r->device, "NuSEC Device CA", &r->root, 1);
     if (rc)
         return rc;
     const struct {

@@ -263,6 +263,10 @@ static int job__allocate(struct cloud_call *call, struct job__plan *p)
                           CLOUD_LEDGER_ALLOC_MAX);
     if (r->quota == 0)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "quota must be at least 1");
+    if (!r->offline_lease != !r->lease_hours || r->offline_lease > r->quota ||
+        r->lease_hours > 720)
+        return cloud_fail(call, NU_ERR_INVALID_ARG,
+                          "offline lease: N (1..quota) with H hours (1..720), or neither");
     for (size_t i = 0; i < r->n_allocations; i++) {
         const Nusec__V1__ProgrammerAllocation *a = r->allocations[i];
         for (size_t k = 0; k < i; k++) {
@@ -517,6 +521,18 @@ static int job__create(struct cloud_call *call)
     }
     nu_info("job %s created by %s: %s, quota %u, %zu programmer(s)", p->job_id, call->requester,
             r->firmware, r->quota, p->n);
+    if (r->offline_lease) {
+        /* Its own transaction, after the job's: a crash between leaves a
+         * job that grants no lease (refused, audited), never a wrong one. */
+        rc = cloud_ledger_lease_policy_set(call->ledger, p->job_id, r->offline_lease,
+                                           r->lease_hours, call->requester, p->now);
+        if (rc) {
+            rc = cloud_fail(call, rc, "job %s created, its offline lease refused", p->job_id);
+            goto out;
+        }
+        nu_info("job %s: offline lease of %u unit(s) per programmer, %u h", p->job_id,
+                r->offline_lease, r->lease_hours);
+    }
     rc = job__reply_created(call, p);
     cloud_firmware_cache_put(call->cloud, p->job_id, p->image, p->image_len, p->digest, p->fw_key);
 out:

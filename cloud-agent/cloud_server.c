@@ -1,5 +1,6 @@
 /* nusec-cloud frame: subscription, request checks, worker pool, replies. */
 #include "cloud.h"
+#include "cloud_lease.h"
 #include "cloud_msgsig.h"
 #include "nu_msgsig.h"
 
@@ -79,8 +80,8 @@ struct cloud_queue {
     struct nu_msgsig_replay *replay; /* end-to-end freshness (cloud_msgsig.h) */
 };
 
-static const struct cloud_op *const cloud__op_tables[] = {cloud_enroll_ops, cloud_cert_ops,
-                                                          cloud_firmware_ops, cloud_job_ops, NULL};
+static const struct cloud_op *const cloud__op_tables[] = {
+    cloud_enroll_ops, cloud_cert_ops, cloud_firmware_ops, cloud_job_ops, cloud_lease_ops, NULL};
 
 static void cloud__item_free(struct cloud__item *it)
 {

@@ -166,6 +166,33 @@ static const char *const ledger__migrations[] = {
     " created_at_ms INTEGER NOT NULL,"
     " expires_at_ms INTEGER NOT NULL,"
     " used_at_ms INTEGER) WITHOUT ROWID;",
+    /* 3 -> 4: offline leases (issue 15; ledger.h, "offline leases"). */
+    "CREATE TABLE lease_policies ("
+    " job_id TEXT PRIMARY KEY NOT NULL REFERENCES jobs(job_id),"
+    " units INTEGER NOT NULL CHECK (units >= 1),"
+    " hours INTEGER NOT NULL CHECK (hours >= 1),"
+    " set_by TEXT NOT NULL,"
+    " set_at_ms INTEGER NOT NULL);"
+    "CREATE TABLE leases ("
+    " lease_id TEXT PRIMARY KEY NOT NULL,"
+    " job_id TEXT NOT NULL REFERENCES jobs(job_id),"
+    " programmer_id TEXT NOT NULL,"
+    " units INTEGER NOT NULL CHECK (units >= 1),"
+    " used INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0 AND used <= units),"
+    " line_pub_hash BLOB NOT NULL,"
+    " cert_der BLOB NOT NULL,"
+    " granted_at_ms INTEGER NOT NULL,"
+    " not_before_ms INTEGER NOT NULL,"
+    " not_after_ms INTEGER NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('active','returned','expired')),"
+    " closed_at_ms INTEGER);"
+    "CREATE INDEX leases_job ON leases(job_id, state);"
+    "CREATE TABLE lease_certs ("
+    " serial TEXT PRIMARY KEY NOT NULL REFERENCES certificates(serial),"
+    " lease_id TEXT NOT NULL REFERENCES leases(lease_id),"
+    " counter INTEGER NOT NULL,"
+    " recorded_at_ms INTEGER NOT NULL,"
+    " UNIQUE(lease_id, counter));",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))

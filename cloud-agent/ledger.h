@@ -184,7 +184,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 3
+#define CLOUD_LEDGER_SCHEMA_VERSION 4
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
@@ -893,5 +893,120 @@ int cloud_ledger_verify_target(const char *target, const char *password_file,
                                const struct cloud_ledger_verify_opts *opts,
                                struct cloud_ledger_verify_report *out_report);
 
+
+/* ------------------------------------------------ offline leases (issue 15) */
+
+/*
+ * An offline lease: one programmer of a job may issue up to `units` device
+ * certificates itself, signed in its KeyStore by a line-CA key whose
+ * certificate (Device CA -> line CA, pathLen 0, validity = the lease) the
+ * cloud issued. The units are reserved out of the job's quota while the
+ * lease is active: online issuance sees quota - issued - reserved, where
+ * reserved = units - used of every active lease of the job. Each offline
+ * certificate recorded moves one unit from reserved to issued; returning the
+ * lease (or its expiry, noticed at the next grant or record of the job)
+ * gives the unused units back. Code in ledger_lease.c.
+ *
+ * Tables (schema created on first use, both backends):
+ *   lease_policies(job_id PK, units, hours, set_by, set_at_ms)
+ *   leases(lease_id PK, job_id, programmer_id, units, used, line_pub_hash BLOB
+ *        (SHA-256 of the line-CA public point), cert_der BLOB, granted_at_ms,
+ *        not_before_ms, not_after_ms, state IN ('active','returned','expired'),
+ *        closed_at_ms)
+ *   lease_certs(serial PK, lease_id, counter, recorded_at_ms, UNIQUE(lease_id, counter))
+ * Events: lease.policy {"units":N,"hours":N}; lease.granted {"lease":L,
+ *   "programmer":P,"units":N,"not_before_ms":N,"not_after_ms":N,"line_pub_hash":H,
+ *   "cert_sha256":H}; lease.refused {"programmer":P,"code":NAME,"units":N,"available":N};
+ *   lease.recorded {"lease":L,"serial":S,"counter":N,"offline":true} written with the
+ *   certificate's usual cert.issued; lease.incident {"lease":L,"programmer":P,
+ *   "code":NAME,"serial":S,"detail":S}; lease.returned|lease.expired {"lease":L,
+ *   "units":N,"used":N,"released":N}.
+ */
+#define CLOUD_LEDGER_LEASE_ID_MAX 40
+#define CLOUD_LEDGER_LEASE_CERT_MAX 2048
+
+struct cloud_ledger_lease {
+    char lease_id[CLOUD_LEDGER_LEASE_ID_MAX + 1];
+    char job_id[CLOUD_LEDGER_ID_MAX + 1];
+    char programmer_id[CLOUD_LEDGER_ID_MAX + 1];
+    uint32_t units, used;
+    uint64_t granted_at_ms, not_before_ms, not_after_ms;
+    uint8_t line_pub_hash[CLOUD_LEDGER_HASH_LEN];
+    uint8_t cert_der[CLOUD_LEDGER_LEASE_CERT_MAX];
+    size_t cert_len;
+    char state[16]; /* active, returned, expired */
+};
+
+/* Set the job's lease policy (units per programmer, hours); event lease.policy.
+ * Errors: INVALID_ARG, NOT_FOUND (job), EXISTS (a policy is set already), BUSY, DB. */
+int cloud_ledger_lease_policy_set(struct cloud_ledger *ledger, const char *job_id, uint32_t units,
+                                  uint32_t hours, const char *actor, uint64_t now_ms);
+
+/* The job's lease policy. Errors: NOT_FOUND (none: the job allows no lease), DB. */
+int cloud_ledger_lease_policy_get(struct cloud_ledger *ledger, const char *job_id,
+                                  uint32_t *out_units, uint32_t *out_hours);
+
+/*
+ * Grant lease `want` (lease_id, job, programmer, units, validity, line_pub_hash
+ * and the signed cert_der filled by the caller). If the programmer holds an
+ * active lease of the job for the same line key, that one is answered
+ * (*out_existing = 1, *out = it): a repeated grant. Otherwise, in one
+ * transaction: expired leases of the job are closed; job active, not
+ * expired; programmer allocated; no other active lease of it in the job;
+ * units <= quota - issued - reserved; lease row; event lease.granted.
+ * Refusals are audited (lease.refused) and return: NOT_FOUND (job),
+ * JOB_NOT_ACTIVE, EXPIRED, NOT_AUTHORIZED (no allocation), STATE (another
+ * lease out), LEASE_OVERCOMMIT. Other errors: INVALID_ARG, BUSY, DB.
+ */
+int cloud_ledger_lease_grant(struct cloud_ledger *ledger, const struct cloud_ledger_lease *want,
+                             uint64_t now_ms, struct cloud_ledger_lease *out, int *out_existing);
+
+/* The lease `lease_id` if `programmer_id` holds it. Errors: LEASE_UNKNOWN, DB. */
+int cloud_ledger_lease_get(struct cloud_ledger *ledger, const char *lease_id,
+                           const char *programmer_id, struct cloud_ledger_lease *out);
+
+/* One certificate issued offline, checked by the caller against the lease
+ * (chain, validity inside the lease window). */
+struct cloud_ledger_lease_cert {
+    const char *lease_id;
+    const char *programmer_id;
+    const char *serial; /* lower-case hex */
+    const uint8_t *device_uid;
+    size_t device_uid_len;
+    uint8_t pubkey_hash[CLOUD_LEDGER_HASH_LEN];
+    const char *pem;
+    uint32_t counter;     /* the KeyStore lease counter value it took, 1..units */
+    uint64_t issued_at_ms; /* from the certificate (notBefore + backdate) */
+};
+
+/*
+ * Record an offline certificate: certificate row (state provisioned, detail
+ * "offline lease L"), jobs.issued + 1, lease used + 1, events cert.issued
+ * (idempotency key = SHA-256("nusec/v1 lease" || lease || counter)[:16]) and
+ * lease.recorded. A serial already recorded under this lease: *out_known = 1,
+ * nothing changes (a replayed upload).
+ * Refusals are audited as lease.incident and change nothing else:
+ * LEASE_UNKNOWN (not this programmer's lease), LEASE_NOT_COVERED (beyond
+ * the lease's units, counter reused or out of range, lease closed, UID
+ * already certified in the job). Other errors: INVALID_ARG, BUSY, DB.
+ */
+int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_ledger_lease_cert *c,
+                              uint64_t now_ms, int *out_known);
+
+/* Audit an incident the caller found (lease.incident) in its own transaction. */
+int cloud_ledger_lease_incident(struct cloud_ledger *ledger, const char *lease_id,
+                                const char *programmer_id, const char *job_id, int code,
+                                const char *serial, const char *detail, uint64_t now_ms);
+
+/* Return an active lease: its unused units go back to the quota (event
+ * lease.returned). Returning a closed lease is NU_OK, nothing changes.
+ * Errors: LEASE_UNKNOWN, BUSY, DB. */
+int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
+                              const char *programmer_id, uint64_t now_ms,
+                              struct cloud_ledger_lease *out);
+
+/* Units reserved by the job's active leases (units - used), for issuance. */
+int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id, uint64_t now_ms,
+                                uint32_t *out_reserved);
 
 #endif

@@ -156,7 +156,40 @@
                   " package) VALUES (?1, ?2, ?3, ?4, ?5)")                                         \
     X(PKG_TOKEN, "SELECT token_hash FROM job_packages WHERE job_id = ?1 AND programmer_id = ?2")   \
     X(PKG_LIST, "SELECT programmer_id, package FROM job_packages WHERE job_id = ?1"                \
-                " ORDER BY position")
+                " ORDER BY position")                                                              \
+    LEDGER_LEASE_SQL(X)
+
+/* Offline leases (ledger_lease.c, schema 4). */
+#define LEDGER_LEASE_COLS                                                                          \
+    "lease_id, job_id, programmer_id, units, used, line_pub_hash, cert_der, granted_at_ms,"        \
+    " not_before_ms, not_after_ms, state"
+#define LEDGER_LEASE_SQL(X)                                                                        \
+    X(LEASE_RESERVED, "SELECT CAST(coalesce(sum(units - used), 0) AS BIGINT),"                     \
+                      " CAST(coalesce(sum(CASE WHEN programmer_id = ?2 THEN units - used"          \
+                      " ELSE 0 END), 0) AS BIGINT) FROM leases WHERE job_id = ?1"                  \
+                      " AND state = 'active' AND not_after_ms + ?3 > ?4")                          \
+    X(LEASE_POLICY_GET, "SELECT units, hours FROM lease_policies WHERE job_id = ?1")               \
+    X(LEASE_POLICY_PUT, "INSERT INTO lease_policies (job_id, units, hours, set_by, set_at_ms)"     \
+                        " VALUES (?1, ?2, ?3, ?4, ?5)")                                            \
+    X(LEASE_GET, "SELECT " LEDGER_LEASE_COLS " FROM leases WHERE lease_id = ?1")                   \
+    X(LEASE_ACTIVE_OF, "SELECT " LEDGER_LEASE_COLS " FROM leases WHERE job_id = ?1"                \
+                       " AND programmer_id = ?2 AND state = 'active'")                             \
+    X(LEASE_INSERT, "INSERT INTO leases (lease_id, job_id, programmer_id, units, used,"            \
+                    " line_pub_hash, cert_der, granted_at_ms, not_before_ms, not_after_ms, state)" \
+                    " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, 'active')")                   \
+    X(LEASE_USED, "UPDATE leases SET used = used + 1 WHERE lease_id = ?1 AND used < units"         \
+                  " AND state = 'active'")                                                         \
+    X(LEASE_CLOSE, "UPDATE leases SET state = ?2, closed_at_ms = ?3 WHERE lease_id = ?1"           \
+                   " AND state = 'active'")                                                        \
+    X(LEASE_STALE, "SELECT lease_id, units, used FROM leases WHERE job_id = ?1"                    \
+                   " AND state = 'active' AND not_after_ms + ?2 <= ?3 ORDER BY lease_id")          \
+    X(LCERT_GET, "SELECT lease_id, counter FROM lease_certs WHERE serial = ?1")                    \
+    X(LCERT_COUNTER, "SELECT serial FROM lease_certs WHERE lease_id = ?1 AND counter = ?2")        \
+    X(LCERT_INSERT, "INSERT INTO lease_certs (serial, lease_id, counter, recorded_at_ms)"          \
+                    " VALUES (?1, ?2, ?3, ?4)")                                                    \
+    X(LJOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >= quota"   \
+                   " AND status = 'active' THEN 'exhausted' ELSE status END, updated_at_ms = ?2"   \
+                   " WHERE job_id = ?1 AND issued < quota")
 
 enum ledger_stmt {
 #define LEDGER__ENUM(name, sql) ST_##name,
@@ -371,6 +404,13 @@ void ledger__cert_issued_json(struct ledger_json *j, const char *serial, const u
                               const uint8_t pubkey_hash[CLOUD_LEDGER_HASH_LEN],
                               const char *programmer, const uint8_t *key, size_t key_len,
                               const uint8_t pem_sha256[CLOUD_LEDGER_HASH_LEN]);
+
+/* -------- offline leases (ledger_lease.c) */
+
+/* Units the job's active leases hold back (units - used), all and the
+ * programmer's, as issuance sees them at now_ms. */
+int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
+                           uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog);
 
 /* Lock one row with a FOR UPDATE statement (two text keys; absent is fine). */
 int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,

@@ -107,6 +107,7 @@ struct ledger_decision {
     int have_alloc;
     uint32_t alloc_limit;
     uint32_t alloc_issued;
+    uint32_t leased_job, leased_prog; /* units held back by offline leases (ledger_lease.c) */
     int have_cert; /* l->cert holds the job's certificate for this UID */
 };
 
@@ -352,6 +353,9 @@ static int ledger__decision_read(struct cloud_ledger *l, const struct cloud_ledg
     d->have_alloc = rc == NU_OK;
     if (rc == NU_ERR_NOT_FOUND)
         rc = NU_OK;
+    if (rc == NU_OK && d->have_alloc)
+        rc = ledger__lease_reserved(l, req->job_id, req->requester, req->now_ms, &d->leased_job,
+                                    &d->leased_prog);
     if (rc == NU_OK)
         rc = ledger__cert_find(l, &ref, l->cert);
     d->have_cert = rc == NU_OK;
@@ -387,7 +391,8 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
         return NU_ERR_JOB_NOT_ACTIVE;
     if (d->job.expires_at_ms && req->now_ms >= d->job.expires_at_ms)
         return NU_ERR_EXPIRED;
-    if (d->alloc_issued >= d->alloc_limit || d->job.issued >= d->job.quota)
+    if ((uint64_t)d->alloc_issued + d->leased_prog >= d->alloc_limit ||
+        (uint64_t)d->job.issued + d->leased_job >= d->job.quota)
         return NU_ERR_QUOTA_EXHAUSTED;
     if (d->have_cert)
         return NU_ERR_DUPLICATE_DEVICE;

@@ -168,6 +168,33 @@ const char *const ledger_schema_pg_migrations[] = {
     " created_at_ms BIGINT NOT NULL,"
     " expires_at_ms BIGINT NOT NULL,"
     " used_at_ms BIGINT);",
+    /* 3 -> 4: offline leases (see the SQLite migration). */
+    "CREATE TABLE lease_policies ("
+    " job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),"
+    " units BIGINT NOT NULL CHECK (units >= 1),"
+    " hours BIGINT NOT NULL CHECK (hours >= 1),"
+    " set_by TEXT NOT NULL,"
+    " set_at_ms BIGINT NOT NULL);"
+    "CREATE TABLE leases ("
+    " lease_id TEXT PRIMARY KEY,"
+    " job_id TEXT NOT NULL REFERENCES jobs(job_id),"
+    " programmer_id TEXT NOT NULL,"
+    " units BIGINT NOT NULL CHECK (units >= 1),"
+    " used BIGINT NOT NULL DEFAULT 0 CHECK (used >= 0 AND used <= units),"
+    " line_pub_hash BYTEA NOT NULL,"
+    " cert_der BYTEA NOT NULL,"
+    " granted_at_ms BIGINT NOT NULL,"
+    " not_before_ms BIGINT NOT NULL,"
+    " not_after_ms BIGINT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('active','returned','expired')),"
+    " closed_at_ms BIGINT);"
+    "CREATE INDEX leases_job ON leases(job_id, state);"
+    "CREATE TABLE lease_certs ("
+    " serial TEXT PRIMARY KEY REFERENCES certificates(serial),"
+    " lease_id TEXT NOT NULL REFERENCES leases(lease_id),"
+    " counter BIGINT NOT NULL,"
+    " recorded_at_ms BIGINT NOT NULL,"
+    " UNIQUE(lease_id, counter));",
 };
 
 const unsigned ledger_schema_pg_count =

@@ -33,6 +33,7 @@ extern const unsigned ledger_schema_pg_count;
     "GRANT UPDATE (state, state_at_ms, detail, revoked_at_ms, revoke_reason) ON certificates"      \
     " TO %1$s;"                                                                                    \
     "GRANT UPDATE ON requests TO %1$s;"                                                            \
-    "GRANT UPDATE (seq, hash) ON audit_head TO %1$s;"
+    "GRANT UPDATE (seq, hash) ON audit_head TO %1$s;"                                              \
+    "GRANT UPDATE (used, state, closed_at_ms) ON leases TO %1$s;"
 
 #endif

@@ -212,6 +212,17 @@ static const struct nu__rule nu__rules[] = {
     NU__COUNT(ProgrammerStatus, programmer_status, sockets, NU_ENVELOPE_SOCKETS_MAX),
     NU__ID(ProgrammerStatus, programmer_status, firmware_version, 0),
     NU__ID(SocketStatus, socket_status, state, 0),
+
+    NU__ID(LeaseGrantRequest, lease_grant_request, job_id, 1),
+    NU__BYTES(LeaseGrantRequest, lease_grant_request, line_ca_csr_der, 1, NU_ENVELOPE_CSR_MAX),
+    NU__ID(LeaseGrant, lease_grant, lease_id, 1),
+    NU__ID(LeaseGrant, lease_grant, job_id, 1),
+    NU__BYTES(LeaseGrant, lease_grant, line_ca_cert_der, 1, NU_ENVELOPE_CERT_MAX),
+    NU__BYTES(LeaseIssued, lease_issued, device_uid, 1, NU__UID),
+    NU__BYTES(LeaseIssued, lease_issued, certificate_der, 1, NU_ENVELOPE_CERT_MAX),
+    NU__ID(LeaseUploadRequest, lease_upload_request, lease_id, 1),
+    NU__COUNT(LeaseUploadRequest, lease_upload_request, issued, 64),
+    NU__ID(LeaseUploadResponse, lease_upload_response, lease_id, 0),
 };
 
 #define NU__NRULES (sizeof(nu__rules) / sizeof(nu__rules[0]))

@@ -58,7 +58,10 @@
     X(NONCE_EXPIRED, 43, "enrollment challenge expired")                                           \
     X(MEASUREMENT, 44, "programmer firmware not approved by the OEM")                              \
     X(SERIAL_NOT_ALLOWED, 45, "programmer serial not on the allow-list")                           \
-    X(KEY_NOT_ATTESTED, 46, "key not the one the KeyStore attested")
+    X(KEY_NOT_ATTESTED, 46, "key not the one the KeyStore attested")                               \
+    X(LEASE_UNKNOWN, 47, "no such offline lease for this programmer")                              \
+    X(LEASE_NOT_COVERED, 48, "certificate not covered by the offline lease")                       \
+    X(LEASE_OVERCOMMIT, 49, "offline lease would over-commit the job's quota")
 
 enum nu_err {
 #define NU__ERR_ENUM(name, value, text) NU_ERR_##name = value,

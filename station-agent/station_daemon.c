@@ -51,6 +51,7 @@ struct st__prog {
     int online;
     unsigned epoch; /* grows each time it comes (back) online */
     uint64_t online_since_ms;
+    uint64_t cloud_lost_ms; /* it says the cloud is unreachable since, 0: reachable */
 };
 
 /* A package and what this process did with it. */
@@ -535,6 +536,7 @@ static void st__prog_save(struct station *st, const struct st__prog *p, const st
     row.status_sent_ms = p->sent_ms;
     row.seen_at_ms = m->received_ms;
     row.online_since_ms = p->online ? p->online_since_ms : 0;
+    row.cloud_lost_ms = p->online ? p->cloud_lost_ms : 0;
     if (station_db_programmer_put(st->db, &row, m->payload, m->len) != NU_OK)
         nu_error("status of %s not recorded", p->id);
 }
@@ -560,6 +562,31 @@ static void st__status_effects(struct station *st, const struct st__prog *p, int
                strcmp(prev_job, p->job_id) == 0) {
         /* It ran and stopped by itself: tray empty, limit, quota or error. */
         st__pkg_finish(st, pkg, NULL);
+    }
+}
+
+/* The programmer's view of the cloud link (issue 15): logged and published
+ * as station events cloud.unreachable / cloud.reachable on each change. */
+static void st__cloud_link(struct station *st, struct st__prog *p, uint64_t lost_ms)
+{
+    char since[32], detail[NU_ENVELOPE_ID_MAX + 64];
+    if ((lost_ms != 0) == (p->cloud_lost_ms != 0)) {
+        p->cloud_lost_ms = lost_ms;
+        return;
+    }
+    p->cloud_lost_ms = lost_ms;
+    if (lost_ms) {
+        time_t t = (time_t)(lost_ms / 1000u);
+        struct tm tm;
+        if (!gmtime_r(&t, &tm) || !strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm))
+            snprintf(since, sizeof(since), "%llu ms", (unsigned long long)lost_ms);
+        snprintf(detail, sizeof(detail), "%s: cloud unreachable since %s", p->id, since);
+        nu_warn("programmer %s", detail);
+        st__note(st, "cloud.unreachable", p->job_id, 0, detail, p);
+    } else {
+        snprintf(detail, sizeof(detail), "%s: cloud reachable", p->id);
+        nu_info("programmer %s", detail);
+        st__note(st, "cloud.reachable", p->job_id, 0, detail, p);
     }
 }
 
@@ -607,6 +634,8 @@ static void st__ingest_status(struct station *st, const struct st__msg *m)
         nu_warn("programmer %s offline", p->id);
         st__note(st, "programmer.offline", p->job_id, 0, p->id, p);
     }
+    if (!offline)
+        st__cloud_link(st, p, s.cloud_lost_ms);
     if (!offline)
         st__status_effects(st, p, prev_state, prev_job);
     st__prog_save(st, p, m);

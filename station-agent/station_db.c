@@ -80,7 +80,8 @@ static const char db__schema[] =
     " status_sent_ms INTEGER NOT NULL DEFAULT 0,"
     " seen_at_ms INTEGER NOT NULL,"
     " online_since_ms INTEGER NOT NULL DEFAULT 0,"
-    " envelope BLOB);";
+    " envelope BLOB,"
+    " cloud_lost_ms INTEGER NOT NULL DEFAULT 0);";
 
 static const char *const db__job_states[] = {"imported", "started", "stopped", "done"};
 
@@ -154,6 +155,12 @@ static int db__schema_create(struct station_db *db)
     if (rc == NU_ERR_NOT_FOUND) {
         snprintf(ver, sizeof(ver), "%d", STATION_DB_SCHEMA);
         rc = station_db_meta_set(db, "schema", ver);
+    } else if (rc == NU_OK && atoi(ver) < 2) {
+        /* 1 -> 2: the programmers' cloud link (issue 15). */
+        rc = db__exec(db, "ALTER TABLE programmers ADD COLUMN"
+                          " cloud_lost_ms INTEGER NOT NULL DEFAULT 0");
+        if (rc == NU_OK)
+            rc = station_db_meta_set(db, "schema", "2");
     } else if (rc == NU_OK && atoi(ver) > STATION_DB_SCHEMA) {
         nu_error("station.db: schema %s is newer than this build (%d)", ver, STATION_DB_SCHEMA);
         rc = NU_ERR_NOT_SUPPORTED;
@@ -703,8 +710,9 @@ int station_db_programmer_put(struct station_db *db, const struct station_progra
     int rc = db__prep(db,
                       "INSERT OR REPLACE INTO programmers(programmer_id, state, job_id,"
                       " unit_limit, counter, sockets, firmware_version, status_seq,"
-                      " status_sent_ms, seen_at_ms, online_since_ms, envelope)"
-                      " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      " status_sent_ms, seen_at_ms, online_since_ms, envelope,"
+                      " cloud_lost_ms)"
+                      " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       &st);
     if (rc != NU_OK)
         return rc;
@@ -721,12 +729,13 @@ int station_db_programmer_put(struct station_db *db, const struct station_progra
     sqlite3_bind_int64(st, 11, (sqlite3_int64)p->online_since_ms);
     if (envelope)
         sqlite3_bind_blob(st, 12, envelope, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 13, (sqlite3_int64)p->cloud_lost_ms);
     return db__done(db, st, "programmer put");
 }
 
 static const char db__prog_cols[] =
     "SELECT programmer_id, state, job_id, unit_limit, counter, sockets, firmware_version,"
-    " status_seq, status_sent_ms, seen_at_ms, online_since_ms FROM programmers";
+    " status_seq, status_sent_ms, seen_at_ms, online_since_ms, cloud_lost_ms FROM programmers";
 
 static void db__prog_row(sqlite3_stmt *st, struct station_programmer *out)
 {
@@ -742,6 +751,7 @@ static void db__prog_row(sqlite3_stmt *st, struct station_programmer *out)
     out->status_sent_ms = db__u64(st, 8);
     out->seen_at_ms = db__u64(st, 9);
     out->online_since_ms = db__u64(st, 10);
+    out->cloud_lost_ms = db__u64(st, 11);
 }
 
 int station_db_programmer_get(struct station_db *db, const char *programmer_id,

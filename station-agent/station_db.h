@@ -38,7 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STATION_DB_SCHEMA 1
+#define STATION_DB_SCHEMA 2
 #define STATION_DB_ERROR_MAX 160
 
 struct station_db;
@@ -78,6 +78,7 @@ struct station_programmer {
     uint32_t limit, counter, sockets;
     char firmware_version[NU_ENVELOPE_ID_MAX + 1];
     uint64_t status_seq, status_sent_ms, seen_at_ms, online_since_ms;
+    uint64_t cloud_lost_ms; /* the programmer says: cloud unreachable since, 0: reachable */
 };
 
 /* Device counts of a job (and optionally one programmer) from the journal. */

@@ -239,6 +239,7 @@ int station_status_decode(const char *topic, const uint8_t *payload, size_t len,
         ev__copy(out->firmware_version, sizeof(out->firmware_version), s->firmware_version);
         out->seq = env->header->sequence;
         out->sent_at_ms = env->header->sent_at_ms;
+        out->cloud_lost_ms = s->cloud_unreachable_since_ms;
     }
     nu_envelope_free(env);
     if (out_detail)

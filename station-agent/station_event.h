@@ -53,6 +53,7 @@ struct station_status {
     uint32_t sockets, done, failed; /* socket count, sums over the sockets */
     char firmware_version[NU_ENVELOPE_ID_MAX + 1];
     uint64_t seq, sent_at_ms;
+    uint64_t cloud_lost_ms; /* cloud unreachable since (wall ms), 0: reachable */
 };
 
 /*

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct report__build {
     struct station_report *r;
@@ -56,6 +57,10 @@ static int report__prog_cb(void *ctx, const struct station_package *p)
         snprintf(rp->state, sizeof(rp->state), "%s", seen.state);
         if (!strcmp(seen.job_id, p->job_id))
             rp->counter = seen.counter;
+        rp->cloud_lost_ms = seen.cloud_lost_ms;
+        if (seen.cloud_lost_ms &&
+            (!b->r->cloud_lost_ms || seen.cloud_lost_ms < b->r->cloud_lost_ms))
+            b->r->cloud_lost_ms = seen.cloud_lost_ms;
     } else {
         snprintf(rp->state, sizeof(rp->state), "unknown");
     }
@@ -198,8 +203,10 @@ static void report__jnums(FILE *out, uint32_t limit, uint32_t done, uint32_t fai
 
 void station_report_json(const struct station_report *r, FILE *out)
 {
-    fprintf(out, "{\"now_ms\":%" PRIu64 ",\"daemon\":%s,\"jobs\":[", r->now_ms,
-            r->daemon_running ? "true" : "false");
+    fprintf(out,
+            "{\"now_ms\":%" PRIu64 ",\"daemon\":%s,\"cloud_unreachable_since_ms\":%" PRIu64
+            ",\"jobs\":[",
+            r->now_ms, r->daemon_running ? "true" : "false", r->cloud_lost_ms);
     for (size_t i = 0; i < r->n_jobs; i++) {
         const struct station_report_job *j = &r->jobs[i];
         fputs(i ? ",{" : "{", out);
@@ -216,6 +223,7 @@ void station_report_json(const struct station_report *r, FILE *out)
             report__jnums(out, p->limit, p->done, p->failed, p->per_min, p->eta_s);
             fprintf(out, ",\"counter\":%" PRIu32 ",\"finished\":%s,\"delivered_at_ms\":%" PRIu64,
                     p->counter, p->finished ? "true" : "false", p->delivered_at_ms);
+            fprintf(out, ",\"cloud_unreachable_since_ms\":%" PRIu64, p->cloud_lost_ms);
             report__jstr(out, "error", p->error, 1);
             fputs("}", out);
         }
@@ -300,11 +308,26 @@ static void report__line(FILE *out, int name_width, const char *indent, const ch
             keep[REPORT__ETA] ? part[REPORT__ETA] : "");
 }
 
+static void report__utc(uint64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000u);
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, cap, "%" PRIu64 " ms", ms);
+}
+
 int station_report_text(const struct station_report *r, unsigned cols, FILE *out)
 {
     int lines = 0, name_width = report__name_width(r);
     if (!r->daemon_running) {
         fputs("warning: nusec-station is not running: nothing is delivered until it starts\n", out);
+        lines++;
+    }
+    if (r->cloud_lost_ms) {
+        char since[32];
+        report__utc(r->cloud_lost_ms, since, sizeof(since));
+        fprintf(out, "cloud unreachable since %s (%" PRIu64 " s): no new chip until it is back\n",
+                since, r->now_ms > r->cloud_lost_ms ? (r->now_ms - r->cloud_lost_ms) / 1000u : 0);
         lines++;
     }
     if (!r->n_jobs) {
@@ -323,6 +346,11 @@ int station_report_text(const struct station_report *r, unsigned cols, FILE *out
                          p->failed, p->per_min, p->eta_s);
             if (p->error[0])
                 fprintf(out, "  ! %s", p->error);
+            if (p->cloud_lost_ms) {
+                char since[32];
+                report__utc(p->cloud_lost_ms, since, sizeof(since));
+                fprintf(out, "  ! cloud unreachable since %s", since);
+            }
             fputc('\n', out);
             lines++;
         }

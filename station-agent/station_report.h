@@ -22,6 +22,7 @@ struct station_report_prog {
     int64_t eta_s; /* -1 unknown */
     int finished;
     uint64_t delivered_at_ms;
+    uint64_t cloud_lost_ms; /* it says: cloud unreachable since (wall ms), 0: reachable */
     char error[STATION_DB_ERROR_MAX];
 };
 
@@ -38,6 +39,7 @@ struct station_report {
     uint64_t now_ms;
     int daemon_running;
     pid_t daemon_pid;
+    uint64_t cloud_lost_ms; /* earliest cloud_lost_ms of the programmers shown, 0: none */
     size_t n_jobs;
     struct station_report_job *jobs;
 };

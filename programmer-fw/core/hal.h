@@ -60,6 +60,7 @@
 enum pg_key {
     PG_KEY_IDENTITY = 0, /* mTLS client identity; signs (CSR, TLS) only */
     PG_KEY_PACKAGE = 1,  /* package decryption; ECDH only */
+    PG_KEY_LINE_CA = 2,  /* offline lease line CA (issue 15); signs device certificates only */
 };
 
 /* What a KeyStore attestation produces (caller-allocated). */
@@ -112,6 +113,11 @@ struct pg_keystore_ops {
      * (programmer not factory-initialised); STATE without a measurement.
      * Appended: a KeyStore that cannot attest leaves it NULL (NOT_SUPPORTED). */
     int (*attest)(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN], struct pg_attestation *out);
+    /* Offline lease (issue 15), appended: make a fresh PG_KEY_LINE_CA key
+     * pair inside the KeyStore, replacing the previous one (a new lease, a
+     * new key; the old one is destroyed). Never exportable; it signs only
+     * (sign_digest), no ECDH. NULL: the KeyStore has no line CA (NOT_SUPPORTED). */
+    int (*line_key_generate)(void *ctx);
 };
 
 /* ----------------------------------------------------------------- flash */
@@ -271,6 +277,15 @@ struct pg_crypto_ops {
      * BAD_FIRMWARE (or BAD_SIGNATURE / TAMPERED) otherwise. */
     int (*image_verify)(void *ctx, pg_read_fn read, void *rctx, uint32_t size,
                         const uint8_t rotpk[PG_P256_PUB_LEN], const uint8_t rotpk_hash[32]);
+    /* Appended (issue 15): a device certificate for `pub`, issued by the
+     * certificate issuer[issuer_len] (the lease's line CA) and signed through
+     * `sign` (the KeyStore's line-CA key): the cloud's device profile (CN =
+     * cn, OU = device, O = NuSEC, digitalSignature, clientAuth, CA:FALSE,
+     * random serial), valid from now_s - 1 h for 20 years. INVALID_ARG (the
+     * issuer is not a CA for that key), TOO_LARGE (cap), CRYPTO. */
+    int (*cert_issue)(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t *issuer,
+                      size_t issuer_len, const uint8_t pub[PG_P256_PUB_LEN], const char *cn,
+                      uint64_t now_s, uint8_t *out, size_t cap, size_t *out_len);
 };
 
 /* ------------------------------------------------------- clock, rng, log */
@@ -361,6 +376,10 @@ static inline int pg_ks_attest(const struct pg_hal *h, const uint8_t nonce[PG_AT
                                struct pg_attestation *out)
 {
     return PG__HAL_CALL(h, ks, attest, nonce, out);
+}
+static inline int pg_ks_line_key_generate(const struct pg_hal *h)
+{
+    return PG__HAL_CALL0(h, ks, line_key_generate);
 }
 static inline int pg_ks_blob_put(const struct pg_hal *h, const char *name, const uint8_t *data,
                                  size_t len)
@@ -544,6 +563,14 @@ static inline int pg_image_verify(const struct pg_hal *h, pg_read_fn read, void 
                                   const uint8_t rotpk_hash[32])
 {
     return PG__HAL_CALL(h, cry, image_verify, read, rctx, size, rotpk, rotpk_hash);
+}
+static inline int pg_cert_issue(const struct pg_hal *h, pg_sign_fn sign, void *sctx,
+                                const uint8_t *issuer, size_t issuer_len,
+                                const uint8_t pub[PG_P256_PUB_LEN], const char *cn, uint64_t now_s,
+                                uint8_t *out, size_t cap, size_t *out_len)
+{
+    return PG__HAL_CALL(h, cry, cert_issue, sign, sctx, issuer, issuer_len, pub, cn, now_s, out,
+                        cap, out_len);
 }
 
 static inline int pg_rng_fill(const struct pg_hal *h, void *buf, size_t len)

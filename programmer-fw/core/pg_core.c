@@ -107,6 +107,7 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
             delay *= 2;
         }
         rc = pg_tp_request(c->hal, topic, req, len, c->timeout_ms, resp, cap, out_len);
+        pg__link_note(c, rc);
         if (!pg__transient(rc))
             break;
     }
@@ -126,7 +127,9 @@ int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_
     uint32_t tmo = c->timeout_ms;
     if (attempt < 8 && (PG_FIRST_TIMEOUT_MS << attempt) < tmo)
         tmo = PG_FIRST_TIMEOUT_MS << attempt;
-    return pg_tp_request(c->hal, topic, req, len, tmo, resp, cap, out_len);
+    rc = pg_tp_request(c->hal, topic, req, len, tmo, resp, cap, out_len);
+    pg__link_note(c, rc);
+    return rc;
 }
 
 int pg__cloud_transient(int rc)
@@ -309,6 +312,7 @@ int pg_core_status_encode(struct pg_core *c, enum pg_prog_state state, uint8_t *
         int ph = atomic_load(&c->sock[i].busy);
         socks[i].state = ph == PG_SOCK_WAIT_CLOUD ? "waiting-cloud"
                          : ph == PG_SOCK_BUSY     ? "busy"
+                         : ph == PG_SOCK_PAUSED   ? "paused"
                                                   : "idle";
     }
     uint32_t counter = 0;
@@ -325,6 +329,7 @@ int pg_core_status_encode(struct pg_core *c, enum pg_prog_state state, uint8_t *
         .sockets = socks,
         .n_sockets = c->n_sockets,
         .firmware_version = c->fw_version,
+        .cloud_lost_ms = pg__link_lost_ms(c),
     };
     struct pg_pb_writer w;
     int rc = pg__env_start(c, &w, buf, cap, NULL, NULL, 0);

@@ -135,8 +135,14 @@ struct pg_enroll_work {
     struct pg_attestation att;
 };
 
-/* What a socket is doing (status "state" words: idle, busy, waiting-cloud). */
-enum pg_sock_phase { PG_SOCK_IDLE = 0, PG_SOCK_BUSY = 1, PG_SOCK_WAIT_CLOUD = 2 };
+/* What a socket is doing (status "state" words: idle, busy, waiting-cloud,
+ * paused: no new chip while the cloud is unreachable). */
+enum pg_sock_phase {
+    PG_SOCK_IDLE = 0,
+    PG_SOCK_BUSY = 1,
+    PG_SOCK_WAIT_CLOUD = 2,
+    PG_SOCK_PAUSED = 3,
+};
 
 struct pg_sock_state {
     atomic_uint done;
@@ -186,6 +192,8 @@ struct pg_core {
     atomic_uint holds;        /* cloud answers waited out (transient), this run */
     atomic_uint reports_sent; /* device reports the cloud confirmed, this run */
     atomic_int journal_pending; /* the flash journal may hold unconfirmed reports */
+    atomic_uint cloud_lost_s;   /* wall-clock s since the cloud stopped answering, 0: it
+                                   answers (pg_link.c; 32 bits: no 64-bit atomics on M33) */
 
     /* Station commands, filled by pg_core_on_message (any thread), taken by
      * pg_core_poll (control thread). */

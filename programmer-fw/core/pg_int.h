@@ -77,6 +77,19 @@ int pg__cloud_transient(int rc);
  * answers STATE when production is stopped, EXPIRED when the job expires. */
 int pg__hold_wait(struct pg_core *c, uint32_t *delay);
 
+/* pg_link.c: the outcome `rc` of a try of a cloud request (transport
+ * failure: the cloud is unreachable since now, if not already; anything
+ * else: it answers). Any thread. */
+void pg__link_note(struct pg_core *c, int rc);
+
+/* Wall-clock ms since the cloud is unreachable, 0 when it answers. */
+uint64_t pg__link_lost_ms(const struct pg_core *c);
+
+/* Before socket `sock` starts a chip: while the cloud is unreachable and
+ * another socket's held chip is probing it, wait (socket state "paused").
+ * Returns NU_OK to go on, STATE (production stopped) or EXPIRED (job). */
+int pg__link_gate(struct pg_core *c, unsigned sock);
+
 /* Publish the status now (a socket starts waiting for the cloud). */
 void pg__status_now(struct pg_core *c, uint8_t *buf, size_t cap);
 

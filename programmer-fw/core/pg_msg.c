@@ -372,5 +372,6 @@ void pg_msg_put_status(struct pg_pb_writer *w, const struct pg_msg_status_out *s
         pg_pb_end(w, k);
     }
     pg_pb_put_str(w, 7, s->firmware_version);
+    pg_pb_put_u64(w, 8, s->cloud_lost_ms);
     pg_pb_end(w, m);
 }

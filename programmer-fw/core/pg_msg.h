@@ -236,6 +236,7 @@ struct pg_msg_status_out {
     const struct pg_msg_sock_out *sockets;
     size_t n_sockets;
     const char *firmware_version;
+    uint64_t cloud_lost_ms; /* cloud unreachable since (wall ms), 0: reachable */
 };
 /* ProgrammerStatus as the envelope body (retained status topic). */
 void pg_msg_put_status(struct pg_pb_writer *w, const struct pg_msg_status_out *s);

@@ -724,6 +724,10 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     if (!atomic_load(&c->producing))
         return NU_ERR_STATE;
     prod__journal_due(c, sock);
+    /* No new chip while the cloud is unreachable (issue 15). */
+    int grc = pg__link_gate(c, sock);
+    if (grc == NU_ERR_EXPIRED)
+        return grc;
     int stop = atomic_load(&c->stop);
     if (stop != PG_STOP_NONE)
         return prod__stop_code(stop);

@@ -102,6 +102,45 @@ static int cry__csr_make(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t p
     return rc;
 }
 
+/* The cloud's device profile (cloud_cert.c), issued by the lease's line CA:
+ * the signer's public key is the issuer certificate's, which nu_x509_issue
+ * checks (a wrong key would make a certificate nobody can verify). */
+static int cry__cert_issue(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t *issuer,
+                           size_t issuer_len, const uint8_t pub[65], const char *cn, uint64_t now_s,
+                           uint8_t *out, size_t cap, size_t *out_len)
+{
+    (void)ctx;
+    struct nu_x509_cert_info ca;
+    struct nu_signer s = {.ctx = sctx, .sign_digest = sign};
+    struct nu_x509_issue_req ir = {
+        .cn = cn,
+        .ou = "device",
+        .o = "NuSEC",
+        .not_before = (int64_t)now_s - 3600,
+        .not_after = (int64_t)now_s + 20LL * 365 * 24 * 3600 + 5 * 24 * 3600,
+        .key_usage = NU_X509_KU_DIGITAL_SIGNATURE,
+        .ext_key_usage = NU_X509_EKU_CLIENT_AUTH,
+    };
+    uint8_t *der = NULL;
+    size_t len = 0;
+    int rc = nu_x509_cert_info(issuer, issuer_len, &ca);
+    if (rc == NU_OK && !ca.is_ca)
+        rc = NU_ERR_INVALID_ARG;
+    if (rc == NU_OK) {
+        memcpy(s.pub, ca.pub, sizeof(s.pub));
+        memcpy(ir.pub, pub, sizeof(ir.pub));
+        rc = nu_x509_issue(&ir, &s, issuer, issuer_len, &der, &len);
+    }
+    if (rc == NU_OK && len > cap)
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK) {
+        memcpy(out, der, len);
+        *out_len = len;
+    }
+    free(der);
+    return rc;
+}
+
 struct cry__csr_job {
     const uint8_t *der;
     size_t len;
@@ -231,4 +270,5 @@ const struct pg_crypto_ops pp_crypto_ops = {
     .cert_check = cry__cert_check,
     .pubkey_parse = cry__pubkey_parse,
     .image_verify = cry__image_verify,
+    .cert_issue = cry__cert_issue,
 };

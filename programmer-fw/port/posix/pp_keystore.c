@@ -28,10 +28,13 @@
  * attestation certificate and serial); no HAL op reads or writes them. */
 enum ks__type { KS__KEY = 1, KS__COUNTER = 2, KS__BLOB = 3, KS__FACTORY = 4 };
 
-/* keys[KS__ATTEST] is the vendor attestation key: it signs statements only. */
-#define KS__NKEYS 3
+/* keys[KS__ATTEST] is the vendor attestation key: it signs statements only.
+ * keys[KS__LINE] is the offline lease's line-CA key (PG_KEY_LINE_CA): it
+ * signs device certificates only, replaced at each new lease. */
+#define KS__NKEYS 4
 #define KS__ATTEST 2
-static const char *const ks__key_names[KS__NKEYS] = {"identity", "package", "attest"};
+#define KS__LINE 3
+static const char *const ks__key_names[KS__NKEYS] = {"identity", "package", "attest", "line-ca"};
 #define KS__FACTORY_CERT "attest.cert"
 #define KS__FACTORY_SERIAL "attest.serial"
 
@@ -185,7 +188,7 @@ static void ks__put_rec(uint8_t **p, uint8_t type, const char *name, const uint8
 static int ks__save(struct pp_ks *ks)
 {
     char pem[KS__NKEYS][NU_P256_PRIV_PEM_MAX];
-    size_t pem_len[KS__NKEYS] = {0, 0, 0}, total = ks__plain_size(ks);
+    size_t pem_len[KS__NKEYS] = {0}, total = ks__plain_size(ks);
     uint8_t kek[32], aad[4 + 64], *file = NULL;
     int rc = NU_OK;
     for (int k = 0; k < KS__NKEYS && rc == NU_OK; k++) {
@@ -412,13 +415,40 @@ static int ks__keys_generate(void *ctx)
     return rc;
 }
 
+/* The port's slot of a HAL key, -1 for none. */
+static int ks__slot(enum pg_key key)
+{
+    return key == PG_KEY_IDENTITY ? 0 : key == PG_KEY_PACKAGE ? 1 : key == PG_KEY_LINE_CA ? KS__LINE : -1;
+}
+
+static int ks__line_generate(void *ctx)
+{
+    struct pp_ks *ks = ctx;
+    struct nu_p256_key *fresh = NULL;
+    int rc = nu_p256_key_generate(&fresh);
+    pthread_mutex_lock(&ks->lock);
+    struct nu_p256_key *old = ks->keys[KS__LINE];
+    if (rc == NU_OK) {
+        ks->keys[KS__LINE] = fresh;
+        rc = ks__save(ks);
+        if (rc != NU_OK) { /* not durable: keep the old key, drop the new */
+            ks->keys[KS__LINE] = old;
+            old = fresh;
+        }
+    }
+    pthread_mutex_unlock(&ks->lock);
+    nu_p256_key_destroy(old);
+    return rc;
+}
+
 static int ks__pubkey(void *ctx, enum pg_key key, uint8_t out[PG_P256_PUB_LEN])
 {
     struct pp_ks *ks = ctx;
-    if (key != PG_KEY_IDENTITY && key != PG_KEY_PACKAGE)
+    int k = ks__slot(key);
+    if (k < 0)
         return NU_ERR_INVALID_ARG;
     pthread_mutex_lock(&ks->lock);
-    int rc = ks->keys[key] ? nu_p256_key_pub(ks->keys[key], out) : NU_ERR_NOT_FOUND;
+    int rc = ks->keys[k] ? nu_p256_key_pub(ks->keys[k], out) : NU_ERR_NOT_FOUND;
     pthread_mutex_unlock(&ks->lock);
     return rc;
 }
@@ -428,11 +458,12 @@ static int ks__sign(void *ctx, enum pg_key key, const uint8_t digest[32], uint8_
                     size_t *sig_len)
 {
     struct pp_ks *ks = ctx;
-    if (key != PG_KEY_IDENTITY)
+    if (key != PG_KEY_IDENTITY && key != PG_KEY_LINE_CA)
         return NU_ERR_PERMISSION;
+    int k = ks__slot(key);
     pthread_mutex_lock(&ks->lock);
     int rc =
-        ks->keys[0] ? nu_p256_key_sign_digest(ks->keys[0], digest, sig, sig_len) : NU_ERR_NOT_FOUND;
+        ks->keys[k] ? nu_p256_key_sign_digest(ks->keys[k], digest, sig, sig_len) : NU_ERR_NOT_FOUND;
     pthread_mutex_unlock(&ks->lock);
     return rc;
 }
@@ -692,6 +723,7 @@ const struct pg_keystore_ops pp_ks_ops = {
     .blob_get = ks__blob_get,
     .blob_put = ks__blob_put,
     .attest = ks__attest,
+    .line_key_generate = ks__line_generate,
 };
 
 int pp_ks_identity_pem_for_tls(struct pp_ks *ks, char *out, size_t cap, size_t *out_len)

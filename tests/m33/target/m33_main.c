@@ -172,6 +172,7 @@ static int ks_attest(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
 static const struct pg_keystore_ops t_ks = {
     PG_HAL_VERSION,  ks_keys_generate, ks_pubkey,   ks_sign,     ks_ecdh,
     ks_counter_read, ks_counter_inc,   ks_blob_get, ks_blob_put, ks_attest,
+    NULL, /* line_key_generate: no offline lease on this target (NOT_SUPPORTED) */
 };
 
 /* ---- flash -------------------------------------------------------------------- */
@@ -601,6 +602,7 @@ static int cr_image_verify(void *ctx, pg_read_fn read, void *rctx, uint32_t size
 static const struct pg_crypto_ops t_cry = {
     PG_HAL_VERSION, cr_sha_init, cr_sha_update, cr_sha_final,  cr_verify,       cr_gcm,
     cr_seal_open,   cr_csr_make, cr_csr_check,  cr_cert_check, cr_pubkey_parse, cr_image_verify,
+    NULL, /* cert_issue: no offline lease on this target (NOT_SUPPORTED) */
 };
 
 /* ---- clock, rng, log ------------------------------------------------------------------ */

@@ -261,8 +261,8 @@ static void test_fw_schema_v2(void)
          NULL},
     };
 
-    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 3);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 3);
+    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 4);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 4);
     for (size_t t = 0; t < sizeof(cols) / sizeof(cols[0]); t++) {
         for (size_t c = 1; cols[t][c]; c++) {
             char sql[256];
@@ -272,15 +272,16 @@ static void test_fw_schema_v2(void)
             CU_ASSERT_EQUAL(sql_int(path, sql), 1);
         }
     }
-    /* A fresh file is created at once at version 3: no migration event. */
+    /* A fresh file is created at once at version 4: no migration event. */
     CU_ASSERT_EQUAL(events(l, "ledger.migrated").count, 0);
-    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":3}");
+    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":4}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
 }
 
-/* Turn a version-3 file back into what version 1 wrote. */
+/* Turn a version-4 file back into what version 1 wrote. */
 static const char *const DOWNGRADE_TO_V1 =
+    "DROP TABLE lease_certs; DROP TABLE leases; DROP TABLE lease_policies;"
     "DROP TABLE enroll_nonces; ALTER TABLE programmers DROP COLUMN vendor_serial;"
     "ALTER TABLE programmers DROP COLUMN firmware_measurement;"
     "DROP TRIGGER firmware_images_fixed; DROP TRIGGER firmware_images_no_delete;"
@@ -309,13 +310,13 @@ static void test_fw_migrate_from_v1(void)
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 1); /* read-only: not migrated */
 
     CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l), NU_OK);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 3);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 4);
     CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM job_keys"), 0);
     CU_ASSERT_EQUAL(job_of(l, "job-1").quota, 10); /* data kept */
     struct evscan ev = events(l, "ledger.migrated");
     CU_ASSERT_EQUAL(ev.count, 1);
     CU_ASSERT_EQUAL(ev.last_seq, seq + 1);
-    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":3}");
+    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":4}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
     /* Opening again migrates nothing. */

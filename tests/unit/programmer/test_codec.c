@@ -60,7 +60,8 @@ static void test_status_and_event_read_by_protobuf_c(void)
     uint8_t buf[2048];
     struct pg_pb_writer w;
     struct pg_msg_sock_out socks[2] = {{0, 5, 1, "busy"}, {1, 0, 0, "idle"}};
-    struct pg_msg_status_out s = {"prog-1", PG_PROG_PRODUCING, "job-7", 10, 6, socks, 2, "0.1.0"};
+    struct pg_msg_status_out s = {"prog-1", PG_PROG_PRODUCING, "job-7", 10, 6, socks, 2, "0.1.0",
+                                  1765000000000ull};
     start(&w, buf, sizeof(buf), NULL);
     pg_msg_put_status(&w, &s);
     Nusec__V1__Envelope *env = NULL;
@@ -71,6 +72,7 @@ static void test_status_and_event_read_by_protobuf_c(void)
     CU_ASSERT_EQUAL_FATAL(env->programmer_status->n_sockets, 2);
     CU_ASSERT_EQUAL(env->programmer_status->sockets[0]->done, 5);
     CU_ASSERT_STRING_EQUAL(env->programmer_status->sockets[1]->state, "idle");
+    CU_ASSERT_EQUAL(env->programmer_status->cloud_unreachable_since_ms, 1765000000000ull);
     nu_envelope_free(env);
 
     uint8_t uid[16] = {0};

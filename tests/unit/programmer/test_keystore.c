@@ -10,7 +10,9 @@
 #include "nu_crypto.h"
 #include "nu_test.h"
 #include "nu_util.h"
+#include "nu_x509.h"
 #include "pp_keystore.h"
+#include "pp_port.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,6 +312,84 @@ static void test_no_private_key_outside_keystore(void)
     rig_teardown(&r);
 }
 
+/* The line-CA key of an offline lease (issue 15): made in the KeyStore, signs
+ * only, persists, is replaced by the next lease; device certificates issued
+ * through the port's cert_issue verify against CA -> line CA. */
+static int line_sign(void *sctx, const uint8_t digest[32], uint8_t *sig, size_t *sig_len)
+{
+    return pp_ks_ops.sign_digest(sctx, PG_KEY_LINE_CA, digest, sig, sig_len);
+}
+
+static void test_line_ca_key_issues_device_certificates(void)
+{
+    struct pp_ks *ks = NULL;
+    struct nu_p256_key *ca = NULL, *dev = NULL;
+    struct nu_signer ca_s;
+    uint8_t line_pub[65], again[65], dev_pub[65], secret[32], sig[80], digest[32] = {1};
+    uint8_t *ca_der = NULL, *line_der = NULL, leaf[2048];
+    size_t ca_len = 0, line_len = 0, leaf_len = 0, sig_len = sizeof(sig);
+    int64_t now = (int64_t)(nu_time_ms() / 1000u);
+    fresh();
+    CU_ASSERT_EQUAL_FATAL(pp_ks_open(pdir, "p1", 1, &ks), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.pubkey(ks, PG_KEY_LINE_CA, line_pub), NU_ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL_FATAL(pp_ks_ops.line_key_generate(ks), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pp_ks_ops.pubkey(ks, PG_KEY_LINE_CA, line_pub), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.ecdh(ks, PG_KEY_LINE_CA, line_pub, secret), NU_ERR_PERMISSION);
+    CU_ASSERT_EQUAL(pp_ks_ops.sign_digest(ks, PG_KEY_LINE_CA, digest, sig, &sig_len), NU_OK);
+
+    /* A CA (the Device CA's role) certifies the line key, pathLen 0. */
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&ca), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_signer(ca, &ca_s), NU_OK);
+    struct nu_x509_issue_req root = {.cn = "Test Device CA", .o = "NuSEC", .not_before = now - 60,
+                                     .not_after = now + 86400, .is_ca = 1, .path_len = 1,
+                                     .key_usage = NU_X509_KU_KEY_CERT_SIGN};
+    nu_p256_key_pub(ca, root.pub);
+    CU_ASSERT_EQUAL_FATAL(nu_x509_issue(&root, &ca_s, NULL, 0, &ca_der, &ca_len), NU_OK);
+    struct nu_x509_issue_req line = {.cn = "p1", .ou = "job-a", .o = "NuSEC",
+                                     .not_before = now - 60, .not_after = now + 7200, .is_ca = 1,
+                                     .path_len = 0, .key_usage = NU_X509_KU_KEY_CERT_SIGN};
+    memcpy(line.pub, line_pub, 65);
+    CU_ASSERT_EQUAL_FATAL(nu_x509_issue(&line, &ca_s, ca_der, ca_len, &line_der, &line_len), NU_OK);
+
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&dev), NU_OK);
+    nu_p256_key_pub(dev, dev_pub);
+    CU_ASSERT_EQUAL_FATAL(pp_crypto_ops.cert_issue(NULL, line_sign, ks, line_der, line_len,
+                                                   dev_pub, "00112233aabbccdd", (uint64_t)now,
+                                                   leaf, sizeof(leaf), &leaf_len),
+                          NU_OK);
+    struct nu_x509_der chain[] = {{line_der, line_len}};
+    CU_ASSERT_EQUAL(nu_x509_verify_chain(leaf, leaf_len, chain, 1, ca_der, ca_len), NU_OK);
+    struct nu_x509_cert_info info;
+    CU_ASSERT_EQUAL(nu_x509_cert_info(leaf, leaf_len, &info), NU_OK);
+    CU_ASSERT_STRING_EQUAL(info.cn, "00112233aabbccdd");
+    CU_ASSERT_STRING_EQUAL(info.ou, "device");
+    CU_ASSERT_EQUAL(memcmp(info.pub, dev_pub, 65), 0);
+    CU_ASSERT_FALSE(info.is_ca);
+    /* A cap too short is TOO_LARGE, a leaf as issuer INVALID_ARG. */
+    CU_ASSERT_EQUAL(pp_crypto_ops.cert_issue(NULL, line_sign, ks, line_der, line_len, dev_pub, "aa",
+                                             (uint64_t)now, leaf, 100, &leaf_len),
+                    NU_ERR_TOO_LARGE);
+    pp_ks_close(ks);
+
+    /* It persists; the next lease replaces it, and the old certificate no
+     * longer fits the KeyStore's key. */
+    CU_ASSERT_EQUAL_FATAL(pp_ks_open(pdir, "p1", 0, &ks), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.pubkey(ks, PG_KEY_LINE_CA, again), NU_OK);
+    CU_ASSERT_EQUAL(memcmp(again, line_pub, 65), 0);
+    CU_ASSERT_EQUAL(pp_ks_ops.line_key_generate(ks), NU_OK);
+    CU_ASSERT_EQUAL(pp_ks_ops.pubkey(ks, PG_KEY_LINE_CA, again), NU_OK);
+    CU_ASSERT_NOT_EQUAL(memcmp(again, line_pub, 65), 0);
+    CU_ASSERT_NOT_EQUAL(pp_crypto_ops.cert_issue(NULL, line_sign, ks, line_der, line_len, dev_pub,
+                                                 "aa", (uint64_t)now, leaf, sizeof(leaf),
+                                                 &leaf_len),
+                        NU_OK);
+    pp_ks_close(ks);
+    nu_p256_key_destroy(ca);
+    nu_p256_key_destroy(dev);
+    free(ca_der);
+    free(line_der);
+}
+
 static const struct nu_test_case cases[] = {
     {"counters persist and stop at the limit", test_counters_persist_and_stop_at_limit},
     {"counter units reserved in blocks, never past the limit", test_counter_reservation},
@@ -317,6 +397,8 @@ static const struct nu_test_case cases[] = {
     {"tampered keystore refused", test_tampered_store_refused},
     {"wrong, exposed or missing HUK refused", test_wrong_or_exposed_huk_refused},
     {"no private key outside the KeyStore", test_no_private_key_outside_keystore},
+    {"line-CA key: signs only, persists, issues device certificates",
+     test_line_ca_key_issues_device_certificates},
     {NULL, NULL},
 };
 

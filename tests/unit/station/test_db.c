@@ -355,7 +355,8 @@ static void test_programmer_rows(void)
                                    .counter = 2,
                                    .sockets = 4,
                                    .status_seq = 77,
-                                   .seen_at_ms = 10};
+                                   .seen_at_ms = 10,
+                                   .cloud_lost_ms = 1765000000123ull};
     struct station_programmer got;
     fresh();
     CU_ASSERT_EQUAL_FATAL(station_db_open_dir(dir, &db), NU_OK);
@@ -367,10 +368,27 @@ static void test_programmer_rows(void)
     CU_ASSERT_STRING_EQUAL(got.state, "offline");
     CU_ASSERT_EQUAL(got.counter, 2);
     CU_ASSERT_EQUAL(got.status_seq, 77);
+    CU_ASSERT_EQUAL(got.cloud_lost_ms, 1765000000123ull);
     char v[8];
     CU_ASSERT_EQUAL(station_db_meta_get(db, "schema", v, sizeof(v)), NU_OK);
-    CU_ASSERT_STRING_EQUAL(v, "1");
+    CU_ASSERT_STRING_EQUAL(v, "2");
     CU_ASSERT_EQUAL(station_db_meta_get(db, "nope", v, sizeof(v)), NU_ERR_NOT_FOUND);
+    station_db_close(db);
+
+    /* A station.db of schema 1 (no cloud link column) is migrated on open. */
+    char path[400], cmd[600];
+    snprintf(path, sizeof(path), "%s/station/station.db", dir);
+    snprintf(cmd, sizeof(cmd),
+             "sqlite3 '%s' \"ALTER TABLE programmers DROP COLUMN cloud_lost_ms;"
+             " UPDATE meta SET value='1' WHERE key='schema'\"",
+             path);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    CU_ASSERT_EQUAL_FATAL(station_db_open_dir(dir, &db), NU_OK);
+    CU_ASSERT_EQUAL(station_db_meta_get(db, "schema", v, sizeof(v)), NU_OK);
+    CU_ASSERT_STRING_EQUAL(v, "2");
+    CU_ASSERT_EQUAL(station_db_programmer_get(db, "prog-9", &got), NU_OK);
+    CU_ASSERT_EQUAL(got.cloud_lost_ms, 0);
+    CU_ASSERT_EQUAL(got.counter, 2);
     station_db_close(db);
 }
 

@@ -1,0 +1,566 @@
+/*
+ * ledger_lease — offline leases (issue 15 part 2): the job's lease policy,
+ * grants that reserve units out of the quota, offline certificates recorded
+ * once each against their lease, incidents, returns and expiry. The contract
+ * and the events are in ledger.h ("offline leases").
+ *
+ * Why the reservation outlives the lease by LEASE__GRACE_MS: a programmer
+ * that produced offline until the last minute of its lease comes back online
+ * later; its certificates exist on chips already, so their units must still
+ * be there to record them. Past the grace the unused units come back
+ * (lease.expired) and a late upload is an incident.
+ */
+#include "ledger_int.h"
+
+#define LEASE__GRACE_MS (24ull * 3600u * 1000u)
+#define LEASE__IDEM_DOMAIN "nusec/v1 lease"
+
+/* ------------------------------------------------------------ helpers */
+
+static int lease__row(struct ledger_store_stmt *st, struct cloud_ledger_lease *out)
+{
+    size_t n = 0;
+    memset(out, 0, sizeof(*out));
+    int rc = ledger__col_str(st, 0, out->lease_id, sizeof(out->lease_id));
+    if (!rc)
+        rc = ledger__col_str(st, 1, out->job_id, sizeof(out->job_id));
+    if (!rc)
+        rc = ledger__col_str(st, 2, out->programmer_id, sizeof(out->programmer_id));
+    out->units = ledger__col_u32(st, 3);
+    out->used = ledger__col_u32(st, 4);
+    if (!rc)
+        rc = ledger__col_fixed(st, 5, out->line_pub_hash, sizeof(out->line_pub_hash));
+    if (!rc)
+        rc = ledger__col_blob(st, 6, out->cert_der, sizeof(out->cert_der), &n);
+    out->cert_len = n;
+    out->granted_at_ms = ledger__col_u64(st, 7);
+    out->not_before_ms = ledger__col_u64(st, 8);
+    out->not_after_ms = ledger__col_u64(st, 9);
+    if (!rc)
+        rc = ledger__col_str(st, 10, out->state, sizeof(out->state));
+    return rc;
+}
+
+/* One lease by a statement with text keys a (and b): NU_OK, NOT_FOUND, DB. */
+static int lease__read(struct cloud_ledger *l, enum ledger_stmt id, const char *a, const char *b,
+                       struct cloud_ledger_lease *out)
+{
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__stmt(l, id, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, a);
+    if (b)
+        ledger__bind_text(st, 2, b);
+    rc = ledger__step_one(l, st, "lease");
+    if (rc)
+        return rc;
+    rc = lease__row(st, out);
+    ledger__reset(st);
+    return rc;
+}
+
+/* Run a no-row statement; changed = rows it touched. */
+static int lease__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what,
+                      uint64_t *changed)
+{
+    int rc = ledger__run(l, st, what);
+    if (changed)
+        *changed = rc ? 0 : ledger_store_changes(st);
+    return rc;
+}
+
+static int lease__close_one(struct cloud_ledger *l, const char *lease_id, const char *job_id,
+                            const char *state, uint32_t units, uint32_t used, uint64_t now_ms)
+{
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    uint64_t changed = 0;
+    int rc = ledger__stmt(l, ST_LEASE_CLOSE, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, lease_id);
+    ledger__bind_text(st, 2, state);
+    ledger__bind_u64(st, 3, now_ms);
+    rc = lease__run(l, st, "lease close", &changed);
+    if (rc || !changed)
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "lease", lease_id);
+    lj_u64(&j, "units", units);
+    lj_u64(&j, "used", used);
+    lj_u64(&j, "released", units - used);
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms,
+                               strcmp(state, "returned") == 0 ? "lease.returned" : "lease.expired",
+                               LEDGER_ACTOR_SELF, job_id);
+}
+
+/* Close the job's leases past their grace (units back to the quota). */
+static int lease__expire(struct cloud_ledger *l, const char *job_id, uint64_t now_ms)
+{
+    char ids[8][CLOUD_LEDGER_LEASE_ID_MAX + 1];
+    uint32_t units[8], used[8];
+    size_t n = 0;
+    struct ledger_store_stmt *st = NULL;
+    int rc = ledger__stmt(l, ST_LEASE_STALE, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, job_id);
+    ledger__bind_u64(st, 2, LEASE__GRACE_MS);
+    ledger__bind_u64(st, 3, now_ms);
+    while (n < 8 && ledger__row(st, &rc)) {
+        rc = ledger__col_str(st, 0, ids[n], sizeof(ids[n]));
+        units[n] = ledger__col_u32(st, 1);
+        used[n] = ledger__col_u32(st, 2);
+        if (rc)
+            break;
+        n++;
+    }
+    ledger__reset(st);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = lease__close_one(l, ids[i], job_id, "expired", units[i], used[i], now_ms);
+    return rc;
+}
+
+int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
+                           uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog)
+{
+    struct ledger_store_stmt *st = NULL;
+    *out_job = *out_prog = 0;
+    int rc = ledger__stmt(l, ST_LEASE_RESERVED, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, job_id);
+    ledger__bind_text(st, 2, programmer_id ? programmer_id : "");
+    ledger__bind_u64(st, 3, LEASE__GRACE_MS);
+    ledger__bind_u64(st, 4, now_ms);
+    if (ledger__row(st, &rc)) {
+        *out_job = ledger__col_u32(st, 0);
+        *out_prog = ledger__col_u32(st, 1);
+    }
+    ledger__reset(st);
+    return rc;
+}
+
+static int lease__audit_refusal(struct cloud_ledger *l, const struct cloud_ledger_lease *w,
+                                int code, uint32_t available, uint64_t now_ms)
+{
+    struct ledger_json j;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "programmer", w->programmer_id);
+    lj_str(&j, "code", nu_err_name(code));
+    lj_u64(&j, "units", w->units);
+    lj_u64(&j, "available", available);
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms, "lease.refused", w->programmer_id,
+                               code == NU_ERR_NOT_FOUND ? "" : w->job_id);
+}
+
+/* ------------------------------------------------------------ policy */
+
+int cloud_ledger_lease_policy_set(struct cloud_ledger *ledger, const char *job_id, uint32_t units,
+                                  uint32_t hours, const char *actor, uint64_t now_ms)
+{
+    struct cloud_ledger_job job;
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    uint32_t u = 0, h = 0;
+    if (!ledger || ledger__id_check(job_id) || ledger__id_check(actor) || !units || !hours ||
+        hours > 24u * 366u)
+        return NU_ERR_INVALID_ARG;
+    int rc = ledger__begin(ledger, 1);
+    if (rc)
+        return rc;
+    rc = ledger__job_read(ledger, job_id, &job);
+    if (!rc && units > job.quota)
+        rc = NU_ERR_INVALID_ARG;
+    if (!rc && cloud_ledger_lease_policy_get(ledger, job_id, &u, &h) == NU_OK)
+        rc = NU_ERR_EXISTS;
+    if (!rc)
+        rc = ledger__stmt(ledger, ST_LEASE_POLICY_PUT, &st);
+    if (!rc) {
+        ledger__bind_text(st, 1, job_id);
+        ledger__bind_u64(st, 2, units);
+        ledger__bind_u64(st, 3, hours);
+        ledger__bind_text(st, 4, actor);
+        ledger__bind_u64(st, 5, now_ms);
+        rc = ledger__run(ledger, st, "lease policy");
+    }
+    if (!rc) {
+        lj_init(&j, ledger->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+        lj_raw(&j, "{", 1);
+        lj_u64(&j, "units", units);
+        lj_u64(&j, "hours", hours);
+        lj_raw(&j, "}", 1);
+        rc = ledger__append_json(ledger, &j, now_ms, "lease.policy", actor, job_id);
+    }
+    if (!rc)
+        return ledger__commit(ledger);
+    ledger__rollback(ledger);
+    return rc;
+}
+
+int cloud_ledger_lease_policy_get(struct cloud_ledger *ledger, const char *job_id,
+                                  uint32_t *out_units, uint32_t *out_hours)
+{
+    struct ledger_store_stmt *st = NULL;
+    if (!ledger || ledger__id_check(job_id))
+        return NU_ERR_INVALID_ARG;
+    int rc = ledger__stmt(ledger, ST_LEASE_POLICY_GET, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, job_id);
+    rc = ledger__step_one(ledger, st, "lease policy");
+    if (rc)
+        return rc;
+    *out_units = ledger__col_u32(st, 0);
+    *out_hours = ledger__col_u32(st, 1);
+    ledger__reset(st);
+    return NU_OK;
+}
+
+/* ------------------------------------------------------------ grant */
+
+/* Inside the transaction: NU_OK to grant, or the refusal; *available = the
+ * units the lease could have had. */
+static int lease__decide(struct cloud_ledger *l, const struct cloud_ledger_lease *w,
+                         uint64_t now_ms, uint32_t *available)
+{
+    struct cloud_ledger_job job;
+    struct cloud_ledger_lease other;
+    uint32_t limit = 0, issued = 0, rj = 0, rp = 0;
+    *available = 0;
+    int rc = ledger__prog_state(l, w->programmer_id, NULL);
+    if (rc)
+        return rc == NU_ERR_NOT_FOUND ? NU_ERR_NOT_AUTHORIZED : rc;
+    if ((rc = ledger__job_read(l, w->job_id, &job)))
+        return rc;
+    rc = ledger__alloc_read(l, w->job_id, w->programmer_id, &limit, &issued);
+    if (rc)
+        return rc == NU_ERR_NOT_FOUND ? NU_ERR_NOT_AUTHORIZED : rc;
+    if (job.status != CLOUD_LEDGER_JOB_ACTIVE)
+        return job.status == CLOUD_LEDGER_JOB_EXHAUSTED ? NU_ERR_LEASE_OVERCOMMIT
+                                                        : NU_ERR_JOB_NOT_ACTIVE;
+    if (job.expires_at_ms && now_ms >= job.expires_at_ms)
+        return NU_ERR_EXPIRED;
+    if ((rc = lease__expire(l, w->job_id, now_ms)))
+        return rc;
+    rc = lease__read(l, ST_LEASE_ACTIVE_OF, w->job_id, w->programmer_id, &other);
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc ? rc : NU_ERR_STATE; /* one lease at a time per programmer and job */
+    if ((rc = ledger__lease_reserved(l, w->job_id, w->programmer_id, now_ms, &rj, &rp)))
+        return rc;
+    uint64_t free_job = job.quota > (uint64_t)job.issued + rj ? job.quota - job.issued - rj : 0;
+    uint64_t free_prog = limit > (uint64_t)issued + rp ? limit - issued - rp : 0;
+    *available = (uint32_t)(free_job < free_prog ? free_job : free_prog);
+    return w->units <= *available ? NU_OK : NU_ERR_LEASE_OVERCOMMIT;
+}
+
+static int lease__insert(struct cloud_ledger *l, const struct cloud_ledger_lease *w,
+                         uint64_t now_ms)
+{
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    uint8_t cert_sha[NU_SHA256_LEN];
+    int rc = ledger__stmt(l, ST_LEASE_INSERT, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, w->lease_id);
+    ledger__bind_text(st, 2, w->job_id);
+    ledger__bind_text(st, 3, w->programmer_id);
+    ledger__bind_u64(st, 4, w->units);
+    ledger__bind_blob(st, 5, w->line_pub_hash, sizeof(w->line_pub_hash));
+    ledger__bind_blob(st, 6, w->cert_der, w->cert_len);
+    ledger__bind_u64(st, 7, now_ms);
+    ledger__bind_u64(st, 8, w->not_before_ms);
+    ledger__bind_u64(st, 9, w->not_after_ms);
+    if ((rc = ledger__run(l, st, "lease insert")) || (rc = nu_sha256(w->cert_der, w->cert_len, cert_sha)))
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "lease", w->lease_id);
+    lj_str(&j, "programmer", w->programmer_id);
+    lj_u64(&j, "units", w->units);
+    lj_u64(&j, "not_before_ms", w->not_before_ms);
+    lj_u64(&j, "not_after_ms", w->not_after_ms);
+    lj_hex(&j, "line_pub_hash", w->line_pub_hash, sizeof(w->line_pub_hash));
+    lj_hex(&j, "cert_sha256", cert_sha, sizeof(cert_sha));
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms, "lease.granted", w->programmer_id, w->job_id);
+}
+
+int cloud_ledger_lease_grant(struct cloud_ledger *ledger, const struct cloud_ledger_lease *want,
+                             uint64_t now_ms, struct cloud_ledger_lease *out, int *out_existing)
+{
+    uint32_t available = 0;
+    if (!ledger || !want || !out || !out_existing || ledger__id_check(want->lease_id) ||
+        ledger__id_check(want->job_id) || ledger__id_check(want->programmer_id) || !want->units ||
+        !want->cert_len || want->cert_len > sizeof(want->cert_der) ||
+        want->not_after_ms <= want->not_before_ms || !ledger__time_ok(want->not_after_ms))
+        return NU_ERR_INVALID_ARG;
+    *out_existing = 0;
+    int rc = ledger__begin(ledger, 1);
+    if (!rc)
+        rc = ledger__lock_row(ledger, ST_JOB_LOCK, want->job_id, NULL);
+    if (rc) {
+        ledger__rollback(ledger);
+        return rc;
+    }
+    /* A repeated grant (the answer was lost): the same line key gets its lease. */
+    int same = lease__read(ledger, ST_LEASE_ACTIVE_OF, want->job_id, want->programmer_id, out);
+    if (same == NU_OK && !memcmp(out->line_pub_hash, want->line_pub_hash, NU_SHA256_LEN) &&
+        now_ms < out->not_after_ms) {
+        *out_existing = 1;
+        ledger__rollback(ledger);
+        return NU_OK;
+    }
+    int code = lease__decide(ledger, want, now_ms, &available);
+    if (code == NU_OK)
+        rc = lease__insert(ledger, want, now_ms);
+    else if (code == NU_ERR_BUSY || code == NU_ERR_DB || code == NU_ERR_CONNECTION)
+        rc = code;
+    else
+        rc = lease__audit_refusal(ledger, want, code, available, now_ms);
+    if (!rc)
+        rc = ledger__commit(ledger);
+    else
+        ledger__rollback(ledger);
+    if (!rc && code == NU_OK)
+        *out = *want, snprintf(out->state, sizeof(out->state), "active");
+    return rc ? rc : code;
+}
+
+int cloud_ledger_lease_get(struct cloud_ledger *ledger, const char *lease_id,
+                           const char *programmer_id, struct cloud_ledger_lease *out)
+{
+    if (!ledger || !out || ledger__id_check(lease_id) || ledger__id_check(programmer_id))
+        return NU_ERR_LEASE_UNKNOWN;
+    int rc = lease__read(ledger, ST_LEASE_GET, lease_id, NULL, out);
+    if (rc == NU_ERR_NOT_FOUND || (!rc && strcmp(out->programmer_id, programmer_id) != 0))
+        return NU_ERR_LEASE_UNKNOWN;
+    return rc;
+}
+
+/* ------------------------------------------------------------ record */
+
+int cloud_ledger_lease_incident(struct cloud_ledger *ledger, const char *lease_id,
+                                const char *programmer_id, const char *job_id, int code,
+                                const char *serial, const char *detail, uint64_t now_ms)
+{
+    struct ledger_json j;
+    if (!ledger || ledger__id_check(programmer_id) || ledger__opt_id_check(job_id))
+        return NU_ERR_INVALID_ARG;
+    int rc = ledger__begin(ledger, 1);
+    if (rc)
+        return rc;
+    lj_init(&j, ledger->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "lease", ledger__id_check(lease_id) ? "?" : lease_id);
+    lj_str(&j, "programmer", programmer_id);
+    lj_str(&j, "code", nu_err_name(code));
+    lj_str(&j, "serial", serial && ledger__serial_ok(serial) ? serial : "");
+    lj_str(&j, "detail", detail && !ledger__text_check(detail, CLOUD_LEDGER_TEXT_MAX) ? detail : "");
+    lj_raw(&j, "}", 1);
+    rc = ledger__append_json(ledger, &j, now_ms, "lease.incident", programmer_id, job_id);
+    if (!rc)
+        return ledger__commit(ledger);
+    ledger__rollback(ledger);
+    return rc;
+}
+
+static void lease__idem(const char *lease_id, uint32_t counter, uint8_t out[16])
+{
+    uint8_t h[NU_SHA256_LEN], be[4] = {(uint8_t)(counter >> 24), (uint8_t)(counter >> 16),
+                                       (uint8_t)(counter >> 8), (uint8_t)counter};
+    struct nu_sha256_ctx c;
+    memset(h, 0, sizeof(h));
+    if (nu_sha256_init(&c) == NU_OK) {
+        if (nu_sha256_update(&c, LEASE__IDEM_DOMAIN, sizeof(LEASE__IDEM_DOMAIN)) ||
+            nu_sha256_update(&c, lease_id, strlen(lease_id) + 1) || nu_sha256_update(&c, be, 4) ||
+            nu_sha256_final(&c, h))
+            nu_sha256_abort(&c);
+    }
+    memcpy(out, h, 16);
+}
+
+/* Certificate row, counters and the two events of one recorded certificate. */
+static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
+                             const struct cloud_ledger_lease *lease, uint64_t now_ms)
+{
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    uint8_t key[16], pem_sha[NU_SHA256_LEN];
+    uint64_t changed = 0;
+    size_t pem_len = 0;
+    int rc = ledger__pem_ok(c->pem, &pem_len) ? NU_OK : NU_ERR_INVALID_ARG;
+    lease__idem(c->lease_id, c->counter, key);
+    if (!rc)
+        rc = ledger__stmt(l, ST_CERT_INSERT, &st);
+    if (!rc) {
+        ledger__bind_text(st, 1, c->serial);
+        ledger__bind_text(st, 2, lease->job_id);
+        ledger__bind_blob(st, 3, c->device_uid, c->device_uid_len);
+        ledger__bind_blob(st, 4, c->pubkey_hash, sizeof(c->pubkey_hash));
+        ledger_store_bind_text(st, 5, c->pem);
+        ledger__bind_text(st, 6, c->programmer_id);
+        ledger__bind_blob(st, 7, key, sizeof(key));
+        ledger__bind_u64(st, 8, c->issued_at_ms);
+        rc = ledger__run(l, st, "offline certificate insert");
+    }
+    if (!rc && !(rc = ledger__stmt(l, ST_LJOB_ISSUED, &st))) {
+        ledger__bind_text(st, 1, lease->job_id);
+        ledger__bind_u64(st, 2, now_ms);
+        rc = lease__run(l, st, "job issued", &changed);
+        rc = rc ? rc : changed == 1 ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
+    }
+    if (!rc && !(rc = ledger__stmt(l, ST_ALLOC_ISSUED, &st))) {
+        ledger__bind_text(st, 1, lease->job_id);
+        ledger__bind_text(st, 2, c->programmer_id);
+        rc = lease__run(l, st, "allocation issued", &changed);
+        rc = rc ? rc : changed == 1 ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
+    }
+    if (!rc && !(rc = ledger__stmt(l, ST_LEASE_USED, &st))) {
+        ledger__bind_text(st, 1, c->lease_id);
+        rc = lease__run(l, st, "lease used", &changed);
+        rc = rc ? rc : changed == 1 ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
+    }
+    if (!rc && !(rc = ledger__stmt(l, ST_LCERT_INSERT, &st))) {
+        ledger__bind_text(st, 1, c->serial);
+        ledger__bind_text(st, 2, c->lease_id);
+        ledger__bind_u64(st, 3, c->counter);
+        ledger__bind_u64(st, 4, now_ms);
+        rc = ledger__run(l, st, "lease certificate");
+    }
+    if (!rc)
+        rc = nu_sha256(c->pem, pem_len, pem_sha);
+    if (rc)
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    ledger__cert_issued_json(&j, c->serial, c->device_uid, c->device_uid_len, c->pubkey_hash,
+                             c->programmer_id, key, sizeof(key), pem_sha);
+    rc = ledger__append_json(l, &j, c->issued_at_ms, "cert.issued", c->programmer_id,
+                             lease->job_id);
+    if (rc)
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "lease", c->lease_id);
+    lj_str(&j, "serial", c->serial);
+    lj_u64(&j, "counter", c->counter);
+    lj_raw(&j, ",\"offline\":true}", 16);
+    return ledger__append_json(l, &j, now_ms, "lease.recorded", c->programmer_id, lease->job_id);
+}
+
+/* The refusal for c under `lease`, or NU_OK to record; *known for a repeat. */
+static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
+                        const struct cloud_ledger_lease *lease, int *known, const char **why)
+{
+    struct ledger_store_stmt *st = NULL;
+    char other[CLOUD_LEDGER_LEASE_ID_MAX + 1] = "";
+    int rc = ledger__stmt(l, ST_LCERT_GET, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, c->serial);
+    rc = ledger__step_one(l, st, "lease certificate");
+    if (!rc) {
+        rc = ledger__col_str(st, 0, other, sizeof(other));
+        ledger__reset(st);
+        *why = "serial recorded under another lease";
+        if (!rc && strcmp(other, c->lease_id) == 0)
+            *known = 1;
+        return rc ? rc : *known ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
+    }
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc;
+    *why = "lease closed";
+    if (strcmp(lease->state, "active") != 0)
+        return NU_ERR_LEASE_NOT_COVERED;
+    *why = "beyond the lease's units";
+    if (!c->counter || c->counter > lease->units || lease->used >= lease->units)
+        return NU_ERR_LEASE_NOT_COVERED;
+    if ((rc = ledger__stmt(l, ST_LCERT_COUNTER, &st)))
+        return rc;
+    ledger__bind_text(st, 1, c->lease_id);
+    ledger__bind_u64(st, 2, c->counter);
+    rc = ledger__step_one(l, st, "lease counter");
+    if (!rc)
+        ledger__reset(st);
+    *why = "lease counter used twice";
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
+    struct cloud_ledger_cert_ref ref = {NULL, lease->job_id, c->device_uid, c->device_uid_len};
+    rc = ledger__cert_find(l, &ref, l->cert);
+    *why = "UID already certified in the job";
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
+    return NU_OK;
+}
+
+int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_ledger_lease_cert *c,
+                              uint64_t now_ms, int *out_known)
+{
+    struct cloud_ledger_lease lease;
+    const char *why = "";
+    if (!ledger || !c || !out_known || ledger__id_check(c->programmer_id) ||
+        !ledger__serial_ok(c->serial) || !c->device_uid || !c->device_uid_len ||
+        c->device_uid_len > CLOUD_LEDGER_UID_MAX || !c->pem || !ledger__time_ok(c->issued_at_ms))
+        return NU_ERR_INVALID_ARG;
+    *out_known = 0;
+    int rc = cloud_ledger_lease_get(ledger, c->lease_id, c->programmer_id, &lease);
+    if (rc)
+        return rc;
+    if ((rc = ledger__begin(ledger, 1)))
+        return rc;
+    rc = ledger__lock_row(ledger, ST_JOB_LOCK, lease.job_id, NULL);
+    if (!rc)
+        rc = lease__read(ledger, ST_LEASE_GET, c->lease_id, NULL, &lease);
+    int code = rc ? rc : lease__check(ledger, c, &lease, out_known, &why);
+    if (!rc && code == NU_OK && !*out_known)
+        code = lease__record_new(ledger, c, &lease, now_ms);
+    if (code == NU_OK) {
+        rc = ledger__commit(ledger);
+        return rc;
+    }
+    ledger__rollback(ledger);
+    if (code != NU_ERR_LEASE_NOT_COVERED)
+        return code;
+    rc = cloud_ledger_lease_incident(ledger, c->lease_id, c->programmer_id, lease.job_id, code,
+                                     c->serial, why, now_ms);
+    return rc ? rc : code;
+}
+
+int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
+                              const char *programmer_id, uint64_t now_ms,
+                              struct cloud_ledger_lease *out)
+{
+    int rc = cloud_ledger_lease_get(ledger, lease_id, programmer_id, out);
+    if (rc)
+        return rc;
+    if ((rc = ledger__begin(ledger, 1)))
+        return rc;
+    rc = ledger__lock_row(ledger, ST_JOB_LOCK, out->job_id, NULL);
+    if (!rc)
+        rc = lease__read(ledger, ST_LEASE_GET, lease_id, NULL, out);
+    if (!rc)
+        rc = lease__close_one(ledger, lease_id, out->job_id, "returned", out->units, out->used,
+                              now_ms);
+    if (!rc)
+        rc = ledger__commit(ledger);
+    else
+        ledger__rollback(ledger);
+    if (!rc && !strcmp(out->state, "active"))
+        snprintf(out->state, sizeof(out->state), "returned");
+    return rc;
+}
+
+int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id, uint64_t now_ms,
+                                uint32_t *out_reserved)
+{
+    uint32_t prog = 0;
+    if (!ledger || !out_reserved || ledger__id_check(job_id))
+        return NU_ERR_INVALID_ARG;
+    return ledger__lease_reserved(ledger, job_id, NULL, now_ms, out_reserved, &prog);
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Issue 15 part 1 on the real stack: the cloud's link to the broker is cut
+# and restored several times mid-production (the WAN between a factory and
+# the cloud). The cloud agent reaches the broker through a TCP relay
+# (tests/tools/tcp_relay.py) the test cuts (SIGUSR1) and restores (SIGUSR2);
+# programmers and station keep their broker.
+#
+# Checks, from the outside: while cut, `nusec production status` (text and
+# --json) says "cloud unreachable since", the station published
+# cloud.unreachable on the bus, and no new chip is started (the set of chips
+# touched does not grow); after each restore production resumes by itself;
+# at the end: certificates <= quota, every locked chip's certificate in the
+# ledger, every report recorded once (ledger and station journal), no chip
+# half done, audit verify passes, no unit wasted. Prints `name value` lines,
+# among them the seconds from each restore to the next certificate.
+#
+# usage: test_wan_cut.sh BIN_DIR [LONG_OUTAGE_S]   (default 12; chaos runs 60)
+set -uo pipefail
+BIN=$1
+LONG=${2:-12}
+HERE=$(cd "$(dirname "$0")" && pwd)
+RELAY=$HERE/../../tools/tcp_relay.py
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-wan-XXXXXX")
+DIR=$TMP/state
+DEVICES=56 QUOTA=48
+passed=0 failed=0
+check() { # check NAME COMMAND...
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1)); echo "ok   $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name"
+    fi
+}
+nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
+relay_pid=
+cleanup() {
+    [[ -n $relay_pid ]] && kill "$relay_pid" 2>/dev/null
+    nusec stack down >/dev/null 2>&1 || true
+    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+mkdir -p "$DIR"
+now_ms() { date +%s%3N; }
+q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
+sq() { sqlite3 -cmd '.timeout 5000' "$DIR/station/station.db" "$1" 2>/dev/null; }
+
+# ~5 s of simulated flash per chip, so that the cuts land mid-production.
+nusec stack up --programmers 2 --sockets 4 --devices $DEVICES --flash-us-per-kib 80000 \
+    >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
+
+# The cloud agent again, through the relay: it reads DIR/broker/endpoint
+# when it starts (and keeps that address for its reconnects), so the file
+# names the relay only while it starts.
+endpoint=$(cat "$DIR/broker/endpoint")
+python3 "$RELAY" --target "$endpoint" --port-file "$TMP/relay.port" 2>"$TMP/relay.log" &
+relay_pid=$!
+for _ in $(seq 50); do [[ -s $TMP/relay.port ]] && break; sleep 0.1; done
+kill "$(cat "$DIR/run/cloud.pid")"
+for _ in $(seq 100); do kill -0 "$(cat "$DIR/run/cloud.pid")" 2>/dev/null || break; sleep 0.1; done
+cp "$DIR/broker/endpoint" "$TMP/endpoint.direct"
+echo "127.0.0.1:$(cat "$TMP/relay.port")" >"$DIR/broker/endpoint"
+nusec stack up --programmers 2 --sockets 4 >"$TMP/up-relay.log" 2>&1
+up_rc=$?
+cp "$TMP/endpoint.direct" "$DIR/broker/endpoint"
+((up_rc == 0)) || { cat "$TMP/up-relay.log"; echo "FAIL cloud behind the relay"; exit 1; }
+
+head -c 65536 /dev/urandom >"$TMP/app.bin"
+nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
+    { cat "$TMP/sign.log"; echo "FAIL firmware sign"; exit 1; }
+JOB=$(nusec job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 \
+    --programmer prog-2 --expires 1h --out "$TMP/pk" 2>"$TMP/create.err" | tail -n 1 | cut -d' ' -f1)
+[[ $JOB == job-* ]] || { cat "$TMP/create.err"; echo "FAIL job create"; exit 1; }
+nusec package import "$TMP"/pk/*.nspkg >/dev/null || { echo "FAIL package import"; exit 1; }
+certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
+wait_certs() { # wait_certs N SECONDS
+    for _ in $(seq $(($2 * 10))); do
+        [[ $(certs) -ge $1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+touched() { grep -L '^state=blank$' "$DIR"/targets/*/state 2>/dev/null | sort; }
+status_says_cut() {
+    for _ in $(seq 150); do
+        nusec production status --job "$JOB" --once 2>/dev/null | grep -q 'cloud unreachable since' &&
+            nusec production status --job "$JOB" --json 2>/dev/null |
+            python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["cloud_unreachable_since_ms"] == 0)' &&
+            return 0
+        sleep 0.1
+    done
+    return 1
+}
+status_says_back() {
+    for _ in $(seq 300); do
+        nusec production status --job "$JOB" --json 2>/dev/null |
+            python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["cloud_unreachable_since_ms"] != 0)' &&
+            return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+T0=$(now_ms)
+nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.log"; exit 1; }
+
+# cut_at N S: once N certificates exist, cut the link for S seconds; check
+# what the line shows and does meanwhile; prints nothing, records the
+# seconds from the restore to the next certificate in resume[].
+resume=() outage=()
+cut_at() {
+    wait_certs "$1" 120 || { echo "  no $1 certificates before the cut"; return 1; }
+    local t_cut t_up first n0 ok=0
+    kill -USR1 "$relay_pid"
+    t_cut=$(now_ms)
+    status_says_cut || { echo "  status never said 'cloud unreachable since'"; ok=1; }
+    # Chips in flight when the cut was noticed may still be keyed; give them
+    # a moment, then nothing new may be touched until the restore.
+    sleep 2
+    local before after
+    before=$(touched)
+    n0=$(certs)
+    local left=$(($2 * 1000 - ($(now_ms) - t_cut)))
+    ((left > 0)) && sleep "$(python3 -c "print($left / 1000)")"
+    after=$(touched)
+    if [[ "$before" != "$after" ]]; then
+        echo "  new chips started while the cloud was unreachable:"
+        comm -13 <(echo "$before") <(echo "$after") | sed 's/^/    /'
+        ok=1
+    fi
+    [[ $(certs) -eq $n0 ]] || { echo "  certificates issued while cut?"; ok=1; }
+    kill -USR2 "$relay_pid"
+    t_up=$(now_ms)
+    outage+=("$(python3 -c "print(f'{($t_up - $t_cut) / 1000:.1f}')")")
+    for _ in $(seq 600); do
+        first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t_up")
+        [[ -n $first ]] && break
+        sleep 0.1
+    done
+    [[ -n $first ]] || { echo "  no certificate within 60 s of the restore"; return 1; }
+    resume+=("$(python3 -c "print(f'{($first - $t_up) / 1000:.1f}')")")
+    return $ok
+}
+# Each cut two certificates after the line resumed from the previous one, so
+# that it lands mid-production however fast or loaded the machine is.
+check "link cut at 4 certificates for 3 s" cut_at 4 3
+check "link cut 2 certificates later for 3 s" cut_at $(($(certs) + 2)) 3
+check "link cut 2 certificates later for $LONG s" cut_at $(($(certs) + 2)) "$LONG"
+check "station published cloud.unreachable and cloud.reachable" \
+    test "$(sq "SELECT COUNT(DISTINCT kind) FROM journal WHERE kind IN ('cloud.unreachable','cloud.reachable')")" -eq 2
+
+half_done() { grep -h '^state=' "$DIR"/targets/*/state | grep -vc '^state=\(locked\|blank\)$'; }
+done_ok() {
+    local last=-1 same=0 n
+    for _ in $(seq 900); do
+        n=$(certs)
+        if [[ $n -eq $last ]]; then same=$((same + 1)); else same=0; last=$n; fi
+        if [[ $same -ge 40 && $(half_done) -eq 0 &&
+              $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned'") \
+              -eq 0 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+check "line completes: nothing half done, all reported" done_ok
+check "status says the cloud is reachable again" status_says_back
+T1=$(now_ms)
+sleep 2 # the last statuses and events
+
+issued=$(certs)
+check "certificates = quota ($issued of $QUOTA)" test "$issued" -eq $QUOTA
+check "no duplicate UID" test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
+prov_rows=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.provisioned'")
+prov_certs=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state='provisioned'")
+check "every certificate reported provisioned ($prov_certs of $issued)" test "$prov_certs" -eq "$issued"
+check "each report recorded once in the ledger ($prov_rows audit rows)" test "$prov_rows" -eq "$prov_certs"
+dup_journal=$(sq "SELECT COUNT(*) FROM (SELECT device_uid FROM journal WHERE kind='device.provisioned' AND job_id='$JOB' GROUP BY device_uid HAVING COUNT(*) > 1)")
+check "each device.provisioned once in the station journal" test "$dup_journal" -eq 0
+lost=0
+declare -A serial_known=()
+while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
+locked=0
+for t in "$DIR"/targets/*/; do
+    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
+    locked=$((locked + 1))
+    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
+    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
+done
+check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
+check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
+check "no chip half done" test "$(half_done)" -eq 0
+audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
+check "audit verify passes" audit_ok
+counters=$(for f in "$DIR"/logs/prog-*.log; do
+    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
+echo "devices $DEVICES"
+echo "quota $QUOTA"
+echo "certificates $issued"
+echo "keystore_units_counted $counters"
+[[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
+    test $((counters - issued)) -eq 0
+echo "outage_seconds ${outage[*]}"
+echo "resume_seconds_after_restore ${resume[*]}"
+echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
+if [[ $failed -ne 0 ]]; then
+    for f in "$DIR"/logs/prog-*.log "$DIR"/logs/cloud.log; do echo "== $f"; grep -v " info: " "$f" | tail -n 15; done
+fi
+echo "passed $passed failed $failed"
+[[ $failed -eq 0 ]]

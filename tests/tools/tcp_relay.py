@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""A TCP relay the tests cut and restore: the WAN link between a site and the cloud.
+
+usage: tcp_relay.py --target HOST:PORT --port-file FILE [--pid-file FILE]
+
+Listens on a free loopback port (written to --port-file) and forwards every
+connection to --target. SIGUSR1 cuts the link: every relayed connection is
+closed at once and new ones are closed as soon as they are accepted (the peer
+sees its link drop and its reconnects fail). SIGUSR2 restores it. SIGTERM
+stops. Each cut and restore is logged to stderr with a wall-clock time.
+"""
+import argparse
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+cut = False
+pending = []  # signals to apply in the loop
+
+
+def log(msg):
+    print(f"tcp_relay: {time.time():.3f} {msg}", file=sys.stderr, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--pid-file")
+    a = ap.parse_args()
+    host, port = a.target.rsplit(":", 1)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    lsock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ, None)
+    peers = {}  # socket -> its other end
+
+    def close_pair(s):
+        o = peers.pop(s, None)
+        for x in (s, o):
+            if x is None:
+                continue
+            peers.pop(x, None)
+            try:
+                sel.unregister(x)
+            except (KeyError, ValueError):
+                pass
+            x.close()
+
+    signal.signal(signal.SIGUSR1, lambda *_: pending.append("cut"))
+    signal.signal(signal.SIGUSR2, lambda *_: pending.append("restore"))
+    signal.signal(signal.SIGTERM, lambda *_: pending.append("stop"))
+    tmp = a.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{lsock.getsockname()[1]}\n")
+    os.replace(tmp, a.port_file)
+    if a.pid_file:
+        with open(a.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    global cut
+    while True:
+        while pending:
+            what = pending.pop(0)
+            if what == "stop":
+                return 0
+            if what == "cut" and not cut:
+                cut = True
+                for s in [s for s in peers if s in peers]:
+                    close_pair(s)
+                log("link cut")
+            elif what == "restore" and cut:
+                cut = False
+                log("link restored")
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            if s is lsock:
+                try:
+                    c, _ = lsock.accept()
+                except OSError:
+                    continue
+                if cut:
+                    c.close()
+                    continue
+                try:
+                    u = socket.create_connection((host, int(port)), timeout=2)
+                except OSError:
+                    c.close()
+                    continue
+                c.setblocking(False)
+                u.setblocking(False)
+                peers[c], peers[u] = u, c
+                sel.register(c, selectors.EVENT_READ, None)
+                sel.register(u, selectors.EVENT_READ, None)
+                continue
+            if s not in peers:
+                continue
+            try:
+                data = s.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                close_pair(s)
+                continue
+            try:
+                peers[s].setblocking(True)
+                peers[s].sendall(data)
+                peers[s].setblocking(False)
+            except OSError:
+                close_pair(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
