@@ -524,6 +524,11 @@ static int pki__make_tls_identities(struct pki__run *r)
     return rc;
 }
 
+const char *pki_default_plugin(void)
+{
+    return NUSEC_AUTH_PLUGIN_PATH;
+}
+
 /* Fill broker/mosquitto.conf.in; the broker runs as the owner of the key files. */
 static int pki__write_broker_conf(struct pki__run *r)
 {
@@ -552,7 +557,7 @@ static int pki__write_broker_conf(struct pki__run *r)
     if ((rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[10])))
         return rc;
     struct passwd *pw = getpwuid(geteuid());
-    const char *plugin = r->opts->plugin ? r->opts->plugin : NUSEC_AUTH_PLUGIN_PATH;
+    const char *plugin = r->opts->plugin ? r->opts->plugin : pki_default_plugin();
     const char *const vars[] = {
         "HOST",         r->opts->host,
         "PORT",         port_text,

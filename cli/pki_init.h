@@ -64,6 +64,9 @@ int pki_init_failed(const char *dir, char *why, size_t cap);
  */
 int pki_fill_template(const char *tmpl, const char *const *vars, char **out);
 
+/* The nusec_auth plugin this nusec was built with (or installed with). */
+const char *pki_default_plugin(void);
+
 /* Bind port 0 on `host` and report the port the kernel chose. */
 int pki_free_port(const char *host, int *out_port);
 
