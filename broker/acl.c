@@ -169,10 +169,6 @@ static const struct acl__rule acl__rules[] = {
     {ROLE(SITE), ACL__WRITE, "nusec/v1/events/station/{id}/+"},
     {ROLE(SITE), ACL__WRITE, "nusec/v1/cloud/req/{owned}/+"},
     {ROLE(SITE), ACL__RS, "nusec/v1/reply/{owned}/#"},
-    /* The bridge subscribes to the whole reply tree once (a new programmer of
-     * the site needs no bridge change); every delivery is still READ-checked
-     * against the two rules above, so it receives only its own replies. */
-    {ROLE(SITE), ACL__SUB, "nusec/v1/reply/#"},
     {ROLE(SITE), ACL__WRITE, "nusec/v1/events/programmer/{owned}/+"},
     {ROLE(SITE), ACL__WRITE | ACL__RETAIN, "nusec/v1/prog/{owned}/status"},
     {ROLE(SITE), ACL__RS, "nusec/v1/jobs/+"},

@@ -914,6 +914,39 @@ static int site__install(const char *dir, const char *name, const struct site__b
     return rc;
 }
 
+/* One "topic nusec/v1/reply/PROG/# in 1" line per programmer DIR/broker/owners gives `name`. */
+static int site__reply_topics(const char *dir, const char *name, char *out, size_t cap)
+{
+    char path[PATH_MAX];
+    uint8_t *text = NULL;
+    size_t len = 0, used = 0;
+    int rc = nu_paths_get(dir, NU_PATH_BROKER_OWNERS, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, SITE__OWNERS_MAX, &text, &len);
+    if (rc == NU_ERR_NOT_FOUND)
+        return NU_OK;
+    if (rc)
+        return rc;
+    out[0] = '\0';
+    for (char *save = NULL, *line = strtok_r((char *)text, "\n", &save); line && !rc;
+         line = strtok_r(NULL, "\n", &save)) {
+        char a[80], b[80];
+        if (line[0] == '#' || sscanf(line, "%79s %79s", a, b) != 2 || strcmp(a, name) != 0)
+            continue;
+        if (!site__name_ok(b)) {
+            rc = NU_ERR_DECODE;
+            break;
+        }
+        int n = snprintf(out + used, cap - used, "topic nusec/v1/reply/%s/# in 1\n", b);
+        if (n <= 0 || (size_t)n >= cap - used)
+            rc = NU_ERR_TOO_LARGE;
+        else
+            used += (size_t)n;
+    }
+    free(text);
+    return rc;
+}
+
 /* The bridge section appended to the broker template (docs/sites.md says why each line). */
 static int site__bridge_section(const char *dir, const char *name, const char *cloud, char *out,
                                 size_t cap)
@@ -959,12 +992,16 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
         "topic nusec/v1/events/station/# out 1\n"
         "topic nusec/v1/events/programmer/# out 1\n"
         "topic nusec/v1/prog/+/status out 1\n"
-        "topic nusec/v1/reply/# in 1\n"
         "topic nusec/v1/jobs/+ in 1\n"
-        "topic nusec/v1/crl/device in 1\n",
+        "topic nusec/v1/crl/device in 1\n"
+        "# replies: the station's and each programmer the OEM gave this site (the\n"
+        "# cloud broker refuses the site any other reply subscription)\n"
+        "topic nusec/v1/reply/%s/# in 1\n",
         name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, cloud, name, chain, cert,
-        key, name, name);
-    return n > 0 && (size_t)n < cap ? NU_OK : NU_ERR_TOO_LARGE;
+        key, name, name, name);
+    if (n <= 0 || (size_t)n >= cap)
+        return NU_ERR_TOO_LARGE;
+    return site__reply_topics(dir, name, out + n, cap - (size_t)n);
 }
 
 /* DIR/broker/mosquitto.conf of the site: the NuSEC template + the bridge. */
@@ -979,7 +1016,8 @@ static int site__broker_conf(const char *dir, const char *name)
         NU_PATH_FLEET_CA,
     };
     char paths[N][PATH_MAX], host[256], port[16], cloud[300], pid_file[PATH_MAX + 16];
-    char bridge[4096], endpoint[300];
+    char *bridge = NULL, endpoint[300];
+    const size_t bridge_cap = 256u * 1024u;
     for (int i = 0; i < N; i++) {
         int rc = nu_paths_get(dir, kinds[i], paths[i], sizeof(paths[i]));
         if (rc)
@@ -992,10 +1030,14 @@ static int site__broker_conf(const char *dir, const char *name)
         rc = site__conf_get(dir, "cloud", cloud, sizeof(cloud));
     if (!rc)
         rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[10]);
+    if (!rc && !(bridge = malloc(bridge_cap)))
+        rc = NU_ERR_NOMEM;
     if (!rc)
-        rc = site__bridge_section(dir, name, cloud, bridge, sizeof(bridge));
-    if (rc)
+        rc = site__bridge_section(dir, name, cloud, bridge, bridge_cap);
+    if (rc) {
+        free(bridge);
         return rc;
+    }
     struct passwd *pw = getpwuid(geteuid());
     const char *plugin = getenv("NUSEC_AUTH_PLUGIN");
     const char *const vars[] = {
@@ -1016,17 +1058,21 @@ static int site__broker_conf(const char *dir, const char *name)
         NULL,
     };
     char *conf = NULL;
-    if ((rc = pki_fill_template(nusec_broker_conf_template, vars, &conf)))
+    if ((rc = pki_fill_template(nusec_broker_conf_template, vars, &conf))) {
+        free(bridge);
         return rc;
+    }
     size_t clen = strlen(conf), blen = strlen(bridge);
     char *all = malloc(clen + blen + 1);
     if (!all) {
         free(conf);
+        free(bridge);
         return NU_ERR_NOMEM;
     }
     memcpy(all, conf, clen);
     memcpy(all + clen, bridge, blen + 1);
     free(conf);
+    free(bridge);
     rc = nu_file_write_atomic(paths[11], all, clen + blen, 0600);
     free(all);
     int n = snprintf(endpoint, sizeof(endpoint), "%s:%s\n", host, port);
