@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Two sites on loopback with real brokers, bridges and processes (issue 14):
+#  1. a production through two bridged sites (sites_flow.sh), checked from the
+#     outside like tests/e2e: quota, every device certificate in the ledger and
+#     verifying, audit verify;
+#  2. the hostile site, through its bridge identity (sites_hostile.c): each case
+#     refused with its typed error, an audit row (the ledger's, or the cloud
+#     broker's log where the broker refuses) and no change of the ledger's state;
+#  3. the CM state dirs hold nothing of the OEM's secrets: no HSM token object,
+#     PIN, OEM private key or ledger bytes (byte search).
+#
+# usage: test_sites.sh BIN_DIR SOURCE_DIR      (NUSEC_KEEP_TMP=1 keeps the folder)
+set -uo pipefail
+BIN=$1 SRC=$2
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-sites-XXXXXX")
+DIR=$TMP/oem
+CM1=$DIR/cm/site-1 CM2=$DIR/cm/site-2
+passed=0 failed=0
+check() { # check NAME COMMAND...
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1)); echo "ok   $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name"
+    fi
+}
+cleanup() {
+    "$BIN/nusec" stack down --dir "$DIR" >/dev/null 2>&1
+    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+WINDOW=20
+QUOTA=6 DEVICES=8
+
+# ---- 1. production through two bridged sites ------------------------------------------------
+"$SRC/tests/integration/sites/sites_flow.sh" --bin "$BIN" --dir "$DIR" --sites 2 --programmers 1 \
+    --sockets 2 --devices "$DEVICES" --quota "$QUOTA" --window "$WINDOW" \
+    --capture "prog-1:$TMP/cap" --keep >"$TMP/flow.log" 2>&1
+flow_rc=$?
+cat "$TMP/flow.log"
+check "production through two bridged sites ran" test "$flow_rc" -eq 0
+captured_at=$(stat -c %Y "$TMP/cap.env" 2>/dev/null || echo 0)
+LEDGER=$DIR/cloud/ledger.db
+job=$(cat "$DIR/job" 2>/dev/null)
+locked=$(grep -l '^state=locked' "$CM1"/targets/*/state "$CM2"/targets/*/state 2>/dev/null |
+    xargs -r -n1 dirname)
+n_locked=$(echo "$locked" | grep -c . || true)
+certs=$(sqlite3 "$LEDGER" "select count(*) from certificates where job_id='$job'")
+check "the lines stopped at exactly the quota" test "$n_locked" -eq "$QUOTA"
+check "ledger certificates == provisioned devices" test "$certs" -eq "$n_locked"
+check "both sites produced" test "$(sqlite3 "$LEDGER" \
+    "select count(distinct programmer_id) from certificates where job_id='$job'")" -eq 2
+in_ledger() {
+    local t serial
+    for t in $locked; do
+        openssl verify -CAfile "$CM1/pki/device-chain.pem" "$t/cert.pem" >/dev/null || return 1
+        serial=$(openssl x509 -noout -serial -in "$t/cert.pem" | cut -d= -f2 | tr A-F a-f)
+        [[ $(sqlite3 "$LEDGER" "select count(*) from certificates where lower(serial)='$serial' \
+            and state='provisioned'") == 1 ]] || return 1
+    done
+}
+check "every device certificate verifies and is in the ledger, provisioned" in_ledger
+check "audit verify" "$BIN/nusec" audit verify --dir "$DIR" >/dev/null
+
+# ---- 2. the hostile site ----------------------------------------------------------------------
+H=$BIN/sites_hostile
+snapshot() {
+    sqlite3 "$LEDGER" "select serial, state, programmer_id from certificates order by serial;
+        select job_id, issued, status from jobs; select job_id, programmer_id, issued from job_allocations;
+        select programmer_id, state from programmers order by 1"
+}
+refusals() { # refusals ACTOR CODE: audit rows refusing ACTOR's messages with CODE
+    sqlite3 "$LEDGER" "select count(*) from audit_events where kind='request.refused' and
+        actor='$1' and payload like '%$2%'"
+}
+# hostile_case NAME EXPECTED-ANSWER ACTOR AUDIT-CODE ACTION...
+hostile_case() {
+    local name=$1 want=$2 actor=$3 code=$4
+    shift 4
+    local before after got n0 n1
+    before=$(snapshot)
+    n0=$(refusals "$actor" "$code")
+    got=$("$H" "$@" 2>>"$TMP/hostile.err" | tail -n 1)
+    for _ in $(seq 30); do # an event has no answer: wait for its audit row
+        n1=$(refusals "$actor" "$code")
+        ((n1 > n0)) && break
+        sleep 0.2
+    done
+    after=$(snapshot)
+    check "$name: answered $want" test "$got" == "$want"
+    check "$name: audit row ($actor, $code)" test "$n1" -gt "$n0"
+    check "$name: no state change" test "$before" == "$after"
+}
+hostile_case "cert.request in prog-1's name with a CM-held key" BAD_SIGNATURE prog-1 \
+    BAD_SIGNATURE forge "$DIR" "$CM1" prog-1 "$job"
+check "a genuine signed cert.request was captured" test -s "$TMP/cap.env"
+hostile_case "genuine signature replayed with a new CSR" BAD_SIGNATURE prog-1 BAD_SIGNATURE \
+    newcsr "$DIR" "$CM1" "$TMP/cap"
+hostile_case "genuine signed request replayed as is" REPLAY prog-1 REPLAY \
+    replay "$DIR" "$CM1" "$TMP/cap"
+wait_s=$((captured_at + WINDOW + 2 - $(date +%s)))
+((wait_s > 0)) && sleep "$wait_s"
+hostile_case "genuine signed request replayed after the ${WINDOW} s window" REPLAY prog-1 REPLAY \
+    replay "$DIR" "$CM1" "$TMP/cap"
+hostile_case "forged device report" PUBLISHED prog-1 BAD_SIGNATURE \
+    report "$DIR" "$CM1" prog-1 "$job"
+
+# Another site's programmer: the cloud broker refuses the publish (the site role
+# speaks only for its own programmers); the refusal is in the broker's log.
+before=$(snapshot)
+got=$("$H" forge "$DIR" "$CM1" prog-2 "$job" 2>>"$TMP/hostile.err" | tail -n 1)
+check "request for another site's programmer: refused ($got)" test "$got" == NOT_AUTHORIZED
+check "request for another site's programmer: cloud broker log row" \
+    grep -q "denied write 'nusec/v1/cloud/req/prog-2/cert.request' for site-1 (site)" \
+    "$DIR/broker/mosquitto.log"
+check "request for another site's programmer: no state change" test "$before" == "$(snapshot)"
+
+# A revoked site: its bridge is disconnected and cannot come back.
+before=$(snapshot)
+echo site-1 >>"$DIR/broker/revoked"
+kicked=no
+for _ in $(seq 50); do
+    grep -q "identity site-1 revoked: disconnecting it" "$DIR/broker/mosquitto.log" && kicked=yes && break
+    sleep 0.1
+done
+check "revoked site: its bridge is disconnected" test "$kicked" == yes
+got=$("$H" connect "$DIR" "$CM1" 2>>"$TMP/hostile.err" | tail -n 1)
+check "revoked site reconnecting: refused ($got)" test "$got" != OK
+refused=no
+for _ in $(seq 100); do # the site broker's own bridge retries within restart_timeout
+    grep -q "identity site-1: identity revoked" "$DIR/broker/mosquitto.log" && refused=yes && break
+    sleep 0.1
+done
+check "revoked site reconnecting: cloud broker log row" test "$refused" == yes
+check "revoked site: no state change" test "$before" == "$(snapshot)"
+got=$("$H" connect "$DIR" "$CM2" 2>>"$TMP/hostile.err" | tail -n 1)
+check "the other site still connects" test "$got" == OK
+
+# ---- 3. the CM state dirs hold nothing of the OEM's secrets -----------------------------------
+cm_audit() {
+    python3 - "$DIR" "$CM1" "$CM2" <<'PY'
+import os, sys
+oem, cms = sys.argv[1], sys.argv[2:]
+def files(root):
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            p = os.path.join(d, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                yield p
+def read(p):
+    with open(p, 'rb') as f:
+        return f.read()
+secrets = []  # (what, bytes that must not appear)
+for p in files(os.path.join(oem, 'hsm')):
+    b = read(p)
+    if p.endswith('.object') and len(b) >= 64:  # SoftHSM2 token objects (CA, signing keys)
+        for off in range(0, len(b) - 32, max(32, len(b) // 8)):
+            secrets.append(('token object ' + p, b[off:off + 32]))
+    elif os.path.basename(p) in ('pin', 'so-pin'):
+        secrets.append(('PIN ' + p, b.strip()))
+for p in files(os.path.join(oem, 'pki')):
+    if p.endswith('.key'):  # the OEM's TLS keys (broker, cloud, oem, monitor, station)
+        body = b''.join(l for l in read(p).splitlines() if not l.startswith(b'-----'))
+        secrets.append(('OEM private key ' + p, body[:48]))
+led = read(os.path.join(oem, 'cloud', 'ledger.db'))
+secrets.append(('ledger schema', b'CREATE TABLE audit_events'))
+bad, n = 0, 0
+for cm in cms:
+    names = {os.path.relpath(p, cm) for p in files(cm)}
+    for forbidden in ('hsm', 'cloud'):
+        if os.path.exists(os.path.join(cm, forbidden)):
+            print('CM has', forbidden); bad += 1
+    for p in files(cm):
+        b = read(p); n += 1
+        for what, s in secrets:
+            if s and s in b:
+                print('FOUND', what, 'in', p); bad += 1
+print('searched', n, 'CM files for', len(secrets), 'OEM secrets:', 'clean' if not bad else 'DIRTY')
+sys.exit(1 if bad else 0)
+PY
+}
+check "CM state dirs: no OEM token object, PIN, private key or ledger" cm_audit
+
+echo "sites: $passed passed, $failed failed"
+((failed == 0))
