@@ -383,13 +383,18 @@ static int pki__write_chain(const char *path, const struct pki__ca *const *cas, 
     return rc;
 }
 
+static const char *pki__org(const struct pki__run *r)
+{
+    return r->opts->org && r->opts->org[0] ? r->opts->org : NU_PKI_ORGANIZATION;
+}
+
 /* Generate a CA key in the HSM and certify it (self-signed when issuer is NULL). */
 static int pki__make_ca(struct pki__run *r, struct pki__ca *ca, const char *cn,
                         const struct pki__ca *issuer, int path_len)
 {
     struct nu_x509_issue_req req = {
         .cn = cn,
-        .o = NU_PKI_ORGANIZATION,
+        .o = pki__org(r),
         .not_before = r->now - 3600, /* tolerate clock skew between OEM and CM */
         .not_after = r->now + 10 * r->leaf_days * PKI__DAY,
         .is_ca = 1,
@@ -417,7 +422,7 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
     struct nu_x509_issue_req req = {
         .cn = cn,
         .ou = role,
-        .o = NU_PKI_ORGANIZATION,
+        .o = pki__org(r),
         .not_before = r->now - 3600,
         .not_after = r->now + r->leaf_days * PKI__DAY,
         .path_len = -1,
@@ -450,12 +455,16 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
 
 static int pki__make_cas(struct pki__run *r)
 {
-    char path[PATH_MAX];
-    int rc = pki__make_ca(r, &r->root, "NuSEC Root CA", NULL, 1);
+    char path[PATH_MAX], root[NU_X509_NAME_MAX + 1], fleet[NU_X509_NAME_MAX + 1],
+        device[NU_X509_NAME_MAX + 1];
+    snprintf(root, sizeof(root), "%s Root CA", pki__org(r));
+    snprintf(fleet, sizeof(fleet), "%s Fleet CA", pki__org(r));
+    snprintf(device, sizeof(device), "%s Device CA", pki__org(r));
+    int rc = pki__make_ca(r, &r->root, root, NULL, 1);
     if (!rc)
-        rc = pki__make_ca(r, &r->fleet, "NuSEC Fleet CA", &r->root, 0);
+        rc = pki__make_ca(r, &r->fleet, fleet, &r->root, 0);
     if (!rc)
-        rc = pki__make_ca(r, &r->device, "NuSEC Device CA", &r->root, 0);
+        rc = pki__make_ca(r, &r->device, device, &r->root, 0);
     if (rc)
         return rc;
     const struct {
@@ -522,6 +531,18 @@ static int pki__make_tls_identities(struct pki__run *r)
             rc = pki__make_leaf(r, roles[i], roles[i], cert, key);
     }
     return rc;
+}
+
+int pki_org_valid(const char *org)
+{
+    size_t n = org ? strlen(org) : 0;
+    if (n == 0 || n > 40)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (org[i] < 0x20 || org[i] > 0x7e)
+            return 0;
+    }
+    return 1;
 }
 
 const char *pki_default_plugin(void)
@@ -720,6 +741,10 @@ int pki_init_run(const struct pki_init_opts *opts)
     char marker[PATH_MAX];
     if (!opts || !opts->dir || !opts->host || (opts->use_slot && opts->token_label))
         return NU_ERR_INVALID_ARG;
+    if (opts->org && !pki_org_valid(opts->org)) {
+        pki__say("--org must be 1 to 40 printable characters");
+        return NU_ERR_INVALID_ARG;
+    }
     struct pki__run r = {.opts = opts, .now = (int64_t)time(NULL), .stamp = (long)time(NULL)};
     r.root.label = NU_PKI_KEY_ROOT_CA;
     r.fleet.label = NU_PKI_KEY_FLEET_CA;
