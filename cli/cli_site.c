@@ -964,6 +964,9 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
         "\n# ---- site %s: queues sized for hours of WAN outage (docs/sites.md) ----\n"
         "max_queued_messages %u\n"
         "max_queued_bytes %llu\n"
+        "# the nusec_auth plugin above takes the revocation list and this site's\n"
+        "# ownership lines from the cloud broker over the bridge (broker/README.md)\n"
+        "plugin_opt_site_name %s\n"
         "\n"
         "# ---- bridge to the OEM's cloud broker (written by `nusec site init`) ----\n"
         "connection nusec-cloud\n"
@@ -994,11 +997,13 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
         "topic nusec/v1/prog/+/status out 1\n"
         "topic nusec/v1/jobs/+ in 1\n"
         "topic nusec/v1/crl/device in 1\n"
+        "topic nusec/v1/broker/revoked in 1\n"
+        "topic nusec/v1/broker/owners/%s in 1\n"
         "# replies: the station's and each programmer the OEM gave this site (the\n"
         "# cloud broker refuses the site any other reply subscription)\n"
         "topic nusec/v1/reply/%s/# in 1\n",
-        name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, cloud, name, chain, cert,
-        key, name, name, name);
+        name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, name, cloud, name, chain,
+        cert, key, name, name, name, name);
     if (n <= 0 || (size_t)n >= cap)
         return NU_ERR_TOO_LARGE;
     return site__reply_topics(dir, name, out + n, cap - (size_t)n);

@@ -116,6 +116,22 @@ check "request for another site's programmer: cloud broker log row" \
     "$DIR/broker/mosquitto.log"
 check "request for another site's programmer: no state change" test "$before" == "$(snapshot)"
 
+# Lists decided at the OEM reach the site brokers over the bridge: the
+# ownership table (the cloud broker's lines for the site) and revocations.
+check "site-2's ownership table came from the cloud broker" \
+    grep -qx "site-2 prog-2" "$CM2/broker/owners"
+check "site-2's ownership table has no other site's lines" \
+    bash -c "! grep -q site-1 '$CM2/broker/owners'"
+"$BIN/nusec" programmer revoke prog-2 --dir "$DIR" --reason test >/dev/null
+kicked=no
+for _ in $(seq 50); do
+    grep -q "identity prog-2 revoked: disconnecting it" "$CM2/broker/mosquitto.log" && kicked=yes && break
+    sleep 0.1
+done
+check "a programmer revoked at the OEM is disconnected by its site broker" test "$kicked" == yes
+check "... and refused when it reconnects there" bash -c "for _ in \$(seq 50); do
+    grep -q \"identity prog-2: identity revoked\" '$CM2/broker/mosquitto.log' && exit 0; sleep 0.1; done; exit 1"
+
 # A revoked site: its bridge is disconnected and cannot come back.
 before=$(snapshot)
 echo site-1 >>"$DIR/broker/revoked"
