@@ -17,6 +17,7 @@
  *   sites_hostile newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
  *   sites_hostile replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
  *   sites_hostile report  OEMDIR CMDIR PROG JOB    device.provisioned event in PROG's name, CM-held key
+ *   sites_hostile start   CMDIR PROG JOB           START toward PROG from the site's station
  *   sites_hostile connect OEMDIR CMDIR             connect as the site (a revoked site must fail)
  *
  * Exit: 0 when the action ran (whatever the answer), 1 when it could not, 2 usage.
@@ -465,6 +466,44 @@ static int cmd_report(const char *oem, const char *cm, const char *prog, const c
     return 0;
 }
 
+/* START toward a programmer, from the site's station identity (the CM holds its key). */
+static int cmd_start(const char *cm, const char *prog, const char *job)
+{
+    char name[80] = "site", conf[PATH_MAX], client_id[128], topic[256];
+    uint8_t *text = NULL, *env = NULL;
+    size_t tl = 0, len = 0;
+    struct nu_mqtt *m = NULL;
+    struct nu_envelope_sender *sender = NULL;
+    struct nu_envelope_frame fr;
+    snprintf(conf, sizeof(conf), "%s/site/site.conf", cm);
+    if (nu_file_read(conf, 4096, &text, &tl) == NU_OK)
+        sscanf((char *)text, "name %79s", name);
+    free(text);
+    snprintf(client_id, sizeof(client_id), "%s:hostile", name);
+    Nusec__V1__ProductionCommand cmd = NUSEC__V1__PRODUCTION_COMMAND__INIT;
+    cmd.job_id = (char *)job;
+    cmd.action = NUSEC__V1__PRODUCTION_ACTION__PRODUCTION_ACTION_START;
+    struct nu_client_opts o = {.dir = cm, .identity = name, .client_id = client_id, .clean_start = 1};
+    int rc = nu_client_connect(&o, &m); /* the site broker, as the station */
+    if (!rc)
+        rc = nu_envelope_sender_create(name, NU_ENVELOPE_SEQ_FROM_CLOCK, &sender);
+    if (!rc)
+        rc = nu_envelope_frame_init(&fr, sender, &cmd.base);
+    if (!rc)
+        rc = nu_envelope_pack(&fr.env, &env, &len, NULL);
+    snprintf(topic, sizeof(topic), "nusec/v1/prog/%s/cmd", prog);
+    if (!rc)
+        rc = nu_mqtt_publish(m, topic, env, len, 1, 0);
+    printf("%s\n", rc ? nu_err_name(rc) : "PUBLISHED");
+    free(env);
+    nu_envelope_sender_destroy(sender);
+    if (m) {
+        nu_mqtt_disconnect(m);
+        nu_mqtt_destroy(m);
+    }
+    return 0;
+}
+
 static int cmd_connect(const char *oem, const char *cm)
 {
     struct nu_mqtt *m = NULL;
@@ -491,6 +530,8 @@ int main(int argc, char **argv)
         return cmd_replay(argv[2], argv[3], argv[4], 0);
     if (!strcmp(cmd, "report") && argc == 6)
         return cmd_report(argv[2], argv[3], argv[4], argv[5]);
+    if (!strcmp(cmd, "start") && argc == 5)
+        return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
     fprintf(stderr, "usage: sites_hostile capture|forge|newcsr|replay|report|connect ... "

@@ -116,6 +116,26 @@ check "request for another site's programmer: cloud broker log row" \
     "$DIR/broker/mosquitto.log"
 check "request for another site's programmer: no state change" test "$before" == "$(snapshot)"
 
+# START toward a programmer from the site's own station (the CM holds its key):
+# for a job the programmer holds no package for, and again for the real job,
+# whose quota is spent. Neither makes a unit: no ledger change, no new device.
+before=$(snapshot)
+locked_before=$(cat "$CM1"/targets/*/state | grep -c '^state=locked')
+got=$("$H" start "$CM1" prog-1 job-forged 2>>"$TMP/hostile.err" | tail -n 1)
+check "forged START for an unknown job: sent through the site broker ($got)" test "$got" == PUBLISHED
+ignored=no
+for _ in $(seq 50); do
+    grep -q "START for job job-forged ignored: not the current job" "$CM1/logs/prog-1.log" &&
+        ignored=yes && break
+    sleep 0.1
+done
+check "forged START for an unknown job: the programmer refuses it (its log)" test "$ignored" == yes
+got=$("$H" start "$CM1" prog-1 "$job" 2>>"$TMP/hostile.err" | tail -n 1)
+sleep 3
+check "START of the exhausted job: no new device" \
+    test "$(cat "$CM1"/targets/*/state | grep -c '^state=locked')" -eq "$locked_before"
+check "forged STARTs: no state change" test "$before" == "$(snapshot)"
+
 # Lists decided at the OEM reach the site brokers over the bridge: the
 # ownership table (the cloud broker's lines for the site) and revocations.
 check "site-2's ownership table came from the cloud broker" \
