@@ -1086,6 +1086,15 @@ static int site__broker_conf(const char *dir, const char *name)
     return rc;
 }
 
+int site_broker_conf(const char *dir)
+{
+    char name[80];
+    int rc = site_name(dir, name, sizeof(name));
+    if (!rc)
+        rc = site__broker_conf(dir, name);
+    return rc;
+}
+
 int site_init(const char *dir, const char *bundle_path)
 {
     char name[80], bname[80];

@@ -67,6 +67,11 @@ int site_export(const char *dir, const char *name, const char *bundle_path);
 /* CM: install a bundle and write the site broker's configuration. */
 int site_init(const char *dir, const char *bundle_path);
 
+/* CM: write DIR/broker/mosquitto.conf again (template + bridge) from what
+ * site_join and site_init left in DIR (site/site.conf, broker/owners), e.g.
+ * after changing bridge settings; restart the site broker afterwards. */
+int site_broker_conf(const char *dir);
+
 /* CM: the site name recorded by site_join (into out[cap]). NOT_FOUND. */
 int site_name(const char *dir, char *out, size_t cap);
 

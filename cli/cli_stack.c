@@ -113,7 +113,8 @@ static const char cli__status_usage[] =
     "usage: nusec stack status [--dir DIR] [--json]\n"
     "\n"
     "Each service of the local stack: pid, alive or dead, and for programmers the\n"
-    "status they retain on the bus (state, job, counter / limit).\n"
+    "status they retain on the bus (state, job, counter / limit). With sites\n"
+    "(stack up --sites N) the services of each DIR/cm/SITE follow, named SITE/NAME.\n"
     "\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
     "  --json      one JSON object per service and line\n"
@@ -1200,7 +1201,7 @@ static void stack__status_line(struct stack *s, const struct stack__svc *svc, pi
         snprintf(detail, sizeof(detail), "%s job=%s %" PRIu32 "/%" PRIu32 " sockets=%" PRIu32,
                  station_prog_state_name(seen->s.state), seen->s.job_id[0] ? seen->s.job_id : "-",
                  seen->s.counter, seen->s.limit, seen->s.sockets);
-    } else if (!strcmp(svc->name, "broker")) {
+    } else if (!strcmp(svc->program, "mosquitto")) {
         char host[256];
         int port = 0;
         if (stack__endpoint(s->dir, host, sizeof(host), &port) == NU_OK)
@@ -1227,6 +1228,64 @@ static void stack__status_line(struct stack *s, const struct stack__svc *svc, pi
     }
 }
 
+/* One line per service of `s` (a CM's names prefixed "SITE/"); 0 when one is dead. */
+static int stack__status_services(struct stack *s, struct stack *view, const char *prefix)
+{
+    struct stack__svc svc[STACK__PROG_MAX + 8];
+    size_t n = stack__services(s, svc, sizeof(svc) / sizeof(svc[0]));
+    int all_alive = 1;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        pid_t pid = 0;
+        struct stack__seen seen;
+        if (stack__file(s->run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+            station_pidfile_read(path, &pid);
+        int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
+        all_alive = all_alive && alive;
+        int have = !strcmp(svc[i].program, "nusec-programmer") &&
+                   stack__seen_get(view, svc[i].name, &seen);
+        struct stack__svc shown = svc[i];
+        if (prefix && strlen(prefix) + strlen(svc[i].name) + 1 < sizeof(shown.name)) {
+            size_t pl = strlen(prefix);
+            memcpy(shown.name, prefix, pl);
+            shown.name[pl] = '/';
+            memcpy(shown.name + pl + 1, svc[i].name, strlen(svc[i].name) + 1);
+        }
+        stack__status_line(s, &shown, pid, alive, have ? &seen : NULL);
+    }
+    return all_alive;
+}
+
+/* The sites of `--sites N` (DIR/cm/NAME with a run folder), after the OEM's services. */
+static int stack__status_sites(struct stack *oem)
+{
+    char root[PATH_MAX];
+    int all_alive = 1;
+    if (nu_path_fmt(root, sizeof(root), "%s/cm", oem->dir) != NU_OK)
+        return 1;
+    DIR *d = opendir(root);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        struct stack cm;
+        char run[PATH_MAX];
+        if (e->d_name[0] == '.')
+            continue;
+        memset(&cm, 0, sizeof(cm));
+        cm.json = oem->json;
+        if (nu_path_fmt(cm.cm_dir, sizeof(cm.cm_dir), "%s/%s", root, e->d_name) != NU_OK ||
+            nu_path_fmt(run, sizeof(run), "%s/run", cm.cm_dir) != NU_OK || !nu_path_exists(run))
+            continue;
+        cm.dir = cm.cm_dir;
+        if (nu_paths_get(cm.dir, NU_PATH_RUN, cm.run, sizeof(cm.run)) != NU_OK ||
+            nu_paths_get(cm.dir, NU_PATH_LOGS, cm.logs, sizeof(cm.logs)) != NU_OK)
+            continue;
+        all_alive &= stack__status_services(&cm, oem, e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return all_alive;
+}
+
 static int cli__stack_status(int argc, char **argv)
 {
     struct stack s;
@@ -1241,25 +1300,15 @@ static int cli__stack_status(int argc, char **argv)
         printf("no stack in %s (start one with: nusec stack up --dir %s)\n", s.dir, s.dir);
         return CLI_EXIT_FAIL;
     }
-    int all_alive = 1;
     pid_t broker = stack__running(&s, "broker", "mosquitto");
-    /* Retained statuses arrive right after the subscription is granted. */
+    /* Retained statuses arrive right after the subscription is granted (a
+     * site's programmers' too: their status crosses the bridge). */
     if (broker && stack__mon_open(&s) == NU_OK)
         stack__sleep_ms(500);
     if (!s.json)
         printf("%-10s %-8s %-6s %s\n", "SERVICE", "PID", "STATE", "DETAIL");
-    for (size_t i = 0; i < n; i++) {
-        char path[PATH_MAX];
-        pid_t pid = 0;
-        struct stack__seen seen;
-        if (stack__file(s.run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
-            station_pidfile_read(path, &pid);
-        int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
-        all_alive = all_alive && alive;
-        int have =
-            !strcmp(svc[i].program, "nusec-programmer") && stack__seen_get(&s, svc[i].name, &seen);
-        stack__status_line(&s, &svc[i], pid, alive, have ? &seen : NULL);
-    }
+    int all_alive = stack__status_services(&s, &s, NULL);
+    all_alive &= stack__status_sites(&s);
     stack__close(&s);
     pthread_mutex_destroy(&s.lock);
     return all_alive ? CLI_EXIT_OK : CLI_EXIT_FAIL;
