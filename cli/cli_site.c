@@ -36,6 +36,7 @@
 #define SITE__DAY 86400
 #define SITE__LEAF_DAYS 825
 #define SITE__OWNERS_MAX (1024u * 1024u)
+#define SITE__STATIONS_MAX 16 /* cloud.conf station_ids (CLOUD_ROLE_IDS_MAX) */
 
 /* Identities the OEM's own roles use: a site may not take one of their names. */
 static const char *const site__reserved[] = {"cloud", "station", "monitor", "oem", "broker"};
@@ -253,6 +254,8 @@ static int site__write_text(const char *path, const char *text, mode_t mode)
     return nu_file_write_atomic(path, text, strlen(text), mode);
 }
 
+static int site__owner_of(const char *dir, const char *programmer, char *out, size_t cap);
+
 /* ---- OEM: site add ------------------------------------------------------------------------ */
 
 int site_add(const char *dir, const char *name, const char *cloud, const char *enrol_path)
@@ -272,6 +275,16 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
         return rc;
     if (nu_path_exists(folder)) {
         site__say("add", "site %s exists already (%s); nothing changed", name, folder);
+        return NU_ERR_EXISTS;
+    }
+    /* One namespace: the cloud takes a station's key from DIR/pki/clients/NAME.crt,
+     * so a site may not share its name with any identity the OEM knows. */
+    char taken[80];
+    if ((rc = nu_paths_client_cert(dir, name, path, sizeof(path))))
+        return rc;
+    if (nu_path_exists(path) || site__owner_of(dir, name, taken, sizeof(taken))) {
+        site__say("add", "%s is already an identity here (%s); nothing changed", name,
+                  nu_path_exists(path) ? path : "a programmer");
         return NU_ERR_EXISTS;
     }
     if (!cloud) {
@@ -615,7 +628,7 @@ static int site__station_ids_add(const char *dir, const char *name)
             found = 1;
             /* already listed? (as a whole word) */
             char word[80];
-            int listed = 0;
+            int listed = 0, words = 0;
             const char *eq = memchr(p, '=', (size_t)(line + n - p));
             for (const char *w = eq ? eq + 1 : line + n; w < line + n;) {
                 size_t skip = strspn(w, " \t,");
@@ -625,8 +638,16 @@ static int site__station_ids_add(const char *dir, const char *name)
                     memcpy(word, w, wl);
                     word[wl] = '\0';
                     listed |= strcmp(word, name) == 0;
+                    words++;
                 }
                 w += wl ? wl : 1;
+            }
+            if (!listed && words >= SITE__STATIONS_MAX) {
+                site__say("sign", "cloud.conf station_ids holds %d identities, the cloud's "
+                          "limit: nothing changed", words);
+                free(out);
+                free(text);
+                return NU_ERR_LIMIT;
             }
             if (!listed)
                 used += (size_t)snprintf(out + used, cap - used, " %s", name);
@@ -761,6 +782,12 @@ int site_assign(const char *dir, const char *name, const char *programmer)
     if (!site__name_ok(name) || !nu_path_exists(path)) {
         site__say("assign", "no signed site %s here", name);
         return NU_ERR_NOT_FOUND;
+    }
+    if ((rc = nu_paths_client_cert(dir, programmer, path, sizeof(path))))
+        return rc;
+    if (nu_path_exists(path)) { /* a role or a site's station, not a programmer */
+        site__say("assign", "%s is not a programmer (%s); nothing changed", programmer, path);
+        return NU_ERR_INVALID_ARG;
     }
     if (site__owner_of(dir, programmer, owner, sizeof(owner)) && strcmp(owner, name) != 0) {
         site__say("assign", "%s belongs to %s: revoke or move it first; nothing changed",

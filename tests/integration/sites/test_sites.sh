@@ -63,6 +63,50 @@ in_ledger() {
 check "every device certificate verifies and is in the ledger, provisioned" in_ledger
 check "audit verify" "$BIN/nusec" audit verify --dir "$DIR" >/dev/null
 
+# ---- site identities: what the OEM's `site` commands refuse --------------------------------
+N=$BIN/nusec
+exit_of() { "$@" >/dev/null 2>>"$TMP/site-cmds.err"; echo $?; }
+check "site add of an existing site: refused (exit 3)" test "$(exit_of "$N" site add site-1 \
+    --dir "$DIR" --out "$TMP/x.enrol")" -eq 3
+check "site add with a programmer's name: refused (exit 3)" test "$(exit_of "$N" site add prog-1 \
+    --dir "$DIR" --out "$TMP/x.enrol")" -eq 3
+check "site sign with a used token: refused" test "$(exit_of "$N" site sign "$DIR/cm/site-1.join" \
+    --dir "$DIR" --out "$TMP/x.bundle")" -eq 1
+check "site assign of another site's programmer: refused (exit 3)" \
+    test "$(exit_of "$N" site assign site-1 prog-2 --dir "$DIR" --out "$TMP/x.bundle")" -eq 3
+"$N" site add site-x --dir "$DIR" --out "$TMP/site-x.enrol" >/dev/null &&
+    "$N" site add site-y --dir "$DIR" --out "$TMP/site-y.enrol" >/dev/null &&
+    "$N" site join "$TMP/site-x.enrol" --dir "$TMP/cm-x" --out "$TMP/site-x.join" >/dev/null &&
+    "$N" site join "$TMP/site-y.enrol" --dir "$TMP/cm-y" --out "$TMP/site-y.join" >/dev/null
+# A join request for site-x carrying site-y's token, then one with site-y's station CSR.
+python3 - "$TMP" <<'PY'
+import sys
+t = sys.argv[1]
+def entries(p):
+    b = open(p, 'rb').read(); out = []; off = b.index(b'\n') + 1
+    while not b[off:].startswith(b'end '):
+        nl = b.index(b'\n', off); _, name, n = b[off:nl].split(b' '); n = int(n)
+        out.append((name, b[nl + 1:nl + 1 + n])); off = nl + 1 + n + 1
+    return out
+def write(p, es):
+    with open(p, 'wb') as f:
+        f.write(b'nusec-site 1\n')
+        for name, d in es: f.write(b'file %s %d\n' % (name, len(d)) + d + b'\n')
+        f.write(b'end %d\n' % len(es))
+x, y = dict(entries(t + '/site-x.join')), dict(entries(t + '/site-y.join'))
+write(t + '/wrong-token.join', [(k, y[b'token'] if k == b'token' else v) for k, v in x.items()])
+write(t + '/wrong-csr.join', [(k, y[k] if k == b'csr/station.pem' else v) for k, v in x.items()])
+PY
+clients_before=$(ls "$DIR/pki/clients" | tr '\n' ' ')
+check "site sign with another site's token: refused" test "$(exit_of "$N" site sign \
+    "$TMP/wrong-token.join" --dir "$DIR" --out "$TMP/x.bundle")" -eq 1
+check "site sign of a CSR for another name: refused" test "$(exit_of "$N" site sign \
+    "$TMP/wrong-csr.join" --dir "$DIR" --out "$TMP/x.bundle")" -eq 1
+check "refused site signs left no certificate" test ! -e "$DIR/sites/site-x/site.crt" -a \
+    ! -e "$DIR/sites/site-x/station.crt" -a "$clients_before" == "$(ls "$DIR/pki/clients" | tr '\n' ' ')"
+check "refusals name their reason" grep -q "token is not site site-x's" "$TMP/site-cmds.err"
+check "... and the CSR's" grep -q "asks for CN=site-y OU=station, not CN=site-x" "$TMP/site-cmds.err"
+
 # ---- 2. the hostile site ----------------------------------------------------------------------
 H=$BIN/sites_hostile
 snapshot() {
