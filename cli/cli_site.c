@@ -177,8 +177,8 @@ static int site__bundle_write(const struct site__bundle *b, const char *path, mo
         return NU_ERR_NOMEM;
     size_t used = (size_t)snprintf(buf, cap, "%s\n", SITE__MAGIC);
     for (size_t i = 0; i < b->n; i++) {
-        used += (size_t)snprintf(buf + used, cap - used, "file %s %zu\n", b->e[i].name,
-                                 b->e[i].len);
+        used +=
+            (size_t)snprintf(buf + used, cap - used, "file %s %zu\n", b->e[i].name, b->e[i].len);
         memcpy(buf + used, b->e[i].data, b->e[i].len);
         used += b->e[i].len;
         buf[used++] = '\n';
@@ -238,7 +238,8 @@ out:
 
 /* ---- small file helpers ------------------------------------------------------------------ */
 
-static int site__oem_path(const char *dir, const char *name, const char *file, char *out, size_t cap)
+static int site__oem_path(const char *dir, const char *name, const char *file, char *out,
+                          size_t cap)
 {
     return nu_path_fmt(out, cap, "%s/" SITE_OEM_FOLDER "/%s%s%s", dir, name, file ? "/" : "",
                        file ? file : "");
@@ -296,8 +297,7 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
                       nu_err_name(rc));
             return rc;
         }
-        snprintf(endpoint, sizeof(endpoint), "%.*s", (int)strcspn((char *)ep, "\r\n"),
-                 (char *)ep);
+        snprintf(endpoint, sizeof(endpoint), "%.*s", (int)strcspn((char *)ep, "\r\n"), (char *)ep);
         free(ep);
     } else {
         snprintf(endpoint, sizeof(endpoint), "%s", cloud);
@@ -366,9 +366,9 @@ static int site__cm_layout(const char *dir)
         enum nu_path_kind kind;
         mode_t mode;
     } folders[] = {
-        {NU_PATH_PKI, 0755},      {NU_PATH_PKI_CLIENTS, 0700}, {NU_PATH_BROKER, 0755},
-        {NU_PATH_BROKER_DATA, 0700}, {NU_PATH_FIRMWARE, 0755}, {NU_PATH_STATION, 0700},
-        {NU_PATH_PROGRAMMERS, 0755}, {NU_PATH_TARGETS, 0755}, {NU_PATH_RUN, 0755},
+        {NU_PATH_PKI, 0755},         {NU_PATH_PKI_CLIENTS, 0700}, {NU_PATH_BROKER, 0755},
+        {NU_PATH_BROKER_DATA, 0700}, {NU_PATH_FIRMWARE, 0755},    {NU_PATH_STATION, 0700},
+        {NU_PATH_PROGRAMMERS, 0755}, {NU_PATH_TARGETS, 0755},     {NU_PATH_RUN, 0755},
         {NU_PATH_LOGS, 0755},
     };
     char path[PATH_MAX];
@@ -643,8 +643,10 @@ static int site__station_ids_add(const char *dir, const char *name)
                 w += wl ? wl : 1;
             }
             if (!listed && words >= SITE__STATIONS_MAX) {
-                site__say("sign", "cloud.conf station_ids holds %d identities, the cloud's "
-                          "limit: nothing changed", words);
+                site__say("sign",
+                          "cloud.conf station_ids holds %d identities, the cloud's "
+                          "limit: nothing changed",
+                          words);
                 free(out);
                 free(text);
                 return NU_ERR_LIMIT;
@@ -821,8 +823,9 @@ static int site__owners_of_site(const char *dir, const char *name, char **out)
         free(text);
         return NU_ERR_NOMEM;
     }
-    used = (size_t)snprintf(buf, len + 128, "# decided by the OEM for site %s (nusec site "
-                                            "assign); do not edit here\n",
+    used = (size_t)snprintf(buf, len + 128,
+                            "# decided by the OEM for site %s (nusec site "
+                            "assign); do not edit here\n",
                             name);
     for (char *save = NULL, *line = text ? strtok_r((char *)text, "\n", &save) : NULL; line;
          line = strtok_r(NULL, "\n", &save)) {
@@ -842,11 +845,14 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
         const char *entry;
         int optional;
     } pub[] = {
-        {NU_PATH_ROOT_CA, "pki/root-ca.pem", 0},     {NU_PATH_FLEET_CA, "pki/fleet-ca.pem", 0},
-        {NU_PATH_DEVICE_CA, "pki/device-ca.pem", 0}, {NU_PATH_CHAIN, "pki/chain.pem", 0},
+        {NU_PATH_ROOT_CA, "pki/root-ca.pem", 0},
+        {NU_PATH_FLEET_CA, "pki/fleet-ca.pem", 0},
+        {NU_PATH_DEVICE_CA, "pki/device-ca.pem", 0},
+        {NU_PATH_CHAIN, "pki/chain.pem", 0},
         {NU_PATH_DEVICE_CHAIN, "pki/device-chain.pem", 0},
         {NU_PATH_PACKAGE_PUB, "pki/package-key.pem", 0},
-        {NU_PATH_DEVICE_CRL, "pki/device-crl.pem", 1}, {NU_PATH_ROTPK, "firmware/rotpk.pem", 0},
+        {NU_PATH_DEVICE_CRL, "pki/device-crl.pem", 1},
+        {NU_PATH_ROTPK, "firmware/rotpk.pem", 0},
     };
     char path[PATH_MAX], endpoint[300] = "";
     struct site__bundle b = {0};
@@ -902,9 +908,9 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
 static int site__install(const char *dir, const char *name, const struct site__bundle *b)
 {
     static const char *const plain[] = {
-        "pki/root-ca.pem",      "pki/fleet-ca.pem",    "pki/device-ca.pem",
-        "pki/chain.pem",        "pki/device-chain.pem", "pki/package-key.pem",
-        "pki/device-crl.pem",   "firmware/rotpk.pem",  "programmers/boot-manifest.img",
+        "pki/root-ca.pem",    "pki/fleet-ca.pem",     "pki/device-ca.pem",
+        "pki/chain.pem",      "pki/device-chain.pem", "pki/package-key.pem",
+        "pki/device-crl.pem", "firmware/rotpk.pem",   "programmers/boot-manifest.img",
     };
     char path[PATH_MAX];
     int rc = NU_OK;
@@ -986,51 +992,51 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
         rc = site__cm_path(dir, "bridge.key", key, sizeof(key));
     if (rc)
         return rc;
-    int n = snprintf(
-        out, cap,
-        "\n# ---- site %s: queues sized for hours of WAN outage (docs/sites.md) ----\n"
-        "max_queued_messages %u\n"
-        "max_queued_bytes %llu\n"
-        "# the nusec_auth plugin above takes the revocation list and this site's\n"
-        "# ownership lines from the cloud broker over the bridge (broker/README.md)\n"
-        "plugin_opt_site_name %s\n"
-        "\n"
-        "# ---- bridge to the OEM's cloud broker (written by `nusec site init`) ----\n"
-        "connection nusec-cloud\n"
-        "address %s\n"
-        "bridge_protocol_version mqttv50\n"
-        "# mTLS as the site (OU site, CN %s); the cloud broker's certificate must chain\n"
-        "# to the OEM's Root and name the address above.\n"
-        "bridge_cafile %s\n"
-        "bridge_certfile %s\n"
-        "bridge_keyfile %s\n"
-        "bridge_insecure false\n"
-        "remote_clientid %s:bridge\n"
-        "local_clientid %s:bridge-local\n"
-        "# Persistent on both sides, so requests and reports queue through an outage.\n"
-        "cleansession false\n"
-        "local_cleansession false\n"
-        "try_private false\n"
-        "notifications false\n"
-        "keepalive_interval 30\n"
-        "restart_timeout 2 30\n"
-        "# Only what the site needs, one topic tree on both sides (response topics are\n"
-        "# not remapped). Out: requests, events, programmer status. In: replies (the\n"
-        "# cloud broker delivers only those of the site's own programmers), job\n"
-        "# state, the device CRL.\n"
-        "topic nusec/v1/cloud/req/# out 1\n"
-        "topic nusec/v1/events/station/# out 1\n"
-        "topic nusec/v1/events/programmer/# out 1\n"
-        "topic nusec/v1/prog/+/status out 1\n"
-        "topic nusec/v1/jobs/+ in 1\n"
-        "topic nusec/v1/crl/device in 1\n"
-        "topic nusec/v1/broker/revoked in 1\n"
-        "topic nusec/v1/broker/owners/%s in 1\n"
-        "# replies: the station's and each programmer the OEM gave this site (the\n"
-        "# cloud broker refuses the site any other reply subscription)\n"
-        "topic nusec/v1/reply/%s/# in 1\n",
-        name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, name, cloud, name, chain,
-        cert, key, name, name, name, name);
+    int n =
+        snprintf(out, cap,
+                 "\n# ---- site %s: queues sized for hours of WAN outage (docs/sites.md) ----\n"
+                 "max_queued_messages %u\n"
+                 "max_queued_bytes %llu\n"
+                 "# the nusec_auth plugin above takes the revocation list and this site's\n"
+                 "# ownership lines from the cloud broker over the bridge (broker/README.md)\n"
+                 "plugin_opt_site_name %s\n"
+                 "\n"
+                 "# ---- bridge to the OEM's cloud broker (written by `nusec site init`) ----\n"
+                 "connection nusec-cloud\n"
+                 "address %s\n"
+                 "bridge_protocol_version mqttv50\n"
+                 "# mTLS as the site (OU site, CN %s); the cloud broker's certificate must chain\n"
+                 "# to the OEM's Root and name the address above.\n"
+                 "bridge_cafile %s\n"
+                 "bridge_certfile %s\n"
+                 "bridge_keyfile %s\n"
+                 "bridge_insecure false\n"
+                 "remote_clientid %s:bridge\n"
+                 "local_clientid %s:bridge-local\n"
+                 "# Persistent on both sides, so requests and reports queue through an outage.\n"
+                 "cleansession false\n"
+                 "local_cleansession false\n"
+                 "try_private false\n"
+                 "notifications false\n"
+                 "keepalive_interval 30\n"
+                 "restart_timeout 2 30\n"
+                 "# Only what the site needs, one topic tree on both sides (response topics are\n"
+                 "# not remapped). Out: requests, events, programmer status. In: replies (the\n"
+                 "# cloud broker delivers only those of the site's own programmers), job\n"
+                 "# state, the device CRL.\n"
+                 "topic nusec/v1/cloud/req/# out 1\n"
+                 "topic nusec/v1/events/station/# out 1\n"
+                 "topic nusec/v1/events/programmer/# out 1\n"
+                 "topic nusec/v1/prog/+/status out 1\n"
+                 "topic nusec/v1/jobs/+ in 1\n"
+                 "topic nusec/v1/crl/device in 1\n"
+                 "topic nusec/v1/broker/revoked in 1\n"
+                 "topic nusec/v1/broker/owners/%s in 1\n"
+                 "# replies: the station's and each programmer the OEM gave this site (the\n"
+                 "# cloud broker refuses the site any other reply subscription)\n"
+                 "topic nusec/v1/reply/%s/# in 1\n",
+                 name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, name, cloud, name,
+                 chain, cert, key, name, name, name, name);
     if (n <= 0 || (size_t)n >= cap)
         return NU_ERR_TOO_LARGE;
     return site__reply_topics(dir, name, out + n, cap - (size_t)n);
@@ -1073,20 +1079,13 @@ static int site__broker_conf(const char *dir, const char *name)
     struct passwd *pw = getpwuid(geteuid());
     const char *plugin = getenv("NUSEC_AUTH_PLUGIN");
     const char *const vars[] = {
-        "HOST",         host,
-        "PORT",         port,
-        "CAFILE",       paths[1],
-        "CERTFILE",     paths[2],
-        "KEYFILE",      paths[3],
-        "DIR",          paths[4],
-        "LOG",          paths[5],
-        "REVOKED_FILE", paths[6],
-        "OWNERS_FILE",  paths[7],
-        "ISSUER_FILE",  paths[12],
-        "CRL_LINE",     "",
-        "PLUGIN",       plugin && *plugin ? plugin : pki_default_plugin(),
-        "PID_FILE",     pid_file,
-        "USER",         pw ? pw->pw_name : "root",
+        "HOST",        host,     "PORT",         port,
+        "CAFILE",      paths[1], "CERTFILE",     paths[2],
+        "KEYFILE",     paths[3], "DIR",          paths[4],
+        "LOG",         paths[5], "REVOKED_FILE", paths[6],
+        "OWNERS_FILE", paths[7], "ISSUER_FILE",  paths[12],
+        "CRL_LINE",    "",       "PLUGIN",       plugin && *plugin ? plugin : pki_default_plugin(),
+        "PID_FILE",    pid_file, "USER",         pw ? pw->pw_name : "root",
         NULL,
     };
     char *conf = NULL;

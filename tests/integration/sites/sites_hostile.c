@@ -12,13 +12,14 @@
  * broker carries: it reads a programmer's genuine signed cert.request off the
  * cloud broker (with the cloud identity, as only a test can).
  *
- *   sites_hostile capture OEMDIR PROG OUT          first genuine cert.request of PROG -> OUT.{topic,sig,env}
- *   sites_hostile forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
- *   sites_hostile newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
- *   sites_hostile replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
- *   sites_hostile report  OEMDIR CMDIR PROG JOB    device.provisioned event in PROG's name, CM-held key
- *   sites_hostile start   CMDIR PROG JOB           START toward PROG from the site's station
- *   sites_hostile connect OEMDIR CMDIR             connect as the site (a revoked site must fail)
+ *   sites_hostile capture OEMDIR PROG OUT          first genuine cert.request of PROG ->
+ * OUT.{topic,sig,env} sites_hostile forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name,
+ * CM-held key + CSR sites_hostile newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same
+ * request with a new CSR sites_hostile replay  OEMDIR CMDIR CAPTURE     captured bytes and
+ * signature, verbatim sites_hostile report  OEMDIR CMDIR PROG JOB    device.provisioned event in
+ * PROG's name, CM-held key sites_hostile start   CMDIR PROG JOB           START toward PROG from
+ * the site's station sites_hostile connect OEMDIR CMDIR             connect as the site (a revoked
+ * site must fail)
  *
  * Exit: 0 when the action ran (whatever the answer), 1 when it could not, 2 usage.
  */
@@ -483,7 +484,8 @@ static int cmd_start(const char *cm, const char *prog, const char *job)
     Nusec__V1__ProductionCommand cmd = NUSEC__V1__PRODUCTION_COMMAND__INIT;
     cmd.job_id = (char *)job;
     cmd.action = NUSEC__V1__PRODUCTION_ACTION__PRODUCTION_ACTION_START;
-    struct nu_client_opts o = {.dir = cm, .identity = name, .client_id = client_id, .clean_start = 1};
+    struct nu_client_opts o = {
+        .dir = cm, .identity = name, .client_id = client_id, .clean_start = 1};
     int rc = nu_client_connect(&o, &m); /* the site broker, as the station */
     if (!rc)
         rc = nu_envelope_sender_create(name, NU_ENVELOPE_SEQ_FROM_CLOCK, &sender);
