@@ -10,6 +10,7 @@
 #include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_hsm.h"
+#include "nu_json.h"
 #include "nu_paths.h"
 #include "nu_pki.h"
 #include "nu_signer.h"
@@ -17,6 +18,7 @@
 #include "nu_x509.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <limits.h>
@@ -257,6 +259,40 @@ static int site__write_text(const char *path, const char *text, mode_t mode)
 
 static int site__owner_of(const char *dir, const char *programmer, char *out, size_t cap);
 
+/*
+ * The OEM's record of what its `site` commands did and refused, one JSON
+ * object per line in DIR/sites/audit.jsonl (append-only, fsync'd): the join
+ * request is outside input, and the ledger's chain belongs to the cloud
+ * agent. Untrusted strings are escaped by nu_json. Failure to write is
+ * reported, never hidden.
+ */
+static void site__audit(const char *dir, const char *event, const char *site, const char *other,
+                        int code, const char *detail)
+{
+    char path[PATH_MAX], buf[1024];
+    struct nu_json j;
+    nu_json_init(&j, buf, sizeof(buf));
+    nu_json_raw(&j, "{", 1);
+    nu_json_u64(&j, "ts", nu_time_ms());
+    nu_json_str(&j, "event", event);
+    nu_json_str(&j, "site", site);
+    if (other)
+        nu_json_str(&j, "programmer", other);
+    nu_json_str(&j, "code", code ? nu_err_name(code) : "OK");
+    if (detail)
+        nu_json_str(&j, "detail", detail);
+    nu_json_raw(&j, "}\n", 2);
+    int fd = -1;
+    if (nu_json_ok(&j) && !nu_path_fmt(path, sizeof(path), "%s/" SITE_OEM_FOLDER, dir) &&
+        !nu_mkdirs(path, 0700) &&
+        !nu_path_fmt(path, sizeof(path), "%s/" SITE_OEM_FOLDER "/audit.jsonl", dir))
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, buf, j.len) != (ssize_t)j.len || fsync(fd) != 0)
+        site__say("audit", "cannot append to %s/" SITE_OEM_FOLDER "/audit.jsonl", dir);
+    if (fd >= 0)
+        close(fd);
+}
+
 /* ---- OEM: site add ------------------------------------------------------------------------ */
 
 int site_add(const char *dir, const char *name, const char *cloud, const char *enrol_path)
@@ -328,6 +364,8 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
     nu_zero(raw, sizeof(raw));
     if (rc)
         site__say("add", "%s: %s", name, nu_err_str(rc));
+    else
+        site__audit(dir, "site.added", name, NULL, NU_OK, NULL);
     return rc;
 }
 
@@ -667,7 +705,7 @@ static int site__station_ids_add(const char *dir, const char *name)
 
 int site_sign(const char *dir, const char *request_path, const char *bundle_path)
 {
-    char name[80], token[128], host[256], path[PATH_MAX], hex[65], stored[80];
+    char name[80] = "", token[128], host[256], path[PATH_MAX], hex[65], stored[80];
     uint8_t digest[NU_SHA256_LEN], *want = NULL;
     size_t want_len = 0;
     struct site__bundle req = {0};
@@ -738,10 +776,14 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     if (!rc)
         rc = site_export(dir, name, bundle_path);
     if (!rc)
+        site__audit(dir, "site.signed", name, NULL, NU_OK, NULL);
+    if (!rc)
         printf("site %s signed (station, site bridge, site broker certificates); restart the "
                "cloud so that it knows the station %s\n",
                name, name);
 out:
+    if (rc) /* the join request is outside input: every refusal is recorded */
+        site__audit(dir, "site.join.refused", name[0] ? name : "-", NULL, rc, request_path);
     site__ca_close(&ca);
     nu_zero(token, sizeof(token));
     free(want);
@@ -789,17 +831,20 @@ int site_assign(const char *dir, const char *name, const char *programmer)
         return rc;
     if (nu_path_exists(path)) { /* a role or a site's station, not a programmer */
         site__say("assign", "%s is not a programmer (%s); nothing changed", programmer, path);
+        site__audit(dir, "site.assign.refused", name, programmer, NU_ERR_INVALID_ARG, NULL);
         return NU_ERR_INVALID_ARG;
     }
     if (site__owner_of(dir, programmer, owner, sizeof(owner)) && strcmp(owner, name) != 0) {
         site__say("assign", "%s belongs to %s: revoke or move it first; nothing changed",
                   programmer, owner);
+        site__audit(dir, "site.assign.refused", name, programmer, NU_ERR_EXISTS, owner);
         return NU_ERR_EXISTS;
     }
     /* The cloud broker's table: the site role may speak only for these. */
     rc = station_owners_add(dir, name, programmer);
     if (rc)
         site__say("assign", "%s %s: %s", name, programmer, nu_err_str(rc));
+    site__audit(dir, rc ? "site.assign.failed" : "site.assigned", name, programmer, rc, NULL);
     return rc;
 }
 

@@ -106,6 +106,18 @@ check "refused site signs left no certificate" test ! -e "$DIR/sites/site-x/site
     ! -e "$DIR/sites/site-x/station.crt" -a "$clients_before" == "$(ls "$DIR/pki/clients" | tr '\n' ' ')"
 check "refusals name their reason" grep -q "token is not site site-x's" "$TMP/site-cmds.err"
 check "... and the CSR's" grep -q "asks for CN=site-y OU=station, not CN=site-x" "$TMP/site-cmds.err"
+site_audit() { # the OEM's record of its site commands: valid JSON lines, the refusals in it
+    python3 - "$DIR/sites/audit.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+want = {('site.join.refused', 'site-1', 'TOKEN'), ('site.join.refused', 'site-x', 'TOKEN'),
+        ('site.join.refused', 'site-x', 'BAD_CSR'), ('site.assign.refused', 'site-1', 'EXISTS'),
+        ('site.signed', 'site-1', 'OK'), ('site.signed', 'site-2', 'OK')}
+got = {(r['event'], r['site'], r['code']) for r in rows}
+sys.exit(0 if want <= got else print('missing', want - got) or 1)
+PY
+}
+check "the OEM's site audit records each refusal (DIR/sites/audit.jsonl)" site_audit
 
 # ---- 2. the hostile site ----------------------------------------------------------------------
 H=$BIN/sites_hostile
