@@ -17,7 +17,8 @@
  * plugin_opt_issuer_file, plugin_opt_identities_file, plugin_opt_site_name
  * (all optional).
  *
- * Lists across a bridge (issue 14). Without site_name (the cloud broker) the
+ * Lists across a bridge (issue 14). With plugin_opt_publish_lists true (the
+ * cloud broker of a deployment with sites; `nusec site sign` sets it) the
  * plugin publishes, retained, what it loaded: the revocation list on
  * AUTH__TOPIC_REVOKED and each owner's lines of the ownership table on
  * AUTH__TOPIC_OWNERS/{owner}. No client may publish there (the ACL has no
@@ -101,6 +102,7 @@ struct nusec_auth {
     struct timespec last_tick;
     char *ids_path;             /* identities file (roles across restarts); NULL: none */
     char *site_name;            /* a site broker: take the lists from the bridge */
+    char *publish_lists;        /* "true": the cloud broker of sites publishes its lists */
     bool lists_dirty;           /* the cloud broker: lists changed, publish at the tick */
     struct nusec_acl_set *published; /* owners whose lines were published last */
     bool ids_dirty;             /* roles changed and not yet written */
@@ -973,7 +975,8 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
     auth__refresh_all(st, false);
     auth__do_kicks(st);
     auth__identities_retry(st, &now);
-    if (st->lists_dirty && !st->site_name)
+    if (st->lists_dirty && !st->site_name && st->publish_lists &&
+        strcmp(st->publish_lists, "true") == 0)
         auth__lists_publish(st);
     return MOSQ_ERR_SUCCESS;
 }
@@ -1028,6 +1031,7 @@ static void auth__state_free(struct nusec_auth *st)
     free(st->issuer_path);
     free(st->ids_path);
     free(st->site_name);
+    free(st->publish_lists);
     nusec_acl_set_free(st->published);
     nusec_acl_set_free(st->live);
     nusec_acl_set_free(st->revoked.set);
@@ -1053,6 +1057,8 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
             dst = &st->ids_path;
         else if (strcmp(opts[i].key, "site_name") == 0)
             dst = &st->site_name;
+        else if (strcmp(opts[i].key, "publish_lists") == 0)
+            dst = &st->publish_lists;
         if (!dst) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: unknown option plugin_opt_%s",
                                  opts[i].key);

@@ -703,6 +703,38 @@ static int site__station_ids_add(const char *dir, const char *name)
     return rc;
 }
 
+/*
+ * The cloud broker of a deployment with sites hands its revocation list and
+ * ownership lines to the site brokers (broker/README.md): one line appended
+ * to DIR/broker/mosquitto.conf, once; the broker reads it at its next start.
+ */
+static int site__publish_lists_on(const char *dir)
+{
+    static const char line[] = "\n# sites (nusec site sign): revocations and ownership lines "
+                               "for the site brokers\nplugin_opt_publish_lists true\n";
+    char path[PATH_MAX];
+    uint8_t *text = NULL;
+    size_t len = 0;
+    int rc = nu_paths_get(dir, NU_PATH_BROKER_CONF, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, 1024 * 1024, &text, &len);
+    if (!rc && !strstr((char *)text, "plugin_opt_publish_lists")) {
+        char *all = malloc(len + sizeof(line));
+        rc = all ? NU_OK : NU_ERR_NOMEM;
+        if (!rc) {
+            memcpy(all, text, len);
+            memcpy(all + len, line, sizeof(line) - 1);
+            rc = nu_file_write_atomic(path, all, len + sizeof(line) - 1, 0600);
+            if (!rc)
+                printf("cloud broker: %s now publishes its lists for the sites (restart it)\n",
+                       path);
+        }
+        free(all);
+    }
+    free(text);
+    return rc;
+}
+
 int site_sign(const char *dir, const char *request_path, const char *bundle_path)
 {
     char name[80] = "", token[128], host[256], path[PATH_MAX], hex[65], stored[80];
@@ -773,6 +805,8 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     free(pem);
     if (!rc)
         rc = site__station_ids_add(dir, name);
+    if (!rc)
+        rc = site__publish_lists_on(dir);
     if (!rc)
         rc = site_export(dir, name, bundle_path);
     if (!rc)
