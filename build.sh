@@ -52,6 +52,10 @@ Commands:
                     Defaults: DIR ./demo-state (replaced on each run, kept
                     afterwards), 32 devices, quota = devices, 2 programmers,
                     4 sockets, 0 us/KiB simulated flash time
+                    --sites N: the same through N CM sites, each with its
+                    own state dir (DIR/cm/site-K), site broker bridged to
+                    the cloud broker, station and P programmers
+                    (docs/sites.md); default 0 = one machine
   package           build the Debian packages (nusec-cloud, nusec-station,
                     nusec-broker-plugin, nusec) into build-pkg/packages/
   chaos [OPTIONS]   build release, then the fault run tests/chaos/chaos.sh
@@ -183,10 +187,11 @@ cmd_fuzz() {
 }
 
 cmd_demo() {
-    local dir="$ROOT/demo-state" args=()
+    local dir="$ROOT/demo-state" args=() sites=0
     while (($#)); do
         case $1 in
         --dir) dir=${2:?--dir needs a value}; shift 2 ;;
+        --sites) sites=${2:?--sites needs a value}; shift 2 ;;
         --devices | --quota | --programmers | --sockets | --flash-us-per-kib)
             args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
         *) say "demo: unknown option $1 (see ./build.sh --help)"; exit 1 ;;
@@ -194,6 +199,11 @@ cmd_demo() {
     done
     ensure_packages "${PACKAGES[@]}"
     configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    if [[ "$sites" != 0 ]]; then
+        "$ROOT/tests/integration/sites/sites_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" \
+            --sites "$sites" "${args[@]}"
+        return
+    fi
     "$ROOT/tests/e2e/demo_flow.sh" --bin "$ROOT/build/bin" --dir "$dir" "${args[@]}"
 }
 

@@ -173,6 +173,10 @@ static const struct acl__rule acl__rules[] = {
     {ROLE(SITE), ACL__WRITE | ACL__RETAIN, "nusec/v1/prog/{owned}/status"},
     {ROLE(SITE), ACL__RS, "nusec/v1/jobs/+"},
     {ROLE(SITE), ACL__RS, "nusec/v1/crl/device"},
+    /* What the cloud broker's plugin itself publishes for site brokers (no
+     * client may publish there): revocations, and the site's own owners. */
+    {ROLE(SITE), ACL__RS, "nusec/v1/broker/revoked"},
+    {ROLE(SITE), ACL__RS, "nusec/v1/broker/owners/{id}"},
 };
 
 /* Does pattern level `pat` (given as text) cover the single concrete level `l`? */

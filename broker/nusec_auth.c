@@ -14,7 +14,19 @@
  * about ten times a second; MOSQ_EVT_RELOAD (SIGHUP) does not re-init plugins.
  *
  * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
- * plugin_opt_issuer_file, plugin_opt_identities_file (all optional).
+ * plugin_opt_issuer_file, plugin_opt_identities_file, plugin_opt_site_name
+ * (all optional).
+ *
+ * Lists across a bridge (issue 14). With plugin_opt_publish_lists true (the
+ * cloud broker of a deployment with sites; `nusec site sign` sets it) the
+ * plugin publishes, retained, what it loaded: the revocation list on
+ * AUTH__TOPIC_REVOKED and each owner's lines of the ownership table on
+ * AUTH__TOPIC_OWNERS/{owner}. No client may publish there (the ACL has no
+ * rule for it); a site's bridge may read the revocation list and its own
+ * owners topic. With site_name (a site broker, written by `nusec site init`)
+ * the plugin takes those two topics when they arrive over its bridge and
+ * writes them to its revocation and ownership files, which it then reloads
+ * as any change (kicking newly revoked identities).
  *
  * One file of ~1,050 lines on purpose: Mosquitto loads one plugin object,
  * and every event handler here reads and updates the one struct nusec_auth
@@ -52,6 +64,9 @@
 #define AUTH__FILE_MAX (16u * 1024u * 1024u)
 /* Kicks and polling from MOSQ_EVT_TICK at most this often. */
 #define AUTH__TICK_MS 200
+/* The lists the cloud broker hands to site brokers (see the header). */
+#define AUTH__TOPIC_REVOKED "nusec/v1/broker/revoked"
+#define AUTH__TOPIC_OWNERS "nusec/v1/broker/owners/"
 /* A failed write of the identities file is retried from the tick this often. */
 #define AUTH__IDS_RETRY_MS 5000
 
@@ -91,6 +106,10 @@ struct nusec_auth {
     struct auth__pinfile *pins;  /* DIR/broker/serials: current identity serials (pins.h) */
     struct timespec last_tick;
     char *ids_path;             /* identities file (roles across restarts); NULL: none */
+    char *site_name;            /* a site broker: take the lists from the bridge */
+    char *publish_lists;        /* "true": the cloud broker of sites publishes its lists */
+    bool lists_dirty;           /* the cloud broker: lists changed, publish at the tick */
+    struct nusec_acl_set *published; /* owners whose lines were published last */
     bool ids_dirty;             /* roles changed and not yet written */
     bool ids_failing;           /* the last write failed (logged once) */
     struct timespec ids_last_try;
@@ -222,6 +241,8 @@ static void auth__file_apply(struct nusec_auth *st, struct auth__file *f, enum a
                              revoked ? "refusing every client" : "no station owns any programmer");
     }
     f->state = state;
+    if (state != AUTH__BAD)
+        st->lists_dirty = true;
     if (state == AUTH__BAD && revoked) {
         nusec_acl_set_free(set); /* keep the last good list to diff against later */
         return;
@@ -845,6 +866,9 @@ static bool auth__size_ok(const struct auth__ident *who, uint32_t len)
            who->role == NUSEC_ROLE_CLOUD;
 }
 
+static void auth__lists_take(struct nusec_auth *st, const char *topic, const void *payload,
+                             uint32_t len);
+
 /* MQTT 5 properties reach plugins only here (the ACL event has none in 2.0). */
 static int auth__on_message(int event, void *event_data, void *userdata)
 {
@@ -856,6 +880,8 @@ static int auth__on_message(int event, void *event_data, void *userdata)
 
     if (!ed->client)
         return MOSQ_ERR_SUCCESS; /* published by a plugin: the broker's own */
+    if (st->site_name && !auth__subject(st, ed->client, &who))
+        auth__lists_take(st, ed->topic, ed->payload, ed->payloadlen); /* from the bridge */
     if (auth__subject(st, ed->client, &who) && !auth__size_ok(&who, ed->payloadlen))
         return auth__deny(ed->client, &who, MOSQ_ACL_WRITE, ed->topic,
                           "payload over its role's size limit");
@@ -881,6 +907,115 @@ out:
     return rc;
 }
 
+/* ---- lists across the bridge (see the header) -------------------------------------- */
+
+/* Text of a set: one key per line after a comment. malloc'd; NULL on NOMEM. */
+static char *auth__set_text(const struct nusec_acl_set *set, const char *prefix, size_t plen,
+                            size_t *out_len)
+{
+    size_t cap = 64, used = 0;
+    for (size_t i = 0; i < nusec_acl_set_count(set); i++)
+        cap += strlen(nusec_acl_set_key(set, i)) + 1;
+    char *text = malloc(cap);
+    if (!text)
+        return NULL;
+    used = (size_t)snprintf(text, cap, "# from the cloud broker\n");
+    for (size_t i = 0; i < nusec_acl_set_count(set); i++) {
+        const char *k = nusec_acl_set_key(set, i);
+        if (prefix && strncmp(k, prefix, plen) != 0)
+            continue;
+        used += (size_t)snprintf(text + used, cap - used, "%s\n", k);
+    }
+    *out_len = used;
+    return text;
+}
+
+static void auth__publish(const char *topic, const char *text, size_t len)
+{
+    int rc = mosquitto_broker_publish_copy(NULL, topic, (int)len, text, 1, true, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: cannot publish %s: %s", topic,
+                             mosquitto_strerror(rc));
+}
+
+/* The cloud broker: the revocation list and each owner's lines, retained. */
+static void auth__lists_publish(struct nusec_auth *st)
+{
+    char topic[NUSEC_ACL_TOPIC_MAX + 1], prefix[NUSEC_ACL_ID_MAX + 2];
+    struct nusec_acl_set *now = NULL;
+    size_t len = 0;
+    char *text = NULL;
+    st->lists_dirty = false;
+    if (st->revoked.state != AUTH__BAD && (text = auth__set_text(st->revoked.set, NULL, 0, &len)))
+        auth__publish(AUTH__TOPIC_REVOKED, text, len);
+    free(text);
+    if (nusec_acl_set_new(&now) != NU_OK)
+        return;
+    const struct nusec_acl_set *owners = st->owners.set;
+    for (size_t i = 0; i < nusec_acl_set_count(owners); i++) {
+        const char *k = nusec_acl_set_key(owners, i);
+        size_t n = strcspn(k, " ");
+        if (n > NUSEC_ACL_ID_MAX)
+            continue;
+        snprintf(prefix, sizeof(prefix), "%.*s ", (int)n, k);
+        if (nusec_acl_set_get(now, prefix, NULL) || nusec_acl_set_put(now, prefix, 1) != NU_OK)
+            continue;
+        snprintf(topic, sizeof(topic), AUTH__TOPIC_OWNERS "%.*s", (int)n, k);
+        if ((text = auth__set_text(owners, prefix, n + 1, &len)) != NULL)
+            auth__publish(topic, text, len);
+        free(text);
+    }
+    for (size_t i = 0; i < nusec_acl_set_count(st->published); i++) {
+        const char *gone = nusec_acl_set_key(st->published, i);
+        if (nusec_acl_set_get(now, gone, NULL))
+            continue;
+        snprintf(topic, sizeof(topic), AUTH__TOPIC_OWNERS "%.*s", (int)(strlen(gone) - 1), gone);
+        auth__publish(topic, "", 0); /* an empty retained message removes it */
+    }
+    nusec_acl_set_free(st->published);
+    st->published = now;
+}
+
+/*
+ * A site broker: a list that came over the bridge replaces the local file
+ * (checked first: a revocation list that does not parse, or owners lines of
+ * another owner, are logged and ignored). The file's reload does the rest.
+ */
+static void auth__lists_take(struct nusec_auth *st, const char *topic, const void *payload,
+                             uint32_t len)
+{
+    char mine[NUSEC_ACL_TOPIC_MAX + 1];
+    struct nusec_acl_set *set = NULL;
+    size_t line = 0;
+    struct auth__file *f = NULL;
+    snprintf(mine, sizeof(mine), AUTH__TOPIC_OWNERS "%s", st->site_name);
+    if (strcmp(topic, AUTH__TOPIC_REVOKED) == 0)
+        f = &st->revoked;
+    else if (strcmp(topic, mine) == 0)
+        f = &st->owners;
+    if (!f || !f->path)
+        return;
+    int rc = f == &st->revoked ? nusec_acl_revoked_parse(payload, len, &set, &line)
+                               : nusec_acl_owners_parse(payload, len, &set, &line);
+    for (size_t i = 0; rc == NU_OK && f == &st->owners && i < nusec_acl_set_count(set); i++) {
+        const char *k = nusec_acl_set_key(set, i);
+        size_t n = strlen(st->site_name);
+        if (strncmp(k, st->site_name, n) != 0 || k[n] != ' ')
+            rc = NU_ERR_NOT_AUTHORIZED;
+    }
+    nusec_acl_set_free(set);
+    if (rc == NU_OK)
+        rc = auth__write_atomic(f->path, payload ? (const char *)payload : "", len);
+    if (rc != NU_OK) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: %s from the bridge not applied: %s", topic,
+                             auth__err_name(rc));
+        return;
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: %s from the cloud broker written to %s",
+                         topic, f->path);
+    auth__file_refresh(st, f, true);
+}
+
 static int auth__on_tick(int event, void *event_data, void *userdata)
 {
     struct nusec_auth *st = userdata;
@@ -892,6 +1027,9 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
     auth__refresh_all(st, false);
     auth__do_kicks(st);
     auth__identities_retry(st, &now);
+    if (st->lists_dirty && !st->site_name && st->publish_lists &&
+        strcmp(st->publish_lists, "true") == 0)
+        auth__lists_publish(st);
     return MOSQ_ERR_SUCCESS;
 }
 
@@ -944,6 +1082,9 @@ static void auth__state_free(struct nusec_auth *st)
     free(st->owners.path);
     free(st->issuer_path);
     free(st->ids_path);
+    free(st->site_name);
+    free(st->publish_lists);
+    nusec_acl_set_free(st->published);
     nusec_acl_set_free(st->live);
     nusec_acl_set_free(st->revoked.set);
     nusec_acl_set_free(st->owners.set);
@@ -966,6 +1107,10 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
             dst = &st->issuer_path;
         else if (strcmp(opts[i].key, "identities_file") == 0)
             dst = &st->ids_path;
+        else if (strcmp(opts[i].key, "site_name") == 0)
+            dst = &st->site_name;
+        else if (strcmp(opts[i].key, "publish_lists") == 0)
+            dst = &st->publish_lists;
         if (!dst) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: unknown option plugin_opt_%s",
                                  opts[i].key);
@@ -980,6 +1125,10 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
     }
     if (!st->revoked.path) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_revoked_file is required");
+        return MOSQ_ERR_INVAL;
+    }
+    if (st->site_name && !nusec_acl_identity_valid(st->site_name, strlen(st->site_name))) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_site_name is not an identity");
         return MOSQ_ERR_INVAL;
     }
     if (!st->owners.path)

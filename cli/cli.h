@@ -62,5 +62,6 @@ extern const struct cli_command cli_monitor_commands[];
 extern const struct cli_command cli_report_commands[];
 extern const struct cli_command cli_dashboard_commands[];
 extern const struct cli_command cli_ledger_commands[];
+extern const struct cli_command cli_site_commands[];
 
 #endif

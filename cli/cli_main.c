@@ -17,6 +17,7 @@ static const struct cli_command *const cli__tables[] = {
     cli_package_commands, cli_device_commands,     cli_audit_commands,      cli_production_commands,
     cli_stack_commands,   cli_monitor_commands, cli_report_commands,    cli_dashboard_commands,
     cli_ledger_commands,
+    cli_site_commands,
     NULL,
 };
 

@@ -16,7 +16,7 @@ static const char cli__pki_init_usage[] =
     "                      [--pkcs11-module PATH] [--token-label L | --slot N]\n"
     "                      [--pin-file F] [--adopt-keys] [--module-init-args S]\n"
     "                      [--module-env NAME=VALUE]... [--plugin PATH]\n"
-    "                      [--validity-days N]\n"
+    "                      [--validity-days N] [--org NAME]\n"
     "\n"
     "Create the OEM PKI inside the HSM and the broker configuration under DIR.\n"
     "\n"
@@ -40,6 +40,9 @@ static const char cli__pki_init_usage[] =
     "                        TPM2_PKCS11_TCTI=tabrmd:bus_type=session\n"
     "  --plugin PATH         nusec_auth broker plugin (default: the built one)\n"
     "  --validity-days N     leaf certificate validity (default 825; CAs 10x)\n"
+    "  --org NAME            the OEM's organisation: O of every certificate, and the\n"
+    "                        CAs' CNs \"NAME Root CA\", \"NAME Fleet CA\", \"NAME Device CA\"\n"
+    "                        (default NuSEC; 1..40 printable characters)\n"
     "  -h, --help            this text\n"
     "\n"
     "Without --token-label or --slot a new token is created: a SoftHSM2 token under\n"
@@ -91,6 +94,7 @@ static int cli__pki_init(int argc, char **argv)
         CLI_OPT_ALL("module-env", &env, 8),
         CLI_OPT_STR("plugin", &opts.plugin),
         CLI_OPT_NUM("validity-days", &validity_days, 1, 36500),
+        CLI_OPT_STR("org", &opts.org),
     };
     int prc = cli_opts_parse(argc, argv, cli__pki_init_usage, options, CLI_OPTS_N(options));
     if (prc)
@@ -118,6 +122,10 @@ static int cli__pki_init(int argc, char **argv)
     if ((opts.pin_file || opts.adopt_keys) && !opts.use_slot && !opts.token_label) {
         cli_errorf("pki init: --pin-file and --adopt-keys are for an existing token "
                    "(--token-label or --slot)");
+        return CLI_EXIT_USAGE;
+    }
+    if (opts.org && !pki_org_valid(opts.org)) {
+        cli_errorf("pki init: --org must be 1 to 40 printable characters");
         return CLI_EXIT_USAGE;
     }
     if (!(opts.dir = cli_state_dir(dir_opt)))

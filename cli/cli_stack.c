@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "cli_cloud.h"
 #include "cli_opts.h"
+#include "cli_site.h"
 #include "cli_stack_pg.h"
 #include "pki_init.h"
 
@@ -21,6 +22,7 @@
 #include "nu_util.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -41,6 +43,7 @@
 #define STACK__GRACE_MS 5000u
 #define STACK__TOKEN_TTL_S 600u
 #define STACK__STATION "station"
+#define STACK__SITES_MAX 8
 
 static const char cli__up_usage[] =
     "usage: nusec stack up [--dir DIR] [--programmers P] [--sockets S] [--devices N]\n"
@@ -72,6 +75,14 @@ static const char cli__up_usage[] =
     "  --devices N             blank targets in all, split across programmers (default 0)\n"
     "  --flash-us-per-kib T    simulated flash time (default 0)\n"
     "  --timeout S             per service health wait (default 30)\n"
+    "  --sites N               0..8 (default 0: one machine, one state dir). N > 0:\n"
+    "                          the two-site shape on loopback (docs/sites.md): DIR is\n"
+    "                          the OEM's (cloud broker, cloud, HSM, no station) and\n"
+    "                          DIR/cm/site-K the K-th CM's: `nusec site add/join/\n"
+    "                          sign/init` through files in DIR/cm, a site broker\n"
+    "                          bridged to the cloud broker, the station site-K and\n"
+    "                          P programmers per site (prog-1.. numbered across\n"
+    "                          sites), enrolled at the OEM and moved to their site\n"
     "  --ledger KIND           sqlite (default) or postgresql: a throwaway PostgreSQL 15\n"
     "                          cluster in DIR/postgres (initdb + pg_ctl as the postgres\n"
     "                          user, unix socket only), the ledger schema made by its\n"
@@ -102,7 +113,8 @@ static const char cli__status_usage[] =
     "usage: nusec stack status [--dir DIR] [--json]\n"
     "\n"
     "Each service of the local stack: pid, alive or dead, and for programmers the\n"
-    "status they retain on the bus (state, job, counter / limit).\n"
+    "status they retain on the bus (state, job, counter / limit). With sites\n"
+    "(stack up --sites N) the services of each DIR/cm/SITE follow, named SITE/NAME.\n"
     "\n"
     "  --dir DIR   state directory (default: $NUSEC_HOME)\n"
     "  --json      one JSON array, an object per service (docs/cli.md)\n"
@@ -124,7 +136,13 @@ struct stack {
     char logs[PATH_MAX];
     unsigned programmers, sockets, devices, flash_us, timeout_s;
     int json;
+    size_t json_items; /* stack status --json: objects printed so far */
     const char *ledger; /* --ledger: NULL/sqlite or postgresql */
+    unsigned sites;     /* --sites N: N CM state dirs DIR/cm/site-K, each a site */
+    const char *station; /* the station's identity: "station", or the site's name */
+    struct stack *top;   /* a CM's stack: the OEM's, whose monitor watches statuses */
+    char site[64];       /* a CM's stack: its site name */
+    char cm_dir[PATH_MAX];
     struct cli_cloud oem;
     struct nu_mqtt *mon;
     pthread_mutex_t lock;
@@ -157,7 +175,8 @@ static void stack__sleep_ms(unsigned ms)
 static int stack__parse(int argc, char **argv, const char *usage, int up, int json, struct stack *s)
 {
     const char *dir = NULL;
-    struct cli_opt opts[8];
+    struct cli_opt opts[9];
+    s->station = STACK__STATION;
     size_t n = 0;
     s->programmers = 2;
     s->sockets = 4;
@@ -173,6 +192,7 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
         opts[n++] = (struct cli_opt)CLI_OPT_NUM("flash-us-per-kib", &s->flash_us, 0, 10000000);
         opts[n++] = (struct cli_opt)CLI_OPT_NUM("timeout", &s->timeout_s, 1, 3600);
         opts[n++] = (struct cli_opt)CLI_OPT_STR("ledger", &s->ledger);
+        opts[n++] = (struct cli_opt)CLI_OPT_NUM("sites", &s->sites, 0, STACK__SITES_MAX);
     }
     int rc = cli_opts_parse(argc, argv, usage, opts, n);
     if (rc)
@@ -183,6 +203,11 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
     }
     if (!(s->dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
+    if (s->sites && s->sites * s->programmers > STACK__PROG_MAX) {
+        cli_errorf("stack up: at most %d programmers in all (--sites x --programmers)",
+                   STACK__PROG_MAX);
+        return CLI_EXIT_USAGE;
+    }
     if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0) {
         cli_errorf("stack up: --ledger is sqlite or postgresql, not '%s'", s->ledger);
         return CLI_EXIT_USAGE;
@@ -225,6 +250,8 @@ static void stack__on_status(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, v
 static int stack__mon_open(struct stack *s)
 {
     char client_id[64];
+    if (s->top) /* a site's programmers are watched from the OEM, through the bridge */
+        s = s->top;
     if (s->mon)
         return NU_OK;
     snprintf(client_id, sizeof(client_id), "monitor:stack-%ld", (long)getpid());
@@ -244,6 +271,8 @@ static int stack__mon_open(struct stack *s)
 static int stack__seen_get(struct stack *s, const char *name, struct stack__seen *out)
 {
     int found = 0;
+    if (s->top)
+        s = s->top;
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < s->n_seen && !found; i++) {
         if (strcmp(s->seen[i].s.programmer_id, name) == 0) {
@@ -482,7 +511,7 @@ static int stack__up_station(struct stack *s)
     int rc = stack__prog_path(s, "nusec-station", exe, sizeof(exe));
     if (!rc)
         rc = stack__file(s->logs, "station", ".log", log, sizeof(log));
-    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", STACK__STATION, "--log", log, NULL};
+    char *argv[] = {exe, "--dir", (char *)s->dir, "--name", (char *)s->station, "--log", log, NULL};
     return rc ? rc : stack__start(s, "station", "nusec-station", argv, stack__station_ok, &pid, 0);
 }
 
@@ -662,13 +691,13 @@ static int stack__factory(struct stack *s, const char *name, const char *exe)
     return rc;
 }
 
-static int stack__enroll(struct stack *s, const char *name, const char *exe)
+/* Enrolled at the OEM; `owner` (a station, or a site) commands it afterwards. */
+static int stack__enroll(struct stack *s, const char *name, const char *exe, const char *owner)
 {
     char token[NU_ENVELOPE_TOKEN_MAX + 1], log[PATH_MAX];
     pid_t pid = 0;
     int status = 0;
-    /* Enrolled at the OEM; the station commands the programmer afterwards. */
-    int rc = station_owners_add(s->dir, STACK__STATION, name);
+    int rc = s->sites ? site_assign(s->dir, owner, name) : station_owners_add(s->dir, owner, name);
     if (rc == NU_OK)
         rc = stack__factory(s, name, exe);
     if (rc == NU_OK)
@@ -707,22 +736,44 @@ static int stack__enrolled(const struct stack *s, const char *name)
            nu_path_exists(path);
 }
 
-static int stack__up_programmer(struct stack *s, unsigned index)
+/*
+ * Programmer prog-(index+1) with `share` blank targets, run in `s`'s state
+ * dir. Enrolled at the OEM (`oem`, the same stack on one machine); at a site
+ * its folder then moves to the site's state dir, as the device ships.
+ */
+static int stack__up_programmer_in(struct stack *s, struct stack *oem, unsigned index,
+                                   unsigned share)
 {
     char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16], log[PATH_MAX];
     pid_t pid = 0;
-    unsigned share = s->devices / s->programmers + (index < s->devices % s->programmers);
     snprintf(name, sizeof(name), "prog-%u", index + 1);
     snprintf(sockets, sizeof(sockets), "%u", s->sockets);
     snprintf(devices, sizeof(devices), "%u", share);
     snprintf(flash, sizeof(flash), "%u", s->flash_us);
     int rc = stack__prog_path(s, "nusec-programmer", exe, sizeof(exe));
-    if (rc == NU_OK && !stack__running(s, name, "nusec-programmer") && !stack__enrolled(s, name))
-        rc = stack__enroll(s, name, exe);
+    int here = rc == NU_OK && (stack__running(s, name, "nusec-programmer") ||
+                               stack__enrolled(s, name));
+    if (rc == NU_OK && !here && !stack__enrolled(oem, name))
+        rc = stack__enroll(oem, name, exe, s->station);
+    if (rc == NU_OK && !here && s != oem) {
+        char from[PATH_MAX], to[PATH_MAX];
+        rc = nu_path_fmt(from, sizeof(from), "%s/programmers/%s", oem->dir, name);
+        if (rc == NU_OK)
+            rc = nu_path_fmt(to, sizeof(to), "%s/programmers/%s", s->dir, name);
+        if (rc == NU_OK && rename(from, to) != 0) {
+            cli_errorf("stack up: cannot move %s to %s: %s", from, to, strerror(errno));
+            rc = NU_ERR_IO;
+        }
+        if (rc == NU_OK)
+            printf("%-10s shipped to %s\n", name, s->site);
+    }
     if (rc == NU_OK)
-        rc = station_owners_add(s->dir, STACK__STATION, name);
+        rc = s != oem ? site_assign(oem->dir, s->station, name)
+                      : station_owners_add(s->dir, s->station, name);
     if (rc != NU_OK)
         return rc;
+    if (s != oem)
+        return NU_OK; /* started once the site broker knows it (stack__up_site) */
     char *argv[] = {exe,         "--dir", (char *)s->dir, "--name", name,
                     "--sockets", sockets, "--devices",    devices,  "--flash-us-per-kib",
                     flash,       NULL};
@@ -730,12 +781,165 @@ static int stack__up_programmer(struct stack *s, unsigned index)
     /* A KeyStore left by an interrupted enrollment: enroll again, once. */
     if (rc == NU_ERR_STATE && stack__file(s->logs, name, ".log", log, sizeof(log)) == NU_OK &&
         station_log_contains(log, "is not enrolled")) {
-        rc = stack__enroll(s, name, exe);
+        rc = stack__enroll(s, name, exe, s->station);
         if (rc == NU_OK)
             rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
     }
     if (rc != NU_OK)
         stack__explain(s, name, rc);
+    return rc;
+}
+
+static unsigned stack__share(const struct stack *s, unsigned index, unsigned total)
+{
+    return s->devices / total + (index < s->devices % total);
+}
+
+static int stack__up_programmer(struct stack *s, unsigned index)
+{
+    return stack__up_programmer_in(s, s, index, stack__share(s, index, s->programmers));
+}
+
+/* Start an enrolled programmer of a site (after its site broker is up). */
+static int stack__start_site_programmer(struct stack *cm, unsigned index, unsigned share)
+{
+    char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16];
+    pid_t pid = 0;
+    snprintf(name, sizeof(name), "prog-%u", index + 1);
+    snprintf(sockets, sizeof(sockets), "%u", cm->sockets);
+    snprintf(devices, sizeof(devices), "%u", share);
+    snprintf(flash, sizeof(flash), "%u", cm->flash_us);
+    int rc = stack__prog_path(cm, "nusec-programmer", exe, sizeof(exe));
+    if (rc != NU_OK)
+        return rc;
+    char *argv[] = {exe,         "--dir", (char *)cm->dir, "--name", name,
+                    "--sockets", sockets, "--devices",     devices,  "--flash-us-per-kib",
+                    flash,       NULL};
+    return stack__start(cm, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 0);
+}
+
+/* ---- sites: the OEM and N CMs on loopback (--sites N) ------------------------------------ */
+
+/* The stack of site k (1-based): DIR/cm/site-k, its station site-k, watched from the OEM. */
+static int stack__cm_init(struct stack *oem, unsigned k, struct stack *cm)
+{
+    memset(cm, 0, sizeof(*cm));
+    snprintf(cm->site, sizeof(cm->site), "site-%u", k);
+    int rc = nu_path_fmt(cm->cm_dir, sizeof(cm->cm_dir), "%s/cm/%s", oem->dir, cm->site);
+    cm->dir = cm->cm_dir;
+    cm->station = cm->site;
+    cm->top = oem;
+    cm->sockets = oem->sockets;
+    cm->flash_us = oem->flash_us;
+    cm->timeout_s = oem->timeout_s;
+    memcpy(cm->bin, oem->bin, sizeof(cm->bin));
+    if (rc == NU_OK)
+        rc = nu_paths_get(cm->dir, NU_PATH_RUN, cm->run, sizeof(cm->run));
+    if (rc == NU_OK)
+        rc = nu_paths_get(cm->dir, NU_PATH_LOGS, cm->logs, sizeof(cm->logs));
+    return rc;
+}
+
+/* DIR/cm/site-k.EXT: the files that cross between the machines (docs/sites.md). */
+static int stack__crossing(const struct stack *cm, const char *ext, char *out, size_t cap)
+{
+    return nu_path_fmt(out, cap, "%s/cm/%s.%s", cm->top->dir, cm->site, ext);
+}
+
+/*
+ * The site's identities, as two operators would make them: OEM `site add`
+ * (enrol file) -> CM `site join` (keys stay in DIR/cm/site-k, join request)
+ * -> OEM `site sign` (HSM) -> bundle. Once: a signed site is kept.
+ */
+static int stack__site_identities(struct stack *oem, struct stack *cm)
+{
+    char crt[PATH_MAX], folder[PATH_MAX], enrol[PATH_MAX], join[PATH_MAX], bundle[PATH_MAX];
+    int rc = nu_path_fmt(crt, sizeof(crt), "%s/" SITE_OEM_FOLDER "/%s/site.crt", oem->dir,
+                         cm->site);
+    if (rc == NU_OK)
+        rc = nu_path_fmt(folder, sizeof(folder), "%s/" SITE_OEM_FOLDER "/%s", oem->dir, cm->site);
+    if (rc == NU_OK)
+        rc = stack__crossing(cm, "enrol", enrol, sizeof(enrol));
+    if (rc == NU_OK)
+        rc = stack__crossing(cm, "join", join, sizeof(join));
+    if (rc == NU_OK)
+        rc = stack__crossing(cm, "bundle", bundle, sizeof(bundle));
+    if (rc != NU_OK || nu_path_exists(crt))
+        return rc;
+    char cm_root[PATH_MAX];
+    if ((rc = nu_path_fmt(cm_root, sizeof(cm_root), "%s/cm", oem->dir)) ||
+        (rc = nu_mkdirs(cm_root, 0755)))
+        return rc;
+    if (!nu_path_exists(folder))
+        rc = site_add(oem->dir, cm->site, NULL, enrol);
+    if (rc == NU_OK && !nu_path_exists(join))
+        rc = site_join(cm->dir, enrol, "127.0.0.1", 0, join);
+    if (rc == NU_OK)
+        rc = site_sign(oem->dir, join, bundle);
+    if (rc == NU_OK)
+        printf("%-10s joined: station, bridge and site broker keys made in %s, certificates "
+               "signed by the OEM's Fleet CA\n",
+               cm->site, cm->dir);
+    else
+        cli_errorf("stack up: site %s: %s (remove %s and %s to start it again)", cm->site,
+                   nu_err_name(rc), folder, cm->dir);
+    return rc;
+}
+
+static int stack__up_broker(struct stack *s);
+static int stack__up_station(struct stack *s);
+
+/* Programmers first..first+n-1 of a site: enrolled at the OEM, shipped, then the
+ * site's bundle installed (ownership, boot manifest), its broker, station and
+ * programmers started. */
+static int stack__up_site(struct stack *oem, struct stack *cm, unsigned first, unsigned n,
+                          unsigned total)
+{
+    char bundle[PATH_MAX];
+    int rc = NU_OK;
+    for (unsigned j = 0; rc == NU_OK && j < n; j++)
+        rc = stack__up_programmer_in(cm, oem, first + j, 0);
+    if (rc == NU_OK)
+        rc = stack__crossing(cm, "bundle", bundle, sizeof(bundle));
+    if (rc == NU_OK)
+        rc = site_export(oem->dir, cm->site, bundle);
+    if (rc == NU_OK)
+        rc = site_init(cm->dir, bundle);
+    if (rc == NU_OK)
+        printf("%-10s site broker configured (bridge to the cloud broker)\n", cm->site);
+    if (rc == NU_OK)
+        rc = stack__up_broker(cm);
+    if (rc == NU_OK)
+        rc = stack__up_station(cm);
+    for (unsigned j = 0; rc == NU_OK && j < n; j++)
+        rc = stack__start_site_programmer(cm, first + j, stack__share(oem, first + j, total));
+    return rc;
+}
+
+/* Every site of --sites N, after the cloud broker and the cloud are up. */
+static int stack__up_sites(struct stack *oem)
+{
+    unsigned total = oem->sites * oem->programmers;
+    int rc = NU_OK;
+    for (unsigned k = 0; rc == NU_OK && k < oem->sites; k++) {
+        struct stack cm;
+        rc = stack__cm_init(oem, k + 1, &cm);
+        if (rc == NU_OK)
+            rc = stack__up_site(oem, &cm, k * oem->programmers, oem->programmers, total);
+    }
+    return rc;
+}
+
+/* Before the cloud starts: it reads the sites' stations from cloud.conf. */
+static int stack__sites_prepare(struct stack *oem)
+{
+    int rc = NU_OK;
+    for (unsigned k = 0; rc == NU_OK && k < oem->sites; k++) {
+        struct stack cm;
+        rc = stack__cm_init(oem, k + 1, &cm);
+        if (rc == NU_OK)
+            rc = stack__site_identities(oem, &cm);
+    }
     return rc;
 }
 
@@ -818,18 +1022,51 @@ static int stack__stop_group(const struct stack *s, const struct stack__svc *svc
     return failures;
 }
 
+static int stack__down_all(const struct stack *s);
+
+/* The sites' stacks (DIR/cm/NAME with a run folder) go down before the OEM's. */
+static int stack__down_sites(const struct stack *s)
+{
+    char root[PATH_MAX];
+    int failures = 0;
+    if (nu_path_fmt(root, sizeof(root), "%s/cm", s->dir) != NU_OK)
+        return 0;
+    DIR *d = opendir(root);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        struct stack cm;
+        char run[PATH_MAX];
+        if (e->d_name[0] == '.')
+            continue;
+        memset(&cm, 0, sizeof(cm));
+        if (nu_path_fmt(cm.cm_dir, sizeof(cm.cm_dir), "%s/%s", root, e->d_name) != NU_OK ||
+            nu_path_fmt(run, sizeof(run), "%s/run", cm.cm_dir) != NU_OK || !nu_path_exists(run))
+            continue;
+        cm.dir = cm.cm_dir;
+        if (nu_paths_get(cm.dir, NU_PATH_RUN, cm.run, sizeof(cm.run)) != NU_OK ||
+            nu_paths_get(cm.dir, NU_PATH_LOGS, cm.logs, sizeof(cm.logs)) != NU_OK)
+            continue;
+        printf("-- site %s\n", e->d_name);
+        failures += stack__down_all(&cm);
+    }
+    if (d)
+        closedir(d);
+    return failures;
+}
+
 static int stack__down_all(const struct stack *s)
 {
     struct stack__svc svc[STACK__PROG_MAX + 8];
+    int site_failures = stack__down_sites(s);
     size_t n = stack__services(s, svc, sizeof(svc) / sizeof(svc[0]));
     size_t fixed = 0;
     while (fixed < n && strncmp(svc[fixed].name, "prog-", 5) != 0)
         fixed++;
     if (!n) {
         printf("no stack running in %s\n", s->dir);
-        return stack_pg_down(s->dir) != NU_OK;
+        return site_failures + (stack_pg_down(s->dir) != NU_OK);
     }
-    int failures = stack__stop_group(s, svc + fixed, n - fixed);
+    int failures = site_failures + stack__stop_group(s, svc + fixed, n - fixed);
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
     failures += stack_pg_down(s->dir) != NU_OK; /* after the cloud, its client */
@@ -916,17 +1153,21 @@ static int cli__stack_up(int argc, char **argv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     rc = s.ledger && !strcmp(s.ledger, "postgresql") ? stack_pg_up(s.dir) : NU_OK;
+    if (rc == NU_OK && s.sites)
+        rc = stack__sites_prepare(&s);
     if (rc == NU_OK)
         rc = stack__up_broker(&s);
     if (rc == NU_OK)
         rc = stack__up_cloud(&s);
-    if (rc == NU_OK)
+    if (rc == NU_OK && !s.sites) /* with sites, each CM runs its own station */
         rc = stack__up_station(&s);
     if (rc == NU_OK && s.programmers)
         rc = stack__boot_manifest(&s);
-    for (unsigned i = 0; rc == NU_OK && i < s.programmers; i++)
+    for (unsigned i = 0; rc == NU_OK && !s.sites && i < s.programmers; i++)
         rc = stack__up_programmer(&s, i);
-    if (rc == NU_OK)
+    if (rc == NU_OK && s.sites)
+        rc = stack__up_sites(&s);
+    if (rc == NU_OK && !s.sites) /* the web view reads the (one) station's journal */
         rc = stack__up_dashboard(&s);
     stack__close(&s);
     if (rc == NU_OK)
@@ -961,7 +1202,7 @@ static void stack__status_line(struct stack *s, const struct stack__svc *svc, pi
         snprintf(detail, sizeof(detail), "%s job=%s %" PRIu32 "/%" PRIu32 " sockets=%" PRIu32,
                  station_prog_state_name(seen->s.state), seen->s.job_id[0] ? seen->s.job_id : "-",
                  seen->s.counter, seen->s.limit, seen->s.sockets);
-    } else if (!strcmp(svc->name, "broker")) {
+    } else if (!strcmp(svc->program, "mosquitto")) {
         char host[256];
         int port = 0;
         if (stack__endpoint(s->dir, host, sizeof(host), &port) == NU_OK)
@@ -988,6 +1229,66 @@ static void stack__status_line(struct stack *s, const struct stack__svc *svc, pi
     }
 }
 
+/* One line per service of `s` (a CM's names prefixed "SITE/"); 0 when one is dead. */
+static int stack__status_services(struct stack *s, struct stack *view, const char *prefix)
+{
+    struct stack__svc svc[STACK__PROG_MAX + 8];
+    size_t n = stack__services(s, svc, sizeof(svc) / sizeof(svc[0]));
+    int all_alive = 1;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        pid_t pid = 0;
+        struct stack__seen seen;
+        if (stack__file(s->run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
+            station_pidfile_read(path, &pid);
+        int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
+        all_alive = all_alive && alive;
+        int have = !strcmp(svc[i].program, "nusec-programmer") &&
+                   stack__seen_get(view, svc[i].name, &seen);
+        struct stack__svc shown = svc[i];
+        if (prefix && strlen(prefix) + strlen(svc[i].name) + 1 < sizeof(shown.name)) {
+            size_t pl = strlen(prefix);
+            memcpy(shown.name, prefix, pl);
+            shown.name[pl] = '/';
+            memcpy(shown.name + pl + 1, svc[i].name, strlen(svc[i].name) + 1);
+        }
+        if (view->json) /* a list: one array on one line (docs/cli.md) */
+            fputs(view->json_items++ ? "," : "[", stdout);
+        stack__status_line(s, &shown, pid, alive, have ? &seen : NULL);
+    }
+    return all_alive;
+}
+
+/* The sites of `--sites N` (DIR/cm/NAME with a run folder), after the OEM's services. */
+static int stack__status_sites(struct stack *oem)
+{
+    char root[PATH_MAX];
+    int all_alive = 1;
+    if (nu_path_fmt(root, sizeof(root), "%s/cm", oem->dir) != NU_OK)
+        return 1;
+    DIR *d = opendir(root);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        struct stack cm;
+        char run[PATH_MAX];
+        if (e->d_name[0] == '.')
+            continue;
+        memset(&cm, 0, sizeof(cm));
+        cm.json = oem->json;
+        if (nu_path_fmt(cm.cm_dir, sizeof(cm.cm_dir), "%s/%s", root, e->d_name) != NU_OK ||
+            nu_path_fmt(run, sizeof(run), "%s/run", cm.cm_dir) != NU_OK || !nu_path_exists(run))
+            continue;
+        cm.dir = cm.cm_dir;
+        if (nu_paths_get(cm.dir, NU_PATH_RUN, cm.run, sizeof(cm.run)) != NU_OK ||
+            nu_paths_get(cm.dir, NU_PATH_LOGS, cm.logs, sizeof(cm.logs)) != NU_OK)
+            continue;
+        all_alive &= stack__status_services(&cm, oem, e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return all_alive;
+}
+
 static int cli__stack_status(int argc, char **argv)
 {
     struct stack s;
@@ -1002,29 +1303,17 @@ static int cli__stack_status(int argc, char **argv)
         cli_errorf("no stack in %s (start one with: nusec stack up --dir %s)", s.dir, s.dir);
         return CLI_EXIT_FAIL;
     }
-    int all_alive = 1;
     pid_t broker = stack__running(&s, "broker", "mosquitto");
-    /* Retained statuses arrive right after the subscription is granted. */
+    /* Retained statuses arrive right after the subscription is granted (a
+     * site's programmers' too: their status crosses the bridge). */
     if (broker && stack__mon_open(&s) == NU_OK)
         stack__sleep_ms(500);
     if (!s.json)
         printf("%-10s %-8s %-6s %s\n", "SERVICE", "PID", "STATE", "DETAIL");
-    for (size_t i = 0; i < n; i++) {
-        char path[PATH_MAX];
-        pid_t pid = 0;
-        struct stack__seen seen;
-        if (stack__file(s.run, svc[i].name, ".pid", path, sizeof(path)) == NU_OK)
-            station_pidfile_read(path, &pid);
-        int alive = pid && station_proc_alive(pid) && station_proc_is(pid, svc[i].program);
-        all_alive = all_alive && alive;
-        int have =
-            !strcmp(svc[i].program, "nusec-programmer") && stack__seen_get(&s, svc[i].name, &seen);
-        if (s.json) /* a list: one array on one line (docs/cli.md) */
-            fputs(i ? "," : "[", stdout);
-        stack__status_line(&s, &svc[i], pid, alive, have ? &seen : NULL);
-    }
+    int all_alive = stack__status_services(&s, &s, NULL);
+    all_alive &= stack__status_sites(&s);
     if (s.json)
-        fputs("]\n", stdout);
+        fputs(s.json_items ? "]\n" : "[]\n", stdout);
     stack__close(&s);
     pthread_mutex_destroy(&s.lock);
     return all_alive ? CLI_EXIT_OK : CLI_EXIT_FAIL;

@@ -383,13 +383,18 @@ static int pki__write_chain(const char *path, const struct pki__ca *const *cas, 
     return rc;
 }
 
+static const char *pki__org(const struct pki__run *r)
+{
+    return r->opts->org && r->opts->org[0] ? r->opts->org : NU_PKI_ORGANIZATION;
+}
+
 /* Generate a CA key in the HSM and certify it (self-signed when issuer is NULL). */
 static int pki__make_ca(struct pki__run *r, struct pki__ca *ca, const char *cn,
                         const struct pki__ca *issuer, int path_len)
 {
     struct nu_x509_issue_req req = {
         .cn = cn,
-        .o = NU_PKI_ORGANIZATION,
+        .o = pki__org(r),
         .not_before = r->now - 3600, /* tolerate clock skew between OEM and CM */
         .not_after = r->now + 10 * r->leaf_days * PKI__DAY,
         .is_ca = 1,
@@ -417,7 +422,7 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
     struct nu_x509_issue_req req = {
         .cn = cn,
         .ou = role,
-        .o = NU_PKI_ORGANIZATION,
+        .o = pki__org(r),
         .not_before = r->now - 3600,
         .not_after = r->now + r->leaf_days * PKI__DAY,
         .path_len = -1,
@@ -450,15 +455,19 @@ static int pki__make_leaf(struct pki__run *r, const char *cn, const char *role,
 
 static int pki__make_cas(struct pki__run *r)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], root[NU_X509_NAME_MAX + 1], fleet[NU_X509_NAME_MAX + 1],
+        device[NU_X509_NAME_MAX + 1];
+    snprintf(root, sizeof(root), "%s Root CA", pki__org(r));
+    snprintf(fleet, sizeof(fleet), "%s Fleet CA", pki__org(r));
+    snprintf(device, sizeof(device), "%s Device CA", pki__org(r));
     /* Root pathLen 2 and Device CA pathLen 1: room for the programmers'
      * line CAs of offline leases (Root -> Device CA -> line CA (pathLen 0) ->
      * device, issue 15); the Fleet CA still issues leaves only. */
-    int rc = pki__make_ca(r, &r->root, "NuSEC Root CA", NULL, 2);
+    int rc = pki__make_ca(r, &r->root, root, NULL, 2);
     if (!rc)
-        rc = pki__make_ca(r, &r->fleet, "NuSEC Fleet CA", &r->root, 0);
+        rc = pki__make_ca(r, &r->fleet, fleet, &r->root, 0);
     if (!rc)
-        rc = pki__make_ca(r, &r->device, "NuSEC Device CA", &r->root, 1);
+        rc = pki__make_ca(r, &r->device, device, &r->root, 1);
     if (rc)
         return rc;
     const struct {
@@ -527,6 +536,23 @@ static int pki__make_tls_identities(struct pki__run *r)
     return rc;
 }
 
+int pki_org_valid(const char *org)
+{
+    size_t n = org ? strlen(org) : 0;
+    if (n == 0 || n > 40)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (org[i] < 0x20 || org[i] > 0x7e)
+            return 0;
+    }
+    return 1;
+}
+
+const char *pki_default_plugin(void)
+{
+    return NUSEC_AUTH_PLUGIN_PATH;
+}
+
 /* Fill broker/mosquitto.conf.in; the broker runs as the owner of the key files. */
 static int pki__write_broker_conf(struct pki__run *r)
 {
@@ -555,7 +581,7 @@ static int pki__write_broker_conf(struct pki__run *r)
     if ((rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[10])))
         return rc;
     struct passwd *pw = getpwuid(geteuid());
-    const char *plugin = r->opts->plugin ? r->opts->plugin : NUSEC_AUTH_PLUGIN_PATH;
+    const char *plugin = r->opts->plugin ? r->opts->plugin : pki_default_plugin();
     const char *const vars[] = {
         "HOST",         r->opts->host,
         "PORT",         port_text,
@@ -718,6 +744,10 @@ int pki_init_run(const struct pki_init_opts *opts)
     char marker[PATH_MAX];
     if (!opts || !opts->dir || !opts->host || (opts->use_slot && opts->token_label))
         return NU_ERR_INVALID_ARG;
+    if (opts->org && !pki_org_valid(opts->org)) {
+        pki__say("--org must be 1 to 40 printable characters");
+        return NU_ERR_INVALID_ARG;
+    }
     struct pki__run r = {.opts = opts, .now = (int64_t)time(NULL), .stamp = (long)time(NULL)};
     r.root.label = NU_PKI_KEY_ROOT_CA;
     r.fleet.label = NU_PKI_KEY_FLEET_CA;

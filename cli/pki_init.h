@@ -28,6 +28,10 @@ struct pki_init_opts {
     const char *module;     /* PKCS#11 module; NULL = SoftHSM2 */
     const char *plugin;     /* nusec_auth plugin path; NULL = the built one */
     unsigned validity_days; /* leaf certificates; CAs get 10x; 0 = 825 */
+    /* The OEM's organisation: O of every certificate made here and the CAs'
+     * CNs ("ORG Root CA", "ORG Fleet CA", "ORG Device CA"); NULL = "NuSEC".
+     * Printable, 1..40 characters (so the CA CNs fit in 63). */
+    const char *org;
     /* An existing token (either names one; neither = create a token). */
     const char *token_label;
     int use_slot;
@@ -63,6 +67,12 @@ int pki_init_failed(const char *dir, char *why, size_t cap);
  * *out is malloc'd; the caller frees it.
  */
 int pki_fill_template(const char *tmpl, const char *const *vars, char **out);
+
+/* 1 when `org` may name the OEM's organisation (see pki_init_opts.org). */
+int pki_org_valid(const char *org);
+
+/* The nusec_auth plugin this nusec was built with (or installed with). */
+const char *pki_default_plugin(void);
 
 /* Bind port 0 on `host` and report the port the kernel chose. */
 int pki_free_port(const char *host, int *out_port);

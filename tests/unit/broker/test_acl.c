@@ -298,6 +298,13 @@ static void test_site_role(void)
     CU_ASSERT_FALSE(nusec_acl_check(&a, S, "$share/cloud/nusec/v1/cloud/req/+/+", false));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/jobs/J1", true));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/crl/device", true));
+    /* the lists the cloud broker's plugin publishes: revocations, its own owners */
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/broker/revoked", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, R, "nusec/v1/broker/owners/siteA", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/broker/owners/siteB", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/broker/owners/+", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/broker/revoked", true));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/broker/owners/siteA", true));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/prog/progA/cmd", false));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/cloud/siteA/x", false));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/programmer/progA/x", true));
