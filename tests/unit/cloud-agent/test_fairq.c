@@ -11,7 +11,7 @@
 
 struct item {
     struct cloud_fairq_link link; /* first: the queue hands back this pointer */
-    char sender[16];
+    char sender[CLOUD_FAIRQ_SENDER_MAX + 2];
     int seq;
 };
 
