@@ -824,7 +824,8 @@ static int cloud__lane_has(const struct cloud_queue *q, const char *topic)
 
 static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud);
 
-/* Connect the lane and subscribe to each lane op; on failure, no lane (all on the main one). */
+/* Connect the lane, start its worker, subscribe to each lane op. On failure
+ * the agent does not start (cloud_stop releases what was made). */
 static int cloud__lane_start(struct cloud *cloud)
 {
     char client_id[CLOUD_ID_MAX + 32], filter[CLOUD__TOPIC_MAX];
