@@ -799,9 +799,10 @@ static void cloud__busy(struct cloud *cloud, struct nu_mqtt *m, const struct nu_
  * broker writes them to it in order: a flood of 4 MiB firmware.sign or
  * 256 KiB job.list garbage then sits in front of a cert.request in that one
  * TCP stream, whatever our queue does. So a second connection subscribes to
- * the operations only programmers may call (cert.request, device.report,
- * firmware.manifest, firmware.chunk), in a share group of its own; the main
- * connection, whose `req/+/+` also matches them, drops its copies.
+ * the production path's operations only programmers may call (cert.request,
+ * device.report: small, latency-bound), in a share group of its own; the
+ * main connection, whose `req/+/+` also matches them, drops its copies.
+ * Firmware delivery (16 KiB chunks) stays on the main connection.
  * A flood from a programmer identity on these operations still shares this
  * lane (payload_max bounds it); the fair queue keeps it behind itself.
  */
@@ -813,8 +814,11 @@ static int cloud__lane_op(const char *topic)
     if (strncmp(topic, CLOUD__REQ_PREFIX, strlen(CLOUD__REQ_PREFIX)) != 0)
         return 0;
     const char *op = strrchr(topic, '/');
-    const struct cloud_op *o = op ? cloud__find_op(op + 1) : NULL;
-    return o && o->roles == CLOUD_ROLE_PROGRAMMER;
+    for (const struct cloud_op *o = cloud_cert_ops; op && o->name; o++) {
+        if (o->roles == CLOUD_ROLE_PROGRAMMER && strcmp(o->name, op + 1) == 0)
+            return 1;
+    }
+    return 0;
 }
 
 static int cloud__lane_has(const struct cloud_queue *q, const char *topic)
@@ -847,13 +851,11 @@ static int cloud__lane_start(struct cloud *cloud)
     if (pthread_create(&cloud->queue->lane_thread, NULL, cloud__lane_worker, cloud) != 0)
         return NU_ERR_INTERNAL;
     cloud->queue->lane_worker = 1;
-    for (const struct cloud_op *const *t = cloud__op_tables; !rc && *t; t++) {
-        for (const struct cloud_op *op = *t; !rc && op->name; op++) {
-            if (op->roles != CLOUD_ROLE_PROGRAMMER)
-                continue;
-            snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
-            rc = nu_mqtt_subscribe(lane, filter, 1, cloud__on_message, cloud);
-        }
+    for (const struct cloud_op *op = cloud_cert_ops; !rc && op->name; op++) {
+        if (op->roles != CLOUD_ROLE_PROGRAMMER)
+            continue;
+        snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
+        rc = nu_mqtt_subscribe(lane, filter, 1, cloud__on_message, cloud);
     }
     return rc; /* on failure cloud_stop destroys the lane */
 }
@@ -865,13 +867,11 @@ static void cloud__lane_stop(struct cloud_queue *q)
     char filter[CLOUD__TOPIC_MAX];
     if (!q->lane)
         return;
-    for (const struct cloud_op *const *t = cloud__op_tables; *t; t++) {
-        for (const struct cloud_op *op = *t; op->name; op++) {
-            if (op->roles != CLOUD_ROLE_PROGRAMMER)
-                continue;
-            snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
-            nu_mqtt_unsubscribe(q->lane, filter);
-        }
+    for (const struct cloud_op *op = cloud_cert_ops; op->name; op++) {
+        if (op->roles != CLOUD_ROLE_PROGRAMMER)
+            continue;
+        snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
+        nu_mqtt_unsubscribe(q->lane, filter);
     }
 }
 
