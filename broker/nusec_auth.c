@@ -829,6 +829,24 @@ static int auth__deny(struct mosquitto *client, const struct auth__ident *who, i
     return MOSQ_ERR_ACL_DENIED;
 }
 
+/*
+ * A re-enrolled programmer's old certificate may publish or subscribe no more
+ * once the cloud has written the new pin (every ACL check re-reads a changed
+ * list), not only from the next tick's kick (up to 200 ms later). Deliveries
+ * to it (READ) still pass until the kick: a programmer renewing over its
+ * current connection gets its new certificate that way.
+ */
+static bool auth__stale_cert(const struct nusec_auth *st, struct mosquitto *client,
+                             const struct auth__ident *who)
+{
+    if (!st->pins || who->role != NUSEC_ROLE_PROGRAMMER)
+        return false;
+    X509 *cert = mosquitto_client_certificate(client);
+    bool stale = cert && auth__pins_why(st, cert, who) != NULL;
+    X509_free(cert);
+    return stale;
+}
+
 static int auth__on_acl_check(int event, void *event_data, void *userdata)
 {
     struct nusec_auth *st = userdata;
@@ -846,6 +864,9 @@ static int auth__on_acl_check(int event, void *event_data, void *userdata)
                           "revocation list unusable (fail closed)");
     if (auth__revoked(st, who.id))
         return auth__deny(ed->client, &who, ed->access, ed->topic, "identity revoked");
+    if (ed->access != MOSQ_ACL_READ && auth__stale_cert(st, ed->client, &who))
+        return auth__deny(ed->client, &who, ed->access, ed->topic,
+                          "not the identity's current certificate (re-enrolled)");
     struct nusec_acl_subject subject = {who.id, who.role, st->owners.set};
     if (!nusec_acl_check(&subject, ed->access, ed->topic, ed->retain))
         return auth__deny(ed->client, &who, ed->access, ed->topic,

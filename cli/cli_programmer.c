@@ -224,6 +224,60 @@ static int cli__revoke(int argc, char **argv)
     return rc;
 }
 
+static const char cli__revoke_fw_usage[] =
+    "usage: nusec programmer revoke-firmware MEASUREMENT [--reason TEXT] [--dir DIR]\n"
+    "\n"
+    "Withdraw the OEM's approval of a programmer firmware. MEASUREMENT is its\n"
+    "measurement, 64 hex digits (the MEASUREMENT column of `nusec programmer list`).\n"
+    "The cloud audits the decision, refuses every enrollment attested with that\n"
+    "measurement from then on (MEASUREMENT), and revokes every programmer\n"
+    "enrolled with it, as `nusec programmer revoke` does (the broker disconnects\n"
+    "them). Running it again finishes what a failure left.\n"
+    "\n"
+    "  --reason TEXT  why (kept in the audit trail; up to 200 bytes)\n"
+    "  --dir DIR      state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help     this text\n"
+    "\n"
+    "Exit status: 0 revoked (the count of programmers revoked is printed),\n"
+    "1 refused or failed, 2 usage error.\n";
+
+static int cli__revoke_fw(int argc, char **argv)
+{
+    struct cli__opts o = {0};
+    uint8_t m[32];
+    size_t m_len = 0;
+    int rc = cli__parse(argc, argv, cli__revoke_fw_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind != argc - 1 || o.name || o.ttl || o.json) {
+        cli_errorf("programmer revoke-firmware: need exactly one MEASUREMENT (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    const char *hex = argv[optind];
+    if (strlen(hex) != 64 || nu_hex_decode(hex, m, sizeof(m), &m_len) || m_len != sizeof(m)) {
+        cli_errorf("programmer revoke-firmware: MEASUREMENT must be 64 hex digits");
+        return CLI_EXIT_USAGE;
+    }
+    if (o.reason && strlen(o.reason) > 200) {
+        cli_errorf("programmer revoke-firmware: --reason is limited to 200 bytes");
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    Nusec__V1__ProgrammerFirmwareRevokeRequest req =
+        NUSEC__V1__PROGRAMMER_FIRMWARE_REVOKE_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.measurement = (char *)hex;
+    req.reason = (char *)(o.reason ? o.reason : "");
+    rc = cli_cloud_request(dir, "oem", "programmer.firmware_revoke", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_ACK, &reply);
+    if (!rc)
+        printf("%s\n", reply->ack->detail ? reply->ack->detail : "firmware revoked");
+    nu_envelope_free(reply);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
 static const char cli__enroll_usage[] =
     "usage: nusec programmer enroll --name ID [--token TOKEN] [--station ID]\n"
     "                               [--relay oem|station] [--dir DIR]\n"
@@ -330,5 +384,8 @@ const struct cli_command cli_programmer_commands[] = {
      "enroll a programmer of this station (KeyStore keys, CSR, certificate)", cli__enroll},
     {"programmer", "list", "list enrolled and revoked programmers", cli__list},
     {"programmer", "revoke", "revoke a programmer (broker and cloud refuse it)", cli__revoke},
+    {"programmer", "revoke-firmware",
+     "revoke a programmer firmware measurement (and the programmers running it)",
+     cli__revoke_fw},
     {NULL, NULL, NULL, NULL},
 };

@@ -56,6 +56,12 @@ struct cloud_config {
      * counted and written as one `request.refused` row with the count. */
     unsigned refusal_audit_burst;
     unsigned refusal_audit_window_ms;
+    /* Requests and events one identity may have waiting (cloud_fairq.h:
+     * identities are served round robin); beyond, BUSY. */
+    unsigned identity_queue_max;
+    /* 1: the above, and the programmers' own connection (cloud_server.c);
+     * 0: one FIFO on one connection, as before (the flood bench's "before"). */
+    unsigned fair_queue;
     char oem_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];
     size_t n_oem_ids;
     char station_ids[CLOUD_ROLE_IDS_MAX][CLOUD_ID_MAX + 1];

@@ -52,7 +52,12 @@ static const char cloud__usage[] =
     "on loopback, a free port, its URL in DIR/run/cloud.metrics; HOST:PORT to\n"
     "choose; off), sig_window_s (300: a request's or event's sent_at_ms must be\n"
     "this close to our clock, and its message id unseen within it), sig_replay_max\n"
-    "(262144: message ids remembered; when full of live ids, BUSY).\n"
+    "(262144: message ids remembered; when full of live ids, BUSY),\n"
+    "identity_queue_max (256: messages one identity may have waiting; identities\n"
+    "are served round robin, so a flood waits behind itself; beyond, BUSY),\n"
+    "fair_queue (1: identities served round robin, and cert.request and\n"
+    "device.report received on a connection of their own; 0: one FIFO on one\n"
+    "connection).\n"
     "\n"
     "SIGTERM or SIGINT: finish queued requests, disconnect, exit 0.\n"
     "SIGHUP: reopen the --log file (after logrotate moved it), reload the\n"
@@ -73,6 +78,7 @@ static int cloud__needs_restart(const struct cloud_config *a, const struct cloud
     return a->workers != b->workers || a->queue_max != b->queue_max ||
            a->chunk_size != b->chunk_size || a->instance != b->instance ||
            a->batch_max != b->batch_max || a->n_oem_ids != b->n_oem_ids ||
+           a->identity_queue_max != b->identity_queue_max || a->fair_queue != b->fair_queue ||
            a->n_station_ids != b->n_station_ids ||
            memcmp(a->oem_ids, b->oem_ids, sizeof(a->oem_ids)) != 0 ||
            memcmp(a->station_ids, b->station_ids, sizeof(a->station_ids)) != 0;

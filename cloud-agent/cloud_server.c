@@ -1,6 +1,7 @@
 /* nusec-cloud frame: subscription, request checks, worker pool, replies. */
 #include "cloud.h"
 #include "cloud_lease.h"
+#include "cloud_fairq.h"
 #include "cloud_msgsig.h"
 #include "nu_msgsig.h"
 
@@ -27,8 +28,9 @@
 
 /* A message copied off the network thread, waiting for a worker. */
 struct cloud__item {
-    struct cloud__item *next;
+    struct cloud_fairq_link link; /* first: the fair queue hands back this link */
     int is_event;
+    int on_lane; /* came in on the programmers' lane */
     char topic[CLOUD__TOPIC_MAX];
     char owner[CLOUD_ID_MAX + 1]; /* the identity its bytes are counted against */
     size_t cost;                  /* bytes counted (struct + copies) until it is freed */
@@ -42,6 +44,8 @@ struct cloud__item {
     uint64_t received_us; /* for the request latency metric */
     char *signature;      /* the sender's nusec-sig property, NULL if none */
 };
+
+_Static_assert(CLOUD_ID_MAX <= CLOUD_FAIRQ_SENDER_MAX, "every owner id fits the fair queue");
 
 /* Bytes one identity holds in the queue (entries exist while > 0). */
 struct cloud__owner {
@@ -64,7 +68,7 @@ struct cloud__refusal {
 struct cloud_queue {
     pthread_mutex_t lock;
     pthread_cond_t ready;
-    struct cloud__item *head, *tail;
+    struct cloud_fairq *fair; /* waiting items, per identity, served round robin */
     unsigned depth;
     size_t bytes; /* held by items queued or in service */
     struct cloud__owner *owners;
@@ -78,6 +82,13 @@ struct cloud_queue {
     size_t n_refusals;
     uint64_t overflow_refusals; /* counted when the table was full */
     struct nu_msgsig_replay *replay; /* end-to-end freshness (cloud_msgsig.h) */
+    struct nu_mqtt *lane; /* the programmers' own connection (cloud__lane_start), or NULL */
+    /* The lane's own worker, besides the pool: a lane request never waits
+     * for a pool whose every worker serves a flood (each reply of theirs
+     * waits for its PUBACK through a broker the flood keeps busy). */
+    pthread_cond_t lane_ready;
+    pthread_t lane_thread;
+    int lane_worker;
 };
 
 static const struct cloud_op *const cloud__op_tables[] = {
@@ -142,6 +153,17 @@ static int cloud__pack(struct cloud *cloud, ProtobufCMessage *body,
     return rc;
 }
 
+/*
+ * The connection our publishes go out on: the programmers' lane when there
+ * is one. A QoS 1 publish waits for its PUBACK, which comes back in the
+ * connection's incoming stream: on the main connection it would queue behind
+ * a flood's 4 MiB requests and hold the worker for seconds.
+ */
+static struct nu_mqtt *cloud__out(struct cloud *cloud)
+{
+    return cloud->queue && cloud->queue->lane ? cloud->queue->lane : cloud->mqtt;
+}
+
 int cloud_reply(struct cloud_call *call, ProtobufCMessage *body)
 {
     if (call->replied)
@@ -150,7 +172,7 @@ int cloud_reply(struct cloud_call *call, ProtobufCMessage *body)
     size_t len = 0;
     int rc = cloud__pack(call->cloud, body, call->req, &out, &len);
     if (!rc)
-        rc = nu_mqtt_reply(call->cloud->mqtt, call->msg, out, len);
+        rc = nu_mqtt_reply(cloud__out(call->cloud), call->msg, out, len);
     free(out);
     call->replied = 1;
     return rc;
@@ -162,7 +184,7 @@ int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body
     size_t len = 0;
     int rc = cloud__pack(cloud, body, NULL, &out, &len);
     if (!rc)
-        rc = nu_mqtt_publish(cloud->mqtt, topic, out, len, 1, retain);
+        rc = nu_mqtt_publish(cloud__out(cloud), topic, out, len, 1, retain);
     free(out);
     return rc;
 }
@@ -585,38 +607,54 @@ static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
 /* Most requests one worker takes off the queue at once (a batch op's max applies). */
 #define CLOUD__TAKE_MAX 64
 
-/* Take the head, and after it the following requests of the same batch op. */
-static size_t cloud__take(struct cloud_queue *q, unsigned batch_max, struct cloud__item **out)
+/* Fair-queue filter: a request of the batch op `ctx` (events never batch). */
+static int cloud__same_batch(const struct cloud_fairq_link *l, void *ctx)
+{
+    const struct cloud__item *it = (const struct cloud__item *)l;
+    return !it->is_event && cloud__batch_of(it->topic) == ctx;
+}
+
+/* Fair-queue filter of the lane's worker. */
+static int cloud__from_lane(const struct cloud_fairq_link *l, void *ctx)
+{
+    (void)ctx;
+    return ((const struct cloud__item *)l)->on_lane;
+}
+
+/*
+ * Take the next item, round robin between identities (cloud_fairq.h); when
+ * it is a batch op's request, also the next ones of that op, from any
+ * identity, for one group commit. lane_only: the lane's worker, which takes
+ * lane items only (the pool takes any).
+ */
+static size_t cloud__take(struct cloud_queue *q, unsigned batch_max, int lane_only,
+                          struct cloud__item **out)
 {
     size_t n = 0;
+    struct cloud__item *it = NULL;
     pthread_mutex_lock(&q->lock);
-    while (!q->head && !q->closing)
-        pthread_cond_wait(&q->ready, &q->lock);
-    const struct cloud_batch_op *b = NULL;
-    while (q->head && n < CLOUD__TAKE_MAX) {
-        struct cloud__item *it = q->head;
-        if (n == 0)
-            b = it->is_event ? NULL : cloud__batch_of(it->topic);
-        else if (!b || n >= b->max || n >= batch_max || it->is_event ||
-                 cloud__batch_of(it->topic) != b)
+    for (;;) {
+        it = (struct cloud__item *)cloud_fairq_pop(q->fair, lane_only ? cloud__from_lane : NULL,
+                                                   NULL, NULL);
+        if (it || q->closing)
             break;
-        q->head = it->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->depth--;
-        it->next = NULL;
-        nu_metric_set(q->depth_metric, q->depth, NULL);
-        out[n++] = it;
-        if (!b)
-            break;
+        pthread_cond_wait(lane_only ? &q->lane_ready : &q->ready, &q->lock);
     }
+    const struct cloud_batch_op *b = it && !it->is_event ? cloud__batch_of(it->topic) : NULL;
+    while (it) {
+        q->depth--;
+        out[n++] = it;
+        if (!b || n >= CLOUD__TAKE_MAX || n >= b->max || n >= batch_max)
+            break;
+        it = (struct cloud__item *)cloud_fairq_pop(q->fair, cloud__same_batch, (void *)b, NULL);
+    }
+    nu_metric_set(q->depth_metric, q->depth, NULL);
     pthread_mutex_unlock(&q->lock);
     return n; /* 0: closing and drained */
 }
 
-static void *cloud__worker(void *arg)
+static void cloud__work(struct cloud *cloud, int lane_only)
 {
-    struct cloud *cloud = arg;
     struct cloud_queue *q = cloud->queue;
     struct cloud_ledger *ledger = NULL;
     struct cloud__item *items[CLOUD__TAKE_MAX];
@@ -627,10 +665,10 @@ static void *cloud__worker(void *arg)
     if (rc) {
         nu_error("worker cannot open the ledger: %s", nu_err_str(rc));
         cloud_ledger_close(ledger);
-        return NULL;
+        return;
     }
     size_t n;
-    while ((n = cloud__take(q, cloud->cfg.batch_max, items)) > 0) {
+    while ((n = cloud__take(q, cloud->cfg.batch_max, lane_only, items)) > 0) {
         nu_metric_gauge_add(cloud->metrics.workers_busy, 1, NULL);
         if (items[0]->is_event) {
             struct nu_mqtt_msg msg;
@@ -646,6 +684,17 @@ static void *cloud__worker(void *arg)
         nu_metric_gauge_add(cloud->metrics.workers_busy, -1, NULL);
     }
     cloud_ledger_close(ledger);
+}
+
+static void *cloud__worker(void *arg)
+{
+    cloud__work(arg, 0);
+    return NULL;
+}
+
+static void *cloud__lane_worker(void *arg)
+{
+    cloud__work(arg, 1);
     return NULL;
 }
 
@@ -674,7 +723,9 @@ static int cloud__admit(struct cloud *cloud, struct cloud__item *it)
      * stays the requests' own bound, as before. */
     if ((q->depth >= cfg->queue_max && !it->is_event) ||
         q->bytes + it->cost > cfg->queue_bytes_max ||
-        held + it->cost > cfg->identity_bytes_max)
+        held + it->cost > cfg->identity_bytes_max ||
+        (cfg->fair_queue &&
+         cloud_fairq_sender_depth(q->fair, it->owner) >= cfg->identity_queue_max))
         goto out;
     if (!o) {
         if (q->n_owners == q->cap_owners) {
@@ -745,6 +796,87 @@ static void cloud__busy(struct cloud *cloud, struct nu_mqtt *m, const struct nu_
 }
 
 /*
+ * The programmers' lane. All requests reach us over one connection, and the
+ * broker writes them to it in order: a flood of 4 MiB firmware.sign or
+ * 256 KiB job.list garbage then sits in front of a cert.request in that one
+ * TCP stream, whatever our queue does. So a second connection subscribes to
+ * the production path's operations only programmers may call (cert.request,
+ * device.report: small, latency-bound), in a share group of its own; the
+ * main connection, whose `req/+/+` also matches them, drops its copies.
+ * Firmware delivery (16 KiB chunks) stays on the main connection.
+ * A flood from a programmer identity on these operations still shares this
+ * lane (payload_max bounds it); the fair queue keeps it behind itself.
+ */
+#define CLOUD__LANE_FILTER "$share/cloud-prog/nusec/v1/cloud/req/+/"
+
+/* Does `topic` name a lane operation (one only programmers may call)? */
+static int cloud__lane_op(const char *topic)
+{
+    if (strncmp(topic, CLOUD__REQ_PREFIX, strlen(CLOUD__REQ_PREFIX)) != 0)
+        return 0;
+    const char *op = strrchr(topic, '/');
+    for (const struct cloud_op *o = cloud_cert_ops; op && o->name; o++) {
+        if (o->roles == CLOUD_ROLE_PROGRAMMER && strcmp(o->name, op + 1) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int cloud__lane_has(const struct cloud_queue *q, const char *topic)
+{
+    return q->lane && cloud__lane_op(topic);
+}
+
+static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud);
+
+/* Connect the lane, start its worker, subscribe to each lane op. On failure
+ * the agent does not start (cloud_stop releases what was made). */
+static int cloud__lane_start(struct cloud *cloud)
+{
+    char client_id[CLOUD_ID_MAX + 32], filter[CLOUD__TOPIC_MAX];
+    struct nu_mqtt *lane = NULL;
+    snprintf(client_id, sizeof(client_id), "%s:%u-prog", cloud->id, cloud->cfg.instance);
+    struct nu_client_opts co = {.dir = cloud->dir,
+                                .identity = cloud->id,
+                                .client_id = client_id,
+                                .clean_start = 0,
+                                .session_expiry_s = cloud->cfg.session_expiry_s,
+                                .connect_wait_ms = 60000};
+    int rc = nu_client_connect(&co, &lane);
+    if (rc)
+        return rc;
+    /* Known before its first delivery, so on_message tells the lanes apart. */
+    pthread_mutex_lock(&cloud->queue->lock);
+    cloud->queue->lane = lane;
+    pthread_mutex_unlock(&cloud->queue->lock);
+    if (pthread_create(&cloud->queue->lane_thread, NULL, cloud__lane_worker, cloud) != 0)
+        return NU_ERR_INTERNAL;
+    cloud->queue->lane_worker = 1;
+    for (const struct cloud_op *op = cloud_cert_ops; !rc && op->name; op++) {
+        if (op->roles != CLOUD_ROLE_PROGRAMMER)
+            continue;
+        snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
+        rc = nu_mqtt_subscribe(lane, filter, 1, cloud__on_message, cloud);
+    }
+    return rc; /* on failure cloud_stop destroys the lane */
+}
+
+/* Stop the lane's deliveries, as the main connection's (it stays connected:
+ * the workers' last replies go out on it). */
+static void cloud__lane_stop(struct cloud_queue *q)
+{
+    char filter[CLOUD__TOPIC_MAX];
+    if (!q->lane)
+        return;
+    for (const struct cloud_op *op = cloud_cert_ops; op->name; op++) {
+        if (op->roles != CLOUD_ROLE_PROGRAMMER)
+            continue;
+        snprintf(filter, sizeof(filter), "%s%s", CLOUD__LANE_FILTER, op->name);
+        nu_mqtt_unsubscribe(q->lane, filter);
+    }
+}
+
+/*
  * Network thread: size, bound, copy and queue; never block here. The payload
  * is sized before anything is copied: over its op's limit it is not kept at
  * all (a worker answers TOO_LARGE); the bytes an item holds count against
@@ -754,6 +886,8 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
 {
     struct cloud *cloud = ud;
     struct cloud_queue *q = cloud->queue;
+    if (m != q->lane && cloud__lane_has(q, msg->topic))
+        return; /* the programmers' lane got its own copy and serves it */
     struct cloud__item *it = calloc(1, sizeof(*it));
     if (!it)
         goto drop;
@@ -809,15 +943,18 @@ static void cloud__on_message(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, 
         (msg->signature && strlen(msg->signature) < NU_MSGSIG_VALUE_MAX && !it->signature))
         goto unreserve;
     pthread_mutex_lock(&q->lock);
-    if (q->tail)
-        q->tail->next = it;
-    else
-        q->head = it;
-    q->tail = it;
-    nu_metric_set(q->depth_metric, q->depth, NULL);
-    pthread_cond_signal(&q->ready);
+    it->on_lane = m == q->lane;
+    int qrc = cloud_fairq_push(q->fair, cloud->cfg.fair_queue ? it->owner : "*", &it->link);
+    if (!qrc) {
+        nu_metric_set(q->depth_metric, q->depth, NULL);
+        pthread_cond_signal(&q->ready);
+        if (it->on_lane)
+            pthread_cond_signal(&q->lane_ready);
+    }
     pthread_mutex_unlock(&q->lock);
-    return;
+    if (!qrc)
+        return;
+    cloud__busy(cloud, m, msg, it); /* only if the bounds moved since cloud__admit */
 unreserve:
     pthread_mutex_lock(&q->lock);
     q->depth--;
@@ -834,9 +971,15 @@ int cloud_start(struct cloud *cloud)
         return NU_ERR_NOMEM;
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->ready, NULL);
+    pthread_cond_init(&q->lane_ready, NULL);
     pthread_mutex_init(&q->rlock, NULL);
     q->depth_metric = cloud->metrics.queue_depth;
     cloud->queue = q;
+    /* Depth per identity is checked by cloud__admit; the total here is only a
+     * backstop. fair_queue 0: everything under one key, one FIFO. */
+    if (cloud_fairq_new(cloud->cfg.fair_queue ? cloud->cfg.identity_queue_max : (size_t)-1,
+                        (size_t)-1, &q->fair))
+        return NU_ERR_NOMEM;
     int rc = cloud_msgsig_start(cloud, &q->replay);
     if (rc)
         return rc;
@@ -848,6 +991,9 @@ int cloud_start(struct cloud *cloud)
             return NU_ERR_INTERNAL;
         q->n_threads++;
     }
+    /* The lane first: the main connection drops lane ops only once it serves them. */
+    if (cloud->cfg.fair_queue && (rc = cloud__lane_start(cloud)) != NU_OK)
+        return rc;
     rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__REQ_FILTER, 1, cloud__on_message, cloud);
     if (!rc)
         rc = nu_mqtt_subscribe(cloud->mqtt, CLOUD__EVENT_FILTER, 1, cloud__on_message, cloud);
@@ -862,19 +1008,29 @@ void cloud_stop(struct cloud *cloud, struct cloud_ledger *ledger)
     /* Stop taking work, finish what is queued, then let the workers go. */
     nu_mqtt_unsubscribe(cloud->mqtt, CLOUD__REQ_FILTER);
     nu_mqtt_unsubscribe(cloud->mqtt, CLOUD__EVENT_FILTER);
+    cloud__lane_stop(q);
     pthread_mutex_lock(&q->lock);
     q->closing = 1;
     pthread_cond_broadcast(&q->ready);
+    pthread_cond_broadcast(&q->lane_ready);
     pthread_mutex_unlock(&q->lock);
     for (unsigned i = 0; i < q->n_threads; i++)
         pthread_join(q->threads[i], NULL);
+    if (q->lane_worker)
+        pthread_join(q->lane_thread, NULL);
     free(q->threads);
     cloud_refusals_flush(cloud, ledger, 1);
     free(q->owners);
+    cloud_fairq_free(q->fair);
+    if (q->lane) {
+        nu_mqtt_disconnect(q->lane);
+        nu_mqtt_destroy(q->lane);
+    }
     nu_msgsig_replay_free(q->replay);
     pthread_mutex_destroy(&q->rlock);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->ready);
+    pthread_cond_destroy(&q->lane_ready);
     free(q);
     cloud->queue = NULL;
 }

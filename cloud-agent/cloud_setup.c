@@ -23,6 +23,7 @@ static const char *const cloud__config_keys[] = {
     "metrics_listen",
     "ledger",      "ledger_password_file", "ledger_migrate",
     "sig_window_s", "sig_replay_max",
+    "identity_queue_max", "fair_queue",
     NULL,
 };
 
@@ -141,6 +142,8 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
     CLOUD__INT("enroll_challenge_ttl_s", 120, 1, 3600, challenge_ttl_s)
     CLOUD__INT("sig_window_s", 300, 1, 86400, sig_window_s)
     CLOUD__INT("sig_replay_max", 1 << 18, 1024, 1 << 24, sig_replay_max)
+    CLOUD__INT("identity_queue_max", 256, 1, 1000000, identity_queue_max)
+    CLOUD__INT("fair_queue", 1, 0, 1, fair_queue)
 #undef CLOUD__INT
     if (!rc &&
         cloud__parse_ids(nu_config_get_str(cfg, "oem_ids", "oem"), out->oem_ids, &out->n_oem_ids))

@@ -134,6 +134,9 @@ static const struct nu__rule nu__rules[] = {
     NU__BYTES(EnrollResponse, enroll_response, rotpk, 0, NU__KEY),
     NU__ID(ProgrammerRevokeRequest, programmer_revoke_request, programmer_id, 1),
     NU__TEXT(ProgrammerRevokeRequest, programmer_revoke_request, reason, NU__TXT),
+    /* 64 hex digits; the cloud checks the exact form. */
+    NU__ID(ProgrammerFirmwareRevokeRequest, programmer_firmware_revoke_request, measurement, 1),
+    NU__TEXT(ProgrammerFirmwareRevokeRequest, programmer_firmware_revoke_request, reason, NU__TXT),
     NU__COUNT(ProgrammerList, programmer_list, programmers, NU_ENVELOPE_LIST_MAX),
     NU__ID(ProgrammerInfo, programmer_info, programmer_id, 1),
     NU__ID(ProgrammerInfo, programmer_info, state, 0),

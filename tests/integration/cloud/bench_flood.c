@@ -2,7 +2,8 @@
  * cloud_bench_flood — nusec-cloud's memory and a good programmer's latency
  * while one identity floods it with maximum-size garbage.
  *
- *   cloud_bench_flood [SECONDS] [FLOOD_THREADS] [station|oem]   (defaults 25 8 station)
+ *   cloud_bench_flood [SECONDS] [FLOOD_THREADS] [station|oem] [fair|fifo]
+ *                                                   (defaults 25 8 station fair)
  *
  * Not a test: it prints `name value unit` lines (prefixed flood_ for station,
  * flood_oem_ for oem). On a fresh local stack (the cloud's default
@@ -21,6 +22,9 @@
  *   - the cloud's resident memory (VmRSS) is sampled every 50 ms: its peak,
  *     and the kernel's own high-water mark (VmHWM) at the end.
  * Also printed: audit rows the whole flood added (refusals are coalesced).
+ * fifo: the cloud runs with fair_queue = 0 (one FIFO, one connection: how it
+ * was before cloud_fairq), the names get a fifo_ prefix; the "before" figure
+ * of the same run.
  */
 #include "cloud_fixture.h"
 
@@ -117,7 +121,10 @@ int main(int argc, char **argv)
     double seconds = argc > 1 ? strtod(argv[1], NULL) : 25.0;
     size_t nthreads = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
     int as_oem = argc > 3 && strcmp(argv[3], "oem") == 0;
-    const char *px = nthreads == 0 ? "noflood" : as_oem ? "flood_oem" : "flood";
+    int fifo = argc > 4 && strcmp(argv[4], "fifo") == 0;
+    char px[32];
+    snprintf(px, sizeof(px), "%s%s", fifo ? "fifo_" : "",
+             nthreads == 0 ? "noflood" : as_oem ? "flood_oem" : "flood");
     struct cf f;
     struct cf_client oem = {0}, station = {0}, prog = {0};
     struct cf_programmer p = {0};
@@ -125,11 +132,20 @@ int main(int argc, char **argv)
     struct flooder fl[32];
     int rc = 1;
     if (seconds < 1 || seconds > 600 || nthreads > 32) {
-        fprintf(stderr, "usage: cloud_bench_flood [SECONDS 1..600] [FLOOD_THREADS 0..32] [station|oem]\n");
+        fprintf(stderr, "usage: cloud_bench_flood [SECONDS 1..600] [FLOOD_THREADS 0..32] [station|oem] [fair|fifo]\n");
         return 2;
     }
     if (cf_setup(&f, "bench-flood"))
         return 1;
+    if (fifo) { /* the cloud as it was: restarted with one FIFO on one connection */
+        char conf[CF_PATH_MAX + 32];
+        snprintf(conf, sizeof(conf), "%s/cloud/cloud.conf", f.dir);
+        if (cf_cloud_stop(&f) || nu_file_write_atomic(conf, "fair_queue = 0\n", 15, 0600) ||
+            cf_cloud_start(&f)) {
+            fprintf(stderr, "bench: cannot restart the cloud with fair_queue = 0\n");
+            goto out;
+        }
+    }
     const char *progs[] = {"flood-prog"};
     const uint32_t limits[] = {100000};
     if (cf_client_open(&f, "oem", NULL, NULL, &oem) ||

@@ -487,6 +487,12 @@ static void test_programmer_renews_only_itself(void)
                           NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_programmer_get(l, "prog-2", &after), NU_OK);
     CU_ASSERT_STRING_NOT_EQUAL(after.cert_serial, before.cert_serial);
+    /* At once means at once: the old connection's very next publish, sent as
+     * soon as the answer is in (no waiting for the broker's tick and kick),
+     * is refused, or finds the connection already gone. */
+    CU_ASSERT_NOT_EQUAL(nu_mqtt_publish(c2.m, "nusec/v1/events/programmer/prog-2/probe", "x", 1,
+                                        1, 0),
+                        NU_OK);
     /* The previous certificate stops working at once: the broker pins the
      * new serial (DIR/broker/serials), kicks the old session, refuses it. */
     char old_crt[CF_PATH_MAX + 16], old_key[CF_PATH_MAX + 16];

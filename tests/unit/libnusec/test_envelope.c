@@ -417,7 +417,7 @@ static void test_set_body_covers_every_oneof_member(void)
         CU_ASSERT_PTR_EQUAL(nu_envelope_body(&env), body);
         free(body);
     }
-    CU_ASSERT_EQUAL(members, 41);
+    CU_ASSERT_EQUAL(members, 42);
 
     Nusec__V1__Envelope env = NUSEC__V1__ENVELOPE__INIT;
     Nusec__V1__Header h = NUSEC__V1__HEADER__INIT;
