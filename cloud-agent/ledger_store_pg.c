@@ -306,7 +306,16 @@ static int lsp__session_lock(struct ledger_store *bs, int64_t id, int *out_held)
     int rc = lsp__ensure(s);
     if (rc != NU_OK)
         return rc;
-    return lsp__lock_query(s, "SELECT pg_try_advisory_lock($1::bigint)", id, out_held);
+    /* Confirm before taking: pg_try_advisory_lock on a lock this session
+     * already holds stacks another count, and after a silent reconnect
+     * (lsp__ensure) the lock is gone; pg_locks tells the truth either way.
+     * CASE evaluates the try only when the lock is not ours. */
+    return lsp__lock_query(s,
+                           "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks"
+                           " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+                           " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint)"
+                           " = $1::bigint) THEN true ELSE pg_try_advisory_lock($1::bigint) END",
+                           id, out_held);
 }
 
 /* ?N -> $N outside string literals; returns the highest N or -1. */
