@@ -312,6 +312,15 @@ int cloud_ledger_checkpoint(struct cloud_ledger *ledger, uint64_t now_ms, const 
     rc = ledger__id_check(actor);
     if (rc == NU_OK)
         rc = ledger__begin(ledger, 1);
+    /* Lock the head alone first: on PostgreSQL a head row locked through a
+     * join with audit_events, after waiting on a concurrent append, is
+     * rechecked against the old snapshot's events and vanishes (no row, a
+     * failed checkpoint under load). Once locked, the next statement's
+     * snapshot sees the head's event. */
+    if (rc == NU_OK)
+        rc = ledger__stmt(ledger, ST_HEAD_GET, &st);
+    if (rc == NU_OK && (rc = ledger__step_one(ledger, st, "audit head")) == NU_OK)
+        ledger__reset(st);
     if (rc == NU_OK)
         rc = ledger__stmt(ledger, ST_HEAD_KIND, &st);
     if (rc == NU_OK)
