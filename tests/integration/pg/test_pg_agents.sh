@@ -19,7 +19,7 @@
 # Exit: 0 pass, 1 a check failed, 2 usage. Everything it started is stopped.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 BIN_DIR [DEVICES QUOTA KILLS]" >&2; exit 2; }
-BIN=$1 DEVICES=${2:-128} QUOTA=${3:-48} KILLS=${4:-3}
+BIN=$1 DEVICES=${2:-64} QUOTA=${3:-32} KILLS=${4:-2}
 PGBIN=${NUSEC_PGBIN:-/usr/lib/postgresql/15/bin}
 DIR=$(mktemp -d /tmp/nusec-pgagents.XXXXXX)
 chmod 0755 "$DIR" # the cluster runs as `postgres` when we are root: it must reach DIR/postgres
@@ -119,9 +119,16 @@ issued_of() { q "select issued from jobs where job_id = '$1'"; }
 # Checks on job $1's certificates: none twice, every one a locked device
 # holds is in the ledger with that device; sets certs, locked, lost.
 check_job() {
-    local job=$1 t serial uid uids
-    certs=$(q "select count(*) from certificates where job_id = '$job'")
-    uids=$(q "select count(distinct device_uid) from certificates where job_id = '$job'")
+    local job=$1 t serial uid uids last=-1 same=0 now
+    # `production start --wait` may return while the last answers are on
+    # their way: wait until the ledger stops moving (4 s without a change).
+    for ((t = 0; t < 240 && same < 20; t++)); do
+        now=$(issued_of "$job")
+        if [[ $now == "$last" ]]; then same=$((same + 1)); else same=0 last=$now; fi
+        sleep 0.2
+    done
+    read -r certs uids < <(q "select count(*), count(distinct device_uid) from certificates
+                              where job_id = '$job'" | tr '|' ' ')
     ((uids == certs)) || { q "select encode(device_uid, 'hex'), programmer_id, serial, issued_at_ms from certificates where device_uid in (select device_uid from certificates where job_id = '$job' group by device_uid having count(*) > 1)" >&2; fail "job $job: a device has two certificates ($certs certificates, $uids devices)"; }
     ((certs == $(issued_of "$job"))) || fail "job $job: issued count and certificates differ"
     locked=0 lost=0
