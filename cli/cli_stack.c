@@ -77,7 +77,10 @@ static const char cli__up_usage[] =
     "                          user, unix socket only), the ledger schema made by its\n"
     "                          owner role, the cloud on a least-privilege agent role\n"
     "                          (cloud.conf `ledger = postgresql://...`); stack down\n"
-    "                          stops it\n"
+    "                          stops it; or a libpq URI (postgresql://ROLE@HOST:PORT,...\n"
+    "                          /DB?target_session_attrs=read-write): the cloud on that\n"
+    "                          database as it is (schema from `nusec ledger init`;\n"
+    "                          password from PGPASSFILE)\n"
     "  -h, --help              this text\n"
     "\n"
     "Programs are taken from $NUSEC_BIN_DIR, else the folder of this nusec; the\n"
@@ -183,7 +186,8 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
     }
     if (!(s->dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
-    if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0) {
+    if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0 &&
+        !stack_pg_is_uri(s->ledger)) {
         cli_errorf("stack up: --ledger is sqlite or postgresql, not '%s'", s->ledger);
         return CLI_EXIT_USAGE;
     }
@@ -916,6 +920,8 @@ static int cli__stack_up(int argc, char **argv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     rc = s.ledger && !strcmp(s.ledger, "postgresql") ? stack_pg_up(s.dir) : NU_OK;
+    if (rc == NU_OK && s.ledger && stack_pg_is_uri(s.ledger))
+        rc = stack_pg_point(s.dir, s.ledger);
     if (rc == NU_OK)
         rc = stack__up_broker(&s);
     if (rc == NU_OK)
