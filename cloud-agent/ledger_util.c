@@ -20,6 +20,9 @@ static const char *const ledger__sql[ST__COUNT] = {
  */
 static const char *ledger__sql_pg[ST__COUNT] = {
     [ST_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    [ST_EV_APPEND] = "WITH e AS (INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload,"
+                     " prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq, hash)"
+                     " UPDATE audit_head h SET seq = e.seq, hash = e.hash FROM e WHERE h.id = 1",
     [ST_HEAD_KIND] = "SELECT h.seq, h.hash, e.kind FROM audit_head h"
                      " JOIN audit_events e ON e.seq = h.seq WHERE h.id = 1 FOR UPDATE OF h",
     [ST_JOB_LOCK] = "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE",
@@ -74,6 +77,16 @@ int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char
 /* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */
 int ledger__exec(struct cloud_ledger *l, enum ledger_stmt id)
 {
+    /* The cached chain head lives exactly as long as its row lock. */
+    switch (id) {
+    case ST_BEGIN_W:
+    case ST_BEGIN_R:
+    case ST_COMMIT:
+    case ST_ROLLBACK: l->head.valid = 0; break;
+    case ST_SP: l->head_sp = l->head; break;
+    case ST_SP_ROLLBACK: l->head = l->head_sp; break;
+    default: break;
+    }
     switch (id) {
     case ST_BEGIN_W: return ledger_store_begin(l->store, 1);
     case ST_BEGIN_R: return ledger_store_begin(l->store, 0);
@@ -210,6 +223,7 @@ int ledger__begin(struct cloud_ledger *l, int write)
 /* Roll back whatever is open (no-op after a COMMIT). */
 void ledger__rollback(struct cloud_ledger *l)
 {
+    l->head.valid = 0;
     ledger_store_rollback(l->store);
 }
 
