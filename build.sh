@@ -25,6 +25,7 @@ PACKAGES=(
     swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools
     tpm2-tools dbus opensc
     libpq-dev postgresql python3-psycopg2
+    patroni etcd-server etcd-client
 )
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
@@ -67,6 +68,12 @@ Commands:
                     (crypto ceiling, end to end on the local stack, cert
                     latency, peak RSS) and write bench/results.json.
                     BENCH_DEVICES (default 10000) sets the e2e device count
+  ha-demo [OPTIONS] build release, then the failover scenario tests/ha/ha_demo.sh:
+                    3 etcd + 3 PostgreSQL under Patroni (synchronous_mode), 2
+                    cloud agents, a production, SIGKILL of the Patroni leader
+                    and its postmaster mid-production; prints name/value lines,
+                    exits 1 on any acknowledged certificate lost. Options are
+                    ha_demo.sh's (--devices N, --dir DIR, --help)
   deps              only install the missing Debian packages
   -h, --help        this text
 
@@ -225,6 +232,12 @@ cmd_bench() {
     "$ROOT/bench/run.sh" --bin "$ROOT/build/bin" --out "$ROOT/bench/results.json"
 }
 
+cmd_ha_demo() {
+    ensure_packages "${PACKAGES[@]}"
+    configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    "$ROOT/tests/ha/ha_demo.sh" --bin "$ROOT/build/bin" --dir "$ROOT/build/ha-state" "$@"
+}
+
 main() {
     local cmd=${1:-build}
     (($#)) && shift
@@ -236,6 +249,7 @@ main() {
     demo) cmd_demo "$@" ;;
     bench) cmd_bench "$@" ;;
     chaos) cmd_chaos "$@" ;;
+    ha-demo) cmd_ha_demo "$@" ;;
     package) cmd_package ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 1 ;;

@@ -88,7 +88,10 @@ static const char cli__up_usage[] =
     "                          user, unix socket only), the ledger schema made by its\n"
     "                          owner role, the cloud on a least-privilege agent role\n"
     "                          (cloud.conf `ledger = postgresql://...`); stack down\n"
-    "                          stops it\n"
+    "                          stops it; or a libpq URI (postgresql://ROLE@HOST:PORT,...\n"
+    "                          /DB?target_session_attrs=read-write): the cloud on that\n"
+    "                          database as it is (schema from `nusec ledger init`;\n"
+    "                          password from PGPASSFILE)\n"
     "  -h, --help              this text\n"
     "\n"
     "Programs are taken from $NUSEC_BIN_DIR, else the folder of this nusec; the\n"
@@ -136,9 +139,9 @@ struct stack {
     char logs[PATH_MAX];
     unsigned programmers, sockets, devices, flash_us, timeout_s;
     int json;
-    size_t json_items; /* stack status --json: objects printed so far */
-    const char *ledger; /* --ledger: NULL/sqlite or postgresql */
-    unsigned sites;     /* --sites N: N CM state dirs DIR/cm/site-K, each a site */
+    size_t json_items;   /* stack status --json: objects printed so far */
+    const char *ledger;  /* --ledger: NULL/sqlite or postgresql */
+    unsigned sites;      /* --sites N: N CM state dirs DIR/cm/site-K, each a site */
     const char *station; /* the station's identity: "station", or the site's name */
     struct stack *top;   /* a CM's stack: the OEM's, whose monitor watches statuses */
     char site[64];       /* a CM's stack: its site name */
@@ -208,8 +211,10 @@ static int stack__parse(int argc, char **argv, const char *usage, int up, int js
                    STACK__PROG_MAX);
         return CLI_EXIT_USAGE;
     }
-    if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0) {
-        cli_errorf("stack up: --ledger is sqlite or postgresql, not '%s'", s->ledger);
+    if (s->ledger && strcmp(s->ledger, "sqlite") != 0 && strcmp(s->ledger, "postgresql") != 0 &&
+        !stack_pg_is_uri(s->ledger)) {
+        cli_errorf("stack up: --ledger is sqlite, postgresql or a postgresql:// URI, not '%s'",
+                   s->ledger);
         return CLI_EXIT_USAGE;
     }
     rc = nu_paths_get(s->dir, NU_PATH_RUN, s->run, sizeof(s->run));
@@ -751,8 +756,8 @@ static int stack__up_programmer_in(struct stack *s, struct stack *oem, unsigned 
     snprintf(devices, sizeof(devices), "%u", share);
     snprintf(flash, sizeof(flash), "%u", s->flash_us);
     int rc = stack__prog_path(s, "nusec-programmer", exe, sizeof(exe));
-    int here = rc == NU_OK && (stack__running(s, name, "nusec-programmer") ||
-                               stack__enrolled(s, name));
+    int here =
+        rc == NU_OK && (stack__running(s, name, "nusec-programmer") || stack__enrolled(s, name));
     if (rc == NU_OK && !here && !stack__enrolled(oem, name))
         rc = stack__enroll(oem, name, exe, s->station);
     if (rc == NU_OK && !here && s != oem) {
@@ -854,8 +859,8 @@ static int stack__crossing(const struct stack *cm, const char *ext, char *out, s
 static int stack__site_identities(struct stack *oem, struct stack *cm)
 {
     char crt[PATH_MAX], folder[PATH_MAX], enrol[PATH_MAX], join[PATH_MAX], bundle[PATH_MAX];
-    int rc = nu_path_fmt(crt, sizeof(crt), "%s/" SITE_OEM_FOLDER "/%s/site.crt", oem->dir,
-                         cm->site);
+    int rc =
+        nu_path_fmt(crt, sizeof(crt), "%s/" SITE_OEM_FOLDER "/%s/site.crt", oem->dir, cm->site);
     if (rc == NU_OK)
         rc = nu_path_fmt(folder, sizeof(folder), "%s/" SITE_OEM_FOLDER "/%s", oem->dir, cm->site);
     if (rc == NU_OK)
@@ -1070,7 +1075,7 @@ static int stack__down_all(const struct stack *s)
     for (size_t i = fixed; i-- > 0;)
         failures += stack__stop_group(s, &svc[i], 1);
     failures += stack_pg_down(s->dir) != NU_OK; /* after the cloud, its client */
-    char urls[PATH_MAX]; /* no stale URLs once the services are gone */
+    char urls[PATH_MAX];                        /* no stale URLs once the services are gone */
     if (!failures && stack__file(s->run, "metrics", ".urls", urls, sizeof(urls)) == NU_OK)
         unlink(urls);
     if (!failures && stack__file(s->run, "dashboard", ".url", urls, sizeof(urls)) == NU_OK)
@@ -1155,6 +1160,8 @@ static int cli__stack_up(int argc, char **argv)
     rc = s.ledger && !strcmp(s.ledger, "postgresql") ? stack_pg_up(s.dir) : NU_OK;
     if (rc == NU_OK && s.sites)
         rc = stack__sites_prepare(&s);
+    if (rc == NU_OK && s.ledger && stack_pg_is_uri(s.ledger))
+        rc = stack_pg_point(s.dir, s.ledger);
     if (rc == NU_OK)
         rc = stack__up_broker(&s);
     if (rc == NU_OK)

@@ -195,3 +195,27 @@ int stack_pg_down(const char *dir)
         printf("%-10s stopped\n", "postgres");
     return rc;
 }
+
+int stack_pg_is_uri(const char *ledger)
+{
+    return ledger && (!strncmp(ledger, "postgresql://", 13) || !strncmp(ledger, "postgres://", 11));
+}
+
+int stack_pg_point(const char *dir, const char *uri)
+{
+    const char *start = strstr(uri, "://") + 3;
+    const char *at = strchr(start, '@'), *slash = strchr(start, '/');
+    /* user:password@ before the host part: refused, as the agent would. */
+    if (at && (!slash || at < slash) && memchr(start, ':', (size_t)(at - start))) {
+        cli_errorf("stack up: no password in --ledger (use a 0600 PGPASSFILE)");
+        return NU_ERR_INVALID_ARG;
+    }
+    if (strlen(uri) > 1000) {
+        cli_errorf("stack up: --ledger URI too long");
+        return NU_ERR_INVALID_ARG;
+    }
+    int rc = stack_pg__point_cloud(dir, uri);
+    if (rc == NU_OK)
+        printf("%-10s ledger %s\n", "postgres", uri);
+    return rc;
+}

@@ -17,6 +17,18 @@
  */
 int stack_pg_up(const char *dir);
 
+/* Whether `ledger` is a libpq URI (postgresql:// or postgres://). */
+int stack_pg_is_uri(const char *ledger);
+
+/*
+ * Point DIR/cloud/cloud.conf at an existing PostgreSQL ledger `uri` (its
+ * schema made by `nusec ledger init`; e.g. a Patroni cluster through a
+ * multi-host URI with target_session_attrs=read-write). Nothing is started
+ * or stopped. Errors: INVALID_ARG (a password in the URI: it belongs in a
+ * 0600 file), IO, NOMEM.
+ */
+int stack_pg_point(const char *dir, const char *uri);
+
 /* Stop the cluster of DIR/postgres if it runs (pg_ctl stop -m fast). */
 int stack_pg_down(const char *dir);
 

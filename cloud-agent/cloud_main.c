@@ -1,5 +1,6 @@
 /* nusec-cloud — the OEM cloud agent. */
 #include "cloud.h"
+#include "cloud_leader.h"
 
 #include "nu_client.h"
 #include "nu_err.h"
@@ -114,12 +115,35 @@ static void cloud__reload(struct cloud *cloud, struct cloud_ledger *ledger,
     nu_info("SIGHUP: log reopened, configuration reloaded");
 }
 
-/* Wait for SIGTERM/SIGINT (SIGHUP reloads); meanwhile the maintenance the
- * request path must not pay for: WAL checkpoints (workers do none), audit
- * checkpoints every interval, the device CRL when due. */
-static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger,
-                                     const struct cloud__args *a)
+/* The duties of exactly one agent (cloud_leader.h), done in full when this
+ * agent becomes the leader: whatever a crash left unsigned (e.g. a job closed
+ * just before it), a fresh device CRL (a revocation may have been recorded
+ * just before), and the broker lists a crash between a commit and the list
+ * rewrite left behind. Failures only delay them: logged, never fatal. */
+static void cloud__leader_lists(struct cloud *cloud, struct cloud_ledger *ledger)
 {
+    int rc = cloud_revoked_sync(cloud, ledger);
+    if (rc)
+        nu_warn("cannot update the broker's revocation list: %s", nu_err_str(rc));
+    if ((rc = cloud_serials_sync(cloud, ledger)) != NU_OK)
+        nu_warn("cannot update the broker's identity serial list: %s", nu_err_str(rc));
+}
+
+static void cloud__leader_duties(struct cloud *cloud, struct cloud_ledger *ledger, const char *why)
+{
+    cloud__leader_lists(cloud, ledger);
+    (void)cloud_checkpoint(cloud, ledger, why);
+    (void)cloud_device_crl_update(cloud, ledger, why);
+}
+
+/* Wait for SIGTERM/SIGINT (SIGHUP reloads); meanwhile the maintenance the
+ * request path must not pay for: WAL checkpoints (workers do none), and for
+ * the leader only, audit checkpoints every interval and the device CRL when
+ * due; leadership is polled every second (another agent may have died). */
+static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *ledger,
+                                     struct cloud_leader *leader, const struct cloud__args *a)
+{
+    uint64_t next_poll = nu_mono_ms() + 1000u;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -138,11 +162,21 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
         int maint = cloud_ledger_maintain(ledger);
         if (maint != NU_OK && maint != NU_ERR_BUSY)
             nu_warn("ledger maintenance: %s", nu_err_str(maint));
+        if (nu_mono_ms() >= next_poll) {
+            int changed = 0;
+            (void)cloud_leader_poll(leader, NULL, &changed);
+            if (changed && cloud_leader_is_leader(leader))
+                cloud__leader_duties(cloud, ledger, "leader");
+            next_poll = nu_mono_ms() + 1000u;
+        }
+        if (!cloud_leader_is_leader(leader))
+            goto refusals;
         if (cloud->cfg.checkpoint_interval_s && nu_mono_ms() >= next) {
             (void)cloud_checkpoint(cloud, ledger, "periodic");
             next = nu_mono_ms() + (uint64_t)cloud->cfg.checkpoint_interval_s * 1000u;
         }
         (void)cloud_device_crl_refresh(cloud, ledger); /* cheap unless due */
+    refusals:
         cloud_refusals_flush(cloud, ledger, 0);
     }
 }
@@ -270,15 +304,17 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
     /* Create the ledger (schema) before any worker races to; this
      * connection stays for the main thread's own work (checkpoints). */
     struct cloud_ledger *ledger = NULL;
-    if (!rc && !(rc = cloud__ledger_connect(cloud, &ledger))) {
-        /* A crash between a revocation's commit and the broker list rewrite
-         * is repaired here; a failure only delays it, so it does not stop us. */
-        int sync = cloud_revoked_sync(cloud, ledger);
-        if (sync)
-            nu_warn("cannot update the broker's revocation list: %s", nu_err_str(sync));
-        if ((sync = cloud_serials_sync(cloud, ledger)) != NU_OK)
-            nu_warn("cannot update the broker's identity serial list: %s", nu_err_str(sync));
-    }
+    struct cloud_leader *leader = NULL;
+    if (!rc)
+        rc = cloud__ledger_connect(cloud, &ledger);
+    if (!rc)
+        rc = cloud_leader_open(cloud->ledger_path, cloud->cfg.ledger_password_file,
+                               CLOUD_LEADER_LOCK_ID, &leader);
+    if (!rc) /* a refused poll is "not leader now": the tick asks again */
+        (void)cloud_leader_poll(leader, NULL, NULL);
+    /* The lists before we serve (the broker reads them as programmers connect). */
+    if (!rc && cloud_leader_is_leader(leader))
+        cloud__leader_lists(cloud, ledger);
     if (!rc)
         rc = nu_envelope_sender_create(cloud->id, NU_ENVELOPE_SEQ_FROM_CLOCK, &cloud->sender);
     snprintf(client_id, sizeof(client_id), "%s:%u", cloud->id, cloud->cfg.instance);
@@ -299,18 +335,21 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
         rc = cloud_start(cloud);
     if (rc) {
         nu_error("cannot start: %s (%s)", nu_err_str(rc), nu_err_name(rc));
+        cloud_leader_close(leader);
         cloud_ledger_close(ledger);
         return rc;
     }
     nu_info("serving requests as %s (%u workers)", client_id, cloud->cfg.workers);
-    /* Whatever a crash left unsigned (e.g. a job closed just before it), and
-     * a fresh device CRL (a revocation may have been recorded just before). */
-    (void)cloud_checkpoint(cloud, ledger, "start");
-    (void)cloud_device_crl_update(cloud, ledger, "start");
-    int sig = cloud__serve_until_signal(cloud, ledger, a);
+    if (cloud_leader_is_leader(leader)) {
+        (void)cloud_checkpoint(cloud, ledger, "start");
+        (void)cloud_device_crl_update(cloud, ledger, "start");
+    }
+    int sig = cloud__serve_until_signal(cloud, ledger, leader, a);
     nu_info("signal %d: draining and stopping", sig);
     cloud_stop(cloud, ledger);
-    (void)cloud_checkpoint(cloud, ledger, "stop");
+    if (cloud_leader_is_leader(leader))
+        (void)cloud_checkpoint(cloud, ledger, "stop");
+    cloud_leader_close(leader); /* the lock passes on now, not at our exit */
     cloud_ledger_close(ledger);
     return NU_OK;
 }

@@ -88,7 +88,13 @@ int cloud_msgsig_check(struct cloud *cloud, struct nu_msgsig_replay *replay,
     int rc = msgsig__key(cloud, ledger, sender, pub);
     if (rc) {
         snprintf(detail, cap, "no enrolled key for %s (%s)", sender, nu_err_name(rc));
-        /* Say what the ledger says: revoked, or not enrolled at all. */
+        /* Say what the ledger says: revoked, or not enrolled at all; a
+         * ledger that cannot answer now (a PostgreSQL failover) is the
+         * typed transient error the sender retries, never a verdict on
+         * its signature (BAD_SIGNATURE failed devices mid-failover). */
+        if (rc == NU_ERR_CONNECTION || rc == NU_ERR_BUSY || rc == NU_ERR_DB || rc == NU_ERR_IO ||
+            rc == NU_ERR_NOMEM)
+            return rc;
         return rc == NU_ERR_REVOKED    ? NU_ERR_REVOKED
                : rc == NU_ERR_NOT_FOUND ? NU_ERR_NOT_AUTHORIZED
                                         : NU_ERR_BAD_SIGNATURE;

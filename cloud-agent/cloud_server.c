@@ -18,7 +18,8 @@
 #include <string.h>
 
 #define CLOUD__REQ_FILTER "$share/cloud/nusec/v1/cloud/req/+/+"
-#define CLOUD__EVENT_FILTER "nusec/v1/events/+/+/+"
+/* Shared like requests: with N agents each event is recorded by one of them. */
+#define CLOUD__EVENT_FILTER "$share/cloud/nusec/v1/events/+/+/+"
 #define CLOUD__REQ_PREFIX "nusec/v1/cloud/req/"
 #define CLOUD__EVENT_PREFIX "nusec/v1/events/"
 /* Longest topic the frame copies; an op level may be almost all of it. */

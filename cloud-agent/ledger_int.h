@@ -69,6 +69,9 @@
     X(HEAD_SET, "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")                          \
     X(EV_INSERT, "INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload, prev_hash,"     \
                  " hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
+    /* PostgreSQL only (ledger__sql_pg): the insert and the head move in one \
+     * round trip; SQLite has no data-modifying WITH and runs the two. */    \
+    X(EV_APPEND, "SELECT 1")                                                                       \
     X(EV_LIST, "SELECT seq, ts, kind, actor, job_id, payload, prev_hash, hash"                     \
                " FROM audit_events WHERE seq >= ?1 ORDER BY seq")                                  \
     X(REQ_GET, "SELECT op, request_hash, response, code, created_at_ms, serial FROM requests"      \
@@ -209,6 +212,16 @@ struct cloud_ledger {
     struct cloud_ledger_programmer *prog;
     struct cloud_ledger_alloc *alloc; /* CLOUD_LEDGER_ALLOC_MAX entries */
     char *payload;                    /* LEDGER_PAYLOAD_INTERNAL_MAX bytes */
+    /* The chain head as this write transaction left it (ledger__append), so
+     * the next event skips re-reading a row it already holds locked: valid
+     * from the first append to the end of the transaction; `head_sp` is the
+     * value at the request savepoint, put back by ROLLBACK TO (which also
+     * drops a lock taken after it). ledger__exec keeps both in step. */
+    struct ledger_head {
+        int valid;
+        uint64_t seq;
+        uint8_t hash[CLOUD_LEDGER_HASH_LEN];
+    } head, head_sp;
 };
 
 /* -------------------------------------------------------------------- JSON */

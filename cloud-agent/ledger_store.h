@@ -109,8 +109,10 @@ int ledger_store_xact_lock(struct ledger_store *store, uint32_t ns, const void *
 /*
  * Try to take a lock held for as long as this connection lives (PostgreSQL
  * pg_try_advisory_lock; it moves to another connection when this one dies).
- * *out_held = 1 when this connection holds it. SQLite: always held (one
- * host, one file). Errors: CONNECTION, DB.
+ * *out_held = 1 when this connection holds it. Asking again while held
+ * confirms it (no count stacks up); after a reconnect the answer is the
+ * server's, so a lock lost with its session reads as not held. SQLite:
+ * always held (one host, one file). Errors: CONNECTION, DB.
  */
 int ledger_store_session_lock(struct ledger_store *store, int64_t id, int *out_held);
 

@@ -39,6 +39,10 @@ struct lsp_store {
     unsigned gen;   /* bumped on every reconnect: statements re-prepare */
     unsigned names; /* statement name counter */
     char err[256];
+    /* A RELEASE SAVEPOINT not sent yet: it rides in the same round trip as
+     * the next simple command (the next request's SAVEPOINT, the COMMIT),
+     * else goes alone before any other statement (lsp__flush). */
+    char deferred[64];
 };
 
 struct lsp_stmt {
@@ -95,15 +99,51 @@ static int lsp__err(struct lsp_store *s, const PGresult *res, const char *what)
 }
 
 /* Run one parameterless command; COMMAND_OK or TUPLES_OK is success. */
-static int lsp__exec(struct ledger_store *bs, const char *sql)
+static int lsp__exec_now(struct lsp_store *s, const char *sql)
 {
-    struct lsp_store *s = lsp__s(bs);
     PGresult *res = PQexec(s->conn, sql);
     ExecStatusType st = PQresultStatus(res);
     int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK
                  ? NU_OK
                  : lsp__err(s, res, strlen(sql) > 80 ? "schema statement" : sql);
     PQclear(res);
+    return rc;
+}
+
+/* Send a deferred RELEASE alone, before a statement that cannot carry it. */
+static int lsp__flush(struct lsp_store *s)
+{
+    char sql[sizeof s->deferred];
+    if (!s->deferred[0])
+        return NU_OK;
+    memcpy(sql, s->deferred, sizeof sql);
+    s->deferred[0] = '\0';
+    return lsp__exec_now(s, sql);
+}
+
+static int lsp__exec(struct ledger_store *bs, const char *sql)
+{
+    struct lsp_store *s = lsp__s(bs);
+    size_t n = strlen(sql), d = strlen(s->deferred);
+    if (!strncmp(sql, "RELEASE SAVEPOINT ", 18) && !d && n < sizeof s->deferred &&
+        PQtransactionStatus(s->conn) == PQTRANS_INTRANS) {
+        memcpy(s->deferred, sql, n + 1);
+        return NU_OK;
+    }
+    if (!d || !strcmp(sql, "ROLLBACK")) { /* ROLLBACK drops a pending release with the rest */
+        s->deferred[0] = '\0';
+        return lsp__exec_now(s, sql);
+    }
+    /* "RELEASE SAVEPOINT a; SQL": one round trip; a failure stops at once. */
+    char *both = malloc(d + 2 + n + 1);
+    if (!both)
+        return NU_ERR_NOMEM;
+    memcpy(both, s->deferred, d);
+    memcpy(both + d, "; ", 2);
+    memcpy(both + d + 2, sql, n + 1);
+    s->deferred[0] = '\0';
+    int rc = lsp__exec_now(s, both);
+    free(both);
     return rc;
 }
 
@@ -235,6 +275,7 @@ static int lsp__ensure(struct lsp_store *s)
         return NU_OK;
     PQreset(s->conn);
     s->gen++;
+    s->deferred[0] = '\0'; /* its transaction died with the connection */
     if (PQstatus(s->conn) != CONNECTION_OK)
         return lsp__connect_err(s);
     nu_info("ledger store: reconnected to PostgreSQL");
@@ -267,7 +308,10 @@ static int lsp__commit(struct ledger_store *bs)
         lsp__msg(s, "commit of a failed transaction");
         return NU_ERR_DB;
     }
-    res = PQexec(s->conn, "COMMIT");
+    char sql[sizeof s->deferred + 16];
+    snprintf(sql, sizeof sql, "%s%sCOMMIT", s->deferred, s->deferred[0] ? "; " : "");
+    s->deferred[0] = '\0';
+    res = PQexec(s->conn, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = lsp__err(s, res, "COMMIT"); /* CONNECTION: in doubt; the caller sends nothing */
     else if (strcmp(PQcmdStatus(res), "COMMIT") != 0)
@@ -283,7 +327,10 @@ static int lsp__lock_query(struct lsp_store *s, const char *sql, int64_t id, int
     char v[24];
     const char *vals[1] = {v};
     PGresult *res;
-    int rc = NU_OK;
+    int rc = lsp__flush(s);
+
+    if (rc != NU_OK)
+        return rc;
 
     snprintf(v, sizeof v, "%lld", (long long)id);
     res = PQexecParams(s->conn, sql, 1, NULL, vals, NULL, NULL, 0);
@@ -306,7 +353,16 @@ static int lsp__session_lock(struct ledger_store *bs, int64_t id, int *out_held)
     int rc = lsp__ensure(s);
     if (rc != NU_OK)
         return rc;
-    return lsp__lock_query(s, "SELECT pg_try_advisory_lock($1::bigint)", id, out_held);
+    /* Confirm before taking: pg_try_advisory_lock on a lock this session
+     * already holds stacks another count, and after a silent reconnect
+     * (lsp__ensure) the lock is gone; pg_locks tells the truth either way.
+     * CASE evaluates the try only when the lock is not ours. */
+    return lsp__lock_query(s,
+                           "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks"
+                           " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+                           " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint)"
+                           " = $1::bigint) THEN true ELSE pg_try_advisory_lock($1::bigint) END",
+                           id, out_held);
 }
 
 /* ?N -> $N outside string literals; returns the highest N or -1. */
@@ -412,7 +468,10 @@ static int lsp__run(struct lsp_stmt *st)
     struct lsp_store *s = lsp__s(st->base.store);
     PGresult *res;
     ExecStatusType es;
+    int frc = lsp__flush(s);
 
+    if (frc != NU_OK)
+        return frc;
     if (st->gen != s->gen) {
         res = PQprepare(s->conn, st->name, st->sql, st->nparams, NULL);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {

@@ -11,6 +11,18 @@ static const char *const ledger__sql[ST__COUNT] = {
 #undef LEDGER__TEXT
 };
 
+/*
+ * PostgreSQL's text where it differs (NULL = the same). The row locks are in
+ * the shared text (ledger_int.h); what stays here is what SQLite cannot say:
+ * a data-modifying WITH that inserts the event and moves the head in one
+ * round trip.
+ */
+static const char *ledger__sql_pg[ST__COUNT] = {
+    [ST_EV_APPEND] = "WITH e AS (INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload,"
+                     " prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq, hash)"
+                     " UPDATE audit_head h SET seq = e.seq, hash = e.hash FROM e WHERE h.id = 1",
+};
+
 int ledger__is_pg(const struct cloud_ledger *l)
 {
     return ledger_store_kind(l->store) == LEDGER_STORE_POSTGRESQL;
@@ -21,7 +33,9 @@ int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
 {
     *out_st = NULL;
     if (!l->st[id]) {
-        int rc = ledger_store_prepare(l->store, ledger__sql[id], &l->st[id]);
+        const char *sql = ledger__is_pg(l) && ledger__sql_pg[id] ? ledger__sql_pg[id]
+                                                                 : ledger__sql[id];
+        int rc = ledger_store_prepare(l->store, sql, &l->st[id]);
         if (rc != NU_OK)
             return rc;
     }
@@ -56,6 +70,16 @@ int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char
 /* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */
 int ledger__exec(struct cloud_ledger *l, enum ledger_stmt id)
 {
+    /* The cached chain head lives exactly as long as its row lock. */
+    switch (id) {
+    case ST_BEGIN_W:
+    case ST_BEGIN_R:
+    case ST_COMMIT:
+    case ST_ROLLBACK: l->head.valid = 0; break;
+    case ST_SP: l->head_sp = l->head; break;
+    case ST_SP_ROLLBACK: l->head = l->head_sp; break;
+    default: break;
+    }
     switch (id) {
     case ST_BEGIN_W: return ledger_store_begin(l->store, 1);
     case ST_BEGIN_R: return ledger_store_begin(l->store, 0);
@@ -192,6 +216,7 @@ int ledger__begin(struct cloud_ledger *l, int write)
 /* Roll back whatever is open (no-op after a COMMIT). */
 void ledger__rollback(struct cloud_ledger *l)
 {
+    l->head.valid = 0;
     ledger_store_rollback(l->store);
 }
 
