@@ -7,6 +7,8 @@
 #include "cli_opts.h"
 #include "cli_cloud.h"
 
+#include "station_progress.h"
+
 #include "nu_err.h"
 #include "nu_util.h"
 
@@ -60,18 +62,47 @@ static const char *cli__status(Nusec__V1__JobStatus status)
     return v ? v->name + strlen("JOB_STATUS_") : "unknown";
 }
 
+/*
+ * The job's state in the words the station uses (station_outcome_name), as
+ * far as the cloud can tell: it cannot see a tray, so a job still active is
+ * "running" until its quota is used ("limit reached").
+ */
+static enum station_outcome cli__outcome(const Nusec__V1__JobState *j, const char **out_reason)
+{
+    *out_reason = NULL;
+    switch (j->status) {
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXHAUSTED:
+        return STATION_OUTCOME_LIMIT;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_PAUSED:
+        return STATION_OUTCOME_STOPPED;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_CLOSED:
+        return j->issued >= j->quota ? STATION_OUTCOME_LIMIT : STATION_OUTCOME_STOPPED;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED:
+        *out_reason = "EXPIRED";
+        return STATION_OUTCOME_REFUSED;
+    default:
+        return j->quota && j->issued >= j->quota ? STATION_OUTCOME_LIMIT : STATION_OUTCOME_RUNNING;
+    }
+}
+
 static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__outcomes *o, int json)
 {
     char status[32];
     snprintf(status, sizeof(status), "%s", cli__status(j->status));
     for (char *p = status; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    const char *reason = NULL;
+    enum station_outcome outcome = cli__outcome(j, &reason);
+    char line[160];
+    station_outcome_line(outcome, o->provisioned, j->quota, o->failed, reason, line, sizeof(line));
     if (json) {
-        printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"quota\":%u,\"issued\":%u,"
+        printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"outcome\":\"%s\","
+               "\"summary\":\"%s\",\"quota\":%u,\"issued\":%u,"
                "\"refused\":%u,\"provisioned\":%u,\"failed\":%u,\"revoked\":%u,"
                "\"not_reported\":%u,\"programmers\":[",
-               j->job_id, j->firmware ? j->firmware : "", status, j->quota, j->issued, j->refused,
-               o->provisioned, o->failed, o->revoked, o->issued);
+               j->job_id, j->firmware ? j->firmware : "", status, station_outcome_name(outcome),
+               line, j->quota, j->issued, j->refused, o->provisioned, o->failed, o->revoked,
+               o->issued);
         for (size_t i = 0; i < j->n_allocations; i++)
             printf("%s{\"programmer\":\"%s\",\"limit\":%u,\"issued\":%u}", i ? "," : "",
                    j->allocations[i]->programmer_id, j->allocations[i]->limit,
@@ -81,6 +112,7 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
     }
     printf("%-14s %s (%s)\n%-14s %s\n", "job", j->job_id, status, "firmware",
            j->firmware ? j->firmware : "");
+    printf("%-14s %s\n", "outcome", line);
     printf("%-14s %u\n%-14s %u\n%-14s %u\n", "quota", j->quota, "issued", j->issued, "refused",
            j->refused);
     printf("%-14s %u\n%-14s %u\n%-14s %u\n%-14s %u\n", "provisioned", o->provisioned, "failed",
