@@ -19,7 +19,9 @@
 static const char cli__report_usage[] =
     "usage: nusec report --job JOB [--json] [--certs OUTDIR] [--dir DIR]\n"
     "\n"
-    "The production report of JOB, as the cloud's ledger has it: quota, issued,\n"
+    "The production report of JOB, as the cloud's ledger has it: its outcome in\n"
+    "the station's words (running, limit reached when the quota is used, stopped\n"
+    "when paused or closed early, cloud refused: expired), quota, issued,\n"
     "refused, the limit and issued count of each programmer, and how many devices\n"
     "were reported provisioned or failed, or were revoked. Talks to the cloud with\n"
     "the oem certificate of DIR. --certs also writes each device certificate to\n"

@@ -1011,11 +1011,11 @@ static void test_real_production_matches_the_ledger(void)
                                      " > %s/real-wait.txt 2>&1",
                                job, dir, tmp),
                     0);
-    CU_ASSERT_TRUE(contains("real-wait.txt", "done"));
+    CU_ASSERT_TRUE(contains("real-wait.txt", ": limit reached: 8 of 8 done"));
     char cond[256];
     snprintf(cond, sizeof(cond),
              "r[\"jobs\"][0][\"state\"]==\"done\" and r[\"jobs\"][0][\"done\"]==8 and "
-             "r[\"jobs\"][0][\"failed\"]==0");
+             "r[\"jobs\"][0][\"failed\"]==0 and r[\"jobs\"][0][\"outcome\"]==\"limit reached\"");
     CU_ASSERT_EQUAL(status_until(job, cond, 5), 0);
     /* What the station and the monitor saw is what the ledger holds. */
     usleep(500000);
@@ -1047,7 +1047,9 @@ static void test_real_production_matches_the_ledger(void)
                                " report --job %s --json --dir %s | python3 -c 'import json,sys;"
                                " r=json.load(sys.stdin); assert r[\"issued\"]==8 and"
                                " r[\"provisioned\"]==8 and r[\"failed\"]==0 and"
-                               " sum(p[\"issued\"] for p in r[\"programmers\"])==8, r'",
+                               " sum(p[\"issued\"] for p in r[\"programmers\"])==8 and"
+                               " r[\"outcome\"]==\"limit reached\" and"
+                               " r[\"summary\"]==\"limit reached: 8 of 8 done\", r'",
                                job, dir),
                     0);
 }
