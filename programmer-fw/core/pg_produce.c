@@ -609,8 +609,14 @@ static int prod__device(struct prod__dev *d)
     int rc = prod__identify(d, &st);
     if (rc != NU_OK)
         return rc;
-    if (st == PG_CHIP_LOCKED)
+    if (st == PG_CHIP_LOCKED) {
+        /* Done before the crash (it may be the marked chip): no unit to
+         * resume in this socket any more. */
+        prod__lock(d->c);
+        d->c->units.resume[d->s] = 0;
+        prod__unlock(d->c);
         return prod__already_done(d);
+    }
     /* A unit before anything is written to the chip: at the end of the job
      * the chip goes back untouched, still blank. */
     d->r->step = "counter";
