@@ -5,7 +5,7 @@
 # usage: chaos.sh --bin DIR --dir DIR [--devices N] [--quota Q] [--programmers P]
 #                 [--sockets S] [--seed N] [--cloud-kills K] [--broker-restarts R]
 #                 [--programmer-kills K] [--station-kills K] [--disk-full-s S]
-#                 [--outages N] [--outage-s S] [--flash-us-per-kib T]
+#                 [--outages N] [--outage-s S] [--flash-us-per-kib T] [--fault-span P]
 #                 [--timeout S]
 #        chaos.sh --bin DIR --dir DIR --soak SECONDS [--programmers P] [--sockets S]
 #
@@ -19,7 +19,9 @@
 #   scheduled fault applied (faults_applied), and production start --wait
 #   ending "limit reached" (exit 0) when the quota is below the devices.
 # --flash-us-per-kib slows each chip (nusec stack up's option) so that a
-# short run still lasts long enough for its faults.
+# short run still lasts long enough for its faults; --fault-span P places the
+# faults between 5% and 5+P% of the quota (default 80). A fault that ends
+# after the last certificate has no resume time (shown as done).
 # --outages N stops the broker N times for --outage-s seconds each (default
 # 1 x 20 s): on the single-machine stack that is what a WAN cut is to the
 # factory (the cloud is unreachable), and production must hold and resume.
@@ -34,7 +36,7 @@ set -uo pipefail
 
 BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
 BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900 SOAK=0 OUTAGES=1 OUTAGE_S=20
-FLASH_US=0
+FLASH_US=0 FAULT_SPAN=80
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -54,7 +56,8 @@ while (($#)); do
     --outages) OUTAGES=$2 ;;
     --outage-s) OUTAGE_S=$2 ;;
     --flash-us-per-kib) FLASH_US=$2 ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    --fault-span) FAULT_SPAN=$2 ;;
+    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "chaos: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -155,7 +158,7 @@ soak() {
 # ---- the fault schedule: kinds placed at seeded certificate counts ----------------------
 RANDOM=$SEED
 faults=()
-add() { for ((k = 0; k < $2; k++)); do faults+=("$((QUOTA * 5 / 100 + RANDOM % (QUOTA * 80 / 100 + 1))) $1"); done; }
+add() { for ((k = 0; k < $2; k++)); do faults+=("$((QUOTA * 5 / 100 + RANDOM % (QUOTA * FAULT_SPAN / 100 + 1))) $1"); done; }
 add cloud "$CLOUD_KILLS"
 add broker "$BROKER_RESTARTS"
 add programmer "$PROG_KILLS"
@@ -205,6 +208,12 @@ for f in "${faults[@]}"; do
     applied=$((applied + 1))
     t_end=$(now)
     # Resume: the next certificate after the fault ended (the restart returned).
+    # (No resume to wait for when the line had issued everything already.)
+    if ((before >= QUOTA)); then
+        resume_all+=("$kind:done")
+        say "fault $kind after the last certificate"
+        continue
+    fi
     while (($(issued) <= before)); do
         sleep 0.1
         if (($(elapsed "$t_end" "$(now)" | cut -d. -f1) > 60)); then stalled=$((stalled + 1)); break; fi
