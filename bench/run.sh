@@ -117,10 +117,17 @@ mkdir -p "$DIR/packages"
 job=$(nusec job create --firmware bench-app-1.0.0 --quota "$DEVICES" "${progs[@]}" \
     --expires 2h --out "$DIR/packages" | tail -n 1)
 nusec package import "$DIR"/packages/*.nspkg >/dev/null
+# The broker's share: CPU and persistence snapshots (broker/README.md, Persistence).
+broker_pid=$(cat "$DIR/run/broker.pid" 2>/dev/null)
+broker_log=$(sed -n 's/^log_dest file //p' "$DIR/broker/mosquitto.conf")
+broker_cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$broker_pid/stat" 2>/dev/null || echo 0; }
+broker_saves() { local n; n=$(grep -c "Saving in-memory" "$broker_log" 2>/dev/null); echo "${n:-0}"; }
+bcpu0=$(broker_cpu) bsaves0=$(broker_saves)
 t0=$(date +%s.%N)
 e2e_rc=0
 nusec production start --job "$job" --wait >"$WORK/production.log" 2>&1 </dev/null || e2e_rc=$?
 t1=$(date +%s.%N)
+bcpu1=$(broker_cpu) bsaves1=$(broker_saves)
 certs=$(sqlite3 "$DIR/cloud/ledger.db" "select count(*) from certificates where job_id='$job'")
 # The ledger's own clock: first to last certificate issued.
 span_ms=$(sqlite3 "$DIR/cloud/ledger.db" \
@@ -135,6 +142,11 @@ emit e2e_devices_per_s "$e2e" devices/s
     emit e2e_ledger_span_devices_per_s "$(awk -v n="$certs" -v ms="$span_ms" 'BEGIN { printf "%.1f", n * 1000 / ms }')" devices/s
 emit e2e_over_ceiling "$(ratio "$e2e" "$ceiling")" ratio
 note "e2e_devices_per_s = certificates / wall time of 'nusec production start --wait' ($DEVICES devices, $PROGRAMMERS x $SOCKETS, stack up not counted; simulated flash time 0 and simulated chips not fsync'd: NUSEC_TARGET_SYNC=none)"
+if ((certs > 0)); then
+    emit e2e_broker_cpu_ms_per_device "$(awk -v a="$bcpu0" -v b="$bcpu1" -v n="$certs" 'BEGIN { printf "%.2f", (b - a) * 1000 / n }')" ms
+    emit e2e_broker_saves_per_device "$(awk -v a="$bsaves0" -v b="$bsaves1" -v n="$certs" 'BEGIN { printf "%.2f", (b - a) / n }')" snapshots
+    note "e2e_broker_*: mosquitto's CPU (user + system) and persistence snapshots (autosave_on_changes, broker/mosquitto.conf.in) during the e2e production, per certificate"
+fi
 
 # --- 3. peak RSS of the stack's processes, before it goes down ----------------
 rss_of() { # pidfile -> VmHWM in KiB, or null

@@ -39,10 +39,20 @@ static const char cli__start_usage[] =
     "  --dir DIR     state directory (default: $NUSEC_HOME)\n"
     "  -h, --help    this text\n"
     "\n"
-    "Exit status: 0 started (with --wait: done, no device failed), 1 failed (no such\n"
-    "job; with --wait: a device failed, a package could not be delivered or\n"
-    "started on any programmer still at work, the job was stopped, or --timeout),\n"
-    "2 usage error, 130 interrupted by Ctrl-C (production goes on).\n";
+    "With --wait the last line says how the job ended, e.g.\n"
+    "  JOB: limit reached: 16 of 16 done\n"
+    "  JOB: tray empty: 12 of 16 done, load blanks and start again\n"
+    "  JOB: stopped by operator: 3 of 16 done\n"
+    "  JOB: cloud refused: quota exhausted: 14 of 16 done\n"
+    "  JOB: failed: REASON: 0 of 16 done\n"
+    "(\", N chips failed\" when chips failed on the way).\n"
+    "\n"
+    "Exit status: 0 started (with --wait: limit reached), 1 failed (no such job;\n"
+    "with --wait: a package could not be delivered, started or used on any\n"
+    "programmer still at work), 2 usage error, 4 tray empty (no blank chip left\n"
+    "before the limit), 5 stopped by operator, 6 cloud refused (quota exhausted,\n"
+    "job not active, expired, revoked), 7 still running after --timeout (it goes\n"
+    "on), 130 interrupted by Ctrl-C (production goes on).\n";
 
 static const char cli__stop_usage[] =
     "usage: nusec production stop --job JOB [--dir DIR]\n"
@@ -66,7 +76,9 @@ static const char cli__status_usage[] =
     "failures, time left, and the last delivery problem.\n"
     "\n"
     "  --job JOB     only this job\n"
-    "  --json        one JSON object (a snapshot)\n"
+    "  --json        one JSON object (a snapshot); each job has \"outcome\" (running,\n"
+    "                limit reached, tray empty, stopped, cloud refused, failed) and\n"
+    "                \"summary\" (the line `production start --wait` ends with)\n"
     "  --once        on a terminal, print once instead of the live view\n"
     "  --watch       off a terminal, print plain lines every --interval seconds\n"
     "                until no job is running\n"
@@ -166,6 +178,51 @@ static int cli__draw(const struct station_report *r)
 }
 
 /*
+ * The end of following: one clear line per final state and its exit code
+ * (station_outcome_exit). `production status --watch` keeps its own codes:
+ * 0 shown, 1 when something failed.
+ */
+static int cli__verdict(const struct cli__prod_opts *o, const struct station_report *r, int rc,
+                        int settled, int timed_out, int stuck)
+{
+    char line[2 * STATION_DB_ERROR_MAX];
+    if (rc != NU_OK)
+        return cli_fail("production status", rc);
+    if (cli__interrupted) {
+        fprintf(stderr,
+                "\nnusec: production goes on; stop it with: nusec production stop "
+                "--job %s --dir %s\n",
+                o->job ? o->job : "JOB", o->dir);
+        return CLI__EXIT_INTERRUPTED;
+    }
+    if (!o->wait)
+        return r && station_report_failed(r) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    const struct station_report_job *j = r && r->n_jobs ? &r->jobs[0] : NULL;
+    if (!j)
+        return CLI_EXIT_FAIL;
+    if (timed_out && !settled) {
+        station_report_job_line(j, line, sizeof(line));
+        printf("%s: %s\n", j->job.job_id, line);
+        cli_errorf("production: still running after %u s (it goes on)", o->timeout_s);
+        return station_outcome_exit(STATION_OUTCOME_RUNNING);
+    }
+    if (stuck) {
+        const char *why = "";
+        for (size_t k = 0; k < j->n_progs && !why[0]; k++)
+            why = j->progs[k].finished ? "" : j->progs[k].error;
+        station_outcome_line(STATION_OUTCOME_FAILED, j->done, j->limit, j->failed, why, line,
+                             sizeof(line));
+        printf("%s: %s\n", j->job.job_id, line);
+        cli_errorf("production: no programmer of the job can go on (see the errors above); "
+                   "nusec-station keeps retrying");
+        return station_outcome_exit(STATION_OUTCOME_FAILED);
+    }
+    station_report_job_line(j, line, sizeof(line));
+    printf("%s: %s\n", j->job.job_id, line);
+    return station_outcome_exit(j->outcome);
+}
+
+/*
  * Show progress until no job shown is running (or interrupted / timed out).
  * tty: redraw in place; else plain lines every interval. Returns the exit code.
  */
@@ -202,30 +259,9 @@ static int cli__follow(const struct cli__prod_opts *o, struct station_db *db, in
         cli__sleep_ms(tty ? 250 : 200);
     }
     sigaction(SIGINT, &old, NULL);
-    int failed = r && station_report_failed(r);
-    int done = r && r->n_jobs && settled;
-    for (size_t i = 0; r && i < r->n_jobs; i++)
-        done = done && r->jobs[i].job.state == STATION_JOB_DONE;
+    int code = cli__verdict(o, r, rc, settled, timed_out, stuck);
     station_report_free(r);
-    if (rc != NU_OK)
-        return cli_fail("production status", rc);
-    if (cli__interrupted) {
-        fprintf(stderr,
-                "\nnusec: production goes on; stop it with: nusec production stop "
-                "--job %s --dir %s\n",
-                o->job ? o->job : "JOB", o->dir);
-        return CLI__EXIT_INTERRUPTED;
-    }
-    if (timed_out) {
-        cli_errorf("production: still running after %u s (it goes on)", timeout_s);
-        return CLI_EXIT_FAIL;
-    }
-    if (stuck) {
-        cli_errorf("production: no programmer of the job can go on (see the errors above); "
-                   "nusec-station keeps retrying");
-        return CLI_EXIT_FAIL;
-    }
-    return (o->wait && !done) || failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    return code;
 }
 
 /* station.db of dir, which must exist (a typo in --dir must not create state). */

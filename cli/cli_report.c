@@ -7,6 +7,8 @@
 #include "cli_opts.h"
 #include "cli_cloud.h"
 
+#include "station_progress.h"
+
 #include "nu_err.h"
 #include "nu_util.h"
 
@@ -17,7 +19,9 @@
 static const char cli__report_usage[] =
     "usage: nusec report --job JOB [--json] [--certs OUTDIR] [--dir DIR]\n"
     "\n"
-    "The production report of JOB, as the cloud's ledger has it: quota, issued,\n"
+    "The production report of JOB, as the cloud's ledger has it: its outcome in\n"
+    "the station's words (running, limit reached when the quota is used, stopped\n"
+    "when paused or closed early, cloud refused: expired), quota, issued,\n"
     "refused, the limit and issued count of each programmer, and how many devices\n"
     "were reported provisioned or failed, or were revoked. Talks to the cloud with\n"
     "the oem certificate of DIR. --certs also writes each device certificate to\n"
@@ -60,18 +64,47 @@ static const char *cli__status(Nusec__V1__JobStatus status)
     return v ? v->name + strlen("JOB_STATUS_") : "unknown";
 }
 
+/*
+ * The job's state in the words the station uses (station_outcome_name), as
+ * far as the cloud can tell: it cannot see a tray, so a job still active is
+ * "running" until its quota is used ("limit reached").
+ */
+static enum station_outcome cli__outcome(const Nusec__V1__JobState *j, const char **out_reason)
+{
+    *out_reason = NULL;
+    switch (j->status) {
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXHAUSTED:
+        return STATION_OUTCOME_LIMIT;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_PAUSED:
+        return STATION_OUTCOME_STOPPED;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_CLOSED:
+        return j->issued >= j->quota ? STATION_OUTCOME_LIMIT : STATION_OUTCOME_STOPPED;
+    case NUSEC__V1__JOB_STATUS__JOB_STATUS_EXPIRED:
+        *out_reason = "EXPIRED";
+        return STATION_OUTCOME_REFUSED;
+    default:
+        return j->quota && j->issued >= j->quota ? STATION_OUTCOME_LIMIT : STATION_OUTCOME_RUNNING;
+    }
+}
+
 static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__outcomes *o, int json)
 {
     char status[32];
     snprintf(status, sizeof(status), "%s", cli__status(j->status));
     for (char *p = status; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    const char *reason = NULL;
+    enum station_outcome outcome = cli__outcome(j, &reason);
+    char line[160];
+    station_outcome_line(outcome, o->provisioned, j->quota, o->failed, reason, line, sizeof(line));
     if (json) {
-        printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"quota\":%u,\"issued\":%u,"
+        printf("{\"job\":\"%s\",\"firmware\":\"%s\",\"status\":\"%s\",\"outcome\":\"%s\","
+               "\"summary\":\"%s\",\"quota\":%u,\"issued\":%u,"
                "\"refused\":%u,\"provisioned\":%u,\"failed\":%u,\"revoked\":%u,"
                "\"not_reported\":%u,\"programmers\":[",
-               j->job_id, j->firmware ? j->firmware : "", status, j->quota, j->issued, j->refused,
-               o->provisioned, o->failed, o->revoked, o->issued);
+               j->job_id, j->firmware ? j->firmware : "", status, station_outcome_name(outcome),
+               line, j->quota, j->issued, j->refused, o->provisioned, o->failed, o->revoked,
+               o->issued);
         for (size_t i = 0; i < j->n_allocations; i++)
             printf("%s{\"programmer\":\"%s\",\"limit\":%u,\"issued\":%u}", i ? "," : "",
                    j->allocations[i]->programmer_id, j->allocations[i]->limit,
@@ -81,6 +114,7 @@ static void cli__report_print(const Nusec__V1__JobState *j, const struct cli__ou
     }
     printf("%-14s %s (%s)\n%-14s %s\n", "job", j->job_id, status, "firmware",
            j->firmware ? j->firmware : "");
+    printf("%-14s %s\n", "outcome", line);
     printf("%-14s %u\n%-14s %u\n%-14s %u\n", "quota", j->quota, "issued", j->issued, "refused",
            j->refused);
     printf("%-14s %u\n%-14s %u\n%-14s %u\n%-14s %u\n", "provisioned", o->provisioned, "failed",

@@ -3,6 +3,7 @@
 #include "station_db.h"
 #include "station_event.h"
 #include "station_pkg.h"
+#include "station_report.h"
 
 #include "nu_envelope.h"
 #include "nu_err.h"
@@ -846,6 +847,19 @@ static void st__check_counts(struct station *st, struct st__pkg *p)
         st__pkg_finish(st, p, NULL);
 }
 
+/* production.done says how the job ended, in the words of `production
+ * status` and `production start --wait` (station_outcome_line). */
+static void st__done_note(struct station *st, const char *job, uint64_t now)
+{
+    struct station_report *r = NULL;
+    char line[2 * STATION_DB_ERROR_MAX] = "";
+    if (station_report_build(NULL, st->db, job, now, &r) == NU_OK && r->n_jobs)
+        station_report_job_line(&r->jobs[0], line, sizeof(line));
+    station_report_free(r);
+    nu_info("production of %s done: %s", job, line[0] ? line : "(no report)");
+    st__note(st, "production.done", job, 0, line, NULL);
+}
+
 static void st__act_started(struct station *st, struct st__job *j, uint64_t now)
 {
     if (j->acted_gen != j->row.generation) {
@@ -868,8 +882,7 @@ static void st__act_started(struct station *st, struct st__job *j, uint64_t now)
     if (n && finished == n) {
         if (station_db_job_done(st->db, j->row.job_id, now) == NU_OK) {
             j->row.state = STATION_JOB_DONE;
-            nu_info("production of %s done", j->row.job_id);
-            st__note(st, "production.done", j->row.job_id, 0, NULL, NULL);
+            st__done_note(st, j->row.job_id, now);
         }
     }
 }

@@ -703,6 +703,33 @@ int station_db_counts(struct station_db *db, const char *job_id, const char *pro
     return rc;
 }
 
+int station_db_refusal(struct station_db *db, const char *job_id, const char *programmer_id,
+                       char out[STATION_DB_REASON_MAX])
+{
+    sqlite3_stmt *st = NULL;
+    out[0] = '\0';
+    /* The cloud's answers that end a job: the same list as the programmer's
+     * prod__cloud_verdict (pg_produce.c). */
+    int rc = db__prep(db,
+                      "SELECT error FROM journal WHERE job_id = ?1 AND kind = 'device.failed'"
+                      " AND role = 'programmer' AND (?2 IS NULL OR sender = ?2) AND error IN"
+                      " ('QUOTA_EXHAUSTED', 'JOB_NOT_ACTIVE', 'EXPIRED', 'REVOKED',"
+                      " 'NOT_AUTHORIZED', 'TOKEN') ORDER BY seq DESC LIMIT 1",
+                      &st);
+    if (rc != NU_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, job_id, -1, SQLITE_STATIC);
+    if (programmer_id)
+        sqlite3_bind_text(st, 2, programmer_id, -1, SQLITE_STATIC);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        snprintf(out, STATION_DB_REASON_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+    else if (src != SQLITE_DONE)
+        rc = db__fail(db, src, "refusal");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 int station_db_programmer_put(struct station_db *db, const struct station_programmer *p,
                               const uint8_t *envelope, size_t len)
 {

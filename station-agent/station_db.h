@@ -195,6 +195,17 @@ int station_db_journal_count(struct station_db *db, const char *job_id, uint64_t
 int station_db_counts(struct station_db *db, const char *job_id, const char *programmer_id,
                       uint64_t since_ms, struct station_counts *out);
 
+#define STATION_DB_REASON_MAX 32
+
+/*
+ * The error name of the last definite refusal by the cloud (QUOTA_EXHAUSTED,
+ * JOB_NOT_ACTIVE, EXPIRED, REVOKED, NOT_AUTHORIZED, TOKEN) among the
+ * device.failed events of job_id (one programmer when programmer_id is not
+ * NULL) into out; "" when there was none. Errors: DB.
+ */
+int station_db_refusal(struct station_db *db, const char *job_id, const char *programmer_id,
+                       char out[STATION_DB_REASON_MAX]);
+
 /* Insert or replace a programmer's last status. */
 int station_db_programmer_put(struct station_db *db, const struct station_programmer *p,
                               const uint8_t *envelope, size_t len);

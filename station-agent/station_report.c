@@ -40,6 +40,67 @@ static void report__rate(struct station_db *db, const char *job, const char *pro
     *out_eta = station_eta_s(c->done, limit, *out_rate);
 }
 
+/* How one programmer's share ended: an error of its package (not delivered,
+ * expired) fails it; a definite refusal by the cloud is named; else the
+ * counter says whether it used its limit or ran out of chips. */
+static void report__prog_outcome(struct station_db *db, const struct station_job *job,
+                                 const struct station_package *p, struct station_report_prog *rp)
+{
+    char refusal[STATION_DB_REASON_MAX] = "";
+    rp->outcome = STATION_OUTCOME_RUNNING;
+    if (!rp->finished) {
+        if (job->state == STATION_JOB_STOPPED)
+            rp->outcome = STATION_OUTCOME_STOPPED;
+        return;
+    }
+    if (rp->error[0]) {
+        rp->outcome = STATION_OUTCOME_FAILED;
+        snprintf(rp->reason, sizeof(rp->reason), "%s", rp->error);
+    } else if (station_db_refusal(db, p->job_id, p->programmer_id, refusal) == NU_OK &&
+               refusal[0]) {
+        rp->outcome = STATION_OUTCOME_REFUSED;
+        snprintf(rp->reason, sizeof(rp->reason), "%s", refusal);
+    } else if ((p->limit && rp->counter >= p->limit) || rp->done >= p->limit) {
+        rp->outcome = STATION_OUTCOME_LIMIT;
+    } else {
+        rp->outcome = STATION_OUTCOME_TRAY_EMPTY;
+    }
+}
+
+/* The job's outcome: stopped, running, or the worst of its programmers'. */
+static void report__job_outcome(struct station_report_job *j)
+{
+    static const int rank[] = {
+        [STATION_OUTCOME_LIMIT] = 1, [STATION_OUTCOME_TRAY_EMPTY] = 2,
+        [STATION_OUTCOME_REFUSED] = 3, [STATION_OUTCOME_FAILED] = 4,
+    };
+    j->reason[0] = '\0';
+    if (j->job.state == STATION_JOB_STOPPED) {
+        j->outcome = STATION_OUTCOME_STOPPED;
+        return;
+    }
+    j->outcome = STATION_OUTCOME_RUNNING;
+    if (j->job.state != STATION_JOB_DONE)
+        return;
+    j->outcome = STATION_OUTCOME_LIMIT;
+    for (size_t k = 0; k < j->n_progs; k++) {
+        const struct station_report_prog *p = &j->progs[k];
+        enum station_outcome o = p->outcome == STATION_OUTCOME_RUNNING ||
+                                         p->outcome == STATION_OUTCOME_STOPPED
+                                     ? STATION_OUTCOME_LIMIT /* finished with the job */
+                                     : p->outcome;
+        if (rank[o] > rank[j->outcome]) {
+            j->outcome = o;
+            snprintf(j->reason, sizeof(j->reason), "%s", p->reason);
+        }
+    }
+}
+
+void station_report_job_line(const struct station_report_job *j, char *out, size_t cap)
+{
+    station_outcome_line(j->outcome, j->done, j->limit, j->failed, j->reason, out, cap);
+}
+
 static int report__prog_cb(void *ctx, const struct station_package *p)
 {
     struct report__build *b = ctx;
@@ -72,6 +133,7 @@ static int report__prog_cb(void *ctx, const struct station_package *p)
                  rp->finished, b->r->now_ms, p->limit, &rp->per_min, &rp->eta_s, &c);
     rp->done = c.done;
     rp->failed = c.failed;
+    report__prog_outcome(b->db, &j->job, p, rp);
     j->limit += p->limit;
     j->done += c.done;
     j->failed += c.failed;
@@ -99,6 +161,7 @@ static int report__job_cb(void *ctx, const struct station_job *job)
         return rc;
     report__rate(b->db, job->job_id, NULL, job->state == STATION_JOB_STARTED,
                  job->state == STATION_JOB_DONE, r->now_ms, j->limit, &j->per_min, &j->eta_s, &c);
+    report__job_outcome(j);
     return NU_OK;
 }
 
@@ -214,6 +277,10 @@ void station_report_json(const struct station_report *r, FILE *out)
         report__jstr(out, "state", station_job_state_name(j->job.state), 1);
         report__jstr(out, "firmware", j->job.firmware, 1);
         report__jnums(out, j->limit, j->done, j->failed, j->per_min, j->eta_s);
+        char line[2 * STATION_DB_ERROR_MAX];
+        station_report_job_line(j, line, sizeof(line));
+        report__jstr(out, "outcome", station_outcome_name(j->outcome), 1);
+        report__jstr(out, "summary", line, 1);
         fputs(",\"programmers\":[", out);
         for (size_t k = 0; k < j->n_progs; k++) {
             const struct station_report_prog *p = &j->progs[k];
@@ -225,6 +292,8 @@ void station_report_json(const struct station_report *r, FILE *out)
                     p->counter, p->finished ? "true" : "false", p->delivered_at_ms);
             fprintf(out, ",\"cloud_unreachable_since_ms\":%" PRIu64, p->cloud_lost_ms);
             report__jstr(out, "error", p->error, 1);
+            report__jstr(out, "outcome", station_outcome_name(p->outcome), 1);
+            report__jstr(out, "reason", p->reason, 1);
             fputs("}", out);
         }
         fputs("]}", out);
@@ -352,6 +421,12 @@ int station_report_text(const struct station_report *r, unsigned cols, FILE *out
                 fprintf(out, "  ! cloud unreachable since %s", since);
             }
             fputc('\n', out);
+            lines++;
+        }
+        if (j->outcome != STATION_OUTCOME_RUNNING) {
+            char line[2 * STATION_DB_ERROR_MAX];
+            station_report_job_line(j, line, sizeof(line));
+            fprintf(out, "  %s\n", line);
             lines++;
         }
     }

@@ -9,6 +9,7 @@
 #define STATION_REPORT_H
 
 #include "station_db.h"
+#include "station_progress.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,8 @@ struct station_report_prog {
     uint64_t delivered_at_ms;
     uint64_t cloud_lost_ms; /* it says: cloud unreachable since (wall ms), 0: reachable */
     char error[STATION_DB_ERROR_MAX];
+    enum station_outcome outcome; /* of this programmer's share */
+    char reason[STATION_DB_ERROR_MAX]; /* what refused or failed, or "" */
 };
 
 struct station_report_job {
@@ -33,6 +36,11 @@ struct station_report_job {
     int64_t eta_s;
     size_t n_progs;
     struct station_report_prog *progs;
+    /* How it ended (running while it runs): the worst of its programmers'
+     * (failed, then cloud refused, then tray empty, then limit reached), or
+     * stopped; `reason` is that programmer's. */
+    enum station_outcome outcome;
+    char reason[STATION_DB_ERROR_MAX];
 };
 
 struct station_report {
@@ -68,7 +76,14 @@ int station_report_stuck(const struct station_report *r);
 /* 1 when any job of the report had a device failure or a package error. */
 int station_report_failed(const struct station_report *r);
 
-/* One JSON object: {"now_ms":..,"daemon":bool,"jobs":[{...,"programmers":[...]}]} + "\n". */
+/* The job's one line, station_outcome_line() of its outcome and counts. */
+void station_report_job_line(const struct station_report_job *j, char *out, size_t cap);
+
+/*
+ * One JSON object: {"now_ms":..,"daemon":bool,"jobs":[{...,"programmers":[...]}]} + "\n".
+ * Each job has "outcome" (station_outcome_name) and "summary" (its line),
+ * each programmer "outcome" and "reason".
+ */
 void station_report_json(const struct station_report *r, FILE *out);
 
 /*

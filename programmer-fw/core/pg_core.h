@@ -163,6 +163,15 @@ struct pg_units {
     unsigned n_held;
     uint8_t held_len[PG_HELD_MAX];
     uint8_t held_uid[PG_HELD_MAX][PG_UID_MAX];
+    /* The chip of each socket that holds a unit (UID; len 0: none), written
+     * to the KeyStore (blob "inflight.<job>") before anything is written to
+     * the chip. After a crash, `resume` marks the sockets whose chip of the
+     * last run may still be there, half done: if the socket's next chip is
+     * that UID it finishes with its unit (same idempotency key), else the
+     * mark is dropped (the chip was done, or taken away). */
+    uint8_t inflight_len[PG_MAX_SOCKETS];
+    uint8_t inflight_uid[PG_MAX_SOCKETS][PG_UID_MAX];
+    uint8_t resume[PG_MAX_SOCKETS];
 };
 
 struct pg_core {

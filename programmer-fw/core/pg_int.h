@@ -24,6 +24,7 @@
 #define PG_BLOB_PIN_ROTPK "pin.rotpk"
 #define PG_BLOB_JOB_PREFIX "job."
 #define PG_BLOB_UNITS_PREFIX "units."
+#define PG_BLOB_INFLIGHT_PREFIX "inflight."
 
 #define PG_TOPIC_MAX 160
 

@@ -70,6 +70,47 @@ static void prod__unlock(struct pg_core *c)
     atomic_flag_clear_explicit(&c->units.lock, memory_order_release);
 }
 
+/* Blob "inflight.<job>.<socket>": the UID of the socket's chip that holds a
+ * unit. One blob per socket, so each worker writes only its own. */
+static int prod__inflight_name(const struct pg_core *c, unsigned s, char *name, size_t cap)
+{
+    int n = snprintf(name, cap, "%s%s.%u", PG_BLOB_INFLIGHT_PREFIX, c->job.job_id, s);
+    return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+}
+
+/*
+ * Socket s's chip holds a unit: durable before anything is written to the
+ * chip, so a run that crashes mid-chip leaves the next run the proof that
+ * this chip's unit was taken (it then finishes it without a new one). A
+ * failed write only costs a unit if the programmer then crashes.
+ */
+static void prod__inflight_put(struct pg_core *c, unsigned s, const uint8_t *uid, size_t len)
+{
+    char name[PG_ID_MAX + 24];
+    struct pg_units *u = &c->units;
+    prod__lock(c);
+    u->inflight_len[s] = (uint8_t)len;
+    memcpy(u->inflight_uid[s], uid, len);
+    prod__unlock(c);
+    int rc = prod__inflight_name(c, s, name, sizeof(name));
+    if (rc == NU_OK)
+        rc = pg_ks_blob_put(c->hal, name, uid, len);
+    if (rc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: unit of the chip not recorded: %s", s,
+                nu_err_name(rc));
+}
+
+/* Sockets whose half-done chip of a crashed run has not come back yet. */
+static unsigned prod__resume_pending(struct pg_core *c)
+{
+    unsigned n = 0;
+    prod__lock(c);
+    for (unsigned s = 0; s < c->n_sockets; s++)
+        n += c->units.resume[s] != 0;
+    prod__unlock(c);
+    return n;
+}
+
 /* The chip's own held unit, else a spare one, else a new one from the
  * KeyStore counter (LIMIT when none is left). */
 static int prod__unit_take(struct prod__dev *d)
@@ -86,6 +127,15 @@ static int prod__unit_take(struct prod__dev *d)
             memcpy(u->held_uid[i], u->held_uid[u->n_held], PG_UID_MAX);
         }
     }
+    /* The chip a crashed run left half done in this socket: its unit was
+     * taken then (only the socket's first chip of this run can be it). */
+    if (!own && u->resume[d->s] && u->inflight_len[d->s] == d->w->uid_len &&
+        !memcmp(u->inflight_uid[d->s], d->w->uid, d->w->uid_len)) {
+        own = 1;
+        pg__log(c, PG_LOG_INFO, "socket %u: chip %s resumed with the unit of the last run", d->s,
+                d->w->uid_hex);
+    }
+    u->resume[d->s] = 0;
     if (!own && u->spare) {
         u->spare--;
         spare = 1;
@@ -94,6 +144,8 @@ static int prod__unit_take(struct prod__dev *d)
     uint32_t counter = 0;
     int rc = own || spare ? NU_OK : pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &counter);
     d->unit = rc == NU_OK;
+    if (rc == NU_OK)
+        prod__inflight_put(c, d->s, d->w->uid, d->w->uid_len);
     return rc;
 }
 
@@ -128,6 +180,8 @@ uint32_t pg_core_units_kept(const struct pg_core *c)
     struct pg_core *m = (struct pg_core *)c; /* the lock only */
     prod__lock(m);
     uint32_t n = c->units.spare + c->units.n_held;
+    for (unsigned s = 0; s < c->n_sockets; s++)
+        n += c->units.resume[s] != 0;
     prod__unlock(m);
     return n;
 }
@@ -137,6 +191,54 @@ static int prod__units_name(const struct pg_core *c, char *name, size_t cap)
 {
     int n = snprintf(name, cap, "%s%s", PG_BLOB_UNITS_PREFIX, c->job.job_id);
     return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
+}
+
+/* The chips each socket held a unit for when the last run ended: after a
+ * crash, those may still be in their sockets, half done (see pg_units). */
+static void prod__inflight_load(struct pg_core *c)
+{
+    char name[PG_ID_MAX + 24];
+    struct pg_units *u = &c->units;
+    unsigned n = 0;
+    memset(u->inflight_len, 0, sizeof(u->inflight_len));
+    memset(u->resume, 0, sizeof(u->resume));
+    for (unsigned s = 0; s < c->n_sockets; s++) {
+        size_t len = 0;
+        if (prod__inflight_name(c, s, name, sizeof(name)) != NU_OK ||
+            pg_ks_blob_get(c->hal, name, u->inflight_uid[s], PG_UID_MAX, &len) != NU_OK ||
+            len == 0)
+            continue;
+        u->inflight_len[s] = (uint8_t)len;
+        u->resume[s] = 1;
+        n++;
+    }
+    if (n)
+        pg__log(c, PG_LOG_INFO, "job %s: %u socket(s) may hold a chip the last run left half done",
+                c->job.job_id, n);
+}
+
+/* At a clean end: a chip still marked for resuming keeps its unit as a held
+ * one (units.<job>), and the in-flight records are cleared (the held list
+ * now says everything). Called before prod__units_save. */
+static void prod__inflight_end(struct pg_core *c)
+{
+    char name[PG_ID_MAX + 24];
+    struct pg_units *u = &c->units;
+    for (unsigned s = 0; s < c->n_sockets; s++) {
+        int known = 0;
+        for (unsigned i = 0; i < u->n_held && u->resume[s]; i++)
+            known = known || (u->held_len[i] == u->inflight_len[s] &&
+                              !memcmp(u->held_uid[i], u->inflight_uid[s], u->held_len[i]));
+        if (u->resume[s] && !known && u->n_held < PG_HELD_MAX) {
+            u->held_len[u->n_held] = u->inflight_len[s];
+            memcpy(u->held_uid[u->n_held++], u->inflight_uid[s], u->inflight_len[s]);
+        }
+        if (u->inflight_len[s] && prod__inflight_name(c, s, name, sizeof(name)) == NU_OK &&
+            pg_ks_blob_put(c->hal, name, NULL, 0) != NU_OK)
+            pg__log(c, PG_LOG_WARN, "socket %u: in-flight record not cleared", s);
+        u->inflight_len[s] = 0;
+        u->resume[s] = 0;
+    }
 }
 
 /* Take the units an earlier run kept out of the KeyStore into RAM (the blob
@@ -149,6 +251,7 @@ static int prod__units_load(struct pg_core *c)
     struct pg_units *u = &c->units;
     u->spare = 0;
     u->n_held = 0;
+    prod__inflight_load(c);
     int rc = prod__units_name(c, name, sizeof(name));
     if (rc == NU_OK)
         rc = pg_ks_blob_get(c->hal, name, b, sizeof(b), &len);
@@ -506,14 +609,23 @@ static int prod__device(struct prod__dev *d)
     int rc = prod__identify(d, &st);
     if (rc != NU_OK)
         return rc;
-    if (st == PG_CHIP_LOCKED)
+    if (st == PG_CHIP_LOCKED) {
+        /* Done before the crash (it may be the marked chip): no unit to
+         * resume in this socket any more. */
+        prod__lock(d->c);
+        d->c->units.resume[d->s] = 0;
+        prod__unlock(d->c);
         return prod__already_done(d);
+    }
     /* A unit before anything is written to the chip: at the end of the job
      * the chip goes back untouched, still blank. */
     d->r->step = "counter";
     rc = prod__unit_take(d);
     if (rc == NU_ERR_LIMIT) {
-        pg_core_stop(d->c, PG_STOP_LIMIT);
+        /* Other sockets may still finish a chip a crash left half done with
+         * its own unit: only this socket ends until they have. */
+        if (!prod__resume_pending(d->c))
+            pg_core_stop(d->c, PG_STOP_LIMIT);
         d->untouched = 1;
     }
     if (rc == NU_OK)
@@ -733,9 +845,7 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
         return prod__stop_code(stop);
     uint32_t counter = 0;
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
-    prod__lock(c);
-    int kept = c->units.spare || c->units.n_held;
-    prod__unlock(c);
+    int kept = pg_core_units_kept(c) != 0;
     if (rc != NU_OK || (counter >= c->job.limit && !kept)) {
         pg_core_stop(c, rc == NU_OK ? PG_STOP_LIMIT : PG_STOP_ERROR);
         return rc == NU_OK ? NU_ERR_LIMIT : rc;
@@ -779,7 +889,7 @@ int pg_core_production_begin(struct pg_core *c)
         return rc;
     if ((rc = prod__units_load(c)) != NU_OK)
         return rc;
-    if (counter >= c->job.limit && !c->units.spare && !c->units.n_held)
+    if (counter >= c->job.limit && !pg_core_units_kept(c))
         return NU_ERR_LIMIT;
     atomic_store(&c->stop, PG_STOP_NONE);
     atomic_store(&c->holds, 0u);
@@ -802,6 +912,7 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
         stop = PG_STOP_TRAY_EMPTY;
     uint32_t counter = 0;
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
+    prod__inflight_end(c);
     prod__units_save(c);
     int kept = c->units.spare || c->units.n_held;
     pg__log(c, PG_LOG_INFO,

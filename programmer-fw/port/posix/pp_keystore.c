@@ -570,10 +570,11 @@ static int ks__blob_put(void *ctx, const char *name, const uint8_t *data, size_t
     int rc = r && !(old = malloc(old_len)) ? NU_ERR_NOMEM : NU_OK;
     if (rc == NU_OK && r)
         memcpy(old, r->data, old_len);
+    /* The reservation stays: the core writes a blob per chip (its in-flight
+     * record), and giving the units back here would cost a second write per
+     * chip for the next reservation. */
     if (rc == NU_OK)
         rc = ks__set(ks, KS__BLOB, name, data, len);
-    if (rc == NU_OK)
-        ks__release(ks); /* a write anyway: no reservation outlives it */
     if (rc == NU_OK && (rc = ks__save(ks)) != NU_OK)
         ks__set(ks, KS__BLOB, name, old, old_len);
     if (old) {

@@ -24,7 +24,8 @@
  * out, so a unit is always durable before use while the store is written once
  * per reservation, not per device. After a power cut the whole reservation
  * counts as spent (at most 1/64 of the limit wasted; never more than the
- * limit); pp_ks_close() and any other write give the unused units back.
+ * limit); pp_ks_close() gives the unused units back (blob writes keep the
+ * reservation: the core writes one per chip, its in-flight record).
  *
  * What the stand-in cannot do: a file cannot be monotonic. Someone who
  * copies keystore.bin aside and puts it back later rolls the counters back;

@@ -279,6 +279,22 @@ static int fake_device(struct fake *f, const char *job, uint8_t uid, int ok, uin
     return rc;
 }
 
+/* device.failed with the cloud's definite refusal `code` (e.g. QUOTA_EXHAUSTED). */
+static int fake_refused(struct fake *f, const char *job, uint8_t uid, int code)
+{
+    char topic[160];
+    uint8_t u[8] = {0x5e, 0x7e, uid};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    snprintf(topic, sizeof(topic), "nusec/v1/events/programmer/%s/device.failed", f->id);
+    int rc = sf_event(f->id, nu_time_ms() * 1000u + uid, "device.failed", job, u, sizeof(u), 0, 2,
+                      code, "cert.request", &buf, &len);
+    if (!rc)
+        rc = nu_mqtt_publish(f->m, topic, buf, len, 1, 0);
+    free(buf);
+    return rc;
+}
+
 /* ---- helpers -------------------------------------------------------------------------------- */
 
 static int make_pkg(const char *job, const char *prog, uint32_t limit, const char *name, char *path,
@@ -699,7 +715,7 @@ static void test_wait_follows_a_job_to_done(void)
     for (int i = 0; i < 200 && nu_test_sh("test -s %s/wait.rc", tmp); i++)
         usleep(50000);
     CU_ASSERT_TRUE(contains("wait.rc", "0"));
-    CU_ASSERT_TRUE(contains("wait.txt", "J3"));
+    CU_ASSERT_TRUE(contains("wait.txt", "J3: limit reached: 2 of 2 done"));
     CU_ASSERT_TRUE(contains("wait.txt", "done"));
     CU_ASSERT_TRUE(contains("wait.txt", "[########################]      2/2"));
     CU_ASSERT_EQUAL(status_until("J3",
@@ -737,6 +753,89 @@ static void test_two_jobs_on_one_programmer_run_one_after_the_other(void)
     CU_ASSERT_EQUAL(status_until("J5",
                                  "r[\"jobs\"][0][\"state\"]==\"done\" and "
                                  "r[\"jobs\"][0][\"done\"]==0",
+                                 5),
+                    0);
+}
+
+/* `production start --wait JOB` in the background into wait-JOB.txt / wait-JOB.rc. */
+static void wait_in_background(const char *job)
+{
+    CU_ASSERT_EQUAL(nu_test_sh("(" NUSEC " production start --job %s --wait --interval 1"
+                               " --timeout 30 --dir %s > %s/wait-%s.txt 2>&1; echo $? >"
+                               " %s/wait-%s.rc) &",
+                               job, dir, tmp, job, tmp, job),
+                    0);
+}
+
+static int wait_exit(const char *job)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "wait-%s.rc", job);
+    for (int i = 0; i < 300 && nu_test_sh("test -s %s/%s", tmp, name); i++)
+        usleep(50000);
+    char *t = slurp(name);
+    int rc = t ? atoi(t) : -1;
+    free(t);
+    return rc;
+}
+
+/* Issue 10: --wait ends with one line per final state and its documented
+ * exit code; production status --json names the same outcome. */
+static void test_wait_says_how_the_job_ended(void)
+{
+    char path[512];
+    const char *jobs[] = {"J6", "J7", "J8"};
+    for (int i = 0; i < 3; i++) {
+        char file[32];
+        snprintf(file, sizeof(file), "%s.nspkg", jobs[i]);
+        CU_ASSERT_EQUAL_FATAL(make_pkg(jobs[i], "prog-a", 3, file, path, sizeof(path)), NU_OK);
+        CU_ASSERT_EQUAL_FATAL(
+            nu_test_sh(NUSEC " package import %s --dir %s > /dev/null", path, dir), 0);
+    }
+    /* Tray empty: the programmer ran out of chips before its limit. */
+    size_t mark = fake_mark(&prog_a);
+    wait_in_background("J6");
+    CU_ASSERT_TRUE_FATAL(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J6", 8000) >= 0);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J6", 3, 0), NU_OK);
+    CU_ASSERT_EQUAL(fake_device(&prog_a, "J6", 61, 1, NULL, NULL), NU_OK);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J6", 3, 1), NU_OK);
+    CU_ASSERT_EQUAL(wait_exit("J6"), 4);
+    CU_ASSERT_TRUE(contains("wait-J6.txt", "J6: tray empty: 1 of 3 done, load blanks"));
+    CU_ASSERT_EQUAL(status_until("J6",
+                                 "r[\"jobs\"][0][\"outcome\"]==\"tray empty\" and "
+                                 "r[\"jobs\"][0][\"summary\"].startswith(\"tray empty: 1 of 3\")",
+                                 5),
+                    0);
+
+    /* Stopped by the operator while the programmer works. */
+    mark = fake_mark(&prog_a);
+    wait_in_background("J7");
+    CU_ASSERT_TRUE_FATAL(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J7", 8000) >= 0);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J7", 3, 0), NU_OK);
+    CU_ASSERT_EQUAL(fake_device(&prog_a, "J7", 71, 1, NULL, NULL), NU_OK);
+    usleep(300000);
+    CU_ASSERT_EQUAL(nu_test_sh(NUSEC " production stop --job J7 --dir %s > /dev/null", dir), 0);
+    CU_ASSERT_EQUAL(wait_exit("J7"), 5);
+    CU_ASSERT_TRUE(contains("wait-J7.txt", "J7: stopped by operator: 1 of 3 done"));
+    CU_ASSERT_EQUAL(status_until("J7", "r[\"jobs\"][0][\"outcome\"]==\"stopped\"", 5), 0);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J7", 3, 1), NU_OK);
+
+    /* The cloud refused for good: quota exhausted. */
+    mark = fake_mark(&prog_a);
+    wait_in_background("J8");
+    CU_ASSERT_TRUE_FATAL(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J8", 8000) >= 0);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J8", 3, 0), NU_OK);
+    CU_ASSERT_EQUAL(fake_device(&prog_a, "J8", 81, 1, NULL, NULL), NU_OK);
+    CU_ASSERT_EQUAL(fake_refused(&prog_a, "J8", 82, NU_ERR_QUOTA_EXHAUSTED), NU_OK);
+    usleep(300000);
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J8", 3, 2), NU_OK);
+    CU_ASSERT_EQUAL(wait_exit("J8"), 6);
+    CU_ASSERT_TRUE(
+        contains("wait-J8.txt", "J8: cloud refused: quota exhausted: 1 of 3 done, 1 chip failed"));
+    CU_ASSERT_EQUAL(status_until("J8",
+                                 "r[\"jobs\"][0][\"outcome\"]==\"cloud refused\" and "
+                                 "r[\"jobs\"][0][\"programmers\"][0][\"reason\"]=="
+                                 "\"QUOTA_EXHAUSTED\"",
                                  5),
                     0);
 }
@@ -912,11 +1011,11 @@ static void test_real_production_matches_the_ledger(void)
                                      " > %s/real-wait.txt 2>&1",
                                job, dir, tmp),
                     0);
-    CU_ASSERT_TRUE(contains("real-wait.txt", "done"));
+    CU_ASSERT_TRUE(contains("real-wait.txt", ": limit reached: 8 of 8 done"));
     char cond[256];
     snprintf(cond, sizeof(cond),
              "r[\"jobs\"][0][\"state\"]==\"done\" and r[\"jobs\"][0][\"done\"]==8 and "
-             "r[\"jobs\"][0][\"failed\"]==0");
+             "r[\"jobs\"][0][\"failed\"]==0 and r[\"jobs\"][0][\"outcome\"]==\"limit reached\"");
     CU_ASSERT_EQUAL(status_until(job, cond, 5), 0);
     /* What the station and the monitor saw is what the ledger holds. */
     usleep(500000);
@@ -948,7 +1047,9 @@ static void test_real_production_matches_the_ledger(void)
                                " report --job %s --json --dir %s | python3 -c 'import json,sys;"
                                " r=json.load(sys.stdin); assert r[\"issued\"]==8 and"
                                " r[\"provisioned\"]==8 and r[\"failed\"]==0 and"
-                               " sum(p[\"issued\"] for p in r[\"programmers\"])==8, r'",
+                               " sum(p[\"issued\"] for p in r[\"programmers\"])==8 and"
+                               " r[\"outcome\"]==\"limit reached\" and"
+                               " r[\"summary\"]==\"limit reached: 8 of 8 done\", r'",
                                job, dir),
                     0);
 }
@@ -1054,6 +1155,8 @@ int main(int argc, char **argv)
         {"--wait follows a job to done", test_wait_follows_a_job_to_done},
         {"two jobs on one programmer run one after the other",
          test_two_jobs_on_one_programmer_run_one_after_the_other},
+        {"--wait says how the job ended (tray empty 4, stopped 5, cloud refused 6)",
+         test_wait_says_how_the_job_ended},
         {"no command to a programmer the station does not own",
          test_station_cannot_command_a_programmer_it_does_not_own},
         {"a failed stack up leaves nothing running", test_failed_stack_up_leaves_nothing_running},

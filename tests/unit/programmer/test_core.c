@@ -233,6 +233,42 @@ static void test_keyed_chip_resumed_after_crash(void)
     rig_teardown(&R);
 }
 
+/* Issue 10: a programmer killed (no clean end, nothing saved) while its
+ * chip waits for the certificate. The restarted programmer finishes that
+ * chip with the unit it took (its in-flight record in the KeyStore) and the
+ * same idempotency key: no second unit, even at the limit, and the chips
+ * behind it stay blank. */
+static void test_kill9_mid_chip_resumes_without_a_unit(void)
+{
+    RIG_UP("prog-kill9", 1);
+    load_package(1);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    R.fc.drop_cert_replies = 100;
+    R.fc.stop_after = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_ERR_STATE); /* waiting when killed */
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    CU_ASSERT_EQUAL(counter(), 1);
+    rig_crash(&R); /* no pg_core_production_end: nothing kept but the KeyStore */
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    R.fc.drop_cert_replies = 0;
+    R.fc.stop_after = 0;
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_LIMIT);
+    CU_ASSERT_EQUAL(R.fc.issued, 1); /* the same certificate, answered again */
+    CU_ASSERT_EQUAL(counter(), 1);   /* no unit burned by the kill */
+    CU_ASSERT_EQUAL(pg_core_units_kept(R.core), 0);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 1);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.failed", -1), 0);
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 1); /* the half-done chip completed */
+    CU_ASSERT_EQUAL(c.locked, 1);
+    CU_ASSERT_EQUAL(c.chips - c.locked, c.blank); /* every other chip still blank */
+    rig_teardown(&R);
+}
+
 /* Item 5: a paused job stops the line; the chip waits in its socket with its
  * unit and is finished when production starts again. */
 static void test_paused_job_keeps_the_chip(void)
@@ -701,6 +737,7 @@ static const struct nu_test_case liveness_cases[] = {
     {"a locked chip with its certificate is recognised as done", test_locked_chip_recognised},
     {"a keyed chip is resumed after a crash (same certificate)", test_keyed_chip_resumed_after_crash},
     {"a paused job keeps the chip for later", test_paused_job_keeps_the_chip},
+    {"kill -9 mid-chip: the restart finishes it with its unit", test_kill9_mid_chip_resumes_without_a_unit},
     {"device reports confirmed, journaled across a restart, recorded once", test_reports_confirmed_and_journaled},
     {NULL, NULL},
 };

@@ -126,6 +126,33 @@ static void test_report_fits_width(void)
     }
 }
 
+/* The words and exit codes every view shares (README "production start"). */
+static void test_outcome_words(void)
+{
+    char line[160];
+    station_outcome_line(STATION_OUTCOME_LIMIT, 16, 16, 0, NULL, line, sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, "limit reached: 16 of 16 done");
+    station_outcome_line(STATION_OUTCOME_TRAY_EMPTY, 12, 16, 1, NULL, line, sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line,
+                           "tray empty: 12 of 16 done, 1 chip failed, load blanks and start again");
+    station_outcome_line(STATION_OUTCOME_STOPPED, 3, 16, 0, "ignored", line, sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, "stopped by operator: 3 of 16 done");
+    station_outcome_line(STATION_OUTCOME_REFUSED, 14, 16, 2, "QUOTA_EXHAUSTED", line,
+                         sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, "cloud refused: quota exhausted: 14 of 16 done, 2 chips failed");
+    station_outcome_line(STATION_OUTCOME_FAILED, 0, 8, 0, "EXPIRED: the package expired", line,
+                         sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, "failed: EXPIRED: the package expired: 0 of 8 done");
+    CU_ASSERT_STRING_EQUAL(station_outcome_name(STATION_OUTCOME_TRAY_EMPTY), "tray empty");
+    CU_ASSERT_STRING_EQUAL(station_outcome_name(STATION_OUTCOME_REFUSED), "cloud refused");
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_LIMIT), 0);
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_FAILED), 1);
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_TRAY_EMPTY), 4);
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_STOPPED), 5);
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_REFUSED), 6);
+    CU_ASSERT_EQUAL(station_outcome_exit(STATION_OUTCOME_RUNNING), 7);
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -135,6 +162,7 @@ int main(void)
         {"bar", test_bar},
         {"duration", test_duration},
         {"report fits the width", test_report_fits_width},
+        {"outcome words and exit codes", test_outcome_words},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {
