@@ -115,12 +115,20 @@ cut_at() {
     kill -USR1 "$relay_pid"
     t_cut=$(now_ms)
     status_says_cut || { echo "  status never said 'cloud unreachable since'"; ok=1; }
-    # Chips in flight when the cut was noticed may still be keyed; give them
-    # a moment, then nothing new may be touched until the restore.
+    # Chips in flight when the cut was noticed may still be keyed, and
+    # requests the cloud took in before the cut may still commit (its work
+    # queue drains into the ledger; the replies wait). Wait until the count
+    # settles; from then on nothing new may be touched until the restore.
     sleep 2
-    local before after
-    before=$(touched)
+    local before after settled
     n0=$(certs)
+    for _ in $(seq 20); do
+        sleep 0.5
+        settled=$(certs)
+        [[ $settled -eq $n0 ]] && break
+        n0=$settled
+    done
+    before=$(touched)
     local left=$(($2 * 1000 - ($(now_ms) - t_cut)))
     ((left > 0)) && sleep "$(python3 -c "print($left / 1000)")"
     after=$(touched)
