@@ -137,7 +137,11 @@ cut_at() {
         comm -13 <(echo "$before") <(echo "$after") | sed 's/^/    /'
         ok=1
     fi
-    [[ $(certs) -eq $n0 ]] || { echo "  certificates issued while cut?"; ok=1; }
+    # A request the cloud took in before the cut may still commit during it
+    # (its reply waits out a PUBACK timeout per request, so the queue drains
+    # slowly): fine, the chip was in flight and gets it by RESEND. A
+    # certificate for a chip not started before the cut is not.
+    [[ $(certs) -le $(wc -l <<<"$before") ]] || { echo "  certificates for chips started while cut"; ok=1; }
     kill -USR2 "$relay_pid"
     t_up=$(now_ms)
     outage+=("$(python3 -c "print(f'{($t_up - $t_cut) / 1000:.1f}')")")
