@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "cli_opts.h"
 #include "cli_site.h"
+#include "site_bundle.h"
 #include "pki_init.h"
 
 #include "broker_conf_template.h"
@@ -30,10 +31,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SITE__MAGIC "nusec-site 1"
-#define SITE__ENTRIES_MAX 24
-#define SITE__ENTRY_MAX (4u * 1024u * 1024u + 65536u) /* the boot manifest is the largest */
-#define SITE__FILE_MAX (8u * 1024u * 1024u)
 #define SITE__TOKEN_BYTES 32
 #define SITE__DAY 86400
 #define SITE__LEAF_DAYS 825
@@ -71,171 +68,6 @@ static int site__name_ok(const char *s)
             return 0;
     }
     return 1;
-}
-
-/* ---- the crossing file: named entries, length-prefixed ------------------------------- */
-
-struct site__entry {
-    char name[64];
-    uint8_t *data;
-    size_t len;
-};
-
-struct site__bundle {
-    struct site__entry e[SITE__ENTRIES_MAX];
-    size_t n;
-};
-
-static void site__bundle_free(struct site__bundle *b)
-{
-    for (size_t i = 0; i < b->n; i++) {
-        nu_zero(b->e[i].data, b->e[i].len); /* a token may be among them */
-        free(b->e[i].data);
-    }
-    b->n = 0;
-}
-
-/* Entry names: [a-z0-9._/-], no "..", no leading '/'. */
-static int site__entry_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n >= 64 || s[0] == '/' || strstr(s, ".."))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-' || c == '/'))
-            return 0;
-    }
-    return 1;
-}
-
-/* Add a copy of data[len] (NUL-terminated in memory too, for text entries). */
-static int site__put(struct site__bundle *b, const char *name, const void *data, size_t len)
-{
-    if (b->n == SITE__ENTRIES_MAX || !site__entry_name_ok(name) || len > SITE__ENTRY_MAX)
-        return NU_ERR_INVALID_ARG;
-    uint8_t *copy = malloc(len + 1);
-    if (!copy)
-        return NU_ERR_NOMEM;
-    memcpy(copy, data, len);
-    copy[len] = '\0';
-    struct site__entry *e = &b->e[b->n++];
-    snprintf(e->name, sizeof(e->name), "%s", name);
-    e->data = copy;
-    e->len = len;
-    return NU_OK;
-}
-
-static int site__put_str(struct site__bundle *b, const char *name, const char *text)
-{
-    return site__put(b, name, text, strlen(text));
-}
-
-/* Add a file's bytes as entry `name`; NOT_FOUND is passed on (callers decide). */
-static int site__put_file(struct site__bundle *b, const char *name, const char *path)
-{
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int rc = nu_file_read(path, SITE__ENTRY_MAX, &buf, &len);
-    if (rc == NU_OK)
-        rc = site__put(b, name, buf, len);
-    free(buf);
-    return rc;
-}
-
-static const struct site__entry *site__get(const struct site__bundle *b, const char *name)
-{
-    for (size_t i = 0; i < b->n; i++) {
-        if (strcmp(b->e[i].name, name) == 0)
-            return &b->e[i];
-    }
-    return NULL;
-}
-
-/* A text entry without newline or NUL inside, trailing newline cut, into out[cap]. */
-static int site__get_line(const struct site__bundle *b, const char *name, char *out, size_t cap)
-{
-    const struct site__entry *e = site__get(b, name);
-    if (!e)
-        return NU_ERR_NOT_FOUND;
-    size_t n = e->len;
-    while (n && (e->data[n - 1] == '\n' || e->data[n - 1] == '\r'))
-        n--;
-    if (n >= cap || memchr(e->data, '\n', n) || memchr(e->data, '\0', n))
-        return NU_ERR_DECODE;
-    memcpy(out, e->data, n);
-    out[n] = '\0';
-    return NU_OK;
-}
-
-static int site__bundle_write(const struct site__bundle *b, const char *path, mode_t mode)
-{
-    size_t cap = 64;
-    for (size_t i = 0; i < b->n; i++)
-        cap += b->e[i].len + 96;
-    char *buf = malloc(cap);
-    if (!buf)
-        return NU_ERR_NOMEM;
-    size_t used = (size_t)snprintf(buf, cap, "%s\n", SITE__MAGIC);
-    for (size_t i = 0; i < b->n; i++) {
-        used +=
-            (size_t)snprintf(buf + used, cap - used, "file %s %zu\n", b->e[i].name, b->e[i].len);
-        memcpy(buf + used, b->e[i].data, b->e[i].len);
-        used += b->e[i].len;
-        buf[used++] = '\n';
-    }
-    used += (size_t)snprintf(buf + used, cap - used, "end %zu\n", b->n);
-    int rc = nu_file_write_atomic(path, buf, used, mode);
-    nu_zero(buf, used);
-    free(buf);
-    return rc;
-}
-
-/* Parse an untrusted crossing file; anything unexpected is DECODE. */
-static int site__bundle_read(const char *path, struct site__bundle *b)
-{
-    uint8_t *buf = NULL;
-    size_t len = 0, off = 0;
-    memset(b, 0, sizeof(*b));
-    int rc = nu_file_read(path, SITE__FILE_MAX, &buf, &len);
-    if (rc)
-        return rc;
-    rc = NU_ERR_DECODE;
-    size_t magic = strlen(SITE__MAGIC);
-    if (len < magic + 1 || memcmp(buf, SITE__MAGIC "\n", magic + 1) != 0)
-        goto out;
-    off = magic + 1;
-    for (;;) {
-        char line[128], name[64];
-        const uint8_t *nl = memchr(buf + off, '\n', len - off);
-        size_t n = nl ? (size_t)(nl - (buf + off)) : 0, elen = 0;
-        if (!nl || n >= sizeof(line))
-            goto out;
-        memcpy(line, buf + off, n);
-        line[n] = '\0';
-        off += n + 1;
-        size_t count = 0;
-        char tail;
-        if (sscanf(line, "end %zu%c", &count, &tail) == 1) {
-            if (count == b->n && off == len)
-                rc = NU_OK;
-            goto out;
-        }
-        if (sscanf(line, "file %63s %zu%c", name, &elen, &tail) != 2 || elen > SITE__ENTRY_MAX ||
-            elen + 1 > len - off || buf[off + elen] != '\n' || site__get(b, name))
-            goto out;
-        if (site__put(b, name, buf + off, elen) != NU_OK)
-            goto out;
-        off += elen + 1;
-    }
-out:
-    if (buf)
-        nu_zero(buf, len);
-    free(buf);
-    if (rc)
-        site__bundle_free(b);
-    return rc;
 }
 
 /* ---- small file helpers ------------------------------------------------------------------ */
@@ -300,7 +132,7 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
     char folder[PATH_MAX], path[PATH_MAX], token[2 * SITE__TOKEN_BYTES + 1], hex[65];
     uint8_t raw[SITE__TOKEN_BYTES], digest[NU_SHA256_LEN], *ep = NULL;
     size_t ep_len = 0;
-    struct site__bundle b = {0};
+    struct site_bundle b = {0};
     char endpoint[300];
     if (!site__name_ok(name)) {
         site__say("add", "'%s' is not a site name ([A-Za-z0-9._-]{1,64}, not a role name)",
@@ -352,14 +184,14 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
     if (!rc) /* only the hash stays at the OEM: the token itself is in the file that crosses */
         rc = site__write_text(path, hex, 0600);
     if (!rc)
-        rc = site__put_str(&b, "site", name);
+        rc = site_bundle_put_str(&b, "site", name);
     if (!rc)
-        rc = site__put_str(&b, "token", token);
+        rc = site_bundle_put_str(&b, "token", token);
     if (!rc)
-        rc = site__put_str(&b, "cloud", endpoint);
+        rc = site_bundle_put_str(&b, "cloud", endpoint);
     if (!rc)
-        rc = site__bundle_write(&b, enrol_path, 0600);
-    site__bundle_free(&b);
+        rc = site_bundle_write(&b, enrol_path, 0600);
+    site_bundle_free(&b);
     nu_zero(token, sizeof(token));
     nu_zero(raw, sizeof(raw));
     if (rc)
@@ -372,7 +204,7 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
 /* ---- CM: site join ------------------------------------------------------------------------- */
 
 /* A software key made here (0600) and its CSR (PEM) as entry `entry`. */
-static int site__key_csr(struct site__bundle *b, const char *entry, const char *key_path,
+static int site__key_csr(struct site_bundle *b, const char *entry, const char *key_path,
                          const char *cn, const char *ou)
 {
     struct nu_p256_key *key = NULL;
@@ -390,7 +222,7 @@ static int site__key_csr(struct site__bundle *b, const char *entry, const char *
     if (!rc)
         rc = nu_p256_key_save_pem(key, key_path);
     if (!rc)
-        rc = site__put(b, entry, pem, pem_len);
+        rc = site_bundle_put(b, entry, pem, pem_len);
     free(pem);
     free(der);
     nu_p256_key_destroy(key);
@@ -425,7 +257,7 @@ int site_join(const char *dir, const char *enrol_path, const char *host, int por
               const char *request_path)
 {
     char name[80], token[128], cloud[300], path[PATH_MAX], conf[800];
-    struct site__bundle in = {0}, out = {0};
+    struct site_bundle in = {0}, out = {0};
     int rc = site__cm_path(dir, "site.conf", path, sizeof(path));
     if (rc)
         return rc;
@@ -433,13 +265,13 @@ int site_join(const char *dir, const char *enrol_path, const char *host, int por
         site__say("join", "%s has joined a site already (%s); nothing changed", dir, path);
         return NU_ERR_EXISTS;
     }
-    if ((rc = site__bundle_read(enrol_path, &in))) {
+    if ((rc = site_bundle_read(enrol_path, &in))) {
         site__say("join", "%s is not a site enrolment file: %s", enrol_path, nu_err_name(rc));
         return rc;
     }
-    if ((rc = site__get_line(&in, "site", name, sizeof(name))) ||
-        (rc = site__get_line(&in, "token", token, sizeof(token))) ||
-        (rc = site__get_line(&in, "cloud", cloud, sizeof(cloud))) || !site__name_ok(name)) {
+    if ((rc = site_bundle_get_line(&in, "site", name, sizeof(name))) ||
+        (rc = site_bundle_get_line(&in, "token", token, sizeof(token))) ||
+        (rc = site_bundle_get_line(&in, "cloud", cloud, sizeof(cloud))) || !site__name_ok(name)) {
         site__say("join", "%s lacks a site name, token or cloud address", enrol_path);
         rc = NU_ERR_DECODE;
         goto out;
@@ -455,21 +287,22 @@ int site_join(const char *dir, const char *enrol_path, const char *host, int por
         (rc = nu_paths_get(dir, NU_PATH_BROKER_KEY, broker_key, sizeof(broker_key))))
         goto out;
     /* Three keys born here; only their CSRs cross. */
-    if ((rc = site__put_str(&out, "site", name)) || (rc = site__put_str(&out, "token", token)) ||
-        (rc = site__put_str(&out, "broker-host", host)) ||
+    if ((rc = site_bundle_put_str(&out, "site", name)) ||
+        (rc = site_bundle_put_str(&out, "token", token)) ||
+        (rc = site_bundle_put_str(&out, "broker-host", host)) ||
         (rc = site__key_csr(&out, "csr/station.pem", station_key, name, NU_ROLE_STATION)) ||
         (rc = site__key_csr(&out, "csr/site.pem", bridge_key, name, "site")) ||
         (rc = site__key_csr(&out, "csr/broker.pem", broker_key, name, NU_ROLE_BROKER)))
         goto out;
-    if ((rc = site__bundle_write(&out, request_path, 0600)))
+    if ((rc = site_bundle_write(&out, request_path, 0600)))
         goto out;
     snprintf(conf, sizeof(conf), "name %s\nhost %s\nport %s\ncloud %s\n", name, host, port_text,
              cloud);
     rc = site__write_text(path, conf, 0644);
 out:
     nu_zero(token, sizeof(token));
-    site__bundle_free(&in);
-    site__bundle_free(&out);
+    site_bundle_free(&in);
+    site_bundle_free(&out);
     if (rc && rc != NU_ERR_EXISTS)
         site__say("join", "%s", nu_err_str(rc));
     return rc;
@@ -564,11 +397,11 @@ static void site__ca_org(const struct site__ca *ca, char *out, size_t cap)
  * site name, OU = `role`) as a leaf of the Fleet CA into cert_path.
  * BAD_CSR when the CSR asks for anything else.
  */
-static int site__sign_one(const struct site__ca *ca, const struct site__bundle *req,
+static int site__sign_one(const struct site__ca *ca, const struct site_bundle *req,
                           const char *entry, const char *name, const char *role, const char *host,
                           const char *cert_path)
 {
-    const struct site__entry *e = site__get(req, entry);
+    const struct site_bundle_entry *e = site_bundle_get(req, entry);
     struct nu_x509_csr_info csr;
     uint8_t *der = NULL, *cert = NULL;
     size_t der_len = 0, cert_len = 0;
@@ -740,16 +573,16 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     char name[80] = "", token[128], host[256], path[PATH_MAX], hex[65], stored[80];
     uint8_t digest[NU_SHA256_LEN], *want = NULL;
     size_t want_len = 0;
-    struct site__bundle req = {0};
+    struct site_bundle req = {0};
     struct site__ca ca = {0};
-    int rc = site__bundle_read(request_path, &req);
+    int rc = site_bundle_read(request_path, &req);
     if (rc) {
         site__say("sign", "%s is not a site join request: %s", request_path, nu_err_name(rc));
         return rc;
     }
-    if (site__get_line(&req, "site", name, sizeof(name)) || !site__name_ok(name) ||
-        site__get_line(&req, "token", token, sizeof(token)) ||
-        site__get_line(&req, "broker-host", host, sizeof(host)) || !host[0]) {
+    if (site_bundle_get_line(&req, "site", name, sizeof(name)) || !site__name_ok(name) ||
+        site_bundle_get_line(&req, "token", token, sizeof(token)) ||
+        site_bundle_get_line(&req, "broker-host", host, sizeof(host)) || !host[0]) {
         site__say("sign", "%s lacks a site name, token or broker host", request_path);
         rc = NU_ERR_DECODE;
         goto out;
@@ -821,7 +654,7 @@ out:
     site__ca_close(&ca);
     nu_zero(token, sizeof(token));
     free(want);
-    site__bundle_free(&req);
+    site_bundle_free(&req);
     if (rc && rc != NU_ERR_TOKEN)
         site__say("sign", "%s: %s (%s)", request_path, nu_err_str(rc), nu_err_name(rc));
     return rc;
@@ -934,13 +767,13 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
         {NU_PATH_ROTPK, "firmware/rotpk.pem", 0},
     };
     char path[PATH_MAX], endpoint[300] = "";
-    struct site__bundle b = {0};
+    struct site_bundle b = {0};
     char *owners = NULL;
-    int rc = site__put_str(&b, "site", name);
+    int rc = site_bundle_put_str(&b, "site", name);
     for (size_t i = 0; !rc && i < sizeof(pub) / sizeof(pub[0]); i++) {
         rc = nu_paths_get(dir, pub[i].kind, path, sizeof(path));
         if (!rc)
-            rc = site__put_file(&b, pub[i].entry, path);
+            rc = site_bundle_put_file(&b, pub[i].entry, path);
         if (rc == NU_ERR_NOT_FOUND && pub[i].optional)
             rc = NU_OK;
     }
@@ -950,17 +783,17 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
         snprintf(entry, sizeof(entry), "certs/%s", certs[i]);
         rc = site__oem_path(dir, name, certs[i], path, sizeof(path));
         if (!rc)
-            rc = site__put_file(&b, entry, path);
+            rc = site_bundle_put_file(&b, entry, path);
     }
     if (!rc) { /* the programmers' boot manifest, once the OEM has signed one */
         rc = nu_path_fmt(path, sizeof(path), "%s/programmers/boot-manifest.img", dir);
         if (!rc && nu_path_exists(path))
-            rc = site__put_file(&b, "programmers/boot-manifest.img", path);
+            rc = site_bundle_put_file(&b, "programmers/boot-manifest.img", path);
     }
     if (!rc)
         rc = site__owners_of_site(dir, name, &owners);
     if (!rc)
-        rc = site__put_str(&b, "owners", owners);
+        rc = site_bundle_put_str(&b, "owners", owners);
     if (!rc) {
         uint8_t *ep = NULL;
         size_t ep_len = 0;
@@ -971,11 +804,11 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
         free(ep);
     }
     if (!rc && endpoint[0])
-        rc = site__put_str(&b, "cloud", endpoint);
+        rc = site_bundle_put_str(&b, "cloud", endpoint);
     if (!rc)
-        rc = site__bundle_write(&b, bundle_path, 0644);
+        rc = site_bundle_write(&b, bundle_path, 0644);
     free(owners);
-    site__bundle_free(&b);
+    site_bundle_free(&b);
     if (rc)
         site__say("export", "%s: %s (%s)", name, nu_err_str(rc), nu_err_name(rc));
     return rc;
@@ -984,7 +817,7 @@ int site_export(const char *dir, const char *name, const char *bundle_path)
 /* ---- CM: site init: install the bundle, write the site broker's configuration ------------- */
 
 /* Bundle entry -> the CM's file for it. The keys made by join are never overwritten. */
-static int site__install(const char *dir, const char *name, const struct site__bundle *b)
+static int site__install(const char *dir, const char *name, const struct site_bundle *b)
 {
     static const char *const plain[] = {
         "pki/root-ca.pem",    "pki/fleet-ca.pem",     "pki/device-ca.pem",
@@ -994,7 +827,7 @@ static int site__install(const char *dir, const char *name, const struct site__b
     char path[PATH_MAX];
     int rc = NU_OK;
     for (size_t i = 0; !rc && i < sizeof(plain) / sizeof(plain[0]); i++) {
-        const struct site__entry *e = site__get(b, plain[i]);
+        const struct site_bundle_entry *e = site_bundle_get(b, plain[i]);
         if (!e)
             continue;
         rc = nu_path_fmt(path, sizeof(path), "%s/%s", dir, plain[i]);
@@ -1006,7 +839,7 @@ static int site__install(const char *dir, const char *name, const struct site__b
         int kind; /* 0 station client, 1 bridge, 2 broker server */
     } certs[] = {{"certs/station.crt", 0}, {"certs/site.crt", 1}, {"certs/broker.crt", 2}};
     for (size_t i = 0; !rc && i < 3; i++) {
-        const struct site__entry *e = site__get(b, certs[i].entry);
+        const struct site_bundle_entry *e = site_bundle_get(b, certs[i].entry);
         if (!e) {
             rc = NU_ERR_DECODE;
             break;
@@ -1017,7 +850,7 @@ static int site__install(const char *dir, const char *name, const struct site__b
         if (!rc)
             rc = nu_file_write_atomic(path, e->data, e->len, 0644);
     }
-    const struct site__entry *owners = site__get(b, "owners");
+    const struct site_bundle_entry *owners = site_bundle_get(b, "owners");
     if (!rc && owners && !(rc = nu_paths_get(dir, NU_PATH_BROKER_OWNERS, path, sizeof(path))))
         rc = nu_file_write_atomic(path, owners->data, owners->len, 0644);
     if (!rc && !(rc = nu_paths_get(dir, NU_PATH_BROKER_REVOKED, path, sizeof(path))) &&
@@ -1203,17 +1036,17 @@ int site_broker_conf(const char *dir)
 int site_init(const char *dir, const char *bundle_path)
 {
     char name[80], bname[80];
-    struct site__bundle b = {0};
+    struct site_bundle b = {0};
     int rc = site_name(dir, name, sizeof(name));
     if (rc) {
         site__say("init", "%s has not joined a site (run `nusec site join` first)", dir);
         return rc;
     }
-    if ((rc = site__bundle_read(bundle_path, &b))) {
+    if ((rc = site_bundle_read(bundle_path, &b))) {
         site__say("init", "%s is not a site bundle: %s", bundle_path, nu_err_name(rc));
         return rc;
     }
-    if (site__get_line(&b, "site", bname, sizeof(bname)) || strcmp(bname, name) != 0) {
+    if (site_bundle_get_line(&b, "site", bname, sizeof(bname)) || strcmp(bname, name) != 0) {
         site__say("init", "%s is not site %s's bundle", bundle_path, name);
         rc = NU_ERR_INVALID_ARG;
         goto out;
@@ -1224,7 +1057,7 @@ int site_init(const char *dir, const char *bundle_path)
     if (rc)
         site__say("init", "%s: %s (%s)", dir, nu_err_str(rc), nu_err_name(rc));
 out:
-    site__bundle_free(&b);
+    site_bundle_free(&b);
     return rc;
 }
 
@@ -1317,11 +1150,11 @@ static int site__cmd_join(int argc, char **argv)
     if (!(dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
     if (!out) {
-        struct site__bundle b = {0};
-        if (site__bundle_read(enrol, &b) || site__get_line(&b, "site", name, sizeof(name)) ||
+        struct site_bundle b = {0};
+        if (site_bundle_read(enrol, &b) || site_bundle_get_line(&b, "site", name, sizeof(name)) ||
             !site__name_ok(name))
             snprintf(name, sizeof(name), "site");
-        site__bundle_free(&b);
+        site_bundle_free(&b);
         snprintf(def, sizeof(def), "%s.join", name);
         out = def;
     }
@@ -1356,11 +1189,11 @@ static int site__cmd_sign(int argc, char **argv)
     if (!(dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
     if (!out) {
-        struct site__bundle b = {0};
-        if (site__bundle_read(req, &b) || site__get_line(&b, "site", name, sizeof(name)) ||
+        struct site_bundle b = {0};
+        if (site_bundle_read(req, &b) || site_bundle_get_line(&b, "site", name, sizeof(name)) ||
             !site__name_ok(name))
             snprintf(name, sizeof(name), "site");
-        site__bundle_free(&b);
+        site_bundle_free(&b);
         snprintf(def, sizeof(def), "%s.bundle", name);
         out = def;
     }
