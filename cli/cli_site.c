@@ -1135,11 +1135,26 @@ static const char site__join_usage[] =
     "\n"
     "Exit status: 0 done, 1 failed, 2 usage, 3 DIR has joined a site already.\n";
 
+/* The default output of a command reading crossing file `in`: "NAME.ext"
+ * for the site `in` names ("site.ext" when it names none or is unreadable:
+ * the command itself then reports why). */
+static const char *site__default_out(const char *in, const char *ext, char *def, size_t cap)
+{
+    char name[80];
+    struct site_bundle b = {0};
+    if (site_bundle_read(in, &b) || site_bundle_get_line(&b, "site", name, sizeof(name)) ||
+        !site__name_ok(name))
+        snprintf(name, sizeof(name), "site");
+    site_bundle_free(&b);
+    snprintf(def, cap, "%s.%s", name, ext);
+    return def;
+}
+
 static int site__cmd_join(int argc, char **argv)
 {
     const char *dir = NULL, *host = "127.0.0.1", *out = NULL, *enrol = NULL;
     unsigned port = 0;
-    char def[PATH_MAX], name[80];
+    char def[PATH_MAX];
     const struct cli_opt opts[] = {CLI_OPT_STR("dir", &dir), CLI_OPT_STR("host", &host),
                                    CLI_OPT_NUM("port", &port, 1, 65535), CLI_OPT_STR("out", &out)};
     int rc = cli_opts_parse(argc, argv, site__join_usage, opts, CLI_OPTS_N(opts));
@@ -1149,15 +1164,8 @@ static int site__cmd_join(int argc, char **argv)
         return rc;
     if (!(dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
-    if (!out) {
-        struct site_bundle b = {0};
-        if (site_bundle_read(enrol, &b) || site_bundle_get_line(&b, "site", name, sizeof(name)) ||
-            !site__name_ok(name))
-            snprintf(name, sizeof(name), "site");
-        site_bundle_free(&b);
-        snprintf(def, sizeof(def), "%s.join", name);
-        out = def;
-    }
+    if (!out)
+        out = site__default_out(enrol, "join", def, sizeof(def));
     rc = site_join(dir, enrol, host, (int)port, out);
     if (!rc)
         printf("joined; give %s to the OEM (CSRs only, no key)\n", out);
@@ -1179,7 +1187,7 @@ static const char site__sign_usage[] =
 static int site__cmd_sign(int argc, char **argv)
 {
     const char *dir = NULL, *out = NULL, *req = NULL;
-    char def[PATH_MAX], name[80];
+    char def[PATH_MAX];
     const struct cli_opt opts[] = {CLI_OPT_STR("dir", &dir), CLI_OPT_STR("out", &out)};
     int rc = cli_opts_parse(argc, argv, site__sign_usage, opts, CLI_OPTS_N(opts));
     if (rc)
@@ -1188,15 +1196,8 @@ static int site__cmd_sign(int argc, char **argv)
         return rc;
     if (!(dir = cli_state_dir(dir)))
         return CLI_EXIT_USAGE;
-    if (!out) {
-        struct site_bundle b = {0};
-        if (site_bundle_read(req, &b) || site_bundle_get_line(&b, "site", name, sizeof(name)) ||
-            !site__name_ok(name))
-            snprintf(name, sizeof(name), "site");
-        site_bundle_free(&b);
-        snprintf(def, sizeof(def), "%s.bundle", name);
-        out = def;
-    }
+    if (!out)
+        out = site__default_out(req, "bundle", def, sizeof(def));
     rc = site_sign(dir, req, out);
     return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 }
