@@ -130,13 +130,33 @@ static int enroll__apply(const uint8_t *old, size_t old_len, const struct enroll
 }
 
 /*
+ * Take the exclusive lock on list `path`'s side file (*out_fd: the caller
+ * closes it to release, also on failure when >= 0) and read the list as it
+ * is under that lock (absent = empty). Every writer of a list file goes
+ * through here, so two agents or workers never lose each other's lines.
+ */
+static int enroll__list_lock_read(const char *path, int *out_fd, uint8_t **out, size_t *out_len)
+{
+    char lock[PATH_MAX + 8];
+    *out_fd = -1;
+    int rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
+    if (rc)
+        return rc;
+    *out_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*out_fd < 0 || flock(*out_fd, LOCK_EX) != 0)
+        return errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
+    rc = nu_file_read(path, ENROLL__LIST_MAX, out, out_len);
+    return rc == NU_ERR_NOT_FOUND ? NU_OK : rc;
+}
+
+/*
  * Rewrite DIR/broker/<kind> atomically under an exclusive lock on a side
  * file, so two agents (or two workers) never lose each other's lines. The
  * plugin reads the file after every change: only well-formed lines may go in.
  */
 static int enroll__list_edit(const char *dir, enum nu_path_kind kind, const struct enroll__edit *e)
 {
-    char path[PATH_MAX], lock[PATH_MAX + 8];
+    char path[PATH_MAX];
     uint8_t *old = NULL;
     size_t old_len = 0, new_len = 0;
     char *buf = NULL;
@@ -144,18 +164,9 @@ static int enroll__list_edit(const char *dir, enum nu_path_kind kind, const stru
     mode_t mode = 0644;
     struct stat st;
     int rc = nu_paths_get(dir, kind, path, sizeof(path));
-    if (!rc)
-        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
     if (rc)
         return rc;
-    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || flock(fd, LOCK_EX) != 0) {
-        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
-        goto out;
-    }
-    rc = nu_file_read(path, ENROLL__LIST_MAX, &old, &old_len);
-    if (rc == NU_ERR_NOT_FOUND)
-        rc = NU_OK;
+    rc = enroll__list_lock_read(path, &fd, &old, &old_len);
     if (!rc && stat(path, &st) == 0)
         mode = st.st_mode & 0777;
     size_t cap = old_len + 1 + e->n_add * (2 * CLOUD_ID_MAX + 2);
@@ -165,7 +176,6 @@ static int enroll__list_edit(const char *dir, enum nu_path_kind kind, const stru
         rc = enroll__apply(old, old_len, e, buf, cap, &new_len, &changed);
     if (!rc && changed)
         rc = nu_file_write_atomic(path, buf, new_len, mode);
-out:
     if (fd >= 0)
         close(fd); /* releases the lock */
     free(buf);
@@ -487,24 +497,15 @@ static int enroll__fw_revoked(const struct cloud *cloud, const char *hex)
 /* Add hex to the list (already there: nothing to do). */
 static int enroll__fw_revoke_add(const struct cloud *cloud, const char *hex)
 {
-    char path[PATH_MAX], lock[PATH_MAX + 8];
+    char path[PATH_MAX];
     uint8_t *old = NULL;
     char *buf = NULL;
     size_t old_len = 0;
     int fd = -1;
     int rc = enroll__fw_path(cloud, path, sizeof(path));
-    if (!rc)
-        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
     if (rc)
         return rc;
-    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || flock(fd, LOCK_EX) != 0) {
-        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
-        goto out;
-    }
-    rc = nu_file_read(path, ENROLL__LIST_MAX, &old, &old_len);
-    if (rc == NU_ERR_NOT_FOUND)
-        rc = NU_OK;
+    rc = enroll__list_lock_read(path, &fd, &old, &old_len);
     if (rc || enroll__fw_listed(old, old_len, hex))
         goto out;
     size_t need = old_len + 1 + strlen(hex) + 1;
