@@ -1029,13 +1029,15 @@ static int stack__stop_group(const struct stack *s, const struct stack__svc *svc
 
 static int stack__down_all(const struct stack *s);
 
-/* The sites' stacks (DIR/cm/NAME with a run folder) go down before the OEM's. */
-static int stack__down_sites(const struct stack *s)
+/* Call visit(cm, name, ctx) with the stack of each site of `oem` (DIR/cm/NAME
+ * with a run folder); a CM stack the walk cannot name is passed over. */
+static void stack__each_site(const struct stack *oem,
+                             void (*visit)(struct stack *cm, const char *name, void *ctx),
+                             void *ctx)
 {
     char root[PATH_MAX];
-    int failures = 0;
-    if (nu_path_fmt(root, sizeof(root), "%s/cm", s->dir) != NU_OK)
-        return 0;
+    if (nu_path_fmt(root, sizeof(root), "%s/cm", oem->dir) != NU_OK)
+        return;
     DIR *d = opendir(root);
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -1044,6 +1046,7 @@ static int stack__down_sites(const struct stack *s)
         if (e->d_name[0] == '.')
             continue;
         memset(&cm, 0, sizeof(cm));
+        cm.json = oem->json;
         if (nu_path_fmt(cm.cm_dir, sizeof(cm.cm_dir), "%s/%s", root, e->d_name) != NU_OK ||
             nu_path_fmt(run, sizeof(run), "%s/run", cm.cm_dir) != NU_OK || !nu_path_exists(run))
             continue;
@@ -1051,11 +1054,23 @@ static int stack__down_sites(const struct stack *s)
         if (nu_paths_get(cm.dir, NU_PATH_RUN, cm.run, sizeof(cm.run)) != NU_OK ||
             nu_paths_get(cm.dir, NU_PATH_LOGS, cm.logs, sizeof(cm.logs)) != NU_OK)
             continue;
-        printf("-- site %s\n", e->d_name);
-        failures += stack__down_all(&cm);
+        visit(&cm, e->d_name, ctx);
     }
     if (d)
         closedir(d);
+}
+
+static void stack__down_site(struct stack *cm, const char *name, void *failures)
+{
+    printf("-- site %s\n", name);
+    *(int *)failures += stack__down_all(cm);
+}
+
+/* The sites' stacks go down before the OEM's. */
+static int stack__down_sites(const struct stack *s)
+{
+    int failures = 0;
+    stack__each_site(s, stack__down_site, &failures);
     return failures;
 }
 
@@ -1266,34 +1281,23 @@ static int stack__status_services(struct stack *s, struct stack *view, const cha
     return all_alive;
 }
 
-/* The sites of `--sites N` (DIR/cm/NAME with a run folder), after the OEM's services. */
+struct stack__status_walk {
+    struct stack *oem;
+    int all_alive;
+};
+
+static void stack__status_site(struct stack *cm, const char *name, void *ctx)
+{
+    struct stack__status_walk *w = ctx;
+    w->all_alive &= stack__status_services(cm, w->oem, name);
+}
+
+/* The sites of `--sites N`, after the OEM's services; 0 when one is dead. */
 static int stack__status_sites(struct stack *oem)
 {
-    char root[PATH_MAX];
-    int all_alive = 1;
-    if (nu_path_fmt(root, sizeof(root), "%s/cm", oem->dir) != NU_OK)
-        return 1;
-    DIR *d = opendir(root);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        struct stack cm;
-        char run[PATH_MAX];
-        if (e->d_name[0] == '.')
-            continue;
-        memset(&cm, 0, sizeof(cm));
-        cm.json = oem->json;
-        if (nu_path_fmt(cm.cm_dir, sizeof(cm.cm_dir), "%s/%s", root, e->d_name) != NU_OK ||
-            nu_path_fmt(run, sizeof(run), "%s/run", cm.cm_dir) != NU_OK || !nu_path_exists(run))
-            continue;
-        cm.dir = cm.cm_dir;
-        if (nu_paths_get(cm.dir, NU_PATH_RUN, cm.run, sizeof(cm.run)) != NU_OK ||
-            nu_paths_get(cm.dir, NU_PATH_LOGS, cm.logs, sizeof(cm.logs)) != NU_OK)
-            continue;
-        all_alive &= stack__status_services(&cm, oem, e->d_name);
-    }
-    if (d)
-        closedir(d);
-    return all_alive;
+    struct stack__status_walk w = {.oem = oem, .all_alive = 1};
+    stack__each_site(oem, stack__status_site, &w);
+    return w.all_alive;
 }
 
 static int cli__stack_status(int argc, char **argv)
