@@ -1,6 +1,7 @@
 /* acl — NuSEC topic policy and list parsing, pure C (see acl.h). */
 #include "acl.h"
 
+#include "nu_brokerlist.h"
 #include "nu_err.h"
 
 #include <stdint.h>
@@ -399,30 +400,16 @@ int nusec_acl_set_value(const struct nusec_acl_set *set, size_t i)
 
 /* ---- list files ----------------------------------------------------------- */
 
-/* Up to `max` whitespace-separated tokens of one line (comment cut off). */
+/* A line's tokens (the format is nu_brokerlist's: '#' comments, blanks). */
 struct acl__tokens {
-    struct acl__level tok[3];
+    struct nu_brokerlist_tok tok[NU_BROKERLIST_TOKENS_MAX];
     size_t n;
 };
 
-static void acl__tokenize(const char *line, size_t len, struct acl__tokens *out)
+static bool acl__tok_is(const struct nu_brokerlist_tok *t, const char *s)
 {
-    out->n = 0;
-    size_t i = 0;
-    while (i < len && line[i] != '#') {
-        if (line[i] == ' ' || line[i] == '\t' || line[i] == '\r') {
-            i++;
-            continue;
-        }
-        size_t start = i;
-        while (i < len && line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '#')
-            i++;
-        if (out->n < 3)
-            out->tok[out->n] = (struct acl__level){line + start, i - start};
-        out->n++;
-        if (out->n > 3)
-            return;
-    }
+    struct acl__level l = {t->p, t->len};
+    return acl__level_is(&l, s);
 }
 
 /* One non-blank line's tokens: NU_OK, or the error of the whole file. */
@@ -457,7 +444,7 @@ static int acl__parse(const char *text, size_t len, acl__line_fn line, int (*don
         if (memchr(text + pos, '\0', end - pos))
             goto out;
         struct acl__tokens t;
-        acl__tokenize(text + pos, end - pos, &t);
+        nu_brokerlist_tokenize(text + pos, end - pos, t.tok, &t.n);
         if (t.n != 0 && (rc = line(ctx, &t, set)) != NU_OK)
             goto out;
         pos = end + 1;
@@ -531,7 +518,7 @@ enum acl__ident_part { ACL__IDENT_HEADER, ACL__IDENT_BODY, ACL__IDENT_DONE };
 /* "end N" with N a plain decimal count; *out_n gets N. */
 static bool acl__ident_trailer(const struct acl__tokens *t, size_t *out_n)
 {
-    if (t->n != 2 || !acl__level_is(&t->tok[0], "end") || t->tok[1].len > 9)
+    if (t->n != 2 || !acl__tok_is(&t->tok[0], "end") || t->tok[1].len > 9)
         return false;
     size_t n = 0;
     for (size_t i = 0; i < t->tok[1].len; i++) {
@@ -551,8 +538,8 @@ static int acl__ident_line(void *ctx, const struct acl__tokens *t, struct nusec_
     size_t count = 0;
     if (*part == ACL__IDENT_HEADER) {
         /* NUSEC_ACL_IDENTITIES_HEADER, as two tokens */
-        if (t->n != 2 || !acl__level_is(&t->tok[0], "nusec-identities") ||
-            !acl__level_is(&t->tok[1], "1"))
+        if (t->n != 2 || !acl__tok_is(&t->tok[0], "nusec-identities") ||
+            !acl__tok_is(&t->tok[1], "1"))
             return NU_ERR_DECODE;
         *part = ACL__IDENT_BODY;
         return NU_OK;

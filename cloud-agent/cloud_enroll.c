@@ -9,6 +9,7 @@
 #include "cloud.h"
 
 #include "nu_attest.h"
+#include "nu_brokerlist.h"
 #include "nu_crypto.h"
 #include "nu_mcuboot.h"
 #include "nu_err.h"
@@ -52,26 +53,7 @@ static const char *const enroll__reserved[] = {
 /* A line's tokens joined by one space, for comparing lines written by hand. */
 static size_t enroll__norm(const char *line, size_t len, char *out, size_t cap)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 1 < cap;) {
-        while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
-            i++;
-        if (i >= len || line[i] == '#')
-            break;
-        if (n)
-            out[n++] = ' ';
-        while (i < len && n + 1 < cap && line[i] != ' ' && line[i] != '\t' && line[i] != '\r')
-            out[n++] = line[i++];
-    }
-    out[n] = 0;
-    return n;
-}
-
-/* owners lines "station programmer": is `norm` about `programmer`? */
-static int enroll__owner_of(const char *norm, const char *programmer)
-{
-    const char *sp = strchr(norm, ' ');
-    return sp && strcmp(sp + 1, programmer) == 0;
+    return nu_brokerlist_norm(line, len, out, cap);
 }
 
 struct enroll__edit {
@@ -79,55 +61,6 @@ struct enroll__edit {
     const char *const *add;    /* lines to have (normalised form) */
     size_t n_add;
 };
-
-static int enroll__apply(const uint8_t *old, size_t old_len, const struct enroll__edit *e,
-                         char *out, size_t cap, size_t *out_len, int *out_changed)
-{
-    char norm[2 * CLOUD_ID_MAX + 8];
-    unsigned char *have = calloc(e->n_add ? e->n_add : 1, 1);
-    size_t n = 0;
-    int changed = 0;
-    if (!have)
-        return NU_ERR_NOMEM;
-    for (size_t pos = 0; pos < old_len;) {
-        const uint8_t *nl = memchr(old + pos, '\n', old_len - pos);
-        size_t end = nl ? (size_t)(nl - old) : old_len;
-        size_t len = end - pos;
-        enroll__norm((const char *)old + pos, len, norm, sizeof(norm));
-        int keep = !(e->drop_owner_of && norm[0] && enroll__owner_of(norm, e->drop_owner_of));
-        for (size_t i = 0; i < e->n_add; i++) {
-            if (norm[0] && strcmp(norm, e->add[i]) == 0) {
-                keep = !have[i]; /* a repeated line goes */
-                have[i] = 1;
-            }
-        }
-        if (keep && n + len + 1 <= cap) {
-            memcpy(out + n, old + pos, len);
-            n += len;
-            out[n++] = '\n';
-        } else {
-            changed = 1;
-        }
-        pos = end + 1;
-    }
-    for (size_t i = 0; i < e->n_add; i++) {
-        size_t len = strlen(e->add[i]);
-        if (have[i])
-            continue;
-        if (n + len + 1 > cap) {
-            free(have);
-            return NU_ERR_TOO_LARGE;
-        }
-        memcpy(out + n, e->add[i], len);
-        n += len;
-        out[n++] = '\n';
-        changed = 1;
-    }
-    free(have);
-    *out_len = n;
-    *out_changed = changed;
-    return NU_OK;
-}
 
 /*
  * Take the exclusive lock on list `path`'s side file (*out_fd: the caller
@@ -157,29 +90,12 @@ static int enroll__list_lock_read(const char *path, int *out_fd, uint8_t **out, 
 static int enroll__list_edit(const char *dir, enum nu_path_kind kind, const struct enroll__edit *e)
 {
     char path[PATH_MAX];
-    uint8_t *old = NULL;
-    size_t old_len = 0, new_len = 0;
-    char *buf = NULL;
-    int changed = 0, fd = -1;
-    mode_t mode = 0644;
-    struct stat st;
+    struct nu_brokerlist_edit be = {
+        .drop_owner_of = e->drop_owner_of, .add = e->add, .n_add = e->n_add};
     int rc = nu_paths_get(dir, kind, path, sizeof(path));
     if (rc)
         return rc;
-    rc = enroll__list_lock_read(path, &fd, &old, &old_len);
-    if (!rc && stat(path, &st) == 0)
-        mode = st.st_mode & 0777;
-    size_t cap = old_len + 1 + e->n_add * (2 * CLOUD_ID_MAX + 2);
-    if (!rc && !(buf = malloc(cap)))
-        rc = NU_ERR_NOMEM;
-    if (!rc)
-        rc = enroll__apply(old, old_len, e, buf, cap, &new_len, &changed);
-    if (!rc && changed)
-        rc = nu_file_write_atomic(path, buf, new_len, mode);
-    if (fd >= 0)
-        close(fd); /* releases the lock */
-    free(buf);
-    free(old);
+    rc = nu_brokerlist_edit(path, &be);
     if (rc)
         nu_error("cannot update %s: %s", path, nu_err_str(rc));
     return rc;

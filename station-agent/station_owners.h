@@ -4,11 +4,9 @@
  * station may publish on nusec/v1/prog/{p}/cmd only for the programmers it
  * owns there.
  *
- * Edits are read-modify-write under an exclusive flock on DIR/broker/owners.lock
- * (the same lock the cloud agent takes when an enrollment sets the owner), and
- * the new content replaces the file atomically (nu_file_write_atomic), so the
- * plugin, which re-reads the file when it changes, never sees half a file and
- * two writers never lose each other's lines.
+ * The file's format, lock and atomic rewrite are nu_brokerlist's (libnusec),
+ * the one module every writer and the plugin's parser go through: two
+ * writers never lose each other's lines, the plugin never sees half a file.
  */
 #ifndef STATION_OWNERS_H
 #define STATION_OWNERS_H
@@ -16,7 +14,8 @@
 /*
  * Make `station` own `programmer`: append the line unless an equivalent line
  * (same two identifiers, any blanks) is already there. Other lines, comments
- * included, are kept as they are. A missing file is created (0644).
+ * included, are kept as they are (a second copy of this line goes). A
+ * missing file is created (0644).
  * Errors: INVALID_ARG (an id is not an identifier), TOO_LARGE (file over
  * 1 MiB), IO, PERMISSION, NOMEM.
  */
