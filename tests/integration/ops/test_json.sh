@@ -13,9 +13,8 @@ set -uo pipefail
 BIN=$1 SRC=$2
 PY=/usr/bin/python3 # Debian's, whatever python3 the PATH has
 CHECK="$PY $SRC/tests/integration/ops/json_check.py"
-. "$SRC/tests/integration/ops/stack_lib.sh" json
+. "$SRC/tests/lib/stack_lib.sh" json
 covered=" "
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
 
 # json_ok WANT_RC KIND CMD... [-- KEY...]: run `nusec CMD --json`, expect the
 # exit status and the output KIND (json_check.py) with these keys.

@@ -17,7 +17,7 @@
 # usage: test_ops.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
 BIN=$1 SRC=$2
-. "$SRC/tests/integration/ops/stack_lib.sh" ops
+. "$SRC/tests/lib/stack_lib.sh" ops
 
 # --- --version ---------------------------------------------------------------------------
 # "PROGRAM X.Y.Z (git REV)": REV is a commit of this repository (plus -dirty),
@@ -37,7 +37,6 @@ same_version() { [[ $("$BIN/nusec" --version | cut -d' ' -f2-) == $("$BIN/nusec-
 check "one version string for every program" same_version
 
 # --- SIGHUP: logs reopened, services keep serving ---------------------------------------
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
 fails_saying() { # fails_saying TEXT COMMAND...: exit 1 and TEXT on stderr
     local text=$1 out rc
     shift

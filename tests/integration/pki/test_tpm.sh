@@ -9,28 +9,13 @@
 # usage: test_tpm.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
 BIN=$1 SRC=$2
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-tpm-XXXXXX")
-DIR=$TMP/state LABEL=nusec-line-1 USER_PIN=user-$RANDOM$RANDOM SO_PIN=so-$RANDOM$RANDOM
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
+. "$SRC/tests/lib/stack_lib.sh" tpm
+LABEL=nusec-line-1 USER_PIN=user-$RANDOM$RANDOM SO_PIN=so-$RANDOM$RANDOM
 quiet() { "$@" >/dev/null 2>&1; }
 phase() { printf -- '-- %s (t=%ss)\n' "$1" "$SECONDS"; }
 # shellcheck source=tpm_token.sh
 source "$SRC/tests/integration/pki/tpm_token.sh"
-cleanup() {
-    "$BIN/nusec" stack down --dir "$DIR" >/dev/null 2>&1
-    tpm_token_down "$TMP/tpm"
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
+cleanup_more() { tpm_token_down "$TMP/tpm"; }
 # tpm2-pkcs11 leaks in C_SignInit: suppressed for this test's processes only.
 export LSAN_OPTIONS="suppressions=$SRC/tests/integration/pki/lsan-tpm2-pkcs11.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
@@ -47,7 +32,6 @@ unset DBUS_SESSION_BUS_ADDRESS TPM2TOOLS_TCTI
 printf '%s' "$USER_PIN" >"$TMP/pin" && chmod 600 "$TMP/pin"
 MODENV=(--module-env "TPM2_PKCS11_TCTI=$TPM_TCTI" --module-env "TPM2_PKCS11_STORE=$TPM_STORE"
     --module-env "DBUS_SESSION_BUS_ADDRESS=$BUS")
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
 p11() { # pkcs11-tool on the token, as the administrator would look
     env TPM2_PKCS11_TCTI="$TPM_TCTI" TPM2_PKCS11_STORE="$TPM_STORE" DBUS_SESSION_BUS_ADDRESS="$BUS" \
         pkcs11-tool --module "$TPM_MODULE" --token-label "$LABEL" --login --pin "$USER_PIN" "$@" 2>/dev/null

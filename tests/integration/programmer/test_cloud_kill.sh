@@ -18,25 +18,8 @@
 # usage: test_cloud_kill.sh BIN_DIR
 set -uo pipefail
 BIN=$1
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-ck-XXXXXX")
-DIR=$TMP/state
+. "${BASH_SOURCE%/*}/../../lib/stack_lib.sh" ck
 DEVICES=40 QUOTA=32
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
-cleanup() {
-    nusec stack down >/dev/null 2>&1 || true
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
 mkdir -p "$DIR"
 now_ms() { date +%s%3N; }
 q() { sqlite3 "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }

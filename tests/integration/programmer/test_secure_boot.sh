@@ -7,24 +7,7 @@
 # usage: test_secure_boot.sh BIN_DIR
 set -uo pipefail
 BIN=$1
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-sb-XXXXXX")
-DIR=$TMP/state
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
-cleanup() {
-    nusec stack down >/dev/null 2>&1 || true
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "${BASH_SOURCE%/*}/../../lib/stack_lib.sh" sb
 mkdir -p "$DIR"
 
 nusec stack up --programmers 1 --sockets 1 --devices 0 >"$TMP/up.log" 2>&1 ||
