@@ -1,8 +1,9 @@
 /*
  * station_daemon_int.h - what the files of the station daemon share (private
  * to them): the daemon's state and what it knows of programmers, jobs and
- * packages. station_daemon.c holds the lock, the queue off the MQTT thread,
- * publishing, the connection and the life cycle; station_daemon_model.c the
+ * packages. station_daemon.c holds the queue off the MQTT thread, the
+ * connection and the life cycle; station_daemon_lock.c the lock;
+ * station_daemon_pub.c publishing the daemon's events; station_daemon_model.c the
  * model loaded from station.db and the ingest of statuses and events;
  * station_daemon_act.c what the daemon does about it (deliver, start, stop).
  */
@@ -113,10 +114,15 @@ struct station {
     size_t n_notes;
 };
 
-/* station_daemon.c */
+/* station_daemon_lock.c */
+/* Take DIR/station/station.lock (flock, pid written in it). Errors: BUSY, IO, PERMISSION. */
+int st__lock_take(struct station *st);
+
+/* station_daemon_pub.c */
 int st__publish(struct station *st, const char *topic, ProtobufCMessage *body);
 void st__note(struct station *st, const char *kind, const char *job, int code, const char *detail,
               const struct st__prog *prog);
+void st__notes_flush(struct station *st);
 
 /* station_daemon_act.c */
 void st__act(struct station *st);
