@@ -222,6 +222,26 @@ static int stack__enrolled(const struct stack *s, const char *name)
            nu_path_exists(path);
 }
 
+/* prog-(index+1): its name, program path and the argv that runs it in `s`'s state dir. */
+struct stack__prog_cmd {
+    char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16];
+    char *argv[12];
+};
+
+static int stack__prog_cmd(struct stack *s, unsigned index, unsigned share,
+                           struct stack__prog_cmd *c)
+{
+    snprintf(c->name, sizeof(c->name), "prog-%u", index + 1);
+    snprintf(c->sockets, sizeof(c->sockets), "%u", s->sockets);
+    snprintf(c->devices, sizeof(c->devices), "%u", share);
+    snprintf(c->flash, sizeof(c->flash), "%u", s->flash_us);
+    char *argv[] = {c->exe,      "--dir",    (char *)s->dir, "--name",   c->name,
+                    "--sockets", c->sockets, "--devices",    c->devices, "--flash-us-per-kib",
+                    c->flash,    NULL};
+    memcpy(c->argv, argv, sizeof(argv));
+    return stack__prog_path(s, "nusec-programmer", c->exe, sizeof(c->exe));
+}
+
 /*
  * Programmer prog-(index+1) with `share` blank targets, run in `s`'s state
  * dir. Enrolled at the OEM (`oem`, the same stack on one machine); at a site
@@ -230,13 +250,11 @@ static int stack__enrolled(const struct stack *s, const char *name)
 static int stack__up_programmer_in(struct stack *s, struct stack *oem, unsigned index,
                                    unsigned share)
 {
-    char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16], log[PATH_MAX];
+    struct stack__prog_cmd c;
+    char log[PATH_MAX];
+    const char *name = c.name, *exe = c.exe;
     pid_t pid = 0;
-    snprintf(name, sizeof(name), "prog-%u", index + 1);
-    snprintf(sockets, sizeof(sockets), "%u", s->sockets);
-    snprintf(devices, sizeof(devices), "%u", share);
-    snprintf(flash, sizeof(flash), "%u", s->flash_us);
-    int rc = stack__prog_path(s, "nusec-programmer", exe, sizeof(exe));
+    int rc = stack__prog_cmd(s, index, share, &c);
     int here =
         rc == NU_OK && (stack__running(s, name, "nusec-programmer") || stack__enrolled(s, name));
     if (rc == NU_OK && !here && !stack__enrolled(oem, name))
@@ -260,16 +278,13 @@ static int stack__up_programmer_in(struct stack *s, struct stack *oem, unsigned 
         return rc;
     if (s != oem)
         return NU_OK; /* started once the site broker knows it (stack__up_site) */
-    char *argv[] = {exe,         "--dir", (char *)s->dir, "--name", name,
-                    "--sockets", sockets, "--devices",    devices,  "--flash-us-per-kib",
-                    flash,       NULL};
-    rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
+    rc = stack__start(s, name, "nusec-programmer", c.argv, stack__programmer_ok, &pid, 1);
     /* A KeyStore left by an interrupted enrollment: enroll again, once. */
     if (rc == NU_ERR_STATE && stack__file(s->logs, name, ".log", log, sizeof(log)) == NU_OK &&
         station_log_contains(log, "is not enrolled")) {
         rc = stack__enroll(s, name, exe, s->station);
         if (rc == NU_OK)
-            rc = stack__start(s, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 1);
+            rc = stack__start(s, name, "nusec-programmer", c.argv, stack__programmer_ok, &pid, 1);
     }
     if (rc != NU_OK)
         stack__explain(s, name, rc);
@@ -289,19 +304,11 @@ int stack__up_programmer(struct stack *s, unsigned index)
 /* Start an enrolled programmer of a site (after its site broker is up). */
 static int stack__start_site_programmer(struct stack *cm, unsigned index, unsigned share)
 {
-    char name[32], exe[PATH_MAX], sockets[16], devices[16], flash[16];
+    struct stack__prog_cmd c;
     pid_t pid = 0;
-    snprintf(name, sizeof(name), "prog-%u", index + 1);
-    snprintf(sockets, sizeof(sockets), "%u", cm->sockets);
-    snprintf(devices, sizeof(devices), "%u", share);
-    snprintf(flash, sizeof(flash), "%u", cm->flash_us);
-    int rc = stack__prog_path(cm, "nusec-programmer", exe, sizeof(exe));
-    if (rc != NU_OK)
-        return rc;
-    char *argv[] = {exe,         "--dir", (char *)cm->dir, "--name", name,
-                    "--sockets", sockets, "--devices",     devices,  "--flash-us-per-kib",
-                    flash,       NULL};
-    return stack__start(cm, name, "nusec-programmer", argv, stack__programmer_ok, &pid, 0);
+    int rc = stack__prog_cmd(cm, index, share, &c);
+    return rc ? rc
+              : stack__start(cm, c.name, "nusec-programmer", c.argv, stack__programmer_ok, &pid, 0);
 }
 
 /* ---- sites: the OEM and N CMs on loopback (--sites N) ------------------------------------ */
