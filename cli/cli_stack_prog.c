@@ -7,9 +7,6 @@
 #include "cli_stack_pg.h"
 #include "pki_init.h"
 
-#include "station_daemon.h"
-#include "station_db.h"
-#include "station_event.h"
 #include "station_owners.h"
 #include "station_proc.h"
 

@@ -9,8 +9,6 @@
 
 #include "station_daemon.h"
 #include "station_db.h"
-#include "station_event.h"
-#include "station_owners.h"
 #include "station_proc.h"
 
 #include "nu_attest.h"
