@@ -374,3 +374,16 @@ int nu_duration_parse(const char *text, uint64_t *out_seconds)
     *out_seconds = v * mult;
     return NU_OK;
 }
+
+void *nu_grow(void *items, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return items;
+    size_t want = *cap ? 2 * *cap : 16;
+    if (!size || want < *cap || want > SIZE_MAX / size)
+        return NULL;
+    void *grown = realloc(items, want * size);
+    if (grown)
+        *cap = want;
+    return grown;
+}

@@ -80,4 +80,13 @@ int nu_parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *out_va
 /* Parse a duration like "90s", "15m", "12h", "30d" (bare number = seconds). */
 int nu_duration_parse(const char *text, uint64_t *out_seconds);
 
+/*
+ * Room for items[n] in a growable array of `cap` items of `size` bytes:
+ * `items` itself while n < *cap, else the array reallocated to twice *cap
+ * (16 when empty) and *cap updated. Returns the array to use from now on
+ * (the caller stores it), or NULL when out of memory or the size overflows:
+ * then `items` and *cap are unchanged and still the caller's to free.
+ */
+void *nu_grow(void *items, size_t *cap, size_t n, size_t size);
+
 #endif

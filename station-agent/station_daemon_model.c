@@ -36,14 +36,10 @@ struct st__prog *st__prog_get(struct station *st, const char *id, int create)
     }
     if (!create)
         return NULL;
-    if (st->n_progs == st->cap_progs) {
-        size_t cap = st->cap_progs ? 2 * st->cap_progs : 16;
-        struct st__prog *grown = realloc(st->progs, cap * sizeof(*grown));
-        if (!grown)
-            return NULL;
-        st->progs = grown;
-        st->cap_progs = cap;
-    }
+    struct st__prog *grown = nu_grow(st->progs, &st->cap_progs, st->n_progs, sizeof(*grown));
+    if (!grown)
+        return NULL;
+    st->progs = grown;
     struct st__prog *p = &st->progs[st->n_progs++];
     memset(p, 0, sizeof(*p));
     snprintf(p->id, sizeof(p->id), "%s", id);
@@ -103,14 +99,10 @@ struct st__load {
 
 static void *st__load_slot(struct st__load *l)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 16;
-        void *grown = realloc(l->items, cap * l->size);
-        if (!grown)
-            return NULL;
-        l->items = grown;
-        l->cap = cap;
-    }
+    void *grown = nu_grow(l->items, &l->cap, l->n, l->size);
+    if (!grown)
+        return NULL;
+    l->items = grown;
     void *slot = (char *)l->items + l->n++ * l->size;
     memset(slot, 0, l->size);
     return slot;

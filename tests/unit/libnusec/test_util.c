@@ -3,6 +3,7 @@
 #include "nu_test.h"
 #include "nu_util.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,30 @@ static void test_random_and_ct_compare(void)
     CU_ASSERT_EQUAL(a[0] | a[31], 0);
 }
 
+/* 100 appends keep every item; an overflowing size is refused with the array intact. */
+static void test_grow(void)
+{
+    int *v = NULL;
+    size_t n = 0, cap = 0;
+    for (int i = 0; i < 100; i++) {
+        int *grown = nu_grow(v, &cap, n, sizeof(*v));
+        CU_ASSERT_PTR_NOT_NULL_FATAL(grown);
+        v = grown;
+        v[n++] = i;
+        CU_ASSERT(n <= cap);
+    }
+    CU_ASSERT_EQUAL(cap, 128u);
+    int sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += v[i];
+    CU_ASSERT_EQUAL(sum, 4950);
+    size_t huge = SIZE_MAX / 2 + 1;
+    CU_ASSERT_PTR_NULL(nu_grow(v, &huge, huge, 2));
+    CU_ASSERT_EQUAL(huge, SIZE_MAX / 2 + 1);
+    CU_ASSERT_PTR_EQUAL(nu_grow(v, &cap, 5, sizeof(*v)), v); /* room already */
+    free(v);
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -153,6 +178,7 @@ int main(void)
         {"duration", test_duration},
         {"random and constant-time compare", test_random_and_ct_compare},
         {"parse_uint is strict", test_parse_uint},
+        {"grow: appends keep items, overflow refused", test_grow},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {{"nu_util", setup, teardown, cases},
