@@ -128,6 +128,10 @@ int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_
     if (attempt < 8 && (PG_FIRST_TIMEOUT_MS << attempt) < tmo)
         tmo = PG_FIRST_TIMEOUT_MS << attempt;
     rc = pg__tp_request(c, topic, req, len, tmo, resp, cap, out_len);
+    /* A forged answer was dropped (counted): the genuine one is lost to us, so
+     * the chip is held and asked for again, same idempotency key, no new unit. */
+    if (rc == NU_ERR_BAD_SIGNATURE)
+        rc = NU_ERR_TIMEOUT;
     pg__link_note(c, rc);
     return rc;
 }

@@ -41,24 +41,23 @@ static void test_forged_certificate_not_written(void)
     CU_ASSERT_EQUAL(pg_core_forged(R.core), 0);
     CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
     forger();
-    R.fc.forge_replies = 1; /* the cert.request answer, signed by a CM-held key */
+    R.fc.forge_replies = 2; /* two cert.request answers signed by a CM-held key */
     struct pg_result res;
-    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* a failed chip; the socket goes on */
-    CU_ASSERT(!res.provisioned);
-    CU_ASSERT_EQUAL(res.error, NU_ERR_BAD_SIGNATURE);
-    CU_ASSERT_EQUAL(pg_core_forged(R.core), 1);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    /* Both dropped and counted; the chip was held and asked again with the
+     * same idempotency key: the genuine certificate, one unit, one issuance. */
+    CU_ASSERT_EQUAL(pg_core_forged(R.core), 2);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, R.fc.job_id, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 1);
+    pg_core_production_end(R.core);
     struct rig_census c;
     rig_census(&R, &c);
-    CU_ASSERT_EQUAL(c.locked, 0); /* no chip written with the forged answer */
-    CU_ASSERT_EQUAL(c.verified, 0);
-    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 0);
-    /* The genuine cloud's answers still work: the next chip is provisioned. */
-    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
-    CU_ASSERT(res.provisioned);
-    pg_core_production_end(R.core);
-    rig_census(&R, &c);
-    CU_ASSERT_EQUAL(c.verified, 1);
-    CU_ASSERT_EQUAL(pg_core_forged(R.core), 1);
+    CU_ASSERT_EQUAL(c.locked, 1);
+    CU_ASSERT_EQUAL(c.verified, 1); /* the Device CA's certificate, not the forger's */
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 1);
     rig_teardown(&R);
 }
 
