@@ -3,11 +3,13 @@
 
 #include <string.h>
 
-/* Lower- or upper-case hex text into out[cap]: its length, 0 when malformed. */
-static size_t reply__unhex(const char *hex, uint8_t *out, size_t cap)
+/* Hex text (lower or upper case) decoded in place: its byte length, 0 when
+ * malformed. In place keeps the workers' stacks small (M33). */
+static size_t reply__unhex(char *hex)
 {
     size_t n = strlen(hex);
-    if (n == 0 || n % 2 || n / 2 > cap)
+    uint8_t *out = (uint8_t *)hex;
+    if (n == 0 || n % 2)
         return 0;
     for (size_t i = 0; i < n; i++) {
         char ch = hex[i];
@@ -17,10 +19,8 @@ static size_t reply__unhex(const char *hex, uint8_t *out, size_t cap)
                                               : 16u;
         if (v > 15u)
             return 0;
-        if (i % 2 == 0)
-            out[i / 2] = (uint8_t)(v << 4);
-        else
-            out[i / 2] |= (uint8_t)v;
+        /* out[i / 2] is at or before hex[i], which was just read */
+        out[i / 2] = (uint8_t)(i % 2 ? out[i / 2] | v : v << 4);
     }
     return n / 2;
 }
@@ -39,33 +39,42 @@ static int reply__forged(struct pg_core *c, const char *topic, const char *why)
     return NU_ERR_BAD_SIGNATURE;
 }
 
-/* The answer resp[len] on reply_topic, signature sig (hex), to request req[req_len]. */
-static int reply__check(struct pg_core *c, const uint8_t key[PG_P256_PUB_LEN], const char *topic,
-                        const uint8_t *req, size_t req_len, const char *reply_topic,
-                        const uint8_t *resp, size_t len, const char *sig)
+/* The signature sig (hex, decoded in place) of resp[len] on reply_topic, by key. */
+static __attribute__((noinline)) int reply__signed(struct pg_core *c, const uint8_t *key,
+                                                   const char *topic, const char *reply_topic,
+                                                   const uint8_t *resp, size_t len, char *sig)
 {
-    uint8_t der[72], digest[32];
-    size_t der_len = reply__unhex(sig, der, sizeof(der));
-    if (der_len == 0)
-        return reply__forged(c, topic, sig[0] ? "malformed signature" : "unsigned");
+    uint8_t digest[32];
+    int unsigned_ = sig[0] == '\0';
+    size_t der_len = reply__unhex(sig);
+    if (der_len == 0 || der_len > 72)
+        return reply__forged(c, topic, unsigned_ ? "unsigned" : "malformed signature");
     int rc = pg__sha256(c, PG_MSGSIG_DOMAIN, sizeof(PG_MSGSIG_DOMAIN), reply_topic,
                         strlen(reply_topic) + 1, resp, len, digest);
-    if (rc != NU_OK)
-        return rc;
-    rc = pg_p256_verify(c->hal, key, digest, der, der_len);
+    if (rc == NU_OK)
+        rc = pg_p256_verify(c->hal, key, digest, (const uint8_t *)sig, der_len);
     if (rc == NU_ERR_BAD_SIGNATURE || rc == NU_ERR_DECODE)
         return reply__forged(c, topic, "signature does not verify with the pinned cloud key");
-    if (rc != NU_OK)
-        return rc;
-    /* Authentic; now it must answer this request, not an earlier one. */
-    struct pg_msg_env ours, theirs;
-    if (pg_msg_env_decode(req, req_len, &ours) != NU_OK ||
-        pg_msg_env_decode(resp, len, &theirs) != NU_OK)
+    return rc;
+}
+
+/* An authentic answer must answer this request, not an earlier one. */
+static __attribute__((noinline)) int reply__bound(struct pg_core *c, const char *topic,
+                                                  const uint8_t *req, size_t req_len,
+                                                  const uint8_t *resp, size_t len)
+{
+    struct pg_msg_env env;
+    uint8_t mid[PG_MSG_MESSAGE_ID_LEN];
+    if (pg_msg_env_decode(req, req_len, &env) != NU_OK ||
+        env.hdr.message_id.len != PG_MSG_MESSAGE_ID_LEN)
         return NU_ERR_DECODE;
-    if (theirs.hdr.correlation_id.len == 0)
+    memcpy(mid, env.hdr.message_id.p, sizeof(mid));
+    if (pg_msg_env_decode(resp, len, &env) != NU_OK)
+        return NU_ERR_DECODE;
+    if (env.hdr.correlation_id.len == 0)
         return NU_ERR_BUSY; /* only the overload answer is unbound: at worst we wait */
-    if (theirs.hdr.correlation_id.len != ours.hdr.message_id.len ||
-        !pg__ct_eq(theirs.hdr.correlation_id.p, ours.hdr.message_id.p, ours.hdr.message_id.len))
+    if (env.hdr.correlation_id.len != sizeof(mid) ||
+        !pg__ct_eq(env.hdr.correlation_id.p, mid, sizeof(mid)))
         return reply__forged(c, topic, "a replayed answer (it answers another request)");
     return NU_OK;
 }
@@ -85,7 +94,9 @@ int pg__tp_request(struct pg_core *c, const char *topic, const uint8_t *req, siz
     if (rc != NU_OK)
         return rc;
     reply_topic[sizeof(reply_topic) - 1] = sig[sizeof(sig) - 1] = '\0';
-    rc = reply__check(c, key, topic, req, len, reply_topic, resp, *out_len, sig);
+    rc = reply__signed(c, key, topic, reply_topic, resp, *out_len, sig);
+    if (rc == NU_OK)
+        rc = reply__bound(c, topic, req, len, resp, *out_len);
     if (rc != NU_OK)
         pg__zero(resp, *out_len); /* nothing of a refused answer is read */
     return rc;
