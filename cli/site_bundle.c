@@ -95,7 +95,7 @@ int site_bundle_get_line(const struct site_bundle *b, const char *name, char *ou
     return NU_OK;
 }
 
-int site_bundle_write(const struct site_bundle *b, const char *path, mode_t mode)
+int site_bundle_encode(const struct site_bundle *b, uint8_t **out, size_t *out_len)
 {
     size_t cap = 64;
     for (size_t i = 0; i < b->n; i++)
@@ -112,24 +112,32 @@ int site_bundle_write(const struct site_bundle *b, const char *path, mode_t mode
         buf[used++] = '\n';
     }
     used += (size_t)snprintf(buf + used, cap - used, "end %zu\n", b->n);
-    int rc = nu_file_write_atomic(path, buf, used, mode);
+    *out = (uint8_t *)buf;
+    *out_len = used;
+    return NU_OK;
+}
+
+int site_bundle_write(const struct site_bundle *b, const char *path, mode_t mode)
+{
+    uint8_t *buf = NULL;
+    size_t used = 0;
+    int rc = site_bundle_encode(b, &buf, &used);
+    if (rc)
+        return rc;
+    rc = nu_file_write_atomic(path, buf, used, mode);
     nu_zero(buf, used);
     free(buf);
     return rc;
 }
 
 /* Parse an untrusted crossing file; anything unexpected is DECODE. */
-int site_bundle_read(const char *path, struct site_bundle *b)
+int site_bundle_parse(const uint8_t *buf, size_t len, struct site_bundle *b)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0, off = 0;
+    size_t off = 0;
     memset(b, 0, sizeof(*b));
-    int rc = nu_file_read(path, SITE_BUNDLE__FILE_MAX, &buf, &len);
-    if (rc)
-        return rc;
-    rc = NU_ERR_DECODE;
+    int rc = NU_ERR_DECODE;
     size_t magic = strlen(SITE_BUNDLE__MAGIC);
-    if (len < magic + 1 || memcmp(buf, SITE_BUNDLE__MAGIC "\n", magic + 1) != 0)
+    if (!buf || len < magic + 1 || memcmp(buf, SITE_BUNDLE__MAGIC "\n", magic + 1) != 0)
         goto out;
     off = magic + 1;
     for (;;) {
@@ -157,10 +165,21 @@ int site_bundle_read(const char *path, struct site_bundle *b)
         off += elen + 1;
     }
 out:
-    if (buf)
-        nu_zero(buf, len);
-    free(buf);
     if (rc)
         site_bundle_free(b);
+    return rc;
+}
+
+int site_bundle_read(const char *path, struct site_bundle *b)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    memset(b, 0, sizeof(*b));
+    int rc = nu_file_read(path, SITE_BUNDLE__FILE_MAX, &buf, &len);
+    if (rc)
+        return rc;
+    rc = site_bundle_parse(buf, len, b);
+    nu_zero(buf, len);
+    free(buf);
     return rc;
 }

@@ -50,4 +50,10 @@ int site_bundle_get_line(const struct site_bundle *b, const char *name, char *ou
 int site_bundle_write(const struct site_bundle *b, const char *path, mode_t mode);
 int site_bundle_read(const char *path, struct site_bundle *b);
 
+/* The same two in memory: parse buf[len] (untrusted; DECODE, *b left empty
+ * on failure), and encode into *out (caller frees; it may hold a token: wipe
+ * it first) of *out_len bytes. NOMEM. */
+int site_bundle_parse(const uint8_t *buf, size_t len, struct site_bundle *b);
+int site_bundle_encode(const struct site_bundle *b, uint8_t **out, size_t *out_len);
+
 #endif

@@ -326,7 +326,10 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
                                 /* started during a broker restart: wait for it */
                                 .connect_wait_ms = 60000,
                                 .on_connection = cloud__on_connection,
-                                .userdata = cloud};
+                                .userdata = cloud,
+                                /* what we publish is signed in the HSM with the key
+                                 * programmers pin (docs/threat-model.md) */
+                                .signer = nu_hsm_key_signer(cloud->keys.package)};
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)

@@ -842,7 +842,8 @@ static int cloud__lane_start(struct cloud *cloud)
                                 .client_id = client_id,
                                 .clean_start = 0,
                                 .session_expiry_s = cloud->cfg.session_expiry_s,
-                                .connect_wait_ms = 60000};
+                                .connect_wait_ms = 60000,
+                                .signer = nu_hsm_key_signer(cloud->keys.package)};
     int rc = nu_client_connect(&co, &lane);
     if (rc)
         return rc;

@@ -107,7 +107,9 @@ int nu_client_connect(const struct nu_client_opts *opts, struct nu_mqtt **out_m)
     rc = nu_mqtt_create(&mo, &m);
     /* Everything this identity publishes is signed end to end (nu_msgsig.h):
      * the cloud does not take a (site) broker's word for who sent it. */
-    if (!rc && !opts->no_sign) {
+    if (!rc && !opts->no_sign && opts->signer) {
+        rc = nu_mqtt_set_signer(m, opts->signer);
+    } else if (!rc && !opts->no_sign) {
         rc = nu_p256_key_load_pem(key, &sk);
         if (rc)
             nu_error("cannot load the signing key %s: %s", key, nu_err_str(rc));

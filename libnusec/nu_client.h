@@ -41,6 +41,10 @@ struct nu_client_opts {
     /* 1: publish unsigned (tests that play a forger). Default: every message
      * is signed with the identity key (nu_msgsig.h). */
     int no_sign;
+    /* Sign with this signer instead of the identity key file (copied; its
+     * ctx must outlive the session): the cloud signs what it publishes with
+     * an HSM key the programmers pin (nu_msgsig.h). */
+    const struct nu_signer *signer;
     void (*on_connection)(struct nu_mqtt *m, int connected, void *userdata);
     void *userdata;
 };

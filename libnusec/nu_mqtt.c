@@ -99,6 +99,7 @@ struct mqtt__req { /* an application thread waiting for a reply */
     int err;
     uint8_t *resp;
     size_t resp_len;
+    char sig[NU_MSGSIG_VALUE_MAX]; /* the reply's NU_MSGSIG_PROP ("" if none or too long) */
     pthread_cond_t cond;
 };
 
@@ -1551,6 +1552,8 @@ static void mqtt__on_reply(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, voi
             memcpy(r->resp, msg->payload, msg->len);
             r->resp[msg->len] = '\0';
             r->resp_len = msg->len;
+            if (msg->signature && strlen(msg->signature) < sizeof(r->sig))
+                memcpy(r->sig, msg->signature, strlen(msg->signature) + 1);
         } else {
             r->err = NU_ERR_NOMEM;
         }
@@ -1628,8 +1631,22 @@ static void mqtt__req_unlink(struct nu_mqtt *m, struct mqtt__req *r)
 int nu_mqtt_request(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
                     unsigned timeout_ms, uint8_t **out_resp, size_t *out_len)
 {
+    return nu_mqtt_request_signed(m, topic, payload, len, timeout_ms, out_resp, out_len, NULL);
+}
+
+const char *nu_mqtt_reply_topic(const struct nu_mqtt *m)
+{
+    return m ? m->reply_topic : NULL;
+}
+
+int nu_mqtt_request_signed(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
+                           unsigned timeout_ms, uint8_t **out_resp, size_t *out_len,
+                           char out_sig[NU_MSGSIG_VALUE_MAX])
+{
     if (!out_resp || !out_len)
         return NU_ERR_INVALID_ARG;
+    if (out_sig)
+        out_sig[0] = '\0';
     *out_resp = NULL;
     *out_len = 0;
     int rc = mqtt__publish_args_ok(m, topic, payload, len, 1);
@@ -1681,6 +1698,8 @@ int nu_mqtt_request(struct nu_mqtt *m, const char *topic, const void *payload, s
         *out_resp = r.resp;
         *out_len = r.resp_len;
         r.resp = NULL;
+        if (out_sig)
+            memcpy(out_sig, r.sig, sizeof(r.sig));
     } else if (rc == NU_ERR_TIMEOUT) {
         nu_warn("mqtt %s: no reply to '%s' within %u ms", m->client_id, topic, timeout_ms);
     }

@@ -44,6 +44,7 @@
 #ifndef NU_MQTT_H
 #define NU_MQTT_H
 
+#include "nu_msgsig.h"
 #include "nu_signer.h"
 
 #include <stddef.h>
@@ -278,6 +279,21 @@ int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, s
  */
 int nu_mqtt_request(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
                     unsigned timeout_ms, uint8_t **out_resp, size_t *out_len);
+
+/*
+ * nu_mqtt_request, and the reply's end-to-end signature (the value of its
+ * NU_MSGSIG_PROP user property, nu_msgsig.h) into out_sig: "" when the reply
+ * carried none (or one too long to be a signature). Untrusted until the
+ * caller verifies it, over nu_mqtt_reply_topic(m) and the payload, with the
+ * key it pinned for the cloud. out_sig may be NULL. Errors: nu_mqtt_request's.
+ */
+int nu_mqtt_request_signed(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
+                           unsigned timeout_ms, uint8_t **out_resp, size_t *out_len,
+                           char out_sig[NU_MSGSIG_VALUE_MAX]);
+
+/* The topic replies to this session's requests arrive on (its Response
+ * Topic, nusec/v1/reply/{client_id}/r); NULL for NULL. Owned by m. */
+const char *nu_mqtt_reply_topic(const struct nu_mqtt *m);
 
 /*
  * Sign everything this session publishes (nu_mqtt_publish, nu_mqtt_request,

@@ -162,6 +162,15 @@ struct pg_transport_ops {
     /* Deliver messages on `filter` to cb (on any thread, possibly
      * concurrently with everything else; cb must not block). */
     int (*subscribe)(void *ctx, const char *filter, pg_msg_cb cb, void *cb_ctx);
+    /* Appended (NULL: NOT_SUPPORTED, and the core then refuses every answer
+     * it would have to verify): `request`, plus the answer's end-to-end
+     * signature as it came (hex DER of the MQTT 5 user property "nusec-sig",
+     * "" when absent) into sig[sig_cap] and the topic the answer arrived on
+     * into reply_topic[topic_cap]. Both untrusted: the core verifies them
+     * (pg_reply.c). TOO_LARGE when the topic does not fit. */
+    int (*request_signed)(void *ctx, const char *topic, const uint8_t *payload, size_t len,
+                          uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len,
+                          char *reply_topic, size_t topic_cap, char *sig, size_t sig_cap);
 };
 
 /* ---------------------------------------------------------------- target */
@@ -417,6 +426,14 @@ static inline int pg_tp_request(const struct pg_hal *h, const char *topic, const
 {
     return PG__HAL_CALL(h, tp, request, topic, p, len, timeout_ms, resp, cap, out_len);
 }
+static inline int pg_tp_request_signed(const struct pg_hal *h, const char *topic, const uint8_t *p,
+                                       size_t len, uint32_t timeout_ms, uint8_t *resp, size_t cap,
+                                       size_t *out_len, char *reply_topic, size_t topic_cap,
+                                       char *sig, size_t sig_cap)
+{
+    return PG__HAL_CALL(h, tp, request_signed, topic, p, len, timeout_ms, resp, cap, out_len,
+                        reply_topic, topic_cap, sig, sig_cap);
+}
 static inline int pg_tp_subscribe(const struct pg_hal *h, const char *filter, pg_msg_cb cb,
                                   void *cb_ctx)
 {
@@ -489,8 +506,7 @@ static inline int pg_tgt_state(const struct pg_hal *h, unsigned s, enum pg_chip_
 }
 static inline int pg_tgt_otp_read(const struct pg_hal *h, unsigned s, uint8_t out[32])
 {
-    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, otp_read_rotpk_hash, s, out)
-                         : NU_ERR_NOT_SUPPORTED;
+    return PG__TGT_V2(h) ? PG__HAL_CALL(h, tgt, otp_read_rotpk_hash, s, out) : NU_ERR_NOT_SUPPORTED;
 }
 static inline int pg_tgt_csr(const struct pg_hal *h, unsigned s, const char *cn, uint8_t *csr,
                              size_t cap, size_t *out_len)

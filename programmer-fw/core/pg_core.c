@@ -106,7 +106,7 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
             pg_sleep_ms(c->hal, delay);
             delay *= 2;
         }
-        rc = pg_tp_request(c->hal, topic, req, len, c->timeout_ms, resp, cap, out_len);
+        rc = pg__tp_request(c, topic, req, len, c->timeout_ms, resp, cap, out_len);
         pg__link_note(c, rc);
         if (!pg__transient(rc))
             break;
@@ -127,7 +127,11 @@ int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_
     uint32_t tmo = c->timeout_ms;
     if (attempt < 8 && (PG_FIRST_TIMEOUT_MS << attempt) < tmo)
         tmo = PG_FIRST_TIMEOUT_MS << attempt;
-    rc = pg_tp_request(c->hal, topic, req, len, tmo, resp, cap, out_len);
+    rc = pg__tp_request(c, topic, req, len, tmo, resp, cap, out_len);
+    /* A forged answer was dropped (counted): the genuine one is lost to us, so
+     * the chip is held and asked for again, same idempotency key, no new unit. */
+    if (rc == NU_ERR_BAD_SIGNATURE)
+        rc = NU_ERR_TIMEOUT;
     pg__link_note(c, rc);
     return rc;
 }
@@ -244,6 +248,8 @@ int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_co
     c->seq_base = pg_now_ms(hal) * 1000u;
     atomic_store(&c->journal_pending, 1);
     int rc = pg__pins_load(c);
+    if (rc == NU_OK)
+        rc = pg__anchor_load(c);
     if (rc != NU_OK)
         return rc;
     if (c->enrolled)

@@ -192,6 +192,11 @@ struct pg_core {
     int enrolled; /* identity certificate and pins in the KeyStore */
     uint8_t pin_package[PG_P256_PUB_LEN];
     uint8_t pin_rotpk[PG_P256_PUB_LEN];
+    /* The OEM's cloud signing key, pinned before the programmer left the
+     * OEM's hands (pg_core_anchor_set): verifies the enrollment answers. */
+    int anchored;
+    uint8_t anchor[PG_P256_PUB_LEN];
+    atomic_uint forged; /* cloud answers dropped: not signed by the pinned key, or replayed */
 
     struct pg_job job;
     int fw_ready; /* verified image of job in PG_FLASH_IMAGE */
@@ -238,6 +243,25 @@ void pg_core_deinit(struct pg_core *c);
 
 /* 1 when the KeyStore holds an identity certificate and the pinned keys. */
 int pg_core_enrolled(const struct pg_core *c);
+
+/*
+ * Pin the key the OEM's cloud signs its messages with (its HSM package key,
+ * 65-byte uncompressed P-256 point) in the KeyStore, once, before the
+ * programmer ships to a CM: the programmer vendor at manufacture or the OEM.
+ * With it pinned, enrollment answers (also those a CM station relays) must
+ * be signed by it, and the package key the cloud names must be it
+ * (docs/threat-model.md). Write-once like an OTP fuse: the same key again is
+ * OK, another one EXISTS. Errors: INVALID_ARG (not a point), EXISTS,
+ * KeyStore errors.
+ */
+int pg_core_anchor_set(struct pg_core *c, const uint8_t pub[PG_P256_PUB_LEN]);
+
+/* 1 when an anchor is pinned (pg_core_anchor_set). */
+int pg_core_anchored(const struct pg_core *c);
+
+/* Cloud answers dropped since init because they were not signed by the
+ * pinned key (or were replayed): each one also logged at WARN. */
+unsigned pg_core_forged(const struct pg_core *c);
 
 /*
  * Enrollment: make the identity and package keys in the KeyStore (reused if

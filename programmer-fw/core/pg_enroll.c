@@ -103,6 +103,9 @@ static int enroll__check(struct pg_core *c, const struct pg_msg_enroll_resp *r,
         return NU_ERR_BAD_CERT;
     rc = pg_pubkey_parse(c->hal, r->package_signing_pubkey.p, r->package_signing_pubkey.len,
                          pin_pkg);
+    /* The cloud signs with its package key: an anchored programmer pins no other. */
+    if (rc == NU_OK && c->anchored && !pg__ct_eq(pin_pkg, c->anchor, PG_P256_PUB_LEN))
+        rc = NU_ERR_BAD_SIGNATURE;
     if (rc == NU_OK)
         rc = pg_pubkey_parse(c->hal, r->rotpk.p, r->rotpk.len, pin_rotpk);
     return rc;

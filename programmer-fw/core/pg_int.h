@@ -22,6 +22,7 @@
 #define PG_BLOB_IDENTITY_CHAIN "identity.chain"
 #define PG_BLOB_PIN_PACKAGE "pin.package"
 #define PG_BLOB_PIN_ROTPK "pin.rotpk"
+#define PG_BLOB_PIN_ANCHOR "pin.anchor"
 #define PG_BLOB_JOB_PREFIX "job."
 #define PG_BLOB_UNITS_PREFIX "units."
 #define PG_BLOB_INFLIGHT_PREFIX "inflight."
@@ -118,6 +119,27 @@ int pg__flash_image_read(void *core, uint32_t off, uint8_t *buf, size_t len);
 /* KeyStore adapters for crypto ops. */
 int pg__ks_ecdh_package(void *core, const uint8_t peer[PG_P256_PUB_LEN], uint8_t out[32]);
 int pg__ks_sign_identity(void *core, const uint8_t digest[32], uint8_t *sig, size_t *sig_len);
+
+/* pg_reply.c: end-to-end signatures on the cloud's answers (libnusec
+ * nu_msgsig.h: ECDSA P-256 over SHA-256(domain 0 topic 0 payload), hex DER
+ * in the MQTT 5 user property "nusec-sig"). */
+#define PG_MSGSIG_DOMAIN "nusec/v1 envelope"
+#define PG_MSGSIG_HEX_MAX (2 * 72 + 1)
+
+/*
+ * A request on the transport whose answer is verified when the core has a
+ * key for the cloud (the package key pinned at enrollment, before it the
+ * anchor): signed by that key over the topic it arrived on, and answering
+ * this request (header correlation_id = the request's message_id). A forged
+ * or replayed answer is dropped, counted and logged: BAD_SIGNATURE. An
+ * authentic answer bound to no request (the cloud's overload reply) is BUSY.
+ * A transport without request_signed: NOT_SUPPORTED (fail closed).
+ */
+int pg__tp_request(struct pg_core *c, const char *topic, const uint8_t *req, size_t len,
+                   uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len);
+
+/* Load the anchor from the KeyStore into c (none: c->anchored 0). */
+int pg__anchor_load(struct pg_core *c);
 
 /* Load the pins from the KeyStore into c (enrolled flag). */
 int pg__pins_load(struct pg_core *c);

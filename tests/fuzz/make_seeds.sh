@@ -55,3 +55,31 @@ put("fuzz_pg_target", "cert_issued.bin", rec(1) * 5 + rec(0, env("cert_issued.bi
 put("fuzz_pg_target", "quota.bin", rec(1) * 5 + rec(2, b"\x14"))
 put("fuzz_pg_target", "bad_attest.bin", rec(1) * 11 + rec(3, b"\x00" * 10 + b"\x80"))
 PY
+
+# The OEM/CM crossing file (cli/site_bundle.h): an enrolment, a join request
+# shape and a bundle shape with a binary entry, plus near misses.
+python3 - "$SEEDS" <<'PY'
+import os, sys
+d = os.path.join(sys.argv[1], "fuzz_site_bundle")
+os.makedirs(d, exist_ok=True)
+def bundle(entries, end=None):
+    out = b"nusec-site 1\n"
+    for name, data in entries:
+        out += b"file %s %d\n" % (name, len(data)) + data + b"\n"
+    return out + b"end %d\n" % (len(entries) if end is None else end)
+seeds = {
+    "enrol.bin": bundle([(b"site", b"site-a"), (b"token", b"ab" * 32), (b"cloud", b"127.0.0.1:8883")]),
+    "join.bin": bundle([(b"site", b"site-a"), (b"token", b"ab" * 32), (b"broker-host", b"10.0.0.2"),
+                        (b"csr/station.pem", b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n")]),
+    "bundle.bin": bundle([(b"site", b"site-a"), (b"pki/root-ca.pem", b"-----BEGIN CERTIFICATE-----\n"),
+                          (b"programmers/boot-manifest.img", bytes(range(256))),
+                          (b"owners", b"# decided by the OEM\nsite-a prog-1\n")]),
+    "empty.bin": bundle([]),
+    "bad_count.bin": bundle([(b"site", b"x")], end=2),
+    "dup.bin": bundle([(b"site", b"x"), (b"site", b"y")]),
+    "dotdot.bin": bundle([(b"../etc/passwd", b"x")]),
+}
+for name, data in seeds.items():
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+PY

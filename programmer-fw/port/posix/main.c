@@ -46,7 +46,8 @@ static const char usage_text[] =
     "                        [--package FILE] [--enroll TOKEN] [--relay oem|station]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help] [--version]\n"
-    "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR\n"
+    "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR [--oem-anchor FILE]\n"
+    "       " PROG " --dir DIR --name ID --oem-anchor FILE\n"
     "       " PROG " --vendor-ca-init VDIR\n"
     "\n"
     "The NuLink3 programmer (POSIX port). Provisions simulated target MCUs on N\n"
@@ -61,7 +62,14 @@ static const char usage_text[] =
     "                        the pinned keys, exit\n"
     "  --relay ID            who relays the enrollment: oem (default: at the OEM,\n"
     "                        before the programmer ships; DIR/pki/clients/oem.*) or\n"
-    "                        station (at the CM, explicitly; DIR/pki/clients/station.*)\n"
+    "                        station (at the CM, explicitly; DIR/pki/clients/station.*;\n"
+    "                        needs the OEM anchor pinned: the CM relays the answer)\n"
+    "  --oem-anchor FILE     pin in the KeyStore, once (like a fuse), the public key\n"
+    "                        the OEM's cloud signs its messages with (the OEM's\n"
+    "                        pki/package-key.pem, from the OEM, never from the CM):\n"
+    "                        done before the programmer ships, by its vendor\n"
+    "                        (with --factory-init) or by the OEM; enrollment answers\n"
+    "                        must then be signed by it. Alone: pin it, exit\n"
     "  --factory-init        programmer factory: make the vendor attestation key in\n"
     "                        the KeyStore (never exported) and store its certificate\n"
     "                        from the vendor CA of --vendor-ca VDIR; prints the\n"
@@ -107,6 +115,7 @@ struct app {
     const char *relay;
     const char *vendor_ca;
     const char *vendor_ca_init;
+    const char *oem_anchor;
     int factory_init;
     const char *package;
     const char *boot_manifest;
@@ -162,6 +171,7 @@ static int app__args(struct app *a, int argc, char **argv)
         NU_OPT_BOOL("factory-init", &a->factory_init),
         NU_OPT_STR("vendor-ca", &a->vendor_ca),
         NU_OPT_STR("vendor-ca-init", &a->vendor_ca_init),
+        NU_OPT_STR("oem-anchor", &a->oem_anchor),
     };
     const struct nu_opts_cmd cmd = {PROG, usage, NU_OPTS_VERSION, NULL, NULL};
     int rc = nu_opts_parse(&cmd, argc, argv, opts, NU_OPTS_N(opts));
@@ -394,6 +404,12 @@ static int app__enroll(struct app *a)
     uint8_t self[32], *manifest = NULL;
     size_t manifest_len = 0;
     const char *relay = a->relay ? a->relay : "oem";
+    /* At the CM the station relays the answer that pins our keys: only an
+     * answer signed by the OEM anchor may be taken (docs/threat-model.md). */
+    if (strcmp(relay, "oem") != 0 && !pg_core_anchored(a->core)) {
+        fprintf(stderr, PROG ": a %s-relayed enrollment needs --oem-anchor first\n", relay);
+        return NU_ERR_NOT_AUTHORIZED;
+    }
     int rc = nu_paths_client_cert(a->dir, relay, cert, sizeof(cert));
     if (rc == NU_OK)
         rc = nu_paths_client_key(a->dir, relay, key, sizeof(key));
@@ -422,6 +438,26 @@ static int app__enroll(struct app *a)
         fprintf(stderr, PROG ": %s enrolled\n", a->name);
     else
         fprintf(stderr, PROG ": enrollment of %s failed: %s\n", a->name, nu_err_str(rc));
+    return rc;
+}
+
+/* ---- the OEM anchor ------------------------------------------------------------------ */
+
+/* Pin the OEM cloud's signing key from a PEM public key file (write-once). */
+static int app__anchor(struct app *a)
+{
+    uint8_t *pem = NULL, pub[NU_P256_PUB_LEN];
+    size_t len = 0;
+    int rc = nu_file_read(a->oem_anchor, 64 * 1024, &pem, &len);
+    if (rc == NU_OK)
+        rc = nu_p256_pub_from_pem((const char *)pem, len, pub);
+    free(pem);
+    if (rc == NU_OK)
+        rc = pg_core_anchor_set(a->core, pub);
+    if (rc == NU_ERR_EXISTS)
+        fprintf(stderr, PROG ": %s has another OEM anchor pinned already\n", a->name);
+    else if (rc != NU_OK)
+        fprintf(stderr, PROG ": OEM anchor %s: %s\n", a->oem_anchor, nu_err_str(rc));
     return rc;
 }
 
@@ -682,7 +718,7 @@ int main(int argc, char **argv)
             fprintf(stderr, PROG ": vendor CA in %s: %s\n", a.vendor_ca_init, nu_err_str(vrc));
         return vrc == NU_OK ? 0 : 1;
     }
-    int rc = app__open_local(&a, a.enroll_token != NULL || a.factory_init);
+    int rc = app__open_local(&a, a.enroll_token != NULL || a.factory_init || a.oem_anchor);
     if (rc == NU_ERR_NOT_FOUND && !a.enroll_token)
         nu_error("no KeyStore for %s in %s: enroll it first (--enroll TOKEN)", a.name, a.dir);
     else if (rc != NU_OK)
@@ -691,7 +727,11 @@ int main(int argc, char **argv)
     uint8_t self[32];
     if (rc == NU_OK && (rc = app__self_hash(self)) == NU_OK)
         rc = pp_ks_set_measurement(a.ks, self);
-    if (rc == NU_OK)
+    if (rc == NU_OK && a.oem_anchor)
+        rc = app__anchor(&a);
+    if (rc == NU_OK && a.oem_anchor && !a.factory_init && !a.enroll_token)
+        printf("%s: OEM anchor pinned\n", a.name);
+    else if (rc == NU_OK)
         rc = a.factory_init   ? app__factory_init(&a)
              : a.enroll_token ? app__enroll(&a)
                               : app__run(&a);

@@ -7,18 +7,21 @@
 #
 # usage: sites_flow.sh --bin DIR --dir DIR [--sites N] [--devices N] [--quota Q]
 #                      [--programmers P] [--sockets S] [--flash-us-per-kib T]
-#                      [--window S] [--capture PROG:FILE] [--keep]
+#                      [--window S] [--capture PROG:FILE] [--forge PROG:N:FILE] [--keep]
 #   --programmers  per site (programmers are numbered across sites: site-1 has
 #                  prog-1..prog-P, site-2 prog-(P+1)..)
 #   --window S     the cloud's sig_window_s (tests use a short one)
 #   --capture      (tests) read PROG's first genuine cert.request off the cloud
 #                  broker into FILE.{topic,sig,env} during the production
+#   --forge        (tests) answer PROG's first N cert.requests with a forged
+#                  certificate signed by a CM-held key (sites_hostile answer;
+#                  how many were sent: FILE)
 #   --keep         leave the stacks up (the caller runs `nusec stack down`)
 # Exit: 0 when every device up to the quota was provisioned and the audit chain
 # verifies; 1 otherwise.
 set -euo pipefail
 
-BIN= DIR= SITES=2 DEVICES=16 QUOTA= PROGRAMMERS=1 SOCKETS=4 FLASH_US=0 WINDOW= CAPTURE= KEEP=
+BIN= DIR= SITES=2 DEVICES=16 QUOTA= PROGRAMMERS=1 SOCKETS=4 FLASH_US=0 WINDOW= CAPTURE= FORGE= KEEP=
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -31,6 +34,7 @@ while (($#)); do
     --flash-us-per-kib) FLASH_US=$2 ;;
     --window) WINDOW=$2 ;;
     --capture) CAPTURE=$2 ;;
+    --forge) FORGE=$2 ;;
     --keep) KEEP=1; shift; continue ;;
     *) echo "sites demo: unknown option $1" >&2; exit 2 ;;
     esac
@@ -51,9 +55,10 @@ step() { printf '\n== %s\n' "$*"; }
 rm -rf "$DIR"
 mkdir -p "$DIR/cloud"
 [[ -n "$WINDOW" ]] && echo "sig_window_s = $WINDOW" >"$DIR/cloud/cloud.conf"
-capture_pid=
+capture_pid= forge_pid=
 finish() {
     [[ -n "$capture_pid" ]] && kill "$capture_pid" 2>/dev/null
+    [[ -n "$forge_pid" ]] && kill "$forge_pid" 2>/dev/null
     if [[ -z "$KEEP" ]]; then
         step "stack down (sites first, then the OEM)"
         oem stack down || true
@@ -97,6 +102,13 @@ if [[ -n "$CAPTURE" ]]; then
     for _ in $(seq 50); do grep -q SUBSCRIBED "${CAPTURE#*:}.log" 2>/dev/null && break; sleep 0.1; done
 fi
 
+if [[ -n "$FORGE" ]]; then
+    IFS=: read -r f_prog f_n f_out <<<"$FORGE"
+    "$BIN/sites_hostile" answer "$DIR" "$f_prog" "$f_n" "$f_out" >"$f_out.log" 2>&1 &
+    forge_pid=$!
+    for _ in $(seq 50); do grep -q SUBSCRIBED "$f_out.log" 2>/dev/null && break; sleep 0.1; done
+fi
+
 step "CM: every site starts production at once"
 prod_start=$(date +%s.%N)
 pids=()
@@ -108,6 +120,7 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 prod_end=$(date +%s.%N)
 if [[ -n "$capture_pid" ]]; then wait "$capture_pid" || true; capture_pid=; fi
+if [[ -n "$forge_pid" ]]; then kill "$forge_pid" 2>/dev/null || true; wait "$forge_pid" || true; forge_pid=; fi
 for ((k = 1; k <= SITES; k++)); do
     echo "-- site-$k"; tail -n $((PROGRAMMERS + 1)) "$DIR/cm/site-$k.production.log"
 done

@@ -12,14 +12,15 @@
  * broker carries: it reads a programmer's genuine signed cert.request off the
  * cloud broker (with the cloud identity, as only a test can).
  *
- *   sites_hostile capture OEMDIR PROG OUT          first genuine cert.request of PROG ->
- * OUT.{topic,sig,env} sites_hostile forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name,
- * CM-held key + CSR sites_hostile newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same
- * request with a new CSR sites_hostile replay  OEMDIR CMDIR CAPTURE     captured bytes and
- * signature, verbatim sites_hostile report  OEMDIR CMDIR PROG JOB    device.provisioned event in
- * PROG's name, CM-held key sites_hostile start   CMDIR PROG JOB           START toward PROG from
- * the site's station sites_hostile connect OEMDIR CMDIR             connect as the site (a revoked
- * site must fail)
+ *   capture OEMDIR PROG OUT          first genuine cert.request of PROG -> OUT.{topic,sig,env}
+ *   answer  OEMDIR PROG N OUT        forged certificate answers to PROG's next N cert.requests,
+ *                                    signed with a CM-held key (count in OUT)
+ *   forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
+ *   newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
+ *   replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
+ *   report  OEMDIR CMDIR PROG JOB    device.provisioned event in PROG's name, CM-held key
+ *   start   CMDIR PROG JOB           START toward PROG from the site's station
+ *   connect OEMDIR CMDIR             connect as the site (a revoked site must fail)
  *
  * Exit: 0 when the action ran (whatever the answer), 1 when it could not, 2 usage.
  */
@@ -343,6 +344,158 @@ static int cmd_capture(const char *oem, const char *prog, const char *out)
     return c.got ? 0 : 1;
 }
 
+/* ---- answer: forged certificate answers toward a programmer ------------------------------- */
+
+/*
+ * What a hostile site broker can put in front of the cloud's answer: for the
+ * first `n` cert.requests of PROG, a CertificateIssued for the chip's own key
+ * (from its CSR), issued by a CA of the CM's and signed end to end with a
+ * CM-held key, sent to the request's response topic with its correlation
+ * data and bound to the request (correlation_id = its message id) so that
+ * only the signature gives it away. It is published on the cloud broker (the
+ * test reads the requests there, as the CM reads them on its own broker) and
+ * reaches the programmer through the site's bridge like a genuine answer.
+ */
+struct forge {
+    pthread_mutex_t lock;
+    int sent, want;
+    const char *out;
+    struct nu_p256_key *ca;
+    struct nu_signer ca_s;
+    uint8_t *ca_der;
+    size_t ca_len;
+    struct nu_envelope_sender *sender;
+};
+
+static int forge_cert(struct forge *f, const Nusec__V1__CertificateRequest *cr, uint8_t **out,
+                      size_t *out_len)
+{
+    struct nu_x509_csr_info csr;
+    char cn[2 * 32 + 1] = "clone";
+    int rc = nu_x509_csr_parse_verify(cr->csr_der.data, cr->csr_der.len, &csr);
+    if (!rc && cr->device_uid.len && cr->device_uid.len <= 32)
+        nu_hex_encode(cr->device_uid.data, cr->device_uid.len, cn, sizeof(cn));
+    int64_t now = (int64_t)time(NULL);
+    struct nu_x509_issue_req ir = {.cn = cn,
+                                   .o = "CM clone works",
+                                   .not_before = now - 60,
+                                   .not_after = now + 86400,
+                                   .path_len = -1,
+                                   .key_usage = NU_X509_KU_DIGITAL_SIGNATURE,
+                                   .ext_key_usage = NU_X509_EKU_CLIENT_AUTH};
+    if (!rc)
+        memcpy(ir.pub, csr.pub, sizeof(ir.pub));
+    return rc ? rc : nu_x509_issue(&ir, &f->ca_s, f->ca_der, f->ca_len, out, out_len);
+}
+
+/* The CM's own "device CA": self-signed, the clone maker's. */
+static int forge_ca(struct forge *f)
+{
+    int64_t now = (int64_t)time(NULL);
+    struct nu_x509_issue_req ir = {.cn = "CM clone CA",
+                                   .o = "CM clone works",
+                                   .not_before = now - 60,
+                                   .not_after = now + 86400,
+                                   .is_ca = 1,
+                                   .path_len = 0,
+                                   .key_usage = NU_X509_KU_KEY_CERT_SIGN};
+    memcpy(ir.pub, f->ca_s.pub, sizeof(ir.pub));
+    return nu_x509_issue(&ir, &f->ca_s, NULL, 0, &f->ca_der, &f->ca_len);
+}
+
+static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
+{
+    struct forge *f = ud;
+    Nusec__V1__Envelope *req = NULL;
+    uint8_t *cert = NULL, *env = NULL;
+    size_t cert_len = 0, len = 0;
+    struct nu_envelope_frame fr;
+    pthread_mutex_lock(&f->lock);
+    int go = f->sent < f->want && msg->response_topic;
+    pthread_mutex_unlock(&f->lock);
+    if (!go || nu_envelope_unpack(msg->payload, msg->len, &req, NULL) ||
+        req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST) {
+        nu_envelope_free(req);
+        return;
+    }
+    const Nusec__V1__CertificateRequest *cr = req->certificate_request;
+    Nusec__V1__CertificateIssued ci = NUSEC__V1__CERTIFICATE_ISSUED__INIT;
+    int rc = forge_cert(f, cr, &cert, &cert_len);
+    ci.job_id = cr->job_id;
+    ci.device_uid = cr->device_uid;
+    ci.certificate_der = (ProtobufCBinaryData){cert_len, cert};
+    ci.serial = "0badc0de";
+    if (!rc)
+        rc = nu_envelope_frame_init(&fr, f->sender, &ci.base);
+    if (!rc)
+        rc = nu_envelope_frame_reply_to(&fr, req);
+    if (!rc)
+        rc = nu_envelope_pack(&fr.env, &env, &len, NULL);
+    if (!rc)
+        rc = nu_mqtt_reply(m, msg, env, len);
+    if (!rc) {
+        char path[PATH_MAX], text[32];
+        pthread_mutex_lock(&f->lock);
+        int n = snprintf(text, sizeof(text), "%d\n", ++f->sent);
+        snprintf(path, sizeof(path), "%s", f->out);
+        nu_file_write_atomic(path, text, (size_t)n, 0644);
+        pthread_mutex_unlock(&f->lock);
+    } else {
+        fprintf(stderr, "sites_hostile: answer: %s\n", nu_err_name(rc));
+    }
+    free(env);
+    free(cert);
+    nu_envelope_free(req);
+}
+
+static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
+{
+    struct forge f = {.want = n, .out = out};
+    struct nu_mqtt *m = NULL;
+    struct nu_p256_key *cm_key = NULL;
+    char topic[256];
+    pthread_mutex_init(&f.lock, NULL);
+    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/cert.request", prog);
+    struct nu_client_opts o = {
+        .dir = oem, .identity = "cloud", .client_id = "cloud:forger", .clean_start = 1};
+    int rc = nu_p256_key_generate(&f.ca);
+    if (!rc)
+        rc = nu_p256_key_signer(f.ca, &f.ca_s);
+    if (!rc)
+        rc = forge_ca(&f);
+    if (!rc)
+        rc = nu_envelope_sender_create("cloud", NU_ENVELOPE_SEQ_FROM_CLOCK, &f.sender);
+    if (!rc)
+        rc = nu_p256_key_generate(&cm_key);
+    if (!rc)
+        rc = nu_client_connect(&o, &m);
+    if (!rc) /* the CM's key signs the answers, end to end */
+        rc = nu_mqtt_sign_with_key(m, cm_key);
+    else
+        nu_p256_key_destroy(cm_key);
+    if (!rc)
+        rc = nu_mqtt_subscribe(m, topic, 1, on_forge, &f);
+    printf("%s\n", rc ? nu_err_name(rc) : "SUBSCRIBED");
+    for (int i = 0; !rc && i < 1200; i++) { /* up to 2 minutes */
+        pthread_mutex_lock(&f.lock);
+        int done = f.sent >= f.want;
+        pthread_mutex_unlock(&f.lock);
+        if (done)
+            break;
+        usleep(100 * 1000);
+    }
+    if (m) {
+        nu_mqtt_disconnect(m);
+        nu_mqtt_destroy(m);
+    }
+    printf("FORGED %d\n", f.sent);
+    nu_envelope_sender_destroy(f.sender);
+    nu_p256_key_destroy(f.ca);
+    free(f.ca_der);
+    pthread_mutex_destroy(&f.lock);
+    return f.sent ? 0 : 1;
+}
+
 /* ---- replays of the captured request ------------------------------------------------------ */
 
 struct fixed_sig {
@@ -522,6 +675,8 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* each answer out at once, whatever happens at exit */
     const char *cmd = argc > 1 ? argv[1] : "";
+    if (!strcmp(cmd, "answer") && argc == 6)
+        return cmd_answer(argv[2], argv[3], atoi(argv[4]), argv[5]);
     if (!strcmp(cmd, "capture") && argc == 5)
         return cmd_capture(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "forge") && argc == 6)
@@ -536,7 +691,7 @@ int main(int argc, char **argv)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
-    fprintf(stderr, "usage: sites_hostile capture|forge|newcsr|replay|report|connect ... "
+    fprintf(stderr, "usage: sites_hostile capture|answer|forge|newcsr|replay|report|connect ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }

@@ -36,7 +36,7 @@ QUOTA=6 DEVICES=8
 # ---- 1. production through two bridged sites ------------------------------------------------
 "$SRC/tests/integration/sites/sites_flow.sh" --bin "$BIN" --dir "$DIR" --sites 2 --programmers 1 \
     --sockets 2 --devices "$DEVICES" --quota "$QUOTA" --window "$WINDOW" \
-    --capture "prog-1:$TMP/cap" --keep >"$TMP/flow.log" 2>&1
+    --capture "prog-1:$TMP/cap" --forge "prog-1:2:$TMP/forged" --keep >"$TMP/flow.log" 2>&1
 flow_rc=$?
 cat "$TMP/flow.log"
 check "production through two bridged sites ran" test "$flow_rc" -eq 0
@@ -62,6 +62,24 @@ in_ledger() {
 }
 check "every device certificate verifies and is in the ledger, provisioned" in_ledger
 check "audit verify" "$BIN/nusec" audit verify --dir "$DIR" >/dev/null
+
+# Forged certificate answers toward prog-1 during that production (a CA of the
+# CM's, signed end to end with a CM-held key, bound to the request): the
+# programmer drops each one the bridge delivered before the cloud's, counts
+# it in its log, holds the chip and asks again; the checks above hold (exact
+# quota, every certificate on a chip is the OEM's and in the ledger).
+forged_sent=$(cat "$TMP/forged" 2>/dev/null || echo 0)
+forged_dropped=$(grep -c "answer to nusec/v1/cloud/req/prog-1/cert.request dropped: signature does not verify" \
+    "$CM1/logs/prog-1.log" 2>/dev/null || true)
+echo "forged certificate answers: $forged_sent sent, ${forged_dropped:-0} dropped by prog-1"
+check "forged certificate answers were injected toward prog-1" test "$forged_sent" -ge 1
+check "prog-1 dropped and counted forged answers (its log)" test "${forged_dropped:-0}" -ge 1
+check "... each at most once, none taken" test "${forged_dropped:-0}" -le "$forged_sent"
+no_clone() { # no chip holds a certificate of the CM's clone CA
+    ! grep -l "CM clone works" $(for t in $locked; do echo "$t/cert.pem"; done) /dev/null >/dev/null 2>&1 &&
+        for t in $locked; do openssl x509 -noout -subject -in "$t/cert.pem" | grep -vq "CM clone" || return 1; done
+}
+check "no chip holds the forged certificate" no_clone
 
 # ---- site identities: what the OEM's `site` commands refuse --------------------------------
 N=$BIN/nusec

@@ -355,10 +355,18 @@ static int h__tp(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     size_t cap = rpc_get_u32(in);
     if (cap > sizeof(resp) - 64)
         cap = sizeof(resp) - 64;
-    if (HAS(tp, request))
+    char reply_topic[160] = "", sig[160] = "";
+    if (op == OP_TP_REQUEST_SIGNED && HAS(tp, request_signed))
+        rc = tp->request_signed(CTX(tp), topic, p, n, timeout, resp, cap, &len, reply_topic,
+                                sizeof(reply_topic), sig, sizeof(sig));
+    else if (op == OP_TP_REQUEST && HAS(tp, request))
         rc = tp->request(CTX(tp), topic, p, n, timeout, resp, cap, &len);
     rpc_put_u32(out, (uint32_t)len);
     rpc_put_bytes(out, resp, rc == NU_OK ? len : 0);
+    if (op == OP_TP_REQUEST_SIGNED) {
+        rpc_put_str(out, reply_topic);
+        rpc_put_str(out, sig);
+    }
     return rc;
 }
 
@@ -594,7 +602,7 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         return h__ks(op, in, out);
     if (op <= OP_FL_ERASE)
         return h__flash(op, in, out);
-    if (op <= OP_TP_SUBSCRIBE)
+    if (op <= OP_TP_REQUEST_SIGNED)
         return h__tp(op, in, out);
     if (op <= OP_TG_READ_CERT)
         return h__tgt(op, in, out);

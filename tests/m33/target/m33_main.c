@@ -267,6 +267,39 @@ static int tp_request(void *ctx, const char *topic, const uint8_t *p, size_t len
     return rc;
 }
 
+static void t__str(struct rpc_msg *r, char *out, size_t cap)
+{
+    const char *s = rpc_get_str(r);
+    size_t n = s ? strlen(s) : 0;
+    if (n >= cap)
+        n = 0; /* too long: "" (the core refuses it) */
+    if (n)
+        memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+static int tp_request_signed(void *ctx, const char *topic, const uint8_t *p, size_t len,
+                             uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len,
+                             char *reply_topic, size_t topic_cap, char *sig, size_t sig_cap)
+{
+    (void)ctx;
+    t__yield();
+    struct rpc_msg *m = rpc_begin(OP_TP_REQUEST_SIGNED), *r;
+    rpc_put_str(m, topic);
+    rpc_put_bytes(m, p, len);
+    rpc_put_u32(m, timeout_ms);
+    rpc_put_u32(m, (uint32_t)cap);
+    int rc = t__go(m, &r);
+    uint32_t n = rpc_get_u32(r);
+    t__out(r, resp, cap, NULL);
+    t__str(r, reply_topic, topic_cap);
+    t__str(r, sig, sig_cap);
+    if (out_len)
+        *out_len = n;
+    rpc_done();
+    return rc;
+}
+
 static int tp_subscribe(void *ctx, const char *filter, pg_msg_cb cb, void *cb_ctx)
 {
     (void)ctx;
@@ -285,7 +318,8 @@ static int tp_subscribe(void *ctx, const char *filter, pg_msg_cb cb, void *cb_ct
     return rc;
 }
 
-static const struct pg_transport_ops t_tp = {PG_HAL_VERSION, tp_publish, tp_request, tp_subscribe};
+static const struct pg_transport_ops t_tp = {PG_HAL_VERSION, tp_publish, tp_request, tp_subscribe,
+                                            tp_request_signed};
 
 /* ---- target link ------------------------------------------------------------------ */
 

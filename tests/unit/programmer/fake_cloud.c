@@ -1,6 +1,8 @@
 /* fake_cloud: see fake_cloud.h. Test code: plain, assert-free, returns NU_ERR_*. */
 #include "fake_cloud.h"
 
+#include "nu_msgsig.h"
+
 #include "nu_attest.h"
 
 #include "nu_crypto.h"
@@ -181,6 +183,8 @@ void fc_free(struct fake_cloud *fc)
     free(fc->fleet_der);
     free(fc->devca_der);
     free(fc->image);
+    free(fc->last_resp);
+    nu_p256_key_destroy(fc->forge_key);
     for (size_t i = 0; i < fc->n_idem; i++)
         free(fc->idem[i].cert);
     for (int i = 0; i < 4; i++)
@@ -635,6 +639,52 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
     return rc;
 }
 
+#define FC__REPLY_TOPIC "nusec/v1/reply/fake-prog/r"
+
+/* The answer of fc__request, signed end to end as nu_mqtt signs (nu_msgsig):
+ * what the core must verify. The knobs play a hostile site broker. */
+static int fc__request_signed(void *ctx, const char *topic, const uint8_t *p, size_t len,
+                              uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len,
+                              char *reply_topic, size_t topic_cap, char *sig, size_t sig_cap)
+{
+    struct fake_cloud *fc = ctx;
+    char value[NU_MSGSIG_VALUE_MAX] = "";
+    struct nu_signer forger;
+    int rc = fc__request(ctx, topic, p, len, timeout_ms, resp, cap, out_len);
+    if (rc != NU_OK || topic_cap <= strlen(FC__REPLY_TOPIC))
+        return rc == NU_OK ? NU_ERR_TOO_LARGE : rc;
+    snprintf(reply_topic, topic_cap, "%s", FC__REPLY_TOPIC);
+    pthread_mutex_lock(&fc->lock);
+    if (fc->replay_replies > 0 && fc->last_resp && fc->last_len <= cap) {
+        fc->replay_replies--;
+        memcpy(resp, fc->last_resp, fc->last_len);
+        *out_len = fc->last_len;
+        snprintf(sig, sig_cap, "%s", fc->last_sig);
+        pthread_mutex_unlock(&fc->lock);
+        return NU_OK;
+    }
+    if (fc->unsigned_replies > 0) {
+        fc->unsigned_replies--;
+    } else if (fc->forge_replies > 0 && fc->forge_key &&
+               nu_p256_key_signer(fc->forge_key, &forger) == NU_OK) {
+        fc->forge_replies--;
+        rc = nu_msgsig_sign(&forger, FC__REPLY_TOPIC, resp, *out_len, value);
+    } else {
+        rc = nu_msgsig_sign(&fc->package_s, FC__REPLY_TOPIC, resp, *out_len, value);
+        uint8_t *keep = rc == NU_OK ? malloc(*out_len ? *out_len : 1) : NULL;
+        if (keep) {
+            memcpy(keep, resp, *out_len);
+            free(fc->last_resp);
+            fc->last_resp = keep;
+            fc->last_len = *out_len;
+            snprintf(fc->last_sig, sizeof(fc->last_sig), "%s", value);
+        }
+    }
+    pthread_mutex_unlock(&fc->lock);
+    snprintf(sig, sig_cap, "%s", value);
+    return rc;
+}
+
 static int fc__publish(void *ctx, const char *topic, const uint8_t *p, size_t len, int qos,
                        int retain)
 {
@@ -691,6 +741,7 @@ const struct pg_transport_ops fc_transport_ops = {
     .publish = fc__publish,
     .request = fc__request,
     .subscribe = fc__subscribe,
+    .request_signed = fc__request_signed,
 };
 
 unsigned fc_count_events(struct fake_cloud *fc, const char *kind, int code)

@@ -88,6 +88,17 @@ struct fake_cloud {
     int report_transient;    /* the next n device.report answers are Error BUSY */
     unsigned stop_after;     /* after this many failed cert/report tries, the station
                                 sends STOP (0: never) */
+    /* End-to-end signatures on answers (request_signed): by the package key,
+     * as the real cloud signs with its HSM package key, unless a knob says
+     * otherwise. forge_key: a CM-held key; forge_replies: the next n
+     * answers are signed by it; replay_replies: the next n answers are the
+     * previous (genuine, signed) answer again; unsigned_replies: the next n
+     * carry no signature. */
+    struct nu_p256_key *forge_key;
+    int forge_replies, replay_replies, unsigned_replies;
+    uint8_t *last_resp;
+    size_t last_len;
+    char last_sig[160];
     /* observations */
     unsigned manifest_requests, chunk_requests, cert_requests, chunks_served;
     unsigned provisioned, failed, status_msgs;
