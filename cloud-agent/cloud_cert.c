@@ -65,6 +65,7 @@ struct cert__one {
 struct cert__signer {
     struct cloud *cloud;
     int64_t ca_not_after;
+    char org[NU_X509_NAME_MAX + 1]; /* the Device CA's O: the OEM's (`pki init --org`) */
 };
 
 /* ------------------------------------------------------------ hashes */
@@ -173,7 +174,7 @@ static int cert__issue(const struct cert__signer *s, const struct cert__one *one
     struct nu_x509_issue_req ir = {
         .cn = cn,
         .ou = CERT__OU,
-        .o = NU_PKI_ORGANIZATION,
+        .o = s->org,
         .not_before = now - CERT__BACKDATE_S,
         .not_after = now + CERT__LIFE_S,
         .key_usage = NU_X509_KU_DIGITAL_SIGNATURE,
@@ -407,11 +408,13 @@ static void cert__publish(struct cloud *cloud, struct cloud_ledger *ledger, stru
     }
 }
 
-static int cert__ca_not_after(struct cloud *cloud, int64_t *out)
+/* What every leaf of this batch takes from the Device CA: its end and its O. */
+static int cert__ca_not_after(struct cloud *cloud, struct cert__signer *out)
 {
     struct nu_x509_cert_info ca;
     int rc = nu_x509_cert_info(cloud->keys.device_der, cloud->keys.device_len, &ca);
-    *out = rc ? 0 : ca.not_after;
+    out->ca_not_after = rc ? 0 : ca.not_after;
+    snprintf(out->org, sizeof(out->org), "%s", !rc && ca.o[0] ? ca.o : NU_PKI_ORGANIZATION);
     return rc;
 }
 
@@ -432,7 +435,7 @@ static void cert__serve(struct cloud_call *const *calls, size_t n, int *out_rc)
     size_t k = 0;
     int rc = (ones && ready && reqs && res) ? NU_OK : NU_ERR_NOMEM;
     if (!rc)
-        rc = cert__ca_not_after(cloud, &signer.ca_not_after);
+        rc = cert__ca_not_after(cloud, &signer);
     for (size_t i = 0; i < n; i++) {
         out_rc[i] = rc ? rc : cert__prepare(calls[i], &ones[i]);
         if (!out_rc[i]) {

@@ -538,7 +538,7 @@ static int enroll__issue(struct cloud *cloud, const char *id, const struct nu_x5
     struct nu_x509_issue_req req = {
         .cn = id,
         .ou = NU_ROLE_PROGRAMMER,
-        .o = NU_PKI_ORGANIZATION,
+        .o = ca.o[0] ? ca.o : NU_PKI_ORGANIZATION, /* the OEM's (`pki init --org`) */
         .not_before = now - ENROLL__BACKDATE_S,
         .not_after = now + ENROLL__CERT_LIFE_S,
         .key_usage = NU_X509_KU_DIGITAL_SIGNATURE,

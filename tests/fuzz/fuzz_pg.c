@@ -2,6 +2,7 @@
 #include "fuzz_pg.h"
 
 #include "nu_crypto.h"
+#include "nu_msgsig.h"
 #include "nu_test.h"
 #include "nu_x509.h"
 #include "pg_msg.h"
@@ -100,6 +101,32 @@ static int fpg__request(void *ctx, const char *topic, const uint8_t *payload, si
     return NU_OK;
 }
 
+/*
+ * The answers are signed end to end by the cloud's package key (the core
+ * refuses anything else: pg_reply.c), whatever the script made of them: the
+ * fuzzer plays a cloud that sends garbage, not a site that forges (a forged
+ * answer never gets past the signature). An answer the script replaced whole
+ * is still refused if it does not answer this request (correlation_id).
+ */
+static int fpg__request_signed(void *ctx, const char *topic, const uint8_t *payload, size_t len,
+                               uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len,
+                               char *reply_topic, size_t topic_cap, char *sig, size_t sig_cap)
+{
+    static const char rt[] = "nusec/v1/reply/fuzz/r";
+    struct fuzz_pg *f = ctx;
+    char value[NU_MSGSIG_VALUE_MAX];
+    int rc = fpg__request(ctx, topic, payload, len, timeout_ms, resp, cap, out_len);
+    if (rc == NU_OK && (topic_cap < sizeof(rt) || sig_cap < sizeof(value)))
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK)
+        rc = nu_msgsig_sign(&f->r.fc.package_s, rt, resp, *out_len, value);
+    if (rc == NU_OK) {
+        memcpy(reply_topic, rt, sizeof(rt));
+        memcpy(sig, value, strlen(value) + 1);
+    }
+    return rc;
+}
+
 static int fpg__publish(void *ctx, const char *topic, const uint8_t *payload, size_t len, int qos,
                         int retain)
 {
@@ -118,6 +145,7 @@ static const struct pg_transport_ops fpg_transport = {
     .publish = fpg__publish,
     .request = fpg__request,
     .subscribe = fpg__subscribe,
+    .request_signed = fpg__request_signed,
 };
 
 /* ---- the in-memory chip ---------------------------------------------------- */

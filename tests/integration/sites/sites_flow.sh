@@ -7,7 +7,8 @@
 #
 # usage: sites_flow.sh --bin DIR --dir DIR [--sites N] [--devices N] [--quota Q]
 #                      [--programmers P] [--sockets S] [--flash-us-per-kib T]
-#                      [--window S] [--capture PROG:FILE] [--forge PROG:N:FILE] [--keep]
+#                      [--window S] [--capture PROG:FILE] [--forge PROG:N:FILE]
+#                      [--org NAME] [--keep]
 #   --programmers  per site (programmers are numbered across sites: site-1 has
 #                  prog-1..prog-P, site-2 prog-(P+1)..)
 #   --window S     the cloud's sig_window_s (tests use a short one)
@@ -16,12 +17,13 @@
 #   --forge        (tests) answer PROG's first N cert.requests with a forged
 #                  certificate signed by a CM-held key (sites_hostile answer;
 #                  how many were sent: FILE)
+#   --org NAME     the OEM's organisation (`nusec pki init --org`) before stack up
 #   --keep         leave the stacks up (the caller runs `nusec stack down`)
 # Exit: 0 when every device up to the quota was provisioned and the audit chain
 # verifies; 1 otherwise.
 set -euo pipefail
 
-BIN= DIR= SITES=2 DEVICES=16 QUOTA= PROGRAMMERS=1 SOCKETS=4 FLASH_US=0 WINDOW= CAPTURE= FORGE= KEEP=
+BIN= DIR= SITES=2 DEVICES=16 QUOTA= PROGRAMMERS=1 SOCKETS=4 FLASH_US=0 WINDOW= CAPTURE= FORGE= ORG= KEEP=
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -35,6 +37,7 @@ while (($#)); do
     --window) WINDOW=$2 ;;
     --capture) CAPTURE=$2 ;;
     --forge) FORGE=$2 ;;
+    --org) ORG=$2 ;;
     --keep) KEEP=1; shift; continue ;;
     *) echo "sites demo: unknown option $1" >&2; exit 2 ;;
     esac
@@ -68,6 +71,7 @@ trap finish EXIT
 start=$(date +%s.%N)
 
 step "OEM + $SITES CM sites: stack up ($PROGRAMMERS programmer(s) x $SOCKETS sockets per site, $DEVICES devices)"
+[[ -n "$ORG" ]] && oem pki init --org "$ORG" >/dev/null
 oem stack up --sites "$SITES" --programmers "$PROGRAMMERS" --sockets "$SOCKETS" \
     --devices "$DEVICES" --flash-us-per-kib "$FLASH_US"
 

@@ -36,7 +36,8 @@ QUOTA=6 DEVICES=8
 # ---- 1. production through two bridged sites ------------------------------------------------
 "$SRC/tests/integration/sites/sites_flow.sh" --bin "$BIN" --dir "$DIR" --sites 2 --programmers 1 \
     --sockets 2 --devices "$DEVICES" --quota "$QUOTA" --window "$WINDOW" \
-    --capture "prog-1:$TMP/cap" --forge "prog-1:2:$TMP/forged" --keep >"$TMP/flow.log" 2>&1
+    --capture "prog-1:$TMP/cap" --forge "prog-1:2:$TMP/forged" --org "Acme Devices" --keep \
+    >"$TMP/flow.log" 2>&1
 flow_rc=$?
 cat "$TMP/flow.log"
 check "production through two bridged sites ran" test "$flow_rc" -eq 0
@@ -62,6 +63,14 @@ in_ledger() {
 }
 check "every device certificate verifies and is in the ledger, provisioned" in_ledger
 check "audit verify" "$BIN/nusec" audit verify --dir "$DIR" >/dev/null
+org_of() { openssl x509 -noout -subject -nameopt sep_multiline -in "$1" | sed -n 's/^ *O=//p'; }
+orgs_ok() { # `pki init --org`: the OEM's name in every certificate it issues, not "NuSEC"
+    local t
+    for t in $locked; do [[ $(org_of "$t/cert.pem") == "Acme Devices" ]] || return 1; done
+    [[ -n "$locked" && $(org_of "$CM1/programmers/prog-1/identity.crt") == "Acme Devices" &&
+        $(org_of "$CM1/site/bridge.crt") == "Acme Devices" ]]
+}
+check "device, programmer and site certificates carry O = the OEM's --org" orgs_ok
 
 # Forged certificate answers toward prog-1 during that production (a CA of the
 # CM's, signed end to end with a CM-held key, bound to the request): the

@@ -318,8 +318,9 @@ static int tp_subscribe(void *ctx, const char *filter, pg_msg_cb cb, void *cb_ct
     return rc;
 }
 
-static const struct pg_transport_ops t_tp = {PG_HAL_VERSION, tp_publish, tp_request, tp_subscribe,
-                                            tp_request_signed};
+static const struct pg_transport_ops t_tp = {
+    PG_HAL_VERSION, tp_publish, tp_request, tp_subscribe, tp_request_signed,
+};
 
 /* ---- target link ------------------------------------------------------------------ */
 
