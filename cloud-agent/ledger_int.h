@@ -222,6 +222,9 @@ struct cloud_ledger {
         uint64_t seq;
         uint8_t hash[CLOUD_LEDGER_HASH_LEN];
     } head, head_sp;
+    /* Writes run or queued by this handle (ledger__run): issuance tells from
+     * it whether a failed request left anything to undo. */
+    unsigned long writes;
 };
 
 /* -------------------------------------------------------------------- JSON */
@@ -284,6 +287,12 @@ int ledger__row(struct ledger_store_stmt *st, int *rc);
 
 /* Step a statement that returns no rows, then reset it. */
 int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what);
+
+/* The same, and the statement must change exactly `expect` rows (>= 0; -1:
+ * any), else INTERNAL. Pipelined (PostgreSQL issuance), the check comes back
+ * with the next step/flush/commit (ledger_store_queue). Counts l->writes. */
+int ledger__run_expect(struct cloud_ledger *l, struct ledger_store_stmt *st, int64_t expect,
+                       const char *what);
 
 /* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */
 int ledger__exec(struct cloud_ledger *l, enum ledger_stmt id);
@@ -424,6 +433,12 @@ void ledger__cert_issued_json(struct ledger_json *j, const char *serial, const u
  * programmer's, as issuance sees them at now_ms. */
 int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
                            uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog);
+
+/* ST_LEASE_RESERVED bound as ledger__lease_reserved binds it (issuance
+ * sends it ahead of the step when pipelining). */
+int ledger__lease_reserved_bind(struct cloud_ledger *l, const char *job_id,
+                                const char *programmer_id, uint64_t now_ms,
+                                struct ledger_store_stmt **out_st);
 
 /* Lock one row with a FOR UPDATE statement (two text keys; absent is fine). */
 int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,

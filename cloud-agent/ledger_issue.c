@@ -258,19 +258,16 @@ static int ledger__count_issue(struct cloud_ledger *l, const struct cloud_ledger
         return rc;
     ledger__bind_text(st, 1, req->job_id);
     ledger__bind_u64(st, 2, req->now_ms);
-    rc = ledger__run(l, st, "job issued");
-    if (rc == NU_OK && ledger_store_changes(st) != 1)
-        return NU_ERR_INTERNAL; /* checked under the same lock: cannot happen */
+    /* Exactly one row each, else INTERNAL: checked under the same lock, so
+     * it cannot happen. */
+    rc = ledger__run_expect(l, st, 1, "job issued");
     if (rc == NU_OK)
         rc = ledger__stmt(l, ST_ALLOC_ISSUED, &st);
     if (rc != NU_OK)
         return rc;
     ledger__bind_text(st, 1, req->job_id);
     ledger__bind_text(st, 2, req->requester);
-    rc = ledger__run(l, st, "allocation issued");
-    if (rc == NU_OK && ledger_store_changes(st) != 1)
-        return NU_ERR_INTERNAL;
-    return rc;
+    return ledger__run_expect(l, st, 1, "allocation issued");
 }
 
 static int ledger__insert_cert(struct cloud_ledger *l, const struct cloud_ledger_issue_req *req,
@@ -435,6 +432,54 @@ static int ledger__issue_one(struct cloud_ledger *l, const struct cloud_ledger_i
     return ledger__issue_new(l, req, &d, sign, sign_ctx, out);
 }
 
+/* The reads ledger__issue_one makes, in that order, bound as it binds them. */
+static const enum ledger_stmt ledger__issue_reads[] = {
+    ST_REQ_GET, ST_JOB_GET, ST_ALLOC_GET, ST_CERT_BY_JOB_UID, ST_PROG_STATE, ST_LEASE_RESERVED};
+#define LEDGER__ISSUE_READS (sizeof(ledger__issue_reads) / sizeof(ledger__issue_reads[0]))
+
+/* Pipelining (PostgreSQL): send every read of a request at once, so they
+ * cost one round trip; each reader's step then takes its answer. */
+static int ledger__issue_prefetch(struct cloud_ledger *l, const struct cloud_ledger_issue_req *req)
+{
+    struct ledger_store_stmt *st[LEDGER__ISSUE_READS];
+    int rc = NU_OK;
+
+    for (size_t i = 0; rc == NU_OK && i < LEDGER__ISSUE_READS; i++) {
+        rc = ledger__stmt(l, ledger__issue_reads[i], &st[i]);
+        if (rc == NU_OK)
+            ledger__reset(st[i]);
+    }
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st[0], 1, req->requester);
+    ledger__bind_blob(st[0], 2, req->idempotency_key, req->idempotency_key_len);
+    ledger__bind_text(st[1], 1, req->job_id);
+    ledger__bind_text(st[2], 1, req->job_id);
+    ledger__bind_text(st[2], 2, req->requester);
+    ledger__bind_text(st[3], 1, req->job_id);
+    ledger__bind_blob(st[3], 2, req->device_uid, req->device_uid_len);
+    ledger__bind_text(st[4], 1, req->requester);
+    rc = ledger__lease_reserved_bind(l, req->job_id, req->requester, req->now_ms, &st[5]);
+    for (size_t i = 0; rc == NU_OK && i < LEDGER__ISSUE_READS; i++)
+        rc = ledger_store_send(st[i]);
+    return rc;
+}
+
+/* issue_one with its reads sent ahead when pipelining; a read it did not
+ * need is reset, so no stale answer waits for another caller's step. */
+static int ledger__issue_piped(struct cloud_ledger *l, const struct cloud_ledger_issue_req *req,
+                               cloud_ledger_sign_fn sign, void *sign_ctx,
+                               struct cloud_ledger_issue_result *out)
+{
+    int rc = ledger_store_piped(l->store) ? ledger__issue_prefetch(l, req) : NU_OK;
+    if (rc == NU_OK)
+        rc = ledger__issue_one(l, req, sign, sign_ctx, out);
+    for (size_t i = 0; i < LEDGER__ISSUE_READS; i++)
+        if (l->st[ledger__issue_reads[i]])
+            ledger__reset(l->st[ledger__issue_reads[i]]);
+    return rc;
+}
+
 /* Orders for the batch's up-front locks (PostgreSQL). */
 static int ledger__cmp_key(const void *a, const void *b)
 {
@@ -469,6 +514,8 @@ int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,
     ledger__bind_text(st, 1, a);
     if (b)
         ledger__bind_text(st, 2, b);
+    if (ledger_store_piped(l->store))
+        return ledger_store_queue(st, -1); /* held before anything sent after it runs */
     while (ledger__row(st, &rc))
         ;
     ledger__reset(st);
@@ -513,7 +560,12 @@ static int ledger__batch_lock(struct cloud_ledger *l, const struct cloud_ledger_
     return rc;
 }
 
-/* Decide every pending request (code -1) under one open transaction. */
+/*
+ * Decide every pending request (code -1) under one open transaction, each
+ * inside a savepoint so that a failed request is undone alone. Pipelining,
+ * a request's queued writes are waited for before its savepoint is
+ * released, so a failure is charged to the request that caused it.
+ */
 static int ledger__batch_run(struct cloud_ledger *l, const struct cloud_ledger_issue_req *reqs,
                              size_t n, cloud_ledger_sign_fn sign, void *sign_ctx,
                              struct cloud_ledger_issue_result *out)
@@ -525,7 +577,9 @@ static int ledger__batch_run(struct cloud_ledger *l, const struct cloud_ledger_i
         rc = ledger__exec(l, ST_SP);
         if (rc != NU_OK)
             return rc;
-        rc = ledger__issue_one(l, &reqs[i], sign, sign_ctx, &out[i]);
+        rc = ledger__issue_piped(l, &reqs[i], sign, sign_ctx, &out[i]);
+        if (rc == NU_OK)
+            rc = ledger_store_flush(l->store);
         if (rc != NU_OK) {
             ledger__result_clear(&out[i], rc);
             rc = ledger__exec(l, ST_SP_ROLLBACK);
@@ -537,6 +591,63 @@ static int ledger__batch_run(struct cloud_ledger *l, const struct cloud_ledger_i
             return rc;
     }
     return NU_OK;
+}
+
+/* Whether a failure leaves the batch worth running again request by request
+ * (not when the database is gone or a lock wait gave up). */
+static int ledger__retryable(int rc)
+{
+    return rc != NU_OK && rc != NU_ERR_CONNECTION && rc != NU_ERR_BUSY && rc != NU_ERR_NOMEM;
+}
+
+/*
+ * PostgreSQL's fast path: the same decisions with no savepoints, every write
+ * queued behind the reads (pipelined): about one round trip per request.
+ * A request that fails before writing anything (the signer refused) is
+ * answered with its error and the batch goes on. Anything else returns
+ * LEDGER__CAREFUL: the caller rolls the transaction back and runs the batch
+ * again with a savepoint per request, so one bad request cannot fail the
+ * others. Database failures come back as they are.
+ */
+#define LEDGER__CAREFUL (-1000)
+static int ledger__batch_fast(struct cloud_ledger *l, const struct cloud_ledger_issue_req *reqs,
+                              size_t n, cloud_ledger_sign_fn sign, void *sign_ctx,
+                              struct cloud_ledger_issue_result *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (out[i].code != -1)
+            continue;
+        unsigned long w0 = l->writes;
+        int rc = ledger__issue_piped(l, &reqs[i], sign, sign_ctx, &out[i]);
+        if (rc == NU_OK)
+            continue;
+        int frc = ledger_store_flush(l->store);
+        if (frc != NU_OK)
+            return ledger__retryable(frc) ? LEDGER__CAREFUL : frc;
+        if (l->writes != w0)
+            return LEDGER__CAREFUL;
+        ledger__result_clear(&out[i], rc); /* nothing of it was written */
+    }
+    return ledger_store_flush(l->store);
+}
+
+/* One transaction over the batch: locks, decisions, commit. fast: PostgreSQL's
+ * savepoint-free path (may return LEDGER__CAREFUL, transaction left open). */
+static int ledger__batch_tx(struct cloud_ledger *l, const struct cloud_ledger_issue_req *reqs,
+                            size_t n, cloud_ledger_sign_fn sign, void *sign_ctx,
+                            struct cloud_ledger_issue_result *out, int fast)
+{
+    int rc = ledger__begin(l, 1);
+    if (rc == NU_OK)
+        rc = ledger_store_pipeline(l->store, 1);
+    if (rc == NU_OK)
+        rc = ledger__batch_lock(l, reqs, n, out);
+    if (rc == NU_OK)
+        rc = fast ? ledger__batch_fast(l, reqs, n, sign, sign_ctx, out)
+                  : ledger__batch_run(l, reqs, n, sign, sign_ctx, out);
+    if (rc == NU_OK)
+        rc = ledger__commit(l);
+    return rc;
 }
 
 int cloud_ledger_issue_batch(struct cloud_ledger *ledger, const struct cloud_ledger_issue_req *reqs,
@@ -561,13 +672,14 @@ int cloud_ledger_issue_batch(struct cloud_ledger *ledger, const struct cloud_led
     }
     if (pending == 0)
         return NU_OK;
-    rc = ledger__begin(ledger, 1);
-    if (rc == NU_OK)
-        rc = ledger__batch_lock(ledger, reqs, n, out);
-    if (rc == NU_OK)
-        rc = ledger__batch_run(ledger, reqs, n, sign, sign_ctx, out);
-    if (rc == NU_OK)
-        rc = ledger__commit(ledger);
+    rc = ledger__batch_tx(ledger, reqs, n, sign, sign_ctx, out, ledger__is_pg(ledger));
+    if (rc == LEDGER__CAREFUL) {
+        ledger__rollback(ledger);
+        for (size_t i = 0; i < n; i++)
+            if (ledger__issue_req_check(&reqs[i]) == NU_OK)
+                ledger__result_clear(&out[i], -1);
+        rc = ledger__batch_tx(ledger, reqs, n, sign, sign_ctx, out, 0);
+    }
     if (rc != NU_OK) {
         ledger__rollback(ledger);
         /* Nothing of the batch is recorded: no request may be answered as done. */
