@@ -225,6 +225,11 @@ struct cloud_ledger {
     /* Writes run or queued by this handle (ledger__run): issuance tells from
      * it whether a failed request left anything to undo. */
     unsigned long writes;
+    /* PostgreSQL issuance (ledger_issue.c): a handle of its own per request
+     * slot and read, so a whole batch's reads go out in one round trip, and
+     * the batch's view of its job and allocation rows (NULL outside it). */
+    struct ledger_store_stmt *pool[CLOUD_LEDGER_BATCH_MAX][6];
+    struct ledger_view *view;
 };
 
 /* -------------------------------------------------------------------- JSON */
@@ -279,6 +284,10 @@ int ledger__is_pg(const struct cloud_ledger *l);
 
 int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
                  struct ledger_store_stmt **out_st);
+
+/* Prepare another handle on statement `id` (owned by the store). */
+int ledger__stmt_new(struct cloud_ledger *l, enum ledger_stmt id,
+                     struct ledger_store_stmt **out_st);
 
 void ledger__reset(struct ledger_store_stmt *st);
 

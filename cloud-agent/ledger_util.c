@@ -43,6 +43,13 @@ int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
     return NU_OK;
 }
 
+int ledger__stmt_new(struct cloud_ledger *l, enum ledger_stmt id,
+                     struct ledger_store_stmt **out_st)
+{
+    const char *sql = ledger__is_pg(l) && ledger__sql_pg[id] ? ledger__sql_pg[id] : ledger__sql[id];
+    return ledger_store_prepare(l->store, sql, out_st);
+}
+
 void ledger__reset(struct ledger_store_stmt *st)
 {
     ledger_store_reset(st);
