@@ -119,6 +119,9 @@ static void ledger__counters(const struct ledger_decision *d, struct cloud_ledge
     }
 }
 
+static int ledger__issue_event(struct cloud_ledger *l, struct ledger_json *j, uint64_t ts,
+                               const char *kind, const char *actor, const char *job_id);
+
 /* Commit a refusal: counted on the job, audited, cached when `store`. */
 static int ledger__refuse(struct cloud_ledger *l, const struct cloud_ledger_issue_req *req,
                           struct ledger_decision *d, int code, int store,
@@ -147,7 +150,7 @@ static int ledger__refuse(struct cloud_ledger *l, const struct cloud_ledger_issu
     lj_hex(&j, "idempotency_key", req->idempotency_key, req->idempotency_key_len);
     lj_str(&j, "code", nu_err_name(code));
     lj_raw(&j, "}", 1);
-    rc = ledger__append_json(l, &j, req->now_ms, "cert.refused", req->requester, req->job_id);
+    rc = ledger__issue_event(l, &j, req->now_ms, "cert.refused", req->requester, req->job_id);
     if (rc != NU_OK)
         return rc;
     ledger__result_clear(out, code);
@@ -220,7 +223,7 @@ static int ledger__resend(struct cloud_ledger *l, const struct cloud_ledger_issu
     lj_str(&j, "programmer", req->requester);
     lj_hex(&j, "idempotency_key", req->idempotency_key, req->idempotency_key_len);
     lj_raw(&j, "}", 1);
-    rc = ledger__append_json(l, &j, req->now_ms, "cert.resent", req->requester, req->job_id);
+    rc = ledger__issue_event(l, &j, req->now_ms, "cert.resent", req->requester, req->job_id);
     if (rc != NU_OK)
         return rc;
     out->code = NU_OK;
@@ -314,7 +317,7 @@ static int ledger__issue_new(struct cloud_ledger *l, const struct cloud_ledger_i
     ledger__cert_issued_json(&j, so->serial, req->device_uid, req->device_uid_len, req->pubkey_hash,
                              req->requester, req->idempotency_key, req->idempotency_key_len,
                              pem_sha);
-    rc = ledger__append_json(l, &j, req->now_ms, "cert.issued", req->requester, req->job_id);
+    rc = ledger__issue_event(l, &j, req->now_ms, "cert.issued", req->requester, req->job_id);
     d->job.issued++;
     if (rc == NU_OK && d->job.issued >= d->job.quota) {
         lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
@@ -322,7 +325,7 @@ static int ledger__issue_new(struct cloud_ledger *l, const struct cloud_ledger_i
         lj_u64(&j, "issued", d->job.issued);
         lj_u64(&j, "quota", d->job.quota);
         lj_raw(&j, "}", 1);
-        rc = ledger__append_json(l, &j, req->now_ms, "job.exhausted", req->requester, req->job_id);
+        rc = ledger__issue_event(l, &j, req->now_ms, "job.exhausted", req->requester, req->job_id);
     }
     if (rc != NU_OK)
         return rc;
@@ -342,7 +345,18 @@ static int ledger__issue_new(struct cloud_ledger *l, const struct cloud_ledger_i
  * UPDATEs still check every count in the database (expect 1 row), so a view
  * that went wrong fails the batch, it never passes a quota.
  */
+struct ledger_view_event {
+    uint64_t ts;
+    const char *kind, *actor, *job_id; /* static names and the request's strings */
+    char *payload;
+    size_t len;
+};
+
 struct ledger_view {
+    /* The batch's audit events, appended after the last decision so the
+     * chain head is locked for the appends and the COMMIT only. */
+    struct ledger_view_event *ev;
+    size_t nev, evcap;
     size_t njobs, nallocs;
     struct ledger_view_job {
         const char *job_id;
@@ -374,6 +388,55 @@ static struct ledger_view_alloc *ledger__view_alloc(struct ledger_view *v, const
             strcmp(v->allocs[i].programmer_id, programmer_id) == 0)
             return &v->allocs[i];
     return NULL;
+}
+
+/* An issuance event: appended now, or in a batch view kept for the end. */
+static int ledger__issue_event(struct cloud_ledger *l, struct ledger_json *j, uint64_t ts,
+                               const char *kind, const char *actor, const char *job_id)
+{
+    struct ledger_view *v = l->view;
+    struct ledger_view_event *e;
+
+    if (!v || j->overflow)
+        return ledger__append_json(l, j, ts, kind, actor, job_id);
+    if (v->nev == v->evcap) {
+        size_t cap = v->evcap ? v->evcap * 2 : 64;
+        struct ledger_view_event *ev = realloc(v->ev, cap * sizeof(*ev));
+        if (!ev)
+            return NU_ERR_NOMEM;
+        v->ev = ev;
+        v->evcap = cap;
+    }
+    e = &v->ev[v->nev];
+    if (!(e->payload = malloc(j->len + 1)))
+        return NU_ERR_NOMEM;
+    memcpy(e->payload, j->buf, j->len + 1);
+    e->len = j->len;
+    e->ts = ts;
+    e->kind = kind;
+    e->actor = actor;
+    e->job_id = job_id;
+    v->nev++;
+    l->writes++; /* a write to come: a request failing after it is undone in full */
+    return NU_OK;
+}
+
+/* Append the batch's events in request order (the head is locked at the
+ * first), then forget them. */
+static int ledger__view_events(struct cloud_ledger *l, struct ledger_view *v, int append)
+{
+    int rc = NU_OK;
+    for (size_t i = 0; i < v->nev; i++) {
+        struct ledger_json j = {v->ev[i].payload, v->ev[i].len + 1, v->ev[i].len, 0};
+        if (append && rc == NU_OK)
+            rc = ledger__append_json(l, &j, v->ev[i].ts, v->ev[i].kind, v->ev[i].actor,
+                                     v->ev[i].job_id);
+        free(v->ev[i].payload);
+    }
+    free(v->ev);
+    v->ev = NULL;
+    v->nev = v->evcap = 0;
+    return rc;
 }
 
 /* The job and allocation rows from the view (same outcomes as the reads). */
@@ -857,9 +920,13 @@ static int ledger__batch_fast(struct cloud_ledger *l, const struct cloud_ledger_
         if (rc == NU_OK)
             ledger__result_clear(&out[i], irc); /* nothing of it was written */
     }
+    l->view = NULL;
+    if (v) {
+        int erc = ledger__view_events(l, v, rc == NU_OK);
+        rc = rc == NU_OK ? erc : rc;
+    }
     if (rc == NU_OK)
         rc = ledger_store_flush(l->store);
-    l->view = NULL;
     free(v);
     return rc == NU_OK || rc == LEDGER__CAREFUL || !ledger__retryable(rc) ? rc : LEDGER__CAREFUL;
 }

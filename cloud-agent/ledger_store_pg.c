@@ -7,7 +7,8 @@
  * prepared lazily on the connection, once per connection generation: after a
  * lost connection, begin resets it and every statement is prepared again.
  * Parameters go as text (integers, text) or binary (bytea); results come
- * back binary, so bytea needs no unescaping.
+ * back binary, so bytea needs no unescaping. Issuance runs its write
+ * transaction in libpq pipeline mode (ledger_store_pipeline, below).
  */
 #if NUSEC_HAVE_LIBPQ
 #include <errno.h>
