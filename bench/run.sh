@@ -342,26 +342,11 @@ note "flood: ONE identity's FLOOD_THREADS (8) threads send garbage as requests b
 # (tests/integration/pg/pg_cluster.sh), 1 and 2 agent processes issuing in
 # batches of 32 with a dummy signer: the database's share of issuance.
 PG_SECONDS=${BENCH_PG_SECONDS:-10}
-echo "== ledger on PostgreSQL: bench_ledger_pg, ${PG_SECONDS}s each (sqlite 1 agent, postgresql 1 and 2 agents)"
-pg_rate() { awk '{ for (i = 1; i < NF; i++) if ($i == "rate") print $(i + 1) }' "$1"; }
-if [[ -x "$BIN/bench_ledger_pg" ]] && "$ROOT/tests/integration/pg/pg_cluster.sh" start "$WORK/pg" >"$WORK/pg.env" 2>"$WORK/pg.log"; then
-    pghost=$(sed -n 's/^PGHOST=//p' "$WORK/pg.env"); pgport=$(sed -n 's/^PGPORT=//p' "$WORK/pg.env")
-    pgu() { echo "postgresql://nusec_owner@/$1?host=$pghost&port=$pgport"; }
-    for db in bench1 bench2; do psql -X -q "$(pgu postgres)" -c "CREATE DATABASE $db" >>"$WORK/pg.log" 2>&1 || true; done
-    "$BIN/bench_ledger_pg" "$WORK/ledger-sqlite.db" "$WORK/ledger-sqlite.db" - 1 "$PG_SECONDS" >"$WORK/pg-sqlite1.txt" 2>>"$WORK/pg.log" || true
-    "$BIN/bench_ledger_pg" "$(pgu bench1)" "$(pgu bench1)" - 1 "$PG_SECONDS" >"$WORK/pg-1.txt" 2>>"$WORK/pg.log" || true
-    "$BIN/bench_ledger_pg" "$(pgu bench2)" "$(pgu bench2)" - 2 "$PG_SECONDS" >"$WORK/pg-2.txt" 2>>"$WORK/pg.log" || true
-    "$ROOT/tests/integration/pg/pg_cluster.sh" stop "$WORK/pg" >>"$WORK/pg.log" 2>&1 || true
-    sq1=$(pg_rate "$WORK/pg-sqlite1.txt"); pg1=$(pg_rate "$WORK/pg-1.txt"); pg2=$(pg_rate "$WORK/pg-2.txt")
-    emit ledger_sqlite_issue_per_s_1agent "${sq1:-null}" certs/s
-    emit ledger_pg_issue_per_s_1agent "${pg1:-null}" certs/s
-    emit ledger_pg_issue_per_s_2agents "${pg2:-null}" certs/s
-    emit ledger_pg_2agents_vs_sqlite_1agent "$(ratio "${pg2:-0}" "${sq1:-0}")" ratio
-    note "ledger on PostgreSQL: bench_ledger_pg issues with a dummy signer (no HSM) in batches of 32, READ COMMITTED, fsync on, one local cluster on the same 2 cores as the agents; goal: 2 agents on PostgreSQL >= 0.5x SQLite with one agent."
-else
-    nulls ledger_sqlite_issue_per_s_1agent ledger_pg_issue_per_s_1agent ledger_pg_issue_per_s_2agents ledger_pg_2agents_vs_sqlite_1agent
-    note "ledger on PostgreSQL: not measured (no bench_ledger_pg or the cluster did not start: $WORK/pg.log)"
-fi
+echo "== ledger on PostgreSQL: bench_ledger_pg, ${PG_SECONDS}s each (sqlite 1 agent, postgresql 1 and 2 agents; alone: bench/ledger_pg.sh)"
+"$ROOT/bench/ledger_pg.sh" "$BIN" "$WORK/pgbench" "$PG_SECONDS" >"$WORK/pgbench.txt" 2>"$WORK/pgbench.log" || true
+while read -r n v u; do
+    if [[ "$n" == note: ]]; then note "$v $u"; elif [[ -n "$n" ]]; then emit "$n" "$v" "$u"; fi
+done <"$WORK/pgbench.txt"
 
 BENCH_S=$(($(date +%s) - BENCH_T0))
 emit bench_seconds "$BENCH_S" s

@@ -142,9 +142,8 @@ static int ledger__append(struct cloud_ledger *l, uint64_t ts, const char *kind,
     ledger__bind_blob_text(st, 6, payload, payload_len);
     ledger__bind_blob(st, 7, l->head.hash, sizeof(l->head.hash));
     ledger__bind_blob(st, 8, hash, sizeof(hash));
-    rc = ledger__run(l, st, "audit append");
-    if (rc == NU_OK && pg && ledger_store_changes(st) != 1)
-        rc = NU_ERR_DB; /* the head did not move with the event */
+    /* PostgreSQL: the head must move with the event (1 row updated). */
+    rc = ledger__run_expect(l, st, pg ? 1 : -1, "audit append");
     if (rc == NU_OK && !pg) {
         rc = ledger__stmt(l, ST_HEAD_SET, &st);
         if (rc == NU_OK) {

@@ -222,6 +222,14 @@ struct cloud_ledger {
         uint64_t seq;
         uint8_t hash[CLOUD_LEDGER_HASH_LEN];
     } head, head_sp;
+    /* Writes run or queued by this handle (ledger__run): issuance tells from
+     * it whether a failed request left anything to undo. */
+    unsigned long writes;
+    /* PostgreSQL issuance (ledger_issue.c): a handle of its own per request
+     * slot and read, so a whole batch's reads go out in one round trip, and
+     * the batch's view of its job and allocation rows (NULL outside it). */
+    struct ledger_store_stmt *pool[CLOUD_LEDGER_BATCH_MAX][6];
+    struct ledger_view *view;
 };
 
 /* -------------------------------------------------------------------- JSON */
@@ -277,6 +285,10 @@ int ledger__is_pg(const struct cloud_ledger *l);
 int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
                  struct ledger_store_stmt **out_st);
 
+/* Prepare another handle on statement `id` (owned by the store). */
+int ledger__stmt_new(struct cloud_ledger *l, enum ledger_stmt id,
+                     struct ledger_store_stmt **out_st);
+
 void ledger__reset(struct ledger_store_stmt *st);
 
 /* Step: 1 with a row; 0 when done (*rc = NU_OK) or failed (*rc = the error). */
@@ -284,6 +296,12 @@ int ledger__row(struct ledger_store_stmt *st, int *rc);
 
 /* Step a statement that returns no rows, then reset it. */
 int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what);
+
+/* The same, and the statement must change exactly `expect` rows (>= 0; -1:
+ * any), else INTERNAL. Pipelined (PostgreSQL issuance), the check comes back
+ * with the next step/flush/commit (ledger_store_queue). Counts l->writes. */
+int ledger__run_expect(struct cloud_ledger *l, struct ledger_store_stmt *st, int64_t expect,
+                       const char *what);
 
 /* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */
 int ledger__exec(struct cloud_ledger *l, enum ledger_stmt id);
@@ -424,6 +442,12 @@ void ledger__cert_issued_json(struct ledger_json *j, const char *serial, const u
  * programmer's, as issuance sees them at now_ms. */
 int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
                            uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog);
+
+/* ST_LEASE_RESERVED bound as ledger__lease_reserved binds it (issuance
+ * sends it ahead of the step when pipelining). */
+int ledger__lease_reserved_bind(struct cloud_ledger *l, const char *job_id,
+                                const char *programmer_id, uint64_t now_ms,
+                                struct ledger_store_stmt **out_st);
 
 /* Lock one row with a FOR UPDATE statement (two text keys; absent is fine). */
 int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,

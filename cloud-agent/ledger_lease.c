@@ -124,18 +124,28 @@ static int lease__expire(struct cloud_ledger *l, const char *job_id, uint64_t no
     return rc;
 }
 
+int ledger__lease_reserved_bind(struct cloud_ledger *l, const char *job_id,
+                                const char *programmer_id, uint64_t now_ms,
+                                struct ledger_store_stmt **out_st)
+{
+    int rc = ledger__stmt(l, ST_LEASE_RESERVED, out_st);
+    if (rc)
+        return rc;
+    ledger__bind_text(*out_st, 1, job_id);
+    ledger__bind_text(*out_st, 2, programmer_id ? programmer_id : "");
+    ledger__bind_u64(*out_st, 3, LEASE__GRACE_MS);
+    ledger__bind_u64(*out_st, 4, now_ms);
+    return NU_OK;
+}
+
 int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
                            uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog)
 {
     struct ledger_store_stmt *st = NULL;
     *out_job = *out_prog = 0;
-    int rc = ledger__stmt(l, ST_LEASE_RESERVED, &st);
+    int rc = ledger__lease_reserved_bind(l, job_id, programmer_id, now_ms, &st);
     if (rc)
         return rc;
-    ledger__bind_text(st, 1, job_id);
-    ledger__bind_text(st, 2, programmer_id ? programmer_id : "");
-    ledger__bind_u64(st, 3, LEASE__GRACE_MS);
-    ledger__bind_u64(st, 4, now_ms);
     if (ledger__row(st, &rc)) {
         *out_job = ledger__col_u32(st, 0);
         *out_prog = ledger__col_u32(st, 1);

@@ -189,6 +189,51 @@ int ledger_store_set_inline_maintenance(struct ledger_store *store, int on)
                                               : NU_OK;
 }
 
+int ledger_store_pipeline(struct ledger_store *store, int on)
+{
+    if (!store)
+        return NU_ERR_INVALID_ARG;
+    return store->ops->pipeline ? store->ops->pipeline(store, on) : NU_OK;
+}
+
+int ledger_store_piped(const struct ledger_store *store)
+{
+    return store && store->ops->piped && store->ops->piped(store);
+}
+
+int ledger_store_send(struct ledger_store_stmt *st)
+{
+    if (!st)
+        return NU_ERR_INVALID_ARG;
+    return st->store->ops->send ? st->store->ops->send(st) : NU_OK;
+}
+
+int ledger_store_queue(struct ledger_store_stmt *st, int64_t expect_changes)
+{
+    const struct ledger_store_ops *ops;
+    int row = 0, rc;
+
+    if (!st)
+        return NU_ERR_INVALID_ARG;
+    ops = st->store->ops;
+    if (ops->queue && ledger_store_piped(st->store)) {
+        rc = ops->queue(st, expect_changes);
+    } else {
+        rc = ops->step(st, &row);
+        if (rc == NU_OK && expect_changes >= 0 && ops->changes(st) != (uint64_t)expect_changes)
+            rc = NU_ERR_INTERNAL;
+    }
+    ops->reset(st);
+    return rc;
+}
+
+int ledger_store_flush(struct ledger_store *store)
+{
+    if (!store)
+        return NU_ERR_INVALID_ARG;
+    return store->ops->flush ? store->ops->flush(store) : NU_OK;
+}
+
 int ledger_store_prepare(struct ledger_store *store, const char *sql,
                          struct ledger_store_stmt **out_stmt)
 {

@@ -137,6 +137,42 @@ int ledger_store_maintain(struct ledger_store *store);
  * does). PostgreSQL: NU_OK. */
 int ledger_store_set_inline_maintenance(struct ledger_store *store, int on);
 
+/*
+ * Pipelining inside one write transaction (PostgreSQL: libpq pipeline mode;
+ * SQLite, in-process: every call runs at once and these are no-ops).
+ * on = 1 right after ledger_store_begin(store, 1): from then on statements
+ * are sent without waiting for their answers; a step of a read, a flush or
+ * the commit sends one Sync and reads the answers back in order. The server
+ * runs them in the order sent, so a read sees the writes queued before it.
+ * A failure of any queued command aborts the transaction: it is returned by
+ * the next step/flush/commit (and by every later send) until ROLLBACK TO a
+ * savepoint or the rollback. Commit and rollback end pipelining; so does any
+ * call that needs a plain round trip (session lock, DDL). Errors: INVALID_ARG
+ * (no open transaction), CONNECTION, DB.
+ */
+int ledger_store_pipeline(struct ledger_store *store, int on);
+
+/* Whether statements are being pipelined now. */
+int ledger_store_piped(const struct ledger_store *store);
+
+/*
+ * Send a bound statement now (several reads then travel in one round trip);
+ * its later step reads the answer instead of running it again, whatever was
+ * bound since. Not pipelining: a no-op, the step runs it.
+ */
+int ledger_store_send(struct ledger_store_stmt *st);
+
+/*
+ * Run a write whose rows nobody reads, and reset it. Pipelining: only sent;
+ * its failure, or a row count other than expect_changes (when >= 0, then
+ * INTERNAL), comes back from a later step/flush/commit. Otherwise it runs at
+ * once and returns that outcome.
+ */
+int ledger_store_queue(struct ledger_store_stmt *st, int64_t expect_changes);
+
+/* Wait for every answer sent so far: NU_OK, or the transaction's first failure. */
+int ledger_store_flush(struct ledger_store *store);
+
 /* ------------------------------------------------------------ statements */
 
 /* Prepare `sql` (placeholders ?1..?N). The statement belongs to the store.

@@ -38,6 +38,12 @@ struct ledger_store_ops {
     int (*set_lock_timeout)(struct ledger_store *s, unsigned ms);
     int (*maintain)(struct ledger_store *s);
     int (*set_inline_maintenance)(struct ledger_store *s, int on);
+    /* Optional pipelining (ledger_store_pipeline); NULL: run at once. */
+    int (*pipeline)(struct ledger_store *s, int on);
+    int (*send)(struct ledger_store_stmt *st);
+    int (*queue)(struct ledger_store_stmt *st, int64_t expect);
+    int (*flush)(struct ledger_store *s);
+    int (*piped)(const struct ledger_store *s);
 };
 
 /* The first member of every backend's connection struct. */

@@ -7,7 +7,8 @@
  * prepared lazily on the connection, once per connection generation: after a
  * lost connection, begin resets it and every statement is prepared again.
  * Parameters go as text (integers, text) or binary (bytea); results come
- * back binary, so bytea needs no unescaping.
+ * back binary, so bytea needs no unescaping. Issuance runs its write
+ * transaction in libpq pipeline mode (ledger_store_pipeline, below).
  */
 #if NUSEC_HAVE_LIBPQ
 #include <errno.h>
@@ -43,6 +44,24 @@ struct lsp_store {
      * the next simple command (the next request's SAVEPOINT, the COMMIT),
      * else goes alone before any other statement (lsp__flush). */
     char deferred[64];
+    /* Pipeline mode (ledger_store_pipeline, write transactions only): what
+     * was sent and not read back yet, oldest first. A failure read back is
+     * kept in `perr` until the transaction (or savepoint) is rolled back. */
+    int pipe;
+    struct lsp_pend *q;
+    size_t qhead, qlen, qcap;
+    int unsynced; /* something sent since the last Sync */
+    int perr;
+};
+
+/* One command sent in pipeline mode: its result goes to `st` (a read that
+ * will be stepped), or is only checked (a queued write: the row count must
+ * equal `expect` when >= 0; a transaction command; a Sync). */
+enum lsp_pend_kind { LSP_P_QUERY, LSP_P_SYNC, LSP_P_COMMIT };
+struct lsp_pend {
+    struct lsp_stmt *st;
+    int64_t expect;
+    enum lsp_pend_kind kind;
 };
 
 struct lsp_stmt {
@@ -58,6 +77,8 @@ struct lsp_stmt {
     int row;    /* the current row, -1 before the first step */
     int nrows;
     uint64_t changes;
+    int sent;  /* pipeline mode: sent, its result not read back yet */
+    int rc;    /* pipeline mode: the outcome read back for it */
 };
 
 static struct lsp_store *lsp__s(const struct ledger_store *s)
@@ -99,8 +120,15 @@ static int lsp__err(struct lsp_store *s, const PGresult *res, const char *what)
 }
 
 /* Run one parameterless command; COMMAND_OK or TUPLES_OK is success. */
+static int lsp__unpipe(struct lsp_store *s);
+
 static int lsp__exec_now(struct lsp_store *s, const char *sql)
 {
+    if (s->pipe) {
+        int prc = lsp__unpipe(s); /* plain calls are refused in pipeline mode */
+        if (prc != NU_OK)
+            return prc;
+    }
     PGresult *res = PQexec(s->conn, sql);
     ExecStatusType st = PQresultStatus(res);
     int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK
@@ -121,10 +149,276 @@ static int lsp__flush(struct lsp_store *s)
     return lsp__exec_now(s, sql);
 }
 
+/* ------------------------------------------------------------ pipeline mode
+ *
+ * Inside a write transaction the ledger may switch the connection to libpq's
+ * pipeline mode: statements go out without waiting for their answers, and a
+ * Sync + the answers are read only when a result is needed (a step of a
+ * read, a flush, the commit). A batch of issuance then costs a few round
+ * trips instead of one per statement. The server runs the commands in the
+ * order sent, so a read sees every write queued before it; after a failure
+ * it skips the rest up to the next Sync (PGRES_PIPELINE_ABORTED) and the
+ * transaction is aborted: the first failure is kept in `perr`.
+ */
+
+/* Room for one more pending command (before sending it, so a failed
+ * allocation never leaves a command on the wire without its entry). */
+static int lsp__reserve(struct lsp_store *s)
+{
+    if (s->qhead + s->qlen < s->qcap)
+        return NU_OK;
+    if (s->qhead) {
+        memmove(s->q, s->q + s->qhead, s->qlen * sizeof *s->q);
+        s->qhead = 0;
+        return NU_OK;
+    }
+    size_t cap = s->qcap ? s->qcap * 2 : 64;
+    struct lsp_pend *q = realloc(s->q, cap * sizeof *q);
+    if (!q)
+        return NU_ERR_NOMEM;
+    s->q = q;
+    s->qcap = cap;
+    return NU_OK;
+}
+
+static void lsp__push(struct lsp_store *s, struct lsp_stmt *st, int64_t expect,
+                      enum lsp_pend_kind kind)
+{
+    s->q[s->qhead + s->qlen++] = (struct lsp_pend){st, expect, kind};
+    if (st) {
+        st->sent = 1;
+        st->rc = NU_OK;
+    }
+    s->unsynced = kind != LSP_P_SYNC;
+}
+
+static int lsp__fail(struct lsp_store *s, int rc)
+{
+    if (!s->perr)
+        s->perr = rc;
+    return rc;
+}
+
+/* Forget everything pending (the connection is gone). */
+static void lsp__abandon(struct lsp_store *s)
+{
+    for (size_t i = 0; i < s->qlen; i++) {
+        struct lsp_stmt *st = s->q[s->qhead + i].st;
+        if (st) {
+            st->sent = 0;
+            st->rc = NU_ERR_CONNECTION;
+        }
+    }
+    s->qhead = s->qlen = 0;
+    s->unsynced = 0;
+    s->pipe = 0;
+}
+
+/* Send a parameterless command (BEGIN-less transaction control, savepoints)
+ * or one with text parameters, its result only checked. */
+static int lsp__send_cmd(struct lsp_store *s, const char *sql, int n, const char *const *vals,
+                         enum lsp_pend_kind kind)
+{
+    if (s->perr)
+        return s->perr;
+    if (lsp__reserve(s) != NU_OK)
+        return lsp__fail(s, NU_ERR_NOMEM);
+    if (!PQsendQueryParams(s->conn, sql, n, NULL, vals, NULL, NULL, 0))
+        return lsp__fail(s, lsp__err(s, NULL, sql));
+    lsp__push(s, NULL, -1, kind);
+    return NU_OK;
+}
+
+/* Send a prepared statement; `keep`: its result is read by a later step,
+ * else it is only checked (row count `expect` when >= 0). */
+static int lsp__send_stmt(struct lsp_store *s, struct lsp_stmt *st, int keep, int64_t expect)
+{
+    if (s->perr)
+        return s->perr;
+    if (st->gen != s->gen) {
+        if (lsp__reserve(s) != NU_OK)
+            return lsp__fail(s, NU_ERR_NOMEM);
+        if (!PQsendPrepare(s->conn, st->name, st->sql, st->nparams, NULL))
+            return lsp__fail(s, lsp__err(s, NULL, "prepare"));
+        lsp__push(s, NULL, -1, LSP_P_QUERY);
+        st->gen = s->gen;
+    }
+    if (lsp__reserve(s) != NU_OK)
+        return lsp__fail(s, NU_ERR_NOMEM);
+    if (!PQsendQueryPrepared(s->conn, st->name, st->nparams, (const char *const *)st->val,
+                             st->len, st->fmt, 1))
+        return lsp__fail(s, lsp__err(s, NULL, "send"));
+    lsp__push(s, keep ? st : NULL, expect, LSP_P_QUERY);
+    return NU_OK;
+}
+
+static int lsp__sync(struct lsp_store *s)
+{
+    if (!s->unsynced)
+        return NU_OK;
+    if (lsp__reserve(s) != NU_OK)
+        return lsp__fail(s, NU_ERR_NOMEM);
+    if (!PQpipelineSync(s->conn)) {
+        int rc = lsp__err(s, NULL, "pipeline sync");
+        lsp__abandon(s);
+        s->pipe = 1; /* still in pipeline mode as far as libpq knows */
+        return lsp__fail(s, rc);
+    }
+    lsp__push(s, NULL, -1, LSP_P_SYNC);
+    return NU_OK;
+}
+
+/* The outcome of one answered command: NU_OK or the mapped error. */
+static int lsp__answer(struct lsp_store *s, const struct lsp_pend *p, PGresult *res)
+{
+    ExecStatusType es = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    uint64_t changes;
+
+    if (p->kind == LSP_P_SYNC)
+        return es == PGRES_PIPELINE_SYNC ? NU_OK : lsp__err(s, res, "pipeline sync");
+    if (es == PGRES_PIPELINE_ABORTED)
+        return s->perr ? s->perr : NU_ERR_DB;
+    if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK)
+        return lsp__err(s, res, "pipelined statement");
+    changes = strtoull(PQcmdTuples(res), NULL, 10);
+    if (p->kind == LSP_P_COMMIT && strcmp(PQcmdStatus(res), "COMMIT") != 0) {
+        lsp__msg(s, "commit of a failed transaction");
+        return NU_ERR_DB;
+    }
+    if (p->expect >= 0 && changes != (uint64_t)p->expect) {
+        snprintf(s->err, sizeof s->err, "a queued statement changed %llu rows, not %lld",
+                 (unsigned long long)changes, (long long)p->expect);
+        nu_warn("ledger store: %s", s->err);
+        return NU_ERR_INTERNAL;
+    }
+    if (p->st) {
+        p->st->nrows = es == PGRES_TUPLES_OK ? PQntuples(res) : 0;
+        p->st->changes = changes;
+    }
+    return NU_OK;
+}
+
+/* Read back the oldest pending command. */
+static void lsp__recv_one(struct lsp_store *s)
+{
+    struct lsp_pend p = s->q[s->qhead];
+    PGresult *res, *more;
+    int rc;
+
+    s->qhead++;
+    if (!--s->qlen)
+        s->qhead = 0;
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+        rc = lsp__err(s, NULL, "pipeline");
+    } else {
+        res = PQgetResult(s->conn);
+        rc = lsp__answer(s, &p, res);
+        /* Every command's results end with NULL; a Sync's has none. */
+        if (res && p.kind != LSP_P_SYNC)
+            while ((more = PQgetResult(s->conn)))
+                PQclear(more);
+        if (p.st && rc == NU_OK)
+            p.st->res = res;
+        else
+            PQclear(res);
+    }
+    if (p.st) {
+        p.st->sent = 0;
+        p.st->rc = rc;
+    }
+    if (rc != NU_OK)
+        lsp__fail(s, rc);
+}
+
+/* Wait for `st`'s answer (NULL: for everything sent). Returns its outcome,
+ * or for NULL the first failure of the transaction. */
+static int lsp__wait(struct lsp_store *s, struct lsp_stmt *st)
+{
+    int rc = lsp__sync(s);
+    if (rc != NU_OK && !s->qlen)
+        return rc;
+    while (s->qlen && (!st || st->sent))
+        lsp__recv_one(s);
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        lsp__abandon(s);
+    return st ? st->rc : s->perr;
+}
+
+/* Leave pipeline mode: wait for every answer, then back to plain calls.
+ * Returns the first failure of the pipelined part (kept until rollback). */
+static int lsp__unpipe(struct lsp_store *s)
+{
+    int rc;
+    if (!s->pipe)
+        return NU_OK;
+    rc = lsp__wait(s, NULL);
+    if (s->pipe && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(s->conn))
+        rc = lsp__fail(s, lsp__err(s, NULL, "exit pipeline mode"));
+    s->pipe = 0;
+    return rc;
+}
+
+static int lsp__pipeline(struct ledger_store *bs, int on)
+{
+    struct lsp_store *s = lsp__s(bs);
+    int rc;
+    if (!on)
+        return lsp__unpipe(s);
+    if (s->pipe)
+        return NU_OK;
+    if (PQtransactionStatus(s->conn) != PQTRANS_INTRANS)
+        return NU_ERR_INVALID_ARG; /* only inside a healthy transaction */
+    if ((rc = lsp__flush(s)) != NU_OK)
+        return rc;
+    if (!PQenterPipelineMode(s->conn))
+        return lsp__err(s, NULL, "enter pipeline mode");
+    s->pipe = 1;
+    s->perr = NU_OK;
+    return NU_OK;
+}
+
+static int lsp__send(struct ledger_store_stmt *bst)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    struct lsp_store *s = lsp__s(bst->store);
+    if (!s->pipe || st->sent || st->res)
+        return NU_OK;
+    return lsp__send_stmt(s, st, 1, -1);
+}
+
+/* A write nobody reads rows of: sent now, checked at the next wait. */
+static int lsp__queue(struct ledger_store_stmt *bst, int64_t expect)
+{
+    struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    struct lsp_store *s = lsp__s(bst->store);
+    return lsp__send_stmt(s, st, 0, expect);
+}
+
+static int lsp__flush_pipe(struct ledger_store *bs)
+{
+    struct lsp_store *s = lsp__s(bs);
+    return s->pipe ? lsp__wait(s, NULL) : NU_OK;
+}
+
+static int lsp__piped(const struct ledger_store *bs)
+{
+    return lsp__s(bs)->pipe;
+}
+
 static int lsp__exec(struct ledger_store *bs, const char *sql)
 {
     struct lsp_store *s = lsp__s(bs);
     size_t n = strlen(sql), d = strlen(s->deferred);
+    if (s->pipe && !strncmp(sql, "ROLLBACK TO ", 12)) {
+        /* Read up to a Sync past the failure, then undo to the savepoint:
+         * the transaction is usable again. */
+        (void)lsp__wait(s, NULL);
+        s->perr = NU_OK;
+        int rc = lsp__send_cmd(s, sql, 0, NULL, LSP_P_QUERY);
+        return rc == NU_OK ? lsp__wait(s, NULL) : rc;
+    }
+    if (s->pipe && strcmp(sql, "ROLLBACK") != 0 && !strchr(sql, ';'))
+        return lsp__send_cmd(s, sql, 0, NULL, LSP_P_QUERY);
     if (!strncmp(sql, "RELEASE SAVEPOINT ", 18) && !d && n < sizeof s->deferred &&
         PQtransactionStatus(s->conn) == PQTRANS_INTRANS) {
         memcpy(s->deferred, sql, n + 1);
@@ -211,6 +505,7 @@ static void lsp__close(struct ledger_store *bs)
 {
     struct lsp_store *s = lsp__s(bs);
     PQfinish(s->conn);
+    free(s->q);
     free(s);
 }
 
@@ -273,7 +568,11 @@ static int lsp__ensure(struct lsp_store *s)
 {
     if (PQstatus(s->conn) == CONNECTION_OK)
         return NU_OK;
+    lsp__abandon(s);
+    s->perr = NU_OK;
     PQreset(s->conn);
+    if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF)
+        (void)PQexitPipelineMode(s->conn);
     s->gen++;
     s->deferred[0] = '\0'; /* its transaction died with the connection */
     if (PQstatus(s->conn) != CONNECTION_OK)
@@ -293,6 +592,9 @@ static int lsp__begin(struct ledger_store *bs, int write)
 
 static void lsp__rollback(struct ledger_store *bs)
 {
+    struct lsp_store *s = lsp__s(bs);
+    (void)lsp__unpipe(s);
+    s->perr = NU_OK;
     (void)lsp__exec(bs, "ROLLBACK");
 }
 
@@ -302,6 +604,16 @@ static int lsp__commit(struct ledger_store *bs)
     PGresult *res;
     int rc;
 
+    if (s->pipe) {
+        /* COMMIT rides behind everything queued; its answer is the last. */
+        rc = s->perr ? s->perr : lsp__send_cmd(s, "COMMIT", 0, NULL, LSP_P_COMMIT);
+        int w = lsp__unpipe(s);
+        rc = rc != NU_OK ? rc : w;
+        s->perr = NU_OK;
+        if (rc != NU_OK && PQtransactionStatus(s->conn) == PQTRANS_INERROR)
+            lsp__rollback(bs);
+        return rc;
+    }
     /* COMMIT of an aborted transaction "succeeds" as ROLLBACK: refuse it. */
     if (PQtransactionStatus(s->conn) == PQTRANS_INERROR) {
         lsp__rollback(bs);
@@ -327,8 +639,10 @@ static int lsp__lock_query(struct lsp_store *s, const char *sql, int64_t id, int
     char v[24];
     const char *vals[1] = {v};
     PGresult *res;
-    int rc = lsp__flush(s);
+    int rc = s->pipe ? lsp__unpipe(s) : NU_OK;
 
+    if (rc == NU_OK)
+        rc = lsp__flush(s);
     if (rc != NU_OK)
         return rc;
 
@@ -344,6 +658,14 @@ static int lsp__lock_query(struct lsp_store *s, const char *sql, int64_t id, int
 
 static int lsp__xact_lock(struct ledger_store *bs, int64_t id)
 {
+    struct lsp_store *s = lsp__s(bs);
+    if (s->pipe) { /* queued: the lock is held before anything sent after it runs */
+        char v[24];
+        const char *vals[1] = {v};
+        snprintf(v, sizeof v, "%lld", (long long)id);
+        return lsp__send_cmd(s, "SELECT pg_advisory_xact_lock($1::bigint)", 1, vals,
+                             LSP_P_QUERY);
+    }
     return lsp__lock_query(lsp__s(bs), "SELECT pg_advisory_xact_lock($1::bigint)", id, NULL);
 }
 
@@ -414,6 +736,13 @@ static int lsp__prepare(struct ledger_store *bs, const char *sql, struct ledger_
 static void lsp__reset(struct ledger_store_stmt *bst)
 {
     struct lsp_stmt *st = (struct lsp_stmt *)bst;
+    struct lsp_store *s = lsp__s(bst->store);
+    /* Sent and not read back: its answer will be read and dropped. */
+    for (size_t i = 0; st->sent && i < s->qlen; i++)
+        if (s->q[s->qhead + i].st == st)
+            s->q[s->qhead + i].st = NULL;
+    st->sent = 0;
+    st->rc = NU_OK;
     PQclear(st->res);
     st->res = NULL;
     st->row = -1;
@@ -501,10 +830,17 @@ static int lsp__run(struct lsp_stmt *st)
 static int lsp__step(struct ledger_store_stmt *bst, int *out_row)
 {
     struct lsp_stmt *st = (struct lsp_stmt *)bst;
-    if (!st->res) {
-        int rc = lsp__run(st);
-        if (rc != NU_OK)
+    struct lsp_store *s = lsp__s(bst->store);
+    int rc;
+    if (st->rc != NU_OK)
+        return st->rc; /* its pipelined answer was a failure */
+    if (!st->res && s->pipe) {
+        if (!st->sent && (rc = lsp__send_stmt(s, st, 1, -1)) != NU_OK)
             return rc;
+        if ((rc = lsp__wait(s, st)) != NU_OK)
+            return rc;
+    } else if (!st->res && (rc = lsp__run(st)) != NU_OK) {
+        return rc;
     }
     if (st->row + 1 < st->nrows) {
         st->row++;
@@ -611,5 +947,10 @@ const struct ledger_store_ops ledger_store_pg_ops = {
     .col_type = lsp__col_type,
     .col_i64 = lsp__col_i64,
     .col_bytes = lsp__col_bytes,
+    .pipeline = lsp__pipeline,
+    .send = lsp__send,
+    .queue = lsp__queue,
+    .flush = lsp__flush_pipe,
+    .piped = lsp__piped,
 };
 #endif /* NUSEC_HAVE_LIBPQ */

@@ -43,6 +43,13 @@ int ledger__stmt(struct cloud_ledger *l, enum ledger_stmt id,
     return NU_OK;
 }
 
+int ledger__stmt_new(struct cloud_ledger *l, enum ledger_stmt id,
+                     struct ledger_store_stmt **out_st)
+{
+    const char *sql = ledger__is_pg(l) && ledger__sql_pg[id] ? ledger__sql_pg[id] : ledger__sql[id];
+    return ledger_store_prepare(l->store, sql, out_st);
+}
+
 void ledger__reset(struct ledger_store_stmt *st)
 {
     ledger_store_reset(st);
@@ -56,15 +63,19 @@ int ledger__row(struct ledger_store_stmt *st, int *rc)
     return *rc == NU_OK && row;
 }
 
-/* Step a statement that returns no rows, then reset it. */
+/* Step a statement that returns no rows, then reset it (pipelining: only
+ * sent, its outcome comes back later, see ledger_store_queue). */
 int ledger__run(struct cloud_ledger *l, struct ledger_store_stmt *st, const char *what)
 {
-    int row = 0;
-    int ret = ledger_store_step(st, &row);
-    (void)l;
+    return ledger__run_expect(l, st, -1, what);
+}
+
+int ledger__run_expect(struct cloud_ledger *l, struct ledger_store_stmt *st, int64_t expect,
+                       const char *what)
+{
     (void)what;
-    ledger__reset(st);
-    return ret;
+    l->writes++;
+    return ledger_store_queue(st, expect);
 }
 
 /* Run a parameterless transaction statement (BEGIN, COMMIT, SAVEPOINT...). */

@@ -505,6 +505,106 @@ static void test_batch_outcomes(void)
     free(res);
 }
 
+/* A signer that hands out one serial twice (the device whose UID ends in
+ * 0x77 gets the serial of the certificate signed just before): its insert
+ * fails in the database, after the decision, as a faulty HSM could make it. */
+struct dup_signer {
+    struct signer s;
+    char last[CLOUD_LEDGER_SERIAL_MAX + 1];
+};
+
+static int dup_sign(void *ctx, const struct cloud_ledger_issue_req *req,
+                    const struct cloud_ledger_sign_info *info, struct cloud_ledger_sign_out *out)
+{
+    struct dup_signer *d = ctx;
+    int rc = dummy_sign(&d->s, req, info, out);
+    if (rc == NU_OK && !info->resend && req->device_uid[req->device_uid_len - 1] == 0x77)
+        snprintf(out->serial, sizeof(out->serial), "%s", d->last);
+    else if (rc == NU_OK && !info->resend)
+        snprintf(d->last, sizeof(d->last), "%s", out->serial);
+    return rc;
+}
+
+static void run_batch(struct cloud_ledger *l, struct treq *t, size_t n, cloud_ledger_sign_fn fn,
+                      void *ctx, struct cloud_ledger_issue_result *res)
+{
+    struct cloud_ledger_issue_req reqs[8];
+    for (size_t i = 0; i < n; i++)
+        reqs[i] = t[i].r;
+    CU_ASSERT_EQUAL(cloud_ledger_issue_batch(l, reqs, n, fn, ctx, res), NU_OK);
+}
+
+/*
+ * Later requests of one batch see what earlier ones did (PostgreSQL reads a
+ * batch ahead and keeps the job and allocation rows in memory): a resend and
+ * a duplicate device after the first certificate, the allocation limit and
+ * the job quota reached mid-batch, and a request whose write fails in the
+ * database undone alone while the others commit.
+ */
+static void test_batch_sees_itself(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct cloud_ledger_alloc a = alloc_of("prog-1", 2), a3 = alloc_of("prog-1", 10);
+    struct dup_signer ds;
+    struct treq t[8];
+    struct cloud_ledger_issue_result res[8];
+
+    memset(&ds, 0, sizeof(ds));
+    std_setup(l, 10, 3); /* job-1: prog-1 may issue 3 */
+    mkreq(&t[0], "prog-1", "job-1", 1, 1, T0);
+    mkreq(&t[1], "prog-1", "job-1", 1, 1, T0); /* same device and key pair, other key */
+    t[1].key[0] ^= 1;
+    mkreq(&t[2], "prog-1", "job-1", 1, 2, T0); /* same device, another key pair */
+    t[2].key[0] ^= 2;
+    mkreq(&t[3], "prog-1", "job-1", 2, 1, T0);
+    mkreq(&t[4], "prog-1", "job-1", 3, 1, T0);
+    mkreq(&t[5], "prog-1", "job-1", 4, 1, T0); /* past the allocation */
+    run_batch(l, t, 6, dummy_sign, &ds.s, res);
+    CU_ASSERT_EQUAL(res[0].code, NU_OK);
+    CU_ASSERT_EQUAL(res[1].code, NU_OK);
+    CU_ASSERT_EQUAL(res[1].resent, 1);
+    CU_ASSERT_STRING_EQUAL(res[1].serial, res[0].serial);
+    CU_ASSERT_EQUAL(res[2].code, NU_ERR_DUPLICATE_DEVICE);
+    CU_ASSERT_EQUAL(res[3].code, NU_OK);
+    CU_ASSERT_EQUAL(res[4].code, NU_OK);
+    CU_ASSERT_EQUAL(res[4].issued, 3);
+    CU_ASSERT_EQUAL(res[5].code, NU_ERR_QUOTA_EXHAUSTED);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 3);
+    CU_ASSERT_EQUAL(alloc_issued(l, "job-1", "prog-1"), 3);
+
+    /* job-2: quota 2 reached by the second request of the batch. */
+    CU_ASSERT_EQUAL_FATAL(mk_job(l, "job-2", 2, 0, &a, 1), NU_OK);
+    for (unsigned i = 0; i < 3; i++)
+        mkreq(&t[i], "prog-1", "job-2", 10 + i, 1, T0);
+    run_batch(l, t, 3, dummy_sign, &ds.s, res);
+    CU_ASSERT_EQUAL(res[0].code, NU_OK);
+    CU_ASSERT_EQUAL(res[1].code, NU_OK);
+    CU_ASSERT_EQUAL(res[2].code, NU_ERR_QUOTA_EXHAUSTED);
+    CU_ASSERT_EQUAL(job_of(l, "job-2").issued, 2);
+    CU_ASSERT_EQUAL(job_of(l, "job-2").status, CLOUD_LEDGER_JOB_EXHAUSTED);
+    CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM audit_events WHERE kind ="
+                                  " 'job.exhausted' AND job_id = 'job-2'"), 1);
+
+    /* job-3: the third certificate reuses the first serial: it alone fails. */
+    CU_ASSERT_EQUAL_FATAL(mk_job(l, "job-3", 10, 0, &a3, 1), NU_OK);
+    mkreq(&t[0], "prog-1", "job-3", 0x71, 1, T0);
+    mkreq(&t[1], "prog-1", "job-3", 0x72, 1, T0);
+    mkreq(&t[2], "prog-1", "job-3", 0x77, 1, T0);
+    mkreq(&t[3], "prog-1", "job-3", 0x73, 1, T0);
+    run_batch(l, t, 4, dup_sign, &ds, res);
+    CU_ASSERT_EQUAL(res[0].code, NU_OK);
+    CU_ASSERT_EQUAL(res[1].code, NU_OK);
+    CU_ASSERT_EQUAL(res[2].code, NU_ERR_EXISTS);
+    CU_ASSERT_EQUAL(res[3].code, NU_OK);
+    CU_ASSERT_EQUAL(res[3].issued, 3);
+    CU_ASSERT_EQUAL(job_of(l, "job-3").issued, 3);
+    CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM certificates WHERE job_id = 'job-3'"), 3);
+    CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM requests"), 12);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
 const struct nu_test_case issue_cases[] = {
     {"issue records cert, counters, event, reply", test_issue_records_everything},
     {"decision table: every refusal code", test_issue_decision_table},
@@ -517,5 +617,6 @@ const struct nu_test_case issue_cases[] = {
     {"bad input changes nothing", test_issue_bad_input},
     {"stored refusals expire after the TTL", test_refusal_ttl},
     {"batch: one commit, own outcomes", test_batch_outcomes},
+    {"batch: later requests see earlier ones", test_batch_sees_itself},
     {NULL, NULL},
 };
