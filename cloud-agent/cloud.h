@@ -236,6 +236,14 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
+ * Move DIR/cloud/revoked-measurements (programmer firmware revoked before
+ * the ledger held the list, schema < 5) into the ledger, then rename it
+ * revoked-measurements.imported. No file: NU_OK. On failure the file stays
+ * and the next start retries (cloud_enroll.c). Errors: IO, DB, BUSY.
+ */
+int cloud_revoked_measurements_import(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on
  * nusec/v1/jobs/{job_id} (cloud_job.c; usable by every handler).
  * Errors: those of cloud_ledger_job_get and cloud_publish.

@@ -327,6 +327,11 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
                                 .connect_wait_ms = 60000,
                                 .on_connection = cloud__on_connection,
                                 .userdata = cloud};
+    /* Before any request: enrollments must see the old list's revocations. */
+    if (!rc && cloud_revoked_measurements_import(cloud, ledger))
+        nu_warn("programmer firmware revoked in DIR/cloud/revoked-measurements is not in the"
+                " ledger yet (enrollments are refused while it is there): retried at the next"
+                " start");
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)
