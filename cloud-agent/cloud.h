@@ -266,8 +266,10 @@ int cloud_checkpoint(struct cloud *cloud, struct cloud_ledger *ledger, const cha
 
 /*
  * Issue the device CRL now from the ledger's revoked certificates: signed by
- * the Device CA in the HSM, written to DIR/pki/device-crl.pem and published
- * retained on nusec/v1/crl/device (DeviceCrl). On failure the next
+ * the Device CA in the HSM, kept in the ledger (only if newer than the one it
+ * holds: agents on several hosts issue them), written to
+ * DIR/pki/device-crl.pem and published retained on nusec/v1/crl/device
+ * (DeviceCrl). On failure the next
  * cloud_device_crl_refresh retries. `why` goes to the log (cloud_devcrl.c).
  * Errors: those of the ledger, cloud_crl_build, the file write and publish.
  */

@@ -1100,11 +1100,15 @@ int cloud_ledger_firmware_list(struct cloud_ledger *ledger, cloud_ledger_firmwar
 /*
  * Keep der[len] as the device CRL numbered `crl_number` unless the ledger
  * holds one numbered the same or higher (then STATE: an agent with an older
- * snapshot must not publish over a newer CRL). Errors: INVALID_ARG, STATE,
- * BUSY, DB.
+ * snapshot must not publish over a newer CRL). `publish` (may be NULL) runs
+ * once the row is written, before the commit, while the row is locked: two
+ * agents publish in the order of their CRL numbers, so the retained CRL is
+ * the newest. Its error undoes the put. Errors: INVALID_ARG, STATE, BUSY,
+ * DB, or publish's value.
  */
 int cloud_ledger_device_crl_put(struct cloud_ledger *ledger, uint64_t crl_number,
-                                const uint8_t *der, size_t len);
+                                const uint8_t *der, size_t len, int (*publish)(void *ctx),
+                                void *ctx);
 
 /* The last device CRL kept (*out_der malloc'd, the caller frees).
  * Errors: INVALID_ARG, NOT_FOUND, NOMEM, DB. */

@@ -377,7 +377,8 @@ int cloud_ledger_firmware_list(struct cloud_ledger *ledger, cloud_ledger_firmwar
 /* ------------------------------------------------------------ device CRL */
 
 int cloud_ledger_device_crl_put(struct cloud_ledger *ledger, uint64_t crl_number,
-                                const uint8_t *der, size_t len)
+                                const uint8_t *der, size_t len, int (*publish)(void *ctx),
+                                void *ctx)
 {
     struct ledger_store_stmt *st = NULL;
     int rc;
@@ -397,6 +398,8 @@ int cloud_ledger_device_crl_put(struct cloud_ledger *ledger, uint64_t crl_number
         rc = ledger__run(ledger, st, "device crl put");
     if (rc == NU_OK && ledger_store_changes(st) != 1)
         rc = NU_ERR_STATE; /* a CRL numbered the same or higher is kept */
+    if (rc == NU_OK && publish)
+        rc = publish(ctx);
     if (rc == NU_OK)
         rc = ledger__commit(ledger);
     ledger__rollback(ledger);

@@ -250,6 +250,12 @@ static void test_image_bytes(void)
 
 /* ------------------------------------------------------------ device CRL */
 
+static int publish_fail(void *ctx)
+{
+    (*(unsigned *)ctx)++;
+    return NU_ERR_IO;
+}
+
 static void test_device_crl_moves_forward(void)
 {
     char path[512];
@@ -260,19 +266,29 @@ static void test_device_crl_moves_forward(void)
     uint64_t number = 0;
 
     CU_ASSERT_EQUAL(cloud_ledger_device_crl_get(l, &number, &der, &len), NU_ERR_NOT_FOUND);
-    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 5, a, sizeof(a)), NU_OK);
-    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 5, b, sizeof(b)), NU_ERR_STATE);
-    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 4, b, sizeof(b)), NU_ERR_STATE);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 5, a, sizeof(a), NULL, NULL), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 5, b, sizeof(b), NULL, NULL), NU_ERR_STATE);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 4, b, sizeof(b), NULL, NULL), NU_ERR_STATE);
     CU_ASSERT_EQUAL(cloud_ledger_device_crl_get(l, &number, &der, &len), NU_OK);
     CU_ASSERT_EQUAL(number, 5);
     CU_ASSERT_TRUE(der && len == sizeof(a) && memcmp(der, a, len) == 0);
     free(der);
-    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 6, b, sizeof(b)), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 6, b, sizeof(b), NULL, NULL), NU_OK);
     CU_ASSERT_EQUAL(cloud_ledger_device_crl_get(l, &number, &der, &len), NU_OK);
     CU_ASSERT_EQUAL(number, 6);
     CU_ASSERT_TRUE(der && len == sizeof(b) && memcmp(der, b, len) == 0);
     free(der);
-    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 7, b, 0), NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 7, b, 0, NULL, NULL), NU_ERR_INVALID_ARG);
+    /* Published while stored; a failed publish stores nothing. */
+    unsigned calls = 0;
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 8, a, sizeof(a), publish_fail, &calls),
+                    NU_ERR_IO);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_put(l, 6, a, sizeof(a), publish_fail, &calls),
+                    NU_ERR_STATE); /* older: not even published */
+    CU_ASSERT_EQUAL(calls, 1);
+    CU_ASSERT_EQUAL(cloud_ledger_device_crl_get(l, &number, &der, &len), NU_OK);
+    CU_ASSERT_EQUAL(number, 6);
+    free(der);
     cloud_ledger_close(l);
 }
 
