@@ -458,19 +458,6 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
             goto out;
         }
     }
-    /* The OEM's firmware revocations, read in this transaction under the
-     * lock a revocation takes on the measurement (ledger_shared.c): a
-     * revocation that landed while this enrollment was on its way (past the
-     * agent's early check, in the HSM) refuses it here. Taken before the
-     * chain head, which the revocation locks after it (no deadlock). */
-    if (rc == NU_OK && e && e->firmware_measurement && e->firmware_measurement[0]) {
-        rc = ledger__measurement_decide(l, e->firmware_measurement);
-        if (rc == NU_ERR_MEASUREMENT) {
-            ledger__rollback(l);
-            ledger__token_refused(l, programmer_id, actor, now_ms, rc);
-            goto out;
-        }
-    }
     if (rc == NU_OK)
         rc = ledger__stmt(l, ST_TOKEN_USE, &st);
     if (rc != NU_OK)
@@ -480,6 +467,20 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
     rc = ledger__run(l, st, "token use");
     if (rc == NU_OK && ledger_store_changes(st) != 1)
         rc = NU_ERR_INTERNAL; /* decided unused under the same write lock */
+    /* The OEM's firmware revocations, read in this transaction under the
+     * lock a revocation takes on the measurement (ledger_shared.c): a
+     * revocation that landed while this enrollment was on its way (past the
+     * agent's early check, in the HSM) refuses it here. Taken after the
+     * token's row and before the chain head, which the revocation locks
+     * after it (no deadlock: a revocation touches no token). */
+    if (rc == NU_OK && e && e->firmware_measurement && e->firmware_measurement[0]) {
+        rc = ledger__measurement_decide(l, e->firmware_measurement);
+        if (rc == NU_ERR_MEASUREMENT) {
+            ledger__rollback(l);
+            ledger__token_refused(l, programmer_id, actor, now_ms, rc);
+            goto out;
+        }
+    }
     if (rc != NU_OK)
         goto out;
     lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
