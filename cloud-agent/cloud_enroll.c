@@ -464,8 +464,8 @@ static int enroll__fw_path(const struct cloud *cloud, char *out, size_t cap)
 }
 
 /* Every measurement line of the old file, revoked in the ledger. */
-static int enroll__fw_import_lines(struct cloud *cloud, struct cloud_ledger *ledger,
-                                   const uint8_t *buf, size_t len, size_t *out_n)
+static int enroll__fw_import_lines(struct cloud_ledger *ledger, const uint8_t *buf, size_t len,
+                                   size_t *out_n)
 {
     int rc = NU_OK;
     *out_n = 0;
@@ -486,7 +486,6 @@ static int enroll__fw_import_lines(struct cloud *cloud, struct cloud_ledger *led
             (*out_n)++;
         }
     }
-    (void)cloud;
     return rc;
 }
 
@@ -503,7 +502,7 @@ int cloud_revoked_measurements_import(struct cloud *cloud, struct cloud_ledger *
     if (rc == NU_ERR_NOT_FOUND)
         return NU_OK; /* nothing to move (the usual case) */
     if (!rc)
-        rc = enroll__fw_import_lines(cloud, ledger, buf, len, &n);
+        rc = enroll__fw_import_lines(ledger, buf, len, &n);
     /* Only once every line is in the ledger: else the next start retries. */
     if (!rc && rename(path, done) != 0)
         rc = NU_ERR_IO;
