@@ -511,7 +511,8 @@ int cloud_revoked_measurements_import(struct cloud *cloud, struct cloud_ledger *
         nu_error("cannot move %s into the ledger: %s", path, nu_err_str(rc));
     else
         nu_info("%zu revoked programmer firmware measurements moved from %s into the ledger"
-                " (the file is now %s)", n, path, done);
+                " (the file is now %s)",
+                n, path, done);
     return rc;
 }
 
@@ -524,7 +525,8 @@ static int enroll__fw_revoked(struct cloud_call *call, const char *hex)
     /* The old file not moved into the ledger yet: its list is unknown here. */
     if (enroll__fw_path(call->cloud, old, sizeof(old)) || nu_path_exists(old)) {
         nu_error("enroll: %s is not in the ledger yet (see the start log): programmer firmware"
-                 " refused", old);
+                 " refused",
+                 old);
         return 1;
     }
     int rc = cloud_ledger_firmware_revoked(call->ledger, hex, &revoked);
@@ -910,8 +912,8 @@ static int enroll__firmware_revoke(struct cloud_call *call)
                           "firmware revoked and %zu programmers revoked in the ledger, but the "
                           "broker's list was not written; retry",
                           revoked);
-    nu_info("programmer firmware %s revoked by %s%s: %zu programmers revoked", hex,
-            call->requester, fresh ? "" : " (again)", revoked);
+    nu_info("programmer firmware %s revoked by %s%s: %zu programmers revoked", hex, call->requester,
+            fresh ? "" : " (again)", revoked);
     snprintf(detail, sizeof(detail), "firmware revoked, %zu programmers revoked", revoked);
     Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
     ack.detail = detail;

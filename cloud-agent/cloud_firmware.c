@@ -326,7 +326,8 @@ static int fw__image_import(struct cloud *cloud, struct cloud_ledger *ledger, co
         rc = NU_ERR_BAD_FIRMWARE; /* replaced on disk since it was signed */
     } else if (rc) {
         nu_warn("firmware %s: its file could not be moved into the ledger (%s): served from"
-                " the file", name, nu_err_str(rc));
+                " the file",
+                name, nu_err_str(rc));
         rc = NU_OK;
     }
     if (rc) {
@@ -461,8 +462,8 @@ static int fw__sign_reply(struct cloud_call *call, struct fw__signing *s)
 static int fw__sign_replay(struct cloud_call *call, struct fw__signing *s,
                            const struct cloud_ledger_firmware *rec)
 {
-    int rc = cloud_firmware_image_load(call->cloud, call->ledger, s->name, &s->img, &s->len,
-                                       s->digest);
+    int rc =
+        cloud_firmware_image_load(call->cloud, call->ledger, s->name, &s->img, &s->len, s->digest);
     (void)rec;
     if (rc)
         return cloud_fail(call, rc == NU_ERR_NOT_FOUND ? NU_ERR_STATE : rc,

@@ -24,11 +24,11 @@ static int collect(void *ctx, const char *id)
     return NU_OK;
 }
 
-static struct cloud_ledger_enrollment attested(const char *id, const char *serial,
-                                               const char *meas, uint64_t now)
+static struct cloud_ledger_enrollment attested(const char *id, const char *serial, const char *meas,
+                                               uint64_t now)
 {
-    struct cloud_ledger_enrollment e = {id,  serial, PEM_TEXT, pkg_pub, "oem-1",
-                                        now, "NL3-0123456789ab", meas, NULL};
+    struct cloud_ledger_enrollment e = {
+        id, serial, PEM_TEXT, pkg_pub, "oem-1", now, "NL3-0123456789ab", meas, NULL};
     return e;
 }
 
@@ -77,9 +77,9 @@ static void test_revocation_during_enrollment(void)
     CU_ASSERT_EQUAL(revoked, 0);
     /* Again: nothing listed twice, nobody new to revoke. */
     ids.n = 0;
-    CU_ASSERT_EQUAL(cloud_ledger_firmware_revoke(l, MEAS, "again", "oem-1", T0 + 30, collect, &ids,
-                                                 &fresh),
-                    NU_OK);
+    CU_ASSERT_EQUAL(
+        cloud_ledger_firmware_revoke(l, MEAS, "again", "oem-1", T0 + 30, collect, &ids, &fresh),
+        NU_OK);
     CU_ASSERT_EQUAL(fresh, 0);
     CU_ASSERT_EQUAL(ids.n, 0);
     struct evscan ev = events(l, "programmer.firmware_revoked");
@@ -98,9 +98,9 @@ static void test_revocation_during_enrollment(void)
     /* Bad input. */
     CU_ASSERT_EQUAL(cloud_ledger_firmware_revoke(l, "C10DF178", "x", "oem-1", T0, NULL, NULL, NULL),
                     NU_ERR_INVALID_ARG);
-    CU_ASSERT_EQUAL(cloud_ledger_firmware_revoke(l, MEAS2, "tab\there", "oem-1", T0, NULL, NULL,
-                                                 NULL),
-                    NU_ERR_INVALID_ARG);
+    CU_ASSERT_EQUAL(
+        cloud_ledger_firmware_revoke(l, MEAS2, "tab\there", "oem-1", T0, NULL, NULL, NULL),
+        NU_ERR_INVALID_ARG);
     CU_ASSERT_EQUAL(cloud_ledger_firmware_revoked(l, "zz", &revoked), NU_ERR_INVALID_ARG);
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
