@@ -236,6 +236,14 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
+ * Move DIR/cloud/revoked-measurements (programmer firmware revoked before
+ * the ledger held the list, schema < 5) into the ledger, then rename it
+ * revoked-measurements.imported. No file: NU_OK. On failure the file stays
+ * and the next start retries (cloud_enroll.c). Errors: IO, DB, BUSY.
+ */
+int cloud_revoked_measurements_import(struct cloud *cloud, struct cloud_ledger *ledger);
+
+/*
  * Publish the retained JobState of `job_id` (as the ledger holds it now) on
  * nusec/v1/jobs/{job_id} (cloud_job.c; usable by every handler).
  * Errors: those of cloud_ledger_job_get and cloud_publish.
@@ -258,8 +266,10 @@ int cloud_checkpoint(struct cloud *cloud, struct cloud_ledger *ledger, const cha
 
 /*
  * Issue the device CRL now from the ledger's revoked certificates: signed by
- * the Device CA in the HSM, written to DIR/pki/device-crl.pem and published
- * retained on nusec/v1/crl/device (DeviceCrl). On failure the next
+ * the Device CA in the HSM, kept in the ledger (only if newer than the one it
+ * holds: agents on several hosts issue them), written to
+ * DIR/pki/device-crl.pem and published retained on nusec/v1/crl/device
+ * (DeviceCrl). On failure the next
  * cloud_device_crl_refresh retries. `why` goes to the log (cloud_devcrl.c).
  * Errors: those of the ledger, cloud_crl_build, the file write and publish.
  */

@@ -1,6 +1,14 @@
 /* cloud_devcrl — the device CRL: built from the ledger, signed by the Device CA
- * in the HSM (cloud_crl.h), written to DIR/pki/device-crl.pem and retained on
- * nusec/v1/crl/device (cloud.h: cloud_device_crl_update). */
+ * in the HSM (cloud_crl.h), kept in the ledger (device_crl), retained on
+ * nusec/v1/crl/device and written to DIR/pki/device-crl.pem
+ * (cloud.h: cloud_device_crl_update).
+ *
+ * Several agents, on several hosts, may issue one (the leader's refresh, any
+ * agent that records a revocation). Its number is its issue time in ms; the
+ * ledger keeps only a higher number and the agent publishes while that row
+ * is locked, so the retained CRL is always the newest one issued, never an
+ * older snapshot published last. Subscribers on every host get it from the
+ * broker, and any agent reads it from the ledger. */
 #include "cloud.h"
 #include "cloud_crl.h"
 
@@ -85,30 +93,53 @@ static int devcrl__write_pem(struct cloud *cloud, const uint8_t *der, size_t len
     return rc;
 }
 
+/* What the ledger's put publishes while it holds the CRL row. */
+struct devcrl__pub {
+    struct cloud *cloud;
+    const uint8_t *der;
+    size_t len;
+    uint64_t now;
+};
+
+static int devcrl__publish(void *ctx)
+{
+    struct devcrl__pub *p = ctx;
+    int rc = devcrl__write_pem(p->cloud, p->der, p->len);
+    if (rc == NU_OK && p->cloud->mqtt) {
+        Nusec__V1__DeviceCrl msg = NUSEC__V1__DEVICE_CRL__INIT;
+        msg.crl_der = (ProtobufCBinaryData){p->len, (uint8_t *)p->der};
+        msg.this_update_ms = p->now;
+        rc = cloud_publish(p->cloud, DEVCRL__TOPIC, &msg.base, 1);
+    }
+    return rc;
+}
+
 int cloud_device_crl_update(struct cloud *cloud, struct cloud_ledger *ledger, const char *why)
 {
     struct devcrl__list l = {0};
     uint8_t *der = NULL;
     size_t len = 0;
-    /* One at a time: the last CRL published is built from the newest snapshot. */
+    /* One at a time in this agent; the ledger orders agents (see above). */
     pthread_mutex_lock(&cloud->crl_lock);
     uint64_t now = nu_time_ms();
     cloud->crl_tried_at_ms = now;
     int rc = cloud_ledger_cert_list_revoked(ledger, devcrl__visit, &l);
     if (rc == NU_OK)
         rc = devcrl__build(cloud, &l, now, &der, &len);
-    if (rc == NU_OK)
-        rc = devcrl__write_pem(cloud, der, len);
-    if (rc == NU_OK && cloud->mqtt) {
-        Nusec__V1__DeviceCrl msg = NUSEC__V1__DEVICE_CRL__INIT;
-        msg.crl_der = (ProtobufCBinaryData){len, der};
-        msg.this_update_ms = now;
-        rc = cloud_publish(cloud, DEVCRL__TOPIC, &msg.base, 1);
+    if (rc == NU_OK) {
+        struct devcrl__pub pub = {cloud, der, len, now};
+        rc = cloud_ledger_device_crl_put(ledger, now, der, len, devcrl__publish, &pub);
     }
+    int newer = rc == NU_ERR_STATE;
+    if (newer) /* another agent issued a newer one meanwhile: it is the CRL */
+        rc = NU_OK;
     if (rc == NU_OK) {
         cloud->crl_at_ms = now;
         cloud->crl_dirty = 0;
-        nu_info("device CRL issued (%s): %zu revoked, %zu bytes", why, l.n, len);
+        if (newer)
+            nu_info("device CRL (%s): another agent issued a newer one", why);
+        else
+            nu_info("device CRL issued (%s): %zu revoked, %zu bytes", why, l.n, len);
     } else {
         cloud->crl_dirty = 1; /* the maintenance tick tries again */
         nu_error("device CRL (%s): %s", why, nu_err_str(rc));

@@ -248,8 +248,10 @@ static int enroll__token_decode(struct cloud_call *call, const char *text, uint8
 static int enroll__ledger_refusal(struct cloud_call *call, int rc, const char *what)
 {
     if (rc == NU_ERR_TOKEN || rc == NU_ERR_REVOKED || rc == NU_ERR_NONCE_REPLAYED ||
-        rc == NU_ERR_NONCE_EXPIRED)
+        rc == NU_ERR_NONCE_EXPIRED || rc == NU_ERR_MEASUREMENT)
         call->audited = 1;
+    if (rc == NU_ERR_MEASUREMENT) /* revoked while this enrollment was on its way */
+        return cloud_fail(call, rc, "programmer firmware revoked by the OEM");
     return cloud_fail(call, rc, "%s", what);
 }
 
@@ -365,85 +367,91 @@ static int enroll__measurement_ok(struct cloud_call *call, const ProtobufCBinary
 }
 
 /*
- * Programmer firmware the OEM has revoked (programmer.firmware_revoke): one
- * measurement (64 lower-case hex) per line in DIR/cloud/revoked-measurements,
- * written only by the cloud, under DIR/cloud/revoked-measurements.lock.
- * A list that exists but cannot be read revokes every measurement (fail
- * closed); no list, none.
+ * Programmer firmware the OEM has revoked (programmer.firmware_revoke) lives
+ * in the ledger (revoked_measurements), so every agent on every host sees
+ * it, and cloud_ledger_enroll reads it again in the transaction that records
+ * the enrollment. Before schema 5 it was a file, DIR/cloud/revoked-
+ * measurements (one 64-hex measurement per line): cloud_revoked_measurements_
+ * import moves what it holds into the ledger once, then renames it.
  */
 static int enroll__fw_path(const struct cloud *cloud, char *out, size_t cap)
 {
     return nu_path_fmt(out, cap, "%s/cloud/revoked-measurements", cloud->dir);
 }
 
-static int enroll__fw_listed(const uint8_t *buf, size_t len, const char *hex)
+/* Every measurement line of the old file, revoked in the ledger. */
+static int enroll__fw_import_lines(struct cloud_ledger *ledger, const uint8_t *buf, size_t len,
+                                   size_t *out_n)
 {
-    int found = 0;
-    for (size_t pos = 0; pos < len && !found;) {
+    int rc = NU_OK;
+    *out_n = 0;
+    for (size_t pos = 0; pos < len && !rc;) {
         const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - buf) : len;
         char norm[2 * NU_SHA256_LEN + 2];
         enroll__norm((const char *)buf + pos, end - pos, norm, sizeof(norm));
-        found = norm[0] && strcmp(norm, hex) == 0;
         pos = end + 1;
+        if (!norm[0])
+            continue;
+        rc = cloud_ledger_firmware_revoke(ledger, norm, "imported from revoked-measurements",
+                                          NU_ROLE_CLOUD, nu_time_ms(), NULL, NULL, NULL);
+        if (rc == NU_ERR_INVALID_ARG) {
+            nu_warn("revoked-measurements: '%.70s' is not a measurement: skipped", norm);
+            rc = NU_OK;
+        } else if (!rc) {
+            (*out_n)++;
+        }
     }
-    return found;
+    return rc;
 }
 
-static int enroll__fw_revoked(const struct cloud *cloud, const char *hex)
+int cloud_revoked_measurements_import(struct cloud *cloud, struct cloud_ledger *ledger)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], done[PATH_MAX + 16];
     uint8_t *buf = NULL;
-    size_t len = 0;
-    if (enroll__fw_path(cloud, path, sizeof(path)))
-        return 1;
-    int rc = nu_file_read(path, ENROLL__LIST_MAX, &buf, &len);
+    size_t len = 0, n = 0;
+    int rc = enroll__fw_path(cloud, path, sizeof(path));
+    if (!rc)
+        rc = nu_path_fmt(done, sizeof(done), "%s.imported", path);
+    if (!rc)
+        rc = nu_file_read(path, ENROLL__LIST_MAX, &buf, &len);
     if (rc == NU_ERR_NOT_FOUND)
-        return 0;
+        return NU_OK; /* nothing to move (the usual case) */
+    if (!rc)
+        rc = enroll__fw_import_lines(ledger, buf, len, &n);
+    /* Only once every line is in the ledger: else the next start retries. */
+    if (!rc && rename(path, done) != 0)
+        rc = NU_ERR_IO;
+    free(buf);
+    if (rc)
+        nu_error("cannot move %s into the ledger: %s", path, nu_err_str(rc));
+    else
+        nu_info("%zu revoked programmer firmware measurements moved from %s into the ledger"
+                " (the file is now %s)",
+                n, path, done);
+    return rc;
+}
+
+/* Whether the ledger lists hex as revoked; an unreadable ledger refuses
+ * every measurement (fail closed). */
+static int enroll__fw_revoked(struct cloud_call *call, const char *hex)
+{
+    char old[PATH_MAX];
+    int revoked = 1;
+    /* The old file not moved into the ledger yet: its list is unknown here. */
+    if (enroll__fw_path(call->cloud, old, sizeof(old)) || nu_path_exists(old)) {
+        nu_error("enroll: %s is not in the ledger yet (see the start log): programmer firmware"
+                 " refused",
+                 old);
+        return 1;
+    }
+    int rc = cloud_ledger_firmware_revoked(call->ledger, hex, &revoked);
     if (rc) {
-        nu_error("enroll: %s unreadable (%s): every programmer firmware is refused", path,
+        nu_error("enroll: revoked firmware list unreadable (%s): programmer firmware refused",
                  nu_err_str(rc));
         return 1;
     }
-    int found = enroll__fw_listed(buf, len, hex);
-    free(buf);
-    return found;
-}
-
-/* Add hex to the list (already there: nothing to do). */
-static int enroll__fw_revoke_add(const struct cloud *cloud, const char *hex)
-{
-    char path[PATH_MAX];
-    uint8_t *old = NULL;
-    char *buf = NULL;
-    size_t old_len = 0;
-    int fd = -1;
-    int rc = enroll__fw_path(cloud, path, sizeof(path));
-    if (rc)
-        return rc;
-    rc = enroll__list_lock_read(path, &fd, &old, &old_len);
-    if (rc || enroll__fw_listed(old, old_len, hex))
-        goto out;
-    size_t need = old_len + 1 + strlen(hex) + 1;
-    if (need > ENROLL__LIST_MAX || !(buf = malloc(need))) {
-        rc = need > ENROLL__LIST_MAX ? NU_ERR_TOO_LARGE : NU_ERR_NOMEM;
-        goto out;
-    }
-    size_t n = old_len;
-    if (old_len)
-        memcpy(buf, old, old_len);
-    if (n && buf[n - 1] != '\n')
-        buf[n++] = '\n';
-    n += (size_t)snprintf(buf + n, need - n, "%s\n", hex);
-    rc = nu_file_write_atomic(path, buf, n, 0644);
-out:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    free(old);
-    if (rc)
-        nu_error("cannot update %s: %s", path, nu_err_str(rc));
-    return rc;
+    return revoked;
 }
 
 /*
@@ -491,7 +499,7 @@ static int enroll__attested(struct cloud_call *call, const Nusec__V1__EnrollRequ
                           "measured programmer firmware is not one the OEM signed");
     rc = nu_hex_encode(e->att.measurement, NU_SHA256_LEN, e->measurement_hex,
                        sizeof(e->measurement_hex));
-    if (!rc && enroll__fw_revoked(call->cloud, e->measurement_hex))
+    if (!rc && enroll__fw_revoked(call, e->measurement_hex))
         return cloud_fail(call, NU_ERR_MEASUREMENT,
                           "programmer firmware %.16s... revoked by the OEM", e->measurement_hex);
     rc = cloud_ledger_nonce_check(call->ledger, e->att.nonce, r->programmer_id, now);
@@ -764,18 +772,10 @@ static int enroll__programmer_revoke(struct cloud_call *call)
     return cloud_reply(call, &ack.base);
 }
 
-/* Enrolled programmers that run the firmware being revoked. */
-struct enroll__fw_match {
-    const char *hex;
-    struct enroll__ids ids;
-};
-
-static int enroll__collect_fw(void *ctx, const struct cloud_ledger_programmer *p)
+/* The programmers the ledger revoked with the firmware (events after commit). */
+static int enroll__collect_id(void *ctx, const char *id)
 {
-    struct enroll__fw_match *m = ctx;
-    struct enroll__ids *s = &m->ids;
-    if (p->state != CLOUD_LEDGER_PROGRAMMER_ENROLLED || strcmp(p->firmware_measurement, m->hex))
-        return NU_OK;
+    struct enroll__ids *s = ctx;
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 16;
         void *grown = realloc(s->ids, cap * sizeof(*s->ids));
@@ -784,36 +784,16 @@ static int enroll__collect_fw(void *ctx, const struct cloud_ledger_programmer *p
         s->ids = grown;
         s->cap = cap;
     }
-    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", p->programmer_id);
+    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
     return NU_OK;
 }
 
-/* The audit record of the OEM's decision (the programmers' own revocations follow it). */
-static int enroll__fw_audit(struct cloud_call *call, const char *hex, const char *reason)
-{
-    char payload[512];
-    struct nu_json j;
-    nu_json_init(&j, payload, sizeof(payload));
-    nu_json_raw(&j, "{", 1);
-    nu_json_str(&j, "measurement", hex);
-    nu_json_str(&j, "reason", reason);
-    nu_json_raw(&j, "}", 1);
-    if (!nu_json_ok(&j))
-        return NU_ERR_TOO_LARGE;
-    struct cloud_ledger_event ev = {.ts_ms = nu_time_ms(),
-                                    .kind = "programmer.firmware_revoked",
-                                    .actor = call->requester,
-                                    .job_id = "",
-                                    .payload = payload,
-                                    .payload_len = j.len};
-    return cloud_ledger_audit_append(call->ledger, &ev, NULL);
-}
-
 /*
- * The OEM withdraws a programmer firmware: listed first (no enrollment with
- * it passes from now on), audited, then every programmer enrolled with it is
- * revoked (ledger, broker list: disconnected). A retry finishes what a
- * failure left (the list add and each revocation are idempotent).
+ * The OEM withdraws a programmer firmware. One ledger transaction lists it
+ * (audited), and revokes every programmer enrolled with it; an enrollment
+ * with it that is on its way is refused when it reaches the ledger
+ * (cloud_ledger_firmware_revoke). Then the broker's list disconnects the
+ * revoked. A retry finishes what a failure left (all of it is idempotent).
  */
 static int enroll__firmware_revoke(struct cloud_call *call)
 {
@@ -822,41 +802,34 @@ static int enroll__firmware_revoke(struct cloud_call *call)
     const char *reason = r->reason && r->reason[0] ? r->reason : "unspecified";
     uint8_t m[NU_SHA256_LEN];
     size_t m_len = 0;
-    char hex[2 * NU_SHA256_LEN + 1], why[CLOUD_LEDGER_TEXT_MAX + 1], detail[96];
-    struct enroll__fw_match match = {.hex = hex};
-    size_t revoked = 0;
+    char hex[2 * NU_SHA256_LEN + 1], detail[96];
+    struct enroll__ids ids = {0};
+    int fresh = 0;
     if (!r->measurement || strlen(r->measurement) != 2 * NU_SHA256_LEN ||
         nu_hex_decode(r->measurement, m, sizeof(m), &m_len) || m_len != NU_SHA256_LEN)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "measurement is not a hex SHA-256");
     if (strlen(reason) > 200)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "reason: up to 200 bytes");
-    /* Audited first: the ledger also refuses a reason that is not text. */
     int rc = nu_hex_encode(m, sizeof(m), hex, sizeof(hex)); /* lower case, as recorded */
-    if (!rc && (rc = enroll__fw_audit(call, hex, reason)) != NU_OK)
+    if (!rc)
+        rc = cloud_ledger_firmware_revoke(call->ledger, hex, reason, call->requester, nu_time_ms(),
+                                          enroll__collect_id, &ids, &fresh);
+    if (rc) {
+        free(ids.ids);
         return cloud_fail(call, rc, "revocation not recorded; nothing changed");
-    if ((rc = enroll__fw_revoke_add(call->cloud, hex)) != NU_OK)
-        return cloud_fail(call, rc, "audited, but the revoked list was not written; retry");
-    rc = cloud_ledger_programmer_list(call->ledger, enroll__collect_fw, &match);
-    snprintf(why, sizeof(why), "programmer firmware %.16s revoked: %s", hex, reason);
-    for (size_t i = 0; !rc && i < match.ids.n; i++) {
-        int one = cloud_ledger_programmer_revoke(call->ledger, match.ids.ids[i], why,
-                                                 call->requester, nu_time_ms());
-        if (one == NU_OK) {
-            revoked++;
-            enroll__event(call->cloud, "programmer.revoked", match.ids.ids[i], NULL);
-        } else if (one != NU_ERR_STATE) {
-            rc = one;
-        }
     }
-    free(match.ids.ids);
+    for (size_t i = 0; i < ids.n; i++)
+        enroll__event(call->cloud, "programmer.revoked", ids.ids[i], NULL);
+    size_t revoked = ids.n;
+    free(ids.ids);
     int sync = cloud_revoked_sync(call->cloud, call->ledger);
-    if (rc || sync)
-        return cloud_fail(call, rc ? rc : sync,
-                          "firmware listed, %zu programmers revoked, the rest or the broker's list "
-                          "failed; retry",
+    if (sync)
+        return cloud_fail(call, sync,
+                          "firmware revoked and %zu programmers revoked in the ledger, but the "
+                          "broker's list was not written; retry",
                           revoked);
-    nu_info("programmer firmware %s revoked by %s: %zu programmers revoked", hex,
-            call->requester, revoked);
+    nu_info("programmer firmware %s revoked by %s%s: %zu programmers revoked", hex, call->requester,
+            fresh ? "" : " (again)", revoked);
     snprintf(detail, sizeof(detail), "firmware revoked, %zu programmers revoked", revoked);
     Nusec__V1__Ack ack = NUSEC__V1__ACK__INIT;
     ack.detail = detail;

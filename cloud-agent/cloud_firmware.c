@@ -3,10 +3,10 @@
  * signed images (firmware.list), and end-to-end encrypted delivery to the
  * programmers of a job (firmware.manifest, firmware.chunk).
  *
- * SIGNING. NAME-X.Y.Z is signed once: the image goes to
- * DIR/firmware/NAME-X.Y.Z.img (created exclusively, 0644) and the ledger
- * records its digest (event firmware.signed) — a signed version is
- * immutable, a second request for it is EXISTS. The one exception is a
+ * SIGNING. NAME-X.Y.Z is signed once: the ledger records the image, its
+ * bytes and its digest in one transaction (event firmware.signed), so an
+ * agent on any host serves it — a signed version is immutable, a second
+ * request for it is EXISTS. The one exception is a
  * redelivery of the very request that signed it (same requester,
  * idempotency key and content): it gets the stored image back, so QoS 1
  * redelivery never turns a success into a refusal.
@@ -19,8 +19,8 @@
  * ones EXPIRED. Chunk i of the image is AES-256-GCM under the job's key with
  * nonce = 8 zero bytes || u32be(i) and AAD = job id || u32be(i).
  * That ciphertext depends only on the job (key, id) and the image, so each
- * job's image is encrypted once, when it is first needed (read from
- * DIR/firmware and checked against the digest the job was created with),
+ * job's image is encrypted once, when it is first needed (read from the
+ * ledger and checked against the digest the job was created with),
  * and chunks are served from that memory: no AES per request, however many
  * programmers download, and the cloud keeps ciphertext, not the image.
  * Entries are evicted least recently used and dropped when the job closes.
@@ -35,7 +35,6 @@
 #include "nu_paths.h"
 #include "nu_util.h"
 
-#include <dirent.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -310,10 +309,37 @@ static int fw__image_check(const struct cloud *cloud, const uint8_t *img, size_t
     return rc;
 }
 
+/* An image signed before the ledger kept the bytes (schema < 5) is still a
+ * file in this agent's DIR/firmware: read it once, check it against the
+ * record, and move its bytes into the ledger for every other agent. */
+static int fw__image_import(struct cloud *cloud, struct cloud_ledger *ledger, const char *name,
+                            uint8_t **out_img, size_t *out_len)
+{
+    char path[PATH_MAX];
+    int rc = fw__image_path(cloud, name, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_read(path, FW__IMAGE_MAX, out_img, out_len);
+    if (rc)
+        return rc;
+    rc = cloud_ledger_firmware_image_put(ledger, name, *out_img, *out_len);
+    if (rc == NU_ERR_INVALID_ARG || rc == NU_ERR_NOT_FOUND) {
+        rc = NU_ERR_BAD_FIRMWARE; /* replaced on disk since it was signed */
+    } else if (rc) {
+        nu_warn("firmware %s: its file could not be moved into the ledger (%s): served from"
+                " the file",
+                name, nu_err_str(rc));
+        rc = NU_OK;
+    }
+    if (rc) {
+        free(*out_img);
+        *out_img = NULL;
+    }
+    return rc;
+}
+
 int cloud_firmware_image_load(struct cloud *cloud, struct cloud_ledger *ledger, const char *name,
                               uint8_t **out_img, size_t *out_len, uint8_t out_digest[NU_SHA256_LEN])
 {
-    char path[PATH_MAX];
     struct cloud_ledger_firmware rec;
     struct nu_mcuboot_info info;
     uint8_t *img = NULL;
@@ -322,19 +348,24 @@ int cloud_firmware_image_load(struct cloud *cloud, struct cloud_ledger *ledger, 
     int rc = nu_envelope_id_check(name);
     if (!rc)
         rc = cloud_ledger_firmware_get(ledger, name, &rec);
-    if (!rc)
-        rc = fw__image_path(cloud, name, path, sizeof(path));
-    if (!rc)
-        rc = nu_file_read(path, FW__IMAGE_MAX, &img, &len);
+    if (rc)
+        return rc; /* never signed here: no file is looked at */
+    rc = cloud_ledger_firmware_image(ledger, name, &img, &len);
+    if (rc == NU_ERR_NOT_FOUND)
+        rc = fw__image_import(cloud, ledger, name, &img, &len);
+    else if (rc == NU_ERR_DB)
+        rc = NU_ERR_BAD_FIRMWARE; /* bytes that differ from the record */
+    /* Ours (the secure-boot key) and what was signed, checked again here: the
+     * database is shared, and only the HSM's signature is trusted. */
     if (!rc) {
         rc = fw__image_check(cloud, img, len, &info, out_digest);
         if (rc && rc != NU_ERR_NOMEM && rc != NU_ERR_CRYPTO)
             rc = NU_ERR_BAD_FIRMWARE;
     }
     if (!rc && (len != rec.image_size || memcmp(out_digest, rec.image_digest, NU_SHA256_LEN)))
-        rc = NU_ERR_BAD_FIRMWARE; /* replaced on disk since it was signed */
+        rc = NU_ERR_BAD_FIRMWARE;
     if (rc == NU_ERR_BAD_FIRMWARE)
-        nu_warn("firmware %s on disk does not match its signature record: not used", name);
+        nu_warn("firmware %s does not match its signature record: not used", name);
     if (rc) {
         free(img);
         return rc;
@@ -406,7 +437,6 @@ static int fw__sign_request_hash(const struct cloud_call *call,
 /* The parts of one signing, owned here and freed by fw__signing_free. */
 struct fw__signing {
     char name[CLOUD_ID_MAX + 1];
-    char path[PATH_MAX];
     char rotpk_pem[NU_P256_PUB_PEM_MAX];
     size_t rotpk_len;
     uint8_t request_hash[NU_SHA256_LEN];
@@ -432,15 +462,12 @@ static int fw__sign_reply(struct cloud_call *call, struct fw__signing *s)
 static int fw__sign_replay(struct cloud_call *call, struct fw__signing *s,
                            const struct cloud_ledger_firmware *rec)
 {
-    struct nu_mcuboot_info info;
-    int rc = nu_file_read(s->path, FW__IMAGE_MAX, &s->img, &s->len);
-    if (!rc)
-        rc = fw__image_check(call->cloud, s->img, s->len, &info, s->digest);
-    if (!rc && (s->len != rec->image_size || memcmp(s->digest, rec->image_digest, NU_SHA256_LEN)))
-        rc = NU_ERR_BAD_FIRMWARE;
+    int rc =
+        cloud_firmware_image_load(call->cloud, call->ledger, s->name, &s->img, &s->len, s->digest);
+    (void)rec;
     if (rc)
         return cloud_fail(call, rc == NU_ERR_NOT_FOUND ? NU_ERR_STATE : rc,
-                          "%s is recorded as signed but its file is missing or changed", s->name);
+                          "%s is recorded as signed but its image is missing or changed", s->name);
     nu_info("firmware.sign %s: redelivered request, stored image answered", s->name);
     return fw__sign_reply(call, s);
 }
@@ -464,8 +491,6 @@ static int fw__sign_prepare(struct cloud_call *call, const Nusec__V1__FirmwareSi
     if (!call->req->header->idempotency_key.len)
         return cloud_fail(call, NU_ERR_INVALID_ARG, "firmware.sign needs an idempotency key");
     int rc = fw__sign_request_hash(call, r, s->request_hash);
-    if (!rc)
-        rc = fw__image_path(call->cloud, s->name, s->path, sizeof(s->path));
     if (rc)
         return rc;
     rc = cloud_ledger_firmware_get(call->ledger, s->name, &rec);
@@ -476,36 +501,24 @@ static int fw__sign_prepare(struct cloud_call *call, const Nusec__V1__FirmwareSi
     if (!rc)
         return cloud_fail(call, NU_ERR_EXISTS, "%s is already signed: a version is immutable",
                           s->name);
-    if (rc != NU_ERR_NOT_FOUND)
-        return rc;
-    if (nu_path_exists(s->path))
-        return cloud_fail(call, NU_ERR_EXISTS, "%s.img exists in the firmware folder", s->name);
-    return NU_OK;
+    return rc == NU_ERR_NOT_FOUND ? NU_OK : rc;
 }
 
-/* Sign, write the file exclusively, record it; undo the file if the record fails. */
+/* Sign, then record the image with its bytes: the ledger's unique name keeps
+ * two agents (on any hosts) from both recording one version. */
 static int fw__sign_commit(struct cloud_call *call, const Nusec__V1__FirmwareSignRequest *r,
                            const struct nu_mcuboot_version *ver, struct fw__signing *s)
 {
     struct cloud *cloud = call->cloud;
     const struct nu_signer *sb = nu_hsm_key_signer(cloud->keys.secure_boot);
-    char dir[PATH_MAX];
     struct cloud_ledger_firmware rec;
     int rc = nu_mcuboot_sign(r->payload.data, r->payload.len, ver, r->security_counter, 0, sb,
                              &s->img, &s->len);
     if (rc)
         return cloud_fail(call, rc, "signing in the HSM failed");
     rc = nu_sha256(s->img, s->len, s->digest);
-    if (!rc)
-        rc = nu_paths_get(cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
-    if (!rc)
-        rc = nu_mkdirs(dir, 0755);
-    if (!rc)
-        rc = nu_file_write_new(s->path, s->img, s->len, 0644);
-    if (rc == NU_ERR_EXISTS)
-        return cloud_fail(call, rc, "%s.img appeared meanwhile", s->name);
     if (rc)
-        return cloud_fail(call, rc, "cannot write %s.img", s->name);
+        return rc;
     memset(&rec, 0, sizeof(rec));
     strcpy(rec.name, s->name);
     memcpy(rec.image_digest, s->digest, NU_SHA256_LEN);
@@ -514,12 +527,11 @@ static int fw__sign_commit(struct cloud_call *call, const Nusec__V1__FirmwareSig
     memcpy(rec.request_hash, s->request_hash, NU_SHA256_LEN);
     snprintf(rec.signed_by, sizeof(rec.signed_by), "%s", call->requester);
     rec.signed_at_ms = nu_time_ms();
-    rc = cloud_ledger_firmware_add(call->ledger, &rec);
-    if (rc) {
-        /* No record, no image: the name stays free for a retry. */
-        unlink(s->path);
+    rc = cloud_ledger_firmware_add_image(call->ledger, &rec, s->img, s->len);
+    if (rc == NU_ERR_EXISTS)
+        return cloud_fail(call, rc, "%s was signed meanwhile", s->name);
+    if (rc)
         return cloud_fail(call, rc, "cannot record the signature");
-    }
     return NU_OK;
 }
 
@@ -535,9 +547,8 @@ static int fw__sign(struct cloud_call *call)
     int rc = nu_p256_pub_to_pem(nu_hsm_key_signer(cloud->keys.secure_boot)->pub, s->rotpk_pem,
                                 sizeof(s->rotpk_pem), &s->rotpk_len);
     /* Decide and act under one lock: two deliveries of one request in two
-     * workers must not both sign (nu_file_write_new's temporary file is per
-     * process). Agents in other processes are kept apart by the exclusive
-     * write and the ledger's unique name. */
+     * workers must not both sign. Agents in other processes are kept apart
+     * by the ledger's unique name. */
     pthread_mutex_lock(&cloud->fw_cache->sign_lock);
     if (!rc)
         rc = fw__sign_prepare(call, r, &ver, s, &replay);
@@ -567,84 +578,51 @@ struct fw__list {
     Nusec__V1__FirmwareInfo **ptrs;
     char (*names)[CLOUD_ID_MAX + 1];
     uint8_t (*digests)[NU_SHA256_LEN];
-    size_t n;
+    size_t n, cap;
 };
 
-static int fw__name_cmp(const void *a, const void *b)
+/* One signed image as the ledger records it (in name order). */
+static int fw__list_one(void *ctx, const struct cloud_ledger_firmware *fw)
 {
-    const Nusec__V1__FirmwareInfo *const *x = a, *const *y = b;
-    return strcmp((*x)->image_name, (*y)->image_name);
-}
-
-/* One DIR/firmware entry: a valid image of ours becomes an entry. */
-static void fw__list_one(struct cloud_call *call, const char *dir, const char *file,
-                         struct fw__list *l)
-{
-    size_t flen = strlen(file);
-    char path[PATH_MAX], *name = l->names[l->n];
-    struct cloud_ledger_firmware rec;
-    struct nu_mcuboot_info info;
-    struct stat st;
-    uint8_t *img = NULL;
-    size_t len = 0;
-    if (flen <= 4 || flen - 4 > CLOUD_ID_MAX || strcmp(file + flen - 4, ".img") != 0)
-        return;
-    memcpy(name, file, flen - 4);
-    name[flen - 4] = 0;
-    if (nu_envelope_id_check(name) || nu_path_fmt(path, sizeof(path), "%s/%s", dir, file) ||
-        lstat(path, &st) || !S_ISREG(st.st_mode))
-        return;
-    int rc = nu_file_read(path, FW__IMAGE_MAX, &img, &len);
-    if (!rc)
-        rc = fw__image_check(call->cloud, img, len, &info, l->digests[l->n]);
-    free(img);
-    if (rc) {
-        nu_warn("firmware.list: %s is not a valid image of ours (%s): left out", file,
-                nu_err_name(rc));
-        return;
-    }
+    struct fw__list *l = ctx;
+    if (l->n == l->cap)
+        return NU_ERR_LIMIT;
     Nusec__V1__FirmwareInfo *fi = &l->info[l->n];
     nusec__v1__firmware_info__init(fi);
-    fi->image_name = name;
-    fi->size = (uint32_t)len;
+    snprintf(l->names[l->n], sizeof(l->names[0]), "%s", fw->name);
+    memcpy(l->digests[l->n], fw->image_digest, NU_SHA256_LEN);
+    fi->image_name = l->names[l->n];
+    fi->size = fw->image_size;
     fi->image_digest.data = l->digests[l->n];
     fi->image_digest.len = NU_SHA256_LEN;
-    fi->signed_at_ms = cloud_ledger_firmware_get(call->ledger, name, &rec) == NU_OK
-                           ? rec.signed_at_ms
-                           : (uint64_t)st.st_mtime * 1000u;
+    fi->signed_at_ms = fw->signed_at_ms;
     l->ptrs[l->n] = fi;
     l->n++;
+    return NU_OK;
 }
 
 static int fw__list_images(struct cloud_call *call)
 {
-    char dir[PATH_MAX];
-    struct fw__list l = {0};
+    struct fw__list l = {.cap = NU_ENVELOPE_LIST_MAX};
     Nusec__V1__FirmwareList out = NUSEC__V1__FIRMWARE_LIST__INIT;
-    size_t cap = NU_ENVELOPE_LIST_MAX;
-    int rc = nu_paths_get(call->cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
-    if (rc)
-        return rc;
-    l.info = calloc(cap, sizeof(*l.info));
-    l.ptrs = calloc(cap, sizeof(*l.ptrs));
-    l.names = calloc(cap, sizeof(*l.names));
-    l.digests = calloc(cap, sizeof(*l.digests));
-    if (!l.info || !l.ptrs || !l.names || !l.digests) {
+    int rc = NU_OK;
+    l.info = calloc(l.cap, sizeof(*l.info));
+    l.ptrs = calloc(l.cap, sizeof(*l.ptrs));
+    l.names = calloc(l.cap, sizeof(*l.names));
+    l.digests = calloc(l.cap, sizeof(*l.digests));
+    if (!l.info || !l.ptrs || !l.names || !l.digests)
         rc = NU_ERR_NOMEM;
-        goto out;
+    if (!rc)
+        rc = cloud_ledger_firmware_list(call->ledger, fw__list_one, &l);
+    if (rc == NU_ERR_LIMIT) {
+        nu_warn("firmware.list: more than %zu images, answer truncated", l.cap);
+        rc = NU_OK;
     }
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        while (l.n < cap && (de = readdir(d)) != NULL)
-            fw__list_one(call, dir, de->d_name, &l);
-        closedir(d);
+    if (!rc) {
+        out.images = l.ptrs;
+        out.n_images = l.n;
+        rc = cloud_reply(call, &out.base);
     }
-    qsort(l.ptrs, l.n, sizeof(*l.ptrs), fw__name_cmp);
-    out.images = l.ptrs;
-    out.n_images = l.n;
-    rc = cloud_reply(call, &out.base);
-out:
     free(l.digests);
     free(l.names);
     free(l.ptrs);

@@ -18,11 +18,12 @@
 #include <stdint.h>
 
 /*
- * Read DIR/firmware/NAME.img (bounded), verify it as an MCUboot image signed
- * by our secure-boot key, and check it against the ledger's record of the
- * signature (same digest and size), so an image swapped on disk is never
- * packaged. On NU_OK *out_img (free()) holds *out_len bytes and out_digest
- * their SHA-256.
+ * Read signed image NAME from the ledger (an image signed before schema 5:
+ * from DIR/firmware/NAME.img once, then moved into the ledger), verify it as
+ * an MCUboot image signed by our secure-boot key, and check it against the
+ * ledger's record of the signature (same digest and size), so bytes that
+ * differ from what the HSM signed are never packaged. On NU_OK *out_img
+ * (free()) holds *out_len bytes and out_digest their SHA-256.
  * Errors: INVALID_ARG, NOT_FOUND (no file or no ledger record), TOO_LARGE,
  * BAD_FIRMWARE (does not verify or differs from the record), IO, NOMEM, DB.
  */

@@ -330,6 +330,11 @@ static int cloud__run(struct cloud *cloud, const struct cloud__args *a)
                                 /* what we publish is signed in the HSM with the key
                                  * programmers pin (docs/threat-model.md) */
                                 .signer = nu_hsm_key_signer(cloud->keys.package)};
+    /* Before any request: enrollments must see the old list's revocations. */
+    if (!rc && cloud_revoked_measurements_import(cloud, ledger))
+        nu_warn("programmer firmware revoked in DIR/cloud/revoked-measurements is not in the"
+                " ledger yet (enrollments are refused while it is there): retried at the next"
+                " start");
     if (!rc)
         rc = nu_client_connect(&co, &cloud->mqtt);
     if (!rc)

@@ -193,6 +193,32 @@ static const char *const ledger__migrations[] = {
     " counter INTEGER NOT NULL,"
     " recorded_at_ms INTEGER NOT NULL,"
     " UNIQUE(lease_id, counter));",
+    /* 4 -> 5: state every agent must see, whichever host it runs on (issue
+     * 13): programmer firmware the OEM revoked (was DIR/cloud/revoked-
+     * measurements, read at enrollment in the transaction that records it),
+     * the bytes of each signed image (was DIR/firmware/NAME.img), and the
+     * last device CRL issued (its number only grows, whichever agent signs). */
+    "CREATE TABLE revoked_measurements ("
+    " measurement TEXT PRIMARY KEY NOT NULL CHECK (typeof(measurement) = 'text'"
+    "  AND length(measurement) = 64),"
+    " reason TEXT NOT NULL,"
+    " revoked_by TEXT NOT NULL,"
+    " revoked_at_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE firmware_blobs ("
+    " name TEXT PRIMARY KEY NOT NULL REFERENCES firmware_images (name),"
+    " image BLOB NOT NULL CHECK (typeof(image) = 'blob' AND length(image) >= 1)) WITHOUT ROWID;"
+    "CREATE TABLE device_crl ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " crl_number INTEGER NOT NULL CHECK (crl_number >= 0),"
+    " der BLOB NOT NULL CHECK (typeof(der) = 'blob' AND length(der) >= 1));"
+    "CREATE TRIGGER revoked_measurements_fixed BEFORE UPDATE ON revoked_measurements"
+    " BEGIN SELECT RAISE(ABORT, 'a firmware revocation does not change'); END;"
+    "CREATE TRIGGER revoked_measurements_no_delete BEFORE DELETE ON revoked_measurements"
+    " BEGIN SELECT RAISE(ABORT, 'firmware revocations are final'); END;"
+    "CREATE TRIGGER firmware_blobs_fixed BEFORE UPDATE ON firmware_blobs"
+    " BEGIN SELECT RAISE(ABORT, 'a signed image does not change'); END;"
+    "CREATE TRIGGER firmware_blobs_no_delete BEFORE DELETE ON firmware_blobs"
+    " BEGIN SELECT RAISE(ABORT, 'signed images are never deleted'); END;",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))

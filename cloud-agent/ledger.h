@@ -184,7 +184,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 4
+#define CLOUD_LEDGER_SCHEMA_VERSION 5
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
@@ -1008,5 +1008,111 @@ int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
 /* Units reserved by the job's active leases (units - used), for issuance. */
 int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id, uint64_t now_ms,
                                 uint32_t *out_reserved);
+
+/* ------------------------------------ state every agent shares (schema 5) */
+
+/*
+ * What the cloud used to keep as files in its DIR, where an agent on another
+ * host could not see it (issue 13). Code in ledger_shared.c.
+ *   revoked_measurements(measurement TEXT PK (64 lower-case hex), reason,
+ *        revoked_by, revoked_at_ms) — programmer firmware the OEM revoked
+ *        (was DIR/cloud/revoked-measurements); rows are never changed nor
+ *        deleted
+ *   firmware_blobs(name PK -> firmware_images, image BLOB) — the signed image
+ *        bytes (was DIR/firmware/NAME.img); never changed nor deleted
+ *   device_crl(id = 1, crl_number, der BLOB) — the last device CRL issued;
+ *        only a CRL with a higher number replaces it
+ * Event: programmer.firmware_revoked {"measurement":H,"reason":R}, written
+ * only by the ledger, once per measurement.
+ */
+
+/* A programmer firmware revocation as stored. */
+struct cloud_ledger_fw_revocation {
+    char measurement[2 * CLOUD_LEDGER_HASH_LEN + 1];
+    char reason[CLOUD_LEDGER_TEXT_MAX + 1];
+    char revoked_by[CLOUD_LEDGER_ID_MAX + 1];
+    uint64_t revoked_at_ms;
+};
+
+typedef int (*cloud_ledger_id_visit_fn)(void *ctx, const char *id);
+typedef int (*cloud_ledger_fw_revocation_visit_fn)(void *ctx,
+                                                   const struct cloud_ledger_fw_revocation *r);
+typedef int (*cloud_ledger_firmware_visit_fn)(void *ctx, const struct cloud_ledger_firmware *fw);
+
+/*
+ * Revoke programmer firmware `measurement` (64 lower-case hex) in ONE
+ * transaction: list it (event programmer.firmware_revoked, only the first
+ * time: *out_new = 1) and revoke every programmer enrolled with it (event
+ * programmer.revoked each, reason `reason`), handing each id to visit(ctx,
+ * id) (may be NULL). The ids are only valid news once this returns NU_OK
+ * (the transaction may still fail after a visit). A repeated call lists
+ * nothing twice and revokes whoever enrolled meanwhile.
+ * An enrollment that records this measurement (cloud_ledger_enroll) and this
+ * call take the same lock on the measurement, so one of them commits first:
+ * either the enrollment (then its programmer is revoked here) or the
+ * revocation (then the enrollment reads it and is refused, MEASUREMENT).
+ * Errors: INVALID_ARG, BUSY, CONNECTION, DB, or the visitor's value.
+ */
+int cloud_ledger_firmware_revoke(struct cloud_ledger *ledger, const char *measurement,
+                                 const char *reason, const char *actor, uint64_t now_ms,
+                                 cloud_ledger_id_visit_fn visit, void *ctx, int *out_new);
+
+/* Whether `measurement` is revoked (*out_revoked). Errors: INVALID_ARG, DB. */
+int cloud_ledger_firmware_revoked(struct cloud_ledger *ledger, const char *measurement,
+                                  int *out_revoked);
+
+/* Every revoked measurement, in measurement order. Errors: INVALID_ARG, DB, visitor's. */
+int cloud_ledger_firmware_revocations(struct cloud_ledger *ledger,
+                                      cloud_ledger_fw_revocation_visit_fn visit, void *ctx);
+
+/*
+ * cloud_ledger_firmware_add and the image bytes img[len] (SHA-256 = the
+ * record's digest, len = its size, else INVALID_ARG) in one transaction, so
+ * any agent can serve what one agent signed. Errors: as
+ * cloud_ledger_firmware_add.
+ */
+int cloud_ledger_firmware_add_image(struct cloud_ledger *ledger,
+                                    const struct cloud_ledger_firmware *fw, const uint8_t *img,
+                                    size_t len);
+
+/*
+ * Store the bytes of an image recorded without them (signed before schema 5,
+ * read from DIR/firmware once): checked against the record; NU_OK when
+ * stored or already there. Errors: INVALID_ARG (differs from the record),
+ * NOT_FOUND (no record), BUSY, DB.
+ */
+int cloud_ledger_firmware_image_put(struct cloud_ledger *ledger, const char *name,
+                                    const uint8_t *img, size_t len);
+
+/*
+ * The signed bytes of image `name` (*out_img: malloc'd, the caller frees),
+ * checked against the record (size and SHA-256; DB when they differ).
+ * Errors: INVALID_ARG, NOT_FOUND (no record, or no bytes: signed before
+ * schema 5 and not imported yet), NOMEM, DB.
+ */
+int cloud_ledger_firmware_image(struct cloud_ledger *ledger, const char *name, uint8_t **out_img,
+                                size_t *out_len);
+
+/* Every signed image record, in name order. Errors: INVALID_ARG, DB, visitor's. */
+int cloud_ledger_firmware_list(struct cloud_ledger *ledger, cloud_ledger_firmware_visit_fn visit,
+                               void *ctx);
+
+/*
+ * Keep der[len] as the device CRL numbered `crl_number` unless the ledger
+ * holds one numbered the same or higher (then STATE: an agent with an older
+ * snapshot must not publish over a newer CRL). `publish` (may be NULL) runs
+ * once the row is written, before the commit, while the row is locked: two
+ * agents publish in the order of their CRL numbers, so the retained CRL is
+ * the newest. Its error undoes the put. Errors: INVALID_ARG, STATE, BUSY,
+ * DB, or publish's value.
+ */
+int cloud_ledger_device_crl_put(struct cloud_ledger *ledger, uint64_t crl_number,
+                                const uint8_t *der, size_t len, int (*publish)(void *ctx),
+                                void *ctx);
+
+/* The last device CRL kept (*out_der malloc'd, the caller frees).
+ * Errors: INVALID_ARG, NOT_FOUND, NOMEM, DB. */
+int cloud_ledger_device_crl_get(struct cloud_ledger *ledger, uint64_t *out_crl_number,
+                                uint8_t **out_der, size_t *out_len);
 
 #endif

@@ -16,6 +16,8 @@ static const struct {
     {"firmware_images_fixed", 2},  {"firmware_images_no_delete", 2},
     {"job_keys_fixed", 2},         {"job_keys_no_delete", 2},
     {"job_packages_fixed", 2},     {"job_packages_no_delete", 2},
+    {"revoked_measurements_fixed", 5}, {"revoked_measurements_no_delete", 5},
+    {"firmware_blobs_fixed", 5},   {"firmware_blobs_no_delete", 5},
 };
 
 /* Kinds only the ledger writes; verify trusts cert.issued events. */
@@ -25,7 +27,7 @@ static const char *const ledger__reserved_kinds[] = {
     "enroll.token.added", "enroll.token.used", "enroll.refused",      "cert.issued",
     "cert.resent",        "cert.refused",      "cert.provisioned",    "cert.failed",
     "cert.revoked",       "ledger.migrated",   "firmware.signed",     "job.packages",
-    "audit.checkpoint",
+    "audit.checkpoint",   "programmer.firmware_revoked",
 };
 
 /* ------------------------------------------------------------ audit chain */

@@ -160,7 +160,8 @@
     X(PKG_TOKEN, "SELECT token_hash FROM job_packages WHERE job_id = ?1 AND programmer_id = ?2")   \
     X(PKG_LIST, "SELECT programmer_id, package FROM job_packages WHERE job_id = ?1"                \
                 " ORDER BY position")                                                              \
-    LEDGER_LEASE_SQL(X)
+    LEDGER_LEASE_SQL(X)                                                                            \
+    LEDGER_SHARED_SQL(X)
 
 /* Offline leases (ledger_lease.c, schema 4). */
 #define LEDGER_LEASE_COLS                                                                          \
@@ -193,6 +194,26 @@
     X(LJOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >= quota"   \
                    " AND status = 'active' THEN 'exhausted' ELSE status END, updated_at_ms = ?2"   \
                    " WHERE job_id = ?1 AND issued < quota")
+
+/* State every agent shares (ledger_shared.c, schema 5). */
+#define LEDGER_SHARED_SQL(X)                                                                       \
+    X(RMEAS_GET, "SELECT measurement FROM revoked_measurements WHERE measurement = ?1")            \
+    X(RMEAS_INSERT, "INSERT INTO revoked_measurements (measurement, reason, revoked_by,"           \
+                    " revoked_at_ms) VALUES (?1, ?2, ?3, ?4)")                                     \
+    X(RMEAS_LIST, "SELECT measurement, reason, revoked_by, revoked_at_ms"                          \
+                  " FROM revoked_measurements ORDER BY measurement")                               \
+    X(PROG_BY_MEAS, "SELECT programmer_id FROM programmers WHERE state = 'enrolled'"               \
+                    " AND firmware_measurement = ?1 ORDER BY programmer_id")                       \
+    X(BLOB_INSERT, "INSERT INTO firmware_blobs (name, image) VALUES (?1, ?2)")                     \
+    X(BLOB_GET, "SELECT b.image, f.image_digest, f.image_size FROM firmware_blobs b"               \
+                " JOIN firmware_images f ON f.name = b.name WHERE b.name = ?1")                    \
+    X(BLOB_HAS, "SELECT 1 FROM firmware_blobs WHERE name = ?1")                                    \
+    X(FW_LIST, "SELECT name, image_digest, image_size, security_counter, request_hash,"            \
+               " signed_by, signed_at_ms FROM firmware_images ORDER BY name")                      \
+    X(CRL_PUT, "INSERT INTO device_crl (id, crl_number, der) VALUES (1, ?1, ?2)"                   \
+               " ON CONFLICT (id) DO UPDATE SET crl_number = excluded.crl_number,"                 \
+               " der = excluded.der WHERE device_crl.crl_number < excluded.crl_number")            \
+    X(CRL_GET, "SELECT crl_number, der FROM device_crl WHERE id = 1")
 
 enum ledger_stmt {
 #define LEDGER__ENUM(name, sql) ST_##name,
@@ -425,6 +446,22 @@ int ledger__append_json(struct cloud_ledger *l, struct ledger_json *j, uint64_t 
 /* -------- programmers and enrollment (ledger_programmer.c) */
 
 void ledger__token_id(struct ledger_json *j, const uint8_t hash[NU_SHA256_LEN]);
+
+/* -------- shared agent state (ledger_shared.c) */
+
+/* Is `measurement` revoked? Inside the caller's write transaction, after
+ * the lock cloud_ledger_firmware_revoke takes on it: NU_OK, MEASUREMENT
+ * (revoked), or a DB error. */
+int ledger__measurement_decide(struct cloud_ledger *l, const char *measurement);
+
+/* Revoke one enrolled programmer inside the caller's write transaction
+ * (event programmer.revoked). NU_OK, STATE (already revoked), NOT_FOUND, DB. */
+int ledger__prog_revoke_in_txn(struct cloud_ledger *l, const char *programmer_id,
+                               const char *reason, const char *actor, uint64_t now_ms);
+
+/* The firmware.signed record and event inside the caller's write
+ * transaction (ledger_job.c). */
+int ledger__firmware_add_in_txn(struct cloud_ledger *l, const struct cloud_ledger_firmware *fw);
 
 /* -------- issuance (ledger_issue.c) */
 

@@ -463,10 +463,38 @@ static int ledger__firmware_check(const struct cloud_ledger_firmware *fw)
     return rc;
 }
 
-int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_ledger_firmware *fw)
+int ledger__firmware_add_in_txn(struct cloud_ledger *l, const struct cloud_ledger_firmware *fw)
 {
     struct ledger_json j;
     struct ledger_store_stmt *st = NULL;
+    int rc = ledger__firmware_check(fw);
+
+    if (rc == NU_OK)
+        rc = ledger__stmt(l, ST_FW_INSERT, &st);
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, fw->name);
+    ledger__bind_blob(st, 2, fw->image_digest, sizeof(fw->image_digest));
+    ledger__bind_u64(st, 3, fw->image_size);
+    ledger__bind_u64(st, 4, fw->security_counter);
+    ledger__bind_blob(st, 5, fw->request_hash, sizeof(fw->request_hash));
+    ledger__bind_text(st, 6, fw->signed_by);
+    ledger__bind_u64(st, 7, fw->signed_at_ms);
+    rc = ledger__run(l, st, "firmware insert");
+    if (rc != NU_OK)
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "name", fw->name);
+    lj_hex(&j, "digest", fw->image_digest, sizeof(fw->image_digest));
+    lj_u64(&j, "size", fw->image_size);
+    lj_u64(&j, "security_counter", fw->security_counter);
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, fw->signed_at_ms, "firmware.signed", fw->signed_by, "");
+}
+
+int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_ledger_firmware *fw)
+{
     int rc;
 
     if (!ledger)
@@ -476,30 +504,9 @@ int cloud_ledger_firmware_add(struct cloud_ledger *ledger, const struct cloud_le
         return rc;
     rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_FW_INSERT, &st);
-    if (rc != NU_OK)
-        goto out;
-    ledger__bind_text(st, 1, fw->name);
-    ledger__bind_blob(st, 2, fw->image_digest, sizeof(fw->image_digest));
-    ledger__bind_u64(st, 3, fw->image_size);
-    ledger__bind_u64(st, 4, fw->security_counter);
-    ledger__bind_blob(st, 5, fw->request_hash, sizeof(fw->request_hash));
-    ledger__bind_text(st, 6, fw->signed_by);
-    ledger__bind_u64(st, 7, fw->signed_at_ms);
-    rc = ledger__run(ledger, st, "firmware insert");
-    if (rc != NU_OK)
-        goto out;
-    lj_init(&j, ledger->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
-    lj_raw(&j, "{", 1);
-    lj_str(&j, "name", fw->name);
-    lj_hex(&j, "digest", fw->image_digest, sizeof(fw->image_digest));
-    lj_u64(&j, "size", fw->image_size);
-    lj_u64(&j, "security_counter", fw->security_counter);
-    lj_raw(&j, "}", 1);
-    rc = ledger__append_json(ledger, &j, fw->signed_at_ms, "firmware.signed", fw->signed_by, "");
+        rc = ledger__firmware_add_in_txn(ledger, fw);
     if (rc == NU_OK)
         rc = ledger__commit(ledger);
-out:
     ledger__rollback(ledger);
     return rc;
 }

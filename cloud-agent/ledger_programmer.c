@@ -131,11 +131,36 @@ int cloud_ledger_programmer_list(struct cloud_ledger *ledger,
                             ledger__prog_visit_v, &lv);
 }
 
-int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *programmer_id,
-                                   const char *reason, const char *actor, uint64_t now_ms)
+int ledger__prog_revoke_in_txn(struct cloud_ledger *l, const char *programmer_id,
+                               const char *reason, const char *actor, uint64_t now_ms)
 {
     struct ledger_json j;
     struct ledger_store_stmt *st = NULL;
+    int rc = ledger__prog_state(l, programmer_id, NULL);
+
+    if (rc == NU_ERR_REVOKED)
+        rc = NU_ERR_STATE;
+    if (rc == NU_OK)
+        rc = ledger__stmt(l, ST_PROG_REVOKE, &st);
+    if (rc != NU_OK)
+        return rc;
+    ledger__bind_text(st, 1, programmer_id);
+    ledger__bind_u64(st, 2, now_ms);
+    ledger__bind_text(st, 3, reason);
+    rc = ledger__run(l, st, "programmer revoke");
+    if (rc != NU_OK)
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "programmer", programmer_id);
+    lj_str(&j, "reason", reason);
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms, "programmer.revoked", actor, "");
+}
+
+int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *programmer_id,
+                                   const char *reason, const char *actor, uint64_t now_ms)
+{
     int rc;
 
     if (!ledger || !ledger__time_ok(now_ms))
@@ -149,28 +174,9 @@ int cloud_ledger_programmer_revoke(struct cloud_ledger *ledger, const char *prog
         return rc;
     rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
-        rc = ledger__prog_state(ledger, programmer_id, NULL);
-    if (rc == NU_ERR_REVOKED)
-        rc = NU_ERR_STATE;
-    if (rc == NU_OK)
-        rc = ledger__stmt(ledger, ST_PROG_REVOKE, &st);
-    if (rc != NU_OK)
-        goto out;
-    ledger__bind_text(st, 1, programmer_id);
-    ledger__bind_u64(st, 2, now_ms);
-    ledger__bind_text(st, 3, reason);
-    rc = ledger__run(ledger, st, "programmer revoke");
-    if (rc != NU_OK)
-        goto out;
-    lj_init(&j, ledger->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
-    lj_raw(&j, "{", 1);
-    lj_str(&j, "programmer", programmer_id);
-    lj_str(&j, "reason", reason);
-    lj_raw(&j, "}", 1);
-    rc = ledger__append_json(ledger, &j, now_ms, "programmer.revoked", actor, "");
+        rc = ledger__prog_revoke_in_txn(ledger, programmer_id, reason, actor, now_ms);
     if (rc == NU_OK)
         rc = ledger__commit(ledger);
-out:
     ledger__rollback(ledger);
     return rc;
 }
@@ -461,6 +467,20 @@ static int ledger__consume(struct cloud_ledger *l, const uint8_t *token, size_t 
     rc = ledger__run(l, st, "token use");
     if (rc == NU_OK && ledger_store_changes(st) != 1)
         rc = NU_ERR_INTERNAL; /* decided unused under the same write lock */
+    /* The OEM's firmware revocations, read in this transaction under the
+     * lock a revocation takes on the measurement (ledger_shared.c): a
+     * revocation that landed while this enrollment was on its way (past the
+     * agent's early check, in the HSM) refuses it here. Taken after the
+     * token's row and before the chain head, which the revocation locks
+     * after it (no deadlock: a revocation touches no token). */
+    if (rc == NU_OK && e && e->firmware_measurement && e->firmware_measurement[0]) {
+        rc = ledger__measurement_decide(l, e->firmware_measurement);
+        if (rc == NU_ERR_MEASUREMENT) {
+            ledger__rollback(l);
+            ledger__token_refused(l, programmer_id, actor, now_ms, rc);
+            goto out;
+        }
+    }
     if (rc != NU_OK)
         goto out;
     lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);

@@ -195,6 +195,31 @@ const char *const ledger_schema_pg_migrations[] = {
     " counter BIGINT NOT NULL,"
     " recorded_at_ms BIGINT NOT NULL,"
     " UNIQUE(lease_id, counter));",
+    /* 4 -> 5: shared state of agents on several hosts (see the SQLite migration). */
+    "CREATE TABLE revoked_measurements ("
+    " measurement TEXT PRIMARY KEY CHECK (length(measurement) = 64),"
+    " reason TEXT NOT NULL,"
+    " revoked_by TEXT NOT NULL,"
+    " revoked_at_ms BIGINT NOT NULL);"
+    "CREATE TABLE firmware_blobs ("
+    " name TEXT PRIMARY KEY REFERENCES firmware_images (name),"
+    " image BYTEA NOT NULL CHECK (length(image) >= 1));"
+    "CREATE TABLE device_crl ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " crl_number BIGINT NOT NULL CHECK (crl_number >= 0),"
+    " der BYTEA NOT NULL CHECK (length(der) >= 1));"
+    PG_REFUSE("nusec_rmeas_fixed", "a firmware revocation does not change")
+    PG_REFUSE("nusec_rmeas_no_delete", "firmware revocations are final")
+    PG_REFUSE("nusec_blob_fixed", "a signed image does not change")
+    PG_REFUSE("nusec_blob_no_delete", "signed images are never deleted")
+    "CREATE TRIGGER revoked_measurements_fixed BEFORE UPDATE ON revoked_measurements"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_rmeas_fixed();"
+    "CREATE TRIGGER revoked_measurements_no_delete BEFORE DELETE ON revoked_measurements"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_rmeas_no_delete();"
+    "CREATE TRIGGER firmware_blobs_fixed BEFORE UPDATE ON firmware_blobs"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_blob_fixed();"
+    "CREATE TRIGGER firmware_blobs_no_delete BEFORE DELETE ON firmware_blobs"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_blob_no_delete();",
 };
 
 const unsigned ledger_schema_pg_count =

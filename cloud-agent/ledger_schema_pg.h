@@ -34,6 +34,7 @@ extern const unsigned ledger_schema_pg_count;
     " TO %1$s;"                                                                                    \
     "GRANT UPDATE ON requests TO %1$s;"                                                            \
     "GRANT UPDATE (seq, hash) ON audit_head TO %1$s;"                                              \
-    "GRANT UPDATE (used, state, closed_at_ms) ON leases TO %1$s;"
+    "GRANT UPDATE (used, state, closed_at_ms) ON leases TO %1$s;"                                 \
+    "GRANT UPDATE (crl_number, der) ON device_crl TO %1$s;"
 
 #endif

@@ -126,6 +126,17 @@ static int img_read(const char *name, uint8_t **out, size_t *len)
     return nu_file_read(path, 8u * 1024u * 1024u, out, len);
 }
 
+/* A signed image as the ledger holds it (the cloud keeps no file of it). */
+static int ledger_img(const char *name, uint8_t **out, size_t *len)
+{
+    struct cloud_ledger *l = NULL;
+    int rc = cloud_ledger_open(F.ledger, &l);
+    if (!rc)
+        rc = cloud_ledger_firmware_image(l, name, out, len);
+    cloud_ledger_close(l);
+    return rc;
+}
+
 static int py_verify(const char *image_path)
 {
     return nu_test_sh("python3 %s/tests/tools/mcuboot_verify.py --key %s/firmware/rotpk.pem %s "
@@ -313,7 +324,7 @@ static void test_sign_version_immutable(void)
     const Nusec__V1__FirmwareSignResponse *b = r2->firmware_sign_response;
     CU_ASSERT(a->image.len == b->image.len &&
               memcmp(a->image.data, b->image.data, a->image.len) == 0);
-    CU_ASSERT_EQUAL(img_read("redo-1.0.0", &img2, &len2), NU_OK);
+    CU_ASSERT_EQUAL(ledger_img("redo-1.0.0", &img2, &len2), NU_OK);
     CU_ASSERT(len2 == a->image.len && memcmp(img2, a->image.data, len2) == 0);
     nu_envelope_free(r2);
     r2 = NULL;
@@ -1085,16 +1096,49 @@ static void test_restart_and_swapped_image(void)
     CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, PROGS[0].id, PROGS[0].cert, PROGS[0].key, &c), NU_OK);
     CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_OK);
     nu_envelope_free(m);
-    /* Another valid image of ours put in its place on disk is not served. */
+    /* The image is served from the ledger (any agent, any host): another
+     * valid image of ours put in its place on disk, or none, changes nothing. */
     CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
-    CU_ASSERT_EQUAL_FATAL(img_read("redo-1.0.0", &redo, &redo_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(ledger_img("redo-1.0.0", &redo, &redo_len), NU_OK);
     snprintf(path, sizeof(path), "%s/firmware/boot-2.1.7.img", F.dir);
     CU_ASSERT_EQUAL_FATAL(write_file(path, redo, redo_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
+    CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_OK);
+    if (m)
+        CU_ASSERT_NOT_EQUAL(m->firmware_manifest->size, redo_len);
+    nu_envelope_free(m);
+    m = NULL;
+    CU_ASSERT_EQUAL(chunk(&c, job, token, tlen, 0, &m), NU_OK);
+    nu_envelope_free(m);
+    m = NULL;
+    CU_ASSERT_EQUAL(unlink(path), 0);
+    CU_ASSERT_EQUAL(create_raw("boot-2.1.7", 2, p1, l1, 1, NULL, &r), NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    /* Bytes in the ledger that are not what the HSM signed are never served. */
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("sqlite3 %s \"DROP TRIGGER firmware_blobs_fixed;"
+                               " CREATE TABLE saved AS SELECT image FROM firmware_blobs"
+                               " WHERE name = 'boot-2.1.7'; UPDATE firmware_blobs SET image ="
+                               " (SELECT image FROM firmware_blobs WHERE name = 'redo-1.0.0')"
+                               " WHERE name = 'boot-2.1.7'\"",
+                               F.ledger),
+                    0);
     CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
     CU_ASSERT_EQUAL(manifest(&c, job, token, tlen, &m), NU_ERR_BAD_FIRMWARE);
     CU_ASSERT_EQUAL(chunk(&c, job, token, tlen, 0, &m), NU_ERR_BAD_FIRMWARE);
     /* Nor packaged into a new job. */
     CU_ASSERT_EQUAL(create_raw("boot-2.1.7", 2, p1, l1, 1, NULL, &r), NU_ERR_BAD_FIRMWARE);
+    /* Put back as signed, for the cases after this one. */
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_stop(&F), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("sqlite3 %s \"UPDATE firmware_blobs SET image = (SELECT image"
+                               " FROM saved) WHERE name = 'boot-2.1.7'; DROP TABLE saved;"
+                               " CREATE TRIGGER firmware_blobs_fixed"
+                               " BEFORE UPDATE ON firmware_blobs BEGIN SELECT RAISE(ABORT,"
+                               " 'a signed image does not change'); END;\"",
+                               F.ledger),
+                    0);
+    CU_ASSERT_EQUAL_FATAL(cf_cloud_start(&F), 0);
     free(redo);
     cf_client_close(&c);
 }

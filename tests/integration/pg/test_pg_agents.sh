@@ -16,6 +16,12 @@
 #      exact, no device has two certificates, every device a programmer
 #      locked (it holds an acknowledged certificate) is in the ledger with
 #      that certificate, and `nusec audit verify --ledger URI` passes.
+#      The job's firmware was signed by the first agent, killed in 1, and no
+#      image file is left in DIR: the other agents serve it from the ledger.
+#   4. a programmer firmware revoked while an enrollment with it is on its
+#      way (past the agent's checks, held in its ledger transaction) is
+#      refused at the ledger (enroll.refused MEASUREMENT); the programmers
+#      enrolled with it are revoked.
 # Exit: 0 pass, 1 a check failed, 2 usage. Everything it started is stopped.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 BIN_DIR [DEVICES QUOTA KILLS]" >&2; exit 2; }
@@ -68,6 +74,12 @@ q() { "$PGBIN/psql" "$OWNER" -Atqc "$1"; }
 pids[1]=$(cat "$DIR/run/cloud.pid")
 grep -q "leader: taking" "$DIR/logs/cloud.log" || fail "the first agent does not lead"
 
+# Signed while the first agent is the only one: the others never saw it.
+head -c 8192 /dev/urandom >"$DIR/app2.bin"
+nusec firmware sign --in "$DIR/app2.bin" --name app --version 2.0.0 >/dev/null
+[[ $(q "select count(*) from firmware_blobs where name = 'app-2.0.0'") == 1 ]] ||
+    fail "the signed image is not in the ledger"
+
 say "1. leader hand-over"
 start_agent 2
 start_agent 3
@@ -111,7 +123,7 @@ make_job() {
     local progs=() i
     for ((i = 1; i <= 8; i++)); do progs+=(--programmer "prog-$i"); done
     rm -rf "$DIR/packages" && mkdir -p "$DIR/packages"
-    nusec job create --firmware app-1.0.0 --quota "$QUOTA" "${progs[@]}" --expires 1h \
+    nusec job create --firmware "$FIRMWARE" --quota "$QUOTA" "${progs[@]}" --expires 1h \
         --out "$DIR/packages" | tail -n 1
     nusec package import "$DIR"/packages/*.nspkg >/dev/null
 }
@@ -146,7 +158,11 @@ check_job() {
     ((lost == 0)) || fail "job $job: $lost acknowledged certificates are not in the ledger"
 }
 
-say "2. 3 agents, 8 programmers race for quota $QUOTA"
+# The agent that signed app-2.0.0 is dead (SIGKILL in 1) and its files are
+# gone, as on another host: the running agents serve it from the ledger.
+FIRMWARE=app-2.0.0
+rm -f "$DIR"/firmware/*.img
+say "2. 3 agents, 8 programmers race for quota $QUOTA ($FIRMWARE, signed by the dead agent)"
 job=$(make_job)
 nusec production start --job "$job" --wait --interval 5 --timeout 120 >"$DIR/production.log" 2>&1 ||
     { tail -12 "$DIR/production.log" >&2; fail "production of $job"; }
@@ -192,4 +208,41 @@ printf '%-20s %s\n' killed "$killed" issued "$(issued_of "$job")" certificates "
 # A leader that takes over mid-production signs the head it finds (the head
 # row locked alone first: through a join, PostgreSQL lost the row under load).
 ! grep -h "error: audit checkpoint" "$DIR"/logs/cloud*.log || fail "a checkpoint failed"
+
+say "4. revoke-firmware lands while an enrollment is on its way"
+MEAS=$(nusec programmer list --json | python3 -c 'import json, sys
+print(next(p["measurement"] for p in json.load(sys.stdin) if p["id"] == "prog-1"))')
+[[ ${#MEAS} == 64 ]] || fail "no measurement for prog-1"
+"$BIN/nusec-programmer" --dir "$DIR" --name prog-late --factory-init --vendor-ca "$DIR/vendor" \
+    >/dev/null 2>&1 || [[ $? == 4 ]] || fail "factory init of prog-late"
+TOKEN=$(nusec programmer token --name prog-late)
+# The owner holds the token's row: the enrollment passes the agent's checks,
+# gets its certificate signed, then waits inside its ledger transaction.
+coproc HOLD { "$PGBIN/psql" "$OWNER" -Atq 2>&1; }
+echo "BEGIN; SELECT 'held' FROM enroll_tokens WHERE programmer_id = 'prog-late' FOR UPDATE;" >&"${HOLD[1]}"
+read -r -t 10 held <&"${HOLD[0]}" && [[ $held == held ]] || fail "could not hold the token row"
+"$BIN/nusec-programmer" --dir "$DIR" --name prog-late --enroll "$TOKEN" >"$DIR/late.log" 2>&1 &
+late=$!
+waiting=0
+for ((i = 0; i < 100 && waiting == 0; i++)); do
+    waiting=$(q "select count(*) from pg_stat_activity where wait_event_type = 'Lock'
+                 and query like 'UPDATE enroll_tokens%'")
+    ((waiting > 0)) || sleep 0.05
+done
+((waiting > 0)) || { kill "$late" 2>/dev/null; fail "the enrollment never reached the ledger"; }
+nusec programmer revoke-firmware "$MEAS" --reason "test: revoked mid-enrollment" >"$DIR/rfw.log" 2>&1 ||
+    { cat "$DIR/rfw.log" >&2; fail "revoke-firmware"; }
+echo "COMMIT;" >&"${HOLD[1]}"
+echo '\q' >&"${HOLD[1]}"
+enrolled=yes
+wait "$late" || enrolled=no
+refused=$(q "select count(*) from audit_events where kind = 'enroll.refused'
+             and payload like '%\"programmer\":\"prog-late\"%MEASUREMENT%'")
+left=$(q "select count(*) from programmers where state = 'enrolled' and firmware_measurement = '$MEAS'")
+printf '%-20s %s\n' late_enrollment_ok "$enrolled" refused_at_ledger "$refused" \
+    enrolled_with_revoked "$left" programmers_revoked "$(grep -o '[0-9]* programmers revoked' "$DIR/rfw.log")"
+[[ $enrolled == no ]] || fail "the enrollment in flight was accepted"
+((refused >= 1)) || { tail -5 "$DIR/late.log" >&2; fail "the ledger did not refuse the enrollment in flight"; }
+((left == 0)) || fail "$left programmers stay enrolled with the revoked firmware"
+nusec audit verify --ledger "$URI" >"$DIR/verify.log" 2>&1 || { cat "$DIR/verify.log" >&2; fail "audit verify"; }
 say PASS

@@ -21,6 +21,7 @@ static const struct nu_test_suite suites[] = {
     {"ledger audit", setup, teardown, audit_cases},
     {"ledger tamper", setup, teardown, tamper_cases},
     {"ledger processes", setup, teardown, process_cases},
+    {"ledger shared state", setup, teardown, shared_cases},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -34,6 +35,7 @@ static const struct nu_test_suite pg_suites[] = {
     {"ledger firmware delivery (PostgreSQL)", setup, teardown, fw_cases},
     {"ledger devices (PostgreSQL)", setup, teardown, device_cases},
     {"ledger audit (PostgreSQL)", setup, teardown, audit_cases},
+    {"ledger shared state (PostgreSQL)", setup, teardown, shared_cases},
     {NULL, NULL, NULL, NULL},
 };
 

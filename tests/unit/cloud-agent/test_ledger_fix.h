@@ -134,4 +134,6 @@ extern const struct nu_test_case tamper_cases[];
 
 extern const struct nu_test_case process_cases[];
 
+extern const struct nu_test_case shared_cases[];
+
 #endif
