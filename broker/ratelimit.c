@@ -44,12 +44,15 @@ void nusec_rl_config_default(struct nusec_rl_config *out)
 {
     /* Far above what a line produces (a programmer's peak is firmware
      * delivery: ~300 chunk requests of a few hundred bytes, then a few
-     * messages per device), far below what a flood needs. */
-    static const struct nusec_rl_rate client = {1000, 10000, 4 * RL__MiB, 16 * RL__MiB};
+     * messages of ~1 KiB per device; a station's, one 64 KiB package per
+     * programmer at a job's start), far below what a flood needs. */
+    static const struct nusec_rl_rate client = {1000, 10000, 1 * RL__MiB, 8 * RL__MiB};
     /* A site's bridge carries its station's and all its programmers' traffic. */
     static const struct nusec_rl_rate site = {8000, 80000, 32 * RL__MiB, 128 * RL__MiB};
-    /* firmware.sign: one 4 MiB image a second, three back to back. */
-    static const struct nusec_rl_rate oem = {1000, 10000, 4 * RL__MiB, 16 * RL__MiB};
+    /* firmware.sign: three 4 MiB images back to back, then one every ~4 s
+     * (an OEM signs a few images a day; every 4 MiB message the broker
+     * relays is held in its memory and its persistence snapshots). */
+    static const struct nusec_rl_rate oem = {1000, 10000, 1 * RL__MiB, 16 * RL__MiB};
     memset(out, 0, sizeof(*out));
     out->enabled = true;
     out->payload_max = RL__PAYLOAD_MAX;

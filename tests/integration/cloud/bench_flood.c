@@ -207,6 +207,7 @@ int main(int argc, char **argv)
         nu_p256_key_destroy(k);
     }
     unsigned long rows0 = audit_rows(&f), base_kib = proc_kib(f.cloud_pid, "VmRSS:");
+    double cloud_cpu0 = cf_cpu_s(f.cloud_pid), broker_cpu0 = cf_cpu_s(f.broker.pid);
     for (size_t i = 0; i < nthreads; i++) {
         if (as_oem)
             fl[i] = (struct flooder){&oem, "nusec/v1/cloud/req/oem/firmware.sign",
@@ -242,6 +243,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nthreads; i++)
         pthread_join(t[i], NULL);
     double secs = (double)(now_us() - t0) / 1e6;
+    double cloud_cpu = cf_cpu_s(f.cloud_pid) - cloud_cpu0, broker_cpu = cf_cpu_s(f.broker.pid) - broker_cpu0;
     unsigned long hwm_kib = proc_kib(f.cloud_pid, "VmHWM:");
     qsort(lat, n, sizeof(*lat), cmp_u64);
     printf("%s_seconds %.1f s\n", px, secs);
@@ -250,6 +252,10 @@ int main(int argc, char **argv)
     printf("%s_other_refusals %lu requests\n", px, (unsigned long)atomic_load(&answered_other));
     printf("%s_unanswered %lu requests\n", px, (unsigned long)atomic_load(&failed_send));
     printf("%s_cloud_rss_before_kib %lu KiB\n", px, base_kib);
+    /* CPU share of one core each spent during the flood: what the broker's
+     * refusals save shows here even when the machine's load blurs latency. */
+    printf("%s_broker_cpu_pct %.1f pct\n", px, 100.0 * broker_cpu / secs);
+    printf("%s_cloud_cpu_pct %.1f pct\n", px, 100.0 * cloud_cpu / secs);
     printf("%s_cloud_rss_peak_kib %lu KiB\n", px, peak_kib);
     printf("%s_cloud_vmhwm_kib %lu KiB\n", px, hwm_kib);
     printf("%s_cloud_rss_bound_kib %u KiB\n", px, FLOOD_RSS_BOUND_KIB);
