@@ -15,7 +15,8 @@
  *
  * Options: plugin_opt_revoked_file (required), plugin_opt_owners_file,
  * plugin_opt_issuer_file, plugin_opt_identities_file, plugin_opt_site_name
- * (all optional).
+ * (all optional), and the publish limits of ratelimit.h (rate_limit,
+ * payload_max, firmware_payload_max, refusal_log_s, rate_<role>).
  *
  * Lists across a bridge (issue 14). With plugin_opt_publish_lists true (the
  * cloud broker of a deployment with sites; `nusec site sign` sets it) the
@@ -35,6 +36,7 @@
  */
 #include "acl.h"
 #include "pins.h"
+#include "ratelimit.h"
 #include "nu_err.h"
 
 #include <mosquitto.h>
@@ -113,6 +115,8 @@ struct nusec_auth {
     bool ids_dirty;             /* roles changed and not yet written */
     bool ids_failing;           /* the last write failed (logged once) */
     struct timespec ids_last_try;
+    struct nusec_rl_config rl_cfg; /* publish limits (ratelimit.h) */
+    struct nusec_rl *rl;
 };
 
 /* The plugin's state: the one static the conventions allow, passed as userdata. */
@@ -875,16 +879,44 @@ static int auth__on_acl_check(int event, void *event_data, void *userdata)
     return MOSQ_ERR_SUCCESS;
 }
 
-/* message_size_limit is one number for every client, and only the OEM
- * (firmware.sign) and the cloud need NU_ENVELOPE_MAX: every other role's
- * publish is refused here beyond this many bytes (a sealed package is at most
- * 64 KiB). The cloud bounds each op again, per identity, before decoding. */
-#define AUTH__SMALL_PAYLOAD_MAX (256u * 1024u)
-
-static bool auth__size_ok(const struct auth__ident *who, uint32_t len)
+/*
+ * message_size_limit is one number for every client and Mosquitto has no
+ * rate limit: the publish limits (ratelimit.h) refuse, per identity, a
+ * payload over its role's and operation's limit and a flood over its
+ * token buckets, before the broker stores and relays it. The first refusal
+ * of an interval is logged in full, the rest as one summary from the tick.
+ */
+static int auth__limit(struct nusec_auth *st, struct mosquitto_evt_message *ed,
+                       const struct auth__ident *who)
 {
-    return len <= AUTH__SMALL_PAYLOAD_MAX || who->role == NUSEC_ROLE_OEM ||
-           who->role == NUSEC_ROLE_CLOUD;
+    struct timespec now;
+    bool log = false;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    enum nusec_rl_verdict v =
+        nusec_rl_admit(st->rl, who->id, who->role, ed->topic, ed->payloadlen, ms, &log);
+    if (v == NUSEC_RL_PASS)
+        return MOSQ_ERR_SUCCESS;
+    if (log) {
+        char why[160];
+        snprintf(why, sizeof(why), "%s (%u bytes, limit %u); further refusals of %s counted for %u s",
+                 nusec_rl_verdict_text(v), (unsigned)ed->payloadlen,
+                 (unsigned)nusec_rl_payload_limit(&st->rl_cfg, who->role, ed->topic), who->id,
+                 (unsigned)st->rl_cfg.log_interval_s);
+        auth__deny(ed->client, who, MOSQ_ACL_WRITE, ed->topic, why);
+    }
+    return MOSQ_ERR_ACL_DENIED;
+}
+
+static void auth__limit_report(void *ctx, const struct nusec_rl_report *r)
+{
+    (void)ctx;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "nusec_auth: refused %llu more publishes (%llu bytes) from %s (%s) in "
+                         "%u s: %llu over the payload limit, %llu over the rate",
+                         (unsigned long long)r->refused, (unsigned long long)r->bytes, r->id,
+                         nusec_acl_role_name(r->role), (unsigned)r->seconds,
+                         (unsigned long long)r->too_large, (unsigned long long)r->over_rate);
 }
 
 static void auth__lists_take(struct nusec_auth *st, const char *topic, const void *payload,
@@ -903,9 +935,8 @@ static int auth__on_message(int event, void *event_data, void *userdata)
         return MOSQ_ERR_SUCCESS; /* published by a plugin: the broker's own */
     if (st->site_name && !auth__subject(st, ed->client, &who))
         auth__lists_take(st, ed->topic, ed->payload, ed->payloadlen); /* from the bridge */
-    if (auth__subject(st, ed->client, &who) && !auth__size_ok(&who, ed->payloadlen))
-        return auth__deny(ed->client, &who, MOSQ_ACL_WRITE, ed->topic,
-                          "payload over its role's size limit");
+    if (auth__subject(st, ed->client, &who) && auth__limit(st, ed, &who) != MOSQ_ERR_SUCCESS)
+        return MOSQ_ERR_ACL_DENIED;
     if (!mosquitto_property_read_string(ed->properties, MQTT_PROP_RESPONSE_TOPIC, &response_topic,
                                         false))
         return MOSQ_ERR_SUCCESS;
@@ -1048,6 +1079,8 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
     auth__refresh_all(st, false);
     auth__do_kicks(st);
     auth__identities_retry(st, &now);
+    nusec_rl_flush(st->rl, (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u,
+                   auth__limit_report, st);
     if (st->lists_dirty && !st->site_name && st->publish_lists &&
         strcmp(st->publish_lists, "true") == 0)
         auth__lists_publish(st);
@@ -1113,6 +1146,7 @@ static void auth__state_free(struct nusec_auth *st)
     nusec_acl_set_free(st->kick);
     auth__pins_free(st);
     auth__issuers_free(st->issuers);
+    nusec_rl_free(st->rl);
     memset(st, 0, sizeof(*st));
 }
 
@@ -1120,6 +1154,14 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
 {
     for (int i = 0; i < count; i++) {
         char **dst = NULL;
+        int lim = nusec_rl_config_option(&st->rl_cfg, opts[i].key, opts[i].value);
+        if (lim == NU_OK)
+            continue;
+        if (lim != NU_ERR_NOT_FOUND) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: bad value for plugin_opt_%s",
+                                 opts[i].key);
+            return MOSQ_ERR_INVAL;
+        }
         if (strcmp(opts[i].key, "revoked_file") == 0)
             dst = &st->revoked.path;
         else if (strcmp(opts[i].key, "owners_file") == 0)
@@ -1146,6 +1188,15 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
     }
     if (!st->revoked.path) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_revoked_file is required");
+        return MOSQ_ERR_INVAL;
+    }
+    const char *why = NULL;
+    int rl = nusec_rl_config_check(&st->rl_cfg, &why);
+    if (rl == NU_OK)
+        rl = nusec_rl_new(&st->rl_cfg, &st->rl);
+    if (rl != NU_OK) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: publish limits: %s",
+                             why ? why : auth__err_name(rl));
         return MOSQ_ERR_INVAL;
     }
     if (st->site_name && !nusec_acl_identity_valid(st->site_name, strlen(st->site_name))) {
@@ -1183,6 +1234,7 @@ NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     st->pid = identifier;
     st->revoked.option = "plugin_opt_revoked_file";
     st->owners.option = "plugin_opt_owners_file";
+    nusec_rl_config_default(&st->rl_cfg);
     rc = auth__options(st, options, option_count);
     if (rc == MOSQ_ERR_SUCCESS)
         rc = auth__pins_init(st);
@@ -1217,6 +1269,16 @@ NUSEC_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         MOSQ_LOG_NOTICE, "nusec_auth: ready (revoked %s, owners %s, issuer %s, identities %s)",
         st->revoked.path, st->owners.path ? st->owners.path : "-",
         st->issuer_path ? st->issuer_path : "-", st->ids_path ? st->ids_path : "-");
+    const struct nusec_rl_rate *sr = &st->rl_cfg.rate[NUSEC_ROLE_STATION];
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "nusec_auth: publish limits: %u bytes (firmware.sign from an oem: %u); "
+                         "rates %s (station, programmer, monitor: %u msg/s burst %u, %llu B/s "
+                         "burst %llu; see broker/README.md)",
+                         (unsigned)st->rl_cfg.payload_max,
+                         (unsigned)st->rl_cfg.firmware_payload_max,
+                         st->rl_cfg.enabled ? "on" : "off", (unsigned)sr->msgs_per_s,
+                         (unsigned)sr->msg_burst, (unsigned long long)sr->bytes_per_s,
+                         (unsigned long long)sr->byte_burst);
     rc = MOSQ_ERR_SUCCESS;
 out:
     if (rc != MOSQ_ERR_SUCCESS) {

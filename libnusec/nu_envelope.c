@@ -12,7 +12,9 @@
 #include "nu_err.h"
 #include "nu_util.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -230,12 +232,50 @@ static const struct nu__rule nu__rules[] = {
 
 #define NU__NRULES (sizeof(nu__rules) / sizeof(nu__rules[0]))
 
+/*
+ * A rule is looked up for every field of every message decoded or checked;
+ * a linear scan of the whole table was half of decoding's time (profile of
+ * fuzz_envelope). So the table is sorted once by (message, field) into an
+ * index of pointers (immutable once built) and searched by bisection.
+ */
+static const struct nu__rule *nu__rule_index[NU__NRULES];
+static pthread_once_t nu__rule_index_once = PTHREAD_ONCE_INIT;
+
+static int nu__rule_cmp(const ProtobufCMessageDescriptor *msg, const char *field,
+                        const struct nu__rule *r)
+{
+    if (msg != r->msg)
+        return (uintptr_t)msg < (uintptr_t)r->msg ? -1 : 1;
+    return strcmp(field, r->field);
+}
+
+static int nu__rule_sort_cmp(const void *a, const void *b)
+{
+    const struct nu__rule *x = *(const struct nu__rule *const *)a;
+    return nu__rule_cmp(x->msg, x->field, *(const struct nu__rule *const *)b);
+}
+
+static void nu__rule_index_build(void)
+{
+    for (size_t i = 0; i < NU__NRULES; i++)
+        nu__rule_index[i] = &nu__rules[i];
+    qsort(nu__rule_index, NU__NRULES, sizeof(nu__rule_index[0]), nu__rule_sort_cmp);
+}
+
 static const struct nu__rule *nu__rule_find(const ProtobufCMessageDescriptor *msg,
                                             const char *field)
 {
-    for (size_t i = 0; i < NU__NRULES; i++) {
-        if (nu__rules[i].msg == msg && strcmp(nu__rules[i].field, field) == 0)
-            return &nu__rules[i];
+    size_t lo = 0, hi = NU__NRULES;
+    pthread_once(&nu__rule_index_once, nu__rule_index_build);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = nu__rule_cmp(msg, field, nu__rule_index[mid]);
+        if (c == 0)
+            return nu__rule_index[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }

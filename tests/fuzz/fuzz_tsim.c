@@ -17,6 +17,7 @@
  *   - a state file is refused with DECODE (or opens): never a crash, and a
  *     chip that opens reports a known state.
  */
+#define _XOPEN_SOURCE 700 /* nftw() */
 #include "fuzz_common.h"
 #include "fuzz_keys.h"
 #include "nu_mcuboot.h"
@@ -25,6 +26,8 @@
 #include "tsim.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -38,6 +41,20 @@ static uint32_t floor_counter;
 static struct tsim *chip;
 static const struct tsim_opts opts = {.no_sync = 1};
 
+static int fuzz__rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* The chip's folder goes with the process (libFuzzer ends with exit()). */
+static void fuzz__cleanup(void)
+{
+    tsim_destroy(chip);
+    chip = NULL;
+    (void)nftw(dir, fuzz__rm, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     uint8_t d[NU_P256_PRIV_LEN], csr[1024];
@@ -45,7 +62,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     struct nu_p256_key *k = NULL;
     (void)argc, (void)argv;
     nu_log_init("fuzz_tsim", NU_LOG_ERROR, stderr);
-    snprintf(dir, sizeof(dir), "/tmp/nusec-fuzz-tsim-XXXXXX");
+    /* The chip's flash and state are files rewritten on every input: in
+     * memory (/dev/shm) when there is one, not on a disk. */
+    snprintf(dir, sizeof(dir), "%s/nusec-fuzz-tsim-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(dir) || nu_hex_decode(FUZZ_TEST_SECURE_BOOT_PRIV, d, sizeof(d), &n) ||
         nu_p256_key_import_priv(d, &k) || nu_p256_key_pub(k, pub) ||
         nu_mcuboot_rotpk_hash(pub, rotpk_hash) || tsim_create(dir, UID, &opts, &chip) ||
@@ -57,6 +77,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(state_path, sizeof(state_path), "%s/state", tsim_path(chip));
     if (nu_file_read(state_path, 1 << 16, &good_state, &good_len))
         FUZZ_DIE("state file");
+    atexit(fuzz__cleanup);
     return 0;
 }
 

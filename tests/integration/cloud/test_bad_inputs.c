@@ -395,14 +395,15 @@ static void payload_truncated(void)
     free(env);
 }
 
-/* Over each op's limit, under the broker's role limit: refused before decoding. */
+/* Over each op's limit (64 KiB), under the broker's payload_max (80 KiB):
+ * refused by the cloud before decoding. */
 static void oversize_job_list(void)
 {
-    garbage(200 * 1024, NU_ERR_TOO_LARGE, &station, "station", "job.list");
+    garbage(79 * 1024, NU_ERR_TOO_LARGE, &station, "station", "job.list");
 }
 static void oversize_cert_request(void)
 {
-    garbage(100 * 1024, NU_ERR_TOO_LARGE, &c1, "cat-p1", "cert.request");
+    garbage(72 * 1024, NU_ERR_TOO_LARGE, &c1, "cat-p1", "cert.request");
 }
 static void oversize_enroll(void)
 {
@@ -410,30 +411,86 @@ static void oversize_enroll(void)
 }
 static void oversize_firmware_sign_not_oem(void)
 {
-    garbage(250 * 1024, NU_ERR_TOO_LARGE, &station, "station", "firmware.sign");
+    garbage(76 * 1024, NU_ERR_TOO_LARGE, &station, "station", "firmware.sign");
 }
 static void oversize_unknown_op(void)
 {
-    garbage(100 * 1024, NU_ERR_TOO_LARGE, &c2, "cat-p2", "no.such.op");
+    garbage(72 * 1024, NU_ERR_TOO_LARGE, &c2, "cat-p2", "no.such.op");
 }
 
-/* Over the broker's 256 KiB for a non-OEM role: refused at the broker. */
-static void oversize_at_broker(void)
+/* `len` bytes from `c` to `topic`, over the broker's limit for it: PUBACK
+ * 0x87, the broker's log line naming the identity and `why`, nothing reaches
+ * the cloud (no audit row), no state change. */
+static void refused_at_broker(struct cf_client *c, const char *id, const char *topic, size_t len,
+                              const char *why)
 {
-    size_t len = 1024 * 1024;
     uint8_t *junk = calloc(1, len);
     case_begin();
-    int rc = nu_mqtt_publish(station.m, "nusec/v1/cloud/req/station/job.list", junk, len, 1, 0);
+    int rc = nu_mqtt_publish(c->m, topic, junk, len, 1, 0);
     cases_run++;
     CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
-    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"payload over its role's size limit\" %s/broker/mosquitto.log",
-                               F.dir),
+    CU_ASSERT_EQUAL(nu_test_sh("grep -F \"'%s' for %s \" %s/broker/mosquitto.log | grep -qF \"%s\"",
+                               topic, id, F.dir, why),
                     0);
     CU_ASSERT_EQUAL(audit_head(), case_seq); /* it never reached the cloud */
     char *now = state_snapshot();
     CU_ASSERT_STRING_EQUAL(now, case_state);
     free(now);
     free(junk);
+}
+
+/* Over the broker's payload_max (80 KiB) for a non-OEM role. */
+static void oversize_at_broker(void)
+{
+    refused_at_broker(&station, "station", "nusec/v1/cloud/req/station/job.list", 1024 * 1024,
+                      "payload over its role's size limit");
+}
+
+/* 4 MiB is for an OEM's firmware.sign only: per role... (a programmer: the
+ * broker logs each identity's first refusal of an interval in full, and the
+ * station's was the case above) */
+static void oversize_firmware_sign_at_broker(void)
+{
+    refused_at_broker(&c1, "cat-p1", "nusec/v1/cloud/req/cat-p1/firmware.sign", 1024 * 1024,
+                      "payload over its role's size limit");
+}
+
+/* ...and per operation. */
+static void oversize_oem_job_create_at_broker(void)
+{
+    refused_at_broker(&oem, "oem", "nusec/v1/cloud/req/oem/job.create", 1024 * 1024,
+                      "payload over its role's size limit");
+}
+
+/* One identity sends the largest payload it may, as fast as the broker
+ * acknowledges: past its byte burst (8 MiB) the broker refuses (PUBACK
+ * 0x87) and logs it once for the interval; nothing changes. The monitor
+ * identity, so that no other case's identity has an empty bucket. */
+static void byte_rate_flood_at_broker(void)
+{
+    struct cf_client mon = {0};
+    size_t len = 80 * 1024;
+    uint8_t *junk = calloc(1, len);
+    int rc = NU_OK, sent = 0;
+    CU_ASSERT_EQUAL_FATAL(cf_client_open(&F, "monitor", NULL, NULL, &mon), NU_OK);
+    case_begin();
+    while (rc == NU_OK && sent < 2000) {
+        rc = nu_mqtt_publish(mon.m, "nusec/v1/events/monitor/monitor/flood", junk, len, 1, 0);
+        sent++;
+    }
+    cases_run++;
+    printf("\n    refused after %d publishes of 80 KiB ", sent);
+    CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT(sent > (8 * 1024) / 80); /* the burst went through */
+    CU_ASSERT_EQUAL(nu_test_sh("grep -F \"for monitor (monitor): over its identity's byte rate\" "
+                               "%s/broker/mosquitto.log | grep -qF \"counted for 10 s\"",
+                               F.dir),
+                    0);
+    char *now = state_snapshot();
+    CU_ASSERT_STRING_EQUAL(now, case_state);
+    free(now);
+    free(junk);
+    cf_client_close(&mon);
 }
 
 /* -------------------------------------------------------------- framing */
@@ -933,12 +990,16 @@ int main(void)
         {"garbage payload", payload_garbage},
         {"empty payload", payload_empty},
         {"truncated envelope", payload_truncated},
-        {"oversize job.list (200 KiB)", oversize_job_list},
-        {"oversize cert.request (100 KiB)", oversize_cert_request},
+        {"oversize job.list (79 KiB)", oversize_job_list},
+        {"oversize cert.request (72 KiB)", oversize_cert_request},
         {"oversize enroll (70 KiB)", oversize_enroll},
         {"oversize firmware.sign from a non-OEM", oversize_firmware_sign_not_oem},
         {"oversize to an unknown op", oversize_unknown_op},
         {"1 MiB from a station: refused at the broker", oversize_at_broker},
+        {"1 MiB firmware.sign from a programmer: refused at the broker", oversize_firmware_sign_at_broker},
+        {"1 MiB job.create from the OEM: refused at the broker (firmware.sign only)",
+         oversize_oem_job_create_at_broker},
+        {"byte-rate flood from one identity: refused at the broker", byte_rate_flood_at_broker},
         {"header sender differs from the identity", sender_differs},
         {"no response topic", no_response_topic},
         {"body does not fit the op", body_does_not_fit_op},
