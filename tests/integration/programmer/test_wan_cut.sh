@@ -14,6 +14,15 @@
 # half done, audit verify passes, no unit wasted. Prints `name value` lines,
 # among them the seconds from each restore to the next certificate.
 #
+# The cloud's queue drains at once at a cut: a request it took in before the
+# cut still commits, but its reply is dropped (the programmer's retry gets
+# the certificate by RESEND) and its events are queued, not waited for; no
+# worker sits out a PUBACK timeout per message (checked in the cloud's log:
+# no "no PUBACK" line; the drops are counted). cut_drain_seconds: from each
+# cut to the cloud's last word on a message it held at the cut (its log's
+# last "dropped: broker unreachable" or "no PUBACK for" line during the cut;
+# 0: it held none).
+#
 # usage: test_wan_cut.sh BIN_DIR [LONG_OUTAGE_S]   (default 12; chaos runs 60)
 set -uo pipefail
 BIN=$1
@@ -108,7 +117,24 @@ nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.
 # cut_at N S: once N certificates exist, cut the link for S seconds; check
 # what the line shows and does meanwhile; prints nothing, records the
 # seconds from the restore to the next certificate in resume[].
-resume=() outage=()
+resume=() outage=() drain=()
+cloud_drain() { # cloud_drain T_CUT_MS T_UP_MS: seconds (see the header)
+    python3 - "$1" "$2" "$DIR/logs/cloud.log" <<'PY'
+import datetime, re, sys
+cut, up, last = int(sys.argv[1]), int(sys.argv[2]), None
+for line in open(sys.argv[3], errors='replace'):
+    if 'dropped: broker unreachable' not in line and 'no PUBACK for' not in line:
+        continue
+    m = re.match(r'(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?)Z', line)
+    if not m:
+        continue
+    t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc)
+    ms = int(t.timestamp() * 1000)
+    if cut < ms <= up:
+        last = ms
+print(f'{((last or cut) - cut) / 1000:.1f}')
+PY
+}
 cut_at() {
     wait_certs "$1" 120 || { echo "  no $1 certificates before the cut"; return 1; }
     local t_cut t_up first n0 ok=0
@@ -144,6 +170,7 @@ cut_at() {
     [[ $(certs) -le $(wc -l <<<"$before") ]] || { echo "  certificates for chips started while cut"; ok=1; }
     kill -USR2 "$relay_pid"
     t_up=$(now_ms)
+    drain+=("$(cloud_drain "$t_cut" "$t_up")")
     outage+=("$(python3 -c "print(f'{($t_up - $t_cut) / 1000:.1f}')")")
     for _ in $(seq 600); do
         first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t_up")
@@ -215,6 +242,12 @@ echo "keystore_units_counted $counters"
 [[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
     test $((counters - issued)) -eq 0
 echo "outage_seconds ${outage[*]}"
+echo "cut_drain_seconds ${drain[*]}"
+dropped=$(grep -c 'dropped: broker unreachable' "$DIR/logs/cloud.log")
+held=$(grep -c 'no PUBACK for' "$DIR/logs/cloud.log")
+echo "cloud_replies_dropped_at_cuts $dropped"
+echo "cloud_puback_timeouts $held"
+check "no cloud worker sat out a PUBACK timeout during the cuts ($held)" test "$held" -eq 0
 echo "resume_seconds_after_restore ${resume[*]}"
 echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
 if [[ $failed -ne 0 ]]; then
