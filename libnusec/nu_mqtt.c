@@ -1535,8 +1535,8 @@ static int mqtt__publish(struct nu_mqtt *m, const char *topic, const void *paylo
         mqtt__unregistered_done(m); /* queued for after the reconnection, not waited for */
         rc = NU_ERR_CONNECTION;
     } else {
-        rc = mqtt__ack_wait(m, MQTT__PUBACK, mid, deadline, gen, mode != MQTT__PUB_WAIT,
-                            out_reason);
+        rc =
+            mqtt__ack_wait(m, MQTT__PUBACK, mid, deadline, gen, mode != MQTT__PUB_WAIT, out_reason);
     }
     pthread_mutex_unlock(&m->lock);
     if (rc == -1)
