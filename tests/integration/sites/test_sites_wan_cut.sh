@@ -3,9 +3,12 @@
 # the cloud cut and restored several times mid-production. `nusec stack up
 # --sites 1` (the OEM's cloud broker + cloud, one CM site with its own broker,
 # station and programmers); the site broker's bridge reaches the cloud broker
-# through a TCP relay (tests/tools/tcp_relay.py) that the test cuts (SIGUSR1)
-# and restores (SIGUSR2). The station and the programmers stay on their site
-# broker throughout.
+# through a TCP relay (tests/tools/tcp_relay.py --refuse) that the test cuts
+# (SIGUSR1: the relay refuses connections) and restores (SIGUSR2). The site
+# broker is restarted once before production to dial the relay (SIGTERM: its
+# programmers' OFFLINE wills go out, so this also checks that idle
+# programmers say their status again and get started). The station and the
+# programmers stay on their site broker throughout.
 #
 # What it shows: Mosquitto 2.0 v5 bridges drop the replies queued on the cloud
 # side during an outage (no session expiry on the bridge's session, FIELD-
