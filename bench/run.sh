@@ -13,8 +13,8 @@
 #        BENCH_FLOOD_SECONDS (each flood run, default 25)
 # Sections: crypto ceiling (in-process), end to end on the local stack, peak
 # RSS, certificate latency at half the saturating rate (cloud_bench_cert
-# --paced), the offline lease (cloud_bench_lease) and a 60 s WAN cut
-# (test_wan_cut.sh, issue 15), firmware delivery to 8 programmers (bench_fw_delivery), ledger
+# --paced), the offline lease (cloud_bench_lease) and 60 s WAN cuts
+# (test_wan_cut.sh, and through a site's bridge test_sites_wan_cut.sh, issue 15), firmware delivery to 8 programmers (bench_fw_delivery), ledger
 # scaling (bench_ledger_scaling), the cloud's memory and a programmer's latency
 # under a garbage flood from one identity (cloud_bench_flood). Prints `name value unit` lines and writes the
 # same figures as JSON to FILE (default bench/results.json); a figure that
@@ -212,16 +212,29 @@ else
     note "offline lease: cloud_bench_lease failed (see $WORK/lease.log)"
 fi
 
-# --- 4c. WAN cut: the cloud's link cut for 60 s mid-production (issue 15) -------
+# --- 4c. WAN cut: the cloud's link, then a site's bridge, cut for 60 s mid-production (issue 15)
 echo "== WAN cut: test_wan_cut.sh with a 60 s outage"
 if "$ROOT/tests/integration/programmer/test_wan_cut.sh" "$BIN" 60 >"$WORK/wan.txt" 2>&1; then
     wan=$(awk '$1 == "resume_seconds_after_restore" { print $NF }' "$WORK/wan.txt")
     emit wan_resume_after_60s_s "${wan:-null}" s
     emit wan_resume_after_short_s "$(awk '$1 == "resume_seconds_after_restore" { print $2 }' "$WORK/wan.txt")" s
     note "wan_resume_*: the cloud agent's TCP link to the broker cut (a relay) mid-production, then restored; seconds from the restore to the next certificate in the ledger (short cut ~5 s, long cut 60 s); test_wan_cut.sh's outside checks passed"
+    emit wan_cut_drain_max_s "$(awk '$1 == "cut_drain_seconds" { m = 0; for (i = 2; i <= NF; i++) if ($i > m) m = $i; print m }' "$WORK/wan.txt")" s
+    emit wan_cloud_puback_timeouts "$(awk '$1 == "cloud_puback_timeouts" { print $2 }' "$WORK/wan.txt")" count
+    note "wan_cut_drain_max_s: longest time, over the cuts, from a cut to the cloud's last word on a reply or event it held at the cut (dropped at once since issue 15; before, each waited out a 10 s PUBACK timeout: wan_cloud_puback_timeouts counts those left)"
 else
-    nulls wan_resume_after_60s_s wan_resume_after_short_s
+    nulls wan_resume_after_60s_s wan_resume_after_short_s wan_cut_drain_max_s wan_cloud_puback_timeouts
     note "WAN cut: test_wan_cut.sh failed (see $WORK/wan.txt)"
+fi
+echo "== WAN cut at a site: test_sites_wan_cut.sh, the bridge's link cut for 60 s"
+if "$ROOT/tests/integration/sites/test_sites_wan_cut.sh" "$BIN" 60 >"$WORK/wan_sites.txt" 2>&1; then
+    emit wan_sites_resume_after_60s_s "$(awk '$1 == "resume_seconds_after_restore" { print $NF }' "$WORK/wan_sites.txt")" s
+    emit wan_sites_resume_after_short_s "$(awk '$1 == "resume_seconds_after_restore" { print $2 }' "$WORK/wan_sites.txt")" s
+    emit wan_sites_bridge_back_after_60s_s "$(awk '$1 == "bridge_back_seconds" { print $NF }' "$WORK/wan_sites.txt")" s
+    note "wan_sites_*: nusec stack up --sites 1, the site broker's bridge to the cloud broker through a relay cut mid-production (short ~7 s, then 60 s; refused while cut), station and programmers at the site; seconds from the restore to the bridge's next connection and to the next certificate in the ledger (the bridge redials with restart_timeout 2 30, the programmers' retries back off to 10 s); test_sites_wan_cut.sh's outside checks passed"
+else
+    nulls wan_sites_resume_after_60s_s wan_sites_resume_after_short_s wan_sites_bridge_back_after_60s_s
+    note "WAN cut at a site: test_sites_wan_cut.sh failed (see $WORK/wan_sites.txt)"
 fi
 
 # --- 5. firmware delivery to 8 programmers at once -----------------------------

@@ -190,14 +190,17 @@ extern const struct cloud_op cloud_job_ops[];
 extern const struct cloud_event_op cloud_cert_events[];
 extern const struct cloud_batch_op cloud_cert_batch_ops[];
 
-/* Send `body` as the answer to call (once). Errors: those of packing/publishing. */
+/* Send `body` as the answer to call (once). While the broker is unreachable the
+ * reply is dropped at once and NU_OK returned (the requester retries).
+ * Errors: those of packing/publishing. */
 int cloud_reply(struct cloud_call *call, ProtobufCMessage *body);
 
 /* Set call->detail with printf formatting and return `code` (for `return cloud_fail(...)`). */
 int cloud_fail(struct cloud_call *call, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Publish `body` wrapped in an envelope on `topic` (QoS 1). */
+/* Publish `body` wrapped in an envelope on `topic` (QoS 1); while the broker is
+ * unreachable it is queued for the reconnection, not waited for (NU_OK). */
 int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body, int retain);
 
 /* Publish an Event on nusec/v1/events/cloud/{id}/{kind}. */

@@ -165,6 +165,14 @@ static struct nu_mqtt *cloud__out(struct cloud *cloud)
     return cloud->queue && cloud->queue->lane ? cloud->queue->lane : cloud->mqtt;
 }
 
+/*
+ * While the broker is out of reach (the WAN, a broker restart), a reply is
+ * dropped at once instead of holding this worker for a PUBACK timeout per
+ * request (issue 15): the request was served (the ledger holds what it did),
+ * only its answer is lost, and the requester's idempotent retry gets it again
+ * (a certificate through the RESEND path). So a dropped reply is not a
+ * refusal of the request: logged, counted by that line, NU_OK.
+ */
 int cloud_reply(struct cloud_call *call, ProtobufCMessage *body)
 {
     if (call->replied)
@@ -176,17 +184,28 @@ int cloud_reply(struct cloud_call *call, ProtobufCMessage *body)
         rc = nu_mqtt_reply(cloud__out(call->cloud), call->msg, out, len);
     free(out);
     call->replied = 1;
+    if (rc == NU_ERR_CONNECTION) {
+        nu_info("reply to %s from %s dropped: broker unreachable (its retry gets it)", call->op,
+                call->requester);
+        rc = NU_OK;
+    }
     return rc;
 }
 
+/* Events, job state and the CRL: never waited for through an outage either;
+ * libmosquitto keeps them queued and sends them once the broker is back. */
 int cloud_publish(struct cloud *cloud, const char *topic, ProtobufCMessage *body, int retain)
 {
     uint8_t *out = NULL;
     size_t len = 0;
     int rc = cloud__pack(cloud, body, NULL, &out, &len);
     if (!rc)
-        rc = nu_mqtt_publish(cloud__out(cloud), topic, out, len, 1, retain);
+        rc = nu_mqtt_publish_live(cloud__out(cloud), topic, out, len, 1, retain);
     free(out);
+    if (rc == NU_ERR_CONNECTION) {
+        nu_debug("%s queued until the broker is back", topic);
+        rc = NU_OK;
+    }
     return rc;
 }
 

@@ -63,6 +63,12 @@
 enum mqtt__phase { MQTT__IDLE, MQTT__CONNECTING, MQTT__CONNECTED, MQTT__RECONNECTING };
 enum mqtt__kind { MQTT__PUBACK = 1, MQTT__SUBACK = 2 };
 enum mqtt__reply_state { MQTT__REPLY_NONE, MQTT__REPLY_SUBSCRIBING, MQTT__REPLY_READY };
+/* How a QoS 1 publish from an application thread treats an outage. */
+enum mqtt__pub_mode {
+    MQTT__PUB_WAIT, /* queued while offline, PUBACK awaited across reconnections */
+    MQTT__PUB_LIVE, /* queued while offline, PUBACK awaited only while the connection lives */
+    MQTT__PUB_DROP, /* not sent while offline, PUBACK awaited only while the connection lives */
+};
 
 struct mqtt__sub {
     struct mqtt__sub *next;
@@ -83,6 +89,8 @@ struct mqtt__ack { /* an application thread waiting for a PUBACK/SUBACK */
     int mid;
     int done;
     int reason;
+    int live_only; /* give up when the connection is lost (MQTT__PUB_LIVE/DROP) */
+    int lost;      /* set by mqtt__lost for a live_only waiter */
     pthread_cond_t cond;
 };
 
@@ -454,13 +462,14 @@ static int mqtt__ack_complete(struct nu_mqtt *m, int kind, int mid, int reason)
 /*
  * Called with the lock held right after a libmosquitto call returned `mid`
  * (the caller counted itself in m->unregistered before that call): register,
- * then wait for the ack until the deadline or a stop.
+ * then wait for the ack until the deadline or a stop (or, live_only, until
+ * the connection is lost).
  * Returns NU_OK with *out_reason set, TIMEOUT or CONNECTION.
  */
 static int mqtt__ack_wait(struct nu_mqtt *m, int kind, int mid, uint64_t deadline, unsigned gen,
-                          int *out_reason)
+                          int live_only, int *out_reason)
 {
-    struct mqtt__ack w = {.kind = kind, .mid = mid};
+    struct mqtt__ack w = {.kind = kind, .mid = mid, .live_only = live_only};
     if (mqtt__early_take(m, kind, mid, out_reason)) {
         mqtt__unregistered_done(m);
         return NU_OK;
@@ -472,7 +481,7 @@ static int mqtt__ack_wait(struct nu_mqtt *m, int kind, int mid, uint64_t deadlin
 
     int rc = NU_OK;
     while (!w.done) {
-        if (m->gen != gen) {
+        if (m->gen != gen || w.lost) {
             rc = NU_ERR_CONNECTION;
             break;
         }
@@ -500,6 +509,18 @@ static void mqtt__wake_all(struct nu_mqtt *m)
     for (struct mqtt__req *r = m->reqs; r; r = r->next)
         pthread_cond_signal(&r->cond);
     pthread_cond_broadcast(&m->cond);
+}
+
+/* The connection is lost: end the waits that only hold while it lives (a
+ * worker must not sit out an outage for a reply nobody waits for). Lock held. */
+static void mqtt__lost(struct nu_mqtt *m)
+{
+    for (struct mqtt__ack *w = m->acks; w; w = w->next) {
+        if (w->live_only && !w->done) {
+            w->lost = 1;
+            pthread_cond_signal(&w->cond);
+        }
+    }
 }
 
 /* ---- subscriptions table (lock held) ----------------------------------- */
@@ -670,6 +691,7 @@ static void mqtt__on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     int was_connected = m->phase == MQTT__CONNECTED;
     if (was_connected) {
         m->phase = MQTT__RECONNECTING;
+        mqtt__lost(m);
         /* Only a connection that lived a while resets the backoff, so that a
          * broker that accepts and then drops us is not hammered. */
         if (nu_mono_ms() - m->connected_at >= MQTT__STABLE_MS)
@@ -961,8 +983,10 @@ static int mqtt__step(struct nu_mqtt *m)
             mqtt__fail(m, "connect", rc);
         return 0;
     }
-    if (m->phase == MQTT__CONNECTED) /* loop failed without a disconnect callback */
+    if (m->phase == MQTT__CONNECTED) { /* loop failed without a disconnect callback */
         m->phase = MQTT__RECONNECTING;
+        mqtt__lost(m);
+    }
     stop = m->stop;
     pthread_mutex_unlock(&m->lock);
     if (stop)
@@ -1314,7 +1338,7 @@ static int mqtt__subscribe_wait(struct nu_mqtt *m, const char *filter, uint32_t 
                                 uint64_t deadline, unsigned gen)
 {
     int reason = 0;
-    int rc = mqtt__ack_wait(m, MQTT__SUBACK, mid, deadline, gen, &reason);
+    int rc = mqtt__ack_wait(m, MQTT__SUBACK, mid, deadline, gen, 0, &reason);
     if (rc == NU_OK && reason < 0x80) {
         struct mqtt__sub *s = mqtt__sub_by_id(m, id);
         if (s)
@@ -1471,17 +1495,22 @@ int nu_mqtt_sign_with_key(struct nu_mqtt *m, struct nu_p256_key *key)
 
 /*
  * Publish and, for QoS 1 from an application thread, wait for the PUBACK
- * until `deadline`. *out_reason gets the PUBACK reason (0 otherwise).
+ * until `deadline`, as `mode` says for an outage. *out_reason gets the PUBACK
+ * reason (0 otherwise).
  */
 static int mqtt__publish(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
                          int qos, int retain, const mosquitto_property *props, uint64_t deadline,
-                         int *out_reason)
+                         enum mqtt__pub_mode mode, int *out_reason)
 {
     *out_reason = 0;
     pthread_mutex_lock(&m->lock);
     if (m->stop || (m->phase != MQTT__CONNECTED && m->phase != MQTT__RECONNECTING)) {
         pthread_mutex_unlock(&m->lock);
         return NU_ERR_STATE;
+    }
+    if (mode == MQTT__PUB_DROP && m->phase != MQTT__CONNECTED) {
+        pthread_mutex_unlock(&m->lock);
+        return NU_ERR_CONNECTION; /* nothing queued: the requester's retry recovers it */
     }
     int wait_ack = qos == 1 && !mqtt__on_net_thread(m);
     unsigned gen = m->gen;
@@ -1503,12 +1532,20 @@ static int mqtt__publish(struct nu_mqtt *m, const char *topic, const void *paylo
     if (!queued) {
         mqtt__unregistered_done(m);
         rc = -1;
+    } else if (mode != MQTT__PUB_WAIT && m->phase != MQTT__CONNECTED) {
+        mqtt__unregistered_done(m); /* queued for after the reconnection, not waited for */
+        rc = NU_ERR_CONNECTION;
     } else {
-        rc = mqtt__ack_wait(m, MQTT__PUBACK, mid, deadline, gen, out_reason);
+        rc =
+            mqtt__ack_wait(m, MQTT__PUBACK, mid, deadline, gen, mode != MQTT__PUB_WAIT, out_reason);
     }
     pthread_mutex_unlock(&m->lock);
     if (rc == -1)
         return mqtt__fail(m, "publish", mrc);
+    if (rc == NU_ERR_CONNECTION && mode != MQTT__PUB_WAIT) {
+        nu_debug("mqtt %s: '%s' not confirmed: connection lost", m->client_id, topic);
+        return rc;
+    }
     if (rc != NU_OK) {
         nu_warn("mqtt %s: no PUBACK for '%s': %s", m->client_id, topic, nu_err_str(rc));
         return rc;
@@ -1516,8 +1553,9 @@ static int mqtt__publish(struct nu_mqtt *m, const char *topic, const void *paylo
     return *out_reason < 0x80 ? NU_OK : mqtt__refused(m, "the publish to", topic, *out_reason);
 }
 
-int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
-                    int retain)
+/* nu_mqtt_publish / nu_mqtt_publish_live. */
+static int mqtt__publish_signed(struct nu_mqtt *m, const char *topic, const void *payload,
+                                size_t len, int qos, int retain, enum mqtt__pub_mode mode)
 {
     int rc = mqtt__publish_args_ok(m, topic, payload, len, qos);
     if (rc != NU_OK)
@@ -1527,9 +1565,21 @@ int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, s
     rc = mqtt__sign(m, topic, payload, len, &props);
     if (rc == NU_OK)
         rc = mqtt__publish(m, topic, payload, len, qos, retain, props,
-                           nu_mono_ms() + m->op_timeout_ms, &reason);
+                           nu_mono_ms() + m->op_timeout_ms, mode, &reason);
     mosquitto_property_free_all(&props);
     return rc;
+}
+
+int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+                    int retain)
+{
+    return mqtt__publish_signed(m, topic, payload, len, qos, retain, MQTT__PUB_WAIT);
+}
+
+int nu_mqtt_publish_live(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
+                         int qos, int retain)
+{
+    return mqtt__publish_signed(m, topic, payload, len, qos, retain, MQTT__PUB_LIVE);
 }
 
 /* ---- request / reply ------------------------------------------------------- */
@@ -1683,7 +1733,7 @@ int nu_mqtt_request_signed(struct nu_mqtt *m, const char *topic, const void *pay
     pthread_mutex_unlock(&m->lock);
 
     int reason = 0;
-    rc = mqtt__publish(m, topic, payload, len, 1, 0, props, deadline, &reason);
+    rc = mqtt__publish(m, topic, payload, len, 1, 0, props, deadline, MQTT__PUB_WAIT, &reason);
     if (rc == NU_OK && reason == MQTT_RC_NO_MATCHING_SUBSCRIBERS) {
         nu_warn("mqtt %s: request to '%s': no subscriber", m->client_id, topic);
         rc = NU_ERR_NOT_FOUND;
@@ -1728,7 +1778,7 @@ int nu_mqtt_reply(struct nu_mqtt *m, const struct nu_mqtt_msg *req, const void *
     rc = mqtt__sign(m, req->response_topic, payload, len, &props);
     if (rc == NU_OK)
         rc = mqtt__publish(m, req->response_topic, payload, len, 1, 0, props,
-                           nu_mono_ms() + m->op_timeout_ms, &reason);
+                           nu_mono_ms() + m->op_timeout_ms, MQTT__PUB_DROP, &reason);
     mosquitto_property_free_all(&props);
     return rc;
 }

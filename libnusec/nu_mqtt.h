@@ -263,6 +263,21 @@ int nu_mqtt_publish(struct nu_mqtt *m, const char *topic, const void *payload, s
                     int retain);
 
 /*
+ * nu_mqtt_publish for a thread an outage must not hold (a service's worker
+ * publishing notices whose truth is kept elsewhere, e.g. the cloud's events
+ * next to its ledger): a QoS 1 message waits for its PUBACK only while the
+ * connection lives. Published while the session is reconnecting, it is
+ * queued by libmosquitto (sent after the reconnection, as long as the session
+ * lives) and the call returns NU_ERR_CONNECTION at once; a connection lost
+ * while the call waits ends the wait at once with NU_ERR_CONNECTION (the
+ * message stays queued likewise). NU_ERR_CONNECTION thus means "not
+ * confirmed, may still be delivered". QoS 0 is as nu_mqtt_publish.
+ * Errors: those of nu_mqtt_publish.
+ */
+int nu_mqtt_publish_live(struct nu_mqtt *m, const char *topic, const void *payload, size_t len,
+                         int qos, int retain);
+
+/*
  * Send a request and wait for its response. Publishes (QoS 1) with
  * Response Topic nusec/v1/reply/{client_id}/r (subscribed on first use and
  * kept), fresh random Correlation Data, and Message Expiry = the timeout, so
@@ -317,8 +332,15 @@ int nu_mqtt_sign_with_key(struct nu_mqtt *m, struct nu_p256_key *key);
  * Answer a request received by a handler: publish `payload` (QoS 1) to
  * req->response_topic with req's correlation data. Typically called inside
  * the handler (then not waited for; see the header comment).
+ * A reply is worth something only to a requester still waiting, and a
+ * requester that got none retries (NuSEC requests are idempotent), so an
+ * outage never holds the caller (issue 15): while the session is
+ * reconnecting the reply is dropped, not queued, and the call returns
+ * NU_ERR_CONNECTION at once; a connection lost while the call waits for the
+ * PUBACK ends the wait at once with NU_ERR_CONNECTION (libmosquitto may still
+ * send that one after the reconnection; a requester that gave up drops it).
  * Errors: INVALID_ARG (req has no response topic, or it is not a valid topic
- * name), and those of nu_mqtt_publish.
+ * name), CONNECTION (dropped: see above), and those of nu_mqtt_publish.
  */
 int nu_mqtt_reply(struct nu_mqtt *m, const struct nu_mqtt_msg *req, const void *payload,
                   size_t len);

@@ -76,7 +76,9 @@ int pg__cloud_transient(int rc);
 
 /* The pause before the next try while holding a chip: *delay with jitter
  * (half to all of it), then *delay doubles up to the cap. Wakes early and
- * answers STATE when production is stopped, EXPIRED when the job expires. */
+ * answers STATE when production is stopped (except by PG_STOP_LIMIT, which
+ * only bars new chips: a held chip has its unit), EXPIRED when the job
+ * expires. */
 int pg__hold_wait(struct pg_core *c, uint32_t *delay);
 
 /* pg_link.c: the outcome `rc` of a try of a cloud request (transport

@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """A TCP relay the tests cut and restore: the WAN link between a site and the cloud.
 
-usage: tcp_relay.py --target HOST:PORT --port-file FILE [--pid-file FILE]
+usage: tcp_relay.py --target HOST:PORT --port-file FILE [--pid-file FILE] [--refuse]
 
 Listens on a free loopback port (written to --port-file) and forwards every
 connection to --target. SIGUSR1 cuts the link: every relayed connection is
 closed at once and new ones are closed as soon as they are accepted (the peer
-sees its link drop and its reconnects fail). SIGUSR2 restores it. SIGTERM
-stops. Each cut and restore is logged to stderr with a wall-clock time.
+sees its link drop and its reconnects fail). With --refuse the port is not
+even listened on while cut, so reconnects are refused (RST, as from a far end
+that is down) instead of accepted and closed at once: Mosquitto 2.0.11's
+bridge was seen to stop retrying for good after a TLS handshake cut that way
+(tests/integration/sites/test_sites_wan_cut.sh). SIGUSR2 restores it. SIGTERM
+stops. Each cut, restore and relayed connection is logged to stderr with a
+wall-clock time ("tcp_relay: SECONDS link cut | link restored | connection
+relayed"), so a test can tell when the peer is through again.
 """
 import argparse
 import os
@@ -30,15 +36,22 @@ def main():
     ap.add_argument("--target", required=True)
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--pid-file")
+    ap.add_argument("--refuse", action="store_true")
     a = ap.parse_args()
     host, port = a.target.rsplit(":", 1)
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(64)
-    lsock.setblocking(False)
     sel = selectors.DefaultSelector()
-    sel.register(lsock, selectors.EVENT_READ, None)
+
+    def listen(at):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", at))
+        ls.listen(64)
+        ls.setblocking(False)
+        sel.register(ls, selectors.EVENT_READ, None)
+        return ls
+
+    lsock = listen(0)
+    lport = lsock.getsockname()[1]
     peers = {}  # socket -> its other end
 
     def close_pair(s):
@@ -58,7 +71,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: pending.append("stop"))
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
-        f.write(f"{lsock.getsockname()[1]}\n")
+        f.write(f"{lport}\n")
     os.replace(tmp, a.port_file)
     if a.pid_file:
         with open(a.pid_file, "w") as f:
@@ -73,9 +86,14 @@ def main():
                 cut = True
                 for s in [s for s in peers if s in peers]:
                     close_pair(s)
+                if a.refuse:
+                    sel.unregister(lsock)
+                    lsock.close()
                 log("link cut")
             elif what == "restore" and cut:
                 cut = False
+                if a.refuse:
+                    lsock = listen(lport)
                 log("link restored")
         for key, _ in sel.select(timeout=0.1):
             s = key.fileobj
@@ -94,6 +112,7 @@ def main():
                     continue
                 c.setblocking(False)
                 u.setblocking(False)
+                log("connection relayed")
                 peers[c], peers[u] = u, c
                 sel.register(c, selectors.EVENT_READ, None)
                 sel.register(u, selectors.EVENT_READ, None)

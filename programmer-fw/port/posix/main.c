@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,9 +136,21 @@ struct app {
     struct pp_transport *tp;
     struct pg_hal hal;
     struct pg_core *core;
+    atomic_int reconnected; /* set on each CONNACK: the idle loop says its status again */
 };
 
 static volatile sig_atomic_t app_signalled;
+
+/* A broker that went away published our will (OFFLINE, retained) and the
+ * station believes it until we say otherwise: an idle programmer would stay
+ * "offline" after a broker restart or a WAN cut and never be started. */
+static void app__on_connection(struct nu_mqtt *m, int connected, void *userdata)
+{
+    struct app *a = userdata;
+    (void)m;
+    if (connected)
+        atomic_store(&a->reconnected, 1);
+}
 
 static void app__on_signal(int sig)
 {
@@ -642,6 +655,8 @@ static int app__run(struct app *a)
             .key_pem_len = key_len,
             .client_id = a->name,
             .will = {.topic = topic, .payload = will, .len = will_len, .qos = 1, .retain = 1},
+            .on_connection = app__on_connection,
+            .userdata = a,
         };
         rc = app__mqtt(a, &o);
     }
@@ -675,6 +690,8 @@ static int app__run(struct app *a)
             pg_core_poll(a->core, &action);
             if (action == PG_ACTION_START)
                 app__produce(a);
+            else if (atomic_exchange(&a->reconnected, 0))
+                pg_core_status_publish(a->core, PG_PROG_IDLE);
             else if (tick % 30 == 0) /* reports a crash left unconfirmed, every 3 s */
                 pg_core_journal_flush(a->core);
             usleep(100 * 1000);

@@ -1520,6 +1520,109 @@ static void test_broker_restart_resumed_session(void)
     inbox_fini(&shared);
 }
 
+/*
+ * Issue 15: an outage never holds a service's worker. A reply (nu_mqtt_reply)
+ * and a notice (nu_mqtt_publish_live) waiting for their PUBACK when the
+ * connection drops return CONNECTION at once, not at the op timeout (60 s
+ * here, longer than CTest would wait for this case); while the broker is
+ * away a reply is dropped (never delivered later) and a notice is queued
+ * (delivered once the broker is back).
+ */
+struct outage_job {
+    struct nu_mqtt *m;
+    const char *topic; /* the reply's response topic, or the notice's topic */
+    int reply;
+    int rc;
+};
+
+static void *outage_main(void *arg)
+{
+    struct outage_job *j = arg;
+    struct nu_mqtt_msg req = {.topic = "t/ol/req", .response_topic = j->topic};
+    j->rc = j->reply ? nu_mqtt_reply(j->m, &req, "answer", 6)
+                     : nu_mqtt_publish_live(j->m, j->topic, "notice", 6, 1, 0);
+    return NULL;
+}
+
+static int inbox_count(struct inbox *in, const char *topic)
+{
+    int n = 0;
+    pthread_mutex_lock(&in->lock);
+    for (int i = 0; i < in->total && i < INBOX_MAX; i++)
+        n += strcmp(in->msgs[i].topic, topic) == 0;
+    pthread_mutex_unlock(&in->lock);
+    return n;
+}
+
+static void test_outage_never_holds_replies(void)
+{
+    struct inbox in;
+    inbox_init(&in);
+    struct nu_mqtt_opts o;
+    struct paths p;
+    opts_for(&o, &p, "alpha", "alpha-ol");
+    o.clean_start = 0;
+    o.op_timeout_ms = 60000;
+    struct nu_mqtt *a = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_create(&o, &a), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_connect(a, 5000), NU_OK);
+    struct nu_mqtt *b = client_new("beta", "beta-ol", 0);
+    CU_ASSERT_EQUAL(nu_mqtt_subscribe(b, "t/ol/#", 1, inbox_handler, &in), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_mqtt_connect(b, 5000), NU_OK);
+
+    /* 1. In flight when the connection drops: the broker is frozen (no
+     * PUBACK comes), the calls wait, then it dies and the socket closes. */
+    struct outage_job jr = {.m = a, .topic = "t/ol/a-reply", .reply = 1, .rc = -1};
+    struct outage_job jl = {.m = a, .topic = "t/ol/a-live", .reply = 0, .rc = -1};
+    pthread_t tr, tl;
+    kill(fx.broker, SIGSTOP);
+    pthread_create(&tr, NULL, outage_main, &jr);
+    pthread_create(&tl, NULL, outage_main, &jl);
+    usleep(300000); /* both waiting for their PUBACK (either way they must end so) */
+    kill(fx.broker, SIGKILL);
+    waitpid(fx.broker, NULL, 0);
+    fx.broker = 0;
+    pthread_join(tr, NULL);
+    pthread_join(tl, NULL);
+    CU_ASSERT_EQUAL(jr.rc, NU_ERR_CONNECTION);
+    CU_ASSERT_EQUAL(jl.rc, NU_ERR_CONNECTION);
+    CU_ASSERT_TRUE(wait_connected(a, 0, 3000));
+
+    /* 2. Back, then down again with its persistence (beta's session and
+     * subscription kept, so what alpha sends after its reconnection is
+     * routed to beta whenever beta comes back). */
+    CU_ASSERT_EQUAL_FATAL(broker_start(), 0);
+    CU_ASSERT_TRUE(wait_connected(a, 1, 5000));
+    CU_ASSERT_TRUE(wait_connected(b, 1, 5000));
+    int before = inbox_wait(&in, 0, 0);
+    uint64_t end = deadline_in(5000); /* beta's SUBSCRIBE may still be in flight */
+    int got = 0;
+    while (!got && nu_mono_ms() < end) {
+        CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/ol/probe", "p", 1, 1, 0), NU_OK);
+        got = inbox_wait(&in, before + 1, 200) > before;
+    }
+    CU_ASSERT_TRUE_FATAL(got);
+    broker_stop();
+    CU_ASSERT_TRUE(wait_connected(a, 0, 3000));
+    struct nu_mqtt_msg req = {.topic = "t/ol/req", .response_topic = "t/ol/b-reply"};
+    CU_ASSERT_EQUAL(nu_mqtt_reply(a, &req, "answer", 6), NU_ERR_CONNECTION);
+    CU_ASSERT_EQUAL(nu_mqtt_publish_live(a, "t/ol/b-live", "notice", 6, 1, 0), NU_ERR_CONNECTION);
+    CU_ASSERT_EQUAL_FATAL(broker_start(), 0);
+    CU_ASSERT_TRUE(wait_connected(a, 1, 5000));
+    /* Alpha's messages reach beta in order: once the marker is in, the queued
+     * notice is in and the dropped reply never will be. */
+    CU_ASSERT_EQUAL(nu_mqtt_publish(a, "t/ol/marker", "m", 1, 1, 0), NU_OK);
+    end = deadline_in(10000);
+    while (inbox_count(&in, "t/ol/marker") == 0 && nu_mono_ms() < end)
+        inbox_wait(&in, inbox_wait(&in, 0, 0) + 1, 200);
+    CU_ASSERT_EQUAL(inbox_count(&in, "t/ol/marker"), 1);
+    CU_ASSERT_EQUAL(inbox_count(&in, "t/ol/b-live"), 1);
+    CU_ASSERT_EQUAL(inbox_count(&in, "t/ol/b-reply"), 0);
+    nu_mqtt_destroy(b);
+    nu_mqtt_destroy(a);
+    inbox_fini(&in);
+}
+
 /* ---- runner -------------------------------------------------------------- */
 
 static const struct nu_test_case endpoint_cases[] = {
@@ -1612,6 +1715,7 @@ static const struct nu_test_case broker_cases[] = {
     {"oversize_dropped", test_oversize_dropped},
     {"broker_restart", test_broker_restart},
     {"broker_restart_resumed_session", test_broker_restart_resumed_session},
+    {"outage_never_holds_replies", test_outage_never_holds_replies},
     {NULL, NULL},
 };
 

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Issue 15 part 1 in the shape the issue asks for: the WAN between a site and
+# the cloud cut and restored several times mid-production. `nusec stack up
+# --sites 1` (the OEM's cloud broker + cloud, one CM site with its own broker,
+# station and programmers); the site broker's bridge reaches the cloud broker
+# through a TCP relay (tests/tools/tcp_relay.py --refuse) that the test cuts
+# (SIGUSR1: the relay refuses connections) and restores (SIGUSR2). The site
+# broker is restarted once before production to dial the relay (SIGTERM: its
+# programmers' OFFLINE wills go out, so this also checks that idle
+# programmers say their status again and get started). The station and the
+# programmers stay on their site broker throughout.
+#
+# What it shows: Mosquitto 2.0 v5 bridges drop the replies queued on the cloud
+# side during an outage (no session expiry on the bridge's session, FIELD-
+# NOTES); the programmers' idempotent retries and the cloud's RESEND path get
+# them again, and the requests and reports queued at the site cross once the
+# bridge is back. Checked from the outside:
+#   while cut: the site's `nusec production status` says "cloud unreachable
+#     since" and no new chip is started;
+#   after each restore: production resumes by itself (time printed per cut);
+#   at the end: certificates <= quota (= quota here), every locked chip's
+#     certificate in the ledger, every report recorded once in the ledger and
+#     in the station journal, the station's cloud.unreachable/.reachable
+#     events, audit verify passes, no chip half done, no KeyStore unit wasted.
+# Prints `name value` lines: outage_seconds, resume_seconds_after_restore
+# (restore -> next certificate in the ledger), bridge_back_seconds (restore ->
+# the bridge's connection through the relay).
+#
+# usage: test_sites_wan_cut.sh BIN_DIR [LONG_OUTAGE_S]   (default 8; the bench runs 60)
+#        NUSEC_KEEP_TMP=1 keeps the folder
+set -uo pipefail
+BIN=$1
+LONG=${2:-8}
+HERE=$(cd "$(dirname "$0")" && pwd)
+RELAY=$HERE/../../tools/tcp_relay.py
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-swan-XXXXXX")
+DIR=$TMP/oem
+CM=$DIR/cm/site-1
+DEVICES=44 QUOTA=40
+passed=0 failed=0
+check() { # check NAME COMMAND...
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1)); echo "ok   $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name"
+    fi
+}
+oem() { "$BIN/nusec" "$@" --dir "$DIR"; }
+cm() { "$BIN/nusec" "$@" --dir "$CM"; }
+relay_pid=
+cleanup() {
+    [[ -n $relay_pid ]] && kill "$relay_pid" 2>/dev/null
+    oem stack down >/dev/null 2>&1 || true
+    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+now_ms() { date +%s%3N; }
+secs() { python3 -c "print(f'{($1) / 1000:.1f}')"; }
+q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
+sq() { sqlite3 -cmd '.timeout 5000' "$CM/station/station.db" "$1" 2>/dev/null; }
+die() { echo "FAIL $*"; exit 1; }
+
+# ~3.9 s of simulated flash per chip, so that the cuts land mid-production.
+oem stack up --sites 1 --programmers 2 --sockets 4 --devices $DEVICES --flash-us-per-kib 60000 \
+    >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; die "stack up --sites 1"; }
+
+# The site broker again, its bridge dialling the relay: stopped (SIGTERM: it
+# saves its persistence), the bridge's address line pointed at the relay, and
+# started with the same configuration (it writes its own pid file, which
+# `stack down` reads).
+python3 "$RELAY" --refuse --target "$(cat "$DIR/broker/endpoint")" --port-file "$TMP/relay.port" \
+    2>"$TMP/relay.log" &
+relay_pid=$!
+for _ in $(seq 50); do [[ -s $TMP/relay.port ]] && break; sleep 0.1; done
+[[ -s $TMP/relay.port ]] || die "relay did not start"
+conf=$CM/broker/mosquitto.conf
+grep -q '^address ' "$conf" || die "no bridge address in $conf"
+bpid=$(cat "$CM/run/broker.pid")
+mosq=$(readlink "/proc/$bpid/exe")
+kill "$bpid"
+for _ in $(seq 100); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$bpid" 2>/dev/null && die "site broker did not stop"
+sed -i "s/^address .*/address 127.0.0.1:$(cat "$TMP/relay.port")/" "$conf"
+"$mosq" -c "$conf" -d 2>>"$TMP/site-broker.err" || { cat "$TMP/site-broker.err"; die "site broker restart"; }
+relayed() { grep -c 'connection relayed' "$TMP/relay.log"; }
+for _ in $(seq 100); do (($(relayed) > 0)) && break; sleep 0.1; done
+(($(relayed) > 0)) || die "the bridge never dialled the relay"
+
+head -c 65536 /dev/urandom >"$TMP/app.bin"
+oem firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
+    { cat "$TMP/sign.log"; die "firmware sign"; }
+mkdir -p "$TMP/pk"
+JOB=$(oem job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 --programmer prog-2 \
+    --expires 1h --out "$TMP/pk" 2>"$TMP/create.err" | tail -n 1 | cut -d' ' -f1)
+[[ $JOB == job-* ]] || { cat "$TMP/create.err"; die "job create"; }
+# The packages cross to the CM (a file copy) and are imported at the site.
+cm package import "$TMP"/pk/*.nspkg >"$TMP/import.log" 2>&1 ||
+    { cat "$TMP/import.log"; die "package import at the site"; }
+
+certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
+wait_certs() { # wait_certs N SECONDS
+    for _ in $(seq $(($2 * 10))); do
+        [[ $(certs) -ge $1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+touched() { grep -L '^state=blank$' "$CM"/targets/*/state 2>/dev/null | sort; }
+status_says_cut() { # the site's own view, text and JSON
+    for _ in $(seq 200); do
+        cm production status --job "$JOB" --once 2>/dev/null | grep -q 'cloud unreachable since' &&
+            cm production status --job "$JOB" --json 2>/dev/null |
+            python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["cloud_unreachable_since_ms"] == 0)' &&
+            return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+T0=$(now_ms)
+cm production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.log"; die "production start"; }
+
+# cut_at N S: once N certificates exist, cut the bridge's link for S seconds;
+# check what the site shows and does meanwhile; records the seconds from the
+# restore to the next certificate (resume[]) and to the bridge's next
+# connection through the relay (bridge[]).
+outage=() ups=() up_relayed=() up_count=0
+cut_at() {
+    # Not before the line resumed from the previous cut (one certificate
+    # after its restore): the resume is measured, and each cut lands on a
+    # running line.
+    local want=$1 n
+    ((want <= up_count)) && want=$((up_count + 1))
+    wait_certs "$want" 120 || { echo "  no $want certificates before the cut (no resume)"; return 1; }
+    n=$(certs)
+    [[ $n =~ ^[0-9]+$ ]] && ((n >= QUOTA)) && { echo "  production ended before this cut ($n)"; return 1; }
+    local t_cut t_up ok=0 before after settled n0
+    kill -USR1 "$relay_pid"
+    t_cut=$(now_ms)
+    status_says_cut || { echo "  the site's status never said 'cloud unreachable since'"; ok=1; }
+    # A request that crossed before the cut may still commit at the cloud (its
+    # reply is lost with the bridge): wait until the count settles; from then
+    # on no new chip may be started until the restore.
+    n0=$(certs)
+    for _ in $(seq 20); do
+        sleep 0.5
+        settled=$(certs)
+        [[ $settled -eq $n0 ]] && break
+        n0=$settled
+    done
+    before=$(touched)
+    local left=$(($2 * 1000 - ($(now_ms) - t_cut)))
+    ((left > 0)) && sleep "$(secs "$left")"
+    after=$(touched)
+    if [[ "$before" != "$after" ]]; then
+        echo "  new chips started while the cloud was unreachable:"
+        comm -13 <(echo "$before") <(echo "$after") | sed 's/^/    /'
+        ok=1
+    fi
+    [[ $(certs) -le $(wc -l <<<"$before") ]] || { echo "  certificates for chips started while cut"; ok=1; }
+    up_relayed+=("$(relayed)")
+    up_count=$(certs)
+    kill -USR2 "$relay_pid"
+    t_up=$(now_ms)
+    ups+=("$t_up")
+    outage+=("$(secs "$t_up - $t_cut")")
+    return $ok
+}
+# The sockets run in step (8 certificates a round): cuts after the first,
+# second and third round.
+check "bridge link cut at 3 certificates for 3 s" cut_at 3 3
+check "bridge link cut at $((QUOTA / 4 + 3)) certificates for 3 s" cut_at $((QUOTA / 4 + 3)) 3
+check "bridge link cut at $((QUOTA / 2 + 3)) certificates for $LONG s" cut_at $((QUOTA / 2 + 3)) "$LONG"
+check "station published cloud.unreachable and cloud.reachable" \
+    test "$(sq "SELECT COUNT(DISTINCT kind) FROM journal WHERE kind IN ('cloud.unreachable','cloud.reachable')")" -eq 2
+
+half_done() { grep -h '^state=' "$CM"/targets/*/state | grep -vc '^state=\(locked\|blank\)$'; }
+done_ok() { # settled: the count still for 3 s, nothing half done, all reported (90 s at most)
+    local last=-1 since=0 n end=$(($(now_ms) + 90000))
+    while (($(now_ms) < end)); do
+        n=$(certs)
+        if [[ $n -ne $last ]]; then last=$n since=$(now_ms); fi
+        if (($(now_ms) - since >= 3000)) && [[ $(half_done) -eq 0 &&
+              $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned'") \
+              -eq 0 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+check "line completes: nothing half done, all reported" done_ok
+# The time to resume, from the ledger and the relay's log afterwards (no
+# polling race on a loaded machine): restore -> next certificate, restore ->
+# the bridge's next connection.
+resume=() bridge=()
+resumed_all=0
+for i in "${!ups[@]}"; do
+    first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > ${ups[$i]}")
+    if [[ -n $first ]]; then resume+=("$(secs "$first - ${ups[$i]}")"); else resume+=(none); resumed_all=1; fi
+    bridge+=("$(python3 - "${up_relayed[$i]}" "${ups[$i]}" "$TMP/relay.log" <<'PY'
+import sys
+n, up = int(sys.argv[1]), int(sys.argv[2])
+ts = [float(l.split()[1]) for l in open(sys.argv[3]) if 'connection relayed' in l]
+print(f'{ts[n] - up / 1000:.1f}' if len(ts) > n else 'none')
+PY
+)")
+done
+check "production resumed after every cut (${#ups[@]} cuts)" test "$resumed_all" -eq 0 -a "${#ups[@]}" -eq 3
+T1=$(now_ms)
+sleep 1 # the last station events
+
+issued=$(certs)
+check "certificates = quota ($issued of $QUOTA)" test "$issued" -eq $QUOTA
+check "no duplicate UID" test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
+prov_rows=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.provisioned'")
+prov_certs=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state='provisioned'")
+check "every certificate reported provisioned ($prov_certs of $issued)" test "$prov_certs" -eq "$issued"
+check "each report recorded once in the ledger ($prov_rows audit rows)" test "$prov_rows" -eq "$prov_certs"
+journal_prov=$(sq "SELECT COUNT(DISTINCT device_uid) FROM journal WHERE kind='device.provisioned' AND job_id='$JOB'")
+dup_journal=$(sq "SELECT COUNT(*) FROM (SELECT device_uid FROM journal WHERE kind='device.provisioned' AND job_id='$JOB' GROUP BY device_uid HAVING COUNT(*) > 1)")
+check "each device.provisioned once in the site's station journal ($journal_prov devices)" \
+    test "$dup_journal" -eq 0 -a "$journal_prov" -eq "$prov_certs"
+lost=0 locked=0
+declare -A serial_known=()
+while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
+for t in "$CM"/targets/*/; do
+    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
+    locked=$((locked + 1))
+    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
+    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
+done
+check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
+check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
+check "no chip half done (burned)" test "$(half_done)" -eq 0
+audit_ok() { oem audit verify >"$TMP/verify.log" 2>&1; }
+check "audit verify passes" audit_ok
+resent=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.resent'")
+counters=$(for f in "$CM"/logs/prog-*.log; do
+    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
+echo "devices $DEVICES"
+echo "quota $QUOTA"
+echo "certificates $issued"
+echo "keystore_units_counted $counters"
+[[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
+    test $((counters - issued)) -eq 0
+echo "cert_resent_rows $resent"
+echo "bridge_connections $(relayed)"
+echo "outage_seconds ${outage[*]}"
+echo "bridge_back_seconds ${bridge[*]}"
+echo "resume_seconds_after_restore ${resume[*]}"
+echo "production_seconds $(secs "$T1 - $T0")"
+if [[ $failed -ne 0 ]]; then
+    for f in "$CM"/logs/prog-*.log "$DIR/logs/cloud.log"; do echo "== $f"; grep -v " info: " "$f" | tail -n 15; done
+    echo "== relay"; tail -n 20 "$TMP/relay.log"
+fi
+echo "passed $passed failed $failed"
+[[ $failed -eq 0 ]]
