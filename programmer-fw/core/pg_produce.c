@@ -31,6 +31,7 @@ struct prod__dev {
     int untouched;   /* no unit could be reserved: the chip was not written */
     int interrupted; /* production stopped while the cloud was away */
     int once;        /* one try only (control thread: never hold) */
+    int offline;     /* certified under the offline lease (issue 15) */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -484,7 +485,12 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
 static int prod__cert_facts(struct prod__dev *d, const uint8_t *der, size_t len)
 {
     struct pg_core *c = d->c;
+    struct pg_der lease_chain[PG_CHAIN_MAX + 1];
+    size_t n = 0;
     int rc = pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
+    /* Issued offline under this job's lease: through its line CA. */
+    if (rc == NU_ERR_BAD_CERT && pg__lease_chain(c, lease_chain, PG_CHAIN_MAX + 1, &n) == NU_OK)
+        rc = pg_cert_check(c->hal, der, len, lease_chain, n, &d->facts);
     if (rc != NU_OK)
         return rc;
     if (!pg__ct_eq(d->facts.pub, d->w->pub, sizeof(d->w->pub)))
@@ -536,6 +542,36 @@ static int prod__check_cert(struct prod__dev *d, size_t resp_len)
         memcmp(ci.device_uid.p, w->uid, w->uid_len) != 0 || ci.certificate.len == 0)
         return NU_ERR_BAD_CERT;
     return prod__cert_facts(d, ci.certificate.p, ci.certificate.len);
+}
+
+/*
+ * While the cloud is unreachable, a new chip is certified under the offline
+ * lease (pg_lease.c), and a chip a crash left half done gets the certificate
+ * the journal holds for it. NOT_FOUND: not here, ask the cloud (a resumed
+ * chip may have a request out already: it never gets a second certificate
+ * offline, which the ledger would refuse).
+ */
+static int prod__offline(struct prod__dev *d)
+{
+    struct pg_core *c = d->c;
+    size_t leaf = 0, total = 0;
+    int journalled = 0, rc = NU_ERR_NOT_FOUND;
+    if (d->r->resumed)
+        rc = pg__lease_find(c, d->w, &leaf, &total);
+    else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
+        d->r->step = "lease";
+        rc = pg__lease_issue(c, d->w, &leaf, &total, &journalled);
+        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
+            rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
+    }
+    if (journalled || (rc == NU_OK && d->r->resumed))
+        d->sent = d->offline = 1; /* the certificate exists: the unit is spent */
+    if (rc != NU_OK)
+        return rc;
+    d->r->step = "cert";
+    rc = prod__cert_facts(d, d->w->resp, leaf);
+    d->cert_len = total; /* the chip keeps the chain */
+    return rc;
 }
 
 /* Firmware from the cache, hashed on the way: what the target gets is what
@@ -630,9 +666,10 @@ static int prod__device(struct prod__dev *d)
     }
     if (rc == NU_OK)
         rc = prod__keygen(d, st, &csr_len);
-    if (rc == NU_OK)
-        rc = prod__request_cert(d, csr_len, &resp_len);
-    if (rc == NU_OK)
+    int off = rc == NU_OK ? prod__offline(d) : NU_ERR_NOT_FOUND;
+    if (off != NU_ERR_NOT_FOUND)
+        rc = off;
+    else if (rc == NU_OK && (rc = prod__request_cert(d, csr_len, &resp_len)) == NU_OK)
         rc = prod__check_cert(d, resp_len);
     if (rc == NU_OK)
         rc = prod__write_image(d);
@@ -719,8 +756,9 @@ int pg_core_journal_flush(struct pg_core *c)
 {
     if (atomic_load(&c->producing))
         return NU_ERR_BUSY;
+    int lrc = pg__lease_idle(c);
     if (!atomic_load(&c->journal_pending))
-        return NU_OK;
+        return lrc == NU_OK ? NU_OK : NU_ERR_TIMEOUT;
     struct pg_result scratch;
     memset(&scratch, 0, sizeof(scratch));
     /* Not producing, not downloading (control thread): socket 0's buffers are free. */
@@ -768,7 +806,9 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
         pg_msg_put_device_event(&wr, kind, &rep);
         prc = wr.err;
     }
-    int confirm = prc == NU_OK && (d->sent || d->r->already_done);
+    /* An offline chip's certificate reaches the ledger by the lease upload
+     * (recorded as provisioned there); its report would only hold the socket. */
+    int confirm = prc == NU_OK && (d->sent || d->r->already_done) && !d->offline;
     if (confirm && (prc = prod__journal_put(c, d->s, w->req, wr.len)) != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(prc));
     if (prc == NU_OK && !d->r->already_done)
@@ -836,6 +876,7 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     if (!atomic_load(&c->producing))
         return NU_ERR_STATE;
     prod__journal_due(c, sock);
+    pg__lease_worker(c, sock, &c->work.sock[sock]);
     /* No new chip while the cloud is unreachable (issue 15). */
     int grc = pg__link_gate(c, sock);
     if (grc == NU_ERR_EXPIRED)
@@ -891,6 +932,7 @@ int pg_core_production_begin(struct pg_core *c)
         return rc;
     if (counter >= c->job.limit && !pg_core_units_kept(c))
         return NU_ERR_LIMIT;
+    pg__lease_begin(c);
     atomic_store(&c->stop, PG_STOP_NONE);
     atomic_store(&c->holds, 0u);
     atomic_store(&c->reports_sent, 0u);
@@ -935,6 +977,7 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
                     (unsigned)counter, (unsigned)c->job.limit);
     }
     atomic_store(&c->producing, 0);
+    pg__lease_end(c, finished);
     memset(&c->work, 0, sizeof(c->work));
     pg_core_status_publish(c, PG_PROG_IDLE);
     return (enum pg_stop)stop;
