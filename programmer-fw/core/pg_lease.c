@@ -56,7 +56,6 @@ static int lease__name(char *out, const char *prefix, const char *a, uint32_t k)
     return n < 0 || n > LEASE__NAME_MAX ? NU_ERR_TOO_LARGE : NU_OK;
 }
 #define LEASE__REC(out, job) lease__name(out, "lease.rec/", job, 0)
-#define LEASE__ASK(out, job) lease__name(out, "lease.ask/", job, 0)
 #define LEASE__CTR(out, id) lease__name(out, "lease/", id, 0)
 #define LEASE__JRN(out, id, k) lease__name(out, "lease.j/", id, k)
 
@@ -288,7 +287,7 @@ static int lease__cert_ok(struct pg_core *c, uint8_t *tmp, size_t cap)
     if (rc == NU_OK)
         rc = pg_cert_issue(c->hal, lease__sign_line, c, c->lease.cert, c->lease.cert_len, pub,
                            c->id, pg_now_ms(c->hal) / 1000u, tmp, cap, &len);
-    if (rc == NU_ERR_INVALID_ARG)
+    if (rc == NU_ERR_INVALID_ARG || rc == NU_ERR_CRYPTO)
         rc = NU_ERR_BAD_CERT; /* not a CA, or not for our key */
     if (rc == NU_OK)
         rc = pg__lease_chain(c, chain, PG_CHAIN_MAX + 1, &n);
@@ -297,30 +296,28 @@ static int lease__cert_ok(struct pg_core *c, uint8_t *tmp, size_t cap)
     return rc;
 }
 
-/* A fresh line-CA key, or the one of a grant whose answer was lost (marker
- * blob): the cloud answers the same lease for the same key. */
+/* The KeyStore's line-CA key if no lease was granted for it yet (blob
+ * "lease.ask": a grant whose answer was lost gets the same lease for the
+ * same key; a job that allows none costs no new key at each start), else a
+ * fresh one. */
+#define LEASE__ASK "lease.ask"
 static int lease__line_key(struct pg_core *c, uint8_t pub[PG_P256_PUB_LEN])
 {
-    char ask[LEASE__NAME_MAX + 1];
     uint8_t mark = 1;
     size_t len = 0;
-    int rc = LEASE__ASK(ask, c->job.job_id);
-    if (rc != NU_OK)
-        return rc;
-    if (pg_ks_blob_get(c->hal, ask, &mark, 1, &len) == NU_OK &&
+    if (pg_ks_blob_get(c->hal, LEASE__ASK, &mark, 1, &len) == NU_OK &&
         pg_ks_pubkey(c->hal, PG_KEY_LINE_CA, pub) == NU_OK)
         return NU_OK;
-    rc = pg_ks_line_key_generate(c->hal);
+    int rc = pg_ks_line_key_generate(c->hal);
     if (rc == NU_OK)
-        rc = pg_ks_blob_put(c->hal, ask, &mark, 1);
+        rc = pg_ks_blob_put(c->hal, LEASE__ASK, &mark, 1);
     return rc == NU_OK ? pg_ks_pubkey(c->hal, PG_KEY_LINE_CA, pub) : rc;
 }
 
+/* The key is now bound to a lease: the next lease gets a fresh one. */
 static void lease__ask_clear(struct pg_core *c)
 {
-    char ask[LEASE__NAME_MAX + 1];
-    if (LEASE__ASK(ask, c->job.job_id) == NU_OK)
-        pg_ks_blob_put(c->hal, ask, NULL, 0);
+    pg_ks_blob_put(c->hal, LEASE__ASK, NULL, 0);
 }
 
 /* Keep a grant the cloud answered (c->lease filled, checked). */
@@ -395,7 +392,6 @@ static void lease__grant(struct pg_core *c)
                 nu_err_name(rc));
         return; /* the key stays for the next try: same key, same lease */
     }
-    lease__ask_clear(c);
     if (rc == NU_ERR_NOT_AUTHORIZED) {
         pg__log(c, PG_LOG_INFO, "job %s allows no offline lease", c->job.job_id);
         return;

@@ -487,9 +487,13 @@ static int prod__cert_facts(struct prod__dev *d, const uint8_t *der, size_t len)
     struct pg_core *c = d->c;
     struct pg_der lease_chain[PG_CHAIN_MAX + 1];
     size_t n = 0;
-    int rc = pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
-    /* Issued offline under this job's lease: through its line CA. */
-    if (rc == NU_ERR_BAD_CERT && pg__lease_chain(c, lease_chain, PG_CHAIN_MAX + 1, &n) == NU_OK)
+    /* Issued offline under this job's lease: through its line CA (a chip
+     * found done may be one of those too). */
+    int lease = pg__lease_chain(c, lease_chain, PG_CHAIN_MAX + 1, &n) == NU_OK;
+    int rc = d->offline && lease
+                 ? pg_cert_check(c->hal, der, len, lease_chain, n, &d->facts)
+                 : pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
+    if (rc == NU_ERR_BAD_CERT && lease && !d->offline)
         rc = pg_cert_check(c->hal, der, len, lease_chain, n, &d->facts);
     if (rc != NU_OK)
         return rc;
