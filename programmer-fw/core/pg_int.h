@@ -129,12 +129,24 @@ void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w);
  * KeyStore / crypto errors.
  */
 int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                    size_t *out_len, int *out_journalled);
+                    size_t *out_len, int *out_journalled, uint32_t *out_counter);
 
 /* A chip resumed after a crash: the journalled certificate for its UID and
  * key (w->pub), as pg__lease_issue writes it. NOT_FOUND when none. */
 int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                   size_t *out_len);
+                   size_t *out_len, uint32_t *out_counter);
+
+/* The chip of journal record `counter` is done: its report (outcome,
+ * serial, error) joins the record, to be confirmed after the upload. Uses
+ * w->req. KeyStore errors. */
+int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counter,
+                      const struct pg_msg_report_out *rep);
+
+/* pg_produce.c: a device report envelope (Event with the DeviceReport; the
+ * idempotency key SHA-256("nusec/v1 report" || job || 0 || UID || outcome)
+ * [:16], so the cloud records it once however it comes) into buf[cap]. */
+int pg__report_env(struct pg_core *c, struct pg_pb_writer *wr, uint8_t *buf, size_t cap,
+                   const struct pg_msg_report_out *rep);
 
 /* The chain an offline certificate verifies against: line CA, then the
  * package chain (out[cap]). NOT_FOUND without a lease. */

@@ -122,13 +122,17 @@ static int lease__rec_parse(struct pg_lease *l, const uint8_t *b, size_t len)
     return lease__id_ok(l->id) && l->units ? NU_OK : NU_ERR_DECODE;
 }
 
-/* Journal record: magic | counter be32 | uid len | uid | certificate. */
+/* Journal record: magic | counter be32 | uid len | uid | cert len be16 |
+ * certificate | outcome (0: the chip is not done) | error | serial len |
+ * serial (hex). */
 struct lease__jrn {
     uint32_t counter;
     const uint8_t *uid;
     size_t uid_len;
     const uint8_t *cert;
     size_t cert_len;
+    uint8_t outcome, error;
+    char serial[41];
 };
 
 static int lease__jrn_get(struct pg_core *c, uint32_t k, uint8_t *buf, size_t cap,
@@ -141,14 +145,24 @@ static int lease__jrn_get(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
         rc = pg_ks_blob_get(c->hal, name, buf, cap, &len);
     if (rc != NU_OK)
         return rc;
-    if (len < 10 || memcmp(buf, LEASE__JRN_MAGIC, 4) != 0 || lease__rd32(buf + 4) != k ||
-        buf[8] == 0 || buf[8] > PG_UID_MAX || 9u + buf[8] >= len)
+    if (len < 14 || memcmp(buf, LEASE__JRN_MAGIC, 4) != 0 || lease__rd32(buf + 4) != k ||
+        buf[8] == 0 || buf[8] > PG_UID_MAX || 11u + buf[8] > len)
+        return NU_ERR_DECODE;
+    size_t at = 9u + buf[8], cl = (size_t)buf[at] << 8 | buf[at + 1];
+    if (cl == 0 || at + 2 + cl + 3 > len)
+        return NU_ERR_DECODE;
+    const uint8_t *tail = buf + at + 2 + cl;
+    if (tail[2] > 40 || at + 2 + cl + 3 + tail[2] != len)
         return NU_ERR_DECODE;
     out->counter = k;
     out->uid_len = buf[8];
     out->uid = buf + 9;
-    out->cert = buf + 9 + buf[8];
-    out->cert_len = len - 9 - buf[8];
+    out->cert = buf + at + 2;
+    out->cert_len = cl;
+    out->outcome = tail[0];
+    out->error = tail[1];
+    memcpy(out->serial, tail + 3, tail[2]);
+    out->serial[tail[2]] = '\0';
     return NU_OK;
 }
 
@@ -427,15 +441,17 @@ static int lease__up_decode(const uint8_t *buf, size_t len, struct lease__up_msg
     return rc;
 }
 
-/* Journal records (at most max, as many as fit in buf) into the upload at w. */
+/* Journal records (at most max, as many as fit in buf) into the upload at
+ * w: those whose chip is done, and with `drop` (no chip in flight) the
+ * others too (a crash left their chip unfinished). */
 static unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w, uint8_t *tmp,
-                                size_t tmp_cap, unsigned max, uint32_t *sent)
+                                size_t tmp_cap, unsigned max, int drop, uint32_t *sent)
 {
     unsigned n = 0;
     uint32_t hi = lease__counter(c);
     struct lease__jrn j;
     for (uint32_t k = 1; k <= hi && k <= c->lease.units && n < max; k++) {
-        if (lease__jrn_get(c, k, tmp, tmp_cap, &j) != NU_OK)
+        if (lease__jrn_get(c, k, tmp, tmp_cap, &j) != NU_OK || (!j.outcome && !drop))
             continue; /* answered already, in flight, or a crash's wasted value */
         size_t at = w->len;
         size_t it = pg_pb_begin(w, 2);
@@ -454,12 +470,59 @@ static unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w, uint8
 }
 
 /*
- * One lease.upload: journal records (up to max) and `final` (return the
- * lease). One try (`once`) or with the request's retries. Answered records
- * leave the journal. *out_sent: records it carried.
+ * After the upload: the chip's report of journal record k (device.report,
+ * the same idempotency key as online), then the record leaves the journal.
+ * A record without an outcome (its chip never finished) just leaves.
+ */
+static int lease__confirm(struct pg_core *c, uint32_t k, uint8_t *buf, size_t cap, uint8_t *tmp,
+                          size_t tmp_cap)
+{
+    struct lease__jrn j;
+    struct pg_pb_writer w;
+    struct pg_msg_env env;
+    size_t rl = 0;
+    int rc = lease__jrn_get(c, k, tmp, tmp_cap, &j);
+    if (rc == NU_OK && j.outcome) {
+        struct pg_msg_report_out rep = {
+            .job_id = c->job.job_id,
+            .uid = j.uid,
+            .uid_len = j.uid_len,
+            .outcome = (enum pg_outcome)j.outcome,
+            .serial = j.serial[0] ? j.serial : NULL,
+            .error = j.error,
+            .detail = j.outcome == PG_OUTCOME_PROVISIONED ? NULL : "offline",
+        };
+        rc = pg__report_env(c, &w, buf, cap, &rep);
+        if (rc == NU_OK)
+            rc = pg__request_try(c, "device.report", buf, w.len, 0, tmp, tmp_cap, &rl);
+        if (rc == NU_OK)
+            rc = pg_msg_reply_decode(tmp, rl, PG_BODY_ACK, &env, NULL);
+        if (pg__transient(rc) || pg__cloud_transient(rc))
+            return rc; /* kept: uploaded again (known), reported again */
+        if (rc == NU_OK)
+            atomic_fetch_add(&c->reports_sent, 1u);
+        else
+            pg__log(c, PG_LOG_WARN, "lease %s: report %u refused: %s", c->lease.id, (unsigned)k,
+                    nu_err_name(rc));
+    }
+    int drc = lease__jrn_del(c, k);
+    if (drc != NU_OK) {
+        pg__log(c, PG_LOG_WARN, "lease %s: journal record %u not cleared: %s", c->lease.id,
+                (unsigned)k, nu_err_name(drc));
+        return drc;
+    }
+    atomic_fetch_sub(&c->lease.pending, 1u);
+    return NU_OK;
+}
+
+/*
+ * One lease.upload: journal records (up to max; `drop`: see lease__up_items)
+ * and `final` (return the lease). One try (`once`) or with the request's
+ * retries. Answered records are reported and leave the journal.
+ * *out_sent: records it carried.
  */
 static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *tmp, size_t tmp_cap,
-                         unsigned max, int final, int once, unsigned *out_sent)
+                         unsigned max, int final, int once, int drop, unsigned *out_sent)
 {
     struct pg_lease *l = &c->lease;
     uint32_t sent[LEASE__BATCH_MAX];
@@ -474,7 +537,7 @@ static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *t
         return rc;
     size_t m = pg_pb_begin(&w, LEASE__BODY_UPLOAD_REQ);
     pg_pb_put_str(&w, 1, l->id);
-    unsigned n = lease__up_items(c, &w, tmp, tmp_cap, max, sent);
+    unsigned n = lease__up_items(c, &w, tmp, tmp_cap, max, drop, sent);
     w.cap = cap;
     pg_pb_put_u64(&w, 3, final ? 1u : 0u);
     pg_pb_end(&w, m);
@@ -496,14 +559,10 @@ static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *t
         }
         return rc;
     }
-    for (unsigned i = 0; i < n; i++) {
-        int drc = lease__jrn_del(c, sent[i]);
-        if (drc != NU_OK)
-            pg__log(c, PG_LOG_WARN, "lease %s: journal record %u not cleared: %s", l->id,
-                    (unsigned)sent[i], nu_err_name(drc));
-    }
-    atomic_fetch_sub(&l->pending, n);
-    atomic_fetch_add(&l->uploaded, u.recorded + u.known);
+    atomic_fetch_add(&l->uploaded, u.recorded);
+    int crc = NU_OK;
+    for (unsigned i = 0; i < n && crc == NU_OK; i++)
+        crc = lease__confirm(c, sent[i], buf, cap, tmp, tmp_cap);
     if (u.refused)
         pg__log(c, PG_LOG_ERROR, "lease %s: the cloud refused %u certificate(s) (incident)", l->id,
                 (unsigned)u.refused);
@@ -511,18 +570,18 @@ static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *t
             l->id, n, (unsigned)u.recorded, (unsigned)u.known, (unsigned)u.used,
             (unsigned)u.units, u.returned ? ", returned" : "");
     *out_sent = n;
-    return final && !u.returned ? NU_ERR_STATE : NU_OK;
+    return crc != NU_OK ? crc : final && !u.returned ? NU_ERR_STATE : NU_OK;
 }
 
 /* Control thread: the whole journal up (the enroll buffers are free). */
-static int lease__upload_all(struct pg_core *c, int once)
+static int lease__upload_all(struct pg_core *c, int once, int drop)
 {
     struct pg_enroll_work *ew = &c->work.enroll;
     unsigned sent = 0;
     int rc = NU_OK;
     while (rc == NU_OK && atomic_load(&c->lease.pending) && !atomic_load(&c->lease.refused)) {
         rc = lease__upload(c, ew->resp, sizeof(ew->resp), ew->req, sizeof(ew->req),
-                           LEASE__BATCH_MAX, 0, once, &sent);
+                           LEASE__BATCH_MAX, 0, once, drop, &sent);
         if (rc == NU_OK && sent == 0)
             break; /* pending counts a record the journal no longer has */
     }
@@ -536,7 +595,7 @@ static int lease__return(struct pg_core *c)
     struct pg_enroll_work *ew = &c->work.enroll;
     char name[LEASE__NAME_MAX + 1];
     unsigned sent = 0;
-    int rc = lease__upload(c, ew->resp, sizeof(ew->resp), ew->req, sizeof(ew->req), 0, 1, 1,
+    int rc = lease__upload(c, ew->resp, sizeof(ew->resp), ew->req, sizeof(ew->req), 0, 1, 1, 1,
                            &sent);
     /* The cloud closed it already (expired): ours goes too. */
     if (rc == NU_ERR_LEASE_UNKNOWN || rc == NU_ERR_INTERNAL)
@@ -559,7 +618,7 @@ void pg__lease_begin(struct pg_core *c)
     struct pg_lease *l = &c->lease;
     lease__load(c, c->work.enroll.resp, sizeof(c->work.enroll.resp));
     if (l->active && atomic_load(&l->pending))
-        lease__upload_all(c, 1);
+        lease__upload_all(c, 1, 0); /* a crash's unfinished chips may be resumed */
     if (l->active) {
         uint64_t now = pg_now_ms(c->hal);
         int spent = atomic_load(&l->exhausted) || now >= l->not_after_ms;
@@ -575,7 +634,7 @@ void pg__lease_end(struct pg_core *c, int finished)
     if (!c->lease.active)
         return;
     if (atomic_load(&c->lease.pending))
-        lease__upload_all(c, 1);
+        lease__upload_all(c, 1, 1);
     if (finished && !atomic_load(&c->lease.pending))
         lease__return(c);
 }
@@ -584,7 +643,7 @@ int pg__lease_idle(struct pg_core *c)
 {
     if (!c->lease.active || !atomic_load(&c->lease.pending) || atomic_load(&c->lease.refused))
         return NU_OK;
-    return lease__upload_all(c, 1);
+    return lease__upload_all(c, 1, 1);
 }
 
 void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w)
@@ -603,7 +662,7 @@ void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w)
     unsigned sent = 0;
     int rc;
     do {
-        rc = lease__upload(c, w->req, sizeof(w->req), w->resp, sizeof(w->resp), 1, 0, 1, &sent);
+        rc = lease__upload(c, w->req, sizeof(w->req), w->resp, sizeof(w->resp), 1, 0, 1, 0, &sent);
     } while (rc == NU_OK && sent && atomic_load(&l->pending) && atomic_load(&c->stop) == 0);
     atomic_flag_clear(&l->sync_lock);
     if (rc != NU_OK)
@@ -633,7 +692,7 @@ static int lease__chain_append(struct pg_core *c, struct pg_sock_work *w, size_t
 }
 
 int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                    size_t *out_len, int *out_journalled)
+                    size_t *out_len, int *out_journalled, uint32_t *out_counter)
 {
     struct pg_lease *l = &c->lease;
     char name[LEASE__NAME_MAX + 1];
@@ -659,7 +718,7 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
     if (rc == NU_OK)
         rc = lease__chain_append(c, w, leaf, out_len);
     /* 3. Journalled in sealed storage before the chip sees it. */
-    size_t jl = 9u + w->uid_len + leaf;
+    size_t at = 9u + w->uid_len, jl = at + 2 + leaf + 3;
     if (rc == NU_OK && jl > sizeof(w->req))
         rc = NU_ERR_TOO_LARGE;
     if (rc == NU_OK) {
@@ -667,7 +726,10 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
         pg__be32(w->req + 4, k);
         w->req[8] = (uint8_t)w->uid_len;
         memcpy(w->req + 9, w->uid, w->uid_len);
-        memcpy(w->req + 9 + w->uid_len, w->resp, leaf);
+        w->req[at] = (uint8_t)(leaf >> 8);
+        w->req[at + 1] = (uint8_t)leaf;
+        memcpy(w->req + at + 2, w->resp, leaf);
+        memset(w->req + at + 2 + leaf, 0, 3); /* not done yet */
         rc = LEASE__JRN(name, l->id, k);
     }
     if (rc == NU_OK)
@@ -678,6 +740,7 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
         return rc;
     }
     *out_journalled = 1;
+    *out_counter = k;
     atomic_fetch_add(&l->pending, 1u);
     atomic_fetch_add(&l->issued, 1u);
     *out_leaf_len = leaf;
@@ -687,7 +750,7 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
 }
 
 int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                   size_t *out_len)
+                   size_t *out_len, uint32_t *out_counter)
 {
     struct lease__jrn j;
     if (!c->lease.active || !atomic_load(&c->lease.pending))
@@ -701,11 +764,32 @@ int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_l
             continue;
         memcpy(w->resp, j.cert, j.cert_len);
         *out_leaf_len = j.cert_len;
+        *out_counter = k;
         pg__log(c, PG_LOG_INFO, "lease %s: chip %s gets its journalled certificate %u again",
                 c->lease.id, w->uid_hex, (unsigned)k);
         return lease__chain_append(c, w, j.cert_len, out_len);
     }
     return NU_ERR_NOT_FOUND;
+}
+
+int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counter,
+                      const struct pg_msg_report_out *rep)
+{
+    char name[LEASE__NAME_MAX + 1];
+    struct lease__jrn j;
+    size_t sl = rep->serial ? strlen(rep->serial) : 0;
+    int rc = lease__jrn_get(c, counter, w->req, sizeof(w->req), &j);
+    if (rc == NU_OK && (sl > 40 || (size_t)(j.cert - w->req) + j.cert_len + 3 + sl > sizeof(w->req)))
+        rc = NU_ERR_TOO_LARGE;
+    if (rc != NU_OK)
+        return rc;
+    uint8_t *tail = w->req + (j.cert - w->req) + j.cert_len;
+    tail[0] = (uint8_t)rep->outcome;
+    tail[1] = (uint8_t)(rep->error > 0 && rep->error < 256 ? rep->error : 0);
+    tail[2] = (uint8_t)sl;
+    memcpy(tail + 3, rep->serial, sl);
+    rc = LEASE__JRN(name, c->lease.id, counter);
+    return rc == NU_OK ? pg_ks_blob_put(c->hal, name, w->req, (size_t)(tail + 3 + sl - w->req)) : rc;
 }
 
 void pg_core_lease_counts(const struct pg_core *c, struct pg_lease_counts *out)

@@ -244,6 +244,7 @@ static void test_offline_up_to_n_then_upload(void)
     CU_ASSERT_EQUAL(c.offline, 4); /* leaf + line CA + Device CA, to the root */
     CU_ASSERT_EQUAL(c.online, 6);
     CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 10);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 10); /* offline ones after their upload */
     CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
 
     /* Next start: the used-up lease goes back and a new one comes. */
