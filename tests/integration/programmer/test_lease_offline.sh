@@ -16,14 +16,16 @@
 # lease counter value (the KeyStore's reservation); audit verify passes.
 # Prints `name value` lines (offline and online rates of the run, upload).
 #
-# usage: test_lease_offline.sh BIN_DIR
+# usage: test_lease_offline.sh BIN_DIR [LEASE FLASH_US_PER_KIB DEVICES]
+#   (default 5 30000 28; ./build.sh bench runs a bigger lease, faster flash)
 set -uo pipefail
 BIN=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 RELAY=$HERE/../../tools/tcp_relay.py
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-lease-XXXXXX")
 DIR=$TMP/state
-DEVICES=28 QUOTA=40 LEASE=5
+LEASE=${2:-5} FLASH=${3:-30000} DEVICES=${4:-28}
+QUOTA=$((DEVICES + 12))
 passed=0 failed=0
 check() { # check NAME COMMAND...
     local name=$1
@@ -47,7 +49,7 @@ now_ms() { date +%s%3N; }
 q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
 
 # ~2 s of simulated flash per chip: the cut lands mid-production.
-STACK=(--programmers 2 --sockets 2 --devices $DEVICES --flash-us-per-kib 30000)
+STACK=(--programmers 2 --sockets 2 --devices $DEVICES --flash-us-per-kib $FLASH)
 nusec stack up "${STACK[@]}" >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
 # The cloud agent again, through the relay (see test_wan_cut.sh).
 endpoint=$(cat "$DIR/broker/endpoint")
@@ -105,7 +107,13 @@ kill_prog2() {
     sleep 0.5 # into its next chips
     kill -9 "$(cat "$DIR/run/prog-2.pid")"
     sleep 1
-    nusec stack up "${STACK[@]}" >"$TMP/up-prog.log" 2>&1 || { cat "$TMP/up-prog.log"; return 1; }
+    # As `nusec stack up` starts it (which waits for a healthy cloud: not now).
+    "$BIN/nusec-programmer" --dir "$DIR" --name prog-2 --sockets 2 --devices $((DEVICES / 2)) \
+        --flash-us-per-kib "$FLASH" >>"$DIR/logs/prog-2.log" 2>&1 &
+    echo $! >"$DIR/run/prog-2.pid"
+    sleep 2
+    kill -0 "$(cat "$DIR/run/prog-2.pid")" || return 1
+    # The station starts it again on the job (as after any programmer restart).
     nusec production start --job "$JOB" >"$TMP/start2.log" 2>&1
 }
 check "prog-2 SIGKILLed mid-lease and started again, while cut" kill_prog2
@@ -196,12 +204,26 @@ audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
 check "audit verify passes" audit_ok
 
 rate() { python3 -c "print(f'{$1 / max(($2) / 1000, 0.001):.2f}')"; }
+# One programmer (prog-1, not killed), same run: certificates per second
+# while it issued offline (first to last, from its log) and online after
+# the restore (first to last in the ledger, its offline ones left out).
+prog1_offline=$(grep 'issued offline' "$DIR/logs/prog-1.log" | cut -c1-23 | python3 -c '
+import sys, datetime
+t = [datetime.datetime.fromisoformat(l.strip()).timestamp() for l in sys.stdin if l.strip()]
+print(f"{(len(t) - 1) / (t[-1] - t[0]):.2f}" if len(t) > 1 and t[-1] > t[0] else "null")')
+prog1_online=$(q "SELECT issued_at_ms FROM certificates WHERE job_id='$JOB' AND programmer_id='prog-1'
+    AND issued_at_ms > $T_UP AND serial NOT IN (SELECT serial FROM lease_certs) ORDER BY 1" | python3 -c '
+import sys
+t = [int(l) for l in sys.stdin if l.strip()]
+print(f"{(len(t) - 1) * 1000 / (t[-1] - t[0]):.2f}" if len(t) > 1 and t[-1] > t[0] else "null")')
 echo "devices $DEVICES"
 echo "lease_units_per_programmer $LEASE"
 echo "certificates $issued"
 echo "offline_certificates $n_off"
 echo "online_rate_before_cut_per_s $(rate "$N_ON" "$T_ON - $T0")"
 echo "offline_rate_while_cut_per_s $(rate "$N_OFF" "$T_OFF - $T_CUT")"
+echo "lease_prog_offline_cert_per_s $prog1_offline"
+echo "lease_prog_online_cert_per_s $prog1_online"
 echo "upload_seconds_after_restore $(python3 -c "print(f'{($T_REC - $T_UP) / 1000:.1f}')")"
 echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
 if [[ $failed -ne 0 ]]; then
