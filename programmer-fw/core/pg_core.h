@@ -174,6 +174,30 @@ struct pg_units {
     uint8_t resume[PG_MAX_SOCKETS];
 };
 
+/* The offline lease (issue 15 part 2, pg_lease.c) of the current job: set by
+ * the control thread (production begin/end, idle), read by the socket
+ * workers while producing. The durable truth is in the KeyStore: the lease
+ * record (blob "lease/<job>"), the lease counter ("lease/<id>", bound to the
+ * lease) and one journal record per offline certificate
+ * ("lease/<id>/<counter>") until the cloud has it. */
+#define PG_LEASE_ID_MAX 40
+#define PG_LEASE_CERT_MAX 1024
+struct pg_lease {
+    int active; /* a granted lease of job.job_id is loaded */
+    char id[PG_LEASE_ID_MAX + 1];
+    uint32_t units;
+    uint64_t not_before_ms, not_after_ms;
+    uint8_t cert[PG_LEASE_CERT_MAX]; /* line-CA certificate (DER), Device CA issued */
+    size_t cert_len;
+    atomic_int exhausted;    /* the lease counter reached units */
+    atomic_uint pending;     /* journal records the cloud has not confirmed */
+    atomic_uint issued;      /* offline certificates issued, this process */
+    atomic_uint uploaded;    /* journal records the cloud confirmed, this process */
+    atomic_uint probe_at_ms; /* mono ms of the next upload try while unreachable */
+    atomic_flag sync_lock;   /* one uploader at a time */
+    atomic_int refused;      /* the cloud refused an upload for good: no more tries this run */
+};
+
 struct pg_core {
     const struct pg_hal *hal;
     char id[PG_ID_MAX + 1];
@@ -219,6 +243,8 @@ struct pg_core {
     char cmd_job[PG_ID_MAX + 1];
 
     uint8_t ctl_buf[PG_SOCK_REQ_MAX]; /* control thread: status, small requests */
+
+    struct pg_lease lease;
 
     union {
         struct pg_dl_work dl;
@@ -375,6 +401,22 @@ uint32_t pg_core_units_kept(const struct pg_core *c);
  * again later), BUSY (production runs: the sockets send their own).
  */
 int pg_core_journal_flush(struct pg_core *c);
+
+/*
+ * What the port learned about the cloud link outside a request (e.g. the
+ * transport lost its broker, or a test): rc a transport error (TIMEOUT,
+ * CONNECTION, ...) marks the cloud unreachable since now, NU_OK clears the
+ * mark. Any thread.
+ */
+void pg_core_link_note(struct pg_core *c, int rc);
+
+/* Offline lease figures (issue 15): offline certificates issued and journal
+ * records the cloud confirmed by this process, records still pending, the
+ * lease's units (0: no lease). Any thread. */
+struct pg_lease_counts {
+    uint32_t issued, uploaded, pending, units;
+};
+void pg_core_lease_counts(const struct pg_core *c, struct pg_lease_counts *out);
 
 /* Subscribe to nusec/v1/prog/{id}/cmd (station commands). */
 int pg_core_subscribe(struct pg_core *c);

@@ -94,6 +94,67 @@ uint64_t pg__link_lost_ms(const struct pg_core *c);
  * Returns NU_OK to go on, STATE (production stopped) or EXPIRED (job). */
 int pg__link_gate(struct pg_core *c, unsigned sock);
 
+/* ---- pg_lease.c: the offline lease (issue 15 part 2) ---- */
+
+/* Control thread, production begin (the work union is free): load the
+ * job's lease from the KeyStore, send the journal up, return a lease that is
+ * used up, expired or of no use, and ask for one when none is held (the job
+ * may allow none: NOT_AUTHORIZED means no lease). Never fails production:
+ * without a lease the line pauses offline as before. */
+void pg__lease_begin(struct pg_core *c);
+
+/* Control thread, production end: send the journal up; `finished` (job
+ * closed) returns the lease. */
+void pg__lease_end(struct pg_core *c, int finished);
+
+/* Control thread, idle (not producing): one try to send the journal up.
+ * NU_OK when nothing is left, else the transport's error. */
+int pg__lease_idle(struct pg_core *c);
+
+/* 1 when a socket may issue offline now: a lease of this job, inside its
+ * validity by the programmer's clock, counter below its units. */
+int pg__lease_usable(struct pg_core *c);
+
+/* Socket worker, before a chip: journal records up to the cloud (one per
+ * request, in w's buffers) when it answers, or one probe try every few
+ * seconds while it does not (the probe is what notices it is back). */
+void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w);
+
+/*
+ * Offline issuance for the chip in w (w->pub checked, w->uid, w->uid_hex):
+ * the lease counter advances in the KeyStore first, then the certificate is
+ * signed in the KeyStore by the line-CA key, then journalled (sealed
+ * storage); only then does the caller write it to the chip. Into w->resp:
+ * leaf || line-CA certificate || the package chain without its root (the
+ * chain the chip keeps); *out_leaf_len and *out_len. *out_journalled = 1
+ * once the certificate is in the journal (the production unit is spent).
+ * Errors: LIMIT (lease used up), EXPIRED, STATE (no lease), TOO_LARGE,
+ * KeyStore / crypto errors.
+ */
+int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
+                    size_t *out_len, int *out_journalled, uint32_t *out_counter);
+
+/* A chip resumed after a crash: the journalled certificate for its UID and
+ * key (w->pub), as pg__lease_issue writes it. NOT_FOUND when none. */
+int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
+                   size_t *out_len, uint32_t *out_counter);
+
+/* The chip of journal record `counter` is done: its report (outcome,
+ * serial, error) joins the record, to be confirmed after the upload. Uses
+ * w->req. KeyStore errors. */
+int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counter,
+                      const struct pg_msg_report_out *rep);
+
+/* pg_produce.c: a device report envelope (Event with the DeviceReport; the
+ * idempotency key SHA-256("nusec/v1 report" || job || 0 || UID || outcome)
+ * [:16], so the cloud records it once however it comes) into buf[cap]. */
+int pg__report_env(struct pg_core *c, struct pg_pb_writer *wr, uint8_t *buf, size_t cap,
+                   const struct pg_msg_report_out *rep);
+
+/* The chain an offline certificate verifies against: line CA, then the
+ * package chain (out[cap]). NOT_FOUND without a lease. */
+int pg__lease_chain(const struct pg_core *c, struct pg_der *out, size_t cap, size_t *out_n);
+
 /* Publish the status now (a socket starts waiting for the cloud). */
 void pg__status_now(struct pg_core *c, uint8_t *buf, size_t cap);
 

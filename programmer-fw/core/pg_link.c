@@ -55,7 +55,8 @@ static int link__probed(const struct pg_core *c, unsigned sock)
 int pg__link_gate(struct pg_core *c, unsigned sock)
 {
     int paused = 0, rc = NU_OK;
-    while (atomic_load(&c->cloud_lost_s) && link__probed(c, sock)) {
+    /* With a usable offline lease the chip does not need the cloud. */
+    while (atomic_load(&c->cloud_lost_s) && link__probed(c, sock) && !pg__lease_usable(c)) {
         if (!paused) {
             paused = 1;
             atomic_store(&c->sock[sock].busy, PG_SOCK_PAUSED);
@@ -71,4 +72,9 @@ int pg__link_gate(struct pg_core *c, unsigned sock)
             pg__log(c, PG_LOG_INFO, "socket %u: resumes", sock);
     }
     return rc;
+}
+
+void pg_core_link_note(struct pg_core *c, int rc)
+{
+    pg__link_note(c, rc);
 }

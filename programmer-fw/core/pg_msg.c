@@ -138,7 +138,7 @@ int pg_msg_error_decode(struct pg_bytes b, struct pg_msg_error *out)
 /* A remote code we act on; unknown or "OK" errors become INTERNAL. */
 static int msg__remote_code(uint32_t code)
 {
-    return code > NU_OK && code <= NU_ERR_KEY_NOT_ATTESTED ? (int)code : NU_ERR_INTERNAL;
+    return code > NU_OK && code <= NU_ERR_LEASE_OVERCOMMIT ? (int)code : NU_ERR_INTERNAL;
 }
 
 int pg_msg_reply_decode(const uint8_t *buf, size_t len, enum pg_body want, struct pg_msg_env *env,

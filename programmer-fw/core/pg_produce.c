@@ -31,6 +31,10 @@ struct prod__dev {
     int untouched;   /* no unit could be reserved: the chip was not written */
     int interrupted; /* production stopped while the cloud was away */
     int once;        /* one try only (control thread: never hold) */
+    int hold;        /* a report that must be confirmed now, lease or not */
+    int may_leave;   /* a report: under an offline lease, leave it in the journal */
+    uint32_t lease_k; /* its lease counter value (offline), 0: none */
+    int offline;     /* certified under the offline lease (issue 15) */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -333,8 +337,12 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
             atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
             return rc;
         }
-        if (d->once) {
+        /* Under an offline lease the socket does not wait for the cloud to
+         * confirm a report: it stays in the journal (pg_link.c noted the
+         * cloud unreachable on this try). */
+        if (d->once || (d->may_leave && atomic_load(&c->cloud_lost_s) && pg__lease_usable(c))) {
             d->interrupted = 1;
+            atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
             return rc;
         }
         atomic_fetch_add(&c->holds, 1u);
@@ -484,7 +492,16 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
 static int prod__cert_facts(struct prod__dev *d, const uint8_t *der, size_t len)
 {
     struct pg_core *c = d->c;
-    int rc = pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
+    struct pg_der lease_chain[PG_CHAIN_MAX + 1];
+    size_t n = 0;
+    /* Issued offline under this job's lease: through its line CA (a chip
+     * found done may be one of those too). */
+    int lease = pg__lease_chain(c, lease_chain, PG_CHAIN_MAX + 1, &n) == NU_OK;
+    int rc = d->offline && lease
+                 ? pg_cert_check(c->hal, der, len, lease_chain, n, &d->facts)
+                 : pg_cert_check(c->hal, der, len, c->job.chain_der, c->job.n_chain, &d->facts);
+    if (rc == NU_ERR_BAD_CERT && lease && !d->offline)
+        rc = pg_cert_check(c->hal, der, len, lease_chain, n, &d->facts);
     if (rc != NU_OK)
         return rc;
     if (!pg__ct_eq(d->facts.pub, d->w->pub, sizeof(d->w->pub)))
@@ -536,6 +553,36 @@ static int prod__check_cert(struct prod__dev *d, size_t resp_len)
         memcmp(ci.device_uid.p, w->uid, w->uid_len) != 0 || ci.certificate.len == 0)
         return NU_ERR_BAD_CERT;
     return prod__cert_facts(d, ci.certificate.p, ci.certificate.len);
+}
+
+/*
+ * While the cloud is unreachable, a new chip is certified under the offline
+ * lease (pg_lease.c), and a chip a crash left half done gets the certificate
+ * the journal holds for it. NOT_FOUND: not here, ask the cloud (a resumed
+ * chip may have a request out already: it never gets a second certificate
+ * offline, which the ledger would refuse).
+ */
+static int prod__offline(struct prod__dev *d)
+{
+    struct pg_core *c = d->c;
+    size_t leaf = 0, total = 0;
+    int journalled = 0, rc = NU_ERR_NOT_FOUND;
+    if (d->r->resumed)
+        rc = pg__lease_find(c, d->w, &leaf, &total, &d->lease_k);
+    else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
+        d->r->step = "lease";
+        rc = pg__lease_issue(c, d->w, &leaf, &total, &journalled, &d->lease_k);
+        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
+            rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
+    }
+    if (journalled || (rc == NU_OK && d->r->resumed))
+        d->sent = d->offline = 1; /* the certificate exists: the unit is spent */
+    if (rc != NU_OK)
+        return rc;
+    d->r->step = "cert";
+    rc = prod__cert_facts(d, d->w->resp, leaf);
+    d->cert_len = total; /* the chip keeps the chain */
+    return rc;
 }
 
 /* Firmware from the cache, hashed on the way: what the target gets is what
@@ -630,9 +677,10 @@ static int prod__device(struct prod__dev *d)
     }
     if (rc == NU_OK)
         rc = prod__keygen(d, st, &csr_len);
-    if (rc == NU_OK)
-        rc = prod__request_cert(d, csr_len, &resp_len);
-    if (rc == NU_OK)
+    int off = rc == NU_OK ? prod__offline(d) : NU_ERR_NOT_FOUND;
+    if (off != NU_ERR_NOT_FOUND)
+        rc = off;
+    else if (rc == NU_OK && (rc = prod__request_cert(d, csr_len, &resp_len)) == NU_OK)
         rc = prod__check_cert(d, resp_len);
     if (rc == NU_OK)
         rc = prod__write_image(d);
@@ -673,10 +721,15 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
 {
     struct pg_core *c = d->c;
     size_t resp_len = 0;
+    d->may_leave = !d->once && !d->hold;
     int rc = prod__exchange(d, "device.report", len, prod__ack_verdict, &resp_len);
+    int left = d->may_leave && d->interrupted;
+    d->may_leave = 0;
     if (d->interrupted) {
         atomic_store(&c->journal_pending, 1); /* the idle loop sends it */
-        return rc;                            /* stays in the journal */
+        if (left && slot == d->s)
+            atomic_store(&c->sock[slot].journal_due, 1); /* or this socket, back online */
+        return rc;                                       /* stays in the journal */
     }
     if (rc == NU_OK)
         atomic_fetch_add(&c->reports_sent, 1u);
@@ -719,8 +772,9 @@ int pg_core_journal_flush(struct pg_core *c)
 {
     if (atomic_load(&c->producing))
         return NU_ERR_BUSY;
+    int lrc = pg__lease_idle(c);
     if (!atomic_load(&c->journal_pending))
-        return NU_OK;
+        return lrc == NU_OK ? NU_OK : NU_ERR_TIMEOUT;
     struct pg_result scratch;
     memset(&scratch, 0, sizeof(scratch));
     /* Not producing, not downloading (control thread): socket 0's buffers are free. */
@@ -740,12 +794,36 @@ int pg_core_journal_flush(struct pg_core *c)
  * idempotency key is SHA-256("nusec/v1 report" || job || UID || outcome)[:16]:
  * the cloud records it once however often it comes.
  */
+static void prod__journal_due(struct pg_core *c, unsigned sock, int hold);
+
+int pg__report_env(struct pg_core *c, struct pg_pb_writer *wr, uint8_t *buf, size_t cap,
+                   const struct pg_msg_report_out *rep)
+{
+    uint8_t idem[32], outcome = (uint8_t)rep->outcome;
+    const char *kind = outcome == PG_OUTCOME_PROVISIONED ? "device.provisioned" : "device.failed";
+    int rc = pg__sha256(c, PROD__REPORT_DOMAIN, strlen(PROD__REPORT_DOMAIN), rep->job_id,
+                        strlen(rep->job_id) + 1u, NULL, 0, idem);
+    if (rc == NU_OK)
+        rc = pg__sha256(c, idem, 32, rep->uid, rep->uid_len, &outcome, 1, idem);
+    if (rc == NU_OK)
+        rc = pg__env_start(c, wr, buf, cap, NULL, idem, PROD__IDEM_LEN);
+    if (rc == NU_OK) {
+        pg_msg_put_device_event(wr, kind, rep);
+        rc = wr->err;
+    }
+    return rc;
+}
+
 static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 {
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
+    /* The slot's earlier report (left there under the lease) goes first:
+     * this one would overwrite it. */
+    if ((d->sent || d->r->already_done) && !d->offline && atomic_load(&c->sock[d->s].journal_due))
+        prod__journal_due(c, d->s, 1);
     const char *kind = rc == NU_OK ? "device.provisioned" : "device.failed";
-    uint8_t idem[32], outcome = rc == NU_OK ? PG_OUTCOME_PROVISIONED : PG_OUTCOME_FAILED;
+    uint8_t outcome = rc == NU_OK ? PG_OUTCOME_PROVISIONED : PG_OUTCOME_FAILED;
     struct pg_msg_report_out rep = {
         .job_id = c->job.job_id,
         .uid = d->r->uid,
@@ -758,17 +836,17 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
         .duration_ms = duration_ms,
     };
     struct pg_pb_writer wr;
-    int prc = pg__sha256(c, PROD__REPORT_DOMAIN, strlen(PROD__REPORT_DOMAIN), c->job.job_id,
-                         strlen(c->job.job_id) + 1u, NULL, 0, idem);
-    if (prc == NU_OK)
-        prc = pg__sha256(c, idem, 32, d->r->uid, d->r->uid_len, &outcome, 1, idem);
-    if (prc == NU_OK)
-        prc = pg__env_start(c, &wr, w->req, sizeof(w->req), NULL, idem, PROD__IDEM_LEN);
-    if (prc == NU_OK) {
-        pg_msg_put_device_event(&wr, kind, &rep);
-        prc = wr.err;
+    int prc = pg__report_env(c, &wr, w->req, sizeof(w->req), &rep);
+    /* An offline chip's report goes with its certificate in the lease
+     * journal (uploaded, then confirmed); here it would only hold the socket. */
+    int confirm = prc == NU_OK && (d->sent || d->r->already_done) && !d->offline;
+    if (d->offline && d->lease_k) {
+        int lrc = pg__lease_outcome(c, d->w, d->lease_k, &rep);
+        if (lrc != NU_OK)
+            pg__log(c, PG_LOG_WARN, "socket %u: outcome of %s not journaled: %s", d->s,
+                    w->uid_hex, nu_err_name(lrc));
+        prc = prc == NU_OK ? pg__report_env(c, &wr, w->req, sizeof(w->req), &rep) : prc;
     }
-    int confirm = prc == NU_OK && (d->sent || d->r->already_done);
     if (confirm && (prc = prod__journal_put(c, d->s, w->req, wr.len)) != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(prc));
     if (prc == NU_OK && !d->r->already_done)
@@ -814,14 +892,18 @@ static void prod__finish(struct prod__dev *d, int rc, uint64_t t0)
 }
 
 /* Reports an earlier run left in the journal: socket s's slot, and socket
- * 0 also takes the slots of sockets this run does not have. */
-static void prod__journal_due(struct pg_core *c, unsigned sock)
+ * 0 also takes the slots of sockets this run does not have. Under an
+ * offline lease with the cloud away they wait (the socket goes on), unless
+ * `hold`: a new report needs the slot. */
+static void prod__journal_due(struct pg_core *c, unsigned sock, int hold)
 {
+    if (!hold && atomic_load(&c->cloud_lost_s) && pg__lease_usable(c))
+        return;
     if (!atomic_exchange(&c->sock[sock].journal_due, 0))
         return;
     struct pg_result scratch;
     memset(&scratch, 0, sizeof(scratch));
-    struct prod__dev d = {.c = c, .s = sock, .w = &c->work.sock[sock], .r = &scratch};
+    struct prod__dev d = {.c = c, .s = sock, .w = &c->work.sock[sock], .r = &scratch, .hold = hold};
     prod__journal_replay(&d, sock);
     for (unsigned slot = c->n_sockets; sock == 0 && slot < PG_MAX_SOCKETS; slot++)
         prod__journal_replay(&d, slot);
@@ -835,7 +917,8 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     memset(out, 0, sizeof(*out));
     if (!atomic_load(&c->producing))
         return NU_ERR_STATE;
-    prod__journal_due(c, sock);
+    prod__journal_due(c, sock, 0);
+    pg__lease_worker(c, sock, &c->work.sock[sock]);
     /* No new chip while the cloud is unreachable (issue 15). */
     int grc = pg__link_gate(c, sock);
     if (grc == NU_ERR_EXPIRED)
@@ -891,6 +974,7 @@ int pg_core_production_begin(struct pg_core *c)
         return rc;
     if (counter >= c->job.limit && !pg_core_units_kept(c))
         return NU_ERR_LIMIT;
+    pg__lease_begin(c);
     atomic_store(&c->stop, PG_STOP_NONE);
     atomic_store(&c->holds, 0u);
     atomic_store(&c->reports_sent, 0u);
@@ -935,6 +1019,7 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
                     (unsigned)counter, (unsigned)c->job.limit);
     }
     atomic_store(&c->producing, 0);
+    pg__lease_end(c, finished);
     memset(&c->work, 0, sizeof(c->work));
     pg_core_status_publish(c, PG_PROG_IDLE);
     return (enum pg_stop)stop;

@@ -593,6 +593,61 @@ int tsim_write_boot_key(struct tsim *t, const uint8_t pub[65])
     return tsim__commit_if_changed(t, &nv);
 }
 
+/* Length of the DER element at der[0..len) (tag, length, content), 0 if malformed. */
+static size_t tsim__der_len(const uint8_t *der, size_t len)
+{
+    if (len < 2 || der[0] != 0x30)
+        return 0;
+    size_t n = der[1], hdr = 2;
+    if (n & 0x80) {
+        size_t k = n & 0x7f;
+        if (k == 0 || k > 3 || len < 2 + k)
+            return 0;
+        n = 0;
+        for (size_t i = 0; i < k; i++)
+            n = n << 8 | der[2 + i];
+        hdr += k;
+    }
+    return hdr + n <= len ? hdr + n : 0;
+}
+
+/* A certificate, or a chain of them back to back (leaf first: what an
+ * offline-lease chip gets, issue 15), as one PEM file. */
+static int tsim__chain_pem(const uint8_t *der, size_t len, char **out, size_t *out_len)
+{
+    char *all = NULL;
+    size_t all_len = 0;
+    int rc = NU_OK;
+    for (size_t off = 0; !rc && off < len;) {
+        size_t one = tsim__der_len(der + off, len - off);
+        if (one == 0 || (off == 0 && one == len)) { /* one certificate (or not DER): as given */
+            free(all);
+            return nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, out, out_len);
+        }
+        char *pem = NULL;
+        size_t pem_len = 0;
+        rc = nu_x509_der_to_pem(der + off, one, NU_X509_PEM_CERT, &pem, &pem_len);
+        char *grown = rc ? NULL : realloc(all, all_len + pem_len + 1);
+        if (!rc && !grown)
+            rc = NU_ERR_NOMEM;
+        if (!rc) {
+            all = grown;
+            memcpy(all + all_len, pem, pem_len);
+            all_len += pem_len;
+            all[all_len] = '\0';
+        }
+        free(pem);
+        off += one;
+    }
+    if (rc) {
+        free(all);
+        return rc;
+    }
+    *out = all;
+    *out_len = all_len;
+    return NU_OK;
+}
+
 int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
 {
     if (!t || !der || !len)
@@ -605,7 +660,7 @@ int tsim_write_cert(struct tsim *t, const uint8_t *der, size_t len)
         return NU_ERR_TOO_LARGE;
     char *pem = NULL;
     size_t pem_len = 0;
-    rc = nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, &pem, &pem_len);
+    rc = tsim__chain_pem(der, len, &pem, &pem_len);
     if (!rc)
         rc = tsim__commit_if_changed(t, &nv);
     if (!rc)

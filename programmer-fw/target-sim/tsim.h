@@ -196,8 +196,10 @@ int tsim_read_pubkey(const struct tsim *t, uint8_t out_pub[65]);
  * TOO_LARGE (offset + len > TSIM_IMAGE_MAX), STATE, TARGET, IO.
  * tsim_write_boot_key: errors INVALID_ARG, DECODE (not a valid P-256 point),
  * STATE, TARGET, IO.
- * tsim_write_cert: the DER is stored as given (cert.pem); the chip does not
- * judge it. Errors: INVALID_ARG (NULL, len 0), TOO_LARGE (> TSIM_CERT_MAX),
+ * tsim_write_cert: the DER is stored as given (cert.pem); several DER
+ * certificates back to back (leaf first, then its issuers: an offline-lease
+ * chip's chain) are stored as one PEM file in that order (tsim_read_cert
+ * reads the first). The chip does not judge it. Errors: INVALID_ARG (NULL, len 0), TOO_LARGE (> TSIM_CERT_MAX),
  * STATE, TARGET, IO, NOMEM. */
 int tsim_flash_write(struct tsim *t, uint32_t offset, const uint8_t *data, size_t len);
 int tsim_write_boot_key(struct tsim *t, const uint8_t pub[65]);

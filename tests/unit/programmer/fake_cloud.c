@@ -32,7 +32,9 @@ static int fc__issue(const struct nu_signer *s, const uint8_t *issuer_der, size_
         .not_before = now - 3600,
         .not_after = now + 86400 * 365,
         .is_ca = is_ca,
-        .path_len = is_ca && issuer_der ? 0 : -1, /* the root: unconstrained */
+        /* the root: unconstrained; the Device CA: 1, as `nusec pki init`
+         * makes it (a lease's line CA under it, issue 15); the Fleet CA: 0 */
+        .path_len = !is_ca || !issuer_der ? -1 : cn && strstr(cn, "Device") ? 1 : 0,
         .key_usage =
             is_ca ? NU_X509_KU_KEY_CERT_SIGN | NU_X509_KU_CRL_SIGN : NU_X509_KU_DIGITAL_SIGNATURE,
         .ext_key_usage = is_ca ? 0 : NU_X509_EKU_CLIENT_AUTH,
@@ -182,6 +184,7 @@ void fc_free(struct fake_cloud *fc)
     free(fc->root_der);
     free(fc->fleet_der);
     free(fc->devca_der);
+    free(fc->lease_der);
     free(fc->image);
     free(fc->last_resp);
     nu_p256_key_destroy(fc->forge_key);
@@ -597,6 +600,106 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     return fc__answer(req, &r.base, resp, cap, out_len);
 }
 
+/* ---- offline lease ------------------------------------------------------------------- */
+
+static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                           size_t cap, size_t *out_len)
+{
+    const Nusec__V1__LeaseGrantRequest *q = req->lease_grant_request;
+    struct nu_x509_csr_info info;
+    if (!fc->lease_units || strcmp(q->job_id, fc->job_id))
+        return fc__error(req, NU_ERR_NOT_AUTHORIZED, "lease.grant", resp, cap, out_len);
+    if (nu_x509_csr_parse_verify(q->line_ca_csr_der.data, q->line_ca_csr_der.len, &info))
+        return fc__error(req, NU_ERR_BAD_CSR, "lease.grant", resp, cap, out_len);
+    if (fc->lease_id[0] && !fc->lease_any_key && memcmp(fc->lease_pub, info.pub, 65) != 0)
+        return fc__error(req, NU_ERR_STATE, "lease.grant", resp, cap, out_len);
+    uint64_t now = nu_time_ms(), hours = fc->lease_hours ? fc->lease_hours : 2;
+    if (!fc->lease_id[0]) {
+        uint8_t rnd[8];
+        nu_random(rnd, sizeof(rnd));
+        strcpy(fc->lease_id, "lease-");
+        nu_hex_encode(rnd, sizeof(rnd), fc->lease_id + 6, sizeof(fc->lease_id) - 6);
+        memcpy(fc->lease_pub, info.pub, 65);
+        free(fc->lease_der);
+        fc->lease_der = NULL;
+        struct nu_x509_issue_req ir = {
+            .cn = info.cn,
+            .ou = fc->job_id,
+            .o = "NuSEC",
+            .not_before = (int64_t)(now / 1000u),
+            .not_after = (int64_t)(now / 1000u + hours * 3600u),
+            .is_ca = 1,
+            .path_len = 0,
+            .key_usage = NU_X509_KU_KEY_CERT_SIGN,
+        };
+        memcpy(ir.pub, info.pub, 65);
+        int rc = nu_x509_issue(&ir, &fc->devca_s, fc->devca_der, fc->devca_len, &fc->lease_der,
+                               &fc->lease_len);
+        if (rc != NU_OK)
+            return rc;
+        fc->leases_granted++;
+    }
+    Nusec__V1__LeaseGrant g = NUSEC__V1__LEASE_GRANT__INIT;
+    g.lease_id = fc->lease_id;
+    g.job_id = fc->job_id;
+    g.units = fc->lease_units;
+    g.not_before_ms = now;
+    g.not_after_ms = now + hours * 3600000u;
+    g.line_ca_cert_der.data = fc->lease_der;
+    g.line_ca_cert_der.len = fc->lease_len;
+    return fc__answer(req, &g.base, resp, cap, out_len);
+}
+
+/* One uploaded certificate: through the line CA to the root, counter new
+ * and within the units, serial new. 0 recorded, 1 known, -1 refused. */
+static int fc__lease_one(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it)
+{
+    struct nu_x509_der mid[2] = {{fc->lease_der, fc->lease_len}, {fc->devca_der, fc->devca_len}};
+    struct nu_x509_cert_info ci;
+    if (nu_x509_verify_chain(it->certificate_der.data, it->certificate_der.len, mid, 2,
+                             fc->root_der, fc->root_len) != NU_OK ||
+        nu_x509_cert_info(it->certificate_der.data, it->certificate_der.len, &ci) != NU_OK)
+        return -1;
+    for (unsigned i = 0; i < fc->lease_recorded; i++) {
+        if (!strcmp(fc->lease_serials[i], ci.serial_hex))
+            return fc->lease_counters[i] == it->counter ? 1 : -1;
+        if (fc->lease_counters[i] == it->counter)
+            return -1; /* a counter value used twice */
+    }
+    if (!it->counter || it->counter > fc->lease_units || fc->lease_recorded == FC_MAX_IDEM)
+        return -1;
+    fc->lease_counters[fc->lease_recorded] = it->counter;
+    snprintf(fc->lease_serials[fc->lease_recorded++], 41, "%s", ci.serial_hex);
+    return 0;
+}
+
+static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
+                            size_t cap, size_t *out_len)
+{
+    const Nusec__V1__LeaseUploadRequest *q = req->lease_upload_request;
+    Nusec__V1__LeaseUploadResponse r = NUSEC__V1__LEASE_UPLOAD_RESPONSE__INIT;
+    fc->lease_uploads++;
+    if (!fc->lease_id[0] || strcmp(q->lease_id, fc->lease_id))
+        return fc__error(req, NU_ERR_LEASE_UNKNOWN, "lease.upload", resp, cap, out_len);
+    for (size_t i = 0; i < q->n_issued; i++) {
+        int v = fc__lease_one(fc, q->issued[i]);
+        v == 0 ? r.recorded++ : v == 1 ? r.known++ : r.refused++;
+    }
+    fc->lease_known += r.known;
+    fc->lease_refused += r.refused;
+    r.lease_id = fc->lease_id;
+    r.used = fc->lease_recorded;
+    r.units = fc->lease_units;
+    if (q->final) {
+        r.returned = 1;
+        fc->leases_returned++;
+    }
+    int rc = fc__answer(req, &r.base, resp, cap, out_len);
+    if (q->final)
+        fc->lease_id[0] = '\0'; /* its records stay: the next lease starts afresh */
+    return rc;
+}
+
 /* ---- transport ops ------------------------------------------------------------------ */
 
 static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t len,
@@ -613,6 +716,14 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_DECODE;
     } else if (strncmp(topic, "nusec/v1/cloud/req/", 19) || !op) {
         rc = NU_ERR_NOT_FOUND;
+    } else if (fc->link_down) {
+        rc = fc__trouble(fc, NU_ERR_CONNECTION);
+    } else if (!strcmp(op, "/lease.grant") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_LEASE_GRANT_REQUEST) {
+        rc = fc__lease_grant(fc, env, resp, cap, out_len);
+    } else if (!strcmp(op, "/lease.upload") &&
+               env->body_case == NUSEC__V1__ENVELOPE__BODY_LEASE_UPLOAD_REQUEST) {
+        rc = fc__lease_upload(fc, env, resp, cap, out_len);
     } else if (!strcmp(op, "/enroll.challenge") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST) {
         rc = fc__challenge(fc, env, resp, cap, out_len);
@@ -719,6 +830,12 @@ static int fc__publish(void *ctx, const char *topic, const uint8_t *p, size_t le
             fc->provisioned++;
         else
             fc->failed++;
+    } else if (env->body_case == NUSEC__V1__ENVELOPE__BODY_EVENT &&
+               env->event->data_case == NUSEC__V1__EVENT__DATA__NOT_SET &&
+               !strcmp(strrchr(topic, '/') + 1, env->event->kind) && fc->n_events < FC_MAX_EVENTS) {
+        struct fc_event *e = &fc->events[fc->n_events++]; /* lease.refused (issue 15) */
+        snprintf(e->kind, sizeof(e->kind), "%s", env->event->kind);
+        e->code = (int)env->event->code;
     } else {
         fc->bad_messages++;
     }

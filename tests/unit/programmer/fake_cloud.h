@@ -113,6 +113,20 @@ struct fake_cloud {
     int bad_messages; /* envelopes from the core that nu_envelope_unpack refused */
     pg_msg_cb cmd_cb;
     void *cmd_ctx;
+    /* offline lease (issue 15): lease.grant answers NOT_AUTHORIZED while
+     * lease_units is 0; one lease at a time, the same one for the same key */
+    int link_down;          /* every request: CONNECTION (the WAN is cut) */
+    uint32_t lease_units;   /* units per lease */
+    uint32_t lease_hours;   /* validity (0: 2 h) */
+    char lease_id[41];      /* the lease out, "" when none */
+    uint8_t lease_pub[65];  /* its line-CA key */
+    int lease_any_key;      /* answer the lease out whatever key asks (a forged grant) */
+    uint8_t *lease_der;     /* its certificate */
+    size_t lease_len;
+    unsigned leases_granted, leases_returned, lease_uploads;
+    unsigned lease_recorded, lease_known, lease_refused;
+    uint32_t lease_counters[FC_MAX_IDEM]; /* recorded: counter of each */
+    char lease_serials[FC_MAX_IDEM][41];
 };
 
 /* Make the PKI, a signed image of image_len payload bytes, job `job_id`. */

@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Issue 15 part 2 on the real stack: a job with --offline-lease N, the cloud
+# agent's link cut mid-production (TCP relay, tests/tools/tcp_relay.py, as in
+# test_wan_cut.sh), production goes on under the lease up to N certificates
+# per programmer and then pauses; prog-2 is SIGKILLed mid-lease and started
+# again (still cut); the link comes back and the programmers upload what
+# they issued.
+#
+# Checks, from the outside: a lease granted per programmer before the cut;
+# chips locked while cut; per lease at most N offline certificates, counters
+# never reused; every offline chip's certificate passes `openssl verify`
+# against Root -> Device CA (the PKI's) -> the line CA the ledger granted;
+# the chip holds the chain; every locked chip's certificate in the ledger
+# once, the offline ones with their lease (lease_certs, lease.recorded);
+# no lease.incident; certificates <= quota; the kill wasted at most one
+# lease counter value (the KeyStore's reservation); audit verify passes.
+# Prints `name value` lines (offline and online rates of the run, upload).
+#
+# usage: test_lease_offline.sh BIN_DIR [LEASE FLASH_US_PER_KIB DEVICES]
+#   (default 5 30000 28; ./build.sh bench runs a bigger lease, faster flash)
+set -uo pipefail
+BIN=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+RELAY=$HERE/../../tools/tcp_relay.py
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-lease-XXXXXX")
+DIR=$TMP/state
+LEASE=${2:-5} FLASH=${3:-30000} DEVICES=${4:-28}
+QUOTA=$((DEVICES + 12))
+passed=0 failed=0
+check() { # check NAME COMMAND...
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1)); echo "ok   $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name"
+    fi
+}
+nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
+relay_pid=
+cleanup() {
+    [[ -n $relay_pid ]] && kill "$relay_pid" 2>/dev/null
+    nusec stack down >/dev/null 2>&1 || true
+    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+mkdir -p "$DIR"
+now_ms() { date +%s%3N; }
+q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
+
+# ~2 s of simulated flash per chip: the cut lands mid-production.
+STACK=(--programmers 2 --sockets 2 --devices $DEVICES --flash-us-per-kib $FLASH)
+nusec stack up "${STACK[@]}" >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
+# The cloud agent again, through the relay (see test_wan_cut.sh).
+endpoint=$(cat "$DIR/broker/endpoint")
+python3 "$RELAY" --target "$endpoint" --port-file "$TMP/relay.port" 2>"$TMP/relay.log" &
+relay_pid=$!
+for _ in $(seq 50); do [[ -s $TMP/relay.port ]] && break; sleep 0.1; done
+kill "$(cat "$DIR/run/cloud.pid")"
+for _ in $(seq 100); do kill -0 "$(cat "$DIR/run/cloud.pid")" 2>/dev/null || break; sleep 0.1; done
+cp "$DIR/broker/endpoint" "$TMP/endpoint.direct"
+echo "127.0.0.1:$(cat "$TMP/relay.port")" >"$DIR/broker/endpoint"
+nusec stack up "${STACK[@]}" >"$TMP/up-relay.log" 2>&1
+up_rc=$?
+cp "$TMP/endpoint.direct" "$DIR/broker/endpoint"
+((up_rc == 0)) || { cat "$TMP/up-relay.log"; echo "FAIL cloud behind the relay"; exit 1; }
+
+head -c 65536 /dev/urandom >"$TMP/app.bin"
+nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
+    { cat "$TMP/sign.log"; echo "FAIL firmware sign"; exit 1; }
+JOB=$(nusec job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 \
+    --programmer prog-2 --expires 1h --offline-lease $LEASE --lease-hours 1 --out "$TMP/pk" \
+    2>"$TMP/create.err" | tail -n 1 | cut -d' ' -f1)
+[[ $JOB == job-* ]] || { cat "$TMP/create.err"; echo "FAIL job create"; exit 1; }
+nusec package import "$TMP"/pk/*.nspkg >/dev/null || { echo "FAIL package import"; exit 1; }
+certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
+wait_certs() { # wait_certs N SECONDS
+    for _ in $(seq $(($2 * 10))); do
+        [[ $(certs) -ge $1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+wait_for() { # wait_for SECONDS COMMAND...: until it succeeds
+    local n=$(($1 * 10))
+    shift
+    for _ in $(seq $n); do "$@" && return 0; sleep 0.1; done
+    return 1
+}
+offline() { cat "$DIR"/logs/prog-"$1"*.log 2>/dev/null | grep -c 'issued offline'; }
+locked() { grep -l '^state=locked$' "$DIR"/targets/*/state 2>/dev/null | wc -l; }
+touched() { grep -L '^state=blank$' "$DIR"/targets/*/state 2>/dev/null | sort; }
+leases_active() { [[ $(q "SELECT COUNT(*) FROM leases WHERE job_id='$JOB' AND state='active'") -eq 2 ]]; }
+
+T0=$(now_ms)
+nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.log"; exit 1; }
+check "each programmer holds a lease of $LEASE units before the cut" wait_for 60 leases_active
+check "4 certificates online before the cut" wait_certs 4 120
+T_ON=$(now_ms) N_ON=$(certs)
+
+kill -USR1 "$relay_pid"
+T_CUT=$(now_ms) L_CUT=$(locked)
+# prog-2 is killed once it issued one offline, and started again (still cut).
+prog2_offline() { [[ $(offline 2) -ge 1 ]]; }
+kill_prog2() {
+    wait_for 90 prog2_offline || return 1
+    sleep 0.5 # into its next chips
+    kill -9 "$(cat "$DIR/run/prog-2.pid")"
+    sleep 1
+    # As `nusec stack up` starts it (which waits for a healthy cloud: not now).
+    "$BIN/nusec-programmer" --dir "$DIR" --name prog-2 --sockets 2 --devices $((DEVICES / 2)) \
+        --flash-us-per-kib "$FLASH" >>"$DIR/logs/prog-2.log" 2>&1 &
+    echo $! >"$DIR/run/prog-2.pid"
+    sleep 2
+    kill -0 "$(cat "$DIR/run/prog-2.pid")" || return 1
+    # The station starts it again on the job (as after any programmer restart).
+    nusec production start --job "$JOB" >"$TMP/start2.log" 2>&1
+}
+check "prog-2 SIGKILLed mid-lease and started again, while cut" kill_prog2
+both_used() { [[ $(offline 1) -ge $LEASE && $(offline 2) -ge $((LEASE - 1)) ]]; }
+check "production went on while cut: both leases used" wait_for 120 both_used
+T_OFF=$(now_ms) N_OFF=$(($(offline 1) + $(offline 2)))
+sleep 3 # chips in flight finish
+before=$(touched)
+sleep 4
+check "the line pauses at N: no chip started for 4 s" test "$before" == "$(touched)"
+check "chips locked while cut ($(($(locked) - L_CUT)))" test $(($(locked) - L_CUT)) -ge $LEASE
+check "prog-1 issued exactly $LEASE offline ($(offline 1))" test "$(offline 1)" -eq $LEASE
+check "prog-2 issued at most $LEASE offline ($(offline 2))" test "$(offline 2)" -le $LEASE
+
+kill -USR2 "$relay_pid"
+T_UP=$(now_ms)
+recorded() { q "SELECT COUNT(*) FROM lease_certs c JOIN leases l USING (lease_id) WHERE l.job_id='$JOB'"; }
+all_up() { [[ $(recorded) -eq $(($(offline 1) + $(offline 2))) ]]; }
+check "every offline certificate uploaded and recorded" wait_for 90 all_up
+T_REC=$(now_ms)
+half_done() { grep -h '^state=' "$DIR"/targets/*/state | grep -vc '^state=\(locked\|blank\)$'; }
+done_ok() {
+    local last=-1 same=0 n
+    for _ in $(seq 900); do
+        n=$(certs)
+        if [[ $n -eq $last ]]; then same=$((same + 1)); else same=0; last=$n; fi
+        if [[ $same -ge 40 && $(half_done) -eq 0 &&
+              $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned'") \
+              -eq 0 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+check "line completes after the restore: nothing half done, all reported" done_ok
+T1=$(now_ms)
+
+issued=$(certs)
+n_off=$(recorded)
+check "certificates <= quota ($issued of $QUOTA)" test "$issued" -le $QUOTA
+check "no duplicate UID" \
+    test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
+check "no lease.incident" test "$(q "SELECT COUNT(*) FROM audit_events WHERE kind='lease.incident'")" -eq 0
+check "lease.recorded once per offline certificate ($n_off)" \
+    test "$(q "SELECT COUNT(*) FROM audit_events WHERE kind='lease.recorded' AND job_id='$JOB'")" -eq "$n_off"
+over() { q "SELECT COUNT(*) FROM leases l WHERE job_id='$JOB' AND (SELECT COUNT(*) FROM lease_certs c WHERE c.lease_id=l.lease_id) > l.units"; }
+check "no lease beyond its units" test "$(over)" -eq 0
+check "no lease counter used twice" \
+    test "$(q "SELECT COUNT(*) FROM (SELECT lease_id, counter FROM lease_certs GROUP BY 1, 2 HAVING COUNT(*) > 1)")" -eq 0
+# The kill: prog-2's highest counter value minus its certificates is what it wasted.
+p2_max=$(cat "$DIR"/logs/prog-2*.log | grep -o 'certificate [0-9]* of' | awk '{print $2}' | sort -n | tail -n 1)
+p2_rec=$(q "SELECT COUNT(*) FROM lease_certs c JOIN leases l USING (lease_id) WHERE l.programmer_id='prog-2' AND l.job_id='$JOB'")
+check "the kill wasted at most one lease unit ($((${p2_max:-0} - p2_rec)))" \
+    test $((${p2_max:-0} - p2_rec)) -le 1
+
+# Outside verification of every offline chip: its certificate, through the
+# line CA the ledger granted and the PKI's Device CA, to the Root.
+declare -A serial_known=() serial_lease=()
+while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
+while read -r s; do serial_lease[${s^^}]=1; done < <(q "SELECT serial FROM lease_certs")
+mkdir -p "$TMP/line"
+while IFS='|' read -r id hex; do
+    echo "$hex" | xxd -r -p | openssl x509 -inform DER -out "$TMP/line/$id.pem" 2>/dev/null
+done < <(q "SELECT lease_id, hex(cert_der) FROM leases WHERE job_id='$JOB'")
+lost=0 bad=0 nchain=0 n_locked=0 n_offchips=0
+for t in "$DIR"/targets/*/; do
+    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
+    n_locked=$((n_locked + 1))
+    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
+    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
+    [[ -n "$s" && -n "${serial_lease[${s^^}]:-}" ]] || continue
+    n_offchips=$((n_offchips + 1))
+    [[ $(grep -c 'BEGIN CERTIFICATE' "$t/cert.pem") -eq 3 ]] && nchain=$((nchain + 1))
+    ok=0
+    for l in "$TMP"/line/*.pem; do
+        cat "$DIR/pki/device-ca.pem" "$l" >"$TMP/untrusted.pem"
+        openssl verify -CAfile "$DIR/pki/root-ca.pem" -untrusted "$TMP/untrusted.pem" \
+            "$t/cert.pem" >/dev/null 2>&1 && ok=1 && break
+    done
+    ((ok)) || bad=$((bad + 1))
+done
+check "every locked chip's certificate in the ledger ($n_locked locked)" test "$lost" -eq 0
+check "offline chips = offline certificates ($n_offchips)" test "$n_offchips" -eq "$n_off"
+check "offline certificates pass openssl verify Root -> Device CA -> line CA" test "$bad" -eq 0
+check "offline chips hold the chain (leaf, line CA, Device CA)" test "$nchain" -eq "$n_offchips"
+audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
+check "audit verify passes" audit_ok
+
+rate() { python3 -c "print(f'{$1 / max(($2) / 1000, 0.001):.2f}')"; }
+# One programmer (prog-1, not killed), same run: certificates per second
+# while it issued offline (first to last, from its log) and online after
+# the restore (first to last in the ledger, its offline ones left out).
+prog1_offline=$(grep 'issued offline' "$DIR/logs/prog-1.log" | cut -c1-23 | python3 -c '
+import sys, datetime
+t = [datetime.datetime.fromisoformat(l.strip()).timestamp() for l in sys.stdin if l.strip()]
+print(f"{(len(t) - 1) / (t[-1] - t[0]):.2f}" if len(t) > 1 and t[-1] > t[0] else "null")')
+prog1_online=$(q "SELECT issued_at_ms FROM certificates WHERE job_id='$JOB' AND programmer_id='prog-1'
+    AND issued_at_ms > $T_UP AND serial NOT IN (SELECT serial FROM lease_certs) ORDER BY 1" | python3 -c '
+import sys
+t = [int(l) for l in sys.stdin if l.strip()]
+print(f"{(len(t) - 1) * 1000 / (t[-1] - t[0]):.2f}" if len(t) > 1 and t[-1] > t[0] else "null")')
+echo "devices $DEVICES"
+echo "lease_units_per_programmer $LEASE"
+echo "certificates $issued"
+echo "offline_certificates $n_off"
+echo "online_rate_before_cut_per_s $(rate "$N_ON" "$T_ON - $T0")"
+echo "offline_rate_while_cut_per_s $(rate "$N_OFF" "$T_OFF - $T_CUT")"
+echo "lease_prog_offline_cert_per_s $prog1_offline"
+echo "lease_prog_online_cert_per_s $prog1_online"
+echo "upload_seconds_after_restore $(python3 -c "print(f'{($T_REC - $T_UP) / 1000:.1f}')")"
+echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
+if [[ $failed -ne 0 ]]; then
+    for f in "$DIR"/logs/prog-*.log "$DIR"/logs/cloud.log; do echo "== $f"; grep -v " info: " "$f" | tail -n 15; done
+fi
+echo "passed $passed failed $failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,380 @@
+/*
+ * The programmer's side of the offline lease (issue 15 part 2), on the
+ * bench: POSIX KeyStore (line-CA key, lease counter, sealed journal), flash,
+ * crypto, simulated targets, the fake cloud behind the transport HAL (its
+ * lease.grant / lease.upload check what the real cloud checks: chain
+ * through the line CA, counter within the units and never twice, serial
+ * once). Asserted: what the OEM, the ledger or an attacker would see.
+ */
+#include "rig.h"
+
+#include "nu_crypto.h"
+#include "nu_test.h"
+#include "nu_util.h"
+#include "nu_x509.h"
+#include "pp_keystore.h"
+#include "pp_port.h"
+#include "tsim.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/ecc.h>
+
+static struct rig R;
+
+#define RIG_UP(name, sockets)                                                                      \
+    do {                                                                                           \
+        CU_ASSERT_EQUAL_FATAL(rig_setup(&R, name, sockets), NU_OK);                                \
+        CU_ASSERT_EQUAL_FATAL(rig_enroll(&R), NU_OK);                                              \
+    } while (0)
+
+static void load_package(uint32_t limit)
+{
+    uint8_t *pkg = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL_FATAL(rig_package(&R, limit, &pkg, &len), NU_OK);
+    CU_ASSERT_EQUAL(pg_core_package_load(R.core, pkg, len), NU_OK);
+    free(pkg);
+}
+
+/* ---- a KeyStore whose journal writes fail (power lost right there) ---------------- */
+
+static struct pg_keystore_ops faulty_ks;
+static int fail_journal;
+
+static int faulty_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
+{
+    if (fail_journal && len && !strncmp(name, "lease.j/", 8))
+        return NU_ERR_IO;
+    return pp_ks_ops.blob_put(ctx, name, data, len);
+}
+
+static void use_faulty_keystore(void)
+{
+    faulty_ks = pp_ks_ops;
+    faulty_ks.blob_put = faulty_blob_put;
+    R.hal.ks = &faulty_ks; /* the core holds &R.hal */
+}
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static uint32_t lease_counter(void)
+{
+    char name[96];
+    uint32_t v = 0;
+    snprintf(name, sizeof(name), "lease/%s", R.fc.lease_id);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, name, &v), NU_OK);
+    return v;
+}
+
+static int journal_has(uint32_t k)
+{
+    char name[96];
+    uint8_t buf[2048];
+    size_t len = 0;
+    snprintf(name, sizeof(name), "lease.j/%s/%u", R.fc.lease_id, (unsigned)k);
+    return pp_ks_ops.blob_get(R.ks, name, buf, sizeof(buf), &len) == NU_OK;
+}
+
+struct worker {
+    unsigned sock;
+    pthread_t tid;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct pg_result res;
+    while (pg_socket_run(R.core, w->sock, &res) == NU_OK) {
+    }
+    wc_ecc_fp_free();
+    return NULL;
+}
+
+/* Chips whose certificate is a chain: leaf, line CA, Device CA, verifying
+ * to the root (offline), and chips whose certificate verifies through the
+ * Device CA alone (online). Each names its chip and holds its key. */
+struct census {
+    unsigned locked, offline, online;
+};
+
+static int chip_cert(const char *dir, struct tsim *t, int *offline)
+{
+    char path[1024];
+    uint8_t *pem = NULL, *der[3] = {NULL}, pub[65];
+    size_t pem_len = 0, len[3] = {0}, n = 0;
+    struct nu_x509_cert_info info;
+    snprintf(path, sizeof(path), "%s/cert.pem", dir);
+    int rc = nu_file_read(path, 65536, &pem, &pem_len);
+    for (const char *p = (char *)pem; rc == NU_OK && n < 3 && (p = strstr(p, "-----BEGIN"));
+         p += 10) {
+        rc = nu_x509_pem_to_der(p, pem_len - (size_t)(p - (char *)pem), NU_X509_PEM_CERT, &der[n],
+                                &len[n], NULL);
+        n++;
+    }
+    if (rc == NU_OK && n == 3) {
+        struct nu_x509_der mid[2] = {{der[1], len[1]}, {der[2], len[2]}};
+        struct nu_x509_der dev = {R.fc.devca_der, R.fc.devca_len};
+        rc = nu_x509_verify_chain(der[0], len[0], mid, 2, R.fc.root_der, R.fc.root_len);
+        if (rc == NU_OK && (len[2] != dev.len || memcmp(der[2], dev.der, dev.len) != 0))
+            rc = NU_ERR_BAD_CERT; /* the chip's Device CA is the real one */
+        *offline = 1;
+    } else if (rc == NU_OK && n == 1) {
+        struct nu_x509_der mid = {R.fc.devca_der, R.fc.devca_len};
+        rc = nu_x509_verify_chain(der[0], len[0], &mid, 1, R.fc.root_der, R.fc.root_len);
+        *offline = 0;
+    } else if (rc == NU_OK) {
+        rc = NU_ERR_BAD_CERT;
+    }
+    if (rc == NU_OK)
+        rc = nu_x509_cert_info(der[0], len[0], &info);
+    if (rc == NU_OK)
+        rc = tsim_read_pubkey(t, pub);
+    if (rc == NU_OK && (memcmp(pub, info.pub, 65) || strcmp(info.cn, strrchr(dir, '/') + 1)))
+        rc = NU_ERR_BAD_CERT;
+    free(pem);
+    for (int i = 0; i < 3; i++)
+        free(der[i]);
+    return rc;
+}
+
+static void census(struct census *out)
+{
+    memset(out, 0, sizeof(*out));
+    DIR *d = opendir(R.targets);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        uint8_t uid[TSIM_UID_LEN];
+        size_t n = 0;
+        struct tsim *t = NULL;
+        enum tsim_state st;
+        char dir[1024];
+        int offline = 0;
+        if (strlen(e->d_name) != 32 || nu_hex_decode(e->d_name, uid, sizeof(uid), &n) != NU_OK ||
+            tsim_open(R.targets, uid, NULL, &t) != NU_OK)
+            continue;
+        snprintf(dir, sizeof(dir), "%s/%s", R.targets, e->d_name);
+        if (tsim_get_state(t, &st) == NU_OK && st == TSIM_LOCKED) {
+            out->locked++;
+            if (chip_cert(dir, t, &offline) == NU_OK)
+                offline ? out->offline++ : out->online++;
+        }
+        tsim_destroy(t);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* ---- cases --------------------------------------------------------------------- */
+
+static void test_no_lease_when_the_job_allows_none(void)
+{
+    RIG_UP("prog-nolease", 1);
+    load_package(10);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.units, 0);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 0);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    rig_teardown(&R);
+}
+
+/*
+ * The WAN is cut mid-production: the sockets go on under the lease up to its
+ * units and no further (then they wait for the cloud, the chip held); when
+ * the link is back the held chips finish online and the journal goes up.
+ */
+static void test_offline_up_to_n_then_upload(void)
+{
+    RIG_UP("prog-lease", 2);
+    R.fc.lease_units = 4;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 10, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 1);
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL_FATAL(lc.units, 4);
+
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION); /* the port saw the bridge go */
+    struct worker w[2] = {{.sock = 0}, {.sock = 1}};
+    for (int i = 0; i < 2; i++)
+        pthread_create(&w[i].tid, NULL, worker_main, &w[i]);
+    /* Wait (bounded) until the lease is used up and both sockets wait. */
+    for (int i = 0; i < 600; i++) {
+        pg_core_lease_counts(R.core, &lc);
+        if (lc.issued >= 4)
+            break;
+        usleep(50 * 1000);
+    }
+    usleep(300 * 1000); /* a fifth would come now if it could */
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.issued, 4); /* N, not one more */
+    CU_ASSERT_EQUAL(lc.pending, 4);
+    CU_ASSERT_EQUAL(lease_counter(), 4);
+    CU_ASSERT_EQUAL(R.fc.issued, 0);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    for (int i = 0; i < 2; i++)
+        pthread_join(w[i].tid, NULL);
+    CU_ASSERT_EQUAL(pg_core_production_end(R.core), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.pending, 0);
+    CU_ASSERT_EQUAL(lc.uploaded, 4);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 4); /* each once, counters 1..4 */
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    CU_ASSERT_EQUAL(R.fc.issued, 6); /* the rest online */
+    for (uint32_t k = 1; k <= 4; k++)
+        CU_ASSERT(!journal_has(k));
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 10);
+    CU_ASSERT_EQUAL(c.offline, 4); /* leaf + line CA + Device CA, to the root */
+    CU_ASSERT_EQUAL(c.online, 6);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "device.provisioned", 0), 10);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 10); /* offline ones after their upload */
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+
+    /* Next start: the used-up lease goes back and a new one comes. */
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 0, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 2);
+    rig_teardown(&R);
+}
+
+/*
+ * Power lost between the lease counter and the journal: that counter value
+ * is gone (no certificate exists for it), never taken again; the restart
+ * goes on from the next value and stops at N; the upload carries exactly
+ * the journalled certificates, each counter once.
+ */
+static void test_crash_between_counter_and_journal(void)
+{
+    RIG_UP("prog-lease-crash", 1);
+    R.fc.lease_units = 3;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    use_faulty_keystore();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    fail_journal = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT_FALSE(res.provisioned); /* no certificate reached the chip */
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    CU_ASSERT(!journal_has(1));
+    rig_crash(&R); /* no production end: only the KeyStore survives */
+    fail_journal = 0;
+
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    R.fc.link_down = 0; /* the firmware check asks the cloud for the manifest */
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    R.fc.link_down = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    unsigned provisioned = 0;
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+        provisioned += res.provisioned;
+    }
+    CU_ASSERT_EQUAL(provisioned, 2);
+    CU_ASSERT_EQUAL(lease_counter(), 3); /* 1 wasted, 2 and 3 used: N reached */
+    CU_ASSERT(!journal_has(1));
+    CU_ASSERT(journal_has(2));
+    CU_ASSERT(journal_has(3));
+    CU_ASSERT_FALSE(journal_has(4));
+    /* The KeyStore counter itself refuses to pass N. */
+    char name[96];
+    uint32_t v = 0;
+    snprintf(name, sizeof(name), "lease/%s", R.fc.lease_id);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_increment(R.ks, name, 3, &v), NU_ERR_LIMIT);
+    R.fc.stop_after = R.fc.failed_tries + 1; /* the next chip waits: the station stops it */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_ERR_STATE);
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.issued, 2);
+    pg_core_production_end(R.core);
+
+    R.fc.link_down = 0;
+    R.fc.stop_after = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 2);
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    CU_ASSERT((R.fc.lease_counters[0] == 2 && R.fc.lease_counters[1] == 3) ||
+              (R.fc.lease_counters[0] == 3 && R.fc.lease_counters[1] == 2));
+    /* Replayed upload (the answer lost): known, nothing twice. */
+    CU_ASSERT_EQUAL(R.fc.lease_known, 0);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.offline, 2);
+    rig_teardown(&R);
+}
+
+/* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
+ * lease) is refused: no lease, an event, production as without one. */
+static void test_foreign_lease_certificate_refused(void)
+{
+    RIG_UP("prog-lease-foreign", 1);
+    R.fc.lease_units = 3;
+    load_package(10);
+    /* The fake certifies another key than the CSR's: forge the lease out. */
+    struct nu_p256_key *other = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&other), NU_OK);
+    uint8_t pub[65];
+    nu_p256_key_pub(other, pub);
+    nu_p256_key_destroy(other);
+    struct nu_x509_issue_req ir = {
+        .cn = "prog-lease-foreign", .ou = R.fc.job_id, .o = "NuSEC",
+        .not_before = (int64_t)(nu_time_ms() / 1000u) - 60,
+        .not_after = (int64_t)(nu_time_ms() / 1000u) + 3600, .is_ca = 1, .path_len = 0,
+        .key_usage = NU_X509_KU_KEY_CERT_SIGN,
+    };
+    memcpy(ir.pub, pub, 65);
+    CU_ASSERT_EQUAL_FATAL(nu_x509_issue(&ir, &R.fc.devca_s, R.fc.devca_der, R.fc.devca_len,
+                                        &R.fc.lease_der, &R.fc.lease_len),
+                          NU_OK);
+    snprintf(R.fc.lease_id, sizeof(R.fc.lease_id), "lease-00000000000000ff");
+    R.fc.lease_any_key = 1;
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 1, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.units, 0);
+    CU_ASSERT_EQUAL(fc_count_events(&R.fc, "lease.refused", NU_ERR_BAD_CERT), 1);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    rig_teardown(&R);
+}
+
+int main(void)
+{
+    static const struct nu_test_case cases[] = {
+        {"a job without a lease: none asked, production online", test_no_lease_when_the_job_allows_none},
+        {"WAN cut: offline up to N, held after, journal uploaded once on reconnect",
+         test_offline_up_to_n_then_upload},
+        {"crash between counter and journal: never beyond N, no counter reused",
+         test_crash_between_counter_and_journal},
+        {"a foreign line-CA certificate is refused with an event",
+         test_foreign_lease_certificate_refused},
+        {NULL, NULL},
+    };
+    static const struct nu_test_suite suites[] = {{"offline lease (programmer)", NULL, NULL, cases},
+                                                  {NULL}};
+    return nu_test_run("programmer_test_lease", suites);
+}
