@@ -63,26 +63,6 @@ struct enroll__edit {
 };
 
 /*
- * Take the exclusive lock on list `path`'s side file (*out_fd: the caller
- * closes it to release, also on failure when >= 0) and read the list as it
- * is under that lock (absent = empty). Every writer of a list file goes
- * through here, so two agents or workers never lose each other's lines.
- */
-static int enroll__list_lock_read(const char *path, int *out_fd, uint8_t **out, size_t *out_len)
-{
-    char lock[PATH_MAX + 8];
-    *out_fd = -1;
-    int rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
-    if (rc)
-        return rc;
-    *out_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (*out_fd < 0 || flock(*out_fd, LOCK_EX) != 0)
-        return errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
-    rc = nu_file_read(path, ENROLL__LIST_MAX, out, out_len);
-    return rc == NU_ERR_NOT_FOUND ? NU_OK : rc;
-}
-
-/*
  * Rewrite DIR/broker/<kind> atomically under an exclusive lock on a side
  * file, so two agents (or two workers) never lose each other's lines. The
  * plugin reads the file after every change: only well-formed lines may go in.
