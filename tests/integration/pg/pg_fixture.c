@@ -74,40 +74,18 @@ int pg_fixture_psql(struct pg_fixture *f, const char *db, const char *sql)
                       db, f->host, f->port, sql);
 }
 
-static int pg_fixture__name_ok(const char *name)
+int pg_fixture_db(struct pg_fixture *f, const char *name, char *out, size_t cap)
 {
+    char sql[200];
     for (const char *p = name; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return 0;
-    return *name != '\0';
-}
-
-int pg_fixture_db_from(struct pg_fixture *f, const char *name, const char *tpl, char *out,
-                       size_t cap)
-{
-    if (!pg_fixture__name_ok(name) || (tpl && !pg_fixture__name_ok(tpl)))
+            return -1;
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
+    if (pg_fixture_psql(f, "postgres", sql) != 0)
         return -1;
-    /* One psql for both commands (each -c runs on its own, outside a
-     * transaction block, as DROP/CREATE DATABASE need). */
-    if (nu_test_sh("psql -X -q -v ON_ERROR_STOP=1 'postgresql://nusec_owner@/postgres?host=%s&port=%d'"
-                   " -c 'DROP DATABASE IF EXISTS %s WITH (FORCE)' -c 'CREATE DATABASE %s%s%s'"
-                   " >/dev/null",
-                   f->host, f->port, name, name, tpl ? " TEMPLATE " : "", tpl ? tpl : "") != 0)
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    if (pg_fixture_psql(f, "postgres", sql) != 0)
         return -1;
     snprintf(out, cap, "postgresql://nusec_owner@/%s?host=%s&port=%d", name, f->host, f->port);
     return 0;
-}
-
-int pg_fixture_db(struct pg_fixture *f, const char *name, char *out, size_t cap)
-{
-    return pg_fixture_db_from(f, name, NULL, out, cap);
-}
-
-int pg_fixture_db_drop(struct pg_fixture *f, const char *name)
-{
-    char sql[200];
-    if (!pg_fixture__name_ok(name))
-        return -1;
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
-    return pg_fixture_psql(f, "postgres", sql);
 }

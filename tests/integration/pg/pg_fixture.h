@@ -32,17 +32,6 @@ void pg_fixture_stop(struct pg_fixture *f);
  */
 int pg_fixture_db(struct pg_fixture *f, const char *name, char *out, size_t cap);
 
-/*
- * The same, copied from database `tpl` (CREATE DATABASE ... TEMPLATE: a
- * file-level copy, much cheaper than migrating a schema again). Nobody may
- * be connected to `tpl` meanwhile. Returns 0 or -1.
- */
-int pg_fixture_db_from(struct pg_fixture *f, const char *name, const char *tpl, char *out,
-                       size_t cap);
-
-/* Drop database `name` if it exists (0 or -1). */
-int pg_fixture_db_drop(struct pg_fixture *f, const char *name);
-
 /* Run SQL as the owner on database `db` through psql; returns its status. */
 int pg_fixture_psql(struct pg_fixture *f, const char *db, const char *sql);
 

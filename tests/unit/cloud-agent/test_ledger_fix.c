@@ -12,10 +12,6 @@ char tmp[256];
 int ledger_on_pg;
 static struct pg_fixture ledger_pg;
 static unsigned db_counter;
-/* PostgreSQL: the schema is migrated once into this database; every case
- * then gets its own copy (CREATE DATABASE ... TEMPLATE), as isolated as a
- * fresh migration and a fraction of its cost. "" until the first case. */
-static char ledger_pg_tpl[64];
 uint8_t pkg_pub[CLOUD_LEDGER_PUBKEY_LEN]; /* a valid P-256 point */
 
 const char *const PEM_TEXT = "-----BEGIN CERTIFICATE-----\n"
@@ -57,9 +53,6 @@ int ledger_pg_start(void)
 
 void ledger_pg_stop(void)
 {
-    if (ledger_pg_tpl[0])
-        (void)pg_fixture_db_drop(&ledger_pg, ledger_pg_tpl);
-    ledger_pg_tpl[0] = '\0';
     pg_fixture_stop(&ledger_pg);
 }
 
@@ -78,17 +71,8 @@ struct cloud_ledger *open_fresh(char *path, size_t cap)
     struct cloud_ledger *l = NULL;
     if (ledger_on_pg) {
         char name[64];
-        if (!ledger_pg_tpl[0]) {
-            char tpl[64];
-            snprintf(tpl, sizeof(tpl), "ledger_tpl_%u", (unsigned)getpid());
-            CU_ASSERT_EQUAL_FATAL(pg_fixture_db(&ledger_pg, tpl, path, cap), 0);
-            CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l), NU_OK);
-            cloud_ledger_close(l); /* CREATE ... TEMPLATE wants it unused */
-            l = NULL;
-            memcpy(ledger_pg_tpl, tpl, sizeof(tpl));
-        }
         snprintf(name, sizeof(name), "ledger_%u_%u", (unsigned)getpid(), ++db_counter);
-        CU_ASSERT_EQUAL_FATAL(pg_fixture_db_from(&ledger_pg, name, ledger_pg_tpl, path, cap), 0);
+        CU_ASSERT_EQUAL_FATAL(pg_fixture_db(&ledger_pg, name, path, cap), 0);
     } else {
         fresh_path(path, cap);
     }
