@@ -5,7 +5,8 @@
  *
  * SIGNING. NAME-X.Y.Z is signed once: the ledger records the image, its
  * bytes and its digest in one transaction (event firmware.signed), so an
- * agent on any host serves it — a signed version is immutable, a second
+ * agent on any host serves it (DIR/firmware/NAME-X.Y.Z.img is only a copy
+ * for the tools of the signing host) — a signed version is immutable, a second
  * request for it is EXISTS. The one exception is a
  * redelivery of the very request that signed it (same requester,
  * idempotency key and content): it gets the stored image back, so QoS 1
@@ -375,6 +376,25 @@ int cloud_firmware_image_load(struct cloud *cloud, struct cloud_ledger *ledger, 
     return NU_OK;
 }
 
+/* A copy of a new signed image as DIR/firmware/NAME.img for the tools on this
+ * host (`nusec stack`, mcuboot_verify.py); the ledger's bytes are what any
+ * agent serves, so a copy that cannot be written is only a warning. */
+static void fw__image_copy(const struct cloud *cloud, const char *name, const uint8_t *img,
+                           size_t len)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    int rc = nu_paths_get(cloud->dir, NU_PATH_FIRMWARE, dir, sizeof(dir));
+    if (!rc)
+        rc = nu_mkdirs(dir, 0755);
+    if (!rc)
+        rc = fw__image_path(cloud, name, path, sizeof(path));
+    if (!rc)
+        rc = nu_file_write_new(path, img, len, 0644);
+    if (rc && rc != NU_ERR_EXISTS)
+        nu_warn("firmware %s: no local copy in DIR/firmware (%s); the ledger holds it", name,
+                nu_err_str(rc));
+}
+
 /* DIR/firmware/rotpk.pem holds the secure-boot public key (rewritten only if different). */
 static int fw__rotpk_write(const struct cloud *cloud, const char *pem, size_t pem_len)
 {
@@ -556,6 +576,7 @@ static int fw__sign(struct cloud_call *call)
         rc = fw__sign_commit(call, r, &ver, s);
     pthread_mutex_unlock(&cloud->fw_cache->sign_lock);
     if (!rc && !replay) {
+        fw__image_copy(cloud, s->name, s->img, s->len);
         int w = fw__rotpk_write(cloud, s->rotpk_pem, s->rotpk_len);
         if (w)
             nu_warn("cannot update rotpk.pem: %s", nu_err_str(w));
