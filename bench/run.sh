@@ -212,12 +212,12 @@ else
     note "offline lease: cloud_bench_lease failed (see $WORK/lease.log)"
 fi
 
-echo "== offline lease, the programmer's path: test_lease_offline.sh (lease 40, 2 programmers x 2 sockets)"
-if "$ROOT/tests/integration/programmer/test_lease_offline.sh" "$BIN" 40 2000 240 >"$WORK/lease-prog.txt" 2>&1; then
+echo "== offline lease, the programmer's path: test_lease_offline.sh (lease 10, 2 programmers x 2 sockets)"
+if "$ROOT/tests/integration/programmer/test_lease_offline.sh" "$BIN" 10 10000 60 >"$WORK/lease-prog.txt" 2>&1; then
     for n in lease_prog_offline_cert_per_s lease_prog_online_cert_per_s; do
         emit "$n" "$(fig "$WORK/lease-prog" "$n")" certs/s
     done
-    note "lease_prog_*: one nusec-programmer (prog-1, 2 sockets, ~0.13 s simulated flash per chip) in one run of test_lease_offline.sh: certificates per second while it issued offline under its lease (line-CA key in its KeyStore, counter + sealed journal per chip), and online after the link came back (cert.request through the cloud); that script's outside checks passed"
+    note "lease_prog_*: one nusec-programmer (prog-1, 2 sockets, ~0.65 s simulated flash per chip) in one run of test_lease_offline.sh: certificates per second while it issued offline under its lease (line-CA key in its KeyStore, counter + sealed journal per chip), and online after the link came back (cert.request through the cloud); that script's outside checks passed"
 else
     nulls lease_prog_offline_cert_per_s lease_prog_online_cert_per_s
     note "offline lease: test_lease_offline.sh failed (see $WORK/lease-prog.txt)"

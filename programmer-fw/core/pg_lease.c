@@ -411,7 +411,7 @@ static void lease__grant(struct pg_core *c)
         return;
     }
     pg__log(c, PG_LOG_ERROR, "lease for job %s refused: %s", c->job.job_id, nu_err_name(rc));
-    if (rc == NU_ERR_BAD_CERT || rc == NU_ERR_EXPIRED || rc == NU_ERR_DECODE || rc == NU_ERR_STATE)
+    if (rc == NU_ERR_BAD_CERT || rc == NU_ERR_EXPIRED) /* the grant failed our check */
         lease__event(c, "lease.refused", rc, "line-CA certificate not usable");
 }
 

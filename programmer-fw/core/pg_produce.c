@@ -794,8 +794,6 @@ int pg_core_journal_flush(struct pg_core *c)
  * idempotency key is SHA-256("nusec/v1 report" || job || UID || outcome)[:16]:
  * the cloud records it once however often it comes.
  */
-static void prod__journal_due(struct pg_core *c, unsigned sock, int hold);
-
 int pg__report_env(struct pg_core *c, struct pg_pb_writer *wr, uint8_t *buf, size_t cap,
                    const struct pg_msg_report_out *rep)
 {
@@ -818,10 +816,20 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 {
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
-    /* The slot's earlier report (left there under the lease) goes first:
-     * this one would overwrite it. */
-    if ((d->sent || d->r->already_done) && !d->offline && atomic_load(&c->sock[d->s].journal_due))
-        prod__journal_due(c, d->s, 1);
+    /* A report the lease left in this socket's journal slot goes before this
+     * chip's overwrites it (socket 0 also looks after the slots of sockets
+     * this run does not have: those stay due). */
+    if ((d->sent || d->r->already_done) && !d->offline &&
+        atomic_exchange(&c->sock[d->s].journal_due, 0)) {
+        int hold = d->hold;
+        d->hold = 1;
+        prod__journal_replay(d, d->s);
+        d->hold = hold;
+        d->interrupted = 0;
+        if (d->s == 0)
+            atomic_store(&c->sock[0].journal_due, 1);
+        pg__hex(d->r->uid, d->r->uid_len, w->uid_hex);
+    }
     const char *kind = rc == NU_OK ? "device.provisioned" : "device.failed";
     uint8_t outcome = rc == NU_OK ? PG_OUTCOME_PROVISIONED : PG_OUTCOME_FAILED;
     struct pg_msg_report_out rep = {
