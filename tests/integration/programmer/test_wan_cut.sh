@@ -193,12 +193,13 @@ check "station published cloud.unreachable and cloud.reachable" \
     test "$(sq "SELECT COUNT(DISTINCT kind) FROM journal WHERE kind IN ('cloud.unreachable','cloud.reachable')")" -eq 2
 
 half_done() { grep -h '^state=' "$DIR"/targets/*/state | grep -vc '^state=\(locked\|blank\)$'; }
-done_ok() {
-    local last=-1 same=0 n
+done_ok() { # the whole quota issued (devices > quota), nothing half done, all reported
+    local n
     for _ in $(seq 900); do
         n=$(certs)
-        if [[ $n -eq $last ]]; then same=$((same + 1)); else same=0; last=$n; fi
-        if [[ $same -ge 40 && $(half_done) -eq 0 &&
+        # A line that stalls a few seconds between rounds (retries backing
+        # off after a cut, a loaded machine) is not done: wait for the quota.
+        if [[ $n -ge $QUOTA && $(half_done) -eq 0 &&
               $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned'") \
               -eq 0 ]]; then
             return 0
