@@ -4,9 +4,12 @@
  * audit hash chain (docs/ARCHITECTURE.md, "The ledger contract").
  *
  * This is the ONE module through which the cloud agent reaches its database;
- * request handling sees only these functions and structs, never SQL, so a
- * second backend (PostgreSQL protocol, for many nodes) can replace this file
- * without touching it. The SQLite backend below is the embedded default.
+ * request handling sees only these functions and structs, never SQL, and
+ * never which backend runs: SQLite (the embedded default, described below)
+ * or PostgreSQL (many agents on many hosts, docs/ledger.md), both behind
+ * ledger_store.h. Over 1,000 lines on purpose: the whole contract (tables
+ * auditors read, the rules every backend keeps, each function) is one header
+ * a reviewer reads top to bottom.
  *
  * STORAGE (SQLite). One file (DIR/cloud/ledger.db), WAL mode,
  * synchronous=FULL (a committed transaction survives power loss),
