@@ -1,5 +1,5 @@
 # Sourced by the shell tests that run a local stack (tests/integration/ops,
-# programmer, pki): a throwaway state directory whose stack is always taken
+# programmer, pki, sites): a throwaway state directory whose stack is always taken
 # down, named checks, and `nusec` bound to that directory.
 # Needs BIN set; sets TMP, DIR (not created), passed, failed; NAME is the
 # temp folder's prefix. A test with more to stop defines cleanup_more()

@@ -29,27 +29,10 @@ BIN=$1
 LONG=${2:-12}
 HERE=$(cd "$(dirname "$0")" && pwd)
 RELAY=$HERE/../../tools/tcp_relay.py
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-wan-XXXXXX")
-DIR=$TMP/state
+. "$HERE/../../lib/stack_lib.sh" wan
 DEVICES=56 QUOTA=48
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
-nusec() { "$BIN/nusec" "$@" --dir "$DIR"; }
 relay_pid=
-cleanup() {
-    [[ -n $relay_pid ]] && kill "$relay_pid" 2>/dev/null
-    nusec stack down >/dev/null 2>&1 || true
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
+cleanup_more() { if [[ -n $relay_pid ]]; then kill "$relay_pid" 2>/dev/null; fi; }
 mkdir -p "$DIR"
 now_ms() { date +%s%3N; }
 q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }

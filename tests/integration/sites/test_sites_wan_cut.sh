@@ -33,29 +33,14 @@ BIN=$1
 LONG=${2:-8}
 HERE=$(cd "$(dirname "$0")" && pwd)
 RELAY=$HERE/../../tools/tcp_relay.py
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/nusec-swan-XXXXXX")
+. "$HERE/../../lib/stack_lib.sh" swan
 DIR=$TMP/oem
 CM=$DIR/cm/site-1
 DEVICES=44 QUOTA=40
-passed=0 failed=0
-check() { # check NAME COMMAND...
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1)); echo "ok   $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name"
-    fi
-}
 oem() { "$BIN/nusec" "$@" --dir "$DIR"; }
 cm() { "$BIN/nusec" "$@" --dir "$CM"; }
 relay_pid=
-cleanup() {
-    [[ -n $relay_pid ]] && kill "$relay_pid" 2>/dev/null
-    oem stack down >/dev/null 2>&1 || true
-    [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
-}
-trap cleanup EXIT
+cleanup_more() { if [[ -n $relay_pid ]]; then kill "$relay_pid" 2>/dev/null; fi; }
 now_ms() { date +%s%3N; }
 secs() { python3 -c "print(f'{($1) / 1000:.1f}')"; }
 q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
