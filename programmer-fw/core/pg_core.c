@@ -92,6 +92,13 @@ static int core__req_topic(const struct pg_core *c, const char *sender, const ch
     return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
 }
 
+/* 1 when the answer resp[len] is the cloud's Error REPLAY. */
+static __attribute__((noinline)) int core__replayed(const uint8_t *resp, size_t len)
+{
+    struct pg_msg_env env;
+    return pg_msg_reply_decode(resp, len, PG_BODY_ERROR, &env, NULL) == NU_ERR_REPLAY;
+}
+
 int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
                 size_t len, uint8_t *resp, size_t cap, size_t *out_len)
 {
@@ -108,7 +115,12 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
         }
         rc = pg__tp_request(c, topic, req, len, c->timeout_ms, resp, cap, out_len);
         pg__link_note(c, rc);
-        if (!pg__transient(rc))
+        /* REPLAY answers a copy of this very request (a resend after a
+         * reconnect whose first answer a bridge dropped): the cloud is there
+         * and a new try carries a new message id. */
+        if (rc == NU_OK && core__replayed(resp, *out_len))
+            rc = NU_ERR_REPLAY;
+        if (!pg__transient(rc) && rc != NU_ERR_REPLAY)
             break;
     }
     return rc;
@@ -143,6 +155,7 @@ int pg__cloud_transient(int rc)
     case NU_ERR_CONNECTION:
     case NU_ERR_MQTT:
     case NU_ERR_BUSY:
+    case NU_ERR_REPLAY: /* a copy of this request reached the cloud twice; ask again */
     case NU_ERR_IO:
     case NU_ERR_DB:
     case NU_ERR_HSM:

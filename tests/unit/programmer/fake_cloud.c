@@ -718,6 +718,9 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_NOT_FOUND;
     } else if (fc->link_down) {
         rc = fc__trouble(fc, NU_ERR_CONNECTION);
+    } else if (fc->replay_errors > 0) {
+        fc->replay_errors--;
+        rc = fc__error(env, NU_ERR_REPLAY, op + 1, resp, cap, out_len);
     } else if (!strcmp(op, "/lease.grant") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_LEASE_GRANT_REQUEST) {
         rc = fc__lease_grant(fc, env, resp, cap, out_len);

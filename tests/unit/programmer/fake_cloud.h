@@ -86,6 +86,10 @@ struct fake_cloud {
     int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
     int report_unreachable;  /* device.report always CONNECTION */
     int report_transient;    /* the next n device.report answers are Error BUSY */
+    /* The next n requests of any kind are answered Error REPLAY, as the cloud
+     * answers a copy of a request it already took (a QoS 1 resend after a
+     * reconnect whose first answer a bridge dropped). */
+    int replay_errors;
     unsigned stop_after;     /* after this many failed cert/report tries, the station
                                 sends STOP (0: never) */
     /* End-to-end signatures on answers (request_signed): by the package key,

@@ -485,6 +485,19 @@ static void test_manifest_digest_mismatch(void)
     rig_teardown(&R);
 }
 
+/* A resend the cloud saw twice (its first answer lost in a WAN cut) is
+ * answered REPLAY: the download asks again instead of giving production up. */
+static void test_replay_answer_asked_again(void)
+{
+    RIG_UP("prog-replay", 1);
+    load_package(10);
+    R.fc.replay_errors = 2;
+    CU_ASSERT_EQUAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.replay_errors, 0);
+    CU_ASSERT(pg_core_firmware_ready(R.core));
+    rig_teardown(&R);
+}
+
 static void test_download_resumes_after_disconnect(void)
 {
     RIG_UP("prog-resume", 1);
@@ -766,6 +779,7 @@ static const struct nu_test_case target_cases[] = {
 
 static const struct nu_test_case firmware_cases[] = {
     {"tampered / moved chunk fetched again", test_tampered_chunk_refetched},
+    {"an answer REPLAY (a resend seen twice) is asked again", test_replay_answer_asked_again},
     {"chunk always tampered never reaches a target",
      test_chunk_always_tampered_never_reaches_target},
     {"image not signed by the ROTPK refused and erased", test_bad_image_refused_before_caching},
