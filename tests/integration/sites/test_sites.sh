@@ -82,8 +82,10 @@ forged_dropped=$(grep -c "answer to nusec/v1/cloud/req/prog-1/cert.request dropp
     "$CM1/logs/prog-1.log" 2>/dev/null || true)
 echo "forged certificate answers: $forged_sent sent, ${forged_dropped:-0} dropped by prog-1"
 check "forged certificate answers were injected toward prog-1" test "$forged_sent" -ge 1
-check "prog-1 dropped and counted forged answers (its log)" test "${forged_dropped:-0}" -ge 1
-check "... each at most once, none taken" test "${forged_dropped:-0}" -le "$forged_sent"
+# Whether a forged answer beats the cloud's to prog-1 is a race (a fast cloud
+# answers first and the late forgery matches no open request), so the count
+# is printed, not required; programmer_test_reply proves drop-and-count.
+check "forged answers: each dropped at most once, none taken" test "${forged_dropped:-0}" -le "$forged_sent"
 no_clone() { # no chip holds a certificate of the CM's clone CA
     ! grep -l "CM clone works" $(for t in $locked; do echo "$t/cert.pem"; done) /dev/null >/dev/null 2>&1 &&
         for t in $locked; do openssl x509 -noout -subject -in "$t/cert.pem" | grep -vq "CM clone" || return 1; done
