@@ -24,3 +24,30 @@ cleanup() {
     [[ -n "${NUSEC_KEEP_TMP:-}" ]] || rm -rf "$TMP"
 }
 trap cleanup EXIT
+
+# Certificates of job $JOB in the ledger (SQLite, DIR/cloud/ledger.db);
+# wait_certs N SECONDS waits until there are at least N.
+certs() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" \
+    "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'" 2>/dev/null; }
+wait_certs() { # wait_certs N SECONDS
+    for _ in $(seq $(($2 * 10))); do
+        [[ $(certs) -ge $1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# stack_job QUOTA [JOB-CREATE-OPTION...]: a 64 KiB image signed as app-1.0.0,
+# a job for prog-1 and prog-2 (expires in 1 h) and its packages imported at
+# this stack's station; sets JOB. Exits the test on any failure.
+stack_job() {
+    local quota=$1
+    shift
+    head -c 65536 /dev/urandom >"$TMP/app.bin"
+    nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
+        { cat "$TMP/sign.log"; echo "FAIL firmware sign"; exit 1; }
+    JOB=$(nusec job create --firmware app-1.0.0 --quota "$quota" --programmer prog-1 \
+        --programmer prog-2 --expires 1h "$@" --out "$TMP/pk" 2>"$TMP/create.err" |
+        tail -n 1 | cut -d' ' -f1)
+    [[ $JOB == job-* ]] || { cat "$TMP/create.err"; echo "FAIL job create"; exit 1; }
+    nusec package import "$TMP"/pk/*.nspkg >/dev/null || { echo "FAIL package import"; exit 1; }
+}

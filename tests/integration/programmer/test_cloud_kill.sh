@@ -27,21 +27,7 @@ q() { sqlite3 "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
 # ~4 s of simulated flash per chip, so that the kills land mid-production.
 nusec stack up --programmers 2 --sockets 4 --devices $DEVICES --flash-us-per-kib 60000 \
     >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
-head -c 65536 /dev/urandom >"$TMP/app.bin"
-nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
-    { cat "$TMP/sign.log"; echo "FAIL firmware sign"; exit 1; }
-JOB=$(nusec job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 \
-    --programmer prog-2 --expires 1h --out "$TMP/pk" 2>"$TMP/create.err" | tail -n 1 | cut -d' ' -f1)
-[[ $JOB == job-* ]] || { cat "$TMP/create.err"; echo "FAIL job create"; exit 1; }
-nusec package import "$TMP"/pk/*.nspkg >/dev/null || { echo "FAIL package import"; exit 1; }
-certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
-wait_certs() { # wait_certs N SECONDS
-    for _ in $(seq $(($2 * 10))); do
-        [[ $(certs) -ge $1 ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
+stack_job $QUOTA
 
 T0=$(now_ms)
 nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.log"; exit 1; }

@@ -58,21 +58,7 @@ up_rc=$?
 cp "$TMP/endpoint.direct" "$DIR/broker/endpoint"
 ((up_rc == 0)) || { cat "$TMP/up-relay.log"; echo "FAIL cloud behind the relay"; exit 1; }
 
-head -c 65536 /dev/urandom >"$TMP/app.bin"
-nusec firmware sign --in "$TMP/app.bin" --name app --version 1.0.0 >"$TMP/sign.log" 2>&1 ||
-    { cat "$TMP/sign.log"; echo "FAIL firmware sign"; exit 1; }
-JOB=$(nusec job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 \
-    --programmer prog-2 --expires 1h --out "$TMP/pk" 2>"$TMP/create.err" | tail -n 1 | cut -d' ' -f1)
-[[ $JOB == job-* ]] || { cat "$TMP/create.err"; echo "FAIL job create"; exit 1; }
-nusec package import "$TMP"/pk/*.nspkg >/dev/null || { echo "FAIL package import"; exit 1; }
-certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
-wait_certs() { # wait_certs N SECONDS
-    for _ in $(seq $(($2 * 10))); do
-        [[ $(certs) -ge $1 ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
+stack_job $QUOTA
 touched() { grep -L '^state=blank$' "$DIR"/targets/*/state 2>/dev/null | sort; }
 status_says_cut() {
     for _ in $(seq 150); do

@@ -84,14 +84,6 @@ JOB=$(oem job create --firmware app-1.0.0 --quota $QUOTA --programmer prog-1 --p
 cm package import "$TMP"/pk/*.nspkg >"$TMP/import.log" 2>&1 ||
     { cat "$TMP/import.log"; die "package import at the site"; }
 
-certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB'"; }
-wait_certs() { # wait_certs N SECONDS
-    for _ in $(seq $(($2 * 10))); do
-        [[ $(certs) -ge $1 ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 touched() { grep -L '^state=blank$' "$CM"/targets/*/state 2>/dev/null | sort; }
 status_says_cut() { # the site's own view, text and JSON
     for _ in $(seq 200); do
