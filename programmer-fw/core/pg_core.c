@@ -99,8 +99,8 @@ static __attribute__((noinline)) int core__replayed(const uint8_t *resp, size_t 
     return pg_msg_reply_decode(resp, len, PG_BODY_ERROR, &env, NULL) == NU_ERR_REPLAY;
 }
 
-int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
-                size_t len, uint8_t *resp, size_t cap, size_t *out_len)
+int pg__request(struct pg_core *c, const char *sender, const char *op, uint8_t *req, size_t len,
+                uint8_t *resp, size_t cap, size_t *out_len)
 {
     char topic[PG_TOPIC_MAX];
     int rc = core__req_topic(c, sender, op, topic, sizeof(topic));
@@ -118,8 +118,9 @@ int pg__request(struct pg_core *c, const char *sender, const char *op, const uin
         /* REPLAY answers a copy of this very request (a resend after a
          * reconnect whose first answer a bridge dropped): the cloud is there
          * and a new try carries a new message id. */
-        if (rc == NU_OK && core__replayed(resp, *out_len))
-            rc = NU_ERR_REPLAY;
+        if (rc == NU_OK && core__replayed(resp, *out_len) &&
+            (rc = pg__env_restamp(c, req, len)) == NU_OK)
+            rc = NU_ERR_REPLAY; /* the next try goes out with a new message id */
         if (!pg__transient(rc) && rc != NU_ERR_REPLAY)
             break;
     }

@@ -51,9 +51,10 @@ int pg__env_start(struct pg_core *c, struct pg_pb_writer *w, uint8_t *buf, size_
                   const char *sender, const uint8_t *idem, size_t idem_len);
 
 /* Request `op` as `sender` (topic nusec/v1/cloud/req/{sender}/{op}); retries
- * transient failures (TIMEOUT, CONNECTION, NOT_FOUND, MQTT) with backoff. */
-int pg__request(struct pg_core *c, const char *sender, const char *op, const uint8_t *req,
-                size_t len, uint8_t *resp, size_t cap, size_t *out_len);
+ * transient failures (TIMEOUT, CONNECTION, NOT_FOUND, MQTT) with backoff, and
+ * an Error REPLAY after giving req a new message id (req is rewritten). */
+int pg__request(struct pg_core *c, const char *sender, const char *op, uint8_t *req, size_t len,
+                uint8_t *resp, size_t cap, size_t *out_len);
 
 /* One try of a request that may be repeated with the same bytes (same
  * idempotency key): timeout PG_FIRST_TIMEOUT_MS doubling per `attempt`, up
