@@ -151,6 +151,12 @@ static const struct acl__rule acl__rules[] = {
     {ROLE(CLOUD), ACL__WRITE, "nusec/v1/reply/+/#"},
     {ROLE(CLOUD), ACL__WRITE | ACL__RETAIN, "nusec/v1/jobs/+"},
     {ROLE(CLOUD), ACL__WRITE | ACL__RETAIN, "nusec/v1/crl/device"},
+    /* The broker's lists from the cloud agents, for a broker on another
+     * host (plugin_opt_adopt_lists): only a cloud identity writes or reads
+     * them; the OEM's cloud broker trusts its mTLS identity. */
+    {ROLE(CLOUD), ACL__RS | ACL__WRITE | ACL__RETAIN, "nusec/v1/cloud/lists/revoked"},
+    {ROLE(CLOUD), ACL__RS | ACL__WRITE | ACL__RETAIN, "nusec/v1/cloud/lists/serials"},
+    {ROLE(CLOUD), ACL__RS | ACL__WRITE | ACL__RETAIN, "nusec/v1/cloud/lists/owners/+"},
     {ROLE(CLOUD) | ROLE(STATION) | ROLE(OEM) | ROLE(MONITOR), ACL__RS, "nusec/v1/events/#"},
     {ROLE(CLOUD) | ROLE(STATION) | ROLE(OEM) | ROLE(MONITOR), ACL__RS, "nusec/v1/prog/+/status"},
 

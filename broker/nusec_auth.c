@@ -35,6 +35,7 @@
  * lives in acl.c (topics, list formats) and pins.c (serial pins).
  */
 #include "acl.h"
+#include "nu_brokerlist.h"
 #include "pins.h"
 #include "ratelimit.h"
 #include "nu_err.h"
@@ -69,6 +70,8 @@
 /* The lists the cloud broker hands to site brokers (see the header). */
 #define AUTH__TOPIC_REVOKED "nusec/v1/broker/revoked"
 #define AUTH__TOPIC_OWNERS "nusec/v1/broker/owners/"
+/* The lists the cloud agents publish for a broker on another host. */
+#define AUTH__TOPIC_CLOUD_LISTS "nusec/v1/cloud/lists/"
 /* A failed write of the identities file is retried from the tick this often. */
 #define AUTH__IDS_RETRY_MS 5000
 
@@ -110,6 +113,7 @@ struct nusec_auth {
     char *ids_path;             /* identities file (roles across restarts); NULL: none */
     char *site_name;            /* a site broker: take the lists from the bridge */
     char *publish_lists;        /* "true": the cloud broker of sites publishes its lists */
+    char *adopt_lists;          /* "true": take the cloud agents' lists from the bus */
     bool lists_dirty;           /* the cloud broker: lists changed, publish at the tick */
     struct nusec_acl_set *published; /* owners whose lines were published last */
     bool ids_dirty;             /* roles changed and not yet written */
@@ -921,6 +925,9 @@ static void auth__limit_report(void *ctx, const struct nusec_rl_report *r)
 
 static void auth__lists_take(struct nusec_auth *st, const char *topic, const void *payload,
                              uint32_t len);
+static bool auth__adopting(const struct nusec_auth *st);
+static int auth__lists_adopt(struct nusec_auth *st, struct mosquitto *client, const char *topic,
+                             const void *payload, uint32_t len);
 
 /* MQTT 5 properties reach plugins only here (the ACL event has none in 2.0). */
 static int auth__on_message(int event, void *event_data, void *userdata)
@@ -933,6 +940,10 @@ static int auth__on_message(int event, void *event_data, void *userdata)
 
     if (!ed->client)
         return MOSQ_ERR_SUCCESS; /* published by a plugin: the broker's own */
+    if (auth__adopting(st) &&
+        strncmp(ed->topic, AUTH__TOPIC_CLOUD_LISTS, sizeof(AUTH__TOPIC_CLOUD_LISTS) - 1) == 0 &&
+        auth__lists_adopt(st, ed->client, ed->topic, ed->payload, ed->payloadlen) != NU_OK)
+        return MOSQ_ERR_ACL_DENIED; /* refused: not retained either, the old list stays */
     if (st->site_name && !auth__subject(st, ed->client, &who))
         auth__lists_take(st, ed->topic, ed->payload, ed->payloadlen); /* from the bridge */
     if (auth__subject(st, ed->client, &who) && auth__limit(st, ed, &who) != MOSQ_ERR_SUCCESS)
@@ -1056,8 +1067,8 @@ static void auth__lists_take(struct nusec_auth *st, const char *topic, const voi
             rc = NU_ERR_NOT_AUTHORIZED;
     }
     nusec_acl_set_free(set);
-    if (rc == NU_OK)
-        rc = auth__write_atomic(f->path, payload ? (const char *)payload : "", len);
+    if (rc == NU_OK) /* under the list's lock, as every other writer of it */
+        rc = nu_brokerlist_replace(f->path, payload ? (const char *)payload : "", len, NULL);
     if (rc != NU_OK) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: %s from the bridge not applied: %s", topic,
                              auth__err_name(rc));
@@ -1066,6 +1077,120 @@ static void auth__lists_take(struct nusec_auth *st, const char *topic, const voi
     mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: %s from the cloud broker written to %s",
                          topic, f->path);
     auth__file_refresh(st, f, true);
+}
+
+/* ---- lists from the cloud agents (plugin_opt_adopt_lists) ------------------------ */
+
+/*
+ * The cloud broker on another host than the agents: the agents publish the
+ * lists, retained, on AUTH__TOPIC_CLOUD_LISTS{revoked,serials,owners/ID}
+ * (only a cloud identity may: acl.c), and this plugin writes them to its
+ * own files under the lists' lock (nu_brokerlist.h), then reloads them at
+ * once (a newly revoked identity is kicked at the next tick). A list that
+ * does not parse is refused whole (logged, the publish denied so it is not
+ * retained, the file kept). The files are the state: a restarted broker
+ * runs on the lists it adopted last.
+ *   revoked     identities added to the file, never removed (revocation is
+ *               final; an older list arriving late cannot undo one);
+ *   serials     the file replaced (one writer: the leader agent);
+ *   owners/ID   the owner lines of programmer ID replaced ("X ID" only).
+ */
+static bool auth__adopting(const struct nusec_auth *st)
+{
+    return st->adopt_lists && strcmp(st->adopt_lists, "true") == 0;
+}
+
+static void auth__adopt_refused(const char *topic, const char *who, int rc, size_t line)
+{
+    char safe[256];
+    mosquitto_log_printf(MOSQ_LOG_ERR,
+                         "nusec_auth: list %s from %s refused (%s, line %zu): keeping the "
+                         "previous one",
+                         nusec_acl_log_safe(topic, safe, sizeof(safe)), who, auth__err_name(rc),
+                         line);
+}
+
+/* Write `set`'s keys into the list file `path` (owners: in place of the
+ * lines of `owned`, NULL for revoked: added). */
+static int auth__adopt_edit(const char *path, const struct nusec_acl_set *set, const char *owned)
+{
+    size_t n = nusec_acl_set_count(set);
+    const char **add = calloc(n ? n : 1, sizeof(*add));
+    if (!add)
+        return NU_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        add[i] = nusec_acl_set_key(set, i);
+    struct nu_brokerlist_edit e = {.drop_owner_of = owned, .add = add, .n_add = n};
+    int rc = nu_brokerlist_edit(path, &e);
+    free(add);
+    return rc;
+}
+
+/* owners/ID: every line must be about ID. */
+static int auth__adopt_owners(struct nusec_auth *st, const char *prog, const char *text,
+                              uint32_t len, size_t *line)
+{
+    struct nusec_acl_set *set = NULL;
+    if (!st->owners.path || !nusec_acl_identity_valid(prog, strlen(prog)))
+        return NU_ERR_NOT_AUTHORIZED;
+    int rc = nusec_acl_owners_parse(text, len, &set, line);
+    for (size_t i = 0; rc == NU_OK && i < nusec_acl_set_count(set); i++) {
+        const char *sp = strchr(nusec_acl_set_key(set, i), ' ');
+        if (!sp || strcmp(sp + 1, prog) != 0)
+            rc = NU_ERR_NOT_AUTHORIZED;
+    }
+    if (rc == NU_OK)
+        rc = auth__adopt_edit(st->owners.path, set, prog);
+    nusec_acl_set_free(set);
+    if (rc == NU_OK)
+        auth__file_refresh(st, &st->owners, true);
+    return rc;
+}
+
+static int auth__adopt_one(struct nusec_auth *st, const char *name, const char *text, uint32_t len,
+                           size_t *line)
+{
+    struct nusec_acl_set *set = NULL;
+    struct nusec_pins *pins = NULL;
+    int rc = NU_ERR_NOT_FOUND;
+    if (strcmp(name, "revoked") == 0) {
+        rc = nusec_acl_revoked_parse(text, len, &set, line);
+        if (rc == NU_OK)
+            rc = auth__adopt_edit(st->revoked.path, set, NULL);
+        nusec_acl_set_free(set);
+        if (rc == NU_OK)
+            auth__file_refresh(st, &st->revoked, true);
+    } else if (strcmp(name, "serials") == 0) {
+        rc = nusec_pins_parse(text, len, &pins, line);
+        nusec_pins_free(pins);
+        if (rc == NU_OK)
+            rc = nu_brokerlist_replace(st->pins->path, text, len, NULL);
+        if (rc == NU_OK)
+            auth__pins_refresh(st, true);
+    } else if (strncmp(name, "owners/", 7) == 0) {
+        rc = auth__adopt_owners(st, name + 7, text, len, line);
+    }
+    return rc;
+}
+
+static int auth__lists_adopt(struct nusec_auth *st, struct mosquitto *client, const char *topic,
+                             const void *payload, uint32_t len)
+{
+    struct auth__ident who;
+    size_t line = 0;
+    if (!auth__subject(st, client, &who) || who.role != NUSEC_ROLE_CLOUD) {
+        auth__adopt_refused(topic, "a client that is no cloud identity", NU_ERR_NOT_AUTHORIZED, 0);
+        return NU_ERR_NOT_AUTHORIZED; /* the ACL let no one else through: refuse anyway */
+    }
+    int rc = auth__adopt_one(st, topic + sizeof(AUTH__TOPIC_CLOUD_LISTS) - 1,
+                             payload ? (const char *)payload : "", len, &line);
+    if (rc != NU_OK) {
+        auth__adopt_refused(topic, who.id, rc, line);
+        return rc;
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: adopted list %s from %s (%u bytes)", topic,
+                         who.id, (unsigned)len);
+    return NU_OK;
 }
 
 static int auth__on_tick(int event, void *event_data, void *userdata)
@@ -1138,6 +1263,7 @@ static void auth__state_free(struct nusec_auth *st)
     free(st->ids_path);
     free(st->site_name);
     free(st->publish_lists);
+    free(st->adopt_lists);
     nusec_acl_set_free(st->published);
     nusec_acl_set_free(st->live);
     nusec_acl_set_free(st->revoked.set);
@@ -1174,6 +1300,8 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
             dst = &st->site_name;
         else if (strcmp(opts[i].key, "publish_lists") == 0)
             dst = &st->publish_lists;
+        else if (strcmp(opts[i].key, "adopt_lists") == 0)
+            dst = &st->adopt_lists;
         if (!dst) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: unknown option plugin_opt_%s",
                                  opts[i].key);
@@ -1201,6 +1329,11 @@ static int auth__options(struct nusec_auth *st, const struct mosquitto_opt *opts
     }
     if (st->site_name && !nusec_acl_identity_valid(st->site_name, strlen(st->site_name))) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_site_name is not an identity");
+        return MOSQ_ERR_INVAL;
+    }
+    if (st->adopt_lists && strcmp(st->adopt_lists, "true") != 0 &&
+        strcmp(st->adopt_lists, "false") != 0) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: plugin_opt_adopt_lists is true or false");
         return MOSQ_ERR_INVAL;
     }
     if (!st->owners.path)

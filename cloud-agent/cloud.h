@@ -239,6 +239,19 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger);
 
 /*
+ * The lists on the bus for a broker on another host (cloud_enroll.c):
+ * CLOUD_LISTS_TOPIC{revoked,serials,owners/ID}, retained, plain list text.
+ * cloud_lists_publish: for the leader, each poll; builds the revocation
+ * and serial lists from the ledger and publishes the ones that changed
+ * since it last did (cloud_leader.h). Failures are logged and retried at
+ * the next call.
+ */
+#define CLOUD_LISTS_TOPIC "nusec/v1/cloud/lists/"
+struct cloud_leader;
+void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
+                         struct cloud_leader *leader);
+
+/*
  * Move DIR/cloud/revoked-measurements (programmer firmware revoked before
  * the ledger held the list, schema < 5) into the ledger, then rename it
  * revoked-measurements.imported. No file: NU_OK. On failure the file stays

@@ -7,6 +7,7 @@
  * characters; the ledger keeps only SHA-256 of the bytes. Never logged.
  */
 #include "cloud.h"
+#include "cloud_leader.h"
 
 #include "nu_attest.h"
 #include "nu_brokerlist.h"
@@ -103,11 +104,62 @@ static int enroll__collect_revoked(void *ctx, const struct cloud_ledger_programm
     return NU_OK;
 }
 
+/*
+ * The lists on the bus (issue 13): the cloud broker may run on another host
+ * than the agents, whose DIR/broker files it never sees. So the lists also
+ * go, retained, to nusec/v1/cloud/lists/{revoked,serials,owners/ID}, where
+ * only a cloud identity may publish (broker/acl.c); the cloud broker's plugin
+ * with plugin_opt_adopt_lists writes them to its own files (broker/README.md).
+ * A message that is not confirmed (the broker out of reach) stays queued in
+ * the session; NU_ERR_CONNECTION is that, not a failure.
+ */
+static int enroll__list_publish(struct cloud *cloud, const char *name, const char *text,
+                                size_t len)
+{
+    char topic[sizeof(CLOUD_LISTS_TOPIC) + 16 + CLOUD_ID_MAX];
+    if (!cloud->mqtt)
+        return NU_OK; /* no bus (tools, unit tests): the files are the lists */
+    snprintf(topic, sizeof(topic), CLOUD_LISTS_TOPIC "%s", name);
+    int rc = nu_mqtt_publish_live(cloud->mqtt, topic, text, len, 1, 1);
+    if (rc == NU_ERR_CONNECTION) {
+        nu_debug("%s queued until the broker is back", topic);
+        rc = NU_OK;
+    }
+    return rc;
+}
+
+/* The revocation list's text: every programmer the ledger holds as revoked. */
+static int enroll__revoked_text(const struct enroll__ids *s, char **out, size_t *out_len)
+{
+    static const char head[] = "# written by nusec-cloud: revoked identities\n";
+    size_t cap = sizeof(head), len = sizeof(head) - 1;
+    for (size_t i = 0; i < s->n; i++)
+        cap += strlen(s->ids[i]) + 1;
+    char *text = malloc(cap);
+    if (!text)
+        return NU_ERR_NOMEM;
+    memcpy(text, head, sizeof(head));
+    for (size_t i = 0; i < s->n; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%s\n", s->ids[i]);
+    *out = text;
+    *out_len = len;
+    return NU_OK;
+}
+
+static int enroll__revoked_collect(struct cloud_ledger *ledger, struct enroll__ids *s,
+                                   char **out_text, size_t *out_len)
+{
+    int rc = cloud_ledger_programmer_list(ledger, enroll__collect_revoked, s);
+    return rc ? rc : enroll__revoked_text(s, out_text, out_len);
+}
+
 int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger)
 {
     struct enroll__ids s = {0};
     const char **add = NULL;
-    int rc = cloud_ledger_programmer_list(ledger, enroll__collect_revoked, &s);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = enroll__revoked_collect(ledger, &s, &text, &len);
     if (!rc && s.n && !(add = calloc(s.n, sizeof(*add))))
         rc = NU_ERR_NOMEM;
     for (size_t i = 0; !rc && i < s.n; i++)
@@ -116,6 +168,13 @@ int cloud_revoked_sync(struct cloud *cloud, struct cloud_ledger *ledger)
         struct enroll__edit e = {.add = add, .n_add = s.n};
         rc = enroll__list_edit(cloud->dir, NU_PATH_BROKER_REVOKED, &e);
     }
+    /* Any agent, at once: the broker adds the identities (never removes
+     * one), so an older list published later cannot undo a revocation. A
+     * failure here is the leader's to repair (cloud_lists_publish). */
+    int pub = rc ? NU_OK : enroll__list_publish(cloud, "revoked", text, len);
+    if (pub)
+        nu_warn("revocation list not published (the leader retries): %s", nu_err_str(pub));
+    free(text);
     free(add);
     free(s.ids);
     return rc;
@@ -146,27 +205,28 @@ static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *
     return NU_OK;
 }
 
-int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
+/* The serial list's text from the ledger (s->buf, malloc'd). */
+static int enroll__serials_text(struct cloud_ledger *ledger, struct enroll__pins *s)
 {
     static const char head[] = "# written by nusec-cloud: current identity certificate serials\n";
-    char path[PATH_MAX], lock[PATH_MAX + 8];
+    if (!(s->buf = malloc(s->cap = sizeof(head) + 256)))
+        return NU_ERR_NOMEM;
+    memcpy(s->buf, head, sizeof(head) - 1);
+    s->len = sizeof(head) - 1;
+    return cloud_ledger_programmer_list(ledger, enroll__collect_pin, s);
+}
+
+int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
+{
+    char path[PATH_MAX];
     struct enroll__pins s = {0};
     int fd = -1;
     int rc = nu_path_fmt(path, sizeof(path), "%s/broker/serials", cloud->dir);
-    if (!rc)
-        rc = nu_path_fmt(lock, sizeof(lock), "%s.lock", path);
-    if (!rc && !(s.buf = malloc(s.cap = sizeof(head) + 256)))
-        rc = NU_ERR_NOMEM;
-    if (rc)
-        return rc;
-    memcpy(s.buf, head, sizeof(head) - 1);
-    s.len = sizeof(head) - 1;
     /* Under the lock, the ledger is read after any other writer's commit. */
-    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || flock(fd, LOCK_EX) != 0)
-        rc = errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
     if (!rc)
-        rc = cloud_ledger_programmer_list(ledger, enroll__collect_pin, &s);
+        rc = nu_brokerlist_lock(path, &fd);
+    if (!rc)
+        rc = enroll__serials_text(ledger, &s);
     if (!rc)
         rc = nu_file_write_atomic(path, s.buf, s.len, 0644);
     if (fd >= 0)
@@ -177,15 +237,57 @@ int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
     return rc;
 }
 
-/* The station that relayed an enrollment owns the programmer from now on. */
+/*
+ * The leader's lists on the bus, each published again only when its text
+ * changed (or leadership changed hands): the serial list is replaced whole
+ * by the broker, so only one agent may publish it; the revocation list is
+ * also published by the agent that revokes (cloud_revoked_sync).
+ */
+void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
+                         struct cloud_leader *leader)
+{
+    struct enroll__ids ids = {0};
+    struct enroll__pins pins = {0};
+    char *text = NULL;
+    size_t len = 0;
+    int rc = enroll__revoked_collect(ledger, &ids, &text, &len);
+    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_REVOKED, text, len) &&
+        (rc = enroll__list_publish(cloud, "revoked", text, len)) == NU_OK)
+        rc = cloud_leader_list_note(leader, CLOUD_LEADER_LIST_REVOKED, text, len);
+    if (rc)
+        nu_warn("leader: revocation list not published: %s (next poll retries)", nu_err_str(rc));
+    rc = enroll__serials_text(ledger, &pins);
+    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len) &&
+        (rc = enroll__list_publish(cloud, "serials", pins.buf, pins.len)) == NU_OK) {
+        rc = cloud_leader_list_note(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len);
+        nu_info("leader: identity serial list published (%zu bytes)", pins.len);
+    }
+    if (rc)
+        nu_warn("leader: serial list not published: %s (next poll retries)", nu_err_str(rc));
+    free(pins.buf);
+    free(text);
+    free(ids.ids);
+}
+
+/* The station that relayed an enrollment owns the programmer from now on:
+ * in DIR/broker/owners, and on the bus for a broker on another host (one
+ * retained topic per programmer, so agents enrolling different programmers
+ * never overwrite each other's lines). */
 static void enroll__set_owner(struct cloud *cloud, const char *station, const char *programmer)
 {
-    char line[2 * CLOUD_ID_MAX + 2];
+    char line[2 * CLOUD_ID_MAX + 2], name[sizeof("owners/") + CLOUD_ID_MAX];
     snprintf(line, sizeof(line), "%s %s", station, programmer);
     const char *add[] = {line};
     struct enroll__edit e = {.drop_owner_of = programmer, .add = add, .n_add = 1};
     if (enroll__list_edit(cloud->dir, NU_PATH_BROKER_OWNERS, &e))
         nu_warn("%s enrolled, but the broker does not know that %s owns it", programmer, station);
+    snprintf(name, sizeof(name), "owners/%s", programmer);
+    size_t n = strlen(line);
+    line[n] = '\n';
+    int rc = enroll__list_publish(cloud, name, line, n + 1);
+    if (rc)
+        nu_warn("%s enrolled, but its owner %s was not published: %s", programmer, station,
+                nu_err_str(rc));
 }
 
 /* ------------------------------------------------------------ checks */

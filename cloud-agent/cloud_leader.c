@@ -15,7 +15,19 @@ struct cloud_leader {
     struct ledger_store *store; /* the session that holds (or asks for) the lock */
     int leader;                 /* the last poll's answer */
     int polled;                 /* a poll has run */
+    char *list[CLOUD_LEADER_LISTS];     /* the lists published as leader (NULL: none yet) */
+    size_t list_len[CLOUD_LEADER_LISTS];
 };
+
+/* A change of leadership: the next publish of every list goes out. */
+static void cloud_leader__forget_lists(struct cloud_leader *l)
+{
+    for (size_t i = 0; i < CLOUD_LEADER_LISTS; i++) {
+        free(l->list[i]);
+        l->list[i] = NULL;
+        l->list_len[i] = 0;
+    }
+}
 
 static char *cloud_leader__dup(const char *s)
 {
@@ -55,6 +67,7 @@ void cloud_leader_close(struct cloud_leader *l)
     if (!l)
         return;
     ledger_store_close(l->store);
+    cloud_leader__forget_lists(l);
     free(l->target);
     free(l->password_file);
     free(l);
@@ -99,6 +112,8 @@ int cloud_leader_poll(struct cloud_leader *l, int *out_leader, int *out_changed)
         nu_info("leader: another agent holds the single-agent duties; standing by");
     if (rc != NU_OK && l->leader)
         nu_warn("leader: the ledger session is lost (%s): stepping down", nu_err_str(rc));
+    if (changed)
+        cloud_leader__forget_lists(l);
     l->leader = held;
     l->polled = 1;
     if (out_leader)
@@ -106,4 +121,30 @@ int cloud_leader_poll(struct cloud_leader *l, int *out_leader, int *out_changed)
     if (out_changed)
         *out_changed = changed;
     return rc;
+}
+
+int cloud_leader_list_due(const struct cloud_leader *l, enum cloud_leader_list which,
+                          const char *text, size_t len)
+{
+    if (!l || (unsigned)which >= CLOUD_LEADER_LISTS || (!text && len))
+        return 0;
+    return !l->list[which] || l->list_len[which] != len ||
+           (len && memcmp(l->list[which], text, len) != 0);
+}
+
+int cloud_leader_list_note(struct cloud_leader *l, enum cloud_leader_list which, const char *text,
+                           size_t len)
+{
+    if (!l || (unsigned)which >= CLOUD_LEADER_LISTS || (!text && len))
+        return NU_ERR_INVALID_ARG;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return NU_ERR_NOMEM;
+    if (len)
+        memcpy(copy, text, len);
+    copy[len] = '\0';
+    free(l->list[which]);
+    l->list[which] = copy;
+    l->list_len[which] = len;
+    return NU_OK;
 }

@@ -24,6 +24,7 @@
 #ifndef CLOUD_LEADER_H
 #define CLOUD_LEADER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct cloud_leader; /* opaque */
@@ -57,5 +58,27 @@ int cloud_leader_poll(struct cloud_leader *l, int *out_leader, int *out_changed)
 
 /* The result of the last poll (no database access). */
 int cloud_leader_is_leader(const struct cloud_leader *l);
+
+/*
+ * The lists the leader publishes on the bus (cloud_lists_publish in
+ * cloud_enroll.c): the leader republishes one only when its text differs
+ * from what it last published as leader. Every change of leadership (taken
+ * or lost, cloud_leader_poll) forgets them all, so a new leader republishes
+ * everything at its first publish.
+ */
+enum cloud_leader_list { CLOUD_LEADER_LIST_REVOKED, CLOUD_LEADER_LIST_SERIALS, CLOUD_LEADER_LISTS };
+
+/*
+ * 1 when text[len] differs from what was noted for list `which` (or nothing
+ * was since the last change of leadership): the caller publishes it, then
+ * notes it with cloud_leader_list_note(). 0 when the same; 0 for a bad
+ * argument.
+ */
+int cloud_leader_list_due(const struct cloud_leader *l, enum cloud_leader_list which,
+                          const char *text, size_t len);
+
+/* Remember text[len] as published for `which`. Errors: INVALID_ARG, NOMEM. */
+int cloud_leader_list_note(struct cloud_leader *l, enum cloud_leader_list which, const char *text,
+                           size_t len);
 
 #endif

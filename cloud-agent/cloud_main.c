@@ -167,6 +167,8 @@ static int cloud__serve_until_signal(struct cloud *cloud, struct cloud_ledger *l
             (void)cloud_leader_poll(leader, NULL, &changed);
             if (changed && cloud_leader_is_leader(leader))
                 cloud__leader_duties(cloud, ledger, "leader");
+            if (cloud_leader_is_leader(leader))
+                cloud_lists_publish(cloud, ledger, leader);
             next_poll = nu_mono_ms() + 1000u;
         }
         if (!cloud_leader_is_leader(leader))

@@ -16,9 +16,11 @@
  * re-reads the file when it changes, never sees half a file, and two writers
  * (cloud workers, the CLI, a second agent) never lose each other's lines.
  *
- * Two files, one module: nu_brokerlist.c is the format (libc only, compiled
- * into the plugin too, which links neither libnusec nor wolfSSL);
- * nu_brokerlist_file.c the lock, read and write (libnusec).
+ * Two files, one module, both libc only and compiled into the plugin too
+ * (which links neither libnusec nor wolfSSL): nu_brokerlist.c is the format,
+ * nu_brokerlist_file.c the lock, read and write. The plugin writes a list it
+ * adopts from the bus (nu_brokerlist_replace / _edit) under the same lock as
+ * the cloud and the CLI.
  */
 #ifndef NU_BROKERLIST_H
 #define NU_BROKERLIST_H
@@ -78,6 +80,22 @@ int nu_brokerlist_apply(const uint8_t *old, size_t old_len, const struct nu_brok
  * PERMISSION, NOMEM.
  */
 int nu_brokerlist_edit(const char *path, const struct nu_brokerlist_edit *e);
+
+/*
+ * Take the exclusive lock of the list file `path` (flock on PATH.lock):
+ * *out_fd is >= 0 on success, and also on some failures; close() it to
+ * release. For a writer that builds the whole file itself (the cloud's
+ * serial list). Errors: INVALID_ARG, TOO_LARGE (path), IO, PERMISSION.
+ */
+int nu_brokerlist_lock(const char *path, int *out_fd);
+
+/*
+ * Replace the list file `path` by text[len] under its lock, atomically (its
+ * mode kept, 0644 when new); not rewritten when the bytes are the same.
+ * *out_changed (may be NULL): 1 when rewritten. The caller checks the
+ * format first. Errors: INVALID_ARG, TOO_LARGE, IO, PERMISSION, NOMEM.
+ */
+int nu_brokerlist_replace(const char *path, const void *text, size_t len, int *out_changed);
 
 /*
  * 1 when the list file `path` has a line that normalises to `norm`, 0 when

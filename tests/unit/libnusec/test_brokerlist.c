@@ -181,6 +181,36 @@ static void test_oversized_refused_unchanged(void)
     CU_ASSERT_EQUAL(nu_brokerlist_edit(NULL, NULL), NU_ERR_INVALID_ARG);
 }
 
+/* A whole list adopted from the bus: replaced under the lock; a writer
+ * holding the lock holds the replace back (it waits, then wins or loses
+ * whole, never half); the same bytes are not rewritten. */
+static void test_replace_under_lock(void)
+{
+    int changed = -1, fd = -1;
+    put("st-1 prog-1\n");
+    CU_ASSERT_EQUAL(nu_brokerlist_replace(path, "st-2 prog-2\n", 12, &changed), NU_OK);
+    CU_ASSERT_EQUAL(changed, 1);
+    CU_ASSERT_EQUAL(nu_brokerlist_file_has(path, "st-1 prog-1"), 0);
+    CU_ASSERT_EQUAL(nu_brokerlist_file_has(path, "st-2 prog-2"), 1);
+    CU_ASSERT_EQUAL(nu_brokerlist_replace(path, "st-2 prog-2\n", 12, &changed), NU_OK);
+    CU_ASSERT_EQUAL(changed, 0);
+    CU_ASSERT_EQUAL_FATAL(nu_brokerlist_lock(path, &fd), NU_OK);
+    pid_t kid = fork();
+    CU_ASSERT_FATAL(kid >= 0);
+    if (kid == 0) { /* the lock belongs to the parent's open file, not to this copy */
+        close(fd);
+        _exit(nu_brokerlist_replace(path, "st-3 prog-3\n", 12, NULL) == NU_OK ? 0 : 1);
+    }
+    usleep(200 * 1000); /* the child waits on the lock meanwhile */
+    CU_ASSERT_EQUAL(nu_brokerlist_file_has(path, "st-2 prog-2"), 1);
+    close(fd);
+    int status = 0;
+    CU_ASSERT_EQUAL(waitpid(kid, &status, 0), kid);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT_EQUAL(nu_brokerlist_file_has(path, "st-3 prog-3"), 1);
+    CU_ASSERT_EQUAL(nu_brokerlist_replace(NULL, "x", 1, NULL), NU_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -190,6 +220,7 @@ int main(void)
         {"tokenizer: comments, too many tokens", test_tokenize_comment_and_count},
         {"two writers at once lose no line", test_concurrent_writers_lose_nothing},
         {"oversized file refused, unchanged", test_oversized_refused_unchanged},
+        {"replace: whole, under the lock, unchanged bytes kept", test_replace_under_lock},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {{"nu_brokerlist", setup, teardown, cases},
