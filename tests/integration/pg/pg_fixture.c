@@ -74,12 +74,28 @@ int pg_fixture_psql(struct pg_fixture *f, const char *db, const char *sql)
                       db, f->host, f->port, sql);
 }
 
+static int pg_fixture__name_ok(const char *name)
+{
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    return *name != '\0';
+}
+
+int pg_fixture_db_reset(struct pg_fixture *f, const char *name, char *out, size_t cap)
+{
+    if (!pg_fixture__name_ok(name) ||
+        pg_fixture_psql(f, name, "DROP SCHEMA public CASCADE; CREATE SCHEMA public") != 0)
+        return -1;
+    snprintf(out, cap, "postgresql://nusec_owner@/%s?host=%s&port=%d", name, f->host, f->port);
+    return 0;
+}
+
 int pg_fixture_db(struct pg_fixture *f, const char *name, char *out, size_t cap)
 {
     char sql[200];
-    for (const char *p = name; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return -1;
+    if (!pg_fixture__name_ok(name))
+        return -1;
     snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
     if (pg_fixture_psql(f, "postgres", sql) != 0)
         return -1;

@@ -32,6 +32,15 @@ void pg_fixture_stop(struct pg_fixture *f);
  */
 int pg_fixture_db(struct pg_fixture *f, const char *name, char *out, size_t cap);
 
+/*
+ * Empty the database `name` made by pg_fixture_db (its schema public dropped
+ * with everything in it and made again; the ledger grants USAGE itself) and
+ * write the owner's URI to it into out[cap]: a fresh ledger without the
+ * cost of CREATE DATABASE. Its connections must be closed or idle.
+ * Returns 0 or -1.
+ */
+int pg_fixture_db_reset(struct pg_fixture *f, const char *name, char *out, size_t cap);
+
 /* Run SQL as the owner on database `db` through psql; returns its status. */
 int pg_fixture_psql(struct pg_fixture *f, const char *db, const char *sql);
 

@@ -64,15 +64,39 @@ int sqlite_only(void)
     return 1;
 }
 
-/* On PostgreSQL `path` receives the owner's URI of a fresh database, so the
- * ledger creates its schema there as it does in a fresh file. */
+/*
+ * PostgreSQL: CREATE DATABASE per fresh ledger was most of the suite's time
+ * (~1 s each on a loaded machine), so databases are slots reused across
+ * cases: a case's first fresh ledger takes slot 0, its next ones slots 1, 2,
+ * ... (a case may hold several ledgers at once), each emptied on reuse
+ * (pg_fixture_db_reset); a slot is created once per process.
+ */
+static void fresh_pg(char *path, size_t cap)
+{
+    static CU_pTest slot_case; /* the case that took the slots in use */
+    static unsigned slot_next, slots_made;
+    char name[64];
+    if (CU_get_current_test() != slot_case) {
+        slot_case = CU_get_current_test();
+        slot_next = 0;
+    }
+    unsigned slot = slot_next++;
+    snprintf(name, sizeof(name), "ledger_%u_%u", (unsigned)getpid(), slot);
+    if (slot < slots_made) {
+        CU_ASSERT_EQUAL_FATAL(pg_fixture_db_reset(&ledger_pg, name, path, cap), 0);
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(pg_fixture_db(&ledger_pg, name, path, cap), 0);
+    slots_made = slot + 1;
+}
+
+/* On PostgreSQL `path` receives the owner's URI of a fresh (emptied)
+ * database, so the ledger creates its schema there as in a fresh file. */
 struct cloud_ledger *open_fresh(char *path, size_t cap)
 {
     struct cloud_ledger *l = NULL;
     if (ledger_on_pg) {
-        char name[64];
-        snprintf(name, sizeof(name), "ledger_%u_%u", (unsigned)getpid(), ++db_counter);
-        CU_ASSERT_EQUAL_FATAL(pg_fixture_db(&ledger_pg, name, path, cap), 0);
+        fresh_pg(path, cap);
     } else {
         fresh_path(path, cap);
     }
