@@ -237,6 +237,24 @@ int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
     return rc;
 }
 
+/* Publish and note one of the leader's lists. A broker that refuses it
+ * (NOT_AUTHORIZED: an older plugin, a list it does not take) is not asked
+ * again every second: the list is noted anyway, sent again at its next
+ * change. Other failures are retried at the next poll. */
+static int enroll__leader_publish(struct cloud *cloud, struct cloud_leader *leader,
+                                  enum cloud_leader_list which, const char *text, size_t len)
+{
+    const char *name = which == CLOUD_LEADER_LIST_REVOKED ? "revoked" : "serials";
+    int rc = enroll__list_publish(cloud, name, text, len);
+    if (rc == NU_OK || rc == NU_ERR_NOT_AUTHORIZED) {
+        int noted = cloud_leader_list_note(leader, which, text, len);
+        if (rc == NU_OK && noted == NU_OK)
+            nu_info("leader: broker list %s published (%zu bytes)", name, len);
+        return rc ? rc : noted;
+    }
+    return rc;
+}
+
 /*
  * The leader's lists on the bus, each published again only when its text
  * changed (or leadership changed hands): the serial list is replaced whole
@@ -251,19 +269,15 @@ void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
     char *text = NULL;
     size_t len = 0;
     int rc = enroll__revoked_collect(ledger, &ids, &text, &len);
-    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_REVOKED, text, len) &&
-        (rc = enroll__list_publish(cloud, "revoked", text, len)) == NU_OK)
-        rc = cloud_leader_list_note(leader, CLOUD_LEADER_LIST_REVOKED, text, len);
+    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_REVOKED, text, len))
+        rc = enroll__leader_publish(cloud, leader, CLOUD_LEADER_LIST_REVOKED, text, len);
     if (rc)
-        nu_warn("leader: revocation list not published: %s (next poll retries)", nu_err_str(rc));
+        nu_warn("leader: revocation list not published: %s", nu_err_str(rc));
     rc = enroll__serials_text(ledger, &pins);
-    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len) &&
-        (rc = enroll__list_publish(cloud, "serials", pins.buf, pins.len)) == NU_OK) {
-        rc = cloud_leader_list_note(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len);
-        nu_info("leader: identity serial list published (%zu bytes)", pins.len);
-    }
+    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len))
+        rc = enroll__leader_publish(cloud, leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len);
     if (rc)
-        nu_warn("leader: serial list not published: %s (next poll retries)", nu_err_str(rc));
+        nu_warn("leader: serial list not published: %s", nu_err_str(rc));
     free(pins.buf);
     free(text);
     free(ids.ids);
