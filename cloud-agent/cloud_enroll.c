@@ -205,15 +205,35 @@ static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *
     return NU_OK;
 }
 
-/* The serial list's text from the ledger (s->buf, malloc'd). */
-static int enroll__serials_text(struct cloud_ledger *ledger, struct enroll__pins *s)
+/* The serial list's header in s->buf (malloc'd); lines follow. */
+static int enroll__serials_start(struct enroll__pins *s)
 {
     static const char head[] = "# written by nusec-cloud: current identity certificate serials\n";
     if (!(s->buf = malloc(s->cap = sizeof(head) + 256)))
         return NU_ERR_NOMEM;
     memcpy(s->buf, head, sizeof(head) - 1);
     s->len = sizeof(head) - 1;
-    return cloud_ledger_programmer_list(ledger, enroll__collect_pin, s);
+    return NU_OK;
+}
+
+/* The serial list's text from the ledger (s->buf, malloc'd). */
+static int enroll__serials_text(struct cloud_ledger *ledger, struct enroll__pins *s)
+{
+    int rc = enroll__serials_start(s);
+    return rc ? rc : cloud_ledger_programmer_list(ledger, enroll__collect_pin, s);
+}
+
+/* Both lists from one pass over the programmers (the leader's every poll). */
+struct enroll__both {
+    struct enroll__ids *ids;
+    struct enroll__pins *pins;
+};
+
+static int enroll__collect_both(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    struct enroll__both *b = ctx;
+    int rc = enroll__collect_revoked(b->ids, p);
+    return rc ? rc : enroll__collect_pin(b->pins, p);
 }
 
 int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
@@ -268,16 +288,29 @@ void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
     struct enroll__pins pins = {0};
     char *text = NULL;
     size_t len = 0;
-    int rc = enroll__revoked_collect(ledger, &ids, &text, &len);
-    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_REVOKED, text, len))
+    struct enroll__both both = {&ids, &pins};
+    int rc = enroll__serials_start(&pins);
+    if (!rc)
+        rc = cloud_ledger_programmer_list(ledger, enroll__collect_both, &both);
+    if (!rc)
+        rc = enroll__revoked_text(&ids, &text, &len);
+    if (rc) { /* a ledger outage is logged where it is met: no line a second here */
+        if (rc == NU_ERR_CONNECTION || rc == NU_ERR_BUSY)
+            nu_debug("leader: broker lists not built: %s", nu_err_str(rc));
+        else
+            nu_warn("leader: broker lists not built: %s", nu_err_str(rc));
+        goto out;
+    }
+    if (cloud_leader_list_due(leader, CLOUD_LEADER_LIST_REVOKED, text, len))
         rc = enroll__leader_publish(cloud, leader, CLOUD_LEADER_LIST_REVOKED, text, len);
     if (rc)
         nu_warn("leader: revocation list not published: %s", nu_err_str(rc));
-    rc = enroll__serials_text(ledger, &pins);
-    if (!rc && cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len))
+    rc = NU_OK;
+    if (cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len))
         rc = enroll__leader_publish(cloud, leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len);
     if (rc)
         nu_warn("leader: serial list not published: %s", nu_err_str(rc));
+out:
     free(pins.buf);
     free(text);
     free(ids.ids);
