@@ -113,8 +113,7 @@ static int enroll__collect_revoked(void *ctx, const struct cloud_ledger_programm
  * A message that is not confirmed (the broker out of reach) stays queued in
  * the session; NU_ERR_CONNECTION is that, not a failure.
  */
-static int enroll__list_publish(struct cloud *cloud, const char *name, const char *text,
-                                size_t len)
+static int enroll__list_publish(struct cloud *cloud, const char *name, const char *text, size_t len)
 {
     char topic[sizeof(CLOUD_LISTS_TOPIC) + 16 + CLOUD_ID_MAX];
     if (!cloud->mqtt)

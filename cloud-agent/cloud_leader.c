@@ -12,10 +12,10 @@ struct cloud_leader {
     char *target;        /* libpq URI; NULL on SQLite (always leader) */
     char *password_file; /* NULL: PGPASSFILE / none */
     int64_t lock_id;
-    struct ledger_store *store; /* the session that holds (or asks for) the lock */
-    int leader;                 /* the last poll's answer */
-    int polled;                 /* a poll has run */
-    char *list[CLOUD_LEADER_LISTS];     /* the lists published as leader (NULL: none yet) */
+    struct ledger_store *store;     /* the session that holds (or asks for) the lock */
+    int leader;                     /* the last poll's answer */
+    int polled;                     /* a poll has run */
+    char *list[CLOUD_LEADER_LISTS]; /* the lists published as leader (NULL: none yet) */
     size_t list_len[CLOUD_LEADER_LISTS];
 };
 
