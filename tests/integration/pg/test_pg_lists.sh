@@ -15,6 +15,8 @@
 #   3. it is revoked: the broker disconnects it and refuses it, in seconds;
 #   4. a malformed list (and an owners line about another programmer),
 #      published by a cloud identity, is refused: file and retained list kept;
+#      a good owners list moves that programmer's owner; a station's list
+#      is denied;
 #   5. SIGKILL of the leader: the other agent takes over and republishes
 #      (the broker's serial file, removed meanwhile, comes back);
 #   6. broker restart: it runs on the lists it adopted (revocation kept).
@@ -146,6 +148,13 @@ retained=$(mosquitto_sub -V mqttv5 -h "${EP%:*}" -p "${EP##*:}" --cafile "$DIR/p
     --cert "$DIR/pki/clients/cloud.crt" --key "$DIR/pki/clients/cloud.key" -i cloud:probe \
     -t nusec/v1/cloud/lists/revoked -C 1 -W 5 2>/dev/null) || true
 grep -qx prog-new <<<"$retained" || fail "the retained revocation list is not the agents' any more"
+# A well-formed owners list replaces that programmer's lines only.
+owner_before=$(grep -c ' prog-1$' "$DIR/broker/owners" || true)
+cloud_pub nusec/v1/cloud/lists/owners/prog-1 $'station-b prog-1\n' || true
+moved() { has_line "$DIR/broker/owners" "station-b prog-1" && [[ $(grep -c '^[^#]* prog-1$' "$DIR/broker/owners") == 1 ]]; }
+wait_for 10 moved || fail "an owners list was not adopted (prog-1 lines before: $owner_before)"
+cloud_pub nusec/v1/cloud/lists/owners/prog-1 $'station prog-1\n' || true
+wait_for 10 has_line "$DIR/broker/owners" "station prog-1" || fail "prog-1's owner was not moved back"
 cp "$DIR/broker/serials" "$DIR/serials.before"
 printf 'station-1 0a\n' | mosquitto_pub -V mqttv5 -h "${EP%:*}" -p "${EP##*:}" \
     --cafile "$DIR/pki/chain.pem" --cert "$DIR/pki/clients/station.crt" \
