@@ -1,6 +1,6 @@
 #include "station_report.h"
 
-#include "station_daemon.h"
+#include "station_lock.h"
 #include "station_event.h"
 #include "station_progress.h"
 
