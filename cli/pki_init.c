@@ -561,8 +561,8 @@ int pki_broker_conf(const char *dir, const char *host, const char *port, const c
      * CRL (CRL_LINE) is left to the revocation work of the cloud agent. */
     enum { N = 9 };
     static const enum nu_path_kind kinds[N] = {
-        NU_PATH_CHAIN,      NU_PATH_BROKER_CERT,    NU_PATH_BROKER_KEY,
-        NU_PATH_BROKER_DATA, NU_PATH_BROKER_LOG,    NU_PATH_BROKER_REVOKED,
+        NU_PATH_CHAIN,         NU_PATH_BROKER_CERT, NU_PATH_BROKER_KEY,
+        NU_PATH_BROKER_DATA,   NU_PATH_BROKER_LOG,  NU_PATH_BROKER_REVOKED,
         NU_PATH_BROKER_OWNERS, NU_PATH_FLEET_CA,    NU_PATH_RUN,
     };
     char paths[N][PATH_MAX], pid_file[PATH_MAX + 16];
@@ -576,20 +576,13 @@ int pki_broker_conf(const char *dir, const char *host, const char *port, const c
         return rc;
     struct passwd *pw = getpwuid(geteuid());
     const char *const vars[] = {
-        "HOST",         host,
-        "PORT",         port,
-        "CAFILE",       paths[0],
-        "CERTFILE",     paths[1],
-        "KEYFILE",      paths[2],
-        "DIR",          paths[3],
-        "LOG",          paths[4],
-        "REVOKED_FILE", paths[5],
-        "OWNERS_FILE",  paths[6],
-        "ISSUER_FILE",  paths[7],
-        "CRL_LINE",     "",
-        "PLUGIN",       plugin ? plugin : pki_default_plugin(),
-        "PID_FILE",     pid_file,
-        "USER",         pw ? pw->pw_name : "root",
+        "HOST",        host,     "PORT",         port,
+        "CAFILE",      paths[0], "CERTFILE",     paths[1],
+        "KEYFILE",     paths[2], "DIR",          paths[3],
+        "LOG",         paths[4], "REVOKED_FILE", paths[5],
+        "OWNERS_FILE", paths[6], "ISSUER_FILE",  paths[7],
+        "CRL_LINE",    "",       "PLUGIN",       plugin ? plugin : pki_default_plugin(),
+        "PID_FILE",    pid_file, "USER",         pw ? pw->pw_name : "root",
         NULL,
     };
     return pki_fill_template(nusec_broker_conf_template, vars, out);

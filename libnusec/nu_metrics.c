@@ -224,9 +224,9 @@ void nu_metric_add(struct nu_metric *f, uint64_t n, const char *const *values)
 int nu_metrics_build_info(struct nu_metrics *m, const char *program)
 {
     struct nu_metric *info = NULL;
-    int rc = nu_metrics_gauge(m, "nusec_build_info",
-                              "The program's version and git revision (value 1).",
-                              "program,version,revision", &info);
+    int rc =
+        nu_metrics_gauge(m, "nusec_build_info", "The program's version and git revision (value 1).",
+                         "program,version,revision", &info);
     if (rc == NU_OK)
         nu_metric_set(info, 1, (const char *[]){program, nu_version(), nu_version_revision()});
     return rc;

@@ -84,8 +84,7 @@ static int cry__seal_open(void *ctx, pg_ecdh_fn ecdh, void *ectx, const uint8_t 
 
 /* The core's buffers are its own (no heap in its loop): copy what libnusec
  * made into out[cap] when rc is NU_OK and it fits, and free it either way. */
-static int cry__der_out(int rc, uint8_t *der, size_t len, uint8_t *out, size_t cap,
-                        size_t *out_len)
+static int cry__der_out(int rc, uint8_t *der, size_t len, uint8_t *out, size_t cap, size_t *out_len)
 {
     if (rc == NU_OK && len > cap)
         rc = NU_ERR_TOO_LARGE;
