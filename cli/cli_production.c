@@ -2,7 +2,7 @@
 #include "cli.h"
 #include "cli_opts.h"
 
-#include "station_daemon.h"
+#include "station_lock.h"
 #include "station_db.h"
 #include "station_report.h"
 

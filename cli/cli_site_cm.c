@@ -5,7 +5,6 @@
 #include "site_bundle.h"
 #include "pki_init.h"
 
-#include "broker_conf_template.h"
 #include "station_owners.h"
 
 #include "nu_crypto.h"
@@ -23,7 +22,6 @@
 #include <getopt.h>
 #include <stdarg.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,51 +316,26 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
 /* DIR/broker/mosquitto.conf of the site: the NuSEC template + the bridge. */
 static int site__broker_conf(const char *dir, const char *name)
 {
-    enum { N = 13 };
-    static const enum nu_path_kind kinds[N] = {
-        NU_PATH_BROKER,          NU_PATH_CHAIN,         NU_PATH_BROKER_CERT,
-        NU_PATH_BROKER_KEY,      NU_PATH_BROKER_DATA,   NU_PATH_BROKER_LOG,
-        NU_PATH_BROKER_REVOKED,  NU_PATH_BROKER_OWNERS, NU_PATH_BROKER_CRL,
-        NU_PATH_BROKER_ENDPOINT, NU_PATH_RUN,           NU_PATH_BROKER_CONF,
-        NU_PATH_FLEET_CA,
-    };
-    char paths[N][PATH_MAX], host[256], port[16], cloud[300], pid_file[PATH_MAX + 16];
-    char *bridge = NULL, endpoint[300];
+    char conf_path[PATH_MAX], endpoint_path[PATH_MAX], host[256], port[16], cloud[300];
+    char *bridge = NULL, *conf = NULL, endpoint[300];
     const size_t bridge_cap = 256u * 1024u;
-    for (int i = 0; i < N; i++) {
-        int rc = nu_paths_get(dir, kinds[i], paths[i], sizeof(paths[i]));
-        if (rc)
-            return rc;
-    }
-    int rc = site__conf_get(dir, "host", host, sizeof(host));
+    int rc = nu_paths_get(dir, NU_PATH_BROKER_CONF, conf_path, sizeof(conf_path));
+    if (!rc)
+        rc = nu_paths_get(dir, NU_PATH_BROKER_ENDPOINT, endpoint_path, sizeof(endpoint_path));
+    if (!rc)
+        rc = site__conf_get(dir, "host", host, sizeof(host));
     if (!rc)
         rc = site__conf_get(dir, "port", port, sizeof(port));
     if (!rc)
         rc = site__conf_get(dir, "cloud", cloud, sizeof(cloud));
-    if (!rc)
-        rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[10]);
     if (!rc && !(bridge = malloc(bridge_cap)))
         rc = NU_ERR_NOMEM;
     if (!rc)
         rc = site__bridge_section(dir, name, cloud, bridge, bridge_cap);
-    if (rc) {
-        free(bridge);
-        return rc;
-    }
-    struct passwd *pw = getpwuid(geteuid());
     const char *plugin = getenv("NUSEC_AUTH_PLUGIN");
-    const char *const vars[] = {
-        "HOST",        host,     "PORT",         port,
-        "CAFILE",      paths[1], "CERTFILE",     paths[2],
-        "KEYFILE",     paths[3], "DIR",          paths[4],
-        "LOG",         paths[5], "REVOKED_FILE", paths[6],
-        "OWNERS_FILE", paths[7], "ISSUER_FILE",  paths[12],
-        "CRL_LINE",    "",       "PLUGIN",       plugin && *plugin ? plugin : pki_default_plugin(),
-        "PID_FILE",    pid_file, "USER",         pw ? pw->pw_name : "root",
-        NULL,
-    };
-    char *conf = NULL;
-    if ((rc = pki_fill_template(nusec_broker_conf_template, vars, &conf))) {
+    if (!rc)
+        rc = pki_broker_conf(dir, host, port, plugin && *plugin ? plugin : NULL, &conf);
+    if (rc) {
         free(bridge);
         return rc;
     }
@@ -377,11 +350,11 @@ static int site__broker_conf(const char *dir, const char *name)
     memcpy(all + clen, bridge, blen + 1);
     free(conf);
     free(bridge);
-    rc = nu_file_write_atomic(paths[11], all, clen + blen, 0600);
+    rc = nu_file_write_atomic(conf_path, all, clen + blen, 0600);
     free(all);
     int n = snprintf(endpoint, sizeof(endpoint), "%s:%s\n", host, port);
     if (!rc)
-        rc = nu_file_write_atomic(paths[9], endpoint, (size_t)n, 0644);
+        rc = nu_file_write_atomic(endpoint_path, endpoint, (size_t)n, 0644);
     return rc;
 }
 

@@ -7,7 +7,7 @@
 #include "cli_stack_pg.h"
 #include "pki_init.h"
 
-#include "station_daemon.h"
+#include "station_lock.h"
 #include "station_db.h"
 #include "station_proc.h"
 

@@ -553,21 +553,48 @@ const char *pki_default_plugin(void)
     return NUSEC_AUTH_PLUGIN_PATH;
 }
 
-/* Fill broker/mosquitto.conf.in; the broker runs as the owner of the key files. */
-static int pki__write_broker_conf(struct pki__run *r)
+int pki_broker_conf(const char *dir, const char *host, const char *port, const char *plugin,
+                    char **out)
 {
     /* Clients must chain to the Fleet CA (ISSUER_FILE); the Root in CAFILE is
      * only OpenSSL's anchor. The revocation list is the plugin's; a Fleet CA
      * CRL (CRL_LINE) is left to the revocation work of the cloud agent. */
-    enum { N = 13 };
+    enum { N = 9 };
     static const enum nu_path_kind kinds[N] = {
-        NU_PATH_BROKER,          NU_PATH_CHAIN,         NU_PATH_BROKER_CERT,
-        NU_PATH_BROKER_KEY,      NU_PATH_BROKER_DATA,   NU_PATH_BROKER_LOG,
-        NU_PATH_BROKER_REVOKED,  NU_PATH_BROKER_OWNERS, NU_PATH_BROKER_CRL,
-        NU_PATH_BROKER_ENDPOINT, NU_PATH_RUN,           NU_PATH_BROKER_CONF,
-        NU_PATH_FLEET_CA,
+        NU_PATH_CHAIN,         NU_PATH_BROKER_CERT, NU_PATH_BROKER_KEY,
+        NU_PATH_BROKER_DATA,   NU_PATH_BROKER_LOG,  NU_PATH_BROKER_REVOKED,
+        NU_PATH_BROKER_OWNERS, NU_PATH_FLEET_CA,    NU_PATH_RUN,
     };
-    char paths[N][PATH_MAX], port_text[16], pid_file[PATH_MAX + 16], endpoint[300];
+    char paths[N][PATH_MAX], pid_file[PATH_MAX + 16];
+    for (int i = 0; i < N; i++) {
+        int rc = nu_paths_get(dir, kinds[i], paths[i], sizeof(paths[i]));
+        if (rc)
+            return rc;
+    }
+    int rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[8]);
+    if (rc)
+        return rc;
+    struct passwd *pw = getpwuid(geteuid());
+    const char *const vars[] = {
+        "HOST",        host,     "PORT",         port,
+        "CAFILE",      paths[0], "CERTFILE",     paths[1],
+        "KEYFILE",     paths[2], "DIR",          paths[3],
+        "LOG",         paths[4], "REVOKED_FILE", paths[5],
+        "OWNERS_FILE", paths[6], "ISSUER_FILE",  paths[7],
+        "CRL_LINE",    "",       "PLUGIN",       plugin ? plugin : pki_default_plugin(),
+        "PID_FILE",    pid_file, "USER",         pw ? pw->pw_name : "root",
+        NULL,
+    };
+    return pki_fill_template(nusec_broker_conf_template, vars, out);
+}
+
+/* Fill broker/mosquitto.conf.in; the broker runs as the owner of the key files. */
+static int pki__write_broker_conf(struct pki__run *r)
+{
+    enum { N = 4 };
+    static const enum nu_path_kind kinds[N] = {NU_PATH_BROKER_CONF, NU_PATH_BROKER_REVOKED,
+                                               NU_PATH_BROKER_OWNERS, NU_PATH_BROKER_ENDPOINT};
+    char paths[N][PATH_MAX], port_text[16], endpoint[300];
     for (int i = 0; i < N; i++) {
         int rc = pki__path(r, kinds[i], paths[i], sizeof(paths[i]));
         if (rc)
@@ -578,39 +605,18 @@ static int pki__write_broker_conf(struct pki__run *r)
     if (rc)
         return rc;
     snprintf(port_text, sizeof(port_text), "%d", port);
-    if ((rc = nu_path_fmt(pid_file, sizeof(pid_file), "%s/broker.pid", paths[10])))
-        return rc;
-    struct passwd *pw = getpwuid(geteuid());
-    const char *plugin = r->opts->plugin ? r->opts->plugin : pki_default_plugin();
-    const char *const vars[] = {
-        "HOST",         r->opts->host,
-        "PORT",         port_text,
-        "CAFILE",       paths[1],
-        "CERTFILE",     paths[2],
-        "KEYFILE",      paths[3],
-        "DIR",          paths[4],
-        "LOG",          paths[5],
-        "REVOKED_FILE", paths[6],
-        "OWNERS_FILE",  paths[7],
-        "ISSUER_FILE",  paths[12],
-        "CRL_LINE",     "",
-        "PLUGIN",       plugin,
-        "PID_FILE",     pid_file,
-        "USER",         pw ? pw->pw_name : "root",
-        NULL,
-    };
     char *conf = NULL;
-    if ((rc = pki_fill_template(nusec_broker_conf_template, vars, &conf)))
+    if ((rc = pki_broker_conf(r->opts->dir, r->opts->host, port_text, r->opts->plugin, &conf)))
         return rc;
-    rc = nu_file_write_atomic(paths[11], conf, strlen(conf), 0600);
+    rc = nu_file_write_atomic(paths[0], conf, strlen(conf), 0600);
     free(conf);
     if (!rc)
-        rc = nu_file_write_atomic(paths[6], "# revoked identities, one per line\n", 35, 0644);
+        rc = nu_file_write_atomic(paths[1], "# revoked identities, one per line\n", 35, 0644);
     if (!rc)
-        rc = nu_file_write_atomic(paths[7], "# station programmer\n", 21, 0644);
+        rc = nu_file_write_atomic(paths[2], "# station programmer\n", 21, 0644);
     if (!rc) {
         int n = snprintf(endpoint, sizeof(endpoint), "%s:%d\n", r->opts->host, port);
-        rc = nu_file_write_atomic(paths[9], endpoint, (size_t)n, 0644);
+        rc = nu_file_write_atomic(paths[3], endpoint, (size_t)n, 0644);
     }
     return rc;
 }

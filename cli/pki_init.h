@@ -68,6 +68,17 @@ int pki_init_failed(const char *dir, char *why, size_t cap);
  */
 int pki_fill_template(const char *tmpl, const char *const *vars, char **out);
 
+/*
+ * The NuSEC broker configuration of state directory `dir`, from the template
+ * built in: the listener on host:port, the nusec_auth plugin at `plugin`
+ * (NULL: pki_default_plugin()), every file where nu_paths puts it, the broker
+ * running as this process's user. Both `pki init` and a site's broker
+ * (`site init`) write it. *out is malloc'd; the caller frees it.
+ * Errors: TOO_LARGE (a path), CONFIG (template), NOMEM.
+ */
+int pki_broker_conf(const char *dir, const char *host, const char *port, const char *plugin,
+                    char **out);
+
 /* 1 when `org` may name the OEM's organisation (see pki_init_opts.org). */
 int pki_org_valid(const char *org);
 

@@ -42,14 +42,10 @@ static int devcrl__visit(void *ctx, const struct cloud_ledger_cert *c)
     struct devcrl__list *l = ctx;
     if (l->n == CLOUD_CRL_ENTRIES_MAX)
         return NU_ERR_TOO_LARGE;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct devcrl__item *v = realloc(l->v, cap * sizeof(*v));
-        if (!v)
-            return NU_ERR_NOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    struct devcrl__item *v = nu_grow(l->v, &l->cap, l->n, sizeof(*v));
+    if (!v)
+        return NU_ERR_NOMEM;
+    l->v = v;
     struct devcrl__item *it = &l->v[l->n];
     int rc = nu_hex_decode(c->serial, it->serial, sizeof(it->serial), &it->serial_len);
     if (rc != NU_OK) {

@@ -2,6 +2,7 @@
 #include "cloud_fairq.h"
 
 #include "nu_err.h"
+#include "nu_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -62,14 +63,10 @@ int cloud_fairq_push(struct cloud_fairq *q, const char *sender, struct cloud_fai
     if (s && s->depth >= q->sender_max)
         return NU_ERR_BUSY;
     if (!s) {
-        if (q->n == q->cap) {
-            size_t cap = q->cap ? 2 * q->cap : 16;
-            struct cloud__fsender *grown = realloc(q->senders, cap * sizeof(*grown));
-            if (!grown)
-                return NU_ERR_NOMEM;
-            q->senders = grown;
-            q->cap = cap;
-        }
+        struct cloud__fsender *grown = nu_grow(q->senders, &q->cap, q->n, sizeof(*grown));
+        if (!grown)
+            return NU_ERR_NOMEM;
+        q->senders = grown;
         /* A new sender joins at the end of the round: it is served after
          * those already waiting, never ahead of them. */
         s = &q->senders[q->n++];

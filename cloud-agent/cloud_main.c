@@ -198,7 +198,6 @@ static void cloud__on_connection(struct nu_mqtt *m, int connected, void *ud)
 /* The families of struct cloud_metrics, and the agent's version as a label. */
 static int cloud__metrics_declare(struct cloud_metrics *cm)
 {
-    struct nu_metric *info = NULL;
     int rc = nu_metrics_new(&cm->reg);
 #define CLOUD__M(kind, field, name, help, labels)                                                  \
     if (!rc)                                                                                       \
@@ -223,11 +222,7 @@ static int cloud__metrics_declare(struct cloud_metrics *cm)
              "1 while connected to the broker.", NULL)
 #undef CLOUD__M
     if (!rc)
-        rc = nu_metrics_gauge(cm->reg, "nusec_build_info",
-                              "The program's version and git revision (value 1).",
-                              "program,version,revision", &info);
-    nu_metric_set(info, 1,
-                  (const char *[]){"nusec-cloud", nu_version(), nu_version_revision()});
+        rc = nu_metrics_build_info(cm->reg, "nusec-cloud");
     return rc;
 }
 

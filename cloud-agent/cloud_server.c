@@ -1,4 +1,8 @@
 /* nusec-cloud frame: subscription, request checks, worker pool, replies. */
+/* Over 1,000 lines on purpose: the queue, admission, the workers, the
+ * programmers' lane and the refusal table all work on struct cloud_queue under
+ * its locks, which stays private to this file; split, the struct and its
+ * locking rules would go into a header that every part includes. */
 #include "cloud.h"
 #include "cloud_lease.h"
 #include "cloud_fairq.h"

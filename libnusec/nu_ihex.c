@@ -52,14 +52,10 @@ static int ihex__unhex(const char *digits, size_t nb, uint8_t *out)
 static int ihex__push(struct ihex__state *st, uint64_t addr, const char *hex, uint8_t n,
                       size_t line)
 {
-    if (st->count == st->cap) {
-        size_t cap = st->cap ? st->cap * 2 : 64;
-        struct ihex__rec *r = realloc(st->recs, cap * sizeof(*r));
-        if (!r)
-            return NU_ERR_NOMEM;
-        st->recs = r;
-        st->cap = cap;
-    }
+    struct ihex__rec *r = nu_grow(st->recs, &st->cap, st->count, sizeof(*r));
+    if (!r)
+        return NU_ERR_NOMEM;
+    st->recs = r;
     st->recs[st->count++] = (struct ihex__rec){addr, hex, line, n};
     return NU_OK;
 }

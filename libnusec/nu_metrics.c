@@ -1,6 +1,7 @@
 #include "nu_metrics.h"
 #include "nu_err.h"
 #include "nu_log.h"
+#include "nu_version.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -218,6 +219,17 @@ void nu_metric_add(struct nu_metric *f, uint64_t n, const char *const *values)
     struct nu__series *s = f ? nu__find(f, values) : NULL;
     if (s)
         __atomic_add_fetch(&s->value, (int64_t)n, __ATOMIC_RELAXED);
+}
+
+int nu_metrics_build_info(struct nu_metrics *m, const char *program)
+{
+    struct nu_metric *info = NULL;
+    int rc =
+        nu_metrics_gauge(m, "nusec_build_info", "The program's version and git revision (value 1).",
+                         "program,version,revision", &info);
+    if (rc == NU_OK)
+        nu_metric_set(info, 1, (const char *[]){program, nu_version(), nu_version_revision()});
+    return rc;
 }
 
 void nu_metric_set(struct nu_metric *f, int64_t v, const char *const *values)

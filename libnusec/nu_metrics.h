@@ -50,6 +50,13 @@ int nu_metrics_histogram(struct nu_metrics *m, const char *name, const char *hel
                          const char *labels, struct nu_metric **out);
 
 /*
+ * Declare nusec_build_info{program,version,revision}, set to 1 with this
+ * build's nu_version() and nu_version_revision(): every program's /metrics
+ * names what runs. Errors: as nu_metrics_gauge.
+ */
+int nu_metrics_build_info(struct nu_metrics *m, const char *program);
+
+/*
  * Updates; `values` has one string per label name (NULL for a family
  * without labels). NULL family: nothing (so an optional registry needs no
  * checks at the call sites).

@@ -411,10 +411,9 @@ static int x509__sign(uint8_t *buf, int body_len, size_t cap, const struct nu_si
 
 /* ---------------------------------------------------------------- parsing */
 
-/* Total length of the outer DER SEQUENCE at der[0..len), or 0 if malformed. */
-static size_t x509__outer_len(const uint8_t *der, size_t len)
+size_t nu_x509_der_len(const uint8_t *der, size_t len)
 {
-    if (len < 2 || der[0] != 0x30)
+    if (!der || len < 2 || der[0] != 0x30)
         return 0;
     size_t n = der[1], hdr = 2;
     if (n & 0x80) {
@@ -426,7 +425,7 @@ static size_t x509__outer_len(const uint8_t *der, size_t len)
             n = (n << 8) | der[2 + i];
         hdr += k;
     }
-    return hdr + n;
+    return hdr + n <= len ? hdr + n : 0;
 }
 
 /*
@@ -435,7 +434,7 @@ static size_t x509__outer_len(const uint8_t *der, size_t len)
  */
 static int x509__parse(const uint8_t *der, size_t len, int type, DecodedCert *dc)
 {
-    if (x509__outer_len(der, len) != len)
+    if (nu_x509_der_len(der, len) != len)
         return NU_ERR_DECODE;
     wc_InitDecodedCert(dc, der, (word32)len, NULL);
     int wc = wc_ParseCert(dc, type, NO_VERIFY, NULL);

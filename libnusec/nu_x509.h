@@ -169,6 +169,13 @@ enum nu_x509_pem_kind {
 };
 
 /*
+ * Length of the DER SEQUENCE that starts at der[0] (tag, length bytes and
+ * content), or 0 when der[0..len) does not start with one that fits: how a
+ * certificate is cut from a chain of them written back to back. Reads only.
+ */
+size_t nu_x509_der_len(const uint8_t *der, size_t len);
+
+/*
  * DER -> PEM text, NUL-terminated. *out_pem (malloc, caller frees) holds
  * *out_len characters (without the NUL).
  * Errors: INVALID_ARG, TOO_LARGE (DER over NU_X509_CERT_MAX), NOMEM, CRYPTO.

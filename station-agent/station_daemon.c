@@ -3,6 +3,7 @@
 
 #include "station_db.h"
 #include "station_event.h"
+#include "station_lock.h"
 #include "station_pkg.h"
 #include "station_report.h"
 
@@ -223,7 +224,7 @@ int station_create(const struct station_opts *opts, struct station **out_st)
     pthread_cond_init(&st->cond, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&st->lock, NULL);
-    int rc = st__lock_take(st);
+    int rc = station_lock_take(st->dir, &st->lock_fd);
     if (rc == NU_OK)
         rc = station_pkg_signer_load(st->dir, st->pkg_pub);
     if (rc == NU_OK)

@@ -87,10 +87,4 @@ int station_run(struct station *st, volatile sig_atomic_t *stop);
 /* Free everything; releases the lock. NULL is a no-op. */
 void station_destroy(struct station *st);
 
-/*
- * 1 when a daemon holds the lock of `dir` (its pid into *out_pid if not
- * NULL, 0 if unknown), 0 when none does.
- */
-int station_daemon_running(const char *dir, pid_t *out_pid);
-
 #endif

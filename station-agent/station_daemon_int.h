@@ -114,10 +114,6 @@ struct station {
     size_t n_notes;
 };
 
-/* station_daemon_lock.c */
-/* Take DIR/station/station.lock (flock, pid written in it). Errors: BUSY, IO, PERMISSION. */
-int st__lock_take(struct station *st);
-
 /* station_daemon_pub.c */
 int st__publish(struct station *st, const char *topic, ProtobufCMessage *body);
 void st__note(struct station *st, const char *kind, const char *job, int code, const char *detail,

@@ -7,7 +7,6 @@
 #include "nu_log.h"
 #include "nu_metrics.h"
 #include "nu_util.h"
-#include "nu_version.h"
 
 #include <limits.h>
 #include <sqlite3.h>
@@ -105,7 +104,6 @@ static void sm__collect(void *ctx)
 
 static int sm__declare(struct station_metrics *sm)
 {
-    struct nu_metric *info = NULL;
     int rc = nu_metrics_new(&sm->reg);
 #define SM__G(field, name, help, labels)                                                           \
     if (!rc)                                                                                       \
@@ -126,11 +124,7 @@ static int sm__declare(struct station_metrics *sm)
           "Failed chips, by programmer and reason (error name).", "programmer,reason")
 #undef SM__G
     if (!rc)
-        rc = nu_metrics_gauge(sm->reg, "nusec_build_info",
-                              "The program's version and git revision (value 1).",
-                              "program,version,revision", &info);
-    nu_metric_set(info, 1,
-                  (const char *[]){"nusec-station", nu_version(), nu_version_revision()});
+        rc = nu_metrics_build_info(sm->reg, "nusec-station");
     if (!rc)
         nu_metrics_on_render(sm->reg, sm__collect, sm);
     return rc;

@@ -1,4 +1,8 @@
 /* pg_produce: one chip in one socket, from blank to locked (ARCHITECTURE.md "Production flow"). */
+/* Over 1,000 lines on purpose: the chip steps, the cloud exchange and the
+ * reports all work on struct prod__dev (one chip's state, private here) and,
+ * with the unit and journal bookkeeping, keep one rule: a unit is spent once
+ * cert.request left. In one file a reader checks that rule in one place. */
 #include "pg_int.h"
 
 #include <stdio.h>

@@ -593,24 +593,6 @@ int tsim_write_boot_key(struct tsim *t, const uint8_t pub[65])
     return tsim__commit_if_changed(t, &nv);
 }
 
-/* Length of the DER element at der[0..len) (tag, length, content), 0 if malformed. */
-static size_t tsim__der_len(const uint8_t *der, size_t len)
-{
-    if (len < 2 || der[0] != 0x30)
-        return 0;
-    size_t n = der[1], hdr = 2;
-    if (n & 0x80) {
-        size_t k = n & 0x7f;
-        if (k == 0 || k > 3 || len < 2 + k)
-            return 0;
-        n = 0;
-        for (size_t i = 0; i < k; i++)
-            n = n << 8 | der[2 + i];
-        hdr += k;
-    }
-    return hdr + n <= len ? hdr + n : 0;
-}
-
 /* A certificate, or a chain of them back to back (leaf first: what an
  * offline-lease chip gets, issue 15), as one PEM file. */
 static int tsim__chain_pem(const uint8_t *der, size_t len, char **out, size_t *out_len)
@@ -619,7 +601,7 @@ static int tsim__chain_pem(const uint8_t *der, size_t len, char **out, size_t *o
     size_t all_len = 0;
     int rc = NU_OK;
     for (size_t off = 0; !rc && off < len;) {
-        size_t one = tsim__der_len(der + off, len - off);
+        size_t one = nu_x509_der_len(der + off, len - off);
         if (one == 0 || (off == 0 && one == len)) { /* one certificate (or not DER): as given */
             free(all);
             return nu_x509_der_to_pem(der, len, NU_X509_PEM_CERT, out, out_len);

@@ -3,7 +3,7 @@
 
     audit_verify.py LEDGER
 
-Written from the row encoding in cloud-agent/ledger.h, not from ledger.c:
+Written from the row encoding in libledger/ledger.h, not from ledger.c:
 recomputes every event's hash and link, checks seq contiguity and the stored
 head, and parses every payload as strict JSON: exactly one object, no
 NaN/Infinity, no raw control character, and no object anywhere that gives a

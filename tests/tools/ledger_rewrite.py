@@ -5,7 +5,7 @@
 
 Replaces OLD by NEW in the payload of event K, then recomputes the hash of
 every event from K on and the stored head, so that the chain is internally
-consistent again (the canonical row encoding of cloud-agent/ledger.h). The
+consistent again (the canonical row encoding of libledger/ledger.h). The
 protective triggers are dropped for the edit and put back as they were.
 With --drop-checkpoints, the audit.checkpoint events from K on are removed
 and the later events renumbered, so that no checkpoint with a now-wrong

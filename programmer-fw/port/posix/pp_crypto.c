@@ -82,6 +82,20 @@ static int cry__seal_open(void *ctx, pg_ecdh_fn ecdh, void *ectx, const uint8_t 
     return rc;
 }
 
+/* The core's buffers are its own (no heap in its loop): copy what libnusec
+ * made into out[cap] when rc is NU_OK and it fits, and free it either way. */
+static int cry__der_out(int rc, uint8_t *der, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (rc == NU_OK && len > cap)
+        rc = NU_ERR_TOO_LARGE;
+    if (rc == NU_OK) {
+        memcpy(out, der, len);
+        *out_len = len;
+    }
+    free(der);
+    return rc;
+}
+
 static int cry__csr_make(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t pub[65],
                          const char *cn, const char *ou, const char *o, uint8_t *out, size_t cap,
                          size_t *out_len)
@@ -92,14 +106,7 @@ static int cry__csr_make(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t p
     uint8_t *der = NULL;
     size_t len = 0;
     int rc = nu_x509_csr_make(&s, cn, ou, o, &der, &len);
-    if (rc == NU_OK && len > cap)
-        rc = NU_ERR_TOO_LARGE;
-    if (rc == NU_OK) {
-        memcpy(out, der, len);
-        *out_len = len;
-    }
-    free(der);
-    return rc;
+    return cry__der_out(rc, der, len, out, cap, out_len);
 }
 
 /* The cloud's device profile (cloud_cert.c), issued by the lease's line CA:
@@ -131,14 +138,7 @@ static int cry__cert_issue(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t
         memcpy(ir.pub, pub, sizeof(ir.pub));
         rc = nu_x509_issue(&ir, &s, issuer, issuer_len, &der, &len);
     }
-    if (rc == NU_OK && len > cap)
-        rc = NU_ERR_TOO_LARGE;
-    if (rc == NU_OK) {
-        memcpy(out, der, len);
-        *out_len = len;
-    }
-    free(der);
-    return rc;
+    return cry__der_out(rc, der, len, out, cap, out_len);
 }
 
 struct cry__csr_job {

@@ -2,6 +2,7 @@
 #include "nu_err.h"
 #include "nu_metrics.h"
 #include "nu_test.h"
+#include "nu_version.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,24 @@ static void test_counter_and_gauge_lines(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nt_gauge -5\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nt_l_total{job=\"job-1\",code=\"QUOTA_EXCEEDED\"} 2\n"));
     free(text);
+    nu_metrics_free(m);
+}
+
+/* What a scraper reads to know which build runs: one series, value 1. */
+static void test_build_info_names_the_build(void)
+{
+    struct nu_metrics *m = NULL;
+    char want[512];
+    CU_ASSERT_EQUAL_FATAL(nu_metrics_new(&m), NU_OK);
+    CU_ASSERT_EQUAL(nu_metrics_build_info(m, "nusec-test"), NU_OK);
+    char *text = render(m);
+    snprintf(want, sizeof(want),
+             "# TYPE nusec_build_info gauge\n"
+             "nusec_build_info{program=\"nusec-test\",version=\"%s\",revision=\"%s\"} 1\n",
+             nu_version(), nu_version_revision());
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, want));
+    free(text);
+    CU_ASSERT_EQUAL(nu_metrics_build_info(NULL, "nusec-test"), NU_ERR_INVALID_ARG);
     nu_metrics_free(m);
 }
 
@@ -157,6 +176,7 @@ int main(void)
 {
     static const struct nu_test_case cases[] = {
         {"counter and gauge lines", test_counter_and_gauge_lines},
+        {"build info names the build", test_build_info_names_the_build},
         {"label values are escaped", test_label_values_are_escaped},
         {"bad names are refused", test_bad_names_refused},
         {"label sets are bounded", test_series_are_bounded},

@@ -789,6 +789,30 @@ static void test_cert_info_malformed(void)
     free(bad);
 }
 
+/* A chain written back to back is cut at each certificate's own length; a
+ * cut one, or one that is not a SEQUENCE, gives 0 (the target simulator's
+ * chain PEM relies on it). */
+static void test_der_len_cuts_chains(void)
+{
+    size_t both = fleet_len + root_len;
+    uint8_t *chain = malloc(both);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(chain);
+    memcpy(chain, fleet_der, fleet_len);
+    memcpy(chain + fleet_len, root_der, root_len);
+    CU_ASSERT_EQUAL(nu_x509_der_len(chain, both), fleet_len);
+    CU_ASSERT_EQUAL(nu_x509_der_len(chain + fleet_len, root_len), root_len);
+    CU_ASSERT_EQUAL(nu_x509_der_len(chain, fleet_len - 1), 0);
+    CU_ASSERT_EQUAL(nu_x509_der_len(chain, 1), 0);
+    CU_ASSERT_EQUAL(nu_x509_der_len(NULL, both), 0);
+    chain[0] = 0x31; /* a SET, not a SEQUENCE */
+    CU_ASSERT_EQUAL(nu_x509_der_len(chain, both), 0);
+    static const uint8_t short_form[] = {0x30, 0x02, 0x05, 0x00, 0xff};
+    CU_ASSERT_EQUAL(nu_x509_der_len(short_form, sizeof(short_form)), 4);
+    static const uint8_t zero_length_bytes[] = {0x30, 0x80, 0x00, 0x00};
+    CU_ASSERT_EQUAL(nu_x509_der_len(zero_length_bytes, sizeof(zero_length_bytes)), 0);
+    free(chain);
+}
+
 /* ------------------------------------------------------------------- PEM */
 
 static void test_pem_roundtrip_and_chains(void)
@@ -918,6 +942,7 @@ static const struct nu_test_case cases[] = {
     {"CSR from openssl: P-256 ok; RSA, P-384, names refused", test_csr_from_openssl},
     {"CSR truncated, flipped, garbage, oversize", test_csr_malformed},
     {"cert_info on malformed input", test_cert_info_malformed},
+    {"DER length cuts a chain; cut or not a SEQUENCE: 0", test_der_len_cuts_chains},
     {"PEM round trip, chains, malformed", test_pem_roundtrip_and_chains},
     {"4 threads issue concurrently", test_threads_issue_concurrently},
     {"measure: issue rate", test_measure_issue_rate},

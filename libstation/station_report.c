@@ -1,10 +1,11 @@
 #include "station_report.h"
 
-#include "station_daemon.h"
+#include "station_lock.h"
 #include "station_event.h"
 #include "station_progress.h"
 
 #include "nu_err.h"
+#include "nu_util.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -145,14 +146,10 @@ static int report__job_cb(void *ctx, const struct station_job *job)
     struct report__build *b = ctx;
     struct station_report *r = b->r;
     struct station_counts c;
-    if (r->n_jobs == b->cap_jobs) {
-        size_t cap = b->cap_jobs ? 2 * b->cap_jobs : 8;
-        struct station_report_job *grown = realloc(r->jobs, cap * sizeof(*grown));
-        if (!grown)
-            return NU_ERR_NOMEM;
-        r->jobs = grown;
-        b->cap_jobs = cap;
-    }
+    struct station_report_job *grown = nu_grow(r->jobs, &b->cap_jobs, r->n_jobs, sizeof(*grown));
+    if (!grown)
+        return NU_ERR_NOMEM;
+    r->jobs = grown;
     struct station_report_job *j = &r->jobs[r->n_jobs++];
     memset(j, 0, sizeof(*j));
     j->job = *job;

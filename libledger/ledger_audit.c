@@ -414,14 +414,10 @@ static void ledger__finding(struct ledger_verify *v, int *flag, const char *fmt,
 
 static int ledger__pair_add(struct ledger_pairs *p, const uint8_t digest[NU_SHA256_LEN], int64_t id)
 {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 256;
-        struct ledger_pair *nv = realloc(p->v, cap * sizeof(*nv));
-        if (!nv)
-            return NU_ERR_NOMEM;
-        p->v = nv;
-        p->cap = cap;
-    }
+    struct ledger_pair *nv = nu_grow(p->v, &p->cap, p->n, sizeof(*nv));
+    if (!nv)
+        return NU_ERR_NOMEM;
+    p->v = nv;
     memcpy(p->v[p->n].digest, digest, NU_SHA256_LEN);
     p->v[p->n].id = id;
     p->n++;

@@ -1,7 +1,7 @@
 /*
  * ledger_int — what the parts of the ledger (ledger.c and ledger_*.c) share:
  * the statement table, the handle's struct, and the helpers each part calls
- * in another. Private to those files; nothing outside cloud-agent/ledger*.c
+ * in another. Private to those files; nothing outside libledger/ledger*.c
  * includes it. Names stay `ledger__*` (internal), they are just not static.
  */
 #ifndef CLOUD_LEDGER_INT_H

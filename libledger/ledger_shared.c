@@ -66,14 +66,10 @@ struct ledger__ids {
 
 static int ledger__ids_push(struct ledger__ids *ids, const char *id)
 {
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? 2 * ids->cap : 16;
-        void *grown = realloc(ids->v, cap * sizeof(*ids->v));
-        if (!grown)
-            return NU_ERR_NOMEM;
-        ids->v = grown;
-        ids->cap = cap;
-    }
+    void *grown = nu_grow(ids->v, &ids->cap, ids->n, sizeof(*ids->v));
+    if (!grown)
+        return NU_ERR_NOMEM;
+    ids->v = grown;
     snprintf(ids->v[ids->n++], sizeof(ids->v[0]), "%s", id);
     return NU_OK;
 }

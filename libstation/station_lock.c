@@ -1,34 +1,21 @@
 /* The station daemon's lock: one daemon per state directory, and who holds it. */
-#include "station_daemon.h"
-#include "station_daemon_int.h"
+#include "station_lock.h"
 
-#include "station_db.h"
-#include "station_event.h"
-#include "station_pkg.h"
-#include "station_report.h"
-
-#include "nu_envelope.h"
 #include "nu_err.h"
-#include "nu_crypto.h"
 #include "nu_log.h"
-#include "nu_mqtt.h"
 #include "nu_paths.h"
 #include "nu_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <time.h>
 #include <unistd.h>
 
-/* ---- the lock --------------------------------------------------------------------------- */
-
-static int st__lock_path(const char *dir, char *out, size_t cap)
+static int lock__path(const char *dir, char *out, size_t cap)
 {
     char folder[PATH_MAX];
     int rc = nu_paths_get(dir, NU_PATH_STATION, folder, sizeof(folder));
@@ -39,19 +26,20 @@ static int st__lock_path(const char *dir, char *out, size_t cap)
     return rc;
 }
 
-int st__lock_take(struct station *st)
+int station_lock_take(const char *dir, int *out_fd)
 {
     char path[PATH_MAX], pid[32];
-    int rc = st__lock_path(st->dir, path, sizeof(path));
+    *out_fd = -1;
+    int rc = lock__path(dir, path, sizeof(path));
     if (rc != NU_OK)
         return rc;
-    st->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (st->lock_fd < 0)
+    *out_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (*out_fd < 0)
         return errno == EACCES ? NU_ERR_PERMISSION : NU_ERR_IO;
-    if (flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)
+    if (flock(*out_fd, LOCK_EX | LOCK_NB) != 0)
         return errno == EWOULDBLOCK ? NU_ERR_BUSY : NU_ERR_IO;
     int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
-    if (ftruncate(st->lock_fd, 0) != 0 || pwrite(st->lock_fd, pid, (size_t)n, 0) != n)
+    if (ftruncate(*out_fd, 0) != 0 || pwrite(*out_fd, pid, (size_t)n, 0) != n)
         nu_warn("cannot write the pid into %s", path);
     return NU_OK;
 }
