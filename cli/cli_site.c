@@ -233,8 +233,9 @@ static const char site__sign_usage[] =
     "OEM: check a CM's join request (the site's one-time token, CN = the site\n"
     "name, OU station / site / broker, P-256, self-signed CSRs) and sign its\n"
     "CSRs with the Fleet CA in the HSM. Registers the site's station for the\n"
-    "cloud (DIR/pki/clients/NAME.crt and cloud.conf station_ids: restart the\n"
-    "cloud) and writes the site bundle for the CM (default ./NAME.bundle).\n"
+    "cloud (DIR/pki/clients/NAME.crt, DIR/sites/NAME/station.crt: a running\n"
+    "cloud takes it at the station's first request, no restart) and writes the\n"
+    "site bundle for the CM (default ./NAME.bundle).\n"
     "\n"
     "Exit status: 0 done, 1 failed or refused (wrong or used token, bad CSR),\n"
     "2 usage.\n";

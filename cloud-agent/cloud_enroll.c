@@ -204,10 +204,8 @@ static int enroll__id_allowed(struct cloud_call *call, const char *id)
         if (strcmp(cfg->oem_ids[i], id) == 0)
             return cloud_fail(call, NU_ERR_EXISTS, "'%s' is an oem identity", id);
     }
-    for (size_t i = 0; i < cfg->n_station_ids; i++) {
-        if (strcmp(cfg->station_ids[i], id) == 0)
-            return cloud_fail(call, NU_ERR_EXISTS, "'%s' is a station identity", id);
-    }
+    if (cloud_is_station(call->cloud, id))
+        return cloud_fail(call, NU_ERR_EXISTS, "'%s' is a station identity", id);
     if (strcmp(call->cloud->id, id) == 0)
         return cloud_fail(call, NU_ERR_EXISTS, "'%s' is the cloud's identity", id);
     return NU_OK;
