@@ -13,8 +13,9 @@
  * cloud broker (with the cloud identity, as only a test can).
  *
  *   capture OEMDIR PROG OUT          first genuine cert.request of PROG -> OUT.{topic,sig,env}
- *   answer  OEMDIR PROG N OUT        forged certificate answers to PROG's next N cert.requests,
- *                                    signed with a CM-held key (count in OUT)
+ *   answer  OEMDIR PROG N OUT [LOG]  forged certificate answers to PROG's next N cert.requests,
+ *                                    signed with a CM-held key (count in OUT); with LOG (PROG's
+ *                                    log) the cloud's answer is held back until PROG dropped it
  *   forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
  *   newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
  *   replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
@@ -39,6 +40,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,11 +357,25 @@ static int cmd_capture(const char *oem, const char *prog, const char *out)
  * only the signature gives it away. It is published on the cloud broker (the
  * test reads the requests there, as the CM reads them on its own broker) and
  * reaches the programmer through the site's bridge like a genuine answer.
+ *
+ * A hostile site broker can hold the cloud's answer back and hand its own
+ * over first; whether the forgery wins must not be a race in the test. The
+ * test owns both sides, so it plays the hold-back by pausing the cloud agent
+ * (SIGSTOP, OEMDIR/run/cloud.pid) the moment the request arrives, before the
+ * forgery is sent, until the programmer's log shows one more dropped answer
+ * (at most HOLD_MS), then SIGCONT: at the programmer that is exactly a site
+ * broker delaying the genuine answer. A request the cloud had already
+ * committed before the pause (its answer may be out) is not counted as won.
  */
+#define HOLD_MS 4000
 struct forge {
     pthread_mutex_t lock;
-    int sent, want;
-    const char *out;
+    int sent, want, won;
+    const char *out, *oem, *log;
+    pid_t held;          /* the paused cloud agent, 0 when none is paused */
+    int drops_before;    /* the programmer's drop count when it was paused */
+    int ahead;           /* forgeries sent ahead of the cloud's answer in this hold */
+    uint64_t held_since; /* nu_mono_ms() */
     struct nu_p256_key *ca;
     struct nu_signer ca_s;
     uint8_t *ca_der;
@@ -403,6 +419,94 @@ static int forge_ca(struct forge *f)
     return nu_x509_issue(&ir, &f->ca_s, NULL, 0, &f->ca_der, &f->ca_len);
 }
 
+/* Lines of `log` that say an answer was dropped as not the cloud's; -1 when unreadable. */
+static int forge_drops(const char *log)
+{
+    uint8_t *text = NULL;
+    size_t len = 0;
+    int n = 0;
+    if (nu_file_read(log, 64u * 1024u * 1024u, &text, &len) != NU_OK)
+        return -1;
+    for (const char *p = (char *)text; (p = strstr(p, "dropped: signature does not verify"));
+         p++)
+        n++;
+    free(text);
+    return n;
+}
+
+/* Pause the cloud agent (the hold-back, see above); 0 when there is none to pause. */
+static pid_t forge_hold(struct forge *f)
+{
+    char path[PATH_MAX];
+    uint8_t *text = NULL;
+    size_t len = 0;
+    long pid = 0;
+    snprintf(path, sizeof(path), "%s/run/cloud.pid", f->oem);
+    if (!f->log || nu_file_read(path, 64, &text, &len) != NU_OK)
+        return 0;
+    pid = strtol((char *)text, NULL, 10);
+    free(text);
+    return pid > 1 && kill((pid_t)pid, SIGSTOP) == 0 ? (pid_t)pid : 0;
+}
+
+/* Has the cloud committed a certificate for this device already (its answer may be out)? */
+static int forge_committed(const struct forge *f, const ProtobufCBinaryData *uid)
+{
+    char hex[2 * 32 + 1], cmd[PATH_MAX + 256];
+    if (!uid->len || uid->len > 32 || nu_hex_encode(uid->data, uid->len, hex, sizeof(hex)))
+        return 1;
+    snprintf(cmd, sizeof(cmd),
+             "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
+             "certificates where lower(hex(device_uid)) = '%s'\"",
+             f->oem, hex);
+    FILE *p = popen(cmd, "r");
+    int n = 1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = 1;
+        pclose(p);
+    }
+    return n != 0;
+}
+
+/* OUT: "sent won", rewritten as they change (the caller may stop us any time). */
+static void forge_write(const struct forge *f)
+{
+    char text[32];
+    int n = snprintf(text, sizeof(text), "%d %d\n", f->sent, f->won);
+    nu_file_write_atomic(f->out, text, (size_t)n, 0644);
+}
+
+/* SIGTERM/SIGINT: leave the loop, and release the cloud on the way out. */
+static volatile sig_atomic_t forge_stop;
+static void forge_on_signal(int sig)
+{
+    (void)sig;
+    forge_stop = 1;
+}
+
+/*
+ * The main loop's half of the hold-back (the callback must return for the
+ * forgery to be sent): release the cloud once the programmer's log shows a
+ * drop for every forgery sent ahead during this hold, or HOLD_MS passed.
+ * Called with f->lock held.
+ */
+static void forge_release_due(struct forge *f, int force)
+{
+    if (!f->held)
+        return;
+    int drops = forge_drops(f->log) - f->drops_before;
+    if (!force && drops < f->ahead && nu_mono_ms() - f->held_since < HOLD_MS)
+        return;
+    kill(f->held, SIGCONT);
+    f->won += drops < f->ahead ? (drops > 0 ? drops : 0) : f->ahead;
+    printf("cloud released after %llu ms: %d of %d forged answers sent ahead were dropped\n",
+           (unsigned long long)(nu_mono_ms() - f->held_since), drops, f->ahead);
+    f->held = 0;
+    f->ahead = 0;
+    forge_write(f);
+}
+
 static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
 {
     struct forge *f = ud;
@@ -420,6 +524,13 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     }
     const Nusec__V1__CertificateRequest *cr = req->certificate_request;
     Nusec__V1__CertificateIssued ci = NUSEC__V1__CERTIFICATE_ISSUED__INIT;
+    pthread_mutex_lock(&f->lock);
+    if (!f->held && (f->held = forge_hold(f)) != 0) {
+        f->drops_before = forge_drops(f->log);
+        f->held_since = nu_mono_ms();
+    }
+    int ahead = f->held && !forge_committed(f, &cr->device_uid);
+    pthread_mutex_unlock(&f->lock);
     int rc = forge_cert(f, cr, &cert, &cert_len);
     ci.job_id = cr->job_id;
     ci.device_uid = cr->device_uid;
@@ -434,11 +545,13 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     if (!rc)
         rc = nu_mqtt_reply(m, msg, env, len);
     if (!rc) {
-        char path[PATH_MAX], text[32];
         pthread_mutex_lock(&f->lock);
-        int n = snprintf(text, sizeof(text), "%d\n", ++f->sent);
-        snprintf(path, sizeof(path), "%s", f->out);
-        nu_file_write_atomic(path, text, (size_t)n, 0644);
+        f->ahead += ahead;
+        printf("forged answer %d: %s\n", ++f->sent,
+               !f->held ? "races the cloud's"
+               : ahead  ? "sent while the cloud's is held back"
+                        : "the cloud had committed this one already");
+        forge_write(f);
         pthread_mutex_unlock(&f->lock);
     } else {
         fprintf(stderr, "sites_hostile: answer: %s\n", nu_err_name(rc));
@@ -448,9 +561,9 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     nu_envelope_free(req);
 }
 
-static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
+static int cmd_answer(const char *oem, const char *prog, int n, const char *out, const char *log)
 {
-    struct forge f = {.want = n, .out = out};
+    struct forge f = {.want = n, .out = out, .oem = oem, .log = log};
     struct nu_mqtt *m = NULL;
     struct nu_p256_key *cm_key = NULL;
     char topic[256];
@@ -476,19 +589,28 @@ static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
     if (!rc)
         rc = nu_mqtt_subscribe(m, topic, 1, on_forge, &f);
     printf("%s\n", rc ? nu_err_name(rc) : "SUBSCRIBED");
-    for (int i = 0; !rc && i < 1200; i++) { /* up to 2 minutes */
+    struct sigaction sa = {.sa_handler = forge_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    for (int i = 0; !rc && !forge_stop && i < 2400; i++) { /* up to 2 minutes */
         pthread_mutex_lock(&f.lock);
-        int done = f.sent >= f.want;
+        forge_release_due(&f, 0);
+        int done = f.sent >= f.want && !f.held;
         pthread_mutex_unlock(&f.lock);
         if (done)
             break;
-        usleep(100 * 1000);
+        usleep(50 * 1000);
     }
+    pthread_mutex_lock(&f.lock);
+    forge_release_due(&f, 1); /* never leave the cloud paused */
+    forge_write(&f);
+    pthread_mutex_unlock(&f.lock);
     if (m) {
         nu_mqtt_disconnect(m);
         nu_mqtt_destroy(m);
     }
-    printf("FORGED %d\n", f.sent);
+    printf("FORGED %d (ahead of the cloud's and dropped: %d)\n", f.sent, f.won);
     nu_envelope_sender_destroy(f.sender);
     nu_p256_key_destroy(f.ca);
     free(f.ca_der);
@@ -675,8 +797,8 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* each answer out at once, whatever happens at exit */
     const char *cmd = argc > 1 ? argv[1] : "";
-    if (!strcmp(cmd, "answer") && argc == 6)
-        return cmd_answer(argv[2], argv[3], atoi(argv[4]), argv[5]);
+    if (!strcmp(cmd, "answer") && (argc == 6 || argc == 7))
+        return cmd_answer(argv[2], argv[3], atoi(argv[4]), argv[5], argc == 7 ? argv[6] : NULL);
     if (!strcmp(cmd, "capture") && argc == 5)
         return cmd_capture(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "forge") && argc == 6)
