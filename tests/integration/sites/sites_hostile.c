@@ -16,6 +16,9 @@
  *   answer  OEMDIR PROG N OUT [LOG]  forged certificate answers to PROG's next N cert.requests,
  *                                    signed with a CM-held key (count in OUT); with LOG (PROG's
  *                                    log) the cloud's answer is held back until PROG dropped it
+ *   enrollanswer OEMDIR RELAY N OUT LOG  the same for the next N enrollments RELAY (a site's
+ *                                    station) relays: an EnrollResponse certifying the
+ *                                    programmer's key under the CM's CA and pinning a CM key
  *   forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
  *   newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
  *   replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
@@ -419,6 +422,18 @@ static int forge_ca(struct forge *f)
     return nu_x509_issue(&ir, &f->ca_s, NULL, 0, &f->ca_der, &f->ca_len);
 }
 
+/* An identity safe to put in a query: [A-Za-z0-9._-], 1..64. */
+static int forge_safe_id(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", s[i]))
+            return 0;
+    return 1;
+}
+
 /* Lines of `log` that say an answer was dropped as not the cloud's; -1 when unreadable. */
 static int forge_drops(const char *log)
 {
@@ -449,16 +464,26 @@ static pid_t forge_hold(struct forge *f)
     return pid > 1 && kill((pid_t)pid, SIGSTOP) == 0 ? (pid_t)pid : 0;
 }
 
-/* Has the cloud committed a certificate for this device already (its answer may be out)? */
-static int forge_committed(const struct forge *f, const ProtobufCBinaryData *uid)
+/* Has the cloud committed what this request asks (its answer may be out)? A
+ * certificate for the device, or the programmer's enrollment (uid NULL). */
+static int forge_committed(const struct forge *f, const ProtobufCBinaryData *uid,
+                           const char *programmer)
 {
     char hex[2 * 32 + 1], cmd[PATH_MAX + 256];
-    if (!uid->len || uid->len > 32 || nu_hex_encode(uid->data, uid->len, hex, sizeof(hex)))
+    if (uid && (!uid->len || uid->len > 32 || nu_hex_encode(uid->data, uid->len, hex, sizeof(hex))))
         return 1;
-    snprintf(cmd, sizeof(cmd),
-             "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
-             "certificates where lower(hex(device_uid)) = '%s'\"",
-             f->oem, hex);
+    if (!uid && !forge_safe_id(programmer))
+        return 1;
+    if (uid)
+        snprintf(cmd, sizeof(cmd),
+                 "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
+                 "certificates where lower(hex(device_uid)) = '%s'\"",
+                 f->oem, hex);
+    else
+        snprintf(cmd, sizeof(cmd),
+                 "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
+                 "programmers where programmer_id = '%s'\"",
+                 f->oem, programmer);
     FILE *p = popen(cmd, "r");
     int n = 1;
     if (p) {
@@ -518,26 +543,45 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     int go = f->sent < f->want && msg->response_topic;
     pthread_mutex_unlock(&f->lock);
     if (!go || nu_envelope_unpack(msg->payload, msg->len, &req, NULL) ||
-        req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST) {
+        (req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
+         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST)) {
         nu_envelope_free(req);
         return;
     }
+    int enroll = req->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST;
     const Nusec__V1__CertificateRequest *cr = req->certificate_request;
+    const Nusec__V1__EnrollRequest *er = req->enroll_request;
     Nusec__V1__CertificateIssued ci = NUSEC__V1__CERTIFICATE_ISSUED__INIT;
+    Nusec__V1__EnrollResponse eo = NUSEC__V1__ENROLL_RESPONSE__INIT;
     pthread_mutex_lock(&f->lock);
     if (!f->held && (f->held = forge_hold(f)) != 0) {
         f->drops_before = forge_drops(f->log);
         f->held_since = nu_mono_ms();
     }
-    int ahead = f->held && !forge_committed(f, &cr->device_uid);
+    int ahead = f->held && !(enroll ? forge_committed(f, NULL, er->programmer_id)
+                                    : forge_committed(f, &cr->device_uid, NULL));
+    f->ahead += ahead; /* counted before it is sent: the hold lasts until it is dropped */
     pthread_mutex_unlock(&f->lock);
-    int rc = forge_cert(f, cr, &cert, &cert_len);
-    ci.job_id = cr->job_id;
-    ci.device_uid = cr->device_uid;
-    ci.certificate_der = (ProtobufCBinaryData){cert_len, cert};
-    ci.serial = "0badc0de";
+    Nusec__V1__CertificateRequest as_cr = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    if (enroll) /* the programmer's identity CSR, certified by the CM's "CA" */
+        as_cr.csr_der = er->csr_der;
+    int rc = forge_cert(f, enroll ? &as_cr : cr, &cert, &cert_len);
+    ProtobufCBinaryData ca = {f->ca_len, f->ca_der}, cm_pub = {NU_P256_PUB_LEN, f->ca_s.pub};
+    if (enroll) { /* pins the CM's key as the "cloud's" package key and ROTPK */
+        eo.programmer_id = er->programmer_id;
+        eo.certificate_der = (ProtobufCBinaryData){cert_len, cert};
+        eo.n_chain_der = 1;
+        eo.chain_der = &ca;
+        eo.package_signing_pubkey = cm_pub;
+        eo.rotpk = cm_pub;
+    } else {
+        ci.job_id = cr->job_id;
+        ci.device_uid = cr->device_uid;
+        ci.certificate_der = (ProtobufCBinaryData){cert_len, cert};
+        ci.serial = "0badc0de";
+    }
     if (!rc)
-        rc = nu_envelope_frame_init(&fr, f->sender, &ci.base);
+        rc = nu_envelope_frame_init(&fr, f->sender, enroll ? &eo.base : &ci.base);
     if (!rc)
         rc = nu_envelope_frame_reply_to(&fr, req);
     if (!rc)
@@ -546,7 +590,6 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
         rc = nu_mqtt_reply(m, msg, env, len);
     if (!rc) {
         pthread_mutex_lock(&f->lock);
-        f->ahead += ahead;
         printf("forged answer %d: %s\n", ++f->sent,
                !f->held ? "races the cloud's"
                : ahead  ? "sent while the cloud's is held back"
@@ -554,6 +597,9 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
         forge_write(f);
         pthread_mutex_unlock(&f->lock);
     } else {
+        pthread_mutex_lock(&f->lock);
+        f->ahead -= ahead && f->held ? 1 : 0; /* not sent: nothing to wait for */
+        pthread_mutex_unlock(&f->lock);
         fprintf(stderr, "sites_hostile: answer: %s\n", nu_err_name(rc));
     }
     free(env);
@@ -561,14 +607,15 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     nu_envelope_free(req);
 }
 
-static int cmd_answer(const char *oem, const char *prog, int n, const char *out, const char *log)
+static int cmd_answer(const char *oem, const char *prog, const char *op, int n, const char *out,
+                      const char *log)
 {
     struct forge f = {.want = n, .out = out, .oem = oem, .log = log};
     struct nu_mqtt *m = NULL;
     struct nu_p256_key *cm_key = NULL;
     char topic[256];
     pthread_mutex_init(&f.lock, NULL);
-    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/cert.request", prog);
+    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/%s", prog, op);
     struct nu_client_opts o = {
         .dir = oem, .identity = "cloud", .client_id = "cloud:forger", .clean_start = 1};
     int rc = nu_p256_key_generate(&f.ca);
@@ -798,7 +845,10 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* each answer out at once, whatever happens at exit */
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "answer") && (argc == 6 || argc == 7))
-        return cmd_answer(argv[2], argv[3], atoi(argv[4]), argv[5], argc == 7 ? argv[6] : NULL);
+        return cmd_answer(argv[2], argv[3], "cert.request", atoi(argv[4]), argv[5],
+                          argc == 7 ? argv[6] : NULL);
+    if (!strcmp(cmd, "enrollanswer") && argc == 7)
+        return cmd_answer(argv[2], argv[3], "enroll", atoi(argv[4]), argv[5], argv[6]);
     if (!strcmp(cmd, "capture") && argc == 5)
         return cmd_capture(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "forge") && argc == 6)
@@ -813,7 +863,7 @@ int main(int argc, char **argv)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
-    fprintf(stderr, "usage: sites_hostile capture|answer|forge|newcsr|replay|report|connect ... "
+    fprintf(stderr, "usage: sites_hostile capture|answer|enrollanswer|forge|newcsr|replay|report|connect ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }
