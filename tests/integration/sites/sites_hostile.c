@@ -19,6 +19,9 @@
  *   enrollanswer OEMDIR RELAY N OUT LOG  the same for the next N enrollments RELAY (a site's
  *                                    station) relays: an EnrollResponse certifying the
  *                                    programmer's key under the CM's CA and pinning a CM key
+ *   challenge OEMDIR RELAY KEY OUT LOG  answer the next enroll.challenge RELAY relays with a
+ *                                    challenge of the CM's, signed with KEY (PEM): the anchor
+ *                                    the CM pinned in a programmer
  *   forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
  *   newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
  *   replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
@@ -379,6 +382,7 @@ struct forge {
     int drops_before;    /* the programmer's drop count when it was paused */
     int ahead;           /* forgeries sent ahead of the cloud's answer in this hold */
     uint64_t held_since; /* nu_mono_ms() */
+    uint64_t hold_min;   /* ms: a forged challenge is taken silently, so hold this long */
     struct nu_p256_key *ca;
     struct nu_signer ca_s;
     uint8_t *ca_der;
@@ -521,7 +525,8 @@ static void forge_release_due(struct forge *f, int force)
     if (!f->held)
         return;
     int drops = forge_drops(f->log) - f->drops_before;
-    if (!force && drops < f->ahead && nu_mono_ms() - f->held_since < HOLD_MS)
+    uint64_t held = nu_mono_ms() - f->held_since;
+    if (!force && (held < f->hold_min || (drops < f->ahead && held < HOLD_MS)))
         return;
     kill(f->held, SIGCONT);
     f->won += drops < f->ahead ? (drops > 0 ? drops : 0) : f->ahead;
@@ -530,6 +535,48 @@ static void forge_release_due(struct forge *f, int force)
     f->held = 0;
     f->ahead = 0;
     forge_write(f);
+}
+
+/*
+ * A challenge of the CM's own (random nonce), signed with the key given to
+ * `challenge` (the anchor the CM pinned in the programmer): the programmer
+ * takes it and sends the cloud an attested enrollment naming that anchor.
+ * The cloud is held back, as for the answers, so that this one comes first.
+ */
+static void forge_challenge(struct forge *f, struct nu_mqtt *m, const struct nu_mqtt_msg *msg,
+                            const Nusec__V1__Envelope *req)
+{
+    uint8_t nonce[32], *env = NULL;
+    size_t len = 0;
+    struct nu_envelope_frame fr;
+    Nusec__V1__EnrollChallenge ch = NUSEC__V1__ENROLL_CHALLENGE__INIT;
+    pthread_mutex_lock(&f->lock);
+    if (!f->held && (f->held = forge_hold(f)) != 0) {
+        f->drops_before = forge_drops(f->log);
+        f->held_since = nu_mono_ms();
+    }
+    f->hold_min = 1500; /* the programmer's enroll request queues for the paused cloud */
+    pthread_mutex_unlock(&f->lock);
+    ch.programmer_id = req->enroll_challenge_request->programmer_id;
+    ch.nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
+    ch.expires_at_ms = (uint64_t)time(NULL) * 1000u + 60000u;
+    int rc = nu_random(nonce, sizeof(nonce));
+    if (!rc)
+        rc = nu_envelope_frame_init(&fr, f->sender, &ch.base);
+    if (!rc)
+        rc = nu_envelope_frame_reply_to(&fr, req);
+    if (!rc)
+        rc = nu_envelope_pack(&fr.env, &env, &len, NULL);
+    if (!rc)
+        rc = nu_mqtt_reply(m, msg, env, len);
+    pthread_mutex_lock(&f->lock);
+    if (!rc)
+        printf("forged challenge %d sent (signed with the CM's anchor key)\n", ++f->sent);
+    else
+        fprintf(stderr, "sites_hostile: challenge: %s\n", nu_err_name(rc));
+    forge_write(f);
+    pthread_mutex_unlock(&f->lock);
+    free(env);
 }
 
 static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
@@ -544,7 +591,13 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     pthread_mutex_unlock(&f->lock);
     if (!go || nu_envelope_unpack(msg->payload, msg->len, &req, NULL) ||
         (req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
-         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST)) {
+         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST &&
+         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST)) {
+        nu_envelope_free(req);
+        return;
+    }
+    if (req->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST) {
+        forge_challenge(f, m, msg, req);
         nu_envelope_free(req);
         return;
     }
@@ -608,7 +661,7 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
 }
 
 static int cmd_answer(const char *oem, const char *prog, const char *op, int n, const char *out,
-                      const char *log)
+                      const char *log, const char *key_pem)
 {
     struct forge f = {.want = n, .out = out, .oem = oem, .log = log};
     struct nu_mqtt *m = NULL;
@@ -625,8 +678,8 @@ static int cmd_answer(const char *oem, const char *prog, const char *op, int n, 
         rc = forge_ca(&f);
     if (!rc)
         rc = nu_envelope_sender_create("cloud", NU_ENVELOPE_SEQ_FROM_CLOCK, &f.sender);
-    if (!rc)
-        rc = nu_p256_key_generate(&cm_key);
+    if (!rc) /* a key the CM holds: made now, or the anchor it pinned */
+        rc = key_pem ? nu_p256_key_load_pem(key_pem, &cm_key) : nu_p256_key_generate(&cm_key);
     if (!rc)
         rc = nu_client_connect(&o, &m);
     if (!rc) /* the CM's key signs the answers, end to end */
@@ -846,9 +899,11 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "answer") && (argc == 6 || argc == 7))
         return cmd_answer(argv[2], argv[3], "cert.request", atoi(argv[4]), argv[5],
-                          argc == 7 ? argv[6] : NULL);
+                          argc == 7 ? argv[6] : NULL, NULL);
     if (!strcmp(cmd, "enrollanswer") && argc == 7)
-        return cmd_answer(argv[2], argv[3], "enroll", atoi(argv[4]), argv[5], argv[6]);
+        return cmd_answer(argv[2], argv[3], "enroll", atoi(argv[4]), argv[5], argv[6], NULL);
+    if (!strcmp(cmd, "challenge") && argc == 7)
+        return cmd_answer(argv[2], argv[3], "enroll.challenge", 1, argv[5], argv[6], argv[4]);
     if (!strcmp(cmd, "capture") && argc == 5)
         return cmd_capture(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "forge") && argc == 6)
@@ -863,7 +918,7 @@ int main(int argc, char **argv)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
-    fprintf(stderr, "usage: sites_hostile capture|answer|enrollanswer|forge|newcsr|replay|report|connect ... "
+    fprintf(stderr, "usage: sites_hostile capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }

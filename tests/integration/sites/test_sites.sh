@@ -240,6 +240,53 @@ check "a programmer revoked at the OEM is disconnected by its site broker" test 
 check "... and refused when it reconnects there" bash -c "for _ in \$(seq 50); do
     grep -qE \"refused connection from .*: identity revoked; .* CN 'prog-2'\" '$CM2/broker/mosquitto.log' && exit 0; sleep 0.1; done; exit 1"
 
+# Enrollment relayed at a site (the CM carries the answer that pins the keys),
+# through site-1's real station identity, site broker and bridge. The vendor
+# pins the OEM anchor in prog-9's KeyStore; the CM answers first with an
+# EnrollResponse of its own (the cloud's answer held back, sites_hostile
+# enrollanswer): the programmer refuses it and pins nothing.
+PROG=$BIN/nusec-programmer
+enroll_token() { "$N" programmer token --name "$1" --dir "$DIR" 2>/dev/null | head -c 64; }
+"$PROG" --dir "$CM1" --name prog-9 --factory-init --vendor-ca "$DIR/vendor" \
+    --oem-anchor "$DIR/pki/package-key.pem" >/dev/null 2>>"$TMP/enroll.err"
+"$H" enrollanswer "$DIR" site-1 1 "$TMP/eforged" "$TMP/prog-9.log" >"$TMP/eforged.log" 2>&1 &
+forge_pid=$!
+for _ in $(seq 50); do grep -q SUBSCRIBED "$TMP/eforged.log" && break; sleep 0.1; done
+"$PROG" --dir "$CM1" --name prog-9 --enroll "$(enroll_token prog-9)" --relay site-1 \
+    >"$TMP/prog-9.log" 2>&1
+erc=$?
+wait "$forge_pid"
+cat "$TMP/eforged.log"
+read -r e_sent e_won <"$TMP/eforged" 2>/dev/null || e_sent=0 e_won=0
+check "forged enrollment answer at the site: sent ahead of the cloud's" test "${e_won:-0}" -ge 1
+check "forged enrollment answer: the programmer drops it (signature, its log)" grep -q \
+    "answer to nusec/v1/cloud/req/site-1/enroll dropped: signature does not verify" "$TMP/prog-9.log"
+check "forged enrollment answer: the enrollment fails, nothing pinned" \
+    test "$erc" -ne 0 -a ! -e "$CM1/programmers/prog-9/identity.crt"
+
+# A programmer whose KeyStore the CM anchored to a key of its own: the CM
+# answers its challenge (signed with that key, which the programmer trusts),
+# the attested enrollment names the CM's anchor, the cloud refuses it.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/cm-anchor.key" 2>/dev/null
+openssl pkey -in "$TMP/cm-anchor.key" -pubout -out "$TMP/cm-anchor.pem"
+"$PROG" --dir "$CM1" --name prog-10 --factory-init --vendor-ca "$DIR/vendor" \
+    --oem-anchor "$TMP/cm-anchor.pem" >/dev/null 2>>"$TMP/enroll.err"
+n0=$(refusals site-1 KEY_NOT_ATTESTED)
+"$H" challenge "$DIR" site-1 "$TMP/cm-anchor.key" "$TMP/cforged" "$TMP/prog-10.log" \
+    >"$TMP/cforged.log" 2>&1 &
+forge_pid=$!
+for _ in $(seq 50); do grep -q SUBSCRIBED "$TMP/cforged.log" && break; sleep 0.1; done
+"$PROG" --dir "$CM1" --name prog-10 --enroll "$(enroll_token prog-10)" --relay site-1 \
+    >"$TMP/prog-10.log" 2>&1
+wait "$forge_pid"
+for _ in $(seq 30); do (($(refusals site-1 KEY_NOT_ATTESTED) > n0)) && break; sleep 0.2; done
+check "programmer anchored to a CM key: the cloud refuses it (KEY_NOT_ATTESTED, audit row)" \
+    test "$(refusals site-1 KEY_NOT_ATTESTED)" -gt "$n0"
+check "... and says why" grep -q "anchor pinned in the programmer's KeyStore is not this OEM's" \
+    "$DIR/logs/cloud.log"
+check "... and does not enroll it" test "$(sqlite3 "$LEDGER" \
+    "select count(*) from programmers where programmer_id='prog-10'")" -eq 0
+
 # A revoked site: its bridge is disconnected and cannot come back.
 before=$(snapshot)
 echo site-1 >>"$DIR/broker/revoked"
