@@ -150,6 +150,17 @@ sys.exit(0 if want <= got else print('missing', want - got) or 1)
 PY
 }
 check "the OEM's site audit records each refusal (DIR/sites/audit.jsonl)" site_audit
+site_rows() { # site_rows KIND SITE CODE: the ledger's audit chain rows of the site commands
+    sqlite3 "$LEDGER" "select count(*) from audit_events where kind='$1' and actor='oem' and
+        payload like '%\"site\":\"$2\"%' and payload like '%\"code\":\"$3\"%'"
+}
+ledger_site_audit() {
+    (($(site_rows site.join.refused site-1 TOKEN) >= 1 && $(site_rows site.join.refused site-x TOKEN) >= 1 &&
+        $(site_rows site.join.refused site-x BAD_CSR) >= 1 &&
+        $(site_rows site.assign.refused site-1 EXISTS) >= 1))
+}
+check "... and the ledger's audit chain too (kind site.*, actor oem)" ledger_site_audit
+check "... which still verifies with them" "$BIN/nusec" audit verify --dir "$DIR"
 
 # ---- 2. the hostile site ----------------------------------------------------------------------
 H=$BIN/sites_hostile
