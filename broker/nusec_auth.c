@@ -117,7 +117,7 @@ struct nusec_auth {
     struct timespec ids_last_try;
     struct nusec_rl_config rl_cfg; /* publish limits (ratelimit.h) */
     struct nusec_rl *rl;
-    unsigned long long withheld;  /* replies kept from site bridges since the last summary */
+    unsigned long long withheld;   /* replies kept from site bridges since the last summary */
     struct timespec withheld_last; /* when that summary was logged */
 };
 

@@ -122,16 +122,15 @@ static void site__audit_ledger(const char *dir, const char *event, const char *j
     }
     if (!rc)
         rc = cloud_ledger_connect(target, pw, 0, &ledger);
-    struct cloud_ledger_event ev = {.ts_ms = nu_time_ms(),
-                                    .kind = event,
-                                    .actor = "oem",
-                                    .payload = json,
-                                    .payload_len = len};
+    struct cloud_ledger_event ev = {
+        .ts_ms = nu_time_ms(), .kind = event, .actor = "oem", .payload = json, .payload_len = len};
     if (!rc)
         rc = cloud_ledger_audit_append(ledger, &ev, NULL);
     if (rc && rc != NU_ERR_NOT_FOUND)
-        site__say("audit", "%s not in the ledger's audit chain (%s): kept in %s/" SITE_OEM_FOLDER
-                  "/audit.jsonl only", event, nu_err_name(rc), dir);
+        site__say("audit",
+                  "%s not in the ledger's audit chain (%s): kept in %s/" SITE_OEM_FOLDER
+                  "/audit.jsonl only",
+                  event, nu_err_name(rc), dir);
     cloud_ledger_close(ledger);
     nu_config_destroy(cfg);
 }

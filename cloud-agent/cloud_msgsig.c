@@ -63,8 +63,7 @@ static int msgsig__key(struct cloud *cloud, struct cloud_ledger *ledger, const c
                        uint8_t pub[NU_P256_PUB_LEN])
 {
     const struct cloud_config *cfg = &cloud->cfg;
-    if (msgsig__listed(cfg->oem_ids, cfg->n_oem_ids, sender) ||
-        cloud_is_station(cloud, sender) ||
+    if (msgsig__listed(cfg->oem_ids, cfg->n_oem_ids, sender) || cloud_is_station(cloud, sender) ||
         strcmp(sender, cloud->id) == 0) {
         char path[PATH_MAX];
         uint8_t *pem = NULL;

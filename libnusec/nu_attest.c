@@ -55,8 +55,8 @@ int nu_attest_encode(const struct nu_attest_claims *c, uint8_t *out, size_t cap,
     st.nonce = (ProtobufCBinaryData){NU_ATTEST_NONCE_LEN, (uint8_t *)c->nonce};
     st.programmer_id = (char *)c->programmer_id;
     if (c->anchored)
-        st.anchor_sha256 = (ProtobufCBinaryData){sizeof(c->anchor_sha256),
-                                                 (uint8_t *)c->anchor_sha256};
+        st.anchor_sha256 =
+            (ProtobufCBinaryData){sizeof(c->anchor_sha256), (uint8_t *)c->anchor_sha256};
     size_t n = nusec__v1__attestation_statement__get_packed_size(&st);
     if (n > cap || n > NU_ATTEST_STMT_MAX)
         return NU_ERR_TOO_LARGE;

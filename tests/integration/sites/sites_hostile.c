@@ -446,8 +446,7 @@ static int forge_drops(const char *log)
     int n = 0;
     if (nu_file_read(log, 64u * 1024u * 1024u, &text, &len) != NU_OK)
         return -1;
-    for (const char *p = (char *)text; (p = strstr(p, "dropped: signature does not verify"));
-         p++)
+    for (const char *p = (char *)text; (p = strstr(p, "dropped: signature does not verify")); p++)
         n++;
     free(text);
     return n;
@@ -918,7 +917,8 @@ int main(int argc, char **argv)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
-    fprintf(stderr, "usage: sites_hostile capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect ... "
+    fprintf(stderr, "usage: sites_hostile "
+                    "capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }
