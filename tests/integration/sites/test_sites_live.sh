@@ -15,7 +15,8 @@
 # kept their pids; prog-2 (late at site-1) and prog-3/prog-4 (at the late
 # site) got certificates, within the quota; every reply the cloud broker kept
 # from a site's bridge (another site's programmer's) was withheld quietly: no
-# bridge was disconnected; audit verify.
+# bridge was disconnected; audit verify; a programmer switched on at the wrong
+# site: its bridged publishes refused and logged, the bridge still up.
 #
 # usage: test_sites_live.sh BIN_DIR      (NUSEC_KEEP_TMP=1 keeps the folder)
 set -uo pipefail
@@ -78,6 +79,29 @@ check "no delivery to a bridge was refused loudly (other sites' replies are with
 check "the cloud broker counted the replies it withheld from the bridges" \
     grep -q "nusec_auth: withheld [0-9]* replies from site bridges" "$DIR/broker/mosquitto.log"
 check "audit verify" oem audit verify
+
+# A programmer at the wrong site: prog-3 (site-2's) switched on at site-1. Its
+# bridged publishes are for a programmer site-1 does not own: the cloud broker
+# refuses and logs each one, and site-1's bridge stays up.
+kill "$(cat "$DIR/cm/site-2/run/prog-3.pid")" 2>/dev/null
+sleep 1
+cp -a "$DIR/cm/site-2/programmers/prog-3" "$DIR/cm/site-1/programmers/"
+"$BIN/nusec-programmer" --dir "$DIR/cm/site-1" --name prog-3 --sockets 1 --devices 1 \
+    >"$TMP/prog-3-at-site-1.log" 2>&1 &
+stray=$!
+cleanup_more() { kill "$stray" 2>/dev/null; }
+denied=no
+for _ in $(seq 100); do
+    grep -q "denied write 'nusec/v1/prog/prog-3/status' for site-1 (site)" "$DIR/broker/mosquitto.log" &&
+        denied=yes && break
+    sleep 0.1
+done
+kill "$stray" 2>/dev/null; wait "$stray" 2>/dev/null
+check "prog-3 at the wrong site: the cloud broker refuses site-1's publish for it (logged)" \
+    test "$denied" == yes
+check "... and site-1's bridge stays connected" \
+    bash -c "! grep -E 'Client site-1:bridge (closed|disconnected)' '$DIR/broker/mosquitto.log'"
+check "... and no broker or cloud restarted" test "$before" == "$(pids)"
 
 echo "sites live: $passed passed, $failed failed"
 ((failed == 0))
