@@ -176,6 +176,10 @@ static const struct acl__rule acl__rules[] = {
     {ROLE(SITE), ACL__WRITE, "nusec/v1/events/station/{id}/+"},
     {ROLE(SITE), ACL__WRITE, "nusec/v1/cloud/req/{owned}/+"},
     {ROLE(SITE), ACL__RS, "nusec/v1/reply/{owned}/#"},
+    /* The bridge's one wide reply subscription (a programmer assigned later needs
+     * no bridge restart); each delivery is still READ-checked against the two
+     * rules above, so the site reads only its station's and programmers' replies. */
+    {ROLE(SITE), ACL__SUB, "nusec/v1/reply/#"},
     {ROLE(SITE), ACL__WRITE, "nusec/v1/events/programmer/{owned}/+"},
     {ROLE(SITE), ACL__WRITE | ACL__RETAIN, "nusec/v1/prog/{owned}/status"},
     {ROLE(SITE), ACL__RS, "nusec/v1/jobs/+"},

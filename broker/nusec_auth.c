@@ -121,6 +121,8 @@ struct nusec_auth {
     struct timespec ids_last_try;
     struct nusec_rl_config rl_cfg; /* publish limits (ratelimit.h) */
     struct nusec_rl *rl;
+    unsigned long long withheld;   /* replies kept from site bridges since the last summary */
+    struct timespec withheld_last; /* when that summary was logged */
 };
 
 /* The plugin's state: the one static the conventions allow, passed as userdata. */
@@ -855,6 +857,37 @@ static bool auth__stale_cert(const struct nusec_auth *st, struct mosquitto *clie
     return stale;
 }
 
+/*
+ * A site's bridge subscribes to every reply (one wide filter, see acl.c); the
+ * replies of programmers it does not own are withheld from it at delivery.
+ * That is routine with more than one site, so each is only counted, and the
+ * tick logs one summary line per AUTH__WITHHELD_LOG_MS (auth__withheld_report).
+ * Anything else a site is refused is logged in full by auth__deny.
+ */
+#define AUTH__WITHHELD_LOG_MS 60000u
+static bool auth__withhold(struct nusec_auth *st, const struct auth__ident *who, int access,
+                           const char *topic)
+{
+    static const char reply[] = "nusec/v1/reply/";
+    if (who->role != NUSEC_ROLE_SITE || access != MOSQ_ACL_READ ||
+        strncmp(topic, reply, sizeof(reply) - 1) != 0)
+        return false;
+    st->withheld++;
+    return true;
+}
+
+static void auth__withheld_report(struct nusec_auth *st, const struct timespec *now)
+{
+    if (!st->withheld || auth__ms_since(&st->withheld_last, now) < AUTH__WITHHELD_LOG_MS)
+        return;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "nusec_auth: withheld %llu replies from site bridges (programmers "
+                         "other sites own) since the last report",
+                         st->withheld);
+    st->withheld = 0;
+    st->withheld_last = *now;
+}
+
 static int auth__on_acl_check(int event, void *event_data, void *userdata)
 {
     struct nusec_auth *st = userdata;
@@ -876,11 +909,13 @@ static int auth__on_acl_check(int event, void *event_data, void *userdata)
         return auth__deny(ed->client, &who, ed->access, ed->topic,
                           "not the identity's current certificate (re-enrolled)");
     struct nusec_acl_subject subject = {who.id, who.role, st->owners.set};
-    if (!nusec_acl_check(&subject, ed->access, ed->topic, ed->retain))
-        return auth__deny(ed->client, &who, ed->access, ed->topic,
-                          ed->retain && ed->access == MOSQ_ACL_WRITE ? "not allowed (retained)"
-                                                                     : "not allowed");
-    return MOSQ_ERR_SUCCESS;
+    if (nusec_acl_check(&subject, ed->access, ed->topic, ed->retain))
+        return MOSQ_ERR_SUCCESS;
+    if (auth__withhold(st, &who, ed->access, ed->topic))
+        return MOSQ_ERR_ACL_DENIED;
+    return auth__deny(ed->client, &who, ed->access, ed->topic,
+                      ed->retain && ed->access == MOSQ_ACL_WRITE ? "not allowed (retained)"
+                                                                 : "not allowed");
 }
 
 /*
@@ -1204,6 +1239,7 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
     auth__refresh_all(st, false);
     auth__do_kicks(st);
     auth__identities_retry(st, &now);
+    auth__withheld_report(st, &now);
     nusec_rl_flush(st->rl, (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u,
                    auth__limit_report, st);
     if (st->lists_dirty && !st->site_name && st->publish_lists &&

@@ -8,6 +8,8 @@
 #include "broker_conf_template.h"
 #include "station_owners.h"
 
+#include "ledger.h"
+#include "nu_config.h"
 #include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_hsm.h"
@@ -89,6 +91,50 @@ int site__write_text(const char *path, const char *text, mode_t mode)
  * agent. Untrusted strings are escaped by nu_json. Failure to write is
  * reported, never hidden.
  */
+/*
+ * The same record in the ledger's hash chain (kind = the event, actor "oem",
+ * payload = the JSON object), where `nusec audit verify` covers it: the
+ * ledger cloud.conf names (the SQLite file DIR/cloud/ledger.db, or the
+ * PostgreSQL target with its ledger_password_file), if it exists already.
+ * Appending takes the chain head in its own transaction, as a cloud agent
+ * does, so the running cloud may write at the same time. audit.jsonl stays
+ * the record of what could not reach the ledger (before the cloud ever ran,
+ * or with the ledger down): this says so on stderr, never fails the command.
+ */
+static void site__audit_ledger(const char *dir, const char *event, const char *json, size_t len)
+{
+    char conf[PATH_MAX], target[PATH_MAX], err[256];
+    struct nu_config *cfg = NULL;
+    struct cloud_ledger *ledger = NULL;
+    const char *pw = NULL;
+    int rc = nu_path_fmt(conf, sizeof(conf), "%s/cloud/cloud.conf", dir);
+    if (!rc && nu_path_exists(conf))
+        rc = nu_config_load(conf, &cfg, err, sizeof(err));
+    const char *kind = cfg ? nu_config_get_str(cfg, "ledger", "sqlite") : "sqlite";
+    if (!rc && strcmp(kind, "sqlite") == 0) {
+        rc = nu_paths_get(dir, NU_PATH_LEDGER, target, sizeof(target));
+        if (!rc && !nu_path_exists(target))
+            rc = NU_ERR_NOT_FOUND; /* never create a ledger from here */
+    } else if (!rc) {
+        rc = nu_path_fmt(target, sizeof(target), "%s", kind);
+        pw = nu_config_get_str(cfg, "ledger_password_file", "");
+        pw = pw && *pw ? pw : NULL;
+    }
+    if (!rc)
+        rc = cloud_ledger_connect(target, pw, 0, &ledger);
+    struct cloud_ledger_event ev = {
+        .ts_ms = nu_time_ms(), .kind = event, .actor = "oem", .payload = json, .payload_len = len};
+    if (!rc)
+        rc = cloud_ledger_audit_append(ledger, &ev, NULL);
+    if (rc && rc != NU_ERR_NOT_FOUND)
+        site__say("audit",
+                  "%s not in the ledger's audit chain (%s): kept in %s/" SITE_OEM_FOLDER
+                  "/audit.jsonl only",
+                  event, nu_err_name(rc), dir);
+    cloud_ledger_close(ledger);
+    nu_config_destroy(cfg);
+}
+
 void site__audit(const char *dir, const char *event, const char *site, const char *other, int code,
                  const char *detail)
 {
@@ -114,6 +160,8 @@ void site__audit(const char *dir, const char *event, const char *site, const cha
         site__say("audit", "cannot append to %s/" SITE_OEM_FOLDER "/audit.jsonl", dir);
     if (fd >= 0)
         close(fd);
+    if (nu_json_ok(&j))
+        site__audit_ledger(dir, event, buf, j.len - 1); /* without the newline */
 }
 
 /* ---- commands -------------------------------------------------------------------------------- */
@@ -233,8 +281,9 @@ static const char site__sign_usage[] =
     "OEM: check a CM's join request (the site's one-time token, CN = the site\n"
     "name, OU station / site / broker, P-256, self-signed CSRs) and sign its\n"
     "CSRs with the Fleet CA in the HSM. Registers the site's station for the\n"
-    "cloud (DIR/pki/clients/NAME.crt and cloud.conf station_ids: restart the\n"
-    "cloud) and writes the site bundle for the CM (default ./NAME.bundle).\n"
+    "cloud (DIR/pki/clients/NAME.crt, DIR/sites/NAME/station.crt: a running\n"
+    "cloud takes it at the station's first request, no restart) and writes the\n"
+    "site bundle for the CM (default ./NAME.bundle).\n"
     "\n"
     "Exit status: 0 done, 1 failed or refused (wrong or used token, bad CSR),\n"
     "2 usage.\n";

@@ -218,39 +218,6 @@ static int site__install(const char *dir, const char *name, const struct site_bu
     return rc;
 }
 
-/* One "topic nusec/v1/reply/PROG/# in 1" line per programmer DIR/broker/owners gives `name`. */
-static int site__reply_topics(const char *dir, const char *name, char *out, size_t cap)
-{
-    char path[PATH_MAX];
-    uint8_t *text = NULL;
-    size_t len = 0, used = 0;
-    int rc = nu_paths_get(dir, NU_PATH_BROKER_OWNERS, path, sizeof(path));
-    if (!rc)
-        rc = nu_file_read(path, SITE__OWNERS_MAX, &text, &len);
-    if (rc == NU_ERR_NOT_FOUND)
-        return NU_OK;
-    if (rc)
-        return rc;
-    out[0] = '\0';
-    for (char *save = NULL, *line = strtok_r((char *)text, "\n", &save); line && !rc;
-         line = strtok_r(NULL, "\n", &save)) {
-        char a[80], b[80];
-        if (line[0] == '#' || sscanf(line, "%79s %79s", a, b) != 2 || strcmp(a, name) != 0)
-            continue;
-        if (!site__name_ok(b)) {
-            rc = NU_ERR_DECODE;
-            break;
-        }
-        int n = snprintf(out + used, cap - used, "topic nusec/v1/reply/%s/# in 1\n", b);
-        if (n <= 0 || (size_t)n >= cap - used)
-            rc = NU_ERR_TOO_LARGE;
-        else
-            used += (size_t)n;
-    }
-    free(text);
-    return rc;
-}
-
 /* The bridge section appended to the broker template (docs/sites.md says why each line). */
 static int site__bridge_section(const char *dir, const char *name, const char *cloud, char *out,
                                 size_t cap)
@@ -303,14 +270,17 @@ static int site__bridge_section(const char *dir, const char *name, const char *c
                  "topic nusec/v1/crl/device in 1\n"
                  "topic nusec/v1/broker/revoked in 1\n"
                  "topic nusec/v1/broker/owners/%s in 1\n"
-                 "# replies: the station's and each programmer the OEM gave this site (the\n"
-                 "# cloud broker refuses the site any other reply subscription)\n"
-                 "topic nusec/v1/reply/%s/# in 1\n",
+                 "# Replies: one wide subscription, so that a programmer the OEM assigns to\n"
+                 "# this site later needs no restart (bridge topics are read at start). The\n"
+                 "# cloud broker delivers on it only the replies of the site's station and\n"
+                 "# of the programmers its ownership table gives the site; it withholds the\n"
+                 "# rest (nusec_auth: quiet per-message deny, counted in its log).\n"
+                 "topic nusec/v1/reply/# in 1\n",
                  name, SITE_QUEUE_MESSAGES, (unsigned long long)SITE_QUEUE_BYTES, name, cloud, name,
-                 chain, cert, key, name, name, name, name);
+                 chain, cert, key, name, name, name);
     if (n <= 0 || (size_t)n >= cap)
         return NU_ERR_TOO_LARGE;
-    return site__reply_topics(dir, name, out + n, cap - (size_t)n);
+    return NU_OK;
 }
 
 /* DIR/broker/mosquitto.conf of the site: the NuSEC template + the bridge. */

@@ -14,7 +14,6 @@
 #define SITE__DAY 86400
 #define SITE__LEAF_DAYS 825
 #define SITE__OWNERS_MAX (1024u * 1024u)
-#define SITE__STATIONS_MAX 16 /* cloud.conf station_ids (CLOUD_ROLE_IDS_MAX) */
 
 /* "nusec: site WHAT: ..." to stderr. */
 void site__say(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -224,85 +224,6 @@ static int site__sign_one(const struct site__ca *ca, const struct site_bundle *r
 }
 
 /*
- * The cloud verifies a station's signatures with DIR/pki/clients/ID.crt of
- * the identities listed in cloud.conf station_ids: add `name` to that list
- * (keeping the rest of the file). The cloud reads it at its next start.
- */
-static int site__station_ids_add(const char *dir, const char *name)
-{
-    char path[PATH_MAX], *out = NULL;
-    uint8_t *text = NULL;
-    size_t len = 0;
-    int rc = nu_path_fmt(path, sizeof(path), "%s/cloud/cloud.conf", dir);
-    if (rc)
-        return rc;
-    rc = nu_file_read(path, 256 * 1024, &text, &len);
-    if (rc == NU_ERR_NOT_FOUND) {
-        text = (uint8_t *)strdup("");
-        len = 0;
-        rc = text ? NU_OK : NU_ERR_NOMEM;
-    }
-    if (rc)
-        return rc;
-    size_t cap = len + strlen(name) + 64;
-    out = calloc(1, cap);
-    if (!out) {
-        free(text);
-        return NU_ERR_NOMEM;
-    }
-    int found = 0;
-    size_t used = 0;
-    for (char *line = (char *)text; line && *line;) {
-        char *nl = strchr(line, '\n');
-        size_t n = nl ? (size_t)(nl - line) : strlen(line);
-        const char *p = line;
-        while (p < line + n && (*p == ' ' || *p == '\t'))
-            p++;
-        int is_ids = strncmp(p, "station_ids", 11) == 0 && !found;
-        memcpy(out + used, line, n);
-        used += n;
-        if (is_ids) {
-            found = 1;
-            /* already listed? (as a whole word) */
-            char word[80];
-            int listed = 0, words = 0;
-            const char *eq = memchr(p, '=', (size_t)(line + n - p));
-            for (const char *w = eq ? eq + 1 : line + n; w < line + n;) {
-                size_t skip = strspn(w, " \t,");
-                w += skip;
-                size_t wl = strcspn(w, " \t,\n");
-                if (wl && wl < sizeof(word) && w + wl <= line + n) {
-                    memcpy(word, w, wl);
-                    word[wl] = '\0';
-                    listed |= strcmp(word, name) == 0;
-                    words++;
-                }
-                w += wl ? wl : 1;
-            }
-            if (!listed && words >= SITE__STATIONS_MAX) {
-                site__say("sign",
-                          "cloud.conf station_ids holds %d identities, the cloud's "
-                          "limit: nothing changed",
-                          words);
-                free(out);
-                free(text);
-                return NU_ERR_LIMIT;
-            }
-            if (!listed)
-                used += (size_t)snprintf(out + used, cap - used, " %s", name);
-        }
-        out[used++] = '\n';
-        line = nl ? nl + 1 : NULL;
-    }
-    if (!found)
-        used += (size_t)snprintf(out + used, cap - used, "station_ids = station %s\n", name);
-    rc = nu_file_write_atomic(path, out, used, 0644);
-    free(out);
-    free(text);
-    return rc;
-}
-
-/*
  * The cloud broker of a deployment with sites hands its revocation list and
  * ownership lines to the site brokers (broker/README.md): one line appended
  * to DIR/broker/mosquitto.conf, once; the broker reads it at its next start.
@@ -390,7 +311,8 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     }
     if (rc)
         goto out;
-    /* The cloud checks the site station's signatures with this certificate. */
+    /* The cloud checks the site station's signatures with this certificate; it
+     * finds it (and sites/NAME/station.crt) on every request: no restart. */
     uint8_t *pem = NULL;
     size_t pem_len = 0;
     char client[PATH_MAX];
@@ -403,16 +325,14 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
         rc = nu_file_write_atomic(client, pem, pem_len, 0644);
     free(pem);
     if (!rc)
-        rc = site__station_ids_add(dir, name);
-    if (!rc)
         rc = site__publish_lists_on(dir);
     if (!rc)
         rc = site_export(dir, name, bundle_path);
     if (!rc)
         site__audit(dir, "site.signed", name, NULL, NU_OK, NULL);
     if (!rc)
-        printf("site %s signed (station, site bridge, site broker certificates); restart the "
-               "cloud so that it knows the station %s\n",
+        printf("site %s signed (station, site bridge, site broker certificates); the running "
+               "cloud knows the station %s now\n",
                name, name);
 out:
     if (rc) /* the join request is outside input: every refusal is recorded */

@@ -302,4 +302,13 @@ int cloud_config_load(const char *dir, const char *path, struct cloud_config *ou
 int cloud_keys_open(struct cloud *cloud);
 void cloud_keys_close(struct cloud_keys *keys);
 
+/*
+ * Is `id` a station identity: listed in cloud.conf station_ids (read at
+ * start), or the station of a site the OEM signed while the cloud ran
+ * (`nusec site sign` wrote DIR/sites/ID/station.crt and its client
+ * certificate DIR/pki/clients/ID.crt on the OEM's disk; looked up on every
+ * call, so a new site needs no restart). Returns 1 or 0.
+ */
+int cloud_is_station(const struct cloud *cloud, const char *id);
+
 #endif

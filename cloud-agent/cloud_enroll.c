@@ -352,10 +352,8 @@ static int enroll__id_allowed(struct cloud_call *call, const char *id)
         if (strcmp(cfg->oem_ids[i], id) == 0)
             return cloud_fail(call, NU_ERR_EXISTS, "'%s' is an oem identity", id);
     }
-    for (size_t i = 0; i < cfg->n_station_ids; i++) {
-        if (strcmp(cfg->station_ids[i], id) == 0)
-            return cloud_fail(call, NU_ERR_EXISTS, "'%s' is a station identity", id);
-    }
+    if (cloud_is_station(call->cloud, id))
+        return cloud_fail(call, NU_ERR_EXISTS, "'%s' is a station identity", id);
     if (strcmp(call->cloud->id, id) == 0)
         return cloud_fail(call, NU_ERR_EXISTS, "'%s' is the cloud's identity", id);
     return NU_OK;
@@ -583,6 +581,28 @@ static int enroll__fw_revoked(struct cloud_call *call, const char *hex)
 }
 
 /*
+ * The OEM anchor pinned write-once in the KeyStore (attested by its hash)
+ * must be this OEM's package key: a programmer anchored to another key would
+ * take an enrollment answer signed by that key, one a CM could make. No
+ * anchor is accepted (the programmer itself refuses to be enrolled through a
+ * station without one: nusec-programmer --relay).
+ */
+static int enroll__anchor_ok(struct cloud_call *call, const struct nu_attest_claims *att)
+{
+    uint8_t mine[NU_SHA256_LEN];
+    const struct nu_signer *pkg = nu_hsm_key_signer(call->cloud->keys.package);
+    if (!att->anchored)
+        return NU_OK;
+    if (!pkg || nu_sha256(pkg->pub, NU_P256_PUB_LEN, mine) != NU_OK)
+        return cloud_fail(call, NU_ERR_CRYPTO, "package key unavailable");
+    if (nu_memeq_ct(mine, att->anchor_sha256, NU_SHA256_LEN) != 0)
+        return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED,
+                          "the OEM anchor pinned in the programmer's KeyStore is not this OEM's "
+                          "package key");
+    return NU_OK;
+}
+
+/*
  * The KeyStore's attestation: certified by the pinned vendor CA, signed,
  * about this programmer and the keys of this request, from allowed hardware
  * running approved firmware. The nonce is checked by the ledger (read-only
@@ -619,6 +639,8 @@ static int enroll__attested(struct cloud_call *call, const Nusec__V1__EnrollRequ
                           "CSR key is not the attested identity key");
     if (nu_memeq_ct(e->att.package_pub, r->package_pubkey.data, NU_P256_PUB_LEN) != 0)
         return cloud_fail(call, NU_ERR_KEY_NOT_ATTESTED, "package key is not the attested one");
+    if ((rc = enroll__anchor_ok(call, &e->att)) != NU_OK)
+        return rc;
     if (!enroll__serial_allowed(call, e->att.vendor_serial))
         return cloud_fail(call, NU_ERR_SERIAL_NOT_ALLOWED, "programmer %s not on the allow-list",
                           e->att.vendor_serial);

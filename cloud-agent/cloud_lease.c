@@ -4,7 +4,8 @@
  * (`nusec job create --offline-lease N --lease-hours H`).
  *
  * LINE-CA certificate (signed by the Device CA key in the HSM):
- *   subject   CN = the programmer id, OU = the job id, O = NuSEC
+ *   subject   CN = the programmer id, OU = the job id, O = the Device CA's
+ *             (the OEM's `pki init --org`, as on device certificates)
  *   validity  the lease: from now for H hours (cut at the Device CA's notAfter)
  *   basicConstraints CA:TRUE pathLen 0 (critical), keyUsage keyCertSign
  *   (critical); the key is the programmer's KeyStore line-CA key, whose CSR
@@ -55,7 +56,7 @@ static int lease__issue(struct cloud_call *call, const char *job, const uint8_t 
     struct nu_x509_issue_req ir = {
         .cn = call->requester,
         .ou = job,
-        .o = NU_PKI_ORGANIZATION,
+        .o = ca.o[0] ? ca.o : NU_PKI_ORGANIZATION, /* the OEM's, as device certificates */
         .not_before = nb,
         .not_after = na < ca.not_after ? na : ca.not_after,
         .is_ca = 1,

@@ -2,6 +2,7 @@
 #include "cloud_msgsig.h"
 
 #include "ledger.h"
+#include "nu_envelope.h"
 #include "nu_err.h"
 #include "nu_msgsig.h"
 #include "nu_paths.h"
@@ -28,6 +29,19 @@ static int msgsig__listed(const char ids[][CLOUD_ID_MAX + 1], size_t n, const ch
     return 0;
 }
 
+int cloud_is_station(const struct cloud *cloud, const char *id)
+{
+    char path[PATH_MAX];
+    if (!id || msgsig__listed(cloud->cfg.station_ids, cloud->cfg.n_station_ids, id))
+        return id != NULL;
+    if (nu_envelope_id_check(id) != NU_OK || !strcmp(id, ".") || !strcmp(id, ".."))
+        return 0;
+    return nu_path_fmt(path, sizeof(path), "%s/sites/%s/station.crt", cloud->dir, id) == NU_OK &&
+           nu_path_exists(path) &&
+           nu_paths_client_cert(cloud->dir, id, path, sizeof(path)) == NU_OK &&
+           nu_path_exists(path);
+}
+
 /* Public key of a PEM certificate. */
 static int msgsig__pem_pub(const char *pem, size_t pem_len, uint8_t pub[NU_P256_PUB_LEN])
 {
@@ -49,8 +63,7 @@ static int msgsig__key(struct cloud *cloud, struct cloud_ledger *ledger, const c
                        uint8_t pub[NU_P256_PUB_LEN])
 {
     const struct cloud_config *cfg = &cloud->cfg;
-    if (msgsig__listed(cfg->oem_ids, cfg->n_oem_ids, sender) ||
-        msgsig__listed(cfg->station_ids, cfg->n_station_ids, sender) ||
+    if (msgsig__listed(cfg->oem_ids, cfg->n_oem_ids, sender) || cloud_is_station(cloud, sender) ||
         strcmp(sender, cloud->id) == 0) {
         char path[PATH_MAX];
         uint8_t *pem = NULL;

@@ -371,7 +371,7 @@ static int cloud__role_of(struct cloud_call *call, enum cloud_role *out)
         *out = CLOUD_ROLE_OEM;
         return NU_OK;
     }
-    if (cloud__id_listed(cfg->station_ids, cfg->n_station_ids, call->requester)) {
+    if (cloud_is_station(call->cloud, call->requester)) {
         *out = CLOUD_ROLE_STATION;
         return NU_OK;
     }

@@ -54,6 +54,9 @@ int nu_attest_encode(const struct nu_attest_claims *c, uint8_t *out, size_t cap,
     st.vendor_serial = (char *)c->vendor_serial;
     st.nonce = (ProtobufCBinaryData){NU_ATTEST_NONCE_LEN, (uint8_t *)c->nonce};
     st.programmer_id = (char *)c->programmer_id;
+    if (c->anchored)
+        st.anchor_sha256 =
+            (ProtobufCBinaryData){sizeof(c->anchor_sha256), (uint8_t *)c->anchor_sha256};
     size_t n = nusec__v1__attestation_statement__get_packed_size(&st);
     if (n > cap || n > NU_ATTEST_STMT_MAX)
         return NU_ERR_TOO_LARGE;
@@ -88,6 +91,10 @@ int nu_attest_decode(const uint8_t *stmt, size_t len, struct nu_attest_claims *o
         rc = attest__bytes(&st->firmware_measurement, out->measurement, NU_ATTEST_MEASUREMENT_LEN);
     if (!rc)
         rc = attest__bytes(&st->nonce, out->nonce, NU_ATTEST_NONCE_LEN);
+    if (!rc && st->anchor_sha256.len) { /* absent: no anchor; else exactly a SHA-256 */
+        out->anchored = 1;
+        rc = attest__bytes(&st->anchor_sha256, out->anchor_sha256, sizeof(out->anchor_sha256));
+    }
     if (!rc && (!attest__id_ok(st->vendor_serial, NU_ATTEST_SERIAL_MAX) ||
                 !attest__id_ok(st->programmer_id, NU_ATTEST_ID_MAX)))
         rc = NU_ERR_DECODE;

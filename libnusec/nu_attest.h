@@ -6,7 +6,9 @@
  * At enrollment the KeyStore itself builds and signs an AttestationStatement
  * (proto/nusec/v1/pki.proto) over what it holds: the identity and package
  * public keys it generated (non-exportable), the firmware measurement its
- * secure boot recorded, its vendor serial, and the cloud's challenge nonce.
+ * secure boot recorded, its vendor serial, the cloud's challenge nonce, and
+ * the hash of the OEM anchor pinned in it (if any), so the cloud can refuse a
+ * programmer that would trust another "OEM" key for its enrollment answer.
  *
  *   signature = ECDSA-P256(attestation key,
  *                          SHA-256("nusec/v1 programmer attestation" || 0x00 || statement))
@@ -50,6 +52,10 @@ struct nu_attest_claims {
     char vendor_serial[NU_ATTEST_SERIAL_MAX + 1];
     uint8_t nonce[NU_ATTEST_NONCE_LEN];
     char programmer_id[NU_ATTEST_ID_MAX + 1];
+    /* The OEM anchor the KeyStore holds (pin.anchor, write-once): anchored = 1
+     * and its SHA-256, or anchored = 0 (none pinned; the field is absent). */
+    int anchored;
+    uint8_t anchor_sha256[32];
 };
 
 /*

@@ -4,6 +4,7 @@
  * per-programmer HUK, file flash, MQTT (nu_mqtt) and simulated targets.
  */
 #include "pg_core.h"
+#include "pg_msg.h"
 #include "pp_flash.h"
 #include "pp_keystore.h"
 #include "pp_port.h"
@@ -44,7 +45,7 @@ enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3, EXIT_EXISTS = 4 };
 static const char usage_text[] =
     "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
-    "                        [--package FILE] [--enroll TOKEN] [--relay oem|station]\n"
+    "                        [--package FILE] [--enroll TOKEN] [--relay oem|STATION]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help] [--version]\n"
     "       " PROG " --dir DIR --name ID --factory-init --vendor-ca VDIR [--oem-anchor FILE]\n"
@@ -63,8 +64,9 @@ static const char usage_text[] =
     "                        the pinned keys, exit\n"
     "  --relay ID            who relays the enrollment: oem (default: at the OEM,\n"
     "                        before the programmer ships; DIR/pki/clients/oem.*) or\n"
-    "                        station (at the CM, explicitly; DIR/pki/clients/station.*;\n"
-    "                        needs the OEM anchor pinned: the CM relays the answer)\n"
+    "                        a station's identity (at the CM, explicitly: station,\n"
+    "                        or a site's name; DIR/pki/clients/ID.*; needs the OEM\n"
+    "                        anchor pinned: the CM relays the answer)\n"
     "  --oem-anchor FILE     pin in the KeyStore, once (like a fuse), the public key\n"
     "                        the OEM's cloud signs its messages with (the OEM's\n"
     "                        pki/package-key.pem, from the OEM, never from the CM):\n"
@@ -190,7 +192,7 @@ static int app__args(struct app *a, int argc, char **argv)
     int rc = nu_opts_parse(&cmd, argc, argv, opts, NU_OPTS_N(opts));
     if (rc)
         return rc < 0 ? 1 : -1;
-    if (a->relay && strcmp(a->relay, "oem") != 0 && strcmp(a->relay, "station") != 0) {
+    if (a->relay && !pg_msg_id_ok((struct pg_bytes){(const uint8_t *)a->relay, strlen(a->relay)})) {
         fprintf(stderr, PROG ": invalid option value: %s\n", a->relay);
         fputs(usage, stderr);
         return -1;

@@ -37,6 +37,7 @@ enum ks__type { KS__KEY = 1, KS__COUNTER = 2, KS__BLOB = 3, KS__FACTORY = 4 };
 static const char *const ks__key_names[KS__NKEYS] = {"identity", "package", "attest", "line-ca"};
 #define KS__FACTORY_CERT "attest.cert"
 #define KS__FACTORY_SERIAL "attest.serial"
+#define KS__ANCHOR_BLOB "pin.anchor" /* the core's PG_BLOB_PIN_ANCHOR (pg_int.h) */
 
 struct ks__rec {
     uint8_t type;
@@ -618,6 +619,12 @@ static int ks__attest_locked(struct pp_ks *ks, const uint8_t nonce[PG_ATTEST_NON
     memcpy(c.vendor_serial, serial->data, serial->len);
     memcpy(c.nonce, nonce, sizeof(c.nonce));
     snprintf(c.programmer_id, sizeof(c.programmer_id), "%s", ks->name);
+    /* The OEM anchor the core pinned (PG_BLOB_PIN_ANCHOR, write-once): its
+     * hash, so the cloud sees which "OEM" this programmer would trust. */
+    const struct ks__rec *anchor = ks__find(ks, KS__BLOB, KS__ANCHOR_BLOB);
+    if (anchor && (rc = nu_sha256(anchor->data, anchor->len, c.anchor_sha256)) != NU_OK)
+        return rc;
+    c.anchored = anchor != NULL;
     rc = nu_attest_encode(&c, out->stmt, sizeof(out->stmt), &out->stmt_len);
     if (rc == NU_OK)
         rc = nu_attest_digest(out->stmt, out->stmt_len, digest);

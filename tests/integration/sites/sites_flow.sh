@@ -15,8 +15,9 @@
 #   --capture      (tests) read PROG's first genuine cert.request off the cloud
 #                  broker into FILE.{topic,sig,env} during the production
 #   --forge        (tests) answer PROG's first N cert.requests with a forged
-#                  certificate signed by a CM-held key (sites_hostile answer;
-#                  how many were sent: FILE)
+#                  certificate signed by a CM-held key, the cloud's answer held
+#                  back until PROG dropped it (sites_hostile answer; FILE: how
+#                  many were sent, how many came first and were dropped)
 #   --org NAME     the OEM's organisation (`nusec pki init --org`) before stack up
 #   --keep         leave the stacks up (the caller runs `nusec stack down`)
 # Exit: 0 when every device up to the quota was provisioned and the audit chain
@@ -108,7 +109,10 @@ fi
 
 if [[ -n "$FORGE" ]]; then
     IFS=: read -r f_prog f_n f_out <<<"$FORGE"
-    "$BIN/sites_hostile" answer "$DIR" "$f_prog" "$f_n" "$f_out" >"$f_out.log" 2>&1 &
+    # with the programmer's log: the forger holds the cloud's answer back until
+    # the programmer dropped the forgery (sites_hostile.c), so the forgery comes first
+    "$BIN/sites_hostile" answer "$DIR" "$f_prog" "$f_n" "$f_out" \
+        "$DIR/cm/$(site_of "$f_prog")/logs/$f_prog.log" >"$f_out.log" 2>&1 &
     forge_pid=$!
     for _ in $(seq 50); do grep -q SUBSCRIBED "$f_out.log" 2>/dev/null && break; sleep 0.1; done
 fi

@@ -13,8 +13,15 @@
  * cloud broker (with the cloud identity, as only a test can).
  *
  *   capture OEMDIR PROG OUT          first genuine cert.request of PROG -> OUT.{topic,sig,env}
- *   answer  OEMDIR PROG N OUT        forged certificate answers to PROG's next N cert.requests,
- *                                    signed with a CM-held key (count in OUT)
+ *   answer  OEMDIR PROG N OUT [LOG]  forged certificate answers to PROG's next N cert.requests,
+ *                                    signed with a CM-held key (count in OUT); with LOG (PROG's
+ *                                    log) the cloud's answer is held back until PROG dropped it
+ *   enrollanswer OEMDIR RELAY N OUT LOG  the same for the next N enrollments RELAY (a site's
+ *                                    station) relays: an EnrollResponse certifying the
+ *                                    programmer's key under the CM's CA and pinning a CM key
+ *   challenge OEMDIR RELAY KEY OUT LOG  answer the next enroll.challenge RELAY relays with a
+ *                                    challenge of the CM's, signed with KEY (PEM): the anchor
+ *                                    the CM pinned in a programmer
  *   forge   OEMDIR CMDIR PROG JOB    cert.request in PROG's name, CM-held key + CSR
  *   newcsr  OEMDIR CMDIR CAPTURE     captured signature on the same request with a new CSR
  *   replay  OEMDIR CMDIR CAPTURE     captured bytes and signature, verbatim
@@ -39,6 +46,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,11 +363,26 @@ static int cmd_capture(const char *oem, const char *prog, const char *out)
  * only the signature gives it away. It is published on the cloud broker (the
  * test reads the requests there, as the CM reads them on its own broker) and
  * reaches the programmer through the site's bridge like a genuine answer.
+ *
+ * A hostile site broker can hold the cloud's answer back and hand its own
+ * over first; whether the forgery wins must not be a race in the test. The
+ * test owns both sides, so it plays the hold-back by pausing the cloud agent
+ * (SIGSTOP, OEMDIR/run/cloud.pid) the moment the request arrives, before the
+ * forgery is sent, until the programmer's log shows one more dropped answer
+ * (at most HOLD_MS), then SIGCONT: at the programmer that is exactly a site
+ * broker delaying the genuine answer. A request the cloud had already
+ * committed before the pause (its answer may be out) is not counted as won.
  */
+#define HOLD_MS 4000
 struct forge {
     pthread_mutex_t lock;
-    int sent, want;
-    const char *out;
+    int sent, want, won;
+    const char *out, *oem, *log;
+    pid_t held;          /* the paused cloud agent, 0 when none is paused */
+    int drops_before;    /* the programmer's drop count when it was paused */
+    int ahead;           /* forgeries sent ahead of the cloud's answer in this hold */
+    uint64_t held_since; /* nu_mono_ms() */
+    uint64_t hold_min;   /* ms: a forged challenge is taken silently, so hold this long */
     struct nu_p256_key *ca;
     struct nu_signer ca_s;
     uint8_t *ca_der;
@@ -403,6 +426,158 @@ static int forge_ca(struct forge *f)
     return nu_x509_issue(&ir, &f->ca_s, NULL, 0, &f->ca_der, &f->ca_len);
 }
 
+/* An identity safe to put in a query: [A-Za-z0-9._-], 1..64. */
+static int forge_safe_id(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", s[i]))
+            return 0;
+    return 1;
+}
+
+/* Lines of `log` that say an answer was dropped as not the cloud's; -1 when unreadable. */
+static int forge_drops(const char *log)
+{
+    uint8_t *text = NULL;
+    size_t len = 0;
+    int n = 0;
+    if (nu_file_read(log, 64u * 1024u * 1024u, &text, &len) != NU_OK)
+        return -1;
+    for (const char *p = (char *)text; (p = strstr(p, "dropped: signature does not verify")); p++)
+        n++;
+    free(text);
+    return n;
+}
+
+/* Pause the cloud agent (the hold-back, see above); 0 when there is none to pause. */
+static pid_t forge_hold(struct forge *f)
+{
+    char path[PATH_MAX];
+    uint8_t *text = NULL;
+    size_t len = 0;
+    long pid = 0;
+    snprintf(path, sizeof(path), "%s/run/cloud.pid", f->oem);
+    if (!f->log || nu_file_read(path, 64, &text, &len) != NU_OK)
+        return 0;
+    pid = strtol((char *)text, NULL, 10);
+    free(text);
+    return pid > 1 && kill((pid_t)pid, SIGSTOP) == 0 ? (pid_t)pid : 0;
+}
+
+/* Has the cloud committed what this request asks (its answer may be out)? A
+ * certificate for the device, or the programmer's enrollment (uid NULL). */
+static int forge_committed(const struct forge *f, const ProtobufCBinaryData *uid,
+                           const char *programmer)
+{
+    char hex[2 * 32 + 1], cmd[PATH_MAX + 256];
+    if (uid && (!uid->len || uid->len > 32 || nu_hex_encode(uid->data, uid->len, hex, sizeof(hex))))
+        return 1;
+    if (!uid && !forge_safe_id(programmer))
+        return 1;
+    if (uid)
+        snprintf(cmd, sizeof(cmd),
+                 "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
+                 "certificates where lower(hex(device_uid)) = '%s'\"",
+                 f->oem, hex);
+    else
+        snprintf(cmd, sizeof(cmd),
+                 "sqlite3 -cmd '.timeout 5000' '%s/cloud/ledger.db' \"select count(*) from "
+                 "programmers where programmer_id = '%s'\"",
+                 f->oem, programmer);
+    FILE *p = popen(cmd, "r");
+    int n = 1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = 1;
+        pclose(p);
+    }
+    return n != 0;
+}
+
+/* OUT: "sent won", rewritten as they change (the caller may stop us any time). */
+static void forge_write(const struct forge *f)
+{
+    char text[32];
+    int n = snprintf(text, sizeof(text), "%d %d\n", f->sent, f->won);
+    nu_file_write_atomic(f->out, text, (size_t)n, 0644);
+}
+
+/* SIGTERM/SIGINT: leave the loop, and release the cloud on the way out. */
+static volatile sig_atomic_t forge_stop;
+static void forge_on_signal(int sig)
+{
+    (void)sig;
+    forge_stop = 1;
+}
+
+/*
+ * The main loop's half of the hold-back (the callback must return for the
+ * forgery to be sent): release the cloud once the programmer's log shows a
+ * drop for every forgery sent ahead during this hold, or HOLD_MS passed.
+ * Called with f->lock held.
+ */
+static void forge_release_due(struct forge *f, int force)
+{
+    if (!f->held)
+        return;
+    int drops = forge_drops(f->log) - f->drops_before;
+    uint64_t held = nu_mono_ms() - f->held_since;
+    if (!force && (held < f->hold_min || (drops < f->ahead && held < HOLD_MS)))
+        return;
+    kill(f->held, SIGCONT);
+    f->won += drops < f->ahead ? (drops > 0 ? drops : 0) : f->ahead;
+    printf("cloud released after %llu ms: %d of %d forged answers sent ahead were dropped\n",
+           (unsigned long long)(nu_mono_ms() - f->held_since), drops, f->ahead);
+    f->held = 0;
+    f->ahead = 0;
+    forge_write(f);
+}
+
+/*
+ * A challenge of the CM's own (random nonce), signed with the key given to
+ * `challenge` (the anchor the CM pinned in the programmer): the programmer
+ * takes it and sends the cloud an attested enrollment naming that anchor.
+ * The cloud is held back, as for the answers, so that this one comes first.
+ */
+static void forge_challenge(struct forge *f, struct nu_mqtt *m, const struct nu_mqtt_msg *msg,
+                            const Nusec__V1__Envelope *req)
+{
+    uint8_t nonce[32], *env = NULL;
+    size_t len = 0;
+    struct nu_envelope_frame fr;
+    Nusec__V1__EnrollChallenge ch = NUSEC__V1__ENROLL_CHALLENGE__INIT;
+    pthread_mutex_lock(&f->lock);
+    if (!f->held && (f->held = forge_hold(f)) != 0) {
+        f->drops_before = forge_drops(f->log);
+        f->held_since = nu_mono_ms();
+    }
+    f->hold_min = 1500; /* the programmer's enroll request queues for the paused cloud */
+    pthread_mutex_unlock(&f->lock);
+    ch.programmer_id = req->enroll_challenge_request->programmer_id;
+    ch.nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
+    ch.expires_at_ms = (uint64_t)time(NULL) * 1000u + 60000u;
+    int rc = nu_random(nonce, sizeof(nonce));
+    if (!rc)
+        rc = nu_envelope_frame_init(&fr, f->sender, &ch.base);
+    if (!rc)
+        rc = nu_envelope_frame_reply_to(&fr, req);
+    if (!rc)
+        rc = nu_envelope_pack(&fr.env, &env, &len, NULL);
+    if (!rc)
+        rc = nu_mqtt_reply(m, msg, env, len);
+    pthread_mutex_lock(&f->lock);
+    if (!rc)
+        printf("forged challenge %d sent (signed with the CM's anchor key)\n", ++f->sent);
+    else
+        fprintf(stderr, "sites_hostile: challenge: %s\n", nu_err_name(rc));
+    forge_write(f);
+    pthread_mutex_unlock(&f->lock);
+    free(env);
+}
+
 static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
 {
     struct forge *f = ud;
@@ -414,19 +589,51 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     int go = f->sent < f->want && msg->response_topic;
     pthread_mutex_unlock(&f->lock);
     if (!go || nu_envelope_unpack(msg->payload, msg->len, &req, NULL) ||
-        req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST) {
+        (req->body_case != NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
+         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST &&
+         req->body_case != NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST)) {
         nu_envelope_free(req);
         return;
     }
+    if (req->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_CHALLENGE_REQUEST) {
+        forge_challenge(f, m, msg, req);
+        nu_envelope_free(req);
+        return;
+    }
+    int enroll = req->body_case == NUSEC__V1__ENVELOPE__BODY_ENROLL_REQUEST;
     const Nusec__V1__CertificateRequest *cr = req->certificate_request;
+    const Nusec__V1__EnrollRequest *er = req->enroll_request;
     Nusec__V1__CertificateIssued ci = NUSEC__V1__CERTIFICATE_ISSUED__INIT;
-    int rc = forge_cert(f, cr, &cert, &cert_len);
-    ci.job_id = cr->job_id;
-    ci.device_uid = cr->device_uid;
-    ci.certificate_der = (ProtobufCBinaryData){cert_len, cert};
-    ci.serial = "0badc0de";
+    Nusec__V1__EnrollResponse eo = NUSEC__V1__ENROLL_RESPONSE__INIT;
+    pthread_mutex_lock(&f->lock);
+    if (!f->held && (f->held = forge_hold(f)) != 0) {
+        f->drops_before = forge_drops(f->log);
+        f->held_since = nu_mono_ms();
+    }
+    int ahead = f->held && !(enroll ? forge_committed(f, NULL, er->programmer_id)
+                                    : forge_committed(f, &cr->device_uid, NULL));
+    f->ahead += ahead; /* counted before it is sent: the hold lasts until it is dropped */
+    pthread_mutex_unlock(&f->lock);
+    Nusec__V1__CertificateRequest as_cr = NUSEC__V1__CERTIFICATE_REQUEST__INIT;
+    if (enroll) /* the programmer's identity CSR, certified by the CM's "CA" */
+        as_cr.csr_der = er->csr_der;
+    int rc = forge_cert(f, enroll ? &as_cr : cr, &cert, &cert_len);
+    ProtobufCBinaryData ca = {f->ca_len, f->ca_der}, cm_pub = {NU_P256_PUB_LEN, f->ca_s.pub};
+    if (enroll) { /* pins the CM's key as the "cloud's" package key and ROTPK */
+        eo.programmer_id = er->programmer_id;
+        eo.certificate_der = (ProtobufCBinaryData){cert_len, cert};
+        eo.n_chain_der = 1;
+        eo.chain_der = &ca;
+        eo.package_signing_pubkey = cm_pub;
+        eo.rotpk = cm_pub;
+    } else {
+        ci.job_id = cr->job_id;
+        ci.device_uid = cr->device_uid;
+        ci.certificate_der = (ProtobufCBinaryData){cert_len, cert};
+        ci.serial = "0badc0de";
+    }
     if (!rc)
-        rc = nu_envelope_frame_init(&fr, f->sender, &ci.base);
+        rc = nu_envelope_frame_init(&fr, f->sender, enroll ? &eo.base : &ci.base);
     if (!rc)
         rc = nu_envelope_frame_reply_to(&fr, req);
     if (!rc)
@@ -434,13 +641,17 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     if (!rc)
         rc = nu_mqtt_reply(m, msg, env, len);
     if (!rc) {
-        char path[PATH_MAX], text[32];
         pthread_mutex_lock(&f->lock);
-        int n = snprintf(text, sizeof(text), "%d\n", ++f->sent);
-        snprintf(path, sizeof(path), "%s", f->out);
-        nu_file_write_atomic(path, text, (size_t)n, 0644);
+        printf("forged answer %d: %s\n", ++f->sent,
+               !f->held ? "races the cloud's"
+               : ahead  ? "sent while the cloud's is held back"
+                        : "the cloud had committed this one already");
+        forge_write(f);
         pthread_mutex_unlock(&f->lock);
     } else {
+        pthread_mutex_lock(&f->lock);
+        f->ahead -= ahead && f->held ? 1 : 0; /* not sent: nothing to wait for */
+        pthread_mutex_unlock(&f->lock);
         fprintf(stderr, "sites_hostile: answer: %s\n", nu_err_name(rc));
     }
     free(env);
@@ -448,14 +659,15 @@ static void on_forge(struct nu_mqtt *m, const struct nu_mqtt_msg *msg, void *ud)
     nu_envelope_free(req);
 }
 
-static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
+static int cmd_answer(const char *oem, const char *prog, const char *op, int n, const char *out,
+                      const char *log, const char *key_pem)
 {
-    struct forge f = {.want = n, .out = out};
+    struct forge f = {.want = n, .out = out, .oem = oem, .log = log};
     struct nu_mqtt *m = NULL;
     struct nu_p256_key *cm_key = NULL;
     char topic[256];
     pthread_mutex_init(&f.lock, NULL);
-    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/cert.request", prog);
+    snprintf(topic, sizeof(topic), "nusec/v1/cloud/req/%s/%s", prog, op);
     struct nu_client_opts o = {
         .dir = oem, .identity = "cloud", .client_id = "cloud:forger", .clean_start = 1};
     int rc = nu_p256_key_generate(&f.ca);
@@ -465,8 +677,8 @@ static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
         rc = forge_ca(&f);
     if (!rc)
         rc = nu_envelope_sender_create("cloud", NU_ENVELOPE_SEQ_FROM_CLOCK, &f.sender);
-    if (!rc)
-        rc = nu_p256_key_generate(&cm_key);
+    if (!rc) /* a key the CM holds: made now, or the anchor it pinned */
+        rc = key_pem ? nu_p256_key_load_pem(key_pem, &cm_key) : nu_p256_key_generate(&cm_key);
     if (!rc)
         rc = nu_client_connect(&o, &m);
     if (!rc) /* the CM's key signs the answers, end to end */
@@ -476,19 +688,28 @@ static int cmd_answer(const char *oem, const char *prog, int n, const char *out)
     if (!rc)
         rc = nu_mqtt_subscribe(m, topic, 1, on_forge, &f);
     printf("%s\n", rc ? nu_err_name(rc) : "SUBSCRIBED");
-    for (int i = 0; !rc && i < 1200; i++) { /* up to 2 minutes */
+    struct sigaction sa = {.sa_handler = forge_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    for (int i = 0; !rc && !forge_stop && i < 2400; i++) { /* up to 2 minutes */
         pthread_mutex_lock(&f.lock);
-        int done = f.sent >= f.want;
+        forge_release_due(&f, 0);
+        int done = f.sent >= f.want && !f.held;
         pthread_mutex_unlock(&f.lock);
         if (done)
             break;
-        usleep(100 * 1000);
+        usleep(50 * 1000);
     }
+    pthread_mutex_lock(&f.lock);
+    forge_release_due(&f, 1); /* never leave the cloud paused */
+    forge_write(&f);
+    pthread_mutex_unlock(&f.lock);
     if (m) {
         nu_mqtt_disconnect(m);
         nu_mqtt_destroy(m);
     }
-    printf("FORGED %d\n", f.sent);
+    printf("FORGED %d (ahead of the cloud's and dropped: %d)\n", f.sent, f.won);
     nu_envelope_sender_destroy(f.sender);
     nu_p256_key_destroy(f.ca);
     free(f.ca_der);
@@ -675,8 +896,13 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* each answer out at once, whatever happens at exit */
     const char *cmd = argc > 1 ? argv[1] : "";
-    if (!strcmp(cmd, "answer") && argc == 6)
-        return cmd_answer(argv[2], argv[3], atoi(argv[4]), argv[5]);
+    if (!strcmp(cmd, "answer") && (argc == 6 || argc == 7))
+        return cmd_answer(argv[2], argv[3], "cert.request", atoi(argv[4]), argv[5],
+                          argc == 7 ? argv[6] : NULL, NULL);
+    if (!strcmp(cmd, "enrollanswer") && argc == 7)
+        return cmd_answer(argv[2], argv[3], "enroll", atoi(argv[4]), argv[5], argv[6], NULL);
+    if (!strcmp(cmd, "challenge") && argc == 7)
+        return cmd_answer(argv[2], argv[3], "enroll.challenge", 1, argv[5], argv[6], argv[4]);
     if (!strcmp(cmd, "capture") && argc == 5)
         return cmd_capture(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "forge") && argc == 6)
@@ -691,7 +917,8 @@ int main(int argc, char **argv)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
         return cmd_connect(argv[2], argv[3]);
-    fprintf(stderr, "usage: sites_hostile capture|answer|forge|newcsr|replay|report|connect ... "
+    fprintf(stderr, "usage: sites_hostile "
+                    "capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }

@@ -302,9 +302,14 @@ static void test_site_role(void)
     /* another site's programmer, anyone's replies, everything else */
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/cloud/req/progB/cert.request", false));
     CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/events/programmer/progB/x", false));
-    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/progB/#", false));
-    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/#", false));
-    CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/reply/+/r", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, R, "nusec/v1/reply/progB/r", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, R, "nusec/v1/reply/cloud1/r", false));
+    /* the bridge's one wide reply subscription (and so any narrower filter) is
+     * allowed as a filter only: each delivery on it is READ-checked, and
+     * another site's programmer's reply is refused just above */
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/reply/#", false));
+    CU_ASSERT_TRUE(nusec_acl_check(&a, S, "nusec/v1/reply/progB/#", false));
+    CU_ASSERT_FALSE(nusec_acl_check(&a, W, "nusec/v1/reply/progA/r", false));
     CU_ASSERT_FALSE(nusec_acl_response_topic_ok(&a, "nusec/v1/reply/progB/r"));
     CU_ASSERT_FALSE(nusec_acl_check(&a, S, "nusec/v1/events/#", false));
     CU_ASSERT_FALSE(nusec_acl_check(&a, S, "$share/cloud/nusec/v1/cloud/req/+/+", false));

@@ -82,8 +82,23 @@ static void test_codec_roundtrip_and_canonical(void)
     CU_ASSERT_EQUAL(memcmp(&c, &back, sizeof(c)), 0);
     /* An unknown field appended: another encoding of the same claims, refused. */
     memcpy(copy, stmt, len);
-    copy[len] = 0x50, copy[len + 1] = 0x01; /* field 10, varint 1 */
+    copy[len] = 0x58, copy[len + 1] = 0x01; /* field 11, varint 1 */
     CU_ASSERT_EQUAL(nu_attest_decode(copy, len + 2, &back), NU_ERR_DECODE);
+    /* No anchor: the field is absent, and decodes as none. */
+    CU_ASSERT_EQUAL(back.anchored, 0);
+    /* An anchor's hash is covered: it round-trips; any other length is refused. */
+    struct nu_attest_claims a = c;
+    uint8_t anchored[NU_ATTEST_STMT_MAX];
+    size_t alen = 0;
+    a.anchored = 1;
+    memset(a.anchor_sha256, 0x33, sizeof(a.anchor_sha256));
+    CU_ASSERT_EQUAL_FATAL(nu_attest_encode(&a, anchored, sizeof(anchored), &alen), NU_OK);
+    CU_ASSERT_EQUAL(alen, len + 2 + 32);
+    CU_ASSERT_EQUAL(nu_attest_decode(anchored, alen, &back), NU_OK);
+    CU_ASSERT_EQUAL(memcmp(&a, &back, sizeof(a)), 0);
+    memcpy(copy, stmt, len);
+    copy[len] = 0x52, copy[len + 1] = 0x01, copy[len + 2] = 0x33; /* field 10, 1 byte */
+    CU_ASSERT_EQUAL(nu_attest_decode(copy, len + 3, &back), NU_ERR_DECODE);
     /* Every truncation refused. */
     for (size_t n = 0; n < len; n++)
         CU_ASSERT_NOT_EQUAL(nu_attest_decode(stmt, n, &back), NU_OK);
