@@ -11,7 +11,9 @@
 #   - empty, garbage and cut payloads as requests of its own programmer on
 #     every op a programmer may send, with a response topic: each answered
 #     (a typed Error), each audited in the ledger in the programmer's name;
-#   - garbage as its programmer's device report (an event: no answer), audited;
+#   - garbage as its programmer's device report (an event: no answer),
+#     audited; garbage events and a garbage retained status while the OEM's
+#     `nusec monitor` watches: it reports them and carries on;
 #   - a payload over the site role's size limit: refused at the broker.
 # Afterwards: every process alive, the ledger's state unchanged (no
 # certificate, the same programmers and jobs), `nusec audit verify` passes.
@@ -110,8 +112,22 @@ for op in cert.request device.report firmware.manifest firmware.chunk lease.gran
         n_req=$((n_req + 1))
     done
 done
+# The OEM's own bus monitor watches while the site sends garbage events and a
+# garbage retained status: it reports them on stderr and carries on.
+oem monitor --json --timeout 8 >"$TMP/monitor.out" 2>"$TMP/monitor.err" &
+mon_pid=$!
+sleep 2
 mosquitto_pub "${opts[@]}" -i "$SITE:hostile-ev" -t "nusec/v1/events/programmer/$PROG/device.provisioned" \
     -f "$TMP/garbage.bin" >/dev/null 2>&1
+head -c 60000 /dev/urandom >"$TMP/garbage60k.bin"
+mosquitto_pub "${opts[@]}" -i "$SITE:hostile-ev2" -t "nusec/v1/events/station/$SITE/job.started" \
+    -f "$TMP/garbage60k.bin" >/dev/null 2>&1
+mosquitto_pub "${opts[@]}" -i "$SITE:hostile-st" -t "nusec/v1/prog/$PROG/status" -r \
+    -f "$TMP/garbage.bin" >/dev/null 2>&1
+wait "$mon_pid"
+mon_rc=$?
+check "the OEM's bus monitor survives garbage events (exit $mon_rc, no sanitizer report)" \
+    test "$mon_rc" -lt 2 -a "$(grep -c 'Sanitizer' "$TMP/monitor.err")" -eq 0
 
 audited() { # refusals in the programmer's name (the cloud coalesces them per identity and
     # code past a burst of 20: the whole count is checked after the stop, below)
