@@ -882,8 +882,14 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
         prc = pg__publish_event(c, kind, w->req, wr.len);
     if (prc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: %s event not sent: %s", d->s, kind, nu_err_name(prc));
-    if (confirm)
+    if (confirm) {
+        /* Not in the journal: even under an offline lease the socket waits
+         * for the cloud's word, or the report would live nowhere. */
+        int hold = d->hold;
+        d->hold = hold || jrc != NU_OK;
         prod__report_confirm(d, d->s, wr.len);
+        d->hold = hold;
+    }
 }
 
 /* What a worker does after its chip (good, bad, or held). */
