@@ -596,10 +596,21 @@ static void cloud__serve_event(struct cloud *cloud, struct cloud_ledger *ledger,
         if (strcmp(e->kind, kind) != 0 || strcmp(e->role, role) != 0)
             continue;
         Nusec__V1__Envelope *env = NULL;
-        if (nu_envelope_unpack(it->payload, it->len, &env, NULL) ||
-            env->body_case != NUSEC__V1__ENVELOPE__BODY_EVENT ||
-            strcmp(env->header->sender_id, sender) != 0) {
-            nu_warn("dropped malformed %s event from %s", kind, sender);
+        int urc = nu_envelope_unpack(it->payload, it->len, &env, NULL);
+        if (!urc && env->body_case != NUSEC__V1__ENVELOPE__BODY_EVENT)
+            urc = NU_ERR_INVALID_ARG;
+        if (!urc && strcmp(env->header->sender_id, sender) != 0)
+            urc = NU_ERR_NOT_AUTHORIZED;
+        if (urc) {
+            /* Audited (coalesced) like a refused request, unanswered: the
+             * cloud saw it, and a warning alone left no trace in the ledger.
+             * The sender is the topic's, which the broker bound to the
+             * identity; the kind is one of ours. */
+            struct cloud_call bad = {
+                .cloud = cloud, .ledger = ledger, .msg = msg, .requester = sender, .op = kind};
+            snprintf(bad.detail, sizeof(bad.detail), "malformed %s event", kind);
+            nu_warn("dropped malformed %s event from %s: %s", kind, sender, nu_err_name(urc));
+            cloud__refuse(&bad, urc);
         } else {
             struct cloud_call call = {.cloud = cloud,
                                       .ledger = ledger,

@@ -107,6 +107,10 @@ static int db__fail(struct station_db *db, int src, const char *what)
         return NU_ERR_BUSY;
     if ((src & 0xff) == SQLITE_CONSTRAINT)
         return NU_ERR_EXISTS;
+    /* The storage, not the data: worth trying again once it is back. */
+    if ((src & 0xff) == SQLITE_FULL || (src & 0xff) == SQLITE_IOERR ||
+        (src & 0xff) == SQLITE_CANTOPEN || (src & 0xff) == SQLITE_READONLY)
+        return NU_ERR_IO;
     return NU_ERR_DB;
 }
 

@@ -104,6 +104,45 @@ static void st__free_list(struct st__msg *m)
     }
 }
 
+/*
+ * A batch whose journal commit failed for its storage (station.db's disk
+ * full, an I/O error, BUSY; not for its data): its events go back to the
+ * front of the queue, in order, and are journaled again after a pause
+ * (INSERT OR IGNORE on sender and sequence makes a second try harmless). The broker acknowledged them already, so
+ * dropping them would lose them. Statuses are not kept: each programmer
+ * sends its status again. Returns what is left to free.
+ */
+static struct st__msg *st__requeue_events(struct station *st, struct st__msg *list)
+{
+    struct st__msg *keep = NULL, *last = NULL, *rest = NULL, **rt = &rest;
+    size_t bytes = 0;
+    for (struct st__msg *m = list, *next; m; m = next) {
+        next = m->next;
+        m->next = NULL;
+        if (m->kind == ST__EVENT) {
+            if (last)
+                last->next = m;
+            else
+                keep = m;
+            last = m;
+            bytes += sizeof(*m) + m->len + strlen(m->topic) + 1;
+        } else {
+            *rt = m;
+            rt = &m->next;
+        }
+    }
+    if (keep) {
+        pthread_mutex_lock(&st->lock);
+        last->next = st->head;
+        if (!st->head)
+            st->tail = last;
+        st->head = keep;
+        st->queued += bytes;
+        pthread_mutex_unlock(&st->lock);
+    }
+    return rest;
+}
+
 /* ---- connection ----------------------------------------------------------------------------- */
 
 static int st__mqtt_opts(struct station *st, struct nu_mqtt_opts *o, char *host, size_t host_cap,
@@ -264,8 +303,12 @@ int station_run(struct station *st, volatile sig_atomic_t *stop)
     nu_info("station %s running on %s", st->name, st->dir);
     while (!*stop) {
         struct st__msg *list = st__take(st, st->poll_ms);
-        if (list)
-            st__ingest(st, list);
+        int irc = list ? st__ingest(st, list) : NU_OK;
+        if (irc == NU_ERR_IO || irc == NU_ERR_BUSY) {
+            list = st__requeue_events(st, list);
+            struct timespec pause = {0, 250 * 1000000L}; /* not a spin on a full disk */
+            nanosleep(&pause, NULL);
+        }
         st__free_list(list);
         if ((rc = st__poll_db(st)) != NU_OK)
             nu_error("cannot read station.db: %s", nu_err_name(rc));

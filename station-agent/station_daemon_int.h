@@ -131,6 +131,8 @@ int st__prog_load_cb(void *ctx, const struct station_programmer *row);
 int st__reload(struct station *st, int initial);
 int st__poll_db(struct station *st);
 void st__pkg_finish(struct station *st, struct st__pkg *p, const char *error);
-void st__ingest(struct station *st, struct st__msg *list);
+/* Journal a batch in one transaction. NU_OK, or the failure (rolled back:
+ * the caller queues its events again). */
+int st__ingest(struct station *st, struct st__msg *list);
 
 #endif

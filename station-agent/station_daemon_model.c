@@ -197,7 +197,8 @@ static void st__log_refused(const char *what, const char *topic, int rc, const c
     nu_warn("%s on %s dropped: %s (%s)", what, safe, nu_err_name(rc), why ? why : "-");
 }
 
-static void st__ingest_event(struct station *st, const struct st__msg *m)
+/* NU_OK, or the journal's failure (the batch is then tried again). */
+static int st__ingest_event(struct station *st, const struct st__msg *m)
 {
     struct station_event ev;
     const char *why = NULL;
@@ -205,13 +206,14 @@ static void st__ingest_event(struct station *st, const struct st__msg *m)
     int rc = station_event_decode(m->topic, m->payload, m->len, &ev, &why);
     if (rc != NU_OK) {
         st__log_refused("event", m->topic, rc, why);
-        return;
+        return NU_OK; /* refused for good, not a journal failure */
     }
     rc = station_db_journal_add(st->db, &ev, m->payload, m->len, m->received_ms, &added);
     if (rc != NU_OK)
         nu_error("event %s from %s not journaled: %s", ev.kind, ev.sender, nu_err_name(rc));
     if (added && ev.has_device)
         st->counts_dirty = 1;
+    return rc;
 }
 
 static void st__prog_save(struct station *st, const struct st__prog *p, const struct st__msg *m)
@@ -334,19 +336,23 @@ static void st__ingest_status(struct station *st, const struct st__msg *m)
     st__prog_save(st, p, m);
 }
 
-void st__ingest(struct station *st, struct st__msg *list)
+int st__ingest(struct station *st, struct st__msg *list)
 {
     int rc = station_db_begin(st->db);
     for (struct st__msg *m = list; m; m = m->next) {
-        if (m->kind == ST__EVENT)
-            st__ingest_event(st, m);
-        else
+        if (m->kind == ST__EVENT) {
+            int erc = st__ingest_event(st, m);
+            /* The storage failing fails the batch (tried again); one bad row does not. */
+            if (rc == NU_OK && (erc == NU_ERR_IO || erc == NU_ERR_BUSY))
+                rc = erc;
+        } else
             st__ingest_status(st, m);
     }
     if (rc == NU_OK)
         rc = station_db_commit(st->db);
     if (rc != NU_OK) {
         station_db_rollback(st->db);
-        nu_error("journal batch not committed: %s", nu_err_name(rc));
+        nu_error("journal batch not committed: %s (its events are tried again)", nu_err_name(rc));
     }
+    return rc;
 }

@@ -149,8 +149,23 @@ static int prod__unit_take(struct prod__dev *d)
         spare = 1;
     }
     prod__unlock(c);
-    uint32_t counter = 0;
-    int rc = own || spare ? NU_OK : pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &counter);
+    uint32_t counter = 0, delay = c->retry_delay_ms;
+    int rc = NU_OK;
+    /* The KeyStore's storage may fail for a while (a full disk under the
+     * POSIX port's sealed file): the chip is still untouched and no unit was
+     * counted, so it waits in its socket and the count is tried again; the
+     * tray is not run through with every chip "failed at counter". Only a
+     * verdict (LIMIT...) or a stop ends it (then the chip goes back blank). */
+    for (unsigned k = 0; !own && !spare; k++) {
+        rc = pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &counter);
+        if (rc != NU_ERR_IO)
+            break;
+        if (k == 0 || k % 16 == 0)
+            pg__log(c, PG_LOG_WARN, "socket %u: KeyStore counter: %s; chip %s held untouched",
+                    d->s, nu_err_name(rc), d->w->uid_hex);
+        if (pg__hold_wait(c, &delay) != NU_OK)
+            break;
+    }
     d->unit = rc == NU_OK;
     if (rc == NU_OK)
         prod__inflight_put(c, d->s, d->w->uid, d->w->uid_len);
@@ -678,6 +693,8 @@ static int prod__device(struct prod__dev *d)
         if (!prod__resume_pending(d->c))
             pg_core_stop(d->c, PG_STOP_LIMIT);
         d->untouched = 1;
+    } else if (rc == NU_ERR_IO) {
+        d->untouched = 1; /* stopped while the KeyStore could not count */
     }
     if (rc == NU_OK)
         rc = prod__keygen(d, st, &csr_len);
@@ -859,14 +876,24 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
                     w->uid_hex, nu_err_name(lrc));
         prc = prc == NU_OK ? pg__report_env(c, &wr, w->req, sizeof(w->req), &rep) : prc;
     }
-    if (confirm && (prc = prod__journal_put(c, d->s, w->req, wr.len)) != NU_OK)
-        pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(prc));
+    /* A report the journal cannot take (its storage full or failing) still
+     * goes out, and is confirmed below before the socket moves on: only a
+     * crash inside that wait could lose it, where skipping it lost it always. */
+    int jrc = confirm ? prod__journal_put(c, d->s, w->req, wr.len) : NU_OK;
+    if (jrc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(jrc));
     if (prc == NU_OK && !d->r->already_done)
         prc = pg__publish_event(c, kind, w->req, wr.len);
     if (prc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: %s event not sent: %s", d->s, kind, nu_err_name(prc));
-    if (confirm)
+    if (confirm) {
+        /* Not in the journal: even under an offline lease the socket waits
+         * for the cloud's word, or the report would live nowhere. */
+        int hold = d->hold;
+        d->hold = hold || jrc != NU_OK;
         prod__report_confirm(d, d->s, wr.len);
+        d->hold = hold;
+    }
 }
 
 /* What a worker does after its chip (good, bad, or held). */
@@ -961,7 +988,7 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
         pg_tgt_remove(c->hal, sock);
         atomic_store(&c->sock[sock].busy, PG_SOCK_IDLE);
         pg__zero(d.w, sizeof(*d.w));
-        return NU_ERR_LIMIT;
+        return rc != NU_OK ? rc : NU_ERR_LIMIT;
     }
     prod__finish(&d, rc, t0);
     atomic_store(&c->sock[sock].busy, PG_SOCK_IDLE);

@@ -30,8 +30,10 @@
 # any grew by more than a quarter between the first and the last third; with
 # a sanitizer build (--bin build-test/bin) it also fails on any LeakSanitizer
 # report in the logs at shutdown.
-# Disk full needs root (a small tmpfs under DIR/cloud); elsewhere it is skipped
-# and says so.
+# Disk full needs root (a small tmpfs under each of DIR/cloud, DIR/station,
+# DIR/programmers and DIR/broker, all four filled at once for --disk-full-s);
+# elsewhere it is skipped and says so. (tests/integration/faults/
+# test_disk_full.sh fills them one at a time too.)
 set -uo pipefail
 
 BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
@@ -57,7 +59,7 @@ while (($#)); do
     --outage-s) OUTAGE_S=$2 ;;
     --flash-us-per-kib) FLASH_US=$2 ;;
     --fault-span) FAULT_SPAN=$2 ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "chaos: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -78,27 +80,33 @@ issued() { ledger "select count(*) from certificates" || echo 0; }
 STACK_ARGS=(--programmers "$PROGRAMMERS" --sockets "$SOCKETS" --devices "$DEVICES"
     --flash-us-per-kib "$FLASH_US")
 
-mounted=
+FULL_DIRS=(cloud station programmers broker)
+mounted=()
 wait_pid=
 cleanup() {
     [[ -n "$wait_pid" ]] && kill "$wait_pid" 2>/dev/null
     nusec stack down >/dev/null 2>&1
-    [[ -n "$mounted" ]] && umount "$DIR/cloud" 2>/dev/null
+    local m
+    for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
 }
 trap cleanup EXIT
+trap 'exit 1' TERM INT
 
 # ---- the stack, with the ledger on a small file system we can fill ----------------------
 rm -rf "$DIR" && mkdir -p "$DIR"
 nusec pki init >/dev/null || { say "pki init failed"; exit 1; }
 if ((DISK_FULL_S > 0)) && [[ $(id -u) -eq 0 ]]; then
-    mv "$DIR/cloud" "$DIR/cloud.init" && mkdir "$DIR/cloud"
-    if mount -t tmpfs -o size=96m nusec-chaos "$DIR/cloud" 2>/dev/null; then
-        mounted=1
-    else
-        DISK_FULL_S=0
-    fi
-    cp -a "$DIR/cloud.init/." "$DIR/cloud/" && rm -rf "$DIR/cloud.init"
+    for c in "${FULL_DIRS[@]}"; do
+        mkdir -p "$DIR/$c" && mv "$DIR/$c" "$DIR/$c.init" && mkdir "$DIR/$c"
+        if mount -t tmpfs -o size=96m,mode=0700 "nusec-chaos-$c" "$DIR/$c" 2>/dev/null; then
+            mounted+=("$DIR/$c")
+        else
+            DISK_FULL_S=0
+        fi
+        cp -a "$DIR/$c.init/." "$DIR/$c/" && rm -rf "$DIR/$c.init"
+    done
 else
+    ((DISK_FULL_S > 0)) && say "disk full skipped: it needs root (tmpfs mounts)"
     DISK_FULL_S=0
 fi
 nusec stack up "${STACK_ARGS[@]}" >/dev/null || { say "stack up failed"; exit 1; }
@@ -184,9 +192,9 @@ apply() {
         sleep "$OUTAGE_S"
         restart ;;
     diskfull)
-        dd if=/dev/zero of="$DIR/cloud/filler" bs=1M 2>/dev/null
+        for c in "${FULL_DIRS[@]}"; do dd if=/dev/zero of="$DIR/$c/filler" bs=1M 2>/dev/null; done
         sleep "$DISK_FULL_S"
-        rm -f "$DIR/cloud/filler" ;;
+        for c in "${FULL_DIRS[@]}"; do rm -f "$DIR/$c/filler"; done ;;
     esac
 }
 

@@ -970,6 +970,236 @@ static void sig_forged_device_report_request(void)
     cf_client_close(&x);
 }
 
+/* ------------------------------------ hostile client sweep (fault review) */
+
+/* A publish on a topic the sender's role may not write (retained or not):
+ * the broker refuses it (PUBACK 0x87) and logs the identity and why; the
+ * cloud never sees it (no audit row), nothing changes. */
+static void denied_at_broker(struct cf_client *c, const char *id, const char *topic, int retain,
+                             const char *why)
+{
+    uint8_t junk[64];
+    memset(junk, 0x5a, sizeof(junk));
+    case_begin();
+    int rc = nu_mqtt_publish(c->m, topic, junk, sizeof(junk), 1, retain);
+    cases_run++;
+    CU_ASSERT_EQUAL(rc, NU_ERR_NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -F \"denied write '%s' for %s \" %s/broker/mosquitto.log | "
+                               "grep -qF \"%s\"",
+                               topic, id, F.dir, why),
+                    0);
+    CU_ASSERT_EQUAL(audit_head(), case_seq);
+    char *now = state_snapshot();
+    CU_ASSERT_STRING_EQUAL(now, case_state);
+    free(now);
+}
+static void topic_programmer_on_station_req(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/cloud/req/station/job.list", 0, "not allowed");
+}
+static void topic_programmer_on_other_programmer_req(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/cloud/req/cat-p2/cert.request", 0, "not allowed");
+}
+static void topic_programmer_report_as_other(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/events/programmer/cat-p2/device.provisioned", 0,
+                     "not allowed");
+}
+static void topic_programmer_event_as_station(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/events/station/cat-p1/job.started", 0,
+                     "not allowed");
+}
+static void topic_programmer_own_cmd(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/prog/cat-p1/cmd", 0, "not allowed");
+}
+static void topic_programmer_other_status(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/prog/cat-p2/status", 1, "not allowed (retained)");
+}
+static void topic_programmer_crl(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/crl/device", 1, "not allowed (retained)");
+}
+static void topic_programmer_revoked_list(void)
+{
+    denied_at_broker(&c1, "cat-p1", "nusec/v1/broker/revoked", 1, "not allowed (retained)");
+}
+static void topic_station_reply_to_programmer(void)
+{
+    denied_at_broker(&station, "station", "nusec/v1/reply/cat-p1/forged", 0, "not allowed");
+}
+static void topic_station_job_state(void)
+{
+    denied_at_broker(&station, "station", "nusec/v1/jobs/cat-active", 1, "not allowed (retained)");
+}
+static void topic_station_cmd_unowned(void)
+{
+    denied_at_broker(&station, "station", "nusec/v1/prog/nobody-9/cmd", 0, "not allowed");
+}
+
+/* Every request a programmer may send, with an empty payload, 1 KiB of
+ * garbage and a well-formed envelope cut short: DECODE each time, audited,
+ * nothing changes. (cat-p1: cat-p2's DECODE refusals are coalesced by the
+ * flood case; these stay under the per-identity burst.) */
+static void prog_op_sweep(const char *op)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t junk[1024], *env = envelope(c1.sender, &req.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 193u + 11u);
+    case_begin();
+    case_end(raw(&c1, "cat-p1", op, junk, 0), NU_ERR_DECODE, "cat-p1");
+    case_begin();
+    case_end(raw(&c1, "cat-p1", op, junk, sizeof(junk)), NU_ERR_DECODE, "cat-p1");
+    case_begin();
+    case_end(raw(&c1, "cat-p1", op, env, len / 2), NU_ERR_DECODE, "cat-p1");
+    cases_run -= 2; /* one named case */
+    free(env);
+}
+#define SWEEP_CASE(fn, op)                                                                         \
+    static void fn(void)                                                                           \
+    {                                                                                              \
+        prog_op_sweep(op);                                                                         \
+    }
+SWEEP_CASE(sweep_cert_request, "cert.request")
+SWEEP_CASE(sweep_device_report, "device.report")
+SWEEP_CASE(sweep_firmware_manifest, "firmware.manifest")
+SWEEP_CASE(sweep_firmware_chunk, "firmware.chunk")
+SWEEP_CASE(sweep_lease_grant, "lease.grant")
+SWEEP_CASE(sweep_lease_upload, "lease.upload")
+SWEEP_CASE(sweep_enroll_challenge, "enroll.challenge")
+SWEEP_CASE(sweep_enroll, "enroll")
+
+/* A well-formed station job.list envelope with `tail` appended: protobuf
+ * that no decoder may accept. */
+static void malformed_tail(const uint8_t *tail, size_t tail_len)
+{
+    Nusec__V1__JobListRequest req = NUSEC__V1__JOB_LIST_REQUEST__INIT;
+    size_t len = 0;
+    uint8_t *env = envelope(station.sender, &req.base, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    uint8_t *bad = malloc(len + tail_len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bad);
+    memcpy(bad, env, len);
+    memcpy(bad + len, tail, tail_len);
+    case_begin();
+    case_end(raw(&station, "station", "job.list", bad, len + tail_len), NU_ERR_DECODE, "station");
+    free(bad);
+    free(env);
+}
+static void pb_length_past_end(void)
+{
+    /* field 15, length-delimited, 2^31 - 1 bytes announced */
+    static const uint8_t t[] = {0x7a, 0xff, 0xff, 0xff, 0xff, 0x07, 0x00};
+    malformed_tail(t, sizeof(t));
+}
+static void pb_varint_too_long(void)
+{
+    /* unknown field 2000 as a varint of 11 bytes */
+    static const uint8_t t[] = {0x80, 0x7d, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                0xff, 0xff, 0xff, 0xff, 0x01};
+    malformed_tail(t, sizeof(t));
+}
+static void pb_start_group(void)
+{
+    /* wire type 3 (start group, never closed) */
+    static const uint8_t t[] = {0x83, 0x7d, 0x08, 0x01};
+    malformed_tail(t, sizeof(t));
+}
+static void pb_tag_zero(void)
+{
+    static const uint8_t t[] = {0x00, 0x01};
+    malformed_tail(t, sizeof(t));
+}
+
+/* An envelope packed without our encoder's checks (a hostile client's): the
+ * decoder's bounds are what refuses it. free() the result. */
+static uint8_t *envelope_unchecked(struct nu_envelope_sender *sender, ProtobufCMessage *body,
+                                   size_t *len)
+{
+    struct nu_envelope_frame fr;
+    uint8_t key[16] = {1, 2, 3}, *out = NULL;
+    if (nu_envelope_frame_init(&fr, sender, body) ||
+        nu_envelope_frame_set_idempotency_key(&fr, key, sizeof(key)))
+        return NULL;
+    *len = protobuf_c_message_get_packed_size(&fr.env.base);
+    if ((out = malloc(*len)))
+        protobuf_c_message_pack(&fr.env.base, out);
+    return out;
+}
+
+/* `body` from client c as op, packed unchecked: refused with `code`. */
+static void unchecked_case(struct cf_client *c, const char *id, const char *op,
+                           ProtobufCMessage *body, int code)
+{
+    size_t len = 0;
+    uint8_t *env = envelope_unchecked(c->sender, body, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(env);
+    case_begin();
+    case_end(raw(c, id, op, env, len), code, id);
+    free(env);
+}
+
+/* Huge repeated fields inside the payload limits: refused before any work
+ * (our own encoder would not even pack them). */
+static void job_create_2000_allocations(void)
+{
+    enum { N = 2000 };
+    Nusec__V1__ProgrammerAllocation a = NUSEC__V1__PROGRAMMER_ALLOCATION__INIT;
+    Nusec__V1__ProgrammerAllocation **all = calloc(N, sizeof(*all));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+    a.programmer_id = "cat-p1";
+    a.limit = 1;
+    for (size_t i = 0; i < N; i++)
+        all[i] = &a;
+    Nusec__V1__JobCreateRequest req = NUSEC__V1__JOB_CREATE_REQUEST__INIT;
+    req.firmware = "fw-1.0.0";
+    req.quota = N;
+    req.n_allocations = N;
+    req.allocations = all;
+    unchecked_case(&oem, "oem", "job.create", &req.base, NU_ERR_TOO_LARGE);
+    free(all);
+}
+static void lease_upload_1000_certificates(void)
+{
+    enum { N = 1000 };
+    static const uint8_t uid[] = {0xca, 0x7a, 0x10, 0x09};
+    Nusec__V1__LeaseIssued one = NUSEC__V1__LEASE_ISSUED__INIT;
+    Nusec__V1__LeaseIssued **all = calloc(N, sizeof(*all));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+    one.device_uid.data = (uint8_t *)uid;
+    one.device_uid.len = sizeof(uid);
+    one.counter = 1;
+    for (size_t i = 0; i < N; i++)
+        all[i] = &one;
+    Nusec__V1__LeaseUploadRequest req = NUSEC__V1__LEASE_UPLOAD_REQUEST__INIT;
+    req.lease_id = "lease-cat-none";
+    req.n_issued = N;
+    req.issued = all;
+    unchecked_case(&c1, "cat-p1", "lease.upload", &req.base, NU_ERR_TOO_LARGE);
+    free(all);
+}
+
+/* Garbage as a device report on the programmer's own event topic: the
+ * broker lets it through (the topic is the programmer's), the cloud drops
+ * it with an audit row; no answer exists for an event. */
+static void event_report_garbage(void)
+{
+    uint8_t junk[512];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 37u + 3u);
+    case_begin();
+    CU_ASSERT_EQUAL(nu_mqtt_publish(c1.m, "nusec/v1/events/programmer/cat-p1/device.provisioned",
+                                    junk, sizeof(junk), 1, 0),
+                    NU_OK);
+    case_end(NU_ERR_DECODE, NU_ERR_DECODE, "cat-p1");
+}
+
 int main(void)
 {
     static const struct nu_test_case cases[] = {
@@ -1040,6 +1270,41 @@ int main(void)
         {"signed request older than the window", sig_stale},
         {"forged device report", sig_forged_device_report},
         {"forged device.report request", sig_forged_device_report_request},
+        {"programmer on the station's request topic: refused at the broker",
+         topic_programmer_on_station_req},
+        {"programmer on another programmer's request topic: refused at the broker",
+         topic_programmer_on_other_programmer_req},
+        {"device report in another programmer's name: refused at the broker",
+         topic_programmer_report_as_other},
+        {"programmer event under the station role: refused at the broker",
+         topic_programmer_event_as_station},
+        {"programmer writing its own command topic: refused at the broker",
+         topic_programmer_own_cmd},
+        {"programmer retaining another's status: refused at the broker",
+         topic_programmer_other_status},
+        {"programmer retaining a device CRL: refused at the broker", topic_programmer_crl},
+        {"programmer retaining the revocation list: refused at the broker",
+         topic_programmer_revoked_list},
+        {"station publishing a reply to a programmer: refused at the broker",
+         topic_station_reply_to_programmer},
+        {"station retaining a job state: refused at the broker", topic_station_job_state},
+        {"station commanding a programmer it does not own: refused at the broker",
+         topic_station_cmd_unowned},
+        {"empty/garbage/cut payloads to cert.request", sweep_cert_request},
+        {"empty/garbage/cut payloads to device.report", sweep_device_report},
+        {"empty/garbage/cut payloads to firmware.manifest", sweep_firmware_manifest},
+        {"empty/garbage/cut payloads to firmware.chunk", sweep_firmware_chunk},
+        {"empty/garbage/cut payloads to lease.grant", sweep_lease_grant},
+        {"empty/garbage/cut payloads to lease.upload", sweep_lease_upload},
+        {"empty/garbage/cut payloads to enroll.challenge", sweep_enroll_challenge},
+        {"empty/garbage/cut payloads to enroll", sweep_enroll},
+        {"protobuf length prefix past the end", pb_length_past_end},
+        {"protobuf varint of 11 bytes", pb_varint_too_long},
+        {"protobuf start group never closed", pb_start_group},
+        {"protobuf field number 0", pb_tag_zero},
+        {"job.create with 2,000 allocations", job_create_2000_allocations},
+        {"lease.upload with 1,000 certificates", lease_upload_1000_certificates},
+        {"garbage device report on the programmer's event topic", event_report_garbage},
         {"nusec audit verify and the Python auditor pass", auditors_pass},
         {"both auditors refuse an injected duplicate key", auditors_refuse_a_duplicate_key},
         {NULL, NULL},
