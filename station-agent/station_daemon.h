@@ -58,6 +58,8 @@
 #define STATION_RETRY_MS 5000u
 /* A programmer still IDLE this long after START gets a note in last_error. */
 #define STATION_START_GRACE_MS 15000u
+/* How long a finished job waits for device events its programmers counted. */
+#define STATION_SETTLE_MS 5000u
 
 struct station;
 

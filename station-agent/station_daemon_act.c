@@ -227,6 +227,33 @@ static void st__done_note(struct station *st, const char *job, uint64_t now)
     st__note(st, "production.done", job, 0, line, NULL);
 }
 
+/*
+ * A programmer counts a unit before that device's event reaches the journal,
+ * so its "limit reached" can come first. A job whose packages all finished is
+ * done once the journal holds as many device outcomes as its programmers
+ * counted, or after STATION_SETTLE_MS (a unit kept or lost never gets an
+ * event): `production start --wait` and production.done then give the
+ * journal's final figures, not a count still on its way.
+ */
+static int st__job_settled(struct station *st, struct st__job *j, uint64_t now)
+{
+    uint32_t counted = 0;
+    struct station_counts c;
+    for (size_t i = 0; i < st->n_pkgs; i++) {
+        const struct st__pkg *p = &st->pkgs[i];
+        const struct st__prog *prog =
+            strcmp(p->row.job_id, j->row.job_id) ? NULL : st__prog_get(st, p->row.programmer_id, 0);
+        if (prog && !strcmp(prog->job_id, j->row.job_id))
+            counted += prog->counter;
+    }
+    if (station_db_counts(st->db, j->row.job_id, NULL, 0, &c) == NU_OK &&
+        c.done + c.failed >= counted)
+        return 1;
+    if (!j->settle_until_ms)
+        j->settle_until_ms = now + STATION_SETTLE_MS;
+    return now >= j->settle_until_ms;
+}
+
 static void st__act_started(struct station *st, struct st__job *j, uint64_t now)
 {
     if (j->acted_gen != j->row.generation) {
@@ -246,7 +273,9 @@ static void st__act_started(struct station *st, struct st__job *j, uint64_t now)
             st__maybe_start(st, j, p, now);
         finished += p->row.finished != 0;
     }
-    if (n && finished == n) {
+    if (!n || finished != n) {
+        j->settle_until_ms = 0;
+    } else if (st__job_settled(st, j, now)) {
         if (station_db_job_done(st->db, j->row.job_id, now) == NU_OK) {
             j->row.state = STATION_JOB_DONE;
             st__done_note(st, j->row.job_id, now);

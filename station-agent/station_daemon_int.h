@@ -70,6 +70,7 @@ struct st__pkg {
 struct st__job {
     struct station_job row;
     uint64_t acted_gen;
+    uint64_t settle_until_ms; /* all packages finished: done by then at the latest */
 };
 
 /* An event the daemon will publish after the current step. */

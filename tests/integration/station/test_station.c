@@ -710,6 +710,10 @@ static void test_wait_follows_a_job_to_done(void)
     CU_ASSERT_TRUE_FATAL(fake_wait(&prog_a, mark, BODY_COMMAND, START, "J3", 8000) >= 0);
     CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J3", 2, 0), NU_OK);
     CU_ASSERT_EQUAL(fake_device(&prog_a, "J3", 11, 1, NULL, NULL), NU_OK);
+    /* The programmer's count reaches the limit before its last device event
+     * does (as on a real line): the job is not done on "1 of 2". */
+    CU_ASSERT_EQUAL(fake_status(&prog_a, PRODUCING, "J3", 2, 2), NU_OK);
+    usleep(1500000);
     CU_ASSERT_EQUAL(fake_device(&prog_a, "J3", 12, 1, NULL, NULL), NU_OK);
     CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J3", 2, 2), NU_OK);
     for (int i = 0; i < 200 && nu_test_sh("test -s %s/wait.rc", tmp); i++)
