@@ -585,6 +585,7 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     }
     if (fc->drop_cert_replies > 0) {
         fc->drop_cert_replies--;
+        fc->taken = 1;
         return fc__trouble(fc, NU_ERR_TIMEOUT); /* issued, but the answer is lost */
     }
     struct nu_x509_cert_info ci;
@@ -702,6 +703,24 @@ static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *re
 
 /* ---- transport ops ------------------------------------------------------------------ */
 
+/* Whether the cloud took a request with env's message id already. */
+static int fc__seen(const struct fake_cloud *fc, const Nusec__V1__Envelope *env)
+{
+    const ProtobufCBinaryData *id = env->header ? &env->header->message_id : NULL;
+    unsigned n = fc->n_seen < FC_MAX_SEEN ? fc->n_seen : FC_MAX_SEEN;
+    for (unsigned i = 0; id && id->len == 16 && i < n; i++)
+        if (!memcmp(fc->seen_ids[i], id->data, 16))
+            return 1;
+    return 0;
+}
+
+static void fc__take(struct fake_cloud *fc, const Nusec__V1__Envelope *env)
+{
+    const ProtobufCBinaryData *id = env->header ? &env->header->message_id : NULL;
+    if (id && id->len == 16 && !fc__seen(fc, env))
+        memcpy(fc->seen_ids[fc->n_seen++ % FC_MAX_SEEN], id->data, 16);
+}
+
 static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t len,
                        uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len)
 {
@@ -709,7 +728,7 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
     struct fake_cloud *fc = ctx;
     Nusec__V1__Envelope *env = NULL;
     const char *op = strrchr(topic, '/');
-    int rc = nu_envelope_unpack(p, len, &env, NULL);
+    int replay = 0, rc = nu_envelope_unpack(p, len, &env, NULL);
     pthread_mutex_lock(&fc->lock);
     if (rc != NU_OK) {
         fc->bad_messages++;
@@ -718,8 +737,8 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_NOT_FOUND;
     } else if (fc->link_down) {
         rc = fc__trouble(fc, NU_ERR_CONNECTION);
-    } else if (fc->replay_errors > 0) {
-        fc->replay_errors--;
+    } else if ((replay = fc__seen(fc, env))) {
+        fc->replays_answered++;
         rc = fc__error(env, NU_ERR_REPLAY, op + 1, resp, cap, out_len);
     } else if (!strcmp(op, "/lease.grant") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_LEASE_GRANT_REQUEST) {
@@ -748,6 +767,15 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         fc->bad_messages++;
         rc = NU_ERR_NOT_FOUND;
     }
+    /* Answered (or issued with its answer lost): this message id is taken. */
+    if (env && !replay && (rc == NU_OK || fc->taken)) {
+        fc__take(fc, env);
+        if (rc == NU_OK && fc->lost_answers > 0) {
+            fc->lost_answers--;
+            rc = fc__trouble(fc, NU_ERR_TIMEOUT); /* done, but the answer is lost */
+        }
+    }
+    fc->taken = 0;
     pthread_mutex_unlock(&fc->lock);
     nu_envelope_free(env);
     return rc;

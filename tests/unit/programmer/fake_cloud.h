@@ -25,6 +25,7 @@ struct nu_hsm;
 struct nu_hsm_key;
 
 #define FC_MAX_IDEM 256
+#define FC_MAX_SEEN 1024
 #define FC_MAX_EVENTS 512
 
 struct fc_event {
@@ -86,10 +87,16 @@ struct fake_cloud {
     int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
     int report_unreachable;  /* device.report always CONNECTION */
     int report_transient;    /* the next n device.report answers are Error BUSY */
-    /* The next n requests of any kind are answered Error REPLAY, as the cloud
-     * answers a copy of a request it already took (a QoS 1 resend after a
-     * reconnect whose first answer a bridge dropped). */
-    int replay_errors;
+    /* The next n requests of any kind are taken (done) but their answers are
+     * lost (TIMEOUT), as a bridge drops replies queued during an outage.
+     * Like the real cloud, the fake answers Error REPLAY to a message id it
+     * has taken already (a retry sent with the same bytes), and takes a
+     * request that comes again with a new message id. */
+    int lost_answers;
+    uint8_t seen_ids[FC_MAX_SEEN][16]; /* message ids taken (a ring) */
+    unsigned n_seen;
+    unsigned replays_answered; /* Error REPLAY answers given */
+    int taken; /* the request being answered was taken (its answer may be lost) */
     unsigned stop_after;     /* after this many failed cert/report tries, the station
                                 sends STOP (0: never) */
     /* End-to-end signatures on answers (request_signed): by the package key,
