@@ -583,6 +583,12 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
         fc->idem[fc->n_idem++].len = cert_len;
         fc->issued++;
     }
+    if (fresh && fc->cut_after_issue > 0) {
+        fc->cut_after_issue--;
+        fc->link_down = 1;
+        fc->taken = 1;
+        return fc__trouble(fc, NU_ERR_TIMEOUT); /* issued, the WAN cut before the answer */
+    }
     if (fc->drop_cert_replies > 0) {
         fc->drop_cert_replies--;
         fc->taken = 1;
@@ -651,6 +657,51 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
     return fc__answer(req, &g.base, resp, cap, out_len);
 }
 
+/* The online certificate issued for the UID's cert.request (its
+ * idempotency key, as the core derives it), or -1. */
+static int fc__online_of(struct fake_cloud *fc, const ProtobufCBinaryData *uid, uint8_t key[32])
+{
+    struct nu_sha256_ctx h;
+    if (nu_sha256_init(&h) != NU_OK)
+        return -1;
+    if (nu_sha256_update(&h, "nusec/v1 cert", 13) != NU_OK ||
+        nu_sha256_update(&h, fc->job_id, strlen(fc->job_id)) != NU_OK ||
+        nu_sha256_update(&h, uid->data, uid->len) != NU_OK || nu_sha256_final(&h, key) != NU_OK) {
+        nu_sha256_abort(&h);
+        return -1;
+    }
+    for (size_t i = 0; i < fc->n_idem; i++)
+        if (!memcmp(fc->idem[i].key, key, 16))
+            return (int)i;
+    return -1;
+}
+
+/* As the ledger: an online certificate for the UID makes the offline one an
+ * incident, unless the upload supersedes that very request: the online one
+ * is then revoked and refunded (its cache entry answers the offline one
+ * from now on, as the cloud's RESEND would). 0 ok, -1 refused. */
+static int fc__lease_supersede(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it)
+{
+    uint8_t key[32];
+    int i = fc__online_of(fc, &it->device_uid, key);
+    const ProtobufCBinaryData *sup = &it->supersedes_idempotency_key;
+    if (sup->len && (sup->len != 16 || memcmp(sup->data, key, 16)))
+        return -1; /* not this chip's request */
+    if (i < 0)
+        return 0;
+    if (!sup->len)
+        return -1; /* a live online certificate, not superseded */
+    uint8_t *copy = malloc(it->certificate_der.len);
+    if (!copy)
+        return -1;
+    memcpy(copy, it->certificate_der.data, it->certificate_der.len);
+    free(fc->idem[i].cert);
+    fc->idem[i].cert = copy;
+    fc->idem[i].len = it->certificate_der.len;
+    fc->lease_superseded++;
+    return 0;
+}
+
 /* One uploaded certificate: through the line CA to the root, counter new
  * and within the units, serial new. 0 recorded, 1 known, -1 refused. */
 static int fc__lease_one(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it)
@@ -668,6 +719,8 @@ static int fc__lease_one(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it
             return -1; /* a counter value used twice */
     }
     if (!it->counter || it->counter > fc->lease_units || fc->lease_recorded == FC_MAX_IDEM)
+        return -1;
+    if (fc__lease_supersede(fc, it) != 0)
         return -1;
     fc->lease_counters[fc->lease_recorded] = it->counter;
     snprintf(fc->lease_serials[fc->lease_recorded++], 41, "%s", ci.serial_hex);

@@ -79,6 +79,8 @@ struct fake_cloud {
     int swap_chunk;          /* answer chunk i+1 when asked for this index, -1 none */
     int chunks_fail_after;   /* CONNECTION for chunk requests after this many served, -1 never */
     int drop_cert_replies;   /* this many cert.request answers are "lost" (TIMEOUT) */
+    int cut_after_issue;     /* the next n new certificates: issued, then the WAN is cut
+                                (link_down) before the answer crosses */
     int cert_unreachable;    /* cert.request always CONNECTION */
     /* cert.request: the next n answers are transient trouble, in turn the
      * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
@@ -136,6 +138,7 @@ struct fake_cloud {
     size_t lease_len;
     unsigned leases_granted, leases_returned, lease_uploads;
     unsigned lease_recorded, lease_known, lease_refused;
+    unsigned lease_superseded; /* online certificates revoked and refunded by an upload */
     uint32_t lease_counters[FC_MAX_IDEM]; /* recorded: counter of each */
     char lease_serials[FC_MAX_IDEM][41];
 };

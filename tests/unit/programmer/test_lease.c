@@ -464,6 +464,67 @@ static void test_crash_between_journal_and_chip(void)
     rig_teardown(&R);
 }
 
+/*
+ * A fast line: the WAN goes right after the cloud issued a chip's
+ * certificate, before the answer crosses (every socket of a fast line is in
+ * that state at a cut). The request is abandoned once the cloud has been
+ * unreachable for lease_abandon_ms and the chip certified offline; the
+ * journal record says it supersedes that request. Back online the upload
+ * carries the request's idempotency key: the cloud revokes and refunds the
+ * online certificate (never delivered) and records the offline one. One
+ * certificate per chip reaches a chip, one unit per chip is counted.
+ */
+static void test_fast_line_abandons_the_online_request(void)
+{
+    RIG_UP("prog-lease-fast", 1);
+    R.lease_abandon_ms = 1;
+    rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    R.fc.lease_units = 3;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned); /* offline, not held */
+    CU_ASSERT_EQUAL(R.fc.issued, 1);      /* the cloud did issue it */
+    CU_ASSERT_EQUAL(R.fc.link_down, 1);   /* and the answer never crossed */
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    char name[96];
+    uint8_t rec[2048];
+    size_t len = 0;
+    snprintf(name, sizeof(name), "lease.j/%s/1", R.fc.lease_id);
+    CU_ASSERT_EQUAL(pp_ks_ops.blob_get(R.ks, name, rec, sizeof(rec), &len), NU_OK);
+    CU_ASSERT(len > 4 && !memcmp(rec, "NLJ2", 4)); /* sealed: it supersedes the request */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* the next chip: offline */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(lease_counter(), 2);
+    pg_core_production_end(R.core);
+
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 2);
+    CU_ASSERT_EQUAL(R.fc.lease_superseded, 1); /* revoked and refunded */
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.offline, 2); /* no chip holds the online certificate */
+    CU_ASSERT_EQUAL(c.online, 0);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 2);
+
+    /* Online again: the last chip the usual way. */
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    census(&c);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
 /* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
  * lease) is refused: no lease, an event, production as without one. */
 static void test_foreign_lease_certificate_refused(void)
@@ -509,6 +570,8 @@ int main(void)
          test_crash_between_counter_and_journal},
         {"crash between journal and chip: the resumed chip gets the journalled certificate",
          test_crash_between_journal_and_chip},
+        {"fast line: an unanswered request is abandoned, superseded at the upload",
+         test_fast_line_abandons_the_online_request},
         {"a foreign line-CA certificate is refused with an event",
          test_foreign_lease_certificate_refused},
         {NULL, NULL},
