@@ -197,7 +197,8 @@
                    " WHERE job_id = ?1 AND issued < quota")                                    \
     X(LSUP_INSERT, "INSERT INTO cert_superseded (serial, job_id, by_serial, lease_id,"             \
                    " superseded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")                               \
-    X(REQ_FORGET, "DELETE FROM requests WHERE requester = ?1 AND idempotency_key = ?2")
+    X(REQ_FORGET, "UPDATE requests SET code = ?3, created_at_ms = 0"                               \
+                  " WHERE requester = ?1 AND idempotency_key = ?2")
 
 /* State every agent shares (ledger_shared.c, schema 5). */
 #define LEDGER_SHARED_SQL(X)                                                                       \

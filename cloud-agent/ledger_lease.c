@@ -439,8 +439,12 @@ static int lease__supersede_note(struct cloud_ledger *l, const struct cloud_ledg
     ledger__bind_u64(st, 5, now_ms);
     if ((rc = ledger__run(l, st, "supersession")) || (rc = ledger__stmt(l, ST_REQ_FORGET, &st)))
         return rc;
+    /* Forgotten: turned into a refusal older than any refusal TTL, which the
+     * cache never replays (the next copy is decided afresh: RESEND of the
+     * offline certificate). The agent role may UPDATE requests, not DELETE. */
     ledger__bind_text(st, 1, c->programmer_id);
     ledger__bind_blob(st, 2, c->supersedes_key, c->supersedes_key_len);
+    ledger_store_bind_i64(st, 3, NU_ERR_REVOKED);
     if ((rc = ledger__run(l, st, "forget the request")))
         return rc;
     lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
