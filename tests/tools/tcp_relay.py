@@ -18,8 +18,10 @@ relayed"), so a test can tell when the peer is through again.
 
 SIGHUP holds the way back: from then until the next cut, what the target
 sends is kept in the relay, not forwarded (and dropped at the cut), while
-the other way still flows. A request crosses, its answer does not: a test
-that holds, waits until the far end acted on a request, then cuts, has an
+the other way still flows. With --delay-s D it is forwarded D seconds late
+instead (an answer then still comes, late), and only what is in the relay
+at the cut is dropped. A request crosses, its answer waits: a test that
+holds, waits until the far end acted on a request, then cuts, has that
 answer lost for sure (tests/integration/sites/test_sites_wan_cut.sh). With
 --hold-client it is the other way that is held: what the connecting side
 sends (a cloud agent that dials the broker through the relay: its answers).
@@ -48,6 +50,7 @@ def main():
     ap.add_argument("--pid-file")
     ap.add_argument("--refuse", action="store_true")
     ap.add_argument("--hold-client", action="store_true")
+    ap.add_argument("--delay-s", type=float, default=0.0)
     a = ap.parse_args()
     host, port = a.target.rsplit(":", 1)
     sel = selectors.DefaultSelector()
@@ -65,6 +68,7 @@ def main():
     lport = lsock.getsockname()[1]
     peers = {}  # socket -> its other end
     targets = set()  # the target-side ends
+    late = []  # (due time, destination, bytes) held back under --delay-s
 
     def close_pair(s):
         o = peers.pop(s, None)
@@ -102,6 +106,9 @@ def main():
             if what == "cut" and not cut:
                 cut = True
                 hold = False
+                if late:
+                    log(f"{sum(len(b) for _, _, b in late)} held byte(s) dropped")
+                late.clear()
                 for s in [s for s in peers if s in peers]:
                     close_pair(s)
                 if a.refuse:
@@ -113,7 +120,17 @@ def main():
                 if a.refuse:
                     lsock = listen(lport)
                 log("link restored")
-        for key, _ in sel.select(timeout=0.1):
+        now = time.monotonic()
+        while late and late[0][0] <= now:
+            _, dst, data = late.pop(0)
+            if dst in peers:
+                try:
+                    dst.setblocking(True)
+                    dst.sendall(data)
+                    dst.setblocking(False)
+                except OSError:
+                    close_pair(dst)
+        for key, _ in sel.select(timeout=0.02 if late else 0.1):
             s = key.fileobj
             if s is lsock:
                 try:
@@ -148,6 +165,8 @@ def main():
                 close_pair(s)
                 continue
             if hold and s in targets:
+                if a.delay_s > 0:
+                    late.append((time.monotonic() + a.delay_s, peers[s], data))
                 continue  # kept back: lost at the cut
             try:
                 peers[s].setblocking(True)
