@@ -380,6 +380,32 @@ static void test_upload_supersedes_the_abandoned_request(void)
                                F.dir, online),
                     0);
     CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'cert.revoked'"), 1);
+
+    /* A certificate reported delivered (provisioned) is never superseded,
+     * even for the request it was issued for. */
+    const uint8_t uid2[8] = {0x5e, 0xed, 0, 0, 0, 0, 0, 2};
+    uint8_t key2[16];
+    memset(key2, 0xb6, sizeof(key2));
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&dev, &csr, &csr_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cert_request(&c2, JOB, uid2, sizeof(uid2), csr, csr_len, key2,
+                                          sizeof(key2), &r),
+                          NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    free(csr);
+    nu_p256_key_destroy(dev);
+    struct cloud_ledger *l = ledger_open();
+    struct cloud_ledger_cert_ref ref = {NULL, JOB, uid2, sizeof(uid2)};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_report(l, &ref, 1, "", "prog-2", nu_time_ms()), NU_OK);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL_FATAL(upload2(uid2, key2, 2, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000002'"), 1);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000002'"
+                              " AND state = 'provisioned'"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("cert_superseded"), 1);
 }
 
 static void test_offline_certificates_verify(void)
