@@ -17,7 +17,10 @@
  * lease, CN = the UID it is uploaded for, a P-256 key; then the ledger
  * records it once (cloud_ledger_lease_record: counter and units). What fails
  * is an incident (lease.incident in the audit chain, an event on the bus)
- * and is not recorded. The upload arrives in a signed envelope from the
+ * and is not recorded. A certificate that supersedes the chip's abandoned
+ * online request (supersedes_idempotency_key) has the online certificate
+ * issued for it revoked and refunded first, in the same transaction
+ * (ledger.h, cloud_ledger_lease_record). The upload arrives in a signed envelope from the
  * programmer's identity (the frame checks it), so a site cannot forge one.
  */
 #include "cloud_lease.h"
@@ -215,7 +218,7 @@ static int lease__cert_check(struct cloud_call *call, const struct cloud_ledger_
 }
 
 static int lease__record_one(struct cloud_call *call, const struct cloud_ledger_lease *l,
-                             const Nusec__V1__LeaseIssued *it, int *out_known)
+                             const Nusec__V1__LeaseIssued *it, int *out_known, int *out_revoked)
 {
     struct nu_x509_cert_info info;
     const char *why = NULL;
@@ -238,6 +241,10 @@ static int lease__record_one(struct cloud_call *call, const struct cloud_ledger_
         .device_uid_len = it->device_uid.len,
         .counter = it->counter,
         .issued_at_ms = (uint64_t)(info.not_before + LEASE__BACKDATE_S) * 1000u,
+        /* The chip's online request, abandoned unanswered: the ledger revokes
+         * and refunds what it issued for it (cloud_ledger_lease_record). */
+        .supersedes_key = it->supersedes_idempotency_key.data,
+        .supersedes_key_len = it->supersedes_idempotency_key.len,
     };
     uint8_t spki[NU_P256_PUB_DER_LEN];
     size_t spki_len = 0;
@@ -250,6 +257,9 @@ static int lease__record_one(struct cloud_call *call, const struct cloud_ledger_
     c.pem = pem;
     if (!rc)
         rc = cloud_ledger_lease_record(call->ledger, &c, now, out_known);
+    /* It may have revoked the online certificate it superseded. */
+    if (!rc && !*out_known && c.supersedes_key_len)
+        *out_revoked = 1;
     if (rc)
         nu_warn("lease %s of %s: certificate %s not recorded: %s", l->lease_id, call->requester,
                 info.serial_hex, nu_err_name(rc));
@@ -278,8 +288,9 @@ static int lease__upload(struct cloud_call *call)
         }
         rc = cloud_fail(call, rc, "lease %s: not this programmer's", r->lease_id);
     }
+    int revoked = 0;
     for (size_t i = 0; !rc && i < r->n_issued; i++) {
-        int known = 0, one = lease__record_one(call, l, r->issued[i], &known);
+        int known = 0, one = lease__record_one(call, l, r->issued[i], &known, &revoked);
         if (one == NU_OK)
             known ? resp.known++ : resp.recorded++;
         else if (one == NU_ERR_LEASE_NOT_COVERED || one == NU_ERR_LEASE_UNKNOWN)
@@ -304,6 +315,8 @@ static int lease__upload(struct cloud_call *call)
                 resp.refused, resp.returned ? ", lease returned" : "");
         if (resp.recorded && cloud_publish_job_state(call->cloud, call->ledger, l->job_id))
             nu_warn("job %s: state not published", l->job_id);
+        if (revoked) /* a superseded online certificate goes on the device CRL */
+            (void)cloud_device_crl_update(call->cloud, call->ledger, "certificate superseded");
         rc = cloud_reply(call, &resp.base);
     }
     free(l);

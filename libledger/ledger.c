@@ -219,6 +219,50 @@ static const char *const ledger__migrations[] = {
     " BEGIN SELECT RAISE(ABORT, 'a signed image does not change'); END;"
     "CREATE TRIGGER firmware_blobs_no_delete BEFORE DELETE ON firmware_blobs"
     " BEGIN SELECT RAISE(ABORT, 'signed images are never deleted'); END;",
+    /* 5 -> 6: an offline certificate may supersede an online one of the
+     * same chip that was never delivered (issue 15, ledger_lease.c): the
+     * online one is revoked, so UNIQUE(job_id, device_uid) becomes "one
+     * certificate per chip and job that is not revoked". SQLite cannot drop
+     * a table constraint: the table is rebuilt, rows, order, index and
+     * triggers as they were (lease_certs' references are checked at COMMIT). */
+    "PRAGMA defer_foreign_keys = ON;"
+    "CREATE TABLE certificates_v5 AS SELECT * FROM certificates ORDER BY rowid;"
+    "DROP TABLE certificates;"
+    "CREATE TABLE certificates ("
+    " serial TEXT PRIMARY KEY NOT NULL CHECK (typeof(serial) = 'text'),"
+    " job_id TEXT NOT NULL REFERENCES jobs (job_id),"
+    " device_uid BLOB NOT NULL CHECK (typeof(device_uid) = 'blob'"
+    "  AND length(device_uid) BETWEEN 1 AND 64),"
+    " pubkey_hash BLOB NOT NULL CHECK (typeof(pubkey_hash) = 'blob' AND length(pubkey_hash) = 32),"
+    " pem TEXT NOT NULL,"
+    " programmer_id TEXT NOT NULL,"
+    " idempotency_key BLOB NOT NULL,"
+    " issued_at_ms INTEGER NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('issued', 'provisioned', 'failed', 'revoked')),"
+    " state_at_ms INTEGER NOT NULL DEFAULT 0,"
+    " detail TEXT NOT NULL DEFAULT '',"
+    " revoked_at_ms INTEGER,"
+    " revoke_reason TEXT);"
+    "INSERT INTO certificates SELECT * FROM certificates_v5 ORDER BY rowid;"
+    "DROP TABLE certificates_v5;"
+    "CREATE INDEX certificates_by_uid ON certificates (device_uid);"
+    "CREATE UNIQUE INDEX certificates_live ON certificates (job_id, device_uid)"
+    " WHERE state <> 'revoked';"
+    "CREATE TRIGGER certificates_no_delete BEFORE DELETE ON certificates"
+    " BEGIN SELECT RAISE(ABORT, 'certificates are never deleted'); END;"
+    "CREATE TRIGGER certificates_fixed BEFORE UPDATE OF serial, job_id, device_uid, pubkey_hash,"
+    " pem, programmer_id, idempotency_key, issued_at_ms ON certificates"
+    " BEGIN SELECT RAISE(ABORT, 'an issued certificate does not change'); END;"
+    "CREATE TABLE cert_superseded ("
+    " serial TEXT PRIMARY KEY NOT NULL REFERENCES certificates(serial),"
+    " job_id TEXT NOT NULL,"
+    " by_serial TEXT NOT NULL REFERENCES certificates(serial),"
+    " lease_id TEXT NOT NULL REFERENCES leases(lease_id),"
+    " superseded_at_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TRIGGER cert_superseded_fixed BEFORE UPDATE ON cert_superseded"
+    " BEGIN SELECT RAISE(ABORT, 'a supersession does not change'); END;"
+    "CREATE TRIGGER cert_superseded_no_delete BEFORE DELETE ON cert_superseded"
+    " BEGIN SELECT RAISE(ABORT, 'supersessions are final'); END;",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))

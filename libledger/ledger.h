@@ -187,7 +187,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 5
+#define CLOUD_LEDGER_SCHEMA_VERSION 6
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */
@@ -980,6 +980,11 @@ struct cloud_ledger_lease_cert {
     const char *pem;
     uint32_t counter;     /* the KeyStore lease counter value it took, 1..units */
     uint64_t issued_at_ms; /* from the certificate (notBefore + backdate) */
+    /* The programmer abandoned the chip's online cert.request (this
+     * idempotency key) unanswered and certified the chip offline instead:
+     * NULL/0 when not. */
+    const uint8_t *supersedes_key;
+    size_t supersedes_key_len;
 };
 
 /*
@@ -988,10 +993,25 @@ struct cloud_ledger_lease_cert {
  * (idempotency key = SHA-256("nusec/v1 lease" || lease || counter)[:16]) and
  * lease.recorded. A serial already recorded under this lease: *out_known = 1,
  * nothing changes (a replayed upload).
+ * SUPERSEDING (supersedes_key set, schema 6): if the job holds an online
+ * certificate for the UID issued to this programmer for that very request
+ * (its idempotency key) and not reported provisioned nor revoked, it was
+ * never delivered (the programmer, holder of the KeyStore, vouches for it:
+ * docs/threat-model.md): in the same transaction it is revoked (state
+ * revoked, reason "superseded", event cert.revoked; on the next device CRL),
+ * its row in cert_superseded, its unit refunded (the offline certificate
+ * takes it: jobs and allocation issued are not counted again), the
+ * request's idempotency entry forgotten (a late copy of the request gets
+ * the offline certificate by RESEND), event lease.superseded {"lease":L,
+ * "serial":S (online),"by_serial":S (offline),"idempotency_key":H}; then the
+ * offline certificate is recorded as above. No online certificate: recorded
+ * as above. An online certificate of another request or programmer,
+ * provisioned or revoked: LEASE_NOT_COVERED.
  * Refusals are audited as lease.incident and change nothing else:
  * LEASE_UNKNOWN (not this programmer's lease), LEASE_NOT_COVERED (beyond
  * the lease's units, counter reused or out of range, lease closed, UID
- * already certified in the job). Other errors: INVALID_ARG, BUSY, DB.
+ * already certified in the job and not superseded). Other errors:
+ * INVALID_ARG, BUSY, DB.
  */
 int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_ledger_lease_cert *c,
                               uint64_t now_ms, int *out_known);

@@ -18,6 +18,7 @@ static const struct {
     {"job_packages_fixed", 2},     {"job_packages_no_delete", 2},
     {"revoked_measurements_fixed", 5}, {"revoked_measurements_no_delete", 5},
     {"firmware_blobs_fixed", 5},   {"firmware_blobs_no_delete", 5},
+    {"cert_superseded_fixed", 6},  {"cert_superseded_no_delete", 6},
 };
 
 /* Kinds only the ledger writes; verify trusts cert.issued events. */
@@ -386,6 +387,7 @@ struct ledger_verify {
     const struct cloud_ledger_verify_opts *opts;
     struct ledger_pairs events; /* cert.issued events */
     struct ledger_pairs certs;
+    int64_t version; /* the file's schema version */
 };
 
 static void ledger__finding(struct ledger_verify *v, int *flag, const char *fmt, ...)
@@ -755,42 +757,47 @@ static int ledger__verify_counts(struct ledger_verify *v)
 {
     int64_t jobs = 0;
     int pg = v->db == NULL;
-    int rc = ledger__verify_query(
-        v,
-        pg ? "SELECT format('job %s: issued %s, certificates %s, allocations %s, quota %s',"
-             " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
-             " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates GROUP BY job_id) c"
-             "  ON c.job_id = j.job_id"
-             " LEFT JOIN (SELECT job_id, sum(issued) AS s FROM job_allocations GROUP BY job_id) a"
-             "  ON a.job_id = j.job_id"
-             " WHERE j.issued != coalesce(c.n, 0) OR j.issued != coalesce(a.s, 0)"
-             "  OR j.issued > j.quota" :
-        "SELECT printf('job %s: issued %d, certificates %d, allocations %d, quota %d',"
-        " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
-        " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates GROUP BY job_id) c"
-        "  ON c.job_id = j.job_id"
-        " LEFT JOIN (SELECT job_id, sum(issued) AS s FROM job_allocations GROUP BY job_id) a"
-        "  ON a.job_id = j.job_id"
-        " WHERE typeof(j.issued) != 'integer' OR j.issued != coalesce(c.n, 0)"
-        "  OR j.issued != coalesce(a.s, 0) OR j.issued > j.quota",
-        &v->r->counts_ok, "quota counters");
+    char sql[1024];
+    /* Since schema 6 an online certificate an offline one superseded is
+     * revoked and its unit refunded: it counts no more. */
+    const char *live = v->version >= 6 ? " WHERE serial NOT IN (SELECT serial FROM cert_superseded)"
+                                       : "";
+    snprintf(sql, sizeof(sql),
+             pg ? "SELECT format('job %%s: issued %%s, certificates %%s, allocations %%s, quota %%s',"
+                  " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
+                  " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates%s GROUP BY job_id) c"
+                  "  ON c.job_id = j.job_id"
+                  " LEFT JOIN (SELECT job_id, sum(issued) AS s FROM job_allocations GROUP BY job_id) a"
+                  "  ON a.job_id = j.job_id"
+                  " WHERE j.issued != coalesce(c.n, 0) OR j.issued != coalesce(a.s, 0)"
+                  "  OR j.issued > j.quota"
+                : "SELECT printf('job %%s: issued %%d, certificates %%d, allocations %%d, quota %%d',"
+                  " j.job_id, j.issued, coalesce(c.n, 0), coalesce(a.s, 0), j.quota) FROM jobs j"
+                  " LEFT JOIN (SELECT job_id, count(*) AS n FROM certificates%s GROUP BY job_id) c"
+                  "  ON c.job_id = j.job_id"
+                  " LEFT JOIN (SELECT job_id, sum(issued) AS s FROM job_allocations GROUP BY job_id) a"
+                  "  ON a.job_id = j.job_id"
+                  " WHERE typeof(j.issued) != 'integer' OR j.issued != coalesce(c.n, 0)"
+                  "  OR j.issued != coalesce(a.s, 0) OR j.issued > j.quota",
+             live);
+    int rc = ledger__verify_query(v, sql, &v->r->counts_ok, "quota counters");
 
+    snprintf(sql, sizeof(sql),
+             pg ? "SELECT format('job %%s, programmer %%s: issued %%s, certificates %%s, limit %%s',"
+                  " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
+                  " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
+                  "  FROM certificates%s GROUP BY job_id, programmer_id) c"
+                  "  ON c.job_id = a.job_id AND c.programmer_id = a.programmer_id"
+                  " WHERE a.issued != coalesce(c.n, 0) OR a.issued > a.quota_limit"
+                : "SELECT printf('job %%s, programmer %%s: issued %%d, certificates %%d, limit %%d',"
+                  " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
+                  " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
+                  "  FROM certificates%s GROUP BY job_id, programmer_id) c"
+                  "  ON c.job_id = a.job_id AND c.programmer_id = a.programmer_id"
+                  " WHERE a.issued != coalesce(c.n, 0) OR a.issued > a.quota_limit",
+             live);
     if (rc == NU_OK)
-        rc = ledger__verify_query(
-            v,
-            pg ? "SELECT format('job %s, programmer %s: issued %s, certificates %s, limit %s',"
-                 " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
-                 " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
-                 "  FROM certificates GROUP BY job_id, programmer_id) c"
-                 "  ON c.job_id = a.job_id AND c.programmer_id = a.programmer_id"
-                 " WHERE a.issued != coalesce(c.n, 0) OR a.issued > a.quota_limit" :
-            "SELECT printf('job %s, programmer %s: issued %d, certificates %d, limit %d',"
-            " a.job_id, a.programmer_id, a.issued, coalesce(c.n, 0), a.quota_limit)"
-            " FROM job_allocations a LEFT JOIN (SELECT job_id, programmer_id, count(*) AS n"
-            "  FROM certificates GROUP BY job_id, programmer_id) c"
-            "  ON c.job_id = a.job_id AND c.programmer_id = a.programmer_id"
-            " WHERE a.issued != coalesce(c.n, 0) OR a.issued > a.quota_limit",
-            &v->r->counts_ok, "allocation counters");
+        rc = ledger__verify_query(v, sql, &v->r->counts_ok, "allocation counters");
     if (rc == NU_OK)
         rc = ledger__verify_query(
             v,
@@ -818,6 +825,7 @@ static int ledger__verify_schema(struct ledger_verify *v)
 
     if (rc != NU_OK)
         return rc;
+    v->version = version;
     /* An older file (not yet opened by this version, so not migrated) is
      * checked against what its own version promises. */
     if (version < 1 || version > CLOUD_LEDGER_SCHEMA_VERSION)

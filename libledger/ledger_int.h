@@ -133,7 +133,8 @@
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'issued')")                           \
     X(CERT_BY_SERIAL, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE serial = ?1")           \
     X(CERT_BY_JOB_UID, "SELECT " LEDGER_CERT_COLS " FROM certificates"                             \
-                       " WHERE job_id = ?1 AND device_uid = ?2")                                   \
+                       " WHERE job_id = ?1 AND device_uid = ?2"                                    \
+                       " ORDER BY state = 'revoked', issued_at_ms DESC LIMIT 1")                   \
     X(CERT_LIST_JOB, "SELECT " LEDGER_CERT_COLS " FROM certificates WHERE job_id = ?1"             \
                      " AND (issued_at_ms > ?2 OR (issued_at_ms = ?2 AND serial > ?3))"             \
                      " ORDER BY issued_at_ms, serial")                                             \
@@ -193,7 +194,11 @@
                     " VALUES (?1, ?2, ?3, ?4)")                                                    \
     X(LJOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >= quota"   \
                    " AND status = 'active' THEN 'exhausted' ELSE status END, updated_at_ms = ?2"   \
-                   " WHERE job_id = ?1 AND issued < quota")
+                   " WHERE job_id = ?1 AND issued < quota")                                    \
+    X(LSUP_INSERT, "INSERT INTO cert_superseded (serial, job_id, by_serial, lease_id,"             \
+                   " superseded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")                               \
+    X(REQ_FORGET, "UPDATE requests SET code = ?3, created_at_ms = 0"                               \
+                  " WHERE requester = ?1 AND idempotency_key = ?2")
 
 /* State every agent shares (ledger_shared.c, schema 5). */
 #define LEDGER_SHARED_SQL(X)                                                                       \

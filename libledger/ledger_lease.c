@@ -396,9 +396,74 @@ static void lease__idem(const char *lease_id, uint32_t counter, uint8_t out[16])
     memcpy(out, h, 16);
 }
 
-/* Certificate row, counters and the two events of one recorded certificate. */
+/* The online certificate `online` of the chip, never delivered, is revoked
+ * (before the offline one takes its place: one live certificate per chip). */
+static int lease__supersede_revoke(struct cloud_ledger *l, const struct cloud_ledger_cert *online,
+                                   const struct cloud_ledger_lease_cert *c, uint64_t now_ms)
+{
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    uint64_t changed = 0;
+    int rc = ledger__stmt(l, ST_CERT_REVOKE, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, online->serial);
+    ledger__bind_u64(st, 2, now_ms);
+    ledger__bind_text(st, 3, "superseded");
+    rc = lease__run(l, st, "superseded certificate", &changed);
+    if (rc || changed != 1)
+        return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "serial", online->serial);
+    lj_hex(&j, "device_uid", online->device_uid, online->device_uid_len);
+    lj_str(&j, "reason", "superseded");
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms, "cert.revoked", c->programmer_id, online->job_id);
+}
+
+/* After the offline certificate's row: the supersession on record, the
+ * request's idempotency entry forgotten, event lease.superseded. */
+static int lease__supersede_note(struct cloud_ledger *l, const struct cloud_ledger_cert *online,
+                                 const struct cloud_ledger_lease_cert *c, uint64_t now_ms)
+{
+    struct ledger_store_stmt *st = NULL;
+    struct ledger_json j;
+    int rc = ledger__stmt(l, ST_LSUP_INSERT, &st);
+    if (rc)
+        return rc;
+    ledger__bind_text(st, 1, online->serial);
+    ledger__bind_text(st, 2, online->job_id);
+    ledger__bind_text(st, 3, c->serial);
+    ledger__bind_text(st, 4, c->lease_id);
+    ledger__bind_u64(st, 5, now_ms);
+    if ((rc = ledger__run(l, st, "supersession")) || (rc = ledger__stmt(l, ST_REQ_FORGET, &st)))
+        return rc;
+    /* Forgotten: turned into a refusal older than any refusal TTL, which the
+     * cache never replays (the next copy is decided afresh: RESEND of the
+     * offline certificate). The agent role may UPDATE requests, not DELETE. */
+    ledger__bind_text(st, 1, c->programmer_id);
+    ledger__bind_blob(st, 2, c->supersedes_key, c->supersedes_key_len);
+    ledger_store_bind_i64(st, 3, NU_ERR_REVOKED);
+    if ((rc = ledger__run(l, st, "forget the request")))
+        return rc;
+    lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
+    lj_raw(&j, "{", 1);
+    lj_str(&j, "lease", c->lease_id);
+    lj_str(&j, "serial", online->serial);
+    lj_str(&j, "by_serial", c->serial);
+    lj_hex(&j, "idempotency_key", c->supersedes_key, c->supersedes_key_len);
+    lj_raw(&j, "}", 1);
+    return ledger__append_json(l, &j, now_ms, "lease.superseded", c->programmer_id,
+                               online->job_id);
+}
+
+/* Certificate row, counters and the two events of one recorded certificate
+ * (with `online`: superseding that undelivered online certificate, whose
+ * unit it takes over). */
 static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
-                             const struct cloud_ledger_lease *lease, uint64_t now_ms)
+                             const struct cloud_ledger_lease *lease,
+                             const struct cloud_ledger_cert *online, uint64_t now_ms)
 {
     struct ledger_store_stmt *st = NULL;
     struct ledger_json j;
@@ -407,6 +472,8 @@ static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_l
     size_t pem_len = 0;
     int rc = ledger__pem_ok(c->pem, &pem_len) ? NU_OK : NU_ERR_INVALID_ARG;
     lease__idem(c->lease_id, c->counter, key);
+    if (!rc && online)
+        rc = lease__supersede_revoke(l, online, c, now_ms);
     if (!rc)
         rc = ledger__stmt(l, ST_CERT_INSERT, &st);
     if (!rc) {
@@ -420,13 +487,13 @@ static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_l
         ledger__bind_u64(st, 8, c->issued_at_ms);
         rc = ledger__run(l, st, "offline certificate insert");
     }
-    if (!rc && !(rc = ledger__stmt(l, ST_LJOB_ISSUED, &st))) {
+    if (!rc && !online && !(rc = ledger__stmt(l, ST_LJOB_ISSUED, &st))) {
         ledger__bind_text(st, 1, lease->job_id);
         ledger__bind_u64(st, 2, now_ms);
         rc = lease__run(l, st, "job issued", &changed);
         rc = rc ? rc : changed == 1 ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
     }
-    if (!rc && !(rc = ledger__stmt(l, ST_ALLOC_ISSUED, &st))) {
+    if (!rc && !online && !(rc = ledger__stmt(l, ST_ALLOC_ISSUED, &st))) {
         ledger__bind_text(st, 1, lease->job_id);
         ledger__bind_text(st, 2, c->programmer_id);
         rc = lease__run(l, st, "allocation issued", &changed);
@@ -444,6 +511,8 @@ static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_l
         ledger__bind_u64(st, 4, now_ms);
         rc = ledger__run(l, st, "lease certificate");
     }
+    if (!rc && online)
+        rc = lease__supersede_note(l, online, c, now_ms);
     if (!rc)
         rc = nu_sha256(c->pem, pem_len, pem_sha);
     if (rc)
@@ -464,9 +533,22 @@ static int lease__record_new(struct cloud_ledger *l, const struct cloud_ledger_l
     return ledger__append_json(l, &j, now_ms, "lease.recorded", c->programmer_id, lease->job_id);
 }
 
-/* The refusal for c under `lease`, or NU_OK to record; *known for a repeat. */
+/* The job's certificate `on` of the UID may be superseded by c: issued to
+ * this programmer for the very request it abandoned, and not reported
+ * delivered (provisioned), failed nor revoked. */
+static int lease__supersedable(const struct cloud_ledger_cert *on,
+                               const struct cloud_ledger_lease_cert *c)
+{
+    return c->supersedes_key_len && on->idempotency_key_len == c->supersedes_key_len &&
+           !memcmp(on->idempotency_key, c->supersedes_key, c->supersedes_key_len) &&
+           !strcmp(on->programmer_id, c->programmer_id) && on->state == CLOUD_LEDGER_CERT_ISSUED;
+}
+
+/* The refusal for c under `lease`, or NU_OK to record; *known for a repeat;
+ * *supersede when the UID's online certificate (l->cert) is to be superseded. */
 static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
-                        const struct cloud_ledger_lease *lease, int *known, const char **why)
+                        const struct cloud_ledger_lease *lease, int *known, int *supersede,
+                        const char **why)
 {
     struct ledger_store_stmt *st = NULL;
     char other[CLOUD_LEDGER_LEASE_ID_MAX + 1] = "";
@@ -503,20 +585,27 @@ static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_
         return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
     struct cloud_ledger_cert_ref ref = {NULL, lease->job_id, c->device_uid, c->device_uid_len};
     rc = ledger__cert_find(l, &ref, l->cert);
-    *why = "UID already certified in the job";
-    if (rc != NU_ERR_NOT_FOUND)
-        return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
-    return NU_OK;
+    if (rc == NU_ERR_NOT_FOUND)
+        return NU_OK;
+    *why = c->supersedes_key_len ? "UID certified online, not by the request it supersedes"
+                                 : "UID already certified in the job";
+    if (rc)
+        return rc;
+    *supersede = lease__supersedable(l->cert, c);
+    return *supersede ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
 }
 
 int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_ledger_lease_cert *c,
                               uint64_t now_ms, int *out_known)
 {
     struct cloud_ledger_lease lease;
+    struct cloud_ledger_cert *online = NULL;
     const char *why = "";
+    int supersede = 0;
     if (!ledger || !c || !out_known || ledger__id_check(c->programmer_id) ||
         !ledger__serial_ok(c->serial) || !c->device_uid || !c->device_uid_len ||
-        c->device_uid_len > CLOUD_LEDGER_UID_MAX || !c->pem || !ledger__time_ok(c->issued_at_ms))
+        c->device_uid_len > CLOUD_LEDGER_UID_MAX || !c->pem || !ledger__time_ok(c->issued_at_ms) ||
+        c->supersedes_key_len > CLOUD_LEDGER_KEY_MAX || (c->supersedes_key_len && !c->supersedes_key))
         return NU_ERR_INVALID_ARG;
     *out_known = 0;
     int rc = cloud_ledger_lease_get(ledger, c->lease_id, c->programmer_id, &lease);
@@ -527,9 +616,16 @@ int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_le
     rc = ledger__lock_row(ledger, ST_JOB_LOCK, lease.job_id, NULL);
     if (!rc)
         rc = lease__read(ledger, ST_LEASE_GET, c->lease_id, NULL, &lease);
-    int code = rc ? rc : lease__check(ledger, c, &lease, out_known, &why);
+    int code = rc ? rc : lease__check(ledger, c, &lease, out_known, &supersede, &why);
+    if (!rc && code == NU_OK && supersede) { /* l->cert is reused by the statements below */
+        online = malloc(sizeof(*online));
+        code = online ? NU_OK : NU_ERR_NOMEM;
+        if (online)
+            *online = *ledger->cert;
+    }
     if (!rc && code == NU_OK && !*out_known)
-        code = lease__record_new(ledger, c, &lease, now_ms);
+        code = lease__record_new(ledger, c, &lease, online, now_ms);
+    free(online);
     if (code == NU_OK) {
         rc = ledger__commit(ledger);
         return rc;

@@ -220,6 +220,24 @@ const char *const ledger_schema_pg_migrations[] = {
     " FOR EACH ROW EXECUTE FUNCTION nusec_blob_fixed();"
     "CREATE TRIGGER firmware_blobs_no_delete BEFORE DELETE ON firmware_blobs"
     " FOR EACH ROW EXECUTE FUNCTION nusec_blob_no_delete();",
+    /* 5 -> 6: an offline certificate may supersede an undelivered online one
+     * (see the SQLite migration): one certificate per chip and job that is
+     * not revoked. */
+    "ALTER TABLE certificates DROP CONSTRAINT certificates_job_id_device_uid_key;"
+    "CREATE UNIQUE INDEX certificates_live ON certificates (job_id, device_uid)"
+    " WHERE state <> 'revoked';"
+    "CREATE TABLE cert_superseded ("
+    " serial TEXT PRIMARY KEY REFERENCES certificates(serial),"
+    " job_id TEXT NOT NULL,"
+    " by_serial TEXT NOT NULL REFERENCES certificates(serial),"
+    " lease_id TEXT NOT NULL REFERENCES leases(lease_id),"
+    " superseded_at_ms BIGINT NOT NULL);"
+    PG_REFUSE("nusec_csup_fixed", "a supersession does not change")
+    PG_REFUSE("nusec_csup_no_delete", "supersessions are final")
+    "CREATE TRIGGER cert_superseded_fixed BEFORE UPDATE ON cert_superseded"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_csup_fixed();"
+    "CREATE TRIGGER cert_superseded_no_delete BEFORE DELETE ON cert_superseded"
+    " FOR EACH ROW EXECUTE FUNCTION nusec_csup_no_delete();",
 };
 
 const unsigned ledger_schema_pg_count =

@@ -225,6 +225,7 @@ static const struct nu__rule nu__rules[] = {
     NU__BYTES(LeaseGrant, lease_grant, line_ca_cert_der, 1, NU_ENVELOPE_CERT_MAX),
     NU__BYTES(LeaseIssued, lease_issued, device_uid, 1, NU__UID),
     NU__BYTES(LeaseIssued, lease_issued, certificate_der, 1, NU_ENVELOPE_CERT_MAX),
+    NU__BYTES(LeaseIssued, lease_issued, supersedes_idempotency_key, 0, NU_ENVELOPE_KEY_MAX),
     NU__ID(LeaseUploadRequest, lease_upload_request, lease_id, 1),
     NU__COUNT(LeaseUploadRequest, lease_upload_request, issued, 64),
     NU__ID(LeaseUploadResponse, lease_upload_response, lease_id, 0),

@@ -268,6 +268,7 @@ int pg_core_init(struct pg_core *c, const struct pg_hal *hal, const struct pg_co
     c->retries = cfg->retries ? cfg->retries : 3;
     c->retry_delay_ms = cfg->retry_delay_ms ? cfg->retry_delay_ms : 200;
     c->fw_version = cfg->firmware_version;
+    c->lease_abandon_ms = cfg->lease_abandon_ms ? cfg->lease_abandon_ms : 10000;
     /* Sequences keep growing across restarts (same rule as nu_envelope). */
     c->seq_base = pg_now_ms(hal) * 1000u;
     atomic_store(&c->journal_pending, 1);

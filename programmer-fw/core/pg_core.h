@@ -76,6 +76,10 @@ struct pg_config {
     uint32_t retry_delay_ms;      /* first backoff delay, doubles (+ jitter) up to
                                      min(PG_HOLD_CAP_MS, 32 x this); 0: 200 */
     const char *firmware_version; /* programmer firmware version for status, may be NULL */
+    uint32_t lease_abandon_ms;    /* under an offline lease, a certificate request
+                                     unanswered while the cloud has been unreachable
+                                     this long is abandoned and the chip certified
+                                     offline, superseding it (pg_lease.c); 0: 10000 */
 };
 
 /* Outcome of one chip (pg_socket_run). */
@@ -206,6 +210,7 @@ struct pg_core {
     unsigned retries;
     uint32_t retry_delay_ms;
     const char *fw_version;
+    uint32_t lease_abandon_ms;
 
     uint64_t seq_base;
     atomic_uint seq;

@@ -129,11 +129,24 @@ void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w);
  * leaf || line-CA certificate || the package chain without its root (the
  * chain the chip keeps); *out_leaf_len and *out_len. *out_journalled = 1
  * once the certificate is in the journal (the production unit is spent).
+ * `supersedes`: the chip's online cert.request (same UID) was abandoned
+ * unanswered; the journal record says so, and its upload asks the cloud to
+ * revoke and refund a certificate it may have issued for that request.
  * Errors: LIMIT (lease used up), EXPIRED, STATE (no lease), TOO_LARGE,
  * KeyStore / crypto errors.
  */
-int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                    size_t *out_len, int *out_journalled, uint32_t *out_counter);
+int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
+                    size_t *out_leaf_len, size_t *out_len, int *out_journalled,
+                    uint32_t *out_counter);
+
+/* 1 when the chip's unanswered online certificate request is to be
+ * abandoned for an offline certificate: a usable lease, and the cloud
+ * unreachable for lease_abandon_ms. */
+int pg__lease_abandon_due(struct pg_core *c);
+
+/* pg_produce.c: the idempotency key of the chip's cert.request,
+ * SHA-256("nusec/v1 cert" || job || UID)[:16], into out[32]. */
+int pg__cert_idem(struct pg_core *c, const uint8_t *uid, size_t uid_len, uint8_t out[32]);
 
 /* A chip resumed after a crash: the journalled certificate for its UID and
  * key (w->pub), as pg__lease_issue writes it. NOT_FOUND when none. */

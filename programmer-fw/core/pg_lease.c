@@ -41,6 +41,7 @@
 #define LEASE__DOMAIN "nusec/v1 lease"
 #define LEASE__REC_MAGIC "NLS1"
 #define LEASE__JRN_MAGIC "NLJ1"
+#define LEASE__JRN_SUPERSEDES "NLJ2" /* the chip's online request was abandoned */
 #define LEASE__NAME_MAX 80
 #define LEASE__PROBE_MS 5000u
 #define LEASE__BATCH_MAX 16u /* certificates per upload from the control thread */
@@ -132,6 +133,7 @@ struct lease__jrn {
     const uint8_t *cert;
     size_t cert_len;
     uint8_t outcome, error;
+    int supersedes; /* NLJ2: issued in place of an abandoned online request */
     char serial[41];
 };
 
@@ -145,7 +147,8 @@ static int lease__jrn_get(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
         rc = pg_ks_blob_get(c->hal, name, buf, cap, &len);
     if (rc != NU_OK)
         return rc;
-    if (len < 14 || memcmp(buf, LEASE__JRN_MAGIC, 4) != 0 || lease__rd32(buf + 4) != k ||
+    int sup = len >= 4 && memcmp(buf, LEASE__JRN_SUPERSEDES, 4) == 0;
+    if (len < 14 || (!sup && memcmp(buf, LEASE__JRN_MAGIC, 4) != 0) || lease__rd32(buf + 4) != k ||
         buf[8] == 0 || buf[8] > PG_UID_MAX || 11u + buf[8] > len)
         return NU_ERR_DECODE;
     size_t at = 9u + buf[8], cl = (size_t)buf[at] << 8 | buf[at + 1];
@@ -155,6 +158,7 @@ static int lease__jrn_get(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
     if (tail[2] > 40 || at + 2 + cl + 3 + tail[2] != len)
         return NU_ERR_DECODE;
     out->counter = k;
+    out->supersedes = sup;
     out->uid_len = buf[8];
     out->uid = buf + 9;
     out->cert = buf + at + 2;
@@ -453,11 +457,16 @@ static unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w, uint8
     for (uint32_t k = 1; k <= hi && k <= c->lease.units && n < max; k++) {
         if (lease__jrn_get(c, k, tmp, tmp_cap, &j) != NU_OK || (!j.outcome && !drop))
             continue; /* answered already, in flight, or a crash's wasted value */
+        uint8_t idem[32];
+        if (j.supersedes && pg__cert_idem(c, j.uid, j.uid_len, idem) != NU_OK)
+            continue; /* cannot say what it supersedes: it stays in the journal */
         size_t at = w->len;
         size_t it = pg_pb_begin(w, 2);
         pg_pb_put_bytes(w, 1, j.uid, j.uid_len);
         pg_pb_put_bytes(w, 2, j.cert, j.cert_len);
         pg_pb_put_u64(w, 3, j.counter);
+        if (j.supersedes) /* revoke and refund what the cloud issued for it */
+            pg_pb_put_bytes(w, 4, idem, 16);
         pg_pb_end(w, it);
         if (w->err) { /* full: this one goes in the next upload */
             w->err = NU_OK;
@@ -691,8 +700,15 @@ static int lease__chain_append(struct pg_core *c, struct pg_sock_work *w, size_t
     return NU_OK;
 }
 
-int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                    size_t *out_len, int *out_journalled, uint32_t *out_counter)
+int pg__lease_abandon_due(struct pg_core *c)
+{
+    uint64_t since = pg__link_lost_ms(c);
+    return since && pg__lease_usable(c) && pg_now_ms(c->hal) >= since + c->lease_abandon_ms;
+}
+
+int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
+                    size_t *out_leaf_len, size_t *out_len, int *out_journalled,
+                    uint32_t *out_counter)
 {
     struct pg_lease *l = &c->lease;
     char name[LEASE__NAME_MAX + 1];
@@ -722,7 +738,7 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
     if (rc == NU_OK && jl > sizeof(w->req))
         rc = NU_ERR_TOO_LARGE;
     if (rc == NU_OK) {
-        memcpy(w->req, LEASE__JRN_MAGIC, 4);
+        memcpy(w->req, supersedes ? LEASE__JRN_SUPERSEDES : LEASE__JRN_MAGIC, 4);
         pg__be32(w->req + 4, k);
         w->req[8] = (uint8_t)w->uid_len;
         memcpy(w->req + 9, w->uid, w->uid_len);
@@ -744,8 +760,9 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_
     atomic_fetch_add(&l->pending, 1u);
     atomic_fetch_add(&l->issued, 1u);
     *out_leaf_len = leaf;
-    pg__log(c, PG_LOG_INFO, "lease %s: certificate %u of %u issued offline for %s", l->id,
-            (unsigned)k, (unsigned)l->units, w->uid_hex);
+    pg__log(c, PG_LOG_INFO, "lease %s: certificate %u of %u issued offline for %s%s", l->id,
+            (unsigned)k, (unsigned)l->units, w->uid_hex,
+            supersedes ? " (its online request abandoned)" : "");
     return NU_OK;
 }
 

@@ -39,6 +39,9 @@ struct prod__dev {
     int may_leave;   /* a report: under an offline lease, leave it in the journal */
     uint32_t lease_k; /* its lease counter value (offline), 0: none */
     int offline;     /* certified under the offline lease (issue 15) */
+    int may_abandon; /* cert.request: give it up for the lease when due */
+    int abandoned;   /* it was given up, unanswered (pg__lease_abandon_due) */
+    int no_abandon;  /* the lease was used up meanwhile: wait for the cloud */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -356,6 +359,17 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
             atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
             return rc;
         }
+        /* A certificate request the cloud has not answered for a while,
+         * under a usable lease: given up, the chip is certified offline
+         * (prod__online). Its bytes may still reach the cloud later: the
+         * upload of the offline certificate supersedes whatever it issued. */
+        if (d->may_abandon && pg__lease_abandon_due(c)) {
+            d->abandoned = 1;
+            atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
+            pg__log(c, PG_LOG_WARN, "socket %u: %s of %s abandoned after %u tries: offline lease",
+                    d->s, op, w->uid_hex, k + 1);
+            return rc;
+        }
         /* Under an offline lease the socket does not wait for the cloud to
          * confirm a report: it stays in the journal (pg_link.c noted the
          * cloud unreachable on this try). */
@@ -467,14 +481,19 @@ static int prod__cert_verdict(struct prod__dev *d, size_t resp_len)
     return rc;
 }
 
+int pg__cert_idem(struct pg_core *c, const uint8_t *uid, size_t uid_len, uint8_t out[32])
+{
+    return pg__sha256(c, PROD__CERT_DOMAIN, strlen(PROD__CERT_DOMAIN), c->job.job_id,
+                      strlen(c->job.job_id), uid, uid_len, out);
+}
+
 static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_resp_len)
 {
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
     uint8_t idem[32];
     d->r->step = "cert.request";
-    int rc = pg__sha256(c, PROD__CERT_DOMAIN, strlen(PROD__CERT_DOMAIN), c->job.job_id,
-                        strlen(c->job.job_id), w->uid, w->uid_len, idem);
+    int rc = pg__cert_idem(c, w->uid, w->uid_len, idem);
     struct pg_pb_writer wr;
     if (rc == NU_OK)
         rc = pg__env_start(c, &wr, w->req, sizeof(w->req), NULL, idem, PROD__IDEM_LEN);
@@ -497,7 +516,11 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
         return wr.err;
     /* From here the unit is spent, whatever happens: the cloud may issue. */
     d->sent = 1;
+    d->may_abandon = !d->no_abandon;
     rc = prod__exchange(d, "cert.request", wr.len, prod__cert_verdict, out_resp_len);
+    d->may_abandon = 0;
+    if (d->abandoned)
+        return rc;
     if (rc != NU_OK && !d->interrupted)
         prod__cloud_verdict(c, rc);
     /* A paused job comes back: the chip waits in its socket, like a stop. */
@@ -574,12 +597,23 @@ static int prod__check_cert(struct prod__dev *d, size_t resp_len)
     return prod__cert_facts(d, ci.certificate.p, ci.certificate.len);
 }
 
+/* An offline certificate (leaf at w->resp[0..leaf), chain to total) checked
+ * for this chip. */
+static int prod__offline_cert(struct prod__dev *d, size_t leaf, size_t total)
+{
+    d->r->step = "cert";
+    int rc = prod__cert_facts(d, d->w->resp, leaf);
+    d->cert_len = total; /* the chip keeps the chain */
+    return rc;
+}
+
 /*
  * While the cloud is unreachable, a new chip is certified under the offline
  * lease (pg_lease.c), and a chip a crash left half done gets the certificate
  * the journal holds for it. NOT_FOUND: not here, ask the cloud (a resumed
- * chip may have a request out already: it never gets a second certificate
- * offline, which the ledger would refuse).
+ * chip may have a request out already: it asks again with the same key, and
+ * only an abandoned request, superseded at the upload, lets it go offline:
+ * prod__online).
  */
 static int prod__offline(struct prod__dev *d)
 {
@@ -590,18 +624,41 @@ static int prod__offline(struct prod__dev *d)
         rc = pg__lease_find(c, d->w, &leaf, &total, &d->lease_k);
     else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
         d->r->step = "lease";
-        rc = pg__lease_issue(c, d->w, &leaf, &total, &journalled, &d->lease_k);
+        rc = pg__lease_issue(c, d->w, 0, &leaf, &total, &journalled, &d->lease_k);
         if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
             rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
     }
     if (journalled || (rc == NU_OK && d->r->resumed))
         d->sent = d->offline = 1; /* the certificate exists: the unit is spent */
-    if (rc != NU_OK)
-        return rc;
-    d->r->step = "cert";
-    rc = prod__cert_facts(d, d->w->resp, leaf);
-    d->cert_len = total; /* the chip keeps the chain */
-    return rc;
+    return rc == NU_OK ? prod__offline_cert(d, leaf, total) : rc;
+}
+
+/*
+ * The online way: cert.request until the cloud answers. Given up unanswered
+ * under the lease (d->abandoned), the chip is certified offline instead, the
+ * journal record marked as superseding the request: at the upload the cloud
+ * revokes and refunds a certificate it issued for it (never delivered: this
+ * chip never gets it), then records the offline one. The lease used up
+ * meanwhile: back to waiting for the cloud, same request.
+ */
+static int prod__online(struct prod__dev *d, size_t csr_len)
+{
+    size_t resp_len = 0, leaf = 0, total = 0;
+    for (;;) {
+        int journalled = 0, rc = prod__request_cert(d, csr_len, &resp_len);
+        if (!d->abandoned)
+            return rc == NU_OK ? prod__check_cert(d, resp_len) : rc;
+        d->abandoned = 0;
+        d->r->step = "lease";
+        rc = pg__lease_issue(d->c, d->w, 1, &leaf, &total, &journalled, &d->lease_k);
+        if (journalled)
+            d->offline = 1;
+        if (rc == NU_OK)
+            return prod__offline_cert(d, leaf, total);
+        if (rc != NU_ERR_LIMIT && rc != NU_ERR_EXPIRED && rc != NU_ERR_STATE)
+            return rc;
+        d->no_abandon = 1; /* nothing was written: the CSR in w->resp is intact */
+    }
 }
 
 /* Firmware from the cache, hashed on the way: what the target gets is what
@@ -670,7 +727,7 @@ static int prod__boot_attest(struct prod__dev *d)
 
 static int prod__device(struct prod__dev *d)
 {
-    size_t csr_len = 0, resp_len = 0;
+    size_t csr_len = 0;
     enum pg_chip_state st = PG_CHIP_BLANK;
     int rc = prod__identify(d, &st);
     if (rc != NU_OK)
@@ -701,8 +758,8 @@ static int prod__device(struct prod__dev *d)
     int off = rc == NU_OK ? prod__offline(d) : NU_ERR_NOT_FOUND;
     if (off != NU_ERR_NOT_FOUND)
         rc = off;
-    else if (rc == NU_OK && (rc = prod__request_cert(d, csr_len, &resp_len)) == NU_OK)
-        rc = prod__check_cert(d, resp_len);
+    else if (rc == NU_OK)
+        rc = prod__online(d, csr_len);
     if (rc == NU_OK)
         rc = prod__write_image(d);
     if (rc == NU_OK)

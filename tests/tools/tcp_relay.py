@@ -2,6 +2,7 @@
 """A TCP relay the tests cut and restore: the WAN link between a site and the cloud.
 
 usage: tcp_relay.py --target HOST:PORT --port-file FILE [--pid-file FILE] [--refuse]
+                    [--hold-client]
 
 Listens on a free loopback port (written to --port-file) and forwards every
 connection to --target. SIGUSR1 cuts the link: every relayed connection is
@@ -14,6 +15,16 @@ bridge was seen to stop retrying for good after a TLS handshake cut that way
 stops. Each cut, restore and relayed connection is logged to stderr with a
 wall-clock time ("tcp_relay: SECONDS link cut | link restored | connection
 relayed"), so a test can tell when the peer is through again.
+
+SIGHUP holds the way back: from then until the next cut, what the target
+sends is kept in the relay, not forwarded (and dropped at the cut), while
+the other way still flows. With --delay-s D it is forwarded D seconds late
+instead (an answer then still comes, late), and only what is in the relay
+at the cut is dropped. A request crosses, its answer waits: a test that
+holds, waits until the far end acted on a request, then cuts, has that
+answer lost for sure (tests/integration/sites/test_sites_wan_cut.sh). With
+--hold-client it is the other way that is held: what the connecting side
+sends (a cloud agent that dials the broker through the relay: its answers).
 """
 import argparse
 import os
@@ -24,6 +35,7 @@ import sys
 import time
 
 cut = False
+hold = False  # the target's bytes are kept back (SIGHUP), until the cut
 pending = []  # signals to apply in the loop
 
 
@@ -37,6 +49,8 @@ def main():
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--pid-file")
     ap.add_argument("--refuse", action="store_true")
+    ap.add_argument("--hold-client", action="store_true")
+    ap.add_argument("--delay-s", type=float, default=0.0)
     a = ap.parse_args()
     host, port = a.target.rsplit(":", 1)
     sel = selectors.DefaultSelector()
@@ -53,6 +67,8 @@ def main():
     lsock = listen(0)
     lport = lsock.getsockname()[1]
     peers = {}  # socket -> its other end
+    targets = set()  # the target-side ends
+    late = []  # (due time, destination, bytes) held back under --delay-s
 
     def close_pair(s):
         o = peers.pop(s, None)
@@ -60,6 +76,7 @@ def main():
             if x is None:
                 continue
             peers.pop(x, None)
+            targets.discard(x)
             try:
                 sel.unregister(x)
             except (KeyError, ValueError):
@@ -69,6 +86,7 @@ def main():
     signal.signal(signal.SIGUSR1, lambda *_: pending.append("cut"))
     signal.signal(signal.SIGUSR2, lambda *_: pending.append("restore"))
     signal.signal(signal.SIGTERM, lambda *_: pending.append("stop"))
+    signal.signal(signal.SIGHUP, lambda *_: pending.append("hold"))
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(f"{lport}\n")
@@ -76,14 +94,21 @@ def main():
     if a.pid_file:
         with open(a.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
-    global cut
+    global cut, hold
     while True:
         while pending:
             what = pending.pop(0)
             if what == "stop":
                 return 0
+            if what == "hold" and not cut:
+                hold = True
+                log("way back held")
             if what == "cut" and not cut:
                 cut = True
+                hold = False
+                if late:
+                    log(f"{sum(len(b) for _, _, b in late)} held byte(s) dropped")
+                late.clear()
                 for s in [s for s in peers if s in peers]:
                     close_pair(s)
                 if a.refuse:
@@ -95,7 +120,17 @@ def main():
                 if a.refuse:
                     lsock = listen(lport)
                 log("link restored")
-        for key, _ in sel.select(timeout=0.1):
+        now = time.monotonic()
+        while late and late[0][0] <= now:
+            _, dst, data = late.pop(0)
+            if dst in peers:
+                try:
+                    dst.setblocking(True)
+                    dst.sendall(data)
+                    dst.setblocking(False)
+                except OSError:
+                    close_pair(dst)
+        for key, _ in sel.select(timeout=0.02 if late else 0.1):
             s = key.fileobj
             if s is lsock:
                 try:
@@ -114,6 +149,7 @@ def main():
                 u.setblocking(False)
                 log("connection relayed")
                 peers[c], peers[u] = u, c
+                targets.add(c if a.hold_client else u)
                 sel.register(c, selectors.EVENT_READ, None)
                 sel.register(u, selectors.EVENT_READ, None)
                 continue
@@ -128,6 +164,10 @@ def main():
             if not data:
                 close_pair(s)
                 continue
+            if hold and s in targets:
+                if a.delay_s > 0:
+                    late.append((time.monotonic() + a.delay_s, peers[s], data))
+                continue  # kept back: lost at the cut
             try:
                 peers[s].setblocking(True)
                 peers[s].sendall(data)

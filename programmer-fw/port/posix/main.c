@@ -45,6 +45,7 @@ enum { EXIT_USAGE = 2, EXIT_SECURE_BOOT = 3, EXIT_EXISTS = 4 };
 static const char usage_text[] =
     "usage: " PROG " --dir DIR --name ID [--sockets N] [--devices N]\n"
     "                        [--flash-us-per-kib T] [--target-sync MODE]\n"
+    "                        [--lease-abandon-ms MS]\n"
     "                        [--package FILE] [--enroll TOKEN] [--relay oem|STATION]\n"
     "                        [--boot-manifest FILE] [--require-secure-boot]\n"
     "                        [--log-level L] [--help] [--version]\n"
@@ -88,6 +89,10 @@ static const char usage_text[] =
     "                        program only (benchmarks: a real chip's NVM costs its\n"
     "                        programmer no disk flush). Default from\n"
     "                        $NUSEC_TARGET_SYNC when set\n"
+    "  --lease-abandon-ms MS under an offline lease, a certificate request left\n"
+    "                        unanswered while the cloud has been unreachable this\n"
+    "                        long is abandoned for an offline certificate that\n"
+    "                        supersedes it (default 10000; $NUSEC_LEASE_ABANDON_MS)\n"
     "  --package FILE        load this .nspkg, produce until the tray is empty or the\n"
     "                        limit is reached, exit; without it: wait for the\n"
     "                        station's package and START on nusec/v1/prog/ID/cmd\n"
@@ -127,6 +132,7 @@ struct app {
     unsigned sockets;
     unsigned devices;
     unsigned flash_us;
+    unsigned lease_abandon_ms; /* 0: the core's default */
     int target_no_sync;
     char pdir[PATH_MAX];
 
@@ -169,7 +175,10 @@ static int app__args(struct app *a, int argc, char **argv)
     snprintf(usage, sizeof(usage), usage_text, PG_MAX_SOCKETS);
     enum nu_log_level level = NU_LOG_INFO;
     const char *sync = getenv("NUSEC_TARGET_SYNC");
+    const char *abandon = getenv("NUSEC_LEASE_ABANDON_MS");
     a->sockets = 4;
+    if (abandon && *abandon)
+        a->lease_abandon_ms = (unsigned)strtoul(abandon, NULL, 10);
     const struct nu_opt opts[] = {
         NU_OPT_STR("dir", &a->dir),
         NU_OPT_STR("name", &a->name),
@@ -177,6 +186,7 @@ static int app__args(struct app *a, int argc, char **argv)
         NU_OPT_NUM("devices", &a->devices, 0, 10000000),
         NU_OPT_NUM("flash-us-per-kib", &a->flash_us, 0, 10000000),
         NU_OPT_STR("target-sync", &sync),
+        NU_OPT_NUM("lease-abandon-ms", &a->lease_abandon_ms, 0, 3600000),
         NU_OPT_STR("package", &a->package),
         NU_OPT_STR("enroll", &a->enroll_token),
         NU_OPT_LOG("log-level", &level),
@@ -251,6 +261,7 @@ static int app__open_local(struct app *a, int create)
         .programmer_id = a->name,
         .n_sockets = a->sockets,
         .firmware_version = PROG_VERSION,
+        .lease_abandon_ms = a->lease_abandon_ms,
     };
     return pg_core_init(a->core, &a->hal, &cfg);
 }

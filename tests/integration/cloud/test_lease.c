@@ -37,8 +37,10 @@
 static struct cf F;
 static struct cf_client oem, station, c1, c2;
 static struct cf_programmer p1, p2;
-static struct nu_p256_key *line_key;
-static char lease_id[64];
+static struct nu_p256_key *line_key, *line_key2;
+static char lease_id[64], lease_id2[64];
+static uint8_t line_der2[4096];
+static size_t line_len2;
 static uint8_t line_der[4096];
 static size_t line_len;
 static uint8_t *offline_der[UNITS + 1];
@@ -70,6 +72,7 @@ static int teardown(void)
     cf_programmer_free(&p1);
     cf_programmer_free(&p2);
     nu_p256_key_destroy(line_key);
+    nu_p256_key_destroy(line_key2);
     cf_teardown(&F);
     return 0;
 }
@@ -240,10 +243,12 @@ static void test_reservation_bounds_online_and_other_leases(void)
 {
     /* quota 10: prog-1 holds 3 of its 6. prog-2 (limit 4) asks for 3 of the
      * 7 left: fine. Online, prog-1 can then get 3 more certificates, not 4. */
-    struct nu_p256_key *k2 = NULL;
     Nusec__V1__Envelope *r = NULL;
-    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&k2), NU_OK);
-    CU_ASSERT_EQUAL(grant(&c2, k2, "prog-2", &r), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&line_key2), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(grant(&c2, line_key2, "prog-2", &r), NU_OK);
+    snprintf(lease_id2, sizeof(lease_id2), "%s", r->lease_grant->lease_id);
+    memcpy(line_der2, r->lease_grant->line_ca_cert_der.data, r->lease_grant->line_ca_cert_der.len);
+    line_len2 = r->lease_grant->line_ca_cert_der.len;
     nu_envelope_free(r);
     r = NULL;
     uint32_t reserved = 0;
@@ -263,8 +268,144 @@ static void test_reservation_bounds_online_and_other_leases(void)
         free(csr);
         nu_p256_key_destroy(dev);
     }
-    nu_p256_key_destroy(k2);
     CU_ASSERT_EQUAL(sql_count("certificates WHERE job_id = '" JOB "'"), 3);
+}
+
+/* One offline certificate of prog-2's lease for `uid`, uploaded; *out the answer. */
+static int upload2(const uint8_t uid[8], const uint8_t *supersedes, uint32_t counter,
+                   Nusec__V1__Envelope **out)
+{
+    uint8_t *der = NULL;
+    size_t len = 0;
+    int rc = offline_issue(line_key2, line_der2, line_len2, uid, time(NULL), &der, &len);
+    Nusec__V1__LeaseIssued it = NUSEC__V1__LEASE_ISSUED__INIT, *p = &it;
+    Nusec__V1__LeaseUploadRequest r = NUSEC__V1__LEASE_UPLOAD_REQUEST__INIT;
+    it.device_uid.data = (uint8_t *)uid;
+    it.device_uid.len = 8;
+    it.certificate_der.data = der;
+    it.certificate_der.len = len;
+    it.counter = counter;
+    it.supersedes_idempotency_key.data = (uint8_t *)supersedes;
+    it.supersedes_idempotency_key.len = supersedes ? 16 : 0;
+    r.lease_id = lease_id2;
+    r.n_issued = 1;
+    r.issued = &p;
+    if (!rc)
+        rc = cf_call(&c2, "lease.upload", &r.base, NULL, 0, out, NULL, 0);
+    free(der);
+    return rc;
+}
+
+/*
+ * A fast line at a WAN cut: prog-2's cert.request for a chip was issued
+ * online but its answer never crossed; prog-2 abandoned it and certified
+ * the chip offline. Its upload names the request's idempotency key: the
+ * online certificate is revoked (device CRL, audited) and its unit refunded
+ * (the offline one takes it), then the offline one is recorded. Named by
+ * the wrong key, or for another programmer's chip, or without the key: an
+ * incident, nothing changes.
+ */
+static void test_upload_supersedes_the_abandoned_request(void)
+{
+    Nusec__V1__Envelope *r = NULL;
+    struct nu_p256_key *dev = NULL;
+    uint8_t *csr = NULL, key[16], wrong[16];
+    size_t csr_len = 0;
+    const uint8_t uid[8] = {0x5e, 0xed, 0, 0, 0, 0, 0, 1};
+    memset(key, 0xa5, sizeof(key));
+    memset(wrong, 0x5a, sizeof(wrong));
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&dev, &csr, &csr_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cert_request(&c2, JOB, uid, sizeof(uid), csr, csr_len, key,
+                                          sizeof(key), &r),
+                          NU_OK);
+    char online[CLOUD_LEDGER_SERIAL_MAX + 1];
+    snprintf(online, sizeof(online), "%s", r->certificate_issued->serial);
+    nu_envelope_free(r);
+    r = NULL;
+    free(csr);
+    nu_p256_key_destroy(dev);
+    int issued = sql_count("certificates WHERE job_id = '" JOB "' AND state <> 'revoked'");
+    int incidents = sql_count("audit_events WHERE kind = 'lease.incident'");
+
+    /* Without the key, or with another request's: the online one is live. */
+    CU_ASSERT_EQUAL_FATAL(upload2(uid, NULL, 1, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL_FATAL(upload2(uid, wrong, 1, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    r = NULL;
+    /* Another programmer's chip cannot be superseded (prog-1's, recorded above). */
+    CU_ASSERT_EQUAL_FATAL(upload2(offline_uid[0], key, 1, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    r = NULL;
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.incident'"), incidents + 3);
+    CU_ASSERT_EQUAL(sql_count("cert_superseded"), 0);
+
+    /* The abandoned request's key: superseded, recorded. */
+    CU_ASSERT_EQUAL_FATAL(upload2(uid, key, 1, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->recorded, 1);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 0);
+    CU_ASSERT_EQUAL(r->lease_upload_response->used, 1);
+    nu_envelope_free(r);
+    r = NULL;
+    char where[256];
+    snprintf(where, sizeof(where),
+             "certificates WHERE serial = '%s' AND state = 'revoked' AND revoke_reason = "
+             "'superseded'", online);
+    CU_ASSERT_EQUAL(sql_count(where), 1);
+    CU_ASSERT_EQUAL(sql_count("cert_superseded"), 1);
+    /* One live certificate for the chip, one unit for it: the online one's. */
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE job_id = '" JOB "' AND state <> 'revoked'"),
+                    issued);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000001'"
+                              " AND state <> 'revoked'"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("job_allocations WHERE programmer_id = 'prog-2' AND issued = 1"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.superseded'"), 1);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'cert.revoked' AND payload LIKE "
+                              "'%superseded%'"),
+                    1);
+    /* The request's idempotency entry is forgotten: a late copy of it
+     * cannot replay the revoked certificate. */
+    CU_ASSERT_EQUAL(sql_count("requests WHERE requester = 'prog-2' AND idempotency_key = "
+                              "x'a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5' AND code = 0"),
+                    0);
+    /* It is on the device CRL. */
+    CU_ASSERT_EQUAL(nu_test_sh("openssl crl -in %s/pki/device-crl.pem -noout -text | "
+                               "tr 'A-F' 'a-f' | tr -d ':' | grep -q %s",
+                               F.dir, online),
+                    0);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'cert.revoked'"), 1);
+
+    /* A certificate reported delivered (provisioned) is never superseded,
+     * even for the request it was issued for. */
+    const uint8_t uid2[8] = {0x5e, 0xed, 0, 0, 0, 0, 0, 2};
+    uint8_t key2[16];
+    memset(key2, 0xb6, sizeof(key2));
+    CU_ASSERT_EQUAL_FATAL(cf_device_csr(&dev, &csr, &csr_len), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_cert_request(&c2, JOB, uid2, sizeof(uid2), csr, csr_len, key2,
+                                          sizeof(key2), &r),
+                          NU_OK);
+    nu_envelope_free(r);
+    r = NULL;
+    free(csr);
+    nu_p256_key_destroy(dev);
+    struct cloud_ledger *l = ledger_open();
+    struct cloud_ledger_cert_ref ref = {NULL, JOB, uid2, sizeof(uid2)};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_report(l, &ref, 1, "", "prog-2", nu_time_ms()), NU_OK);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL_FATAL(upload2(uid2, key2, 2, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000002'"), 1);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000002'"
+                              " AND state = 'provisioned'"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("cert_superseded"), 1);
 }
 
 static void test_offline_certificates_verify(void)
@@ -423,6 +564,8 @@ int main(void)
         {"offline certificates verify Root -> Device CA -> line CA",
          test_offline_certificates_verify},
         {"upload records each once; a replay changes nothing", test_upload_records_once},
+        {"an upload superseding an abandoned request revokes and refunds its certificate",
+         test_upload_supersedes_the_abandoned_request},
         {"uncovered, foreign, out-of-time and forged uploads refused and audited",
          test_uncovered_and_forged_uploads_refused},
         {"return gives unused units back; audit verify passes",

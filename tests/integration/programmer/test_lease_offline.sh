@@ -16,27 +16,44 @@
 # lease counter value (the KeyStore's reservation); audit verify passes.
 # Prints `name value` lines (offline and online rates of the run, upload).
 #
-# usage: test_lease_offline.sh BIN_DIR [LEASE FLASH_US_PER_KIB DEVICES]
-#   (default 5 30000 28; ./build.sh bench runs a bigger lease, faster flash)
+# A fast line (FAST=1, small FLASH_US_PER_KIB): at the cut every socket has
+# a cert.request out (the relay holds the cloud's answers 4 s before the
+# cut: the cloud issues, nothing comes back); after the programmer's
+# lease_abandon_ms (10 s) each is
+# abandoned and its chip certified offline, superseding the request. Then
+# also: each online certificate the cloud issued for such a request is
+# revoked (cert_superseded, on the device CRL), no chip holds one, one live
+# certificate per chip, and with FAST=1 at least one request was abandoned.
+#
+# usage: test_lease_offline.sh BIN_DIR [LEASE FLASH_US_PER_KIB DEVICES FAST]
+#   (default 5 30000 28 0; ./build.sh bench runs a bigger lease, faster flash)
 set -uo pipefail
 BIN=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 RELAY=$HERE/../../tools/tcp_relay.py
 . "$HERE/../../lib/stack_lib.sh" lease
-LEASE=${2:-5} FLASH=${3:-30000} DEVICES=${4:-28}
+LEASE=${2:-5} FLASH=${3:-30000} DEVICES=${4:-28} FAST=${5:-0}
+# A fast line abandons within 1 s of the cut: before the sockets that were
+# not asking (a report) use the whole lease up.
+((FAST)) && export NUSEC_LEASE_ABANDON_MS=1000
 QUOTA=$((DEVICES + 12))
 relay_pid=
 cleanup_more() { if [[ -n $relay_pid ]]; then kill "$relay_pid" 2>/dev/null; fi; }
 mkdir -p "$DIR"
 now_ms() { date +%s%3N; }
 q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
+# An online certificate an offline one superseded (revoked, its unit
+# refunded) counts no more: certificates are the live ones.
+LIVE="serial NOT IN (SELECT serial FROM cert_superseded)"
+certs() { q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND $LIVE"; }
 
 # ~2 s of simulated flash per chip: the cut lands mid-production.
 STACK=(--programmers 2 --sockets 2 --devices $DEVICES --flash-us-per-kib $FLASH)
 nusec stack up "${STACK[@]}" >"$TMP/up.log" 2>&1 || { cat "$TMP/up.log"; echo "FAIL stack up"; exit 1; }
 # The cloud agent again, through the relay (see test_wan_cut.sh).
 endpoint=$(cat "$DIR/broker/endpoint")
-python3 "$RELAY" --target "$endpoint" --port-file "$TMP/relay.port" 2>"$TMP/relay.log" &
+python3 "$RELAY" --hold-client --target "$endpoint" --port-file "$TMP/relay.port" \
+    2>"$TMP/relay.log" &
 relay_pid=$!
 for _ in $(seq 50); do [[ -s $TMP/relay.port ]] && break; sleep 0.1; done
 kill "$(cat "$DIR/run/cloud.pid")"
@@ -66,6 +83,12 @@ check "each programmer holds a lease of $LEASE units before the cut" wait_for 60
 check "4 certificates online before the cut" wait_certs 4 120
 T_ON=$(now_ms) N_ON=$(certs)
 
+if ((FAST)); then
+    # Every socket caught asking: the cloud's answers are held back first
+    # (requests still reach it and it issues), then the link is cut.
+    kill -HUP "$relay_pid"
+    sleep 4
+fi
 kill -USR1 "$relay_pid"
 T_CUT=$(now_ms) L_CUT=$(locked)
 # prog-2 is killed once it issued one offline, and started again (still cut).
@@ -109,7 +132,7 @@ done_ok() {
         n=$(certs)
         if [[ $n -eq $last ]]; then same=$((same + 1)); else same=0; last=$n; fi
         if [[ $same -ge 40 && $(half_done) -eq 0 &&
-              $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned'") \
+              $(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state!='provisioned' AND $LIVE") \
               -eq 0 ]]; then
             return 0
         fi
@@ -124,7 +147,27 @@ issued=$(certs)
 n_off=$(recorded)
 check "certificates <= quota ($issued of $QUOTA)" test "$issued" -le $QUOTA
 check "no duplicate UID" \
-    test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
+    test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB' AND $LIVE")" -eq "$issued"
+# Requests abandoned at the cut (their chips certified offline) and the
+# online certificates the cloud had issued for them: revoked, on the CRL.
+n_abandoned=$(cat "$DIR"/logs/prog-*.log | grep -c 'its online request abandoned')
+n_sup=$(q "SELECT COUNT(*) FROM cert_superseded WHERE job_id='$JOB'")
+if ((FAST)); then
+    check "fast line: requests out at the cut abandoned for the lease ($n_abandoned)" test "$n_abandoned" -ge 1
+fi
+check "superseded online certificates <= abandoned requests ($n_sup <= $n_abandoned)" \
+    test "$n_sup" -le "$n_abandoned"
+check "every superseded certificate revoked" test "$(q "SELECT COUNT(*) FROM certificates WHERE
+    serial IN (SELECT serial FROM cert_superseded) AND state = 'revoked'")" -eq "$n_sup"
+crl_has_all() {
+    local s
+    openssl crl -in "$DIR/pki/device-crl.pem" -noout -text >"$TMP/crl.txt" 2>/dev/null || return 1
+    for s in $(q "SELECT lower(serial) FROM cert_superseded"); do
+        tr 'A-F' 'a-f' <"$TMP/crl.txt" | tr -d ':' | grep -q "${s#0}" ||
+            { echo "  $s not on the device CRL"; return 1; }
+    done
+}
+check "every superseded certificate on the device CRL" wait_for 30 crl_has_all
 check "no lease.incident" test "$(q "SELECT COUNT(*) FROM audit_events WHERE kind='lease.incident'")" -eq 0
 check "lease.recorded once per offline certificate ($n_off)" \
     test "$(q "SELECT COUNT(*) FROM audit_events WHERE kind='lease.recorded' AND job_id='$JOB'")" -eq "$n_off"
@@ -143,6 +186,9 @@ check "the kill wasted at most one lease unit ($((${p2_max:-0} - p2_rec)))" \
 declare -A serial_known=() serial_lease=()
 while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
 while read -r s; do serial_lease[${s^^}]=1; done < <(q "SELECT serial FROM lease_certs")
+declare -A serial_sup=()
+while read -r s; do serial_sup[${s^^}]=1; done < <(q "SELECT serial FROM cert_superseded")
+held_sup=0
 mkdir -p "$TMP/line"
 while IFS='|' read -r id hex; do
     echo "$hex" | xxd -r -p | openssl x509 -inform DER -out "$TMP/line/$id.pem" 2>/dev/null
@@ -153,6 +199,7 @@ for t in "$DIR"/targets/*/; do
     n_locked=$((n_locked + 1))
     s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
     [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
+    [[ -n "$s" && -n "${serial_sup[${s^^}]:-}" ]] && held_sup=$((held_sup + 1))
     [[ -n "$s" && -n "${serial_lease[${s^^}]:-}" ]] || continue
     n_offchips=$((n_offchips + 1))
     [[ $(grep -c 'BEGIN CERTIFICATE' "$t/cert.pem") -eq 3 ]] && nchain=$((nchain + 1))
@@ -166,6 +213,7 @@ for t in "$DIR"/targets/*/; do
 done
 check "every locked chip's certificate in the ledger ($n_locked locked)" test "$lost" -eq 0
 check "offline chips = offline certificates ($n_offchips)" test "$n_offchips" -eq "$n_off"
+check "no chip holds a superseded certificate" test "$held_sup" -eq 0
 check "offline certificates pass openssl verify Root -> Device CA -> line CA" test "$bad" -eq 0
 check "offline chips hold the chain (leaf, line CA, Device CA)" test "$nchain" -eq "$n_offchips"
 audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
@@ -188,6 +236,8 @@ echo "devices $DEVICES"
 echo "lease_units_per_programmer $LEASE"
 echo "certificates $issued"
 echo "offline_certificates $n_off"
+echo "abandoned_requests $n_abandoned"
+echo "superseded_online_certificates $n_sup"
 echo "online_rate_before_cut_per_s $(rate "$N_ON" "$T_ON - $T0")"
 echo "offline_rate_while_cut_per_s $(rate "$N_OFF" "$T_OFF - $T_CUT")"
 echo "lease_prog_offline_cert_per_s $prog1_offline"

@@ -55,7 +55,7 @@ oem stack up --sites 1 --programmers 2 --sockets 4 --devices $DEVICES --flash-us
 # saves its persistence), the bridge's address line pointed at the relay, and
 # started with the same configuration (it writes its own pid file, which
 # `stack down` reads).
-python3 "$RELAY" --refuse --target "$(cat "$DIR/broker/endpoint")" --port-file "$TMP/relay.port" \
+python3 "$RELAY" --refuse --delay-s 1.5 --target "$(cat "$DIR/broker/endpoint")" --port-file "$TMP/relay.port" \
     2>"$TMP/relay.log" &
 relay_pid=$!
 for _ in $(seq 50); do [[ -s $TMP/relay.port ]] && break; sleep 0.1; done
@@ -145,6 +145,33 @@ cut_at() {
     outage+=("$(secs "$t_up - $t_cut")")
     return $ok
 }
+# A certificate reply lost for sure: the relay delays the way back by 1.5 s
+# (SIGHUP; the bridge's requests still reach the cloud at once), the test
+# waits until the cloud issued (the ledger) and cuts: an answer leaves the
+# cloud after its certificate's issued_at_ms, so those issued less than
+# 1.5 s before the cut (1.2 s: a margin) were still in the relay and are
+# gone with the link. After the restore the programmers' retries (same
+# idempotency key) get those very certificates from the cloud again:
+# checked at the end, each such chip holds the one issued before the cut,
+# its UID has no second certificate and no KeyStore unit was counted twice.
+held_serials=()
+lost_reply() {
+    wait_certs 2 120 || return 1
+    local n0 t_cut
+    kill -HUP "$relay_pid"
+    for _ in $(seq 50); do grep -q 'way back held' "$TMP/relay.log" && break; sleep 0.1; done
+    n0=$(certs)
+    wait_certs $((n0 + 1)) 60 || { echo "  nothing issued while the answers were delayed"; return 1; }
+    kill -USR1 "$relay_pid"
+    t_cut=$(now_ms)
+    mapfile -t held_serials < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'
+        AND issued_at_ms > $t_cut - 1200")
+    sleep 3
+    kill -USR2 "$relay_pid"
+    ((${#held_serials[@]} > 0)) || { echo "  no answer was still in the relay at the cut"; return 1; }
+}
+check "a certificate reply lost for sure (way back held, then cut)" lost_reply
+up_count=$(certs)
 # The sockets run in step (8 certificates a round): cuts after the first,
 # second and third round.
 check "bridge link cut at 3 certificates for 3 s" cut_at 3 3
@@ -213,6 +240,20 @@ done
 check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
 check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
 check "no chip half done (burned)" test "$(half_done)" -eq 0
+lost_reply_ok() { # each certificate whose answer was lost reached its chip, once
+    local s uid n
+    for s in "${held_serials[@]}"; do
+        uid=$(q "SELECT lower(hex(device_uid)) FROM certificates WHERE serial='$s'")
+        n=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND device_uid=x'$uid'")
+        [[ $n -eq 1 ]] || { echo "  UID $uid: $n certificates"; return 1; }
+        grep -q '^state=locked$' "$CM/targets/$uid/state" 2>/dev/null ||
+            { echo "  chip $uid not locked"; return 1; }
+        [[ $(openssl x509 -in "$CM/targets/$uid/cert.pem" -noout -serial | sed 's/^serial=//' |
+             tr 'A-F' 'a-f' | sed 's/^0*//') == $(sed 's/^0*//' <<<"$s") ]] ||
+            { echo "  chip $uid holds another certificate than $s"; return 1; }
+    done
+}
+check "the ${#held_serials[@]} certificate(s) whose answer was lost reached their chips, once" lost_reply_ok
 audit_ok() { oem audit verify >"$TMP/verify.log" 2>&1; }
 check "audit verify passes" audit_ok
 resent=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.resent'")
@@ -225,6 +266,7 @@ echo "keystore_units_counted $counters"
 [[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
     test $((counters - issued)) -eq 0
 echo "cert_resent_rows $resent"
+echo "lost_reply_certificates ${#held_serials[@]}"
 echo "bridge_connections $(relayed)"
 echo "outage_seconds ${outage[*]}"
 echo "bridge_back_seconds ${bridge[*]}"

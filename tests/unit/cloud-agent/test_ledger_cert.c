@@ -102,7 +102,97 @@ static void test_cert_report_list_revoke(void)
     cloud_ledger_close(l);
 }
 
+/*
+ * Issue 15, a fast line: the online certificate issued for a request the
+ * programmer abandoned is superseded by the offline one its upload names
+ * it with: revoked (on the CRL list), its unit taken over (issued counted
+ * once), the request's cache entry no longer replayed (the same request
+ * again gets the offline certificate by RESEND), verify passes. A
+ * certificate reported provisioned, or another request's key: refused.
+ */
+static void test_cert_superseded_by_offline(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct signer s = {0};
+    struct treq t, t2;
+    struct cloud_ledger_issue_result res, again;
+    struct cloud_ledger_lease want, got;
+    struct cloud_ledger_cert c;
+    struct certscan cs = {0};
+    int existing = 0, known = 0;
+
+    std_setup(l, 10, 10);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_policy_set(l, "job-1", 3, 1, "oem-1", T0), NU_OK);
+    memset(&want, 0, sizeof(want));
+    snprintf(want.lease_id, sizeof(want.lease_id), "lease-1");
+    snprintf(want.job_id, sizeof(want.job_id), "job-1");
+    snprintf(want.programmer_id, sizeof(want.programmer_id), "prog-1");
+    want.units = 3;
+    want.not_before_ms = T0;
+    want.not_after_ms = T0 + 3600000u;
+    memset(want.line_pub_hash, 7, sizeof(want.line_pub_hash));
+    want.cert_len = 3;
+    memcpy(want.cert_der, "der", 3);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_grant(l, &want, T0, &got, &existing), NU_OK);
+
+    mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    struct cloud_ledger_lease_cert off = {
+        .lease_id = "lease-1", .programmer_id = "prog-1", .serial = "0ff1e0000001",
+        .device_uid = t.uid, .device_uid_len = sizeof(t.uid), .pem = PEM_TEXT, .counter = 1,
+        .issued_at_ms = T0 + 2, .supersedes_key = t.key, .supersedes_key_len = sizeof(t.key),
+    };
+    memcpy(off.pubkey_hash, t.r.pubkey_hash, sizeof(off.pubkey_hash));
+    uint8_t wrong[16] = {1};
+    off.supersedes_key = wrong; /* another request's key: an incident */
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 3, &known), NU_ERR_LEASE_NOT_COVERED);
+    off.supersedes_key = t.key;
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 3, &known), NU_OK);
+    CU_ASSERT_EQUAL(known, 0);
+    struct cloud_ledger_cert_ref online = {res.serial, NULL, NULL, 0};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &online, &c), NU_OK);
+    CU_ASSERT_EQUAL(c.state, CLOUD_LEDGER_CERT_REVOKED);
+    CU_ASSERT_STRING_EQUAL(c.revoke_reason, "superseded");
+    struct cloud_ledger_cert_ref by_uid = {NULL, "job-1", t.uid, sizeof(t.uid)};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &by_uid, &c), NU_OK);
+    CU_ASSERT_STRING_EQUAL(c.serial, "0ff1e0000001"); /* the live one */
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 1);     /* one unit for the chip */
+    CU_ASSERT_EQUAL(alloc_issued(l, "job-1", "prog-1"), 1);
+    CU_ASSERT_EQUAL(events(l, "lease.superseded").count, 1);
+    CU_ASSERT_EQUAL(cloud_ledger_cert_list_revoked(l, cert_visit, &cs), NU_OK);
+    CU_ASSERT_EQUAL(cs.n, 1);
+    CU_ASSERT_STRING_EQUAL(cs.first, res.serial);
+    /* Uploaded again: known, nothing twice. */
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 4, &known), NU_OK);
+    CU_ASSERT_EQUAL(known, 1);
+    CU_ASSERT_EQUAL(events(l, "cert.revoked").count, 1);
+    /* A late copy of the abandoned request: the offline certificate, no unit. */
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &again), NU_OK);
+    CU_ASSERT(again.resent);
+    CU_ASSERT_STRING_EQUAL(again.serial, "0ff1e0000001");
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 1);
+
+    /* Delivered (reported provisioned): never superseded. */
+    mkreq(&t2, "prog-1", "job-1", 2, 1, T0 + 10);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t2.r, dummy_sign, &s, &res), NU_OK);
+    struct cloud_ledger_cert_ref by_uid2 = {NULL, "job-1", t2.uid, sizeof(t2.uid)};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_report(l, &by_uid2, 1, "ok", "prog-1", T0 + 11), NU_OK);
+    off.serial = "0ff1e0000002";
+    off.device_uid = t2.uid;
+    off.counter = 2;
+    off.supersedes_key = t2.key;
+    memcpy(off.pubkey_hash, t2.r.pubkey_hash, sizeof(off.pubkey_hash));
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 12, &known), NU_ERR_LEASE_NOT_COVERED);
+    CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &by_uid2, &c), NU_OK);
+    CU_ASSERT_EQUAL(c.state, CLOUD_LEDGER_CERT_PROVISIONED);
+    CU_ASSERT_EQUAL(events(l, "lease.superseded").count, 1);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
 const struct nu_test_case device_cases[] = {
     {"report, list, revoke", test_cert_report_list_revoke},
+    {"an offline certificate supersedes an undelivered online one", test_cert_superseded_by_offline},
     {NULL, NULL},
 };

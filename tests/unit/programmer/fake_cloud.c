@@ -583,8 +583,15 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
         fc->idem[fc->n_idem++].len = cert_len;
         fc->issued++;
     }
+    if (fresh && fc->cut_after_issue > 0) {
+        fc->cut_after_issue--;
+        fc->link_down = 1;
+        fc->taken = 1;
+        return fc__trouble(fc, NU_ERR_TIMEOUT); /* issued, the WAN cut before the answer */
+    }
     if (fc->drop_cert_replies > 0) {
         fc->drop_cert_replies--;
+        fc->taken = 1;
         return fc__trouble(fc, NU_ERR_TIMEOUT); /* issued, but the answer is lost */
     }
     struct nu_x509_cert_info ci;
@@ -650,6 +657,51 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
     return fc__answer(req, &g.base, resp, cap, out_len);
 }
 
+/* The online certificate issued for the UID's cert.request (its
+ * idempotency key, as the core derives it), or -1. */
+static int fc__online_of(struct fake_cloud *fc, const ProtobufCBinaryData *uid, uint8_t key[32])
+{
+    struct nu_sha256_ctx h;
+    if (nu_sha256_init(&h) != NU_OK)
+        return -1;
+    if (nu_sha256_update(&h, "nusec/v1 cert", 13) != NU_OK ||
+        nu_sha256_update(&h, fc->job_id, strlen(fc->job_id)) != NU_OK ||
+        nu_sha256_update(&h, uid->data, uid->len) != NU_OK || nu_sha256_final(&h, key) != NU_OK) {
+        nu_sha256_abort(&h);
+        return -1;
+    }
+    for (size_t i = 0; i < fc->n_idem; i++)
+        if (!memcmp(fc->idem[i].key, key, 16))
+            return (int)i;
+    return -1;
+}
+
+/* As the ledger: an online certificate for the UID makes the offline one an
+ * incident, unless the upload supersedes that very request: the online one
+ * is then revoked and refunded (its cache entry answers the offline one
+ * from now on, as the cloud's RESEND would). 0 ok, -1 refused. */
+static int fc__lease_supersede(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it)
+{
+    uint8_t key[32];
+    int i = fc__online_of(fc, &it->device_uid, key);
+    const ProtobufCBinaryData *sup = &it->supersedes_idempotency_key;
+    if (sup->len && (sup->len != 16 || memcmp(sup->data, key, 16)))
+        return -1; /* not this chip's request */
+    if (i < 0)
+        return 0;
+    if (!sup->len)
+        return -1; /* a live online certificate, not superseded */
+    uint8_t *copy = malloc(it->certificate_der.len);
+    if (!copy)
+        return -1;
+    memcpy(copy, it->certificate_der.data, it->certificate_der.len);
+    free(fc->idem[i].cert);
+    fc->idem[i].cert = copy;
+    fc->idem[i].len = it->certificate_der.len;
+    fc->lease_superseded++;
+    return 0;
+}
+
 /* One uploaded certificate: through the line CA to the root, counter new
  * and within the units, serial new. 0 recorded, 1 known, -1 refused. */
 static int fc__lease_one(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it)
@@ -667,6 +719,8 @@ static int fc__lease_one(struct fake_cloud *fc, const Nusec__V1__LeaseIssued *it
             return -1; /* a counter value used twice */
     }
     if (!it->counter || it->counter > fc->lease_units || fc->lease_recorded == FC_MAX_IDEM)
+        return -1;
+    if (fc__lease_supersede(fc, it) != 0)
         return -1;
     fc->lease_counters[fc->lease_recorded] = it->counter;
     snprintf(fc->lease_serials[fc->lease_recorded++], 41, "%s", ci.serial_hex);
@@ -702,6 +756,24 @@ static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *re
 
 /* ---- transport ops ------------------------------------------------------------------ */
 
+/* Whether the cloud took a request with env's message id already. */
+static int fc__seen(const struct fake_cloud *fc, const Nusec__V1__Envelope *env)
+{
+    const ProtobufCBinaryData *id = env->header ? &env->header->message_id : NULL;
+    unsigned n = fc->n_seen < FC_MAX_SEEN ? fc->n_seen : FC_MAX_SEEN;
+    for (unsigned i = 0; id && id->len == 16 && i < n; i++)
+        if (!memcmp(fc->seen_ids[i], id->data, 16))
+            return 1;
+    return 0;
+}
+
+static void fc__take(struct fake_cloud *fc, const Nusec__V1__Envelope *env)
+{
+    const ProtobufCBinaryData *id = env->header ? &env->header->message_id : NULL;
+    if (id && id->len == 16 && !fc__seen(fc, env))
+        memcpy(fc->seen_ids[fc->n_seen++ % FC_MAX_SEEN], id->data, 16);
+}
+
 static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t len,
                        uint32_t timeout_ms, uint8_t *resp, size_t cap, size_t *out_len)
 {
@@ -709,7 +781,7 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
     struct fake_cloud *fc = ctx;
     Nusec__V1__Envelope *env = NULL;
     const char *op = strrchr(topic, '/');
-    int rc = nu_envelope_unpack(p, len, &env, NULL);
+    int replay = 0, rc = nu_envelope_unpack(p, len, &env, NULL);
     pthread_mutex_lock(&fc->lock);
     if (rc != NU_OK) {
         fc->bad_messages++;
@@ -718,8 +790,8 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_NOT_FOUND;
     } else if (fc->link_down) {
         rc = fc__trouble(fc, NU_ERR_CONNECTION);
-    } else if (fc->replay_errors > 0) {
-        fc->replay_errors--;
+    } else if ((replay = fc__seen(fc, env))) {
+        fc->replays_answered++;
         rc = fc__error(env, NU_ERR_REPLAY, op + 1, resp, cap, out_len);
     } else if (!strcmp(op, "/lease.grant") &&
                env->body_case == NUSEC__V1__ENVELOPE__BODY_LEASE_GRANT_REQUEST) {
@@ -748,6 +820,15 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         fc->bad_messages++;
         rc = NU_ERR_NOT_FOUND;
     }
+    /* Answered (or issued with its answer lost): this message id is taken. */
+    if (env && !replay && (rc == NU_OK || fc->taken)) {
+        fc__take(fc, env);
+        if (rc == NU_OK && fc->lost_answers > 0) {
+            fc->lost_answers--;
+            rc = fc__trouble(fc, NU_ERR_TIMEOUT); /* done, but the answer is lost */
+        }
+    }
+    fc->taken = 0;
     pthread_mutex_unlock(&fc->lock);
     nu_envelope_free(env);
     return rc;

@@ -25,6 +25,7 @@ struct nu_hsm;
 struct nu_hsm_key;
 
 #define FC_MAX_IDEM 256
+#define FC_MAX_SEEN 1024
 #define FC_MAX_EVENTS 512
 
 struct fc_event {
@@ -78,6 +79,8 @@ struct fake_cloud {
     int swap_chunk;          /* answer chunk i+1 when asked for this index, -1 none */
     int chunks_fail_after;   /* CONNECTION for chunk requests after this many served, -1 never */
     int drop_cert_replies;   /* this many cert.request answers are "lost" (TIMEOUT) */
+    int cut_after_issue;     /* the next n new certificates: issued, then the WAN is cut
+                                (link_down) before the answer crosses */
     int cert_unreachable;    /* cert.request always CONNECTION */
     /* cert.request: the next n answers are transient trouble, in turn the
      * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
@@ -86,10 +89,16 @@ struct fake_cloud {
     int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
     int report_unreachable;  /* device.report always CONNECTION */
     int report_transient;    /* the next n device.report answers are Error BUSY */
-    /* The next n requests of any kind are answered Error REPLAY, as the cloud
-     * answers a copy of a request it already took (a QoS 1 resend after a
-     * reconnect whose first answer a bridge dropped). */
-    int replay_errors;
+    /* The next n requests of any kind are taken (done) but their answers are
+     * lost (TIMEOUT), as a bridge drops replies queued during an outage.
+     * Like the real cloud, the fake answers Error REPLAY to a message id it
+     * has taken already (a retry sent with the same bytes), and takes a
+     * request that comes again with a new message id. */
+    int lost_answers;
+    uint8_t seen_ids[FC_MAX_SEEN][16]; /* message ids taken (a ring) */
+    unsigned n_seen;
+    unsigned replays_answered; /* Error REPLAY answers given */
+    int taken; /* the request being answered was taken (its answer may be lost) */
     unsigned stop_after;     /* after this many failed cert/report tries, the station
                                 sends STOP (0: never) */
     /* End-to-end signatures on answers (request_signed): by the package key,
@@ -129,6 +138,7 @@ struct fake_cloud {
     size_t lease_len;
     unsigned leases_granted, leases_returned, lease_uploads;
     unsigned lease_recorded, lease_known, lease_refused;
+    unsigned lease_superseded; /* online certificates revoked and refunded by an upload */
     uint32_t lease_counters[FC_MAX_IDEM]; /* recorded: counter of each */
     char lease_serials[FC_MAX_IDEM][41];
 };

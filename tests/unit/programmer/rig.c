@@ -98,6 +98,7 @@ int rig_open(struct rig *r)
         .request_timeout_ms = 1000,
         .retries = 3,
         .retry_delay_ms = 1,
+        .lease_abandon_ms = r->lease_abandon_ms,
     };
     r->core = calloc(1, sizeof(*r->core));
     rc = r->core ? pg_core_init(r->core, &r->hal, &cfg) : NU_ERR_NOMEM;

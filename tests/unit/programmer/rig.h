@@ -30,6 +30,7 @@ struct rig {
     struct pg_hal hal;
     struct pg_core *core;
     unsigned sockets;
+    uint32_t lease_abandon_ms; /* pg_config's, at the next rig_open (0: the core's default) */
 };
 
 /* Temp dir, fake cloud (6-chunk image), programmer `name` opened (not enrolled). */

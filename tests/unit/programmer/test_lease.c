@@ -12,6 +12,7 @@
 #include "nu_test.h"
 #include "nu_util.h"
 #include "nu_x509.h"
+#include "pp_flash.h"
 #include "pp_keystore.h"
 #include "pp_port.h"
 #include "tsim.h"
@@ -59,6 +60,81 @@ static void use_faulty_keystore(void)
     faulty_ks = pp_ks_ops;
     faulty_ks.blob_put = faulty_blob_put;
     R.hal.ks = &faulty_ks; /* the core holds &R.hal */
+}
+
+/* ---- power lost just after the journal write -------------------------------------- */
+
+/* Armed: the first lease journal record written cuts the power. From then
+ * on nothing persists (KeyStore, flash), the chip takes no command and stays
+ * in its socket as it was: what the next boot finds is exactly the state
+ * after the journal write and before anything reached the chip. */
+static int cut_after_journal, power_lost;
+static struct pg_keystore_ops dying_ks;
+static struct pg_flash_ops dying_flash;
+static struct pg_target_ops dying_tgt;
+
+static int dying_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
+{
+    if (power_lost)
+        return NU_ERR_IO;
+    int rc = pp_ks_ops.blob_put(ctx, name, data, len);
+    if (rc == NU_OK && cut_after_journal && len && !strncmp(name, "lease.j/", 8))
+        power_lost = 1;
+    return rc;
+}
+
+static int dying_counter_inc(void *ctx, const char *name, uint32_t limit, uint32_t *out)
+{
+    return power_lost ? NU_ERR_IO : pp_ks_ops.counter_increment(ctx, name, limit, out);
+}
+
+static int dying_flash_write(void *ctx, enum pg_flash_area a, uint32_t off, const uint8_t *d,
+                             size_t len)
+{
+    return power_lost ? NU_ERR_IO : pp_flash_ops.write(ctx, a, off, d, len);
+}
+
+static int dying_remove(void *ctx, unsigned sock)
+{
+    return power_lost ? NU_OK : pp_target_ops.remove(ctx, sock); /* the chip stays */
+}
+
+static int dying_tgt_write(void *ctx, unsigned sock, uint32_t off, const uint8_t *d, size_t len)
+{
+    return power_lost ? NU_ERR_TARGET : pp_target_ops.flash_write(ctx, sock, off, d, len);
+}
+
+static int dying_boot_key(void *ctx, unsigned sock, const uint8_t pub[PG_P256_PUB_LEN])
+{
+    return power_lost ? NU_ERR_TARGET : pp_target_ops.write_boot_key(ctx, sock, pub);
+}
+
+static int dying_cert(void *ctx, unsigned sock, const uint8_t *der, size_t len)
+{
+    return power_lost ? NU_ERR_TARGET : pp_target_ops.write_cert(ctx, sock, der, len);
+}
+
+static int dying_lock(void *ctx, unsigned sock)
+{
+    return power_lost ? NU_ERR_TARGET : pp_target_ops.lock(ctx, sock);
+}
+
+static void use_dying_hal(void)
+{
+    dying_ks = pp_ks_ops;
+    dying_ks.blob_put = dying_blob_put;
+    dying_ks.counter_increment = dying_counter_inc;
+    dying_flash = pp_flash_ops;
+    dying_flash.write = dying_flash_write;
+    dying_tgt = pp_target_ops;
+    dying_tgt.remove = dying_remove;
+    dying_tgt.flash_write = dying_tgt_write;
+    dying_tgt.write_boot_key = dying_boot_key;
+    dying_tgt.write_cert = dying_cert;
+    dying_tgt.lock = dying_lock;
+    R.hal.ks = &dying_ks;
+    R.hal.flash = &dying_flash;
+    R.hal.tgt = &dying_tgt;
 }
 
 /* ---- helpers ------------------------------------------------------------------- */
@@ -327,6 +403,128 @@ static void test_crash_between_counter_and_journal(void)
     rig_teardown(&R);
 }
 
+/*
+ * Power lost between the journal write and the chip write (pg__lease_find):
+ * the certificate exists in the journal, the chip never saw it. The chip,
+ * still in its socket, is resumed at the next boot with that certificate:
+ * no new counter value, nothing online, the upload carries it once.
+ */
+static void test_crash_between_journal_and_chip(void)
+{
+    RIG_UP("prog-lease-jcrash", 1);
+    R.fc.lease_units = 3;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    use_dying_hal();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    cut_after_journal = 1;
+    struct pg_result res;
+    pg_socket_run(R.core, 0, &res); /* runs on in RAM after the cut; nothing of it lasts */
+    CU_ASSERT_EQUAL_FATAL(power_lost, 1);
+    CU_ASSERT_FALSE(res.provisioned);
+    rig_crash(&R);
+    power_lost = cut_after_journal = 0;
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 0); /* the chip holds no certificate */
+
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK); /* the plain HAL again */
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    CU_ASSERT(journal_has(1));
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    R.fc.link_down = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT(res.resumed);
+    CU_ASSERT_EQUAL(lease_counter(), 1); /* the journalled certificate, no new value */
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.issued, 0);
+    CU_ASSERT_EQUAL(lc.pending, 1);
+    pg_core_production_end(R.core);
+
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(R.fc.lease_counters[0], 1);
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    CU_ASSERT_EQUAL(R.fc.issued, 0); /* never asked online */
+    CU_ASSERT(!journal_has(1));
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 1);
+    CU_ASSERT_EQUAL(c.offline, 1);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 1);
+    rig_teardown(&R);
+}
+
+/*
+ * A fast line: the WAN goes right after the cloud issued a chip's
+ * certificate, before the answer crosses (every socket of a fast line is in
+ * that state at a cut). The request is abandoned once the cloud has been
+ * unreachable for lease_abandon_ms and the chip certified offline; the
+ * journal record says it supersedes that request. Back online the upload
+ * carries the request's idempotency key: the cloud revokes and refunds the
+ * online certificate (never delivered) and records the offline one. One
+ * certificate per chip reaches a chip, one unit per chip is counted.
+ */
+static void test_fast_line_abandons_the_online_request(void)
+{
+    RIG_UP("prog-lease-fast", 1);
+    R.lease_abandon_ms = 1;
+    rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    R.fc.lease_units = 3;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned); /* offline, not held */
+    CU_ASSERT_EQUAL(R.fc.issued, 1);      /* the cloud did issue it */
+    CU_ASSERT_EQUAL(R.fc.link_down, 1);   /* and the answer never crossed */
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    char name[96];
+    uint8_t rec[2048];
+    size_t len = 0;
+    snprintf(name, sizeof(name), "lease.j/%s/1", R.fc.lease_id);
+    CU_ASSERT_EQUAL(pp_ks_ops.blob_get(R.ks, name, rec, sizeof(rec), &len), NU_OK);
+    CU_ASSERT(len > 4 && !memcmp(rec, "NLJ2", 4)); /* sealed: it supersedes the request */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* the next chip: offline */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(lease_counter(), 2);
+    pg_core_production_end(R.core);
+
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 2);
+    CU_ASSERT_EQUAL(R.fc.lease_superseded, 1); /* revoked and refunded */
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.offline, 2); /* no chip holds the online certificate */
+    CU_ASSERT_EQUAL(c.online, 0);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 2);
+
+    /* Online again: the last chip the usual way. */
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
+    census(&c);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
 /* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
  * lease) is refused: no lease, an event, production as without one. */
 static void test_foreign_lease_certificate_refused(void)
@@ -370,6 +568,10 @@ int main(void)
          test_offline_up_to_n_then_upload},
         {"crash between counter and journal: never beyond N, no counter reused",
          test_crash_between_counter_and_journal},
+        {"crash between journal and chip: the resumed chip gets the journalled certificate",
+         test_crash_between_journal_and_chip},
+        {"fast line: an unanswered request is abandoned, superseded at the upload",
+         test_fast_line_abandons_the_online_request},
         {"a foreign line-CA certificate is refused with an event",
          test_foreign_lease_certificate_refused},
         {NULL, NULL},
