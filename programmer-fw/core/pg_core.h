@@ -163,6 +163,7 @@ struct pg_sock_state {
  * (wastes units), never lets one be used twice. Guarded by `lock`. */
 struct pg_units {
     atomic_flag lock;
+    atomic_flag count_lock; /* one socket at a time between intent and count */
     uint32_t spare;
     unsigned n_held;
     uint8_t held_len[PG_HELD_MAX];
@@ -173,6 +174,9 @@ struct pg_units {
      * last run may still be there, half done: if the socket's next chip is
      * that UID it finishes with its unit (same idempotency key), else the
      * mark is dropped (the chip was done, or taken away). */
+    /* A unit new from the KeyStore counter is recorded before it is counted,
+     * with the counter value it will have: after a crash between the two, the
+     * counter is below it and the record is dropped (no unit was taken). */
     uint8_t inflight_len[PG_MAX_SOCKETS];
     uint8_t inflight_uid[PG_MAX_SOCKETS][PG_UID_MAX];
     uint8_t resume[PG_MAX_SOCKETS];

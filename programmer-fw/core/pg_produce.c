@@ -89,26 +89,64 @@ static int prod__inflight_name(const struct pg_core *c, unsigned s, char *name, 
     return n < 0 || (size_t)n >= cap ? NU_ERR_TOO_LARGE : NU_OK;
 }
 
+/* The record: PROD__INFLIGHT_MAGIC, the KeyStore counter value from which the
+ * unit is taken (big-endian; 0: a unit it already had), the UID. A record of
+ * an older build is the bare UID. */
+#define PROD__INFLIGHT_MAGIC "NUI1"
+#define PROD__INFLIGHT_HDR 8u
+
 /*
- * Socket s's chip holds a unit: durable before anything is written to the
- * chip, so a run that crashes mid-chip leaves the next run the proof that
- * this chip's unit was taken (it then finishes it without a new one). A
- * failed write only costs a unit if the programmer then crashes.
+ * Socket s's chip holds a unit from counter value `from` on: durable before
+ * the unit is counted and before anything is written to the chip, so a run
+ * that crashes mid-chip leaves the next run the proof that this chip's unit
+ * was taken (it then finishes it without a new one), and a crash between
+ * this record and the count leaves a record the counter never reached.
  */
-static void prod__inflight_put(struct pg_core *c, unsigned s, const uint8_t *uid, size_t len)
+static int prod__inflight_put(struct pg_core *c, unsigned s, const uint8_t *uid, size_t len,
+                              uint32_t from)
 {
     char name[PG_ID_MAX + 24];
+    uint8_t rec[PROD__INFLIGHT_HDR + PG_UID_MAX];
+    if (len > PG_UID_MAX)
+        return NU_ERR_TOO_LARGE;
+    memcpy(rec, PROD__INFLIGHT_MAGIC, 4);
+    rec[4] = (uint8_t)(from >> 24);
+    rec[5] = (uint8_t)(from >> 16);
+    rec[6] = (uint8_t)(from >> 8);
+    rec[7] = (uint8_t)from;
+    memcpy(rec + PROD__INFLIGHT_HDR, uid, len);
+    int rc = prod__inflight_name(c, s, name, sizeof(name));
+    if (rc == NU_OK)
+        rc = pg_ks_blob_put(c->hal, name, rec, PROD__INFLIGHT_HDR + len);
+    return rc;
+}
+
+/* The chip's unit is taken: the in-memory copy of its record. */
+static void prod__inflight_set(struct pg_core *c, unsigned s, const uint8_t *uid, size_t len)
+{
     struct pg_units *u = &c->units;
     prod__lock(c);
     u->inflight_len[s] = (uint8_t)len;
     memcpy(u->inflight_uid[s], uid, len);
     prod__unlock(c);
-    int rc = prod__inflight_name(c, s, name, sizeof(name));
+}
+
+/* A new unit from the KeyStore counter for the chip of socket s: recorded at
+ * the value the count will reach, then counted. Sockets take their turn, so a
+ * crash leaves at most one record above the counter, and it is that socket's. */
+static int prod__unit_count(struct prod__dev *d, uint32_t *counter)
+{
+    struct pg_core *c = d->c;
+    uint32_t now = 0;
+    while (atomic_flag_test_and_set_explicit(&c->units.count_lock, memory_order_acquire))
+        pg_sleep_ms(c->hal, 1);
+    int rc = pg_ks_counter_read(c->hal, c->job.job_id, &now);
     if (rc == NU_OK)
-        rc = pg_ks_blob_put(c->hal, name, uid, len);
-    if (rc != NU_OK)
-        pg__log(c, PG_LOG_WARN, "socket %u: unit of the chip not recorded: %s", s,
-                nu_err_name(rc));
+        rc = prod__inflight_put(c, d->s, d->w->uid, d->w->uid_len, now + 1u);
+    if (rc == NU_OK)
+        rc = pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, counter);
+    atomic_flag_clear_explicit(&c->units.count_lock, memory_order_release);
+    return rc;
 }
 
 /* Sockets whose half-done chip of a crashed run has not come back yet. */
@@ -160,7 +198,7 @@ static int prod__unit_take(struct prod__dev *d)
      * tray is not run through with every chip "failed at counter". Only a
      * verdict (LIMIT...) or a stop ends it (then the chip goes back blank). */
     for (unsigned k = 0; !own && !spare; k++) {
-        rc = pg_ks_counter_inc(c->hal, c->job.job_id, c->job.limit, &counter);
+        rc = prod__unit_count(d, &counter);
         if (rc != NU_ERR_IO)
             break;
         if (k == 0 || k % 16 == 0)
@@ -169,9 +207,17 @@ static int prod__unit_take(struct prod__dev *d)
         if (pg__hold_wait(c, &delay) != NU_OK)
             break;
     }
+    /* A unit it already had is recorded from 0: always its own after a crash. */
+    if ((own || spare) && rc == NU_OK)
+        rc = prod__inflight_put(c, d->s, d->w->uid, d->w->uid_len, 0);
+    if (rc != NU_OK && (own || spare)) {
+        pg__log(c, PG_LOG_WARN, "socket %u: unit of the chip not recorded: %s", d->s,
+                nu_err_name(rc));
+        rc = NU_OK; /* it holds the unit in RAM; only a crash now would cost it */
+    }
     d->unit = rc == NU_OK;
     if (rc == NU_OK)
-        prod__inflight_put(c, d->s, d->w->uid, d->w->uid_len);
+        prod__inflight_set(c, d->s, d->w->uid, d->w->uid_len);
     return rc;
 }
 
@@ -228,13 +274,26 @@ static void prod__inflight_load(struct pg_core *c)
     unsigned n = 0;
     memset(u->inflight_len, 0, sizeof(u->inflight_len));
     memset(u->resume, 0, sizeof(u->resume));
+    uint32_t counter = 0;
+    int have_counter = pg_ks_counter_read(c->hal, c->job.job_id, &counter) == NU_OK;
     for (unsigned s = 0; s < c->n_sockets; s++) {
-        size_t len = 0;
+        uint8_t rec[PROD__INFLIGHT_HDR + PG_UID_MAX];
+        size_t len = 0, off = 0;
         if (prod__inflight_name(c, s, name, sizeof(name)) != NU_OK ||
-            pg_ks_blob_get(c->hal, name, u->inflight_uid[s], PG_UID_MAX, &len) != NU_OK ||
-            len == 0)
+            pg_ks_blob_get(c->hal, name, rec, sizeof(rec), &len) != NU_OK || len == 0)
             continue;
-        u->inflight_len[s] = (uint8_t)len;
+        if (len > PROD__INFLIGHT_HDR && !memcmp(rec, PROD__INFLIGHT_MAGIC, 4)) {
+            uint32_t from =
+                (uint32_t)rec[4] << 24 | (uint32_t)rec[5] << 16 | (uint32_t)rec[6] << 8 | rec[7];
+            /* Recorded, never counted: the crash came between the two. */
+            if (from && (!have_counter || counter < from))
+                continue;
+            off = PROD__INFLIGHT_HDR;
+        }
+        if (len - off > PG_UID_MAX)
+            continue;
+        memcpy(u->inflight_uid[s], rec + off, len - off);
+        u->inflight_len[s] = (uint8_t)(len - off);
         u->resume[s] = 1;
         n++;
     }

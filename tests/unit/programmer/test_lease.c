@@ -69,6 +69,9 @@ static void use_faulty_keystore(void)
  * in its socket as it was: what the next boot finds is exactly the state
  * after the journal write and before anything reached the chip. */
 static int cut_after_journal, power_lost;
+/* Armed: the power goes right after the socket's in-flight record (1) or
+ * right after the KeyStore counted the unit (2). */
+static int cut_at_unit;
 static struct pg_keystore_ops dying_ks;
 static struct pg_flash_ops dying_flash;
 static struct pg_target_ops dying_tgt;
@@ -80,12 +83,21 @@ static int dying_blob_put(void *ctx, const char *name, const uint8_t *data, size
     int rc = pp_ks_ops.blob_put(ctx, name, data, len);
     if (rc == NU_OK && cut_after_journal && len && !strncmp(name, "lease.j/", 8))
         power_lost = 1;
+    if (rc == NU_OK && cut_at_unit == 1 && len && !strncmp(name, "inflight.", 9))
+        power_lost = 1;
     return rc;
 }
 
 static int dying_counter_inc(void *ctx, const char *name, uint32_t limit, uint32_t *out)
 {
-    return power_lost ? NU_ERR_IO : pp_ks_ops.counter_increment(ctx, name, limit, out);
+    if (power_lost) {
+        pg_core_stop(R.core, PG_STOP_COMMAND); /* the run ends with the power */
+        return NU_ERR_IO;
+    }
+    int rc = pp_ks_ops.counter_increment(ctx, name, limit, out);
+    if (rc == NU_OK && cut_at_unit == 2)
+        power_lost = 1;
+    return rc;
 }
 
 static int dying_flash_write(void *ctx, enum pg_flash_area a, uint32_t off, const uint8_t *d,
@@ -465,6 +477,54 @@ static void test_crash_between_journal_and_chip(void)
 }
 
 /*
+ * Power lost while a socket takes a unit from the KeyStore counter: between
+ * the socket's in-flight record and the count, or right after the count. The
+ * next boot neither wastes the unit (the chip still in its socket finishes
+ * with it) nor takes one it never counted: the line makes exactly `limit`
+ * devices, each counted once.
+ */
+static void crash_while_taking_a_unit(int cut)
+{
+    RIG_UP(cut == 1 ? "prog-unit-crash1" : "prog-unit-crash2", 1);
+    load_package(3);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    use_dying_hal();
+    cut_at_unit = cut;
+    struct pg_result res;
+    pg_socket_run(R.core, 0, &res);
+    CU_ASSERT_EQUAL_FATAL(power_lost, 1);
+    CU_ASSERT_FALSE(res.provisioned);
+    rig_crash(&R);
+    power_lost = cut_at_unit = 0;
+
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, R.fc.job_id, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, cut == 1 ? 0u : 1u);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_LIMIT);
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, R.fc.job_id, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 3u);
+    CU_ASSERT_EQUAL(R.fc.issued, 3); /* no unit wasted, none taken uncounted */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 3);
+    CU_ASSERT_EQUAL(c.chips, c.locked + c.blank);
+    rig_teardown(&R);
+}
+
+static void test_crash_between_record_and_count(void)
+{
+    crash_while_taking_a_unit(1);
+}
+
+static void test_crash_right_after_count(void)
+{
+    crash_while_taking_a_unit(2);
+}
+
+/*
  * A fast line: the WAN goes right after the cloud issued a chip's
  * certificate, before the answer crosses (every socket of a fast line is in
  * that state at a cut). The request is abandoned once the cloud has been
@@ -563,9 +623,14 @@ static void test_foreign_lease_certificate_refused(void)
 int main(void)
 {
     static const struct nu_test_case cases[] = {
-        {"a job without a lease: none asked, production online", test_no_lease_when_the_job_allows_none},
+        {"a job without a lease: none asked, production online",
+         test_no_lease_when_the_job_allows_none},
         {"WAN cut: offline up to N, held after, journal uploaded once on reconnect",
          test_offline_up_to_n_then_upload},
+        {"crash between the in-flight record and the count: no unit taken uncounted",
+         test_crash_between_record_and_count},
+        {"crash right after the count: the chip finishes with that unit",
+         test_crash_right_after_count},
         {"crash between counter and journal: never beyond N, no counter reused",
          test_crash_between_counter_and_journal},
         {"crash between journal and chip: the resumed chip gets the journalled certificate",
