@@ -87,21 +87,23 @@ struct enroll__ids {
     size_t n, cap;
 };
 
-static int enroll__collect_revoked(void *ctx, const struct cloud_ledger_programmer *p)
+/* One more programmer id in the list. */
+static int enroll__collect_id(void *ctx, const char *id)
 {
     struct enroll__ids *s = ctx;
+    void *grown = nu_grow(s->ids, &s->cap, s->n, sizeof(*s->ids));
+    if (!grown)
+        return NU_ERR_NOMEM;
+    s->ids = grown;
+    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
+    return NU_OK;
+}
+
+static int enroll__collect_revoked(void *ctx, const struct cloud_ledger_programmer *p)
+{
     if (p->state != CLOUD_LEDGER_PROGRAMMER_REVOKED)
         return NU_OK;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 16;
-        void *grown = realloc(s->ids, cap * sizeof(*s->ids));
-        if (!grown)
-            return NU_ERR_NOMEM;
-        s->ids = grown;
-        s->cap = cap;
-    }
-    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", p->programmer_id);
-    return NU_OK;
+    return enroll__collect_id(ctx, p->programmer_id);
 }
 
 /*
@@ -922,21 +924,6 @@ static int enroll__programmer_revoke(struct cloud_call *call)
     return cloud_reply(call, &ack.base);
 }
 
-/* The programmers the ledger revoked with the firmware (events after commit). */
-static int enroll__collect_id(void *ctx, const char *id)
-{
-    struct enroll__ids *s = ctx;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 16;
-        void *grown = realloc(s->ids, cap * sizeof(*s->ids));
-        if (!grown)
-            return NU_ERR_NOMEM;
-        s->ids = grown;
-        s->cap = cap;
-    }
-    snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
-    return NU_OK;
-}
 
 /*
  * The OEM withdraws a programmer firmware. One ledger transaction lists it
