@@ -75,7 +75,7 @@ nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.
 # full_at N COMP...: once N certificates exist (and the line resumed from the
 # last fill), fill the file systems of COMP... for FULL_S seconds, then free
 # them; records the free time (frees[]). A process that died meanwhile fails it.
-frees=() during=() up_count=0
+frees=() at_free=() during=() up_count=0
 full_at() {
     local want=$1 c n ok=0
     shift
@@ -91,6 +91,7 @@ full_at() {
     up_count=$(certs)
     for c in "$@"; do free_it "$DIR/$c"; done
     frees+=("$(now_ms)")
+    at_free+=("$(certs)")
     return $ok
 }
 # The broker's last: the line goes on while only its persistence is full.
@@ -122,9 +123,17 @@ for p in $pids_after; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
 check "no process died or was restarted (pids $pids_after)" test "$pids_before" = "$pids_after" -a $alive -eq 5
 
 resume=() resumed_all=0
-for t in "${frees[@]}"; do
+for i in "${!frees[@]}"; do
+    t=${frees[$i]}
     first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t")
-    if [[ -n $first ]]; then resume+=("$(secs "$first - $t")"); else resume+=(none); resumed_all=1; fi
+    if [[ -n $first ]]; then
+        resume+=("$(secs "$first - $t")")
+    elif [[ ${at_free[$i]} =~ ^[0-9]+$ ]] && ((at_free[i] >= QUOTA)); then
+        resume+=(finished-while-full) # a fill that stops nothing (the broker's): nothing left to resume
+    else
+        resume+=(none)
+        resumed_all=1
+    fi
 done
 check "production resumed after every fill (${#frees[@]} fills)" test "$resumed_all" -eq 0 -a "${#frees[@]}" -eq 5
 
