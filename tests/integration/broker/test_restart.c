@@ -327,6 +327,34 @@ static void expect(struct inbox *in, int idx, const char *want)
     CU_ASSERT_STRING_EQUAL(got, want);
 }
 
+/* What progA was handed before the current step. QoS 1 is at least once: a
+ * message delivered just before a restart may come again after it (its
+ * PUBACK not yet stored when the broker went down); never one it was denied. */
+static const char *const progA_seen[] = {"before",     "after-term",    "queued-kill",
+                                         "after-kill", "after-revoked", NULL};
+
+/* `want` comes next in `in` from message *idx on, past repeats of what progA
+ * was already handed; *idx moves past it. */
+static void expect_next(struct inbox *in, int *idx, const char *want)
+{
+    char got[64] = "";
+    bool ok;
+    while ((ok = inbox_get(in, *idx, 5000, got, sizeof(got))) && strcmp(got, want) != 0) {
+        bool repeat = false;
+        for (size_t i = 0; progA_seen[i] && strcmp(progA_seen[i], want) != 0; i++)
+            repeat = repeat || strcmp(got, progA_seen[i]) == 0;
+        if (!repeat)
+            break;
+        fprintf(stderr, "message %d: '%s' again (at least once)\n", *idx, got);
+        (*idx)++;
+    }
+    if (!ok || strcmp(got, want) != 0)
+        fprintf(stderr, "message %d: expected '%s', got '%s'\n", *idx, want, ok ? got : "nothing");
+    CU_ASSERT_TRUE(ok);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    (*idx)++;
+}
+
 static void test_offline_queue_across_restart(void)
 {
     struct inbox a1 = {.lock = PTHREAD_MUTEX_INITIALIZER}, b1 = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -376,8 +404,9 @@ static void test_offline_queue_across_restart(void)
     CU_ASSERT_EQUAL_FATAL(broker_up(), 0);
     cmd(st, "progA", "after-kill");
     a = prog_session("progA", &a3);
-    expect(&a3, 0, "queued-kill");
-    expect(&a3, 1, "after-kill");
+    int next = 0;
+    expect_next(&a3, &next, "queued-kill");
+    expect_next(&a3, &next, "after-kill");
     nu_mqtt_destroy(a);
 
     /* 3. Revoked while offline: denied although its role is known. */
@@ -391,7 +420,8 @@ static void test_offline_queue_across_restart(void)
     CU_ASSERT_EQUAL(put_file(S.revoked, "# none\n"), NU_OK);
     a = prog_session("progA", &a4);
     cmd(st, "progA", "after-revoked");
-    expect(&a4, 0, "after-revoked");
+    next = 0;
+    expect_next(&a4, &next, "after-revoked");
     nu_mqtt_destroy(a);
 
     /* 4. A corrupt identities file: logged, moved aside, nobody known (fail
@@ -408,7 +438,8 @@ static void test_offline_queue_across_restart(void)
     cmd(st, "progA", "lost-corrupt");
     a = prog_session("progA", &a5);
     cmd(st, "progA", "after-corrupt");
-    expect(&a5, 0, "after-corrupt");
+    next = 0;
+    expect_next(&a5, &next, "after-corrupt");
     nu_mqtt_destroy(a);
     /* Relearnt and written again at that CONNECT. */
     text = NULL;
