@@ -16,15 +16,31 @@
 
 #define FUZZ_SPAN (1u << 20)
 
+/* Two upper-case hex digits; not sprintf, which made the write-back of a
+ * 1 MiB image (a 142-byte input can span that) take ~0.3 s under ASan. */
+static size_t fuzz__hex(char *out, uint8_t b)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    out[0] = digits[b >> 4];
+    out[1] = digits[b & 15];
+    return 2;
+}
+
 static size_t fuzz__line(char *out, uint8_t type, uint16_t addr, const uint8_t *d, size_t n)
 {
     uint8_t sum = (uint8_t)(n + (addr >> 8) + (addr & 0xff) + type);
-    size_t k = (size_t)sprintf(out, ":%02X%04X%02X", (unsigned)n, (unsigned)addr, type);
+    size_t k = 0;
+    out[k++] = ':';
+    k += fuzz__hex(out + k, (uint8_t)n);
+    k += fuzz__hex(out + k, (uint8_t)(addr >> 8));
+    k += fuzz__hex(out + k, (uint8_t)addr);
+    k += fuzz__hex(out + k, type);
     for (size_t i = 0; i < n; i++) {
-        k += (size_t)sprintf(out + k, "%02X", d[i]);
+        k += fuzz__hex(out + k, d[i]);
         sum = (uint8_t)(sum + d[i]);
     }
-    k += (size_t)sprintf(out + k, "%02X\n", (uint8_t)(0x100 - sum) & 0xff);
+    k += fuzz__hex(out + k, (uint8_t)(0x100 - sum));
+    out[k++] = '\n';
     return k;
 }
 
