@@ -19,24 +19,48 @@
 #include "fuzz_common.h"
 #include "nu_log.h"
 
+#include <dirent.h>
 #include <string.h>
 #include <unistd.h>
 
 static struct cloud cloud;
 static struct cloud_ledger *ledger;
 static const struct cloud_op *op;
+static char dir[64];
+
+/* The ledger's folder (database, journal), removed at exit: libFuzzer ends
+ * a run with exit(), and every run left one behind in /tmp. */
+static void fuzz__cleanup(void)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[128];
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    char dir[] = "/tmp/nusec-fuzz-enroll-XXXXXX", path[128];
+    char path[128];
     (void)argc, (void)argv;
+    /* tmpfs when there is one: SQLite reads the ledger on every input. */
+    snprintf(dir, sizeof(dir), "%s/nusec-fuzz-enroll-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(dir))
         FUZZ_DIE("mkdtemp");
+    if (atexit(fuzz__cleanup) != 0)
+        FUZZ_DIE("atexit");
     snprintf(path, sizeof(path), "%s/ledger.db", dir);
     if (cloud_ledger_open(path, &ledger) != NU_OK)
         FUZZ_DIE("ledger");
-    /* The ledger file may go now: SQLite keeps its open handle. */
-    cloud.dir = dir;
+    cloud.dir = dir; /* static: the handler may read it on any input */
     snprintf(cloud.id, sizeof(cloud.id), "cloud");
     snprintf(cloud.cfg.oem_ids[0], sizeof(cloud.cfg.oem_ids[0]), "oem");
     cloud.cfg.n_oem_ids = 1;

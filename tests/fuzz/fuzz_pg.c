@@ -311,6 +311,17 @@ static const struct pg_target_ops fpg_target = {
 
 /* ---- set-up ----------------------------------------------------------------- */
 
+/* The live rig's folder, removed at exit: libFuzzer ends a run with exit()
+ * (-runs, -max_total_time), never through fuzz_pg_teardown, and every run
+ * left a KeyStore folder behind in /dev/shm. */
+static char live_dir[sizeof(((struct rig *)0)->dir)];
+
+static void fpg__atexit(void)
+{
+    if (live_dir[0])
+        nu_test_rmtree(live_dir);
+}
+
 void fuzz_pg_setup(struct fuzz_pg *f, size_t payload_len, uint32_t chunk_size,
                    const char *const *ops)
 {
@@ -322,6 +333,9 @@ void fuzz_pg_setup(struct fuzz_pg *f, size_t payload_len, uint32_t chunk_size,
     r->sockets = 1;
     if (nu_test_tmpdir("fuzzpg", r->dir, sizeof(r->dir)) != 0)
         FUZZ_DIE("tmpdir");
+    if (!live_dir[0] && atexit(fpg__atexit) != 0)
+        FUZZ_DIE("atexit");
+    snprintf(live_dir, sizeof(live_dir), "%s", r->dir);
     snprintf(r->pdir, sizeof(r->pdir), "%s/programmers/%s", r->dir, r->name);
     snprintf(r->targets, sizeof(r->targets), "%s/targets", r->dir);
     int rc = fc_init(&r->fc, "job-1", payload_len, chunk_size);
@@ -374,4 +388,5 @@ void fuzz_pg_teardown(struct fuzz_pg *f)
     free(f->pkg);
     nu_p256_key_destroy(f->chip);
     rig_teardown(&f->r);
+    live_dir[0] = '\0';
 }
