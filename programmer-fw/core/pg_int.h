@@ -139,10 +139,13 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
                     size_t *out_leaf_len, size_t *out_len, int *out_journalled,
                     uint32_t *out_counter);
 
-/* 1 when the chip's unanswered online certificate request is to be
- * abandoned for an offline certificate: a usable lease, and the cloud
- * unreachable for lease_abandon_ms. */
-int pg__lease_abandon_due(struct pg_core *c);
+/* 1 when the chip's unanswered online certificate request (first asked at
+ * asked_ms) is to be abandoned for an offline certificate: a usable lease,
+ * the cloud unreachable, and the request or the outage lease_abandon_ms old.
+ * The request's own age counts: the outage is often noted by another
+ * socket's timeout a moment later, and waiting its full age again let the
+ * other sockets use up the lease first. */
+int pg__lease_abandon_due(struct pg_core *c, uint64_t asked_ms);
 
 /* pg_produce.c: the idempotency key of the chip's cert.request,
  * SHA-256("nusec/v1 cert" || job || UID)[:16], into out[32]. */

@@ -700,9 +700,11 @@ static int lease__chain_append(struct pg_core *c, struct pg_sock_work *w, size_t
     return NU_OK;
 }
 
-int pg__lease_abandon_due(struct pg_core *c)
+int pg__lease_abandon_due(struct pg_core *c, uint64_t asked_ms)
 {
     uint64_t since = pg__link_lost_ms(c);
+    if (since && asked_ms && asked_ms < since)
+        since = asked_ms;
     return since && pg__lease_usable(c) && pg_now_ms(c->hal) >= since + c->lease_abandon_ms;
 }
 

@@ -401,6 +401,7 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
     uint32_t delay = c->retry_delay_ms;
+    uint64_t asked_ms = pg_now_ms(c->hal);
     for (unsigned k = 0;; k++) {
         /* A retry is a new message for the same request (same idempotency key). */
         if (k > 0 && pg__env_restamp(c, w->req, len) != NU_OK)
@@ -422,7 +423,7 @@ static int prod__exchange(struct prod__dev *d, const char *op, size_t len, prod_
          * under a usable lease: given up, the chip is certified offline
          * (prod__online). Its bytes may still reach the cloud later: the
          * upload of the offline certificate supersedes whatever it issued. */
-        if (d->may_abandon && pg__lease_abandon_due(c)) {
+        if (d->may_abandon && pg__lease_abandon_due(c, asked_ms)) {
             d->abandoned = 1;
             atomic_store(&c->sock[d->s].busy, PG_SOCK_BUSY);
             pg__log(c, PG_LOG_WARN, "socket %u: %s of %s abandoned after %u tries: offline lease",

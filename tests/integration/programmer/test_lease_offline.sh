@@ -83,6 +83,9 @@ check "each programmer holds a lease of $LEASE units before the cut" wait_for 60
 check "4 certificates online before the cut" wait_certs 4 120
 T_ON=$(now_ms) N_ON=$(certs)
 
+# For the programmers the outage starts when answers stop coming: on the
+# fast line that is the hold, and they go on under the lease during it.
+L_CUT=$(locked)
 if ((FAST)); then
     # Every socket caught asking: the cloud's answers are held back first
     # (requests still reach it and it issues), then the link is cut.
@@ -90,7 +93,7 @@ if ((FAST)); then
     sleep 4
 fi
 kill -USR1 "$relay_pid"
-T_CUT=$(now_ms) L_CUT=$(locked)
+T_CUT=$(now_ms)
 # prog-2 is killed once it issued one offline, and started again (still cut).
 prog2_offline() { [[ $(offline 2) -ge 1 ]]; }
 kill_prog2() {
