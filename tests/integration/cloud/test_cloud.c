@@ -595,9 +595,11 @@ static void test_malformed_enrollments(void)
 /* A number the sqlite3 shell prints for `sql` on the ledger; -1 on failure. */
 static long sql_count(const char *sql)
 {
-    char cmd[1024];
+    char cmd[2048];
     long n = -1;
-    snprintf(cmd, sizeof(cmd), "sqlite3 %s \"%s\"", F.ledger, sql);
+    int len = snprintf(cmd, sizeof(cmd), "sqlite3 %s \"%s\"", F.ledger, sql);
+    if (len < 0 || (size_t)len >= sizeof(cmd))
+        return -1;
     FILE *p = popen(cmd, "r");
     if (p && fscanf(p, "%ld", &n) != 1)
         n = -1;

@@ -197,8 +197,9 @@ static int chip_cert(const char *dir, struct tsim *t, int *offline)
     uint8_t *pem = NULL, *der[3] = {NULL}, pub[65];
     size_t pem_len = 0, len[3] = {0}, n = 0;
     struct nu_x509_cert_info info;
-    snprintf(path, sizeof(path), "%s/cert.pem", dir);
-    int rc = nu_file_read(path, 65536, &pem, &pem_len);
+    int rc = nu_path_fmt(path, sizeof(path), "%s/cert.pem", dir);
+    if (rc == NU_OK)
+        rc = nu_file_read(path, 65536, &pem, &pem_len);
     for (const char *p = (char *)pem; rc == NU_OK && n < 3 && (p = strstr(p, "-----BEGIN"));
          p += 10) {
         rc = nu_x509_pem_to_der(p, pem_len - (size_t)(p - (char *)pem), NU_X509_PEM_CERT, &der[n],
