@@ -861,6 +861,11 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
     size_t resp_len = 0;
     d->may_leave = !d->once && !d->hold;
     int rc = prod__exchange(d, "device.report", len, prod__ack_verdict, &resp_len);
+    /* NOT_FOUND while offline certificates still wait for lease.upload: the
+     * report overtook the upload as the link came back. It stays in the
+     * journal, and pg_core_journal_flush sends it after the upload. */
+    if (rc == NU_ERR_NOT_FOUND && !d->hold && atomic_load(&c->lease.pending))
+        d->interrupted = 1;
     int left = d->may_leave && d->interrupted;
     d->may_leave = 0;
     if (d->interrupted) {
