@@ -136,7 +136,10 @@
  *      refusal_ttl_ms (default 10 min, the redelivery window): after that the
  *      request is decided afresh, because the cert idempotency key is derived
  *      from (job, UID) and a refusal such as "job paused" must not brand the
- *      device for ever. Successes replay for ever.
+ *      device for ever. Sooner when its cause is gone: JOB_NOT_ACTIVE once
+ *      the job is active, QUOTA_EXHAUSTED once it has room again (a refund),
+ *      for the chip held in its socket asks again with that key.
+ *      Successes replay for ever.
  *      Different op or hash -> IDEMPOTENCY_CONFLICT: a refusal (below) that
  *      is not stored, the key's entry being taken; each attempt is audited.
  *   2. checks, first failure wins:

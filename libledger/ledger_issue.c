@@ -552,6 +552,24 @@ static int ledger__decide(struct cloud_ledger *l, const struct cloud_ledger_issu
 }
 
 /*
+ * 1 when the cause of a stored refusal is gone: the job is active again, or
+ * has room again (an offline certificate superseded an online one and
+ * refunded it, a lease was returned). The same request is then decided
+ * afresh: a chip held in its socket retries with the same (job, UID)-bound
+ * key, and waits for exactly that.
+ */
+static int ledger__refusal_gone(const struct ledger_decision *d, int code)
+{
+    if (!d->job_found || !d->have_alloc || d->job.status != CLOUD_LEDGER_JOB_ACTIVE)
+        return 0;
+    if (code == NU_ERR_JOB_NOT_ACTIVE)
+        return 1;
+    return code == NU_ERR_QUOTA_EXHAUSTED &&
+           (uint64_t)d->alloc_issued + d->leased_prog < d->alloc_limit &&
+           (uint64_t)d->job.issued + d->leased_job < d->job.quota;
+}
+
+/*
  * One request inside the batch's transaction. Returns NU_OK when its outcome
  * (in out->code) is to be committed, or an error to roll this request back.
  */
@@ -568,6 +586,8 @@ static int ledger__issue_one(struct cloud_ledger *l, const struct cloud_ledger_i
         rc = ledger__decision_read(l, req, &d);
     if (rc != NU_OK)
         return rc;
+    if (c.found && c.same && c.code != NU_OK && ledger__refusal_gone(&d, c.code))
+        c.stale = 1;
     if (c.found && !c.stale) {
         if (!c.same)
             rc = ledger__refuse(l, req, &d, NU_ERR_IDEMPOTENCY_CONFLICT, 0, out);

@@ -436,14 +436,19 @@ static void test_refusal_ttl(void)
                     NU_OK);
     mkreq(&t, "prog-1", "job-1", 1, 1, T0);
     expect_refusal(l, &t, NU_ERR_JOB_NOT_ACTIVE, "job-1");
-    CU_ASSERT_EQUAL(
-        cloud_ledger_job_control(l, "job-1", CLOUD_LEDGER_JOB_RESUME, "oem-1", T0, NULL), NU_OK);
-    /* Within the redelivery window the refusal stands... */
+    /* Within the redelivery window, the job still paused, the refusal stands... */
     t.r.now_ms = T0 + CLOUD_LEDGER_REFUSAL_TTL_MS - 1;
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_ERR_JOB_NOT_ACTIVE);
     CU_ASSERT_EQUAL(res.replayed, 1);
     /* ...after it the device is decided afresh (its key is (job, UID)-bound). */
     t.r.now_ms = T0 + CLOUD_LEDGER_REFUSAL_TTL_MS;
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_ERR_JOB_NOT_ACTIVE);
+    CU_ASSERT_EQUAL(res.replayed, 0);
+    /* The job resumed: at once, within the window, the cause is gone. */
+    CU_ASSERT_EQUAL(
+        cloud_ledger_job_control(l, "job-1", CLOUD_LEDGER_JOB_RESUME, "oem-1", t.r.now_ms, NULL),
+        NU_OK);
+    t.r.now_ms += 1;
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
     CU_ASSERT_EQUAL(res.replayed, 0);
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
@@ -456,6 +461,50 @@ static void test_refusal_ttl(void)
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(res.replayed, 0);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
+/*
+ * QUOTA_EXHAUSTED stands while the quota is used up, and not once a refund
+ * made room: a lease returned with units unused. The held chip that asks
+ * again with the same key is then certified, within the redelivery window.
+ */
+static void test_quota_refusal_after_a_refund(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct signer s = {0};
+    struct treq t;
+    struct cloud_ledger_issue_result res;
+    struct cloud_ledger_lease want, got;
+    int existing = 0;
+
+    std_setup(l, 10, 3);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_policy_set(l, "job-1", 2, 1, "oem-1", T0), NU_OK);
+    memset(&want, 0, sizeof(want));
+    snprintf(want.lease_id, sizeof(want.lease_id), "lease-1");
+    snprintf(want.job_id, sizeof(want.job_id), "job-1");
+    snprintf(want.programmer_id, sizeof(want.programmer_id), "prog-1");
+    want.units = 2;
+    want.not_before_ms = T0;
+    want.not_after_ms = T0 + 3600000u;
+    memset(want.line_pub_hash, 7, sizeof(want.line_pub_hash));
+    want.cert_len = 3;
+    memcpy(want.cert_der, "der", 3);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_grant(l, &want, T0, &got, &existing), NU_OK);
+    mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    mkreq(&t, "prog-1", "job-1", 2, 1, T0 + 2); /* 1 issued + 2 leased: the allocation of 3 */
+    expect_refusal(l, &t, NU_ERR_QUOTA_EXHAUSTED, "job-1");
+    CU_ASSERT_EQUAL(cloud_ledger_lease_return(l, "lease-1", "prog-1", T0 + 3, &got), NU_OK);
+    t.r.now_ms = T0 + 4;
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    CU_ASSERT_EQUAL(res.replayed, 0);
+    CU_ASSERT_EQUAL(alloc_issued(l, "job-1", "prog-1"), 2);
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    CU_ASSERT_EQUAL(res.replayed, 1); /* and the success replays as ever */
+    CU_ASSERT_EQUAL(s.calls, 2);
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
 }
@@ -615,7 +664,9 @@ const struct nu_test_case issue_cases[] = {
     {"same device and key: resent, no quota", test_resend_same_device_same_key},
     {"sign callback failure rolls back", test_sign_failure_rolls_back},
     {"bad input changes nothing", test_issue_bad_input},
-    {"stored refusals expire after the TTL", test_refusal_ttl},
+    {"stored refusals expire after the TTL, or once their cause is gone", test_refusal_ttl},
+    {"QUOTA_EXHAUSTED is decided afresh once a refund made room",
+     test_quota_refusal_after_a_refund},
     {"batch: one commit, own outcomes", test_batch_outcomes},
     {"batch: later requests see earlier ones", test_batch_sees_itself},
     {NULL, NULL},
