@@ -204,6 +204,9 @@ struct pg_lease {
     atomic_uint probe_at_ms; /* mono ms of the next upload try while unreachable */
     atomic_flag sync_lock;   /* one uploader at a time */
     atomic_int refused;      /* the cloud refused an upload for good: no more tries this run */
+    atomic_int nothing_due;  /* the last upload found no record whose chip is done */
+    /* pg_core_lease_sync's own (the work union is the sockets' then). */
+    uint8_t sync_req[PG_SOCK_REQ_MAX], sync_resp[PG_SOCK_RESP_MAX];
 };
 
 struct pg_core {
@@ -426,6 +429,16 @@ struct pg_lease_counts {
     uint32_t issued, uploaded, pending, units;
 };
 void pg_core_lease_counts(const struct pg_core *c, struct pg_lease_counts *out);
+
+/*
+ * Control thread, while the sockets produce: uploads the offline
+ * certificates whose chips are done (one try per batch), so that the cloud
+ * refunds what they supersede even while every socket holds a request that
+ * waits for that refund. Call it every second or so.
+ * Returns NU_OK (nothing left), BUSY (a socket uploads now), or the
+ * upload's error (TIMEOUT: the cloud did not answer; call again later).
+ */
+int pg_core_lease_sync(struct pg_core *c);
 
 /* Subscribe to nusec/v1/prog/{id}/cmd (station commands). */
 int pg_core_subscribe(struct pg_core *c);

@@ -121,6 +121,9 @@ int pg__lease_usable(struct pg_core *c);
  * seconds while it does not (the probe is what notices it is back). */
 void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w);
 
+/* 1 when pg__lease_worker has records to send up: its tries probe the cloud. */
+int pg__lease_uploads(const struct pg_core *c);
+
 /*
  * Offline issuance for the chip in w (w->pub checked, w->uid, w->uid_hex):
  * the lease counter advances in the KeyStore first, then the certificate is

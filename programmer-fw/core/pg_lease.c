@@ -43,8 +43,10 @@
 #define LEASE__JRN_MAGIC "NLJ1"
 #define LEASE__JRN_SUPERSEDES "NLJ2" /* the chip's online request was abandoned */
 #define LEASE__NAME_MAX 80
-#define LEASE__PROBE_MS 5000u
-#define LEASE__BATCH_MAX 16u /* certificates per upload from the control thread */
+/* Between two upload tries while the cloud does not answer: also how soon
+ * sockets paused on a used-up lease notice it is back (pg_link.c). */
+#define LEASE__PROBE_MS 2000u
+#define LEASE__BATCH_MAX 16u  /* certificates per upload from the control thread */
 #define LEASE__SKEW_MS 60000u /* the cloud's clock may be ahead of ours */
 
 /* ---- names and records -------------------------------------------------------------- */
@@ -552,6 +554,7 @@ static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *t
     pg_pb_end(&w, m);
     if (w.err)
         return w.err;
+    atomic_store(&l->nothing_due, n == 0);
     if (n == 0 && !final)
         return NU_OK;
     rc = once ? pg__request_try(c, "lease.upload", buf, w.len, 0, tmp, tmp_cap, &resp_len)
@@ -653,6 +656,13 @@ int pg__lease_idle(struct pg_core *c)
     if (!c->lease.active || !atomic_load(&c->lease.pending) || atomic_load(&c->lease.refused))
         return NU_OK;
     return lease__upload_all(c, 1, 1);
+}
+
+int pg__lease_uploads(const struct pg_core *c)
+{
+    const struct pg_lease *l = &c->lease;
+    return l->active && atomic_load(&l->pending) && !atomic_load(&l->refused) &&
+           !atomic_load(&l->nothing_due);
 }
 
 void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w)
@@ -808,7 +818,30 @@ int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counte
     tail[2] = (uint8_t)sl;
     memcpy(tail + 3, rep->serial, sl);
     rc = LEASE__JRN(name, c->lease.id, counter);
-    return rc == NU_OK ? pg_ks_blob_put(c->hal, name, w->req, (size_t)(tail + 3 + sl - w->req)) : rc;
+    if (rc == NU_OK)
+        rc = pg_ks_blob_put(c->hal, name, w->req, (size_t)(tail + 3 + sl - w->req));
+    if (rc == NU_OK)
+        atomic_store(&c->lease.nothing_due, 0); /* this record is due now */
+    return rc;
+}
+
+int pg_core_lease_sync(struct pg_core *c)
+{
+    if (!c || !pg__lease_uploads(c))
+        return NU_OK;
+    struct pg_lease *l = &c->lease;
+    if (atomic_flag_test_and_set(&l->sync_lock))
+        return NU_ERR_BUSY;
+    unsigned sent = 0;
+    int rc;
+    do {
+        rc = lease__upload(c, l->sync_req, sizeof(l->sync_req), l->sync_resp, sizeof(l->sync_resp),
+                           1, 0, 1, 0, &sent);
+    } while (rc == NU_OK && sent && atomic_load(&l->pending) && atomic_load(&c->stop) == 0);
+    pg__zero(l->sync_req, sizeof(l->sync_req));
+    pg__zero(l->sync_resp, sizeof(l->sync_resp));
+    atomic_flag_clear(&l->sync_lock);
+    return rc;
 }
 
 void pg_core_lease_counts(const struct pg_core *c, struct pg_lease_counts *out)

@@ -538,6 +538,14 @@ static int prod__cert_verdict(struct prod__dev *d, size_t resp_len)
         if (rc == NU_OK && (rc = pg_msg_error_decode(ref.error, &err)) == NU_OK)
             rc = err.code > NU_OK && err.code <= NU_ERR_LIMIT ? (int)err.code : NU_ERR_INTERNAL;
     }
+    /* A certificate the cloud issued for a request given up for the lease
+     * counts against the quota until the upload of the offline one
+     * supersedes it and refunds it. Until the upload, QUOTA_EXHAUSTED may
+     * be that count: the chip waits and asks again (pg_core_lease_sync and
+     * the other sockets upload meanwhile), it is not failed. */
+    if (rc == NU_ERR_QUOTA_EXHAUSTED && atomic_load(&d->c->lease.pending) &&
+        !atomic_load(&d->c->lease.refused))
+        rc = NU_ERR_BUSY;
     return rc;
 }
 
@@ -1078,8 +1086,12 @@ int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out)
     memset(out, 0, sizeof(*out));
     if (!atomic_load(&c->producing))
         return NU_ERR_STATE;
+    /* Asking the cloud before a chip (an earlier run's reports, the lease
+     * upload) is probing it: the other sockets' gates count this one. */
+    atomic_store(&c->sock[sock].busy, PG_SOCK_BUSY);
     prod__journal_due(c, sock, 0);
     pg__lease_worker(c, sock, &c->work.sock[sock]);
+    atomic_store(&c->sock[sock].busy, PG_SOCK_IDLE);
     /* No new chip while the cloud is unreachable (issue 15). */
     int grc = pg__link_gate(c, sock);
     if (grc == NU_ERR_EXPIRED)

@@ -534,6 +534,7 @@ struct app__worker {
     struct app *a;
     unsigned sock;
     pthread_t tid;
+    atomic_int ended;
 };
 
 static void *app__worker_main(void *arg)
@@ -545,6 +546,7 @@ static void *app__worker_main(void *arg)
             pg_core_stop(w->a->core, PG_STOP_COMMAND);
     }
     wc_ecc_fp_free(); /* wolfSSL's per-thread ECC cache (nu_x509.h) */
+    atomic_store(&w->ended, 1);
     return NULL;
 }
 
@@ -605,8 +607,16 @@ static int app__produce(struct app *a)
     }
     if (started < a->sockets)
         pg_core_stop(a->core, PG_STOP_ERROR);
-    for (unsigned i = 0; i < started; i++)
+    /* Meanwhile the offline certificates go up, even while every socket
+     * holds a request that waits for what their upload refunds. */
+    for (unsigned i = 0; i < started; i++) {
+        for (unsigned tick = 1; !atomic_load(&w[i].ended); tick++) {
+            if (tick % 10 == 0)
+                pg_core_lease_sync(a->core);
+            usleep(100 * 1000);
+        }
         pthread_join(w[i].tid, NULL);
+    }
     enum pg_stop why = pg_core_production_end(a->core);
     uint32_t done = 0, failed = 0;
     pg_core_counts(a->core, &done, &failed);

@@ -699,6 +699,7 @@ static int fc__lease_supersede(struct fake_cloud *fc, const Nusec__V1__LeaseIssu
     fc->idem[i].cert = copy;
     fc->idem[i].len = it->certificate_der.len;
     fc->lease_superseded++;
+    fc->issued--; /* refunded to the quota, as the ledger does */
     return 0;
 }
 
@@ -788,7 +789,7 @@ static int fc__request(void *ctx, const char *topic, const uint8_t *p, size_t le
         rc = NU_ERR_DECODE;
     } else if (strncmp(topic, "nusec/v1/cloud/req/", 19) || !op) {
         rc = NU_ERR_NOT_FOUND;
-    } else if (fc->link_down) {
+    } else if (fc->link_down || (fc->lease_upload_down && !strcmp(op, "/lease.upload"))) {
         rc = fc__trouble(fc, NU_ERR_CONNECTION);
     } else if ((replay = fc__seen(fc, env))) {
         fc->replays_answered++;

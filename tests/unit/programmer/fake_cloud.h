@@ -129,6 +129,7 @@ struct fake_cloud {
     /* offline lease (issue 15): lease.grant answers NOT_AUTHORIZED while
      * lease_units is 0; one lease at a time, the same one for the same key */
     int link_down;          /* every request: CONNECTION (the WAN is cut) */
+    int lease_upload_down;  /* lease.upload only: CONNECTION */
     uint32_t lease_units;   /* units per lease */
     uint32_t lease_hours;   /* validity (0: 2 h) */
     char lease_id[41];      /* the lease out, "" when none */
@@ -138,7 +139,8 @@ struct fake_cloud {
     size_t lease_len;
     unsigned leases_granted, leases_returned, lease_uploads;
     unsigned lease_recorded, lease_known, lease_refused;
-    unsigned lease_superseded; /* online certificates revoked and refunded by an upload */
+    unsigned
+        lease_superseded; /* online certificates revoked and refunded (issued--) by an upload */
     uint32_t lease_counters[FC_MAX_IDEM]; /* recorded: counter of each */
     char lease_serials[FC_MAX_IDEM][41];
 };

@@ -581,8 +581,83 @@ static void test_fast_line_abandons_the_online_request(void)
     CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_TRAY_EMPTY);
     census(&c);
     CU_ASSERT_EQUAL(c.online, 1);
-    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    CU_ASSERT_EQUAL(R.fc.issued, 1); /* the superseded one was refunded */
     CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
+struct sock_run {
+    pthread_t tid;
+    struct pg_result res;
+    int rc;
+};
+
+static void *sock_run_main(void *arg)
+{
+    struct sock_run *s = arg;
+    s->rc = pg_socket_run(R.core, 0, &s->res);
+    wc_ecc_fp_free();
+    return NULL;
+}
+
+/*
+ * The link back, the lease used up, the quota full only because of the
+ * online certificate an abandoned request left (refunded when the upload
+ * supersedes it): the next chip's request, answered QUOTA_EXHAUSTED before
+ * that upload, waits; the control thread's pg_core_lease_sync uploads, and
+ * the chip gets its certificate. It was failed half done before.
+ */
+static void test_quota_refund_before_the_upload(void)
+{
+    RIG_UP("prog-lease-refund", 1);
+    R.lease_abandon_ms = 1;
+    rig_crash(&R);
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    R.fc.lease_units = 1;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.quota = 1;             /* full: the abandoned request's certificate */
+    R.fc.lease_upload_down = 1; /* the socket's own upload does not get through */
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    struct sock_run s = {0};
+    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    for (int i = 0; i < 250; i++) { /* until the second chip asked (and was refused) */
+        pthread_mutex_lock(&R.fc.lock);
+        unsigned asked = R.fc.cert_requests;
+        pthread_mutex_unlock(&R.fc.lock);
+        if (asked >= 2)
+            break;
+        usleep(20 * 1000);
+    }
+    usleep(50 * 1000);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.lease_upload_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    for (int i = 0; i < 100 && R.fc.lease_superseded == 0; i++) {
+        pg_core_lease_sync(R.core);
+        usleep(20 * 1000);
+    }
+    pthread_join(s.tid, NULL);
+    CU_ASSERT_EQUAL(R.fc.lease_superseded, 1);
+    CU_ASSERT_EQUAL(s.rc, NU_OK);
+    CU_ASSERT(s.res.provisioned); /* not failed at cert.request */
+    CU_ASSERT_EQUAL(R.fc.issued, 1);
+    pg_core_production_end(R.core);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(c.offline, 1);
     rig_teardown(&R);
 }
 
@@ -638,6 +713,8 @@ int main(void)
          test_crash_between_journal_and_chip},
         {"fast line: an unanswered request is abandoned, superseded at the upload",
          test_fast_line_abandons_the_online_request},
+        {"QUOTA_EXHAUSTED before the upload that refunds: the chip waits, then is certified",
+         test_quota_refund_before_the_upload},
         {"a foreign line-CA certificate is refused with an event",
          test_foreign_lease_certificate_refused},
         {NULL, NULL},
