@@ -25,6 +25,9 @@ holds, waits until the far end acted on a request, then cuts, has that
 answer lost for sure (tests/integration/sites/test_sites_wan_cut.sh). With
 --hold-client it is the other way that is held: what the connecting side
 sends (a cloud agent that dials the broker through the relay: its answers).
+SIGWINCH releases a hold before any cut: what was kept is forwarded at once,
+in order, and the way back flows again (a test that held at a moment that
+did not suit it tries again; tests/integration/programmer/test_lease_offline.sh).
 """
 import argparse
 import os
@@ -87,6 +90,7 @@ def main():
     signal.signal(signal.SIGUSR2, lambda *_: pending.append("restore"))
     signal.signal(signal.SIGTERM, lambda *_: pending.append("stop"))
     signal.signal(signal.SIGHUP, lambda *_: pending.append("hold"))
+    signal.signal(signal.SIGWINCH, lambda *_: pending.append("release"))
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(f"{lport}\n")
@@ -103,6 +107,10 @@ def main():
             if what == "hold" and not cut:
                 hold = True
                 log("way back held")
+            if what == "release" and hold:
+                hold = False
+                late = [(0.0, dst, data) for _, dst, data in late]
+                log("way back released")
             if what == "cut" and not cut:
                 cut = True
                 hold = False
@@ -165,9 +173,11 @@ def main():
                 close_pair(s)
                 continue
             if hold and s in targets:
-                if a.delay_s > 0:
-                    late.append((time.monotonic() + a.delay_s, peers[s], data))
-                continue  # kept back: lost at the cut
+                # Kept back (a TLS stream cannot lose bytes and go on): lost at
+                # the cut, forwarded at a release, or late with --delay-s.
+                due = time.monotonic() + a.delay_s if a.delay_s > 0 else float("inf")
+                late.append((due, peers[s], data))
+                continue
             try:
                 peers[s].setblocking(True)
                 peers[s].sendall(data)
