@@ -31,7 +31,6 @@ cm() { "$BIN/nusec" "$@" --dir "$CM"; }
 now_ms() { date +%s%3N; }
 secs() { python3 -c "print(f'{($1) / 1000:.1f}')"; }
 q() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
-sq() { sqlite3 -cmd '.timeout 5000' "$CM/station/station.db" "$1" 2>/dev/null; }
 die() { echo "FAIL $*"; exit 1; }
 
 # ~3.9 s of simulated flash per chip, so that the faults land mid-production.
@@ -123,44 +122,10 @@ for t in "${ups[@]}"; do
 done
 check "production resumed after every fault (${#ups[@]} faults)" test "$resumed_all" -eq 0 -a "${#ups[@]}" -eq 4
 
-issued=$(certs)
-check "certificates = quota ($issued of $QUOTA)" test "$issued" -eq $QUOTA
-check "no duplicate UID" test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
-prov_rows=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.provisioned'")
-prov_certs=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state='provisioned'")
-check "every certificate reported provisioned ($prov_certs of $issued)" test "$prov_certs" -eq "$issued"
-check "each report recorded once in the ledger ($prov_rows audit rows)" test "$prov_rows" -eq "$prov_certs"
-journal_prov=$(sq "SELECT COUNT(DISTINCT device_uid) FROM journal WHERE kind='device.provisioned' AND job_id='$JOB'")
-dup_journal=$(sq "SELECT COUNT(*) FROM (SELECT device_uid FROM journal WHERE kind='device.provisioned' AND job_id='$JOB' GROUP BY device_uid HAVING COUNT(*) > 1)")
-check "each device.provisioned once in the site's station journal ($journal_prov devices)" \
-    test "$dup_journal" -eq 0 -a "$journal_prov" -eq "$prov_certs"
-lost=0 locked=0
-declare -A serial_known=()
-while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
-for t in "$CM"/targets/*/; do
-    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
-    locked=$((locked + 1))
-    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
-    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
-done
-check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
-check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
-states=$(grep -h '^state=' "$CM"/targets/*/state | sed 's/^state=//' | sort | uniq -c | tr '\n' ' ')
-check "no chip half done (burned) (chips: $states)" test "$(half_done)" -eq 0
+stack_check_outcome "$CM"
 audit_ok() { oem audit verify >"$TMP/verify.log" 2>&1 || { cat "$TMP/verify.log"; return 1; }; }
 check "audit verify passes" audit_ok
-counters=$(for f in "$CM"/logs/prog-*.log; do
-    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
-echo "devices $DEVICES"
-echo "quota $QUOTA"
-echo "certificates $issued"
-echo "keystore_units_counted $counters"
-if [[ $counters =~ ^[0-9]+$ ]]; then
-    echo "units_wasted $((counters - issued))"
-    check "no unit wasted by the faults ($((counters - issued)))" test $((counters - issued)) -eq 0
-else
-    check "KeyStore counters readable from the programmers' logs" false
-fi
+stack_check_units "$CM" "the faults"
 echo "cert_resent_rows $(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.resent'")"
 echo "faults site-broker-term cloud-broker-kill cloud-kill site-broker-kill"
 echo "resume_seconds_after_restart ${resume[*]}"

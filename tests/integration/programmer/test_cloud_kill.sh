@@ -121,19 +121,10 @@ check "locked chips = provisioned certificates ($locked)" test "$locked" -eq "$p
 # Units: the KeyStore counters the programmers report, against what was issued.
 # (from the programmers' logs: the station's view of a restarted programmer
 # is not what this test is about)
-counters=$(for f in "$DIR"/logs/prog-*.log; do
-    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
-echo "devices $DEVICES"
-echo "quota $QUOTA"
-echo "certificates $issued"
+# Goal: 0 for cloud faults; a programmer crash resumes its chips with their
+# units, and a limit below 128 reserves one unit at a time: 0.
 echo "provisioned $prov_certs"
-echo "keystore_units_counted $counters"
-if [[ $counters =~ ^[0-9]+$ ]]; then
-    echo "units_wasted $((counters - issued))"
-    # Goal: 0 for cloud faults; a programmer crash resumes its chips with
-    # their units, and a limit below 128 reserves one unit at a time: 0.
-    check "units wasted $((counters - issued)) = 0" test $((counters - issued)) -eq 0
-fi
+stack_check_units "$DIR" "the kills"
 echo "cloud_kills 2"
 [[ ${NUSEC_KILL_PROGRAMMER:-1} != 0 ]] && echo "programmer_kills 1 (chips half done at the kill: ${held:-?})"
 echo "resume_seconds_after_restart ${resume[*]}"

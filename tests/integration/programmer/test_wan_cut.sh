@@ -192,38 +192,10 @@ check "status says the cloud is reachable again" status_says_back
 T1=$(now_ms)
 sleep 2 # the last statuses and events
 
-issued=$(certs)
-check "certificates = quota ($issued of $QUOTA)" test "$issued" -eq $QUOTA
-check "no duplicate UID" test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
-prov_rows=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.provisioned'")
-prov_certs=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state='provisioned'")
-check "every certificate reported provisioned ($prov_certs of $issued)" test "$prov_certs" -eq "$issued"
-check "each report recorded once in the ledger ($prov_rows audit rows)" test "$prov_rows" -eq "$prov_certs"
-dup_journal=$(sq "SELECT COUNT(*) FROM (SELECT device_uid FROM journal WHERE kind='device.provisioned' AND job_id='$JOB' GROUP BY device_uid HAVING COUNT(*) > 1)")
-check "each device.provisioned once in the station journal" test "$dup_journal" -eq 0
-lost=0
-declare -A serial_known=()
-while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
-locked=0
-for t in "$DIR"/targets/*/; do
-    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
-    locked=$((locked + 1))
-    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
-    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
-done
-check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
-check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
-check "no chip half done" test "$(half_done)" -eq 0
+stack_check_outcome "$DIR"
 audit_ok() { nusec audit verify >"$TMP/verify.log" 2>&1; }
 check "audit verify passes" audit_ok
-counters=$(for f in "$DIR"/logs/prog-*.log; do
-    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
-echo "devices $DEVICES"
-echo "quota $QUOTA"
-echo "certificates $issued"
-echo "keystore_units_counted $counters"
-[[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
-    test $((counters - issued)) -eq 0
+stack_check_units "$DIR" "the cuts"
 echo "outage_seconds ${outage[*]}"
 echo "cut_drain_seconds ${drain[*]}"
 dropped=$(grep -c 'dropped: broker unreachable' "$DIR/logs/cloud.log")

@@ -217,29 +217,7 @@ check "production resumed after every cut (${#ups[@]} cuts)" test "$resumed_all"
 T1=$(now_ms)
 sleep 1 # the last station events
 
-issued=$(certs)
-check "certificates = quota ($issued of $QUOTA)" test "$issued" -eq $QUOTA
-check "no duplicate UID" test "$(q "SELECT COUNT(DISTINCT device_uid) FROM certificates WHERE job_id='$JOB'")" -eq "$issued"
-prov_rows=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.provisioned'")
-prov_certs=$(q "SELECT COUNT(*) FROM certificates WHERE job_id='$JOB' AND state='provisioned'")
-check "every certificate reported provisioned ($prov_certs of $issued)" test "$prov_certs" -eq "$issued"
-check "each report recorded once in the ledger ($prov_rows audit rows)" test "$prov_rows" -eq "$prov_certs"
-journal_prov=$(sq "SELECT COUNT(DISTINCT device_uid) FROM journal WHERE kind='device.provisioned' AND job_id='$JOB'")
-dup_journal=$(sq "SELECT COUNT(*) FROM (SELECT device_uid FROM journal WHERE kind='device.provisioned' AND job_id='$JOB' GROUP BY device_uid HAVING COUNT(*) > 1)")
-check "each device.provisioned once in the site's station journal ($journal_prov devices)" \
-    test "$dup_journal" -eq 0 -a "$journal_prov" -eq "$prov_certs"
-lost=0 locked=0
-declare -A serial_known=()
-while read -r s; do serial_known[${s^^}]=1; done < <(q "SELECT serial FROM certificates WHERE job_id='$JOB'")
-for t in "$CM"/targets/*/; do
-    grep -q '^state=locked$' "$t/state" 2>/dev/null || continue
-    locked=$((locked + 1))
-    s=$(openssl x509 -in "$t/cert.pem" -noout -serial 2>/dev/null | sed 's/^serial=//')
-    [[ -n "$s" && -n "${serial_known[${s^^}]:-}" ]] || lost=$((lost + 1))
-done
-check "every locked chip's certificate in the ledger ($locked locked)" test "$lost" -eq 0
-check "locked chips = provisioned certificates" test "$locked" -eq "$prov_certs"
-check "no chip half done (burned)" test "$(half_done)" -eq 0
+stack_check_outcome "$CM"
 lost_reply_ok() { # each certificate whose answer was lost reached its chip, once
     local s uid n
     for s in "${held_serials[@]}"; do
@@ -257,14 +235,7 @@ check "the ${#held_serials[@]} certificate(s) whose answer was lost reached thei
 audit_ok() { oem audit verify >"$TMP/verify.log" 2>&1; }
 check "audit verify passes" audit_ok
 resent=$(q "SELECT COUNT(*) FROM audit_events WHERE job_id='$JOB' AND kind='cert.resent'")
-counters=$(for f in "$CM"/logs/prog-*.log; do
-    grep -o 'counter [0-9]* of' "$f" | tail -n 1 | cut -d' ' -f2; done | paste -sd+ | bc)
-echo "devices $DEVICES"
-echo "quota $QUOTA"
-echo "certificates $issued"
-echo "keystore_units_counted $counters"
-[[ $counters =~ ^[0-9]+$ ]] && check "no unit wasted by the cuts ($((counters - issued)))" \
-    test $((counters - issued)) -eq 0
+stack_check_units "$CM" "the cuts"
 echo "cert_resent_rows $resent"
 echo "lost_reply_certificates ${#held_serials[@]}"
 echo "bridge_connections $(relayed)"
