@@ -117,24 +117,12 @@ static void test_cert_superseded_by_offline(void)
     struct signer s = {0};
     struct treq t, t2;
     struct cloud_ledger_issue_result res, again;
-    struct cloud_ledger_lease want, got;
     struct cloud_ledger_cert c;
     struct certscan cs = {0};
-    int existing = 0, known = 0;
+    int known = 0;
 
     std_setup(l, 10, 10);
-    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_policy_set(l, "job-1", 3, 1, "oem-1", T0), NU_OK);
-    memset(&want, 0, sizeof(want));
-    snprintf(want.lease_id, sizeof(want.lease_id), "lease-1");
-    snprintf(want.job_id, sizeof(want.job_id), "job-1");
-    snprintf(want.programmer_id, sizeof(want.programmer_id), "prog-1");
-    want.units = 3;
-    want.not_before_ms = T0;
-    want.not_after_ms = T0 + 3600000u;
-    memset(want.line_pub_hash, 7, sizeof(want.line_pub_hash));
-    want.cert_len = 3;
-    memcpy(want.cert_der, "der", 3);
-    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_grant(l, &want, T0, &got, &existing), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(grant_std_lease(l, 3), NU_OK);
 
     mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
     CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);

@@ -345,3 +345,23 @@ void hex(const uint8_t *b, size_t n, char *out)
 {
     nu_hex_encode(b, n, out, 2 * n + 1);
 }
+
+int grant_std_lease(struct cloud_ledger *l, uint32_t units)
+{
+    struct cloud_ledger_lease want, got;
+    int existing = 0;
+    int rc = cloud_ledger_lease_policy_set(l, "job-1", units, 1, "oem-1", T0);
+    if (rc != NU_OK)
+        return rc;
+    memset(&want, 0, sizeof(want));
+    snprintf(want.lease_id, sizeof(want.lease_id), "lease-1");
+    snprintf(want.job_id, sizeof(want.job_id), "job-1");
+    snprintf(want.programmer_id, sizeof(want.programmer_id), "prog-1");
+    want.units = units;
+    want.not_before_ms = T0;
+    want.not_after_ms = T0 + 3600000u;
+    memset(want.line_pub_hash, 7, sizeof(want.line_pub_hash));
+    want.cert_len = 3;
+    memcpy(want.cert_der, "der", 3);
+    return cloud_ledger_lease_grant(l, &want, T0, &got, &existing);
+}

@@ -98,6 +98,10 @@ int mk_job(struct cloud_ledger *l, const char *job, uint32_t quota, uint64_t exp
 /* One job "job-1" (quota) with programmer "prog-1" (limit). */
 void std_setup(struct cloud_ledger *l, uint32_t quota, uint32_t limit);
 
+/* A lease policy of `units` on "job-1" and lease "lease-1" of that many
+ * units granted to "prog-1" at T0, valid 1 h. */
+int grant_std_lease(struct cloud_ledger *l, uint32_t units);
+
 void mkreq(struct treq *t, const char *requester, const char *job, unsigned dev,
            unsigned keyver, uint64_t now);
 

@@ -477,22 +477,10 @@ static void test_quota_refusal_after_a_refund(void)
     struct signer s = {0};
     struct treq t;
     struct cloud_ledger_issue_result res;
-    struct cloud_ledger_lease want, got;
-    int existing = 0;
+    struct cloud_ledger_lease got;
 
     std_setup(l, 10, 3);
-    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_policy_set(l, "job-1", 2, 1, "oem-1", T0), NU_OK);
-    memset(&want, 0, sizeof(want));
-    snprintf(want.lease_id, sizeof(want.lease_id), "lease-1");
-    snprintf(want.job_id, sizeof(want.job_id), "job-1");
-    snprintf(want.programmer_id, sizeof(want.programmer_id), "prog-1");
-    want.units = 2;
-    want.not_before_ms = T0;
-    want.not_after_ms = T0 + 3600000u;
-    memset(want.line_pub_hash, 7, sizeof(want.line_pub_hash));
-    want.cert_len = 3;
-    memcpy(want.cert_der, "der", 3);
-    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_grant(l, &want, T0, &got, &existing), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(grant_std_lease(l, 2), NU_OK);
     mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
     mkreq(&t, "prog-1", "job-1", 2, 1, T0 + 2); /* 1 issued + 2 leased: the allocation of 3 */

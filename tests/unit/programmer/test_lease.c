@@ -535,18 +535,25 @@ static void test_crash_right_after_count(void)
  * online certificate (never delivered) and records the offline one. One
  * certificate per chip reaches a chip, one unit per chip is counted.
  */
-static void test_fast_line_abandons_the_online_request(void)
+/* A one-socket programmer that gives a request up for the lease at once
+ * (after 1 ms), a lease of `units`, a tray of `chips`: producing. */
+static void fast_line_up(const char *name, uint32_t units, unsigned chips)
 {
-    RIG_UP("prog-lease-fast", 1);
+    RIG_UP(name, 1);
     R.lease_abandon_ms = 1;
     rig_crash(&R);
     CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
-    R.fc.lease_units = 3;
+    R.fc.lease_units = units;
     load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, chips, 0, 0), NU_OK);
     CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
     CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
     CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+}
+
+static void test_fast_line_abandons_the_online_request(void)
+{
+    fast_line_up("prog-lease-fast", 3, 3);
     R.fc.cut_after_issue = 1;
     struct pg_result res;
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
@@ -609,15 +616,7 @@ static void *sock_run_main(void *arg)
  */
 static void test_quota_refund_before_the_upload(void)
 {
-    RIG_UP("prog-lease-refund", 1);
-    R.lease_abandon_ms = 1;
-    rig_crash(&R);
-    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
-    R.fc.lease_units = 1;
-    load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    fast_line_up("prog-lease-refund", 1, 2);
     R.fc.cut_after_issue = 1;
     struct pg_result res;
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
