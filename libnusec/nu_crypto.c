@@ -92,6 +92,11 @@ static int crypto__init(void)
     return NU_OK;
 }
 
+int nu_crypto_thread_arm(void)
+{
+    return crypto__init();
+}
+
 static int crypto__err(int wc, int fallback, const char *what)
 {
     nu_debug("crypto: %s: wolfCrypt %d (%s)", what, wc, wc_GetErrorString(wc));

@@ -44,6 +44,13 @@
 /* Largest DER the public key parser accepts. */
 #define NU_DER_IN_MAX 4096u
 
+/* ------------------------------------------------------------------ threads */
+
+/* The calling thread's wolfSSL fixed-point ECC cache is freed when it exits.
+ * Every function here does it; a module that runs wolfSSL's ECC itself
+ * (nu_x509's chain checks) calls this first. Errors: CRYPTO, NOMEM. */
+int nu_crypto_thread_arm(void);
+
 /* ------------------------------------------------------------------ SHA-256 */
 
 /* SHA-256 of data[len] into out[32]. data may be NULL when len is 0.
