@@ -124,6 +124,10 @@ void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w);
 /* 1 when pg__lease_worker has records to send up: its tries probe the cloud. */
 int pg__lease_uploads(const struct pg_core *c);
 
+/* 1 while the lease may still give quota back: records to upload (each may
+ * supersede an online certificate), or used up and not given back yet. */
+int pg__lease_may_refund(const struct pg_core *c);
+
 /*
  * Offline issuance for the chip in w (w->pub checked, w->uid, w->uid_hex):
  * the lease counter advances in the KeyStore first, then the certificate is

@@ -222,6 +222,8 @@ static void lease__load(struct pg_core *c, uint8_t *buf, size_t cap)
     l->active = 0;
     l->cert_len = 0;
     atomic_store(&l->exhausted, 0);
+    atomic_store(&l->given_back, 0);
+    atomic_store(&l->nothing_due, 0);
     atomic_store(&l->pending, 0u);
     atomic_store(&l->refused, 0);
     int rc = LEASE__REC(name, c->job.job_id);
@@ -365,6 +367,8 @@ static int lease__grant_take(struct pg_core *c, const struct lease__grant_msg *g
         rc = lease__rec_put(c, ew->req, sizeof(ew->req));
     l->active = rc == NU_OK;
     atomic_store(&l->exhausted, 0);
+    atomic_store(&l->given_back, 0);
+    atomic_store(&l->nothing_due, 0);
     atomic_store(&l->pending, 0u);
     return rc;
 }
@@ -825,19 +829,48 @@ int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counte
     return rc;
 }
 
+/* Used up and all of it confirmed, not given back yet: what the lease still
+ * holds of the quota is a counter value a crash burned (no certificate).
+ * Given back now, not at the next start, it is quota again for this run. */
+static int lease__give_back_due(const struct pg_core *c)
+{
+    const struct pg_lease *l = &c->lease;
+    return l->active && atomic_load(&l->exhausted) && !atomic_load(&l->pending) &&
+           !atomic_load(&l->refused) && !atomic_load(&l->given_back);
+}
+
+int pg__lease_may_refund(const struct pg_core *c)
+{
+    const struct pg_lease *l = &c->lease;
+    return (l->active && atomic_load(&l->pending) && !atomic_load(&l->refused)) ||
+           lease__give_back_due(c);
+}
+
 int pg_core_lease_sync(struct pg_core *c)
 {
-    if (!c || !pg__lease_uploads(c))
+    if (!c || (!pg__lease_uploads(c) && !lease__give_back_due(c)))
         return NU_OK;
     struct pg_lease *l = &c->lease;
     if (atomic_flag_test_and_set(&l->sync_lock))
         return NU_ERR_BUSY;
     unsigned sent = 0;
-    int rc;
-    do {
+    int rc = NU_OK;
+    while (pg__lease_uploads(c) && atomic_load(&c->stop) == 0) {
         rc = lease__upload(c, l->sync_req, sizeof(l->sync_req), l->sync_resp, sizeof(l->sync_resp),
                            1, 0, 1, 0, &sent);
-    } while (rc == NU_OK && sent && atomic_load(&l->pending) && atomic_load(&c->stop) == 0);
+        if (rc != NU_OK || !sent)
+            break;
+    }
+    /* The final upload: the cloud closes it. The KeyStore record stays until
+     * production ends (pg__lease_end returns it again: a closed lease is OK). */
+    if (rc == NU_OK && lease__give_back_due(c)) {
+        rc = lease__upload(c, l->sync_req, sizeof(l->sync_req), l->sync_resp, sizeof(l->sync_resp),
+                           0, 1, 1, 1, &sent);
+        if (rc == NU_OK) {
+            atomic_store(&l->given_back, 1);
+            pg__log(c, PG_LOG_INFO, "lease %s used up and confirmed: given back now", l->id);
+        }
+    }
     pg__zero(l->sync_req, sizeof(l->sync_req));
     pg__zero(l->sync_resp, sizeof(l->sync_resp));
     atomic_flag_clear(&l->sync_lock);

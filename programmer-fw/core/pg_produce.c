@@ -540,11 +540,12 @@ static int prod__cert_verdict(struct prod__dev *d, size_t resp_len)
     }
     /* A certificate the cloud issued for a request given up for the lease
      * counts against the quota until the upload of the offline one
-     * supersedes it and refunds it. Until the upload, QUOTA_EXHAUSTED may
-     * be that count: the chip waits and asks again (pg_core_lease_sync and
-     * the other sockets upload meanwhile), it is not failed. */
-    if (rc == NU_ERR_QUOTA_EXHAUSTED && atomic_load(&d->c->lease.pending) &&
-        !atomic_load(&d->c->lease.refused))
+     * supersedes it and refunds it, and a used-up lease holds a counter
+     * value a crash burned until it is given back. Until then
+     * QUOTA_EXHAUSTED may be that count: the chip waits and asks again
+     * (pg_core_lease_sync and the other sockets upload meanwhile), it is
+     * not failed. */
+    if (rc == NU_ERR_QUOTA_EXHAUSTED && pg__lease_may_refund(d->c))
         rc = NU_ERR_BUSY;
     return rc;
 }

@@ -660,6 +660,38 @@ static void test_quota_refund_before_the_upload(void)
     rig_teardown(&R);
 }
 
+/*
+ * A used-up lease, its certificates confirmed, is given back by the control
+ * thread's sync while production goes on (what it still holds of the quota
+ * is a counter value a crash burned): not only at the next start.
+ */
+static void test_used_up_lease_given_back_mid_production(void)
+{
+    fast_line_up("prog-lease-back", 1, 3);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* offline: the lease used up */
+    CU_ASSERT(res.provisioned);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK); /* uploads, then gives it back */
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK); /* once */
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* production goes on, online */
+    CU_ASSERT(res.provisioned);
+    pg_core_production_end(R.core);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.offline, 1);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
 /* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
  * lease) is refused: no lease, an event, production as without one. */
 static void test_foreign_lease_certificate_refused(void)
@@ -714,6 +746,8 @@ int main(void)
          test_fast_line_abandons_the_online_request},
         {"QUOTA_EXHAUSTED before the upload that refunds: the chip waits, then is certified",
          test_quota_refund_before_the_upload},
+        {"a used-up lease is given back once confirmed, mid-production",
+         test_used_up_lease_given_back_mid_production},
         {"a foreign line-CA certificate is refused with an event",
          test_foreign_lease_certificate_refused},
         {NULL, NULL},
