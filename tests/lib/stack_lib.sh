@@ -58,6 +58,16 @@ stack_job() {
 stack__ledger() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
 stack__journal() { sqlite3 -cmd '.timeout 5000' "$1/station/station.db" "$2" 2>/dev/null; }
 
+# stack_first_after MS: the first time (ms) after MS the ledger issued a
+# certificate of $JOB or recorded a chip's report; empty if none. A cloud that
+# worked off its backlog during an outage may have nothing left to issue
+# after it: the reports of the chips it answered are the line moving on.
+stack_first_after() {
+    stack__ledger "SELECT MIN(t) FROM (SELECT issued_at_ms AS t FROM certificates
+        WHERE job_id='$JOB' AND issued_at_ms > $1 UNION ALL SELECT state_at_ms FROM certificates
+        WHERE job_id='$JOB' AND state_at_ms > $1)"
+}
+
 # stack_check_outcome SITE: certificates = quota, no UID twice, every
 # certificate reported provisioned and recorded once, each device.provisioned
 # once in the station's journal, every locked chip's certificate in the

@@ -13,7 +13,7 @@
 #     acknowledged is lost, no chip is burned (left half done), no KeyStore
 #     unit is spent for a device that does not get its certificate;
 #   after it is freed: production resumes by itself (no restart by anyone);
-#     the seconds from the free to the next certificate are printed;
+#     the seconds from the free to the next certificate or report are printed;
 #   at the end: certificates = quota (devices > quota), no duplicate UID,
 #     every locked chip's certificate in the ledger, every certificate
 #     reported provisioned exactly once in the ledger and once in the
@@ -124,7 +124,7 @@ check "no process died or was restarted (pids $pids_after)" test "$pids_before" 
 resume=() resumed_all=0
 for i in "${!frees[@]}"; do
     t=${frees[$i]}
-    first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t")
+    first=$(stack_first_after "$t")
     if [[ -n $first ]]; then
         resume+=("$(secs "$first - $t")")
     elif [[ ${at_free[$i]} =~ ^[0-9]+$ ]] && ((at_free[i] >= QUOTA)); then

@@ -12,7 +12,7 @@
 # and the programmers must find their way back by themselves.
 #
 # Checked from the outside: production resumes after every fault (seconds
-# from the restart to the next certificate printed); at the end the whole
+# from the restart to the next certificate or report printed); at the end the whole
 # quota is issued (devices > quota), no duplicate UID, every locked chip's
 # certificate in the ledger, every certificate reported provisioned exactly
 # once in the ledger and once in the site's station journal, no chip left
@@ -117,7 +117,7 @@ T1=$(now_ms)
 sleep 1 # the last station events
 resume=() resumed_all=0
 for t in "${ups[@]}"; do
-    first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t")
+    first=$(stack_first_after "$t")
     if [[ -n $first ]]; then resume+=("$(secs "$first - $t")"); else resume+=(none); resumed_all=1; fi
 done
 check "production resumed after every fault (${#ups[@]} faults)" test "$resumed_all" -eq 0 -a "${#ups[@]}" -eq 4

@@ -13,7 +13,7 @@
 # quota; no chip left half done (every target blank or locked); every
 # provisioned chip recorded provisioned in the ledger exactly once (one
 # cert.provisioned audit row per certificate). Prints `name value` lines:
-# units wasted and seconds from each restart to the next certificate.
+# units wasted and seconds from each restart to the next certificate or report.
 #
 # usage: test_cloud_kill.sh BIN_DIR
 set -uo pipefail
@@ -34,7 +34,7 @@ nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.
 
 # kill_cloud_at N: once N certificates exist, SIGKILL the cloud, leave it
 # down 3 s (the programmers keep asking), start it again; prints the
-# seconds from the restart to the next certificate.
+# seconds from the restart to the next certificate or report.
 resume=()
 kill_cloud_at() {
     wait_certs "$1" 90 || { echo "FAIL no $1 certificates before the kill"; return 1; }
@@ -48,7 +48,7 @@ kill_cloud_at() {
         { cat "$TMP/up-again.log"; echo "FAIL cloud restart"; return 1; }
     before=$n
     for _ in $(seq 300); do
-        first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t_up")
+        first=$(stack_first_after "$t_up")
         [[ -n $first ]] && break
         sleep 0.1
     done

@@ -12,7 +12,7 @@
 # at the end: certificates <= quota, every locked chip's certificate in the
 # ledger, every report recorded once (ledger and station journal), no chip
 # half done, audit verify passes, no unit wasted. Prints `name value` lines,
-# among them the seconds from each restore to the next certificate.
+# among them the seconds from each restore to the next certificate or report.
 #
 # The cloud's queue drains at once at a cut: a request it took in before the
 # cut still commits, but its reply is dropped (the programmer's retry gets
@@ -85,7 +85,7 @@ nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.
 
 # cut_at N S: once N certificates exist, cut the link for S seconds; check
 # what the line shows and does meanwhile; prints nothing, records the
-# seconds from the restore to the next certificate in resume[].
+# seconds from the restore to the next certificate or report in resume[].
 resume=() outage=() drain=()
 cloud_drain() { # cloud_drain T_CUT_MS T_UP_MS: seconds (see the header)
     python3 - "$1" "$2" "$DIR/logs/cloud.log" <<'PY'
@@ -180,7 +180,7 @@ done_ok() { # the whole quota issued (devices > quota), nothing half done, all r
 check "line completes: nothing half done, all reported" done_ok
 resumed_all=0
 for t_up in "${ups[@]}"; do
-    first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > $t_up")
+    first=$(stack_first_after "$t_up")
     if [[ -n $first ]]; then
         resume+=("$(python3 -c "print(f'{($first - $t_up) / 1000:.1f}')")")
     else

@@ -23,7 +23,7 @@
 #     in the station journal, the station's cloud.unreachable/.reachable
 #     events, audit verify passes, no chip half done, no KeyStore unit wasted.
 # Prints `name value` lines: outage_seconds, resume_seconds_after_restore
-# (restore -> next certificate in the ledger), bridge_back_seconds (restore ->
+# (restore -> next certificate or report in the ledger), bridge_back_seconds (restore ->
 # the bridge's connection through the relay).
 #
 # usage: test_sites_wan_cut.sh BIN_DIR [LONG_OUTAGE_S]   (default 8; the bench runs 60)
@@ -101,7 +101,7 @@ cm production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.log
 
 # cut_at N S: once N certificates exist, cut the bridge's link for S seconds;
 # check what the site shows and does meanwhile; records the seconds from the
-# restore to the next certificate (resume[]) and to the bridge's next
+# restore to the next certificate or report (resume[]) and to the bridge's next
 # connection through the relay (bridge[]).
 outage=() ups=() up_relayed=() up_count=0
 cut_at() {
@@ -198,12 +198,12 @@ done_ok() { # the whole quota issued (devices > quota), nothing half done, all r
 }
 check "line completes: nothing half done, all reported" done_ok
 # The time to resume, from the ledger and the relay's log afterwards (no
-# polling race on a loaded machine): restore -> next certificate, restore ->
+# polling race on a loaded machine): restore -> next certificate or report, restore ->
 # the bridge's next connection.
 resume=() bridge=()
 resumed_all=0
 for i in "${!ups[@]}"; do
-    first=$(q "SELECT MIN(issued_at_ms) FROM certificates WHERE job_id='$JOB' AND issued_at_ms > ${ups[$i]}")
+    first=$(stack_first_after "${ups[$i]}")
     if [[ -n $first ]]; then resume+=("$(secs "$first - ${ups[$i]}")"); else resume+=(none); resumed_all=1; fi
     bridge+=("$(python3 - "${up_relayed[$i]}" "${ups[$i]}" "$TMP/relay.log" <<'PY'
 import sys
