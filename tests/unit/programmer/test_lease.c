@@ -593,6 +593,19 @@ static void test_fast_line_abandons_the_online_request(void)
     rig_teardown(&R);
 }
 
+/* Production ends with two chips locked: one certified offline, one online. */
+static void end_one_offline_one_online(void)
+{
+    pg_core_production_end(R.core);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.offline, 1);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
 struct sock_run {
     pthread_t tid;
     struct pg_result res;
@@ -651,13 +664,7 @@ static void test_quota_refund_before_the_upload(void)
     CU_ASSERT_EQUAL(s.rc, NU_OK);
     CU_ASSERT(s.res.provisioned); /* not failed at cert.request */
     CU_ASSERT_EQUAL(R.fc.issued, 1);
-    pg_core_production_end(R.core);
-    struct census c;
-    census(&c);
-    CU_ASSERT_EQUAL(c.locked, 2);
-    CU_ASSERT_EQUAL(c.online, 1);
-    CU_ASSERT_EQUAL(c.offline, 1);
-    rig_teardown(&R);
+    end_one_offline_one_online();
 }
 
 /*
@@ -682,14 +689,7 @@ static void test_used_up_lease_given_back_mid_production(void)
     CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* production goes on, online */
     CU_ASSERT(res.provisioned);
-    pg_core_production_end(R.core);
-    struct census c;
-    census(&c);
-    CU_ASSERT_EQUAL(c.locked, 2);
-    CU_ASSERT_EQUAL(c.offline, 1);
-    CU_ASSERT_EQUAL(c.online, 1);
-    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
-    rig_teardown(&R);
+    end_one_offline_one_online();
 }
 
 /* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
