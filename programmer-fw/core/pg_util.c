@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 void pg__log(const struct pg_core *c, enum pg_log_level level, const char *fmt, ...)
 {
@@ -22,11 +23,17 @@ void pg__log(const struct pg_core *c, enum pg_log_level level, const char *fmt, 
     h->log->write(h->log_ctx, level, line);
 }
 
+/* memset, then a barrier the compiler must assume reads the memory, so the
+ * store is not dropped as dead (the BoringSSL OPENSSL_cleanse way). A
+ * volatile byte loop did the same at a byte a cycle: zeroing the core's
+ * work buffers per chip was a tenth of the fuzzers' time, and is as slow on
+ * the M33. */
 void pg__zero(void *p, size_t n)
 {
-    volatile uint8_t *v = p;
-    while (n--)
-        *v++ = 0;
+    if (!n)
+        return;
+    memset(p, 0, n);
+    __asm__ __volatile__("" : : "r"(p) : "memory");
 }
 
 int pg__ct_eq(const void *a, const void *b, size_t n)
