@@ -174,17 +174,30 @@ static int cry__csr_parse_verify(const uint8_t *der, size_t len, struct nu_x509_
     return j.rc;
 }
 
+static int cry__csr_result(int rc, const struct nu_x509_csr_info *info, const char *cn,
+                           uint8_t out_pub[65])
+{
+    if (rc == NU_OK && strcmp(info->cn, cn) != 0)
+        rc = NU_ERR_BAD_CSR;
+    if (rc == NU_OK)
+        memcpy(out_pub, info->pub, sizeof(info->pub));
+    return rc == NU_ERR_TOO_LARGE || rc == NU_ERR_INVALID_ARG ? NU_ERR_BAD_CSR : rc;
+}
+
 static int cry__csr_check(void *ctx, const uint8_t *der, size_t len, const char *cn,
                           uint8_t out_pub[65])
 {
     (void)ctx;
     struct nu_x509_csr_info info;
-    int rc = cry__csr_parse_verify(der, len, &info);
-    if (rc == NU_OK && strcmp(info.cn, cn) != 0)
-        rc = NU_ERR_BAD_CSR;
-    if (rc == NU_OK)
-        memcpy(out_pub, info.pub, sizeof(info.pub));
-    return rc == NU_ERR_TOO_LARGE || rc == NU_ERR_INVALID_ARG ? NU_ERR_BAD_CSR : rc;
+    return cry__csr_result(cry__csr_parse_verify(der, len, &info), &info, cn, out_pub);
+}
+
+int pp_crypto_csr_check_here(void *ctx, const uint8_t *der, size_t len, const char *cn,
+                             uint8_t out_pub[65])
+{
+    (void)ctx;
+    struct nu_x509_csr_info info;
+    return cry__csr_result(nu_x509_csr_parse_verify(der, len, &info), &info, cn, out_pub);
 }
 
 static int cry__cert_check(void *ctx, const uint8_t *leaf, size_t leaf_len,

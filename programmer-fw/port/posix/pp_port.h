@@ -17,6 +17,12 @@ struct tsim_opts;
 
 /* Crypto over libnusec (nu_crypto, nu_seal, nu_x509, nu_mcuboot); ctx unused. */
 extern const struct pg_crypto_ops pp_crypto_ops;
+/* pp_crypto_ops.csr_check on the calling thread. The op itself checks the
+ * signature on a short-lived thread, so wolfSSL builds no lookup table for a
+ * device key that is never seen again; a caller whose chip key repeats (the
+ * fuzzers' fixed chip) wants the table and not a thread per chip. */
+int pp_crypto_csr_check_here(void *ctx, const uint8_t *der, size_t len, const char *cn,
+                             uint8_t out_pub[65]);
 /* nu_time_ms / nu_mono_ms / nanosleep; ctx unused. */
 extern const struct pg_clock_ops pp_clock_ops;
 /* nu_random; ctx unused. */
