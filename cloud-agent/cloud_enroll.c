@@ -586,13 +586,22 @@ static int enroll__fw_revoked(struct cloud_call *call, const char *hex)
  * The OEM anchor pinned write-once in the KeyStore (attested by its hash)
  * must be this OEM's package key: a programmer anchored to another key would
  * take an enrollment answer signed by that key, one a CM could make. No
- * anchor is accepted (the programmer itself refuses to be enrolled through a
- * station without one: nusec-programmer --relay).
+ * anchor is accepted only from the OEM's own relay (or a programmer renewing
+ * itself, which checks answers against the key pinned at its enrollment):
+ * through a station the answer crosses the CM's PC and broker, and only the
+ * anchor makes it the OEM's. Genuine firmware refuses a station relay
+ * without one (nusec-programmer --relay); the cloud does not rely on that.
  */
 static int enroll__anchor_ok(struct cloud_call *call, const struct nu_attest_claims *att)
 {
     uint8_t mine[NU_SHA256_LEN];
     const struct nu_signer *pkg = nu_hsm_key_signer(call->cloud->keys.package);
+    if (!att->anchored && call->role == CLOUD_ROLE_STATION)
+        return cloud_fail(call, NU_ERR_NOT_AUTHORIZED,
+                          "enrollment relayed by station %s: the programmer's KeyStore holds no "
+                          "OEM anchor (nusec-programmer --oem-anchor), so nothing would make the "
+                          "relayed answer the OEM's",
+                          call->requester);
     if (!att->anchored)
         return NU_OK;
     if (!pkg || nu_sha256(pkg->pub, NU_P256_PUB_LEN, mine) != NU_OK)

@@ -1,6 +1,7 @@
 /* cloud_fixture — see cloud_fixture.h. */
 #include "cloud_fixture.h"
 #include "nu_attest.h"
+#include "nu_crypto.h"
 
 #include "ledger.h"
 #include "nu_client.h"
@@ -212,6 +213,7 @@ static struct {
     uint8_t *cert, *other_cert, *manifest;
     size_t cert_len, other_cert_len, manifest_len;
     char serial[NU_ATTEST_SERIAL_MAX + 1];
+    uint8_t anchor_sha256[32]; /* the cloud's package key, pinned as the OEM anchor */
 } cf__att;
 
 static const uint8_t CF__MEASUREMENT[32] = {0xc1, 0x0d, 0xf1, 0x78, 0x01};
@@ -232,6 +234,20 @@ static int cf__vendor_device(const char *vdir, struct nu_p256_key **key, char *s
     if (!rc)
         rc = nu_p256_key_pub(*key, pub);
     return rc ? rc : nu_attest_vendor_issue(vdir, pub, serial, cert, cert_len);
+}
+
+/* The OEM anchor a programmer ships with: the cloud's package public key. */
+static int cf__anchor(const struct cf *f)
+{
+    char path[CF_PATH_MAX + 32];
+    uint8_t *pem = NULL, pub[NU_P256_PUB_LEN];
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/pki/package-key.pem", f->dir);
+    int rc = nu_file_read(path, 65536, &pem, &len);
+    if (!rc)
+        rc = nu_p256_pub_from_pem((const char *)pem, len, pub);
+    free(pem);
+    return rc ? rc : nu_sha256(pub, sizeof(pub), cf__att.anchor_sha256);
 }
 
 static int cf__attest_setup(struct cf *f)
@@ -259,6 +275,8 @@ static int cf__attest_setup(struct cf *f)
     if (!rc)
         rc = nu_file_write_atomic(pin, pem, len, 0644);
     free(pem);
+    if (!rc)
+        rc = cf__anchor(f);
     if (!rc)
         rc = cf_client_open(f, "oem", NULL, NULL, &oem);
     if (rc)
@@ -316,6 +334,11 @@ static int cf__statement(const char *id, struct nu_p256_key *identity, const uin
     snprintf(c.vendor_serial, sizeof(c.vendor_serial), "%s", cf__att.serial);
     memcpy(c.nonce, nonce, 32);
     snprintf(c.programmer_id, sizeof(c.programmer_id), "%s", id);
+    if (!a || !a->unanchored) {
+        c.anchored = 1;
+        memcpy(c.anchor_sha256, a && a->anchor_sha256 ? a->anchor_sha256 : cf__att.anchor_sha256,
+               32);
+    }
     rc = nu_attest_encode(&c, stmt, NU_ATTEST_STMT_MAX, stmt_len);
     if (!rc)
         rc = nu_attest_digest(stmt, *stmt_len, digest);

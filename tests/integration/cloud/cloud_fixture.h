@@ -95,7 +95,9 @@ struct cf_attest {
     const uint8_t *nonce;        /* cover this nonce instead of asking for a challenge */
     const uint8_t *identity_pub; /* attest this identity key, not the CSR's */
     const uint8_t *measurement;  /* attest this measurement, not the approved one */
-    uint8_t used_nonce[32];      /* out: the nonce the statement covered */
+    int unanchored;              /* no OEM anchor in the KeyStore (by default the cloud's) */
+    const uint8_t *anchor_sha256; /* attest this anchor, not the cloud's package key */
+    uint8_t used_nonce[32];       /* out: the nonce the statement covered */
 };
 int cf_enroll_attested(struct cf_client *relay, const char *id, const char *token,
                        struct nu_p256_key *identity, const char *cn, const char *ou,

@@ -683,6 +683,28 @@ static void enroll_bad_token(void)
     nu_p256_key_destroy(id);
     nu_p256_key_destroy(pkg);
 }
+/* A genuine KeyStore's statement relayed at the CM, but no OEM anchor in it:
+ * nothing would make the relayed answer the OEM's. */
+static void enroll_relayed_unanchored(void)
+{
+    struct nu_p256_key *id = NULL, *pkg = NULL;
+    uint8_t pub[65], nonce[32];
+    char token[160];
+    Nusec__V1__Envelope *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&id), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_generate(&pkg), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(nu_p256_key_pub(pkg, pub), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "cat-p10", 0, token, sizeof(token)), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cf_challenge(&station, "cat-p10", token, nonce), NU_OK);
+    struct cf_attest bare = {.unanchored = 1, .nonce = nonce};
+    case_begin();
+    int rc =
+        cf_enroll_attested(&station, "cat-p10", token, id, "cat-p10", "programmer", pub, &bare, &r);
+    case_end(rc, NU_ERR_NOT_AUTHORIZED, "station");
+    nu_envelope_free(r);
+    nu_p256_key_destroy(id);
+    nu_p256_key_destroy(pkg);
+}
 static void token_for_role_name(void)
 {
     Nusec__V1__EnrollTokenRequest req = NUSEC__V1__ENROLL_TOKEN_REQUEST__INIT;
@@ -1226,7 +1248,8 @@ int main(void)
         {"oversize firmware.sign from a non-OEM", oversize_firmware_sign_not_oem},
         {"oversize to an unknown op", oversize_unknown_op},
         {"1 MiB from a station: refused at the broker", oversize_at_broker},
-        {"1 MiB firmware.sign from a programmer: refused at the broker", oversize_firmware_sign_at_broker},
+        {"1 MiB firmware.sign from a programmer: refused at the broker",
+         oversize_firmware_sign_at_broker},
         {"1 MiB job.create from the OEM: refused at the broker (firmware.sign only)",
          oversize_oem_job_create_at_broker},
         {"byte-rate flood from one identity: refused at the broker", byte_rate_flood_at_broker},
@@ -1255,6 +1278,7 @@ int main(void)
         {"CSR truncated", csr_truncated},
         {"cert.request without idempotency key", cert_request_without_idempotency_key},
         {"enroll with a wrong token", enroll_bad_token},
+        {"enroll relayed by a station, no OEM anchor", enroll_relayed_unanchored},
         {"enroll.token for a role name", token_for_role_name},
         {"job.control of an unknown job", job_control_unknown_job},
         {"job.create with quota 0", job_create_zero_quota},

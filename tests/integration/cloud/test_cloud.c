@@ -680,6 +680,13 @@ static void test_attested_enrollment_refusals(void)
     attest_refused("prog-att", token, &meas, NU_ERR_MEASUREMENT);
     struct cf_attest nomanifest = {.no_manifest = 1};
     attest_refused("prog-att", token, &nomanifest, NU_ERR_MEASUREMENT);
+    /* Relayed at the CM, the answer is the OEM's only through the anchor: a
+     * KeyStore without one, or anchored to a key the CM could hold, is
+     * refused whatever the programmer's own firmware would have done. */
+    struct cf_attest bare = {.unanchored = 1};
+    attest_refused("prog-att", token, &bare, NU_ERR_NOT_AUTHORIZED);
+    struct cf_attest foreign = {.anchor_sha256 = wrong};
+    attest_refused("prog-att", token, &foreign, NU_ERR_KEY_NOT_ATTESTED);
     struct cf_attest unknown = {.nonce = wrong};
     attest_refused("prog-att", token, &unknown, NU_ERR_NONCE_REPLAYED);
     /* a challenge bound to another programmer */
@@ -723,6 +730,15 @@ static void test_attested_enrollment_refusals(void)
                     NU_ERR_NONCE_REPLAYED);
     CU_ASSERT_EQUAL(sql_count(sql), 1); /* the enrolled identity is unchanged */
     CU_ASSERT_EQUAL(sql_count("SELECT count(*) FROM programmers"), serials);
+    /* At the OEM (the default relay) the answer never crosses the CM: a
+     * KeyStore without an anchor enrolls. */
+    char token3[160];
+    struct cf_attest at_oem = {.unanchored = 1};
+    CU_ASSERT_EQUAL_FATAL(cf_token(&oem, "prog-att-oem", 0, token3, sizeof(token3)), NU_OK);
+    CU_ASSERT_EQUAL(cf_enroll_attested(&oem, "prog-att-oem", token3, other, "prog-att-oem",
+                                       "programmer", pkg2, &at_oem, &r),
+                    NU_OK);
+    nu_envelope_free(r);
     nu_p256_key_destroy(k);
     nu_p256_key_destroy(other);
 }
