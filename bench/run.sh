@@ -202,11 +202,11 @@ else
 fi
 
 # --- 4b. offline lease (issue 15): offline issuance vs online, reconciliation ---
-LEASE_FIGS=(lease_offline_issue_per_s lease_online_cert_per_s lease_reconcile_per_s lease_units)
+LEASE_FIGS=(lease_offline_issue_per_s lease_online_cert_per_s lease_reconcile_per_s lease_supersede_per_s lease_units)
 echo "== offline lease: cloud_bench_lease (512 units)"
 if run_bench "$WORK/lease" "$BIN/cloud_bench_lease" 512; then
     emit_all "$WORK/lease"
-    note "lease_offline_issue_per_s: device certificates one programmer signs itself under an offline lease (nu_x509_issue with the line-CA key; a software P-256 key stands in for the KeyStore here, fresh device key each, one core); lease_online_cert_per_s: cert.request through the cloud from one programmer back to back in the same run; lease_reconcile_per_s: those offline certificates uploaded in lease.upload requests of 64 and recorded by the cloud (chain checked with OpenSSL at issuance time, one ledger transaction each)."
+    note "lease_offline_issue_per_s: device certificates one programmer signs itself under an offline lease (nu_x509_issue with the line-CA key; a software P-256 key stands in for the KeyStore here, fresh device key each, one core); lease_online_cert_per_s: cert.request through the cloud from one programmer back to back in the same run; lease_reconcile_per_s: those offline certificates uploaded in lease.upload requests of 64 and recorded by the cloud (chain checked with OpenSSL at issuance time, one ledger transaction each); lease_supersede_per_s: the same for 100 offline certificates of chips the cloud had certified online before (requests given up for the lease), each upload also revoking the online certificate and handing its quota unit over (the supersede step)."
 else
     nulls "${LEASE_FIGS[@]}"
     note "offline lease: cloud_bench_lease failed (see $WORK/lease.log)"
@@ -416,7 +416,7 @@ printf '  %-30s %s\n' "crypto ceiling" "$ceiling devices/s ($CORES cores)" \
     "flood: p50/p99 after (limits)" "station $(fig "$WORK/flood-8-station" flood_cert_p50_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-station" flood_cert_p99_ms 2>/dev/null || echo null) ms, oem $(fig "$WORK/flood-8-oem" flood_oem_cert_p50_ms 2>/dev/null || echo null) / $(fig "$WORK/flood-8-oem" flood_oem_cert_p99_ms 2>/dev/null || echo null) ms" \
     "results" "$OUT"
 printf '  %-30s %s\n' "offline / online issuance" "$(fig "$WORK/lease" lease_offline_issue_per_s 2>/dev/null || echo null) / $(fig "$WORK/lease" lease_online_cert_per_s 2>/dev/null || echo null) certs/s (one programmer)" \
-    "lease reconciliation" "$(fig "$WORK/lease" lease_reconcile_per_s 2>/dev/null || echo null) certs/s uploaded" \
+    "lease reconciliation" "$(fig "$WORK/lease" lease_reconcile_per_s 2>/dev/null || echo null) certs/s uploaded, $(fig "$WORK/lease" lease_supersede_per_s 2>/dev/null || echo null) certs/s superseding online ones" \
     "resume after a 60 s WAN cut" "${wan:-null} s"
 printf '  %-30s %s\n' "HSM-signed certs, SoftHSM2" "$(fig "$WORK/hsm-soft" hsm_softhsm_certs_per_s 2>/dev/null || echo null) certs/s" \
     "HSM-signed certs, TPM 2.0" "${tpm_rate:-null} certs/s" \
