@@ -85,6 +85,41 @@ static void test_add_once_keeps_hand_lines(void)
     free(s);
 }
 
+/* Many lines added to many (the broker adopting a large revocation list):
+ * each wanted line once, the old lines in place and order, the new ones
+ * appended in the caller's order, a repeat in the added set written once. */
+static void test_many_added_to_many(void)
+{
+    enum { OLD = 6000, ADD = 6000 };
+    char *old = malloc(OLD * 16 + 32), *want = malloc((OLD + ADD) * 16 + 32);
+    char(*names)[16] = malloc((ADD + 1) * sizeof(*names));
+    const char **add = malloc((ADD + 1) * sizeof(*add));
+    CU_ASSERT_FATAL(old && want && names && add);
+    size_t n = (size_t)sprintf(old, "# kept\n"), w = 0;
+    for (int i = 0; i < OLD; i++)
+        n += (size_t)sprintf(old + n, "id-%d\n", 2 * i); /* the even ones */
+    memcpy(want, old, n + 1);
+    w = n;
+    for (int i = 0; i < ADD; i++) { /* the first half of the odd ones, then evens */
+        int v = i < ADD / 2 ? 2 * i + 1 : 2 * (i - ADD / 2);
+        snprintf(names[i], sizeof(names[i]), "id-%d", v);
+        add[i] = names[i];
+        if (v % 2)
+            w += (size_t)sprintf(want + w, "%s\n", names[i]);
+    }
+    add[ADD] = add[0]; /* a repeat */
+    put(old);
+    struct nu_brokerlist_edit e = {.add = add, .n_add = ADD + 1};
+    CU_ASSERT_EQUAL(nu_brokerlist_edit(path, &e), NU_OK);
+    char *got = slurp();
+    CU_ASSERT_STRING_EQUAL(got, want);
+    free(got);
+    free(old);
+    free(want);
+    free(names);
+    free(add);
+}
+
 static void test_move_owner(void)
 {
     put("# keep me\nst-a prog-1\nst-a prog-2\nst-c prog-1\n");
@@ -215,6 +250,7 @@ int main(void)
 {
     static const struct nu_test_case cases[] = {
         {"add once, hand-written lines kept", test_add_once_keeps_hand_lines},
+        {"many added to many: each once, in order", test_many_added_to_many},
         {"an owner moves: the other lines stay", test_move_owner},
         {"written lines parse back as their tokens", test_written_lines_parse_back},
         {"tokenizer: comments, too many tokens", test_tokenize_comment_and_count},
