@@ -181,6 +181,44 @@ if [[ -n "$bpid" ]] && kill -TERM "$bpid" 2>/dev/null; then
 fi
 emit broker_restart_resume_s "$resume" s
 note "broker_restart_resume_s = from starting mosquitto again after a SIGTERM to the first answered 'nusec job list' (an OEM request served by the cloud), nobody restarting the cloud"
+
+# --- 3c. the broker adopting the cloud's lists (issue 13) --------------------------
+# What the leader agent does when a programmer is revoked: a retained
+# revocation list on nusec/v1/cloud/lists/revoked from a cloud identity. The
+# plugin parses it, merges it into its file (lock, atomic replace) and
+# reloads, on the broker's one thread. A list of LISTS_BASE made-up
+# identities first, then LISTS_ROUNDS lists each revoking one more, timed
+# (last in the stack's life: they stay revoked).
+LISTS_BASE=10000 LISTS_ROUNDS=5
+broker_pid=$(cat "$DIR/run/broker.pid" 2>/dev/null || true)
+ep=$(cat "$DIR/broker/endpoint" 2>/dev/null || true)
+adopted_n() { grep -c "adopted list nusec/v1/cloud/lists/revoked" "$broker_log" 2>/dev/null || true; }
+lists_ok=-1 lists_wall=0 lists_cpu=0
+for ((r = 0; r <= LISTS_ROUNDS; r++)); do
+    awk -v n="$LISTS_BASE" -v r="$r" 'BEGIN { print "# bench"; for (i = 1; i <= n; i++) printf "bench-revoked-%d\n", i
+        for (i = 1; i <= r; i++) printf "bench-new-%d\n", i }' >"$WORK/revoked.txt"
+    before=$(adopted_n) c0=$(broker_cpu) t0=$(date +%s.%N)
+    mosquitto_pub -V mqttv5 -h "${ep%:*}" -p "${ep##*:}" --cafile "$DIR/pki/chain.pem" \
+        --cert "$DIR/pki/clients/cloud.crt" --key "$DIR/pki/clients/cloud.key" -i cloud:bench \
+        -q 1 -r -t nusec/v1/cloud/lists/revoked -f "$WORK/revoked.txt" 2>>"$WORK/lists.log" || break
+    for ((i = 0; i < 500; i++)); do (($(adopted_n) > before)) && break; sleep 0.01; done
+    (($(adopted_n) > before)) || break
+    t1=$(date +%s.%N) c1=$(broker_cpu)
+    if ((r > 0)); then
+        lists_wall=$(awk -v s="$lists_wall" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", s + b - a }')
+        lists_cpu=$(awk -v s="$lists_cpu" -v a="$c0" -v b="$c1" 'BEGIN { printf "%.4f", s + b - a }')
+    fi
+    lists_ok=$r
+done
+if ((lists_ok == LISTS_ROUNDS)); then
+    emit lists_adopt_ms "$(awk -v s="$lists_wall" -v n="$lists_ok" 'BEGIN { printf "%.1f", s * 1000 / n }')" ms
+    emit lists_adopt_broker_cpu_ms "$(awk -v s="$lists_cpu" -v n="$lists_ok" 'BEGIN { printf "%.1f", s * 1000 / n }')" ms
+    emit lists_adopt_identities "$LISTS_BASE" identities
+    note "lists_adopt_*: the broker adopting a revocation list of lists_adopt_identities identities that revokes one more, published retained by a cloud identity as the leader agent does ($LISTS_ROUNDS rounds, averaged): wall ms from mosquitto_pub's start (its TLS connect included) to the plugin's 'adopted' log line, and the broker's CPU ms meanwhile (parse, merge into the file under its lock, atomic replace with fsync, reload); the broker serves no one else while it adopts. A list file is capped at 1 MiB (NU_BROKERLIST_FILE_MAX, ~45k identities); a larger one is refused and the old kept"
+else
+    nulls lists_adopt_ms lists_adopt_broker_cpu_ms lists_adopt_identities
+    note "lists: the broker adopted $((lists_ok + 1)) of $((LISTS_ROUNDS + 1)) revocation lists (see $WORK/lists.log and $broker_log)"
+fi
 nusec stack down >/dev/null 2>&1 || true
 trap - EXIT
 rm -rf "$DIR/targets" # the simulated targets' flash: ~100 KiB a device, not needed after
