@@ -455,7 +455,8 @@ printf '  %-30s %s\n' "crypto ceiling" "$ceiling devices/s ($CORES cores)" \
     "results" "$OUT"
 printf '  %-30s %s\n' "offline / online issuance" "$(fig "$WORK/lease" lease_offline_issue_per_s 2>/dev/null || echo null) / $(fig "$WORK/lease" lease_online_cert_per_s 2>/dev/null || echo null) certs/s (one programmer)" \
     "lease reconciliation" "$(fig "$WORK/lease" lease_reconcile_per_s 2>/dev/null || echo null) certs/s uploaded, $(fig "$WORK/lease" lease_supersede_per_s 2>/dev/null || echo null) certs/s superseding online ones" \
-    "resume after a 60 s WAN cut" "${wan:-null} s"
+    "resume after a 60 s WAN cut" "${wan:-null} s" \
+    "broker adopts a 10k revoked list" "$( ((lists_ok == LISTS_ROUNDS)) && awk -v s="$lists_cpu" -v n="$lists_ok" 'BEGIN { printf "%.1f", s * 1000 / n }' || echo null) ms of broker CPU"
 printf '  %-30s %s\n' "HSM-signed certs, SoftHSM2" "$(fig "$WORK/hsm-soft" hsm_softhsm_certs_per_s 2>/dev/null || echo null) certs/s" \
     "HSM-signed certs, TPM 2.0" "${tpm_rate:-null} certs/s" \
     "TPMs for 2,000 devices/s" "$tpms"
