@@ -42,6 +42,7 @@ struct prod__dev {
     int may_abandon; /* cert.request: give it up for the lease when due */
     int abandoned;   /* it was given up, unanswered (pg__lease_abandon_due) */
     int no_abandon;  /* the lease was used up meanwhile: wait for the cloud */
+    int quota_leased;    /* QUOTA_EXHAUSTED online, a usable lease: its units are what is left */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -590,6 +591,14 @@ static int prod__request_cert(struct prod__dev *d, size_t csr_len, size_t *out_r
     d->may_abandon = 0;
     if (d->abandoned)
         return rc;
+    /* The cloud holds this programmer's lease units back from online
+     * issuance: once the rest of its share is issued, the lease is what is
+     * left to it, so the chip is certified under the lease (prod__online)
+     * rather than failed half done with units left unused. */
+    if (rc == NU_ERR_QUOTA_EXHAUSTED && pg__lease_usable(c)) {
+        d->quota_leased = 1;
+        return rc;
+    }
     if (rc != NU_OK && !d->interrupted)
         prod__cloud_verdict(c, rc);
     /* A paused job comes back: the chip waits in its socket, like a stop. */
@@ -707,25 +716,35 @@ static int prod__offline(struct prod__dev *d)
  * under the lease (d->abandoned), the chip is certified offline instead, the
  * journal record marked as superseding the request: at the upload the cloud
  * revokes and refunds a certificate it issued for it (never delivered: this
- * chip never gets it), then records the offline one. The lease used up
- * meanwhile: back to waiting for the cloud, same request.
+ * chip never gets it), then records the offline one. Refused for quota while
+ * the lease has units (d->quota_leased), it is certified under the lease as
+ * well, superseding nothing (the cloud issued nothing). The lease used up
+ * meanwhile: back to the cloud, same request.
  */
 static int prod__online(struct prod__dev *d, size_t csr_len)
 {
     size_t resp_len = 0, leaf = 0, total = 0;
     for (;;) {
         int journalled = 0, rc = prod__request_cert(d, csr_len, &resp_len);
-        if (!d->abandoned)
+        if (!d->abandoned && !d->quota_leased)
             return rc == NU_OK ? prod__check_cert(d, resp_len) : rc;
-        d->abandoned = 0;
+        int supersedes = d->abandoned;
+        d->abandoned = d->quota_leased = 0;
         d->r->step = "lease";
-        rc = pg__lease_issue(d->c, d->w, 1, &leaf, &total, &journalled, &d->lease_k);
+        rc = pg__lease_issue(d->c, d->w, supersedes, &leaf, &total, &journalled, &d->lease_k);
         if (journalled)
             d->offline = 1;
         if (rc == NU_OK)
             return prod__offline_cert(d, leaf, total);
         if (rc != NU_ERR_LIMIT && rc != NU_ERR_EXPIRED && rc != NU_ERR_STATE)
             return rc;
+        if (!supersedes) {
+            /* The other sockets used the lease up meanwhile (the answer
+             * replaced the CSR in w->resp): the cloud's refusal stands. */
+            d->r->step = "cert.request";
+            prod__cloud_verdict(d->c, NU_ERR_QUOTA_EXHAUSTED);
+            return NU_ERR_QUOTA_EXHAUSTED;
+        }
         d->no_abandon = 1; /* nothing was written: the CSR in w->resp is intact */
     }
 }

@@ -527,6 +527,18 @@ static int fc__report(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uin
     return fc__answer(req, &ack.base, resp, cap, out_len);
 }
 
+/* What the quota has given out: online certificates, and with
+ * quota_holds_lease the offline ones recorded plus what the lease out still
+ * holds back (ledger_issue.c). */
+static uint32_t fc__quota_taken(const struct fake_cloud *fc)
+{
+    if (!fc->quota_holds_lease)
+        return fc->issued;
+    unsigned used = fc->lease_recorded - fc->lease_base;
+    uint32_t held = fc->lease_id[0] && fc->lease_units > used ? fc->lease_units - used : 0;
+    return fc->issued + fc->lease_recorded + held;
+}
+
 static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
                     size_t cap, size_t *out_len)
 {
@@ -559,7 +571,7 @@ static int fc__cert(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8
     }
     int fresh = cert == NULL;
     if (fresh) {
-        if (fc->quota && fc->issued >= fc->quota) {
+        if (fc->quota && fc__quota_taken(fc) >= fc->quota) {
             Nusec__V1__Error e = NUSEC__V1__ERROR__INIT;
             Nusec__V1__CertificateRefused ref = NUSEC__V1__CERTIFICATE_REFUSED__INIT;
             e.code = NUSEC__V1__ERROR_CODE__ERROR_CODE_QUOTA_EXHAUSTED;
@@ -645,6 +657,7 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
         if (rc != NU_OK)
             return rc;
         fc->leases_granted++;
+        fc->lease_base = fc->lease_recorded;
     }
     Nusec__V1__LeaseGrant g = NUSEC__V1__LEASE_GRANT__INIT;
     g.lease_id = fc->lease_id;

@@ -67,6 +67,8 @@ struct fake_cloud {
     /* quota */
     uint32_t quota; /* 0 = unlimited */
     uint32_t issued;
+    int quota_holds_lease; /* the quota also counts offline certificates recorded and
+                            * the units the lease out holds back, as the ledger does */
     struct {
         uint8_t key[16];
         uint8_t *cert;
@@ -131,6 +133,7 @@ struct fake_cloud {
     int link_down;          /* every request: CONNECTION (the WAN is cut) */
     int lease_upload_down;  /* lease.upload only: CONNECTION */
     uint32_t lease_units;   /* units per lease */
+    unsigned lease_base;    /* lease_recorded when the lease out was granted */
     uint32_t lease_hours;   /* validity (0: 2 h) */
     char lease_id[41];      /* the lease out, "" when none */
     uint8_t lease_pub[65];  /* its line-CA key */

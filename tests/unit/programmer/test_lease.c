@@ -692,6 +692,39 @@ static void test_used_up_lease_given_back_mid_production(void)
     end_one_offline_one_online();
 }
 
+/*
+ * The cloud holds the lease's units back from online issuance (the ledger
+ * does): once the rest of the programmer's share is issued, cert.request is
+ * refused QUOTA_EXHAUSTED with the cloud in reach. The lease is then what is
+ * left to it: the chips are certified under it, and the job reaches its
+ * quota. They were failed half done, the lease's units never used.
+ */
+static void test_quota_left_in_the_lease_is_used(void)
+{
+    RIG_UP("prog-lease-quota", 1);
+    R.fc.lease_units = 2;
+    R.fc.quota = 3;
+    R.fc.quota_holds_lease = 1;
+    load_package(3); /* the programmer's share: its KeyStore counts 3 units */
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL(rig_produce(&R, NULL), PG_STOP_LIMIT);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 1);
+    CU_ASSERT_EQUAL(R.fc.issued, 1);         /* online, before the lease was all that was left */
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 2); /* uploaded at the end */
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    CU_ASSERT(R.fc.issued + R.fc.lease_recorded <= R.fc.quota);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.locked, 3);
+    CU_ASSERT_EQUAL(c.online, 1);
+    CU_ASSERT_EQUAL(c.offline, 2);
+    struct rig_census rc;
+    CU_ASSERT_EQUAL(rig_census(&R, &rc), NU_OK);
+    CU_ASSERT_EQUAL(rc.chips, rc.locked + rc.blank); /* none half done */
+    CU_ASSERT_EQUAL(R.fc.bad_messages, 0);
+    rig_teardown(&R);
+}
+
 /* A grant whose certificate is not for the KeyStore's line-CA key (a foreign
  * lease) is refused: no lease, an event, production as without one. */
 static void test_foreign_lease_certificate_refused(void)
@@ -748,6 +781,8 @@ int main(void)
          test_quota_refund_before_the_upload},
         {"a used-up lease is given back once confirmed, mid-production",
          test_used_up_lease_given_back_mid_production},
+        {"QUOTA_EXHAUSTED online with lease units left: the chips use the lease",
+         test_quota_left_in_the_lease_is_used},
         {"a foreign line-CA certificate is refused with an event",
          test_foreign_lease_certificate_refused},
         {NULL, NULL},
