@@ -6,7 +6,7 @@
 #                 [--sockets S] [--seed N] [--cloud-kills K] [--broker-restarts R]
 #                 [--programmer-kills K] [--station-kills K] [--disk-full-s S]
 #                 [--outages N] [--outage-s S] [--flash-us-per-kib T] [--fault-span P]
-#                 [--timeout S]
+#                 [--offline-lease N] [--timeout S]
 #        chaos.sh --bin DIR --dir DIR --soak SECONDS [--programmers P] [--sockets S]
 #
 # Faults are placed at certificate counts drawn from --seed (so a run can be
@@ -25,6 +25,11 @@
 # --outages N stops the broker N times for --outage-s seconds each (default
 # 1 x 20 s): on the single-machine stack that is what a WAN cut is to the
 # factory (the cloud is unreachable), and production must hold and resume.
+# --offline-lease N gives the job an offline lease of N certificates per
+# programmer (issue 15): a broker outage or restart is then a cut the
+# programmers produce through, under their lease, and upload after. The
+# certificates counted are the live ones (an online one an offline upload
+# superseded is revoked and refunded), and a lease.incident fails the run.
 # --soak runs the line at full speed for SECONDS with no fault, samples the
 # resident memory of every process every 10 s, prints the series and fails if
 # any grew by more than a quarter between the first and the last third; with
@@ -38,7 +43,7 @@ set -uo pipefail
 
 BIN= DIR= DEVICES=2000 QUOTA= PROGRAMMERS=2 SOCKETS=4 SEED=1 CLOUD_KILLS=10
 BROKER_RESTARTS=3 PROG_KILLS=1 STATION_KILLS=1 DISK_FULL_S=15 TIMEOUT=900 SOAK=0 OUTAGES=1 OUTAGE_S=20
-FLASH_US=0 FAULT_SPAN=80
+FLASH_US=0 FAULT_SPAN=80 LEASE=0
 while (($#)); do
     case $1 in
     --bin) BIN=$2 ;;
@@ -59,7 +64,8 @@ while (($#)); do
     --outage-s) OUTAGE_S=$2 ;;
     --flash-us-per-kib) FLASH_US=$2 ;;
     --fault-span) FAULT_SPAN=$2 ;;
-    -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
+    --offline-lease) LEASE=$2 ;;
+    -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "chaos: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -76,7 +82,9 @@ say() { printf 'chaos: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 ledger() { sqlite3 -cmd '.timeout 5000' "$DIR/cloud/ledger.db" "$1" 2>/dev/null; }
-issued() { ledger "select count(*) from certificates" || echo 0; }
+# An online certificate an offline one superseded (revoked, refunded) counts no more.
+LIVE="serial not in (select serial from cert_superseded)"
+issued() { ledger "select count(*) from certificates where $LIVE" || echo 0; }
 STACK_ARGS=(--programmers "$PROGRAMMERS" --sockets "$SOCKETS" --devices "$DEVICES"
     --flash-us-per-kib "$FLASH_US")
 
@@ -115,12 +123,14 @@ nusec firmware sign --in "$DIR/app.bin" --name chaos-app --version 1.0.0 >/dev/n
 progs=()
 for ((i = 1; i <= PROGRAMMERS; i++)); do progs+=(--programmer "prog-$i"); done
 mkdir -p "$DIR/packages"
-job=$(nusec job create --firmware chaos-app-1.0.0 --quota "$QUOTA" "${progs[@]}" \
+lease=()
+((LEASE > 0)) && lease=(--offline-lease "$LEASE" --lease-hours 1)
+job=$(nusec job create --firmware chaos-app-1.0.0 --quota "$QUOTA" "${progs[@]}" "${lease[@]}" \
     --expires 2h --out "$DIR/packages" | tail -n 1)
 nusec package import "$DIR"/packages/*.nspkg >/dev/null || exit 1
 nusec production start --job "$job" --wait >"$DIR/logs/production.log" 2>&1 &
 wait_pid=$!
-say "job $job: quota $QUOTA, $DEVICES devices, $PROGRAMMERS x $SOCKETS sockets, seed $SEED"
+say "job $job: quota $QUOTA, $DEVICES devices, $PROGRAMMERS x $SOCKETS sockets, seed $SEED${lease:+, offline lease $LEASE}"
 
 # ---- soak: full speed, no fault, memory sampled -----------------------------------------
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -252,9 +262,11 @@ sleep 2 # let the last device reports reach the ledger
 certs=$(issued)
 overshoot=$((certs > QUOTA ? certs - QUOTA : 0))
 dups=$(ledger "select count(*) - count(distinct serial) from certificates")
+incidents=$(ledger "select count(*) from audit_events where kind='lease.incident'")
+offline=$(ledger "select count(*) from lease_certs")
 lost_certs=0 lost_reports=0 unfinished=0 locked=0 blank=0
 declare -A serial_known=()
-while read -r s; do serial_known[$s]=1; done < <(ledger "select upper(serial) from certificates")
+while read -r s; do serial_known[$s]=1; done < <(ledger "select upper(serial) from certificates where $LIVE")
 declare -A provisioned=()
 while read -r u; do provisioned[$u]=1; done < <(ledger "select lower(hex(device_uid)) from certificates where state = 'provisioned'")
 for t in "$DIR"/targets/*/; do
@@ -284,13 +296,15 @@ printf '%s %s\n' job "$job" devices "$DEVICES" quota "$QUOTA" seed "$SEED" \
     overshoot "$overshoot" duplicate_serials "$dups" lost_certificates "$lost_certs" \
     lost_device_reports "$lost_reports" chips_unfinished "$unfinished" \
     units_wasted "$wasted" units_wasted_bound "$bound" stalled_faults "$stalled" \
-    resume_max_s "$resume_max" audit_verify "$audit" production_exit "$rc_wait"
+    resume_max_s "$resume_max" audit_verify "$audit" production_exit "$rc_wait" \
+    offline_certificates "${offline:-0}" lease_incidents "${incidents:-0}"
 printf 'resume_s %s\n' "${resume_all[*]}"
 printf 'production_outcome %s\n' "$outcome"
 
 bad=()
 ((overshoot == 0)) || bad+=(overshoot)
 ((dups == 0)) || bad+=(duplicate_serials)
+((${incidents:-0} == 0)) || bad+=(lease_incidents)
 ((lost_certs == 0)) || bad+=(lost_certificates)
 ((lost_reports == 0)) || bad+=(lost_device_reports)
 ((unfinished == 0)) || bad+=(chips_unfinished)
