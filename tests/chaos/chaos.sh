@@ -95,7 +95,11 @@ cleanup() {
     [[ -n "$wait_pid" ]] && kill "$wait_pid" 2>/dev/null
     nusec stack down >/dev/null 2>&1
     local m
-    for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
+    # CHAOS_KEEP=1: the tmpfs parts (ledger, logs of the run) copied next to DIR first.
+    for m in "${mounted[@]}"; do
+        [[ -z "${CHAOS_KEEP:-}" ]] || cp -a "$m" "$m.kept" 2>/dev/null
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
 }
 trap cleanup EXIT
 trap 'exit 1' TERM INT
@@ -256,7 +260,16 @@ else
 fi
 wait_pid=
 secs=$(elapsed "$start" "$(now)")
-sleep 2 # let the last device reports reach the ledger
+# Let the last device reports reach the ledger: a chip certified under a
+# lease reports with the lease's upload, up to a second or two after the
+# line stops; a report not there after 20 s is lost.
+reported() { ledger "select count(*) from certificates where state = 'provisioned' and $LIVE" || echo 0; }
+locked_chips() { grep -lx 'state=locked' "$DIR"/targets/*/state 2>/dev/null | wc -l; }
+for ((i = 0; i < 100; i++)); do
+    (($(reported) >= $(locked_chips))) && break
+    sleep 0.2
+done
+sleep 1
 
 # ---- outside checks ----------------------------------------------------------------------
 certs=$(issued)
