@@ -231,24 +231,36 @@ static void st__done_note(struct station *st, const char *job, uint64_t now)
  * A programmer counts a unit before that device's event reaches the journal,
  * so its "limit reached" can come first. A job whose packages all finished is
  * done once the journal holds as many device outcomes as its programmers
- * counted, or after STATION_SETTLE_MS (a unit kept or lost never gets an
- * event): `production start --wait` and production.done then give the
- * journal's final figures, not a count still on its way.
+ * counted, or STATION_SETTLE_MS after the last of them stopped producing (a
+ * unit kept or lost never gets an event; a chip still in a socket will):
+ * `production start --wait` and production.done then give the journal's
+ * final figures, not a count still on its way. A programmer counts its last
+ * unit when that chip starts, and the chip can take long after: held for
+ * the cloud, then certified under the lease at the end of the quota (seen:
+ * "47 of 48 done" while the 48th was still in its socket).
  */
 static int st__job_settled(struct station *st, struct st__job *j, uint64_t now)
 {
     uint32_t counted = 0;
+    int producing = 0;
     struct station_counts c;
     for (size_t i = 0; i < st->n_pkgs; i++) {
         const struct st__pkg *p = &st->pkgs[i];
         const struct st__prog *prog =
             strcmp(p->row.job_id, j->row.job_id) ? NULL : st__prog_get(st, p->row.programmer_id, 0);
-        if (prog && !strcmp(prog->job_id, j->row.job_id))
+        if (prog && !strcmp(prog->job_id, j->row.job_id)) {
             counted += prog->counter;
+            producing |= prog->online &&
+                         prog->state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING;
+        }
     }
     if (station_db_counts(st->db, j->row.job_id, NULL, 0, &c) == NU_OK &&
         c.done + c.failed >= counted)
         return 1;
+    if (producing) {
+        j->settle_until_ms = 0;
+        return 0;
+    }
     if (!j->settle_until_ms)
         j->settle_until_ms = now + STATION_SETTLE_MS;
     return now >= j->settle_until_ms;

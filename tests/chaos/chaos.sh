@@ -261,11 +261,11 @@ fi
 wait_pid=
 secs=$(elapsed "$start" "$(now)")
 # Let the last device reports reach the ledger: a chip certified under a
-# lease reports with the lease's upload, up to a second or two after the
-# line stops; a report not there after 20 s is lost.
+# lease reports with the lease's upload; a report not there after 60 s is
+# lost.
 reported() { ledger "select count(*) from certificates where state = 'provisioned' and $LIVE" || echo 0; }
 locked_chips() { grep -lx 'state=locked' "$DIR"/targets/*/state 2>/dev/null | wc -l; }
-for ((i = 0; i < 100; i++)); do
+for ((i = 0; i < 300; i++)); do
     (($(reported) >= $(locked_chips))) && break
     sleep 0.2
 done
