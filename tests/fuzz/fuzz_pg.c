@@ -335,6 +335,10 @@ void fuzz_pg_setup(struct fuzz_pg *f, size_t payload_len, uint32_t chunk_size,
         setenv("TMPDIR", "/dev/shm", 1); /* the KeyStore and flash are files */
     r->name = "prog-1";
     r->sockets = 1;
+    /* A campaign runs for hours on one package: with the rig's 1 h expiry
+     * every socket then stopped EXPIRED (fuzz_pg_target died on it after an
+     * hour) and every firmware fetch was refused. */
+    r->package_ttl_ms = 30ull * 24 * 3600 * 1000;
     if (nu_test_tmpdir("fuzzpg", r->dir, sizeof(r->dir)) != 0)
         FUZZ_DIE("tmpdir");
     if (!live_dir[0] && atexit(fpg__atexit) != 0)

@@ -162,7 +162,7 @@ int rig_package(struct rig *r, uint32_t limit, uint8_t **out, size_t *out_len)
         .programmer_id = r->name,
         .recipient_pub = r->fc.enrolled_pkg_pub,
         .limit = limit,
-        .expires_at_ms = nu_time_ms() + 3600 * 1000,
+        .expires_at_ms = nu_time_ms() + (r->package_ttl_ms ? r->package_ttl_ms : 3600 * 1000),
         .created_at_ms = nu_time_ms(),
     };
     nu_random(o.package_id, sizeof(o.package_id));

@@ -31,6 +31,7 @@ struct rig {
     struct pg_core *core;
     unsigned sockets;
     uint32_t lease_abandon_ms; /* pg_config's, at the next rig_open (0: the core's default) */
+    uint64_t package_ttl_ms;   /* rig_package's expiry from now (0: 1 h) */
 };
 
 /* Temp dir, fake cloud (6-chunk image), programmer `name` opened (not enrolled). */
