@@ -228,6 +228,8 @@ static int h__ks(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
     switch (op) {
     case OP_KS_KEYS_GENERATE:
         return ks->keys_generate ? ks->keys_generate(CTX(ks)) : rc;
+    case OP_KS_LINE_KEY_GENERATE:
+        return ks->line_key_generate ? ks->line_key_generate(CTX(ks)) : rc;
     case OP_KS_ATTEST: {
         /* The statement, signature and certificate go back as three fields. */
         static struct pg_attestation att;
@@ -546,6 +548,22 @@ static int h__cry_buf(uint32_t op, struct rpc_msg *in, struct rpc_msg *out, uint
             rc = c->image_verify(CTX(cry), h__cb_read, &cb, size, rotpk, hash);
         return rc;
     }
+    case OP_CR_CERT_ISSUE: {
+        /* The issuer's key stays on the target side: its signer comes back as
+         * OP_CB_SIGN calls, as csr_make's does. */
+        struct h__cb cb = {rpc_get_u32(in), rpc_get_u32(in)};
+        const uint8_t *issuer = rpc_get_bytes(in, &a), *pub = rpc_get_bytes(in, &b);
+        const char *cn = rpc_get_str(in);
+        uint64_t now_s = rpc_get_u64(in);
+        size_t cap = rpc_get_u32(in);
+        if (cap > RPC_MAX)
+            cap = RPC_MAX;
+        if (c->cert_issue && b == 65)
+            rc =
+                c->cert_issue(CTX(cry), h__cb_sign, &cb, issuer, a, pub, cn, now_s, buf, cap, &len);
+        rpc_put_bytes(out, buf, rc == NU_OK ? len : 0);
+        return rc;
+    }
     }
     return rc;
 }
@@ -598,7 +616,7 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
 {
     if (!h__hal)
         return NU_ERR_STATE;
-    if (op <= OP_KS_ATTEST)
+    if (op <= OP_KS_LINE_KEY_GENERATE)
         return h__ks(op, in, out);
     if (op <= OP_FL_ERASE)
         return h__flash(op, in, out);
@@ -606,7 +624,7 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         return h__tp(op, in, out);
     if (op <= OP_TG_READ_CERT)
         return h__tgt(op, in, out);
-    if (op <= OP_CR_IMAGE_VERIFY)
+    if (op <= OP_CR_CERT_ISSUE)
         return h__cry(op, in, out);
     if (op < OP_HAL_END)
         return h__sys(op, in, out);
@@ -818,6 +836,33 @@ uint32_t pg_core_units_kept(const struct pg_core *c)
     uint32_t units = rpc_call(m, &r) == NU_OK ? rpc_get_u32(r) : 0;
     h__end();
     return units;
+}
+
+void pg_core_lease_counts(const struct pg_core *c, struct pg_lease_counts *out)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_LEASE_COUNTS), *r;
+    rpc_call(m, &r);
+    out->issued = rpc_get_u32(r);
+    out->uploaded = rpc_get_u32(r);
+    out->pending = rpc_get_u32(r);
+    out->units = rpc_get_u32(r);
+    h__end();
+}
+
+int pg_core_lease_sync(struct pg_core *c)
+{
+    (void)c;
+    return h__call0(OP_C_LEASE_SYNC);
+}
+
+void pg_core_link_note(struct pg_core *c, int rc)
+{
+    (void)c;
+    struct rpc_msg *m = h__begin(OP_C_LINK_NOTE), *r;
+    rpc_put_u32(m, (uint32_t)rc);
+    rpc_call(m, &r);
+    h__end();
 }
 
 void pg_core_stop(struct pg_core *c, enum pg_stop reason)

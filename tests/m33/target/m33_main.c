@@ -169,10 +169,17 @@ static int ks_attest(void *ctx, const uint8_t nonce[PG_ATTEST_NONCE_LEN],
     return rc;
 }
 
+static int ks_line_key_generate(void *ctx)
+{
+    (void)ctx;
+    t__yield();
+    return t__simple(OP_KS_LINE_KEY_GENERATE, 0);
+}
+
 static const struct pg_keystore_ops t_ks = {
-    PG_HAL_VERSION,  ks_keys_generate, ks_pubkey,   ks_sign,     ks_ecdh,
-    ks_counter_read, ks_counter_inc,   ks_blob_get, ks_blob_put, ks_attest,
-    NULL, /* line_key_generate: no offline lease on this target (NOT_SUPPORTED) */
+    PG_HAL_VERSION,       ks_keys_generate, ks_pubkey,   ks_sign,     ks_ecdh,
+    ks_counter_read,      ks_counter_inc,   ks_blob_get, ks_blob_put, ks_attest,
+    ks_line_key_generate,
 };
 
 /* ---- flash -------------------------------------------------------------------- */
@@ -634,10 +641,31 @@ static int cr_image_verify(void *ctx, pg_read_fn read, void *rctx, uint32_t size
     return rc;
 }
 
+/* The certificate is built on the host; its signature is made here, by the
+ * core's signer (the KeyStore's line-CA key), through OP_CB_SIGN. */
+static int cr_cert_issue(void *ctx, pg_sign_fn sign, void *sctx, const uint8_t *issuer,
+                         size_t issuer_len, const uint8_t pub[PG_P256_PUB_LEN], const char *cn,
+                         uint64_t now_s, uint8_t *out, size_t cap, size_t *out_len)
+{
+    (void)ctx;
+    struct rpc_msg *m = rpc_begin(OP_CR_CERT_ISSUE), *r;
+    rpc_put_u32(m, (uint32_t)(uintptr_t)sign);
+    rpc_put_u32(m, (uint32_t)(uintptr_t)sctx);
+    rpc_put_bytes(m, issuer, issuer_len);
+    rpc_put_bytes(m, pub, PG_P256_PUB_LEN);
+    rpc_put_str(m, cn);
+    rpc_put_u64(m, now_s);
+    rpc_put_u32(m, (uint32_t)cap);
+    int rc = t__go(m, &r);
+    t__out(r, out, cap, out_len);
+    rpc_done();
+    return rc;
+}
+
 static const struct pg_crypto_ops t_cry = {
-    PG_HAL_VERSION, cr_sha_init, cr_sha_update, cr_sha_final,  cr_verify,       cr_gcm,
-    cr_seal_open,   cr_csr_make, cr_csr_check,  cr_cert_check, cr_pubkey_parse, cr_image_verify,
-    NULL, /* cert_issue: no offline lease on this target (NOT_SUPPORTED) */
+    PG_HAL_VERSION,  cr_sha_init,     cr_sha_update, cr_sha_final, cr_verify,
+    cr_gcm,          cr_seal_open,    cr_csr_make,   cr_csr_check, cr_cert_check,
+    cr_pubkey_parse, cr_image_verify, cr_cert_issue,
 };
 
 /* ---- clock, rng, log ------------------------------------------------------------------ */
@@ -864,6 +892,20 @@ int m33_dispatch(uint32_t op, struct rpc_msg *in, struct rpc_msg *out)
         return pg_core_journal_flush(&t__core);
     case OP_C_UNITS_KEPT:
         rpc_put_u32(out, pg_core_units_kept(&t__core));
+        return NU_OK;
+    case OP_C_LEASE_COUNTS: {
+        struct pg_lease_counts lc;
+        pg_core_lease_counts(&t__core, &lc);
+        rpc_put_u32(out, lc.issued);
+        rpc_put_u32(out, lc.uploaded);
+        rpc_put_u32(out, lc.pending);
+        rpc_put_u32(out, lc.units);
+        return NU_OK;
+    }
+    case OP_C_LEASE_SYNC:
+        return pg_core_lease_sync(&t__core);
+    case OP_C_LINK_NOTE:
+        pg_core_link_note(&t__core, (int)rpc_get_u32(in));
         return NU_OK;
     case OP_C_ENROLL: {
         const char *relay = rpc_get_str(in), *token = rpc_get_str(in);

@@ -667,7 +667,12 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
     g.not_after_ms = now + hours * 3600000u;
     g.line_ca_cert_der.data = fc->lease_der;
     g.line_ca_cert_der.len = fc->lease_len;
-    return fc__answer(req, &g.base, resp, cap, out_len);
+    int rc = fc__answer(req, &g.base, resp, cap, out_len);
+    if (rc == NU_OK && fc->cut_after_grant > 0) {
+        fc->cut_after_grant--;
+        fc->link_down = 1;
+    }
+    return rc;
 }
 
 /* The online certificate issued for the UID's cert.request (its

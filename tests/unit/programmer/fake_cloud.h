@@ -83,6 +83,7 @@ struct fake_cloud {
     int drop_cert_replies;   /* this many cert.request answers are "lost" (TIMEOUT) */
     int cut_after_issue;     /* the next n new certificates: issued, then the WAN is cut
                                 (link_down) before the answer crosses */
+    int cut_after_grant;     /* the next n lease grants: answered, then the WAN is cut */
     int cert_unreachable;    /* cert.request always CONNECTION */
     /* cert.request: the next n answers are transient trouble, in turn the
      * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
