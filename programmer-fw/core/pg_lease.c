@@ -432,7 +432,10 @@ struct lease__up_msg {
     uint32_t recorded, known, refused, used, units, returned;
 };
 
-static int lease__up_decode(const uint8_t *buf, size_t len, struct lease__up_msg *u)
+/* Not inlined (nor lease__up_items): their frames are not live during
+ * lease__upload's request, the deepest path of a worker stack. */
+static __attribute__((noinline)) int lease__up_decode(const uint8_t *buf, size_t len,
+                                                      struct lease__up_msg *u)
 {
     static const struct pg_pb_desc d[] = {
         {1, PG_PB_BYTES, offsetof(struct lease__up_msg, id), PG_LEASE_ID_MAX, 0, 0},
@@ -454,8 +457,9 @@ static int lease__up_decode(const uint8_t *buf, size_t len, struct lease__up_msg
 /* Journal records (at most max, as many as fit in buf) into the upload at
  * w: those whose chip is done, and with `drop` (no chip in flight) the
  * others too (a crash left their chip unfinished). */
-static unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w, uint8_t *tmp,
-                                size_t tmp_cap, unsigned max, int drop, uint32_t *sent)
+static __attribute__((noinline)) unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w,
+                                                          uint8_t *tmp, size_t tmp_cap,
+                                                          unsigned max, int drop, uint32_t *sent)
 {
     unsigned n = 0;
     uint32_t hi = lease__counter(c);

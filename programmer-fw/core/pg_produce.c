@@ -813,7 +813,10 @@ static int prod__boot_attest(struct prod__dev *d)
     return rc;
 }
 
-static int prod__device(struct prod__dev *d)
+/* Not inlined: its frames would sit under the lease upload that
+ * pg_socket_run may make before the chip (pg__lease_worker), on a worker
+ * stack sized for the deeper of the two (the M33's RAM: programmer-fw/cross). */
+static __attribute__((noinline)) int prod__device(struct prod__dev *d)
 {
     size_t csr_len = 0;
     enum pg_chip_state st = PG_CHIP_BLANK;
@@ -1047,7 +1050,7 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 }
 
 /* What a worker does after its chip (good, bad, or held). */
-static void prod__finish(struct prod__dev *d, int rc, uint64_t t0)
+static __attribute__((noinline)) void prod__finish(struct prod__dev *d, int rc, uint64_t t0)
 {
     struct pg_core *c = d->c;
     unsigned sock = d->s;
