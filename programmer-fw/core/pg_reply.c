@@ -31,12 +31,37 @@ static const uint8_t *reply__key(const struct pg_core *c)
     return c->enrolled ? c->pin_package : c->anchored ? c->anchor : NULL;
 }
 
-static int reply__forged(struct pg_core *c, const char *topic, const char *why)
+/* why, and the transport's code when the answer never reached the check. */
+static int reply__forged_code(struct pg_core *c, const char *topic, const char *why, int code)
 {
     unsigned n = atomic_fetch_add(&c->forged, 1u) + 1u;
-    pg__log(c, PG_LOG_WARN, "answer to %s dropped: %s (not the cloud's; %u dropped so far)", topic,
-            why, n);
+    pg__log(c, PG_LOG_WARN, "answer to %s dropped: %s%s (not the cloud's; %u dropped so far)",
+            topic, why, code ? nu_err_name(code) : "", n);
     return NU_ERR_BAD_SIGNATURE;
+}
+
+static int reply__forged(struct pg_core *c, const char *topic, const char *why)
+{
+    return reply__forged_code(c, topic, why, NU_OK);
+}
+
+/*
+ * A request that came back without an answer to verify. With a key pinned,
+ * only a verified answer is the cloud's word; anything else the transport
+ * reports (an answer too large for the buffer or with unreadable properties,
+ * a PUBACK refusal) comes from the CM's side of the link, where nothing is
+ * signed. Taken as a verdict it failed the chip with its unit spent (and
+ * cleared a report from the journal) on one unsigned packet; it is dropped
+ * as a forged answer instead: counted, the chip held and asked again with
+ * the same idempotency key. "No answer" (TIMEOUT, CONNECTION, no subscriber,
+ * MQTT), a port that cannot verify (NOT_SUPPORTED) and a local NOMEM keep
+ * their meaning.
+ */
+static int reply__unverified(struct pg_core *c, const char *topic, int rc)
+{
+    if (pg__transient(rc) || rc == NU_ERR_NOT_SUPPORTED || rc == NU_ERR_NOMEM)
+        return rc;
+    return reply__forged_code(c, topic, "unsigned, the link said ", rc);
 }
 
 /* The signature sig (hex, decoded in place) of resp[len] on reply_topic, by key. */
@@ -92,7 +117,7 @@ int pg__tp_request(struct pg_core *c, const char *topic, const uint8_t *req, siz
     if (rc == NU_ERR_NOT_SUPPORTED)
         pg__log(c, PG_LOG_ERROR, "%s: the transport cannot give the answer's signature", topic);
     if (rc != NU_OK)
-        return rc;
+        return reply__unverified(c, topic, rc);
     reply_topic[sizeof(reply_topic) - 1] = sig[sizeof(sig) - 1] = '\0';
     rc = reply__signed(c, key, topic, reply_topic, resp, *out_len, sig);
     if (rc == NU_OK)

@@ -869,6 +869,13 @@ static int fc__request_signed(void *ctx, const char *topic, const uint8_t *p, si
         return rc == NU_OK ? NU_ERR_TOO_LARGE : rc;
     snprintf(reply_topic, topic_cap, "%s", FC__REPLY_TOPIC);
     pthread_mutex_lock(&fc->lock);
+    const char *op = strrchr(topic, '/');
+    if (fc->link_refusals > 0 &&
+        (!fc->link_refusal_op || (op && !strcmp(op + 1, fc->link_refusal_op)))) {
+        rc = fc->link_refusals-- % 2 ? NU_ERR_TOO_LARGE : NU_ERR_NOT_AUTHORIZED;
+        pthread_mutex_unlock(&fc->lock);
+        return rc;
+    }
     if (fc->replay_replies > 0 && fc->last_resp && fc->last_len <= cap) {
         fc->replay_replies--;
         memcpy(resp, fc->last_resp, fc->last_len);

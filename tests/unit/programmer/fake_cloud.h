@@ -109,9 +109,14 @@ struct fake_cloud {
      * otherwise. forge_key: a CM-held key; forge_replies: the next n
      * answers are signed by it; replay_replies: the next n answers are the
      * previous (genuine, signed) answer again; unsigned_replies: the next n
-     * carry no signature. */
+     * carry no signature; link_refusals: the next n requests reach the cloud
+     * (a certificate is issued), but what comes back is, in turn, the
+     * transport's TOO_LARGE (an answer bigger than the buffer) and
+     * NOT_AUTHORIZED (a PUBACK refusal), nothing signed; only requests of
+     * link_refusal_op when set. */
     struct nu_p256_key *forge_key;
-    int forge_replies, replay_replies, unsigned_replies;
+    int forge_replies, replay_replies, unsigned_replies, link_refusals;
+    const char *link_refusal_op;
     uint8_t *last_resp;
     size_t last_len;
     char last_sig[160];

@@ -61,6 +61,51 @@ static void test_forged_certificate_not_written(void)
     rig_teardown(&R);
 }
 
+/*
+ * The CM's broker answers a cert.request (which reached the cloud: the
+ * certificate is issued) with an unsigned answer too large for the buffer,
+ * then with a PUBACK refusal, and answers a device.report the same way. Not
+ * the cloud's word: each is dropped and counted, the chip is held and asked
+ * again with the same idempotency key, its report stays journaled until the
+ * genuine acknowledgement. No chip failed, no unit spent for nothing.
+ */
+static void test_unsigned_link_refusals_are_no_verdict(void)
+{
+    setup_enrolled("prog-refused");
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    struct pg_result res;
+    R.fc.link_refusals = 2; /* cert.request: TOO_LARGE, then NOT_AUTHORIZED */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(res.error, 0);
+    CU_ASSERT_EQUAL(pg_core_forged(R.core), 2);
+    CU_ASSERT_EQUAL(R.fc.issued, 1); /* the retry got the issued one */
+    unsigned reports = fc_count_reports(&R.fc, 1);
+    CU_ASSERT_EQUAL(reports, 1);
+
+    /* The next chip's device.report: refused twice on the link, then kept
+     * until the cloud acknowledges it. */
+    R.fc.link_refusal_op = "device.report";
+    R.fc.link_refusals = 2;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(R.fc.link_refusals, 0);
+    CU_ASSERT_EQUAL(pg_core_forged(R.core), 4);
+    uint32_t v = 0;
+    CU_ASSERT_EQUAL(pp_ks_ops.counter_read(R.ks, R.fc.job_id, &v), NU_OK);
+    CU_ASSERT_EQUAL(v, 2); /* two chips, two units */
+    pg_core_production_end(R.core);
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK); /* nothing left in it */
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.locked, 2);
+    CU_ASSERT_EQUAL(c.verified, 2);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 2);
+    rig_teardown(&R);
+}
+
 static void test_unsigned_and_replayed_answers_dropped(void)
 {
     setup_enrolled("prog-replay");
@@ -145,6 +190,8 @@ static const struct nu_test_case reply_cases[] = {
     {"a certificate answer signed by a CM-held key is not written",
      test_forged_certificate_not_written},
     {"unsigned and replayed answers are dropped", test_unsigned_and_replayed_answers_dropped},
+    {"an unsigned refusal on the link (too large, PUBACK) is no verdict",
+     test_unsigned_link_refusals_are_no_verdict},
     {"the anchor authenticates a relayed enrollment", test_anchor_authenticates_relayed_enrollment},
     {"an anchor of another key refuses the enrollment", test_anchor_of_another_oem_refuses},
     {NULL, NULL},
