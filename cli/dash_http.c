@@ -20,6 +20,10 @@
 
 #define DASH__TOKEN_MIN 16
 #define DASH__CONNECTIONS_MAX 32
+/* A connection idle this long is closed: without it 32 connections that
+ * never sent a request (no token needed for that) held every slot for good.
+ * The event stream is never idle (a heartbeat every DASH__HEARTBEAT_MS). */
+#define DASH__IDLE_S 10u
 #define DASH__HEARTBEAT_MS 2000u
 #define DASH__POLL_MS 100u
 
@@ -228,13 +232,15 @@ int dash_http_start(const struct dash_http_opts *opts, struct dash_model *model,
         h->daemon = MHD_start_daemon(
             flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log, NULL,
             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
-            (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_HTTPS_MEM_CERT, opts->tls_cert,
-            MHD_OPTION_HTTPS_MEM_KEY, opts->tls_key, MHD_OPTION_END);
+            (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_CONNECTION_TIMEOUT, DASH__IDLE_S,
+            MHD_OPTION_HTTPS_MEM_CERT, opts->tls_cert, MHD_OPTION_HTTPS_MEM_KEY, opts->tls_key,
+            MHD_OPTION_END);
     else
-        h->daemon = MHD_start_daemon(
-            flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER, dash__mhd_log, NULL,
-            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
-            (unsigned)DASH__CONNECTIONS_MAX, MHD_OPTION_END);
+        h->daemon =
+            MHD_start_daemon(flags, 0, NULL, NULL, dash__route, h, MHD_OPTION_EXTERNAL_LOGGER,
+                             dash__mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)DASH__CONNECTIONS_MAX,
+                             MHD_OPTION_CONNECTION_TIMEOUT, DASH__IDLE_S, MHD_OPTION_END);
     if (!h->daemon) {
         free(h->token);
         free(h);

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -128,6 +129,15 @@ def http_status(url):
         return e.code, dict(e.headers)
 
 
+def served(url):
+    """True when url answers 200, else what happened (a reset is no answer)."""
+    try:
+        status, _ = http_status(url)
+        return status == 200 or status
+    except OSError as e:
+        return repr(e)
+
+
 def page_numbers(browser, job):
     js = """(() => {
       const row = document.querySelector('[data-job="%s"]');
@@ -162,6 +172,7 @@ def run(args, home):
                              "127.0.0.1:0"], env=stack.env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     browser = None
+    token = ""
     try:
         url_file = os.path.join(home, "run", "dashboard.url")
         ok, _ = wait_for("url", lambda: os.path.exists(url_file) or None, 20)
@@ -180,6 +191,17 @@ def run(args, home):
         check("page is served with a strict CSP and no referrer",
               status == 200 and "default-src 'none'" in csp and
               headers.get("Referrer-Policy") == "no-referrer", "%s %s" % (status, csp))
+
+        # Connections that never send a request (no token needed for that)
+        # hold no slot for good: the token holder gets in once they idle out.
+        port = int(base.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+        try:
+            ok, last = wait_for("a slot", lambda: served(base + "/state.json?token=" + token), 25)
+            check("40 idle connections do not lock the token holder out", ok, str(last))
+        finally:
+            for s in idle:
+                s.close()
 
         browser = Browser(args.chromium, os.path.join(home, "chromium"))
         browser.call("Page.enable")
@@ -226,6 +248,8 @@ def run(args, home):
             out, _ = dash.communicate()
         check("dashboard stops on SIGTERM with exit 0", dash.returncode == 0,
               "exit %s\n%s" % (dash.returncode, out))
+        check("its output (a log, not a terminal) holds no token", token and token not in out,
+              out[-400:])
         stack.nusec("stack", "down", check_rc=False)
 
 
