@@ -28,10 +28,11 @@ static const char cli__dash_usage[] =
     "programmer statuses, events) and pushes every change to the page as\n"
     "Server-Sent Events. Every asset is served by this program.\n"
     "\n"
-    "Access needs a random token, made at each start: the URL with it is printed\n"
-    "and written to DIR/run/dashboard.url (mode 0600). On an address other than\n"
-    "loopback the page is served over HTTPS only, with --tls-cert/--tls-key\n"
-    "(default DIR/pki/broker.crt and broker.key, issued by the Fleet CA).\n"
+    "Access needs a random token, made at each start: the URL with it is written\n"
+    "to DIR/run/dashboard.url (mode 0600), and printed when stdout is a terminal\n"
+    "(not into a log). On an address other than loopback the page is served over\n"
+    "HTTPS only, with --tls-cert/--tls-key (default DIR/pki/broker.crt and\n"
+    "broker.key, issued by the Fleet CA).\n"
     "\n"
     "  --listen ADDR:PORT  IPv4 address and port (default 127.0.0.1:8080; port 0\n"
     "                      = any free port)\n"
@@ -155,7 +156,13 @@ static int cli__dash_url(const struct cli__dash_opts *o, const char *token, uint
         rc = nu_file_write_atomic(path, url, strlen(url), 0600);
     if (rc != NU_OK)
         return cli_fail("dashboard: write DIR/run/dashboard.url", rc);
-    printf("dashboard: %s", url);
+    /* The token goes to a terminal only: a service's stdout is a log file
+     * (`stack up`: DIR/logs/dashboard.log), which is no place for it. */
+    if (isatty(STDOUT_FILENO))
+        printf("dashboard: %s", url);
+    else
+        printf("dashboard: %s://%s:%u/ (the URL with its access token: %s)\n",
+               tls ? "https" : "http", o->host, (unsigned)port, path);
     fflush(stdout);
     return CLI_EXIT_OK;
 }

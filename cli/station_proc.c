@@ -59,7 +59,8 @@ int station_proc_spawn(char *const argv[], const char *log_path, pid_t *out_pid)
 {
     if (!argv || !argv[0] || !log_path || !out_pid)
         return NU_ERR_INVALID_ARG;
-    int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    /* Owner only: a log names identities, jobs and devices. */
+    int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int rc = log_fd >= 0 && null_fd >= 0 ? NU_OK : NU_ERR_IO;
     pid_t pid = rc == NU_OK ? fork() : -1;
