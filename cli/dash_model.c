@@ -250,17 +250,23 @@ static void dash__count_minute(struct dash_model *m, uint64_t at_ms)
 static void dash__feed_event(struct dash_model *m, const struct station_event *ev, uint64_t now_ms)
 {
     uint64_t at = ev->sent_at_ms && ev->sent_at_ms < now_ms ? ev->sent_at_ms : now_ms;
-    if (strcmp(ev->role, "programmer") == 0) {
+    /* The role is the topic's, which the broker checks against the sender's
+     * certificate. Every role may publish events, a read-only monitor
+     * included: a job's state and counts are the cloud's word only, a chip's
+     * outcome a programmer's (any other sender faked the OEM's view). */
+    int from_cloud = strcmp(ev->role, "cloud") == 0;
+    int from_programmer = strcmp(ev->role, "programmer") == 0;
+    if (from_programmer) {
         struct dash__prog *p = dash__prog(m, ev->sender);
         if (at > p->last_seen_ms)
             p->last_seen_ms = at;
     }
-    if (ev->has_job && ev->job_id[0])
+    if (from_cloud && ev->has_job && ev->job_id[0])
         dash__job_counts(dash__job(m, ev->job_id, now_ms), ev->job_status, ev->job_quota,
                          ev->job_issued, ev->job_refused, at);
-    if (ev->has_device && ev->outcome && strcmp(ev->outcome, "provisioned") == 0)
+    if (from_programmer && ev->has_device && ev->outcome && strcmp(ev->outcome, "provisioned") == 0)
         dash__count_minute(m, at);
-    if (ev->has_device && ev->outcome && strcmp(ev->outcome, "failed") == 0) {
+    if (from_programmer && ev->has_device && ev->outcome && strcmp(ev->outcome, "failed") == 0) {
         char key[DASH__KEY_MAX];
         snprintf(key, sizeof(key), "%s/%s", ev->job_id, ev->error ? nu_err_name(ev->error) : "-");
         struct dash__reason *r = dash__slot(m->reasons, &m->n_reasons, DASH_MODEL_REASONS_MAX,

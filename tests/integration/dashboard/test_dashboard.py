@@ -138,6 +138,30 @@ def served(url):
         return repr(e)
 
 
+def spoof_job_event(home, job, fake_job):
+    """As the read-only monitor identity (every role may publish events on
+    its own topics): a job event claiming the real job is active with other
+    counts, and a job that does not exist. The view must ignore both."""
+    proto = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "proto")
+    now = int(time.time() * 1000)
+    for i, j in enumerate((job, fake_job)):
+        text = ('header { message_id: "spoofspoofspoof%d" sender_id: "monitor" sent_at_ms: %d '
+                'sequence: %d protocol: 1 } event { kind: "job.spoofed" job_id: "%s" job { '
+                'job_id: "%s" status: JOB_STATUS_ACTIVE quota: 1000000 issued: 3 refused: 999 } }'
+                % (i, now, 999999 + i, j, j))
+        body = subprocess.run(["protoc", "-I", proto, "--encode=nusec.v1.Envelope",
+                               "nusec/v1/envelope.proto"], input=text.encode(),
+                              capture_output=True, check=True).stdout
+        host, port = open(os.path.join(home, "broker", "endpoint")).read().strip().rsplit(":", 1)
+        pki = os.path.join(home, "pki")
+        subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "--cafile",
+                        os.path.join(pki, "chain.pem"), "--cert",
+                        os.path.join(pki, "clients", "monitor.crt"), "--key",
+                        os.path.join(pki, "clients", "monitor.key"), "-i", "monitor:spoof",
+                        "-q", "1", "-t", "nusec/v1/events/monitor/monitor/job.spoofed", "-s"],
+                       input=body, capture_output=True, check=True, timeout=20)
+
+
 def page_numbers(browser, job):
     js = """(() => {
       const row = document.querySelector('[data-job="%s"]');
@@ -223,6 +247,17 @@ def run(args, home):
         n = page_numbers(browser, job)
         check("updates were pushed (several snapshots, no reload)", n["snapshots"] >= 2,
               str(n["snapshots"]))
+
+        spoof_job_event(home, job, "job-spoofed-by-monitor")
+        time.sleep(2)
+        n = page_numbers(browser, job)
+        with urllib.request.urlopen(base + "/state.json?token=" + token, timeout=5) as r:
+            jobs = {j["job"]: j for j in json.loads(r.read().decode())["jobs"]}
+        real = jobs.get(job, {})
+        check("a job event from another role than the cloud changes nothing",
+              n["issued"] == 40 and "job-spoofed-by-monitor" not in jobs and
+              real.get("quota") == 40 and real.get("status") == "exhausted",
+              "issued %s, jobs %s" % (n["issued"], json.dumps(list(jobs.values()))[:400]))
 
         pid = int(open(os.path.join(home, "run", "prog-2.pid")).read())
         os.kill(pid, signal.SIGKILL)
