@@ -74,7 +74,8 @@ static void sm__failures(struct station_metrics *sm)
     sqlite3_busy_timeout(db, 1000);
     if (sqlite3_prepare_v2(db,
                            "SELECT sender, error, COUNT(*) FROM journal"
-                           " WHERE kind = 'device.failed' GROUP BY sender, error",
+                           " WHERE kind = 'device.failed' AND role = 'programmer'"
+                           " GROUP BY sender, error",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     while (sqlite3_step(st) == SQLITE_ROW) {
