@@ -692,7 +692,9 @@ int nu_p256_key_to_pem(struct nu_p256_key *key, char *out, size_t cap, size_t *o
     out[0] = '\0';
     uint8_t der[256];
     pthread_mutex_lock(&key->lock);
-    int n = wc_EccPrivateKeyToDer(&key->ecc, der, sizeof(der));
+    /* With the public point (RFC 5915's optional field): GnuTLS, which
+     * libmicrohttpd's HTTPS uses, refuses an EC key without it. */
+    int n = wc_EccKeyToDer(&key->ecc, der, sizeof(der));
     pthread_mutex_unlock(&key->lock);
     int rc;
     if (n <= 0)
