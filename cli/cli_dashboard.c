@@ -6,6 +6,7 @@
 #include "dash_model.h"
 
 #include "nu_client.h"
+#include "nu_crypto.h"
 #include "nu_err.h"
 #include "nu_mqtt.h"
 #include "nu_util.h"
@@ -106,6 +107,54 @@ static int cli__dash_parse(int argc, char **argv, struct cli__dash_opts *o)
     return CLI_EXIT_OK;
 }
 
+/*
+ * GnuTLS (libmicrohttpd's TLS) refuses an EC key without its public point,
+ * which keys written before nu_p256_key_to_pem added it lack (DIR/pki of an
+ * older install): a P-256 key is handed on re-encoded, with it. Any other
+ * key goes as it is. Takes kt (len klen); returns the PEM to use.
+ */
+static char *cli__dash_key_pem(char *kt, size_t klen)
+{
+    struct nu_p256_key *key = NULL;
+    char pem[1024];
+    size_t n = 0;
+    if (nu_p256_key_from_pem(kt, klen, &key) != NU_OK)
+        return kt;
+    int rc = nu_p256_key_to_pem(key, pem, sizeof(pem), &n);
+    nu_p256_key_destroy(key);
+    char *out = rc == NU_OK ? strdup(pem) : NULL;
+    nu_zero(pem, sizeof(pem));
+    if (!out)
+        return kt;
+    nu_zero(kt, klen);
+    free(kt);
+    return out;
+}
+
+/* The broker's certificate is the Fleet CA's: the chain sent with it, so a
+ * browser that trusts DIR/pki/root-ca.pem accepts it (*c grows). */
+static int cli__dash_append_issuer(const struct cli__dash_opts *o, uint8_t **c, size_t *clen)
+{
+    char path[4096];
+    uint8_t *ca = NULL, *all;
+    size_t calen = 0;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/pki/fleet-ca.pem", o->dir);
+    if (rc == NU_OK)
+        rc = nu_file_read(path, 64 * 1024, &ca, &calen);
+    if (rc != NU_OK)
+        return rc == NU_ERR_NOT_FOUND ? NU_OK : rc; /* the leaf alone, as before */
+    if (!(all = realloc(*c, *clen + 1 + calen))) {
+        free(ca);
+        return NU_ERR_NOMEM;
+    }
+    all[*clen] = '\n';
+    memcpy(all + *clen + 1, ca, calen);
+    *c = all;
+    *clen += 1 + calen;
+    free(ca);
+    return NU_OK;
+}
+
 /* HTTPS material for a non-loopback address: the given files or the broker's. */
 static int cli__dash_tls(const struct cli__dash_opts *o, char **out_cert, char **out_key)
 {
@@ -121,6 +170,8 @@ static int cli__dash_tls(const struct cli__dash_opts *o, char **out_cert, char *
                          nu_path_fmt(key, sizeof(key), "%s/pki/broker.key", o->dir) != NU_OK))
         return NU_ERR_INVALID_ARG;
     int rc = nu_file_read(cert, 256 * 1024, &c, &clen);
+    if (rc == NU_OK && !o->tls_cert)
+        rc = cli__dash_append_issuer(o, &c, &clen);
     if (rc == NU_OK)
         rc = nu_file_read(key, 64 * 1024, &k, &klen);
     if (rc != NU_OK) {
@@ -137,7 +188,7 @@ static int cli__dash_tls(const struct cli__dash_opts *o, char **out_cert, char *
     }
     ct[clen] = kt[klen] = '\0';
     *out_cert = ct;
-    *out_key = kt;
+    *out_key = cli__dash_key_pem(kt, klen);
     return NU_OK;
 }
 
@@ -165,6 +216,29 @@ static int cli__dash_url(const struct cli__dash_opts *o, const char *token, uint
                tls ? "https" : "http", o->host, (unsigned)port, path);
     fflush(stdout);
     return CLI_EXIT_OK;
+}
+
+/* The token dies with this process: no stale URL. But the file is ours only
+ * while it holds our token (another dashboard on DIR may have written it
+ * since, and its URL must stay). */
+static void cli__dash_url_drop(const struct cli__dash_opts *o, const char *token)
+{
+    char path[4096];
+    uint8_t *url = NULL;
+    size_t len = 0;
+    if (nu_path_fmt(path, sizeof(path), "%s/run/dashboard.url", o->dir) != NU_OK ||
+        nu_file_read(path, 4096, &url, &len) != NU_OK)
+        return;
+    char *text = realloc(url, len + 1);
+    if (!text) {
+        free(url);
+        return;
+    }
+    text[len] = '\0';
+    if (strstr(text, token))
+        unlink(path);
+    explicit_bzero(text, len);
+    free(text);
 }
 
 static int cli__dash_serve(const struct cli__dash_opts *o, struct dash_model *model)
@@ -195,10 +269,8 @@ static int cli__dash_serve(const struct cli__dash_opts *o, struct dash_model *mo
         rc = cli__dash_url(o, token, dash_http_port(http), cert != NULL) ? NU_ERR_IO : NU_OK;
     while (rc == NU_OK && !cli__dash_stop)
         usleep(100 * 1000);
-    char url_file[4096]; /* the token dies with this process: no stale URL */
-    if (rc == NU_OK &&
-        nu_path_fmt(url_file, sizeof(url_file), "%s/run/dashboard.url", o->dir) == NU_OK)
-        unlink(url_file);
+    if (rc == NU_OK)
+        cli__dash_url_drop(o, token);
     dash_http_stop(http);
     for (size_t i = 0; m && i < CLI__DASH_FILTERS; i++)
         nu_mqtt_unsubscribe(m, cli__dash_filters[i]);

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sqlite3
 import subprocess
 import sys
@@ -162,6 +163,34 @@ def spoof_job_event(home, job, fake_job):
                        input=body, capture_output=True, check=True, timeout=20)
 
 
+def https_default(args, stack, home):
+    """On a non-loopback address the page is HTTPS with the broker's
+    certificate and key (DIR/pki), which a client trusting the root accepts."""
+    url_file = os.path.join(home, "run", "dashboard.url")
+    if os.path.exists(url_file):
+        os.unlink(url_file)
+    dash = subprocess.Popen([os.path.join(args.bin, "nusec"), "dashboard", "--listen",
+                             "0.0.0.0:0"], env=stack.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        ok, _ = wait_for("https url", lambda: os.path.exists(url_file) or None, 20)
+        url = open(url_file).read().strip() if ok else ""
+        port, token = url.split("/?token=")[0].rsplit(":", 1)[-1], url.split("token=")[-1]
+        ctx = ssl.create_default_context(cafile=os.path.join(home, "pki", "root-ca.pem"))
+        try:
+            with urllib.request.urlopen("https://127.0.0.1:%s/state.json?token=%s" % (port, token),
+                                        timeout=5, context=ctx) as r:
+                status = r.status
+        except (OSError, ValueError) as e:
+            status = repr(e)
+        check("HTTPS with the broker's certificate, verified through the root", status == 200,
+              "%s (url %s)" % (status, url))
+    finally:
+        dash.send_signal(signal.SIGTERM)
+        out, _ = dash.communicate(timeout=15)
+        check("the HTTPS dashboard stops with exit 0", dash.returncode == 0, out[-400:])
+
+
 def page_numbers(browser, job):
     js = """(() => {
       const row = document.querySelector('[data-job="%s"]');
@@ -285,7 +314,10 @@ def run(args, home):
               "exit %s\n%s" % (dash.returncode, out))
         check("its output (a log, not a terminal) holds no token", token and token not in out,
               out[-400:])
-        stack.nusec("stack", "down", check_rc=False)
+        try:
+            https_default(args, stack, home)
+        finally:
+            stack.nusec("stack", "down", check_rc=False)
 
 
 def main():
