@@ -151,6 +151,7 @@ struct cloud_call {
     int replied;
     int audited;                   /* the handler's refusal is already in the audit chain (the
                                       ledger records its own refusals): the frame adds none */
+    int admitted;                  /* signed by the requester, whose role may call op */
     char detail[CLOUD_DETAIL_MAX]; /* why, when the handler returns an error */
 };
 

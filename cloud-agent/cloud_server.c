@@ -338,12 +338,16 @@ static void cloud__refuse(struct cloud_call *call, int code)
     nu_info("refused %s from %s: %s (%s)", call->op, call->requester, nu_err_name(code),
             err.detail);
     if (!strcmp(call->op, "cert.request")) {
-        /* The job label only when it is one (bounded, no outside text). */
-        const char *job = call->req && call->req->body_case ==
-                                           NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
-                                  !nu_envelope_id_check(call->req->certificate_request->job_id)
-                              ? call->req->certificate_request->job_id
-                              : "-";
+        /* The job label only when it is one (bounded, no outside text) and
+         * only for a request admitted to the handler: before that the label
+         * is whatever the sender chose, and 1024 made-up jobs, unsigned,
+         * filled the family so that real refusals were no longer counted. */
+        const char *job =
+            call->admitted && call->req &&
+                    call->req->body_case == NUSEC__V1__ENVELOPE__BODY_CERTIFICATE_REQUEST &&
+                    !nu_envelope_id_check(call->req->certificate_request->job_id)
+                ? call->req->certificate_request->job_id
+                : "-";
         nu_metric_add(call->cloud->metrics.refused, 1, (const char *[]){job, nu_err_name(code)});
     }
     if (!call->replied && call->msg->response_topic)
@@ -507,6 +511,7 @@ static int cloud__request_open(struct cloud *cloud, struct cloud_ledger *ledger,
         s->req = NULL;
         return 0;
     }
+    call->admitted = 1;
     return 1;
 }
 
