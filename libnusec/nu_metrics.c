@@ -27,6 +27,7 @@ struct nu__series {
     int64_t value;                      /* counter, gauge; atomic */
     uint64_t buckets[NU__NBUCKETS + 1]; /* histogram: per bucket (not cumulative), +Inf last */
     uint64_t sum_us, count;
+    uint64_t used; /* the family's tick at its last update (under the family's lock) */
 };
 
 struct nu_metric {
@@ -39,12 +40,13 @@ struct nu_metric {
     pthread_mutex_t lock; /* the series list grows under it; values are atomics */
     struct nu__series *series;
     size_t n_series;
+    uint64_t tick; /* updates of new or existing label sets (under lock): LRU order */
 };
 
 struct nu_metrics {
     pthread_mutex_t lock; /* the family list */
     struct nu_metric *families, *tail;
-    uint64_t dropped; /* updates of label sets beyond NU_METRICS_SERIES_MAX */
+    uint64_t dropped; /* label sets evicted at NU_METRICS_SERIES_MAX (or lost to NOMEM) */
     void (*on_render)(void *ctx);
     void *on_render_ctx;
     pthread_mutex_t render_lock; /* one render (and its hook) at a time */
@@ -189,7 +191,42 @@ int nu_metrics_histogram(struct nu_metrics *m, const char *name, const char *hel
     return nu__family(m, NU__HISTOGRAM, name, help, labels, out);
 }
 
-/* The series of these label values, made on first use; NULL when full or out of memory. */
+/*
+ * A full family gives its least recently updated series to the new label
+ * set (values reset: a counter restarts, which Prometheus reads as a reset).
+ * Dropping the new set instead meant that once a long-lived cloud had seen
+ * NU_METRICS_SERIES_MAX jobs, no later job was counted at all. The old
+ * struct is reused in place, never freed: an updater still holding it adds
+ * to the new set at worst. Caller holds the family's lock; NULL on NOMEM.
+ */
+static struct nu__series *nu__evict(struct nu_metric *f, const char *const *values)
+{
+    struct nu__series *old = f->series;
+    char *copy[NU_METRICS_LABELS_MAX] = {0};
+    for (struct nu__series *s = f->series; s; s = s->next)
+        if (s->used < old->used)
+            old = s;
+    for (size_t i = 0; i < f->n_labels; i++) {
+        if (!(copy[i] = strdup(values && values[i] ? values[i] : ""))) {
+            while (i--)
+                free(copy[i]);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < f->n_labels; i++) {
+        free(old->values[i]);
+        old->values[i] = copy[i];
+    }
+    __atomic_store_n(&old->value, 0, __ATOMIC_RELAXED);
+    for (size_t b = 0; b <= NU__NBUCKETS; b++)
+        __atomic_store_n(&old->buckets[b], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&old->sum_us, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&old->count, 0, __ATOMIC_RELAXED);
+    return old;
+}
+
+/* The series of these label values, made on first use (a full family evicts
+ * its least recently updated one); NULL when out of memory. */
 static struct nu__series *nu__find(struct nu_metric *f, const char *const *values)
 {
     if (!f->n_labels)
@@ -203,13 +240,18 @@ static struct nu__series *nu__find(struct nu_metric *f, const char *const *value
         if (i == f->n_labels)
             break;
     }
+    int evicted = 0;
     if (!s && f->n_series < NU_METRICS_SERIES_MAX && (s = nu__series_new(f, values))) {
         s->next = f->series;
         f->series = s;
         f->n_series++;
+    } else if (!s && f->series) {
+        evicted = (s = nu__evict(f, values)) != NULL;
     }
+    if (s)
+        s->used = ++f->tick;
     pthread_mutex_unlock(&f->lock);
-    if (!s)
+    if (!s || evicted)
         __atomic_add_fetch(&f->reg->dropped, 1, __ATOMIC_RELAXED);
     return s;
 }
@@ -359,8 +401,8 @@ int nu_metrics_render(struct nu_metrics *m, char **out, size_t *out_len)
         nu__render_family(o, f);
     pthread_mutex_unlock(&m->lock);
     fprintf(o,
-            "# HELP nusec_metrics_series_dropped_total Metric updates dropped: a family had "
-            "%d label sets already.\n"
+            "# HELP nusec_metrics_series_dropped_total Label sets dropped: a family at %d "
+            "gave its least recently updated one to a new one.\n"
             "# TYPE nusec_metrics_series_dropped_total counter\n"
             "nusec_metrics_series_dropped_total %llu\n",
             NU_METRICS_SERIES_MAX,

@@ -5,9 +5,11 @@
  * A program makes one registry (nu_metrics_new), hangs it on its own context
  * (no global), declares its families once at start-up, then updates them
  * from any thread: values are atomics; the first use of a new label set
- * takes the family's mutex once. A family holds at most NU_METRICS_SERIES_MAX
- * label sets; updates of further ones are dropped (and counted in
- * nusec_metrics_series_dropped_total), so outside input cannot grow memory.
+ * takes the family's mutex. A family holds at most NU_METRICS_SERIES_MAX
+ * label sets, so outside input cannot grow memory; a new one beyond takes
+ * the place of the least recently updated one (which restarts from 0 if it
+ * comes back), counted in nusec_metrics_series_dropped_total: a long-lived
+ * process keeps counting its newest jobs.
  *
  * Names follow Prometheus practice (checked by `promtool check metrics`):
  * counters end in _total, histograms of durations in _seconds.

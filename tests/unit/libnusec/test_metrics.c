@@ -90,7 +90,9 @@ static void test_bad_names_refused(void)
     nu_metrics_free(m);
 }
 
-/* Outside input picks label values: memory stays bounded, the loss is counted. */
+/* Outside input picks label values: memory stays bounded, the loss is
+ * counted, and the newest label sets (a long-lived cloud's latest jobs) are
+ * the ones kept: the least recently updated make room. */
 static void test_series_are_bounded(void)
 {
     struct nu_metrics *m = NULL;
@@ -101,6 +103,8 @@ static void test_series_are_bounded(void)
     for (int i = 0; i < NU_METRICS_SERIES_MAX + 10; i++) {
         snprintf(v, sizeof(v), "v%d", i);
         nu_metric_add(c, 1, (const char *[]){v});
+        if (i == NU_METRICS_SERIES_MAX - 1)
+            nu_metric_add(c, 5, (const char *[]){"v0"}); /* in use: kept */
     }
     char *text = render(m);
     size_t lines = 0;
@@ -108,6 +112,12 @@ static void test_series_are_bounded(void)
         lines++;
     CU_ASSERT_EQUAL(lines, NU_METRICS_SERIES_MAX);
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nnusec_metrics_series_dropped_total 10\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nb_total{v=\"v0\"} 6\n"));
+    CU_ASSERT_PTR_NULL(strstr(text, "\nb_total{v=\"v1\"}"));
+    CU_ASSERT_PTR_NULL(strstr(text, "\nb_total{v=\"v10\"}"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nb_total{v=\"v11\"} 1\n"));
+    snprintf(v, sizeof(v), "\nb_total{v=\"v%d\"} 1\n", NU_METRICS_SERIES_MAX + 9);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, v));
     free(text);
     nu_metrics_free(m);
 }
