@@ -128,6 +128,16 @@ static int ledger__report_transition(enum cloud_ledger_cert_state from, int prov
  * certificate into ledger->cert. The caller rolls back on any error (a no-op
  * when no transaction was opened).
  */
+/*
+ * A write transaction with the certificate read under its locks. Where
+ * writers are not serialized (PostgreSQL, READ COMMITTED) the first read only
+ * names the job: the job row, then the certificate row, are locked, and the
+ * certificate is read again, so the state a change decides on is the one it
+ * overwrites. Read once without the locks, a delayed device.report wrote
+ * "provisioned" over the OEM's revocation that committed in between (and the
+ * next CRL left the certificate out); revoke and report now queue on the job
+ * row, as issuance and lease uploads do.
+ */
 static int ledger__cert_change_begin(struct cloud_ledger *ledger,
                                      const struct cloud_ledger_cert_ref *ref, const char *who,
                                      const char *text)
@@ -141,6 +151,13 @@ static int ledger__cert_change_begin(struct cloud_ledger *ledger,
         rc = ledger__begin(ledger, 1);
     if (rc == NU_OK)
         rc = ledger__cert_find(ledger, ref, ledger->cert);
+    if (rc == NU_OK && !ledger_store_serializes_writers(ledger->store)) {
+        rc = ledger__lock_row(ledger, ST_JOB_LOCK, ledger->cert->job_id, NULL);
+        if (rc == NU_OK)
+            rc = ledger__lock_row(ledger, ST_CERT_LOCK, ledger->cert->serial, NULL);
+        if (rc == NU_OK)
+            rc = ledger__cert_find(ledger, ref, ledger->cert);
+    }
     return rc;
 }
 
@@ -158,10 +175,6 @@ int cloud_ledger_cert_report(struct cloud_ledger *ledger, const struct cloud_led
         return NU_ERR_INVALID_ARG;
     c = ledger->cert;
     rc = ledger__cert_change_begin(ledger, ref, reporter, detail);
-    /* Row locks (where writers are not already serialized): the job row
-     * before the allocation row, as issuance does. */
-    if (rc == NU_OK && !ledger_store_serializes_writers(ledger->store))
-        rc = ledger__lock_row(ledger, ST_JOB_LOCK, c->job_id, NULL);
     if (rc == NU_OK) {
         rc = ledger__alloc_read(ledger, c->job_id, reporter, &limit, &issued);
         if (rc == NU_ERR_NOT_FOUND)

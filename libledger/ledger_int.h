@@ -69,8 +69,8 @@
     X(HEAD_SET, "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")                          \
     X(EV_INSERT, "INSERT INTO audit_events (seq, ts, kind, actor, job_id, payload, prev_hash,"     \
                  " hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
-    /* PostgreSQL only (ledger__sql_pg): the insert and the head move in one \
-     * round trip; SQLite has no data-modifying WITH and runs the two. */    \
+    /* PostgreSQL only (ledger__sql_pg): the insert and the head move in one                       \
+     * round trip; SQLite has no data-modifying WITH and runs the two. */                          \
     X(EV_APPEND, "SELECT 1")                                                                       \
     X(EV_LIST, "SELECT seq, ts, kind, actor, job_id, payload, prev_hash, hash"                     \
                " FROM audit_events WHERE seq >= ?1 ORDER BY seq")                                  \
@@ -118,7 +118,8 @@
     X(JOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >="          \
                   " quota THEN 'exhausted' ELSE status END, updated_at_ms = ?2"                    \
                   " WHERE job_id = ?1 AND status = 'active' AND issued < quota")                   \
-    X(JOB_LOCK, "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE")                           \
+    X(JOB_LOCK, "SELECT job_id FROM jobs WHERE job_id = ?1 FOR UPDATE")                            \
+    X(CERT_LOCK, "SELECT serial FROM certificates WHERE serial = ?1 FOR UPDATE")                   \
     X(JOB_REFUSED, "UPDATE jobs SET refused = refused + 1 WHERE job_id = ?1")                      \
     X(ALLOC_GET, "SELECT quota_limit, issued FROM job_allocations"                                 \
                  " WHERE job_id = ?1 AND programmer_id = ?2 FOR UPDATE")                           \

@@ -279,6 +279,11 @@ int cloud_ledger_job_control(struct cloud_ledger *ledger, const char *job_id,
     if (rc != NU_OK)
         return rc;
     rc = ledger__begin(ledger, 1);
+    /* The status decided on is the one overwritten: read under the job row's
+     * lock where writers are not serialized (a close and a pause racing on
+     * PostgreSQL left a closed job paused, then resumable). */
+    if (rc == NU_OK && !ledger_store_serializes_writers(ledger->store))
+        rc = ledger__lock_row(ledger, ST_JOB_LOCK, job_id, NULL);
     if (rc == NU_OK)
         rc = ledger__job_read(ledger, job_id, &job);
     if (rc != NU_OK)
