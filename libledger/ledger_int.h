@@ -148,6 +148,9 @@
                   " WHERE serial = ?1")                                                            \
     X(CERT_REVOKE, "UPDATE certificates SET state = 'revoked', state_at_ms = ?2,"                  \
                    " revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1")                    \
+    X(CERT_SUPERSEDE, "UPDATE certificates SET state = 'revoked', state_at_ms = ?2,"               \
+                      " revoked_at_ms = ?2, revoke_reason = ?3 WHERE serial = ?1"                  \
+                      " AND state = 'issued'")                                                     \
     X(FW_INSERT, "INSERT INTO firmware_images (name, image_digest, image_size,"                    \
                  " security_counter, request_hash, signed_by, signed_at_ms)"                       \
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")                                           \

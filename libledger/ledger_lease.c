@@ -404,7 +404,8 @@ static int lease__supersede_revoke(struct cloud_ledger *l, const struct cloud_le
     struct ledger_store_stmt *st = NULL;
     struct ledger_json j;
     uint64_t changed = 0;
-    int rc = ledger__stmt(l, ST_CERT_REVOKE, &st);
+    /* Only while still issued: what the check read is what is revoked. */
+    int rc = ledger__stmt(l, ST_CERT_SUPERSEDE, &st);
     if (rc)
         return rc;
     ledger__bind_text(st, 1, online->serial);
@@ -547,8 +548,8 @@ static int lease__supersedable(const struct cloud_ledger_cert *on,
 /* The refusal for c under `lease`, or NU_OK to record; *known for a repeat;
  * *supersede when the UID's online certificate (l->cert) is to be superseded. */
 static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
-                        const struct cloud_ledger_lease *lease, int *known, int *supersede,
-                        const char **why)
+                        const struct cloud_ledger_lease *lease, uint64_t now_ms, int *known,
+                        int *supersede, const char **why)
 {
     struct ledger_store_stmt *st = NULL;
     char other[CLOUD_LEDGER_LEASE_ID_MAX + 1] = "";
@@ -570,6 +571,12 @@ static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_
     *why = "lease closed";
     if (strcmp(lease->state, "active") != 0)
         return NU_ERR_LEASE_NOT_COVERED;
+    /* Past the grace its units are no longer held back for it (they went
+     * back to the quota): a record after that is an incident, whether or
+     * not a later grant has closed the lease yet. */
+    *why = "uploaded after the lease's grace";
+    if (now_ms >= lease->not_after_ms + LEASE__GRACE_MS)
+        return NU_ERR_LEASE_NOT_COVERED;
     *why = "beyond the lease's units";
     if (!c->counter || c->counter > lease->units || lease->used >= lease->units)
         return NU_ERR_LEASE_NOT_COVERED;
@@ -583,6 +590,17 @@ static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_
     *why = "lease counter used twice";
     if (rc != NU_ERR_NOT_FOUND)
         return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
+    /* A serial another certificate has: an incident like the others, not a
+     * failed insert that took the rest of the upload down with it. */
+    if ((rc = ledger__stmt(l, ST_CERT_BY_SERIAL, &st)))
+        return rc;
+    ledger__bind_text(st, 1, c->serial);
+    rc = ledger__step_one(l, st, "certificate by serial");
+    if (!rc)
+        ledger__reset(st);
+    *why = "serial of another certificate";
+    if (rc != NU_ERR_NOT_FOUND)
+        return rc ? rc : NU_ERR_LEASE_NOT_COVERED;
     struct cloud_ledger_cert_ref ref = {NULL, lease->job_id, c->device_uid, c->device_uid_len};
     rc = ledger__cert_find(l, &ref, l->cert);
     if (rc == NU_ERR_NOT_FOUND)
@@ -592,7 +610,20 @@ static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_
     if (rc)
         return rc;
     *supersede = lease__supersedable(l->cert, c);
-    return *supersede ? NU_OK : NU_ERR_LEASE_NOT_COVERED;
+    if (!*supersede)
+        return NU_ERR_LEASE_NOT_COVERED;
+    /* Only an online certificate (an abandoned request's) is superseded: an
+     * offline one is recorded in lease_certs, and its idempotency key is
+     * computable, so an upload naming it would record a supersession that
+     * never happened. */
+    *why = "supersedes an offline certificate";
+    if ((rc = ledger__stmt(l, ST_LCERT_GET, &st)))
+        return rc;
+    ledger__bind_text(st, 1, l->cert->serial);
+    rc = ledger__step_one(l, st, "superseded certificate's lease");
+    if (!rc)
+        ledger__reset(st);
+    return rc == NU_ERR_NOT_FOUND ? NU_OK : rc ? rc : NU_ERR_LEASE_NOT_COVERED;
 }
 
 int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_ledger_lease_cert *c,
@@ -616,7 +647,7 @@ int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_le
     rc = ledger__lock_row(ledger, ST_JOB_LOCK, lease.job_id, NULL);
     if (!rc)
         rc = lease__read(ledger, ST_LEASE_GET, c->lease_id, NULL, &lease);
-    int code = rc ? rc : lease__check(ledger, c, &lease, out_known, &supersede, &why);
+    int code = rc ? rc : lease__check(ledger, c, &lease, now_ms, out_known, &supersede, &why);
     if (!rc && code == NU_OK && supersede) { /* l->cert is reused by the statements below */
         online = malloc(sizeof(*online));
         code = online ? NU_OK : NU_ERR_NOMEM;

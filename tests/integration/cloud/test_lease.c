@@ -406,6 +406,35 @@ static void test_upload_supersedes_the_abandoned_request(void)
                               " AND state = 'provisioned'"),
                     1);
     CU_ASSERT_EQUAL(sql_count("cert_superseded"), 1);
+
+    /* Only an online certificate is superseded: an offline one's idempotency
+     * key is computable (SHA-256("nusec/v1 lease" 0 lease 0 counter)), and an
+     * upload naming it recorded a supersession that never happened. */
+    const uint8_t uid3[8] = {0x5e, 0xed, 0, 0, 0, 0, 0, 3};
+    CU_ASSERT_EQUAL_FATAL(upload2(uid3, NULL, 3, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->recorded, 1);
+    nu_envelope_free(r);
+    r = NULL;
+    uint8_t h[NU_SHA256_LEN], offline_key[16], be[4] = {0, 0, 0, 3};
+    struct nu_sha256_ctx sc;
+    CU_ASSERT_EQUAL_FATAL(nu_sha256_init(&sc), NU_OK);
+    nu_sha256_update(&sc, "nusec/v1 lease", sizeof("nusec/v1 lease"));
+    nu_sha256_update(&sc, lease_id2, strlen(lease_id2) + 1);
+    nu_sha256_update(&sc, be, 4);
+    nu_sha256_final(&sc, h);
+    memcpy(offline_key, h, 16);
+    incidents = sql_count("audit_events WHERE kind = 'lease.incident'");
+    CU_ASSERT_EQUAL_FATAL(upload2(uid3, offline_key, 2, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.incident' AND payload LIKE "
+                              "'%supersedes an offline certificate%'"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.incident'"), incidents + 1);
+    CU_ASSERT_EQUAL(sql_count("certificates WHERE device_uid = x'5eed000000000003'"
+                              " AND state <> 'revoked'"),
+                    1);
+    CU_ASSERT_EQUAL(sql_count("cert_superseded"), 1);
 }
 
 static void test_offline_certificates_verify(void)
