@@ -187,13 +187,18 @@ static int stack__enroll(struct stack *s, const char *name, const char *exe, con
         rc = stack__token(s, name, token, sizeof(token));
     if (rc == NU_OK)
         rc = stack__file(s->logs, name, ".log", log, sizeof(log));
+    char env[sizeof(token) + 32];
     if (rc == NU_OK) {
-        /* The programmer's interface takes the one-time token as an argument. */
-        char *argv[] = {(char *)exe,  "--dir",    (char *)s->dir, "--name",
-                        (char *)name, "--enroll", token,          NULL};
-        rc = station_proc_spawn(argv, log, &pid);
+        /* The one-time token goes in the child's environment, not its
+         * arguments (/proc/PID/cmdline is world-readable). */
+        char *argv[] = {(char *)exe, "--dir", (char *)s->dir, "--name", (char *)name, "--enroll",
+                        "-",         NULL};
+        char *env_add[] = {env, NULL};
+        snprintf(env, sizeof(env), "NUSEC_ENROLL_TOKEN=%s", token);
+        rc = station_proc_spawn_env(argv, env_add, log, &pid);
     }
     nu_zero(token, sizeof(token));
+    nu_zero(env, sizeof(env));
     if (rc == NU_OK)
         rc = station_proc_wait_child(pid, s->timeout_s * 1000u, &status);
     if (rc == NU_ERR_TIMEOUT)

@@ -21,6 +21,8 @@
 
 #define PROC__TAIL_MAX (64u * 1024u)
 
+extern char **environ;
+
 static void proc__sleep_ms(unsigned ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
@@ -28,7 +30,7 @@ static void proc__sleep_ms(unsigned ms)
 }
 
 /* In the child, between fork and exec: async-signal-safe calls only. */
-static void proc__child(char *const argv[], int null_fd, int log_fd)
+static void proc__child(char *const argv[], char *const envp[], int null_fd, int log_fd)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -46,7 +48,7 @@ static void proc__child(char *const argv[], int null_fd, int log_fd)
         for (int fd = 3; fd < 4096; fd++)
             close(fd);
     }
-    execv(argv[0], argv);
+    execve(argv[0], argv, envp);
     static const char msg[] = "station_proc: cannot execute ";
     ssize_t ignored = write(2, msg, sizeof(msg) - 1);
     ignored = write(2, argv[0], strlen(argv[0]));
@@ -57,15 +59,42 @@ static void proc__child(char *const argv[], int null_fd, int log_fd)
 
 int station_proc_spawn(char *const argv[], const char *log_path, pid_t *out_pid)
 {
+    return station_proc_spawn_env(argv, NULL, log_path, out_pid);
+}
+
+/* environ + add, built before fork (the child may only exec). */
+static char **proc__envp(char *const add[])
+{
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    while (add && add[k])
+        k++;
+    char **envp = calloc(n + k + 1, sizeof(*envp));
+    if (envp) {
+        memcpy(envp, environ, n * sizeof(*envp));
+        if (k)
+            memcpy(envp + n, add, k * sizeof(*envp));
+    }
+    return envp;
+}
+
+int station_proc_spawn_env(char *const argv[], char *const env_add[], const char *log_path,
+                           pid_t *out_pid)
+{
     if (!argv || !argv[0] || !log_path || !out_pid)
         return NU_ERR_INVALID_ARG;
+    char **envp = proc__envp(env_add);
+    if (!envp)
+        return NU_ERR_NOMEM;
     /* Owner only: a log names identities, jobs and devices. */
     int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int rc = log_fd >= 0 && null_fd >= 0 ? NU_OK : NU_ERR_IO;
     pid_t pid = rc == NU_OK ? fork() : -1;
     if (pid == 0)
-        proc__child(argv, null_fd, log_fd);
+        proc__child(argv, envp, null_fd, log_fd);
+    free(envp); /* the strings are environ's and the caller's */
     if (rc == NU_OK && pid < 0)
         rc = NU_ERR_IO;
     if (log_fd >= 0)

@@ -19,6 +19,12 @@
  */
 int station_proc_spawn(char *const argv[], const char *log_path, pid_t *out_pid);
 
+/* station_proc_spawn() with env_add ("NAME=VALUE", NULL-terminated) added to
+ * the child's environment only: a secret handed on there stays out of the
+ * world-readable /proc/PID/cmdline (environ is the owner's alone). */
+int station_proc_spawn_env(char *const argv[], char *const env_add[], const char *log_path,
+                           pid_t *out_pid);
+
 /*
  * 1 while pid runs: it exists and is not a zombie (a child of ours that
  * ended is reaped here). 0 otherwise.

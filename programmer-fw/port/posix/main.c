@@ -58,7 +58,9 @@ static const char usage_text[] =
     "\n"
     "  --dir DIR             state directory (or $NUSEC_HOME)\n"
     "  --name ID             programmer id = its certificate CN\n"
-    "  --enroll TOKEN        enroll: make the identity and package keys in the\n"
+    "  --enroll TOKEN        enroll (TOKEN '-': from $NUSEC_ENROLL_TOKEN, else the\n"
+    "                        first line of stdin; out of the process list): make\n"
+    "                        the identity and package keys in the\n"
     "                        KeyStore, ask the cloud for a challenge, send the CSR\n"
     "                        with the KeyStore's attestation and the boot manifest\n"
     "                        through the relay identity, store the certificate and\n"
@@ -120,6 +122,7 @@ struct app {
     const char *dir;
     const char *name;
     const char *enroll_token;
+    char token_buf[257]; /* --enroll -: the token read from the environment or stdin */
     const char *relay;
     const char *vendor_ca;
     const char *vendor_ca_init;
@@ -169,6 +172,32 @@ static void app__on_signal(int sig)
 /* ---- arguments ------------------------------------------------------------------ */
 
 /* 0: parsed; 1: --help or --version printed (exit 0); -1: usage error, printed. */
+/* --enroll -: the one-time token from $NUSEC_ENROLL_TOKEN (then removed from
+ * the environment), else from the first line of stdin; never from argv, which
+ * any local user can read in /proc/PID/cmdline. 0, or -1 with a message. */
+static int app__token_in(struct app *a)
+{
+    const char *env = getenv("NUSEC_ENROLL_TOKEN");
+    size_t n = 0;
+    if (env && *env) {
+        n = strlen(env);
+        if (n < sizeof(a->token_buf))
+            memcpy(a->token_buf, env, n + 1);
+        unsetenv("NUSEC_ENROLL_TOKEN");
+    } else if (fgets(a->token_buf, sizeof(a->token_buf), stdin)) {
+        a->token_buf[strcspn(a->token_buf, "\r\n")] = '\0';
+        n = strlen(a->token_buf);
+    }
+    if (n == 0 || n >= sizeof(a->token_buf) - 1) {
+        nu_zero(a->token_buf, sizeof(a->token_buf));
+        fprintf(stderr, PROG ": --enroll -: no token in $NUSEC_ENROLL_TOKEN or on stdin "
+                             "(or longer than 256 characters)\n");
+        return -1;
+    }
+    a->enroll_token = a->token_buf;
+    return 0;
+}
+
 static int app__args(struct app *a, int argc, char **argv)
 {
     char usage[sizeof(usage_text) + 16];
@@ -226,6 +255,8 @@ static int app__args(struct app *a, int argc, char **argv)
         fputs(usage, stderr);
         return -1;
     }
+    if (a->enroll_token && !strcmp(a->enroll_token, "-") && app__token_in(a) != 0)
+        return -1;
     return 0;
 }
 
@@ -459,6 +490,7 @@ static int app__enroll(struct app *a)
         return rc;
     }
     rc = pg_core_enroll(a->core, relay, a->enroll_token, self, manifest, manifest_len);
+    nu_zero(a->token_buf, sizeof(a->token_buf)); /* used once, either way */
     free(manifest);
     if (rc == NU_OK)
         fprintf(stderr, PROG ": %s enrolled\n", a->name);
