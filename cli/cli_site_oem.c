@@ -18,6 +18,7 @@
 #include "nu_util.h"
 #include "nu_x509.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -98,6 +100,10 @@ int site_add(const char *dir, const char *name, const char *cloud, const char *e
         rc = site_bundle_put_str(&b, "token", token);
     if (!rc)
         rc = site_bundle_put_str(&b, "cloud", endpoint);
+    if (!rc) /* the name the site's bridge dials: no site broker may carry it */
+        rc = site__oem_path(dir, name, "cloud.endpoint", path, sizeof(path));
+    if (!rc)
+        rc = site__write_text(path, endpoint, 0600);
     if (!rc)
         rc = site_bundle_write(&b, enrol_path, 0600);
     site_bundle_free(&b);
@@ -255,6 +261,79 @@ static int site__publish_lists_on(const char *dir)
     return rc;
 }
 
+/* The host part of HOST:PORT (or [V6]:PORT) into out[cap]. */
+static void site__endpoint_host(const char *ep, char *out, size_t cap)
+{
+    const char *colon = strrchr(ep, ':');
+    size_t n = colon ? (size_t)(colon - ep) : strlen(ep);
+    if (n >= 2 && ep[0] == '[' && ep[n - 1] == ']')
+        ep++, n -= 2;
+    snprintf(out, cap, "%.*s", (int)n, ep);
+}
+
+static int site__loopback(const char *host)
+{
+    return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1");
+}
+
+/* 1 when file (an endpoint, or a bare host when !is_endpoint) names host. */
+static int site__file_names(const char *file, int is_endpoint, const char *host)
+{
+    uint8_t *text = NULL;
+    size_t len = 0;
+    char line[300], h[300];
+    if (nu_file_read(file, 1024, &text, &len) != NU_OK)
+        return 0;
+    snprintf(line, sizeof(line), "%.*s", (int)strcspn((char *)text, "\r\n"), (char *)text);
+    free(text);
+    if (is_endpoint)
+        site__endpoint_host(line, h, sizeof(h));
+    else
+        snprintf(h, sizeof(h), "%s", line);
+    return strcasecmp(h, host) == 0;
+}
+
+/*
+ * The site broker's certificate names the host the CM put in its join
+ * request, and every bridge trusts the Fleet CA that signs it: named after
+ * the cloud broker (or another site's broker), it would let the CM pose as
+ * that broker to other sites on the WAN path. So a name the cloud's bridges
+ * dial, or another site's broker has, is refused (loopback, one machine, is
+ * no such path). Returns NU_OK or NOT_AUTHORIZED (said).
+ */
+static int site__broker_host_ok(const char *dir, const char *name, const char *host)
+{
+    char path[PATH_MAX], folder[PATH_MAX];
+    if (site__loopback(host))
+        return NU_OK;
+    int taken = (nu_paths_get(dir, NU_PATH_BROKER_ENDPOINT, path, sizeof(path)) == NU_OK &&
+                 site__file_names(path, 1, host));
+    if (!taken && site__oem_path(dir, "", NULL, folder, sizeof(folder)) == NU_OK) {
+        DIR *d = opendir(folder);
+        struct dirent *e;
+        while (!taken && d && (e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            if (site__oem_path(dir, e->d_name, "cloud.endpoint", path, sizeof(path)) == NU_OK &&
+                site__file_names(path, 1, host))
+                taken = 1;
+            else if (strcmp(e->d_name, name) != 0 &&
+                     site__oem_path(dir, e->d_name, "broker-host", path, sizeof(path)) == NU_OK &&
+                     site__file_names(path, 0, host))
+                taken = 1;
+        }
+        if (d)
+            closedir(d);
+    }
+    if (!taken)
+        return NU_OK;
+    site__say("sign",
+              "site %s asks for a broker certificate named %s, a name the cloud broker "
+              "or another site's broker has: refused",
+              name, host);
+    return NU_ERR_NOT_AUTHORIZED;
+}
+
 int site_sign(const char *dir, const char *request_path, const char *bundle_path)
 {
     char name[80] = "", token[128], host[256], path[PATH_MAX], hex[65], stored[80];
@@ -297,6 +376,8 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
         rc = NU_ERR_TOKEN;
         goto out;
     }
+    if ((rc = site__broker_host_ok(dir, name, host)))
+        goto out;
     if ((rc = site__ca_open(dir, &ca)))
         goto out;
     static const struct {
@@ -324,6 +405,8 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     if (!rc)
         rc = nu_file_write_atomic(client, pem, pem_len, 0644);
     free(pem);
+    if (!rc && (rc = site__oem_path(dir, name, "broker-host", path, sizeof(path))) == NU_OK)
+        rc = site__write_text(path, host, 0600);
     if (!rc)
         rc = site__publish_lists_on(dir);
     if (!rc)
@@ -331,9 +414,9 @@ int site_sign(const char *dir, const char *request_path, const char *bundle_path
     if (!rc)
         site__audit(dir, "site.signed", name, NULL, NU_OK, NULL);
     if (!rc)
-        printf("site %s signed (station, site bridge, site broker certificates); the running "
-               "cloud knows the station %s now\n",
-               name, name);
+        printf("site %s signed (station, site bridge, site broker certificates; the site "
+               "broker's is for %s); the running cloud knows the station %s now\n",
+               name, host, name);
 out:
     if (rc) /* the join request is outside input: every refusal is recorded */
         site__audit(dir, "site.join.refused", name[0] ? name : "-", NULL, rc, request_path);

@@ -138,13 +138,35 @@ check "refused site signs left no certificate" test ! -e "$DIR/sites/site-x/site
     ! -e "$DIR/sites/site-x/station.crt" -a "$clients_before" == "$(ls "$DIR/pki/clients" | tr '\n' ' ')"
 check "refusals name their reason" grep -q "token is not site site-x's" "$TMP/site-cmds.err"
 check "... and the CSR's" grep -q "asks for CN=site-y OU=station, not CN=site-x" "$TMP/site-cmds.err"
+
+# The CM names its site broker: a join request whose broker-host is the name
+# the site bridges dial for the cloud broker (or another site's broker's) is
+# refused, else the Fleet CA would sign a certificate any bridge accepts for it.
+"$N" site add site-z --dir "$DIR" --cloud cloud.oem.example:8883 --out "$TMP/site-z.enrol" \
+    >/dev/null &&
+    "$N" site join "$TMP/site-z.enrol" --dir "$TMP/cm-z" --host 10.7.0.10 --port 8883 \
+        --out "$TMP/site-z.join" >/dev/null
+python3 - "$TMP/site-z.join" <<'PY'
+import sys
+p = sys.argv[1]
+b = open(p, 'rb').read()
+old = b"file broker-host 9\n10.7.0.10\n"
+assert old in b, "unexpected join layout"
+open(p, 'wb').write(b.replace(old, b"file broker-host 17\ncloud.oem.example\n"))
+PY
+check "site sign of a broker named like the cloud broker: refused" test "$(exit_of "$N" site sign \
+    "$TMP/site-z.join" --dir "$DIR" --out "$TMP/z.bundle")" -eq 1
+check "... and left no certificate" test ! -e "$DIR/sites/site-z/broker.crt" -a \
+    ! -e "$DIR/sites/site-z/site.crt"
+check "... the reason said" grep -q "broker certificate named cloud.oem.example" "$TMP/site-cmds.err"
 site_audit() { # the OEM's record of its site commands: valid JSON lines, the refusals in it
     python3 - "$DIR/sites/audit.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 want = {('site.join.refused', 'site-1', 'TOKEN'), ('site.join.refused', 'site-x', 'TOKEN'),
         ('site.join.refused', 'site-x', 'BAD_CSR'), ('site.assign.refused', 'site-1', 'EXISTS'),
-        ('site.signed', 'site-1', 'OK'), ('site.signed', 'site-2', 'OK')}
+        ('site.signed', 'site-1', 'OK'), ('site.signed', 'site-2', 'OK'),
+        ('site.join.refused', 'site-z', 'NOT_AUTHORIZED')}
 got = {(r['event'], r['site'], r['code']) for r in rows}
 sys.exit(0 if want <= got else print('missing', want - got) or 1)
 PY
