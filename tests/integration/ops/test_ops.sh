@@ -225,6 +225,28 @@ once_each() {
 }
 check "a second stack up says 'already running', once per service" once_each
 
+# Another role's made-up device.failed event (every role may publish events
+# on its own topics, the read-only monitor included) is not a failed chip.
+monitor_failed_ignored() {
+    local ep now
+    ep=$(cat "$DIR/broker/endpoint") now=$(date +%s%3N)
+    printf 'header { message_id: "0123456789abcdef" sender_id: "monitor" sent_at_ms: %s
+            sequence: 1 protocol: 1 } event { kind: "device.failed" job_id: "%s"
+            device { job_id: "%s" device_uid: "\001\002" outcome: DEVICE_OUTCOME_FAILED
+            error: ERROR_CODE_PERMISSION } }' "$now" "$job" "$job" |
+        protoc --encode=nusec.v1.Envelope -I "$SRC/proto" "$SRC/proto/nusec/v1/envelope.proto" \
+            >"$TMP/ev.bin" || return 1
+    mosquitto_pub -h "${ep%:*}" -p "${ep##*:}" --cafile "$DIR/pki/chain.pem" \
+        --cert "$DIR/pki/clients/monitor.crt" --key "$DIR/pki/clients/monitor.key" \
+        -i monitor:probe -q 1 -t nusec/v1/events/monitor/monitor/device.failed \
+        -f "$TMP/ev.bin" || return 1
+    sleep 2
+    scrape "$station_url" "$TMP/station3.prom" && ! grep -q 'chips_failed{programmer="monitor"' \
+        "$TMP/station3.prom"
+}
+check "a monitor's device.failed event is no failed chip in the station's metrics" \
+    monitor_failed_ignored
+
 # A programmer that stops shows as offline in the station's metrics.
 kill "$(cat "$DIR/run/prog-1.pid")"
 offline() {
