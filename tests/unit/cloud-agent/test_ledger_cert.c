@@ -179,8 +179,61 @@ static void test_cert_superseded_by_offline(void)
     cloud_ledger_close(l);
 }
 
+/*
+ * Uploads the lease no longer covers are incidents, nothing recorded: one
+ * after the lease's 24 h grace (its units went back to the quota, whether or
+ * not a later grant has closed it yet), and one whose serial another
+ * certificate has (a failed insert took the rest of the upload down).
+ */
+static void test_late_and_clashing_uploads_refused(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct signer s = {0};
+    struct treq t, t2;
+    struct cloud_ledger_issue_result res;
+    int known = 0;
+
+    std_setup(l, 10, 10);
+    CU_ASSERT_EQUAL_FATAL(grant_std_lease(l, 3), NU_OK); /* valid T0 .. T0 + 1 h */
+    mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+
+    mkreq(&t2, "prog-1", "job-1", 2, 1, T0 + 2);
+    struct cloud_ledger_lease_cert off = {
+        .lease_id = "lease-1",
+        .programmer_id = "prog-1",
+        .serial = res.serial,
+        .device_uid = t2.uid,
+        .device_uid_len = sizeof(t2.uid),
+        .pem = PEM_TEXT,
+        .counter = 1,
+        .issued_at_ms = T0 + 3,
+    };
+    memcpy(off.pubkey_hash, t2.r.pubkey_hash, sizeof(off.pubkey_hash));
+    /* The online certificate's serial. */
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 4, &known), NU_ERR_LEASE_NOT_COVERED);
+    /* 10 h past the grace (T0 + 1 h + 24 h). */
+    off.serial = "0ff1e0000003";
+    uint64_t late = T0 + 35ull * 3600000u;
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, late, &known), NU_ERR_LEASE_NOT_COVERED);
+    CU_ASSERT_EQUAL(events(l, "lease.incident").count, 2);
+    CU_ASSERT_EQUAL(events(l, "lease.recorded").count, 0);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 1);
+    struct cloud_ledger_cert c;
+    struct cloud_ledger_cert_ref by_uid2 = {NULL, "job-1", t2.uid, sizeof(t2.uid)};
+    CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &by_uid2, &c), NU_ERR_NOT_FOUND);
+    /* In time and with its own serial: recorded. */
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, T0 + 5, &known), NU_OK);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 2);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
 const struct nu_test_case device_cases[] = {
     {"report, list, revoke", test_cert_report_list_revoke},
-    {"an offline certificate supersedes an undelivered online one", test_cert_superseded_by_offline},
+    {"an offline certificate supersedes an undelivered online one",
+     test_cert_superseded_by_offline},
+    {"late and clashing lease uploads are incidents", test_late_and_clashing_uploads_refused},
     {NULL, NULL},
 };
