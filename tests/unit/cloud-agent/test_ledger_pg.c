@@ -475,6 +475,118 @@ static const char PY_AUDITOR_PG[] =
     "assert not issued\n"
     "print('python auditor (postgresql): %d events, %d certificates: ok' % (expect - 1, n))\n";
 
+/*
+ * Read-then-write races (READ COMMITTED): a psql session holds the job row
+ * for a while, so the racers queue behind it in a fixed order. Whoever
+ * wins, the state decided on must be the one overwritten.
+ */
+static pid_t hold_job_row(const char *db, unsigned seconds)
+{
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "BEGIN; SELECT job_id FROM jobs WHERE job_id = 'job-1' FOR UPDATE;"
+             " SELECT pg_sleep(%u); COMMIT;",
+             seconds);
+    pid_t p = fork();
+    if (p == 0)
+        _exit(pg_fixture_psql(&pg, db, sql) != 0);
+    usleep(400 * 1000); /* it holds the row from here */
+    return p;
+}
+
+/* A child that runs one ledger call on its own connection; exit 0 when rc is allowed. */
+enum race_call { RACE_REPORT, RACE_PAUSE };
+
+static pid_t racer(const char *uri, enum race_call call, const uint8_t *uid)
+{
+    pid_t p = fork();
+    if (p != 0)
+        return p;
+    struct cloud_ledger *l = NULL;
+    struct cloud_ledger_cert_ref ref = {NULL, "job-1", uid, 8};
+    int rc = cloud_ledger_connect(uri, pwfile, 0, &l);
+    if (rc == NU_OK && call == RACE_REPORT)
+        rc = cloud_ledger_cert_report(l, &ref, 1, "ok", "prog-1", T0 + 10);
+    else if (rc == NU_OK)
+        rc = cloud_ledger_job_control(l, "job-1", CLOUD_LEDGER_JOB_PAUSE, "oem-1", T0 + 10, NULL);
+    cloud_ledger_close(l);
+    _exit(rc == NU_OK || rc == NU_ERR_STATE ? 0 : 1);
+}
+
+static int child_ok(pid_t p)
+{
+    int st = 0;
+    return waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* A device.report delayed behind the job row and the OEM's revocation
+ * committed meanwhile: the certificate stays revoked (it was written
+ * "provisioned" over it, and left off the next CRL). */
+static void test_report_never_undoes_a_revocation(void)
+{
+    char uri[1100];
+    struct cloud_ledger_alloc a[1] = {alloc_of("prog-1", 10)};
+    struct cloud_ledger_issue_result res;
+    struct cloud_ledger_cert c;
+    struct treq t;
+    unsigned next = 0;
+    fresh_db("lpg_rr", uri, sizeof uri);
+    struct cloud_ledger *l = agent(uri);
+    CU_ASSERT_EQUAL_FATAL(enroll(l, "prog-1"), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(mk_job(l, "job-1", 10, a, 1), NU_OK);
+    mkreq(&t, "prog-1", "job-1", 1, T0 + 1);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t.r, sign, &next, &res), NU_OK);
+    struct cloud_ledger_cert_ref ref = {NULL, "job-1", t.uid, sizeof t.uid};
+    pid_t holder = hold_job_row("lpg_rr", 2);
+    pid_t report = racer(uri, RACE_REPORT, t.uid);
+    usleep(400 * 1000);
+    CU_ASSERT_EQUAL(cloud_ledger_cert_revoke(l, &ref, "key-compromise", "oem-1", T0 + 20), NU_OK);
+    CU_ASSERT(child_ok(report));
+    CU_ASSERT(child_ok(holder));
+    CU_ASSERT_EQUAL(cloud_ledger_cert_get(l, &ref, &c), NU_OK);
+    CU_ASSERT_EQUAL(c.state, CLOUD_LEDGER_CERT_REVOKED);
+    CU_ASSERT_STRING_EQUAL(c.revoke_reason, "key-compromise");
+    cloud_ledger_close(l);
+    CU_ASSERT_TRUE(verify_ok(uri));
+}
+
+/* A close and a pause racing: the close is final (a closed job was left
+ * paused, then resumable, and issued again). */
+static void test_close_is_final_under_a_race(void)
+{
+    char uri[1100];
+    struct cloud_ledger_alloc a[1] = {alloc_of("prog-1", 10)};
+    struct cloud_ledger_job job;
+    fresh_db("lpg_cp", uri, sizeof uri);
+    struct cloud_ledger *l = agent(uri);
+    CU_ASSERT_EQUAL_FATAL(enroll(l, "prog-1"), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(mk_job(l, "job-1", 10, a, 1), NU_OK);
+    pid_t holder = hold_job_row("lpg_cp", 2);
+    pid_t closer = fork();
+    if (closer == 0) {
+        struct cloud_ledger *l2 = NULL;
+        int rc = cloud_ledger_connect(uri, pwfile, 0, &l2);
+        if (rc == NU_OK)
+            rc = cloud_ledger_job_control(l2, "job-1", CLOUD_LEDGER_JOB_CLOSE, "oem-1", T0 + 5,
+                                          NULL);
+        cloud_ledger_close(l2);
+        _exit(rc == NU_OK ? 0 : 1);
+    }
+    usleep(400 * 1000);
+    pid_t pauser = racer(uri, RACE_PAUSE, NULL);
+    CU_ASSERT(child_ok(closer));
+    CU_ASSERT(child_ok(pauser));
+    CU_ASSERT(child_ok(holder));
+    memset(&job, 0, sizeof job);
+    CU_ASSERT_EQUAL(cloud_ledger_job_get(l, "job-1", &job, NULL, 0, NULL), NU_OK);
+    CU_ASSERT_EQUAL(job.status, CLOUD_LEDGER_JOB_CLOSED);
+    CU_ASSERT_EQUAL(
+        cloud_ledger_job_control(l, "job-1", CLOUD_LEDGER_JOB_RESUME, "oem-1", T0 + 30, NULL),
+        NU_ERR_STATE);
+    cloud_ledger_close(l);
+    CU_ASSERT_TRUE(verify_ok(uri));
+}
+
 static void test_python_auditor_pg(void)
 {
     char script[512];
@@ -494,6 +606,8 @@ static const struct nu_test_case pg_cases[] = {
     {"agent role cannot rewrite history", test_least_privilege},
     {"quota exact with agents racing in batches", test_quota_race},
     {"agent SIGKILLed mid-batch in a loop: nothing lost, nothing twice", test_sigkill_mid_batch},
+    {"a delayed device.report never undoes a revocation", test_report_never_undoes_a_revocation},
+    {"a job's close is final when a pause races it", test_close_is_final_under_a_race},
     {"independent Python auditor (psycopg2) agrees", test_python_auditor_pg},
     {NULL, NULL},
 };
