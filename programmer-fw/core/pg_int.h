@@ -160,8 +160,15 @@ int pg__cert_idem(struct pg_core *c, const uint8_t *uid, size_t uid_len, uint8_t
 
 /* A chip resumed after a crash: the journalled certificate for its UID and
  * key (w->pub), as pg__lease_issue writes it. NOT_FOUND when none. */
-int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                   size_t *out_len, uint32_t *out_counter);
+int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len, size_t *out_len,
+                   uint32_t *out_counter);
+
+/* A chip found done holding certificate der[0..len) (leaf first, its chain
+ * may follow; not in w->req): the counter of the journal record that
+ * issued it, while that record waits for its upload. Uses w->req.
+ * NOT_FOUND when none. */
+int pg__lease_holds(struct pg_core *c, struct pg_sock_work *w, const uint8_t *der, size_t len,
+                    uint32_t *out_counter);
 
 /* The chip of journal record `counter` is done: its report (outcome,
  * serial, error) joins the record, to be confirmed after the upload. Uses

@@ -786,27 +786,47 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
     return NU_OK;
 }
 
-int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len,
-                   size_t *out_len, uint32_t *out_counter)
+/* The journal record (read into w->req) of the chip in w (its UID). */
+static int lease__jrn_of_chip(struct pg_core *c, struct pg_sock_work *w, struct lease__jrn *j)
 {
-    struct lease__jrn j;
     if (!c->lease.active || !atomic_load(&c->lease.pending))
         return NU_ERR_NOT_FOUND;
     uint32_t hi = lease__counter(c);
     for (uint32_t k = 1; k <= hi && k <= c->lease.units; k++) {
-        if (lease__jrn_get(c, k, w->req, sizeof(w->req), &j) != NU_OK)
-            continue;
-        if (j.uid_len != w->uid_len || memcmp(j.uid, w->uid, j.uid_len) != 0 ||
-            j.cert_len > sizeof(w->resp))
-            continue;
-        memcpy(w->resp, j.cert, j.cert_len);
-        *out_leaf_len = j.cert_len;
-        *out_counter = k;
-        pg__log(c, PG_LOG_INFO, "lease %s: chip %s gets its journalled certificate %u again",
-                c->lease.id, w->uid_hex, (unsigned)k);
-        return lease__chain_append(c, w, j.cert_len, out_len);
+        if (lease__jrn_get(c, k, w->req, sizeof(w->req), j) == NU_OK && j->uid_len == w->uid_len &&
+            memcmp(j->uid, w->uid, j->uid_len) == 0)
+            return NU_OK;
     }
     return NU_ERR_NOT_FOUND;
+}
+
+int pg__lease_find(struct pg_core *c, struct pg_sock_work *w, size_t *out_leaf_len, size_t *out_len,
+                   uint32_t *out_counter)
+{
+    struct lease__jrn j;
+    int rc = lease__jrn_of_chip(c, w, &j);
+    if (rc == NU_OK && j.cert_len > sizeof(w->resp))
+        rc = NU_ERR_NOT_FOUND;
+    if (rc != NU_OK)
+        return rc;
+    memcpy(w->resp, j.cert, j.cert_len);
+    *out_leaf_len = j.cert_len;
+    *out_counter = j.counter;
+    pg__log(c, PG_LOG_INFO, "lease %s: chip %s gets its journalled certificate %u again",
+            c->lease.id, w->uid_hex, (unsigned)j.counter);
+    return lease__chain_append(c, w, j.cert_len, out_len);
+}
+
+int pg__lease_holds(struct pg_core *c, struct pg_sock_work *w, const uint8_t *der, size_t len,
+                    uint32_t *out_counter)
+{
+    struct lease__jrn j;
+    int rc = lease__jrn_of_chip(c, w, &j);
+    if (rc == NU_OK && (j.cert_len > len || memcmp(j.cert, der, j.cert_len) != 0))
+        rc = NU_ERR_NOT_FOUND; /* the chip holds another certificate */
+    if (rc == NU_OK)
+        *out_counter = j.counter;
+    return rc;
 }
 
 int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counter,

@@ -654,6 +654,11 @@ static int prod__already_done(struct prod__dev *d)
     if (rc != NU_OK)
         return NU_ERR_NOT_BLANK;
     d->r->already_done = 1;
+    /* Certified under the lease, its outcome lost (a crash after the lock):
+     * the report joins the journal record and goes after its upload. Sent
+     * now it would name a certificate the cloud does not have yet. */
+    if (pg__lease_holds(d->c, w, w->resp, len, &d->lease_k) == NU_OK)
+        d->offline = 1;
     return NU_OK;
 }
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- PKI --------------------------------------------------------------------- */
 
@@ -500,6 +501,23 @@ static int fc__trouble(struct fake_cloud *fc, int rc)
     return rc;
 }
 
+/* Whether the cloud holds a certificate with serial `hex`: issued online
+ * (an idempotency entry) or recorded from a lease upload. */
+static int fc__cert_known(const struct fake_cloud *fc, const char *hex)
+{
+    for (unsigned i = 0; i < fc->lease_recorded && i < FC_MAX_IDEM; i++)
+        if (!strcasecmp(fc->lease_serials[i], hex))
+            return 1;
+    for (size_t i = 0; i < fc->n_idem; i++) {
+        struct nu_x509_cert_info ci;
+        if (fc->idem[i].cert &&
+            nu_x509_cert_info(fc->idem[i].cert, fc->idem[i].len, &ci) == NU_OK &&
+            !strcasecmp(ci.serial_hex, hex))
+            return 1;
+    }
+    return 0;
+}
+
 /* device.report: recorded once per idempotency key, answered with an Ack. */
 static int fc__report(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uint8_t *resp,
                       size_t cap, size_t *out_len)
@@ -515,6 +533,9 @@ static int fc__report(struct fake_cloud *fc, const Nusec__V1__Envelope *req, uin
     }
     if (idem->len != 16 || req->event->data_case != NUSEC__V1__EVENT__DATA_DEVICE)
         return fc__error(req, NU_ERR_INVALID_ARG, "device.report", resp, cap, out_len);
+    const char *serial = req->event->device->serial;
+    if (fc->report_needs_cert && (!serial || !fc__cert_known(fc, serial)))
+        return fc__error(req, NU_ERR_NOT_FOUND, "device.report", resp, cap, out_len);
     int seen = 0;
     for (unsigned i = 0; i < fc->reports_recorded && !seen; i++)
         seen = !memcmp(fc->report_keys[i], idem->data, 16);
@@ -752,6 +773,8 @@ static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *re
     const Nusec__V1__LeaseUploadRequest *q = req->lease_upload_request;
     Nusec__V1__LeaseUploadResponse r = NUSEC__V1__LEASE_UPLOAD_RESPONSE__INIT;
     fc->lease_uploads++;
+    if (fc->lease_upload_busy)
+        return fc__error(req, NU_ERR_BUSY, "lease.upload", resp, cap, out_len);
     if (!fc->lease_id[0] || strcmp(q->lease_id, fc->lease_id))
         return fc__error(req, NU_ERR_LEASE_UNKNOWN, "lease.upload", resp, cap, out_len);
     for (size_t i = 0; i < q->n_issued; i++) {

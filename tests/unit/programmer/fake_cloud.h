@@ -89,9 +89,13 @@ struct fake_cloud {
      * transport's NOT_FOUND (no subscriber) and TIMEOUT, and the cloud's
      * Error DB, BUSY, IO, HSM; nothing is decided or issued for them. */
     int cert_transient;
-    int cert_paused;         /* cert.request answered Error JOB_NOT_ACTIVE */
-    int report_unreachable;  /* device.report always CONNECTION */
-    int report_transient;    /* the next n device.report answers are Error BUSY */
+    int cert_paused;        /* cert.request answered Error JOB_NOT_ACTIVE */
+    int report_unreachable; /* device.report always CONNECTION */
+    int report_transient;   /* the next n device.report answers are Error BUSY */
+    /* device.report naming a serial the cloud holds no certificate for (not
+     * issued online, no lease upload recorded it yet) is answered Error
+     * NOT_FOUND, as the ledger answers it. */
+    int report_needs_cert;
     /* The next n requests of any kind are taken (done) but their answers are
      * lost (TIMEOUT), as a bridge drops replies queued during an outage.
      * Like the real cloud, the fake answers Error REPLAY to a message id it
@@ -138,6 +142,7 @@ struct fake_cloud {
      * lease_units is 0; one lease at a time, the same one for the same key */
     int link_down;          /* every request: CONNECTION (the WAN is cut) */
     int lease_upload_down;  /* lease.upload only: CONNECTION */
+    int lease_upload_busy;  /* lease.upload only: answered Error BUSY (a cloud behind) */
     uint32_t lease_units;   /* units per lease */
     unsigned lease_base;    /* lease_recorded when the lease out was granted */
     uint32_t lease_hours;   /* validity (0: 2 h) */

@@ -73,6 +73,8 @@ static int cut_after_journal, power_lost;
 /* Armed: the power goes right after the socket's in-flight record (1) or
  * right after the KeyStore counted the unit (2). */
 static int cut_at_unit;
+/* Armed: the power goes right after a chip is locked. */
+static int cut_after_lock;
 static struct pg_keystore_ops dying_ks;
 static struct pg_flash_ops dying_flash;
 static struct pg_target_ops dying_tgt;
@@ -129,7 +131,12 @@ static int dying_cert(void *ctx, unsigned sock, const uint8_t *der, size_t len)
 
 static int dying_lock(void *ctx, unsigned sock)
 {
-    return power_lost ? NU_ERR_TARGET : pp_target_ops.lock(ctx, sock);
+    if (power_lost)
+        return NU_ERR_TARGET;
+    int rc = pp_target_ops.lock(ctx, sock);
+    if (rc == NU_OK && cut_after_lock)
+        power_lost = 1;
+    return rc;
 }
 
 static void use_dying_hal(void)
@@ -492,6 +499,65 @@ static void test_crash_between_journal_and_chip(void)
 }
 
 /*
+ * Power lost right after an offline chip is locked, before its outcome
+ * reached the journal record. At the next boot, the cloud still away, the
+ * chip is found done; then the link comes back but the upload does not get
+ * through at once, and the socket's next chip finishes online. The found
+ * chip's report must not go ahead of its certificate's upload (the cloud
+ * would answer NOT_FOUND, and the report be lost): it goes after it, and the
+ * cloud ends up with both chips reported.
+ */
+static void test_crash_between_lock_and_outcome(void)
+{
+    RIG_UP("prog-lease-lcrash", 1);
+    R.fc.lease_units = 3;
+    R.fc.report_needs_cert = 1;
+    load_package(50);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    use_dying_hal();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    cut_after_lock = 1;
+    struct pg_result res;
+    pg_socket_run(R.core, 0, &res); /* runs on in RAM after the cut; nothing of it lasts */
+    CU_ASSERT_EQUAL_FATAL(power_lost, 1);
+    rig_crash(&R);
+    power_lost = cut_after_lock = 0;
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL_FATAL(c.offline, 1); /* locked with its offline certificate */
+
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    CU_ASSERT(journal_has(1));
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    R.fc.link_down = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.already_done);
+
+    R.fc.link_down = 0;
+    R.fc.lease_upload_busy = 1; /* back, but too busy for the upload yet */
+    pg_core_link_note(R.core, NU_OK);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_FALSE(res.already_done);
+    CU_ASSERT_EQUAL(R.fc.issued, 1); /* the second chip, online */
+    pg_core_production_end(R.core);
+
+    R.fc.lease_upload_busy = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT(!journal_has(1));
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 2); /* both chips, each after its certificate */
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 0), 0);
+    rig_teardown(&R);
+}
+
+/*
  * Power lost while a socket takes a unit from the KeyStore counter: between
  * the socket's in-flight record and the count, or right after the count. The
  * next boot neither wastes the unit (the chip still in its socket finishes
@@ -793,6 +859,8 @@ int main(void)
          test_crash_between_counter_and_journal},
         {"crash between journal and chip: the resumed chip gets the journalled certificate",
          test_crash_between_journal_and_chip},
+        {"crash between lock and outcome: the chip's report goes after its certificate's upload",
+         test_crash_between_lock_and_outcome},
         {"fast line: an unanswered request is abandoned, superseded at the upload",
          test_fast_line_abandons_the_online_request},
 #ifndef M33_IMAGE
