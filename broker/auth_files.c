@@ -362,22 +362,38 @@ void auth_files_pins_refresh(struct nusec_auth *st, bool force)
     f->pins = pins;
 }
 
-/* NULL when `cert` may act as programmer `who`, else why not. */
+/*
+ * NULL when `cert` may act as `who`, else why not. Pinned identities are the
+ * programmers and the sites (their bridges); a site's station certificate
+ * has the site's CN but not its pinned serial: at the cloud broker it is
+ * refused (a site's station talks to its own broker, which has no pins).
+ * An unusable list refuses the roles it may pin, and the stations.
+ */
 const char *auth_files_pins_why(const struct nusec_auth *st, X509 *cert,
                                 const struct auth__ident *who)
 {
     const struct auth__pinfile *f = st->pins;
-    if (!f || who->role != NUSEC_ROLE_PROGRAMMER)
+    if (!f)
         return NULL;
     if (f->bad)
-        return "identity serial list unusable (fail closed)";
+        return who->role == NUSEC_ROLE_PROGRAMMER || who->role == NUSEC_ROLE_SITE ||
+                       who->role == NUSEC_ROLE_STATION
+                   ? "identity serial list unusable (fail closed)"
+                   : NULL;
+    if (!nusec_pins_has(f->pins, who->id))
+        return NULL;
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
     char *hex = bn ? BN_bn2hex(bn) : NULL;
     bool ok = hex && nusec_pins_allow(f->pins, who->id, hex);
     OPENSSL_free(hex);
     BN_free(bn);
-    return ok ? NULL
-              : "serial is not the identity's pinned current certificate (re-enrolled since)";
+    if (ok)
+        return NULL;
+    if (who->role == NUSEC_ROLE_PROGRAMMER)
+        return "serial is not the identity's pinned current certificate (re-enrolled since)";
+    if (who->role == NUSEC_ROLE_SITE)
+        return "serial is not the site's current certificate";
+    return "the identity is a site's: only its bridge's certificate (OU site) connects here";
 }
 
 /* The serial list's path: "serials" in the folder of the revocation list. */

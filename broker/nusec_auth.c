@@ -357,7 +357,7 @@ static int auth__deny(struct mosquitto *client, const struct auth__ident *who, i
 }
 
 /*
- * A re-enrolled programmer's old certificate may publish or subscribe no more
+ * A re-enrolled programmer's (or re-signed site's) old certificate may publish or subscribe no more
  * once the cloud has written the new pin (every ACL check re-reads a changed
  * list), not only from the next tick's kick (up to 200 ms later). Deliveries
  * to it (READ) still pass until the kick: a programmer renewing over its
@@ -366,8 +366,9 @@ static int auth__deny(struct mosquitto *client, const struct auth__ident *who, i
 static bool auth__stale_cert(const struct nusec_auth *st, struct mosquitto *client,
                              const struct auth__ident *who)
 {
-    if (!st->pins || who->role != NUSEC_ROLE_PROGRAMMER)
-        return false;
+    const struct auth__pinfile *f = st->pins;
+    if (!f || (!f->bad && !nusec_pins_has(f->pins, who->id)))
+        return false; /* the common case: no certificate to look at */
     X509 *cert = mosquitto_client_certificate(client);
     bool stale = cert && auth_files_pins_why(st, cert, who) != NULL;
     X509_free(cert);

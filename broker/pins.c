@@ -137,6 +137,11 @@ bool nusec_pins_allow(const struct nusec_pins *pins, const char *id, const char 
            strcmp(canon, e->serial) == 0;
 }
 
+bool nusec_pins_has(const struct nusec_pins *pins, const char *id)
+{
+    return id && pins__find(pins, id) != NULL;
+}
+
 void nusec_pins_changed(const struct nusec_pins *before, const struct nusec_pins *now,
                         void (*fn)(void *ctx, const char *id), void *ctx)
 {

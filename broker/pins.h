@@ -3,7 +3,9 @@
  *
  * The cloud rewrites DIR/broker/serials (next to the revocation list) at
  * every enrollment and at start: one line "programmer_id serial_hex" per
- * enrolled programmer, the serial of the identity certificate it holds now.
+ * enrolled programmer, the serial of the identity certificate it holds now,
+ * and one "site serial_hex" per signed site, its bridge's certificate (so a
+ * site's station certificate, same CN, cannot connect to the cloud broker).
  * When a programmer re-enrolls, its previous certificate (still within its
  * validity, still chaining to the Fleet CA) must stop working at once: the
  * plugin refuses a programmer whose certificate serial differs from its pin
@@ -39,6 +41,9 @@ size_t nusec_pins_count(const struct nusec_pins *pins);
  * ignored) act as `id`? true when `id` has no pin or the serials are equal.
  */
 bool nusec_pins_allow(const struct nusec_pins *pins, const char *id, const char *serial_hex);
+
+/* Whether `id` has a pin. */
+bool nusec_pins_has(const struct nusec_pins *pins, const char *id);
 
 /* Identities whose pin in `now` differs from (or is new against a different
  * one in) `before`: fn(ctx, id) for each. NULL lists are empty. */

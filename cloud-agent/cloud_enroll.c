@@ -13,6 +13,7 @@
 #include "nu_brokerlist.h"
 #include "nu_crypto.h"
 #include "nu_mcuboot.h"
+#include "nu_envelope.h"
 #include "nu_err.h"
 #include "nu_json.h"
 #include "nu_log.h"
@@ -21,6 +22,7 @@
 #include "nu_util.h"
 #include "nu_x509.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -188,12 +190,9 @@ struct enroll__pins {
     int err;
 };
 
-static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *p)
+static int enroll__pin_append(struct enroll__pins *s, const char *id, const char *serial)
 {
-    struct enroll__pins *s = ctx;
-    size_t need = strlen(p->programmer_id) + strlen(p->cert_serial) + 2;
-    if (p->state != CLOUD_LEDGER_PROGRAMMER_ENROLLED || !p->cert_serial[0])
-        return NU_OK;
+    size_t need = strlen(id) + strlen(serial) + 2;
     if (s->len + need + 1 > s->cap) {
         size_t cap = 2 * (s->cap + need) + 256;
         char *grown = realloc(s->buf, cap);
@@ -201,9 +200,86 @@ static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *
             return NU_ERR_NOMEM;
         s->buf = grown, s->cap = cap;
     }
-    s->len += (size_t)snprintf(s->buf + s->len, s->cap - s->len, "%s %s\n", p->programmer_id,
-                               p->cert_serial);
+    s->len += (size_t)snprintf(s->buf + s->len, s->cap - s->len, "%s %s\n", id, serial);
     return NU_OK;
+}
+
+static int enroll__collect_pin(void *ctx, const struct cloud_ledger_programmer *p)
+{
+    if (p->state != CLOUD_LEDGER_PROGRAMMER_ENROLLED || !p->cert_serial[0])
+        return NU_OK;
+    return enroll__pin_append(ctx, p->programmer_id, p->cert_serial);
+}
+
+/* Whether a line of s->buf pins `id` already. */
+static int enroll__pins_has(const struct enroll__pins *s, const char *id)
+{
+    size_t n = strlen(id);
+    for (const char *l = s->buf, *end = s->buf + s->len; l && l < end;) {
+        if ((size_t)(end - l) > n && !memcmp(l, id, n) && l[n] == ' ')
+            return 1;
+        l = memchr(l, '\n', (size_t)(end - l));
+        l = l ? l + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The serial of site `name`'s bridge certificate (DIR/sites/NAME/site.crt,
+ * as `nusec site sign` wrote it: OU site, CN the name) into serial[]. */
+static int enroll__site_serial(const char *dir, const char *name,
+                               char serial[NU_X509_SERIAL_HEX_MAX])
+{
+    char path[PATH_MAX];
+    uint8_t *pem = NULL, *der = NULL;
+    size_t pem_len = 0, der_len = 0;
+    struct nu_x509_cert_info ci;
+    int rc = nu_path_fmt(path, sizeof(path), "%s/sites/%s/site.crt", dir, name);
+    if (!rc)
+        rc = nu_file_read(path, 65536, &pem, &pem_len);
+    if (!rc)
+        rc = nu_x509_pem_to_der((const char *)pem, pem_len, NU_X509_PEM_CERT, &der, &der_len, NULL);
+    if (!rc)
+        rc = nu_x509_cert_info(der, der_len, &ci);
+    if (!rc && (strcmp(ci.cn, name) != 0 || strcmp(ci.ou, "site") != 0))
+        rc = NU_ERR_BAD_CERT;
+    if (!rc)
+        memcpy(serial, ci.serial_hex, NU_X509_SERIAL_HEX_MAX);
+    free(pem);
+    free(der);
+    return rc;
+}
+
+/*
+ * A line "site serial" for each signed site, its bridge's certificate: the
+ * broker then refuses the site's other certificates with its name, above
+ * all its station's (a site's station talks to its own broker; at the
+ * cloud broker it could read every site's events). A site without a
+ * certificate yet is skipped; one named like a pinned programmer too (one
+ * id, one pin: said once per `warn`).
+ */
+static int enroll__collect_site_pins(const char *dir, struct enroll__pins *s, int warn)
+{
+    char path[PATH_MAX], serial[NU_X509_SERIAL_HEX_MAX];
+    int rc = nu_path_fmt(path, sizeof(path), "%s/sites", dir);
+    DIR *d = rc ? NULL : opendir(path);
+    if (!d)
+        return rc ? rc : errno == ENOENT ? NU_OK : NU_ERR_IO;
+    struct dirent *e;
+    while (rc == NU_OK && (e = readdir(d)) != NULL) {
+        if (nu_envelope_id_check(e->d_name) != NU_OK ||
+            enroll__site_serial(dir, e->d_name, serial) != NU_OK)
+            continue;
+        if (enroll__pins_has(s, e->d_name)) {
+            if (warn)
+                nu_warn("site %s shares its name with a programmer: its station is not kept off "
+                        "the cloud broker",
+                        e->d_name);
+            continue;
+        }
+        rc = enroll__pin_append(s, e->d_name, serial);
+    }
+    closedir(d);
+    return rc;
 }
 
 /* The serial list's header in s->buf (malloc'd); lines follow. */
@@ -217,11 +293,14 @@ static int enroll__serials_start(struct enroll__pins *s)
     return NU_OK;
 }
 
-/* The serial list's text from the ledger (s->buf, malloc'd). */
-static int enroll__serials_text(struct cloud_ledger *ledger, struct enroll__pins *s)
+/* The serial list's text from the ledger and DIR/sites (s->buf, malloc'd). */
+static int enroll__serials_text(struct cloud *cloud, struct cloud_ledger *ledger,
+                                struct enroll__pins *s)
 {
     int rc = enroll__serials_start(s);
-    return rc ? rc : cloud_ledger_programmer_list(ledger, enroll__collect_pin, s);
+    if (!rc)
+        rc = cloud_ledger_programmer_list(ledger, enroll__collect_pin, s);
+    return rc ? rc : enroll__collect_site_pins(cloud->dir, s, 1);
 }
 
 /* Both lists from one pass over the programmers (the leader's every poll). */
@@ -247,7 +326,7 @@ int cloud_serials_sync(struct cloud *cloud, struct cloud_ledger *ledger)
     if (!rc)
         rc = nu_brokerlist_lock(path, &fd);
     if (!rc)
-        rc = enroll__serials_text(ledger, &s);
+        rc = enroll__serials_text(cloud, ledger, &s);
     if (!rc)
         rc = nu_file_write_atomic(path, s.buf, s.len, 0644);
     if (fd >= 0)
@@ -294,6 +373,8 @@ void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
     if (!rc)
         rc = cloud_ledger_programmer_list(ledger, enroll__collect_both, &both);
     if (!rc)
+        rc = enroll__collect_site_pins(cloud->dir, &pins, 0);
+    if (!rc)
         rc = enroll__revoked_text(&ids, &text, &len);
     if (rc) { /* a ledger outage is logged where it is met: no line a second here */
         if (rc == NU_ERR_CONNECTION || rc == NU_ERR_BUSY)
@@ -307,8 +388,11 @@ void cloud_lists_publish(struct cloud *cloud, struct cloud_ledger *ledger,
     if (rc)
         nu_warn("leader: revocation list not published: %s", nu_err_str(rc));
     rc = NU_OK;
-    if (cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len))
+    if (cloud_leader_list_due(leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len)) {
+        /* Changed (a site signed since, by the CLI): this host's broker too. */
+        (void)cloud_serials_sync(cloud, ledger);
         rc = enroll__leader_publish(cloud, leader, CLOUD_LEADER_LIST_SERIALS, pins.buf, pins.len);
+    }
     if (rc)
         nu_warn("leader: serial list not published: %s", nu_err_str(rc));
 out:

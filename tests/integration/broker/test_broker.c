@@ -464,6 +464,30 @@ static void test_pinned_serial_refused(void)
     CU_ASSERT_EQUAL(try_connect("progA", "progA"), 0); /* no pin: any Fleet CA certificate */
 }
 
+/* A site's identity is pinned to its bridge's certificate: a station
+ * certificate with the site's CN is refused (at the cloud broker it could
+ * read every site's events); a station without a pin is not this list's
+ * business; an unusable list refuses stations too (fail closed). */
+static void test_site_pin_refuses_its_station(void)
+{
+    char serials[600];
+    nu_path_fmt(serials, sizeof(serials), "%.*s/serials",
+                (int)(strrchr(S.revoked, '/') - S.revoked), S.revoked);
+    CU_ASSERT_EQUAL(try_connect("st1", "st1"), 0);
+    CU_ASSERT_EQUAL(put_file(serials, "st1 01\n"), NU_OK);
+    CU_ASSERT_EQUAL(try_connect("st1", "st1"), NOT_AUTHORIZED);
+    CU_ASSERT_TRUE(bf_log_contains(&broker, ": the identity is a site's: only its bridge's "
+                                            "certificate (OU site) connects here; client id "
+                                            "'st1', certificate CN 'st1' OU 'station' serial "));
+    CU_ASSERT_EQUAL(put_file(serials, "progA 01\n"), NU_OK);
+    CU_ASSERT_EQUAL(try_connect("st1", "st1"), 0);
+    CU_ASSERT_EQUAL(put_file(serials, "st1 01\nst1 02\n"), NU_OK); /* listed twice: unusable */
+    CU_ASSERT_EQUAL(try_connect("st1", "st1"), NOT_AUTHORIZED);
+    CU_ASSERT_EQUAL(try_connect("mon1", "mon1"), 0); /* a monitor is never pinned */
+    CU_ASSERT_EQUAL(unlink(serials), 0);
+    CU_ASSERT_EQUAL(try_connect("st1", "st1"), 0);
+}
+
 static void test_revocation_while_running(void)
 {
     struct bf_client *victim = join("revokeme"), *mon = join("mon1");
@@ -582,6 +606,7 @@ static const struct nu_test_case cases[] = {
     {"retained status delivered, retained events refused", test_retained_status},
     {"QoS 1 queued for an offline persistent session", test_offline_delivery_to_persistent_session},
     {"pinned serial mismatch refused, with the reason logged", test_pinned_serial_refused},
+    {"a site's pin refuses a station certificate with its name", test_site_pin_refuses_its_station},
     {"revoked while connected: kicked, then refused", test_revocation_while_running},
     {"revocation file missing/unreadable/malformed", test_revocation_file_fail_closed},
     {"SIGHUP reloads the lists", test_reload_signal},

@@ -28,6 +28,8 @@
  *   report  OEMDIR CMDIR PROG JOB    device.provisioned event in PROG's name, CM-held key
  *   start   CMDIR PROG JOB           START toward PROG from the site's station
  *   connect OEMDIR CMDIR             connect as the site (a revoked site must fail)
+ *   station OEMDIR CMDIR             connect to the cloud broker with the site's station
+ *                                    certificate (refused: a site talks through its bridge)
  *
  * Exit: 0 when the action ran (whatever the answer), 1 when it could not, 2 usage.
  */
@@ -53,8 +55,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Connect to the cloud broker (OEMDIR/broker/endpoint, its chain) as the site bridge. */
-static int hostile_site(const char *oem, const char *cm, struct nu_mqtt **out)
+/* Connect to the cloud broker (OEMDIR/broker/endpoint, its chain) as the
+ * site bridge, or with the site's station certificate (`station`). */
+static int hostile_connect_as(const char *oem, const char *cm, int station, struct nu_mqtt **out)
 {
     char cert[PATH_MAX], key[PATH_MAX], name[80] = "site", conf[PATH_MAX];
     uint8_t *text = NULL;
@@ -64,8 +67,13 @@ static int hostile_site(const char *oem, const char *cm, struct nu_mqtt **out)
         sscanf((char *)text, "name %79s", name);
     free(text);
     char client_id[128];
-    snprintf(cert, sizeof(cert), "%s/site/bridge.crt", cm);
-    snprintf(key, sizeof(key), "%s/site/bridge.key", cm);
+    if (station) {
+        snprintf(cert, sizeof(cert), "%s/pki/clients/%s.crt", cm, name);
+        snprintf(key, sizeof(key), "%s/pki/clients/%s.key", cm, name);
+    } else {
+        snprintf(cert, sizeof(cert), "%s/site/bridge.crt", cm);
+        snprintf(key, sizeof(key), "%s/site/bridge.key", cm);
+    }
     snprintf(client_id, sizeof(client_id), "%s:hostile", name);
     struct nu_client_opts o = {.dir = oem,
                                .identity = name,
@@ -74,6 +82,11 @@ static int hostile_site(const char *oem, const char *cm, struct nu_mqtt **out)
                                .client_id = client_id,
                                .clean_start = 1};
     return nu_client_connect(&o, out);
+}
+
+static int hostile_site(const char *oem, const char *cm, struct nu_mqtt **out)
+{
+    return hostile_connect_as(oem, cm, 0, out);
 }
 
 /*
@@ -880,10 +893,10 @@ static int cmd_start(const char *cm, const char *prog, const char *job)
     return 0;
 }
 
-static int cmd_connect(const char *oem, const char *cm)
+static int cmd_connect(const char *oem, const char *cm, int station)
 {
     struct nu_mqtt *m = NULL;
-    int rc = hostile_site(oem, cm, &m);
+    int rc = hostile_connect_as(oem, cm, station, &m);
     printf("%s\n", rc ? nu_err_name(rc) : "OK");
     if (m) {
         nu_mqtt_disconnect(m);
@@ -916,9 +929,12 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "start") && argc == 5)
         return cmd_start(argv[2], argv[3], argv[4]);
     if (!strcmp(cmd, "connect") && argc == 4)
-        return cmd_connect(argv[2], argv[3]);
+        return cmd_connect(argv[2], argv[3], 0);
+    if (!strcmp(cmd, "station") && argc == 4)
+        return cmd_connect(argv[2], argv[3], 1);
     fprintf(stderr, "usage: sites_hostile "
-                    "capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect ... "
+                    "capture|answer|enrollanswer|challenge|forge|newcsr|replay|report|connect|"
+                    "station ... "
                     "(see the header of sites_hostile.c)\n");
     return 2;
 }

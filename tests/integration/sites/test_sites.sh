@@ -342,6 +342,16 @@ for _ in $(seq 100); do # the site broker's own bridge retries within restart_ti
 done
 check "revoked site reconnecting: cloud broker log row" test "$refused" == yes
 check "revoked site: no state change" test "$before" == "$(snapshot)"
+# A site's station certificate (CN the site's name, OU station) is for its
+# own broker; at the cloud broker, where it could read every site's events,
+# only the site's bridge certificate is (the cloud pins it: broker/serials).
+check "the cloud pins each site's bridge certificate" grep -qE '^site-2 [0-9a-f]+$' \
+    "$DIR/broker/serials"
+got=$("$H" station "$DIR" "$CM2" 2>>"$TMP/hostile.err" | tail -n 1)
+check "a site's station certificate at the cloud broker: refused ($got)" test "$got" != OK
+check "... cloud broker log row" bash -c "for _ in \$(seq 50); do grep -qE \"refused connection \
+from .*: the identity is a site's: .* CN 'site-2' OU 'station'\" '$DIR/broker/mosquitto.log' && exit 0
+    sleep 0.1; done; exit 1"
 got=$("$H" connect "$DIR" "$CM2" 2>>"$TMP/hostile.err" | tail -n 1)
 check "the other site still connects" test "$got" == OK
 

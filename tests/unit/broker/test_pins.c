@@ -33,6 +33,9 @@ static void test_pins_parse_and_allow(void)
     /* no pin: not this list's business (revocation and the cloud decide) */
     CU_ASSERT_TRUE(nusec_pins_allow(p, "prog-3", "01"));
     CU_ASSERT_TRUE(nusec_pins_allow(NULL, "prog-1", "01"));
+    CU_ASSERT_TRUE(nusec_pins_has(p, "prog-2"));
+    CU_ASSERT_FALSE(nusec_pins_has(p, "prog-3"));
+    CU_ASSERT_FALSE(nusec_pins_has(NULL, "prog-1"));
     nusec_pins_free(p);
 }
 
