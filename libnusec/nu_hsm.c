@@ -321,11 +321,15 @@ struct nu_hsm {
     struct hsm__session sessions[NU_HSM_SESSIONS_MAX];
     /* Kept to log in again when a network HSM drops a session; wiped on close. */
     char pin[NU_HSM_PIN_MAX + 1];
+    /* The token refused that PIN once: never offered again in this process
+     * (each try would count toward the token's lockout). */
+    int pin_refused;
 };
 
 struct nu_hsm_key {
     struct nu_hsm *hsm;
-    CK_OBJECT_HANDLE priv;
+    CK_OBJECT_HANDLE priv; /* atomic: found again by any signing thread */
+    char label[NU_HSM_KEY_LABEL_MAX + 1];
     struct nu_signer signer;
 };
 
@@ -346,21 +350,38 @@ static int hsm__rv_stale(CK_RV rv)
     }
 }
 
+/* Log in as user on session s (logged in already is fine: login state is
+ * per application and token). A PIN the token refused is not offered again. */
+static int hsm__login(struct nu_hsm *hsm, CK_SESSION_HANDLE s)
+{
+    if (__atomic_load_n(&hsm->pin_refused, __ATOMIC_ACQUIRE))
+        return NU_ERR_PERMISSION;
+    CK_RV rv = hsm->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)hsm->pin, (CK_ULONG)strlen(hsm->pin));
+    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
+        return NU_OK;
+    int rc = hsm__ckr("C_Login", rv);
+    if (rc == NU_ERR_PERMISSION && !__atomic_exchange_n(&hsm->pin_refused, 1, __ATOMIC_ACQ_REL))
+        nu_error("hsm: the token refused the PIN: no further login until a restart with the "
+                 "right one");
+    return rc;
+}
+
 /* Open a session on the token and make sure it is logged in as user. Login
  * state is per application and token, so all but the first session find it
  * already logged in. */
 static int hsm__session_open(struct nu_hsm *hsm, CK_SESSION_HANDLE *out)
 {
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    if (__atomic_load_n(&hsm->pin_refused, __ATOMIC_ACQUIRE))
+        return NU_ERR_PERMISSION;
     int rc = hsm__ckr(
         "C_OpenSession",
         hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s));
     if (rc != NU_OK)
         return rc;
-    CK_RV rv = hsm->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)hsm->pin, (CK_ULONG)strlen(hsm->pin));
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+    if ((rc = hsm__login(hsm, s)) != NU_OK) {
         hsm->f->C_CloseSession(s);
-        return hsm__ckr("C_Login", rv);
+        return rc;
     }
     *out = s;
     return NU_OK;
@@ -977,6 +998,7 @@ out:
         return rc;
     }
     key->hsm = hsm;
+    snprintf(key->label, sizeof(key->label), "%s", label);
     key->signer.ctx = key;
     key->signer.sign_digest = hsm__signer_cb;
     key->signer.self_verified = 1; /* hsm__sign verifies before it returns */
@@ -994,12 +1016,42 @@ void nu_hsm_key_close(struct nu_hsm_key *key)
     free(key);
 }
 
-/* Raw r||s from the token; a session the token dropped is reopened once. */
+/*
+ * The key's handle after the token dropped it (a logout, or its last session
+ * closed: SoftHSM2 then forgets every handle to a private object, and never
+ * reuses one): found again by label on session s, with the same public
+ * point, still protected. Returns the CKR of the failure, or CKR_OK.
+ */
+static CK_RV hsm__key_refind(struct nu_hsm_key *key, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out)
+{
+    uint8_t pub[NU_P256_PUB_LEN];
+    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
+    CK_RV rv = CKR_OK;
+    /* A logout lost the handles: private objects are found only logged in. */
+    int rc = hsm__login(key->hsm, s);
+    if (rc == NU_OK)
+        rc = hsm__lookup_key(key->hsm, s, key->label, &priv, pub, &rv);
+    if (rc == NU_OK && memcmp(pub, key->signer.pub, sizeof(pub)) != 0) {
+        nu_error("hsm: key '%s' on the token is another key than the one opened", key->label);
+        rc = NU_ERR_HSM;
+    }
+    if (rc == NU_OK)
+        rc = hsm__refuse_weak(key->hsm, s, priv, key->label, &rv);
+    if (rc != NU_OK)
+        return rv != CKR_OK ? rv : CKR_KEY_HANDLE_INVALID;
+    __atomic_store_n(&key->priv, priv, __ATOMIC_RELEASE);
+    nu_info("hsm: key '%s' found again (the token had dropped its handle)", key->label);
+    *out = priv;
+    return CKR_OK;
+}
+
+/* Raw r||s from the token. A session the token dropped is reopened and a
+ * key handle it dropped found again; a second dead session may come first. */
 static int hsm__sign_raw(struct nu_hsm_key *key, const uint8_t digest[32], uint8_t rs[64])
 {
     struct nu_hsm *hsm = key->hsm;
     int rc = NU_ERR_HSM;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 3; attempt++) {
         unsigned idx;
         CK_SESSION_HANDLE s;
         CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
@@ -1007,7 +1059,11 @@ static int hsm__sign_raw(struct nu_hsm_key *key, const uint8_t digest[32], uint8
         rc = hsm__borrow(hsm, &idx, &s);
         if (rc != NU_OK)
             return rc;
-        CK_RV rv = hsm->f->C_SignInit(s, &mech, key->priv);
+        CK_OBJECT_HANDLE priv = __atomic_load_n(&key->priv, __ATOMIC_ACQUIRE);
+        CK_RV rv = hsm->f->C_SignInit(s, &mech, priv);
+        if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
+            (rv = hsm__key_refind(key, s, &priv)) == CKR_OK)
+            rv = hsm->f->C_SignInit(s, &mech, priv);
         if (rv == CKR_OK)
             rv = hsm->f->C_Sign(s, (CK_BYTE *)digest, 32, rs, &len);
         hsm__give_back(hsm, idx, rv);
@@ -1051,8 +1107,10 @@ int nu_hsm_key_sign_digest(struct nu_hsm_key *key, const uint8_t digest[32], uin
     for (int attempt = 0; attempt < 2; attempt++) {
         word32 der_len = sizeof(der);
         int rc = hsm__sign_raw(key, digest, rs);
+        /* Whatever the token said (no token, PIN refused: logged above), to
+         * the caller it is the HSM failing: a chip waits for it, no verdict. */
         if (rc != NU_OK)
-            return rc;
+            return rc == NU_ERR_NOMEM ? rc : NU_ERR_HSM;
         if (wc_ecc_rs_raw_to_sig(rs, 32, rs + 32, 32, der, &der_len) != 0)
             return NU_ERR_HSM;
         /* SoftHSM2 #901: never hand out a signature the public key rejects. */

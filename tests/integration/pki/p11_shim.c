@@ -7,7 +7,11 @@
  *                              (-1: every one) — "some modules ship
  *                              invalid-signature bugs" (SoftHSM2 #901);
  *   NUSEC_SHIM_NOT_LOCAL=1     C_GetAttributeValue reports CKA_LOCAL false;
- *   NUSEC_SHIM_EXTRACTABLE=1   ... and CKA_EXTRACTABLE true.
+ *   NUSEC_SHIM_EXTRACTABLE=1   ... and CKA_EXTRACTABLE true;
+ *   NUSEC_SHIM_LOGOUT=1        the next C_SignInit logs the application out
+ *                              of the token first (C_Logout: every session
+ *                              loses its login, and SoftHSM2 its handles to
+ *                              private objects), as a token reset would.
  *
  * The variables are read at each call so one test process can switch them.
  * Works over any module, so the same checks run on SoftHSM2 and on the TPM.
@@ -44,6 +48,15 @@ static CK_RV shim__sign(CK_SESSION_HANDLE s, CK_BYTE *data, CK_ULONG len, CK_BYT
     return rv;
 }
 
+static CK_RV shim__sign_init(CK_SESSION_HANDLE s, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    if (shim__env("NUSEC_SHIM_LOGOUT")) {
+        unsetenv("NUSEC_SHIM_LOGOUT");
+        shim__real->C_Logout(s);
+    }
+    return shim__real->C_SignInit(s, mech, key);
+}
+
 static CK_RV shim__get_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *t, CK_ULONG n)
 {
     CK_RV rv = shim__real->C_GetAttributeValue(s, o, t, n);
@@ -70,6 +83,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST **out)
             return CKR_GENERAL_ERROR;
         shim__list = *shim__real;
         shim__list.C_Sign = shim__sign;
+        shim__list.C_SignInit = shim__sign_init;
         shim__list.C_GetAttributeValue = shim__get_attr;
     }
     *out = &shim__list;

@@ -221,6 +221,29 @@ static void test_bad_signature_is_never_used(void)
     nu_hsm_close(shim);
 }
 
+/* The token logs the application out (a reset, a network HSM's restart):
+ * every session loses its login and SoftHSM2 every handle to a private key.
+ * The next signature still comes, without reopening anything by hand. */
+static void test_signing_survives_a_token_logout(void)
+{
+    struct nu_hsm *shim = open_shim();
+    struct nu_hsm_key *key = NULL;
+    uint8_t digest[32] = {4, 5, 6}, sig[NU_P256_SIG_MAX];
+    size_t len = sizeof(sig);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(shim);
+    CU_ASSERT_EQUAL_FATAL(nu_hsm_key_open(shim, NU_PKI_KEY_DEVICE_CA, &key), NU_OK);
+    CU_ASSERT_EQUAL(nu_hsm_key_sign_digest(key, digest, sig, &len), NU_OK);
+    for (int i = 0; i < 2; i++) { /* twice: the handle found again is lost again */
+        setenv("NUSEC_SHIM_LOGOUT", "1", 1);
+        len = sizeof(sig);
+        CU_ASSERT_EQUAL(nu_hsm_key_sign_digest(key, digest, sig, &len), NU_OK);
+        CU_ASSERT_EQUAL(nu_p256_verify(nu_hsm_key_signer(key)->pub, digest, sig, len), NU_OK);
+    }
+    unsetenv("NUSEC_SHIM_LOGOUT");
+    nu_hsm_key_close(key);
+    nu_hsm_close(shim);
+}
+
 static void test_unprotected_key_is_refused(void)
 {
     struct nu_hsm *shim = open_shim();
@@ -259,6 +282,8 @@ int main(void)
         {"a bad token signature is never used", test_bad_signature_is_never_used},
         {"an unprotected key is refused", test_unprotected_key_is_refused},
         {"keygen, check, destroy", test_keygen_then_destroy},
+        {"signing survives a token logout (sessions and key handles found again)",
+         test_signing_survives_a_token_logout},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {{"hsm suite", setup, teardown, cases}, {NULL}};
