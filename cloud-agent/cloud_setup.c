@@ -5,6 +5,7 @@
 #include "nu_err.h"
 #include "nu_log.h"
 #include "nu_paths.h"
+#include "nu_hsm.h"
 #include "nu_pki.h"
 #include "nu_util.h"
 #include "nu_x509.h"
@@ -192,7 +193,11 @@ static int cloud__read_cert(const char *dir, enum nu_path_kind kind, uint8_t **d
 int cloud_keys_open(struct cloud *cloud)
 {
     struct cloud_keys *k = &cloud->keys;
-    int rc = nu_pki_open_hsm(cloud->dir, cloud->cfg.workers, &cloud->hsm);
+    /* One session per worker, up to what the HSM layer pools: beyond, workers
+     * take turns (a session is borrowed for one signature only). */
+    unsigned sessions =
+        cloud->cfg.workers < NU_HSM_SESSIONS_MAX ? cloud->cfg.workers : NU_HSM_SESSIONS_MAX;
+    int rc = nu_pki_open_hsm(cloud->dir, sessions, &cloud->hsm);
     if (rc) {
         nu_error("cannot open the HSM of %s: %s", cloud->dir, nu_err_str(rc));
         return rc;
