@@ -199,6 +199,7 @@ struct pg_lease {
     size_t cert_len;
     atomic_int exhausted;    /* the lease counter reached units */
     atomic_uint pending;     /* journal records the cloud has not confirmed */
+    atomic_uint issuing;     /* sockets between the counter and the journal record */
     atomic_uint issued;      /* offline certificates issued, this process */
     atomic_uint uploaded;    /* journal records the cloud confirmed, this process */
     atomic_uint probe_at_ms; /* mono ms of the next upload try while unreachable */

@@ -726,9 +726,9 @@ int pg__lease_abandon_due(struct pg_core *c, uint64_t asked_ms)
     return since && pg__lease_usable(c) && pg_now_ms(c->hal) >= since + c->lease_abandon_ms;
 }
 
-int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
-                    size_t *out_leaf_len, size_t *out_len, int *out_journalled,
-                    uint32_t *out_counter)
+static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
+                        size_t *out_leaf_len, size_t *out_len, int *out_journalled,
+                        uint32_t *out_counter)
 {
     struct pg_lease *l = &c->lease;
     char name[LEASE__NAME_MAX + 1];
@@ -784,6 +784,19 @@ int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
             (unsigned)k, (unsigned)l->units, w->uid_hex,
             supersedes ? " (its online request abandoned)" : "");
     return NU_OK;
+}
+
+/* Counted in `issuing` from before the counter until the record is pending:
+ * the last unit sets `exhausted` before its record exists, and a give-back
+ * (lease__give_back_due) in that window would close the lease on the cloud
+ * with a certificate about to reach a chip and never be recorded. */
+int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes, size_t *out_leaf_len,
+                    size_t *out_len, int *out_journalled, uint32_t *out_counter)
+{
+    atomic_fetch_add(&c->lease.issuing, 1u);
+    int rc = lease__issue(c, w, supersedes, out_leaf_len, out_len, out_journalled, out_counter);
+    atomic_fetch_sub(&c->lease.issuing, 1u);
+    return rc;
 }
 
 /* The journal record (read into w->req) of the chip in w (its UID). */
@@ -859,8 +872,10 @@ int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counte
 static int lease__give_back_due(const struct pg_core *c)
 {
     const struct pg_lease *l = &c->lease;
-    return l->active && atomic_load(&l->exhausted) && !atomic_load(&l->pending) &&
-           !atomic_load(&l->refused) && !atomic_load(&l->given_back);
+    /* `issuing` before `pending`: an issuer makes its record pending before
+     * it leaves `issuing`, so one of the two reads sees it. */
+    return l->active && atomic_load(&l->exhausted) && !atomic_load(&l->issuing) &&
+           !atomic_load(&l->pending) && !atomic_load(&l->refused) && !atomic_load(&l->given_back);
 }
 
 int pg__lease_may_refund(const struct pg_core *c)

@@ -751,6 +751,57 @@ static void test_quota_refund_before_the_upload(void)
 }
 #endif
 
+#ifndef M33_IMAGE
+/* A KeyStore whose first lease journal write lets the control thread's sync
+ * run first (the link back): the moment the last unit's counter is taken,
+ * `exhausted` set, and its record not written yet. */
+static int sync_in_window;
+static unsigned returned_in_window;
+static struct pg_keystore_ops window_ks;
+
+static int window_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
+{
+    if (sync_in_window && len && !strncmp(name, "lease.j/", 8)) {
+        sync_in_window = 0;
+        pthread_mutex_lock(&R.fc.lock);
+        R.fc.link_down = 0;
+        pthread_mutex_unlock(&R.fc.lock);
+        pg_core_lease_sync(R.core);
+        returned_in_window = R.fc.leases_returned;
+    }
+    return pp_ks_ops.blob_put(ctx, name, data, len);
+}
+
+/*
+ * The give-back must wait for a certificate being issued: the last unit's
+ * counter marks the lease used up before its journal record exists. Given
+ * back in that window, the cloud closes the lease and releases the unit,
+ * and the certificate the chip then gets is refused at its upload: a
+ * genuine chip with no ledger row, its unit counted twice.
+ */
+static void test_no_give_back_while_a_unit_is_issued(void)
+{
+    fast_line_up("prog-lease-window", 1, 2);
+    window_ks = pp_ks_ops;
+    window_ks.blob_put = window_blob_put;
+    R.hal.ks = &window_ks;
+    sync_in_window = 1;
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned, then offline */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(sync_in_window, 0);
+    CU_ASSERT_EQUAL(returned_in_window, 0);             /* not in the window */
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK); /* now: uploaded, then given back */
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* production goes on, online */
+    CU_ASSERT(res.provisioned);
+    end_one_offline_one_online();
+}
+#endif
+
 /*
  * A used-up lease, its certificates confirmed, is given back by the control
  * thread's sync while production goes on (what it still holds of the quota
@@ -869,6 +920,10 @@ int main(void)
 #endif
         {"a used-up lease is given back once confirmed, mid-production",
          test_used_up_lease_given_back_mid_production},
+#ifndef M33_IMAGE
+        {"no give-back while a unit is being issued (the counter before the record)",
+         test_no_give_back_while_a_unit_is_issued},
+#endif
         {"QUOTA_EXHAUSTED online with lease units left: the chips use the lease",
          test_quota_left_in_the_lease_is_used},
         {"a foreign line-CA certificate is refused with an event",
