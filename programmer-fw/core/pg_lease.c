@@ -213,6 +213,8 @@ static void lease__event(struct pg_core *c, const char *kind, int code, const ch
 
 /* ---- load ------------------------------------------------------------------------------ */
 
+static int lease__cert_ok(struct pg_core *c, uint8_t *tmp, size_t cap);
+
 /* The job's lease from the KeyStore into c->lease, with its journal counted. */
 static void lease__load(struct pg_core *c, uint8_t *buf, size_t cap)
 {
@@ -246,6 +248,17 @@ static void lease__load(struct pg_core *c, uint8_t *buf, size_t cap)
     atomic_store(&l->exhausted, hi >= l->units);
     pg__log(c, PG_LOG_INFO, "lease %s: %u of %u unit(s) used, %u certificate(s) to upload",
             l->id, (unsigned)hi, (unsigned)l->units, (unsigned)pending);
+    /* The KeyStore has one line-CA key: another job's lease since replaced
+     * it, and this one can sign no more. Used up, then: given back once its
+     * records are up, and a new one asked for (with a key of its own). */
+    if (hi < l->units && pg_now_ms(c->hal) < l->not_after_ms &&
+        lease__cert_ok(c, buf, cap) != NU_OK) {
+        pg__log(c, PG_LOG_WARN,
+                "lease %s: its line-CA key is not the KeyStore's any more (another job's lease "
+                "took it): no offline certificate under it",
+                l->id);
+        atomic_store(&l->exhausted, 1);
+    }
 }
 
 int pg__lease_usable(struct pg_core *c)

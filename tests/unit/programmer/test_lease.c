@@ -828,6 +828,38 @@ static void test_used_up_lease_given_back_mid_production(void)
 }
 
 /*
+ * The KeyStore holds one line-CA key: another job's lease replaces it. Back
+ * on this job, its lease (unexpired, units left) can sign nothing: it is
+ * given back at the start and a new one granted, and a chip certified
+ * offline meanwhile gets a certificate that verifies, no counter burned.
+ */
+static void test_lease_whose_key_was_replaced_is_renewed(void)
+{
+    fast_line_up("prog-lease-rekey", 3, 1);
+    pg_core_production_end(R.core);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 0);                      /* still good: kept */
+    CU_ASSERT_EQUAL_FATAL(pg_ks_line_key_generate(&R.hal), NU_OK); /* another job's grant */
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 2);
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned); /* offline, under the new lease */
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    pg_core_production_end(R.core);
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 0);
+    struct census c;
+    census(&c);
+    CU_ASSERT_EQUAL(c.offline, 1);
+    rig_teardown(&R);
+}
+
+/*
  * The cloud holds the lease's units back from online issuance (the ledger
  * does): once the rest of the programmer's share is issued, cert.request is
  * refused QUOTA_EXHAUSTED with the cloud in reach. The lease is then what is
@@ -924,6 +956,8 @@ int main(void)
         {"no give-back while a unit is being issued (the counter before the record)",
          test_no_give_back_while_a_unit_is_issued},
 #endif
+        {"a lease whose line-CA key another job's lease replaced is given back and renewed",
+         test_lease_whose_key_was_replaced_is_renewed},
         {"QUOTA_EXHAUSTED online with lease units left: the chips use the lease",
          test_quota_left_in_the_lease_is_used},
         {"a foreign line-CA certificate is refused with an event",
