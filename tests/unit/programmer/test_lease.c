@@ -365,6 +365,19 @@ static void test_offline_up_to_n_then_upload(void)
     rig_teardown(&R);
 }
 
+/* The next boot after a power cut, the WAN still cut (the firmware fetched
+ * while it was up): journal record 1 is there, production begun. */
+static void reboot_while_cut(void)
+{
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    CU_ASSERT(journal_has(1));
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    R.fc.link_down = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+}
+
 /*
  * Power lost between the lease counter and the journal: that counter value
  * is gone (no certificate exists for it), never taken again; the restart
@@ -466,14 +479,8 @@ static void test_crash_between_journal_and_chip(void)
     census(&c);
     CU_ASSERT_EQUAL(c.locked, 0); /* the chip holds no certificate */
 
-    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK); /* the plain HAL again */
+    reboot_while_cut(); /* the plain HAL again */
     CU_ASSERT_EQUAL(lease_counter(), 1);
-    CU_ASSERT(journal_has(1));
-    R.fc.link_down = 0;
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    R.fc.link_down = 1;
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
-    pg_core_link_note(R.core, NU_ERR_CONNECTION);
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
     CU_ASSERT(res.provisioned);
     CU_ASSERT(res.resumed);
@@ -529,13 +536,7 @@ static void test_crash_between_lock_and_outcome(void)
     census(&c);
     CU_ASSERT_EQUAL_FATAL(c.offline, 1); /* locked with its offline certificate */
 
-    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
-    CU_ASSERT(journal_has(1));
-    R.fc.link_down = 0;
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    R.fc.link_down = 1;
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
-    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    reboot_while_cut();
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
     CU_ASSERT(res.already_done);
 
