@@ -217,8 +217,19 @@ int cloud_keys_open(struct cloud *cloud)
             return rc;
         }
     }
-    /* Older state directories have no audit key: they run, unsigned. */
+    /* Older state directories have no audit key: they run, unsigned. One
+     * whose public half was published (DIR/pki/audit-key.pem) had one: its
+     * key gone from the token is a fault, or a downgrade, not an old state. */
+    char audit_pub[PATH_MAX];
     rc = nu_hsm_key_open(cloud->hsm, NU_PKI_KEY_AUDIT, &k->audit);
+    if (rc == NU_ERR_NOT_FOUND &&
+        nu_paths_get(cloud->dir, NU_PATH_AUDIT_PUB, audit_pub, sizeof(audit_pub)) == NU_OK &&
+        nu_path_exists(audit_pub)) {
+        nu_error("HSM key '%s' is missing, but %s says this state directory has one: not "
+                 "starting with unsigned audit checkpoints",
+                 NU_PKI_KEY_AUDIT, audit_pub);
+        return NU_ERR_HSM;
+    }
     if (rc == NU_ERR_NOT_FOUND) {
         nu_warn("no HSM key '%s': audit checkpoints are not signed (a state directory "
                 "made by `nusec pki init` before audit keys existed)",

@@ -244,6 +244,22 @@ static void test_signing_survives_a_token_logout(void)
     nu_hsm_close(shim);
 }
 
+/* Runs last (it removes a key): an audit key gone from the token of a
+ * state directory that published one is no reason to run unsigned. */
+static void test_missing_audit_key_stops_the_cloud(void)
+{
+    if (getenv("NUSEC_HSM_SUITE_DIR"))
+        return; /* a token the caller keeps: not ours to take a key from */
+    CU_ASSERT_EQUAL_FATAL(nu_hsm_key_destroy(hsm, NU_PKI_KEY_AUDIT), NU_OK);
+    int rc = nu_test_sh("timeout 20 %s/bin/nusec-cloud --dir %s >%s/cloud.out 2>&1",
+                        NUSEC_BINARY_DIR, dir, tmp);
+    CU_ASSERT_NOT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q \"HSM key 'audit' is missing, but .*audit-key.pem "
+                               "says this state directory has one\" %s/cloud.out",
+                               tmp),
+                    0);
+}
+
 static void test_unprotected_key_is_refused(void)
 {
     struct nu_hsm *shim = open_shim();
@@ -284,6 +300,8 @@ int main(void)
         {"keygen, check, destroy", test_keygen_then_destroy},
         {"signing survives a token logout (sessions and key handles found again)",
          test_signing_survives_a_token_logout},
+        {"a missing audit key stops the cloud (no unsigned checkpoints)",
+         test_missing_audit_key_stops_the_cloud},
         {NULL, NULL},
     };
     static const struct nu_test_suite suites[] = {{"hsm suite", setup, teardown, cases}, {NULL}};
