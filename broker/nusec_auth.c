@@ -367,7 +367,10 @@ static bool auth__stale_cert(const struct nusec_auth *st, struct mosquitto *clie
                              const struct auth__ident *who)
 {
     const struct auth__pinfile *f = st->pins;
-    if (!f || (!f->bad && !nusec_pins_has(f->pins, who->id)))
+    if (!f || (who->role != NUSEC_ROLE_PROGRAMMER && who->role != NUSEC_ROLE_SITE &&
+               who->role != NUSEC_ROLE_STATION))
+        return false; /* the roles a list may pin (a station: to be refused) */
+    if (!f->bad && !nusec_pins_has(f->pins, who->id))
         return false; /* the common case: no certificate to look at */
     X509 *cert = mosquitto_client_certificate(client);
     bool stale = cert && auth_files_pins_why(st, cert, who) != NULL;

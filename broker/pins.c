@@ -14,6 +14,7 @@
 struct pins__entry {
     char id[NUSEC_ACL_ID_MAX + 1];
     char serial[NUSEC_PINS_SERIAL_MAX + 1]; /* lower case, no leading zeros */
+    size_t line;                            /* where it was, for a duplicate's report */
 };
 
 struct nusec_pins {
@@ -38,17 +39,25 @@ static bool pins__canon(const char *s, size_t len, char out[NUSEC_PINS_SERIAL_MA
     return true;
 }
 
+static int pins__cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct pins__entry *)a)->id, ((const struct pins__entry *)b)->id);
+}
+
+/* Entries are sorted by id once parsed: the broker asks on every ACL check
+ * of a pinned role, with one line per programmer in the list. */
 static const struct pins__entry *pins__find(const struct nusec_pins *p, const char *id)
 {
-    for (size_t i = 0; p && i < p->n; i++) {
-        if (strcmp(p->e[i].id, id) == 0)
-            return &p->e[i];
-    }
-    return NULL;
+    struct pins__entry key;
+    size_t n = strlen(id);
+    if (!p || !p->n || n >= sizeof(key.id))
+        return NULL;
+    memcpy(key.id, id, n + 1);
+    return bsearch(&key, p->e, p->n, sizeof(*p->e), pins__cmp);
 }
 
 /* One line's tokens: 0 ok (or nothing on it), else DECODE. */
-static int pins__line(struct nusec_pins *p, const char *s, size_t len)
+static int pins__line(struct nusec_pins *p, const char *s, size_t len, size_t line)
 {
     const char *tok[3];
     size_t tl[3], nt = 0;
@@ -72,8 +81,7 @@ static int pins__line(struct nusec_pins *p, const char *s, size_t len)
         return NU_ERR_DECODE;
     memcpy(e.id, tok[0], tl[0]);
     e.id[tl[0]] = 0;
-    if (pins__find(p, e.id))
-        return NU_ERR_DECODE;
+    e.line = line;
     if (p->n == p->cap) {
         size_t cap = p->cap ? 2 * p->cap : 16;
         struct pins__entry *g = realloc(p->e, cap * sizeof(*g));
@@ -101,8 +109,19 @@ int nusec_pins_parse(const char *text, size_t len, struct nusec_pins **out, size
         const char *nl = memchr(text + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - text) : len;
         line++;
-        rc = end - pos > PINS__LINE_MAX ? NU_ERR_TOO_LARGE : pins__line(p, text + pos, end - pos);
+        rc = end - pos > PINS__LINE_MAX ? NU_ERR_TOO_LARGE
+                                        : pins__line(p, text + pos, end - pos, line);
         pos = end + 1;
+    }
+    if (rc == NU_OK && p->n > 1) {
+        /* An id listed twice: the whole list is refused, at its second line. */
+        qsort(p->e, p->n, sizeof(*p->e), pins__cmp);
+        for (size_t i = 1; rc == NU_OK && i < p->n; i++) {
+            if (strcmp(p->e[i - 1].id, p->e[i].id) == 0) {
+                rc = NU_ERR_DECODE;
+                line = p->e[i].line > p->e[i - 1].line ? p->e[i].line : p->e[i - 1].line;
+            }
+        }
     }
     if (rc != NU_OK) {
         if (out_line)

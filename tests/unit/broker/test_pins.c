@@ -4,6 +4,7 @@
 #include "pins.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int parse(const char *text, struct nusec_pins **out, size_t *line)
@@ -94,7 +95,41 @@ static void test_pins_changed(void)
     nusec_pins_free(b);
 }
 
+/* A fleet's list, in no order: every id found with its own serial, one
+ * listed twice far apart refuses the whole list at its second line. */
+static void test_pins_large_list(void)
+{
+    enum { N = 5000 };
+    size_t cap = N * 32 + 64, len = 0, line = 0;
+    char *text = malloc(cap);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    for (int i = 0; i < N; i++) {
+        int k = (i * 7919) % N; /* a permutation of 0..N-1 */
+        len += (size_t)snprintf(text + len, cap - len, "prog-%d %x\n", k, k + 1);
+    }
+    struct nusec_pins *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(nusec_pins_parse(text, len, &p, &line), NU_OK);
+    CU_ASSERT_EQUAL(nusec_pins_count(p), N);
+    char id[32], hex[16];
+    for (int k = 0; k < N; k++) {
+        snprintf(id, sizeof(id), "prog-%d", k);
+        snprintf(hex, sizeof(hex), "%x", k + 1);
+        CU_ASSERT_TRUE(nusec_pins_has(p, id));
+        CU_ASSERT_TRUE(nusec_pins_allow(p, id, hex));
+        snprintf(hex, sizeof(hex), "%x", k + 2);
+        CU_ASSERT_FALSE(nusec_pins_allow(p, id, hex));
+    }
+    CU_ASSERT_FALSE(nusec_pins_has(p, "prog-5000"));
+    nusec_pins_free(p);
+    len += (size_t)snprintf(text + len, cap - len, "prog-17 99\n"); /* line N + 1 */
+    CU_ASSERT_EQUAL(nusec_pins_parse(text, len, &p, &line), NU_ERR_DECODE);
+    CU_ASSERT_EQUAL(line, (size_t)N + 1);
+    CU_ASSERT_PTR_NULL(p);
+    free(text);
+}
+
 static const struct nu_test_case pins_cases[] = {
+    {"a fleet-sized list: every id found, a duplicate refused", test_pins_large_list},
     {"serial list parses; pins allow the current serial only", test_pins_parse_and_allow},
     {"a malformed serial list is rejected whole", test_pins_reject_whole_file},
     {"re-enrolled identities are found for kicking", test_pins_changed},
