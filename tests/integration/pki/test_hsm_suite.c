@@ -22,6 +22,8 @@
 
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +246,29 @@ static void test_signing_survives_a_token_logout(void)
     nu_hsm_close(shim);
 }
 
+/* A thread whose only ECC is the token's signature (its check after the
+ * token signs): a cloud worker that answered only refusals. */
+static void *sign_only_main(void *arg)
+{
+    struct nu_hsm_key *key = arg;
+    uint8_t digest[32] = {7}, sig[NU_P256_SIG_MAX];
+    size_t len = sizeof(sig);
+    return (void *)(intptr_t)nu_hsm_key_sign_digest(key, digest, sig, &len);
+}
+
+/* It leaves nothing behind when it exits (LeakSanitizer fails the run). */
+static void test_signing_thread_exits_clean(void)
+{
+    struct nu_hsm_key *key = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_hsm_key_open(hsm, NU_PKI_KEY_DEVICE_CA, &key), NU_OK);
+    pthread_t t;
+    void *rc = NULL;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, sign_only_main, key), 0);
+    pthread_join(t, &rc);
+    CU_ASSERT_EQUAL((int)(intptr_t)rc, NU_OK);
+    nu_hsm_key_close(key);
+}
+
 /* Runs last (it removes a key): an audit key gone from the token of a
  * state directory that published one is no reason to run unsigned. */
 static void test_missing_audit_key_stops_the_cloud(void)
@@ -300,6 +325,7 @@ int main(void)
         {"keygen, check, destroy", test_keygen_then_destroy},
         {"signing survives a token logout (sessions and key handles found again)",
          test_signing_survives_a_token_logout},
+        {"a thread that only signs leaves nothing behind", test_signing_thread_exits_clean},
         {"a missing audit key stops the cloud (no unsigned checkpoints)",
          test_missing_audit_key_stops_the_cloud},
         {NULL, NULL},
