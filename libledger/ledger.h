@@ -991,7 +991,8 @@ struct cloud_ledger_lease_cert {
 };
 
 /*
- * Record an offline certificate: certificate row (state provisioned, detail
+ * Record an offline certificate: certificate row (state issued until its
+ * chip's device.report, like an online one; detail
  * "offline lease L"), jobs.issued + 1, lease used + 1, events cert.issued
  * (idempotency key = SHA-256("nusec/v1 lease" || lease || counter)[:16]) and
  * lease.recorded. A serial already recorded under this lease: *out_known = 1,
