@@ -52,6 +52,7 @@ struct st__prog {
     unsigned epoch; /* grows each time it comes (back) online */
     uint64_t online_since_ms;
     uint64_t cloud_lost_ms; /* it says the cloud is unreachable since, 0: reachable */
+    int lost_producing;     /* it went offline while producing (a crash, not an end) */
 };
 
 /* A package and what this process did with it. */

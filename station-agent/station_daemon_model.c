@@ -237,8 +237,9 @@ static void st__prog_save(struct station *st, const struct st__prog *p, const st
 }
 
 /* What a status change means for the package of the programmer's job. */
+/* `back`: the first status of a programmer that went offline while producing. */
 static void st__status_effects(struct station *st, const struct st__prog *p, int prev_state,
-                               const char *prev_job)
+                               const char *prev_job, int back)
 {
     struct st__pkg *pkg = p->job_id[0] ? st__pkg_of(st, p->job_id, p->id) : NULL;
     struct st__job *job = pkg ? st__job_get(st, pkg->row.job_id) : NULL;
@@ -250,7 +251,12 @@ static void st__status_effects(struct station *st, const struct st__prog *p, int
         pkg->row.last_error[0] = '\0';
         station_db_package_error(st->db, pkg->row.package_id, "");
     }
-    if (p->limit && p->counter >= p->limit) {
+    int producing = p->state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING;
+    if (p->limit && p->counter >= p->limit && !producing && !back) {
+        /* At the limit, but not finished while it produces (the last units
+         * are chips in its sockets) nor just back from a crash (those chips
+         * are still there, with their units: it finishes them at the next
+         * START, or refuses it, idle again, and then it is finished here). */
         st__pkg_finish(st, pkg, NULL);
     } else if (p->state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_IDLE &&
                prev_state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING &&
@@ -325,14 +331,17 @@ static void st__ingest_status(struct station *st, const struct st__msg *m)
             st__note(st, "programmer.online", p->job_id, 0, p->id, p);
         }
     } else if (offline && was_online) {
+        p->lost_producing = prev_state == NUSEC__V1__PROGRAMMER_STATE__PROGRAMMER_STATE_PRODUCING;
         p->online = 0;
         nu_warn("programmer %s offline", p->id);
         st__note(st, "programmer.offline", p->job_id, 0, p->id, p);
     }
     if (!offline)
         st__cloud_link(st, p, s.cloud_lost_ms);
-    if (!offline)
-        st__status_effects(st, p, prev_state, prev_job);
+    if (!offline) {
+        st__status_effects(st, p, prev_state, prev_job, !was_online && p->lost_producing);
+        p->lost_producing = 0;
+    }
     st__prog_save(st, p, m);
 }
 

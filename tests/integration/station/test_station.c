@@ -613,7 +613,7 @@ static int crash_child(void)
     snprintf(f.id, sizeof(f.id), "prog-a");
     cert_paths("prog-a", cert, key, sizeof(cert));
     snprintf(topic, sizeof(topic), "nusec/v1/prog/prog-a/status");
-    if (sf_status("prog-a", 1, OFFLINE, "J1", 8, 3, &will, &will_len) ||
+    if (sf_status("prog-a", 1, OFFLINE, "J1", 8, 8, &will, &will_len) ||
         nu_envelope_sender_create("prog-a", NU_ENVELOPE_SEQ_FROM_CLOCK, &f.sender))
         return 2;
     struct nu_client_opts o = {
@@ -624,7 +624,7 @@ static int crash_child(void)
         .client_id = "prog-a:crash",
         .clean_start = 1,
         .will = {.topic = topic, .payload = will, .len = will_len, .qos = 1, .retain = 1}};
-    if (nu_client_connect(&o, &f.m) || fake_status(&f, PRODUCING, "J1", 8, 3))
+    if (nu_client_connect(&o, &f.m) || fake_status(&f, PRODUCING, "J1", 8, 8))
         return 2;
     for (;;)
         pause(); /* until SIGKILL */
@@ -638,15 +638,18 @@ static void test_programmer_crash_and_comeback_gets_start_again(void)
         _exit(127);
     }
     CU_ASSERT_TRUE_FATAL(child > 0);
-    /* The child's status (counter 3) reached the station: its session is up. */
-    CU_ASSERT_EQUAL(wait_prog_counter("prog-a", 3, 10000), 0);
+    /* The child's status reached the station: its session is up. Every unit
+     * of its package is taken (8 of 8): chips in its sockets hold the last. */
+    CU_ASSERT_EQUAL(wait_prog_counter("prog-a", 8, 10000), 0);
     size_t mark = fake_mark(&prog_a);
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
     /* The broker publishes the will: the station sees prog-a go offline. */
     CU_ASSERT_EQUAL(wait_prog_state("prog-a", "offline", 5000), 0);
-    /* It comes back idle with 5 of 8 left: the station delivers and starts again. */
-    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J1", 8, 3), NU_OK);
+    /* It comes back idle, its counter at the limit: not finished (the crash
+     * left chips half done, with their units): the station delivers and
+     * starts it again, and the programmer finishes them. */
+    CU_ASSERT_EQUAL(fake_status(&prog_a, IDLE, "J1", 8, 8), NU_OK);
     int d = fake_wait(&prog_a, mark, BODY_DELIVERY, 0, NULL, 5000);
     int s = fake_wait(&prog_a, mark, BODY_COMMAND, START, "J1", 5000);
     CU_ASSERT_TRUE(d >= 0 && s > d);
