@@ -271,7 +271,17 @@ static int hsm__scan_slots(CK_FUNCTION_LIST *f, const struct nu_hsm_opts *o, str
                 out->free_slot = slots[i];
                 out->free_info = ti;
             }
-        } else if (!out->found && hsm__slot_matches(o, slots[i], &ti)) {
+        } else if (hsm__slot_matches(o, slots[i], &ti)) {
+            if (out->found) {
+                /* Which one holds our keys cannot be told: the first one found
+                 * could be another's token given our label. */
+                nu_error("hsm: two tokens labelled '%s' (slots %lu and %lu): name the slot "
+                         "instead",
+                         o->token_label ? o->token_label : "", (unsigned long)out->slot,
+                         (unsigned long)slots[i]);
+                rc = NU_ERR_EXISTS;
+                break;
+            }
             out->found = 1;
             out->slot = slots[i];
             out->info = ti;

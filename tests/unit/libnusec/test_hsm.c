@@ -237,6 +237,24 @@ static void test_module_and_token_errors(void)
     close_token();
 }
 
+/* Two tokens with our label (one could be another's, given it): which holds
+ * our keys cannot be told, so none is used (the slot can still be named). */
+static void test_two_tokens_with_one_label_refused(void)
+{
+    struct nu_hsm *h2 = NULL;
+    fresh_token();
+    nu_hsm_close(hsm); /* the module finalised: the next open sees the new token */
+    hsm = NULL;
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh("softhsm2-util --init-token --free --label %s --so-pin %s "
+                                     "--pin %s >/dev/null 2>&1",
+                                     TOKEN, SO_PIN, USER_PIN),
+                          0);
+    struct nu_hsm_opts o = {.token_label = TOKEN, .pin = USER_PIN};
+    CU_ASSERT_EQUAL(nu_hsm_open(&o, &h2), NU_ERR_EXISTS);
+    CU_ASSERT_PTR_NULL(h2);
+    close_token();
+}
+
 static void test_labels_not_found_and_exists(void)
 {
     struct nu_hsm_key *key = NULL;
@@ -470,6 +488,8 @@ static const struct nu_test_case cases[] = {
     {"wrong PIN is PERMISSION", test_wrong_pin_is_permission},
     {"missing/invalid module, unknown token", test_module_and_token_errors},
     {"unknown label NOT_FOUND, duplicate EXISTS", test_labels_not_found_and_exists},
+    {"two tokens with one label: refused (EXISTS), none used",
+     test_two_tokens_with_one_label_refused},
     {"keys persist across close and reopen", test_keys_persist_across_reopen},
     {"two handles on one module", test_two_handles_share_module},
     {"PIN file mode, symlink, env fallback", test_pin_file},
