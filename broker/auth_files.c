@@ -324,8 +324,9 @@ static void auth__pins_kick(void *ctx, const char *id)
     struct nusec_auth *st = ctx;
     mosquitto_log_printf(MOSQ_LOG_NOTICE, "nusec_auth: %s re-enrolled: its old certificate goes",
                          id);
-    if ((st->kick || nusec_acl_set_new(&st->kick) == NU_OK) &&
-        nusec_acl_set_put(st->kick, id, 1) == NU_OK)
+    clock_gettime(CLOCK_MONOTONIC, &st->pin_kick_at);
+    if ((st->pin_kick || nusec_acl_set_new(&st->pin_kick) == NU_OK) &&
+        nusec_acl_set_put(st->pin_kick, id, 1) == NU_OK)
         return;
     mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: out of memory queueing kick of %s", id);
 }

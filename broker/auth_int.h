@@ -68,6 +68,11 @@ struct nusec_auth {
     struct nusec_acl_set *roles; /* CN -> role at its last accepted connect (any run) */
     struct nusec_acl_set *live;  /* CNs accepted at CONNECT in this broker run */
     struct nusec_acl_set *kick;  /* newly revoked identities, kicked at next tick */
+    /* Re-enrolled identities (their pin changed): kicked AUTH_RENEW_GRACE_MS
+     * after the last change, so the renewal answer reaches the old session
+     * (its writes are refused at once: auth__stale_cert). */
+    struct nusec_acl_set *pin_kick;
+    struct timespec pin_kick_at;
     struct auth__pinfile *pins;  /* DIR/broker/serials: current identity serials (pins.h) */
     struct timespec last_tick;
     char *ids_path;                  /* identities file (roles across restarts); NULL: none */
@@ -104,6 +109,9 @@ struct auth__ident {
 const char *auth_err_name(int code);
 /* Milliseconds from `then` to `now` (CLOCK_MONOTONIC). */
 long auth_ms_since(const struct timespec *then, const struct timespec *now);
+
+/* How long a re-enrolled identity's old sessions may still receive. */
+#define AUTH_RENEW_GRACE_MS 1500
 /* Identity and role of `client` for a decision; false: nobody this plugin accepted. */
 bool auth_subject(const struct nusec_auth *st, struct mosquitto *client, struct auth__ident *out);
 

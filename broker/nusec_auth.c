@@ -215,6 +215,24 @@ static void auth__refresh_all(struct nusec_auth *st, bool force)
  * inside a client's own packet handling, where freeing it would be unsafe.
  * One line per identity that connected in this run; the others (a whole
  * revocation list adopted at once, 10,000 lines) are counted in one. */
+/* Re-enrolled identities join the kicks once their grace is over: a
+ * renewal's answer, published just after the cloud wrote the new pin, must
+ * still reach the session that asked (a slow signature must not lose it). */
+static void auth__pin_kicks_due(struct nusec_auth *st, const struct timespec *now)
+{
+    if (!st->pin_kick || auth_ms_since(&st->pin_kick_at, now) < AUTH_RENEW_GRACE_MS)
+        return;
+    for (size_t i = 0; i < nusec_acl_set_count(st->pin_kick); i++) {
+        if ((!st->kick && nusec_acl_set_new(&st->kick) != NU_OK) ||
+            nusec_acl_set_put(st->kick, nusec_acl_set_key(st->pin_kick, i), 1) != NU_OK) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "nusec_auth: out of memory queueing kicks");
+            return; /* tried again at the next tick */
+        }
+    }
+    nusec_acl_set_free(st->pin_kick);
+    st->pin_kick = NULL;
+}
+
 static void auth__do_kicks(struct nusec_auth *st)
 {
     size_t unseen = 0;
@@ -359,7 +377,7 @@ static int auth__deny(struct mosquitto *client, const struct auth__ident *who, i
 /*
  * A re-enrolled programmer's (or re-signed site's) old certificate may publish or subscribe no more
  * once the cloud has written the new pin (every ACL check re-reads a changed
- * list), not only from the next tick's kick (up to 200 ms later). Deliveries
+ * list), not only from the kick (AUTH_RENEW_GRACE_MS later). Deliveries
  * to it (READ) still pass until the kick: a programmer renewing over its
  * current connection gets its new certificate that way.
  */
@@ -529,6 +547,7 @@ static int auth__on_tick(int event, void *event_data, void *userdata)
         return MOSQ_ERR_SUCCESS;
     st->last_tick = now;
     auth__refresh_all(st, false);
+    auth__pin_kicks_due(st, &now);
     auth__do_kicks(st);
     auth_files_identities_retry(st, &now);
     auth__withheld_report(st, &now);
@@ -598,6 +617,7 @@ static void auth__state_free(struct nusec_auth *st)
     nusec_acl_set_free(st->owners.set);
     nusec_acl_set_free(st->roles);
     nusec_acl_set_free(st->kick);
+    nusec_acl_set_free(st->pin_kick);
     auth_files_pins_free(st);
     auth__issuers_free(st->issuers);
     nusec_rl_free(st->rl);

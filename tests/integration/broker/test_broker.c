@@ -464,6 +464,46 @@ static void test_pinned_serial_refused(void)
     CU_ASSERT_EQUAL(try_connect("progA", "progA"), 0); /* no pin: any Fleet CA certificate */
 }
 
+/* The current serial of fixture identity `name` (hex) into out[cap]. */
+static int cert_serial(const char *name, char *out, size_t cap)
+{
+    char crt[600], cmd[700];
+    pki_path(crt, sizeof(crt), name, "pem");
+    snprintf(cmd, sizeof(cmd), "openssl x509 -noout -serial -in '%s'", crt);
+    FILE *p = popen(cmd, "r");
+    int ok = p && fscanf(p, "serial=%63s", out) == 1 && strlen(out) < cap;
+    if (p)
+        pclose(p);
+    return ok ? 0 : -1;
+}
+
+/* A re-enrolled identity's old session still receives for a short grace
+ * (the renewal's answer comes just after the cloud wrote the new pin, after
+ * a signature that may be slow), then it is kicked. */
+static void test_renewed_session_receives_then_goes(void)
+{
+    char serials[600], serial[64], line[128];
+    nu_path_fmt(serials, sizeof(serials), "%.*s/serials",
+                (int)(strrchr(S.revoked, '/') - S.revoked), S.revoked);
+    CU_ASSERT_EQUAL_FATAL(cert_serial("progA", serial, sizeof(serial)), 0);
+    snprintf(line, sizeof(line), "progA %s\n", serial);
+    CU_ASSERT_EQUAL(put_file(serials, line), NU_OK);
+    struct bf_client *a = join("progA"), *st = join("st1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(st);
+    CU_ASSERT_EQUAL(bf_client_subscribe(a, "nusec/v1/prog/progA/cmd"), 1);
+    usleep(400 * 1000);                                      /* its pin read at a tick */
+    CU_ASSERT_EQUAL(put_file(serials, "progA 01\n"), NU_OK); /* re-enrolled */
+    usleep(600 * 1000); /* three ticks: the old kick would have come */
+    CU_ASSERT_TRUE(
+        PUB_OK(bf_client_publish(st, "nusec/v1/prog/progA/cmd", "answer", false, NULL, NULL, 0)));
+    CU_ASSERT_TRUE(next_is(a, "nusec/v1/prog/progA/cmd", "answer"));
+    CU_ASSERT_TRUE(bf_client_wait_disconnect(a, 5000)); /* then it goes */
+    bf_client_close(a);
+    bf_client_close(st);
+    CU_ASSERT_EQUAL(unlink(serials), 0);
+}
+
 /* A site's identity is pinned to its bridge's certificate: a station
  * certificate with the site's CN is refused (at the cloud broker it could
  * read every site's events); a station without a pin is not this list's
@@ -607,6 +647,8 @@ static const struct nu_test_case cases[] = {
     {"QoS 1 queued for an offline persistent session", test_offline_delivery_to_persistent_session},
     {"pinned serial mismatch refused, with the reason logged", test_pinned_serial_refused},
     {"a site's pin refuses a station certificate with its name", test_site_pin_refuses_its_station},
+    {"a re-enrolled session still receives for a grace, then goes",
+     test_renewed_session_receives_then_goes},
     {"revoked while connected: kicked, then refused", test_revocation_while_running},
     {"revocation file missing/unreadable/malformed", test_revocation_file_fail_closed},
     {"SIGHUP reloads the lists", test_reload_signal},
