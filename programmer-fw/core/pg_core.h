@@ -206,6 +206,7 @@ struct pg_lease {
     atomic_flag sync_lock;   /* one uploader at a time */
     atomic_int refused;      /* the cloud refused an upload for good: no more tries this run */
     atomic_int nothing_due;  /* the last upload found no record whose chip is done */
+    atomic_uint outcomes;    /* chip outcomes journalled (a scan's "nothing due" re-checks it) */
     atomic_int given_back;   /* used up, uploaded and returned mid-production (sync) */
     /* pg_core_lease_sync's own (the work union is the sockets' then). */
     uint8_t sync_req[PG_SOCK_REQ_MAX], sync_resp[PG_SOCK_RESP_MAX];

@@ -547,6 +547,18 @@ static int lease__confirm(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
     return NU_OK;
 }
 
+/* What the scan that began when `seen` outcomes were journalled found. A
+ * chip may finish while it scans, its record read before the outcome: that
+ * outcome's "due now" (pg__lease_outcome) must not be overwritten, or the
+ * record waits for the next chip's outcome, and at the end of a lease there
+ * is none (a socket held for the refund its upload brings waits for good). */
+static void lease__note_due(struct pg_lease *l, unsigned n, unsigned seen)
+{
+    atomic_store(&l->nothing_due, n == 0);
+    if (n == 0 && atomic_load(&l->outcomes) != seen)
+        atomic_store(&l->nothing_due, 0);
+}
+
 /*
  * One lease.upload: journal records (up to max; `drop`: see lease__up_items)
  * and `final` (return the lease). One try (`once`) or with the request's
@@ -569,13 +581,14 @@ static int lease__upload(struct pg_core *c, uint8_t *buf, size_t cap, uint8_t *t
         return rc;
     size_t m = pg_pb_begin(&w, LEASE__BODY_UPLOAD_REQ);
     pg_pb_put_str(&w, 1, l->id);
+    unsigned seen = atomic_load(&l->outcomes);
     unsigned n = lease__up_items(c, &w, tmp, tmp_cap, max, drop, sent);
     w.cap = cap;
     pg_pb_put_u64(&w, 3, final ? 1u : 0u);
     pg_pb_end(&w, m);
     if (w.err)
         return w.err;
-    atomic_store(&l->nothing_due, n == 0);
+    lease__note_due(l, n, seen);
     if (n == 0 && !final)
         return NU_OK;
     rc = once ? pg__request_try(c, "lease.upload", buf, w.len, 0, tmp, tmp_cap, &resp_len)
@@ -874,8 +887,10 @@ int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counte
     rc = LEASE__JRN(name, c->lease.id, counter);
     if (rc == NU_OK)
         rc = pg_ks_blob_put(c->hal, name, w->req, (size_t)(tail + 3 + sl - w->req));
-    if (rc == NU_OK)
-        atomic_store(&c->lease.nothing_due, 0); /* this record is due now */
+    if (rc == NU_OK) { /* this record is due now */
+        atomic_fetch_add(&c->lease.outcomes, 1u);
+        atomic_store(&c->lease.nothing_due, 0);
+    }
     return rc;
 }
 

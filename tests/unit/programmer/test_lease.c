@@ -803,6 +803,86 @@ static void test_no_give_back_while_a_unit_is_issued(void)
 }
 #endif
 
+#ifndef M33_IMAGE
+/* A KeyStore that parks the control thread's upload scan on the journal
+ * record of a chip in flight until that chip is done: its outcome lands
+ * between the scan's read of the record and the scan's verdict. */
+static pthread_t scan_thread;
+static atomic_int scan_parked, chip_journalled, chip_done;
+static struct pg_keystore_ops scan_ks;
+
+static void wait_flag(atomic_int *flag)
+{
+    for (int i = 0; i < 500 && !atomic_load(flag); i++)
+        usleep(10 * 1000);
+}
+
+static int scan_blob_get(void *ctx, const char *name, uint8_t *buf, size_t cap, size_t *len)
+{
+    int rc = pp_ks_ops.blob_get(ctx, name, buf, cap, len);
+    if (rc == NU_OK && !strncmp(name, "lease.j/", 8) &&
+        pthread_equal(pthread_self(), scan_thread) && !atomic_exchange(&scan_parked, 1))
+        wait_flag(&chip_done);
+    return rc;
+}
+
+static int scan_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
+{
+    int journal = len && !strncmp(name, "lease.j/", 8);
+    if (journal && atomic_load(&chip_journalled)) /* the outcome: after the scan read */
+        wait_flag(&scan_parked);
+    int rc = pp_ks_ops.blob_put(ctx, name, data, len);
+    if (journal)
+        atomic_store(&chip_journalled, 1);
+    return rc;
+}
+
+/*
+ * A chip that finishes while the sync scans the journal: its record read
+ * before the outcome, the scan found nothing due. That verdict must not
+ * hide the outcome written meanwhile: the next sync uploads it. It hid it
+ * before, until another chip's outcome, and a line at the end of its lease
+ * has none: the record stayed, and a chip held for the quota its upload
+ * refunds waited for good.
+ */
+static void test_outcome_during_the_upload_scan(void)
+{
+    fast_line_up("prog-lease-scan", 2, 2);
+    scan_ks = pp_ks_ops;
+    scan_ks.blob_get = scan_blob_get;
+    scan_ks.blob_put = scan_blob_put;
+    R.hal.ks = &scan_ks;
+    scan_thread = pthread_self();
+    atomic_store(&scan_parked, 0);
+    atomic_store(&chip_journalled, 0);
+    atomic_store(&chip_done, 0);
+    R.fc.cut_after_issue = 1;
+    struct sock_run s = {0};
+    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    struct pg_lease_counts lc = {0};
+    for (int i = 0; i < 500 && lc.pending == 0; i++) { /* the record, not its outcome */
+        usleep(10 * 1000);
+        pg_core_lease_counts(R.core, &lc);
+    }
+    CU_ASSERT_EQUAL(lc.pending, 1);
+    pg_core_lease_sync(R.core); /* the WAN still cut: a scan, no upload */
+    pthread_join(s.tid, NULL);
+    atomic_store(&chip_done, 1);
+    CU_ASSERT_EQUAL(atomic_load(&scan_parked), 1);
+    CU_ASSERT_EQUAL(s.rc, NU_OK);
+    CU_ASSERT(s.res.provisioned);
+    R.hal.ks = &pp_ks_ops;
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 1);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+#endif
+
 /*
  * A used-up lease, its certificates confirmed, is given back by the control
  * thread's sync while production goes on (what it still holds of the quota
@@ -956,6 +1036,8 @@ int main(void)
 #ifndef M33_IMAGE
         {"no give-back while a unit is being issued (the counter before the record)",
          test_no_give_back_while_a_unit_is_issued},
+        {"a chip done while the sync scans the journal: its record still goes up",
+         test_outcome_during_the_upload_scan},
 #endif
         {"a lease whose line-CA key another job's lease replaced is given back and renewed",
          test_lease_whose_key_was_replaced_is_renewed},
