@@ -265,6 +265,14 @@ echo "upload_seconds_after_restore $(python3 -c "print(f'{($T_REC - $T_UP) / 100
 echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
 if [[ $failed -ne 0 ]]; then
     for f in "$DIR"/logs/prog-*.log "$DIR"/logs/cloud.log; do echo "== $f"; grep -v " info: " "$f" | tail -n 15; done
+    # The lease's own story (its info lines), which the warnings alone do not tell.
+    for f in "$DIR"/logs/prog-*.log; do
+        echo "== $f (lease, link, production)"
+        grep -E 'lease|resumes|paused|answers again|unreachable|production|error' "$f" |
+            grep -vE 'issued offline|certificate\(s\) uploaded \(1 new' | tail -n 40
+    done
+    echo "== lease rows"
+    q "SELECT lease_id, programmer_id, units, used, state FROM leases"
 fi
 echo "passed $passed failed $failed"
 [[ $failed -eq 0 ]]
