@@ -171,7 +171,7 @@ int pg__cloud_transient(int rc)
  * chip already waiting for the cloud has its unit, so it is finished when the
  * cloud answers instead of being left in its socket for a run that a line at
  * its limit never starts (issue 15: a WAN cut while the last units waited). */
-static int core__hold_stopped(const struct pg_core *c)
+int pg__hold_stopped(const struct pg_core *c)
 {
     int stop = atomic_load(&c->stop);
     return stop != PG_STOP_NONE && stop != PG_STOP_LIMIT;
@@ -189,7 +189,7 @@ int pg__hold_wait(struct pg_core *c, uint32_t *delay)
     uint32_t wait = d / 2u + (uint32_t)r % (d / 2u + 1u);
     *delay = d * 2u < cap ? d * 2u : cap;
     while (wait) {
-        if (core__hold_stopped(c))
+        if (pg__hold_stopped(c))
             return NU_ERR_STATE;
         if (pg_now_ms(c->hal) >= c->job.expires_at_ms) {
             pg_core_stop(c, PG_STOP_JOB);
@@ -199,7 +199,7 @@ int pg__hold_wait(struct pg_core *c, uint32_t *delay)
         pg_sleep_ms(c->hal, step);
         wait -= step;
     }
-    return core__hold_stopped(c) ? NU_ERR_STATE : NU_OK;
+    return pg__hold_stopped(c) ? NU_ERR_STATE : NU_OK;
 }
 
 int pg__publish_event(struct pg_core *c, const char *kind, const uint8_t *env, size_t len)

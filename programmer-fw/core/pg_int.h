@@ -75,6 +75,9 @@ int pg__request_try(struct pg_core *c, const char *op, const uint8_t *req, size_
  * the cloud or its bus is in trouble, nothing was decided. */
 int pg__cloud_transient(int rc);
 
+/* A stop that ends a hold (LIMIT does not: see pg_core.c). */
+int pg__hold_stopped(const struct pg_core *c);
+
 /* The pause before the next try while holding a chip: *delay with jitter
  * (half to all of it), then *delay doubles up to the cap. Wakes early and
  * answers STATE when production is stopped (except by PG_STOP_LIMIT, which
