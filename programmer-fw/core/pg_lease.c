@@ -716,7 +716,7 @@ void pg__lease_worker(struct pg_core *c, unsigned sock, struct pg_sock_work *w)
     int rc;
     do {
         rc = lease__upload(c, w->req, sizeof(w->req), w->resp, sizeof(w->resp), 1, 0, 1, 0, &sent);
-    } while (rc == NU_OK && sent && atomic_load(&l->pending) && atomic_load(&c->stop) == 0);
+    } while (rc == NU_OK && sent && atomic_load(&l->pending) && !pg__hold_stopped(c));
     atomic_flag_clear(&l->sync_lock);
     if (rc != NU_OK)
         pg__log(c, PG_LOG_DEBUG, "socket %u: lease upload: %s", sock, nu_err_name(rc));
@@ -922,7 +922,9 @@ int pg_core_lease_sync(struct pg_core *c)
         return NU_ERR_BUSY;
     unsigned sent = 0;
     int rc = NU_OK;
-    while (pg__lease_uploads(c) && atomic_load(&c->stop) == 0) {
+    /* Not LIMIT: a line at its limit still holds chips that wait for the
+     * quota these uploads refund (pg__hold_stopped). */
+    while (pg__lease_uploads(c) && !pg__hold_stopped(c)) {
         rc = lease__upload(c, l->sync_req, sizeof(l->sync_req), l->sync_resp, sizeof(l->sync_resp),
                            1, 0, 1, 0, &sent);
         if (rc != NU_OK || !sent)

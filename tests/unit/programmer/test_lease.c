@@ -804,6 +804,56 @@ static void test_no_give_back_while_a_unit_is_issued(void)
 #endif
 
 #ifndef M33_IMAGE
+/*
+ * The same at the programmer's limit: a socket that finds the counter at
+ * the limit stops the line (PG_STOP_LIMIT) while another socket's chip
+ * waits for the refund. LIMIT does not end that wait (the chip has its
+ * unit), so it must not end the uploads either: it did, and the chip
+ * waited until the job expired (CI, integration_programmer_lease_fast_line).
+ */
+static void test_refund_at_the_limit(void)
+{
+    fast_line_up("prog-lease-limit", 1, 2);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
+    CU_ASSERT(res.provisioned);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.quota = 1;
+    R.fc.lease_upload_busy = 1; /* the cloud is there, behind with uploads */
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    struct sock_run s = {0};
+    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    for (int i = 0; i < 250; i++) {
+        pthread_mutex_lock(&R.fc.lock);
+        unsigned asked = R.fc.cert_requests;
+        pthread_mutex_unlock(&R.fc.lock);
+        if (asked >= 2)
+            break;
+        usleep(20 * 1000);
+    }
+    CU_ASSERT(R.fc.cert_requests >= 2); /* the chip holds, refused for quota */
+    usleep(50 * 1000);
+    pg_core_stop(R.core, PG_STOP_LIMIT); /* the other socket found the counter at the limit */
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.lease_upload_busy = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    for (int i = 0; i < 100 && R.fc.lease_superseded == 0; i++) {
+        pg_core_lease_sync(R.core);
+        usleep(20 * 1000);
+    }
+    CU_ASSERT_EQUAL(R.fc.lease_superseded, 1);
+    if (R.fc.lease_superseded == 0) /* not uploaded: end the wait, or it lasts the job's hour */
+        atomic_store(&R.core->stop, PG_STOP_COMMAND);
+    pthread_join(s.tid, NULL);
+    CU_ASSERT_EQUAL(s.rc, NU_OK);
+    CU_ASSERT(s.res.provisioned);
+    end_one_offline_one_online();
+}
+#endif
+
+#ifndef M33_IMAGE
 /* A KeyStore that parks the control thread's upload scan on the journal
  * record of a chip in flight until that chip is done: its outcome lands
  * between the scan's read of the record and the scan's verdict. */
@@ -1036,6 +1086,8 @@ int main(void)
 #ifndef M33_IMAGE
         {"no give-back while a unit is being issued (the counter before the record)",
          test_no_give_back_while_a_unit_is_issued},
+        {"at the programmer's limit the uploads go on: the held chip gets its refund",
+         test_refund_at_the_limit},
         {"a chip done while the sync scans the journal: its record still goes up",
          test_outcome_during_the_upload_scan},
 #endif
