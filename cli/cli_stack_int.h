@@ -105,6 +105,11 @@ void stack__explain(const struct stack *s, const char *name, int rc);
  */
 int stack__start(struct stack *s, const char *name, const char *program, char *const argv[],
                  int (*ok)(struct stack__health *), pid_t *out_pid, int quiet);
+/* stack__start with env_add ("NAME=VALUE", NULL-terminated) in the child's
+ * environment only (station_proc_spawn_env). */
+int stack__start_env(struct stack *s, const char *name, const char *program, char *const argv[],
+                     char *const env_add[], int (*ok)(struct stack__health *), pid_t *out_pid,
+                     int quiet);
 int stack__prog_path(const struct stack *s, const char *program, char *out, size_t cap);
 int stack__up_broker(struct stack *s);
 int stack__up_cloud(struct stack *s);

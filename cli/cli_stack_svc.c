@@ -259,6 +259,13 @@ void stack__explain(const struct stack *s, const char *name, int rc)
 int stack__start(struct stack *s, const char *name, const char *program, char *const argv[],
                  int (*ok)(struct stack__health *), pid_t *out_pid, int quiet)
 {
+    return stack__start_env(s, name, program, argv, NULL, ok, out_pid, quiet);
+}
+
+int stack__start_env(struct stack *s, const char *name, const char *program, char *const argv[],
+                     char *const env_add[], int (*ok)(struct stack__health *), pid_t *out_pid,
+                     int quiet)
+{
     char pidfile[PATH_MAX], log[PATH_MAX];
     struct stack__health h = {.s = s, .name = name};
     int rc = stack__file(s->run, name, ".pid", pidfile, sizeof(pidfile));
@@ -271,7 +278,7 @@ int stack__start(struct stack *s, const char *name, const char *program, char *c
         h.spawned_ms = 0;
     } else {
         h.spawned_ms = nu_time_ms();
-        rc = station_proc_spawn(argv, log, &h.pid);
+        rc = station_proc_spawn_env(argv, env_add, log, &h.pid);
         if (rc == NU_OK)
             rc = station_pidfile_write(pidfile, h.pid);
         if (rc != NU_OK) {
@@ -322,7 +329,24 @@ int stack__up_cloud(struct stack *s)
     if (!rc) /* --log as well as stderr: SIGHUP (logrotate) reopens it */
         rc = stack__file(s->logs, "cloud", ".log", log, sizeof(log));
     char *argv[] = {exe, "--dir", (char *)s->dir, "--log", log, NULL};
-    return rc ? rc : stack__start(s, "cloud", "nusec-cloud", argv, stack__cloud_ok, &pid, 0);
+    if (rc)
+        return rc;
+    /* The cloud logs in to the HSM: the one child that gets the PIN, if the
+     * operator gave it this way (station_proc drops it for the others). */
+    const char *pin = getenv("NUSEC_HSM_PIN");
+    size_t pin_cap = pin ? sizeof("NUSEC_HSM_PIN=") + strlen(pin) : 0;
+    char *pin_env = pin ? malloc(pin_cap) : NULL;
+    if (pin && !pin_env)
+        return NU_ERR_NOMEM;
+    if (pin_env)
+        snprintf(pin_env, pin_cap, "NUSEC_HSM_PIN=%s", pin);
+    char *env_add[] = {pin_env, NULL};
+    rc = stack__start_env(s, "cloud", "nusec-cloud", argv, env_add, stack__cloud_ok, &pid, 0);
+    if (pin_env) {
+        nu_zero(pin_env, strlen(pin_env));
+        free(pin_env);
+    }
+    return rc;
 }
 
 int stack__up_station(struct stack *s)

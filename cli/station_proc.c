@@ -62,20 +62,25 @@ int station_proc_spawn(char *const argv[], const char *log_path, pid_t *out_pid)
     return station_proc_spawn_env(argv, NULL, log_path, out_pid);
 }
 
-/* environ + add, built before fork (the child may only exec). */
+#define PROC__HSM_PIN "NUSEC_HSM_PIN="
+
+/* environ (without the HSM PIN) + add, built before fork (the child may only exec). */
 static char **proc__envp(char *const add[])
 {
-    size_t n = 0, k = 0;
+    size_t n = 0, k = 0, m = 0;
     while (environ[n])
         n++;
     while (add && add[k])
         k++;
     char **envp = calloc(n + k + 1, sizeof(*envp));
-    if (envp) {
-        memcpy(envp, environ, n * sizeof(*envp));
-        if (k)
-            memcpy(envp + n, add, k * sizeof(*envp));
+    if (!envp)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], PROC__HSM_PIN, strlen(PROC__HSM_PIN)) != 0)
+            envp[m++] = environ[i];
     }
+    if (k)
+        memcpy(envp + m, add, k * sizeof(*envp));
     return envp;
 }
 

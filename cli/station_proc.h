@@ -15,6 +15,8 @@
  * Ctrl-C does not reach it), stdin from /dev/null, stdout and stderr
  * appended to log_path, no other descriptor inherited. *out_pid is the
  * child's pid; an exec failure shows as exit status 127 and a line in the log.
+ * The HSM user PIN ($NUSEC_HSM_PIN) is not handed on: only the program that
+ * logs in to the HSM needs it, and it gets it through env_add.
  * Errors: INVALID_ARG, IO (log not writable, fork failed).
  */
 int station_proc_spawn(char *const argv[], const char *log_path, pid_t *out_pid);

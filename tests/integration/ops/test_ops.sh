@@ -50,7 +50,10 @@ wait_for() { # wait_for SECONDS COMMAND...: poll until it succeeds
     until "$@"; do ((SECONDS < end)) || return 1; sleep 0.2; done
 }
 mkdir -p "$DIR"
-if ! nusec stack up --programmers 1 --sockets 2 --devices 4 >"$TMP/up.txt" 2>&1; then
+# A PIN in the environment (the cloud reads DIR/hsm/pin first: this one is a
+# decoy) must reach the cloud only, which logs in to the HSM.
+if ! NUSEC_HSM_PIN=decoy-pin-4711 nusec stack up --programmers 1 --sockets 2 --devices 4 \
+    >"$TMP/up.txt" 2>&1; then
     cat "$TMP/up.txt"
     check "stack up" false
     echo "integration_ops: $passed passed, $failed failed"
@@ -58,6 +61,19 @@ if ! nusec stack up --programmers 1 --sockets 2 --devices 4 >"$TMP/up.txt" 2>&1;
 fi
 cat "$TMP/up.txt"
 cloud_pid=$(cat "$DIR/run/cloud.pid") station_pid=$(cat "$DIR/run/station.pid")
+has_pin() { tr '\0' '\n' <"/proc/$1/environ" | grep -q '^NUSEC_HSM_PIN='; }
+pin_to_cloud_only() {
+    local f n=0
+    has_pin "$cloud_pid" || { echo "  the cloud did not get it"; return 1; }
+    for f in "$DIR"/run/*.pid; do
+        [[ $f == */cloud.pid ]] && continue
+        n=$((n + 1))
+        if has_pin "$(cat "$f")"; then echo "  $(basename "$f" .pid) has it"; return 1; fi
+    done
+    ((n >= 3)) # broker, station, prog-1 at least
+}
+check "\$NUSEC_HSM_PIN is handed to the cloud, not to the broker, station or programmers" \
+    pin_to_cloud_only
 mv "$DIR/logs/cloud.log" "$DIR/logs/cloud.log.1"
 mv "$DIR/logs/station.log" "$DIR/logs/station.log.1"
 kill -HUP "$cloud_pid" "$station_pid"
