@@ -527,10 +527,16 @@ static int lease__confirm(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
         rc = pg__report_env(c, &w, buf, cap, &rep);
         if (rc == NU_OK)
             rc = pg__request_try(c, "device.report", buf, w.len, 0, tmp, tmp_cap, &rl);
-        if (rc == NU_OK)
-            rc = pg_msg_reply_decode(tmp, rl, PG_BODY_ACK, &env, NULL);
         if (pg__transient(rc) || pg__cloud_transient(rc))
             return rc; /* kept: uploaded again (known), reported again */
+        /* The cloud's own NOT_FOUND is its verdict (the certificate is not
+         * on record: the upload just refused it), not the transport's "no
+         * subscriber": kept for it, the record went up again every second,
+         * an incident each time, and held the lease's refunds for good. */
+        if (rc == NU_OK)
+            rc = pg_msg_reply_decode(tmp, rl, PG_BODY_ACK, &env, NULL);
+        if (pg__cloud_transient(rc))
+            return rc;
         if (rc == NU_OK)
             atomic_fetch_add(&c->reports_sent, 1u);
         else

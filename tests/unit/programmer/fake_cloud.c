@@ -778,7 +778,7 @@ static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *re
     if (!fc->lease_id[0] || strcmp(q->lease_id, fc->lease_id))
         return fc__error(req, NU_ERR_LEASE_UNKNOWN, "lease.upload", resp, cap, out_len);
     for (size_t i = 0; i < q->n_issued; i++) {
-        int v = fc__lease_one(fc, q->issued[i]);
+        int v = fc->lease_refuse_all ? -1 : fc__lease_one(fc, q->issued[i]);
         v == 0 ? r.recorded++ : v == 1 ? r.known++ : r.refused++;
     }
     fc->lease_known += r.known;

@@ -803,6 +803,37 @@ static void test_no_give_back_while_a_unit_is_issued(void)
 }
 #endif
 
+/*
+ * An upload the cloud refuses (an incident: past the lease's grace, say):
+ * the record's report then meets the cloud's NOT_FOUND (no certificate on
+ * record). That is a verdict, not the transport's "no subscriber": the
+ * record leaves the journal once. It stayed, went up again at every sync
+ * (an incident each time) and kept the lease from ever being given back.
+ */
+static void test_refused_record_leaves_the_journal(void)
+{
+    fast_line_up("prog-lease-late", 2, 2);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT(journal_has(1));
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    R.fc.lease_refuse_all = 1;
+    R.fc.report_needs_cert = 1;
+    pthread_mutex_unlock(&R.fc.lock);
+    for (int i = 0; i < 3; i++)
+        pg_core_lease_sync(R.core);
+    CU_ASSERT_EQUAL(R.fc.lease_refused, 1); /* refused once, not at every sync */
+    CU_ASSERT(!journal_has(1));
+    struct pg_lease_counts lc;
+    pg_core_lease_counts(R.core, &lc);
+    CU_ASSERT_EQUAL(lc.pending, 0);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+
 #ifndef M33_IMAGE
 /*
  * The same at the programmer's limit: a socket that finds the counter at
@@ -1083,6 +1114,8 @@ int main(void)
 #endif
         {"a used-up lease is given back once confirmed, mid-production",
          test_used_up_lease_given_back_mid_production},
+        {"a record the cloud refused leaves the journal once (its report: NOT_FOUND)",
+         test_refused_record_leaves_the_journal},
 #ifndef M33_IMAGE
         {"no give-back while a unit is being issued (the counter before the record)",
          test_no_give_back_while_a_unit_is_issued},
