@@ -66,6 +66,10 @@ enum pg_stop {
     PG_STOP_QUOTA = 4,   /* cloud said QUOTA_EXHAUSTED */
     PG_STOP_JOB = 5,     /* cloud said the job is not active / expired */
     PG_STOP_ERROR = 6,
+    /* The program goes down (a signal, a service stop): not the line's end.
+     * The last status says OFFLINE, not IDLE, so the station reads it as a
+     * programmer gone while producing and starts it again when it is back. */
+    PG_STOP_SHUTDOWN = 7,
 };
 
 struct pg_config {

@@ -1222,6 +1222,6 @@ enum pg_stop pg_core_production_end(struct pg_core *c)
     atomic_store(&c->producing, 0);
     pg__lease_end(c, finished);
     memset(&c->work, 0, sizeof(c->work));
-    pg_core_status_publish(c, PG_PROG_IDLE);
+    pg_core_status_publish(c, stop == PG_STOP_SHUTDOWN ? PG_PROG_OFFLINE : PG_PROG_IDLE);
     return (enum pg_stop)stop;
 }

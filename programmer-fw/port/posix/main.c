@@ -575,7 +575,7 @@ static void *app__worker_main(void *arg)
     struct pg_result r;
     while (pg_socket_run(w->a->core, w->sock, &r) == NU_OK) {
         if (app_signalled)
-            pg_core_stop(w->a->core, PG_STOP_COMMAND);
+            pg_core_stop(w->a->core, PG_STOP_SHUTDOWN);
     }
     wc_ecc_fp_free(); /* wolfSSL's per-thread ECC cache (nu_x509.h) */
     atomic_store(&w->ended, 1);
@@ -619,7 +619,7 @@ static int app__produce(struct app *a)
 {
     static const char *const reasons[] = {"none",          "tray empty",      "stopped",
                                           "limit reached", "quota exhausted", "job not active",
-                                          "error"};
+                                          "error",         "shutting down"};
     int rc = app__firmware(a);
     if (rc == NU_OK)
         rc = pg_core_production_begin(a->core);
@@ -643,6 +643,12 @@ static int app__produce(struct app *a)
      * holds a request that waits for what their upload refunds. */
     for (unsigned i = 0; i < started; i++) {
         for (unsigned tick = 1; !atomic_load(&w[i].ended); tick++) {
+            /* A signal stops the line here too: a worker sees it only
+             * between chips, and one that holds a chip for the cloud (or a
+             * full disk) would keep the program up until `stack down`
+             * SIGKILLs it and its reserved units with it. */
+            if (app_signalled)
+                pg_core_stop(a->core, PG_STOP_SHUTDOWN);
             if (tick % 10 == 0)
                 pg_core_lease_sync(a->core);
             usleep(100 * 1000);

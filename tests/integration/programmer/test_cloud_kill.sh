@@ -36,15 +36,30 @@ nusec production start --job "$JOB" >"$TMP/start.log" 2>&1 || { cat "$TMP/start.
 # down 3 s (the programmers keep asking), start it again; prints the
 # seconds from the restart to the next certificate or report.
 resume=()
+# A programmer asked to stop (SIGTERM) while its chips wait for the cloud
+# stops with the cloud still away, its held chips and units kept for its
+# next run; it waited for the cloud before (until `stack down` SIGKILLed it).
+term_stopped=no
+term_prog1() {
+    local p1 k
+    p1=$(cat "$DIR/run/prog-1.pid")
+    sleep 1 # its requests out, unanswered
+    kill -TERM "$p1"
+    for k in $(seq 150); do
+        kill -0 "$p1" 2>/dev/null || { term_stopped=yes; return 0; }
+        sleep 0.1
+    done
+}
 kill_cloud_at() {
     wait_certs "$1" 90 || { echo "FAIL no $1 certificates before the kill"; return 1; }
     local pid n before t_up first
     pid=$(cat "$DIR/run/cloud.pid")
     kill -9 "$pid"
     n=$(certs)
+    [[ ${2:-} == term ]] && term_prog1
     sleep 3
     t_up=$(now_ms)
-    nusec stack up --programmers 2 --sockets 4 >"$TMP/up-again.log" 2>&1 ||
+    nusec stack up --programmers 2 --sockets 4 --devices $DEVICES >"$TMP/up-again.log" 2>&1 ||
         { cat "$TMP/up-again.log"; echo "FAIL cloud restart"; return 1; }
     before=$n
     for _ in $(seq 300); do
@@ -58,7 +73,19 @@ kill_cloud_at() {
     fi
     resume+=("$(python3 -c "print(f'{($first - $t_up) / 1000:.1f}')")")
 }
-check "cloud killed at 6 certificates and restarted" kill_cloud_at 6
+check "cloud killed at 6 certificates and restarted (prog-1 sent SIGTERM meanwhile)" \
+    kill_cloud_at 6 term
+check "prog-1 stopped on SIGTERM within 15 s, the cloud still away" test "$term_stopped" = yes
+# Stopped by a signal, not by the station nor at its end: its last status
+# says offline, so the station starts it again when it is back.
+prog1_restarted() {
+    for _ in $(seq 300); do
+        [[ $(grep -c 'production of job .* starts' "$DIR/logs/prog-1.log") -ge 2 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+check "the station started prog-1 again after that restart" prog1_restarted
 # A programmer killed mid-device: its chips stay in their sockets
 # (programmers/NAME/socket.N) and its next run finishes them.
 kill_prog_at() { # kill_prog_at N: once prog-2 has N certificates
