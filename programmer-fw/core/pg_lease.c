@@ -900,16 +900,22 @@ int pg__lease_outcome(struct pg_core *c, struct pg_sock_work *w, uint32_t counte
     return rc;
 }
 
-/* Used up and all of it confirmed, not given back yet: what the lease still
- * holds of the quota is a counter value a crash burned (no certificate).
- * Given back now, not at the next start, it is quota again for this run. */
+/* Used up (or run out of time) and all of it confirmed, not given back yet:
+ * what the lease still holds of the quota is a counter value a crash burned
+ * (no certificate) or units never used. Given back now, not at the next
+ * start, it is quota again for this run. */
 static int lease__give_back_due(const struct pg_core *c)
 {
     const struct pg_lease *l = &c->lease;
+    /* Run out of time counts as used up: the cloud holds its unused units
+     * back from the quota (for the grace of a late upload) until it is
+     * given back, and a chip refused QUOTA_EXHAUSTED for them waits for
+     * that (pg__lease_may_refund) instead of being failed keyed. */
+    int spent = atomic_load(&l->exhausted) || pg_now_ms(c->hal) >= l->not_after_ms;
     /* `issuing` before `pending`: an issuer makes its record pending before
      * it leaves `issuing`, so one of the two reads sees it. */
-    return l->active && atomic_load(&l->exhausted) && !atomic_load(&l->issuing) &&
-           !atomic_load(&l->pending) && !atomic_load(&l->refused) && !atomic_load(&l->given_back);
+    return l->active && spent && !atomic_load(&l->issuing) && !atomic_load(&l->pending) &&
+           !atomic_load(&l->refused) && !atomic_load(&l->given_back);
 }
 
 int pg__lease_may_refund(const struct pg_core *c)

@@ -654,6 +654,7 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
     if (fc->lease_id[0] && !fc->lease_any_key && memcmp(fc->lease_pub, info.pub, 65) != 0)
         return fc__error(req, NU_ERR_STATE, "lease.grant", resp, cap, out_len);
     uint64_t now = nu_time_ms(), hours = fc->lease_hours ? fc->lease_hours : 2;
+    uint64_t valid_s = fc->lease_seconds ? fc->lease_seconds : hours * 3600u;
     if (!fc->lease_id[0]) {
         uint8_t rnd[8];
         nu_random(rnd, sizeof(rnd));
@@ -667,7 +668,7 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
             .ou = fc->job_id,
             .o = "NuSEC",
             .not_before = (int64_t)(now / 1000u),
-            .not_after = (int64_t)(now / 1000u + hours * 3600u),
+            .not_after = (int64_t)(now / 1000u + valid_s),
             .is_ca = 1,
             .path_len = 0,
             .key_usage = NU_X509_KU_KEY_CERT_SIGN,
@@ -685,7 +686,7 @@ static int fc__lease_grant(struct fake_cloud *fc, const Nusec__V1__Envelope *req
     g.job_id = fc->job_id;
     g.units = fc->lease_units;
     g.not_before_ms = now;
-    g.not_after_ms = now + hours * 3600000u;
+    g.not_after_ms = now + valid_s * 1000u;
     g.line_ca_cert_der.data = fc->lease_der;
     g.line_ca_cert_der.len = fc->lease_len;
     int rc = fc__answer(req, &g.base, resp, cap, out_len);

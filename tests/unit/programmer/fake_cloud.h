@@ -147,6 +147,7 @@ struct fake_cloud {
     uint32_t lease_units;   /* units per lease */
     unsigned lease_base;    /* lease_recorded when the lease out was granted */
     uint32_t lease_hours;   /* validity (0: 2 h) */
+    uint32_t lease_seconds; /* validity in seconds instead, when set (a lease that runs out) */
     char lease_id[41];      /* the lease out, "" when none */
     uint8_t lease_pub[65];  /* its line-CA key */
     int lease_any_key;      /* answer the lease out whatever key asks (a forged grant) */

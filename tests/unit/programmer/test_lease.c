@@ -885,6 +885,46 @@ static void test_refund_at_the_limit(void)
 #endif
 
 #ifndef M33_IMAGE
+/*
+ * A lease that ran out of time unused (the cloud answered all along): the
+ * cloud holds its units back from the quota until it is given back. At the
+ * quota's end the next chip meets QUOTA_EXHAUSTED for them: it waits while
+ * the sync gives the lease back, then is certified. It was failed with its
+ * key made, the line stopped, and the units came back only at the next run.
+ */
+static void test_expired_lease_given_back_for_the_quota(void)
+{
+    RIG_UP("prog-lease-expired", 1);
+    R.fc.lease_units = 2;
+    R.fc.lease_seconds = 2;
+    R.fc.quota = 3;
+    R.fc.quota_holds_lease = 1;
+    load_package(5);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 1);
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* online: 1 issued, 2 held back */
+    CU_ASSERT(res.provisioned);
+    sleep(3); /* the lease runs out, its 2 units unused */
+    struct sock_run s = {0};
+    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    for (int i = 0; i < 250 && R.fc.leases_returned == 0; i++) {
+        pg_core_lease_sync(R.core);
+        usleep(20 * 1000);
+    }
+    pthread_join(s.tid, NULL);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(s.rc, NU_OK);
+    CU_ASSERT(s.res.provisioned); /* not failed at cert.request */
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+#endif
+
+#ifndef M33_IMAGE
 /* A KeyStore that parks the control thread's upload scan on the journal
  * record of a chip in flight until that chip is done: its outcome lands
  * between the scan's read of the record and the scan's verdict. */
@@ -1121,6 +1161,8 @@ int main(void)
          test_no_give_back_while_a_unit_is_issued},
         {"at the programmer's limit the uploads go on: the held chip gets its refund",
          test_refund_at_the_limit},
+        {"a lease run out of time is given back when the quota needs its units",
+         test_expired_lease_given_back_for_the_quota},
         {"a chip done while the sync scans the journal: its record still goes up",
          test_outcome_during_the_upload_scan},
 #endif
