@@ -704,29 +704,24 @@ static void *sock_run_main(void *arg)
     return NULL;
 }
 
-/*
- * The link back, the lease used up, the quota full only because of the
- * online certificate an abandoned request left (refunded when the upload
- * supersedes it): the next chip's request, answered QUOTA_EXHAUSTED before
- * that upload, waits; the control thread's pg_core_lease_sync uploads, and
- * the chip gets its certificate. It was failed half done before.
- */
-static void test_quota_refund_before_the_upload(void)
+/* The line after one chip certified offline, its abandoned online request's
+ * certificate filling the quota: the next chip, run in s, asks and is
+ * refused QUOTA_EXHAUSTED until an upload refunds it, while the upload
+ * fails (*upload_trouble set: lease_upload_down or lease_upload_busy). */
+static void refund_line_up(const char *name, int *upload_trouble, struct sock_run *s)
 {
-    fast_line_up("prog-lease-refund", 1, 2);
+    fast_line_up(name, 1, 2);
     R.fc.cut_after_issue = 1;
     struct pg_result res;
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
     CU_ASSERT(res.provisioned);
     CU_ASSERT_EQUAL(R.fc.issued, 1);
-
     pthread_mutex_lock(&R.fc.lock);
-    R.fc.quota = 1;             /* full: the abandoned request's certificate */
-    R.fc.lease_upload_down = 1; /* the socket's own upload does not get through */
+    R.fc.quota = 1; /* full: the abandoned request's certificate */
+    *upload_trouble = 1;
     R.fc.link_down = 0;
     pthread_mutex_unlock(&R.fc.lock);
-    struct sock_run s = {0};
-    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    pthread_create(&s->tid, NULL, sock_run_main, s);
     for (int i = 0; i < 250; i++) { /* until the second chip asked (and was refused) */
         pthread_mutex_lock(&R.fc.lock);
         unsigned asked = R.fc.cert_requests;
@@ -736,13 +731,33 @@ static void test_quota_refund_before_the_upload(void)
         usleep(20 * 1000);
     }
     usleep(50 * 1000);
-    pthread_mutex_lock(&R.fc.lock);
-    R.fc.lease_upload_down = 0;
-    pthread_mutex_unlock(&R.fc.lock);
-    for (int i = 0; i < 100 && R.fc.lease_superseded == 0; i++) {
+}
+
+/* The control thread's pg_core_lease_sync until *seen is not 0 (tries × 20 ms). */
+static void sync_until(const unsigned *seen, int tries)
+{
+    for (int i = 0; i < tries && *seen == 0; i++) {
         pg_core_lease_sync(R.core);
         usleep(20 * 1000);
     }
+}
+
+/*
+ * The link back, the lease used up, the quota full only because of the
+ * online certificate an abandoned request left (refunded when the upload
+ * supersedes it): the next chip's request, answered QUOTA_EXHAUSTED before
+ * that upload, waits; the control thread's pg_core_lease_sync uploads, and
+ * the chip gets its certificate. It was failed half done before.
+ */
+static void test_quota_refund_before_the_upload(void)
+{
+    struct sock_run s = {0};
+    /* the socket's own upload does not get through */
+    refund_line_up("prog-lease-refund", &R.fc.lease_upload_down, &s);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.lease_upload_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    sync_until(&R.fc.lease_superseded, 100);
     pthread_join(s.tid, NULL);
     CU_ASSERT_EQUAL(R.fc.lease_superseded, 1);
     CU_ASSERT_EQUAL(s.rc, NU_OK);
@@ -844,36 +859,15 @@ static void test_refused_record_leaves_the_journal(void)
  */
 static void test_refund_at_the_limit(void)
 {
-    fast_line_up("prog-lease-limit", 1, 2);
-    R.fc.cut_after_issue = 1;
-    struct pg_result res;
-    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* abandoned: offline */
-    CU_ASSERT(res.provisioned);
-    pthread_mutex_lock(&R.fc.lock);
-    R.fc.quota = 1;
-    R.fc.lease_upload_busy = 1; /* the cloud is there, behind with uploads */
-    R.fc.link_down = 0;
-    pthread_mutex_unlock(&R.fc.lock);
     struct sock_run s = {0};
-    pthread_create(&s.tid, NULL, sock_run_main, &s);
-    for (int i = 0; i < 250; i++) {
-        pthread_mutex_lock(&R.fc.lock);
-        unsigned asked = R.fc.cert_requests;
-        pthread_mutex_unlock(&R.fc.lock);
-        if (asked >= 2)
-            break;
-        usleep(20 * 1000);
-    }
-    CU_ASSERT(R.fc.cert_requests >= 2); /* the chip holds, refused for quota */
-    usleep(50 * 1000);
+    /* the cloud is there, behind with uploads */
+    refund_line_up("prog-lease-limit", &R.fc.lease_upload_busy, &s);
+    CU_ASSERT(R.fc.cert_requests >= 2);  /* the chip holds, refused for quota */
     pg_core_stop(R.core, PG_STOP_LIMIT); /* the other socket found the counter at the limit */
     pthread_mutex_lock(&R.fc.lock);
     R.fc.lease_upload_busy = 0;
     pthread_mutex_unlock(&R.fc.lock);
-    for (int i = 0; i < 100 && R.fc.lease_superseded == 0; i++) {
-        pg_core_lease_sync(R.core);
-        usleep(20 * 1000);
-    }
+    sync_until(&R.fc.lease_superseded, 100);
     CU_ASSERT_EQUAL(R.fc.lease_superseded, 1);
     if (R.fc.lease_superseded == 0) /* not uploaded: end the wait, or it lasts the job's hour */
         atomic_store(&R.core->stop, PG_STOP_COMMAND);
@@ -910,10 +904,7 @@ static void test_expired_lease_given_back_for_the_quota(void)
     sleep(3); /* the lease runs out, its 2 units unused */
     struct sock_run s = {0};
     pthread_create(&s.tid, NULL, sock_run_main, &s);
-    for (int i = 0; i < 250 && R.fc.leases_returned == 0; i++) {
-        pg_core_lease_sync(R.core);
-        usleep(20 * 1000);
-    }
+    sync_until(&R.fc.leases_returned, 250);
     pthread_join(s.tid, NULL);
     CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
     CU_ASSERT_EQUAL(s.rc, NU_OK);
