@@ -39,14 +39,19 @@ resume=()
 # A programmer asked to stop (SIGTERM) while its chips wait for the cloud
 # stops with the cloud still away, its held chips and units kept for its
 # next run; it waited for the cloud before (until `stack down` SIGKILLed it).
-term_stopped=no
+term_stopped=no term_seconds=
 term_prog1() {
     local p1 k
     p1=$(cat "$DIR/run/prog-1.pid")
     sleep 1 # its requests out, unanswered
+    t_term=$(now_ms)
     kill -TERM "$p1"
     for k in $(seq 150); do
-        kill -0 "$p1" 2>/dev/null || { term_stopped=yes; return 0; }
+        if ! kill -0 "$p1" 2>/dev/null; then
+            term_stopped=yes
+            term_seconds=$(python3 -c "print(f'{($(now_ms) - $t_term) / 1000:.1f}')")
+            return 0
+        fi
         sleep 0.1
     done
 }
@@ -155,6 +160,7 @@ stack_check_units "$DIR" "the kills"
 echo "cloud_kills 2"
 [[ ${NUSEC_KILL_PROGRAMMER:-1} != 0 ]] && echo "programmer_kills 1 (chips half done at the kill: ${held:-?})"
 echo "resume_seconds_after_restart ${resume[*]}"
+echo "sigterm_stop_seconds_cloud_away ${term_seconds:-none}"
 echo "production_seconds $(python3 -c "print(f'{($T1 - $T0) / 1000:.1f}')")"
 if [[ $failed -ne 0 ]]; then
     for f in "$DIR"/logs/prog-*.log; do echo "== $f"; grep -v " info: " "$f" | tail -n 20; done
