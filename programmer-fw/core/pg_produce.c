@@ -991,6 +991,34 @@ int pg__report_env(struct pg_core *c, struct pg_pb_writer *wr, uint8_t *buf, siz
     return rc;
 }
 
+/*
+ * The outcome into the chip's lease journal record. The KeyStore's storage
+ * may fail for a while (a full disk under the POSIX port's sealed file): the
+ * socket waits and writes it again, as for the unit's count. Left without
+ * it, the record could not go up before the production's end (a chip held
+ * for its refund waited for good) and then went up without its report. A
+ * stop ends the wait.
+ */
+static void prod__lease_outcome(struct prod__dev *d, const struct pg_msg_report_out *rep)
+{
+    struct pg_core *c = d->c;
+    uint32_t delay = c->retry_delay_ms;
+    int rc;
+    for (unsigned k = 0;; k++) {
+        rc = pg__lease_outcome(c, d->w, d->lease_k, rep);
+        if (rc != NU_ERR_IO)
+            break;
+        if (k == 0 || k % 16 == 0)
+            pg__log(c, PG_LOG_WARN, "socket %u: outcome of %s: KeyStore %s; the socket waits", d->s,
+                    d->w->uid_hex, nu_err_name(rc));
+        if (pg__hold_wait(c, &delay) != NU_OK)
+            break;
+    }
+    if (rc != NU_OK)
+        pg__log(c, PG_LOG_WARN, "socket %u: outcome of %s not journaled: %s", d->s, d->w->uid_hex,
+                nu_err_name(rc));
+}
+
 static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 {
     struct pg_core *c = d->c;
@@ -1028,10 +1056,7 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
      * journal (uploaded, then confirmed); here it would only hold the socket. */
     int confirm = prc == NU_OK && (d->sent || d->r->already_done) && !d->offline;
     if (d->offline && d->lease_k) {
-        int lrc = pg__lease_outcome(c, d->w, d->lease_k, &rep);
-        if (lrc != NU_OK)
-            pg__log(c, PG_LOG_WARN, "socket %u: outcome of %s not journaled: %s", d->s,
-                    w->uid_hex, nu_err_name(lrc));
+        prod__lease_outcome(d, &rep);
         prc = prc == NU_OK ? pg__report_env(c, &wr, w->req, sizeof(w->req), &rep) : prc;
     }
     /* A report the journal cannot take (its storage full or failing) still

@@ -48,11 +48,19 @@ static void load_package(uint32_t limit)
 
 static struct pg_keystore_ops faulty_ks;
 static int fail_journal;
+static int fail_outcomes; /* the next n writes of a record that exists (its outcome): IO */
 
 static int faulty_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
 {
     if (fail_journal && len && !strncmp(name, "lease.j/", 8))
         return NU_ERR_IO;
+    uint8_t rec[2048];
+    size_t n = 0;
+    if (fail_outcomes > 0 && len && !strncmp(name, "lease.j/", 8) &&
+        pp_ks_ops.blob_get(ctx, name, rec, sizeof(rec), &n) == NU_OK) {
+        fail_outcomes--;
+        return NU_ERR_IO; /* the disk full right then */
+    }
     return pp_ks_ops.blob_put(ctx, name, data, len);
 }
 
@@ -81,8 +89,10 @@ static struct pg_target_ops dying_tgt;
 
 static int dying_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
 {
-    if (power_lost)
+    if (power_lost) {
+        pg_core_stop(R.core, PG_STOP_COMMAND); /* the run ends with the power */
         return NU_ERR_IO;
+    }
     int rc = pp_ks_ops.blob_put(ctx, name, data, len);
     if (rc == NU_OK && cut_after_journal && len && !strncmp(name, "lease.j/", 8))
         power_lost = 1;
@@ -915,6 +925,34 @@ static void test_expired_lease_given_back_for_the_quota(void)
 }
 #endif
 
+/*
+ * A full disk when the chip's outcome goes into its lease journal record:
+ * the socket waits and writes it again. The record was left without it: not
+ * uploaded before the production's end (a chip held for its refund waited
+ * for good), and then without the chip's report.
+ */
+static void test_outcome_written_after_a_full_disk(void)
+{
+    fast_line_up("prog-lease-full", 2, 2);
+    use_faulty_keystore();
+    fail_outcomes = 3;
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* offline, then the disk */
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(fail_outcomes, 0);
+    R.hal.ks = &pp_ks_ops;
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK); /* mid-production: it is due */
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 1);
+    CU_ASSERT(!journal_has(1));
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+
 #ifndef M33_IMAGE
 /* A KeyStore that parks the control thread's upload scan on the journal
  * record of a chip in flight until that chip is done: its outcome lands
@@ -1145,6 +1183,8 @@ int main(void)
 #endif
         {"a used-up lease is given back once confirmed, mid-production",
          test_used_up_lease_given_back_mid_production},
+        {"a full disk at the chip's outcome: the socket waits, the record gets it",
+         test_outcome_written_after_a_full_disk},
         {"a record the cloud refused leaves the journal once (its report: NOT_FOUND)",
          test_refused_record_leaves_the_journal},
 #ifndef M33_IMAGE
