@@ -307,8 +307,12 @@ int pg_core_identity_cert(struct pg_core *c, uint8_t *buf, size_t cap, size_t *o
 
 void pg_core_stop(struct pg_core *c, enum pg_stop reason)
 {
-    int none = PG_STOP_NONE;
-    atomic_compare_exchange_strong(&c->stop, &none, (int)reason);
+    int cur = PG_STOP_NONE;
+    int overrides = reason == PG_STOP_COMMAND || reason == PG_STOP_SHUTDOWN;
+    while (!atomic_compare_exchange_weak(&c->stop, &cur, (int)reason)) {
+        if (cur != PG_STOP_NONE && !(cur == PG_STOP_LIMIT && overrides))
+            return; /* cur is the reason that won */
+    }
 }
 
 void pg_core_counts(const struct pg_core *c, uint32_t *out_done, uint32_t *out_failed)

@@ -393,7 +393,9 @@ int pg_core_production_begin(struct pg_core *c);
  */
 int pg_socket_run(struct pg_core *c, unsigned sock, struct pg_result *out);
 
-/* Ask every socket to stop after its current chip. First reason wins. */
+/* Ask every socket to stop after its current chip. First reason wins, but
+ * a STOP or a shutdown replaces LIMIT: LIMIT lets held chips wait for the
+ * cloud, and an operator's stop must end those waits too. */
 void pg_core_stop(struct pg_core *c, enum pg_stop reason);
 
 /*

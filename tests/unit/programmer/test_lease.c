@@ -704,6 +704,7 @@ struct sock_run {
     pthread_t tid;
     struct pg_result res;
     int rc;
+    atomic_int *done; /* set when the run is over, if not NULL */
 };
 
 static void *sock_run_main(void *arg)
@@ -711,6 +712,8 @@ static void *sock_run_main(void *arg)
     struct sock_run *s = arg;
     s->rc = pg_socket_run(R.core, 0, &s->res);
     wc_ecc_fp_free();
+    if (s->done)
+        atomic_store(s->done, 1);
     return NULL;
 }
 
@@ -890,6 +893,34 @@ static void test_refund_at_the_limit(void)
 
 #ifndef M33_IMAGE
 /*
+ * A STOP after the line stopped at its limit ends a held chip's wait: LIMIT
+ * does not (the chip has its unit), and the first reason used to win, so
+ * the chip waited for the cloud whatever the operator or a signal said.
+ */
+static void test_stop_at_the_limit_ends_the_wait(void)
+{
+    static atomic_int ended;
+    atomic_store(&ended, 0);
+    struct sock_run s = {.done = &ended};
+    refund_line_up("prog-lease-limstop", &R.fc.lease_upload_down, &s); /* uploads never pass */
+    pg_core_stop(R.core, PG_STOP_LIMIT);
+    usleep(100 * 1000);
+    CU_ASSERT_EQUAL(atomic_load(&ended), 0); /* LIMIT: still waiting */
+    pg_core_stop(R.core, PG_STOP_COMMAND);
+    for (int i = 0; i < 250 && !atomic_load(&ended); i++)
+        usleep(20 * 1000);
+    CU_ASSERT_EQUAL(atomic_load(&ended), 1);
+    if (!atomic_load(&ended)) /* the wait would last the job's hour */
+        atomic_store(&R.core->stop, PG_STOP_COMMAND);
+    pthread_join(s.tid, NULL);
+    CU_ASSERT(!s.res.provisioned); /* held, its unit kept for the next run */
+    CU_ASSERT_EQUAL(pg_core_production_end(R.core), PG_STOP_COMMAND);
+    rig_teardown(&R);
+}
+#endif
+
+#ifndef M33_IMAGE
+/*
  * A lease that ran out of time unused (the cloud answered all along): the
  * cloud holds its units back from the quota until it is given back. At the
  * quota's end the next chip meets QUOTA_EXHAUSTED for them: it waits while
@@ -963,7 +994,7 @@ static struct pg_keystore_ops scan_ks;
 
 static void wait_flag(atomic_int *flag)
 {
-    for (int i = 0; i < 500 && !atomic_load(flag); i++)
+    for (int i = 0; i < 2000 && !atomic_load(flag); i++)
         usleep(10 * 1000);
 }
 
@@ -1007,7 +1038,7 @@ static void test_outcome_during_the_upload_scan(void)
     atomic_store(&chip_journalled, 0);
     atomic_store(&chip_done, 0);
     R.fc.cut_after_issue = 1;
-    struct sock_run s = {0};
+    struct sock_run s = {.done = &chip_done}; /* the parked scan waits for it */
     pthread_create(&s.tid, NULL, sock_run_main, &s);
     struct pg_lease_counts lc = {0};
     for (int i = 0; i < 500 && lc.pending == 0; i++) { /* the record, not its outcome */
@@ -1017,7 +1048,6 @@ static void test_outcome_during_the_upload_scan(void)
     CU_ASSERT_EQUAL(lc.pending, 1);
     pg_core_lease_sync(R.core); /* the WAN still cut: a scan, no upload */
     pthread_join(s.tid, NULL);
-    atomic_store(&chip_done, 1);
     CU_ASSERT_EQUAL(atomic_load(&scan_parked), 1);
     CU_ASSERT_EQUAL(s.rc, NU_OK);
     CU_ASSERT(s.res.provisioned);
@@ -1192,6 +1222,8 @@ int main(void)
          test_no_give_back_while_a_unit_is_issued},
         {"at the programmer's limit the uploads go on: the held chip gets its refund",
          test_refund_at_the_limit},
+        {"a STOP at the programmer's limit ends a held chip's wait",
+         test_stop_at_the_limit_ends_the_wait},
         {"a lease run out of time is given back when the quota needs its units",
          test_expired_lease_given_back_for_the_quota},
         {"a chip done while the sync scans the journal: its record still goes up",
