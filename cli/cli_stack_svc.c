@@ -15,6 +15,7 @@
 #include "nu_client.h"
 #include "nu_crypto.h"
 #include "nu_err.h"
+#include "nu_hsm.h"
 #include "nu_log.h"
 #include "nu_mqtt.h"
 #include "nu_paths.h"
@@ -332,20 +333,14 @@ int stack__up_cloud(struct stack *s)
     if (rc)
         return rc;
     /* The cloud logs in to the HSM: the one child that gets the PIN, if the
-     * operator gave it this way (station_proc drops it for the others). */
+     * operator gave it this way (station_proc drops it for the others). A
+     * longer PIN than any accepted is not handed on: the cloud says so. */
     const char *pin = getenv("NUSEC_HSM_PIN");
-    size_t pin_cap = pin ? sizeof("NUSEC_HSM_PIN=") + strlen(pin) : 0;
-    char *pin_env = pin ? malloc(pin_cap) : NULL;
-    if (pin && !pin_env)
-        return NU_ERR_NOMEM;
-    if (pin_env)
-        snprintf(pin_env, pin_cap, "NUSEC_HSM_PIN=%s", pin);
-    char *env_add[] = {pin_env, NULL};
+    char pin_env[sizeof("NUSEC_HSM_PIN=") + NU_HSM_PIN_MAX];
+    int n = pin ? snprintf(pin_env, sizeof(pin_env), "NUSEC_HSM_PIN=%s", pin) : -1;
+    char *env_add[] = {n >= 0 && (size_t)n < sizeof(pin_env) ? pin_env : NULL, NULL};
     rc = stack__start_env(s, "cloud", "nusec-cloud", argv, env_add, stack__cloud_ok, &pid, 0);
-    if (pin_env) {
-        nu_zero(pin_env, strlen(pin_env));
-        free(pin_env);
-    }
+    nu_zero(pin_env, sizeof(pin_env));
     return rc;
 }
 

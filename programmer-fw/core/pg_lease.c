@@ -531,8 +531,8 @@ static int lease__confirm(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
             return rc; /* kept: uploaded again (known), reported again */
         /* The cloud's own NOT_FOUND is its verdict (the certificate is not
          * on record: the upload just refused it), not the transport's "no
-         * subscriber": kept for it, the record went up again every second,
-         * an incident each time, and held the lease's refunds for good. */
+         * subscriber": a record kept for it would go up again at every sync,
+         * an incident each time, and hold the lease's refunds for good. */
         if (rc == NU_OK)
             rc = pg_msg_reply_decode(tmp, rl, PG_BODY_ACK, &env, NULL);
         if (pg__cloud_transient(rc))
@@ -557,7 +557,9 @@ static int lease__confirm(struct pg_core *c, uint32_t k, uint8_t *buf, size_t ca
  * chip may finish while it scans, its record read before the outcome: that
  * outcome's "due now" (pg__lease_outcome) must not be overwritten, or the
  * record waits for the next chip's outcome, and at the end of a lease there
- * is none (a socket held for the refund its upload brings waits for good). */
+ * is none (a socket held for the refund its upload brings waits for good).
+ * Stored first, re-checked after: a writer that counts after the re-check
+ * stores its "due now" after ours. */
 static void lease__note_due(struct pg_lease *l, unsigned n, unsigned seen)
 {
     atomic_store(&l->nothing_due, n == 0);
@@ -949,7 +951,8 @@ int pg_core_lease_sync(struct pg_core *c)
                            0, 1, 1, 1, &sent);
         if (rc == NU_OK) {
             atomic_store(&l->given_back, 1);
-            pg__log(c, PG_LOG_INFO, "lease %s used up and confirmed: given back now", l->id);
+            pg__log(c, PG_LOG_INFO, "lease %s %s and confirmed: given back now", l->id,
+                    atomic_load(&l->exhausted) ? "used up" : "run out of time");
         }
     }
     pg__zero(l->sync_req, sizeof(l->sync_req));

@@ -63,14 +63,16 @@ cat "$TMP/up.txt"
 cloud_pid=$(cat "$DIR/run/cloud.pid") station_pid=$(cat "$DIR/run/station.pid")
 has_pin() { tr '\0' '\n' <"/proc/$1/environ" | grep -q '^NUSEC_HSM_PIN='; }
 pin_to_cloud_only() {
-    local f n=0
+    local f pid n=0
     has_pin "$cloud_pid" || { echo "  the cloud did not get it"; return 1; }
     for f in "$DIR"/run/*.pid; do
         [[ $f == */cloud.pid ]] && continue
+        pid=$(cat "$f")
+        [[ -r /proc/$pid/environ ]] || continue # not running: nothing to read
         n=$((n + 1))
-        if has_pin "$(cat "$f")"; then echo "  $(basename "$f" .pid) has it"; return 1; fi
+        if has_pin "$pid"; then echo "  $(basename "$f" .pid) has it"; return 1; fi
     done
-    ((n >= 3)) # broker, station, prog-1 at least
+    ((n >= 3)) || { echo "  only $n other processes read"; return 1; } # broker, station, prog-1
 }
 check "\$NUSEC_HSM_PIN is handed to the cloud, not to the broker, station or programmers" \
     pin_to_cloud_only
