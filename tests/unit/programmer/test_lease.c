@@ -44,6 +44,15 @@ static void load_package(uint32_t limit)
     free(pkg);
 }
 
+/* A package of `limit`, a tray of `chips` blanks, the firmware, production begun. */
+static void line_begin(uint32_t limit, unsigned chips)
+{
+    load_package(limit);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, chips, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+}
+
 /* ---- a KeyStore whose journal writes fail (power lost right there) ---------------- */
 
 static struct pg_keystore_ops faulty_ks;
@@ -398,10 +407,7 @@ static void test_crash_between_counter_and_journal(void)
 {
     RIG_UP("prog-lease-crash", 1);
     R.fc.lease_units = 3;
-    load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(50, 3);
     CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
     use_faulty_keystore();
     R.fc.link_down = 1;
@@ -470,10 +476,7 @@ static void test_crash_between_journal_and_chip(void)
 {
     RIG_UP("prog-lease-jcrash", 1);
     R.fc.lease_units = 3;
-    load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(50, 2);
     CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
     use_dying_hal();
     R.fc.link_down = 1;
@@ -529,10 +532,7 @@ static void test_crash_between_lock_and_outcome(void)
     RIG_UP("prog-lease-lcrash", 1);
     R.fc.lease_units = 3;
     R.fc.report_needs_cert = 1;
-    load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 2, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(50, 2);
     use_dying_hal();
     R.fc.link_down = 1;
     pg_core_link_note(R.core, NU_ERR_CONNECTION);
@@ -578,10 +578,7 @@ static void test_crash_between_lock_and_outcome(void)
 static void crash_while_taking_a_unit(int cut)
 {
     RIG_UP(cut == 1 ? "prog-unit-crash1" : "prog-unit-crash2", 1);
-    load_package(3);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(3, 4);
     use_dying_hal();
     cut_at_unit = cut;
     struct pg_result res;
@@ -635,10 +632,7 @@ static void fast_line_up(const char *name, uint32_t units, unsigned chips)
     rig_crash(&R);
     CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
     R.fc.lease_units = units;
-    load_package(50);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, chips, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(50, chips);
     CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
 }
 
@@ -934,10 +928,7 @@ static void test_expired_lease_given_back_for_the_quota(void)
     R.fc.lease_seconds = 2;
     R.fc.quota = 3;
     R.fc.quota_holds_lease = 1;
-    load_package(5);
-    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
-    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    line_begin(5, 3);
     CU_ASSERT_EQUAL(R.fc.leases_granted, 1);
     struct pg_result res;
     CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* online: 1 issued, 2 held back */
