@@ -1,4 +1,5 @@
-/* nusec job create|list|show|pause|resume|close — production jobs, through the cloud (as oem). */
+/* nusec job create|list|show|pause|resume|close|write-off — production jobs, through the cloud
+ * (as oem). */
 #include "cli.h"
 #include "cli_cloud.h"
 #include "cli_opts.h"
@@ -47,7 +48,9 @@ static const char cli__create_usage[] =
     "                         a lease of N devices it certifies itself (line CA in its\n"
     "                         KeyStore, certified by the Device CA) while the cloud\n"
     "                         is unreachable; the N units are reserved out of the\n"
-    "                         quota while the lease runs (see docs/threat-model.md)\n"
+    "                         quota until the programmer returns the lease, or the\n"
+    "                         OEM writes it off (nusec job write-off; see\n"
+    "                         docs/threat-model.md)\n"
     "  --lease-hours H        how long a lease is valid, 1..720 (with --offline-lease)\n"
     "  --json                 print {\"job\",\"packages\":[paths]}\n"
     "  --dir DIR              state directory (default: $NUSEC_HOME)\n"
@@ -99,6 +102,27 @@ static const char cli__control_usage[] =
     "\n"
     "Exit status: 0 done, 1 refused (NOT_FOUND, STATE: e.g. resuming a closed job)\n"
     "or failed, 2 usage error.\n";
+
+static const char cli__write_off_usage[] =
+    "usage: nusec job write-off JOB --programmer ID [--json] [--dir DIR]\n"
+    "\n"
+    "Write off programmer ID's offline lease of JOB: one that has ended and that\n"
+    "the programmer never returned (lost, broken, or kept away from the cloud).\n"
+    "A lease holds its unused units out of the quota with no time limit, since\n"
+    "the chips it certified offline exist whether or not they were uploaded;\n"
+    "writing it off gives those units back to the quota. Chips the programmer did\n"
+    "certify under it are then beyond the quota: a later upload of them is\n"
+    "refused and audited as lease.incident. The write-off is audited as\n"
+    "lease.written_off with the units released. A lease that still runs is\n"
+    "refused (STATE).\n"
+    "\n"
+    "  --programmer ID  the programmer whose lease it is\n"
+    "  --json           print the job's state after (as nusec job show --json)\n"
+    "  --dir DIR        state directory (default: $NUSEC_HOME)\n"
+    "  -h, --help       this text\n"
+    "\n"
+    "Exit status: 0 written off, 1 refused (NOT_FOUND: no open lease of that\n"
+    "programmer in the job; STATE: the lease still runs) or failed, 2 usage error.\n";
 
 struct cli__job_opts {
     const char *dir;
@@ -507,6 +531,45 @@ static int cli__close(int argc, char **argv)
     return cli__control(argc, argv, NUSEC__V1__JOB_ACTION__JOB_ACTION_CLOSE, "close", "closed");
 }
 
+static int cli__write_off(int argc, char **argv)
+{
+    static struct cli__job_opts o;
+    memset(&o, 0, sizeof(o));
+    int rc = cli__job_parse(argc, argv, cli__write_off_usage, &o);
+    if (rc)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    if (optind != argc - 1 || o.n_programmers != 1 || o.firmware || o.quota || o.out || o.expires ||
+        o.subject || o.offline_lease || o.lease_hours) {
+        cli_errorf("job write-off: need one JOB and one --programmer ID (see --help)");
+        return CLI_EXIT_USAGE;
+    }
+    const char *job = argv[optind], *prog = o.programmers[0];
+    if (nu_envelope_id_check(job) || nu_envelope_id_check(prog)) {
+        cli_errorf("job write-off: '%s' is not an id", nu_envelope_id_check(job) ? job : prog);
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = cli_state_dir(o.dir);
+    if (!dir)
+        return CLI_EXIT_USAGE;
+    Nusec__V1__JobControlRequest req = NUSEC__V1__JOB_CONTROL_REQUEST__INIT;
+    Nusec__V1__Envelope *reply = NULL;
+    req.job_id = (char *)job;
+    req.action = NUSEC__V1__JOB_ACTION__JOB_ACTION_WRITE_OFF_LEASE;
+    req.programmer_id = (char *)prog;
+    rc = cli_cloud_request(dir, "oem", "job.control", &req.base,
+                           NUSEC__V1__ENVELOPE__BODY_JOB_STATE, &reply);
+    if (!rc && o.json) {
+        cli__job_json(reply->job_state);
+        printf("\n");
+    } else if (!rc) {
+        const Nusec__V1__JobState *j = reply->job_state;
+        printf("lease of %s in job %s written off (job: %u/%u issued)\n", prog, job, j->issued,
+               j->quota);
+    }
+    nu_envelope_free(reply);
+    return rc ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
 const struct cli_command cli_job_commands[] = {
     {"job", "create", "create a production job and write its sealed packages", cli__create},
     {"job", "list", "list production jobs", cli__list},
@@ -514,5 +577,6 @@ const struct cli_command cli_job_commands[] = {
     {"job", "pause", "stop issuing certificates for a job", cli__pause},
     {"job", "resume", "resume a paused job", cli__resume},
     {"job", "close", "close a job for good", cli__close},
+    {"job", "write-off", "give back the units of a lease that ended unreturned", cli__write_off},
     {NULL, NULL, NULL, NULL},
 };

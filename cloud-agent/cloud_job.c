@@ -1,6 +1,6 @@
 /*
  * nusec-cloud: production jobs — job.create (ledger + sealed packages),
- * job.control (pause, resume, close), job.list.
+ * job.control (pause, resume, close, lease write-off), job.list.
  *
  * JOB IDS are derived, not chosen: "job-" + hex(SHA-256("nusec/v1 job" ||
  * requester || 0 || idempotency key)[0..8]). A redelivered or retried create
@@ -585,6 +585,38 @@ static int job__answer_stored(struct cloud_call *call, const char *job_id)
 
 /* ------------------------------------------------------------ job.control */
 
+/* The OEM gives back the units of a lease that ended unreturned (ledger.h). */
+static int job__write_off(struct cloud_call *call)
+{
+    const Nusec__V1__JobControlRequest *r = call->req->job_control_request;
+    struct cloud_ledger_lease lease;
+    struct job__state *s = NULL;
+    uint64_t now = nu_time_ms();
+    if (nu_envelope_id_check(r->programmer_id))
+        return cloud_fail(call, NU_ERR_INVALID_ARG, "a lease write-off names its programmer");
+    int rc = cloud_ledger_lease_write_off(call->ledger, r->job_id, r->programmer_id,
+                                          call->requester, now, &lease);
+    if (rc == NU_ERR_NOT_FOUND)
+        return cloud_fail(call, rc, "programmer %s holds no open lease of job %s", r->programmer_id,
+                          r->job_id);
+    if (rc == NU_ERR_STATE)
+        return cloud_fail(
+            call, rc, "lease %s of %s runs %llu more minute(s): its programmer may still use it",
+            lease.lease_id, r->programmer_id,
+            (unsigned long long)((lease.not_after_ms - now) / 60000u + 1u));
+    if (!rc)
+        rc = job__state_read(call->ledger, r->job_id, &s);
+    if (rc)
+        return rc;
+    nu_warn("job %s: lease %s of %s written off by %s: %u unused units back to the quota, %u used",
+            r->job_id, lease.lease_id, r->programmer_id, call->requester, lease.units - lease.used,
+            lease.used);
+    rc = cloud_reply(call, &s->st.base);
+    job__announce(call, "lease.written_off", s);
+    free(s);
+    return rc;
+}
+
 static int job__control(struct cloud_call *call)
 {
     static const char *const kinds[] = {NULL, "job.paused", "job.resumed", "job.closed"};
@@ -594,8 +626,11 @@ static int job__control(struct cloud_call *call)
     struct cloud_ledger_job job;
     struct job__state *s = NULL;
     int action = (int)r->action;
+    if (action == NUSEC__V1__JOB_ACTION__JOB_ACTION_WRITE_OFF_LEASE)
+        return job__write_off(call);
     if (action < CLOUD_LEDGER_JOB_PAUSE || action > CLOUD_LEDGER_JOB_CLOSE)
-        return cloud_fail(call, NU_ERR_INVALID_ARG, "action must be pause, resume or close");
+        return cloud_fail(call, NU_ERR_INVALID_ARG,
+                          "action must be pause, resume, close or write-off");
     int rc = cloud_ledger_job_control(call->ledger, r->job_id, (enum cloud_ledger_job_action)action,
                                       call->requester, nu_time_ms(), &job);
     int changed = rc == NU_OK;

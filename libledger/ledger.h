@@ -909,24 +909,27 @@ int cloud_ledger_verify_target(const char *target, const char *password_file,
  * cloud issued. The units are reserved out of the job's quota while the
  * lease is active: online issuance sees quota - issued - reserved, where
  * reserved = units - used of every active lease of the job. Each offline
- * certificate recorded moves one unit from reserved to issued; returning the
- * lease (or its expiry, noticed at the next grant or record of the job)
- * gives the unused units back. Code in ledger_lease.c.
+ * certificate recorded moves one unit from reserved to issued. The
+ * reservation has no time limit: only the programmer's return of the lease,
+ * or the OEM's write-off of a lease that ended, gives the unused units back
+ * (why: ledger_lease.c). Code in ledger_lease.c.
  *
  * Tables (schema created on first use, both backends):
  *   lease_policies(job_id PK, units, hours, set_by, set_at_ms)
  *   leases(lease_id PK, job_id, programmer_id, units, used, line_pub_hash BLOB
  *        (SHA-256 of the line-CA public point), cert_der BLOB, granted_at_ms,
  *        not_before_ms, not_after_ms, state IN ('active','returned','expired'),
- *        closed_at_ms)
+ *        closed_at_ms); 'expired' = written off (or, before this version, past
+ *        a 24 h grace)
  *   lease_certs(serial PK, lease_id, counter, recorded_at_ms, UNIQUE(lease_id, counter))
  * Events: lease.policy {"units":N,"hours":N}; lease.granted {"lease":L,
  *   "programmer":P,"units":N,"not_before_ms":N,"not_after_ms":N,"line_pub_hash":H,
  *   "cert_sha256":H}; lease.refused {"programmer":P,"code":NAME,"units":N,"available":N};
  *   lease.recorded {"lease":L,"serial":S,"counter":N,"offline":true} written with the
  *   certificate's usual cert.issued; lease.incident {"lease":L,"programmer":P,
- *   "code":NAME,"serial":S,"detail":S}; lease.returned|lease.expired {"lease":L,
- *   "units":N,"used":N,"released":N}.
+ *   "code":NAME,"serial":S,"detail":S}; lease.returned (actor self) and
+ *   lease.written_off (actor the operator) {"lease":L,"programmer":P,"units":N,
+ *   "used":N,"released":N}; older ledgers may hold lease.expired.
  */
 #define CLOUD_LEDGER_LEASE_ID_MAX 40
 #define CLOUD_LEDGER_LEASE_CERT_MAX 2048
@@ -940,7 +943,7 @@ struct cloud_ledger_lease {
     uint8_t line_pub_hash[CLOUD_LEDGER_HASH_LEN];
     uint8_t cert_der[CLOUD_LEDGER_LEASE_CERT_MAX];
     size_t cert_len;
-    char state[16]; /* active, returned, expired */
+    char state[16]; /* active, returned, expired (written off) */
 };
 
 /* Set the job's lease policy (units per programmer, hours); event lease.policy.
@@ -957,12 +960,10 @@ int cloud_ledger_lease_policy_get(struct cloud_ledger *ledger, const char *job_i
  * and the signed cert_der filled by the caller). If the programmer holds an
  * active lease of the job for the same line key, that one is answered
  * (*out_existing = 1, *out = it): a repeated grant. Otherwise, in one
- * transaction: expired leases of the job are closed; job active, not
- * expired; programmer allocated; no other active lease of it in the job;
- * units <= quota - issued - reserved; lease row; event lease.granted.
- * Refusals are audited (lease.refused) and return: NOT_FOUND (job),
- * JOB_NOT_ACTIVE, EXPIRED, NOT_AUTHORIZED (no allocation), STATE (another
- * lease out), LEASE_OVERCOMMIT. Other errors: INVALID_ARG, BUSY, DB.
+ * transaction: job active, not expired; programmer allocated; no other active lease of it in the
+ * job; units <= quota - issued - reserved; lease row; event lease.granted. Refusals are audited
+ * (lease.refused) and return: NOT_FOUND (job), JOB_NOT_ACTIVE, EXPIRED, NOT_AUTHORIZED (no
+ * allocation), STATE (another lease out), LEASE_OVERCOMMIT. Other errors: INVALID_ARG, BUSY, DB.
  */
 int cloud_ledger_lease_grant(struct cloud_ledger *ledger, const struct cloud_ledger_lease *want,
                              uint64_t now_ms, struct cloud_ledger_lease *out, int *out_existing);
@@ -1032,8 +1033,22 @@ int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
                               const char *programmer_id, uint64_t now_ms,
                               struct cloud_ledger_lease *out);
 
+/*
+ * The OEM writes off programmer_id's active lease of job_id, one that has
+ * ended and was never returned (a programmer lost, or kept away): its unused
+ * units go back to the quota (state expired, event lease.written_off by
+ * actor), and a certificate of it uploaded later is a lease.incident. Chips
+ * the programmer did certify under it are then beyond the quota: the
+ * write-off is the OEM's decision, which is why nothing else ends a lease.
+ * Errors: INVALID_ARG, NOT_FOUND (no active lease of that programmer in the
+ * job), STATE (the lease still runs: its programmer may be issuing), BUSY, DB.
+ */
+int cloud_ledger_lease_write_off(struct cloud_ledger *ledger, const char *job_id,
+                                 const char *programmer_id, const char *actor, uint64_t now_ms,
+                                 struct cloud_ledger_lease *out);
+
 /* Units reserved by the job's active leases (units - used), for issuance. */
-int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id, uint64_t now_ms,
+int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id,
                                 uint32_t *out_reserved);
 
 /* ------------------------------------ state every agent shares (schema 5) */

@@ -176,7 +176,7 @@
     X(LEASE_RESERVED, "SELECT CAST(coalesce(sum(units - used), 0) AS BIGINT),"                     \
                       " CAST(coalesce(sum(CASE WHEN programmer_id = ?2 THEN units - used"          \
                       " ELSE 0 END), 0) AS BIGINT) FROM leases WHERE job_id = ?1"                  \
-                      " AND state = 'active' AND not_after_ms + ?3 > ?4")                          \
+                      " AND state = 'active'")                                                     \
     X(LEASE_POLICY_GET, "SELECT units, hours FROM lease_policies WHERE job_id = ?1")               \
     X(LEASE_POLICY_PUT, "INSERT INTO lease_policies (job_id, units, hours, set_by, set_at_ms)"     \
                         " VALUES (?1, ?2, ?3, ?4, ?5)")                                            \
@@ -190,15 +190,13 @@
                   " AND state = 'active'")                                                         \
     X(LEASE_CLOSE, "UPDATE leases SET state = ?2, closed_at_ms = ?3 WHERE lease_id = ?1"           \
                    " AND state = 'active'")                                                        \
-    X(LEASE_STALE, "SELECT lease_id, units, used FROM leases WHERE job_id = ?1"                    \
-                   " AND state = 'active' AND not_after_ms + ?2 <= ?3 ORDER BY lease_id")          \
     X(LCERT_GET, "SELECT lease_id, counter FROM lease_certs WHERE serial = ?1")                    \
     X(LCERT_COUNTER, "SELECT serial FROM lease_certs WHERE lease_id = ?1 AND counter = ?2")        \
     X(LCERT_INSERT, "INSERT INTO lease_certs (serial, lease_id, counter, recorded_at_ms)"          \
                     " VALUES (?1, ?2, ?3, ?4)")                                                    \
     X(LJOB_ISSUED, "UPDATE jobs SET issued = issued + 1, status = CASE WHEN issued + 1 >= quota"   \
                    " AND status = 'active' THEN 'exhausted' ELSE status END, updated_at_ms = ?2"   \
-                   " WHERE job_id = ?1 AND issued < quota")                                    \
+                   " WHERE job_id = ?1 AND issued < quota")                                        \
     X(LSUP_INSERT, "INSERT INTO cert_superseded (serial, job_id, by_serial, lease_id,"             \
                    " superseded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")                               \
     X(REQ_FORGET, "UPDATE requests SET code = ?3, created_at_ms = 0"                               \
@@ -485,15 +483,14 @@ void ledger__cert_issued_json(struct ledger_json *j, const char *serial, const u
 /* -------- offline leases (ledger_lease.c) */
 
 /* Units the job's active leases hold back (units - used), all and the
- * programmer's, as issuance sees them at now_ms. */
+ * programmer's. */
 int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
-                           uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog);
+                           uint32_t *out_job, uint32_t *out_prog);
 
 /* ST_LEASE_RESERVED bound as ledger__lease_reserved binds it (issuance
  * sends it ahead of the step when pipelining). */
 int ledger__lease_reserved_bind(struct cloud_ledger *l, const char *job_id,
-                                const char *programmer_id, uint64_t now_ms,
-                                struct ledger_store_stmt **out_st);
+                                const char *programmer_id, struct ledger_store_stmt **out_st);
 
 /* Lock one row with a FOR UPDATE statement (two text keys; absent is fine). */
 int ledger__lock_row(struct cloud_ledger *l, enum ledger_stmt id, const char *a,

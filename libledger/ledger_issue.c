@@ -506,8 +506,8 @@ static int ledger__decision_read(struct cloud_ledger *l, const struct cloud_ledg
             rc = NU_OK;
     }
     if (rc == NU_OK && d->have_alloc)
-        rc = ledger__lease_reserved(l, req->job_id, req->requester, req->now_ms, &d->leased_job,
-                                    &d->leased_prog);
+        rc =
+            ledger__lease_reserved(l, req->job_id, req->requester, &d->leased_job, &d->leased_prog);
     if (rc == NU_OK)
         rc = ledger__cert_find(l, &ref, l->cert);
     d->have_cert = rc == NU_OK;
@@ -639,7 +639,7 @@ static int ledger__issue_bind(struct cloud_ledger *l, const struct cloud_ledger_
     /* ledger_lease.c binds l->st[ST_LEASE_RESERVED]: lend it this handle. */
     struct ledger_store_stmt *keep = l->st[ST_LEASE_RESERVED];
     l->st[ST_LEASE_RESERVED] = st[LR_LEASE];
-    rc = ledger__lease_reserved_bind(l, req->job_id, req->requester, req->now_ms, &lease);
+    rc = ledger__lease_reserved_bind(l, req->job_id, req->requester, &lease);
     l->st[ST_LEASE_RESERVED] = keep;
     return rc;
 }

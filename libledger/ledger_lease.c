@@ -4,15 +4,19 @@
  * once each against their lease, incidents, returns and expiry. The contract
  * and the events are in ledger.h ("offline leases").
  *
- * Why the reservation outlives the lease by LEASE__GRACE_MS: a programmer
- * that produced offline until the last minute of its lease comes back online
- * later; its certificates exist on chips already, so their units must still
- * be there to record them. Past the grace the unused units come back
- * (lease.expired) and a late upload is an incident.
+ * Why the reservation outlives the lease, with no time limit: a programmer
+ * that produced offline until the last minute of its lease may come back
+ * online days later, or never. Its certificates exist on chips already, up
+ * to the lease's units (its KeyStore counter bounds them, not any clock), so
+ * their units must still be held when they are recorded. Giving them back
+ * at some deadline would let a site keep a programmer away past it and make
+ * `units` more chips than the quota. Only two things end the reservation:
+ * the programmer's return (it knows what it used) and the OEM's explicit
+ * write-off of a lease that ended (lease.written_off; a late upload of it is
+ * then an incident).
  */
 #include "ledger_int.h"
 
-#define LEASE__GRACE_MS (24ull * 3600u * 1000u)
 #define LEASE__IDEM_DOMAIN "nusec/v1 lease"
 
 /* ------------------------------------------------------------ helpers */
@@ -70,8 +74,11 @@ static int lease__run(struct cloud_ledger *l, struct ledger_store_stmt *st, cons
     return rc;
 }
 
-static int lease__close_one(struct cloud_ledger *l, const char *lease_id, const char *job_id,
-                            const char *state, uint32_t units, uint32_t used, uint64_t now_ms)
+/* Close an active lease; its unused units go back to the quota. By its
+ * programmer (actor NULL: state returned, event lease.returned) or written
+ * off by the OEM's actor (state expired, event lease.written_off). */
+static int lease__close_one(struct cloud_ledger *l, const struct cloud_ledger_lease *lease,
+                            const char *actor, uint64_t now_ms)
 {
     struct ledger_store_stmt *st = NULL;
     struct ledger_json j;
@@ -79,71 +86,41 @@ static int lease__close_one(struct cloud_ledger *l, const char *lease_id, const 
     int rc = ledger__stmt(l, ST_LEASE_CLOSE, &st);
     if (rc)
         return rc;
-    ledger__bind_text(st, 1, lease_id);
-    ledger__bind_text(st, 2, state);
+    ledger__bind_text(st, 1, lease->lease_id);
+    ledger__bind_text(st, 2, actor ? "expired" : "returned");
     ledger__bind_u64(st, 3, now_ms);
     rc = lease__run(l, st, "lease close", &changed);
     if (rc || !changed)
         return rc;
     lj_init(&j, l->payload, LEDGER_PAYLOAD_INTERNAL_MAX);
     lj_raw(&j, "{", 1);
-    lj_str(&j, "lease", lease_id);
-    lj_u64(&j, "units", units);
-    lj_u64(&j, "used", used);
-    lj_u64(&j, "released", units - used);
+    lj_str(&j, "lease", lease->lease_id);
+    lj_str(&j, "programmer", lease->programmer_id);
+    lj_u64(&j, "units", lease->units);
+    lj_u64(&j, "used", lease->used);
+    lj_u64(&j, "released", lease->units - lease->used);
     lj_raw(&j, "}", 1);
-    return ledger__append_json(l, &j, now_ms,
-                               strcmp(state, "returned") == 0 ? "lease.returned" : "lease.expired",
-                               LEDGER_ACTOR_SELF, job_id);
-}
-
-/* Close the job's leases past their grace (units back to the quota). */
-static int lease__expire(struct cloud_ledger *l, const char *job_id, uint64_t now_ms)
-{
-    char ids[8][CLOUD_LEDGER_LEASE_ID_MAX + 1];
-    uint32_t units[8], used[8];
-    size_t n = 0;
-    struct ledger_store_stmt *st = NULL;
-    int rc = ledger__stmt(l, ST_LEASE_STALE, &st);
-    if (rc)
-        return rc;
-    ledger__bind_text(st, 1, job_id);
-    ledger__bind_u64(st, 2, LEASE__GRACE_MS);
-    ledger__bind_u64(st, 3, now_ms);
-    while (n < 8 && ledger__row(st, &rc)) {
-        rc = ledger__col_str(st, 0, ids[n], sizeof(ids[n]));
-        units[n] = ledger__col_u32(st, 1);
-        used[n] = ledger__col_u32(st, 2);
-        if (rc)
-            break;
-        n++;
-    }
-    ledger__reset(st);
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = lease__close_one(l, ids[i], job_id, "expired", units[i], used[i], now_ms);
-    return rc;
+    return ledger__append_json(l, &j, now_ms, actor ? "lease.written_off" : "lease.returned",
+                               actor ? actor : LEDGER_ACTOR_SELF, lease->job_id);
 }
 
 int ledger__lease_reserved_bind(struct cloud_ledger *l, const char *job_id,
-                                const char *programmer_id, uint64_t now_ms,
-                                struct ledger_store_stmt **out_st)
+                                const char *programmer_id, struct ledger_store_stmt **out_st)
 {
     int rc = ledger__stmt(l, ST_LEASE_RESERVED, out_st);
     if (rc)
         return rc;
     ledger__bind_text(*out_st, 1, job_id);
     ledger__bind_text(*out_st, 2, programmer_id ? programmer_id : "");
-    ledger__bind_u64(*out_st, 3, LEASE__GRACE_MS);
-    ledger__bind_u64(*out_st, 4, now_ms);
     return NU_OK;
 }
 
 int ledger__lease_reserved(struct cloud_ledger *l, const char *job_id, const char *programmer_id,
-                           uint64_t now_ms, uint32_t *out_job, uint32_t *out_prog)
+                           uint32_t *out_job, uint32_t *out_prog)
 {
     struct ledger_store_stmt *st = NULL;
     *out_job = *out_prog = 0;
-    int rc = ledger__lease_reserved_bind(l, job_id, programmer_id, now_ms, &st);
+    int rc = ledger__lease_reserved_bind(l, job_id, programmer_id, &st);
     if (rc)
         return rc;
     if (ledger__row(st, &rc)) {
@@ -256,12 +233,10 @@ static int lease__decide(struct cloud_ledger *l, const struct cloud_ledger_lease
                                                         : NU_ERR_JOB_NOT_ACTIVE;
     if (job.expires_at_ms && now_ms >= job.expires_at_ms)
         return NU_ERR_EXPIRED;
-    if ((rc = lease__expire(l, w->job_id, now_ms)))
-        return rc;
     rc = lease__read(l, ST_LEASE_ACTIVE_OF, w->job_id, w->programmer_id, &other);
     if (rc != NU_ERR_NOT_FOUND)
         return rc ? rc : NU_ERR_STATE; /* one lease at a time per programmer and job */
-    if ((rc = ledger__lease_reserved(l, w->job_id, w->programmer_id, now_ms, &rj, &rp)))
+    if ((rc = ledger__lease_reserved(l, w->job_id, w->programmer_id, &rj, &rp)))
         return rc;
     uint64_t free_job = job.quota > (uint64_t)job.issued + rj ? job.quota - job.issued - rj : 0;
     uint64_t free_prog = limit > (uint64_t)issued + rp ? limit - issued - rp : 0;
@@ -548,8 +523,8 @@ static int lease__supersedable(const struct cloud_ledger_cert *on,
 /* The refusal for c under `lease`, or NU_OK to record; *known for a repeat;
  * *supersede when the UID's online certificate (l->cert) is to be superseded. */
 static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_cert *c,
-                        const struct cloud_ledger_lease *lease, uint64_t now_ms, int *known,
-                        int *supersede, const char **why)
+                        const struct cloud_ledger_lease *lease, int *known, int *supersede,
+                        const char **why)
 {
     struct ledger_store_stmt *st = NULL;
     char other[CLOUD_LEDGER_LEASE_ID_MAX + 1] = "";
@@ -570,12 +545,6 @@ static int lease__check(struct cloud_ledger *l, const struct cloud_ledger_lease_
         return rc;
     *why = "lease closed";
     if (strcmp(lease->state, "active") != 0)
-        return NU_ERR_LEASE_NOT_COVERED;
-    /* Past the grace its units are no longer held back for it (they went
-     * back to the quota): a record after that is an incident, whether or
-     * not a later grant has closed the lease yet. */
-    *why = "uploaded after the lease's grace";
-    if (now_ms >= lease->not_after_ms + LEASE__GRACE_MS)
         return NU_ERR_LEASE_NOT_COVERED;
     *why = "beyond the lease's units";
     if (!c->counter || c->counter > lease->units || lease->used >= lease->units)
@@ -647,7 +616,7 @@ int cloud_ledger_lease_record(struct cloud_ledger *ledger, const struct cloud_le
     rc = ledger__lock_row(ledger, ST_JOB_LOCK, lease.job_id, NULL);
     if (!rc)
         rc = lease__read(ledger, ST_LEASE_GET, c->lease_id, NULL, &lease);
-    int code = rc ? rc : lease__check(ledger, c, &lease, now_ms, out_known, &supersede, &why);
+    int code = rc ? rc : lease__check(ledger, c, &lease, out_known, &supersede, &why);
     if (!rc && code == NU_OK && supersede) { /* l->cert is reused by the statements below */
         online = malloc(sizeof(*online));
         code = online ? NU_OK : NU_ERR_NOMEM;
@@ -682,8 +651,7 @@ int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
     if (!rc)
         rc = lease__read(ledger, ST_LEASE_GET, lease_id, NULL, out);
     if (!rc)
-        rc = lease__close_one(ledger, lease_id, out->job_id, "returned", out->units, out->used,
-                              now_ms);
+        rc = lease__close_one(ledger, out, NULL, now_ms);
     if (!rc)
         rc = ledger__commit(ledger);
     else
@@ -693,11 +661,38 @@ int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
     return rc;
 }
 
-int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id, uint64_t now_ms,
+int cloud_ledger_lease_write_off(struct cloud_ledger *ledger, const char *job_id,
+                                 const char *programmer_id, const char *actor, uint64_t now_ms,
+                                 struct cloud_ledger_lease *out)
+{
+    if (!ledger || !out || ledger__id_check(job_id) || ledger__id_check(programmer_id) ||
+        ledger__id_check(actor))
+        return NU_ERR_INVALID_ARG;
+    int rc = ledger__begin(ledger, 1);
+    if (rc)
+        return rc;
+    rc = ledger__lock_row(ledger, ST_JOB_LOCK, job_id, NULL);
+    if (!rc)
+        rc = lease__read(ledger, ST_LEASE_ACTIVE_OF, job_id, programmer_id, out);
+    /* While it runs, its programmer may still be issuing under it. */
+    if (!rc && now_ms < out->not_after_ms)
+        rc = NU_ERR_STATE;
+    if (!rc)
+        rc = lease__close_one(ledger, out, actor, now_ms);
+    if (!rc)
+        rc = ledger__commit(ledger);
+    else
+        ledger__rollback(ledger);
+    if (!rc)
+        snprintf(out->state, sizeof(out->state), "expired");
+    return rc;
+}
+
+int cloud_ledger_lease_reserved(struct cloud_ledger *ledger, const char *job_id,
                                 uint32_t *out_reserved)
 {
     uint32_t prog = 0;
     if (!ledger || !out_reserved || ledger__id_check(job_id))
         return NU_ERR_INVALID_ARG;
-    return ledger__lease_reserved(ledger, job_id, NULL, now_ms, out_reserved, &prog);
+    return ledger__lease_reserved(ledger, job_id, NULL, out_reserved, &prog);
 }

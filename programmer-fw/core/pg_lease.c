@@ -910,9 +910,9 @@ static int lease__give_back_due(const struct pg_core *c)
 {
     const struct pg_lease *l = &c->lease;
     /* Run out of time counts as used up: the cloud holds its unused units
-     * back from the quota (for the grace of a late upload) until it is
-     * given back, and a chip refused QUOTA_EXHAUSTED for them waits for
-     * that (pg__lease_may_refund) instead of being failed keyed. */
+     * back from the quota until it is given back (or written off by the
+     * OEM), and a chip refused QUOTA_EXHAUSTED for them waits for that
+     * (pg__lease_may_refund) instead of being failed keyed. */
     int spent = atomic_load(&l->exhausted) || pg_now_ms(c->hal) >= l->not_after_ms;
     /* `issuing` before `pending`: an issuer makes its record pending before
      * it leaves `issuing`, so one of the two reads sees it. */

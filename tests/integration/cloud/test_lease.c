@@ -13,8 +13,9 @@
  * line CA, the upload recorded once (replay), and refusals with their typed
  * error and audit event: a certificate beyond the lease, one signed by
  * another key, one issued outside the lease, a forged upload (another
- * programmer), an unknown lease; return gives unused units back; audit
- * verify passes at the end.
+ * programmer), an unknown lease; the OEM's write-off of an ended lease
+ * (`nusec job write-off`); return gives unused units back; audit verify
+ * passes at the end.
  */
 #include "cloud_fixture.h"
 
@@ -253,7 +254,7 @@ static void test_reservation_bounds_online_and_other_leases(void)
     r = NULL;
     uint32_t reserved = 0;
     struct cloud_ledger *l = ledger_open();
-    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, nu_time_ms(), &reserved), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, &reserved), NU_OK);
     cloud_ledger_close(l);
     CU_ASSERT_EQUAL(reserved, 2 * UNITS);
     for (int i = 0; i < 4; i++) {
@@ -555,19 +556,65 @@ static void test_uncovered_and_forged_uploads_refused(void)
                     incidents + 4);
 }
 
+/*
+ * The OEM writes off prog-2's lease with `nusec job write-off`: refused while
+ * the lease runs (nothing changes); once it has ended, its unused units come
+ * back to the quota, audited as lease.written_off by the oem, and a later
+ * upload of that lease is an incident, nothing recorded.
+ */
+#define WRITE_OFF_SH                                                                               \
+    "%s/bin/nusec job write-off " JOB " --programmer prog-2 --dir %s >%s/write-off.out 2>&1"
+
+static void test_write_off_an_ended_lease(void)
+{
+    uint32_t before = 0, after = 0;
+    struct cloud_ledger_lease lease;
+    Nusec__V1__Envelope *r = NULL;
+    struct cloud_ledger *l = ledger_open();
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, &before), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_lease_get(l, lease_id2, "prog-2", &lease), NU_OK);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL(nu_test_sh(WRITE_OFF_SH, NUSEC_BINARY_DIR, F.dir, F.tmp), 1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'may still use it' %s/write-off.out", F.tmp), 0);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.written_off'"), 0);
+    /* Its hours pass: the lease's end moved back, as time would move on. */
+    CU_ASSERT_EQUAL_FATAL(nu_test_sh("sqlite3 -cmd '.timeout 5000' %s \"UPDATE leases SET"
+                                     " not_after_ms = not_before_ms + 1 WHERE lease_id = '%s'\"",
+                                     F.ledger, lease_id2),
+                          0);
+    CU_ASSERT_EQUAL(nu_test_sh(WRITE_OFF_SH, NUSEC_BINARY_DIR, F.dir, F.tmp), 0);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'written off' %s/write-off.out", F.tmp), 0);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.written_off' AND actor = 'oem'"),
+                    1);
+    l = ledger_open();
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, &after), NU_OK);
+    cloud_ledger_close(l);
+    CU_ASSERT_EQUAL(before - after, lease.units - lease.used);
+    /* Once: a second write-off finds no open lease. */
+    CU_ASSERT_EQUAL(nu_test_sh(WRITE_OFF_SH, NUSEC_BINARY_DIR, F.dir, F.tmp), 1);
+    CU_ASSERT_EQUAL(nu_test_sh("grep -q 'no open lease' %s/write-off.out", F.tmp), 0);
+    int incidents = sql_count("audit_events WHERE kind = 'lease.incident'");
+    const uint8_t uid[8] = {0x57, 0x0f, 0, 0, 0, 0, 0, 9};
+    CU_ASSERT_EQUAL_FATAL(upload2(uid, NULL, lease.used + 1, &r), NU_OK);
+    CU_ASSERT_EQUAL(r->lease_upload_response->refused, 1);
+    CU_ASSERT_EQUAL(r->lease_upload_response->recorded, 0);
+    nu_envelope_free(r);
+    CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.incident'"), incidents + 1);
+}
+
 static void test_return_gives_units_back_and_audit_verifies(void)
 {
     Nusec__V1__Envelope *r = NULL;
     uint32_t before = 0, after = 0;
     struct cloud_ledger *l = ledger_open();
-    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, nu_time_ms(), &before), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, &before), NU_OK);
     cloud_ledger_close(l);
     CU_ASSERT_EQUAL_FATAL(upload(&c1, lease_id, NULL, 0, NULL, 1, &r), NU_OK);
     CU_ASSERT(r->lease_upload_response->returned);
     CU_ASSERT_EQUAL(r->lease_upload_response->used, 2);
     nu_envelope_free(r);
     l = ledger_open();
-    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, nu_time_ms(), &after), NU_OK);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, JOB, &after), NU_OK);
     cloud_ledger_close(l);
     CU_ASSERT_EQUAL(before - after, UNITS - 2); /* the unused unit came back */
     CU_ASSERT_EQUAL(sql_count("audit_events WHERE kind = 'lease.returned'"), 1);
@@ -597,6 +644,8 @@ int main(void)
          test_upload_supersedes_the_abandoned_request},
         {"uncovered, foreign, out-of-time and forged uploads refused and audited",
          test_uncovered_and_forged_uploads_refused},
+        {"an ended lease is written off once; a later upload of it is an incident",
+         test_write_off_an_ended_lease},
         {"return gives unused units back; audit verify passes",
          test_return_gives_units_back_and_audit_verifies},
         {NULL, NULL},

@@ -51,6 +51,8 @@ check "job list --json: one array" json_ok 0 array job list -- job status quota 
 check "job show --json: one object" json_ok 0 object job show "$job" -- job status quota issued
 check "job pause --json: the job's state" json_ok 0 object job pause "$job" -- job status
 check "job resume --json: the job's state" json_ok 0 object job resume "$job" -- job status
+check "job write-off --json of a job without leases: NOT_FOUND" \
+    json_ok 1 error:NOT_FOUND job write-off "$job" --programmer prog-1
 check "programmer list --json: one array" json_ok 0 array programmer list -- id state serial
 check "programmer token --json: one object" json_ok 0 object programmer token --name prog-9 \
     -- programmer token expires_at_ms

@@ -497,6 +497,79 @@ static void test_quota_refusal_after_a_refund(void)
     cloud_ledger_close(l);
 }
 
+/*
+ * A lease holds its units out of the quota until its programmer returns it
+ * or the OEM writes it off, with no time limit: the chips it certified exist
+ * whether or not they were uploaded, so days after the lease the same units
+ * are still not issued online, and its late upload is recorded. A write-off
+ * is refused while the lease runs, gives the unused units back once (audited),
+ * and makes a later upload of the lease an incident.
+ */
+static void test_lease_holds_until_returned_or_written_off(void)
+{
+    char path[512];
+    struct cloud_ledger *l = open_fresh(path, sizeof(path));
+    struct signer s = {0};
+    struct treq t, t2, t3;
+    struct cloud_ledger_issue_result res;
+    struct cloud_ledger_lease got;
+    uint32_t reserved = 0;
+    int known = 0;
+    const uint64_t days = T0 + 100ull * 3600000u; /* the lease ended at T0 + 1 h */
+
+    std_setup(l, 3, 3);
+    CU_ASSERT_EQUAL_FATAL(grant_std_lease(l, 2), NU_OK);
+    mkreq(&t, "prog-1", "job-1", 1, 1, T0 + 1);
+    CU_ASSERT_EQUAL_FATAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    mkreq(&t, "prog-1", "job-1", 2, 1, days);
+    expect_refusal(l, &t, NU_ERR_QUOTA_EXHAUSTED, "job-1");
+
+    mkreq(&t2, "prog-1", "job-1", 3, 1, T0 + 5);
+    struct cloud_ledger_lease_cert off = {
+        .lease_id = "lease-1",
+        .programmer_id = "prog-1",
+        .serial = "0ff1e0000001",
+        .device_uid = t2.uid,
+        .device_uid_len = sizeof(t2.uid),
+        .pem = PEM_TEXT,
+        .counter = 1,
+        .issued_at_ms = T0 + 5,
+    };
+    memcpy(off.pubkey_hash, t2.r.pubkey_hash, sizeof(off.pubkey_hash));
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, days, &known), NU_OK);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 2);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, "job-1", &reserved), NU_OK);
+    CU_ASSERT_EQUAL(reserved, 1);
+
+    CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", T0 + 60000, &got),
+                    NU_ERR_STATE);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-2", "oem-1", days, &got),
+                    NU_ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(events(l, "lease.written_off").count, 0);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", days, &got), NU_OK);
+    CU_ASSERT_STRING_EQUAL(got.state, "expired");
+    struct evscan ev = events(l, "lease.written_off");
+    CU_ASSERT_EQUAL(ev.count, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ev.last_payload, "\"released\":1"));
+    CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, "job-1", &reserved), NU_OK);
+    CU_ASSERT_EQUAL(reserved, 0);
+    CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", days + 1, &got),
+                    NU_ERR_NOT_FOUND);
+
+    t.r.now_ms = days + 2; /* the unit is quota again */
+    CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
+    mkreq(&t3, "prog-1", "job-1", 4, 1, T0 + 6);
+    off.serial = "0ff1e0000002";
+    off.counter = 2;
+    off.device_uid = t3.uid;
+    memcpy(off.pubkey_hash, t3.r.pubkey_hash, sizeof(off.pubkey_hash));
+    CU_ASSERT_EQUAL(cloud_ledger_lease_record(l, &off, days + 3, &known), NU_ERR_LEASE_NOT_COVERED);
+    CU_ASSERT_EQUAL(events(l, "lease.incident").count, 1);
+    CU_ASSERT_EQUAL(job_of(l, "job-1").issued, 3);
+    CU_ASSERT_TRUE(verify_ok(l));
+    cloud_ledger_close(l);
+}
+
 static void test_batch_outcomes(void)
 {
     char path[512];
@@ -653,6 +726,8 @@ const struct nu_test_case issue_cases[] = {
     {"sign callback failure rolls back", test_sign_failure_rolls_back},
     {"bad input changes nothing", test_issue_bad_input},
     {"stored refusals expire after the TTL, or once their cause is gone", test_refusal_ttl},
+    {"a lease holds its units until returned or written off, however late",
+     test_lease_holds_until_returned_or_written_off},
     {"QUOTA_EXHAUSTED is decided afresh once a refund made room",
      test_quota_refusal_after_a_refund},
     {"batch: one commit, own outcomes", test_batch_outcomes},
