@@ -23,6 +23,7 @@
 #include "fuzz_common.h"
 #include "rig.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 struct fuzz_pg {
@@ -37,11 +38,13 @@ struct fuzz_pg {
     int pub_honest;             /* the last read_pubkey answer was the chip's key */
     uint8_t *pkg;               /* the package loaded at setup */
     size_t pkg_len;
+    _Atomic uint64_t slept_ms; /* the core's sleeps, added to its monotonic clock */
 };
 
 /* Rig in a temporary folder (/dev/shm when there is one), fake cloud with a
  * payload_len image in chunk_size chunks, enrolled, package (limit ~4e9)
- * loaded; transport and target link scripted. Aborts on failure. */
+ * loaded; transport and target link scripted; the core's sleeps advance its
+ * monotonic clock instead of waiting. Aborts on failure. */
 void fuzz_pg_setup(struct fuzz_pg *f, size_t payload_len, uint32_t chunk_size,
                    const char *const *ops);
 
