@@ -150,17 +150,6 @@ static int prod__unit_count(struct prod__dev *d, uint32_t *counter)
     return rc;
 }
 
-/* Sockets whose half-done chip of a crashed run has not come back yet. */
-static unsigned prod__resume_pending(struct pg_core *c)
-{
-    unsigned n = 0;
-    prod__lock(c);
-    for (unsigned s = 0; s < c->n_sockets; s++)
-        n += c->units.resume[s] != 0;
-    prod__unlock(c);
-    return n;
-}
-
 /* The chip's own held unit, else a spare one, else a new one from the
  * KeyStore counter (LIMIT when none is left). */
 static int prod__unit_take(struct prod__dev *d)
@@ -841,9 +830,11 @@ static __attribute__((noinline)) int prod__device(struct prod__dev *d)
     d->r->step = "counter";
     rc = prod__unit_take(d);
     if (rc == NU_ERR_LIMIT) {
-        /* Other sockets may still finish a chip a crash left half done with
-         * its own unit: only this socket ends until they have. */
-        if (!prod__resume_pending(d->c))
+        /* Other sockets may still finish a chip with its own unit (held by
+         * an earlier run, or left half done by a crash) or with a spare: a
+         * stop now would leave it keyed. Only this socket ends until they
+         * have; the last of them stops the line (pg_socket_run). */
+        if (!pg_core_units_kept(d->c))
             pg_core_stop(d->c, PG_STOP_LIMIT);
         d->untouched = 1;
     } else if (rc == NU_ERR_IO) {
@@ -1218,10 +1209,12 @@ int pg_core_production_begin(struct pg_core *c)
 enum pg_stop pg_core_production_end(struct pg_core *c)
 {
     int stop = atomic_load(&c->stop);
-    if (stop == PG_STOP_NONE)
-        stop = PG_STOP_TRAY_EMPTY;
     uint32_t counter = 0;
     int rc = pg_ks_counter_read(c->hal, c->job.job_id, &counter);
+    /* Every socket ended by itself: at the limit (units still kept for
+     * chips that did not come back), or with the tray empty. */
+    if (stop == PG_STOP_NONE)
+        stop = rc == NU_OK && counter >= c->job.limit ? PG_STOP_LIMIT : PG_STOP_TRAY_EMPTY;
     prod__inflight_end(c);
     prod__units_save(c);
     int kept = c->units.spare || c->units.n_held;

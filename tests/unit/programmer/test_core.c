@@ -290,6 +290,47 @@ static void test_paused_job_keeps_the_chip(void)
     rig_teardown(&R);
 }
 
+/*
+ * A chip a paused job left keyed in socket 0 holds the programmer's last
+ * unit but one. Next run, socket 1 uses the last one, then finds the
+ * counter at the limit: that must not stop the line while socket 0's chip
+ * still holds a unit, or socket 0 never runs again and its chip stays keyed
+ * with the unit wasted. The sockets run one after the other here, in the
+ * order that raced.
+ */
+static void test_limit_waits_for_a_held_chip(void)
+{
+    struct pg_result res;
+    RIG_UP("prog-limit-held", 2);
+    load_package(2);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 4, 0, 0), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    R.fc.cert_paused = 1;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_ERR_STATE);
+    CU_ASSERT_TRUE(res.held);
+    CU_ASSERT_EQUAL(pg_core_production_end(R.core), PG_STOP_JOB);
+    CU_ASSERT_EQUAL(pg_core_units_kept(R.core), 1);
+
+    R.fc.cert_paused = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 1, &res), NU_OK);
+    CU_ASSERT_TRUE(res.provisioned);
+    CU_ASSERT_EQUAL(counter(), 2);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 1, &res), NU_ERR_LIMIT); /* its chip goes back blank */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT_TRUE(res.provisioned);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_ERR_LIMIT); /* now the line ends */
+    CU_ASSERT_EQUAL(pg_core_production_end(R.core), PG_STOP_LIMIT);
+    CU_ASSERT_EQUAL(pg_core_units_kept(R.core), 0);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    struct rig_census c;
+    rig_census(&R, &c);
+    CU_ASSERT_EQUAL(c.verified, 2);
+    CU_ASSERT_EQUAL(c.chips, c.locked + c.blank); /* no chip left keyed */
+    rig_teardown(&R);
+}
+
 /* Item 4: each report is confirmed by the cloud, kept until then, and
  * recorded once. */
 static void test_reports_confirmed_and_journaled(void)
@@ -748,13 +789,19 @@ static void test_station_commands(void)
 }
 
 static const struct nu_test_case liveness_cases[] = {
-    {"transient cloud errors hold the chip, one unit each", test_transient_cloud_errors_hold_the_chip},
+    {"transient cloud errors hold the chip, one unit each",
+     test_transient_cloud_errors_hold_the_chip},
     {"limit reached: the chips not started stay blank", test_limit_leaves_chips_blank},
     {"a locked chip with its certificate is recognised as done", test_locked_chip_recognised},
-    {"a keyed chip is resumed after a crash (same certificate)", test_keyed_chip_resumed_after_crash},
+    {"a keyed chip is resumed after a crash (same certificate)",
+     test_keyed_chip_resumed_after_crash},
     {"a paused job keeps the chip for later", test_paused_job_keeps_the_chip},
-    {"kill -9 mid-chip: the restart finishes it with its unit", test_kill9_mid_chip_resumes_without_a_unit},
-    {"device reports confirmed, journaled across a restart, recorded once", test_reports_confirmed_and_journaled},
+    {"the limit reached does not stop the line while a held chip has a unit",
+     test_limit_waits_for_a_held_chip},
+    {"kill -9 mid-chip: the restart finishes it with its unit",
+     test_kill9_mid_chip_resumes_without_a_unit},
+    {"device reports confirmed, journaled across a restart, recorded once",
+     test_reports_confirmed_and_journaled},
     {NULL, NULL},
 };
 
