@@ -142,7 +142,9 @@ int pg__lease_may_refund(const struct pg_core *c);
  * `supersedes`: the chip's online cert.request (same UID) was abandoned
  * unanswered; the journal record says so, and its upload asks the cloud to
  * revoke and refund a certificate it may have issued for that request.
- * Errors: LIMIT (lease used up), EXPIRED, STATE (no lease), TOO_LARGE,
+ * A KeyStore write failing IO (a full disk) is waited out; a stop ends the
+ * wait. Errors: LIMIT (lease used up), EXPIRED, STATE (no lease, or stopped
+ * before a lease counter value was taken: nothing written), TOO_LARGE,
  * KeyStore / crypto errors.
  */
 int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,

@@ -760,13 +760,30 @@ int pg__lease_abandon_due(struct pg_core *c, uint64_t asked_ms)
     return since && pg__lease_usable(c) && pg_now_ms(c->hal) >= since + c->lease_abandon_ms;
 }
 
+/*
+ * A KeyStore write that failed IO (a full disk under the POSIX port's sealed
+ * files) is waited out, as the unit's count is (pg_produce.c): the chip
+ * holds its key already, and failing it would waste it. 1 to try again; 0
+ * when rc is not IO or a stop ended the wait.
+ */
+static int lease__io_wait(struct pg_core *c, int rc, const char *what, unsigned *tries,
+                          uint32_t *delay)
+{
+    if (rc != NU_ERR_IO)
+        return 0;
+    if ((*tries)++ % 16u == 0)
+        pg__log(c, PG_LOG_WARN, "lease %s: KeyStore %s: IO; the chip waits", c->lease.id, what);
+    return pg__hold_wait(c, delay) == NU_OK;
+}
+
 static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
                         size_t *out_leaf_len, size_t *out_len, int *out_journalled,
                         uint32_t *out_counter)
 {
     struct pg_lease *l = &c->lease;
     char name[LEASE__NAME_MAX + 1];
-    uint32_t k = 0;
+    uint32_t k = 0, delay = c->retry_delay_ms;
+    unsigned tries = 0;
     size_t leaf = 0;
     *out_journalled = 0;
     if (!pg__lease_usable(c))
@@ -774,10 +791,15 @@ static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersede
                                                                        : NU_ERR_EXPIRED;
     /* 1. The counter first: whatever happens next, this value is taken. */
     int rc = LEASE__CTR(name, l->id);
-    if (rc == NU_OK)
-        rc = pg_ks_counter_inc(c->hal, name, l->units, &k);
+    if (rc == NU_OK) {
+        do
+            rc = pg_ks_counter_inc(c->hal, name, l->units, &k);
+        while (lease__io_wait(c, rc, "counter", &tries, &delay));
+    }
     if (rc == NU_ERR_LIMIT)
         atomic_store(&l->exhausted, 1);
+    if (rc == NU_ERR_IO)
+        return NU_ERR_STATE; /* stopped: nothing taken, nothing written */
     if (rc != NU_OK)
         return rc;
     if (k >= l->units)
@@ -802,8 +824,11 @@ static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersede
         memset(w->req + at + 2 + leaf, 0, 3); /* not done yet */
         rc = LEASE__JRN(name, l->id, k);
     }
-    if (rc == NU_OK)
-        rc = pg_ks_blob_put(c->hal, name, w->req, jl);
+    if (rc == NU_OK) {
+        do
+            rc = pg_ks_blob_put(c->hal, name, w->req, jl);
+        while (lease__io_wait(c, rc, "journal", &tries, &delay));
+    }
     if (rc != NU_OK) {
         pg__log(c, PG_LOG_ERROR, "lease %s: counter %u not used: %s", l->id, (unsigned)k,
                 nu_err_name(rc));

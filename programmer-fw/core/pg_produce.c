@@ -697,8 +697,10 @@ static int prod__offline(struct prod__dev *d)
     else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
         d->r->step = "lease";
         rc = pg__lease_issue(c, d->w, 0, &leaf, &total, &journalled, &d->lease_k);
-        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
-            rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
+        /* Used up meanwhile, or stopped before a counter value was taken:
+         * the cloud's way, which holds the chip. */
+        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED || rc == NU_ERR_STATE)
+            rc = NU_ERR_NOT_FOUND;
     }
     if (journalled || (rc == NU_OK && d->r->resumed))
         d->sent = d->offline = 1; /* the certificate exists: the unit is spent */

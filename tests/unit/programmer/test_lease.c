@@ -56,27 +56,44 @@ static void line_begin(uint32_t limit, unsigned chips)
 /* ---- a KeyStore whose journal writes fail (power lost right there) ---------------- */
 
 static struct pg_keystore_ops faulty_ks;
-static int fail_journal;
+static int fail_journal;  /* every journal write: IO, and the power is gone (a stop) */
 static int fail_outcomes; /* the next n writes of a record that exists (its outcome): IO */
+static int fail_records;  /* the next n writes of a new record: IO (a full disk) */
+static int fail_counters; /* the next n lease counter increments: IO (a full disk) */
 
 static int faulty_blob_put(void *ctx, const char *name, const uint8_t *data, size_t len)
 {
-    if (fail_journal && len && !strncmp(name, "lease.j/", 8))
+    if (fail_journal && len && !strncmp(name, "lease.j/", 8)) {
+        pg_core_stop(R.core, PG_STOP_SHUTDOWN); /* nothing runs on after a power cut */
         return NU_ERR_IO;
+    }
     uint8_t rec[2048];
     size_t n = 0;
-    if (fail_outcomes > 0 && len && !strncmp(name, "lease.j/", 8) &&
-        pp_ks_ops.blob_get(ctx, name, rec, sizeof(rec), &n) == NU_OK) {
-        fail_outcomes--;
-        return NU_ERR_IO; /* the disk full right then */
+    if ((fail_outcomes > 0 || fail_records > 0) && len && !strncmp(name, "lease.j/", 8)) {
+        int exists = pp_ks_ops.blob_get(ctx, name, rec, sizeof(rec), &n) == NU_OK;
+        int *left = exists ? &fail_outcomes : &fail_records;
+        if (*left > 0) {
+            (*left)--;
+            return NU_ERR_IO; /* the disk full right then */
+        }
     }
     return pp_ks_ops.blob_put(ctx, name, data, len);
+}
+
+static int faulty_counter_inc(void *ctx, const char *name, uint32_t limit, uint32_t *out)
+{
+    if (fail_counters > 0 && !strncmp(name, "lease/", 6)) {
+        fail_counters--;
+        return NU_ERR_IO;
+    }
+    return pp_ks_ops.counter_increment(ctx, name, limit, out);
 }
 
 static void use_faulty_keystore(void)
 {
     faulty_ks = pp_ks_ops;
     faulty_ks.blob_put = faulty_blob_put;
+    faulty_ks.counter_increment = faulty_counter_inc;
     R.hal.ks = &faulty_ks; /* the core holds &R.hal */
 }
 
@@ -975,6 +992,40 @@ static void test_outcome_written_after_a_full_disk(void)
     rig_teardown(&R);
 }
 
+/*
+ * A full disk when a chip is certified offline: the lease counter's and the
+ * journal record's writes fail a while. The chip holds its key already: it
+ * waits and is certified, one counter value used, none wasted. (It failed
+ * keyed, with a counter value burned when the journal write failed.)
+ */
+static void test_offline_issue_waits_out_a_full_disk(void)
+{
+    RIG_UP("prog-lease-disk", 1);
+    R.fc.lease_units = 3;
+    line_begin(50, 2);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    use_faulty_keystore();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    fail_counters = 2;
+    fail_records = 3;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(fail_counters, 0);
+    CU_ASSERT_EQUAL(fail_records, 0);
+    CU_ASSERT_EQUAL(lease_counter(), 1);
+    CU_ASSERT(journal_has(1));
+    R.hal.ks = &pp_ks_ops;
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    CU_ASSERT_EQUAL(pg_core_lease_sync(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+
 #ifndef M33_IMAGE
 /* A KeyStore that parks the control thread's upload scan on the journal
  * record of a chip in flight until that chip is done: its outcome lands
@@ -1206,6 +1257,8 @@ int main(void)
          test_used_up_lease_given_back_mid_production},
         {"a full disk at the chip's outcome: the socket waits, the record gets it",
          test_outcome_written_after_a_full_disk},
+        {"a full disk while a chip is certified offline: it waits, no counter wasted",
+         test_offline_issue_waits_out_a_full_disk},
         {"a record the cloud refused leaves the journal once (its report: NOT_FOUND)",
          test_refused_record_leaves_the_journal},
 #ifndef M33_IMAGE
