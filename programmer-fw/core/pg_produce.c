@@ -882,6 +882,31 @@ static int prod__journal_clear(struct pg_core *c, unsigned s)
     return pg_flash_write(c->hal, PG_FLASH_JOURNAL, s * PG_JOURNAL_SLOT, none, sizeof(none));
 }
 
+/*
+ * Socket s's report when its own slot still holds an earlier report (a stop
+ * ended that one's replay): into a free slot of a socket this programmer
+ * does not have, which socket 0 and the idle flush replay. *out_slot = it.
+ * BUSY when there is none.
+ */
+static int prod__journal_put_spare(struct pg_core *c, const uint8_t *env, size_t len,
+                                   unsigned *out_slot)
+{
+    int rc = NU_ERR_BUSY;
+    prod__lock(c); /* two sockets must not take the same slot */
+    for (unsigned slot = c->n_sockets; slot < PG_MAX_SOCKETS && rc == NU_ERR_BUSY; slot++) {
+        uint8_t hdr[4];
+        int rrc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT, hdr, 4);
+        if (rrc == NU_OK && memcmp(hdr, "NRJ1", 4) != 0) {
+            rc = prod__journal_put(c, slot, env, len);
+            *out_slot = slot;
+        }
+    }
+    prod__unlock(c);
+    if (rc == NU_OK)
+        atomic_store(&c->sock[0].journal_due, 1);
+    return rc;
+}
+
 /* The report in w->req[len] to the cloud, until it is recorded (or refused
  * for good: a report the cloud cannot use is not kept forever). */
 static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
@@ -1016,18 +1041,22 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
 {
     struct pg_core *c = d->c;
     struct pg_sock_work *w = d->w;
+    unsigned slot = d->s;
+    int slot_taken = 0;
     /* A report the lease left in this socket's journal slot goes before this
      * chip's overwrites it (socket 0 also looks after the slots of sockets
-     * this run does not have: those stay due). */
+     * this run does not have: those stay due). A stop or the job's expiry
+     * can end that wait: the earlier report then stays, due again, and this
+     * one goes into a spare slot. */
     if ((d->sent || d->r->already_done) && !d->offline &&
         atomic_exchange(&c->sock[d->s].journal_due, 0)) {
         int hold = d->hold;
         d->hold = 1;
-        prod__journal_replay(d, d->s);
+        slot_taken = prod__journal_replay(d, d->s);
         d->hold = hold;
         d->interrupted = 0;
-        if (d->s == 0)
-            atomic_store(&c->sock[0].journal_due, 1);
+        if (d->s == 0 || slot_taken)
+            atomic_store(&c->sock[d->s].journal_due, 1);
         pg__hex(d->r->uid, d->r->uid_len, w->uid_hex);
     }
     const char *kind = rc == NU_OK ? "device.provisioned" : "device.failed";
@@ -1055,7 +1084,9 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
     /* A report the journal cannot take (its storage full or failing) still
      * goes out, and is confirmed below before the socket moves on: only a
      * crash inside that wait could lose it, where skipping it lost it always. */
-    int jrc = confirm ? prod__journal_put(c, d->s, w->req, wr.len) : NU_OK;
+    int jrc = !confirm     ? NU_OK
+              : slot_taken ? prod__journal_put_spare(c, w->req, wr.len, &slot)
+                           : prod__journal_put(c, slot, w->req, wr.len);
     if (jrc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(jrc));
     if (prc == NU_OK && !d->r->already_done)
@@ -1067,7 +1098,7 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
          * for the cloud's word, or the report would live nowhere. */
         int hold = d->hold;
         d->hold = hold || jrc != NU_OK;
-        prod__report_confirm(d, d->s, wr.len);
+        prod__report_confirm(d, slot, wr.len);
         d->hold = hold;
     }
 }

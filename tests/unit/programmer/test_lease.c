@@ -1027,6 +1027,42 @@ static void test_offline_issue_waits_out_a_full_disk(void)
 }
 
 #ifndef M33_IMAGE
+/*
+ * Under the lease with the cloud away, chip C1's report stays in socket 0's
+ * journal slot and the socket goes on. The next chip that reports (C0, done
+ * already, back in the socket) replays it first, and a STOP ends that wait.
+ * C1's report must stay and C0's go to a spare slot: both reach the cloud
+ * once it is back. (C0's report was written over C1's.)
+ */
+static void test_stopped_replay_keeps_both_reports(void)
+{
+    struct pg_result res;
+    uint8_t c0[16] = {0};
+    RIG_UP("prog-lease-replay", 1);
+    R.fc.lease_units = 3;
+    line_begin(50, 2);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT_FATAL(res.provisioned && res.uid_len <= sizeof(c0));
+    memcpy(c0, res.uid, res.uid_len);
+    R.fc.report_unreachable = 1; /* C1: certified online, then the cloud is gone */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.provisioned);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 1);
+
+    CU_ASSERT_EQUAL_FATAL(pp_target_load(R.tgt, 0, R.targets, c0), NU_OK);
+    R.fc.stop_after = R.fc.failed_tries + 1; /* the replay's first try: STOP */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK);
+    CU_ASSERT(res.already_done);
+    CU_ASSERT_EQUAL(pg_core_production_end(R.core), PG_STOP_COMMAND);
+
+    R.fc.report_unreachable = 0;
+    R.fc.stop_after = 0;
+    CU_ASSERT_EQUAL(pg_core_journal_flush(R.core), NU_OK);
+    CU_ASSERT_EQUAL(fc_count_reports(&R.fc, 1), 2); /* C0 and C1 */
+    rig_teardown(&R);
+}
+
 /* A KeyStore that parks the control thread's upload scan on the journal
  * record of a chip in flight until that chip is done: its outcome lands
  * between the scan's read of the record and the scan's verdict. */
@@ -1270,6 +1306,8 @@ int main(void)
          test_stop_at_the_limit_ends_the_wait},
         {"a lease run out of time is given back when the quota needs its units",
          test_expired_lease_given_back_for_the_quota},
+        {"a STOP during a report's replay: the new report takes a spare slot",
+         test_stopped_replay_keeps_both_reports},
         {"a chip done while the sync scans the journal: its record still goes up",
          test_outcome_during_the_upload_scan},
 #endif
