@@ -651,8 +651,10 @@ static int lease__return(struct pg_core *c)
     unsigned sent = 0;
     int rc = lease__upload(c, ew->resp, sizeof(ew->resp), ew->req, sizeof(ew->req), 0, 1, 1, 1,
                            &sent);
-    /* The cloud closed it already (expired): ours goes too. */
-    if (rc == NU_ERR_LEASE_UNKNOWN || rc == NU_ERR_INTERNAL)
+    /* The cloud does not know it (its ledger lost it): ours goes too. Any
+     * other error keeps it, to be returned later: the cloud holds its units
+     * out of the quota until then. */
+    if (rc == NU_ERR_LEASE_UNKNOWN)
         rc = NU_OK;
     if (rc == NU_OK && LEASE__REC(name, c->job.job_id) == NU_OK)
         rc = pg_ks_blob_put(c->hal, name, NULL, 0);

@@ -776,6 +776,8 @@ static int fc__lease_upload(struct fake_cloud *fc, const Nusec__V1__Envelope *re
     fc->lease_uploads++;
     if (fc->lease_upload_busy)
         return fc__error(req, NU_ERR_BUSY, "lease.upload", resp, cap, out_len);
+    if (q->final && fc->lease_return_error)
+        return fc__error(req, fc->lease_return_error, "lease.upload", resp, cap, out_len);
     if (!fc->lease_id[0] || strcmp(q->lease_id, fc->lease_id))
         return fc__error(req, NU_ERR_LEASE_UNKNOWN, "lease.upload", resp, cap, out_len);
     for (size_t i = 0; i < q->n_issued; i++) {

@@ -144,6 +144,7 @@ struct fake_cloud {
     int lease_upload_down;  /* lease.upload only: CONNECTION */
     int lease_upload_busy;  /* lease.upload only: answered Error BUSY (a cloud behind) */
     int lease_refuse_all;   /* every uploaded certificate refused (an incident: a late upload) */
+    int lease_return_error; /* a final lease.upload answered Error with this code (0: none) */
     uint32_t lease_units;   /* units per lease */
     unsigned lease_base;    /* lease_recorded when the lease out was granted */
     uint32_t lease_hours;   /* validity (0: 2 h) */

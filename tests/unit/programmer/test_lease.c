@@ -1167,6 +1167,37 @@ static void test_used_up_lease_given_back_mid_production(void)
 }
 
 /*
+ * The return of a used-up lease answered INTERNAL (the cloud's ledger in
+ * trouble): the programmer keeps its lease record and returns it at the
+ * next start. It deleted the record as if the cloud had closed the lease,
+ * which then held the lease's units out of the quota until written off.
+ */
+static void test_return_refused_internal_kept_for_later(void)
+{
+    fast_line_up("prog-lease-internal", 1, 3);
+    R.fc.cut_after_issue = 1;
+    struct pg_result res;
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* offline: the lease used up */
+    CU_ASSERT(res.provisioned);
+    pthread_mutex_lock(&R.fc.lock);
+    R.fc.link_down = 0;
+    pthread_mutex_unlock(&R.fc.lock);
+    pg_core_production_end(R.core); /* uploads its record */
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    R.fc.lease_return_error = NU_ERR_INTERNAL;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 0);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 1); /* no second lease while the first is out */
+    pg_core_production_end(R.core);
+    R.fc.lease_return_error = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT_EQUAL(R.fc.leases_granted, 2);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+
+/*
  * The KeyStore holds one line-CA key: another job's lease replaces it. Back
  * on this job, its lease (unexpired, units left) can sign nothing: it is
  * given back at the start and a new one granted, and a chip certified
@@ -1311,6 +1342,8 @@ int main(void)
         {"a chip done while the sync scans the journal: its record still goes up",
          test_outcome_during_the_upload_scan},
 #endif
+        {"a lease return answered INTERNAL: kept, and returned at the next start",
+         test_return_refused_internal_kept_for_later},
         {"a lease whose line-CA key another job's lease replaced is given back and renewed",
          test_lease_whose_key_was_replaced_is_renewed},
         {"QUOTA_EXHAUSTED online with lease units left: the chips use the lease",
