@@ -131,6 +131,16 @@ int pg__lease_uploads(const struct pg_core *c);
  * supersede an online certificate), or used up and not given back yet. */
 int pg__lease_may_refund(const struct pg_core *c);
 
+/* A chip is no longer any socket's chip in flight: a journal record of it
+ * that never got an outcome (a power cut, then the chip taken away) can go
+ * up now, mid-production (pg_lease.c). */
+void pg__lease_chip_left(struct pg_core *c);
+
+/* 1 when uid is the chip in flight in one of the sockets, or a chip an
+ * earlier run holds a unit for (it may come back): its journal record, if
+ * any, waits for the chip's outcome (pg_produce.c). */
+int pg__chip_in_flight(struct pg_core *c, const uint8_t *uid, size_t len);
+
 /*
  * Offline issuance for the chip in w (w->pub checked, w->uid, w->uid_hex):
  * the lease counter advances in the KeyStore first, then the certificate is

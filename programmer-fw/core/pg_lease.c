@@ -468,8 +468,10 @@ static __attribute__((noinline)) int lease__up_decode(const uint8_t *buf, size_t
 }
 
 /* Journal records (at most max, as many as fit in buf) into the upload at
- * w: those whose chip is done, and with `drop` (no chip in flight) the
- * others too (a crash left their chip unfinished). */
+ * w: those whose chip is done or no longer in flight (a power cut left it
+ * unfinished, and it was taken away), and with `drop` (no chip in flight)
+ * all. A chip uploaded unfinished that comes back keyed gets the same
+ * certificate from the cloud (a resend: same UID, same key). */
 static __attribute__((noinline)) unsigned lease__up_items(struct pg_core *c, struct pg_pb_writer *w,
                                                           uint8_t *tmp, size_t tmp_cap,
                                                           unsigned max, int drop, uint32_t *sent)
@@ -478,7 +480,8 @@ static __attribute__((noinline)) unsigned lease__up_items(struct pg_core *c, str
     uint32_t hi = lease__counter(c);
     struct lease__jrn j;
     for (uint32_t k = 1; k <= hi && k <= c->lease.units && n < max; k++) {
-        if (lease__jrn_get(c, k, tmp, tmp_cap, &j) != NU_OK || (!j.outcome && !drop))
+        if (lease__jrn_get(c, k, tmp, tmp_cap, &j) != NU_OK ||
+            (!j.outcome && !drop && pg__chip_in_flight(c, j.uid, j.uid_len)))
             continue; /* answered already, in flight, or a crash's wasted value */
         uint8_t idem[32];
         if (j.supersedes && pg__cert_idem(c, j.uid, j.uid_len, idem) != NU_OK)
@@ -945,6 +948,15 @@ static int lease__give_back_due(const struct pg_core *c)
      * it leaves `issuing`, so one of the two reads sees it. */
     return l->active && spent && !atomic_load(&l->issuing) && !atomic_load(&l->pending) &&
            !atomic_load(&l->refused) && !atomic_load(&l->given_back);
+}
+
+void pg__lease_chip_left(struct pg_core *c)
+{
+    struct pg_lease *l = &c->lease;
+    if (!l->active || !atomic_load(&l->pending))
+        return;
+    atomic_fetch_add(&l->outcomes, 1u); /* as an outcome: see lease__note_due */
+    atomic_store(&l->nothing_due, 0);
 }
 
 int pg__lease_may_refund(const struct pg_core *c)

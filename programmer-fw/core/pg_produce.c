@@ -127,9 +127,26 @@ static void prod__inflight_set(struct pg_core *c, unsigned s, const uint8_t *uid
 {
     struct pg_units *u = &c->units;
     prod__lock(c);
+    int left =
+        u->inflight_len[s] && (u->inflight_len[s] != len || memcmp(u->inflight_uid[s], uid, len));
     u->inflight_len[s] = (uint8_t)len;
     memcpy(u->inflight_uid[s], uid, len);
     prod__unlock(c);
+    if (left)
+        pg__lease_chip_left(c);
+}
+
+int pg__chip_in_flight(struct pg_core *c, const uint8_t *uid, size_t len)
+{
+    struct pg_units *u = &c->units;
+    int found = 0;
+    prod__lock(c);
+    for (unsigned s = 0; s < c->n_sockets && !found; s++)
+        found = u->inflight_len[s] == len && !memcmp(u->inflight_uid[s], uid, len);
+    for (unsigned i = 0; i < u->n_held && !found; i++)
+        found = u->held_len[i] == len && !memcmp(u->held_uid[i], uid, len);
+    prod__unlock(c);
+    return found;
 }
 
 /* A new unit from the KeyStore counter for the chip of socket s: recorded at

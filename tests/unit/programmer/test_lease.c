@@ -964,6 +964,58 @@ static void test_expired_lease_given_back_for_the_quota(void)
 }
 #endif
 
+#ifndef M33_IMAGE
+/*
+ * A power cut right after a chip's lease journal record, and the chip then
+ * taken away: its record never gets an outcome. At the quota's end the next
+ * chip, refused QUOTA_EXHAUSTED for the lease's units, waits for the lease's
+ * refund: the record must go up mid-production (its chip is no socket's any
+ * more), so the lease, run out of time, is given back and the chip is
+ * certified. It waited until the job expired or a STOP.
+ */
+static void test_orphan_record_goes_up_for_the_refund(void)
+{
+    struct pg_result res;
+    RIG_UP("prog-lease-orphan", 1);
+    R.fc.lease_units = 2;
+    R.fc.lease_seconds = 4;
+    R.fc.quota = 3;
+    R.fc.quota_holds_lease = 1;
+    line_begin(5, 2);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    use_dying_hal();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    cut_after_journal = 1;
+    pg_socket_run(R.core, 0, &res); /* runs on in RAM after the cut; nothing of it lasts */
+    CU_ASSERT_EQUAL_FATAL(power_lost, 1);
+    rig_crash(&R);
+    power_lost = cut_after_journal = 0;
+
+    CU_ASSERT_EQUAL_FATAL(rig_open(&R), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(rig_tray(&R, 3, 0, 0), NU_OK); /* the chip was taken away */
+    R.fc.link_down = 0;
+    CU_ASSERT_EQUAL_FATAL(pg_core_firmware_fetch(R.core), NU_OK);
+    CU_ASSERT_EQUAL_FATAL(pg_core_production_begin(R.core), NU_OK);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 0); /* at the start its chip may still be there */
+    CU_ASSERT_EQUAL(pg_socket_run(R.core, 0, &res), NU_OK); /* online: the quota's last unit */
+    CU_ASSERT(res.provisioned);
+    sleep(4); /* the lease runs out, one unit unused */
+    struct sock_run s = {0};
+    pthread_create(&s.tid, NULL, sock_run_main, &s);
+    sync_until(&R.fc.leases_returned, 250);
+    if (!R.fc.leases_returned)
+        pg_core_stop(R.core, PG_STOP_COMMAND); /* ends the wait: the test fails, not hangs */
+    pthread_join(s.tid, NULL);
+    CU_ASSERT_EQUAL(R.fc.lease_recorded, 1);
+    CU_ASSERT_EQUAL(R.fc.leases_returned, 1);
+    CU_ASSERT(s.res.provisioned);
+    CU_ASSERT_EQUAL(R.fc.issued, 2);
+    pg_core_production_end(R.core);
+    rig_teardown(&R);
+}
+#endif
+
 /*
  * A full disk when the chip's outcome goes into its lease journal record:
  * the socket waits and writes it again. The record was left without it: not
@@ -1339,6 +1391,8 @@ int main(void)
          test_expired_lease_given_back_for_the_quota},
         {"a STOP during a report's replay: the new report takes a spare slot",
          test_stopped_replay_keeps_both_reports},
+        {"a record whose chip a power cut left and was taken away goes up for the refund",
+         test_orphan_record_goes_up_for_the_refund},
         {"a chip done while the sync scans the journal: its record still goes up",
          test_outcome_during_the_upload_scan},
 #endif
