@@ -152,6 +152,7 @@ static const struct nu__rule nu__rules[] = {
     NU__BYTES_N(JobCreateResponse, job_create_response, packages, 1, NU_ENVELOPE_PACKAGE_MAX,
                 NU_ENVELOPE_ALLOC_MAX),
     NU__ID(JobControlRequest, job_control_request, job_id, 1),
+    NU__ID(JobControlRequest, job_control_request, programmer_id, 0),
     NU__ID(JobListRequest, job_list_request, job_id, 0),
     NU__ID(JobState, job_state, job_id, 1),
     NU__ID(JobState, job_state, firmware, 0),
