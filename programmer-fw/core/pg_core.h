@@ -249,6 +249,7 @@ struct pg_core {
     atomic_uint holds;        /* cloud answers waited out (transient), this run */
     atomic_uint reports_sent; /* device reports the cloud confirmed, this run */
     atomic_int journal_pending; /* the flash journal may hold unconfirmed reports */
+    atomic_uint journal_claims; /* spare journal slots a socket is using (bit per slot) */
     atomic_uint cloud_lost_s;   /* wall-clock s since the cloud stopped answering, 0: it
                                    answers (pg_link.c; 32 bits: no 64-bit atomics on M33) */
 

@@ -153,8 +153,9 @@ int pg__chip_in_flight(struct pg_core *c, const uint8_t *uid, size_t len);
  * unanswered; the journal record says so, and its upload asks the cloud to
  * revoke and refund a certificate it may have issued for that request.
  * A KeyStore write failing IO (a full disk) is waited out; a stop ends the
- * wait. Errors: LIMIT (lease used up), EXPIRED, STATE (no lease, or stopped
- * before a lease counter value was taken: nothing written), TOO_LARGE,
+ * wait. Errors: LIMIT (lease used up), EXPIRED, STATE (no lease, or a stop
+ * ended a KeyStore wait: nothing journalled; w->resp is intact only if no
+ * counter value was taken, the caller tells by pg__hold_stopped), TOO_LARGE,
  * KeyStore / crypto errors.
  */
 int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,

@@ -837,7 +837,7 @@ static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersede
     if (rc != NU_OK) {
         pg__log(c, PG_LOG_ERROR, "lease %s: counter %u not used: %s", l->id, (unsigned)k,
                 nu_err_name(rc));
-        return rc;
+        return rc == NU_ERR_IO ? NU_ERR_STATE : rc; /* IO: a stop ended the wait */
     }
     *out_journalled = 1;
     *out_counter = k;

@@ -714,10 +714,14 @@ static int prod__offline(struct prod__dev *d)
     else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
         d->r->step = "lease";
         rc = pg__lease_issue(c, d->w, 0, &leaf, &total, &journalled, &d->lease_k);
-        /* Used up meanwhile, or stopped before a counter value was taken:
-         * the cloud's way, which holds the chip. */
-        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED || rc == NU_ERR_STATE)
-            rc = NU_ERR_NOT_FOUND;
+        /* Stopped while the KeyStore could not write (a full disk): the
+         * keyed chip stays in its socket with its unit for the next run. */
+        if (rc == NU_ERR_STATE && pg__hold_stopped(c)) {
+            d->sent = d->interrupted = 1;
+            return rc;
+        }
+        if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
+            rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
     }
     if (journalled || (rc == NU_OK && d->r->resumed))
         d->sent = d->offline = 1; /* the certificate exists: the unit is spent */
@@ -749,6 +753,10 @@ static int prod__online(struct prod__dev *d, size_t csr_len)
             d->offline = 1;
         if (rc == NU_OK)
             return prod__offline_cert(d, leaf, total);
+        if (rc == NU_ERR_STATE && pg__hold_stopped(d->c)) {
+            d->interrupted = 1; /* stopped waiting out a full disk: held for the next run */
+            return rc;
+        }
         if (rc != NU_ERR_LIMIT && rc != NU_ERR_EXPIRED && rc != NU_ERR_STATE)
             return rc;
         if (!supersedes) {
@@ -899,29 +907,41 @@ static int prod__journal_clear(struct pg_core *c, unsigned s)
     return pg_flash_write(c->hal, PG_FLASH_JOURNAL, s * PG_JOURNAL_SLOT, none, sizeof(none));
 }
 
+/* Slots of sockets this programmer does not have are spares: several
+ * sockets may write into them, and socket 0 replays them, so one socket at a
+ * time claims a spare for as long as it reads, writes or clears it. */
+static int prod__spare_claim(struct pg_core *c, unsigned slot)
+{
+    unsigned bit = 1u << slot;
+    return slot < c->n_sockets || !(atomic_fetch_or(&c->journal_claims, bit) & bit);
+}
+
+static void prod__spare_release(struct pg_core *c, unsigned slot)
+{
+    if (slot >= c->n_sockets && slot < PG_MAX_SOCKETS)
+        atomic_fetch_and(&c->journal_claims, ~(1u << slot));
+}
+
 /*
  * Socket s's report when its own slot still holds an earlier report (a stop
- * ended that one's replay): into a free slot of a socket this programmer
- * does not have, which socket 0 and the idle flush replay. *out_slot = it.
- * BUSY when there is none.
+ * ended that one's replay): into a free spare slot, claimed until the
+ * caller releases it. *out_slot = it. BUSY when there is none.
  */
 static int prod__journal_put_spare(struct pg_core *c, const uint8_t *env, size_t len,
                                    unsigned *out_slot)
 {
-    int rc = NU_ERR_BUSY;
-    prod__lock(c); /* two sockets must not take the same slot */
-    for (unsigned slot = c->n_sockets; slot < PG_MAX_SOCKETS && rc == NU_ERR_BUSY; slot++) {
+    for (unsigned slot = c->n_sockets; slot < PG_MAX_SOCKETS; slot++) {
         uint8_t hdr[4];
-        int rrc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT, hdr, 4);
-        if (rrc == NU_OK && memcmp(hdr, "NRJ1", 4) != 0) {
-            rc = prod__journal_put(c, slot, env, len);
+        if (!prod__spare_claim(c, slot))
+            continue;
+        int rc = pg_flash_read(c->hal, PG_FLASH_JOURNAL, slot * PG_JOURNAL_SLOT, hdr, 4);
+        if (rc == NU_OK && memcmp(hdr, "NRJ1", 4) != 0) {
             *out_slot = slot;
+            return prod__journal_put(c, slot, env, len);
         }
+        prod__spare_release(c, slot);
     }
-    prod__unlock(c);
-    if (rc == NU_OK)
-        atomic_store(&c->sock[0].journal_due, 1);
-    return rc;
+    return NU_ERR_BUSY;
 }
 
 /* The report in w->req[len] to the cloud, until it is recorded (or refused
@@ -943,14 +963,17 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
         atomic_store(&c->journal_pending, 1); /* the idle loop sends it */
         if (left && slot == d->s)
             atomic_store(&c->sock[slot].journal_due, 1); /* or this socket, back online */
-        return rc;                                       /* stays in the journal */
+        if (slot >= c->n_sockets)
+            atomic_store(&c->sock[0].journal_due, 1); /* socket 0 looks after the spares */
+        return rc;                                    /* stays in the journal */
     }
     if (rc == NU_OK)
         atomic_fetch_add(&c->reports_sent, 1u);
     else
         pg__log(c, PG_LOG_WARN, "socket %u: report of %s refused: %s", d->s, d->w->uid_hex,
                 nu_err_name(rc));
-    int crc = prod__journal_clear(c, slot);
+    /* PG_MAX_SOCKETS: the report is in no slot (none was free). */
+    int crc = slot < PG_MAX_SOCKETS ? prod__journal_clear(c, slot) : NU_OK;
     if (crc != NU_OK)
         pg__log(c, PG_LOG_WARN, "journal slot %u not cleared: %s", slot, nu_err_name(crc));
     return rc;
@@ -958,7 +981,7 @@ static int prod__report_confirm(struct prod__dev *d, unsigned slot, size_t len)
 
 /* A report an earlier run left unconfirmed in journal slot `slot`. Returns
  * 1 when it is still there (the cloud did not answer). */
-static int prod__journal_replay(struct prod__dev *d, unsigned slot)
+static int prod__journal_replay_claimed(struct prod__dev *d, unsigned slot)
 {
     struct pg_core *c = d->c;
     uint8_t hdr[6];
@@ -980,6 +1003,16 @@ static int prod__journal_replay(struct prod__dev *d, unsigned slot)
     d->interrupted = 0;
     prod__report_confirm(d, slot, len);
     return d->interrupted;
+}
+
+static int prod__journal_replay(struct prod__dev *d, unsigned slot)
+{
+    struct pg_core *c = d->c;
+    if (!prod__spare_claim(c, slot))
+        return 0; /* a spare another socket is using: it confirms its own report */
+    int left = prod__journal_replay_claimed(d, slot);
+    prod__spare_release(c, slot);
+    return left;
 }
 
 int pg_core_journal_flush(struct pg_core *c)
@@ -1106,6 +1139,8 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
                            : prod__journal_put(c, slot, w->req, wr.len);
     if (jrc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: report not journaled: %s", d->s, nu_err_name(jrc));
+    if (jrc == NU_ERR_BUSY)
+        slot = PG_MAX_SOCKETS; /* in no slot: the earlier report's is not ours to clear */
     if (prc == NU_OK && !d->r->already_done)
         prc = pg__publish_event(c, kind, w->req, wr.len);
     if (prc != NU_OK)
@@ -1118,6 +1153,8 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
         prod__report_confirm(d, slot, wr.len);
         d->hold = hold;
     }
+    if (slot != d->s)
+        prod__spare_release(c, slot);
 }
 
 /* What a worker does after its chip (good, bad, or held). */
