@@ -106,23 +106,25 @@ static const char cli__control_usage[] =
 static const char cli__write_off_usage[] =
     "usage: nusec job write-off JOB --programmer ID [--json] [--dir DIR]\n"
     "\n"
-    "Write off programmer ID's offline lease of JOB: one that has ended and that\n"
-    "the programmer never returned (lost, broken, or kept away from the cloud).\n"
+    "Write off programmer ID's offline lease of JOB: one that ended at least an\n"
+    "hour ago (its last uploads arrive first) and that the programmer never\n"
+    "returned (lost, broken, or kept away from the cloud).\n"
     "A lease holds its unused units out of the quota with no time limit, since\n"
     "the chips it certified offline exist whether or not they were uploaded;\n"
     "writing it off gives those units back to the quota. Chips the programmer did\n"
     "certify under it are then beyond the quota: a later upload of them is\n"
     "refused and audited as lease.incident. The write-off is audited as\n"
-    "lease.written_off with the units released. A lease that still runs is\n"
-    "refused (STATE).\n"
+    "lease.written_off with the units released. A lease that still runs, or ended\n"
+    "less than an hour ago, is refused (STATE). Asking again for a lease written\n"
+    "off already answers the same (a retry is safe).\n"
     "\n"
     "  --programmer ID  the programmer whose lease it is\n"
     "  --json           print the job's state after (as nusec job show --json)\n"
     "  --dir DIR        state directory (default: $NUSEC_HOME)\n"
     "  -h, --help       this text\n"
     "\n"
-    "Exit status: 0 written off, 1 refused (NOT_FOUND: no open lease of that\n"
-    "programmer in the job; STATE: the lease still runs) or failed, 2 usage error.\n";
+    "Exit status: 0 written off, 1 refused (NOT_FOUND: no lease of that programmer\n"
+    "in the job; STATE: not ended an hour ago) or failed, 2 usage error.\n";
 
 struct cli__job_opts {
     const char *dir;

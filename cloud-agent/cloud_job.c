@@ -599,20 +599,32 @@ static int job__write_off(struct cloud_call *call)
     if (rc == NU_ERR_NOT_FOUND)
         return cloud_fail(call, rc, "programmer %s holds no open lease of job %s", r->programmer_id,
                           r->job_id);
-    if (rc == NU_ERR_STATE)
-        return cloud_fail(
-            call, rc, "lease %s of %s runs %llu more minute(s): its programmer may still use it",
-            lease.lease_id, r->programmer_id,
-            (unsigned long long)((lease.not_after_ms - now) / 60000u + 1u));
+    if (rc == NU_ERR_STATE) {
+        uint64_t at = lease.not_after_ms + CLOUD_LEDGER_LEASE_WRITE_OFF_AFTER_MS;
+        return cloud_fail(call, rc,
+                          "lease %s of %s can be written off in %llu minute(s), an hour after it"
+                          " ends: its programmer may still use it",
+                          lease.lease_id, r->programmer_id,
+                          (unsigned long long)((at - now) / 60000u + 1u));
+    }
+    int again = rc == NU_ERR_EXISTS; /* a repeat whose answer was lost: the same answer */
+    if (again)
+        rc = NU_OK;
     if (!rc)
         rc = job__state_read(call->ledger, r->job_id, &s);
     if (rc)
         return rc;
-    nu_warn("job %s: lease %s of %s written off by %s: %u unused units back to the quota, %u used",
-            r->job_id, lease.lease_id, r->programmer_id, call->requester, lease.units - lease.used,
-            lease.used);
+    if (again)
+        nu_info("job %s: lease %s of %s written off already (asked again by %s)", r->job_id,
+                lease.lease_id, r->programmer_id, call->requester);
+    else
+        nu_warn("job %s: lease %s of %s written off by %s: %u unused units back to the quota,"
+                " %u used",
+                r->job_id, lease.lease_id, r->programmer_id, call->requester,
+                lease.units - lease.used, lease.used);
     rc = cloud_reply(call, &s->st.base);
-    job__announce(call, "lease.written_off", s);
+    if (!again)
+        job__announce(call, "lease.written_off", s);
     free(s);
     return rc;
 }

@@ -1034,15 +1034,20 @@ int cloud_ledger_lease_return(struct cloud_ledger *ledger, const char *lease_id,
                               struct cloud_ledger_lease *out);
 
 /*
- * The OEM writes off programmer_id's active lease of job_id, one that has
- * ended and was never returned (a programmer lost, or kept away): its unused
- * units go back to the quota (state expired, event lease.written_off by
- * actor), and a certificate of it uploaded later is a lease.incident. Chips
- * the programmer did certify under it are then beyond the quota: the
- * write-off is the OEM's decision, which is why nothing else ends a lease.
- * Errors: INVALID_ARG, NOT_FOUND (no active lease of that programmer in the
- * job), STATE (the lease still runs: its programmer may be issuing), BUSY, DB.
+ * The OEM writes off programmer_id's active lease of job_id, one that ended
+ * at least CLOUD_LEDGER_LEASE_WRITE_OFF_AFTER_MS ago and was never returned
+ * (a programmer lost, or kept away): its unused units go back to the quota
+ * (state expired, event lease.written_off by actor), and a certificate of it
+ * uploaded later is a lease.incident. Chips the programmer did certify under
+ * it are then beyond the quota: the write-off is the OEM's decision, which
+ * is why nothing else ends a lease. The margin lets the last uploads of a
+ * programmer that produced until the lease's end arrive first.
+ * Errors: INVALID_ARG, NOT_FOUND (no lease of that programmer in the job),
+ * EXISTS (its last lease is written off already: a repeat; *out = it),
+ * STATE (the lease still runs, or ended less than the margin ago; *out =
+ * it), BUSY, DB.
  */
+#define CLOUD_LEDGER_LEASE_WRITE_OFF_AFTER_MS (3600ull * 1000u)
 int cloud_ledger_lease_write_off(struct cloud_ledger *ledger, const char *job_id,
                                  const char *programmer_id, const char *actor, uint64_t now_ms,
                                  struct cloud_ledger_lease *out);

@@ -183,6 +183,8 @@
     X(LEASE_GET, "SELECT " LEDGER_LEASE_COLS " FROM leases WHERE lease_id = ?1")                   \
     X(LEASE_ACTIVE_OF, "SELECT " LEDGER_LEASE_COLS " FROM leases WHERE job_id = ?1"                \
                        " AND programmer_id = ?2 AND state = 'active'")                             \
+    X(LEASE_LAST_OF, "SELECT " LEDGER_LEASE_COLS " FROM leases WHERE job_id = ?1"                  \
+                     " AND programmer_id = ?2 ORDER BY granted_at_ms DESC, lease_id LIMIT 1")      \
     X(LEASE_INSERT, "INSERT INTO leases (lease_id, job_id, programmer_id, units, used,"            \
                     " line_pub_hash, cert_der, granted_at_ms, not_before_ms, not_after_ms, state)" \
                     " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, 'active')")                   \

@@ -674,8 +674,13 @@ int cloud_ledger_lease_write_off(struct cloud_ledger *ledger, const char *job_id
     rc = ledger__lock_row(ledger, ST_JOB_LOCK, job_id, NULL);
     if (!rc)
         rc = lease__read(ledger, ST_LEASE_ACTIVE_OF, job_id, programmer_id, out);
+    if (rc == NU_ERR_NOT_FOUND) { /* a repeat of a write-off whose answer was lost? */
+        rc = lease__read(ledger, ST_LEASE_LAST_OF, job_id, programmer_id, out);
+        if (!rc)
+            rc = strcmp(out->state, "expired") == 0 ? NU_ERR_EXISTS : NU_ERR_NOT_FOUND;
+    }
     /* While it runs, its programmer may still be issuing under it. */
-    if (!rc && now_ms < out->not_after_ms)
+    if (!rc && now_ms < out->not_after_ms + CLOUD_LEDGER_LEASE_WRITE_OFF_AFTER_MS)
         rc = NU_ERR_STATE;
     if (!rc)
         rc = lease__close_one(ledger, out, actor, now_ms);

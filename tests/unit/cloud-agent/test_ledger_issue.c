@@ -502,8 +502,9 @@ static void test_quota_refusal_after_a_refund(void)
  * or the OEM writes it off, with no time limit: the chips it certified exist
  * whether or not they were uploaded, so days after the lease the same units
  * are still not issued online, and its late upload is recorded. A write-off
- * is refused while the lease runs, gives the unused units back once (audited),
- * and makes a later upload of the lease an incident.
+ * is refused while the lease runs and for an hour after, gives the unused
+ * units back once (audited; a repeat is told so), and makes a later upload of
+ * the lease an incident.
  */
 static void test_lease_holds_until_returned_or_written_off(void)
 {
@@ -543,6 +544,10 @@ static void test_lease_holds_until_returned_or_written_off(void)
 
     CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", T0 + 60000, &got),
                     NU_ERR_STATE);
+    /* Ended, but its last uploads may still be on their way for an hour. */
+    CU_ASSERT_EQUAL(
+        cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", T0 + 3600000u + 60000u, &got),
+        NU_ERR_STATE);
     CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-2", "oem-1", days, &got),
                     NU_ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(events(l, "lease.written_off").count, 0);
@@ -554,7 +559,8 @@ static void test_lease_holds_until_returned_or_written_off(void)
     CU_ASSERT_EQUAL(cloud_ledger_lease_reserved(l, "job-1", &reserved), NU_OK);
     CU_ASSERT_EQUAL(reserved, 0);
     CU_ASSERT_EQUAL(cloud_ledger_lease_write_off(l, "job-1", "prog-1", "oem-1", days + 1, &got),
-                    NU_ERR_NOT_FOUND);
+                    NU_ERR_EXISTS); /* a repeat: written off once */
+    CU_ASSERT_EQUAL(events(l, "lease.written_off").count, 1);
 
     t.r.now_ms = days + 2; /* the unit is quota again */
     CU_ASSERT_EQUAL(cloud_ledger_issue(l, &t.r, dummy_sign, &s, &res), NU_OK);
