@@ -161,6 +161,13 @@ static int cli__job_parse(int argc, char **argv, const char *usage, struct cli__
     return rc;
 }
 
+/* 1 when an option only job create takes was given. */
+static int cli__create_only(const struct cli__job_opts *o)
+{
+    return o->firmware || o->quota || o->out || o->expires || o->subject || o->offline_lease ||
+           o->lease_hours;
+}
+
 /* A decimal u32 >= min. */
 static int cli__u32(const char *text, uint32_t min, uint32_t *out)
 {
@@ -400,8 +407,7 @@ static int cli__list(int argc, char **argv)
     int rc = cli__job_parse(argc, argv, cli__list_usage, &o);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if (optind < argc || o.firmware || o.quota || o.out || o.n_programmers || o.expires ||
-        o.subject || o.offline_lease || o.lease_hours) {
+    if (optind < argc || o.n_programmers || cli__create_only(&o)) {
         cli_errorf("job list: takes only --json and --dir");
         return CLI_EXIT_USAGE;
     }
@@ -448,8 +454,7 @@ static int cli__one_job(int argc, char **argv, const char *usage, const char *wh
     int rc = cli__job_parse(argc, argv, usage, o);
     if (rc)
         return rc < 0 ? -1 : rc;
-    if (optind != argc - 1 || o->firmware || o->quota || o->out || o->n_programmers || o->expires ||
-        o->subject || o->offline_lease || o->lease_hours) {
+    if (optind != argc - 1 || o->n_programmers || cli__create_only(o)) {
         cli_errorf("job %s: need exactly one JOB (see --help)", what);
         return CLI_EXIT_USAGE;
     }
@@ -540,8 +545,7 @@ static int cli__write_off(int argc, char **argv)
     int rc = cli__job_parse(argc, argv, cli__write_off_usage, &o);
     if (rc)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if (optind != argc - 1 || o.n_programmers != 1 || o.firmware || o.quota || o.out || o.expires ||
-        o.subject || o.offline_lease || o.lease_hours) {
+    if (optind != argc - 1 || o.n_programmers != 1 || cli__create_only(&o)) {
         cli_errorf("job write-off: need one JOB and one --programmer ID (see --help)");
         return CLI_EXIT_USAGE;
     }

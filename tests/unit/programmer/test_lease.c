@@ -106,6 +106,19 @@ static void use_faulty_keystore(void)
     R.hal.ks = &faulty_ks; /* the core holds &R.hal */
 }
 
+/* One socket, a lease of 3 granted, `chips` blanks, the KeyStore faulty
+ * (armed by the caller), and the cloud gone: the next chip is offline. */
+static void faulty_offline_line_up(const char *name, unsigned chips)
+{
+    RIG_UP(name, 1);
+    R.fc.lease_units = 3;
+    line_begin(50, chips);
+    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
+    use_faulty_keystore();
+    R.fc.link_down = 1;
+    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+}
+
 /* ---- power lost just after the journal write -------------------------------------- */
 
 /* Armed: the first lease journal record written cuts the power. From then
@@ -431,13 +444,7 @@ static void reboot_while_cut(void)
  */
 static void test_crash_between_counter_and_journal(void)
 {
-    RIG_UP("prog-lease-crash", 1);
-    R.fc.lease_units = 3;
-    line_begin(50, 3);
-    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
-    use_faulty_keystore();
-    R.fc.link_down = 1;
-    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    faulty_offline_line_up("prog-lease-crash", 3);
     fail_journal = 1;
     struct pg_result res;
     pg_socket_run(R.core, 0, &res);   /* the power goes: nothing of the run lasts */
@@ -1064,13 +1071,7 @@ static void test_outcome_written_after_a_full_disk(void)
  */
 static void test_offline_issue_waits_out_a_full_disk(void)
 {
-    RIG_UP("prog-lease-disk", 1);
-    R.fc.lease_units = 3;
-    line_begin(50, 2);
-    CU_ASSERT_EQUAL_FATAL(R.fc.leases_granted, 1);
-    use_faulty_keystore();
-    R.fc.link_down = 1;
-    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    faulty_offline_line_up("prog-lease-disk", 2);
     fail_counters = 2;
     fail_records = 3;
     struct pg_result res;
@@ -1100,12 +1101,7 @@ static void test_offline_issue_waits_out_a_full_disk(void)
 static void test_stop_during_a_full_disk_holds_the_chip(void)
 {
     struct pg_result res;
-    RIG_UP("prog-lease-dstop", 1);
-    R.fc.lease_units = 3;
-    line_begin(50, 2);
-    use_faulty_keystore();
-    R.fc.link_down = 1;
-    pg_core_link_note(R.core, NU_ERR_CONNECTION);
+    faulty_offline_line_up("prog-lease-dstop", 2);
     for (int phase = 0; phase < 2; phase++) {
         fail_counters = phase == 0 ? 100 : 0;
         fail_records = phase == 1 ? 100 : 0;
