@@ -263,6 +263,13 @@ static const char *const ledger__migrations[] = {
     " BEGIN SELECT RAISE(ABORT, 'a supersession does not change'); END;"
     "CREATE TRIGGER cert_superseded_no_delete BEFORE DELETE ON cert_superseded"
     " BEGIN SELECT RAISE(ABORT, 'supersessions are final'); END;",
+    /* 6 -> 7: a lease holds its units until it is returned or written off,
+     * with no 24 h grace (ledger_lease.c). The version is what matters: an
+     * agent of version 6 refuses this ledger, so none of them releases a
+     * lease's units by time any more (on a ledger several agents share, a
+     * standby not yet upgraded would). The index serves the write-off's
+     * look-up of a programmer's leases. */
+    "CREATE INDEX leases_of_programmer ON leases (job_id, programmer_id, granted_at_ms);",
 };
 
 #define LEDGER_N_MIGRATIONS (sizeof(ledger__migrations) / sizeof(ledger__migrations[0]))

@@ -190,7 +190,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLOUD_LEDGER_SCHEMA_VERSION 6
+#define CLOUD_LEDGER_SCHEMA_VERSION 7
 #define CLOUD_LEDGER_APPLICATION_ID 0x4e755345 /* "NuSE" */
 
 #define CLOUD_LEDGER_ID_MAX 64          /* job, programmer, requester, actor, firmware */

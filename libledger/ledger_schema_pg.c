@@ -89,33 +89,52 @@ const char *const ledger_schema_pg_migrations[] = {
     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '\\x" /* 32 zero bytes */
     "0000000000000000000000000000000000000000000000000000000000000000');"
     /* Defense in depth, as on SQLite; the GRANTs are the real fence. */
-    PG_REFUSE("nusec_append_only", "audit_events is append-only")
-    PG_REFUSE("nusec_head_permanent", "audit_head is permanent")
-    PG_REFUSE("nusec_cert_no_delete", "certificates are never deleted")
-    PG_REFUSE("nusec_cert_fixed", "an issued certificate does not change")
-    PG_REFUSE("nusec_job_no_delete", "jobs are never deleted")
-    PG_REFUSE("nusec_prog_no_delete", "programmers are never deleted")
-    "CREATE FUNCTION nusec_audit_seq() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-    " IF NEW.seq IS DISTINCT FROM (SELECT seq + 1 FROM audit_head WHERE id = 1) THEN"
-    " RAISE EXCEPTION 'audit_events: seq must follow the chain head'; END IF;"
-    " RETURN NEW; END $f$;"
-    "CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_append_only();"
-    "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_append_only();"
-    "CREATE TRIGGER audit_events_seq BEFORE INSERT ON audit_events"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_audit_seq();"
-    "CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_head_permanent();"
-    "CREATE TRIGGER certificates_no_delete BEFORE DELETE ON certificates"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_cert_no_delete();"
-    "CREATE TRIGGER certificates_fixed BEFORE UPDATE OF serial, job_id, device_uid, pubkey_hash,"
-    " pem, programmer_id, idempotency_key, issued_at_ms ON certificates"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_cert_fixed();"
-    "CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobs"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_job_no_delete();"
-    "CREATE TRIGGER programmers_no_delete BEFORE DELETE ON programmers"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_prog_no_delete();",
+    PG_REFUSE("nusec_append_only", "audit_events is append-only") PG_REFUSE(
+        "nusec_head_permanent", "audit_head is permanent")
+        PG_REFUSE("nusec_cert_no_delete", "certificates are never deleted") PG_REFUSE(
+            "nusec_cert_fixed", "an issued certificate does not change")
+            PG_REFUSE("nusec_job_no_delete", "jobs are never deleted") PG_REFUSE(
+                "nusec_prog_no_delete",
+                "programmers are never deleted") "CREATE FUNCTION nusec_audit_seq() RETURNS "
+                                                 "trigger LANGUAGE plpgsql AS $f$ BEGIN"
+                                                 " IF NEW.seq IS DISTINCT FROM (SELECT seq + 1 "
+                                                 "FROM audit_head WHERE id = 1) THEN"
+                                                 " RAISE EXCEPTION 'audit_events: seq must follow "
+                                                 "the chain head'; END IF;"
+                                                 " RETURN NEW; END $f$;"
+                                                 "CREATE TRIGGER audit_events_no_update BEFORE "
+                                                 "UPDATE ON audit_events"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_append_only();"
+                                                 "CREATE TRIGGER audit_events_no_delete BEFORE "
+                                                 "DELETE ON audit_events"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_append_only();"
+                                                 "CREATE TRIGGER audit_events_seq BEFORE INSERT ON "
+                                                 "audit_events"
+                                                 " FOR EACH ROW EXECUTE FUNCTION nusec_audit_seq();"
+                                                 "CREATE TRIGGER audit_head_no_delete BEFORE "
+                                                 "DELETE ON audit_head"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_head_permanent();"
+                                                 "CREATE TRIGGER certificates_no_delete BEFORE "
+                                                 "DELETE ON certificates"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_cert_no_delete();"
+                                                 "CREATE TRIGGER certificates_fixed BEFORE UPDATE "
+                                                 "OF serial, job_id, device_uid, pubkey_hash,"
+                                                 " pem, programmer_id, idempotency_key, "
+                                                 "issued_at_ms ON certificates"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_cert_fixed();"
+                                                 "CREATE TRIGGER jobs_no_delete BEFORE DELETE ON "
+                                                 "jobs"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_job_no_delete();"
+                                                 "CREATE TRIGGER programmers_no_delete BEFORE "
+                                                 "DELETE ON programmers"
+                                                 " FOR EACH ROW EXECUTE FUNCTION "
+                                                 "nusec_prog_no_delete();",
     /* 1 -> 2: firmware delivery. */
     "CREATE TABLE firmware_images ("
     " name TEXT PRIMARY KEY,"
@@ -140,25 +159,37 @@ const char *const ledger_schema_pg_migrations[] = {
     " package BYTEA NOT NULL CHECK (length(package) BETWEEN 1 AND 65536),"
     " PRIMARY KEY (job_id, programmer_id),"
     " UNIQUE (job_id, position),"
-    " FOREIGN KEY (job_id, programmer_id) REFERENCES job_allocations (job_id, programmer_id));"
-    PG_REFUSE("nusec_fw_fixed", "a signed image record does not change")
-    PG_REFUSE("nusec_fw_no_delete", "signed image records are never deleted")
-    PG_REFUSE("nusec_keys_fixed", "a job key does not change")
-    PG_REFUSE("nusec_keys_no_delete", "job keys are never deleted")
-    PG_REFUSE("nusec_pkg_fixed", "a sealed package does not change")
-    PG_REFUSE("nusec_pkg_no_delete", "sealed packages are never deleted")
-    "CREATE TRIGGER firmware_images_fixed BEFORE UPDATE ON firmware_images"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_fw_fixed();"
-    "CREATE TRIGGER firmware_images_no_delete BEFORE DELETE ON firmware_images"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_fw_no_delete();"
-    "CREATE TRIGGER job_keys_fixed BEFORE UPDATE ON job_keys"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_keys_fixed();"
-    "CREATE TRIGGER job_keys_no_delete BEFORE DELETE ON job_keys"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_keys_no_delete();"
-    "CREATE TRIGGER job_packages_fixed BEFORE UPDATE ON job_packages"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_pkg_fixed();"
-    "CREATE TRIGGER job_packages_no_delete BEFORE DELETE ON job_packages"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_pkg_no_delete();",
+    " FOREIGN KEY (job_id, programmer_id) REFERENCES job_allocations (job_id, "
+    "programmer_id));" PG_REFUSE("nusec_fw_fixed", "a signed image record does not change")
+        PG_REFUSE("nusec_fw_no_delete", "signed image records are never deleted")
+            PG_REFUSE("nusec_keys_fixed", "a job key does not change") PG_REFUSE(
+                "nusec_keys_no_delete", "job keys are never deleted")
+                PG_REFUSE("nusec_pkg_fixed", "a sealed package does not change") PG_REFUSE(
+                    "nusec_pkg_no_delete",
+                    "sealed packages are never deleted") "CREATE TRIGGER firmware_images_fixed "
+                                                         "BEFORE UPDATE ON firmware_images"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_fw_fixed();"
+                                                         "CREATE TRIGGER firmware_images_no_delete "
+                                                         "BEFORE DELETE ON firmware_images"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_fw_no_delete();"
+                                                         "CREATE TRIGGER job_keys_fixed BEFORE "
+                                                         "UPDATE ON job_keys"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_keys_fixed();"
+                                                         "CREATE TRIGGER job_keys_no_delete BEFORE "
+                                                         "DELETE ON job_keys"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_keys_no_delete();"
+                                                         "CREATE TRIGGER job_packages_fixed BEFORE "
+                                                         "UPDATE ON job_packages"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_pkg_fixed();"
+                                                         "CREATE TRIGGER job_packages_no_delete "
+                                                         "BEFORE DELETE ON job_packages"
+                                                         " FOR EACH ROW EXECUTE FUNCTION "
+                                                         "nusec_pkg_no_delete();",
     /* 2 -> 3: attested enrollment (see the SQLite migration). */
     "ALTER TABLE programmers ADD COLUMN vendor_serial TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE programmers ADD COLUMN firmware_measurement TEXT NOT NULL DEFAULT '';"
@@ -207,19 +238,26 @@ const char *const ledger_schema_pg_migrations[] = {
     "CREATE TABLE device_crl ("
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " crl_number BIGINT NOT NULL CHECK (crl_number >= 0),"
-    " der BYTEA NOT NULL CHECK (length(der) >= 1));"
-    PG_REFUSE("nusec_rmeas_fixed", "a firmware revocation does not change")
-    PG_REFUSE("nusec_rmeas_no_delete", "firmware revocations are final")
-    PG_REFUSE("nusec_blob_fixed", "a signed image does not change")
-    PG_REFUSE("nusec_blob_no_delete", "signed images are never deleted")
-    "CREATE TRIGGER revoked_measurements_fixed BEFORE UPDATE ON revoked_measurements"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_rmeas_fixed();"
-    "CREATE TRIGGER revoked_measurements_no_delete BEFORE DELETE ON revoked_measurements"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_rmeas_no_delete();"
-    "CREATE TRIGGER firmware_blobs_fixed BEFORE UPDATE ON firmware_blobs"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_blob_fixed();"
-    "CREATE TRIGGER firmware_blobs_no_delete BEFORE DELETE ON firmware_blobs"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_blob_no_delete();",
+    " der BYTEA NOT NULL CHECK (length(der) >= 1));" PG_REFUSE(
+        "nusec_rmeas_fixed",
+        "a firmware revocation does not change") PG_REFUSE("nusec_rmeas_no_delete",
+                                                           "firmware revocations are final")
+        PG_REFUSE("nusec_blob_fixed", "a signed image does not change") PG_REFUSE(
+            "nusec_blob_no_delete",
+            "signed images are never deleted") "CREATE TRIGGER revoked_measurements_fixed BEFORE "
+                                               "UPDATE ON revoked_measurements"
+                                               " FOR EACH ROW EXECUTE FUNCTION nusec_rmeas_fixed();"
+                                               "CREATE TRIGGER revoked_measurements_no_delete "
+                                               "BEFORE DELETE ON revoked_measurements"
+                                               " FOR EACH ROW EXECUTE FUNCTION "
+                                               "nusec_rmeas_no_delete();"
+                                               "CREATE TRIGGER firmware_blobs_fixed BEFORE UPDATE "
+                                               "ON firmware_blobs"
+                                               " FOR EACH ROW EXECUTE FUNCTION nusec_blob_fixed();"
+                                               "CREATE TRIGGER firmware_blobs_no_delete BEFORE "
+                                               "DELETE ON firmware_blobs"
+                                               " FOR EACH ROW EXECUTE FUNCTION "
+                                               "nusec_blob_no_delete();",
     /* 5 -> 6: an offline certificate may supersede an undelivered online one
      * (see the SQLite migration): one certificate per chip and job that is
      * not revoked. */
@@ -231,13 +269,18 @@ const char *const ledger_schema_pg_migrations[] = {
     " job_id TEXT NOT NULL,"
     " by_serial TEXT NOT NULL REFERENCES certificates(serial),"
     " lease_id TEXT NOT NULL REFERENCES leases(lease_id),"
-    " superseded_at_ms BIGINT NOT NULL);"
-    PG_REFUSE("nusec_csup_fixed", "a supersession does not change")
-    PG_REFUSE("nusec_csup_no_delete", "supersessions are final")
-    "CREATE TRIGGER cert_superseded_fixed BEFORE UPDATE ON cert_superseded"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_csup_fixed();"
-    "CREATE TRIGGER cert_superseded_no_delete BEFORE DELETE ON cert_superseded"
-    " FOR EACH ROW EXECUTE FUNCTION nusec_csup_no_delete();",
+    " superseded_at_ms BIGINT NOT NULL);" PG_REFUSE("nusec_csup_fixed",
+                                                    "a supersession does not change")
+        PG_REFUSE(
+            "nusec_csup_no_delete",
+            "supersessions are final") "CREATE TRIGGER cert_superseded_fixed BEFORE UPDATE ON "
+                                       "cert_superseded"
+                                       " FOR EACH ROW EXECUTE FUNCTION nusec_csup_fixed();"
+                                       "CREATE TRIGGER cert_superseded_no_delete BEFORE DELETE ON "
+                                       "cert_superseded"
+                                       " FOR EACH ROW EXECUTE FUNCTION nusec_csup_no_delete();",
+    /* 6 -> 7: see the SQLite migration. */
+    "CREATE INDEX leases_of_programmer ON leases (job_id, programmer_id, granted_at_ms);",
 };
 
 const unsigned ledger_schema_pg_count =

@@ -265,8 +265,8 @@ static void test_fw_schema_v2(void)
         {"cert_superseded", "serial", "job_id", "by_serial", "lease_id", "superseded_at_ms", NULL},
     };
 
-    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 6);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 6);
+    CU_ASSERT_EQUAL(CLOUD_LEDGER_SCHEMA_VERSION, 7);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 7);
     for (size_t t = 0; t < sizeof(cols) / sizeof(cols[0]); t++) {
         for (size_t c = 1; cols[t][c]; c++) {
             char sql[256];
@@ -276,14 +276,14 @@ static void test_fw_schema_v2(void)
             CU_ASSERT_EQUAL(sql_int(path, sql), 1);
         }
     }
-    /* A fresh file is created at once at version 6: no migration event. */
+    /* A fresh file is created at once at version 7: no migration event. */
     CU_ASSERT_EQUAL(events(l, "ledger.migrated").count, 0);
-    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":6}");
+    CU_ASSERT_STRING_EQUAL(events(l, "ledger.created").last_payload, "{\"schema\":7}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
 }
 
-/* Turn a version-6 file back into what version 1 wrote (the certificates
+/* Turn a version-7 file back into what version 1 wrote (the certificates
  * table keeps the rebuild of 6, which version 1's reader does not mind). */
 static const char *const DOWNGRADE_TO_V1 =
     "DROP TRIGGER cert_superseded_fixed; DROP TRIGGER cert_superseded_no_delete;"
@@ -320,13 +320,13 @@ static void test_fw_migrate_from_v1(void)
     CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 1); /* read-only: not migrated */
 
     CU_ASSERT_EQUAL_FATAL(cloud_ledger_open(path, &l), NU_OK);
-    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 6);
+    CU_ASSERT_EQUAL(sql_int(path, "PRAGMA user_version"), 7);
     CU_ASSERT_EQUAL(sql_int(path, "SELECT count(*) FROM job_keys"), 0);
     CU_ASSERT_EQUAL(job_of(l, "job-1").quota, 10); /* data kept */
     struct evscan ev = events(l, "ledger.migrated");
     CU_ASSERT_EQUAL(ev.count, 1);
     CU_ASSERT_EQUAL(ev.last_seq, seq + 1);
-    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":6}");
+    CU_ASSERT_STRING_EQUAL(ev.last_payload, "{\"from\":1,\"to\":7}");
     CU_ASSERT_TRUE(verify_ok(l));
     cloud_ledger_close(l);
     /* Opening again migrates nothing. */
