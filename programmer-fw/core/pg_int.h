@@ -152,10 +152,11 @@ int pg__chip_in_flight(struct pg_core *c, const uint8_t *uid, size_t len);
  * `supersedes`: the chip's online cert.request (same UID) was abandoned
  * unanswered; the journal record says so, and its upload asks the cloud to
  * revoke and refund a certificate it may have issued for that request.
- * A KeyStore write failing IO (a full disk) is waited out; a stop ends the
- * wait. Errors: LIMIT (lease used up), EXPIRED, STATE (no lease, or a stop
- * ended a KeyStore wait: nothing journalled; w->resp is intact only if no
- * counter value was taken, the caller tells by pg__hold_stopped), TOO_LARGE,
+ * A KeyStore write failing IO (a full disk) is waited out; a stop or the
+ * job's end ends the wait. Errors: LIMIT (lease used up), EXPIRED (the
+ * lease's or the job's end), STATE (no lease, or a stop ended the counter's
+ * wait): nothing taken, w->resp intact; IO (the journal's wait ended: its
+ * counter value is burned, w->resp holds the certificate), TOO_LARGE,
  * KeyStore / crypto errors.
  */
 int pg__lease_issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,

@@ -769,16 +769,20 @@ int pg__lease_abandon_due(struct pg_core *c, uint64_t asked_ms)
  * A KeyStore write that failed IO (a full disk under the POSIX port's sealed
  * files) is waited out, as the unit's count is (pg_produce.c): the chip
  * holds its key already, and failing it would waste it. 1 to try again; 0
- * when rc is not IO or a stop ended the wait.
+ * when *rc is not IO, or when a stop ended the wait (*rc stays IO), or the
+ * job's end (*rc = EXPIRED).
  */
-static int lease__io_wait(struct pg_core *c, int rc, const char *what, unsigned *tries,
+static int lease__io_wait(struct pg_core *c, int *rc, const char *what, unsigned *tries,
                           uint32_t *delay)
 {
-    if (rc != NU_ERR_IO)
+    if (*rc != NU_ERR_IO)
         return 0;
     if ((*tries)++ % 16u == 0)
         pg__log(c, PG_LOG_WARN, "lease %s: KeyStore %s: IO; the chip waits", c->lease.id, what);
-    return pg__hold_wait(c, delay) == NU_OK;
+    int wrc = pg__hold_wait(c, delay);
+    if (wrc == NU_ERR_EXPIRED)
+        *rc = wrc;
+    return wrc == NU_OK;
 }
 
 static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersedes,
@@ -799,12 +803,12 @@ static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersede
     if (rc == NU_OK) {
         do
             rc = pg_ks_counter_inc(c->hal, name, l->units, &k);
-        while (lease__io_wait(c, rc, "counter", &tries, &delay));
+        while (lease__io_wait(c, &rc, "counter", &tries, &delay));
     }
     if (rc == NU_ERR_LIMIT)
         atomic_store(&l->exhausted, 1);
     if (rc == NU_ERR_IO)
-        return NU_ERR_STATE; /* stopped: nothing taken, nothing written */
+        return NU_ERR_STATE; /* stopped: nothing taken, nothing written (the CSR intact) */
     if (rc != NU_OK)
         return rc;
     if (k >= l->units)
@@ -832,12 +836,14 @@ static int lease__issue(struct pg_core *c, struct pg_sock_work *w, int supersede
     if (rc == NU_OK) {
         do
             rc = pg_ks_blob_put(c->hal, name, w->req, jl);
-        while (lease__io_wait(c, rc, "journal", &tries, &delay));
+        while (lease__io_wait(c, &rc, "journal", &tries, &delay));
     }
     if (rc != NU_OK) {
         pg__log(c, PG_LOG_ERROR, "lease %s: counter %u not used: %s", l->id, (unsigned)k,
                 nu_err_name(rc));
-        return rc == NU_ERR_IO ? NU_ERR_STATE : rc; /* IO: a stop ended the wait */
+        /* The certificate replaced the CSR in w->resp: never EXPIRED or
+         * STATE here, which send the chip the cloud's way with it. */
+        return rc == NU_ERR_EXPIRED ? NU_ERR_IO : rc;
     }
     *out_journalled = 1;
     *out_counter = k;

@@ -43,6 +43,7 @@ struct prod__dev {
     int abandoned;   /* it was given up, unanswered (pg__lease_abandon_due) */
     int no_abandon;  /* the lease was used up meanwhile: wait for the cloud */
     int quota_leased;    /* QUOTA_EXHAUSTED online, a usable lease: its units are what is left */
+    int keep;            /* its report is in no journal slot: the chip stays for the next run */
     const uint8_t *cert; /* inside w->resp */
     size_t cert_len;
     struct pg_cert_facts facts;
@@ -704,6 +705,19 @@ static int prod__offline_cert(struct prod__dev *d, size_t leaf, size_t total)
  * only an abandoned request, superseded at the upload, lets it go offline:
  * prod__online).
  */
+/* A stop, not the job's end, ended a KeyStore wait of the lease's issuance
+ * (a full disk): the keyed chip stays in its socket with its unit for the
+ * next run (prod__finish). */
+static int prod__lease_stopped(struct prod__dev *d, int rc)
+{
+    struct pg_core *c = d->c;
+    if ((rc != NU_ERR_STATE && rc != NU_ERR_IO) || !pg__hold_stopped(c) ||
+        pg_now_ms(c->hal) >= c->job.expires_at_ms)
+        return 0;
+    d->sent = d->interrupted = 1;
+    return 1;
+}
+
 static int prod__offline(struct prod__dev *d)
 {
     struct pg_core *c = d->c;
@@ -714,12 +728,8 @@ static int prod__offline(struct prod__dev *d)
     else if (atomic_load(&c->cloud_lost_s) && pg__lease_usable(c)) {
         d->r->step = "lease";
         rc = pg__lease_issue(c, d->w, 0, &leaf, &total, &journalled, &d->lease_k);
-        /* Stopped while the KeyStore could not write (a full disk): the
-         * keyed chip stays in its socket with its unit for the next run. */
-        if (rc == NU_ERR_STATE && pg__hold_stopped(c)) {
-            d->sent = d->interrupted = 1;
+        if (prod__lease_stopped(d, rc))
             return rc;
-        }
         if (rc == NU_ERR_LIMIT || rc == NU_ERR_EXPIRED)
             rc = NU_ERR_NOT_FOUND; /* used up meanwhile: the cloud's way, held */
     }
@@ -753,10 +763,8 @@ static int prod__online(struct prod__dev *d, size_t csr_len)
             d->offline = 1;
         if (rc == NU_OK)
             return prod__offline_cert(d, leaf, total);
-        if (rc == NU_ERR_STATE && pg__hold_stopped(d->c)) {
-            d->interrupted = 1; /* stopped waiting out a full disk: held for the next run */
+        if (prod__lease_stopped(d, rc))
             return rc;
-        }
         if (rc != NU_ERR_LIMIT && rc != NU_ERR_EXPIRED && rc != NU_ERR_STATE)
             return rc;
         if (!supersedes) {
@@ -910,6 +918,8 @@ static int prod__journal_clear(struct pg_core *c, unsigned s)
 /* Slots of sockets this programmer does not have are spares: several
  * sockets may write into them, and socket 0 replays them, so one socket at a
  * time claims a spare for as long as it reads, writes or clears it. */
+_Static_assert(PG_MAX_SOCKETS <= 32, "one claim bit per journal slot");
+
 static int prod__spare_claim(struct pg_core *c, unsigned slot)
 {
     unsigned bit = 1u << slot;
@@ -1152,6 +1162,9 @@ static void prod__report(struct prod__dev *d, int rc, uint32_t duration_ms)
         d->hold = hold || jrc != NU_OK;
         prod__report_confirm(d, slot, wr.len);
         d->hold = hold;
+        /* Unconfirmed and in no slot: a good chip stays in its socket, and
+         * the next run, finding it done, reports it again. */
+        d->keep = slot == PG_MAX_SOCKETS && d->interrupted && rc == NU_OK;
     }
     if (slot != d->s)
         prod__spare_release(c, slot);
@@ -1184,7 +1197,12 @@ static __attribute__((noinline)) void prod__finish(struct prod__dev *d, int rc, 
                 d->w->uid_hex);
     d->interrupted = 0;
     prod__report(d, rc, (uint32_t)(pg_mono_ms(c->hal) - t0));
-    int rrc = pg_tgt_remove(c->hal, sock);
+    int rrc = d->keep ? NU_OK : pg_tgt_remove(c->hal, sock);
+    if (d->keep)
+        pg__log(c, PG_LOG_WARN,
+                "socket %u: chip %s left in the socket: its report is in no journal"
+                " slot, the next run sends it",
+                sock, d->w->uid_hex);
     if (rrc != NU_OK)
         pg__log(c, PG_LOG_WARN, "socket %u: remove: %s", sock, nu_err_name(rrc));
     if (!out->already_done)
